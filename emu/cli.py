@@ -1,0 +1,328 @@
+"""The emu command: parse, call the library, print."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from emu.errors import EmuError, TopologyError
+
+DEFAULT_TOPOLOGY = "topologies/default.yaml"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+class Reporter:
+    """Progress lines on stderr, each with the time since the command started."""
+
+    def __init__(self, quiet: bool = False):
+        self.started = time.monotonic()
+        self.quiet = quiet
+        self.console = _console()
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(f"[dim]{time.monotonic() - self.started:6.2f}s[/dim] {message}")
+
+
+def _runtime():
+    from emu.runtime.docker import DockerRuntime
+
+    return DockerRuntime()
+
+
+def _cluster(args, reporter=None, topology_name: str | None = None):
+    """The cluster a command is about: --name, the topology's name, or the only one running."""
+    from emu.cluster import Cluster
+
+    runtime = _runtime()
+    name = getattr(args, "name", None) or topology_name
+    if name is None:
+        names = Cluster.names(runtime)
+        if len(names) == 1:
+            name = names[0]
+        elif not names:
+            raise EmuError("no emu cluster is running; start one with `emu up`")
+        else:
+            raise EmuError(f"several emu clusters are running ({', '.join(names)}); choose one with --name")
+    return Cluster(name, runtime=runtime, progress=reporter or (lambda message: None))
+
+
+def _load(path: str):
+    from emu.topology.load import load_file
+
+    if not Path(path).exists():
+        raise EmuError(f"topology file '{path}' does not exist; pass the path of a YAML topology (see topologies/)")
+    return load_file(path)
+
+
+def cmd_up(args) -> int:
+    topology = _load(args.file)
+    reporter = Reporter(args.quiet)
+    cluster = _cluster(args, reporter, topology.name)
+    if args.name and args.name != topology.name:
+        topology = topology.model_copy(update={"name": args.name})
+    change = cluster.up(topology, wait=not args.no_wait)
+    if change.created:
+        print(f"cluster '{cluster.name}' is up: {len(change.added)} pods. Try `emu status`.")
+    elif change.changed:
+        print(f"cluster '{cluster.name}' converged: {len(change.added)} pods added, {len(change.removed)} removed")
+    else:
+        print(f"cluster '{cluster.name}' is already up to date; nothing changed")
+    return 0
+
+
+def cmd_apply(args) -> int:
+    topology = _load(args.file)
+    reporter = Reporter(args.quiet)
+    cluster = _cluster(args, reporter, topology.name)
+    if args.name:
+        topology = topology.model_copy(update={"name": args.name})
+    change = cluster.apply(topology)
+    if change.changed:
+        print(f"cluster '{cluster.name}': {len(change.added)} pods added, {len(change.removed)} removed")
+        for key in change.added:
+            print(f"  + {key}")
+        for key in change.removed:
+            print(f"  - {key}")
+    else:
+        print(f"cluster '{cluster.name}' is already up to date; nothing changed")
+    return 0
+
+
+def cmd_down(args) -> int:
+    from emu.cluster import Cluster
+
+    runtime = _runtime()
+    if args.all:
+        names = Cluster.names(runtime)
+    else:
+        names = [args.cluster or _cluster(args).name]
+    if not names:
+        print("no emu clusters to remove")
+    for name in names:
+        containers, networks = Cluster(name, runtime=runtime).down()
+        if containers or networks:
+            print(f"cluster '{name}' removed: {containers} containers, {networks} networks")
+        else:
+            print(f"no emu cluster named '{name}'; nothing to remove")
+    return 0
+
+
+def cmd_status(args) -> int:
+    cluster = _cluster(args)
+    state = cluster.state()
+    phases = cluster.container_status(state)
+    if args.json:
+        data = {
+            "name": state.name,
+            "network": {"name": state.network, "subnet": state.network_subnet},
+            "networking": state.networking,
+            "nodes": [
+                {"name": n.name, "role": n.role, "container": n.container, "nodeIP": n.node_ip, "podCIDR": n.pod_cidr}
+                for n in state.nodes
+            ],
+            "pods": [
+                {
+                    "namespace": p.namespace,
+                    "name": p.name,
+                    "node": p.node,
+                    "podIP": p.ip,
+                    "labels": p.labels,
+                    "containers": [
+                        {"name": c["name"], "state": phases.get(p.key, {}).get(c["name"], "Unknown")}
+                        for c in p.containers
+                    ],
+                }
+                for p in sorted(state.pods.values(), key=lambda p: (p.namespace, p.name))
+            ],
+        }
+        print(json.dumps(data, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(highlight=False)
+    nodes = Table(title=f"cluster {state.name} (network {state.network} {state.network_subnet})", title_justify="left")
+    for column in ("NODE", "ROLE", "NODE IP", "POD CIDR", "PODS"):
+        nodes.add_column(column)
+    for node in state.nodes:
+        nodes.add_row(node.name, node.role, node.node_ip, node.pod_cidr, str(len(state.pods_on(node.name))))
+    console.print(nodes)
+    pods = Table(title="pods", title_justify="left")
+    for column in ("NAMESPACE", "POD", "READY", "STATUS", "IP", "NODE"):
+        pods.add_column(column)
+    for pod in sorted(state.pods.values(), key=lambda p: (p.namespace, p.name)):
+        pod_phases = phases.get(pod.key, {})
+        running = sum(1 for c in pod.containers if pod_phases.get(c["name"]) == "Running")
+        status = "Running" if running == len(pod.containers) else "Error"
+        pods.add_row(pod.namespace, pod.name, f"{running}/{len(pod.containers)}", status, pod.ip, pod.node)
+    console.print(pods)
+    return 0
+
+
+def _docker_cli_exec(container: str, argv: list[str], interactive: bool) -> int:
+    """Hand the terminal to `docker exec -it` for interactive use."""
+    flags = ["-i", "-t"] if interactive else ["-i"]
+    os.execvp("docker", ["docker", "exec", *flags, container, *argv])
+    return 127  # not reached
+
+
+def cmd_exec(args) -> int:
+    from emu.cluster import find_node, find_pod, pod_exec_argv
+
+    cluster = _cluster(args)
+    argv = args.command
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise EmuError("give a command after the pod, e.g. `emu exec client -- curl -s http://10.244.1.2:8080/hostname`")
+    state = cluster.state()
+    if args.node:
+        container = find_node(state, args.pod).container
+        full = argv
+    else:
+        pod = find_pod(state, args.pod)
+        container = state.node(pod.node).container
+        full = pod_exec_argv(pod, argv, args.container)
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        return _docker_cli_exec(container, full, interactive=True)
+    result = cluster.runtime.exec(container, full)
+    sys.stdout.write(result.output)
+    return result.exit_code
+
+
+def cmd_logs(args) -> int:
+    from emu.cluster import find_pod, pick_container
+    from emu.plan import cni
+
+    cluster = _cluster(args)
+    if args.follow:
+        state = cluster.state()
+        pod = find_pod(state, args.pod)
+        name = pick_container(pod, args.container)["name"]
+        log = f"{cni.LOG_DIR}/{pod.netns}/{name}.log"
+        return _docker_cli_exec(state.node(pod.node).container, ["tail", "-n", "+1", "-f", log], False)
+    sys.stdout.write(cluster.logs(args.pod, args.container))
+    return 0
+
+
+def cmd_plan(args) -> int:
+    topology = _load(args.file)
+    from emu.cluster import Cluster
+
+    runtime = _runtime()
+    name = args.name or topology.name
+    if args.name:
+        topology = topology.model_copy(update={"name": args.name})
+    plans = Cluster(name, runtime=runtime).plan(topology)
+    changed = [plan for plan in plans if not plan.empty]
+    if not changed:
+        print(f"# cluster '{name}' already matches {args.file}: nothing to do")
+    for plan in changed:
+        print(plan.render(show_files=not args.script_only))
+    return 0
+
+
+def cmd_images(args) -> int:
+    from emu.runtime.images import ImageBuilder
+
+    reporter = Reporter()
+    for tag in ImageBuilder(_runtime(), reporter).build_all():
+        print(tag)
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from emu.topology.model import json_schema
+
+    print(json.dumps(json_schema(), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_validate(args) -> int:
+    topology = _load(args.file)
+    print(f"{args.file}: valid ({len(topology.nodes)} nodes, {len(topology.pods)} pods, "
+          f"{len(topology.deployments)} deployments)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emu", description="A Kubernetes networking emulator: Docker containers as nodes, namespaces as pods."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler, help_text: str, cluster_option: bool = True):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(handler=handler)
+        if cluster_option:
+            sub.add_argument("-n", "--name", help="cluster name (default: the topology's, or the only one running)")
+        return sub
+
+    up = command("up", cmd_up, "create a cluster from a topology file, or converge a running one")
+    up.add_argument("file", nargs="?", default=DEFAULT_TOPOLOGY, help=f"topology YAML (default {DEFAULT_TOPOLOGY})")
+    up.add_argument("--no-wait", action="store_true", help="do not wait for pods' ports to answer")
+    up.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    apply = command("apply", cmd_apply, "converge a running cluster to a topology file")
+    apply.add_argument("file")
+    apply.add_argument("-q", "--quiet", action="store_true")
+
+    down = command("down", cmd_down, "remove a cluster: every container, network and namespace it made")
+    down.add_argument("cluster", nargs="?", help="cluster name")
+    down.add_argument("--all", action="store_true", help="remove every emu cluster")
+
+    status = command("status", cmd_status, "nodes with pod CIDRs, pods with IPs and nodes")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    exec_ = command("exec", cmd_exec, "run a command in a pod (or with --node, in a node's root namespace)")
+    exec_.add_argument("pod", help="pod name, NAMESPACE/NAME, or a node with --node")
+    exec_.add_argument("-c", "--container", help="the container whose environment to use")
+    exec_.add_argument("--node", action="store_true", help="POD names a node: run in its root namespace")
+    exec_.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+
+    logs = command("logs", cmd_logs, "a pod container's output")
+    logs.add_argument("pod")
+    logs.add_argument("-c", "--container", help="container name (default: the first)")
+    logs.add_argument("-f", "--follow", action="store_true")
+
+    plan = command("plan", cmd_plan, "print each node's plan (ip -batch, iptables-restore, files) without applying")
+    plan.add_argument("file", nargs="?", default=DEFAULT_TOPOLOGY)
+    plan.add_argument("--script-only", action="store_true", help="only the scripts, not the files they use")
+
+    images = command("images", cmd_images, "build emu's images", cluster_option=False)
+    images.add_argument("action", choices=["build"])
+
+    command("schema", cmd_schema, "print the topology file's JSON Schema", cluster_option=False)
+    validate = command("validate", cmd_validate, "check a topology file without changing anything", False)
+    validate.add_argument("file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except TopologyError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except EmuError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

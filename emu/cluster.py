@@ -1,0 +1,306 @@
+"""The Cluster facade: up, apply, down, exec and lookups, used by the CLI and tests.
+
+Flow: topology -> plan_cluster (pure) -> node plans (pure) -> runtime (Docker).
+The state of a running cluster lives in the cluster (a file on its first
+node), so any emu process sees the same pods and allocations.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from emu.errors import EmuError
+from emu.plan import NodePlan
+from emu.plan import cni
+from emu.runtime.docker import DockerRuntime, ExecResult, NodeSpec
+from emu.state import ClusterState, PodState, plan_cluster
+from emu.topology.load import load_file
+from emu.topology.model import Topology
+
+STATE_FILE = "/etc/emu/state.json"
+Progress = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+@dataclass
+class Change:
+    """What an up or apply did."""
+
+    created: bool
+    added: list[str]
+    removed: list[str]
+
+    @property
+    def changed(self) -> bool:
+        return self.created or bool(self.added or self.removed)
+
+
+def pod_changes(previous: ClusterState | None, desired: ClusterState) -> tuple[list[PodState], list[PodState]]:
+    """(pods to start, pods to remove): a pod whose spec changed is replaced."""
+    old = previous.pods if previous else {}
+    added = [p for k, p in desired.pods.items() if k not in old or old[k].spec_hash != p.spec_hash]
+    removed = [p for k, p in old.items() if k not in desired.pods or desired.pods[k].spec_hash != p.spec_hash]
+    return added, removed
+
+
+def node_plans(previous: ClusterState | None, desired: ClusterState) -> list[NodePlan]:
+    """Every node's plan from `previous` (None: a new cluster) to `desired`."""
+    added, removed = pod_changes(previous, desired)
+    return [
+        cni.node_plan(
+            desired,
+            node,
+            [p for p in added if p.node == node.name],
+            [p for p in removed if p.node == node.name],
+            new_node=previous is None,
+        )
+        for node in desired.nodes
+    ]
+
+
+class Cluster:
+    """A named emu cluster, running or not."""
+
+    def __init__(self, name: str, runtime: DockerRuntime | None = None, progress: Progress = _quiet):
+        self.name = name
+        self.runtime = runtime or DockerRuntime()
+        self.progress = progress
+
+    # ---- discovery -------------------------------------------------------
+    @staticmethod
+    def names(runtime: DockerRuntime | None = None) -> list[str]:
+        """Names of every emu cluster on this Docker engine."""
+        return (runtime or DockerRuntime()).cluster_names()
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.runtime.cluster_containers(self.name) or self.runtime.cluster_networks(self.name))
+
+    def state(self) -> ClusterState:
+        """The running cluster's state, read from its first node."""
+        containers = self.runtime.cluster_containers(self.name)
+        if not containers:
+            raise EmuError(f"no emu cluster named '{self.name}' is running; start one with `emu up FILE`")
+        names = sorted(c["Names"][0].lstrip("/") for c in containers if c["Labels"].get("io.emu.role") != "external")
+        for container in names:
+            text = self.runtime.read_file(container, STATE_FILE)
+            if text:
+                return ClusterState.from_json(text)
+        raise EmuError(
+            f"cluster '{self.name}' has containers ({', '.join(names)}) but no state file {STATE_FILE}; "
+            f"it is broken: remove it with `emu down {self.name}`"
+        )
+
+    def pod(self, reference: str) -> PodState:
+        """Find a pod by 'name' (namespace default), 'namespace/name' or netns name."""
+        return find_pod(self.state(), reference)
+
+    # ---- lifecycle -------------------------------------------------------
+    def up(self, topology: Topology | str | Path, wait: bool = True) -> Change:
+        """Create the cluster, or converge a running one to the topology."""
+        if not isinstance(topology, Topology):
+            topology = load_file(topology)
+        if topology.name != self.name:
+            raise EmuError(f"the topology names cluster '{topology.name}' but this is cluster '{self.name}'")
+        if self.exists:
+            return self.apply(topology, wait=wait)
+        return self._create(topology, wait)
+
+    def _create(self, topology: Topology, wait: bool) -> Change:
+        from emu.runtime.images import ImageBuilder
+
+        started = time.monotonic()
+        image = topology.node_image or ImageBuilder(self.runtime, self.progress).ensure_node_image()
+        networking = topology.networking
+        subnet = self.runtime.free_subnet([networking.pod_subnet, networking.service_subnet])
+        network = f"emu-{self.name}"
+        desired = plan_cluster(topology, network, subnet, node_image=image)
+        plans = node_plans(None, desired)
+        try:
+            self.progress(f"network {network} {subnet}")
+            self.runtime.create_network(network, subnet, self.name)
+            self.progress(f"starting {len(desired.nodes)} nodes")
+            specs = [
+                NodeSpec(n.container, n.name, n.role, self.name, image, network, n.node_ip) for n in desired.nodes
+            ]
+            self.runtime.parallel(self.runtime.create_node, specs)
+            self.progress(f"wiring {len(desired.pods)} pods")
+            self._apply_plans(plans)
+            self._save(desired)
+            if wait:
+                self.progress("waiting for pods to answer")
+                self.wait_ready(desired)
+        except BaseException:
+            # Nothing is half-created: remove whatever this call made.
+            self.progress("failed; removing what was created")
+            self.runtime.remove_cluster(self.name)
+            raise
+        self.progress(f"cluster '{self.name}' is up in {time.monotonic() - started:.1f}s")
+        return Change(True, sorted(desired.pods), [])
+
+    def apply(self, topology: Topology | str | Path, wait: bool = True) -> Change:
+        """Converge a running cluster to the topology: pods added and removed, the others untouched."""
+        if not isinstance(topology, Topology):
+            topology = load_file(topology)
+        previous = self.state()
+        desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
+        added, removed = pod_changes(previous, desired)
+        if not added and not removed and desired.topology == previous.topology:
+            self.progress(f"cluster '{self.name}' is up to date")
+            return Change(False, [], [])
+        plans = [plan for plan in node_plans(previous, desired) if not plan.empty]
+        self.progress(f"adding {len(added)} pods, removing {len(removed)}")
+        self._apply_plans(plans)
+        self._save(desired)
+        if wait:
+            self.wait_ready(desired, only={p.key for p in added})
+        return Change(False, sorted(p.key for p in added), sorted(p.key for p in removed))
+
+    def down(self) -> tuple[int, int]:
+        """Remove every container and network of the cluster. Returns (containers, networks)."""
+        return self.runtime.remove_cluster(self.name)
+
+    def plan(self, topology: Topology) -> list[NodePlan]:
+        """What up/apply would run on each node, without running it."""
+        if self.exists:
+            previous = self.state()
+            desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
+            return node_plans(previous, desired)
+        desired = plan_cluster(topology, f"emu-{self.name}", "172.28.0.0/24")
+        return node_plans(None, desired)
+
+    # ---- internals -------------------------------------------------------
+    def _apply_plans(self, plans: list[NodePlan]) -> None:
+        def apply(plan: NodePlan) -> None:
+            files = dict(plan.files)
+            files[f"{cni.PLAN_DIR}/run.sh"] = plan.script
+            self.runtime.put_files(plan.container, files)
+            result = self.runtime.exec(plan.container, ["sh", f"{cni.PLAN_DIR}/run.sh"])
+            if not result.ok:
+                raise EmuError(
+                    f"node {plan.node}: the plan failed (exit {result.exit_code}):\n{result.output.strip()}\n"
+                    f"see it with `emu plan`; the script is {cni.PLAN_DIR}/run.sh in container {plan.container}"
+                )
+
+        self.runtime.parallel(apply, [plan for plan in plans if not plan.empty])
+
+    def _save(self, state: ClusterState) -> None:
+        # Written next to the file, then renamed, so a reader never sees half of it.
+        first = state.nodes[0].container
+        self.runtime.put_files(first, {STATE_FILE + ".new": state.to_json()}, mode=0o600)
+        result = self.runtime.exec(first, ["mv", STATE_FILE + ".new", STATE_FILE])
+        if not result.ok:
+            raise EmuError(f"could not save the cluster state on {first}: {result.output.strip()}")
+
+    def wait_ready(self, state: ClusterState, timeout: float = 30.0, only: set[str] | None = None) -> None:
+        """Wait until every declared TCP port of every pod accepts connections from its node."""
+        by_node: dict[str, list[str]] = {}
+        for pod in state.pods.values():
+            if only is not None and pod.key not in only:
+                continue
+            for container in pod.containers:
+                for port in container.get("ports", []):
+                    if port.get("protocol", "TCP") == "TCP":
+                        by_node.setdefault(pod.node, []).append(f"{pod.ip}:{port['containerPort']}")
+        probe = (
+            "import socket,sys,time\n"
+            "left=set(sys.argv[2:]); deadline=time.time()+float(sys.argv[1])\n"
+            "while left and time.time()<deadline:\n"
+            "  for t in sorted(left):\n"
+            "    h,p=t.rsplit(':',1)\n"
+            "    try: socket.create_connection((h,int(p)),0.2).close(); left.discard(t)\n"
+            "    except OSError: pass\n"
+            "  time.sleep(0.02) if left else None\n"
+            "print(' '.join(sorted(left))); sys.exit(1 if left else 0)\n"
+        )
+
+        def check(node_name: str) -> None:
+            container = state.node(node_name).container
+            result = self.runtime.exec(container, ["python3", "-c", probe, str(timeout), *by_node[node_name]])
+            if not result.ok:
+                raise EmuError(
+                    f"node {node_name}: pods did not answer within {timeout:.0f}s on {result.output.strip()}; "
+                    "see their logs with `emu logs POD`"
+                )
+
+        self.runtime.parallel(check, sorted(by_node))
+
+    # ---- using pods --------------------------------------------------------
+    def exec(self, pod: str, argv: list[str], container: str | None = None) -> ExecResult:
+        """Run a command in a pod (its network namespace, hostname and the container's env)."""
+        state = self.state()
+        found = find_pod(state, pod)
+        return self.runtime.exec(state.node(found.node).container, pod_exec_argv(found, argv, container))
+
+    def node_exec(self, node: str, argv: list[str]) -> ExecResult:
+        """Run a command in a node's root namespace."""
+        state = self.state()
+        return self.runtime.exec(find_node(state, node).container, argv)
+
+    def logs(self, pod: str, container: str | None = None) -> str:
+        state = self.state()
+        found = find_pod(state, pod)
+        name = pick_container(found, container)["name"]
+        text = self.runtime.read_file(state.node(found.node).container, f"{cni.LOG_DIR}/{found.netns}/{name}.log")
+        return text or ""
+
+    def container_status(self, state: ClusterState) -> dict[str, dict[str, str]]:
+        """{pod key: {container: Running|Exited}} from the processes on each node."""
+        script = (
+            f"for f in {cni.RUN_DIR}/*/*.pid; do [ -e \"$f\" ] || continue; "
+            'if kill -0 "$(cat "$f")" 2>/dev/null; then echo "$f Running"; else echo "$f Exited"; fi; done'
+        )
+
+        def check(node) -> str:
+            return self.runtime.exec(node.container, ["sh", "-c", script]).output
+
+        status: dict[str, dict[str, str]] = {}
+        by_netns = {(p.node, p.netns): p.key for p in state.pods.values()}
+        for node, output in zip(state.nodes, self.runtime.parallel(check, state.nodes)):
+            for line in output.splitlines():
+                path, _, phase = line.partition(" ")
+                netns, _, file = path.removeprefix(cni.RUN_DIR + "/").partition("/")
+                key = by_netns.get((node.name, netns))
+                if key:
+                    status.setdefault(key, {})[file.removesuffix(".pid")] = phase
+        return status
+
+
+def find_pod(state: ClusterState, reference: str) -> PodState:
+    if reference in state.pods:
+        return state.pods[reference]
+    for pod in state.pods.values():
+        if reference in (pod.netns, f"{pod.namespace}/{pod.name}") or (
+            "/" not in reference and pod.namespace == "default" and pod.name == reference
+        ):
+            return pod
+    known = ", ".join(sorted(state.pods)) or "none"
+    raise EmuError(f"no pod '{reference}' in cluster '{state.name}' (pods: {known}); use NAME or NAMESPACE/NAME")
+
+
+def find_node(state: ClusterState, name: str):
+    for node in state.nodes:
+        if name in (node.name, node.container):
+            return node
+    raise EmuError(f"no node '{name}' in cluster '{state.name}' (nodes: {', '.join(n.name for n in state.nodes)})")
+
+
+def pick_container(pod: PodState, name: str | None) -> dict:
+    if name is None:
+        return pod.containers[0]
+    for container in pod.containers:
+        if container["name"] == name:
+            return container
+    names = ", ".join(c["name"] for c in pod.containers)
+    raise EmuError(f"pod '{pod.key}' has no container '{name}' (containers: {names})")
+
+
+def pod_exec_argv(pod: PodState, argv: list[str], container: str | None = None) -> list[str]:
+    """argv for `docker exec NODE ...` that runs argv as if inside the pod's container."""
+    return cni.in_pod_argv(pod, pick_container(pod, container), argv)

@@ -1,0 +1,194 @@
+"""Pod networking inside a node, as the article draws it.
+
+A bridge cni0 holds the first address of the node's pod CIDR. Each pod is a
+network namespace with a veth pair: the host end is a port of cni0, the pod
+end is eth0 with the pod IP and a default route via the bridge. Every other
+node's pod CIDR is routed via that node's IP (host-gw), and traffic from pods
+to anything outside the pod subnet is masqueraded to the node's IP.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from importlib import resources
+
+from emu.plan import NodePlan
+from emu.state import ClusterState, NodeState, PodState
+
+PLAN_DIR = "/etc/emu/plan"
+LOG_DIR = "/var/log/emu/pods"
+RUN_DIR = "/run/emu/pods"  # <netns>/<container>.pid
+WORKLOAD_DIR = "/opt/emu/workloads"
+MASQ_CHAIN = "EMU-MASQ-AGENT"  # named after kindnet's KIND-MASQ-AGENT
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Removes a pod: its processes, its namespace (which takes eth0 and so the
+# veth pair with it) and its per-pod files.
+DELETE_POD_FUNCTION = """\
+emu_delete_pod() {
+  pids=$(ip netns pids "$1" 2>/dev/null || true)
+  if [ -n "$pids" ]; then kill -KILL $pids 2>/dev/null || true; fi
+  ip netns del "$1" 2>/dev/null || true
+  rm -rf "/etc/netns/$1" "%s/$1" "%s/$1" "%s/pod-$1.batch"
+}""" % (LOG_DIR, RUN_DIR, PLAN_DIR)
+
+
+def prefix_length(cidr: str) -> int:
+    return ipaddress.IPv4Network(cidr).prefixlen
+
+
+def service_ip(state: ClusterState, index: int) -> str:
+    """The index-th address of the service subnet (1: kubernetes, 10: kube-dns)."""
+    return str(ipaddress.IPv4Network(state.networking["serviceSubnet"]).network_address + index)
+
+
+def node_setup_batch(state: ClusterState, node: NodeState) -> str:
+    """Root-namespace `ip -batch` lines for a new node: the bridge and host-gw routes."""
+    lines = [
+        "link add cni0 type bridge",
+        f"addr add {node.gateway}/{prefix_length(node.pod_cidr)} dev cni0",
+        "link set cni0 up",
+    ]
+    for other in state.nodes:
+        if other.name != node.name:
+            lines.append(f"route add {other.pod_cidr} via {other.node_ip}")
+    return "\n".join(lines) + "\n"
+
+
+def masquerade_rules(state: ClusterState, node: NodeState) -> str:
+    """iptables-restore text: pods' egress leaves with the node's IP, pod-to-pod never does."""
+    pod_subnet = state.networking["podSubnet"]
+    return "\n".join(
+        [
+            "*nat",
+            f":{MASQ_CHAIN} - [0:0]",
+            f'-A POSTROUTING -s {node.pod_cidr} -m addrtype ! --dst-type LOCAL -m comment --comment "emu-masq-agent: '
+            f'traffic from pods leaving the pod network" -j {MASQ_CHAIN}',
+            f'-A {MASQ_CHAIN} -d {pod_subnet} -m comment --comment "emu-masq-agent: pod-to-pod is not NATed" -j RETURN',
+            f'-A {MASQ_CHAIN} -m comment --comment "emu-masq-agent: egress takes the node\'s IP" -j MASQUERADE',
+            "COMMIT",
+            "",
+        ]
+    )
+
+
+def pod_root_batch(pod: PodState) -> str:
+    """Root-namespace lines for one pod: its namespace and the veth pair on cni0."""
+    return (
+        f"netns add {pod.netns}\n"
+        f"link add {pod.host_veth} type veth peer name eth0 netns {pod.netns}\n"
+        f"link set {pod.host_veth} master cni0 up\n"
+    )
+
+
+def pod_namespace_batch(pod: PodState, node: NodeState) -> str:
+    """Lines for `ip -n POD -batch`: loopback, the pod IP on eth0, the default route."""
+    return (
+        "link set lo up\n"
+        f"addr add {pod.ip}/{prefix_length(node.pod_cidr)} dev eth0\n"
+        "link set eth0 up\n"
+        f"route add default via {node.gateway}\n"
+    )
+
+
+def hosts_file(pod: PodState) -> str:
+    """The pod's /etc/hosts, as the kubelet writes it."""
+    return (
+        "# Kubernetes-managed hosts file.\n"
+        "127.0.0.1\tlocalhost\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n"
+        "fe00::0\tip6-localnet\n"
+        "fe00::0\tip6-mcastprefix\n"
+        "fe00::1\tip6-allnodes\n"
+        "fe00::2\tip6-allrouters\n"
+        f"{pod.ip}\t{pod.name}\n"
+    )
+
+
+def resolv_conf(state: ClusterState, pod: PodState) -> str:
+    """The pod's /etc/resolv.conf for dnsPolicy ClusterFirst."""
+    domain = state.networking["dnsDomain"]
+    return (
+        f"search {pod.namespace}.svc.{domain} svc.{domain} {domain}\n"
+        f"nameserver {service_ip(state, 10)}\n"
+        "options ndots:5\n"
+    )
+
+
+def container_command(container: dict) -> list[str]:
+    if container.get("workload") == "netexec":
+        return ["python3", f"{WORKLOAD_DIR}/netexec.py", *container.get("args", [])]
+    return [*container["command"], *container.get("args", [])]
+
+
+def container_environment(pod: PodState, container: dict) -> list[str]:
+    env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": pod.name}
+    for variable in container.get("env", []):
+        env[variable["name"]] = variable.get("value", "")
+    return [f"{name}={value}" for name, value in env.items()]
+
+
+def in_pod_argv(pod: PodState, container: dict, argv: list[str]) -> list[str]:
+    """argv that runs `argv` as the pod's container: in the pod's network
+    namespace, in a UTS namespace whose hostname is the pod's name, with only
+    the container's environment."""
+    return [
+        "ip", "netns", "exec", pod.netns,
+        "unshare", "--uts", "/bin/sh", "-c", 'hostname "$0" && exec "$@"', pod.name,
+        "env", "-i", *container_environment(pod, container), *argv,
+    ]  # fmt: skip
+
+
+def start_container_line(pod: PodState, container: dict) -> str:
+    """Start one container detached (its own session), logging to a file."""
+    log = f"{LOG_DIR}/{pod.netns}/{container['name']}.log"
+    pid_file = f"{RUN_DIR}/{pod.netns}/{container['name']}.pid"
+    argv = ["setsid", *in_pod_argv(pod, container, container_command(container))]
+    return f"{shlex.join(argv)} >{shlex.quote(log)} 2>&1 </dev/null &\necho $! >{shlex.quote(pid_file)}"
+
+
+def workload_files() -> dict[str, str]:
+    """emu's built-in workload programs, copied into every node."""
+    source = resources.files("emu.workloads").joinpath("netexec.py").read_text()
+    return {f"{WORKLOAD_DIR}/netexec.py": source}
+
+
+def node_plan(
+    state: ClusterState,
+    node: NodeState,
+    added: list[PodState],
+    removed: list[PodState],
+    new_node: bool,
+) -> NodePlan:
+    """The plan that takes one node from its current pods to the desired ones."""
+    plan = NodePlan(node=node.name, container=node.container)
+    if new_node:
+        plan.files.update(workload_files())
+        plan.files[f"{PLAN_DIR}/node.batch"] = node_setup_batch(state, node)
+        plan.files[f"{PLAN_DIR}/masquerade.rules"] = masquerade_rules(state, node)
+        plan.steps += [
+            f"ip -batch {PLAN_DIR}/node.batch",
+            f"iptables-restore --noflush {PLAN_DIR}/masquerade.rules",
+        ]
+    if removed:
+        plan.steps.append(DELETE_POD_FUNCTION)
+        plan.steps += [f"emu_delete_pod {shlex.quote(pod.netns)}" for pod in sorted(removed, key=_order)]
+    added = sorted(added, key=_order)
+    if added:
+        plan.files[f"{PLAN_DIR}/pods.batch"] = "".join(pod_root_batch(pod) for pod in added)
+        plan.steps.append(f"ip -batch {PLAN_DIR}/pods.batch")
+    for pod in added:
+        batch = f"{PLAN_DIR}/pod-{pod.netns}.batch"
+        plan.files[batch] = pod_namespace_batch(pod, node)
+        plan.files[f"/etc/netns/{pod.netns}/hosts"] = hosts_file(pod)
+        plan.files[f"/etc/netns/{pod.netns}/resolv.conf"] = resolv_conf(state, pod)
+        plan.steps.append(f"ip -n {pod.netns} -batch {batch}")
+    for pod in added:
+        plan.steps.append(f"mkdir -p {LOG_DIR}/{pod.netns} {RUN_DIR}/{pod.netns}")
+        plan.steps += [start_container_line(pod, container) for container in pod.containers]
+    return plan
+
+
+def _order(pod: PodState) -> tuple[str, str]:
+    return (pod.namespace, pod.name)

@@ -1,0 +1,1 @@
+"""Side effects live here: the Docker provider and image building."""

@@ -1,0 +1,187 @@
+"""The topology file's schema: what a person writes to describe a lab.
+
+Keys are camelCase in YAML, as in Kubernetes manifests. Unknown keys are
+errors (a typo must not be silently ignored). Cross-field rules (duplicates,
+CIDR sizes, pinned nodes) live in :mod:`emu.topology.validate`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+# Kubernetes' IANA_SVC_NAME: what a container port's name may be.
+PORT_NAME = r"^(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+ENV_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+
+def _dns_label(value: str) -> str:
+    import re
+
+    if len(value) > 63 or not re.match(DNS1123_LABEL, value):
+        raise ValueError(
+            f"'{value}' is not a DNS-1123 label: use at most 63 lower-case letters, digits "
+            "and '-', starting and ending with a letter or digit (e.g. 'web-1')"
+        )
+    return value
+
+
+def _port_name(value: str) -> str:
+    import re
+
+    if len(value) > 15 or not re.match(PORT_NAME, value) or "--" in value:
+        raise ValueError(
+            f"'{value}' is not a valid port name: use at most 15 lower-case letters, "
+            "digits and '-', with at least one letter (e.g. 'http')"
+        )
+    return value
+
+
+def _ipv4_network(value: str) -> str:
+    try:
+        network = ipaddress.IPv4Network(value, strict=True)
+    except ValueError as error:
+        raise ValueError(
+            f"'{value}' is not an IPv4 CIDR with its host bits zero (e.g. 10.244.0.0/16): {error}"
+        ) from None
+    return str(network)
+
+
+DNSLabel = Annotated[str, AfterValidator(_dns_label)]
+PortName = Annotated[str, AfterValidator(_port_name)]
+IPv4CIDR = Annotated[str, AfterValidator(_ipv4_network)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        strict=False,
+    )
+
+
+class Networking(Model):
+    """Address plan and proxy mode of the cluster."""
+
+    pod_subnet: IPv4CIDR = Field("10.244.0.0/16", description="Pod addresses; each node gets one /24 of it.")
+    service_subnet: IPv4CIDR = Field("10.96.0.0/16", description="Service (ClusterIP) addresses.")
+    proxy_mode: Literal["iptables", "ipvs", "nftables"] = Field(
+        "iptables", description="How service rules are written, as kube-proxy's --proxy-mode."
+    )
+    dns_domain: str = Field("cluster.local", description="The cluster's DNS domain.")
+
+    @field_validator("dns_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        labels = value.rstrip(".").split(".")
+        for label in labels:
+            _dns_label(label)
+        return ".".join(labels)
+
+
+class Node(Model):
+    """One Kubernetes node: a Docker container."""
+
+    name: DNSLabel
+    role: Literal["control-plane", "worker"] = "worker"
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class ContainerPort(Model):
+    name: PortName | None = None
+    container_port: Port
+    protocol: Literal["TCP", "UDP"] = "TCP"
+
+
+class EnvVar(Model):
+    name: Annotated[str, Field(pattern=ENV_NAME)]
+    value: str = ""
+
+
+class Container(Model):
+    """A process group of a pod. Either a command or a built-in workload."""
+
+    name: DNSLabel
+    command: list[str] | None = Field(
+        None, description="Program and arguments, run in the pod's network namespace."
+    )
+    workload: Literal["netexec"] | None = Field(
+        None, description="A built-in workload: netexec (HTTP /hostname, /clientip, /echo; UDP echo)."
+    )
+    args: list[str] = Field(default_factory=list, description="Arguments for the command or workload.")
+    ports: list[ContainerPort] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split_command(cls, value):
+        # A string is a shell command line, as people write it in a terminal.
+        if isinstance(value, str):
+            return ["/bin/sh", "-c", value]
+        return value
+
+    @model_validator(mode="after")
+    def _one_program(self):
+        if (self.command is None) == (self.workload is None):
+            raise ValueError(
+                f"container '{self.name}' needs exactly one of 'command' (a program to run) "
+                "or 'workload' (a built-in one, e.g. netexec)"
+            )
+        if self.command is not None and not self.command:
+            raise ValueError(f"container '{self.name}': 'command' is empty")
+        return self
+
+
+class PodTemplate(Model):
+    """What a pod runs; shared by bare pods and deployments' templates."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    node: DNSLabel | None = Field(None, description="Pin the pod to this node; else it is spread over workers.")
+    containers: Annotated[list[Container], Field(min_length=1)]
+
+
+class Pod(PodTemplate):
+    name: DNSLabel
+    namespace: DNSLabel = "default"
+
+
+class Deployment(Model):
+    """Replicas of a pod template. Pods are named <name>-<template hash>-<suffix>."""
+
+    name: DNSLabel
+    namespace: DNSLabel = "default"
+    replicas: Annotated[int, Field(ge=0, le=10000)] = 1
+    template: PodTemplate
+
+
+class Topology(Model):
+    """A whole lab: the cluster's name, its address plan, nodes and workloads."""
+
+    name: DNSLabel = Field("emu", description="Cluster name; node containers are named <name>-<node>.")
+    node_image: str | None = Field(None, description="Node image to use instead of the one emu builds.")
+    networking: Networking = Field(default_factory=Networking)
+    nodes: Annotated[list[Node], Field(min_length=1)]
+    pods: list[Pod] = Field(default_factory=list)
+    deployments: list[Deployment] = Field(default_factory=list)
+
+
+def json_schema() -> dict:
+    """The JSON Schema of the topology file, for editors (yaml-language-server)."""
+    schema = Topology.model_json_schema(by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "emu topology"
+    return schema

@@ -1,0 +1,103 @@
+"""A small network test server for pods, shaped like Kubernetes' agnhost netexec.
+
+HTTP (default port 8080):
+  /hostname        the pod's name
+  /clientip        the source address:port this server saw
+  /echo?msg=TEXT   TEXT
+  /healthz         "ok" (for probes)
+  /                "NOW: <time>" as agnhost does
+UDP (default port 8081): "hostname" -> pod name, "echo TEXT" -> TEXT,
+"clientip" -> source address:port; anything else -> the pod's name.
+
+Runs inside node containers with the standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import os
+import socket
+import socketserver
+import sys
+import threading
+import time
+from urllib.parse import parse_qs, urlsplit
+
+
+def pod_name() -> str:
+    return os.environ.get("POD_NAME") or socket.gethostname()
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "emu-netexec/1"
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        url = urlsplit(self.path)
+        if url.path == "/hostname":
+            body = pod_name()
+        elif url.path == "/clientip":
+            body = f"{self.client_address[0]}:{self.client_address[1]}"
+        elif url.path == "/echo":
+            body = parse_qs(url.query).get("msg", [""])[0]
+        elif url.path == "/healthz":
+            body = "ok"
+        elif url.path == "/":
+            body = f"NOW: {time.strftime('%Y-%m-%d %H:%M:%S')}"
+        else:
+            self._reply(404, f"404 page not found: {url.path}\n")
+            return
+        self._reply(200, body)
+
+    def _reply(self, status: int, body: str) -> None:
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format, *args):  # noqa: A002
+        sys.stderr.write(f"{self.client_address[0]}:{self.client_address[1]} {format % args}\n")
+
+
+class HTTPServer(socketserver.ThreadingTCPServer):
+    # http.server.HTTPServer looks up its own FQDN while binding, which waits for
+    # DNS; a pod's DNS may not answer yet, so bind without it.
+    allow_reuse_address = True
+    daemon_threads = True
+    request_queue_size = 128
+
+
+def udp_answer(payload: bytes, client: tuple[str, int]) -> bytes:
+    text = payload.decode(errors="replace").strip()
+    if text.startswith("echo "):
+        return text[5:].encode()
+    if text == "clientip":
+        return f"{client[0]}:{client[1]}".encode()
+    return pod_name().encode()
+
+
+def serve_udp(port: int) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("0.0.0.0", port))
+    while True:
+        payload, client = sock.recvfrom(65535)
+        sock.sendto(udp_answer(payload, client), client)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="netexec")
+    parser.add_argument("--http-port", type=int, default=8080)
+    parser.add_argument("--udp-port", type=int, default=8081, help="0 turns UDP off")
+    options = parser.parse_args(argv)
+    if options.udp_port:
+        threading.Thread(target=serve_udp, args=(options.udp_port,), daemon=True).start()
+    server = HTTPServer(("0.0.0.0", options.http_port), Handler)
+    print(f"netexec: pod {pod_name()} serving HTTP :{options.http_port} UDP :{options.udp_port}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
