@@ -22,6 +22,22 @@ from emu.topology.model import Topology
 
 STATE_FILE = "/etc/emu/state.json"
 Progress = Callable[[str], None]
+# Runs in a node: connect to each HOST:PORT until all answer or TIMEOUT passes;
+# prints the ones that never answered.
+PORT_PROBE = """\
+import socket, sys, time
+left = set(sys.argv[2:]); deadline = time.time() + float(sys.argv[1])
+while left and time.time() < deadline:
+    for target in sorted(left):
+        host, port = target.rsplit(":", 1)
+        try:
+            socket.create_connection((host, int(port)), 0.2).close(); left.discard(target)
+        except OSError:
+            pass
+    if left:
+        time.sleep(0.02)
+print(" ".join(sorted(left))); sys.exit(1 if left else 0)
+"""
 
 
 def _quiet(message: str) -> None:
@@ -208,21 +224,9 @@ class Cluster:
                 for port in container.get("ports", []):
                     if port.get("protocol", "TCP") == "TCP":
                         by_node.setdefault(pod.node, []).append(f"{pod.ip}:{port['containerPort']}")
-        probe = (
-            "import socket,sys,time\n"
-            "left=set(sys.argv[2:]); deadline=time.time()+float(sys.argv[1])\n"
-            "while left and time.time()<deadline:\n"
-            "  for t in sorted(left):\n"
-            "    h,p=t.rsplit(':',1)\n"
-            "    try: socket.create_connection((h,int(p)),0.2).close(); left.discard(t)\n"
-            "    except OSError: pass\n"
-            "  time.sleep(0.02) if left else None\n"
-            "print(' '.join(sorted(left))); sys.exit(1 if left else 0)\n"
-        )
-
         def check(node_name: str) -> None:
             container = state.node(node_name).container
-            result = self.runtime.exec(container, ["python3", "-c", probe, str(timeout), *by_node[node_name]])
+            result = self.runtime.exec(container, ["python3", "-c", PORT_PROBE, str(timeout), *by_node[node_name]])
             if not result.ok:
                 raise EmuError(
                     f"node {node_name}: pods did not answer within {timeout:.0f}s on {result.output.strip()}; "
@@ -230,6 +234,19 @@ class Cluster:
                 )
 
         self.runtime.parallel(check, sorted(by_node))
+
+    def run_external(self, name: str) -> str:
+        """Start a container outside the cluster, on the cluster's Docker network,
+        serving netexec (HTTP :8080, UDP :8081). Returns its IP. `down` removes it."""
+        state = self.state()
+        container = f"{self.name}-{name}"
+        self.runtime.run_external(self.name, container, state.network, state.node_image)
+        self.runtime.put_files(container, cni.workload_files())
+        self.runtime.exec_detached(container, ["sh", "-c", f"exec python3 {cni.WORKLOAD_DIR}/netexec.py >/tmp/netexec.log 2>&1"])
+        ip = self.runtime.container_ip(container, state.network)
+        if not self.runtime.exec(container, ["python3", "-c", PORT_PROBE, "10", "127.0.0.1:8080"]).ok:
+            raise EmuError(f"the external container {container} did not start serving on :8080")
+        return ip
 
     # ---- using pods --------------------------------------------------------
     def exec(self, pod: str, argv: list[str], container: str | None = None) -> ExecResult:

@@ -147,18 +147,25 @@ class DockerRuntime:
         )
         api.start(container["Id"])
 
-    def run_external(self, cluster: str, name: str, network: str, image: str, command: list[str]) -> None:
-        """A container outside the cluster on its network (a client or server 'on the internet')."""
+    def run_external(self, cluster: str, name: str, network: str, image: str) -> None:
+        """A container outside the cluster on its network (a client or server 'on the internet').
+        Labelled with the cluster so that `down` removes it too."""
         api = self.api
         container = api.create_container(
             image,
-            command=command,
+            command=["sleep", "infinity"],
             name=name,
+            hostname=name,
             labels={LABEL_CLUSTER: cluster, LABEL_ROLE: "external"},
             host_config=api.create_host_config(network_mode=network, init=True),
             detach=True,
         )
         api.start(container["Id"])
+
+    def exec_detached(self, container: str, argv: list[str]) -> None:
+        """Start a long-running command in a container without waiting for it."""
+        exec_id = self.api.exec_create(container, argv)["Id"]
+        self.api.exec_start(exec_id, detach=True)
 
     def container_ip(self, container: str, network: str) -> str:
         detail = self.api.inspect_container(container)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Make sure a Docker engine answers `docker info`.
+# On a machine without one (Debian or Ubuntu, as root, no systemd), install
+# Debian's engine and mmdebstrap (which makes the base image where no registry
+# can be reached) and start dockerd in the background. Elsewhere, say what is
+# missing and stop.
+set -euo pipefail
+
+log=${EMU_DOCKERD_LOG:-/var/log/emu-dockerd.log}
+
+if docker info >/dev/null 2>&1; then
+  exit 0
+fi
+
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+  echo "error: no Docker engine answers 'docker info'." >&2
+  echo "  Start Docker (Docker Desktop, or 'sudo systemctl start docker') and run this again." >&2
+  exit 1
+fi
+
+need=()
+command -v dockerd >/dev/null 2>&1 || need+=(docker.io)
+command -v mmdebstrap >/dev/null 2>&1 || need+=(mmdebstrap)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]} from Debian's packages" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+  systemctl start docker || true
+fi
+if ! docker info >/dev/null 2>&1; then
+  echo "starting dockerd (log: $log)" >&2
+  nohup dockerd >"$log" 2>&1 &
+fi
+for _ in $(seq 1 120); do
+  if docker info >/dev/null 2>&1; then
+    exit 0
+  fi
+  sleep 0.5
+done
+echo "error: dockerd did not answer within 60 s; see $log" >&2
+tail -n 20 "$log" >&2 || true
+exit 1

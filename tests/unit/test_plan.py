@@ -1,0 +1,97 @@
+"""Plan renderers: golden text for a fixed state, and the shape of each piece."""
+
+import os
+from pathlib import Path
+
+from emu.cluster import node_plans
+from emu.plan import cni
+from emu.state import plan_cluster
+from emu.topology.load import load_text
+
+GOLDEN = Path(__file__).parent / "golden"
+LAB = """\
+name: lab
+nodes:
+  - {name: cp, role: control-plane}
+  - {name: w1}
+pods:
+  - name: web
+    labels: {app: web}
+    containers:
+      - name: server
+        workload: netexec
+        args: [--http-port=8080]
+        env: [{name: GREETING, value: "hello world"}]
+        ports: [{name: http, containerPort: 8080}]
+      - name: sidecar
+        command: "curl -s localhost:8080/hostname"
+  - name: tools
+    namespace: kube-system
+    node: cp
+    containers: [{name: shell, command: [sleep, infinity]}]
+"""
+
+
+def render(plans) -> str:
+    return "".join(plan.render() for plan in plans)
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("EMU_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"plan differs from {path}; if intended, rerun with EMU_UPDATE_GOLDEN=1"
+
+
+def state():
+    return plan_cluster(load_text(LAB), "emu-lab", "172.28.5.0/24")
+
+
+def test_new_cluster_plan_matches_golden():
+    check_golden("new_cluster.plan", render(node_plans(None, state())))
+
+
+def test_apply_plan_matches_golden():
+    first = state()
+    second = plan_cluster(load_text(LAB.replace("node: cp", "node: w1")), "emu-lab", "172.28.5.0/24", first)
+    plans = [p for p in node_plans(first, second) if not p.empty]
+    check_golden("move_pod.plan", render(plans))
+
+
+def test_plans_are_byte_identical_for_the_same_state():
+    assert render(node_plans(None, state())) == render(node_plans(None, state()))
+
+
+def test_no_change_gives_empty_plans():
+    first = state()
+    assert all(p.empty for p in node_plans(first, first))
+
+
+def test_routes_point_at_every_other_node():
+    s = state()
+    batch = cni.node_setup_batch(s, s.node("cp"))
+    assert "addr add 10.244.0.1/24 dev cni0" in batch
+    assert "route add 10.244.1.0/24 via 172.28.5.3" in batch
+    assert "10.244.0.0/24 via" not in batch
+
+
+def test_masquerade_skips_pod_to_pod():
+    s = state()
+    rules = cni.masquerade_rules(s, s.node("w1"))
+    lines = rules.splitlines()
+    assert lines[0] == "*nat" and lines[-1] == "COMMIT"
+    assert any("-d 10.244.0.0/16" in line and line.endswith("-j RETURN") for line in lines)
+    assert lines.index(next(x for x in lines if "RETURN" in x)) < lines.index(
+        next(x for x in lines if x.endswith("MASQUERADE"))
+    )
+
+
+def test_pod_in_other_namespace_has_qualified_netns_and_resolv_conf():
+    s = state()
+    pod = s.pods["kube-system/tools"]
+    assert pod.netns == "kube-system.tools"
+    assert cni.resolv_conf(s, pod) == (
+        "search kube-system.svc.cluster.local svc.cluster.local cluster.local\n"
+        "nameserver 10.96.0.10\noptions ndots:5\n"
+    )
+    assert cni.hosts_file(pod).endswith(f"{pod.ip}\ttools\n")
