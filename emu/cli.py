@@ -180,9 +180,7 @@ def cmd_exec(args) -> int:
     from emu.cluster import find_node, find_pod, pod_exec_argv
 
     cluster = _cluster(args)
-    argv = args.command
-    if argv and argv[0] == "--":
-        argv = argv[1:]
+    argv = args.argv
     if not argv:
         raise EmuError("give a command after the pod, e.g. `emu exec client -- curl -s http://10.244.1.2:8080/hostname`")
     state = cluster.state()
@@ -241,6 +239,14 @@ def cmd_images(args) -> int:
     return 0
 
 
+def cmd_external(args) -> int:
+    cluster = _cluster(args)
+    ip = cluster.run_external(args.container_name)
+    print(f"{cluster.name}-{args.container_name} {ip}")
+    print(f"netexec outside the cluster: http://{ip}:8080/clientip shows who called; `emu down` removes it")
+    return 0
+
+
 def cmd_schema(args) -> int:
     from emu.topology.model import json_schema
 
@@ -259,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emu", description="A Kubernetes networking emulator: Docker containers as nodes, namespaces as pods."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="verb", required=True, metavar="COMMAND")
 
     def command(name: str, handler, help_text: str, cluster_option: bool = True):
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -288,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     exec_.add_argument("pod", help="pod name, NAMESPACE/NAME, or a node with --node")
     exec_.add_argument("-c", "--container", help="the container whose environment to use")
     exec_.add_argument("--node", action="store_true", help="POD names a node: run in its root namespace")
-    exec_.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+    exec_.add_argument("argv", nargs="*", metavar="COMMAND", help="-- COMMAND [ARGS...]")
 
     logs = command("logs", cmd_logs, "a pod container's output")
     logs.add_argument("pod")
@@ -302,15 +308,32 @@ def build_parser() -> argparse.ArgumentParser:
     images = command("images", cmd_images, "build emu's images", cluster_option=False)
     images.add_argument("action", choices=["build"])
 
+    external = command("external", cmd_external, "start a netexec server outside the cluster, on its Docker network")
+    external.add_argument("container_name", metavar="NAME", help="container is named <cluster>-NAME")
+
     command("schema", cmd_schema, "print the topology file's JSON Schema", cluster_option=False)
     validate = command("validate", cmd_validate, "check a topology file without changing anything", False)
     validate.add_argument("file")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
+    # Everything after "--" is the command for `emu exec`, options included.
+    trailing: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, trailing = argv[:split], argv[split + 1 :]
     args = parser.parse_args(argv)
+    if trailing:
+        if args.verb != "exec":
+            parser.error("'--' is only for `emu exec POD -- COMMAND`")
+        args.argv = [*args.argv, *trailing]
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return args.handler(args)
     except TopologyError as error:

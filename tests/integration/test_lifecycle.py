@@ -180,6 +180,8 @@ def test_status_json_and_exec_from_another_process(lab):
     web_ip = pods["web"]["podIP"]
     answer = emu("exec", "--name", lab.name, "client", "--", "curl", "-sS", "--max-time", "5", f"http://{web_ip}:8080/hostname")
     assert answer.returncode == 0 and answer.stdout == "web"
+    sidecar = emu("exec", "--name", lab.name, "web", "-c", "sidecar", "--", "curl", "-sS", "http://localhost:8080/echo?msg=hi")
+    assert sidecar.returncode == 0 and sidecar.stdout == "hi"
 
 
 def test_unknown_pod_is_a_clear_error(lab):
