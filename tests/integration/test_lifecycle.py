@@ -112,11 +112,9 @@ def test_down_leaves_nothing_behind(runtime, tmp_path, new_name):
 def test_failed_up_removes_what_it_created(runtime, new_name):
     # A node image without iproute2: nodes start, then the pod plan fails.
     name = new_name("fail")
-    base = "emu/debian:bookworm-slim"
-    try:
-        runtime.api.inspect_image(base)
-    except Exception:
-        base = "debian:bookworm-slim"
+    from emu.runtime.images import ImageBuilder
+
+    base = ImageBuilder(runtime).base_image()
     topology = load_text(SMALL).model_copy(update={"name": name, "node_image": base})
     cluster = Cluster(name, runtime=runtime)
     try:
