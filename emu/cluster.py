@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emu.errors import EmuError
-from emu.plan import NodePlan
-from emu.plan import cni
+from emu.plan import NodePlan, cni
 from emu.runtime.docker import DockerRuntime, ExecResult, NodeSpec
 from emu.state import ClusterState, PodState, plan_cluster
 from emu.topology.load import load_file

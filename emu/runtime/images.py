@@ -8,6 +8,7 @@ an offline machine) emu makes an equivalent from Debian's packages with
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -19,15 +20,16 @@ from emu.runtime.docker import DockerRuntime
 UPSTREAM_BASE = "debian:bookworm-slim"
 LOCAL_BASE = "emu/debian:bookworm-slim"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-IMAGES_DIR = REPO_ROOT / "images"
+# The controller image carries images/ at /opt/emu/images and says so here.
+IMAGES_DIR = Path(os.environ.get("EMU_IMAGES_DIR") or REPO_ROOT / "images")
 
 Progress = Callable[[str], None]
 
 
-def _content_hash(paths: list[Path]) -> str:
+def _content_hash(paths: list[Path], root: Path) -> str:
     digest = hashlib.sha256()
     for path in sorted(paths):
-        digest.update(str(path.relative_to(REPO_ROOT)).encode())
+        digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
@@ -49,12 +51,12 @@ def node_image_tag() -> str:
             f"images/node/Dockerfile is not at {IMAGES_DIR}; emu builds its images from a checkout of the "
             "emu repository (or set nodeImage in the topology to an image you built)"
         )
-    return "emu/node:" + _content_hash(_files_under(IMAGES_DIR / "node"))
+    return "emu/node:" + _content_hash(_files_under(IMAGES_DIR / "node"), IMAGES_DIR)
 
 
 def controller_image_tag() -> str:
     sources = _files_under(IMAGES_DIR / "controller", REPO_ROOT / "emu", REPO_ROOT / "pyproject.toml")
-    return "emu/controller:" + _content_hash(sources)
+    return "emu/controller:" + _content_hash(sources, REPO_ROOT)
 
 
 class ImageBuilder:
@@ -108,12 +110,12 @@ class ImageBuilder:
             raise EmuError(f"mmdebstrap failed to make {LOCAL_BASE}:\n{stderr[-2000:]}")
         return LOCAL_BASE
 
-    def build(self, tag: str, dockerfile: str, buildargs: dict[str, str] | None = None) -> None:
-        """docker build with the repository as context; raises EmuError with the build's last lines."""
+    def build(self, tag: str, context: Path, buildargs: dict[str, str] | None = None, dockerfile: str = "Dockerfile") -> None:
+        """docker build; raises EmuError with the build's last lines."""
         self.progress(f"building {tag}")
         tail: list[str] = []
         for chunk in self.runtime.api.build(
-            path=str(REPO_ROOT),
+            path=str(context),
             dockerfile=dockerfile,
             tag=tag,
             buildargs=buildargs or {},
@@ -133,14 +135,44 @@ class ImageBuilder:
         tag = node_image_tag()
         if not self.exists(tag):
             base = self.base_image()
-            self.build(tag, "images/node/Dockerfile", {"BASE_IMAGE": base})
+            self.build(tag, IMAGES_DIR / "node", {"BASE_IMAGE": base})
         return tag
+
+    def controller_wheels(self) -> Path:
+        """Wheels of emu and its dependencies for the controller image, fetched by the
+        host's pip (its index and certificates), so the image build needs no network."""
+        import sys
+        import tomllib
+
+        wheels = REPO_ROOT / "build" / "controller-wheels"
+        shutil.rmtree(wheels, ignore_errors=True)
+        wheels.mkdir(parents=True)
+        arch = {"aarch64": "aarch64", "arm64": "aarch64"}.get(self.runtime.api.info().get("Architecture"), "x86_64")
+        requirements = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        # The node image's Python is Debian bookworm's 3.11.
+        target = ["--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--only-binary=:all:"]
+        for platform in ("manylinux2014", "manylinux_2_17", "manylinux_2_28"):
+            target += ["--platform", f"{platform}_{arch}"]
+        self.progress("fetching the controller's Python packages with pip")
+        for command in (
+            ["download", "--dest", str(wheels), *target, "--platform", "any", *requirements],
+            ["wheel", "--no-deps", "--wheel-dir", str(wheels), str(REPO_ROOT)],
+        ):
+            result = subprocess.run(
+                [sys.executable, "-m", "pip", "-q", "--disable-pip-version-check", *command],
+                capture_output=True,
+                text=True,
+            )
+            if result.returncode != 0:
+                raise EmuError(f"pip {command[0]} for the controller image failed:\n{result.stderr[-2000:]}")
+        return wheels
 
     def ensure_controller_image(self) -> str:
         node = self.ensure_node_image()
         tag = controller_image_tag()
         if not self.exists(tag):
-            self.build(tag, "images/controller/Dockerfile", {"NODE_IMAGE": node})
+            self.controller_wheels()
+            self.build(tag, REPO_ROOT, {"NODE_IMAGE": node}, dockerfile="images/controller/Dockerfile")
         return tag
 
     def build_all(self) -> list[str]:

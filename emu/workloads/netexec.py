@@ -33,7 +33,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     server_version = "emu-netexec/1"
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self):  # noqa: N802 (http.server's naming)
+    def do_GET(self):
         url = urlsplit(self.path)
         if url.path == "/hostname":
             body = pod_name()
@@ -58,7 +58,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format, *args):  # noqa: A002
+    def log_message(self, format, *args):
         sys.stderr.write(f"{self.client_address[0]}:{self.client_address[1]} {format % args}\n")
 
 
