@@ -31,7 +31,7 @@ class NodePlan:
         if show_files:
             for path in sorted(self.files):
                 if path.startswith("/opt/emu/"):
-                    out.append(f"--- {path} (emu's own program, {len(self.files[path])} bytes)")
+                    out.append(f"--- {path} (emu's own program, not shown)")
                     continue
                 out.append(f"--- {path}")
                 out.append(self.files[path].rstrip("\n"))
