@@ -7,6 +7,7 @@ node), so any emu process sees the same pods and allocations.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from emu.topology.load import load_file
 from emu.topology.model import Topology
 
 STATE_FILE = "/etc/emu/state.json"
+AGENT_STATUS = "/run/emu/agent/status.json"
 Progress = Callable[[str], None]
 # Runs in a node: connect to each HOST:PORT until all answer or TIMEOUT passes;
 # prints the ones that never answered.
@@ -59,8 +61,12 @@ class Change:
 def pod_changes(previous: ClusterState | None, desired: ClusterState) -> tuple[list[PodState], list[PodState]]:
     """(pods to start, pods to remove): a pod whose spec changed is replaced."""
     old = previous.pods if previous else {}
-    added = [p for k, p in desired.pods.items() if k not in old or old[k].spec_hash != p.spec_hash]
-    removed = [p for k, p in old.items() if k not in desired.pods or desired.pods[k].spec_hash != p.spec_hash]
+
+    def same(a: PodState, b: PodState) -> bool:
+        return (a.spec_hash, a.ip, a.node) == (b.spec_hash, b.ip, b.node)
+
+    added = [p for k, p in desired.pods.items() if k not in old or not same(old[k], p)]
+    removed = [p for k, p in old.items() if k not in desired.pods or not same(desired.pods[k], p)]
     return added, removed
 
 
@@ -147,10 +153,11 @@ class Cluster:
             self.runtime.parallel(self.runtime.create_node, specs)
             self.progress(f"wiring {len(desired.pods)} pods")
             self._apply_plans(plans)
-            self._save(desired)
+            self._save(desired, None)
             if wait:
-                self.progress("waiting for pods to answer")
+                self.progress("waiting for pods to answer and service rules to be programmed")
                 self.wait_ready(desired)
+                self.wait_synced(desired)
         except BaseException:
             # Nothing is half-created: remove whatever this call made.
             self.progress("failed; removing what was created")
@@ -165,6 +172,9 @@ class Cluster:
             topology = load_file(topology)
         previous = self.state()
         desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
+        return self._converge(previous, desired, wait)
+
+    def _converge(self, previous: ClusterState, desired: ClusterState, wait: bool = True) -> Change:
         added, removed = pod_changes(previous, desired)
         if not added and not removed and desired.topology == previous.topology:
             self.progress(f"cluster '{self.name}' is up to date")
@@ -172,10 +182,42 @@ class Cluster:
         plans = [plan for plan in node_plans(previous, desired) if not plan.empty]
         self.progress(f"adding {len(added)} pods, removing {len(removed)}")
         self._apply_plans(plans)
-        self._save(desired)
+        self._save(desired, previous)
         if wait:
             self.wait_ready(desired, only={p.key for p in added})
+            self.wait_synced(desired)
         return Change(False, sorted(p.key for p in added), sorted(p.key for p in removed))
+
+    def scale(self, deployment: str, replicas: int, wait: bool = True) -> Change:
+        """Set a deployment's replicas (`NAME` or `NAMESPACE/NAME`)."""
+        previous = self.state()
+        topology = Topology.model_validate(previous.topology)
+        namespace, _, name = deployment.rpartition("/")
+        namespace = namespace or "default"
+        found = [d for d in topology.deployments if (d.namespace, d.name) == (namespace, name)]
+        if not found:
+            known = ", ".join(f"{d.namespace}/{d.name}" for d in topology.deployments) or "none"
+            raise EmuError(f"no deployment '{namespace}/{name}' in cluster '{self.name}' (deployments: {known})")
+        if replicas < 0:
+            raise EmuError("replicas must be 0 or more")
+        deployments = [
+            d.model_copy(update={"replicas": replicas}) if d is found[0] else d for d in topology.deployments
+        ]
+        return self.apply(_revalidate(topology.model_copy(update={"deployments": deployments})), wait=wait)
+
+    def delete_pod(self, reference: str, wait: bool = True) -> Change:
+        """Delete a pod. A deployment's pod comes back at once with a new IP, as
+        its ReplicaSet would recreate it; a bare pod is gone."""
+        previous = self.state()
+        pod = find_pod(previous, reference)
+        topology = Topology.model_validate(previous.topology)
+        if pod.owner is None:
+            pods = [p for p in topology.pods if (p.namespace, p.name) != (pod.namespace, pod.name)]
+            topology = _revalidate(topology.model_copy(update={"pods": pods}))
+        forgotten = ClusterState.from_json(previous.to_json())
+        del forgotten.pods[pod.key]  # planned afresh: a new IP from host-local IPAM
+        desired = plan_cluster(topology, previous.network, previous.network_subnet, forgotten)
+        return self._converge(previous, desired, wait)
 
     def down(self) -> tuple[int, int]:
         """Remove every container and network of the cluster. Returns (containers, networks)."""
@@ -205,13 +247,53 @@ class Cluster:
 
         self.runtime.parallel(apply, [plan for plan in plans if not plan.empty])
 
-    def _save(self, state: ClusterState) -> None:
-        # Written next to the file, then renamed, so a reader never sees half of it.
-        first = state.nodes[0].container
-        self.runtime.put_files(first, {STATE_FILE + ".new": state.to_json()}, mode=0o600)
-        result = self.runtime.exec(first, ["mv", STATE_FILE + ".new", STATE_FILE])
+    def _save(self, state: ClusterState, previous: ClusterState | None) -> None:
+        """Write the state to every node: the agents program from it, and any
+        emu process reads it back. Written beside the file, then renamed, so a
+        reader never sees half of it."""
+        state.generation = (previous.generation if previous else 0) + 1
+        text = state.to_json()
+
+        def save(node) -> None:
+            self.runtime.put_files(node.container, {STATE_FILE + ".new": text}, mode=0o600)
+            result = self.runtime.exec(node.container, ["mv", STATE_FILE + ".new", STATE_FILE])
+            if not result.ok:
+                raise EmuError(f"could not save the cluster state on {node.container}: {result.output.strip()}")
+
+        self.runtime.parallel(save, state.nodes)
+
+    def wait_synced(self, state: ClusterState, timeout: float = 20.0) -> None:
+        """Wait until every node's agent has programmed the state's generation."""
+        script = (
+            "import json,sys,time\n"
+            "deadline=time.time()+float(sys.argv[2])\n"
+            "while time.time()<deadline:\n"
+            "  try:\n"
+            f"    if json.load(open('{AGENT_STATUS}'))['generation']>=int(sys.argv[1]): sys.exit(0)\n"
+            "  except (OSError,ValueError,KeyError): pass\n"
+            "  time.sleep(0.02)\n"
+            "sys.exit(1)\n"
+        )
+
+        def check(node) -> None:
+            result = self.runtime.exec(node.container, ["python3", "-c", script, str(state.generation), str(timeout)])
+            if not result.ok:
+                raise EmuError(
+                    f"node {node.name}: its agent did not program generation {state.generation} within {timeout:.0f}s; "
+                    f"see {cni.AGENT_LOG} (`emu exec --node {node.name} -- tail {cni.AGENT_LOG}`)"
+                )
+
+        self.runtime.parallel(check, state.nodes)
+
+    def endpoints(self) -> dict[str, dict[str, list[str]]]:
+        """{service key: {port name: ["ip:port", ...]}}: the ready endpoints the agents program."""
+        state = self.state()
+        result = self.runtime.exec(
+            state.nodes[0].container, ["curl", "-sS", "--max-time", "5", "http://127.0.0.1:10250/endpoints"]
+        )
         if not result.ok:
-            raise EmuError(f"could not save the cluster state on {first}: {result.output.strip()}")
+            raise EmuError(f"the agent on {state.nodes[0].name} did not answer: {result.output.strip()}")
+        return json.loads(result.output)
 
     def wait_ready(self, state: ClusterState, timeout: float = 30.0, only: set[str] | None = None) -> None:
         """Wait until every declared TCP port of every pod accepts connections from its node."""
@@ -286,6 +368,16 @@ class Cluster:
                 if key:
                     status.setdefault(key, {})[file.removesuffix(".pid")] = phase
         return status
+
+
+def _revalidate(topology: Topology) -> Topology:
+    """Run a changed topology through the same validation a file gets."""
+    import yaml
+
+    from emu.topology.load import load_text
+
+    text = yaml.safe_dump(topology.model_dump(mode="json", by_alias=True, exclude_defaults=True))
+    return load_text(text, f"cluster '{topology.name}'")
 
 
 def find_pod(state: ClusterState, reference: str) -> PodState:

@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
 from emu.errors import EmuError
-from emu.topology.model import Deployment, PodTemplate, Topology
+from emu.records import ClusterState, NodeState, PodState, ServicePortState, ServiceState
+from emu.services import pod_service_env
+from emu.topology.model import Deployment, PodTemplate, Service, Topology
 from emu.topology.validate import NODE_CIDR_PREFIX
 
-STATE_VERSION = 1
 # The alphabet Kubernetes uses for generated name suffixes (no vowels, no 0/1/3).
 _K8S_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
@@ -52,85 +53,6 @@ def deployment_pod_names(deployment: Deployment) -> list[str]:
         f"{deployment.name}-{pod_hash}-{_k8s_suffix(_digest(deployment.name, pod_hash, str(i)), 5)}"
         for i in range(deployment.replicas)
     ]
-
-
-@dataclass
-class NodeState:
-    name: str
-    role: str
-    labels: dict[str, str]
-    pod_cidr: str
-    node_ip: str
-    container: str
-
-    @property
-    def gateway(self) -> str:
-        """The bridge's address: the first address of the pod CIDR."""
-        return str(ipaddress.IPv4Network(self.pod_cidr).network_address + 1)
-
-
-@dataclass
-class PodState:
-    namespace: str
-    name: str
-    node: str
-    ip: str
-    labels: dict[str, str]
-    containers: list[dict]
-    spec_hash: str
-    owner: str | None = None  # "Deployment/<name>" for a deployment's pod
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def netns(self) -> str:
-        """The network namespace's name: the pod's name, qualified outside 'default'."""
-        return self.name if self.namespace == "default" else f"{self.namespace}.{self.name}"
-
-    @property
-    def host_veth(self) -> str:
-        """The root-side veth: 'veth' + 8 hex characters (interface names stop at 15)."""
-        return "veth" + hashlib.sha256(self.key.encode()).hexdigest()[:8]
-
-
-@dataclass
-class ClusterState:
-    name: str
-    network: str
-    network_subnet: str
-    networking: dict
-    nodes: list[NodeState]
-    pods: dict[str, PodState] = field(default_factory=dict)
-    last_pod_ip: dict[str, str] = field(default_factory=dict)  # host-local IPAM's "last reserved"
-    topology: dict = field(default_factory=dict)  # the declared topology, for scale and re-apply
-    node_image: str = ""
-    version: int = STATE_VERSION
-
-    def node(self, name: str) -> NodeState:
-        for node in self.nodes:
-            if node.name == name:
-                return node
-        raise KeyError(name)
-
-    def pods_on(self, node_name: str) -> list[PodState]:
-        return [pod for pod in self.pods.values() if pod.node == node_name]
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> ClusterState:
-        data = json.loads(text)
-        if data.get("version") != STATE_VERSION:
-            raise EmuError(
-                f"the cluster's state file has version {data.get('version')}, this emu reads "
-                f"{STATE_VERSION}; recreate the cluster with `emu down` and `emu up`"
-            )
-        data["nodes"] = [NodeState(**n) for n in data["nodes"]]
-        data["pods"] = {k: PodState(**p) for k, p in data["pods"].items()}
-        return cls(**data)
 
 
 def container_name(cluster: str, node: str) -> str:
@@ -226,6 +148,8 @@ def plan_cluster(
         topology=topology.model_dump(mode="json", by_alias=True, exclude_defaults=True),
         node_image=node_image or (previous.node_image if previous else ""),
     )
+    state.load_balancer_pool = load_balancer_pool(topology, network_subnet)
+    state.services = plan_services(topology, state, previous)
     old_pods = previous.pods if previous else {}
     declared = _declared_pods(topology)
 
@@ -249,7 +173,7 @@ def plan_cluster(
         node_name = template.node or min(schedulable, key=lambda n: (load[n], schedulable.index(n)))
         load[node_name] += 1
         ip = ipam[node_name].allocate()
-        state.pods[f"{namespace}/{name}"] = PodState(
+        pod = PodState(
             namespace=namespace,
             name=name,
             node=node_name,
@@ -259,8 +183,163 @@ def plan_cluster(
             spec_hash=spec_hash,
             owner=owner,
         )
+        pod.service_env = pod_service_env(state.services, pod, template.enable_service_links)
+        state.pods[pod.key] = pod
     state.last_pod_ip = {name: allocator.last for name, allocator in ipam.items() if allocator.last}
     return state
+
+
+KUBERNETES_SERVICE = "default/kubernetes"
+KUBE_DNS_SERVICE = "kube-system/kube-dns"
+
+
+def static_band(subnet: ipaddress.IPv4Network) -> int:
+    """Kubernetes keeps the lower part of the service range for fixed addresses
+    (min(max(16, size/16), 256)) and allocates dynamic ones above it."""
+    return min(max(16, subnet.num_addresses // 16), 256)
+
+
+def _stable_offset(key: str, size: int) -> int:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") % size
+
+
+def load_balancer_pool(topology: Topology, network_subnet: str) -> list[str]:
+    """[first, last] LoadBalancer address on the cluster network."""
+    network = ipaddress.IPv4Network(network_subnet)
+    if topology.networking.load_balancer_pool:
+        first, _, last = topology.networking.load_balancer_pool.partition("-")
+        return [first.strip(), last.strip()]
+    broadcast = network.broadcast_address
+    return [str(broadcast - 32), str(broadcast - 1)]
+
+
+def _pool_addresses(pool: list[str]) -> list[str]:
+    first, last = ipaddress.IPv4Address(pool[0]), ipaddress.IPv4Address(pool[1])
+    return [str(first + i) for i in range(int(last) - int(first) + 1)]
+
+
+def _kubernetes_service(subnet: ipaddress.IPv4Network) -> ServiceState:
+    # The API server's service: the first address, https 443 -> the control plane's 6443.
+    return ServiceState(
+        namespace="default",
+        name="kubernetes",
+        type="ClusterIP",
+        cluster_ip=str(subnet.network_address + 1),
+        ports=[ServicePortState(name="https", port=443, protocol="TCP", target_port=6443)],
+    )
+
+
+def plan_services(topology: Topology, state: ClusterState, previous: ClusterState | None) -> dict[str, ServiceState]:
+    """Services with their addresses and node ports: kept from `previous` where
+    the service still asks for them, fixed where declared, else allocated."""
+    subnet = ipaddress.IPv4Network(topology.networking.service_subnet)
+    old = previous.services if previous else {}
+    services = {KUBERNETES_SERVICE: _kubernetes_service(subnet)}
+    used_ips = {services[KUBERNETES_SERVICE].cluster_ip}
+    used_ips |= {s.cluster_ip for s in topology.services if s.cluster_ip and s.cluster_ip != "None"}
+    used_node_ports = {p.node_port for s in topology.services for p in s.ports if p.node_port}
+    pool = _pool_addresses(state.load_balancer_pool)
+    used_lb = {s.load_balancer_ip for s in topology.services if s.load_balancer_ip}
+
+    def keep(key: str, attribute: str, used: set, wanted_type: tuple[str, ...], service: Service):
+        previous_service = old.get(key)
+        if previous_service is None or previous_service.type not in wanted_type or service.type not in wanted_type:
+            return None
+        value = getattr(previous_service, attribute)
+        return value if value and value != "None" and value not in used else None
+
+    for service in sorted(topology.services, key=lambda s: (s.namespace, s.name)):
+        key = f"{service.namespace}/{service.name}"
+        if service.type == "ExternalName":
+            cluster_ip = ""
+        elif service.cluster_ip:
+            cluster_ip = service.cluster_ip
+        else:
+            cluster_ip = keep(key, "cluster_ip", used_ips, ("ClusterIP", "NodePort", "LoadBalancer"), service)
+            if cluster_ip is None:
+                cluster_ip = _allocate_ip(subnet, key, used_ips)
+            used_ips.add(cluster_ip)
+        old_ports = {(p.port, p.protocol): p.node_port for p in old[key].ports} if key in old else {}
+        ports = []
+        for index, port in enumerate(service.ports):
+            node_port = None
+            if service.type in ("NodePort", "LoadBalancer"):
+                node_port = port.node_port
+                if node_port is None:
+                    kept = old_ports.get((port.port, port.protocol))
+                    node_port = kept if kept and kept not in used_node_ports else None
+                if node_port is None:
+                    node_port = _allocate_node_port(f"{key}:{port.name or index}", used_node_ports)
+                used_node_ports.add(node_port)
+            ports.append(
+                ServicePortState(
+                    name=port.name or "",
+                    port=port.port,
+                    protocol=port.protocol,
+                    target_port=port.target_port if port.target_port is not None else port.port,
+                    node_port=node_port,
+                )
+            )
+        lb_ip = None
+        if service.type == "LoadBalancer":
+            lb_ip = service.load_balancer_ip or keep(key, "load_balancer_ip", used_lb, ("LoadBalancer",), service)
+            if lb_ip is None:
+                lb_ip = next((ip for ip in pool if ip not in used_lb), None)
+                if lb_ip is None:
+                    raise EmuError(
+                        f"service {key}: the LoadBalancer pool {state.load_balancer_pool[0]}-"
+                        f"{state.load_balancer_pool[1]} has no free address; widen networking.loadBalancerPool"
+                    )
+            elif lb_ip not in pool:
+                raise EmuError(
+                    f"service {key}: loadBalancerIP {lb_ip} is not in the pool "
+                    f"{state.load_balancer_pool[0]}-{state.load_balancer_pool[1]} on the cluster network"
+                )
+            used_lb.add(lb_ip)
+        affinity = None
+        if service.session_affinity == "ClientIP":
+            config = service.session_affinity_config
+            affinity = config.client_ip.timeout_seconds if config else 10800
+        services[key] = ServiceState(
+            namespace=service.namespace,
+            name=service.name,
+            type=service.type,
+            cluster_ip=cluster_ip,
+            ports=ports,
+            selector=dict(service.selector) if service.selector else None,
+            external_name=service.external_name,
+            affinity_timeout=affinity,
+            external_traffic_policy=service.external_traffic_policy,
+            internal_traffic_policy=service.internal_traffic_policy,
+            load_balancer_ip=lb_ip,
+        )
+    return services
+
+
+def _allocate_ip(subnet: ipaddress.IPv4Network, key: str, used: set[str]) -> str:
+    """A dynamic service IP: a stable hash of the service's name, probing upward
+    through the range above the static band."""
+    start = static_band(subnet)
+    size = subnet.num_addresses - 1 - start  # the broadcast address is not used
+    offset = _stable_offset(key, size)
+    for step in range(size):
+        candidate = str(subnet.network_address + start + (offset + step) % size)
+        if candidate not in used:
+            return candidate
+    raise EmuError(f"serviceSubnet {subnet} is full; use a larger one")
+
+
+NODE_PORT_RANGE = range(30000, 32768)
+
+
+def _allocate_node_port(key: str, used: set[int]) -> int:
+    size = len(NODE_PORT_RANGE)
+    offset = _stable_offset(key, size)
+    for step in range(size):
+        candidate = NODE_PORT_RANGE.start + (offset + step) % size
+        if candidate not in used:
+            return candidate
+    raise EmuError("every node port (30000-32767) is taken")
 
 
 def _check_compatible(topology: Topology, networking: dict, previous: ClusterState) -> None:

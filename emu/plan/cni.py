@@ -14,12 +14,15 @@ import shlex
 from importlib import resources
 
 from emu.plan import NodePlan
+from emu.proxy import iptables
 from emu.state import ClusterState, NodeState, PodState
 
 PLAN_DIR = "/etc/emu/plan"
 LOG_DIR = "/var/log/emu/pods"
 RUN_DIR = "/run/emu/pods"  # <netns>/<container>.pid
 WORKLOAD_DIR = "/opt/emu/workloads"
+AGENT_LIB = "/opt/emu/lib"
+AGENT_LOG = "/var/log/emu/agent.log"
 MASQ_CHAIN = "EMU-MASQ-AGENT"  # named after kindnet's KIND-MASQ-AGENT
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
@@ -66,7 +69,7 @@ def masquerade_rules(state: ClusterState, node: NodeState) -> str:
             f'-A POSTROUTING -s {node.pod_cidr} -m addrtype ! --dst-type LOCAL -m comment --comment "emu-masq-agent: '
             f'traffic from pods leaving the pod network" -j {MASQ_CHAIN}',
             f'-A {MASQ_CHAIN} -d {pod_subnet} -m comment --comment "emu-masq-agent: pod-to-pod is not NATed" -j RETURN',
-            f'-A {MASQ_CHAIN} -m comment --comment "emu-masq-agent: egress takes the node\'s IP" -j MASQUERADE',
+            f'-A {MASQ_CHAIN} -m comment --comment "emu-masq-agent: egress leaves with the node IP" -j MASQUERADE',
             "COMMIT",
             "",
         ]
@@ -79,6 +82,9 @@ def pod_root_batch(pod: PodState) -> str:
         f"netns add {pod.netns}\n"
         f"link add {pod.host_veth} type veth peer name eth0 netns {pod.netns}\n"
         f"link set {pod.host_veth} master cni0 up\n"
+        # A pod reaching itself through its service's IP: the reply must go back
+        # out the port it came in on (the kubelet's hairpin-veth mode).
+        f"link set {pod.host_veth} type bridge_slave hairpin on\n"
     )
 
 
@@ -148,10 +154,28 @@ def start_container_line(pod: PodState, container: dict) -> str:
     return f"{shlex.join(argv)} >{shlex.quote(log)} 2>&1 </dev/null &\necho $! >{shlex.quote(pid_file)}"
 
 
+# The modules the node agent runs with (standard library only), copied into every node.
+AGENT_MODULES = [
+    "__init__.py", "errors.py", "records.py", "services.py",
+    "proxy/__init__.py", "proxy/iptables.py", "agent/__init__.py", "agent/__main__.py",
+]  # fmt: skip
+
+
 def workload_files() -> dict[str, str]:
     """emu's built-in workload programs, copied into every node."""
     source = resources.files("emu.workloads").joinpath("netexec.py").read_text()
     return {f"{WORKLOAD_DIR}/netexec.py": source}
+
+
+def agent_files() -> dict[str, str]:
+    package = resources.files("emu")
+    return {f"{AGENT_LIB}/emu/{name}": package.joinpath(name).read_text() for name in AGENT_MODULES}
+
+
+def start_agent_line(node: NodeState) -> str:
+    """The node agent: probes, readiness sharing and service rules (emu.agent)."""
+    argv = ["env", f"PYTHONPATH={AGENT_LIB}", "setsid", "python3", "-m", "emu.agent", "--node", node.name]
+    return f"{shlex.join(argv)} >{AGENT_LOG} 2>&1 </dev/null &"
 
 
 def node_plan(
@@ -165,11 +189,15 @@ def node_plan(
     plan = NodePlan(node=node.name, container=node.container)
     if new_node:
         plan.files.update(workload_files())
+        plan.files.update(agent_files())
         plan.files[f"{PLAN_DIR}/node.batch"] = node_setup_batch(state, node)
         plan.files[f"{PLAN_DIR}/masquerade.rules"] = masquerade_rules(state, node)
+        plan.files[f"{PLAN_DIR}/kube-proxy-hooks.rules"] = iptables.hook_rules()
         plan.steps += [
             f"ip -batch {PLAN_DIR}/node.batch",
             f"iptables-restore --noflush {PLAN_DIR}/masquerade.rules",
+            f"iptables-restore --noflush {PLAN_DIR}/kube-proxy-hooks.rules",
+            start_agent_line(node),
         ]
     if removed:
         plan.steps.append(DELETE_POD_FUNCTION)

@@ -27,6 +27,9 @@ NODE_SYSCTLS = {
     # reverse-path filtering would drop the replies of host-gw routing.
     "net.ipv4.conf.all.rp_filter": "0",
     "net.ipv4.conf.default.rp_filter": "0",
+    # Bridged pod-to-pod replies must pass conntrack so service DNAT is undone
+    # (kube-proxy requires br_netfilter for the same reason).
+    "net.bridge.bridge-nf-call-iptables": "1",
 }
 # Where emu looks for a free /24 for a cluster's Docker network.
 NETWORK_POOL = ipaddress.IPv4Network("172.28.0.0/14")

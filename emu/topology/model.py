@@ -83,6 +83,13 @@ class Networking(Model):
         "iptables", description="How service rules are written, as kube-proxy's --proxy-mode."
     )
     dns_domain: str = Field("cluster.local", description="The cluster's DNS domain.")
+    cluster_network: IPv4CIDR | None = Field(
+        None, description="The Docker network's subnet (a /24 or larger); default: a free /24 emu picks."
+    )
+    load_balancer_pool: str | None = Field(
+        None,
+        description="LoadBalancer addresses on the cluster network, FIRST-LAST; default: the last 32 of it.",
+    )
 
     @field_validator("dns_domain")
     @classmethod
@@ -112,6 +119,40 @@ class EnvVar(Model):
     value: str = ""
 
 
+class HTTPGetAction(Model):
+    path: str = "/"
+    port: Port | PortName
+
+
+class TCPSocketAction(Model):
+    port: Port | PortName
+
+
+class ExecAction(Model):
+    command: Annotated[list[str], Field(min_length=1)]
+
+
+class Probe(Model):
+    """A readiness probe, run by the node's agent from the node's root namespace
+    (exec probes run inside the pod), as the kubelet does."""
+
+    http_get: HTTPGetAction | None = None
+    tcp_socket: TCPSocketAction | None = None
+    exec: ExecAction | None = None
+    initial_delay_seconds: Annotated[int, Field(ge=0)] = 0
+    period_seconds: Annotated[float, Field(gt=0)] = 10
+    timeout_seconds: Annotated[float, Field(gt=0)] = 1
+    success_threshold: Annotated[int, Field(ge=1)] = 1
+    failure_threshold: Annotated[int, Field(ge=1)] = 3
+
+    @model_validator(mode="after")
+    def _one_handler(self):
+        handlers = [h for h in (self.http_get, self.tcp_socket, self.exec) if h is not None]
+        if len(handlers) != 1:
+            raise ValueError("a probe needs exactly one of httpGet, tcpSocket or exec")
+        return self
+
+
 class Container(Model):
     """A process group of a pod. Either a command or a built-in workload."""
 
@@ -125,6 +166,7 @@ class Container(Model):
     args: list[str] = Field(default_factory=list, description="Arguments for the command or workload.")
     ports: list[ContainerPort] = Field(default_factory=list)
     env: list[EnvVar] = Field(default_factory=list)
+    readiness_probe: Probe | None = None
 
     @field_validator("command", mode="before")
     @classmethod
@@ -151,6 +193,7 @@ class PodTemplate(Model):
 
     labels: dict[str, str] = Field(default_factory=dict)
     node: DNSLabel | None = Field(None, description="Pin the pod to this node; else it is spread over workers.")
+    enable_service_links: bool = Field(True, description="Give the pod environment variables for services.")
     containers: Annotated[list[Container], Field(min_length=1)]
 
 
@@ -168,6 +211,41 @@ class Deployment(Model):
     template: PodTemplate
 
 
+class ServicePort(Model):
+    name: PortName | None = None
+    port: Port
+    target_port: Port | PortName | None = Field(None, description="Number or container port name; default: port.")
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    node_port: Annotated[int, Field(ge=30000, le=32767)] | None = None
+
+
+class ClientIPConfig(Model):
+    timeout_seconds: Annotated[int, Field(ge=1, le=86400)] = 10800
+
+
+class SessionAffinityConfig(Model):
+    client_ip: ClientIPConfig = Field(default_factory=ClientIPConfig, alias="clientIP")
+
+
+class Service(Model):
+    """A Kubernetes Service: a stable virtual IP in front of the pods it selects."""
+
+    name: DNSLabel
+    namespace: DNSLabel = "default"
+    type: Literal["ClusterIP", "NodePort", "LoadBalancer", "ExternalName"] = "ClusterIP"
+    selector: dict[str, str] | None = None
+    ports: list[ServicePort] = Field(default_factory=list)
+    cluster_ip: str | None = Field(
+        None, alias="clusterIP", description="An address in serviceSubnet, or None for a headless service."
+    )
+    external_name: str | None = None
+    session_affinity: Literal["None", "ClientIP"] = "None"
+    session_affinity_config: SessionAffinityConfig | None = None
+    external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
+    internal_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
+    load_balancer_ip: str | None = Field(None, alias="loadBalancerIP")
+
+
 class Topology(Model):
     """A whole lab: the cluster's name, its address plan, nodes and workloads."""
 
@@ -177,6 +255,7 @@ class Topology(Model):
     nodes: Annotated[list[Node], Field(min_length=1)]
     pods: list[Pod] = Field(default_factory=list)
     deployments: list[Deployment] = Field(default_factory=list)
+    services: list[Service] = Field(default_factory=list)
 
 
 def json_schema() -> dict:

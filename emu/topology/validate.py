@@ -25,6 +25,8 @@ def check_topology(topology: Topology) -> list[Finding]:
         *_check_nodes(topology),
         *_check_workloads(topology),
         *_check_capacity(topology),
+        *_check_networks(topology),
+        *_check_services(topology),
     ]
 
 
@@ -160,3 +162,121 @@ def _check_capacity(topology: Topology) -> Iterator[Finding]:
             f"{floating} pods are not pinned to a node but the nodes that take them "
             f"({', '.join(schedulable)}) have room for {room}; add worker nodes or lower replicas",
         )
+
+
+def _check_networks(topology: Topology) -> Iterator[Finding]:
+    networking = topology.networking
+    path = ("networking",)
+    network = None
+    if networking.cluster_network:
+        network = ipaddress.IPv4Network(networking.cluster_network)
+        if network.prefixlen > 24:
+            yield (path + ("clusterNetwork",), f"clusterNetwork {network} is too small; use a /24 or larger")
+        for name, other in (("podSubnet", networking.pod_subnet), ("serviceSubnet", networking.service_subnet)):
+            if network.overlaps(ipaddress.IPv4Network(other)):
+                yield (path + ("clusterNetwork",), f"clusterNetwork {network} overlaps {name} {other}")
+    if networking.load_balancer_pool:
+        first, dash, last = networking.load_balancer_pool.partition("-")
+        try:
+            addresses = [ipaddress.IPv4Address(first.strip()), ipaddress.IPv4Address(last.strip())]
+        except ValueError:
+            addresses = []
+        if not dash or not addresses or addresses[0] > addresses[1]:
+            yield (
+                path + ("loadBalancerPool",),
+                f"'{networking.load_balancer_pool}' is not a range FIRST-LAST (e.g. 172.28.0.200-172.28.0.250)",
+            )
+        elif network is None:
+            yield (path + ("loadBalancerPool",), "a loadBalancerPool needs a fixed clusterNetwork to lie in")
+        elif not all(a in network for a in addresses):
+            yield (path + ("loadBalancerPool",), f"loadBalancerPool is not inside clusterNetwork {network}")
+
+
+def _check_services(topology: Topology) -> Iterator[Finding]:
+    subnet = ipaddress.IPv4Network(topology.networking.service_subnet)
+    seen: set[tuple[str, str]] = set()
+    cluster_ips: dict[str, str] = {str(subnet.network_address + 1): "default/kubernetes"}
+    node_ports: dict[int, str] = {}
+    port_names_by_namespace: dict[str, set[str]] = {}
+    for pod_path, namespace, template in _templates(topology):
+        names = {p.name for c in template.containers for p in c.ports if p.name}
+        port_names_by_namespace.setdefault(namespace, set()).update(names)
+    for index, service in enumerate(topology.services):
+        path = ("services", index)
+        key = f"{service.namespace}/{service.name}"
+        what = f"service '{key}'"
+        if (service.namespace, service.name) in seen:
+            yield (path + ("name",), f"{what} is defined twice")
+        seen.add((service.namespace, service.name))
+        if key == "default/kubernetes":
+            yield (path + ("name",), "default/kubernetes is the API server's service, which every cluster has; rename yours")
+        if service.type == "ExternalName":
+            if not service.external_name:
+                yield (path + ("externalName",), f"{what} has type ExternalName but no externalName (e.g. example.com)")
+            if service.selector:
+                yield (path + ("selector",), f"{what} has type ExternalName and a selector; an ExternalName service has no pods")
+            if service.cluster_ip:
+                yield (path + ("clusterIP",), f"{what} has type ExternalName and a clusterIP; remove the clusterIP")
+        elif service.external_name:
+            yield (path + ("externalName",), f"externalName needs type ExternalName ({what} is {service.type})")
+        if service.cluster_ip and service.cluster_ip != "None":
+            try:
+                address = ipaddress.IPv4Address(service.cluster_ip)
+            except ValueError:
+                yield (path + ("clusterIP",), f"clusterIP '{service.cluster_ip}' is not an IPv4 address or None")
+            else:
+                if address not in subnet or address in (subnet.network_address, subnet.broadcast_address):
+                    yield (path + ("clusterIP",), f"clusterIP {address} is not a usable address of serviceSubnet {subnet}")
+                elif service.cluster_ip in cluster_ips:
+                    yield (path + ("clusterIP",), f"clusterIP {address} is taken by service '{cluster_ips[service.cluster_ip]}'")
+                cluster_ips.setdefault(service.cluster_ip, key)
+        if service.cluster_ip == "None" and service.type != "ClusterIP":
+            yield (path + ("clusterIP",), f"a headless service (clusterIP: None) must have type ClusterIP, not {service.type}")
+        if service.type != "ExternalName" and service.cluster_ip != "None" and not service.ports:
+            yield (path + ("ports",), f"{what} needs at least one port")
+        if service.session_affinity_config is not None and service.session_affinity != "ClientIP":
+            yield (path + ("sessionAffinityConfig",), "sessionAffinityConfig needs sessionAffinity: ClientIP")
+        if service.external_traffic_policy == "Local" and service.type not in ("NodePort", "LoadBalancer"):
+            yield (
+                path + ("externalTrafficPolicy",),
+                f"externalTrafficPolicy: Local is for NodePort and LoadBalancer services ({what} is {service.type})",
+            )
+        if service.load_balancer_ip and service.type != "LoadBalancer":
+            yield (path + ("loadBalancerIP",), f"loadBalancerIP needs type LoadBalancer ({what} is {service.type})")
+        yield from _check_service_ports(service, path, what, node_ports, port_names_by_namespace.get(service.namespace, set()))
+
+
+def _check_service_ports(service, path, what, node_ports: dict[int, str], pod_port_names: set[str]) -> Iterator[Finding]:
+    key = f"{service.namespace}/{service.name}"
+    seen_ports: set[tuple[int, str]] = set()
+    seen_names: set[str] = set()
+    for p_index, port in enumerate(service.ports):
+        p_path = path + ("ports", p_index)
+        if len(service.ports) > 1 and not port.name:
+            yield (p_path, f"{what} has several ports, so each needs a name")
+        if port.name:
+            if port.name in seen_names:
+                yield (p_path + ("name",), f"port name '{port.name}' is used twice in {what}")
+            seen_names.add(port.name)
+        if (port.port, port.protocol) in seen_ports:
+            yield (p_path + ("port",), f"port {port.port}/{port.protocol} is declared twice in {what}")
+        seen_ports.add((port.port, port.protocol))
+        if isinstance(port.target_port, str) and port.target_port not in pod_port_names:
+            yield (
+                p_path + ("targetPort",),
+                f"targetPort '{port.target_port}' names no container port of any pod in namespace "
+                f"'{service.namespace}'; use a port number or a name from a container's ports",
+            )
+        if port.node_port is not None:
+            if service.type not in ("NodePort", "LoadBalancer"):
+                yield (p_path + ("nodePort",), f"nodePort needs type NodePort or LoadBalancer ({what} is {service.type})")
+            elif port.node_port in node_ports:
+                yield (p_path + ("nodePort",), f"nodePort {port.node_port} is taken by service '{node_ports[port.node_port]}'")
+            node_ports.setdefault(port.node_port, key)
+
+
+def _templates(topology: Topology):
+    for index, pod in enumerate(topology.pods):
+        yield ("pods", index), pod.namespace, pod
+    for index, deployment in enumerate(topology.deployments):
+        yield ("deployments", index, "template"), deployment.namespace, deployment.template

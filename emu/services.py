@@ -1,0 +1,114 @@
+"""Services seen from the data path: endpoints, environment variables, LB owners.
+
+Standard library only: both the controller and the agent in each node use it,
+so both agree on what a service's endpoints are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from emu.records import ClusterState, PodState, ServicePortState, ServiceState
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    ip: str
+    port: int
+    node: str | None  # None for an endpoint outside the pod network (kubernetes' API address)
+    pod: str | None  # pod key
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+def port_name(service: ServiceState, port: ServicePortState) -> str:
+    """kube-proxy's ServicePortName string: namespace/name, plus :port when the port is named."""
+    return f"{service.key}:{port.name}" if port.name else service.key
+
+
+def service_endpoints(
+    state: ClusterState, service: ServiceState, ready: dict[str, bool]
+) -> dict[str, list[Endpoint]]:
+    """{service port name: ready endpoints}, ordered by address as EndpointSlices are.
+
+    A pod counts when it matches the selector, is ready, and has the target port
+    (a named targetPort is looked up per pod, as Kubernetes does)."""
+    result: dict[str, list[Endpoint]] = {}
+    for port in service.ports:
+        endpoints: list[Endpoint] = []
+        if service.key == "default/kubernetes":
+            endpoints = [Endpoint(n.node_ip, int(port.target_port), None, None) for n in control_planes(state)]
+        else:
+            for pod in state.pods.values():
+                if not service.selects(pod) or not ready.get(pod.key, False):
+                    continue
+                target = pod.resolve_port(port.target_port)
+                if target is not None:
+                    endpoints.append(Endpoint(pod.ip, target, pod.node, pod.key))
+        result[port.name] = sorted(endpoints, key=lambda e: _address_order(e.address))
+    return result
+
+
+def _address_order(address: str) -> tuple:
+    ip, _, port = address.partition(":")
+    return (tuple(int(part) for part in ip.split(".")), int(port))
+
+
+def control_planes(state: ClusterState):
+    planes = [n for n in state.nodes if n.role == "control-plane"]
+    return planes or state.nodes[:1]
+
+
+def load_balancer_owner(state: ClusterState, service: ServiceState, endpoints: dict[str, list[Endpoint]]) -> str:
+    """The node that answers for a LoadBalancer address (MetalLB layer 2 style):
+    a stable choice by hash among the nodes that may announce it; with Local
+    traffic policy only nodes with a ready endpoint may."""
+    candidates = [n.name for n in state.nodes]
+    if service.external_traffic_policy == "Local":
+        local = {e.node for eps in endpoints.values() for e in eps if e.node}
+        candidates = [n for n in candidates if n in local] or candidates
+    return min(candidates, key=lambda node: hashlib.sha256(f"{node}/{service.key}".encode()).hexdigest())
+
+
+def env_name(name: str) -> str:
+    return name.upper().replace("-", "_")
+
+
+def service_env(service: ServiceState) -> dict[str, str]:
+    """The variables the kubelet gives a pod for one service (Docker-link style included)."""
+    if not service.proxied or not service.ports:
+        return {}
+    prefix = env_name(service.name)
+    ip = service.cluster_ip
+    first = service.ports[0]
+    env = {
+        f"{prefix}_SERVICE_HOST": ip,
+        f"{prefix}_SERVICE_PORT": str(first.port),
+        f"{prefix}_PORT": f"{first.protocol.lower()}://{ip}:{first.port}",
+    }
+    for port in service.ports:
+        if port.name:
+            env[f"{prefix}_SERVICE_PORT_{env_name(port.name)}"] = str(port.port)
+        link = f"{prefix}_PORT_{port.port}_{port.protocol}"
+        env[link] = f"{port.protocol.lower()}://{ip}:{port.port}"
+        env[f"{link}_PROTO"] = port.protocol.lower()
+        env[f"{link}_PORT"] = str(port.port)
+        env[f"{link}_ADDR"] = ip
+    return env
+
+
+def pod_service_env(services: dict[str, ServiceState], pod: PodState, enable_service_links: bool) -> dict[str, str]:
+    """Variables for a pod created now: its namespace's services (unless
+    enableServiceLinks is false) and always the kubernetes service."""
+    env: dict[str, str] = {}
+    if enable_service_links:
+        for service in sorted(services.values(), key=lambda s: s.name):
+            if service.namespace == pod.namespace:
+                env.update(service_env(service))
+    kubernetes = services.get("default/kubernetes")
+    if kubernetes is not None:
+        env.update(service_env(kubernetes))
+    return env

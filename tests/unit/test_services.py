@@ -1,0 +1,255 @@
+"""Services: allocation, validation, endpoints, environment variables and kube-proxy's iptables rules."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from emu.errors import TopologyError
+from emu.proxy import iptables
+from emu.services import load_balancer_owner, service_endpoints, service_env
+from emu.state import plan_cluster
+from emu.topology.load import load_text
+
+GOLDEN = Path(__file__).parent / "golden"
+LAB = """\
+name: lab
+nodes:
+  - {name: cp, role: control-plane}
+  - {name: w1}
+  - {name: w2}
+pods:
+  - name: web-a
+    node: w1
+    labels: {app: web}
+    containers: [{name: s, workload: netexec, ports: [{name: http, containerPort: 8080}]}]
+  - name: web-b
+    node: w2
+    labels: {app: web}
+    containers: [{name: s, workload: netexec, ports: [{name: http, containerPort: 8080}]}]
+services:
+  - name: web
+    type: NodePort
+    selector: {app: web}
+    clusterIP: 10.96.0.50
+    ports: [{name: http, port: 80, targetPort: http, nodePort: 30080}]
+  - name: sticky
+    selector: {app: web}
+    clusterIP: 10.96.0.51
+    sessionAffinity: ClientIP
+    sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+    ports: [{port: 80, targetPort: 8080}]
+  - name: local
+    type: NodePort
+    externalTrafficPolicy: Local
+    selector: {app: web}
+    clusterIP: 10.96.0.52
+    ports: [{port: 80, targetPort: 8080, nodePort: 30081}]
+  - name: empty
+    selector: {app: nothing}
+    clusterIP: 10.96.0.53
+    ports: [{port: 80, protocol: UDP}]
+  - name: lb
+    type: LoadBalancer
+    selector: {app: web}
+    clusterIP: 10.96.0.54
+    ports: [{port: 80, targetPort: 8080, nodePort: 30082}]
+  - name: headless
+    clusterIP: None
+    selector: {app: web}
+    ports: [{port: 80}]
+  - name: external
+    type: ExternalName
+    externalName: example.com
+"""
+
+
+def state(text=LAB, previous=None):
+    return plan_cluster(load_text(text), "emu-lab", "172.28.5.0/24", previous)
+
+
+def all_ready(s):
+    return {key: True for key in s.pods}
+
+
+def endpoints(s, ready=None):
+    ready = all_ready(s) if ready is None else ready
+    return {key: service_endpoints(s, svc, ready) for key, svc in s.services.items()}
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("EMU_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"differs from {path}; if intended, rerun with EMU_UPDATE_GOLDEN=1"
+
+
+def test_chain_names_are_kube_proxys():
+    # Values seen on real clusters for the kubernetes and kube-dns services.
+    assert iptables.service_chain("default/kubernetes:https", "tcp") == "KUBE-SVC-NPX46M4PTMTKRN6Y"
+    assert iptables.service_chain("kube-system/kube-dns:dns", "udp") == "KUBE-SVC-TCOU7JCQXEZGVUNU"
+    assert iptables.service_chain("kube-system/kube-dns:dns-tcp", "tcp") == "KUBE-SVC-ERIFXISQEP7F7OF4"
+
+
+def test_every_cluster_has_the_kubernetes_service():
+    kubernetes = state().services["default/kubernetes"]
+    assert kubernetes.cluster_ip == "10.96.0.1"
+    assert [(p.name, p.port, p.target_port) for p in kubernetes.ports] == [("https", 443, 6443)]
+    eps = endpoints(state())["default/kubernetes"]["https"]
+    assert [e.address for e in eps] == ["172.28.5.2:6443"]
+
+
+def test_rules_match_golden_for_worker():
+    s = state()
+    check_golden("iptables_w1.rules", iptables.restore_text(iptables.render(s, "w1", endpoints(s))))
+
+
+def test_rules_match_golden_for_node_without_local_endpoints():
+    s = state()
+    check_golden("iptables_cp.rules", iptables.restore_text(iptables.render(s, "cp", endpoints(s))))
+
+
+def test_probability_is_one_over_n_minus_i():
+    text = LAB.replace("  - name: web-b\n", "  - name: web-c\n    node: w1\n    labels: {app: web}\n"
+                       "    containers: [{name: s, workload: netexec, ports: [{name: http, containerPort: 8080}]}]\n"
+                       "  - name: web-b\n")
+    s = state(text)
+    rules = iptables.render(s, "w1", endpoints(s))["nat"][iptables.service_chain("default/web:http", "tcp")]
+    probabilities = [r.split("--probability ")[1].split()[0] for r in rules if "--probability" in r]
+    assert probabilities == ["0.3333333333", "0.5000000000"]
+    assert rules[-1].endswith(" -j " + iptables.endpoint_chain("default/web:http", "tcp", "10.244.2.2:8080"))
+
+
+def test_unready_endpoint_leaves_the_rules():
+    s = state()
+    ready = all_ready(s) | {"default/web-b": False}
+    rules = iptables.render(s, "w1", endpoints(s, ready))
+    text = iptables.restore_text(rules)
+    assert "10.244.2.2:8080" not in text and "10.244.1.2:8080" in text
+
+
+def test_no_endpoints_rejects():
+    s = state()
+    filter_rules = iptables.render(s, "w1", endpoints(s))["filter"]["KUBE-SERVICES"]
+    assert '-m comment --comment "default/empty has no endpoints" -m udp -p udp -d 10.96.0.53/32 --dport 80 -j REJECT' in filter_rules
+
+
+def test_local_policy_drops_nodeport_on_node_without_endpoints():
+    s = state()
+    external = iptables.render(s, "cp", endpoints(s))["filter"]["KUBE-EXTERNAL-SERVICES"]
+    assert any("default/local has no local endpoints" in r and "--dport 30081 -j DROP" in r for r in external)
+    on_w1 = iptables.render(s, "w1", endpoints(s))["nat"]
+    assert iptables.local_chain("default/local", "tcp") in on_w1
+
+
+def test_partial_sync_rewrites_only_what_changed():
+    s = state()
+    before = iptables.render(s, "w1", endpoints(s))
+    after = iptables.render(s, "w1", endpoints(s, all_ready(s) | {"default/web-b": False}))
+    text = iptables.restore_text(after, before)
+    declared = [line for line in text.splitlines() if line.startswith(":")]
+    gone = [line for line in text.splitlines() if line.startswith("-X")]
+    # web-b served web, sticky, local and lb: its four endpoint chains are deleted.
+    assert ":KUBE-SERVICES - [0:0]" in declared
+    assert len(gone) == 4
+    assert iptables.service_chain("default/headless", "tcp") not in text
+    assert len(declared) < len(iptables.restore_text(after).splitlines())
+    assert iptables.restore_text(after, after).count(":KUBE-SVC-") == 0
+
+
+def test_headless_and_external_name_get_no_rules():
+    s = state()
+    text = iptables.restore_text(iptables.render(s, "w1", endpoints(s)))
+    assert "default/headless" not in text and "default/external" not in text
+
+
+def test_allocation_is_stable_and_in_the_dynamic_band():
+    text = LAB.replace("    clusterIP: 10.96.0.50\n", "").replace("nodePort: 30080", "name: http")
+    text = text.replace("ports: [{name: http, port: 80, targetPort: http, name: http}]", "ports: [{name: http, port: 80, targetPort: http}]")
+    first = state(text)
+    web = first.services["default/web"]
+    assert web.cluster_ip.startswith("10.96.") and not web.cluster_ip.startswith("10.96.0.")
+    assert 30000 <= web.ports[0].node_port <= 32767
+    second = state(text, previous=first)
+    assert second.services["default/web"] == web
+
+
+def test_load_balancer_gets_a_pool_address_and_one_owner():
+    s = state()
+    lb = s.services["default/lb"]
+    assert lb.load_balancer_ip == "172.28.5.223"
+    eps = endpoints(s)["default/lb"]
+    owners = {load_balancer_owner(s, lb, eps) for _ in range(3)}
+    assert len(owners) == 1
+
+
+def test_service_environment_variables():
+    s = state()
+    env = service_env(s.services["default/web"])
+    assert env == {
+        "WEB_SERVICE_HOST": "10.96.0.50",
+        "WEB_SERVICE_PORT": "80",
+        "WEB_SERVICE_PORT_HTTP": "80",
+        "WEB_PORT": "tcp://10.96.0.50:80",
+        "WEB_PORT_80_TCP": "tcp://10.96.0.50:80",
+        "WEB_PORT_80_TCP_PROTO": "tcp",
+        "WEB_PORT_80_TCP_PORT": "80",
+        "WEB_PORT_80_TCP_ADDR": "10.96.0.50",
+    }
+    pod_env = s.pods["default/web-a"].service_env
+    assert pod_env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1" and pod_env["STICKY_SERVICE_HOST"] == "10.96.0.51"
+    assert "HEADLESS_SERVICE_HOST" not in pod_env and "EXTERNAL_SERVICE_HOST" not in pod_env
+
+
+def test_pod_created_before_a_service_keeps_its_variables():
+    without = LAB.split("services:")[0] + "services: []\n"
+    first = state(without)
+    second = state(LAB, previous=first)
+    assert "WEB_SERVICE_HOST" not in second.pods["default/web-a"].service_env
+
+
+def test_enable_service_links_false():
+    s = state(LAB.replace("    node: w1\n", "    node: w1\n    enableServiceLinks: false\n"))
+    env = s.pods["default/web-a"].service_env
+    assert "WEB_SERVICE_HOST" not in env and env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
+
+
+def problems(text):
+    with pytest.raises(TopologyError) as caught:
+        load_text(text, "lab.yaml")
+    return "\n".join(p.render("lab.yaml") for p in caught.value.problems)
+
+
+BASE = "nodes: [{name: a}]\nservices:\n  - name: s\n"
+
+
+@pytest.mark.parametrize(
+    "service, expected",
+    [
+        ("    clusterIP: 10.97.0.5\n    ports: [{port: 80}]\n", "is not a usable address of serviceSubnet"),
+        ("    clusterIP: 10.96.0.1\n    ports: [{port: 80}]\n", "is taken by service 'default/kubernetes'"),
+        ("    type: NodePort\n    ports: [{port: 80, nodePort: 20000}]\n", "nodePort"),
+        ("    ports: [{port: 80, nodePort: 30001}]\n", "nodePort needs type NodePort or LoadBalancer"),
+        ("    ports: [{port: 80, targetPort: nosuch}]\n", "targetPort 'nosuch' names no container port"),
+        ("    type: ExternalName\n    externalName: x.com\n    selector: {a: b}\n", "has type ExternalName and a selector"),
+        ("    type: ExternalName\n", "has type ExternalName but no externalName"),
+        ("    ports: [{port: 80}, {port: 81}]\n", "has several ports, so each needs a name"),
+        ("    ports: []\n", "needs at least one port"),
+        ("    externalTrafficPolicy: Local\n    ports: [{port: 80}]\n", "externalTrafficPolicy: Local is for NodePort"),
+        ("    sessionAffinityConfig: {clientIP: {timeoutSeconds: 5}}\n    ports: [{port: 80}]\n", "needs sessionAffinity: ClientIP"),
+    ],
+)
+def test_service_validation(service, expected):
+    assert expected in problems(BASE + service)
+
+
+def test_node_port_taken_twice():
+    text = BASE + "    type: NodePort\n    ports: [{port: 80, nodePort: 30001}]\n" \
+        "  - name: t\n    type: NodePort\n    ports: [{port: 80, nodePort: 30001}]\n"
+    assert "services[1].ports[0].nodePort: nodePort 30001 is taken by service 'default/s'" in problems(text)
+
+
+def test_cluster_ip_taken_twice():
+    text = BASE + "    clusterIP: 10.96.0.20\n    ports: [{port: 80}]\n" \
+        "  - name: t\n    clusterIP: 10.96.0.20\n    ports: [{port: 80}]\n"
+    assert "clusterIP 10.96.0.20 is taken by service 'default/s'" in problems(text)
