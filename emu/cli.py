@@ -89,10 +89,7 @@ def cmd_apply(args) -> int:
     change = cluster.apply(topology)
     if change.changed:
         print(f"cluster '{cluster.name}': {len(change.added)} pods added, {len(change.removed)} removed")
-        for key in change.added:
-            print(f"  + {key}")
-        for key in change.removed:
-            print(f"  - {key}")
+        _print_change(cluster, change)
     else:
         print(f"cluster '{cluster.name}' is already up to date; nothing changed")
     return 0
@@ -144,13 +141,15 @@ def cmd_status(args) -> int:
                 }
                 for p in sorted(state.pods.values(), key=lambda p: (p.namespace, p.name))
             ],
+            "services": _service_rows(state, cluster.endpoints()),
         }
         print(json.dumps(data, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(highlight=False)
+    # Piped output keeps whole addresses rather than fitting 80 columns.
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     nodes = Table(title=f"cluster {state.name} (network {state.network} {state.network_subnet})", title_justify="left")
     for column in ("NODE", "ROLE", "NODE IP", "POD CIDR", "PODS"):
         nodes.add_column(column)
@@ -166,7 +165,95 @@ def cmd_status(args) -> int:
         status = "Running" if running == len(pod.containers) else "Error"
         pods.add_row(pod.namespace, pod.name, f"{running}/{len(pod.containers)}", status, pod.ip, pod.node)
     console.print(pods)
+    services = Table(title="services", title_justify="left")
+    for column in ("NAMESPACE", "SERVICE", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS"):
+        services.add_column(column)
+    for row in _service_rows(state, cluster.endpoints()):
+        services.add_row(
+            row["namespace"], row["name"], row["type"], row["clusterIP"] or "<none>", row["externalIP"] or "<none>",
+            ",".join(row["ports"]) or "<none>", ",".join(row["endpoints"]) or "<none>",
+        )  # fmt: skip
+    console.print(services)
     return 0
+
+
+def cmd_describe(args) -> int:
+    cluster = _cluster(args)
+    state = cluster.state()
+    reference = args.service if "/" in args.service else f"default/{args.service}"
+    service = state.services.get(reference)
+    if service is None:
+        raise EmuError(f"no service '{reference}' in cluster '{cluster.name}' (services: {', '.join(sorted(state.services))})")
+    endpoints = cluster.endpoints().get(reference, {})
+    print(f"Name:              {service.name}")
+    print(f"Namespace:         {service.namespace}")
+    print(f"Selector:          {','.join(f'{k}={v}' for k, v in (service.selector or {}).items()) or '<none>'}")
+    print(f"Type:              {service.type}")
+    print(f"IP:                {service.cluster_ip or '<none>'}")
+    if service.load_balancer_ip:
+        print(f"LoadBalancer IP:   {service.load_balancer_ip}")
+    if service.external_name:
+        print(f"External Name:     {service.external_name}")
+    for port in service.ports:
+        label = port.name or "<unset>"
+        print(f"Port:              {label}  {port.port}/{port.protocol}")
+        print(f"TargetPort:        {port.target_port}/{port.protocol}")
+        if port.node_port:
+            print(f"NodePort:          {label}  {port.node_port}/{port.protocol}")
+        print(f"Endpoints:         {','.join(endpoints.get(port.name, [])) or '<none>'}")
+    print(f"Session Affinity:  {'ClientIP' if service.affinity_timeout else 'None'}")
+    if service.type in ("NodePort", "LoadBalancer"):
+        print(f"External Traffic Policy:  {service.external_traffic_policy}")
+    print(f"Internal Traffic Policy:  {service.internal_traffic_policy}")
+    return 0
+
+
+def _print_change(cluster, change) -> None:
+    for key in change.added:
+        print(f"  + {key}")
+    for key in change.removed:
+        print(f"  - {key}")
+
+
+def cmd_scale(args) -> int:
+    cluster = _cluster(args, Reporter(quiet=True))
+    change = cluster.scale(args.deployment, args.replicas)
+    print(f"deployment {args.deployment} scaled to {args.replicas}")
+    _print_change(cluster, change)
+    return 0
+
+
+def cmd_delete(args) -> int:
+    cluster = _cluster(args, Reporter(quiet=True))
+    change = cluster.delete_pod(args.pod)
+    print(f'pod "{args.pod}" deleted')
+    _print_change(cluster, change)
+    return 0
+
+
+def _service_rows(state, endpoints: dict) -> list[dict]:
+    rows = []
+    for key in sorted(state.services):
+        service = state.services[key]
+        ports = []
+        for port in service.ports:
+            text = f"{port.port}/{port.protocol}"
+            if port.node_port:
+                text = f"{port.port}:{port.node_port}/{port.protocol}"
+            ports.append(text)
+        eps = sorted({a for addresses in endpoints.get(key, {}).values() for a in addresses})
+        rows.append(
+            {
+                "namespace": service.namespace,
+                "name": service.name,
+                "type": service.type,
+                "clusterIP": service.cluster_ip or None,
+                "externalIP": service.load_balancer_ip or service.external_name,
+                "ports": ports,
+                "endpoints": eps,
+            }
+        )
+    return rows
 
 
 def _docker_cli_exec(container: str, argv: list[str], interactive: bool) -> int:
@@ -295,6 +382,19 @@ def build_parser() -> argparse.ArgumentParser:
     exec_.add_argument("-c", "--container", help="the container whose environment to use")
     exec_.add_argument("--node", action="store_true", help="POD names a node: run in its root namespace")
     exec_.add_argument("argv", nargs="*", metavar="COMMAND", help="-- COMMAND [ARGS...]")
+
+    describe = command("describe", cmd_describe, "a service: addresses, ports and ready endpoints")
+    describe.add_argument("kind", choices=["svc", "service"])
+    describe.add_argument("service", help="NAME or NAMESPACE/NAME")
+
+    scale = command("scale", cmd_scale, "set a deployment's replicas")
+    scale.add_argument("kind", choices=["deployment", "deploy"])
+    scale.add_argument("deployment", help="NAME or NAMESPACE/NAME")
+    scale.add_argument("replicas", type=int)
+
+    delete = command("delete", cmd_delete, "delete a pod (a deployment's pod is recreated with a new IP)")
+    delete.add_argument("kind", choices=["pod"])
+    delete.add_argument("pod", help="NAME or NAMESPACE/NAME")
 
     logs = command("logs", cmd_logs, "a pod container's output")
     logs.add_argument("pod")

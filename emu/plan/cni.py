@@ -26,14 +26,16 @@ AGENT_LOG = "/var/log/emu/agent.log"
 MASQ_CHAIN = "EMU-MASQ-AGENT"  # named after kindnet's KIND-MASQ-AGENT
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-# Removes a pod: its processes, its namespace (which takes eth0 and so the
-# veth pair with it) and its per-pod files.
+# Removes a pod: its processes, its veth pair (at once: a namespace whose
+# processes are still dying would keep it alive), its namespace and files.
 DELETE_POD_FUNCTION = """\
 emu_delete_pod() {
   pids=$(ip netns pids "$1" 2>/dev/null || true)
   if [ -n "$pids" ]; then kill -KILL $pids 2>/dev/null || true; fi
+  ip link del "$2" 2>/dev/null || true
   ip netns del "$1" 2>/dev/null || true
-  rm -rf "/etc/netns/$1" "%s/$1" "%s/$1" "%s/pod-$1.batch"
+  # A pod replaced under the same name keeps the files its successor was given.
+  [ "${3:-}" = replaced ] || rm -rf "/etc/netns/$1" "%s/$1" "%s/$1" "%s/pod-$1.batch"
 }""" % (LOG_DIR, RUN_DIR, PLAN_DIR)
 
 
@@ -129,7 +131,7 @@ def container_command(container: dict) -> list[str]:
 
 
 def container_environment(pod: PodState, container: dict) -> list[str]:
-    env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": pod.name}
+    env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": pod.name, **pod.service_env}
     for variable in container.get("env", []):
         env[variable["name"]] = variable.get("value", "")
     return [f"{name}={value}" for name, value in env.items()]
@@ -201,7 +203,11 @@ def node_plan(
         ]
     if removed:
         plan.steps.append(DELETE_POD_FUNCTION)
-        plan.steps += [f"emu_delete_pod {shlex.quote(pod.netns)}" for pod in sorted(removed, key=_order)]
+        replaced = {pod.netns for pod in added}
+        for pod in sorted(removed, key=_order):
+            plan.steps.append(
+                f"emu_delete_pod {shlex.quote(pod.netns)} {pod.host_veth}" + (" replaced" if pod.netns in replaced else "")
+            )
     added = sorted(added, key=_order)
     if added:
         plan.files[f"{PLAN_DIR}/pods.batch"] = "".join(pod_root_batch(pod) for pod in added)

@@ -197,10 +197,7 @@ def _check_services(topology: Topology) -> Iterator[Finding]:
     seen: set[tuple[str, str]] = set()
     cluster_ips: dict[str, str] = {str(subnet.network_address + 1): "default/kubernetes"}
     node_ports: dict[int, str] = {}
-    port_names_by_namespace: dict[str, set[str]] = {}
-    for pod_path, namespace, template in _templates(topology):
-        names = {p.name for c in template.containers for p in c.ports if p.name}
-        port_names_by_namespace.setdefault(namespace, set()).update(names)
+    templates = list(_templates(topology))
     for index, service in enumerate(topology.services):
         path = ("services", index)
         key = f"{service.namespace}/{service.name}"
@@ -243,10 +240,18 @@ def _check_services(topology: Topology) -> Iterator[Finding]:
             )
         if service.load_balancer_ip and service.type != "LoadBalancer":
             yield (path + ("loadBalancerIP",), f"loadBalancerIP needs type LoadBalancer ({what} is {service.type})")
-        yield from _check_service_ports(service, path, what, node_ports, port_names_by_namespace.get(service.namespace, set()))
+        selected = [
+            t for _, namespace, t in templates
+            if service.selector and namespace == service.namespace
+            and all(t.labels.get(k) == v for k, v in service.selector.items())
+        ]  # fmt: skip
+        yield from _check_service_ports(service, path, what, node_ports, selected)
 
 
-def _check_service_ports(service, path, what, node_ports: dict[int, str], pod_port_names: set[str]) -> Iterator[Finding]:
+def _check_service_ports(service, path, what, node_ports: dict[int, str], selected: list) -> Iterator[Finding]:
+    # A named targetPort must be a port name of the pods the service selects
+    # (when it selects any: pods may come later).
+    pod_port_names = {p.name for t in selected for c in t.containers for p in c.ports if p.name}
     key = f"{service.namespace}/{service.name}"
     seen_ports: set[tuple[int, str]] = set()
     seen_names: set[str] = set()
@@ -261,11 +266,11 @@ def _check_service_ports(service, path, what, node_ports: dict[int, str], pod_po
         if (port.port, port.protocol) in seen_ports:
             yield (p_path + ("port",), f"port {port.port}/{port.protocol} is declared twice in {what}")
         seen_ports.add((port.port, port.protocol))
-        if isinstance(port.target_port, str) and port.target_port not in pod_port_names:
+        if isinstance(port.target_port, str) and selected and port.target_port not in pod_port_names:
             yield (
                 p_path + ("targetPort",),
-                f"targetPort '{port.target_port}' names no container port of any pod in namespace "
-                f"'{service.namespace}'; use a port number or a name from a container's ports",
+                f"targetPort '{port.target_port}' names no container port of the pods {what} selects "
+                f"(their port names: {', '.join(sorted(pod_port_names)) or 'none'}); use a port number or one of those",
             )
         if port.node_port is not None:
             if service.type not in ("NodePort", "LoadBalancer"):

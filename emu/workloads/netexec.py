@@ -4,7 +4,8 @@ HTTP (default port 8080):
   /hostname        the pod's name
   /clientip        the source address:port this server saw
   /echo?msg=TEXT   TEXT
-  /healthz         "ok" (for probes)
+  /healthz         "ok", or 503 after /sethealth?status=fail (for readiness probes)
+  /sethealth?status=fail|ok   flip what /healthz answers
   /                "NOW: <time>" as agnhost does
 UDP (default port 8081): "hostname" -> pod name, "echo TEXT" -> TEXT,
 "clientip" -> source address:port; anything else -> the pod's name.
@@ -25,6 +26,9 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 
+HEALTH = {"ok": True}
+
+
 def pod_name() -> str:
     return os.environ.get("POD_NAME") or socket.gethostname()
 
@@ -42,7 +46,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif url.path == "/echo":
             body = parse_qs(url.query).get("msg", [""])[0]
         elif url.path == "/healthz":
+            if not HEALTH["ok"]:
+                self._reply(503, "unhealthy")
+                return
             body = "ok"
+        elif url.path == "/sethealth":
+            HEALTH["ok"] = parse_qs(url.query).get("status", ["ok"])[0] != "fail"
+            body = "ok" if HEALTH["ok"] else "fail"
         elif url.path == "/":
             body = f"NOW: {time.strftime('%Y-%m-%d %H:%M:%S')}"
         else:

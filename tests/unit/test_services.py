@@ -230,7 +230,9 @@ BASE = "nodes: [{name: a}]\nservices:\n  - name: s\n"
         ("    clusterIP: 10.96.0.1\n    ports: [{port: 80}]\n", "is taken by service 'default/kubernetes'"),
         ("    type: NodePort\n    ports: [{port: 80, nodePort: 20000}]\n", "nodePort"),
         ("    ports: [{port: 80, nodePort: 30001}]\n", "nodePort needs type NodePort or LoadBalancer"),
-        ("    ports: [{port: 80, targetPort: nosuch}]\n", "targetPort 'nosuch' names no container port"),
+        ("    selector: {app: a}\n    ports: [{port: 80, targetPort: nosuch}]\n"
+         "pods: [{name: p, labels: {app: a}, containers: [{name: c, workload: netexec, ports: [{name: http, containerPort: 8080}]}]}]\n",
+         "targetPort 'nosuch' names no container port of the pods service 'default/s' selects (their port names: http)"),
         ("    type: ExternalName\n    externalName: x.com\n    selector: {a: b}\n", "has type ExternalName and a selector"),
         ("    type: ExternalName\n", "has type ExternalName but no externalName"),
         ("    ports: [{port: 80}, {port: 81}]\n", "has several ports, so each needs a name"),
