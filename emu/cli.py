@@ -308,12 +308,21 @@ def cmd_plan(args) -> int:
     name = args.name or topology.name
     if args.name:
         topology = topology.model_copy(update={"name": args.name})
-    plans = Cluster(name, runtime=runtime).plan(topology)
+    desired, plans = Cluster(name, runtime=runtime).plan(topology)
     changed = [plan for plan in plans if not plan.empty]
     if not changed:
         print(f"# cluster '{name}' already matches {args.file}: nothing to do")
     for plan in changed:
         print(plan.render(show_files=not args.script_only))
+    if args.rules:
+        from emu.proxy import iptables
+        from emu.services import service_endpoints
+
+        ready = {key: True for key in desired.pods}
+        endpoints = {key: service_endpoints(desired, s, ready) for key, s in desired.services.items()}
+        for node in desired.nodes:
+            print(f"### node {node.name}: service rules its agent writes once every pod is ready")
+            print(iptables.restore_text(iptables.render(desired, node.name, endpoints)))
     return 0
 
 
@@ -404,6 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = command("plan", cmd_plan, "print each node's plan (ip -batch, iptables-restore, files) without applying")
     plan.add_argument("file", nargs="?", default=DEFAULT_TOPOLOGY)
     plan.add_argument("--script-only", action="store_true", help="only the scripts, not the files they use")
+    plan.add_argument("--rules", action="store_true", help="also the kube-proxy rules each node's agent writes")
 
     images = command("images", cmd_images, "build emu's images", cluster_option=False)
     images.add_argument("action", choices=["build"])

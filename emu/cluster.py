@@ -223,14 +223,15 @@ class Cluster:
         """Remove every container and network of the cluster. Returns (containers, networks)."""
         return self.runtime.remove_cluster(self.name)
 
-    def plan(self, topology: Topology) -> list[NodePlan]:
-        """What up/apply would run on each node, without running it."""
+    def plan(self, topology: Topology) -> tuple[ClusterState, list[NodePlan]]:
+        """What up/apply would run on each node, without running it: the desired
+        state and each node's plan."""
         if self.exists:
             previous = self.state()
             desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
-            return node_plans(previous, desired)
+            return desired, node_plans(previous, desired)
         desired = plan_cluster(topology, f"emu-{self.name}", "172.28.0.0/24")
-        return node_plans(None, desired)
+        return desired, node_plans(None, desired)
 
     # ---- internals -------------------------------------------------------
     def _apply_plans(self, plans: list[NodePlan]) -> None:

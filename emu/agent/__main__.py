@@ -105,6 +105,7 @@ class Agent:
         self.readiness_changed = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=8)
         self.endpoints: dict = {}
+        self.render_cache: dict = {}
 
     # ---- snapshot ----------------------------------------------------------
     def watch_snapshot(self) -> None:
@@ -217,7 +218,7 @@ class Agent:
         started = time.monotonic()
         ready = self.ready_map(state)
         endpoints = {key: service_endpoints(state, service, ready) for key, service in state.services.items()}
-        ruleset = iptables.render(state, self.node, endpoints)
+        ruleset = iptables.render(state, self.node, endpoints, cache=self.render_cache)
         if self.previous is None:
             self.previous = existing_kube_chains()
         text = iptables.restore_text(ruleset, self.previous)

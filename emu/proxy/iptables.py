@@ -10,12 +10,17 @@ once per node (`hook_rules`). Standard library only: it runs in the node agent.
 from __future__ import annotations
 
 import base64
+import functools
+import gc
 import hashlib
 
 from emu.records import ClusterState, ServicePortState, ServiceState
 from emu.services import Endpoint, port_name
 
 MASQ_MARK = "0x4000"
+# Above this many endpoints kube-proxy leaves comments off endpoint (KUBE-SEP)
+# rules, which makes large rulesets cheaper to restore; emu does the same.
+LARGE_CLUSTER_ENDPOINTS = 1000
 Ruleset = dict[str, dict[str, list[str]]]  # table -> chain -> rules (without "-A CHAIN")
 
 # Chains written in full on every sync, in every table.
@@ -25,9 +30,11 @@ BASE_CHAINS = {
 }
 
 
+@functools.lru_cache(maxsize=1 << 17)
 def _hash(*parts: str) -> str:
+    # base32 of sha256, first 16 characters: those encode the first 10 bytes.
     digest = hashlib.sha256("".join(parts).encode()).digest()
-    return base64.b32encode(digest).decode()[:16]
+    return base64.b32encode(digest[:10]).decode()
 
 
 def service_chain(name: str, protocol: str) -> str:
@@ -84,19 +91,70 @@ class _Builder:
         self.tables[table].setdefault(chain, []).append(rule)
 
 
+class _Recorder:
+    """Collects one service port's rules, grouped by chain, so that they can be
+    replayed from a cache."""
+
+    def __init__(self):
+        self.rules: dict[tuple[str, str], list[str]] = {}
+
+    def add(self, table: str, chain: str, rule: str) -> None:
+        self.rules.setdefault((table, chain), []).append(rule)
+
+
 def render(
-    state: ClusterState, node: str, endpoints: dict[str, dict[str, list[Endpoint]]], pod_subnet: str | None = None
+    state: ClusterState,
+    node: str,
+    endpoints: dict[str, dict[str, list[Endpoint]]],
+    pod_subnet: str | None = None,
+    cache: dict | None = None,
 ) -> Ruleset:
     """The node's whole ruleset for every proxied service. `endpoints` holds the
-    ready endpoints per service key and port name (emu.services.service_endpoints)."""
-    pod_subnet = pod_subnet or state.networking["podSubnet"]
+    ready endpoints per service key and port name (emu.services.service_endpoints).
+
+    With a `cache` (a dict the caller keeps between syncs), service ports whose
+    service and endpoints are unchanged are not rendered again; the cache is
+    left holding only the entries this ruleset used."""
+    # Rendering allocates many small objects and no cycles: the cyclic garbage
+    # collector would only slow it down.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _render(state, node, endpoints, pod_subnet or state.networking["podSubnet"], cache)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
     rules = _Builder()
+    tables = rules.tables
+    total = sum(len(eps) for by_port in endpoints.values() for eps in by_port.values())
+    large = total > LARGE_CLUSTER_ENDPOINTS
+    used = {}
     for key in sorted(state.services):
         service = state.services[key]
         if not service.proxied:
             continue
         for port in service.ports:
-            _render_port(rules, service, port, endpoints.get(key, {}).get(port.name, []), node, pod_subnet)
+            port_endpoints = endpoints.get(key, {}).get(port.name, [])
+            cache_key = (
+                key, service.type, service.cluster_ip, service.load_balancer_ip, service.affinity_timeout,
+                service.external_traffic_policy, service.internal_traffic_policy,
+                port.name, port.port, port.protocol, port.node_port,
+                tuple((e.ip, e.port, e.node) for e in port_endpoints), node, pod_subnet, large,
+            )  # fmt: skip
+            recorded = cache.get(cache_key) if cache is not None else None
+            if recorded is None:
+                recorder = _Recorder()
+                _render_port(recorder, service, port, port_endpoints, node, pod_subnet, large)
+                recorded = recorder.rules
+            used[cache_key] = recorded
+            for (table, chain), chain_rules in recorded.items():
+                tables[table].setdefault(chain, []).extend(chain_rules)
+    if cache is not None:
+        cache.clear()
+        cache.update(used)
     # The NodePort jump must stay last in KUBE-SERVICES.
     rules.add(
         "nat",
@@ -127,12 +185,13 @@ def render(
 
 
 def _render_port(
-    rules: _Builder,
+    rules: _Recorder,
     service: ServiceState,
     port: ServicePortState,
     endpoints: list[Endpoint],
     node: str,
     pod_subnet: str,
+    large: bool = False,
 ) -> None:
     name = port_name(service, port)
     proto = port.protocol.lower()
@@ -202,13 +261,14 @@ def _render_port(
         _balance(rules, svl, name, proto, local, service.affinity_timeout)
     for endpoint in endpoints if needs_svc else local if needs_svl else []:
         sep = endpoint_chain(name, proto, endpoint.address)
-        rules.add("nat", sep, f"{comment(name)} -s {endpoint.ip}/32 -j KUBE-MARK-MASQ")
+        note = "" if large else comment(name) + " "
+        rules.add("nat", sep, f"{note}-s {endpoint.ip}/32 -j KUBE-MARK-MASQ")
         affinity = f"-m recent --name {sep} --set " if service.affinity_timeout else ""
-        rules.add("nat", sep, f"{comment(name)} {affinity}{match} -j DNAT --to-destination {endpoint.address}")
+        rules.add("nat", sep, f"{note}{affinity}{match} -j DNAT --to-destination {endpoint.address}")
 
 
 def _balance(
-    rules: _Builder, chain: str, name: str, proto: str, endpoints: list[Endpoint], affinity: int | None
+    rules: _Recorder, chain: str, name: str, proto: str, endpoints: list[Endpoint], affinity: int | None
 ) -> None:
     """Jump to each endpoint with probability 1/(n-i): uniform over n endpoints."""
     count = len(endpoints)
@@ -231,12 +291,13 @@ def _balance(
 
 def restore_text(ruleset: Ruleset, previous: Ruleset | None = None) -> str:
     """iptables-restore --noflush input. Without `previous`, every chain; with it,
-    the base chains plus the chains that changed, and -X for the ones gone."""
+    only the chains that changed, and -X for the ones gone (kube-proxy's partial
+    sync; unlike kube-proxy, an unchanged KUBE-SERVICES is not rewritten either)."""
     out: list[str] = []
     for table in ("filter", "nat"):
         chains = ruleset.get(table, {})
         old = (previous or {}).get(table, {})
-        write = [c for c in chains if previous is None or c in BASE_CHAINS[table] or old.get(c) != chains[c]]
+        write = [c for c in chains if previous is None or old.get(c) != chains[c]]
         gone = sorted(c for c in old if c not in chains)
         out.append(f"*{table}")
         out += [f":{chain} - [0:0]" for chain in [*write, *gone]]

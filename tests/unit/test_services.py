@@ -150,11 +150,25 @@ def test_partial_sync_rewrites_only_what_changed():
     declared = [line for line in text.splitlines() if line.startswith(":")]
     gone = [line for line in text.splitlines() if line.startswith("-X")]
     # web-b served web, sticky, local and lb: its four endpoint chains are deleted.
-    assert ":KUBE-SERVICES - [0:0]" in declared
+    # KUBE-SERVICES still jumps to the same chains: it is left alone.
+    assert ":KUBE-SERVICES - [0:0]" not in declared
+    assert f":{iptables.service_chain('default/web:http', 'tcp')} - [0:0]" in declared
     assert len(gone) == 4
     assert iptables.service_chain("default/headless", "tcp") not in text
     assert len(declared) < len(iptables.restore_text(after).splitlines())
     assert iptables.restore_text(after, after).count(":KUBE-SVC-") == 0
+
+
+def test_large_clusters_leave_comments_off_endpoint_rules():
+    s = state()
+    many = {key: {port: eps * 1 for port, eps in by_port.items()} for key, by_port in endpoints(s).items()}
+    from emu.services import Endpoint
+
+    many["default/web"]["http"] = [Endpoint(f"10.244.9.{i % 250}", 8000 + i, "w2", None) for i in range(1001)]
+    nat = iptables.render(s, "w1", many)["nat"]
+    sep = iptables.endpoint_chain("default/web:http", "tcp", "10.244.9.0:8000")
+    assert nat[sep] == ["-s 10.244.9.0/32 -j KUBE-MARK-MASQ", "-m tcp -p tcp -j DNAT --to-destination 10.244.9.0:8000"]
+    assert all("--comment" in rule for rule in nat[iptables.service_chain("default/web:http", "tcp")])
 
 
 def test_headless_and_external_name_get_no_rules():
@@ -255,3 +269,12 @@ def test_cluster_ip_taken_twice():
     text = BASE + "    clusterIP: 10.96.0.20\n    ports: [{port: 80}]\n" \
         "  - name: t\n    clusterIP: 10.96.0.20\n    ports: [{port: 80}]\n"
     assert "clusterIP 10.96.0.20 is taken by service 'default/s'" in problems(text)
+
+
+def test_cached_render_equals_a_fresh_one():
+    s = state()
+    cache: dict = {}
+    first = iptables.render(s, "w1", endpoints(s), cache=cache)
+    assert first == iptables.render(s, "w1", endpoints(s))
+    changed = endpoints(s, all_ready(s) | {"default/web-b": False})
+    assert iptables.render(s, "w1", changed, cache=cache) == iptables.render(s, "w1", changed)

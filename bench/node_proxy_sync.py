@@ -1,0 +1,100 @@
+"""Runs inside an emu node (PYTHONPATH=/opt/emu/lib): times emu's iptables sync
+against a bare iptables-restore of the same text. Driven by bench/proxy_sync.py."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+from emu.proxy import iptables
+from emu.records import ClusterState, NodeState, ServicePortState, ServiceState
+from emu.services import Endpoint
+
+SERVICE_BASE = ipaddress.IPv4Address("10.96.0.0")
+POD_BASE = ipaddress.IPv4Address("10.244.0.0")
+
+
+def make(count: int) -> tuple[ClusterState, dict]:
+    node = NodeState("n0", "control-plane", {}, "10.244.0.0/24", "172.28.0.2", "bench")
+    state = ClusterState("bench", "bench", "172.28.0.0/24", {"podSubnet": "10.244.0.0/14"}, [node])
+    endpoints = {}
+    for i in range(count):
+        key = f"bench/svc-{i}"
+        state.services[key] = ServiceState(
+            namespace="bench", name=f"svc-{i}", type="ClusterIP", cluster_ip=str(SERVICE_BASE + 256 + i),
+            ports=[ServicePortState("http", 80, "TCP", 8080)], selector={"app": f"a{i}"},
+        )  # fmt: skip
+        pods = [str(POD_BASE + 256 + 2 * i + k) for k in range(2)]
+        endpoints[key] = {"http": [Endpoint(ip, 8080, "n1", None) for ip in pods]}
+    return state, endpoints
+
+
+def clean(restore: str) -> None:
+    save = restore.replace("-restore", "-save")
+    for table in ("nat", "filter"):
+        text = subprocess.run([save, "-t", table], capture_output=True, text=True, check=True).stdout
+        chains = [line[1:].split()[0] for line in text.splitlines() if line.startswith(":KUBE-")]
+        if chains:
+            removable = [c for c in chains if c not in iptables.BASE_CHAINS[table]]
+            lines = [f"*{table}", *(f":{c} - [0:0]" for c in chains), *(f"-X {c}" for c in removable), "COMMIT", ""]
+            flush = "\n".join(lines)
+            subprocess.run([restore, "--noflush"], input=flush, text=True, check=True)
+
+
+def restore(binary: str, text: str) -> float:
+    started = time.perf_counter()
+    subprocess.run([binary, "--noflush"], input=text, text=True, check=True)
+    return time.perf_counter() - started
+
+
+def measure(state, endpoints, count: int) -> dict:
+    clean("iptables-legacy-restore")
+    cache: dict = {}  # what the agent keeps between syncs
+    started = time.perf_counter()
+    ruleset = iptables.render(state, "n0", endpoints, cache=cache)
+    text = iptables.restore_text(ruleset)
+    rendered = time.perf_counter() - started
+    emu_full = rendered + restore("iptables-legacy-restore", text)
+
+    clean("iptables-legacy-restore")
+    bare = restore("iptables-legacy-restore", text)
+
+    # One service's endpoint changes: kube-proxy's partial sync.
+    changed = dict(endpoints)
+    key = f"bench/svc-{count // 2}"
+    changed[key] = {"http": [endpoints[key]["http"][0], Endpoint("10.255.0.1", 8080, "n1", None)]}
+    started = time.perf_counter()
+    new_ruleset = iptables.render(state, "n0", changed, cache=cache)
+    partial_text = iptables.restore_text(new_ruleset, ruleset)
+    partial = time.perf_counter() - started + restore("iptables-legacy-restore", partial_text)
+    clean("iptables-legacy-restore")
+    return {"text": text, "render": rendered, "emu_full": emu_full, "bare": bare, "partial": partial,
+            "partial_chains": partial_text.count("\n:")}  # fmt: skip
+
+
+def main() -> None:
+    count, with_nft, rounds = int(sys.argv[1]), sys.argv[2] == "nft", int(sys.argv[3])
+    state, endpoints = make(count)
+    runs = []
+    for _ in range(rounds):
+        iptables._hash.cache_clear()  # every round renders cold, as a first sync does
+        runs.append(measure(state, endpoints, count))
+    text = runs[0]["text"]
+    result = {"services": count, "rules": text.count("\n-A ")}
+    for field in ("render", "emu_full", "bare", "partial"):
+        result[field] = statistics.median(run[field] for run in runs)
+    result["partial_chains"] = runs[0]["partial_chains"]
+    result["nft_bare"] = None
+    if with_nft:
+        clean("iptables-nft-restore")
+        result["nft_bare"] = restore("iptables-nft-restore", text)
+        clean("iptables-nft-restore")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
