@@ -193,3 +193,9 @@ def test_missing_file():
 def test_committed_json_schema_is_current():
     committed = json.loads((ROOT / "docs" / "topology.schema.json").read_text())
     assert committed == json_schema(), "regenerate with: emu schema > docs/topology.schema.json"
+
+
+@pytest.mark.parametrize("mode", ["ipvs", "nftables"])
+def test_proxy_modes_not_built_yet_are_refused_clearly(mode):
+    [message] = problems(BASE + f"networking:\n  proxyMode: {mode}\n")
+    assert f"networking.proxyMode: proxyMode {mode} is not available in emu yet" in message
