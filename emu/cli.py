@@ -343,6 +343,52 @@ def cmd_external(args) -> int:
     return 0
 
 
+def cmd_dns(args) -> int:
+    from emu.cluster import find_pod, pod_exec_argv
+    from emu.plan import cni
+
+    cluster = _cluster(args)
+    state = cluster.state()
+    server = cni.service_ip(state, 10)
+    zone = state.networking["dnsDomain"]
+    qtype = args.type.upper()
+    if args.pod:
+        pod = find_pod(state, args.pod)
+        container = state.node(pod.node).container
+        argv = pod_exec_argv(pod, ["dig", "+search", "+noall", "+comments", "+answer", "+authority",
+                                   "+additional", args.query, qtype])  # fmt: skip
+        result = cluster.runtime.exec(container, argv)
+        print(_dig_summary(result.output))
+        return result.exit_code
+    # From a node: the resolver's search list of a pod in --namespace, tried in order (ndots:5).
+    namespace = args.namespace
+    if args.query.endswith(".") or args.query.count(".") >= 5:
+        candidates = [args.query]
+    else:
+        candidates = [f"{args.query}.{d}" for d in (f"{namespace}.svc.{zone}", f"svc.{zone}", zone)] + [args.query]
+    script = (
+        'for n in "$@"; do out=$(dig @' + server + ' +noall +comments +answer +authority +additional "$n" ' + qtype
+        + '); if ! echo "$out" | grep -q "status: NXDOMAIN"; then echo "$out"; exit 0; fi; done; echo "$out"'
+    )
+    node = next((n for n in state.nodes if n.role == "worker"), state.nodes[0])
+    result = cluster.runtime.exec(node.container, ["sh", "-c", script, "sh", *candidates])
+    print(_dig_summary(result.output))
+    return result.exit_code
+
+
+def _dig_summary(output: str) -> str:
+    """dig's status line and records, without its chatter."""
+    keep = []
+    for line in output.splitlines():
+        if line.startswith(";; ->>HEADER<<-"):
+            keep.append(line.split(",")[1].strip())  # "status: NOERROR"
+        elif line.startswith(";; ") and line.endswith("SECTION:") and "PSEUDO" not in line:
+            keep.append(line[3:])
+        elif line and not line.startswith(";"):
+            keep.append(line)
+    return "\n".join(keep)
+
+
 def cmd_schema(args) -> int:
     from emu.topology.model import json_schema
 
@@ -420,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     external = command("external", cmd_external, "start a netexec server outside the cluster, on its Docker network")
     external.add_argument("container_name", metavar="NAME", help="container is named <cluster>-NAME")
+
+    dns = command("dns", cmd_dns, "resolve a name with the cluster DNS (as a pod would, with its search list)")
+    dns.add_argument("query", metavar="NAME", help="e.g. web, web.default, _http._tcp.web.default.svc.cluster.local")
+    dns.add_argument("type", nargs="?", default="A", help="A (default), SRV, PTR, TXT, CNAME, ...")
+    dns.add_argument("--pod", help="ask from this pod (its resolv.conf); default: from a node")
+    dns.add_argument("--namespace", default="default", help="search list of a pod in this namespace (default: default)")
 
     command("schema", cmd_schema, "print the topology file's JSON Schema", cluster_option=False)
     validate = command("validate", cmd_validate, "check a topology file without changing anything", False)

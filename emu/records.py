@@ -42,6 +42,15 @@ class PodState:
     owner: str | None = None  # "Deployment/<name>" for a deployment's pod
     # Service variables fixed when the pod was created, as the kubelet does.
     service_env: dict[str, str] = field(default_factory=dict)
+    hostname: str | None = None
+    subdomain: str | None = None
+    dns_policy: str = "ClusterFirst"
+    dns_config: dict | None = None  # {nameservers, searches, options: [{name, value}]}
+
+    @property
+    def host_name(self) -> str:
+        """The pod's hostname: spec.hostname, else its name."""
+        return self.hostname or self.name
 
     def container_ports(self) -> list[dict]:
         """Every port the pod's containers declare: {name, containerPort, protocol}."""

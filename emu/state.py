@@ -68,11 +68,57 @@ def node_ips(network_subnet: str, count: int) -> list[str]:
 
 
 def _pod_spec_hash(template: PodTemplate) -> str:
-    spec = {
-        "node": template.node,
-        "containers": [c.model_dump(mode="json", by_alias=True) for c in template.containers],
-    }
+    # Everything a running pod cannot change (pods are immutable but for labels).
+    spec = template.model_dump(mode="json", by_alias=True, exclude={"labels"})
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def with_system_objects(topology: Topology) -> Topology:
+    """The topology plus what every cluster runs: the cluster DNS (deployment
+    kube-system/coredns behind service kube-system/kube-dns at the tenth
+    address of serviceSubnet), as kubeadm sets it up."""
+    if not topology.dns.enabled:
+        return topology
+    planes = [n.name for n in topology.nodes if n.role == "control-plane"] or [topology.nodes[0].name]
+    subnet = ipaddress.IPv4Network(topology.networking.service_subnet)
+    coredns = Deployment.model_validate(
+        {
+            "name": "coredns",
+            "namespace": "kube-system",
+            "replicas": topology.dns.replicas,
+            "template": {
+                "labels": {"k8s-app": "kube-dns"},
+                "node": planes[0],
+                "dnsPolicy": "Default",
+                "containers": [
+                    {
+                        "name": "coredns",
+                        "workload": "coredns",
+                        "ports": [
+                            {"name": "dns", "containerPort": 53, "protocol": "UDP"},
+                            {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                        ],
+                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 1},
+                    }
+                ],
+            },
+        }
+    )
+    kube_dns = Service.model_validate(
+        {
+            "name": "kube-dns",
+            "namespace": "kube-system",
+            "selector": {"k8s-app": "kube-dns"},
+            "clusterIP": str(subnet.network_address + 10),
+            "ports": [
+                {"name": "dns", "port": 53, "targetPort": 53, "protocol": "UDP"},
+                {"name": "dns-tcp", "port": 53, "targetPort": 53, "protocol": "TCP"},
+            ],
+        }
+    )
+    return topology.model_copy(
+        update={"deployments": [coredns, *topology.deployments], "services": [kube_dns, *topology.services]}
+    )
 
 
 def _declared_pods(topology: Topology) -> list[tuple[str, str, PodTemplate, dict, str | None]]:
@@ -149,9 +195,10 @@ def plan_cluster(
         node_image=node_image or (previous.node_image if previous else ""),
     )
     state.load_balancer_pool = load_balancer_pool(topology, network_subnet)
-    state.services = plan_services(topology, state, previous)
+    effective = with_system_objects(topology)
+    state.services = plan_services(effective, state, previous)
     old_pods = previous.pods if previous else {}
-    declared = _declared_pods(topology)
+    declared = _declared_pods(effective)
 
     # Pods that still match their declaration keep their node and IP.
     fresh = []
@@ -182,6 +229,10 @@ def plan_cluster(
             containers=[c.model_dump(mode="json", by_alias=True) for c in template.containers],
             spec_hash=spec_hash,
             owner=owner,
+            hostname=template.hostname,
+            subdomain=template.subdomain,
+            dns_policy=template.dns_policy,
+            dns_config=template.dns_config.model_dump(mode="json", by_alias=True) if template.dns_config else None,
         )
         pod.service_env = pod_service_env(state.services, pod, template.enable_service_links)
         state.pods[pod.key] = pod

@@ -15,12 +15,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from emu.dns.snapshot import dns_snapshot, write_snapshot
 from emu.proxy import iptables
 from emu.records import ClusterState, PodState
 from emu.services import load_balancer_owner, service_endpoints
 
 AGENT_PORT = 10250
 STATUS_FILE = "/run/emu/agent/status.json"
+DNS_SNAPSHOT = "/etc/emu/dns/snapshot.json"  # read by the coredns pods on this node
 RUN_DIR = "/run/emu/pods"
 
 
@@ -234,6 +236,11 @@ class Agent:
             key: {port: [e.address for e in eps] for port, eps in by_port.items()} for key, by_port in endpoints.items()
         }
         self.announce_load_balancers(state, endpoints)
+        if any(
+            c.get("workload") == "coredns" for p in state.pods.values() if p.node == self.node for c in p.containers
+        ):
+            if write_snapshot(DNS_SNAPSHOT, dns_snapshot(state, ready)):
+                log(f"wrote the DNS snapshot for generation {state.generation}")
         took = (time.monotonic() - started) * 1000
         log(f"synced generation {state.generation}: {changed} chains written in {took:.1f} ms")
         write_status({"generation": state.generation, "syncedAt": time.time(), "tookMs": round(took, 2)})

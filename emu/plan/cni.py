@@ -100,7 +100,7 @@ def pod_namespace_batch(pod: PodState, node: NodeState) -> str:
     )
 
 
-def hosts_file(pod: PodState) -> str:
+def hosts_file(pod: PodState, domain: str = "cluster.local") -> str:
     """The pod's /etc/hosts, as the kubelet writes it."""
     return (
         "# Kubernetes-managed hosts file.\n"
@@ -110,28 +110,74 @@ def hosts_file(pod: PodState) -> str:
         "fe00::0\tip6-mcastprefix\n"
         "fe00::1\tip6-allnodes\n"
         "fe00::2\tip6-allrouters\n"
-        f"{pod.ip}\t{pod.name}\n"
+        f"{pod.ip}\t{pod_host_entry(pod, domain)}\n"
     )
 
 
-def resolv_conf(state: ClusterState, pod: PodState) -> str:
-    """The pod's /etc/resolv.conf for dnsPolicy ClusterFirst."""
+def pod_host_entry(pod: PodState, domain: str) -> str:
+    """The kubelet's line for the pod itself: with a subdomain, its FQDN first."""
+    if pod.subdomain:
+        return f"{pod.host_name}.{pod.subdomain}.{pod.namespace}.svc.{domain}\t{pod.host_name}"
+    return pod.host_name
+
+
+def resolv_conf(state: ClusterState, pod: PodState) -> str | None:
+    """The pod's /etc/resolv.conf by its dnsPolicy, with dnsConfig merged in as
+    the kubelet merges it. None for dnsPolicy Default: the node's file is
+    copied when the pod is made (see resolv_conf_step)."""
     domain = state.networking["dnsDomain"]
-    return (
-        f"search {pod.namespace}.svc.{domain} svc.{domain} {domain}\n"
-        f"nameserver {service_ip(state, 10)}\n"
-        "options ndots:5\n"
-    )
+    config = pod.dns_config or {}
+    if pod.dns_policy == "ClusterFirst":
+        nameservers = [service_ip(state, 10)]
+        searches = [f"{pod.namespace}.svc.{domain}", f"svc.{domain}", domain]
+        options = {"ndots": "5"}
+    elif pod.dns_policy == "None":
+        nameservers, searches, options = [], [], {}
+    else:
+        return None
+    nameservers = _unique(nameservers + config.get("nameservers", []))[:3]
+    searches = _unique(searches + config.get("searches", []))[:32]
+    for option in config.get("options", []):
+        options[option["name"]] = option.get("value")
+    lines = []
+    if searches:
+        lines.append("search " + " ".join(searches))
+    lines += [f"nameserver {server}" for server in nameservers]
+    if options:
+        lines.append("options " + " ".join(k if v is None else f"{k}:{v}" for k, v in options.items()))
+    return "\n".join(lines) + "\n"
+
+
+def resolv_conf_step(pod: PodState) -> str:
+    """dnsPolicy Default: the pod resolves as its node does (the node's resolv.conf),
+    plus any dnsConfig lines."""
+    target = f"/etc/netns/{pod.netns}/resolv.conf"
+    config = pod.dns_config or {}
+    extra = [f"nameserver {server}" for server in config.get("nameservers", [])]
+    if config.get("searches"):
+        extra.append("search " + " ".join(config["searches"]))
+    appended = "".join(f"; echo {shlex.quote(line)}" for line in extra)
+    return f"{{ grep -v '^#' /etc/resolv.conf{appended}; }} >{target}"
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+DNS_SNAPSHOT = "/etc/emu/dns/snapshot.json"
 
 
 def container_command(container: dict) -> list[str]:
     if container.get("workload") == "netexec":
         return ["python3", f"{WORKLOAD_DIR}/netexec.py", *container.get("args", [])]
+    if container.get("workload") == "coredns":
+        return ["env", f"PYTHONPATH={AGENT_LIB}", "python3", "-m", "emu.dns", "--snapshot", DNS_SNAPSHOT,
+                *container.get("args", [])]  # fmt: skip
     return [*container["command"], *container.get("args", [])]
 
 
 def container_environment(pod: PodState, container: dict) -> list[str]:
-    env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": pod.name, **pod.service_env}
+    env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": pod.host_name, **pod.service_env}
     for variable in container.get("env", []):
         env[variable["name"]] = variable.get("value", "")
     return [f"{name}={value}" for name, value in env.items()]
@@ -143,7 +189,7 @@ def in_pod_argv(pod: PodState, container: dict, argv: list[str]) -> list[str]:
     the container's environment."""
     return [
         "ip", "netns", "exec", pod.netns,
-        "unshare", "--uts", "/bin/sh", "-c", 'hostname "$0" && exec "$@"', pod.name,
+        "unshare", "--uts", "/bin/sh", "-c", 'hostname "$0" && exec "$@"', pod.host_name,
         "env", "-i", *container_environment(pod, container), *argv,
     ]  # fmt: skip
 
@@ -160,6 +206,7 @@ def start_container_line(pod: PodState, container: dict) -> str:
 AGENT_MODULES = [
     "__init__.py", "errors.py", "records.py", "services.py",
     "proxy/__init__.py", "proxy/iptables.py", "agent/__init__.py", "agent/__main__.py",
+    "dns/__init__.py", "dns/snapshot.py", "dns/records.py", "dns/server.py", "dns/__main__.py",
 ]  # fmt: skip
 
 
@@ -215,8 +262,12 @@ def node_plan(
     for pod in added:
         batch = f"{PLAN_DIR}/pod-{pod.netns}.batch"
         plan.files[batch] = pod_namespace_batch(pod, node)
-        plan.files[f"/etc/netns/{pod.netns}/hosts"] = hosts_file(pod)
-        plan.files[f"/etc/netns/{pod.netns}/resolv.conf"] = resolv_conf(state, pod)
+        plan.files[f"/etc/netns/{pod.netns}/hosts"] = hosts_file(pod, state.networking["dnsDomain"])
+        resolv = resolv_conf(state, pod)
+        if resolv is None:
+            plan.steps.append(resolv_conf_step(pod))
+        else:
+            plan.files[f"/etc/netns/{pod.netns}/resolv.conf"] = resolv
         plan.steps.append(f"ip -n {pod.netns} -batch {batch}")
     for pod in added:
         plan.steps.append(f"mkdir -p {LOG_DIR}/{pod.netns} {RUN_DIR}/{pod.netns}")

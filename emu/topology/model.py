@@ -160,8 +160,10 @@ class Container(Model):
     command: list[str] | None = Field(
         None, description="Program and arguments, run in the pod's network namespace."
     )
-    workload: Literal["netexec"] | None = Field(
-        None, description="A built-in workload: netexec (HTTP /hostname, /clientip, /echo; UDP echo)."
+    workload: Literal["netexec", "coredns"] | None = Field(
+        None,
+        description="A built-in workload: netexec (HTTP /hostname, /clientip, /echo; UDP echo) or coredns "
+        "(emu's cluster DNS server).",
     )
     args: list[str] = Field(default_factory=list, description="Arguments for the command or workload.")
     ports: list[ContainerPort] = Field(default_factory=list)
@@ -188,10 +190,29 @@ class Container(Model):
         return self
 
 
+class DNSOption(Model):
+    name: str
+    value: str | None = None
+
+
+class PodDNSConfig(Model):
+    """Extra resolv.conf settings, merged as Kubernetes merges them."""
+
+    nameservers: list[str] = Field(default_factory=list)
+    searches: list[str] = Field(default_factory=list)
+    options: list[DNSOption] = Field(default_factory=list)
+
+
 class PodTemplate(Model):
     """What a pod runs; shared by bare pods and deployments' templates."""
 
     labels: dict[str, str] = Field(default_factory=dict)
+    hostname: DNSLabel | None = Field(None, description="The pod's hostname (default: its name).")
+    subdomain: DNSLabel | None = Field(
+        None, description="With a headless service of this name: <hostname>.<subdomain>.<ns>.svc.<zone> resolves."
+    )
+    dns_policy: Literal["ClusterFirst", "Default", "None"] = "ClusterFirst"
+    dns_config: PodDNSConfig | None = None
     node: DNSLabel | None = Field(None, description="Pin the pod to this node; else it is spread over workers.")
     enable_service_links: bool = Field(True, description="Give the pod environment variables for services.")
     containers: Annotated[list[Container], Field(min_length=1)]
@@ -246,6 +267,17 @@ class Service(Model):
     load_balancer_ip: str | None = Field(None, alias="loadBalancerIP")
 
 
+class ClusterDNS(Model):
+    """The cluster DNS: pod kube-system/coredns behind service kube-system/kube-dns."""
+
+    enabled: bool = True
+    replicas: Annotated[int, Field(ge=1, le=10)] = 1
+    ttl: Annotated[int, Field(ge=0, le=3600)] = Field(5, description="TTL of cluster records, as CoreDNS's default.")
+    upstreams: list[str] = Field(
+        default_factory=list, description="Servers for names outside the cluster domain; none: SERVFAIL at once."
+    )
+
+
 class Topology(Model):
     """A whole lab: the cluster's name, its address plan, nodes and workloads."""
 
@@ -256,6 +288,7 @@ class Topology(Model):
     pods: list[Pod] = Field(default_factory=list)
     deployments: list[Deployment] = Field(default_factory=list)
     services: list[Service] = Field(default_factory=list)
+    dns: ClusterDNS = Field(default_factory=ClusterDNS)
 
 
 def json_schema() -> dict:

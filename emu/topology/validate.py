@@ -51,6 +51,11 @@ def _check_subnets(topology: Topology) -> Iterator[Finding]:
             f"serviceSubnet {services} is too small: it must hold the kubernetes and kube-dns "
             "service IPs; use a /28 or larger (e.g. 10.96.0.0/16)",
         )
+    for index, server in enumerate(topology.dns.upstreams):
+        try:
+            ipaddress.IPv4Address(server.rsplit(":", 1)[0] if server.count(":") == 1 else server)
+        except ValueError:
+            yield (("dns", "upstreams", index), f"'{server}' is not an IPv4 address (optionally with :port)")
     if pods.overlaps(services):
         yield (
             ("networking", "serviceSubnet"),
@@ -69,7 +74,24 @@ def _check_nodes(topology: Topology) -> Iterator[Finding]:
         seen.setdefault(node.name, index)
 
 
+def _check_dns_policy(template: PodTemplate, path: tuple, what: str) -> Iterator[Finding]:
+    if template.dns_policy == "None" and (template.dns_config is None or not template.dns_config.nameservers):
+        yield (path + ("dnsPolicy",), f"{what} has dnsPolicy None, so dnsConfig.nameservers must list at least one")
+    config = template.dns_config
+    if config is not None:
+        for index, server in enumerate(config.nameservers):
+            try:
+                ipaddress.IPv4Address(server)
+            except ValueError:
+                yield (path + ("dnsConfig", "nameservers", index), f"'{server}' is not an IPv4 address")
+        if len(config.nameservers) > 3:
+            yield (path + ("dnsConfig", "nameservers"), "at most 3 nameservers (a resolv.conf limit)")
+        if len(config.searches) > 32:
+            yield (path + ("dnsConfig", "searches"), "at most 32 search domains")
+
+
 def _check_template(template: PodTemplate, path: tuple, node_names: set[str], what: str) -> Iterator[Finding]:
+    yield from _check_dns_policy(template, path, what)
     if template.node is not None and template.node not in node_names:
         yield (
             path + ("node",),
@@ -204,6 +226,8 @@ def _check_services(topology: Topology) -> Iterator[Finding]:
     subnet = ipaddress.IPv4Network(topology.networking.service_subnet)
     seen: set[tuple[str, str]] = set()
     cluster_ips: dict[str, str] = {str(subnet.network_address + 1): "default/kubernetes"}
+    if topology.dns.enabled:
+        cluster_ips[str(subnet.network_address + 10)] = "kube-system/kube-dns"
     node_ports: dict[int, str] = {}
     templates = list(_templates(topology))
     for index, service in enumerate(topology.services):
@@ -215,6 +239,8 @@ def _check_services(topology: Topology) -> Iterator[Finding]:
         seen.add((service.namespace, service.name))
         if key == "default/kubernetes":
             yield (path + ("name",), "default/kubernetes is the API server's service, which every cluster has; rename yours")
+        if key == "kube-system/kube-dns" and topology.dns.enabled:
+            yield (path + ("name",), "kube-system/kube-dns is the cluster DNS service emu runs; rename yours or set dns.enabled: false")
         if service.type == "ExternalName":
             if not service.external_name:
                 yield (path + ("externalName",), f"{what} has type ExternalName but no externalName (e.g. example.com)")

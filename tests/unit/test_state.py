@@ -6,6 +6,7 @@ from emu.topology.load import load_text
 
 LAB = """\
 name: lab
+dns: {enabled: false}
 nodes:
   - {name: cp, role: control-plane}
   - {name: w1}
