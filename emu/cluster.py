@@ -158,6 +158,7 @@ class Cluster:
                 self.progress("waiting for pods to answer and service rules to be programmed")
                 self.wait_ready(desired)
                 self.wait_synced(desired)
+                self.wait_endpoints(desired)
         except BaseException:
             # Nothing is half-created: remove whatever this call made.
             self.progress("failed; removing what was created")
@@ -186,6 +187,7 @@ class Cluster:
         if wait:
             self.wait_ready(desired, only={p.key for p in added})
             self.wait_synced(desired)
+            self.wait_endpoints(desired)
         return Change(False, sorted(p.key for p in added), sorted(p.key for p in removed))
 
     def scale(self, deployment: str, replicas: int, wait: bool = True) -> Change:
@@ -285,6 +287,29 @@ class Cluster:
                 )
 
         self.runtime.parallel(check, state.nodes)
+
+    def wait_endpoints(self, state: ClusterState, timeout: float = 15.0) -> list[str]:
+        """Wait until every node's rules count every pod as ready (readiness probes
+        passed and shared). A pod that stays unready is reported, not an error:
+        it may be meant to. Returns the pods still unready."""
+        script = (
+            "import json,sys,time,urllib.request\n"
+            "deadline=time.time()+float(sys.argv[1]); left=None\n"
+            "while time.time()<deadline:\n"
+            "  try: left=json.load(urllib.request.urlopen('http://127.0.0.1:10250/unready',timeout=1))\n"
+            "  except (OSError,ValueError): left=None\n"
+            "  if left==[]: break\n"
+            "  time.sleep(0.05)\n"
+            "print(' '.join(left or []))\n"
+        )
+
+        def check(node) -> list[str]:
+            return self.runtime.exec(node.container, ["python3", "-c", script, str(timeout)]).output.split()
+
+        unready = sorted({pod for pods in self.runtime.parallel(check, state.nodes) for pod in pods})
+        if unready:
+            self.progress(f"not ready after {timeout:.0f}s (see `emu status`): {', '.join(unready)}")
+        return unready
 
     def endpoints(self) -> dict[str, dict[str, list[str]]]:
         """{service key: {port name: ["ip:port", ...]}}: the ready endpoints the agents program."""

@@ -108,6 +108,7 @@ class Agent:
         self.pool = ThreadPoolExecutor(max_workers=8)
         self.endpoints: dict = {}
         self.render_cache: dict = {}
+        self.synced_ready: dict[str, bool] = {}  # the readiness the current rules were made from
 
     # ---- snapshot ----------------------------------------------------------
     def watch_snapshot(self) -> None:
@@ -232,6 +233,7 @@ class Agent:
             raise RuntimeError(f"iptables-restore failed: {result.stderr.strip()}")
         changed = sum(1 for line in text.splitlines() if line.startswith(":"))
         self.previous = ruleset
+        self.synced_ready = ready
         self.endpoints = {
             key: {port: [e.address for e in eps] for port, eps in by_port.items()} for key, by_port in endpoints.items()
         }
@@ -309,6 +311,9 @@ def make_handler(agent: Agent):
                 self._reply({"node": agent.node, "ready": agent.local_ready})
             elif self.path == "/endpoints":
                 self._reply(agent.endpoints)
+            elif self.path == "/unready":
+                # Pods not ready in the view this node's rules were made from.
+                self._reply(sorted(k for k, ready in agent.synced_ready.items() if not ready))
             else:
                 self.send_error(404)
 
