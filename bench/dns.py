@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""emu's cluster DNS server against dnsmasq serving the same names, same run.
+
+Both serve the A records of --services cluster services on 127.0.0.1 (emu's
+server with --workers UDP processes, from a snapshot file; dnsmasq from a
+hosts file), and dnsperf sends the same query file to each for --seconds.
+Printed: queries per second, loss, average latency, and the ratio.
+
+During emu's run a new service is added to the snapshot halfway through, and
+a separate client measures how long until it resolves. After the runs, every
+name is checked against its expected address on both servers.
+
+Installs dnsperf and dnsmasq from Debian's packages when missing (as root).
+usage: python bench/dns.py [--services 1000] [--seconds 10] [--workers 2] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dnslib import DNSRecord  # noqa: E402
+
+EMU_PORT, DNSMASQ_PORT = 5353, 5354
+ZONE = "cluster.local"
+
+
+def ensure_tools() -> None:
+    missing = [pkg for tool, pkg in (("dnsperf", "dnsperf"), ("dnsmasq", "dnsmasq-base")) if not shutil.which(tool)]
+    if missing:
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            sys.exit(f"install {' '.join(missing)} first")
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True, stdout=subprocess.DEVNULL)
+
+
+def service(i: int) -> tuple[str, str]:
+    return f"svc-{i}.bench.svc.{ZONE}", str(ipaddress.IPv4Address("10.96.16.0") + i)
+
+
+def snapshot(count: int, extra: list[tuple[str, str]] = ()) -> dict:
+    services = []
+    for i in range(count):
+        services.append(
+            {"namespace": "bench", "name": f"svc-{i}", "type": "ClusterIP", "clusterIP": service(i)[1],
+             "externalName": None, "ports": [{"name": "http", "port": 80, "protocol": "TCP"}], "endpoints": []}
+        )  # fmt: skip
+    for name, ip in extra:
+        services.append(
+            {"namespace": "bench", "name": name, "type": "ClusterIP", "clusterIP": ip, "externalName": None,
+             "ports": [{"name": "http", "port": 80, "protocol": "TCP"}], "endpoints": []}
+        )  # fmt: skip
+    return {"zone": ZONE, "ttl": 5, "upstreams": [], "serviceSubnet": "10.96.0.0/16", "podSubnet": "10.244.0.0/16",
+            "services": services}  # fmt: skip
+
+
+def write_atomically(path: Path, data: dict) -> None:
+    path.with_suffix(".new").write_text(json.dumps(data))
+    os.replace(path.with_suffix(".new"), path)
+
+
+def resolve(port: int, name: str) -> str | None:
+    query = DNSRecord.question(name)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.sendto(bytes(query.pack()), ("127.0.0.1", port))
+            reply = DNSRecord.parse(sock.recvfrom(4096)[0])
+        except (OSError, Exception):
+            return None
+    return str(reply.rr[0].rdata) if reply.rr else None
+
+
+def wait_answering(port: int, name: str) -> None:
+    for _ in range(100):
+        if resolve(port, name):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing answers on port {port}")
+
+
+def dnsperf(port: int, queries: Path, seconds: int, clients: int, outstanding: int) -> dict:
+    output = subprocess.run(
+        ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-l", str(seconds),
+         "-c", str(clients), "-q", str(outstanding), "-t", "2"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+
+    def number(pattern: str) -> float:
+        match = re.search(pattern, output)
+        return float(match.group(1)) if match else float("nan")
+
+    return {
+        "qps": number(r"Queries per second:\s+([\d.]+)"),
+        "sent": number(r"Queries sent:\s+(\d+)"),
+        "lost": number(r"Queries lost:\s+(\d+)"),
+        "latency_ms": number(r"Average Latency \(s\):\s+([\d.]+)") * 1000,
+    }
+
+
+def check_all(port: int, count: int) -> int:
+    return sum(1 for i in range(count) if resolve(port, service(i)[0]) != service(i)[1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating runs; medians are printed")
+    parser.add_argument("--clients", type=int, default=1, help="dnsperf -c")
+    parser.add_argument("--outstanding", type=int, default=100, help="dnsperf -q")
+    options = parser.parse_args()
+    ensure_tools()
+    work = Path(tempfile.mkdtemp(prefix="emu-dns-bench-"))
+    snapshot_path = work / "snapshot.json"
+    write_atomically(snapshot_path, snapshot(options.services))
+    (work / "hosts").write_text("".join(f"{service(i)[1]} {service(i)[0]}\n" for i in range(options.services)))
+    (work / "queries").write_text("".join(f"{service(i)[0]} A\n" for i in range(options.services)))
+
+    emu = subprocess.Popen(
+        [sys.executable, "-m", "emu.dns", "--snapshot", str(snapshot_path), "--host", "127.0.0.1",
+         "--port", str(EMU_PORT), "--workers", str(options.workers), "--health-port", "0", "--ready-port", "0"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    dnsmasq = subprocess.Popen(
+        ["dnsmasq", "--no-daemon", "--keep-in-foreground", "--listen-address=127.0.0.1", "--bind-interfaces",
+         f"--port={DNSMASQ_PORT}", "--no-resolv", "--no-hosts", f"--addn-hosts={work / 'hosts'}",
+         "--local-ttl=5", "--user=root", "--pid-file=", "--log-facility=/dev/null"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_answering(EMU_PORT, service(0)[0])
+        wait_answering(DNSMASQ_PORT, service(0)[0])
+        runs: dict[str, list[dict]] = {"dnsmasq": [], "emu": []}
+        visible: list[float] = []
+        for round_number in range(options.rounds):
+            runs["dnsmasq"].append(dnsperf(DNSMASQ_PORT, work / "queries", options.seconds, options.clients, options.outstanding))
+
+            # emu, with a service added halfway through the run.
+            added = f"added-{round_number}"
+
+            def change(added=added) -> None:
+                time.sleep(options.seconds / 2)
+                extra = [(f"added-{r}", f"10.96.200.{r + 1}") for r in range(round_number + 1)]
+                write_atomically(snapshot_path, snapshot(options.services, extra))
+                changed = time.monotonic()
+                while time.monotonic() - changed < 5:
+                    if resolve(EMU_PORT, f"{added}.bench.svc.{ZONE}") == f"10.96.200.{round_number + 1}":
+                        visible.append(time.monotonic() - changed)
+                        return
+                    time.sleep(0.01)
+                visible.append(float("inf"))
+
+            changer = threading.Thread(target=change)
+            changer.start()
+            runs["emu"].append(dnsperf(EMU_PORT, work / "queries", options.seconds, options.clients, options.outstanding))
+            changer.join()
+        results = {
+            name: {field: statistics.median(r[field] for r in rs) for field in rs[0]} | {"all": [round(r["qps"]) for r in rs]}
+            for name, rs in runs.items()
+        }
+        wrong = {"emu": check_all(EMU_PORT, options.services), "dnsmasq": check_all(DNSMASQ_PORT, options.services)}
+    finally:
+        os.killpg(emu.pid, signal.SIGTERM)
+        dnsmasq.terminate()
+        emu.wait(5)
+        dnsmasq.wait(5)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"{options.services} service names, dnsperf {options.clients} clients x {options.seconds} s on 127.0.0.1; "
+          f"emu with {options.workers} UDP processes")  # fmt: skip
+    print(f"{'server':8} {'queries/s':>10} {'lost':>8} {'loss %':>7} {'avg latency ms':>15} {'wrong answers':>14}")
+    for name in ("dnsmasq", "emu"):
+        r = results[name]
+        loss = 100 * r["lost"] / r["sent"] if r["sent"] else float("nan")
+        print(f"{name:8} {r['qps']:>10.0f} {r['lost']:>8.0f} {loss:>7.3f} {r['latency_ms']:>15.3f} {wrong[name]:>14}"
+              f"   runs: {r['all']}")
+    print(f"emu/dnsmasq queries per second: {results['emu']['qps'] / results['dnsmasq']['qps']:.2f}x")
+    print(f"a service added during each emu run resolved after (ms): {[round(v * 1000) for v in visible]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
