@@ -233,3 +233,36 @@ def test_garbage_never_raises(resolver):
         reply = resolver.answer(data, generator.random() < 0.5)
         assert reply is None or isinstance(reply, bytes)
     assert ask(resolver, "web.default.svc.cluster.local").header.rcode == RCODE.NOERROR
+
+
+def test_names_outside_the_zone_go_to_the_upstream(tmp_path):
+    import json
+    import socket
+    import threading
+
+    from dnslib import RR
+
+    upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    upstream.bind(("127.0.0.1", 0))
+
+    def answer_once() -> None:
+        data, client = upstream.recvfrom(4096)
+        query = DNSRecord.parse(data)
+        reply = query.reply()
+        reply.add_answer(*RR.fromZone("www.example.com. 60 A 192.0.2.7"))
+        upstream.sendto(bytes(reply.pack()), client)
+
+    threading.Thread(target=answer_once, daemon=True).start()
+    snapshot = {"zone": "cluster.local", "upstreams": [f"127.0.0.1:{upstream.getsockname()[1]}"], "services": []}
+    path = tmp_path / "snapshot.json"
+    path.write_text(json.dumps(snapshot))
+    resolver = Resolver(str(path))
+    resolver.reload_if_changed()
+    query = bytes(DNSRecord.question("www.example.com").pack())
+    assert resolver.answer(query, True) is None  # not ours: forwarded
+    got = threading.Event()
+    replies = []
+    resolver.forward(query, lambda reply: (replies.append(reply), got.set()))
+    assert got.wait(3)
+    assert [str(rr.rdata) for rr in DNSRecord.parse(replies[0]).rr] == ["192.0.2.7"]
+    upstream.close()

@@ -278,3 +278,17 @@ def test_cached_render_equals_a_fresh_one():
     assert first == iptables.render(s, "w1", endpoints(s))
     changed = endpoints(s, all_ready(s) | {"default/web-b": False})
     assert iptables.render(s, "w1", changed, cache=cache) == iptables.render(s, "w1", changed)
+
+
+def test_internal_traffic_policy_local_uses_node_local_endpoints_only():
+    text = LAB + "  - name: internal\n    internalTrafficPolicy: Local\n    selector: {app: web}\n" \
+        "    clusterIP: 10.96.0.55\n    ports: [{port: 80, targetPort: 8080}]\n"
+    s = state(text)
+    on_w1 = iptables.render(s, "w1", endpoints(s))
+    svl = iptables.local_chain("default/internal", "tcp")
+    jumps = [r for r in on_w1["nat"][svl] if "KUBE-SEP" in r]
+    assert len(jumps) == 1 and "10.244.1.2:8080" in jumps[0]
+    assert any(r.endswith(f"-j {svl}") and "10.96.0.55/32" in r for r in on_w1["nat"]["KUBE-SERVICES"])
+    on_cp = iptables.render(s, "cp", endpoints(s))
+    assert any("default/internal has no local endpoints" in r and r.endswith("-j DROP")
+               for r in on_cp["filter"]["KUBE-SERVICES"])
