@@ -1,14 +1,11 @@
 """Plan renderers: golden text for a fixed state, and the shape of each piece."""
 
-import os
-from pathlib import Path
 
 from emu.cluster import node_plans
 from emu.plan import cni
 from emu.state import plan_cluster
 from emu.topology.load import load_text
 
-GOLDEN = Path(__file__).parent / "golden"
 LAB = """\
 name: lab
 nodes:
@@ -36,26 +33,21 @@ def render(plans) -> str:
     return "".join(plan.render() for plan in plans)
 
 
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("EMU_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert text == path.read_text(), f"plan differs from {path}; if intended, rerun with EMU_UPDATE_GOLDEN=1"
 
 
 def state():
     return plan_cluster(load_text(LAB), "emu-lab", "172.28.5.0/24")
 
 
-def test_new_cluster_plan_matches_golden():
-    check_golden("new_cluster.plan", render(node_plans(None, state())))
+def test_new_cluster_plan_matches_golden(golden):
+    golden("new_cluster.plan", render(node_plans(None, state())))
 
 
-def test_apply_plan_matches_golden():
+def test_apply_plan_matches_golden(golden):
     first = state()
     second = plan_cluster(load_text(LAB.replace("node: cp", "node: w1")), "emu-lab", "172.28.5.0/24", first)
     plans = [p for p in node_plans(first, second) if not p.empty]
-    check_golden("move_pod.plan", render(plans))
+    golden("move_pod.plan", render(plans))
 
 
 def test_plans_are_byte_identical_for_the_same_state():

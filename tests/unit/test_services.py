@@ -1,7 +1,5 @@
 """Services: allocation, validation, endpoints, environment variables and kube-proxy's iptables rules."""
 
-import os
-from pathlib import Path
 
 import pytest
 
@@ -11,7 +9,6 @@ from emu.services import load_balancer_owner, service_endpoints, service_env
 from emu.state import plan_cluster
 from emu.topology.load import load_text
 
-GOLDEN = Path(__file__).parent / "golden"
 LAB = """\
 name: lab
 nodes:
@@ -77,11 +74,6 @@ def endpoints(s, ready=None):
     return {key: service_endpoints(s, svc, ready) for key, svc in s.services.items()}
 
 
-def check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("EMU_UPDATE_GOLDEN"):
-        path.write_text(text)
-    assert text == path.read_text(), f"differs from {path}; if intended, rerun with EMU_UPDATE_GOLDEN=1"
 
 
 def test_chain_names_are_kube_proxys():
@@ -99,14 +91,14 @@ def test_every_cluster_has_the_kubernetes_service():
     assert [e.address for e in eps] == ["172.28.5.2:6443"]
 
 
-def test_rules_match_golden_for_worker():
+def test_rules_match_golden_for_worker(golden):
     s = state()
-    check_golden("iptables_w1.rules", iptables.restore_text(iptables.render(s, "w1", endpoints(s))))
+    golden("iptables_w1.rules", iptables.restore_text(iptables.render(s, "w1", endpoints(s))))
 
 
-def test_rules_match_golden_for_node_without_local_endpoints():
+def test_rules_match_golden_for_node_without_local_endpoints(golden):
     s = state()
-    check_golden("iptables_cp.rules", iptables.restore_text(iptables.render(s, "cp", endpoints(s))))
+    golden("iptables_cp.rules", iptables.restore_text(iptables.render(s, "cp", endpoints(s))))
 
 
 def test_probability_is_one_over_n_minus_i():
