@@ -81,10 +81,10 @@ def main() -> int:
     runtime = DockerRuntime()
     image = ImageBuilder(runtime, print).ensure_node_image()
     default = load_file(ROOT / "topologies" / "default.yaml")
-    default_pods = 5  # pods of topologies/default.yaml (client, web, echo x3)
+    default_pods = 6  # pods of topologies/default.yaml (client, web, echo x3) and coredns
     labs = {
         # name: (topology, nodes, pods per node for the baseline, baseline workload, pods in total)
-        "default": (default, 3, 2, "netexec", default_pods),
+        "default": (default, 3, 2, "netexec", default_pods),  # the baseline starts 2 netexec pods a node
         "10x50": (load_text(big_lab(10, 50)), 10, 50, "nc", 500),
     }
     print(f"node image {image}; {options.rounds} rounds each, alternating baseline and emu; median shown")
