@@ -21,24 +21,7 @@ from emu.topology.load import load_file
 from emu.topology.model import Topology
 
 STATE_FILE = "/etc/emu/state.json"
-AGENT_STATUS = "/run/emu/agent/status.json"
 Progress = Callable[[str], None]
-# Runs in a node: connect to each HOST:PORT until all answer or TIMEOUT passes;
-# prints the ones that never answered.
-PORT_PROBE = """\
-import socket, sys, time
-left = set(sys.argv[2:]); deadline = time.time() + float(sys.argv[1])
-while left and time.time() < deadline:
-    for target in sorted(left):
-        host, port = target.rsplit(":", 1)
-        try:
-            socket.create_connection((host, int(port)), 0.2).close(); left.discard(target)
-        except OSError:
-            pass
-    if left:
-        time.sleep(0.02)
-print(" ".join(sorted(left))); sys.exit(1 if left else 0)
-"""
 
 
 def _quiet(message: str) -> None:
@@ -139,10 +122,16 @@ class Cluster:
         started = time.monotonic()
         image = topology.node_image or ImageBuilder(self.runtime, self.progress).ensure_node_image()
         networking = topology.networking
-        subnet = self.runtime.free_subnet([networking.pod_subnet, networking.service_subnet])
+        if networking.cluster_network:
+            subnet = self.runtime.check_subnet_free(networking.cluster_network)
+        else:
+            subnet = self.runtime.free_subnet([networking.pod_subnet, networking.service_subnet])
         network = f"emu-{self.name}"
         desired = plan_cluster(topology, network, subnet, node_image=image)
         plans = node_plans(None, desired)
+        warning = neighbour_table_warning(len(desired.nodes), len(desired.pods))
+        if warning:
+            self.progress(warning)
         try:
             self.progress(f"network {network} {subnet}")
             self.runtime.create_network(network, subnet, self.name)
@@ -152,13 +141,10 @@ class Cluster:
             ]
             self.runtime.parallel(self.runtime.create_node, specs)
             self.progress(f"wiring {len(desired.pods)} pods")
-            self._apply_plans(plans)
-            self._save(desired, None)
+            self._apply_plans(plans, desired, None)
             if wait:
                 self.progress("waiting for pods to answer and service rules to be programmed")
-                self.wait_ready(desired)
-                self.wait_synced(desired)
-                self.wait_endpoints(desired)
+                self.wait(desired)
         except BaseException:
             # Nothing is half-created: remove whatever this call made.
             self.progress("failed; removing what was created")
@@ -180,14 +166,10 @@ class Cluster:
         if not added and not removed and desired.topology == previous.topology:
             self.progress(f"cluster '{self.name}' is up to date")
             return Change(False, [], [])
-        plans = [plan for plan in node_plans(previous, desired) if not plan.empty]
         self.progress(f"adding {len(added)} pods, removing {len(removed)}")
-        self._apply_plans(plans)
-        self._save(desired, previous)
+        self._apply_plans(node_plans(previous, desired), desired, previous)
         if wait:
-            self.wait_ready(desired, only={p.key for p in added})
-            self.wait_synced(desired)
-            self.wait_endpoints(desired)
+            self.wait(desired, only={p.key for p in added})
         return Change(False, sorted(p.key for p in added), sorted(p.key for p in removed))
 
     def scale(self, deployment: str, replicas: int, wait: bool = True) -> Change:
@@ -236,10 +218,19 @@ class Cluster:
         return desired, node_plans(None, desired)
 
     # ---- internals -------------------------------------------------------
-    def _apply_plans(self, plans: list[NodePlan]) -> None:
+    def _apply_plans(self, plans: list[NodePlan], state: ClusterState, previous: ClusterState | None) -> None:
+        """Run every node's plan and give every node the new state, one
+        put_archive and one exec per node, nodes in parallel. The state goes in
+        beside the plan and is renamed into place last, so a reader never sees
+        half of it and the agent sees it once the pods are wired."""
+        state.generation = (previous.generation if previous else 0) + 1
+        state_text = state.to_json()
+
         def apply(plan: NodePlan) -> None:
-            files = dict(plan.files)
-            files[f"{cni.PLAN_DIR}/run.sh"] = plan.script
+            files = {**plan.files, STATE_FILE + ".new": state_text}
+            files[f"{cni.PLAN_DIR}/run.sh"] = "\n".join(
+                [plan.script.rstrip("\n"), f"mv {STATE_FILE}.new {STATE_FILE}", ""]
+            )
             self.runtime.put_files(plan.container, files)
             result = self.runtime.exec(plan.container, ["sh", f"{cni.PLAN_DIR}/run.sh"])
             if not result.ok:
@@ -248,67 +239,48 @@ class Cluster:
                     f"see it with `emu plan`; the script is {cni.PLAN_DIR}/run.sh in container {plan.container}"
                 )
 
-        self.runtime.parallel(apply, [plan for plan in plans if not plan.empty])
+        self.runtime.parallel(apply, plans)
 
-    def _save(self, state: ClusterState, previous: ClusterState | None) -> None:
-        """Write the state to every node: the agents program from it, and any
-        emu process reads it back. Written beside the file, then renamed, so a
-        reader never sees half of it."""
-        state.generation = (previous.generation if previous else 0) + 1
-        text = state.to_json()
+    def wait(self, state: ClusterState, only: set[str] | None = None, timeout: float = 30.0) -> list[str]:
+        """Wait until, on every node, the pods' declared TCP ports answer (only the
+        pods in `only`, if given), the agent has programmed this state, and every
+        pod counts as ready. Pods that stay unready are reported, not an error:
+        they may be meant to. Returns them."""
+        ports: dict[str, list[str]] = {}
+        for pod in state.pods.values():
+            if only is not None and pod.key not in only:
+                continue
+            for container in pod.containers:
+                for port in container.get("ports", []):
+                    if port.get("protocol", "TCP") == "TCP":
+                        ports.setdefault(pod.node, []).append(f"{pod.ip}:{port['containerPort']}")
 
-        def save(node) -> None:
-            self.runtime.put_files(node.container, {STATE_FILE + ".new": text}, mode=0o600)
-            result = self.runtime.exec(node.container, ["mv", STATE_FILE + ".new", STATE_FILE])
-            if not result.ok:
-                raise EmuError(f"could not save the cluster state on {node.container}: {result.output.strip()}")
-
-        self.runtime.parallel(save, state.nodes)
-
-    def wait_synced(self, state: ClusterState, timeout: float = 20.0) -> None:
-        """Wait until every node's agent has programmed the state's generation."""
-        script = (
-            "import json,sys,time\n"
-            "deadline=time.time()+float(sys.argv[2])\n"
-            "while time.time()<deadline:\n"
-            "  try:\n"
-            f"    if json.load(open('{AGENT_STATUS}'))['generation']>=int(sys.argv[1]): sys.exit(0)\n"
-            "  except (OSError,ValueError,KeyError): pass\n"
-            "  time.sleep(0.02)\n"
-            "sys.exit(1)\n"
-        )
-
-        def check(node) -> None:
-            result = self.runtime.exec(node.container, ["python3", "-c", script, str(state.generation), str(timeout)])
-            if not result.ok:
+        def check(node) -> dict:
+            argv = ["env", f"PYTHONPATH={cni.AGENT_LIB}", "python3", "-m", "emu.agent.wait",
+                    "--timeout", str(timeout), "--generation", str(state.generation)]  # fmt: skip
+            for target in ports.get(node.name, []):
+                argv += ["--port", target]
+            result = self.runtime.exec(node.container, argv)
+            try:
+                outcome = json.loads(result.output.strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                raise EmuError(f"node {node.name}: waiting failed: {result.output.strip()}") from None
+            if outcome["ports_left"]:
                 raise EmuError(
-                    f"node {node.name}: its agent did not program generation {state.generation} within {timeout:.0f}s; "
-                    f"see {cni.AGENT_LOG} (`emu exec --node {node.name} -- tail {cni.AGENT_LOG}`)"
+                    f"node {node.name}: pods did not answer within {timeout:.0f}s on "
+                    f"{' '.join(outcome['ports_left'])}; see their logs with `emu logs POD`"
                 )
+            if not outcome["programmed"]:
+                raise EmuError(
+                    f"node {node.name}: its agent did not program generation {state.generation} within "
+                    f"{timeout:.0f}s; see `emu exec --node {node.name} -- tail {cni.AGENT_LOG}`"
+                )
+            return outcome
 
-        self.runtime.parallel(check, state.nodes)
-
-    def wait_endpoints(self, state: ClusterState, timeout: float = 15.0) -> list[str]:
-        """Wait until every node's rules count every pod as ready (readiness probes
-        passed and shared). A pod that stays unready is reported, not an error:
-        it may be meant to. Returns the pods still unready."""
-        script = (
-            "import json,sys,time,urllib.request\n"
-            "deadline=time.time()+float(sys.argv[1]); left=None\n"
-            "while time.time()<deadline:\n"
-            "  try: left=json.load(urllib.request.urlopen('http://127.0.0.1:10250/unready',timeout=1))\n"
-            "  except (OSError,ValueError): left=None\n"
-            "  if left==[]: break\n"
-            "  time.sleep(0.05)\n"
-            "print(' '.join(left or []))\n"
-        )
-
-        def check(node) -> list[str]:
-            return self.runtime.exec(node.container, ["python3", "-c", script, str(timeout)]).output.split()
-
-        unready = sorted({pod for pods in self.runtime.parallel(check, state.nodes) for pod in pods})
+        outcomes = self.runtime.parallel(check, state.nodes)
+        unready = sorted({pod for outcome in outcomes for pod in outcome["unready"] or []})
         if unready:
-            self.progress(f"not ready after {timeout:.0f}s (see `emu status`): {', '.join(unready)}")
+            self.progress(f"not ready yet (see `emu status`): {', '.join(unready)}")
         return unready
 
     def endpoints(self) -> dict[str, dict[str, list[str]]]:
@@ -321,37 +293,18 @@ class Cluster:
             raise EmuError(f"the agent on {state.nodes[0].name} did not answer: {result.output.strip()}")
         return json.loads(result.output)
 
-    def wait_ready(self, state: ClusterState, timeout: float = 30.0, only: set[str] | None = None) -> None:
-        """Wait until every declared TCP port of every pod accepts connections from its node."""
-        by_node: dict[str, list[str]] = {}
-        for pod in state.pods.values():
-            if only is not None and pod.key not in only:
-                continue
-            for container in pod.containers:
-                for port in container.get("ports", []):
-                    if port.get("protocol", "TCP") == "TCP":
-                        by_node.setdefault(pod.node, []).append(f"{pod.ip}:{port['containerPort']}")
-        def check(node_name: str) -> None:
-            container = state.node(node_name).container
-            result = self.runtime.exec(container, ["python3", "-c", PORT_PROBE, str(timeout), *by_node[node_name]])
-            if not result.ok:
-                raise EmuError(
-                    f"node {node_name}: pods did not answer within {timeout:.0f}s on {result.output.strip()}; "
-                    "see their logs with `emu logs POD`"
-                )
-
-        self.runtime.parallel(check, sorted(by_node))
-
     def run_external(self, name: str) -> str:
         """Start a container outside the cluster, on the cluster's Docker network,
         serving netexec (HTTP :8080, UDP :8081). Returns its IP. `down` removes it."""
         state = self.state()
         container = f"{self.name}-{name}"
         self.runtime.run_external(self.name, container, state.network, state.node_image)
-        self.runtime.put_files(container, cni.workload_files())
-        self.runtime.exec_detached(container, ["sh", "-c", f"exec python3 {cni.WORKLOAD_DIR}/netexec.py >/tmp/netexec.log 2>&1"])
+        self.runtime.put_files(container, {**cni.workload_files(), **cni.agent_files()})
+        netexec = f"exec python3 {cni.WORKLOAD_DIR}/netexec.py >/tmp/netexec.log 2>&1"
+        self.runtime.exec_detached(container, ["sh", "-c", netexec])
         ip = self.runtime.container_ip(container, state.network)
-        if not self.runtime.exec(container, ["python3", "-c", PORT_PROBE, "10", "127.0.0.1:8080"]).ok:
+        probe = ["env", f"PYTHONPATH={cni.AGENT_LIB}", "python3", "-m", "emu.agent.wait", "--port", "127.0.0.1:8080"]
+        if json.loads(self.runtime.exec(container, probe).output)["ports_left"]:
             raise EmuError(f"the external container {container} did not start serving on :8080")
         return ip
 
@@ -394,6 +347,29 @@ class Cluster:
                 if key:
                     status.setdefault(key, {})[file.removesuffix(".pid")] = phase
         return status
+
+
+NEIGHBOUR_LIMIT = Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+
+
+def neighbour_table_warning(nodes: int, pods: int, limit_file: Path = NEIGHBOUR_LIMIT) -> str | None:
+    """The kernel's ARP table is shared by every network namespace; past its limit
+    (1,024 by default) new neighbours are refused and pods become unreachable.
+    Each pod needs about two entries (its gateway, and its node's entry for it)
+    and each node one per other node."""
+    try:
+        limit = int(limit_file.read_text())
+    except (OSError, ValueError):
+        return None  # not a Linux host we can see (Docker Desktop's VM, say)
+    needed = 2 * pods + nodes * nodes + 64
+    if needed <= limit:
+        return None
+    return (
+        f"warning: about {needed} ARP entries are needed but the kernel allows {limit} "
+        f"(net.ipv4.neigh.default.gc_thresh3); pods may become unreachable. Raise it as root: "
+        "sysctl -w net.ipv4.neigh.default.gc_thresh1=4096 net.ipv4.neigh.default.gc_thresh2=8192 "
+        "net.ipv4.neigh.default.gc_thresh3=16384 (scripts/ensure-docker.sh does)"
+    )
 
 
 def _revalidate(topology: Topology) -> Topology:

@@ -98,7 +98,8 @@ def with_system_objects(topology: Topology) -> Topology:
                             {"name": "dns", "containerPort": 53, "protocol": "UDP"},
                             {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
                         ],
-                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 1},
+                        # Probed often so that a new cluster's DNS is ready at once.
+                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 0.2},
                     }
                 ],
             },

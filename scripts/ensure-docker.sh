@@ -8,6 +8,19 @@ set -euo pipefail
 
 log=${EMU_DOCKERD_LOG:-/var/log/emu-dockerd.log}
 
+# Every pod and node keeps ARP entries, and the kernel's neighbour table is
+# shared by all network namespaces: the default limit (1,024) overflows at a
+# few hundred pods, and pods become unreachable. Raise it where we may.
+raise_neighbour_limits() {
+  [ "$(id -u)" = 0 ] && [ -w /proc/sys/net/ipv4/neigh/default/gc_thresh3 ] || return 0
+  for pair in gc_thresh1:4096 gc_thresh2:8192 gc_thresh3:16384; do
+    key=${pair%%:*} want=${pair##*:}
+    file=/proc/sys/net/ipv4/neigh/default/$key
+    [ "$(cat "$file")" -ge "$want" ] || echo "$want" >"$file"
+  done
+}
+raise_neighbour_limits
+
 if docker info >/dev/null 2>&1; then
   exit 0
 fi

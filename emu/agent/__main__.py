@@ -106,6 +106,8 @@ class Agent:
         self.dirty = threading.Event()
         self.readiness_changed = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=8)
+        self.alive: dict[str, bool] = {}  # pod key -> its containers' processes run
+        self.alive_checked = 0.0
         self.endpoints: dict = {}
         self.render_cache: dict = {}
         self.synced_ready: dict[str, bool] = {}  # the readiness the current rules were made from
@@ -157,12 +159,17 @@ class Agent:
                     jobs.append((probe, self.pool.submit(run_probe, pod, spec)))
         for probe, future in jobs:
             probe.record(future.result(), time.monotonic())
+        # Processes are checked once a second, as the kubelet's PLEG relists;
+        # new pods at once.
+        if now - self.alive_checked >= 1.0 or any(p.key not in self.alive for p in local):
+            self.alive = {pod.key: processes_alive(pod) for pod in local}
+            self.alive_checked = now
         ready = {}
         for pod in local:
             probes_ok = all(
                 self.probes[(pod.key, c["name"])].ready for c in pod.containers if c.get("readinessProbe")
             )
-            ready[pod.key] = probes_ok and processes_alive(pod)
+            ready[pod.key] = probes_ok and self.alive.get(pod.key, False)
         if ready != self.local_ready:
             changed = sorted(k for k in ready.keys() | self.local_ready.keys() if ready.get(k) != self.local_ready.get(k))
             log(f"readiness changed: {', '.join(f'{k}={ready.get(k, False)}' for k in changed)}")

@@ -205,7 +205,7 @@ def start_container_line(pod: PodState, container: dict) -> str:
 # The modules the node agent runs with (standard library only), copied into every node.
 AGENT_MODULES = [
     "__init__.py", "errors.py", "records.py", "services.py",
-    "proxy/__init__.py", "proxy/iptables.py", "agent/__init__.py", "agent/__main__.py",
+    "proxy/__init__.py", "proxy/iptables.py", "agent/__init__.py", "agent/__main__.py", "agent/wait.py",
     "dns/__init__.py", "dns/snapshot.py", "dns/records.py", "dns/server.py", "dns/__main__.py",
 ]  # fmt: skip
 

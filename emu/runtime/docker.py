@@ -96,24 +96,36 @@ class DockerRuntime:
     def cluster_networks(self, cluster: str) -> list[dict]:
         return self.api.networks(filters={"label": f"{LABEL_CLUSTER}={cluster}"})
 
-    def used_subnets(self) -> list[ipaddress.IPv4Network]:
+    def used_subnets(self) -> list[tuple[str, ipaddress.IPv4Network]]:
+        """(network name, IPv4 subnet) of every Docker network."""
         subnets = []
         for network in self.api.networks():
             detail = self.api.inspect_network(network["Id"])
             for config in (detail.get("IPAM") or {}).get("Config") or []:
                 try:
-                    subnets.append(ipaddress.IPv4Network(config["Subnet"], strict=False))
+                    subnets.append((detail["Name"], ipaddress.IPv4Network(config["Subnet"], strict=False)))
                 except (KeyError, ValueError):
                     continue
         return subnets
 
     def free_subnet(self, avoid: Iterable[str]) -> str:
         """A /24 that overlaps no Docker network and none of `avoid` (pod and service subnets)."""
-        taken = self.used_subnets() + [ipaddress.IPv4Network(a) for a in avoid]
+        taken = [subnet for _, subnet in self.used_subnets()] + [ipaddress.IPv4Network(a) for a in avoid]
         for candidate in NETWORK_POOL.subnets(new_prefix=24):
             if not any(candidate.overlaps(t) for t in taken):
                 return str(candidate)
         raise EmuError(f"no free /24 left in {NETWORK_POOL} for the cluster network; remove unused Docker networks")
+
+    def check_subnet_free(self, subnet: str) -> str:
+        """`subnet` if no Docker network overlaps it; else an error naming the one that does."""
+        wanted = ipaddress.IPv4Network(subnet)
+        for name, taken in self.used_subnets():
+            if taken.overlaps(wanted):
+                raise EmuError(
+                    f"networking.clusterNetwork {wanted} overlaps Docker network '{name}' ({taken}); "
+                    "choose another subnet, or leave clusterNetwork out and emu picks a free one"
+                )
+        return str(wanted)
 
     # ---- creation --------------------------------------------------------
     def create_network(self, name: str, subnet: str, cluster: str) -> None:

@@ -186,3 +186,20 @@ def test_unknown_pod_is_a_clear_error(lab):
     result = emu("exec", "--name", lab.name, "nosuchpod", "--", "true")
     assert result.returncode == 1
     assert "no pod 'nosuchpod'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_fixed_cluster_network_and_load_balancer_pool(make_cluster, runtime):
+    text = SMALL + (
+        "networking:\n  clusterNetwork: 172.31.250.0/24\n  loadBalancerPool: 172.31.250.100-172.31.250.101\n"
+        "services:\n  - name: lb\n    type: LoadBalancer\n    selector: {app: none}\n    ports: [{port: 80}]\n"
+    )
+    cluster = make_cluster(text, "fixednet")
+    state = cluster.state()
+    assert state.network_subnet == "172.31.250.0/24"
+    assert state.nodes[0].node_ip == "172.31.250.2"
+    assert state.services["default/lb"].load_balancer_ip == "172.31.250.100"
+    # A second cluster on the same subnet is refused before anything is made.
+    clash = Cluster(cluster.name + "x", runtime=runtime)
+    with pytest.raises(EmuError, match="overlaps Docker network"):
+        clash.up(load_text(text).model_copy(update={"name": cluster.name + "x"}))
+    assert not clash.exists

@@ -125,3 +125,14 @@ def test_changing_nodes_of_a_running_cluster_is_refused():
 def test_host_veth_names_fit_the_kernel_limit():
     for pod in plan().pods.values():
         assert len(pod.host_veth) <= 15
+
+
+def test_neighbour_table_warning(tmp_path):
+    from emu.cluster import neighbour_table_warning
+
+    limit = tmp_path / "gc_thresh3"
+    limit.write_text("1024\n")
+    assert neighbour_table_warning(3, 10, limit) is None
+    warning = neighbour_table_warning(10, 500, limit)
+    assert "1164 ARP entries" in warning and "gc_thresh3=16384" in warning
+    assert neighbour_table_warning(10, 500, tmp_path / "missing") is None
