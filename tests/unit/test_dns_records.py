@@ -93,7 +93,7 @@ def test_headless_service_returns_ready_endpoints():
     dashed = web1.replace(".", "-")
     assert rdatas(z.lookup(f"{dashed}.web-h.default.svc.cluster.local", QTYPE.A)) == [web1]
     srv = rdatas(z.lookup("_http._tcp.web-h.default.svc.cluster.local", QTYPE.SRV))
-    assert srv == sorted([f"0 50 8080 web-0.web-h.default.svc.cluster.local.", f"0 50 8080 {dashed}.web-h.default.svc.cluster.local."])
+    assert srv == sorted(["0 50 8080 web-0.web-h.default.svc.cluster.local.", f"0 50 8080 {dashed}.web-h.default.svc.cluster.local."])
     ptr = z.lookup(".".join(reversed(web0.split("."))) + ".in-addr.arpa", QTYPE.PTR)
     assert rdatas(ptr) == ["web-0.web-h.default.svc.cluster.local."]
 
