@@ -12,7 +12,7 @@ TOPOLOGY ?= topologies/default.yaml
 up: venv docker
 	$(BIN)/emu up $(TOPOLOGY)
 
-down: venv docker
+down: venv docker  
 	$(BIN)/emu down --all
 
 test: venv docker
