@@ -232,9 +232,11 @@ class Agent:
         if self.previous is None:
             self.previous = existing_kube_chains()
         text = iptables.restore_text(ruleset, self.previous)
-        result = subprocess.run(
-            ["iptables-restore", "--noflush", "--wait"], input=text, capture_output=True, text=True
-        )
+        result = subprocess.CompletedProcess([], 0)
+        if text.strip():
+            result = subprocess.run(
+                ["iptables-restore", "--noflush", "--wait"], input=text, capture_output=True, text=True
+            )
         if result.returncode != 0:
             self.previous = None  # the next sync writes everything
             raise RuntimeError(f"iptables-restore failed: {result.stderr.strip()}")

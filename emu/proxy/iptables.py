@@ -299,6 +299,8 @@ def restore_text(ruleset: Ruleset, previous: Ruleset | None = None) -> str:
         old = (previous or {}).get(table, {})
         write = [c for c in chains if previous is None or old.get(c) != chains[c]]
         gone = sorted(c for c in old if c not in chains)
+        if previous is not None and not write and not gone:
+            continue  # an untouched table is not sent: each one sent is a kernel round trip
         out.append(f"*{table}")
         out += [f":{chain} - [0:0]" for chain in [*write, *gone]]
         for chain in write:
