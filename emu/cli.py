@@ -117,7 +117,7 @@ def cmd_down(args) -> int:
 def cmd_status(args) -> int:
     cluster = _cluster(args)
     state = cluster.state()
-    phases = cluster.container_status(state)
+    pod_status = cluster.pod_status(state)
     if args.json:
         data = {
             "name": state.name,
@@ -135,7 +135,11 @@ def cmd_status(args) -> int:
                     "podIP": p.ip,
                     "labels": p.labels,
                     "containers": [
-                        {"name": c["name"], "state": phases.get(p.key, {}).get(c["name"], "Unknown")}
+                        {
+                            "name": c["name"],
+                            "state": pod_status.get(p.key, {}).get(c["name"], {}).get("state", "Unknown"),
+                            "ready": pod_status.get(p.key, {}).get(c["name"], {}).get("ready", False),
+                        }
                         for c in p.containers
                     ],
                 }
@@ -160,10 +164,11 @@ def cmd_status(args) -> int:
     for column in ("NAMESPACE", "POD", "READY", "STATUS", "IP", "NODE"):
         pods.add_column(column)
     for pod in sorted(state.pods.values(), key=lambda p: (p.namespace, p.name)):
-        pod_phases = phases.get(pod.key, {})
-        running = sum(1 for c in pod.containers if pod_phases.get(c["name"]) == "Running")
+        containers = pod_status.get(pod.key, {})
+        running = sum(1 for c in pod.containers if containers.get(c["name"], {}).get("state") == "Running")
+        ready = sum(1 for c in pod.containers if containers.get(c["name"], {}).get("ready"))
         status = "Running" if running == len(pod.containers) else "Error"
-        pods.add_row(pod.namespace, pod.name, f"{running}/{len(pod.containers)}", status, pod.ip, pod.node)
+        pods.add_row(pod.namespace, pod.name, f"{ready}/{len(pod.containers)}", status, pod.ip, pod.node)
     console.print(pods)
     services = Table(title="services", title_justify="left")
     for column in ("NAMESPACE", "SERVICE", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS"):

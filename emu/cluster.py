@@ -327,25 +327,38 @@ class Cluster:
         text = self.runtime.read_file(state.node(found.node).container, f"{cni.LOG_DIR}/{found.netns}/{name}.log")
         return text or ""
 
-    def container_status(self, state: ClusterState) -> dict[str, dict[str, str]]:
-        """{pod key: {container: Running|Exited}} from the processes on each node."""
+    def pod_status(self, state: ClusterState) -> dict[str, dict[str, dict]]:
+        """{pod key: {container: {"state": Running|Exited, "ready": bool}}}: processes
+        from their pid files, readiness from the node's agent (probes included)."""
         script = (
             f"for f in {cni.RUN_DIR}/*/*.pid; do [ -e \"$f\" ] || continue; "
-            'if kill -0 "$(cat "$f")" 2>/dev/null; then echo "$f Running"; else echo "$f Exited"; fi; done'
+            'if kill -0 "$(cat "$f")" 2>/dev/null; then echo "$f Running"; else echo "$f Exited"; fi; done; '
+            "echo READINESS $(curl -s --max-time 2 http://127.0.0.1:10250/readiness)"
         )
 
         def check(node) -> str:
             return self.runtime.exec(node.container, ["sh", "-c", script]).output
 
-        status: dict[str, dict[str, str]] = {}
+        status: dict[str, dict[str, dict]] = {}
         by_netns = {(p.node, p.netns): p.key for p in state.pods.values()}
         for node, output in zip(state.nodes, self.runtime.parallel(check, state.nodes)):
+            readiness: dict = {}
             for line in output.splitlines():
+                if line.startswith("READINESS "):
+                    try:
+                        readiness = json.loads(line.removeprefix("READINESS ")).get("containers", {})
+                    except ValueError:
+                        readiness = {}
+                    continue
                 path, _, phase = line.partition(" ")
                 netns, _, file = path.removeprefix(cni.RUN_DIR + "/").partition("/")
                 key = by_netns.get((node.name, netns))
                 if key:
-                    status.setdefault(key, {})[file.removesuffix(".pid")] = phase
+                    status.setdefault(key, {})[file.removesuffix(".pid")] = {"state": phase, "ready": False}
+            for key, containers in readiness.items():
+                for name, ready in containers.items():
+                    if name in status.get(key, {}):
+                        status[key][name]["ready"] = bool(ready)
         return status
 
 

@@ -177,6 +177,21 @@ class Agent:
             self.readiness_changed.set()
             self.dirty.set()
 
+    def container_readiness(self) -> dict[str, dict[str, bool]]:
+        """{pod key: {container: ready}}: running, and its readiness probe (if any) passing."""
+        state = self.state
+        result: dict[str, dict[str, bool]] = {}
+        for pod in state.pods.values() if state else []:
+            if pod.node != self.node:
+                continue
+            alive = self.alive.get(pod.key, False)
+            result[pod.key] = {
+                c["name"]: alive and (not c.get("readinessProbe") or self.probes.get((pod.key, c["name"])) is not None
+                                      and self.probes[(pod.key, c["name"])].ready)
+                for c in pod.containers
+            }  # fmt: skip
+        return result
+
     def share_loop(self) -> None:
         """Send this node's readiness to every other agent on change, and every second."""
         while True:
@@ -317,7 +332,7 @@ def make_handler(agent: Agent):
             if self.path == "/healthz":
                 self._reply({"ok": True})
             elif self.path == "/readiness":
-                self._reply({"node": agent.node, "ready": agent.local_ready})
+                self._reply({"node": agent.node, "ready": agent.local_ready, "containers": agent.container_readiness()})
             elif self.path == "/endpoints":
                 self._reply(agent.endpoints)
             elif self.path == "/unready":
