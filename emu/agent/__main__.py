@@ -185,11 +185,12 @@ class Agent:
             if pod.node != self.node:
                 continue
             alive = self.alive.get(pod.key, False)
-            result[pod.key] = {
-                c["name"]: alive and (not c.get("readinessProbe") or self.probes.get((pod.key, c["name"])) is not None
-                                      and self.probes[(pod.key, c["name"])].ready)
-                for c in pod.containers
-            }  # fmt: skip
+            containers = {}
+            for container in pod.containers:
+                probe = self.probes.get((pod.key, container["name"]))
+                probed_ready = probe.ready if probe is not None else not container.get("readinessProbe")
+                containers[container["name"]] = alive and probed_ready
+            result[pod.key] = containers
         return result
 
     def share_loop(self) -> None:
