@@ -44,6 +44,8 @@ if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
   systemctl start docker || true
 fi
 if ! docker info >/dev/null 2>&1; then
+  # A dockerd killed with its machine session leaves its pid file behind.
+  pgrep -x dockerd >/dev/null 2>&1 || rm -f /var/run/docker.pid
   echo "starting dockerd (log: $log)" >&2
   nohup dockerd >"$log" 2>&1 &
 fi
