@@ -242,7 +242,6 @@ def plan_cluster(
 
 
 KUBERNETES_SERVICE = "default/kubernetes"
-KUBE_DNS_SERVICE = "kube-system/kube-dns"
 
 
 def static_band(subnet: ipaddress.IPv4Network) -> int:
