@@ -323,7 +323,7 @@ def cmd_plan(args) -> int:
         from emu.proxy import iptables
         from emu.services import service_endpoints
 
-        ready = {key: True for key in desired.pods}
+        ready = {pod.uid: True for pod in desired.pods.values()}
         endpoints = {key: service_endpoints(desired, s, ready) for key, s in desired.services.items()}
         for node in desired.nodes:
             print(f"### node {node.name}: service rules its agent writes once every pod is ready")

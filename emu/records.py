@@ -70,6 +70,13 @@ class PodState:
         return f"{self.namespace}/{self.name}"
 
     @property
+    def uid(self) -> str:
+        """This incarnation of the pod: a pod recreated under the same name gets a
+        new IP, so readiness and probe state never carry over to it (Kubernetes
+        uses the pod's UID for the same reason)."""
+        return f"{self.key}@{self.ip}"
+
+    @property
     def netns(self) -> str:
         """The network namespace's name: the pod's name, qualified outside 'default'."""
         return self.name if self.namespace == "default" else f"{self.namespace}.{self.name}"

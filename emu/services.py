@@ -43,7 +43,7 @@ def service_endpoints(
             endpoints = [Endpoint(n.node_ip, int(port.target_port), None, None) for n in control_planes(state)]
         else:
             for pod in state.pods.values():
-                if not service.selects(pod) or not ready.get(pod.key, False):
+                if not service.selects(pod) or not ready.get(pod.uid, False):
                     continue
                 target = pod.resolve_port(port.target_port)
                 if target is not None:

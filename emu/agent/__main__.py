@@ -97,7 +97,7 @@ class Agent:
         self.port = port
         self.state: ClusterState | None = None
         self.snapshot_mtime = 0.0
-        self.local_ready: dict[str, bool] = {}
+        self.local_ready: dict[str, bool] = {}  # pod uid -> ready (this node's pods)
         self.peer_ready: dict[str, dict[str, bool]] = {}
         self.probes: dict[tuple[str, str], ProbeState] = {}
         self.previous: iptables.Ruleset | None = None
@@ -106,7 +106,7 @@ class Agent:
         self.dirty = threading.Event()
         self.readiness_changed = threading.Event()
         self.pool = ThreadPoolExecutor(max_workers=8)
-        self.alive: dict[str, bool] = {}  # pod key -> its containers' processes run
+        self.alive: dict[str, bool] = {}  # pod uid -> its containers' processes run
         self.alive_checked = 0.0
         self.endpoints: dict = {}
         self.render_cache: dict = {}
@@ -145,7 +145,7 @@ class Agent:
     def update_readiness(self, state: ClusterState) -> None:
         now = time.monotonic()
         local = [p for p in state.pods.values() if p.node == self.node]
-        keys = {(p.key, c["name"]) for p in local for c in p.containers if c.get("readinessProbe")}
+        keys = {(p.uid, c["name"]) for p in local for c in p.containers if c.get("readinessProbe")}
         for stale in set(self.probes) - keys:
             del self.probes[stale]
         jobs = []
@@ -154,22 +154,22 @@ class Agent:
                 spec = container.get("readinessProbe")
                 if not spec:
                     continue
-                probe = self.probes.setdefault((pod.key, container["name"]), ProbeState(spec))
+                probe = self.probes.setdefault((pod.uid, container["name"]), ProbeState(spec))
                 if probe.due(now):
                     jobs.append((probe, self.pool.submit(run_probe, pod, spec)))
         for probe, future in jobs:
             probe.record(future.result(), time.monotonic())
         # Processes are checked once a second, as the kubelet's PLEG relists;
         # new pods at once.
-        if now - self.alive_checked >= 1.0 or any(p.key not in self.alive for p in local):
-            self.alive = {pod.key: processes_alive(pod) for pod in local}
+        if now - self.alive_checked >= 1.0 or any(p.uid not in self.alive for p in local):
+            self.alive = {pod.uid: processes_alive(pod) for pod in local}
             self.alive_checked = now
         ready = {}
         for pod in local:
             probes_ok = all(
-                self.probes[(pod.key, c["name"])].ready for c in pod.containers if c.get("readinessProbe")
+                self.probes[(pod.uid, c["name"])].ready for c in pod.containers if c.get("readinessProbe")
             )
-            ready[pod.key] = probes_ok and self.alive.get(pod.key, False)
+            ready[pod.uid] = probes_ok and self.alive.get(pod.uid, False)
         if ready != self.local_ready:
             changed = sorted(k for k in ready.keys() | self.local_ready.keys() if ready.get(k) != self.local_ready.get(k))
             log(f"readiness changed: {', '.join(f'{k}={ready.get(k, False)}' for k in changed)}")
@@ -184,10 +184,10 @@ class Agent:
         for pod in state.pods.values() if state else []:
             if pod.node != self.node:
                 continue
-            alive = self.alive.get(pod.key, False)
+            alive = self.alive.get(pod.uid, False)
             containers = {}
             for container in pod.containers:
-                probe = self.probes.get((pod.key, container["name"]))
+                probe = self.probes.get((pod.uid, container["name"]))
                 probed_ready = probe.ready if probe is not None else not container.get("readinessProbe")
                 containers[container["name"]] = alive and probed_ready
             result[pod.key] = containers
@@ -238,7 +238,7 @@ class Agent:
         for node, pods in self.peer_ready.items():
             ready.update(pods)
         ready.update(self.local_ready)
-        return {key: ready.get(key, False) for key in state.pods}
+        return {pod.uid: ready.get(pod.uid, False) for pod in state.pods.values()}
 
     def sync(self, state: ClusterState) -> None:
         started = time.monotonic()

@@ -13,6 +13,7 @@ from emu.records import ClusterState
 
 
 def dns_snapshot(state: ClusterState, ready: dict[str, bool]) -> dict:
+    # `ready` is keyed by pod uid (PodState.uid).
     """Services with their ports and endpoints (ready or not, with the hostname a
     pod gets when its subdomain names the service), the zone and its settings."""
     dns = state.topology.get("dns", {})
@@ -30,7 +31,7 @@ def dns_snapshot(state: ClusterState, ready: dict[str, bool]) -> dict:
                     if target is not None:
                         ports[port.name] = target
                 hostname = pod.host_name if pod.subdomain == service.name and pod.hostname else None
-                endpoints.append({"ip": pod.ip, "hostname": hostname, "ready": ready.get(pod.key, False), "ports": ports})
+                endpoints.append({"ip": pod.ip, "hostname": hostname, "ready": ready.get(pod.uid, False), "ports": ports})
         services.append(
             {
                 "namespace": service.namespace,

@@ -216,6 +216,9 @@ def test_deleted_pod_is_recreated_with_new_ip_behind_the_same_service(svc):
     new_address = f"{after.pods[pod.key].ip}:8080"
     wait_for(lambda: new_address in endpoint_list(svc, "default/backend"), "the new pod's endpoint", 10)
     for node in after.nodes:
+        # Each node programs the new pod once its readiness reaches that node's agent.
+        wait_for(lambda: new_address in svc.node_exec(node.name, ["iptables-save", "-t", "nat"]).output,
+                 f"{node.name}'s rules to add {new_address}", 10)
         rules = svc.node_exec(node.name, ["iptables-save", "-t", "nat"]).output
         assert f"{pod.ip}:8080" not in rules, f"{node.name} still has the old endpoint"
     answers = curl_many(svc, "client", f"http://{service_ip}/hostname", 30)

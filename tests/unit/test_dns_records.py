@@ -44,7 +44,7 @@ services:
 
 def zone(ready=True, text=LAB) -> tuple[Zone, object]:
     state = plan_cluster(load_text(text), "emu-lab", "172.28.5.0/24")
-    readiness = {key: ready for key in state.pods}
+    readiness = {pod.uid: ready for pod in state.pods.values()}
     return Zone(dns_snapshot(state, readiness)), state
 
 
@@ -143,7 +143,7 @@ def resolver(tmp_path):
 
     state = plan_cluster(load_text(LAB), "emu-lab", "172.28.5.0/24")
     path = tmp_path / "snapshot.json"
-    path.write_text(json.dumps(dns_snapshot(state, {k: True for k in state.pods})))
+    path.write_text(json.dumps(dns_snapshot(state, {p.uid: True for p in state.pods.values()})))
     resolver = Resolver(str(path))
     assert resolver.reload_if_changed()
     return resolver
@@ -183,7 +183,7 @@ def test_big_answer_is_truncated_over_udp_and_whole_over_tcp(tmp_path):
         "services:\n  - name: many\n    clusterIP: None\n    selector: {app: many}\n    ports: [{port: 80}]\n"
     state = plan_cluster(load_text(text), "emu-lab", "172.28.5.0/24")
     path = tmp_path / "snapshot.json"
-    path.write_text(json.dumps(dns_snapshot(state, {k: True for k in state.pods})))
+    path.write_text(json.dumps(dns_snapshot(state, {p.uid: True for p in state.pods.values()})))
     resolver = Resolver(str(path))
     resolver.reload_if_changed()
     udp = ask(resolver, "many.default.svc.cluster.local")

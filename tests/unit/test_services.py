@@ -66,7 +66,7 @@ def state(text=LAB, previous=None):
 
 
 def all_ready(s):
-    return {key: True for key in s.pods}
+    return {pod.uid: True for pod in s.pods.values()}
 
 
 def endpoints(s, ready=None):
@@ -114,7 +114,7 @@ def test_probability_is_one_over_n_minus_i():
 
 def test_unready_endpoint_leaves_the_rules():
     s = state()
-    ready = all_ready(s) | {"default/web-b": False}
+    ready = all_ready(s) | {s.pods["default/web-b"].uid: False}
     rules = iptables.render(s, "w1", endpoints(s, ready))
     text = iptables.restore_text(rules)
     assert "10.244.2.2:8080" not in text and "10.244.1.2:8080" in text
@@ -137,7 +137,7 @@ def test_local_policy_drops_nodeport_on_node_without_endpoints():
 def test_partial_sync_rewrites_only_what_changed():
     s = state()
     before = iptables.render(s, "w1", endpoints(s))
-    after = iptables.render(s, "w1", endpoints(s, all_ready(s) | {"default/web-b": False}))
+    after = iptables.render(s, "w1", endpoints(s, all_ready(s) | {s.pods["default/web-b"].uid: False}))
     text = iptables.restore_text(after, before)
     declared = [line for line in text.splitlines() if line.startswith(":")]
     gone = [line for line in text.splitlines() if line.startswith("-X")]
@@ -269,7 +269,7 @@ def test_cached_render_equals_a_fresh_one():
     cache: dict = {}
     first = iptables.render(s, "w1", endpoints(s), cache=cache)
     assert first == iptables.render(s, "w1", endpoints(s))
-    changed = endpoints(s, all_ready(s) | {"default/web-b": False})
+    changed = endpoints(s, all_ready(s) | {s.pods["default/web-b"].uid: False})
     assert iptables.render(s, "w1", changed, cache=cache) == iptables.render(s, "w1", changed)
 
 
@@ -285,3 +285,14 @@ def test_internal_traffic_policy_local_uses_node_local_endpoints_only():
     on_cp = iptables.render(s, "cp", endpoints(s))
     assert any("default/internal has no local endpoints" in r and r.endswith("-j DROP")
                for r in on_cp["filter"]["KUBE-SERVICES"])
+
+
+def test_a_recreated_pod_does_not_inherit_readiness():
+    from emu.records import PodState
+
+    s = state()
+    old = s.pods["default/web-a"]
+    ready = all_ready(s)
+    s.pods[old.key] = PodState(**{**old.__dict__, "ip": "10.244.1.99"})  # same name, new IP
+    addresses = [e.address for e in endpoints(s, ready)["default/web"]["http"]]
+    assert "10.244.1.99:8080" not in addresses and old.ip + ":8080" not in addresses
