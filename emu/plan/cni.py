@@ -26,6 +26,16 @@ AGENT_LOG = "/var/log/emu/agent.log"
 MASQ_CHAIN = "EMU-MASQ-AGENT"  # named after kindnet's KIND-MASQ-AGENT
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
+# The node image selects iptables' legacy backend (much faster restores of big
+# rulesets). A container cannot load kernel modules, so where the host has no
+# legacy tables (hosts whose Docker uses nf_tables and never loaded ip_tables),
+# fall back to the nf_tables backend, as kind's nodes detect theirs.
+IPTABLES_BACKEND_STEP = (
+    "iptables-legacy -t nat -S >/dev/null 2>&1 || { "
+    "update-alternatives --quiet --set iptables /usr/sbin/iptables-nft && "
+    "update-alternatives --quiet --set ip6tables /usr/sbin/ip6tables-nft; }"
+)
+
 # Removes a pod: its processes, its veth pair (at once: a namespace whose
 # processes are still dying would keep it alive), its namespace and files.
 DELETE_POD_FUNCTION = """\
@@ -243,6 +253,7 @@ def node_plan(
         plan.files[f"{PLAN_DIR}/masquerade.rules"] = masquerade_rules(state, node)
         plan.files[f"{PLAN_DIR}/kube-proxy-hooks.rules"] = iptables.hook_rules()
         plan.steps += [
+            IPTABLES_BACKEND_STEP,
             f"ip -batch {PLAN_DIR}/node.batch",
             f"iptables-restore --noflush {PLAN_DIR}/masquerade.rules",
             f"iptables-restore --noflush {PLAN_DIR}/kube-proxy-hooks.rules",
