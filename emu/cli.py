@@ -145,7 +145,7 @@ def cmd_status(args) -> int:
                 }
                 for p in sorted(state.pods.values(), key=lambda p: (p.namespace, p.name))
             ],
-            "services": _service_rows(state, cluster.endpoints()),
+            "services": _service_rows(state, cluster.endpoints(state)),
         }
         print(json.dumps(data, indent=2))
         return 0
@@ -173,7 +173,7 @@ def cmd_status(args) -> int:
     services = Table(title="services", title_justify="left")
     for column in ("NAMESPACE", "SERVICE", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS"):
         services.add_column(column)
-    for row in _service_rows(state, cluster.endpoints()):
+    for row in _service_rows(state, cluster.endpoints(state)):
         services.add_row(
             row["namespace"], row["name"], row["type"], row["clusterIP"] or "<none>", row["externalIP"] or "<none>",
             ",".join(row["ports"]) or "<none>", ",".join(row["endpoints"]) or "<none>",
@@ -189,7 +189,7 @@ def cmd_describe(args) -> int:
     service = state.services.get(reference)
     if service is None:
         raise EmuError(f"no service '{reference}' in cluster '{cluster.name}' (services: {', '.join(sorted(state.services))})")
-    endpoints = cluster.endpoints().get(reference, {})
+    endpoints = cluster.endpoints(state).get(reference, {})
     print(f"Name:              {service.name}")
     print(f"Namespace:         {service.namespace}")
     print(f"Selector:          {','.join(f'{k}={v}' for k, v in (service.selector or {}).items()) or '<none>'}")

@@ -187,7 +187,9 @@ class Cluster:
         deployments = [
             d.model_copy(update={"replicas": replicas}) if d is found[0] else d for d in topology.deployments
         ]
-        return self.apply(_revalidate(topology.model_copy(update={"deployments": deployments})), wait=wait)
+        scaled = _revalidate(topology.model_copy(update={"deployments": deployments}))
+        desired = plan_cluster(scaled, previous.network, previous.network_subnet, previous)
+        return self._converge(previous, desired, wait)
 
     def delete_pod(self, reference: str, wait: bool = True) -> Change:
         """Delete a pod. A deployment's pod comes back at once with a new IP, as
@@ -283,9 +285,10 @@ class Cluster:
             self.progress(f"not ready yet (see `emu status`): {', '.join(unready)}")
         return unready
 
-    def endpoints(self) -> dict[str, dict[str, list[str]]]:
-        """{service key: {port name: ["ip:port", ...]}}: the ready endpoints the agents program."""
-        state = self.state()
+    def endpoints(self, state: ClusterState | None = None) -> dict[str, dict[str, list[str]]]:
+        """{service key: {port name: ["ip:port", ...]}}: the ready endpoints the agents program.
+        Pass the state if you already read it."""
+        state = state or self.state()
         result = self.runtime.exec(
             state.nodes[0].container, ["curl", "-sS", "--max-time", "5", "http://127.0.0.1:10250/endpoints"]
         )
