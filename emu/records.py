@@ -23,6 +23,7 @@ class NodeState:
     pod_cidr: str
     node_ip: str
     container: str
+    host: str = ""  # the Docker host it runs on ("" on one engine)
 
     @property
     def gateway(self) -> str:
@@ -143,6 +144,7 @@ class ClusterState:
     services: dict[str, ServiceState] = field(default_factory=dict)
     load_balancer_pool: list[str] = field(default_factory=list)  # first, last
     generation: int = 0  # bumped on every save; agents report the one they programmed
+    mtu: int = 1500  # the cluster network's MTU, which pods' interfaces take (1450 on a VXLAN overlay)
     version: int = STATE_VERSION
 
     def node(self, name: str) -> NodeState:

@@ -59,6 +59,33 @@ def container_name(cluster: str, node: str) -> str:
     return f"{cluster}-{node}"
 
 
+def place_nodes(topology: Topology) -> dict[str, str]:
+    """{node: host}: a node's own host: where it names one, else the host with
+    the fewest nodes so far (ties: the first listed), so N nodes over H hosts
+    differ by at most one per host beyond what was pinned. No hosts: every
+    node on "" (this machine's engine)."""
+    if not topology.hosts:
+        pinned = [f"{node.name} (host: {node.host})" for node in topology.nodes if node.host]
+        if pinned:
+            raise EmuError(
+                f"nodes name hosts but the lab has none: {', '.join(pinned)}; add a hosts: list to the topology "
+                "or pass an inventory with `emu up --hosts FILE`, or remove host: to run on this machine"
+            )
+        return {node.name: "" for node in topology.nodes}
+    order = [host.name for host in topology.hosts]
+    load = dict.fromkeys(order, 0)
+    for node in topology.nodes:
+        if node.host:
+            load[node.host] += 1
+    placement = {}
+    for node in topology.nodes:
+        host = node.host or min(order, key=lambda h: (load[h], order.index(h)))
+        if not node.host:
+            load[host] += 1
+        placement[node.name] = host
+    return placement
+
+
 def node_ips(network_subnet: str, count: int) -> list[str]:
     """Node addresses on the cluster network: .2, .3, ... (.1 is Docker's gateway)."""
     network = ipaddress.IPv4Network(network_subnet)
@@ -164,6 +191,7 @@ def plan_cluster(
     network_subnet: str,
     previous: ClusterState | None = None,
     node_image: str = "",
+    mtu: int = 1500,
 ) -> ClusterState:
     """The desired cluster state for a topology, keeping what `previous` already runs."""
     networking = topology.networking.model_dump(mode="json", by_alias=True)
@@ -174,6 +202,7 @@ def plan_cluster(
         pod_subnet = ipaddress.IPv4Network(topology.networking.pod_subnet)
         cidrs = pod_subnet.subnets(new_prefix=NODE_CIDR_PREFIX)
         addresses = node_ips(network_subnet, len(topology.nodes))
+        placement = place_nodes(topology)
         nodes = [
             NodeState(
                 name=node.name,
@@ -182,6 +211,7 @@ def plan_cluster(
                 pod_cidr=str(next(cidrs)),
                 node_ip=addresses[i],
                 container=container_name(topology.name, node.name),
+                host=placement[node.name],
             )
             for i, node in enumerate(topology.nodes)
         ]
@@ -194,6 +224,7 @@ def plan_cluster(
         last_pod_ip=dict(previous.last_pod_ip) if previous else {},
         topology=topology.model_dump(mode="json", by_alias=True, exclude_defaults=True),
         node_image=node_image or (previous.node_image if previous else ""),
+        mtu=previous.mtu if previous else mtu,
     )
     state.load_balancer_pool = load_balancer_pool(topology, network_subnet)
     effective = with_system_objects(topology)
@@ -400,6 +431,14 @@ def _check_compatible(topology: Topology, networking: dict, previous: ClusterSta
         raise EmuError(
             f"the nodes of cluster '{previous.name}' are {running} but the topology declares {declared}; "
             "emu changes pods of a running cluster, not its nodes: run `emu down` and `emu up` to rebuild it"
+        )
+    placement = place_nodes(topology)
+    moved = [f"{n.name} ({n.host or 'this machine'} -> {placement[n.name] or 'this machine'})"
+             for n in previous.nodes if placement.get(n.name) != n.host]  # fmt: skip
+    if moved:
+        raise EmuError(
+            f"the topology puts nodes of the running cluster '{previous.name}' on other hosts: {', '.join(moved)}; "
+            "emu does not move running nodes: run `emu down` and `emu up` to rebuild it there"
         )
     if networking != previous.networking:
         raise EmuError(

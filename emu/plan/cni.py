@@ -61,7 +61,7 @@ def service_ip(state: ClusterState, index: int) -> str:
 def node_setup_batch(state: ClusterState, node: NodeState) -> str:
     """Root-namespace `ip -batch` lines for a new node: the bridge and host-gw routes."""
     lines = [
-        "link add cni0 type bridge",
+        f"link add cni0{mtu_option(state.mtu)} type bridge",
         f"addr add {node.gateway}/{prefix_length(node.pod_cidr)} dev cni0",
         "link set cni0 up",
     ]
@@ -88,11 +88,19 @@ def masquerade_rules(state: ClusterState, node: NodeState) -> str:
     )
 
 
-def pod_root_batch(pod: PodState) -> str:
+def mtu_option(mtu: int) -> str:
+    """' mtu N' for `ip link add`, where the cluster network's MTU is not the
+    default 1500 (a VXLAN overlay's 1450): pods' interfaces and the bridge take
+    the node's, so a full-size pod packet still fits the wire between hosts."""
+    return "" if mtu == 1500 else f" mtu {mtu}"
+
+
+def pod_root_batch(pod: PodState, mtu: int = 1500) -> str:
     """Root-namespace lines for one pod: its namespace and the veth pair on cni0."""
+    size = mtu_option(mtu)
     return (
         f"netns add {pod.netns}\n"
-        f"link add {pod.host_veth} type veth peer name eth0 netns {pod.netns}\n"
+        f"link add {pod.host_veth}{size} type veth peer name eth0{size} netns {pod.netns}\n"
         f"link set {pod.host_veth} master cni0 up\n"
         # A pod reaching itself through its service's IP: the reply must go back
         # out the port it came in on (the kubelet's hairpin-veth mode).
@@ -268,7 +276,7 @@ def node_plan(
             )
     added = sorted(added, key=_order)
     if added:
-        plan.files[f"{PLAN_DIR}/pods.batch"] = "".join(pod_root_batch(pod) for pod in added)
+        plan.files[f"{PLAN_DIR}/pods.batch"] = "".join(pod_root_batch(pod, state.mtu) for pod in added)
         plan.steps.append(f"ip -batch {PLAN_DIR}/pods.batch")
     for pod in added:
         batch = f"{PLAN_DIR}/pod-{pod.netns}.batch"

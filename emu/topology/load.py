@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from emu.errors import Problem, TopologyError
-from emu.topology.model import Topology
+from emu.topology.model import Host, Inventory, Topology
 
 Path_ = tuple[str | int, ...]
 
@@ -121,10 +121,9 @@ def _problems_from_pydantic(error: ValidationError, locator: _Locator) -> list[P
     return problems
 
 
-def load_text(text: str, source: str = "<topology>") -> Topology:
-    """Parse and validate topology YAML. Raises TopologyError listing every problem."""
-    from emu.topology.validate import check_topology
-
+def _parse(text: str, source: str, model: type, what: str) -> tuple[Any, _Locator, list[Problem]]:
+    """YAML text -> (validated model, locator, problems so far). Raises TopologyError
+    for YAML and schema problems."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -141,23 +140,54 @@ def load_text(text: str, source: str = "<topology>") -> Topology:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise TopologyError(source, [Problem("", "the file must be a mapping with at least 'nodes:'", 1, 1)])
+        raise TopologyError(source, [Problem("", f"the file must be a mapping with at least '{what}:'", 1, 1)])
     try:
-        topology = Topology.model_validate(data)
+        parsed = model.model_validate(data)
     except ValidationError as error:
         problems += _problems_from_pydantic(error, locator)
         raise TopologyError(source, problems) from None
+    return parsed, locator, problems
+
+
+def load_text(text: str, source: str = "<topology>") -> Topology:
+    """Parse and validate topology YAML. Raises TopologyError listing every problem."""
+    from emu.topology.validate import check_topology
+
+    topology, locator, problems = _parse(text, source, Topology, "nodes")
     problems += [locator.problem(path, message) for path, message in check_topology(topology)]
     if problems:
         raise TopologyError(source, problems)
     return topology
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as error:
+        raise TopologyError(str(path), [Problem("", f"cannot read the file: {error.strerror}")]) from None
+
+
 def load_file(path: str | Path) -> Topology:
     """Read and validate a topology file."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise TopologyError(str(path), [Problem("", f"cannot read the file: {error.strerror}")]) from None
-    return load_text(text, str(path))
+    return load_text(_read(path), str(path))
+
+
+def load_inventory(path: str | Path) -> list[Host]:
+    """Read and validate a hosts inventory file (a `hosts:` list, as in a topology)."""
+    path = Path(path)
+    inventory, _, problems = _parse(_read(path), str(path), Inventory, "hosts")
+    if problems:
+        raise TopologyError(str(path), problems)
+    return list(inventory.hosts)
+
+
+def with_hosts(topology: Topology, hosts: list[Host], source: str) -> Topology:
+    """The topology spread over `hosts` (an inventory given beside it), validated again."""
+    from emu.topology.validate import check_topology
+
+    merged = topology.model_copy(update={"hosts": hosts})
+    problems = [Problem(format_path(path), message) for path, message in check_topology(merged)]
+    if problems:
+        raise TopologyError(source, problems)
+    return merged

@@ -106,6 +106,59 @@ class Node(Model):
     name: DNSLabel
     role: Literal["control-plane", "worker"] = "worker"
     labels: dict[str, str] = Field(default_factory=dict)
+    host: DNSLabel | None = Field(
+        None, description="The host (a name under hosts:) this node runs on; default: spread evenly over the hosts."
+    )
+
+
+class EngineTLS(Model):
+    """Client certificates for a Docker engine reached over TCP with TLS."""
+
+    ca: str = Field(description="Path of the CA certificate that signed the engine's certificate.")
+    cert: str = Field(description="Path of the client certificate.")
+    key: str = Field(description="Path of the client certificate's key.")
+
+
+class Host(Model):
+    """One machine with a Docker engine, for a cluster spread over several (Docker Swarm)."""
+
+    name: DNSLabel = Field(description="How nodes (host:) and messages name this machine.")
+    address: str = Field(description="Address (IP or DNS name) that SSH and the other hosts' swarm traffic use.")
+    user: str = Field("root", description="SSH user.")
+    port: Port = Field(22, description="SSH port.")
+    ssh_key: str | None = Field(None, description="Path of the SSH private key; default: ssh's own choice.")
+    known_hosts: str | None = Field(
+        None, description="ssh's known_hosts file for this host; default: ssh's own (new keys are accepted once)."
+    )
+    engine: str = Field(
+        "ssh",
+        description="How emu reaches the host's Docker engine: ssh (through an SSH tunnel to dockerSocket, the "
+        "default), tcp://HOST:PORT (with tls:), or unix:///PATH (an engine on this machine).",
+    )
+    docker_socket: str = Field(
+        "/var/run/docker.sock", description="The Docker engine's socket on the host (for engine: ssh and over SSH)."
+    )
+    tls: EngineTLS | None = None
+    advertise_address: str | None = Field(
+        None, description="Address the host advertises to the swarm; default: address."
+    )
+
+    @field_validator("engine")
+    @classmethod
+    def _engine(cls, value: str) -> str:
+        if value != "ssh" and not value.startswith(("tcp://", "unix://")):
+            raise ValueError(f"'{value}' is not an engine address: use ssh, tcp://HOST:PORT or unix:///PATH")
+        return value
+
+    @property
+    def swarm_address(self) -> str:
+        return self.advertise_address or self.address
+
+
+class Inventory(Model):
+    """A file naming the hosts of a lab (emu up --hosts FILE): the topology's hosts: on its own."""
+
+    hosts: Annotated[list[Host], Field(min_length=1)]
 
 
 class ContainerPort(Model):
@@ -284,6 +337,10 @@ class Topology(Model):
     name: DNSLabel = Field("emu", description="Cluster name; node containers are named <name>-<node>.")
     node_image: str | None = Field(None, description="Node image to use instead of the one emu builds.")
     networking: Networking = Field(default_factory=Networking)
+    hosts: list[Host] = Field(
+        default_factory=list,
+        description="Docker hosts to spread the nodes over (Docker Swarm); none: this machine's engine.",
+    )
     nodes: Annotated[list[Node], Field(min_length=1)]
     pods: list[Pod] = Field(default_factory=list)
     deployments: list[Deployment] = Field(default_factory=list)

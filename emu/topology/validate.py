@@ -72,6 +72,19 @@ def _check_nodes(topology: Topology) -> Iterator[Finding]:
                 f"node name '{node.name}' is used twice (also nodes[{seen[node.name]}]); node names must be unique",
             )
         seen.setdefault(node.name, index)
+    hosts: dict[str, int] = {}
+    for index, host in enumerate(topology.hosts):
+        if host.name in hosts:
+            yield (
+                ("hosts", index, "name"),
+                f"host name '{host.name}' is used twice (also hosts[{hosts[host.name]}]); host names must be unique",
+            )
+        hosts.setdefault(host.name, index)
+    for index, node in enumerate(topology.nodes):
+        # Without hosts: the inventory may come with `emu up --hosts FILE`; place_nodes checks then.
+        if hosts and node.host is not None and node.host not in hosts:
+            message = f"node '{node.name}' names host '{node.host}', which is not under hosts: ({', '.join(hosts)})"
+            yield (("nodes", index, "host"), message)
 
 
 def _check_dns_policy(template: PodTemplate, path: tuple, what: str) -> Iterator[Finding]:
