@@ -77,7 +77,10 @@ class Resolver:
 
     # ---- answering --------------------------------------------------------
     def answer(self, data: bytes, udp: bool) -> bytes | None:
-        """The reply to one query, or None to stay silent (unparseable header)."""
+        """The reply to one query, or None: stay silent (not a query: see is_query)
+        or, when is_query(data), forward it upstream."""
+        if not is_query(data):
+            return None  # a response (or no header): answering it could start a reflection loop
         current = self.current
         if current is None:
             return _error_reply(data, RCODE.SERVFAIL)
@@ -90,7 +93,9 @@ class Resolver:
             query = DNSRecord.parse(data)
         except Exception:  # dnslib raises several kinds on malformed input
             return _error_reply(data, RCODE.FORMERR)
-        if query.header.qr or query.header.opcode != 0 or len(query.questions) != 1:
+        if query.header.qr:  # is_query saw QR=0; dnslib agrees, but never answer a response
+            return None
+        if query.header.opcode != 0 or len(query.questions) != 1:
             reply = query.reply()
             reply.header.rcode = RCODE.NOTIMP if query.header.opcode != 0 else RCODE.FORMERR
             return bytes(reply.pack())
@@ -127,8 +132,12 @@ class Resolver:
         return bytes(reply.pack())
 
     def forward(self, data: bytes, send) -> None:
-        """Ask the upstream servers in the background; SERVFAIL if none answers."""
-        zone = self.current[0]
+        """Ask the upstream servers in the background; SERVFAIL if none answers.
+        Only queries go upstream, and only responses come back to the client."""
+        current = self.current
+        if current is None or not is_query(data):
+            return
+        zone = current[0]
 
         def ask() -> None:
             for upstream in zone.upstreams:
@@ -138,7 +147,7 @@ class Resolver:
                         sock.settimeout(UPSTREAM_TIMEOUT / max(1, len(zone.upstreams)))
                         sock.sendto(data, (host, int(port or 53)))
                         reply, _ = sock.recvfrom(65535)
-                        if reply[:2] == data[:2]:
+                        if reply[:2] == data[:2] and len(reply) >= 12 and reply[2] & 0x80:
                             send(reply)
                             return
                 except OSError:
@@ -148,13 +157,18 @@ class Resolver:
         self.upstream_pool.submit(ask)
 
 
+def is_query(data: bytes) -> bool:
+    """A whole DNS header with QR=0. Anything else (a response above all) gets no
+    reply and is not forwarded: answering responses lets two servers, or one and
+    a spoofed source address, bounce packets between them forever."""
+    return len(data) >= 12 and not data[2] & 0x80
+
+
 def _error_reply(data: bytes, rcode: int) -> bytes | None:
     """A header-only reply for a query dnslib can't parse (or before any snapshot)."""
-    if len(data) < 12:
+    if not is_query(data):
         return None
     (ident, flags) = struct.unpack("!HH", data[:4])
-    if flags & 0x8000:  # a response: never answer it
-        return None
     flags = 0x8000 | (flags & 0x7900) | rcode  # QR, keep opcode and RD
     return struct.pack("!HHHHHH", ident, flags, 0, 0, 0, 0)
 
@@ -187,14 +201,18 @@ def serve_udp(resolver: Resolver, sock: socket.socket) -> None:
         try:
             data, client = recv(4096)
         except OSError:
+            if sock.fileno() < 0:
+                return  # closed: stop serving
             continue
+        if not is_query(data):
+            continue  # never answer (or forward) a response
         try:
             reply = answer(data, True)
         except Exception as error:  # a bug must not take the server down
             log(f"error answering {data[:64]!r}: {error!r}")
             reply = _error_reply(data, RCODE.SERVFAIL)
         if reply is None:
-            if resolver.current and len(data) >= 12 and not data[2] & 0x80:
+            if resolver.current:
                 resolver.forward(data, lambda r, c=client: send(r, c))
             continue
         try:
@@ -223,9 +241,15 @@ def tcp_handler(resolver: Resolver):
                         return
                 except OSError:
                     return
-                reply = resolver.answer(data, False)
+                if not is_query(data):
+                    continue  # never answer (or forward) a response; read the next message
+                try:
+                    reply = resolver.answer(data, False)
+                except Exception as error:  # a bug must not take the server down
+                    log(f"error answering {data[:64]!r}: {error!r}")
+                    reply = _error_reply(data, RCODE.SERVFAIL)
                 if reply is None:
-                    if not resolver.current or len(data) < 12:
+                    if not resolver.current:
                         return
                     done = threading.Event()
                     box: list[bytes] = []
