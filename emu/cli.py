@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -33,41 +32,44 @@ class Reporter:
             self.console.print(f"[dim]{time.monotonic() - self.started:6.2f}s[/dim] {message}")
 
 
-def _runtime():
-    from emu.runtime.docker import DockerRuntime
-
-    return DockerRuntime()
-
-
-def _cluster(args, reporter=None, topology_name: str | None = None):
-    """The cluster a command is about: --name, the topology's name, or the only one running."""
+def _cluster(args, reporter=None, topology=None):
+    """The cluster a command is about: --name, the topology's name, or the only one
+    running; driven over the topology's hosts, the hosts it was made on, or this
+    machine's engine."""
     from emu.cluster import Cluster
+    from emu.runtime.select import provider_for
 
-    runtime = _runtime()
-    name = getattr(args, "name", None) or topology_name
+    name = getattr(args, "name", None) or (topology.name if topology else None)
     if name is None:
-        names = Cluster.names(runtime)
+        names = Cluster.names()
         if len(names) == 1:
             name = names[0]
         elif not names:
             raise EmuError("no emu cluster is running; start one with `emu up`")
         else:
             raise EmuError(f"several emu clusters are running ({', '.join(names)}); choose one with --name")
+    runtime = provider_for(name, list(topology.hosts) if topology else None)
     return Cluster(name, runtime=runtime, progress=reporter or (lambda message: None))
 
 
-def _load(path: str):
-    from emu.topology.load import load_file
+def _load(path: str, hosts: str | None = None):
+    """The topology at `path`, spread over the inventory at `hosts` if given."""
+    from emu.topology.load import load_file, load_inventory, with_hosts
 
     if not Path(path).exists():
         raise EmuError(f"topology file '{path}' does not exist; pass the path of a YAML topology (see topologies/)")
-    return load_file(path)
+    topology = load_file(path)
+    if hosts:
+        if not Path(hosts).exists():
+            raise EmuError(f"hosts file '{hosts}' does not exist; pass the path of a YAML inventory with a hosts: list")
+        topology = with_hosts(topology, load_inventory(hosts), hosts)
+    return topology
 
 
 def cmd_up(args) -> int:
-    topology = _load(args.file)
+    topology = _load(args.file, args.hosts)
     reporter = Reporter(args.quiet)
-    cluster = _cluster(args, reporter, topology.name)
+    cluster = _cluster(args, reporter, topology)
     if args.name and args.name != topology.name:
         topology = topology.model_copy(update={"name": args.name})
     change = cluster.up(topology, wait=not args.no_wait)
@@ -81,9 +83,9 @@ def cmd_up(args) -> int:
 
 
 def cmd_apply(args) -> int:
-    topology = _load(args.file)
+    topology = _load(args.file, args.hosts)
     reporter = Reporter(args.quiet)
-    cluster = _cluster(args, reporter, topology.name)
+    cluster = _cluster(args, reporter, topology)
     if args.name:
         topology = topology.model_copy(update={"name": args.name})
     change = cluster.apply(topology)
@@ -98,15 +100,14 @@ def cmd_apply(args) -> int:
 def cmd_down(args) -> int:
     from emu.cluster import Cluster
 
-    runtime = _runtime()
     if args.all:
-        names = Cluster.names(runtime)
+        names = Cluster.names()
     else:
         names = [args.cluster or _cluster(args).name]
     if not names:
         print("no emu clusters to remove")
     for name in names:
-        containers, networks = Cluster(name, runtime=runtime).down()
+        containers, networks = Cluster(name).down()
         if containers or networks:
             print(f"cluster '{name}' removed: {containers} containers, {networks} networks")
         else:
@@ -124,7 +125,10 @@ def cmd_status(args) -> int:
             "network": {"name": state.network, "subnet": state.network_subnet},
             "networking": state.networking,
             "nodes": [
-                {"name": n.name, "role": n.role, "container": n.container, "nodeIP": n.node_ip, "podCIDR": n.pod_cidr}
+                {
+                    "name": n.name, "role": n.role, "container": n.container, "nodeIP": n.node_ip,
+                    "podCIDR": n.pod_cidr, "host": n.host or None,
+                }  # fmt: skip
                 for n in state.nodes
             ],
             "pods": [
@@ -155,10 +159,12 @@ def cmd_status(args) -> int:
     # Piped output keeps whole addresses rather than fitting 80 columns.
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     nodes = Table(title=f"cluster {state.name} (network {state.network} {state.network_subnet})", title_justify="left")
-    for column in ("NODE", "ROLE", "NODE IP", "POD CIDR", "PODS"):
+    spread = any(node.host for node in state.nodes)  # a HOST column only for a cluster over several hosts
+    for column in ("NODE", "ROLE", *(["HOST"] if spread else []), "NODE IP", "POD CIDR", "PODS"):
         nodes.add_column(column)
     for node in state.nodes:
-        nodes.add_row(node.name, node.role, node.node_ip, node.pod_cidr, str(len(state.pods_on(node.name))))
+        host = [node.host] if spread else []
+        nodes.add_row(node.name, node.role, *host, node.node_ip, node.pod_cidr, str(len(state.pods_on(node.name))))
     console.print(nodes)
     pods = Table(title="pods", title_justify="left")
     for column in ("NAMESPACE", "POD", "READY", "STATUS", "IP", "NODE"):
@@ -261,13 +267,6 @@ def _service_rows(state, endpoints: dict) -> list[dict]:
     return rows
 
 
-def _docker_cli_exec(container: str, argv: list[str], interactive: bool) -> int:
-    """Hand the terminal to `docker exec -it` for interactive use."""
-    flags = ["-i", "-t"] if interactive else ["-i"]
-    os.execvp("docker", ["docker", "exec", *flags, container, *argv])
-    return 127  # not reached
-
-
 def cmd_exec(args) -> int:
     from emu.cluster import find_node, find_pod, pod_exec_argv
 
@@ -284,7 +283,7 @@ def cmd_exec(args) -> int:
         container = state.node(pod.node).container
         full = pod_exec_argv(pod, argv, args.container)
     if sys.stdin.isatty() and sys.stdout.isatty():
-        return _docker_cli_exec(container, full, interactive=True)
+        return cluster.runtime.interactive(container, full, tty=True)
     result = cluster.runtime.exec(container, full)
     sys.stdout.write(result.output)
     return result.exit_code
@@ -300,20 +299,17 @@ def cmd_logs(args) -> int:
         pod = find_pod(state, args.pod)
         name = pick_container(pod, args.container)["name"]
         log = f"{cni.LOG_DIR}/{pod.netns}/{name}.log"
-        return _docker_cli_exec(state.node(pod.node).container, ["tail", "-n", "+1", "-f", log], False)
+        return cluster.runtime.interactive(state.node(pod.node).container, ["tail", "-n", "+1", "-f", log], tty=False)
     sys.stdout.write(cluster.logs(args.pod, args.container))
     return 0
 
 
 def cmd_plan(args) -> int:
-    topology = _load(args.file)
-    from emu.cluster import Cluster
-
-    runtime = _runtime()
+    topology = _load(args.file, args.hosts)
     name = args.name or topology.name
     if args.name:
         topology = topology.model_copy(update={"name": args.name})
-    desired, plans = Cluster(name, runtime=runtime).plan(topology)
+    desired, plans = _cluster(args, None, topology).plan(topology)
     changed = [plan for plan in plans if not plan.empty]
     if not changed:
         print(f"# cluster '{name}' already matches {args.file}: nothing to do")
@@ -332,10 +328,11 @@ def cmd_plan(args) -> int:
 
 
 def cmd_images(args) -> int:
+    from emu.runtime.docker import DockerRuntime
     from emu.runtime.images import ImageBuilder
 
     reporter = Reporter()
-    for tag in ImageBuilder(_runtime(), reporter).build_all():
+    for tag in ImageBuilder(DockerRuntime(), reporter).build_all():
         print(tag)
     return 0
 
@@ -424,10 +421,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = command("up", cmd_up, "create a cluster from a topology file, or converge a running one")
     up.add_argument("file", nargs="?", default=DEFAULT_TOPOLOGY, help=f"topology YAML (default {DEFAULT_TOPOLOGY})")
     up.add_argument("--no-wait", action="store_true", help="do not wait for pods' ports to answer")
+    up.add_argument("--hosts", metavar="FILE", help="spread the nodes over the Docker hosts of this inventory")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     apply = command("apply", cmd_apply, "converge a running cluster to a topology file")
     apply.add_argument("file")
+    apply.add_argument("--hosts", metavar="FILE", help="the inventory the cluster was made with")
     apply.add_argument("-q", "--quiet", action="store_true")
 
     down = command("down", cmd_down, "remove a cluster: every container, network and namespace it made")
@@ -463,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = command("plan", cmd_plan, "print each node's plan (ip -batch, iptables-restore, files) without applying")
     plan.add_argument("file", nargs="?", default=DEFAULT_TOPOLOGY)
+    plan.add_argument("--hosts", metavar="FILE", help="spread the nodes over the Docker hosts of this inventory")
     plan.add_argument("--script-only", action="store_true", help="only the scripts, not the files they use")
     plan.add_argument("--rules", action="store_true", help="also the kube-proxy rules each node's agent writes")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from emu.errors import EmuError
 from emu.plan import NodePlan, cni
-from emu.runtime.docker import DockerRuntime, ExecResult, NodeSpec
+from emu.runtime.provider import ExecResult, NodeSpec, Provider
 from emu.state import ClusterState, PodState, plan_cluster
 from emu.topology.load import load_file
 from emu.topology.model import Topology
@@ -71,16 +71,21 @@ def node_plans(previous: ClusterState | None, desired: ClusterState) -> list[Nod
 class Cluster:
     """A named emu cluster, running or not."""
 
-    def __init__(self, name: str, runtime: DockerRuntime | None = None, progress: Progress = _quiet):
+    def __init__(self, name: str, runtime: Provider | None = None, progress: Progress = _quiet):
+        from emu.runtime.select import provider_for
+
         self.name = name
-        self.runtime = runtime or DockerRuntime()
+        self.runtime = runtime or provider_for(name)
         self.progress = progress
 
     # ---- discovery -------------------------------------------------------
     @staticmethod
-    def names(runtime: DockerRuntime | None = None) -> list[str]:
-        """Names of every emu cluster on this Docker engine."""
-        return (runtime or DockerRuntime()).cluster_names()
+    def names(runtime: Provider | None = None) -> list[str]:
+        """Names of every emu cluster: on `runtime`, or on this machine's engine and
+        every set of hosts emu has a cluster on."""
+        from emu.runtime.select import cluster_names
+
+        return runtime.cluster_names() if runtime else cluster_names()
 
     @property
     def exists(self) -> bool:
@@ -91,7 +96,7 @@ class Cluster:
         containers = self.runtime.cluster_containers(self.name)
         if not containers:
             raise EmuError(f"no emu cluster named '{self.name}' is running; start one with `emu up FILE`")
-        names = sorted(c["Names"][0].lstrip("/") for c in containers if c["Labels"].get("io.emu.role") != "external")
+        names = [c.name for c in containers if c.is_node]
         for container in names:
             text = self.runtime.read_file(container, STATE_FILE)
             if text:
@@ -112,22 +117,21 @@ class Cluster:
             topology = load_file(topology)
         if topology.name != self.name:
             raise EmuError(f"the topology names cluster '{topology.name}' but this is cluster '{self.name}'")
+        if [h.name for h in topology.hosts] != [h.name for h in getattr(self.runtime, "hosts", [])]:
+            from emu.runtime.select import provider_for
+
+            self.runtime = provider_for(self.name, list(topology.hosts))
         if self.exists:
             return self.apply(topology, wait=wait)
         return self._create(topology, wait)
 
     def _create(self, topology: Topology, wait: bool) -> Change:
-        from emu.runtime.images import ImageBuilder
-
         started = time.monotonic()
-        image = topology.node_image or ImageBuilder(self.runtime, self.progress).ensure_node_image()
+        image = topology.node_image or self.runtime.node_image(self.progress)
         networking = topology.networking
-        if networking.cluster_network:
-            subnet = self.runtime.check_subnet_free(networking.cluster_network)
-        else:
-            subnet = self.runtime.free_subnet([networking.pod_subnet, networking.service_subnet])
+        subnet = self.runtime.pick_subnet(networking.cluster_network, [networking.pod_subnet, networking.service_subnet])
         network = f"emu-{self.name}"
-        desired = plan_cluster(topology, network, subnet, node_image=image)
+        desired = plan_cluster(topology, network, subnet, node_image=image, mtu=self.runtime.mtu)
         plans = node_plans(None, desired)
         warning = neighbour_table_warning(len(desired.nodes), len(desired.pods))
         if warning:
@@ -137,7 +141,8 @@ class Cluster:
             self.runtime.create_network(network, subnet, self.name)
             self.progress(f"starting {len(desired.nodes)} nodes")
             specs = [
-                NodeSpec(n.container, n.name, n.role, self.name, image, network, n.node_ip) for n in desired.nodes
+                NodeSpec(n.container, n.name, n.role, self.name, image, network, n.node_ip, n.host)
+                for n in desired.nodes
             ]
             self.runtime.parallel(self.runtime.create_node, specs)
             self.progress(f"wiring {len(desired.pods)} pods")
@@ -216,7 +221,7 @@ class Cluster:
             previous = self.state()
             desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
             return desired, node_plans(previous, desired)
-        desired = plan_cluster(topology, f"emu-{self.name}", "172.28.0.0/24")
+        desired = plan_cluster(topology, f"emu-{self.name}", "172.28.0.0/24", mtu=self.runtime.mtu)
         return desired, node_plans(None, desired)
 
     # ---- internals -------------------------------------------------------

@@ -13,13 +13,20 @@ import tarfile
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from emu.errors import EmuError
+from emu.runtime.provider import (
+    LABEL_CLUSTER,
+    LABEL_HOST,
+    LABEL_NODE,
+    LABEL_ROLE,
+    ROLE_EXTERNAL,
+    ContainerRecord,
+    ExecResult,
+    NodeSpec,
+    Progress,
+)
 
-LABEL_CLUSTER = "io.emu.cluster"
-LABEL_ROLE = "io.emu.role"
-LABEL_NODE = "io.emu.node"
 NODE_CAPABILITIES = ["NET_ADMIN", "SYS_ADMIN", "NET_RAW"]
 NODE_SYSCTLS = {
     "net.ipv4.ip_forward": "1",
@@ -35,28 +42,12 @@ NODE_SYSCTLS = {
 NETWORK_POOL = ipaddress.IPv4Network("172.28.0.0/14")
 
 
-@dataclass
-class ExecResult:
-    exit_code: int
-    output: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
-
-
-@dataclass
-class NodeSpec:
-    container: str
-    hostname: str
-    role: str
-    cluster: str
-    image: str
-    network: str
-    ip: str
-
-
-def docker_unreachable_message(error: Exception) -> str:
+def docker_unreachable_message(error: Exception, host: str = "") -> str:
+    if host:
+        return (
+            f"host {host}: cannot reach its Docker engine ({error}). Check the host with "
+            "`emu hosts check --hosts FILE`, start Docker there, and try again."
+        )
     return (
         f"cannot reach the Docker engine ({error}). Start Docker (on Debian or Ubuntu as root: "
         "`scripts/ensure-docker.sh` installs and starts one) and try again."
@@ -64,10 +55,17 @@ def docker_unreachable_message(error: Exception) -> str:
 
 
 class DockerRuntime:
-    """Thin, explicit wrapper over the Docker SDK's low-level API."""
+    """One Docker engine through the SDK's low-level API: this machine's (the
+    default: DOCKER_HOST or the local socket) or the one at `base_url`."""
 
-    def __init__(self):
+    mtu = 1500  # a bridge network's
+
+    def __init__(self, base_url: str | None = None, tls=None, host: str = "", timeout: int = 120):
         self._api = None
+        self.base_url = base_url
+        self.tls = tls
+        self.host = host  # the name errors use for this engine's machine ("" for this machine)
+        self.timeout = timeout
 
     @property
     def api(self):
@@ -75,10 +73,13 @@ class DockerRuntime:
             import docker
 
             try:
-                client = docker.APIClient(version="auto", timeout=120, max_pool_size=32)
+                client = docker.APIClient(
+                    base_url=self.base_url, tls=self.tls or False, version="auto", timeout=self.timeout,
+                    max_pool_size=32,
+                )  # fmt: skip
                 client.ping()
             except Exception as error:  # the SDK raises several kinds here
-                raise EmuError(docker_unreachable_message(error)) from None
+                raise EmuError(docker_unreachable_message(error, self.host)) from None
             self._api = client
         return self._api
 
@@ -90,11 +91,29 @@ class DockerRuntime:
         names |= {n["Labels"][LABEL_CLUSTER] for n in networks}
         return sorted(names)
 
-    def cluster_containers(self, cluster: str) -> list[dict]:
-        return self.api.containers(all=True, filters={"label": f"{LABEL_CLUSTER}={cluster}"})
+    def cluster_containers(self, cluster: str) -> list[ContainerRecord]:
+        containers = self.api.containers(all=True, filters={"label": f"{LABEL_CLUSTER}={cluster}"})
+        return sorted(
+            (
+                ContainerRecord(
+                    name=c["Names"][0].lstrip("/"),
+                    cluster=cluster,
+                    role=c["Labels"].get(LABEL_ROLE, ""),
+                    node=c["Labels"].get(LABEL_NODE, ""),
+                    host=self.host,
+                    running=c.get("State") == "running",
+                )
+                for c in containers
+            ),
+            key=lambda record: record.name,
+        )
 
-    def cluster_networks(self, cluster: str) -> list[dict]:
-        return self.api.networks(filters={"label": f"{LABEL_CLUSTER}={cluster}"})
+    def cluster_networks(self, cluster: str) -> list[str]:
+        return sorted(n["Name"] for n in self.api.networks(filters={"label": f"{LABEL_CLUSTER}={cluster}"}))
+
+    def pick_subnet(self, requested: str | None, avoid: list[str]) -> str:
+        """The cluster network's subnet: `requested` if free, else a free /24."""
+        return self.check_subnet_free(requested) if requested else self.free_subnet(avoid)
 
     def used_subnets(self) -> list[tuple[str, ipaddress.IPv4Network]]:
         """(network name, IPv4 subnet) of every Docker network."""
@@ -128,14 +147,27 @@ class DockerRuntime:
         return str(wanted)
 
     # ---- creation --------------------------------------------------------
-    def create_network(self, name: str, subnet: str, cluster: str) -> None:
+    def create_network(
+        self,
+        name: str,
+        subnet: str,
+        cluster: str,
+        driver: str = "bridge",
+        attachable: bool = False,
+        ip_range: str | None = None,
+        options: dict[str, str] | None = None,
+    ) -> None:
         import docker
 
         network = ipaddress.IPv4Network(subnet)
         ipam = docker.types.IPAMConfig(
-            pool_configs=[docker.types.IPAMPool(subnet=subnet, gateway=str(network.network_address + 1))]
+            pool_configs=[
+                docker.types.IPAMPool(subnet=subnet, gateway=str(network.network_address + 1), iprange=ip_range)
+            ]
         )
-        self.api.create_network(name, driver="bridge", ipam=ipam, labels={LABEL_CLUSTER: cluster})
+        self.api.create_network(
+            name, driver=driver, ipam=ipam, labels={LABEL_CLUSTER: cluster}, attachable=attachable, options=options
+        )
 
     def create_node(self, spec: NodeSpec) -> None:
         """Create and start one node container."""
@@ -155,7 +187,9 @@ class DockerRuntime:
             command=["sleep", "infinity"],
             name=spec.container,
             hostname=spec.hostname,
-            labels={LABEL_CLUSTER: spec.cluster, LABEL_ROLE: spec.role, LABEL_NODE: spec.hostname},
+            labels={
+                LABEL_CLUSTER: spec.cluster, LABEL_ROLE: spec.role, LABEL_NODE: spec.hostname, LABEL_HOST: spec.host,
+            },  # fmt: skip
             host_config=host_config,
             networking_config=networking,
             detach=True,
@@ -171,11 +205,26 @@ class DockerRuntime:
             command=["sleep", "infinity"],
             name=name,
             hostname=name,
-            labels={LABEL_CLUSTER: cluster, LABEL_ROLE: "external"},
+            labels={LABEL_CLUSTER: cluster, LABEL_ROLE: ROLE_EXTERNAL, LABEL_HOST: self.host},
             host_config=api.create_host_config(network_mode=network, init=True),
             detach=True,
         )
         api.start(container["Id"])
+
+    def node_image(self, progress: Progress) -> str:
+        """The node image's tag, built on this engine if it lacks it."""
+        from emu.runtime.images import ImageBuilder
+
+        return ImageBuilder(self, progress).ensure_node_image()
+
+    def has_image(self, tag: str) -> bool:
+        import docker
+
+        try:
+            self.api.inspect_image(tag)
+            return True
+        except docker.errors.ImageNotFound:
+            return False
 
     def exec_detached(self, container: str, argv: list[str]) -> None:
         """Start a long-running command in a container without waiting for it."""
@@ -233,6 +282,14 @@ class DockerRuntime:
         exit_code = api.exec_inspect(exec_id)["ExitCode"]
         return ExecResult(exit_code if exit_code is not None else -1, output.decode(errors="replace"))
 
+    def interactive(self, container: str, argv: list[str], tty: bool) -> int:
+        """Run argv in the container with this terminal attached (the docker CLI's
+        `exec -i [-t]`); returns its exit code."""
+        import subprocess
+
+        engine = ["-H", self.base_url] if self.base_url else []
+        return subprocess.call(["docker", *engine, "exec", "-i", *(["-t"] if tty else []), container, *argv])
+
     def parallel(self, function: Callable, items: list) -> list:
         """function(item) for every item at once (nodes are independent); first error re-raised."""
         if len(items) <= 1:
@@ -241,11 +298,11 @@ class DockerRuntime:
             return list(pool.map(function, items))
 
     # ---- removal ---------------------------------------------------------
-    def remove_cluster(self, cluster: str) -> tuple[int, int]:
-        """Remove every container and network labelled with the cluster. Returns the counts."""
+    def remove_containers(self, cluster: str) -> int:
+        """Remove every container labelled with the cluster, and wait until they are gone."""
         import docker
 
-        containers = self.cluster_containers(cluster)
+        containers = self.api.containers(all=True, filters={"label": f"{LABEL_CLUSTER}={cluster}"})
 
         def remove(container: dict) -> None:
             try:
@@ -254,10 +311,35 @@ class DockerRuntime:
                 pass
 
         self.parallel(remove, containers)
-        networks = self.cluster_networks(cluster)
+        return len(containers)
+
+    def remove_networks(self, cluster: str, patience: float = 10.0) -> int:
+        """Remove the cluster's networks. An engine that has just removed many
+        containers may still count endpoints on a network for a moment: retry,
+        then say what is wrong instead of a traceback."""
+        import docker
+
+        networks = self.api.networks(filters={"label": f"{LABEL_CLUSTER}={cluster}"})
         for network in networks:
-            try:
-                self.api.remove_network(network["Id"])
-            except docker.errors.NotFound:
-                pass
-        return len(containers), len(networks)
+            deadline = time.monotonic() + patience
+            while True:
+                try:
+                    self.api.remove_network(network["Id"])
+                    break
+                except docker.errors.NotFound:
+                    break
+                except docker.errors.APIError as error:
+                    if "active endpoints" not in str(error) or time.monotonic() > deadline:
+                        where = f"host {self.host}: " if self.host else ""
+                        raise EmuError(
+                            f"{where}Docker would not remove network {network['Name']} of cluster '{cluster}' "
+                            f"({error.explanation or error}); its containers are gone. The engine keeps a stale "
+                            "endpoint: restart the Docker engine, then run `emu down` again"
+                        ) from None
+                    time.sleep(0.5)
+        return len(networks)
+
+    def remove_cluster(self, cluster: str) -> tuple[int, int]:
+        """Remove every container and network labelled with the cluster. Returns the counts."""
+        containers = self.remove_containers(cluster)
+        return containers, self.remove_networks(cluster)

@@ -1,0 +1,86 @@
+"""The provider seam: what emu needs from a container engine, in emu's own records.
+
+Two siblings implement it: `docker.DockerRuntime` (one engine, this machine's
+or any one reachable) and `swarm.SwarmRuntime` (several engines joined in a
+Docker Swarm, a cluster's nodes spread over them). Code outside emu/runtime/
+sees only this interface and these records, never an engine's data shapes, as
+kind's providers/{docker,podman,nerdctl} and Kathara's managers do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+LABEL_CLUSTER = "io.emu.cluster"
+LABEL_ROLE = "io.emu.role"
+LABEL_NODE = "io.emu.node"
+LABEL_HOST = "io.emu.host"
+ROLE_EXTERNAL = "external"
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass
+class NodeSpec:
+    """A node container to create."""
+
+    container: str
+    hostname: str
+    role: str
+    cluster: str
+    image: str
+    network: str
+    ip: str
+    host: str = ""  # which Docker host ("" on one engine)
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    """A container of a cluster, as a provider reports it."""
+
+    name: str
+    cluster: str
+    role: str  # control-plane | worker | external
+    node: str  # the node's name ("" for an external container)
+    host: str  # the Docker host it is on ("" on one engine)
+    running: bool
+
+    @property
+    def is_node(self) -> bool:
+        return self.role != ROLE_EXTERNAL
+
+
+class Provider(Protocol):
+    """What the Cluster facade and the CLI call; each method names a container by
+    its name and the provider finds the engine that holds it."""
+
+    mtu: int  # the cluster network's MTU, which pods' interfaces take
+
+    def cluster_names(self) -> list[str]: ...
+    def cluster_containers(self, cluster: str) -> list[ContainerRecord]: ...
+    def cluster_networks(self, cluster: str) -> list[str]: ...
+    def pick_subnet(self, requested: str | None, avoid: list[str]) -> str: ...
+    def create_network(self, name: str, subnet: str, cluster: str) -> None: ...
+    def create_node(self, spec: NodeSpec) -> None: ...
+    def run_external(self, cluster: str, name: str, network: str, image: str) -> None: ...
+    def node_image(self, progress: Progress) -> str: ...
+    def exec(self, container: str, argv: list[str], environment: dict[str, str] | None = None) -> ExecResult: ...
+    def exec_detached(self, container: str, argv: list[str]) -> None: ...
+    def put_files(self, container: str, files: dict[str, str], mode: int = 0o644) -> None: ...
+    def read_file(self, container: str, path: str) -> str | None: ...
+    def container_ip(self, container: str, network: str) -> str: ...
+    def interactive(self, container: str, argv: list[str], tty: bool) -> int: ...
+    def parallel(self, function: Callable, items: list) -> list: ...
+    def remove_cluster(self, cluster: str) -> tuple[int, int]: ...
