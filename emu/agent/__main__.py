@@ -102,6 +102,7 @@ class Agent:
         self.probes: dict[tuple[str, str], ProbeState] = {}
         self.previous: iptables.Ruleset | None = None
         self.owned_addresses: set[str] = set()
+        self.routed: dict[str, str] = {}  # LoadBalancer address -> its owner's node IP (several hosts)
         self.lock = threading.Lock()
         self.dirty = threading.Event()
         self.readiness_changed = threading.Event()
@@ -273,13 +274,18 @@ class Agent:
         write_status({"generation": state.generation, "syncedAt": time.time(), "tookMs": round(took, 2)})
 
     def announce_load_balancers(self, state: ClusterState, endpoints: dict) -> None:
-        """Hold the LoadBalancer addresses this node owns on eth0 (MetalLB layer-2 style)."""
-        wanted = {
-            s.load_balancer_ip
+        """Hold the LoadBalancer addresses this node owns on eth0 (MetalLB layer-2
+        style). On several hosts the overlay does not carry a gratuitous ARP for
+        an address Docker did not hand out, so every other node routes each
+        address to its owner's node IP instead."""
+        owners = {
+            s.load_balancer_ip: load_balancer_owner(state, s, endpoints[key])
             for key, s in state.services.items()
-            if s.load_balancer_ip and load_balancer_owner(state, s, endpoints[key]) == self.node
+            if s.load_balancer_ip
         }
+        wanted = {address for address, owner in owners.items() if owner == self.node}
         for address in sorted(wanted - self.owned_addresses):
+            subprocess.run(["ip", "route", "del", f"{address}/32"], capture_output=True)
             subprocess.run(["ip", "addr", "replace", f"{address}/32", "dev", "eth0"], capture_output=True)
             gratuitous_arp(address)
             log(f"announcing LoadBalancer address {address}")
@@ -287,6 +293,17 @@ class Agent:
             subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "eth0"], capture_output=True)
             log(f"released LoadBalancer address {address}")
         self.owned_addresses = wanted
+        routes: dict[str, str] = {}
+        if any(node.host for node in state.nodes):
+            node_ips = {node.name: node.node_ip for node in state.nodes}
+            routes = {address: node_ips[owner] for address, owner in owners.items() if owner != self.node}
+        for address, via in sorted(routes.items()):
+            if self.routed.get(address) != via:
+                subprocess.run(["ip", "route", "replace", f"{address}/32", "via", via, "dev", "eth0"], capture_output=True)
+                log(f"LoadBalancer address {address} routed to its owner {via}")
+        for address in sorted(set(self.routed) - set(routes) - wanted):
+            subprocess.run(["ip", "route", "del", f"{address}/32"], capture_output=True)
+        self.routed = routes
 
 
 def existing_kube_chains() -> iptables.Ruleset:

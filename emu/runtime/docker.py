@@ -329,14 +329,21 @@ class DockerRuntime:
                 except docker.errors.NotFound:
                     break
                 except docker.errors.APIError as error:
-                    if "active endpoints" not in str(error) or time.monotonic() > deadline:
-                        where = f"host {self.host}: " if self.host else ""
-                        raise EmuError(
-                            f"{where}Docker would not remove network {network['Name']} of cluster '{cluster}' "
-                            f"({error.explanation or error}); its containers are gone. The engine keeps a stale "
-                            "endpoint: restart the Docker engine, then run `emu down` again"
-                        ) from None
-                    time.sleep(0.5)
+                    where = f"host {self.host}: " if self.host else ""
+                    stale = "active endpoints" in str(error)
+                    if stale and time.monotonic() < deadline:
+                        time.sleep(0.5)
+                        continue
+                    advice = (
+                        "its containers are gone but the engine keeps a stale endpoint: restart the Docker engine, "
+                        "then run `emu down` again"
+                        if stale
+                        else "remove it by hand with `docker network rm`"
+                    )
+                    raise EmuError(
+                        f"{where}Docker would not remove network {network['Name']} of cluster '{cluster}' "
+                        f"({error.explanation or error}); {advice}"
+                    ) from None
         return len(networks)
 
     def remove_cluster(self, cluster: str) -> tuple[int, int]:
