@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from emu.agent import AGENT_URL, STATE_FILE
 from emu.errors import EmuError
 from emu.plan import NodePlan, cni
 from emu.runtime.provider import ExecResult, NodeSpec, Provider
@@ -20,7 +21,6 @@ from emu.state import ClusterState, PodState, plan_cluster
 from emu.topology.load import load_file
 from emu.topology.model import Topology
 
-STATE_FILE = "/etc/emu/state.json"
 Progress = Callable[[str], None]
 
 
@@ -141,7 +141,7 @@ class Cluster:
             self.runtime.create_network(network, subnet, self.name)
             self.progress(f"starting {len(desired.nodes)} nodes")
             specs = [
-                NodeSpec(n.container, n.name, n.role, self.name, image, network, n.node_ip, n.host)
+                NodeSpec(n.container, n.name, n.role, self.name, image, network, n.node_ip, n.host, cni.NODE_COMMAND)
                 for n in desired.nodes
             ]
             self.runtime.parallel(self.runtime.create_node, specs)
@@ -234,9 +234,10 @@ class Cluster:
         state_text = state.to_json()
 
         def apply(plan: NodePlan) -> None:
-            files = {**plan.files, STATE_FILE + ".new": state_text}
+            # What the node runs to rebuild itself if its container starts again.
+            files = {**plan.files, **cni.boot_files(state, state.node(plan.node)), STATE_FILE + ".new": state_text}
             files[f"{cni.PLAN_DIR}/run.sh"] = "\n".join(
-                [plan.script.rstrip("\n"), f"mv {STATE_FILE}.new {STATE_FILE}", ""]
+                [plan.script.rstrip("\n"), f"mv {STATE_FILE}.new {STATE_FILE}", cni.NOTIFY_AGENT, ""]
             )
             self.runtime.put_files(plan.container, files)
             result = self.runtime.exec(plan.container, ["sh", f"{cni.PLAN_DIR}/run.sh"])
@@ -295,7 +296,7 @@ class Cluster:
         Pass the state if you already read it."""
         state = state or self.state()
         result = self.runtime.exec(
-            state.nodes[0].container, ["curl", "-sS", "--max-time", "5", "http://127.0.0.1:10250/endpoints"]
+            state.nodes[0].container, ["curl", "-sS", "--max-time", "5", f"{AGENT_URL}/endpoints"]
         )
         if not result.ok:
             raise EmuError(f"the agent on {state.nodes[0].name} did not answer: {result.output.strip()}")
@@ -341,7 +342,7 @@ class Cluster:
         script = (
             f"for f in {cni.RUN_DIR}/*/*.pid; do [ -e \"$f\" ] || continue; "
             'if kill -0 "$(cat "$f")" 2>/dev/null; then echo "$f Running"; else echo "$f Exited"; fi; done; '
-            "echo READINESS $(curl -s --max-time 2 http://127.0.0.1:10250/readiness)"
+            f"echo READINESS $(curl -s --max-time 2 {AGENT_URL}/readiness)"
         )
 
         def check(node) -> str:

@@ -1,8 +1,20 @@
 """The node agent: emu's kubelet-and-kube-proxy inside every node.
 
 It reads the cluster snapshot the controller writes (/etc/emu/state.json),
-probes the readiness of its own pods from the node's root namespace, shares
-readiness with the other nodes' agents over HTTP (port 10250, the kubelet's),
-and programs the node's service rules from the ready endpoints. Standard
-library only: it runs with the node image's python3.
+probes the readiness of its own pods from the node's root namespace, reports
+it to the hub (the agent on the first control-plane node, which holds every
+node's readiness as the API server holds pod status) and watches the hub for
+the others', and programs the node's service rules from the ready endpoints.
+Standard library only: it runs with the node image's python3.
+
+Its jobs live in one module each (probes, gossip, proxysync, edge), driven by
+__main__; the paths and port below are the one place they are named.
 """
+
+AGENT_PORT = 10250  # the kubelet's
+AGENT_URL = f"http://127.0.0.1:{AGENT_PORT}"
+STATE_FILE = "/etc/emu/state.json"
+STATUS_FILE = "/run/emu/agent/status.json"  # the generation programmed, for `emu up`'s wait
+PID_FILE = "/run/emu/agent/agent.pid"  # SIGHUP: a new state was written, read it now
+DNS_SNAPSHOT = "/etc/emu/dns/snapshot.json"  # read by the coredns pods on this node
+RUN_DIR = "/run/emu/pods"  # <netns>/<container>.pid

@@ -1,335 +1,205 @@
-"""python3 -m emu.agent --node NAME: run the node agent (see emu.agent)."""
+"""python3 -m emu.agent --node NAME: run the node agent (see emu.agent).
+
+One thread per job, each waiting on an event rather than polling: reading a
+new state (SIGHUP from the plan that wrote it, or a 1 s look at the file),
+the kubelet's probes (woken when one is due), reporting to the hub and
+watching it, and the sync that writes service rules, LoadBalancer addresses
+and the DNS snapshot (each of the three on its own, so one failing does not
+hold up the others). An idle agent wakes about once a second.
+"""
 
 from __future__ import annotations
 
 import argparse
-import http.client
 import http.server
 import json
 import os
-import socket
+import signal
 import socketserver
-import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from emu.agent import AGENT_PORT, DNS_SNAPSHOT, PID_FILE, STATE_FILE, STATUS_FILE
+from emu.agent.edge import LoadBalancers
+from emu.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
+from emu.agent.probes import Kubelet
+from emu.agent.proxysync import ProxySync
 from emu.dns.snapshot import dns_snapshot, write_snapshot
-from emu.proxy import iptables
-from emu.records import ClusterState, PodState
-from emu.services import load_balancer_owner, service_endpoints
+from emu.records import ClusterState
+from emu.services import service_endpoints
 
-AGENT_PORT = 10250
-STATUS_FILE = "/run/emu/agent/status.json"
-DNS_SNAPSHOT = "/etc/emu/dns/snapshot.json"  # read by the coredns pods on this node
-RUN_DIR = "/run/emu/pods"
+RESYNC_AFTER_FAILURE = 0.5
 
 
 def log(message: str) -> None:
     print(f"{time.time():.3f} {message}", flush=True)
 
 
-class ProbeState:
-    """A container's readiness probe: thresholds and timing as the kubelet keeps them."""
+class NodeView:
+    """What one agent needs of a state, worked out once when the state arrives."""
 
-    def __init__(self, spec: dict):
-        self.spec = spec
-        self.started = time.monotonic()
-        self.next_run = self.started + spec.get("initialDelaySeconds", 0)
-        self.successes = 0
-        self.failures = 0
-        self.ready = False
-
-    def due(self, now: float) -> bool:
-        return now >= self.next_run
-
-    def record(self, success: bool, now: float) -> None:
-        self.next_run = now + self.spec.get("periodSeconds", 10)
-        if success:
-            self.successes, self.failures = self.successes + 1, 0
-            if self.successes >= self.spec.get("successThreshold", 1):
-                self.ready = True
-        else:
-            self.failures, self.successes = self.failures + 1, 0
-            if self.failures >= self.spec.get("failureThreshold", 3):
-                self.ready = False
-
-
-def run_probe(pod: PodState, spec: dict) -> bool:
-    timeout = spec.get("timeoutSeconds", 1)
-    try:
-        if spec.get("httpGet"):
-            action = spec["httpGet"]
-            port = pod.resolve_port(action["port"])
-            connection = http.client.HTTPConnection(pod.ip, port, timeout=timeout)
-            try:
-                connection.request("GET", action.get("path", "/"), headers={"User-Agent": "kube-probe/emu"})
-                return 200 <= connection.getresponse().status < 400
-            finally:
-                connection.close()
-        if spec.get("tcpSocket"):
-            port = pod.resolve_port(spec["tcpSocket"]["port"])
-            socket.create_connection((pod.ip, port), timeout).close()
-            return True
-        if spec.get("exec"):
-            command = ["ip", "netns", "exec", pod.netns, *spec["exec"]["command"]]
-            return subprocess.run(command, capture_output=True, timeout=timeout).returncode == 0
-    except (OSError, subprocess.SubprocessError, TypeError):
-        return False
-    return False
-
-
-def processes_alive(pod: PodState) -> bool:
-    for container in pod.containers:
-        try:
-            with open(f"{RUN_DIR}/{pod.netns}/{container['name']}.pid") as handle:
-                os.kill(int(handle.read().strip()), 0)
-        except (OSError, ValueError):
-            return False
-    return True
+    def __init__(self, state: ClusterState, node: str):
+        self.state = state
+        self.node = node
+        self.local = state.pods_on(node)
+        self.hub = hub_node(state)
+        self.is_hub = self.hub.name == node
+        self.node_by_ip = {n.node_ip: n.name for n in state.nodes}
+        self.runs_dns = any(c.get("workload") == "coredns" for p in self.local for c in p.containers)
 
 
 class Agent:
-    def __init__(self, node: str, snapshot: str, port: int = AGENT_PORT):
+    def __init__(self, node: str, snapshot: str = STATE_FILE, port: int = AGENT_PORT):
         self.node = node
         self.snapshot = snapshot
         self.port = port
-        self.state: ClusterState | None = None
+        self.view: NodeView | None = None
         self.snapshot_mtime = 0.0
-        self.local_ready: dict[str, bool] = {}  # pod uid -> ready (this node's pods)
-        self.peer_ready: dict[str, dict[str, bool]] = {}
-        self.probes: dict[tuple[str, str], ProbeState] = {}
-        self.previous: iptables.Ruleset | None = None
-        self.owned_addresses: set[str] = set()
-        self.routed: dict[str, str] = {}  # LoadBalancer address -> its owner's node IP (several hosts)
-        self.lock = threading.Lock()
+        self.reload = threading.Event()
         self.dirty = threading.Event()
-        self.readiness_changed = threading.Event()
-        self.pool = ThreadPoolExecutor(max_workers=8)
-        self.alive: dict[str, bool] = {}  # pod uid -> its containers' processes run
-        self.alive_checked = 0.0
+        self.kubelet_wake = threading.Event()
+        self.kubelet_lock = threading.Lock()
+        self.peers_lock = threading.Lock()
+        self.kubelet = Kubelet(ThreadPoolExecutor(max_workers=8))
+        self.peer_ready: dict[str, Readiness] = {}
+        self.hub = Hub()
+        self.reporter = Reporter(node, port, log)
+        self.watcher = Watcher(port, log)
+        self.proxy = ProxySync(log)
+        self.load_balancers = LoadBalancers(node, log)
+        self.synced_key: tuple | None = None
+        self.synced_ready: dict[str, bool] = {}
         self.endpoints: dict = {}
-        self.render_cache: dict = {}
-        self.synced_ready: dict[str, bool] = {}  # the readiness the current rules were made from
 
-    # ---- snapshot ----------------------------------------------------------
-    def watch_snapshot(self) -> None:
+    # ---- state ----------------------------------------------------------------
+    def load_loop(self) -> None:
         while True:
-            try:
-                mtime = os.stat(self.snapshot).st_mtime
-            except FileNotFoundError:
-                mtime = 0.0
-            if mtime and mtime != self.snapshot_mtime:
-                try:
-                    with open(self.snapshot) as handle:
-                        state = ClusterState.from_json(handle.read())
-                except (OSError, ValueError) as error:
-                    log(f"cannot read {self.snapshot}: {error}")
-                else:
-                    with self.lock:
-                        self.state = state
-                        self.snapshot_mtime = mtime
-                    log(f"snapshot generation {state.generation}: {len(state.pods)} pods, {len(state.services)} services")
-                    self.readiness_changed.set()
-                    self.dirty.set()
-            time.sleep(0.05)
+            self.load()
+            self.reload.wait(1.0)
+            self.reload.clear()
 
-    # ---- readiness (the kubelet's part) -----------------------------------
-    def probe_loop(self) -> None:
-        while True:
-            state = self.state
-            if state is not None:
-                self.update_readiness(state)
-            time.sleep(0.1)
-
-    def update_readiness(self, state: ClusterState) -> None:
-        now = time.monotonic()
-        local = [p for p in state.pods.values() if p.node == self.node]
-        keys = {(p.uid, c["name"]) for p in local for c in p.containers if c.get("readinessProbe")}
-        for stale in set(self.probes) - keys:
-            del self.probes[stale]
-        jobs = []
-        for pod in local:
-            for container in pod.containers:
-                spec = container.get("readinessProbe")
-                if not spec:
-                    continue
-                probe = self.probes.setdefault((pod.uid, container["name"]), ProbeState(spec))
-                if probe.due(now):
-                    jobs.append((probe, self.pool.submit(run_probe, pod, spec)))
-        for probe, future in jobs:
-            probe.record(future.result(), time.monotonic())
-        # Processes are checked once a second, as the kubelet's PLEG relists;
-        # new pods at once.
-        if now - self.alive_checked >= 1.0 or any(p.uid not in self.alive for p in local):
-            self.alive = {pod.uid: processes_alive(pod) for pod in local}
-            self.alive_checked = now
-        ready = {}
-        for pod in local:
-            probes_ok = all(
-                self.probes[(pod.uid, c["name"])].ready for c in pod.containers if c.get("readinessProbe")
-            )
-            ready[pod.uid] = probes_ok and self.alive.get(pod.uid, False)
-        if ready != self.local_ready:
-            changed = sorted(k for k in ready.keys() | self.local_ready.keys() if ready.get(k) != self.local_ready.get(k))
-            log(f"readiness changed: {', '.join(f'{k}={ready.get(k, False)}' for k in changed)}")
-            self.local_ready = ready
-            self.readiness_changed.set()
-            self.dirty.set()
-
-    def container_readiness(self) -> dict[str, dict[str, bool]]:
-        """{pod key: {container: ready}}: running, and its readiness probe (if any) passing."""
-        state = self.state
-        result: dict[str, dict[str, bool]] = {}
-        for pod in state.pods.values() if state else []:
-            if pod.node != self.node:
-                continue
-            alive = self.alive.get(pod.uid, False)
-            containers = {}
-            for container in pod.containers:
-                probe = self.probes.get((pod.uid, container["name"]))
-                probed_ready = probe.ready if probe is not None else not container.get("readinessProbe")
-                containers[container["name"]] = alive and probed_ready
-            result[pod.key] = containers
-        return result
-
-    def share_loop(self) -> None:
-        """Send this node's readiness to every other agent on change, and every second."""
-        while True:
-            self.readiness_changed.wait(timeout=1.0)
-            self.readiness_changed.clear()
-            state = self.state
-            if state is None:
-                continue
-            body = json.dumps({"node": self.node, "ready": self.local_ready}).encode()
-            peers = [n for n in state.nodes if n.name != self.node]
-            list(self.pool.map(lambda peer: self._send(peer.node_ip, body), peers))
-
-    def _send(self, address: str, body: bytes) -> None:
+    def load(self) -> None:
         try:
-            connection = http.client.HTTPConnection(address, self.port, timeout=0.5)
-            connection.request("POST", "/readiness", body, {"Content-Type": "application/json"})
-            connection.getresponse().read()
-            connection.close()
-        except OSError:
-            pass
+            mtime = os.stat(self.snapshot).st_mtime
+        except FileNotFoundError:
+            return
+        if mtime == self.snapshot_mtime:
+            return
+        try:
+            with open(self.snapshot) as handle:
+                state = ClusterState.from_json(handle.read())
+        except (OSError, ValueError) as error:
+            log(f"cannot read {self.snapshot}: {error}")
+            return
+        view = NodeView(state, self.node)
+        with self.kubelet_lock:
+            self.kubelet.set_pods(view.local)
+            self.view = view
+        self.snapshot_mtime = mtime
+        log(f"state generation {state.generation}: {len(state.pods)} pods, {len(state.services)} services")
+        self.kubelet_wake.set()
+        self.dirty.set()
 
-    def receive(self, node: str, ready: dict[str, bool]) -> None:
-        if self.peer_ready.get(node) != ready:
-            self.peer_ready[node] = ready
+    # ---- readiness: the kubelet's part, and the hub ----------------------------
+    def kubelet_loop(self) -> None:
+        while True:
+            with self.kubelet_lock:
+                changed = self.kubelet.step() if self.view else False
+                wake = self.kubelet.next_wake()
+            if changed:
+                log(f"readiness: {sum(self.kubelet.ready.values())} of {len(self.kubelet.ready)} pods ready")
+                self.reporter.changed.set()
+                self.dirty.set()
+            self.kubelet_wake.wait(min(1.0, max(0.005, wake - time.monotonic())))
+            self.kubelet_wake.clear()
+
+    def hub_address(self) -> str | None:
+        return self.view.hub.node_ip if self.view else None
+
+    def local_readiness(self) -> Readiness | None:
+        return dict(self.kubelet.ready) if self.view else None
+
+    def on_hub(self, message: dict) -> None:
+        """A message from the hub's watch: the whole picture, or one node's."""
+        with self.peers_lock:
+            before = self.peer_ready
+            if "all" in message:
+                self.peer_ready = message["all"]
+            else:
+                self.peer_ready = {**before, message["node"]: message["ready"]}
+            changed = self.peer_ready != before
+        if changed:
             self.dirty.set()
 
-    # ---- rules (kube-proxy's part) ----------------------------------------
+    def hub_loop(self) -> None:
+        """On the hub: nodes that stopped reporting become NotReady."""
+        while True:
+            time.sleep(1.0)
+            view = self.view
+            if view and view.is_hub:
+                for node in self.hub.expire([n.name for n in view.state.nodes]):
+                    log(f"node {node} stopped reporting: NotReady, its endpoints leave every service")
+
+    # ---- sync: kube-proxy's part, LoadBalancers, DNS ----------------------------
     def sync_loop(self) -> None:
         while True:
-            self.dirty.wait()
+            fired = self.dirty.wait(self.proxy.check_period)
             self.dirty.clear()
-            state = self.state
-            if state is not None:
-                try:
-                    self.sync(state)
-                except Exception as error:  # keep the agent alive; retry soon
-                    log(f"sync failed: {error}")
-                    time.sleep(0.5)
-                    self.dirty.set()
+            view = self.view
+            if view is None:
+                continue
+            force = False
+            if not fired:
+                lost = self.proxy.check()
+                if not lost:
+                    continue
+                log(f"service rules lost ({'; '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}): full resync")
+                force = True
+            self.sync(view, force)
 
-    def ready_map(self, state: ClusterState) -> dict[str, bool]:
-        ready: dict[str, bool] = {}
-        for node, pods in self.peer_ready.items():
-            ready.update(pods)
-        ready.update(self.local_ready)
-        return {pod.uid: ready.get(pod.uid, False) for pod in state.pods.values()}
+    def ready_map(self, view: NodeView) -> dict[str, bool]:
+        with self.peers_lock:
+            ready: dict[str, bool] = {}
+            for node, pods in self.peer_ready.items():
+                if node != self.node:
+                    ready.update(pods)
+        ready.update(self.kubelet.ready)  # this node's own view is the one that counts
+        return {pod.uid: ready.get(pod.uid, False) for pod in view.state.pods.values()}
 
-    def sync(self, state: ClusterState) -> None:
+    def sync(self, view: NodeView, force: bool = False) -> None:
         started = time.monotonic()
-        ready = self.ready_map(state)
-        endpoints = {key: service_endpoints(state, service, ready) for key, service in state.services.items()}
-        ruleset = iptables.render(state, self.node, endpoints, cache=self.render_cache)
-        if self.previous is None:
-            self.previous = existing_kube_chains()
-        text = iptables.restore_text(ruleset, self.previous)
-        result = subprocess.CompletedProcess([], 0)
-        if text.strip():
-            result = subprocess.run(
-                ["iptables-restore", "--noflush", "--wait"], input=text, capture_output=True, text=True
-            )
-        if result.returncode != 0:
-            self.previous = None  # the next sync writes everything
-            raise RuntimeError(f"iptables-restore failed: {result.stderr.strip()}")
-        changed = sum(1 for line in text.splitlines() if line.startswith(":"))
-        self.previous = ruleset
-        self.synced_ready = ready
+        state = view.state
+        ready = self.ready_map(view)
+        key = (state.generation, tuple(sorted(ready.items())))
+        if key == self.synced_key and not force:
+            return  # nothing this node's rules depend on changed
+        endpoints = {key_: service_endpoints(state, service, ready) for key_, service in state.services.items()}
         self.endpoints = {
-            key: {port: [e.address for e in eps] for port, eps in by_port.items()} for key, by_port in endpoints.items()
+            name: {port: [e.address for e in eps] for port, eps in by_port.items()} for name, by_port in endpoints.items()
         }
-        self.announce_load_balancers(state, endpoints)
-        if any(
-            c.get("workload") == "coredns" for p in state.pods.values() if p.node == self.node for c in p.containers
-        ):
-            if write_snapshot(DNS_SNAPSHOT, dns_snapshot(state, ready)):
-                log(f"wrote the DNS snapshot for generation {state.generation}")
+        self.synced_ready = ready
+        try:
+            self.load_balancers.update(state, endpoints)
+        except Exception as error:  # noqa: BLE001 - one job failing must not stop the others
+            log(f"LoadBalancer update failed: {error}")
+        if view.runs_dns:
+            try:
+                if write_snapshot(DNS_SNAPSHOT, dns_snapshot(state, ready)):
+                    log(f"wrote the DNS snapshot for generation {state.generation}")
+            except Exception as error:  # noqa: BLE001
+                log(f"DNS snapshot failed: {error}")
+        try:
+            chains = self.proxy.sync(state, self.node, endpoints)
+        except Exception as error:  # noqa: BLE001 - keep the agent alive; retry soon
+            log(f"sync failed: {error}")
+            threading.Timer(RESYNC_AFTER_FAILURE, self.dirty.set).start()
+            return
+        self.synced_key = key
         took = (time.monotonic() - started) * 1000
-        log(f"synced generation {state.generation}: {changed} chains written in {took:.1f} ms")
+        log(f"synced generation {state.generation}: {chains} chains written in {took:.1f} ms")
         write_status({"generation": state.generation, "syncedAt": time.time(), "tookMs": round(took, 2)})
-
-    def announce_load_balancers(self, state: ClusterState, endpoints: dict) -> None:
-        """Hold the LoadBalancer addresses this node owns on eth0 (MetalLB layer-2
-        style). On several hosts the overlay does not carry a gratuitous ARP for
-        an address Docker did not hand out, so every other node routes each
-        address to its owner's node IP instead."""
-        owners = {
-            s.load_balancer_ip: load_balancer_owner(state, s, endpoints[key])
-            for key, s in state.services.items()
-            if s.load_balancer_ip
-        }
-        wanted = {address for address, owner in owners.items() if owner == self.node}
-        for address in sorted(wanted - self.owned_addresses):
-            subprocess.run(["ip", "route", "del", f"{address}/32"], capture_output=True)
-            subprocess.run(["ip", "addr", "replace", f"{address}/32", "dev", "eth0"], capture_output=True)
-            gratuitous_arp(address)
-            log(f"announcing LoadBalancer address {address}")
-        for address in sorted(self.owned_addresses - wanted):
-            subprocess.run(["ip", "addr", "del", f"{address}/32", "dev", "eth0"], capture_output=True)
-            log(f"released LoadBalancer address {address}")
-        self.owned_addresses = wanted
-        routes: dict[str, str] = {}
-        if any(node.host for node in state.nodes):
-            node_ips = {node.name: node.node_ip for node in state.nodes}
-            routes = {address: node_ips[owner] for address, owner in owners.items() if owner != self.node}
-        for address, via in sorted(routes.items()):
-            if self.routed.get(address) != via:
-                subprocess.run(["ip", "route", "replace", f"{address}/32", "via", via, "dev", "eth0"], capture_output=True)
-                log(f"LoadBalancer address {address} routed to its owner {via}")
-        for address in sorted(set(self.routed) - set(routes) - wanted):
-            subprocess.run(["ip", "route", "del", f"{address}/32"], capture_output=True)
-        self.routed = routes
-
-
-def existing_kube_chains() -> iptables.Ruleset:
-    """KUBE-* chains already in the kernel (an earlier agent's), so the first sync
-    rewrites or deletes each of them."""
-    found: iptables.Ruleset = {}
-    for table in ("filter", "nat"):
-        result = subprocess.run(["iptables-save", "-t", table], capture_output=True, text=True)
-        chains = [line[1:].split()[0] for line in result.stdout.splitlines() if line.startswith(":KUBE-")]
-        found[table] = {chain: ["(unknown)"] for chain in chains if chain not in iptables.BASE_CHAINS[table]}
-    return found
-
-
-def gratuitous_arp(address: str, interface: str = "eth0") -> None:
-    """Tell the network this node now has `address` (as MetalLB does on failover)."""
-    try:
-        with open(f"/sys/class/net/{interface}/address") as handle:
-            mac = bytes.fromhex(handle.read().strip().replace(":", ""))
-        ip = socket.inet_aton(address)
-        frame = b"\xff" * 6 + mac + b"\x08\x06"
-        frame += b"\x00\x01\x08\x00\x06\x04\x00\x01" + mac + ip + b"\x00" * 6 + ip
-        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
-            raw.bind((interface, 0))
-            raw.send(frame)
-    except OSError as error:
-        log(f"gratuitous ARP for {address} failed: {error}")
 
 
 def write_status(status: dict) -> None:
@@ -343,33 +213,87 @@ class Server(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
 
+    def handle_error(self, request, client_address) -> None:
+        pass  # a client that went away (a closed watch, a timed-out probe) is not news
+
 
 def make_handler(agent: Agent):
     class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # reporters keep their connection
+
+        def sender(self) -> str | None:
+            """The node this request comes from: loopback is this node; pods and
+            anything else are refused (pods are also kept off the port by the
+            node's EMU-AGENT-GUARD rules)."""
+            address = self.client_address[0]
+            if address == "127.0.0.1":
+                return agent.node
+            view = agent.view
+            return view.node_by_ip.get(address) if view else None
+
         def do_GET(self):  # noqa: N802
-            if self.path == "/healthz":
+            if self.sender() is None:
+                self._reply({"error": "only nodes may ask"}, 403)
+            elif self.path == "/healthz":
                 self._reply({"ok": True})
             elif self.path == "/readiness":
-                self._reply({"node": agent.node, "ready": agent.local_ready, "containers": agent.container_readiness()})
+                with agent.kubelet_lock:
+                    containers = agent.kubelet.container_readiness()
+                self._reply({"node": agent.node, "ready": agent.kubelet.ready, "containers": containers})
             elif self.path == "/endpoints":
                 self._reply(agent.endpoints)
             elif self.path == "/unready":
                 # Pods not ready in the view this node's rules were made from.
                 self._reply(sorted(k for k, ready in agent.synced_ready.items() if not ready))
+            elif self.path == "/watch" and agent.view and agent.view.is_hub:
+                self.watch()
             else:
-                self.send_error(404)
+                self._reply({"error": "not found"}, 404)
 
         def do_POST(self):  # noqa: N802
-            if self.path != "/readiness":
-                self.send_error(404)
+            sender = self.sender()
+            length = int(self.headers.get("Content-Length", 0) or 0)
+            body = self.rfile.read(min(length, 1 << 22))
+            if self.path != "/report" or not (agent.view and agent.view.is_hub):
+                self._reply({"error": "not found"}, 404)
                 return
-            data = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-            agent.receive(data.get("node", "?"), data.get("ready", {}))
-            self._reply({"ok": True})
+            try:
+                data = json.loads(body or b"{}")
+                node, ready = data["node"], data["ready"]
+                valid = isinstance(ready, dict) and all(isinstance(v, bool) for v in ready.values())
+            except (ValueError, KeyError, TypeError):
+                valid = False
+            if not valid:
+                self._reply({"error": "expected {node, ready: {uid: bool}}"}, 400)
+            elif sender != node or self.client_address[0] == "127.0.0.1":
+                # A node speaks for itself only, from its own address.
+                self._reply({"error": f"{self.client_address[0]} may not report for node {node}"}, 403)
+            else:
+                agent.hub.report(node, ready)
+                self._reply({"ok": True})
 
-        def _reply(self, data) -> None:
-            body = json.dumps(data).encode()
+        def watch(self) -> None:
             self.send_response(200)
+            self.send_header("Content-Type", "application/x-ndjson")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            watcher = agent.hub.subscribe()
+
+            def write(data: bytes) -> None:
+                self.wfile.write(data)
+                self.wfile.flush()
+
+            try:
+                stream(watcher, write)
+            except OSError:
+                pass
+            finally:
+                agent.hub.unsubscribe(watcher)
+
+        def _reply(self, data, status: int = 200) -> None:
+            body = json.dumps(data).encode()
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -384,13 +308,26 @@ def make_handler(agent: Agent):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="emu-agent")
     parser.add_argument("--node", required=True)
-    parser.add_argument("--snapshot", default="/etc/emu/state.json")
+    parser.add_argument("--snapshot", default=STATE_FILE)
     parser.add_argument("--port", type=int, default=AGENT_PORT)
     options = parser.parse_args(argv)
     agent = Agent(options.node, options.snapshot, options.port)
+    os.makedirs(os.path.dirname(PID_FILE), exist_ok=True)
+    with open(PID_FILE, "w") as handle:
+        handle.write(str(os.getpid()))
+    signal.signal(signal.SIGHUP, lambda *_: agent.reload.set())
     server = Server(("0.0.0.0", options.port), make_handler(agent))
-    for target in (agent.watch_snapshot, agent.probe_loop, agent.share_loop, agent.sync_loop, server.serve_forever):
-        threading.Thread(target=target, daemon=True).start()
+    jobs = [
+        agent.load_loop,
+        agent.kubelet_loop,
+        agent.sync_loop,
+        agent.hub_loop,
+        lambda: agent.reporter.run(agent.hub_address, agent.local_readiness),
+        lambda: agent.watcher.run(agent.hub_address, agent.on_hub),
+        server.serve_forever,
+    ]
+    for job in jobs:
+        threading.Thread(target=job, daemon=True).start()
     log(f"emu agent for node {options.node} listening on :{options.port}")
     while True:
         time.sleep(3600)

@@ -17,8 +17,7 @@ import socket
 import time
 import urllib.request
 
-STATUS_FILE = "/run/emu/agent/status.json"
-AGENT_URL = "http://127.0.0.1:10250"
+from emu.agent import AGENT_URL, STATUS_FILE
 
 
 def wait_ports(targets: list[str], deadline: float) -> list[str]:

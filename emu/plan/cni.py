@@ -13,17 +13,29 @@ import ipaddress
 import shlex
 from importlib import resources
 
+from emu.agent import AGENT_PORT, PID_FILE
 from emu.plan import NodePlan
 from emu.proxy import iptables
+from emu.proxy.iptables import comment
 from emu.state import ClusterState, NodeState, PodState
 
 PLAN_DIR = "/etc/emu/plan"
+BOOT_DIR = f"{PLAN_DIR}/boot"
+BOOT_SCRIPT = f"{BOOT_DIR}/run.sh"
+# The node container's command: rebuild from the state it holds when it starts
+# again (nothing to do on its first start), then stay up.
+NODE_COMMAND = [
+    "sh", "-c", f"[ -f {BOOT_SCRIPT} ] && sh {BOOT_SCRIPT} >/var/log/emu/boot.log 2>&1; exec sleep infinity",
+]  # fmt: skip
 LOG_DIR = "/var/log/emu/pods"
 RUN_DIR = "/run/emu/pods"  # <netns>/<container>.pid
 WORKLOAD_DIR = "/opt/emu/workloads"
 AGENT_LIB = "/opt/emu/lib"
 AGENT_LOG = "/var/log/emu/agent.log"
 MASQ_CHAIN = "EMU-MASQ-AGENT"  # named after kindnet's KIND-MASQ-AGENT
+GUARD_CHAIN = "EMU-AGENT-GUARD"
+# After a new state is in place: the agent reads it at once instead of at its next look.
+NOTIFY_AGENT = f"kill -HUP \"$(cat {PID_FILE} 2>/dev/null)\" 2>/dev/null || true"
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # The node image selects iptables' legacy backend (much faster restores of big
@@ -69,6 +81,26 @@ def node_setup_batch(state: ClusterState, node: NodeState) -> str:
         if other.name != node.name:
             lines.append(f"route add {other.pod_cidr} via {other.node_ip}")
     return "\n".join(lines) + "\n"
+
+
+def agent_guard_rules(state: ClusterState) -> str:
+    """iptables-restore text: pods may not reach any node's agent port (the
+    kubelet's). Pods on this node come in through INPUT; pods sending to
+    another node pass FORWARD here before they are masqueraded to this node's
+    IP, after which the agent there could not tell them from this node."""
+    pod_subnet = state.networking["podSubnet"]
+    why = comment("emu: pods may not reach node agents")
+    return "\n".join(
+        [
+            "*filter",
+            f":{GUARD_CHAIN} - [0:0]",
+            f"-I INPUT 1 -p tcp --dport {AGENT_PORT} -j {GUARD_CHAIN}",
+            f"-I FORWARD 1 -p tcp --dport {AGENT_PORT} -j {GUARD_CHAIN}",
+            f"-A {GUARD_CHAIN} -s {pod_subnet} -p tcp {why} -j REJECT --reject-with tcp-reset",
+            "COMMIT",
+            "",
+        ]
+    )
 
 
 def masquerade_rules(state: ClusterState, node: NodeState) -> str:
@@ -224,6 +256,7 @@ def start_container_line(pod: PodState, container: dict) -> str:
 AGENT_MODULES = [
     "__init__.py", "errors.py", "records.py", "services.py",
     "proxy/__init__.py", "proxy/iptables.py", "agent/__init__.py", "agent/__main__.py", "agent/wait.py",
+    "agent/probes.py", "agent/gossip.py", "agent/proxysync.py", "agent/edge.py",
     "dns/__init__.py", "dns/snapshot.py", "dns/records.py", "dns/server.py", "dns/__main__.py",
 ]  # fmt: skip
 
@@ -240,9 +273,11 @@ def agent_files() -> dict[str, str]:
 
 
 def start_agent_line(node: NodeState) -> str:
-    """The node agent: probes, readiness sharing and service rules (emu.agent)."""
-    argv = ["env", f"PYTHONPATH={AGENT_LIB}", "setsid", "python3", "-m", "emu.agent", "--node", node.name]
-    return f"{shlex.join(argv)} >{AGENT_LOG} 2>&1 </dev/null &"
+    """The node agent (probes, readiness, service rules: emu.agent), kept running:
+    if it dies it is started again a second later, as systemd restarts the kubelet."""
+    agent = shlex.join(["env", f"PYTHONPATH={AGENT_LIB}", "python3", "-m", "emu.agent", "--node", node.name])
+    loop = f'while true; do {agent}; echo "emu agent exited ($?); starting it again"; sleep 1; done'
+    return f"setsid sh -c {shlex.quote(loop)} >{AGENT_LOG} 2>&1 </dev/null &"
 
 
 def node_plan(
@@ -251,20 +286,24 @@ def node_plan(
     added: list[PodState],
     removed: list[PodState],
     new_node: bool,
+    plan_dir: str = PLAN_DIR,
 ) -> NodePlan:
-    """The plan that takes one node from its current pods to the desired ones."""
+    """The plan that takes one node from its current pods to the desired ones
+    (its files under `plan_dir`)."""
     plan = NodePlan(node=node.name, container=node.container)
     if new_node:
         plan.files.update(workload_files())
         plan.files.update(agent_files())
-        plan.files[f"{PLAN_DIR}/node.batch"] = node_setup_batch(state, node)
-        plan.files[f"{PLAN_DIR}/masquerade.rules"] = masquerade_rules(state, node)
-        plan.files[f"{PLAN_DIR}/kube-proxy-hooks.rules"] = iptables.hook_rules()
+        plan.files[f"{plan_dir}/node.batch"] = node_setup_batch(state, node)
+        plan.files[f"{plan_dir}/masquerade.rules"] = masquerade_rules(state, node)
+        plan.files[f"{plan_dir}/kube-proxy-hooks.rules"] = iptables.hook_rules()
+        plan.files[f"{plan_dir}/agent-guard.rules"] = agent_guard_rules(state)
         plan.steps += [
             IPTABLES_BACKEND_STEP,
-            f"ip -batch {PLAN_DIR}/node.batch",
-            f"iptables-restore --noflush {PLAN_DIR}/masquerade.rules",
-            f"iptables-restore --noflush {PLAN_DIR}/kube-proxy-hooks.rules",
+            f"ip -batch {plan_dir}/node.batch",
+            f"iptables-restore --noflush {plan_dir}/masquerade.rules",
+            f"iptables-restore --noflush {plan_dir}/kube-proxy-hooks.rules",
+            f"iptables-restore --noflush {plan_dir}/agent-guard.rules",
             start_agent_line(node),
         ]
     if removed:
@@ -276,10 +315,10 @@ def node_plan(
             )
     added = sorted(added, key=_order)
     if added:
-        plan.files[f"{PLAN_DIR}/pods.batch"] = "".join(pod_root_batch(pod, state.mtu) for pod in added)
-        plan.steps.append(f"ip -batch {PLAN_DIR}/pods.batch")
+        plan.files[f"{plan_dir}/pods.batch"] = "".join(pod_root_batch(pod, state.mtu) for pod in added)
+        plan.steps.append(f"ip -batch {plan_dir}/pods.batch")
     for pod in added:
-        batch = f"{PLAN_DIR}/pod-{pod.netns}.batch"
+        batch = f"{plan_dir}/pod-{pod.netns}.batch"
         plan.files[batch] = pod_namespace_batch(pod, node)
         plan.files[f"/etc/netns/{pod.netns}/hosts"] = hosts_file(pod, state.networking["dnsDomain"])
         resolv = resolv_conf(state, pod)
@@ -292,6 +331,16 @@ def node_plan(
         plan.steps.append(f"mkdir -p {LOG_DIR}/{pod.netns} {RUN_DIR}/{pod.netns}")
         plan.steps += [start_container_line(pod, container) for container in pod.containers]
     return plan
+
+
+def boot_files(state: ClusterState, node: NodeState) -> dict[str, str]:
+    """What a node runs when its container starts again (`docker restart`, a
+    host reboot): the plan of a new node with every pod it has, from the state
+    it holds, after clearing what the old container left in /run (namespace
+    mount points, pid files, the agent's). The node's command runs it."""
+    plan = node_plan(state, node, state.pods_on(node.name), [], new_node=True, plan_dir=BOOT_DIR)
+    plan.steps.insert(0, "rm -rf /run/netns /run/emu")
+    return {name: text for name, text in plan.files.items() if name.startswith(BOOT_DIR)} | {BOOT_SCRIPT: plan.script}
 
 
 def _order(pod: PodState) -> tuple[str, str]:

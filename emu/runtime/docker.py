@@ -184,7 +184,7 @@ class DockerRuntime:
         )
         container = api.create_container(
             spec.image,
-            command=["sleep", "infinity"],
+            command=spec.command,
             name=spec.container,
             hostname=spec.hostname,
             labels={

@@ -10,7 +10,7 @@ kind's providers/{docker,podman,nerdctl} and Kathara's managers do.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 LABEL_CLUSTER = "io.emu.cluster"
@@ -44,6 +44,7 @@ class NodeSpec:
     network: str
     ip: str
     host: str = ""  # which Docker host ("" on one engine)
+    command: list[str] = field(default_factory=lambda: ["sleep", "infinity"])
 
 
 @dataclass(frozen=True)

@@ -87,3 +87,19 @@ def test_pod_in_other_namespace_has_qualified_netns_and_resolv_conf():
         "nameserver 10.96.0.10\noptions ndots:5\n"
     )
     assert cni.hosts_file(pod).endswith(f"{pod.ip}\ttools\n")
+
+
+def test_boot_files_rebuild_the_node_with_every_pod_it_has():
+    s = state()
+    node = s.node("w1")
+    files = cni.boot_files(s, node)
+    script = files[cni.BOOT_SCRIPT]
+    lines = script.splitlines()
+    assert lines[3] == "rm -rf /run/netns /run/emu"  # what the old container left, before anything else
+    assert f"ip -batch {cni.BOOT_DIR}/node.batch" in lines
+    assert any(line.startswith("setsid sh -c") and "-m emu.agent --node w1" in line for line in lines)
+    pods = s.pods_on("w1")
+    assert files[f"{cni.BOOT_DIR}/pods.batch"].count("netns add") == len(pods) > 0
+    assert all(f"ip -n {p.netns} -batch {cni.BOOT_DIR}/pod-{p.netns}.batch" in lines for p in pods)
+    assert all(name.startswith(cni.BOOT_DIR) for name in files)  # the apply's own plan files are left alone
+    assert cni.BOOT_SCRIPT in " ".join(cni.NODE_COMMAND)

@@ -1,0 +1,187 @@
+"""Readiness between nodes, shaped like Kubernetes': a star, not a mesh.
+
+Every agent reports its own pods' readiness to the hub (the agent on the
+first control-plane node) when it changes, and as a heartbeat; the hub keeps
+every node's, as the API server keeps pod status, and streams each change to
+every agent watching it, as kube-proxy watches EndpointSlices. One change
+costs one report and one line per node, and a quiet cluster sends only
+heartbeats. A node that stops reporting is NotReady after a grace period: the
+hub empties its readiness, so its endpoints leave every service (the node
+lifecycle controller's job), until it reports again.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from emu.records import ClusterState, NodeState
+
+HEARTBEAT = 5.0  # seconds between an agent's reports when nothing changes
+NODE_GRACE = 15.0  # a node silent this long is NotReady (Kubernetes: node-monitor-grace-period)
+RETRY = 0.5
+
+Readiness = dict[str, bool]  # pod uid -> ready
+
+
+def hub_node(state: ClusterState) -> NodeState:
+    """The node whose agent is the hub: the first control-plane node, else the first node."""
+    return next((node for node in state.nodes if node.role == "control-plane"), state.nodes[0])
+
+
+class Hub:
+    """Every node's readiness, and the watchers to tell of each change."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, grace: float = NODE_GRACE):
+        self.clock = clock
+        self.grace = grace
+        self.lock = threading.Lock()
+        self.ready: dict[str, Readiness] = {}
+        self.seen: dict[str, float] = {}
+        self.lost: set[str] = set()
+        self.watchers: set[queue.SimpleQueue] = set()
+
+    def report(self, node: str, ready: Readiness) -> None:
+        with self.lock:
+            self.seen[node] = self.clock()
+            if node in self.lost:
+                self.lost.discard(node)
+            elif self.ready.get(node) == ready:
+                return
+            self.ready[node] = ready
+            self._tell({"node": node, "ready": ready})
+
+    def expire(self, nodes: list[str]) -> list[str]:
+        """Mark nodes NotReady that have not reported within the grace period
+        (counted from the hub's first sight of them). Returns those newly lost."""
+        now = self.clock()
+        newly = []
+        with self.lock:
+            for node in nodes:
+                first = self.seen.setdefault(node, now)
+                if node not in self.lost and now - first > self.grace:
+                    self.lost.add(node)
+                    newly.append(node)
+                    if self.ready.get(node):
+                        self.ready[node] = {}
+                        self._tell({"node": node, "ready": {}})
+        return newly
+
+    def subscribe(self) -> queue.SimpleQueue:
+        """A queue that gets the whole picture first, then every change."""
+        watcher: queue.SimpleQueue = queue.SimpleQueue()
+        with self.lock:
+            watcher.put({"all": {node: dict(ready) for node, ready in self.ready.items()}})
+            self.watchers.add(watcher)
+        return watcher
+
+    def unsubscribe(self, watcher: queue.SimpleQueue) -> None:
+        with self.lock:
+            self.watchers.discard(watcher)
+
+    def _tell(self, message: dict) -> None:
+        for watcher in self.watchers:
+            watcher.put(message)
+
+
+class Reporter:
+    """Sends this node's readiness to the hub on a kept-alive connection: at
+    once when it changes, else every HEARTBEAT seconds."""
+
+    def __init__(self, node: str, port: int, log: Callable[[str], None]):
+        self.node = node
+        self.port = port
+        self.log = log
+        self.changed = threading.Event()
+        self.connection: http.client.HTTPConnection | None = None
+        self.address: str | None = None
+
+    def run(self, hub_address: Callable[[], str | None], readiness: Callable[[], Readiness | None]) -> None:
+        while True:
+            self.changed.wait(HEARTBEAT)
+            self.changed.clear()
+            address, ready = hub_address(), readiness()
+            if address is None or ready is None:
+                continue
+            if not self.send(address, ready):
+                time.sleep(RETRY)
+                self.changed.set()  # try again soon
+
+    def send(self, address: str, ready: Readiness) -> bool:
+        body = json.dumps({"node": self.node, "ready": ready}).encode()
+        for attempt in (1, 2):  # a kept-alive connection the hub closed is reopened once
+            try:
+                if self.connection is None or self.address != address:
+                    self.close()
+                    self.connection = http.client.HTTPConnection(address, self.port, timeout=2)
+                    self.address = address
+                self.connection.request("POST", "/report", body, {"Content-Type": "application/json"})
+                response = self.connection.getresponse()
+                response.read()
+                if response.status != 200:
+                    self.log(f"the hub at {address} refused the report: {response.status}")
+                    return False
+                return True
+            except (OSError, http.client.HTTPException):
+                self.close()
+        return False
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+
+class Watcher:
+    """Follows the hub's stream of readiness changes and hands each to `apply`.
+    On a broken stream it reconnects and gets the whole picture again."""
+
+    def __init__(self, port: int, log: Callable[[str], None]):
+        self.port = port
+        self.log = log
+
+    def run(self, hub_address: Callable[[], str | None], apply: Callable[[dict], None]) -> None:
+        while True:
+            address = hub_address()
+            if address is None:
+                time.sleep(RETRY)
+                continue
+            try:
+                self.follow(address, apply)
+            except (OSError, http.client.HTTPException, ValueError) as error:
+                self.log(f"watching the hub at {address}: {error}; again in {RETRY}s")
+            time.sleep(RETRY)
+
+    def follow(self, address: str, apply: Callable[[dict], None]) -> None:
+        # The hub writes a line at least every HEARTBEAT seconds; silence beyond
+        # that means the hub (or its node) is gone.
+        connection = http.client.HTTPConnection(address, self.port, timeout=HEARTBEAT * 3)
+        try:
+            connection.request("GET", "/watch")
+            response = connection.getresponse()
+            if response.status != 200:
+                raise ValueError(f"status {response.status}")
+            while True:
+                line = response.fp.readline()
+                if not line:
+                    raise ValueError("the stream ended")
+                message = json.loads(line)
+                if message:
+                    apply(message)
+        finally:
+            connection.close()
+
+
+def stream(watcher: queue.SimpleQueue, write: Callable[[bytes], None]) -> None:
+    """The hub's side of a watch: each message as a JSON line, and an empty
+    object when nothing happened for HEARTBEAT seconds. Returns when writing fails."""
+    while True:
+        try:
+            message = watcher.get(timeout=HEARTBEAT)
+        except queue.Empty:
+            message = {}
+        write(json.dumps(message).encode() + b"\n")

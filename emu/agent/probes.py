@@ -1,0 +1,156 @@
+"""The kubelet's part of the agent: is each of this node's pods ready?
+
+A pod is ready when every container's process runs and every readiness probe
+passes, with the thresholds and timing the kubelet keeps. Probes run from the
+node's root namespace (httpGet, tcpSocket) or inside the pod (exec).
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from emu.agent import RUN_DIR
+from emu.records import PodState
+
+ALIVE_PERIOD = 1.0  # processes are checked once a second, as the kubelet's PLEG relists
+
+
+class ProbeState:
+    """A container's readiness probe: thresholds and timing as the kubelet keeps them."""
+
+    def __init__(self, spec: dict, now: float):
+        self.spec = spec
+        self.next_run = now + spec.get("initialDelaySeconds", 0)
+        self.successes = 0
+        self.failures = 0
+        self.ready = False
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_run
+
+    def record(self, success: bool, now: float) -> None:
+        self.next_run = now + self.spec.get("periodSeconds", 10)
+        if success:
+            self.successes, self.failures = self.successes + 1, 0
+            if self.successes >= self.spec.get("successThreshold", 1):
+                self.ready = True
+        else:
+            self.failures, self.successes = self.failures + 1, 0
+            if self.failures >= self.spec.get("failureThreshold", 3):
+                self.ready = False
+
+
+def run_probe(pod: PodState, spec: dict) -> bool:
+    timeout = spec.get("timeoutSeconds", 1)
+    try:
+        if spec.get("httpGet"):
+            action = spec["httpGet"]
+            port = pod.resolve_port(action["port"])
+            connection = http.client.HTTPConnection(pod.ip, port, timeout=timeout)
+            try:
+                connection.request("GET", action.get("path", "/"), headers={"User-Agent": "kube-probe/emu"})
+                return 200 <= connection.getresponse().status < 400
+            finally:
+                connection.close()
+        if spec.get("tcpSocket"):
+            port = pod.resolve_port(spec["tcpSocket"]["port"])
+            socket.create_connection((pod.ip, port), timeout).close()
+            return True
+        if spec.get("exec"):
+            command = ["ip", "netns", "exec", pod.netns, *spec["exec"]["command"]]
+            return subprocess.run(command, capture_output=True, timeout=timeout).returncode == 0
+    except (OSError, subprocess.SubprocessError, TypeError):
+        return False
+    return False
+
+
+def processes_alive(pod: PodState) -> bool:
+    for container in pod.containers:
+        try:
+            with open(f"{RUN_DIR}/{pod.netns}/{container['name']}.pid") as handle:
+                os.kill(int(handle.read().strip()), 0)
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+class Kubelet:
+    """Readiness of this node's pods. `step` runs what is due and says whether
+    any pod's readiness changed; `next_wake` says when something is due next,
+    so an idle node sleeps instead of polling."""
+
+    def __init__(
+        self,
+        pool: Executor,
+        probe: Callable[[PodState, dict], bool] = run_probe,
+        alive: Callable[[PodState], bool] = processes_alive,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.pool = pool
+        self.probe = probe
+        self.alive_check = alive
+        self.clock = clock
+        self.pods: list[PodState] = []
+        self.probes: dict[tuple[str, str], ProbeState] = {}
+        self.alive: dict[str, bool] = {}  # pod uid -> its containers' processes run
+        self.alive_checked = float("-inf")
+        self.ready: dict[str, bool] = {}  # pod uid -> ready
+
+    def set_pods(self, pods: list[PodState]) -> None:
+        """This node's pods, from a new state: probes of pods gone are dropped."""
+        self.pods = pods
+        keys = {(p.uid, c["name"]) for p in pods for c in p.containers if c.get("readinessProbe")}
+        for stale in set(self.probes) - keys:
+            del self.probes[stale]
+        now = self.clock()
+        for pod in pods:
+            for container in pod.containers:
+                spec = container.get("readinessProbe")
+                if spec and (pod.uid, container["name"]) not in self.probes:
+                    self.probes[(pod.uid, container["name"])] = ProbeState(spec, now)
+
+    def next_wake(self) -> float:
+        due = [probe.next_run for probe in self.probes.values()]
+        return min([self.alive_checked + ALIVE_PERIOD, *due])
+
+    def step(self) -> bool:
+        now = self.clock()
+        by_uid = {pod.uid: pod for pod in self.pods}
+        jobs = [
+            (probe, self.pool.submit(self.probe, by_uid[uid], probe.spec))
+            for (uid, _), probe in self.probes.items()
+            if probe.due(now) and uid in by_uid
+        ]
+        for probe, future in jobs:
+            probe.record(future.result(), self.clock())
+        if now - self.alive_checked >= ALIVE_PERIOD or any(p.uid not in self.alive for p in self.pods):
+            self.alive = {pod.uid: self.alive_check(pod) for pod in self.pods}
+            self.alive_checked = now
+        ready = {}
+        for pod in self.pods:
+            probes_ok = all(
+                self.probes[(pod.uid, c["name"])].ready for c in pod.containers if c.get("readinessProbe")
+            )
+            ready[pod.uid] = probes_ok and self.alive.get(pod.uid, False)
+        changed = ready != self.ready
+        self.ready = ready
+        return changed
+
+    def container_readiness(self) -> dict[str, dict[str, bool]]:
+        """{pod key: {container: ready}}: running, and its readiness probe (if any) passing."""
+        result: dict[str, dict[str, bool]] = {}
+        for pod in self.pods:
+            alive = self.alive.get(pod.uid, False)
+            containers = {}
+            for container in pod.containers:
+                probe = self.probes.get((pod.uid, container["name"]))
+                probed_ready = probe.ready if probe is not None else not container.get("readinessProbe")
+                containers[container["name"]] = alive and probed_ready
+            result[pod.key] = containers
+        return result

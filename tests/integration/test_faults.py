@@ -1,0 +1,120 @@
+"""Faults a real cluster survives, survived here: lost rules, a killed agent, a
+restarted node, a stopped node, and a pod trying to speak for a node. Each
+check waits (generously) for the repair and proves it with real requests;
+how fast repairs are is measured in bench/faults.py, not asserted here."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
+LAB = f"""\
+name: faults
+nodes:
+  - {{name: cp, role: control-plane}}
+  - {{name: w1}}
+  - {{name: w2}}
+pods:
+  - name: client
+    node: w1
+    containers: [{{name: shell, command: [sleep, infinity]}}]
+  - {{name: far, node: w2, labels: {{app: echo}}, containers: [{NETEXEC}]}}
+  - {{name: near, node: w1, labels: {{app: echo}}, containers: [{NETEXEC}]}}
+services:
+  - name: echo
+    selector: {{app: echo}}
+    ports: [{{name: http, port: 80, targetPort: http}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def faults(make_cluster):
+    return make_cluster(LAB, "faults")
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def hostnames(cluster, count: int = 12) -> set[str]:
+    ip = cluster.state().services["default/echo"].cluster_ip
+    seen = set()
+    for _ in range(count):
+        result = cluster.exec("client", ["curl", "-sS", "--max-time", "1", f"http://{ip}/hostname"])
+        seen.add(result.output.strip() if result.ok else "(failed)")
+    return seen
+
+
+def test_flushed_service_chain_is_repaired(faults):
+    assert hostnames(faults) == {"far", "near"}
+    assert faults.node_exec("w1", ["iptables", "-t", "nat", "-F", "KUBE-SERVICES"]).ok
+    wait_for(lambda: hostnames(faults, 4) <= {"far", "near"}, 10, "the service did not work again")
+    log = faults.node_exec("w1", ["cat", "/var/log/emu/agent.log"]).output
+    assert "service rules lost (nat/KUBE-SERVICES has 0 rules" in log and "full resync" in log
+
+
+def test_pods_cannot_reach_any_node_agent(faults):
+    state = faults.state()
+    forged = json.dumps({"node": "w2", "ready": {}})
+    for node in state.nodes:
+        url = f"http://{node.node_ip}:10250"
+        post = faults.exec("client", ["curl", "-sS", "--max-time", "2", "-XPOST", "-d", forged, f"{url}/report"])
+        get = faults.exec("client", ["curl", "-sS", "--max-time", "2", f"{url}/readiness"])
+        assert not post.ok and not get.ok, (node.name, post.output, get.output)
+    assert hostnames(faults) == {"far", "near"}
+    # A node speaks only for itself: w1 reporting for w2 is refused by the hub.
+    hub = f"http://{state.node('cp').node_ip}:10250/report"
+    refused = faults.node_exec("w1", ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-XPOST", "-d", forged, hub])
+    assert refused.output == "403"
+
+
+def test_killed_agent_is_started_again(faults):
+    old = faults.node_exec("w2", ["cat", "/run/emu/agent/agent.pid"]).output.strip()
+    assert faults.node_exec("w2", ["kill", "-9", old]).ok
+
+    def new_agent():
+        pid = faults.node_exec("w2", ["cat", "/run/emu/agent/agent.pid"]).output.strip()
+        healthy = faults.node_exec("w2", ["curl", "-sf", "--max-time", "1", "http://127.0.0.1:10250/healthz"]).ok
+        return pid != old and healthy
+
+    wait_for(new_agent, 15, "no new agent answered on w2")
+    assert hostnames(faults) == {"far", "near"}
+
+
+def test_restarted_node_rebuilds_its_pods(faults, runtime):
+    far_ip = faults.pod("far").ip
+    runtime.api.restart(faults.state().node("w2").container, timeout=1)
+
+    def far_answers():
+        result = faults.exec("client", ["curl", "-sS", "--max-time", "1", f"http://{far_ip}:8080/hostname"])
+        return result.ok and result.output.strip() == "far"
+
+    wait_for(far_answers, 30, "pod far on the restarted node w2 did not answer")
+    wait_for(lambda: hostnames(faults) == {"far", "near"}, 20, "the service did not reach both pods again")
+    status = faults.pod_status(faults.state())
+    assert status["default/far"]["netexec"] == {"state": "Running", "ready": True}
+
+
+def test_stopped_node_leaves_every_service_and_rejoins(faults, runtime):
+    container = faults.state().node("w2").container
+    runtime.api.stop(container, timeout=1)
+    try:
+        def far_gone():
+            endpoints = faults.endpoints()["default/echo"]["http"]
+            return endpoints == [f"{faults.pod('near').ip}:8080"]
+
+        wait_for(far_gone, 40, "pod far on the stopped node w2 stayed an endpoint")
+        assert hostnames(faults) == {"near"}
+    finally:
+        runtime.api.start(container)
+    wait_for(lambda: hostnames(faults) == {"far", "near"}, 40, "w2 did not rejoin the service")

@@ -1,0 +1,188 @@
+"""The node agent's jobs against fakes: the kubelet's readiness, the hub, the
+proxy sync's repair of lost rules, and LoadBalancer ownership."""
+
+from __future__ import annotations
+
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+
+from emu.agent.edge import LoadBalancers
+from emu.agent.gossip import Hub
+from emu.agent.probes import Kubelet
+from emu.agent.proxysync import ProxySync, differences, hook_jumps
+from emu.proxy import iptables
+from emu.records import PodState
+from emu.services import service_endpoints
+from emu.state import plan_cluster
+from emu.topology.load import load_text
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def pod(name: str, probe: dict | None = None) -> PodState:
+    container = {"name": "c", "readinessProbe": probe} if probe else {"name": "c"}
+    return PodState("default", name, "n1", f"10.244.1.{len(name)}", {}, [container], "x")
+
+
+def test_kubelet_ready_follows_processes_and_probe_thresholds():
+    clock, results = Clock(), {"probed": [False, True, True]}
+    alive = {"a": True}
+    kubelet = Kubelet(
+        ThreadPoolExecutor(1),
+        probe=lambda p, spec: results["probed"].pop(0),
+        alive=lambda p: alive.get(p.name, False),
+        clock=clock,
+    )
+    a, b = pod("a"), pod("bb", {"periodSeconds": 2, "failureThreshold": 1})
+    kubelet.set_pods([a, b])
+    assert kubelet.step() and kubelet.ready == {a.uid: True, b.uid: False}  # b: probe failed, process not alive
+    alive["bb"] = True
+    assert not kubelet.step()  # nothing due yet: the probe waits its period, processes their second
+    assert kubelet.next_wake() == clock.now + 1.0
+    clock.now += 2
+    assert kubelet.step() and kubelet.ready[b.uid]
+    assert kubelet.container_readiness() == {"default/a": {"c": True}, "default/bb": {"c": True}}
+    kubelet.set_pods([a])  # b is gone: its probe with it
+    assert list(kubelet.probes) == []
+
+
+def test_hub_tells_watchers_only_of_changes_and_expires_silent_nodes():
+    clock = Clock()
+    hub = Hub(clock=clock, grace=15)
+    hub.report("n1", {"p@1": True})
+    watcher = hub.subscribe()
+    assert watcher.get_nowait() == {"all": {"n1": {"p@1": True}}}
+    hub.report("n1", {"p@1": True})  # a heartbeat: nothing to tell
+    assert watcher.empty()
+    hub.report("n2", {"q@2": False})
+    assert watcher.get_nowait() == {"node": "n2", "ready": {"q@2": False}}
+    clock.now += 10
+    hub.report("n2", {"q@2": True})
+    watcher.get_nowait()
+    clock.now += 6  # n1 silent for 16 s, n2 for 6 s
+    assert hub.expire(["n1", "n2", "n3"]) == ["n1"]
+    assert watcher.get_nowait() == {"node": "n1", "ready": {}}
+    assert hub.expire(["n1", "n2", "n3"]) == []  # told once
+    hub.report("n1", {"p@1": True})  # back
+    assert watcher.get_nowait() == {"node": "n1", "ready": {"p@1": True}}
+    hub.unsubscribe(watcher)
+    hub.report("n1", {"p@1": False})
+    assert watcher.empty()
+
+
+LAB = """\
+name: lab
+dns: {enabled: false}
+nodes: [{name: cp, role: control-plane}, {name: w1}]
+deployments:
+  - name: web
+    replicas: 2
+    template:
+      labels: {app: web}
+      containers: [{name: c, workload: netexec, ports: [{containerPort: 8080}]}]
+services:
+  - {name: web, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+  - {name: lb, type: LoadBalancer, selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}
+"""
+
+
+def lab(hosts: str = ""):
+    state = plan_cluster(load_text(LAB + hosts), "emu-lab", "172.28.5.0/24")
+    ready = {p.uid: True for p in state.pods.values()}
+    endpoints = {key: service_endpoints(state, s, ready) for key, s in state.services.items()}
+    return state, endpoints
+
+
+def save_output(ruleset: iptables.Ruleset, hooks: bool = True) -> str:
+    """What iptables-save would print for a kernel holding `ruleset`."""
+    lines = []
+    for table in ("filter", "nat"):
+        lines.append(f"*{table}")
+        lines += [f":{chain} - [0:0]" for chain in ruleset.get(table, {})]
+        if hooks:
+            lines += [f"-A {chain} -j {target}" for t, chain, target in sorted(hook_jumps()) if t == table]
+        for chain, rules in ruleset.get(table, {}).items():
+            lines += [f"-A {chain} {rule}" for rule in rules]
+        lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
+class FakeKernel:
+    """iptables-restore and iptables-save against a dict, as the proxy sync calls them."""
+
+    def __init__(self):
+        self.text = ""
+        self.restores: list[str] = []
+
+    def __call__(self, argv, **kwargs):
+        if argv[0] == "iptables-restore":
+            self.restores.append(kwargs["input"])
+            return subprocess.CompletedProcess(argv, 0, "", "")
+        return subprocess.CompletedProcess(argv, 0, self.text, "")
+
+
+def test_proxy_sync_repairs_a_flushed_chain_with_a_full_resync():
+    state, endpoints = lab()
+    kernel = FakeKernel()
+    proxy = ProxySync(log=lambda message: None, run=kernel)
+    assert proxy.sync(state, "w1", endpoints) > 0
+    kernel.text = save_output(proxy.previous)
+    assert proxy.check() == [] and proxy.check_period >= 1.0
+    assert proxy.sync(state, "w1", endpoints) == 0  # nothing changed: nothing written
+    flushed = {table: dict(chains) for table, chains in proxy.previous.items()}
+    flushed["nat"]["KUBE-SERVICES"] = []
+    kernel.text = save_output(flushed)
+    assert proxy.check() == [f"nat/KUBE-SERVICES has 0 rules, not {len(proxy_rules(state, endpoints))}"]
+    written = proxy.sync(state, "w1", endpoints)
+    assert written == sum(len(chains) for chains in iptables.render(state, "w1", endpoints).values())
+
+
+def proxy_rules(state, endpoints):
+    return iptables.render(state, "w1", endpoints)["nat"]["KUBE-SERVICES"]
+
+
+def test_lost_hooks_are_put_back_once():
+    state, endpoints = lab()
+    kernel = FakeKernel()
+    proxy = ProxySync(log=lambda message: None, run=kernel)
+    proxy.sync(state, "w1", endpoints)
+    kernel.text = save_output(proxy.previous, hooks=False)
+    lost = proxy.check()
+    assert "nat/PREROUTING no longer jumps to KUBE-SERVICES" in lost
+    hooks = kernel.restores[-1]
+    assert hooks.count("-I PREROUTING 1") == 1 and "-I FORWARD 1" in hooks
+    assert differences(proxy.previous or {}, save_output(iptables.render(state, "w1", endpoints))) == []
+
+
+def test_load_balancer_owner_holds_the_address_and_others_route_on_several_hosts():
+    hosts = "hosts: [{name: h1, address: 10.0.0.1}, {name: h2, address: 10.0.0.2}]\n"
+    state, endpoints = lab(hosts)
+    address = state.services["default/lb"].load_balancer_ip
+    calls: dict[str, list] = {"cp": [], "w1": []}
+    announced: list[str] = []
+
+    def arp(address, log):  # a fake: a unit test sends no frame
+        announced.append(address)
+
+    def log(message):
+        pass
+
+    for node in ("cp", "w1"):
+        LoadBalancers(node, log, run=lambda argv, **kw: calls[node].append(argv), announce=arp).update(state, endpoints)
+    owner = "cp" if any("addr" in c for c in calls["cp"]) else "w1"
+    assert announced == [address]  # one gratuitous ARP, from the owner
+    other = "w1" if owner == "cp" else "cp"
+    assert ["ip", "addr", "replace", f"{address}/32", "dev", "eth0"] in calls[owner]
+    owner_ip = state.node(owner).node_ip
+    assert calls[other] == [["ip", "route", "replace", f"{address}/32", "via", owner_ip, "dev", "eth0"]]
+    single, endpoints = lab()
+    calls = {"cp": [], "w1": []}
+    for node in ("cp", "w1"):
+        LoadBalancers(node, log, run=lambda argv, **kw: calls[node].append(argv), announce=arp).update(single, endpoints)
+    assert not any("route" in argv for argv in calls["cp"] + calls["w1"])  # one host: ARP does it
