@@ -20,6 +20,8 @@ carry io.emu.testhost=1, so the main engine is never driven by mistake.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -564,6 +566,35 @@ def stop_sshd(host: LabHost) -> None:
     host.sshd_pidfile.unlink(missing_ok=True)
 
 
+# -- locks -----------------------------------------------------------------------------------------------------
+
+OP_LOCK = LAB_DIR / ".lock"  # held while one process brings hosts up or down
+SESSION_LOCK = LAB_DIR / ".session-lock"  # held by a test session using the lab (see session())
+
+
+@contextlib.contextmanager
+def _flock(path: Path, timeout: float, what: str, progress=print):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as file:
+        deadline = time.monotonic() + timeout
+        told = False
+        while True:
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise LabError(f"the host lab is busy ({what}, {path} held) for {timeout:.0f} s") from None
+                if not told:
+                    progress(f"hostlab: waiting for another process using the lab ({what})")
+                    told = True
+                time.sleep(0.5)
+        try:
+            yield
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
 # -- up / down -------------------------------------------------------------------------------------------------
 
 
@@ -581,6 +612,11 @@ def _require_root() -> None:
 def up(n: int = 3, progress=print) -> Lab:
     """Bring up hosts h1..hn (and take down any beyond n). Quick when they are up already."""
     _require_root()
+    with _flock(OP_LOCK, 600, "up/down", progress):
+        return _up(n, progress)
+
+
+def _up(n: int, progress) -> Lab:
     if not 1 <= n <= MAX_HOSTS:
         raise LabError(f"the lab has 1 to {MAX_HOSTS} hosts, not {n}")
     ensure_packages(progress)
@@ -610,6 +646,11 @@ def _down_host(host: LabHost) -> None:
     stop_sshd(host)
     stop_dockerd(host, clean=True)
     if host.netns in _netns_list():
+        # What lives on in the namespace: SSH sessions (and their commands), containerd shims.
+        for _ in range(2):
+            pids = [int(p) for p in _run(["ip", "netns", "pids", host.netns], check=False).stdout.split()]
+            for pid in pids:
+                _stop(pid, timeout=5)
         _run(["ip", "netns", "del", host.netns], check=False)
     if _link_exists(host.veth):
         _run(["ip", "link", "del", host.veth], check=False)
@@ -619,6 +660,11 @@ def _down_host(host: LabHost) -> None:
 def down(progress=print) -> None:
     """Stop every lab host's sshd and dockerd, remove namespaces, bridge, rules and /run/emu-hostlab."""
     _require_root()
+    with _flock(OP_LOCK, 600, "up/down", progress):
+        _down(progress)
+
+
+def _down(progress) -> None:
     hosts = {h.index: h for h in running_hosts()}
     if RUN_DIR.exists():
         for entry in RUN_DIR.iterdir():
@@ -641,18 +687,28 @@ def down(progress=print) -> None:
         progress(f"hostlab: {', '.join(h.name for h in ordered)} down")
 
 
+@contextlib.contextmanager
+def session(n: int = 3, progress=print, wait: float = 1800):
+    """The lab for one user at a time: waits for other sessions (another pytest run), brings n hosts up,
+    and takes them down at the end, even on failure (EMU_KEEP_HOSTLAB=1 leaves them up)."""
+    _require_root()
+    with _flock(SESSION_LOCK, wait, "a test session", progress):
+        try:
+            lab = up(n, progress)
+        except BaseException:
+            down(progress)
+            raise
+        try:
+            yield lab
+        finally:
+            if not os.environ.get("EMU_KEEP_HOSTLAB"):
+                down(progress)
+
+
 def hostlab_fixture(n: int = 3):
     """Generator for a pytest fixture: the lab up for the session, down at its end (even on failure)."""
-    try:
-        lab = up(n)
-    except BaseException:
-        down()
-        raise
-    try:
+    with session(n, progress=lambda message: None) as lab:
         yield lab
-    finally:
-        if not os.environ.get("EMU_KEEP_HOSTLAB"):
-            down()
 
 
 try:
