@@ -317,10 +317,10 @@ def cmd_plan(args) -> int:
         print(plan.render(show_files=not args.script_only))
     if args.rules:
         from emu.proxy import iptables
-        from emu.services import service_endpoints
+        from emu.services import all_endpoints
 
         ready = {pod.uid: True for pod in desired.pods.values()}
-        endpoints = {key: service_endpoints(desired, s, ready) for key, s in desired.services.items()}
+        endpoints = all_endpoints(desired, ready)
         for node in desired.nodes:
             print(f"### node {node.name}: service rules its agent writes once every pod is ready")
             print(iptables.restore_text(iptables.render(desired, node.name, endpoints)))

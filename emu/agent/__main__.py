@@ -28,7 +28,7 @@ from emu.agent.probes import Kubelet
 from emu.agent.proxysync import ProxySync
 from emu.dns.snapshot import dns_snapshot, write_snapshot
 from emu.records import ClusterState
-from emu.services import service_endpoints
+from emu.services import all_endpoints
 
 RESYNC_AFTER_FAILURE = 0.5
 
@@ -175,7 +175,7 @@ class Agent:
         key = (state.generation, tuple(sorted(ready.items())))
         if key == self.synced_key and not force:
             return  # nothing this node's rules depend on changed
-        endpoints = {key_: service_endpoints(state, service, ready) for key_, service in state.services.items()}
+        endpoints = all_endpoints(state, ready)
         self.endpoints = {
             name: {port: [e.address for e in eps] for port, eps in by_port.items()} for name, by_port in endpoints.items()
         }
