@@ -608,14 +608,14 @@ def node_label_updates(nodes: list[SwarmNode], node_ids: dict[str, str]) -> dict
 
 
 def stale_nodes(nodes: list[SwarmNode], node_ids: dict[str, str], hosts: list[Host]) -> list[str]:
-    """Ids of down nodes that were earlier incarnations of our hosts (same label or address, another id)."""
+    """Ids of nodes that were earlier incarnations of our hosts (same label or address, another id): a host that
+    left and joined again. Whether the manager has noticed yet (down) or not (ready a few seconds more)."""
     current = set(node_ids.values())
     names = {h.name for h in hosts}
     addresses = {h.swarm_address for h in hosts}
     return [
         n.id for n in nodes
-        if n.id not in current and n.state == "down"
-        and (n.labels.get(HOST_LABEL) in names or n.address in addresses)
+        if n.id not in current and (n.labels.get(HOST_LABEL) in names or n.address in addresses)
     ]
 
 

@@ -687,22 +687,33 @@ def _down(progress) -> None:
         progress(f"hostlab: {', '.join(h.name for h in ordered)} down")
 
 
+_session_depth = 0
+
+
 @contextlib.contextmanager
 def session(n: int = 3, progress=print, wait: float = 1800):
     """The lab for one user at a time: waits for other sessions (another pytest run), brings n hosts up,
     and takes them down at the end, even on failure (EMU_KEEP_HOSTLAB=1 leaves them up)."""
+    global _session_depth
     _require_root()
+    if _session_depth:  # nested in this process (a module fixture inside the session one): share it
+        yield up(n, progress)
+        return
     with _flock(SESSION_LOCK, wait, "a test session", progress):
+        _session_depth += 1
         try:
-            lab = up(n, progress)
-        except BaseException:
-            down(progress)
-            raise
-        try:
-            yield lab
-        finally:
-            if not os.environ.get("EMU_KEEP_HOSTLAB"):
+            try:
+                lab = up(n, progress)
+            except BaseException:
                 down(progress)
+                raise
+            try:
+                yield lab
+            finally:
+                if not os.environ.get("EMU_KEEP_HOSTLAB"):
+                    down(progress)
+        finally:
+            _session_depth -= 1
 
 
 def hostlab_fixture(n: int = 3):

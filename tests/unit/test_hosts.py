@@ -260,10 +260,11 @@ def test_node_labels_and_stale_nodes():
         SwarmNode("n3", "ready", {HOST_LABEL: "h2"}, "10.0.0.3"),
         SwarmNode("old2", "down", {HOST_LABEL: "h2"}, "10.0.0.2"),  # h2 before it left and rejoined
         SwarmNode("old9", "down", {}, "10.0.0.9"),  # not ours: left alone
-        SwarmNode("gone", "ready", {}, "10.0.0.3"),  # ready: left alone
+        SwarmNode("old3", "ready", {}, "10.0.0.3"),  # h3 before it rejoined; the manager has not noticed yet
+        SwarmNode("other", "ready", {}, "10.0.0.8"),  # not ours: left alone
     ]
     assert node_label_updates(nodes, ids) == {"n2": "h2", "n3": "h3"}
-    assert stale_nodes(nodes, ids, hs) == ["old2"]
+    assert stale_nodes(nodes, ids, hs) == ["old2", "old3"]
 
 
 # -- sysctls, images, install ----------------------------------------------------------------------------------
