@@ -14,6 +14,17 @@ from dataclasses import asdict, dataclass, field
 from emu.errors import EmuError
 
 STATE_VERSION = 2
+# The state file is read back from the nodes, so it is read with a limit. Measured:
+# 5,000 pods and 1,000 services with enableServiceLinks: false, 6 MiB; with service
+# links over 10 namespaces, 157 MiB (each pod carries its namespace's services'
+# environment variables); in one namespace, 1.5 GiB, which to_json refuses.
+MAX_STATE_BYTES = 256 << 20
+
+
+class StateError(EmuError, ValueError):
+    """The state file cannot be read (damaged, too big, another version). A
+    ValueError too, so the node agent, which catches ValueError, keeps running."""
+
 
 @dataclass
 class NodeState:
@@ -157,22 +168,53 @@ class ClusterState:
         return [pod for pod in self.pods.values() if pod.node == node_name]
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+        text = json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
+        if len(text) > MAX_STATE_BYTES:
+            env = sum(len(k) + len(v) + 8 for pod in self.pods.values() for k, v in pod.service_env.items())
+            raise StateError(
+                f"the cluster's state would be {len(text) / 2**20:,.0f} MiB, over emu's limit of "
+                f"{MAX_STATE_BYTES >> 20} MiB (every node keeps it and emu reads it back); "
+                f"{env / 2**20:,.0f} MiB of it is the service environment variables each pod gets: "
+                "set enableServiceLinks: false on pods and deployment templates, spread services "
+                "over namespaces, or make the cluster smaller"
+            )
+        return text
 
     @classmethod
-    def from_json(cls, text: str) -> ClusterState:
-        data = json.loads(text)
+    def from_json(cls, text: str | bytes) -> ClusterState:
+        """The state from its JSON. Raises StateError, never another error, for a
+        file that is too big, not UTF-8, not JSON or not the shape of a state."""
+        damaged = "the cluster's state file is damaged ({}); recreate the cluster with `emu down` and `emu up`"
+        if len(text) > MAX_STATE_BYTES:
+            raise StateError(
+                f"the cluster's state file is {len(text) / 2**20:,.0f} MiB, over emu's limit of "
+                f"{MAX_STATE_BYTES >> 20} MiB; it is damaged or the cluster is too big: "
+                "recreate it smaller with `emu down` and `emu up`"
+            )
+        try:
+            data = json.loads(text)
+        except UnicodeDecodeError:
+            raise StateError(damaged.format("not UTF-8")) from None
+        except RecursionError:
+            raise StateError(damaged.format("nested too deep")) from None
+        except ValueError as error:  # json.JSONDecodeError; an int of over 4,300 digits
+            raise StateError(damaged.format(f"not JSON: {str(error)[:100]}")) from None
+        if not isinstance(data, dict):
+            raise StateError(damaged.format("not a JSON object"))
         if data.get("version") != STATE_VERSION:
-            raise EmuError(
-                f"the cluster's state file has version {data.get('version')}, this emu reads "
+            raise StateError(
+                f"the cluster's state file has version {str(data.get('version'))[:20]}, this emu reads "
                 f"{STATE_VERSION}; recreate the cluster with `emu down` and `emu up`"
             )
-        data["nodes"] = [NodeState(**n) for n in data["nodes"]]
-        data["pods"] = {k: PodState(**p) for k, p in data["pods"].items()}
-        data["services"] = {
-            k: ServiceState(**{**v, "ports": [ServicePortState(**p) for p in v["ports"]]})
-            for k, v in data.get("services", {}).items()
-        }
-        return cls(**data)
+        try:
+            data["nodes"] = [NodeState(**n) for n in data["nodes"]]
+            data["pods"] = {k: PodState(**p) for k, p in data["pods"].items()}
+            data["services"] = {
+                k: ServiceState(**{**v, "ports": [ServicePortState(**p) for p in v["ports"]]})
+                for k, v in data.get("services", {}).items()
+            }
+            return cls(**data)
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
+            raise StateError(damaged.format(f"{type(error).__name__}: {str(error)[:100]}")) from None
 
 
