@@ -60,8 +60,8 @@ class Resolver:
         try:
             with open(self.snapshot_path) as handle:
                 zone = Zone(json.load(handle))
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            log(f"cannot load {self.snapshot_path}: {error}")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+            log(f"cannot load {self.snapshot_path}: {error!r}"[:300])  # keep serving the zone it has
             return False
         self.current = (zone, {})
         self.signature = signature

@@ -212,3 +212,14 @@ def test_resolver_is_silent_to_responses(tmp_path, upstream):
     nothing = resolver.answer(bytes(query().pack()), True)  # a query is still answered
     assert DNSRecord.parse(nothing).header.rcode == RCODE.NXDOMAIN
 
+
+
+@pytest.mark.parametrize("text", ["[]", "{\"services\": [1]}", "[" * 100_000 + "]" * 100_000, "\xff"])
+def test_a_damaged_snapshot_keeps_the_zone_it_has(tmp_path, text):
+    path = tmp_path / "snapshot.json"
+    path.write_text(json.dumps({"zone": "cluster.local", "services": []}))
+    resolver = Resolver(str(path))
+    assert resolver.reload_if_changed()
+    path.write_bytes(text.encode("latin-1"))
+    assert not resolver.reload_if_changed()
+    assert DNSRecord.parse(resolver.answer(bytes(query().pack()), True)).header.rcode == RCODE.NXDOMAIN
