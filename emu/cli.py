@@ -327,6 +327,43 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _hosts_of(path: str):
+    """The hosts of an inventory file, or of a topology file with a hosts: list."""
+    import yaml
+
+    from emu.topology.load import load_inventory
+
+    if not Path(path).exists():
+        raise EmuError(f"file '{path}' does not exist; pass an inventory (a hosts: list) or a topology with hosts:")
+    try:
+        top = yaml.safe_load(Path(path).read_text(errors="replace"))
+    except yaml.YAMLError:
+        top = None  # the loader below reports it with its line
+    if isinstance(top, dict) and "nodes" in top:
+        hosts = list(_load(path).hosts)
+        if not hosts:
+            raise EmuError(f"{path}: the topology has no hosts: list; add one, or pass an inventory file")
+        return hosts
+    return load_inventory(path)
+
+
+def cmd_hosts(args) -> int:
+    from emu.hosts import check_hosts, format_reports, prepare_hosts
+
+    hosts = _hosts_of(args.file)
+    reporter = Reporter(args.quiet)
+    if args.action == "check":
+        reports = check_hosts(hosts, progress=reporter)
+        print(format_reports(reports))
+        return 0 if all(report.ok for report in reports) else 1
+    from emu.runtime.docker import DockerRuntime
+
+    images = [DockerRuntime().node_image(reporter)]
+    prepare_hosts(hosts, images, progress=reporter)
+    print(f"{len(hosts)} hosts ready: one swarm, emu's images on each. Next: emu up TOPOLOGY --hosts {args.file}")
+    return 0
+
+
 def cmd_images(args) -> int:
     from emu.runtime.docker import DockerRuntime
     from emu.runtime.images import ImageBuilder
@@ -465,6 +502,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--hosts", metavar="FILE", help="spread the nodes over the Docker hosts of this inventory")
     plan.add_argument("--script-only", action="store_true", help="only the scripts, not the files they use")
     plan.add_argument("--rules", action="store_true", help="also the kube-proxy rules each node's agent writes")
+
+    hosts = command("hosts", cmd_hosts, "check or prepare the Docker hosts of a multi-host lab", cluster_option=False)
+    hosts.add_argument("action", choices=["check", "prepare"], help="check: report what is wrong; prepare: fix it")
+    hosts.add_argument("file", metavar="FILE", help="an inventory (hosts:) or a topology with hosts:")
+    hosts.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     images = command("images", cmd_images, "build emu's images", cluster_option=False)
     images.add_argument("action", choices=["build"])

@@ -330,7 +330,9 @@ class DockerRuntime:
                     break
                 except docker.errors.APIError as error:
                     where = f"host {self.host}: " if self.host else ""
-                    stale = "active endpoints" in str(error)
+                    # An engine may count endpoints (a swarm: attachment tasks) of containers
+                    # it has just removed for a moment after.
+                    stale = "active endpoints" in str(error) or "in use by task" in str(error)
                     if stale and time.monotonic() < deadline:
                         time.sleep(0.5)
                         continue
