@@ -17,6 +17,7 @@ from emu.agent import AGENT_URL, STATE_FILE
 from emu.errors import EmuError
 from emu.plan import NodePlan, cni
 from emu.runtime.provider import ExecResult, NodeSpec, Provider
+from emu.records import MAX_STATE_BYTES
 from emu.state import ClusterState, PodState, plan_cluster
 from emu.topology.load import load_file
 from emu.topology.model import Topology
@@ -98,7 +99,7 @@ class Cluster:
             raise EmuError(f"no emu cluster named '{self.name}' is running; start one with `emu up FILE`")
         names = [c.name for c in containers if c.is_node]
         for container in names:
-            text = self.runtime.read_file(container, STATE_FILE)
+            text = self.runtime.read_file(container, STATE_FILE, limit=MAX_STATE_BYTES)
             if text:
                 return ClusterState.from_json(text)
         raise EmuError(

@@ -27,7 +27,7 @@ from emu.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
 from emu.agent.probes import Kubelet
 from emu.agent.proxysync import ProxySync
 from emu.dns.snapshot import dns_snapshot, write_snapshot
-from emu.records import ClusterState
+from emu.records import MAX_STATE_BYTES, ClusterState
 from emu.services import all_endpoints
 
 RESYNC_AFTER_FAILURE = 0.5
@@ -89,7 +89,7 @@ class Agent:
             return
         try:
             with open(self.snapshot) as handle:
-                state = ClusterState.from_json(handle.read())
+                state = ClusterState.from_json(handle.read(MAX_STATE_BYTES + 1))  # from_json refuses more
         except (OSError, ValueError) as error:
             log(f"cannot read {self.snapshot}: {error}")
             return

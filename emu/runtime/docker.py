@@ -261,18 +261,25 @@ class DockerRuntime:
                 archive.addfile(info, io.BytesIO(data))
         self.api.put_archive(container, "/", buffer.getvalue())
 
-    def read_file(self, container: str, path: str) -> str | None:
+    def read_file(self, container: str, path: str, limit: int | None = None) -> str | None:
+        """A file's text (bytes that are not UTF-8 replaced), None if it is not
+        there; one larger than `limit` bytes is refused before it is read."""
         import docker
 
         try:
-            stream, _ = self.api.get_archive(container, path)
+            stream, stat = self.api.get_archive(container, path)
         except docker.errors.NotFound:
             return None
+        if limit is not None and stat.get("size", 0) > limit:
+            raise EmuError(
+                f"{path} in container {container} is {stat['size']:,} bytes, over emu's limit of {limit:,}; "
+                "it is damaged or not emu's: remove the cluster with `emu down`"
+            )
         data = b"".join(stream)
         with tarfile.open(fileobj=io.BytesIO(data)) as archive:
             member = archive.next()
             handle = archive.extractfile(member) if member else None
-            return handle.read().decode() if handle else None
+            return handle.read().decode(errors="replace") if handle else None
 
     def exec(self, container: str, argv: list[str], environment: dict[str, str] | None = None) -> ExecResult:
         """Run a command in a container and wait for it; output is stdout and stderr together."""

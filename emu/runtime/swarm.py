@@ -291,8 +291,8 @@ class SwarmRuntime:
     def put_files(self, container: str, files: dict[str, str], mode: int = 0o644) -> None:
         self._engine_of(container).put_files(container, files, mode)
 
-    def read_file(self, container: str, path: str) -> str | None:
-        return self._engine_of(container).read_file(container, path)
+    def read_file(self, container: str, path: str, limit: int | None = None) -> str | None:
+        return self._engine_of(container).read_file(container, path, limit)
 
     def container_ip(self, container: str, network: str) -> str:
         return self._engine_of(container).container_ip(container, network)

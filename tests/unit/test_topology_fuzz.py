@@ -118,12 +118,6 @@ def test_mutated_topologies_load_or_give_a_topology_error():
     assert outcomes["loaded"] and outcomes["refused"]  # the mutations reach both outcomes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="found by fuzzing: validate.py's _check_services adds 1 and 10 to a serviceSubnet too small "
-    "for them (already reported by _check_subnets) and ipaddress raises; remove this mark with the fix",
-)
 def test_a_service_subnet_at_the_top_of_the_address_space():
     text = DEFAULT.replace("serviceSubnet: 10.96.0.0/16", "serviceSubnet: 255.255.255.255/32")
     with pytest.raises(TopologyError, match="serviceSubnet 255.255.255.255/32 is too small"):
