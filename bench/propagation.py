@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""From an endpoint change to every node of a 3-node cluster programmed.
+"""From an endpoint change to every node of a cluster programmed (3 nodes, or --nodes N).
 
 A backend pod's readiness probe is made to fail (netexec /sethealth), then to
 pass again, --rounds times each. The change starts when the agent on the pod's
@@ -11,7 +11,7 @@ Baseline, same run: the host pushes the same kind of change itself, one
 `docker exec NODE iptables-restore --noflush` per node in parallel (a central
 controller without node agents).
 
-usage: python bench/propagation.py [--rounds 10]
+usage: python bench/propagation.py [--rounds 10] [--nodes 3]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from emu.topology.load import load_text  # noqa: E402
 
 LAB = """\
 name: emubench-prop
-nodes: [{name: cp, role: control-plane}, {name: w1}, {name: w2}]
+nodes: NODES
 pods:
   - name: client
     node: w1
@@ -73,13 +73,15 @@ def one_change(cluster: Cluster, pod_ip: str, pod_node: str, nodes: list[str], s
     deadline = time.time() + 10
     while time.time() < deadline:
         time.sleep(0.3)
-        seen = [t for t, m in agent_lines(cluster, pod_node) if t >= before and m.startswith("readiness changed")]
+        seen = [t for t, m in agent_lines(cluster, pod_node) if t >= before and m.startswith("readiness")]
         if not seen:
             continue
         start = seen[0]
         ends = []
-        for node in nodes:
-            synced = [t for t, m in agent_lines(cluster, node) if t >= start and m.startswith("synced")]
+        with ThreadPoolExecutor(16) as pool:
+            logs = list(pool.map(lambda node: agent_lines(cluster, node), nodes))
+        for lines in logs:
+            synced = [t for t, m in lines if t >= start and m.startswith("synced")]
             if synced:
                 ends.append(synced[0])
         if len(ends) == len(nodes):
@@ -105,10 +107,12 @@ def baseline_push(cluster: Cluster, nodes: list[str], round_number: int) -> floa
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--nodes", type=int, default=3)
     options = parser.parse_args()
+    nodes_yaml = "[{name: cp, role: control-plane}, " + ", ".join(f"{{name: w{i}}}" for i in range(1, options.nodes)) + "]"
     cluster = Cluster("emubench-prop")
     cluster.down()
-    cluster.up(load_text(LAB))
+    cluster.up(load_text(LAB.replace("NODES", nodes_yaml)))
     try:
         state = cluster.state()
         pod = min((p for p in state.pods.values() if p.labels.get("app") == "backend"), key=lambda p: p.name)
@@ -119,7 +123,7 @@ def main() -> int:
                 emu_times.append(one_change(cluster, pod.ip, pod.node, nodes, status))
                 base_times.append(baseline_push(cluster, nodes, round_number))
         emu_ms, base_ms = statistics.median(emu_times) * 1000, statistics.median(base_times) * 1000
-        print(f"{len(emu_times)} endpoint changes, 3 nodes; medians:")
+        print(f"{len(emu_times)} endpoint changes, {len(nodes)} nodes; medians:")
         print(f"  emu agents (readiness seen -> last node synced): {emu_ms:7.1f} ms (max {max(emu_times) * 1000:.1f})")
         print(f"  baseline (host pushes via docker exec):          {base_ms:7.1f} ms (max {max(base_times) * 1000:.1f})")
         print(f"  emu/baseline: {emu_ms / base_ms:.2f}x")

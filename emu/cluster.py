@@ -8,6 +8,7 @@ node), so any emu process sees the same pods and allocations.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -250,11 +251,16 @@ class Cluster:
 
         self.runtime.parallel(apply, plans)
 
-    def wait(self, state: ClusterState, only: set[str] | None = None, timeout: float = 30.0) -> list[str]:
+    def wait(self, state: ClusterState, only: set[str] | None = None, timeout: float | None = None) -> list[str]:
         """Wait until, on every node, the pods' declared TCP ports answer (only the
         pods in `only`, if given), the agent has programmed this state, and every
         pod counts as ready. Pods that stay unready are reported, not an error:
-        they may be meant to. Returns them."""
+        they may be meant to. Returns them. The default timeout grows with the
+        cluster (30 s, and 20 ms a pod: big labs share the machine's cores)."""
+        timeout = timeout or 30.0 + 0.02 * len(state.pods)
+        done: list[str] = []
+        done_lock = threading.Lock()
+        last_report = [time.monotonic()]
         ports: dict[str, list[str]] = {}
         for pod in state.pods.values():
             if only is not None and pod.key not in only:
@@ -284,12 +290,18 @@ class Cluster:
                     f"node {node.name}: its agent did not program generation {state.generation} within "
                     f"{timeout:.0f}s; see `emu exec --node {node.name} -- tail {cni.AGENT_LOG}`"
                 )
+            with done_lock:  # a line every 2 s at most while a big lab settles
+                done.append(node.name)
+                if len(state.nodes) > 3 and (time.monotonic() - last_report[0] > 2 or len(done) == len(state.nodes)):
+                    last_report[0] = time.monotonic()
+                    self.progress(f"{len(done)} of {len(state.nodes)} nodes programmed, their pods answering")
             return outcome
 
         outcomes = self.runtime.parallel(check, state.nodes)
         unready = sorted({pod for outcome in outcomes for pod in outcome["unready"] or []})
         if unready:
-            self.progress(f"not ready yet (see `emu status`): {', '.join(unready)}")
+            shown = ", ".join(unready[:10]) + (f" and {len(unready) - 10} more" if len(unready) > 10 else "")
+            self.progress(f"{len(unready)} pods not ready yet (see `emu status`): {shown}")
         return unready
 
     def endpoints(self, state: ClusterState | None = None) -> dict[str, dict[str, list[str]]]:

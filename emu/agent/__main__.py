@@ -11,6 +11,8 @@ hold up the others). An idle agent wakes about once a second.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import http.server
 import json
 import os
@@ -93,7 +95,12 @@ class Agent:
         except (OSError, ValueError) as error:
             log(f"cannot read {self.snapshot}: {error}")
             return
+        # The declared topology is the controller's (for scale and re-apply); the
+        # agent needs only its dns section. Dropping the rest, and giving the
+        # parse's freed memory back, keeps an agent's size that of its rules.
+        state.topology = {"dns": state.topology.get("dns", {})}
         view = NodeView(state, self.node)
+        release_memory()
         with self.kubelet_lock:
             self.kubelet.set_pods(view.local)
             self.view = view
@@ -152,7 +159,7 @@ class Agent:
                 continue
             force = False
             if not fired:
-                lost = self.proxy.check()
+                lost = self.proxy.check(nodes=len(view.state.nodes))
                 if not lost:
                     continue
                 log(f"service rules lost ({'; '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}): full resync")
@@ -197,9 +204,20 @@ class Agent:
             threading.Timer(RESYNC_AFTER_FAILURE, self.dirty.set).start()
             return
         self.synced_key = key
+        if chains > 100:
+            release_memory()  # a big render's temporaries
         took = (time.monotonic() - started) * 1000
         log(f"synced generation {state.generation}: {chains} chains written in {took:.1f} ms")
         write_status({"generation": state.generation, "syncedAt": time.time(), "tookMs": round(took, 2)})
+
+
+def release_memory() -> None:
+    """Collect, and hand freed heap back to the system (glibc keeps it otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def write_status(status: dict) -> None:
@@ -324,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         agent.hub_loop,
         lambda: agent.reporter.run(agent.hub_address, agent.local_readiness),
         lambda: agent.watcher.run(agent.hub_address, agent.on_hub),
-        server.serve_forever,
+        lambda: server.serve_forever(poll_interval=30),  # the poll is only for shutdown, which never comes
     ]
     for job in jobs:
         threading.Thread(target=job, daemon=True).start()

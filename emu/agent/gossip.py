@@ -21,8 +21,8 @@ from collections.abc import Callable
 
 from emu.records import ClusterState, NodeState
 
-HEARTBEAT = 5.0  # seconds between an agent's reports when nothing changes
-NODE_GRACE = 15.0  # a node silent this long is NotReady (Kubernetes: node-monitor-grace-period)
+HEARTBEAT = 10.0  # seconds between an agent's reports when nothing changes (the kubelet's nodeStatusUpdateFrequency)
+NODE_GRACE = 25.0  # a node silent this long is NotReady (Kubernetes: node-monitor-grace-period, 40 s)
 RETRY = 0.5
 
 Readiness = dict[str, bool]  # pod uid -> ready

@@ -70,14 +70,44 @@ def run_probe(pod: PodState, spec: dict) -> bool:
     return False
 
 
-def processes_alive(pod: PodState) -> bool:
-    for container in pod.containers:
+class ProcessWatch:
+    """Whether each pod's container processes run. Pids are read from their
+    files once and then only signalled (signal 0), so checking 40 pods every
+    second costs 40 system calls, not 120; a pid that is gone is looked up
+    again in its file (a container restarted under a new pid)."""
+
+    def __init__(self):
+        self.pids: dict[str, int] = {}  # pid file -> pid
+
+    def __call__(self, pod: PodState) -> bool:
+        for container in pod.containers:
+            path = f"{RUN_DIR}/{pod.netns}/{container['name']}.pid"
+            if not (self._signal(self.pids.get(path)) or self._signal(self._read(path))):
+                return False
+        return True
+
+    def _read(self, path: str) -> int | None:
         try:
-            with open(f"{RUN_DIR}/{pod.netns}/{container['name']}.pid") as handle:
-                os.kill(int(handle.read().strip()), 0)
+            with open(path) as handle:
+                self.pids[path] = int(handle.read().strip())
         except (OSError, ValueError):
+            self.pids.pop(path, None)
+        return self.pids.get(path)
+
+    @staticmethod
+    def _signal(pid: int | None) -> bool:
+        if pid is None:
             return False
-    return True
+        try:
+            os.kill(pid, 0)
+            return True
+        except OSError:
+            return False
+
+    def forget(self, pods: list[PodState]) -> None:
+        """Drop the pids of pods no longer here."""
+        keep = {f"{RUN_DIR}/{p.netns}/{c['name']}.pid" for p in pods for c in p.containers}
+        self.pids = {path: pid for path, pid in self.pids.items() if path in keep}
 
 
 class Kubelet:
@@ -89,12 +119,12 @@ class Kubelet:
         self,
         pool: Executor,
         probe: Callable[[PodState, dict], bool] = run_probe,
-        alive: Callable[[PodState], bool] = processes_alive,
+        alive: Callable[[PodState], bool] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.pool = pool
         self.probe = probe
-        self.alive_check = alive
+        self.alive_check = alive or ProcessWatch()
         self.clock = clock
         self.pods: list[PodState] = []
         self.probes: dict[tuple[str, str], ProbeState] = {}
@@ -105,6 +135,8 @@ class Kubelet:
     def set_pods(self, pods: list[PodState]) -> None:
         """This node's pods, from a new state: probes of pods gone are dropped."""
         self.pods = pods
+        if isinstance(self.alive_check, ProcessWatch):
+            self.alive_check.forget(pods)
         keys = {(p.uid, c["name"]) for p in pods for c in p.containers if c.get("readinessProbe")}
         for stale in set(self.probes) - keys:
             del self.probes[stale]
@@ -121,12 +153,9 @@ class Kubelet:
 
     def step(self) -> bool:
         now = self.clock()
-        by_uid = {pod.uid: pod for pod in self.pods}
-        jobs = [
-            (probe, self.pool.submit(self.probe, by_uid[uid], probe.spec))
-            for (uid, _), probe in self.probes.items()
-            if probe.due(now) and uid in by_uid
-        ]
+        due = [(uid, probe) for (uid, _), probe in self.probes.items() if probe.due(now)]
+        by_uid = {pod.uid: pod for pod in self.pods} if due else {}
+        jobs = [(probe, self.pool.submit(self.probe, by_uid[uid], probe.spec)) for uid, probe in due if uid in by_uid]
         for probe, future in jobs:
             probe.record(future.result(), self.clock())
         if now - self.alive_checked >= ALIVE_PERIOD or any(p.uid not in self.alive for p in self.pods):

@@ -6,8 +6,10 @@ kernel still holds what it wrote: every KUBE-* chain with its number of rules,
 and the jumps into them from the built-in chains. When something is missing
 (a flushed chain, a deleted rule, a table reset) or a restore failed, the next
 sync is a full one, as kube-proxy does when its canary chain disappears. The
-check reads the tables with one iptables-save, so its period grows with their
-size (`check_period`), which keeps an idle agent's cost bounded.
+check reads the tables with one iptables-save, so its period grows with its
+cost and with the number of nodes doing the same (`check_period`): all the
+agents of a cluster together spend at most CLUSTER_CHECK_SHARE of one core on
+it, and a small cluster checks every second.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from emu.records import ClusterState
 
 Runner = Callable[..., subprocess.CompletedProcess]
 MIN_CHECK_PERIOD = 1.0
-CHECK_COST_SHARE = 0.005  # at most 0.5% of a core spent checking
+MAX_CHECK_PERIOD = 300.0
+CLUSTER_CHECK_SHARE = 0.02  # of one core, for every agent's checks together
 
 
 def hook_jumps() -> set[tuple[str, str, str]]:
@@ -99,19 +102,21 @@ class ProxySync:
         self.previous = ruleset
         return sum(1 for line in text.splitlines() if line.startswith(":"))
 
-    def check(self) -> list[str]:
+    def check(self, nodes: int = 1) -> list[str]:
         """What the kernel lost of the rules last written (nothing: []). Repairs
         missing hooks at once; a caller then syncs in full (`self.previous` is
-        dropped so the next sync rewrites every chain)."""
+        dropped so the next sync rewrites every chain). `nodes`: how many agents
+        share the cluster's budget for checking."""
         if self.previous is None:
             return []
         started = time.monotonic()
         save = self.run(["iptables-save"], capture_output=True, text=True)
-        took = time.monotonic() - started
-        self.check_period = max(MIN_CHECK_PERIOD, took / CHECK_COST_SHARE)
         if save.returncode != 0:
             return [f"iptables-save failed: {save.stderr.strip()}"]
         lost = differences(self.previous, save.stdout)
+        took = time.monotonic() - started  # iptables-save and reading it: what a check costs
+        share = CLUSTER_CHECK_SHARE / max(1, nodes)
+        self.check_period = min(MAX_CHECK_PERIOD, max(MIN_CHECK_PERIOD, took / share))
         if lost:
             self.repairs += 1
             missing_hooks = hook_jumps() - kernel_view(save.stdout)[1]

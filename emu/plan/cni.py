@@ -275,7 +275,11 @@ def agent_files() -> dict[str, str]:
 def start_agent_line(node: NodeState) -> str:
     """The node agent (probes, readiness, service rules: emu.agent), kept running:
     if it dies it is started again a second later, as systemd restarts the kubelet."""
-    agent = shlex.join(["env", f"PYTHONPATH={AGENT_LIB}", "python3", "-m", "emu.agent", "--node", node.name])
+    # One malloc arena: the agent's threads would each get their own, and an
+    # idle agent's memory would be mostly the arenas' free space.
+    agent = shlex.join(
+        ["env", f"PYTHONPATH={AGENT_LIB}", "MALLOC_ARENA_MAX=1", "python3", "-m", "emu.agent", "--node", node.name]
+    )
     loop = f'while true; do {agent}; echo "emu agent exited ($?); starting it again"; sleep 1; done'
     return f"setsid sh -c {shlex.quote(loop)} >{AGENT_LOG} 2>&1 </dev/null &"
 

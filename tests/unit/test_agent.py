@@ -186,3 +186,26 @@ def test_load_balancer_owner_holds_the_address_and_others_route_on_several_hosts
     for node in ("cp", "w1"):
         LoadBalancers(node, log, run=lambda argv, **kw: calls[node].append(argv), announce=arp).update(single, endpoints)
     assert not any("route" in argv for argv in calls["cp"] + calls["w1"])  # one host: ARP does it
+
+
+def test_process_watch_reads_each_pid_file_once_and_again_when_the_process_is_gone(tmp_path, monkeypatch):
+    import os
+
+    from emu.agent import probes
+
+    monkeypatch.setattr(probes, "RUN_DIR", str(tmp_path))
+    watch = probes.ProcessWatch()
+    p = pod("a")
+    (tmp_path / "a").mkdir()
+    pid_file = tmp_path / "a" / "c.pid"
+    assert not watch(p)  # no pid file yet
+    pid_file.write_text(f"{os.getpid()}\n")
+    assert watch(p)
+    pid_file.write_text("not a pid")
+    assert watch(p)  # the known pid still runs: the file is not read again
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    watch.pids[str(pid_file)] = dead.pid
+    assert not watch(p)  # gone, and the file names nothing that runs
+    watch.forget([])
+    assert watch.pids == {}

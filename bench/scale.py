@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Big labs: how long until every pod is ready and every rule programmed, and
+what the agents cost once nothing changes.
+
+  50x40    50 nodes x 40 pods (nc -lk 8080) and 50 services without endpoints
+  1000svc  50 nodes, 1,000 deployments of 2 pods spread by the scheduler, a
+           ClusterIP service each (2,000 endpoints); enableServiceLinks: false
+  100x50   100 nodes x 50 pods (5,000 pods)
+
+For each: `emu up` until it returns (it returns only when every node's agent
+has programmed the state and counts every pod ready), pods per second, and
+beside it the baseline script (bench/baseline_up.sh: the same nodes and pods
+by hand, no services, no agents) in the same run; then, after --idle seconds
+with nothing changing, the agents' CPU (their own and their children's, from
+/proc) over a --window, and their memory (RSS).
+
+usage: python bench/scale.py [--only 50x40,1000svc,100x50] [--idle 60] [--window 30] [--no-baseline]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.up import time_baseline  # noqa: E402
+from emu.cluster import Cluster  # noqa: E402
+from emu.runtime.docker import DockerRuntime  # noqa: E402
+from emu.topology.load import load_text  # noqa: E402
+
+NC = "{name: nc, command: [nc, -lk, '8080'], ports: [{containerPort: 8080}]}"
+
+
+def nodes_yaml(count: int) -> list[str]:
+    return ["nodes:", "  - {name: n0, role: control-plane}", *(f"  - {{name: n{i}}}" for i in range(1, count))]
+
+
+def pinned_lab(nodes: int, per_node: int, empty_services: int = 0) -> str:
+    lines = ["name: emubench-scale", "networking: {podSubnet: 10.240.0.0/12}", *nodes_yaml(nodes), "deployments:"]
+    for i in range(nodes):
+        lines += [f"  - name: pods-n{i}", f"    replicas: {per_node}", "    template:", f"      node: n{i}",
+                  "      enableServiceLinks: false", f"      containers: [{NC}]"]  # fmt: skip
+    if empty_services:
+        lines.append("services:")
+        lines += [f"  - {{name: none{i}, selector: {{app: none{i}}}, ports: [{{port: 80}}]}}" for i in range(empty_services)]
+    return "\n".join(lines) + "\n"
+
+
+def services_lab(nodes: int, services: int) -> str:
+    lines = ["name: emubench-scale", "networking: {podSubnet: 10.240.0.0/12}", *nodes_yaml(nodes), "deployments:"]
+    for i in range(services):
+        lines += [f"  - name: d{i}", "    replicas: 2", "    template:", f"      labels: {{app: d{i}}}",
+                  "      enableServiceLinks: false", f"      containers: [{NC}]"]  # fmt: skip
+    lines.append("services:")
+    lines += [f"  - {{name: s{i}, selector: {{app: d{i}}}, ports: [{{port: 80, targetPort: 8080}}]}}" for i in range(services)]
+    return "\n".join(lines) + "\n"
+
+
+LABS = {
+    # name: (topology text, nodes, pods per node for the baseline, pods in total)
+    "50x40": (lambda: pinned_lab(50, 40, empty_services=50), 50, 40, 2000),
+    "1000svc": (lambda: services_lab(50, 1000), 50, 40, 2000),
+    "100x50": (lambda: pinned_lab(100, 50), 100, 50, 5000),
+}
+
+
+def agent_pids() -> list[int]:
+    found = subprocess.run(["pgrep", "-f", "python3 -m emu.agent --node"], capture_output=True, text=True).stdout
+    pids = []
+    for pid in found.split():
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(b"python3"):  # not the shell loop that restarts it
+            pids.append(int(pid))
+    return pids
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def idle_cost(window: float) -> tuple[int, float, float, float]:
+    """(agents, % of one core for all, max RSS MB, total RSS MB)."""
+    pids = agent_pids()
+    before = {pid: cpu_seconds(pid) for pid in pids}
+    time.sleep(window)
+    alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    used = sum(cpu_seconds(pid) - before[pid] for pid in alive)
+    sizes = [rss_mb(pid) for pid in alive]
+    return len(alive), 100 * used / window, max(sizes), sum(sizes)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="50x40,1000svc,100x50")
+    parser.add_argument("--idle", type=float, default=60)
+    parser.add_argument("--window", type=float, default=30)
+    parser.add_argument("--no-baseline", action="store_true")
+    options = parser.parse_args()
+    runtime = DockerRuntime()
+    image = runtime.node_image(print)
+    print(f"{'lab':8} {'pods':>5} {'baseline s':>10} {'emu s':>7} {'pods/s':>7} {'ratio':>6}  idle: agents, CPU, RSS max/total")
+    for name in options.only.split(","):
+        make, nodes, per_node, pods = LABS[name]
+        baseline = None if options.no_baseline else time_baseline(runtime, f"emubench-base-{name}", nodes, per_node, image, "nc")
+        cluster = Cluster(f"emubench-{name}", runtime=runtime, progress=lambda message: None)
+        cluster.down()
+        started = time.perf_counter()
+        try:
+            cluster.up(load_text(make()).model_copy(update={"name": cluster.name}))
+            took = time.perf_counter() - started
+            time.sleep(options.idle)
+            agents, cpu, rss_max, rss_total = idle_cost(options.window)
+        finally:
+            cluster.down()
+        ratio = f"{took / baseline:5.2f}x" if baseline else "    -"
+        base = f"{baseline:10.1f}" if baseline else f"{'-':>10}"
+        print(f"{name:8} {pods:>5} {base} {took:7.1f} {pods / took:7.0f} {ratio}  {agents} agents, "
+              f"{cpu:.2f}% of a core, {rss_max:.0f}/{rss_total:.0f} MB")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
