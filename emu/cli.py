@@ -70,16 +70,40 @@ def cmd_up(args) -> int:
     topology = _load(args.file, args.hosts)
     reporter = Reporter(args.quiet)
     cluster = _cluster(args, reporter, topology)
+    if args.check:
+        return _check(cluster, topology)
     if args.name and args.name != topology.name:
         topology = topology.model_copy(update={"name": args.name})
     change = cluster.up(topology, wait=not args.no_wait)
     if change.created:
         print(f"cluster '{cluster.name}' is up: {len(change.added)} pods. Try `emu status`.")
+    elif change.repaired:
+        print(f"cluster '{cluster.name}' repaired: " + "; ".join(change.repaired))
     elif change.changed:
         print(f"cluster '{cluster.name}' converged: {len(change.added)} pods added, {len(change.removed)} removed")
     else:
         print(f"cluster '{cluster.name}' is already up to date; nothing changed")
     return 0
+
+
+def _check(cluster, topology) -> int:
+    """`emu up --check`: what up would change or repair, changing nothing. Exit 1 if anything."""
+    from emu.cluster import pod_changes
+    from emu.state import plan_cluster
+
+    if not cluster.exists:
+        print(f"cluster '{cluster.name}' is not running; `emu up` would create it")
+        return 1
+    state = cluster.state()
+    desired = plan_cluster(topology.model_copy(update={"name": cluster.name}), state.network, state.network_subnet, state)
+    added, removed = pod_changes(state, desired)
+    lines = [f"pod {p.key} would be started" for p in added] + [f"pod {p.key} would be removed" for p in removed]
+    lines += [line for found in cluster.check(state) for line in found.describe()]
+    for line in lines:
+        print(line)
+    if not lines:
+        print(f"cluster '{cluster.name}' matches the topology, and its nodes hold what its state says")
+    return 1 if lines else 0
 
 
 def cmd_apply(args) -> int:
@@ -89,7 +113,9 @@ def cmd_apply(args) -> int:
     if args.name:
         topology = topology.model_copy(update={"name": args.name})
     change = cluster.apply(topology)
-    if change.changed:
+    if change.repaired:
+        print(f"cluster '{cluster.name}' repaired: " + "; ".join(change.repaired))
+    elif change.changed:
         print(f"cluster '{cluster.name}': {len(change.added)} pods added, {len(change.removed)} removed")
         _print_change(cluster, change)
     else:
@@ -113,6 +139,19 @@ def cmd_down(args) -> int:
         else:
             print(f"no emu cluster named '{name}'; nothing to remove")
     return 0
+
+
+def cmd_unlock(args) -> int:
+    cluster = _cluster(args) if not args.cluster else _named(args.cluster)
+    cluster.unlock()
+    print(f"cluster '{cluster.name}' unlocked")
+    return 0
+
+
+def _named(name: str):
+    from emu.cluster import Cluster
+
+    return Cluster(name)
 
 
 def cmd_status(args) -> int:
@@ -459,6 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("file", nargs="?", default=DEFAULT_TOPOLOGY, help=f"topology YAML (default {DEFAULT_TOPOLOGY})")
     up.add_argument("--no-wait", action="store_true", help="do not wait for pods' ports to answer")
     up.add_argument("--hosts", metavar="FILE", help="spread the nodes over the Docker hosts of this inventory")
+    up.add_argument("--check", action="store_true", help="only report what up would change or repair (exit 1 if anything)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
     apply = command("apply", cmd_apply, "converge a running cluster to a topology file")
@@ -469,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
     down = command("down", cmd_down, "remove a cluster: every container, network and namespace it made")
     down.add_argument("cluster", nargs="?", help="cluster name")
     down.add_argument("--all", action="store_true", help="remove every emu cluster")
+
+    unlock = command("unlock", cmd_unlock, "release a cluster's lock left by an emu command that died")
+    unlock.add_argument("cluster", nargs="?", help="cluster name")
 
     status = command("status", cmd_status, "nodes with pod CIDRs, pods with IPs and nodes")
     status.add_argument("--json", action="store_true", help="machine-readable output")

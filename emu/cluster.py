@@ -7,23 +7,31 @@ node), so any emu process sees the same pods and allocations.
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import json
+import os
+import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu.agent import AGENT_URL, STATE_FILE
 from emu.errors import EmuError
 from emu.plan import NodePlan, cni
 from emu.runtime.provider import ExecResult, NodeSpec, Provider
+from emu import reconcile
+from emu.reconcile import Drift
 from emu.records import MAX_STATE_BYTES
 from emu.state import ClusterState, PodState, plan_cluster
 from emu.topology.load import load_file
 from emu.topology.model import Topology
 
 Progress = Callable[[str], None]
+LOCK_DIR = "/etc/emu/lock"
 
 
 def _quiet(message: str) -> None:
@@ -37,10 +45,11 @@ class Change:
     created: bool
     added: list[str]
     removed: list[str]
+    repaired: list[str] = field(default_factory=list)  # what had drifted from the state, and was mended
 
     @property
     def changed(self) -> bool:
-        return self.created or bool(self.added or self.removed)
+        return self.created or bool(self.added or self.removed or self.repaired)
 
 
 def pod_changes(previous: ClusterState | None, desired: ClusterState) -> tuple[list[PodState], list[PodState]]:
@@ -164,15 +173,15 @@ class Cluster:
         """Converge a running cluster to the topology: pods added and removed, the others untouched."""
         if not isinstance(topology, Topology):
             topology = load_file(topology)
-        previous = self.state()
-        desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
-        return self._converge(previous, desired, wait)
+        with self.lock():
+            previous = self.state()
+            desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
+            return self._converge(previous, desired, wait)
 
     def _converge(self, previous: ClusterState, desired: ClusterState, wait: bool = True) -> Change:
         added, removed = pod_changes(previous, desired)
         if not added and not removed and desired.topology == previous.topology:
-            self.progress(f"cluster '{self.name}' is up to date")
-            return Change(False, [], [])
+            return self.repair(previous, wait)
         self.progress(f"adding {len(added)} pods, removing {len(removed)}")
         self._apply_plans(node_plans(previous, desired), desired, previous)
         if wait:
@@ -181,36 +190,38 @@ class Cluster:
 
     def scale(self, deployment: str, replicas: int, wait: bool = True) -> Change:
         """Set a deployment's replicas (`NAME` or `NAMESPACE/NAME`)."""
-        previous = self.state()
-        topology = Topology.model_validate(previous.topology)
-        namespace, _, name = deployment.rpartition("/")
-        namespace = namespace or "default"
-        found = [d for d in topology.deployments if (d.namespace, d.name) == (namespace, name)]
-        if not found:
-            known = ", ".join(f"{d.namespace}/{d.name}" for d in topology.deployments) or "none"
-            raise EmuError(f"no deployment '{namespace}/{name}' in cluster '{self.name}' (deployments: {known})")
-        if replicas < 0:
-            raise EmuError("replicas must be 0 or more")
-        deployments = [
-            d.model_copy(update={"replicas": replicas}) if d is found[0] else d for d in topology.deployments
-        ]
-        scaled = _revalidate(topology.model_copy(update={"deployments": deployments}))
-        desired = plan_cluster(scaled, previous.network, previous.network_subnet, previous)
-        return self._converge(previous, desired, wait)
+        with self.lock():
+            previous = self.state()
+            topology = Topology.model_validate(previous.topology)
+            namespace, _, name = deployment.rpartition("/")
+            namespace = namespace or "default"
+            found = [d for d in topology.deployments if (d.namespace, d.name) == (namespace, name)]
+            if not found:
+                known = ", ".join(f"{d.namespace}/{d.name}" for d in topology.deployments) or "none"
+                raise EmuError(f"no deployment '{namespace}/{name}' in cluster '{self.name}' (deployments: {known})")
+            if replicas < 0:
+                raise EmuError("replicas must be 0 or more")
+            deployments = [
+                d.model_copy(update={"replicas": replicas}) if d is found[0] else d for d in topology.deployments
+            ]
+            scaled = _revalidate(topology.model_copy(update={"deployments": deployments}))
+            desired = plan_cluster(scaled, previous.network, previous.network_subnet, previous)
+            return self._converge(previous, desired, wait)
 
     def delete_pod(self, reference: str, wait: bool = True) -> Change:
         """Delete a pod. A deployment's pod comes back at once with a new IP, as
         its ReplicaSet would recreate it; a bare pod is gone."""
-        previous = self.state()
-        pod = find_pod(previous, reference)
-        topology = Topology.model_validate(previous.topology)
-        if pod.owner is None:
-            pods = [p for p in topology.pods if (p.namespace, p.name) != (pod.namespace, pod.name)]
-            topology = _revalidate(topology.model_copy(update={"pods": pods}))
-        forgotten = ClusterState.from_json(previous.to_json())
-        del forgotten.pods[pod.key]  # planned afresh: a new IP from host-local IPAM
-        desired = plan_cluster(topology, previous.network, previous.network_subnet, forgotten)
-        return self._converge(previous, desired, wait)
+        with self.lock():
+            previous = self.state()
+            pod = find_pod(previous, reference)
+            topology = Topology.model_validate(previous.topology)
+            if pod.owner is None:
+                pods = [p for p in topology.pods if (p.namespace, p.name) != (pod.namespace, pod.name)]
+                topology = _revalidate(topology.model_copy(update={"pods": pods}))
+            forgotten = ClusterState.from_json(previous.to_json())
+            del forgotten.pods[pod.key]  # planned afresh: a new IP from host-local IPAM
+            desired = plan_cluster(topology, previous.network, previous.network_subnet, forgotten)
+            return self._converge(previous, desired, wait)
 
     def down(self) -> tuple[int, int]:
         """Remove every container and network of the cluster. Returns (containers, networks)."""
@@ -226,7 +237,84 @@ class Cluster:
         desired = plan_cluster(topology, f"emu-{self.name}", "172.28.0.0/24", mtu=self.runtime.mtu)
         return desired, node_plans(None, desired)
 
+    # ---- one change at a time ----------------------------------------------
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the cluster's lock (a directory on its first node, made atomically)
+        while changing it, so two `emu` commands cannot interleave their changes."""
+        nodes = [c.name for c in self.runtime.cluster_containers(self.name) if c.is_node]
+        if not nodes:
+            raise EmuError(f"no emu cluster named '{self.name}' is running; start one with `emu up FILE`")
+        holder = (
+            f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()}, since "
+            f"{time.strftime('%H:%M:%S')}: emu {' '.join(sys.argv[1:]) or '(library)'})"
+        )
+        take = f'mkdir {LOCK_DIR} 2>/dev/null && printf %s "$1" >{LOCK_DIR}/holder'
+        if not self.runtime.exec(nodes[0], ["sh", "-c", take, "sh", holder]).ok:
+            held = self.runtime.read_file(nodes[0], f"{LOCK_DIR}/holder", limit=4096) or "another emu command"
+            raise EmuError(
+                f"cluster '{self.name}' is being changed by {held.strip()}; wait for it to finish, or if that "
+                f"command is gone, run `emu unlock {self.name}`"
+            )
+        try:
+            yield
+        finally:
+            self.unlock(nodes[0])
+
+    def unlock(self, container: str | None = None) -> None:
+        """Release the cluster's lock (held by this process, or left by one that died)."""
+        if container is None:
+            nodes = [c.name for c in self.runtime.cluster_containers(self.name) if c.is_node]
+            if not nodes:
+                return
+            container = nodes[0]
+        self.runtime.exec(container, ["rm", "-rf", LOCK_DIR])
+
+    # ---- reconciling with what is running ----------------------------------
+    def check(self, state: ClusterState | None = None) -> list[Drift]:
+        """What the nodes hold that differs from the state (one exec a node)."""
+        state = state or self.state()
+
+        def observe(node) -> Drift:
+            output = self.runtime.exec(node.container, ["sh", "-c", reconcile.OBSERVE]).output
+            return reconcile.drift(state, node, reconcile.Observed.parse(output))
+
+        return [found for found in self.runtime.parallel(observe, state.nodes) if not found.empty]
+
+    def repair(self, state: ClusterState | None = None, wait: bool = True) -> Change:
+        """Mend what drifted: broken pods replaced in place, a node that lost its
+        network rebuilt, a stopped agent started. 'Up to date' only when nothing had."""
+        state = state or self.state()
+        drifts = self.check(state)
+        if not drifts:
+            self.progress(f"cluster '{self.name}' is up to date")
+            return Change(False, [], [])
+        lines = [line for found in drifts for line in found.describe()]
+        for line in lines:
+            self.progress(f"repairing: {line}")
+
+        def mend(found: Drift) -> None:
+            node = state.node(found.node)
+            self._run_plan(reconcile.repair_plan(state, node, found), {})
+
+        self.runtime.parallel(mend, drifts)
+        if wait:
+            self.wait(state, only={key for found in drifts for key in found.pods})
+        return Change(False, [], [], repaired=lines)
+
     # ---- internals -------------------------------------------------------
+    def _run_plan(self, plan: NodePlan, extra: dict[str, str], tail: tuple[str, ...] = ()) -> None:
+        """One put_archive (the plan's files, `extra` and its script) and one exec."""
+        files = {**plan.files, **extra}
+        files[f"{cni.PLAN_DIR}/run.sh"] = "\n".join([plan.script.rstrip("\n"), *tail, ""])
+        self.runtime.put_files(plan.container, files)
+        result = self.runtime.exec(plan.container, ["sh", f"{cni.PLAN_DIR}/run.sh"])
+        if not result.ok:
+            raise EmuError(
+                f"node {plan.node}: the plan failed (exit {result.exit_code}):\n{result.output.strip()}\n"
+                f"see it with `emu plan`; the script is {cni.PLAN_DIR}/run.sh in container {plan.container}"
+            )
+
     def _apply_plans(self, plans: list[NodePlan], state: ClusterState, previous: ClusterState | None) -> None:
         """Run every node's plan and give every node the new state, one
         put_archive and one exec per node, nodes in parallel. The state goes in
@@ -236,18 +324,9 @@ class Cluster:
         state_text = state.to_json()
 
         def apply(plan: NodePlan) -> None:
-            # What the node runs to rebuild itself if its container starts again.
-            files = {**plan.files, **cni.boot_files(state, state.node(plan.node)), STATE_FILE + ".new": state_text}
-            files[f"{cni.PLAN_DIR}/run.sh"] = "\n".join(
-                [plan.script.rstrip("\n"), f"mv {STATE_FILE}.new {STATE_FILE}", cni.NOTIFY_AGENT, ""]
-            )
-            self.runtime.put_files(plan.container, files)
-            result = self.runtime.exec(plan.container, ["sh", f"{cni.PLAN_DIR}/run.sh"])
-            if not result.ok:
-                raise EmuError(
-                    f"node {plan.node}: the plan failed (exit {result.exit_code}):\n{result.output.strip()}\n"
-                    f"see it with `emu plan`; the script is {cni.PLAN_DIR}/run.sh in container {plan.container}"
-                )
+            # With it, what the node runs to rebuild itself if its container starts again.
+            extra = {**cni.boot_files(state, state.node(plan.node)), STATE_FILE + ".new": state_text}
+            self._run_plan(plan, extra, (f"mv {STATE_FILE}.new {STATE_FILE}", cni.NOTIFY_AGENT))
 
         self.runtime.parallel(apply, plans)
 

@@ -24,7 +24,7 @@ from emu.records import ClusterState
 Runner = Callable[..., subprocess.CompletedProcess]
 MIN_CHECK_PERIOD = 1.0
 MAX_CHECK_PERIOD = 300.0
-CLUSTER_CHECK_SHARE = 0.02  # of one core, for every agent's checks together
+CLUSTER_CHECK_SHARE = 0.01  # of one core, for every agent's checks together
 
 
 def hook_jumps() -> set[tuple[str, str, str]]:

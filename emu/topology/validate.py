@@ -63,23 +63,22 @@ def _check_subnets(topology: Topology) -> Iterator[Finding]:
         )
 
 
-def _check_nodes(topology: Topology) -> Iterator[Finding]:
+def _unique_names(items, key: str, what: str) -> Iterator[Finding]:
+    """A finding for each item whose name an earlier one already has."""
     seen: dict[str, int] = {}
-    for index, node in enumerate(topology.nodes):
-        if node.name in seen:
+    for index, item in enumerate(items):
+        if item.name in seen:
             yield (
-                ("nodes", index, "name"),
-                f"node name '{node.name}' is used twice (also nodes[{seen[node.name]}]); node names must be unique",
+                (key, index, "name"),
+                f"{what} name '{item.name}' is used twice (also {key}[{seen[item.name]}]); {what} names must be unique",
             )
-        seen.setdefault(node.name, index)
-    hosts: dict[str, int] = {}
-    for index, host in enumerate(topology.hosts):
-        if host.name in hosts:
-            yield (
-                ("hosts", index, "name"),
-                f"host name '{host.name}' is used twice (also hosts[{hosts[host.name]}]); host names must be unique",
-            )
-        hosts.setdefault(host.name, index)
+        seen.setdefault(item.name, index)
+
+
+def _check_nodes(topology: Topology) -> Iterator[Finding]:
+    yield from _unique_names(topology.nodes, "nodes", "node")
+    yield from _unique_names(topology.hosts, "hosts", "host")
+    hosts = [host.name for host in topology.hosts]
     for index, node in enumerate(topology.nodes):
         # Without hosts: the inventory may come with `emu up --hosts FILE`; place_nodes checks then.
         if hosts and node.host is not None and node.host not in hosts:

@@ -78,6 +78,41 @@ def test_pods_cannot_reach_any_node_agent(faults):
     assert refused.output == "403"
 
 
+def test_up_repairs_a_deleted_veth_and_a_killed_process(faults):
+    from emu.topology.load import load_text
+
+    near, far = faults.pod("near"), faults.pod("far")
+    assert faults.node_exec("w1", ["ip", "link", "del", near.host_veth]).ok
+    pid = faults.node_exec("w2", ["cat", f"/run/emu/pods/{far.netns}/netexec.pid"]).output.strip()
+    assert faults.node_exec("w2", ["kill", "-9", pid]).ok
+    drifted = sorted(line for found in faults.check() for line in found.describe())
+    assert drifted == [
+        f"node w1: pod default/near: its veth {near.host_veth} is gone from cni0",
+        "node w2: pod default/far: container netexec is not running",
+    ]
+    change = faults.up(load_text(LAB).model_copy(update={"name": faults.name}))
+    assert sorted(change.repaired) == drifted
+    assert faults.check() == []
+    assert faults.pod("near").ip == near.ip  # replaced in place, as a pod sandbox is
+    wait_for(lambda: hostnames(faults) == {"far", "near"}, 20, "the repaired pods did not serve again")
+    again = faults.up(load_text(LAB).model_copy(update={"name": faults.name}))
+    assert not again.changed
+
+
+def test_one_command_changes_a_cluster_at_a_time(faults):
+    from emu.cluster import Cluster
+    from emu.errors import EmuError
+
+    other = Cluster(faults.name, runtime=faults.runtime)
+    with faults.lock():
+        with pytest.raises(EmuError) as caught:
+            other.delete_pod("near")
+    assert f"cluster '{faults.name}' is being changed by" in str(caught.value) and "emu unlock" in str(caught.value)
+    assert faults.pod("near").ip  # untouched
+    with other.lock():  # released: the next command goes ahead
+        pass
+
+
 def test_killed_agent_is_started_again(faults):
     old = faults.node_exec("w2", ["cat", "/run/emu/agent/agent.pid"]).output.strip()
     assert faults.node_exec("w2", ["kill", "-9", old]).ok
