@@ -104,8 +104,10 @@ class Agent:
         with self.kubelet_lock:
             self.kubelet.set_pods(view.local)
             self.view = view
+            self.kubelet.step()  # this node's pods' readiness is known before the first sync with them
         self.snapshot_mtime = mtime
         log(f"state generation {state.generation}: {len(state.pods)} pods, {len(state.services)} services")
+        self.reporter.changed.set()
         self.kubelet_wake.set()
         self.dirty.set()
 
@@ -151,6 +153,8 @@ class Agent:
 
     # ---- sync: kube-proxy's part, LoadBalancers, DNS ----------------------------
     def sync_loop(self) -> None:
+        """A sync at once after a change; changes that arrive during a sync are
+        gathered into the next one (a slow sync is never chased change by change)."""
         while True:
             fired = self.dirty.wait(self.proxy.check_period)
             self.dirty.clear()
