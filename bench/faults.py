@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""Time to recover from faults on the default lab, median of --rounds each.
+
+  flushed chain   `iptables -t nat -F KUBE-SERVICES` on a worker, until a pod
+                  there reaches the echo service again
+  killed agent    kill -9 of a worker's agent, until a new one answers
+  restarted node  `docker restart` of a worker, until a pod on it answers again
+  stopped node    `docker stop` of a worker, until its pods leave the service's
+                  endpoints (then it is started again, untimed)
+
+Beside them, what a real cluster does by default: kube-proxy's iptables
+resync period (30 s, when it would rewrite a flushed chain), the node
+monitor grace period (40 s) and pod eviction after it. Polls every 50 ms.
+
+usage: python bench/faults.py [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from emu.cluster import Cluster  # noqa: E402
+from emu.runtime.docker import DockerRuntime  # noqa: E402
+from emu.topology.load import load_file  # noqa: E402
+
+
+def until(check, timeout: float = 120) -> float:
+    started = time.perf_counter()
+    while not check():
+        if time.perf_counter() - started > timeout:
+            raise RuntimeError("no recovery within the timeout")
+        time.sleep(0.05)
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=5)
+    options = parser.parse_args()
+    runtime = DockerRuntime()
+    cluster = Cluster("emubench-faults", runtime=runtime)
+    cluster.down()
+    cluster.up(load_file(ROOT / "topologies" / "default.yaml").model_copy(update={"name": cluster.name}))
+    try:
+        state = cluster.state()
+        echo = state.services["default/echo"].cluster_ip
+        worker = state.node("worker")
+        client_ip = cluster.pod("client").ip
+
+        def client_reaches_echo() -> bool:
+            return cluster.exec("client", ["curl", "-s", "--max-time", "0.5", f"http://{echo}/hostname"]).ok
+
+        def agent_answers(old: str) -> bool:
+            pid = cluster.node_exec("worker", ["cat", "/run/emu/agent/agent.pid"]).output.strip()
+            healthy = cluster.node_exec("worker", ["curl", "-sf", "--max-time", "0.5", "http://127.0.0.1:10250/healthz"])
+            return pid != old and healthy.ok
+
+        def client_answers() -> bool:
+            # The client pod (on worker) pings its own node's bridge: its namespace and veth are back.
+            return cluster.exec("client", ["ping", "-c", "1", "-W", "1", worker.gateway]).ok
+
+        results: dict[str, list[float]] = {"flushed chain": [], "killed agent": [], "restarted node": [], "stopped node": []}
+        for _ in range(options.rounds):
+            cluster.node_exec("worker", ["iptables", "-t", "nat", "-F", "KUBE-SERVICES"])
+            results["flushed chain"].append(until(client_reaches_echo))
+            old = cluster.node_exec("worker", ["cat", "/run/emu/agent/agent.pid"]).output.strip()
+            cluster.node_exec("worker", ["kill", "-9", old])
+            results["killed agent"].append(until(lambda: agent_answers(old)))
+            runtime.api.restart(worker.container, timeout=1)
+            results["restarted node"].append(until(client_answers))
+            until(lambda: client_ip and client_reaches_echo())
+        worker2 = state.node("worker2")
+        on_worker2 = {f"{p.ip}:8080" for p in state.pods.values() if p.node == "worker2" and p.labels.get("app") == "echo"}
+        for _ in range(max(1, options.rounds // 2)):
+            runtime.api.stop(worker2.container, timeout=1)
+            results["stopped node"].append(
+                until(lambda: not on_worker2 & set(cluster.endpoints(state)["default/echo"]["http"]))
+            )
+            runtime.api.start(worker2.container)
+            until(lambda: on_worker2 <= set(cluster.endpoints(state)["default/echo"]["http"]))
+        reference = {
+            "flushed chain": "kube-proxy rewrites at its next resync: up to 30 s",
+            "killed agent": "systemd restarts a kubelet after RestartSec (10 s in kubeadm's unit)",
+            "restarted node": "kubelet recreates pod sandboxes after it starts: tens of seconds",
+            "stopped node": "node-monitor-grace-period 40 s, then endpoints removed",
+        }
+        print(f"{'fault':16} {'median':>8} {'max':>8}  a real cluster, by default")
+        for fault, times in results.items():
+            print(f"{fault:16} {statistics.median(times):7.2f}s {max(times):7.2f}s  {reference[fault]}")
+    finally:
+        cluster.down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
