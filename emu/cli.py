@@ -424,10 +424,11 @@ def cmd_external(args) -> int:
 def cmd_dns(args) -> int:
     from emu.cluster import find_pod, pod_exec_argv
     from emu.plan import cni
+    from emu.records import KUBE_DNS_INDEX
 
     cluster = _cluster(args)
     state = cluster.state()
-    server = cni.service_ip(state, 10)
+    server = cni.service_ip(state, KUBE_DNS_INDEX)
     zone = state.networking["dnsDomain"]
     qtype = args.type.upper()
     if args.pod:

@@ -14,6 +14,16 @@ from dataclasses import asdict, dataclass, field
 from emu.errors import EmuError
 
 STATE_VERSION = 2
+# Fixed addresses of the service subnet, as kubeadm sets them: the API
+# server's service (kubernetes) at the first, the cluster DNS (kube-dns) at the tenth.
+KUBERNETES_INDEX = 1
+KUBE_DNS_INDEX = 10
+
+
+def well_known_ip(service_subnet: str, index: int) -> str:
+    """The index-th address of the service subnet (KUBERNETES_INDEX, KUBE_DNS_INDEX)."""
+    return str(ipaddress.IPv4Network(service_subnet).network_address + index)
+
 # The state file is read back from the nodes, so it is read with a limit. Measured:
 # 5,000 pods and 1,000 services with enableServiceLinks: false, 6 MiB; with service
 # links over 10 namespaces, 157 MiB (each pod carries its namespace's services'

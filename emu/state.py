@@ -14,45 +14,20 @@ import json
 from dataclasses import asdict
 
 from emu.errors import EmuError
-from emu.records import ClusterState, NodeState, PodState, ServicePortState, ServiceState
+from emu.records import (
+    KUBE_DNS_INDEX,
+    KUBERNETES_INDEX,
+    ClusterState,
+    NodeState,
+    PodState,
+    ServicePortState,
+    ServiceState,
+    well_known_ip,
+)
 from emu.services import pod_service_env
 from emu.topology.model import Deployment, PodTemplate, Service, Topology
+from emu.topology.names import deployment_pod_names, template_hash
 from emu.topology.validate import NODE_CIDR_PREFIX
-
-# The alphabet Kubernetes uses for generated name suffixes (no vowels, no 0/1/3).
-_K8S_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
-
-
-def _digest(*parts: str) -> bytes:
-    return hashlib.sha256("\x00".join(parts).encode()).digest()
-
-
-def _k8s_suffix(data: bytes, length: int) -> str:
-    number = int.from_bytes(data, "big")
-    chars = []
-    for _ in range(length):
-        number, rest = divmod(number, len(_K8S_ALPHABET))
-        chars.append(_K8S_ALPHABET[rest])
-    return "".join(chars)
-
-
-def template_hash(template: PodTemplate) -> str:
-    """A stable hash of a pod template, like the pod-template-hash label."""
-    text = json.dumps(template.model_dump(mode="json", by_alias=True), sort_keys=True)
-    return _k8s_suffix(_digest(text), 10)
-
-
-def deployment_pod_names(deployment: Deployment) -> list[str]:
-    """Pod names of a deployment: <name>-<template hash>-<5 characters>.
-
-    Replica i keeps its name when replicas change, so scaling adds or removes
-    pods at the end and leaves the others alone.
-    """
-    pod_hash = template_hash(deployment.template)
-    return [
-        f"{deployment.name}-{pod_hash}-{_k8s_suffix(_digest(deployment.name, pod_hash, str(i)), 5)}"
-        for i in range(deployment.replicas)
-    ]
 
 
 def container_name(cluster: str, node: str) -> str:
@@ -107,7 +82,6 @@ def with_system_objects(topology: Topology) -> Topology:
     if not topology.dns.enabled:
         return topology
     planes = [n.name for n in topology.nodes if n.role == "control-plane"] or [topology.nodes[0].name]
-    subnet = ipaddress.IPv4Network(topology.networking.service_subnet)
     coredns = Deployment.model_validate(
         {
             "name": "coredns",
@@ -137,7 +111,7 @@ def with_system_objects(topology: Topology) -> Topology:
             "name": "kube-dns",
             "namespace": "kube-system",
             "selector": {"k8s-app": "kube-dns"},
-            "clusterIP": str(subnet.network_address + 10),
+            "clusterIP": well_known_ip(topology.networking.service_subnet, KUBE_DNS_INDEX),
             "ports": [
                 {"name": "dns", "port": 53, "targetPort": 53, "protocol": "UDP"},
                 {"name": "dns-tcp", "port": 53, "targetPort": 53, "protocol": "TCP"},
@@ -306,7 +280,7 @@ def _kubernetes_service(subnet: ipaddress.IPv4Network) -> ServiceState:
         namespace="default",
         name="kubernetes",
         type="ClusterIP",
-        cluster_ip=str(subnet.network_address + 1),
+        cluster_ip=str(subnet.network_address + KUBERNETES_INDEX),
         ports=[ServicePortState(name="https", port=443, protocol="TCP", target_port=6443)],
     )
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
-import ipaddress
 import json
 import os
 import re
@@ -670,7 +669,7 @@ def _down(progress) -> None:
         for entry in RUN_DIR.iterdir():
             if m := re.fullmatch(r"h(\d+)", entry.name):
                 hosts.setdefault(int(m.group(1)), LabHost(int(m.group(1))))
-    for pid in _processes_mentioning(f"--data-root", "dockerd"):
+    for pid in _processes_mentioning("--data-root", "dockerd"):
         args = _cmdline(pid)
         for arg in args:
             if m := re.fullmatch(rf"{re.escape(str(LAB_DIR))}/h(\d+)", arg):

@@ -17,6 +17,7 @@ from emu.agent import AGENT_PORT, PID_FILE
 from emu.plan import NodePlan
 from emu.proxy import iptables
 from emu.proxy.iptables import comment
+from emu.records import KUBE_DNS_INDEX, well_known_ip
 from emu.state import ClusterState, NodeState, PodState
 
 PLAN_DIR = "/etc/emu/plan"
@@ -66,8 +67,8 @@ def prefix_length(cidr: str) -> int:
 
 
 def service_ip(state: ClusterState, index: int) -> str:
-    """The index-th address of the service subnet (1: kubernetes, 10: kube-dns)."""
-    return str(ipaddress.IPv4Network(state.networking["serviceSubnet"]).network_address + index)
+    """The index-th address of the cluster's service subnet (records.KUBERNETES_INDEX, KUBE_DNS_INDEX)."""
+    return well_known_ip(state.networking["serviceSubnet"], index)
 
 
 def node_setup_batch(state: ClusterState, node: NodeState) -> str:
@@ -178,7 +179,7 @@ def resolv_conf(state: ClusterState, pod: PodState) -> str | None:
     domain = state.networking["dnsDomain"]
     config = pod.dns_config or {}
     if pod.dns_policy == "ClusterFirst":
-        nameservers = [service_ip(state, 10)]
+        nameservers = [service_ip(state, KUBE_DNS_INDEX)]
         searches = [f"{pod.namespace}.svc.{domain}", f"svc.{domain}", domain]
         options = {"ndots": "5"}
     elif pod.dns_policy == "None":

@@ -9,7 +9,9 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterator
 
+from emu.records import KUBE_DNS_INDEX, KUBERNETES_INDEX, well_known_ip
 from emu.topology.model import PodTemplate, Topology
+from emu.topology.names import deployment_pod_names
 
 NODE_CIDR_PREFIX = 24  # one /24 of podSubnet per node, as kubeadm's default --node-cidr-mask-size
 # A /24 holds 256 addresses: network, gateway (the bridge) and broadcast are not pods'.
@@ -135,8 +137,6 @@ def _check_template(template: PodTemplate, path: tuple, node_names: set[str], wh
 
 
 def _check_workloads(topology: Topology) -> Iterator[Finding]:
-    from emu.state import deployment_pod_names
-
     node_names = {n.name for n in topology.nodes}
     pod_names: dict[tuple[str, str], str] = {}
 
@@ -239,9 +239,10 @@ def _check_services(topology: Topology) -> Iterator[Finding]:
     if subnet.prefixlen > 28:
         return  # _check_subnets says it is too small; kubernetes' and kube-dns' addresses may not exist
     seen: set[tuple[str, str]] = set()
-    cluster_ips: dict[str, str] = {str(subnet.network_address + 1): "default/kubernetes"}
+    service_subnet = topology.networking.service_subnet
+    cluster_ips: dict[str, str] = {well_known_ip(service_subnet, KUBERNETES_INDEX): "default/kubernetes"}
     if topology.dns.enabled:
-        cluster_ips[str(subnet.network_address + 10)] = "kube-system/kube-dns"
+        cluster_ips[well_known_ip(service_subnet, KUBE_DNS_INDEX)] = "kube-system/kube-dns"
     node_ports: dict[int, str] = {}
     templates = list(_templates(topology))
     for index, service in enumerate(topology.services):
