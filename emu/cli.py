@@ -182,6 +182,7 @@ def cmd_status(args) -> int:
                             "name": c["name"],
                             "state": pod_status.get(p.key, {}).get(c["name"], {}).get("state", "Unknown"),
                             "ready": pod_status.get(p.key, {}).get(c["name"], {}).get("ready", False),
+                            "restartCount": pod_status.get(p.key, {}).get(c["name"], {}).get("restarts", 0),
                         }
                         for c in p.containers
                     ],
@@ -206,14 +207,15 @@ def cmd_status(args) -> int:
         nodes.add_row(node.name, node.role, *host, node.node_ip, node.pod_cidr, str(len(state.pods_on(node.name))))
     console.print(nodes)
     pods = Table(title="pods", title_justify="left")
-    for column in ("NAMESPACE", "POD", "READY", "STATUS", "IP", "NODE"):
+    for column in ("NAMESPACE", "POD", "READY", "STATUS", "RESTARTS", "IP", "NODE"):
         pods.add_column(column)
     for pod in sorted(state.pods.values(), key=lambda p: (p.namespace, p.name)):
         containers = pod_status.get(pod.key, {})
         running = sum(1 for c in pod.containers if containers.get(c["name"], {}).get("state") == "Running")
         ready = sum(1 for c in pod.containers if containers.get(c["name"], {}).get("ready"))
         status = "Running" if running == len(pod.containers) else "Error"
-        pods.add_row(pod.namespace, pod.name, f"{ready}/{len(pod.containers)}", status, pod.ip, pod.node)
+        restarts = str(sum(containers.get(c["name"], {}).get("restarts", 0) for c in pod.containers))
+        pods.add_row(pod.namespace, pod.name, f"{ready}/{len(pod.containers)}", status, restarts, pod.ip, pod.node)
     console.print(pods)
     services = Table(title="services", title_justify="left")
     for column in ("NAMESPACE", "SERVICE", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS"):

@@ -439,8 +439,8 @@ class Cluster:
         return text or ""
 
     def pod_status(self, state: ClusterState) -> dict[str, dict[str, dict]]:
-        """{pod key: {container: {"state": Running|Exited, "ready": bool}}}: processes
-        from their pid files, readiness from the node's agent (probes included)."""
+        """{pod key: {container: {"state": Running|Exited, "ready": bool, "restarts": int}}}:
+        processes from their pid files, readiness and restarts from the node's agent."""
         script = (
             f"for f in {cni.RUN_DIR}/*/*.pid; do [ -e \"$f\" ] || continue; "
             'if kill -0 "$(cat "$f")" 2>/dev/null; then echo "$f Running"; else echo "$f Exited"; fi; done; '
@@ -454,22 +454,28 @@ class Cluster:
         by_netns = {(p.node, p.netns): p.key for p in state.pods.values()}
         for node, output in zip(state.nodes, self.runtime.parallel(check, state.nodes)):
             readiness: dict = {}
+            restarts: dict = {}
             for line in output.splitlines():
                 if line.startswith("READINESS "):
                     try:
-                        readiness = json.loads(line.removeprefix("READINESS ")).get("containers", {})
-                    except ValueError:
-                        readiness = {}
+                        report = json.loads(line.removeprefix("READINESS "))
+                        readiness, restarts = report.get("containers", {}), report.get("restarts", {})
+                    except (ValueError, AttributeError):
+                        readiness, restarts = {}, {}
                     continue
                 path, _, phase = line.partition(" ")
                 netns, _, file = path.removeprefix(cni.RUN_DIR + "/").partition("/")
                 key = by_netns.get((node.name, netns))
                 if key:
-                    status.setdefault(key, {})[file.removesuffix(".pid")] = {"state": phase, "ready": False}
+                    status.setdefault(key, {})[file.removesuffix(".pid")] = {"state": phase, "ready": False, "restarts": 0}
             for key, containers in readiness.items():
                 for name, ready in containers.items():
                     if name in status.get(key, {}):
                         status[key][name]["ready"] = bool(ready)
+            for key, containers in restarts.items():
+                for name, count in containers.items():
+                    if name in status.get(key, {}):
+                        status[key][name]["restarts"] = int(count)
         return status
 
 

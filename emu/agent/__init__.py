@@ -18,3 +18,9 @@ STATUS_FILE = "/run/emu/agent/status.json"  # the generation programmed, for `em
 PID_FILE = "/run/emu/agent/agent.pid"  # SIGHUP: a new state was written, read it now
 DNS_SNAPSHOT = "/etc/emu/dns/snapshot.json"  # read by the coredns pods on this node
 RUN_DIR = "/run/emu/pods"  # <netns>/<container>.pid
+CONTAINER_DIR = "/etc/emu/containers"  # <netns>/<container>.sh: how each container is started
+
+
+def container_script(netns: str, container: str) -> str:
+    """The script that starts a pod's container (written by the plan, rerun by the agent)."""
+    return f"{CONTAINER_DIR}/{netns}/{container}.sh"

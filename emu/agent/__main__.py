@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from emu.agent import AGENT_PORT, DNS_SNAPSHOT, PID_FILE, STATE_FILE, STATUS_FILE
 from emu.agent.edge import LoadBalancers
 from emu.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
-from emu.agent.probes import Kubelet
+from emu.agent.probes import Kubelet, run_start_script
 from emu.agent.proxysync import ProxySync
 from emu.dns.snapshot import dns_snapshot, write_snapshot
 from emu.records import MAX_STATE_BYTES, ClusterState
@@ -64,7 +64,7 @@ class Agent:
         self.kubelet_wake = threading.Event()
         self.kubelet_lock = threading.Lock()
         self.peers_lock = threading.Lock()
-        self.kubelet = Kubelet(ThreadPoolExecutor(max_workers=8))
+        self.kubelet = Kubelet(ThreadPoolExecutor(max_workers=8), restart=restart_container)
         self.peer_ready: dict[str, Readiness] = {}
         self.hub = Hub()
         self.reporter = Reporter(node, port, log)
@@ -215,6 +215,11 @@ class Agent:
         write_status({"generation": state.generation, "syncedAt": time.time(), "tookMs": round(took, 2)})
 
 
+def restart_container(pod, container: str) -> None:
+    log(f"container {container} of pod {pod.key} is not running: starting it again")
+    run_start_script(pod, container)
+
+
 def release_memory() -> None:
     """Collect, and hand freed heap back to the system (glibc keeps it otherwise)."""
     gc.collect()
@@ -261,7 +266,10 @@ def make_handler(agent: Agent):
             elif self.path == "/readiness":
                 with agent.kubelet_lock:
                     containers = agent.kubelet.container_readiness()
-                self._reply({"node": agent.node, "ready": agent.kubelet.ready, "containers": containers})
+                    restarts = agent.kubelet.restart_counts()
+                self._reply(
+                    {"node": agent.node, "ready": agent.kubelet.ready, "containers": containers, "restarts": restarts}
+                )
             elif self.path == "/endpoints":
                 self._reply(agent.endpoints)
             elif self.path == "/unready":

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
-from emu.agent import RUN_DIR
+from emu.agent import RUN_DIR, container_script
 from emu.records import PodState
 
 ALIVE_PERIOD = 1.0  # processes are checked once a second, as the kubelet's PLEG relists
@@ -79,12 +79,19 @@ class ProcessWatch:
     def __init__(self):
         self.pids: dict[str, int] = {}  # pid file -> pid
 
-    def __call__(self, pod: PodState) -> bool:
+    def __call__(self, pod: PodState) -> list[str]:
+        """The containers of the pod whose process does not run (started, or not yet)."""
+        dead = []
         for container in pod.containers:
             path = f"{RUN_DIR}/{pod.netns}/{container['name']}.pid"
             if not (self._signal(self.pids.get(path)) or self._signal(self._read(path))):
-                return False
-        return True
+                dead.append(container["name"])
+        return dead
+
+    def started(self, pod: PodState, container: str) -> bool:
+        """Whether the container was started (its pid file is there): one that
+        never was is the plan's to start, not the agent's to restart."""
+        return os.path.exists(f"{RUN_DIR}/{pod.netns}/{container}.pid")
 
     def _read(self, path: str) -> int | None:
         try:
@@ -110,21 +117,48 @@ class ProcessWatch:
         self.pids = {path: pid for path, pid in self.pids.items() if path in keep}
 
 
+BACKOFF = 10.0  # the kubelet's CrashLoopBackOff: 10 s, doubling ...
+MAX_BACKOFF = 300.0  # ... up to 5 minutes,
+BACKOFF_RESET = 600.0  # and forgotten after a container has run 10 minutes
+
+
+class Restart:
+    """A container's restarts: the count kubectl shows, and its back-off."""
+
+    def __init__(self):
+        self.count = 0
+        self.streak = 0  # restarts since it last ran for BACKOFF_RESET
+        self.not_before = float("-inf")
+        self.last = float("-inf")
+
+    def delay(self) -> float:
+        """The wait before the next restart: none for the first of a streak."""
+        return 0.0 if self.streak == 0 else min(MAX_BACKOFF, BACKOFF * 2 ** (self.streak - 1))
+
+
+def run_start_script(pod: PodState, container: str) -> None:
+    subprocess.run(["sh", container_script(pod.netns, container)], capture_output=True, timeout=10)
+
+
 class Kubelet:
-    """Readiness of this node's pods. `step` runs what is due and says whether
-    any pod's readiness changed; `next_wake` says when something is due next,
-    so an idle node sleeps instead of polling."""
+    """Readiness of this node's pods, and their containers kept running
+    (restartPolicy Always, with the kubelet's back-off). `step` runs what is
+    due and says whether any pod's readiness changed; `next_wake` says when
+    something is due next, so an idle node sleeps instead of polling."""
 
     def __init__(
         self,
         pool: Executor,
         probe: Callable[[PodState, dict], bool] = run_probe,
-        alive: Callable[[PodState], bool] | None = None,
+        dead: ProcessWatch | None = None,
+        restart: Callable[[PodState, str], None] = run_start_script,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.pool = pool
         self.probe = probe
-        self.alive_check = alive or ProcessWatch()
+        self.watch = dead or ProcessWatch()
+        self.restart = restart
+        self.restarts: dict[tuple[str, str], Restart] = {}
         self.clock = clock
         self.pods: list[PodState] = []
         self.probes: dict[tuple[str, str], ProbeState] = {}
@@ -135,8 +169,9 @@ class Kubelet:
     def set_pods(self, pods: list[PodState]) -> None:
         """This node's pods, from a new state: probes of pods gone are dropped."""
         self.pods = pods
-        if isinstance(self.alive_check, ProcessWatch):
-            self.alive_check.forget(pods)
+        self.watch.forget(pods)
+        containers = {(p.uid, c["name"]) for p in pods for c in p.containers}
+        self.restarts = {key: value for key, value in self.restarts.items() if key in containers}
         keys = {(p.uid, c["name"]) for p in pods for c in p.containers if c.get("readinessProbe")}
         for stale in set(self.probes) - keys:
             del self.probes[stale]
@@ -151,6 +186,24 @@ class Kubelet:
         due = [probe.next_run for probe in self.probes.values()]
         return min([self.alive_checked + ALIVE_PERIOD, *due])
 
+    def keep_running(self, pod: PodState, dead: list[str], now: float) -> None:
+        """Start again the pod's containers whose process died, each after its back-off."""
+        for name in dead:
+            if not self.watch.started(pod, name):
+                continue
+            restart = self.restarts.setdefault((pod.uid, name), Restart())
+            if now - restart.last > BACKOFF_RESET:
+                restart.streak = 0
+            if restart.not_before == float("-inf"):
+                restart.not_before = now + restart.delay()
+            if now < restart.not_before:
+                continue
+            self.restart(pod, name)
+            restart.count += 1
+            restart.streak += 1
+            restart.last = now
+            restart.not_before = float("-inf")
+
     def step(self) -> bool:
         now = self.clock()
         due = [(uid, probe) for (uid, _), probe in self.probes.items() if probe.due(now)]
@@ -159,7 +212,13 @@ class Kubelet:
         for probe, future in jobs:
             probe.record(future.result(), self.clock())
         if now - self.alive_checked >= ALIVE_PERIOD or any(p.uid not in self.alive for p in self.pods):
-            self.alive = {pod.uid: self.alive_check(pod) for pod in self.pods}
+            alive = {}
+            for pod in self.pods:
+                dead = self.watch(pod)
+                alive[pod.uid] = not dead
+                if dead:
+                    self.keep_running(pod, dead, now)
+            self.alive = alive
             self.alive_checked = now
         ready = {}
         for pod in self.pods:
@@ -170,6 +229,16 @@ class Kubelet:
         changed = ready != self.ready
         self.ready = ready
         return changed
+
+    def restart_counts(self) -> dict[str, dict[str, int]]:
+        """{pod key: {container: restarts}} for containers started again at least once."""
+        counts: dict[str, dict[str, int]] = {}
+        for pod in self.pods:
+            for container in pod.containers:
+                restart = self.restarts.get((pod.uid, container["name"]))
+                if restart and restart.count:
+                    counts.setdefault(pod.key, {})[container["name"]] = restart.count
+        return counts
 
     def container_readiness(self) -> dict[str, dict[str, bool]]:
         """{pod key: {container: ready}}: running, and its readiness probe (if any) passing."""

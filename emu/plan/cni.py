@@ -13,7 +13,7 @@ import ipaddress
 import shlex
 from importlib import resources
 
-from emu.agent import AGENT_PORT, PID_FILE
+from emu.agent import AGENT_PORT, CONTAINER_DIR, PID_FILE, RUN_DIR, container_script
 from emu.plan import NodePlan
 from emu.proxy import iptables
 from emu.proxy.iptables import comment
@@ -29,7 +29,6 @@ NODE_COMMAND = [
     "sh", "-c", f"[ -f {BOOT_SCRIPT} ] && sh {BOOT_SCRIPT} >/var/log/emu/boot.log 2>&1; exec sleep infinity",
 ]  # fmt: skip
 LOG_DIR = "/var/log/emu/pods"
-RUN_DIR = "/run/emu/pods"  # <netns>/<container>.pid
 WORKLOAD_DIR = "/opt/emu/workloads"
 AGENT_LIB = "/opt/emu/lib"
 AGENT_LOG = "/var/log/emu/agent.log"
@@ -53,13 +52,16 @@ IPTABLES_BACKEND_STEP = (
 # processes are still dying would keep it alive), its namespace and files.
 DELETE_POD_FUNCTION = """\
 emu_delete_pod() {
+  # Pid files first: the agent restarts a dead container only while its pid file says it was started;
+  # and their processes die by them too (a namespace deleted by hand no longer lists them).
+  for f in "%s/$1/"*.pid; do [ -e "$f" ] || continue; kill -KILL "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; done
   pids=$(ip netns pids "$1" 2>/dev/null || true)
   if [ -n "$pids" ]; then kill -KILL $pids 2>/dev/null || true; fi
   ip link del "$2" 2>/dev/null || true
   ip netns del "$1" 2>/dev/null || true
   # A pod replaced under the same name keeps the files its successor was given.
-  [ "${3:-}" = replaced ] || rm -rf "/etc/netns/$1" "%s/$1" "%s/$1" "%s/pod-$1.batch"
-}""" % (LOG_DIR, RUN_DIR, PLAN_DIR)
+  [ "${3:-}" = replaced ] || rm -rf "/etc/netns/$1" "%s/$1" "%s/$1" "%s/pod-$1.batch" "%s/$1"
+}""" % (RUN_DIR, LOG_DIR, RUN_DIR, PLAN_DIR, CONTAINER_DIR)
 
 
 def prefix_length(cidr: str) -> int:
@@ -128,12 +130,20 @@ def mtu_option(mtu: int) -> str:
     return "" if mtu == 1500 else f" mtu {mtu}"
 
 
+def pod_mac(ip: str) -> str:
+    """The pod's eth0 address: 0a:58 and the four bytes of its IP, as OVN-Kubernetes
+    makes them. A pod recreated in place (same IP) keeps its MAC, so the ARP caches
+    of its node and neighbours stay right; a random one left them pointing at the
+    old interface until they expired (about 30 s without answers)."""
+    return "0a:58:" + ":".join(f"{int(part):02x}" for part in ip.split("."))
+
+
 def pod_root_batch(pod: PodState, mtu: int = 1500) -> str:
     """Root-namespace lines for one pod: its namespace and the veth pair on cni0."""
     size = mtu_option(mtu)
     return (
         f"netns add {pod.netns}\n"
-        f"link add {pod.host_veth}{size} type veth peer name eth0{size} netns {pod.netns}\n"
+        f"link add {pod.host_veth}{size} type veth peer name eth0{size} address {pod_mac(pod.ip)} netns {pod.netns}\n"
         f"link set {pod.host_veth} master cni0 up\n"
         # A pod reaching itself through its service's IP: the reply must go back
         # out the port it came in on (the kubelet's hairpin-veth mode).
@@ -245,12 +255,22 @@ def in_pod_argv(pod: PodState, container: dict, argv: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
-def start_container_line(pod: PodState, container: dict) -> str:
-    """Start one container detached (its own session), logging to a file."""
+def start_container_script(pod: PodState, container: dict) -> str:
+    """Start one container detached (its own session), its output appended to its
+    log. A file of its own (emu.agent.container_script), so that the agent can run
+    it again when the process dies, as the kubelet restarts containers."""
     log = f"{LOG_DIR}/{pod.netns}/{container['name']}.log"
     pid_file = f"{RUN_DIR}/{pod.netns}/{container['name']}.pid"
     argv = ["setsid", *in_pod_argv(pod, container, container_command(container))]
-    return f"{shlex.join(argv)} >{shlex.quote(log)} 2>&1 </dev/null &\necho $! >{shlex.quote(pid_file)}"
+    return "\n".join(
+        [
+            f"# emu: container {container['name']} of pod {pod.key}; the node agent runs this again if it dies",
+            f"mkdir -p {LOG_DIR}/{pod.netns} {RUN_DIR}/{pod.netns}",
+            f"{shlex.join(argv)} >>{shlex.quote(log)} 2>&1 </dev/null &",
+            f"echo $! >{shlex.quote(pid_file)}",
+            "",
+        ]
+    )
 
 
 # The modules the node agent runs with (standard library only), copied into every node.
@@ -333,8 +353,10 @@ def node_plan(
             plan.files[f"/etc/netns/{pod.netns}/resolv.conf"] = resolv
         plan.steps.append(f"ip -n {pod.netns} -batch {batch}")
     for pod in added:
-        plan.steps.append(f"mkdir -p {LOG_DIR}/{pod.netns} {RUN_DIR}/{pod.netns}")
-        plan.steps += [start_container_line(pod, container) for container in pod.containers]
+        for container in pod.containers:
+            script = container_script(pod.netns, container["name"])
+            plan.files[script] = start_container_script(pod, container)
+            plan.steps.append(f"sh {script}")
     return plan
 
 

@@ -78,17 +78,32 @@ def test_pods_cannot_reach_any_node_agent(faults):
     assert refused.output == "403"
 
 
-def test_up_repairs_a_deleted_veth_and_a_killed_process(faults):
+def test_a_killed_container_is_started_again_and_counted(faults):
+    far = faults.pod("far")
+    pid_file = f"/run/emu/pods/{far.netns}/netexec.pid"
+    old = faults.node_exec("w2", ["cat", pid_file]).output.strip()
+    assert faults.node_exec("w2", ["kill", "-9", old]).ok
+
+    def started_again():
+        pid = faults.node_exec("w2", ["cat", pid_file]).output.strip()
+        answer = faults.exec("client", ["curl", "-sS", "--max-time", "1", f"http://{far.ip}:8080/hostname"])
+        return pid != old and answer.ok and answer.output.strip() == "far"
+
+    wait_for(started_again, 15, "the killed container was not started again")
+    assert faults.pod_status(faults.state())["default/far"]["netexec"]["restarts"] == 1
+    assert faults.pod("far").ip == far.ip  # the same pod: only its container started again
+
+
+def test_up_repairs_a_deleted_veth_and_a_deleted_namespace(faults):
     from emu.topology.load import load_text
 
     near, far = faults.pod("near"), faults.pod("far")
     assert faults.node_exec("w1", ["ip", "link", "del", near.host_veth]).ok
-    pid = faults.node_exec("w2", ["cat", f"/run/emu/pods/{far.netns}/netexec.pid"]).output.strip()
-    assert faults.node_exec("w2", ["kill", "-9", pid]).ok
+    assert faults.node_exec("w2", ["ip", "netns", "del", far.netns]).ok
     drifted = sorted(line for found in faults.check() for line in found.describe())
     assert drifted == [
         f"node w1: pod default/near: its veth {near.host_veth} is gone from cni0",
-        "node w2: pod default/far: container netexec is not running",
+        "node w2: pod default/far: its network namespace is gone",
     ]
     change = faults.up(load_text(LAB).model_copy(update={"name": faults.name}))
     assert sorted(change.repaired) == drifted
@@ -137,7 +152,7 @@ def test_restarted_node_rebuilds_its_pods(faults, runtime):
     wait_for(far_answers, 30, "pod far on the restarted node w2 did not answer")
     wait_for(lambda: hostnames(faults) == {"far", "near"}, 20, "the service did not reach both pods again")
     status = faults.pod_status(faults.state())
-    assert status["default/far"]["netexec"] == {"state": "Running", "ready": True}
+    assert status["default/far"]["netexec"] == {"state": "Running", "ready": True, "restarts": 0}
 
 
 def test_stopped_node_leaves_every_service_and_rejoins(faults, runtime):

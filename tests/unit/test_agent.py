@@ -30,13 +30,30 @@ def pod(name: str, probe: dict | None = None) -> PodState:
     return PodState("default", name, "n1", f"10.244.1.{len(name)}", {}, [container], "x")
 
 
+class FakeWatch:
+    """Which pods' processes run, as ProcessWatch reports it."""
+
+    def __init__(self, alive: dict[str, bool], started: bool = False):
+        self.alive = alive
+        self.started_ = started
+
+    def __call__(self, pod):
+        return [] if self.alive.get(pod.name, False) else [c["name"] for c in pod.containers]
+
+    def started(self, pod, container):
+        return self.started_
+
+    def forget(self, pods):
+        pass
+
+
 def test_kubelet_ready_follows_processes_and_probe_thresholds():
     clock, results = Clock(), {"probed": [False, True, True]}
     alive = {"a": True}
     kubelet = Kubelet(
         ThreadPoolExecutor(1),
         probe=lambda p, spec: results["probed"].pop(0),
-        alive=lambda p: alive.get(p.name, False),
+        dead=FakeWatch(alive),
         clock=clock,
     )
     a, b = pod("a"), pod("bb", {"periodSeconds": 2, "failureThreshold": 1})
@@ -50,6 +67,43 @@ def test_kubelet_ready_follows_processes_and_probe_thresholds():
     assert kubelet.container_readiness() == {"default/a": {"c": True}, "default/bb": {"c": True}}
     kubelet.set_pods([a])  # b is gone: its probe with it
     assert list(kubelet.probes) == []
+
+
+def test_dead_containers_start_again_with_the_kubelets_back_off():
+    clock, alive, restarted = Clock(), {"a": True}, []
+    kubelet = Kubelet(
+        ThreadPoolExecutor(1), dead=FakeWatch(alive, started=True),
+        restart=lambda pod, name: restarted.append(clock.now), clock=clock,
+    )  # fmt: skip
+    a = pod("a")
+    kubelet.set_pods([a])
+    kubelet.step()
+    assert restarted == [] and kubelet.restart_counts() == {}
+    crashes = []
+    for _ in range(5):  # crash at once after every start
+        alive["a"] = False
+        crashes.append(clock.now)
+        while len(restarted) < len(crashes):
+            clock.now += 1
+            kubelet.step()
+    delays = [start - crash for crash, start in zip(crashes, restarted)]
+    assert delays == [1, 11, 21, 41, 81]  # at the next check, then 10 s, 20 s, 40 s, 80 s later
+    assert kubelet.restart_counts() == {"default/a": {"c": 5}}
+    assert not kubelet.ready[a.uid]
+    clock.now += 700  # running fine for more than 10 minutes: the back-off is forgotten, the count is not
+    kubelet.step()
+    crash = clock.now
+    kubelet.step()
+    assert restarted[-1] == crash and kubelet.restart_counts() == {"default/a": {"c": 6}}
+
+
+def test_containers_never_started_are_left_to_the_plan():
+    clock, restarted = Clock(), []
+    kubelet = Kubelet(ThreadPoolExecutor(1), dead=FakeWatch({}, started=False),
+                      restart=lambda pod, name: restarted.append(name), clock=clock)  # fmt: skip
+    kubelet.set_pods([pod("a")])
+    kubelet.step()
+    assert restarted == []
 
 
 def test_hub_tells_watchers_only_of_changes_and_expires_silent_nodes():
@@ -198,14 +252,14 @@ def test_process_watch_reads_each_pid_file_once_and_again_when_the_process_is_go
     p = pod("a")
     (tmp_path / "a").mkdir()
     pid_file = tmp_path / "a" / "c.pid"
-    assert not watch(p)  # no pid file yet
+    assert watch(p) == ["c"] and not watch.started(p, "c")  # no pid file yet
     pid_file.write_text(f"{os.getpid()}\n")
-    assert watch(p)
+    assert watch(p) == [] and watch.started(p, "c")
     pid_file.write_text("not a pid")
-    assert watch(p)  # the known pid still runs: the file is not read again
+    assert watch(p) == []  # the known pid still runs: the file is not read again
     dead = subprocess.Popen(["true"])
     dead.wait()
     watch.pids[str(pid_file)] = dead.pid
-    assert not watch(p)  # gone, and the file names nothing that runs
+    assert watch(p) == ["c"]  # gone, and the file names nothing that runs
     watch.forget([])
     assert watch.pids == {}

@@ -96,7 +96,7 @@ def test_overlay_mtu_reaches_bridge_and_pod_veths():
     state = plan_cluster(lab(text), "emu-lab", "10.213.1.0/24", mtu=1450)
     [plan] = node_plans(None, state)
     assert "link add cni0 mtu 1450 type bridge" in plan.files[f"{cni.PLAN_DIR}/node.batch"]
-    assert "type veth peer name eth0 mtu 1450 netns p" in plan.files[f"{cni.PLAN_DIR}/pods.batch"]
+    assert "type veth peer name eth0 mtu 1450 address 0a:58:" in plan.files[f"{cni.PLAN_DIR}/pods.batch"]
     one_host = plan_cluster(lab(text, hosts=""), "emu-lab", "10.213.1.0/24")
     [plan] = node_plans(None, one_host)
     assert "mtu" not in plan.files[f"{cni.PLAN_DIR}/node.batch"] + plan.files[f"{cni.PLAN_DIR}/pods.batch"]

@@ -103,3 +103,10 @@ def test_boot_files_rebuild_the_node_with_every_pod_it_has():
     assert all(f"ip -n {p.netns} -batch {cni.BOOT_DIR}/pod-{p.netns}.batch" in lines for p in pods)
     assert all(name.startswith(cni.BOOT_DIR) for name in files)  # the apply's own plan files are left alone
     assert cni.BOOT_SCRIPT in " ".join(cni.NODE_COMMAND)
+
+
+def test_a_pods_mac_follows_its_ip_so_a_pod_replaced_in_place_keeps_it():
+    assert cni.pod_mac("10.244.1.3") == "0a:58:0a:f4:01:03"
+    s = state()
+    pod = s.pods["kube-system/tools"]
+    assert f"peer name eth0 address {cni.pod_mac(pod.ip)} netns {pod.netns}" in cni.pod_root_batch(pod)
