@@ -4,6 +4,7 @@
   flushed chain   `iptables -t nat -F KUBE-SERVICES` on a worker, until a pod
                   there reaches the echo service again
   killed agent    kill -9 of a worker's agent, until a new one answers
+  killed container  kill -9 of a pod's process, until it answers again
   restarted node  `docker restart` of a worker, until a pod on it answers again
   stopped node    `docker stop` of a worker, until its pods leave the service's
                   endpoints (then it is started again, untimed)
@@ -66,13 +67,25 @@ def main() -> int:
             # The client pod (on worker) pings its own node's bridge: its namespace and veth are back.
             return cluster.exec("client", ["ping", "-c", "1", "-W", "1", worker.gateway]).ok
 
-        results: dict[str, list[float]] = {"flushed chain": [], "killed agent": [], "restarted node": [], "stopped node": []}
+        results: dict[str, list[float]] = {
+            "flushed chain": [], "killed agent": [], "killed container": [], "restarted node": [], "stopped node": [],
+        }  # fmt: skip
+        web = cluster.pod("web")
+        web_pid = f"/run/emu/pods/{web.netns}/server.pid"
+
+        def web_answers(old: str) -> bool:
+            pid = cluster.node_exec("worker2", ["cat", web_pid]).output.strip()
+            answer = cluster.exec("client", ["curl", "-s", "--max-time", "0.5", f"http://{web.ip}:8080/hostname"])
+            return pid != old and answer.ok
         for _ in range(options.rounds):
             cluster.node_exec("worker", ["iptables", "-t", "nat", "-F", "KUBE-SERVICES"])
             results["flushed chain"].append(until(client_reaches_echo))
             old = cluster.node_exec("worker", ["cat", "/run/emu/agent/agent.pid"]).output.strip()
             cluster.node_exec("worker", ["kill", "-9", old])
             results["killed agent"].append(until(lambda: agent_answers(old)))
+            old_web = cluster.node_exec("worker2", ["cat", web_pid]).output.strip()
+            cluster.node_exec("worker2", ["kill", "-9", old_web])
+            results["killed container"].append(until(lambda: web_answers(old_web)))
             runtime.api.restart(worker.container, timeout=1)
             results["restarted node"].append(until(client_answers))
             until(lambda: client_ip and client_reaches_echo())
@@ -88,12 +101,15 @@ def main() -> int:
         reference = {
             "flushed chain": "kube-proxy rewrites at its next resync: up to 30 s",
             "killed agent": "systemd restarts a kubelet after RestartSec (10 s in kubeadm's unit)",
+            "killed container": "kubelet: at once, then 10 s doubling (CrashLoopBackOff)",
             "restarted node": "kubelet recreates pod sandboxes after it starts: tens of seconds",
             "stopped node": "node-monitor-grace-period 40 s, then endpoints removed",
         }
         print(f"{'fault':16} {'median':>8} {'max':>8}  a real cluster, by default")
         for fault, times in results.items():
             print(f"{fault:16} {statistics.median(times):7.2f}s {max(times):7.2f}s  {reference[fault]}")
+        # The same container crashing round after round meets the back-off, as on a real node.
+        print(f"killed container, round by round: {', '.join(f'{t:.2f}s' for t in results['killed container'])}")
     finally:
         cluster.down()
     return 0
