@@ -66,6 +66,8 @@ def lab(tmp_path_factory):
     from emu.runtime.images import node_image_tag
     from tests import hostlab
 
+    if os.geteuid() != 0:
+        pytest.skip("the multi-host lab needs root: network namespaces, dockerd and sshd per host")
     home = tmp_path_factory.mktemp("emu-home")
     with pytest.MonkeyPatch.context() as patch, hostlab.session(3, progress=lambda message: None) as lab:
         patch.setenv("EMU_HOME", str(home))
