@@ -142,16 +142,12 @@ def cmd_down(args) -> int:
 
 
 def cmd_unlock(args) -> int:
-    cluster = _cluster(args) if not args.cluster else _named(args.cluster)
+    from emu.cluster import Cluster
+
+    cluster = Cluster(args.cluster) if args.cluster else _cluster(args)
     cluster.unlock()
     print(f"cluster '{cluster.name}' unlocked")
     return 0
-
-
-def _named(name: str):
-    from emu.cluster import Cluster
-
-    return Cluster(name)
 
 
 def cmd_status(args) -> int:

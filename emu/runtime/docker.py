@@ -12,7 +12,6 @@ import ipaddress
 import tarfile
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 
 from emu.errors import EmuError
 from emu.runtime.provider import (
@@ -25,6 +24,7 @@ from emu.runtime.provider import (
     ExecResult,
     NodeSpec,
     Progress,
+    run_parallel,
 )
 
 NODE_CAPABILITIES = ["NET_ADMIN", "SYS_ADMIN", "NET_RAW"]
@@ -298,11 +298,7 @@ class DockerRuntime:
         return subprocess.call(["docker", *engine, "exec", "-i", *(["-t"] if tty else []), container, *argv])
 
     def parallel(self, function: Callable, items: list) -> list:
-        """function(item) for every item at once (nodes are independent); first error re-raised."""
-        if len(items) <= 1:
-            return [function(item) for item in items]
-        with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
-            return list(pool.map(function, items))
+        return run_parallel(function, items)
 
     # ---- removal ---------------------------------------------------------
     def remove_containers(self, cluster: str) -> int:

@@ -63,6 +63,16 @@ class ContainerRecord:
         return self.role != ROLE_EXTERNAL
 
 
+def run_parallel(function: Callable, items: list) -> list:
+    """function(item) for every item at once (nodes and hosts are independent); first error re-raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+        return list(pool.map(function, items))
+
+
 class Provider(Protocol):
     """What the Cluster facade and the CLI call; each method names a container by
     its name and the provider finds the engine that holds it."""

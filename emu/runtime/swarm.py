@@ -23,7 +23,7 @@ from pathlib import Path
 
 from emu.errors import EmuError
 from emu.runtime.docker import DockerRuntime
-from emu.runtime.provider import ContainerRecord, ExecResult, NodeSpec, Progress
+from emu.runtime.provider import ContainerRecord, ExecResult, NodeSpec, Progress, run_parallel
 from emu.topology.model import Host
 
 OVERLAY_MTU = 1450  # 1500 less VXLAN's outer headers (50 bytes)
@@ -301,7 +301,7 @@ class SwarmRuntime:
         return self._engine_of(container).interactive(container, argv, tty)
 
     def parallel(self, function: Callable, items: list) -> list:
-        return DockerRuntime.parallel(self, function, items)  # type: ignore[arg-type]
+        return run_parallel(function, items)
 
     # ---- removal -----------------------------------------------------------------
     def remove_cluster(self, cluster: str) -> tuple[int, int]:
