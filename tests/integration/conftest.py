@@ -1,6 +1,10 @@
 """Fixtures that build real clusters. Every cluster a test makes is named
 emutest-*, removed when the test session ends (even on failure), and stale
-ones from an interrupted run are removed when the next one starts."""
+ones from an interrupted run are removed when the next one starts.
+
+Each name is registered with the pid of the test run that made it
+(OWNERS/NAME), and the sweep spares clusters whose run is still alive, so two
+test runs (say in two git worktrees) can share one Docker engine."""
 
 from __future__ import annotations
 
@@ -17,31 +21,63 @@ from emu.topology.load import load_file, load_text
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_PREFIX = "emutest"
+OWNERS = Path(os.environ.get("TMPDIR", "/tmp")) / "emutest-owners"
+
+
+def _owner_alive(name: str) -> bool:
+    """True when the test run that made cluster NAME is still running."""
+    try:
+        pid = int((OWNERS / name).read_text())
+    except (OSError, ValueError):
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _disown(name: str) -> None:
+    (OWNERS / name).unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="session")
-def runtime() -> DockerRuntime:
+def runtime():
     runtime = DockerRuntime()
     try:
         runtime.api
     except EmuError as error:
         pytest.fail(f"integration tests need Docker: {error}", pytrace=False)
     for name in runtime.cluster_names():
-        if name.startswith(TEST_PREFIX):
+        if name.startswith(TEST_PREFIX) and not _owner_alive(name):
             runtime.remove_cluster(name)
+            _disown(name)
     # What an interrupted compose test left: its controller container and network.
     project = "com.docker.compose.project"
     for container in runtime.api.containers(all=True, filters={"label": project}):
-        if container["Labels"][project].startswith(TEST_PREFIX):
+        name = container["Labels"][project]
+        if name.startswith(TEST_PREFIX) and not _owner_alive(name):
             runtime.api.remove_container(container["Id"], force=True)
     for network in runtime.api.networks(filters={"label": project}):
-        if network["Labels"][project].startswith(TEST_PREFIX):
+        name = network["Labels"][project]
+        if name.startswith(TEST_PREFIX) and not _owner_alive(name):
             runtime.api.remove_network(network["Id"])
-    return runtime
+    yield runtime
+    for owner in OWNERS.glob(f"{TEST_PREFIX}-*"):
+        if owner.read_text() == str(os.getpid()):
+            owner.unlink(missing_ok=True)
 
 
 def unique_name(label: str) -> str:
-    return f"{TEST_PREFIX}-{label}-{uuid.uuid4().hex[:4]}"
+    """A fresh emutest-* name, registered to this test run (see OWNERS)."""
+    name = f"{TEST_PREFIX}-{label}-{uuid.uuid4().hex[:4]}"
+    OWNERS.mkdir(parents=True, exist_ok=True)
+    (OWNERS / name).write_text(str(os.getpid()))
+    return name
 
 
 @pytest.fixture(scope="session")
