@@ -8,7 +8,10 @@ test runs (say in two git worktrees) can share one Docker engine."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -45,8 +48,32 @@ def _disown(name: str) -> None:
     (OWNERS / name).unlink(missing_ok=True)
 
 
+LOCK = Path(os.environ.get("TMPDIR", "/tmp")) / "emutest-integration.lock"
+
+
+def _one_run_at_a_time():
+    """Hold LOCK for this test session: integration runs on one machine take
+    turns (two at once on 2 cores make timeouts fail), waiting for each other."""
+    handle = open(LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        print(f"\nwaiting for another integration test run (pid {holder}) to finish...", file=sys.__stderr__, flush=True)
+        started = time.monotonic()
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        print(f"waited {time.monotonic() - started:.0f} s", file=sys.__stderr__, flush=True)
+    handle.seek(0)
+    handle.truncate()
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
+
+
 @pytest.fixture(scope="session")
 def runtime():
+    lock = _one_run_at_a_time()
     runtime = DockerRuntime()
     try:
         runtime.api
@@ -70,6 +97,7 @@ def runtime():
     for owner in OWNERS.glob(f"{TEST_PREFIX}-*"):
         if owner.read_text() == str(os.getpid()):
             owner.unlink(missing_ok=True)
+    lock.close()
 
 
 def unique_name(label: str) -> str:
