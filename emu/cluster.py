@@ -19,19 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emu.agent import AGENT_URL, STATE_FILE
+from emu import reconcile
+from emu.agent import AGENT_URL, HOLD_FILE, LOCK_DIR, STATE_FILE
+from emu.agent.gossip import hub_node
 from emu.errors import EmuError
 from emu.plan import NodePlan, cni
-from emu.runtime.provider import ExecResult, NodeSpec, Provider
-from emu import reconcile
 from emu.reconcile import Drift
 from emu.records import MAX_STATE_BYTES
+from emu.runtime.provider import ExecResult, NodeSpec, Provider
 from emu.state import ClusterState, PodState, plan_cluster
 from emu.topology.load import load_file
 from emu.topology.model import Topology
 
 Progress = Callable[[str], None]
-LOCK_DIR = "/etc/emu/lock"
 
 
 def _quiet(message: str) -> None:
@@ -245,16 +245,14 @@ class Cluster:
     def lock(self):
         """Hold the cluster's lock (a directory on its first node, made atomically)
         while changing it, so two `emu` commands cannot interleave their changes."""
-        nodes = [c.name for c in self.runtime.cluster_containers(self.name) if c.is_node]
-        if not nodes:
-            raise EmuError(f"no emu cluster named '{self.name}' is running; start one with `emu up FILE`")
+        hub = self._lock_node()
         holder = (
             f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()}, since "
             f"{time.strftime('%H:%M:%S')}: emu {' '.join(sys.argv[1:]) or '(library)'})"
         )
         take = f'mkdir {LOCK_DIR} 2>/dev/null && printf %s "$1" >{LOCK_DIR}/holder'
-        if not self.runtime.exec(nodes[0], ["sh", "-c", take, "sh", holder]).ok:
-            held = self.runtime.read_file(nodes[0], f"{LOCK_DIR}/holder", limit=4096) or "another emu command"
+        if not self.runtime.exec(hub, ["sh", "-c", take, "sh", holder]).ok:
+            held = self.runtime.read_file(hub, f"{LOCK_DIR}/holder", limit=4096) or "another emu command"
             raise EmuError(
                 f"cluster '{self.name}' is being changed by {held.strip()}; wait for it to finish, or if that "
                 f"command is gone, run `emu unlock {self.name}`"
@@ -262,15 +260,26 @@ class Cluster:
         try:
             yield
         finally:
-            self.unlock(nodes[0])
+            self.unlock(hub)
+
+    def _lock_node(self) -> str:
+        """The container holding the lock: the hub's node, whose agent takes the
+        same lock to move a lost node's pods (emu.agent.evict)."""
+        nodes = [c for c in self.runtime.cluster_containers(self.name) if c.is_node]
+        if not nodes:
+            raise EmuError(f"no emu cluster named '{self.name}' is running; start one with `emu up FILE`")
+        try:
+            return hub_node(self.state()).container
+        except EmuError:
+            return nodes[0].name  # no state yet: any node will do, as no agent evicts
 
     def unlock(self, container: str | None = None) -> None:
         """Release the cluster's lock (held by this process, or left by one that died)."""
         if container is None:
-            nodes = [c.name for c in self.runtime.cluster_containers(self.name) if c.is_node]
-            if not nodes:
+            try:
+                container = self._lock_node()
+            except EmuError:
                 return
-            container = nodes[0]
         self.runtime.exec(container, ["rm", "-rf", LOCK_DIR])
 
     # ---- reconciling with what is running ----------------------------------
@@ -306,10 +315,17 @@ class Cluster:
         return Change(False, [], [], repaired=lines)
 
     # ---- internals -------------------------------------------------------
-    def _run_plan(self, plan: NodePlan, extra: dict[str, str], tail: tuple[str, ...] = ()) -> None:
-        """One put_archive (the plan's files, `extra` and its script) and one exec."""
+    def _run_plan(
+        self, plan: NodePlan, extra: dict[str, str], tail: tuple[str, ...] = (), release: bool = True
+    ) -> None:
+        """One put_archive (the plan's files, `extra` and its script) and one exec.
+        The node's agent keeps its hands off the pods while the plan runs (and,
+        with release=False, until the new state is in place: see publish)."""
         files = {**plan.files, **extra}
-        files[f"{cni.PLAN_DIR}/run.sh"] = "\n".join([plan.script.rstrip("\n"), *tail, ""])
+        hold = f"mkdir -p {os.path.dirname(HOLD_FILE)}; touch {HOLD_FILE}"
+        steps = plan.script.rstrip("\n").split("\n")
+        steps.insert(steps.index("set -eu") + 1, hold)
+        files[f"{cni.PLAN_DIR}/run.sh"] = "\n".join([*steps, *tail, *([f"rm -f {HOLD_FILE}"] if release else []), ""])
         self.runtime.put_files(plan.container, files)
         result = self.runtime.exec(plan.container, ["sh", f"{cni.PLAN_DIR}/run.sh"])
         if not result.ok:
@@ -330,14 +346,22 @@ class Cluster:
 
         def apply(plan: NodePlan) -> None:
             # With it, what the node runs to rebuild itself if its container starts again.
-            self._run_plan(plan, {**cni.boot_files(state, state.node(plan.node)), STATE_FILE + ".new": state_text})
+            self._run_plan(
+                plan, {**cni.boot_files(state, state.node(plan.node)), STATE_FILE + ".new": state_text}, release=False
+            )
 
         def publish(node) -> None:
-            result = self.runtime.exec(node.container, ["sh", "-c", f"mv {STATE_FILE}.new {STATE_FILE}; {cni.NOTIFY_AGENT}"])
+            script = f"mv {STATE_FILE}.new {STATE_FILE}; rm -f {HOLD_FILE}; {cni.NOTIFY_AGENT}"
+            result = self.runtime.exec(node.container, ["sh", "-c", script])
             if not result.ok:
                 raise EmuError(f"node {node.name}: could not put the new state in place: {result.output.strip()}")
 
-        self.runtime.parallel(apply, plans)
+        try:
+            self.runtime.parallel(apply, plans)
+        except EmuError:
+            # The agents may mend pods again, as the state they hold says.
+            self.runtime.parallel(lambda plan: self.runtime.exec(plan.container, ["rm", "-f", HOLD_FILE]), plans)
+            raise
         self.runtime.parallel(publish, state.nodes)
 
     def wait(self, state: ClusterState, only: set[str] | None = None, timeout: float | None = None) -> list[str]:

@@ -81,16 +81,24 @@ class Drift:
         return lines
 
 
+def sandbox_problem(pod: PodState, netns: set[str], ports: set[str]) -> str | None:
+    """What is wrong with a pod's sandbox (its namespace and veth), if anything."""
+    if pod.netns not in netns:
+        return "its network namespace is gone"
+    if pod.host_veth not in ports:
+        return f"its veth {pod.host_veth} is gone from cni0"
+    return None
+
+
 def drift(state: ClusterState, node: NodeState, seen: Observed) -> Drift:
     found = Drift(node.name)
     if not seen.bridge:
         found.rebuild = True
         return found
     for pod in state.pods_on(node.name):
-        if pod.netns not in seen.netns:
-            found.pods[pod.key] = "its network namespace is gone"
-        elif pod.host_veth not in seen.ports:
-            found.pods[pod.key] = f"its veth {pod.host_veth} is gone from cni0"
+        problem = sandbox_problem(pod, seen.netns, seen.ports)
+        if problem:
+            found.pods[pod.key] = problem
         else:
             dead = [c["name"] for c in pod.containers if f"{pod.netns}/{c['name']}" not in seen.alive]
             if dead:

@@ -109,6 +109,29 @@ class PodState:
         return "veth" + hashlib.sha256(self.key.encode()).hexdigest()[:8]
 
 
+class HostLocalIPAM:
+    """Per-node pod IP allocation that behaves like CNI's host-local plugin:
+    the next free address after the last one handed out, wrapping around, so a
+    recreated pod gets a new IP rather than its predecessor's."""
+
+    def __init__(self, node: NodeState, used: set[str], last: str | None):
+        network = ipaddress.IPv4Network(node.pod_cidr)
+        self.candidates = [str(ip) for ip in network.hosts()][1:]  # .1 is the bridge
+        self.used = used
+        self.last = last
+
+    def allocate(self) -> str:
+        start = self.candidates.index(self.last) + 1 if self.last in self.candidates else 0
+        count = len(self.candidates)
+        for offset in range(count):
+            ip = self.candidates[(start + offset) % count]
+            if ip not in self.used:
+                self.used.add(ip)
+                self.last = ip
+                return ip
+        raise EmuError("a node's pod CIDR is full")  # validation prevents this
+
+
 @dataclass
 class ServicePortState:
     name: str  # "" for an unnamed port

@@ -18,6 +18,7 @@ from emu.records import (
     KUBE_DNS_INDEX,
     KUBERNETES_INDEX,
     ClusterState,
+    HostLocalIPAM,
     NodeState,
     PodState,
     ServicePortState,
@@ -136,29 +137,6 @@ def _declared_pods(topology: Topology) -> list[tuple[str, str, PodTemplate, dict
     return pods
 
 
-class _HostLocalIPAM:
-    """Per-node pod IP allocation that behaves like CNI's host-local plugin:
-    the next free address after the last one handed out, wrapping around, so a
-    recreated pod gets a new IP rather than its predecessor's."""
-
-    def __init__(self, node: NodeState, used: set[str], last: str | None):
-        network = ipaddress.IPv4Network(node.pod_cidr)
-        self.candidates = [str(ip) for ip in network.hosts()][1:]  # .1 is the bridge
-        self.used = used
-        self.last = last
-
-    def allocate(self) -> str:
-        start = self.candidates.index(self.last) + 1 if self.last in self.candidates else 0
-        count = len(self.candidates)
-        for offset in range(count):
-            ip = self.candidates[(start + offset) % count]
-            if ip not in self.used:
-                self.used.add(ip)
-                self.last = ip
-                return ip
-        raise EmuError("a node's pod CIDR is full")  # validation prevents this
-
-
 def plan_cluster(
     topology: Topology,
     network: str,
@@ -218,7 +196,7 @@ def plan_cluster(
             fresh.append((namespace, name, template, labels, owner, spec_hash))
 
     used = {node.name: {p.ip for p in state.pods.values() if p.node == node.name} for node in nodes}
-    ipam = {n.name: _HostLocalIPAM(n, used[n.name], state.last_pod_ip.get(n.name)) for n in nodes}
+    ipam = {n.name: HostLocalIPAM(n, used[n.name], state.last_pod_ip.get(n.name)) for n in nodes}
     load = {node.name: len(used[node.name]) for node in nodes}
     schedulable = [n.name for n in nodes if n.role == "worker"] or [n.name for n in nodes]
     for namespace, name, template, labels, owner, spec_hash in fresh:

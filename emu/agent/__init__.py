@@ -19,6 +19,12 @@ PID_FILE = "/run/emu/agent/agent.pid"  # SIGHUP: a new state was written, read i
 DNS_SNAPSHOT = "/etc/emu/dns/snapshot.json"  # read by the coredns pods on this node
 RUN_DIR = "/run/emu/pods"  # <netns>/<container>.pid
 CONTAINER_DIR = "/etc/emu/containers"  # <netns>/<container>.sh: how each container is started
+# Made by an `emu` command's plan while it changes this node, removed once the new
+# state is in place: the agent leaves the node's pods alone meanwhile.
+HOLD_FILE = "/run/emu/agent/hold"
+# The cluster's lock (a directory on the hub's node): one change at a time, be it
+# an `emu` command's or the hub's eviction of a lost node's pods.
+LOCK_DIR = "/etc/emu/lock"
 
 
 def container_script(netns: str, container: str) -> str:

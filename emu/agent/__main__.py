@@ -16,6 +16,7 @@ import gc
 import http.server
 import json
 import os
+import shutil
 import signal
 import socketserver
 import sys
@@ -23,8 +24,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from emu.agent import AGENT_PORT, DNS_SNAPSHOT, PID_FILE, STATE_FILE, STATUS_FILE
+from emu.agent import AGENT_PORT, DNS_SNAPSHOT, LOCK_DIR, PID_FILE, STATE_FILE, STATUS_FILE, pods
 from emu.agent.edge import LoadBalancers
+from emu.agent.evict import EVICT_AFTER, evict
 from emu.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
 from emu.agent.probes import Kubelet, run_start_script
 from emu.agent.proxysync import ProxySync
@@ -60,6 +62,9 @@ class Agent:
         self.view: NodeView | None = None
         self.snapshot_mtime = 0.0
         self.reload = threading.Event()
+        self.load_lock = threading.Lock()
+        self.pods_wake = threading.Event()
+        self.stranded: set[str] = set()  # pods already reported lost
         self.dirty = threading.Event()
         self.kubelet_wake = threading.Event()
         self.kubelet_lock = threading.Lock()
@@ -83,6 +88,10 @@ class Agent:
             self.reload.clear()
 
     def load(self) -> None:
+        with self.load_lock:
+            self._load()
+
+    def _load(self) -> None:
         try:
             mtime = os.stat(self.snapshot).st_mtime
         except FileNotFoundError:
@@ -110,6 +119,47 @@ class Agent:
         self.reporter.changed.set()
         self.kubelet_wake.set()
         self.dirty.set()
+        self.pods_wake.set()
+
+    def adopt(self, text: str) -> None:
+        """A newer state from the hub (it moved a lost node's pods): keep it as the
+        controller would have written it."""
+        state = ClusterState.from_json(text)
+        if self.view and state.generation <= self.view.state.generation:
+            return
+        log(f"the hub sent state generation {state.generation}")
+        write_atomically(self.snapshot, text)
+        self.reload.set()
+
+    # ---- pod sandboxes: the kubelet's sync of this node's pods ----------------
+    def pods_loop(self) -> None:
+        while True:
+            self.pods_wake.wait(pods.POD_CHECK)
+            self.pods_wake.clear()
+            try:
+                self.tend_pods()
+            except Exception as error:  # noqa: BLE001 - one job failing must not stop the others
+                log(f"tending pods failed: {error}")
+
+    def tend_pods(self) -> None:
+        if pods.held():
+            return  # an `emu` command is changing this node
+        self.load()  # the newest state: the hold is lifted only once it is in place
+        view = self.view
+        if view is None:
+            return
+        todo = pods.work(view.state, self.node, pods.look())
+        if todo.empty:
+            return
+        for key, why in sorted(todo.rebuild.items()):
+            log(f"pod {key}: {why}: wiring it again")
+        for netns in todo.orphans:
+            log(f"pod namespace {netns}: no longer placed on this node: deleting it")
+        with self.kubelet_lock:  # the kubelet must not restart containers meanwhile
+            result = pods.run(pods.plan(view.state, self.node, todo))
+        if result.returncode:
+            log(f"tending pods failed (exit {result.returncode}): {(result.stdout + result.stderr)[-2000:]}")
+        self.kubelet_wake.set()
 
     # ---- readiness: the kubelet's part, and the hub ----------------------------
     def kubelet_loop(self) -> None:
@@ -124,6 +174,9 @@ class Agent:
             self.kubelet_wake.wait(min(1.0, max(0.005, wake - time.monotonic())))
             self.kubelet_wake.clear()
 
+    def generation(self) -> int:
+        return self.view.state.generation if self.view else 0
+
     def hub_address(self) -> str | None:
         return self.view.hub.node_ip if self.view else None
 
@@ -131,7 +184,10 @@ class Agent:
         return dict(self.kubelet.ready) if self.view else None
 
     def on_hub(self, message: dict) -> None:
-        """A message from the hub's watch: the whole picture, or one node's."""
+        """A message from the hub's watch: a newer state, the whole picture, or one node's."""
+        if "state" in message:
+            self.adopt(message["state"])
+            return
         with self.peers_lock:
             before = self.peer_ready
             if "all" in message:
@@ -143,13 +199,48 @@ class Agent:
             self.dirty.set()
 
     def hub_loop(self) -> None:
-        """On the hub: nodes that stopped reporting become NotReady."""
+        """On the hub: nodes that stopped reporting become NotReady, and their pods
+        move after EVICT_AFTER seconds more."""
         while True:
             time.sleep(1.0)
             view = self.view
             if view and view.is_hub:
                 for node in self.hub.expire([n.name for n in view.state.nodes]):
                     log(f"node {node} stopped reporting: NotReady, its endpoints leave every service")
+                due = self.hub.lost_for(EVICT_AFTER)
+                if due and any(pod.node in due and pod.key not in self.stranded for pod in view.state.pods.values()):
+                    try:
+                        self.evict(due)
+                    except Exception as error:  # noqa: BLE001
+                        log(f"moving the pods of {', '.join(sorted(due))} failed: {error}")
+
+    def evict(self, lost: set[str]) -> None:
+        """Move the lost nodes' pods (emu.agent.evict) under the cluster's lock,
+        and send every node the new state."""
+        try:
+            os.mkdir(LOCK_DIR)
+        except FileExistsError:
+            return  # an `emu` command is changing the cluster: next time
+        try:
+            with open(os.path.join(LOCK_DIR, "holder"), "w") as handle:
+                handle.write(f"the node agent on {self.node} (moving the pods of node {', '.join(sorted(lost))})")
+            with open(self.snapshot) as handle:
+                state = ClusterState.from_json(handle.read(MAX_STATE_BYTES + 1))
+            result = evict(state, lost)
+            for pod in result.stranded:
+                if pod.key not in self.stranded:
+                    self.stranded.add(pod.key)
+                    log(f"pod {pod.key} is lost with node {pod.node}: no controller to place it again")
+            if not result.changed:
+                return
+            for before, after in result.moved:
+                log(f"pod {before.key} moves from lost node {before.node} to {after.node} ({before.ip} -> {after.ip})")
+            text = state.to_json()
+            write_atomically(self.snapshot, text)
+            self.hub.tell({"state": text})
+            self.reload.set()
+        finally:
+            shutil.rmtree(LOCK_DIR, ignore_errors=True)
 
     # ---- sync: kube-proxy's part, LoadBalancers, DNS ----------------------------
     def sync_loop(self) -> None:
@@ -229,6 +320,12 @@ def release_memory() -> None:
         pass  # not glibc
 
 
+def write_atomically(path: str, text: str) -> None:
+    with open(path + ".agent", "w") as handle:
+        handle.write(text)
+    os.replace(path + ".agent", path)
+
+
 def write_status(status: dict) -> None:
     os.makedirs(os.path.dirname(STATUS_FILE), exist_ok=True)
     with open(STATUS_FILE + ".new", "w") as handle:
@@ -258,7 +355,7 @@ def make_handler(agent: Agent):
             view = agent.view
             return view.node_by_ip.get(address) if view else None
 
-        def do_GET(self):  # noqa: N802
+        def do_GET(self):
             if self.sender() is None:
                 self._reply({"error": "only nodes may ask"}, 403)
             elif self.path == "/healthz":
@@ -275,12 +372,12 @@ def make_handler(agent: Agent):
             elif self.path == "/unready":
                 # Pods not ready in the view this node's rules were made from.
                 self._reply(sorted(k for k, ready in agent.synced_ready.items() if not ready))
-            elif self.path == "/watch" and agent.view and agent.view.is_hub:
+            elif self.path.startswith("/watch") and agent.view and agent.view.is_hub:
                 self.watch()
             else:
                 self._reply({"error": "not found"}, 404)
 
-        def do_POST(self):  # noqa: N802
+        def do_POST(self):
             sender = self.sender()
             length = int(self.headers.get("Content-Length", 0) or 0)
             body = self.rfile.read(min(length, 1 << 22))
@@ -308,7 +405,7 @@ def make_handler(agent: Agent):
             self.send_header("Connection", "close")
             self.end_headers()
             self.close_connection = True
-            watcher = agent.hub.subscribe()
+            watcher = agent.hub.subscribe(first=self.newer_state())
 
             def write(data: bytes) -> None:
                 self.wfile.write(data)
@@ -321,6 +418,18 @@ def make_handler(agent: Agent):
             finally:
                 agent.hub.unsubscribe(watcher)
 
+        def newer_state(self) -> dict | None:
+            """The hub's state, when the watching node holds an older one."""
+            try:
+                held = int(self.path.partition("generation=")[2] or 0)
+            except ValueError:
+                held = 0
+            view = agent.view
+            if view is None or held <= 0 or view.state.generation <= held:
+                return None
+            with open(agent.snapshot) as handle:
+                return {"state": handle.read(MAX_STATE_BYTES + 1)}
+
         def _reply(self, data, status: int = 200) -> None:
             body = json.dumps(data).encode()
             self.send_response(status)
@@ -329,7 +438,7 @@ def make_handler(agent: Agent):
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format, *args):  # noqa: A002
+        def log_message(self, format, *args):
             pass
 
     return Handler
@@ -353,7 +462,8 @@ def main(argv: list[str] | None = None) -> int:
         agent.sync_loop,
         agent.hub_loop,
         lambda: agent.reporter.run(agent.hub_address, agent.local_readiness),
-        lambda: agent.watcher.run(agent.hub_address, agent.on_hub),
+        lambda: agent.watcher.run(agent.hub_address, agent.on_hub, agent.generation),
+        agent.pods_loop,
         lambda: server.serve_forever(poll_interval=30),  # the poll is only for shutdown, which never comes
     ]
     for job in jobs:

@@ -42,14 +42,14 @@ class Hub:
         self.lock = threading.Lock()
         self.ready: dict[str, Readiness] = {}
         self.seen: dict[str, float] = {}
-        self.lost: set[str] = set()
+        self.lost: dict[str, float] = {}  # node -> when it became NotReady
         self.watchers: set[queue.SimpleQueue] = set()
 
     def report(self, node: str, ready: Readiness) -> None:
         with self.lock:
             self.seen[node] = self.clock()
             if node in self.lost:
-                self.lost.discard(node)
+                del self.lost[node]
             elif self.ready.get(node) == ready:
                 return
             self.ready[node] = ready
@@ -64,17 +64,25 @@ class Hub:
             for node in nodes:
                 first = self.seen.setdefault(node, now)
                 if node not in self.lost and now - first > self.grace:
-                    self.lost.add(node)
+                    self.lost[node] = now
                     newly.append(node)
                     if self.ready.get(node):
                         self.ready[node] = {}
                         self._tell({"node": node, "ready": {}})
         return newly
 
-    def subscribe(self) -> queue.SimpleQueue:
-        """A queue that gets the whole picture first, then every change."""
+    def lost_for(self, seconds: float) -> set[str]:
+        """Nodes NotReady for longer than `seconds`."""
+        now = self.clock()
+        with self.lock:
+            return {node for node, since in self.lost.items() if now - since > seconds}
+
+    def subscribe(self, first: dict | None = None) -> queue.SimpleQueue:
+        """A queue that gets `first` (if any) and the whole picture, then every change."""
         watcher: queue.SimpleQueue = queue.SimpleQueue()
         with self.lock:
+            if first:
+                watcher.put(first)
             watcher.put({"all": {node: dict(ready) for node, ready in self.ready.items()}})
             self.watchers.add(watcher)
         return watcher
@@ -82,6 +90,11 @@ class Hub:
     def unsubscribe(self, watcher: queue.SimpleQueue) -> None:
         with self.lock:
             self.watchers.discard(watcher)
+
+    def tell(self, message: dict) -> None:
+        """Send every watcher a message (a new state)."""
+        with self.lock:
+            self._tell(message)
 
     def _tell(self, message: dict) -> None:
         for watcher in self.watchers:
@@ -144,24 +157,28 @@ class Watcher:
         self.port = port
         self.log = log
 
-    def run(self, hub_address: Callable[[], str | None], apply: Callable[[dict], None]) -> None:
+    def run(
+        self, hub_address: Callable[[], str | None], apply: Callable[[dict], None], generation: Callable[[], int]
+    ) -> None:
         while True:
             address = hub_address()
             if address is None:
                 time.sleep(RETRY)
                 continue
             try:
-                self.follow(address, apply)
+                self.follow(address, apply, generation())
             except (OSError, http.client.HTTPException, ValueError) as error:
                 self.log(f"watching the hub at {address}: {error}; again in {RETRY}s")
             time.sleep(RETRY)
 
-    def follow(self, address: str, apply: Callable[[dict], None]) -> None:
+    def follow(self, address: str, apply: Callable[[dict], None], generation: int = 0) -> None:
+        """Follow the stream. `generation` is the state this node holds: a hub
+        holding a newer one (it moved a lost node's pods) sends it first."""
         # The hub writes a line at least every HEARTBEAT seconds; silence beyond
         # that means the hub (or its node) is gone.
         connection = http.client.HTTPConnection(address, self.port, timeout=HEARTBEAT * 3)
         try:
-            connection.request("GET", "/watch")
+            connection.request("GET", f"/watch?generation={generation}")
             response = connection.getresponse()
             if response.status != 200:
                 raise ValueError(f"status {response.status}")

@@ -17,8 +17,7 @@ from emu.agent import AGENT_PORT, CONTAINER_DIR, PID_FILE, RUN_DIR, container_sc
 from emu.plan import NodePlan
 from emu.proxy import iptables
 from emu.proxy.iptables import comment
-from emu.records import KUBE_DNS_INDEX, well_known_ip
-from emu.state import ClusterState, NodeState, PodState
+from emu.records import KUBE_DNS_INDEX, ClusterState, NodeState, PodState, well_known_ip
 
 PLAN_DIR = "/etc/emu/plan"
 BOOT_DIR = f"{PLAN_DIR}/boot"
@@ -277,7 +276,8 @@ def start_container_script(pod: PodState, container: dict) -> str:
 AGENT_MODULES = [
     "__init__.py", "errors.py", "records.py", "services.py",
     "proxy/__init__.py", "proxy/iptables.py", "agent/__init__.py", "agent/__main__.py", "agent/wait.py",
-    "agent/probes.py", "agent/gossip.py", "agent/proxysync.py", "agent/edge.py",
+    "agent/probes.py", "agent/gossip.py", "agent/proxysync.py", "agent/edge.py", "agent/pods.py", "agent/evict.py",
+    "plan/__init__.py", "plan/cni.py", "reconcile.py",
     "dns/__init__.py", "dns/snapshot.py", "dns/records.py", "dns/server.py", "dns/__main__.py",
 ]  # fmt: skip
 

@@ -23,9 +23,16 @@ pods:
     containers: [{{name: shell, command: [sleep, infinity]}}]
   - {{name: far, node: w2, labels: {{app: echo}}, containers: [{NETEXEC}]}}
   - {{name: near, node: w1, labels: {{app: echo}}, containers: [{NETEXEC}]}}
+deployments:
+  - name: mover
+    replicas: 2
+    template: {{labels: {{app: mover}}, containers: [{NETEXEC}]}}
 services:
   - name: echo
     selector: {{app: echo}}
+    ports: [{{name: http, port: 80, targetPort: http}}]
+  - name: mover
+    selector: {{app: mover}}
     ports: [{{name: http, port: 80, targetPort: http}}]
 """
 
@@ -46,8 +53,8 @@ def wait_for(check, timeout: float, what: str):
         time.sleep(0.2)
 
 
-def hostnames(cluster, count: int = 12) -> set[str]:
-    ip = cluster.state().services["default/echo"].cluster_ip
+def hostnames(cluster, count: int = 12, service: str = "echo") -> set[str]:
+    ip = cluster.state().services[f"default/{service}"].cluster_ip
     seen = set()
     for _ in range(count):
         result = cluster.exec("client", ["curl", "-sS", "--max-time", "1", f"http://{ip}/hostname"])
@@ -94,17 +101,36 @@ def test_a_killed_container_is_started_again_and_counted(faults):
     assert faults.pod("far").ip == far.ip  # the same pod: only its container started again
 
 
-def test_up_repairs_a_deleted_veth_and_a_deleted_namespace(faults):
-    from emu.topology.load import load_text
-
+def test_the_agent_rewires_a_pod_whose_veth_or_namespace_vanished(faults):
     near, far = faults.pod("near"), faults.pod("far")
     assert faults.node_exec("w1", ["ip", "link", "del", near.host_veth]).ok
     assert faults.node_exec("w2", ["ip", "netns", "del", far.netns]).ok
+    # No emu command: each node's agent notices and rebuilds the pod in place.
+    wait_for(lambda: hostnames(faults) == {"far", "near"}, 30, "the agents did not rebuild the broken pods")
+    assert faults.check() == []
+    assert (faults.pod("near").ip, faults.pod("far").ip) == (near.ip, far.ip)  # same pod, new sandbox
+    log = faults.node_exec("w2", ["cat", "/var/log/emu/agent.log"]).output
+    assert "pod default/far: its network namespace is gone: wiring it again" in log
+
+
+STOP_AGENT = "pkill -f '[e]mu agent exited'; pkill -f '[e]mu.agent --node'; true"
+
+
+def test_up_repairs_what_drifted_where_no_agent_runs(faults):
+    from emu.topology.load import load_text
+
+    near, far = faults.pod("near"), faults.pod("far")
+    for node in ("w1", "w2"):
+        assert faults.node_exec(node, ["sh", "-c", STOP_AGENT]).ok
+    assert faults.node_exec("w1", ["ip", "link", "del", near.host_veth]).ok
+    assert faults.node_exec("w2", ["ip", "netns", "del", far.netns]).ok
     drifted = sorted(line for found in faults.check() for line in found.describe())
-    assert drifted == [
+    assert drifted == sorted([
         f"node w1: pod default/near: its veth {near.host_veth} is gone from cni0",
+        "node w1: its agent is not running",
         "node w2: pod default/far: its network namespace is gone",
-    ]
+        "node w2: its agent is not running",
+    ])
     change = faults.up(load_text(LAB).model_copy(update={"name": faults.name}))
     assert sorted(change.repaired) == drifted
     assert faults.check() == []
@@ -155,8 +181,13 @@ def test_restarted_node_rebuilds_its_pods(faults, runtime):
     assert status["default/far"]["netexec"] == {"state": "Running", "ready": True, "restarts": 0}
 
 
-def test_stopped_node_leaves_every_service_and_rejoins(faults, runtime):
-    container = faults.state().node("w2").container
+def test_stopped_node_leaves_every_service_its_pods_move_and_it_rejoins(faults, runtime):
+    import ipaddress
+
+    state = faults.state()
+    container = state.node("w2").container
+    leaving = [p for p in state.pods_on("w2") if p.owner == "Deployment/mover"]
+    assert leaving, "the lab should place a mover pod on w2"
     runtime.api.stop(container, timeout=1)
     try:
         def far_gone():
@@ -165,6 +196,30 @@ def test_stopped_node_leaves_every_service_and_rejoins(faults, runtime):
 
         wait_for(far_gone, 40, "pod far on the stopped node w2 stayed an endpoint")
         assert hostnames(faults) == {"near"}
+
+        # The hub moves the deployment's pod to the node still up (new IP), and
+        # the service has both replicas again; the bare pod far is lost with w2.
+        w1 = ipaddress.IPv4Network(faults.state().node("w1").pod_cidr)
+
+        def moved():
+            endpoints = faults.endpoints()["default/mover"]["http"]
+            return len(endpoints) == 2 and all(ipaddress.IPv4Address(e.split(":")[0]) in w1 for e in endpoints)
+
+        wait_for(moved, 60, "the mover pod of the stopped node w2 was not placed on w1")
+        after = faults.state()
+        assert all(after.pods[p.key].node == "w1" and after.pods[p.key].ip != p.ip for p in leaving)
+        assert after.pods["default/far"].node == "w2"
+        assert len(hostnames(faults, service="mover")) == 2
+        hub_log = faults.node_exec("cp", ["cat", "/var/log/emu/agent.log"]).output
+        assert "pod default/far is lost with node w2" in hub_log
     finally:
         runtime.api.start(container)
     wait_for(lambda: hostnames(faults) == {"far", "near"}, 40, "w2 did not rejoin the service")
+
+    # Back, w2 learns the newer state from the hub and deletes the pods now on w1.
+    def cleaned():
+        netns = faults.node_exec("w2", ["ip", "netns", "list"]).output
+        return not any(p.netns in netns.split() for p in leaving)
+
+    wait_for(cleaned, 30, "w2 kept the pods that moved to w1")
+    assert len(hostnames(faults, service="mover")) == 2
