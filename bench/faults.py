@@ -5,9 +5,15 @@
                   there reaches the echo service again
   killed agent    kill -9 of a worker's agent, until a new one answers
   killed container  kill -9 of a pod's process, until it answers again
+  deleted veth    `ip link del` of a pod's host veth, until the pod (rebuilt by
+                  the agent, no emu command) reaches its bridge again
+  deleted netns   `ip netns del` of a pod's namespace, likewise
   restarted node  `docker restart` of a worker, until a pod on it answers again
   stopped node    `docker stop` of a worker, until its pods leave the service's
-                  endpoints (then it is started again, untimed)
+                  endpoints
+  moved pods      from the same `docker stop`, until the service has all its
+                  deployment's replicas ready again, on the node still up (then
+                  the node is started again and the deployment spread again, untimed)
 
 Beside them, what a real cluster does by default: kube-proxy's iptables
 resync period (30 s, when it would rewrite a flushed chain), the node
@@ -68,8 +74,10 @@ def main() -> int:
             return cluster.exec("client", ["ping", "-c", "1", "-W", "1", worker.gateway]).ok
 
         results: dict[str, list[float]] = {
-            "flushed chain": [], "killed agent": [], "killed container": [], "restarted node": [], "stopped node": [],
+            "flushed chain": [], "killed agent": [], "killed container": [], "deleted veth": [], "deleted netns": [],
+            "restarted node": [], "stopped node": [], "moved pods": [],
         }  # fmt: skip
+        client = cluster.pod("client")
         web = cluster.pod("web")
         web_pid = f"/run/emu/pods/{web.netns}/server.pid"
 
@@ -86,24 +94,42 @@ def main() -> int:
             old_web = cluster.node_exec("worker2", ["cat", web_pid]).output.strip()
             cluster.node_exec("worker2", ["kill", "-9", old_web])
             results["killed container"].append(until(lambda: web_answers(old_web)))
+            cluster.node_exec("worker", ["ip", "link", "del", client.host_veth])
+            results["deleted veth"].append(until(client_answers))
+            cluster.node_exec("worker", ["ip", "netns", "del", client.netns])
+            results["deleted netns"].append(until(client_answers))
             runtime.api.restart(worker.container, timeout=1)
             results["restarted node"].append(until(client_answers))
             until(lambda: client_ip and client_reaches_echo())
         worker2 = state.node("worker2")
-        on_worker2 = {f"{p.ip}:8080" for p in state.pods.values() if p.node == "worker2" and p.labels.get("app") == "echo"}
+        replicas = len([p for p in state.pods.values() if p.owner == "Deployment/echo"])
         for _ in range(max(1, options.rounds // 2)):
+            state = cluster.state()
+            on_worker2 = {f"{p.ip}:8080" for p in state.pods_on("worker2") if p.owner == "Deployment/echo"}
+            started = time.perf_counter()
             runtime.api.stop(worker2.container, timeout=1)
             results["stopped node"].append(
                 until(lambda: not on_worker2 & set(cluster.endpoints(state)["default/echo"]["http"]))
             )
+
+            def all_replicas_back() -> bool:
+                return len(set(cluster.endpoints(state)["default/echo"]["http"]) - on_worker2) == replicas
+
+            until(all_replicas_back)
+            results["moved pods"].append(time.perf_counter() - started)
             runtime.api.start(worker2.container)
-            until(lambda: on_worker2 <= set(cluster.endpoints(state)["default/echo"]["http"]))
+            until(lambda: cluster.node_exec("worker2", ["curl", "-sf", "http://127.0.0.1:10250/healthz"]).ok)
+            cluster.scale("echo", 0)
+            cluster.scale("echo", replicas)  # spread over both workers again
         reference = {
             "flushed chain": "kube-proxy rewrites at its next resync: up to 30 s",
             "killed agent": "systemd restarts a kubelet after RestartSec (10 s in kubeadm's unit)",
             "killed container": "kubelet: at once, then 10 s doubling (CrashLoopBackOff)",
             "restarted node": "kubelet recreates pod sandboxes after it starts: tens of seconds",
+            "deleted veth": "kubelet recreates the pod sandbox at its next pod sync",
+            "deleted netns": "kubelet recreates the pod sandbox at its next pod sync",
             "stopped node": "node-monitor-grace-period 40 s, then endpoints removed",
+            "moved pods": "40 s grace + 300 s toleration, then the ReplicaSet makes new pods",
         }
         print(f"{'fault':16} {'median':>8} {'max':>8}  a real cluster, by default")
         for fault, times in results.items():

@@ -150,6 +150,20 @@ def cmd_unlock(args) -> int:
     return 0
 
 
+def pod_phase(pod, containers: dict[str, dict]) -> str:
+    """The STATUS column, as kubectl prints it: Running, Completed (every
+    container ended with 0 and will not start again), Error, or Unknown (its
+    node could not be asked)."""
+    states = [containers.get(c["name"]) for c in pod.containers]
+    if any(s is None for s in states):
+        return "Unknown"
+    if all(s["state"] == "Running" for s in states):
+        return "Running"
+    if all(s["state"] == "Exited" and s.get("exitCode") == 0 for s in states) and pod.restart_policy != "Always":
+        return "Completed"
+    return "Error"
+
+
 def cmd_status(args) -> int:
     cluster = _cluster(args)
     state = cluster.state()
@@ -179,6 +193,7 @@ def cmd_status(args) -> int:
                             "state": pod_status.get(p.key, {}).get(c["name"], {}).get("state", "Unknown"),
                             "ready": pod_status.get(p.key, {}).get(c["name"], {}).get("ready", False),
                             "restartCount": pod_status.get(p.key, {}).get(c["name"], {}).get("restarts", 0),
+                            "exitCode": pod_status.get(p.key, {}).get(c["name"], {}).get("exitCode"),
                         }
                         for c in p.containers
                     ],
@@ -207,9 +222,8 @@ def cmd_status(args) -> int:
         pods.add_column(column)
     for pod in sorted(state.pods.values(), key=lambda p: (p.namespace, p.name)):
         containers = pod_status.get(pod.key, {})
-        running = sum(1 for c in pod.containers if containers.get(c["name"], {}).get("state") == "Running")
         ready = sum(1 for c in pod.containers if containers.get(c["name"], {}).get("ready"))
-        status = "Running" if running == len(pod.containers) else "Error"
+        status = pod_phase(pod, containers)
         restarts = str(sum(containers.get(c["name"], {}).get("restarts", 0) for c in pod.containers))
         pods.add_row(pod.namespace, pod.name, f"{ready}/{len(pod.containers)}", status, restarts, pod.ip, pod.node)
     console.print(pods)

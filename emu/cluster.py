@@ -463,43 +463,42 @@ class Cluster:
         return text or ""
 
     def pod_status(self, state: ClusterState) -> dict[str, dict[str, dict]]:
-        """{pod key: {container: {"state": Running|Exited, "ready": bool, "restarts": int}}}:
-        processes from their pid files, readiness and restarts from the node's agent."""
-        script = (
-            f"for f in {cni.RUN_DIR}/*/*.pid; do [ -e \"$f\" ] || continue; "
-            'if kill -0 "$(cat "$f")" 2>/dev/null; then echo "$f Running"; else echo "$f Exited"; fi; done; '
-            f"echo READINESS $(curl -s --max-time 2 {AGENT_URL}/readiness)"
-        )
+        """{pod key: {container: {"state": Running|Exited, "exitCode": int|None,
+        "ready": bool, "restarts": int}}}: processes as `check` sees them (one exec
+        a node, reconcile.OBSERVE), readiness and restarts from the node's agent.
+        Pods of a node that cannot be asked are left out (their state is unknown)."""
+        script = f"{reconcile.OBSERVE}echo READINESS $(curl -s --max-time 2 {AGENT_URL}/readiness)\n"
 
         def check(node) -> str:
-            return self.runtime.exec(node.container, ["sh", "-c", script]).output
+            try:
+                return self.runtime.exec(node.container, ["sh", "-c", script]).output
+            except Exception:  # noqa: BLE001 - a stopped or gone node: its pods' state is unknown
+                return ""
 
         status: dict[str, dict[str, dict]] = {}
-        by_netns = {(p.node, p.netns): p.key for p in state.pods.values()}
         for node, output in zip(state.nodes, self.runtime.parallel(check, state.nodes)):
-            readiness: dict = {}
-            restarts: dict = {}
+            seen = reconcile.Observed.parse(output)
+            report: dict = {}
             for line in output.splitlines():
                 if line.startswith("READINESS "):
                     try:
-                        report = json.loads(line.removeprefix("READINESS "))
-                        readiness, restarts = report.get("containers", {}), report.get("restarts", {})
-                    except (ValueError, AttributeError):
-                        readiness, restarts = {}, {}
-                    continue
-                path, _, phase = line.partition(" ")
-                netns, _, file = path.removeprefix(cni.RUN_DIR + "/").partition("/")
-                key = by_netns.get((node.name, netns))
-                if key:
-                    status.setdefault(key, {})[file.removesuffix(".pid")] = {"state": phase, "ready": False, "restarts": 0}
-            for key, containers in readiness.items():
-                for name, ready in containers.items():
-                    if name in status.get(key, {}):
-                        status[key][name]["ready"] = bool(ready)
-            for key, containers in restarts.items():
-                for name, count in containers.items():
-                    if name in status.get(key, {}):
-                        status[key][name]["restarts"] = int(count)
+                        report = json.loads(line.removeprefix("READINESS ")) or {}
+                    except ValueError:
+                        report = {}
+            readiness = report.get("containers", {}) if isinstance(report, dict) else {}
+            restarts = report.get("restarts", {}) if isinstance(report, dict) else {}
+            for pod in state.pods_on(node.name):
+                for container in pod.containers:
+                    name, where = container["name"], f"{pod.netns}/{container['name']}"
+                    if where in seen.alive:
+                        entry = {"state": "Running", "exitCode": None}
+                    elif where in seen.ended:
+                        entry = {"state": "Exited", "exitCode": seen.ended[where]}
+                    else:
+                        continue
+                    entry["ready"] = bool(readiness.get(pod.key, {}).get(name, False))
+                    entry["restarts"] = int(restarts.get(pod.key, {}).get(name, 0))
+                    status.setdefault(pod.key, {})[name] = entry
         return status
 
 

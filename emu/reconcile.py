@@ -24,7 +24,7 @@ echo "netns $(ls /run/netns 2>/dev/null | tr '\\n' ' ')"
 echo "ports $(ls /sys/class/net/cni0/brif 2>/dev/null | tr '\\n' ' ')"
 for f in {cni.RUN_DIR}/*/*.pid; do
   [ -e "$f" ] || continue
-  if kill -0 "$(cat "$f")" 2>/dev/null; then echo "alive $f"; else echo "dead $f"; fi
+  if kill -0 "$(cat "$f")" 2>/dev/null; then echo "alive $f"; else echo "dead $f $(cat "${{f%.pid}}.exit" 2>/dev/null)"; fi
 done
 kill -0 "$(cat {PID_FILE} 2>/dev/null)" 2>/dev/null && echo agent
 true
@@ -39,6 +39,7 @@ class Observed:
     netns: set[str] = field(default_factory=set)
     ports: set[str] = field(default_factory=set)
     alive: set[str] = field(default_factory=set)  # "<netns>/<container>" whose process runs
+    ended: dict[str, int | None] = field(default_factory=dict)  # "<netns>/<container>" -> exit code, if known
     agent: bool = False
 
     @classmethod
@@ -55,8 +56,15 @@ class Observed:
             elif word == "ports":
                 seen.ports = set(rest.split())
             elif word == "alive":
-                seen.alive.add(rest.removeprefix(cni.RUN_DIR + "/").removesuffix(".pid"))
+                seen.alive.add(_container(rest))
+            elif word == "dead":
+                path, _, code = rest.partition(" ")
+                seen.ended[_container(path)] = int(code) if code.strip().lstrip("-").isdigit() else None
         return seen
+
+
+def _container(pid_file: str) -> str:
+    return pid_file.removeprefix(cni.RUN_DIR + "/").removesuffix(".pid")
 
 
 @dataclass
@@ -100,7 +108,12 @@ def drift(state: ClusterState, node: NodeState, seen: Observed) -> Drift:
         if problem:
             found.pods[pod.key] = problem
         else:
-            dead = [c["name"] for c in pod.containers if f"{pod.netns}/{c['name']}" not in seen.alive]
+            dead = [
+                c["name"]
+                for c in pod.containers
+                if f"{pod.netns}/{c['name']}" not in seen.alive
+                and pod.restarts_after(seen.ended.get(f"{pod.netns}/{c['name']}"))
+            ]
             if dead:
                 found.pods[pod.key] = f"container {', '.join(dead)} is not running"
     found.agent = not seen.agent

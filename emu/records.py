@@ -68,6 +68,14 @@ class PodState:
     subdomain: str | None = None
     dns_policy: str = "ClusterFirst"
     dns_config: dict | None = None  # {nameservers, searches, options: [{name, value}]}
+    restart_policy: str = "Always"  # Always | OnFailure | Never
+
+    def restarts_after(self, exit_code: int | None) -> bool:
+        """Whether a container of this pod that ended with `exit_code` is started
+        again (restartPolicy; None: the code is not known yet)."""
+        if self.restart_policy == "Always":
+            return True
+        return self.restart_policy == "OnFailure" and exit_code not in (None, 0)
 
     @property
     def host_name(self) -> str:

@@ -27,7 +27,7 @@ from emu.records import (
 )
 from emu.services import pod_service_env
 from emu.topology.model import Deployment, PodTemplate, Service, Topology
-from emu.topology.names import deployment_pod_names, template_hash
+from emu.topology.names import deployment_pod_names, template_hash, template_spec
 from emu.topology.validate import NODE_CIDR_PREFIX
 
 
@@ -72,7 +72,7 @@ def node_ips(network_subnet: str, count: int) -> list[str]:
 
 def _pod_spec_hash(template: PodTemplate) -> str:
     # Everything a running pod cannot change (pods are immutable but for labels).
-    spec = template.model_dump(mode="json", by_alias=True, exclude={"labels"})
+    spec = template_spec(template, exclude={"labels"})
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -216,6 +216,7 @@ def plan_cluster(
             hostname=template.hostname,
             subdomain=template.subdomain,
             dns_policy=template.dns_policy,
+            restart_policy=template.restart_policy,
             dns_config=template.dns_config.model_dump(mode="json", by_alias=True) if template.dns_config else None,
         )
         pod.service_env = pod_service_env(state.services, pod, template.enable_service_links)

@@ -27,6 +27,11 @@ HOLD_FILE = "/run/emu/agent/hold"
 LOCK_DIR = "/etc/emu/lock"
 
 
+def container_file(netns: str, container: str, kind: str) -> str:
+    """RUN_DIR/<netns>/<container>.<kind>: 'pid' (its process), 'exit' (its exit code, once it ended)."""
+    return f"{RUN_DIR}/{netns}/{container}.{kind}"
+
+
 def container_script(netns: str, container: str) -> str:
     """The script that starts a pod's container (written by the plan, rerun by the agent)."""
     return f"{CONTAINER_DIR}/{netns}/{container}.sh"

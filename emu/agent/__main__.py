@@ -370,8 +370,11 @@ def make_handler(agent: Agent):
             elif self.path == "/endpoints":
                 self._reply(agent.endpoints)
             elif self.path == "/unready":
-                # Pods not ready in the view this node's rules were made from.
-                self._reply(sorted(k for k, ready in agent.synced_ready.items() if not ready))
+                # Pods not ready in the view this node's rules were made from; pods
+                # that run to completion (restartPolicy OnFailure or Never) are not waited for.
+                view = agent.view
+                finite = {p.uid for p in view.state.pods.values() if p.restart_policy != "Always"} if view else set()
+                self._reply(sorted(k for k, ready in agent.synced_ready.items() if not ready and k not in finite))
             elif self.path.startswith("/watch") and agent.view and agent.view.is_hub:
                 self.watch()
             else:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
-from emu.agent import RUN_DIR, container_script
+from emu.agent import container_file, container_script
 from emu.records import PodState
 
 ALIVE_PERIOD = 1.0  # processes are checked once a second, as the kubelet's PLEG relists
@@ -83,15 +83,24 @@ class ProcessWatch:
         """The containers of the pod whose process does not run (started, or not yet)."""
         dead = []
         for container in pod.containers:
-            path = f"{RUN_DIR}/{pod.netns}/{container['name']}.pid"
+            path = container_file(pod.netns, container["name"], "pid")
             if not (self._signal(self.pids.get(path)) or self._signal(self._read(path))):
                 dead.append(container["name"])
         return dead
 
+    @staticmethod
+    def exit_code(pod: PodState, container: str) -> int | None:
+        """The exit code of the container's last process, once it ended (its parent writes it)."""
+        try:
+            with open(container_file(pod.netns, container, "exit")) as handle:
+                return int(handle.read().strip())
+        except (OSError, ValueError):
+            return None
+
     def started(self, pod: PodState, container: str) -> bool:
         """Whether the container was started (its pid file is there): one that
         never was is the plan's to start, not the agent's to restart."""
-        return os.path.exists(f"{RUN_DIR}/{pod.netns}/{container}.pid")
+        return os.path.exists(container_file(pod.netns, container, "pid"))
 
     def _read(self, path: str) -> int | None:
         try:
@@ -113,7 +122,7 @@ class ProcessWatch:
 
     def forget(self, pods: list[PodState]) -> None:
         """Drop the pids of pods no longer here."""
-        keep = {f"{RUN_DIR}/{p.netns}/{c['name']}.pid" for p in pods for c in p.containers}
+        keep = {container_file(p.netns, c["name"], "pid") for p in pods for c in p.containers}
         self.pids = {path: pid for path, pid in self.pids.items() if path in keep}
 
 
@@ -187,10 +196,14 @@ class Kubelet:
         return min([self.alive_checked + ALIVE_PERIOD, *due])
 
     def keep_running(self, pod: PodState, dead: list[str], now: float) -> None:
-        """Start again the pod's containers whose process died, each after its back-off."""
+        """Start again the pod's containers whose process ended, as the pod's
+        restartPolicy says (Always; OnFailure: after a non-zero exit; Never: not),
+        each after its back-off."""
         for name in dead:
             if not self.watch.started(pod, name):
                 continue
+            if not pod.restarts_after(self.watch.exit_code(pod, name) if pod.restart_policy != "Always" else None):
+                continue  # finished (or its exit code is not written yet: next look)
             restart = self.restarts.setdefault((pod.uid, name), Restart())
             if now - restart.last > BACKOFF_RESET:
                 restart.streak = 0

@@ -13,7 +13,7 @@ import ipaddress
 import shlex
 from importlib import resources
 
-from emu.agent import AGENT_PORT, CONTAINER_DIR, PID_FILE, RUN_DIR, container_script
+from emu.agent import AGENT_PORT, CONTAINER_DIR, PID_FILE, RUN_DIR, container_file, container_script
 from emu.plan import NodePlan
 from emu.proxy import iptables
 from emu.proxy.iptables import comment
@@ -254,19 +254,32 @@ def in_pod_argv(pod: PodState, container: dict, argv: list[str]) -> list[str]:
     ]  # fmt: skip
 
 
+# The parent of a container's process (in the node's root namespace, its own
+# session): writes the process's pid, waits for it and writes its exit code, as
+# the kubelet keeps a container's status, for restartPolicy and `emu status`.
+CONTAINER_PARENT = 'p=$1 e=$2; shift 2; rm -f "$e"; "$@" & echo $! >"$p"; wait $!; echo $? >"$e"'
+
+
 def start_container_script(pod: PodState, container: dict) -> str:
-    """Start one container detached (its own session), its output appended to its
-    log. A file of its own (emu.agent.container_script), so that the agent can run
-    it again when the process dies, as the kubelet restarts containers."""
-    log = f"{LOG_DIR}/{pod.netns}/{container['name']}.log"
-    pid_file = f"{RUN_DIR}/{pod.netns}/{container['name']}.pid"
-    argv = ["setsid", *in_pod_argv(pod, container, container_command(container))]
+    """Start one container detached, its output appended to its log; until its
+    parent writes the new pid file, the agent counts it as not started (so it
+    does not start it twice). A file of its own (emu.agent.container_script),
+    so that the agent can run it again when the process ends, as the kubelet
+    restarts containers."""
+    name = container["name"]
+    log = f"{LOG_DIR}/{pod.netns}/{name}.log"
+    pid_file = shlex.quote(container_file(pod.netns, name, "pid"))
+    exit_file = container_file(pod.netns, name, "exit")
+    argv = [
+        "setsid", "sh", "-c", CONTAINER_PARENT, "emu-container", container_file(pod.netns, name, "pid"), exit_file,
+        *in_pod_argv(pod, container, container_command(container)),
+    ]  # fmt: skip
     return "\n".join(
         [
-            f"# emu: container {container['name']} of pod {pod.key}; the node agent runs this again if it dies",
+            f"# emu: container {name} of pod {pod.key}; the node agent runs this again if it ends (restartPolicy)",
             f"mkdir -p {LOG_DIR}/{pod.netns} {RUN_DIR}/{pod.netns}",
+            f"rm -f {pid_file}",
             f"{shlex.join(argv)} >>{shlex.quote(log)} 2>&1 </dev/null &",
-            f"echo $! >{shlex.quote(pid_file)}",
             "",
         ]
     )

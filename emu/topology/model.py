@@ -268,6 +268,9 @@ class PodTemplate(Model):
     dns_config: PodDNSConfig | None = None
     node: DNSLabel | None = Field(None, description="Pin the pod to this node; else it is spread over workers.")
     enable_service_links: bool = Field(True, description="Give the pod environment variables for services.")
+    restart_policy: Literal["Always", "OnFailure", "Never"] = Field(
+        "Always", description="When the agent starts a container whose process ended again (the kubelet's rule)."
+    )
     containers: Annotated[list[Container], Field(min_length=1)]
 
 
@@ -283,6 +286,15 @@ class Deployment(Model):
     namespace: DNSLabel = "default"
     replicas: Annotated[int, Field(ge=0, le=10000)] = 1
     template: PodTemplate
+
+    @model_validator(mode="after")
+    def _always_restarted(self):
+        if self.template.restart_policy != "Always":
+            raise ValueError(
+                f"template.restartPolicy: Unsupported value: \"{self.template.restart_policy}\": supported values: "
+                "\"Always\" (a deployment's pods always run; use a bare pod for OnFailure or Never)"
+            )
+        return self
 
 
 class ServicePort(Model):

@@ -25,9 +25,23 @@ def _k8s_suffix(data: bytes, length: int) -> str:
     return "".join(chars)
 
 
+# Fields added after pod names were first made, left out of hashes at their
+# default so that an existing lab's pods keep their names.
+_LATER_DEFAULTS = {"restartPolicy": "Always"}
+
+
+def template_spec(template: PodTemplate, exclude: set[str] | None = None) -> dict:
+    """The template as hashed for names and for 'has this pod changed'."""
+    spec = template.model_dump(mode="json", by_alias=True, exclude=exclude)
+    for field, default in _LATER_DEFAULTS.items():
+        if spec.get(field) == default:
+            del spec[field]
+    return spec
+
+
 def template_hash(template: PodTemplate) -> str:
     """A stable hash of a pod template, like the pod-template-hash label."""
-    text = json.dumps(template.model_dump(mode="json", by_alias=True), sort_keys=True)
+    text = json.dumps(template_spec(template), sort_keys=True)
     return _k8s_suffix(_digest(text), 10)
 
 

@@ -22,6 +22,11 @@ pods:
     node: w1
     containers: [{{name: shell, command: [sleep, infinity]}}]
   - {{name: far, node: w2, labels: {{app: echo}}, containers: [{NETEXEC}]}}
+  - name: once
+    node: w1
+    restartPolicy: OnFailure
+    containers: [{{name: job, command: [sh, -c, "test -e /tmp/once-ran && exit 0; touch /tmp/once-ran; exit 1"]}}]
+  - {{name: never, node: w1, restartPolicy: Never, containers: [{{name: job, command: [sh, -c, "exit 3"]}}]}}
   - {{name: near, node: w1, labels: {{app: echo}}, containers: [{NETEXEC}]}}
 deployments:
   - name: mover
@@ -68,6 +73,26 @@ def test_flushed_service_chain_is_repaired(faults):
     wait_for(lambda: hostnames(faults, 4) <= {"far", "near"}, 10, "the service did not work again")
     log = faults.node_exec("w1", ["cat", "/var/log/emu/agent.log"]).output
     assert "service rules lost (nat/KUBE-SERVICES has 0 rules" in log and "full resync" in log
+
+
+def test_ended_containers_follow_the_restart_policy(faults):
+    from emu.cli import pod_phase
+
+    def settled():
+        status = faults.pod_status(faults.state())
+        ended = [status.get(f"default/{name}", {}).get("job", {}) for name in ("once", "never")]
+        return status if all(entry.get("state") == "Exited" for entry in ended) else None
+
+    status = wait_for(settled, 20, "the run-to-completion pods did not end")
+    time.sleep(2)  # long enough for a wrong restart to show
+    status = faults.pod_status(faults.state())
+    # OnFailure: exit 1, started again once, then exit 0: done. Never: exit 3, left as it is.
+    assert status["default/once"]["job"] == {"state": "Exited", "exitCode": 0, "ready": False, "restarts": 1}
+    assert status["default/never"]["job"] == {"state": "Exited", "exitCode": 3, "ready": False, "restarts": 0}
+    state = faults.state()
+    assert pod_phase(state.pods["default/once"], status["default/once"]) == "Completed"
+    assert pod_phase(state.pods["default/never"], status["default/never"]) == "Error"
+    assert faults.check() == []  # a finished pod is not drift
 
 
 def test_pods_cannot_reach_any_node_agent(faults):
@@ -178,7 +203,7 @@ def test_restarted_node_rebuilds_its_pods(faults, runtime):
     wait_for(far_answers, 30, "pod far on the restarted node w2 did not answer")
     wait_for(lambda: hostnames(faults) == {"far", "near"}, 20, "the service did not reach both pods again")
     status = faults.pod_status(faults.state())
-    assert status["default/far"]["netexec"] == {"state": "Running", "ready": True, "restarts": 0}
+    assert status["default/far"]["netexec"] == {"state": "Running", "exitCode": None, "ready": True, "restarts": 0}
 
 
 def test_stopped_node_leaves_every_service_its_pods_move_and_it_rejoins(faults, runtime):

@@ -175,8 +175,8 @@ def test_status_json_and_exec_from_another_process(lab):
     assert [n["podCIDR"] for n in data["nodes"]] == ["10.244.0.0/24", "10.244.1.0/24", "10.244.2.0/24"]
     pods = {p["name"]: p for p in data["pods"]}
     assert pods["web"]["containers"] == [
-        {"name": "server", "state": "Running", "ready": True, "restartCount": 0},
-        {"name": "sidecar", "state": "Running", "ready": True, "restartCount": 0},
+        {"name": "server", "state": "Running", "ready": True, "restartCount": 0, "exitCode": None},
+        {"name": "sidecar", "state": "Running", "ready": True, "restartCount": 0, "exitCode": None},
     ]
     web_ip = pods["web"]["podIP"]
     answer = emu("exec", "--name", lab.name, "client", "--", "curl", "-sS", "--max-time", "5", f"http://{web_ip}:8080/hostname")

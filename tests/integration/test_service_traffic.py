@@ -200,7 +200,7 @@ def test_readiness_takes_a_pod_out_and_brings_it_back(svc):
     answers = curl_many(svc, "client", f"http://{ip_of(svc, 'default/backend')}/hostname", 20)
     assert pod.name not in answers
     # As kubectl shows it: running, not ready.
-    assert svc.pod_status(svc.state())[pod.key]["netexec"] == {"state": "Running", "ready": False, "restarts": 0}
+    assert svc.pod_status(svc.state())[pod.key]["netexec"] == {"state": "Running", "exitCode": None, "ready": False, "restarts": 0}
     svc.exec("client", ["curl", "-sS", f"http://{pod.ip}:8080/sethealth?status=ok"])
     wait_for(lambda: address in endpoint_list(svc, "default/backend"), "the recovered pod to return", 10)
 

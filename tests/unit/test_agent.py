@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from emu.agent.edge import LoadBalancers
 from emu.agent.gossip import Hub
 from emu.agent.probes import Kubelet
@@ -36,12 +38,16 @@ class FakeWatch:
     def __init__(self, alive: dict[str, bool], started: bool = False):
         self.alive = alive
         self.started_ = started
+        self.codes: dict[str, int | None] = {}  # exit codes by pod name
 
     def __call__(self, pod):
         return [] if self.alive.get(pod.name, False) else [c["name"] for c in pod.containers]
 
     def started(self, pod, container):
         return self.started_
+
+    def exit_code(self, pod, container):
+        return self.codes.get(pod.name)
 
     def forget(self, pods):
         pass
@@ -95,6 +101,28 @@ def test_dead_containers_start_again_with_the_kubelets_back_off():
     crash = clock.now
     kubelet.step()
     assert restarted[-1] == crash and kubelet.restart_counts() == {"default/a": {"c": 6}}
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "restarts"),
+    [
+        ("Always", 0, True), ("Always", 1, True),
+        ("OnFailure", 0, False), ("OnFailure", 137, True), ("OnFailure", None, False),  # None: not written yet
+        ("Never", 0, False), ("Never", 1, False),
+    ],
+)  # fmt: skip
+def test_ended_containers_follow_the_pods_restart_policy(policy, code, restarts):
+    clock, restarted = Clock(), []
+    watch = FakeWatch({"a": False}, started=True)
+    watch.codes = {"a": code}
+    kubelet = Kubelet(ThreadPoolExecutor(1), dead=watch, restart=lambda p, n: restarted.append(n), clock=clock)
+    a = pod("a")
+    a.restart_policy = policy
+    kubelet.set_pods([a])
+    kubelet.step()
+    clock.now += 1
+    kubelet.step()
+    assert bool(restarted) == restarts
 
 
 def test_containers_never_started_are_left_to_the_plan():
@@ -245,9 +273,10 @@ def test_load_balancer_owner_holds_the_address_and_others_route_on_several_hosts
 def test_process_watch_reads_each_pid_file_once_and_again_when_the_process_is_gone(tmp_path, monkeypatch):
     import os
 
+    import emu.agent
     from emu.agent import probes
 
-    monkeypatch.setattr(probes, "RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(emu.agent, "RUN_DIR", str(tmp_path))
     watch = probes.ProcessWatch()
     p = pod("a")
     (tmp_path / "a").mkdir()
