@@ -321,11 +321,11 @@ class Cluster:
         """One put_archive (the plan's files, `extra` and its script) and one exec.
         The node's agent keeps its hands off the pods while the plan runs (and,
         with release=False, until the new state is in place: see publish)."""
-        files = {**plan.files, **extra}
-        hold = f"mkdir -p {os.path.dirname(HOLD_FILE)}; touch {HOLD_FILE}"
-        steps = plan.script.rstrip("\n").split("\n")
-        steps.insert(steps.index("set -eu") + 1, hold)
-        files[f"{cni.PLAN_DIR}/run.sh"] = "\n".join([*steps, *tail, *([f"rm -f {HOLD_FILE}"] if release else []), ""])
+        # The hold travels with the files: the agent must not take a new pod's
+        # files for those of a pod gone (and delete it) before the script runs.
+        files = {**plan.files, **extra, HOLD_FILE: f"{plan.node}: an emu command is changing this node\n"}
+        release_hold = [f"rm -f {HOLD_FILE}"] if release else []
+        files[f"{cni.PLAN_DIR}/run.sh"] = "\n".join([plan.script.rstrip("\n"), *tail, *release_hold, ""])
         self.runtime.put_files(plan.container, files)
         result = self.runtime.exec(plan.container, ["sh", f"{cni.PLAN_DIR}/run.sh"])
         if not result.ok:

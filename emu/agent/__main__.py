@@ -109,6 +109,10 @@ class Agent:
         # parse's freed memory back, keeps an agent's size that of its rules.
         state.topology = {"dns": state.topology.get("dns", {})}
         view = NodeView(state, self.node)
+        if self.view is not None:
+            gone = {p.ip for p in self.view.state.pods.values()} - {p.ip for p in state.pods.values()}
+            if gone:
+                threading.Thread(target=pods.forget_flows, args=(sorted(gone),), daemon=True).start()
         release_memory()
         with self.kubelet_lock:
             self.kubelet.set_pods(view.local)

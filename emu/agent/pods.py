@@ -89,9 +89,20 @@ def plan(state: ClusterState, node: str, todo: Work) -> NodePlan:
     if todo.orphans:
         if cni.DELETE_POD_FUNCTION not in result.steps:
             result.steps.insert(0, cni.DELETE_POD_FUNCTION)
-        # The veth goes with its namespace; its name is not needed.
-        result.steps[1:1] = [f"emu_delete_pod {shlex.quote(netns)} -" for netns in todo.orphans]
+        # The veth goes with its namespace; its name is not needed. The pod's IP
+        # here is read from it (the state has its new one).
+        result.steps[1:1] = [f"emu_delete_pod {shlex.quote(netns)} - ?" for netns in todo.orphans]
     return result
+
+
+def forget_flows(addresses: list[str], run: Callable = subprocess.run) -> None:
+    """Drop the node's connection tracking entries of pods that are gone: flows
+    from them, to them, and those DNATed to them from a service address (whose
+    entries live on the client's node, so every node does this). kube-proxy
+    does it for UDP endpoints; for a pod that no longer exists it holds for TCP too."""
+    for address in addresses:
+        for how in ("-s", "-d", "--reply-src"):
+            run(["conntrack", "-D", how, address], capture_output=True, check=False)
 
 
 def held(now: Callable[[], float] = time.time, hold_file: str = HOLD_FILE) -> bool:

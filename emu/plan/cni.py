@@ -51,6 +51,9 @@ IPTABLES_BACKEND_STEP = (
 # processes are still dying would keep it alive), its namespace and files.
 DELETE_POD_FUNCTION = """\
 emu_delete_pod() {
+  # emu_delete_pod NETNS VETH IP [replaced] (VETH "-": not known; IP "?": read from the pod's eth0)
+  ip=$3
+  if [ "$ip" = "?" ]; then ip=$(ip -n "$1" -4 -o addr show dev eth0 2>/dev/null | sed -n 's/.* inet \\([0-9.]*\\)\\/.*/\\1/p'); fi
   # Pid files first: the agent restarts a dead container only while its pid file says it was started;
   # and their processes die by them too (a namespace deleted by hand no longer lists them).
   for f in "%s/$1/"*.pid; do [ -e "$f" ] || continue; kill -KILL "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; done
@@ -58,8 +61,13 @@ emu_delete_pod() {
   if [ -n "$pids" ]; then kill -KILL $pids 2>/dev/null || true; fi
   ip link del "$2" 2>/dev/null || true
   ip netns del "$1" 2>/dev/null || true
-  # A pod replaced under the same name keeps the files its successor was given.
-  [ "${3:-}" = replaced ] || rm -rf "/etc/netns/$1" "%s/$1" "%s/$1" "%s/pod-$1.batch" "%s/$1"
+  # A pod replaced under the same name keeps the files its successor was given, and its IP.
+  [ "${4:-}" = replaced ] && return 0
+  rm -rf "/etc/netns/$1" "%s/$1" "%s/$1" "%s/pod-$1.batch" "%s/$1"
+  # The node's connection tracking forgets the address's flows (to it, from it, and DNATed to it).
+  if [ -n "$ip" ]; then
+    for how in -s -d --reply-src; do conntrack -D $how "$ip" >/dev/null 2>&1 || true; done
+  fi
 }""" % (RUN_DIR, LOG_DIR, RUN_DIR, PLAN_DIR, CONTAINER_DIR)
 
 
@@ -349,7 +357,8 @@ def node_plan(
         replaced = {pod.netns for pod in added}
         for pod in sorted(removed, key=_order):
             plan.steps.append(
-                f"emu_delete_pod {shlex.quote(pod.netns)} {pod.host_veth}" + (" replaced" if pod.netns in replaced else "")
+                f"emu_delete_pod {shlex.quote(pod.netns)} {pod.host_veth} {pod.ip}"
+                + (" replaced" if pod.netns in replaced else "")
             )
     added = sorted(added, key=_order)
     if added:

@@ -95,6 +95,20 @@ def test_ended_containers_follow_the_restart_policy(faults):
     assert faults.check() == []  # a finished pod is not drift
 
 
+def test_a_killed_dns_pod_answers_again(faults):
+    dns = next(p for p in faults.state().pods.values() if p.namespace == "kube-system" and p.name.startswith("coredns"))
+    pid = faults.node_exec(dns.node, ["cat", f"/run/emu/pods/{dns.netns}/coredns.pid"]).output.strip()
+    assert faults.node_exec(dns.node, ["kill", "-9", pid]).ok
+
+    def resolves():
+        result = faults.exec("client", ["getent", "hosts", "echo.default.svc.cluster.local"])
+        return result.ok and result.output.split()[0] == faults.state().services["default/echo"].cluster_ip
+
+    wait_for(resolves, 30, "the cluster DNS did not answer again after its pod's process was killed")
+    status = faults.pod_status(faults.state())[dns.key]["coredns"]
+    assert status["state"] == "Running" and status["restarts"] == 1
+
+
 def test_pods_cannot_reach_any_node_agent(faults):
     state = faults.state()
     forged = json.dumps({"node": "w2", "ready": {}})

@@ -56,7 +56,7 @@ def test_pods_whose_namespace_or_veth_vanished_are_wired_again_in_place():
     todo = pods.work(s, "w1", seen)
     assert todo.rebuild == {"default/bare": "its network namespace is gone", web.key: f"its veth {web.host_veth} is gone from cni0"}
     plan = pods.plan(s, "w1", todo)
-    assert f"emu_delete_pod bare {s.pods['default/bare'].host_veth} replaced" in plan.script
+    assert f"emu_delete_pod bare {s.pods['default/bare'].host_veth} {s.pods['default/bare'].ip} replaced" in plan.script
     assert f"addr add {s.pods['default/bare'].ip}/24 dev eth0" in plan.files[f"{cni.PLAN_DIR}/pod-bare.batch"]
 
 
@@ -74,7 +74,7 @@ def test_pods_made_here_that_the_state_moved_away_are_deleted():
     todo = pods.work(s, "w1", seen)
     assert todo.orphans == ["gone-elsewhere"] and not todo.rebuild
     script = pods.plan(s, "w1", todo).script
-    assert script.index("emu_delete_pod() {") < script.index("emu_delete_pod gone-elsewhere -")
+    assert script.index("emu_delete_pod() {") < script.index("emu_delete_pod gone-elsewhere - ?")
 
 
 def test_a_pod_placed_here_but_not_wired_is_wired():
@@ -125,3 +125,13 @@ def test_nothing_moves_when_no_node_is_left_or_nothing_can_move():
     assert not result.changed and len(result.stranded) == len(s.pods) and s.generation == generation
     again = evicting.evict(state(), {"cp"})
     assert not again.changed
+
+
+def test_flows_of_pods_gone_are_forgotten_in_every_direction():
+    calls = []
+    pods.forget_flows(["10.244.1.7"], run=lambda argv, **kw: calls.append(argv))
+    assert calls == [
+        ["conntrack", "-D", "-s", "10.244.1.7"],
+        ["conntrack", "-D", "-d", "10.244.1.7"],
+        ["conntrack", "-D", "--reply-src", "10.244.1.7"],
+    ]

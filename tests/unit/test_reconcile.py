@@ -44,7 +44,8 @@ def test_each_broken_pod_is_named_with_what_is_wrong():
     plan = reconcile.repair_plan(s, s.node("w1"), found)
     script = plan.script
     # Each broken pod is deleted (keeping its files) and made again, with the same IP.
-    assert f"emu_delete_pod a {a.host_veth} replaced" in script and f"emu_delete_pod b {b.host_veth} replaced" in script
+    assert f"emu_delete_pod a {a.host_veth} {a.ip} replaced" in script
+    assert f"emu_delete_pod b {b.host_veth} {b.ip} replaced" in script
     assert f"addr add {a.ip}/24 dev eth0" in plan.files[f"{cni.PLAN_DIR}/pod-a.batch"]
     assert script.rstrip().splitlines()[-1] == cni.start_agent_line(s.node("w1"))
 

@@ -1,0 +1,95 @@
+"""Churn: pods, deployments and services made and removed, round after round,
+with traffic through them; afterwards nothing they had is left on any node:
+no namespace, veth, file, process, rule, conntrack entry or address.
+EMU_CHURN_SECONDS sets how long it churns (default 60)."""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import pytest
+
+from emu.topology.load import load_text
+
+BASE = """\
+name: churn
+dns: {enabled: false}
+nodes: [{name: cp, role: control-plane}, {name: w1}, {name: w2}]
+pods:
+  - {name: client, node: w1, containers: [{name: shell, command: [sleep, infinity]}]}
+"""
+NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
+
+
+def topology(rng: random.Random, round_: int) -> str:
+    """The base lab plus a random handful of pods, a deployment and services."""
+    lines = [BASE]
+    pods = [f"  - {{name: p{round_}-{i}, labels: {{app: a{i % 3}}}, containers: [{NETEXEC}]}}" for i in range(rng.randint(0, 6))]
+    lines += pods
+    lines.append("deployments:")
+    lines.append(f"  - {{name: d{rng.randint(0, 1)}, replicas: {rng.randint(0, 5)}, template: {{labels: {{app: a0}}, containers: [{NETEXEC}]}}}}")
+    services = [
+        f"  - {{name: s{round_}-{app}, selector: {{app: a{app}}}, ports: [{{port: 80, targetPort: 8080}}]}}"
+        for app in range(3)
+        if rng.random() < 0.7
+    ]
+    if services:
+        lines.append("services:")
+        lines += services
+    return "\n".join(lines) + "\n"
+
+
+def node_holds(cluster, node: str) -> dict[str, set[str]]:
+    script = (
+        "echo netns $(ls /run/netns 2>/dev/null); echo ports $(ls /sys/class/net/cni0/brif);"
+        "echo scripts $(ls /etc/emu/containers); echo run $(ls /run/emu/pods); echo files $(ls /etc/netns);"
+        "echo logs $(ls /var/log/emu/pods); echo wrappers $(pgrep -f '[e]mu-container' | wc -l);"
+        "echo chains $(iptables-save -t nat | grep -o '^:KUBE-SVC-[A-Z0-9]*' | sort -u);"
+        "echo conntrack $(conntrack -L 2>/dev/null | grep -o 'src=10\\.244\\.[0-9.]*' | sort -u | cut -d= -f2)"
+    )
+    output = cluster.node_exec(node, ["sh", "-c", script]).output
+    return {line.split(" ")[0]: set(line.split()[1:]) for line in output.splitlines() if line.strip()}
+
+
+@pytest.fixture(scope="module")
+def churn(make_cluster):
+    return make_cluster(BASE, "churn")
+
+
+def test_nothing_is_left_over_after_churn(churn):
+    rng = random.Random(20261128)
+    seconds = float(os.environ.get("EMU_CHURN_SECONDS", "60"))
+    deadline, rounds, answered = time.monotonic() + seconds, 0, 0
+    before = {node.name: node_holds(churn, node.name) for node in churn.state().nodes}
+    while time.monotonic() < deadline or rounds < 3:
+        text = topology(rng, rounds).replace("name: churn", f"name: {churn.name}", 1)
+        churn.apply(load_text(text))
+        state = churn.state()
+        for service in state.services.values():
+            if service.name.startswith("s") and service.cluster_ip:
+                result = churn.exec("client", ["curl", "-s", "--max-time", "2", f"http://{service.cluster_ip}/hostname"])
+                answered += result.ok
+        # Some pods deleted by hand in between, as `kubectl delete pod` would.
+        victims = [p.key for p in state.pods.values() if p.name.startswith("p") and rng.random() < 0.2]
+        for key in victims:
+            churn.delete_pod(key)
+        rounds += 1
+    assert answered > 0, "no request through a churned service was answered"
+    churn.apply(load_text(BASE.replace("name: churn", f"name: {churn.name}", 1)))
+    state = churn.state()
+    assert sorted(state.pods) == ["default/client"]
+    assert sorted(state.services) == ["default/kubernetes"]
+    for node in state.nodes:
+        holds = node_holds(churn, node.name)
+        netns = {p.netns for p in state.pods_on(node.name)}
+        where = f"node {node.name} after {rounds} rounds"
+        assert holds["netns"] == netns, where
+        assert holds["ports"] == {p.host_veth for p in state.pods_on(node.name)}, where
+        for kind in ("scripts", "run", "files", "logs"):
+            assert holds[kind] <= netns, f"{where}: {kind} of removed pods left: {holds[kind] - netns}"
+        assert holds["wrappers"] == {str(sum(len(p.containers) for p in state.pods_on(node.name)))}, where
+        assert holds["chains"] == before[node.name]["chains"], f"{where}: service chains left"
+        live = {p.ip for p in state.pods.values()} | {n.gateway for n in state.nodes}  # bridges: the nodes' own
+        assert holds["conntrack"] <= live, f"{where}: conntrack entries of removed pods: {holds['conntrack'] - live}"
