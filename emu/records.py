@@ -6,12 +6,19 @@ the snapshot the controller writes there (/etc/emu/cluster.json).
 
 from __future__ import annotations
 
-import hashlib
 import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
 
 from emu.errors import EmuError
+
+try:  # CPython's own SHA-256: hashlib loads OpenSSL's libcrypto, 4 MB of every node agent
+    from _sha2 import sha256  # Python 3.12 and later
+except ImportError:
+    try:
+        from _sha256 import sha256  # Python 3.11 (the node image's)
+    except ImportError:
+        from hashlib import sha256
 
 STATE_VERSION = 2
 # Fixed addresses of the service subnet, as kubeadm sets them: the API
@@ -114,7 +121,7 @@ class PodState:
     @property
     def host_veth(self) -> str:
         """The root-side veth: 'veth' + 8 hex characters (interface names stop at 15)."""
-        return "veth" + hashlib.sha256(self.key.encode()).hexdigest()[:8]
+        return "veth" + sha256(self.key.encode()).hexdigest()[:8]
 
 
 class HostLocalIPAM:

@@ -6,10 +6,9 @@ so both agree on what a service's endpoints are.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
-from emu.records import ClusterState, PodState, ServicePortState, ServiceState
+from emu.records import ClusterState, PodState, ServicePortState, ServiceState, sha256
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ def load_balancer_owner(state: ClusterState, service: ServiceState, endpoints: d
     if service.external_traffic_policy == "Local":
         local = {e.node for eps in endpoints.values() for e in eps if e.node}
         candidates = [n for n in candidates if n in local] or candidates
-    return min(candidates, key=lambda node: hashlib.sha256(f"{node}/{service.key}".encode()).hexdigest())
+    return min(candidates, key=lambda node: sha256(f"{node}/{service.key}".encode()).hexdigest())
 
 
 def env_name(name: str) -> str:

@@ -10,25 +10,21 @@ hold up the others). An idle agent wakes about once a second.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import gc
-import http.server
 import json
 import os
 import shutil
 import signal
-import socketserver
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-from emu.agent import AGENT_PORT, DNS_SNAPSHOT, LOCK_DIR, PID_FILE, STATE_FILE, STATUS_FILE, pods
+from emu.agent import AGENT_PORT, DNS_SNAPSHOT, LOCK_DIR, PID_FILE, STATE_FILE, STATUS_FILE, pods, web
 from emu.agent.edge import LoadBalancers
 from emu.agent.evict import EVICT_AFTER, evict
 from emu.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
-from emu.agent.probes import Kubelet, run_start_script
+from emu.agent.probes import Kubelet, ProbeThreads, run_start_script
 from emu.agent.proxysync import ProxySync
 from emu.dns.snapshot import dns_snapshot, write_snapshot
 from emu.records import MAX_STATE_BYTES, ClusterState
@@ -69,7 +65,7 @@ class Agent:
         self.kubelet_wake = threading.Event()
         self.kubelet_lock = threading.Lock()
         self.peers_lock = threading.Lock()
-        self.kubelet = Kubelet(ThreadPoolExecutor(max_workers=8), restart=restart_container)
+        self.kubelet = Kubelet(ProbeThreads(), restart=restart_container)
         self.peer_ready: dict[str, Readiness] = {}
         self.hub = Hub()
         self.reporter = Reporter(node, port, log)
@@ -337,132 +333,127 @@ def write_status(status: dict) -> None:
     os.replace(STATUS_FILE + ".new", STATUS_FILE)
 
 
-class Server(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
+def make_handler(agent: Agent) -> web.Handler:
+    """The agent's HTTP API (emu.agent.web): readiness, endpoints and health for
+    nodes and `emu`, and on the hub the reports and the watch stream."""
 
-    def handle_error(self, request, client_address) -> None:
-        pass  # a client that went away (a closed watch, a timed-out probe) is not news
+    def reply(wfile, data, status: int = 200) -> bool:
+        wfile.write(web.response(status, json.dumps(data).encode()))
+        return True
 
+    def sender(request: web.Request) -> str | None:
+        """The node this request comes from: loopback is this node; pods and
+        anything else are refused (pods are also kept off the port by the
+        node's EMU-AGENT-GUARD rules)."""
+        if request.client == "127.0.0.1":
+            return agent.node
+        view = agent.view
+        return view.node_by_ip.get(request.client) if view else None
 
-def make_handler(agent: Agent):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"  # reporters keep their connection
+    def newer_state(path: str) -> dict | None:
+        """The hub's state, when the watching node holds an older one."""
+        try:
+            held = int(path.partition("generation=")[2] or 0)
+        except ValueError:
+            held = 0
+        view = agent.view
+        if view is None or held <= 0 or view.state.generation <= held:
+            return None
+        with open(agent.snapshot) as handle:
+            return {"state": handle.read(MAX_STATE_BYTES + 1)}
 
-        def sender(self) -> str | None:
-            """The node this request comes from: loopback is this node; pods and
-            anything else are refused (pods are also kept off the port by the
-            node's EMU-AGENT-GUARD rules)."""
-            address = self.client_address[0]
-            if address == "127.0.0.1":
-                return agent.node
-            view = agent.view
-            return view.node_by_ip.get(address) if view else None
+    def watch(request: web.Request, wfile) -> bool:
+        wfile.write(web.stream_head())
+        watcher = agent.hub.subscribe(first=newer_state(request.path))
 
-        def do_GET(self):
-            if self.sender() is None:
-                self._reply({"error": "only nodes may ask"}, 403)
-            elif self.path == "/healthz":
-                self._reply({"ok": True})
-            elif self.path == "/readiness":
-                with agent.kubelet_lock:
-                    containers = agent.kubelet.container_readiness()
-                    restarts = agent.kubelet.restart_counts()
-                self._reply(
-                    {"node": agent.node, "ready": agent.kubelet.ready, "containers": containers, "restarts": restarts}
-                )
-            elif self.path == "/endpoints":
-                self._reply(agent.endpoints)
-            elif self.path == "/unready":
-                # Pods not ready in the view this node's rules were made from; pods
-                # that run to completion (restartPolicy OnFailure or Never) are not waited for.
-                view = agent.view
-                finite = {p.uid for p in view.state.pods.values() if p.restart_policy != "Always"} if view else set()
-                self._reply(sorted(k for k, ready in agent.synced_ready.items() if not ready and k not in finite))
-            elif self.path.startswith("/watch") and agent.view and agent.view.is_hub:
-                self.watch()
-            else:
-                self._reply({"error": "not found"}, 404)
+        def write(data: bytes) -> None:
+            wfile.write(data)
+            wfile.flush()
 
-        def do_POST(self):
-            sender = self.sender()
-            length = int(self.headers.get("Content-Length", 0) or 0)
-            body = self.rfile.read(min(length, 1 << 22))
-            if self.path != "/report" or not (agent.view and agent.view.is_hub):
-                self._reply({"error": "not found"}, 404)
-                return
-            try:
-                data = json.loads(body or b"{}")
-                node, ready = data["node"], data["ready"]
-                valid = isinstance(ready, dict) and all(isinstance(v, bool) for v in ready.values())
-            except (ValueError, KeyError, TypeError):
-                valid = False
-            if not valid:
-                self._reply({"error": "expected {node, ready: {uid: bool}}"}, 400)
-            elif sender != node or self.client_address[0] == "127.0.0.1":
-                # A node speaks for itself only, from its own address.
-                self._reply({"error": f"{self.client_address[0]} may not report for node {node}"}, 403)
-            else:
-                agent.hub.report(node, ready)
-                self._reply({"ok": True})
-
-        def watch(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/x-ndjson")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-            watcher = agent.hub.subscribe(first=self.newer_state())
-
-            def write(data: bytes) -> None:
-                self.wfile.write(data)
-                self.wfile.flush()
-
-            try:
-                stream(watcher, write)
-            except OSError:
-                pass
-            finally:
-                agent.hub.unsubscribe(watcher)
-
-        def newer_state(self) -> dict | None:
-            """The hub's state, when the watching node holds an older one."""
-            try:
-                held = int(self.path.partition("generation=")[2] or 0)
-            except ValueError:
-                held = 0
-            view = agent.view
-            if view is None or held <= 0 or view.state.generation <= held:
-                return None
-            with open(agent.snapshot) as handle:
-                return {"state": handle.read(MAX_STATE_BYTES + 1)}
-
-        def _reply(self, data, status: int = 200) -> None:
-            body = json.dumps(data).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format, *args):
+        try:
+            stream(watcher, write)
+        except OSError:
             pass
+        finally:
+            agent.hub.unsubscribe(watcher)
+        return False
 
-    return Handler
+    def get(request: web.Request, wfile) -> bool:
+        path = request.path
+        if path == "/healthz":
+            return reply(wfile, {"ok": True})
+        if path == "/readiness":
+            with agent.kubelet_lock:
+                containers = agent.kubelet.container_readiness()
+                restarts = agent.kubelet.restart_counts()
+            return reply(wfile, {"node": agent.node, "ready": agent.kubelet.ready, "containers": containers, "restarts": restarts})
+        if path == "/endpoints":
+            return reply(wfile, agent.endpoints)
+        if path == "/unready":
+            # Pods not ready in the view this node's rules were made from; pods
+            # that run to completion (restartPolicy OnFailure or Never) are not waited for.
+            view = agent.view
+            finite = {p.uid for p in view.state.pods.values() if p.restart_policy != "Always"} if view else set()
+            return reply(wfile, sorted(k for k, ready in agent.synced_ready.items() if not ready and k not in finite))
+        if path.startswith("/watch") and agent.view and agent.view.is_hub:
+            return watch(request, wfile)
+        return reply(wfile, {"error": "not found"}, 404)
+
+    def post(request: web.Request, wfile) -> bool:
+        if request.path != "/report" or not (agent.view and agent.view.is_hub):
+            return reply(wfile, {"error": "not found"}, 404)
+        try:
+            data = json.loads(request.body or b"{}")
+            node, ready = data["node"], data["ready"]
+            valid = isinstance(ready, dict) and all(isinstance(v, bool) for v in ready.values())
+        except (ValueError, KeyError, TypeError):
+            valid = False
+        if not valid:
+            return reply(wfile, {"error": "expected {node, ready: {uid: bool}}"}, 400)
+        if sender(request) != node or request.client == "127.0.0.1":
+            # A node speaks for itself only, from its own address.
+            return reply(wfile, {"error": f"{request.client} may not report for node {node}"}, 403)
+        agent.hub.report(node, ready)
+        return reply(wfile, {"ok": True})
+
+    def handle(request: web.Request, wfile) -> bool:
+        if sender(request) is None:
+            return reply(wfile, {"error": "only nodes may ask"}, 403)
+        if request.method == "GET":
+            return get(request, wfile)
+        if request.method == "POST":
+            return post(request, wfile)
+        return reply(wfile, {"error": "not found"}, 404)
+
+    return handle
+
+
+USAGE = "usage: python3 -m emu.agent --node NAME [--snapshot FILE] [--port N]"
+
+
+def parse_options(argv: list[str]) -> dict[str, str]:
+    """--node NAME [--snapshot FILE] [--port N] (argparse would cost every agent 1 MB)."""
+    options = {"--snapshot": STATE_FILE, "--port": str(AGENT_PORT)}
+    if len(argv) % 2:
+        raise SystemExit(USAGE)
+    for flag, value in zip(argv[::2], argv[1::2]):
+        if flag not in ("--node", "--snapshot", "--port"):
+            raise SystemExit(f"unknown option {flag}\n{USAGE}")
+        options[flag] = value
+    if "--node" not in options or not options["--port"].isdigit():
+        raise SystemExit(USAGE)
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="emu-agent")
-    parser.add_argument("--node", required=True)
-    parser.add_argument("--snapshot", default=STATE_FILE)
-    parser.add_argument("--port", type=int, default=AGENT_PORT)
-    options = parser.parse_args(argv)
-    agent = Agent(options.node, options.snapshot, options.port)
+    options = parse_options(sys.argv[1:] if argv is None else argv)
+    node, port = options["--node"], int(options["--port"])
+    agent = Agent(node, options["--snapshot"], port)
     os.makedirs(os.path.dirname(PID_FILE), exist_ok=True)
     with open(PID_FILE, "w") as handle:
         handle.write(str(os.getpid()))
     signal.signal(signal.SIGHUP, lambda *_: agent.reload.set())
-    server = Server(("0.0.0.0", options.port), make_handler(agent))
+    server = web.Server(("0.0.0.0", port), make_handler(agent))
     jobs = [
         agent.load_loop,
         agent.kubelet_loop,
@@ -471,11 +462,11 @@ def main(argv: list[str] | None = None) -> int:
         lambda: agent.reporter.run(agent.hub_address, agent.local_readiness),
         lambda: agent.watcher.run(agent.hub_address, agent.on_hub, agent.generation),
         agent.pods_loop,
-        lambda: server.serve_forever(poll_interval=30),  # the poll is only for shutdown, which never comes
+        server.serve_forever,
     ]
     for job in jobs:
         threading.Thread(target=job, daemon=True).start()
-    log(f"emu agent for node {options.node} listening on :{options.port}")
+    log(f"emu agent for node {node} listening on :{port}")
     while True:
         time.sleep(3600)
 

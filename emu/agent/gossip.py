@@ -12,14 +12,14 @@ lifecycle controller's job), until it reports again.
 
 from __future__ import annotations
 
-import http.client
 import json
 import queue
 import threading
 import time
 from collections.abc import Callable
 
-from emu.records import ClusterState, NodeState
+from emu.agent import web
+from emu.records import MAX_STATE_BYTES, ClusterState, NodeState
 
 HEARTBEAT = 10.0  # seconds between an agent's reports when nothing changes (the kubelet's nodeStatusUpdateFrequency)
 NODE_GRACE = 25.0  # a node silent this long is NotReady (Kubernetes: node-monitor-grace-period, 40 s)
@@ -110,7 +110,7 @@ class Reporter:
         self.port = port
         self.log = log
         self.changed = threading.Event()
-        self.connection: http.client.HTTPConnection | None = None
+        self.connection: web.Connection | None = None
         self.address: str | None = None
 
     def run(self, hub_address: Callable[[], str | None], readiness: Callable[[], Readiness | None]) -> None:
@@ -126,22 +126,19 @@ class Reporter:
 
     def send(self, address: str, ready: Readiness) -> bool:
         body = json.dumps({"node": self.node, "ready": ready}).encode()
-        for attempt in (1, 2):  # a kept-alive connection the hub closed is reopened once
-            try:
-                if self.connection is None or self.address != address:
-                    self.close()
-                    self.connection = http.client.HTTPConnection(address, self.port, timeout=2)
-                    self.address = address
-                self.connection.request("POST", "/report", body, {"Content-Type": "application/json"})
-                response = self.connection.getresponse()
-                response.read()
-                if response.status != 200:
-                    self.log(f"the hub at {address} refused the report: {response.status}")
-                    return False
-                return True
-            except (OSError, http.client.HTTPException):
+        try:
+            if self.connection is None or self.address != address:
                 self.close()
-        return False
+                self.connection = web.Connection(address, self.port, timeout=2)
+                self.address = address
+            status, _ = self.connection.request("POST", "/report", body)
+        except OSError:
+            self.close()
+            return False
+        if status != 200:
+            self.log(f"the hub at {address} refused the report: {status}")
+            return False
+        return True
 
     def close(self) -> None:
         if self.connection is not None:
@@ -167,7 +164,7 @@ class Watcher:
                 continue
             try:
                 self.follow(address, apply, generation())
-            except (OSError, http.client.HTTPException, ValueError) as error:
+            except (OSError, ValueError) as error:
                 self.log(f"watching the hub at {address}: {error}; again in {RETRY}s")
             time.sleep(RETRY)
 
@@ -176,14 +173,11 @@ class Watcher:
         holding a newer one (it moved a lost node's pods) sends it first."""
         # The hub writes a line at least every HEARTBEAT seconds; silence beyond
         # that means the hub (or its node) is gone.
-        connection = http.client.HTTPConnection(address, self.port, timeout=HEARTBEAT * 3)
+        connection = web.Connection(address, self.port, timeout=HEARTBEAT * 3)
         try:
-            connection.request("GET", f"/watch?generation={generation}")
-            response = connection.getresponse()
-            if response.status != 200:
-                raise ValueError(f"status {response.status}")
+            lines = connection.stream(f"/watch?generation={generation}")
             while True:
-                line = response.fp.readline()
+                line = lines.readline(2 * MAX_STATE_BYTES)  # a newer state travels as one line
                 if not line:
                     raise ValueError("the stream ended")
                 message = json.loads(line)

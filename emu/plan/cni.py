@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ipaddress
 import shlex
-from importlib import resources
 
 from emu.agent import AGENT_PORT, CONTAINER_DIR, PID_FILE, RUN_DIR, container_file, container_script
 from emu.plan import NodePlan
@@ -298,6 +297,7 @@ AGENT_MODULES = [
     "__init__.py", "errors.py", "records.py", "services.py",
     "proxy/__init__.py", "proxy/iptables.py", "agent/__init__.py", "agent/__main__.py", "agent/wait.py",
     "agent/probes.py", "agent/gossip.py", "agent/proxysync.py", "agent/edge.py", "agent/pods.py", "agent/evict.py",
+    "agent/web.py",
     "plan/__init__.py", "plan/cni.py", "reconcile.py",
     "dns/__init__.py", "dns/snapshot.py", "dns/records.py", "dns/server.py", "dns/__main__.py",
 ]  # fmt: skip
@@ -305,11 +305,15 @@ AGENT_MODULES = [
 
 def workload_files() -> dict[str, str]:
     """emu's built-in workload programs, copied into every node."""
+    from importlib import resources  # here: the agent, which imports this module, never needs it
+
     source = resources.files("emu.workloads").joinpath("netexec.py").read_text()
     return {f"{WORKLOAD_DIR}/netexec.py": source}
 
 
 def agent_files() -> dict[str, str]:
+    from importlib import resources
+
     package = resources.files("emu")
     return {f"{AGENT_LIB}/emu/{name}": package.joinpath(name).read_text() for name in AGENT_MODULES}
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import functools
 import gc
-import hashlib
 
-from emu.records import ClusterState, ServicePortState, ServiceState
+from emu.records import ClusterState, ServicePortState, ServiceState, sha256
 from emu.services import Endpoint, port_name
 
 MASQ_MARK = "0x4000"
@@ -38,7 +37,7 @@ _B32_PAIRS = [_B32[i >> 5] + _B32[i & 31] for i in range(1024)]
 @functools.lru_cache(maxsize=1 << 17)
 def _hash(*parts: str) -> str:
     """kube-proxy's hash: base32 of sha256, first 16 characters (the first 10 bytes)."""
-    n = int.from_bytes(hashlib.sha256("".join(parts).encode()).digest()[:10], "big")
+    n = int.from_bytes(sha256("".join(parts).encode()).digest()[:10], "big")
     p = _B32_PAIRS
     return (
         p[n >> 70] + p[(n >> 60) & 1023] + p[(n >> 50) & 1023] + p[(n >> 40) & 1023]

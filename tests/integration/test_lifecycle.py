@@ -35,10 +35,13 @@ def emu(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     )
 
 
-def docker_snapshot(runtime) -> tuple:
-    containers = sorted(c["Id"] for c in runtime.api.containers(all=True))
-    networks = sorted(n["Id"] for n in runtime.api.networks())
-    return containers, networks
+def docker_snapshot(runtime, name: str | None = None) -> tuple:
+    """The engine's containers and networks; with `name`, those named after that
+    cluster only (other test runs may share the engine meanwhile)."""
+    containers = [(c["Id"], " ".join(c["Names"])) for c in runtime.api.containers(all=True)]
+    networks = [(n["Id"], n["Name"]) for n in runtime.api.networks()]
+    keep = (lambda text: name in text) if name else (lambda text: True)
+    return sorted(i for i, text in containers if keep(text)), sorted(i for i, text in networks if keep(text))
 
 
 def pids(cluster: Cluster, pod: str) -> str:
@@ -156,14 +159,15 @@ BAD_TOPOLOGIES = {
 def test_bad_topology_is_refused_and_docker_untouched(runtime, tmp_path, case, new_name):
     text, expected = BAD_TOPOLOGIES[case]
     path = tmp_path / "lab.yaml"
-    path.write_text(f"name: {new_name('bad')}\n" + text)
-    before = docker_snapshot(runtime)
+    name = new_name("bad")
+    path.write_text(f"name: {name}\n" + text)
+    before = docker_snapshot(runtime, name)
     result = emu("up", "lab.yaml", cwd=tmp_path)
     assert result.returncode == 2
     assert expected in result.stderr
     assert "nothing was changed" in result.stderr
     assert "Traceback" not in result.stderr
-    assert docker_snapshot(runtime) == before
+    assert docker_snapshot(runtime, name) == before == ([], [])
 
 
 def test_status_json_and_exec_from_another_process(lab):

@@ -135,3 +135,15 @@ def test_flows_of_pods_gone_are_forgotten_in_every_direction():
         ["conntrack", "-D", "-d", "10.244.1.7"],
         ["conntrack", "-D", "--reply-src", "10.244.1.7"],
     ]
+
+
+def test_the_agent_command_line():
+    import pytest
+
+    from emu.agent.__main__ import parse_options
+
+    assert parse_options(["--node", "w1"])["--node"] == "w1"
+    assert parse_options(["--node", "w1", "--port", "1234"])["--port"] == "1234"
+    for bad in ([], ["--node"], ["--nod", "w1"], ["--node", "w1", "--port", "x"]):
+        with pytest.raises(SystemExit):
+            parse_options(bad)
