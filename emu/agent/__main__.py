@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 
-from emu.agent import AGENT_PORT, DNS_SNAPSHOT, LOCK_DIR, PID_FILE, STATE_FILE, STATUS_FILE, pods, web
+from emu.agent import AGENT_PORT, DNS_SNAPSHOT, LOCK_DIR, PID_FILE, RESTARTS_FILE, STATE_FILE, STATUS_FILE, pods, web
 from emu.agent.edge import LoadBalancers
 from emu.agent.evict import EVICT_AFTER, evict
 from emu.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
@@ -65,7 +65,7 @@ class Agent:
         self.kubelet_wake = threading.Event()
         self.kubelet_lock = threading.Lock()
         self.peers_lock = threading.Lock()
-        self.kubelet = Kubelet(ProbeThreads(), restart=restart_container)
+        self.kubelet = Kubelet(ProbeThreads(), restart=restart_container, counts_file=RESTARTS_FILE)
         self.peer_ready: dict[str, Readiness] = {}
         self.hub = Hub()
         self.reporter = Reporter(node, port, log)

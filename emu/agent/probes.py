@@ -7,6 +7,7 @@ node's root namespace (httpGet, tcpSocket) or inside the pod (exec).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -139,6 +140,16 @@ class Restart:
         return 0.0 if self.streak == 0 else min(MAX_BACKOFF, BACKOFF * 2 ** (self.streak - 1))
 
 
+def load_counts(path: str | None) -> dict[str, int]:
+    """Restart counts an earlier agent saved: {"<pod uid>/<container>": count}."""
+    try:
+        with open(path or "") as handle:
+            data = json.load(handle)
+        return {str(k): int(v) for k, v in data.items()}
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
 def run_start_script(pod: PodState, container: str) -> None:
     subprocess.run(["sh", container_script(pod.netns, container)], capture_output=True, timeout=10)
 
@@ -176,12 +187,16 @@ class Kubelet:
         dead: ProcessWatch | None = None,
         restart: Callable[[PodState, str], None] = run_start_script,
         clock: Callable[[], float] = time.monotonic,
+        counts_file: str | None = None,
     ):
         self.pool = pool
         self.probe = probe
         self.watch = dead or ProcessWatch()
         self.restart = restart
         self.restarts: dict[tuple[str, str], Restart] = {}
+        # Restart counts outlive the agent (the API server keeps them in Kubernetes).
+        self.counts_file = counts_file
+        self.saved_counts = load_counts(counts_file)
         self.clock = clock
         self.pods: list[PodState] = []
         self.probes: dict[tuple[str, str], ProbeState] = {}
@@ -218,7 +233,10 @@ class Kubelet:
                 continue
             if not pod.restarts_after(self.watch.exit_code(pod, name) if pod.restart_policy != "Always" else None):
                 continue  # finished (or its exit code is not written yet: next look)
-            restart = self.restarts.setdefault((pod.uid, name), Restart())
+            restart = self.restarts.get((pod.uid, name))
+            if restart is None:
+                restart = self.restarts[(pod.uid, name)] = Restart()
+                restart.count = self.saved_counts.get(f"{pod.uid}/{name}", 0)
             if now - restart.last > BACKOFF_RESET:
                 restart.streak = 0
             if restart.not_before == float("-inf"):
@@ -230,6 +248,7 @@ class Kubelet:
             restart.streak += 1
             restart.last = now
             restart.not_before = float("-inf")
+            self.save_counts()
 
     def step(self) -> bool:
         now = self.clock()
@@ -257,14 +276,26 @@ class Kubelet:
         self.ready = ready
         return changed
 
+    def save_counts(self) -> None:
+        if not self.counts_file:
+            return
+        counts = {f"{uid}/{name}": r.count for (uid, name), r in self.restarts.items() if r.count}
+        try:
+            with open(self.counts_file + ".new", "w") as handle:
+                json.dump(counts, handle)
+            os.replace(self.counts_file + ".new", self.counts_file)
+        except OSError:
+            pass
+
     def restart_counts(self) -> dict[str, dict[str, int]]:
         """{pod key: {container: restarts}} for containers started again at least once."""
         counts: dict[str, dict[str, int]] = {}
         for pod in self.pods:
             for container in pod.containers:
                 restart = self.restarts.get((pod.uid, container["name"]))
-                if restart and restart.count:
-                    counts.setdefault(pod.key, {})[container["name"]] = restart.count
+                count = restart.count if restart else self.saved_counts.get(f"{pod.uid}/{container['name']}", 0)
+                if count:
+                    counts.setdefault(pod.key, {})[container["name"]] = count
         return counts
 
     def container_readiness(self) -> dict[str, dict[str, bool]]:

@@ -292,3 +292,21 @@ def test_process_watch_reads_each_pid_file_once_and_again_when_the_process_is_go
     assert watch(p) == ["c"]  # gone, and the file names nothing that runs
     watch.forget([])
     assert watch.pids == {}
+
+
+def test_restart_counts_outlive_the_agent(tmp_path):
+    counts = str(tmp_path / "restarts.json")
+    clock = Clock()
+    a = pod("a")
+    first = Kubelet(ThreadPoolExecutor(1), dead=FakeWatch({"a": False}, started=True),
+                    restart=lambda p, n: None, clock=clock, counts_file=counts)  # fmt: skip
+    first.set_pods([a])
+    first.step()
+    assert first.restart_counts() == {"default/a": {"c": 1}}
+    second = Kubelet(ThreadPoolExecutor(1), dead=FakeWatch({"a": True}, started=True),
+                     restart=lambda p, n: None, clock=clock, counts_file=counts)  # fmt: skip
+    second.set_pods([a])
+    second.step()
+    assert second.restart_counts() == {"default/a": {"c": 1}}  # a new agent still knows
+    (tmp_path / "restarts.json").write_text("garbage")
+    assert Kubelet(ThreadPoolExecutor(1), counts_file=counts).saved_counts == {}
