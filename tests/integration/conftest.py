@@ -3,8 +3,9 @@ emutest-*, removed when the test session ends (even on failure), and stale
 ones from an interrupted run are removed when the next one starts.
 
 Each name is registered with the pid of the test run that made it
-(OWNERS/NAME), and the sweep spares clusters whose run is still alive, so two
-test runs (say in two git worktrees) can share one Docker engine."""
+(OWNERS/NAME), and the sweep spares clusters whose run is still alive, and
+running emutest-* clusters no test run made (made by hand), so two test runs
+(say in two git worktrees) can share one Docker engine."""
 
 from __future__ import annotations
 
@@ -80,9 +81,12 @@ def runtime():
     except EmuError as error:
         pytest.fail(f"integration tests need Docker: {error}", pytrace=False)
     for name in runtime.cluster_names():
-        if name.startswith(TEST_PREFIX) and not _owner_alive(name):
-            runtime.remove_cluster(name)
-            _disown(name)
+        if not name.startswith(TEST_PREFIX) or _owner_alive(name):
+            continue
+        if not (OWNERS / name).exists() and any(c.running for c in runtime.cluster_containers(name)):
+            continue  # made by hand (not by a test run) and running: someone is using it
+        runtime.remove_cluster(name)
+        _disown(name)
     # What an interrupted compose test left: its controller container and network.
     project = "com.docker.compose.project"
     for container in runtime.api.containers(all=True, filters={"label": project}):
