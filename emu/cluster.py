@@ -446,9 +446,22 @@ class Cluster:
     # ---- using pods --------------------------------------------------------
     def exec(self, pod: str, argv: list[str], container: str | None = None) -> ExecResult:
         """Run a command in a pod (its network namespace, hostname and the container's env)."""
-        state = self.state()
+        return self.runtime.exec(*self.pod_command(pod, argv, container))
+
+    def pod_command(
+        self, pod: str, argv: list[str], container: str | None = None, state: ClusterState | None = None
+    ) -> tuple[str, list[str]]:
+        """(Docker container, argv) that runs argv as one of the pod's containers:
+        what `exec` runs, for callers that run it their own way (emu.testing's testinfra backend)."""
+        state = state or self.state()
         found = find_pod(state, pod)
-        return self.runtime.exec(state.node(found.node).container, pod_exec_argv(found, argv, container))
+        return state.node(found.node).container, pod_exec_argv(found, argv, container)
+
+    def host(self, pod: str, container: str | None = None):
+        """A testinfra Host whose commands run in the pod, as `exec` does (needs pytest-testinfra)."""
+        from emu.testing.backend import pod_host
+
+        return pod_host(self, pod, container)
 
     def node_exec(self, node: str, argv: list[str]) -> ExecResult:
         """Run a command in a node's root namespace."""

@@ -1,5 +1,8 @@
 import pytest
 
+# pytester: the plugin tests (tests/*/test_*plugin*.py) run pytest on inner test files.
+pytest_plugins = ["pytester"]
+
 
 def pytest_collection_modifyitems(items):
     for item in items:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import ipaddress
+import os
 import tarfile
 import time
 from collections.abc import Callable, Iterable
@@ -62,7 +63,7 @@ class DockerRuntime:
 
     def __init__(self, base_url: str | None = None, tls=None, host: str = "", timeout: int = 120):
         self._api = None
-        self.base_url = base_url
+        self.base_url = base_url or os.environ.get("DOCKER_HOST") or None  # as the docker CLI does
         self.tls = tls
         self.host = host  # the name errors use for this engine's machine ("" for this machine)
         self.timeout = timeout
@@ -288,6 +289,14 @@ class DockerRuntime:
         output = api.exec_start(exec_id)
         exit_code = api.exec_inspect(exec_id)["ExitCode"]
         return ExecResult(exit_code if exit_code is not None else -1, output.decode(errors="replace"))
+
+    def exec_split(self, container: str, argv: list[str]) -> tuple[int, bytes, bytes]:
+        """Run a command and wait for it: (exit code, stdout, stderr) kept apart, as
+        bytes (testinfra's backends need them so)."""
+        exec_id = self.api.exec_create(container, argv, stdout=True, stderr=True)["Id"]
+        stdout, stderr = self.api.exec_start(exec_id, demux=True)
+        exit_code = self.api.exec_inspect(exec_id)["ExitCode"]
+        return (exit_code if exit_code is not None else -1, stdout or b"", stderr or b"")
 
     def interactive(self, container: str, argv: list[str], tty: bool) -> int:
         """Run argv in the container with this terminal attached (the docker CLI's

@@ -285,6 +285,9 @@ class SwarmRuntime:
     def exec(self, container: str, argv: list[str], environment: dict[str, str] | None = None) -> ExecResult:
         return self._engine_of(container).exec(container, argv, environment)
 
+    def exec_split(self, container: str, argv: list[str]) -> tuple[int, bytes, bytes]:
+        return self._engine_of(container).exec_split(container, argv)
+
     def exec_detached(self, container: str, argv: list[str]) -> None:
         self._engine_of(container).exec_detached(container, argv)
 
