@@ -19,12 +19,10 @@ def _argv(command: str | list[str]) -> list[str]:
     return ["sh", "-c", command] if isinstance(command, str) else list(command)
 
 
-@dataclass
-class Pod:
-    """A pod: `ip`, `node`, `exec(...)`, and `host`, a testinfra Host in it."""
+class _Namespaced:
+    """name, namespace and NAMESPACE/NAME of a pod's or a service's state."""
 
-    cluster: Cluster
-    state: PodState
+    state: PodState | ServiceState
 
     @property
     def name(self) -> str:
@@ -38,6 +36,17 @@ class Pod:
     def key(self) -> str:
         """NAMESPACE/NAME, as the connectivity matrix labels pods."""
         return self.state.key
+
+    def __str__(self) -> str:
+        return self.key
+
+
+@dataclass
+class Pod(_Namespaced):
+    """A pod: `ip`, `node`, `exec(...)`, and `host`, a testinfra Host in it."""
+
+    cluster: Cluster
+    state: PodState
 
     @property
     def ip(self) -> str:
@@ -55,9 +64,6 @@ class Pod:
     def host(self):
         """A testinfra Host whose commands run in this pod (its first container)."""
         return self.cluster.host(self.key)
-
-    def __str__(self) -> str:
-        return self.key
 
 
 @dataclass
@@ -102,24 +108,12 @@ class Node:
 
 
 @dataclass
-class Service:
+class Service(_Namespaced):
     """A service: `cluster_ip`, `port(name)`, `node_port(name)`, `external_ip`,
     `dns_name`, and `endpoints()`, the ready endpoints the agents program."""
 
     cluster: Cluster
     state: ServiceState
-
-    @property
-    def name(self) -> str:
-        return self.state.name
-
-    @property
-    def namespace(self) -> str:
-        return self.state.namespace
-
-    @property
-    def key(self) -> str:
-        return self.state.key
 
     @property
     def type(self) -> str:
@@ -162,9 +156,6 @@ class Service:
         """Ready endpoints ("ip:port") of one port (the only one if None), as programmed now."""
         found = self._port(which)
         return sorted(self.cluster.endpoints().get(self.key, {}).get(found.name, []))
-
-    def __str__(self) -> str:
-        return self.key
 
 
 def pod(cluster: Cluster, reference: str) -> Pod:

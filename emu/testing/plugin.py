@@ -76,6 +76,13 @@ def pytest_report_header(config):
 
 def pytest_configure(config):
     config.stash[MESSAGES] = []
+    # testinfra's own `host` fixture then takes --hosts=emu://POD?context=CLUSTER too.
+    try:
+        from emu.testing.backend import register
+
+        register()
+    except Exception:  # no testinfra here: pod hosts are simply not offered
+        pass
 
 
 def pytest_terminal_summary(terminalreporter, config):

@@ -1,6 +1,6 @@
 """A connectivity suite for lab.yaml, written with emu's pytest plugin.
 
-    pip install 'emu[test]'   # emu, pytest, pytest-testinfra
+    pip install -e '../..[test]'   # emu (this checkout), pytest, pytest-testinfra
     pytest                    # brings the lab up once, runs these, removes it
 """
 
