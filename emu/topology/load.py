@@ -218,8 +218,8 @@ def _check_limits(text: str) -> None:
                         event.start_mark,
                     )  # fmt: skip
                 total += size or 1  # an undefined alias is the composer's error
-            elif isinstance(event, yaml.StreamEndEvent):
-                return
+            elif event is None or isinstance(event, yaml.StreamEndEvent):
+                return  # (None: past the end; a parser whose event classes are not these, after a re-import)
             if total > MAX_NODES:
                 raise _LimitError(
                     None, None,
