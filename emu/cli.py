@@ -488,7 +488,7 @@ def cmd_trace(args) -> int:
     state = cluster.state()
     plan = trace.plan_for(cluster, state, args.source, args.destination, args.proto, args.container)
     result = trace.assemble(state, plan, trace.run_trace(cluster, state, plan))
-    print(json.dumps(result, indent=2) if args.format == "json" else trace.render_text(result), end="\n" if args.format == "json" else "")
+    sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.format == "json" else trace.render_text(result))
     return 0 if result["probe"].get("result") in ("connected", "answered") else 1
 
 
