@@ -200,6 +200,14 @@ def build(state: ClusterState, endpoints: dict, facts: dict[str, NodeFacts], ext
         nodes.append(NodeView(node.name, node.role, node.node_ip, node.pod_cidr, eth0, bridge, pods, routes, held))
     pod_by_ip = {p.ip: p.key for p in state.pods.values()}
     holders = {address: node.name for node in nodes for address in node.load_balancers}
+    # On several hosts an overlay carries no gratuitous ARP, so the agents route
+    # each address to the node holding it instead: the route names the holder.
+    by_ip = {node.node_ip: node.name for node in state.nodes}
+    for fact in facts.values():
+        for route in fact.routes:
+            address = str(route.get("dst", "")).removesuffix("/32")
+            if address in pool and route.get("gateway") in by_ip:
+                holders.setdefault(address, by_ip[route["gateway"]])
     services = []
     for key in sorted(state.services):
         service = state.services[key]

@@ -260,7 +260,8 @@ def run_trace(cluster, state: ClusterState, plan: TracePlan) -> dict:
         report = send_probe(cluster, state, plan)
     finally:
         stopped = runtime.parallel(stop, state.nodes)
-    return {"probe": report, "nodes": {n.name: r for n, r in zip(state.nodes, stopped)}}
+    warnings = [f"node {n.name}: {r['warning']}" for n, r in zip(state.nodes, started) if r.get("warning")]
+    return {"probe": report, "nodes": {n.name: r for n, r in zip(state.nodes, stopped)}, "warnings": warnings}
 
 
 def send_probe(cluster, state: ClusterState, plan: TracePlan) -> dict:
@@ -355,7 +356,7 @@ def assemble(state: ClusterState, plan: TracePlan, collected: dict) -> dict:
                 places.append({**place, "direction": direction, "hops": hops})
     result = {
         "source": asdict(plan.source), "destination": asdict(plan.destination), "proto": plan.proto,
-        "sport": plan.sport, "probe": collected["probe"],
+        "sport": plan.sport, "probe": collected["probe"], "warnings": collected.get("warnings", []),
     }  # fmt: skip
     for direction in ("request", "reply"):
         chosen = [p for p in places if p["direction"] == direction]
@@ -510,6 +511,8 @@ def render_text(trace: dict) -> str:
         lines.append(f"  conntrack: DNAT to {result['dnat_to']}")
     if result["snat_to"]:
         lines.append(f"  conntrack: SNAT, the reply comes back to {result['snat_to']}")
+    for warning in trace.get("warnings", []):
+        lines.append(f"  warning: {warning}")
     if result["stopped"]:
         stop = result["stopped"]
         rule = stop["rule"]

@@ -380,7 +380,15 @@ def start(directory: str, port: int, proto: str, namespaces: list[str]) -> dict:
     try:
         if state["legacy"]:
             state["nf_log"] = _read(NF_LOG).strip() or "NONE"
-            _write_nf_log("nfnetlink_log")
+            try:
+                _write_nf_log("nfnetlink_log")
+            except (subprocess.CalledProcessError, OSError) as error:
+                # Traced by nf_tables alone: the hops, NAT and routes, not iptables' rules.
+                reason = getattr(error, "stderr", b"") or str(error)
+                state["warning"] = ("iptables-legacy rules are not traced here: nf_log cannot be bound to "
+                                    f"nfnetlink_log ({reason.decode() if isinstance(reason, bytes) else reason})".strip())
+                state["legacy"], state["nf_log"] = False, None
+        if state["legacy"]:
             pid = _spawn([sys.executable, __file__, "nflog", f"{directory}/nflog.jsonl", f"{directory}/nflog.ready"],
                          f"{directory}/nflog.err")  # fmt: skip
             state["pids"].append(pid)
@@ -413,7 +421,7 @@ def start(directory: str, port: int, proto: str, namespaces: list[str]) -> dict:
         _save_state(directory, state)
         stop(directory)
         return {"error": str(error)}
-    return {"ok": True, "legacy": state["legacy"]}
+    return {"ok": True, "legacy": state["legacy"], **({"warning": state["warning"]} if "warning" in state else {})}
 
 
 def stop(directory: str) -> dict:

@@ -168,3 +168,12 @@ def test_unknown_format_is_refused():
 def test_identifiers_are_safe_in_every_format():
     assert re.fullmatch(r"\w+", graph._id("pod", "kube-system/coredns-abc.x"))
     assert json.dumps(graph._m('a "quoted" name')).count("#quot;") == 2
+
+
+def test_on_several_hosts_the_route_to_a_load_balancer_address_names_its_node():
+    cluster = state()
+    found = facts(cluster)
+    found["worker2"].links["eth0"]["addresses"] = ["172.28.0.4/24"]
+    found["worker"].routes.append({"dst": "172.28.0.223", "gateway": "172.28.0.4", "dev": "eth0"})
+    lb = next(s for s in graph.build(cluster, endpoints(cluster), found, []).services if s.key == "default/echo-lb")
+    assert (lb.owner, lb.load_balancer_ip) == ("worker2", "172.28.0.223")
