@@ -159,6 +159,13 @@ def _part(label: str, link: dict | None, address: str | None = None) -> Part:
     return Part(label, "ok" if link["up"] else "down")
 
 
+def _process(seen: reconcile.Observed, container: str) -> str:
+    if container in seen.alive:
+        return "ok"
+    code = seen.ended.get(container)
+    return f"exited {code}" if code is not None else "not running"
+
+
 def build(state: ClusterState, endpoints: dict, facts: dict[str, NodeFacts], externals: list[tuple[str, str]]) -> Graph:
     """The graph of a cluster from its state, its services' ready endpoints
     ({service key: {port name: ["ip:port", ...]}}, as the agents report them) and
@@ -191,10 +198,7 @@ def build(state: ClusterState, endpoints: dict, facts: dict[str, NodeFacts], ext
             if veth_link is not None and veth_link.get("master") != "cni0":
                 veth = Part(pod.host_veth, "not on cni0")
             eth0_pod = _part(f"eth0 {pod.ip}", inside.get("eth0") if inside else None, f"{pod.ip}/{prefix}")
-            containers = [
-                Part(c["name"], "ok" if f"{pod.netns}/{c['name']}" in fact.seen.alive else "not running")
-                for c in pod.containers
-            ]
+            containers = [Part(c["name"], _process(fact.seen, f"{pod.netns}/{c['name']}")) for c in pod.containers]
             pods.append(PodView(pod.key, pod.ip, veth, eth0_pod, containers, pod.key in dns_pods, inside is None))
         held = sorted(a.split("/")[0] for a in (fact.links.get("eth0") or {}).get("addresses", []) if a.split("/")[0] in pool)
         nodes.append(NodeView(node.name, node.role, node.node_ip, node.pod_cidr, eth0, bridge, pods, routes, held))

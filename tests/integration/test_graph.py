@@ -9,6 +9,7 @@ import xml.dom.minidom
 
 import pytest
 
+from emu.agent import PID_FILE
 from emu.see import graph
 
 LAB = """\
@@ -73,11 +74,18 @@ def test_every_format_renders_from_the_command(cluster):
 def test_a_veth_deleted_by_hand_is_drawn_missing(cluster):
     state = cluster.state()
     client = state.pods["default/client"]
-    cluster.runtime.exec(state.node("w1").container, ["ip", "link", "del", client.host_veth])
-    drawn = graph.observe(cluster)
+    node = state.node("w1").container
+    # The agent rewires a broken pod within seconds: held still while the graph looks.
+    agent = f"kill -{{}} $(cat {PID_FILE})"
+    cluster.runtime.exec(node, ["sh", "-c", agent.format("STOP")])
+    try:
+        cluster.runtime.exec(node, ["ip", "link", "del", client.host_veth])
+        drawn = graph.observe(cluster)
+        run = emu("graph", "-n", cluster.name, "--format", "mermaid")
+    finally:
+        cluster.runtime.exec(node, ["sh", "-c", agent.format("CONT")])
     pod = next(p for n in drawn.nodes for p in n.pods if p.key == "default/client")
     assert pod.veth.status == "missing" and pod.eth0.status == "missing"  # the pair goes together
-    run = emu("graph", "-n", cluster.name, "--format", "mermaid")
     assert f"veth {client.host_veth} (missing)" in run.stdout and "class " in run.stdout
 
 
