@@ -44,8 +44,17 @@ def main() -> int:
         cluster.runtime.put_files(state.node(client.node).container, {trace.TRACER: trace.tracer_source()})
         baseline, traced, drawn = [], [], []
         for _ in range(options.rounds):
-            probe = ["python3", trace.TRACER, "probe", "--dest", plan.destination.ip, "--port", "80",
-                     "--sport", str(trace.probe_port())]  # fmt: skip
+            probe = [
+                "python3",
+                trace.TRACER,
+                "probe",
+                "--dest",
+                plan.destination.ip,
+                "--port",
+                "80",
+                "--sport",
+                str(trace.probe_port()),
+            ]
             started = time.perf_counter()
             result = cluster.runtime.exec(state.node(client.node).container, pod_exec_argv(client, probe))
             baseline.append(time.perf_counter() - started)

@@ -32,7 +32,9 @@ FORMATS = ("mermaid", "dot", "svg", "drawio")
 
 # One exec a node: reconcile's look (bridge, namespaces, processes), then
 # links, addresses and routes of the node and of every pod namespace.
-OBSERVE = reconcile.OBSERVE + """\
+OBSERVE = (
+    reconcile.OBSERVE
+    + """\
 echo "@@addr"; ip -j addr show
 echo "@@route"; ip -j route show
 for ns in $(ls /run/netns 2>/dev/null); do
@@ -41,6 +43,7 @@ for ns in $(ls /run/netns 2>/dev/null); do
 done
 true
 """
+)
 
 
 @dataclass
@@ -85,7 +88,9 @@ def _links(data: list) -> dict[str, dict]:
         links[link.get("ifname", "?")] = {
             "up": "UP" in link.get("flags", []),
             "master": link.get("master"),
-            "addresses": [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("family") == "inet"],
+            "addresses": [
+                f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", []) if a.get("family") == "inet"
+            ],
         }
     return links
 
@@ -171,7 +176,9 @@ def build(state: ClusterState, endpoints: dict, facts: dict[str, NodeFacts], ext
     ({service key: {port name: ["ip:port", ...]}}, as the agents report them) and
     what each node holds (facts by node name; a node with no facts is drawn
     from the state alone, everything marked missing)."""
-    dns_pods = {p.key for p in state.pods.values() if p.namespace == "kube-system" and p.labels.get("k8s-app") == "kube-dns"}
+    dns_pods = {
+        p.key for p in state.pods.values() if p.namespace == "kube-system" and p.labels.get("k8s-app") == "kube-dns"
+    }
     pool = set()
     for service in state.services.values():
         if service.load_balancer_ip:
@@ -181,7 +188,9 @@ def build(state: ClusterState, endpoints: dict, facts: dict[str, NodeFacts], ext
         fact = facts.get(node.name) or NodeFacts(reconcile.Observed())
         prefix = node.pod_cidr.split("/")[1]
         eth0 = _part(f"eth0 {node.node_ip}", fact.links.get("eth0"), None)
-        if fact.links.get("eth0") and not any(a.startswith(node.node_ip + "/") for a in fact.links["eth0"]["addresses"]):
+        if fact.links.get("eth0") and not any(
+            a.startswith(node.node_ip + "/") for a in fact.links["eth0"]["addresses"]
+        ):
             eth0 = Part(eth0.label, "missing address")
         bridge = _part(f"cni0 {node.gateway}/{prefix}", fact.links.get("cni0"), f"{node.gateway}/{prefix}")
         routes = []
@@ -200,7 +209,9 @@ def build(state: ClusterState, endpoints: dict, facts: dict[str, NodeFacts], ext
             eth0_pod = _part(f"eth0 {pod.ip}", inside.get("eth0") if inside else None, f"{pod.ip}/{prefix}")
             containers = [Part(c["name"], _process(fact.seen, f"{pod.netns}/{c['name']}")) for c in pod.containers]
             pods.append(PodView(pod.key, pod.ip, veth, eth0_pod, containers, pod.key in dns_pods, inside is None))
-        held = sorted(a.split("/")[0] for a in (fact.links.get("eth0") or {}).get("addresses", []) if a.split("/")[0] in pool)
+        held = sorted(
+            a.split("/")[0] for a in (fact.links.get("eth0") or {}).get("addresses", []) if a.split("/")[0] in pool
+        )
         nodes.append(NodeView(node.name, node.role, node.node_ip, node.pod_cidr, eth0, bridge, pods, routes, held))
     pod_by_ip = {p.ip: p.key for p in state.pods.values()}
     holders = {address: node.name for node in nodes for address in node.load_balancers}
@@ -215,23 +226,36 @@ def build(state: ClusterState, endpoints: dict, facts: dict[str, NodeFacts], ext
     services = []
     for key in sorted(state.services):
         service = state.services[key]
-        ports = [f"{p.port}:{p.node_port}/{p.protocol}" if p.node_port else f"{p.port}/{p.protocol}" for p in service.ports]
+        ports = [
+            f"{p.port}:{p.node_port}/{p.protocol}" if p.node_port else f"{p.port}/{p.protocol}" for p in service.ports
+        ]
         addresses = sorted({a for port in service.ports for a in endpoints.get(key, {}).get(port.name, [])})
         found = [(pod_by_ip.get(a.rpartition(":")[0], a.rpartition(":")[0]), a) for a in addresses]
         lb = service.load_balancer_ip
         if lb and lb not in holders:
             lb = f"{lb} (held by no node)"
         cluster_ip = service.cluster_ip or (f"ExternalName {service.external_name}" if service.external_name else "")
-        services.append(ServiceView(key, service.type, cluster_ip, ports, lb, holders.get(service.load_balancer_ip or ""),
-                                    found, key == "kube-system/kube-dns"))  # fmt: skip
+        services.append(
+            ServiceView(
+                key,
+                service.type,
+                cluster_ip,
+                ports,
+                lb,
+                holders.get(service.load_balancer_ip or ""),
+                found,
+                key == "kube-system/kube-dns",
+            )
+        )
     return Graph(state.name, state.network, state.network_subnet, nodes, services, sorted(externals))
 
 
 def observe(cluster) -> Graph:
     """The graph of a running cluster: its state, endpoints and one exec a node."""
     state = cluster.state()
-    outputs = cluster.runtime.parallel(lambda node: cluster.runtime.exec(node.container, ["sh", "-c", OBSERVE]).output,
-                                       state.nodes)  # fmt: skip
+    outputs = cluster.runtime.parallel(
+        lambda node: cluster.runtime.exec(node.container, ["sh", "-c", OBSERVE]).output, state.nodes
+    )
     facts = {node.name: NodeFacts.parse(output) for node, output in zip(state.nodes, outputs)}
     externals = []
     for record in cluster.runtime.cluster_containers(cluster.name):
@@ -281,7 +305,9 @@ def mermaid(graph: Graph) -> str:
         lines.append("    direction TB")
         for pod in node.pods:
             pid = _id("pod", pod.key)
-            title = f"{'DNS ' if pod.dns else ''}pod {pod.key} {pod.ip}" + (" (namespace missing)" if pod.missing else "")
+            title = f"{'DNS ' if pod.dns else ''}pod {pod.key} {pod.ip}" + (
+                " (namespace missing)" if pod.missing else ""
+            )
             lines.append(f"    subgraph {pid}[{_m(title)}]")
             for container in pod.containers:
                 cid = _id("ctr", pod.key, container.label)
@@ -357,7 +383,9 @@ def dot(graph: Graph) -> str:
         label = f"service {service.key}\\n{service.type} {service.cluster_ip}\\n{' '.join(service.ports)}"
         if service.load_balancer_ip:
             label += f"\\nLoadBalancer {service.load_balancer_ip}"
-        lines.append(f'  {_id("svc", service.key)} [label="{label}", shape=hexagon, style=filled, fillcolor="#fff4d6"];')
+        lines.append(
+            f'  {_id("svc", service.key)} [label="{label}", shape=hexagon, style=filled, fillcolor="#fff4d6"];'
+        )
     for node in graph.nodes:
         lines.append(f"  subgraph cluster_{_id(node.name)} {{")
         lines.append(f"    label={_q(f'node {node.name} ({node.role})  pod CIDR {node.pod_cidr}')}; style=rounded;")
@@ -367,37 +395,51 @@ def dot(graph: Graph) -> str:
             fill = ' style="rounded,filled"; fillcolor="#e8f0ff";' if pod.dns else ""
             lines.append(f"      label={_q(title)};{fill}")
             for container in pod.containers:
-                lines.append(f"      {_id('ctr', pod.key, container.label)} [label={_q('container ' + container.text)}{_dot_style(container)}];")
+                lines.append(
+                    f"      {_id('ctr', pod.key, container.label)} [label={_q('container ' + container.text)}{_dot_style(container)}];"
+                )
             lines.append(f"      {_id('eth', pod.key)} [label={_q(pod.eth0.text)}{_dot_style(pod.eth0)}];")
             lines.append("    }")
-            lines.append(f"    {_id('veth', pod.key)} [label={_q('veth ' + pod.veth.text)}, shape=cds{_dot_style(pod.veth)}];")
-        lines.append(f"    {_id('cni0', node.name)} [label={_q('bridge ' + node.bridge.text)}, shape=box3d{_dot_style(node.bridge)}];")
+            lines.append(
+                f"    {_id('veth', pod.key)} [label={_q('veth ' + pod.veth.text)}, shape=cds{_dot_style(pod.veth)}];"
+            )
+        lines.append(
+            f"    {_id('cni0', node.name)} [label={_q('bridge ' + node.bridge.text)}, shape=box3d{_dot_style(node.bridge)}];"
+        )
         eth0 = node.eth0.text + "".join(f"\nLoadBalancer {a}" for a in node.load_balancers)
         lines.append(f"    {_id('eth0', node.name)} [label={_q(eth0)}{_dot_style(node.eth0)}];")
         lines.append("  }")
-    lines.append(f"  {_id('net', graph.network)} [label={_q(f'network {graph.network} {graph.subnet}')}, shape=cylinder];")
+    lines.append(
+        f"  {_id('net', graph.network)} [label={_q(f'network {graph.network} {graph.subnet}')}, shape=cylinder];"
+    )
     for name, ip in graph.externals:
         lines.append(f"  {_id('ext', name)} [label={_q(f'external {name} {ip}')}, shape=component];")
         lines.append(f"  {_id('ext', name)} -> {_id('net', graph.network)};")
     by_ip = {n.node_ip: n.name for n in graph.nodes}
     for node in graph.nodes:
         for pod in node.pods:
-            lines.append(f"  {_id('eth', pod.key)} -> {_id('veth', pod.key)} [label=\"veth pair\"];")
+            lines.append(f'  {_id("eth", pod.key)} -> {_id("veth", pod.key)} [label="veth pair"];')
             lines.append(f"  {_id('veth', pod.key)} -> {_id('cni0', node.name)};")
         lines.append(f"  {_id('cni0', node.name)} -> {_id('eth0', node.name)};")
         lines.append(f"  {_id('eth0', node.name)} -> {_id('net', graph.network)};")
     for node in graph.nodes:
         for route in node.routes:
             via = route.label.split(" via ")[1]
-            lines.append(f"  {_id('eth0', node.name)} -> {_id('eth0', by_ip.get(via, via))} "
-                         f"[label={_q('route ' + route.text)}, style=dashed, arrowhead=normal, constraint=false{_dot_style(route)}];")  # fmt: skip
+            lines.append(
+                f"  {_id('eth0', node.name)} -> {_id('eth0', by_ip.get(via, via))} "
+                f"[label={_q('route ' + route.text)}, style=dashed, arrowhead=normal, constraint=false{_dot_style(route)}];"
+            )
     for service in graph.services:
         for pod_key, address in service.endpoints:
             target = _id("eth", pod_key) if "/" in pod_key else _id("eth0", by_ip.get(pod_key, pod_key))
-            lines.append(f"  {_id('svc', service.key)} -> {target} [label={_q(address)}, style=dotted, arrowhead=normal];")
+            lines.append(
+                f"  {_id('svc', service.key)} -> {target} [label={_q(address)}, style=dotted, arrowhead=normal];"
+            )
         if service.owner:
-            lines.append(f"  {_id('eth0', service.owner)} -> {_id('svc', service.key)} "
-                         f"[label={_q('answers for ' + service.load_balancer_ip)}, style=dotted, constraint=false];")  # fmt: skip
+            lines.append(
+                f"  {_id('eth0', service.owner)} -> {_id('svc', service.key)} "
+                f"[label={_q('answers for ' + service.load_balancer_ip)}, style=dotted, constraint=false];"
+            )
     lines.append("}")
     return "\n".join(lines) + "\n"
 
@@ -455,7 +497,9 @@ def layout(graph: Graph) -> tuple[list[Box], list[Line], int, int]:
     for service in graph.services:
         text = texts[service.key]
         width = _width(text, 170)
-        boxes.append(Box(_id("svc", service.key), x, top, width, service_h, text, "dns-service" if service.dns else "service"))
+        boxes.append(
+            Box(_id("svc", service.key), x, top, width, service_h, text, "dns-service" if service.dns else "service")
+        )
         x += width + GAP
     width = x
     node_top = top + service_h + 3 * GAP
@@ -463,47 +507,143 @@ def layout(graph: Graph) -> tuple[list[Box], list[Line], int, int]:
     node_bottoms = []
     for node in graph.nodes:
         pods_h = max([2 * LINE + 12 + len(p.containers) * (LINE + 8) + LINE + 16 for p in node.pods] or [0])
-        pod_w = {p.key: _width([f"DNS pod {p.key}", f"IP {p.ip} (namespace missing)" if p.missing else ""]
-                               + [f"  container {c.text}" for c in p.containers]) for p in node.pods}  # fmt: skip
+        pod_w = {
+            p.key: _width(
+                [f"DNS pod {p.key}", f"IP {p.ip} (namespace missing)" if p.missing else ""]
+                + [f"  container {c.text}" for c in p.containers]
+            )
+            for p in node.pods
+        }
         route_text = [f"route {r.text}" for r in node.routes]
-        node_w = max(sum(pod_w.values()) + GAP * (len(node.pods) + 1), _width(route_text + [node.bridge.text], 230) + 2 * GAP)
+        node_w = max(
+            sum(pod_w.values()) + GAP * (len(node.pods) + 1), _width(route_text + [node.bridge.text], 230) + 2 * GAP
+        )
         y = node_top + 2 * LINE + 10
         node_id = _id("node", node.name)
         px = x + GAP
         for pod in node.pods:
             pod_width = pod_w[pod.key]
             pid = _id("pod", pod.key)
-            title = [f"{'DNS ' if pod.dns else ''}pod {pod.key}", f"IP {pod.ip}" + (" (namespace missing)" if pod.missing else "")]
-            boxes.append(Box(pid, px, y, pod_width, pods_h, title, "dns-pod" if pod.dns else "pod",
-                             "missing" if pod.missing else "ok", node_id))  # fmt: skip
+            title = [
+                f"{'DNS ' if pod.dns else ''}pod {pod.key}",
+                f"IP {pod.ip}" + (" (namespace missing)" if pod.missing else ""),
+            ]
+            boxes.append(
+                Box(
+                    pid,
+                    px,
+                    y,
+                    pod_width,
+                    pods_h,
+                    title,
+                    "dns-pod" if pod.dns else "pod",
+                    "missing" if pod.missing else "ok",
+                    node_id,
+                )
+            )
             cy = y + 2 * LINE + 10
             for container in pod.containers:
-                boxes.append(Box(_id("ctr", pod.key, container.label), px + 10, cy, pod_width - 20, LINE + 4,
-                                 ["container " + container.text], "container", container.status, pid))  # fmt: skip
+                boxes.append(
+                    Box(
+                        _id("ctr", pod.key, container.label),
+                        px + 10,
+                        cy,
+                        pod_width - 20,
+                        LINE + 4,
+                        ["container " + container.text],
+                        "container",
+                        container.status,
+                        pid,
+                    )
+                )
                 cy += LINE + 8
-            boxes.append(Box(_id("eth", pod.key), px + 30, y + pods_h - LINE - 10, pod_width - 60, LINE + 4,
-                             [pod.eth0.text], "eth0", pod.eth0.status, pid))  # fmt: skip
-            boxes.append(Box(_id("veth", pod.key), px + 30, y + pods_h + GAP, pod_width - 60, LINE + 4,
-                             ["veth " + pod.veth.text], "veth", pod.veth.status, node_id))  # fmt: skip
+            boxes.append(
+                Box(
+                    _id("eth", pod.key),
+                    px + 30,
+                    y + pods_h - LINE - 10,
+                    pod_width - 60,
+                    LINE + 4,
+                    [pod.eth0.text],
+                    "eth0",
+                    pod.eth0.status,
+                    pid,
+                )
+            )
+            boxes.append(
+                Box(
+                    _id("veth", pod.key),
+                    px + 30,
+                    y + pods_h + GAP,
+                    pod_width - 60,
+                    LINE + 4,
+                    ["veth " + pod.veth.text],
+                    "veth",
+                    pod.veth.status,
+                    node_id,
+                )
+            )
             lines.append(Line(_id("eth", pod.key), _id("veth", pod.key), "veth pair", "wire", pod.veth.status))
             lines.append(Line(_id("veth", pod.key), _id("cni0", node.name), "", "wire", pod.veth.status))
             px += pod_width + GAP
         bridge_y = y + pods_h + 2 * GAP + LINE + 4 + GAP
-        boxes.append(Box(_id("cni0", node.name), x + GAP, bridge_y, node_w - 2 * GAP, LINE + 8,
-                         ["bridge " + node.bridge.text], "bridge", node.bridge.status, node_id))  # fmt: skip
+        boxes.append(
+            Box(
+                _id("cni0", node.name),
+                x + GAP,
+                bridge_y,
+                node_w - 2 * GAP,
+                LINE + 8,
+                ["bridge " + node.bridge.text],
+                "bridge",
+                node.bridge.status,
+                node_id,
+            )
+        )
         routes_y = bridge_y + LINE + 8 + GAP
         route_lines = route_text
         eth0_text = [node.eth0.text] + [f"LoadBalancer {a}" for a in node.load_balancers]
         eth0_y = routes_y + len(route_lines) * LINE + GAP
-        boxes.append(Box(_id("routes", node.name), x + GAP, routes_y, node_w - 2 * GAP, max(len(route_lines), 1) * LINE,
-                         route_lines or ["(no other nodes)"], "routes",
-                         "missing" if any(r.status != "ok" for r in node.routes) else "ok", node_id))  # fmt: skip
-        boxes.append(Box(_id("eth0", node.name), x + node_w // 2 - 80, eth0_y, 160, len(eth0_text) * LINE + 8,
-                         eth0_text, "eth0", node.eth0.status, node_id))  # fmt: skip
+        boxes.append(
+            Box(
+                _id("routes", node.name),
+                x + GAP,
+                routes_y,
+                node_w - 2 * GAP,
+                max(len(route_lines), 1) * LINE,
+                route_lines or ["(no other nodes)"],
+                "routes",
+                "missing" if any(r.status != "ok" for r in node.routes) else "ok",
+                node_id,
+            )
+        )
+        boxes.append(
+            Box(
+                _id("eth0", node.name),
+                x + node_w // 2 - 80,
+                eth0_y,
+                160,
+                len(eth0_text) * LINE + 8,
+                eth0_text,
+                "eth0",
+                node.eth0.status,
+                node_id,
+            )
+        )
         lines.append(Line(_id("cni0", node.name), _id("eth0", node.name)))
         node_h = eth0_y + len(eth0_text) * LINE + 8 + GAP - node_top
-        boxes.insert(0, Box(node_id, x, node_top, node_w, node_h,
-                            [f"node {node.name} ({node.role})", f"pod CIDR {node.pod_cidr}"], "node"))  # fmt: skip
+        boxes.insert(
+            0,
+            Box(
+                node_id,
+                x,
+                node_top,
+                node_w,
+                node_h,
+                [f"node {node.name} ({node.role})", f"pod CIDR {node.pod_cidr}"],
+                "node",
+            ),
+        )
         node_bottoms.append(node_top + node_h)
         x += node_w + GAP
     width = max(width, x)
@@ -511,34 +651,60 @@ def layout(graph: Graph) -> tuple[list[Box], list[Line], int, int]:
     ex = GAP
     for name, ip in graph.externals:
         text = [f"external {name}", ip]
-        boxes.append(Box(_id("ext", name), ex, network_y + LINE + 8 + 2 * GAP, _width(text), 2 * LINE + 8, text, "external"))
+        boxes.append(
+            Box(_id("ext", name), ex, network_y + LINE + 8 + 2 * GAP, _width(text), 2 * LINE + 8, text, "external")
+        )
         lines.append(Line(_id("ext", name), _id("net", graph.network)))
         ex += _width(text) + GAP
     width = max(width, ex)
-    boxes.append(Box(_id("net", graph.network), GAP, network_y, width - 2 * GAP, LINE + 8,
-                     [f"network {graph.network} {graph.subnet} (the nodes' eth0; outside the cluster)"], "network"))
+    boxes.append(
+        Box(
+            _id("net", graph.network),
+            GAP,
+            network_y,
+            width - 2 * GAP,
+            LINE + 8,
+            [f"network {graph.network} {graph.subnet} (the nodes' eth0; outside the cluster)"],
+            "network",
+        )
+    )
     for node in graph.nodes:
         lines.append(Line(_id("eth0", node.name), _id("net", graph.network)))
     by_ip = {n.node_ip: n.name for n in graph.nodes}
     for node in graph.nodes:
         for route in node.routes:
             via = route.label.split(" via ")[1]
-            lines.append(Line(_id("eth0", node.name), _id("eth0", by_ip.get(via, via)), route.label, "route", route.status))
+            lines.append(
+                Line(_id("eth0", node.name), _id("eth0", by_ip.get(via, via)), route.label, "route", route.status)
+            )
     for service in graph.services:
         for pod_key, address in service.endpoints:
             target = _id("pod", pod_key) if "/" in pod_key else _id("eth0", by_ip.get(pod_key, pod_key))
             lines.append(Line(_id("svc", service.key), target, address, "endpoint"))
         if service.owner:
-            lines.append(Line(_id("eth0", service.owner), _id("svc", service.key), f"answers for {service.load_balancer_ip}", "lb"))
+            lines.append(
+                Line(
+                    _id("eth0", service.owner), _id("svc", service.key), f"answers for {service.load_balancer_ip}", "lb"
+                )
+            )
     height = network_y + LINE + 8 + (3 * GAP + 2 * LINE + 8 if graph.externals else GAP)
     return boxes, lines, width, height
 
 
 FILL = {
-    "node": "#f7f7f7", "pod": "#ffffff", "dns-pod": "#e8f0ff", "container": "#eef7ee", "veth": "#fdf0e6",
-    "bridge": "#fde2c8", "eth0": "#e6f2fd", "service": "#fff4d6", "dns-service": "#e8f0ff", "network": "#dfe8f0",
-    "external": "#f0f0f0", "routes": "#f7f7f7",
-}  # fmt: skip
+    "node": "#f7f7f7",
+    "pod": "#ffffff",
+    "dns-pod": "#e8f0ff",
+    "container": "#eef7ee",
+    "veth": "#fdf0e6",
+    "bridge": "#fde2c8",
+    "eth0": "#e6f2fd",
+    "service": "#fff4d6",
+    "dns-service": "#e8f0ff",
+    "network": "#dfe8f0",
+    "external": "#f0f0f0",
+    "routes": "#f7f7f7",
+}
 STROKE = {"wire": "#555555", "route": "#1f6fb2", "endpoint": "#b8860b", "lb": "#7a4eb2"}
 
 
@@ -564,10 +730,16 @@ def svg(graph: Graph) -> str:
         stroke = "#d00000" if box.status != "ok" else "#444444"
         dash = ' stroke-dasharray="5 3"' if box.status != "ok" else ""
         radius = 0 if box.kind in ("routes",) else 6
-        out.append(f'<g id="{box.id}"><rect x="{box.x}" y="{box.y}" width="{box.w}" height="{box.h}" rx="{radius}" '
-                   f'fill="{FILL.get(box.kind, "#ffffff")}" stroke="{stroke if box.kind != "routes" else "none"}"{dash}/>')  # fmt: skip
+        out.append(
+            f'<g id="{box.id}"><rect x="{box.x}" y="{box.y}" width="{box.w}" height="{box.h}" rx="{radius}" '
+            f'fill="{FILL.get(box.kind, "#ffffff")}" stroke="{stroke if box.kind != "routes" else "none"}"{dash}/>'
+        )
         for index, text in enumerate(box.lines):
-            weight = ' font-weight="bold"' if index == 0 and box.kind in ("node", "pod", "dns-pod", "service", "dns-service") else ""
+            weight = (
+                ' font-weight="bold"'
+                if index == 0 and box.kind in ("node", "pod", "dns-pod", "service", "dns-service")
+                else ""
+            )
             colour = ' fill="#d00000"' if box.status != "ok" and "(" in text else ""
             out.append(f'<text x="{box.x + 6}" y="{box.y + 13 + index * LINE}"{weight}{colour}>{escape(text)}</text>')
         out.append("</g>")
@@ -589,14 +761,20 @@ def svg(graph: Graph) -> str:
         if target.kind == "network":  # straight down onto the network
             x2 = x1
         colour = "#d00000" if line.status != "ok" else STROKE[line.kind]
-        dash = {"wire": "", "route": ' stroke-dasharray="6 3"', "endpoint": ' stroke-dasharray="2 3"',
-                "lb": ' stroke-dasharray="2 3"'}[line.kind]  # fmt: skip
+        dash = {
+            "wire": "",
+            "route": ' stroke-dasharray="6 3"',
+            "endpoint": ' stroke-dasharray="2 3"',
+            "lb": ' stroke-dasharray="2 3"',
+        }[line.kind]
         if line.kind == "route":  # between two nodes' eth0: an arc below the node boxes
             x1, x2 = source.x + source.w // 3, target.x + 2 * target.w // 3
             y1, y2 = source.y + source.h, target.y + target.h
             mid = max(y1, y2) + GAP + 10
-            out.append(f'<path d="M{x1},{y1} C{x1},{mid} {x2},{mid} {x2},{y2}" fill="none" stroke="{colour}"{dash}>'
-                       f"<title>{escape(line.label)}</title></path>")  # fmt: skip
+            out.append(
+                f'<path d="M{x1},{y1} C{x1},{mid} {x2},{mid} {x2},{y2}" fill="none" stroke="{colour}"{dash}>'
+                f"<title>{escape(line.label)}</title></path>"
+            )
             continue
         out.append(f'<line x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{colour}"{dash}/>')
     out.append("</svg>")
@@ -610,20 +788,28 @@ def drawio(graph: Graph) -> str:
     parents = {box.id: box for box in boxes}
     for box in boxes:
         stroke = "#d00000" if box.status != "ok" else "#444444"
-        style = (f"rounded=1;whiteSpace=wrap;html=1;align=left;verticalAlign=top;spacingLeft=4;"
-                 f"fillColor={FILL.get(box.kind, '#ffffff')};strokeColor={stroke};"
-                 + ("dashed=1;" if box.status != "ok" else "") + ("fontStyle=1;" if box.kind in ("node",) else ""))  # fmt: skip
+        style = (
+            f"rounded=1;whiteSpace=wrap;html=1;align=left;verticalAlign=top;spacingLeft=4;"
+            f"fillColor={FILL.get(box.kind, '#ffffff')};strokeColor={stroke};"
+            + ("dashed=1;" if box.status != "ok" else "")
+            + ("fontStyle=1;" if box.kind in ("node",) else "")
+        )
         parent = parents.get(box.parent) if box.parent else None
         x, y = (box.x - parent.x, box.y - parent.y) if parent else (box.x, box.y)
         value = escape("<br>".join(escape(text) for text in box.lines), {'"': "&quot;"})
-        cells.append(f'<mxCell id="{box.id}" value="{value}" style="{style}" vertex="1" parent="{box.parent or 1}">'
-                     f'<mxGeometry x="{x}" y="{y}" width="{box.w}" height="{box.h}" as="geometry"/></mxCell>')  # fmt: skip
+        cells.append(
+            f'<mxCell id="{box.id}" value="{value}" style="{style}" vertex="1" parent="{box.parent or 1}">'
+            f'<mxGeometry x="{x}" y="{y}" width="{box.w}" height="{box.h}" as="geometry"/></mxCell>'
+        )
     for index, line in enumerate(lines):
         colour = "#d00000" if line.status != "ok" else STROKE[line.kind]
         style = f"endArrow={'none' if line.kind == 'wire' else 'classic'};html=1;strokeColor={colour};" + (
-            "dashed=1;" if line.kind != "wire" else "")
-        cells.append(f'<mxCell id="e{index}" value="{escape(line.label, {chr(34): "&quot;"})}" style="{style}" edge="1" '
-                     f'parent="1" source="{line.source}" target="{line.target}"><mxGeometry relative="1" as="geometry"/></mxCell>')  # fmt: skip
+            "dashed=1;" if line.kind != "wire" else ""
+        )
+        cells.append(
+            f'<mxCell id="e{index}" value="{escape(line.label, {chr(34): "&quot;"})}" style="{style}" edge="1" '
+            f'parent="1" source="{line.source}" target="{line.target}"><mxGeometry relative="1" as="geometry"/></mxCell>'
+        )
     return (
         '<mxfile host="emu">\n'
         f'<diagram id="{_id(graph.cluster)}" name="emu cluster {escape(graph.cluster)}">\n'

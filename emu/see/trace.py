@@ -21,8 +21,8 @@ from importlib import resources
 
 from emu.cluster import pick_container, pod_exec_argv
 from emu.errors import EmuError
-from emu.see.tracer import PROBE_DSCP
 from emu.records import ClusterState, PodState, ServicePortState, ServiceState
+from emu.see.tracer import PROBE_DSCP
 
 TRACE_DIR = "/run/emu/trace"
 TRACER = "/opt/emu/trace/tracer.py"
@@ -65,7 +65,9 @@ def _find_pod(state: ClusterState, reference: str) -> PodState | None:
     if reference in state.pods:
         return state.pods[reference]
     for pod in state.pods.values():
-        if reference in (pod.netns, pod.key) or ("/" not in reference and pod.namespace == "default" and pod.name == reference):
+        if reference in (pod.netns, pod.key) or (
+            "/" not in reference and pod.namespace == "default" and pod.name == reference
+        ):
             return pod
     return None
 
@@ -79,14 +81,18 @@ def _find_service(state: ClusterState, reference: str) -> ServiceState | None:
     return state.services.get(key)
 
 
-def resolve_source(state: ClusterState, reference: str, externals: dict[str, str], container: str | None = None) -> Endpoint:
+def resolve_source(
+    state: ClusterState, reference: str, externals: dict[str, str], container: str | None = None
+) -> Endpoint:
     """A pod (NAME, NAMESPACE/NAME), `node/NAME` (the node's root namespace) or
     `external/NAME` (a container made by `emu external NAME`)."""
     kind, _, name = reference.partition("/")
     if kind == "node" and name:
         node = next((n for n in state.nodes if n.name == name), None)
         if node is None:
-            raise EmuError(f"no node '{name}' in cluster '{state.name}' (nodes: {', '.join(n.name for n in state.nodes)})")
+            raise EmuError(
+                f"no node '{name}' in cluster '{state.name}' (nodes: {', '.join(n.name for n in state.nodes)})"
+            )
         return Endpoint("node", f"node {node.name}", node.node_ip, node=node.name, container=node.container)
     if kind == "external":
         if not externals:
@@ -94,18 +100,29 @@ def resolve_source(state: ClusterState, reference: str, externals: dict[str, str
         if not name and len(externals) == 1:
             name = next(iter(externals))
         if name not in externals:
-            raise EmuError(f"no external container '{name}' (known: {', '.join(sorted(externals))}); "
-                           f"start one with `emu external {name or 'NAME'}`")  # fmt: skip
+            raise EmuError(
+                f"no external container '{name}' (known: {', '.join(sorted(externals))}); "
+                f"start one with `emu external {name or 'NAME'}`"
+            )
         return Endpoint("external", f"external {name}", externals[name], container=f"{state.name}-{name}")
     pod = _find_pod(state, reference)
     if pod is None:
         known = ", ".join(sorted(state.pods)) or "none"
-        raise EmuError(f"no pod '{reference}' in cluster '{state.name}' (pods: {known}); "
-                       "SRC is a pod (NAME or NAMESPACE/NAME), node/NAME or external/NAME")  # fmt: skip
+        raise EmuError(
+            f"no pod '{reference}' in cluster '{state.name}' (pods: {known}); "
+            "SRC is a pod (NAME or NAMESPACE/NAME), node/NAME or external/NAME"
+        )
     chosen = pick_container(pod, container)["name"]
     label = f"container {chosen} of pod {pod.key}" if container else f"pod {pod.key}"
-    return Endpoint("pod", label, pod.ip, node=pod.node, container=state.node(pod.node).container,
-                    netns=pod.netns, pod_container=chosen)  # fmt: skip
+    return Endpoint(
+        "pod",
+        label,
+        pod.ip,
+        node=pod.node,
+        container=state.node(pod.node).container,
+        netns=pod.netns,
+        pod_container=chosen,
+    )
 
 
 def _split_port(text: str) -> tuple[str, int | None]:
@@ -123,8 +140,10 @@ def _service_port(service: ServiceState, port: int | None, proto: str, node_port
         ports = [p for p in ports if (p.node_port if node_port else p.port) == port]
     if not ports:
         offered = ", ".join(f"{p.node_port if node_port else p.port}/{p.protocol}" for p in service.ports) or "none"
-        raise EmuError(f"service {service.key} has no {proto.upper()} port {port or ''} "
-                       f"({'node ports' if node_port else 'ports'}: {offered}); pick one of those")  # fmt: skip
+        raise EmuError(
+            f"service {service.key} has no {proto.upper()} port {port or ''} "
+            f"({'node ports' if node_port else 'ports'}: {offered}); pick one of those"
+        )
     return ports[0]
 
 
@@ -153,14 +172,19 @@ def resolve_destination(state: ClusterState, text: str, proto: str, source: Endp
             return Endpoint("pod", f"pod {pod.key}", pod.ip, port or _pod_port(pod, proto), node=pod.node)
         service = _find_service(state, host)
         if service is None:
-            raise EmuError(f"'{host}' is neither a pod, a service nor an IPv4 address in cluster '{state.name}' "
-                           f"(services: {', '.join(sorted(state.services))})")  # fmt: skip
+            raise EmuError(
+                f"'{host}' is neither a pod, a service nor an IPv4 address in cluster '{state.name}' "
+                f"(services: {', '.join(sorted(state.services))})"
+            )
         if not service.proxied:
-            raise EmuError(f"service {service.key} has no cluster IP ({'headless' if service.headless else service.type}); "
-                           "trace one of its pods instead")  # fmt: skip
+            raise EmuError(
+                f"service {service.key} has no cluster IP ({'headless' if service.headless else service.type}); "
+                "trace one of its pods instead"
+            )
         chosen = _service_port(service, port, proto)
-        return Endpoint("service", f"service {service.key} port {chosen.name or chosen.port}", service.cluster_ip,
-                        chosen.port)  # fmt: skip
+        return Endpoint(
+            "service", f"service {service.key} port {chosen.name or chosen.port}", service.cluster_ip, chosen.port
+        )
     return _destination_by_address(state, address, port, proto)
 
 
@@ -186,8 +210,13 @@ def _destination_by_address(state: ClusterState, address: str, port: int | None,
         if node.node_ip == address:
             for service in state.services.values():
                 if port is not None and any(p.node_port == port and p.protocol.lower() == proto for p in service.ports):
-                    return Endpoint("service", f"NodePort {port} of service {service.key} on node {node.name}",
-                                    address, port, node=node.name)  # fmt: skip
+                    return Endpoint(
+                        "service",
+                        f"NodePort {port} of service {service.key} on node {node.name}",
+                        address,
+                        port,
+                        node=node.name,
+                    )
             if port is None:
                 raise EmuError(f"{address} is node {node.name}; give a port (a NodePort, e.g. {address}:30080)")
             return Endpoint("node", f"node {node.name}", address, port, node=node.name)
@@ -205,14 +234,17 @@ def plan_trace(state: ClusterState, source: Endpoint, destination: Endpoint, pro
     candidates = [p for p in state.pods.values() if p.ip == destination.ip]
     for service in state.services.values():
         if destination.ip in (service.cluster_ip, service.load_balancer_ip) or (
-            destination.kind == "service" and destination.node and any(p.node_port == destination.port for p in service.ports)
+            destination.kind == "service"
+            and destination.node
+            and any(p.node_port == destination.port for p in service.ports)
         ):
             candidates += [p for p in state.pods.values() if service.selects(p)]
     for pod in sorted(candidates, key=lambda p: p.key)[:MAX_WATCHED_PODS]:
         watch[pod.node].add(pod.netns)
     zone = state.networking.get("dnsDomain", "cluster.local")
-    return TracePlan(source, destination, proto, sport, {n: sorted(v) for n, v in watch.items()},
-                     f"kubernetes.default.svc.{zone}")  # fmt: skip
+    return TracePlan(
+        source, destination, proto, sport, {n: sorted(v) for n, v in watch.items()}, f"kubernetes.default.svc.{zone}"
+    )
 
 
 def probe_port() -> int:
@@ -244,8 +276,18 @@ def run_trace(cluster, state: ClusterState, plan: TracePlan) -> dict:
 
     def start(node):
         runtime.put_files(node.container, tracer)
-        argv = ["python3", TRACER, "start", TRACE_DIR, "--port", str(plan.sport), "--proto", plan.proto,
-                "--netns", *plan.watch.get(node.name, [])]  # fmt: skip
+        argv = [
+            "python3",
+            TRACER,
+            "start",
+            TRACE_DIR,
+            "--port",
+            str(plan.sport),
+            "--proto",
+            plan.proto,
+            "--netns",
+            *plan.watch.get(node.name, []),
+        ]
         return _last_json(runtime.exec(node.container, argv).output, f"node {node.name}")
 
     def stop(node):
@@ -266,8 +308,21 @@ def run_trace(cluster, state: ClusterState, plan: TracePlan) -> dict:
 
 def send_probe(cluster, state: ClusterState, plan: TracePlan) -> dict:
     source = plan.source
-    argv = ["python3", TRACER, "probe", "--proto", plan.proto, "--dest", plan.destination.ip,
-            "--port", str(plan.destination.port), "--sport", str(plan.sport), "--dns-name", plan.dns_name]  # fmt: skip
+    argv = [
+        "python3",
+        TRACER,
+        "probe",
+        "--proto",
+        plan.proto,
+        "--dest",
+        plan.destination.ip,
+        "--port",
+        str(plan.destination.port),
+        "--sport",
+        str(plan.sport),
+        "--dns-name",
+        plan.dns_name,
+    ]
     if source.kind == "pod":
         pod = next(p for p in state.pods.values() if p.node == source.node and p.netns == source.netns)
         argv = pod_exec_argv(pod, argv, source.pod_container)
@@ -344,8 +399,11 @@ def assemble(state: ClusterState, plan: TracePlan, collected: dict) -> dict:
         iptables = result.get("iptables", {})
         for netns, blocks in result.get("namespaces", {}).items():
             pod = _pod_by_netns(state, node_name, netns) if netns else None
-            place = {"place": f"pod {pod.key}" if pod else f"node {node_name}", "node": node_name,
-                     "kind": "pod" if netns else "node"}  # fmt: skip
+            place = {
+                "place": f"pod {pod.key}" if pod else f"node {node_name}",
+                "node": node_name,
+                "kind": "pod" if netns else "node",
+            }
             for direction in ("request", "reply"):
                 chosen = [b for b in blocks if _direction(b["packet"]) == direction]
                 if not chosen:
@@ -355,15 +413,21 @@ def assemble(state: ClusterState, plan: TracePlan, collected: dict) -> dict:
                 hops = _hops(state, node_name, chosen, iptables, direction)
                 places.append({**place, "direction": direction, "hops": hops})
     result = {
-        "source": asdict(plan.source), "destination": asdict(plan.destination), "proto": plan.proto,
-        "sport": plan.sport, "probe": collected["probe"], "warnings": collected.get("warnings", []),
-    }  # fmt: skip
+        "source": asdict(plan.source),
+        "destination": asdict(plan.destination),
+        "proto": plan.proto,
+        "sport": plan.sport,
+        "probe": collected["probe"],
+        "warnings": collected.get("warnings", []),
+    }
     for direction in ("request", "reply"):
         chosen = [p for p in places if p["direction"] == direction]
         chosen.sort(key=lambda p: (-p["hops"][0]["ttl"], _origin_rank(p, plan, direction)))
         result[direction] = [{k: v for k, v in p.items() if k != "direction"} for p in chosen]
     result["conntrack"] = [
-        entry for node_name, data in collected["nodes"].items() for entry in parse_conntrack(node_name, data.get("conntrack", ""))
+        entry
+        for node_name, data in collected["nodes"].items()
+        for entry in parse_conntrack(node_name, data.get("conntrack", ""))
     ]
     result["outcome"] = outcome(result)
     return result
@@ -382,9 +446,22 @@ def _hops(state: ClusterState, node: str, blocks: list[dict], iptables: dict, di
     for block in blocks:
         hook = block.get("hook") or "?"
         if not hops or hops[-1]["hook"] != hook:
-            hops.append({"hook": hook, "in": None, "out": None, "in_port": None, "out_port": None,
-                         "ttl": block["packet"].get("ttl", 0), "before": _tuple(block["packet"]), "after": None,
-                         "route": None, "rules": [], "verdict": "accept", "bridged": False})  # fmt: skip
+            hops.append(
+                {
+                    "hook": hook,
+                    "in": None,
+                    "out": None,
+                    "in_port": None,
+                    "out_port": None,
+                    "ttl": block["packet"].get("ttl", 0),
+                    "before": _tuple(block["packet"]),
+                    "after": None,
+                    "route": None,
+                    "rules": [],
+                    "verdict": "accept",
+                    "bridged": False,
+                }
+            )
         hop = hops[-1]
         packet = block["packet"]
         hop["after"] = _tuple(packet)
@@ -402,16 +479,30 @@ def _hops(state: ClusterState, node: str, blocks: list[dict], iptables: dict, di
         if block.get("backend") == "iptables-legacy":
             for rule in block["rules"]:
                 text, verdict = legacy_rule_text(iptables, rule)
-                hop["rules"].append({"backend": "iptables-legacy", "table": rule["table"], "chain": rule["chain"],
-                                     "rule": rule["num"] if rule["type"] == "rule" else rule["type"],
-                                     "text": text, "verdict": verdict})  # fmt: skip
+                hop["rules"].append(
+                    {
+                        "backend": "iptables-legacy",
+                        "table": rule["table"],
+                        "chain": rule["chain"],
+                        "rule": rule["num"] if rule["type"] == "rule" else rule["type"],
+                        "text": text,
+                        "verdict": verdict,
+                    }
+                )
                 if rule["type"] == "rule" and verdict in ("DROP", "REJECT"):
                     hop["verdict"] = verdict.lower()
         else:
             for rule in block["rules"]:
-                hop["rules"].append({"backend": "nftables", "table": f"{block['family']} {rule['table']}",
-                                     "chain": rule["chain"], "rule": None, "text": rule["text"],
-                                     "verdict": rule["verdict"]})  # fmt: skip
+                hop["rules"].append(
+                    {
+                        "backend": "nftables",
+                        "table": f"{block['family']} {rule['table']}",
+                        "chain": rule["chain"],
+                        "rule": None,
+                        "text": rule["text"],
+                        "verdict": rule["verdict"],
+                    }
+                )
             if block.get("verdict") == "drop":
                 hop["verdict"] = "drop"
     for hop in hops:
@@ -449,11 +540,14 @@ def parse_conntrack(node: str, text: str) -> list[dict]:
         if not found:
             continue
         entry = {
-            "node": node, "proto": found["proto"], "state": found["state"] or "",
+            "node": node,
+            "proto": found["proto"],
+            "state": found["state"] or "",
             "original": f"{found['src']}:{found['sport']} -> {found['dst']}:{found['dport']}",
             "reply": f"{found['rsrc']}:{found['rsport']} -> {found['rdst']}:{found['rdport']}",
-            "dnat": None, "snat": None,
-        }  # fmt: skip
+            "dnat": None,
+            "snat": None,
+        }
         if (found["rsrc"], found["rsport"]) != (found["dst"], found["dport"]):
             entry["dnat"] = f"{found['rsrc']}:{found['rsport']}"
         if (found["rdst"], found["rdport"]) != (found["src"], found["sport"]):
@@ -474,13 +568,19 @@ def outcome(trace: dict) -> dict:
                 break
         if stopped:
             break
-    delivered = [p["place"] for p in trace["request"] if p["kind"] == "pod" and any(h["hook"] == "input" for h in p["hops"])]
+    delivered = [
+        p["place"] for p in trace["request"] if p["kind"] == "pod" and any(h["hook"] == "input" for h in p["hops"])
+    ]
     endpoint = next((e["dnat"] for e in trace["conntrack"] if e["dnat"]), None)
     snat = next((e["snat"] for e in trace["conntrack"] if e["snat"]), None)
     return {
-        "result": probe.get("result"), "reply": probe.get("reply"), "stopped": stopped,
-        "delivered_to": delivered[-1] if delivered else None, "dnat_to": endpoint, "snat_to": snat,
-    }  # fmt: skip
+        "result": probe.get("result"),
+        "reply": probe.get("reply"),
+        "stopped": stopped,
+        "delivered_to": delivered[-1] if delivered else None,
+        "dnat_to": endpoint,
+        "snat_to": snat,
+    }
 
 
 # ---- rendering (pure) --------------------------------------------------------------
@@ -539,7 +639,8 @@ def render_text(trace: dict) -> str:
                         continue
                     if rule["backend"] == "iptables-legacy":
                         where = f"iptables {rule['table']} {rule['chain']}" + (
-                            f" #{rule['rule']}" if isinstance(rule["rule"], int) else "")
+                            f" #{rule['rule']}" if isinstance(rule["rule"], int) else ""
+                        )
                     else:
                         where = f"nft {rule['table']} {rule['chain']}"
                     lines.append(f"      {where}: {rule['text'] or rule['verdict']}")
@@ -566,8 +667,9 @@ def _interfaces(hop: dict) -> str:
     return f"in {incoming}" if incoming else f"out {outgoing}" if outgoing else ""
 
 
-def plan_for(cluster, state: ClusterState, source_text: str, destination_text: str, proto: str,
-             container: str | None = None) -> TracePlan:
+def plan_for(
+    cluster, state: ClusterState, source_text: str, destination_text: str, proto: str, container: str | None = None
+) -> TracePlan:
     """Resolve SRC and DEST on a running cluster and choose the probe's source port."""
     externals = {}
     for record in cluster.runtime.cluster_containers(cluster.name):

@@ -60,9 +60,11 @@ def trace_ruleset(proto: str) -> str:
     flags = " tcp flags & (syn | rst) != 0" if proto == "tcp" else ""
     probe = f"meta l4proto {proto} ip dscp {PROBE_DSCP}"
     remember = f"{probe} add @replies {{ ip daddr . th dport . ip saddr . th sport }}"
-    mark = (f"    {probe}{flags} meta nftrace set 1\n"
-            f"    meta l4proto {proto} ip saddr . th sport . ip daddr . th dport @replies{flags} meta nftrace set 1\n"
-            "    icmp type { destination-unreachable, time-exceeded } meta nftrace set 1\n")  # fmt: skip
+    mark = (
+        f"    {probe}{flags} meta nftrace set 1\n"
+        f"    meta l4proto {proto} ip saddr . th sport . ip daddr . th dport @replies{flags} meta nftrace set 1\n"
+        "    icmp type { destination-unreachable, time-exceeded } meta nftrace set 1\n"
+    )
     chains = [
         ("prerouting", "prerouting", -350, mark),
         ("prerouting_after_dnat", "prerouting", -50, ""),
@@ -73,14 +75,18 @@ def trace_ruleset(proto: str) -> str:
         ("postrouting", "postrouting", -350, ""),
         ("postrouting_after_snat", "postrouting", 300, f"    {remember}\n"),
     ]
-    lines = [f"table ip {TABLE} {{",
-             "  set replies {\n    type ipv4_addr . inet_service . ipv4_addr . inet_service\n"
-             "    flags dynamic, timeout\n    timeout 5m\n  }"]  # fmt: skip
+    lines = [
+        f"table ip {TABLE} {{",
+        "  set replies {\n    type ipv4_addr . inet_service . ipv4_addr . inet_service\n"
+        "    flags dynamic, timeout\n    timeout 5m\n  }",
+    ]
     for name, hook, priority, body in chains:
         lines.append(f"  chain {name} {{\n    type filter hook {hook} priority {priority};\n{body}  }}")
     lines.append("}")
-    bridge = (f"    {probe}{flags} meta nftrace set 1\n"
-              "    icmp type { destination-unreachable, time-exceeded } meta nftrace set 1\n")  # fmt: skip
+    bridge = (
+        f"    {probe}{flags} meta nftrace set 1\n"
+        "    icmp type { destination-unreachable, time-exceeded } meta nftrace set 1\n"
+    )
     lines.append(f"table bridge {TABLE} {{")
     lines.append(f"  chain prerouting {{\n    type filter hook prerouting priority -350;\n{bridge}  }}")
     lines.append("  chain forward {\n    type filter hook forward priority -350;\n  }")
@@ -98,12 +104,18 @@ def parse_packet(text: str) -> dict:
     """The header fields of an nft trace 'packet:' line."""
     packet: dict = {}
     for key, pattern in (
-        ("iif", r'\biif "([^"]+)"'), ("oif", r'\boif "([^"]+)"'),
-        ("saddr", r"\bip saddr (\S+)"), ("daddr", r"\bip daddr (\S+)"),
-        ("ttl", r"\bip ttl (\d+)"), ("id", r"\bip id (\d+)"), ("dscp", r"\bip dscp (\S+)"),
-        ("sport", r"\b(?:tcp|udp) sport (\d+)"), ("dport", r"\b(?:tcp|udp) dport (\d+)"),
-        ("flags", r"\btcp flags == (\S+)"), ("icmp", r"\bicmp type (\S+)"),
-    ):  # fmt: skip
+        ("iif", r'\biif "([^"]+)"'),
+        ("oif", r'\boif "([^"]+)"'),
+        ("saddr", r"\bip saddr (\S+)"),
+        ("daddr", r"\bip daddr (\S+)"),
+        ("ttl", r"\bip ttl (\d+)"),
+        ("id", r"\bip id (\d+)"),
+        ("dscp", r"\bip dscp (\S+)"),
+        ("sport", r"\b(?:tcp|udp) sport (\d+)"),
+        ("dport", r"\b(?:tcp|udp) dport (\d+)"),
+        ("flags", r"\btcp flags == (\S+)"),
+        ("icmp", r"\bicmp type (\S+)"),
+    ):
         found = re.search(pattern, text)
         if found:
             value = found.group(1)
@@ -140,13 +152,13 @@ def parse_monitor(text: str) -> list[dict]:
         if rest.startswith("policy "):
             block["verdict"] = rest.split()[1]
         elif rest.startswith("verdict "):
-            verdict = rest[len("verdict "):].strip()
+            verdict = rest[len("verdict ") :].strip()
             if verdict in ("accept", "drop"):
                 block["verdict"] = verdict
         elif rest.startswith("rule ") or rest.startswith("unknown rule"):
             verdict = VERDICT.search(rest)
             text = VERDICT.sub("", rest).strip()
-            text = text[len("rule "):] if text.startswith("rule ") else text
+            text = text[len("rule ") :] if text.startswith("rule ") else text
             rule = {**where, "text": text, "verdict": verdict["verdict"] if verdict else ""}
             if where["table"] != TABLE:  # emu_trace's own rules only set the trace flag
                 block["rules"].append(rule)
@@ -182,12 +194,15 @@ def parse_ip(payload: bytes) -> dict:
     header = (payload[0] & 0x0F) * 4
     proto = payload[9]
     packet = {
-        "saddr": socket.inet_ntoa(payload[12:16]), "daddr": socket.inet_ntoa(payload[16:20]),
-        "ttl": payload[8], "id": struct.unpack(">H", payload[4:6])[0], "dscp": payload[1] >> 2,
+        "saddr": socket.inet_ntoa(payload[12:16]),
+        "daddr": socket.inet_ntoa(payload[16:20]),
+        "ttl": payload[8],
+        "id": struct.unpack(">H", payload[4:6])[0],
+        "dscp": payload[1] >> 2,
         "proto": {6: "tcp", 17: "udp", 1: "icmp"}.get(proto, str(proto)),
-    }  # fmt: skip
+    }
     if proto in (6, 17) and len(payload) >= header + 4:
-        packet["sport"], packet["dport"] = struct.unpack(">HH", payload[header:header + 4])
+        packet["sport"], packet["dport"] = struct.unpack(">HH", payload[header : header + 4])
     return packet
 
 
@@ -229,12 +244,15 @@ def nflog_listen(out_path: str, ready_path: str) -> None:
             while offset + 16 <= len(data):
                 length, kind = struct.unpack_from("=IH", data, offset)
                 if kind == 2:  # NLMSG_ERROR: the answer to a config request
-                    code, seq = struct.unpack_from("=i", data, offset + 16)[0], struct.unpack_from("=I", data, offset + 8)[0]
+                    code, seq = (
+                        struct.unpack_from("=i", data, offset + 16)[0],
+                        struct.unpack_from("=I", data, offset + 8)[0],
+                    )
                     acks[0] += 1
                     if code and seq >= 3:  # binding group 0 or its copy mode failed
                         errors.append(os.strerror(-code))
                 elif kind == (NFNL_SUBSYS_ULOG << 8) | NFULNL_MSG_PACKET:
-                    out.write(json.dumps(_nflog_event(data[offset + 20:offset + length])) + "\n")
+                    out.write(json.dumps(_nflog_event(data[offset + 20 : offset + length])) + "\n")
                     out.flush()
                 offset += (length + 3) & ~3
 
@@ -246,7 +264,7 @@ def _nflog_event(attrs: bytes) -> dict:
         length, kind = struct.unpack_from("=HH", attrs, position)
         if length < 4:
             break
-        found[kind & 0x7FFF] = attrs[position + 4:position + length]
+        found[kind & 0x7FFF] = attrs[position + 4 : position + length]
         position += (length + 3) & ~3
     event = {"prefix": found.get(ATTR_PREFIX, b"").rstrip(b"\0").decode(errors="replace")}
     if ATTR_PACKET_HDR in found:
@@ -277,10 +295,21 @@ def parse_legacy(events: list[dict], names: dict[int, str]) -> list[dict]:
             priority = LEGACY_PRIORITY.get(table, 0)
             if table == "nat" and hook in ("postrouting", "input"):
                 priority = LEGACY_SNAT_PRIORITY
-            last = {"family": "ip", "table": table, "chain": hook.upper(), "hook": hook, "priority": priority,
-                    "backend": "iptables-legacy", "packet": packet, "rules": [], "verdict": None}  # fmt: skip
+            last = {
+                "family": "ip",
+                "table": table,
+                "chain": hook.upper(),
+                "hook": hook,
+                "priority": priority,
+                "backend": "iptables-legacy",
+                "packet": packet,
+                "rules": [],
+                "verdict": None,
+            }
             blocks.append(last)
-        last["rules"].append({"table": table, "chain": prefix["chain"], "type": prefix["type"], "num": int(prefix["num"])})
+        last["rules"].append(
+            {"table": table, "chain": prefix["chain"], "type": prefix["type"], "num": int(prefix["num"])}
+        )
     return blocks
 
 
@@ -351,15 +380,17 @@ def _legacy_in_use() -> bool:
 def _write_nf_log(value: str) -> None:
     # /proc/sys is read-only in a container; a private mount namespace may remount it.
     subprocess.run(
-        ["unshare", "-m", "sh", "-c", f"mount -o remount,rw /proc/sys && echo {value} >{NF_LOG}"], check=True,
+        ["unshare", "-m", "sh", "-c", f"mount -o remount,rw /proc/sys && echo {value} >{NF_LOG}"],
+        check=True,
         capture_output=True,
-    )  # fmt: skip
+    )
 
 
 def _spawn(argv: list[str], log: str) -> int:
     with open(log, "w") as out:
-        process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)  # fmt: skip
+        process = subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
     return process.pid
 
 
@@ -385,12 +416,16 @@ def start(directory: str, port: int, proto: str, namespaces: list[str]) -> dict:
             except (subprocess.CalledProcessError, OSError) as error:
                 # Traced by nf_tables alone: the hops, NAT and routes, not iptables' rules.
                 reason = getattr(error, "stderr", b"") or str(error)
-                state["warning"] = ("iptables-legacy rules are not traced here: nf_log cannot be bound to "
-                                    f"nfnetlink_log ({reason.decode() if isinstance(reason, bytes) else reason})".strip())
+                state["warning"] = (
+                    "iptables-legacy rules are not traced here: nf_log cannot be bound to "
+                    f"nfnetlink_log ({reason.decode() if isinstance(reason, bytes) else reason})".strip()
+                )
                 state["legacy"], state["nf_log"] = False, None
         if state["legacy"]:
-            pid = _spawn([sys.executable, __file__, "nflog", f"{directory}/nflog.jsonl", f"{directory}/nflog.ready"],
-                         f"{directory}/nflog.err")  # fmt: skip
+            pid = _spawn(
+                [sys.executable, __file__, "nflog", f"{directory}/nflog.jsonl", f"{directory}/nflog.ready"],
+                f"{directory}/nflog.err",
+            )
             state["pids"].append(pid)
         for ns in ["", *namespaces]:
             argv = (["ip", "netns", "exec", ns] if ns else []) + ["nft", "monitor"]
@@ -476,11 +511,27 @@ def stop(directory: str) -> dict:
 def conntrack_of(blocks: list[dict], proto: str) -> str:
     """The node's connection tracking entry of the probe: the original tuple of
     the first request packet it saw, and the reply tuple NAT made of it."""
-    first = next((b["packet"] for b in blocks if b["packet"].get("dscp") == PROBE_DSCP and "sport" in b["packet"]), None)
+    first = next(
+        (b["packet"] for b in blocks if b["packet"].get("dscp") == PROBE_DSCP and "sport" in b["packet"]), None
+    )
     if first is None:
         return ""
-    return _run(["conntrack", "-L", "-p", proto, "--orig-src", first["saddr"], "--orig-dst", first["daddr"],
-                 "--orig-port-src", str(first["sport"]), "--orig-port-dst", str(first["dport"])])  # fmt: skip
+    return _run(
+        [
+            "conntrack",
+            "-L",
+            "-p",
+            proto,
+            "--orig-src",
+            first["saddr"],
+            "--orig-dst",
+            first["daddr"],
+            "--orig-port-src",
+            str(first["sport"]),
+            "--orig-port-dst",
+            str(first["dport"]),
+        ]
+    )
 
 
 def route_of(block: dict, netns: str) -> str | None:
@@ -583,8 +634,8 @@ def dns_answer(reply: bytes) -> str:
             while position < len(reply) and reply[position]:
                 position += reply[position] + 1
             position += 1
-        kind, _, _, length = struct.unpack(">HHIH", reply[position:position + 10])
-        data = reply[position + 10:position + 10 + length]
+        kind, _, _, length = struct.unpack(">HHIH", reply[position : position + 10])
+        data = reply[position + 10 : position + 10 + length]
         if kind == 1 and length == 4:
             return f"{status} {socket.inet_ntoa(data)}"
         position += 10 + length

@@ -51,7 +51,10 @@ def test_the_graph_is_what_the_nodes_hold(cluster):
     assert w1.eth0.text == f"eth0 {state.node('w1').node_ip}" and w1.bridge.status == "ok"
     assert [r.text for r in w1.routes] == [f"{state.node('cp').pod_cidr} via {state.node('cp').node_ip}"]
     web = next(p for p in w1.pods if p.key == "default/web")
-    assert (web.veth.text, web.eth0.text) == (state.pods["default/web"].host_veth, f"eth0 {state.pods['default/web'].ip}")
+    assert (web.veth.text, web.eth0.text) == (
+        state.pods["default/web"].host_veth,
+        f"eth0 {state.pods['default/web'].ip}",
+    )
     assert [c.text for c in web.containers] == ["server", "sidecar"]
     dns = next(p for n in drawn.nodes for p in n.pods if p.dns)
     assert dns.key.startswith("kube-system/coredns-")

@@ -43,8 +43,13 @@ def test_lab(folder, make_cluster):
 
 
 def test_each_lab_has_its_compose_file_and_readme():
-    assert [folder.name for folder in FOLDERS] == ["container-to-container", "dns", "internet-to-service", "pod-to-pod",
-                                                    "pod-to-service"]  # fmt: skip
+    assert [folder.name for folder in FOLDERS] == [
+        "container-to-container",
+        "dns",
+        "internet-to-service",
+        "pod-to-pod",
+        "pod-to-service",
+    ]
     for folder in FOLDERS:
         compose = yaml.safe_load((folder / "docker-compose.yml").read_text())
         service = compose["services"]["emu"]
@@ -58,7 +63,9 @@ def compose_available() -> bool:
     return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
 
 
-@pytest.mark.skipif(not compose_available(), reason="docker compose is not installed (scripts/ensure-docker.sh installs it)")
+@pytest.mark.skipif(
+    not compose_available(), reason="docker compose is not installed (scripts/ensure-docker.sh installs it)"
+)
 def test_a_lab_comes_up_with_docker_compose_from_its_folder(runtime, new_name):
     """As its README says: docker compose in the lab's folder (the controller
     container, the lab's folder mounted); under a test name, then its checks."""
@@ -70,14 +77,24 @@ def test_a_lab_comes_up_with_docker_compose_from_its_folder(runtime, new_name):
     name = new_name("lab-compose")
     compose = ["docker", "compose", "-p", name]
     try:
-        up = subprocess.run([*compose, "run", "--rm", "emu", "up", "/lab/lab.yaml", "--name", name], cwd=folder,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+        up = subprocess.run(
+            [*compose, "run", "--rm", "emu", "up", "/lab/lab.yaml", "--name", name],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert up.returncode == 0, up.stdout + up.stderr
         cluster = Cluster(name, runtime=runtime)
         for check in checks(folder):
             check(cluster)
-        traced = subprocess.run([*compose, "run", "--rm", "emu", "trace", "client", "echo", "--name", name], cwd=folder,
-                                capture_output=True, text=True, timeout=120)  # fmt: skip
+        traced = subprocess.run(
+            [*compose, "run", "--rm", "emu", "trace", "client", "echo", "--name", name],
+            cwd=folder,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert traced.returncode == 0 and "KUBE-SEP-" in traced.stdout, traced.stdout + traced.stderr
     finally:
         subprocess.run([*compose, "down", "--remove-orphans"], cwd=folder, capture_output=True, timeout=120)

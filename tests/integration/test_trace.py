@@ -80,7 +80,11 @@ def test_container_to_container_over_localhost(cluster, state):
     assert result["probe"]["result"] == "connected" and result["probe"]["reply"] == "web"
     assert [p["place"] for p in result["request"]] == ["pod default/web"]  # never left the pod's namespace
     assert [(h["hook"], h["in"] or h["out"]) for _, h in hops(result)] == [
-        ("output", "lo"), ("postrouting", "lo"), ("prerouting", "lo"), ("input", "lo")]
+        ("output", "lo"),
+        ("postrouting", "lo"),
+        ("prerouting", "lo"),
+        ("input", "lo"),
+    ]
 
 
 def test_pod_to_pod_on_one_node_crosses_the_bridge(cluster, state):
@@ -98,7 +102,12 @@ def test_pod_to_pod_across_nodes_is_routed_without_nat(cluster, state):
     worker2 = state.node("worker2")
     result = traced(cluster, state, "client", "web")
     assert result["probe"]["reply"] == "web"
-    assert [p["place"] for p in result["request"]] == ["pod default/client", "node worker", "node worker2", "pod default/web"]
+    assert [p["place"] for p in result["request"]] == [
+        "pod default/client",
+        "node worker",
+        "node worker2",
+        "pod default/web",
+    ]
     forward = next(h for place, h in hops(result) if place == "node worker" and h["hook"] == "forward")
     assert forward["out"] == "eth0" and f"via {worker2.node_ip} dev eth0" in forward["route"]
     arrived = next(h for place, h in hops(result) if place == "pod default/web" and h["hook"] == "input")
@@ -134,7 +143,10 @@ def test_egress_leaves_with_the_node_ip(cluster, state):
     result = traced(cluster, state, "client", f"{cluster.external_ip}:8080")
     assert result["probe"]["reply"] == f"{cluster.name}-internet"
     postrouting = next(h for place, h in hops(result) if place == "node worker" and h["hook"] == "postrouting")
-    assert postrouting["nat"].startswith(f"SNAT {state.pods['default/client'].ip}:") and f"-> {worker.node_ip}:" in postrouting["nat"]
+    assert (
+        postrouting["nat"].startswith(f"SNAT {state.pods['default/client'].ip}:")
+        and f"-> {worker.node_ip}:" in postrouting["nat"]
+    )
     masquerade = [r for r in postrouting["rules"] if r["verdict"] == "MASQUERADE"]
     assert [r["chain"] for r in masquerade] == ["EMU-MASQ-AGENT"]
     assert result["outcome"]["snat_to"].startswith(f"{worker.node_ip}:")
@@ -174,19 +186,30 @@ def test_a_service_without_endpoints_rejects_and_the_rule_is_named(cluster, stat
 
 
 def test_the_command_prints_the_hops_and_leaves_nothing_behind(cluster, state):
-    run = subprocess.run([sys.executable, "-m", "emu.cli", "trace", "-n", cluster.name, "client", "echo"],
-                         capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "emu.cli", "trace", "-n", cluster.name, "client", "echo"], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stderr
     assert "DNAT 10.96." in run.stdout and "KUBE-SEP-" in run.stdout and "first reply (reply):" in run.stdout
     for node in state.nodes:
-        left = cluster.runtime.exec(node.container, ["sh", "-c", "nft list tables; ls /run/emu/trace 2>&1; "
-                                                     "cat /proc/sys/net/netfilter/nf_log/2; ps -eo args | grep '^nft monitor' || true"])  # fmt: skip
+        left = cluster.runtime.exec(
+            node.container,
+            [
+                "sh",
+                "-c",
+                "nft list tables; ls /run/emu/trace 2>&1; "
+                "cat /proc/sys/net/netfilter/nf_log/2; ps -eo args | grep '^nft monitor' || true",
+            ],
+        )
         assert "emu_trace" not in left.output and "nfnetlink_log" not in left.output, left.output
         assert "No such file" in left.output
 
 
 def test_bad_input_is_refused_before_anything_runs(cluster):
-    run = subprocess.run([sys.executable, "-m", "emu.cli", "trace", "-n", cluster.name, "client", "nothing-here"],
-                         capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "emu.cli", "trace", "-n", cluster.name, "client", "nothing-here"],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 1 and "neither a pod, a service nor an IPv4 address" in run.stderr
     assert "Traceback" not in run.stderr

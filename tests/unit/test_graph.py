@@ -54,8 +54,10 @@ def facts(cluster: ClusterState) -> dict[str, graph.NodeFacts]:
         for pod in cluster.pods_on(node.name):
             links[pod.host_veth] = {"up": True, "master": "cni0", "addresses": []}
         routes = [{"dst": o.pod_cidr, "gateway": o.node_ip, "dev": "eth0"} for o in cluster.nodes if o is not node]
-        pod_links = {p.netns: {"eth0": {"up": True, "master": None, "addresses": [f"{p.ip}/24"]}}
-                     for p in cluster.pods_on(node.name)}  # fmt: skip
+        pod_links = {
+            p.netns: {"eth0": {"up": True, "master": None, "addresses": [f"{p.ip}/24"]}}
+            for p in cluster.pods_on(node.name)
+        }
         result[node.name] = graph.NodeFacts(seen, links, routes, pod_links, {})
     return result
 
@@ -96,15 +98,26 @@ def test_graph_shows_what_the_article_draws():
     cluster = state()
     drawn = graph.build(cluster, endpoints(cluster), facts(cluster), EXTERNALS)
     text = graph.render(drawn, "mermaid")
-    for expected in ("pod CIDR 10.244.1.0/24", "eth0 172.28.0.3", "bridge cni0 10.244.1.1/24", "veth veth6844d090",
-                     "eth0 10.244.1.2", "container sidecar", "route 10.244.2.0/24 via 172.28.0.4",
-                     "ClusterIP 10.96.40.206", "DNS pod kube-system/coredns", "LB 172.28.0.223",
-                     "external emutest-graph-x-internet 172.28.0.5"):  # fmt: skip
+    for expected in (
+        "pod CIDR 10.244.1.0/24",
+        "eth0 172.28.0.3",
+        "bridge cni0 10.244.1.1/24",
+        "veth veth6844d090",
+        "eth0 10.244.1.2",
+        "container sidecar",
+        "route 10.244.2.0/24 via 172.28.0.4",
+        "ClusterIP 10.96.40.206",
+        "DNS pod kube-system/coredns",
+        "LB 172.28.0.223",
+        "external emutest-graph-x-internet 172.28.0.5",
+    ):
         assert expected in text, expected
     lb = next(s for s in drawn.services if s.key == "default/echo-lb")
     assert lb.owner == "worker2"  # the node whose eth0 holds the address
     echo = next(s for s in drawn.services if s.key == "default/echo")
-    assert sorted(pod for pod, _ in echo.endpoints) == sorted(p.key for p in cluster.pods.values() if p.labels.get("app") == "echo")
+    assert sorted(pod for pod, _ in echo.endpoints) == sorted(
+        p.key for p in cluster.pods.values() if p.labels.get("app") == "echo"
+    )
 
 
 def test_a_load_balancer_address_no_node_holds_is_said():

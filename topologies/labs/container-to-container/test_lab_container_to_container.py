@@ -18,4 +18,8 @@ def test_the_packet_never_leaves_the_pod(lab):
     assert result["probe"]["reply"] == "web"
     assert {place for place, _ in hops(result)} == {"pod default/web"}
     assert [(hop["hook"], hop["in"] or hop["out"]) for _, hop in hops(result)] == [
-        ("output", "lo"), ("postrouting", "lo"), ("prerouting", "lo"), ("input", "lo")]
+        ("output", "lo"),
+        ("postrouting", "lo"),
+        ("prerouting", "lo"),
+        ("input", "lo"),
+    ]

@@ -17,7 +17,10 @@ def test_a_headless_service_resolves_to_its_pods(lab):
 
 def test_pods_ask_the_kube_dns_service(lab):
     resolv = lab.exec("client", ["cat", "/etc/resolv.conf"]).output
-    assert "nameserver 10.96.0.10" in resolv and "search default.svc.cluster.local svc.cluster.local cluster.local" in resolv
+    assert (
+        "nameserver 10.96.0.10" in resolv
+        and "search default.svc.cluster.local svc.cluster.local cluster.local" in resolv
+    )
     result = traced(lab, "client", "kube-system/kube-dns:53", proto="udp")
     assert result["probe"]["reply"] == "NOERROR 10.96.0.1"
     coredns = next(pod for pod in lab.state().pods.values() if pod.namespace == "kube-system")

@@ -21,7 +21,12 @@ def test_on_one_node_the_bridge_forwards_between_veths(lab):
 def test_across_nodes_the_packet_is_routed_via_the_other_node(lab):
     node1 = lab.state().node("node1")
     result = traced(lab, "client", "faraway")
-    assert [p["place"] for p in result["request"]] == ["pod default/client", "node node2", "node node1", "pod default/faraway"]
+    assert [p["place"] for p in result["request"]] == [
+        "pod default/client",
+        "node node2",
+        "node node1",
+        "pod default/faraway",
+    ]
     forward = next(hop for place, hop in hops(result) if place == "node node2" and hop["hook"] == "forward")
     assert f"via {node1.node_ip} dev eth0" in forward["route"]
     assert all(hop["nat"] is None for _, hop in hops(result))

@@ -13,8 +13,13 @@ def test_the_service_spreads_requests_over_its_pods(lab):
 def test_a_kube_sep_chain_dnats_to_the_pod_that_answered(lab):
     state = lab.state()
     result = traced(lab, "client", "echo")
-    dnat = [rule for place in result["request"] for hop in place["hops"] for rule in hop["rules"]
-            if rule["verdict"].startswith("DNAT")]
+    dnat = [
+        rule
+        for place in result["request"]
+        for hop in place["hops"]
+        for rule in hop["rules"]
+        if rule["verdict"].startswith("DNAT")
+    ]
     assert len(dnat) == 1 and dnat[0]["chain"].startswith("KUBE-SEP-")
     endpoint = dnat[0]["verdict"].removeprefix("DNAT to ")
     assert result["outcome"]["dnat_to"] == endpoint  # conntrack says the same
