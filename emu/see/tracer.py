@@ -36,6 +36,7 @@ import sys
 import time
 
 TABLE = "emu_trace"
+STALE_AFTER = 60.0  # seconds: a trace takes a few; one older was left by an emu that died
 PROBE_DSCP = 45  # an unassigned code point: the probe's packets carry it (IP_TOS 180)
 NF_LOG = "/proc/sys/net/netfilter/nf_log/2"
 LEGACY_TABLES = ("raw", "mangle", "nat", "filter")
@@ -399,13 +400,16 @@ def start(directory: str, port: int, proto: str, namespaces: list[str]) -> dict:
         os.makedirs(os.path.dirname(directory), exist_ok=True)
         os.mkdir(directory)
     except FileExistsError:
-        owner = _read(f"{directory}/owner")
-        if owner and _alive(int(owner)):
-            return {"error": "another emu trace is running on this node; wait for it to finish"}
-        cleanup(directory)
+        # Another trace holds this node (its monitors and NFLOG's one listener),
+        # unless it was left by an emu that died: then it is stopped and undone.
+        try:
+            age = time.time() - os.stat(directory).st_mtime
+        except OSError:
+            age = STALE_AFTER
+        if age < STALE_AFTER:
+            return {"error": "another emu trace is running on this node; wait a few seconds and try again"}
+        stop(directory)
         os.mkdir(directory)
-    with open(f"{directory}/owner", "w") as out:
-        out.write(str(os.getpid()))
     namespaces = [ns for ns in namespaces if os.path.exists(f"/run/netns/{ns}")]
     state = {"netns": namespaces, "pids": [], "legacy": _legacy_in_use(), "nf_log": None}
     try:

@@ -324,3 +324,9 @@ def test_nodeport_hops_show_both_nats():
     postrouting = entry["hops"][-1]
     assert postrouting["nat"].startswith("SNAT 172.28.0.5:") and "MASQUERADE" in postrouting["rules"][-1]["text"]
     assert result["outcome"]["snat_to"].startswith("172.28.0.3:")
+
+
+def test_a_second_trace_on_a_node_is_refused_while_one_runs(tmp_path):
+    busy = tmp_path / "trace"
+    busy.mkdir()
+    assert "another emu trace is running" in tracer.start(str(busy), 20000, "tcp", [])["error"]
