@@ -500,10 +500,12 @@ def _hops(state: ClusterState, node: str, blocks: list[dict], iptables: dict, di
                         "chain": rule["chain"],
                         "rule": None,
                         "text": rule["text"],
-                        "verdict": rule["verdict"],
+                        "verdict": nft_verdict(rule["text"], rule["verdict"]),
                     }
                 )
-            if block.get("verdict") == "drop":
+            if any(r["verdict"] == "REJECT" for r in hop["rules"]):
+                hop["verdict"] = "reject"
+            elif block.get("verdict") == "drop":
                 hop["verdict"] = "drop"
     for hop in hops:
         if hop["bridged"]:
@@ -512,6 +514,24 @@ def _hops(state: ClusterState, node: str, blocks: list[dict], iptables: dict, di
         hop["out_pod"] = _port_owner(state, node, hop["out_port"])
         hop["nat"] = _nat(hop["before"], hop["after"], direction)
     return hops
+
+
+NFT_ACTIONS = (
+    (re.compile(r"\bdnat (?:ip )?to (\S+)"), "DNAT to {}"),
+    (re.compile(r"\bsnat (?:ip )?to (\S+)"), "SNAT to {}"),
+    (re.compile(r"\bmasquerade\b"), "MASQUERADE"),
+    (re.compile(r"\breject\b"), "REJECT"),
+)
+
+
+def nft_verdict(text: str, verdict: str) -> str:
+    """An nf_tables rule's verdict, named by what it did where the trace says only
+    accept or drop (NAT statements accept, reject drops), as iptables' targets are."""
+    for pattern, label in NFT_ACTIONS:
+        found = pattern.search(text)
+        if found:
+            return label.format(*found.groups())
+    return verdict
 
 
 def _nat(before: str, after: str | None, direction: str) -> str | None:

@@ -330,3 +330,16 @@ def test_a_second_trace_on_a_node_is_refused_while_one_runs(tmp_path):
     busy = tmp_path / "trace"
     busy.mkdir()
     assert "another emu trace is running" in tracer.start(str(busy), 20000, "tcp", [])["error"]
+
+
+@pytest.mark.parametrize(
+    "text, verdict, named",
+    [
+        ("meta l4proto tcp dnat ip to 10.244.1.3:8080", "accept", "DNAT to 10.244.1.3:8080"),
+        ("ip saddr 10.244.1.2 masquerade fully-random", "accept", "MASQUERADE"),
+        ("ip daddr 10.96.1.1 tcp dport 80 reject", "drop", "REJECT"),
+        ("jump services", "jump services", "jump services"),
+    ],
+)
+def test_nftables_rules_are_named_by_what_they_did(text, verdict, named):
+    assert trace.nft_verdict(text, verdict) == named
