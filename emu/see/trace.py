@@ -353,7 +353,8 @@ def _addr(packet: dict, side: str) -> str:
 
 
 def _tuple(packet: dict) -> str:
-    return f"{_addr(packet, 's')} -> {_addr(packet, 'd')}"
+    icmp = f" (icmp {packet['icmp']})" if packet.get("icmp") else ""
+    return f"{_addr(packet, 's')} -> {_addr(packet, 'd')}{icmp}"
 
 
 def _direction(packet: dict) -> str:
@@ -535,7 +536,10 @@ def nft_verdict(text: str, verdict: str) -> str:
 
 
 def _nat(before: str, after: str | None, direction: str) -> str | None:
-    if not after or before == after:
+    if not after:
+        return None
+    before, after = (re.sub(r" \(icmp [^)]*\)$", "", text) for text in (before, after))  # addresses only
+    if before == after:
         return None
     (src_a, dst_a), (src_b, dst_b) = before.split(" -> "), after.split(" -> ")
     changes = []
@@ -614,8 +618,9 @@ def render_text(trace: dict) -> str:
     """The trace for a person: where the probe went, what NAT did, and each hop
     of the first packet each way with the rules that matched there."""
     source, destination, probe = trace["source"], trace["destination"], trace["probe"]
+    sent_from = f"{source['ip']}:{trace['sport']}"  # a connection refused has no local address to report
     lines = [
-        f"trace {trace['proto']} from {source['label']} ({probe.get('local') or source['ip']}) "
+        f"trace {trace['proto']} from {source['label']} ({probe.get('local') or sent_from}) "
         f"to {destination['label']} ({destination['ip']}:{destination['port']})"
     ]
     if probe.get("route"):

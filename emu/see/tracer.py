@@ -656,7 +656,6 @@ def probe(proto: str, dest: str, port: int, sport: int, timeout: float, dns_name
     report: dict = {"proto": proto, "dest": f"{dest}:{port}"}
     try:
         sock.bind(("0.0.0.0", sport))
-        report["local"] = "%s:%d" % sock.getsockname()
         if proto == "tcp":
             sock.connect((dest, port))
             report["local"] = "%s:%d" % sock.getsockname()
