@@ -472,7 +472,7 @@ def _hops(state: ClusterState, node: str, blocks: list[dict], iptables: dict, di
             hop["bridged"] = hop["bridged"] or hook == "forward"  # from one port of cni0 to another, not routed
         else:
             hop["in"] = hop["in"] or packet.get("iif")
-            hop["out"] = hop["out"] or packet.get("oif")
+            hop["out"] = packet.get("oif") or hop["out"]  # the last: DNAT in output may route it anew
             hop["in_port"] = hop["in_port"] or packet.get("physin")
             hop["out_port"] = hop["out_port"] or packet.get("physout")
         if block.get("route") and hop["route"] is None:

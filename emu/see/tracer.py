@@ -544,7 +544,7 @@ def route_of(block: dict, netns: str) -> str | None:
     packet = block["packet"]
     if block.get("family") != "ip" or block.get("hook") not in ("forward", "output") or "daddr" not in packet:
         return None
-    if block.get("chain") not in ("forward", "output"):  # once per hook: emu_trace's first chain
+    if block.get("chain") not in ("forward", "output_after_dnat"):  # once a hook, after DNAT re-routed it
         return None
     argv = ["ip", "route", "get", packet["daddr"]]
     if block["hook"] == "forward" and packet.get("iif") and packet.get("saddr"):
