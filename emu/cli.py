@@ -480,6 +480,27 @@ def _dig_summary(output: str) -> str:
     return "\n".join(keep)
 
 
+def cmd_trace(args) -> int:
+    """emu trace: one real probe, each hop as the kernel reported it (emu/see/trace.py)."""
+    from emu.see import trace
+
+    cluster = _cluster(args)
+    state = cluster.state()
+    plan = trace.plan_for(cluster, state, args.source, args.destination, args.proto, args.container)
+    result = trace.assemble(state, plan, trace.run_trace(cluster, state, plan))
+    sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.format == "json" else trace.render_text(result))
+    return 0 if result["probe"].get("result") in ("connected", "answered") else 1
+
+
+def cmd_graph(args) -> int:
+    """emu graph: the live cluster as the article draws it (emu/see/graph.py)."""
+    from emu.see import graph
+
+    cluster = _cluster(args)
+    print(graph.render(graph.observe(cluster), args.format), end="")
+    return 0
+
+
 def cmd_schema(args) -> int:
     from emu.topology.model import json_schema
 
@@ -575,6 +596,16 @@ def build_parser() -> argparse.ArgumentParser:
     dns.add_argument("type", nargs="?", default="A", help="A (default), SRV, PTR, TXT, CNAME, ...")
     dns.add_argument("--pod", help="ask from this pod (its resolv.conf); default: from a node")
     dns.add_argument("--namespace", default="default", help="search list of a pod in this namespace (default: default)")
+
+    trace = command("trace", cmd_trace, "send one real packet and show each hop the kernel took it through")
+    trace.add_argument("source", metavar="SRC", help="a pod (NAME, NAMESPACE/NAME), node/NAME or external/NAME")
+    trace.add_argument("destination", metavar="DEST[:PORT]",
+                       help="a pod, service, localhost, node/NAME or IP: pod IP, cluster IP, node IP:NodePort, LoadBalancer")
+    trace.add_argument("-c", "--container", help="the source pod's container the probe runs as (default: the first)")
+    trace.add_argument("--proto", choices=["tcp", "udp"], default="tcp")
+    trace.add_argument("--format", choices=["text", "json"], default="text")
+    graph = command("graph", cmd_graph, "draw the live cluster: nodes, bridges, veths, pods, routes, services")
+    graph.add_argument("--format", choices=["mermaid", "dot", "svg", "drawio"], default="mermaid")
 
     command("schema", cmd_schema, "print the topology file's JSON Schema", cluster_option=False)
     validate = command("validate", cmd_validate, "check a topology file without changing anything", False)

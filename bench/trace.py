@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""What tracing a packet costs: `emu trace` of a pod-to-service flow against the
+same probe sent without tracing, side by side in the same run, on the default lab.
+
+Baseline: one `docker exec` into the client's node that sends the very probe
+emu trace sends (tracer.py probe: a TCP connection, GET /hostname), with no
+tracing anywhere. emu trace: resolving SRC and DEST from the state, starting
+the kernel's tracing in every node, the probe, stopping and collecting, and
+assembling the hops. Also `emu graph` (the state, one exec a node, rendering).
+
+usage: python bench/trace.py [--rounds 5] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from emu.cluster import Cluster, pod_exec_argv  # noqa: E402
+from emu.see import graph, trace  # noqa: E402
+from emu.topology.load import load_file  # noqa: E402
+
+NAME = "emubench-trace"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--keep", action="store_true", help="leave the cluster up")
+    options = parser.parse_args()
+    cluster = Cluster(NAME)
+    topology = load_file(ROOT / "topologies" / "default.yaml").model_copy(update={"name": NAME})
+    cluster.up(topology)
+    try:
+        state = cluster.state()
+        client = state.pods["default/client"]
+        plan = trace.plan_for(cluster, state, "client", "echo", "tcp")
+        cluster.runtime.put_files(state.node(client.node).container, {trace.TRACER: trace.tracer_source()})
+        baseline, traced, drawn = [], [], []
+        for _ in range(options.rounds):
+            probe = [
+                "python3",
+                trace.TRACER,
+                "probe",
+                "--dest",
+                plan.destination.ip,
+                "--port",
+                "80",
+                "--sport",
+                str(trace.probe_port()),
+            ]
+            started = time.perf_counter()
+            result = cluster.runtime.exec(state.node(client.node).container, pod_exec_argv(client, probe))
+            baseline.append(time.perf_counter() - started)
+            assert '"connected"' in result.output, result.output
+            started = time.perf_counter()
+            fresh = cluster.state()
+            plan = trace.plan_for(cluster, fresh, "client", "echo", "tcp")
+            found = trace.assemble(fresh, plan, trace.run_trace(cluster, fresh, plan))
+            traced.append(time.perf_counter() - started)
+            assert found["outcome"]["dnat_to"], found["outcome"]
+            started = time.perf_counter()
+            graph.render(graph.observe(cluster), "svg")
+            drawn.append(time.perf_counter() - started)
+        base, full, pictured = (statistics.median(v) for v in (baseline, traced, drawn))
+        print(f"rounds: {options.rounds} (medians), 3 nodes, 6 pods")
+        print(f"probe alone (docker exec, no tracing): {base:.3f} s")
+        print(f"emu trace client echo:                 {full:.3f} s  ({full / base:.1f}x)")
+        print(f"emu graph --format svg:                {pictured:.3f} s")
+    finally:
+        if not options.keep:
+            cluster.down()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
