@@ -165,6 +165,8 @@ def pod_phase(pod, containers: dict[str, dict]) -> str:
 
 
 def cmd_status(args) -> int:
+    from emu.state import port_mappings
+
     cluster = _cluster(args)
     state = cluster.state()
     pod_status = cluster.pod_status(state)
@@ -177,6 +179,7 @@ def cmd_status(args) -> int:
                 {
                     "name": n.name, "role": n.role, "container": n.container, "nodeIP": n.node_ip,
                     "podCIDR": n.pod_cidr, "host": n.host or None,
+                    "extraPortMappings": port_mappings(state, n.name),
                 }  # fmt: skip
                 for n in state.nodes
             ],
@@ -211,11 +214,15 @@ def cmd_status(args) -> int:
     console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
     nodes = Table(title=f"cluster {state.name} (network {state.network} {state.network_subnet})", title_justify="left")
     spread = any(node.host for node in state.nodes)  # a HOST column only for a cluster over several hosts
-    for column in ("NODE", "ROLE", *(["HOST"] if spread else []), "NODE IP", "POD CIDR", "PODS"):
+    mapped = {n.name: _mapping_text(port_mappings(state, n.name)) for n in state.nodes}
+    ports = any(mapped.values())  # a HOST PORTS column only when a node has extraPortMappings
+    for column in ("NODE", "ROLE", *(["HOST"] if spread else []), "NODE IP", "POD CIDR", "PODS",
+                   *(["HOST PORTS"] if ports else [])):  # fmt: skip
         nodes.add_column(column)
     for node in state.nodes:
         host = [node.host] if spread else []
-        nodes.add_row(node.name, node.role, *host, node.node_ip, node.pod_cidr, str(len(state.pods_on(node.name))))
+        extra = [mapped[node.name] or "<none>"] if ports else []
+        nodes.add_row(node.name, node.role, *host, node.node_ip, node.pod_cidr, str(len(state.pods_on(node.name))), *extra)
     console.print(nodes)
     pods = Table(title="pods", title_justify="left")
     for column in ("NAMESPACE", "POD", "READY", "STATUS", "RESTARTS", "IP", "NODE"):
@@ -239,9 +246,19 @@ def cmd_status(args) -> int:
     return 0
 
 
+def _mapping_text(mappings: list[dict]) -> str:
+    """kind's extraPortMappings as docker ps shows ports: 0.0.0.0:8080->80/tcp."""
+    return ",".join(
+        f"{m.get('listenAddress', '0.0.0.0')}:{m['hostPort']}->{m['containerPort']}/{m.get('protocol', 'TCP').lower()}"
+        for m in mappings
+    )
+
+
 def cmd_describe(args) -> int:
     cluster = _cluster(args)
     state = cluster.state()
+    if args.kind in ("netpol", "networkpolicy", "ingress", "ing"):
+        return _describe_edge(cluster, state, args.kind, args.service)
     reference = args.service if "/" in args.service else f"default/{args.service}"
     service = state.services.get(reference)
     if service is None:
@@ -268,6 +285,95 @@ def cmd_describe(args) -> int:
         print(f"External Traffic Policy:  {service.external_traffic_policy}")
     print(f"Internal Traffic Policy:  {service.internal_traffic_policy}")
     return 0
+
+
+def _describe_edge(cluster, state, kind: str, name: str) -> int:
+    """`emu describe netpol|ingress NAME`: what a policy selects and allows, where an Ingress's rules go."""
+    key = name if "/" in name else f"default/{name}"
+    if kind in ("netpol", "networkpolicy"):
+        from emu import policy
+
+        found = [p for p in state.network_policies if policy.policy_key(p) == key]
+        if not found:
+            known = ", ".join(sorted(policy.policy_key(p) for p in state.network_policies)) or "none"
+            raise EmuError(f"no NetworkPolicy '{key}' in cluster '{cluster.name}' (NetworkPolicies: {known})")
+        spec = found[0]
+        print(f"Name:         {spec['name']}\nNamespace:    {spec['namespace']}")
+        print(f"PodSelector:  {_selector_text(spec['podSelector'])}")
+        print(f"PolicyTypes:  {', '.join(spec['policyTypes'])}")
+        pods = policy.selected_by(state, key)
+        print(f"Selects:      {len(pods)} pods")
+        for pod in pods:
+            print(f"  {pod.key:40} {pod.ip:15} {pod.node}")
+        for direction, peers_key in (("ingress", "from"), ("egress", "to")):
+            if direction.capitalize() not in spec["policyTypes"]:
+                continue
+            rules = spec.get(direction) or []
+            print(f"Allowing {direction} traffic:" + ("" if rules else "\n  <none> (isolated: nothing is allowed)"))
+            for rule in rules:
+                ports = ", ".join(f"{p.get('port') or '<any>'}{'-' + str(p['endPort']) if p.get('endPort') else ''}/"
+                                  f"{p.get('protocol') or 'TCP'}" for p in rule.get("ports") or []) or "<any> (all ports)"
+                print(f"  To port(s): {ports}")
+                peers = rule.get(peers_key) or []
+                print(f"  {'From' if direction == 'ingress' else 'To'}:" + ("" if peers else " <any> (every peer)"))
+                for peer in peers:
+                    print(f"    {_peer_text(peer)}")
+                print("  ----------")
+        return 0
+    from emu import ingress
+
+    found = [i for i in state.ingresses if f"{i['namespace']}/{i['name']}" == key]
+    if not found:
+        known = ", ".join(sorted(f"{i['namespace']}/{i['name']}" for i in state.ingresses)) or "none"
+        raise EmuError(f"no Ingress '{key}' in cluster '{cluster.name}' (Ingresses: {known})")
+    spec = found[0]
+    controller = state.services.get(f"{ingress.NAMESPACE}/{ingress.NAME}")
+    endpoints = {
+        service: {port: [_endpoint(a) for a in addresses] for port, addresses in by_port.items()}
+        for service, by_port in cluster.endpoints(state).items()
+    }
+    print(f"Name:             {spec['name']}\nNamespace:        {spec['namespace']}")
+    print(f"Ingress Class:    {spec.get('ingressClassName') or '<none>'}")
+    if controller:
+        print(f"Address:          {controller.load_balancer_ip or controller.cluster_ip}")
+    tls = ", ".join(f"{t.get('secretName') or 'self-signed'} terminates {','.join(t.get('hosts') or [])}"
+                    for t in spec.get("tls") or [])  # fmt: skip
+    print(f"TLS:              {tls or '<none>'}")
+    print("Rules:\n  Host              Path  Backends")
+    print("  ----              ----  --------")
+    for host, path, target, addresses in ingress.describe(state, key, endpoints):
+        print(f"  {host:17} {path}  {target} ({addresses})")
+    return 0
+
+
+def _endpoint(address: str):
+    from emu.services import Endpoint
+
+    ip, _, port = address.rpartition(":")
+    return Endpoint(ip, int(port), None, None)
+
+
+def _selector_text(selector: dict | None) -> str:
+    if not selector:
+        return "<none> (all pods)" if selector is not None else "<none>"
+    parts = [f"{k}={v}" for k, v in (selector.get("matchLabels") or {}).items()]
+    for expression in selector.get("matchExpressions") or []:
+        values = ",".join(expression.get("values") or [])
+        parts.append(f"{expression['key']} {expression['operator']} ({values})" if values else
+                     f"{expression['key']} {expression['operator']}")  # fmt: skip
+    return ",".join(parts) or "<none> (all pods)"
+
+
+def _peer_text(peer: dict) -> str:
+    if peer.get("ipBlock"):
+        block = peer["ipBlock"]
+        return f"IPBlock: {block['cidr']}" + (f" except {', '.join(block['except'])}" if block.get("except") else "")
+    parts = []
+    if peer.get("namespaceSelector") is not None:
+        parts.append(f"NamespaceSelector: {_selector_text(peer['namespaceSelector'])}")
+    if peer.get("podSelector") is not None:
+        parts.append(f"PodSelector: {_selector_text(peer['podSelector'])}")
+    return " and ".join(parts)
 
 
 def _print_change(cluster, change) -> None:
@@ -556,9 +662,9 @@ def build_parser() -> argparse.ArgumentParser:
     exec_.add_argument("--node", action="store_true", help="POD names a node: run in its root namespace")
     exec_.add_argument("argv", nargs="*", metavar="COMMAND", help="-- COMMAND [ARGS...]")
 
-    describe = command("describe", cmd_describe, "a service: addresses, ports and ready endpoints")
-    describe.add_argument("kind", choices=["svc", "service"])
-    describe.add_argument("service", help="NAME or NAMESPACE/NAME")
+    describe = command("describe", cmd_describe, "a service, NetworkPolicy or Ingress: what it selects and where it goes")
+    describe.add_argument("kind", choices=["svc", "service", "netpol", "networkpolicy", "ingress", "ing"])
+    describe.add_argument("service", metavar="NAME", help="NAME or NAMESPACE/NAME")
 
     scale = command("scale", cmd_scale, "set a deployment's replicas")
     scale.add_argument("kind", choices=["deployment", "deploy"])

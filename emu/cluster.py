@@ -26,7 +26,7 @@ from emu.errors import EmuError
 from emu.plan import NodePlan, cni
 from emu.reconcile import Drift
 from emu.records import MAX_STATE_BYTES
-from emu.runtime.provider import ExecResult, NodeSpec, Provider
+from emu.runtime.provider import ExecResult, NodeSpec, PortMapping, Provider
 from emu.state import ClusterState, PodState, plan_cluster
 from emu.topology.load import load_file
 from emu.topology.model import Topology
@@ -150,14 +150,18 @@ class Cluster:
         warning = neighbour_table_warning(len(desired.nodes), len(desired.pods))
         if warning:
             self.progress(warning)
+        mappings = {n.name: [PortMapping(m.listen_address, m.host_port, m.container_port, m.protocol)
+                             for m in n.extra_port_mappings] for n in topology.nodes}  # fmt: skip
+        specs = [
+            NodeSpec(n.container, n.name, n.role, self.name, image, network, n.node_ip, n.host, cni.NODE_COMMAND,
+                     mappings[n.name])  # fmt: skip
+            for n in desired.nodes
+        ]
+        self.runtime.check_ports(specs)
         try:
             self.progress(f"network {network} {subnet}")
             self.runtime.create_network(network, subnet, self.name)
             self.progress(f"starting {len(desired.nodes)} nodes")
-            specs = [
-                NodeSpec(n.container, n.name, n.role, self.name, image, network, n.node_ip, n.host, cni.NODE_COMMAND)
-                for n in desired.nodes
-            ]
             self.runtime.parallel(self.runtime.create_node, specs)
             self.progress(f"wiring {len(desired.pods)} pods")
             self._apply_plans(plans, desired, None)

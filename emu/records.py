@@ -205,6 +205,13 @@ class ClusterState:
     generation: int = 0  # bumped on every save; agents report the one they programmed
     mtu: int = 1500  # the cluster network's MTU, which pods' interfaces take (1450 on a VXLAN overlay)
     version: int = STATE_VERSION
+    # Namespace labels (kubernetes.io/metadata.name included), NetworkPolicies and
+    # Ingresses as the topology declares them (camelCase, defaults filled in):
+    # what the agents' policy and ingress jobs read (emu.policy, emu.ingress).
+    namespaces: dict[str, dict[str, str]] = field(default_factory=dict)
+    network_policies: list[dict] = field(default_factory=list)
+    ingresses: list[dict] = field(default_factory=list)
+    secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # "ns/name" -> {tls.crt, tls.key}
 
     def node(self, name: str) -> NodeState:
         for node in self.nodes:

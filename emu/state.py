@@ -124,6 +124,31 @@ def with_system_objects(topology: Topology) -> Topology:
     )
 
 
+def ingress_controller_node(topology: Topology) -> str | None:
+    """The node of emu's ingress-nginx controller, or None when it is off (default: on with ingresses)."""
+    controller = topology.ingress_controller
+    if not (controller.enabled if controller.enabled is not None else bool(topology.ingresses)):
+        return None
+    ready = [n.name for n in topology.nodes if n.labels.get("ingress-ready") == "true"]
+    planes = [n.name for n in topology.nodes if n.role == "control-plane"]
+    return controller.node or (ready + planes + [topology.nodes[0].name])[0]
+
+
+def with_ingress_controller(topology: Topology) -> Topology:
+    """The topology plus emu's ingress-nginx (deployment and service in namespace
+    ingress-nginx), as kind's users install it, when the controller is on."""
+    from emu import ingress
+
+    node = ingress_controller_node(topology)
+    if node is None:
+        return topology
+    deployment = Deployment.model_validate(ingress.controller_deployment(node))
+    service = Service.model_validate(ingress.controller_service(topology.ingress_controller.service_type))
+    return topology.model_copy(
+        update={"deployments": [*topology.deployments, deployment], "services": [*topology.services, service]}
+    )
+
+
 def _declared_pods(topology: Topology) -> list[tuple[str, str, PodTemplate, dict, str | None]]:
     """(namespace, name, template, labels, owner) of every pod the topology declares."""
     pods = [(p.namespace, p.name, p, dict(p.labels), None) for p in topology.pods]
@@ -179,7 +204,7 @@ def plan_cluster(
         mtu=previous.mtu if previous else mtu,
     )
     state.load_balancer_pool = load_balancer_pool(topology, network_subnet)
-    effective = with_system_objects(topology)
+    effective = with_ingress_controller(with_system_objects(topology))
     state.services = plan_services(effective, state, previous)
     old_pods = previous.pods if previous else {}
     declared = _declared_pods(effective)
@@ -222,7 +247,39 @@ def plan_cluster(
         pod.service_env = pod_service_env(state.services, pod, template.enable_service_links)
         state.pods[pod.key] = pod
     state.last_pod_ip = {name: allocator.last for name, allocator in ipam.items() if allocator.last}
+    state.namespaces = namespace_labels(effective)
+    state.ingresses = [i.model_dump(mode="json", by_alias=True) for i in effective.ingresses]
+    state.secrets = {f"{s.namespace}/{s.name}": dict(s.string_data) for s in effective.secrets}
+    state.network_policies = [
+        {**p.model_dump(mode="json", by_alias=True), "policyTypes": p.types} for p in effective.network_policies
+    ]
     return state
+
+
+def port_mappings(state: ClusterState, node: str) -> list[dict]:
+    """A node's extraPortMappings as declared ({containerPort, hostPort, listenAddress?, protocol?})."""
+    for declared in state.topology.get("nodes", []):
+        if declared.get("name") == node:
+            return list(declared.get("extraPortMappings", []))
+    return []
+
+
+def _mapping_key(mapping: dict) -> tuple:
+    return (mapping["containerPort"], mapping["hostPort"], mapping.get("listenAddress", "0.0.0.0"),
+            mapping.get("protocol", "TCP"))  # fmt: skip
+
+
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+def namespace_labels(topology: Topology) -> dict[str, dict[str, str]]:
+    """Every namespace the topology uses, with its labels and kubernetes.io/metadata.name, as the API server sets it."""
+    names = {"default", "kube-system"}
+    names |= {p.namespace for p in topology.pods} | {d.namespace for d in topology.deployments}
+    names |= {s.namespace for s in topology.services} | {p.namespace for p in topology.network_policies}
+    names |= {i.namespace for i in topology.ingresses}
+    declared = {n.name: dict(n.labels) for n in topology.namespaces}
+    return {name: {**declared.get(name, {}), NAMESPACE_NAME_LABEL: name} for name in sorted(names | set(declared))}
 
 
 KUBERNETES_SERVICE = "default/kubernetes"
@@ -384,6 +441,15 @@ def _check_compatible(topology: Topology, networking: dict, previous: ClusterSta
         raise EmuError(
             f"the nodes of cluster '{previous.name}' are {running} but the topology declares {declared}; "
             "emu changes pods of a running cluster, not its nodes: run `emu down` and `emu up` to rebuild it"
+        )
+    declared_ports = {n.name: n.model_dump(mode="json", by_alias=True).get("extraPortMappings", []) for n in topology.nodes}
+    running_ports = {n.name: port_mappings(previous, n.name) for n in topology.nodes}
+    changed = [name for name in declared_ports if [_mapping_key(m) for m in declared_ports[name]]
+               != [_mapping_key(m) for m in running_ports[name]]]  # fmt: skip
+    if changed:
+        raise EmuError(
+            f"the extraPortMappings of node(s) {', '.join(changed)} differ from the running cluster "
+            f"'{previous.name}'; Docker publishes ports only when a container is made: run `emu down` and `emu up`"
         )
     placement = place_nodes(topology)
     moved = [f"{n.name} ({n.host or 'this machine'} -> {placement[n.name] or 'this machine'})"

@@ -25,6 +25,8 @@ from emu.agent.edge import LoadBalancers
 from emu.agent.evict import EVICT_AFTER, evict
 from emu.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
 from emu.agent.probes import Kubelet, ProbeThreads, run_start_script
+from emu.agent.ingress import IngressSync
+from emu.agent.policy import PolicySync
 from emu.agent.proxysync import ProxySync
 from emu.dns.snapshot import dns_snapshot, write_snapshot
 from emu.records import MAX_STATE_BYTES, ClusterState
@@ -72,6 +74,8 @@ class Agent:
         self.watcher = Watcher(port, log)
         self.proxy = ProxySync(log)
         self.load_balancers = LoadBalancers(node, log)
+        self.policies = PolicySync(log)
+        self.ingress = IngressSync(node, log)
         self.synced_key: tuple | None = None
         self.synced_ready: dict[str, bool] = {}
         self.endpoints: dict = {}
@@ -286,6 +290,14 @@ class Agent:
             self.load_balancers.update(state, endpoints)
         except Exception as error:  # noqa: BLE001 - one job failing must not stop the others
             log(f"LoadBalancer update failed: {error}")
+        try:
+            self.policies.sync(state, self.node)
+        except Exception as error:  # noqa: BLE001
+            log(f"network policy sync failed: {error}")
+        try:
+            self.ingress.sync(state, endpoints)
+        except Exception as error:  # noqa: BLE001
+            log(f"ingress sync failed: {error}")
         if view.runs_dns:
             try:
                 if write_snapshot(DNS_SNAPSHOT, dns_snapshot(state, ready)):

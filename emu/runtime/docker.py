@@ -43,6 +43,19 @@ NODE_SYSCTLS = {
 NETWORK_POOL = ipaddress.IPv4Network("172.28.0.0/14")
 
 
+def _port_free(mapping) -> bool:
+    """Whether this machine could listen on the mapping's address and port."""
+    import socket
+
+    kind = socket.SOCK_STREAM if mapping.protocol == "TCP" else socket.SOCK_DGRAM
+    with socket.socket(socket.AF_INET, kind) as probe:
+        try:
+            probe.bind((mapping.listen_address, mapping.host_port))
+            return True
+        except OSError:
+            return False
+
+
 def docker_unreachable_message(error: Exception, host: str = "") -> str:
     if host:
         return (
@@ -170,10 +183,36 @@ class DockerRuntime:
             name, driver=driver, ipam=ipam, labels={LABEL_CLUSTER: cluster}, attachable=attachable, options=options
         )
 
+    def check_ports(self, specs: list[NodeSpec]) -> None:
+        """Refuse, before anything is made, host ports that are taken: by a
+        container of this engine, or (for this machine's engine) by anything
+        listening here."""
+        wanted = [(spec.hostname, mapping) for spec in specs for mapping in spec.ports]
+        if not wanted:
+            return
+        published = {
+            (port.get("PublicPort"), port.get("Type", "tcp").upper()): container["Names"][0].lstrip("/")
+            for container in self.api.containers() for port in container.get("Ports") or [] if port.get("PublicPort")
+        }  # fmt: skip
+        for node, mapping in wanted:
+            where = f"host port {mapping.host_port}/{mapping.protocol} (node {node}, extraPortMappings)"
+            holder = published.get((mapping.host_port, mapping.protocol))
+            if holder:
+                raise EmuError(f"{where} is already published by container {holder}; choose another hostPort")
+            if not self.host and not _port_free(mapping):
+                raise EmuError(
+                    f"{where} is already in use on this machine at {mapping.listen_address}; "
+                    "stop what listens there or choose another hostPort"
+                )
+
     def create_node(self, spec: NodeSpec) -> None:
         """Create and start one node container."""
         api = self.api
+        bindings = {
+            f"{m.container_port}/{m.protocol.lower()}": (m.listen_address, m.host_port) for m in spec.ports
+        }  # fmt: skip
         host_config = api.create_host_config(
+            port_bindings=bindings or None,
             cap_add=NODE_CAPABILITIES,
             sysctls=NODE_SYSCTLS,
             init=True,
@@ -186,6 +225,7 @@ class DockerRuntime:
         container = api.create_container(
             spec.image,
             command=spec.command,
+            ports=[(m.container_port, m.protocol.lower()) for m in spec.ports] or None,
             name=spec.container,
             hostname=spec.hostname,
             labels={

@@ -45,6 +45,20 @@ class NodeSpec:
     ip: str
     host: str = ""  # which Docker host ("" on one engine)
     command: list[str] = field(default_factory=lambda: ["sleep", "infinity"])
+    ports: list[PortMapping] = field(default_factory=list)  # Docker host ports forwarded to the node
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """A host port forwarded to a node's port (kind's extraPortMappings)."""
+
+    listen_address: str
+    host_port: int
+    container_port: int
+    protocol: str  # TCP | UDP
+
+    def __str__(self) -> str:
+        return f"{self.listen_address}:{self.host_port}->{self.container_port}/{self.protocol.lower()}"
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,7 @@ class Provider(Protocol):
     def pick_subnet(self, requested: str | None, avoid: list[str]) -> str: ...
     def create_network(self, name: str, subnet: str, cluster: str) -> None: ...
     def create_node(self, spec: NodeSpec) -> None: ...
+    def check_ports(self, specs: list[NodeSpec]) -> None: ...
     def run_external(self, cluster: str, name: str, network: str, image: str) -> None: ...
     def node_image(self, progress: Progress) -> str: ...
     def exec(self, container: str, argv: list[str], environment: dict[str, str] | None = None) -> ExecResult: ...

@@ -100,6 +100,15 @@ class Networking(Model):
         return ".".join(labels)
 
 
+class PortMapping(Model):
+    """A port of the Docker host forwarded to the node container, as kind's extraPortMappings."""
+
+    container_port: Port = Field(description="Port on the node: a NodePort, or 80/443 of the ingress controller.")
+    host_port: Port = Field(description="Port on the Docker host (curl http://localhost:HOSTPORT/).")
+    listen_address: str = Field("0.0.0.0", description="Host address to listen on (127.0.0.1: this machine only).")
+    protocol: Literal["TCP", "UDP"] = "TCP"
+
+
 class Node(Model):
     """One Kubernetes node: a Docker container."""
 
@@ -108,6 +117,9 @@ class Node(Model):
     labels: dict[str, str] = Field(default_factory=dict)
     host: DNSLabel | None = Field(
         None, description="The host (a name under hosts:) this node runs on; default: spread evenly over the hosts."
+    )
+    extra_port_mappings: list[PortMapping] = Field(
+        default_factory=list, description="Docker host ports forwarded to this node (kind's extraPortMappings)."
     )
 
 
@@ -332,6 +344,195 @@ class Service(Model):
     load_balancer_ip: str | None = Field(None, alias="loadBalancerIP")
 
 
+class LabelSelectorRequirement(Model):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _values(self):
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError(f"operator {self.operator} needs at least one value")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError(f"operator {self.operator} takes no values")
+        return self
+
+
+class LabelSelector(Model):
+    """Kubernetes' label selector: every matchLabels pair and every expression must hold ({} selects all)."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
+
+
+class Namespace(Model):
+    """A namespace and its labels (every namespace also gets kubernetes.io/metadata.name: NAME)."""
+
+    name: DNSLabel
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class IPBlock(Model):
+    cidr: IPv4CIDR
+    except_: list[IPv4CIDR] = Field(default_factory=list, alias="except")
+
+    @model_validator(mode="after")
+    def _inside(self):
+        outer = ipaddress.IPv4Network(self.cidr)
+        for inner in self.except_:
+            if not ipaddress.IPv4Network(inner).subnet_of(outer):
+                raise ValueError(f"except {inner} is not inside cidr {self.cidr}")
+        return self
+
+
+class NetworkPolicyPeer(Model):
+    pod_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    ip_block: IPBlock | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self):
+        selectors = self.pod_selector is not None or self.namespace_selector is not None
+        if self.ip_block is not None and selectors:
+            raise ValueError("a peer has either ipBlock or podSelector/namespaceSelector, not both")
+        if self.ip_block is None and not selectors:
+            raise ValueError("a peer needs podSelector, namespaceSelector or ipBlock")
+        return self
+
+
+class NetworkPolicyPort(Model):
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    port: Port | PortName | None = Field(None, description="Number or a pod's port name; none: every port.")
+    end_port: Port | None = Field(None, description="With a numeric port: the range port..endPort.")
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.end_port is not None:
+            if not isinstance(self.port, int):
+                raise ValueError("endPort needs a numeric port")
+            if self.end_port < self.port:
+                raise ValueError(f"endPort {self.end_port} is below port {self.port}")
+        return self
+
+
+class NetworkPolicyIngressRule(Model):
+    from_: list[NetworkPolicyPeer] = Field(default_factory=list, alias="from", description="none: every source")
+    ports: list[NetworkPolicyPort] = Field(default_factory=list, description="none: every port")
+
+
+class NetworkPolicyEgressRule(Model):
+    to: list[NetworkPolicyPeer] = Field(default_factory=list, description="none: every destination")
+    ports: list[NetworkPolicyPort] = Field(default_factory=list, description="none: every port")
+
+
+class NetworkPolicy(Model):
+    """networking.k8s.io/v1 NetworkPolicy (its spec at the top level, as services are written here)."""
+
+    name: DNSLabel
+    namespace: DNSLabel = "default"
+    pod_selector: LabelSelector = Field(default_factory=LabelSelector, description="{}: every pod of the namespace")
+    policy_types: list[Literal["Ingress", "Egress"]] | None = Field(
+        None, description="default: Ingress, plus Egress when egress rules are given"
+    )
+    ingress: list[NetworkPolicyIngressRule] = Field(default_factory=list)
+    egress: list[NetworkPolicyEgressRule] = Field(default_factory=list)
+
+    @property
+    def types(self) -> list[str]:
+        if self.policy_types is not None:
+            return list(dict.fromkeys(self.policy_types))
+        return ["Ingress", "Egress"] if self.egress else ["Ingress"]
+
+
+class IngressServicePort(Model):
+    number: Port | None = None
+    name: PortName | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.number is None) == (self.name is None):
+            raise ValueError("a backend port needs exactly one of number or name")
+        return self
+
+
+class IngressServiceBackend(Model):
+    name: DNSLabel
+    port: IngressServicePort
+
+
+class IngressBackend(Model):
+    service: IngressServiceBackend
+
+
+class HTTPIngressPath(Model):
+    path: str = "/"
+    path_type: Literal["Prefix", "Exact", "ImplementationSpecific"] = "Prefix"
+    backend: IngressBackend
+
+    @field_validator("path")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        if not value.startswith("/") or any(c in value for c in " ;{}\"\\'$#"):
+            raise ValueError(f"path '{value}' must start with '/' and have no spaces, quotes or ; {{ }} $ #")
+        return value
+
+
+class HTTPIngressRuleValue(Model):
+    paths: Annotated[list[HTTPIngressPath], Field(min_length=1)]
+
+
+class IngressRule(Model):
+    host: str | None = Field(None, description="A DNS name, or *.example.com; none: every host.")
+    http: HTTPIngressRuleValue | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        labels = value.split(".")
+        if labels[0] == "*":
+            labels = labels[1:]
+        for label in labels:
+            _dns_label(label)
+        return value
+
+
+class IngressTLS(Model):
+    hosts: list[str] = Field(default_factory=list)
+    secret_name: DNSLabel | None = Field(None, description="A kubernetes.io/tls secret; none: a self-signed certificate.")
+
+
+class Ingress(Model):
+    """networking.k8s.io/v1 Ingress, served by emu's ingress-nginx controller."""
+
+    name: DNSLabel
+    namespace: DNSLabel = "default"
+    ingress_class_name: str | None = Field("nginx", description="Only the class 'nginx' is served.")
+    default_backend: IngressBackend | None = None
+    rules: list[IngressRule] = Field(default_factory=list)
+    tls: list[IngressTLS] = Field(default_factory=list)
+
+
+class Secret(Model):
+    """A kubernetes.io/tls secret for Ingress TLS: PEM text under stringData tls.crt and tls.key."""
+
+    name: DNSLabel
+    namespace: DNSLabel = "default"
+    type: Literal["kubernetes.io/tls"] = "kubernetes.io/tls"
+    string_data: dict[Literal["tls.crt", "tls.key"], str]
+
+
+class IngressController(Model):
+    """emu's ingress-nginx: nginx as pod ingress-nginx/ingress-nginx-controller-... behind a service."""
+
+    enabled: bool | None = Field(None, description="default: on when the topology has ingresses")
+    node: DNSLabel | None = Field(
+        None, description="Its node; default: the first labelled ingress-ready=true, else the first control plane."
+    )
+    service_type: Literal["NodePort", "LoadBalancer"] = "LoadBalancer"
+
+
 class ClusterDNS(Model):
     """The cluster DNS: pod kube-system/coredns behind service kube-system/kube-dns."""
 
@@ -358,6 +559,11 @@ class Topology(Model):
     deployments: list[Deployment] = Field(default_factory=list)
     services: list[Service] = Field(default_factory=list)
     dns: ClusterDNS = Field(default_factory=ClusterDNS)
+    namespaces: list[Namespace] = Field(default_factory=list, description="Namespaces with labels (for policies).")
+    network_policies: list[NetworkPolicy] = Field(default_factory=list)
+    ingresses: list[Ingress] = Field(default_factory=list)
+    secrets: list[Secret] = Field(default_factory=list)
+    ingress_controller: IngressController = Field(default_factory=IngressController)
 
 
 def json_schema() -> dict:

@@ -29,6 +29,7 @@ def check_topology(topology: Topology) -> list[Finding]:
         *_check_capacity(topology),
         *_check_networks(topology),
         *_check_services(topology),
+        *_check_edge(topology),
     ]
 
 
@@ -337,3 +338,62 @@ def _templates(topology: Topology):
         yield ("pods", index), pod.namespace, pod
     for index, deployment in enumerate(topology.deployments):
         yield ("deployments", index, "template"), deployment.namespace, deployment.template
+
+
+def _check_edge(topology: Topology) -> Iterator[Finding]:
+    """Host port mappings, namespaces, NetworkPolicies, Ingresses and their secrets."""
+    taken: dict[tuple[int, str], str] = {}
+    for n_index, node in enumerate(topology.nodes):
+        for m_index, mapping in enumerate(node.extra_port_mappings):
+            path = ("nodes", n_index, "extraPortMappings", m_index)
+            try:
+                ipaddress.IPv4Address(mapping.listen_address)
+            except ValueError:
+                yield (path + ("listenAddress",), f"'{mapping.listen_address}' is not an IPv4 address (e.g. 127.0.0.1)")
+            key = (mapping.host_port, mapping.protocol)
+            if key in taken:
+                yield (path + ("hostPort",), f"host port {mapping.host_port}/{mapping.protocol} is mapped twice "
+                       f"(also by {taken[key]}); each host port can go to one node")  # fmt: skip
+            taken.setdefault(key, f"node '{node.name}'")
+    yield from _unique_names(topology.namespaces, "namespaces", "namespace")
+    for key, what in (("network_policies", "networkPolicies"), ("ingresses", "ingresses"), ("secrets", "secrets")):
+        seen: set[tuple[str, str]] = set()
+        for index, item in enumerate(getattr(topology, key)):
+            if (item.namespace, item.name) in seen:
+                yield ((what, index, "name"), f"{what[:-1] if what.endswith('s') else what} "
+                       f"'{item.namespace}/{item.name}' is defined twice")  # fmt: skip
+            seen.add((item.namespace, item.name))
+    services = {(s.namespace, s.name): s for s in topology.services}
+    secrets = {(s.namespace, s.name): s for s in topology.secrets}
+    for index, secret in enumerate(topology.secrets):
+        for field_name, text in secret.string_data.items():
+            if "-----BEGIN" not in text:
+                yield (("secrets", index, "stringData", field_name), f"{field_name} is not PEM text (-----BEGIN ...)")
+        if set(secret.string_data) != {"tls.crt", "tls.key"}:
+            yield (("secrets", index, "stringData"), "a kubernetes.io/tls secret needs both tls.crt and tls.key")
+    for index, ingress in enumerate(topology.ingresses):
+        path = ("ingresses", index)
+        backends = [(path + ("defaultBackend",), ingress.default_backend)] if ingress.default_backend else []
+        for r_index, rule in enumerate(ingress.rules):
+            for p_index, http_path in enumerate(rule.http.paths if rule.http else []):
+                backends.append((path + ("rules", r_index, "http", "paths", p_index, "backend"), http_path.backend))
+        if not backends:
+            yield (path, f"ingress '{ingress.name}' has neither rules nor a defaultBackend")
+        for b_path, backend in backends:
+            service = services.get((ingress.namespace, backend.service.name))
+            if service is None:
+                yield (b_path + ("service", "name"), f"service '{ingress.namespace}/{backend.service.name}' is not "
+                       "in services; an Ingress reaches services of its own namespace")  # fmt: skip
+                continue
+            wanted = backend.service.port.number or backend.service.port.name
+            if not any(wanted in (port.port, port.name) for port in service.ports):
+                known = ", ".join(f"{p.name or ''} {p.port}".strip() for p in service.ports) or "none"
+                yield (b_path + ("service", "port"), f"service '{service.namespace}/{service.name}' has no port "
+                       f"{wanted} (its ports: {known})")  # fmt: skip
+        for t_index, tls in enumerate(ingress.tls):
+            if tls.secret_name and (ingress.namespace, tls.secret_name) not in secrets:
+                yield (path + ("tls", t_index, "secretName"), f"secret '{ingress.namespace}/{tls.secret_name}' is not "
+                       "in secrets; add it (stringData tls.crt and tls.key) or leave secretName out for a self-signed one")
+    controller = topology.ingress_controller
+    if controller.node and controller.node not in {n.name for n in topology.nodes}:
+        yield (("ingressController", "node"), f"node '{controller.node}' is not in nodes")

@@ -1,0 +1,86 @@
+"""The agent's NetworkPolicy job: writes emu.policy's sets and chains into the node.
+
+A sync renders the node's rules and writes only what changed: ipset restore
+(entries added and deleted in sets that changed, new sets created), then
+iptables-restore --noflush of the chains that changed, then the sets no rule
+names any more are destroyed. The FORWARD hook is put in place on every sync
+that writes (and by the first), so a node whose rules were reset gets it back
+at the next change. Policies depend on the state only (pods, labels,
+namespaces, policies), not on readiness, so a state generation already
+written costs nothing.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import time
+from collections.abc import Callable
+
+from emu import policy
+from emu.records import ClusterState
+
+Runner = Callable[..., subprocess.CompletedProcess]
+
+
+class PolicySync:
+    def __init__(self, log: Callable[[str], None], run: Runner = subprocess.run):
+        self.log = log
+        self.run = run
+        self.sets: policy.Sets | None = None  # what the kernel holds, as far as we know
+        self.chains: policy.Chains | None = None
+        self.generation: int | None = None
+
+    def _run(self, argv: list[str], text: str | None = None) -> None:
+        result = self.run(argv, input=text, capture_output=True, text=True)
+        if result.returncode != 0:
+            self.sets = self.chains = None  # the next sync writes everything
+            raise RuntimeError(f"{shlex.join(argv)} failed: {result.stderr.strip()[:500]}")
+
+    def sync(self, state: ClusterState, node: str) -> int:
+        """Write this generation's rules if not written yet; returns how many sets and chains were written."""
+        if state.generation == self.generation:
+            return 0
+        started = time.monotonic()
+        if self.sets is None or self.chains is None:
+            self.sets, self.chains, existing_sets = None, self.existing_chains(), self.existing_sets()
+            if not state.network_policies and not self.chains and not existing_sets:
+                # No policy, nothing left from before: the node keeps no rules for them at all.
+                self.chains, self.generation = None, state.generation
+                return 0
+        else:
+            existing_sets = list(self.sets)
+        rules = policy.render(state, node)
+        set_text = policy.ipset_restore_text(rules.sets, self.sets)
+        chain_text = policy.iptables_restore_text(rules.chains, self.chains)
+        if set_text:
+            self._run(["ipset", "restore"], set_text)
+        if chain_text:
+            self._run(["iptables-restore", "--noflush", "--wait"], chain_text)
+            self.ensure_hook()
+        destroy = policy.ipset_destroy_text(rules.sets, existing_sets)
+        if destroy:
+            self._run(["ipset", "restore"], destroy)
+        self.sets, self.chains, self.generation = rules.sets, rules.chains, state.generation
+        written = sum(1 for line in set_text.splitlines() if line.startswith("create"))
+        written += sum(1 for line in chain_text.splitlines() if line.startswith(":"))
+        if set_text or chain_text or destroy:
+            took = (time.monotonic() - started) * 1000
+            self.log(f"network policies of generation {state.generation}: {written} sets and chains in {took:.1f} ms")
+        return written
+
+    def ensure_hook(self) -> None:
+        hook = shlex.split(policy.HOOK)
+        check = self.run(["iptables", "-w", "-C", *hook], capture_output=True, text=True)
+        if check.returncode != 0:
+            self._run(["iptables", "-w", "-I", hook[0], "1", *hook[1:]])
+
+    def existing_chains(self) -> policy.Chains:
+        """Chains an earlier agent left, so that the first sync rewrites or removes each."""
+        result = self.run(["iptables-save", "-t", "filter"], capture_output=True, text=True)
+        names = [line[1:].split()[0] for line in result.stdout.splitlines() if line.startswith(":")]
+        return {name: ["(unknown)"] for name in names if policy.is_ours(name)}
+
+    def existing_sets(self) -> list[str]:
+        result = self.run(["ipset", "list", "-n"], capture_output=True, text=True)
+        return [name for name in result.stdout.split() if name.startswith(policy.SET_PREFIX)]
