@@ -162,11 +162,16 @@ def _location(path: str, path_type: str) -> list[str]:
     if path_type == "Exact":
         return [f"= {path}"]
     if path_type == "ImplementationSpecific":
-        return [f"^~ {path}"]
+        return ["/" if path == "/" else f"^~ {path}"]
     trimmed = path.rstrip("/")
     if not trimmed:
         return ["/"]
     return [f"= {trimmed}", f"^~ {trimmed}/"]
+
+
+def _block(location: str, body: list[str], origin: str = "") -> str:
+    note = f" # {origin}" if origin else ""
+    return f"        location {location} {{{note}\n" + "".join(f"            {line}\n" for line in body) + "        }\n"
 
 
 def tls_hosts(state: ClusterState) -> dict[str, str]:
@@ -224,17 +229,15 @@ def render(state: ClusterState, endpoints: dict, worker_processes: int | str = "
     hosts = sorted({r.host for r in all_routes} | set(defaults))
     servers = []
     for host in hosts:
-        locations = []
+        locations: dict[str, str] = {}  # nginx location -> its block; the first route to claim one keeps it
         host_routes = sorted((r for r in all_routes if r.host == host), key=lambda r: (r.path, r.path_type))
         for route in host_routes:
             for location in _location(route.path, route.path_type):
-                body = proxy(route)
-                locations.append(f"        location {location} {{ # {route.ingress}\n"
-                                 + "".join(f"            {line}\n" for line in body) + "        }\n")  # fmt: skip
-        if not any(line.startswith("        location / ") for line in locations):
+                if location not in locations:
+                    locations[location] = _block(location, proxy(route), route.ingress)
+        if "/" not in locations:
             default = defaults.get(host) or (defaults.get("") if host else None)
-            locations.append("        location / {\n" + "".join(f"            {line}\n" for line in proxy(default))
-                             + "        }\n")  # fmt: skip
+            locations["/"] = _block("/", proxy(default))
         name = host or "_"
         certificate = tls.get(host, DEFAULT_CERT)
         default_server = " default_server" if not host else ""
@@ -248,7 +251,7 @@ def render(state: ClusterState, endpoints: dict, worker_processes: int | str = "
             f"        listen 443 ssl{default_server};\n"
             f"        ssl_certificate {CERT_DIR}/{certificate}.crt;\n"
             f"        ssl_certificate_key {CERT_DIR}/{certificate}.key;\n"
-            + redirect + "".join(locations) + "    }\n"
+            + redirect + "".join(locations.values()) + "    }\n"
         )
     if "" not in hosts:
         servers.insert(

@@ -29,6 +29,7 @@ rules grows with the policies' rules, never with pairs of pods.
 from __future__ import annotations
 
 import base64
+import functools
 import ipaddress
 import json
 from dataclasses import dataclass, field
@@ -60,10 +61,11 @@ class PolicyRules:
     chains: Chains = field(default_factory=dict)
 
 
+@functools.lru_cache(maxsize=1 << 14)
 def _hash(*parts: str) -> str:
     """16 base32 characters of sha256, as kube-proxy names its chains."""
     digest = sha256("\0".join(parts).encode()).digest()
-    return base64.b32encode(digest)[:16].decode()
+    return base64.b32encode(digest[:10]).decode()
 
 
 def selector_matches(selector: dict | None, labels: dict[str, str]) -> bool:
@@ -94,27 +96,47 @@ def policy_key(policy: dict) -> str:
     return f"{policy['namespace']}/{policy['name']}"
 
 
-def selected_pods(state: ClusterState, policy: dict) -> list[PodState]:
+def selected_pods(state: ClusterState, policy: dict, by_namespace: PodIndex | None = None) -> list[PodState]:
     """The pods a policy applies to: its namespace's pods matching podSelector."""
-    selector = policy.get("podSelector") or {}
-    return [p for p in state.pods.values() if p.namespace == policy["namespace"] and selector_matches(selector, p.labels)]
+    return (by_namespace or pods_by_namespace(state)).matching(policy["namespace"], policy.get("podSelector") or {})
 
 
-def peer_pods(state: ClusterState, namespace: str, peer: dict) -> list[PodState]:
+class PodIndex(dict):
+    """Pods by namespace, and by (namespace, label, value), so that a selector
+    with matchLabels looks only at the pods carrying its rarest pair."""
+
+    def __init__(self, pods):
+        super().__init__()
+        self.by_label: dict[tuple[str, str, str], list[PodState]] = {}
+        for pod in pods:
+            self.setdefault(pod.namespace, []).append(pod)
+            for key, value in pod.labels.items():
+                self.by_label.setdefault((pod.namespace, key, value), []).append(pod)
+
+    def matching(self, namespace: str, selector: dict | None) -> list[PodState]:
+        pairs = (selector or {}).get("matchLabels") or {}
+        candidates = (
+            min((self.by_label.get((namespace, k, v), []) for k, v in pairs.items()), key=len) if pairs
+            else self.get(namespace, [])
+        )  # fmt: skip
+        return [p for p in candidates if selector_matches(selector or {}, p.labels)]
+
+
+def pods_by_namespace(state: ClusterState) -> PodIndex:
+    return PodIndex(state.pods.values())
+
+
+def peer_pods(state: ClusterState, namespace: str, peer: dict, by_namespace: PodIndex | None = None) -> list[PodState]:
     """The pods a from/to peer with selectors names: podSelector alone means the
     policy's namespace, namespaceSelector alone every pod of the matching
     namespaces, both together the matching pods of the matching namespaces."""
     pods_selector, namespaces_selector = peer.get("podSelector"), peer.get("namespaceSelector")
     if namespaces_selector is None:
-        namespaces = {namespace}
+        namespaces = [namespace]
     else:
-        namespaces = {
-            name for name, labels in state.namespaces.items() if selector_matches(namespaces_selector, labels)
-        }
-    return [
-        p for p in state.pods.values()
-        if p.namespace in namespaces and (pods_selector is None or selector_matches(pods_selector, p.labels))
-    ]  # fmt: skip
+        namespaces = [name for name, labels in state.namespaces.items() if selector_matches(namespaces_selector, labels)]
+    index = by_namespace or pods_by_namespace(state)
+    return [p for name in namespaces for p in index.matching(name, pods_selector or {})]
 
 
 def _net_entries(block: dict) -> tuple[str, ...]:
@@ -136,21 +158,27 @@ class _Renderer:
         self.rules = PolicyRules()
         self.rules.chains = {chain: [] for chain in BASE_CHAINS}
         self.isolated = {"Ingress": set(), "Egress": set()}
+        self.by_namespace = pods_by_namespace(state)
 
     def add_set(self, kind: str, key: str, set_type: str, entries) -> str:
+        """The set named for `key`; `entries` (an iterable, or a function giving one) is
+        read only the first time: policies that share a peer share its set."""
         name = f"{SET_PREFIX}{kind}-{_hash(key)}"
-        self.rules.sets[name] = (set_type, tuple(sorted(set(entries))))
+        if name not in self.rules.sets:
+            self.rules.sets[name] = (set_type, tuple(sorted(set(entries() if callable(entries) else entries))))
         return name
 
     def peer_match(self, namespace: str, peer: dict, direction: str) -> str:
         if peer.get("ipBlock"):
             block = peer["ipBlock"]
-            name = self.add_set("B", _canonical(block), "hash:net", ())
-            self.rules.sets[name] = ("hash:net", _net_entries(block))
+            name = self.add_set("B", _canonical(block), "hash:net", lambda: _net_entries(block))
         else:
             scope = {"ns": namespace if peer.get("namespaceSelector") is None else None,
                      "pods": peer.get("podSelector"), "namespaces": peer.get("namespaceSelector")}  # fmt: skip
-            name = self.add_set("S", _canonical(scope), "hash:ip", (p.ip for p in peer_pods(self.state, namespace, peer)))
+            name = self.add_set(
+                "S", _canonical(scope), "hash:ip",
+                lambda: (p.ip for p in peer_pods(self.state, namespace, peer, self.by_namespace)),
+            )  # fmt: skip
         return f"-m set --match-set {name} {direction}"
 
     def port_matches(self, policy: dict, ports: list[dict], targets: list[PodState], ingress: bool) -> list[str]:
@@ -182,7 +210,7 @@ class _Renderer:
 
     def policy(self, policy: dict) -> None:
         key = policy_key(policy)
-        local = [p for p in selected_pods(self.state, policy) if p.node == self.node]
+        local = [p for p in selected_pods(self.state, policy, self.by_namespace) if p.node == self.node]
         if not local:
             return  # it isolates none of this node's pods: nothing to enforce here
         targets = self.add_set("T", key, "hash:ip", (p.ip for p in local))
@@ -232,11 +260,12 @@ def render(state: ClusterState, node: str) -> PolicyRules:
     return _Renderer(state, node).render()
 
 
-def ipset_restore_text(sets: Sets, previous: Sets | None) -> str:
+def ipset_restore_text(sets: Sets, previous: Sets | None, existing: list[str] | None = None) -> str:
     """`ipset restore` input that makes the kernel's sets `sets`, given what it
-    holds (`previous`; None: unknown, so every set is created or emptied and
-    filled). Changed sets get only the entries added and deleted. Sets that are
-    gone are destroyed by `ipset_destroy_text`, after the rules stop naming them."""
+    holds (`previous`; None: unknown, so every set is created, and emptied if
+    it is among `existing` (None: any may exist), and filled). Changed sets get
+    only the entries added and deleted. Sets that are gone are destroyed by
+    `ipset_destroy_text`, after the rules stop naming them."""
     lines = []
     for name in sorted(sets):
         set_type, entries = sets[name]
@@ -247,7 +276,8 @@ def ipset_restore_text(sets: Sets, previous: Sets | None) -> str:
             lines += [f"add {name} {e} -exist" for e in entries if e not in before]
             continue
         lines.append(f"create {name} {set_type} family inet -exist")
-        lines.append(f"flush {name}")
+        if existing is None or name in existing:
+            lines.append(f"flush {name}")
         lines += [f"add {name} {e} -exist" for e in entries]
     return "\n".join(lines) + ("\n" if lines else "")
 

@@ -3,9 +3,8 @@
 A sync renders the node's rules and writes only what changed: ipset restore
 (entries added and deleted in sets that changed, new sets created), then
 iptables-restore --noflush of the chains that changed, then the sets no rule
-names any more are destroyed. The FORWARD hook is put in place on every sync
-that writes (and by the first), so a node whose rules were reset gets it back
-at the next change. Policies depend on the state only (pods, labels,
+names any more are destroyed. The FORWARD hook is put in place by the first
+sync and by any sync after a failed one. Policies depend on the state only (pods, labels,
 namespaces, policies), not on readiness, so a state generation already
 written costs nothing.
 """
@@ -14,6 +13,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 
@@ -21,6 +21,7 @@ from emu import policy
 from emu.records import ClusterState
 
 Runner = Callable[..., subprocess.CompletedProcess]
+RETRY_AFTER = 0.5
 
 
 class PolicySync:
@@ -30,6 +31,8 @@ class PolicySync:
         self.sets: policy.Sets | None = None  # what the kernel holds, as far as we know
         self.chains: policy.Chains | None = None
         self.generation: int | None = None
+        self.lock = threading.Lock()
+        self.retry: threading.Timer | None = None
 
     def _run(self, argv: list[str], text: str | None = None) -> None:
         result = self.run(argv, input=text, capture_output=True, text=True)
@@ -38,11 +41,32 @@ class PolicySync:
             raise RuntimeError(f"{shlex.join(argv)} failed: {result.stderr.strip()[:500]}")
 
     def sync(self, state: ClusterState, node: str) -> int:
-        """Write this generation's rules if not written yet; returns how many sets and chains were written."""
+        """Write this generation's rules if not written yet; returns how many sets and chains were written.
+        A failure is retried in full RETRY_AFTER seconds later (the agent syncs only on changes)."""
+        with self.lock:
+            if self.retry is not None:
+                self.retry.cancel()
+                self.retry = None
+            try:
+                return self._sync(state, node)
+            except Exception:
+                self.retry = threading.Timer(RETRY_AFTER, self._retry, (state, node))
+                self.retry.daemon = True
+                self.retry.start()
+                raise
+
+    def _retry(self, state: ClusterState, node: str) -> None:
+        try:
+            self.sync(state, node)
+        except Exception as error:  # noqa: BLE001 - logged; sync scheduled the next try
+            self.log(f"network policy sync failed again: {error}")
+
+    def _sync(self, state: ClusterState, node: str) -> int:
         if state.generation == self.generation:
             return 0
         started = time.monotonic()
-        if self.sets is None or self.chains is None:
+        unknown = self.sets is None or self.chains is None
+        if unknown:
             self.sets, self.chains, existing_sets = None, self.existing_chains(), self.existing_sets()
             if not state.network_policies and not self.chains and not existing_sets:
                 # No policy, nothing left from before: the node keeps no rules for them at all.
@@ -51,13 +75,14 @@ class PolicySync:
         else:
             existing_sets = list(self.sets)
         rules = policy.render(state, node)
-        set_text = policy.ipset_restore_text(rules.sets, self.sets)
+        set_text = policy.ipset_restore_text(rules.sets, self.sets, existing_sets)
         chain_text = policy.iptables_restore_text(rules.chains, self.chains)
         if set_text:
             self._run(["ipset", "restore"], set_text)
         if chain_text:
             self._run(["iptables-restore", "--noflush", "--wait"], chain_text)
-            self.ensure_hook()
+        if unknown:
+            self.ensure_hook()  # on the first sync, and after a failure: the hook may be missing
         destroy = policy.ipset_destroy_text(rules.sets, existing_sets)
         if destroy:
             self._run(["ipset", "restore"], destroy)

@@ -54,11 +54,11 @@ result = {}
 def probe(ip):
     try:
         if protocol == "TCP":
-            with socket.create_connection((ip, port), timeout=2):
+            with socket.create_connection((ip, port), timeout=3):
                 pass
         else:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.settimeout(2)
+                s.settimeout(3)
                 s.connect((ip, port))
                 s.send(b"hostname")
                 s.recv(512)
@@ -144,10 +144,14 @@ def validate(cluster, expected: Reachability, port: int = 80, protocol: str = "T
     wrong = [pair for pair in expected.table if pair[0] != pair[1] and expected.table[pair] != observed[pair]]
     if wrong:
         comparison = {pair: pair[0] == pair[1] or expected.table[pair] == observed[pair] for pair in expected.table}
+        logs = "\n".join(
+            f"{node.name}: " + cluster.node_exec(node.name, ["sh", "-c", "grep -i polic /var/log/emu/agent.log | tail -3"]).output
+            for node in cluster.state().nodes
+        )
         pytest.fail(
             f"{len(wrong)} of {len(ALL) * (len(ALL) - 1)} probes on {protocol}/{port} differ from the truth table\n\n"
             f"expected:\n\n{matrix(expected.table)}\n\nobserved:\n\n{matrix(observed)}\n\n"
-            f"comparison:\n\n{matrix(comparison)}\n",
+            f"comparison:\n\n{matrix(comparison)}\n\nthe agents' last policy syncs:\n{logs}",
             pytrace=False,
         )
 
@@ -268,6 +272,18 @@ def test_egress_to_dns_only(model):
     validate(model, Reachability().expect_all_egress("x/a", False))
     answer = model.exec("x/a", ["getent", "hosts", "s-a.x.svc.cluster.local"])
     assert answer.ok and model.state().services["x/s-a"].cluster_ip in answer.output, answer.output
+
+
+def test_describe_lists_the_selected_pods(model, capsys):
+    from emu.cli import main
+
+    apply_policies(model, policy("allow-b", "x", "podSelector: {matchExpressions: [{key: pod, operator: In, values: [a, c]}]}, "
+                                 "ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}], ports: [{port: 80, endPort: 81}]}]"))
+    assert main(["describe", "netpol", "x/allow-b", "--name", model.name]) == 0
+    out = capsys.readouterr().out
+    state = model.state()
+    assert "Selects:      2 pods" in out and state.pods["x/a"].ip in out and state.pods["x/c"].ip in out
+    assert "PodSelector: pod=b" in out and "80-81/TCP" in out and state.pods["x/b"].ip not in out
 
 
 def test_policies_added_and_removed(model):
