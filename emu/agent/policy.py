@@ -4,7 +4,8 @@ A sync renders the node's rules and writes only what changed: ipset restore
 (entries added and deleted in sets that changed, new sets created), then
 iptables-restore --noflush of the chains that changed, then the sets no rule
 names any more are destroyed. The FORWARD hook is put in place by the first
-sync and by any sync after a failed one. Policies depend on the state only (pods, labels,
+sync with policies and by any sync after a failed one; with no policy left,
+hook, chains and sets are all removed. Policies depend on the state only (pods, labels,
 namespaces, policies), not on readiness, so a state generation already
 written costs nothing.
 """
@@ -66,23 +67,23 @@ class PolicySync:
             return 0
         started = time.monotonic()
         unknown = self.sets is None or self.chains is None
-        if unknown:
-            self.sets, self.chains, existing_sets = None, self.existing_chains(), self.existing_sets()
-            if not state.network_policies and not self.chains and not existing_sets:
-                # No policy, nothing left from before: the node keeps no rules for them at all.
-                self.chains, self.generation = None, state.generation
-                return 0
+        if unknown:  # the first sync, or after a failure: read what the kernel holds
+            before, existing_sets = self.existing_chains(), self.existing_sets()
         else:
-            existing_sets = list(self.sets)
-        rules = policy.render(state, node)
-        set_text = policy.ipset_restore_text(rules.sets, self.sets, existing_sets)
-        chain_text = policy.iptables_restore_text(rules.chains, self.chains)
+            before, existing_sets = self.chains, list(self.sets)
+        # No policy at all: no chain, no set and no hook, so a cluster without
+        # policies forwards exactly as before they came.
+        rules = policy.render(state, node) if state.network_policies else policy.PolicyRules()
+        if not rules.chains and policy.MAIN_CHAIN in before:
+            self.remove_hook()  # before its chain goes
+        set_text = policy.ipset_restore_text(rules.sets, None if unknown else self.sets, existing_sets)
+        chain_text = policy.iptables_restore_text(rules.chains, before)
         if set_text:
             self._run(["ipset", "restore"], set_text)
         if chain_text:
             self._run(["iptables-restore", "--noflush", "--wait"], chain_text)
-        if unknown:
-            self.ensure_hook()  # on the first sync, and after a failure: the hook may be missing
+        if rules.chains and (unknown or policy.MAIN_CHAIN not in before):
+            self.ensure_hook()
         destroy = policy.ipset_destroy_text(rules.sets, existing_sets)
         if destroy:
             self._run(["ipset", "restore"], destroy)
@@ -93,6 +94,12 @@ class PolicySync:
             took = (time.monotonic() - started) * 1000
             self.log(f"network policies of generation {state.generation}: {written} sets and chains in {took:.1f} ms")
         return written
+
+    def remove_hook(self) -> None:
+        hook = shlex.split(policy.HOOK)
+        for _ in range(10):  # one normally; more if something put it there twice
+            if self.run(["iptables", "-w", "-D", *hook], capture_output=True).returncode != 0:
+                break
 
     def ensure_hook(self) -> None:
         hook = shlex.split(policy.HOOK)

@@ -301,4 +301,4 @@ def test_policies_added_and_removed(model):
     apply_policies(model, "")
     validate(model, Reachability())
     rules = model.node_exec("w1", ["sh", "-c", "iptables-save -t filter; ipset list -n"]).output
-    assert "EMU-NP-ING-" not in rules and "EMU-NPT-" not in rules, rules
+    assert "EMU-NETPOL" not in rules and "EMU-NP" not in rules, rules  # no policy: no hook, chain or set

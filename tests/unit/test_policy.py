@@ -194,3 +194,75 @@ def test_policy_types_default_to_ingress_plus_egress_when_egress_rules_are_given
     state = state_of("networkPolicies:\n  - {name: e, namespace: x, podSelector: {matchLabels: {pod: a}}, egress: [{}]}\n")
     assert state.network_policies[0]["policyTypes"] == ["Ingress", "Egress"]
     assert not allowed(state, "y/a", "x/a", 8080) and allowed(state, "x/a", "y/a", 8080)
+
+
+# ---- the agent's job -------------------------------------------------------------
+class FakeKernel:
+    """Records what PolicySync runs; iptables -D finds the hook once."""
+
+    def __init__(self, fail: str = ""):
+        self.calls: list[list[str]] = []
+        self.fail = fail
+        self.hooked = False
+
+    def __call__(self, argv, input=None, **kwargs):
+        import subprocess
+
+        self.calls.append(list(argv))
+        code = 1 if self.fail and self.fail in " ".join(argv) else 0
+        if argv[:3] == ["iptables", "-w", "-C"]:
+            code = 0 if self.hooked else 1
+        elif argv[:3] == ["iptables", "-w", "-I"]:
+            self.hooked = True
+        elif argv[:3] == ["iptables", "-w", "-D"]:
+            code, self.hooked = (0 if self.hooked else 1), False
+        return subprocess.CompletedProcess(argv, code, "", "boom" if code else "")
+
+    def ran(self, *prefix: str) -> bool:
+        return any(call[: len(prefix)] == list(prefix) for call in self.calls)
+
+
+def test_agent_job_writes_once_per_generation_and_removes_everything_with_the_last_policy():
+    from emu.agent.policy import PolicySync
+
+    kernel = FakeKernel()
+    sync = PolicySync(lambda message: None, kernel)
+    state = state_of(GOLDEN_POLICIES)
+    state.generation = 1
+    assert sync.sync(state, "w1") > 0
+    assert kernel.ran("ipset", "restore") and kernel.ran("iptables-restore") and kernel.hooked
+    kernel.calls.clear()
+    assert sync.sync(state, "w1") == 0 and not kernel.calls  # nothing new: nothing run
+    empty = state_of()
+    empty.generation = 2
+    sync.sync(empty, "w1")
+    assert not kernel.hooked  # the hook went first, then the chains and sets
+    assert sync.chains == {} and sync.sets == {}
+
+
+def test_agent_job_leaves_a_node_without_policies_untouched():
+    from emu.agent.policy import PolicySync
+
+    kernel = FakeKernel()
+    state = state_of()
+    state.generation = 1
+    PolicySync(lambda message: None, kernel).sync(state, "w1")
+    assert not kernel.ran("ipset", "restore") and not kernel.ran("iptables-restore") and not kernel.hooked
+
+
+def test_agent_job_retries_a_failed_sync():
+    import time
+
+    from emu.agent import policy as job
+
+    kernel = FakeKernel(fail="iptables-restore")
+    sync = job.PolicySync(lambda message: None, kernel)
+    state = state_of(GOLDEN_POLICIES)
+    state.generation = 1
+    with pytest.raises(RuntimeError, match="iptables-restore"):
+        sync.sync(state, "w1")
+    kernel.fail = ""
+    deadline = time.monotonic() + 5
+    while sync.generation != 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sync.generation == 1 and kernel.hooked
