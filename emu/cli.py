@@ -536,6 +536,8 @@ def cmd_external(args) -> int:
     ip = cluster.run_external(args.container_name)
     print(f"{cluster.name}-{args.container_name} {ip}")
     print(f"netexec outside the cluster: http://{ip}:8080/clientip shows who called; `emu down` removes it")
+    if cluster.state().ingresses:
+        print("its /etc/hosts names the Ingress hosts at the ingress controller's LoadBalancer address")
     return 0
 
 

@@ -434,7 +434,8 @@ class Cluster:
 
     def run_external(self, name: str) -> str:
         """Start a container outside the cluster, on the cluster's Docker network,
-        serving netexec (HTTP :8080, UDP :8081). Returns its IP. `down` removes it."""
+        serving netexec (HTTP :8080, UDP :8081), its /etc/hosts naming the
+        Ingresses' hosts at the ingress's address. Returns its IP. `down` removes it."""
         state = self.state()
         container = f"{self.name}-{name}"
         self.runtime.run_external(self.name, container, state.network, state.node_image)
@@ -445,6 +446,11 @@ class Cluster:
         probe = ["env", f"PYTHONPATH={cni.AGENT_LIB}", "python3", "-m", "emu.agent.wait", "--port", "127.0.0.1:8080"]
         if json.loads(self.runtime.exec(container, probe).output)["ports_left"]:
             raise EmuError(f"the external container {container} did not start serving on :8080")
+        from emu import ingress
+
+        names = ingress.hosts_entries(state)  # the Ingress hosts, at the ingress's LoadBalancer address
+        if names:
+            self.runtime.exec(container, ["sh", "-c", 'printf %s "$1" >>/etc/hosts', "sh", names])
         return ip
 
     # ---- using pods --------------------------------------------------------

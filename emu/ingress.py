@@ -199,6 +199,15 @@ def certificates(state: ClusterState) -> dict[str, tuple[list[str], str | None]]
     return {DEFAULT_CERT: (["ingress.local"], None), **wanted}
 
 
+def hosts_entries(state: ClusterState) -> str:
+    """/etc/hosts lines naming every Ingress host at the controller's LoadBalancer
+    address, for a host outside the cluster ("the internet" knows the names)."""
+    service = state.services.get(f"{NAMESPACE}/{NAME}")
+    address = service.load_balancer_ip if service else None
+    hosts = sorted({r.host for r in routes(state)[0] if r.host and "*" not in r.host})
+    return "".join(f"{address}\t{host}\n" for host in hosts) if address else ""
+
+
 def hostport_rules(pod) -> str:
     """iptables-restore --noflush text: the controller's hostPorts 80 and 443 on its node
     (the CNI portmap plugin's DNAT, as ingress-nginx's manifest for kind asks), so a

@@ -118,3 +118,9 @@ def test_describe_names_backends_and_why_none():
     rows = ingress.describe(state, "default/main", endpoints)
     assert ("foo.example.com", "/down/", "none:80", "<none> (no ready endpoint)") in rows
     assert any(row[2] == "web:80" and "10.244.1." in row[3] for row in rows)
+
+
+def test_the_external_host_learns_the_ingress_hosts():
+    state, _ = state_and_endpoints()
+    address = state.services["ingress-nginx/ingress-nginx-controller"].load_balancer_ip
+    assert ingress.hosts_entries(state) == f"{address}\tfoo.example.com\n{address}\tsecure.example.com\n"
