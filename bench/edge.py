@@ -97,13 +97,15 @@ def throughput(cluster: Cluster, rounds: int) -> None:
         result = cluster.exec("client", ["iperf3", "-c", server, "-t", "4", "-J"])
         return json.loads(result.output)["end"]["sum_received"]["bits_per_second"] / 1e9
 
-    without, with_policies = [], []
+    without, with_policies, applies = [], [], []
     for index in range(rounds):
         # ABBA order, and a second to settle after each apply: this 2-core machine's
         # throughput wanders by a third from run to run.
         order = [(base, without), (base + policies(100), with_policies)]
         for text, results in order if index % 2 == 0 else order[::-1]:
-            cluster.apply(load_text(text))
+            started = time.monotonic()
+            cluster.apply(load_text(text))  # returns once every node's agent has written the new state
+            applies.append(time.monotonic() - started)
             time.sleep(1)
             results.append(iperf())
     cluster.apply(load_text(base + policies(100).replace("role: client", "role: nobody")))
@@ -112,6 +114,8 @@ def throughput(cluster: Cluster, rounds: int) -> None:
     print(f"iperf3 client (w1) -> server (w2): no policy {median(without):.2f} Gbit/s, 100 policies "
           f"{median(with_policies):.2f} Gbit/s ({median(with_policies) / median(without):.2f}x); "
           f"with the client's policy removed, iperf3 {'was refused' if not denied.ok else 'still connected (wrong)'}")
+    print(f"emu apply of a change of 100 policies, until every node's agent has written it: median "
+          f"{median(applies):.2f} s (of it, the agents' sync: see 'network policies of generation' in their logs)")
 
 
 def ingress_rate(cluster: Cluster, rounds: int) -> None:

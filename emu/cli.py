@@ -481,6 +481,12 @@ def cmd_plan(args) -> int:
         for node in desired.nodes:
             print(f"### node {node.name}: service rules its agent writes once every pod is ready")
             print(iptables.restore_text(iptables.render(desired, node.name, endpoints)))
+            if desired.network_policies:
+                from emu import policy
+
+                rules = policy.render(desired, node.name)
+                print(f"### node {node.name}: NetworkPolicy sets (ipset restore) and rules (iptables-restore)")
+                print(policy.ipset_restore_text(rules.sets, None, []) + policy.iptables_restore_text(rules.chains, None))
     return 0
 
 
@@ -686,7 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("file", nargs="?", default=DEFAULT_TOPOLOGY)
     plan.add_argument("--hosts", metavar="FILE", help="spread the nodes over the Docker hosts of this inventory")
     plan.add_argument("--script-only", action="store_true", help="only the scripts, not the files they use")
-    plan.add_argument("--rules", action="store_true", help="also the kube-proxy rules each node's agent writes")
+    plan.add_argument("--rules", action="store_true",
+                      help="also the kube-proxy and NetworkPolicy rules each node's agent writes")
 
     hosts = command("hosts", cmd_hosts, "check or prepare the Docker hosts of a multi-host lab", cluster_option=False)
     hosts.add_argument("action", choices=["check", "prepare"], help="check: report what is wrong; prepare: fix it")
