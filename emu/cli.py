@@ -222,7 +222,8 @@ def cmd_status(args) -> int:
     for node in state.nodes:
         host = [node.host] if spread else []
         extra = [mapped[node.name] or "<none>"] if ports else []
-        nodes.add_row(node.name, node.role, *host, node.node_ip, node.pod_cidr, str(len(state.pods_on(node.name))), *extra)
+        pods = str(len(state.pods_on(node.name)))
+        nodes.add_row(node.name, node.role, *host, node.node_ip, node.pod_cidr, pods, *extra)
     console.print(nodes)
     pods = Table(title="pods", title_justify="left")
     for column in ("NAMESPACE", "POD", "READY", "STATUS", "RESTARTS", "IP", "NODE"):
@@ -311,8 +312,10 @@ def _describe_edge(cluster, state, kind: str, name: str) -> int:
             rules = spec.get(direction) or []
             print(f"Allowing {direction} traffic:" + ("" if rules else "\n  <none> (isolated: nothing is allowed)"))
             for rule in rules:
-                ports = ", ".join(f"{p.get('port') or '<any>'}{'-' + str(p['endPort']) if p.get('endPort') else ''}/"
-                                  f"{p.get('protocol') or 'TCP'}" for p in rule.get("ports") or []) or "<any> (all ports)"
+                ports = ", ".join(
+                    f"{p.get('port') or '<any>'}{'-' + str(p['endPort']) if p.get('endPort') else ''}/"
+                    f"{p.get('protocol') or 'TCP'}" for p in rule.get("ports") or []
+                ) or "<any> (all ports)"
                 print(f"  To port(s): {ports}")
                 peers = rule.get(peers_key) or []
                 print(f"  {'From' if direction == 'ingress' else 'To'}:" + ("" if peers else " <any> (every peer)"))
@@ -486,7 +489,8 @@ def cmd_plan(args) -> int:
 
                 rules = policy.render(desired, node.name)
                 print(f"### node {node.name}: NetworkPolicy sets (ipset restore) and rules (iptables-restore)")
-                print(policy.ipset_restore_text(rules.sets, None, []) + policy.iptables_restore_text(rules.chains, None))
+                print(policy.ipset_restore_text(rules.sets, None, []), end="")
+                print(policy.iptables_restore_text(rules.chains, None))
     return 0
 
 
@@ -670,7 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     exec_.add_argument("--node", action="store_true", help="POD names a node: run in its root namespace")
     exec_.add_argument("argv", nargs="*", metavar="COMMAND", help="-- COMMAND [ARGS...]")
 
-    describe = command("describe", cmd_describe, "a service, NetworkPolicy or Ingress: what it selects and where it goes")
+    describe = command(
+        "describe", cmd_describe, "a service, NetworkPolicy or Ingress: what it selects and where it goes"
+    )
     describe.add_argument("kind", choices=["svc", "service", "netpol", "networkpolicy", "ingress", "ing"])
     describe.add_argument("service", metavar="NAME", help="NAME or NAMESPACE/NAME")
 

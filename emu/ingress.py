@@ -213,7 +213,8 @@ def hostport_rules(pod) -> str:
     (the CNI portmap plugin's DNAT, as ingress-nginx's manifest for kind asks), so a
     node port mapping of 80 or 443 (extraPortMappings) reaches nginx."""
     rules = [
-        f'-A {HOSTPORT_CHAIN} -p tcp -m tcp --dport {port} -m comment --comment "{NAMESPACE}/{pod.name} hostPort {port}" '
+        f"-A {HOSTPORT_CHAIN} -p tcp -m tcp --dport {port} "
+        f'-m comment --comment "{NAMESPACE}/{pod.name} hostPort {port}" '
         f"-j DNAT --to-destination {pod.ip}:{port}"
         for port in (80, 443)
     ]
@@ -315,10 +316,12 @@ def describe(state: ClusterState, key: str, endpoints: dict) -> list[tuple[str, 
     """(host, path, backend "svc:port", endpoints or why none) of every rule of Ingress `key`, for `emu describe`."""
     rows = []
     all_routes, defaults = routes(state)
-    for route in [r for r in all_routes if r.ingress == key] + [r for h, r in sorted(defaults.items()) if r.ingress == key and not h]:
+    default = [r for host, r in sorted(defaults.items()) if r.ingress == key and not host]
+    for route in [r for r in all_routes if r.ingress == key] + default:
         resolved = backend(state, route, endpoints)
         path = route.path if route in all_routes else "(default backend)"
         rows.append(
-            (route.host or "*", path, f"{route.service}:{route.port}", ",".join(resolved.endpoints) or f"<none> ({resolved.reason})")
+            (route.host or "*", path, f"{route.service}:{route.port}",
+             ",".join(resolved.endpoints) or f"<none> ({resolved.reason})")  # fmt: skip
         )
     return rows

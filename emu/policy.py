@@ -134,7 +134,9 @@ def peer_pods(state: ClusterState, namespace: str, peer: dict, by_namespace: Pod
     if namespaces_selector is None:
         namespaces = [namespace]
     else:
-        namespaces = [name for name, labels in state.namespaces.items() if selector_matches(namespaces_selector, labels)]
+        namespaces = [
+            name for name, labels in state.namespaces.items() if selector_matches(namespaces_selector, labels)
+        ]
     index = by_namespace or pods_by_namespace(state)
     return [p for name in namespaces for p in index.matching(name, pods_selector or {})]
 

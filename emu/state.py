@@ -442,7 +442,9 @@ def _check_compatible(topology: Topology, networking: dict, previous: ClusterSta
             f"the nodes of cluster '{previous.name}' are {running} but the topology declares {declared}; "
             "emu changes pods of a running cluster, not its nodes: run `emu down` and `emu up` to rebuild it"
         )
-    declared_ports = {n.name: n.model_dump(mode="json", by_alias=True).get("extraPortMappings", []) for n in topology.nodes}
+    declared_ports = {
+        n.name: n.model_dump(mode="json", by_alias=True).get("extraPortMappings", []) for n in topology.nodes
+    }
     running_ports = {n.name: port_mappings(previous, n.name) for n in topology.nodes}
     changed = [name for name in declared_ports if [_mapping_key(m) for m in declared_ports[name]]
                != [_mapping_key(m) for m in running_ports[name]]]  # fmt: skip

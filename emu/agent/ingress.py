@@ -58,7 +58,8 @@ class IngressSync:
         self.config = config
         reloaded = self.reload()
         took = (time.monotonic() - started) * 1000
-        self.log(f"ingress: nginx.conf of generation {state.generation} written{' and reloaded' if reloaded else ''} in {took:.1f} ms")
+        done = "written and reloaded" if reloaded else "written"
+        self.log(f"ingress: nginx.conf of generation {state.generation} {done} in {took:.1f} ms")
         return True
 
     def reload(self) -> bool:

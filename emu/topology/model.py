@@ -500,7 +500,9 @@ class IngressRule(Model):
 
 class IngressTLS(Model):
     hosts: list[str] = Field(default_factory=list)
-    secret_name: DNSLabel | None = Field(None, description="A kubernetes.io/tls secret; none: a self-signed certificate.")
+    secret_name: DNSLabel | None = Field(
+        None, description="A kubernetes.io/tls secret; none: a self-signed certificate."
+    )
 
 
 class Ingress(Model):

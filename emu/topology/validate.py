@@ -393,7 +393,8 @@ def _check_edge(topology: Topology) -> Iterator[Finding]:
         for t_index, tls in enumerate(ingress.tls):
             if tls.secret_name and (ingress.namespace, tls.secret_name) not in secrets:
                 yield (path + ("tls", t_index, "secretName"), f"secret '{ingress.namespace}/{tls.secret_name}' is not "
-                       "in secrets; add it (stringData tls.crt and tls.key) or leave secretName out for a self-signed one")
+                       "in secrets; add it (stringData tls.crt and tls.key) or leave secretName out for a "
+                       "self-signed one")
     controller = topology.ingress_controller
     if controller.node and controller.node not in {n.name for n in topology.nodes}:
         yield (("ingressController", "node"), f"node '{controller.node}' is not in nodes")

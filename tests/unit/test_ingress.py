@@ -124,3 +124,22 @@ def test_the_external_host_learns_the_ingress_hosts():
     state, _ = state_and_endpoints()
     address = state.services["ingress-nginx/ingress-nginx-controller"].load_balancer_ip
     assert ingress.hosts_entries(state) == f"{address}\tfoo.example.com\n{address}\tsecure.example.com\n"
+
+
+def test_bad_edge_input_is_reported_before_anything_changes():
+    import pytest
+
+    from emu.errors import TopologyError
+
+    bad = """\
+nodes: [{name: a, extraPortMappings: [{containerPort: 80, hostPort: 8080}, {containerPort: 81, hostPort: 8080}]}]
+ingresses:
+  - {name: i, rules: [{host: a.example.com, http: {paths: [{path: /, backend: {service: {name: web, port: {number: 80}}}}]}}],
+     tls: [{secretName: nope}]}
+"""
+    with pytest.raises(TopologyError) as error:
+        load_text(bad)
+    text = str(error.value)
+    assert "host port 8080/TCP is mapped twice" in text
+    assert "service 'default/web' is not in services" in text
+    assert "secret 'default/nope' is not in secrets" in text

@@ -266,3 +266,20 @@ def test_agent_job_retries_a_failed_sync():
     while sync.generation != 1 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sync.generation == 1 and kernel.hooked
+
+
+@pytest.mark.parametrize(
+    "peer_or_port,message",
+    [
+        ("from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/8]}}]", "is not inside cidr"),
+        ("ports: [{port: http, endPort: 90}]", "endPort needs a numeric port"),
+        ("ports: [{port: 90, endPort: 80}]", "endPort 80 is below port 90"),
+        ("from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]", "either ipBlock or podSelector"),
+        ("ports: [{port: 80, protocol: SCTP}]", "TCP"),
+    ],
+)
+def test_bad_policies_are_refused_with_their_place(peer_or_port, message):
+    from emu.errors import TopologyError
+
+    with pytest.raises(TopologyError, match=message):
+        state_of(f"networkPolicies:\n  - {{name: p, ingress: [{{{peer_or_port}}}]}}\n")
