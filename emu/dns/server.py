@@ -2,17 +2,27 @@
 
 Speed comes from a cache of encoded replies keyed by the query's bytes after
 its ID (so the question's case, flags and EDNS options are part of the key and
-come back exactly): a hit costs one dict lookup and two bytes of ID. The cache
-is dropped whenever the snapshot changes, so a change is visible as soon as it
-is loaded (the snapshot is checked every 0.1 s). Several processes can share
-the UDP port with SO_REUSEPORT, one per core.
+come back exactly): a hit costs one dict lookup and two bytes of ID. An answer
+with several addresses is cached as one encoding per rotation of its
+addresses, handed out in turn, so clients that take the first address spread
+over all of them (CoreDNS's loadbalance plugin) at the cost of one more index.
+The cache is dropped whenever the snapshot changes, so a change is visible as
+soon as it is loaded (the snapshot is checked every 0.1 s). Several processes
+can share the UDP port with SO_REUSEPORT, one per core.
+
+Names outside the cluster domain go to the upstream servers (`dns.upstreams`)
+over the client's transport, again over TCP when a UDP answer comes back
+truncated (CoreDNS's forward plugin), and their answers are cached within
+their TTL, at most 30 s (kubeadm's `cache 30`), in a bounded LRU.
 """
 
 from __future__ import annotations
 
 import http.server
+import itertools
 import json
 import os
+import random
 import signal
 import socket
 import socketserver
@@ -20,20 +30,44 @@ import struct
 import sys
 import threading
 import time
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
-from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
+from dnslib import EDNS0, QTYPE, DNSHeader, DNSQuestion, DNSRecord
 
-from emu.dns.records import Zone
+from emu.dns import wire
+from emu.dns.records import RC, TYPE, Answer, Zone
 
 CLASSIC_UDP_SIZE = 512
 OUR_UDP_SIZE = 1232  # what we advertise in EDNS0 (the DNS flag day 2020 value)
 CACHE_LIMIT = 200_000
 UPSTREAM_TIMEOUT = 2.0
+FORWARD_CACHE_LIMIT = 10_000  # answers from upstream (CoreDNS's cache holds 9,984)
+FORWARD_CACHE_MAX_TTL = 30  # seconds: kubeadm's Corefile has `cache 30`
+MAX_ROTATIONS = 64  # encodings kept of one answer with many addresses
+EDNS_DO = 0x8000  # the DNSSEC OK bit of the OPT record's flags
+BADVERS = 16  # extended RCODE: unsupported EDNS version
+ZONE_TRANSFERS = (TYPE.AXFR, TYPE.IXFR)
 
 
 def log(message: str) -> None:
     print(f"{time.time():.3f} [{os.getpid()}] {message}", flush=True)
+
+
+class Encoded(NamedTuple):
+    rtype: int
+    data: bytes
+
+
+class Pending:
+    """A reply that needs the upstream servers first: a name outside the zone,
+    or an ExternalName whose target is. Finished off the receiving thread."""
+
+    __slots__ = ("query", "data", "udp", "answer")
+
+    def __init__(self, query: DNSRecord, data: bytes, udp: bool, answer: Answer | None = None):
+        self.query, self.data, self.udp, self.answer = query, data, udp, answer
 
 
 class Resolver:
@@ -42,8 +76,10 @@ class Resolver:
     def __init__(self, snapshot_path: str):
         self.snapshot_path = snapshot_path
         self.signature: tuple | None = None
-        self.current: tuple[Zone, dict[bytes, bytes]] | None = None  # swapped as one
-        self.upstream_pool = ThreadPoolExecutor(max_workers=8)
+        self.current: tuple[Zone, dict[bytes, bytes | tuple[bytes, ...]]] | None = None  # swapped as one
+        self.pool = ThreadPoolExecutor(max_workers=8)
+        self.forwarder = Forwarder()
+        self.turns = itertools.count()  # which rotation of a multi-address answer goes next
 
     @property
     def ready(self) -> bool:
@@ -59,13 +95,15 @@ class Resolver:
             return False
         try:
             with open(self.snapshot_path) as handle:
-                zone = Zone(json.load(handle))
+                zone = Zone(json.load(handle), serial=info.st_mtime_ns // 1_000_000_000)
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
             log(f"cannot load {self.snapshot_path}: {error!r}"[:300])  # keep serving the zone it has
             return False
+        if self.current is not None and self.current[0].upstreams != zone.upstreams:
+            self.forwarder.clear()
         self.current = (zone, {})
         self.signature = signature
-        log(f"loaded {self.snapshot_path}: {len(zone.records)} record sets")
+        log(f"loaded {self.snapshot_path}: {len(zone.services)} services")
         return True
 
     def watch(self, period: float = 0.1, parent: int | None = None) -> None:
@@ -76,85 +114,243 @@ class Resolver:
             time.sleep(period)
 
     # ---- answering --------------------------------------------------------
-    def answer(self, data: bytes, udp: bool) -> bytes | None:
-        """The reply to one query, or None: stay silent (not a query: see is_query)
-        or, when is_query(data), forward it upstream."""
+    def answer(self, data: bytes, udp: bool) -> bytes | Pending | None:
+        """The reply to one query; None: stay silent (not a query: see is_query);
+        a Pending: the reply needs the upstream servers (finish it with complete())."""
         if not is_query(data):
             return None  # a response (or no header): answering it could start a reflection loop
         current = self.current
         if current is None:
-            return _error_reply(data, RCODE.SERVFAIL)
+            return _not_ready(data)
         zone, cache = current
         key = data[2:] if udp else b"T" + data[2:]
         cached = cache.get(key)
         if cached is not None:
-            return data[:2] + cached
+            if cached.__class__ is bytes:
+                return data[:2] + cached
+            return data[:2] + cached[next(self.turns) % len(cached)]
         try:
             query = DNSRecord.parse(data)
         except Exception:  # dnslib raises several kinds on malformed input
-            return _error_reply(data, RCODE.FORMERR)
+            return _error_reply(data, RC.FORMERR)
         if query.header.qr:  # is_query saw QR=0; dnslib agrees, but never answer a response
             return None
         if query.header.opcode != 0 or len(query.questions) != 1:
-            reply = query.reply()
-            reply.header.rcode = RCODE.NOTIMP if query.header.opcode != 0 else RCODE.FORMERR
-            return bytes(reply.pack())
-        question = query.questions[0]
-        result = zone.lookup(str(question.qname), question.qtype)
-        if result.forward:
-            return None if zone.upstreams else self._servfail(query)
-        reply = query.reply()
-        reply.header.aa = 1
-        reply.header.rcode = result.rcode
-        for record in result.answers:
-            reply.add_answer(record)
-        for record in result.authority:
-            reply.add_auth(record)
-        for record in result.additional:
-            reply.add_ar(record)
-        limit = None
-        edns = next((r for r in query.ar if r.rtype == QTYPE.OPT), None)
-        if edns is not None:
-            reply.add_ar(EDNS0(udp_len=OUR_UDP_SIZE))
-        if udp:
-            limit = max(CLASSIC_UDP_SIZE, min(edns.rclass, 65535)) if edns is not None else CLASSIC_UDP_SIZE
-        packed = bytes(reply.pack())
-        if limit is not None and len(packed) > limit:
-            packed = _truncated(query, reply, edns is not None)
+            return _pack(_reply(query, RC.NOTIMP if query.header.opcode != 0 else RC.FORMERR), None)
+        opt = _edns(query)
+        if opt is not None and (opt.ttl >> 16) & 0xFF:
+            reply = _reply(query, BADVERS & 0xF)  # RFC 6891: the extended code goes in the OPT record
+            reply.add_ar(EDNS0(udp_len=OUR_UDP_SIZE, ext_rcode=BADVERS >> 4, flags=_do_flag(opt)))
+            encoded = bytes(reply.pack())
+        elif query.q.qtype in ZONE_TRANSFERS:
+            encoded = _pack(_reply(query, RC.REFUSED), opt)
+        else:
+            result = zone.lookup(str(query.q.qname), query.q.qtype)
+            if result.forward:
+                if not zone.upstreams:
+                    return _pack(_reply(query, RC.SERVFAIL), opt)  # at once: nobody to ask
+                return Pending(query, data, udp)
+            if result.chase is not None:
+                return Pending(query, data, udp, result)
+            encoded = self._authoritative(query, result, opt, _limit(opt) if udp else None)
         if len(cache) >= CACHE_LIMIT:
             cache.clear()
-        cache[key] = packed[2:]
+        if encoded.__class__ is bytes:
+            cache[key] = encoded[2:]
+            return encoded
+        cache[key] = tuple(e[2:] for e in encoded)
+        return encoded[next(self.turns) % len(encoded)]
+
+    def _authoritative(self, query: DNSRecord, result: Answer, opt, limit: int | None) -> bytes | tuple[bytes, ...]:
+        """The reply to a question in the zone: one encoding, or one per rotation
+        of its addresses when it has several. Each record is encoded once
+        (emu.dns.wire) and the rotations are joins of them."""
+        qname = wire.plain_name(query.q.qname)
+        question = qname + struct.pack("!HH", query.q.qtype, query.q.qclass)
+        encoder = wire.Encoder(qname)
+        answers = [Encoded(rr.rtype, encoder.record(rr)) for rr in result.answers]
+        authority = b"".join(encoder.record(rr) for rr in result.authority)
+        additional = [Encoded(rr.rtype, encoder.record(rr)) for rr in result.additional]
+        tail = wire.opt_record(OUR_UDP_SIZE, opt.ttl & EDNS_DO) if opt is not None else b""
+        counts = (len(answers), len(result.authority), len(additional) + (1 if tail else 0))
+        head = wire.header(query.header.id, query.header.bitmap, result.rcode, counts, aa=1)
+        addresses = max(_count_addresses(answers), _count_addresses(additional))
+        rotations = min(MAX_ROTATIONS, addresses) if result.rcode == RC.NOERROR and addresses > 1 else 1
+        encoded = []
+        for turn in range(rotations):
+            body = b"".join(e.data for e in _rotated(answers, turn, rotations)) + authority
+            body += b"".join(e.data for e in _rotated(additional, turn, rotations))
+            packed = head + question + body + tail
+            if limit is not None and len(packed) > limit:
+                return _truncated(query, result.rcode, opt, aa=1)
+            encoded.append(packed)
+        return encoded[0] if rotations == 1 else tuple(encoded)
+
+    def complete(self, pending: Pending) -> bytes:
+        """Finish a Pending: ask the upstream servers (or the forward cache)."""
+        current = self.current
+        upstreams = current[0].upstreams if current else []
+        query, opt = pending.query, _edns(pending.query)
+        limit = _limit(opt) if pending.udp else None
+        if pending.answer is None:  # a name outside the zone: relay the upstream's answer
+            found = self.forwarder.resolve(query.q, pending.data[2:], query, not pending.udp, upstreams)
+            if found is None:
+                return _pack(_reply(query, RC.SERVFAIL), opt)
+            message, age = found
+            reply = _reply(query, message.header.rcode, aa=message.header.aa, ra=message.header.ra)
+            for rr in message.rr:
+                if rr.rname == query.q.qname:  # dnslib compares names without case
+                    rr.rname = query.q.qname  # the asker's letter case, not the first asker's
+            reply.rr = _rotated(_aged(message.rr, age), next(self.turns), None)
+            reply.auth = _aged(message.auth, age)
+            reply.ar = [rr for rr in _aged(message.ar, age) if rr.rtype != TYPE.OPT]
+            packed = _pack(reply, opt)
+            if limit is not None and len(packed) > limit:
+                return _truncated(query, reply.header.rcode, opt, aa=reply.header.aa, ra=reply.header.ra)
+            return packed
+        # An ExternalName outside the zone: the CNAME chain, then the target's records.
+        result = pending.answer
+        target = DNSRecord.question(result.chase, QTYPE[query.q.qtype])
+        if opt is not None:
+            target.add_ar(EDNS0(udp_len=OUR_UDP_SIZE, flags=_do_flag(opt)))
+        found = self.forwarder.resolve(target.q, bytes(target.pack())[2:], target, not pending.udp, upstreams)
+        reply = _reply(query, RC.NOERROR, aa=1)
+        records = list(result.answers)
+        if found is not None:
+            records += _aged(found[0].rr, found[1])
+            reply.header.tc = found[0].header.tc
+        reply.rr = _rotated(records, next(self.turns), None)
+        packed = _pack(reply, opt)
+        if limit is not None and len(packed) > limit:
+            return _truncated(query, RC.NOERROR, opt, aa=1)
         return packed
 
-    def _servfail(self, query: DNSRecord) -> bytes:
-        reply = query.reply()
-        reply.header.rcode = RCODE.SERVFAIL
-        return bytes(reply.pack())
 
-    def forward(self, data: bytes, send) -> None:
-        """Ask the upstream servers in the background; SERVFAIL if none answers.
-        Only queries go upstream, and only responses come back to the client."""
-        current = self.current
-        if current is None or not is_query(data):
-            return
-        zone = current[0]
+class Forwarder:
+    """Asks the upstream servers and keeps their answers within their TTL
+    (at most FORWARD_CACHE_MAX_TTL), least recently used out first."""
 
-        def ask() -> None:
-            for upstream in zone.upstreams:
-                host, _, port = upstream.partition(":")
-                try:
-                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-                        sock.settimeout(UPSTREAM_TIMEOUT / max(1, len(zone.upstreams)))
-                        sock.sendto(data, (host, int(port or 53)))
-                        reply, _ = sock.recvfrom(65535)
-                        if reply[:2] == data[:2] and len(reply) >= 12 and reply[2] & 0x80:
-                            send(reply)
-                            return
-                except OSError:
-                    continue
-            send(_error_reply(data, RCODE.SERVFAIL))
+    def __init__(self, limit: int = FORWARD_CACHE_LIMIT, max_ttl: int = FORWARD_CACHE_MAX_TTL):
+        self.limit = limit
+        self.max_ttl = max_ttl
+        self.entries: OrderedDict[tuple, tuple[float, float, bytes]] = OrderedDict()  # key -> (expires, stored, answer)
+        self.lock = threading.Lock()
+        self.clock = time.monotonic
 
-        self.upstream_pool.submit(ask)
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
+    def resolve(self, question: DNSQuestion, body: bytes, query: DNSRecord, tcp: bool, upstreams: list[str]):
+        """(answer, seconds it has been cached) for the query whose bytes after
+        the ID are `body`; None when no upstream answered."""
+        opt = _edns(query)
+        key = (
+            str(question.qname).lower(),
+            question.qtype,
+            question.qclass,
+            bool(opt is not None and opt.ttl & EDNS_DO),
+            query.header.cd,
+        )
+        now = self.clock()
+        with self.lock:
+            entry = self.entries.get(key)
+            if entry is not None:
+                if entry[0] > now:
+                    self.entries.move_to_end(key)
+                else:
+                    del self.entries[key]
+                    entry = None
+        if entry is not None:
+            return DNSRecord.parse(entry[2]), int(now - entry[1])
+        message = _ask_upstreams(body, question, tcp, upstreams)
+        if message is None:
+            return None
+        ttl = min(self.max_ttl, _cacheable_ttl(message))
+        if ttl > 0:
+            with self.lock:
+                self.entries[key] = (now + ttl, now, bytes(message.pack()))
+                self.entries.move_to_end(key)
+                while len(self.entries) > self.limit:
+                    self.entries.popitem(last=False)
+        return message, 0
+
+
+def _cacheable_ttl(message: DNSRecord) -> int:
+    """How long an upstream answer may be kept: its smallest TTL; for a denial,
+    the SOA's negative TTL (RFC 2308); 0 for errors and truncated answers."""
+    if message.header.tc or message.header.rcode not in (RC.NOERROR, RC.NXDOMAIN):
+        return 0
+    if message.header.rcode == RC.NOERROR and message.rr:
+        return min(rr.ttl for rr in message.rr + message.auth + message.ar if rr.rtype != TYPE.OPT)
+    soa = next((rr for rr in message.auth if rr.rtype == TYPE.SOA), None)
+    return min(soa.ttl, soa.rdata.times[-1]) if soa is not None else 0
+
+
+def _ask_upstreams(body: bytes, question: DNSQuestion, tcp: bool, upstreams: list[str]) -> DNSRecord | None:
+    """Send the query to each upstream in turn: over TCP when the client came
+    over TCP, else UDP and TCP again when the UDP answer is truncated."""
+    budget = UPSTREAM_TIMEOUT / max(1, len(upstreams))
+    for upstream in upstreams:
+        host, _, port = upstream.rpartition(":") if upstream.count(":") == 1 else (upstream, "", "")
+        address = (host, int(port or 53))
+        ident = random.randrange(65536)
+        wire = struct.pack("!H", ident) + body
+        try:
+            reply = None if tcp else _udp_exchange(wire, address, budget, ident, question)
+            if tcp or (reply is not None and reply.header.tc):
+                reply = _tcp_exchange(wire, address, budget, ident, question) or reply
+        except (OSError, ValueError):
+            continue
+        if reply is not None:
+            return reply
+    return None
+
+
+def _matches(reply: DNSRecord, ident: int, question: DNSQuestion) -> bool:
+    """The reply answers our query: our ID, QR set, the same question."""
+    return (
+        reply.header.id == ident
+        and reply.header.qr == 1
+        and len(reply.questions) == 1
+        and reply.q.qname == question.qname  # dnslib compares names without case
+        and reply.q.qtype == question.qtype
+        and reply.q.qclass == question.qclass
+    )
+
+
+def _udp_exchange(wire: bytes, address: tuple, timeout: float, ident: int, question: DNSQuestion) -> DNSRecord | None:
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(address)  # only the upstream's own packets come back
+        sock.send(wire)
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data = sock.recv(65535)
+            except socket.timeout:
+                return None
+            try:
+                reply = DNSRecord.parse(data)
+            except Exception:
+                continue
+            if _matches(reply, ident, question):
+                return reply
+    return None
+
+
+def _tcp_exchange(wire: bytes, address: tuple, timeout: float, ident: int, question: DNSQuestion) -> DNSRecord | None:
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.sendall(struct.pack("!H", len(wire)) + wire)
+        header = _read_exact(sock, 2)
+        data = _read_exact(sock, struct.unpack("!H", header)[0]) if header else None
+    if not data:
+        return None
+    try:
+        reply = DNSRecord.parse(data)
+    except Exception:
+        return None
+    return reply if _matches(reply, ident, question) else None
 
 
 def is_query(data: bytes) -> bool:
@@ -165,7 +361,7 @@ def is_query(data: bytes) -> bool:
 
 
 def _error_reply(data: bytes, rcode: int) -> bytes | None:
-    """A header-only reply for a query dnslib can't parse (or before any snapshot)."""
+    """A header-only reply for a query dnslib can't parse."""
     if not is_query(data):
         return None
     (ident, flags) = struct.unpack("!HH", data[:4])
@@ -173,15 +369,78 @@ def _error_reply(data: bytes, rcode: int) -> bytes | None:
     return struct.pack("!HHHHHH", ident, flags, 0, 0, 0, 0)
 
 
-def _truncated(query: DNSRecord, reply: DNSRecord, edns: bool) -> bytes:
+def _not_ready(data: bytes) -> bytes | None:
+    """SERVFAIL, with the question, before the first snapshot (CoreDNS answers
+    SERVFAIL until it has synced with the API server)."""
+    try:
+        query = DNSRecord.parse(data)
+    except Exception:
+        return _error_reply(data, RC.SERVFAIL)
+    if query.header.qr:
+        return None
+    return _pack(_reply(query, RC.SERVFAIL), _edns(query))
+
+
+def _reply(query: DNSRecord, rcode: int, aa: int = 0, ra: int = 0) -> DNSRecord:
+    """A reply skeleton: the question, RD and CD copied (miekg/dns SetReply).
+    No RA on authoritative answers: the server is not a recursor for its zone."""
+    header = DNSHeader(
+        id=query.header.id, qr=1, opcode=query.header.opcode, aa=aa, ra=ra,
+        rd=query.header.rd, cd=query.header.cd, rcode=rcode,
+    )  # fmt: skip
+    return DNSRecord(header, questions=list(query.questions))
+
+
+def _edns(query: DNSRecord):
+    return next((r for r in query.ar if r.rtype == TYPE.OPT), None)
+
+
+def _do_flag(opt) -> str:
+    return "do" if opt.ttl & EDNS_DO else ""
+
+
+def _limit(opt) -> int:
+    """How big a UDP reply may be: 512, or the client's EDNS size."""
+    return max(CLASSIC_UDP_SIZE, min(opt.rclass, 65535)) if opt is not None else CLASSIC_UDP_SIZE
+
+
+def _pack(reply: DNSRecord, opt) -> bytes:
+    """Encode a reply, with our OPT record (DO copied) when the query had one."""
+    if opt is not None:
+        reply.add_ar(EDNS0(udp_len=OUR_UDP_SIZE, flags=_do_flag(opt)))
+    return bytes(reply.pack())
+
+
+def _truncated(query: DNSRecord, rcode: int, opt, aa: int = 0, ra: int = 0) -> bytes:
     """The question with TC set and no records: the client retries over TCP."""
-    short = query.reply()
-    short.header.aa = 1
+    short = _reply(query, rcode, aa=aa, ra=ra)
     short.header.tc = 1
-    short.header.rcode = reply.header.rcode
-    if edns:
-        short.add_ar(EDNS0(udp_len=OUR_UDP_SIZE))
-    return bytes(short.pack())
+    return _pack(short, opt)
+
+
+def _count_addresses(records) -> int:
+    return sum(1 for rr in records if rr.rtype in (TYPE.A, TYPE.AAAA))
+
+
+def _rotated(records, turn: int, rotations: int | None) -> list:
+    """CNAMEs first, then other types, then the addresses rotated by `turn` (of
+    `rotations` evenly spaced; None: by turn itself), as CoreDNS's loadbalance orders them."""
+    addresses = [rr for rr in records if rr.rtype in (TYPE.A, TYPE.AAAA)]
+    if not addresses:
+        return list(records)
+    cnames = [rr for rr in records if rr.rtype == TYPE.CNAME]
+    rest = [rr for rr in records if rr.rtype not in (TYPE.A, TYPE.AAAA, TYPE.CNAME)]
+    shift = (turn * len(addresses) // rotations if rotations else turn) % len(addresses)
+    return cnames + rest + addresses[shift:] + addresses[:shift]
+
+
+def _aged(records, age: int) -> list:
+    """Records served from the cache, their TTLs less the time they were kept."""
+    if age > 0:
+        for rr in records:
+            if rr.rtype != TYPE.OPT:
+                rr.ttl = max(0, rr.ttl - age)
+    return list(records)
 
 
 # ---- UDP ----------------------------------------------------------------------
@@ -195,8 +454,10 @@ def udp_socket(host: str, port: int) -> socket.socket:
 
 
 def serve_udp(resolver: Resolver, sock: socket.socket) -> None:
+    """Answer queries on one UDP socket. The reply cache is read here first,
+    inline (Resolver.answer does the same), because this loop is the hot path."""
     recv, send = sock.recvfrom, sock.sendto
-    answer = resolver.answer
+    answer, turns = resolver.answer, resolver.turns
     while True:
         try:
             data, client = recv(4096)
@@ -204,21 +465,39 @@ def serve_udp(resolver: Resolver, sock: socket.socket) -> None:
             if sock.fileno() < 0:
                 return  # closed: stop serving
             continue
-        if not is_query(data):
-            continue  # never answer (or forward) a response
-        try:
-            reply = answer(data, True)
-        except Exception as error:  # a bug must not take the server down
-            log(f"error answering {data[:64]!r}: {error!r}")
-            reply = _error_reply(data, RCODE.SERVFAIL)
-        if reply is None:
-            if resolver.current:
-                resolver.forward(data, lambda r, c=client: send(r, c))
-            continue
+        if len(data) < 12 or data[2] & 0x80:
+            continue  # never answer (or forward) a response: see is_query
+        current = resolver.current
+        cached = current[1].get(data[2:]) if current is not None else None
+        if cached is not None:
+            reply = data[:2] + (cached if cached.__class__ is bytes else cached[next(turns) % len(cached)])
+        else:
+            try:
+                reply = answer(data, True)
+            except Exception as error:  # a bug must not take the server down
+                log(f"error answering {data[:64]!r}: {error!r}")
+                reply = _error_reply(data, RC.SERVFAIL)
+            if reply is None:
+                continue
+            if reply.__class__ is Pending:
+                resolver.pool.submit(_finish_udp, resolver, reply, send, client)
+                continue
         try:
             send(reply, client)
         except OSError:
             pass
+
+
+def _finish_udp(resolver: Resolver, pending: Pending, send, client) -> None:
+    try:
+        reply = resolver.complete(pending)
+    except Exception as error:  # noqa: BLE001 - a bug must not lose the worker thread
+        log(f"error forwarding {pending.data[:64]!r}: {error!r}")
+        reply = _error_reply(pending.data, RC.SERVFAIL)
+    try:
+        send(reply, client)
+    except OSError:
+        pass
 
 
 # ---- TCP ----------------------------------------------------------------------
@@ -245,19 +524,13 @@ def tcp_handler(resolver: Resolver):
                     continue  # never answer (or forward) a response; read the next message
                 try:
                     reply = resolver.answer(data, False)
+                    if reply.__class__ is Pending:
+                        reply = resolver.complete(reply)  # this connection's own thread waits
                 except Exception as error:  # a bug must not take the server down
                     log(f"error answering {data[:64]!r}: {error!r}")
-                    reply = _error_reply(data, RCODE.SERVFAIL)
+                    reply = _error_reply(data, RC.SERVFAIL)
                 if reply is None:
-                    if not resolver.current:
-                        return
-                    done = threading.Event()
-                    box: list[bytes] = []
-                    resolver.forward(data, lambda r: (box.append(r), done.set()))
-                    done.wait(UPSTREAM_TIMEOUT + 1)
-                    if not box:
-                        return
-                    reply = box[0]
+                    continue
                 try:
                     self.request.sendall(struct.pack("!H", len(reply)) + reply)
                 except OSError:

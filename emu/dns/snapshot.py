@@ -15,7 +15,8 @@ from emu.records import ClusterState
 def dns_snapshot(state: ClusterState, ready: dict[str, bool]) -> dict:
     # `ready` is keyed by pod uid (PodState.uid).
     """Services with their ports and endpoints (ready or not, with the hostname a
-    pod gets when its subdomain names the service), the zone and its settings."""
+    pod gets when its subdomain names the service), the namespaces that exist
+    (those with pods or services), the zone and its settings."""
     dns = state.topology.get("dns", {})
     services = []
     for key in sorted(state.services):
@@ -43,7 +44,9 @@ def dns_snapshot(state: ClusterState, ready: dict[str, bool]) -> dict:
                 "endpoints": endpoints,
             }
         )
+    namespaces = {pod.namespace for pod in state.pods.values()} | {s.namespace for s in state.services.values()}
     return {
+        "namespaces": sorted(namespaces),
         "zone": state.networking.get("dnsDomain", "cluster.local"),
         "ttl": dns.get("ttl", 5),
         "upstreams": dns.get("upstreams", []),

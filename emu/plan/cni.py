@@ -300,7 +300,7 @@ AGENT_MODULES = [
     "agent/web.py",
     "plan/__init__.py", "plan/cni.py", "reconcile.py",
     "policy.py", "agent/policy.py", "ingress.py", "agent/ingress.py",
-    "dns/__init__.py", "dns/snapshot.py", "dns/records.py", "dns/server.py", "dns/__main__.py",
+    "dns/__init__.py", "dns/snapshot.py", "dns/records.py", "dns/server.py", "dns/wire.py", "dns/__main__.py",
 ]  # fmt: skip
 
 

@@ -1,17 +1,80 @@
 """Cluster DNS from pods, the checks of Kubernetes' DNS conformance tests
-(test/e2e/network/dns.go): dig over UDP and TCP, and getent."""
+(test/e2e/network/dns.go): dig over UDP and TCP, and getent; and where emu
+answers as CoreDNS does beyond them (issue 14): ExternalName addresses,
+forwarding over TCP, rotating answers, endpoint names, header flags.
+
+The lab's upstream DNS server is a pod (`upstream`) behind a service with a
+fixed address that `dns.upstreams` names. It answers www.example.com; for
+big.example.com it truncates every UDP answer and gives the 40 addresses only
+over TCP; transport.example.com TXT says which transport asked (TTL 0, so
+never cached)."""
 
 from __future__ import annotations
 
+import textwrap
 import time
 
 import pytest
 
 from emu.topology.load import load_text
 
+UPSTREAM = """\
+import socket, socketserver, struct, threading
+from dnslib import QTYPE, RCODE, RR, DNSRecord
+
+BIG = ["big.example.com. 300 A 192.0.2.%d" % i for i in range(1, 41)]
+
+
+def reply(data, transport):
+    query = DNSRecord.parse(data)
+    if query.header.qr:
+        return None
+    answer = query.reply()
+    name, qtype = str(query.q.qname).lower(), QTYPE[query.q.qtype]
+    if (name, qtype) == ("www.example.com.", "A"):
+        answer.add_answer(*RR.fromZone("www.example.com. 60 A 192.0.2.7"))
+    elif (name, qtype) == ("big.example.com.", "A") and transport == "udp":
+        answer.header.tc = 1
+    elif (name, qtype) == ("big.example.com.", "A"):
+        for line in BIG:
+            answer.add_answer(*RR.fromZone(line))
+    elif (name, qtype) == ("transport.example.com.", "TXT"):
+        answer.add_answer(*RR.fromZone('transport.example.com. 0 TXT "%s"' % transport))
+    elif name not in ("www.example.com.", "big.example.com.", "transport.example.com."):
+        answer.header.rcode = RCODE.NXDOMAIN
+    return bytes(answer.pack())
+
+
+class Handler(socketserver.BaseRequestHandler):
+    def handle(self):
+        length = struct.unpack("!H", self.request.recv(2))[0]
+        data = b""
+        while len(data) < length:
+            data += self.request.recv(length - len(data))
+        out = reply(data, "tcp")
+        if out:
+            self.request.sendall(struct.pack("!H", len(out)) + out)
+
+
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+tcp = socketserver.ThreadingTCPServer(("0.0.0.0", 53), Handler)
+threading.Thread(target=tcp.serve_forever, daemon=True).start()
+udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+udp.bind(("0.0.0.0", 53))
+print("serving", flush=True)
+while True:
+    data, client = udp.recvfrom(4096)
+    out = reply(data, "udp")
+    if out:
+        udp.sendto(out, client)
+"""
+UPSTREAM_IP = "10.96.0.53"
+
 LAB = """\
 name: dns
 nodes: [{name: cp, role: control-plane}, {name: w1}, {name: w2}]
+dns:
+  upstreams: ["10.96.0.53:53"]
 pods:
   - name: client
     node: w1
@@ -29,6 +92,18 @@ pods:
     subdomain: dns-querier
     labels: {app: querier}
     containers: [{name: c, workload: netexec, ports: [{name: http, containerPort: 8080}]}]
+  - name: upstream
+    labels: {app: upstream}
+    containers:
+      - name: c
+        command:
+          - python3
+          - -c
+          - |
+""" + textwrap.indent(UPSTREAM, " " * 12) + """\
+  - name: lonely
+    namespace: quiet
+    containers: [{name: c, command: [sleep, infinity]}]
 deployments:
   - name: many
     replicas: 40
@@ -50,6 +125,16 @@ services:
   - name: ext
     type: ExternalName
     externalName: www.example.com
+  - name: outside
+    type: ExternalName
+    externalName: www.example.com
+  - name: alias
+    type: ExternalName
+    externalName: web.default.svc.cluster.local
+  - name: upstream
+    clusterIP: 10.96.0.53
+    selector: {app: upstream}
+    ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
 """
 
 
@@ -138,9 +223,64 @@ def test_dns_policy_none_with_custom_config(dns):
     assert dns.exec("custom", ["getent", "hosts", "web.default"]).output.split()[0] == ip
 
 
-def test_unknown_name_is_nxdomain_and_outside_names_fail_fast(dns):
+def test_unknown_name_is_nxdomain_and_outside_names_go_upstream(dns):
     assert status(dns, "client", "nope.default.svc.cluster.local") == "NXDOMAIN"
-    assert status(dns, "client", "www.example.com") == "SERVFAIL"
+    assert dig(dns, "client", "www.example.com") == "192.0.2.7"
+    assert status(dns, "client", "nope.example.com") == "NXDOMAIN"  # the upstream's answer
+
+
+def test_external_name_answers_carry_the_targets_addresses(dns):
+    """A stub that does not follow CNAMEs (dig shows the reply as it came)
+    gets the address in the same answer: from the upstream for a name outside
+    the cluster, from the zone for a service name."""
+    for flag in ("+notcp", "+tcp"):
+        assert dig(dns, "client", flag, "outside.default.svc.cluster.local").split() == ["www.example.com.", "192.0.2.7"]
+    ip = dns.state().services["default/web"].cluster_ip
+    assert dig(dns, "client", "alias.default.svc.cluster.local").split() == ["web.default.svc.cluster.local.", ip]
+    assert dns.exec("client", ["getent", "hosts", "alias.default.svc.cluster.local"]).output.split()[0] == ip
+
+
+def test_forwarding_follows_the_clients_transport_and_truncation(dns):
+    for flag, transport in (("+notcp", "udp"), ("+tcp", "tcp")):
+        assert dig(dns, "client", flag, "TXT", "transport.example.com") == f'"{transport}"'
+    # The upstream gives these 40 addresses only over TCP: a UDP client with
+    # room for them gets them whole because emu asked again over TCP.
+    output = dns.exec("client", ["dig", "+time=2", "+tries=1", "+notcp", "+ignore", "+bufsize=4096", "big.example.com"]).output
+    assert " tc" not in output.split("flags:", 1)[1].split(";", 1)[0]
+    assert len(dig(dns, "client", "+notcp", "+bufsize=4096", "big.example.com").split()) == 40
+    # Without room (no EDNS: 512 bytes) it is truncated, and dig's retry over TCP gets them.
+    assert len(dig(dns, "client", "+noedns", "big.example.com").split()) == 40
+
+
+def test_answers_rotate_over_several_queries(dns):
+    answers = [dig(dns, "client", "many.default.svc.cluster.local").split() for _ in range(8)]
+    assert len({tuple(sorted(a)) for a in answers}) == 1 and len(answers[0]) == 40
+    assert len({a[0] for a in answers}) >= 4, answers  # not the same pod first every time
+    tcp = [dig(dns, "client", "+tcp", "many.default.svc.cluster.local").split()[0] for _ in range(4)]
+    assert len(set(tcp)) >= 2, tcp
+
+
+def test_endpoint_names_and_ptr_for_a_cluster_ip_service(dns):
+    querier = dns.state().pods["default/querier"]
+    dashed = querier.ip.replace(".", "-")
+    assert dig(dns, "client", f"{dashed}.web.default.svc.cluster.local") == querier.ip
+    # One PTR for each service the pod is an endpoint of (earlier tests may have added some).
+    assert set(dig(dns, "client", "-x", querier.ip).split()) >= {
+        f"{dashed}.web.default.svc.cluster.local.",
+        "querier-0.dns-querier.default.svc.cluster.local.",
+    }
+    assert dig(dns, "client", "SRV", "web.default.svc.cluster.local") == "0 100 80 web.default.svc.cluster.local."
+
+
+def test_header_flags_case_and_refusals(dns):
+    output = dns.exec("client", ["dig", "+time=2", "+tries=1", "WEB.Default.svc.cluster.local"]).output
+    flags = output.split("flags:", 1)[1].split(";", 1)[0].split()
+    assert "aa" in flags and "ra" not in flags  # authoritative, not recursive
+    assert "WEB.Default.svc.cluster.local." in output.split("ANSWER SECTION:", 1)[1]
+    assert status(dns, "client", "+edns=1", "+noednsnegotiation", "web.default.svc.cluster.local") == "BADVERS"
+    assert "Transfer failed" in dns.exec("client", ["dig", "+time=2", "+tries=1", "AXFR", "cluster.local"]).output
+    assert status(dns, "client", "quiet.svc.cluster.local") == "NOERROR"  # a namespace with a pod and no service
+    assert status(dns, "client", "nowhere.svc.cluster.local") == "NXDOMAIN"
 
 
 def test_service_created_and_deleted_resolve_within_a_second(dns):

@@ -95,7 +95,8 @@ def test_headless_service_returns_ready_endpoints():
     srv = rdatas(z.lookup("_http._tcp.web-h.default.svc.cluster.local", QTYPE.SRV))
     assert srv == sorted(["0 50 8080 web-0.web-h.default.svc.cluster.local.", f"0 50 8080 {dashed}.web-h.default.svc.cluster.local."])
     ptr = z.lookup(".".join(reversed(web0.split("."))) + ".in-addr.arpa", QTYPE.PTR)
-    assert rdatas(ptr) == ["web-0.web-h.default.svc.cluster.local."]
+    # Every service the endpoint belongs to names it, the ClusterIP one too (by its address).
+    assert rdatas(ptr) == [f"{web0.replace('.', '-')}.web.default.svc.cluster.local.", "web-0.web-h.default.svc.cluster.local."]
 
 
 def test_headless_without_ready_endpoints_is_nxdomain():
@@ -106,8 +107,15 @@ def test_headless_without_ready_endpoints_is_nxdomain():
 
 def test_external_name_is_a_cname():
     z, _ = zone()
+    answer = z.lookup("ext.default.svc.cluster.local", QTYPE.CNAME)
+    assert [(QTYPE[rr.rtype], str(rr.rdata)) for rr in answer.answers] == [("CNAME", "www.example.com.")]
+    # An address query: the CNAME, and the target is left to the upstream servers.
     answer = z.lookup("ext.default.svc.cluster.local", QTYPE.A)
     assert [(QTYPE[rr.rtype], str(rr.rdata)) for rr in answer.answers] == [("CNAME", "www.example.com.")]
+    assert answer.chase == "www.example.com"
+    # SRV and other types are not followed (CoreDNS: "SRV for external services is not yet implemented").
+    srv = z.lookup("ext.default.svc.cluster.local", QTYPE.SRV)
+    assert srv.rcode == RCODE.NOERROR and srv.answers == [] and srv.chase is None
 
 
 def test_pod_records():
@@ -223,34 +231,156 @@ def test_garbage_never_raises(resolver):
     assert ask(resolver, "web.default.svc.cluster.local").header.rcode == RCODE.NOERROR
 
 
-def test_names_outside_the_zone_go_to_the_upstream(tmp_path):
-    import json
-    import socket
-    import threading
+# ---- what issue 14 added -------------------------------------------------------
 
-    from dnslib import RR
+MORE = """\
+name: lab
+nodes: [{name: cp, role: control-plane}, {name: w1}]
+pods:
+  - name: db-0
+    hostname: db
+    subdomain: db
+    labels: {app: db}
+    containers: [{name: c, workload: netexec, ports: [{name: sql, containerPort: 5432}]}]
+  - name: db-1
+    hostname: db
+    subdomain: db
+    labels: {app: db}
+    containers: [{name: c, workload: netexec, ports: [{name: sql, containerPort: 5432}]}]
+  - name: lonely
+    namespace: quiet
+    containers: [{name: c, command: [sleep, infinity]}]
+services:
+  - name: db
+    clusterIP: None
+    selector: {app: db}
+    ports: [{name: sql, port: 5432, targetPort: sql}]
+  - name: db-vip
+    selector: {app: db}
+    ports: [{name: sql, port: 5432, targetPort: sql}, {name: admin, port: 9000, targetPort: 9000}]
+  - name: alias
+    type: ExternalName
+    externalName: db-vip.default.svc.cluster.local
+  - name: alias2
+    type: ExternalName
+    externalName: alias.default.svc.cluster.local
+  - name: dangling
+    type: ExternalName
+    externalName: gone.default.svc.cluster.local
+  - name: loop-a
+    type: ExternalName
+    externalName: loop-b.default.svc.cluster.local
+  - name: loop-b
+    type: ExternalName
+    externalName: loop-a.default.svc.cluster.local
+"""
 
-    upstream = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    upstream.bind(("127.0.0.1", 0))
 
-    def answer_once() -> None:
-        data, client = upstream.recvfrom(4096)
-        query = DNSRecord.parse(data)
-        reply = query.reply()
-        reply.add_answer(*RR.fromZone("www.example.com. 60 A 192.0.2.7"))
-        upstream.sendto(bytes(reply.pack()), client)
+def records(answer) -> list[tuple[str, str, str]]:
+    return [(str(rr.rname), QTYPE[rr.rtype], str(rr.rdata)) for rr in answer]
 
-    threading.Thread(target=answer_once, daemon=True).start()
-    snapshot = {"zone": "cluster.local", "upstreams": [f"127.0.0.1:{upstream.getsockname()[1]}"], "services": []}
-    path = tmp_path / "snapshot.json"
-    path.write_text(json.dumps(snapshot))
-    resolver = Resolver(str(path))
-    resolver.reload_if_changed()
-    query = bytes(DNSRecord.question("www.example.com").pack())
-    assert resolver.answer(query, True) is None  # not ours: forwarded
-    got = threading.Event()
-    replies = []
-    resolver.forward(query, lambda reply: (replies.append(reply), got.set()))
-    assert got.wait(3)
-    assert [str(rr.rdata) for rr in DNSRecord.parse(replies[0]).rr] == ["192.0.2.7"]
-    upstream.close()
+
+def test_endpoint_names_of_a_cluster_ip_service():
+    z, state = zone(text=MORE)
+    ips = sorted(p.ip for p in state.pods.values() if p.labels.get("app") == "db")
+    # In their own subdomain's service both pods are named db: the name has both
+    # addresses (CoreDNS's dup-name case); elsewhere they are named by address.
+    assert rdatas(z.lookup("db.db.default.svc.cluster.local", QTYPE.A)) == ips
+    for ip in ips:
+        assert rdatas(z.lookup(f"{ip.replace('.', '-')}.db-vip.default.svc.cluster.local", QTYPE.A)) == [ip]
+    assert z.lookup("db.db-vip.default.svc.cluster.local", QTYPE.A).rcode == RCODE.NXDOMAIN
+
+
+def test_endpoint_names_of_a_cluster_ip_service_without_hostnames():
+    z, state = zone()
+    web1 = state.pods["default/web-1"].ip
+    assert rdatas(z.lookup(f"{web1.replace('.', '-')}.web.default.svc.cluster.local", QTYPE.A)) == [web1]
+    ptr = z.lookup(".".join(reversed(web1.split("."))) + ".in-addr.arpa", QTYPE.PTR)
+    assert rdatas(ptr) == sorted([f"{web1.replace('.', '-')}.web.default.svc.cluster.local.",
+                                  f"{web1.replace('.', '-')}.web-h.default.svc.cluster.local."])  # fmt: skip
+
+
+def test_not_ready_endpoints_have_no_names():
+    z, state = zone(ready=False)
+    web1 = state.pods["default/web-1"].ip
+    assert z.lookup(f"{web1.replace('.', '-')}.web.default.svc.cluster.local", QTYPE.A).rcode == RCODE.NXDOMAIN
+    assert z.lookup(".".join(reversed(web1.split("."))) + ".in-addr.arpa", QTYPE.PTR).rcode == RCODE.NXDOMAIN
+
+
+def test_srv_at_the_service_name_lists_every_port():
+    z, state = zone(text=MORE)
+    answer = z.lookup("db-vip.default.svc.cluster.local", QTYPE.SRV)
+    assert rdatas(answer) == ["0 50 5432 db-vip.default.svc.cluster.local.", "0 50 9000 db-vip.default.svc.cluster.local."]
+    assert records(answer.additional) == [("db-vip.default.svc.cluster.local.", "A", state.services["default/db-vip"].cluster_ip)]
+
+
+def test_kube_dns_srv_collapses_udp_and_tcp_on_one_port():
+    z, _ = zone()
+    answer = z.lookup("kube-dns.kube-system.svc.cluster.local", QTYPE.SRV)
+    assert rdatas(answer) == ["0 50 53 kube-dns.kube-system.svc.cluster.local."]
+    assert rdatas(z.lookup("_dns._udp.kube-dns.kube-system.svc.cluster.local", QTYPE.SRV)) == [
+        "0 100 53 kube-dns.kube-system.svc.cluster.local."
+    ]
+
+
+def test_srv_for_endpoints_sharing_a_hostname_collapses():
+    z, state = zone(text=MORE)
+    ips = sorted(p.ip for p in state.pods.values() if p.labels.get("app") == "db")
+    answer = z.lookup("_sql._tcp.db.default.svc.cluster.local", QTYPE.SRV)
+    assert rdatas(answer) == ["0 50 5432 db.db.default.svc.cluster.local."]  # weight counts both endpoints
+    assert sorted(records(answer.additional)) == [("db.db.default.svc.cluster.local.", "A", ip) for ip in ips]
+
+
+def test_namespace_with_pods_but_no_services():
+    z, _ = zone(text=MORE)
+    quiet = z.lookup("quiet.svc.cluster.local", QTYPE.A)
+    assert quiet.rcode == RCODE.NOERROR and quiet.answers == [] and len(quiet.authority) == 1
+    assert z.lookup("nothing.quiet.svc.cluster.local", QTYPE.A).rcode == RCODE.NXDOMAIN
+    assert z.lookup("nowhere.svc.cluster.local", QTYPE.A).rcode == RCODE.NXDOMAIN
+    assert rdatas(z.lookup("10-244-1-9.quiet.pod.cluster.local", QTYPE.A)) == ["10.244.1.9"]
+    assert z.lookup("10-244-1-9.nowhere.pod.cluster.local", QTYPE.A).rcode == RCODE.NXDOMAIN
+
+
+def test_external_name_to_an_in_cluster_name_carries_its_address():
+    z, state = zone(text=MORE)
+    vip = state.services["default/db-vip"].cluster_ip
+    answer = z.lookup("alias.default.svc.cluster.local", QTYPE.A)
+    assert records(answer.answers) == [
+        ("alias.default.svc.cluster.local.", "CNAME", "db-vip.default.svc.cluster.local."),
+        ("db-vip.default.svc.cluster.local.", "A", vip),
+    ]
+    assert answer.chase is None
+    chained = z.lookup("alias2.default.svc.cluster.local", QTYPE.A)
+    assert [r[1] for r in records(chained.answers)] == ["CNAME", "CNAME", "A"]
+    # AAAA: the target has none, so CoreDNS answers NODATA without the CNAME.
+    assert z.lookup("alias.default.svc.cluster.local", QTYPE.AAAA).answers == []
+
+
+def test_external_name_to_a_missing_or_looping_name_is_nodata():
+    z, _ = zone(text=MORE)
+    for name in ("dangling", "loop-a"):
+        answer = z.lookup(f"{name}.default.svc.cluster.local", QTYPE.A)
+        assert (answer.rcode, answer.answers, answer.chase) == (RCODE.NOERROR, [], None), name
+        assert [QTYPE[rr.rtype] for rr in answer.authority] == ["SOA"]
+
+
+def test_question_case_is_kept_in_answers_and_soa():
+    z, _ = zone()
+    answer = z.lookup("WEB.Default.svc.Cluster.Local", QTYPE.A)
+    assert records(answer.answers) == [("WEB.Default.svc.Cluster.Local.", "A", "10.96.0.50")]
+    missing = z.lookup("nope.default.svc.CLUSTER.local", QTYPE.A)
+    assert str(missing.authority[0].rname) == "CLUSTER.local."
+    assert str(missing.authority[0].rdata.mname) == "ns.dns.CLUSTER.local."
+    srv = z.lookup("_HTTP._tcp.web.default.svc.Cluster.local", QTYPE.SRV)
+    assert records(srv.answers) == [("_HTTP._tcp.web.default.svc.Cluster.local.", "SRV", "0 100 80 web.default.svc.Cluster.local.")]
+
+
+def test_dns_version_ttl_and_zone_apex():
+    z, _ = zone()
+    answer = z.lookup("dns-version.cluster.local", QTYPE.TXT)
+    assert [rr.ttl for rr in answer.answers] == [28800]
+    assert records(z.lookup("cluster.local", QTYPE.SOA).answers)[0][:2] == ("cluster.local.", "SOA")
+    ns = z.lookup("cluster.local", QTYPE.NS)
+    assert rdatas(ns) == ["kube-dns.kube-system.svc.cluster.local."]
+    assert records(ns.additional) == [("kube-dns.kube-system.svc.cluster.local.", "A", "10.96.0.10")]
+    assert rdatas(z.lookup("ns.dns.cluster.local", QTYPE.A)) == ["10.96.0.10"]
