@@ -43,7 +43,7 @@ def upstream():
 class Running:
     """A DNS server (UDP and TCP on one port of 127.0.0.1) started in this process."""
 
-    def __init__(self, path, snapshot: dict | None):
+    def __init__(self, path, snapshot: dict | None, batched: bool | None = None):
         if snapshot is not None:
             path.write_text(json.dumps(snapshot))
         self.resolver = Resolver(str(path))
@@ -52,7 +52,7 @@ class Running:
             lambda port: TCPServer(("127.0.0.1", port), tcp_handler(self.resolver)), lambda: udp_socket("127.0.0.1", 0)
         )
         self.address = ("127.0.0.1", self.udp.getsockname()[1])
-        threading.Thread(target=serve_udp, args=(self.resolver, self.udp), daemon=True).start()
+        threading.Thread(target=serve_udp, args=(self.resolver, self.udp, batched), daemon=True).start()
         threading.Thread(target=self.tcp.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def ask(self, name: str, qtype: str = "A", tcp: bool = False, edns: int | None = None, do: bool = False) -> DNSRecord:
@@ -88,8 +88,8 @@ def start(tmp_path):
     """start(snapshot) -> a Running server, stopped after the test."""
     running = []
 
-    def make(snapshot: dict | None, name: str = "snapshot.json") -> Running:
-        running.append(Running(tmp_path / name, snapshot))
+    def make(snapshot: dict | None, name: str = "snapshot.json", batched: bool | None = None) -> Running:
+        running.append(Running(tmp_path / name, snapshot, batched))
         return running[-1]
 
     yield make
@@ -97,10 +97,11 @@ def start(tmp_path):
         server.stop()
 
 
-@pytest.fixture()
-def server(start, upstream):
-    """(host, port) of a DNS server whose upstream is `upstream`."""
-    return start(lab_snapshot(upstreams=[upstream.address])).address
+@pytest.fixture(params=["recvmmsg", "recvfrom"])
+def server(request, start, upstream):
+    """(host, port) of a DNS server whose upstream is `upstream`; UDP served
+    both ways (many datagrams a system call, and one)."""
+    return start(lab_snapshot(upstreams=[upstream.address]), batched=request.param == "recvmmsg").address
 
 
 def query(name: str = NAME, ident: int = 4321) -> DNSRecord:
@@ -310,8 +311,9 @@ EXTERNAL = LAB + """\
 """
 
 
-def test_external_name_outside_the_cluster_is_resolved_upstream(start, upstream):
-    dns = start(lab_snapshot(EXTERNAL, upstreams=[upstream.address]))
+@pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recvfrom"])
+def test_external_name_outside_the_cluster_is_resolved_upstream(start, upstream, batched):
+    dns = start(lab_snapshot(EXTERNAL, upstreams=[upstream.address]), batched=batched)
     for tcp in (False, True):
         reply = dns.ask("ext.default.svc.cluster.local", tcp=tcp)
         assert [(QTYPE[r.rtype], str(r.rname), str(r.rdata)) for r in reply.rr] == [
@@ -354,8 +356,9 @@ pods:
 )
 
 
-def test_multi_address_answers_rotate_through_the_cache(start):
-    dns = start(lab_snapshot(HEADLESS))
+@pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recvfrom"])
+def test_multi_address_answers_rotate_through_the_cache(start, batched):
+    dns = start(lab_snapshot(HEADLESS), batched=batched)
     for tcp in (False, True):
         answers = [[str(r.rdata) for r in dns.ask("many.default.svc.cluster.local", tcp=tcp).rr] for _ in range(8)]
         assert len({tuple(sorted(a)) for a in answers}) == 1 and len(answers[0]) == 4  # the same set
@@ -421,3 +424,19 @@ def test_question_case_comes_back_in_answers_and_soa(start):
     assert str(reply.rr[0].rname) == "WeB.default.SVC.cluster.LOCAL."
     missing = dns.ask("nope.default.svc.Cluster.Local")
     assert str(missing.auth[0].rname) == "Cluster.Local."
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recvfrom"])
+def test_a_reply_bigger_than_a_receive_slot_still_goes_out(start, batched):
+    """A client with room for 64 KiB gets 300 addresses in one datagram (the
+    batched loop sends what does not fit its 4 KiB slots on its own)."""
+    many = LAB + """\
+  - name: many
+    clusterIP: None
+    selector: {app: many}
+    ports: [{name: http, port: 80}]
+pods:
+""" + "".join(f"  - name: m{i}\n    labels: {{app: many}}\n    containers: [{{name: c, command: [sleep, infinity]}}]\n" for i in range(300))
+    dns = start(lab_snapshot(many.replace("nodes: [{name: cp, role: control-plane}]", "nodes: [{name: cp, role: control-plane}, {name: w1}, {name: w2}]")), batched=batched)
+    reply = dns.ask("many.default.svc.cluster.local", edns=65000)
+    assert reply.header.tc == 0 and len(reply.rr) == 300
