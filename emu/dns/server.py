@@ -472,8 +472,7 @@ def serve_udp(resolver: Resolver, sock: socket.socket, batched: bool | None = No
 
 
 def _serve_udp_singly(resolver: Resolver, sock: socket.socket) -> None:
-    """One datagram a system call. The reply cache is read here first, inline
-    (Resolver.answer does the same), because this loop is the hot path."""
+    """One datagram a system call."""
     recv, send = sock.recvfrom, sock.sendto
     answer, turns = resolver.answer, resolver.turns
     while True:
@@ -483,23 +482,13 @@ def _serve_udp_singly(resolver: Resolver, sock: socket.socket) -> None:
             if sock.fileno() < 0:
                 return  # closed: stop serving
             continue
-        if len(data) < 12 or data[2] & 0x80:
-            continue  # never answer (or forward) a response: see is_query
         current = resolver.current
-        cached = current[1].get(data[2:]) if current is not None else None
-        if cached is not None:
-            reply = data[:2] + (cached if cached.__class__ is bytes else cached[next(turns) % len(cached)])
-        else:
-            try:
-                reply = answer(data, True)
-            except Exception as error:  # a bug must not take the server down
-                log(f"error answering {data[:64]!r}: {error!r}")
-                reply = _error_reply(data, RC.SERVFAIL)
-            if reply is None:
-                continue
-            if reply.__class__ is Pending:
-                resolver.pool.submit(_finish_udp, resolver, reply, send, client)
-                continue
+        reply = _udp_reply(data, current[1] if current is not None else {}, turns, answer)
+        if reply is None:
+            continue
+        if reply.__class__ is Pending:
+            resolver.pool.submit(_finish_udp, resolver, reply, send, client)
+            continue
         try:
             send(reply, client)
         except OSError:
@@ -574,23 +563,12 @@ class _Batch:
             cache = current[1] if current is not None else {}
             ready = 0
             for i in range(count):
-                data = bytes(received[i * slot : i * slot + lengths[16 * i + 14]])
-                if len(data) < 12 or data[2] & 0x80:
-                    continue  # never answer (or forward) a response: see is_query
-                cached = cache.get(data[2:])
-                if cached is not None:
-                    reply = data[:2] + (cached if cached.__class__ is bytes else cached[next(turns) % len(cached)])
-                else:
-                    try:
-                        reply = answer(data, True)
-                    except Exception as error:  # a bug must not take the server down
-                        log(f"error answering {data[:64]!r}: {error!r}")
-                        reply = _error_reply(data, RC.SERVFAIL)
-                    if reply is None:
-                        continue
-                    if reply.__class__ is Pending or len(reply) > slot:
-                        self._aside(resolver, sock, reply, names_base + 16 * i, i)
-                        continue
+                reply = _udp_reply(bytes(received[i * slot : i * slot + lengths[16 * i + 14]]), cache, turns, answer)
+                if reply is None:
+                    continue
+                if reply.__class__ is Pending or len(reply) > slot:
+                    self._aside(resolver, sock, reply, names_base + 16 * i, i)
+                    continue
                 outgoing[ready * slot : ready * slot + len(reply)] = reply
                 out_len[2 * ready + 1] = len(reply)
                 out_msgs[8 * ready] = names_base + 16 * i
@@ -615,6 +593,22 @@ class _Batch:
             sock.sendto(reply, client)
         except OSError:
             pass
+
+
+def _udp_reply(data: bytes, cache: dict, turns, answer):
+    """The reply to one datagram: from the reply cache (read here, before
+    Resolver.answer, because this is the hot path), else answer's (bytes, a
+    Pending, or None: no reply), SERVFAIL if that raises."""
+    if len(data) < 12 or data[2] & 0x80:
+        return None  # never answer (or forward) a response: see is_query
+    cached = cache.get(data[2:])
+    if cached is not None:
+        return data[:2] + (cached if cached.__class__ is bytes else cached[next(turns) % len(cached)])
+    try:
+        return answer(data, True)
+    except Exception as error:  # noqa: BLE001 - a bug must not take the server down
+        log(f"error answering {data[:64]!r}: {error!r}")
+        return _error_reply(data, RC.SERVFAIL)
 
 
 def _finish_udp(resolver: Resolver, pending: Pending, send, client) -> None:

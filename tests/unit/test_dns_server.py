@@ -345,15 +345,15 @@ def test_external_name_without_upstreams_is_the_cname_alone(start):
 
 # ---- answer order rotates ---------------------------------------------------------------
 
-HEADLESS = LAB + """\
-  - name: many
-    clusterIP: None
-    selector: {app: many}
-    ports: [{name: http, port: 80}]
-pods:
-""" + "".join(
-    f"  - name: m{i}\n    labels: {{app: many}}\n    containers: [{{name: c, command: [sleep, infinity]}}]\n" for i in range(4)
-)
+def headless_lab(pods: int) -> str:
+    """LAB on three nodes, with a headless service `many` over `pods` pods."""
+    nodes = "nodes: [{name: cp, role: control-plane}, {name: w1}, {name: w2}]"
+    service = "  - name: many\n    clusterIP: None\n    selector: {app: many}\n    ports: [{name: http, port: 80}]\npods:\n"
+    pod = "  - name: m{}\n    labels: {{app: many}}\n    containers: [{{name: c, command: [sleep, infinity]}}]\n"
+    return LAB.replace("nodes: [{name: cp, role: control-plane}]", nodes) + service + "".join(pod.format(i) for i in range(pods))
+
+
+HEADLESS = headless_lab(4)
 
 
 @pytest.mark.parametrize("batched", [True, False], ids=["recvmmsg", "recvfrom"])
@@ -430,13 +430,6 @@ def test_question_case_comes_back_in_answers_and_soa(start):
 def test_a_reply_bigger_than_a_receive_slot_still_goes_out(start, batched):
     """A client with room for 64 KiB gets 300 addresses in one datagram (the
     batched loop sends what does not fit its 4 KiB slots on its own)."""
-    many = LAB + """\
-  - name: many
-    clusterIP: None
-    selector: {app: many}
-    ports: [{name: http, port: 80}]
-pods:
-""" + "".join(f"  - name: m{i}\n    labels: {{app: many}}\n    containers: [{{name: c, command: [sleep, infinity]}}]\n" for i in range(300))
-    dns = start(lab_snapshot(many.replace("nodes: [{name: cp, role: control-plane}]", "nodes: [{name: cp, role: control-plane}, {name: w1}, {name: w2}]")), batched=batched)
+    dns = start(lab_snapshot(headless_lab(300)), batched=batched)
     reply = dns.ask("many.default.svc.cluster.local", edns=65000)
     assert reply.header.tc == 0 and len(reply.rr) == 300
