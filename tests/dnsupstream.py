@@ -33,11 +33,14 @@ def udp_and_tcp(make_tcp, make_udp=None):
 class FakeUpstream:
     """records: {(name, type): [zone-file lines]}; names not in it are NXDOMAIN.
     truncate_udp: answer every UDP query with TC set and no records (as a
-    server does when the answer is too big), so only TCP gets the records."""
+    server does when the answer is too big), so only TCP gets the records.
+    decoy: before each UDP answer send one with another ID and address 203.0.113.66,
+    as a spoofer racing the real server would."""
 
-    def __init__(self, records: dict[tuple[str, str], list[str]], truncate_udp: bool = False):
+    def __init__(self, records: dict[tuple[str, str], list[str]], truncate_udp: bool = False, decoy: bool = False):
         self.records = {(name.lower().rstrip("."), qtype): lines for (name, qtype), lines in records.items()}
         self.truncate_udp = truncate_udp
+        self.decoy = decoy
         self.received: list[tuple[str, bytes]] = []  # (transport, query)
         upstream = self
 
@@ -97,6 +100,11 @@ class FakeUpstream:
             except OSError:
                 return
             reply = self.reply("udp", data)
+            if reply is not None and self.decoy:
+                fake = DNSRecord.parse(reply)
+                fake.header.id ^= 0x5A5A
+                fake.rr = [RR.fromZone(f"{fake.q.qname} 60 A 203.0.113.66")[0]]
+                self.udp.sendto(bytes(fake.pack()), client)
             if reply is not None:
                 self.udp.sendto(reply, client)
 

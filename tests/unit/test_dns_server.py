@@ -279,6 +279,15 @@ def test_a_truncated_upstream_answer_is_fetched_again_over_tcp(start):
         upstream.close()
 
 
+def test_only_the_answer_to_the_query_sent_is_taken(start):
+    upstream = FakeUpstream({("www.example.com", "A"): ["www.example.com. 60 A 192.0.2.7"]}, decoy=True)
+    try:
+        dns = start(lab_snapshot(upstreams=[upstream.address]))
+        assert [str(r.rdata) for r in dns.ask("www.example.com").rr] == ["192.0.2.7"]
+    finally:
+        upstream.close()
+
+
 def test_denials_are_cached_and_errors_are_not(start, upstream):
     dns = start(lab_snapshot(upstreams=[upstream.address]))
     for _ in range(2):
