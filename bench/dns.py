@@ -1,17 +1,20 @@
 #!/usr/bin/env python3
 """emu's cluster DNS server against dnsmasq serving the same names, same run.
 
-Both serve the A records of --services cluster services on 127.0.0.1 (emu's
-server with --workers UDP processes, from a snapshot file; dnsmasq from a
-hosts file), and dnsperf sends the same query file to each for --seconds.
-Printed: queries per second, loss, average latency, and the ratio.
+Both serve the A records of --services cluster services and of --headless
+headless services with 4 ready endpoints each (4 A records a name) on
+127.0.0.1 (emu's server with --workers UDP processes, from a snapshot file;
+dnsmasq from a hosts file), and dnsperf sends the same query file to each for
+--seconds. Printed: queries per second, loss, average latency, the ratio, and
+how many different addresses came first in 8 answers for one headless name
+(emu rotates multi-address answers as CoreDNS's loadbalance plugin does).
 
 During emu's run a new service is added to the snapshot halfway through, and
 a separate client measures how long until it resolves. After the runs, every
 name is checked against its expected address on both servers.
 
 Installs dnsperf and dnsmasq from Debian's packages when missing (as root).
-usage: python bench/dns.py [--services 1000] [--seconds 10] [--workers 2] [--rounds 3]
+usage: python bench/dns.py [--services 1000] [--headless 100] [--seconds 10] [--workers 2] [--rounds 5] [--clients 1]
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 from dnslib import DNSRecord  # noqa: E402
 
 EMU_PORT, DNSMASQ_PORT = 5353, 5354
+PORTS = {"emu": EMU_PORT, "dnsmasq": DNSMASQ_PORT}
 ZONE = "cluster.local"
 
 
@@ -53,8 +57,19 @@ def service(i: int) -> tuple[str, str]:
     return f"svc-{i}.bench.svc.{ZONE}", str(ipaddress.IPv4Address("10.96.16.0") + i)
 
 
-def snapshot(count: int, extra: list[tuple[str, str]] = ()) -> dict:
+def headless(i: int) -> tuple[str, list[str]]:
+    """A headless service's name and its 4 endpoint addresses."""
+    return f"hl-{i}.bench.svc.{ZONE}", [str(ipaddress.IPv4Address("10.244.0.0") + 4 * i + k + 1) for k in range(4)]
+
+
+def snapshot(count: int, extra: list[tuple[str, str]] = (), headless_count: int = 0) -> dict:
     services = []
+    for i in range(headless_count):
+        endpoints = [{"ip": ip, "hostname": None, "ready": True, "ports": {"http": 8080}} for ip in headless(i)[1]]
+        services.append(
+            {"namespace": "bench", "name": f"hl-{i}", "type": "ClusterIP", "clusterIP": "None",
+             "externalName": None, "ports": [{"name": "http", "port": 80, "protocol": "TCP"}], "endpoints": endpoints}
+        )  # fmt: skip
     for i in range(count):
         services.append(
             {"namespace": "bench", "name": f"svc-{i}", "type": "ClusterIP", "clusterIP": service(i)[1],
@@ -74,7 +89,8 @@ def write_atomically(path: Path, data: dict) -> None:
     os.replace(path.with_suffix(".new"), path)
 
 
-def resolve(port: int, name: str) -> str | None:
+def resolve_all(port: int, name: str) -> list[str]:
+    """The addresses of one answer, in the order they came."""
     query = DNSRecord.question(name)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(0.5)
@@ -82,8 +98,13 @@ def resolve(port: int, name: str) -> str | None:
             sock.sendto(bytes(query.pack()), ("127.0.0.1", port))
             reply = DNSRecord.parse(sock.recvfrom(4096)[0])
         except (OSError, Exception):
-            return None
-    return str(reply.rr[0].rdata) if reply.rr else None
+            return []
+    return [str(rr.rdata) for rr in reply.rr]
+
+
+def resolve(port: int, name: str) -> str | None:
+    found = resolve_all(port, name)
+    return found[0] if found else None
 
 
 def wait_answering(port: int, name: str) -> None:
@@ -94,12 +115,29 @@ def wait_answering(port: int, name: str) -> None:
     raise RuntimeError(f"nothing answers on port {port}")
 
 
-def dnsperf(port: int, queries: Path, seconds: int, clients: int, outstanding: int) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process and all its descendants, from /proc."""
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue  # gone meanwhile
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def dnsperf(port: int, queries: Path, seconds: int, clients: int, outstanding: int, server_pid: int) -> dict:
+    cpu_before = cpu_seconds(server_pid)
     output = subprocess.run(
         ["dnsperf", "-s", "127.0.0.1", "-p", str(port), "-d", str(queries), "-l", str(seconds),
          "-c", str(clients), "-q", str(outstanding), "-t", "2"],
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
+    cpu = cpu_seconds(server_pid) - cpu_before
 
     def number(pattern: str) -> float:
         match = re.search(pattern, output)
@@ -110,33 +148,45 @@ def dnsperf(port: int, queries: Path, seconds: int, clients: int, outstanding: i
         "sent": number(r"Queries sent:\s+(\d+)"),
         "lost": number(r"Queries lost:\s+(\d+)"),
         "latency_ms": number(r"Average Latency \(s\):\s+([\d.]+)") * 1000,
+        "cpu_us": cpu * 1e6 / max(1.0, number(r"Queries completed:\s+(\d+)")),  # server CPU per answered query
     }
 
 
-def check_all(port: int, count: int) -> int:
-    return sum(1 for i in range(count) if resolve(port, service(i)[0]) != service(i)[1])
+def check_all(port: int, count: int, headless_count: int) -> int:
+    wrong = sum(1 for i in range(count) if resolve(port, service(i)[0]) != service(i)[1])
+    return wrong + sum(1 for i in range(headless_count) if sorted(resolve_all(port, headless(i)[0])) != sorted(headless(i)[1]))
+
+
+def first_addresses(port: int, name: str, times: int = 8) -> int:
+    """How many different addresses came first in `times` answers for one name."""
+    return len({tuple(resolve_all(port, name))[:1] for _ in range(times)})
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--headless", type=int, default=100, help="headless services with 4 endpoints each")
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating runs; medians are printed")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating runs; medians are printed")
     parser.add_argument("--clients", type=int, default=1, help="dnsperf -c")
     parser.add_argument("--outstanding", type=int, default=100, help="dnsperf -q")
     options = parser.parse_args()
     ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="emu-dns-bench-"))
     snapshot_path = work / "snapshot.json"
-    write_atomically(snapshot_path, snapshot(options.services))
-    (work / "hosts").write_text("".join(f"{service(i)[1]} {service(i)[0]}\n" for i in range(options.services)))
-    (work / "queries").write_text("".join(f"{service(i)[0]} A\n" for i in range(options.services)))
+    write_atomically(snapshot_path, snapshot(options.services, headless_count=options.headless))
+    hosts = [f"{service(i)[1]} {service(i)[0]}\n" for i in range(options.services)]
+    hosts += [f"{ip} {headless(i)[0]}\n" for i in range(options.headless) for ip in headless(i)[1]]
+    (work / "hosts").write_text("".join(hosts))
+    queries = [f"{service(i)[0]} A\n" for i in range(options.services)]
+    queries += [f"{headless(i)[0]} A\n" for i in range(options.headless)]
+    (work / "queries").write_text("".join(queries))
 
     emu = subprocess.Popen(
         [sys.executable, "-m", "emu.dns", "--snapshot", str(snapshot_path), "--host", "127.0.0.1",
          "--port", str(EMU_PORT), "--workers", str(options.workers), "--health-port", "0", "--ready-port", "0"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0,
     )  # fmt: skip
     dnsmasq = subprocess.Popen(
         ["dnsmasq", "--no-daemon", "--keep-in-foreground", "--listen-address=127.0.0.1", "--bind-interfaces",
@@ -150,7 +200,9 @@ def main() -> int:
         runs: dict[str, list[dict]] = {"dnsmasq": [], "emu": []}
         visible: list[float] = []
         for round_number in range(options.rounds):
-            runs["dnsmasq"].append(dnsperf(DNSMASQ_PORT, work / "queries", options.seconds, options.clients, options.outstanding))
+            runs["dnsmasq"].append(
+                dnsperf(DNSMASQ_PORT, work / "queries", options.seconds, options.clients, options.outstanding, dnsmasq.pid)
+            )
 
             # emu, with a service added halfway through the run.
             added = f"added-{round_number}"
@@ -158,7 +210,7 @@ def main() -> int:
             def change(added=added) -> None:
                 time.sleep(options.seconds / 2)
                 extra = [(f"added-{r}", f"10.96.200.{r + 1}") for r in range(round_number + 1)]
-                write_atomically(snapshot_path, snapshot(options.services, extra))
+                write_atomically(snapshot_path, snapshot(options.services, extra, options.headless))
                 changed = time.monotonic()
                 while time.monotonic() - changed < 5:
                     if resolve(EMU_PORT, f"{added}.bench.svc.{ZONE}") == f"10.96.200.{round_number + 1}":
@@ -169,13 +221,16 @@ def main() -> int:
 
             changer = threading.Thread(target=change)
             changer.start()
-            runs["emu"].append(dnsperf(EMU_PORT, work / "queries", options.seconds, options.clients, options.outstanding))
+            runs["emu"].append(
+                dnsperf(EMU_PORT, work / "queries", options.seconds, options.clients, options.outstanding, emu.pid)
+            )
             changer.join()
         results = {
             name: {field: statistics.median(r[field] for r in rs) for field in rs[0]} | {"all": [round(r["qps"]) for r in rs]}
             for name, rs in runs.items()
         }
-        wrong = {"emu": check_all(EMU_PORT, options.services), "dnsmasq": check_all(DNSMASQ_PORT, options.services)}
+        wrong = {name: check_all(port, options.services, options.headless) for name, port in PORTS.items()}
+        firsts = {name: first_addresses(port, headless(0)[0]) if options.headless else 0 for name, port in PORTS.items()}
     finally:
         os.killpg(emu.pid, signal.SIGTERM)
         dnsmasq.terminate()
@@ -183,15 +238,25 @@ def main() -> int:
         dnsmasq.wait(5)
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"{options.services} service names, dnsperf {options.clients} clients x {options.seconds} s on 127.0.0.1; "
+    print(f"{options.services} service names and {options.headless} headless ones (4 addresses each), "
+          f"dnsperf {options.clients} clients x {options.seconds} s on 127.0.0.1; "
           f"emu with {options.workers} UDP processes")  # fmt: skip
-    print(f"{'server':8} {'queries/s':>10} {'lost':>8} {'loss %':>7} {'avg latency ms':>15} {'wrong answers':>14}")
+    print(f"{'server':8} {'queries/s':>10} {'lost':>8} {'loss %':>7} {'avg latency ms':>15} {'CPU us/query':>13}"
+          f" {'wrong answers':>14} {'first of 8':>11}")  # fmt: skip
     for name in ("dnsmasq", "emu"):
         r = results[name]
         loss = 100 * r["lost"] / r["sent"] if r["sent"] else float("nan")
-        print(f"{name:8} {r['qps']:>10.0f} {r['lost']:>8.0f} {loss:>7.3f} {r['latency_ms']:>15.3f} {wrong[name]:>14}"
-              f"   runs: {r['all']}")
-    print(f"emu/dnsmasq queries per second: {results['emu']['qps'] / results['dnsmasq']['qps']:.2f}x")
+        print(f"{name:8} {r['qps']:>10.0f} {r['lost']:>8.0f} {loss:>7.3f} {r['latency_ms']:>15.3f} {r['cpu_us']:>13.1f}"
+              f" {wrong[name]:>14} {firsts[name]:>11}   runs: {r['all']}")  # fmt: skip
+    print(f"emu/dnsmasq queries per second: {results['emu']['qps'] / results['dnsmasq']['qps']:.2f}x; "
+          f"server CPU per query: {results['emu']['cpu_us'] / results['dnsmasq']['cpu_us']:.2f}x dnsmasq's")  # fmt: skip
+    # Each emu run follows its dnsmasq run at once: the median of the pairs'
+    # ratios is the figure least moved by other load on the machine.
+    pairs = list(zip(runs["dnsmasq"], runs["emu"]))
+    qps_ratio = statistics.median(e["qps"] / d["qps"] for d, e in pairs)
+    cpu_ratio = statistics.median(e["cpu_us"] / d["cpu_us"] for d, e in pairs)
+    print(f"median of the rounds' ratios: queries per second {qps_ratio:.2f}x, server CPU per query {cpu_ratio:.2f}x "
+          f"(rounds: {[round(e['qps'] / d['qps'], 2) for d, e in pairs]})")  # fmt: skip
     print(f"a service added during each emu run resolved after (ms): {[round(v * 1000) for v in visible]}")
     return 0
 
