@@ -236,11 +236,11 @@ class SwarmRuntime:
 
     def create_node(self, spec: NodeSpec) -> None:
         self.engine(spec.host).create_node(spec)
+        self._where[spec.container] = spec.host
 
     def check_ports(self, specs: list[NodeSpec]) -> None:
         for host in {spec.host for spec in specs if spec.ports}:
             self.engine(host).check_ports([spec for spec in specs if spec.host == host])
-        self._where[spec.container] = spec.host
 
     def run_external(self, cluster: str, name: str, network: str, image: str) -> None:
         manager = self.manager()
