@@ -185,7 +185,8 @@ def main() -> int:
 
     emu = subprocess.Popen(
         [sys.executable, "-m", "emu.dns", "--snapshot", str(snapshot_path), "--host", "127.0.0.1",
-         "--port", str(EMU_PORT), "--workers", str(options.workers), "--health-port", "0", "--ready-port", "0"],
+         "--port", str(EMU_PORT), "--workers", str(options.workers), "--health-port", "0", "--ready-port", "0",
+         "--metrics-port", "0"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0,
     )  # fmt: skip
     dnsmasq = subprocess.Popen(

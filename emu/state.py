@@ -99,6 +99,7 @@ def with_system_objects(topology: Topology) -> Topology:
                         "ports": [
                             {"name": "dns", "containerPort": 53, "protocol": "UDP"},
                             {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
+                            {"name": "metrics", "containerPort": 9153, "protocol": "TCP"},
                         ],
                         # Probed often so that a new cluster's DNS is ready at once.
                         "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 0.2},

@@ -1,4 +1,5 @@
-"""The DNS server: UDP and TCP on :53, health on :8080/health, readiness on :8181/ready.
+"""The DNS server: UDP and TCP on :53, health on :8080/health, readiness on
+:8181/ready, CoreDNS's Prometheus metrics on :9153/metrics (emu.dns.metrics).
 
 Speed comes from a cache of encoded replies keyed by the query's bytes after
 its ID (so the question's case, flags and EDNS options are part of the key and
@@ -41,6 +42,7 @@ except ImportError:  # a Python built without it: one datagram a system call
 
 from dnslib import EDNS0, QTYPE, DNSHeader, DNSQuestion, DNSRecord
 
+from emu.dns import metrics as stats
 from emu.dns import wire
 from emu.dns.records import RC, TYPE, Answer, Zone
 
@@ -69,19 +71,22 @@ class Pending:
     """A reply that needs the upstream servers first: a name outside the zone,
     or an ExternalName whose target is. Finished off the receiving thread."""
 
-    __slots__ = ("query", "data", "udp", "answer")
+    __slots__ = ("query", "data", "udp", "answer", "start")
 
     def __init__(self, query: DNSRecord, data: bytes, udp: bool, answer: Answer | None = None):
         self.query, self.data, self.udp, self.answer = query, data, udp, answer
+        self.start = time.perf_counter_ns()
 
 
 class Resolver:
     """Turns query bytes into reply bytes from the current zone."""
 
-    def __init__(self, snapshot_path: str):
+    def __init__(self, snapshot_path: str, metrics: stats.Metrics | None = None):
         self.snapshot_path = snapshot_path
         self.signature: tuple | None = None
-        self.current: tuple[Zone, dict[bytes, bytes | tuple[bytes, ...]]] | None = None  # swapped as one
+        # the zone and its reply cache: query bytes -> (metrics signature of a hit, reply or its rotations)
+        self.current: tuple[Zone, dict[bytes, tuple[int, bytes | tuple[bytes, ...]]]] | None = None  # swapped as one
+        self.metrics = metrics or stats.Metrics()
         self.pool = ThreadPoolExecutor(max_workers=8)
         self.forwarder = Forwarder()
         self.turns = itertools.count()  # which rotation of a multi-address answer goes next
@@ -114,6 +119,7 @@ class Resolver:
     def watch(self, period: float = 0.1, parent: int | None = None) -> None:
         while True:
             self.reload_if_changed()
+            self.metrics.flush()  # for the scrape, in the main process
             if parent is not None and os.getppid() != parent:
                 os._exit(0)  # the main process is gone
             time.sleep(period)
@@ -126,22 +132,25 @@ class Resolver:
             return None  # a response (or no header): answering it could start a reflection loop
         current = self.current
         if current is None:
-            return _not_ready(data)
+            return self._counted(_not_ready(data), data, udp, stats.NONE)
         zone, cache = current
         key = data[2:] if udp else b"T" + data[2:]
-        cached = cache.get(key)
-        if cached is not None:
+        hit = cache.get(key)
+        if hit is not None:
+            self._count(hit[0], udp)
+            cached = hit[1]
             if cached.__class__ is bytes:
                 return data[:2] + cached
             return data[:2] + cached[next(self.turns) % len(cached)]
         try:
             query = DNSRecord.parse(data)
         except Exception:  # dnslib raises several kinds on malformed input
-            return _error_reply(data, RC.FORMERR)
+            return self._counted(_error_reply(data, RC.FORMERR), data, udp, stats.NONE)
         if query.header.qr:  # is_query saw QR=0; dnslib agrees, but never answer a response
             return None
         if query.header.opcode != 0 or len(query.questions) != 1:
-            return _pack(_reply(query, RC.NOTIMP if query.header.opcode != 0 else RC.FORMERR), None)
+            reply = _pack(_reply(query, RC.NOTIMP if query.header.opcode != 0 else RC.FORMERR), None)
+            return self._counted(reply, data, udp, stats.NONE)
         opt = _edns(query)
         if opt is not None and (opt.ttl >> 16) & 0xFF:
             reply = _reply(query, BADVERS & 0xF)  # RFC 6891: the extended code goes in the OPT record
@@ -152,19 +161,36 @@ class Resolver:
         else:
             result = zone.lookup(str(query.q.qname), query.q.qtype)
             if result.forward:
-                if not zone.upstreams:
-                    return _pack(_reply(query, RC.SERVFAIL), opt)  # at once: nobody to ask
+                if not zone.upstreams:  # at once: nobody to ask
+                    return self._counted(_pack(_reply(query, RC.SERVFAIL), opt), data, udp, stats.FORWARD)
                 return Pending(query, data, udp)
             if result.chase is not None:
                 return Pending(query, data, udp, result)
             encoded = self._authoritative(query, result, opt, _limit(opt) if udp else None)
         if len(cache) >= CACHE_LIMIT:
             cache.clear()
+        first = encoded if encoded.__class__ is bytes else encoded[0]
+        qtype, rcode = query.q.qtype, first[3] & 15
+        self._count(stats.signature(udp, qtype, rcode, stats.ZONE), udp)
+        hit = stats.signature(udp, qtype, rcode, stats.hit_outcome(first))
         if encoded.__class__ is bytes:
-            cache[key] = encoded[2:]
+            cache[key] = (hit, encoded[2:])
             return encoded
-        cache[key] = tuple(e[2:] for e in encoded)
+        cache[key] = (hit, tuple(e[2:] for e in encoded))
         return encoded[next(self.turns) % len(encoded)]
+
+    def _count(self, sig: int, udp: bool) -> None:
+        """Count a reply: without a lock from the UDP loop (its own block), else with one."""
+        if udp:
+            self.metrics.loop[sig] += 1
+        else:
+            self.metrics.add(sig)
+
+    def _counted(self, reply: bytes | None, data: bytes, udp: bool, outcome: int) -> bytes | None:
+        """Count a reply made outside the reply cache (its type read from the query's bytes)."""
+        if reply is not None:
+            self._count(stats.signature(udp, _qtype(data), reply[3] & 15, outcome), udp)
+        return reply
 
     def _authoritative(self, query: DNSRecord, result: Answer, opt, limit: int | None) -> bytes | tuple[bytes, ...]:
         """The reply to a question in the zone: one encoding, or one per rotation
@@ -192,7 +218,14 @@ class Resolver:
         return encoded[0] if rotations == 1 else tuple(encoded)
 
     def complete(self, pending: Pending) -> bytes:
-        """Finish a Pending: ask the upstream servers (or the forward cache)."""
+        """Finish a Pending: ask the upstream servers (or the forward cache);
+        counted (off the UDP loop, so under the metrics lock) with its time."""
+        reply, outcome = self._complete(pending)
+        self.metrics.add(stats.signature(pending.udp, pending.query.q.qtype, reply[3] & 15, outcome))
+        self.metrics.observe(time.perf_counter_ns() - pending.start)
+        return reply
+
+    def _complete(self, pending: Pending) -> tuple[bytes, int]:
         current = self.current
         upstreams = current[0].upstreams if current else []
         query, opt = pending.query, _edns(pending.query)
@@ -200,8 +233,9 @@ class Resolver:
         if pending.answer is None:  # a name outside the zone: relay the upstream's answer
             found = self.forwarder.resolve(query.q, pending.data[2:], query, not pending.udp, upstreams)
             if found is None:
-                return _pack(_reply(query, RC.SERVFAIL), opt)
-            message, age = found
+                return _pack(_reply(query, RC.SERVFAIL), opt), stats.FORWARD
+            message, age, hit = found
+            outcome = stats.hit_outcome(message.pack()) if hit else stats.FORWARD
             reply = _reply(query, message.header.rcode, aa=message.header.aa, ra=message.header.ra)
             for rr in message.rr:
                 if rr.rname == query.q.qname:  # dnslib compares names without case
@@ -211,8 +245,8 @@ class Resolver:
             reply.ar = [rr for rr in _aged(message.ar, age) if rr.rtype != TYPE.OPT]
             packed = _pack(reply, opt)
             if limit is not None and len(packed) > limit:
-                return _truncated(query, reply.header.rcode, opt, aa=reply.header.aa, ra=reply.header.ra)
-            return packed
+                packed = _truncated(query, reply.header.rcode, opt, aa=reply.header.aa, ra=reply.header.ra)
+            return packed, outcome
         # An ExternalName outside the zone: the CNAME chain, then the target's records.
         result = pending.answer
         target = DNSRecord.question(result.chase, QTYPE[query.q.qtype])
@@ -227,8 +261,8 @@ class Resolver:
         reply.rr = _rotated(records, next(self.turns), None)
         packed = _pack(reply, opt)
         if limit is not None and len(packed) > limit:
-            return _truncated(query, RC.NOERROR, opt, aa=1)
-        return packed
+            packed = _truncated(query, RC.NOERROR, opt, aa=1)
+        return packed, stats.ZONE
 
 
 class Forwarder:
@@ -247,8 +281,9 @@ class Forwarder:
             self.entries.clear()
 
     def resolve(self, question: DNSQuestion, body: bytes, query: DNSRecord, tcp: bool, upstreams: list[str]):
-        """(answer, seconds it has been cached) for the query whose bytes after
-        the ID are `body`; None when no upstream answered."""
+        """(answer, seconds it has been cached, whether it came from the cache)
+        for the query whose bytes after the ID are `body`; None when no
+        upstream answered."""
         opt = _edns(query)
         key = (
             str(question.qname).lower(),
@@ -267,7 +302,7 @@ class Forwarder:
                     del self.entries[key]
                     entry = None
         if entry is not None:
-            return DNSRecord.parse(entry[2]), int(now - entry[1])
+            return DNSRecord.parse(entry[2]), int(now - entry[1]), True
         message = _ask_upstreams(body, question, tcp, upstreams)
         if message is None:
             return None
@@ -278,7 +313,7 @@ class Forwarder:
                 self.entries.move_to_end(key)
                 while len(self.entries) > self.limit:
                     self.entries.popitem(last=False)
-        return message, 0
+        return message, 0, False
 
 
 def _cacheable_ttl(message: DNSRecord) -> int:
@@ -363,6 +398,12 @@ def is_query(data: bytes) -> bool:
     reply and is not forwarded: answering responses lets two servers, or one and
     a spoofed source address, bounce packets between them forever."""
     return len(data) >= 12 and not data[2] & 0x80
+
+
+def _qtype(data: bytes) -> int:
+    """The question's type read from a query's bytes (0 when there is none)."""
+    end = data.find(0, 12)
+    return data[end + 1] << 8 | data[end + 2] if 0 < end < len(data) - 2 else 0
 
 
 def _error_reply(data: bytes, rcode: int) -> bytes | None:
@@ -474,7 +515,7 @@ def serve_udp(resolver: Resolver, sock: socket.socket, batched: bool | None = No
 def _serve_udp_singly(resolver: Resolver, sock: socket.socket) -> None:
     """One datagram a system call."""
     recv, send = sock.recvfrom, sock.sendto
-    answer, turns = resolver.answer, resolver.turns
+    answer, turns, counts, now = resolver.answer, resolver.turns, resolver.metrics.loop, time.perf_counter_ns
     while True:
         try:
             data, client = recv(4096)
@@ -482,8 +523,9 @@ def _serve_udp_singly(resolver: Resolver, sock: socket.socket) -> None:
             if sock.fileno() < 0:
                 return  # closed: stop serving
             continue
+        start = now()
         current = resolver.current
-        reply = _udp_reply(data, current[1] if current is not None else {}, turns, answer)
+        reply = _udp_reply(data, current[1] if current is not None else {}, turns, answer, counts)
         if reply is None:
             continue
         if reply.__class__ is Pending:
@@ -493,6 +535,9 @@ def _serve_udp_singly(resolver: Resolver, sock: socket.socket) -> None:
             send(reply, client)
         except OSError:
             pass
+        spent = now() - start
+        counts[stats.bucket(spent)] += 1
+        counts[stats.DURATION_SUM] += spent
 
 
 class _Batch:
@@ -551,7 +596,8 @@ class _Batch:
         out_len, out_msgs = self.out_iov, self.out_msgs
         in_ref = ctypes.byref(self.in_msgs)
         recvmmsg, batch, wait = self.recvmmsg, self.BATCH, self.WAIT_FOR_ONE
-        answer, turns = resolver.answer, resolver.turns
+        answer, turns, counts, now = resolver.answer, resolver.turns, resolver.metrics.loop, time.perf_counter_ns
+        first, bucket, total = stats.FIRST_BUCKET_NS, stats.bucket, stats.DURATION_SUM
         while True:
             fd = sock.fileno()
             if fd < 0:
@@ -561,19 +607,30 @@ class _Batch:
                 continue  # the timeout, or an interrupted call
             current = resolver.current
             cache = current[1] if current is not None else {}
-            ready = 0
+            ready = fast = 0
+            began = start = now()  # a reply's time: from the end of the one before (one clock read each)
             for i in range(count):
-                reply = _udp_reply(bytes(received[i * slot : i * slot + lengths[16 * i + 14]]), cache, turns, answer)
+                reply = _udp_reply(bytes(received[i * slot : i * slot + lengths[16 * i + 14]]), cache, turns, answer, counts)
                 if reply is None:
                     continue
                 if reply.__class__ is Pending or len(reply) > slot:
                     self._aside(resolver, sock, reply, names_base + 16 * i, i)
+                    began += now() - start  # not this loop's reply: its time is not the loop's
+                    start = now()
                     continue
                 outgoing[ready * slot : ready * slot + len(reply)] = reply
                 out_len[2 * ready + 1] = len(reply)
                 out_msgs[8 * ready] = names_base + 16 * i
                 ready += 1
+                end = now()
+                if end - start < first:
+                    fast += 1
+                else:
+                    counts[bucket(end - start)] += 1
+                start = end
             self._send(fd, ready)
+            counts[stats.DURATION] += fast
+            counts[total] += start - began
 
     def _send(self, fd: int, ready: int) -> None:
         """sendmmsg the first `ready` replies; one that fails is skipped."""
@@ -595,20 +652,25 @@ class _Batch:
             pass
 
 
-def _udp_reply(data: bytes, cache: dict, turns, answer):
+def _udp_reply(data: bytes, cache: dict, turns, answer, counts):
     """The reply to one datagram: from the reply cache (read here, before
-    Resolver.answer, because this is the hot path), else answer's (bytes, a
-    Pending, or None: no reply), SERVFAIL if that raises."""
+    Resolver.answer, because this is the hot path; counted in `counts`, the
+    UDP loop's metrics), else answer's (bytes, a Pending, or None: no reply),
+    SERVFAIL if that raises."""
     if len(data) < 12 or data[2] & 0x80:
         return None  # never answer (or forward) a response: see is_query
-    cached = cache.get(data[2:])
-    if cached is not None:
+    hit = cache.get(data[2:])
+    if hit is not None:
+        counts[hit[0]] += 1
+        cached = hit[1]
         return data[:2] + (cached if cached.__class__ is bytes else cached[next(turns) % len(cached)])
     try:
         return answer(data, True)
     except Exception as error:  # noqa: BLE001 - a bug must not take the server down
         log(f"error answering {data[:64]!r}: {error!r}")
-        return _error_reply(data, RC.SERVFAIL)
+        reply = _error_reply(data, RC.SERVFAIL)
+        counts[stats.signature(True, _qtype(data), RC.SERVFAIL, stats.NONE)] += 1
+        return reply
 
 
 def _finish_udp(resolver: Resolver, pending: Pending, send, client) -> None:
@@ -617,6 +679,7 @@ def _finish_udp(resolver: Resolver, pending: Pending, send, client) -> None:
     except Exception as error:  # noqa: BLE001 - a bug must not lose the worker thread
         log(f"error forwarding {pending.data[:64]!r}: {error!r}")
         reply = _error_reply(pending.data, RC.SERVFAIL)
+        resolver.metrics.add(stats.signature(True, _qtype(pending.data), RC.SERVFAIL, stats.NONE))
     try:
         send(reply, client)
     except OSError:
@@ -645,13 +708,17 @@ def tcp_handler(resolver: Resolver):
                     return
                 if not is_query(data):
                     continue  # never answer (or forward) a response; read the next message
+                start = time.perf_counter_ns()
                 try:
                     reply = resolver.answer(data, False)
                     if reply.__class__ is Pending:
-                        reply = resolver.complete(reply)  # this connection's own thread waits
+                        reply = resolver.complete(reply)  # this connection's own thread waits (and times it)
+                    elif reply is not None:
+                        resolver.metrics.observe(time.perf_counter_ns() - start)
                 except Exception as error:  # a bug must not take the server down
                     log(f"error answering {data[:64]!r}: {error!r}")
                     reply = _error_reply(data, RC.SERVFAIL)
+                    resolver.metrics.add(stats.signature(False, _qtype(data), RC.SERVFAIL, stats.NONE))
                 if reply is None:
                     continue
                 try:
@@ -691,15 +758,18 @@ def http_server(port: int, path: str, check) -> socketserver.TCPServer:
     return server
 
 
-def run(snapshot: str, host: str, port: int, workers: int, health_port: int, ready_port: int) -> None:
-    resolver = Resolver(snapshot)
+def run(snapshot: str, host: str, port: int, workers: int, health_port: int, ready_port: int,
+        metrics_port: int = 0) -> None:  # fmt: skip
+    counters = stats.Metrics(max(1, workers), server=f"dns://:{port}")
+    resolver = Resolver(snapshot, counters)
     resolver.reload_if_changed()
     parent = os.getpid()
     children = []
-    for _ in range(max(0, workers - 1)):
+    for process in range(1, max(1, workers)):
         child = os.fork()
         if child == 0:
-            worker = Resolver(snapshot)
+            counters.use(process)
+            worker = Resolver(snapshot, counters)
             worker.reload_if_changed()
             threading.Thread(target=worker.watch, kwargs={"parent": parent}, daemon=True).start()
             serve_udp(worker, udp_socket(host, port))
@@ -723,5 +793,7 @@ def run(snapshot: str, host: str, port: int, workers: int, health_port: int, rea
         http_server(health_port, "/health", lambda: True)
     if ready_port:
         http_server(ready_port, "/ready", lambda: resolver.ready)
+    if metrics_port:
+        stats.serve(counters, metrics_port)
     log(f"serving DNS on {host}:{port} (UDP x{max(1, workers)}, TCP) from {snapshot}")
     serve_udp(resolver, udp_socket(host, port))

@@ -301,6 +301,7 @@ AGENT_MODULES = [
     "plan/__init__.py", "plan/cni.py", "reconcile.py",
     "policy.py", "agent/policy.py", "ingress.py", "agent/ingress.py",
     "dns/__init__.py", "dns/snapshot.py", "dns/records.py", "dns/server.py", "dns/wire.py", "dns/__main__.py",
+    "dns/metrics.py",
 ]  # fmt: skip
 
 

@@ -340,3 +340,47 @@ def test_garbage_packets_do_not_crash_or_stall_the_server(dns):
     assert server_processes() == before  # no process died
     health = dns.node_exec(coredns.node, ["curl", "-sS", f"http://{coredns.ip}:8080/health"]).output
     assert health == "OK"
+
+
+def scrape_metrics(cluster, pod: str, ip: str) -> dict[str, float]:
+    """The coredns pod's /metrics as curl in `pod` reads it: {sample line's name and labels: value}."""
+    result = cluster.exec(pod, ["curl", "-sS", "--max-time", "5", f"http://{ip}:9153/metrics"])
+    assert result.ok, result.output
+    samples = {}
+    for line in result.output.splitlines():
+        if line and not line.startswith("#"):
+            name, _, number = line.rpartition(" ")
+            samples[name] = float(number)
+    return samples
+
+
+def test_prometheus_metrics_on_9153_count_the_queries(dns):
+    coredns = next(p for p in dns.state().pods.values() if p.namespace == "kube-system")
+    udp_mx = 'coredns_dns_requests_total{server="dns://:53",zone=".",view="",proto="udp",family="1",type="MX"}'
+    tcp_mx = udp_mx.replace('"udp"', '"tcp"')
+    noerror = 'coredns_dns_responses_total{server="dns://:53",zone=".",view="",rcode="NOERROR",plugin="%s"}'
+    cache = 'coredns_cache_%s_total{server="dns://:53",zones=".",view=""%s}'
+    count = 'coredns_dns_request_duration_seconds_count{server="dns://:53",zone=".",view=""}'
+
+    def served(samples: dict) -> float:  # NOERROR answers from the zone or the cache
+        return sum(samples.get(noerror % plugin, 0) for plugin in ("kubernetes", "cache"))
+
+    def cached(samples: dict) -> float:
+        return sum(samples.get(cache % kind, 0) for kind in (("hits", ',type="denial"'), ("misses", "")))
+
+    before = scrape_metrics(dns, "client", coredns.ip)
+    for _ in range(3):  # MX: a type no other test asks, answered NOERROR without records
+        assert status(dns, "client", "+notcp", "MX", "web.default.svc.cluster.local") == "NOERROR"
+    assert status(dns, "client", "+tcp", "MX", "web.default.svc.cluster.local") == "NOERROR"
+    after = {}
+
+    def counted() -> bool:
+        after.update(scrape_metrics(dns, "client", coredns.ip))
+        return after.get(count, 0) >= before.get(count, 0) + 4
+
+    wait_for(counted, "the durations of the 4 queries")
+    assert after[udp_mx] - before.get(udp_mx, 0) == 3
+    assert after[tcp_mx] - before.get(tcp_mx, 0) == 1
+    assert served(after) - served(before) >= 4
+    assert cached(after) - cached(before) >= 4  # each query a miss or a denial hit (workers cache apart)
+    assert after['coredns_build_info{goversion="emu-python",revision="emu",version="1.11.3"}'] == 1
