@@ -27,7 +27,7 @@ from emu.plan import NodePlan, cni
 from emu.reconcile import Drift
 from emu.records import MAX_STATE_BYTES
 from emu.runtime.provider import ExecResult, NodeSpec, PortMapping, Provider
-from emu.state import ClusterState, PodState, plan_cluster
+from emu.state import ClusterState, PodState, ordered_stages, plan_cluster, stamp_created
 from emu.topology.load import load_file
 from emu.topology.model import Topology
 
@@ -146,7 +146,8 @@ class Cluster:
         subnet = self.runtime.pick_subnet(networking.cluster_network, [networking.pod_subnet, networking.service_subnet])
         network = f"emu-{self.name}"
         desired = plan_cluster(topology, network, subnet, node_image=image, mtu=self.runtime.mtu)
-        plans = node_plans(None, desired)
+        (first, waits), *later = ordered_stages(None, desired)
+        plans = node_plans(None, first)
         warning = neighbour_table_warning(len(desired.nodes), len(desired.pods))
         if warning:
             self.progress(warning)
@@ -163,11 +164,13 @@ class Cluster:
             self.runtime.create_network(network, subnet, self.name)
             self.progress(f"starting {len(desired.nodes)} nodes")
             self.runtime.parallel(self.runtime.create_node, specs)
-            self.progress(f"wiring {len(desired.pods)} pods")
-            self._apply_plans(plans, desired, None)
-            if wait:
+            self.progress(f"wiring {len(first.pods)} pods")
+            self._apply_plans(plans, first, None)
+            if wait or later:
                 self.progress("waiting for pods to answer and service rules to be programmed")
-                self.wait(desired)
+                unready = self.wait(first)
+                if later:
+                    self._ordered_steps(first, later, waits, unready)
         except BaseException:
             # Nothing is half-created: remove whatever this call made.
             self.progress("failed; removing what was created")
@@ -185,15 +188,48 @@ class Cluster:
             desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
             return self._converge(previous, desired, wait)
 
+    def update(self, change: Callable[[Topology], Topology], wait: bool = True) -> Change:
+        """Converge to change(the running topology), under the cluster's lock: how
+        `emu apply -f` and `emu delete -f` change a cluster. `change` raises to
+        leave it as it is."""
+        with self.lock():
+            previous = self.state()
+            topology = change(Topology.model_validate(previous.topology))
+            desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
+            return self._converge(previous, desired, wait)
+
     def _converge(self, previous: ClusterState, desired: ClusterState, wait: bool = True) -> Change:
         added, removed = pod_changes(previous, desired)
         if not added and not removed and desired.topology == previous.topology:
             return self.repair(previous, wait)
         self.progress(f"adding {len(added)} pods, removing {len(removed)}")
-        self._apply_plans(node_plans(previous, desired), desired, previous)
-        if wait:
-            self.wait(desired, only={p.key for p in added})
+        (first, waits), *later = ordered_stages(previous, desired)
+        self._apply_plans(node_plans(previous, first), first, previous)
+        if wait or later:
+            first_added = {p.key for p in pod_changes(previous, first)[0]}
+            unready = self.wait(first, only=first_added)
+            if later:
+                self._ordered_steps(first, later, waits, unready)
         return Change(False, sorted(p.key for p in added), sorted(p.key for p in removed))
+
+    def _ordered_steps(self, state: ClusterState, later: list, waits: list[str], unready: list[str]) -> None:
+        """Start StatefulSet pods in order (podManagementPolicy OrderedReady): each
+        step once the pods of the one before are ready. A pod that does not become
+        ready stops the ones after it, as in Kubernetes; the next `emu up` or
+        `emu apply` goes on from there."""
+        for next_state, next_waits in later:
+            stuck = sorted(set(waits) & set(unready))
+            if stuck:
+                self.progress(
+                    f"{', '.join(uid.split('@')[0] for uid in stuck)} not ready, so the StatefulSet pods after "
+                    "them were not started (podManagementPolicy OrderedReady); `emu apply` again starts them once it is"
+                )
+                return
+            added = {p.key for p in pod_changes(state, next_state)[0]}
+            self.progress(f"starting {', '.join(sorted(added))} (StatefulSet, in order)")
+            self._apply_plans(node_plans(state, next_state), next_state, state)
+            unready = self.wait(next_state, only=added)
+            state, waits = next_state, next_waits
 
     def scale(self, deployment: str, replicas: int, wait: bool = True) -> Change:
         """Set a deployment's replicas (`NAME` or `NAMESPACE/NAME`)."""
@@ -346,6 +382,7 @@ class Cluster:
         in a 50-node lab they each synced 8 times while others were still being
         wired, most of the work of coming up; now 2 or 3 times."""
         state.generation = (previous.generation if previous else 0) + 1
+        stamp_created(state, previous, time.time())
         state_text = state.to_json()
 
         def apply(plan: NodePlan) -> None:
@@ -487,10 +524,12 @@ class Cluster:
 
     def pod_status(self, state: ClusterState) -> dict[str, dict[str, dict]]:
         """{pod key: {container: {"state": Running|Exited, "exitCode": int|None,
-        "ready": bool, "restarts": int}}}: processes as `check` sees them (one exec
-        a node, reconcile.OBSERVE), readiness and restarts from the node's agent.
+        "ready": bool, "restarts": int, "started": epoch|None}}}: processes as `check`
+        sees them (one exec a node, reconcile.OBSERVE; started: when the pid file was
+        written), readiness and restarts from the node's agent.
         Pods of a node that cannot be asked are left out (their state is unknown)."""
-        script = f"{reconcile.OBSERVE}echo READINESS $(curl -s --max-time 2 {AGENT_URL}/readiness)\n"
+        started_lines = f'for f in {cni.RUN_DIR}/*/*.pid; do [ -e "$f" ] && echo "started $f $(stat -c %Y "$f")"; done\n'
+        script = f"{reconcile.OBSERVE}{started_lines}echo READINESS $(curl -s --max-time 2 {AGENT_URL}/readiness)\n"
 
         def check(node) -> str:
             try:
@@ -508,6 +547,12 @@ class Cluster:
                         report = json.loads(line.removeprefix("READINESS ")) or {}
                     except ValueError:
                         report = {}
+            started = {}  # "<netns>/<container>" -> when its pid file was written
+            for line in output.splitlines():
+                word, _, rest = line.partition(" ")
+                path, _, when = rest.partition(" ")
+                if word == "started" and when.isdigit():
+                    started[path.removeprefix(cni.RUN_DIR + "/").removesuffix(".pid")] = int(when)
             readiness = report.get("containers", {}) if isinstance(report, dict) else {}
             restarts = report.get("restarts", {}) if isinstance(report, dict) else {}
             for pod in state.pods_on(node.name):
@@ -521,6 +566,7 @@ class Cluster:
                         continue
                     entry["ready"] = bool(readiness.get(pod.key, {}).get(name, False))
                     entry["restarts"] = int(restarts.get(pod.key, {}).get(name, 0))
+                    entry["started"] = started.get(where)
                     status.setdefault(pod.key, {})[name] = entry
         return status
 

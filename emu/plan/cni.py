@@ -48,26 +48,36 @@ IPTABLES_BACKEND_STEP = (
 
 # Removes a pod: its processes, its veth pair (at once: a namespace whose
 # processes are still dying would keep it alive), its namespace and files.
+VOLUME_DIR = "/var/lib/emu/volumes"  # <netns>/<volume>/: the files of a pod's volumes
 DELETE_POD_FUNCTION = """\
 emu_delete_pod() {
-  # emu_delete_pod NETNS VETH IP [replaced] (VETH "-": not known; IP "?": read from the pod's eth0)
+  # emu_delete_pod NETNS VETH IP [replaced|-] [GRACE] (VETH "-": not known; IP "?": read from the pod's eth0)
   ip=$3
   if [ "$ip" = "?" ]; then ip=$(ip -n "$1" -4 -o addr show dev eth0 2>/dev/null | sed -n 's/.* inet \\([0-9.]*\\)\\/.*/\\1/p'); fi
   # Pid files first: the agent restarts a dead container only while its pid file says it was started;
   # and their processes die by them too (a namespace deleted by hand no longer lists them).
-  for f in "%s/$1/"*.pid; do [ -e "$f" ] || continue; kill -KILL "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; done
-  pids=$(ip netns pids "$1" 2>/dev/null || true)
-  if [ -n "$pids" ]; then kill -KILL $pids 2>/dev/null || true; fi
+  # SIGTERM, then up to terminationGracePeriodSeconds ($5, in 20 ms steps) to exit, then SIGKILL.
+  pids=""
+  for f in "%s/$1/"*.pid; do [ -e "$f" ] || continue; pids="$pids $(cat "$f")"; rm -f "$f"; done
+  pids="$pids $(ip netns pids "$1" 2>/dev/null || true)"
+  kill -TERM $pids 2>/dev/null || true
+  steps=$(( ${5:-0} * 50 ))
+  while [ "$steps" -gt 0 ]; do
+    alive=""; for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done; pids=$alive
+    [ -n "$pids" ] || break
+    sleep 0.02; steps=$((steps - 1))
+  done
+  kill -KILL $pids 2>/dev/null || true
   ip link del "$2" 2>/dev/null || true
   ip netns del "$1" 2>/dev/null || true
   # A pod replaced under the same name keeps the files its successor was given, and its IP.
   [ "${4:-}" = replaced ] && return 0
-  rm -rf "/etc/netns/$1" "%s/$1" "%s/$1" "%s/pod-$1.batch" "%s/$1"
+  rm -rf "/etc/netns/$1" "%s/$1" "%s/$1" "%s/pod-$1.batch" "%s/$1" "%s/$1"
   # The node's connection tracking forgets the address's flows (to it, from it, and DNATed to it).
   if [ -n "$ip" ]; then
     for how in -s -d --reply-src; do conntrack -D $how "$ip" >/dev/null 2>&1 || true; done
   fi
-}""" % (RUN_DIR, LOG_DIR, RUN_DIR, PLAN_DIR, CONTAINER_DIR)
+}""" % (RUN_DIR, LOG_DIR, RUN_DIR, PLAN_DIR, CONTAINER_DIR, VOLUME_DIR)
 
 
 def prefix_length(cidr: str) -> int:
@@ -250,13 +260,40 @@ def container_environment(pod: PodState, container: dict) -> list[str]:
     return [f"{name}={value}" for name, value in env.items()]
 
 
+def volume_files(pod: PodState) -> dict[str, str]:
+    """The files of a pod's volumes (a ConfigMap's keys), under VOLUME_DIR/<netns>/<volume>/."""
+    return {
+        f"{VOLUME_DIR}/{pod.netns}/{volume}/{path}": content
+        for volume, files in sorted(pod.volumes.items())
+        for path, content in sorted(files.items())
+    }
+
+
+def mount_commands(pod: PodState, container: dict) -> str:
+    """Shell that bind-mounts the container's volumeMounts, in the mount namespace
+    `ip netns exec` gives each command (so nothing shows outside it): a volume
+    at its mountPath, or with subPath one file of it; read-only when asked."""
+    lines = []
+    for mount in container.get("volumeMounts", []):
+        source = f"{VOLUME_DIR}/{pod.netns}/{mount['name']}"
+        target = shlex.quote(mount["mountPath"])
+        if mount.get("subPath"):
+            source = shlex.quote(f"{source}/{mount['subPath']}")
+            lines.append(f"mkdir -p \"$(dirname {target})\" && touch {target} && mount --bind {source} {target}")
+        else:
+            lines.append(f"mkdir -p {target} && mount --bind {shlex.quote(source)} {target}")
+        if mount.get("readOnly"):
+            lines.append(f"mount -o remount,bind,ro {target}")
+    return "".join(f"{line} && " for line in lines)
+
+
 def in_pod_argv(pod: PodState, container: dict, argv: list[str]) -> list[str]:
     """argv that runs `argv` as the pod's container: in the pod's network
-    namespace, in a UTS namespace whose hostname is the pod's name, with only
-    the container's environment."""
+    namespace, in a UTS namespace whose hostname is the pod's name, with its
+    volumes mounted and only the container's environment."""
     return [
         "ip", "netns", "exec", pod.netns,
-        "unshare", "--uts", "/bin/sh", "-c", 'hostname "$0" && exec "$@"', pod.host_name,
+        "unshare", "--uts", "/bin/sh", "-c", mount_commands(pod, container) + 'hostname "$0" && exec "$@"', pod.host_name,
         "env", "-i", *container_environment(pod, container), *argv,
     ]  # fmt: skip
 
@@ -363,7 +400,8 @@ def node_plan(
         for pod in sorted(removed, key=_order):
             plan.steps.append(
                 f"emu_delete_pod {shlex.quote(pod.netns)} {pod.host_veth} {pod.ip}"
-                + (" replaced" if pod.netns in replaced else "")
+                + (" replaced" if pod.netns in replaced else " -")
+                + (f" {pod.termination_grace_seconds}" if pod.termination_grace_seconds else "")
             )
     added = sorted(added, key=_order)
     if added:
@@ -379,6 +417,9 @@ def node_plan(
         else:
             plan.files[f"/etc/netns/{pod.netns}/resolv.conf"] = resolv
         plan.steps.append(f"ip -n {pod.netns} -batch {batch}")
+        plan.files.update(volume_files(pod))
+        if pod.volumes:
+            plan.steps.append("mkdir -p " + " ".join(shlex.quote(f"{VOLUME_DIR}/{pod.netns}/{v}") for v in pod.volumes))
     for pod in added:
         for container in pod.containers:
             script = container_script(pod.netns, container["name"])
