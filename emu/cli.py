@@ -500,7 +500,7 @@ def cmd_get(args) -> int:
             column = 1 if rows[0][0] == "NAMESPACE" else 0
             group = ".apps" if kind in ("Deployment", "StatefulSet", "DaemonSet") else ""
             for row in rows[1:]:
-                row[column] = f"{RESOURCE_NAMES[kind][1]}{group}/{row[column]}"
+                row[column] = f"{kind.lower()}{group}/{row[column]}"
         sys.stdout.write(("\n" if printed else "") + format_table(rows))
         printed = True
     return 1 if missing else 0
