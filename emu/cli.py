@@ -556,7 +556,7 @@ def _service_rows(state, endpoints: dict) -> list[dict]:
 
 
 def cmd_exec(args) -> int:
-    from emu.cluster import find_node, find_pod, pod_exec_argv
+    from emu.cluster import exec_target, find_node, find_pod
 
     cluster = _cluster(args)
     argv = args.argv
@@ -567,9 +567,7 @@ def cmd_exec(args) -> int:
         container = find_node(state, args.pod).container
         full = argv
     else:
-        pod = find_pod(state, args.pod)
-        container = state.node(pod.node).container
-        full = pod_exec_argv(pod, argv, args.container)
+        container, full = exec_target(state, find_pod(state, args.pod), argv, args.container)
     if sys.stdin.isatty() and sys.stdout.isatty():
         return cluster.runtime.interactive(container, full, tty=True)
     result = cluster.runtime.exec(container, full)
@@ -586,6 +584,11 @@ def cmd_logs(args) -> int:
         state = cluster.state()
         pod = find_pod(state, args.pod)
         name = pick_container(pod, args.container)["name"]
+        if cni.runs_image(pick_container(pod, args.container)):
+            from emu.imagepods import container_name
+
+            cluster.runtime.container_logs(container_name(state, pod, name), follow=True)
+            return 0
         log = f"{cni.LOG_DIR}/{pod.netns}/{name}.log"
         return cluster.runtime.interactive(state.node(pod.node).container, ["tail", "-n", "+1", "-f", log], tty=False)
     sys.stdout.write(cluster.logs(args.pod, args.container))

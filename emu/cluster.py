@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emu import reconcile
+from emu import imagepods, reconcile
 from emu.agent import AGENT_URL, HOLD_FILE, LOCK_DIR, STATE_FILE
 from emu.agent.gossip import hub_node
 from emu.errors import EmuError
@@ -391,18 +391,23 @@ class Cluster:
                 plan, {**cni.boot_files(state, state.node(plan.node)), STATE_FILE + ".new": state_text}, release=False
             )
 
+        added, removed = pod_changes(previous, state)
+
         def publish(node) -> None:
-            script = f"mv {STATE_FILE}.new {STATE_FILE}; rm -f {HOLD_FILE}; {cni.NOTIFY_AGENT}"
+            record = imagepods.record_command(added, node.name)  # the new image containers' processes, first
+            script = f"{record}mv {STATE_FILE}.new {STATE_FILE}; rm -f {HOLD_FILE}; {cni.NOTIFY_AGENT}"
             result = self.runtime.exec(node.container, ["sh", "-c", script])
             if not result.ok:
                 raise EmuError(f"node {node.name}: could not put the new state in place: {result.output.strip()}")
 
         try:
-            self.runtime.parallel(apply, plans)
+            # Image pods: their sandboxes and containers around the plans (emu.imagepods).
+            imagepods.wire(self.runtime, state, added, lambda: self.runtime.parallel(apply, plans))
         except EmuError:
             # The agents may mend pods again, as the state they hold says.
             self.runtime.parallel(lambda plan: self.runtime.exec(plan.container, ["rm", "-f", HOLD_FILE]), plans)
             raise
+        imagepods.remove(self.runtime, state, removed)
         self.runtime.parallel(publish, state.nodes)
 
     def wait(self, state: ClusterState, only: set[str] | None = None, timeout: float | None = None) -> list[str]:
@@ -492,7 +497,8 @@ class Cluster:
 
     # ---- using pods --------------------------------------------------------
     def exec(self, pod: str, argv: list[str], container: str | None = None) -> ExecResult:
-        """Run a command in a pod (its network namespace, hostname and the container's env)."""
+        """Run a command in a pod (its network namespace, hostname and the container's env;
+        in an image container, in that container)."""
         return self.runtime.exec(*self.pod_command(pod, argv, container))
 
     def pod_command(
@@ -501,8 +507,7 @@ class Cluster:
         """(Docker container, argv) that runs argv as one of the pod's containers:
         what `exec` runs, for callers that run it their own way (emu.testing's testinfra backend)."""
         state = state or self.state()
-        found = find_pod(state, pod)
-        return state.node(found.node).container, pod_exec_argv(found, argv, container)
+        return exec_target(state, find_pod(state, pod), argv, container)
 
     def host(self, pod: str, container: str | None = None):
         """A testinfra Host whose commands run in the pod, as `exec` does (needs pytest-testinfra)."""
@@ -519,6 +524,8 @@ class Cluster:
         state = self.state()
         found = find_pod(state, pod)
         name = pick_container(found, container)["name"]
+        if cni.runs_image(pick_container(found, container)):
+            return self.runtime.container_logs(imagepods.container_name(state, found, name))
         text = self.runtime.read_file(state.node(found.node).container, f"{cni.LOG_DIR}/{found.netns}/{name}.log")
         return text or ""
 
@@ -631,6 +638,15 @@ def pick_container(pod: PodState, name: str | None) -> dict:
             return container
     names = ", ".join(c["name"] for c in pod.containers)
     raise EmuError(f"pod '{pod.key}' has no container '{name}' (containers: {names})")
+
+
+def exec_target(state: ClusterState, pod: PodState, argv: list[str], container: str | None = None) -> tuple[str, list[str]]:
+    """(Docker container, argv) that run argv as the pod's container: in its node,
+    entering the pod, or for an image container, in that container."""
+    chosen = pick_container(pod, container)
+    if cni.runs_image(chosen):
+        return imagepods.container_name(state, pod, chosen["name"]), argv
+    return state.node(pod.node).container, pod_exec_argv(pod, argv, container)
 
 
 def pod_exec_argv(pod: PodState, argv: list[str], container: str | None = None) -> list[str]:

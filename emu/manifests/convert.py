@@ -376,22 +376,21 @@ def _template(
     if "nodeName" in spec:
         template["node"] = spec["nodeName"]
     policy = spec.get("restartPolicy", "Always")
-    if policy != "Always":
-        if controller:
-            reader.error(at + ("restartPolicy",), f"restartPolicy must be Always in a pod template (got {policy})")
-        else:
-            warnings.append(f"restartPolicy {policy} is not modelled: emu starts containers that exit again, as Always")
     containers = []
     for index, container in enumerate(spec.get("containers") or []):
         if isinstance(container, dict):
             containers.append(_container(container, at + ("containers", index), obj, reader, warnings))
     template["containers"] = containers
+    if policy != "Always":
+        template["restartPolicy"] = policy
+        if controller:
+            reader.error(at + ("restartPolicy",), f"restartPolicy must be Always in a pod template (got {policy})")
     return template
 
 
 def _container(container: dict, at: Path, obj: ManifestObject, reader: _Reader, warnings: list[str]) -> dict:
-    """A Container as emu's: agnhost netexec as the built-in netexec workload, a
-    command as a process with the node image's programs."""
+    """A Container as emu's: agnhost netexec and pause as emu's built-in workloads
+    (no pull), any other image as itself (a Docker container in the pod)."""
     body = {k: v for k, v in container.items() if k not in ("image", "command", "args")}
     for probe in ("readinessProbe",):
         action = (container.get(probe) or {}).get("httpGet") or {}
@@ -405,26 +404,17 @@ def _container(container: dict, at: Path, obj: ManifestObject, reader: _Reader, 
         reader.error(at, f"container '{name}' has no image; Kubernetes requires one")
         return body
     body["image"] = image
-    is_agnhost = bool(AGNHOST.search(image))
-    if command:
-        body["command"], body["args"] = command, args
-        warnings.append(f"container '{name}': the image {image} is not run; its command runs with the node image's "
-                        "programs (sh, python3, curl, dig, ...)")  # fmt: skip
-    elif is_agnhost and args[:1] == ["netexec"]:
-        body["workload"], body["args"] = "netexec", args[1:]
+    if AGNHOST.search(image) and not command and args[:1] in (["netexec"], ["pause"]):
+        body["workload"], body["args"] = args[0], args[1:]
         flags = [a.split("=", 1)[0] for a in args[1:] if a.startswith("-")]
-        unknown = [f for f in flags if f not in NETEXEC_FLAGS]
+        allowed = NETEXEC_FLAGS if args[0] == "netexec" else ()
+        unknown = [f for f in flags if f not in allowed]
         if unknown:
-            reader.error(at + ("args",), f"container '{name}': emu's netexec has only "
-                                         f"{', '.join(NETEXEC_FLAGS)}, not {', '.join(unknown)}")  # fmt: skip
-    elif is_agnhost and args[:1] == ["pause"]:
-        body["command"] = ["sleep", "infinity"]
-    else:
-        what = f"agnhost {args[0]}" if is_agnhost and args else f"the image {image}"
-        reader.error(
-            at + ("image",),
-            f"container '{name}': emu cannot run {what}: it runs agnhost netexec and pause "
-            "(as its built-in netexec and a sleep), or a command with the node image's programs; "
-            "give the container a command, or use registry.k8s.io/e2e-test-images/agnhost with args [netexec, ...]",
-        )
+            reader.error(at + ("args",), f"container '{name}': emu's agnhost {args[0]} has only "
+                                         f"{', '.join(allowed) or 'no flags'}, not {', '.join(unknown)}")  # fmt: skip
+        return body
+    if command:
+        body["command"] = command
+    if args:
+        body["args"] = args
     return body

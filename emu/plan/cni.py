@@ -12,7 +12,16 @@ from __future__ import annotations
 import ipaddress
 import shlex
 
-from emu.agent import AGENT_PORT, CONTAINER_DIR, PID_FILE, RUN_DIR, container_file, container_script
+from emu.agent import (
+    AGENT_PORT,
+    CONTAINER_DIR,
+    CONTAINER_ENV,
+    PID_FILE,
+    RUN_DIR,
+    SANDBOX_ENV,
+    container_file,
+    container_script,
+)
 from emu.plan import NodePlan
 from emu.proxy import iptables
 from emu.proxy.iptables import comment
@@ -154,12 +163,33 @@ def pod_mac(ip: str) -> str:
     return "0a:58:" + ":".join(f"{int(part):02x}" for part in ip.split("."))
 
 
+def runs_image(container: dict) -> bool:
+    """Whether a container is its image run by Docker (emu.runtime.sandbox), not a process the node starts."""
+    return bool(container.get("image")) and not container.get("workload")
+
+
+def image_pod(pod: PodState) -> bool:
+    """Whether the pod has image containers, and so a sandbox container owns its namespace."""
+    return any(runs_image(container) for container in pod.containers)
+
+
+# The sandbox of an image pod runs in the node's PID namespace with EMU_SANDBOX=<pod uid>
+# in its environment: the node finds its process that way and names its namespace.
+SANDBOX_FUNCTION = """\
+emu_find_pid() {
+  f=$(grep -lzxF "$1" /proc/[0-9]*/environ 2>/dev/null | head -n 1)
+  [ -n "$f" ] || return 1
+  f=${f#/proc/}; echo "${f%/environ}"
+}"""
+
+
 def pod_root_batch(pod: PodState, mtu: int = 1500) -> str:
-    """Root-namespace lines for one pod: its namespace and the veth pair on cni0."""
+    """Root-namespace lines for one pod: its namespace (an image pod's is its
+    sandbox's, attached before) and the veth pair on cni0."""
     size = mtu_option(mtu)
     return (
-        f"netns add {pod.netns}\n"
-        f"link add {pod.host_veth}{size} type veth peer name eth0{size} address {pod_mac(pod.ip)} netns {pod.netns}\n"
+        ("" if image_pod(pod) else f"netns add {pod.netns}\n")
+        + f"link add {pod.host_veth}{size} type veth peer name eth0{size} address {pod_mac(pod.ip)} netns {pod.netns}\n"
         f"link set {pod.host_veth} master cni0 up\n"
         # A pod reaching itself through its service's IP: the reply must go back
         # out the port it came in on (the kubelet's hairpin-veth mode).
@@ -247,6 +277,8 @@ DNS_SNAPSHOT = "/etc/emu/dns/snapshot.json"
 def container_command(container: dict) -> list[str]:
     if container.get("workload") == "netexec":
         return ["python3", f"{WORKLOAD_DIR}/netexec.py", *container.get("args", [])]
+    if container.get("workload") == "pause":
+        return ["sleep", "infinity"]
     if container.get("workload") == "coredns":
         return ["env", f"PYTHONPATH={AGENT_LIB}", "python3", "-m", "emu.dns", "--snapshot", DNS_SNAPSHOT,
                 *container.get("args", [])]  # fmt: skip
@@ -404,6 +436,11 @@ def node_plan(
                 + (f" {pod.termination_grace_seconds}" if pod.termination_grace_seconds else "")
             )
     added = sorted(added, key=_order)
+    sandboxed = [pod for pod in added if image_pod(pod)]
+    if sandboxed:
+        plan.steps.append(SANDBOX_FUNCTION)
+        for pod in sandboxed:
+            plan.steps.append(f'ip netns attach {pod.netns} "$(emu_find_pid {SANDBOX_ENV}={pod.uid})"')
     if added:
         plan.files[f"{plan_dir}/pods.batch"] = "".join(pod_root_batch(pod, state.mtu) for pod in added)
         plan.steps.append(f"ip -batch {plan_dir}/pods.batch")
@@ -423,9 +460,32 @@ def node_plan(
     for pod in added:
         for container in pod.containers:
             script = container_script(pod.netns, container["name"])
+            if runs_image(container):  # Docker starts it once the pod is wired; this records its process
+                plan.files[script] = find_container_script(pod, container)
+                continue
             plan.files[script] = start_container_script(pod, container)
             plan.steps.append(f"sh {script}")
     return plan
+
+
+def find_container_script(pod: PodState, container: dict) -> str:
+    """For an image container: record its process (in the node's PID namespace)
+    in its pid file. Run once Docker has started it, and by the agent when the
+    process is gone, after Docker started it again by its restart policy."""
+    pid_file = f"{RUN_DIR}/{pod.netns}/{container['name']}.pid"
+    return "\n".join(
+        [
+            f"# emu: image container {container['name']} of pod {pod.key}: Docker runs and restarts it; "
+            "this records its process",
+            SANDBOX_FUNCTION,
+            f"mkdir -p {RUN_DIR}/{pod.netns}",
+            # Not found (it exited, and Docker has not started it again yet): a pid file with no
+            # process, so that the agent looks again, after its back-off.
+            f"pid=$(emu_find_pid {shlex.quote(CONTAINER_ENV + '=' + pod.uid + '/' + container['name'])}) || pid=none",
+            f"echo $pid >{shlex.quote(pid_file)}",
+            "",
+        ]
+    )
 
 
 def boot_files(state: ClusterState, node: NodeState) -> dict[str, str]:
@@ -433,7 +493,9 @@ def boot_files(state: ClusterState, node: NodeState) -> dict[str, str]:
     host reboot): the plan of a new node with every pod it has, from the state
     it holds, after clearing what the old container left in /run (namespace
     mount points, pid files, the agent's). The node's command runs it."""
-    plan = node_plan(state, node, state.pods_on(node.name), [], new_node=True, plan_dir=BOOT_DIR)
+    # Image pods are not rebuilt here: their sandboxes ended with the node's PID namespace.
+    pods = [pod for pod in state.pods_on(node.name) if not image_pod(pod)]
+    plan = node_plan(state, node, pods, [], new_node=True, plan_dir=BOOT_DIR)
     plan.steps.insert(0, "rm -rf /run/netns /run/emu")
     return {name: text for name, text in plan.files.items() if name.startswith(BOOT_DIR)} | {BOOT_SCRIPT: plan.script}
 

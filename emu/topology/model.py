@@ -274,10 +274,10 @@ class Container(Model):
     command: list[str] | None = Field(
         None, description="Program and arguments, run in the pod's network namespace."
     )
-    workload: Literal["netexec", "coredns"] | None = Field(
+    workload: Literal["netexec", "coredns", "pause"] | None = Field(
         None,
-        description="A built-in workload: netexec (HTTP /hostname, /clientip, /echo; UDP echo) or coredns "
-        "(emu's cluster DNS server).",
+        description="A built-in workload: netexec (HTTP /hostname, /clientip, /echo; UDP echo), coredns "
+        "(emu's cluster DNS server) or pause (does nothing, as the pause container).",
     )
     args: list[str] = Field(default_factory=list, description="Arguments for the command or workload.")
     ports: list[ContainerPort] = Field(default_factory=list)
@@ -287,8 +287,8 @@ class Container(Model):
     readiness_probe: Probe | None = None
     image: str | None = Field(
         None,
-        description="The image a Kubernetes manifest named (shown by `emu get`); emu runs the command or "
-        "workload with the node image's programs, not the image.",
+        description="A container image: run as a Docker container in the pod's network namespace (command and "
+        "args replace its entrypoint and cmd, as in Kubernetes). With a workload, only a name `emu get` shows.",
     )
 
     @field_validator("command", mode="before")
@@ -301,14 +301,21 @@ class Container(Model):
 
     @model_validator(mode="after")
     def _one_program(self):
-        if (self.command is None) == (self.workload is None):
+        if self.workload is not None and self.command is not None:
+            raise ValueError(f"container '{self.name}' has both 'command' and 'workload'; keep one")
+        if self.workload is None and self.command is None and self.image is None:
             raise ValueError(
-                f"container '{self.name}' needs exactly one of 'command' (a program to run) "
-                "or 'workload' (a built-in one, e.g. netexec)"
+                f"container '{self.name}' needs 'image' (a container image), 'command' (a program run with "
+                "the node image's programs) or 'workload' (a built-in one, e.g. netexec)"
             )
         if self.command is not None and not self.command:
             raise ValueError(f"container '{self.name}': 'command' is empty")
         return self
+
+    @property
+    def runs_image(self) -> bool:
+        """Whether the container is its image run as a Docker container (not a built-in workload)."""
+        return self.image is not None and self.workload is None
 
 
 class DNSOption(Model):
@@ -381,7 +388,9 @@ class PodTemplate(Model):
     node: DNSLabel | None = Field(None, description="Pin the pod to this node; else it is spread over workers.")
     enable_service_links: bool = Field(True, description="Give the pod environment variables for services.")
     restart_policy: Literal["Always", "OnFailure", "Never"] = Field(
-        "Always", description="When the agent starts a container whose process ended again (the kubelet's rule)."
+        "Always",
+        description="When a container whose process ended is started again (the kubelet's rule; for image "
+        "containers, Docker's restart policy).",
     )
     node_selector: dict[str, str] = Field(
         default_factory=dict, description="Only nodes with these labels (kubernetes.io/hostname and the like too)."
