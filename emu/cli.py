@@ -445,6 +445,7 @@ def cmd_get(args) -> int:
     import yaml
 
     from emu.manifests.render import RESOURCE_NAMES, View, format_table, kind_of, table
+    from emu.plan import cni
 
     kinds = [kind_of(resource) for resource in args.resource.split(",")]
     if None in kinds:
@@ -453,7 +454,9 @@ def cmd_get(args) -> int:
         raise EmuError(f'the server doesn\'t have a resource type "{bad}"; emu has: {names}')
     cluster = _cluster(args)
     state = cluster.state()
-    view = View(state, cluster.pod_status(state), time.time())
+    images = any(cni.image_pod(pod) for pod in state.pods.values())
+    docker = cluster.runtime.pod_container_states(state.name) if images else {}
+    view = View(state, cluster.pod_status(state), time.time(), docker)
     selector = _label_selector(args.selector)
     found: list[tuple[str, dict]] = []
     missing = []

@@ -10,6 +10,8 @@ import datetime
 import uuid
 from collections.abc import Callable
 
+from emu import imagepods
+from emu.plan import cni
 from emu.records import ClusterState, PodState, ServiceState
 from emu.services import LabelIndex, control_planes
 from emu.topology.model import Topology
@@ -87,10 +89,11 @@ def _uid(state: ClusterState, key: str) -> str:
 class View:
     """One reading of a cluster, rendered as Kubernetes objects."""
 
-    def __init__(self, state: ClusterState, status: Status, now: float):
+    def __init__(self, state: ClusterState, status: Status, now: float, docker: dict[str, dict] | None = None):
         self.state = state
         self.status = status
         self.now = now
+        self.docker = docker or {}  # image containers as Docker knows them (runtime.pod_container_states)
         self.topology = Topology.model_validate(state.topology) if state.topology else None
         self.index = LabelIndex(state.pods.values())
 
@@ -121,10 +124,30 @@ class View:
         return all(s.get("ready") and s.get("state") == "Running" for _, s in self.containers(pod))
 
     def pod_phase(self, pod: PodState) -> str:
+        finished = [self.finished(pod, c) for c, _ in self.containers(pod)]
+        if finished and all(f is not None for f in finished):  # every container exited for good
+            return "Succeeded" if all(f["exitCode"] == 0 for f in finished) else "Failed"
         states = [s.get("state") for _, s in self.containers(pod)]
         if all(state == "Running" for state in states):
             return "Running"
         return "Pending" if all(state is None for state in states) else "Running"
+
+    def docker_state(self, pod: PodState, container: dict) -> dict | None:
+        """An image container's state from Docker (None for other containers)."""
+        if not cni.runs_image(container):
+            return None
+        return self.docker.get(imagepods.container_name(self.state, pod, container["name"]))
+
+    def finished(self, pod: PodState, container: dict) -> dict | None:
+        """An image container that exited and that its restartPolicy does not start
+        again: {"exitCode", "reason"}; else None."""
+        docker = self.docker_state(pod, container)
+        if docker is None or docker["running"]:
+            return None
+        again = pod.restart_policy == "Always" or (pod.restart_policy == "OnFailure" and docker["exitCode"] != 0)
+        if again:
+            return None
+        return {"exitCode": docker["exitCode"], "reason": "Completed" if docker["exitCode"] == 0 else "Error"}
 
     def image(self, container: dict) -> str:
         """The image a container names, else the node image whose programs it runs."""
@@ -163,18 +186,34 @@ class View:
             state = {"running": {"startedAt": _iso(started)}} if running else (
                 {"waiting": {"reason": "CrashLoopBackOff"}} if status else {"waiting": {"reason": "ContainerCreating"}}
             )  # fmt: skip
-            statuses.append({
+            entry = {
                 "name": container["name"], "image": spec["image"], "imageID": "",
                 "containerID": f"emu://{self.state.node(pod.node).container}/{pod.netns}/{container['name']}",
                 "ready": bool(status.get("ready")) and running, "restartCount": int(status.get("restarts", 0)),
                 "started": running, "state": state,
-            })  # fmt: skip
+            }  # fmt: skip
+            docker = self.docker_state(pod, container)
+            if docker is not None:  # Docker keeps the count and why it stopped
+                entry["restartCount"] = docker["restartCount"]
+                if not docker["running"]:
+                    terminated = {"exitCode": docker["exitCode"], "reason": "Completed" if docker["exitCode"] == 0
+                                  else "Error", "startedAt": docker["startedAt"], "finishedAt": docker["finishedAt"]}  # fmt: skip
+                    if docker["error"]:
+                        terminated["message"] = docker["error"]
+                    entry["ready"] = entry["started"] = False
+                    if self.finished(pod, container) is not None:
+                        entry["state"] = {"terminated": terminated}
+                    else:
+                        message = f"back-off restarting failed container {container['name']} in pod {pod.name}"
+                        entry["state"] = {"waiting": {"reason": "CrashLoopBackOff", "message": message}}
+                        entry["lastState"] = {"terminated": terminated}
+            statuses.append(entry)
         spec = {
             "containers": containers,
             "dnsPolicy": pod.dns_policy,
             "enableServiceLinks": True,
             "nodeName": pod.node,
-            "restartPolicy": "Always",
+            "restartPolicy": pod.restart_policy,
             "terminationGracePeriodSeconds": pod.termination_grace_seconds,
         }
         if pod.dns_config:
@@ -478,7 +517,8 @@ def _pod_row(view: View, age):
             if last:
                 text += f" ({human_duration(view.now - _epoch(last))} ago)"
         waiting = [s["state"]["waiting"]["reason"] for s in statuses if "waiting" in s["state"]]
-        status = waiting[0] if waiting else obj["status"]["phase"]
+        terminated = [s["state"]["terminated"]["reason"] for s in statuses if "terminated" in s["state"]]
+        status = waiting[0] if waiting else terminated[-1] if terminated else obj["status"]["phase"]
         return (
             [obj["metadata"]["name"], f"{ready}/{len(statuses)}", status, text, age(obj)],
             [obj["status"]["podIP"], obj["spec"]["nodeName"], "<none>", "<none>"],

@@ -175,6 +175,24 @@ class ImagePods:
                 pass
         return len(found)
 
+    def pod_container_states(self, cluster: str) -> dict[str, dict]:
+        """{container name: {"running", "exitCode", "restartCount", "startedAt", "finishedAt", "error"}}
+        of the cluster's image pods, as Docker knows them."""
+        found = self.api.containers(all=True, filters={"label": [f"{LABEL_CLUSTER}={cluster}", f"{LABEL_ROLE}={ROLE_POD}"]})
+        states = {}
+        for container in found:
+            details = self.api.inspect_container(container["Id"])
+            state = details["State"]
+            states[details["Name"].lstrip("/")] = {
+                "running": bool(state.get("Running")) and not state.get("Restarting"),
+                "exitCode": state.get("ExitCode", 0),
+                "restartCount": details.get("RestartCount", 0),
+                "startedAt": state.get("StartedAt"),
+                "finishedAt": state.get("FinishedAt"),
+                "error": state.get("Error") or "",
+            }
+        return states
+
     def container_logs(self, name: str, follow: bool = False) -> str:
         """A container's output (stdout and stderr), or with follow, streamed to stdout until it stops."""
         import sys

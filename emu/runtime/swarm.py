@@ -326,6 +326,12 @@ class SwarmRuntime:
     def container_logs(self, name: str, follow: bool = False) -> str:
         return self._engine_of(name).container_logs(name, follow)
 
+    def pod_container_states(self, cluster: str) -> dict[str, dict]:
+        states: dict[str, dict] = {}
+        for found in self.parallel(lambda engine: engine.pod_container_states(cluster), self._all()):
+            states.update(found)
+        return states
+
     def parallel(self, function: Callable, items: list) -> list:
         return run_parallel(function, items)
 

@@ -4,6 +4,7 @@ The image is built here from emu's node image (no registry is reachable)."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -151,6 +152,36 @@ def test_a_killed_image_container_is_restarted_and_counted(lab):
 
     wait_for(restarted, "the server to be started again (Docker's restart policy) and ready", timeout=45)
     assert curl(lab, "client", f"http://{web.ip}:8080/hostname") == "web"
+
+
+def test_exited_containers_follow_the_restart_policy_and_say_why(lab, capsys):
+    from emu.cli import main
+
+    current = Topology.model_validate(lab.state().topology)
+    server = next(p for p in current.pods if p.name == "web").containers[0]
+    jobs = [
+        current.pods[0].model_copy(update={"name": name, "restart_policy": policy, "node": "w2", "containers": [
+            server.model_copy(update={"name": "task", "command": ["sh", "-c", f"exit {code}"], "ports": [],
+                                      "readiness_probe": None})]})  # fmt: skip
+        for name, policy, code in (("failed", "Never", 3), ("done", "OnFailure", 0), ("crashing", "Always", 1))
+    ]
+    lab.apply(current.model_copy(update={"pods": [*current.pods, *jobs]}), wait=False)
+
+    def statuses() -> dict[str, list[str]]:
+        capsys.readouterr()
+        main(["get", "pods", "failed", "done", "crashing", "--name", lab.name])
+        return {line.split()[0]: line.split()[1:4] for line in capsys.readouterr().out.splitlines()[1:]}
+
+    wait_for(lambda: statuses().get("failed", [""])[1] == "Error" and statuses().get("done", [""])[1] == "Completed"
+             and statuses().get("crashing", ["", ""])[1] == "CrashLoopBackOff", "the jobs to finish", 30)  # fmt: skip
+    capsys.readouterr()
+    main(["get", "pod", "failed", "-o", "json", "--name", lab.name])
+    failed = json.loads(capsys.readouterr().out)
+    assert failed["status"]["phase"] == "Failed"
+    assert failed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
+    wait_for(lambda: int(statuses()["crashing"][2]) >= 1, "Docker to restart the crashing container", 30)
+    lab.apply(current)  # the jobs go, with their containers
+    assert pod_containers(lab, "failed") == pod_containers(lab, "crashing") == []
 
 
 def test_a_failed_pull_is_an_error_and_changes_nothing(lab):

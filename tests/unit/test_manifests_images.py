@@ -85,3 +85,28 @@ def test_a_recreated_pod_is_a_new_set_of_containers():
     one = ImagePod("lab", "lab-w1", "w1", "default/web", "default/web@10.244.1.2", "web", "web", "img", [])
     two = ImagePod("lab", "lab-w1", "w1", "default/web", "default/web@10.244.1.3", "web", "web", "img", [])
     assert one.sandbox != two.sandbox  # created before the old one is removed: names must differ
+
+
+def test_get_says_why_an_image_container_stopped():
+    from emu.manifests.render import View, format_table, table
+
+    desired = state()
+    web = desired.pods["default/web"]
+    status = {web.key: {"server": {"state": "Exited", "ready": False, "restarts": 0, "started": 100},
+                        "shell": {"state": "Running", "ready": True, "restarts": 0, "started": 100}}}  # fmt: skip
+    docker = {imagepods.container_name(desired, web, "server"): {
+        "running": False, "exitCode": 2, "restartCount": 4, "startedAt": "t0", "finishedAt": "t1", "error": ""}}
+
+    def shown(policy: str) -> tuple[dict, str]:
+        web.restart_policy = policy
+        view = View(desired, status, 200.0, docker)
+        pod = view.pod(web)
+        row = format_table(table(view, "Pod", [pod], wide=False, namespaced_column=False)).splitlines()[1].split()
+        return pod["status"]["containerStatuses"][0], row[2]
+
+    server, column = shown("OnFailure")  # exit 2: Docker starts it again
+    assert server["state"]["waiting"]["reason"] == "CrashLoopBackOff" and column == "CrashLoopBackOff"
+    assert server["lastState"]["terminated"]["exitCode"] == 2 and server["restartCount"] == 4
+    server, column = shown("Never")
+    assert server["state"] == {"terminated": {"exitCode": 2, "reason": "Error", "startedAt": "t0", "finishedAt": "t1"}}
+    assert column == "Error"
