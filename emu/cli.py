@@ -456,7 +456,7 @@ def cmd_get(args) -> int:
     state = cluster.state()
     images = any(cni.image_pod(pod) for pod in state.pods.values())
     docker = cluster.runtime.pod_container_states(state.name) if images else {}
-    view = View(state, cluster.pod_status(state), time.time(), docker)
+    view = View(state, cluster.pod_status(state, started=True), time.time(), docker)
     selector = _label_selector(args.selector)
     found: list[tuple[str, dict]] = []
     missing = []

@@ -529,13 +529,15 @@ class Cluster:
         text = self.runtime.read_file(state.node(found.node).container, f"{cni.LOG_DIR}/{found.netns}/{name}.log")
         return text or ""
 
-    def pod_status(self, state: ClusterState) -> dict[str, dict[str, dict]]:
+    def pod_status(self, state: ClusterState, started: bool = False) -> dict[str, dict[str, dict]]:
         """{pod key: {container: {"state": Running|Exited, "exitCode": int|None,
-        "ready": bool, "restarts": int, "started": epoch|None}}}: processes as `check`
-        sees them (one exec a node, reconcile.OBSERVE; started: when the pid file was
-        written), readiness and restarts from the node's agent.
-        Pods of a node that cannot be asked are left out (their state is unknown)."""
-        started_lines = f'for f in {cni.RUN_DIR}/*/*.pid; do [ -e "$f" ] && echo "started $f $(stat -c %Y "$f")"; done\n'
+        "ready": bool, "restarts": int}}}: processes as `check` sees them (one exec
+        a node, reconcile.OBSERVE), readiness and restarts from the node's agent;
+        with `started`, also "started": when its process was started (its pid file
+        written; `emu get`). Pods of a node that cannot be asked are left out."""
+        started_lines = ""
+        if started:
+            started_lines = f'for f in {cni.RUN_DIR}/*/*.pid; do [ -e "$f" ] && echo "started $f $(stat -c %Y "$f")"; done\n'
         script = f"{reconcile.OBSERVE}{started_lines}echo READINESS $(curl -s --max-time 2 {AGENT_URL}/readiness)\n"
 
         def check(node) -> str:
@@ -554,12 +556,12 @@ class Cluster:
                         report = json.loads(line.removeprefix("READINESS ")) or {}
                     except ValueError:
                         report = {}
-            started = {}  # "<netns>/<container>" -> when its pid file was written
+            start_times = {}  # "<netns>/<container>" -> when its pid file was written
             for line in output.splitlines():
                 word, _, rest = line.partition(" ")
                 path, _, when = rest.partition(" ")
                 if word == "started" and when.isdigit():
-                    started[path.removeprefix(cni.RUN_DIR + "/").removesuffix(".pid")] = int(when)
+                    start_times[path.removeprefix(cni.RUN_DIR + "/").removesuffix(".pid")] = int(when)
             readiness = report.get("containers", {}) if isinstance(report, dict) else {}
             restarts = report.get("restarts", {}) if isinstance(report, dict) else {}
             for pod in state.pods_on(node.name):
@@ -573,7 +575,8 @@ class Cluster:
                         continue
                     entry["ready"] = bool(readiness.get(pod.key, {}).get(name, False))
                     entry["restarts"] = int(restarts.get(pod.key, {}).get(name, 0))
-                    entry["started"] = started.get(where)
+                    if started:
+                        entry["started"] = start_times.get(where)
                     status.setdefault(pod.key, {})[name] = entry
         return status
 
