@@ -361,9 +361,13 @@ class Cluster:
         """One put_archive (the plan's files, `extra` and its script) and one exec.
         The node's agent keeps its hands off the pods while the plan runs (and,
         with release=False, until the new state is in place: see publish)."""
-        # The hold travels with the files: the agent must not take a new pod's
-        # files for those of a pod gone (and delete it) before the script runs.
-        files = {**plan.files, **extra, HOLD_FILE: f"{plan.node}: an emu command is changing this node\n"}
+        # The hold lands before the files: the agent must not take a new pod's
+        # files for those of a pod gone (and delete it) before the script runs. In
+        # one archive with them it came last (paths are sorted), and an agent that
+        # looked in between took new pods for orphans.
+        hold = {HOLD_FILE: f"{plan.node}: an emu command is changing this node\n"}
+        self.runtime.put_files(plan.container, hold)
+        files = {**plan.files, **extra, **hold}
         release_hold = [f"rm -f {HOLD_FILE}"] if release else []
         files[f"{cni.PLAN_DIR}/run.sh"] = "\n".join([plan.script.rstrip("\n"), *tail, *release_hold, ""])
         self.runtime.put_files(plan.container, files)
