@@ -24,6 +24,10 @@ ROOTS = [
     "V1SessionAffinityConfig", "V1ClientIPConfig", "V1DeploymentSpec", "V1StatefulSetSpec", "V1DaemonSetSpec",
     "V1PodTemplateSpec", "V1LabelSelector", "V1LabelSelectorRequirement", "V1ObjectMeta", "V1NamespaceSpec",
     "V1EmptyDirVolumeSource", "V1HTTPHeader",
+    "V1NetworkPolicy", "V1NetworkPolicySpec", "V1NetworkPolicyIngressRule", "V1NetworkPolicyEgressRule",
+    "V1NetworkPolicyPeer", "V1NetworkPolicyPort", "V1IPBlock", "V1Ingress", "V1IngressSpec", "V1IngressRule",
+    "V1HTTPIngressRuleValue", "V1HTTPIngressPath", "V1IngressBackend", "V1IngressServiceBackend",
+    "V1ServiceBackendPort", "V1IngressTLS", "V1Secret",
 ]  # fmt: skip
 
 

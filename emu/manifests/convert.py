@@ -20,7 +20,18 @@ from pydantic import ValidationError
 from emu.errors import Problem
 from emu.manifests.fields import FIELDS
 from emu.topology.load import _Locator, _problems_from_pydantic
-from emu.topology.model import ConfigMap, DaemonSet, Deployment, Namespace, Pod, Service, StatefulSet
+from emu.topology.model import (
+    ConfigMap,
+    DaemonSet,
+    Deployment,
+    Ingress,
+    Namespace,
+    NetworkPolicy,
+    Pod,
+    Secret,
+    Service,
+    StatefulSet,
+)
 
 Path = tuple[str | int, ...]
 
@@ -33,15 +44,20 @@ KINDS = {
     ("apps/v1", "Deployment"): "deployments",
     ("apps/v1", "StatefulSet"): "statefulSets",
     ("apps/v1", "DaemonSet"): "daemonSets",
+    ("v1", "Secret"): "secrets",
+    ("networking.k8s.io/v1", "NetworkPolicy"): "networkPolicies",
+    ("networking.k8s.io/v1", "Ingress"): "ingresses",
 }
 MODELS = {
     "Namespace": Namespace, "ConfigMap": ConfigMap, "Service": Service, "Pod": Pod,
-    "Deployment": Deployment, "StatefulSet": StatefulSet, "DaemonSet": DaemonSet,
+    "Deployment": Deployment, "StatefulSet": StatefulSet, "DaemonSet": DaemonSet, "Secret": Secret,
+    "NetworkPolicy": NetworkPolicy, "Ingress": Ingress,
 }  # fmt: skip
 # What kubectl calls each kind in its output (resource.group).
 RESOURCES = {
     "Namespace": "namespace", "ConfigMap": "configmap", "Service": "service", "Pod": "pod",
     "Deployment": "deployment.apps", "StatefulSet": "statefulset.apps", "DaemonSet": "daemonset.apps",
+    "Secret": "secret", "NetworkPolicy": "networkpolicy.networking.k8s.io", "Ingress": "ingress.networking.k8s.io",
 }  # fmt: skip
 
 # The fields emu honours, per API type; the rest of FIELDS[type] are warned about.
@@ -95,6 +111,23 @@ MODELLED: dict[str, set[str]] = {
     "DaemonSetSpec": {"selector", "template"},
     "LabelSelector": {"matchLabels", "matchExpressions"},
     "LabelSelectorRequirement": {"key", "operator", "values"},
+    "Secret": {"apiVersion", "kind", "metadata", "type", "data", "stringData"},
+    "NetworkPolicy": {"apiVersion", "kind", "metadata", "spec"},
+    "NetworkPolicySpec": {"podSelector", "policyTypes", "ingress", "egress"},
+    "NetworkPolicyIngressRule": {"from", "ports"},
+    "NetworkPolicyEgressRule": {"to", "ports"},
+    "NetworkPolicyPeer": {"podSelector", "namespaceSelector", "ipBlock"},
+    "NetworkPolicyPort": {"protocol", "port", "endPort"},
+    "IPBlock": {"cidr", "except"},
+    "Ingress": {"apiVersion", "kind", "metadata", "spec"},
+    "IngressSpec": {"ingressClassName", "defaultBackend", "rules", "tls"},
+    "IngressRule": {"host", "http"},
+    "HTTPIngressRuleValue": {"paths"},
+    "HTTPIngressPath": {"path", "pathType", "backend"},
+    "IngressBackend": {"service"},
+    "IngressServiceBackend": {"name", "port"},
+    "ServiceBackendPort": {"name", "number"},
+    "IngressTLS": {"hosts", "secretName"},
 }  # fmt: skip
 
 AGNHOST = re.compile(r"(^|/)agnhost([:@]|$)")
@@ -164,7 +197,7 @@ def manifest_path(kind: str, path: Path) -> Path:
         if head == "template":
             return _template_path(("spec", "template", "spec"), ("spec", "template", "metadata"), rest)
         return ("spec", head, *rest)
-    if kind == "Service":
+    if kind in ("Service", "NetworkPolicy", "Ingress"):
         return ("spec", *path)
     return tuple(path)
 
@@ -302,6 +335,18 @@ def convert(
         body["data"] = cleaned.get("data") or {}
     elif kind == "Service":
         body.update(_service(spec, obj, reader))
+    elif kind in ("NetworkPolicy", "Ingress"):
+        body.update(spec)  # emu's models take the API's spec fields as they are
+    elif kind == "Secret":
+        secret_type = cleaned.get("type") or "Opaque"
+        if secret_type != "kubernetes.io/tls":
+            # Only TLS secrets have a use in emu (Ingress TLS); pods' secretKeyRef is not modelled.
+            where_line = obj.problem((), "").line
+            at = f"{source}:{where_line}" if where_line else source
+            return None, reader.problems, [f"{obj.reference} ({at}): a Secret of type {secret_type} is not modelled "
+                                           "(emu uses kubernetes.io/tls secrets, for Ingress TLS); ignored"]  # fmt: skip
+        body["type"] = secret_type
+        body["stringData"] = {**_decoded(cleaned.get("data") or {}, reader), **(cleaned.get("stringData") or {})}
     elif kind == "Pod":
         body.update(_template(spec, metadata.get("labels") or {}, ("spec",), obj, reader, warnings, controller=False))
     else:
@@ -337,6 +382,20 @@ def convert(
     located = obj.problem((), "")
     at = f"{source}:{located.line}" if located.line else source
     return obj, [], [f"{obj.reference} ({at}): {w}" for w in warnings]
+
+
+def _decoded(data: dict, reader: _Reader) -> dict[str, str]:
+    """A Secret's data: base64 values, as text."""
+    import base64
+    import binascii
+
+    decoded = {}
+    for key, value in data.items():
+        try:
+            decoded[key] = base64.b64decode(str(value), validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            reader.error(("data", key), f"data.{key} is not base64 of UTF-8 text; put text under stringData instead")
+    return decoded
 
 
 def _parse_path(text: str) -> Path:

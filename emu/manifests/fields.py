@@ -368,4 +368,88 @@ FIELDS: dict[str, dict[str, str]] = {
         'name': 'str',
         'value': 'str',
     },
+    'NetworkPolicy': {
+        'apiVersion': 'str',
+        'kind': 'str',
+        'metadata': 'ObjectMeta',
+        'spec': 'NetworkPolicySpec',
+    },
+    'NetworkPolicySpec': {
+        'egress': 'list:NetworkPolicyEgressRule',
+        'ingress': 'list:NetworkPolicyIngressRule',
+        'podSelector': 'LabelSelector',
+        'policyTypes': 'list:str',
+    },
+    'NetworkPolicyIngressRule': {
+        'from': 'list:NetworkPolicyPeer',
+        'ports': 'list:NetworkPolicyPort',
+    },
+    'NetworkPolicyEgressRule': {
+        'ports': 'list:NetworkPolicyPort',
+        'to': 'list:NetworkPolicyPeer',
+    },
+    'NetworkPolicyPeer': {
+        'ipBlock': 'IPBlock',
+        'namespaceSelector': 'LabelSelector',
+        'podSelector': 'LabelSelector',
+    },
+    'NetworkPolicyPort': {
+        'endPort': 'int',
+        'port': 'object',
+        'protocol': 'str',
+    },
+    'IPBlock': {
+        'cidr': 'str',
+        'except': 'list:str',
+    },
+    'Ingress': {
+        'apiVersion': 'str',
+        'kind': 'str',
+        'metadata': 'ObjectMeta',
+        'spec': 'IngressSpec',
+        'status': 'IngressStatus',
+    },
+    'IngressSpec': {
+        'defaultBackend': 'IngressBackend',
+        'ingressClassName': 'str',
+        'rules': 'list:IngressRule',
+        'tls': 'list:IngressTLS',
+    },
+    'IngressRule': {
+        'host': 'str',
+        'http': 'HTTPIngressRuleValue',
+    },
+    'HTTPIngressRuleValue': {
+        'paths': 'list:HTTPIngressPath',
+    },
+    'HTTPIngressPath': {
+        'backend': 'IngressBackend',
+        'path': 'str',
+        'pathType': 'str',
+    },
+    'IngressBackend': {
+        'resource': 'TypedLocalObjectReference',
+        'service': 'IngressServiceBackend',
+    },
+    'IngressServiceBackend': {
+        'name': 'str',
+        'port': 'ServiceBackendPort',
+    },
+    'ServiceBackendPort': {
+        'name': 'str',
+        'number': 'int',
+    },
+    'IngressTLS': {
+        'hosts': 'list:str',
+        'secretName': 'str',
+    },
+    'Secret': {
+        'apiVersion': 'str',
+        'data': 'map',
+        'immutable': 'bool',
+        'kind': 'str',
+        'metadata': 'ObjectMeta',
+        'stringData': 'map',
+        'type': 'str',
+    },
 }

@@ -16,6 +16,7 @@ BUILTIN_NAMESPACES = ("default", "kube-node-lease", "kube-public", "kube-system"
 ATTRIBUTES = {
     "pods": "pods", "deployments": "deployments", "services": "services", "namespaces": "namespaces",
     "configMaps": "config_maps", "statefulSets": "stateful_sets", "daemonSets": "daemon_sets",
+    "secrets": "secrets", "networkPolicies": "network_policies", "ingresses": "ingresses",
 }  # fmt: skip
 KIND_OF = {key: kind for (_, kind), key in KINDS.items()}
 

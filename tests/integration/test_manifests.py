@@ -129,6 +129,23 @@ def test_daemonsets_follow_node_selectors_and_taints(shop):
     assert not [p for p in shop.state().pods.values() if p.owner and p.owner.startswith("DaemonSet/")]
 
 
+def test_network_policy_and_ingress_from_manifests(shop):
+    edge = manifests.read_manifests([str(HERE / "shop-edge.yaml")])
+    manifests.apply(shop, edge)
+    state = shop.state()
+    frontend = frontend_pods(state)[0].key
+    assert curl(shop, frontend, "http://backend-0.backend:8080/hostname") == "backend-0"  # allowed
+    blocked = shop.exec("shop/visitor", ["curl", "-sS", "--max-time", "3", "http://backend-0.backend:8080/hostname"])
+    assert not blocked.ok  # the policy lets only the frontend in
+    address = state.services["ingress-nginx/ingress-nginx-controller"].load_balancer_ip
+    node = state.nodes[1].name
+    answer = shop.node_exec(node, ["curl", "-sS", "--max-time", "5", "-H", "Host: shop.example.com", f"http://{address}/hostname"])
+    assert answer.output in {p.name for p in frontend_pods(state)}, answer.output
+    _, deleted, missing = manifests.delete(shop, edge)
+    assert len(deleted) == 3 and not missing
+    assert curl(shop, "shop/backend-1", "http://backend-0.backend:8080/hostname") == "backend-0"  # open again
+
+
 def test_delete_removes_what_the_file_made_and_apply_brings_it_back(shop, capsys):
     assert main(["delete", "-f", str(SHOP), "--name", shop.name]) == 0
     assert 'statefulset.apps "backend" deleted' in capsys.readouterr().out

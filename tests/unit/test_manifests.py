@@ -135,9 +135,9 @@ def test_unknown_field_is_an_error_with_a_suggestion(tmp_path):
 
 
 def test_unknown_kind_names_the_document(tmp_path):
-    text = POD + "---\napiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\n"
+    text = POD + "---\napiVersion: batch/v1\nkind: Job\nmetadata: {name: web}\n"
     [message] = problems(text, tmp_path)
-    assert message.startswith("app.yaml:12:1: kind: document 2: kind Ingress (networking.k8s.io/v1) is not one emu reads")
+    assert message.startswith("app.yaml:12:1: kind: document 2: kind Job (batch/v1) is not one emu reads")
 
 
 def test_old_api_version_of_a_known_kind(tmp_path):
@@ -297,3 +297,27 @@ def test_a_topology_names_manifests_beside_it(tmp_path):
     topology = load_file(tmp_path / "lab.yaml")
     assert [d.name for d in topology.deployments] == ["web"] and topology.manifests == []
     assert include(load_text(NODES), []) == load_text(NODES)
+
+
+def test_network_policies_ingresses_and_tls_secrets(tmp_path):
+    import base64
+
+    edge = ROOT / "tests" / "integration" / "manifests" / "shop-edge.yaml"
+    topology, lines = merge(load_text(NODES), read_manifests([str(SHOP), str(edge)]), "t")
+    assert lines[-3:] == ["networkpolicy.networking.k8s.io/backend-from-frontend created",
+                          "ingress.networking.k8s.io/shop created", "pod/visitor created"]  # fmt: skip
+    [policy] = topology.network_policies
+    assert policy.pod_selector.match_labels == {"app": "backend"} and policy.ingress[0].ports[0].port == "http"
+    [ingress] = topology.ingresses
+    assert ingress.rules[0].http.paths[0].backend.service.port.number == 80
+    pem = "-----BEGIN CERTIFICATE-----\nx\n-----END CERTIFICATE-----\n"
+    secret = (
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: tls}\ntype: kubernetes.io/tls\n"
+        f"data: {{tls.crt: {base64.b64encode(pem.encode()).decode()}}}\nstringData: {{tls.key: 'k'}}\n"
+    )
+    [model] = [o.model for o in read(secret, tmp_path).objects]
+    assert model.string_data == {"tls.crt": pem, "tls.key": "k"}
+    opaque = read("apiVersion: v1\nkind: Secret\nmetadata: {name: creds}\nstringData: {password: x}\n", tmp_path)
+    assert opaque.objects == [] and "a Secret of type Opaque is not modelled" in opaque.warnings[0]
+    [message] = problems(secret.replace("data: {tls.crt: ", "data: {tls.crt: '%%%'}\n#"), tmp_path)
+    assert "data.tls.crt is not base64" in message
