@@ -67,7 +67,7 @@ def _load(path: str, hosts: str | None = None):
 
 
 def cmd_up(args) -> int:
-    topology = _load(args.file, args.hosts)
+    topology = _with_manifests(_load(args.file, args.hosts), args)
     reporter = Reporter(args.quiet)
     cluster = _cluster(args, reporter, topology)
     if args.check:
@@ -107,7 +107,11 @@ def _check(cluster, topology) -> int:
 
 
 def cmd_apply(args) -> int:
-    topology = _load(args.file, args.hosts)
+    if args.filename and not args.file:
+        return _apply_manifests(args)
+    if not args.file:
+        raise EmuError("give a topology file (emu apply FILE) or manifests (emu apply -f FILE|DIR|-)")
+    topology = _with_manifests(_load(args.file, args.hosts), args)
     reporter = Reporter(args.quiet)
     cluster = _cluster(args, reporter, topology)
     if args.name:
@@ -395,11 +399,138 @@ def cmd_scale(args) -> int:
 
 
 def cmd_delete(args) -> int:
+    if args.filename:
+        return _delete_manifests(args)
+    if args.kind != "pod" or not args.pod:
+        raise EmuError("give a pod (emu delete pod NAME) or manifests (emu delete -f FILE|DIR|-)")
     cluster = _cluster(args, Reporter(quiet=True))
     change = cluster.delete_pod(args.pod)
     print(f'pod "{args.pod}" deleted')
     _print_change(cluster, change)
     return 0
+
+
+# ---- Kubernetes manifests and objects (emu.manifests) -------------------------------
+def _with_manifests(topology, args):
+    """The topology with the objects of `-f` manifests added (emu up/apply FILE -f M)."""
+    from emu.manifests import include
+
+    return include(topology, args.filename or [], namespace=args.namespace) if args.filename else topology
+
+
+def _apply_manifests(args) -> int:
+    from emu import manifests
+
+    read = manifests.read_manifests(args.filename, args.namespace)
+    cluster = _cluster(args, Reporter(args.quiet))
+    _, lines = manifests.apply(cluster, read)
+    print("\n".join(lines))
+    return 0
+
+
+def _delete_manifests(args) -> int:
+    from emu import manifests
+
+    read = manifests.read_manifests(args.filename, args.namespace)
+    cluster = _cluster(args, Reporter(quiet=True))
+    _, deleted, missing = manifests.delete(cluster, read)
+    for line in deleted:
+        print(line)
+    for line in missing:
+        print(f"Error from server (NotFound): {line}", file=sys.stderr)
+    return 1 if missing and not args.ignore_not_found else 0
+
+
+def cmd_get(args) -> int:
+    import yaml
+
+    from emu.manifests.render import RESOURCE_NAMES, View, format_table, kind_of, table
+    from emu.plan import cni
+
+    kinds = [kind_of(resource) for resource in args.resource.split(",")]
+    if None in kinds:
+        bad = args.resource.split(",")[kinds.index(None)]
+        names = ", ".join(names[0] for names in RESOURCE_NAMES.values())
+        raise EmuError(f'the server doesn\'t have a resource type "{bad}"; emu has: {names}')
+    cluster = _cluster(args)
+    state = cluster.state()
+    images = any(cni.image_pod(pod) for pod in state.pods.values())
+    docker = cluster.runtime.pod_container_states(state.name) if images else {}
+    view = View(state, cluster.pod_status(state, started=True), time.time(), docker)
+    selector = _label_selector(args.selector)
+    found: list[tuple[str, dict]] = []
+    missing = []
+    for kind in kinds:
+        objects = view.objects(kind)
+        if not args.all_namespaces and kind not in ("Node", "Namespace"):
+            objects = [o for o in objects if o["metadata"].get("namespace") == args.namespace]
+        objects = [o for o in objects if selector(o["metadata"].get("labels") or {})]
+        if args.names:
+            by_name = {o["metadata"]["name"]: o for o in objects}
+            missing += [f'{RESOURCE_NAMES[kind][0]} "{n}" not found' for n in args.names if n not in by_name]
+            objects = [by_name[n] for n in args.names if n in by_name]
+        found += [(kind, o) for o in objects]
+    for line in missing:
+        print(f"Error from server (NotFound): {line}", file=sys.stderr)
+    if args.output in ("json", "yaml"):
+        items = [o for _, o in found]
+        if len(items) == 1 and args.names and len(kinds) == 1:
+            document = items[0]
+        elif not items and missing:
+            return 1
+        else:
+            document = {"apiVersion": "v1", "items": items, "kind": "List", "metadata": {"resourceVersion": ""}}
+        if args.output == "json":
+            print(json.dumps(document, indent=4))
+        else:
+            sys.stdout.write(yaml.safe_dump(document, sort_keys=True, default_flow_style=False))
+        return 1 if missing else 0
+    if args.output == "name":
+        for kind, obj in found:
+            group = "" if kind not in ("Deployment", "StatefulSet", "DaemonSet") else ".apps"
+            print(f"{kind.lower()}{group}/{obj['metadata']['name']}")
+        return 1 if missing else 0
+    if not found and not missing:
+        where = "" if args.all_namespaces or set(kinds) <= {"Node", "Namespace"} else f" in {args.namespace} namespace"
+        print(f"No resources found{where}.", file=sys.stderr)
+    printed = False
+    for kind in kinds:
+        objects = [o for k, o in found if k == kind]
+        if not objects:
+            continue
+        rows = table(view, kind, objects, args.output == "wide", args.all_namespaces and kind not in ("Node", "Namespace"))
+        if len(kinds) > 1:  # kubectl prefixes names with their resource when it prints several kinds
+            column = 1 if rows[0][0] == "NAMESPACE" else 0
+            group = ".apps" if kind in ("Deployment", "StatefulSet", "DaemonSet") else ""
+            for row in rows[1:]:
+                row[column] = f"{kind.lower()}{group}/{row[column]}"
+        sys.stdout.write(("\n" if printed else "") + format_table(rows))
+        printed = True
+    return 1 if missing else 0
+
+
+def _label_selector(text: str | None):
+    """A -l selector (key=value, key!=value, key, !key, comma-separated) as a predicate on labels."""
+    if not text:
+        return lambda labels: True
+    tests = []
+    for term in text.split(","):
+        term = term.strip()
+        if " " in term or "(" in term:
+            raise EmuError(f"label selector '{text}': set-based terms (in, notin) are not supported; use key=value, "
+                           "key!=value, key or !key")  # fmt: skip
+        if "!=" in term:
+            key, value = term.split("!=", 1)
+            tests.append(lambda labels, k=key.strip(), v=value.strip(): labels.get(k) != v)
+        elif "=" in term:
+            key, value = term.split("=", 1)
+            key, value = key.strip().rstrip("="), value.strip().lstrip("=")
+            tests.append(lambda labels, k=key, v=value: labels.get(k) == v)
+        elif term.startswith("!"):
+            tests.append(lambda labels, k=term[1:].strip(): k not in labels)
+        elif term:
+            tests.append(lambda labels, k=term: k in labels)
+    return lambda labels: all(test(labels) for test in tests)
 
 
 def _service_rows(state, endpoints: dict) -> list[dict]:
@@ -428,7 +559,7 @@ def _service_rows(state, endpoints: dict) -> list[dict]:
 
 
 def cmd_exec(args) -> int:
-    from emu.cluster import find_node, find_pod, pod_exec_argv
+    from emu.cluster import exec_target, find_node, find_pod
 
     cluster = _cluster(args)
     argv = args.argv
@@ -439,9 +570,7 @@ def cmd_exec(args) -> int:
         container = find_node(state, args.pod).container
         full = argv
     else:
-        pod = find_pod(state, args.pod)
-        container = state.node(pod.node).container
-        full = pod_exec_argv(pod, argv, args.container)
+        container, full = exec_target(state, find_pod(state, args.pod), argv, args.container)
     if sys.stdin.isatty() and sys.stdout.isatty():
         return cluster.runtime.interactive(container, full, tty=True)
     result = cluster.runtime.exec(container, full)
@@ -458,6 +587,11 @@ def cmd_logs(args) -> int:
         state = cluster.state()
         pod = find_pod(state, args.pod)
         name = pick_container(pod, args.container)["name"]
+        if cni.runs_image(pick_container(pod, args.container)):
+            from emu.imagepods import container_name
+
+            cluster.runtime.container_logs(container_name(state, pod, name), follow=True)
+            return 0
         log = f"{cni.LOG_DIR}/{pod.netns}/{name}.log"
         return cluster.runtime.interactive(state.node(pod.node).container, ["tail", "-n", "+1", "-f", log], tty=False)
     sys.stdout.write(cluster.logs(args.pod, args.container))
@@ -653,10 +787,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--check", action="store_true", help="only report what up would change or repair (exit 1 if anything)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
-    apply = command("apply", cmd_apply, "converge a running cluster to a topology file")
-    apply.add_argument("file")
+    apply = command("apply", cmd_apply, "converge a running cluster to a topology file, or apply Kubernetes manifests")
+    apply.add_argument("file", nargs="?", help="topology YAML")
     apply.add_argument("--hosts", metavar="FILE", help="the inventory the cluster was made with")
     apply.add_argument("-q", "--quiet", action="store_true")
+    for sub in (up, apply):
+        sub.add_argument("-f", "--filename", action="append", metavar="MANIFEST",
+                         help="Kubernetes manifests: a file, a directory of them, or - for stdin (repeatable)")  # fmt: skip
+        sub.add_argument("--namespace", default="default", help="namespace of manifest objects that name none")
 
     down = command("down", cmd_down, "remove a cluster: every container, network and namespace it made")
     down.add_argument("cluster", nargs="?", help="cluster name")
@@ -685,9 +823,22 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("deployment", help="NAME or NAMESPACE/NAME")
     scale.add_argument("replicas", type=int)
 
-    delete = command("delete", cmd_delete, "delete a pod (a deployment's pod is recreated with a new IP)")
-    delete.add_argument("kind", choices=["pod"])
-    delete.add_argument("pod", help="NAME or NAMESPACE/NAME")
+    delete = command("delete", cmd_delete, "delete a pod (a deployment's pod is recreated with a new IP), or what manifests made")
+    delete.add_argument("kind", nargs="?", choices=["pod"])
+    delete.add_argument("pod", nargs="?", help="NAME or NAMESPACE/NAME")
+    delete.add_argument("-f", "--filename", action="append", metavar="MANIFEST", help="delete the objects of these manifests")
+    delete.add_argument("--namespace", default="default", help="namespace of manifest objects that name none")
+    delete.add_argument("--ignore-not-found", action="store_true", help="objects already gone are not an error")
+
+    get = command("get", cmd_get, "objects as kubectl prints them: pods, svc, endpoints, deploy, sts, ds, cm, ns, nodes",
+                  cluster_option=False)  # fmt: skip
+    get.add_argument("resource", help="pods|svc|endpoints|deploy|sts|ds|cm|ns|nodes, or several joined by commas")
+    get.add_argument("names", nargs="*", metavar="NAME")
+    get.add_argument("-n", "--namespace", default="default", help="the namespace (as kubectl's -n; default: default)")
+    get.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    get.add_argument("-o", "--output", choices=["wide", "yaml", "json", "name"], help="as kubectl's -o")
+    get.add_argument("-l", "--selector", help="label selector: key=value, key!=value, key, !key (comma-separated)")
+    get.add_argument("--name", help="cluster name (default: the only one running)")
 
     logs = command("logs", cmd_logs, "a pod container's output")
     logs.add_argument("pod")
@@ -749,7 +900,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.showwarning = _show_warning  # manifest fields emu does not model: one line each
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         return args.handler(args)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emu import reconcile
+from emu import imagepods, reconcile
 from emu.agent import AGENT_URL, HOLD_FILE, LOCK_DIR, STATE_FILE
 from emu.agent.gossip import hub_node
 from emu.errors import EmuError
@@ -27,7 +27,7 @@ from emu.plan import NodePlan, cni
 from emu.reconcile import Drift
 from emu.records import MAX_STATE_BYTES
 from emu.runtime.provider import ExecResult, NodeSpec, PortMapping, Provider
-from emu.state import ClusterState, PodState, plan_cluster
+from emu.state import ClusterState, PodState, ordered_stages, plan_cluster, stamp_created
 from emu.topology.load import load_file
 from emu.topology.model import Topology
 
@@ -146,7 +146,8 @@ class Cluster:
         subnet = self.runtime.pick_subnet(networking.cluster_network, [networking.pod_subnet, networking.service_subnet])
         network = f"emu-{self.name}"
         desired = plan_cluster(topology, network, subnet, node_image=image, mtu=self.runtime.mtu)
-        plans = node_plans(None, desired)
+        (first, waits), *later = ordered_stages(None, desired)
+        plans = node_plans(None, first)
         warning = neighbour_table_warning(len(desired.nodes), len(desired.pods))
         if warning:
             self.progress(warning)
@@ -163,11 +164,13 @@ class Cluster:
             self.runtime.create_network(network, subnet, self.name)
             self.progress(f"starting {len(desired.nodes)} nodes")
             self.runtime.parallel(self.runtime.create_node, specs)
-            self.progress(f"wiring {len(desired.pods)} pods")
-            self._apply_plans(plans, desired, None)
-            if wait:
+            self.progress(f"wiring {len(first.pods)} pods")
+            self._apply_plans(plans, first, None)
+            if wait or later:
                 self.progress("waiting for pods to answer and service rules to be programmed")
-                self.wait(desired)
+                unready = self.wait(first)
+                if later:
+                    self._ordered_steps(first, later, waits, unready)
         except BaseException:
             # Nothing is half-created: remove whatever this call made.
             self.progress("failed; removing what was created")
@@ -185,15 +188,48 @@ class Cluster:
             desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
             return self._converge(previous, desired, wait)
 
+    def update(self, change: Callable[[Topology], Topology], wait: bool = True) -> Change:
+        """Converge to change(the running topology), under the cluster's lock: how
+        `emu apply -f` and `emu delete -f` change a cluster. `change` raises to
+        leave it as it is."""
+        with self.lock():
+            previous = self.state()
+            topology = change(Topology.model_validate(previous.topology))
+            desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
+            return self._converge(previous, desired, wait)
+
     def _converge(self, previous: ClusterState, desired: ClusterState, wait: bool = True) -> Change:
         added, removed = pod_changes(previous, desired)
         if not added and not removed and desired.topology == previous.topology:
             return self.repair(previous, wait)
         self.progress(f"adding {len(added)} pods, removing {len(removed)}")
-        self._apply_plans(node_plans(previous, desired), desired, previous)
-        if wait:
-            self.wait(desired, only={p.key for p in added})
+        (first, waits), *later = ordered_stages(previous, desired)
+        self._apply_plans(node_plans(previous, first), first, previous)
+        if wait or later:
+            first_added = {p.key for p in pod_changes(previous, first)[0]}
+            unready = self.wait(first, only=first_added)
+            if later:
+                self._ordered_steps(first, later, waits, unready)
         return Change(False, sorted(p.key for p in added), sorted(p.key for p in removed))
+
+    def _ordered_steps(self, state: ClusterState, later: list, waits: list[str], unready: list[str]) -> None:
+        """Start StatefulSet pods in order (podManagementPolicy OrderedReady): each
+        step once the pods of the one before are ready. A pod that does not become
+        ready stops the ones after it, as in Kubernetes; the next `emu up` or
+        `emu apply` goes on from there."""
+        for next_state, next_waits in later:
+            stuck = sorted(set(waits) & set(unready))
+            if stuck:
+                self.progress(
+                    f"{', '.join(uid.split('@')[0] for uid in stuck)} not ready, so the StatefulSet pods after "
+                    "them were not started (podManagementPolicy OrderedReady); `emu apply` again starts them once it is"
+                )
+                return
+            added = {p.key for p in pod_changes(state, next_state)[0]}
+            self.progress(f"starting {', '.join(sorted(added))} (StatefulSet, in order)")
+            self._apply_plans(node_plans(state, next_state), next_state, state)
+            unready = self.wait(next_state, only=added)
+            state, waits = next_state, next_waits
 
     def scale(self, deployment: str, replicas: int, wait: bool = True) -> Change:
         """Set a deployment's replicas (`NAME` or `NAMESPACE/NAME`)."""
@@ -325,9 +361,13 @@ class Cluster:
         """One put_archive (the plan's files, `extra` and its script) and one exec.
         The node's agent keeps its hands off the pods while the plan runs (and,
         with release=False, until the new state is in place: see publish)."""
-        # The hold travels with the files: the agent must not take a new pod's
-        # files for those of a pod gone (and delete it) before the script runs.
-        files = {**plan.files, **extra, HOLD_FILE: f"{plan.node}: an emu command is changing this node\n"}
+        # The hold lands before the files: the agent must not take a new pod's
+        # files for those of a pod gone (and delete it) before the script runs. In
+        # one archive with them it came last (paths are sorted), and an agent that
+        # looked in between took new pods for orphans.
+        hold = {HOLD_FILE: f"{plan.node}: an emu command is changing this node\n"}
+        self.runtime.put_files(plan.container, hold)
+        files = {**plan.files, **extra, **hold}
         release_hold = [f"rm -f {HOLD_FILE}"] if release else []
         files[f"{cni.PLAN_DIR}/run.sh"] = "\n".join([plan.script.rstrip("\n"), *tail, *release_hold, ""])
         self.runtime.put_files(plan.container, files)
@@ -346,6 +386,7 @@ class Cluster:
         in a 50-node lab they each synced 8 times while others were still being
         wired, most of the work of coming up; now 2 or 3 times."""
         state.generation = (previous.generation if previous else 0) + 1
+        stamp_created(state, previous, time.time())
         state_text = state.to_json()
 
         def apply(plan: NodePlan) -> None:
@@ -354,18 +395,23 @@ class Cluster:
                 plan, {**cni.boot_files(state, state.node(plan.node)), STATE_FILE + ".new": state_text}, release=False
             )
 
+        added, removed = pod_changes(previous, state)
+
         def publish(node) -> None:
-            script = f"mv {STATE_FILE}.new {STATE_FILE}; rm -f {HOLD_FILE}; {cni.NOTIFY_AGENT}"
+            record = imagepods.record_command(added, node.name)  # the new image containers' processes, first
+            script = f"{record}mv {STATE_FILE}.new {STATE_FILE}; rm -f {HOLD_FILE}; {cni.NOTIFY_AGENT}"
             result = self.runtime.exec(node.container, ["sh", "-c", script])
             if not result.ok:
                 raise EmuError(f"node {node.name}: could not put the new state in place: {result.output.strip()}")
 
         try:
-            self.runtime.parallel(apply, plans)
+            # Image pods: their sandboxes and containers around the plans (emu.imagepods).
+            imagepods.wire(self.runtime, state, added, lambda: self.runtime.parallel(apply, plans))
         except EmuError:
             # The agents may mend pods again, as the state they hold says.
             self.runtime.parallel(lambda plan: self.runtime.exec(plan.container, ["rm", "-f", HOLD_FILE]), plans)
             raise
+        imagepods.remove(self.runtime, state, removed)
         self.runtime.parallel(publish, state.nodes)
 
     def wait(self, state: ClusterState, only: set[str] | None = None, timeout: float | None = None) -> list[str]:
@@ -455,7 +501,8 @@ class Cluster:
 
     # ---- using pods --------------------------------------------------------
     def exec(self, pod: str, argv: list[str], container: str | None = None) -> ExecResult:
-        """Run a command in a pod (its network namespace, hostname and the container's env)."""
+        """Run a command in a pod (its network namespace, hostname and the container's env;
+        in an image container, in that container)."""
         return self.runtime.exec(*self.pod_command(pod, argv, container))
 
     def pod_command(
@@ -464,8 +511,7 @@ class Cluster:
         """(Docker container, argv) that runs argv as one of the pod's containers:
         what `exec` runs, for callers that run it their own way (emu.testing's testinfra backend)."""
         state = state or self.state()
-        found = find_pod(state, pod)
-        return state.node(found.node).container, pod_exec_argv(found, argv, container)
+        return exec_target(state, find_pod(state, pod), argv, container)
 
     def host(self, pod: str, container: str | None = None):
         """A testinfra Host whose commands run in the pod, as `exec` does (needs pytest-testinfra)."""
@@ -482,15 +528,21 @@ class Cluster:
         state = self.state()
         found = find_pod(state, pod)
         name = pick_container(found, container)["name"]
+        if cni.runs_image(pick_container(found, container)):
+            return self.runtime.container_logs(imagepods.container_name(state, found, name))
         text = self.runtime.read_file(state.node(found.node).container, f"{cni.LOG_DIR}/{found.netns}/{name}.log")
         return text or ""
 
-    def pod_status(self, state: ClusterState) -> dict[str, dict[str, dict]]:
+    def pod_status(self, state: ClusterState, started: bool = False) -> dict[str, dict[str, dict]]:
         """{pod key: {container: {"state": Running|Exited, "exitCode": int|None,
         "ready": bool, "restarts": int}}}: processes as `check` sees them (one exec
-        a node, reconcile.OBSERVE), readiness and restarts from the node's agent.
-        Pods of a node that cannot be asked are left out (their state is unknown)."""
-        script = f"{reconcile.OBSERVE}echo READINESS $(curl -s --max-time 2 {AGENT_URL}/readiness)\n"
+        a node, reconcile.OBSERVE), readiness and restarts from the node's agent;
+        with `started`, also "started": when its process was started (its pid file
+        written; `emu get`). Pods of a node that cannot be asked are left out."""
+        started_lines = ""
+        if started:
+            started_lines = f'for f in {cni.RUN_DIR}/*/*.pid; do [ -e "$f" ] && echo "started $f $(stat -c %Y "$f")"; done\n'
+        script = f"{reconcile.OBSERVE}{started_lines}echo READINESS $(curl -s --max-time 2 {AGENT_URL}/readiness)\n"
 
         def check(node) -> str:
             try:
@@ -508,6 +560,12 @@ class Cluster:
                         report = json.loads(line.removeprefix("READINESS ")) or {}
                     except ValueError:
                         report = {}
+            start_times = {}  # "<netns>/<container>" -> when its pid file was written
+            for line in output.splitlines():
+                word, _, rest = line.partition(" ")
+                path, _, when = rest.partition(" ")
+                if word == "started" and when.isdigit():
+                    start_times[path.removeprefix(cni.RUN_DIR + "/").removesuffix(".pid")] = int(when)
             readiness = report.get("containers", {}) if isinstance(report, dict) else {}
             restarts = report.get("restarts", {}) if isinstance(report, dict) else {}
             for pod in state.pods_on(node.name):
@@ -521,6 +579,8 @@ class Cluster:
                         continue
                     entry["ready"] = bool(readiness.get(pod.key, {}).get(name, False))
                     entry["restarts"] = int(restarts.get(pod.key, {}).get(name, 0))
+                    if started:
+                        entry["started"] = start_times.get(where)
                     status.setdefault(pod.key, {})[name] = entry
         return status
 
@@ -585,6 +645,15 @@ def pick_container(pod: PodState, name: str | None) -> dict:
             return container
     names = ", ".join(c["name"] for c in pod.containers)
     raise EmuError(f"pod '{pod.key}' has no container '{name}' (containers: {names})")
+
+
+def exec_target(state: ClusterState, pod: PodState, argv: list[str], container: str | None = None) -> tuple[str, list[str]]:
+    """(Docker container, argv) that run argv as the pod's container: in its node,
+    entering the pod, or for an image container, in that container."""
+    chosen = pick_container(pod, container)
+    if cni.runs_image(chosen):
+        return imagepods.container_name(state, pod, chosen["name"]), argv
+    return state.node(pod.node).container, pod_exec_argv(pod, argv, container)
 
 
 def pod_exec_argv(pod: PodState, argv: list[str], container: str | None = None) -> list[str]:

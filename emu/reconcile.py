@@ -90,7 +90,10 @@ class Drift:
 
 
 def sandbox_problem(pod: PodState, netns: set[str], ports: set[str]) -> str | None:
-    """What is wrong with a pod's sandbox (its namespace and veth), if anything."""
+    """What is wrong with a pod's sandbox (its namespace and veth), if anything.
+    An image pod's sandbox is a Docker container only the controller makes: not here."""
+    if cni.image_pod(pod):
+        return None
     if pod.netns not in netns:
         return "its network namespace is gone"
     if pod.host_veth not in ports:
@@ -104,6 +107,8 @@ def drift(state: ClusterState, node: NodeState, seen: Observed) -> Drift:
         found.rebuild = True
         return found
     for pod in state.pods_on(node.name):
+        if cni.image_pod(pod):
+            continue  # Docker restarts its containers, and only the controller makes its sandbox
         problem = sandbox_problem(pod, seen.netns, seen.ports)
         if problem:
             found.pods[pod.key] = problem

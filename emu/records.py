@@ -76,6 +76,10 @@ class PodState:
     dns_policy: str = "ClusterFirst"
     dns_config: dict | None = None  # {nameservers, searches, options: [{name, value}]}
     restart_policy: str = "Always"  # Always | OnFailure | Never
+    # Files of the pod's volumes, fixed when it was created: {volume: {path in it: content}}
+    # (a ConfigMap's keys; {} for an emptyDir). Containers mount them by their volumeMounts.
+    volumes: dict[str, dict[str, str]] = field(default_factory=dict)
+    termination_grace_seconds: int = 30  # SIGTERM, then this long before SIGKILL
 
     def restarts_after(self, exit_code: int | None) -> bool:
         """Whether a container of this pod that ended with `exit_code` is started
@@ -204,6 +208,9 @@ class ClusterState:
     load_balancer_pool: list[str] = field(default_factory=list)  # first, last
     generation: int = 0  # bumped on every save; agents report the one they programmed
     mtu: int = 1500  # the cluster network's MTU, which pods' interfaces take (1450 on a VXLAN overlay)
+    # When each object was first made (ISO 8601 UTC), for `emu get`'s AGE and creationTimestamp:
+    # "Kind/namespace/name" (a pod by its uid: recreated under its name, it is a new pod).
+    created: dict[str, str] = field(default_factory=dict)
     version: int = STATE_VERSION
     # Namespace labels (kubernetes.io/metadata.name included), NetworkPolicies and
     # Ingresses as the topology declares them (camelCase, defaults filled in):

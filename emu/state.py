@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from dataclasses import asdict
+import re
+from dataclasses import asdict, dataclass
 
 from emu.errors import EmuError
 from emu.records import (
@@ -26,8 +27,17 @@ from emu.records import (
     well_known_ip,
 )
 from emu.services import pod_service_env
-from emu.topology.model import Deployment, PodTemplate, Service, Topology
-from emu.topology.names import deployment_pod_names, template_hash, template_spec
+from emu.topology.model import ConfigMap, Deployment, PodTemplate, Service, Topology
+from emu.topology.names import (
+    container_dump,
+    daemonset_pod_name,
+    deployment_pod_names,
+    revision_hash,
+    statefulset_pod_names,
+    template_hash,
+    template_spec,
+)
+from emu.topology.scheduling import candidate_nodes
 from emu.topology.validate import NODE_CIDR_PREFIX
 
 
@@ -150,17 +160,123 @@ def with_ingress_controller(topology: Topology) -> Topology:
     )
 
 
-def _declared_pods(topology: Topology) -> list[tuple[str, str, PodTemplate, dict, str | None]]:
-    """(namespace, name, template, labels, owner) of every pod the topology declares."""
-    pods = [(p.namespace, p.name, p, dict(p.labels), None) for p in topology.pods]
+@dataclass
+class DeclaredPod:
+    """A pod the topology declares, directly or through a controller."""
+
+    namespace: str
+    name: str
+    template: PodTemplate
+    labels: dict[str, str]
+    owner: str | None = None  # "Kind/name" of its controller
+    node: str | None = None  # where a DaemonSet puts it
+    hostname: str | None = None
+    subdomain: str | None = None
+
+
+def _declared_pods(topology: Topology) -> list[DeclaredPod]:
+    """Every pod the topology declares: bare pods, and the pods of deployments,
+    StatefulSets (<name>-N, hostname <name>-N, subdomain serviceName) and
+    DaemonSets (one on every node that fits)."""
+    pods = [DeclaredPod(p.namespace, p.name, p, dict(p.labels), None, None, p.hostname, p.subdomain) for p in topology.pods]
     for deployment in topology.deployments:
         pod_hash = template_hash(deployment.template)
         labels = {**deployment.template.labels, "pod-template-hash": pod_hash}
         for name in deployment_pod_names(deployment):
-            pods.append(
-                (deployment.namespace, name, deployment.template, labels, f"Deployment/{deployment.name}")
-            )
+            template = deployment.template
+            pods.append(DeclaredPod(deployment.namespace, name, template, labels, f"Deployment/{deployment.name}",
+                                    None, template.hostname, template.subdomain))  # fmt: skip
+    for statefulset in topology.stateful_sets:
+        revision = f"{statefulset.name}-{revision_hash(statefulset.template)}"
+        for ordinal, name in enumerate(statefulset_pod_names(statefulset)):
+            labels = {
+                **statefulset.template.labels,
+                "apps.kubernetes.io/pod-index": str(ordinal),
+                "controller-revision-hash": revision,
+                "statefulset.kubernetes.io/pod-name": name,
+            }
+            subdomain = statefulset.service_name or statefulset.template.subdomain
+            pods.append(DeclaredPod(statefulset.namespace, name, statefulset.template, labels,
+                                    f"StatefulSet/{statefulset.name}", None, name, subdomain))  # fmt: skip
+    nodes = [(n.name, n.role, dict(n.labels)) for n in topology.nodes]
+    for daemonset in topology.daemon_sets:
+        labels = {
+            **daemonset.template.labels,
+            "controller-revision-hash": revision_hash(daemonset.template),
+            "pod-template-generation": "1",
+        }
+        for node in candidate_nodes(daemonset.template, nodes):
+            template = daemonset.template
+            pods.append(DeclaredPod(daemonset.namespace, daemonset_pod_name(daemonset, node), template, labels,
+                                    f"DaemonSet/{daemonset.name}", node, template.hostname, template.subdomain))  # fmt: skip
     return pods
+
+
+ENV_NAME_PATTERN = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+_REFERENCE = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
+
+
+def expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' $(VAR) expansion in env values, command and args: a defined
+    variable's value, an undefined reference left as written, $$ for a $."""
+
+    def replace(match: re.Match) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name = match.group(1)
+        return env.get(name, match.group(0))
+
+    return _REFERENCE.sub(replace, text)
+
+
+def configure_pod(pod: PodState, template: PodTemplate, config_maps: dict[tuple[str, str], ConfigMap], node: NodeState) -> None:
+    """Resolve what a pod takes from ConfigMaps and from itself when it is created,
+    as the kubelet does: each container's env (envFrom, then env; valueFrom
+    configMapKeyRef and fieldRef; $(VAR) references), $(VAR) in command and args,
+    and the files of its volumes."""
+    fields = {
+        "metadata.name": pod.name, "metadata.namespace": pod.namespace, "spec.nodeName": pod.node,
+        "spec.serviceAccountName": "default", "status.hostIP": node.node_ip, "status.podIP": pod.ip,
+    }  # fmt: skip
+
+    def config_map(name: str) -> dict[str, str] | None:
+        found = config_maps.get((pod.namespace, name))
+        return dict(found.data) if found is not None else None
+
+    for container, declared in zip(pod.containers, template.containers):
+        env: dict[str, str] = {}
+        for source in declared.env_from:
+            data = config_map(source.config_map_ref.name) or {}
+            for key, value in data.items():
+                if ENV_NAME_PATTERN.match(source.prefix + key):
+                    env[source.prefix + key] = value
+        for variable in declared.env:
+            if variable.value_from is None:
+                env[variable.name] = expand(variable.value, {**pod.service_env, **env})
+            elif variable.value_from.field_ref is not None:
+                env[variable.name] = fields[variable.value_from.field_ref.field_path]
+            else:
+                selector = variable.value_from.config_map_key_ref
+                value = (config_map(selector.name) or {}).get(selector.key)
+                if value is not None:  # an optional key that is missing: no variable
+                    env[variable.name] = value
+        container.pop("envFrom", None)
+        if env or "env" in container:
+            container["env"] = [{"name": name, "value": value} for name, value in env.items()]
+        every = {**pod.service_env, **env}
+        if container.get("command"):
+            container["command"] = [expand(part, every) for part in container["command"]]
+        if container.get("args"):
+            container["args"] = [expand(part, every) for part in container["args"]]
+    for volume in template.volumes:
+        files: dict[str, str] = {}
+        if volume.config_map is not None:
+            data = config_map(volume.config_map.name) or {}
+            if volume.config_map.items:
+                files = {item.path: data[item.key] for item in volume.config_map.items if item.key in data}
+            else:
+                files = data
+        pod.volumes[volume.name] = files
 
 
 def plan_cluster(
@@ -208,44 +324,52 @@ def plan_cluster(
     effective = with_ingress_controller(with_system_objects(topology))
     state.services = plan_services(effective, state, previous)
     old_pods = previous.pods if previous else {}
-    declared = _declared_pods(effective)
+    declared_pods = _declared_pods(effective)
 
     # Pods that still match their declaration keep their node and IP.
     fresh = []
-    for namespace, name, template, labels, owner in declared:
-        key = f"{namespace}/{name}"
-        spec_hash = _pod_spec_hash(template)
+    for declared in declared_pods:
+        key = f"{declared.namespace}/{declared.name}"
+        spec_hash = _pod_spec_hash(declared.template)
         old = old_pods.get(key)
-        if old is not None and old.spec_hash == spec_hash:
-            state.pods[key] = PodState(**{**asdict(old), "labels": labels, "owner": owner})
+        if old is not None and old.spec_hash == spec_hash and (declared.node is None or declared.node == old.node):
+            state.pods[key] = PodState(**{**asdict(old), "labels": declared.labels, "owner": declared.owner})
         else:
-            fresh.append((namespace, name, template, labels, owner, spec_hash))
+            fresh.append((declared, spec_hash))
 
     used = {node.name: {p.ip for p in state.pods.values() if p.node == node.name} for node in nodes}
     ipam = {n.name: HostLocalIPAM(n, used[n.name], state.last_pod_ip.get(n.name)) for n in nodes}
     load = {node.name: len(used[node.name]) for node in nodes}
-    schedulable = [n.name for n in nodes if n.role == "worker"] or [n.name for n in nodes]
-    for namespace, name, template, labels, owner, spec_hash in fresh:
-        # The scheduler's spreading, simplified: the least loaded worker, first by order.
-        node_name = template.node or min(schedulable, key=lambda n: (load[n], schedulable.index(n)))
+    order = [n.name for n in nodes]
+    node_info = [(n.name, n.role, dict(n.labels)) for n in nodes]
+    config_maps = {(c.namespace, c.name): c for c in effective.config_maps}
+    for declared, spec_hash in fresh:
+        template = declared.template
+        # The scheduler's spreading, simplified: the least loaded node the pod fits, first by order.
+        candidates = [declared.node] if declared.node else candidate_nodes(template, node_info)
+        if not candidates:
+            raise EmuError(f"pod {declared.namespace}/{declared.name}: no node fits its nodeSelector and tolerations")
+        node_name = min(candidates, key=lambda n: (load[n], order.index(n)))
         load[node_name] += 1
         ip = ipam[node_name].allocate()
         pod = PodState(
-            namespace=namespace,
-            name=name,
+            namespace=declared.namespace,
+            name=declared.name,
             node=node_name,
             ip=ip,
-            labels=labels,
-            containers=[c.model_dump(mode="json", by_alias=True) for c in template.containers],
+            labels=declared.labels,
+            containers=[container_dump(c) for c in template.containers],
             spec_hash=spec_hash,
-            owner=owner,
-            hostname=template.hostname,
-            subdomain=template.subdomain,
+            owner=declared.owner,
+            hostname=declared.hostname,
+            subdomain=declared.subdomain,
             dns_policy=template.dns_policy,
             restart_policy=template.restart_policy,
             dns_config=template.dns_config.model_dump(mode="json", by_alias=True) if template.dns_config else None,
+            termination_grace_seconds=template.termination_grace_period_seconds,
         )
         pod.service_env = pod_service_env(state.services, pod, template.enable_service_links)
+        configure_pod(pod, template, config_maps, state.node(node_name))
         state.pods[pod.key] = pod
     state.last_pod_ip = {name: allocator.last for name, allocator in ipam.items() if allocator.last}
     state.namespaces = namespace_labels(effective)
@@ -467,3 +591,68 @@ def _check_compatible(topology: Topology, networking: dict, previous: ClusterSta
             f"the networking section differs from the running cluster '{previous.name}' "
             f"({previous.networking}); run `emu down` and `emu up` to change the address plan"
         )
+
+
+def object_keys(state: ClusterState) -> list[str]:
+    """The objects whose creation time `emu get` shows: "Kind/namespace/name"
+    (a pod by its uid), those of the declared topology and the system's."""
+    keys = [f"Pod/{pod.uid}" for pod in state.pods.values()]
+    keys += [f"Service/{key}" for key in state.services]
+    topology = state.topology
+    for list_key, kind in (("deployments", "Deployment"), ("statefulSets", "StatefulSet"),
+                           ("daemonSets", "DaemonSet"), ("configMaps", "ConfigMap")):  # fmt: skip
+        keys += [f"{kind}/{item.get('namespace', 'default')}/{item['name']}" for item in topology.get(list_key, [])]
+    keys += [f"Deployment/{p.namespace}/{p.owner.split('/', 1)[1]}" for p in state.pods.values()
+             if p.owner and p.owner.startswith("Deployment/")]  # fmt: skip
+    namespaces = {p.namespace for p in state.pods.values()} | {s.namespace for s in state.services.values()}
+    namespaces |= {item["name"] for item in topology.get("namespaces", [])}
+    namespaces |= {"default", "kube-node-lease", "kube-public", "kube-system"}
+    keys += [f"Namespace/{name}" for name in namespaces]
+    keys += [f"Node/{node.name}" for node in state.nodes]
+    return sorted(set(keys))
+
+
+def stamp_created(state: ClusterState, previous: ClusterState | None, now: float) -> None:
+    """Give every object of the state its creation time: kept from `previous`
+    for the objects it had, `now` for new ones."""
+    import datetime
+
+    stamp = datetime.datetime.fromtimestamp(now, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    before = previous.created if previous else {}
+    state.created = {key: before.get(key, stamp) for key in object_keys(state)}
+
+
+def ordered_stages(previous: ClusterState | None, desired: ClusterState) -> list[tuple[ClusterState, list[str]]]:
+    """The steps from `previous` to `desired` when StatefulSets with
+    podManagementPolicy OrderedReady gain pods: each step starts the next new
+    pod of each such set (by ordinal), as the StatefulSet controller starts pod
+    N+1 only once pod N is running and ready. (state, uids of the pods that must
+    be ready before the next step) each; one step, with nothing to wait for,
+    when nothing is ordered."""
+    topology = desired.topology
+    ordered = {
+        (item.get("namespace", "default"), item["name"])
+        for item in topology.get("statefulSets", [])
+        if item.get("podManagementPolicy", "OrderedReady") == "OrderedReady"
+    }
+    old = previous.pods if previous else {}
+    waves: dict[str, int] = {}  # pod key -> the step it starts in
+    by_set: dict[tuple[str, str], list[PodState]] = {}
+    for pod in desired.pods.values():
+        kind, _, owner = (pod.owner or "").partition("/")
+        added = pod.key not in old or old[pod.key].spec_hash != pod.spec_hash or old[pod.key].ip != pod.ip
+        if kind == "StatefulSet" and (pod.namespace, owner) in ordered and added:
+            by_set.setdefault((pod.namespace, owner), []).append(pod)
+    for pods in by_set.values():
+        for step, pod in enumerate(sorted(pods, key=lambda p: int(p.name.rsplit("-", 1)[1]))):
+            waves[pod.key] = step
+    steps = max(waves.values(), default=0) + 1
+    stages = []
+    for step in range(steps):
+        if step == steps - 1:
+            stage = desired
+        else:
+            stage = ClusterState.from_json(desired.to_json())
+            stage.pods = {k: p for k, p in stage.pods.items() if waves.get(k, 0) <= step}
+        stages.append((stage, sorted(desired.pods[k].uid for k, wave in waves.items() if wave == step)))
+    return stages

@@ -28,6 +28,12 @@ HOLD_FILE = "/run/emu/agent/hold"
 LOCK_DIR = "/etc/emu/lock"
 
 
+# Image pods (emu.runtime.sandbox): their sandbox and containers run in the node's PID
+# namespace with these in their environment, so the node finds their processes.
+SANDBOX_ENV = "EMU_SANDBOX"  # =<pod uid>
+CONTAINER_ENV = "EMU_CONTAINER"  # =<pod uid>/<container>
+
+
 def container_file(netns: str, container: str, kind: str) -> str:
     """RUN_DIR/<netns>/<container>.<kind>: 'pid' (its process), 'exit' (its exit code, once it ended)."""
     return f"{RUN_DIR}/{netns}/{container}.{kind}"

@@ -153,7 +153,9 @@ class Agent:
         if view is None:
             return
         todo = pods.work(view.state, self.node, pods.look())
-        if todo.empty:
+        if todo.empty or pods.held():
+            # Held again: a plan's files (the hold with them) landed while we looked; its
+            # new pods would pass for orphans of the older state.
             return
         for key, why in sorted(todo.rebuild.items()):
             log(f"pod {key}: {why}: wiring it again")

@@ -231,7 +231,13 @@ class Kubelet:
         for name in dead:
             if not self.watch.started(pod, name):
                 continue
-            if not pod.restarts_after(self.watch.exit_code(pod, name) if pod.restart_policy != "Always" else None):
+            container = next((c for c in pod.containers if c["name"] == name), {})
+            if container.get("image") and not container.get("workload"):
+                # An image container: Docker restarts it by the policy (its exit code is Docker's);
+                # the script only finds its new process. Never: Docker does not, nothing to find.
+                if pod.restart_policy == "Never":
+                    continue
+            elif not pod.restarts_after(self.watch.exit_code(pod, name) if pod.restart_policy != "Always" else None):
                 continue  # finished (or its exit code is not written yet: next look)
             restart = self.restarts.get((pod.uid, name))
             if restart is None:

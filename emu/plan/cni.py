@@ -12,7 +12,16 @@ from __future__ import annotations
 import ipaddress
 import shlex
 
-from emu.agent import AGENT_PORT, CONTAINER_DIR, PID_FILE, RUN_DIR, container_file, container_script
+from emu.agent import (
+    AGENT_PORT,
+    CONTAINER_DIR,
+    CONTAINER_ENV,
+    PID_FILE,
+    RUN_DIR,
+    SANDBOX_ENV,
+    container_file,
+    container_script,
+)
 from emu.plan import NodePlan
 from emu.proxy import iptables
 from emu.proxy.iptables import comment
@@ -48,26 +57,36 @@ IPTABLES_BACKEND_STEP = (
 
 # Removes a pod: its processes, its veth pair (at once: a namespace whose
 # processes are still dying would keep it alive), its namespace and files.
+VOLUME_DIR = "/var/lib/emu/volumes"  # <netns>/<volume>/: the files of a pod's volumes
 DELETE_POD_FUNCTION = """\
 emu_delete_pod() {
-  # emu_delete_pod NETNS VETH IP [replaced] (VETH "-": not known; IP "?": read from the pod's eth0)
+  # emu_delete_pod NETNS VETH IP [replaced|-] [GRACE] (VETH "-": not known; IP "?": read from the pod's eth0)
   ip=$3
   if [ "$ip" = "?" ]; then ip=$(ip -n "$1" -4 -o addr show dev eth0 2>/dev/null | sed -n 's/.* inet \\([0-9.]*\\)\\/.*/\\1/p'); fi
   # Pid files first: the agent restarts a dead container only while its pid file says it was started;
   # and their processes die by them too (a namespace deleted by hand no longer lists them).
-  for f in "%s/$1/"*.pid; do [ -e "$f" ] || continue; kill -KILL "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; done
-  pids=$(ip netns pids "$1" 2>/dev/null || true)
-  if [ -n "$pids" ]; then kill -KILL $pids 2>/dev/null || true; fi
+  # SIGTERM, then up to terminationGracePeriodSeconds ($5, in 20 ms steps) to exit, then SIGKILL.
+  pids=""
+  for f in "%s/$1/"*.pid; do [ -e "$f" ] || continue; pids="$pids $(cat "$f")"; rm -f "$f"; done
+  pids="$pids $(ip netns pids "$1" 2>/dev/null || true)"
+  kill -TERM $pids 2>/dev/null || true
+  steps=$(( ${5:-0} * 50 ))
+  while [ "$steps" -gt 0 ]; do
+    alive=""; for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done; pids=$alive
+    [ -n "$pids" ] || break
+    sleep 0.02; steps=$((steps - 1))
+  done
+  kill -KILL $pids 2>/dev/null || true
   ip link del "$2" 2>/dev/null || true
   ip netns del "$1" 2>/dev/null || true
   # A pod replaced under the same name keeps the files its successor was given, and its IP.
   [ "${4:-}" = replaced ] && return 0
-  rm -rf "/etc/netns/$1" "%s/$1" "%s/$1" "%s/pod-$1.batch" "%s/$1"
+  rm -rf "/etc/netns/$1" "%s/$1" "%s/$1" "%s/pod-$1.batch" "%s/$1" "%s/$1"
   # The node's connection tracking forgets the address's flows (to it, from it, and DNATed to it).
   if [ -n "$ip" ]; then
     for how in -s -d --reply-src; do conntrack -D $how "$ip" >/dev/null 2>&1 || true; done
   fi
-}""" % (RUN_DIR, LOG_DIR, RUN_DIR, PLAN_DIR, CONTAINER_DIR)
+}""" % (RUN_DIR, LOG_DIR, RUN_DIR, PLAN_DIR, CONTAINER_DIR, VOLUME_DIR)
 
 
 def prefix_length(cidr: str) -> int:
@@ -144,12 +163,33 @@ def pod_mac(ip: str) -> str:
     return "0a:58:" + ":".join(f"{int(part):02x}" for part in ip.split("."))
 
 
+def runs_image(container: dict) -> bool:
+    """Whether a container is its image run by Docker (emu.runtime.sandbox), not a process the node starts."""
+    return bool(container.get("image")) and not container.get("workload")
+
+
+def image_pod(pod: PodState) -> bool:
+    """Whether the pod has image containers, and so a sandbox container owns its namespace."""
+    return any(runs_image(container) for container in pod.containers)
+
+
+# The sandbox of an image pod runs in the node's PID namespace with EMU_SANDBOX=<pod uid>
+# in its environment: the node finds its process that way and names its namespace.
+SANDBOX_FUNCTION = """\
+emu_find_pid() {
+  f=$(grep -lzxF "$1" /proc/[0-9]*/environ 2>/dev/null | head -n 1)
+  [ -n "$f" ] || return 1
+  f=${f#/proc/}; echo "${f%/environ}"
+}"""
+
+
 def pod_root_batch(pod: PodState, mtu: int = 1500) -> str:
-    """Root-namespace lines for one pod: its namespace and the veth pair on cni0."""
+    """Root-namespace lines for one pod: its namespace (an image pod's is its
+    sandbox's, attached before) and the veth pair on cni0."""
     size = mtu_option(mtu)
     return (
-        f"netns add {pod.netns}\n"
-        f"link add {pod.host_veth}{size} type veth peer name eth0{size} address {pod_mac(pod.ip)} netns {pod.netns}\n"
+        ("" if image_pod(pod) else f"netns add {pod.netns}\n")
+        + f"link add {pod.host_veth}{size} type veth peer name eth0{size} address {pod_mac(pod.ip)} netns {pod.netns}\n"
         f"link set {pod.host_veth} master cni0 up\n"
         # A pod reaching itself through its service's IP: the reply must go back
         # out the port it came in on (the kubelet's hairpin-veth mode).
@@ -237,6 +277,8 @@ DNS_SNAPSHOT = "/etc/emu/dns/snapshot.json"
 def container_command(container: dict) -> list[str]:
     if container.get("workload") == "netexec":
         return ["python3", f"{WORKLOAD_DIR}/netexec.py", *container.get("args", [])]
+    if container.get("workload") == "pause":
+        return ["sleep", "infinity"]
     if container.get("workload") == "coredns":
         return ["env", f"PYTHONPATH={AGENT_LIB}", "python3", "-m", "emu.dns", "--snapshot", DNS_SNAPSHOT,
                 *container.get("args", [])]  # fmt: skip
@@ -250,13 +292,40 @@ def container_environment(pod: PodState, container: dict) -> list[str]:
     return [f"{name}={value}" for name, value in env.items()]
 
 
+def volume_files(pod: PodState) -> dict[str, str]:
+    """The files of a pod's volumes (a ConfigMap's keys), under VOLUME_DIR/<netns>/<volume>/."""
+    return {
+        f"{VOLUME_DIR}/{pod.netns}/{volume}/{path}": content
+        for volume, files in sorted(pod.volumes.items())
+        for path, content in sorted(files.items())
+    }
+
+
+def mount_commands(pod: PodState, container: dict) -> str:
+    """Shell that bind-mounts the container's volumeMounts, in the mount namespace
+    `ip netns exec` gives each command (so nothing shows outside it): a volume
+    at its mountPath, or with subPath one file of it; read-only when asked."""
+    lines = []
+    for mount in container.get("volumeMounts", []):
+        source = f"{VOLUME_DIR}/{pod.netns}/{mount['name']}"
+        target = shlex.quote(mount["mountPath"])
+        if mount.get("subPath"):
+            source = shlex.quote(f"{source}/{mount['subPath']}")
+            lines.append(f"mkdir -p \"$(dirname {target})\" && touch {target} && mount --bind {source} {target}")
+        else:
+            lines.append(f"mkdir -p {target} && mount --bind {shlex.quote(source)} {target}")
+        if mount.get("readOnly"):
+            lines.append(f"mount -o remount,bind,ro {target}")
+    return "".join(f"{line} && " for line in lines)
+
+
 def in_pod_argv(pod: PodState, container: dict, argv: list[str]) -> list[str]:
     """argv that runs `argv` as the pod's container: in the pod's network
-    namespace, in a UTS namespace whose hostname is the pod's name, with only
-    the container's environment."""
+    namespace, in a UTS namespace whose hostname is the pod's name, with its
+    volumes mounted and only the container's environment."""
     return [
         "ip", "netns", "exec", pod.netns,
-        "unshare", "--uts", "/bin/sh", "-c", 'hostname "$0" && exec "$@"', pod.host_name,
+        "unshare", "--uts", "/bin/sh", "-c", mount_commands(pod, container) + 'hostname "$0" && exec "$@"', pod.host_name,
         "env", "-i", *container_environment(pod, container), *argv,
     ]  # fmt: skip
 
@@ -364,9 +433,15 @@ def node_plan(
         for pod in sorted(removed, key=_order):
             plan.steps.append(
                 f"emu_delete_pod {shlex.quote(pod.netns)} {pod.host_veth} {pod.ip}"
-                + (" replaced" if pod.netns in replaced else "")
+                + (" replaced" if pod.netns in replaced else " -")
+                + (f" {pod.termination_grace_seconds}" if pod.termination_grace_seconds else "")
             )
     added = sorted(added, key=_order)
+    sandboxed = [pod for pod in added if image_pod(pod)]
+    if sandboxed:
+        plan.steps.append(SANDBOX_FUNCTION)
+        for pod in sandboxed:
+            plan.steps.append(f'ip netns attach {pod.netns} "$(emu_find_pid {SANDBOX_ENV}={pod.uid})"')
     if added:
         plan.files[f"{plan_dir}/pods.batch"] = "".join(pod_root_batch(pod, state.mtu) for pod in added)
         plan.steps.append(f"ip -batch {plan_dir}/pods.batch")
@@ -380,12 +455,38 @@ def node_plan(
         else:
             plan.files[f"/etc/netns/{pod.netns}/resolv.conf"] = resolv
         plan.steps.append(f"ip -n {pod.netns} -batch {batch}")
+        plan.files.update(volume_files(pod))
+        if pod.volumes:
+            plan.steps.append("mkdir -p " + " ".join(shlex.quote(f"{VOLUME_DIR}/{pod.netns}/{v}") for v in pod.volumes))
     for pod in added:
         for container in pod.containers:
             script = container_script(pod.netns, container["name"])
+            if runs_image(container):  # Docker starts it once the pod is wired; this records its process
+                plan.files[script] = find_container_script(pod, container)
+                continue
             plan.files[script] = start_container_script(pod, container)
             plan.steps.append(f"sh {script}")
     return plan
+
+
+def find_container_script(pod: PodState, container: dict) -> str:
+    """For an image container: record its process (in the node's PID namespace)
+    in its pid file. Run once Docker has started it, and by the agent when the
+    process is gone, after Docker started it again by its restart policy."""
+    pid_file = f"{RUN_DIR}/{pod.netns}/{container['name']}.pid"
+    return "\n".join(
+        [
+            f"# emu: image container {container['name']} of pod {pod.key}: Docker runs and restarts it; "
+            "this records its process",
+            SANDBOX_FUNCTION,
+            f"mkdir -p {RUN_DIR}/{pod.netns}",
+            # Not found (it exited, and Docker has not started it again yet): a pid file with no
+            # process, so that the agent looks again, after its back-off.
+            f"pid=$(emu_find_pid {shlex.quote(CONTAINER_ENV + '=' + pod.uid + '/' + container['name'])}) || pid=none",
+            f"echo $pid >{shlex.quote(pid_file)}",
+            "",
+        ]
+    )
 
 
 def boot_files(state: ClusterState, node: NodeState) -> dict[str, str]:
@@ -393,7 +494,9 @@ def boot_files(state: ClusterState, node: NodeState) -> dict[str, str]:
     host reboot): the plan of a new node with every pod it has, from the state
     it holds, after clearing what the old container left in /run (namespace
     mount points, pid files, the agent's). The node's command runs it."""
-    plan = node_plan(state, node, state.pods_on(node.name), [], new_node=True, plan_dir=BOOT_DIR)
+    # Image pods are not rebuilt here: their sandboxes ended with the node's PID namespace.
+    pods = [pod for pod in state.pods_on(node.name) if not image_pod(pod)]
+    plan = node_plan(state, node, pods, [], new_node=True, plan_dir=BOOT_DIR)
     plan.steps.insert(0, "rm -rf /run/netns /run/emu")
     return {name: text for name, text in plan.files.items() if name.startswith(BOOT_DIR)} | {BOOT_SCRIPT: plan.script}
 

@@ -27,6 +27,7 @@ from emu.runtime.provider import (
     Progress,
     run_parallel,
 )
+from emu.runtime.sandbox import ImagePods
 
 NODE_CAPABILITIES = ["NET_ADMIN", "SYS_ADMIN", "NET_RAW"]
 NODE_SYSCTLS = {
@@ -68,9 +69,10 @@ def docker_unreachable_message(error: Exception, host: str = "") -> str:
     )
 
 
-class DockerRuntime:
+class DockerRuntime(ImagePods):
     """One Docker engine through the SDK's low-level API: this machine's (the
-    default: DOCKER_HOST or the local socket) or the one at `base_url`."""
+    default: DOCKER_HOST or the local socket) or the one at `base_url`. Image
+    pods' containers: emu.runtime.sandbox."""
 
     mtu = 1500  # a bridge network's
 

@@ -307,6 +307,31 @@ class SwarmRuntime:
     def interactive(self, container: str, argv: list[str], tty: bool) -> int:
         return self._engine_of(container).interactive(container, argv, tty)
 
+    # ---- image pods: on the engine of their node --------------------------------
+    def ensure_images(self, images: list[str], node_container: str = "") -> list[str]:
+        return self._engine_of(node_container).ensure_images(images)
+
+    def start_sandbox(self, pod) -> None:
+        self._engine_of(pod.node_container).start_sandbox(pod)
+
+    def create_containers(self, pod) -> None:
+        self._engine_of(pod.node_container).create_containers(pod)
+
+    def start_containers(self, pod) -> None:
+        self._engine_of(pod.node_container).start_containers(pod)
+
+    def remove_pod_containers(self, cluster: str, pod) -> int:
+        return self._engine_of(pod.node_container).remove_pod_containers(cluster, pod)
+
+    def container_logs(self, name: str, follow: bool = False) -> str:
+        return self._engine_of(name).container_logs(name, follow)
+
+    def pod_container_states(self, cluster: str) -> dict[str, dict]:
+        states: dict[str, dict] = {}
+        for found in self.parallel(lambda engine: engine.pod_container_states(cluster), self._all()):
+            states.update(found)
+        return states
+
     def parallel(self, function: Callable, items: list) -> list:
         return run_parallel(function, items)
 

@@ -240,15 +240,33 @@ def _line_column(text: str, index: int) -> tuple[int, int]:
 
 def _load_yaml(text: str, source: str) -> tuple[_Locator, Any]:
     """YAML text -> (locator, data), within the limits above."""
+    return _load_stream(text, source, single=True)[0]
+
+
+def load_documents(text: str, source: str) -> list[tuple[_Locator, Any]]:
+    """Every document of a YAML stream (`---` between them, as Kubernetes manifests
+    are written): (locator, data) each, within the same limits as a topology
+    (counted over the whole stream). Raises TopologyError."""
+    return _load_stream(text, source, single=False)
+
+
+def _load_stream(text: str, source: str, single: bool) -> list[tuple[_Locator, Any]]:
     if len(text) > MAX_FILE_BYTES:
         raise TopologyError(source, [Problem("", f"the text is {len(text) / 2**20:.1f} MiB; {_TOO_BIG}")])
     loader = None
+    documents: list[tuple[_Locator, Any]] = []
     try:
         _check_limits(text)
         loader = _Loader(text)
-        root = loader.get_single_node()
-        locator = _Locator(root)  # before constructing: merge keys (<<) rewrite the nodes
-        data = loader.construct_document(root) if root is not None else None
+        if single:
+            roots = [loader.get_single_node()]
+        else:
+            roots = []
+            while loader.check_node():
+                roots.append(loader.get_node())
+        for root in roots:
+            locator = _Locator(root)  # before constructing: merge keys (<<) rewrite the nodes
+            documents.append((locator, loader.construct_document(root) if root is not None else None))
     except yaml.reader.ReaderError as error:
         index = error.position
         if _LIBYAML:  # libyaml counts UTF-8 bytes, Python's reader characters
@@ -272,7 +290,7 @@ def _load_yaml(text: str, source: str) -> tuple[_Locator, Any]:
     finally:
         if loader is not None:
             loader.dispose()
-    return locator, data
+    return documents
 
 
 _TOO_BIG = (
@@ -339,9 +357,15 @@ def _read(path: Path) -> str:
 
 
 def load_file(path: str | Path) -> Topology:
-    """Read and validate a topology file."""
+    """Read and validate a topology file, with the objects of the Kubernetes
+    manifests its `manifests:` names (relative to the file)."""
     path = Path(path)
-    return load_text(_read(path), str(path))
+    topology = load_text(_read(path), str(path))
+    if topology.manifests:
+        from emu.manifests import include
+
+        topology = include(topology, list(topology.manifests), path.parent)
+    return topology
 
 
 def load_inventory(path: str | Path) -> list[Host]:

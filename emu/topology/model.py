@@ -179,9 +179,58 @@ class ContainerPort(Model):
     protocol: Literal["TCP", "UDP"] = "TCP"
 
 
+class ConfigMapKeySelector(Model):
+    name: DNSLabel = Field(description="The ConfigMap (in the pod's namespace).")
+    key: str
+    optional: bool = False
+
+
+class ObjectFieldSelector(Model):
+    field_path: Literal[
+        "metadata.name", "metadata.namespace", "spec.nodeName", "spec.serviceAccountName",
+        "status.hostIP", "status.podIP",
+    ]  # fmt: skip
+
+
+class EnvVarSource(Model):
+    config_map_key_ref: ConfigMapKeySelector | None = None
+    field_ref: ObjectFieldSelector | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.config_map_key_ref is None) == (self.field_ref is None):
+            raise ValueError("valueFrom needs exactly one of configMapKeyRef or fieldRef")
+        return self
+
+
 class EnvVar(Model):
     name: Annotated[str, Field(pattern=ENV_NAME)]
     value: str = ""
+    value_from: EnvVarSource | None = Field(None, description="A ConfigMap key or a field of the pod (downward API).")
+
+
+class ConfigMapEnvSource(Model):
+    name: DNSLabel
+    optional: bool = False
+
+
+class EnvFromSource(Model):
+    """Every key of a ConfigMap as an environment variable (keys that are not valid names are skipped)."""
+
+    config_map_ref: ConfigMapEnvSource
+    prefix: str = ""
+
+
+class VolumeMount(Model):
+    name: DNSLabel = Field(description="A volume of the pod.")
+    mount_path: Annotated[str, Field(pattern=r"^/")]
+    read_only: bool = False
+    sub_path: str = Field("", description="One file of the volume, mounted as the file mountPath.")
+
+    @field_validator("sub_path")
+    @classmethod
+    def _sub_path(cls, value: str) -> str:
+        return _relative_path(value) if value else value
 
 
 class HTTPGetAction(Model):
@@ -225,15 +274,22 @@ class Container(Model):
     command: list[str] | None = Field(
         None, description="Program and arguments, run in the pod's network namespace."
     )
-    workload: Literal["netexec", "coredns"] | None = Field(
+    workload: Literal["netexec", "coredns", "pause"] | None = Field(
         None,
-        description="A built-in workload: netexec (HTTP /hostname, /clientip, /echo; UDP echo) or coredns "
-        "(emu's cluster DNS server).",
+        description="A built-in workload: netexec (HTTP /hostname, /clientip, /echo; UDP echo), coredns "
+        "(emu's cluster DNS server) or pause (does nothing, as the pause container).",
     )
     args: list[str] = Field(default_factory=list, description="Arguments for the command or workload.")
     ports: list[ContainerPort] = Field(default_factory=list)
     env: list[EnvVar] = Field(default_factory=list)
+    env_from: list[EnvFromSource] = Field(default_factory=list)
+    volume_mounts: list[VolumeMount] = Field(default_factory=list)
     readiness_probe: Probe | None = None
+    image: str | None = Field(
+        None,
+        description="A container image: run as a Docker container in the pod's network namespace (command and "
+        "args replace its entrypoint and cmd, as in Kubernetes). With a workload, only a name `emu get` shows.",
+    )
 
     @field_validator("command", mode="before")
     @classmethod
@@ -245,14 +301,21 @@ class Container(Model):
 
     @model_validator(mode="after")
     def _one_program(self):
-        if (self.command is None) == (self.workload is None):
+        if self.workload is not None and self.command is not None:
+            raise ValueError(f"container '{self.name}' has both 'command' and 'workload'; keep one")
+        if self.workload is None and self.command is None and self.image is None:
             raise ValueError(
-                f"container '{self.name}' needs exactly one of 'command' (a program to run) "
-                "or 'workload' (a built-in one, e.g. netexec)"
+                f"container '{self.name}' needs 'image' (a container image), 'command' (a program run with "
+                "the node image's programs) or 'workload' (a built-in one, e.g. netexec)"
             )
         if self.command is not None and not self.command:
             raise ValueError(f"container '{self.name}': 'command' is empty")
         return self
+
+    @property
+    def runs_image(self) -> bool:
+        """Whether the container is its image run as a Docker container (not a built-in workload)."""
+        return self.image is not None and self.workload is None
 
 
 class DNSOption(Model):
@@ -268,6 +331,50 @@ class PodDNSConfig(Model):
     options: list[DNSOption] = Field(default_factory=list)
 
 
+def _relative_path(value: str) -> str:
+    if value.startswith("/") or ".." in value.split("/") or not value.strip("/"):
+        raise ValueError(f"'{value}' must be a relative path without '..' (e.g. conf/app.properties)")
+    return value
+
+
+RelativePath = Annotated[str, AfterValidator(_relative_path)]
+
+
+class KeyToPath(Model):
+    key: str
+    path: RelativePath
+
+
+class ConfigMapVolumeSource(Model):
+    name: DNSLabel
+    items: list[KeyToPath] = Field(default_factory=list, description="Only these keys, at these paths; default: every key.")
+    optional: bool = False
+
+
+class Volume(Model):
+    """A pod volume. emu models ConfigMap volumes (files) and emptyDir (an empty directory)."""
+
+    name: DNSLabel
+    config_map: ConfigMapVolumeSource | None = None
+    empty_dir: dict | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.config_map is None) == (self.empty_dir is None):
+            raise ValueError(f"volume '{self.name}' needs exactly one of configMap or emptyDir")
+        return self
+
+
+class Toleration(Model):
+    """A taint the pod tolerates. emu's only taint is kubeadm's on control-plane nodes
+    (node-role.kubernetes.io/control-plane:NoSchedule) while there are workers."""
+
+    key: str = ""
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str = ""
+    effect: Literal["", "NoSchedule", "PreferNoSchedule", "NoExecute"] = ""
+
+
 class PodTemplate(Model):
     """What a pod runs; shared by bare pods and deployments' templates."""
 
@@ -281,14 +388,34 @@ class PodTemplate(Model):
     node: DNSLabel | None = Field(None, description="Pin the pod to this node; else it is spread over workers.")
     enable_service_links: bool = Field(True, description="Give the pod environment variables for services.")
     restart_policy: Literal["Always", "OnFailure", "Never"] = Field(
-        "Always", description="When the agent starts a container whose process ended again (the kubelet's rule)."
+        "Always",
+        description="When a container whose process ended is started again (the kubelet's rule; for image "
+        "containers, Docker's restart policy).",
     )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Only nodes with these labels (kubernetes.io/hostname and the like too)."
+    )
+    tolerations: list[Toleration] = Field(default_factory=list)
+    termination_grace_period_seconds: Annotated[int, Field(ge=0, le=3600)] = Field(
+        30, description="On deletion: SIGTERM, this long to exit, then SIGKILL."
+    )
+    volumes: list[Volume] = Field(default_factory=list)
     containers: Annotated[list[Container], Field(min_length=1)]
 
 
 class Pod(PodTemplate):
     name: DNSLabel
     namespace: DNSLabel = "default"
+
+
+def _always_restarted(controller, what: str):
+    """A controller's pods always run (Kubernetes' validation of their template)."""
+    if controller.template.restart_policy != "Always":
+        raise ValueError(
+            f"template.restartPolicy: Unsupported value: \"{controller.template.restart_policy}\": supported values: "
+            f"\"Always\" (a {what}'s pods always run; use a bare pod for OnFailure or Never)"
+        )
+    return controller
 
 
 class Deployment(Model):
@@ -301,12 +428,55 @@ class Deployment(Model):
 
     @model_validator(mode="after")
     def _always_restarted(self):
-        if self.template.restart_policy != "Always":
-            raise ValueError(
-                f"template.restartPolicy: Unsupported value: \"{self.template.restart_policy}\": supported values: "
-                "\"Always\" (a deployment's pods always run; use a bare pod for OnFailure or Never)"
-            )
-        return self
+        return _always_restarted(self, "deployment")
+
+
+class StatefulSet(Model):
+    """Pods with stable names <name>-0, <name>-1, ...; each has hostname <name>-N and subdomain
+    serviceName, so a headless service of that name gives each a DNS name."""
+
+    name: DNSLabel
+    namespace: DNSLabel = "default"
+    replicas: Annotated[int, Field(ge=0, le=10000)] = 1
+    service_name: DNSLabel | None = Field(None, description="The headless service that gives the pods DNS names.")
+    pod_management_policy: Literal["OrderedReady", "Parallel"] = Field(
+        "OrderedReady", description="OrderedReady: pod N+1 starts once pod N is ready."
+    )
+    template: PodTemplate
+
+    @model_validator(mode="after")
+    def _always_restarted(self):
+        return _always_restarted(self, "StatefulSet")
+
+
+class DaemonSet(Model):
+    """One pod on every node that its template's nodeSelector and tolerations allow."""
+
+    name: DNSLabel
+    namespace: DNSLabel = "default"
+    template: PodTemplate
+
+    @model_validator(mode="after")
+    def _always_restarted(self):
+        return _always_restarted(self, "DaemonSet")
+
+
+class ConfigMap(Model):
+    """Configuration for pods: as environment variables (env, envFrom) and as files (volumes)."""
+
+    name: DNSLabel
+    namespace: DNSLabel = "default"
+    data: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("data")
+    @classmethod
+    def _keys(cls, value: dict[str, str]) -> dict[str, str]:
+        import re
+
+        for key in value:
+            if len(key) > 253 or not re.match(r"^[-._a-zA-Z0-9]+$", key) or key in (".", ".."):
+                raise ValueError(f"'{key}' is not a valid ConfigMap key: use letters, digits, '-', '_' and '.'")
+        return value
 
 
 class ServicePort(Model):
@@ -560,6 +730,13 @@ class Topology(Model):
     pods: list[Pod] = Field(default_factory=list)
     deployments: list[Deployment] = Field(default_factory=list)
     services: list[Service] = Field(default_factory=list)
+    config_maps: list[ConfigMap] = Field(default_factory=list)
+    stateful_sets: list[StatefulSet] = Field(default_factory=list)
+    daemon_sets: list[DaemonSet] = Field(default_factory=list)
+    manifests: list[str] = Field(
+        default_factory=list,
+        description="Kubernetes manifest files or directories (relative to this file) whose objects join the lab.",
+    )
     dns: ClusterDNS = Field(default_factory=ClusterDNS)
     namespaces: list[Namespace] = Field(default_factory=list, description="Namespaces with labels (for policies).")
     network_policies: list[NetworkPolicy] = Field(default_factory=list)

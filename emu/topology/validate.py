@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 from emu.records import KUBE_DNS_INDEX, KUBERNETES_INDEX, well_known_ip
 from emu.topology.model import PodTemplate, Topology
-from emu.topology.names import deployment_pod_names
+from emu.topology.names import daemonset_pod_name, deployment_pod_names, statefulset_pod_names
+from emu.topology.scheduling import candidate_nodes, node_labels
 
 NODE_CIDR_PREFIX = 24  # one /24 of podSubnet per node, as kubeadm's default --node-cidr-mask-size
 # A /24 holds 256 addresses: network, gateway (the bridge) and broadcast are not pods'.
@@ -164,6 +165,7 @@ def _check_workloads(topology: Topology) -> Iterator[Finding]:
         )
         for name in deployment_pod_names(deployment):
             yield from claim(deployment.namespace, name, f"deployments[{index}]", path + ("name",))
+    yield from _check_controllers(topology, claim, node_names)
 
 
 def _check_capacity(topology: Topology) -> Iterator[Finding]:
@@ -176,12 +178,18 @@ def _check_capacity(topology: Topology) -> Iterator[Finding]:
             first_path.setdefault(pod.node, ("pods", index, "node"))
         else:
             floating += 1
-    for index, deployment in enumerate(topology.deployments):
-        if deployment.template.node:
-            pinned[deployment.template.node] += deployment.replicas
-            first_path.setdefault(deployment.template.node, ("deployments", index, "template", "node"))
-        else:
-            floating += deployment.replicas
+    for key, sets in (("deployments", topology.deployments), ("statefulSets", topology.stateful_sets)):
+        for index, replicated in enumerate(sets):
+            if replicated.template.node:
+                pinned[replicated.template.node] += replicated.replicas
+                first_path.setdefault(replicated.template.node, (key, index, "template", "node"))
+            else:
+                floating += replicated.replicas
+    nodes = [(n.name, n.role, dict(n.labels)) for n in topology.nodes]
+    for index, daemonset in enumerate(topology.daemon_sets):
+        for node in candidate_nodes(daemonset.template, nodes):
+            pinned[node] += 1
+            first_path.setdefault(node, ("daemonSets", index))
     for node, count in pinned.items():
         if count > PODS_PER_NODE:
             yield (
@@ -338,6 +346,9 @@ def _templates(topology: Topology):
         yield ("pods", index), pod.namespace, pod
     for index, deployment in enumerate(topology.deployments):
         yield ("deployments", index, "template"), deployment.namespace, deployment.template
+    for key, items in (("statefulSets", topology.stateful_sets), ("daemonSets", topology.daemon_sets)):
+        for index, item in enumerate(items):
+            yield (key, index, "template"), item.namespace, item.template
 
 
 def _check_edge(topology: Topology) -> Iterator[Finding]:
@@ -398,3 +409,85 @@ def _check_edge(topology: Topology) -> Iterator[Finding]:
     controller = topology.ingress_controller
     if controller.node and controller.node not in {n.name for n in topology.nodes}:
         yield (("ingressController", "node"), f"node '{controller.node}' is not in nodes")
+
+
+def _check_controllers(topology: Topology, claim, node_names: set[str]) -> Iterator[Finding]:
+    """StatefulSets and DaemonSets (names, templates, the pods they make), ConfigMaps
+    and namespaces (unique names), and what every pod takes from ConfigMaps."""
+    nodes = [(n.name, n.role, dict(n.labels)) for n in topology.nodes]
+    for key, what, items in (("statefulSets", "StatefulSet", topology.stateful_sets),
+                             ("daemonSets", "DaemonSet", topology.daemon_sets),
+                             ("configMaps", "ConfigMap", topology.config_maps)):  # fmt: skip
+        seen: set[tuple[str, str]] = set()
+        for index, item in enumerate(items):
+            if (item.namespace, item.name) in seen:
+                yield ((key, index, "name"), f"{what} '{item.namespace}/{item.name}' is defined twice")
+            seen.add((item.namespace, item.name))
+    for index, statefulset in enumerate(topology.stateful_sets):
+        path = ("statefulSets", index)
+        what = f"StatefulSet '{statefulset.name}'"
+        yield from _check_template(statefulset.template, path + ("template",), node_names, what)
+        for name in statefulset_pod_names(statefulset):
+            yield from claim(statefulset.namespace, name, f"statefulSets[{index}]", path + ("name",))
+    for index, daemonset in enumerate(topology.daemon_sets):
+        path = ("daemonSets", index)
+        yield from _check_template(daemonset.template, path + ("template",), node_names, f"DaemonSet '{daemonset.name}'")
+        for node in candidate_nodes(daemonset.template, nodes):
+            yield from claim(daemonset.namespace, daemonset_pod_name(daemonset, node), f"daemonSets[{index}]", path + ("name",))
+    config_maps = {(c.namespace, c.name): c for c in topology.config_maps}
+    for path, namespace, template in _templates(topology):
+        if path[0] != "daemonSets" and template.node is None and not candidate_nodes(template, nodes):
+            where = f"nodeSelector {template.node_selector}" if template.node_selector else "the control plane's taint"
+            yield (
+                path + ("nodeSelector",),
+                f"no node fits these pods ({where}; node labels: "
+                + "; ".join(f"{n.name}: {','.join(f'{k}={v}' for k, v in node_labels(n.name, n.role, n.labels).items())}"
+                            for n in topology.nodes)
+                + "); fix the nodeSelector, or label a node (nodes[].labels)",
+            )  # fmt: skip
+        yield from _check_config_references(template, path, namespace, config_maps)
+
+
+def _check_config_references(template, path: tuple, namespace: str, config_maps: dict) -> Iterator[Finding]:
+    """ConfigMaps a pod takes env or files from exist in its namespace (unless
+    optional), with the keys it names; volume mounts name volumes of the pod."""
+
+    def missing(name: str, where: tuple) -> Finding:
+        known = ", ".join(sorted(n for ns, n in config_maps if ns == namespace)) or "none"
+        return (where, f"ConfigMap '{namespace}/{name}' does not exist (ConfigMaps in {namespace}: {known}); "
+                       "add it, or mark the reference optional: true")  # fmt: skip
+
+    volumes = {volume.name: volume for volume in template.volumes}
+    for v_index, volume in enumerate(template.volumes):
+        source = volume.config_map
+        if source is None:
+            continue
+        where = path + ("volumes", v_index, "configMap")
+        found = config_maps.get((namespace, source.name))
+        if found is None:
+            if not source.optional:
+                yield missing(source.name, where + ("name",))
+            continue
+        for i_index, item in enumerate(source.items):
+            if item.key not in found.data and not source.optional:
+                yield (where + ("items", i_index, "key"), f"ConfigMap '{namespace}/{source.name}' has no key '{item.key}'")
+    for c_index, container in enumerate(template.containers):
+        c_path = path + ("containers", c_index)
+        for e_index, source in enumerate(container.env_from):
+            if (namespace, source.config_map_ref.name) not in config_maps and not source.config_map_ref.optional:
+                yield missing(source.config_map_ref.name, c_path + ("envFrom", e_index, "configMapRef", "name"))
+        for e_index, variable in enumerate(container.env):
+            selector = variable.value_from.config_map_key_ref if variable.value_from else None
+            if selector is None or selector.optional:
+                continue
+            where = c_path + ("env", e_index, "valueFrom", "configMapKeyRef")
+            found = config_maps.get((namespace, selector.name))
+            if found is None:
+                yield missing(selector.name, where + ("name",))
+            elif selector.key not in found.data:
+                yield (where + ("key",), f"ConfigMap '{namespace}/{selector.name}' has no key '{selector.key}' "
+                                         f"(its keys: {', '.join(sorted(found.data)) or 'none'})")  # fmt: skip
+        for m_index, mount in enumerate(container.volume_mounts):
+            if mount.name not in volumes:
+                yield (c_path + ("volumeMounts", m_index, "name"),
+                       f"volumeMount '{mount.name}' names no volume of the pod (volumes: {', '.join(volumes) or 'none'})")  # fmt: skip

@@ -160,7 +160,7 @@ def test_duplicate_port_in_pod():
 
 def test_container_needs_command_or_workload():
     [message] = problems(BASE.replace("        workload: netexec\n", ""))
-    assert "needs exactly one of 'command'" in message
+    assert "needs 'image' (a container image), 'command'" in message
 
 
 def test_missing_nodes():

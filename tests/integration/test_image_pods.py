@@ -1,0 +1,207 @@
+"""Container images as pods: a sandbox container owns the pod's network
+namespace, wired into the node's cni0 by the node; the pod's containers join it.
+The image is built here from emu's node image (no registry is reachable)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from emu.errors import EmuError
+from emu.runtime.images import ImageBuilder
+from emu.topology.model import Topology
+from tests.integration.test_service_traffic import wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGE_DIR = Path(__file__).parent / "images" / "web"
+
+
+def build_web_image(runtime, tmp_path: Path) -> str:
+    """emutest/web:<content hash>: emu's netexec as an image's entrypoint."""
+    import hashlib
+
+    netexec = ROOT / "emu" / "workloads" / "netexec.py"
+    builder = ImageBuilder(runtime)
+    node = builder.ensure_node_image()
+    digest = hashlib.sha256((IMAGE_DIR / "Dockerfile").read_bytes() + netexec.read_bytes() + node.encode()).hexdigest()
+    tag = f"emutest/web:{digest[:12]}"
+    if not builder.exists(tag):
+        shutil.copy(IMAGE_DIR / "Dockerfile", tmp_path)
+        shutil.copy(netexec, tmp_path)
+        builder.build(tag, tmp_path, {"BASE_IMAGE": node})
+    return tag
+
+
+LAB = """\
+name: images
+nodes: [{name: cp, role: control-plane}, {name: w1}, {name: w2}]
+pods:
+  - {name: client, node: w1, containers: [{name: c, command: [sleep, infinity]}]}
+  - {name: far, node: w2, containers: [{name: c, command: [sleep, infinity]}]}
+  - name: web
+    node: w1
+    labels: {app: web}
+    containers:
+      - name: server
+        image: IMAGE
+        ports: [{name: http, containerPort: 8080}]
+        env: [{name: GREETING, value: hi}]
+        readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 0.5, failureThreshold: 1}
+      - name: sidecar
+        image: IMAGE
+        command: [sh, -c]
+        args: ["while true; do curl -s localhost:8080/hostname; echo; sleep 1; done"]
+  - name: mixed
+    node: w2
+    containers:
+      - {name: server, image: IMAGE, args: ["--http-port=9090", "--udp-port=0"], ports: [{containerPort: 9090}]}
+      - {name: shell, command: [sleep, infinity]}
+deployments:
+  - name: echo
+    replicas: 2
+    template:
+      labels: {app: echo}
+      containers: [{name: c, workload: netexec, ports: [{name: http, containerPort: 8080}]}]
+services:
+  - {name: web, type: NodePort, selector: {app: web}, ports: [{port: 80, targetPort: http, nodePort: 30800}]}
+  - {name: echo, selector: {app: echo}, ports: [{port: 80, targetPort: http}]}
+"""
+
+
+@pytest.fixture(scope="module")
+def image(runtime, tmp_path_factory) -> str:
+    return build_web_image(runtime, tmp_path_factory.mktemp("web-image"))
+
+
+@pytest.fixture(scope="module")
+def lab(make_cluster, image):
+    return make_cluster(LAB.replace("IMAGE", image), "images")
+
+
+def pod_containers(lab, pod: str) -> list[str]:
+    """Names of the Docker containers of a pod (its sandbox and containers)."""
+    return sorted(c.name for c in lab.runtime.cluster_containers(lab.name) if c.role == "pod" and f"_{pod}_" in c.name)
+
+
+def curl(lab, pod: str, url: str, container: str | None = None) -> str:
+    result = lab.exec(pod, ["curl", "-sS", "--max-time", "5", url], container)
+    assert result.ok, result.output
+    return result.output.strip()
+
+
+def test_image_pod_runs_in_a_sandbox_and_answers_on_its_pod_ip(lab):
+    state = lab.state()
+    web = state.pods["default/web"]
+    assert len(pod_containers(lab, "web")) == 3  # the sandbox (POD), server and sidecar
+    assert curl(lab, "client", f"http://{web.ip}:8080/hostname") == "web"  # same node
+    assert curl(lab, "far", f"http://{web.ip}:8080/clientip").startswith(state.pods["default/far"].ip + ":")  # no NAT
+    assert curl(lab, "client", "http://web/hostname") == "web"  # ClusterIP, by its DNS name
+    for node in state.nodes:  # NodePort on every node
+        answer = lab.node_exec(node.name, ["curl", "-sS", "--max-time", "5", f"http://{node.node_ip}:30800/hostname"])
+        assert answer.output == "web", node.name
+
+
+def test_image_pod_is_a_pod_inside(lab):
+    state = lab.state()
+    web = state.pods["default/web"]
+    assert lab.exec("web", ["hostname"]).output.strip() == "web"
+    resolv = lab.exec("web", ["cat", "/etc/resolv.conf"]).output
+    assert "search default.svc.cluster.local svc.cluster.local cluster.local" in resolv and "ndots:5" in resolv
+    assert f"{web.ip}\tweb" in lab.exec("web", ["cat", "/etc/hosts"]).output
+    env = lab.exec("web", ["env"]).output.splitlines()
+    assert "GREETING=hi" in env and any(line.startswith("ECHO_SERVICE_HOST=") for line in env)
+    # The image pod reaches a service by its name, through the node's kube-proxy rules.
+    echo = {p.name for p in state.pods.values() if p.owner == "Deployment/echo"}
+    assert curl(lab, "web", "http://echo/hostname") in echo
+
+
+def test_containers_of_an_image_pod_share_localhost(lab):
+    assert curl(lab, "web", "http://localhost:8080/hostname", container="sidecar") == "web"
+    wait_for(lambda: "web" in lab.logs("web", "sidecar").split(), "the sidecar's log to show the server's answer", 30)
+    # A command container beside an image container: one namespace, one localhost.
+    assert curl(lab, "mixed", "http://localhost:9090/hostname", container="shell") == "mixed"
+
+
+def test_readiness_probe_takes_an_image_pod_out_of_endpoints_and_back(lab):
+    state = lab.state()
+    address = f"{state.pods['default/web'].ip}:8080"
+
+    def endpoints() -> list[str]:
+        return [a for addresses in lab.endpoints().get("default/web", {}).values() for a in addresses]
+
+    assert endpoints() == [address]
+    curl(lab, "web", "http://localhost:8080/sethealth?status=fail")
+    wait_for(lambda: endpoints() == [], "the failing pod to leave the endpoints", 30)
+    curl(lab, "web", "http://localhost:8080/sethealth?status=ok")
+    wait_for(lambda: endpoints() == [address], "the pod to come back", 30)
+
+
+def test_a_killed_image_container_is_restarted_and_counted(lab):
+    state = lab.state()
+    web = state.pods["default/web"]
+    node = state.node(web.node).container
+    pid = lab.runtime.exec(node, ["cat", f"/run/emu/pods/{web.netns}/server.pid"]).output.strip()
+    lab.runtime.exec(node, ["kill", "-KILL", pid])
+
+    def restarted() -> bool:
+        status = lab.pod_status(lab.state())["default/web"]["server"]
+        return status["restarts"] >= 1 and status["state"] == "Running" and status["ready"]
+
+    wait_for(restarted, "the server to be started again (Docker's restart policy) and ready", timeout=45)
+    assert curl(lab, "client", f"http://{web.ip}:8080/hostname") == "web"
+
+
+def test_exited_containers_follow_the_restart_policy_and_say_why(lab, capsys):
+    from emu.cli import main
+
+    current = Topology.model_validate(lab.state().topology)
+    server = next(p for p in current.pods if p.name == "web").containers[0]
+    jobs = [
+        current.pods[0].model_copy(update={"name": name, "restart_policy": policy, "node": "w2", "containers": [
+            server.model_copy(update={"name": "task", "command": ["sh", "-c", f"exit {code}"], "ports": [],
+                                      "readiness_probe": None})]})  # fmt: skip
+        for name, policy, code in (("failed", "Never", 3), ("done", "OnFailure", 0), ("crashing", "Always", 1))
+    ]
+    lab.apply(current.model_copy(update={"pods": [*current.pods, *jobs]}), wait=False)
+
+    def statuses() -> dict[str, list[str]]:
+        capsys.readouterr()
+        main(["get", "pods", "failed", "done", "crashing", "--name", lab.name])
+        return {line.split()[0]: line.split()[1:4] for line in capsys.readouterr().out.splitlines()[1:]}
+
+    wait_for(lambda: statuses().get("failed", [""])[1] == "Error" and statuses().get("done", [""])[1] == "Completed"
+             and statuses().get("crashing", ["", ""])[1] == "CrashLoopBackOff", "the jobs to finish", 30)  # fmt: skip
+    capsys.readouterr()
+    main(["get", "pod", "failed", "-o", "json", "--name", lab.name])
+    failed = json.loads(capsys.readouterr().out)
+    assert failed["status"]["phase"] == "Failed"
+    assert failed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
+    wait_for(lambda: int(statuses()["crashing"][2]) >= 1, "Docker to restart the crashing container", 30)
+    lab.apply(current)  # the jobs go, with their containers
+    assert pod_containers(lab, "failed") == pod_containers(lab, "crashing") == []
+
+
+def test_a_failed_pull_is_an_error_and_changes_nothing(lab):
+    before = pod_containers(lab, "broken")
+    current = Topology.model_validate(lab.state().topology)
+    mixed = next(p for p in current.pods if p.name == "mixed")
+    server = mixed.containers[0].model_copy(update={"image": "emutest/missing:1"})
+    broken = mixed.model_copy(update={"name": "broken", "containers": [server, mixed.containers[1]]})
+    with pytest.raises(EmuError, match="image emutest/missing:1 is not on the Docker engine and pulling it failed"):
+        lab.apply(current.model_copy(update={"pods": [*current.pods, broken]}))
+    assert pod_containers(lab, "broken") == before == []
+    assert "default/broken" not in lab.state().pods
+
+
+def test_deleting_an_image_pod_removes_its_containers(lab):
+    lab.delete_pod("mixed")
+    assert pod_containers(lab, "mixed") == []
+    assert not lab.node_exec("w2", ["ip", "netns", "list"]).output.count("mixed")
+
+
+def test_down_leaves_no_container(lab, runtime):
+    lab.down()
+    assert [c for c in runtime.cluster_containers(lab.name)] == []
