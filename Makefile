@@ -16,7 +16,7 @@ down: venv docker
 	$(BIN)/emu down --all
 
 test: venv docker
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest --durations=15 tests
 
 unit: venv
 	$(BIN)/python -m pytest tests/unit

@@ -1,7 +1,7 @@
 """Churn: pods, deployments and services made and removed, round after round,
 with traffic through them; afterwards nothing they had is left on any node:
 no namespace, veth, file, process, rule, conntrack entry or address.
-EMU_CHURN_SECONDS sets how long it churns (default 60)."""
+EMU_CHURN_SECONDS sets how long it churns (default 30)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def churn(make_cluster):
 
 def test_nothing_is_left_over_after_churn(churn):
     rng = random.Random(20261128)
-    seconds = float(os.environ.get("EMU_CHURN_SECONDS", "60"))
+    seconds = float(os.environ.get("EMU_CHURN_SECONDS", "30"))
     deadline, rounds, answered = time.monotonic() + seconds, 0, 0
     before = {node.name: node_holds(churn, node.name) for node in churn.state().nodes}
     while time.monotonic() < deadline or rounds < 3:
