@@ -610,14 +610,15 @@ def cmd_plan(args) -> int:
     for plan in changed:
         print(plan.render(show_files=not args.script_only))
     if args.rules:
-        from emu.proxy import iptables
+        from emu.proxy import mode_of, proxier
         from emu.services import all_endpoints
 
         ready = {pod.uid: True for pod in desired.pods.values()}
         endpoints = all_endpoints(desired, ready)
+        proxy = proxier(mode_of(desired))
         for node in desired.nodes:
-            print(f"### node {node.name}: service rules its agent writes once every pod is ready")
-            print(iptables.restore_text(iptables.render(desired, node.name, endpoints)))
+            print(f"### node {node.name}: {proxy.mode} service rules its agent writes once every pod is ready")
+            print(proxy.text(proxy.render(desired, node.name, endpoints)))
             if desired.network_policies:
                 from emu import policy
 

@@ -23,7 +23,7 @@ from emu.agent import (
     container_script,
 )
 from emu.plan import NodePlan
-from emu.proxy import iptables
+from emu.proxy import mode_of, proxier
 from emu.proxy.iptables import comment
 from emu.records import KUBE_DNS_INDEX, ClusterState, NodeState, PodState, well_known_ip
 
@@ -364,7 +364,8 @@ def start_container_script(pod: PodState, container: dict) -> str:
 # The modules the node agent runs with (standard library only), copied into every node.
 AGENT_MODULES = [
     "__init__.py", "errors.py", "records.py", "services.py",
-    "proxy/__init__.py", "proxy/iptables.py", "agent/__init__.py", "agent/__main__.py", "agent/wait.py",
+    "proxy/__init__.py", "proxy/base.py", "proxy/iptables.py", "proxy/nftables.py", "proxy/ipvs.py",
+    "proxy/conntrack.py", "agent/__init__.py", "agent/__main__.py", "agent/wait.py",
     "agent/probes.py", "agent/gossip.py", "agent/proxysync.py", "agent/edge.py", "agent/pods.py", "agent/evict.py",
     "agent/web.py",
     "plan/__init__.py", "plan/cni.py", "reconcile.py",
@@ -417,13 +418,14 @@ def node_plan(
         plan.files.update(agent_files())
         plan.files[f"{plan_dir}/node.batch"] = node_setup_batch(state, node)
         plan.files[f"{plan_dir}/masquerade.rules"] = masquerade_rules(state, node)
-        plan.files[f"{plan_dir}/kube-proxy-hooks.rules"] = iptables.hook_rules()
+        proxy = proxier(mode_of(state)).bootstrap(state, node, plan_dir)  # kube-proxy's hooks or tables
+        plan.files.update(proxy.files)
         plan.files[f"{plan_dir}/agent-guard.rules"] = agent_guard_rules(state)
         plan.steps += [
             IPTABLES_BACKEND_STEP,
             f"ip -batch {plan_dir}/node.batch",
             f"iptables-restore --noflush {plan_dir}/masquerade.rules",
-            f"iptables-restore --noflush {plan_dir}/kube-proxy-hooks.rules",
+            *proxy.steps,
             f"iptables-restore --noflush {plan_dir}/agent-guard.rules",
             start_agent_line(node),
         ]

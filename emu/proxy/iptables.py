@@ -10,12 +10,11 @@ once per node (`hook_rules`). Standard library only: it runs in the node agent.
 from __future__ import annotations
 
 import functools
-import gc
 
-from emu.records import ClusterState, ServicePortState, ServiceState, sha256
+from emu.proxy.base import B32_PAIRS, MASQ_MARK, Bootstrap, Proxier, Runner, no_gc, run_text, service_ports
+from emu.records import ClusterState, NodeState, ServicePortState, ServiceState, sha256
 from emu.services import Endpoint, port_name
 
-MASQ_MARK = "0x4000"
 # Above this many endpoints kube-proxy leaves comments off endpoint (KUBE-SEP)
 # rules, which makes large rulesets cheaper to restore; emu does the same.
 LARGE_CLUSTER_ENDPOINTS = 1000
@@ -28,17 +27,11 @@ BASE_CHAINS = {
 }
 
 
-# Two base32 characters for every 10-bit value: base64.b32encode is pure Python
-# in 3.11 and this is 2.4x faster, which matters at 10,000 services.
-_B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-_B32_PAIRS = [_B32[i >> 5] + _B32[i & 31] for i in range(1024)]
-
-
 @functools.lru_cache(maxsize=1 << 17)
 def _hash(*parts: str) -> str:
     """kube-proxy's hash: base32 of sha256, first 16 characters (the first 10 bytes)."""
     n = int.from_bytes(sha256("".join(parts).encode()).digest()[:10], "big")
-    p = _B32_PAIRS
+    p = B32_PAIRS
     return (
         p[n >> 70] + p[(n >> 60) & 1023] + p[(n >> 50) & 1023] + p[(n >> 40) & 1023]
         + p[(n >> 30) & 1023] + p[(n >> 20) & 1023] + p[(n >> 10) & 1023] + p[n & 1023]
@@ -123,15 +116,8 @@ def render(
     With a `cache` (a dict the caller keeps between syncs), service ports whose
     service and endpoints are unchanged are not rendered again; the cache is
     left holding only the entries this ruleset used."""
-    # Rendering allocates many small objects and no cycles: the cyclic garbage
-    # collector would only slow it down.
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    with no_gc():
         return _render(state, node, endpoints, pod_subnet or state.networking["podSubnet"], cache)
-    finally:
-        if collecting:
-            gc.enable()
 
 
 def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
@@ -140,26 +126,16 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
     total = sum(len(eps) for by_port in endpoints.values() for eps in by_port.values())
     large = total > LARGE_CLUSTER_ENDPOINTS
     used = {}
-    for key in sorted(state.services):
-        service = state.services[key]
-        if not service.proxied:
-            continue
-        for port in service.ports:
-            port_endpoints = endpoints.get(key, {}).get(port.name, [])
-            cache_key = (
-                key, service.type, service.cluster_ip, service.load_balancer_ip, service.affinity_timeout,
-                service.external_traffic_policy, service.internal_traffic_policy,
-                port.name, port.port, port.protocol, port.node_port,
-                tuple((e.ip, e.port, e.node) for e in port_endpoints), node, pod_subnet, large,
-            )  # fmt: skip
-            recorded = cache.get(cache_key) if cache is not None else None
-            if recorded is None:
-                recorder = _Recorder()
-                _render_port(recorder, service, port, port_endpoints, node, pod_subnet, large)
-                recorded = recorder.rules
-            used[cache_key] = recorded
-            for (table, chain), chain_rules in recorded.items():
-                tables[table].setdefault(chain, []).extend(chain_rules)
+    for service, port, port_endpoints, identity in service_ports(state, endpoints):
+        cache_key = (identity, node, pod_subnet, large)
+        recorded = cache.get(cache_key) if cache is not None else None
+        if recorded is None:
+            recorder = _Recorder()
+            _render_port(recorder, service, port, port_endpoints, node, pod_subnet, large)
+            recorded = recorder.rules
+        used[cache_key] = recorded
+        for (table, chain), chain_rules in recorded.items():
+            tables[table].setdefault(chain, []).extend(chain_rules)
     if cache is not None:
         cache.clear()
         cache.update(used)
@@ -316,3 +292,122 @@ def restore_text(ruleset: Ruleset, previous: Ruleset | None = None) -> str:
         out += [f"-X {chain}" for chain in gone]
         out.append("COMMIT")
     return "\n".join(out) + "\n"
+
+
+def hook_jumps() -> set[tuple[str, str, str]]:
+    """(table, built-in chain, KUBE-* target) of every hook rule."""
+    jumps = set()
+    table = ""
+    for line in hook_rules().splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith("-I "):
+            words = line.split()
+            jumps.add((table, words[1], words[words.index("-j") + 1]))
+    return jumps
+
+
+def kernel_view(save_output: str) -> tuple[dict[tuple[str, str], int], set[tuple[str, str, str]]]:
+    """From iptables-save: ({(table, KUBE-* chain): rule count}, {(table, chain, KUBE-* target) jumps})."""
+    counts: dict[tuple[str, str], int] = {}
+    jumps: set[tuple[str, str, str]] = set()
+    table = ""
+    for line in save_output.splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":KUBE-"):
+            counts[(table, line[1:].split()[0])] = 0
+        elif line.startswith("-A "):
+            words = line.split()
+            chain = words[1]
+            if chain.startswith("KUBE-"):
+                counts[(table, chain)] = counts.get((table, chain), 0) + 1
+            elif "-j" in words:
+                target = words[words.index("-j") + 1]
+                if target.startswith("KUBE-"):
+                    jumps.add((table, chain, target))
+    return counts, jumps
+
+
+def differences(ruleset: Ruleset, save_output: str) -> list[str]:
+    """What the kernel lacks of `ruleset` and of the hooks, as short phrases."""
+    counts, jumps = kernel_view(save_output)
+    found = []
+    for table, chains in ruleset.items():
+        for chain, rules in chains.items():
+            have = counts.get((table, chain))
+            if have is None:
+                found.append(f"{table}/{chain} missing")
+            elif have != len(rules):
+                found.append(f"{table}/{chain} has {have} rules, not {len(rules)}")
+    found += [f"{table}/{chain} no longer jumps to {target}" for table, chain, target in sorted(hook_jumps() - jumps)]
+    return found
+
+
+def hooks_text(missing: set[tuple[str, str, str]]) -> str:
+    """iptables-restore --noflush text putting back the hook rules that are gone
+    (and only those: -I twice would duplicate)."""
+    table = ""
+    lines: dict[str, list[str]] = {}
+    for line in hook_rules().splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith("-I "):
+            words = line.split()
+            if (table, words[1], words[words.index("-j") + 1]) in missing:
+                lines.setdefault(table, []).append(line)
+    return "".join(
+        f"*{table}\n" + "".join(f":{chain} - [0:0]\n" for chain in BASE_CHAINS[table])
+        + "\n".join(rules) + "\nCOMMIT\n"
+        for table, rules in lines.items()
+    )
+
+
+class IptablesProxier(Proxier):
+    """kube-proxy's iptables mode through iptables-restore --noflush."""
+
+    mode = "iptables"
+    restore = ["iptables-restore", "--noflush", "--wait"]
+
+    def bootstrap(self, state: ClusterState, node: NodeState, plan_dir: str) -> Bootstrap:
+        path = f"{plan_dir}/kube-proxy-hooks.rules"
+        return Bootstrap({path: hook_rules()}, [f"iptables-restore --noflush {path}"])
+
+    def render(self, state, node, endpoints, cache=None) -> Ruleset:
+        return render(state, node, endpoints, cache=cache)
+
+    def text(self, rules: Ruleset, previous: Ruleset | None = None) -> str:
+        return restore_text(rules, previous)
+
+    def apply(self, run: Runner, rules: Ruleset, previous: Ruleset | None = None) -> int:
+        text = restore_text(rules, previous)
+        if text.strip():
+            run_text(run, self.restore, text, "iptables-restore")
+        return sum(1 for line in text.splitlines() if line.startswith(":"))
+
+    def adopt(self, run: Runner) -> Ruleset:
+        """KUBE-* chains already in the kernel (an earlier agent's), so the first
+        sync rewrites or deletes each of them."""
+        found: Ruleset = {}
+        for table in ("filter", "nat"):
+            result = run(["iptables-save", "-t", table], capture_output=True, text=True)
+            chains = [line[1:].split()[0] for line in result.stdout.splitlines() if line.startswith(":KUBE-")]
+            found[table] = {chain: ["(unknown)"] for chain in chains if chain not in BASE_CHAINS[table]}
+        return found
+
+    def forget(self) -> Ruleset:
+        return {}  # every chain counts as unwritten
+
+    def lost(self, run: Runner, rules: Ruleset) -> list[str]:
+        save = run(["iptables-save"], capture_output=True, text=True)
+        if save.returncode != 0:
+            return [f"iptables-save failed: {save.stderr.strip()}"]
+        lost = differences(rules, save.stdout)
+        if lost:
+            missing = hook_jumps() - kernel_view(save.stdout)[1]
+            if missing:
+                run(self.restore, input=hooks_text(missing), capture_output=True, text=True)
+        return lost
+
+
+PROXIER = IptablesProxier()

@@ -214,10 +214,8 @@ def _check_networks(topology: Topology) -> Iterator[Finding]:
         yield (
             path + ("proxyMode",),
             "proxyMode ipvs is not available in emu yet (and needs the kernel's ip_vs, which this kernel may lack); "
-            "use iptables",
+            "use iptables or nftables",
         )
-    elif networking.proxy_mode == "nftables":
-        yield (path + ("proxyMode",), "proxyMode nftables is not available in emu yet; use iptables")
     network = None
     if networking.cluster_network:
         network = ipaddress.IPv4Network(networking.cluster_network)

@@ -195,7 +195,7 @@ def test_committed_json_schema_is_current():
     assert committed == json_schema(), "regenerate with: emu schema > docs/topology.schema.json"
 
 
-@pytest.mark.parametrize("mode", ["ipvs", "nftables"])
+@pytest.mark.parametrize("mode", ["ipvs"])
 def test_proxy_modes_not_built_yet_are_refused_clearly(mode):
     [message] = problems(BASE + f"networking:\n  proxyMode: {mode}\n")
     assert f"networking.proxyMode: proxyMode {mode} is not available in emu yet" in message
