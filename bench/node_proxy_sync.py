@@ -1,5 +1,6 @@
 """Runs inside an emu node (PYTHONPATH=/opt/emu/lib): times emu's iptables sync
-against a bare iptables-restore of the same text. Driven by bench/proxy_sync.py."""
+against a bare iptables-restore of the same text, and its nftables sync against
+a bare nft -f of the same transaction. Driven by bench/proxy_sync.py."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from emu.proxy import iptables
+from emu.proxy import iptables, nftables
 from emu.records import ClusterState, NodeState, ServicePortState, ServiceState
 from emu.services import Endpoint
 
@@ -20,7 +21,7 @@ POD_BASE = ipaddress.IPv4Address("10.244.0.0")
 
 def make(count: int) -> tuple[ClusterState, dict]:
     node = NodeState("n0", "control-plane", {}, "10.244.0.0/24", "172.28.0.2", "bench")
-    state = ClusterState("bench", "bench", "172.28.0.0/24", {"podSubnet": "10.244.0.0/14"}, [node])
+    state = ClusterState("bench", "bench", "172.28.0.0/24", {"podSubnet": "10.244.0.0/14", "serviceSubnet": "10.96.0.0/12"}, [node])
     endpoints = {}
     for i in range(count):
         key = f"bench/svc-{i}"
@@ -76,7 +77,51 @@ def measure(state, endpoints, count: int) -> dict:
             "partial_chains": partial_text.count("\n:")}  # fmt: skip
 
 
+def nft(text: str) -> float:
+    started = time.perf_counter()
+    subprocess.run(["nft", "-f", "-"], input=text, text=True, check=True)
+    return time.perf_counter() - started
+
+
+def nft_clean() -> None:
+    subprocess.run(["nft", "delete", "table", "ip", "kube-proxy"], capture_output=True)
+
+
+def measure_nftables(state, endpoints, count: int) -> dict:
+    """Full sync (render + one nft -f of the whole table) and a one-service change
+    (render with the agent's cache + the transaction of what changed), each beside
+    a bare nft -f of the same text."""
+    nft_clean()
+    nftables.hash_and_truncate.cache_clear()  # a first sync renders cold
+    cache: dict = {}
+    started = time.perf_counter()
+    rules = nftables.render(state, "n0", endpoints, cache=cache)
+    text = nftables.transaction(rules)
+    rendered = time.perf_counter() - started
+    emu_full = rendered + nft(text)
+    nft_clean()
+    bare = nft(text)  # the same text, nothing else (the table is there again afterwards)
+    changed = dict(endpoints)
+    key = f"bench/svc-{count // 2}"
+    changed[key] = {"http": [endpoints[key]["http"][0], Endpoint("10.255.0.1", 8080, "n1", None)]}
+    started = time.perf_counter()
+    new_rules = nftables.render(state, "n0", changed, cache=cache)
+    partial_text = nftables.transaction(new_rules, rules)
+    partial = time.perf_counter() - started + nft(partial_text)
+    partial_bare = nft(nftables.transaction(rules, new_rules))  # the change back, bare
+    nft_clean()
+    return {"services": count, "lines": text.count("\n"), "render": rendered, "emu_full": emu_full, "bare": bare,
+            "partial": partial, "partial_bare": partial_bare, "partial_lines": partial_text.count("\n")}  # fmt: skip
+
+
 def main() -> None:
+    if sys.argv[2] == "nftables":
+        count, rounds = int(sys.argv[1]), int(sys.argv[3])
+        state, endpoints = make(count)
+        runs = [measure_nftables(state, endpoints, count) for _ in range(rounds)]
+        result = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+        print(json.dumps(result))
+        return
     count, with_nft, rounds = int(sys.argv[1]), sys.argv[2] == "nft", int(sys.argv[3])
     state, endpoints = make(count)
     runs = []

@@ -30,10 +30,11 @@ _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 B32_PAIRS = [_B32[i >> 5] + _B32[i & 31] for i in range(1024)]
 
 
-def base32_prefix(digest: bytes, pairs: int) -> str:
-    """The first 2*pairs characters of base32(digest), as Go's base32.StdEncoding writes them."""
-    n = int.from_bytes(digest[: pairs * 10 // 8], "big")
-    return "".join(B32_PAIRS[(n >> (10 * (pairs - 1 - i))) & 1023] for i in range(pairs))
+def base32_8(digest: bytes) -> str:
+    """The first 8 characters of base32(digest), as Go's base32.StdEncoding writes them."""
+    n = int.from_bytes(digest[:5], "big")
+    p = B32_PAIRS
+    return p[n >> 30] + p[(n >> 20) & 1023] + p[(n >> 10) & 1023] + p[n & 1023]
 
 
 @contextlib.contextmanager

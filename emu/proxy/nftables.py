@@ -28,7 +28,7 @@ import hashlib
 import re
 from dataclasses import dataclass, field
 
-from emu.proxy.base import MASQ_MARK, Bootstrap, Proxier, Runner, base32_prefix, no_gc, run_text, service_ports
+from emu.proxy.base import MASQ_MARK, Bootstrap, Proxier, Runner, base32_8, no_gc, run_text, service_ports
 from emu.records import ClusterState, NodeState, ServicePortState, ServiceState
 from emu.services import Endpoint, port_name
 
@@ -86,19 +86,21 @@ CHAIN_COMMENTS = {"reject-chain": "helper for @no-endpoint-services / @no-endpoi
 def hash_and_truncate(name: str) -> str:
     """kube-proxy's chain name base: 8 base32 characters of sha256(name), '-', name
     (never truncated: emu's names are shorter than nftables' 256-character limit)."""
-    return base32_prefix(hashlib.sha256(name.encode()).digest(), 4) + "-" + name
+    return base32_8(hashlib.sha256(name.encode()).digest()) + "-" + name
 
 
 def port_base(service: ServiceState, port: ServicePortState) -> str:
     """'HASH-namespace/name/protocol/portname', e.g. ULMVA6XW-ns1/svc1/tcp/p80."""
-    return hash_and_truncate(f"{service.namespace}/{service.name}/{port.protocol.lower()}/{port.name}")
+    return hash_and_truncate(port_path(service, port))
+
+
+def port_path(service: ServiceState, port: ServicePortState) -> str:
+    return f"{service.namespace}/{service.name}/{port.protocol.lower()}/{port.name}"
 
 
 def endpoint_base(service: ServiceState, port: ServicePortState, endpoint: Endpoint) -> str:
     """'HASH-namespace/name/protocol/portname__ip/port'."""
-    return hash_and_truncate(
-        f"{service.namespace}/{service.name}/{port.protocol.lower()}/{port.name}__{endpoint.ip}/{endpoint.port}"
-    )
+    return hash_and_truncate(f"{port_path(service, port)}__{endpoint.ip}/{endpoint.port}")
 
 
 @dataclass
@@ -223,8 +225,7 @@ def render_port(
     local = [e for e in endpoints if e.node == node]
     cluster_eps = endpoints if uses_cluster else []
     local_eps = local if uses_local else []
-    chosen = set(cluster_eps) | set(local_eps)
-    reachable = [e for e in endpoints if e in chosen]
+    reachable = endpoints if uses_cluster else local_eps  # cluster endpoints include the local ones
     has_endpoints = bool(endpoints)
     uses_cluster_chain = bool(cluster_eps) and uses_cluster
     uses_local_chain = bool(local_eps) and uses_local
@@ -233,13 +234,10 @@ def render_port(
     external_policy_chain = local_chain if external_local else cluster_chain
     has_external = has_endpoints and not (external_local and not local)
     uses_external_chain = has_endpoints and externally_accessible
-    if not has_endpoints:
-        internal_verdict = external_verdict = "goto reject-chain"
-    else:
-        internal_verdict = external_verdict = "drop"
+    internal_verdict = external_verdict = "drop" if has_endpoints else "goto reject-chain"
 
-    endpoint_chains = {e: f"endpoint-{endpoint_base(service, port, e)}" for e in reachable}
-    affinity = {e: f"affinity-{endpoint_base(service, port, e)}" for e in reachable}
+    # Each endpoint's chain name base, by the endpoint object (local ones are the same objects).
+    bases = {id(e): endpoint_base(service, port, e) for e in reachable}
     # Chains are declared first (a rule may only name a chain that exists), in kube-proxy's order.
     if uses_cluster_chain:
         out.chains[cluster_chain] = []
@@ -248,7 +246,7 @@ def render_port(
     if uses_external_chain:
         out.chains[external_chain] = []
     for endpoint in reachable:
-        out.chains[endpoint_chains[endpoint]] = []
+        out.chains["endpoint-" + bases[id(endpoint)]] = []
 
     note = f' comment "{name}"'
     out.elements.append(("cluster-ips", service.cluster_ip, ""))
@@ -287,25 +285,28 @@ def render_port(
             rules.append(f"goto {external_policy_chain}")
     if service.affinity_timeout:
         for endpoint in reachable:
-            out.sets[affinity[endpoint]] = f"type ipv4_addr ; flags dynamic,timeout ; timeout {service.affinity_timeout}s ;"
+            out.sets["affinity-" + bases[id(endpoint)]] = (
+                f"type ipv4_addr ; flags dynamic,timeout ; timeout {service.affinity_timeout}s ;"
+            )
     if uses_cluster_chain:
-        _balance(out.chains[cluster_chain], cluster_eps, endpoint_chains, affinity, service.affinity_timeout)
+        _balance(out.chains[cluster_chain], cluster_eps, bases, service.affinity_timeout)
     if uses_local_chain:
-        _balance(out.chains[local_chain], local_eps, endpoint_chains, affinity, service.affinity_timeout)
+        _balance(out.chains[local_chain], local_eps, bases, service.affinity_timeout)
     for endpoint in reachable:
-        rules = out.chains[endpoint_chains[endpoint]]
+        base = bases[id(endpoint)]
+        rules = out.chains["endpoint-" + base]
         rules.append(f"ip saddr {endpoint.ip} jump mark-for-masquerade")  # hairpin: the pod reaching itself
         if service.affinity_timeout:
-            rules.append(f"update @{affinity[endpoint]} {{ ip saddr }}")
-        rules.append(f"meta l4proto {proto} dnat to {endpoint.address}")
+            rules.append(f"update @affinity-{base} {{ ip saddr }}")
+        rules.append(f"meta l4proto {proto} dnat to {endpoint.ip}:{endpoint.port}")
     return out
 
 
-def _balance(rules: list[str], endpoints: list[Endpoint], chains: dict, affinity: dict, timeout: int | None) -> None:
+def _balance(rules: list[str], endpoints: list[Endpoint], bases: dict[int, str], timeout: int | None) -> None:
     """Affinity first (a client seen lately goes where it went), then a uniform pick."""
     if timeout:
-        rules += [f"ip saddr @{affinity[e]} goto {chains[e]}" for e in endpoints]
-    picks = " , ".join(f"{i} : goto {chains[e]}" for i, e in enumerate(endpoints))
+        rules += [f"ip saddr @affinity-{bases[id(e)]} goto endpoint-{bases[id(e)]}" for e in endpoints]
+    picks = " , ".join(f"{i} : goto endpoint-{bases[id(e)]}" for i, e in enumerate(endpoints))
     rules.append(f"numgen random mod {len(endpoints)} vmap {{ {picks} }}")
 
 
@@ -327,16 +328,36 @@ def full_text(rules: Ruleset, replace: bool = True) -> str:
 def transaction(rules: Ruleset, previous: Ruleset | None = None) -> str:
     """One nft -f transaction from `previous` to `rules`: everything when
     previous is None (or its setup differs), else only what changed ("" when
-    nothing did)."""
-    if previous is None or previous.setup != rules.setup or _sets_changed(previous.sets(), rules.sets()):
+    nothing did). Service ports are compared by identity first: the renderer's
+    cache hands back the same PortRules for an unchanged port, so a change to
+    one service among 10,000 costs the diff of that one."""
+    if previous is None or previous.setup != rules.setup:
         return full_text(rules)
-    old_chains, new_chains = previous.chains(), rules.chains()
-    old_elements, new_elements = previous.elements(), rules.elements()
-    old_sets, new_sets = previous.sets(), rules.sets()
+    old_ports = {port.name: port for port in previous.ports}
+    new_ports = {port.name: port for port in rules.ports}
+    changed_old, changed_new = [], []
+    for name in [*new_ports, *(name for name in old_ports if name not in new_ports)]:
+        old, new = old_ports.get(name), new_ports.get(name)
+        if old is not new:
+            changed_old += [old] if old else []
+            changed_new += [new] if new else []
+    if not changed_old and not changed_new:
+        return ""
+    old_view, new_view = Ruleset([], {}, changed_old), Ruleset([], {}, changed_new)
+    old_sets, new_sets = old_view.sets(), new_view.sets()
+    if _sets_changed(old_sets, new_sets):
+        return full_text(rules)
+    old_chains, new_chains = old_view.chains(), new_view.chains()
+    old_elements, new_elements = old_view.elements(), new_view.elements()
+    # A cluster IP is one element for all of a service's ports: it stays while one of them does.
+    kept_ips = {port.elements[0][1] for port in rules.ports} if any(
+        name == "cluster-ips" and (name, key) not in new_elements for name, key in old_elements
+    ) else set()
     out = [f"add set {TABLE} {name} {{ {d} }}" for name, d in new_sets.items() if name not in old_sets]
     out += [f"add chain {TABLE} {chain}" for chain in new_chains if chain not in old_chains]
     out += [f"delete element {TABLE} {name} {{ {key} }}"
-            for (name, key), value in old_elements.items() if new_elements.get((name, key)) != value]  # fmt: skip
+            for (name, key), value in old_elements.items()
+            if new_elements.get((name, key)) != value and not (name == "cluster-ips" and key in kept_ips)]  # fmt: skip
     for chain, chain_rules in new_chains.items():
         old = old_chains.get(chain)
         if old == chain_rules:

@@ -1,0 +1,245 @@
+"""Every kube-proxy mode passes the same service tests, with real packets.
+
+One cluster per mode (module-scoped, parametrised): ClusterIP over TCP and UDP
+to every endpoint, NodePort on every node, a LoadBalancer address from
+outside, a pod reaching itself through its service (hairpin), ClientIP
+affinity, a service without endpoints refusing, an endpoint replaced behind
+its service, and a UDP client that keeps its source port across the
+replacement of the only endpoint (kube-proxy's stale conntrack cleanup).
+IPVS is skipped where the kernel lacks ip_vs, with the module named.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from emu.proxy.base import KernelMissing
+from emu.proxy.ipvs import require_ip_vs
+
+NETEXEC = ("{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}, "
+           "{name: udp, containerPort: 8081, protocol: UDP}]}")  # fmt: skip
+LAB = f"""\
+name: modes
+networking: {{proxyMode: MODE}}
+nodes:
+  - {{name: cp, role: control-plane}}
+  - {{name: w1}}
+  - {{name: w2}}
+pods:
+  - name: client
+    node: w1
+    containers: [{{name: shell, command: [sleep, infinity]}}]
+  - name: solo
+    node: w2
+    labels: {{app: solo}}
+    containers: [{NETEXEC}]
+deployments:
+  - name: backend
+    replicas: 3
+    template:
+      labels: {{app: backend}}
+      containers: [{NETEXEC}]
+  - name: echo
+    replicas: 1
+    template:
+      labels: {{app: echo}}
+      containers: [{NETEXEC}]
+services:
+  - name: backend
+    type: NodePort
+    selector: {{app: backend}}
+    ports:
+      - {{name: http, port: 80, targetPort: http}}
+      - {{name: udp, port: 53, targetPort: udp, protocol: UDP}}
+  - name: sticky
+    selector: {{app: backend}}
+    sessionAffinity: ClientIP
+    ports: [{{port: 80, targetPort: 8080}}]
+  - name: lb
+    type: LoadBalancer
+    selector: {{app: backend}}
+    ports: [{{port: 80, targetPort: http}}]
+  - name: solo
+    selector: {{app: solo}}
+    ports: [{{port: 80, targetPort: 8080}}]
+  - name: echo
+    selector: {{app: echo}}
+    ports: [{{port: 53, targetPort: 8081, protocol: UDP}}]
+  - name: nobody
+    selector: {{app: nobody}}
+    ports: [{{port: 80}}]
+"""
+
+# Each mode's own listing, and a line of it that shows kube-proxy's shape.
+LISTINGS = {
+    "iptables": (["iptables-save", "-t", "nat"], "-m statistic --mode random --probability 0.33333333349"),
+    "nftables": (["nft", "list", "table", "ip", "kube-proxy"], "numgen random mod 3 vmap {"),
+}
+
+UDP_ASK = """\
+import socket, sys
+names = []
+for _ in range(int(sys.argv[3])):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.sendto(b"hostname", (sys.argv[1], int(sys.argv[2])))
+    names.append(s.recvfrom(1024)[0].decode())
+    s.close()
+print("\\n".join(names))
+"""
+
+# One source port, as a resolver keeps: answers, or "timeout" for each of 3 tries.
+UDP_FIXED_PORT = """\
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 40053))
+s.settimeout(1)
+for _ in range(3):
+    s.sendto(b"hostname", (sys.argv[1], int(sys.argv[2])))
+    try:
+        print(s.recvfrom(1024)[0].decode())
+        break
+    except socket.timeout:
+        print("timeout")
+"""
+
+
+@pytest.fixture(scope="module", params=["iptables", "nftables", "ipvs"])
+def mode(request, make_cluster):
+    name = request.param
+    if name == "ipvs":
+        try:
+            require_ip_vs()
+        except KernelMissing as missing:
+            pytest.skip(str(missing))
+        pytest.skip("emu renders no IPVS rules yet")
+    cluster = make_cluster(LAB.replace("MODE", name), f"px-{name[:3]}")
+    wait_for(lambda: len(endpoints(cluster, "default/backend")) == 3, "backend's 3 endpoints")
+    return name, cluster
+
+
+@pytest.fixture(scope="module")
+def outside(mode) -> str:
+    return mode[1].run_external("outside")
+
+
+def wait_for(condition, what: str, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def endpoints(cluster, service: str, port: str = "http") -> list[str]:
+    return cluster.endpoints().get(service, {}).get(port, [])
+
+
+def ip_of(cluster, service: str) -> str:
+    return cluster.state().services[service].cluster_ip
+
+
+def names_of(cluster, app: str) -> set[str]:
+    return {p.name for p in cluster.state().pods.values() if p.labels.get("app") == app}
+
+
+def curl_many(cluster, pod: str, url: str, count: int = 30) -> list[str]:
+    result = cluster.exec(pod, ["sh", "-c", f"for i in $(seq {count}); do curl -sS --max-time 3 {url}; echo; done"])
+    assert result.ok, result.output
+    return [line for line in result.output.splitlines() if line]
+
+
+def outside_curl(cluster, url: str) -> tuple[int, str]:
+    result = cluster.runtime.exec(f"{cluster.name}-outside", ["curl", "-sS", "--max-time", "3", url])
+    return result.exit_code, result.output.strip()
+
+
+def listing(cluster, mode: str, node: str) -> str:
+    return cluster.node_exec(node, LISTINGS[mode][0]).output
+
+
+def test_rules_are_written_in_the_modes_own_shape(mode):
+    name, cluster = mode
+    for node in cluster.state().nodes:
+        assert LISTINGS[name][1] in listing(cluster, name, node.name), node.name
+    other = "nftables" if name == "iptables" else "iptables"
+    assert "default/backend" not in listing(cluster, other, "cp")  # one mode at a time
+
+
+def test_cluster_ip_reaches_every_endpoint_over_tcp(mode):
+    _, cluster = mode
+    answers = curl_many(cluster, "client", f"http://{ip_of(cluster, 'default/backend')}/hostname", 40)
+    assert len(answers) == 40 and set(answers) == names_of(cluster, "backend")
+
+
+def test_cluster_ip_reaches_every_endpoint_over_udp(mode):
+    _, cluster = mode
+    result = cluster.exec("client", ["python3", "-c", UDP_ASK, ip_of(cluster, "default/backend"), "53", "40"])
+    assert result.ok, result.output
+    assert set(result.output.split()) == names_of(cluster, "backend")
+
+
+def test_node_port_answers_on_every_node(mode, outside):
+    _, cluster = mode
+    node_port = cluster.state().services["default/backend"].ports[0].node_port
+    for node in cluster.state().nodes:  # cp has no backend: it forwards to another node
+        code, answer = outside_curl(cluster, f"http://{node.node_ip}:{node_port}/hostname")
+        assert code == 0 and answer in names_of(cluster, "backend"), f"{node.name}: {answer}"
+
+
+def test_load_balancer_address_answers_from_outside(mode, outside):
+    _, cluster = mode
+    address = cluster.state().services["default/lb"].load_balancer_ip
+    answers = {outside_curl(cluster, f"http://{address}/hostname") for _ in range(6)}
+    assert all(code == 0 for code, _ in answers) and {a for _, a in answers} <= names_of(cluster, "backend")
+
+
+def test_pod_reaches_itself_through_its_service(mode):
+    _, cluster = mode
+    assert curl_many(cluster, "solo", f"http://{ip_of(cluster, 'default/solo')}/hostname", 5) == ["solo"] * 5
+
+
+def test_client_ip_affinity_keeps_one_backend(mode):
+    _, cluster = mode
+    answers = curl_many(cluster, "client", f"http://{ip_of(cluster, 'default/sticky')}/hostname", 20)
+    assert len(answers) == 20 and len(set(answers)) == 1
+
+
+def test_service_without_endpoints_is_refused(mode):
+    _, cluster = mode
+    result = cluster.exec("client", ["curl", "-sS", "--max-time", "5", f"http://{ip_of(cluster, 'default/nobody')}/"])
+    assert result.exit_code == 7, result.output  # 7: connection refused (28 would be a time-out)
+
+
+def test_replaced_endpoint_is_followed_by_every_node(mode):
+    name, cluster = mode
+    before = cluster.state()
+    pod = min((p for p in before.pods.values() if p.labels.get("app") == "backend"), key=lambda p: p.name)
+    cluster.delete_pod(pod.name)
+    new = cluster.state().pods[pod.key].ip
+    assert new != pod.ip
+    wait_for(lambda: f"{new}:8080" in endpoints(cluster, "default/backend"), "the new pod's endpoint", 10)
+    for node in before.nodes:
+        wait_for(lambda: f"{new}:8080" in listing(cluster, name, node.name), f"{node.name}'s rules to add {new}", 10)
+        assert f"{pod.ip}:8080" not in listing(cluster, name, node.name), f"{node.name} kept the old endpoint"
+    answers = curl_many(cluster, "client", f"http://{ip_of(cluster, 'default/backend')}/hostname", 30)
+    assert set(answers) == names_of(cluster, "backend")
+
+
+def test_udp_client_follows_a_replaced_endpoint_from_the_same_port(mode):
+    """Without kube-proxy's `conntrack -D`, the flow stays NATed to the dead pod."""
+    name, cluster = mode
+    address = ip_of(cluster, "default/echo")
+    [pod] = [p for p in cluster.state().pods.values() if p.labels.get("app") == "echo"]
+    first = cluster.exec("client", ["python3", "-c", UDP_FIXED_PORT, address, "53"]).output.split()
+    assert first == [pod.name], first
+    cluster.delete_pod(pod.name)
+    new = cluster.state().pods[pod.key].ip
+    client_node = cluster.state().pods["default/client"].node
+    wait_for(lambda: f"{new}:8081" in listing(cluster, name, client_node), "the client's node to program the new pod", 10)
+    again = cluster.exec("client", ["python3", "-c", UDP_FIXED_PORT, address, "53"]).output.split()
+    assert again and again[-1] == pod.name, f"still sent to the old endpoint: {again}"
