@@ -141,6 +141,10 @@ class Cluster:
 
     def _create(self, topology: Topology, wait: bool) -> Change:
         started = time.monotonic()
+        if topology.networking.proxy_mode == "ipvs":
+            from emu.proxy.ipvs import refuse_up
+
+            refuse_up()  # before anything is created
         image = topology.node_image or self.runtime.node_image(self.progress)
         networking = topology.networking
         subnet = self.runtime.pick_subnet(networking.cluster_network, [networking.pod_subnet, networking.service_subnet])

@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from emu.errors import EmuError
 from emu.records import ClusterState, NodeState
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -77,7 +78,7 @@ class Bootstrap:
     steps: list[str] = field(default_factory=list)
 
 
-class KernelMissing(Exception):
+class KernelMissing(EmuError):
     """The kernel lacks what a mode needs (IPVS without ip_vs)."""
 
 

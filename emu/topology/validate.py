@@ -210,12 +210,6 @@ def _check_capacity(topology: Topology) -> Iterator[Finding]:
 def _check_networks(topology: Topology) -> Iterator[Finding]:
     networking = topology.networking
     path = ("networking",)
-    if networking.proxy_mode == "ipvs":
-        yield (
-            path + ("proxyMode",),
-            "proxyMode ipvs is not available in emu yet (and needs the kernel's ip_vs, which this kernel may lack); "
-            "use iptables or nftables",
-        )
     network = None
     if networking.cluster_network:
         network = ipaddress.IPv4Network(networking.cluster_network)

@@ -243,3 +243,22 @@ def test_udp_client_follows_a_replaced_endpoint_from_the_same_port(mode):
     wait_for(lambda: f"{new}:8081" in listing(cluster, name, client_node), "the client's node to program the new pod", 10)
     again = cluster.exec("client", ["python3", "-c", UDP_FIXED_PORT, address, "53"]).output.split()
     assert again and again[-1] == pod.name, f"still sent to the old endpoint: {again}"
+
+
+def test_up_with_ipvs_fails_before_creating_anything(runtime, new_name):
+    """Where the kernel lacks ip_vs, `emu up` says so and leaves nothing behind."""
+    from emu.cluster import Cluster
+    from emu.errors import EmuError
+    from emu.topology.load import load_text
+
+    try:
+        require_ip_vs()
+    except KernelMissing:
+        pass
+    else:
+        pytest.skip("this kernel has ip_vs: the refusal names emu's missing IPVS programming instead")
+    name = new_name("px-ipvs")
+    topology = load_text(LAB.replace("MODE", "ipvs").replace("name: modes", f"name: {name}"))
+    with pytest.raises(EmuError, match="kernel module ip_vs"):
+        Cluster(name, runtime=runtime).up(topology)
+    assert name not in runtime.cluster_names()

@@ -195,7 +195,6 @@ def test_committed_json_schema_is_current():
     assert committed == json_schema(), "regenerate with: emu schema > docs/topology.schema.json"
 
 
-@pytest.mark.parametrize("mode", ["ipvs"])
-def test_proxy_modes_not_built_yet_are_refused_clearly(mode):
-    [message] = problems(BASE + f"networking:\n  proxyMode: {mode}\n")
-    assert f"networking.proxyMode: proxyMode {mode} is not available in emu yet" in message
+@pytest.mark.parametrize("mode", ["iptables", "ipvs", "nftables"])
+def test_every_kube_proxy_mode_validates(mode):
+    assert load_text(BASE + f"networking:\n  proxyMode: {mode}\n").networking.proxy_mode == mode
