@@ -23,8 +23,12 @@ Ruleset = dict[str, dict[str, list[str]]]  # table -> chain -> rules (without "-
 # Chains written in full on every sync, in every table.
 BASE_CHAINS = {
     "nat": ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"],
-    "filter": ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD"],
-}
+    # KUBE-NODEPORTS (health check ports), KUBE-FIREWALL (the localnet guard) and
+    # KUBE-PROXY-FIREWALL (loadBalancerSourceRanges) stay empty in emu, but a
+    # real node always has them and the jumps into them.
+    "filter": ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-FIREWALL",
+               "KUBE-PROXY-FIREWALL"],
+}  # fmt: skip
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -63,6 +67,7 @@ def hook_rules() -> str:
     from the built-in chains into kube-proxy's, as kube-proxy installs them."""
     portals = comment("kubernetes service portals")
     external = comment("kubernetes externally-visible service portals")
+    firewall = comment("kubernetes load balancer firewall")
     return "\n".join(
         [
             "*nat",
@@ -73,11 +78,17 @@ def hook_rules() -> str:
             "COMMIT",
             "*filter",
             *(f":{chain} - [0:0]" for chain in BASE_CHAINS["filter"]),
-            f"-I INPUT 1 -m conntrack --ctstate NEW {external} -j KUBE-EXTERNAL-SERVICES",
-            f"-I FORWARD 1 {comment('kubernetes forwarding rules')} -j KUBE-FORWARD",
-            f"-I FORWARD 2 -m conntrack --ctstate NEW {portals} -j KUBE-SERVICES",
-            f"-I FORWARD 3 -m conntrack --ctstate NEW {external} -j KUBE-EXTERNAL-SERVICES",
-            f"-I OUTPUT 1 -m conntrack --ctstate NEW {portals} -j KUBE-SERVICES",
+            f"-I INPUT 1 -m conntrack --ctstate NEW {firewall} -j KUBE-PROXY-FIREWALL",
+            f"-I INPUT 2 {comment('kubernetes health check service ports')} -j KUBE-NODEPORTS",
+            f"-I INPUT 3 -m conntrack --ctstate NEW {external} -j KUBE-EXTERNAL-SERVICES",
+            "-I INPUT 4 -j KUBE-FIREWALL",
+            f"-I FORWARD 1 -m conntrack --ctstate NEW {firewall} -j KUBE-PROXY-FIREWALL",
+            f"-I FORWARD 2 {comment('kubernetes forwarding rules')} -j KUBE-FORWARD",
+            f"-I FORWARD 3 -m conntrack --ctstate NEW {portals} -j KUBE-SERVICES",
+            f"-I FORWARD 4 -m conntrack --ctstate NEW {external} -j KUBE-EXTERNAL-SERVICES",
+            f"-I OUTPUT 1 -m conntrack --ctstate NEW {firewall} -j KUBE-PROXY-FIREWALL",
+            f"-I OUTPUT 2 -m conntrack --ctstate NEW {portals} -j KUBE-SERVICES",
+            "-I OUTPUT 3 -j KUBE-FIREWALL",
             "COMMIT",
             "",
         ]

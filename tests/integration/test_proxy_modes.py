@@ -170,6 +170,24 @@ def test_rules_are_written_in_the_modes_own_shape(mode):
     assert "default/backend" not in listing(cluster, other, "cp")  # one mode at a time
 
 
+# What a real node always holds in the mode, even with nothing to put there.
+ALWAYS = {
+    "iptables": (["iptables-save", "-t", "filter"], [":KUBE-NODEPORTS - [0:0]", ":KUBE-FIREWALL - [0:0]",
+                 ":KUBE-PROXY-FIREWALL - [0:0]", "-A INPUT -j KUBE-FIREWALL",
+                 '-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" '
+                 "-j KUBE-PROXY-FIREWALL"]),
+    "nftables": (["nft", "list", "table", "ip", "kube-proxy"], ["map firewall-ips {", "chain firewall-check {",
+                 "chain reject-chain {", "ip daddr @cluster-ips reject"]),
+}  # fmt: skip
+
+
+def test_chains_kube_proxy_always_declares_exist(mode):
+    name, cluster = mode
+    argv, wanted = ALWAYS[name]
+    text = cluster.node_exec("w2", argv).output
+    assert [line for line in wanted if line not in text] == []
+
+
 def test_cluster_ip_reaches_every_endpoint_over_tcp(mode):
     _, cluster = mode
     answers = curl_many(cluster, "client", f"http://{ip_of(cluster, 'default/backend')}/hostname", 40)
