@@ -55,18 +55,19 @@ def service_ports(state: ClusterState, endpoints: dict):
     """(service, port, its ready endpoints, identity) for every proxied service
     port in key order; identity holds everything a port's rules depend on but
     the node, for the renderers' caches."""
-    for key in sorted(state.services):
-        service = state.services[key]
+    services = state.services
+    none: dict = {}
+    for key in sorted(services):
+        service = services[key]
         if not service.proxied:
             continue
+        common = (key, service.type, service.cluster_ip, service.load_balancer_ip, service.affinity_timeout,
+                  service.external_traffic_policy, service.internal_traffic_policy)  # fmt: skip
+        by_port = endpoints.get(key, none)
         for port in service.ports:
-            port_endpoints = endpoints.get(key, {}).get(port.name, [])
-            identity = (
-                key, service.type, service.cluster_ip, service.load_balancer_ip, service.affinity_timeout,
-                service.external_traffic_policy, service.internal_traffic_policy,
-                port.name, port.port, port.protocol, port.node_port,
-                tuple((e.ip, e.port, e.node) for e in port_endpoints),
-            )  # fmt: skip
+            port_endpoints = by_port.get(port.name, ())
+            identity = (common, port.name, port.port, port.protocol, port.node_port,
+                        tuple([(e.ip, e.port, e.node) for e in port_endpoints]))  # fmt: skip
             yield service, port, port_endpoints, identity
 
 
