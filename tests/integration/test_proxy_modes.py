@@ -11,12 +11,11 @@ IPVS is skipped where the kernel lacks ip_vs, with the module named.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from emu.proxy.base import KernelMissing
 from emu.proxy.ipvs import require_ip_vs
+from tests.integration.test_service_traffic import UDP_CLIENT, curl_many, endpoint_list, ip_of, outside_curl, wait_for
 
 NETEXEC = ("{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}, "
            "{name: udp, containerPort: 8081, protocol: UDP}]}")  # fmt: skip
@@ -78,18 +77,6 @@ LISTINGS = {
     "nftables": (["nft", "list", "table", "ip", "kube-proxy"], "numgen random mod 3 vmap {"),
 }
 
-UDP_ASK = """\
-import socket, sys
-names = []
-for _ in range(int(sys.argv[3])):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.settimeout(2)
-    s.sendto(b"hostname", (sys.argv[1], int(sys.argv[2])))
-    names.append(s.recvfrom(1024)[0].decode())
-    s.close()
-print("\\n".join(names))
-"""
-
 # One source port, as a resolver keeps: answers, or "timeout" for each of 3 tries.
 UDP_FIXED_PORT = """\
 import socket, sys
@@ -117,7 +104,7 @@ def mode(request, make_cluster):
             pytest.skip(str(missing))
         pytest.skip("emu renders no IPVS rules yet")
     cluster = make_cluster(LAB.replace("MODE", name), f"px-{name[:3]}")
-    wait_for(lambda: len(endpoints(cluster, "default/backend")) == 3, "backend's 3 endpoints")
+    wait_for(lambda: len(endpoint_list(cluster, "default/backend")) == 3, "backend's 3 endpoints")
     return name, cluster
 
 
@@ -126,36 +113,8 @@ def outside(mode) -> str:
     return mode[1].run_external("outside")
 
 
-def wait_for(condition, what: str, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-def endpoints(cluster, service: str, port: str = "http") -> list[str]:
-    return cluster.endpoints().get(service, {}).get(port, [])
-
-
-def ip_of(cluster, service: str) -> str:
-    return cluster.state().services[service].cluster_ip
-
-
 def names_of(cluster, app: str) -> set[str]:
     return {p.name for p in cluster.state().pods.values() if p.labels.get("app") == app}
-
-
-def curl_many(cluster, pod: str, url: str, count: int = 30) -> list[str]:
-    result = cluster.exec(pod, ["sh", "-c", f"for i in $(seq {count}); do curl -sS --max-time 3 {url}; echo; done"])
-    assert result.ok, result.output
-    return [line for line in result.output.splitlines() if line]
-
-
-def outside_curl(cluster, url: str) -> tuple[int, str]:
-    result = cluster.runtime.exec(f"{cluster.name}-outside", ["curl", "-sS", "--max-time", "3", url])
-    return result.exit_code, result.output.strip()
 
 
 def listing(cluster, mode: str, node: str) -> str:
@@ -196,7 +155,7 @@ def test_cluster_ip_reaches_every_endpoint_over_tcp(mode):
 
 def test_cluster_ip_reaches_every_endpoint_over_udp(mode):
     _, cluster = mode
-    result = cluster.exec("client", ["python3", "-c", UDP_ASK, ip_of(cluster, "default/backend"), "53", "40"])
+    result = cluster.exec("client", ["python3", "-c", UDP_CLIENT, ip_of(cluster, "default/backend"), "53", "40"])
     assert result.ok, result.output
     assert set(result.output.split()) == names_of(cluster, "backend")
 
@@ -240,7 +199,7 @@ def test_replaced_endpoint_is_followed_by_every_node(mode):
     cluster.delete_pod(pod.name)
     new = cluster.state().pods[pod.key].ip
     assert new != pod.ip
-    wait_for(lambda: f"{new}:8080" in endpoints(cluster, "default/backend"), "the new pod's endpoint", 10)
+    wait_for(lambda: f"{new}:8080" in endpoint_list(cluster, "default/backend"), "the new pod's endpoint", 10)
     for node in before.nodes:
         wait_for(lambda: f"{new}:8080" in listing(cluster, name, node.name), f"{node.name}'s rules to add {new}", 10)
         assert f"{pod.ip}:8080" not in listing(cluster, name, node.name), f"{node.name} kept the old endpoint"
