@@ -206,7 +206,11 @@ def _render_port(
         verdict, why = ("DROP", "has no local endpoints") if endpoints else ("REJECT", "has no endpoints")
         rules.add("filter", "KUBE-SERVICES", f"{comment(f'{name} {why}')} {match} {destination} -j {verdict}")
 
-    # NodePort and LoadBalancer: traffic from outside enters through KUBE-EXT.
+    # NodePort and LoadBalancer enter through KUBE-EXT whenever the service has
+    # endpoints anywhere: with externalTrafficPolicy Local and none on this node,
+    # traffic from pods and from the node itself still goes on to the cluster's
+    # (short-circuited in KUBE-EXT); only traffic from outside, which KUBE-EXT
+    # does not take, meets the DROP in KUBE-EXTERNAL-SERVICES.
     if has_external:
         targets = []
         if port.node_port:
@@ -215,14 +219,14 @@ def _render_port(
             targets.append(("KUBE-SERVICES", f"-d {service.load_balancer_ip}/32 --dport {port.port}", ""))
         for chain, where, local_only in targets:
             label = name if chain == "KUBE-NODEPORTS" else f"{name} loadbalancer IP"
-            if external:
+            if endpoints:
                 rules.add("nat", chain, f"{comment(label)} {match} {where} -j {ext}")
-            else:
+            if not external:
                 verdict, why = ("DROP", "has no local endpoints") if endpoints else ("REJECT", "has no endpoints")
                 rules.add(
                     "filter", "KUBE-EXTERNAL-SERVICES", f"{comment(f'{name} {why}')} {local_only}{match} {where} -j {verdict}"
                 )
-        if external:
+        if endpoints:
             if service.external_traffic_policy == "Local":
                 rules.add("nat", ext, f"{comment(f'pod traffic for {name} external destinations')} -s {pod_subnet} -j {svc}")
                 rules.add(
@@ -237,20 +241,23 @@ def _render_port(
                     f"{comment(f'route LOCAL traffic for {name} external destinations')} "
                     f"-m addrtype --src-type LOCAL -j {svc}",
                 )
-                rules.add("nat", ext, f"-j {svl}")
+                if external:
+                    rules.add("nat", ext, f"-j {svl}")
             else:
                 rules.add("nat", ext, f"{comment(f'masquerade traffic for {name} external destinations')} -j KUBE-MARK-MASQ")
                 rules.add("nat", ext, f"-j {svc}")
 
-    # KUBE-SVC balances over every endpoint; KUBE-SVL over this node's only.
+    # KUBE-SVC balances over every endpoint; KUBE-SVL over this node's only. The
+    # chain cluster IP traffic takes masquerades what comes from outside the pod network.
     needs_svc = endpoints and (service.internal_traffic_policy == "Cluster" or has_external)
     needs_svl = local and (service.internal_traffic_policy == "Local" or service.external_traffic_policy == "Local")
-    if needs_svc:
+    if internal:
         rules.add(
             "nat",
-            svc,
+            internal_chain,
             f"{comment(name + ' cluster IP')} {match} {destination} ! -s {pod_subnet} -j KUBE-MARK-MASQ",
         )
+    if needs_svc:
         _balance(rules, svc, name, proto, endpoints, service.affinity_timeout)
     if needs_svl:
         _balance(rules, svl, name, proto, local, service.affinity_timeout)

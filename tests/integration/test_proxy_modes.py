@@ -63,6 +63,11 @@ services:
   - name: solo
     selector: {{app: solo}}
     ports: [{{port: 80, targetPort: 8080}}]
+  - name: local
+    type: NodePort
+    externalTrafficPolicy: Local
+    selector: {{app: solo}}
+    ports: [{{port: 80, targetPort: 8080}}]
   - name: echo
     selector: {{app: echo}}
     ports: [{{port: 53, targetPort: 8081, protocol: UDP}}]
@@ -173,6 +178,23 @@ def test_load_balancer_address_answers_from_outside(mode, outside):
     address = cluster.state().services["default/lb"].load_balancer_ip
     answers = {outside_curl(cluster, f"http://{address}/hostname") for _ in range(6)}
     assert all(code == 0 for code, _ in answers) and {a for _, a in answers} <= names_of(cluster, "backend")
+
+
+def test_local_policy_drops_outside_traffic_where_no_endpoint_is_but_not_pods_or_the_node(mode, outside):
+    """kube-proxy's externalTrafficPolicy: Local. Only solo's node (w2) takes
+    traffic from outside, keeping the client's address; on w1 a pod or the
+    node itself still reaches the service (short-circuited to its endpoints)."""
+    _, cluster = mode
+    state = cluster.state()
+    node_port = state.services["default/local"].ports[0].node_port
+    w1, w2 = state.node("w1").node_ip, state.node("w2").node_ip
+    code, answer = outside_curl(cluster, f"http://{w2}:{node_port}/clientip")
+    assert code == 0 and answer.split(":")[0] == outside, answer
+    code, answer = outside_curl(cluster, f"http://{w1}:{node_port}/hostname")
+    assert code != 0, f"w1 answered {answer} from outside without a local endpoint"
+    assert curl_many(cluster, "client", f"http://{w1}:{node_port}/hostname", 3) == ["solo"] * 3
+    result = cluster.node_exec("w1", ["curl", "-sS", "--max-time", "3", f"http://{w1}:{node_port}/hostname"])
+    assert result.output.strip() == "solo", result.output
 
 
 def test_pod_reaches_itself_through_its_service(mode):
