@@ -115,7 +115,7 @@ class Proxier(ABC):
 
     def forget(self):
         """A `previous` that makes the next apply write everything (after the kernel lost some of it)."""
-        return None
+        return None  # noqa: RET501 - a mode may return an empty ruleset instead
 
     @abstractmethod
     def lost(self, run: Runner, rules) -> list[str]:

@@ -385,7 +385,7 @@ class IptablesProxier(Proxier):
     """kube-proxy's iptables mode through iptables-restore --noflush."""
 
     mode = "iptables"
-    restore = ["iptables-restore", "--noflush", "--wait"]
+    restore = ("iptables-restore", "--noflush", "--wait")
 
     def bootstrap(self, state: ClusterState, node: NodeState, plan_dir: str) -> Bootstrap:
         path = f"{plan_dir}/kube-proxy-hooks.rules"
@@ -400,7 +400,7 @@ class IptablesProxier(Proxier):
     def apply(self, run: Runner, rules: Ruleset, previous: Ruleset | None = None) -> int:
         text = restore_text(rules, previous)
         if text.strip():
-            run_text(run, self.restore, text, "iptables-restore")
+            run_text(run, [*self.restore], text, "iptables-restore")
         return sum(1 for line in text.splitlines() if line.startswith(":"))
 
     def adopt(self, run: Runner) -> Ruleset:
@@ -424,7 +424,7 @@ class IptablesProxier(Proxier):
         if lost:
             missing = hook_jumps() - kernel_view(save.stdout)[1]
             if missing:
-                run(self.restore, input=hooks_text(missing), capture_output=True, text=True)
+                run([*self.restore], input=hooks_text(missing), capture_output=True, text=True)
         return lost
 
 

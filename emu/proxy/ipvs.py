@@ -137,11 +137,13 @@ def render(state: ClusterState, node: str, endpoints: dict, cache: dict | None =
         local = [e for e in port_endpoints if e.node == node]
         for e in local:  # a pod reaching itself through its service is masqueraded
             sets["KUBE-LOOP-BACK"].append(f"{e.ip},{proto}:{e.port},{e.ip}")
-        persistence = service.affinity_timeout
+        # Real servers: every endpoint, or with a Local policy this node's (all of them when
+        # it has none, so that its pods still reach the service, as kube-proxy does).
+        every = [e.address for e in port_endpoints]
+        near = [e.address for e in local] or every
 
-        def serve(address: str, only_local: bool) -> None:
-            chosen = (local or port_endpoints) if only_local else port_endpoints
-            servers.append(VirtualServer(proto, address, persistence, [e.address for e in chosen]))
+        def serve(address: str, only_local: bool, proto=proto, every=every, near=near, timeout=service.affinity_timeout):
+            servers.append(VirtualServer(proto, address, timeout, near if only_local else every))
 
         sets["KUBE-CLUSTER-IP"].append(f"{service.cluster_ip},{proto}:{port.port}")
         addresses.append(service.cluster_ip)

@@ -38,14 +38,14 @@ TABLE = "ip kube-proxy"
 SETS = [
     ("set", "cluster-ips", 'type ipv4_addr ; comment "Active ClusterIPs" ;'),
     ("set", "nodeport-ips", 'type ipv4_addr ; comment "IPs that accept NodePort traffic" ;'),
-    ("map", "no-endpoint-services", "type ipv4_addr . inet_proto . inet_service : verdict ; "
-     'comment "vmap to drop or reject packets to services with no endpoints" ;'),
-    ("map", "no-endpoint-nodeports", "type inet_proto . inet_service : verdict ; "
-     'comment "vmap to drop or reject packets to service nodeports with no endpoints" ;'),
-    ("map", "firewall-ips", "type ipv4_addr . inet_proto . inet_service : verdict ; "
-     'comment "destinations that are subject to LoadBalancerSourceRanges" ;'),
-    ("map", "service-ips", "type ipv4_addr . inet_proto . inet_service : verdict ; "
-     'comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ;'),
+    ("map", "no-endpoint-services", ("type ipv4_addr . inet_proto . inet_service : verdict ; "
+     'comment "vmap to drop or reject packets to services with no endpoints" ;')),
+    ("map", "no-endpoint-nodeports", ("type inet_proto . inet_service : verdict ; "
+     'comment "vmap to drop or reject packets to service nodeports with no endpoints" ;')),
+    ("map", "firewall-ips", ("type ipv4_addr . inet_proto . inet_service : verdict ; "
+     'comment "destinations that are subject to LoadBalancerSourceRanges" ;')),
+    ("map", "service-ips", ("type ipv4_addr . inet_proto . inet_service : verdict ; "
+     'comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ;')),
     ("map", "service-nodeports", 'type inet_proto . inet_service : verdict ; comment "NodePort traffic" ;'),
 ]  # fmt: skip
 

@@ -138,8 +138,8 @@ def test_rules_are_written_in_the_modes_own_shape(mode):
 ALWAYS = {
     "iptables": (["iptables-save", "-t", "filter"], [":KUBE-NODEPORTS - [0:0]", ":KUBE-FIREWALL - [0:0]",
                  ":KUBE-PROXY-FIREWALL - [0:0]", "-A INPUT -j KUBE-FIREWALL",
-                 '-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" '
-                 "-j KUBE-PROXY-FIREWALL"]),
+                 ('-A OUTPUT -m conntrack --ctstate NEW -m comment --comment "kubernetes load balancer firewall" '
+                  "-j KUBE-PROXY-FIREWALL")]),
     "nftables": (["nft", "list", "table", "ip", "kube-proxy"], ["map firewall-ips {", "chain firewall-check {",
                  "chain reject-chain {", "ip daddr @cluster-ips reject"]),
 }  # fmt: skip
@@ -223,7 +223,8 @@ def test_replaced_endpoint_is_followed_by_every_node(mode):
     assert new != pod.ip
     wait_for(lambda: f"{new}:8080" in endpoint_list(cluster, "default/backend"), "the new pod's endpoint", 10)
     for node in before.nodes:
-        wait_for(lambda: f"{new}:8080" in listing(cluster, name, node.name), f"{node.name}'s rules to add {new}", 10)
+        wait_for(lambda node=node: f"{new}:8080" in listing(cluster, name, node.name), f"{node.name}'s rules to add {new}",
+                 10)  # fmt: skip
         assert f"{pod.ip}:8080" not in listing(cluster, name, node.name), f"{node.name} kept the old endpoint"
     answers = curl_many(cluster, "client", f"http://{ip_of(cluster, 'default/backend')}/hostname", 30)
     assert set(answers) == names_of(cluster, "backend")

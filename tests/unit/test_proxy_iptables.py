@@ -13,10 +13,10 @@ def test_local_policy_without_local_endpoint_still_short_circuits_pods_and_the_n
     ext, svc = iptables.external_chain("default/local", "tcp"), iptables.service_chain("default/local", "tcp")
     assert rules["nat"][ext] == [
         '-m comment --comment "pod traffic for default/local external destinations" -s 10.244.0.0/16 -j ' + svc,
-        '-m comment --comment "masquerade LOCAL traffic for default/local external destinations" '
-        "-m addrtype --src-type LOCAL -j KUBE-MARK-MASQ",
-        '-m comment --comment "route LOCAL traffic for default/local external destinations" '
-        "-m addrtype --src-type LOCAL -j " + svc,
+        ('-m comment --comment "masquerade LOCAL traffic for default/local external destinations" '
+         "-m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"),
+        ('-m comment --comment "route LOCAL traffic for default/local external destinations" '
+         "-m addrtype --src-type LOCAL -j " + svc),
     ]  # and no jump to KUBE-SVL: there is nothing local to balance over
     assert f"-m comment --comment default/local -m tcp -p tcp --dport 30081 -j {ext}" in rules["nat"]["KUBE-NODEPORTS"]
     # Traffic from outside, which KUBE-EXT does not take, is dropped.
