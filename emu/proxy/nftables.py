@@ -24,12 +24,11 @@ it runs in the node agent.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 from dataclasses import dataclass, field
 
 from emu.proxy.base import MASQ_MARK, Bootstrap, Proxier, Runner, base32_8, no_gc, run_text, service_ports
-from emu.records import ClusterState, NodeState, ServicePortState, ServiceState
+from emu.records import ClusterState, NodeState, ServicePortState, ServiceState, sha256
 from emu.services import Endpoint, port_name
 
 TABLE = "ip kube-proxy"
@@ -86,7 +85,7 @@ CHAIN_COMMENTS = {"reject-chain": "helper for @no-endpoint-services / @no-endpoi
 def hash_and_truncate(name: str) -> str:
     """kube-proxy's chain name base: 8 base32 characters of sha256(name), '-', name
     (never truncated: emu's names are shorter than nftables' 256-character limit)."""
-    return base32_8(hashlib.sha256(name.encode()).digest()) + "-" + name
+    return base32_8(sha256(name.encode()).digest()) + "-" + name
 
 
 def port_base(service: ServiceState, port: ServicePortState) -> str:
