@@ -278,7 +278,8 @@ def test_restarted_node_has_its_service_rules_again(mode, runtime):
         return result.ok and result.output.strip() in names
 
     wait_for(served, "w2's own rules to serve the cluster IP", 90)  # a second or two unloaded
-    assert LISTINGS[name][1] in listing(cluster, name, "w2")
+    # All three backends again, w2's own once its restarted pod is ready.
+    wait_for(lambda: LISTINGS[name][1] in listing(cluster, name, "w2"), "w2's rules to balance over 3 again", 60)
 
 
 def test_up_with_ipvs_fails_before_creating_anything(runtime, new_name):
