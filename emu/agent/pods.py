@@ -92,6 +92,9 @@ def plan(state: ClusterState, node: str, todo: Work) -> NodePlan:
         # The veth goes with its namespace; its name is not needed. The pod's IP
         # here is read from it (the state has its new one).
         result.steps[1:1] = [f"emu_delete_pod {shlex.quote(netns)} - ?" for netns in todo.orphans]
+    if not result.empty:
+        # Last look: an `emu` command's plan that landed since the agent looked wins.
+        result.steps.insert(0, f"if [ -e {HOLD_FILE} ]; then echo 'held: an emu command is changing this node'; exit 0; fi")
     return result
 
 

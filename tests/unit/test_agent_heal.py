@@ -147,3 +147,18 @@ def test_the_agent_command_line():
     for bad in ([], ["--node"], ["--nod", "w1"], ["--node", "w1", "--port", "x"]):
         with pytest.raises(SystemExit):
             parse_options(bad)
+
+
+def test_the_agents_plan_steps_aside_for_a_command_that_landed_meanwhile(tmp_path):
+    import subprocess
+
+    s = state()
+    seen = healthy(s, "w1")
+    seen.made.add("gone-elsewhere")
+    plan = pods.plan(s, "w1", pods.work(s, "w1", seen))
+    assert plan.steps[0].startswith(f"if [ -e {pods.HOLD_FILE} ]")
+    guard = plan.steps[0].replace(pods.HOLD_FILE, str(tmp_path / "hold"))
+    script = f"set -eu\n{guard}\necho went-on\n"
+    assert subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout == "went-on\n"
+    (tmp_path / "hold").touch()
+    assert "went-on" not in subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
