@@ -333,7 +333,9 @@ def in_pod_argv(pod: PodState, container: dict, argv: list[str]) -> list[str]:
 # The parent of a container's process (in the node's root namespace, its own
 # session): writes the process's pid, waits for it and writes its exit code, as
 # the kubelet keeps a container's status, for restartPolicy and `emu status`.
-CONTAINER_PARENT = 'p=$1 e=$2; shift 2; rm -f "$e"; "$@" & echo $! >"$p"; wait $!; echo $? >"$e"'
+# Once it ended, its pid file says "-": the file still tells that it was started,
+# and no one signals a pid the kernel may have given to another process since.
+CONTAINER_PARENT = 'p=$1 e=$2; shift 2; rm -f "$e"; "$@" & echo $! >"$p"; wait $!; c=$?; echo - >"$p"; echo $c >"$e"'
 
 
 def start_container_script(pod: PodState, container: dict) -> str:
