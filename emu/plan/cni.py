@@ -63,7 +63,10 @@ emu_delete_pod() {
   # emu_delete_pod NETNS VETH IP [replaced|-] [GRACE] (VETH "-": not known; IP "?": read from the pod's eth0)
   ip=$3
   if [ "$ip" = "?" ]; then ip=$(ip -n "$1" -4 -o addr show dev eth0 2>/dev/null | sed -n 's/.* inet \\([0-9.]*\\)\\/.*/\\1/p'); fi
-  # Pid files first: the agent restarts a dead container only while its pid file says it was started;
+  # The containers' parents first (emu-container, see CONTAINER_PARENT): one that has not
+  # written its pid file yet would otherwise start its process after the look below.
+  if pkill -KILL -f "emu-container %s/$1/" 2>/dev/null; then sleep 0.1; fi
+  # Pid files next: the agent restarts a dead container only while its pid file says it was started;
   # and their processes die by them too (a namespace deleted by hand no longer lists them).
   # SIGTERM, then up to terminationGracePeriodSeconds ($5, in 20 ms steps) to exit, then SIGKILL.
   pids=""
@@ -86,7 +89,7 @@ emu_delete_pod() {
   if [ -n "$ip" ]; then
     for how in -s -d --reply-src; do conntrack -D $how "$ip" >/dev/null 2>&1 || true; done
   fi
-}""" % (RUN_DIR, LOG_DIR, RUN_DIR, PLAN_DIR, CONTAINER_DIR, VOLUME_DIR)
+}""" % (RUN_DIR, RUN_DIR, LOG_DIR, RUN_DIR, PLAN_DIR, CONTAINER_DIR, VOLUME_DIR)
 
 
 def prefix_length(cidr: str) -> int:
