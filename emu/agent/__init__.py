@@ -11,6 +11,8 @@ Its jobs live in one module each (probes, gossip, proxysync, edge), driven by
 __main__; the paths and port below are the one place they are named.
 """
 
+import os
+
 AGENT_PORT = 10250  # the kubelet's
 AGENT_URL = f"http://127.0.0.1:{AGENT_PORT}"
 STATE_FILE = "/etc/emu/state.json"
@@ -32,6 +34,16 @@ LOCK_DIR = "/etc/emu/lock"
 # namespace with these in their environment, so the node finds their processes.
 SANDBOX_ENV = "EMU_SANDBOX"  # =<pod uid>
 CONTAINER_ENV = "EMU_CONTAINER"  # =<pod uid>/<container>
+
+
+def write_atomically(path: str, text: str, suffix: str = ".new") -> None:
+    """Write beside `path` and rename into place: a reader sees the old file or
+    the new one, never half of one. (The agent writes the state with its own
+    suffix: the controller stages a new state as state.json.new.)"""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + suffix, "w") as handle:
+        handle.write(text)
+    os.replace(path + suffix, path)
 
 
 def container_file(netns: str, container: str, kind: str) -> str:

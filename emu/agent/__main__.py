@@ -20,7 +20,9 @@ import sys
 import threading
 import time
 
-from emu.agent import AGENT_PORT, DNS_SNAPSHOT, LOCK_DIR, PID_FILE, RESTARTS_FILE, STATE_FILE, STATUS_FILE, pods, web
+from emu.agent import (
+    AGENT_PORT, DNS_SNAPSHOT, LOCK_DIR, PID_FILE, RESTARTS_FILE, STATE_FILE, STATUS_FILE, pods, web, write_atomically,
+)  # fmt: skip
 from emu.agent.edge import LoadBalancers
 from emu.agent.evict import EVICT_AFTER, evict
 from emu.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
@@ -132,7 +134,7 @@ class Agent:
         if self.view and state.generation <= self.view.state.generation:
             return
         log(f"the hub sent state generation {state.generation}")
-        write_atomically(self.snapshot, text)
+        write_atomically(self.snapshot, text, suffix=".agent")
         self.reload.set()
 
     # ---- pod sandboxes: the kubelet's sync of this node's pods ----------------
@@ -242,7 +244,7 @@ class Agent:
             for before, after in result.moved:
                 log(f"pod {before.key} moves from lost node {before.node} to {after.node} ({before.ip} -> {after.ip})")
             text = state.to_json()
-            write_atomically(self.snapshot, text)
+            write_atomically(self.snapshot, text, suffix=".agent")
             self.hub.tell({"state": text})
             self.reload.set()
         finally:
@@ -334,17 +336,8 @@ def release_memory() -> None:
         pass  # not glibc
 
 
-def write_atomically(path: str, text: str) -> None:
-    with open(path + ".agent", "w") as handle:
-        handle.write(text)
-    os.replace(path + ".agent", path)
-
-
 def write_status(status: dict) -> None:
-    os.makedirs(os.path.dirname(STATUS_FILE), exist_ok=True)
-    with open(STATUS_FILE + ".new", "w") as handle:
-        json.dump(status, handle)
-    os.replace(STATUS_FILE + ".new", STATUS_FILE)
+    write_atomically(STATUS_FILE, json.dumps(status))
 
 
 def make_handler(agent: Agent) -> web.Handler:

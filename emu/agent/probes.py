@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from emu.agent import container_file, container_script, web
+from emu.agent import container_file, container_script, web, write_atomically
 from emu.records import PodState
 
 ALIVE_PERIOD = 1.0  # processes are checked once a second, as the kubelet's PLEG relists
@@ -287,9 +287,7 @@ class Kubelet:
             return
         counts = {f"{uid}/{name}": r.count for (uid, name), r in self.restarts.items() if r.count}
         try:
-            with open(self.counts_file + ".new", "w") as handle:
-                json.dump(counts, handle)
-            os.replace(self.counts_file + ".new", self.counts_file)
+            write_atomically(self.counts_file, json.dumps(counts))
         except OSError:
             pass
 
