@@ -14,7 +14,7 @@ by hand, no services, no agents) in the same run; then, after --idle seconds
 with nothing changing, the agents' CPU (their own and their children's, from
 /proc) over a --window, and their memory (RSS).
 
-usage: python bench/scale.py [--only 50x40,1000svc,100x50] [--idle 60] [--window 30] [--no-baseline]
+usage: python bench/scale.py [--only 50x40,1000svc,100x50] [--idle 60] [--window 30] [--no-baseline] [--keep]
 """
 
 from __future__ import annotations
@@ -106,12 +106,35 @@ def idle_cost(window: float) -> tuple[int, float, float, float]:
     return len(alive), 100 * used / window, max(sizes), sum(sizes)
 
 
+CPUACCT = Path("/sys/fs/cgroup/cpuacct")  # cgroup v1, as on this machine (v2: no breakdown is printed)
+
+
+def cpu_now() -> tuple[float, float]:
+    """CPU seconds used so far by every Docker container, and by the whole machine."""
+    try:
+        containers = int((CPUACCT / "docker" / "cpuacct.usage").read_text()) / 1e9
+        everything = int((CPUACCT / "cpuacct.usage").read_text()) / 1e9
+    except OSError:
+        return 0.0, 0.0
+    return containers, everything
+
+
+def print_stages(phases: dict[str, tuple[float, float, float]]) -> None:
+    """Each stage of `emu up`: wall clock, CPU in the node containers and outside them (dockerd, emu)."""
+    names = {"network": "make network", "starting": "start nodes", "wiring": "wire pods", "pods": "converge"}
+    marks = [(names[key], *phases[key]) for key in names if key in phases] + [("", *phases["up"])] if "up" in phases else []
+    for (name, wall, inside, total), (_, next_wall, next_inside, next_total) in zip(marks, marks[1:]):
+        print(f"  {name:13} {next_wall - wall:6.1f} s wall, CPU {next_inside - inside:6.1f} s in nodes, "
+              f"{(next_total - total) - (next_inside - inside):6.1f} s outside")  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default="50x40,1000svc,100x50")
     parser.add_argument("--idle", type=float, default=60)
     parser.add_argument("--window", type=float, default=30)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="leave the (last) lab up to look at; `emu down emubench-LAB` removes it")
     options = parser.parse_args()
     runtime = DockerRuntime()
     image = runtime.node_image(print)
@@ -119,20 +142,28 @@ def main() -> int:
     for name in options.only.split(","):
         make, nodes, per_node, pods = LABS[name]
         baseline = None if options.no_baseline else time_baseline(runtime, f"emubench-base-{name}", nodes, per_node, image, "nc")
-        cluster = Cluster(f"emubench-{name}", runtime=runtime, progress=lambda message: None)
+        phases: dict[str, tuple[float, float, float]] = {}
+
+        def note(message: str) -> None:  # when each stage began: wall clock, CPU of the containers and of all
+            phases.setdefault(message.split()[0], (time.perf_counter() - started, *cpu_now()))
+
+        cluster = Cluster(f"emubench-{name}", runtime=runtime, progress=note)
         cluster.down()
         started = time.perf_counter()
         try:
             cluster.up(load_text(make()).model_copy(update={"name": cluster.name}))
             took = time.perf_counter() - started
+            phases["up"] = (took, *cpu_now())
             time.sleep(options.idle)
             agents, cpu, rss_max, rss_total = idle_cost(options.window)
         finally:
-            cluster.down()
+            if not options.keep:
+                cluster.down()
         ratio = f"{took / baseline:5.2f}x" if baseline else "    -"
         base = f"{baseline:10.1f}" if baseline else f"{'-':>10}"
         print(f"{name:8} {pods:>5} {base} {took:7.1f} {pods / took:7.0f} {ratio}  {agents} agents, "
               f"{cpu:.2f}% of a core, {rss_max:.0f}/{rss_total:.0f} MB")  # fmt: skip
+        print_stages(phases)
     return 0
 
 

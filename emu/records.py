@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import sys
 from dataclasses import asdict, dataclass, field
 
 from emu.errors import EmuError
@@ -243,23 +245,26 @@ class ClusterState:
         return text
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> ClusterState:
+    def from_json(cls, text: str | bytes, node: str | None = None) -> ClusterState:
         """The state from its JSON. Raises StateError, never another error, for a
-        file that is too big, not UTF-8, not JSON or not the shape of a state."""
+        file that is too big, not UTF-8, not JSON or not the shape of a state.
+
+        With `node`, the state as that node's agent keeps it (NodeReader): read
+        pod by pod, other nodes' pods without what only their own node needs,
+        no creation times, and of the declared topology only its dns section."""
         damaged = "the cluster's state file is damaged ({}); recreate the cluster with `emu down` and `emu up`"
         if len(text) > MAX_STATE_BYTES:
-            raise StateError(
-                f"the cluster's state file is {len(text) / 2**20:,.0f} MiB, over emu's limit of "
-                f"{MAX_STATE_BYTES >> 20} MiB; it is damaged or the cluster is too big: "
-                "recreate it smaller with `emu down` and `emu up`"
-            )
+            raise _too_big(len(text))
         try:
-            data = json.loads(text)
+            if node is None:
+                data = json.loads(text)
+            else:
+                data = NodeReader(text.decode() if isinstance(text, bytes) else text, node).read()
         except UnicodeDecodeError:
             raise StateError(damaged.format("not UTF-8")) from None
         except RecursionError:
             raise StateError(damaged.format("nested too deep")) from None
-        except ValueError as error:  # json.JSONDecodeError; an int of over 4,300 digits
+        except (ValueError, IndexError) as error:  # json.JSONDecodeError; an int of over 4,300 digits; cut short
             raise StateError(damaged.format(f"not JSON: {str(error)[:100]}")) from None
         if not isinstance(data, dict):
             raise StateError(damaged.format("not a JSON object"))
@@ -270,7 +275,7 @@ class ClusterState:
             )
         try:
             data["nodes"] = [NodeState(**n) for n in data["nodes"]]
-            data["pods"] = {k: PodState(**p) for k, p in data["pods"].items()}
+            data["pods"] = {k: p if isinstance(p, PodState) else PodState(**p) for k, p in data["pods"].items()}
             data["services"] = {
                 k: ServiceState(**{**v, "ports": [ServicePortState(**p) for p in v["ports"]]})
                 for k, v in data.get("services", {}).items()
@@ -280,3 +285,135 @@ class ClusterState:
             raise StateError(damaged.format(f"{type(error).__name__}: {str(error)[:100]}")) from None
 
 
+def _too_big(size: int) -> StateError:
+    return StateError(
+        f"the cluster's state file is {size / 2**20:,.0f} MiB, over emu's limit of "
+        f"{MAX_STATE_BYTES >> 20} MiB; it is damaged or the cluster is too big: "
+        "recreate it smaller with `emu down` and `emu up`"
+    )
+
+
+def read_state_text(path: str) -> str:
+    """A state file's text, refused (StateError) before it is read when over
+    MAX_STATE_BYTES. (A file's read(limit) allocates `limit` up front: 256 MiB
+    for each read of a 3 MiB state.)"""
+    with open(path) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size > MAX_STATE_BYTES:
+            raise _too_big(size)
+        return handle.read()
+
+
+# What an agent keeps of another node's pod's containers: their ports (services'
+# and network policies' named ports); the rest, and these fields, only the pod's own node uses.
+LOCAL_ONLY = {"service_env": {}, "volumes": {}, "dns_config": None, "spec_hash": ""}
+
+
+class NodeReader:
+    """Reads a state file as one node's agent needs it, member by member, so that
+    the whole file never exists as one tree of objects: the pods come one at a
+    time and other nodes' pods are slimmed at once (LOCAL_ONLY; of their
+    containers only the ports); `created` and all of `topology` but its dns
+    section are dropped. Parsed whole, 2,000 pods and 1,000 services cost an
+    agent 11 MB, kept after the parse by the heap's fragmentation. Repeated
+    strings are interned, and equal label sets and port lists are one object."""
+
+    def __init__(self, text: str, node: str):
+        self.text = text
+        self.node = node
+        self.decode = json.JSONDecoder().raw_decode
+        self.pos = 0
+        self.seen: dict[str, object] = {}  # repr -> the one shared value (NodeReader.shared)
+
+    def skip(self) -> str:
+        """Skips whitespace; returns the next character."""
+        text, pos = self.text, self.pos
+        while text[pos] in " \t\n\r":
+            pos += 1
+        self.pos = pos
+        return text[pos]
+
+    def expect(self, char: str) -> None:
+        if self.skip() != char:
+            raise ValueError(f"expected {char!r} at character {self.pos}")
+        self.pos += 1
+
+    def members(self):
+        """(key, position of its value) of the object at the position; the caller
+        reads the value and moves self.pos past it."""
+        self.expect("{")
+        if self.skip() == "}":
+            self.pos += 1
+            return
+        while True:
+            self.expect('"')
+            key, self.pos = json.decoder.scanstring(self.text, self.pos)
+            self.expect(":")
+            self.skip()
+            yield key
+            if self.skip() == "}":
+                self.pos += 1
+                return
+            self.expect(",")
+
+    def value(self):
+        value, self.pos = self.decode(self.text, self.pos)
+        return value
+
+    def read(self) -> dict:
+        if self.skip() != "{":
+            return self.value()  # not an object: from_json says so
+        data: dict = {}
+        for key in self.members():
+            if key == "pods":
+                data["pods"] = {pod_key: self.pod(self.value()) for pod_key in self.members()}
+            elif key == "created":
+                self.value()
+            elif key == "topology":
+                topology = self.value()
+                data["topology"] = {"dns": topology.get("dns", {})} if isinstance(topology, dict) else topology
+            else:
+                data[key] = self.value()
+        if self.pos < len(self.text) and self.text[self.pos:].strip():
+            raise ValueError(f"extra data at character {self.pos}")
+        return data
+
+    def pod(self, pod):
+        if not isinstance(pod, dict):
+            return pod  # from_json reports it
+        intern = sys.intern
+        for name in ("namespace", "node", "restart_policy", "dns_policy", "owner"):
+            if isinstance(pod.get(name), str):
+                pod[name] = intern(pod[name])
+        if isinstance(pod.get("labels"), dict):
+            pod["labels"] = self.shared(pod["labels"])  # a deployment's pods have the same
+        containers = pod.get("containers")
+        if pod.get("node") != self.node:
+            pod.update(LOCAL_ONLY)
+            if isinstance(containers, list):
+                pod["containers"] = self.shared([{"ports": c.get("ports") or []} if isinstance(c, dict) else c
+                                                 for c in containers])  # fmt: skip
+        elif isinstance(containers, list):
+            for container in containers:
+                if isinstance(container, dict) and isinstance(container.get("ports"), list):
+                    container["ports"] = [self.shared(port) for port in container["ports"]]
+        return PodState(**pod)
+
+    def shared(self, value):
+        """One object for equal values (label sets, port lists): the agent only reads them."""
+        key = repr(value)
+        found = self.seen.get(key)
+        if found is None:
+            found = self.seen[key] = _interned(value)
+        return found
+
+
+def _interned(value):
+    """The value with its strings interned (dicts and lists, all the way down)."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {sys.intern(k) if isinstance(k, str) else k: _interned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interned(v) for v in value]
+    return value

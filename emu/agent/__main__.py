@@ -31,10 +31,22 @@ from emu.agent.ingress import IngressSync
 from emu.agent.policy import PolicySync
 from emu.agent.proxysync import ProxySync
 from emu.dns.snapshot import dns_snapshot, write_snapshot
-from emu.records import MAX_STATE_BYTES, ClusterState
-from emu.services import all_endpoints
+from emu.records import ClusterState, read_state_text
+from emu.services import EndpointTracker
 
 RESYNC_AFTER_FAILURE = 0.5
+
+
+def settle_quiet(nodes: int) -> float:
+    """How long a sync waits for other nodes' new pods (Agent.settling) once no
+    node has reported for a while: all the agents of a big lab read a new state
+    at once, on a machine's few cores, and the first reports come seconds later."""
+    return 2.0 + 0.1 * nodes
+
+
+def settle_time(nodes: int) -> float:
+    """How long after a new state a sync waits for other nodes' new pods, at most."""
+    return 10.0 + 0.5 * nodes
 
 
 def log(message: str) -> None:
@@ -52,6 +64,10 @@ class NodeView:
         self.is_hub = self.hub.name == node
         self.node_by_ip = {n.node_ip: n.name for n in state.nodes}
         self.runs_dns = any(c.get("workload") == "coredns" for p in self.local for c in p.containers)
+        self.uids_by_node: dict[str, set[str]] = {}  # other nodes' pods (Agent.unknown)
+        for pod in state.pods.values():
+            if pod.node != node:
+                self.uids_by_node.setdefault(pod.node, set()).add(pod.uid)
 
 
 class Agent:
@@ -78,15 +94,25 @@ class Agent:
         self.load_balancers = LoadBalancers(node, log)
         self.policies = PolicySync(log)
         self.ingress = IngressSync(node, log)
+        self.lost_nodes: set[str] = set()  # NotReady, as the hub says
+        self.loaded_at = 0.0  # when the state in view arrived (monotonic)
+        self.settle_timer: threading.Timer | None = None
+        self.waiting_for: list[str] = []  # the nodes settling last waited for,
+        self.progress_at = 0.0  # and when that changed
         self.synced_key: tuple | None = None
+        self.dns_key: tuple | None = None  # what the DNS snapshot was last written from
         self.synced_ready: dict[str, bool] = {}
-        self.endpoints: dict = {}
+        self.tracker = EndpointTracker()
+        self.endpoints: dict = {}  # as last synced: {service key: {port name: [Endpoint]}}
 
     # ---- state ----------------------------------------------------------------
     def load_loop(self) -> None:
+        """A new state arrives with a SIGHUP (or the hub's watch); the pods loop
+        looks at the file every POD_CHECK seconds too, so this one need not poll:
+        an idle agent's every wake-up counts, 50 agents to a machine."""
         while True:
             self.load()
-            self.reload.wait(1.0)
+            self.reload.wait(30.0)
             self.reload.clear()
 
     def load(self) -> None:
@@ -101,15 +127,11 @@ class Agent:
         if mtime == self.snapshot_mtime:
             return
         try:
-            with open(self.snapshot) as handle:
-                state = ClusterState.from_json(handle.read(MAX_STATE_BYTES + 1))  # from_json refuses more
+            # As this node needs it (other nodes' pods slimmed): the agent's size is that of its rules.
+            state = ClusterState.from_json(read_state_text(self.snapshot), node=self.node)
         except (OSError, ValueError) as error:
             log(f"cannot read {self.snapshot}: {error}")
             return
-        # The declared topology is the controller's (for scale and re-apply); the
-        # agent needs only its dns section. Dropping the rest, and giving the
-        # parse's freed memory back, keeps an agent's size that of its rules.
-        state.topology = {"dns": state.topology.get("dns", {})}
         view = NodeView(state, self.node)
         if self.view is not None:
             gone = {p.ip for p in self.view.state.pods.values()} - {p.ip for p in state.pods.values()}
@@ -121,6 +143,8 @@ class Agent:
             self.view = view
             self.kubelet.step()  # this node's pods' readiness is known before the first sync with them
         self.snapshot_mtime = mtime
+        self.loaded_at = time.monotonic()
+        self.settle_timer = None  # (one that is still set only wakes the sync loop once more)
         log(f"state generation {state.generation}: {len(state.pods)} pods, {len(state.services)} services")
         self.reporter.changed.set()
         self.kubelet_wake.set()
@@ -130,7 +154,7 @@ class Agent:
     def adopt(self, text: str) -> None:
         """A newer state from the hub (it moved a lost node's pods): keep it as the
         controller would have written it."""
-        state = ClusterState.from_json(text)
+        state = ClusterState.from_json(text, node=self.node)  # only its generation is needed
         if self.view and state.generation <= self.view.state.generation:
             return
         log(f"the hub sent state generation {state.generation}")
@@ -200,8 +224,10 @@ class Agent:
             before = self.peer_ready
             if "all" in message:
                 self.peer_ready = message["all"]
+                self.lost_nodes = set(message.get("lost", []))
             else:
                 self.peer_ready = {**before, message["node"]: message["ready"]}
+                (self.lost_nodes.add if message.get("lost") else self.lost_nodes.discard)(message["node"])
             changed = self.peer_ready != before
         if changed:
             self.dirty.set()
@@ -210,7 +236,8 @@ class Agent:
         """On the hub: nodes that stopped reporting become NotReady, and their pods
         move after EVICT_AFTER seconds more."""
         while True:
-            time.sleep(1.0)
+            view = self.view
+            time.sleep(1.0 if view and view.is_hub else 5.0)  # on another node, only to notice becoming the hub
             view = self.view
             if view and view.is_hub:
                 for node in self.hub.expire([n.name for n in view.state.nodes]):
@@ -232,8 +259,7 @@ class Agent:
         try:
             with open(os.path.join(LOCK_DIR, "holder"), "w") as handle:
                 handle.write(f"the node agent on {self.node} (moving the pods of node {', '.join(sorted(lost))})")
-            with open(self.snapshot) as handle:
-                state = ClusterState.from_json(handle.read(MAX_STATE_BYTES + 1))
+            state = ClusterState.from_json(read_state_text(self.snapshot))
             result = evict(state, lost)
             for pod in result.stranded:
                 if pod.key not in self.stranded:
@@ -278,17 +304,58 @@ class Agent:
         ready.update(self.kubelet.ready)  # this node's own view is the one that counts
         return {pod.uid: ready.get(pod.uid, False) for pod in view.state.pods.values()}
 
+    def unknown(self, view: NodeView) -> list[str]:
+        """Nodes with pods whose readiness this agent has not heard yet (nodes the
+        hub calls NotReady are known: none of their pods is ready)."""
+        with self.peers_lock:  # (each message from the hub asks this: set operations, not a loop over pods)
+            return sorted(node for node, uids in view.uids_by_node.items()
+                          if node not in self.lost_nodes and not uids <= self.peer_ready.get(node, {}).keys())  # fmt: skip
+
+    def settling(self, view: NodeView) -> bool:
+        """Whether to hold a sync back: the state is new and some nodes have not
+        yet reported its pods. Syncing at each node's report made every agent of a
+        50-node lab write its rules 4 or 5 times while coming up (each 5-14 s of a
+        saturated machine); this way, once, when the picture is whole. It waits
+        while reports keep coming (one at least every settle_quiet seconds) and
+        never longer than settle_time: a node that stays silent holds nothing up
+        for long."""
+        waiting = self.unknown(view)
+        now = time.monotonic()
+        if waiting != self.waiting_for:
+            self.waiting_for, self.progress_at = waiting, now
+        nodes = len(view.state.nodes)
+        deadline = min(max(self.loaded_at, self.progress_at) + settle_quiet(nodes), self.loaded_at + settle_time(nodes))
+        if not waiting or now >= deadline:
+            return False
+        if self.settle_timer is None or not self.settle_timer.is_alive():
+            if self.settle_timer is None:
+                log(f"waiting for {len(waiting)} nodes to report the readiness of their new pods: "
+                    f"{', '.join(waiting[:5])}{' ...' if len(waiting) > 5 else ''}")  # fmt: skip
+            self.settle_timer = threading.Timer(deadline - now, self.dirty.set)
+            self.settle_timer.daemon = True
+            self.settle_timer.start()
+        return True
+
     def sync(self, view: NodeView, force: bool = False) -> None:
         started = time.monotonic()
         state = view.state
         ready = self.ready_map(view)
         key = (state.generation, tuple(sorted(ready.items())))
+        if view.runs_dns and key != self.dns_key:
+            # Not held back by settling: the cluster DNS pods are not ready before their
+            # first snapshot, and every node's rules wait on theirs.
+            try:
+                if write_snapshot(DNS_SNAPSHOT, dns_snapshot(state, ready)):
+                    log(f"wrote the DNS snapshot for generation {state.generation}")
+                self.dns_key = key
+            except Exception as error:  # noqa: BLE001 - one job failing must not stop the others
+                log(f"DNS snapshot failed: {error}")
+        if not force and self.settling(view):
+            return  # each report that arrives wakes the loop again
         if key == self.synced_key and not force:
             return  # nothing this node's rules depend on changed
-        endpoints = all_endpoints(state, ready)
-        self.endpoints = {
-            name: {port: [e.address for e in eps] for port, eps in by_port.items()} for name, by_port in endpoints.items()
-        }
+        endpoints = self.tracker.update(state, ready)
+        self.endpoints = endpoints
         self.synced_ready = ready
         try:
             self.load_balancers.update(state, endpoints)
@@ -302,12 +369,6 @@ class Agent:
             self.ingress.sync(state, endpoints)
         except Exception as error:  # noqa: BLE001
             log(f"ingress sync failed: {error}")
-        if view.runs_dns:
-            try:
-                if write_snapshot(DNS_SNAPSHOT, dns_snapshot(state, ready)):
-                    log(f"wrote the DNS snapshot for generation {state.generation}")
-            except Exception as error:  # noqa: BLE001
-                log(f"DNS snapshot failed: {error}")
         try:
             chains = self.proxy.sync(state, self.node, endpoints)
         except Exception as error:  # noqa: BLE001 - keep the agent alive; retry soon
@@ -366,8 +427,7 @@ def make_handler(agent: Agent) -> web.Handler:
         view = agent.view
         if view is None or held <= 0 or view.state.generation <= held:
             return None
-        with open(agent.snapshot) as handle:
-            return {"state": handle.read(MAX_STATE_BYTES + 1)}
+        return {"state": read_state_text(agent.snapshot)}
 
     def watch(request: web.Request, wfile) -> bool:
         wfile.write(web.stream_head())
@@ -395,7 +455,8 @@ def make_handler(agent: Agent) -> web.Handler:
                 restarts = agent.kubelet.restart_counts()
             return reply(wfile, {"node": agent.node, "ready": agent.kubelet.ready, "containers": containers, "restarts": restarts})
         if path == "/endpoints":
-            return reply(wfile, agent.endpoints)
+            return reply(wfile, {name: {port: [e.address for e in eps] for port, eps in by_port.items()}
+                                 for name, by_port in agent.endpoints.items()})  # fmt: skip
         if path == "/unready":
             # Pods not ready in the view this node's rules were made from; pods
             # that run to completion (restartPolicy OnFailure or Never) are not waited for.

@@ -66,9 +66,9 @@ class Hub:
                 if node not in self.lost and now - first > self.grace:
                     self.lost[node] = now
                     newly.append(node)
-                    if self.ready.get(node):
-                        self.ready[node] = {}
-                        self._tell({"node": node, "ready": {}})
+                    self.ready[node] = {}
+                    # "lost": its pods' readiness is known (none ready), not awaited (Agent.unknown)
+                    self._tell({"node": node, "ready": {}, "lost": True})
         return newly
 
     def lost_for(self, seconds: float) -> set[str]:
@@ -83,7 +83,7 @@ class Hub:
         with self.lock:
             if first:
                 watcher.put(first)
-            watcher.put({"all": {node: dict(ready) for node, ready in self.ready.items()}})
+            watcher.put({"all": {node: dict(ready) for node, ready in self.ready.items()}, "lost": sorted(self.lost)})
             self.watchers.add(watcher)
         return watcher
 

@@ -91,7 +91,7 @@ class DockerRuntime(ImagePods):
             try:
                 client = docker.APIClient(
                     base_url=self.base_url, tls=self.tls or False, version="auto", timeout=self.timeout,
-                    max_pool_size=32,
+                    max_pool_size=128,  # `emu up` holds an exec open on every node at once (Cluster.wait)
                 )  # fmt: skip
                 client.ping()
             except Exception as error:  # the SDK raises several kinds here
@@ -280,12 +280,13 @@ class DockerRuntime(ImagePods):
 
     # ---- files and commands ----------------------------------------------
     def put_files(self, container: str, files: dict[str, str], mode: int = 0o644) -> None:
-        """Write files into a container in one call (a tar archive extracted at /)."""
+        """Write files into a container in one call (a tar archive extracted at /),
+        in the order of `files`: the first is in place before the next is written."""
         buffer = io.BytesIO()
         now = time.time()
         with tarfile.open(fileobj=buffer, mode="w") as archive:
             directories: set[str] = set()
-            for path in sorted(files):
+            for path in files:
                 parts = path.strip("/").split("/")
                 for depth in range(1, len(parts)):
                     directory = "/".join(parts[:depth])

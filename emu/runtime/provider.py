@@ -78,13 +78,14 @@ class ContainerRecord:
         return self.role not in (ROLE_EXTERNAL, ROLE_POD)
 
 
-def run_parallel(function: Callable, items: list) -> list:
-    """function(item) for every item at once (nodes and hosts are independent); first error re-raised."""
+def run_parallel(function: Callable, items: list, workers: int = 16) -> list:
+    """function(item) for every item, `workers` at a time (nodes and hosts are
+    independent); first error re-raised."""
     from concurrent.futures import ThreadPoolExecutor
 
     if len(items) <= 1:
         return [function(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
         return list(pool.map(function, items))
 
 

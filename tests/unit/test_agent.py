@@ -139,7 +139,7 @@ def test_hub_tells_watchers_only_of_changes_and_expires_silent_nodes():
     hub = Hub(clock=clock, grace=15)
     hub.report("n1", {"p@1": True})
     watcher = hub.subscribe()
-    assert watcher.get_nowait() == {"all": {"n1": {"p@1": True}}}
+    assert watcher.get_nowait() == {"all": {"n1": {"p@1": True}}, "lost": []}
     hub.report("n1", {"p@1": True})  # a heartbeat: nothing to tell
     assert watcher.empty()
     hub.report("n2", {"q@2": False})
@@ -149,7 +149,8 @@ def test_hub_tells_watchers_only_of_changes_and_expires_silent_nodes():
     watcher.get_nowait()
     clock.now += 6  # n1 silent for 16 s, n2 for 6 s
     assert hub.expire(["n1", "n2", "n3"]) == ["n1"]
-    assert watcher.get_nowait() == {"node": "n1", "ready": {}}
+    assert watcher.get_nowait() == {"node": "n1", "ready": {}, "lost": True}
+    assert hub.subscribe().get_nowait()["lost"] == ["n1"]
     assert hub.expire(["n1", "n2", "n3"]) == []  # told once
     hub.report("n1", {"p@1": True})  # back
     assert watcher.get_nowait() == {"node": "n1", "ready": {"p@1": True}}
@@ -310,3 +311,45 @@ def test_restart_counts_outlive_the_agent(tmp_path):
     assert second.restart_counts() == {"default/a": {"c": 1}}  # a new agent still knows
     (tmp_path / "restarts.json").write_text("garbage")
     assert Kubelet(ThreadPoolExecutor(1), counts_file=counts).saved_counts == {}
+
+
+def test_a_new_state_is_synced_once_every_node_has_reported_its_pods(tmp_path, monkeypatch):
+    """The settle gate: a sync waits for the readiness of the new state's pods on
+    other nodes while their reports keep coming, unless their node is NotReady,
+    and not beyond settle_quiet without a report or settle_time in all."""
+    import emu.agent.__main__ as main
+
+    text = LAB.replace("nodes: [{name: cp, role: control-plane}, {name: w1}]",
+                       "nodes: [{name: cp, role: control-plane}, {name: w1}, {name: w2}]").replace("replicas: 2", "replicas: 4")  # fmt: skip
+    state = plan_cluster(load_text(text), "emu-lab", "172.28.5.0/24")
+    agent = main.Agent("cp", snapshot=str(tmp_path / "state.json"))
+    agent.view = main.NodeView(state, "cp")
+    agent.kubelet.ready = {p.uid: True for p in state.pods_on("cp")}
+    now = [1000.0]
+    monkeypatch.setattr(main.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(main.threading, "Timer", lambda *a: type("T", (), {"daemon": True, "start": lambda s: None,
+                                                                          "is_alive": lambda s: True})())  # fmt: skip
+    agent.loaded_at = now[0]
+    assert state.pods_on("w1") and state.pods_on("w2"), "the lab puts pods on w1 and w2"
+    assert agent.unknown(agent.view) == ["w1", "w2"] and agent.settling(agent.view)
+    now[0] += main.settle_quiet(len(state.nodes)) - 0.5
+    agent.on_hub({"node": "w1", "ready": {p.uid: False for p in state.pods_on("w1")}})  # known, if not ready
+    assert agent.settling(agent.view)  # (each message from the hub wakes the sync loop, which asks)
+    now[0] += main.settle_quiet(len(state.nodes)) - 0.5  # longer than SETTLE_QUIET since the state came, not since w1 reported
+    assert agent.unknown(agent.view) == ["w2"] and agent.settling(agent.view)
+    now[0] += 1
+    assert not agent.settling(agent.view)  # w2 silent for settle_quiet: go ahead without it
+    agent.on_hub({"node": "w2", "ready": {p.uid: True for p in state.pods_on("w2")}})
+    assert agent.unknown(agent.view) == [] and not agent.settling(agent.view)
+
+    agent.loaded_at = now[0]  # another new state
+    agent.on_hub({"all": {}, "lost": ["w1", "w2"]})  # the hub calls them NotReady: nothing to wait for
+    assert not agent.settling(agent.view)
+    agent.on_hub({"all": {}, "lost": []})
+    assert agent.settling(agent.view)
+    for _ in range(int(main.settle_time(len(state.nodes)))):  # reports keep changing who is missing ...
+        now[0] += 1
+        agent.on_hub({"node": "w1", "ready": {}} if int(now[0]) % 2 else {"node": "w1", "ready": {p.uid: True for p in state.pods_on("w1")}})
+        agent.settling(agent.view)
+    now[0] += 1
+    assert not agent.settling(agent.view)  # ... but settle_time bounds the wait

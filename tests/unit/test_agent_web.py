@@ -97,3 +97,32 @@ def test_probe_status_against_the_standard_librarys_server():
         httpd.shutdown()
     with pytest.raises(OSError):
         web.get_status("127.0.0.1", 1, "/", 1)
+
+
+def test_the_wait_program_asks_the_agent_until_no_pod_is_unready():
+    """emu.agent.wait, as `emu up` runs it in every node: its options, and its
+    questions to the agent on one kept-alive connection."""
+    import time
+
+    from emu.agent import wait
+
+    answers = [["default/a@1"], ["default/a@1"], []]
+    asked = []
+
+    def handle(request: web.Request, wfile) -> bool:
+        asked.append(request.path)
+        wfile.write(web.response(200, json.dumps(answers.pop(0) if answers else []).encode()))
+        return True
+
+    instance = web.Server(("127.0.0.1", 0), handle)
+    threading.Thread(target=instance.serve_forever, daemon=True).start()
+    try:
+        assert wait.wait_unready(time.time() + 5, port=instance.port) == []
+        assert asked == ["/unready"] * 3
+    finally:
+        instance.close()
+    assert wait.parse_options(["--timeout", "70", "--generation", "3", "--port", "10.0.0.2:80", "--port", "10.0.0.3:80"]) == {
+        "timeout": 70.0, "generation": 3, "ready_timeout": 15.0, "port": ["10.0.0.2:80", "10.0.0.3:80"]}  # fmt: skip
+    for bad in (["--timeout"], ["--generation", "x"], ["--colour", "red"]):
+        with pytest.raises(SystemExit, match="usage"):
+            wait.parse_options(bad)

@@ -288,6 +288,63 @@ def test_a_damaged_state_file_is_a_state_error(text, reason):
     assert message.endswith("recreate the cluster with `emu down` and `emu up`") and len(message) < 300
     # EmuError for the CLI (no traceback), ValueError for the node agent (it keeps running).
     assert isinstance(caught.value, EmuError) and isinstance(caught.value, ValueError)
+    # The node agent reads it member by member (NodeReader): damaged the same way, a StateError too.
+    with pytest.raises(StateError, match=r"^the cluster's state file is damaged \(.*emu up`$"):
+        ClusterState.from_json(text, node="w1")
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        lambda t: t[: t.index('"pods"') + 40],  # cut short inside a pod
+        lambda t: t + " {}",  # something after the state
+        lambda t: t.replace('"pods": {', '"pods" {', 1),  # no colon
+        lambda t: t.replace('"pods": {', '"pods": {"x": 1, ', 1),  # a pod that is not an object
+        lambda t: t.replace('"pods": {', '"pods": {1: ', 1),  # a key that is not a string
+    ],
+    ids=["cut", "extra", "colon", "pod", "key"],
+)
+def test_a_state_file_damaged_inside_its_pods_is_a_state_error_for_the_agent_too(state, cut):
+    with pytest.raises(StateError, match=r"^the cluster's state file is damaged \("):
+        ClusterState.from_json(cut(state.to_json()), node="w1")
+
+
+AGENT_LAB = """\
+name: lab
+nodes: [{name: cp, role: control-plane}, {name: w1}]
+configMaps: [{name: conf, data: {a.txt: hello}}]
+deployments:
+  - name: web
+    replicas: 4
+    template:
+      labels: {app: web}
+      volumes: [{name: v, configMap: {name: conf}}]
+      containers:
+        - name: c
+          workload: netexec
+          ports: [{name: http, containerPort: 8080}]
+          volumeMounts: [{name: v, mountPath: /conf}]
+services:
+  - {name: web, selector: {app: web}, ports: [{port: 80, targetPort: http}]}
+"""
+
+
+def test_an_agent_keeps_other_nodes_pods_without_what_only_their_node_needs():
+    text = plan_cluster(load_text(AGENT_LAB), "emu-lab", "172.28.5.0/24").to_json()
+    full, view = ClusterState.from_json(text), ClusterState.from_json(text, node="cp")
+    assert {p.node for p in full.pods.values()} > {"cp"}, "the lab has pods on cp and elsewhere"
+    assert all(p.volumes and p.service_env and p.spec_hash for p in full.pods.values() if p.node != "cp")
+    assert view.pods.keys() == full.pods.keys() and view.services == full.services and view.nodes == full.nodes
+    assert view.generation == full.generation and view.networking == full.networking and view.created == {}
+    assert view.topology == {"dns": full.topology.get("dns", {})}
+    for key, pod in full.pods.items():
+        kept = view.pods[key]
+        if pod.node == "cp":
+            assert kept == pod
+            continue
+        assert (kept.uid, kept.labels, kept.container_ports(), kept.hostname, kept.subdomain, kept.restart_policy) == (
+            pod.uid, pod.labels, pod.container_ports(), pod.hostname, pod.subdomain, pod.restart_policy)  # fmt: skip
+        assert (kept.service_env, kept.volumes, kept.spec_hash) == ({}, {}, "")
 
 
 def test_a_state_file_of_another_version(state):

@@ -52,8 +52,8 @@ def test_an_image_pods_namespace_is_its_sandboxes_attached_by_the_node():
     # The image container is Docker's to start: the plan only writes how to find its process.
     server_script = plan.files["/etc/emu/containers/web/server.sh"]
     assert f"EMU_CONTAINER={web.uid}/server" in server_script and "/run/emu/pods/web/server.pid" in server_script
-    assert "sh /etc/emu/containers/web/server.sh" not in script
-    assert "sh /etc/emu/containers/web/shell.sh" in script  # the command container beside it starts as any
+    assert "/etc/emu/containers/web/server.sh" not in script
+    assert ". /etc/emu/containers/web/shell.sh" in script  # the command container beside it starts as any
 
 
 def test_a_restarted_node_and_repairs_leave_image_pods_to_the_controller():

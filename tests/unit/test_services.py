@@ -296,3 +296,23 @@ def test_a_recreated_pod_does_not_inherit_readiness():
     s.pods[old.key] = PodState(**{**old.__dict__, "ip": "10.244.1.99"})  # same name, new IP
     addresses = [e.address for e in endpoints(s, ready)["default/web"]["http"]]
     assert "10.244.1.99:8080" not in addresses and old.ip + ":8080" not in addresses
+
+
+def test_endpoint_tracker_gives_what_a_full_count_gives_after_each_readiness_change():
+    import copy
+    import random
+
+    from emu.services import EndpointTracker, all_endpoints
+
+    s = state()
+    uids = sorted(p.uid for p in s.pods.values())
+    tracker, generator = EndpointTracker(), random.Random(7)
+    ready = {uid: True for uid in uids}
+    assert tracker.update(s, ready) == all_endpoints(s, ready)
+    for _ in range(30):
+        ready = {uid: generator.random() < 0.5 for uid in uids if generator.random() < 0.9}  # some unknown
+        held, copied = tracker.endpoints, copy.deepcopy(tracker.endpoints)
+        assert tracker.update(s, ready) == all_endpoints(s, ready)
+        assert held == copied  # what an earlier sync holds is never changed in place
+    again = state()  # a new state: counted in full
+    assert tracker.update(again, {}) == all_endpoints(again, {})
