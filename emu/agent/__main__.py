@@ -178,7 +178,7 @@ class Agent:
         view = self.view
         if view is None:
             return
-        todo = pods.work(view.state, self.node, pods.look())
+        todo = pods.work(view.state, self.node, pods.look(), view.local)
         if todo.empty or pods.held():
             # Held again: a plan's files (the hold with them) landed while we looked; its
             # new pods would pass for orphans of the older state.

@@ -67,12 +67,12 @@ def look(root: str = "") -> Seen:
     )
 
 
-def work(state: ClusterState, node: str, seen: Seen) -> Work:
-    """What to do so the node holds the pods the state places on it."""
+def work(state: ClusterState, node: str, seen: Seen, local: list[PodState] | None = None) -> Work:
+    """What to do so the node holds the pods the state places on it (`local`: those pods, if known)."""
     todo = Work()
     if not seen.bridge:
         return todo  # the node itself lost its network: its boot plan (or `emu up`) rebuilds it
-    local = state.pods_on(node)
+    local = state.pods_on(node) if local is None else local
     for pod in local:
         problem = sandbox_problem(pod, seen.netns, seen.ports)
         if problem:

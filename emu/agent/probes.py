@@ -73,15 +73,17 @@ class ProcessWatch:
 
     def __init__(self):
         self.pids: dict[str, int] = {}  # pid file -> pid
+        self.files: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (netns, ip) -> [(container, pid file)]
 
     def __call__(self, pod: PodState) -> list[str]:
         """The containers of the pod whose process does not run (started, or not yet)."""
-        dead = []
-        for container in pod.containers:
-            path = container_file(pod.netns, container["name"], "pid")
-            if not (self._signal(self.pids.get(path)) or self._signal(self._read(path))):
-                dead.append(container["name"])
-        return dead
+        files = self.files.get((pod.netns, pod.ip))
+        if files is None:
+            files = self.files[(pod.netns, pod.ip)] = [
+                (c["name"], container_file(pod.netns, c["name"], "pid")) for c in pod.containers
+            ]
+        pids = self.pids
+        return [name for name, path in files if not (self._signal(pids.get(path)) or self._signal(self._read(path)))]
 
     @staticmethod
     def exit_code(pod: PodState, container: str) -> int | None:
@@ -119,6 +121,7 @@ class ProcessWatch:
         """Drop the pids of pods no longer here."""
         keep = {container_file(p.netns, c["name"], "pid") for p in pods for c in p.containers}
         self.pids = {path: pid for path, pid in self.pids.items() if path in keep}
+        self.files = {}
 
 
 BACKOFF = 10.0  # the kubelet's CrashLoopBackOff: 10 s, doubling ...
@@ -199,6 +202,7 @@ class Kubelet:
         self.saved_counts = load_counts(counts_file)
         self.clock = clock
         self.pods: list[PodState] = []
+        self.uids: list[tuple[str, PodState]] = []
         self.probes: dict[tuple[str, str], ProbeState] = {}
         self.alive: dict[str, bool] = {}  # pod uid -> its containers' processes run
         self.alive_checked = float("-inf")
@@ -207,6 +211,7 @@ class Kubelet:
     def set_pods(self, pods: list[PodState]) -> None:
         """This node's pods, from a new state: probes of pods gone are dropped."""
         self.pods = pods
+        self.uids = [(pod.uid, pod) for pod in pods]  # (a uid is worked out each time it is asked for)
         self.watch.forget(pods)
         containers = {(p.uid, c["name"]) for p in pods for c in p.containers}
         self.restarts = {key: value for key, value in self.restarts.items() if key in containers}
@@ -263,21 +268,21 @@ class Kubelet:
         jobs = [(probe, self.pool.submit(self.probe, by_uid[uid], probe.spec)) for uid, probe in due if uid in by_uid]
         for probe, future in jobs:
             probe.record(future.result(), self.clock())
-        if now - self.alive_checked >= ALIVE_PERIOD or any(p.uid not in self.alive for p in self.pods):
+        if now - self.alive_checked >= ALIVE_PERIOD or any(uid not in self.alive for uid, _ in self.uids):
             alive = {}
-            for pod in self.pods:
+            for uid, pod in self.uids:
                 dead = self.watch(pod)
-                alive[pod.uid] = not dead
+                alive[uid] = not dead
                 if dead:
                     self.keep_running(pod, dead, now)
             self.alive = alive
             self.alive_checked = now
         ready = {}
-        for pod in self.pods:
-            probes_ok = all(
-                self.probes[(pod.uid, c["name"])].ready for c in pod.containers if c.get("readinessProbe")
+        for uid, pod in self.uids:
+            probes_ok = not self.probes or all(
+                self.probes[(uid, c["name"])].ready for c in pod.containers if c.get("readinessProbe")
             )
-            ready[pod.uid] = probes_ok and self.alive.get(pod.uid, False)
+            ready[uid] = probes_ok and self.alive.get(uid, False)
         changed = ready != self.ready
         self.ready = ready
         return changed
