@@ -30,7 +30,7 @@ from emu.agent.probes import Kubelet, ProbeThreads, run_start_script
 from emu.agent.ingress import IngressSync
 from emu.agent.policy import PolicySync
 from emu.agent.proxysync import ProxySync
-from emu.dns.snapshot import dns_snapshot, write_snapshot
+from emu.dns.snapshot import snapshot_text, write_snapshot
 from emu.records import ClusterState, read_state_text
 from emu.services import EndpointTracker
 
@@ -345,7 +345,7 @@ class Agent:
             # Not held back by settling: the cluster DNS pods are not ready before their
             # first snapshot, and every node's rules wait on theirs.
             try:
-                if write_snapshot(DNS_SNAPSHOT, dns_snapshot(state, ready)):
+                if write_snapshot(DNS_SNAPSHOT, snapshot_text(state, ready)):
                     log(f"wrote the DNS snapshot for generation {state.generation}")
                 self.dns_key = key
             except Exception as error:  # noqa: BLE001 - one job failing must not stop the others

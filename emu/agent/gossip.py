@@ -102,16 +102,16 @@ class Hub:
 
 
 class Reporter:
-    """Sends this node's readiness to the hub on a kept-alive connection: at
-    once when it changes, else every HEARTBEAT seconds."""
+    """Sends this node's readiness to the hub: at once when it changes, else
+    every HEARTBEAT seconds. Each report on a connection of its own: kept
+    alive, the hub held a thread and its buffers for every node between
+    reports (1 MB at 50 nodes), to save 5 connections a second."""
 
     def __init__(self, node: str, port: int, log: Callable[[str], None]):
         self.node = node
         self.port = port
         self.log = log
         self.changed = threading.Event()
-        self.connection: web.Connection | None = None
-        self.address: str | None = None
 
     def run(self, hub_address: Callable[[], str | None], readiness: Callable[[], Readiness | None]) -> None:
         while True:
@@ -126,24 +126,17 @@ class Reporter:
 
     def send(self, address: str, ready: Readiness) -> bool:
         body = json.dumps({"node": self.node, "ready": ready}).encode()
+        connection = web.Connection(address, self.port, timeout=2)
         try:
-            if self.connection is None or self.address != address:
-                self.close()
-                self.connection = web.Connection(address, self.port, timeout=2)
-                self.address = address
-            status, _ = self.connection.request("POST", "/report", body)
+            status, _ = connection.request("POST", "/report", body)
         except OSError:
-            self.close()
             return False
+        finally:
+            connection.close()
         if status != 200:
             self.log(f"the hub at {address} refused the report: {status}")
             return False
         return True
-
-    def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
 
 
 class Watcher:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
@@ -384,3 +386,17 @@ def test_dns_version_ttl_and_zone_apex():
     assert rdatas(ns) == ["kube-dns.kube-system.svc.cluster.local."]
     assert records(ns.additional) == [("kube-dns.kube-system.svc.cluster.local.", "A", "10.96.0.10")]
     assert rdatas(z.lookup("ns.dns.cluster.local", QTYPE.A)) == ["10.96.0.10"]
+
+
+def test_the_agent_writes_the_snapshot_as_json_would_and_only_when_it_changed(tmp_path):
+    from emu.dns.snapshot import snapshot_text, write_snapshot
+
+    state = plan_cluster(load_text(LAB), "emu-lab", "172.28.5.0/24")
+    ready = {p.uid: True for p in state.pods.values()}
+    text = snapshot_text(state, ready)
+    assert text == json.dumps(dns_snapshot(state, ready), sort_keys=True)
+    path = str(tmp_path / "dns" / "snapshot.json")
+    assert write_snapshot(path, text) and not write_snapshot(path, text)
+    (tmp_path / "dns" / "snapshot.json").write_text("{}")  # changed by someone else: written again
+    assert write_snapshot(path, text) and json.loads((tmp_path / "dns" / "snapshot.json").read_text())["services"]
+    assert write_snapshot(path, snapshot_text(state, {}))  # readiness changed
