@@ -236,8 +236,7 @@ class Agent:
         """On the hub: nodes that stopped reporting become NotReady, and their pods
         move after EVICT_AFTER seconds more."""
         while True:
-            view = self.view
-            time.sleep(1.0 if view and view.is_hub else 5.0)  # on another node, only to notice becoming the hub
+            time.sleep(1.0 if self.view and self.view.is_hub else 5.0)  # elsewhere, only to notice becoming the hub
             view = self.view
             if view and view.is_hub:
                 for node in self.hub.expire([n.name for n in view.state.nodes]):
@@ -339,6 +338,9 @@ class Agent:
     def sync(self, view: NodeView, force: bool = False) -> None:
         started = time.monotonic()
         state = view.state
+        settling = not force and self.settling(view)  # each report that arrives wakes the loop again
+        if settling and not view.runs_dns:
+            return
         ready = self.ready_map(view)
         key = (state.generation, tuple(sorted(ready.items())))
         if view.runs_dns and key != self.dns_key:
@@ -350,8 +352,8 @@ class Agent:
                 self.dns_key = key
             except Exception as error:  # noqa: BLE001 - one job failing must not stop the others
                 log(f"DNS snapshot failed: {error}")
-        if not force and self.settling(view):
-            return  # each report that arrives wakes the loop again
+        if settling:
+            return
         if key == self.synced_key and not force:
             return  # nothing this node's rules depend on changed
         endpoints = self.tracker.update(state, ready)
