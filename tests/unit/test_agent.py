@@ -353,3 +353,29 @@ def test_a_new_state_is_synced_once_every_node_has_reported_its_pods(tmp_path, m
         agent.settling(agent.view)
     now[0] += 1
     assert not agent.settling(agent.view)  # ... but settle_time bounds the wait
+
+
+def test_an_agent_without_a_state_sleeps_in_its_kubelet_loop(tmp_path):
+    """Before its first state the kubelet has nothing to probe: the loop waits a
+    second, not the 5 ms floor (50 agents of a lab being wired spun at 200 wakes/s)."""
+    import emu.agent.__main__ as main
+
+    agent = main.Agent("cp", snapshot=str(tmp_path / "state.json"))
+    waits: list[float] = []
+
+    class Stop(Exception):
+        pass
+
+    class Wake:
+        def wait(self, timeout):
+            waits.append(timeout)
+            if len(waits) == 3:
+                raise Stop
+
+        def clear(self):
+            pass
+
+    agent.kubelet_wake = Wake()
+    with pytest.raises(Stop):
+        agent.kubelet_loop()
+    assert min(waits) > 0.9, waits
