@@ -356,20 +356,19 @@ class Cluster:
     def _run_plan(
         self, plan: NodePlan, extra: dict[str, str], tail: tuple[str, ...] = (), release: bool = True
     ) -> None:
-        """One put_archive (the plan's files, `extra` and its script) and one exec.
+        """One exec: the plan's files, `extra` and its script on its stdin, then the script.
         The node's agent keeps its hands off the pods while the plan runs (and,
         with release=False, until the new state is in place: see publish)."""
         # The hold lands before the files: the agent must not take a new pod's
         # files for those of a pod gone (and delete it) before the script runs.
-        # First in the archive (put_files keeps the order): once a pod's files are
+        # First in the archive (its order is kept): once a pod's files are
         # there, so is the hold. (When paths were sorted it came last, and an agent
         # that looked in between took new pods for orphans.)
         hold = {HOLD_FILE: f"{plan.node}: an emu command is changing this node\n"}
         files = {**hold, **plan.files, **extra}
         release_hold = [f"rm -f {HOLD_FILE}"] if release else []
         files[f"{cni.PLAN_DIR}/run.sh"] = "\n".join([plan.script.rstrip("\n"), *tail, *release_hold, ""])
-        self.runtime.put_files(plan.container, files)
-        result = self.runtime.exec(plan.container, ["sh", f"{cni.PLAN_DIR}/run.sh"])
+        result = self.runtime.run_with_files(plan.container, files, ["sh", f"{cni.PLAN_DIR}/run.sh"])
         if not result.ok:
             raise EmuError(
                 f"node {plan.node}: the plan failed (exit {result.exit_code}):\n{result.output.strip()}\n"
@@ -380,8 +379,8 @@ class Cluster:
         self, plans: list[NodePlan], state: ClusterState, previous: ClusterState | None,
         wait: bool = False, only: set[str] | None = None,
     ) -> list[str] | None:  # fmt: skip
-        """Run every node's plan and give every node the new state: one
-        put_archive and one exec per node, nodes in parallel, then one exec per
+        """Run every node's plan and give every node the new state: one exec
+        per node (its files on its stdin), nodes in parallel, then one exec per
         node that renames the state into place, tells the agent and, with
         `wait`, waits there (Cluster.wait; returns the pods left unready). The
         agents see the new state together, once every node's pods are wired:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 class NodePlan:
     node: str
     container: str
-    files: dict[str, str] = field(default_factory=dict)  # path inside the node -> content
+    files: dict[str, str | bytes] = field(default_factory=dict)  # path inside the node -> content (bytes: bytecode)
     steps: list[str] = field(default_factory=list)  # shell lines, run in order with `set -eu`
 
     @property
@@ -31,7 +31,8 @@ class NodePlan:
         if show_files:
             for path in sorted(self.files):
                 if path.startswith("/opt/emu/"):
-                    out.append(f"--- {path} (emu's own program, not shown)")
+                    if "/__pycache__/" not in path:  # (its compiled modules are not listed)
+                        out.append(f"--- {path} (emu's own program, not shown)")
                     continue
                 out.append(f"--- {path}")
                 out.append(self.files[path].rstrip("\n"))

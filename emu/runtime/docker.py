@@ -57,6 +57,33 @@ def _port_free(mapping) -> bool:
             return False
 
 
+def tar_archive(files: dict[str, str | bytes], mode: int = 0o644) -> bytes:
+    """A tar archive of `files` (path -> text or bytes) to extract at /, in their
+    order, with their directories; scripts (*.sh) executable."""
+    buffer = io.BytesIO()
+    now = time.time()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        directories: set[str] = set()
+        for path, content in files.items():
+            parts = path.strip("/").split("/")
+            for depth in range(1, len(parts)):
+                directory = "/".join(parts[:depth])
+                if directory not in directories:
+                    directories.add(directory)
+                    info = tarfile.TarInfo(directory)
+                    info.type = tarfile.DIRTYPE
+                    info.mode = 0o755
+                    info.mtime = now
+                    archive.addfile(info)
+            data = content if isinstance(content, bytes) else content.encode()
+            info = tarfile.TarInfo("/".join(parts))
+            info.size = len(data)
+            info.mode = 0o755 if path.endswith(".sh") else mode
+            info.mtime = now
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
 def docker_unreachable_message(error: Exception, host: str = "") -> str:
     if host:
         return (
@@ -279,31 +306,33 @@ class DockerRuntime(ImagePods):
         return detail["NetworkSettings"]["Networks"][network]["IPAddress"]
 
     # ---- files and commands ----------------------------------------------
-    def put_files(self, container: str, files: dict[str, str], mode: int = 0o644) -> None:
+    def put_files(self, container: str, files: dict[str, str | bytes], mode: int = 0o644) -> None:
         """Write files into a container in one call (a tar archive extracted at /),
         in the order of `files`: the first is in place before the next is written."""
-        buffer = io.BytesIO()
-        now = time.time()
-        with tarfile.open(fileobj=buffer, mode="w") as archive:
-            directories: set[str] = set()
-            for path in files:
-                parts = path.strip("/").split("/")
-                for depth in range(1, len(parts)):
-                    directory = "/".join(parts[:depth])
-                    if directory not in directories:
-                        directories.add(directory)
-                        info = tarfile.TarInfo(directory)
-                        info.type = tarfile.DIRTYPE
-                        info.mode = 0o755
-                        info.mtime = now
-                        archive.addfile(info)
-                data = files[path].encode()
-                info = tarfile.TarInfo("/".join(parts))
-                info.size = len(data)
-                info.mode = 0o755 if path.endswith(".sh") else mode
-                info.mtime = now
-                archive.addfile(info, io.BytesIO(data))
-        self.api.put_archive(container, "/", buffer.getvalue())
+        self.api.put_archive(container, "/", tar_archive(files, mode))
+
+    def run_with_files(self, container: str, files: dict[str, str | bytes], argv: list[str]) -> ExecResult:
+        """put_files, then exec argv, in one exec: the files travel as a tar archive
+        on its stdin, which the node's tar extracts (in order) before argv runs.
+        A put_archive costs the engine about 80 ms of CPU more than this (it starts
+        a helper process to extract): 50 nodes to a big lab."""
+        import socket
+
+        from docker.utils.socket import frames_iter
+
+        script = 'tar -x -f - -C / && exec "$@"'
+        exec_id = self.api.exec_create(container, ["sh", "-c", script, "sh", *argv], stdin=True)["Id"]
+        stream = self.api.exec_start(exec_id, socket=True)
+        raw = getattr(stream, "_sock", stream)  # the socket under the response's SocketIO
+        try:
+            raw.sendall(tar_archive(files))
+            raw.shutdown(socket.SHUT_WR)  # the end of stdin: tar finishes
+            output = b"".join(chunk for _, chunk in frames_iter(stream, tty=False))
+        finally:
+            stream.close()
+            raw.close()
+        exit_code = self.api.exec_inspect(exec_id)["ExitCode"]
+        return ExecResult(exit_code if exit_code is not None else -1, output.decode(errors="replace"))
 
     def read_file(self, container: str, path: str, limit: int | None = None) -> str | None:
         """A file's text (bytes that are not UTF-8 replaced), None if it is not

@@ -295,8 +295,11 @@ class SwarmRuntime:
     def exec_detached(self, container: str, argv: list[str]) -> None:
         self._engine_of(container).exec_detached(container, argv)
 
-    def put_files(self, container: str, files: dict[str, str], mode: int = 0o644) -> None:
+    def put_files(self, container: str, files: dict[str, str | bytes], mode: int = 0o644) -> None:
         self._engine_of(container).put_files(container, files, mode)
+
+    def run_with_files(self, container: str, files: dict[str, str | bytes], argv: list[str]) -> ExecResult:
+        return self._engine_of(container).run_with_files(container, files, argv)
 
     def read_file(self, container: str, path: str, limit: int | None = None) -> str | None:
         return self._engine_of(container).read_file(container, path, limit)

@@ -1,5 +1,6 @@
 """Plan renderers: golden text for a fixed state, and the shape of each piece."""
 
+import pytest
 
 from emu.cluster import node_plans
 from emu.plan import cni
@@ -110,3 +111,36 @@ def test_a_pods_mac_follows_its_ip_so_a_pod_replaced_in_place_keeps_it():
     s = state()
     pod = s.pods["kube-system/tools"]
     assert f"peer name eth0 address {cni.pod_mac(pod.ip)} netns {pod.netns}" in cni.pod_root_batch(pod)
+
+
+def test_agent_modules_travel_with_bytecode_the_nodes_python_uses_only_for_their_own_source(tmp_path, monkeypatch):
+    """agent_bytecode: checked-hash pycs. Imported without compiling while the
+    source is the one they were made from; a changed source is compiled anew."""
+    import importlib
+    import importlib._bootstrap_external as external
+    import sys
+
+    files = cni.agent_files()
+    assert any("/emu/agent/__pycache__/__main__." in path for path in files), "the agent's own module has its pyc"
+    source = ("/lib/pycpkg/__init__.py", ""), ("/lib/pycpkg/mod.py", "VALUE = 41 + 1\n")
+    for path, content in {**dict(source), **cni.agent_bytecode(source)}.items():
+        target = tmp_path / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content if isinstance(content, bytes) else content.encode())
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("compiled the source: the pyc was not used")
+
+    monkeypatch.setattr(external.SourceLoader, "source_to_code", refuse)
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+    try:
+        assert importlib.import_module("pycpkg.mod").VALUE == 42
+        for name in ("pycpkg.mod", "pycpkg"):
+            del sys.modules[name]
+        (tmp_path / "lib/pycpkg/mod.py").write_text("VALUE = 41 + 2\n")  # another source: its pyc no longer fits
+        with pytest.raises(AssertionError, match="pyc was not used"):
+            importlib.import_module("pycpkg.mod")
+    finally:
+        for name in ("pycpkg.mod", "pycpkg"):
+            sys.modules.pop(name, None)
