@@ -69,6 +69,7 @@ class EndpointTracker:
         self.selected: dict[str, list[PodState]] = {}  # service key -> the pods its selector matches
         self.services_of: dict[str, list[str]] = {}  # pod uid -> keys of the services selecting it
         self.endpoints: dict[str, dict[str, list[Endpoint]]] = {}
+        self.touched: set[str] | None = None  # the services the last update worked out again (None: all)
 
     def update(self, state: ClusterState, ready: dict[str, bool]) -> dict[str, dict[str, list[Endpoint]]]:
         """{service key: {port name: ready endpoints}}, as all_endpoints(state, ready).
@@ -82,11 +83,13 @@ class EndpointTracker:
                     self.services_of.setdefault(pod.uid, []).append(key)
             touched = set(state.services)
             self.endpoints = {}
+            self.touched = None
         else:
             changed = {uid for uid, now in ready.items() if self.ready.get(uid, False) != now}
             changed.update(uid for uid in self.ready if uid not in ready)
             touched = {key for uid in changed for key in self.services_of.get(uid, ())}
             self.endpoints = dict(self.endpoints)
+            self.touched = touched
         for key in touched:
             self.endpoints[key] = _endpoints(state, state.services[key], self.selected[key], ready)
         self.state, self.ready = state, dict(ready)

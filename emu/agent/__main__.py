@@ -140,13 +140,15 @@ class Agent:
             if gone:
                 threading.Thread(target=pods.forget_flows, args=(sorted(gone),), daemon=True).start()
         release_memory()
+        # Before the view: a sync that sees the new view must see when it came (with the
+        # last state's time the hub once synced at once, settle_time long past).
+        self.loaded_at = time.monotonic()
+        self.settle_timer = None  # (one that is still set only wakes the sync loop once more)
         with self.kubelet_lock:
             self.kubelet.set_pods(view.local)
             self.view = view
             self.kubelet.step()  # this node's pods' readiness is known before the first sync with them
         self.snapshot_mtime = mtime
-        self.loaded_at = time.monotonic()
-        self.settle_timer = None  # (one that is still set only wakes the sync loop once more)
         log(f"state generation {state.generation}: {len(state.pods)} pods, {len(state.services)} services "
             f"(read in {(time.thread_time() - cpu) * 1000:.0f} ms of CPU)")
         self.reporter.changed.set()
@@ -389,8 +391,10 @@ class Agent:
         took = (time.monotonic() - started) * 1000
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         spent = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+        touched = self.tracker.touched  # (a sync with the same endpoints: a forced one, or rules lost)
+        why = "" if touched is None else f"; readiness changed in {len(touched)} services: {', '.join(sorted(touched)[:3])}"
         log(f"synced generation {state.generation}: {chains} chains written in {took:.1f} ms "
-            f"({(time.thread_time() - cpu) * 1000:.0f} ms of CPU, {spent * 1000:.0f} ms in child processes)")
+            f"({(time.thread_time() - cpu) * 1000:.0f} ms of CPU, {spent * 1000:.0f} ms in child processes{why})")
         write_status({"generation": state.generation, "syncedAt": time.time(), "tookMs": round(took, 2)})
 
 
