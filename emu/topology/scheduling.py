@@ -7,6 +7,7 @@ Pure; used by validation (a pod no node fits is an error) and by allocation.
 
 from __future__ import annotations
 
+import functools
 import platform
 
 from emu.topology.model import PodTemplate, Toleration
@@ -19,9 +20,14 @@ CONTROL_PLANE_TAINT = (CONTROL_PLANE_LABEL, "", "NoSchedule")
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
 
 
+@functools.lru_cache(maxsize=1)
+def _machine() -> str:
+    return platform.machine()
+
+
 def node_labels(name: str, role: str, labels: dict[str, str]) -> dict[str, str]:
     """A node's labels as the kubelet and kubeadm set them, plus the topology's own."""
-    machine = platform.machine()
+    machine = _machine()
     well_known = {
         "kubernetes.io/arch": _ARCHITECTURES.get(machine, machine.lower()),
         "kubernetes.io/hostname": name,
@@ -66,6 +72,11 @@ def candidate_nodes(template: PodTemplate, nodes: list[tuple[str, str, dict[str,
     if template.node is not None:
         return [name for name, _, _ in nodes if name == template.node]
     has_workers = any(role == "worker" for _, role, _ in nodes)
+    if not template.node_selector:
+        # Labels do not matter, only taints, which follow the role: decided once a role
+        # (a 1,000-deployment lab asked 3,000 times for 50 nodes' labels, a third of its planning).
+        allowed = {role: fits(template, {}, node_taints(role, has_workers)) for role in {role for _, role, _ in nodes}}
+        return [name for name, role, _ in nodes if allowed[role]]
     return [
         name
         for name, role, labels in nodes
