@@ -450,19 +450,23 @@ class Cluster:
                         ports.setdefault(pod.node, []).append(f"{pod.ip}:{port['containerPort']}")
 
         def check(node) -> dict:
-            argv = ["env", f"PYTHONPATH={cni.AGENT_LIB}", "python3", "-m", "emu.agent.wait",
-                    "--timeout", str(timeout), "--generation", str(state.generation)]  # fmt: skip
-            for target in ports.get(node.name, []):
-                argv += ["--port", target]
+            # The agent answers once it is so (Agent.wait); curl retries while the agent
+            # is not listening yet (it starts with the node) or starts again.
+            query = "&".join([f"generation={state.generation}", f"timeout={timeout:g}",
+                              *(f"port={target}" for target in ports.get(node.name, []))])  # fmt: skip
+            argv = ["curl", "-sS", "--max-time", f"{timeout + 30:g}", "--retry", "30", "--retry-connrefused",
+                    "--retry-delay", "1", f"{AGENT_URL}/wait?{query}"]  # fmt: skip
             if publish is not None:
                 argv = ["sh", "-c", f'{publish(node)} && exec "$@"', "sh", *argv]
             result = self.runtime.exec(node.container, argv)
+            output = result.output.strip()
             try:
-                outcome = json.loads(result.output.strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                if publish is not None:
-                    raise EmuError(f"node {node.name}: could not put the new state in place: {result.output.strip()}") from None
-                raise EmuError(f"node {node.name}: waiting failed: {result.output.strip()}") from None
+                outcome = json.loads(output.splitlines()[-1])
+                outcome["ports_left"]  # noqa: B018 - an agent's error answer has none
+            except (ValueError, IndexError, KeyError, TypeError):
+                if publish is not None and "curl:" not in output:
+                    raise EmuError(f"node {node.name}: could not put the new state in place: {output}") from None
+                raise EmuError(f"node {node.name}: waiting for its agent failed: {output}") from None
             if outcome["ports_left"]:
                 raise EmuError(
                     f"node {node.name}: pods did not answer within {timeout:.0f}s on "

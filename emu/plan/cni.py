@@ -473,6 +473,15 @@ def node_plan(
                 + (f" {pod.termination_grace_seconds}" if pod.termination_grace_seconds else "")
             )
     added = sorted(added, key=_order)
+    if new_node and any(c.get("workload") == "coredns" for pod in added for c in pod.containers):
+        # The cluster DNS starts with the state's records, no endpoint ready yet (ClusterIPs,
+        # ExternalNames, pods' own names), so that its pods are ready when the hub's agent
+        # first looks, and the other agents' first sync has them. Before, the first snapshot
+        # came with the agent's first state, the pods turned ready a second or so later,
+        # and 40 agents of a 50-node lab synced a second time for kube-dns alone.
+        from emu.dns.snapshot import snapshot_text
+
+        plan.files[DNS_SNAPSHOT] = snapshot_text(state, {})
     sandboxed = [pod for pod in added if image_pod(pod)]
     if sandboxed:
         plan.steps.append(SANDBOX_FUNCTION)

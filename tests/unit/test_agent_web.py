@@ -2,6 +2,7 @@
 standard library's client and server, on real localhost sockets."""
 
 import http.client
+import io
 import http.server
 import json
 import socket
@@ -99,30 +100,61 @@ def test_probe_status_against_the_standard_librarys_server():
         web.get_status("127.0.0.1", 1, "/", 1)
 
 
-def test_the_wait_program_asks_the_agent_until_no_pod_is_unready():
-    """emu.agent.wait, as `emu up` runs it in every node: its options, and its
-    questions to the agent on one kept-alive connection."""
+def test_the_wait_program_waits_for_ports():
+    """emu.agent.wait, for containers without an agent: its options, and the
+    ports that still refuse at the deadline."""
+    import socket
     import time
 
     from emu.agent import wait
 
-    answers = [["default/a@1"], ["default/a@1"], []]
-    asked = []
-
-    def handle(request: web.Request, wfile) -> bool:
-        asked.append(request.path)
-        wfile.write(web.response(200, json.dumps(answers.pop(0) if answers else []).encode()))
-        return True
-
-    instance = web.Server(("127.0.0.1", 0), handle)
-    threading.Thread(target=instance.serve_forever, daemon=True).start()
+    listening = socket.create_server(("127.0.0.1", 0))
+    closed = socket.create_server(("127.0.0.1", 0))
+    free = f"127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
     try:
-        assert wait.wait_unready(time.time() + 5, port=instance.port) == []
-        assert asked == ["/unready"] * 3
+        open_ = f"127.0.0.1:{listening.getsockname()[1]}"
+        assert wait.wait_ports([open_, free], time.time() + 0.3) == [free]
+        assert wait.wait_ports([open_], time.time() + 5) == []
     finally:
-        instance.close()
-    assert wait.parse_options(["--timeout", "70", "--generation", "3", "--port", "10.0.0.2:80", "--port", "10.0.0.3:80"]) == {
-        "timeout": 70.0, "generation": 3, "ready_timeout": 15.0, "port": ["10.0.0.2:80", "10.0.0.3:80"]}  # fmt: skip
-    for bad in (["--timeout"], ["--generation", "x"], ["--colour", "red"]):
+        listening.close()
+    assert wait.parse_options(["--timeout", "70", "--port", "10.0.0.2:80", "--port", "10.0.0.3:80"]) == {
+        "timeout": 70.0, "port": ["10.0.0.2:80", "10.0.0.3:80"]}  # fmt: skip
+    for bad in (["--timeout"], ["--timeout", "x"], ["--generation", "3"]):
         with pytest.raises(SystemExit, match="usage"):
             wait.parse_options(bad)
+
+
+def test_the_agent_answers_a_wait_once_its_sync_is_done_and_its_pods_ready(tmp_path):
+    """GET /wait (what `emu up` asks each node's agent): answered when the agent
+    has synced the generation and counts no pod unready, not polled; a pod left
+    unready is reported when the ready timeout runs out, and bad parameters are
+    a 400 before anything waits."""
+    import time
+
+    import emu.agent.__main__ as main
+
+    agent = main.Agent("cp", snapshot=str(tmp_path / "state.json"))
+
+    def synced(generation: int, ready: dict, after: float) -> None:
+        time.sleep(after)
+        with agent.synced:
+            agent.synced_ready, agent.synced_generation = ready, generation
+            agent.synced.notify_all()
+
+    threading.Thread(target=synced, args=(2, {"a": False}, 0.1), daemon=True).start()
+    threading.Thread(target=synced, args=(2, {"a": True}, 0.3), daemon=True).start()
+    started = time.monotonic()
+    assert agent.wait(2, [], timeout=10, ready_timeout=5) == {"ports_left": [], "programmed": True, "unready": []}
+    assert time.monotonic() - started < 2, "answered when the pod became ready, not at a timeout"
+    agent.synced_ready = {"a": False}
+    assert agent.wait(2, [], timeout=10, ready_timeout=0.2)["unready"] == ["a"]
+    assert agent.wait(3, [], timeout=0.2, ready_timeout=5) == {"ports_left": [], "programmed": False, "unready": None}
+
+    assert main.wait_options("generation=4&timeout=70&port=10.0.0.2:80&port=10.0.0.3:80") == {
+        "generation": 4, "timeout": 70.0, "ready_timeout": 15.0, "ports": ["10.0.0.2:80", "10.0.0.3:80"]}  # fmt: skip
+    handle = main.make_handler(agent)
+    for bad in ("/wait?generation=x", "/wait?timeout=nan", "/wait?timeout=1e9", "/wait?colour=red"):
+        out = io.BytesIO()
+        handle(web.Request("GET", bad, "127.0.0.1", {}, b""), out)
+        assert out.getvalue().startswith(b"HTTP/1.1 400"), bad

@@ -1,5 +1,7 @@
 """Plan renderers: golden text for a fixed state, and the shape of each piece."""
 
+import json
+
 import pytest
 
 from emu.cluster import node_plans
@@ -144,3 +146,17 @@ def test_agent_modules_travel_with_bytecode_the_nodes_python_uses_only_for_their
     finally:
         for name in ("pycpkg.mod", "pycpkg"):
             sys.modules.pop(name, None)
+
+
+def test_a_new_node_with_the_cluster_dns_gets_a_first_snapshot_its_server_can_load():
+    """So that the coredns pods are ready when the hub's agent first looks: the
+    snapshot of the state with no endpoint ready, and only on the new node that runs them."""
+    from emu.dns.server import Zone
+
+    first = state()
+    with_dns = {p.node: p for p in node_plans(None, first) if cni.DNS_SNAPSHOT in p.files}
+    coredns_nodes = {pod.node for pod in first.pods.values() if any(c.get("workload") == "coredns" for c in pod.containers)}
+    assert set(with_dns) == coredns_nodes and coredns_nodes
+    zone = Zone(json.loads(with_dns[next(iter(coredns_nodes))].files[cni.DNS_SNAPSHOT]), serial=1)
+    assert "default" in zone.namespaces and zone.services, "the services' records are there"
+    assert not any(cni.DNS_SNAPSHOT in p.files for p in node_plans(first, first)), "an existing node keeps its own"
