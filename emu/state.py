@@ -111,10 +111,8 @@ def with_system_objects(topology: Topology) -> Topology:
                             {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
                             {"name": "metrics", "containerPort": 9153, "protocol": "TCP"},
                         ],
-                        # Every second (kubeadm's coredns: every 10): a new node's plan brings the
-                        # first DNS snapshot, so the server is ready at the first probe. (At 0.2 s, to
-                        # be ready at once without it, the hub's agent spent 2 ms/s probing.)
-                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 1},
+                        # Probed often so that a new cluster's DNS is ready at once.
+                        "readinessProbe": {"httpGet": {"path": "/ready", "port": 8181}, "periodSeconds": 0.2},
                     }
                 ],
             },
