@@ -451,12 +451,14 @@ class Cluster:
 
         def check(node) -> dict:
             # The agent answers once it is so (Agent.wait). Asked again every 50 ms while it
-            # does not listen yet (it starts with the node) or starts again, for 30 s at most
-            # (curl's own --retry waits whole seconds: a second more for every small lab).
+            # does not listen yet (it starts with the node) or went away while answering
+            # (restarted: curl exits 7, 52 or 56), 600 times at most (curl's own --retry
+            # waits whole seconds: a second more for every small lab).
             query = "&".join([f"generation={state.generation}", f"timeout={timeout:g}",
                               *(f"port={target}" for target in ports.get(node.name, []))])  # fmt: skip
             ask = (f'n=0; until curl -s --max-time {timeout + 30:g} "{AGENT_URL}/wait?{query}"; do c=$?; '
-                   f'[ $c -eq 7 ] && [ $n -lt 600 ] || {{ echo "curl: exit $c asking the agent {AGENT_URL}/wait"; exit 1; }}; '
+                   f'case $c in 7|52|56) [ $n -lt 600 ] ;; *) false ;; esac || '
+                   f'{{ echo "curl: exit $c asking the agent {AGENT_URL}/wait"; exit 1; }}; '
                    'n=$((n+1)); sleep 0.05; done')  # fmt: skip
             argv = ["sh", "-c", f"{publish(node)} && {{ {ask}; }}" if publish is not None else ask]
             result = self.runtime.exec(node.container, argv)
