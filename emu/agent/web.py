@@ -108,7 +108,12 @@ class Server:
 
     def serve_forever(self) -> None:
         while True:
-            connection, peer = self.socket.accept()
+            try:
+                connection, peer = self.socket.accept()
+            except OSError:
+                if self.socket.fileno() == -1:
+                    return  # closed (Server.close): done
+                raise
             threading.Thread(target=self._serve, args=(connection, peer[0]), daemon=True).start()
 
     def _serve(self, connection: socket.socket, client: str) -> None:
