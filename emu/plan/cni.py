@@ -428,10 +428,14 @@ def start_agent_line(node: NodeState) -> str:
     """The node agent (probes, readiness, service rules: emu.agent), kept running:
     if it dies it is started again a second later, as systemd restarts the kubelet."""
     # One malloc arena: the agent's threads would each get their own, and an
-    # idle agent's memory would be mostly the arenas' free space.
+    # idle agent's memory would be mostly the arenas' free space. A fixed mmap
+    # threshold: buffers over 128 KB (a state's text, iptables-save's output)
+    # are mapped and unmapped, where glibc's sliding threshold soon put them in
+    # the heap, which kept 1-4 MB of a 1,000-service agent after each.
     agent = shlex.join(
-        ["env", f"PYTHONPATH={AGENT_LIB}", "MALLOC_ARENA_MAX=1", "python3", "-m", "emu.agent", "--node", node.name]
-    )
+        ["env", f"PYTHONPATH={AGENT_LIB}", "MALLOC_ARENA_MAX=1", "MALLOC_MMAP_THRESHOLD_=131072", "python3", "-m",
+         "emu.agent", "--node", node.name]
+    )  # fmt: skip
     loop = f'while true; do {agent}; echo "emu agent exited ($?); starting it again"; sleep 1; done'
     return f"setsid sh -c {shlex.quote(loop)} >{AGENT_LOG} 2>&1 </dev/null &"
 
