@@ -403,7 +403,7 @@ def agent_files() -> dict[str, str | bytes]:
 def agent_bytecode(sources: tuple[tuple[str, str], ...]) -> dict[str, bytes]:
     """Each module compiled, as __pycache__/<module>.<this python's tag>.pyc:
     otherwise every node compiles them all again (150 ms of CPU each, 50 nodes
-    to a big lab) as its agent, the wait program and the DNS server start.
+    to a big lab) as its agent and its DNS server start.
     Checked-hash pycs (PEP 552): the node's python compares the source's hash,
     not its time, so a pyc is used only with the very source it was made from;
     a node whose python is another version ignores them (its tag differs)."""
