@@ -7,7 +7,6 @@ Pure; used by validation (a pod no node fits is an error) and by allocation.
 
 from __future__ import annotations
 
-import functools
 import platform
 
 from emu.topology.model import PodTemplate, Toleration
@@ -20,14 +19,9 @@ CONTROL_PLANE_TAINT = (CONTROL_PLANE_LABEL, "", "NoSchedule")
 _ARCHITECTURES = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm"}
 
 
-@functools.lru_cache(maxsize=1)
-def _machine() -> str:
-    return platform.machine()
-
-
 def node_labels(name: str, role: str, labels: dict[str, str]) -> dict[str, str]:
     """A node's labels as the kubelet and kubeadm set them, plus the topology's own."""
-    machine = _machine()
+    machine = platform.machine()
     well_known = {
         "kubernetes.io/arch": _ARCHITECTURES.get(machine, machine.lower()),
         "kubernetes.io/hostname": name,
