@@ -392,15 +392,20 @@ def workload_files() -> dict[str, str]:
 
 def agent_files() -> dict[str, str | bytes]:
     """The agent's modules, each with its compiled bytecode (agent_bytecode)."""
+    return dict(_agent_files())
+
+
+@functools.lru_cache(maxsize=1)
+def _agent_files() -> dict[str, str | bytes]:
+    # Read and compiled once a process: every new node's plan carries them.
     from importlib import resources
 
     package = resources.files("emu")
     sources = {f"{AGENT_LIB}/emu/{name}": package.joinpath(name).read_text() for name in AGENT_MODULES}
-    return {**sources, **agent_bytecode(tuple(sources.items()))}
+    return {**sources, **agent_bytecode(sources)}
 
 
-@functools.lru_cache(maxsize=2)
-def agent_bytecode(sources: tuple[tuple[str, str], ...]) -> dict[str, bytes]:
+def agent_bytecode(sources: dict[str, str]) -> dict[str, bytes]:
     """Each module compiled, as __pycache__/<module>.<this python's tag>.pyc:
     otherwise every node compiles them all again (150 ms of CPU each, 50 nodes
     to a big lab) as its agent and its DNS server start.
@@ -415,7 +420,7 @@ def agent_bytecode(sources: tuple[tuple[str, str], ...]) -> dict[str, bytes]:
     if tag is None:
         return {}
     compiled = {}
-    for path, text in sources:
+    for path, text in sources.items():
         directory, name = path.rsplit("/", 1)
         source = text.encode()
         code = compile(source, path, "exec", dont_inherit=True)

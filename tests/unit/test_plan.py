@@ -124,8 +124,8 @@ def test_agent_modules_travel_with_bytecode_the_nodes_python_uses_only_for_their
 
     files = cni.agent_files()
     assert any("/emu/agent/__pycache__/__main__." in path for path in files), "the agent's own module has its pyc"
-    source = ("/lib/pycpkg/__init__.py", ""), ("/lib/pycpkg/mod.py", "VALUE = 41 + 1\n")
-    for path, content in {**dict(source), **cni.agent_bytecode(source)}.items():
+    source = {"/lib/pycpkg/__init__.py": "", "/lib/pycpkg/mod.py": "VALUE = 41 + 1\n"}
+    for path, content in {**source, **cni.agent_bytecode(source)}.items():
         target = tmp_path / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(content if isinstance(content, bytes) else content.encode())
