@@ -75,11 +75,10 @@ def _services(state: ClusterState, ready: dict[str, bool]):
 _written: dict[str, str] = {}  # path -> digest of the text last written there by this process
 
 
-def write_snapshot(path: str, snapshot: dict | str) -> bool:
-    """Write atomically when the content changed (a text, or a snapshot to
-    encode). Returns whether it wrote. What this process last wrote is known by
-    its digest; a file changed or removed by someone else is written again."""
-    text = snapshot if isinstance(snapshot, str) else json.dumps(snapshot, sort_keys=True)
+def write_snapshot(path: str, text: str) -> bool:
+    """Write atomically when the content changed (snapshot_text's). Returns
+    whether it wrote. What this process last wrote is known by its digest; a
+    file changed or removed by someone else is written again."""
     digest = sha256(text.encode()).hexdigest()
     try:
         unchanged = _written.get(path) == digest and os.stat(path).st_size == len(text.encode())
