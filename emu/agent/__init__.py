@@ -16,7 +16,7 @@ import os
 AGENT_PORT = 10250  # the kubelet's
 AGENT_URL = f"http://127.0.0.1:{AGENT_PORT}"
 STATE_FILE = "/etc/emu/state.json"
-STATUS_FILE = "/run/emu/agent/status.json"  # the generation programmed, for `emu up`'s wait
+STATUS_FILE = "/run/emu/agent/status.json"  # the generation programmed, for a look into the node (`emu up` asks GET /wait)
 RESTARTS_FILE = "/run/emu/agent/restarts.json"  # restart counts, kept across agent restarts
 PID_FILE = "/run/emu/agent/agent.pid"  # SIGHUP: a new state was written, read it now
 DNS_SNAPSHOT = "/etc/emu/dns/snapshot.json"  # read by the coredns pods on this node

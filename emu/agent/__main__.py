@@ -205,10 +205,8 @@ class Agent:
     def kubelet_loop(self) -> None:
         while True:
             with self.kubelet_lock:
-                # No state yet: nothing to probe (next_wake, never stepped, would say "now",
-                # and a 50-node lab's agents spun at 200 wakes/s each while their pods were wired).
                 changed = self.kubelet.step() if self.view else False
-                wake = self.kubelet.next_wake() if self.view else time.monotonic() + 1.0
+                wake = self.kubelet.next_wake()
             if changed:
                 log(f"readiness: {sum(self.kubelet.ready.values())} of {len(self.kubelet.ready)} pods ready")
                 self.reporter.changed.set()

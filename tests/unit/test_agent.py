@@ -73,6 +73,8 @@ def test_kubelet_ready_follows_processes_and_probe_thresholds():
     assert kubelet.container_readiness() == {"default/a": {"c": True}, "default/bb": {"c": True}}
     kubelet.set_pods([a])  # b is gone: its probe with it
     assert list(kubelet.probes) == []
+    idle = Kubelet(ThreadPoolExecutor(1), dead=FakeWatch({}), clock=clock)
+    assert idle.next_wake() == clock.now + 1.0  # no pods, never checked: nothing due before a period
 
 
 def test_dead_containers_start_again_with_the_kubelets_back_off():
