@@ -42,12 +42,15 @@ def topology(rng: random.Random, round_: int) -> str:
 
 
 def node_holds(cluster, node: str) -> dict[str, set[str]]:
+    # stderr goes nowhere: a node without pods has none of these folders, and
+    # Docker interleaves the two streams of an exec in no fixed order, so an
+    # ls error could split a line ("...directoryrun").
     script = (
-        "echo netns $(ls /run/netns 2>/dev/null); echo ports $(ls /sys/class/net/cni0/brif);"
+        "exec 2>/dev/null; echo netns $(ls /run/netns); echo ports $(ls /sys/class/net/cni0/brif);"
         "echo scripts $(ls /etc/emu/containers); echo run $(ls /run/emu/pods); echo files $(ls /etc/netns);"
         "echo logs $(ls /var/log/emu/pods); echo wrappers $(pgrep -f '[e]mu-container' | wc -l);"
         "echo chains $(iptables-save -t nat | grep -o '^:KUBE-SVC-[A-Z0-9]*' | sort -u);"
-        "echo conntrack $(conntrack -L 2>/dev/null | grep -o 'src=10\\.244\\.[0-9.]*' | sort -u | cut -d= -f2)"
+        "echo conntrack $(conntrack -L | grep -o 'src=10\\.244\\.[0-9.]*' | sort -u | cut -d= -f2)"
     )
     output = cluster.node_exec(node, ["sh", "-c", script]).output
     return {line.split(" ")[0]: set(line.split()[1:]) for line in output.splitlines() if line.strip()}

@@ -153,7 +153,7 @@ def test_delete_removes_what_the_file_made_and_apply_brings_it_back(shop, capsys
     assert not [p for p in state.pods.values() if p.namespace == "shop"]
     assert not [s for s in state.services if s.startswith("shop/")]
     node = state.nodes[1].container
-    assert not shop.runtime.exec(node, ["sh", "-c", "ls /var/lib/emu/volumes/ | grep shop"]).output
+    assert not shop.runtime.exec(node, ["sh", "-c", "ls /var/lib/emu/volumes/ 2>/dev/null | grep shop"]).output
     lookup = shop.runtime.exec(node, ["dig", "+short", "@10.96.0.10", "backend-0.backend.shop.svc.cluster.local"])
     assert lookup.output.strip() == ""
 
