@@ -1,11 +1,14 @@
 """python3 -m emu.agent --node NAME: run the node agent (see emu.agent).
 
 One thread per job, each waiting on an event rather than polling: reading a
-new state (SIGHUP from the plan that wrote it, or a 1 s look at the file),
-the kubelet's probes (woken when one is due), reporting to the hub and
-watching it, and the sync that writes service rules, LoadBalancer addresses
-and the DNS snapshot (each of the three on its own, so one failing does not
-hold up the others). An idle agent wakes about once a second.
+new state (SIGHUP from the plan that wrote it, or the pods loop's look at the
+file), the kubelet's probes (woken when one is due) and processes (woken when
+one ends: emu.agent.wake), the pods' sandboxes (woken when a link or
+namespace changes), reporting to the hub and watching it, and the sync that
+writes service rules, LoadBalancer addresses and the DNS snapshot (each of
+the three on its own, so one failing does not hold up the others). An idle
+agent wakes a few times in ten seconds: its heartbeat to the hub, a look at
+its processes and pods, its share of the rule checks.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from emu.agent.ingress import IngressSync
 from emu.agent.policy import PolicySync
 from emu.agent.proxysync import ProxySync
 from emu.agent.wait import wait_ports
+from emu.agent.wake import NodeChanges, Wake
 from emu.dns.snapshot import snapshot_text, write_snapshot
 from emu.records import ClusterState, read_state_text
 from emu.services import EndpointTracker
@@ -81,10 +85,10 @@ class Agent:
         self.snapshot_mtime = 0.0
         self.reload = threading.Event()
         self.load_lock = threading.Lock()
-        self.pods_wake = threading.Event()
+        self.pods_wake = Wake()
         self.stranded: set[str] = set()  # pods already reported lost
         self.dirty = threading.Event()
-        self.kubelet_wake = threading.Event()
+        self.kubelet_wake = Wake()
         self.kubelet_lock = threading.Lock()
         self.peers_lock = threading.Lock()
         self.kubelet = Kubelet(ProbeThreads(), restart=restart_container, counts_file=RESTARTS_FILE)
@@ -112,8 +116,8 @@ class Agent:
     # ---- state ----------------------------------------------------------------
     def load_loop(self) -> None:
         """A new state arrives with a SIGHUP (or the hub's watch); the pods loop
-        looks at the file every POD_CHECK seconds too, so this one need not poll:
-        an idle agent's every wake-up counts, 50 agents to a machine."""
+        looks at the file each time it looks at the pods too, so this one need
+        not poll: an idle agent's every wake-up counts, 50 agents to a machine."""
         while True:
             self.load()
             self.reload.wait(30.0)
@@ -171,9 +175,16 @@ class Agent:
 
     # ---- pod sandboxes: the kubelet's sync of this node's pods ----------------
     def pods_loop(self) -> None:
+        """Tends the pods when the node's links or namespaces change (or a new
+        state came), and every POD_RELIST seconds in case a change went unseen;
+        every POD_CHECK seconds where the kernel cannot say."""
+        changes = NodeChanges(["/run/netns"])
         while True:
-            self.pods_wake.wait(pods.POD_CHECK)
+            period = pods.POD_RELIST if changes.complete else pods.POD_CHECK
+            if self.pods_wake.wait(period, changes.fds()):
+                time.sleep(pods.POD_GATHER)  # a pod wired or deleted changes its links a dozen times
             self.pods_wake.clear()
+            changes.drain()
             try:
                 self.tend_pods()
             except Exception as error:  # noqa: BLE001 - one job failing must not stop the others
@@ -206,12 +217,13 @@ class Agent:
         while True:
             with self.kubelet_lock:
                 changed = self.kubelet.step() if self.view else False
-                wake = self.kubelet.next_wake()
+                wake, fds = self.kubelet.next_wake(), self.kubelet.watch.fds()
             if changed:
                 log(f"readiness: {sum(self.kubelet.ready.values())} of {len(self.kubelet.ready)} pods ready")
                 self.reporter.changed.set()
                 self.dirty.set()
-            self.kubelet_wake.wait(min(1.0, max(0.005, wake - time.monotonic())))
+            # Woken sooner by a container's process that ends (its pidfd), or a new state.
+            self.kubelet_wake.wait(max(0.005, wake - time.monotonic()), fds)
             self.kubelet_wake.clear()
 
     def generation(self) -> int:

@@ -1,13 +1,15 @@
 """Pod sandboxes kept as the state says: the kubelet's sync of this node's pods.
 
-Every POD_CHECK seconds the agent looks at the node's network namespaces and
-cni0's ports. A pod of this node whose namespace or veth is gone is rebuilt in
-place (same name and IP, a new namespace, veth and processes), as the kubelet
-recreates a pod sandbox; a pod the hub moved here from a lost node is wired
-the same way; a pod emu made here that the state no longer places here (a node
-that comes back after its pods were moved elsewhere) is deleted. While an
-`emu` command changes the node (HOLD_FILE, made by its plan and removed once
-the new state is in place), the agent keeps its hands off the pods.
+When a link of the node changes or a namespace file goes (emu.agent.wake), and
+every POD_RELIST seconds besides, the agent looks at the node's network
+namespaces and cni0's ports. A pod of this node whose namespace or veth is
+gone is rebuilt in place (same name and IP, a new namespace, veth and
+processes), as the kubelet recreates a pod sandbox; a pod the hub moved here
+from a lost node is wired the same way; a pod emu made here that the state no
+longer places here (a node that comes back after its pods were moved
+elsewhere) is deleted. While an `emu` command changes the node (HOLD_FILE,
+made by its plan and removed once the new state is in place), the agent keeps
+its hands off the pods.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from emu.plan import NodePlan, cni
 from emu.reconcile import sandbox_problem
 from emu.records import ClusterState, PodState
 
-POD_CHECK = 2.0  # seconds between looks (the kubelet's pod relist is every 1 s)
+POD_CHECK = 2.0  # seconds between looks where changes cannot be watched (the kubelet relists every 1 s),
+POD_RELIST = 10.0  # and where they can, in case one went unseen
+POD_GATHER = 0.2  # seconds a look waits after a change, for the changes that come with it
 HOLD_MAX_AGE = 300.0  # a hold older than this was left by a command that died
 REPAIR_SCRIPT = "/run/emu/agent/repair.sh"
 

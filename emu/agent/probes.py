@@ -15,10 +15,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from emu.agent import container_file, container_script, web, write_atomically
+from emu.agent import container_file, container_script, wake, web, write_atomically
 from emu.records import PodState
 
-ALIVE_PERIOD = 1.0  # processes are checked once a second, as the kubelet's PLEG relists
+ALIVE_PERIOD = 1.0  # processes are checked once a second, as the kubelet's PLEG relists,
+RELIST_PERIOD = 10.0  # or, while every one is running and held by a pidfd, only now and then
 
 
 class ProbeState:
@@ -66,14 +67,18 @@ def run_probe(pod: PodState, spec: dict) -> bool:
 
 
 class ProcessWatch:
-    """Whether each pod's container processes run. Pids are read from their
-    files once and then only signalled (signal 0), so checking 40 pods every
-    second costs 40 system calls, not 120; a pid that is gone is looked up
-    again in its file (a container restarted under a new pid)."""
+    """Whether each pod's container processes run. A pid is read from its file
+    once and then held as a pidfd, which the kernel makes readable when the
+    process ends: `reap` finds those in one system call, and the kubelet's loop
+    sleeps on `fds` instead of looking every second. A pid that is gone is
+    looked up again in its file (a container restarted under a new pid). Where
+    pidfds are not to be had, pids are signalled (signal 0) each look."""
 
     def __init__(self):
         self.pids: dict[str, int] = {}  # pid file -> pid
+        self.handles: dict[str, int] = {}  # pid file -> pidfd of its process
         self.files: dict[tuple[str, str], list[tuple[str, str]]] = {}  # (netns, ip) -> [(container, pid file)]
+        self.signalled = False  # some process is watched by signal, not pidfd
 
     def __call__(self, pod: PodState) -> list[str]:
         """The containers of the pod whose process does not run (started, or not yet)."""
@@ -82,8 +87,50 @@ class ProcessWatch:
             files = self.files[(pod.netns, pod.ip)] = [
                 (c["name"], container_file(pod.netns, c["name"], "pid")) for c in pod.containers
             ]
-        pids = self.pids
-        return [name for name, path in files if not (self._signal(pids.get(path)) or self._signal(self._read(path)))]
+        return [name for name, path in files if not self._runs(path)]
+
+    @property
+    def watched(self) -> bool:
+        """Whether every process found is held by a pidfd: no need to look for
+        their end, `fds` says it."""
+        return not self.signalled
+
+    def fds(self) -> list[int]:
+        return list(self.handles.values())
+
+    def reap(self) -> bool:
+        """Forget the processes that ended (their pidfd is readable); whether any did."""
+        ended = set(wake.readable(list(self.handles.values())))
+        if not ended:
+            return False
+        for path, fd in list(self.handles.items()):
+            if fd in ended:
+                os.close(fd)
+                del self.handles[path]
+                self.pids.pop(path, None)
+        return True
+
+    def _runs(self, path: str) -> bool:
+        if path in self.handles:
+            return True  # (reap drops those that ended)
+        pid = self.pids.get(path)
+        if pid is not None and self._signal(pid):
+            return True
+        pid = self._read(path)
+        if pid is None:
+            return False
+        try:
+            fd = wake.process_fd(pid)
+        except ProcessLookupError:
+            return False
+        if fd is None:
+            self.signalled = True
+            return self._signal(pid)
+        if wake.readable([fd]):  # it ended already (a zombie its parent has not reaped yet)
+            os.close(fd)
+            return False
+        self.handles[path] = fd
+        return True
 
     @staticmethod
     def exit_code(pod: PodState, container: str) -> int | None:
@@ -118,9 +165,11 @@ class ProcessWatch:
             return False
 
     def forget(self, pods: list[PodState]) -> None:
-        """Drop the pids of pods no longer here."""
+        """Drop the processes of pods no longer here."""
         keep = {container_file(p.netns, c["name"], "pid") for p in pods for c in p.containers}
         self.pids = {path: pid for path, pid in self.pids.items() if path in keep}
+        for path in set(self.handles) - keep:
+            os.close(self.handles.pop(path))
         self.files = {}
 
 
@@ -225,13 +274,21 @@ class Kubelet:
                 if spec and (pod.uid, container["name"]) not in self.probes:
                     self.probes[(pod.uid, container["name"])] = ProbeState(spec, now)
 
+    def alive_period(self) -> float:
+        """Seconds between looks at the processes: ALIVE_PERIOD, or RELIST_PERIOD
+        while every one runs and the watch's pidfds say when one ends."""
+        settled = self.watch.watched and all(self.alive.get(uid) for uid, _ in self.uids)
+        return RELIST_PERIOD if settled else ALIVE_PERIOD
+
     def next_wake(self) -> float:
+        """When something is due: a look at the processes or a probe (a process
+        that ends wakes the loop sooner, through `watch.fds`)."""
         # With no pods nothing is due before a period from now (never checked, the
         # last check's time would say "now": the agents of a 50-node lab, before
         # their first state, woke 200 times a second).
         checked = self.alive_checked if self.uids else self.clock()
         due = [probe.next_run for probe in self.probes.values()]
-        return min([checked + ALIVE_PERIOD, *due])
+        return min([checked + self.alive_period(), *due])
 
     def keep_running(self, pod: PodState, dead: list[str], now: float) -> None:
         """Start again the pod's containers whose process ended, as the pod's
@@ -272,7 +329,8 @@ class Kubelet:
         jobs = [(probe, self.pool.submit(self.probe, by_uid[uid], probe.spec)) for uid, probe in due if uid in by_uid]
         for probe, future in jobs:
             probe.record(future.result(), self.clock())
-        if now - self.alive_checked >= ALIVE_PERIOD or any(uid not in self.alive for uid, _ in self.uids):
+        ended = self.watch.reap()
+        if ended or now - self.alive_checked >= self.alive_period() or any(uid not in self.alive for uid, _ in self.uids):
             alive = {}
             for uid, pod in self.uids:
                 dead = self.watch(pod)

@@ -374,7 +374,7 @@ AGENT_MODULES = [
     "proxy/__init__.py", "proxy/base.py", "proxy/iptables.py", "proxy/nftables.py", "proxy/ipvs.py",
     "proxy/conntrack.py", "agent/__init__.py", "agent/__main__.py", "agent/wait.py",
     "agent/probes.py", "agent/gossip.py", "agent/proxysync.py", "agent/edge.py", "agent/pods.py", "agent/evict.py",
-    "agent/web.py",
+    "agent/web.py", "agent/wake.py",
     "plan/__init__.py", "plan/cni.py", "reconcile.py",
     "policy.py", "agent/policy.py", "ingress.py", "agent/ingress.py",
     "dns/__init__.py", "dns/snapshot.py", "dns/records.py", "dns/server.py", "dns/wire.py", "dns/__main__.py",

@@ -10,6 +10,7 @@ import pytest
 
 from emu.agent.edge import LoadBalancers
 from emu.agent.gossip import Hub
+from emu.agent import probes
 from emu.agent.probes import Kubelet
 from emu.agent.proxysync import ProxySync, differences, hook_jumps
 from emu.proxy import iptables
@@ -51,6 +52,14 @@ class FakeWatch:
 
     def forget(self, pods):
         pass
+
+    watched = False  # as where pidfds cannot be had: the processes are looked at every second
+
+    def fds(self):
+        return []
+
+    def reap(self):
+        return False
 
 
 def test_kubelet_ready_follows_processes_and_probe_thresholds():
@@ -273,11 +282,12 @@ def test_load_balancer_owner_holds_the_address_and_others_route_on_several_hosts
     assert not any("route" in argv for argv in calls["cp"] + calls["w1"])  # one host: ARP does it
 
 
-def test_process_watch_reads_each_pid_file_once_and_again_when_the_process_is_gone(tmp_path, monkeypatch):
+def test_process_watch_holds_each_process_by_a_pidfd_until_it_ends(tmp_path, monkeypatch):
     import os
+    import time
 
     import emu.agent
-    from emu.agent import probes
+    from emu.agent import probes, wake
 
     monkeypatch.setattr(emu.agent, "RUN_DIR", str(tmp_path))
     watch = probes.ProcessWatch()
@@ -285,16 +295,58 @@ def test_process_watch_reads_each_pid_file_once_and_again_when_the_process_is_go
     (tmp_path / "a").mkdir()
     pid_file = tmp_path / "a" / "c.pid"
     assert watch(p) == ["c"] and not watch.started(p, "c")  # no pid file yet
-    pid_file.write_text(f"{os.getpid()}\n")
-    assert watch(p) == [] and watch.started(p, "c")
-    pid_file.write_text("not a pid")
-    assert watch(p) == []  # the known pid still runs: the file is not read again
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    watch.pids[str(pid_file)] = dead.pid
-    assert watch(p) == ["c"]  # gone, and the file names nothing that runs
-    watch.forget([])
-    assert watch.pids == {}
+    running = subprocess.Popen(["sleep", "30"])
+    try:
+        pid_file.write_text(f"{running.pid}\n")
+        assert watch(p) == [] and watch.started(p, "c") and watch.watched
+        assert len(watch.fds()) == 1 and not watch.reap()
+        pid_file.write_text("not a pid")
+        assert watch(p) == []  # the process held still runs: the file is not read again
+        running.kill()
+        running.wait()
+        assert wake.readable(watch.fds()) == watch.fds()  # what the kubelet's loop sleeps on
+        assert watch.reap() and watch.fds() == []
+        assert watch(p) == ["c"]  # ended, and the file names nothing that runs
+    finally:
+        running.kill()
+        running.wait()
+    ended = subprocess.Popen(["true"])  # not waited for: a zombie, which signal 0 would call alive
+    time.sleep(0.2)
+    pid_file.write_text(f"{ended.pid}\n")
+    assert watch(p) == ["c"] and watch.fds() == []
+    ended.wait()
+    keeps = subprocess.Popen(["sleep", "30"])
+    try:
+        pid_file.write_text(f"{keeps.pid}\n")
+        assert watch(p) == [] and len(watch.fds()) == 1
+        watch.forget([])
+        assert watch.pids == {} and watch.fds() == []  # its pidfd closed with it
+    finally:
+        keeps.kill()
+        keeps.wait()
+    assert os.listdir(tmp_path / "a") == ["c.pid"]
+
+
+def test_kubelet_looks_at_held_processes_only_now_and_then_and_at_once_when_one_ends():
+    clock, alive = Clock(), {"a": True}
+
+    class Held(FakeWatch):
+        watched = True
+        ended = False
+
+        def reap(self):
+            ended, self.ended = self.ended, False
+            return ended
+
+    watch = Held(alive, started=True)
+    kubelet = Kubelet(ThreadPoolExecutor(1), dead=watch, restart=lambda p, n: None, clock=clock)
+    a = pod("a")
+    kubelet.set_pods([a])
+    assert kubelet.step() and kubelet.ready[a.uid]
+    assert kubelet.next_wake() == clock.now + probes.RELIST_PERIOD  # every process held: no need to look
+    alive["a"], watch.ended = False, True  # its pidfd became readable
+    assert kubelet.step() and not kubelet.ready[a.uid]  # seen at once, not RELIST_PERIOD later
+    assert kubelet.next_wake() == clock.now + probes.ALIVE_PERIOD  # one is down: looked at every second
 
 
 def test_restart_counts_outlive_the_agent(tmp_path):
@@ -369,7 +421,7 @@ def test_an_agent_without_a_state_sleeps_in_its_kubelet_loop(tmp_path):
         pass
 
     class Wake:
-        def wait(self, timeout):
+        def wait(self, timeout, fds=()):
             waits.append(timeout)
             if len(waits) == 3:
                 raise Stop
