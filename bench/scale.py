@@ -6,6 +6,8 @@ what the agents cost once nothing changes.
   1000svc  50 nodes, 1,000 deployments of 2 pods spread by the scheduler, a
            ClusterIP service each (2,000 endpoints); enableServiceLinks: false
   100x50   100 nodes x 50 pods (5,000 pods)
+  40k      50 nodes x 40 pods and 1,000 services, each selecting one node's
+           40 pods (40,000 endpoints); only with --only
 
 For each: `emu up` until it returns (it returns only when every node's agent
 has programmed the state and counts every pod ready), pods per second, and
@@ -14,7 +16,7 @@ by hand, no services, no agents) in the same run; then, after --idle seconds
 with nothing changing, the agents' CPU (their own and their children's, from
 /proc) over a --window, and their memory (RSS).
 
-usage: python bench/scale.py [--only 50x40,1000svc,100x50] [--idle 60] [--window 30] [--no-baseline] [--keep]
+usage: python bench/scale.py [--only 50x40,1000svc,100x50,40k] [--idle 60] [--window 30] [--no-baseline] [--keep]
 """
 
 from __future__ import annotations
@@ -41,10 +43,11 @@ def nodes_yaml(count: int) -> list[str]:
     return ["nodes:", "  - {name: n0, role: control-plane}", *(f"  - {{name: n{i}}}" for i in range(1, count))]
 
 
-def pinned_lab(nodes: int, per_node: int, empty_services: int = 0) -> str:
+def pinned_lab(nodes: int, per_node: int, empty_services: int = 0, labelled: bool = False) -> str:
     lines = ["name: emubench-scale", "networking: {podSubnet: 10.240.0.0/12}", *nodes_yaml(nodes), "deployments:"]
     for i in range(nodes):
         lines += [f"  - name: pods-n{i}", f"    replicas: {per_node}", "    template:", f"      node: n{i}",
+                  *([f"      labels: {{app: pods-n{i}}}"] if labelled else []),
                   "      enableServiceLinks: false", f"      containers: [{NC}]"]  # fmt: skip
     if empty_services:
         lines.append("services:")
@@ -62,11 +65,20 @@ def services_lab(nodes: int, services: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def wide_lab(nodes: int, per_node: int, services: int) -> str:
+    """The pinned lab, and services each selecting every pod of one node: 1,000
+    of them over 50 x 40 pods make 40,000 endpoints."""
+    lines = [pinned_lab(nodes, per_node, labelled=True).rstrip("\n"), "services:"]
+    lines += [f"  - {{name: s{i}, selector: {{app: pods-n{i % nodes}}}, ports: [{{port: 80, targetPort: 8080}}]}}" for i in range(services)]
+    return "\n".join(lines) + "\n"
+
+
 LABS = {
     # name: (topology text, nodes, pods per node for the baseline, pods in total)
     "50x40": (lambda: pinned_lab(50, 40, empty_services=50), 50, 40, 2000),
     "1000svc": (lambda: services_lab(50, 1000), 50, 40, 2000),
     "100x50": (lambda: pinned_lab(100, 50), 100, 50, 5000),
+    "40k": (lambda: wide_lab(50, 40, 1000), 50, 40, 2000),  # not run unless asked for (--only 40k)
 }
 
 

@@ -430,13 +430,13 @@ class Cluster:
         pods in `only`, if given), the agent has programmed this state, and every
         pod counts as ready. Pods that stay unready are reported, not an error:
         they may be meant to. Returns them. The default timeout grows with the
-        cluster (30 s, and 20 ms a pod: big labs share the machine's cores).
+        cluster (`default_wait`: big labs share the machine's cores).
 
         With `publish` (node -> shell that puts the new state in place), each
         node's exec runs that first and then waits: one exec per node instead of
         two (50 fewer in a 50-node lab), all nodes at once, so that every agent
         gets the state at about the same time."""
-        timeout = timeout or 30.0 + 0.02 * len(state.pods)
+        timeout = timeout or default_wait(state)
         done: list[str] = []
         done_lock = threading.Lock()
         last_report = [time.monotonic()]
@@ -615,6 +615,19 @@ class Cluster:
 
 
 NEIGHBOUR_LIMIT = Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+
+
+def default_wait(state: ClusterState) -> float:
+    """How long `emu up` waits for the nodes by default: 30 s, 20 ms a pod, and
+    0.15 ms for every endpoint on every node. Each node writes the chains of
+    every service's endpoints: the 50 agents of a lab with 1,000 services and
+    40,000 endpoints keep two cores busy for three minutes (iptables-restore of
+    41,000 chains, 5 s of CPU a node)."""
+    from emu.services import LabelIndex
+
+    index = LabelIndex(state.pods.values())
+    endpoints = sum(len(index.selected(service)) * len(service.ports) for service in state.services.values())
+    return 30.0 + 0.02 * len(state.pods) + 0.00015 * endpoints * len(state.nodes)
 
 
 def neighbour_table_warning(nodes: int, pods: int, limit_file: Path = NEIGHBOUR_LIMIT) -> str | None:

@@ -24,6 +24,7 @@ from emu.records import MAX_STATE_BYTES, ClusterState, NodeState
 HEARTBEAT = 10.0  # seconds between an agent's reports when nothing changes (the kubelet's nodeStatusUpdateFrequency)
 NODE_GRACE = 25.0  # a node silent this long is NotReady (Kubernetes: node-monitor-grace-period, 40 s)
 RETRY = 0.5
+REPORT_TIMEOUT = 10.0
 
 Readiness = dict[str, bool]  # pod uid -> ready
 
@@ -126,7 +127,10 @@ class Reporter:
 
     def send(self, address: str, ready: Readiness) -> bool:
         body = json.dumps({"node": self.node, "ready": ready}).encode()
-        connection = web.Connection(address, self.port, timeout=2)
+        # A hub slow to answer is a busy hub (a 40,000-endpoint lab's 50 agents
+        # writing their rules at once on two cores): a report it takes late still
+        # counts; one given up after 2 s left nodes NotReady that were not.
+        connection = web.Connection(address, self.port, timeout=REPORT_TIMEOUT)
         try:
             status, _ = connection.request("POST", "/report", body)
         except OSError:

@@ -1,5 +1,7 @@
 """Allocation: pod CIDRs, node IPs, pod IPs, scheduling, and what a re-apply keeps."""
 
+import pytest
+
 from emu.cluster import pod_changes
 from emu.state import ClusterState, deployment_pod_names, plan_cluster
 from emu.topology.load import load_text
@@ -136,3 +138,17 @@ def test_neighbour_table_warning(tmp_path):
     warning = neighbour_table_warning(10, 500, limit)
     assert "1164 ARP entries" in warning and "gc_thresh3=16384" in warning
     assert neighbour_table_warning(10, 500, tmp_path / "missing") is None
+
+
+def test_the_default_wait_grows_with_the_rules_every_node_writes():
+    from emu.cluster import default_wait
+
+    small = plan_cluster(load_text(LAB), "emu-lab", "172.28.5.0/24")
+    assert 30 < default_wait(small) < 31
+    wide = LAB + "services:\n" + "".join(
+        f"  - {{name: s{i}, selector: {{app: web}}, ports: [{{name: a, port: 80}}, {{name: b, port: 81}}]}}\n" for i in range(100)
+    )
+    state = plan_cluster(load_text(wide), "emu-lab", "172.28.5.0/24")
+    web = sum(1 for pod in state.pods.values() if pod.labels.get("app") == "web")
+    endpoints = 100 * 2 * web  # every service selects every web pod, on two ports
+    assert web and default_wait(state) == pytest.approx(default_wait(small) + 0.00015 * endpoints * len(state.nodes))
