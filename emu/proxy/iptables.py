@@ -32,7 +32,6 @@ BASE_CHAINS = {
 }  # fmt: skip
 
 
-@functools.lru_cache(maxsize=1 << 17)
 def _hash(*parts: str) -> str:
     """kube-proxy's hash: base32 of sha256, first 16 characters (the first 10 bytes)."""
     n = int.from_bytes(sha256("".join(parts).encode()).digest()[:10], "big")
@@ -43,20 +42,28 @@ def _hash(*parts: str) -> str:
     )
 
 
+@functools.lru_cache(maxsize=1 << 17)
+def _chain(prefix: str, *parts: str) -> str:
+    """A chain's name, made once: a sync names each endpoint's chain three times
+    (in KUBE-SVC, for itself, in KUBE-SVL), and 40,000 endpoints' names made
+    anew each time held 9 MB of copies."""
+    return prefix + _hash(*parts)
+
+
 def service_chain(name: str, protocol: str) -> str:
-    return "KUBE-SVC-" + _hash(name, protocol)
+    return _chain("KUBE-SVC-", name, protocol)
 
 
 def external_chain(name: str, protocol: str) -> str:
-    return "KUBE-EXT-" + _hash(name, protocol)
+    return _chain("KUBE-EXT-", name, protocol)
 
 
 def local_chain(name: str, protocol: str) -> str:
-    return "KUBE-SVL-" + _hash(name, protocol)
+    return _chain("KUBE-SVL-", name, protocol)
 
 
 def endpoint_chain(name: str, protocol: str, endpoint: str) -> str:
-    return "KUBE-SEP-" + _hash(name, protocol, endpoint)
+    return _chain("KUBE-SEP-", name, protocol, endpoint)
 
 
 def comment(text: str) -> str:
@@ -138,6 +145,7 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
     total = sum(len(eps) for by_port in endpoints.values() for eps in by_port.values())
     large = total > LARGE_CLUSTER_ENDPOINTS
     used = {}
+    shared: set[int] = set()  # ids of the cache's lists the ruleset holds
     for service, port, port_endpoints, identity in service_ports(state, endpoints):
         cache_key = (identity, node, pod_subnet, large)
         recorded = cache.get(cache_key) if cache is not None else None
@@ -147,7 +155,17 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
             recorded = recorder.rules
         used[cache_key] = recorded
         for (table, chain), chain_rules in recorded.items():
-            tables[table].setdefault(chain, []).extend(chain_rules)
+            held = tables[table].get(chain)
+            if held is None:
+                # The port's own chain (KUBE-SVC, -SEP ...): the cache's list itself, not a
+                # copy. Shared, it is never added to: a second port's rules for the same
+                # chain go to a list of the chain's own.
+                tables[table][chain] = chain_rules
+                shared.add(id(chain_rules))
+            elif id(held) in shared:
+                tables[table][chain] = held + chain_rules
+            else:
+                held.extend(chain_rules)
     if cache is not None:
         cache.clear()
         cache.update(used)

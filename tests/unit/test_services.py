@@ -1,5 +1,6 @@
 """Services: allocation, validation, endpoints, environment variables and kube-proxy's iptables rules."""
 
+import copy
 
 import pytest
 
@@ -269,8 +270,10 @@ def test_cached_render_equals_a_fresh_one():
     cache: dict = {}
     first = iptables.render(s, "w1", endpoints(s), cache=cache)
     assert first == iptables.render(s, "w1", endpoints(s))
+    kept = copy.deepcopy(first)  # the agent keeps the last ruleset, to write only what changed
     changed = endpoints(s, all_ready(s) | {s.pods["default/web-b"].uid: False})
     assert iptables.render(s, "w1", changed, cache=cache) == iptables.render(s, "w1", changed)
+    assert iptables.render(s, "w1", endpoints(s), cache=cache) == first == kept  # its lists, shared with the cache, untouched
 
 
 def test_internal_traffic_policy_local_uses_node_local_endpoints_only():
