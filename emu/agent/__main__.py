@@ -28,7 +28,7 @@ from emu.agent import (
     AGENT_PORT, DNS_SNAPSHOT, LOCK_DIR, PID_FILE, RESTARTS_FILE, STATE_FILE, STATUS_FILE, pods, web, write_atomically,
 )  # fmt: skip
 from emu.agent.edge import LoadBalancers
-from emu.agent.evict import EVICT_AFTER, evict
+from emu.agent.evict import EVICT_AFTER, evict, evictable
 from emu.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
 from emu.agent.probes import Kubelet, ProbeThreads, run_start_script
 from emu.agent.ingress import IngressSync
@@ -101,6 +101,8 @@ class Agent:
         self.policies = PolicySync(log)
         self.ingress = IngressSync(node, log)
         self.lost_nodes: set[str] = set()  # NotReady, as the hub says
+        self.evicted_at = float("-inf")  # when the hub last moved a lost node's pods
+        self.disrupted = False  # too many nodes NotReady at once to move their pods (evict.evictable)
         self.loaded_at = 0.0  # when the state in view arrived (monotonic)
         self.settle_timer: threading.Timer | None = None
         self.waiting_for: list[str] = []  # the nodes settling last waited for,
@@ -263,10 +265,18 @@ class Agent:
                     log(f"node {node} stopped reporting: NotReady, its endpoints leave every service")
                 due = self.hub.lost_for(EVICT_AFTER)
                 if due and any(pod.node in due and pod.key not in self.stranded for pod in view.state.pods.values()):
-                    try:
-                        self.evict(due)
-                    except Exception as error:  # noqa: BLE001
-                        log(f"moving the pods of {', '.join(sorted(due))} failed: {error}")
+                    not_ready, nodes = len(self.hub.lost_for(0.0)), len(view.state.nodes)
+                    due, disrupted = evictable(due, not_ready, nodes, time.monotonic() - self.evicted_at)
+                    if disrupted != self.disrupted:
+                        self.disrupted = disrupted
+                        log(f"{not_ready} of {nodes} nodes NotReady: a disruption (PartialDisruption), "
+                            "so pods move slowly or not at all" if disrupted else "the disruption is over")
+                    if due:
+                        self.evicted_at = time.monotonic()
+                        try:
+                            self.evict(due)
+                        except Exception as error:  # noqa: BLE001
+                            log(f"moving the pods of {', '.join(sorted(due))} failed: {error}")
 
     def evict(self, lost: set[str]) -> None:
         """Move the lost nodes' pods (emu.agent.evict) under the cluster's lock,

@@ -22,6 +22,25 @@ from emu.records import ClusterState, HostLocalIPAM, PodState
 # Kubernetes waits 300 s (the default toleration of node.kubernetes.io/unreachable);
 # a lab is shorter-lived, so emu moves pods sooner.
 EVICT_AFTER = 15.0
+# kube-controller-manager's node lifecycle controller: when more than two nodes and at
+# least this share of them are NotReady at once (PartialDisruption), the fault is more
+# likely its own view (or a machine too busy to report) than so many nodes, and it
+# stops evicting, or in a cluster of more than LARGE_CLUSTER nodes slows to
+# SECONDARY_RATE nodes a second.
+UNHEALTHY_THRESHOLD = 0.55  # --unhealthy-zone-threshold
+LARGE_CLUSTER = 50  # --large-cluster-size-threshold
+SECONDARY_RATE = 0.01  # --secondary-node-eviction-rate
+
+
+def evictable(due: set[str], not_ready: int, nodes: int, since_last: float) -> tuple[set[str], bool]:
+    """Of the nodes `due` for eviction, those whose pods may move now, and
+    whether the cluster is in PartialDisruption: `not_ready` of `nodes` are
+    NotReady, the last eviction was `since_last` seconds ago."""
+    if not (not_ready > 2 and not_ready >= UNHEALTHY_THRESHOLD * nodes):
+        return due, False
+    if nodes <= LARGE_CLUSTER or since_last < 1 / SECONDARY_RATE or not due:
+        return set(), True
+    return {min(due)}, True
 
 
 @dataclass

@@ -162,3 +162,16 @@ def test_the_agents_plan_steps_aside_for_a_command_that_landed_meanwhile(tmp_pat
     assert subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout == "went-on\n"
     (tmp_path / "hold").touch()
     assert "went-on" not in subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
+
+
+def test_evictions_stop_when_most_nodes_go_notready_at_once():
+    """kube-controller-manager's PartialDisruption: more than two nodes and at
+    least 55% NotReady is more likely a busy machine than lost nodes."""
+    assert evicting.evictable({"w1"}, 1, 3, 0.0) == ({"w1"}, False)  # one node lost: its pods move
+    assert evicting.evictable({"w1", "w2"}, 2, 3, 0.0) == ({"w1", "w2"}, False)  # two are never a disruption
+    assert evicting.evictable({"w1", "w2", "w3"}, 3, 5, 0.0) == (set(), True)  # 60%: none move
+    assert evicting.evictable({"n1", "n2", "n3"}, 3, 6, 0.0) == ({"n1", "n2", "n3"}, False)  # 50%: all move
+    due = {f"n{i}" for i in range(1, 61)}
+    assert evicting.evictable(due, 60, 100, 5.0) == (set(), True)  # a large cluster: slowly ...
+    assert evicting.evictable(due, 60, 100, 100.0) == ({"n1"}, True)  # ... one node every 100 s
+    assert evicting.evictable(due, 60, 50, 1000.0) == (set(), True)  # 50 nodes is not large
