@@ -113,9 +113,8 @@ class ProcessWatch:
     def _runs(self, path: str) -> bool:
         if path in self.handles:
             return True  # (reap drops those that ended)
-        pid = self.pids.get(path)
-        if pid is not None and self._signal(pid):
-            return True
+        if self.signalled and self._signal(self.pids.get(path)):
+            return True  # (with pidfds, a pid known but not held is one that ended: read the file again)
         pid = self._read(path)
         if pid is None:
             return False

@@ -314,6 +314,7 @@ def test_process_watch_holds_each_process_by_a_pidfd_until_it_ends(tmp_path, mon
     time.sleep(0.2)
     pid_file.write_text(f"{ended.pid}\n")
     assert watch(p) == ["c"] and watch.fds() == []
+    assert watch(p) == ["c"]  # and at the next look too: its pid is not taken for a running one
     ended.wait()
     keeps = subprocess.Popen(["sleep", "30"])
     try:
