@@ -42,22 +42,20 @@ class Wake:
             pass
 
     def wait(self, timeout: float | None = None, fds: list[int] = ()) -> list[int]:
-        poller = select.poll()
-        poller.register(self._read, select.POLLIN)
-        for fd in fds:
-            poller.register(fd, select.POLLIN)
-        events = poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
-        return [fd for fd, _ in events if fd != self._read]
+        ready = _poll([self._read, *fds], None if timeout is None else max(0, int(timeout * 1000)))
+        return [fd for fd in ready if fd != self._read]
 
 
 def readable(fds: list[int]) -> list[int]:
     """Those of `fds` the kernel has made readable (or closed), now, without waiting."""
-    if not fds:
-        return []
+    return _poll(fds, 0) if fds else []
+
+
+def _poll(fds: list[int], milliseconds: int | None) -> list[int]:
     poller = select.poll()
     for fd in fds:
         poller.register(fd, select.POLLIN)
-    return [fd for fd, _ in poller.poll(0)]
+    return [fd for fd, _ in poller.poll(milliseconds)]
 
 
 def process_fd(pid: int) -> int | None:
