@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import ipaddress
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -78,7 +79,7 @@ class SshTunnel:
             self.command(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         deadline = time.monotonic() + timeout
-        while not Path(self.local).exists():
+        while not listening(self.local):
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 reason = self.process.stderr.read().decode(errors="replace").strip() if self.process.stderr else ""
@@ -98,6 +99,18 @@ class SshTunnel:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def listening(path: str) -> bool:
+    """Whether a unix socket at path accepts connections. Its file alone does not
+    say so: ssh binds the socket (the file appears) and listens a moment later, and
+    a connection in between is refused (ECONNREFUSED), which a loaded machine hits."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(path)
+        except OSError:  # no file yet, or bound but not yet listening
+            return False
+    return True
 
 
 def engine_for(host: Host, tunnels: list[SshTunnel], timeout: int = 60) -> DockerRuntime:
