@@ -34,7 +34,11 @@ SILENCE = 0.3  # how long to wait for a reply that must not come
 
 
 @pytest.fixture()
-def upstream():
+def upstream(monkeypatch):
+    # This upstream answers at once; a longer budget than the server's 2 s only
+    # matters when a loaded machine stalls the upstream's thread (one unit run
+    # beside a 50-node lab failed so).
+    monkeypatch.setattr("emu.dns.server.UPSTREAM_TIMEOUT", 10.0)
     server = FakeUpstream({("www.example.com", "A"): ["www.example.com. 60 A 192.0.2.7"]})
     yield server
     server.close()
