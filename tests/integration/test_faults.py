@@ -68,7 +68,9 @@ def hostnames(cluster, count: int = 12, service: str = "echo") -> set[str]:
 
 
 def test_flushed_service_chain_is_repaired(faults):
-    assert hostnames(faults) == {"far", "near"}
+    # `emu up` waits 15 s at most for other nodes' pods to count as ready in a node's
+    # rules; on a loaded machine far (on w2) can reach w1's rules later than that.
+    wait_for(lambda: hostnames(faults) == {"far", "near"}, 30, "the service did not reach both endpoints")
     assert faults.node_exec("w1", ["iptables", "-t", "nat", "-F", "KUBE-SERVICES"]).ok
     wait_for(lambda: hostnames(faults, 4) <= {"far", "near"}, 10, "the service did not work again")
     log = faults.node_exec("w1", ["cat", "/var/log/emu/agent.log"]).output
