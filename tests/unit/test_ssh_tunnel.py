@@ -22,7 +22,7 @@ while True:
 """
 
 
-def test_open_waits_until_the_socket_listens(monkeypatch, tmp_path):
+def test_open_waits_until_the_socket_listens(monkeypatch):
     tunnel = SshTunnel(Host(name="h1", address="10.0.0.1"))
     monkeypatch.setattr(SshTunnel, "command", lambda self: [sys.executable, "-c", SLOW_LISTENER, self.local])
     try:
