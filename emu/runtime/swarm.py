@@ -106,6 +106,7 @@ def listening(path: str) -> bool:
     say so: ssh binds the socket (the file appears) and listens a moment later, and
     a connection in between is refused (ECONNREFUSED), which a loaded machine hits."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
         try:
             probe.connect(path)
         except OSError:  # no file yet, or bound but not yet listening
