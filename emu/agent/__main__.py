@@ -121,7 +121,10 @@ class Agent:
         looks at the file each time it looks at the pods too, so this one need
         not poll: an idle agent's every wake-up counts, 50 agents to a machine."""
         while True:
-            self.load()
+            try:
+                self.load()
+            except Exception as error:  # noqa: BLE001 - a thread that dies loads nothing again
+                log(f"loading the state failed: {type(error).__name__}: {error}")
             self.reload.wait(30.0)
             self.reload.clear()
 
@@ -322,7 +325,11 @@ class Agent:
                     continue
                 log(f"service rules lost ({'; '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}): full resync")
                 force = True
-            self.sync(view, force)
+            try:
+                self.sync(view, force)
+            except Exception as error:  # noqa: BLE001 - a thread that dies syncs nothing again
+                log(f"sync of generation {view.state.generation} failed: {type(error).__name__}: {error}")
+                threading.Timer(RESYNC_AFTER_FAILURE, self.dirty.set).start()
 
     def ready_map(self, view: NodeView) -> dict[str, bool]:
         with self.peers_lock:

@@ -434,3 +434,58 @@ def test_an_agent_without_a_state_sleeps_in_its_kubelet_loop(tmp_path):
     with pytest.raises(Stop):
         agent.kubelet_loop()
     assert min(waits) > 0.9, waits
+
+
+def test_the_sync_and_load_loops_outlive_an_error(tmp_path, monkeypatch, capsys):
+    """A sync or a load that raises is logged and the loop goes on (a thread that
+    died would leave the node's rules at their last generation for good)."""
+    import emu.agent.__main__ as main
+
+    agent = main.Agent("cp", snapshot=str(tmp_path / "state.json"))
+    state = plan_cluster(load_text(LAB), "emu-lab", "172.28.5.0/24")
+    state.generation = 4
+    agent.view = main.NodeView(state, "cp")
+
+    class Stop(Exception):
+        pass
+
+    class Event:
+        def __init__(self):
+            self.waits = 0
+
+        def wait(self, timeout=None):
+            self.waits += 1
+            if self.waits == 3:
+                raise Stop
+            return True
+
+        def clear(self):
+            pass
+
+        def set(self):
+            pass
+
+    calls: list[str] = []
+
+    def sync(view, force=False):
+        calls.append("sync")
+        if len(calls) == 1:
+            raise KeyError("a bug")
+
+    def load():
+        calls.append("load")
+        if calls.count("load") == 1:
+            raise TypeError("another")
+
+    retries: list[float] = []
+    monkeypatch.setattr(main.threading, "Timer", lambda delay, *a: type("T", (), {"start": lambda s: retries.append(delay)})())
+    agent.sync, agent.load = sync, load
+    agent.dirty, agent.reload = Event(), Event()
+    with pytest.raises(Stop):
+        agent.sync_loop()
+    with pytest.raises(Stop):
+        agent.load_loop()
+    assert calls == ["sync", "sync", "load", "load", "load"]
+    assert retries == [main.RESYNC_AFTER_FAILURE]  # the failed sync is tried again soon
+    log = capsys.readouterr().out
+    assert "sync of generation 4 failed: KeyError: 'a bug'" in log and "loading the state failed: TypeError: another" in log
