@@ -32,6 +32,7 @@ from emu.topology.load import load_file
 from emu.topology.model import Topology
 
 Progress = Callable[[str], None]
+AGENT_LOG_LINES = 12  # of a node's agent log, in the error when it did not program a state in time
 
 
 def _quiet(message: str) -> None:
@@ -476,9 +477,11 @@ class Cluster:
                     f"{' '.join(outcome['ports_left'])}; see their logs with `emu logs POD`"
                 )
             if not outcome["programmed"]:
+                tail = self.runtime.exec(node.container, ["tail", "-n", str(AGENT_LOG_LINES), cni.AGENT_LOG])
                 raise EmuError(
                     f"node {node.name}: its agent did not program generation {state.generation} within "
-                    f"{timeout:.0f}s; see `emu exec --node {node.name} -- tail {cni.AGENT_LOG}`"
+                    f"{timeout:.0f}s; its log ends:\n{tail.output.rstrip()}\n"
+                    f"(more with `emu exec --node {node.name} -- tail -n 100 {cni.AGENT_LOG}`)"
                 )
             with done_lock:  # a line every 2 s at most while a big lab settles
                 done.append(node.name)

@@ -6,9 +6,12 @@ how fast repairs are is measured in bench/faults.py, not asserted here."""
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import pytest
+
+from emu.errors import EmuError
 
 NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
 LAB = f"""\
@@ -75,6 +78,17 @@ def test_flushed_service_chain_is_repaired(faults):
     wait_for(lambda: hostnames(faults, 4) <= {"far", "near"}, 10, "the service did not work again")
     log = faults.node_exec("w1", ["cat", "/var/log/emu/agent.log"]).output
     assert "service rules lost (nat/KUBE-SERVICES has 0 rules" in log and "full resync" in log
+
+
+def test_a_node_that_does_not_program_a_state_is_named_with_its_agent_log(faults):
+    state = faults.state()
+    state.generation += 1  # one no agent was given: none programs it
+    with pytest.raises(EmuError) as error:
+        faults.wait(state, timeout=2)
+    message = str(error.value)
+    assert f"its agent did not program generation {state.generation} within 2s; its log ends:\n" in message
+    assert re.search(r"its log ends:\n\d+\.\d{3} ", message), message  # the agent's own lines
+    assert "(more with `emu exec --node " in message
 
 
 def test_ended_containers_follow_the_restart_policy(faults):
@@ -183,8 +197,6 @@ def test_up_repairs_what_drifted_where_no_agent_runs(faults):
 
 def test_one_command_changes_a_cluster_at_a_time(faults):
     from emu.cluster import Cluster
-    from emu.errors import EmuError
-
     other = Cluster(faults.name, runtime=faults.runtime)
     with faults.lock():
         with pytest.raises(EmuError) as caught:
