@@ -477,10 +477,13 @@ class Cluster:
                     f"{' '.join(outcome['ports_left'])}; see their logs with `emu logs POD`"
                 )
             if not outcome["programmed"]:
-                tail = self.runtime.exec(node.container, ["tail", "-n", str(AGENT_LOG_LINES), cni.AGENT_LOG])
+                try:
+                    tail = self.runtime.exec(node.container, ["tail", "-n", str(AGENT_LOG_LINES), cni.AGENT_LOG]).output
+                except Exception as error:  # noqa: BLE001 - the node may be gone by now: say so, not this
+                    tail = f"(could not read it: {error})"
                 raise EmuError(
                     f"node {node.name}: its agent did not program generation {state.generation} within "
-                    f"{timeout:.0f}s; its log ends:\n{tail.output.rstrip()}\n"
+                    f"{timeout:.0f}s; its log ends:\n{tail.rstrip()}\n"
                     f"(more with `emu exec --node {node.name} -- tail -n 100 {cni.AGENT_LOG}`)"
                 )
             with done_lock:  # a line every 2 s at most while a big lab settles
