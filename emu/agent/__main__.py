@@ -409,12 +409,7 @@ class Agent:
         except Exception as error:  # noqa: BLE001
             log(f"ingress sync failed: {error}")
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        try:
-            chains = self.proxy.sync(state, self.node, endpoints)
-        except Exception as error:  # noqa: BLE001 - keep the agent alive; retry soon
-            log(f"sync failed: {error}")
-            threading.Timer(RESYNC_AFTER_FAILURE, self.dirty.set).start()
-            return
+        chains = self.proxy.sync(state, self.node, endpoints)  # failing: sync_loop logs it and tries again soon
         self.synced_key = key
         if chains > 100:
             release_memory()  # a big render's temporaries
