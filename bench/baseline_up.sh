@@ -46,7 +46,7 @@ node_script() {
 
 for n in $(seq 0 $((nodes - 1))); do
   (
-    [ "$workload" = netexec ] && docker cp -q "$here/emu/workloads/netexec.py" "$name-n$n:/tmp/netexec.py"
+    [ "$workload" = netexec ] && docker cp -q "$here/emu/node/workloads/netexec.py" "$name-n$n:/tmp/netexec.py"
     node_script "$n" | docker exec -i "$name-n$n" sh -s
   ) &
 done

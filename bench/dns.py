@@ -184,7 +184,7 @@ def main() -> int:
     (work / "queries").write_text("".join(queries))
 
     emu = subprocess.Popen(
-        [sys.executable, "-m", "emu.dns", "--snapshot", str(snapshot_path), "--host", "127.0.0.1",
+        [sys.executable, "-m", "emu.node.dns", "--snapshot", str(snapshot_path), "--host", "127.0.0.1",
          "--port", str(EMU_PORT), "--workers", str(options.workers), "--health-port", "0", "--ready-port", "0",
          "--metrics-port", "0"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, process_group=0,

@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emu.cluster import Cluster  # noqa: E402
-from emu.plan import cni  # noqa: E402
-from emu.topology.load import load_text  # noqa: E402
+from emu.control.cluster import Cluster  # noqa: E402
+from emu.node.plan import cni  # noqa: E402
+from emu.api.topology.load import load_text  # noqa: E402
 
 LAB = """\
 name: emubench-edge
@@ -70,7 +70,7 @@ def sync_figures(rounds: int) -> None:
     cluster.up(load_text("name: emubench-policy\nnodes: [{name: n0, role: control-plane}]\n"))
     try:
         node = cluster.state().nodes[0].container
-        cluster.runtime.exec(node, ["pkill", "-f", "emu.agent"])
+        cluster.runtime.exec(node, ["pkill", "-f", "emu.node.agent"])
         cluster.runtime.put_files(node, {"/opt/emu/bench/node_policy_sync.py": (ROOT / "bench" / "node_policy_sync.py").read_text()})
         print(f"{'policies':>8} {'pods':>5} {'sets':>5} {'rules':>6} {'emu full s':>10} {'bare s':>8} {'emu/bare':>9} {'one changed s':>14}")
         for count in (100, 1000):

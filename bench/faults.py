@@ -33,9 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emu.cluster import Cluster  # noqa: E402
-from emu.runtime.docker import DockerRuntime  # noqa: E402
-from emu.topology.load import load_file  # noqa: E402
+from emu.control.cluster import Cluster  # noqa: E402
+from emu.control.runtime.docker import DockerRuntime  # noqa: E402
+from emu.api.topology.load import load_file  # noqa: E402
 
 
 def until(check, timeout: float = 120) -> float:

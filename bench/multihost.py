@@ -28,12 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emu.cluster import Cluster
-from emu.hosts import prepare_hosts
-from emu.runtime.docker import DockerRuntime
-from emu.runtime.images import node_image_tag
-from emu.runtime.swarm import SwarmRuntime
-from emu.topology.load import load_text
+from emu.control.cluster import Cluster
+from emu.control.hosts import prepare_hosts
+from emu.control.runtime.docker import DockerRuntime
+from emu.control.runtime.images import node_image_tag
+from emu.control.runtime.swarm import SwarmRuntime
+from emu.api.topology.load import load_text
 from tests import hostlab
 
 NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"

@@ -17,9 +17,9 @@ import subprocess
 import sys
 import time
 
-from emu import policy
-from emu.agent.policy import PolicySync
-from emu.records import ClusterState, NodeState, PodState
+from emu.node import policy
+from emu.node.agent.policy import PolicySync
+from emu.node.records import ClusterState, NodeState, PodState
 
 POD_BASE = ipaddress.IPv4Address("10.244.0.0")
 

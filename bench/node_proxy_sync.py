@@ -11,9 +11,9 @@ import subprocess
 import sys
 import time
 
-from emu.proxy import iptables, nftables
-from emu.records import ClusterState, NodeState, ServicePortState, ServiceState
-from emu.services import Endpoint
+from emu.node.proxy import iptables, nftables
+from emu.node.records import ClusterState, NodeState, ServicePortState, ServiceState
+from emu.node.services import Endpoint
 
 SERVICE_BASE = ipaddress.IPv4Address("10.96.0.0")
 POD_BASE = ipaddress.IPv4Address("10.244.0.0")

@@ -26,9 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emu.cluster import Cluster  # noqa: E402
-from emu.plan import cni  # noqa: E402
-from emu.topology.load import load_text  # noqa: E402
+from emu.control.cluster import Cluster  # noqa: E402
+from emu.node.plan import cni  # noqa: E402
+from emu.api.topology.load import load_text  # noqa: E402
 
 LAB = """\
 name: emubench-prop

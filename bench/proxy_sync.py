@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emu.cluster import Cluster  # noqa: E402
-from emu.plan import cni  # noqa: E402
-from emu.topology.load import load_text  # noqa: E402
+from emu.control.cluster import Cluster  # noqa: E402
+from emu.node.plan import cni  # noqa: E402
+from emu.api.topology.load import load_text  # noqa: E402
 
 
 def main() -> int:
@@ -47,7 +47,7 @@ def main() -> int:
     cluster.up(load_text("name: emubench-proxy\nnodes: [{name: n0, role: control-plane}]\n"))
     try:
         node = cluster.state().nodes[0].container
-        cluster.runtime.exec(node, ["pkill", "-f", "emu.agent"])
+        cluster.runtime.exec(node, ["pkill", "-f", "emu.node.agent"])
         cluster.runtime.put_files(node, {"/opt/emu/bench/node_proxy_sync.py": (ROOT / "bench" / "node_proxy_sync.py").read_text()})
         print(f"{'services':>8} {'rules':>7} {'render s':>9} {'emu full s':>10} {'bare s':>8} {'emu/bare':>9} "
               f"{'partial s':>10} {'nft bare s':>11}")

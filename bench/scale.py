@@ -32,9 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.up import time_baseline  # noqa: E402
-from emu.cluster import Cluster  # noqa: E402
-from emu.runtime.docker import DockerRuntime  # noqa: E402
-from emu.topology.load import load_text  # noqa: E402
+from emu.control.cluster import Cluster  # noqa: E402
+from emu.control.runtime.docker import DockerRuntime  # noqa: E402
+from emu.api.topology.load import load_text  # noqa: E402
 
 NC = "{name: nc, command: [nc, -lk, '8080'], ports: [{containerPort: 8080}]}"
 
@@ -83,7 +83,7 @@ LABS = {
 
 
 def agent_pids() -> list[int]:
-    found = subprocess.run(["pgrep", "-f", "python3 -m emu.agent --node"], capture_output=True, text=True).stdout
+    found = subprocess.run(["pgrep", "-f", "python3 -m emu.node.agent --node"], capture_output=True, text=True).stdout
     pids = []
     for pid in found.split():
         try:

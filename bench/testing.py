@@ -24,9 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emu.cluster import Cluster  # noqa: E402
+from emu.control.cluster import Cluster  # noqa: E402
 from emu.testing import connectivity  # noqa: E402
-from emu.topology.load import load_file  # noqa: E402
+from emu.api.topology.load import load_file  # noqa: E402
 
 NAME = "emubench-testing"
 

@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emu.cluster import Cluster, pod_exec_argv  # noqa: E402
-from emu.see import graph, trace  # noqa: E402
-from emu.topology.load import load_file  # noqa: E402
+from emu.control.cluster import Cluster, pod_exec_argv  # noqa: E402
+from emu.observe import graph, trace  # noqa: E402
+from emu.api.topology.load import load_file  # noqa: E402
 
 NAME = "emubench-trace"
 

@@ -21,10 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from emu.cluster import Cluster
-from emu.runtime.docker import DockerRuntime
-from emu.runtime.images import ImageBuilder
-from emu.topology.load import load_file, load_text
+from emu.control.cluster import Cluster
+from emu.control.runtime.docker import DockerRuntime
+from emu.control.runtime.images import ImageBuilder
+from emu.api.topology.load import load_file, load_text
 
 
 def big_lab(nodes: int, pods_per_node: int) -> str:

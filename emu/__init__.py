@@ -14,7 +14,7 @@ def __getattr__(name):
     # Imported lazily so that `import emu` (and the DNS server, which lives in
     # this package) does not pull in the Docker SDK.
     if name == "Cluster":
-        from emu.cluster import Cluster
+        from emu.control.cluster import Cluster
 
         return Cluster
     raise AttributeError(name)

@@ -36,8 +36,8 @@ def _cluster(args, reporter=None, topology=None):
     """The cluster a command is about: --name, the topology's name, or the only one
     running; driven over the topology's hosts, the hosts it was made on, or this
     machine's engine."""
-    from emu.cluster import Cluster
-    from emu.runtime.select import provider_for
+    from emu.control.cluster import Cluster
+    from emu.control.runtime.select import provider_for
 
     name = getattr(args, "name", None) or (topology.name if topology else None)
     if name is None:
@@ -54,7 +54,7 @@ def _cluster(args, reporter=None, topology=None):
 
 def _load(path: str, hosts: str | None = None):
     """The topology at `path`, spread over the inventory at `hosts` if given."""
-    from emu.topology.load import load_file, load_inventory, with_hosts
+    from emu.api.topology.load import load_file, load_inventory, with_hosts
 
     if not Path(path).exists():
         raise EmuError(f"topology file '{path}' does not exist; pass the path of a YAML topology (see topologies/)")
@@ -88,8 +88,8 @@ def cmd_up(args) -> int:
 
 def _check(cluster, topology) -> int:
     """`emu up --check`: what up would change or repair, changing nothing. Exit 1 if anything."""
-    from emu.cluster import pod_changes
-    from emu.state import plan_cluster
+    from emu.control.cluster import pod_changes
+    from emu.control.state import plan_cluster
 
     if not cluster.exists:
         print(f"cluster '{cluster.name}' is not running; `emu up` would create it")
@@ -128,7 +128,7 @@ def cmd_apply(args) -> int:
 
 
 def cmd_down(args) -> int:
-    from emu.cluster import Cluster
+    from emu.control.cluster import Cluster
 
     if args.all:
         names = Cluster.names()
@@ -146,7 +146,7 @@ def cmd_down(args) -> int:
 
 
 def cmd_unlock(args) -> int:
-    from emu.cluster import Cluster
+    from emu.control.cluster import Cluster
 
     cluster = Cluster(args.cluster) if args.cluster else _cluster(args)
     cluster.unlock()
@@ -169,7 +169,7 @@ def pod_phase(pod, containers: dict[str, dict]) -> str:
 
 
 def cmd_status(args) -> int:
-    from emu.state import port_mappings
+    from emu.control.state import port_mappings
 
     cluster = _cluster(args)
     state = cluster.state()
@@ -296,7 +296,7 @@ def _describe_edge(cluster, state, kind: str, name: str) -> int:
     """`emu describe netpol|ingress NAME`: what a policy selects and allows, where an Ingress's rules go."""
     key = name if "/" in name else f"default/{name}"
     if kind in ("netpol", "networkpolicy"):
-        from emu import policy
+        from emu.node import policy
 
         found = [p for p in state.network_policies if policy.policy_key(p) == key]
         if not found:
@@ -327,7 +327,7 @@ def _describe_edge(cluster, state, kind: str, name: str) -> int:
                     print(f"    {_peer_text(peer)}")
                 print("  ----------")
         return 0
-    from emu import ingress
+    from emu.node import ingress
 
     found = [i for i in state.ingresses if f"{i['namespace']}/{i['name']}" == key]
     if not found:
@@ -354,7 +354,7 @@ def _describe_edge(cluster, state, kind: str, name: str) -> int:
 
 
 def _endpoint(address: str):
-    from emu.services import Endpoint
+    from emu.node.services import Endpoint
 
     ip, _, port = address.rpartition(":")
     return Endpoint(ip, int(port), None, None)
@@ -410,16 +410,16 @@ def cmd_delete(args) -> int:
     return 0
 
 
-# ---- Kubernetes manifests and objects (emu.manifests) -------------------------------
+# ---- Kubernetes manifests and objects (emu.api.manifests) -------------------------------
 def _with_manifests(topology, args):
     """The topology with the objects of `-f` manifests added (emu up/apply FILE -f M)."""
-    from emu.manifests import include
+    from emu.api.manifests import include
 
     return include(topology, args.filename or [], namespace=args.namespace) if args.filename else topology
 
 
 def _apply_manifests(args) -> int:
-    from emu import manifests
+    from emu.api import manifests
 
     read = manifests.read_manifests(args.filename, args.namespace)
     cluster = _cluster(args, Reporter(args.quiet))
@@ -429,7 +429,7 @@ def _apply_manifests(args) -> int:
 
 
 def _delete_manifests(args) -> int:
-    from emu import manifests
+    from emu.api import manifests
 
     read = manifests.read_manifests(args.filename, args.namespace)
     cluster = _cluster(args, Reporter(quiet=True))
@@ -444,8 +444,8 @@ def _delete_manifests(args) -> int:
 def cmd_get(args) -> int:
     import yaml
 
-    from emu.manifests.render import RESOURCE_NAMES, View, format_table, kind_of, table
-    from emu.plan import cni
+    from emu.api.manifests.render import RESOURCE_NAMES, View, format_table, kind_of, table
+    from emu.node.plan import cni
 
     kinds = [kind_of(resource) for resource in args.resource.split(",")]
     if None in kinds:
@@ -559,7 +559,7 @@ def _service_rows(state, endpoints: dict) -> list[dict]:
 
 
 def cmd_exec(args) -> int:
-    from emu.cluster import exec_target, find_node, find_pod
+    from emu.control.cluster import exec_target, find_node, find_pod
 
     cluster = _cluster(args)
     argv = args.argv
@@ -579,8 +579,8 @@ def cmd_exec(args) -> int:
 
 
 def cmd_logs(args) -> int:
-    from emu.cluster import find_pod, pick_container
-    from emu.plan import cni
+    from emu.control.cluster import find_pod, pick_container
+    from emu.node.plan import cni
 
     cluster = _cluster(args)
     if args.follow:
@@ -588,7 +588,7 @@ def cmd_logs(args) -> int:
         pod = find_pod(state, args.pod)
         name = pick_container(pod, args.container)["name"]
         if cni.runs_image(pick_container(pod, args.container)):
-            from emu.imagepods import container_name
+            from emu.control.imagepods import container_name
 
             cluster.runtime.container_logs(container_name(state, pod, name), follow=True)
             return 0
@@ -610,8 +610,8 @@ def cmd_plan(args) -> int:
     for plan in changed:
         print(plan.render(show_files=not args.script_only))
     if args.rules:
-        from emu.proxy import mode_of, proxier
-        from emu.services import all_endpoints
+        from emu.node.proxy import mode_of, proxier
+        from emu.node.services import all_endpoints
 
         ready = {pod.uid: True for pod in desired.pods.values()}
         endpoints = all_endpoints(desired, ready)
@@ -620,7 +620,7 @@ def cmd_plan(args) -> int:
             print(f"### node {node.name}: {proxy.mode} service rules its agent writes once every pod is ready")
             print(proxy.text(proxy.render(desired, node.name, endpoints)))
             if desired.network_policies:
-                from emu import policy
+                from emu.node import policy
 
                 rules = policy.render(desired, node.name)
                 print(f"### node {node.name}: NetworkPolicy sets (ipset restore) and rules (iptables-restore)")
@@ -633,7 +633,7 @@ def _hosts_of(path: str):
     """The hosts of an inventory file, or of a topology file with a hosts: list."""
     import yaml
 
-    from emu.topology.load import load_inventory
+    from emu.api.topology.load import load_inventory
 
     if not Path(path).exists():
         raise EmuError(f"file '{path}' does not exist; pass an inventory (a hosts: list) or a topology with hosts:")
@@ -650,7 +650,7 @@ def _hosts_of(path: str):
 
 
 def cmd_hosts(args) -> int:
-    from emu.hosts import check_hosts, format_reports, prepare_hosts
+    from emu.control.hosts import check_hosts, format_reports, prepare_hosts
 
     hosts = _hosts_of(args.file)
     reporter = Reporter(args.quiet)
@@ -658,7 +658,7 @@ def cmd_hosts(args) -> int:
         reports = check_hosts(hosts, progress=reporter)
         print(format_reports(reports))
         return 0 if all(report.ok for report in reports) else 1
-    from emu.runtime.docker import DockerRuntime
+    from emu.control.runtime.docker import DockerRuntime
 
     images = [DockerRuntime().node_image(reporter)]
     prepare_hosts(hosts, images, progress=reporter)
@@ -667,8 +667,8 @@ def cmd_hosts(args) -> int:
 
 
 def cmd_images(args) -> int:
-    from emu.runtime.docker import DockerRuntime
-    from emu.runtime.images import ImageBuilder
+    from emu.control.runtime.docker import DockerRuntime
+    from emu.control.runtime.images import ImageBuilder
 
     reporter = Reporter()
     for tag in ImageBuilder(DockerRuntime(), reporter).build_all():
@@ -687,9 +687,9 @@ def cmd_external(args) -> int:
 
 
 def cmd_dns(args) -> int:
-    from emu.cluster import find_pod, pod_exec_argv
-    from emu.plan import cni
-    from emu.records import KUBE_DNS_INDEX
+    from emu.control.cluster import find_pod, pod_exec_argv
+    from emu.node.plan import cni
+    from emu.node.records import KUBE_DNS_INDEX
 
     cluster = _cluster(args)
     state = cluster.state()
@@ -734,8 +734,8 @@ def _dig_summary(output: str) -> str:
 
 
 def cmd_trace(args) -> int:
-    """emu trace: one real probe, each hop as the kernel reported it (emu/see/trace.py)."""
-    from emu.see import trace
+    """emu trace: one real probe, each hop as the kernel reported it (emu/observe/trace.py)."""
+    from emu.observe import trace
 
     cluster = _cluster(args)
     state = cluster.state()
@@ -746,8 +746,8 @@ def cmd_trace(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    """emu graph: the live cluster as the article draws it (emu/see/graph.py)."""
-    from emu.see import graph
+    """emu graph: the live cluster as the article draws it (emu/observe/graph.py)."""
+    from emu.observe import graph
 
     cluster = _cluster(args)
     print(graph.render(graph.observe(cluster), args.format), end="")
@@ -755,7 +755,7 @@ def cmd_graph(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from emu.topology.model import json_schema
+    from emu.api.topology.model import json_schema
 
     print(json.dumps(json_schema(), indent=2, sort_keys=True))
     return 0

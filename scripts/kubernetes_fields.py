@@ -1,10 +1,10 @@
-"""Regenerate emu/manifests/fields.py: the fields of the Kubernetes API types whose
+"""Regenerate emu/api/manifests/fields.py: the fields of the Kubernetes API types whose
 manifests emu reads, from the official Python client's models (its OpenAPI
 types). emu needs the list to tell a field Kubernetes has but emu does not model
 (a warning) from one Kubernetes has not either (an error, as kubectl's strict
 field validation).
 
-    pip install kubernetes && python scripts/kubernetes_fields.py > emu/manifests/fields.py
+    pip install kubernetes && python scripts/kubernetes_fields.py > emu/api/manifests/fields.py
 """
 
 from __future__ import annotations

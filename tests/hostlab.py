@@ -188,8 +188,8 @@ class Lab:
         return inventory_yaml(self.hosts)
 
     def models(self) -> list:
-        """The hosts as emu.topology.model.Host objects."""
-        from emu.topology.model import Host
+        """The hosts as emu.api.topology.model.Host objects."""
+        from emu.api.topology.model import Host
 
         return [Host.model_validate(entry) for entry in self.inventory()["hosts"]]
 

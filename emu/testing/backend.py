@@ -99,7 +99,7 @@ class PodBackend(_base()):  # type: ignore[misc]
     def cluster(self):
         """The emu Cluster (found by name on first use: the only running one if no context)."""
         if self._cluster is None:
-            from emu.cluster import Cluster
+            from emu.control.cluster import Cluster
 
             name = self._cluster_name
             if name is None:

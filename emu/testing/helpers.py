@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from emu.cluster import Cluster, find_pod
+from emu.control.cluster import Cluster, find_pod
 from emu.errors import EmuError
 from emu.testing.lab import find_service
 from emu.testing.matrix import address_of

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from emu.cluster import Cluster, find_node, find_pod
+from emu.control.cluster import Cluster, find_node, find_pod
 from emu.errors import EmuError
-from emu.records import NodeState, PodState, ServiceState
-from emu.runtime.provider import ExecResult
+from emu.node.records import NodeState, PodState, ServiceState
+from emu.control.runtime.provider import ExecResult
 
 
 def _argv(command: str | list[str]) -> list[str]:

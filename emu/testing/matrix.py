@@ -20,9 +20,9 @@ import json
 import re
 from dataclasses import dataclass, field
 
-from emu.cluster import Cluster, find_node, find_pod
+from emu.control.cluster import Cluster, find_node, find_pod
 from emu.errors import EmuError
-from emu.records import ClusterState
+from emu.node.records import ClusterState
 
 # Runs inside a pod (python3 of the node, standard library only).
 # argv: JSON [[host, port, protocol], ...] and the timeout in seconds.

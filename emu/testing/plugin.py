@@ -127,11 +127,11 @@ class Clusters:
         """The cluster of `topology` (default: --emu-topology / emu_topology), made
         once per session."""
         __tracebackhide__ = True
-        from emu.cluster import Cluster
+        from emu.control.cluster import Cluster
         from emu.errors import EmuError
-        from emu.runtime.select import provider_for
+        from emu.control.runtime.select import provider_for
         from emu.testing import sweep
-        from emu.topology.load import load_file
+        from emu.api.topology.load import load_file
 
         if topology is None:
             topology, base = _setting(self.config, "emu_topology", "emu_topology")
@@ -231,7 +231,7 @@ def emu_clusters(request):
 
 @pytest.fixture(scope="session")
 def emu_cluster(emu_clusters):
-    """The cluster of --emu-topology (or ini emu_topology): an emu.cluster.Cluster
+    """The cluster of --emu-topology (or ini emu_topology): an emu.control.cluster.Cluster
     (exec, endpoints, state, host(POD) for a testinfra Host in a pod, ...)."""
     return emu_clusters()
 

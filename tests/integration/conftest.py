@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from emu.cluster import Cluster
+from emu.control.cluster import Cluster
 from emu.errors import EmuError
-from emu.runtime.docker import DockerRuntime
+from emu.control.runtime.docker import DockerRuntime
 from emu.testing import sweep
-from emu.topology.load import load_file, load_text
+from emu.api.topology.load import load_file, load_text
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_PREFIX = "emutest"

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from emu.topology.load import load_text
+from emu.api.topology.load import load_text
 
 BASE = """\
 name: churn

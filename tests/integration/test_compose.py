@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from emu.cluster import Cluster
-from emu.runtime.images import ImageBuilder
+from emu.control.cluster import Cluster
+from emu.control.runtime.images import ImageBuilder
 
 ROOT = Path(__file__).resolve().parents[2]
 LAB = """\

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from emu.topology.load import load_text
+from emu.api.topology.load import load_text
 
 UPSTREAM = """\
 import socket, socketserver, struct, threading

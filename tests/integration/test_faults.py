@@ -168,11 +168,11 @@ def test_the_agent_rewires_a_pod_whose_veth_or_namespace_vanished(faults):
     assert "pod default/far: its network namespace is gone: wiring it again" in log
 
 
-STOP_AGENT = "pkill -f '[e]mu agent exited'; pkill -f '[e]mu.agent --node'; true"
+STOP_AGENT = "pkill -f '[e]mu agent exited'; pkill -f '[e]mu.node.agent --node'; true"
 
 
 def test_up_repairs_what_drifted_where_no_agent_runs(faults):
-    from emu.topology.load import load_text
+    from emu.api.topology.load import load_text
 
     near, far = faults.pod("near"), faults.pod("far")
     for node in ("w1", "w2"):
@@ -196,7 +196,7 @@ def test_up_repairs_what_drifted_where_no_agent_runs(faults):
 
 
 def test_one_command_changes_a_cluster_at_a_time(faults):
-    from emu.cluster import Cluster
+    from emu.control.cluster import Cluster
     other = Cluster(faults.name, runtime=faults.runtime)
     with faults.lock():
         with pytest.raises(EmuError) as caught:

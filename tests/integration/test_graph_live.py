@@ -9,8 +9,8 @@ import xml.dom.minidom
 
 import pytest
 
-from emu.agent import PID_FILE
-from emu.see import graph
+from emu.node.agent import PID_FILE
+from emu.observe import graph
 
 LAB = """\
 name: graph

@@ -1,4 +1,4 @@
-"""emu.hosts against real hosts: three Docker engines of tests/hostlab.py (each in its own network namespace,
+"""emu.control.hosts against real hosts: three Docker engines of tests/hostlab.py (each in its own network namespace,
 with its own sshd), checked and prepared over real SSH. Only the lab's own daemons are driven; the main
 engine only provides the image to ship (a tiny one made here)."""
 
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from emu.hosts import ERROR, check_hosts, format_reports, leave_swarm, prepare_hosts
+from emu.control.hosts import ERROR, check_hosts, format_reports, leave_swarm, prepare_hosts
 from tests import hostlab as lab_module
 from tests.hostlab import hostlab  # noqa: F401  (the session fixture)
 
@@ -61,7 +61,7 @@ def manager_nodes(lab: lab_module.Lab) -> list[dict]:
 def test_inventory_matches_the_host_model(hostlab):
     import yaml
 
-    from emu.topology.model import Inventory
+    from emu.api.topology.model import Inventory
 
     inventory = Inventory.model_validate(yaml.safe_load(hostlab.inventory_yaml()))
     assert [h.name for h in inventory.hosts] == ["h1", "h2", "h3"]
@@ -140,7 +140,7 @@ def test_a_stopped_engine_is_named_and_prepare_brings_the_host_back(hostlab, hos
 
 
 def test_an_unreachable_host_is_reported_quickly(hosts):
-    from emu.topology.model import Host
+    from emu.api.topology.model import Host
 
     ghost = Host(name="ghost", address="10.213.0.250", ssh_key=hosts[0].ssh_key, known_hosts=hosts[0].known_hosts)
     started = time.monotonic()

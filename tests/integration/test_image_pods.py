@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from emu.errors import EmuError
-from emu.runtime.images import ImageBuilder
-from emu.topology.model import Topology
+from emu.control.runtime.images import ImageBuilder
+from emu.api.topology.model import Topology
 from tests.integration.test_service_traffic import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +23,7 @@ def build_web_image(runtime, tmp_path: Path) -> str:
     """emutest/web:<content hash>: emu's netexec as an image's entrypoint."""
     import hashlib
 
-    netexec = ROOT / "emu" / "workloads" / "netexec.py"
+    netexec = ROOT / "emu" / "node" / "workloads" / "netexec.py"
     builder = ImageBuilder(runtime)
     node = builder.ensure_node_image()
     digest = hashlib.sha256((IMAGE_DIR / "Dockerfile").read_bytes() + netexec.read_bytes() + node.encode()).hexdigest()

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from emu.cli import main as emu_main
-from emu.topology.load import load_text
+from emu.api.topology.load import load_text
 
 # A backend that answers with the request's headers as JSON; /slow answers after 5 s.
 HEADERS_SERVER = r"""

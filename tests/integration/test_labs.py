@@ -69,8 +69,8 @@ def compose_available() -> bool:
 def test_a_lab_comes_up_with_docker_compose_from_its_folder(runtime, new_name):
     """As its README says: docker compose in the lab's folder (the controller
     container, the lab's folder mounted); under a test name, then its checks."""
-    from emu.cluster import Cluster
-    from emu.runtime.images import ImageBuilder
+    from emu.control.cluster import Cluster
+    from emu.control.runtime.images import ImageBuilder
 
     ImageBuilder(runtime).build_all()
     folder = LABS / "pod-to-service"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from emu.cluster import Cluster
+from emu.control.cluster import Cluster
 from emu.errors import EmuError
-from emu.topology.load import load_text
+from emu.api.topology.load import load_text
 
 SMALL = """\
 name: small
@@ -115,7 +115,7 @@ def test_down_leaves_nothing_behind(runtime, tmp_path, new_name):
 def test_failed_up_removes_what_it_created(runtime, new_name):
     # A node image without iproute2: nodes start, then the pod plan fails.
     name = new_name("fail")
-    from emu.runtime.images import ImageBuilder
+    from emu.control.runtime.images import ImageBuilder
 
     base = ImageBuilder(runtime).base_image()
     topology = load_text(SMALL).model_copy(update={"name": name, "node_image": base})

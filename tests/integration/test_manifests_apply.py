@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from emu import manifests
+from emu.api import manifests
 from emu.cli import main
 
 HERE = Path(__file__).parent / "manifests"

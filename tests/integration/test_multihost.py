@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from emu.cluster import Cluster
+from emu.control.cluster import Cluster
 from emu.errors import EmuError
-from emu.runtime.swarm import SwarmRuntime
-from emu.topology.load import load_text
+from emu.control.runtime.swarm import SwarmRuntime
+from emu.api.topology.load import load_text
 
 ROOT = Path(__file__).resolve().parents[2]
 NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
@@ -62,8 +62,8 @@ services:
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """Three hosts in a swarm with emu's node image; emu's records in a private EMU_HOME."""
-    from emu.hosts import prepare_hosts
-    from emu.runtime.images import node_image_tag
+    from emu.control.hosts import prepare_hosts
+    from emu.control.runtime.images import node_image_tag
     from tests import hostlab
 
     if os.geteuid() != 0:
@@ -192,8 +192,8 @@ def test_down_leaves_nothing_on_any_host(lab, new_name):
 
 def test_a_stopped_engine_is_named_and_prepare_brings_the_host_back(lab, spread, tmp_path):
     """Last: it stops an engine, which a lab engine does not survive with its swarm state."""
-    from emu.hosts import prepare_hosts
-    from emu.runtime.images import node_image_tag
+    from emu.control.hosts import prepare_hosts
+    from emu.control.runtime.images import node_image_tag
     from tests import hostlab
 
     spread.down()

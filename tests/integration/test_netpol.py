@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from emu.topology.load import load_text
+from emu.api.topology.load import load_text
 
 NAMESPACES = ["x", "y", "z"]
 PODS = ["a", "b", "c"]

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from emu.proxy.base import KernelMissing
-from emu.proxy.ipvs import require_ip_vs
+from emu.node.proxy.base import KernelMissing
+from emu.node.proxy.ipvs import require_ip_vs
 from tests.integration.test_service_traffic import UDP_CLIENT, curl_many, endpoint_list, ip_of, outside_curl, wait_for
 
 NETEXEC = ("{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}, "
@@ -284,9 +284,9 @@ def test_restarted_node_has_its_service_rules_again(mode, runtime):
 
 def test_up_with_ipvs_fails_before_creating_anything(runtime, new_name):
     """Where the kernel lacks ip_vs, `emu up` says so and leaves nothing behind."""
-    from emu.cluster import Cluster
+    from emu.control.cluster import Cluster
     from emu.errors import EmuError
-    from emu.topology.load import load_text
+    from emu.api.topology.load import load_text
 
     try:
         require_ip_vs()

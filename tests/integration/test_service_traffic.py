@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from emu.topology.load import load_text
+from emu.api.topology.load import load_text
 
 NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}, {name: udp, containerPort: 8081, protocol: UDP}]}"
 LAB = f"""\

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from emu.see import trace
+from emu.observe import trace
 
 NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
 LAB = f"""\

@@ -8,16 +8,16 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from emu.agent.edge import LoadBalancers
-from emu.agent.gossip import Hub
-from emu.agent import probes
-from emu.agent.probes import Kubelet
-from emu.agent.proxysync import ProxySync, differences, hook_jumps
-from emu.proxy import iptables
-from emu.records import PodState
-from emu.services import service_endpoints
-from emu.state import plan_cluster
-from emu.topology.load import load_text
+from emu.node.agent.edge import LoadBalancers
+from emu.node.agent.gossip import Hub
+from emu.node.agent import probes
+from emu.node.agent.probes import Kubelet
+from emu.node.agent.proxysync import ProxySync, differences, hook_jumps
+from emu.node.proxy import iptables
+from emu.node.records import PodState
+from emu.node.services import service_endpoints
+from emu.control.state import plan_cluster
+from emu.api.topology.load import load_text
 
 
 class Clock:
@@ -286,10 +286,10 @@ def test_process_watch_holds_each_process_by_a_pidfd_until_it_ends(tmp_path, mon
     import os
     import time
 
-    import emu.agent
-    from emu.agent import probes, wake
+    import emu.node.agent
+    from emu.node.agent import probes, wake
 
-    monkeypatch.setattr(emu.agent, "RUN_DIR", str(tmp_path))
+    monkeypatch.setattr(emu.node.agent, "RUN_DIR", str(tmp_path))
     watch = probes.ProcessWatch()
     p = pod("a")
     (tmp_path / "a").mkdir()
@@ -372,7 +372,7 @@ def test_a_new_state_is_synced_once_every_node_has_reported_its_pods(tmp_path, m
     """The settle gate: a sync waits for the readiness of the new state's pods on
     other nodes while their reports keep coming, unless their node is NotReady,
     and not beyond settle_quiet without a report or settle_time in all."""
-    import emu.agent.__main__ as main
+    import emu.node.agent.__main__ as main
 
     text = LAB.replace("nodes: [{name: cp, role: control-plane}, {name: w1}]",
                        "nodes: [{name: cp, role: control-plane}, {name: w1}, {name: w2}]").replace("replicas: 2", "replicas: 4")  # fmt: skip
@@ -413,7 +413,7 @@ def test_a_new_state_is_synced_once_every_node_has_reported_its_pods(tmp_path, m
 def test_an_agent_without_a_state_sleeps_in_its_kubelet_loop(tmp_path):
     """Before its first state the kubelet has nothing to probe: the loop waits a
     second, not the 5 ms floor (50 agents of a lab being wired spun at 200 wakes/s)."""
-    import emu.agent.__main__ as main
+    import emu.node.agent.__main__ as main
 
     agent = main.Agent("cp", snapshot=str(tmp_path / "state.json"))
     waits: list[float] = []
@@ -439,7 +439,7 @@ def test_an_agent_without_a_state_sleeps_in_its_kubelet_loop(tmp_path):
 def test_the_sync_and_load_loops_outlive_an_error(tmp_path, monkeypatch, capsys):
     """A sync or a load that raises is logged and the loop goes on (a thread that
     died would leave the node's rules at their last generation for good)."""
-    import emu.agent.__main__ as main
+    import emu.node.agent.__main__ as main
 
     agent = main.Agent("cp", snapshot=str(tmp_path / "state.json"))
     state = plan_cluster(load_text(LAB), "emu-lab", "172.28.5.0/24")

@@ -1,15 +1,15 @@
 """The agent's healing jobs without a node: which pods it wires again or
-deletes (emu.agent.pods), and where a lost node's pods move (emu.agent.evict)."""
+deletes (emu.node.agent.pods), and where a lost node's pods move (emu.node.agent.evict)."""
 
 import ipaddress
 import os
 
-from emu.agent import evict as evicting
-from emu.agent import pods
-from emu.plan import cni
-from emu.records import ClusterState
-from emu.state import plan_cluster
-from emu.topology.load import load_text
+from emu.node.agent import evict as evicting
+from emu.node.agent import pods
+from emu.node.plan import cni
+from emu.node.records import ClusterState
+from emu.control.state import plan_cluster
+from emu.api.topology.load import load_text
 
 LAB = """\
 name: lab
@@ -140,7 +140,7 @@ def test_flows_of_pods_gone_are_forgotten_in_every_direction():
 def test_the_agent_command_line():
     import pytest
 
-    from emu.agent.__main__ import parse_options
+    from emu.node.agent.__main__ import parse_options
 
     assert parse_options(["--node", "w1"])["--node"] == "w1"
     assert parse_options(["--node", "w1", "--port", "1234"])["--port"] == "1234"

@@ -1,4 +1,4 @@
-"""The agents' bare-socket HTTP (emu.agent.web), against itself and the
+"""The agents' bare-socket HTTP (emu.node.agent.web), against itself and the
 standard library's client and server, on real localhost sockets."""
 
 import http.client
@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from emu.agent import web
+from emu.node.agent import web
 
 
 @pytest.fixture
@@ -101,12 +101,12 @@ def test_probe_status_against_the_standard_librarys_server():
 
 
 def test_the_wait_program_waits_for_ports():
-    """emu.agent.wait, for containers without an agent: its options, and the
+    """emu.node.agent.wait, for containers without an agent: its options, and the
     ports that still refuse at the deadline."""
     import socket
     import time
 
-    from emu.agent import wait
+    from emu.node.agent import wait
 
     listening = socket.create_server(("127.0.0.1", 0))
     closed = socket.create_server(("127.0.0.1", 0))
@@ -132,7 +132,7 @@ def test_the_agent_answers_a_wait_once_its_sync_is_done_and_its_pods_ready(tmp_p
     a 400 before anything waits."""
     import time
 
-    import emu.agent.__main__ as main
+    import emu.node.agent.__main__ as main
 
     agent = main.Agent("cp", snapshot=str(tmp_path / "state.json"))
 

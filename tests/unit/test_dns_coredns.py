@@ -43,7 +43,7 @@ import pytest
 from dnslib import QTYPE, RCODE, RR, DNSRecord
 
 from dnsupstream import FakeUpstream
-from emu.dns.server import Pending, Resolver
+from emu.node.dns.server import Pending, Resolver
 
 SOA = "cluster.local. 5 IN SOA ns.dns.cluster.local. hostmaster.cluster.local. 1499347823 7200 1800 86400 5"
 

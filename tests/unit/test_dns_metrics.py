@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from emu.dns import metrics as stats
+from emu.node.dns import metrics as stats
 from test_dns_server import lab_snapshot, start, upstream  # noqa: F401 - fixtures
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{((?:[a-zA-Z_][a-zA-Z0-9_]*="[^"\\]*",?)*)\})? (\S+)$')

@@ -7,11 +7,11 @@ import json
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
-from emu.dns.records import Zone
-from emu.dns.server import Resolver
-from emu.dns.snapshot import dns_snapshot
-from emu.state import plan_cluster
-from emu.topology.load import load_text
+from emu.node.dns.records import Zone
+from emu.node.dns.server import Resolver
+from emu.node.dns.snapshot import dns_snapshot
+from emu.control.state import plan_cluster
+from emu.api.topology.load import load_text
 
 LAB = """\
 name: lab
@@ -389,7 +389,7 @@ def test_dns_version_ttl_and_zone_apex():
 
 
 def test_the_agent_writes_the_snapshot_as_json_would_and_only_when_it_changed(tmp_path):
-    from emu.dns.snapshot import snapshot_text, write_snapshot
+    from emu.node.dns.snapshot import snapshot_text, write_snapshot
 
     state = plan_cluster(load_text(LAB), "emu-lab", "172.28.5.0/24")
     ready = {p.uid: True for p in state.pods.values()}

@@ -16,10 +16,10 @@ import pytest
 from dnslib import EDNS0, OPCODE, QTYPE, RCODE, DNSRecord
 
 from dnsupstream import FakeUpstream, udp_and_tcp
-from emu.dns.server import Pending, Resolver, TCPServer, serve_udp, tcp_handler, udp_socket
-from emu.dns.snapshot import dns_snapshot
-from emu.state import plan_cluster
-from emu.topology.load import load_text
+from emu.node.dns.server import Pending, Resolver, TCPServer, serve_udp, tcp_handler, udp_socket
+from emu.node.dns.snapshot import dns_snapshot
+from emu.control.state import plan_cluster
+from emu.api.topology.load import load_text
 
 LAB = """\
 name: lab
@@ -38,7 +38,7 @@ def upstream(monkeypatch):
     # This upstream answers at once; a longer budget than the server's 2 s only
     # matters when a loaded machine stalls the upstream's thread (one unit run
     # beside a 50-node lab failed so).
-    monkeypatch.setattr("emu.dns.server.UPSTREAM_TIMEOUT", 10.0)
+    monkeypatch.setattr("emu.node.dns.server.UPSTREAM_TIMEOUT", 10.0)
     server = FakeUpstream({("www.example.com", "A"): ["www.example.com. 60 A 192.0.2.7"]})
     yield server
     server.close()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from emu import reconcile
+from emu.node import reconcile
 from emu.errors import EmuError
-from emu.records import ClusterState
-from emu.see import graph
+from emu.node.records import ClusterState
+from emu.observe import graph
 
 DATA = Path(__file__).parent / "data" / "see"
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from emu.errors import EmuError
-from emu.records import ClusterState
-from emu.see import trace, tracer
+from emu.node.records import ClusterState
+from emu.node import tracer
+from emu.observe import trace
 
 DATA = Path(__file__).parent / "data" / "see"
 EXTERNALS = {"internet": "172.28.0.5"}

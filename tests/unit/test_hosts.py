@@ -1,11 +1,11 @@
-"""emu.hosts without SSH or Docker: what probe output means, the table, and prepare's decisions."""
+"""emu.control.hosts without SSH or Docker: what probe output means, the table, and prepare's decisions."""
 
 from __future__ import annotations
 
 import pytest
 
 from emu.errors import EmuError
-from emu.hosts import (
+from emu.control.hosts import (
     ERROR,
     HOST_LABEL,
     INFO,
@@ -31,7 +31,7 @@ from emu.hosts import (
     stale_nodes,
     sysctl_changes,
 )
-from emu.topology.model import Host
+from emu.api.topology.model import Host
 
 
 def hosts(n: int = 3) -> list[Host]:

@@ -3,11 +3,11 @@ overlay's MTU in the plans."""
 
 import pytest
 
-from emu.cluster import node_plans
+from emu.control.cluster import node_plans
 from emu.errors import EmuError, TopologyError
-from emu.plan import cni
-from emu.state import place_nodes, plan_cluster
-from emu.topology.load import load_inventory, load_text, with_hosts
+from emu.node.plan import cni
+from emu.control.state import place_nodes, plan_cluster
+from emu.api.topology.load import load_inventory, load_text, with_hosts
 
 HOSTS = """\
 hosts:

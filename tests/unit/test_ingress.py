@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 
-from emu import ingress
-from emu.services import all_endpoints
-from emu.state import plan_cluster
-from emu.topology.load import load_text
+from emu.node import ingress
+from emu.node.services import all_endpoints
+from emu.control.state import plan_cluster
+from emu.api.topology.load import load_text
 
 LAB = """\
 name: lab

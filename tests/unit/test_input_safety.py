@@ -1,7 +1,7 @@
 """Hostile and broken input: every file emu reads gives a clear error (what,
 where, what to do), never a traceback, a hang or unbounded memory.
 
-Topologies and hosts inventories go through emu.topology.load; the cluster
+Topologies and hosts inventories go through emu.api.topology.load; the cluster
 state read back from the nodes through ClusterState.from_json. Alias bombs run
 in a subprocess under a 1 GiB address-space limit, so an expansion that is not
 bounded fails the test instead of taking the machine's memory.
@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from emu.errors import EmuError, TopologyError
-from emu.records import ClusterState, StateError
-from emu.state import plan_cluster
-from emu.topology import load
-from emu.topology.load import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, load_file, load_inventory, load_text
+from emu.node.records import ClusterState, StateError
+from emu.control.state import plan_cluster
+from emu.api.topology import load
+from emu.api.topology.load import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, load_file, load_inventory, load_text
 
 GOOD = "name: lab\nnodes: [{name: cp, role: control-plane}]\n"
 
@@ -142,7 +142,7 @@ def test_alias_bombs_are_refused_in_bounded_memory(tmp_path, shape):
     result = run_capped(
         f"""
         from emu.errors import TopologyError
-        from emu.topology.load import load_file
+        from emu.api.topology.load import load_file
         try:
             load_file({str(path)!r})
         except TopologyError as error:
@@ -354,10 +354,10 @@ def test_a_state_file_of_another_version(state):
 
 
 def test_a_state_file_over_the_limit_is_refused_before_parsing(monkeypatch, state):
-    import emu.records
+    import emu.node.records
 
     text = state.to_json()
-    monkeypatch.setattr(emu.records, "MAX_STATE_BYTES", len(text) - 1)
+    monkeypatch.setattr(emu.node.records, "MAX_STATE_BYTES", len(text) - 1)
     with pytest.raises(StateError, match="over emu's limit of"):
         ClusterState.from_json(text)
     with pytest.raises(StateError, match="over emu's limit of"):
@@ -365,8 +365,8 @@ def test_a_state_file_over_the_limit_is_refused_before_parsing(monkeypatch, stat
 
 
 def test_a_state_over_the_limit_is_not_written(monkeypatch, state):
-    import emu.records
+    import emu.node.records
 
-    monkeypatch.setattr(emu.records, "MAX_STATE_BYTES", 1000)
+    monkeypatch.setattr(emu.node.records, "MAX_STATE_BYTES", 1000)
     with pytest.raises(StateError, match="enableServiceLinks: false"):
         state.to_json()

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from emu.errors import EmuError
-from emu.manifests import ManifestError, include, read_manifests
-from emu.manifests.fields import FIELDS
-from emu.manifests.merge import merge, remove
-from emu.topology.load import load_file, load_text
+from emu.api.manifests import ManifestError, include, read_manifests
+from emu.api.manifests.fields import FIELDS
+from emu.api.manifests.merge import merge, remove
+from emu.api.topology.load import load_file, load_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = ROOT / "tests" / "integration" / "manifests" / "shop.yaml"

@@ -1,13 +1,15 @@
 """Image pods without Docker: what the node plans do for them, and what the
-controller asks Docker for (emu.imagepods, emu.runtime.sandbox records)."""
+controller asks Docker for (emu.control.imagepods, emu.control.runtime.sandbox records)."""
 
 from __future__ import annotations
 
-from emu import imagepods, reconcile
-from emu.plan import cni
-from emu.runtime.sandbox import ImagePod, _labels
-from emu.state import plan_cluster
-from emu.topology.load import load_text
+from emu.control import imagepods
+
+from emu.node import reconcile
+from emu.node.plan import cni
+from emu.control.runtime.sandbox import ImagePod, _labels
+from emu.control.state import plan_cluster
+from emu.api.topology.load import load_text
 
 LAB = """\
 name: lab
@@ -88,7 +90,7 @@ def test_a_recreated_pod_is_a_new_set_of_containers():
 
 
 def test_get_says_why_an_image_container_stopped():
-    from emu.manifests.render import View, format_table, table
+    from emu.api.manifests.render import View, format_table, table
 
     desired = state()
     web = desired.pods["default/web"]

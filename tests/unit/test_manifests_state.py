@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from emu.manifests import read_manifests
-from emu.manifests.merge import merge
-from emu.manifests.render import View, _endpoint_list, format_table, human_duration, kind_of, table
-from emu.plan import cni
-from emu.state import ordered_stages, plan_cluster, stamp_created
-from emu.topology.load import load_text
+from emu.api.manifests import read_manifests
+from emu.api.manifests.merge import merge
+from emu.api.manifests.render import View, _endpoint_list, format_table, human_duration, kind_of, table
+from emu.node.plan import cni
+from emu.control.state import ordered_stages, plan_cluster, stamp_created
+from emu.api.topology.load import load_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = ROOT / "tests" / "integration" / "manifests" / "shop.yaml"

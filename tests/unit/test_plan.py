@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from emu.cluster import node_plans
-from emu.plan import cni
-from emu.state import plan_cluster
-from emu.topology.load import load_text
+from emu.control.cluster import node_plans
+from emu.node.plan import cni
+from emu.control.state import plan_cluster
+from emu.api.topology.load import load_text
 
 LAB = """\
 name: lab
@@ -100,7 +100,7 @@ def test_boot_files_rebuild_the_node_with_every_pod_it_has():
     lines = script.splitlines()
     assert lines[3] == "rm -rf /run/netns /run/emu"  # what the old container left, before anything else
     assert f"ip -batch {cni.BOOT_DIR}/node.batch" in lines
-    assert any(line.startswith("setsid sh -c") and "-m emu.agent --node w1" in line for line in lines)
+    assert any(line.startswith("setsid sh -c") and "-m emu.node.agent --node w1" in line for line in lines)
     pods = s.pods_on("w1")
     assert files[f"{cni.BOOT_DIR}/pods.batch"].count("netns add") == len(pods) > 0
     assert all(f"ip -n {p.netns} -batch {cni.BOOT_DIR}/pod-{p.netns}.batch" in lines for p in pods)
@@ -123,7 +123,7 @@ def test_agent_modules_travel_with_bytecode_the_nodes_python_uses_only_for_their
     import sys
 
     files = cni.agent_files()
-    assert any("/emu/agent/__pycache__/__main__." in path for path in files), "the agent's own module has its pyc"
+    assert any("/emu/node/agent/__pycache__/__main__." in path for path in files), "the agent's own module has its pyc"
     source = {"/lib/pycpkg/__init__.py": "", "/lib/pycpkg/mod.py": "VALUE = 41 + 1\n"}
     for path, content in {**source, **cni.agent_bytecode(source)}.items():
         target = tmp_path / path.lstrip("/")
@@ -151,7 +151,7 @@ def test_agent_modules_travel_with_bytecode_the_nodes_python_uses_only_for_their
 def test_a_new_node_with_the_cluster_dns_gets_a_first_snapshot_its_server_can_load():
     """So that the coredns pods are ready when the hub's agent first looks: the
     snapshot of the state with no endpoint ready, and only on the new node that runs them."""
-    from emu.dns.server import Zone
+    from emu.node.dns.server import Zone
 
     first = state()
     with_dns = {p.node: p for p in node_plans(None, first) if cni.DNS_SNAPSHOT in p.files}

@@ -1,6 +1,6 @@
 """NetworkPolicy rendering: golden rules, selectors, set deltas, and packets
 traced through the rendered chains and sets of both nodes (a small evaluator of
-the rule shapes emu.policy writes), as kube-proxy's tests trace packets."""
+the rule shapes emu.node.policy writes), as kube-proxy's tests trace packets."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import re
 
 import pytest
 
-from emu import policy
-from emu.state import plan_cluster
-from emu.topology.load import load_text
+from emu.node import policy
+from emu.control.state import plan_cluster
+from emu.api.topology.load import load_text
 
 BASE = """\
 name: np
@@ -100,7 +100,7 @@ def test_no_policy_isolates_nothing_and_rules_do_not_grow_with_pod_pairs():
 
 # ---- packets through the rules --------------------------------------------------
 class Kernel:
-    """One node's FORWARD as emu.policy writes it: sets and chains, evaluated for a NEW connection."""
+    """One node's FORWARD as emu.node.policy writes it: sets and chains, evaluated for a NEW connection."""
 
     def __init__(self, rules: policy.PolicyRules):
         self.sets = rules.sets
@@ -223,7 +223,7 @@ class FakeKernel:
 
 
 def test_agent_job_writes_once_per_generation_and_removes_everything_with_the_last_policy():
-    from emu.agent.policy import PolicySync
+    from emu.node.agent.policy import PolicySync
 
     kernel = FakeKernel()
     sync = PolicySync(lambda message: None, kernel)
@@ -241,7 +241,7 @@ def test_agent_job_writes_once_per_generation_and_removes_everything_with_the_la
 
 
 def test_agent_job_leaves_a_node_without_policies_untouched():
-    from emu.agent.policy import PolicySync
+    from emu.node.agent.policy import PolicySync
 
     kernel = FakeKernel()
     state = state_of()
@@ -253,7 +253,7 @@ def test_agent_job_leaves_a_node_without_policies_untouched():
 def test_agent_job_retries_a_failed_sync():
     import time
 
-    from emu.agent import policy as job
+    from emu.node.agent import policy as job
 
     kernel = FakeKernel(fail="iptables-restore")
     sync = job.PolicySync(lambda message: None, kernel)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from emu.agent.proxysync import ProxySync
-from emu.proxy.conntrack import stale_udp_commands, udp_view
+from emu.node.agent.proxysync import ProxySync
+from emu.node.proxy.conntrack import stale_udp_commands, udp_view
 from tests.unit.test_proxy_nftables import endpoints, lab
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from emu.proxy import iptables
+from emu.node.proxy import iptables
 from tests.unit.test_proxy_nftables import endpoints, lab
 from tests.unit.test_services import LAB, state
 

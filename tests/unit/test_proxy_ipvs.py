@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from emu.proxy import ipvs, proxier
-from emu.proxy.base import KernelMissing
+from emu.node.proxy import ipvs, proxier
+from emu.node.proxy.base import KernelMissing
 from tests.unit.test_proxy_nftables import endpoints, lab
 
 

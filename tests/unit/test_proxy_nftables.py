@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import subprocess
 
-from emu.proxy import nftables, proxier
-from emu.records import ClusterState, NodeState, ServicePortState, ServiceState
-from emu.services import Endpoint, service_endpoints
-from emu.state import plan_cluster
-from emu.topology.load import load_text
+from emu.node.proxy import nftables, proxier
+from emu.node.records import ClusterState, NodeState, ServicePortState, ServiceState
+from emu.node.services import Endpoint, service_endpoints
+from emu.control.state import plan_cluster
+from emu.api.topology.load import load_text
 from tests.unit.test_services import LAB
 
 

@@ -1,9 +1,9 @@
 """Drift between the state and what a node holds, and the plans that mend it."""
 
-from emu import reconcile
-from emu.plan import cni
-from emu.state import plan_cluster
-from emu.topology.load import load_text
+from emu.node import reconcile
+from emu.node.plan import cni
+from emu.control.state import plan_cluster
+from emu.api.topology.load import load_text
 
 LAB = """\
 name: lab

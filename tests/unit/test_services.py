@@ -5,10 +5,10 @@ import copy
 import pytest
 
 from emu.errors import TopologyError
-from emu.proxy import iptables
-from emu.services import load_balancer_owner, service_endpoints, service_env
-from emu.state import plan_cluster
-from emu.topology.load import load_text
+from emu.node.proxy import iptables
+from emu.node.services import load_balancer_owner, service_endpoints, service_env
+from emu.control.state import plan_cluster
+from emu.api.topology.load import load_text
 
 LAB = """\
 name: lab
@@ -156,7 +156,7 @@ def test_partial_sync_rewrites_only_what_changed():
 def test_large_clusters_leave_comments_off_endpoint_rules():
     s = state()
     many = {key: {port: eps * 1 for port, eps in by_port.items()} for key, by_port in endpoints(s).items()}
-    from emu.services import Endpoint
+    from emu.node.services import Endpoint
 
     many["default/web"]["http"] = [Endpoint(f"10.244.9.{i % 250}", 8000 + i, "w2", None) for i in range(1001)]
     nat = iptables.render(s, "w1", many)["nat"]
@@ -291,7 +291,7 @@ def test_internal_traffic_policy_local_uses_node_local_endpoints_only():
 
 
 def test_a_recreated_pod_does_not_inherit_readiness():
-    from emu.records import PodState
+    from emu.node.records import PodState
 
     s = state()
     old = s.pods["default/web-a"]
@@ -305,7 +305,7 @@ def test_endpoint_tracker_gives_what_a_full_count_gives_after_each_readiness_cha
     import copy
     import random
 
-    from emu.services import EndpointTracker, all_endpoints
+    from emu.node.services import EndpointTracker, all_endpoints
 
     s = state()
     uids = sorted(p.uid for p in s.pods.values())

@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 import sys
 
-from emu.runtime.swarm import SshTunnel, listening
-from emu.topology.model import Host
+from emu.control.runtime.swarm import SshTunnel, listening
+from emu.api.topology.model import Host
 
 # What ssh -L does with a local unix socket, slowed down: bind (the file appears),
 # then listen a while later. A connection in that gap is refused.

@@ -2,9 +2,9 @@
 
 import pytest
 
-from emu.cluster import pod_changes
-from emu.state import ClusterState, deployment_pod_names, plan_cluster
-from emu.topology.load import load_text
+from emu.control.cluster import pod_changes
+from emu.control.state import ClusterState, deployment_pod_names, plan_cluster
+from emu.api.topology.load import load_text
 
 LAB = """\
 name: lab
@@ -130,7 +130,7 @@ def test_host_veth_names_fit_the_kernel_limit():
 
 
 def test_neighbour_table_warning(tmp_path):
-    from emu.cluster import neighbour_table_warning
+    from emu.control.cluster import neighbour_table_warning
 
     limit = tmp_path / "gc_thresh3"
     limit.write_text("1024\n")
@@ -141,7 +141,7 @@ def test_neighbour_table_warning(tmp_path):
 
 
 def test_the_default_wait_grows_with_the_rules_every_node_writes():
-    from emu.cluster import default_wait
+    from emu.control.cluster import default_wait
 
     small = plan_cluster(load_text(LAB), "emu-lab", "172.28.5.0/24")
     assert 30 < default_wait(small) < 31

@@ -3,9 +3,9 @@
 import pytest
 
 from emu.errors import EmuError
-from emu.state import plan_cluster
+from emu.control.state import plan_cluster
 from emu.testing.matrix import Reachability, Target, address_of, parse_targets
-from emu.topology.load import load_text
+from emu.api.topology.load import load_text
 
 LAB = """\
 name: lab

@@ -8,7 +8,7 @@ import pytest
 # Imported here so pytester's inner runs share these modules rather than import
 # them afresh each run (PyYAML's C parser keeps the event classes it first saw).
 import emu.testing.plugin  # noqa: F401
-import emu.topology.load  # noqa: F401
+import emu.api.topology.load  # noqa: F401
 
 TOPOLOGY = """\
 name: lab

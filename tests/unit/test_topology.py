@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from emu.errors import TopologyError
-from emu.topology.load import load_file, load_text
-from emu.topology.model import json_schema
+from emu.api.topology.load import load_file, load_text
+from emu.api.topology.model import json_schema
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from emu.errors import TopologyError
-from emu.topology.load import load_text
-from emu.topology.model import Topology
+from emu.api.topology.load import load_text
+from emu.api.topology.model import Topology
 
 DEFAULT = (Path(__file__).parents[2] / "topologies" / "default.yaml").read_text()
 SEED = 13

@@ -1,11 +1,11 @@
-"""emu.agent.wake: the agent's loops sleep on the kernel's word, not on a clock."""
+"""emu.node.agent.wake: the agent's loops sleep on the kernel's word, not on a clock."""
 
 from __future__ import annotations
 
 import threading
 import time
 
-from emu.agent import wake
+from emu.node.agent import wake
 
 
 def test_wake_is_an_event_that_also_watches_file_descriptors():

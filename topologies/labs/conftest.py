@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from emu.cluster import Cluster
+from emu.control.cluster import Cluster
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from emu.cluster import Cluster
-from emu.see import trace
+from emu.control.cluster import Cluster
+from emu.observe import trace
 
 
 def traced(lab: Cluster, source: str, destination: str, proto: str = "tcp", container: str | None = None) -> dict:

@@ -1,0 +1,711 @@
+"""The Cluster facade: up, apply, down, exec and lookups, used by the CLI and tests.
+
+Flow: topology -> plan_cluster (pure) -> node plans (pure) -> runtime (Docker).
+The state of a running cluster lives in the cluster (a file on its first
+node), so any emu process sees the same pods and allocations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emu.control import imagepods
+
+from emu.node import reconcile
+from emu.node.agent import AGENT_URL, HOLD_FILE, LOCK_DIR, STATE_FILE
+from emu.node.agent.gossip import hub_node
+from emu.errors import EmuError
+from emu.node.plan import NodePlan, cni
+from emu.node.reconcile import Drift
+from emu.node.records import MAX_STATE_BYTES, NodeState
+from emu.control.runtime.provider import ExecResult, NodeSpec, PortMapping, Provider, run_parallel
+from emu.control.state import ClusterState, PodState, ordered_stages, plan_cluster, stamp_created
+from emu.api.topology.load import load_file
+from emu.api.topology.model import Topology
+
+Progress = Callable[[str], None]
+AGENT_LOG_LINES = 12  # of a node's agent log, in the error when it did not program a state in time
+
+
+def _quiet(message: str) -> None:
+    pass
+
+
+@dataclass
+class Change:
+    """What an up or apply did."""
+
+    created: bool
+    added: list[str]
+    removed: list[str]
+    repaired: list[str] = field(default_factory=list)  # what had drifted from the state, and was mended
+
+    @property
+    def changed(self) -> bool:
+        return self.created or bool(self.added or self.removed or self.repaired)
+
+
+def pod_changes(previous: ClusterState | None, desired: ClusterState) -> tuple[list[PodState], list[PodState]]:
+    """(pods to start, pods to remove): a pod whose spec changed is replaced."""
+    old = previous.pods if previous else {}
+
+    def same(a: PodState, b: PodState) -> bool:
+        return (a.spec_hash, a.ip, a.node) == (b.spec_hash, b.ip, b.node)
+
+    added = [p for k, p in desired.pods.items() if k not in old or not same(old[k], p)]
+    removed = [p for k, p in old.items() if k not in desired.pods or not same(desired.pods[k], p)]
+    return added, removed
+
+
+def node_plans(previous: ClusterState | None, desired: ClusterState) -> list[NodePlan]:
+    """Every node's plan from `previous` (None: a new cluster) to `desired`."""
+    added, removed = pod_changes(previous, desired)
+    return [
+        cni.node_plan(
+            desired,
+            node,
+            [p for p in added if p.node == node.name],
+            [p for p in removed if p.node == node.name],
+            new_node=previous is None,
+        )
+        for node in desired.nodes
+    ]
+
+
+class Cluster:
+    """A named emu cluster, running or not."""
+
+    def __init__(self, name: str, runtime: Provider | None = None, progress: Progress = _quiet):
+        from emu.control.runtime.select import provider_for
+
+        self.name = name
+        self.runtime = runtime or provider_for(name)
+        self.progress = progress
+
+    # ---- discovery -------------------------------------------------------
+    @staticmethod
+    def names(runtime: Provider | None = None) -> list[str]:
+        """Names of every emu cluster: on `runtime`, or on this machine's engine and
+        every set of hosts emu has a cluster on."""
+        from emu.control.runtime.select import cluster_names
+
+        return runtime.cluster_names() if runtime else cluster_names()
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.runtime.cluster_containers(self.name) or self.runtime.cluster_networks(self.name))
+
+    def state(self) -> ClusterState:
+        """The running cluster's state, read from its first node."""
+        containers = self.runtime.cluster_containers(self.name)
+        if not containers:
+            raise EmuError(f"no emu cluster named '{self.name}' is running; start one with `emu up FILE`")
+        names = [c.name for c in containers if c.is_node]
+        for container in names:
+            text = self.runtime.read_file(container, STATE_FILE, limit=MAX_STATE_BYTES)
+            if text:
+                return ClusterState.from_json(text)
+        raise EmuError(
+            f"cluster '{self.name}' has containers ({', '.join(names)}) but no state file {STATE_FILE}; "
+            f"it is broken: remove it with `emu down {self.name}`"
+        )
+
+    def pod(self, reference: str) -> PodState:
+        """Find a pod by 'name' (namespace default), 'namespace/name' or netns name."""
+        return find_pod(self.state(), reference)
+
+    # ---- lifecycle -------------------------------------------------------
+    def up(self, topology: Topology | str | Path, wait: bool = True) -> Change:
+        """Create the cluster, or converge a running one to the topology."""
+        if not isinstance(topology, Topology):
+            topology = load_file(topology)
+        if topology.name != self.name:
+            raise EmuError(f"the topology names cluster '{topology.name}' but this is cluster '{self.name}'")
+        if [h.name for h in topology.hosts] != [h.name for h in getattr(self.runtime, "hosts", [])]:
+            from emu.control.runtime.select import provider_for
+
+            self.runtime = provider_for(self.name, list(topology.hosts))
+        if any(c.is_node for c in self.runtime.cluster_containers(self.name)):
+            return self.apply(topology, wait=wait)
+        # A network left without containers (a down the engine did not finish):
+        # removed first, or the engine's reason is the error.
+        self.runtime.remove_cluster(self.name)
+        return self._create(topology, wait)
+
+    def _create(self, topology: Topology, wait: bool) -> Change:
+        started = time.monotonic()
+        if topology.networking.proxy_mode == "ipvs":
+            from emu.node.proxy.ipvs import refuse_up
+
+            refuse_up()  # before anything is created
+        image = topology.node_image or self.runtime.node_image(self.progress)
+        networking = topology.networking
+        subnet = self.runtime.pick_subnet(networking.cluster_network, [networking.pod_subnet, networking.service_subnet])
+        network = f"emu-{self.name}"
+        desired = plan_cluster(topology, network, subnet, node_image=image, mtu=self.runtime.mtu)
+        (first, waits), *later = ordered_stages(None, desired)
+        plans = node_plans(None, first)
+        warning = neighbour_table_warning(len(desired.nodes), len(desired.pods))
+        if warning:
+            self.progress(warning)
+        mappings = {n.name: [PortMapping(m.listen_address, m.host_port, m.container_port, m.protocol)
+                             for m in n.extra_port_mappings] for n in topology.nodes}  # fmt: skip
+        specs = [
+            NodeSpec(n.container, n.name, n.role, self.name, image, network, n.node_ip, n.host, cni.NODE_COMMAND,
+                     mappings[n.name])  # fmt: skip
+            for n in desired.nodes
+        ]
+        self.runtime.check_ports(specs)
+        try:
+            self.progress(f"network {network} {subnet}")
+            self.runtime.create_network(network, subnet, self.name)
+            self.progress(f"starting {len(desired.nodes)} nodes")
+            self.runtime.parallel(self.runtime.create_node, specs)
+            self.progress(f"wiring {len(first.pods)} pods")
+            unready = self._apply_plans(plans, first, None, wait=wait or bool(later))
+            if later:
+                self._ordered_steps(first, later, waits, unready or [])
+        except BaseException:
+            # Nothing is half-created: remove whatever this call made.
+            self.progress("failed; removing what was created")
+            self.runtime.remove_cluster(self.name)
+            raise
+        self.progress(f"cluster '{self.name}' is up in {time.monotonic() - started:.1f}s")
+        return Change(True, sorted(desired.pods), [])
+
+    def apply(self, topology: Topology | str | Path, wait: bool = True) -> Change:
+        """Converge a running cluster to the topology: pods added and removed, the others untouched."""
+        if not isinstance(topology, Topology):
+            topology = load_file(topology)
+        with self.lock():
+            previous = self.state()
+            desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
+            return self._converge(previous, desired, wait)
+
+    def update(self, change: Callable[[Topology], Topology], wait: bool = True) -> Change:
+        """Converge to change(the running topology), under the cluster's lock: how
+        `emu apply -f` and `emu delete -f` change a cluster. `change` raises to
+        leave it as it is."""
+        with self.lock():
+            previous = self.state()
+            topology = change(Topology.model_validate(previous.topology))
+            desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
+            return self._converge(previous, desired, wait)
+
+    def _converge(self, previous: ClusterState, desired: ClusterState, wait: bool = True) -> Change:
+        added, removed = pod_changes(previous, desired)
+        if not added and not removed and desired.topology == previous.topology:
+            return self.repair(previous, wait)
+        self.progress(f"adding {len(added)} pods, removing {len(removed)}")
+        (first, waits), *later = ordered_stages(previous, desired)
+        first_added = {p.key for p in pod_changes(previous, first)[0]}
+        unready = self._apply_plans(node_plans(previous, first), first, previous, wait=wait or bool(later), only=first_added)
+        if later:
+            self._ordered_steps(first, later, waits, unready or [])
+        return Change(False, sorted(p.key for p in added), sorted(p.key for p in removed))
+
+    def _ordered_steps(self, state: ClusterState, later: list, waits: list[str], unready: list[str]) -> None:
+        """Start StatefulSet pods in order (podManagementPolicy OrderedReady): each
+        step once the pods of the one before are ready. A pod that does not become
+        ready stops the ones after it, as in Kubernetes; the next `emu up` or
+        `emu apply` goes on from there."""
+        for next_state, next_waits in later:
+            stuck = sorted(set(waits) & set(unready))
+            if stuck:
+                self.progress(
+                    f"{', '.join(uid.split('@')[0] for uid in stuck)} not ready, so the StatefulSet pods after "
+                    "them were not started (podManagementPolicy OrderedReady); `emu apply` again starts them once it is"
+                )
+                return
+            added = {p.key for p in pod_changes(state, next_state)[0]}
+            self.progress(f"starting {', '.join(sorted(added))} (StatefulSet, in order)")
+            unready = self._apply_plans(node_plans(state, next_state), next_state, state, wait=True, only=added)
+            state, waits = next_state, next_waits
+
+    def scale(self, deployment: str, replicas: int, wait: bool = True) -> Change:
+        """Set a deployment's replicas (`NAME` or `NAMESPACE/NAME`)."""
+        with self.lock():
+            previous = self.state()
+            topology = Topology.model_validate(previous.topology)
+            namespace, _, name = deployment.rpartition("/")
+            namespace = namespace or "default"
+            found = [d for d in topology.deployments if (d.namespace, d.name) == (namespace, name)]
+            if not found:
+                known = ", ".join(f"{d.namespace}/{d.name}" for d in topology.deployments) or "none"
+                raise EmuError(f"no deployment '{namespace}/{name}' in cluster '{self.name}' (deployments: {known})")
+            if replicas < 0:
+                raise EmuError("replicas must be 0 or more")
+            deployments = [
+                d.model_copy(update={"replicas": replicas}) if d is found[0] else d for d in topology.deployments
+            ]
+            scaled = _revalidate(topology.model_copy(update={"deployments": deployments}))
+            desired = plan_cluster(scaled, previous.network, previous.network_subnet, previous)
+            return self._converge(previous, desired, wait)
+
+    def delete_pod(self, reference: str, wait: bool = True) -> Change:
+        """Delete a pod. A deployment's pod comes back at once with a new IP, as
+        its ReplicaSet would recreate it; a bare pod is gone."""
+        with self.lock():
+            previous = self.state()
+            pod = find_pod(previous, reference)
+            topology = Topology.model_validate(previous.topology)
+            if pod.owner is None:
+                pods = [p for p in topology.pods if (p.namespace, p.name) != (pod.namespace, pod.name)]
+                topology = _revalidate(topology.model_copy(update={"pods": pods}))
+            forgotten = ClusterState.from_json(previous.to_json())
+            del forgotten.pods[pod.key]  # planned afresh: a new IP from host-local IPAM
+            desired = plan_cluster(topology, previous.network, previous.network_subnet, forgotten)
+            return self._converge(previous, desired, wait)
+
+    def down(self) -> tuple[int, int]:
+        """Remove every container and network of the cluster. Returns (containers, networks)."""
+        return self.runtime.remove_cluster(self.name)
+
+    def plan(self, topology: Topology) -> tuple[ClusterState, list[NodePlan]]:
+        """What up/apply would run on each node, without running it: the desired
+        state and each node's plan."""
+        if self.exists:
+            previous = self.state()
+            desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
+            return desired, node_plans(previous, desired)
+        desired = plan_cluster(topology, f"emu-{self.name}", "172.28.0.0/24", mtu=self.runtime.mtu)
+        return desired, node_plans(None, desired)
+
+    # ---- one change at a time ----------------------------------------------
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the cluster's lock (a directory on its first node, made atomically)
+        while changing it, so two `emu` commands cannot interleave their changes."""
+        hub = self._lock_node()
+        holder = (
+            f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()}, since "
+            f"{time.strftime('%H:%M:%S')}: emu {' '.join(sys.argv[1:]) or '(library)'})"
+        )
+        take = f'mkdir {LOCK_DIR} 2>/dev/null && printf %s "$1" >{LOCK_DIR}/holder'
+        if not self.runtime.exec(hub, ["sh", "-c", take, "sh", holder]).ok:
+            held = self.runtime.read_file(hub, f"{LOCK_DIR}/holder", limit=4096) or "another emu command"
+            raise EmuError(
+                f"cluster '{self.name}' is being changed by {held.strip()}; wait for it to finish, or if that "
+                f"command is gone, run `emu unlock {self.name}`"
+            )
+        try:
+            yield
+        finally:
+            self.unlock(hub)
+
+    def _lock_node(self) -> str:
+        """The container holding the lock: the hub's node, whose agent takes the
+        same lock to move a lost node's pods (emu.node.agent.evict)."""
+        nodes = [c for c in self.runtime.cluster_containers(self.name) if c.is_node]
+        if not nodes:
+            raise EmuError(f"no emu cluster named '{self.name}' is running; start one with `emu up FILE`")
+        try:
+            return hub_node(self.state()).container
+        except EmuError:
+            return nodes[0].name  # no state yet: any node will do, as no agent evicts
+
+    def unlock(self, container: str | None = None) -> None:
+        """Release the cluster's lock (held by this process, or left by one that died)."""
+        if container is None:
+            try:
+                container = self._lock_node()
+            except EmuError:
+                return
+        self.runtime.exec(container, ["rm", "-rf", LOCK_DIR])
+
+    # ---- reconciling with what is running ----------------------------------
+    def check(self, state: ClusterState | None = None) -> list[Drift]:
+        """What the nodes hold that differs from the state (one exec a node)."""
+        state = state or self.state()
+
+        def observe(node) -> Drift:
+            output = self.runtime.exec(node.container, ["sh", "-c", reconcile.OBSERVE]).output
+            return reconcile.drift(state, node, reconcile.Observed.parse(output))
+
+        return [found for found in self.runtime.parallel(observe, state.nodes) if not found.empty]
+
+    def repair(self, state: ClusterState | None = None, wait: bool = True) -> Change:
+        """Mend what drifted: broken pods replaced in place, a node that lost its
+        network rebuilt, a stopped agent started. 'Up to date' only when nothing had."""
+        state = state or self.state()
+        drifts = self.check(state)
+        if not drifts:
+            self.progress(f"cluster '{self.name}' is up to date")
+            return Change(False, [], [])
+        lines = [line for found in drifts for line in found.describe()]
+        for line in lines:
+            self.progress(f"repairing: {line}")
+
+        def mend(found: Drift) -> None:
+            node = state.node(found.node)
+            self._run_plan(reconcile.repair_plan(state, node, found), {})
+
+        self.runtime.parallel(mend, drifts)
+        if wait:
+            self.wait(state, only={key for found in drifts for key in found.pods})
+        return Change(False, [], [], repaired=lines)
+
+    # ---- internals -------------------------------------------------------
+    def _run_plan(
+        self, plan: NodePlan, extra: dict[str, str], tail: tuple[str, ...] = (), release: bool = True
+    ) -> None:
+        """One exec: the plan's files, `extra` and its script on its stdin, then the script.
+        The node's agent keeps its hands off the pods while the plan runs (and,
+        with release=False, until the new state is in place: see publish)."""
+        # The hold lands before the files: the agent must not take a new pod's
+        # files for those of a pod gone (and delete it) before the script runs.
+        # First in the archive (its order is kept): once a pod's files are
+        # there, so is the hold. (When paths were sorted it came last, and an agent
+        # that looked in between took new pods for orphans.)
+        hold = {HOLD_FILE: f"{plan.node}: an emu command is changing this node\n"}
+        files = {**hold, **plan.files, **extra}
+        release_hold = [f"rm -f {HOLD_FILE}"] if release else []
+        files[f"{cni.PLAN_DIR}/run.sh"] = "\n".join([plan.script.rstrip("\n"), *tail, *release_hold, ""])
+        result = self.runtime.run_with_files(plan.container, files, ["sh", f"{cni.PLAN_DIR}/run.sh"])
+        if not result.ok:
+            raise EmuError(
+                f"node {plan.node}: the plan failed (exit {result.exit_code}):\n{result.output.strip()}\n"
+                f"see it with `emu plan`; the script is {cni.PLAN_DIR}/run.sh in container {plan.container}"
+            )
+
+    def _apply_plans(
+        self, plans: list[NodePlan], state: ClusterState, previous: ClusterState | None,
+        wait: bool = False, only: set[str] | None = None,
+    ) -> list[str] | None:  # fmt: skip
+        """Run every node's plan and give every node the new state: one exec
+        per node (its files on its stdin), nodes in parallel, then one exec per
+        node that renames the state into place, tells the agent and, with
+        `wait`, waits there (Cluster.wait; returns the pods left unready). The
+        agents see the new state together, once every node's pods are wired:
+        in a 50-node lab they each synced 8 times while others were still being
+        wired, most of the work of coming up; now once or twice."""
+        state.generation = (previous.generation if previous else 0) + 1
+        stamp_created(state, previous, time.time())
+        state_text = state.to_json()
+
+        def apply(plan: NodePlan) -> None:
+            # With it, what the node runs to rebuild itself if its container starts again.
+            self._run_plan(
+                plan, {**cni.boot_files(state, state.node(plan.node)), STATE_FILE + ".new": state_text}, release=False
+            )
+
+        added, removed = pod_changes(previous, state)
+
+        def publish(node) -> str:
+            record = imagepods.record_command(added, node.name)  # the new image containers' processes, first
+            return f"{record}mv {STATE_FILE}.new {STATE_FILE} && rm -f {HOLD_FILE} && {{ {cni.NOTIFY_AGENT}; }}"
+
+        try:
+            # Image pods: their sandboxes and containers around the plans (emu.control.imagepods).
+            imagepods.wire(self.runtime, state, added, lambda: self.runtime.parallel(apply, plans))
+        except EmuError:
+            # The agents may mend pods again, as the state they hold says.
+            self.runtime.parallel(lambda plan: self.runtime.exec(plan.container, ["rm", "-f", HOLD_FILE]), plans)
+            raise
+        imagepods.remove(self.runtime, state, removed)
+        if wait:
+            self.progress("pods wired; waiting for them to answer and for service rules to be programmed")
+            return self.wait(state, only=only, publish=publish)
+
+        def put_in_place(node) -> None:
+            result = self.runtime.exec(node.container, ["sh", "-c", publish(node)])
+            if not result.ok:
+                raise EmuError(f"node {node.name}: could not put the new state in place: {result.output.strip()}")
+
+        self.runtime.parallel(put_in_place, state.nodes)
+        return None
+
+    def wait(
+        self, state: ClusterState, only: set[str] | None = None, timeout: float | None = None,
+        publish: Callable[[NodeState], str] | None = None,
+    ) -> list[str]:  # fmt: skip
+        """Wait until, on every node, the pods' declared TCP ports answer (only the
+        pods in `only`, if given), the agent has programmed this state, and every
+        pod counts as ready. Pods that stay unready are reported, not an error:
+        they may be meant to. Returns them. The default timeout grows with the
+        cluster (`default_wait`: big labs share the machine's cores).
+
+        With `publish` (node -> shell that puts the new state in place), each
+        node's exec runs that first and then waits: one exec per node instead of
+        two (50 fewer in a 50-node lab), all nodes at once, so that every agent
+        gets the state at about the same time."""
+        timeout = timeout or default_wait(state)
+        done: list[str] = []
+        done_lock = threading.Lock()
+        last_report = [time.monotonic()]
+        ports: dict[str, list[str]] = {}
+        for pod in state.pods.values():
+            if only is not None and pod.key not in only:
+                continue
+            for container in pod.containers:
+                for port in container.get("ports", []):
+                    if port.get("protocol", "TCP") == "TCP":
+                        ports.setdefault(pod.node, []).append(f"{pod.ip}:{port['containerPort']}")
+
+        def check(node) -> dict:
+            # The agent answers once it is so (Agent.wait). Asked again every 50 ms while it
+            # does not listen yet (it starts with the node) or went away while answering
+            # (restarted: curl exits 7, 52 or 56), 600 times at most (curl's own --retry
+            # waits whole seconds: a second more for every small lab).
+            query = "&".join([f"generation={state.generation}", f"timeout={timeout:g}",
+                              *(f"port={target}" for target in ports.get(node.name, []))])  # fmt: skip
+            ask = (f'n=0; until curl -s --max-time {timeout + 30:g} "{AGENT_URL}/wait?{query}"; do c=$?; '
+                   f'case $c in 7|52|56) [ $n -lt 600 ] ;; *) false ;; esac || '
+                   f'{{ echo "curl: exit $c asking the agent {AGENT_URL}/wait"; exit 1; }}; '
+                   'n=$((n+1)); sleep 0.05; done')  # fmt: skip
+            argv = ["sh", "-c", f"{publish(node)} && {{ {ask}; }}" if publish is not None else ask]
+            result = self.runtime.exec(node.container, argv)
+            output = result.output.strip()
+            try:
+                outcome = json.loads(output.splitlines()[-1])
+                outcome["ports_left"]  # noqa: B018 - an agent's error answer has none
+            except (ValueError, IndexError, KeyError, TypeError):
+                if publish is not None and "curl:" not in output:
+                    raise EmuError(f"node {node.name}: could not put the new state in place: {output}") from None
+                raise EmuError(f"node {node.name}: waiting for its agent failed: {output}") from None
+            if outcome["ports_left"]:
+                raise EmuError(
+                    f"node {node.name}: pods did not answer within {timeout:.0f}s on "
+                    f"{' '.join(outcome['ports_left'])}; see their logs with `emu logs POD`"
+                )
+            if not outcome["programmed"]:
+                try:
+                    tail = self.runtime.exec(node.container, ["tail", "-n", str(AGENT_LOG_LINES), cni.AGENT_LOG]).output
+                except Exception as error:  # noqa: BLE001 - the node may be gone by now: say so, not this
+                    tail = f"(could not read it: {error})"
+                raise EmuError(
+                    f"node {node.name}: its agent did not program generation {state.generation} within "
+                    f"{timeout:.0f}s; its log ends:\n{tail.rstrip()}\n"
+                    f"(more with `emu exec --node {node.name} -- tail -n 100 {cni.AGENT_LOG}`)"
+                )
+            with done_lock:  # a line every 2 s at most while a big lab settles
+                done.append(node.name)
+                if len(state.nodes) > 3 and (time.monotonic() - last_report[0] > 2 or len(done) == len(state.nodes)):
+                    last_report[0] = time.monotonic()
+                    self.progress(f"{len(done)} of {len(state.nodes)} nodes programmed, their pods answering")
+            return outcome
+
+        # Every node at once: a node whose exec waited its turn would get its state late (and the
+        # others' agents wait a while for its report before they sync).
+        outcomes = run_parallel(check, state.nodes, workers=len(state.nodes))
+        unready = sorted({pod for outcome in outcomes for pod in outcome["unready"] or []})
+        if unready:
+            shown = ", ".join(unready[:10]) + (f" and {len(unready) - 10} more" if len(unready) > 10 else "")
+            self.progress(f"{len(unready)} pods not ready yet (see `emu status`): {shown}")
+        return unready
+
+    def endpoints(self, state: ClusterState | None = None) -> dict[str, dict[str, list[str]]]:
+        """{service key: {port name: ["ip:port", ...]}}: the ready endpoints the agents program.
+        Pass the state if you already read it."""
+        state = state or self.state()
+        result = self.runtime.exec(
+            state.nodes[0].container, ["curl", "-sS", "--max-time", "5", f"{AGENT_URL}/endpoints"]
+        )
+        if not result.ok:
+            raise EmuError(f"the agent on {state.nodes[0].name} did not answer: {result.output.strip()}")
+        return json.loads(result.output)
+
+    def run_external(self, name: str) -> str:
+        """Start a container outside the cluster, on the cluster's Docker network,
+        serving netexec (HTTP :8080, UDP :8081), its /etc/hosts naming the
+        Ingresses' hosts at the ingress's address. Returns its IP. `down` removes it."""
+        state = self.state()
+        container = f"{self.name}-{name}"
+        self.runtime.run_external(self.name, container, state.network, state.node_image)
+        self.runtime.put_files(container, {**cni.workload_files(), **cni.agent_files()})
+        netexec = f"exec python3 {cni.WORKLOAD_DIR}/netexec.py >/tmp/netexec.log 2>&1"
+        self.runtime.exec_detached(container, ["sh", "-c", netexec])
+        ip = self.runtime.container_ip(container, state.network)
+        probe = ["env", f"PYTHONPATH={cni.AGENT_LIB}", "python3", "-m", "emu.node.agent.wait", "--port", "127.0.0.1:8080"]
+        if json.loads(self.runtime.exec(container, probe).output)["ports_left"]:
+            raise EmuError(f"the external container {container} did not start serving on :8080")
+        from emu.node import ingress
+
+        names = ingress.hosts_entries(state)  # the Ingress hosts, at the ingress's LoadBalancer address
+        if names:
+            self.runtime.exec(container, ["sh", "-c", 'printf %s "$1" >>/etc/hosts', "sh", names])
+        return ip
+
+    # ---- using pods --------------------------------------------------------
+    def exec(self, pod: str, argv: list[str], container: str | None = None) -> ExecResult:
+        """Run a command in a pod (its network namespace, hostname and the container's env;
+        in an image container, in that container)."""
+        return self.runtime.exec(*self.pod_command(pod, argv, container))
+
+    def pod_command(
+        self, pod: str, argv: list[str], container: str | None = None, state: ClusterState | None = None
+    ) -> tuple[str, list[str]]:
+        """(Docker container, argv) that runs argv as one of the pod's containers:
+        what `exec` runs, for callers that run it their own way (emu.testing's testinfra backend)."""
+        state = state or self.state()
+        return exec_target(state, find_pod(state, pod), argv, container)
+
+    def host(self, pod: str, container: str | None = None):
+        """A testinfra Host whose commands run in the pod, as `exec` does (needs pytest-testinfra)."""
+        from emu.testing.backend import pod_host
+
+        return pod_host(self, pod, container)
+
+    def node_exec(self, node: str, argv: list[str]) -> ExecResult:
+        """Run a command in a node's root namespace."""
+        state = self.state()
+        return self.runtime.exec(find_node(state, node).container, argv)
+
+    def logs(self, pod: str, container: str | None = None) -> str:
+        state = self.state()
+        found = find_pod(state, pod)
+        name = pick_container(found, container)["name"]
+        if cni.runs_image(pick_container(found, container)):
+            return self.runtime.container_logs(imagepods.container_name(state, found, name))
+        text = self.runtime.read_file(state.node(found.node).container, f"{cni.LOG_DIR}/{found.netns}/{name}.log")
+        return text or ""
+
+    def pod_status(self, state: ClusterState, started: bool = False) -> dict[str, dict[str, dict]]:
+        """{pod key: {container: {"state": Running|Exited, "exitCode": int|None,
+        "ready": bool, "restarts": int}}}: processes as `check` sees them (one exec
+        a node, reconcile.OBSERVE), readiness and restarts from the node's agent;
+        with `started`, also "started": when its process was started (its pid file
+        written; `emu get`). Pods of a node that cannot be asked are left out."""
+        started_lines = ""
+        if started:
+            started_lines = f'for f in {cni.RUN_DIR}/*/*.pid; do [ -e "$f" ] && echo "started $f $(stat -c %Y "$f")"; done\n'
+        script = f"{reconcile.OBSERVE}{started_lines}echo READINESS $(curl -s --max-time 2 {AGENT_URL}/readiness)\n"
+
+        def check(node) -> str:
+            try:
+                return self.runtime.exec(node.container, ["sh", "-c", script]).output
+            except Exception:  # noqa: BLE001 - a stopped or gone node: its pods' state is unknown
+                return ""
+
+        status: dict[str, dict[str, dict]] = {}
+        for node, output in zip(state.nodes, self.runtime.parallel(check, state.nodes)):
+            seen = reconcile.Observed.parse(output)
+            report: dict = {}
+            for line in output.splitlines():
+                if line.startswith("READINESS "):
+                    try:
+                        report = json.loads(line.removeprefix("READINESS ")) or {}
+                    except ValueError:
+                        report = {}
+            start_times = {}  # "<netns>/<container>" -> when its pid file was written
+            for line in output.splitlines():
+                word, _, rest = line.partition(" ")
+                path, _, when = rest.partition(" ")
+                if word == "started" and when.isdigit():
+                    start_times[path.removeprefix(cni.RUN_DIR + "/").removesuffix(".pid")] = int(when)
+            readiness = report.get("containers", {}) if isinstance(report, dict) else {}
+            restarts = report.get("restarts", {}) if isinstance(report, dict) else {}
+            for pod in state.pods_on(node.name):
+                for container in pod.containers:
+                    name, where = container["name"], f"{pod.netns}/{container['name']}"
+                    if where in seen.alive:
+                        entry = {"state": "Running", "exitCode": None}
+                    elif where in seen.ended:
+                        entry = {"state": "Exited", "exitCode": seen.ended[where]}
+                    else:
+                        continue
+                    entry["ready"] = bool(readiness.get(pod.key, {}).get(name, False))
+                    entry["restarts"] = int(restarts.get(pod.key, {}).get(name, 0))
+                    if started:
+                        entry["started"] = start_times.get(where)
+                    status.setdefault(pod.key, {})[name] = entry
+        return status
+
+
+NEIGHBOUR_LIMIT = Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
+
+
+def default_wait(state: ClusterState) -> float:
+    """How long `emu up` waits for the nodes by default: 30 s, 20 ms a pod, and
+    0.15 ms for every endpoint on every node. Each node writes the chains of
+    every service's endpoints: the 50 agents of a lab with 1,000 services and
+    40,000 endpoints keep two cores busy for three minutes (iptables-restore of
+    41,000 chains, 5 s of CPU a node)."""
+    from emu.node.services import LabelIndex
+
+    index = LabelIndex(state.pods.values())
+    endpoints = sum(len(index.selected(service)) * len(service.ports) for service in state.services.values())
+    return 30.0 + 0.02 * len(state.pods) + 0.00015 * endpoints * len(state.nodes)
+
+
+def neighbour_table_warning(nodes: int, pods: int, limit_file: Path = NEIGHBOUR_LIMIT) -> str | None:
+    """The kernel's ARP table is shared by every network namespace; past its limit
+    (1,024 by default) new neighbours are refused and pods become unreachable.
+    Each pod needs about two entries (its gateway, and its node's entry for it)
+    and each node one per other node."""
+    try:
+        limit = int(limit_file.read_text())
+    except (OSError, ValueError):
+        return None  # not a Linux host we can see (Docker Desktop's VM, say)
+    needed = 2 * pods + nodes * nodes + 64
+    if needed <= limit:
+        return None
+    return (
+        f"warning: about {needed} ARP entries are needed but the kernel allows {limit} "
+        f"(net.ipv4.neigh.default.gc_thresh3); pods may become unreachable. Raise it as root: "
+        "sysctl -w net.ipv4.neigh.default.gc_thresh1=4096 net.ipv4.neigh.default.gc_thresh2=8192 "
+        "net.ipv4.neigh.default.gc_thresh3=16384 (scripts/ensure-docker.sh does)"
+    )
+
+
+def _revalidate(topology: Topology) -> Topology:
+    """Run a changed topology through the same validation a file gets."""
+    import yaml
+
+    from emu.api.topology.load import load_text
+
+    text = yaml.safe_dump(topology.model_dump(mode="json", by_alias=True, exclude_defaults=True))
+    return load_text(text, f"cluster '{topology.name}'")
+
+
+def find_pod(state: ClusterState, reference: str) -> PodState:
+    if reference in state.pods:
+        return state.pods[reference]
+    for pod in state.pods.values():
+        if reference in (pod.netns, f"{pod.namespace}/{pod.name}") or (
+            "/" not in reference and pod.namespace == "default" and pod.name == reference
+        ):
+            return pod
+    known = ", ".join(sorted(state.pods)) or "none"
+    raise EmuError(f"no pod '{reference}' in cluster '{state.name}' (pods: {known}); use NAME or NAMESPACE/NAME")
+
+
+def find_node(state: ClusterState, name: str):
+    for node in state.nodes:
+        if name in (node.name, node.container):
+            return node
+    raise EmuError(f"no node '{name}' in cluster '{state.name}' (nodes: {', '.join(n.name for n in state.nodes)})")
+
+
+def pick_container(pod: PodState, name: str | None) -> dict:
+    if name is None:
+        return pod.containers[0]
+    for container in pod.containers:
+        if container["name"] == name:
+            return container
+    names = ", ".join(c["name"] for c in pod.containers)
+    raise EmuError(f"pod '{pod.key}' has no container '{name}' (containers: {names})")
+
+
+def exec_target(state: ClusterState, pod: PodState, argv: list[str], container: str | None = None) -> tuple[str, list[str]]:
+    """(Docker container, argv) that run argv as the pod's container: in its node,
+    entering the pod, or for an image container, in that container."""
+    chosen = pick_container(pod, container)
+    if cni.runs_image(chosen):
+        return imagepods.container_name(state, pod, chosen["name"]), argv
+    return state.node(pod.node).container, pod_exec_argv(pod, argv, container)
+
+
+def pod_exec_argv(pod: PodState, argv: list[str], container: str | None = None) -> list[str]:
+    """argv for `docker exec NODE ...` that runs argv as if inside the pod's container."""
+    return cni.in_pod_argv(pod, pick_container(pod, container), argv)

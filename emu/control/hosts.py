@@ -1,0 +1,1057 @@
+"""Docker hosts over SSH: what `emu hosts check` and `emu hosts prepare` do.
+
+check_hosts  a pre-flight, in parallel over SSH (fabric): SSH, the Docker
+             engine, kernel features (vxlan, br_netfilter), ip_forward, the
+             swarm ports between every pair of hosts, MTU, clock, disk.
+prepare_hosts  makes the hosts ready and is idempotent: Debian's docker.io
+             where no engine answers, the sysctls emu needs, one Docker Swarm
+             (the first host, or an existing manager, leads; the others join
+             as workers), and the images emu needs, shipped from this
+             machine's engine to every host that lacks them.
+leave_swarm  every host leaves its swarm (test teardown).
+
+The decisions (what a probe's output means, which host leads the swarm, who
+joins, which host needs which image) are pure functions, tested without SSH.
+Only fabric/paramiko and the standard library are used here.
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paramiko
+from fabric import Connection
+
+from emu.errors import EmuError
+from emu.api.topology.model import Host
+
+Progress = Callable[[str], None]
+
+SSH_TIMEOUT = 5  # seconds to connect, see the banner and authenticate (fabric wants an int)
+PROBE_TIMEOUT = 60.0
+SWARM_TCP_PORTS = (2377, 7946)
+PORT_TIMEOUT = 3  # per TCP port probe, on the host
+CLOCK_SKEW_WARN = 1.0
+DISK_WARN_BYTES = 5 * 10**9
+VXLAN_OVERHEAD = 50
+SYSCTLS = {
+    "net.ipv4.ip_forward": 1,
+    "net.ipv4.neigh.default.gc_thresh1": 4096,
+    "net.ipv4.neigh.default.gc_thresh2": 8192,
+    "net.ipv4.neigh.default.gc_thresh3": 16384,
+}
+HOST_LABEL = "io.emu.host"  # swarm node label: which inventory host a node is (node.labels.io.emu.host==h2)
+OK, INFO, WARN, ERROR = "ok", "info", "warn", "error"
+LEVELS = (OK, INFO, WARN, ERROR)
+CHECKS = ("ssh", "docker", "vxlan", "br_netfilter", "ip_forward", "mtu", "clock", "disk", "ports")
+
+
+# -- reports ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One check on one host: level ok/info/warn/error, a short value for the table, what is wrong, the fix."""
+
+    check: str
+    level: str
+    value: str
+    message: str = ""
+    fix: str = ""
+
+
+@dataclass
+class HostReport:
+    host: str
+    address: str
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """No errors (warnings allowed)."""
+        return not self.errors
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == ERROR]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.level == WARN]
+
+    @property
+    def problems(self) -> list[Finding]:
+        return [f for f in self.findings if f.level in (WARN, ERROR)]
+
+    def finding(self, check: str) -> Finding | None:
+        """The worst finding of a check."""
+        found = [f for f in self.findings if f.check == check and (f.value or f.level != INFO)]
+        return max(found, key=lambda f: LEVELS.index(f.level)) if found else None
+
+
+def format_reports(reports: list[HostReport]) -> str:
+    """A table (one row per host, one column per check), then every problem with its fix, then notes."""
+    columns = [c for c in CHECKS if any(r.finding(c) for r in reports)]
+    header = ["HOST", "ADDRESS", *(c.upper() for c in columns)]
+    rows = [header]
+    for report in reports:
+        row = [report.host, report.address]
+        for check in columns:
+            found = report.finding(check)
+            if found is None:
+                row.append("-")
+            elif found.level in (WARN, ERROR):
+                row.append(f"{found.value} ({found.level.upper()})" if found.value else found.level.upper())
+            else:
+                row.append(found.value or found.level)
+        rows.append(row)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [" " + "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    problems = [(r, f) for r in reports for f in r.findings if f.level in (ERROR, WARN)]
+    problems.sort(key=lambda rf: LEVELS.index(rf[1].level), reverse=True)
+    notes = sorted({f.message for r in reports for f in r.findings if f.level == INFO and f.message})
+    if problems:
+        lines += ["", "Problems:"]
+        for report, found in problems:
+            lines.append(f"  {report.host}: {found.level}: {found.message}")
+            if found.fix:
+                lines.append(f"      fix: {found.fix}")
+    if notes:
+        lines += ["", "Notes:"]
+        lines += [f"  {note}" for note in notes]
+    errors = sum(len(r.errors) for r in reports)
+    warnings = sum(len(r.warnings) for r in reports)
+    ready = "ready" if not errors else "not ready"
+    lines += ["", f"{len(reports)} host{'s' if len(reports) != 1 else ''} {ready}: "
+                  f"{errors} error{'s' if errors != 1 else ''}, {warnings} warning{'s' if warnings != 1 else ''}"]
+    return "\n".join(lines) + "\n"
+
+
+# -- SSH -------------------------------------------------------------------------------------------------------
+
+_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
+class _AcceptNew(paramiko.MissingHostKeyPolicy):
+    """ssh's StrictHostKeyChecking=accept-new: unknown keys are accepted (and remembered in the host's
+    knownHosts file when it has one); a key that differs from a known one is refused by paramiko."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+
+    def missing_host_key(self, client, hostname, key):
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        if self.path:
+            with _KNOWN_HOSTS_LOCK, open(self.path, "a") as file:
+                file.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
+
+
+def connect(host: Host, timeout: int = SSH_TIMEOUT) -> Connection:
+    """An open fabric Connection to host (key, port, user, known hosts from the inventory)."""
+    connect_kwargs: dict = {"banner_timeout": timeout, "auth_timeout": timeout}
+    if host.ssh_key:
+        connect_kwargs["key_filename"] = [str(Path(host.ssh_key).expanduser())]
+    conn = Connection(host.address, user=host.user, port=host.port, connect_timeout=timeout,
+                      connect_kwargs=connect_kwargs)
+    known = str(Path(host.known_hosts).expanduser()) if host.known_hosts else None
+    if known:
+        Path(known).parent.mkdir(parents=True, exist_ok=True)
+        Path(known).touch(exist_ok=True)
+        conn.client.load_host_keys(known)
+    else:
+        conn.client.load_system_host_keys()
+    conn.client.set_missing_host_key_policy(_AcceptNew(known))
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException as error:
+        conn.close()
+        raise EmuError(
+            f"{host.name}: the SSH host key of {host.address} is not the one in "
+            f"{known or '~/.ssh/known_hosts'} ({error.key.get_name()}); if the host was reinstalled, remove its "
+            f"line there (ssh-keygen -R {host.address}{' -f ' + known if known else ''})"
+        ) from None
+    except (paramiko.SSHException, OSError, EOFError) as error:
+        conn.close()
+        raise EmuError(f"{host.name}: cannot reach {host.user}@{host.address}:{host.port} over SSH: "
+                       f"{_describe(error)}") from None
+    return conn
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, paramiko.AuthenticationException):
+        return f"authentication failed ({error})"
+    if isinstance(error, (socket.timeout, TimeoutError)):
+        return "timed out"
+    return str(error) or type(error).__name__
+
+
+def _run(conn: Connection, command: str, timeout: float | None = None):
+    """Run command; returns fabric's Result (never raises on a non-zero exit)."""
+    return conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+
+
+def _sudo(host: Host) -> str:
+    return "" if host.user == "root" else "sudo -n "
+
+
+def docker_command(host: Host, args: str) -> str:
+    """A shell command running the docker CLI on the host against the inventory's engine socket."""
+    return f"DOCKER_HOST={shlex.quote('unix://' + host.docker_socket)} docker {args}"
+
+
+def _parallel(function, items: Iterable) -> list:
+    items = list(items)
+    if not items:
+        return []
+    with ThreadPoolExecutor(max_workers=min(32, len(items))) as pool:
+        return list(pool.map(function, items))
+
+
+# -- check: the probe ------------------------------------------------------------------------------------------
+
+PROBE_SCRIPT = r"""
+export LC_ALL=C PATH="$PATH:/usr/sbin:/sbin"
+export DOCKER_HOST=__DOCKER_HOST__
+say() { printf '%s=%s\n' "$1" "$(printf '%s' "$2" | tr '\n' ' ' | cut -c1-300)"; }
+say kernel "$(uname -r)"
+say uid "$(id -u)"
+if command -v docker >/dev/null 2>&1; then
+  out=$(timeout 10 docker version --format '{{.Server.Version}}' 2>&1); say docker_rc $?; say docker_out "$out"
+  say swarm "$(timeout 10 docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null)"
+  root=$(timeout 10 docker info --format '{{.DockerRootDir}}' 2>/dev/null)
+else
+  say docker_rc 127; say docker_out "docker: command not found"
+fi
+command -v dockerd >/dev/null 2>&1 && say dockerd yes || say dockerd no
+for m in vxlan:VXLAN br_netfilter:BRIDGE_NETFILTER; do
+  name=${m%%:*} cfg=CONFIG_${m##*:}
+  if [ -d /sys/module/$name ] || grep -q "^$name " /proc/modules 2>/dev/null; then s=loaded
+  elif [ $name = br_netfilter ] && [ -e /proc/sys/net/bridge/bridge-nf-call-iptables ]; then s=loaded
+  elif grep -qs "/$name.ko" /lib/modules/$(uname -r)/modules.builtin; then s=builtin
+  elif modinfo $name >/dev/null 2>&1; then s=module
+  elif { zcat /proc/config.gz 2>/dev/null || cat /boot/config-$(uname -r) 2>/dev/null; } | grep -q "^$cfg=[ym]"; then s=config
+  else s=missing; fi
+  say mod_$name $s
+done
+if [ "$(id -u)" = 0 ] && command -v unshare >/dev/null 2>&1 && command -v ip >/dev/null 2>&1; then
+  out=$(unshare --net sh -c 'ip link add emuvxprobe type vxlan id 4242 dstport 4789 && ip link del emuvxprobe' 2>&1)
+  if [ $? = 0 ]; then say vxlan_probe ok; else say vxlan_probe "failed: $out"; fi
+else
+  say vxlan_probe skipped
+fi
+say ip_forward "$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)"
+say gc_thresh3 "$(cat /proc/sys/net/ipv4/neigh/default/gc_thresh3 2>/dev/null)"
+addr=$(getent ahostsv4 __ADDRESS__ 2>/dev/null | awk '{print $1; exit}')
+dev=$(ip -o addr show to "${addr:-__ADDRESS__}" 2>/dev/null | awk '{print $2; exit}')
+[ -n "$dev" ] || dev=$(ip -o route get __ROUTE_TO__ 2>/dev/null | sed -n 's/.* dev \([^ ]*\).*/\1/p')
+[ -n "$dev" ] && say mtu "$dev $(ip -o link show dev "$dev" 2>/dev/null | sed -n 's/.* mtu \([0-9]*\).*/\1/p')"
+for d in "$root" /var/lib/docker /var/lib /; do [ -n "$d" ] && [ -d "$d" ] && break; done
+say disk "$d $(df -Pk "$d" 2>/dev/null | awk 'NR==2 {print $4}')"
+for target in __PEERS__; do
+  for port in __PORTS__; do
+    (
+      out=$(timeout __PORT_TIMEOUT__ bash -c "exec 3<>/dev/tcp/$target/$port" 2>&1); rc=$?
+      if [ $rc = 0 ]; then r=open
+      elif [ $rc = 124 ]; then r=timeout
+      else case "$out" in *refused*) r=refused ;; *) r="error $(printf '%s' "$out" | tr '\n' ' ' | sed 's/.*: //')" ;; esac
+      fi
+      printf 'port %s %s %s\n' "$target" "$port" "$r"
+    ) &
+  done
+done
+wait
+"""
+
+
+@dataclass
+class Probe:
+    """What the probe found on one host (or why it could not run)."""
+
+    ssh_error: str | None = None
+    values: dict[str, str] = field(default_factory=dict)
+    ports: dict[tuple[str, int], str] = field(default_factory=dict)  # (peer address, port) -> open|refused|...
+    clock_skew: float | None = None  # seconds the host's clock is ahead of this machine's
+    clock_uncertainty: float = 0.0
+
+
+def probe_script(host: Host, peers: list[str]) -> str:
+    values = {
+        "__DOCKER_HOST__": shlex.quote("unix://" + host.docker_socket),
+        "__ADDRESS__": shlex.quote(host.swarm_address),
+        "__ROUTE_TO__": shlex.quote(peers[0] if peers else "1.1.1.1"),
+        "__PEERS__": " ".join(shlex.quote(p) for p in peers),
+        "__PORTS__": " ".join(str(p) for p in SWARM_TCP_PORTS),
+        "__PORT_TIMEOUT__": str(PORT_TIMEOUT),
+    }
+    script = PROBE_SCRIPT
+    for key, value in values.items():
+        script = script.replace(key, value)
+    return script
+
+
+def parse_probe(output: str) -> Probe:
+    probe = Probe()
+    for line in output.splitlines():
+        if line.startswith("port "):
+            parts = line.split(" ", 3)
+            if len(parts) == 4 and parts[2].isdigit():
+                probe.ports[(parts[1], int(parts[2]))] = parts[3].strip()
+        elif "=" in line:
+            key, value = line.split("=", 1)
+            probe.values[key.strip()] = value.strip()
+    return probe
+
+
+def _probe_host(host: Host, peers: list[str], timeout: int) -> Probe:
+    try:
+        conn = connect(host, timeout)
+    except EmuError as error:
+        return Probe(ssh_error=str(error).split(": ", 1)[-1])
+    try:
+        remote_time, before, after = _remote_clock(conn, timeout)
+        script = probe_script(host, peers)
+        probe_result = _run(conn, f"bash -c {shlex.quote(script)}", timeout=PROBE_TIMEOUT)
+        probe = parse_probe(probe_result.stdout)
+        if probe_result.exited != 0 and not probe.values:
+            probe.ssh_error = f"the probe failed ({probe_result.exited}): {probe_result.stderr.strip()[:200]}"
+        if remote_time is not None:
+            probe.clock_skew = remote_time - (before + after) / 2
+            probe.clock_uncertainty = (after - before) / 2
+        return probe
+    except Exception as error:  # a timeout or a dropped connection: report it, never hang the others
+        return Probe(ssh_error=_describe(error))
+    finally:
+        conn.close()
+
+
+def _remote_clock(conn: Connection, timeout: float) -> tuple[float | None, float, float]:
+    """The host's time and this machine's just before and after it was read: a shell on the host answers each
+    line sent with its time; the quickest of three round trips is kept."""
+    channel = conn.client.get_transport().open_session()
+    best: tuple[float | None, float, float] = (None, 0.0, float("inf"))
+    try:
+        channel.settimeout(timeout)
+        channel.exec_command("while read line; do date +%s.%N; done")
+        for _ in range(3):
+            before = time.time()
+            channel.sendall(b"\n")
+            output = b""
+            while not output.endswith(b"\n"):
+                chunk = channel.recv(256)
+                if not chunk:
+                    break
+                output += chunk
+            after = time.time()
+            try:
+                remote = float(output.strip())
+            except ValueError:
+                break
+            if after - before < best[2] - best[1]:
+                best = (remote, before, after)
+    finally:
+        channel.close()
+    return best if best[0] is not None else (None, 0.0, 0.0)
+
+
+def check_hosts(hosts: list[Host], progress: Progress = print, timeout: int = SSH_TIMEOUT) -> list[HostReport]:
+    """The pre-flight: every host probed over SSH in parallel; one report per host, in inventory order."""
+    progress(f"checking {len(hosts)} host{'s' if len(hosts) != 1 else ''} over SSH")
+    peers = {h.name: [p.swarm_address for p in hosts if p.name != h.name] for h in hosts}
+    probes = _parallel(lambda h: _probe_host(h, peers[h.name], timeout), hosts)
+    return evaluate(hosts, dict(zip((h.name for h in hosts), probes)))
+
+
+# -- check: what the probe means (pure) ------------------------------------------------------------------------
+
+
+def _gb(value: int) -> str:
+    return f"{value / 10**9:.1f} GB"
+
+
+def evaluate(hosts: list[Host], probes: dict[str, Probe]) -> list[HostReport]:
+    """Reports from the probes of every host (the ports of one host are judged by the other host's state)."""
+    by_address = {h.swarm_address: h for h in hosts}
+    return [_evaluate_host(h, probes[h.name], probes, by_address) for h in hosts]
+
+
+def _evaluate_host(host: Host, probe: Probe, probes: dict[str, Probe], by_address: dict[str, Host]) -> HostReport:
+    report = HostReport(host.name, host.address)
+    add = report.findings.append
+    name = host.name
+    if probe.ssh_error:
+        add(Finding("ssh", ERROR, "unreachable", f"SSH to {host.user}@{host.address}:{host.port} failed: "
+                    f"{probe.ssh_error}", f"check that {name} is up, that sshd listens on port {host.port} and that "
+                    f"{host.user} accepts the key {host.ssh_key or '(ssh default)'}"))
+        return report
+    values = probe.values
+    add(Finding("ssh", OK, "ok"))
+
+    # Docker
+    version = values.get("docker_out", "")
+    if values.get("docker_rc") == "0" and version:
+        add(Finding("docker", OK, version))
+    elif values.get("docker_rc") == "127":
+        add(Finding("docker", ERROR, "missing", f"no docker CLI on {name}",
+                    f"run emu hosts prepare (installs Debian's docker.io), or install Docker on {name}"))
+    else:
+        fix = (f"start the engine on {name} (systemctl start docker) or correct dockerSocket "
+               f"({host.docker_socket})" if values.get("dockerd") == "yes"
+               else f"run emu hosts prepare (installs Debian's docker.io), or install Docker on {name}")
+        add(Finding("docker", ERROR, "down", f"no Docker engine answers at {host.docker_socket} on {name}: "
+                    f"{version or 'no answer'}", fix))
+
+    # Kernel features
+    for module, why in (("vxlan", "swarm overlay networks"), ("br_netfilter", "iptables on bridged traffic")):
+        state = values.get(f"mod_{module}", "")
+        level = WARN if module == "br_netfilter" else ERROR
+        if state in ("loaded", "builtin"):
+            add(Finding(module, OK, state))
+        elif state in ("module", "config"):
+            add(Finding(module, OK, "module"))
+        else:
+            add(Finding(module, level, "missing", f"{name}'s kernel ({values.get('kernel', '?')}) has no {module}, "
+                        f"which {why} need", f"install {name}'s kernel modules (e.g. linux-modules-extra-"
+                        f"{values.get('kernel', '$(uname -r)')} on Ubuntu) and run modprobe {module}"))
+    vxlan_probe = values.get("vxlan_probe", "")
+    if vxlan_probe.startswith("failed"):
+        add(Finding("vxlan", ERROR, "no", f"a vxlan link cannot be made on {name}: {vxlan_probe[7:].strip()}",
+                    f"load the vxlan module on {name} (modprobe vxlan)"))
+
+    # Sysctls
+    forward = values.get("ip_forward", "")
+    if forward == "1":
+        add(Finding("ip_forward", OK, "1"))
+    else:
+        add(Finding("ip_forward", WARN, forward or "?", f"net.ipv4.ip_forward is {forward or 'unknown'} on {name}",
+                    "emu hosts prepare sets it (sysctl -w net.ipv4.ip_forward=1)"))
+    thresh = values.get("gc_thresh3", "")
+    if thresh.isdigit() and int(thresh) < SYSCTLS["net.ipv4.neigh.default.gc_thresh3"]:
+        add(Finding("ip_forward", INFO, "", "big labs need a larger ARP table (gc_thresh1-3); "
+                    "emu hosts prepare raises it"))
+
+    # MTU of the interface carrying the host's address
+    mtu_value = values.get("mtu", "").split()
+    if len(mtu_value) == 2 and mtu_value[1].isdigit():
+        device, mtu = mtu_value[0], int(mtu_value[1])
+        if mtu < 1500:
+            add(Finding("mtu", WARN, str(mtu), f"{device} on {name} has MTU {mtu}: VXLAN needs {VXLAN_OVERHEAD} "
+                        f"bytes, so overlay networks must use an MTU of at most {mtu - VXLAN_OVERHEAD}",
+                        f"raise the MTU of {device} to 1550 or more, or give overlay networks "
+                        f"com.docker.network.driver.mtu={mtu - VXLAN_OVERHEAD}"))
+        else:
+            add(Finding("mtu", OK, str(mtu)))
+    else:
+        add(Finding("mtu", WARN, "?", f"cannot tell which interface on {name} carries {host.swarm_address}",
+                    f"check that {host.swarm_address} (the address or advertiseAddress) belongs to {name}"))
+
+    # Clock
+    if probe.clock_skew is not None:
+        skew = probe.clock_skew
+        if abs(skew) > CLOCK_SKEW_WARN + probe.clock_uncertainty:
+            direction = "ahead of" if skew > 0 else "behind"
+            add(Finding("clock", WARN, f"{skew:+.1f}s", f"{name}'s clock is {abs(skew):.1f} s {direction} this "
+                        "machine's (swarm certificates and logs need agreeing clocks)",
+                        f"run NTP on {name} (chrony or systemd-timesyncd)"))
+        else:
+            add(Finding("clock", OK, f"{skew:+.1f}s"))
+
+    # Disk
+    disk = values.get("disk", "").split()
+    if len(disk) == 2 and disk[1].isdigit():
+        path, free = disk[0], int(disk[1]) * 1024
+        if free < DISK_WARN_BYTES:
+            add(Finding("disk", WARN, _gb(free), f"only {_gb(free)} free under {path} on {name}",
+                        f"free space under {path} on {name} (at least {_gb(DISK_WARN_BYTES)}; images need it)"))
+        else:
+            add(Finding("disk", OK, _gb(free)))
+
+    # Swarm ports, from this host to every other
+    add_ports = _port_findings(host, probe, probes, by_address)
+    report.findings.extend(add_ports)
+    return report
+
+
+def _port_findings(host: Host, probe: Probe, probes: dict[str, Probe], by_address: dict[str, Host]) -> list[Finding]:
+    findings: list[Finding] = []
+    reached: list[str] = []
+    idle: list[str] = []
+    for (address, port), result in sorted(probe.ports.items()):
+        target = by_address.get(address)
+        target_name = target.name if target else address
+        target_swarm = probes[target.name].values.get("swarm", "") if target and target.name in probes else ""
+        what = f"TCP {port} from {host.name} to {target_name} ({address})"
+        if result == "open":
+            reached.append(f"{target_name}:{port}")
+        elif result == "refused":
+            if target_swarm != "active":
+                idle.append(f"{target_name}:{port}")
+            elif port == 2377:
+                reached.append(f"{target_name}:{port}")  # a worker: only managers listen on 2377
+            else:
+                findings.append(Finding("ports", WARN, "refused", f"{what}: refused although {target_name} is in a "
+                                        "swarm", f"check {target_name}'s swarm state (docker info) and firewall"))
+        elif result == "timeout":
+            findings.append(Finding("ports", ERROR, "blocked", f"{what}: timed out (a firewall drops it)",
+                                    f"allow TCP 2377, 7946 and UDP 4789, 7946 between the hosts "
+                                    f"(on {target_name} and on the way from {host.name})"))
+        else:
+            findings.append(Finding("ports", ERROR, "unreachable", f"{what}: {result.removeprefix('error ')}",
+                                    f"check the route from {host.name} to {address}"))
+    if not findings and probe.ports:
+        if idle and not reached:
+            value, level = "not listening", INFO
+        else:
+            value, level = "ok", OK
+        findings.append(Finding("ports", level, value))
+    if idle:
+        findings.append(Finding("ports", INFO, "", "TCP 2377/7946 refused where no swarm runs yet: reported as "
+                                "not listening (swarm not initialised); a timeout would mean blocked"))
+    if probe.ports:
+        findings.append(Finding("ports", INFO, "", "UDP 4789 (VXLAN) and 7946 (gossip) cannot be proven without a "
+                                "listener and are not tested: allow them between the hosts"))
+    return findings
+
+
+# -- prepare (pure decisions) ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SwarmState:
+    """A host's `docker info` .Swarm: state (inactive/pending/active/error/locked), manager or not, ids."""
+
+    state: str = "inactive"
+    manager: bool = False
+    node_id: str = ""
+    cluster_id: str = ""
+
+
+@dataclass(frozen=True)
+class SwarmPlan:
+    manager: str  # host name
+    init: bool  # the manager must run swarm init
+    join: list[str]  # hosts that join as workers
+    leave_first: list[str]  # hosts stuck in a half-joined state: leave --force, then join
+    members: list[str]  # hosts already in the manager's swarm (besides the manager)
+
+
+def plan_swarm(hosts: list[Host], states: dict[str, SwarmState]) -> SwarmPlan:
+    """Which host leads the swarm (an existing manager, else the first host) and what the others must do.
+
+    Raises EmuError where hosts belong to swarms this inventory does not manage."""
+    names = [h.name for h in hosts]
+    managers = [n for n in names if states[n].state == "active" and states[n].manager]
+    clusters = {states[n].cluster_id for n in managers}
+    if len(clusters) > 1:
+        raise EmuError(f"{', '.join(managers)} manage different swarms; run docker swarm leave --force on all but "
+                       "one swarm's hosts and prepare again")
+    if managers:
+        manager, init = managers[0], False
+    else:
+        manager, init = names[0], True
+        foreign = [n for n in names if states[n].state == "active"]
+        if foreign:
+            raise EmuError(f"{', '.join(foreign)} {'is a worker' if len(foreign) == 1 else 'are workers'} in a swarm "
+                           "that none of these hosts manages: run docker swarm leave on "
+                           f"{'it' if len(foreign) == 1 else 'them'}, or add its manager to the hosts")
+    join, leave_first, members = [], [], []
+    for name in names:
+        if name == manager:
+            continue
+        state = states[name]
+        if state.state == "active":
+            members.append(name)  # checked against the manager's node list by check_members
+        elif state.state == "inactive":
+            join.append(name)
+        else:
+            leave_first.append(name)
+            join.append(name)
+    if init and states[manager].state not in ("inactive", "active"):
+        leave_first.insert(0, manager)
+    return SwarmPlan(manager, init, join, leave_first, members)
+
+
+def check_members(plan: SwarmPlan, states: dict[str, SwarmState], manager_node_ids: set[str]) -> None:
+    """Hosts already in a swarm must be in the manager's."""
+    strangers = [n for n in plan.members if states[n].node_id not in manager_node_ids]
+    if strangers:
+        raise EmuError(f"{', '.join(strangers)} {'is' if len(strangers) == 1 else 'are'} in another swarm than "
+                       f"{plan.manager}'s: run docker swarm leave --force there and prepare again")
+
+
+@dataclass(frozen=True)
+class SwarmNode:
+    """One entry of the manager's `docker node inspect`."""
+
+    id: str
+    state: str  # ready / down / unknown
+    labels: dict[str, str] = field(default_factory=dict)
+    address: str = ""
+
+
+def node_label_updates(nodes: list[SwarmNode], node_ids: dict[str, str]) -> dict[str, str]:
+    """node id -> host name, for nodes of our hosts that lack the io.emu.host label (or carry a wrong one)."""
+    by_id = {n.id: n for n in nodes}
+    return {
+        node_id: name
+        for name, node_id in node_ids.items()
+        if node_id in by_id and by_id[node_id].labels.get(HOST_LABEL) != name
+    }
+
+
+def stale_nodes(nodes: list[SwarmNode], node_ids: dict[str, str], hosts: list[Host]) -> list[str]:
+    """Ids of nodes that were earlier incarnations of our hosts (same label or address, another id): a host that
+    left and joined again. Whether the manager has noticed yet (down) or not (ready a few seconds more)."""
+    current = set(node_ids.values())
+    names = {h.name for h in hosts}
+    addresses = {h.swarm_address for h in hosts}
+    return [
+        n.id for n in nodes
+        if n.id not in current and (n.labels.get(HOST_LABEL) in names or n.address in addresses)
+    ]
+
+
+def sysctl_changes(current: dict[str, int | None]) -> dict[str, int]:
+    """The sysctls to write: ip_forward must be 1; the ARP limits are only ever raised.
+    A key missing on the host (None: e.g. gc_thresh in a network namespace) is left alone."""
+    changes = {}
+    for key, want in SYSCTLS.items():
+        have = current.get(key)
+        if have is None:
+            continue
+        if (key == "net.ipv4.ip_forward" and have != want) or have < want:
+            changes[key] = want
+    return changes
+
+
+def images_to_ship(local_ids: dict[str, str], remote_ids: dict[str, dict[str, str | None]]) -> dict[str, list[str]]:
+    """host -> the images (in the order asked) it lacks: no such tag there, or the tag names another image."""
+    plan = {}
+    for host, present in remote_ids.items():
+        missing = [tag for tag, image_id in local_ids.items() if present.get(tag) != image_id]
+        if missing:
+            plan[host] = missing
+    return plan
+
+
+def is_debian_like(os_release: str) -> bool:
+    """From /etc/os-release's text: Debian, Ubuntu or a derivative (ID or ID_LIKE)."""
+    words: set[str] = set()
+    for line in os_release.splitlines():
+        key, _, value = line.partition("=")
+        if key in ("ID", "ID_LIKE"):
+            words.update(value.strip().strip('"').split())
+    return bool(words & {"debian", "ubuntu"})
+
+
+# -- prepare ---------------------------------------------------------------------------------------------------
+
+
+def _engine_answers(conn: Connection, host: Host) -> str | None:
+    result = _run(conn, docker_command(host, "version --format '{{.Server.Version}}'"), timeout=20)
+    return result.stdout.strip() if result.exited == 0 and result.stdout.strip() else None
+
+
+def _install_engine(conn: Connection, host: Host, progress: Progress) -> None:
+    """Debian's docker.io where no engine answers; then start it where that is clear (systemd or the default socket)."""
+    deadline: float | None = None
+    if _run(conn, "command -v dockerd", timeout=20).exited != 0:
+        os_release = _run(conn, "cat /etc/os-release", timeout=20).stdout
+        if not is_debian_like(os_release):
+            raise EmuError(f"{host.name}: no Docker engine answers at {host.docker_socket}, and emu installs one only "
+                           "on Debian or Ubuntu: install Docker there and run prepare again")
+        progress(f"{host.name}: installing Debian's docker.io")
+        sudo = _sudo(host)
+        result = _run(conn, f"{sudo}env DEBIAN_FRONTEND=noninteractive sh -c 'apt-get update -qq && "
+                            "apt-get install -y -qq docker.io'", timeout=900)
+        if result.exited != 0:
+            raise EmuError(f"{host.name}: installing docker.io failed ({result.exited}): "
+                           f"{(result.stderr or result.stdout).strip()[-500:]}")
+    sudo = _sudo(host)
+    if _run(conn, "test -d /run/systemd/system", timeout=20).exited == 0:
+        _run(conn, f"{sudo}systemctl enable --now docker", timeout=120)
+    elif host.docker_socket in ("/var/run/docker.sock", "/run/docker.sock"):
+        _run(conn, f"{sudo}sh -c 'nohup dockerd >/var/log/emu-dockerd.log 2>&1 &'", timeout=20)
+    else:
+        deadline = 0.0  # an engine on a socket of its own: emu cannot know how to start it
+    deadline = time.monotonic() + 60 if deadline is None else deadline
+    while time.monotonic() < deadline:
+        if _engine_answers(conn, host):
+            progress(f"{host.name}: Docker engine started")
+            return
+        time.sleep(1)
+    raise EmuError(f"{host.name}: Docker is installed but no engine answers at {host.docker_socket}: start it "
+                   "(systemctl start docker, or the dockerd that owns that socket) and run prepare again")
+
+
+def _ensure_sysctls(conn: Connection, host: Host, progress: Progress) -> None:
+    keys = list(SYSCTLS)
+    paths = " ".join("/proc/sys/" + k.replace(".", "/") for k in keys)
+    result = _run(conn, f"for f in {paths}; do cat $f 2>/dev/null || echo -; done", timeout=20)
+    lines = result.stdout.split()
+    current = {k: (int(v) if v.isdigit() else None) for k, v in zip(keys, lines)}
+    changes = sysctl_changes(current)
+    if not changes:
+        return
+    settings = " ".join(f"{k}={v}" for k, v in changes.items())
+    result = _run(conn, f"{_sudo(host)}sysctl -q -w {settings}", timeout=20)
+    if result.exited != 0:
+        raise EmuError(f"{host.name}: could not set {settings}: {result.stderr.strip()}")
+    progress(f"{host.name}: set {settings}")
+
+
+def _swarm_state(conn: Connection, host: Host) -> SwarmState:
+    fmt = "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.Swarm.NodeID}} {{if .Swarm.Cluster}}{{.Swarm.Cluster.ID}}{{end}}"
+    result = _run(conn, docker_command(host, f"info --format {shlex.quote(fmt)}"), timeout=30)
+    if result.exited != 0:
+        raise EmuError(f"{host.name}: docker info failed: {result.stderr.strip()}")
+    parts = result.stdout.split() + ["", "", "", ""]
+    return SwarmState(parts[0], parts[1] == "true", parts[2], parts[3])
+
+
+def _swarm_nodes(conn: Connection, host: Host) -> list[SwarmNode]:
+    fmt = "{{.ID}}\t{{.Status.State}}\t{{.Status.Addr}}\t{{json .Spec.Labels}}"
+    result = _run(conn, docker_command(host, f"node inspect --format {shlex.quote(fmt)} $({docker_command(host, 'node ls -q')})"),
+                  timeout=30)
+    if result.exited != 0:
+        raise EmuError(f"{host.name}: docker node inspect failed: {result.stderr.strip()}")
+    import json
+
+    nodes = []
+    for line in result.stdout.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 4:
+            labels = json.loads(parts[3]) if parts[3] not in ("", "null") else {}
+            nodes.append(SwarmNode(parts[0], parts[1], labels or {}, parts[2]))
+    return nodes
+
+
+def _check(result, host: Host, what: str):
+    if result.exited != 0:
+        raise EmuError(f"{host.name}: {what} failed: {(result.stderr or result.stdout).strip()}")
+    return result
+
+
+def _ensure_swarm(conns: dict[str, Connection], hosts: list[Host], progress: Progress) -> None:
+    by_name = {h.name: h for h in hosts}
+    states = dict(zip(by_name, _parallel(lambda h: _swarm_state(conns[h.name], h), hosts)))
+    plan = plan_swarm(hosts, states)
+    manager = by_name[plan.manager]
+    mconn = conns[manager.name]
+    for name in plan.leave_first:
+        _run(conns[name], docker_command(by_name[name], "swarm leave --force"), timeout=60)
+        progress(f"{name}: left a half-joined swarm ({states[name].state})")
+    if plan.init:
+        _check(_run(mconn, docker_command(manager, f"swarm init --advertise-addr {shlex.quote(manager.swarm_address)}"),
+                    timeout=60), manager, "docker swarm init")
+        progress(f"{manager.name}: swarm initialised ({manager.name} manages it)")
+        states[manager.name] = _swarm_state(mconn, manager)
+    if plan.members:
+        check_members(plan, states, {n.id for n in _swarm_nodes(mconn, manager)})
+    if plan.join:
+        token = _check(_run(mconn, docker_command(manager, "swarm join-token -q worker"), timeout=30), manager,
+                       "docker swarm join-token").stdout.strip()
+
+        def join(name: str) -> None:
+            host = by_name[name]
+            command = (f"swarm join --token {shlex.quote(token)} --advertise-addr {shlex.quote(host.swarm_address)} "
+                       f"{shlex.quote(manager.swarm_address)}:2377")
+            _check(_run(conns[name], docker_command(host, command), timeout=120), host,
+                   f"docker swarm join (to {manager.name} at {manager.swarm_address}:2377)")
+            progress(f"{name}: joined the swarm as a worker")
+
+        _parallel(join, plan.join)
+        for name in plan.join:
+            states[name] = _swarm_state(conns[name], by_name[name])
+    node_ids = {name: states[name].node_id for name in by_name}
+    # Every host's node ready on the manager; labels say which host a node is (its hostname may not).
+    deadline = time.monotonic() + 60
+    while True:
+        nodes = _swarm_nodes(mconn, manager)
+        ready = {n.id for n in nodes if n.state == "ready"}
+        missing = [name for name, node_id in node_ids.items() if node_id not in ready]
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            raise EmuError(f"{', '.join(missing)}: not ready in {manager.name}'s swarm after 60 s (docker node ls on "
+                           f"{manager.name}); check UDP 4789/7946 and TCP 2377/7946 between the hosts")
+        time.sleep(0.5)
+    for node_id in stale_nodes(nodes, node_ids, hosts):
+        _run(mconn, docker_command(manager, f"node rm --force {shlex.quote(node_id)}"), timeout=30)
+        progress(f"{manager.name}: removed the stale swarm node {node_id[:12]}")
+    for node_id, name in node_label_updates(nodes, node_ids).items():
+        _check(_run(mconn, docker_command(manager, f"node update --label-add {HOST_LABEL}={name} {node_id}"),
+                    timeout=30), manager, "docker node update")
+
+
+def _local_image_ids(images: list[str]) -> dict[str, str]:
+    ids = {}
+    for tag in images:
+        result = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag],
+                                capture_output=True, text=True)
+        if result.returncode != 0:
+            raise EmuError(f"the image {tag} is not in this machine's Docker engine, so it cannot be shipped to the "
+                           f"hosts: {result.stderr.strip()}")
+        ids[tag] = result.stdout.strip()
+    return ids
+
+
+def _remote_image_ids(conn: Connection, host: Host, images: list[str]) -> dict[str, str | None]:
+    tags = " ".join(shlex.quote(t) for t in images)
+    inspect = docker_command(host, "image inspect --format '{{.Id}}' \"$t\"")
+    result = _run(conn, f"for t in {tags}; do printf '%s %s\\n' \"$t\" \"$({inspect} 2>/dev/null)\"; done", timeout=60)
+    ids: dict[str, str | None] = {}
+    for line in result.stdout.splitlines():
+        tag, _, image_id = line.partition(" ")
+        ids[tag] = image_id.strip() or None
+    return ids
+
+
+@dataclass(frozen=True)
+class Shipment:
+    host: str
+    images: list[str]
+    bytes: int
+    seconds: float
+
+
+def group_shipments(plan: dict[str, list[str]]) -> dict[tuple[str, ...], list[str]]:
+    """Hosts that need the same images share one `docker save` (saving is the slow part here: 4 s for the node
+    image, where loading takes under 1 s)."""
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for host, images in plan.items():
+        groups.setdefault(tuple(images), []).append(host)
+    return groups
+
+
+CHUNK = 1 << 20
+USE_OPENSSH = True  # False: always paramiko (tests)
+
+
+class _Sink:
+    """`docker load` on one host, fed over SSH: OpenSSH's client where there is one (three times paramiko's
+    throughput here), else a paramiko channel of the host's fabric Connection."""
+
+    def __init__(self, host: Host, conn: Connection, use_openssh: bool):
+        self.host = host
+        self.sent = 0
+        self.error: str | None = None
+        self.started = time.monotonic()
+        self.seconds = 0.0
+        command = docker_command(host, "load -q")
+        self.process: subprocess.Popen | None = None
+        self.channel = None
+        if use_openssh:
+            self.process = subprocess.Popen([*openssh_command(host), command], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        else:
+            self.channel = conn.client.get_transport().open_session(window_size=16 << 20)
+            self.channel.exec_command(command)
+
+    def write(self, chunk: bytes) -> None:
+        if self.error:
+            return
+        try:
+            if self.process:
+                self.process.stdin.write(chunk)
+            else:
+                self.channel.sendall(chunk)
+            self.sent += len(chunk)
+        except (OSError, paramiko.SSHException) as error:
+            self.error = _describe(error)
+
+    def close_input(self) -> None:
+        """End of the images: docker load goes on to finish (every host's input is closed before any wait)."""
+        try:
+            if self.process:
+                self.process.stdin.close()
+            else:
+                self.channel.shutdown_write()
+        except (OSError, paramiko.SSHException):
+            pass
+
+    def finish(self) -> None:
+        """Wait for docker load; sets error where it failed."""
+        if self.process:
+            errors = self.process.stderr.read().decode(errors="replace")
+            self.process.stdout.read()
+            status = self.process.wait()
+        else:
+            try:
+                errors = self.channel.makefile_stderr("rb").read().decode(errors="replace")
+                status = self.channel.recv_exit_status()
+            except (OSError, paramiko.SSHException) as error:
+                status, errors = -1, _describe(error)
+            finally:
+                self.channel.close()
+        self.seconds = time.monotonic() - self.started
+        if status != 0 and not self.error:
+            self.error = f"docker load failed ({status}): {errors.strip()[-500:]}"
+
+
+def openssh_command(host: Host) -> list[str]:
+    """OpenSSH's client with the inventory's settings (host keys: accept new, as the fabric connections do)."""
+    command = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT}",
+               "-o", "StrictHostKeyChecking=accept-new", "-p", str(host.port), "-l", host.user]
+    if host.known_hosts:
+        command += ["-o", f"UserKnownHostsFile={Path(host.known_hosts).expanduser()}"]
+    if host.ssh_key:
+        command += ["-i", str(Path(host.ssh_key).expanduser()), "-o", "IdentitiesOnly=yes"]
+    return [*command, host.address]
+
+
+def ship_images(conns: dict[str, Connection], hosts: list[Host], images: list[str]) -> list[Shipment]:
+    """Stream one `docker save IMAGES` from this machine's engine into `docker load` on every host, over SSH."""
+    use_openssh = USE_OPENSSH and shutil.which("ssh") is not None
+    save = subprocess.Popen(["docker", "save", *images], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sinks: list[_Sink] = []
+    try:
+        for host in hosts:
+            sinks.append(_Sink(host, conns[host.name], use_openssh))
+        assert save.stdout is not None
+        while chunk := save.stdout.read(CHUNK):
+            for sink in sinks:
+                sink.write(chunk)
+            if all(sink.error for sink in sinks):
+                break
+    except BaseException:
+        save.kill()
+        for sink in sinks:
+            if sink.process:
+                sink.process.kill()
+        raise
+    finally:
+        save.stdout.close()
+    saved = save.wait()
+    for sink in sinks:
+        sink.close_input()
+    for sink in sinks:
+        sink.finish()
+    if saved != 0:
+        raise EmuError(f"docker save {' '.join(images)} failed on this machine: "
+                       f"{save.stderr.read().decode(errors='replace').strip()}")
+    failures = [f"{sink.host.name}: shipping {', '.join(images)} failed after {sink.sent} bytes: {sink.error}"
+                for sink in sinks if sink.error]
+    if failures:
+        raise EmuError("\n".join(failures))
+    return [Shipment(sink.host.name, list(images), sink.sent, sink.seconds) for sink in sinks]
+
+
+def _ensure_images(conns: dict[str, Connection], hosts: list[Host], images: list[str],
+                   progress: Progress) -> list[Shipment]:
+    if not images:
+        return []
+    local = _local_image_ids(images)
+    remote = dict(zip((h.name for h in hosts), _parallel(lambda h: _remote_image_ids(conns[h.name], h, images), hosts)))
+    plan = images_to_ship(local, remote)
+    if not plan:
+        progress(f"every host has {', '.join(images)}")
+        return []
+    by_name = {h.name: h for h in hosts}
+    started = time.monotonic()
+    groups = group_shipments(plan)
+    shipments = [s for group in _parallel(lambda item: ship_images(conns, [by_name[n] for n in item[1]],
+                                                                    list(item[0])), groups.items()) for s in group]
+    for s in shipments:
+        progress(f"{s.host}: loaded {', '.join(s.images)} ({s.bytes / 1e6:.0f} MB in {s.seconds:.1f} s)")
+    total = sum(s.bytes for s in shipments)
+    progress(f"shipped {total / 1e6:.0f} MB to {len(shipments)} host{'s' if len(shipments) != 1 else ''} "
+             f"in {time.monotonic() - started:.1f} s")
+    return shipments
+
+
+def _connect_all(hosts: list[Host], timeout: int = SSH_TIMEOUT) -> dict[str, Connection]:
+    results = _parallel(lambda h: _try_connect(h, timeout), hosts)
+    conns = {h.name: r for h, r in zip(hosts, results) if isinstance(r, Connection)}
+    failures = [str(r) for r in results if isinstance(r, EmuError)]
+    if failures:
+        for conn in conns.values():
+            conn.close()
+        raise EmuError("\n".join(failures))
+    return conns
+
+
+def _try_connect(host: Host, timeout: int) -> Connection | EmuError:
+    try:
+        return connect(host, timeout)
+    except EmuError as error:
+        return error
+
+
+def prepare_hosts(hosts: list[Host], images: list[str], progress: Progress = print) -> list[Shipment]:
+    """Make the hosts ready for a cluster: engines, sysctls, one swarm, images. Idempotent.
+
+    Returns what was shipped (nothing when every host had every image)."""
+    if not hosts:
+        raise EmuError("no hosts to prepare")
+    conns = _connect_all(hosts)
+    try:
+        by_name = {h.name: h for h in hosts}
+
+        def engine(host: Host) -> None:
+            if _engine_answers(conns[host.name], host) is None:
+                _install_engine(conns[host.name], host, progress)
+            _ensure_sysctls(conns[host.name], host, progress)
+
+        _gather(_parallel(lambda h: _capture(engine, h), hosts), by_name)
+        _ensure_swarm(conns, hosts, progress)
+        return _ensure_images(conns, hosts, images, progress)
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
+def _capture(function, host: Host):
+    try:
+        function(host)
+    except EmuError as error:
+        return error
+    except Exception as error:  # SSH dropped, a command timed out
+        return EmuError(f"{host.name}: {_describe(error)}")
+    return None
+
+
+def _gather(results: list, by_name: dict) -> None:
+    errors = [str(r) for r in results if r is not None]
+    if errors:
+        raise EmuError("\n".join(errors))
+
+
+def leave_swarm(hosts: list[Host], progress: Progress = print) -> None:
+    """Every host leaves its swarm (workers first, then managers). Hosts in no swarm are fine."""
+    conns = _connect_all(hosts)
+    try:
+        states = dict(zip((h.name for h in hosts), _parallel(lambda h: _capture_state(conns[h.name], h), hosts)))
+
+        def leave(host: Host) -> None:
+            result = _run(conns[host.name], docker_command(host, "swarm leave --force"), timeout=60)
+            if result.exited != 0 and "not part of a swarm" not in result.stderr:
+                raise EmuError(f"{host.name}: docker swarm leave failed: {result.stderr.strip()}")
+            if result.exited == 0:
+                progress(f"{host.name}: left the swarm")
+
+        workers = [h for h in hosts if not (isinstance(states[h.name], SwarmState) and states[h.name].manager)]
+        managers = [h for h in hosts if h not in workers]
+        errors = [str(s) for s in states.values() if isinstance(s, EmuError)]
+        for group in (workers, managers):
+            errors += [str(r) for r in _parallel(lambda h: _capture(leave, h), group) if r is not None]
+        if errors:
+            raise EmuError("\n".join(errors))
+    finally:
+        for conn in conns.values():
+            conn.close()
+
+
+def _capture_state(conn: Connection, host: Host) -> SwarmState | EmuError:
+    try:
+        return _swarm_state(conn, host)
+    except EmuError as error:
+        return error

@@ -1,0 +1,124 @@
+"""The provider seam: what emu needs from a container engine, in emu's own records.
+
+Two siblings implement it: `docker.DockerRuntime` (one engine, this machine's
+or any one reachable) and `swarm.SwarmRuntime` (several engines joined in a
+Docker Swarm, a cluster's nodes spread over them). Code outside emu/control/runtime/
+sees only this interface and these records, never an engine's data shapes, as
+kind's providers/{docker,podman,nerdctl} and Kathara's managers do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+LABEL_CLUSTER = "io.emu.control.cluster"
+LABEL_ROLE = "io.emu.role"
+LABEL_NODE = "io.emu.node"
+LABEL_HOST = "io.emu.host"
+ROLE_EXTERNAL = "external"
+ROLE_POD = "pod"  # a sandbox or container of an image pod (emu.control.runtime.sandbox)
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    output: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+@dataclass
+class NodeSpec:
+    """A node container to create."""
+
+    container: str
+    hostname: str
+    role: str
+    cluster: str
+    image: str
+    network: str
+    ip: str
+    host: str = ""  # which Docker host ("" on one engine)
+    command: list[str] = field(default_factory=lambda: ["sleep", "infinity"])
+    ports: list[PortMapping] = field(default_factory=list)  # Docker host ports forwarded to the node
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    """A host port forwarded to a node's port (kind's extraPortMappings)."""
+
+    listen_address: str
+    host_port: int
+    container_port: int
+    protocol: str  # TCP | UDP
+
+    def __str__(self) -> str:
+        return f"{self.listen_address}:{self.host_port}->{self.container_port}/{self.protocol.lower()}"
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    """A container of a cluster, as a provider reports it."""
+
+    name: str
+    cluster: str
+    role: str  # control-plane | worker | external
+    node: str  # the node's name ("" for an external container)
+    host: str  # the Docker host it is on ("" on one engine)
+    running: bool
+
+    @property
+    def is_node(self) -> bool:
+        return self.role not in (ROLE_EXTERNAL, ROLE_POD)
+
+
+def run_parallel(function: Callable, items: list, workers: int = 16) -> list:
+    """function(item) for every item, `workers` at a time (nodes and hosts are
+    independent); first error re-raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        return list(pool.map(function, items))
+
+
+class Provider(Protocol):
+    """What the Cluster facade and the CLI call; each method names a container by
+    its name and the provider finds the engine that holds it."""
+
+    mtu: int  # the cluster network's MTU, which pods' interfaces take
+
+    def cluster_names(self) -> list[str]: ...
+    def cluster_containers(self, cluster: str) -> list[ContainerRecord]: ...
+    def cluster_networks(self, cluster: str) -> list[str]: ...
+    def pick_subnet(self, requested: str | None, avoid: list[str]) -> str: ...
+    def create_network(self, name: str, subnet: str, cluster: str) -> None: ...
+    def create_node(self, spec: NodeSpec) -> None: ...
+    def check_ports(self, specs: list[NodeSpec]) -> None: ...
+    def run_external(self, cluster: str, name: str, network: str, image: str) -> None: ...
+    def node_image(self, progress: Progress) -> str: ...
+    def exec(self, container: str, argv: list[str], environment: dict[str, str] | None = None) -> ExecResult: ...
+    def exec_split(self, container: str, argv: list[str]) -> tuple[int, bytes, bytes]: ...
+    def exec_detached(self, container: str, argv: list[str]) -> None: ...
+    def put_files(self, container: str, files: dict[str, str | bytes], mode: int = 0o644) -> None: ...
+    def run_with_files(self, container: str, files: dict[str, str | bytes], argv: list[str]) -> ExecResult: ...
+    def read_file(self, container: str, path: str, limit: int | None = None) -> str | None: ...
+    def container_ip(self, container: str, network: str) -> str: ...
+    def interactive(self, container: str, argv: list[str], tty: bool) -> int: ...
+    def parallel(self, function: Callable, items: list) -> list: ...
+    def remove_cluster(self, cluster: str) -> tuple[int, int]: ...
+    # Image pods (emu.control.runtime.sandbox), each on the engine of its node:
+    def ensure_images(self, images: list[str], node_container: str) -> list[str]: ...
+    def start_sandbox(self, pod) -> None: ...
+    def create_containers(self, pod) -> None: ...
+    def start_containers(self, pod) -> None: ...
+    def remove_pod_containers(self, cluster: str, pod) -> int: ...
+    def container_logs(self, name: str, follow: bool = False) -> str: ...
+    def pod_container_states(self, cluster: str) -> dict[str, dict]: ...

@@ -1,0 +1,452 @@
+"""kube-proxy's nftables mode: `table ip kube-proxy` as pkg/proxy/nftables writes it.
+
+The table holds base chains hooked into netfilter (filter-prerouting-pre-dnat,
+filter-output-pre-dnat, filter-input, filter-forward, filter-output,
+nat-prerouting, nat-output, nat-postrouting), dispatch chains (services,
+masquerading, mark-for-masquerade, service-endpoints-check,
+nodeport-endpoints-check, cluster-ips-check, firewall-check, reject-chain), the
+sets and verdict maps they look packets up in (cluster-ips, nodeport-ips,
+service-ips, service-nodeports, no-endpoint-services, no-endpoint-nodeports,
+firewall-ips), and per service port the chains
+`service-<hash>-<ns>/<name>/<proto>/<port>` (Cluster policy), `local-...`
+(Local policy), `external-...` (NodePort and LoadBalancer traffic) and one
+`endpoint-<hash>-...__<ip>/<port>` per endpoint, which a
+`numgen random mod N vmap { ... }` picks from; ClientIP affinity keeps one
+dynamic `affinity-...` set per endpoint.
+
+`render` builds a Ruleset; `transaction` turns it into one `nft -f` file: the
+whole table (created afresh, atomically), or given the previous ruleset only
+what changed (chains added, flushed and refilled, or deleted; map elements
+added and deleted), as kube-proxy's partial syncs do. Standard library only:
+it runs in the node agent.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+
+from emu.node.proxy.base import MASQ_MARK, Bootstrap, Proxier, Runner, base32_8, no_gc, run_text, service_ports
+from emu.node.records import ClusterState, NodeState, ServicePortState, ServiceState, sha256
+from emu.node.services import Endpoint, port_name
+
+TABLE = "ip kube-proxy"
+
+# (name, declaration) of the sets and maps every sync declares, as kube-proxy's setupNFTables.
+SETS = [
+    ("set", "cluster-ips", 'type ipv4_addr ; comment "Active ClusterIPs" ;'),
+    ("set", "nodeport-ips", 'type ipv4_addr ; comment "IPs that accept NodePort traffic" ;'),
+    ("map", "no-endpoint-services", ("type ipv4_addr . inet_proto . inet_service : verdict ; "
+     'comment "vmap to drop or reject packets to services with no endpoints" ;')),
+    ("map", "no-endpoint-nodeports", ("type inet_proto . inet_service : verdict ; "
+     'comment "vmap to drop or reject packets to service nodeports with no endpoints" ;')),
+    ("map", "firewall-ips", ("type ipv4_addr . inet_proto . inet_service : verdict ; "
+     'comment "destinations that are subject to LoadBalancerSourceRanges" ;')),
+    ("map", "service-ips", ("type ipv4_addr . inet_proto . inet_service : verdict ; "
+     'comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ;')),
+    ("map", "service-nodeports", 'type inet_proto . inet_service : verdict ; comment "NodePort traffic" ;'),
+]  # fmt: skip
+
+# Base chains: (name, type, hook, priority). Filtering runs before DNAT where it
+# must see the service address (firewall), after it elsewhere.
+BASE_CHAINS = [
+    ("filter-prerouting-pre-dnat", "filter", "prerouting", -110),
+    ("filter-output-pre-dnat", "filter", "output", -110),
+    ("filter-forward", "filter", "forward", 0),
+    ("filter-input", "filter", "input", 0),
+    ("filter-output", "filter", "output", 0),
+    ("nat-prerouting", "nat", "prerouting", -100),
+    ("nat-output", "nat", "output", -100),
+    ("nat-postrouting", "nat", "postrouting", 100),
+]
+# Regular chains that base chains jump to (and the jumps), as kube-proxy's nftablesJumpChains.
+JUMPS = [
+    ("filter-prerouting-pre-dnat", "ct state new jump firewall-check"),
+    ("filter-output-pre-dnat", "ct state new jump firewall-check"),
+    ("filter-input", "ct state new jump nodeport-endpoints-check"),
+    ("filter-input", "ct state new jump service-endpoints-check"),
+    ("filter-forward", "ct state new jump service-endpoints-check"),
+    ("filter-forward", "ct state new jump cluster-ips-check"),
+    ("filter-output", "ct state new jump service-endpoints-check"),
+    ("filter-output", "ct state new jump cluster-ips-check"),
+    ("nat-prerouting", "jump services"),
+    ("nat-output", "jump services"),
+    ("nat-postrouting", "jump masquerading"),
+]
+REGULAR_CHAINS = [
+    "firewall-check", "service-endpoints-check", "nodeport-endpoints-check", "cluster-ips-check",
+    "services", "masquerading", "mark-for-masquerade", "reject-chain",
+]  # fmt: skip
+CHAIN_COMMENTS = {"reject-chain": "helper for @no-endpoint-services / @no-endpoint-nodeports"}
+
+
+@functools.lru_cache(maxsize=1 << 17)
+def hash_and_truncate(name: str) -> str:
+    """kube-proxy's chain name base: 8 base32 characters of sha256(name), '-', name
+    (never truncated: emu's names are shorter than nftables' 256-character limit)."""
+    return base32_8(sha256(name.encode()).digest()) + "-" + name
+
+
+def port_base(service: ServiceState, port: ServicePortState) -> str:
+    """'HASH-namespace/name/protocol/portname', e.g. ULMVA6XW-ns1/svc1/tcp/p80."""
+    return hash_and_truncate(port_path(service, port))
+
+
+def port_path(service: ServiceState, port: ServicePortState) -> str:
+    return f"{service.namespace}/{service.name}/{port.protocol.lower()}/{port.name}"
+
+
+def endpoint_base(service: ServiceState, port: ServicePortState, endpoint: Endpoint) -> str:
+    """'HASH-namespace/name/protocol/portname__ip/port'."""
+    return hash_and_truncate(f"{port_path(service, port)}__{endpoint.ip}/{endpoint.port}")
+
+
+@dataclass
+class PortRules:
+    """One service port's share of the table: its chains (in the order they are
+    declared), affinity sets and map elements."""
+
+    name: str
+    chains: dict[str, list[str]] = field(default_factory=dict)
+    sets: dict[str, str] = field(default_factory=dict)  # affinity set -> declaration
+    elements: list[tuple[str, str, str]] = field(default_factory=list)  # (set or map, key, " comment ... : value")
+
+
+@dataclass
+class Ruleset:
+    """The node's kube-proxy table: `setup` (every full sync: base chains, jumps,
+    sets and maps, their fixed rules) and every service port's rules."""
+
+    setup: list[str]
+    fixed_chains: dict[str, list[str]]
+    ports: list[PortRules]
+
+    def chains(self) -> dict[str, list[str]]:
+        chains = dict(self.fixed_chains)
+        for port in self.ports:
+            chains.update(port.chains)
+        return chains
+
+    def elements(self) -> dict[tuple[str, str], str]:
+        return {(name, key): value for port in self.ports for name, key, value in port.elements}
+
+    def sets(self) -> dict[str, str]:
+        return {name: declaration for port in self.ports for name, declaration in port.sets.items()}
+
+
+def setup(state: ClusterState, node: NodeState | None) -> tuple[list[str], dict[str, list[str]]]:
+    """kube-proxy's setupNFTables: the table's declarations and fixed rules, and
+    those fixed chains with their rules (for the kernel check)."""
+    service_cidr = state.networking["serviceSubnet"]
+    chains: dict[str, list[str]] = {name: [] for name, *_ in BASE_CHAINS}
+    chains.update({name: [] for name in REGULAR_CHAINS})
+    for source, rule in JUMPS:
+        chains[source].append(rule)
+    chains["mark-for-masquerade"].append(f"mark set mark or {MASQ_MARK}")
+    chains["masquerading"] += [f"mark and {MASQ_MARK} == 0 return", f"mark set mark xor {MASQ_MARK}",
+                               "masquerade fully-random"]  # fmt: skip
+    chains["cluster-ips-check"] += [
+        'ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"',
+        f'ip daddr {{ {service_cidr} }} drop comment "Drop traffic to unallocated ClusterIPs"',
+    ]
+    chains["reject-chain"].append("reject")
+    chains["service-endpoints-check"].append("ip daddr . meta l4proto . th dport vmap @no-endpoint-services")
+    chains["nodeport-endpoints-check"].append(
+        "ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports"
+    )
+    chains["firewall-check"].append("ip daddr . meta l4proto . th dport vmap @firewall-ips")
+    chains["services"] += [
+        "ip daddr . meta l4proto . th dport vmap @service-ips",
+        "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports",
+    ]
+    lines = [f'add table {TABLE} {{ comment "rules for kube-proxy" ; }}']
+    for name, kind, hook, priority in BASE_CHAINS:
+        lines.append(f"add chain {TABLE} {name} {{ type {kind} hook {hook} priority {priority} ; }}")
+    for name in REGULAR_CHAINS:
+        note = f' {{ comment "{CHAIN_COMMENTS[name]}" ; }}' if name in CHAIN_COMMENTS else ""
+        lines.append(f"add chain {TABLE} {name}{note}")
+    lines += [f"add {kind} {TABLE} {name} {{ {declaration} }}" for kind, name, declaration in SETS]
+    for name, rules in chains.items():
+        lines += [f"add rule {TABLE} {name} {rule}" for rule in rules]
+    if node is not None:
+        # kube-proxy's default --nodeport-addresses (primary): the node's own IP.
+        lines.append(f"add element {TABLE} nodeport-ips {{ {node.node_ip} }}")
+    return lines, chains
+
+
+def render(
+    state: ClusterState,
+    node: str,
+    endpoints: dict[str, dict[str, list[Endpoint]]],
+    pod_subnet: str | None = None,
+    cache: dict | None = None,
+) -> Ruleset:
+    """The node's table for every proxied service. `endpoints` holds the ready
+    endpoints per service key and port name (emu.node.services.all_endpoints).
+
+    With a `cache` (a dict the caller keeps between syncs), service ports whose
+    service and endpoints are unchanged are not rendered again."""
+    with no_gc():
+        pod_subnet = pod_subnet or state.networking["podSubnet"]
+        node_state = next((n for n in state.nodes if n.name == node), None)
+        lines, fixed = setup(state, node_state)
+        ports, used = [], {}
+        for service, port, port_endpoints, identity in service_ports(state, endpoints):
+            cache_key = (identity, node, pod_subnet)
+            rendered = cache.get(cache_key) if cache is not None else None
+            if rendered is None:
+                rendered = render_port(service, port, port_endpoints, node, pod_subnet)
+            used[cache_key] = rendered
+            ports.append(rendered)
+        if cache is not None:
+            cache.clear()
+            cache.update(used)
+        return Ruleset(lines, fixed, ports)
+
+
+def render_port(
+    service: ServiceState, port: ServicePortState, endpoints: list[Endpoint], node: str, pod_subnet: str
+) -> PortRules:
+    """One service port, as kube-proxy's syncProxyRules writes it."""
+    name = port_name(service, port)
+    out = PortRules(name)
+    proto = port.protocol.lower()
+    base = port_base(service, port)
+    cluster_chain, local_chain, external_chain = f"service-{base}", f"local-{base}", f"external-{base}"
+    internal_local = service.internal_traffic_policy == "Local"
+    external_local = service.external_traffic_policy == "Local"
+    node_port = port.node_port if service.type in ("NodePort", "LoadBalancer") else None
+    lb_ips = [service.load_balancer_ip] if service.type == "LoadBalancer" and service.load_balancer_ip else []
+    externally_accessible = bool(node_port or lb_ips)
+    uses_cluster = not internal_local or externally_accessible
+    uses_local = internal_local or (externally_accessible and external_local)
+    local = [e for e in endpoints if e.node == node]
+    cluster_eps = endpoints if uses_cluster else []
+    local_eps = local if uses_local else []
+    reachable = endpoints if uses_cluster else local_eps  # cluster endpoints include the local ones
+    has_endpoints = bool(endpoints)
+    uses_cluster_chain = bool(cluster_eps) and uses_cluster
+    uses_local_chain = bool(local_eps) and uses_local
+    internal_chain = local_chain if internal_local else cluster_chain
+    has_internal = has_endpoints and not (internal_local and not local)
+    external_policy_chain = local_chain if external_local else cluster_chain
+    has_external = has_endpoints and not (external_local and not local)
+    uses_external_chain = has_endpoints and externally_accessible
+    internal_verdict = external_verdict = "drop" if has_endpoints else "goto reject-chain"
+
+    # Each endpoint's chain name base, by the endpoint object (local ones are the same objects).
+    bases = {id(e): endpoint_base(service, port, e) for e in reachable}
+    # Chains are declared first (a rule may only name a chain that exists), in kube-proxy's order.
+    if uses_cluster_chain:
+        out.chains[cluster_chain] = []
+    if uses_local_chain:
+        out.chains[local_chain] = []
+    if uses_external_chain:
+        out.chains[external_chain] = []
+    for endpoint in reachable:
+        out.chains["endpoint-" + bases[id(endpoint)]] = []
+
+    note = f' comment "{name}"'
+    out.elements.append(("cluster-ips", service.cluster_ip, ""))
+    address = f"{service.cluster_ip} . {proto} . {port.port}"
+    if has_internal:
+        out.elements.append(("service-ips", address, f" : goto {internal_chain}"))
+    else:
+        out.elements.append(("no-endpoint-services", address, f"{note} : {internal_verdict}"))
+    for ip in lb_ips:
+        if has_endpoints:
+            out.elements.append(("service-ips", f"{ip} . {proto} . {port.port}", f" : goto {external_chain}"))
+    if not has_external:
+        for ip in lb_ips:
+            out.elements.append(("no-endpoint-services", f"{ip} . {proto} . {port.port}", f"{note} : {external_verdict}"))
+    if node_port:
+        if has_endpoints:
+            out.elements.append(("service-nodeports", f"{proto} . {node_port}", f" : goto {external_chain}"))
+        if not has_external:
+            out.elements.append(("no-endpoint-nodeports", f"{proto} . {node_port}", f"{note} : {external_verdict}"))
+
+    if has_internal:
+        out.chains[internal_chain].append(
+            f"ip daddr {service.cluster_ip} ip saddr != {pod_subnet} jump mark-for-masquerade"
+        )
+    if uses_external_chain:
+        rules = out.chains[external_chain]
+        if not external_local:
+            rules.append("jump mark-for-masquerade")  # endpoints may be on other nodes
+        else:
+            rules += [
+                f'ip saddr {pod_subnet} goto {cluster_chain} comment "short-circuit pod traffic"',
+                'fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"',
+                f'fib saddr type local goto {cluster_chain} comment "short-circuit local traffic"',
+            ]
+        if has_external:
+            rules.append(f"goto {external_policy_chain}")
+    if service.affinity_timeout:
+        for endpoint in reachable:
+            out.sets["affinity-" + bases[id(endpoint)]] = (
+                f"type ipv4_addr ; flags dynamic,timeout ; timeout {service.affinity_timeout}s ;"
+            )
+    if uses_cluster_chain:
+        _balance(out.chains[cluster_chain], cluster_eps, bases, service.affinity_timeout)
+    if uses_local_chain:
+        _balance(out.chains[local_chain], local_eps, bases, service.affinity_timeout)
+    for endpoint in reachable:
+        base = bases[id(endpoint)]
+        rules = out.chains["endpoint-" + base]
+        rules.append(f"ip saddr {endpoint.ip} jump mark-for-masquerade")  # hairpin: the pod reaching itself
+        if service.affinity_timeout:
+            rules.append(f"update @affinity-{base} {{ ip saddr }}")
+        rules.append(f"meta l4proto {proto} dnat to {endpoint.ip}:{endpoint.port}")
+    return out
+
+
+def _balance(rules: list[str], endpoints: list[Endpoint], bases: dict[int, str], timeout: int | None) -> None:
+    """Affinity first (a client seen lately goes where it went), then a uniform pick."""
+    if timeout:
+        rules += [f"ip saddr @affinity-{bases[id(e)]} goto endpoint-{bases[id(e)]}" for e in endpoints]
+    picks = " , ".join(f"{i} : goto endpoint-{bases[id(e)]}" for i, e in enumerate(endpoints))
+    rules.append(f"numgen random mod {len(endpoints)} vmap {{ {picks} }}")
+
+
+def full_text(rules: Ruleset, replace: bool = True) -> str:
+    """The whole table as one transaction. With `replace`, whatever table was
+    there goes first (add + delete, so it works whether or not one was)."""
+    out = [rules.setup[0], f"delete table {TABLE}"] if replace else []
+    out += rules.setup
+    for port in rules.ports:
+        out.append(f"# {port.name}")
+        out += [f"add set {TABLE} {name} {{ {declaration} }}" for name, declaration in port.sets.items()]
+        out += [f"add chain {TABLE} {chain}" for chain in port.chains]
+        for chain, chain_rules in port.chains.items():
+            out += [f"add rule {TABLE} {chain} {rule}" for rule in chain_rules]
+        out += [f"add element {TABLE} {name} {{ {key}{value} }}" for name, key, value in port.elements]
+    return "\n".join(out) + "\n"
+
+
+def transaction(rules: Ruleset, previous: Ruleset | None = None) -> str:
+    """One nft -f transaction from `previous` to `rules`: everything when
+    previous is None (or its setup differs), else only what changed ("" when
+    nothing did). Service ports are compared by identity first: the renderer's
+    cache hands back the same PortRules for an unchanged port, so a change to
+    one service among 10,000 costs the diff of that one."""
+    if previous is None or previous.setup != rules.setup:
+        return full_text(rules)
+    old_ports = {port.name: port for port in previous.ports}
+    new_ports = {port.name: port for port in rules.ports}
+    changed_old, changed_new = [], []
+    for name in [*new_ports, *(name for name in old_ports if name not in new_ports)]:
+        old, new = old_ports.get(name), new_ports.get(name)
+        if old is not new:
+            changed_old += [old] if old else []
+            changed_new += [new] if new else []
+    if not changed_old and not changed_new:
+        return ""
+    old_view, new_view = Ruleset([], {}, changed_old), Ruleset([], {}, changed_new)
+    old_sets, new_sets = old_view.sets(), new_view.sets()
+    if _sets_changed(old_sets, new_sets):
+        return full_text(rules)
+    old_chains, new_chains = old_view.chains(), new_view.chains()
+    old_elements, new_elements = old_view.elements(), new_view.elements()
+    # A cluster IP is one element for all of a service's ports: it stays while one of them does.
+    kept_ips = {port.elements[0][1] for port in rules.ports} if any(
+        name == "cluster-ips" and (name, key) not in new_elements for name, key in old_elements
+    ) else set()
+    out = [f"add set {TABLE} {name} {{ {d} }}" for name, d in new_sets.items() if name not in old_sets]
+    out += [f"add chain {TABLE} {chain}" for chain in new_chains if chain not in old_chains]
+    out += [f"delete element {TABLE} {name} {{ {key} }}"
+            for (name, key), value in old_elements.items()
+            if new_elements.get((name, key)) != value and not (name == "cluster-ips" and key in kept_ips)]  # fmt: skip
+    for chain, chain_rules in new_chains.items():
+        old = old_chains.get(chain)
+        if old == chain_rules:
+            continue
+        if old:
+            out.append(f"flush chain {TABLE} {chain}")
+        out += [f"add rule {TABLE} {chain} {rule}" for rule in chain_rules]
+    out += [f"add element {TABLE} {name} {{ {key}{value} }}"
+            for (name, key), value in new_elements.items() if old_elements.get((name, key)) != value]  # fmt: skip
+    gone = [chain for chain in old_chains if chain not in new_chains]
+    out += [f"flush chain {TABLE} {chain}" for chain in gone if old_chains[chain]]
+    out += [f"delete chain {TABLE} {chain}" for chain in gone]
+    out += [f"delete set {TABLE} {name}" for name in old_sets if name not in new_sets]
+    return "\n".join(out) + "\n" if out else ""
+
+
+def _sets_changed(old: dict[str, str], new: dict[str, str]) -> bool:
+    """An affinity set whose declaration changed (a new timeout) cannot be
+    altered in place: the table is rewritten."""
+    return any(name in old and old[name] != declaration for name, declaration in new.items())
+
+
+def table_view(listing: str) -> tuple[dict[str, int], set[str]]:
+    """From `nft -t list table ip kube-proxy`: ({chain: rule count}, {set and map names})."""
+    counts: dict[str, int] = {}
+    sets: set[str] = set()
+    chain = None
+    for line in listing.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if line.startswith("\tchain "):
+            chain = words[1]
+            counts[chain] = 0
+        elif line.startswith(("\tset ", "\tmap ")):
+            sets.add(words[1])
+            chain = None
+        elif line == "\t}":
+            chain = None
+        elif chain is not None and line.startswith("\t\t") and not _CHAIN_PROPERTY.match(line):
+            counts[chain] += 1
+    return counts, sets
+
+
+_CHAIN_PROPERTY = re.compile(r"\t\t(type \S+ hook |comment \")")
+
+
+class NftablesProxier(Proxier):
+    """kube-proxy's nftables mode through nft -f, one transaction a sync."""
+
+    mode = "nftables"
+
+    def bootstrap(self, state: ClusterState, node: NodeState, plan_dir: str) -> Bootstrap:
+        """The empty table (no services yet), so the node has kube-proxy's hooks
+        from its first moment; the agent's first sync replaces it whole."""
+        path = f"{plan_dir}/kube-proxy.nft"
+        lines, _ = setup(state, node)
+        return Bootstrap({path: full_text(Ruleset(lines, {}, []))}, [f"nft -f {path}"])
+
+    def render(self, state, node, endpoints, cache=None) -> Ruleset:
+        return render(state, node, endpoints, cache=cache)
+
+    def text(self, rules: Ruleset, previous: Ruleset | None = None) -> str:
+        return transaction(rules, previous)
+
+    def apply(self, run: Runner, rules: Ruleset, previous: Ruleset | None = None) -> int:
+        text = transaction(rules, previous)
+        if text:
+            run_text(run, ["nft", "-f", "-"], text, "nft -f")
+        return sum(1 for line in text.splitlines() if line.startswith(("add chain", "flush chain", "add element",
+                                                                         "delete element", "delete chain")))  # fmt: skip
+
+    def adopt(self, run: Runner) -> None:
+        return None  # whatever is there is replaced whole by the first sync
+
+    def lost(self, run: Runner, rules: Ruleset) -> list[str]:
+        result = run(["nft", "-t", "list", "table", "ip", "kube-proxy"], capture_output=True, text=True)
+        if result.returncode != 0:
+            return [f"table {TABLE} missing ({result.stderr.strip()[:200]})"]
+        counts, sets = table_view(result.stdout)
+        found = []
+        for chain, chain_rules in rules.chains().items():
+            have = counts.get(chain)
+            if have is None:
+                found.append(f"chain {chain} missing")
+            elif have != len(chain_rules):
+                found.append(f"chain {chain} has {have} rules, not {len(chain_rules)}")
+        wanted = [name for _, name, _ in SETS] + list(rules.sets())
+        found += [f"set {name} missing" for name in wanted if name not in sets]
+        return found
+
+
+PROXIER = NftablesProxier()

@@ -1,0 +1,188 @@
+"""Services seen from the data path: endpoints, environment variables, LB owners.
+
+Standard library only: both the controller and the agent in each node use it,
+so both agree on what a service's endpoints are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emu.node.records import ClusterState, PodState, ServicePortState, ServiceState, sha256
+
+
+@dataclass(frozen=True, slots=True)  # (slots: a 40,000-endpoint lab holds 40,000 of them)
+class Endpoint:
+    ip: str
+    port: int
+    node: str | None  # None for an endpoint outside the pod network (kubernetes' API address)
+    pod: str | None  # pod key
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+
+def port_name(service: ServiceState, port: ServicePortState) -> str:
+    """kube-proxy's ServicePortName string: namespace/name, plus :port when the port is named."""
+    return f"{service.key}:{port.name}" if port.name else service.key
+
+
+class LabelIndex:
+    """Pods by (namespace, label, value), so that finding a selector's pods costs
+    what it matches, not the size of the cluster (1,000 services over 2,000 pods
+    took 2.5 s by scanning, 20 ms this way)."""
+
+    def __init__(self, pods):
+        self.pods = list(pods)
+        self.by_label: dict[tuple[str, str, str], list[PodState]] = {}
+        for pod in self.pods:
+            for key, value in pod.labels.items():
+                self.by_label.setdefault((pod.namespace, key, value), []).append(pod)
+
+    def selected(self, service: ServiceState) -> list[PodState]:
+        """The pods the service's selector matches (none without a selector)."""
+        if not service.selector:
+            return []
+        candidates = min(
+            (self.by_label.get((service.namespace, key, value), []) for key, value in service.selector.items()),
+            key=len,
+        )
+        return [pod for pod in candidates if service.selects(pod)]
+
+
+def all_endpoints(state: ClusterState, ready: dict[str, bool]) -> dict[str, dict[str, list[Endpoint]]]:
+    """{service key: {port name: ready endpoints}} for every service of the state."""
+    index = LabelIndex(state.pods.values())
+    return {key: service_endpoints(state, service, ready, index) for key, service in state.services.items()}
+
+
+class EndpointTracker:
+    """all_endpoints, kept from one sync to the next as the endpoints controller
+    keeps EndpointSlices: worked out in full for a new state, then only for the
+    services that select a pod whose readiness changed (a readiness change in a
+    1,000-service lab: 60 ms in full, well under 1 ms this way)."""
+
+    def __init__(self):
+        self.state: ClusterState | None = None
+        self.ready: dict[str, bool] = {}
+        self.selected: dict[str, list[PodState]] = {}  # service key -> the pods its selector matches
+        self.services_of: dict[str, list[str]] = {}  # pod uid -> keys of the services selecting it
+        self.endpoints: dict[str, dict[str, list[Endpoint]]] = {}
+        self.touched: set[str] | None = None  # the services the last update worked out again (None: all)
+
+    def update(self, state: ClusterState, ready: dict[str, bool]) -> dict[str, dict[str, list[Endpoint]]]:
+        """{service key: {port name: ready endpoints}}, as all_endpoints(state, ready).
+        Entries of unchanged services are the same objects as last time: do not change them."""
+        if state is not self.state:
+            index = LabelIndex(state.pods.values())
+            self.selected = {key: index.selected(service) for key, service in state.services.items()}
+            self.services_of = {}
+            for key, pods in self.selected.items():
+                for pod in pods:
+                    self.services_of.setdefault(pod.uid, []).append(key)
+            touched = set(state.services)
+            self.endpoints = {}
+            self.touched = None
+        else:
+            changed = {uid for uid, now in ready.items() if self.ready.get(uid, False) != now}
+            changed.update(uid for uid in self.ready if uid not in ready)
+            touched = {key for uid in changed for key in self.services_of.get(uid, ())}
+            self.endpoints = dict(self.endpoints)
+            self.touched = touched
+        for key in touched:
+            self.endpoints[key] = _endpoints(state, state.services[key], self.selected[key], ready)
+        self.state, self.ready = state, dict(ready)
+        return self.endpoints
+
+
+def service_endpoints(
+    state: ClusterState, service: ServiceState, ready: dict[str, bool], index: LabelIndex | None = None
+) -> dict[str, list[Endpoint]]:
+    """{service port name: ready endpoints}, ordered by address as EndpointSlices are.
+
+    A pod counts when it matches the selector, is ready, and has the target port
+    (a named targetPort is looked up per pod, as Kubernetes does). Pass an
+    index when asking for many services of one state."""
+    return _endpoints(state, service, (index or LabelIndex(state.pods.values())).selected(service), ready)
+
+
+def _endpoints(
+    state: ClusterState, service: ServiceState, selected: list[PodState], ready: dict[str, bool]
+) -> dict[str, list[Endpoint]]:
+    result: dict[str, list[Endpoint]] = {}
+    for port in service.ports:
+        endpoints: list[Endpoint] = []
+        if service.key == "default/kubernetes":
+            endpoints = [Endpoint(n.node_ip, int(port.target_port), None, None) for n in control_planes(state)]
+        else:
+            for pod in selected:
+                if not ready.get(pod.uid, False):
+                    continue
+                target = pod.resolve_port(port.target_port)
+                if target is not None:
+                    endpoints.append(Endpoint(pod.ip, target, pod.node, pod.key))
+        result[port.name] = sorted(endpoints, key=lambda e: _address_order(e.address))
+    return result
+
+
+def _address_order(address: str) -> tuple:
+    ip, _, port = address.partition(":")
+    return (tuple(int(part) for part in ip.split(".")), int(port))
+
+
+def control_planes(state: ClusterState):
+    planes = [n for n in state.nodes if n.role == "control-plane"]
+    return planes or state.nodes[:1]
+
+
+def load_balancer_owner(state: ClusterState, service: ServiceState, endpoints: dict[str, list[Endpoint]]) -> str:
+    """The node that answers for a LoadBalancer address (MetalLB layer 2 style):
+    a stable choice by hash among the nodes that may announce it; with Local
+    traffic policy only nodes with a ready endpoint may."""
+    candidates = [n.name for n in state.nodes]
+    if service.external_traffic_policy == "Local":
+        local = {e.node for eps in endpoints.values() for e in eps if e.node}
+        candidates = [n for n in candidates if n in local] or candidates
+    return min(candidates, key=lambda node: sha256(f"{node}/{service.key}".encode()).hexdigest())
+
+
+def env_name(name: str) -> str:
+    return name.upper().replace("-", "_")
+
+
+def service_env(service: ServiceState) -> dict[str, str]:
+    """The variables the kubelet gives a pod for one service (Docker-link style included)."""
+    if not service.proxied or not service.ports:
+        return {}
+    prefix = env_name(service.name)
+    ip = service.cluster_ip
+    first = service.ports[0]
+    env = {
+        f"{prefix}_SERVICE_HOST": ip,
+        f"{prefix}_SERVICE_PORT": str(first.port),
+        f"{prefix}_PORT": f"{first.protocol.lower()}://{ip}:{first.port}",
+    }
+    for port in service.ports:
+        if port.name:
+            env[f"{prefix}_SERVICE_PORT_{env_name(port.name)}"] = str(port.port)
+        link = f"{prefix}_PORT_{port.port}_{port.protocol}"
+        env[link] = f"{port.protocol.lower()}://{ip}:{port.port}"
+        env[f"{link}_PROTO"] = port.protocol.lower()
+        env[f"{link}_PORT"] = str(port.port)
+        env[f"{link}_ADDR"] = ip
+    return env
+
+
+def pod_service_env(services: dict[str, ServiceState], pod: PodState, enable_service_links: bool) -> dict[str, str]:
+    """Variables for a pod created now: its namespace's services (unless
+    enableServiceLinks is false) and always the kubernetes service."""
+    env: dict[str, str] = {}
+    if enable_service_links:
+        for service in sorted(services.values(), key=lambda s: s.name):
+            if service.namespace == pod.namespace:
+                env.update(service_env(service))
+    kubernetes = services.get("default/kubernetes")
+    if kubernetes is not None:
+        env.update(service_env(kubernetes))
+    return env
