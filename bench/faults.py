@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from emu.control.cluster import Cluster  # noqa: E402
 from emu.control.runtime.docker import DockerRuntime  # noqa: E402
-from emu.api.topology.load import load_file  # noqa: E402
+from emu.api.load import load_file  # noqa: E402
 
 
 def until(check, timeout: float = 120) -> float:

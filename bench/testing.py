@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from emu.control.cluster import Cluster  # noqa: E402
-from emu.testing import connectivity  # noqa: E402
-from emu.api.topology.load import load_file  # noqa: E402
+from emu.testing import connectivity, pod_host  # noqa: E402
+from emu.api.load import load_file  # noqa: E402
 
 NAME = "emubench-testing"
 
@@ -53,7 +53,7 @@ def main() -> None:
         node = state.node(client.node).container
         web = state.pods["default/web"].ip
 
-        host = cluster.host("client")
+        host = pod_host(cluster, "client")
         assert host.check_output("hostname") == "client"
         backend = [timed(lambda: host.run("true")) for _ in range(options.runs)]
         cli = ["docker", "exec", node, "ip", "netns", "exec", client.netns, "/bin/sh", "-c", "true"]

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from emu.control.cluster import Cluster, pod_exec_argv  # noqa: E402
 from emu.observe import graph, trace  # noqa: E402
-from emu.api.topology.load import load_file  # noqa: E402
+from emu.api.load import load_file  # noqa: E402
 
 NAME = "emubench-trace"
 

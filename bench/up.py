@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 from emu.control.cluster import Cluster
 from emu.control.runtime.docker import DockerRuntime
 from emu.control.runtime.images import ImageBuilder
-from emu.api.topology.load import load_file, load_text
+from emu.api.load import load_file, load_text
 
 
 def big_lab(nodes: int, pods_per_node: int) -> str:

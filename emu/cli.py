@@ -54,7 +54,7 @@ def _cluster(args, reporter=None, topology=None):
 
 def _load(path: str, hosts: str | None = None):
     """The topology at `path`, spread over the inventory at `hosts` if given."""
-    from emu.api.topology.load import load_file, load_inventory, with_hosts
+    from emu.api.load import load_file, load_inventory, with_hosts
 
     if not Path(path).exists():
         raise EmuError(f"topology file '{path}' does not exist; pass the path of a YAML topology (see topologies/)")

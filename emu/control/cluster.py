@@ -30,7 +30,7 @@ from emu.node.reconcile import Drift
 from emu.node.records import MAX_STATE_BYTES, NodeState
 from emu.control.runtime.provider import ExecResult, NodeSpec, PortMapping, Provider, run_parallel
 from emu.control.state import ClusterState, PodState, ordered_stages, plan_cluster, stamp_created
-from emu.api.topology.load import load_file
+from emu.api.load import load_file
 from emu.api.topology.model import Topology
 
 Progress = Callable[[str], None]
@@ -549,12 +549,6 @@ class Cluster:
         what `exec` runs, for callers that run it their own way (emu.testing's testinfra backend)."""
         state = state or self.state()
         return exec_target(state, find_pod(state, pod), argv, container)
-
-    def host(self, pod: str, container: str | None = None):
-        """A testinfra Host whose commands run in the pod, as `exec` does (needs pytest-testinfra)."""
-        from emu.testing.backend import pod_host
-
-        return pod_host(self, pod, container)
 
     def node_exec(self, node: str, argv: list[str]) -> ExecResult:
         """Run a command in a node's root namespace."""

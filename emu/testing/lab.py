@@ -63,7 +63,9 @@ class Pod(_Namespaced):
     @property
     def host(self):
         """A testinfra Host whose commands run in this pod (its first container)."""
-        return self.cluster.host(self.key)
+        from emu.testing.backend import pod_host
+
+        return pod_host(self.cluster, self.key)
 
 
 @dataclass

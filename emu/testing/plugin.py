@@ -131,7 +131,7 @@ class Clusters:
         from emu.errors import EmuError
         from emu.control.runtime.select import provider_for
         from emu.testing import sweep
-        from emu.api.topology.load import load_file
+        from emu.api.load import load_file
 
         if topology is None:
             topology, base = _setting(self.config, "emu_topology", "emu_topology")

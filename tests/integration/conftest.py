@@ -20,7 +20,7 @@ from emu.control.cluster import Cluster
 from emu.errors import EmuError
 from emu.control.runtime.docker import DockerRuntime
 from emu.testing import sweep
-from emu.api.topology.load import load_file, load_text
+from emu.api.load import load_file, load_text
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_PREFIX = "emutest"

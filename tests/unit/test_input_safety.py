@@ -20,7 +20,7 @@ from emu.errors import EmuError, TopologyError
 from emu.node.records import ClusterState, StateError
 from emu.control.state import plan_cluster
 from emu.api.topology import load
-from emu.api.topology.load import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, load_file, load_inventory, load_text
+from emu.api.load import MAX_DEPTH, MAX_FILE_BYTES, MAX_NODES, load_file, load_inventory, load_text
 
 GOOD = "name: lab\nnodes: [{name: cp, role: control-plane}]\n"
 
@@ -142,7 +142,7 @@ def test_alias_bombs_are_refused_in_bounded_memory(tmp_path, shape):
     result = run_capped(
         f"""
         from emu.errors import TopologyError
-        from emu.api.topology.load import load_file
+        from emu.api.load import load_file
         try:
             load_file({str(path)!r})
         except TopologyError as error:

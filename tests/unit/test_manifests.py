@@ -11,7 +11,7 @@ from emu.errors import EmuError
 from emu.api.manifests import ManifestError, include, read_manifests
 from emu.api.manifests.fields import FIELDS
 from emu.api.manifests.merge import merge, remove
-from emu.api.topology.load import load_file, load_text
+from emu.api.load import load_file, load_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOP = ROOT / "tests" / "integration" / "manifests" / "shop.yaml"

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from emu.errors import TopologyError
-from emu.api.topology.load import load_file, load_text
+from emu.api.load import load_file, load_text
 from emu.api.topology.model import json_schema
 
 ROOT = Path(__file__).resolve().parents[2]

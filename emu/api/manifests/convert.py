@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from emu.errors import Problem
 from emu.api.manifests.fields import FIELDS
-from emu.api.topology.load import _Locator, _problems_from_pydantic
+from emu.api.topology.load import Locator, problems_from_pydantic
 from emu.api.topology.model import (
     ConfigMap,
     DaemonSet,
@@ -144,7 +144,7 @@ class ManifestObject:
     model: Any
     source: str
     document: int  # 1-based, in its file
-    locator: _Locator
+    locator: Locator
     prefix: Path = ()  # where the object is in its document (items[i] of a List)
 
     @property
@@ -284,7 +284,7 @@ def selector_matches(selector: dict, labels: dict[str, str]) -> bool:
 
 
 def convert(
-    data: dict, locator: _Locator, source: str, document: int, default_namespace: str, prefix: Path = ()
+    data: dict, locator: Locator, source: str, document: int, default_namespace: str, prefix: Path = ()
 ) -> tuple[ManifestObject | None, list[Problem], list[str]]:
     """(object, problems, warnings) for one Kubernetes object of a document."""
 
@@ -371,7 +371,7 @@ def convert(
         obj.model = MODELS[kind].model_validate(body)
     except ValidationError as error:
         # Located at the emu path first, then moved to the manifest's field.
-        emu_problems = _problems_from_pydantic(error, _Locator(None))
+        emu_problems = problems_from_pydantic(error, Locator(None))
         problems = []
         for problem in emu_problems:
             emu_path = _parse_path(problem.path)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from emu.errors import EmuError, Problem, TopologyError
 from emu.api.manifests.convert import ManifestObject, convert
-from emu.api.topology.load import MAX_FILE_BYTES, _read, load_documents
+from emu.api.topology.load import MAX_FILE_BYTES, load_documents, read_text_file
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -59,7 +59,7 @@ def read_manifests(paths: list[str], namespace: str = "default", stdin=None) -> 
             text = (stdin or sys.stdin).read(MAX_FILE_BYTES + 1)
             texts = [("<stdin>", text)]
         else:
-            texts = [(str(file), _read(file)) for file in manifest_files(path)]
+            texts = [(str(file), read_text_file(file)) for file in manifest_files(path)]
         for source, text in texts:
             result.sources.append(source)
             try:

@@ -40,7 +40,7 @@ def format_path(path: Path_) -> str:
     return text
 
 
-class _Locator:
+class Locator:
     """Maps YAML paths to the line and column where they are written."""
 
     def __init__(self, root: yaml.Node | None):
@@ -111,7 +111,7 @@ def _inner_model(annotation: Any) -> Any:
     return None
 
 
-def _data_path(loc: tuple, locator: _Locator) -> Path_:
+def _data_path(loc: tuple, locator: Locator) -> Path_:
     """Pydantic's error location without its union-branch markers such as
     'list[str]' (a key written in the file with brackets stays)."""
     path: Path_ = ()
@@ -122,7 +122,7 @@ def _data_path(loc: tuple, locator: _Locator) -> Path_:
     return path
 
 
-def _problems_from_pydantic(error: ValidationError, locator: _Locator) -> list[Problem]:
+def problems_from_pydantic(error: ValidationError, locator: Locator) -> list[Problem]:
     problems = []
     for item in error.errors(include_url=False):
         path = _data_path(item["loc"], locator)
@@ -238,23 +238,23 @@ def _line_column(text: str, index: int) -> tuple[int, int]:
     return text.count("\n", 0, index) + 1, index - line_start + 1
 
 
-def _load_yaml(text: str, source: str) -> tuple[_Locator, Any]:
+def _load_yaml(text: str, source: str) -> tuple[Locator, Any]:
     """YAML text -> (locator, data), within the limits above."""
     return _load_stream(text, source, single=True)[0]
 
 
-def load_documents(text: str, source: str) -> list[tuple[_Locator, Any]]:
+def load_documents(text: str, source: str) -> list[tuple[Locator, Any]]:
     """Every document of a YAML stream (`---` between them, as Kubernetes manifests
     are written): (locator, data) each, within the same limits as a topology
     (counted over the whole stream). Raises TopologyError."""
     return _load_stream(text, source, single=False)
 
 
-def _load_stream(text: str, source: str, single: bool) -> list[tuple[_Locator, Any]]:
+def _load_stream(text: str, source: str, single: bool) -> list[tuple[Locator, Any]]:
     if len(text) > MAX_FILE_BYTES:
         raise TopologyError(source, [Problem("", f"the text is {len(text) / 2**20:.1f} MiB; {_TOO_BIG}")])
     loader = None
-    documents: list[tuple[_Locator, Any]] = []
+    documents: list[tuple[Locator, Any]] = []
     try:
         _check_limits(text)
         loader = _Loader(text)
@@ -265,7 +265,7 @@ def _load_stream(text: str, source: str, single: bool) -> list[tuple[_Locator, A
             while loader.check_node():
                 roots.append(loader.get_node())
         for root in roots:
-            locator = _Locator(root)  # before constructing: merge keys (<<) rewrite the nodes
+            locator = Locator(root)  # before constructing: merge keys (<<) rewrite the nodes
             documents.append((locator, loader.construct_document(root) if root is not None else None))
     except yaml.reader.ReaderError as error:
         index = error.position
@@ -299,7 +299,7 @@ _TOO_BIG = (
 )
 
 
-def _parse(text: str, source: str, model: type, what: str) -> tuple[Any, _Locator, list[Problem]]:
+def _parse(text: str, source: str, model: type, what: str) -> tuple[Any, Locator, list[Problem]]:
     """YAML text -> (validated model, locator, problems so far). Raises TopologyError
     for YAML and schema problems."""
     locator, data = _load_yaml(text, source)
@@ -313,7 +313,7 @@ def _parse(text: str, source: str, model: type, what: str) -> tuple[Any, _Locato
     try:
         parsed = model.model_validate(data)
     except ValidationError as error:
-        problems += _problems_from_pydantic(error, locator)
+        problems += problems_from_pydantic(error, locator)
         raise TopologyError(source, _capped(problems)) from None
     return parsed, locator, problems
 
@@ -336,7 +336,7 @@ def load_text(text: str, source: str = "<topology>") -> Topology:
     return topology
 
 
-def _read(path: Path) -> str:
+def read_text_file(path: Path) -> str:
     """The file's text: at most MAX_FILE_BYTES of UTF-8 (a byte order mark is allowed)."""
     try:
         with path.open("rb") as handle:
@@ -356,22 +356,17 @@ def _read(path: Path) -> str:
         ) from None
 
 
-def load_file(path: str | Path) -> Topology:
-    """Read and validate a topology file, with the objects of the Kubernetes
-    manifests its `manifests:` names (relative to the file)."""
+def read_topology_file(path: str | Path) -> Topology:
+    """Read and validate a topology file on its own; emu.api.load.load_file adds
+    the objects of the manifests it names."""
     path = Path(path)
-    topology = load_text(_read(path), str(path))
-    if topology.manifests:
-        from emu.api.manifests import include
-
-        topology = include(topology, list(topology.manifests), path.parent)
-    return topology
+    return load_text(read_text_file(path), str(path))
 
 
 def load_inventory(path: str | Path) -> list[Host]:
     """Read and validate a hosts inventory file (a `hosts:` list, as in a topology)."""
     path = Path(path)
-    inventory, _, problems = _parse(_read(path), str(path), Inventory, "hosts")
+    inventory, _, problems = _parse(read_text_file(path), str(path), Inventory, "hosts")
     if problems:
         raise TopologyError(str(path), problems)
     return list(inventory.hosts)

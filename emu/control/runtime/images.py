@@ -13,9 +13,9 @@ import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 from emu.errors import EmuError
-from emu.control.runtime.docker import DockerRuntime
 
 UPSTREAM_BASE = "debian:bookworm-slim"
 LOCAL_BASE = "emu/debian:bookworm-slim"
@@ -24,6 +24,13 @@ REPO_ROOT = Path(__file__).resolve().parents[3]
 IMAGES_DIR = Path(os.environ.get("EMU_IMAGES_DIR") or REPO_ROOT / "images")
 
 Progress = Callable[[str], None]
+
+
+class DockerEngine(Protocol):
+    """What the builder needs of an engine: the Docker SDK's low-level client
+    (emu.control.runtime.docker.DockerRuntime has it; this module does not import it)."""
+
+    api: Any
 
 
 def _content_hash(paths: list[Path], root: Path) -> str:
@@ -60,7 +67,7 @@ def controller_image_tag() -> str:
 
 
 class ImageBuilder:
-    def __init__(self, runtime: DockerRuntime, progress: Progress = lambda message: None):
+    def __init__(self, runtime: DockerEngine, progress: Progress = lambda message: None):
         self.runtime = runtime
         self.progress = progress
 

@@ -239,7 +239,7 @@ class SwarmRuntime:
 
     # ---- creation --------------------------------------------------------------
     def create_network(self, name: str, subnet: str, cluster: str) -> None:
-        from emu.control.runtime.select import remember
+        from emu.control.runtime.remembered import remember
 
         remember(cluster, self.hosts)  # from here on `emu down` can find it, whatever happens next
         # No MTU option: Docker's is the underlay's, and containers get 50 bytes less
@@ -356,7 +356,7 @@ class SwarmRuntime:
     def remove_cluster(self, cluster: str) -> tuple[int, int]:
         """Every host's containers of the cluster, then the overlay (the swarm is
         left as it was); the record of the cluster goes last."""
-        from emu.control.runtime.select import forget
+        from emu.control.runtime.remembered import forget
 
         engines = self._all()
         containers = sum(self.parallel(lambda e: e.remove_containers(cluster), engines))
