@@ -410,82 +410,53 @@ def test_a_new_state_is_synced_once_every_node_has_reported_its_pods(tmp_path, m
     assert not agent.settling(agent.view)  # ... but settle_time bounds the wait
 
 
-def test_an_agent_without_a_state_sleeps_in_its_kubelet_loop(tmp_path):
-    """Before its first state the kubelet has nothing to probe: the loop waits a
-    second, not the 5 ms floor (50 agents of a lab being wired spun at 200 wakes/s)."""
+def test_an_agent_without_a_state_sleeps_in_its_kubelet_job(tmp_path):
+    """Before its first state the kubelet has nothing to probe: the job's next run
+    is a second away, not the 5 ms floor (50 agents of a lab being wired spun at
+    200 wakes/s)."""
     import emu.node.agent.__main__ as main
 
     agent = main.Agent("cp", snapshot=str(tmp_path / "state.json"))
-    waits: list[float] = []
-
-    class Stop(Exception):
-        pass
-
-    class Wake:
-        def wait(self, timeout, fds=()):
-            waits.append(timeout)
-            if len(waits) == 3:
-                raise Stop
-
-        def clear(self):
-            pass
-
-    agent.kubelet_wake = Wake()
-    with pytest.raises(Stop):
-        agent.kubelet_loop()
+    waits = [agent.kubelet_step(requested=False) for _ in range(3)]
     assert min(waits) > 0.9, waits
 
 
-def test_the_sync_and_load_loops_outlive_an_error(tmp_path, monkeypatch, capsys):
-    """A sync or a load that raises is logged and the loop goes on (a thread that
-    died would leave the node's rules at their last generation for good)."""
+def test_the_sync_and_load_jobs_outlive_an_error(tmp_path, monkeypatch, capsys):
+    """A sync or a load that raises is logged and its job goes on (a thread that
+    died would leave the node's rules at their last generation for good); the
+    failed sync is tried again RESYNC_AFTER_FAILURE seconds later, as a sync."""
     import emu.node.agent.__main__ as main
 
     agent = main.Agent("cp", snapshot=str(tmp_path / "state.json"))
     state = plan_cluster(load_text(LAB), "emu-lab", "172.28.5.0/24")
     state.generation = 4
     agent.view = main.NodeView(state, "cp")
-
-    class Stop(Exception):
-        pass
-
-    class Event:
-        def __init__(self):
-            self.waits = 0
-
-        def wait(self, timeout=None):
-            self.waits += 1
-            if self.waits == 3:
-                raise Stop
-            return True
-
-        def clear(self):
-            pass
-
-        def set(self):
-            pass
-
-    calls: list[str] = []
+    calls: list[tuple[str, float]] = []
+    now = [0.0]
 
     def sync(view, force=False):
-        calls.append("sync")
+        calls.append(("sync", now[0]))
         if len(calls) == 1:
             raise KeyError("a bug")
 
     def load():
-        calls.append("load")
-        if calls.count("load") == 1:
+        calls.append(("load", now[0]))
+        if len(calls) == 3:
             raise TypeError("another")
 
-    retries: list[float] = []
-    monkeypatch.setattr(main.threading, "Timer", lambda delay, *a: type("T", (), {"start": lambda s: retries.append(delay)})())
+    def waiter(timeout, fds):  # a fake clock: waiting is time passing
+        now[0] += timeout
+        return []
+
     agent.sync, agent.load = sync, load
-    agent.dirty, agent.reload = Event(), Event()
-    with pytest.raises(Stop):
-        agent.sync_loop()
-    with pytest.raises(Stop):
-        agent.load_loop()
-    assert calls == ["sync", "sync", "load", "load", "load"]
-    assert retries == [main.RESYNC_AFTER_FAILURE]  # the failed sync is tried again soon
+    for runner in (agent.syncer, agent.loader):
+        runner.clock, runner.waiter = (lambda: now[0]), waiter
+        runner.last_start = runner.not_before = float("-inf")
+    agent.syncer.request()
+    agent.syncer.step()  # the sync asked for fails ...
+    agent.syncer.step()  # ... and is a sync again, RESYNC_AFTER_FAILURE later
+    agent.loader.step()
+    agent.loader.step()
+    assert calls == [("sync", 0.0), ("sync", main.RESYNC_AFTER_FAILURE), ("load", 0.5), ("load", 1.0)]
     log = capsys.readouterr().out
     assert "sync of generation 4 failed: KeyError: 'a bug'" in log and "loading the state failed: TypeError: another" in log

@@ -34,6 +34,7 @@ from emu.node.agent.probes import Kubelet, ProbeThreads, run_start_script
 from emu.node.agent.ingress import IngressSync
 from emu.node.agent.policy import PolicySync
 from emu.node.agent.proxysync import ProxySync
+from emu.node.agent.runner import Runner, Watchdog
 from emu.node.agent.wait import wait_ports
 from emu.node.agent.wake import NodeChanges, Wake
 from emu.node.dns.snapshot import snapshot_text, write_snapshot
@@ -83,12 +84,9 @@ class Agent:
         self.port = port
         self.view: NodeView | None = None
         self.snapshot_mtime = 0.0
-        self.reload = threading.Event()
         self.load_lock = threading.Lock()
-        self.pods_wake = Wake()
         self.stranded: set[str] = set()  # pods already reported lost
-        self.dirty = threading.Event()
-        self.kubelet_wake = Wake()
+        self.node_changes: NodeChanges | None = None  # made in the pods job's thread (emu.node.agent.wake)
         self.kubelet_lock = threading.Lock()
         self.peers_lock = threading.Lock()
         self.kubelet = Kubelet(ProbeThreads(), restart=restart_container, counts_file=RESTARTS_FILE)
@@ -114,20 +112,26 @@ class Agent:
         self.endpoints: dict = {}  # as last synced: {service key: {port name: [Endpoint]}}
         self.synced = threading.Condition()  # notified after each sync (GET /wait)
         self.synced_generation = 0
+        # Every job of the agent, one Runner each (emu.node.agent.runner): request() wakes one.
+        self.loader = Runner("load", lambda requested: self.load(), log, max_interval=30.0,
+                             describe=lambda: "loading the state")  # fmt: skip
+        self.pods_job = Runner("pods", self.pods_step, log, gather=pods.POD_GATHER,
+                               fds=lambda: self.node_changes.fds() if self.node_changes else [],
+                               describe=lambda: "tending pods")  # fmt: skip
+        self.kubelet_job = Runner("kubelet", self.kubelet_step, log, fds=self.kubelet_fds)
+        self.syncer = Runner("sync", self.sync_step, log, retry_interval=RESYNC_AFTER_FAILURE,
+                             describe=lambda: f"sync of generation {self.generation()}")  # fmt: skip
+        self.hub_job = Runner("hub", self.hub_step, log, max_interval=1.0)
+        self.report_job = self.reporter.job(self.hub_address, self.local_readiness)
+        self.watch_job = self.watcher.job(self.hub_address, self.on_hub, self.generation)
+
+    def runners(self) -> list[Runner]:
+        return [self.loader, self.pods_job, self.kubelet_job, self.syncer, self.hub_job, self.report_job, self.watch_job]
 
     # ---- state ----------------------------------------------------------------
-    def load_loop(self) -> None:
-        """A new state arrives with a SIGHUP (or the hub's watch); the pods loop
-        looks at the file each time it looks at the pods too, so this one need
-        not poll: an idle agent's every wake-up counts, 50 agents to a machine."""
-        while True:
-            try:
-                self.load()
-            except Exception as error:  # noqa: BLE001 - a thread that dies loads nothing again
-                log(f"loading the state failed: {type(error).__name__}: {error}")
-            self.reload.wait(30.0)
-            self.reload.clear()
-
+    # (The load job: a new state arrives with a SIGHUP, or the hub's watch; the pods
+    # job looks at the file each time it looks at the pods too, so this one need not
+    # poll often: an idle agent's every wake-up counts, 50 agents to a machine.)
     def load(self) -> None:
         with self.load_lock:
             self._load()
@@ -163,10 +167,10 @@ class Agent:
         self.snapshot_mtime = mtime
         log(f"state generation {state.generation}: {len(state.pods)} pods, {len(state.services)} services "
             f"(read in {(time.thread_time() - cpu) * 1000:.0f} ms of CPU)")
-        self.reporter.changed.set()
-        self.kubelet_wake.set()
-        self.dirty.set()
-        self.pods_wake.set()
+        self.reporter.changed()
+        self.kubelet_job.request()
+        self.syncer.request()
+        self.pods_job.request()
 
     def adopt(self, text: str) -> None:
         """A newer state from the hub (it moved a lost node's pods): keep it as the
@@ -176,24 +180,20 @@ class Agent:
             return
         log(f"the hub sent state generation {state.generation}")
         write_atomically(self.snapshot, text, suffix=".agent")
-        self.reload.set()
+        self.loader.request()
 
     # ---- pod sandboxes: the kubelet's sync of this node's pods ----------------
-    def pods_loop(self) -> None:
+    def pods_step(self, requested: bool) -> float:
         """Tends the pods when the node's links or namespaces change (or a new
-        state came), and every POD_RELIST seconds in case a change went unseen;
-        every POD_CHECK seconds where the kernel cannot say."""
-        changes = NodeChanges(["/run/netns"])
-        while True:
-            period = pods.POD_RELIST if changes.complete else pods.POD_CHECK
-            if self.pods_wake.wait(period, changes.fds()):
-                time.sleep(pods.POD_GATHER)  # a pod wired or deleted changes its links a dozen times
-            self.pods_wake.clear()
-            changes.drain()
-            try:
-                self.tend_pods()
-            except Exception as error:  # noqa: BLE001 - one job failing must not stop the others
-                log(f"tending pods failed: {error}")
+        state came; the runner gathers POD_GATHER seconds of changes first: a pod
+        wired or deleted changes its links a dozen times), and every POD_RELIST
+        seconds in case a change went unseen; every POD_CHECK seconds where the
+        kernel cannot say."""
+        if self.node_changes is None:
+            self.node_changes = NodeChanges(["/run/netns"])
+        self.node_changes.drain()
+        self.tend_pods()
+        return pods.POD_RELIST if self.node_changes.complete else pods.POD_CHECK
 
     def tend_pods(self) -> None:
         if pods.held():
@@ -215,21 +215,24 @@ class Agent:
             result = pods.run(pods.plan(view.state, self.node, todo))
         if result.returncode:
             log(f"tending pods failed (exit {result.returncode}): {(result.stdout + result.stderr)[-2000:]}")
-        self.kubelet_wake.set()
+        self.kubelet_job.request()
 
     # ---- readiness: the kubelet's part, and the hub ----------------------------
-    def kubelet_loop(self) -> None:
-        while True:
-            with self.kubelet_lock:
-                changed = self.kubelet.step() if self.view else False
-                wake, fds = self.kubelet.next_wake(), self.kubelet.watch.fds()
-            if changed:
-                log(f"readiness: {sum(self.kubelet.ready.values())} of {len(self.kubelet.ready)} pods ready")
-                self.reporter.changed.set()
-                self.dirty.set()
-            # Woken sooner by a container's process that ends (its pidfd), or a new state.
-            self.kubelet_wake.wait(max(0.005, wake - time.monotonic()), fds)
-            self.kubelet_wake.clear()
+    def kubelet_step(self, requested: bool) -> float:
+        """Probes and processes: the next run when a probe is due, sooner when a
+        container's process ends (its pidfd, kubelet_fds) or a new state came."""
+        with self.kubelet_lock:
+            changed = self.kubelet.step() if self.view else False
+            wake = self.kubelet.next_wake()
+        if changed:
+            log(f"readiness: {sum(self.kubelet.ready.values())} of {len(self.kubelet.ready)} pods ready")
+            self.reporter.changed()
+            self.syncer.request()
+        return max(0.005, wake - time.monotonic())
+
+    def kubelet_fds(self) -> list[int]:
+        with self.kubelet_lock:
+            return self.kubelet.watch.fds()
 
     def generation(self) -> int:
         return self.view.state.generation if self.view else 0
@@ -255,31 +258,34 @@ class Agent:
                 (self.lost_nodes.add if message.get("lost") else self.lost_nodes.discard)(message["node"])
             changed = self.peer_ready != before
         if changed:
-            self.dirty.set()
+            self.syncer.request()
 
-    def hub_loop(self) -> None:
-        """On the hub: nodes that stopped reporting become NotReady, and their pods
-        move after EVICT_AFTER seconds more."""
-        while True:
-            time.sleep(1.0 if self.view and self.view.is_hub else 5.0)  # elsewhere, only to notice becoming the hub
-            view = self.view
-            if view and view.is_hub:
-                for node in self.hub.expire([n.name for n in view.state.nodes]):
-                    log(f"node {node} stopped reporting: NotReady, its endpoints leave every service")
-                due = self.hub.lost_for(EVICT_AFTER)
-                if due and any(pod.node in due and pod.key not in self.stranded for pod in view.state.pods.values()):
-                    not_ready, nodes = len(self.hub.lost_for(0.0)), len(view.state.nodes)
-                    due, disrupted = evictable(due, not_ready, nodes, time.monotonic() - self.evicted_at)
-                    if disrupted != self.disrupted:
-                        self.disrupted = disrupted
-                        log(f"{not_ready} of {nodes} nodes NotReady: a disruption (PartialDisruption), "
-                            "so pods move slowly or not at all" if disrupted else "the disruption is over")
-                    if due:
-                        self.evicted_at = time.monotonic()
-                        try:
-                            self.evict(due)
-                        except Exception as error:  # noqa: BLE001
-                            log(f"moving the pods of {', '.join(sorted(due))} failed: {error}")
+    def hub_step(self, requested: bool) -> float:
+        """On the hub, every second: nodes that stopped reporting become NotReady,
+        and their pods move after EVICT_AFTER seconds more. Elsewhere every 5 s,
+        only to notice becoming the hub."""
+        view = self.view
+        if view and view.is_hub:
+            self.hub_check(view)
+        return 1.0 if view and view.is_hub else 5.0
+
+    def hub_check(self, view: NodeView) -> None:
+        for node in self.hub.expire([n.name for n in view.state.nodes]):
+            log(f"node {node} stopped reporting: NotReady, its endpoints leave every service")
+        due = self.hub.lost_for(EVICT_AFTER)
+        if due and any(pod.node in due and pod.key not in self.stranded for pod in view.state.pods.values()):
+            not_ready, nodes = len(self.hub.lost_for(0.0)), len(view.state.nodes)
+            due, disrupted = evictable(due, not_ready, nodes, time.monotonic() - self.evicted_at)
+            if disrupted != self.disrupted:
+                self.disrupted = disrupted
+                log(f"{not_ready} of {nodes} nodes NotReady: a disruption (PartialDisruption), "
+                    "so pods move slowly or not at all" if disrupted else "the disruption is over")
+            if due:
+                self.evicted_at = time.monotonic()
+                try:
+                    self.evict(due)
+                except Exception as error:  # noqa: BLE001
+                    log(f"moving the pods of {', '.join(sorted(due))} failed: {error}")
 
     def evict(self, lost: set[str]) -> None:
         """Move the lost nodes' pods (emu.node.agent.evict) under the cluster's lock,
@@ -304,32 +310,29 @@ class Agent:
             text = state.to_json()
             write_atomically(self.snapshot, text, suffix=".agent")
             self.hub.tell({"state": text})
-            self.reload.set()
+            self.loader.request()
         finally:
             shutil.rmtree(LOCK_DIR, ignore_errors=True)
 
     # ---- sync: kube-proxy's part, LoadBalancers, DNS ----------------------------
-    def sync_loop(self) -> None:
-        """A sync at once after a change; changes that arrive during a sync are
-        gathered into the next one (a slow sync is never chased change by change)."""
-        while True:
-            fired = self.dirty.wait(self.proxy.check_period)
-            self.dirty.clear()
-            view = self.view
-            if view is None:
-                continue
-            force = False
-            if not fired:
-                lost = self.proxy.check(nodes=len(view.state.nodes))
-                if not lost:
-                    continue
-                log(f"service rules lost ({'; '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}): full resync")
-                force = True
-            try:
-                self.sync(view, force)
-            except Exception as error:  # noqa: BLE001 - a thread that dies syncs nothing again
-                log(f"sync of generation {view.state.generation} failed: {type(error).__name__}: {error}")
-                threading.Timer(RESYNC_AFTER_FAILURE, self.dirty.set).start()
+    def sync_step(self, requested: bool) -> float:
+        """A sync at once after a change (the runner gathers changes that arrive
+        during a sync into the next one: a slow sync is never chased change by
+        change); between changes, a look at the kernel's rules every
+        check_period, and a full resync when some went missing. A failed sync
+        is tried again RESYNC_AFTER_FAILURE seconds later (the runner)."""
+        view = self.view
+        if view is None:
+            return self.proxy.check_period
+        force = False
+        if not requested:
+            lost = self.proxy.check(nodes=len(view.state.nodes))
+            if not lost:
+                return self.proxy.check_period
+            log(f"service rules lost ({'; '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}): full resync")
+            force = True
+        self.sync(view, force)
+        return self.proxy.check_period
 
     def ready_map(self, view: NodeView) -> dict[str, bool]:
         with self.peers_lock:
@@ -367,7 +370,7 @@ class Agent:
             if self.settle_timer is None:
                 log(f"waiting for {len(waiting)} nodes to report the readiness of their new pods: "
                     f"{', '.join(waiting[:5])}{' ...' if len(waiting) > 5 else ''}")  # fmt: skip
-            self.settle_timer = threading.Timer(deadline - now, self.dirty.set)
+            self.settle_timer = threading.Timer(deadline - now, self.syncer.request)
             self.settle_timer.daemon = True
             self.settle_timer.start()
         return True
@@ -409,7 +412,7 @@ class Agent:
         except Exception as error:  # noqa: BLE001
             log(f"ingress sync failed: {error}")
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        chains = self.proxy.sync(state, self.node, endpoints)  # failing: sync_loop logs it and tries again soon
+        chains = self.proxy.sync(state, self.node, endpoints)  # failing: the sync runner logs it and tries again soon
         self.synced_key = key
         if chains > 100:
             release_memory()  # a big render's temporaries
@@ -609,19 +612,14 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(PID_FILE), exist_ok=True)
     with open(PID_FILE, "w") as handle:
         handle.write(str(os.getpid()))
-    signal.signal(signal.SIGHUP, lambda *_: agent.reload.set())
+    signal.signal(signal.SIGHUP, lambda *_: agent.loader.request())
     server = web.Server(("0.0.0.0", port), make_handler(agent))
-    jobs = [
-        agent.load_loop,
-        agent.kubelet_loop,
-        agent.sync_loop,
-        agent.hub_loop,
-        lambda: agent.reporter.run(agent.hub_address, agent.local_readiness),
-        lambda: agent.watcher.run(agent.hub_address, agent.on_hub, agent.generation),
-        agent.pods_loop,
+    for runner in agent.runners():
+        runner.start()
+    for job in [
         server.serve_forever,
-    ]
-    for job in jobs:
+        Watchdog(agent.runners(), log).loop,  # a job stuck in one run says where
+    ]:
         threading.Thread(target=job, daemon=True).start()
     log(f"emu agent for node {node} listening on :{port}")
     while True:

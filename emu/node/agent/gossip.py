@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from emu.node.agent import web
+from emu.node.agent.runner import Runner
 from emu.node.records import MAX_STATE_BYTES, ClusterState, NodeState
 
 HEARTBEAT = 10.0  # seconds between an agent's reports when nothing changes (the kubelet's nodeStatusUpdateFrequency)
@@ -112,18 +113,25 @@ class Reporter:
         self.node = node
         self.port = port
         self.log = log
-        self.changed = threading.Event()
+        self.runner: Runner | None = None
 
-    def run(self, hub_address: Callable[[], str | None], readiness: Callable[[], Readiness | None]) -> None:
-        while True:
-            self.changed.wait(HEARTBEAT)
-            self.changed.clear()
+    def changed(self) -> None:
+        """This node's readiness changed: report it now."""
+        if self.runner is not None:
+            self.runner.request()
+
+    def job(self, hub_address: Callable[[], str | None], readiness: Callable[[], Readiness | None]) -> Runner:
+        """The reporting job: at once on a change, else every HEARTBEAT seconds; a
+        report the hub did not take is sent again RETRY seconds later."""
+
+        def report(requested: bool) -> float | None:
             address, ready = hub_address(), readiness()
             if address is None or ready is None:
-                continue
-            if not self.send(address, ready):
-                time.sleep(RETRY)
-                self.changed.set()  # try again soon
+                return None
+            return None if self.send(address, ready) else RETRY
+
+        self.runner = Runner("report", report, self.log, max_interval=HEARTBEAT, describe=lambda: "reporting to the hub")
+        return self.runner
 
     def send(self, address: str, ready: Readiness) -> bool:
         body = json.dumps({"node": self.node, "ready": ready}).encode()
@@ -151,19 +159,21 @@ class Watcher:
         self.port = port
         self.log = log
 
-    def run(
+    def job(
         self, hub_address: Callable[[], str | None], apply: Callable[[dict], None], generation: Callable[[], int]
-    ) -> None:
-        while True:
-            address = hub_address()
-            if address is None:
-                time.sleep(RETRY)
-                continue
-            try:
-                self.follow(address, apply, generation())
-            except (OSError, ValueError) as error:
-                self.log(f"watching the hub at {address}: {error}; again in {RETRY}s")
-            time.sleep(RETRY)
+    ) -> Runner:
+        """The watching job: one run follows the stream until it breaks (so it is
+        never reported as stalled), and the next connects again RETRY seconds later."""
+        address: list[str | None] = [None]
+
+        def watch(requested: bool) -> float:
+            address[0] = hub_address()
+            if address[0] is not None:
+                self.follow(address[0], apply, generation())
+            return RETRY
+
+        return Runner("watch", watch, self.log, retry_interval=RETRY, stall_after=float("inf"),
+                      describe=lambda: f"watching the hub at {address[0]}")  # fmt: skip
 
     def follow(self, address: str, apply: Callable[[dict], None], generation: int = 0) -> None:
         """Follow the stream. `generation` is the state this node holds: a hub

@@ -34,6 +34,11 @@ class Wake:
         except BlockingIOError:
             pass  # the pipe is full: it is set
 
+    @property
+    def read_fd(self) -> int:
+        """Readable while set."""
+        return self._read
+
     def clear(self) -> None:
         try:
             while os.read(self._read, 4096):
