@@ -12,6 +12,7 @@ __main__; the paths and port below are the one place they are named.
 """
 
 import os
+import subprocess
 
 AGENT_PORT = 10250  # the kubelet's
 AGENT_URL = f"http://127.0.0.1:{AGENT_PORT}"
@@ -54,3 +55,19 @@ def container_file(netns: str, container: str, kind: str) -> str:
 def container_script(netns: str, container: str) -> str:
     """The script that starts a pod's container (written by the plan, rerun by the agent)."""
     return f"{CONTAINER_DIR}/{netns}/{container}.sh"
+
+
+# No command the agent runs may hold a job for good: a run blocked on a lock or
+# a stuck tool would stop that job's every later run (kube-proxy bounds its
+# iptables-restore calls with the xtables lock's wait too). A sync that writes
+# 41,000 chains takes 5-14 s on a saturated machine; 300 s is far beyond any
+# honest run. A timeout raises subprocess.TimeoutExpired: the runner logs it
+# and tries again.
+COMMAND_TIMEOUT = 300.0
+
+
+def run(argv, **options) -> subprocess.CompletedProcess:
+    """subprocess.run with COMMAND_TIMEOUT unless a timeout is given: what every
+    job of the agent runs its commands with."""
+    options.setdefault("timeout", COMMAND_TIMEOUT)
+    return subprocess.run(argv, **options)

@@ -13,6 +13,7 @@ import socket
 import subprocess
 from collections.abc import Callable
 
+from emu.node.agent import run as bounded_run
 from emu.node.records import ClusterState
 from emu.node.services import load_balancer_owner
 
@@ -21,7 +22,7 @@ Runner = Callable[..., subprocess.CompletedProcess]
 
 class LoadBalancers:
     def __init__(
-        self, node: str, log: Callable[[str], None], run: Runner = subprocess.run, announce: Callable | None = None
+        self, node: str, log: Callable[[str], None], run: Runner = bounded_run, announce: Callable | None = None
     ):
         self.node = node
         self.log = log

@@ -18,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from emu.node.agent import run as bounded_run
 from emu.node import ingress
 from emu.node.records import ClusterState
 
@@ -25,7 +26,7 @@ Runner = Callable[..., subprocess.CompletedProcess]
 
 
 class IngressSync:
-    def __init__(self, node: str, log: Callable[[str], None], run: Runner = subprocess.run):
+    def __init__(self, node: str, log: Callable[[str], None], run: Runner = bounded_run):
         self.node = node
         self.log = log
         self.run = run

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from emu.node.agent import CONTAINER_DIR, HOLD_FILE
+from emu.node.agent import run as bounded_run
 from emu.node.plan import NodePlan, cni
 from emu.node.reconcile import sandbox_problem
 from emu.node.records import ClusterState, PodState
@@ -102,7 +103,7 @@ def plan(state: ClusterState, node: str, todo: Work) -> NodePlan:
     return result
 
 
-def forget_flows(addresses: list[str], run: Callable = subprocess.run) -> None:
+def forget_flows(addresses: list[str], run: Callable = bounded_run) -> None:
     """Drop the node's connection tracking entries of pods that are gone: flows
     from them, to them, and those DNATed to them from a service address (whose
     entries live on the client's node, so every node does this). kube-proxy

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from emu.node.agent import run as bounded_run
 from emu.node import policy
 from emu.node.records import ClusterState
 
@@ -26,7 +27,7 @@ RETRY_AFTER = 0.5
 
 
 class PolicySync:
-    def __init__(self, log: Callable[[str], None], run: Runner = subprocess.run):
+    def __init__(self, log: Callable[[str], None], run: Runner = bounded_run):
         self.log = log
         self.run = run
         self.sets: policy.Sets | None = None  # what the kernel holds, as far as we know

@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Callable
 
+from emu.node.agent import run as bounded_run
 from emu.node.proxy import mode_of, proxier
 from emu.node.proxy.conntrack import stale_udp_commands, udp_view
 from emu.node.proxy.iptables import differences, hook_jumps  # noqa: F401 - the iptables check, used by tests
@@ -37,7 +38,7 @@ CLUSTER_CHECK_SHARE = 0.01  # of one core, for every agent's checks together
 class ProxySync:
     """Writes a node's service rules and keeps them there."""
 
-    def __init__(self, log: Callable[[str], None], run: Runner = subprocess.run):
+    def __init__(self, log: Callable[[str], None], run: Runner = bounded_run):
         self.log = log
         self.run = run
         self.proxier = None  # picked by the first state's proxyMode
