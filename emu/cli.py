@@ -694,7 +694,7 @@ def cmd_dns(args) -> int:
     cluster = _cluster(args)
     state = cluster.state()
     server = cni.service_ip(state, KUBE_DNS_INDEX)
-    zone = state.networking["dnsDomain"]
+    zone = state.net.dns_domain
     qtype = args.type.upper()
     if args.pod:
         pod = find_pod(state, args.pod)

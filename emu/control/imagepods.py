@@ -58,7 +58,7 @@ def spec(state: ClusterState, pod: PodState) -> ImagePod:
     """The Docker side of one image pod."""
     node = state.node(pod.node)
     nameservers, searches, options = _dns(state, pod)
-    domain = state.networking.get("dnsDomain", "cluster.local")
+    domain = state.net.dns_domain
     names = cni.pod_host_entry(pod, domain).split("\t")
     containers = [
         AppContainer(

@@ -195,6 +195,39 @@ class ServiceState:
         return all(pod.labels.get(k) == v for k, v in self.selector.items())
 
 
+# The cluster's address plan and proxy mode, defaults set once (as kind's
+# internal/apis/config/default.go): the topology schema (emu.api.topology.model)
+# takes its defaults from here.
+DEFAULT_POD_SUBNET = "10.244.0.0/16"
+DEFAULT_SERVICE_SUBNET = "10.96.0.0/16"
+DEFAULT_DNS_DOMAIN = "cluster.local"
+PROXY_MODES = ("iptables", "nftables", "ipvs")  # kube-proxy's --proxy-mode values emu writes
+DEFAULT_PROXY_MODE = "iptables"
+
+
+@dataclass(frozen=True)
+class Networking:
+    """The typed view of a state's `networking` (the topology's, camelCase in JSON)."""
+
+    pod_subnet: str = DEFAULT_POD_SUBNET
+    service_subnet: str = DEFAULT_SERVICE_SUBNET
+    proxy_mode: str = DEFAULT_PROXY_MODE
+    dns_domain: str = DEFAULT_DNS_DOMAIN
+    cluster_network: str | None = None
+    load_balancer_pool: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Networking:
+        return cls(
+            pod_subnet=data.get("podSubnet") or DEFAULT_POD_SUBNET,
+            service_subnet=data.get("serviceSubnet") or DEFAULT_SERVICE_SUBNET,
+            proxy_mode=data.get("proxyMode") or DEFAULT_PROXY_MODE,
+            dns_domain=data.get("dnsDomain") or DEFAULT_DNS_DOMAIN,
+            cluster_network=data.get("clusterNetwork"),
+            load_balancer_pool=data.get("loadBalancerPool"),
+        )
+
+
 @dataclass
 class ClusterState:
     name: str
@@ -221,6 +254,11 @@ class ClusterState:
     network_policies: list[dict] = field(default_factory=list)
     ingresses: list[dict] = field(default_factory=list)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # "ns/name" -> {tls.crt, tls.key}
+
+    @property
+    def net(self) -> Networking:
+        """`networking`, typed and with its defaults."""
+        return Networking.from_dict(self.networking)
 
     def node(self, name: str) -> NodeState:
         for node in self.nodes:

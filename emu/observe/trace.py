@@ -241,7 +241,7 @@ def plan_trace(state: ClusterState, source: Endpoint, destination: Endpoint, pro
             candidates += [p for p in state.pods.values() if service.selects(p)]
     for pod in sorted(candidates, key=lambda p: p.key)[:MAX_WATCHED_PODS]:
         watch[pod.node].add(pod.netns)
-    zone = state.networking.get("dnsDomain", "cluster.local")
+    zone = state.net.dns_domain
     return TracePlan(
         source, destination, proto, sport, {n: sorted(v) for n, v in watch.items()}, f"kubernetes.default.svc.{zone}"
     )

@@ -20,6 +20,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from emu.node.records import DEFAULT_DNS_DOMAIN, DEFAULT_POD_SUBNET, DEFAULT_PROXY_MODE, DEFAULT_SERVICE_SUBNET
+
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Kubernetes' IANA_SVC_NAME: what a container port's name may be.
 PORT_NAME = r"^(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
@@ -77,12 +79,12 @@ class Model(BaseModel):
 class Networking(Model):
     """Address plan and proxy mode of the cluster."""
 
-    pod_subnet: IPv4CIDR = Field("10.244.0.0/16", description="Pod addresses; each node gets one /24 of it.")
-    service_subnet: IPv4CIDR = Field("10.96.0.0/16", description="Service (ClusterIP) addresses.")
+    pod_subnet: IPv4CIDR = Field(DEFAULT_POD_SUBNET, description="Pod addresses; each node gets one /24 of it.")
+    service_subnet: IPv4CIDR = Field(DEFAULT_SERVICE_SUBNET, description="Service (ClusterIP) addresses.")
     proxy_mode: Literal["iptables", "ipvs", "nftables"] = Field(
-        "iptables", description="How service rules are written, as kube-proxy's --proxy-mode."
+        DEFAULT_PROXY_MODE, description="How service rules are written, as kube-proxy's --proxy-mode."
     )
-    dns_domain: str = Field("cluster.local", description="The cluster's DNS domain.")
+    dns_domain: str = Field(DEFAULT_DNS_DOMAIN, description="The cluster's DNS domain.")
     cluster_network: IPv4CIDR | None = Field(
         None, description="The Docker network's subnet (a /24 or larger); default: a free /24 emu picks."
     )

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 from dnslib import AAAA, CNAME, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A
 
+from emu.node.records import DEFAULT_DNS_DOMAIN
+
 class TYPE:
     """dnslib's QTYPE numbers as plain attributes (QTYPE.X goes through a slow __getattr__)."""
 
@@ -132,7 +134,7 @@ class Zone:
     """Every service, endpoint and namespace of the cluster domain, indexed for lookups."""
 
     def __init__(self, snapshot: dict, serial: int = 1):
-        self.zone = snapshot.get("zone", "cluster.local").lower().rstrip(".")
+        self.zone = snapshot.get("zone", DEFAULT_DNS_DOMAIN).lower().rstrip(".")
         self.ttl = int(snapshot.get("ttl", 5))
         self.serial = serial & 0xFFFFFFFF
         self.upstreams = list(snapshot.get("upstreams", []))

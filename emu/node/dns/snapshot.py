@@ -39,11 +39,11 @@ def _head(state: ClusterState) -> dict:
     namespaces = {pod.namespace for pod in state.pods.values()} | {s.namespace for s in state.services.values()}
     return {
         "namespaces": sorted(namespaces),
-        "zone": state.networking.get("dnsDomain", "cluster.local"),
+        "zone": state.net.dns_domain,
         "ttl": dns.get("ttl", 5),
         "upstreams": dns.get("upstreams", []),
-        "serviceSubnet": state.networking.get("serviceSubnet"),
-        "podSubnet": state.networking.get("podSubnet"),
+        "serviceSubnet": state.net.service_subnet,
+        "podSubnet": state.net.pod_subnet,
     }
 
 

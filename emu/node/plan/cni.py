@@ -26,7 +26,7 @@ from emu.node.agent import (
 from emu.node.plan import NodePlan
 from emu.node.proxy import mode_of, proxier
 from emu.node.proxy.iptables import comment
-from emu.node.records import KUBE_DNS_INDEX, ClusterState, NodeState, PodState, well_known_ip
+from emu.node.records import DEFAULT_DNS_DOMAIN, KUBE_DNS_INDEX, ClusterState, NodeState, PodState, well_known_ip
 
 PLAN_DIR = "/etc/emu/plan"
 BOOT_DIR = f"{PLAN_DIR}/boot"
@@ -99,7 +99,7 @@ def prefix_length(cidr: str) -> int:
 
 def service_ip(state: ClusterState, index: int) -> str:
     """The index-th address of the cluster's service subnet (records.KUBERNETES_INDEX, KUBE_DNS_INDEX)."""
-    return well_known_ip(state.networking["serviceSubnet"], index)
+    return well_known_ip(state.net.service_subnet, index)
 
 
 def node_setup_batch(state: ClusterState, node: NodeState) -> str:
@@ -120,7 +120,7 @@ def agent_guard_rules(state: ClusterState) -> str:
     kubelet's). Pods on this node come in through INPUT; pods sending to
     another node pass FORWARD here before they are masqueraded to this node's
     IP, after which the agent there could not tell them from this node."""
-    pod_subnet = state.networking["podSubnet"]
+    pod_subnet = state.net.pod_subnet
     why = comment("emu: pods may not reach node agents")
     return "\n".join(
         [
@@ -137,7 +137,7 @@ def agent_guard_rules(state: ClusterState) -> str:
 
 def masquerade_rules(state: ClusterState, node: NodeState) -> str:
     """iptables-restore text: pods' egress leaves with the node's IP, pod-to-pod never does."""
-    pod_subnet = state.networking["podSubnet"]
+    pod_subnet = state.net.pod_subnet
     return "\n".join(
         [
             "*nat",
@@ -211,7 +211,7 @@ def pod_namespace_batch(pod: PodState, node: NodeState) -> str:
     )
 
 
-def hosts_file(pod: PodState, domain: str = "cluster.local") -> str:
+def hosts_file(pod: PodState, domain: str = DEFAULT_DNS_DOMAIN) -> str:
     """The pod's /etc/hosts, as the kubelet writes it."""
     return (
         "# Kubernetes-managed hosts file.\n"
@@ -236,7 +236,7 @@ def resolv_conf(state: ClusterState, pod: PodState) -> str | None:
     """The pod's /etc/resolv.conf by its dnsPolicy, with dnsConfig merged in as
     the kubelet merges it. None for dnsPolicy Default: the node's file is
     copied when the pod is made (see resolv_conf_step)."""
-    domain = state.networking["dnsDomain"]
+    domain = state.net.dns_domain
     config = pod.dns_config or {}
     if pod.dns_policy == "ClusterFirst":
         nameservers = [service_ip(state, KUBE_DNS_INDEX)]
@@ -514,7 +514,7 @@ def node_plan(
     for pod in added:
         batch = f"{plan_dir}/pod-{pod.netns}.batch"
         plan.files[batch] = pod_namespace_batch(pod, node)
-        plan.files[f"/etc/netns/{pod.netns}/hosts"] = hosts_file(pod, state.networking["dnsDomain"])
+        plan.files[f"/etc/netns/{pod.netns}/hosts"] = hosts_file(pod, state.net.dns_domain)
         resolv = resolv_conf(state, pod)
         if resolv is None:
             plan.steps.append(resolv_conf_step(pod))

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import importlib
 
-MODES = ("iptables", "nftables", "ipvs")
+from emu.node.records import DEFAULT_PROXY_MODE, PROXY_MODES
+
+MODES = PROXY_MODES
 
 
 def proxier(mode: str | None):
     """The Proxier of a proxyMode ("" or None: iptables, kube-proxy's default)."""
-    mode = mode or "iptables"
+    mode = mode or DEFAULT_PROXY_MODE
     if mode not in MODES:
         raise ValueError(f"unknown proxyMode {mode!r}; use one of {', '.join(MODES)}")
     return importlib.import_module(f"emu.node.proxy.{mode}").PROXIER
@@ -21,4 +23,4 @@ def proxier(mode: str | None):
 
 def mode_of(state) -> str:
     """A cluster state's proxyMode."""
-    return state.networking.get("proxyMode") or "iptables"
+    return state.net.proxy_mode

@@ -136,7 +136,7 @@ def render(
     service and endpoints are unchanged are not rendered again; the cache is
     left holding only the entries this ruleset used."""
     with no_gc():
-        return _render(state, node, endpoints, pod_subnet or state.networking["podSubnet"], cache)
+        return _render(state, node, endpoints, pod_subnet or state.net.pod_subnet, cache)
 
 
 def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:

@@ -127,7 +127,7 @@ class IpvsRules:
 
 
 def render(state: ClusterState, node: str, endpoints: dict, cache: dict | None = None) -> IpvsRules:
-    pod_subnet = state.networking["podSubnet"]
+    pod_subnet = state.net.pod_subnet
     node_ip = next((n.node_ip for n in state.nodes if n.name == node), None)
     sets: dict[str, list[str]] = {name: [] for name, _, _ in IPSETS}
     addresses: list[str] = []

@@ -138,7 +138,7 @@ class Ruleset:
 def setup(state: ClusterState, node: NodeState | None) -> tuple[list[str], dict[str, list[str]]]:
     """kube-proxy's setupNFTables: the table's declarations and fixed rules, and
     those fixed chains with their rules (for the kernel check)."""
-    service_cidr = state.networking["serviceSubnet"]
+    service_cidr = state.net.service_subnet
     chains: dict[str, list[str]] = {name: [] for name, *_ in BASE_CHAINS}
     chains.update({name: [] for name in REGULAR_CHAINS})
     for source, rule in JUMPS:
@@ -188,7 +188,7 @@ def render(
     With a `cache` (a dict the caller keeps between syncs), service ports whose
     service and endpoints are unchanged are not rendered again."""
     with no_gc():
-        pod_subnet = pod_subnet or state.networking["podSubnet"]
+        pod_subnet = pod_subnet or state.net.pod_subnet
         node_state = next((n for n in state.nodes if n.name == node), None)
         lines, fixed = setup(state, node_state)
         ports, used = [], {}
