@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import http.server
 import json
 import os
@@ -333,3 +334,25 @@ def test_tls_is_1_2_or_newer_and_http_1_1(pki, server):
         with client.wrap_socket(raw, server_hostname="kubernetes.default.svc") as tls:
             assert tls.selected_alpn_protocol() == "http/1.1"
             assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+def _client_with(pki, cert_pem: bytes, key_pem: bytes, tmp_path) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cadata=pki.ca_cert.decode())
+    path = tmp_path / "client.pem"
+    path.write_bytes(cert_pem + key_pem)
+    ctx.load_cert_chain(path)
+    return ctx
+
+
+def test_a_serving_certificate_is_no_client_certificate(pki, server, tmp_path):
+    """The API server's own certificate (serverAuth only) cannot log in as a client."""
+    httpd, seen = server
+    url = f"https://127.0.0.1:{httpd.server_address[1]}/whoami"
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
+        urllib.request.urlopen(url, context=_client_with(pki, pki.apiserver_cert, pki.apiserver_key, tmp_path),
+                               timeout=10).read()
+    assert seen == []
+    # The same client with a client certificate of the cluster gets in.
+    ok = urllib.request.urlopen(url, context=_client_with(pki, pki.kube_proxy_cert, pki.kube_proxy_key, tmp_path),
+                                timeout=10)
+    assert json.load(ok) == {"name": "system:kube-proxy", "groups": ["system:authenticated"]}
