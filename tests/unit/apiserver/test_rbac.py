@@ -305,3 +305,38 @@ POLICY_CASES = [
     for i, (a, _) in enumerate(POLICY_CASES)])
 def test_bootstrap_policy_decisions(policy, attributes, allowed):
     assert policy.authorize(attributes).allowed is allowed
+
+
+def test_rule_matching_is_exact_and_case_sensitive():
+    from emu.apiserver.rbac import rule_allows
+
+    rule = {"apiGroups": ["g1", "g2"], "resources": ["r1", "r2"], "verbs": ["v1", "v2"]}
+    for verb in ("v1", "v2"):
+        for grp in ("g1", "g2"):
+            for resource in ("r1", "r2"):
+                assert rule_allows(res("u", verb, resource, group=grp), rule)
+    assert not rule_allows(res("u", "V1", "r1", group="g1"), rule)
+    assert not rule_allows(res("u", "v1", "R1", group="g1"), rule)
+    assert not rule_allows(res("u", "v1", "r1", group="g3"), rule)
+    assert not rule_allows(res("u", "v1", "r1", group="g1", sub="status"), rule)
+    only_sub = {"apiGroups": ["*"], "resources": ["r1/s1"], "verbs": ["*"]}
+    assert rule_allows(res("u", "x", "r1", group="any", sub="s1"), only_sub)
+    assert not rule_allows(res("u", "x", "r1", group="any"), only_sub)
+    assert not rule_allows(res("u", "x", "r1", group="any", sub="s2"), only_sub)
+    # A resource rule never allows a path, a path rule never a resource.
+    assert not rule_allows(nonres("u", "v1", "/r1"), rule)
+    assert not rule_allows(res("u", "get", "anything"), {"nonResourceURLs": ["*"], "verbs": ["*"]})
+
+
+def test_a_user_in_several_groups_gets_the_union():
+    objects = [
+        role("a", [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]),
+        role("b", [{"apiGroups": [""], "resources": ["services"], "verbs": ["get"]}]),
+        binding("a", "ClusterRole", "a", [group("ga")]),
+        binding("b", "ClusterRole", "b", [group("gb")], ns="ns1"),
+    ]
+    a = Authorizer(Store(objects))
+    assert a.authorize(res("joe", "get", "pods", "ns1", groups=["ga", "gb"])).allowed
+    assert a.authorize(res("joe", "get", "services", "ns1", groups=["ga", "gb"])).allowed
+    assert not a.authorize(res("joe", "get", "services", "ns2", groups=["ga", "gb"])).allowed
+    assert not a.authorize(res("joe", "get", "services", "ns1", groups=["ga"])).allowed
