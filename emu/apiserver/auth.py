@@ -177,6 +177,15 @@ class Authenticator:
         self._token_check = token_check
         self._clock = clock
 
+    @classmethod
+    def from_directory(cls, directory: str, **kwargs: Any) -> "Authenticator":
+        """An Authenticator over the PKI files in `directory` (ca.crt, sa.pub: emu.control.pki's layout)."""
+        with open(os.path.join(directory, "ca.crt"), "rb") as f:
+            ca = f.read()
+        with open(os.path.join(directory, "sa.pub"), "rb") as f:
+            sa_pub = f.read()
+        return cls(ca, sa_pub, **kwargs)
+
     def authenticate(self, peer_cert: dict | None, headers: Any) -> User | None:
         """The request's User, or None when it carries no valid credentials (answer 401).
 
@@ -311,3 +320,12 @@ def server_ssl_context(cert_pem: bytes, key_pem: bytes, client_ca_pem: bytes) ->
     # HTTP/1.1 only: Go clients offer h2 first and must not pick it.
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
+
+
+def server_ssl_context_from_directory(directory: str) -> ssl.SSLContext:
+    """server_ssl_context over apiserver.crt, apiserver.key and ca.crt in `directory` (emu.control.pki's layout)."""
+    def read(name: str) -> bytes:
+        with open(os.path.join(directory, name), "rb") as f:
+            return f.read()
+
+    return server_ssl_context(read("apiserver.crt"), read("apiserver.key"), read("ca.crt"))

@@ -25,6 +25,7 @@ from emu.apiserver.auth import (
     issue_token,
     key_id,
     server_ssl_context,
+    server_ssl_context_from_directory,
 )
 from emu.apiserver.types import User
 from emu.control import kubeconfig
@@ -372,3 +373,12 @@ def test_python_kubernetes_client_with_the_merged_kubeconfig(pki, server, tmp_pa
     assert response.status == 200
     assert json.loads(response.data) == {"name": "kubernetes-admin",
                                          "groups": ["system:masters", "system:authenticated"]}
+
+
+def test_from_the_files_the_pki_writes(pki, tmp_path):
+    """The server reads what emu.control.pki writes into the node: same results as from the bytes."""
+    pki.write(tmp_path)
+    a = Authenticator.from_directory(str(tmp_path), clock=lambda: NOW)
+    assert a.authenticate(None, bearer(token(pki))).name == "system:serviceaccount:team:robot"
+    ctx = server_ssl_context_from_directory(str(tmp_path))
+    assert ctx.verify_mode == ssl.CERT_OPTIONAL and ctx.minimum_version == ssl.TLSVersion.TLSv1_2
