@@ -197,9 +197,10 @@ class Authenticator:
         auth = _header(headers, "Authorization")
         if not auth:
             return None
-        # kube-apiserver's bearer token parsing: "Bearer <token>", scheme case-insensitive, no more fields.
-        parts = auth.strip().split(" ")
-        if len(parts) != 2 or parts[0].lower() != "bearer" or not parts[1]:
+        # kube-apiserver's bearer token parsing: the scheme case-insensitive, the token the second
+        # space-separated field (anything after a further space ignored; "Bearer  x" is an empty token).
+        parts = auth.strip().split(" ", 2)
+        if len(parts) < 2 or parts[0].lower() != "bearer" or not parts[1]:
             return None
         return self.authenticate_token(parts[1])
 

@@ -138,7 +138,7 @@ def test_header_lookup_is_case_insensitive_and_scheme_too(pki):
 @pytest.mark.parametrize(
     "case",
     ["expired", "not-yet", "other-key", "tampered", "alg-none", "wrong-audience", "wrong-issuer",
-     "garbage", "basic", "empty-bearer", "three-fields", "no-header"],
+     "garbage", "basic", "empty-bearer", "space-before-token", "no-header"],
 )
 def test_bad_tokens_are_nobody(pki, other_pki, case):
     a = authn(pki)
@@ -157,10 +157,14 @@ def test_bad_tokens_are_nobody(pki, other_pki, case):
         "garbage": bearer("a.b.c"),
         "basic": {"Authorization": "Basic dXNlcjpwdw=="},
         "empty-bearer": {"Authorization": "Bearer "},
-        "three-fields": {"Authorization": f"Bearer {good} x"},
+        "space-before-token": {"Authorization": f"Bearer  {good}"},
         "no-header": {},
     }[case]
     assert a.authenticate(None, headers) is None
+
+
+def test_fields_after_the_token_are_ignored_as_kube_apiserver_does(pki):
+    assert authn(pki).authenticate(None, {"Authorization": f"Bearer {token(pki)} trailing"}) is not None
 
 
 def test_expiry_has_kubernetes_one_minute_leeway(pki):
