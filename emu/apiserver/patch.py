@@ -416,7 +416,8 @@ def _elements_kind(*lists: list) -> str:
             item_kind = _kind(item)
             if not kind:
                 if item_kind == "slice":
-                    raise PatchError("lists of lists are not supported", 422)
+                    # ErrNoListOfLists: kube-apiserver answers 422 with its generic text.
+                    raise PatchError(_INVALID_MESSAGE, 422)
                 kind = item_kind
             elif item_kind != kind:
                 raise PatchError("list element types are not identical: "
@@ -1019,10 +1020,12 @@ def server_side_apply(current: dict | None, applied: dict, manager: str, force: 
 
     merged = _apply_merge(live, applied, schema)
     owned_by_others: set[Path] = set().union(*(e.paths for e in others)) if others else set()
-    for path in sorted(previous - applied_paths, key=len, reverse=True):
-        if _owned_below(owned_by_others, path) or _owned_below(applied_paths, path):
-            continue
-        _remove(merged, path)
+    dropped = {p for p in previous - applied_paths
+               if not _owned_below(owned_by_others, p) and not _owned_below(applied_paths, p)}
+    for path in sorted(dropped, key=len):
+        # A dropped list item or map goes with its fields: remove the top one only.
+        if not any(path[:n] in dropped for n in range(1, len(path))):
+            _remove(merged, path)
 
     if mine is None:
         mine = _Entry({"manager": manager, "operation": "Apply"})
