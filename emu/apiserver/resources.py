@@ -424,7 +424,7 @@ def prepare_create(info: ResourceInfo, obj: dict) -> None:
             if not any(isinstance(t, dict) and t.get("key") == key for t in tols):
                 tols.append({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300})
         obj["status"] = {"phase": "Pending", "qosClass": _qos(spec)}
-    elif info.has_status and kind != "Node":
+    elif info.has_status() and kind != "Node":
         obj["status"] = {}
     elif kind == "Node":
         obj.setdefault("status", {})
@@ -437,7 +437,7 @@ def prepare_update(info: ResourceInfo, new: dict, old: dict) -> None:
     _defaults(info, new)
     meta = new.setdefault("metadata", {})
     old_meta = old.get("metadata") or {}
-    if info.has_status:
+    if info.has_status():
         if "status" in old:
             new["status"] = copy.deepcopy(old["status"])
         else:

@@ -267,7 +267,7 @@ class Store:
                 return "", current
             if new is not DELETE:
                 meta = new.get("metadata") or {}
-                if meta.get("deletionTimestamp") and not meta.get("finalizers") and current is not None:
+                if meta.get("deletionTimestamp") and not finalizers(new) and current is not None:
                     new = DELETE
             if new is DELETE:
                 if current is None:
@@ -415,6 +415,14 @@ class Store:
             return len(self._watchers)
 
 
+def finalizers(obj: dict) -> list:
+    """What holds an object being deleted: metadata.finalizers, and a Namespace's spec.finalizers."""
+    out = list((obj.get("metadata") or {}).get("finalizers") or [])
+    if obj.get("kind") == "Namespace":
+        out += (obj.get("spec") or {}).get("finalizers") or []
+    return out
+
+
 def check_version(key: str, current: dict, new: dict) -> None:
     """409 Conflict when `new` names a resourceVersion other than the stored one."""
     want = (new.get("metadata") or {}).get("resourceVersion")
@@ -438,7 +446,7 @@ def keep_identity(current: dict, new: dict) -> None:
 def mark_deleted(current: dict, grace: int = 0) -> object:
     """DELETE for an object without finalizers; with finalizers, the object marked for deletion."""
     meta = current.setdefault("metadata", {})
-    if not meta.get("finalizers"):
+    if not finalizers(current):
         return DELETE
     if meta.get("deletionTimestamp"):
         return None  # already being deleted: nothing changes
