@@ -262,6 +262,12 @@ METADATA_DESCRIPTION = ("Standard object's metadata. More info: "
 LIST_METADATA_DESCRIPTION = ("Standard list metadata. More info: "
                              "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds")
 
+SPEC_DESCRIPTION = ("Specification of the desired behavior of the {}. More info: "
+                    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#spec-and-status")
+STATUS_DESCRIPTION = ("Most recently observed status of the {}. This data may not be up to date. Populated by the "
+                      "system. Read-only. More info: "
+                      "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#spec-and-status")
+
 # Definitions the client has no model for (their Go types marshal to JSON strings or free-form values).
 SPECIAL = {
     TIME: {"type": "string", "format": "date-time",
@@ -397,10 +403,10 @@ class Builder:
             description = field.description
             if not description and json_name == "metadata":
                 description = LIST_METADATA_DESCRIPTION if model.endswith("List") else METADATA_DESCRIPTION
-            if not description:
-                target = re.sub(r"^(List|Dict)\[(str, )?|\]$", "", typ)
-                if hasattr(client, target):
-                    description = " ".join((getattr(client, target).__doc__ or "").strip().split("\n\n")[0].split())
+            if not description and json_name in ("spec", "status") and "kind" in cls.attribute_map.values():
+                description = (SPEC_DESCRIPTION if json_name == "spec" else STATUS_DESCRIPTION).format(
+                    short(model)
+                )
             definition["properties"][json_name] = self.prop(
                 model, f"{pkg_type}.{json_name}", typ, field.annotation, description
             )
@@ -427,6 +433,13 @@ def model_field(cls, attr: str, json_name: str):
 def gvk(kind: Kind, kind_name: str | None = None) -> dict:
     return {"group": kind.group, "kind": kind_name or kind.kind, "version": kind.version}
 
+
+# OpenAPI 3 says what these hold with oneOf (Swagger 2.0 cannot), as kube-apiserver's v3 does.
+V3_ONE_OF = {
+    INTORSTRING: {"description": SPECIAL[INTORSTRING]["description"], "format": "int-or-string",
+                  "oneOf": [{"type": "integer"}, {"type": "string"}]},
+    QUANTITY: {"description": SPECIAL[QUANTITY]["description"], "oneOf": [{"type": "string"}, {"type": "number"}]},
+}  # fmt: skip
 
 # ---------------------------------------------------------------------------
 # Paths and operations, as kube-apiserver publishes them.
@@ -787,7 +800,7 @@ def to_v3(paths: dict, defs: dict, info: dict) -> dict:
     used: set[str] = set()
     refs_in(paths, used)
     names = closure(used, defs)
-    schemas = {name: schema_v3(defs[name]) for name in sorted(names)}
+    schemas = {name: schema_v3(V3_ONE_OF.get(name, defs[name])) for name in sorted(names)}
     return {"components": {"schemas": schemas,
                            "securitySchemes": {"BearerToken": {"description": "Bearer Token authentication",
                                                                "in": "header", "name": "authorization",

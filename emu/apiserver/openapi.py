@@ -34,9 +34,10 @@ from pathlib import Path
 DATA = Path(__file__).resolve().parent / "data"
 
 JSON = "application/json"
-PROTOBUF_V2 = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
-# Older clients' spelling of the same type (kube-apiserver still accepts it).
-PROTOBUF_V2_OLD = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
+# client-go asks for the first spelling; kube-apiserver accepts both and answers with
+# the second (Go's mime parser rejects the "@" in a response's Content-Type).
+PROTOBUF_V2_ASKED = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
+PROTOBUF_V2 = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
 
 __all__ = [
     "v2", "v2_protobuf", "v3_index", "v3", "handle", "unknown_fields", "patch_schema", "PatchSchema",
@@ -113,15 +114,16 @@ def handle(path: str, query: str = "", accept: str = "") -> tuple[int, dict[str,
     """
     path = path.rstrip("/") or "/"
     if path == "/openapi/v2":
-        chosen = _accepts(accept, [JSON, PROTOBUF_V2, PROTOBUF_V2_OLD])
+        chosen = _accepts(accept, [JSON, PROTOBUF_V2, PROTOBUF_V2_ASKED])
         if chosen is None:
             return 406, {"Content-Type": "text/plain"}, _not_acceptable(accept, [JSON, PROTOBUF_V2])
-        body = v2() if chosen == JSON else v2_protobuf()
-        return 200, {"Content-Type": chosen, "Cache-Control": "no-cache, private"}, body
+        if chosen == JSON:
+            return 200, {"Content-Type": JSON, "Vary": "Accept"}, v2()
+        return 200, {"Content-Type": PROTOBUF_V2, "Vary": "Accept"}, v2_protobuf()
     if path == "/openapi/v3":
         if _accepts(accept, [JSON]) is None:
             return 406, {"Content-Type": "text/plain"}, _not_acceptable(accept, [JSON])
-        return 200, {"Content-Type": JSON, "Cache-Control": "no-cache, private"}, json.dumps(v3_index()).encode()
+        return 200, {"Content-Type": JSON}, json.dumps(v3_index()).encode()
     if path.startswith("/openapi/v3/"):
         gv = path[len("/openapi/v3/") :]
         body = v3(gv)
@@ -134,8 +136,10 @@ def handle(path: str, query: str = "", accept: str = "") -> tuple[int, dict[str,
         if want and want != current:
             # kube-apiserver redirects a stale hash to the current document.
             return 301, {"Location": f"/openapi/v3/{gv}?hash={current}", "Content-Type": "text/plain"}, b""
-        cache = "public, immutable" if want else "no-cache, private"
-        return 200, {"Content-Type": JSON, "Cache-Control": cache, "Etag": f'"{current}"'}, body
+        headers = {"Content-Type": JSON, "Etag": f'"{current}"'}
+        if want:  # the URL names this exact document: clients may keep it for good
+            headers |= {"Vary": "Accept", "Cache-Control": "public, immutable"}
+        return 200, headers, body
     return None
 
 
