@@ -257,38 +257,63 @@ MICROTIMES = {
 OBJECTS = {"meta.v1.ManagedFieldsEntry.fieldsV1": FIELDSV1, "meta.v1.WatchEvent.object": RAW}
 
 # Field descriptions the client drops for struct-valued fields (it keeps them for the others).
-METADATA_DESCRIPTION = ("Standard object's metadata. More info: "
-                        "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata")
-LIST_METADATA_DESCRIPTION = ("Standard list metadata. More info: "
-                             "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds")
+METADATA_DESCRIPTION = (
+    "Standard object's metadata. More info: "
+    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"
+)
+LIST_METADATA_DESCRIPTION = (
+    "Standard list metadata. More info: "
+    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds"
+)
 
-SPEC_DESCRIPTION = ("Specification of the desired behavior of the {}. More info: "
-                    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#spec-and-status")
-STATUS_DESCRIPTION = ("Most recently observed status of the {}. This data may not be up to date. Populated by the "
-                      "system. Read-only. More info: "
-                      "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#spec-and-status")
+SPEC_DESCRIPTION = (
+    "Specification of the desired behavior of the {}. More info: "
+    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#spec-and-status"
+)
+STATUS_DESCRIPTION = (
+    "Most recently observed status of the {}. This data may not be up to date. Populated by the "
+    "system. Read-only. More info: "
+    "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#spec-and-status"
+)
 
 # Definitions the client has no model for (their Go types marshal to JSON strings or free-form values).
 SPECIAL = {
-    TIME: {"type": "string", "format": "date-time",
-           "description": "Time is a wrapper around time.Time which supports correct marshaling to YAML and JSON. "
-                          "Wrappers are provided for many of the factory methods that the time package offers."},
-    MICROTIME: {"type": "string", "format": "date-time",
-                "description": "MicroTime is version of Time with microsecond level precision."},
-    FIELDSV1: {"type": "object",
-               "description": "FieldsV1 stores a set of fields in a data structure like a Trie, in JSON format."},
-    RAW: {"type": "object",
-          "description": "RawExtension is used to hold extensions in external versions: an embedded object "
-                         "of any kind, as JSON."},
-    INTORSTRING: {"type": "string", "format": "int-or-string",
-                  "description": "IntOrString is a type that can hold an int32 or a string. When used in JSON or "
-                                 "YAML marshalling and unmarshalling, it produces or consumes the inner type."},
-    QUANTITY: {"type": "string",
-               "description": "Quantity is a fixed-point representation of a number, written in JSON as a string "
-                              "such as \"100m\", \"1.5Gi\" or \"2\" (decimal SI, binary SI or decimal exponent "
-                              "suffixes)."},
-    PATCH: {"type": "object",
-            "description": "Patch is provided to give a concrete name and type to the Kubernetes PATCH request body."},
+    TIME: {
+        "type": "string",
+        "format": "date-time",
+        "description": "Time is a wrapper around time.Time which supports correct marshaling to YAML and JSON. "
+        "Wrappers are provided for many of the factory methods that the time package offers.",
+    },
+    MICROTIME: {
+        "type": "string",
+        "format": "date-time",
+        "description": "MicroTime is version of Time with microsecond level precision.",
+    },
+    FIELDSV1: {
+        "type": "object",
+        "description": "FieldsV1 stores a set of fields in a data structure like a Trie, in JSON format.",
+    },
+    RAW: {
+        "type": "object",
+        "description": "RawExtension is used to hold extensions in external versions: an embedded object "
+        "of any kind, as JSON.",
+    },
+    INTORSTRING: {
+        "type": "string",
+        "format": "int-or-string",
+        "description": "IntOrString is a type that can hold an int32 or a string. When used in JSON or "
+        "YAML marshalling and unmarshalling, it produces or consumes the inner type.",
+    },
+    QUANTITY: {
+        "type": "string",
+        "description": "Quantity is a fixed-point representation of a number, written in JSON as a string "
+        'such as "100m", "1.5Gi" or "2" (decimal SI, binary SI or decimal exponent '
+        "suffixes).",
+    },
+    PATCH: {
+        "type": "object",
+        "description": "Patch is provided to give a concrete name and type to the Kubernetes PATCH request body.",
+    },
 }
 
 # ---------------------------------------------------------------------------
@@ -297,7 +322,7 @@ SPECIAL = {
 def short(model: str) -> str:
     for prefix in GROUP_PREFIX:
         if model.startswith(prefix):
-            return model[len(prefix):]
+            return model[len(prefix) :]
     return re.sub(r"^V1", "", model)
 
 
@@ -404,9 +429,7 @@ class Builder:
             if not description and json_name == "metadata":
                 description = LIST_METADATA_DESCRIPTION if model.endswith("List") else METADATA_DESCRIPTION
             if not description and json_name in ("spec", "status") and "kind" in cls.attribute_map.values():
-                description = (SPEC_DESCRIPTION if json_name == "spec" else STATUS_DESCRIPTION).format(
-                    short(model)
-                )
+                description = (SPEC_DESCRIPTION if json_name == "spec" else STATUS_DESCRIPTION).format(short(model))
             definition["properties"][json_name] = self.prop(
                 model, f"{pkg_type}.{json_name}", typ, field.annotation, description
             )
@@ -447,25 +470,25 @@ V3_ONE_OF = {
 PARAM_TEXT = {
     "pretty": "If 'true', then the output is pretty printed.",
     "dryRun": "When present, indicates that modifications should not be persisted. Valid values are: All (every "
-              "dry run stage is processed).",
+    "dry run stage is processed).",
     "fieldManager": "fieldManager is a name associated with the actor or entity that is making these changes.",
     "fieldValidation": "fieldValidation instructs the server on how to handle objects in the request "
-                       "(POST/PUT/PATCH) containing unknown or duplicate fields. Valid values are: Ignore (drop them "
-                       "silently), Warn (drop them and send a warning for each), Strict (fail the request with a "
-                       "BadRequest error naming them).",
-    "force": "Force is going to \"force\" Apply requests: the user re-acquires conflicting fields owned by other "
-             "people. Must be unset for non-apply patch requests.",
+    "(POST/PUT/PATCH) containing unknown or duplicate fields. Valid values are: Ignore (drop them "
+    "silently), Warn (drop them and send a warning for each), Strict (fail the request with a "
+    "BadRequest error naming them).",
+    "force": 'Force is going to "force" Apply requests: the user re-acquires conflicting fields owned by other '
+    "people. Must be unset for non-apply patch requests.",
     "labelSelector": "A selector to restrict the list of returned objects by their labels. Defaults to everything.",
     "fieldSelector": "A selector to restrict the list of returned objects by their fields. Defaults to everything.",
     "limit": "limit is a maximum number of responses to return for a list call. If more items exist, the "
-             "server sets the `continue` field on the list metadata.",
+    "server sets the `continue` field on the list metadata.",
     "continue": "The continue option should be set when retrieving more results from the server.",
     "resourceVersion": "resourceVersion sets a constraint on what resource versions a request may be served from.",
     "resourceVersionMatch": "resourceVersionMatch determines how resourceVersion is applied to list calls.",
     "timeoutSeconds": "Timeout for the list/watch call.",
     "watch": "Watch for changes to the described resources and return them as a stream of add, update, and "
-             "remove notifications.",
-    "allowWatchBookmarks": "allowWatchBookmarks requests watch events with type \"BOOKMARK\".",
+    "remove notifications.",
+    "allowWatchBookmarks": 'allowWatchBookmarks requests watch events with type "BOOKMARK".',
     "sendInitialEvents": "`sendInitialEvents=true` may be set together with `watch=true`.",
     "gracePeriodSeconds": "The duration in seconds before the object should be deleted.",
     "propagationPolicy": "Whether and how garbage collection will be performed: Orphan, Background or Foreground.",
@@ -539,59 +562,124 @@ def operations(kind: Kind, names) -> dict[str, dict]:
     collection: dict = {}
     item: dict = {}
     if "l" in kind.verbs:
-        collection["get"] = op(op_id("list", kind, scope), "list", LIST_Q,
-                               [("200", "OK", list_ref)], g,
-                               produces=["application/json", "application/yaml", "application/vnd.kubernetes.protobuf",
-                                         "application/json;stream=watch",
-                                         "application/vnd.kubernetes.protobuf;stream=watch"],
-                               description=f"list or watch objects of kind {kind.kind}")
-        collection["delete"] = op(op_id("deleteCollection", kind, scope), "deletecollection",
-                                  LIST_Q + DELETE_Q, [("200", "OK", status_ref)], g,
-                                  body={"$ref": "#/definitions/" + META + "DeleteOptions"},
-                                  description=f"delete collection of {kind.kind}")
+        collection["get"] = op(
+            op_id("list", kind, scope),
+            "list",
+            LIST_Q,
+            [("200", "OK", list_ref)],
+            g,
+            produces=[
+                "application/json",
+                "application/yaml",
+                "application/vnd.kubernetes.protobuf",
+                "application/json;stream=watch",
+                "application/vnd.kubernetes.protobuf;stream=watch",
+            ],
+            description=f"list or watch objects of kind {kind.kind}",
+        )
+        collection["delete"] = op(
+            op_id("deleteCollection", kind, scope),
+            "deletecollection",
+            LIST_Q + DELETE_Q,
+            [("200", "OK", status_ref)],
+            g,
+            body={"$ref": "#/definitions/" + META + "DeleteOptions"},
+            description=f"delete collection of {kind.kind}",
+        )
     if "c" in kind.verbs:
         created = [("200", "OK", kind_ref), ("201", "Created", kind_ref), ("202", "Accepted", kind_ref)]
-        collection["post"] = op(op_id("create", kind, scope), "post", WRITE_Q, created, g, body=kind_ref,
-                                description=f"create a {kind.kind}")
+        collection["post"] = op(
+            op_id("create", kind, scope),
+            "post",
+            WRITE_Q,
+            created,
+            g,
+            body=kind_ref,
+            description=f"create a {kind.kind}",
+        )
     if collection:
         collection["parameters"] = ns_param + [pretty]
         paths[f"{base}{ns}/{kind.plural}"] = collection
     if "r" in kind.verbs:
-        item["get"] = op(op_id("read", kind, scope), "get", [], [("200", "OK", kind_ref)], g,
-                         description=f"read the specified {kind.kind}")
+        item["get"] = op(
+            op_id("read", kind, scope),
+            "get",
+            [],
+            [("200", "OK", kind_ref)],
+            g,
+            description=f"read the specified {kind.kind}",
+        )
     if "u" in kind.verbs:
-        item["put"] = op(op_id("replace", kind, scope), "put", WRITE_Q,
-                         [("200", "OK", kind_ref), ("201", "Created", kind_ref)], g, body=kind_ref,
-                         description=f"replace the specified {kind.kind}")
+        item["put"] = op(
+            op_id("replace", kind, scope),
+            "put",
+            WRITE_Q,
+            [("200", "OK", kind_ref), ("201", "Created", kind_ref)],
+            g,
+            body=kind_ref,
+            description=f"replace the specified {kind.kind}",
+        )
     if "p" in kind.verbs:
-        item["patch"] = op(op_id("patch", kind, scope), "patch", WRITE_Q + ["force"],
-                           [("200", "OK", kind_ref), ("201", "Created", kind_ref)], g,
-                           consumes=["application/json-patch+json", "application/merge-patch+json",
-                                     "application/strategic-merge-patch+json", "application/apply-patch+yaml"],
-                           body={"$ref": "#/definitions/" + PATCH},
-                           description=f"partially update the specified {kind.kind}")
+        item["patch"] = op(
+            op_id("patch", kind, scope),
+            "patch",
+            WRITE_Q + ["force"],
+            [("200", "OK", kind_ref), ("201", "Created", kind_ref)],
+            g,
+            consumes=[
+                "application/json-patch+json",
+                "application/merge-patch+json",
+                "application/strategic-merge-patch+json",
+                "application/apply-patch+yaml",
+            ],
+            body={"$ref": "#/definitions/" + PATCH},
+            description=f"partially update the specified {kind.kind}",
+        )
     if "d" in kind.verbs:
-        item["delete"] = op(op_id("delete", kind, scope), "delete", DELETE_Q,
-                            [("200", "OK", status_ref), ("202", "Accepted", status_ref)], g,
-                            body={"$ref": "#/definitions/" + META + "DeleteOptions"},
-                            description=f"delete a {kind.kind}")
+        item["delete"] = op(
+            op_id("delete", kind, scope),
+            "delete",
+            DELETE_Q,
+            [("200", "OK", status_ref), ("202", "Accepted", status_ref)],
+            g,
+            body={"$ref": "#/definitions/" + META + "DeleteOptions"},
+            description=f"delete a {kind.kind}",
+        )
     if item:
         item["parameters"] = item_params + [pretty]
         paths[f"{base}{ns}/{kind.plural}/{{name}}"] = item
     if "l" in kind.verbs:
         if kind.namespaced:
             paths[f"{base}/{kind.plural}"] = {
-                "get": op(op_id("list", kind, "", "ForAllNamespaces"), "list", LIST_Q, [("200", "OK", list_ref)], g,
-                          description=f"list or watch objects of kind {kind.kind}"),
+                "get": op(
+                    op_id("list", kind, "", "ForAllNamespaces"),
+                    "list",
+                    LIST_Q,
+                    [("200", "OK", list_ref)],
+                    g,
+                    description=f"list or watch objects of kind {kind.kind}",
+                ),
             }
         paths[f"{base}/watch{ns}/{kind.plural}"] = {
-            "get": op(op_id("watch", kind, scope, "List"), "watchlist", LIST_Q, [("200", "OK", watch_ref)], g,
-                      description=f"watch individual changes to a list of {kind.kind}"),
+            "get": op(
+                op_id("watch", kind, scope, "List"),
+                "watchlist",
+                LIST_Q,
+                [("200", "OK", watch_ref)],
+                g,
+                description=f"watch individual changes to a list of {kind.kind}",
+            ),
             "parameters": ns_param + [pretty],
         }
         paths[f"{base}/watch{ns}/{kind.plural}/{{name}}"] = {
-            "get": op(op_id("watch", kind, scope), "watch", LIST_Q, [("200", "OK", watch_ref)], g,
-                      description=f"watch changes to an object of kind {kind.kind}"),
+            "get": op(
+                op_id("watch", kind, scope),
+                "watch",
+                LIST_Q,
+                [("200", "OK", watch_ref)],
+                g,
+                description=f"watch changes to an object of kind {kind.kind}",
+            ),
             "parameters": item_params + [pretty],
         }
     for sub, sub_model, verbs in kind.sub:
@@ -601,17 +689,26 @@ def operations(kind: Kind, names) -> dict[str, dict]:
             entry = {}
             suffix = sub.capitalize() if sub != "portforward" else "Portforward"
             if sub == "log":
-                entry["get"] = op(op_id("read", kind, scope, "Log"), "get", ["container", "follow"],
-                                  [("200", "OK", {"type": "string"})], g, produces=["text/plain", "application/json"],
-                                  description=f"read log of the specified {kind.kind}")
+                entry["get"] = op(
+                    op_id("read", kind, scope, "Log"),
+                    "get",
+                    ["container", "follow"],
+                    [("200", "OK", {"type": "string"})],
+                    g,
+                    produces=["text/plain", "application/json"],
+                    description=f"read log of the specified {kind.kind}",
+                )
             else:
                 for method in ("get", "post"):
-                    entry[method] = op(op_id("connect" + method.capitalize(), kind, scope, suffix), "connect",
-                                       ["command", "container"] if sub == "exec" else ["ports"],
-                                       [("200", "OK", {"type": "string"})],
-                                       {"group": kind.group, "kind": "Pod" + sub.capitalize() + "Options",
-                                        "version": kind.version}, produces=["*/*"],
-                                       description=f"connect {method.upper()} requests to {sub} of {kind.kind}")
+                    entry[method] = op(
+                        op_id("connect" + method.capitalize(), kind, scope, suffix),
+                        "connect",
+                        ["command", "container"] if sub == "exec" else ["ports"],
+                        [("200", "OK", {"type": "string"})],
+                        {"group": kind.group, "kind": "Pod" + sub.capitalize() + "Options", "version": kind.version},
+                        produces=["*/*"],
+                        description=f"connect {method.upper()} requests to {sub} of {kind.kind}",
+                    )
             entry["parameters"] = item_params
             paths[path] = entry
             continue
@@ -621,23 +718,51 @@ def operations(kind: Kind, names) -> dict[str, dict]:
         entry = {}
         suffix = sub.capitalize()
         if "r" in verbs:
-            entry["get"] = op(op_id("read", kind, scope, suffix), "get", [], [("200", "OK", sub_ref)], sg,
-                              description=f"read {sub} of the specified {kind.kind}")
+            entry["get"] = op(
+                op_id("read", kind, scope, suffix),
+                "get",
+                [],
+                [("200", "OK", sub_ref)],
+                sg,
+                description=f"read {sub} of the specified {kind.kind}",
+            )
         if "u" in verbs:
-            entry["put"] = op(op_id("replace", kind, scope, suffix), "put", WRITE_Q,
-                              [("200", "OK", sub_ref), ("201", "Created", sub_ref)], sg, body=sub_ref,
-                              description=f"replace {sub} of the specified {kind.kind}")
+            entry["put"] = op(
+                op_id("replace", kind, scope, suffix),
+                "put",
+                WRITE_Q,
+                [("200", "OK", sub_ref), ("201", "Created", sub_ref)],
+                sg,
+                body=sub_ref,
+                description=f"replace {sub} of the specified {kind.kind}",
+            )
         if "p" in verbs:
-            entry["patch"] = op(op_id("patch", kind, scope, suffix), "patch", WRITE_Q + ["force"],
-                                [("200", "OK", sub_ref), ("201", "Created", sub_ref)], sg,
-                                consumes=["application/json-patch+json", "application/merge-patch+json",
-                                          "application/strategic-merge-patch+json", "application/apply-patch+yaml"],
-                                body={"$ref": "#/definitions/" + PATCH},
-                                description=f"partially update {sub} of the specified {kind.kind}")
+            entry["patch"] = op(
+                op_id("patch", kind, scope, suffix),
+                "patch",
+                WRITE_Q + ["force"],
+                [("200", "OK", sub_ref), ("201", "Created", sub_ref)],
+                sg,
+                consumes=[
+                    "application/json-patch+json",
+                    "application/merge-patch+json",
+                    "application/strategic-merge-patch+json",
+                    "application/apply-patch+yaml",
+                ],
+                body={"$ref": "#/definitions/" + PATCH},
+                description=f"partially update {sub} of the specified {kind.kind}",
+            )
         if "c" in verbs:
             created = [("200", "OK", sub_ref), ("201", "Created", sub_ref), ("202", "Accepted", sub_ref)]
-            entry["post"] = op(op_id("create", kind, scope, suffix), "post", WRITE_Q, created, sg, body=sub_ref,
-                               description=f"create {sub} of a {kind.kind}")
+            entry["post"] = op(
+                op_id("create", kind, scope, suffix),
+                "post",
+                WRITE_Q,
+                created,
+                sg,
+                body=sub_ref,
+                description=f"create {sub} of a {kind.kind}",
+            )
         entry["parameters"] = item_params + [pretty]
         paths[path] = entry
     return paths
@@ -647,17 +772,22 @@ def resources_path(gv_path: str, group: str, version: str) -> dict:
     """GET /api/v1/ and /apis/G/V/: the group-version's APIResourceList."""
     tag = (group.split(".")[0] if group else "core") + "_" + version
     ident = "".join(p.capitalize() for p in (group.split(".")[0] if group else "core").split("-"))
-    return {"/" + gv_path + "/": {"get": {
-        "consumes": ["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"],
-        "description": "get available resources",
-        "operationId": f"get{ident}{version.capitalize()}APIResources",
-        "produces": ["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"],
-        "responses": {"200": {"description": "OK",
-                              "schema": {"$ref": "#/definitions/" + META + "APIResourceList"}},
-                      "401": {"description": "Unauthorized"}},
-        "schemes": ["https"],
-        "tags": [tag],
-    }}}
+    return {
+        "/" + gv_path + "/": {
+            "get": {
+                "consumes": ["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"],
+                "description": "get available resources",
+                "operationId": f"get{ident}{version.capitalize()}APIResources",
+                "produces": ["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"],
+                "responses": {
+                    "200": {"description": "OK", "schema": {"$ref": "#/definitions/" + META + "APIResourceList"}},
+                    "401": {"description": "Unauthorized"},
+                },
+                "schemes": ["https"],
+                "tags": [tag],
+            }
+        }
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -784,8 +914,10 @@ def to_v3(paths: dict, defs: dict, info: dict) -> dict:
             body = next((p for p in op.get("parameters", []) if p["in"] == "body"), None)
             if body:
                 new_op["requestBody"] = {
-                    "content": {ct: {"schema": schema_v3(body["schema"])}
-                                for ct in (op["consumes"] if op["consumes"] != ["*/*"] else ["*/*"])},
+                    "content": {
+                        ct: {"schema": schema_v3(body["schema"])}
+                        for ct in (op["consumes"] if op["consumes"] != ["*/*"] else ["*/*"])
+                    },
                     "required": True,
                 }
             responses = {}

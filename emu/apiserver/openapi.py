@@ -40,8 +40,15 @@ PROTOBUF_V2_ASKED = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf"
 PROTOBUF_V2 = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf"
 
 __all__ = [
-    "v2", "v2_protobuf", "v3_index", "v3", "handle", "unknown_fields", "patch_schema", "PatchSchema",
+    "OpenAPIPatchSchema",
     "definition_for",
+    "handle",
+    "patch_schema",
+    "unknown_fields",
+    "v2",
+    "v2_protobuf",
+    "v3",
+    "v3_index",
 ]  # fmt: skip
 
 
@@ -105,21 +112,61 @@ def _accepts(accept: str, offered: list[str]) -> str | None:
     return None
 
 
-def handle(path: str, query: str = "", accept: str = "") -> tuple[int, dict[str, str], bytes] | None:
+@functools.cache
+def _v2_protobuf_gzip() -> bytes:
+    return gzip.compress(v2_protobuf(), compresslevel=6, mtime=0)
+
+
+def _gzip_ok(accept_encoding: str) -> bool:
+    for part in accept_encoding.split(","):
+        coding, *params = [p.strip() for p in part.split(";")]
+        if coding.lower() == "gzip" and "q=0" not in params:
+            return True
+    return False
+
+
+def handle(
+    path: str, query: str = "", accept: str = "", accept_encoding: str = ""
+) -> tuple[int, dict[str, str], bytes] | None:
     """Serve an OpenAPI request: ``(status, headers, body)`` for /openapi/v2, /openapi/v3 and
     /openapi/v3/<group-version>, or None when ``path`` is none of them (the caller's 404).
 
-    ``query`` is the raw query string (``hash=...``), ``accept`` the Accept header.
+    ``query`` is the raw query string (``hash=...``), ``accept`` the Accept header,
+    ``accept_encoding`` the Accept-Encoding header: with gzip in it the documents go out
+    compressed (``Content-Encoding: gzip``, straight from the data files; kube-apiserver
+    compresses large responses too and Go clients undo it transparently).
     A 406 body is a plain message; the caller may wrap it in a Status object.
     """
+    result = _route(path, query, accept)
+    if result is None:
+        return None
+    status, headers, body = result
+    if isinstance(body, bytes):
+        return status, headers, body
+    # body names a document: "v2", "v2-protobuf" or "v3:<group-version>"
+    if _gzip_ok(accept_encoding):
+        headers = headers | {"Content-Encoding": "gzip"}
+        if body == "v2":
+            return status, headers, (DATA / "openapi-v2.json.gz").read_bytes()
+        if body == "v2-protobuf":
+            return status, headers, _v2_protobuf_gzip()
+        return status, headers, _v3_files()[body[3:]].read_bytes()
+    if body == "v2":
+        return status, headers, v2()
+    if body == "v2-protobuf":
+        return status, headers, v2_protobuf()
+    return status, headers, v3(body[3:]) or b""
+
+
+def _route(path: str, query: str, accept: str) -> tuple[int, dict[str, str], bytes | str] | None:
     path = path.rstrip("/") or "/"
     if path == "/openapi/v2":
         chosen = _accepts(accept, [JSON, PROTOBUF_V2, PROTOBUF_V2_ASKED])
         if chosen is None:
             return 406, {"Content-Type": "text/plain"}, _not_acceptable(accept, [JSON, PROTOBUF_V2])
         if chosen == JSON:
-            return 200, {"Content-Type": JSON, "Vary": "Accept"}, v2()
-        return 200, {"Content-Type": PROTOBUF_V2, "Vary": "Accept"}, v2_protobuf()
+            return 200, {"Content-Type": JSON, "Vary": "Accept"}, "v2"
+        return 200, {"Content-Type": PROTOBUF_V2, "Vary": "Accept"}, "v2-protobuf"
     if path == "/openapi/v3":
         if _accepts(accept, [JSON]) is None:
             return 406, {"Content-Type": "text/plain"}, _not_acceptable(accept, [JSON])
@@ -139,7 +186,7 @@ def handle(path: str, query: str = "", accept: str = "") -> tuple[int, dict[str,
         headers = {"Content-Type": JSON, "Etag": f'"{current}"'}
         if want:  # the URL names this exact document: clients may keep it for good
             headers |= {"Vary": "Accept", "Cache-Control": "public, immutable"}
-        return 200, headers, body
+        return 200, headers, "v3:" + gv
     return None
 
 
@@ -210,12 +257,12 @@ def _walk(schema: dict, value, path: str, found: list[str]) -> None:
             _walk(schema["items"], item, f"{path}[{i}]", found)
 
 
-class PatchSchema:
+class OpenAPIPatchSchema:
     """Strategic-merge-patch metadata of one object type (the PatchSchema protocol of
     docs/apiserver.md): ``field(name) -> (schema of the value or of its list items,
     or None for a primitive or a free-form map; patch strategy; merge key)``."""
 
-    __slots__ = ("name", "_schema", "_values")
+    __slots__ = ("_schema", "_values", "name")
 
     def __init__(self, name: str, schema: dict, values: dict | None = None) -> None:
         self.name = name
@@ -223,9 +270,9 @@ class PatchSchema:
         self._values = values  # a map whose values are objects: every key has this schema
 
     def __repr__(self) -> str:
-        return f"PatchSchema({self.name})"
+        return f"OpenAPIPatchSchema({self.name})"
 
-    def field(self, name: str) -> tuple[PatchSchema | None, str, str]:
+    def field(self, name: str) -> tuple[OpenAPIPatchSchema | None, str, str]:
         if self._values is not None:
             return _schema_of(self._values), "", ""
         prop = self._schema.get("properties", {}).get(name)
@@ -237,23 +284,23 @@ class PatchSchema:
         return _schema_of(target), strategy, merge_key
 
 
-def _schema_of(schema: dict) -> PatchSchema | None:
+def _schema_of(schema: dict) -> OpenAPIPatchSchema | None:
     name = schema["$ref"].rsplit("/", 1)[1] if "$ref" in schema else ""
     resolved = _resolve(schema)
     if resolved.get("properties"):
-        return _named_schema(name) if name else PatchSchema("(inline)", resolved)
+        return _named_schema(name) if name else OpenAPIPatchSchema("(inline)", resolved)
     values = resolved.get("additionalProperties")
     if isinstance(values, dict) and _resolve(values).get("properties"):
-        return PatchSchema(f"map of {values.get('$ref', 'object')}", resolved, values)
+        return OpenAPIPatchSchema(f"map of {values.get('$ref', 'object')}", resolved, values)
     return None
 
 
 @functools.cache
-def _named_schema(name: str) -> PatchSchema:
-    return PatchSchema(name, _v2_doc()["definitions"][name])
+def _named_schema(name: str) -> OpenAPIPatchSchema:
+    return OpenAPIPatchSchema(name, _v2_doc()["definitions"][name])
 
 
-def patch_schema(api_version: str, kind: str) -> PatchSchema | None:
+def patch_schema(api_version: str, kind: str) -> OpenAPIPatchSchema | None:
     """The strategic-merge-patch metadata of a kind served, or None for a kind without a schema
     (then the server answers a strategic merge patch with 415, as for custom resources)."""
     name = definition_for(api_version, kind)

@@ -8,12 +8,12 @@ import gzip
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -116,7 +116,12 @@ def test_v2_is_json_with_every_kind_served_and_a_path_for_each_verb():
     assert openapi.definition_for("v1", "Status") == "io.k8s.apimachinery.pkg.apis.meta.v1.Status"
     pod_item = doc["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]
     assert set(pod_item) >= {"get", "put", "patch", "delete", "parameters"}
-    assert {p["name"] for p in pod_item["patch"]["parameters"]} >= {"fieldValidation", "fieldManager", "dryRun", "force"}
+    assert {p["name"] for p in pod_item["patch"]["parameters"]} >= {
+        "fieldValidation",
+        "fieldManager",
+        "dryRun",
+        "force",
+    }
     assert pod_item["patch"]["x-kubernetes-group-version-kind"] == {"group": "", "kind": "Pod", "version": "v1"}
     scale = doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}/scale"]
     assert scale["patch"]["x-kubernetes-group-version-kind"]["kind"] == "Scale"
@@ -140,7 +145,7 @@ def test_v3_index_lists_every_group_version_and_each_document_is_self_contained(
         refs = set(re.findall(r'"\$ref":"#/components/schemas/([^"]+)"', openapi.v3(gv).decode()))
         assert refs <= set(schemas), refs - set(schemas)
         # kubectl's check that the server validates fields: each kind's PATCH has fieldValidation
-        for path, item in doc["paths"].items():
+        for item in doc["paths"].values():
             if "patch" in item:
                 assert "application/strategic-merge-patch+json" in item["patch"]["requestBody"]["content"]
                 assert any(p["name"] == "fieldValidation" and p["in"] == "query" for p in item["patch"]["parameters"])
@@ -167,6 +172,12 @@ def test_handle_negotiates_json_and_protobuf_and_refuses_the_rest():
     status, headers, _ = openapi.handle("/openapi/v3/api/v1", "hash=0000", "")
     assert status == 301 and headers["Location"] == url
     assert openapi.handle("/openapi/v3/apis/nope/v1", "", "") is None
+    for path, asked, plain in [("/openapi/v2", "application/json", openapi.v2()),
+                               ("/openapi/v2", openapi.PROTOBUF_V2_ASKED, openapi.v2_protobuf()),
+                               ("/openapi/v3/apis/apps/v1", "", openapi.v3("apis/apps/v1"))]:  # fmt: skip
+        status, headers, body = openapi.handle(path, "", asked, "gzip, deflate")
+        assert status == 200 and headers["Content-Encoding"] == "gzip" and gzip.decompress(body) == plain
+        assert "Content-Encoding" not in openapi.handle(path, "", asked, "gzip;q=0")[1]
     assert openapi.handle("/api/v1", "", "") is None
 
 
@@ -326,7 +337,9 @@ def _discovery() -> tuple[dict, dict[str, dict]]:
         doc = json.loads(openapi.v3(gv))
         resources: dict[str, dict] = {}
         for path, item in doc["paths"].items():
-            m = re.fullmatch(rf"/{re.escape(gv)}(/namespaces/\{{namespace\}})?/([a-z]+)(/\{{name\}})?(/([a-z]+))?", path)
+            m = re.fullmatch(
+                rf"/{re.escape(gv)}(/namespaces/\{{namespace\}})?/([a-z]+)(/\{{name\}})?(/([a-z]+))?", path
+            )
             if not m or path.startswith(f"/{gv}/watch"):
                 continue
             namespaced, plural, sub = bool(m.group(1)), m.group(2), m.group(5)
@@ -362,8 +375,8 @@ class _Stub(BaseHTTPRequestHandler):
     """Discovery, OpenAPI and a toy object store: enough for kubectl explain/apply/create."""
 
     protocol_version = "HTTP/1.1"
-    store: dict[str, dict] = {}
-    requests: list[tuple[str, str, str, bytes]] = []
+    store: ClassVar[dict[str, dict]] = {}
+    requests: ClassVar[list[tuple[str, str, str, bytes]]] = []
 
     def log_message(self, *args):  # keep the test output clean
         pass
@@ -412,8 +425,12 @@ class _Stub(BaseHTTPRequestHandler):
             if unknown and query.get("fieldValidation") == ["Strict"]:
                 kind = obj["kind"]
                 fields = ", ".join(f'unknown field "{f}"' for f in unknown)
-                return self._status(400, "BadRequest", f'{kind} in version "{obj["apiVersion"].split("/")[-1]}" '
-                                                       f"cannot be handled as a {kind}: strict decoding error: {fields}")
+                return self._status(
+                    400,
+                    "BadRequest",
+                    f'{kind} in version "{obj["apiVersion"].split("/")[-1]}" '
+                    f"cannot be handled as a {kind}: strict decoding error: {fields}",
+                )
             obj.setdefault("metadata", {})["resourceVersion"] = "1"
             self.store[f"{url.path}/{obj['metadata']['name']}"] = obj
             return self._send(201, obj)
@@ -445,7 +462,7 @@ def _kubectl(version: str, server, tmp_path: Path, *args: str, stdin: str = "") 
     env = {"PATH": os.environ.get("PATH", ""), "HOME": str(home), "KUBECONFIG": str(home / "none")}
     cmd = [binary, "--server", f"http://127.0.0.1:{server.server_address[1]}", "--cache-dir", str(home / "cache"),
            *args]  # fmt: skip
-    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60, env=env)
+    return subprocess.run(cmd, check=False, input=stdin, capture_output=True, text=True, timeout=60, env=env)
 
 
 @pytest.mark.parametrize("version", sorted(KUBECTLS))
@@ -460,10 +477,10 @@ def test_kubectl_explain_reads_the_documents(stub, tmp_path, version):
     assert result.returncode == 0, result.stderr
     head = result.stdout.splitlines()[:12]
     assert any(re.match(r"(GROUP|KIND):\s+(apps|Deployment)", line) for line in head), head
-    assert re.search(r"^\s+maxSurge\s+<IntOrString>", result.stdout, re.M), result.stdout[:2000]
-    assert re.search(r"^\s+imagePullPolicy\s+<string>", result.stdout, re.M)
-    assert re.search(r"^\s+limits\s+<map\[string\]Quantity>", result.stdout, re.M)
-    assert re.search(r"^\s+creationTimestamp\s+<string>", result.stdout, re.M)
+    assert re.search(r"^\s+maxSurge\s+<IntOrString>", result.stdout, re.MULTILINE), result.stdout[:2000]
+    assert re.search(r"^\s+imagePullPolicy\s+<string>", result.stdout, re.MULTILINE)
+    assert re.search(r"^\s+limits\s+<map\[string\]Quantity>", result.stdout, re.MULTILINE)
+    assert re.search(r"^\s+creationTimestamp\s+<string>", result.stdout, re.MULTILINE)
     result = _kubectl(version, stub, tmp_path, "explain", "ingresses.spec.rules.http.paths.backend.service.port")
     assert result.returncode == 0, result.stderr
     assert "ServiceBackendPort" in result.stdout
