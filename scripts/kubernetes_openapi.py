@@ -43,7 +43,8 @@ META_TYPES = {
     "V1ObjectMeta", "V1ListMeta", "V1OwnerReference", "V1ManagedFieldsEntry", "V1LabelSelector",
     "V1LabelSelectorRequirement", "V1Status", "V1StatusDetails", "V1StatusCause", "V1DeleteOptions",
     "V1Preconditions", "V1WatchEvent", "V1Condition", "V1FieldSelectorRequirement", "V1APIResource",
-    "V1APIResourceList", "V1ShardInfo",
+    "V1APIResourceList", "V1ShardInfo", "V1APIVersions", "V1APIGroupList", "V1APIGroup",
+    "V1GroupVersionForDiscovery", "V1ServerAddressByClientCIDR",
 }  # fmt: skip
 
 # The client prefixes a class with its group where two packages share a name.
@@ -122,6 +123,9 @@ EXTRA_KINDS = [
 ]
 # meta/v1 kinds served in every group-version (GVK extension with each group's version).
 META_KINDS = ["V1Status", "V1DeleteOptions", "V1WatchEvent", "V1APIResourceList"]
+# The discovery documents' types (GET /api/, /apis/, /apis/<group>/, /version/).
+DISCOVERY_MODELS = ["V1APIVersions", "V1APIGroupList", "V1APIGroup", "VersionInfo"]
+VERSION_INFO = "io.k8s.apimachinery.pkg.version.Info"
 
 # ---------------------------------------------------------------------------
 # What the client's models do not say (from the Go types' struct tags and markers).
@@ -333,6 +337,8 @@ class Builder:
         self.used_keys: set[str] = set()
 
     def name(self, model: str) -> str:
+        if model == "VersionInfo":
+            return VERSION_INFO
         pkg = self.package[model]
         base = META if pkg == "meta.v1" else API + pkg + "."
         return base + short(model)
@@ -768,6 +774,28 @@ def operations(kind: Kind, names) -> dict[str, dict]:
     return paths
 
 
+def discovery_path(path: str, operation_id: str, description: str, tag: str, meta_kind: str) -> dict:
+    """One discovery document's path (GET only), answered with a meta/v1 type or version.Info."""
+    target = META + meta_kind if meta_kind else VERSION_INFO
+    content = ["application/json", "application/yaml", "application/vnd.kubernetes.protobuf"]
+    return {
+        path: {
+            "get": {
+                "consumes": content if meta_kind else ["application/json"],
+                "description": description,
+                "operationId": operation_id,
+                "produces": content if meta_kind else ["application/json"],
+                "responses": {
+                    "200": {"description": "OK", "schema": {"$ref": "#/definitions/" + target}},
+                    "401": {"description": "Unauthorized"},
+                },
+                "schemes": ["https"],
+                "tags": [tag],
+            }
+        }
+    }
+
+
 def resources_path(gv_path: str, group: str, version: str) -> dict:
     """GET /api/v1/ and /apis/G/V/: the group-version's APIResourceList."""
     tag = (group.split(".")[0] if group else "core") + "_" + version
@@ -796,7 +824,7 @@ def resources_path(gv_path: str, group: str, version: str) -> dict:
 
 def build() -> tuple[dict, dict[str, dict]]:
     b = Builder()
-    for model in META_KINDS:
+    for model in META_KINDS + DISCOVERY_MODELS:
         b.assign(model, "meta.v1")
     for kind in KINDS + EXTRA_KINDS:
         b.assign(kind.model, kind.package)
@@ -809,7 +837,7 @@ def build() -> tuple[dict, dict[str, dict]]:
         if kind.listed:
             b.define(kind.model + "List")
             names[kind.model + "List"] = b.name(kind.model + "List")
-    for model in META_KINDS:
+    for model in META_KINDS + DISCOVERY_MODELS:
         b.define(model)
     unused = (set(PATCH_META) | set(LIST_MAP) | LIST_SET | MAP_ATOMIC | INT64 | QUANTITIES | MICROTIMES
               | set(OBJECTS)) - b.used_keys  # fmt: skip
@@ -843,6 +871,18 @@ def build() -> tuple[dict, dict[str, dict]]:
                 gv_paths |= operations(kind, names)
         by_gv[gv_path] = gv_paths
         paths |= gv_paths
+    # The discovery documents, each in its own v3 document as kube-apiserver publishes them.
+    by_gv["api"] = discovery_path("/api/", "getCoreAPIVersions", "get available API versions", "core", "APIVersions")
+    by_gv["apis"] = discovery_path("/apis/", "getAPIVersions", "get available API versions", "apis", "APIGroupList")
+    for group in sorted({g for g, _ in group_versions if g}):
+        ident = "".join(p.capitalize() for p in group.split(".")[0].split("-"))
+        by_gv[f"apis/{group}"] = discovery_path(
+            f"/apis/{group}/", f"get{ident}APIGroup", "get information of a group", group.split(".")[0], "APIGroup"
+        )
+    by_gv["version"] = discovery_path("/version/", "getCodeVersion", "get the version information for this server",
+                                      "version", "")  # fmt: skip
+    for gv_path in ("api", "apis", "version", *(f"apis/{g}" for g, _ in group_versions if g)):
+        paths |= by_gv[gv_path]
     info = {"title": "Kubernetes", "version": "v1.33.0"}
     v2 = {"definitions": dict(sorted(defs.items())), "info": info, "paths": dict(sorted(paths.items())),
           "security": [{"BearerToken": []}],

@@ -283,6 +283,16 @@ class OpenAPIPatchSchema:
         target = prop.get("items", prop) if prop.get("type") == "array" else prop
         return _schema_of(target), strategy, merge_key
 
+    def list_type(self, name: str) -> tuple[str, tuple[str, ...]]:
+        """How server-side apply merges a list field: ``("map", keys)``, ``("set", ())``,
+        ``("atomic", ())`` (x-kubernetes-list-type / -list-map-keys), or ``("", ())`` for a
+        field that is not a list. Not part of the PatchSchema protocol: strategic merge
+        patch follows the patch strategy, server-side apply follows this."""
+        prop = self._schema.get("properties", {}).get(name) if self._values is None else None
+        if not prop or prop.get("type") != "array":
+            return "", ()
+        return prop.get("x-kubernetes-list-type", "atomic"), tuple(prop.get("x-kubernetes-list-map-keys", ()))
+
 
 def _schema_of(schema: dict) -> OpenAPIPatchSchema | None:
     name = schema["$ref"].rsplit("/", 1)[1] if "$ref" in schema else ""

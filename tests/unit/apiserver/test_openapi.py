@@ -132,11 +132,14 @@ def test_v2_is_json_with_every_kind_served_and_a_path_for_each_verb():
 
 def test_v3_index_lists_every_group_version_and_each_document_is_self_contained():
     paths = openapi.v3_index()["paths"]
-    assert set(paths) == {
-        "api/v1", "apis/apps/v1", "apis/events.k8s.io/v1", "apis/discovery.k8s.io/v1",
-        "apis/coordination.k8s.io/v1", "apis/networking.k8s.io/v1", "apis/rbac.authorization.k8s.io/v1",
-        "apis/authorization.k8s.io/v1", "apis/authentication.k8s.io/v1",
-    }  # fmt: skip
+    groups = ["apps", "events.k8s.io", "discovery.k8s.io", "coordination.k8s.io", "networking.k8s.io",
+              "rbac.authorization.k8s.io", "authorization.k8s.io", "authentication.k8s.io"]  # fmt: skip
+    assert set(paths) == {"api", "api/v1", "apis", "version"} | {f"apis/{g}" for g in groups} | {
+        f"apis/{g}/v1" for g in groups
+    }
+    assert list(json.loads(openapi.v3("apis/apps"))["paths"]) == ["/apis/apps/"]
+    version = json.loads(openapi.v3("version"))
+    assert set(version["components"]["schemas"]) == {"io.k8s.apimachinery.pkg.version.Info"}
     for gv, entry in paths.items():
         assert re.fullmatch(rf"/openapi/v3/{re.escape(gv)}\?hash=[0-9A-F]{{128}}", entry["serverRelativeURL"])
         doc = json.loads(openapi.v3(gv))
@@ -250,6 +253,10 @@ def test_patch_schema_follows_containers_to_their_merge_key():
     assert spec.field("volumes")[1:] == ("merge,retainKeys", "name")
     assert spec.field("nodeSelector") == (None, "", "")  # a map of strings
     assert spec.field("tolerations")[1:] == ("", "")
+    assert containers.list_type("ports") == ("map", ("containerPort", "protocol"))
+    assert spec.list_type("tolerations") == ("atomic", ())
+    assert spec.list_type("containers") == ("map", ("name",))
+    assert spec.list_type("nodeName") == ("", ())
     assert spec.field("nonsense") == (None, "", "")
     meta, _, _ = pod.field("metadata")
     assert meta.field("finalizers") == (None, "merge", "")
@@ -334,6 +341,8 @@ def _discovery() -> tuple[dict, dict[str, dict]]:
     groups: dict[str, list[str]] = {}
     lists: dict[str, dict] = {}
     for gv in openapi.v3_index()["paths"]:
+        if not re.fullmatch(r"api/v1|apis/[^/]+/[^/]+", gv):
+            continue  # the documents of /api/, /apis/, /apis/<group>/, /version/
         doc = json.loads(openapi.v3(gv))
         resources: dict[str, dict] = {}
         for path, item in doc["paths"].items():
