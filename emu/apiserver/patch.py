@@ -28,6 +28,8 @@ from typing import Any, Protocol
 
 import jsonpatch
 
+from emu.apiserver.errors import ApiError
+
 JSON_PATCH = "application/json-patch+json"
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
@@ -61,34 +63,28 @@ class PatchSchema(Protocol):
     def field(self, name: str) -> tuple["PatchSchema | None", str, str]: ...
 
 
-class PatchError(Exception):
+class PatchError(ApiError):
     """A patch kube-apiserver would refuse: code, reason and message of its Status.
 
     code 400 BadRequest, 409 Conflict (server-side apply), 413, 415
     UnsupportedMediaType, 422 Invalid, or 500 where kube-apiserver itself
-    answers 500 (some malformed strategic merge patches)."""
+    answers 500 (some malformed strategic merge patches). An ApiError, so the
+    server answers it as it answers its own errors."""
 
     _REASONS = {400: "BadRequest", 409: "Conflict", 413: "RequestEntityTooLarge",
                 415: "UnsupportedMediaType", 422: "Invalid", 500: ""}
 
     def __init__(self, message: str, code: int = 422, reason: str | None = None,
                  causes: list[dict] | None = None):
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.reason = self._REASONS.get(code, "") if reason is None else reason
+        reason = self._REASONS.get(code, "") if reason is None else reason
+        super().__init__(code, reason, message, {"causes": causes} if causes else None)
         self.causes = causes or []
 
     def status(self) -> dict:
-        """The v1 Status object kube-apiserver sends for this error."""
-        status: dict[str, Any] = {
-            "kind": "Status", "apiVersion": "v1", "metadata": {},
-            "status": "Failure", "message": self.message, "code": self.code,
-        }
-        if self.reason:
-            status["reason"] = self.reason
-        if self.causes:
-            status["details"] = {"causes": self.causes}
+        """The v1 Status object kube-apiserver sends for this error (no reason when it has none)."""
+        status = super().status()
+        if not self.reason:
+            status.pop("reason", None)
         return status
 
 
@@ -105,19 +101,26 @@ def unsupported_media_type(accepted: tuple[str, ...]) -> PatchError:
 
 
 def apply_patch(content_type: str, current: dict, patch_body: bytes,
-                schema: PatchSchema | None) -> dict:
-    """The object `current` becomes under a JSON, merge or strategic merge patch.
+                schema: PatchSchema | None, *, manager: str | None = None, force: bool = False,
+                now: datetime | None = None) -> dict:
+    """The object `current` becomes under a JSON, merge or strategic merge patch,
+    or a server-side apply (application/apply-patch+yaml).
 
     `schema` is the kind's PatchSchema, None for a kind without one (then a
     strategic merge patch is refused with 415, as for custom resources).
-    `current` is not modified. Server-side apply goes through
-    `server_side_apply` (it needs the field manager). Raises PatchError."""
+    For an apply, `manager` (the request's fieldManager) and `force` go to
+    `server_side_apply`; without a manager the applied object is only merged
+    in (no ownership, no conflicts). `current` is not modified. Raises PatchError."""
     media = _media_type(content_type)
     accepted = PATCH_TYPES if schema is not None else PATCH_TYPES_WITHOUT_SCHEMA
     if media not in accepted:
         raise unsupported_media_type(accepted)
     if media == APPLY_PATCH:
-        raise ValueError("apply_patch: server-side apply needs server_side_apply(...)")
+        applied = decode_apply_body(patch_body)
+        if manager:
+            return server_side_apply(current, applied, manager, force, schema, now=now)
+        _check_applied(applied)
+        return _apply_merge(copy.deepcopy(current), applied, schema)
     try:
         patch = json.loads(patch_body)
     except (ValueError, UnicodeDecodeError):
@@ -699,18 +702,48 @@ def _compact(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
-def _field_kind(value: Any, sub: PatchSchema | None, strategy: str, merge_key: str) -> str:
-    """How server-side apply treats a value: struct, map, keyed, set, or atomic."""
-    if isinstance(value, dict):
-        return "struct" if sub is not None else "map"
-    if isinstance(value, list):
+# Key fields of keyed lists that Kubernetes defaults (ports' protocol): an
+# applied item without them is keyed with the default, as the apiserver
+# defaults the applied object before it compares keys.
+_KEY_DEFAULTS = {"protocol": "TCP"}
+
+
+def _list_semantics(schema: PatchSchema | None, key: str, strategy: str, merge_key: str,
+                    value: list) -> tuple[str, tuple[str, ...]]:
+    """How server-side apply treats a list field: ("keyed", keys), ("set", ()) or ("atomic", ()).
+
+    The schema's list_type (x-kubernetes-list-type and -list-map-keys, from
+    openapi.py) when it has one, else the patch strategy and merge key."""
+    kind, keys = "", ()
+    list_type = getattr(schema, "list_type", None) if schema is not None else None
+    if list_type is not None:
+        kind, keys = list_type(key)
+    if not kind:
         if "merge" in strategy.split(","):
-            if merge_key and all(isinstance(i, dict) and merge_key in i for i in value):
-                return "keyed"
-            if not merge_key and all(not isinstance(i, (dict, list)) for i in value):
-                return "set"
-        return "atomic"
-    return "atomic"
+            kind, keys = ("map", (merge_key,)) if merge_key else ("set", ())
+        else:
+            kind = "atomic"
+    if kind == "map" and keys and all(isinstance(i, dict) for i in value):
+        return "keyed", tuple(keys)
+    if kind == "set" and all(not isinstance(i, (dict, list)) for i in value):
+        return "set", ()
+    return "atomic", ()
+
+
+def _item_key(item: dict, keys: tuple[str, ...]) -> dict:
+    out = {}
+    for key in keys:
+        if key in item:
+            out[key] = item[key]
+        elif key in _KEY_DEFAULTS:
+            out[key] = _KEY_DEFAULTS[key]
+    return out
+
+
+def _key_matches(item: Any, wanted: dict) -> bool:
+    if not isinstance(item, dict):
+        return False
+    return all(_same(item.get(k, _KEY_DEFAULTS.get(k, _MISSING)), v) for k, v in wanted.items())
 
 
 def field_set(obj: dict, schema: PatchSchema | None) -> set[Path]:
@@ -729,26 +762,40 @@ def _walk_struct(obj: dict, schema: PatchSchema | None, prefix: Path, paths: set
         if value is None:
             continue
         sub, strategy, merge_key = _lookup(schema, key) if schema is not None else (None, "", "")
-        _walk_value(value, sub, strategy, merge_key, prefix + ("f:" + key,), paths)
-
-
-def _walk_value(value: Any, sub: PatchSchema | None, strategy: str, merge_key: str,
-                path: Path, paths: set[Path]) -> None:
-    kind = _field_kind(value, sub, strategy, merge_key)
-    if kind == "struct":
-        if not value:
+        path = prefix + ("f:" + key,)
+        if isinstance(value, list):
+            _walk_list(value, sub, _list_semantics(schema, key, strategy, merge_key, value), path, paths)
+        elif isinstance(value, dict) and sub is not None:
+            # A struct: its fields are owned, not the struct itself (unless empty).
+            if not value:
+                paths.add(path)
+            _walk_struct(value, sub, path, paths)
+        elif isinstance(value, dict):
+            _walk_map(value, path, paths)
+        else:
             paths.add(path)
-        _walk_struct(value, sub, path, paths)
-    elif kind == "map":
-        paths.add(path)
-        for key, item in value.items():
-            if item is not None:
-                _walk_value(item, None, "", "", path + ("f:" + key,), paths)
-    elif kind == "keyed":
+
+
+def _walk_map(value: dict, path: Path, paths: set[Path]) -> None:
+    # A free-form map (labels, annotations, data): the map and each key.
+    paths.add(path)
+    for key, item in value.items():
+        if item is None:
+            continue
+        if isinstance(item, dict):
+            _walk_map(item, path + ("f:" + key,), paths)
+        else:
+            paths.add(path + ("f:" + key,))
+
+
+def _walk_list(value: list, sub: PatchSchema | None, semantics: tuple[str, tuple[str, ...]],
+               path: Path, paths: set[Path]) -> None:
+    kind, keys = semantics
+    if kind == "keyed":
         if not value:
             paths.add(path)
         for item in value:
-            item_path = path + ("k:" + _compact({merge_key: item[merge_key]}),)
+            item_path = path + ("k:" + _compact(_item_key(item, keys)),)
             paths.add(item_path)
             _walk_struct(item, sub, item_path, paths)
     elif kind == "set":
@@ -769,8 +816,7 @@ def _step(value: Any, element: str) -> Any:
     wanted = json.loads(text)
     if kind == "k":
         for item in value:
-            if isinstance(item, dict) and all(_same(item.get(k, _MISSING), v)
-                                              for k, v in wanted.items()):
+            if _key_matches(item, wanted):
                 return item
         return _MISSING
     if kind == "v":
@@ -912,40 +958,38 @@ def _is_container(value: Any, kind_path: Path) -> bool:
     return isinstance(value, dict) and bool(value) or last.startswith(("k:", "v:"))
 
 
-def _apply_merge(live: Any, applied: Any, schema: PatchSchema | None, strategy: str = "",
-                 merge_key: str = "", sub_known: bool = True) -> Any:
-    """`applied` merged into `live` the way server-side apply merges: maps and
-    structs field by field, keyed lists by key, sets by union, the rest replaced."""
-    if isinstance(applied, dict):
-        if not isinstance(live, dict):
-            live = {}
-        out = dict(live)
-        for key, value in applied.items():
-            if value is None:
-                continue
-            sub, strat, mkey = _lookup(schema, key) if schema is not None else (None, "", "")
-            out[key] = _apply_merge(live.get(key), value, sub, strat, mkey)
-        return out
-    if isinstance(applied, list):
-        kind = _field_kind(applied, schema, strategy, merge_key)
-        if kind == "keyed" and isinstance(live, list):
-            out_list = [copy.deepcopy(i) for i in live]
-            for item in applied:
-                index = _find(out_list, merge_key, item[merge_key]) if all(
-                    isinstance(i, dict) for i in out_list) else -1
-                if index >= 0:
-                    out_list[index] = _apply_merge(out_list[index], item, schema)
-                else:
-                    out_list.append(_apply_merge(None, item, schema))
-            return out_list
-        if kind == "set" and isinstance(live, list):
-            out_list = list(live)
-            for item in applied:
-                if not any(_same(item, i) for i in out_list):
-                    out_list.append(item)
-            return out_list
-        return _clean(copy.deepcopy(applied))
-    return applied
+def _apply_merge(live: Any, applied: dict, schema: PatchSchema | None) -> dict:
+    """`applied` merged into `live` the way server-side apply merges: structs
+    and maps field by field, keyed lists by key, sets by union, the rest replaced."""
+    out = dict(live) if isinstance(live, dict) else {}
+    for key, value in applied.items():
+        if value is None:
+            continue
+        sub, strategy, merge_key = _lookup(schema, key) if schema is not None else (None, "", "")
+        current = out.get(key)
+        if isinstance(value, dict):
+            out[key] = _apply_merge(current, value, sub)
+        elif isinstance(value, list):
+            kind, keys = _list_semantics(schema, key, strategy, merge_key, value)
+            if kind == "keyed" and isinstance(current, list):
+                merged = [copy.deepcopy(i) for i in current]
+                for item in value:
+                    wanted = _item_key(item, keys)
+                    index = next((n for n, i in enumerate(merged) if _key_matches(i, wanted)), -1)
+                    if index >= 0:
+                        merged[index] = _apply_merge(merged[index], item, sub)
+                    else:
+                        merged.append(_apply_merge(None, item, sub))
+                out[key] = merged
+            elif kind == "set" and isinstance(current, list):
+                merged = list(current)
+                merged.extend(i for i in value if not any(_same(i, m) for m in merged))
+                out[key] = merged
+            else:
+                out[key] = _clean(copy.deepcopy(value))
+        else:
+            out[key] = value
+    return out
 
 
 def decode_apply_body(body: bytes) -> dict:
@@ -966,6 +1010,17 @@ def decode_apply_body(body: bytes) -> dict:
     return obj
 
 
+def _check_applied(applied: dict) -> None:
+    metadata = applied.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise PatchError("error decoding patch: metadata must be an object", 400)
+    if (metadata or {}).get("managedFields") is not None:
+        raise PatchError("metadata.managedFields must be nil", 400)
+    if not applied.get("apiVersion") or not applied.get("kind"):
+        raise PatchError("error decoding patch: apiVersion and kind must be set in an apply "
+                         "configuration", 400)
+
+
 def server_side_apply(current: dict | None, applied: dict, manager: str, force: bool,
                       schema: PatchSchema | None, *, now: datetime | None = None) -> dict:
     """The object after `manager` applies `applied` (server-side apply).
@@ -979,14 +1034,7 @@ def server_side_apply(current: dict | None, applied: dict, manager: str, force: 
     if not manager:
         raise PatchError("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: "
                          "is required for apply patch", 422)
-    metadata = applied.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
-        raise PatchError("error decoding patch: metadata must be an object", 400)
-    if (metadata or {}).get("managedFields") is not None:
-        raise PatchError("metadata.managedFields must be nil", 400)
-    if not applied.get("apiVersion") or not applied.get("kind"):
-        raise PatchError("error decoding patch: apiVersion and kind must be set in an apply "
-                         "configuration", 400)
+    _check_applied(applied)
 
     entries = _entries(current)
     if current is not None and not entries:

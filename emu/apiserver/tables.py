@@ -946,15 +946,18 @@ def _row_object(obj: dict, include_object: str) -> dict | None:
             "metadata": obj.get("metadata") or {}}
 
 
-def table(resource: str, objects: list[dict], include_object: str = "Metadata",
+def table(resource: Any, objects: list[dict], include_object: str = "Metadata",
           now: datetime | None = None, *, resource_version: str = "", continue_token: str = "",
           remaining_item_count: int | None = None, no_headers: bool = False) -> dict:
-    """A meta.k8s.io/v1 Table of `objects` of `resource` (its plural name).
+    """A meta.k8s.io/v1 Table of `objects` of `resource` (its plural name, or
+    anything with a `plural` attribute such as resources.ResourceInfo).
 
     include_object is the request's includeObject: "None", "Metadata" (a
     PartialObjectMetadata per row, the default) or "Object". now is the time
     ages count from (the current time when None). no_headers leaves out the
     column definitions (TableOptions.noHeaders)."""
+    # The server may hand its ResourceInfo rather than the plural name.
+    resource = getattr(resource, "plural", resource)
     if include_object not in ("None", "Metadata", "Object"):
         raise ValueError(f"includeObject must be None, Metadata or Object, not {include_object!r}")
     moment = now or datetime.now(timezone.utc)

@@ -562,9 +562,19 @@ def test_apply_body_is_json_and_other_yaml_is_refused_with_what_to_do():
     assert "send the object as JSON" in error.value.message
 
 
-def test_apply_through_apply_patch_is_a_programming_error():
-    with pytest.raises(ValueError):
-        apply_patch(APPLY_PATCH, pod(), b"{}", POD)
+def test_apply_patch_content_type_applies_with_the_given_manager():
+    body = json.dumps(applied_deployment(replicas=4)).encode()
+    out = apply_patch(APPLY_PATCH, deployment(), body, DEPLOYMENT, manager="kubectl", force=True, now=T0)
+    assert out["spec"]["replicas"] == 4
+    assert {e["manager"] for e in out["metadata"]["managedFields"]} == {"kubectl", "before-first-apply"}
+
+
+def test_apply_patch_content_type_without_a_manager_only_merges():
+    body = json.dumps(applied_deployment(image="nginx:1.27")).encode()
+    out = apply_patch(APPLY_PATCH, deployment(), body, DEPLOYMENT)
+    assert out["spec"]["template"]["spec"]["containers"] == [{
+        "name": "web", "image": "nginx:1.27", "ports": [{"containerPort": 80, "protocol": "TCP"}]}]
+    assert "managedFields" not in out["metadata"]
 
 
 def test_fieldsv1_round_trip_and_path_strings():
@@ -575,3 +585,43 @@ def test_fieldsv1_round_trip_and_path_strings():
     assert fields_v1(paths) == tree
     assert path_string(("f:spec", "f:ports", 'k:{"port":80}', "f:port")) == ".spec.ports[port=80].port"
     assert path_string(("f:metadata", "f:finalizers", 'v:"a"')) == '.metadata.finalizers[="a"]'
+
+
+# ---------------------------------------------------------------------------
+# With the served OpenAPI schema (openapi.py): list types and map keys
+
+
+def test_patch_errors_are_the_servers_api_errors():
+    from emu.apiserver.errors import ApiError
+    error = PatchError("x", 409, causes=[{"type": "FieldManagerConflict"}])
+    assert isinstance(error, ApiError)
+    assert error.status()["details"] == {"causes": [{"type": "FieldManagerConflict"}]}
+
+
+def test_apply_with_the_openapi_schema_keys_ports_by_port_and_protocol():
+    from emu.apiserver import openapi
+    schema = openapi.patch_schema("apps/v1", "Deployment")
+    applied = applied_deployment()
+    applied["spec"]["template"]["spec"]["containers"][0]["ports"] = [{"containerPort": 80}]
+    out = server_side_apply(None, applied, "kubectl", False, schema, now=T0)
+    container = entry(out, "kubectl")["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"][
+        'k:{"name":"web"}']
+    assert container["f:ports"] == {'k:{"containerPort":80,"protocol":"TCP"}': {".": {}, "f:containerPort": {}}}
+    # The live object got its default protocol: the applied item still matches it.
+    out["spec"]["template"]["spec"]["containers"][0]["ports"][0]["protocol"] = "TCP"
+    applied["spec"]["template"]["spec"]["containers"][0]["ports"] = [{"containerPort": 80, "name": "http"}]
+    again = server_side_apply(out, applied, "kubectl", False, schema, now=T1)
+    assert again["spec"]["template"]["spec"]["containers"][0]["ports"] == [
+        {"containerPort": 80, "protocol": "TCP", "name": "http"}]
+
+
+def test_strategic_merge_with_the_openapi_schema():
+    from emu.apiserver import openapi
+    schema = openapi.patch_schema("apps/v1", "Deployment")
+    out = smp(deployment(), {"spec": {"template": {"spec": {
+        "$setElementOrder/containers": [{"name": "web"}, {"name": "log"}],
+        "containers": [{"name": "log", "image": "busybox"}]}}}}, schema)
+    assert [c["name"] for c in out["spec"]["template"]["spec"]["containers"]] == ["web", "log"]
+    out = smp(deployment(), {"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate",
+                                                   "rollingUpdate": None}}}, schema)
+    assert out["spec"]["strategy"] == {"type": "Recreate"}

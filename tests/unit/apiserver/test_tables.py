@@ -405,3 +405,10 @@ def test_role_bindings():
     assert cells("rolebindings", binding) == ["admins", "ClusterRole/admin", "5s", "alice, bob", "system:masters",
                                               "kube-system/ctrl"]
     assert cells("clusterrolebindings", binding)[:2] == ["admins", "ClusterRole/admin"]
+
+
+def test_the_resource_may_be_given_as_the_servers_resource_info():
+    from emu.apiserver import resources
+    info = resources.lookup("apps", "v1", "deployments")
+    obj = workload("Deployment", {"replicas": 1}, {"readyReplicas": 1})
+    assert table(info, [obj], now=NOW)["rows"][0]["cells"][:2] == ["web", "1/1"]
