@@ -652,7 +652,8 @@ def _pod_row(pod: dict, now: datetime) -> tuple[list, list | None]:
         restarts_text = f"{restarts} ({human_duration((now - last_restart).total_seconds())} ago)"
 
     ips = status.get("podIPs") or []
-    pod_ip = (ips[0].get("ip") if ips else "") or "<none>"
+    # Kubernetes reads podIPs (the kubelet writes both); podIP covers objects written without it.
+    pod_ip = (ips[0].get("ip") if ips else status.get("podIP")) or "<none>"
     gates = spec.get("readinessGates") or []
     gates_text = "<none>"
     if gates:
