@@ -546,6 +546,22 @@ def test_update_on_create_owns_every_field_it_set():
                      "f:spec": {"f:containers": {'k:{"name":"a"}': {".": {}, "f:image": {}, "f:name": {}}}}}}]
 
 
+def test_an_update_that_removes_a_field_takes_it_from_every_owner():
+    first = server_side_apply(None, applied_deployment(labels={"app": "web", "tier": "front"}), "alice", False,
+                              DEPLOYMENT, now=T0)
+    edited = copy.deepcopy(first)
+    del edited["metadata"]["labels"]["tier"]
+    edited["spec"]["replicas"] = 3
+    out = update_managed_fields(first, edited, "kubectl-edit", DEPLOYMENT, now=T1)
+    alice = entry(out, "alice")["fieldsV1"]
+    assert alice["f:metadata"]["f:labels"] == {".": {}, "f:app": {}}
+    assert "f:replicas" not in alice["f:spec"]
+    assert entry(out, "kubectl-edit")["fieldsV1"] == {"f:spec": {"f:replicas": {}}}
+    # An update that changes nothing adds no entry.
+    same = update_managed_fields(out, copy.deepcopy(out), "other", DEPLOYMENT, now=T1)
+    assert {e["manager"] for e in same["metadata"]["managedFields"]} == {"alice", "kubectl-edit"}
+
+
 def test_apply_refuses_managed_fields_in_the_body():
     applied = applied_deployment()
     applied["metadata"]["managedFields"] = []

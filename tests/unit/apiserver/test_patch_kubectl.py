@@ -157,3 +157,32 @@ def test_kubectl_get_prints_the_servers_columns(kubeconfig):
     cm = kubectl(kubeconfig, "get", "configmap", "cm1").stdout.splitlines()
     assert cm[0].split() == ["NAME", "DATA", "AGE"]
     assert cm[1].split()[:2] == ["cm1", "2"]
+
+
+def test_kubectl_get_pods_services_and_rbac_columns(kubeconfig):
+    kubectl(kubeconfig, "run", "pod7", "--image=nginx:1.25")
+    pods = kubectl(kubeconfig, "get", "pod", "pod7", "-o", "wide").stdout.splitlines()
+    assert pods[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "NOMINATED", "NODE",
+                               "READINESS", "GATES"]
+    name, ready, status, restarts, _age, *wide = pods[1].split()
+    assert (name, ready, status, restarts, wide) == ("pod7", "0/1", "Pending", "0", ["<none>"] * 4)
+
+    kubectl(kubeconfig, "create", "service", "nodeport", "svc7", "--tcp=443:8443")
+    svc = kubectl(kubeconfig, "get", "service", "svc7", "-o", "wide").stdout.splitlines()
+    assert svc[0].split() == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE", "SELECTOR"]
+    name, kind, cluster_ip, external_ip, ports, _age, selector = svc[1].split()
+    obj = get(kubeconfig, "service", "svc7")
+    assert (name, kind, cluster_ip, external_ip, selector) == (
+        "svc7", "NodePort", obj["spec"]["clusterIPs"][0], "<none>", "app=svc7")
+    assert ports == f"443:{obj['spec']['ports'][0]['nodePort']}/TCP"
+
+    kubectl(kubeconfig, "create", "role", "role7", "--verb=get", "--resource=pods")
+    roles = kubectl(kubeconfig, "get", "role", "role7").stdout.splitlines()
+    assert roles[0].split() == ["NAME", "CREATED", "AT"]
+    assert roles[1].split() == ["role7", get(kubeconfig, "role", "role7")["metadata"]["creationTimestamp"]]
+    kubectl(kubeconfig, "create", "rolebinding", "rb7", "--role=role7", "--user=alice",
+            "--serviceaccount=default:robot")
+    bindings = kubectl(kubeconfig, "get", "rolebinding", "rb7", "-o", "wide").stdout.splitlines()
+    assert bindings[0].split() == ["NAME", "ROLE", "AGE", "USERS", "GROUPS", "SERVICEACCOUNTS"]
+    name, role, _age, *subjects = bindings[1].split()
+    assert (name, role, subjects) == ("rb7", "Role/role7", ["alice", "default/robot"])
