@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timezone
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Protocol
 
 import jsonpatch
 
@@ -60,7 +60,7 @@ class PatchSchema(Protocol):
     for a primitive or a free-form map; patch strategy "" | "merge" |
     "replace" | "retainKeys" | "merge,retainKeys"; merge key or "")."""
 
-    def field(self, name: str) -> tuple["PatchSchema | None", str, str]: ...
+    def field(self, name: str) -> tuple[PatchSchema | None, str, str]: ...
 
 
 class PatchError(ApiError):
@@ -71,7 +71,7 @@ class PatchError(ApiError):
     answers 500 (some malformed strategic merge patches). An ApiError, so the
     server answers it as it answers its own errors."""
 
-    _REASONS = {400: "BadRequest", 409: "Conflict", 413: "RequestEntityTooLarge",
+    _REASONS: ClassVar[dict[int, str]] = {400: "BadRequest", 409: "Conflict", 413: "RequestEntityTooLarge",
                 415: "UnsupportedMediaType", 422: "Invalid", 500: ""}
 
     def __init__(self, message: str, code: int = 422, reason: str | None = None,
@@ -402,7 +402,7 @@ def _apply_retain_keys(original: dict, patch: dict) -> None:
     retain = patch.pop(_RETAIN_KEYS)
     if not isinstance(retain, list):
         raise PatchError("invalid patch format of retainKeys", 400)
-    keep = set(k for k in retain if isinstance(k, str))
+    keep = {k for k in retain if isinstance(k, str)}
     for key, value in patch.items():
         if value is None or key.startswith((_DELETE_FROM_PRIMITIVE_LIST, _SET_ELEMENT_ORDER)):
             continue
@@ -907,8 +907,8 @@ def path_string(path: Path) -> str:
 
 
 def _now(now: datetime | None) -> str:
-    moment = now or datetime.now(timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = now or datetime.now(UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Entry:

@@ -11,19 +11,28 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from emu.apiserver.patch import (
-    APPLY_PATCH, JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH, PatchError, apply_patch,
-    decode_apply_body, fields_v1, parse_fields_v1, path_string, server_side_apply,
+    APPLY_PATCH,
+    JSON_PATCH,
+    MERGE_PATCH,
+    STRATEGIC_MERGE_PATCH,
+    PatchError,
+    apply_patch,
+    decode_apply_body,
+    fields_v1,
+    parse_fields_v1,
+    path_string,
+    server_side_apply,
     update_managed_fields,
 )
 from tests.unit.apiserver.patch_schemas import DEPLOYMENT, POD, SERVICE
 
-T0 = datetime(2026, 12, 7, 10, 0, 0, tzinfo=timezone.utc)
-T1 = datetime(2026, 12, 7, 11, 30, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 7, 10, 0, 0, tzinfo=UTC)
+T1 = datetime(2026, 12, 7, 11, 30, 0, tzinfo=UTC)
 
 
 def smp(current: dict, patch: dict, schema=POD) -> dict:

@@ -28,23 +28,24 @@ pytestmark = pytest.mark.skipif(not Path(KUBECTL).exists(), reason="needs a kube
 @pytest.fixture(scope="module")
 def kubeconfig(tmp_path_factory):
     root = tmp_path_factory.mktemp("apiserver")
-    api = ApiServer(Store(str(root / "state.db")), log=open(root / "server.log", "w"))
-    host, port = api.start(("127.0.0.1", 0))
-    config = root / "kubeconfig"
-    config.write_text(f"""apiVersion: v1
+    with open(root / "server.log", "w") as log:
+        api = ApiServer(Store(str(root / "state.db")), log=log)
+        host, port = api.start(("127.0.0.1", 0))
+        config = root / "kubeconfig"
+        config.write_text(f"""apiVersion: v1
 kind: Config
 clusters: [{{name: emu, cluster: {{server: "http://{host}:{port}"}}}}]
 users: [{{name: admin, user: {{}}}}]
 contexts: [{{name: emu, context: {{cluster: emu, user: admin, namespace: default}}}}]
 current-context: emu
 """)
-    yield config
-    api.shutdown()
+        yield config
+        api.shutdown()
 
 
 def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     result = subprocess.run([KUBECTL, "--kubeconfig", str(kubeconfig), *args], input=stdin,
-                            capture_output=True, text=True, timeout=60,
+                            capture_output=True, text=True, timeout=60, check=False,
                             env={**os.environ, "KUBECACHEDIR": str(kubeconfig.parent / "cache")})
     if check and result.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
