@@ -935,10 +935,21 @@ class _Entry:
         return text
 
     def dump(self) -> dict:
-        out = {k: v for k, v in self.raw.items() if k != "fieldsV1"}
-        out["fieldsType"] = "FieldsV1"
-        out["fieldsV1"] = fields_v1(self.paths)
+        # The field order of metav1.ManagedFieldsEntry.
+        raw = dict(self.raw, fieldsType="FieldsV1", fieldsV1=fields_v1(self.paths))
+        order = ("manager", "operation", "apiVersion", "time", "fieldsType", "fieldsV1", "subresource")
+        out = {k: raw[k] for k in order if k in raw}
+        out.update((k, v) for k, v in raw.items() if k not in out)
         return out
+
+
+def _dump(entries: list[_Entry]) -> list[dict]:
+    """Entries that still own something, in kube-apiserver's order (operation,
+    time, manager, apiVersion, subresource)."""
+    kept = [e for e in entries if e.paths]
+    kept.sort(key=lambda e: (e.raw.get("operation", ""), e.raw.get("time") or "", e.raw.get("manager", ""),
+                             e.raw.get("apiVersion", ""), e.raw.get("subresource", "")))
+    return [e.dump() for e in kept]
 
 
 def _entries(obj: dict | None) -> list[_Entry]:
@@ -1081,8 +1092,7 @@ def server_side_apply(current: dict | None, applied: dict, manager: str, force: 
     mine.raw["apiVersion"] = applied["apiVersion"]
     mine.raw["time"] = _now(now)
     mine.paths = applied_paths
-    merged.setdefault("metadata", {})["managedFields"] = [
-        e.dump() for e in entries if e.paths]
+    merged.setdefault("metadata", {})["managedFields"] = _dump(entries)
     return merged
 
 
@@ -1152,7 +1162,7 @@ def update_managed_fields(old: dict | None, new: dict, manager: str,
             entries.append(mine)
         mine.paths |= changed
         mine.raw["time"] = _now(now)
-    kept = [e.dump() for e in entries if e.paths]
+    kept = _dump(entries)
     if kept:
         meta["managedFields"] = kept
     else:

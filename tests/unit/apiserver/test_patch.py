@@ -535,6 +535,10 @@ def test_an_update_takes_ownership_and_conflicts_name_its_subresource():
     scaled = copy.deepcopy(first)
     scaled["spec"]["replicas"] = 5
     scaled = update_managed_fields(first, scaled, "kubectl", DEPLOYMENT, subresource="scale", now=T1)
+    # Ordered as kube-apiserver orders them: by operation, then time, then manager.
+    assert [e["operation"] for e in scaled["metadata"]["managedFields"]] == ["Apply", "Update"]
+    assert list(scaled["metadata"]["managedFields"][1]) == ["manager", "operation", "apiVersion", "time",
+                                                            "fieldsType", "fieldsV1", "subresource"]
     update = [e for e in scaled["metadata"]["managedFields"] if e["operation"] == "Update"]
     assert update == [{"manager": "kubectl", "operation": "Update", "apiVersion": "apps/v1",
                        "subresource": "scale", "time": "2026-12-07T11:30:00Z",
