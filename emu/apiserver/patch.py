@@ -1086,14 +1086,23 @@ def server_side_apply(current: dict | None, applied: dict, manager: str, force: 
         if not any(path[:n] in dropped for n in range(1, len(path))):
             _remove(merged, path)
 
+    # An apply that changes nothing keeps its time (kube-apiserver's
+    # managedFieldsUpdater stamps only applies that changed the object).
+    unchanged = current is not None and mine is not None and _without_managed(merged) == _without_managed(current)
     if mine is None:
         mine = _Entry({"manager": manager, "operation": "Apply"})
         entries.append(mine)
     mine.raw["apiVersion"] = applied["apiVersion"]
-    mine.raw["time"] = _now(now)
+    if not unchanged or not mine.raw.get("time"):
+        mine.raw["time"] = _now(now)
     mine.paths = applied_paths
     merged.setdefault("metadata", {})["managedFields"] = _dump(entries)
     return merged
+
+
+def _without_managed(obj: dict) -> dict:
+    metadata = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    return dict(obj, metadata=metadata)
 
 
 def _conflict_error(conflicts: list[tuple[_Entry, Path]]) -> PatchError:

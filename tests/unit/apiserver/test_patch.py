@@ -460,6 +460,10 @@ def test_apply_again_updates_the_object_and_the_same_entry():
     assert second["status"] == {"replicas": 2}
     assert len(second["metadata"]["managedFields"]) == 1
     assert entry(second, "kubectl")["time"] == "2026-12-07T11:30:00Z"
+    # Applying the same again changes nothing, not even the entry's time.
+    later = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
+    third = server_side_apply(second, applied_deployment(image="nginx:1.27"), "kubectl", False, DEPLOYMENT, now=later)
+    assert third == second
 
 
 def test_apply_removes_fields_the_manager_no_longer_applies():
