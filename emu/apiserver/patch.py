@@ -1033,19 +1033,24 @@ def _check_applied(applied: dict) -> None:
 
 
 def server_side_apply(current: dict | None, applied: dict, manager: str, force: bool,
-                      schema: PatchSchema | None, *, now: datetime | None = None) -> dict:
+                      schema: PatchSchema | None, *, now: datetime | None = None,
+                      reset_fields: tuple[str, ...] = ()) -> dict:
     """The object after `manager` applies `applied` (server-side apply).
 
     current None creates. Fields `manager` applied before and no longer
     applies are removed unless another manager owns them. A field another
     manager owns with a different value is a conflict: 409 listing them as
     kube-apiserver does, unless force (then the manager takes them over).
-    Returns the new object with metadata.managedFields updated; `current` and
-    `applied` are not modified. Raises PatchError."""
+    reset_fields are top-level fields the apply does not set, as kube-apiserver's
+    strategies reset them: ("status",) for the main resource of a kind with a
+    status subresource. Returns the new object with metadata.managedFields
+    updated; `current` and `applied` are not modified. Raises PatchError."""
     if not manager:
         raise PatchError("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: "
                          "is required for apply patch", 422)
     _check_applied(applied)
+    if reset_fields:
+        applied = {k: v for k, v in applied.items() if k not in reset_fields}
 
     entries = _entries(current)
     if current is not None and not entries:

@@ -579,6 +579,15 @@ def test_an_update_that_removes_a_field_takes_it_from_every_owner():
     assert {e["manager"] for e in same["metadata"]["managedFields"]} == {"alice", "kubectl-edit"}
 
 
+def test_apply_leaves_reset_fields_alone():
+    current = server_side_apply(None, applied_deployment(), "kubectl", False, DEPLOYMENT, now=T0)
+    current["status"] = {"replicas": 2}
+    applied = dict(applied_deployment(), status={"replicas": 99})
+    out = server_side_apply(current, applied, "kubectl", False, DEPLOYMENT, now=T1, reset_fields=("status",))
+    assert out["status"] == {"replicas": 2}
+    assert "f:status" not in entry(out, "kubectl")["fieldsV1"]
+
+
 def test_apply_refuses_managed_fields_in_the_body():
     applied = applied_deployment()
     applied["metadata"]["managedFields"] = []
