@@ -538,3 +538,35 @@ def test_kubectl_apply_computes_a_strategic_merge_patch_from_the_documents(stub,
     spec = patch["spec"]["template"]["spec"]
     assert spec["$setElementOrder/containers"] == [{"name": "web"}, {"name": "sidecar"}]
     assert {"image": "nginx:1.28", "name": "web"} in spec["containers"]
+
+
+@pytest.mark.parametrize("version", sorted(KUBECTLS))
+def test_kubectl_validates_a_list_on_its_own_with_the_v2_protobuf_document(stub, tmp_path, version):
+    """A `kind: List` is the one case kubectl still validates itself (the server's
+    fieldValidation covers single objects): it reads the v2 document, as protobuf."""
+    good = {"apiVersion": "v1", "kind": "List", "items": [DEPLOYMENT, SERVICE, INGRESS, NETWORK_POLICY]}
+    result = _kubectl(version, stub, tmp_path, "create", "--dry-run=client", "-f", "-", stdin=json.dumps(good))
+    assert result.returncode == 0, result.stderr
+    assert "networkpolicy.networking.k8s.io/np created (dry run)" in result.stdout
+    bad = json.loads(json.dumps(good))
+    container = bad["items"][0]["spec"]["template"]["spec"]["containers"][0]
+    container["imagePullPolicyy"] = container.pop("imagePullPolicy")
+    bad["items"][1]["spec"]["ports"][0]["port"] = "eighty"
+    del bad["items"][2]["spec"]["rules"][0]["http"]["paths"][0]["pathType"]
+    result = _kubectl(version, stub, tmp_path, "create", "--dry-run=client", "-f", "-", stdin=json.dumps(bad))
+    assert result.returncode == 1
+    for expected in (
+        (
+            'ValidationError(Deployment.spec.template.spec.containers[0]): unknown field "imagePullPolicyy" in '
+            "io.k8s.api.core.v1.Container"
+        ),
+        (
+            'ValidationError(Service.spec.ports[0].port): invalid type for io.k8s.api.core.v1.ServicePort.port: got "string", '
+            'expected "integer"'
+        ),
+        (
+            'ValidationError(Ingress.spec.rules[0].http.paths[0]): missing required field "pathType" in '
+            "io.k8s.api.networking.v1.HTTPIngressPath"
+        ),
+    ):
+        assert expected in result.stderr, result.stderr
