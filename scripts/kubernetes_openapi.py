@@ -3,11 +3,13 @@
 
 The schemas come from the official Python client's models (their fields, types,
 required fields and descriptions: the client is generated from Kubernetes' own
-OpenAPI). What the client does not carry is kept by hand below, written from
-Kubernetes' Go types (k8s.io/api, k8s.io/apimachinery): the Go package of each
-type (the definition names), patch strategies and merge keys, list and map
-types, int64 formats, Quantity / IntOrString / Time / MicroTime fields, and the
-resources served with their verbs (the paths).
+OpenAPI; its required fields were checked against the Go types' json tags and
++optional markers and agree). What the client does not carry is kept by hand
+below, written from Kubernetes' Go types (k8s.io/api, k8s.io/apimachinery): the
+Go package of each type (the definition names), patch strategies and merge
+keys, list, map and struct types, int64 formats, Quantity / IntOrString / Time /
+MicroTime fields, and the resources served with their verbs (the paths). Every
+table entry must name a field the client has (the script stops otherwise).
 
     python scripts/kubernetes_openapi.py [--out DIR]     (default emu/apiserver/data)
 
@@ -171,6 +173,13 @@ PATCH_META = {
     "apps.v1.DaemonSetStatus.conditions": ("merge", "type"),
     "meta.v1.ObjectMeta.ownerReferences": ("merge", "uid"),
     "meta.v1.ObjectMeta.finalizers": ("merge", ""),
+    # alpha fields of newer releases the client already has
+    "core.v1.PodSpec.evictionResponders": ("merge", "name"),
+    "core.v1.PodStatus.nodeAllocatableResourceClaimStatuses": ("merge", "resourceClaimName"),
+    "core.v1.VolumeHealthStatus.healthConditions": ("merge", "status"),
+    "core.v1.PodVolumeHealth.healthConditions": ("merge", "status"),
+    "core.v1.NodeAllocatableResourceClaimStatus.mapping": ("merge", "name"),
+    "core.v1.NodeAllocatableResourceClaimStatus.overhead": ("merge", "name"),
 }
 
 # x-kubernetes-list-type "map" with its x-kubernetes-list-map-keys, or "set"
@@ -212,12 +221,34 @@ LIST_MAP = {
     "apps.v1.StatefulSetStatus.conditions": ["type"],
     "apps.v1.DaemonSetStatus.conditions": ["type"],
     "meta.v1.ObjectMeta.ownerReferences": ["uid"],
+    "core.v1.PodSpec.evictionResponders": ["name"],
+    "core.v1.PodStatus.nodeAllocatableResourceClaimStatuses": ["resourceClaimName"],
+    "core.v1.PodStatus.volumeHealth": ["name"],
+    "core.v1.VolumeHealthStatus.healthConditions": ["status", "reason"],
+    "core.v1.PodVolumeHealth.healthConditions": ["status", "reason"],
+    "core.v1.NodeAllocatableResourceClaimStatus.mapping": ["name"],
+    "core.v1.NodeAllocatableResourceClaimStatus.overhead": ["name"],
 }
 LIST_SET = {
     "core.v1.NodeSpec.podCIDRs", "discovery.v1.Endpoint.addresses", "meta.v1.ObjectMeta.finalizers",
-    "core.v1.VolumeMount.bindMountOptions",
+    "core.v1.VolumeMount.bindMountOptions", "core.v1.ContainerRestartRuleOnExitCodes.values",
+    "core.v1.NodePodPreemptionPolicy.disableResizePreemption", "core.v1.NodeAllocatableResourceClaimStatus.containers",
 }  # fmt: skip
-MAP_ATOMIC = {"core.v1.PodSpec.nodeSelector", "core.v1.ServiceSpec.selector"}
+# x-kubernetes-map-type of map fields (+mapType)
+MAP_TYPE = {
+    "core.v1.PodSpec.nodeSelector": "atomic",
+    "core.v1.ServiceSpec.selector": "atomic",
+    "core.v1.PersistentVolumeClaimStatus.allocatedResourceStatuses": "granular",
+}
+# Structs replaced as a whole by server-side apply (+structType=atomic): x-kubernetes-map-type atomic.
+STRUCT_ATOMIC = {
+    "core.v1.FileKeySelector", "core.v1.ObjectFieldSelector",
+    "core.v1.ResourceFieldSelector", "core.v1.ConfigMapKeySelector", "core.v1.SecretKeySelector",
+    "core.v1.NodeSelector", "core.v1.NodeSelectorTerm", "core.v1.EvictionResponder", "core.v1.EndpointAddress",
+    "core.v1.EndpointPort", "core.v1.ObjectReference", "core.v1.LocalObjectReference",
+    "core.v1.TypedLocalObjectReference", "networking.v1.ServiceBackendPort", "discovery.v1.EndpointPort",
+    "rbac.v1.Subject", "rbac.v1.RoleRef", "meta.v1.OwnerReference", "meta.v1.LabelSelector",
+}  # fmt: skip
 
 # Integer fields that are int64 in Go (the rest are int32).
 INT64 = {
@@ -396,7 +427,7 @@ class Builder:
             raise SystemExit(f"{key}: unknown client type {t!r}")
 
         schema = of(typ)
-        for table in (QUANTITIES, INT64, MICROTIMES, OBJECTS, PATCH_META, LIST_MAP, LIST_SET, MAP_ATOMIC):
+        for table in (QUANTITIES, INT64, MICROTIMES, OBJECTS, PATCH_META, LIST_MAP, LIST_SET, MAP_TYPE):
             if key in table:
                 self.used_keys.add(key)
         if description:
@@ -413,8 +444,8 @@ class Builder:
             schema["x-kubernetes-list-type"] = "set"
         elif schema.get("type") == "array":
             schema["x-kubernetes-list-type"] = "atomic"
-        if key in MAP_ATOMIC:
-            schema["x-kubernetes-map-type"] = "atomic"
+        if key in MAP_TYPE:
+            schema["x-kubernetes-map-type"] = MAP_TYPE[key]
         return schema
 
     def define(self, model: str) -> None:
@@ -447,6 +478,9 @@ class Builder:
         if required:
             definition["required"] = required
         definition["properties"] = dict(sorted(definition["properties"].items()))
+        if pkg_type in STRUCT_ATOMIC:
+            definition["x-kubernetes-map-type"] = "atomic"
+            self.used_keys.add(pkg_type)
 
 
 def model_field(cls, attr: str, json_name: str):
@@ -839,8 +873,8 @@ def build() -> tuple[dict, dict[str, dict]]:
             names[kind.model + "List"] = b.name(kind.model + "List")
     for model in META_KINDS + DISCOVERY_MODELS:
         b.define(model)
-    unused = (set(PATCH_META) | set(LIST_MAP) | LIST_SET | MAP_ATOMIC | INT64 | QUANTITIES | MICROTIMES
-              | set(OBJECTS)) - b.used_keys  # fmt: skip
+    unused = (set(PATCH_META) | set(LIST_MAP) | LIST_SET | set(MAP_TYPE) | INT64 | QUANTITIES | MICROTIMES
+              | set(OBJECTS) | STRUCT_ATOMIC) - b.used_keys  # fmt: skip
     if unused:
         raise SystemExit(f"table entries that match no field of the client's models: {sorted(unused)}")
     defs = b.defs | SPECIAL

@@ -272,6 +272,12 @@ class OpenAPIPatchSchema:
     def __repr__(self) -> str:
         return f"OpenAPIPatchSchema({self.name})"
 
+    @property
+    def atomic(self) -> bool:
+        """True for a struct server-side apply owns as a whole (x-kubernetes-map-type: atomic,
+        e.g. LabelSelector, ObjectReference). Not part of the PatchSchema protocol."""
+        return self._values is None and self._schema.get("x-kubernetes-map-type") == "atomic"
+
     def field(self, name: str) -> tuple[OpenAPIPatchSchema | None, str, str]:
         if self._values is not None:
             return _schema_of(self._values), "", ""

@@ -263,6 +263,7 @@ def test_patch_schema_follows_containers_to_their_merge_key():
     assert meta.field("ownerReferences")[1:] == ("merge", "uid")
     deployment = openapi.patch_schema("apps/v1", "Deployment")
     dspec = deployment.field("spec")[0]
+    assert dspec.field("selector")[0].atomic and not dspec.atomic
     assert dspec.field("strategy")[1:] == ("retainKeys", "")
     template_spec = dspec.field("template")[0].field("spec")[0]
     assert template_spec.field("containers")[1:] == ("merge", "name")
