@@ -115,6 +115,8 @@ KINDS = [
          "selfsubjectaccessreviews", False, "c"),
     Kind("authorization.k8s.io", "v1", "SubjectAccessReview", "V1SubjectAccessReview", "subjectaccessreviews",
          False, "c"),
+    Kind("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "V1LocalSubjectAccessReview",
+         "localsubjectaccessreviews", True, "c"),
     Kind("authentication.k8s.io", "v1", "SelfSubjectReview", "V1SelfSubjectReview", "selfsubjectreviews", False,
          "c"),
 ]  # fmt: skip
