@@ -271,6 +271,89 @@ INT64 = {
     "core.v1.ClusterTrustBundleProjection.user", "core.v1.PodCertificateProjection.user",
 }  # fmt: skip
 
+# enum values of string fields (Go types marked +enum, their constants): explain prints them.
+_SIGNALS = sorted(
+    ["SIGABRT", "SIGALRM", "SIGBUS", "SIGCHLD", "SIGCLD", "SIGCONT", "SIGFPE", "SIGHUP", "SIGILL", "SIGINT", "SIGIO",
+     "SIGIOT", "SIGKILL", "SIGPIPE", "SIGPOLL", "SIGPROF", "SIGPWR", "SIGQUIT", "SIGRTMAX", "SIGRTMIN", "SIGSEGV",
+     "SIGSTKFLT", "SIGSTOP", "SIGSYS", "SIGTERM", "SIGTRAP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGUSR1",
+     "SIGUSR2", "SIGVTALRM", "SIGWINCH", "SIGXCPU", "SIGXFSZ"]
+    + [f"SIGRTMIN+{i}" for i in range(1, 16)] + [f"SIGRTMAX-{i}" for i in range(1, 15)]
+)  # fmt: skip
+ENUMS = {
+    "apps.v1.DaemonSetUpdateStrategy.type": ["OnDelete", "RollingUpdate"],
+    "apps.v1.DeploymentStrategy.type": ["Recreate", "RollingUpdate"],
+    "apps.v1.StatefulSetSpec.podManagementPolicy": ["OrderedReady", "Parallel"],
+    "apps.v1.StatefulSetUpdateStrategy.type": ["OnDelete", "Recreate", "RollingUpdate"],
+    "core.v1.AppArmorProfile.type": ["Localhost", "RuntimeDefault", "Unconfined"],
+    "core.v1.AzureDiskVolumeSource.cachingMode": ["None", "ReadOnly", "ReadWrite"],
+    "core.v1.AzureDiskVolumeSource.kind": ["Dedicated", "Managed", "Shared"],
+    "core.v1.Container.imagePullPolicy": ["Always", "IfNotPresent", "Never"],
+    "core.v1.Container.terminationMessagePolicy": ["FallbackToLogsOnError", "File"],
+    "core.v1.ContainerPort.protocol": ["SCTP", "TCP", "UDP"],
+    "core.v1.EndpointPort.protocol": ["SCTP", "TCP", "UDP"],
+    "core.v1.EphemeralContainer.imagePullPolicy": ["Always", "IfNotPresent", "Never"],
+    "core.v1.EphemeralContainer.terminationMessagePolicy": ["FallbackToLogsOnError", "File"],
+    "core.v1.GRPCAction.mode": ["Plaintext", "TLS"],
+    "core.v1.HTTPGetAction.protocol": ["HTTP1", "HTTP2"],
+    "core.v1.HTTPGetAction.scheme": ["HTTP", "HTTPS"],
+    "core.v1.HostPathVolumeSource.type": [
+        "",
+        *["BlockDevice", "CharDevice", "Directory", "DirectoryOrCreate", "File", "FileOrCreate", "Socket"],
+    ],
+    "core.v1.ImageVolumeSource.pullPolicy": ["Always", "IfNotPresent", "Never"],
+    "core.v1.ModifyVolumeStatus.status": ["InProgress", "Infeasible", "Pending"],
+    "core.v1.NamespaceStatus.phase": ["Active", "Terminating"],
+    "core.v1.NodeSelectorRequirement.operator": ["DoesNotExist", "Exists", "Gt", "In", "Lt", "NotIn"],
+    "core.v1.NodeStatus.phase": ["Pending", "Running", "Terminated"],
+    "core.v1.PersistentVolumeClaimSpec.accessModes": [
+        "ReadOnlyMany",
+        "ReadWriteMany",
+        "ReadWriteOnce",
+        "ReadWriteOncePod",
+    ],
+    "core.v1.PersistentVolumeClaimSpec.volumeMode": ["Block", "Filesystem"],
+    "core.v1.PersistentVolumeClaimStatus.accessModes": [
+        "ReadOnlyMany",
+        "ReadWriteMany",
+        "ReadWriteOnce",
+        "ReadWriteOncePod",
+    ],
+    "core.v1.PersistentVolumeClaimStatus.phase": ["Bound", "Lost", "Pending"],
+    "core.v1.PodSecurityContext.fsGroupChangePolicy": ["Always", "OnRootMismatch"],
+    "core.v1.PodSecurityContext.supplementalGroupsPolicy": ["Merge", "Strict"],
+    "core.v1.PodSpec.dnsPolicy": ["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"],
+    "core.v1.PodSpec.preemptionPolicy": ["Never", "PreemptLowerPriority"],
+    "core.v1.PodSpec.restartPolicy": ["Always", "Never", "OnFailure"],
+    "core.v1.PodStatus.phase": ["Failed", "Pending", "Running", "Succeeded", "Unknown"],
+    "core.v1.PodStatus.qosClass": ["BestEffort", "Burstable", "Guaranteed"],
+    "core.v1.PortStatus.protocol": ["SCTP", "TCP", "UDP"],
+    "core.v1.SeccompProfile.type": ["Localhost", "RuntimeDefault", "Unconfined"],
+    "core.v1.SecurityContext.procMount": ["Default", "Unmasked"],
+    "core.v1.ServicePort.protocol": ["SCTP", "TCP", "UDP"],
+    "core.v1.ServiceSpec.externalTrafficPolicy": ["Cluster", "Local"],
+    "core.v1.ServiceSpec.internalTrafficPolicy": ["Cluster", "Local"],
+    "core.v1.ServiceSpec.ipFamilies": ["", *["IPv4", "IPv6"]],
+    "core.v1.ServiceSpec.ipFamilyPolicy": ["PreferDualStack", "RequireDualStack", "SingleStack"],
+    "core.v1.ServiceSpec.sessionAffinity": ["ClientIP", "None"],
+    "core.v1.ServiceSpec.type": ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+    "core.v1.Taint.effect": ["NoExecute", "NoSchedule", "PreferNoSchedule"],
+    "core.v1.Toleration.effect": ["NoExecute", "NoSchedule", "PreferNoSchedule"],
+    "core.v1.Toleration.operator": ["Equal", "Exists", "Gt", "Lt"],
+    "core.v1.TopologySpreadConstraint.nodeAffinityPolicy": ["Honor", "Ignore"],
+    "core.v1.TopologySpreadConstraint.nodeTaintsPolicy": ["Honor", "Ignore"],
+    "core.v1.TopologySpreadConstraint.whenUnsatisfiable": ["DoNotSchedule", "ScheduleAnyway"],
+    "core.v1.VolumeHealthCondition.status": ["DataLoss", "Degraded", "Inaccessible"],
+    "core.v1.VolumeMount.mountPropagation": ["Bidirectional", "HostToContainer", "None"],
+    "discovery.v1.EndpointPort.protocol": ["SCTP", "TCP", "UDP"],
+    "networking.v1.IngressPortStatus.protocol": ["SCTP", "TCP", "UDP"],
+    "networking.v1.NetworkPolicyPort.protocol": ["SCTP", "TCP", "UDP"],
+    "networking.v1.NetworkPolicySpec.policyTypes": ["Egress", "Ingress"],
+    "core.v1.ContainerStatus.stopSignal": _SIGNALS,
+    "core.v1.Lifecycle.stopSignal": _SIGNALS,
+    "discovery.v1.EndpointSlice.addressType": ["FQDN", "IPv4", "IPv6"],
+    "networking.v1.HTTPIngressPath.pathType": ["Exact", "ImplementationSpecific", "Prefix"],
+}
+
 # resource.Quantity fields (the client types them as strings, ResourceLists as maps of strings).
 QUANTITIES = {
     "core.v1.PersistentVolumeClaimStatus.capacity", "core.v1.PersistentVolumeClaimStatus.allocatedResources",
@@ -429,7 +512,12 @@ class Builder:
             raise SystemExit(f"{key}: unknown client type {t!r}")
 
         schema = of(typ)
-        for table in (QUANTITIES, INT64, MICROTIMES, OBJECTS, PATCH_META, LIST_MAP, LIST_SET, MAP_TYPE):
+        if key in ENUMS:  # on the string, or on the items of a list of strings
+            target = schema["items"] if schema.get("type") == "array" else schema
+            if target.get("type") != "string":
+                raise SystemExit(f"{key}: enum values for a field that is not a string")
+            target["enum"] = ENUMS[key]
+        for table in (QUANTITIES, INT64, MICROTIMES, OBJECTS, PATCH_META, LIST_MAP, LIST_SET, MAP_TYPE, ENUMS):
             if key in table:
                 self.used_keys.add(key)
         if description:
@@ -876,7 +964,7 @@ def build() -> tuple[dict, dict[str, dict]]:
     for model in META_KINDS + DISCOVERY_MODELS:
         b.define(model)
     unused = (set(PATCH_META) | set(LIST_MAP) | LIST_SET | set(MAP_TYPE) | INT64 | QUANTITIES | MICROTIMES
-              | set(OBJECTS) | STRUCT_ATOMIC) - b.used_keys  # fmt: skip
+              | set(OBJECTS) | STRUCT_ATOMIC | set(ENUMS)) - b.used_keys  # fmt: skip
     if unused:
         raise SystemExit(f"table entries that match no field of the client's models: {sorted(unused)}")
     defs = b.defs | SPECIAL

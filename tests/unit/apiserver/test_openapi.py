@@ -524,6 +524,10 @@ def test_kubectl_explain_reads_the_documents(stub, tmp_path, version):
     result = _kubectl(version, stub, tmp_path, "explain", "ingresses.spec.rules.http.paths.backend.service.port")
     assert result.returncode == 0, result.stderr
     assert "ServiceBackendPort" in result.stdout
+    if version == "1.33":  # enum values (kubectl 1.27's template does not print them)
+        result = _kubectl(version, stub, tmp_path, "explain", "pods.spec.containers.imagePullPolicy")
+        assert result.returncode == 0, result.stderr
+        assert re.search(r"ENUM:\s+Always\s+IfNotPresent\s+Never\s", result.stdout), result.stdout
     if version == "1.27":  # kubectl 1.27 still offers the v2 renderer: it reads the protobuf document
         result = _kubectl(version, stub, tmp_path, "explain", "pods.spec", "--output", "plaintext-openapiv2")
         assert result.returncode == 0, result.stderr
