@@ -205,6 +205,7 @@ def test_handle_negotiates_json_and_protobuf_and_refuses_the_rest():
     status, headers, _ = openapi.handle("/openapi/v3/api/v1", "hash=0000", "")
     assert status == 301 and headers["Location"] == url
     assert openapi.handle("/openapi/v3/apis/nope/v1", "", "") is None
+    assert openapi.handle("/openapi/v3//api/v1/", "", "")[2] == openapi.v3("api/v1")
     for path, asked, plain in [("/openapi/v2", "application/json", openapi.v2()),
                                ("/openapi/v2", openapi.PROTOBUF_V2_ASKED, openapi.v2_protobuf()),
                                ("/openapi/v3/apis/apps/v1", "", openapi.v3("apis/apps/v1"))]:  # fmt: skip
