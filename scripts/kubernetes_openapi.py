@@ -3,11 +3,13 @@
 
 The schemas come from the official Python client's models (their fields, types,
 required fields and descriptions: the client is generated from Kubernetes' own
-OpenAPI). What the client does not carry is kept by hand below, written from
-Kubernetes' Go types (k8s.io/api, k8s.io/apimachinery): the Go package of each
-type (the definition names), patch strategies and merge keys, list and map
-types, int64 formats, Quantity / IntOrString / Time / MicroTime fields, and the
-resources served with their verbs (the paths).
+OpenAPI; its required fields were checked against the Go types' json tags and
++optional markers and agree). What the client does not carry is kept by hand
+below, written from Kubernetes' Go types (k8s.io/api, k8s.io/apimachinery): the
+Go package of each type (the definition names), patch strategies and merge
+keys, list, map and struct types, int64 formats, Quantity / IntOrString / Time /
+MicroTime fields, and the resources served with their verbs (the paths). Every
+table entry must name a field the client has (the script stops otherwise).
 
     python scripts/kubernetes_openapi.py [--out DIR]     (default emu/apiserver/data)
 
@@ -113,6 +115,8 @@ KINDS = [
          "selfsubjectaccessreviews", False, "c"),
     Kind("authorization.k8s.io", "v1", "SubjectAccessReview", "V1SubjectAccessReview", "subjectaccessreviews",
          False, "c"),
+    Kind("authorization.k8s.io", "v1", "LocalSubjectAccessReview", "V1LocalSubjectAccessReview",
+         "localsubjectaccessreviews", True, "c"),
     Kind("authentication.k8s.io", "v1", "SelfSubjectReview", "V1SelfSubjectReview", "selfsubjectreviews", False,
          "c"),
 ]  # fmt: skip
@@ -171,6 +175,13 @@ PATCH_META = {
     "apps.v1.DaemonSetStatus.conditions": ("merge", "type"),
     "meta.v1.ObjectMeta.ownerReferences": ("merge", "uid"),
     "meta.v1.ObjectMeta.finalizers": ("merge", ""),
+    # alpha fields of newer releases the client already has
+    "core.v1.PodSpec.evictionResponders": ("merge", "name"),
+    "core.v1.PodStatus.nodeAllocatableResourceClaimStatuses": ("merge", "resourceClaimName"),
+    "core.v1.VolumeHealthStatus.healthConditions": ("merge", "status"),
+    "core.v1.PodVolumeHealth.healthConditions": ("merge", "status"),
+    "core.v1.NodeAllocatableResourceClaimStatus.mapping": ("merge", "name"),
+    "core.v1.NodeAllocatableResourceClaimStatus.overhead": ("merge", "name"),
 }
 
 # x-kubernetes-list-type "map" with its x-kubernetes-list-map-keys, or "set"
@@ -212,12 +223,34 @@ LIST_MAP = {
     "apps.v1.StatefulSetStatus.conditions": ["type"],
     "apps.v1.DaemonSetStatus.conditions": ["type"],
     "meta.v1.ObjectMeta.ownerReferences": ["uid"],
+    "core.v1.PodSpec.evictionResponders": ["name"],
+    "core.v1.PodStatus.nodeAllocatableResourceClaimStatuses": ["resourceClaimName"],
+    "core.v1.PodStatus.volumeHealth": ["name"],
+    "core.v1.VolumeHealthStatus.healthConditions": ["status", "reason"],
+    "core.v1.PodVolumeHealth.healthConditions": ["status", "reason"],
+    "core.v1.NodeAllocatableResourceClaimStatus.mapping": ["name"],
+    "core.v1.NodeAllocatableResourceClaimStatus.overhead": ["name"],
 }
 LIST_SET = {
     "core.v1.NodeSpec.podCIDRs", "discovery.v1.Endpoint.addresses", "meta.v1.ObjectMeta.finalizers",
-    "core.v1.VolumeMount.bindMountOptions",
+    "core.v1.VolumeMount.bindMountOptions", "core.v1.ContainerRestartRuleOnExitCodes.values",
+    "core.v1.NodePodPreemptionPolicy.disableResizePreemption", "core.v1.NodeAllocatableResourceClaimStatus.containers",
 }  # fmt: skip
-MAP_ATOMIC = {"core.v1.PodSpec.nodeSelector", "core.v1.ServiceSpec.selector"}
+# x-kubernetes-map-type of map fields (+mapType)
+MAP_TYPE = {
+    "core.v1.PodSpec.nodeSelector": "atomic",
+    "core.v1.ServiceSpec.selector": "atomic",
+    "core.v1.PersistentVolumeClaimStatus.allocatedResourceStatuses": "granular",
+}
+# Structs replaced as a whole by server-side apply (+structType=atomic): x-kubernetes-map-type atomic.
+STRUCT_ATOMIC = {
+    "core.v1.FileKeySelector", "core.v1.ObjectFieldSelector",
+    "core.v1.ResourceFieldSelector", "core.v1.ConfigMapKeySelector", "core.v1.SecretKeySelector",
+    "core.v1.NodeSelector", "core.v1.NodeSelectorTerm", "core.v1.EvictionResponder", "core.v1.EndpointAddress",
+    "core.v1.EndpointPort", "core.v1.ObjectReference", "core.v1.LocalObjectReference",
+    "core.v1.TypedLocalObjectReference", "networking.v1.ServiceBackendPort", "discovery.v1.EndpointPort",
+    "rbac.v1.Subject", "rbac.v1.RoleRef", "meta.v1.OwnerReference", "meta.v1.LabelSelector",
+}  # fmt: skip
 
 # Integer fields that are int64 in Go (the rest are int32).
 INT64 = {
@@ -237,6 +270,89 @@ INT64 = {
     "meta.v1.DeleteOptions.gracePeriodSeconds", "meta.v1.Condition.observedGeneration",
     "core.v1.ClusterTrustBundleProjection.user", "core.v1.PodCertificateProjection.user",
 }  # fmt: skip
+
+# enum values of string fields (Go types marked +enum, their constants): explain prints them.
+_SIGNALS = sorted(
+    ["SIGABRT", "SIGALRM", "SIGBUS", "SIGCHLD", "SIGCLD", "SIGCONT", "SIGFPE", "SIGHUP", "SIGILL", "SIGINT", "SIGIO",
+     "SIGIOT", "SIGKILL", "SIGPIPE", "SIGPOLL", "SIGPROF", "SIGPWR", "SIGQUIT", "SIGRTMAX", "SIGRTMIN", "SIGSEGV",
+     "SIGSTKFLT", "SIGSTOP", "SIGSYS", "SIGTERM", "SIGTRAP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGUSR1",
+     "SIGUSR2", "SIGVTALRM", "SIGWINCH", "SIGXCPU", "SIGXFSZ"]
+    + [f"SIGRTMIN+{i}" for i in range(1, 16)] + [f"SIGRTMAX-{i}" for i in range(1, 15)]
+)  # fmt: skip
+ENUMS = {
+    "apps.v1.DaemonSetUpdateStrategy.type": ["OnDelete", "RollingUpdate"],
+    "apps.v1.DeploymentStrategy.type": ["Recreate", "RollingUpdate"],
+    "apps.v1.StatefulSetSpec.podManagementPolicy": ["OrderedReady", "Parallel"],
+    "apps.v1.StatefulSetUpdateStrategy.type": ["OnDelete", "Recreate", "RollingUpdate"],
+    "core.v1.AppArmorProfile.type": ["Localhost", "RuntimeDefault", "Unconfined"],
+    "core.v1.AzureDiskVolumeSource.cachingMode": ["None", "ReadOnly", "ReadWrite"],
+    "core.v1.AzureDiskVolumeSource.kind": ["Dedicated", "Managed", "Shared"],
+    "core.v1.Container.imagePullPolicy": ["Always", "IfNotPresent", "Never"],
+    "core.v1.Container.terminationMessagePolicy": ["FallbackToLogsOnError", "File"],
+    "core.v1.ContainerPort.protocol": ["SCTP", "TCP", "UDP"],
+    "core.v1.EndpointPort.protocol": ["SCTP", "TCP", "UDP"],
+    "core.v1.EphemeralContainer.imagePullPolicy": ["Always", "IfNotPresent", "Never"],
+    "core.v1.EphemeralContainer.terminationMessagePolicy": ["FallbackToLogsOnError", "File"],
+    "core.v1.GRPCAction.mode": ["Plaintext", "TLS"],
+    "core.v1.HTTPGetAction.protocol": ["HTTP1", "HTTP2"],
+    "core.v1.HTTPGetAction.scheme": ["HTTP", "HTTPS"],
+    "core.v1.HostPathVolumeSource.type": [
+        "",
+        *["BlockDevice", "CharDevice", "Directory", "DirectoryOrCreate", "File", "FileOrCreate", "Socket"],
+    ],
+    "core.v1.ImageVolumeSource.pullPolicy": ["Always", "IfNotPresent", "Never"],
+    "core.v1.ModifyVolumeStatus.status": ["InProgress", "Infeasible", "Pending"],
+    "core.v1.NamespaceStatus.phase": ["Active", "Terminating"],
+    "core.v1.NodeSelectorRequirement.operator": ["DoesNotExist", "Exists", "Gt", "In", "Lt", "NotIn"],
+    "core.v1.NodeStatus.phase": ["Pending", "Running", "Terminated"],
+    "core.v1.PersistentVolumeClaimSpec.accessModes": [
+        "ReadOnlyMany",
+        "ReadWriteMany",
+        "ReadWriteOnce",
+        "ReadWriteOncePod",
+    ],
+    "core.v1.PersistentVolumeClaimSpec.volumeMode": ["Block", "Filesystem"],
+    "core.v1.PersistentVolumeClaimStatus.accessModes": [
+        "ReadOnlyMany",
+        "ReadWriteMany",
+        "ReadWriteOnce",
+        "ReadWriteOncePod",
+    ],
+    "core.v1.PersistentVolumeClaimStatus.phase": ["Bound", "Lost", "Pending"],
+    "core.v1.PodSecurityContext.fsGroupChangePolicy": ["Always", "OnRootMismatch"],
+    "core.v1.PodSecurityContext.supplementalGroupsPolicy": ["Merge", "Strict"],
+    "core.v1.PodSpec.dnsPolicy": ["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"],
+    "core.v1.PodSpec.preemptionPolicy": ["Never", "PreemptLowerPriority"],
+    "core.v1.PodSpec.restartPolicy": ["Always", "Never", "OnFailure"],
+    "core.v1.PodStatus.phase": ["Failed", "Pending", "Running", "Succeeded", "Unknown"],
+    "core.v1.PodStatus.qosClass": ["BestEffort", "Burstable", "Guaranteed"],
+    "core.v1.PortStatus.protocol": ["SCTP", "TCP", "UDP"],
+    "core.v1.SeccompProfile.type": ["Localhost", "RuntimeDefault", "Unconfined"],
+    "core.v1.SecurityContext.procMount": ["Default", "Unmasked"],
+    "core.v1.ServicePort.protocol": ["SCTP", "TCP", "UDP"],
+    "core.v1.ServiceSpec.externalTrafficPolicy": ["Cluster", "Local"],
+    "core.v1.ServiceSpec.internalTrafficPolicy": ["Cluster", "Local"],
+    "core.v1.ServiceSpec.ipFamilies": ["", *["IPv4", "IPv6"]],
+    "core.v1.ServiceSpec.ipFamilyPolicy": ["PreferDualStack", "RequireDualStack", "SingleStack"],
+    "core.v1.ServiceSpec.sessionAffinity": ["ClientIP", "None"],
+    "core.v1.ServiceSpec.type": ["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+    "core.v1.Taint.effect": ["NoExecute", "NoSchedule", "PreferNoSchedule"],
+    "core.v1.Toleration.effect": ["NoExecute", "NoSchedule", "PreferNoSchedule"],
+    "core.v1.Toleration.operator": ["Equal", "Exists", "Gt", "Lt"],
+    "core.v1.TopologySpreadConstraint.nodeAffinityPolicy": ["Honor", "Ignore"],
+    "core.v1.TopologySpreadConstraint.nodeTaintsPolicy": ["Honor", "Ignore"],
+    "core.v1.TopologySpreadConstraint.whenUnsatisfiable": ["DoNotSchedule", "ScheduleAnyway"],
+    "core.v1.VolumeHealthCondition.status": ["DataLoss", "Degraded", "Inaccessible"],
+    "core.v1.VolumeMount.mountPropagation": ["Bidirectional", "HostToContainer", "None"],
+    "discovery.v1.EndpointPort.protocol": ["SCTP", "TCP", "UDP"],
+    "networking.v1.IngressPortStatus.protocol": ["SCTP", "TCP", "UDP"],
+    "networking.v1.NetworkPolicyPort.protocol": ["SCTP", "TCP", "UDP"],
+    "networking.v1.NetworkPolicySpec.policyTypes": ["Egress", "Ingress"],
+    "core.v1.ContainerStatus.stopSignal": _SIGNALS,
+    "core.v1.Lifecycle.stopSignal": _SIGNALS,
+    "discovery.v1.EndpointSlice.addressType": ["FQDN", "IPv4", "IPv6"],
+    "networking.v1.HTTPIngressPath.pathType": ["Exact", "ImplementationSpecific", "Prefix"],
+}
 
 # resource.Quantity fields (the client types them as strings, ResourceLists as maps of strings).
 QUANTITIES = {
@@ -396,7 +512,12 @@ class Builder:
             raise SystemExit(f"{key}: unknown client type {t!r}")
 
         schema = of(typ)
-        for table in (QUANTITIES, INT64, MICROTIMES, OBJECTS, PATCH_META, LIST_MAP, LIST_SET, MAP_ATOMIC):
+        if key in ENUMS:  # on the string, or on the items of a list of strings
+            target = schema["items"] if schema.get("type") == "array" else schema
+            if target.get("type") != "string":
+                raise SystemExit(f"{key}: enum values for a field that is not a string")
+            target["enum"] = ENUMS[key]
+        for table in (QUANTITIES, INT64, MICROTIMES, OBJECTS, PATCH_META, LIST_MAP, LIST_SET, MAP_TYPE, ENUMS):
             if key in table:
                 self.used_keys.add(key)
         if description:
@@ -413,8 +534,8 @@ class Builder:
             schema["x-kubernetes-list-type"] = "set"
         elif schema.get("type") == "array":
             schema["x-kubernetes-list-type"] = "atomic"
-        if key in MAP_ATOMIC:
-            schema["x-kubernetes-map-type"] = "atomic"
+        if key in MAP_TYPE:
+            schema["x-kubernetes-map-type"] = MAP_TYPE[key]
         return schema
 
     def define(self, model: str) -> None:
@@ -447,6 +568,9 @@ class Builder:
         if required:
             definition["required"] = required
         definition["properties"] = dict(sorted(definition["properties"].items()))
+        if pkg_type in STRUCT_ATOMIC:
+            definition["x-kubernetes-map-type"] = "atomic"
+            self.used_keys.add(pkg_type)
 
 
 def model_field(cls, attr: str, json_name: str):
@@ -839,8 +963,8 @@ def build() -> tuple[dict, dict[str, dict]]:
             names[kind.model + "List"] = b.name(kind.model + "List")
     for model in META_KINDS + DISCOVERY_MODELS:
         b.define(model)
-    unused = (set(PATCH_META) | set(LIST_MAP) | LIST_SET | MAP_ATOMIC | INT64 | QUANTITIES | MICROTIMES
-              | set(OBJECTS)) - b.used_keys  # fmt: skip
+    unused = (set(PATCH_META) | set(LIST_MAP) | LIST_SET | set(MAP_TYPE) | INT64 | QUANTITIES | MICROTIMES
+              | set(OBJECTS) | STRUCT_ATOMIC | set(ENUMS)) - b.used_keys  # fmt: skip
     if unused:
         raise SystemExit(f"table entries that match no field of the client's models: {sorted(unused)}")
     defs = b.defs | SPECIAL

@@ -79,12 +79,16 @@ def _v3_files() -> dict[str, Path]:
     return {p.name[: -len(".json.gz")].replace("__", "/"): p for p in sorted((DATA / "openapi-v3").glob("*.json.gz"))}
 
 
-@functools.cache
 def v3(path: str) -> bytes | None:
-    """The OpenAPI 3.0 document of one group-version (``api/v1``, ``apis/apps/v1``), or None."""
+    """The OpenAPI 3.0 document of one group-version (``api/v1``, ``apis/apps/v1``) or of a
+    discovery document (``api``, ``apis``, ``apis/apps``, ``version``), or None."""
     path = path.strip("/")
-    file = _v3_files().get(path)
-    return gzip.decompress(file.read_bytes()) if file else None
+    return _v3_bytes(path) if path in _v3_files() else None  # only known paths are cached
+
+
+@functools.cache
+def _v3_bytes(path: str) -> bytes:
+    return gzip.decompress(_v3_files()[path].read_bytes())
 
 
 @functools.cache
@@ -172,9 +176,8 @@ def _route(path: str, query: str, accept: str) -> tuple[int, dict[str, str], byt
             return 406, {"Content-Type": "text/plain"}, _not_acceptable(accept, [JSON])
         return 200, {"Content-Type": JSON}, json.dumps(v3_index()).encode()
     if path.startswith("/openapi/v3/"):
-        gv = path[len("/openapi/v3/") :]
-        body = v3(gv)
-        if body is None:
+        gv = path[len("/openapi/v3/") :].strip("/")
+        if v3(gv) is None:
             return None
         if _accepts(accept, [JSON]) is None:
             return 406, {"Content-Type": "text/plain"}, _not_acceptable(accept, [JSON])
@@ -271,6 +274,12 @@ class OpenAPIPatchSchema:
 
     def __repr__(self) -> str:
         return f"OpenAPIPatchSchema({self.name})"
+
+    @property
+    def atomic(self) -> bool:
+        """True for a struct server-side apply owns as a whole (x-kubernetes-map-type: atomic,
+        e.g. LabelSelector, ObjectReference). Not part of the PatchSchema protocol."""
+        return self._values is None and self._schema.get("x-kubernetes-map-type") == "atomic"
 
     def field(self, name: str) -> tuple[OpenAPIPatchSchema | None, str, str]:
         if self._values is not None:

@@ -36,6 +36,7 @@ from emu.apiserver.types import Attributes, Decision, User
 MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's default --max-request-body-bytes
 ADMIN = User("kubernetes-admin", ("system:masters", "system:authenticated"))
 BOOTSTRAP_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+IMMORTAL_NAMESPACES = ("default", "kube-system", "kube-public")  # NamespaceLifecycle refuses to delete them
 PATCH_TYPES = ("application/json-patch+json", "application/merge-patch+json",
                "application/strategic-merge-patch+json", "application/apply-patch+yaml")
 NAMESPACE_SUBRESOURCES = ("status", "finalize")
@@ -299,7 +300,15 @@ class Request:
             return b"".join(chunks)
         length = int(h.headers.get("Content-Length") or 0)
         if length > MAX_BODY:
-            h.close_connection = True  # the unread body makes the connection unusable
+            if length <= 4 * MAX_BODY:  # read it, so the client sees the 413 and not a reset connection
+                left = length
+                while left > 0:
+                    got = h.rfile.read(min(left, 1 << 16))
+                    if not got:
+                        break
+                    left -= len(got)
+            else:
+                h.close_connection = True  # the unread body makes the connection unusable
             raise errors.too_large(MAX_BODY)
         return h.rfile.read(length) if length else b""
 
@@ -351,6 +360,9 @@ class ApiServer:
 
             def get_request(self):
                 sock, addr = self.socket.accept()
+                # headers and body go out in separate writes: without NODELAY, Nagle and delayed ACKs stall each
+                # response ~40 ms
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if api.ssl_context is not None:
                     sock = api.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
                 return sock, addr
@@ -528,19 +540,22 @@ class ApiServer:
         return self._send(req, 404, b"404 page not found\n", "text/plain; charset=utf-8")
 
     def _openapi(self, req: Request, parts: list[str]) -> None:
+        """/openapi/v2 (JSON or protobuf, as the client asks) and /openapi/v3/...: openapi.py's documents."""
         oa = self.openapi
-        if oa is None:
+        if oa is None or not hasattr(oa, "handle"):
             return self._send(req, 404, b"404 page not found\n", "text/plain; charset=utf-8")
-        if parts == ["v2"]:
-            return self._send(req, 200, oa.v2(), "application/json")
-        if parts == ["v3"]:
-            return self._send_json(req, 200, oa.v3_index())
-        if parts and parts[0] == "v3":
-            body = oa.v3("/".join(parts[1:]))
-            if body is not None:
-                return self._send(req, 200, body, "application/json",
-                                  {"Cache-Control": "public, immutable"} if req.q("hash") else None)
-        return self._send(req, 404, b"404 page not found\n", "text/plain; charset=utf-8")
+        query = urlsplit(req.h.path).query
+        result = oa.handle(req.path, query, req.headers.get("Accept", ""), req.headers.get("Accept-Encoding", ""))
+        if result is None:
+            return self._send(req, 404, b"404 page not found\n", "text/plain; charset=utf-8")
+        code, headers, body = result
+        if code == 406:
+            err = errors.not_acceptable(body.decode(errors="replace") if isinstance(body, bytes) else str(body))
+            err.message = body.decode(errors="replace") if isinstance(body, bytes) else str(body)
+            return self._send_json(req, 406, err.body())
+        headers = dict(headers)
+        ctype = headers.pop("Content-Type", "application/json")
+        return self._send(req, code, body, ctype, headers)
 
     # ------------------------------------------------------------ resource requests
 
@@ -633,7 +648,7 @@ class ApiServer:
             raise errors.bad_request(f'includeObject: Unsupported value: "{include}"')
         table = None
         if self.tables is not None:
-            table = self.tables.table(r, objects, include)
+            table = self.tables.table(r, objects, include, resource_version=rv, continue_token=token)
         if table is None:
             table = fallback_table(r, objects, include)
         table["apiVersion"] = f"meta.k8s.io/{mv}"
@@ -860,21 +875,44 @@ class ApiServer:
             raise err
 
     def _admit(self, attrs: Attributes, old: dict | None, new: dict | None) -> None:
-        if self.admission is not None:
+        """The admission chain; its refusals (admission.AdmissionError) become Status errors."""
+        if self.admission is None:
+            return
+        try:
             self.admission.admit(attrs, old, new)
+        except ApiError:
+            raise
+        except Exception as e:
+            if type(e).__name__ == "AdmissionError" and hasattr(e, "code"):
+                raise ApiError(e.code, e.reason, e.message, e.details or None) from None
+            raise
 
-    def _managed(self, req: Request, obj: dict, operation: str, r: ResourceInfo, subresource: str = "") -> None:
-        """Record who wrote the object (metadata.managedFields' manager, operation, time)."""
-        manager = req.q("fieldManager") or (req.headers.get("User-Agent") or "unknown").split("/")[0]
-        manager = manager[:128]
+    @staticmethod
+    def _manager(req: Request) -> str:
+        """The field manager: ?fieldManager=, else the User-Agent's first word (as kube-apiserver)."""
+        return (req.q("fieldManager") or (req.headers.get("User-Agent") or "unknown").split("/")[0])[:128]
+
+    def _schema(self, api_version: str, kind: str):
+        """openapi.py's PatchSchema for a kind, None without openapi.py."""
+        if self.openapi is None or not hasattr(self.openapi, "patch_schema"):
+            return None
+        return self.openapi.patch_schema(api_version, kind)
+
+    def _managed(self, req: Request, obj: dict, old: dict | None, r: ResourceInfo, subresource: str = "") -> dict:
+        """`obj` with metadata.managedFields recording this write (patch.py's update_managed_fields)."""
+        if self.patch is not None and hasattr(self.patch, "update_managed_fields"):
+            return self.patch.update_managed_fields(old, obj, self._manager(req), self._schema(r.api_version, r.kind),
+                                                    subresource=subresource)
         entries = [e for e in (obj["metadata"].get("managedFields") or []) if isinstance(e, dict)]
-        entry = {"manager": manager, "operation": operation, "apiVersion": r.api_version,
+        manager = self._manager(req)
+        entry = {"manager": manager, "operation": "Update", "apiVersion": r.api_version,
                  "time": storage.now_rfc3339(), "fieldsType": "FieldsV1", "fieldsV1": {}}
         if subresource:
             entry["subresource"] = subresource
-        entries = [e for e in entries if not (e.get("manager") == manager and e.get("operation") == operation
+        entries = [e for e in entries if not (e.get("manager") == manager and e.get("operation") == "Update"
                                               and e.get("subresource", "") == subresource)]
         obj["metadata"]["managedFields"] = entries + [entry]
+        return obj
 
     def _set_namespace(self, r: ResourceInfo, obj: dict, ns: str) -> None:
         meta = obj["metadata"]
@@ -894,7 +932,8 @@ class ApiServer:
     # ------------------------------------------------------------ create
 
     def _create(self, req: Request, r: ResourceInfo, ns: str, attrs: Attributes, obj: dict | None = None,
-                code: int = 201) -> None:
+                code: int = 201, applied: bool = False) -> None:
+        """POST (and the create of a PUT or an apply of a missing object); `applied`: managedFields are set."""
         if obj is None:
             obj = self._read_object(req, r)
         self._check_fields(req, r, obj)
@@ -902,9 +941,10 @@ class ApiServer:
         meta = obj["metadata"]
         if meta.get("resourceVersion"):
             raise errors.internal("resourceVersion should not be set on objects to be created")
-        for k in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink",
-                  "managedFields"):
+        for k in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
             meta.pop(k, None)
+        if not applied:
+            meta.pop("managedFields", None)
         name = meta.get("name") or ""
         generate = "" if name else (meta.get("generateName") or "")
         self._namespace_lifecycle(r, ns, name)
@@ -924,7 +964,8 @@ class ApiServer:
             if causes:
                 raise self._invalid(r, stored if generate else obj, causes)
             self._admit(attrs, None, stored)
-            self._managed(req, stored, "Update", r)
+            if not applied:
+                stored = self._managed(req, stored, None, r)
             try:
                 if r.kind == "Service":
                     with self._alloc_lock:
@@ -1024,7 +1065,7 @@ class ApiServer:
                                      f"({info.name})")
         meta["name"] = info.name
         self._set_namespace(r, obj, ns)
-        self._write(req, r, ns, info, attrs, lambda current: obj, create_ok=r.create_on_update, operation="Update")
+        self._write(req, r, ns, info, attrs, lambda current: obj, create_ok=r.create_on_update)
 
     def _patch(self, req: Request, r: ResourceInfo, ns: str, info: RequestInfo, attrs: Attributes) -> None:
         ctype = (req.headers.get("Content-Type") or "").split(";")[0].strip().lower()
@@ -1039,45 +1080,52 @@ class ApiServer:
             raise errors.bad_request("PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be "
                                      "specified for non-apply patch")
 
-        def patched(current: dict) -> dict:
-            out = self._apply_patch(ctype, current, body, r if info.subresource != "scale" else None)
+        apply = ctype == "application/apply-patch+yaml"
+        manager, forced = self._manager(req), force == "true"
+
+        def patched(current: dict | None, api_version: str, kind: str) -> dict:
+            out = self._apply_patch(ctype, current, body, self._schema(api_version, kind),
+                                    manager if apply else None, forced)
             if not isinstance(out, dict):
                 raise errors.bad_request("the patch did not produce an object")
             return out
 
         if info.subresource == "scale":
-            return self._write_scale(req, r, ns, info, attrs, patched)
+            return self._write_scale(req, r, ns, info, attrs, lambda cur: patched(cur, "autoscaling/v1", "Scale"))
 
         def make(current: dict | None) -> dict:
             if current is None:
                 # server-side apply creates what is missing
-                new = patched({"apiVersion": r.api_version, "kind": r.kind,
-                               "metadata": {"name": info.name, "namespace": ns} if ns else {"name": info.name}})
+                new = patched(None, r.api_version, r.kind)
             else:
-                new = patched(resources.from_storage(r, current))
+                new = patched(resources.from_storage(r, current), r.api_version, r.kind)
             if not isinstance(new.get("metadata"), dict):
                 new["metadata"] = {}
             if new.get("apiVersion") != r.api_version or new.get("kind") != r.kind:
-                new = self._decode(json.dumps(new).encode(), r)
+                new = self._check_object(new, r)
             new["metadata"]["name"] = info.name
             self._set_namespace(r, new, ns)
             self._check_fields(req, r, new)
             return new
 
-        self._write(req, r, ns, info, attrs, make, create_ok=ctype == "application/apply-patch+yaml",
-                    operation="Apply" if ctype == "application/apply-patch+yaml" else "Update", patch=True)
+        self._write(req, r, ns, info, attrs, make, create_ok=apply, applied=apply)
 
-    def _apply_patch(self, ctype: str, current: dict, body: bytes, r: ResourceInfo | None) -> dict:
+    def _apply_patch(self, ctype: str, current: dict | None, body: bytes, schema, manager: str | None,
+                     force: bool) -> dict:
+        """The patched object: patch.py when present (every patch type, server-side apply with
+        managedFields), else merge and JSON patches only."""
         if self.patch is not None:
-            schema = None
-            if r is not None and self.openapi is not None and hasattr(self.openapi, "patch_schema"):
-                schema = self.openapi.patch_schema(r.api_version, r.kind)
             try:
-                return self.patch.apply_patch(ctype, current, body, schema)
+                if current is None:
+                    return self.patch.server_side_apply(None, self.patch.decode_apply_body(body), manager, force,
+                                                        schema)
+                return self.patch.apply_patch(ctype, current, body, schema, manager=manager, force=force)
             except ApiError:
                 raise
             except ValueError as e:
                 raise errors.bad_request(str(e))
+        if current is None:
+            raise errors.unsupported_media_type("application/json-patch+json, application/merge-patch+json")
         try:
             doc = json.loads(body)
         except ValueError as e:
@@ -1097,7 +1145,7 @@ class ApiServer:
         raise errors.unsupported_media_type("application/json-patch+json, application/merge-patch+json")
 
     def _write(self, req: Request, r: ResourceInfo, ns: str, info: RequestInfo, attrs: Attributes,
-               make: Callable[[dict | None], dict], create_ok: bool, operation: str, patch: bool = False) -> None:
+               make: Callable[[dict | None], dict], create_ok: bool, applied: bool = False) -> None:
         """PUT and PATCH: build the new object from the stored one and store it, in one transaction."""
         dry = req.q("dryRun") == "All"
         sub = info.subresource
@@ -1131,10 +1179,11 @@ class ApiServer:
                 labels = new["metadata"].setdefault("labels", {})
                 labels["kubernetes.io/metadata.name"] = info.name
             self._admit(attrs, current, new)
+            if not applied:
+                new = self._managed(req, new, current, r, sub)
             if _same(new, current):
                 state["unchanged"] = current
                 return None
-            self._managed(req, new, operation, r, sub)
             return new
 
         if r.kind == "Service":
@@ -1147,7 +1196,7 @@ class ApiServer:
         if state.get("created"):
             obj = make(None)
             obj["metadata"].pop("resourceVersion", None)
-            return self._create(req, r, ns, attrs, obj=obj)
+            return self._create(req, r, ns, attrs, obj=obj, applied=applied)
         if "unchanged" in state:
             out = state["unchanged"]
         if out is None:  # removed: a write that dropped the last finalizer of an object being deleted
@@ -1184,8 +1233,7 @@ class ApiServer:
                 return None
             resources.prepare_update(r, new, current)
             self._admit(attrs, current, new)
-            self._managed(req, new, "Update", r, "scale")
-            return new
+            return self._managed(req, new, current, r, "scale")
 
         _, out = self.store.write(r.key, ns, info.name, fn, r.field_values, dry)
         self._send_json(req, 200, self._scale_of(out))
@@ -1288,6 +1336,8 @@ class ApiServer:
                                                                f"meta: {meta.get('resourceVersion')}")
             self._admit(attrs, current, None)
             if r.kind == "Namespace":
+                if name in IMMORTAL_NAMESPACES:
+                    raise errors.forbidden("namespaces", name, "this namespace may not be deleted")
                 if meta.get("deletionTimestamp"):
                     return None
                 meta["deletionTimestamp"] = storage.now_rfc3339()

@@ -49,8 +49,9 @@ def canonical(obj: dict) -> dict:
             out[k] = obj[k]
     meta = obj.get("metadata")
     if isinstance(meta, dict):
-        m = {k: meta[k] for k in _META_ORDER if k in meta}
-        m.update({k: v for k, v in meta.items() if k not in m})
+        # Go's omitempty: an emptied map or list is not written
+        m = {k: meta[k] for k in _META_ORDER if k in meta and meta[k] not in ({}, [])}
+        m.update({k: v for k, v in meta.items() if k not in m and k not in _META_ORDER})
         out["metadata"] = m
     for k, v in obj.items():
         if k not in out:
