@@ -2,9 +2,10 @@
 1.27 and 1.33: the documents as the server serves them, kubectl's own validation,
 its server-side field validation, explain.
 
-Runs once server.py and its conftest (the `apiserver` fixture) are merged in;
-skips before. The server must hand /openapi/* to ``openapi.handle()``: kubectl
-1.27/1.28 ask /openapi/v2 for protobuf only and parse it as protobuf."""
+Runs once server.py and storage.py are merged in (ApiServer(Store(path)), plain
+HTTP as in the core tests); skips before. The server must hand /openapi/* to
+``openapi.handle()``: kubectl 1.27/1.28 ask /openapi/v2 for protobuf only and parse
+it as protobuf, and every kubectl does for a `kind: List`."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import pytest
 
 from emu.apiserver import openapi
 
-pytest.importorskip("emu.apiserver.server", reason="server.py is not merged in yet")
+server_module = pytest.importorskip("emu.apiserver.server", reason="server.py is not merged in yet")
+storage_module = pytest.importorskip("emu.apiserver.storage", reason="storage.py is not merged in yet")
 
 KUBECTLS = {v: f"/usr/lib/google-cloud-sdk/bin/kubectl.{v}" for v in ("1.27", "1.33")}
 
@@ -49,18 +51,38 @@ DEPLOYMENT = {
 }
 
 
+class _Server:
+    def __init__(self, tmp: Path):
+        self.store = storage_module.Store(str(tmp / "state.db"))
+        self.log = open(tmp / "apiserver.log", "a", buffering=1)  # noqa: SIM115 (closed in stop)
+        self.api = server_module.ApiServer(self.store, log=self.log)
+        host, port = self.api.start(("127.0.0.1", 0))
+        self.base_url = f"http://{host}:{port}"
+        self.home = tmp / "home"
+        self.home.mkdir()
+
+    def stop(self) -> None:
+        self.api.shutdown()
+        self.store.close()
+        self.log.close()
+
+
 @pytest.fixture()
-def server(request):
-    return request.getfixturevalue("apiserver")
+def server(tmp_path):
+    running = _Server(tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop()
 
 
 def _kubectl(version: str, server, *args: str, stdin: str = "") -> subprocess.CompletedProcess:
     binary = KUBECTLS[version]
     if not os.access(binary, os.X_OK):
         pytest.skip(f"kubectl {version} is not installed at {binary}")
-    return subprocess.run(
-        [binary, *args], input=stdin, capture_output=True, text=True, timeout=60, env=server.env(), check=False
-    )
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": str(server.home), "KUBECONFIG": str(server.home / "none")}
+    cmd = [binary, "--server", server.base_url, "--cache-dir", str(server.home / "cache"), *args]
+    return subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=60, env=env, check=False)
 
 
 def _get(server, path: str, accept: str) -> tuple[int, str, bytes]:
@@ -86,7 +108,7 @@ def test_the_server_serves_v2_as_protobuf_or_json_as_asked_and_v3(server):
 
 
 @pytest.mark.parametrize("version", sorted(KUBECTLS))
-def test_kubectl_explain_and_validate_against_the_server(server, tmp_path: Path, version):
+def test_kubectl_explain_and_validate_against_the_server(server, version):
     result = _kubectl(version, server, "explain", "deployments.spec.strategy.rollingUpdate")
     assert result.returncode == 0, result.stderr
     assert re.search(r"maxSurge\s+<IntOrString>", result.stdout), result.stdout
