@@ -117,17 +117,6 @@ def test_apply_server_side_creates_and_updates(kubeconfig):
     assert obj["spec"]["replicas"] == 3
 
 
-# server.py calls apply_patch(ctype, current, body, schema) without the
-# request's fieldManager and force, and writes its own managedFields entry
-# (fieldsV1 {}) after every write: ownership is not tracked, so no conflict.
-# It must call patch.server_side_apply(current, patch.decode_apply_body(body),
-# fieldManager, force, schema) for apply patches (or apply_patch(...,
-# manager=fieldManager, force=force)) and patch.update_managed_fields(old, new,
-# manager, schema, subresource=...) for other writes.
-SERVER_PASSES_NO_MANAGER = "server.py does not pass fieldManager/force to patch.py yet (see comment)"
-
-
-@pytest.mark.xfail(strict=True, reason=SERVER_PASSES_NO_MANAGER)
 def test_apply_server_side_conflict_between_two_field_managers(kubeconfig):
     kubectl(kubeconfig, "apply", "--server-side", "--field-manager=alice", "-f", "-",
             stdin=manifest("web5", replicas=2))
@@ -187,3 +176,20 @@ def test_kubectl_get_pods_services_and_rbac_columns(kubeconfig):
     assert bindings[0].split() == ["NAME", "ROLE", "AGE", "USERS", "GROUPS", "SERVICEACCOUNTS"]
     name, role, _age, *subjects = bindings[1].split()
     assert (name, role, subjects) == ("rb7", "Role/role7", ["alice", "default/robot"])
+
+
+def test_apply_server_side_after_kubectl_scale_conflicts_with_the_scale_subresource(kubeconfig):
+    kubectl(kubeconfig, "apply", "--server-side", "-f", "-", stdin=manifest("web8", replicas=2))
+    kubectl(kubeconfig, "scale", "deployment", "web8", "--replicas=5")
+    result = kubectl(kubeconfig, "apply", "--server-side", "-f", "-", stdin=manifest("web8", replicas=2),
+                     check=False)
+    assert result.returncode != 0
+    # kubectl scale sends no fieldManager: the manager is the User-Agent's first
+    # word, which kubectl makes of its binary's name.
+    assert (f'Apply failed with 1 conflict: conflict with "{Path(KUBECTL).name}" with subresource "scale" '
+            'using apps/v1: .spec.replicas') in result.stderr
+    # Dropping replicas from the manifest lets the scaled value stand.
+    without_replicas = json.loads(manifest("web8"))
+    del without_replicas["spec"]["replicas"]
+    kubectl(kubeconfig, "apply", "--server-side", "-f", "-", stdin=json.dumps(without_replicas))
+    assert get(kubeconfig, "deployment", "web8")["spec"]["replicas"] == 5
