@@ -263,4 +263,6 @@ def emu_service(emu_cluster):
 @pytest.fixture(scope="session")
 def emu_host(emu_cluster):
     """emu_host("client", container=None) -> a testinfra Host whose commands run in the pod."""
-    return emu_cluster.host
+    from emu.testing.backend import pod_host
+
+    return lambda pod, container=None: pod_host(emu_cluster, pod, container)
