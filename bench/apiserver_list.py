@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""How fast `kubectl get pods -A -o json` lists 2,000 pods from emu's API server,
+beside reading the same rows from the SQLite file and printing them.
+
+The server runs in-process on 127.0.0.1 (plain HTTP) with a temporary store;
+the pods are written through the server's own create path (defaults and all).
+Prints the median of each over the rounds, and their ratio (issue 21 aims:
+under 0.5 s, and within 2x of the SQLite read).
+
+usage: python bench/apiserver_list.py [--pods N] [--rounds N] [--kubectl PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from emu.apiserver.server import ApiServer  # noqa: E402
+from emu.apiserver.storage import Store  # noqa: E402
+
+
+def pod(i: int) -> dict:
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": f"web-{i:05d}", "namespace": f"ns-{i % 20:02d}",
+                         "labels": {"app": "web", "pod-template-hash": "6d4cf56db6"}},
+            "spec": {"nodeName": f"w{i % 50}", "containers": [
+                {"name": "web", "image": "registry.k8s.io/e2e-test-images/agnhost:2.47",
+                 "args": ["netexec", "--http-port=8080"], "ports": [{"containerPort": 8080}],
+                 "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 2}}]}}
+
+
+def post(base: str, path: str, obj: dict) -> None:
+    req = urllib.request.Request(base + path, data=json.dumps(obj).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=10).read()
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pods", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--kubectl", default=shutil.which("kubectl") or "kubectl")
+    args = ap.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="emu-bench-apiserver-"))
+    try:
+        db = tmp / "state.db"
+        store = Store(str(db))
+        server = ApiServer(store, log=open(os.devnull, "w"))
+        host, port = server.start(("127.0.0.1", 0))
+        base = f"http://{host}:{port}"
+        t0 = time.perf_counter()
+        for n in range(20):
+            post(base, "/api/v1/namespaces", {"metadata": {"name": f"ns-{n:02d}"}})
+        for i in range(args.pods):
+            post(base, f"/api/v1/namespaces/ns-{i % 20:02d}/pods", pod(i))
+        print(f"created {args.pods} pods through the API in {time.perf_counter() - t0:.2f} s")
+
+        env = {**os.environ, "HOME": str(tmp)}
+        kubectl = [args.kubectl, "--server", base, "get", "pods", "-A", "-o", "json"]
+
+        def run_kubectl():
+            out = subprocess.run(kubectl, capture_output=True, env=env, timeout=60, check=True).stdout
+            assert len(json.loads(out)["items"]) == args.pods
+
+        def read_sqlite():
+            con = sqlite3.connect(str(db))
+            rows = con.execute("SELECT body FROM objects WHERE resource='pods' ORDER BY namespace, name").fetchall()
+            sys.stdout.flush()
+            with open(os.devnull, "w") as devnull:
+                devnull.write("\n".join(r[0] for r in rows))
+            con.close()
+            assert len(rows) == args.pods
+
+        def http_list():
+            with urllib.request.urlopen(base + "/api/v1/pods", timeout=30) as r:
+                assert len(json.loads(r.read())["items"]) == args.pods
+
+        run_kubectl()  # discovery cache warm, as a user's second command
+        k = statistics.median(timed(run_kubectl) for _ in range(args.rounds))
+        s = statistics.median(timed(read_sqlite) for _ in range(args.rounds))
+        h = statistics.median(timed(http_list) for _ in range(args.rounds))
+        print(f"kubectl get pods -A -o json ({args.pods} pods): {k:.3f} s  (aim: < 0.5 s)")
+        print(f"one HTTP list + json.loads in Python:        {h:.3f} s")
+        print(f"sqlite3 read of the rows + print:            {s:.3f} s")
+        print(f"ratio kubectl / sqlite3: {k / s:.1f}x  (aim: within 2x)")
+        server.shutdown()
+        store.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

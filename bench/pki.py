@@ -1,0 +1,86 @@
+#!/usr/bin/env python3
+"""emu's cluster PKI (emu.control.pki.make_pki) against openssl making the same certificates, same run.
+
+Both make, for --nodes nodes: the CA (EC P-256, 10 years), the API server's
+serving certificate with its SANs, the admin, kube-proxy and one client
+certificate a node (EC P-256, 1 year) and the RSA 2048 service account key.
+openssl runs as a kubeadm-like script would: one `openssl req -x509` for the
+CA, then `openssl req -new` + `openssl x509 -req` a certificate, `openssl
+genpkey` for the SA key. Printed: best and median of --rounds for each, and
+the ratio. Needs /usr/bin/openssl.
+usage: python bench/pki.py [--nodes 3] [--rounds 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from emu.control.pki import make_pki  # noqa: E402
+
+EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+
+def run(*args: str, cwd: str) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def openssl_pki(names: list[str], node_ip: str, service_ip: str) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        run("req", "-x509", *EC, "-keyout", "ca.key", "-out", "ca.crt", "-days", "3650", "-subj", "/CN=kubernetes",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,digitalSignature,keyCertSign",
+            cwd=d)
+        sans = ",".join(
+            ["DNS:kubernetes", "DNS:kubernetes.default", "DNS:kubernetes.default.svc",
+             "DNS:kubernetes.default.svc.cluster.local", "DNS:localhost", f"DNS:{names[0]}",
+             "IP:127.0.0.1", f"IP:{node_ip}", f"IP:{service_ip}"]
+        )
+        certs = [("apiserver", "/CN=kube-apiserver", "serverAuth", sans),
+                 ("admin", "/O=system:masters/CN=kubernetes-admin", "clientAuth", ""),
+                 ("kube-proxy", "/CN=system:kube-proxy", "clientAuth", "")]
+        certs += [(f"node-{n}", f"/O=system:nodes/CN=system:node:{n}", "clientAuth", "") for n in names]
+        for stem, subj, usage, san in certs:
+            run("req", "-new", *EC, "-keyout", f"{stem}.key", "-out", f"{stem}.csr", "-subj", subj, cwd=d)
+            ext = Path(d, f"{stem}.ext")
+            ext.write_text(
+                "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                f"extendedKeyUsage={usage}\n" + (f"subjectAltName={san}\n" if san else "")
+            )
+            run("x509", "-req", "-in", f"{stem}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "365", "-out", f"{stem}.crt", "-extfile", f"{stem}.ext", cwd=d)
+        run("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", "sa.key", cwd=d)
+        run("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    names = ["control-plane"] + [f"worker{i}" for i in range(1, args.nodes)]
+    emu_times, ssl_times = [], []
+    for _ in range(args.rounds):
+        emu_times.append(timed(lambda: make_pki(["172.18.0.2"], "10.96.0.1", names)))
+        ssl_times.append(timed(lambda: openssl_pki(names, "172.18.0.2", "10.96.0.1")))
+    print(f"whole PKI for {args.nodes} nodes ({args.nodes + 3} certificates + CA + SA key), {args.rounds} rounds")
+    print(f"  emu make_pki : best {min(emu_times) * 1000:7.1f} ms  median {statistics.median(emu_times) * 1000:7.1f} ms")
+    print(f"  openssl CLI  : best {min(ssl_times) * 1000:7.1f} ms  median {statistics.median(ssl_times) * 1000:7.1f} ms")
+    print(f"  ratio emu/openssl (median): {statistics.median(emu_times) / statistics.median(ssl_times):.2f}")
+
+
+if __name__ == "__main__":
+    main()

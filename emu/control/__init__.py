@@ -1,0 +1,1 @@
+"""The controller side: cluster lifecycle, runtime providers, hosts, PKI and kubeconfig."""

@@ -1,0 +1,177 @@
+"""The store: revisions, optimistic concurrency, lists with continue, the watch
+cache (fan-out, selector transitions, 410 window), finalizers, restarts."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+
+from emu.apiserver.errors import ApiError
+from emu.apiserver.selectors import FieldSelector, LabelSelector
+from emu.apiserver.storage import NAME_CHARS, Store
+
+
+def cm(name, ns="default", labels=None, **extra):
+    return {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": name, "namespace": ns,
+                                                                  "labels": labels or {}, **extra}}
+
+
+def fields_of(o):
+    return {"metadata.name": o["metadata"]["name"], "metadata.namespace": o["metadata"].get("namespace", "")}
+
+
+@pytest.fixture()
+def store(tmp_path):
+    s = Store(str(tmp_path / "state.db"))
+    yield s
+    s.close()
+
+
+def test_revisions_uid_and_timestamps(store):
+    start = store.revision
+    a = store.create("configmaps", cm("a"))
+    b = store.create("configmaps", cm("b"))
+    assert (a["metadata"]["resourceVersion"], b["metadata"]["resourceVersion"]) == (str(start + 1), str(start + 2))
+    assert a["metadata"]["uid"] != b["metadata"]["uid"]
+    assert a["metadata"]["creationTimestamp"].endswith("Z")
+    assert list(a) == ["kind", "apiVersion", "metadata"]
+    assert list(a["metadata"])[:2] == ["name", "namespace"]
+
+
+def test_already_exists_and_conflict_messages(store):
+    a = store.create("configmaps", cm("a"))
+    with pytest.raises(ApiError) as e:
+        store.create("configmaps", cm("a"))
+    assert (e.value.code, e.value.message) == (409, 'configmaps "a" already exists')
+    store.update("configmaps", json.loads(json.dumps(a)))  # the stored rv: accepted
+    with pytest.raises(ApiError) as e:
+        store.update("configmaps", a)  # a's rv is now stale
+    assert e.value.code == 409
+    assert e.value.message == ('Operation cannot be fulfilled on configmaps "a": the object has been modified; '
+                               'please apply your changes to the latest version and try again')
+    d = store.create("deployments.apps", cm("d"))
+    store.update("deployments.apps", json.loads(json.dumps(d)))
+    with pytest.raises(ApiError) as e:
+        store.update("deployments.apps", d)
+    assert e.value.message.startswith('Operation cannot be fulfilled on deployments.apps "d"')
+    assert e.value.details == {"name": "d", "group": "apps", "kind": "deployments"}
+
+
+def test_generate_name(store):
+    made = store.create("configmaps", {"metadata": {"generateName": "web-", "namespace": "default"}})
+    name = made["metadata"]["name"]
+    assert name.startswith("web-") and len(name) == 9 and set(name[4:]) <= set(NAME_CHARS)
+
+
+def test_list_order_selectors_and_continue(store):
+    for ns, name in [("b", "x"), ("a", "z"), ("a", "y"), ("c", "w")]:
+        store.create("configmaps", cm(name, ns, {"keep": "yes"} if name != "w" else {}), fields_of)
+    texts, rv, token = store.list("configmaps")
+    assert [(json.loads(t)["metadata"]["namespace"], json.loads(t)["metadata"]["name"]) for t in texts] == \
+        [("a", "y"), ("a", "z"), ("b", "x"), ("c", "w")]
+    assert token == "" and rv == store.revision
+    page1, rv1, token = store.list("configmaps", limit=2, labels=LabelSelector.parse("keep=yes"))
+    assert [json.loads(t)["metadata"]["name"] for t in page1] == ["y", "z"] and token
+    page2, rv2, token2 = store.list("configmaps", limit=2, labels=LabelSelector.parse("keep=yes"),
+                                    continue_token=token)
+    assert [json.loads(t)["metadata"]["name"] for t in page2] == ["x"] and token2 == "" and rv2 == rv1
+    only_b, _, _ = store.list("configmaps", "b")
+    assert [json.loads(t)["metadata"]["name"] for t in only_b] == ["x"]
+    by_field, _, _ = store.list("configmaps", fields=FieldSelector.parse("metadata.namespace!=a"))
+    assert [json.loads(t)["metadata"]["name"] for t in by_field] == ["x", "w"]
+    with pytest.raises(ApiError) as e:
+        store.list("configmaps", continue_token="not-a-token")
+    assert e.value.code == 400
+
+
+def test_watch_fan_out_and_transitions(store):
+    all_w = store.watch("configmaps", resource_version=str(store.revision))
+    team_a = store.watch("configmaps", labels=LabelSelector.parse("team=a"), resource_version=str(store.revision))
+    other_ns = store.watch("configmaps", "elsewhere", resource_version=str(store.revision))
+    o = store.create("configmaps", cm("m", labels={"team": "a"}))
+    o["metadata"]["labels"] = {"team": "b"}
+    o = store.update("configmaps", o)
+    o["metadata"]["labels"] = {"team": "a"}
+    o = store.update("configmaps", o)
+    store.delete("configmaps", "default", "m")
+
+    def drain(w):
+        out = []
+        while (ev := w.next(0.05)) is not None:
+            out.append((ev[0], json.loads(ev[1])["metadata"]["labels"]["team"], ev[2]))
+        return out
+
+    got = drain(all_w)
+    assert [(t, team) for t, team, _ in got] == [("ADDED", "a"), ("MODIFIED", "b"), ("MODIFIED", "a"),
+                                                 ("DELETED", "a")]
+    assert [rv for _, _, rv in got] == sorted(rv for _, _, rv in got)
+    assert [(t, team) for t, team, _ in drain(team_a)] == [("ADDED", "a"), ("DELETED", "a"), ("ADDED", "a"),
+                                                           ("DELETED", "a")]
+    assert drain(other_ns) == []
+    for w in (all_w, team_a, other_ns):
+        w.stop()
+    assert store.watcher_count() == 0
+
+
+def test_watch_from_zero_sends_current_objects_first(store):
+    store.create("configmaps", cm("a"))
+    store.create("configmaps", cm("b"))
+    w = store.watch("configmaps", resource_version="0")
+    store.create("configmaps", cm("c"))
+    names = []
+    while (ev := w.next(0.05)) is not None:
+        names.append((ev[0], json.loads(ev[1])["metadata"]["name"]))
+    assert names == [("ADDED", "a"), ("ADDED", "b"), ("ADDED", "c")]
+    w.stop()
+
+
+def test_watch_window_410(tmp_path):
+    s = Store(str(tmp_path / "w.db"), window=3)
+    first = s.create("configmaps", cm("a"))
+    for n in "bcde":
+        s.create("configmaps", cm(n))
+    with pytest.raises(ApiError) as e:
+        s.watch("configmaps", resource_version=first["metadata"]["resourceVersion"])
+    assert (e.value.code, e.value.reason) == (410, "Expired")
+    assert e.value.message == f"too old resource version: {first['metadata']['resourceVersion']} ({s.window_start})"
+    w = s.watch("configmaps", resource_version=str(s.window_start))
+    assert w.next(0.05)[0] == "ADDED"
+    s.close()
+
+
+def test_finalizers_mark_then_remove(store):
+    store.create("configmaps", cm("f", finalizers=["example.com/x"]))
+    removed, obj = store.delete("configmaps", "default", "f")
+    assert not removed and obj["metadata"]["deletionTimestamp"]
+    obj["metadata"]["finalizers"] = []
+    store.update("configmaps", obj)
+    assert store.get("configmaps", "default", "f") is None
+    with pytest.raises(ApiError) as e:
+        store.delete("configmaps", "default", "f")
+    assert e.value.message == 'configmaps "f" not found'
+
+
+def test_restart_keeps_objects_and_revision(tmp_path):
+    path = str(tmp_path / "state.db")
+    s = Store(path)
+    s.create("configmaps", cm("a"))
+    rev = s.revision
+    s.close()
+    s = Store(path)
+    assert s.get("configmaps", "default", "a")["metadata"]["resourceVersion"] == str(rev)
+    assert s.revision == rev and s.window_start == rev
+    with pytest.raises(ApiError) as e:
+        s.watch("configmaps", resource_version=str(rev - 1))
+    assert e.value.code == 410
+    s.close()
+    rows = sqlite3.connect(path).execute("SELECT resource, namespace, name, rv FROM objects").fetchall()
+    assert rows == [("configmaps", "default", "a", rev)]
+
+
+def test_dry_run_writes_nothing(store):
+    before = store.revision
+    out = store.create("configmaps", cm("dry"), dry_run=True)
+    assert out["metadata"]["name"] == "dry"
+    assert store.get("configmaps", "default", "dry") is None and store.revision == before
