@@ -897,10 +897,9 @@ class ApiServer:
         if not unknown:
             return
         if mode == "Strict":
-            text = "; ".join(f'unknown field "{f}"' for f in unknown)
-            if len(unknown) > 1:
-                text = f"[{', '.join(f'unknown field {json.dumps(f)}' for f in unknown)}]"
-            raise errors.bad_request(f"strict decoding error: {text}")
+            text = ", ".join(f'unknown field "{f}"' for f in unknown)
+            raise errors.bad_request(f'{r.kind} in version "{r.version}" cannot be handled as a {r.kind}: '
+                                     f"strict decoding error: {text}")
         for f in unknown:
             req.warnings.append(f'unknown field "{f}"')
 

@@ -349,3 +349,19 @@ users: [{{name: anon, user: {{token: not-a-real-token}}}}]
     p = kubectl(str(anonymous), "get", "ns")
     assert p.returncode == 1
     assert p.stderr.strip() == "error: You must be logged in to the server (Unauthorized)"
+
+
+@pytest.mark.skipif(bool(VALIDATE), reason="field validation needs openapi.py")
+def test_field_validation_strict_and_warn(kubectl, tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text(json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "foo": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {
+            "metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}))
+    p = kubectl.run("apply", "-f", str(f), check=False)
+    assert p.returncode == 1
+    assert p.stderr.strip().endswith('Deployment in version "v1" cannot be handled as a Deployment: strict decoding '
+                                     'error: unknown field "spec.foo"')
+    p = kubectl.run("apply", "-f", str(f), "--validate=warn")
+    assert 'Warning: unknown field "spec.foo"' in p.stderr
+    assert json.loads(kubectl("get", "deploy", "web", "-o", "json"))["spec"]["replicas"] == 2
