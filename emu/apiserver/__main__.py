@@ -1,4 +1,4 @@
-"""python3 -m emu.apiserver --data DIR --listen HOST:PORT [--tls-cert F --tls-key F --client-ca F | --insecure]
+"""python3 -m emu.apiserver --data DIR --listen HOST:PORT [--pki DIR | --tls-cert F --tls-key F --client-ca F | --insecure]
 
 Serves the Kubernetes API from DIR/state.db; logs one line a request to stderr;
 exits cleanly on SIGTERM and SIGINT."""
@@ -8,11 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import ssl
 import sys
 import threading
 
-from emu.apiserver.server import ApiServer
+from emu.apiserver.server import ApiServer, cluster_security
 from emu.apiserver.storage import Store
 
 
@@ -21,29 +20,6 @@ def _address(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"--listen wants HOST:PORT (e.g. 127.0.0.1:6443), got {text!r}")
     return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def _tls(args) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(args.tls_cert, args.tls_key)
-    if args.client_ca:
-        ctx.load_verify_locations(args.client_ca)
-        ctx.verify_mode = ssl.CERT_OPTIONAL  # bearer tokens need no certificate; authentication decides
-    return ctx
-
-
-def _security(args, store: Store):
-    """(authenticator, authorizer): None, None in --insecure mode (everyone is the admin, all allowed);
-    in TLS mode auth.py's Authenticator and rbac.py's Authorizer, which this stage does not ship yet."""
-    if args.insecure:
-        return None, None
-    try:
-        from emu.apiserver import auth, rbac  # type: ignore[attr-defined]
-    except ImportError as e:
-        sys.exit(f"emu.apiserver: TLS mode needs emu/apiserver/auth.py and rbac.py ({e}); "
-                 "run with --insecure for an unauthenticated test server")
-    return auth.Authenticator.from_pki(args.pki), rbac.Authorizer(store)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,14 +33,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--insecure", action="store_true", help="plain HTTP, every request is the cluster admin")
     p.add_argument("--service-cidr", default="10.96.0.0/12", help="range of Service cluster IPs")
     args = p.parse_args(argv)
-    if not args.insecure and not (args.tls_cert and args.tls_key):
-        p.error("give --tls-cert and --tls-key (and --client-ca), or --insecure")
+    if not args.insecure and not args.pki and not (args.tls_cert and args.tls_key):
+        p.error("give --pki DIR, or --tls-cert and --tls-key (and --client-ca), or --insecure")
     os.makedirs(args.data, exist_ok=True)
     store = Store(os.path.join(args.data, "state.db"))
-    authn, authz = _security(args, store)
-    server = ApiServer(store, authenticator=authn, authorizer=authz, ssl_context=None if args.insecure else _tls(args),
-                       service_cidr=args.service_cidr)
-    server.make_httpd(args.listen)
+    if args.insecure:
+        try:
+            from emu.apiserver import rbac
+            parts = {"bootstrap_objects": rbac.bootstrap_objects()}
+        except ImportError:
+            parts = {}
+    else:
+        try:
+            parts = cluster_security(store, args.pki, args.tls_cert, args.tls_key, args.client_ca)
+        except ImportError as e:
+            sys.exit(f"emu.apiserver: TLS mode needs auth.py, rbac.py and admission.py ({e}); "
+                     "run with --insecure for an unauthenticated test server")
+        except (OSError, ValueError) as e:
+            sys.exit(f"emu.apiserver: cannot load the TLS certificates or keys: {e}")
+    server = ApiServer(store, service_cidr=args.service_cidr, **parts)
+    try:
+        server.make_httpd(args.listen)
+    except OSError as e:
+        sys.exit(f"emu.apiserver: cannot listen on {args.listen[0]}:{args.listen[1]}: {e.strerror or e}")
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -65,6 +65,42 @@ class InsecureAuthenticator:
         return ADMIN
 
 
+def cluster_security(store: Store, pki_dir: str | None = None, tls_cert: str | None = None,
+                     tls_key: str | None = None, client_ca: str | None = None) -> dict:
+    """ApiServer's keyword arguments for a secured server: TLS, authentication (auth.py),
+    RBAC (rbac.py), admission (NodeRestriction and NamespaceLifecycle, admission.py), and
+    RBAC's bootstrap policy. From a PKI directory as emu.control.pki writes it (ca.crt,
+    apiserver.crt/.key, sa.pub), or from separate certificate files."""
+    from emu.apiserver import admission, auth, rbac
+
+    if pki_dir:
+        ctx = auth.server_ssl_context_from_directory(pki_dir)
+        authn = auth.Authenticator.from_directory(pki_dir)
+    else:
+        def read(path: str) -> bytes:
+            with open(path, "rb") as f:
+                return f.read()
+        ca = read(client_ca) if client_ca else b""
+        ctx = auth.server_ssl_context(read(tls_cert), read(tls_key), ca)
+        authn = auth.Authenticator(ca, None)
+
+    def key_of(plural: str) -> str:
+        for r in resources.RESOURCES:
+            if r.plural == plural and r.stored and not r.storage_plural:
+                return r.key
+        return plural
+
+    def lister(plural: str, namespace: str | None) -> list[dict]:
+        return store.list_objects(key_of(plural), namespace or "")
+
+    chain = admission.Chain([
+        admission.NodeRestriction(lambda plural, ns, name: store.get(key_of(plural), ns, name)),
+        admission.NamespaceLifecycle(lambda name: store.get("namespaces", "", name)),
+    ])
+    return {"ssl_context": ctx, "authenticator": authn, "authorizer": rbac.Authorizer(lister),
+            "admission": chain, "bootstrap_objects": rbac.bootstrap_objects()}
+
+
 # ---------------------------------------------------------------- request info
 
 @dataclass
@@ -319,7 +355,7 @@ class ApiServer:
     def __init__(self, store: Store, authenticator=None, authorizer=None, admission=None,
                  ssl_context: ssl.SSLContext | None = None, service_cidr: str = "10.96.0.0/12",
                  node_port_range: tuple[int, int] = (30000, 32767), bookmark_interval: float = 5.0,
-                 log=None):
+                 log=None, bootstrap_objects: list[dict] | None = None):
         self.store = store
         self.authenticator = authenticator or InsecureAuthenticator()
         self.authorizer = authorizer or AllowAll()
@@ -336,11 +372,20 @@ class ApiServer:
         self.patch = _optional("patch")
         self.tables = _optional("tables")
         self.openapi = _optional("openapi")
-        self._bootstrap()
+        self._bootstrap(bootstrap_objects or [])
 
     # ------------------------------------------------------------ lifecycle
 
-    def _bootstrap(self) -> None:
+    def _bootstrap(self, objects: list[dict]) -> None:
+        """The namespaces every cluster has, and `objects` (RBAC's bootstrap policy) where missing."""
+        for obj in objects:
+            r = resources.by_kind(obj.get("apiVersion", ""), obj.get("kind", ""))
+            meta = obj.get("metadata") or {}
+            if r is None or self.store.get(r.key, meta.get("namespace", ""), meta.get("name", "")) is not None:
+                continue
+            obj = copy.deepcopy(obj)
+            resources.prepare_create(r, obj)
+            self.store.create(r.key, obj, r.field_values)
         info = resources.lookup("", "v1", "namespaces")
         for ns in BOOTSTRAP_NAMESPACES:
             if self.store.get(info.key, "", ns) is None:
@@ -852,10 +897,9 @@ class ApiServer:
         if not unknown:
             return
         if mode == "Strict":
-            text = "; ".join(f'unknown field "{f}"' for f in unknown)
-            if len(unknown) > 1:
-                text = f"[{', '.join(f'unknown field {json.dumps(f)}' for f in unknown)}]"
-            raise errors.bad_request(f"strict decoding error: {text}")
+            text = ", ".join(f'unknown field "{f}"' for f in unknown)
+            raise errors.bad_request(f'{r.kind} in version "{r.version}" cannot be handled as a {r.kind}: '
+                                     f"strict decoding error: {text}")
         for f in unknown:
             req.warnings.append(f'unknown field "{f}"')
 

@@ -7,6 +7,7 @@ import json
 import threading
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -359,3 +360,32 @@ def test_events_k8s_io_shares_core_events(apiserver):
     assert (core.message, core.involved_object.name, core.reporting_component) == ("hello", "p", "emu/test")
     assert [e.metadata.name for e in v1.list_namespaced_event(
         "default", field_selector="involvedObject.name=p").items] == ["e1"]
+
+
+def test_main_serves_and_stops_on_sigterm(tmp_path):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    proc = subprocess.Popen([sys.executable, "-m", "emu.apiserver", "--data", str(tmp_path / "data"),
+                             "--listen", "127.0.0.1:0", "--insecure"], stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stderr.readline()
+        m = re.search(r"serving on (http://127\.0\.0\.1:\d+)", line)
+        assert m, line
+        with urllib.request.urlopen(m.group(1) + "/healthz", timeout=10) as r:
+            assert r.read() == b"ok"
+        with urllib.request.urlopen(m.group(1) + "/api/v1/namespaces/default", timeout=10) as r:
+            assert json.loads(r.read())["status"]["phase"] == "Active"
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.communicate(timeout=10)[1]
+        assert proc.returncode == 0
+        assert rest.splitlines()[-1] == "emu apiserver: stopped"
+        assert (tmp_path / "data" / "state.db").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)

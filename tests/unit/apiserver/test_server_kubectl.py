@@ -11,6 +11,8 @@ import json
 import os
 import re
 import select
+import shutil
+import subprocess
 import time
 
 import pytest
@@ -272,3 +274,94 @@ def test_scale(kubectl, tmp_path):
     assert kubectl("scale", "deploy", "web", "-n", "shop", "--replicas=5").strip() == "deployment.apps/web scaled"
     deploy = json.loads(kubectl("get", "deploy", "web", "-n", "shop", "-o", "json"))
     assert deploy["spec"]["replicas"] == 5 and deploy["metadata"]["generation"] == 2
+
+
+@pytest.fixture()
+def tls_cluster(tmp_path):
+    """A server with the whole security stack (TLS with the cluster CA, certificates, RBAC,
+    admission) over a PKI from emu.control.pki; yields (base_url, pki, kubeconfig writer)."""
+    pki_mod = pytest.importorskip("emu.control.pki")
+    kubeconfig = pytest.importorskip("emu.control.kubeconfig")
+    from emu.apiserver.server import ApiServer, cluster_security
+    from emu.apiserver.storage import Store
+
+    pki = pki_mod.make_pki(["127.0.0.1"], "10.96.0.1", ["cp", "w1"])
+    pki_dir = tmp_path / "pki"
+    for rel, data in pki.files().items():
+        (pki_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (pki_dir / rel).write_bytes(data)
+    store = Store(str(tmp_path / "state.db"))
+    server = ApiServer(store, log=open(tmp_path / "server.log", "w"), **cluster_security(store, str(pki_dir)))
+    host, port = server.start(("127.0.0.1", 0))
+    base = f"https://{host}:{port}"
+
+    def config(name: str, cert: bytes, key: bytes) -> str:
+        path = tmp_path / f"{name}.kubeconfig"
+        path.write_text(kubeconfig.render("t", base, pki.ca_cert, cert, key))
+        return str(path)
+
+    try:
+        yield base, pki, config
+    finally:
+        server.shutdown()
+        store.close()
+
+
+def test_tls_certificates_rbac_and_admission(tls_cluster, tmp_path):
+    path = shutil.which("kubectl")
+    if not path:
+        pytest.skip("kubectl is not installed on this machine")
+    base, pki, config = tls_cluster
+    env = {**os.environ, "HOME": str(tmp_path)}
+
+    def kubectl(cfg: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([path, "--kubeconfig", cfg, *args], capture_output=True, text=True, timeout=30, env=env)
+
+    admin = config("admin", pki.admin_cert, pki.admin_key)
+    p = kubectl(admin, "get", "ns", "-o", "name")
+    assert p.returncode == 0, p.stderr
+    assert "namespace/default" in p.stdout.split()
+    assert kubectl(admin, "auth", "whoami", "-o", "jsonpath={.status.userInfo.username}").stdout == \
+        "kubernetes-admin"
+    node_cert, node_key = pki.nodes["w1"]
+    node = config("w1", node_cert, node_key)
+    p = kubectl(node, "get", "clusterroles")
+    assert p.returncode == 1
+    assert p.stderr.strip() == ('Error from server (Forbidden): clusterroles.rbac.authorization.k8s.io is forbidden: '
+                                'User "system:node:w1" cannot list resource "clusterroles" in API group '
+                                '"rbac.authorization.k8s.io" at the cluster scope')
+    assert kubectl(node, "auth", "can-i", "delete", "namespaces").stdout.strip() == "no"
+    # NodeRestriction: a node may not create another node's Node object
+    manifest = tmp_path / "node.json"
+    manifest.write_text(json.dumps({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "w2"}}))
+    p = kubectl(node, "create", "-f", str(manifest), "--validate=false")
+    assert p.returncode == 1
+    assert p.stderr.strip() == (f'Error from server (Forbidden): error when creating "{manifest}": nodes "w2" is '
+                                'forbidden: node "w1" is not allowed to modify node "w2"')
+    anonymous = tmp_path / "anon.kubeconfig"
+    anonymous.write_text(f"""apiVersion: v1
+kind: Config
+clusters: [{{name: t, cluster: {{server: "{base}", insecure-skip-tls-verify: true}}}}]
+contexts: [{{name: t, context: {{cluster: t, user: anon}}}}]
+current-context: t
+users: [{{name: anon, user: {{token: not-a-real-token}}}}]
+""")
+    p = kubectl(str(anonymous), "get", "ns")
+    assert p.returncode == 1
+    assert p.stderr.strip() == "error: You must be logged in to the server (Unauthorized)"
+
+
+@pytest.mark.skipif(bool(VALIDATE), reason="field validation needs openapi.py")
+def test_field_validation_strict_and_warn(kubectl, tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text(json.dumps({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "foo": 1, "selector": {"matchLabels": {"app": "web"}}, "template": {
+            "metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}}}))
+    p = kubectl.run("apply", "-f", str(f), check=False)
+    assert p.returncode == 1
+    assert p.stderr.strip().endswith('Deployment in version "v1" cannot be handled as a Deployment: strict decoding '
+                                     'error: unknown field "spec.foo"')
+    p = kubectl.run("apply", "-f", str(f), "--validate=warn")
+    assert 'Warning: unknown field "spec.foo"' in p.stderr
+    assert json.loads(kubectl("get", "deploy", "web", "-o", "json"))["spec"]["replicas"] == 2
