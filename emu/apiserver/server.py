@@ -308,6 +308,31 @@ class Request:
         self.info: RequestInfo | None = None
         self.code = 0
         self.warnings: list[str] = []
+        self.body_read = False
+        self.note = ""  # extra words for the request's log line
+
+    def discard_body(self) -> None:
+        """Read a body nobody read (a request refused early), so the next request on this
+        keep-alive connection starts where it should; a large or chunked one closes it."""
+        if self.body_read:
+            return
+        self.body_read = True
+        h = self.h
+        if "chunked" in (h.headers.get("Transfer-Encoding") or "").lower():
+            h.close_connection = True
+            return
+        try:
+            length = int(h.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > 4 * MAX_BODY:
+            h.close_connection = True
+            return
+        while length > 0:
+            got = h.rfile.read(min(length, 1 << 16))
+            if not got:
+                break
+            length -= len(got)
 
     def q(self, name: str, default: str = "") -> str:
         return self.query.get(name, [default])[0]
@@ -318,6 +343,9 @@ class Request:
 
     def body(self) -> bytes:
         h = self.h
+        if self.body_read:
+            raise errors.internal("the request body was read twice")
+        self.body_read = True
         if "chunked" in (h.headers.get("Transfer-Encoding") or "").lower():
             chunks, total = [], 0
             while True:
@@ -450,7 +478,10 @@ class ApiServer:
         t0 = time.monotonic()
         try:
             try:
-                self._serve(req)
+                try:
+                    self._serve(req)
+                finally:
+                    req.discard_body()
             except ApiError as e:
                 self._send_json(req, e.code, e.body())
             except (BrokenPipeError, ConnectionResetError):
@@ -467,7 +498,8 @@ class ApiServer:
             ms = (time.monotonic() - t0) * 1000
             who = req.user.name if req.user else "-"
             try:
-                self.log.write(f"{method} {handler.path} {req.code} {ms:.1f}ms {who}\n")
+                note = f" {req.note}" if req.note else ""
+                self.log.write(f"{method} {handler.path} {req.code} {ms:.1f}ms {who}{note}\n")
                 self.log.flush()
             except (OSError, ValueError):
                 pass
@@ -1341,6 +1373,9 @@ class ApiServer:
             if req.q(k) and k not in opts:
                 opts[k] = int(req.q(k)) if k == "gracePeriodSeconds" else req.q(k)
         policy = opts.get("propagationPolicy")
+        if policy:
+            # recorded only: ownerReference garbage collection comes with the control loops (stage 3)
+            req.note = f"propagationPolicy={policy}"
         if policy is not None and policy not in ("Orphan", "Background", "Foreground"):
             raise errors.invalid("DeleteOptions", "", [resources.not_supported(
                 "propagationPolicy", policy, ["Foreground", "Background", "Orphan", "nil"])])
