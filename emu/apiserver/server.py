@@ -782,6 +782,12 @@ class ApiServer:
         except ValueError:
             raise errors.bad_request(f'timeoutSeconds: Invalid value: "{req.q("timeoutSeconds")}"')
         bookmarks = _truthy(req.q("allowWatchBookmarks"))
+        if _truthy(req.q("sendInitialEvents")):
+            # streaming lists are not served: kube-apiserver's answer without the WatchList feature,
+            # on which client-go falls back to list + watch
+            raise errors.invalid("ListOptions", "", [resources.forbidden_field(
+                "sendInitialEvents", "sendInitialEvents is forbidden for watch unless the WatchList feature gate is "
+                                     "enabled")], "meta.k8s.io")
         h = req.h
         try:
             watcher = self.store.watch(r.key, ns, labels, fields, req.q("resourceVersion"))

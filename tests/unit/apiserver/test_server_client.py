@@ -389,3 +389,33 @@ def test_main_serves_and_stops_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
+
+
+def test_watch_path_deletecollection_and_keep_alive(apiserver):
+    from http.client import HTTPConnection
+
+    v1 = client.CoreV1Api(apiserver.client())
+    for name, team in (("a", "x"), ("b", "x"), ("c", "y")):
+        v1.create_namespaced_config_map("default", cm(name, labels={"team": team}))
+    # the deprecated /watch/ path with a name: that object only, current state first
+    code, _, body = http(apiserver, "GET", "/api/v1/watch/namespaces/default/configmaps/b?timeoutSeconds=1")
+    events = [json.loads(line) for line in body.splitlines()]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "b")]
+    deleted = v1.delete_collection_namespaced_config_map("default", label_selector="team=x", _preload_content=False)
+    assert sorted(i["metadata"]["name"] for i in json.loads(deleted.data)["items"]) == ["a", "b"]
+    assert [c.metadata.name for c in v1.list_namespaced_config_map("default").items] == ["c"]
+    # one connection: a request refused before its body is read leaves the next one intact
+    host, port = apiserver.base_url[len("http://"):].split(":")
+    conn = HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/api/v1/namespaces/default/widgets", body=b'{"kind":"Widget"}',
+                 headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert (r.status, json.loads(r.read())["reason"]) == (404, "NotFound")
+    conn.request("GET", "/api/v1/namespaces/default/configmaps/c")
+    r = conn.getresponse()
+    assert (r.status, json.loads(r.read())["metadata"]["name"]) == (200, "c")
+    conn.request("GET", "/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true"
+                        "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true")
+    r = conn.getresponse()
+    assert (r.status, json.loads(r.read())["reason"]) == (422, "Invalid")
+    conn.close()
