@@ -9,7 +9,6 @@ fieldValidation). Without them the server answers with what it can."""
 
 from __future__ import annotations
 
-import base64
 import copy
 import ipaddress
 import json
@@ -30,7 +29,7 @@ from emu.apiserver import discovery, errors, protobuf, resources, storage
 from emu.apiserver.errors import ApiError
 from emu.apiserver.resources import ResourceInfo
 from emu.apiserver.selectors import FieldSelector, LabelSelector, SelectorError
-from emu.apiserver.storage import DELETE, Store
+from emu.apiserver.storage import Store
 from emu.apiserver.types import Attributes, Decision, User
 
 MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's default --max-request-body-bytes
@@ -252,7 +251,8 @@ def _age(obj: dict) -> str:
 
 
 def partial_metadata(obj: dict, version: str = "v1") -> dict:
-    return {"kind": "PartialObjectMetadata", "apiVersion": f"meta.k8s.io/{version}", "metadata": obj.get("metadata") or {}}
+    return {"kind": "PartialObjectMetadata", "apiVersion": f"meta.k8s.io/{version}",
+            "metadata": obj.get("metadata") or {}}
 
 
 def fallback_table(info: ResourceInfo, objects: list[dict], include_object: str) -> dict:
@@ -271,10 +271,12 @@ def fallback_table(info: ResourceInfo, objects: list[dict], include_object: str)
                  "description": "Name must be unique within a namespace. Is required when creating resources, although "
                                 "some resources may allow a client to request the generation of an appropriate name "
                                 "automatically. Name is primarily intended for creation idempotence and configuration "
-                                "definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names"},
+                                "definition. Cannot be updated. More info: "
+                                "https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names"},
                 {"name": "Age", "type": "string", "format": "", "priority": 0,
                  "description": "CreationTimestamp is a timestamp representing the server time when this object was "
-                                "created. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"}],
+                                "created. More info: "
+                                "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"}],
             "rows": rows}
 
 
@@ -566,7 +568,8 @@ class ApiServer:
         if req.method != "HEAD":
             h.wfile.write(body)
 
-    def _send_json(self, req: Request, code: int, body: bytes | dict | str, content_type: str = "application/json") -> None:
+    def _send_json(self, req: Request, code: int, body: bytes | dict | str,
+                   content_type: str = "application/json") -> None:
         if isinstance(body, dict):
             body = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         elif isinstance(body, str):
@@ -579,8 +582,7 @@ class ApiServer:
         path = req.path.rstrip("/") or "/"
         if req.method not in ("GET", "HEAD"):
             if path in ("/api", "/apis", "/version") or path.startswith(("/api/", "/apis/")):
-                raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource",
-                               {})
+                raise self._not_allowed()
             return self._send(req, 404, b"404 page not found\n", "text/plain; charset=utf-8")
         if path in ("/healthz", "/livez", "/readyz") or path.startswith(("/healthz/", "/livez/", "/readyz/")):
             if "verbose" in req.query:
@@ -652,7 +654,8 @@ class ApiServer:
             allowed = sub.verbs
         else:
             allowed = r.verbs
-        if r.namespaced and not info.namespace and (info.name and len(info.parts) > 1 or verb in ("create", "deletecollection")):
+        named = bool(info.name) and len(info.parts) > 1  # a name in the path, not from a field selector
+        if r.namespaced and not info.namespace and (named or verb in ("create", "deletecollection")):
             raise errors.resource_not_found() if info.name else self._not_allowed()
         if not r.namespaced and info.namespace and r.plural != "namespaces":
             raise errors.resource_not_found()
@@ -1090,8 +1093,8 @@ class ApiServer:
             try:
                 addr = ipaddress.ip_address(ip)
             except ValueError:
-                raise self._invalid(r, svc, [resources.invalid_value("spec.clusterIPs[0]", ip,
-                                                                     "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")])
+                raise self._invalid(r, svc, [resources.invalid_value(
+                    "spec.clusterIPs[0]", ip, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")])
             if addr not in self.service_net:
                 raise self._invalid(r, svc, [resources.invalid_value(
                     "spec.clusterIPs", [ip], f"failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid "
@@ -1346,7 +1349,8 @@ class ApiServer:
                 raise errors.conflict("pods/binding", name, why=f'pod {name} is already assigned to node '
                                                                 f'"{current["spec"]["nodeName"]}"')
             if current["metadata"].get("deletionTimestamp"):
-                raise errors.conflict("pods/binding", name, why=f"pod {name} is being deleted, cannot be assigned to a host")
+                raise errors.conflict("pods/binding", name,
+                                      why=f"pod {name} is being deleted, cannot be assigned to a host")
             current.setdefault("spec", {})["nodeName"] = target["name"]
             conds = current.setdefault("status", {}).setdefault("conditions", [])
             conds[:] = [c for c in conds if c.get("type") != "PodScheduled"]
