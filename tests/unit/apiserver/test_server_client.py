@@ -419,3 +419,49 @@ def test_watch_path_deletecollection_and_keep_alive(apiserver):
     r = conn.getresponse()
     assert (r.status, json.loads(r.read())["reason"]) == (422, "Invalid")
     conn.close()
+
+
+@pytest.mark.parametrize("method,path,query,want", [
+    ("GET", "/api/v1/namespaces/default/pods", {}, ("list", "default", "", "pods", "", "")),
+    ("GET", "/api/v1/namespaces/default/pods/web", {}, ("get", "default", "", "pods", "", "web")),
+    ("GET", "/api/v1/pods", {"watch": ["true"]}, ("watch", "", "", "pods", "", "")),
+    ("GET", "/api/v1/watch/namespaces/default/pods/web", {}, ("watch", "default", "", "pods", "", "web")),
+    ("GET", "/api/v1/namespaces/default/pods", {"fieldSelector": ["metadata.name=web"]},
+     ("list", "default", "", "pods", "", "web")),
+    ("PUT", "/apis/apps/v1/namespaces/shop/deployments/web/scale", {},
+     ("update", "shop", "apps", "deployments", "scale", "web")),
+    ("PATCH", "/api/v1/namespaces/shop/status", {}, ("patch", "shop", "", "namespaces", "status", "shop")),
+    ("GET", "/api/v1/namespaces/shop", {}, ("get", "shop", "", "namespaces", "", "shop")),
+    ("DELETE", "/api/v1/namespaces/shop/configmaps", {}, ("deletecollection", "shop", "", "configmaps", "", "")),
+    ("POST", "/api/v1/namespaces/shop/pods/web/binding", {}, ("create", "shop", "", "pods", "binding", "web")),
+])
+def test_request_info_as_kubernetes_builds_it(method, path, query, want):
+    from emu.apiserver.server import request_info
+
+    info = request_info(method, path, query)
+    assert info.is_resource
+    assert (info.verb, info.namespace, info.group, info.resource, info.subresource, info.name) == want
+
+
+@pytest.mark.parametrize("path,verb", [("/api", "get"), ("/apis/apps", "get"), ("/healthz", "get"),
+                                       ("/version", "get"), ("/api/v1", "get")])
+def test_request_info_non_resource(path, verb):
+    from emu.apiserver.server import request_info
+
+    info = request_info("GET", path, {})
+    assert not info.is_resource and info.verb == verb and info.path == path
+
+
+def test_negotiate_and_human_duration():
+    from emu.apiserver.errors import ApiError
+    from emu.apiserver.server import human_duration, negotiate
+
+    assert negotiate("") == ("json", "")
+    assert negotiate("application/json;as=Table;v=v1;g=meta.k8s.io,application/json") == ("table", "v1")
+    assert negotiate("application/vnd.kubernetes.protobuf,application/json") == ("json", "")
+    assert negotiate("application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io") == ("meta", "v1")
+    with pytest.raises(ApiError) as exc:
+        negotiate("application/vnd.kubernetes.protobuf")
+    assert exc.value.code == 406
+    assert [human_duration(s) for s in (5, 119, 150, 3600, 5 * 3600 + 600, 30 * 3600, 3 * 86400, 400 * 86400)] == \
+        ["5s", "119s", "2m30s", "60m", "5h10m", "30h", "3d", "400d"]
