@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timezone
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Protocol
 
 import jsonpatch
 
@@ -60,7 +60,7 @@ class PatchSchema(Protocol):
     for a primitive or a free-form map; patch strategy "" | "merge" |
     "replace" | "retainKeys" | "merge,retainKeys"; merge key or "")."""
 
-    def field(self, name: str) -> tuple["PatchSchema | None", str, str]: ...
+    def field(self, name: str) -> tuple[PatchSchema | None, str, str]: ...
 
 
 class PatchError(ApiError):
@@ -71,7 +71,7 @@ class PatchError(ApiError):
     answers 500 (some malformed strategic merge patches). An ApiError, so the
     server answers it as it answers its own errors."""
 
-    _REASONS = {400: "BadRequest", 409: "Conflict", 413: "RequestEntityTooLarge",
+    _REASONS: ClassVar[dict[int, str]] = {400: "BadRequest", 409: "Conflict", 413: "RequestEntityTooLarge",
                 415: "UnsupportedMediaType", 422: "Invalid", 500: ""}
 
     def __init__(self, message: str, code: int = 422, reason: str | None = None,
@@ -402,7 +402,7 @@ def _apply_retain_keys(original: dict, patch: dict) -> None:
     retain = patch.pop(_RETAIN_KEYS)
     if not isinstance(retain, list):
         raise PatchError("invalid patch format of retainKeys", 400)
-    keep = set(k for k in retain if isinstance(k, str))
+    keep = {k for k in retain if isinstance(k, str)}
     for key, value in patch.items():
         if value is None or key.startswith((_DELETE_FROM_PRIMITIVE_LIST, _SET_ELEMENT_ORDER)):
             continue
@@ -907,8 +907,8 @@ def path_string(path: Path) -> str:
 
 
 def _now(now: datetime | None) -> str:
-    moment = now or datetime.now(timezone.utc)
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = now or datetime.now(UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class _Entry:
@@ -935,10 +935,21 @@ class _Entry:
         return text
 
     def dump(self) -> dict:
-        out = {k: v for k, v in self.raw.items() if k != "fieldsV1"}
-        out["fieldsType"] = "FieldsV1"
-        out["fieldsV1"] = fields_v1(self.paths)
+        # The field order of metav1.ManagedFieldsEntry.
+        raw = dict(self.raw, fieldsType="FieldsV1", fieldsV1=fields_v1(self.paths))
+        order = ("manager", "operation", "apiVersion", "time", "fieldsType", "fieldsV1", "subresource")
+        out = {k: raw[k] for k in order if k in raw}
+        out.update((k, v) for k, v in raw.items() if k not in out)
         return out
+
+
+def _dump(entries: list[_Entry]) -> list[dict]:
+    """Entries that still own something, in kube-apiserver's order (operation,
+    time, manager, apiVersion, subresource)."""
+    kept = [e for e in entries if e.paths]
+    kept.sort(key=lambda e: (e.raw.get("operation", ""), e.raw.get("time") or "", e.raw.get("manager", ""),
+                             e.raw.get("apiVersion", ""), e.raw.get("subresource", "")))
+    return [e.dump() for e in kept]
 
 
 def _entries(obj: dict | None) -> list[_Entry]:
@@ -1022,19 +1033,24 @@ def _check_applied(applied: dict) -> None:
 
 
 def server_side_apply(current: dict | None, applied: dict, manager: str, force: bool,
-                      schema: PatchSchema | None, *, now: datetime | None = None) -> dict:
+                      schema: PatchSchema | None, *, now: datetime | None = None,
+                      reset_fields: tuple[str, ...] = ()) -> dict:
     """The object after `manager` applies `applied` (server-side apply).
 
     current None creates. Fields `manager` applied before and no longer
     applies are removed unless another manager owns them. A field another
     manager owns with a different value is a conflict: 409 listing them as
     kube-apiserver does, unless force (then the manager takes them over).
-    Returns the new object with metadata.managedFields updated; `current` and
-    `applied` are not modified. Raises PatchError."""
+    reset_fields are top-level fields the apply does not set, as kube-apiserver's
+    strategies reset them: ("status",) for the main resource of a kind with a
+    status subresource. Returns the new object with metadata.managedFields
+    updated; `current` and `applied` are not modified. Raises PatchError."""
     if not manager:
         raise PatchError("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: "
                          "is required for apply patch", 422)
     _check_applied(applied)
+    if reset_fields:
+        applied = {k: v for k, v in applied.items() if k not in reset_fields}
 
     entries = _entries(current)
     if current is not None and not entries:
@@ -1075,15 +1091,23 @@ def server_side_apply(current: dict | None, applied: dict, manager: str, force: 
         if not any(path[:n] in dropped for n in range(1, len(path))):
             _remove(merged, path)
 
+    # An apply that changes nothing keeps its time (kube-apiserver's
+    # managedFieldsUpdater stamps only applies that changed the object).
+    unchanged = current is not None and mine is not None and _without_managed(merged) == _without_managed(current)
     if mine is None:
         mine = _Entry({"manager": manager, "operation": "Apply"})
         entries.append(mine)
     mine.raw["apiVersion"] = applied["apiVersion"]
-    mine.raw["time"] = _now(now)
+    if not unchanged or not mine.raw.get("time"):
+        mine.raw["time"] = _now(now)
     mine.paths = applied_paths
-    merged.setdefault("metadata", {})["managedFields"] = [
-        e.dump() for e in entries if e.paths]
+    merged.setdefault("metadata", {})["managedFields"] = _dump(entries)
     return merged
+
+
+def _without_managed(obj: dict) -> dict:
+    metadata = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "managedFields"}
+    return dict(obj, metadata=metadata)
 
 
 def _conflict_error(conflicts: list[tuple[_Entry, Path]]) -> PatchError:
@@ -1152,7 +1176,7 @@ def update_managed_fields(old: dict | None, new: dict, manager: str,
             entries.append(mine)
         mine.paths |= changed
         mine.raw["time"] = _now(now)
-    kept = [e.dump() for e in entries if e.paths]
+    kept = _dump(entries)
     if kept:
         meta["managedFields"] = kept
     else:

@@ -12,8 +12,9 @@ Pure functions over object dicts, standard library only.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Callable
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 _DOC = {
     'name': (
@@ -445,7 +446,7 @@ def parse_time(text: Any) -> datetime | None:
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment
 
 
@@ -930,7 +931,7 @@ def _default_row(obj: dict) -> list:
     # Go formats the zero time when an object has none.
     if created is None:
         return [meta.get("name", ""), "0001-01-01T00:00:00Z"]
-    return [meta.get("name", ""), created.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")]
+    return [meta.get("name", ""), created.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")]
 
 
 def columns(resource: str) -> list[dict]:
@@ -961,7 +962,7 @@ def table(resource: Any, objects: list[dict], include_object: str = "Metadata",
     resource = getattr(resource, "plural", resource)
     if include_object not in ("None", "Metadata", "Object"):
         raise ValueError(f"includeObject must be None, Metadata or Object, not {include_object!r}")
-    moment = now or datetime.now(timezone.utc)
+    moment = now or datetime.now(UTC)
     rows = []
     for obj in objects:
         conditions = None

@@ -11,19 +11,28 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from emu.apiserver.patch import (
-    APPLY_PATCH, JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH, PatchError, apply_patch,
-    decode_apply_body, fields_v1, parse_fields_v1, path_string, server_side_apply,
+    APPLY_PATCH,
+    JSON_PATCH,
+    MERGE_PATCH,
+    STRATEGIC_MERGE_PATCH,
+    PatchError,
+    apply_patch,
+    decode_apply_body,
+    fields_v1,
+    parse_fields_v1,
+    path_string,
+    server_side_apply,
     update_managed_fields,
 )
 from tests.unit.apiserver.patch_schemas import DEPLOYMENT, POD, SERVICE
 
-T0 = datetime(2026, 12, 7, 10, 0, 0, tzinfo=timezone.utc)
-T1 = datetime(2026, 12, 7, 11, 30, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 7, 10, 0, 0, tzinfo=UTC)
+T1 = datetime(2026, 12, 7, 11, 30, 0, tzinfo=UTC)
 
 
 def smp(current: dict, patch: dict, schema=POD) -> dict:
@@ -451,6 +460,10 @@ def test_apply_again_updates_the_object_and_the_same_entry():
     assert second["status"] == {"replicas": 2}
     assert len(second["metadata"]["managedFields"]) == 1
     assert entry(second, "kubectl")["time"] == "2026-12-07T11:30:00Z"
+    # Applying the same again changes nothing, not even the entry's time.
+    later = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
+    third = server_side_apply(second, applied_deployment(image="nginx:1.27"), "kubectl", False, DEPLOYMENT, now=later)
+    assert third == second
 
 
 def test_apply_removes_fields_the_manager_no_longer_applies():
@@ -526,6 +539,10 @@ def test_an_update_takes_ownership_and_conflicts_name_its_subresource():
     scaled = copy.deepcopy(first)
     scaled["spec"]["replicas"] = 5
     scaled = update_managed_fields(first, scaled, "kubectl", DEPLOYMENT, subresource="scale", now=T1)
+    # Ordered as kube-apiserver orders them: by operation, then time, then manager.
+    assert [e["operation"] for e in scaled["metadata"]["managedFields"]] == ["Apply", "Update"]
+    assert list(scaled["metadata"]["managedFields"][1]) == ["manager", "operation", "apiVersion", "time",
+                                                            "fieldsType", "fieldsV1", "subresource"]
     update = [e for e in scaled["metadata"]["managedFields"] if e["operation"] == "Update"]
     assert update == [{"manager": "kubectl", "operation": "Update", "apiVersion": "apps/v1",
                        "subresource": "scale", "time": "2026-12-07T11:30:00Z",
@@ -544,6 +561,31 @@ def test_update_on_create_owns_every_field_it_set():
         "time": "2026-12-07T10:00:00Z", "fieldsType": "FieldsV1",
         "fieldsV1": {"f:metadata": {"f:labels": {".": {}, "f:app": {}}},
                      "f:spec": {"f:containers": {'k:{"name":"a"}': {".": {}, "f:image": {}, "f:name": {}}}}}}]
+
+
+def test_an_update_that_removes_a_field_takes_it_from_every_owner():
+    first = server_side_apply(None, applied_deployment(labels={"app": "web", "tier": "front"}), "alice", False,
+                              DEPLOYMENT, now=T0)
+    edited = copy.deepcopy(first)
+    del edited["metadata"]["labels"]["tier"]
+    edited["spec"]["replicas"] = 3
+    out = update_managed_fields(first, edited, "kubectl-edit", DEPLOYMENT, now=T1)
+    alice = entry(out, "alice")["fieldsV1"]
+    assert alice["f:metadata"]["f:labels"] == {".": {}, "f:app": {}}
+    assert "f:replicas" not in alice["f:spec"]
+    assert entry(out, "kubectl-edit")["fieldsV1"] == {"f:spec": {"f:replicas": {}}}
+    # An update that changes nothing adds no entry.
+    same = update_managed_fields(out, copy.deepcopy(out), "other", DEPLOYMENT, now=T1)
+    assert {e["manager"] for e in same["metadata"]["managedFields"]} == {"alice", "kubectl-edit"}
+
+
+def test_apply_leaves_reset_fields_alone():
+    current = server_side_apply(None, applied_deployment(), "kubectl", False, DEPLOYMENT, now=T0)
+    current["status"] = {"replicas": 2}
+    applied = dict(applied_deployment(), status={"replicas": 99})
+    out = server_side_apply(current, applied, "kubectl", False, DEPLOYMENT, now=T1, reset_fields=("status",))
+    assert out["status"] == {"replicas": 2}
+    assert "f:status" not in entry(out, "kubectl")["fieldsV1"]
 
 
 def test_apply_refuses_managed_fields_in_the_body():

@@ -6,13 +6,13 @@ Expected cells follow kubernetes/pkg/printers/internalversion/printers.go
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from emu.apiserver.tables import format_label_selector, human_duration, selector_string, table
 
-NOW = datetime(2026, 12, 7, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 7, 12, 0, 0, tzinfo=UTC)
 
 
 def ago(**delta) -> str:
