@@ -1168,9 +1168,12 @@ class ApiServer:
         apply = ctype == "application/apply-patch+yaml"
         manager, forced = self._manager(req), force == "true"
 
+        # an apply to the main resource leaves status alone (kube-apiserver's strategies reset it)
+        reset = ("status",) if r.has_status() and not info.subresource else ()
+
         def patched(current: dict | None, api_version: str, kind: str) -> dict:
             out = self._apply_patch(ctype, current, body, self._schema(api_version, kind),
-                                    manager if apply else None, forced)
+                                    manager if apply else None, forced, reset)
             if not isinstance(out, dict):
                 raise errors.bad_request("the patch did not produce an object")
             return out
@@ -1196,14 +1199,16 @@ class ApiServer:
         self._write(req, r, ns, info, attrs, make, create_ok=apply, applied=apply)
 
     def _apply_patch(self, ctype: str, current: dict | None, body: bytes, schema, manager: str | None,
-                     force: bool) -> dict:
+                     force: bool, reset_fields: tuple[str, ...] = ()) -> dict:
         """The patched object: patch.py when present (every patch type, server-side apply with
         managedFields), else merge and JSON patches only."""
         if self.patch is not None:
             try:
+                if ctype == "application/apply-patch+yaml" and manager:
+                    return self.patch.server_side_apply(current, self.patch.decode_apply_body(body), manager, force,
+                                                        schema, reset_fields=reset_fields)
                 if current is None:
-                    return self.patch.server_side_apply(None, self.patch.decode_apply_body(body), manager, force,
-                                                        schema)
+                    raise errors.unsupported_media_type("application/apply-patch+yaml")
                 return self.patch.apply_patch(ctype, current, body, schema, manager=manager, force=force)
             except ApiError:
                 raise
