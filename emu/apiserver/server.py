@@ -1570,6 +1570,9 @@ def _same(new: dict, old: dict) -> bool:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # an idle keep-alive connection (or a watch nobody reads) is closed after this many seconds,
+    # so that clients that vanish do not hold a thread each
+    timeout = 600
     server_version = "emu-apiserver"
     sys_version = ""
 
@@ -1579,7 +1582,7 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(conn, ssl.SSLSocket):
             conn.settimeout(30)
             conn.do_handshake()
-            conn.settimeout(None)
+            conn.settimeout(self.timeout)
 
     def _go(self) -> None:
         self.server.api.handle(self, self.command)  # type: ignore[attr-defined]
