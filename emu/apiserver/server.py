@@ -364,7 +364,11 @@ class Request:
                 chunks.append(h.rfile.read(size))
                 h.rfile.readline(1024)
             return b"".join(chunks)
-        length = int(h.headers.get("Content-Length") or 0)
+        try:
+            length = int(h.headers.get("Content-Length") or 0)
+        except ValueError:
+            h.close_connection = True
+            raise errors.bad_request(f"invalid Content-Length: {h.headers.get('Content-Length')!r}") from None
         if length > MAX_BODY:
             if length <= 4 * MAX_BODY:  # read it, so the client sees the 413 and not a reset connection
                 left = length
