@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import sqlite3
 import statistics
@@ -91,18 +92,28 @@ def main() -> int:
             con.close()
             assert len(rows) == args.pods
 
-        def http_list():
-            with urllib.request.urlopen(base + "/api/v1/pods", timeout=30) as r:
-                assert len(json.loads(r.read())["items"]) == args.pods
+        def http_pages():
+            # what kubectl asks: pages of 500 with continue tokens; the bytes only, not parsed
+            token, total = "", 0
+            while True:
+                url = base + "/api/v1/pods?limit=500" + (f"&continue={token}" if token else "")
+                with urllib.request.urlopen(url, timeout=30) as r:
+                    body = r.read()
+                total += body.count(b'"kind":"Pod"')
+                m = re.search(rb'"continue":"([^"]+)"', body[:300])
+                if not m:
+                    break
+                token = m.group(1).decode()
+            assert total == args.pods
 
         run_kubectl()  # discovery cache warm, as a user's second command
         k = statistics.median(timed(run_kubectl) for _ in range(args.rounds))
         s = statistics.median(timed(read_sqlite) for _ in range(args.rounds))
-        h = statistics.median(timed(http_list) for _ in range(args.rounds))
+        h = statistics.median(timed(http_pages) for _ in range(args.rounds))
         print(f"kubectl get pods -A -o json ({args.pods} pods): {k:.3f} s  (aim: < 0.5 s)")
-        print(f"one HTTP list + json.loads in Python:        {h:.3f} s")
+        print(f"the server alone (4 pages of 500, as kubectl): {h:.3f} s")
         print(f"sqlite3 read of the rows + print:            {s:.3f} s")
-        print(f"ratio kubectl / sqlite3: {k / s:.1f}x  (aim: within 2x)")
+        print(f"ratio kubectl / sqlite3: {k / s:.1f}x  (aim: within 2x); server alone / sqlite3: {h / s:.1f}x")
         server.shutdown()
         store.close()
     finally:

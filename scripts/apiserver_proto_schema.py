@@ -51,6 +51,7 @@ def go_fields(repo: str, d: str) -> dict[str, dict[int, tuple[str, bool, bool]]]
             fields = out.setdefault(m.group(1), {})
             for f in re.finditer(r'^\s+\w+\s+(\*?)[^`\n]*`json:"([^"]*)"[^`]*protobuf:"(\w+),(\d+),', m.group(2), re.M):
                 jname, _, opts = f.group(2).partition(",")
+                # an embedded struct (json:"" or json:",inline") keeps "" as its name: its fields join the parent's
                 fields[int(f.group(4))] = (jname, bool(f.group(1)), "omitempty" in opts)
     return out
 
@@ -90,13 +91,14 @@ def main() -> None:
                 qname = f"{package}.{name}"
                 table = {}
                 for num, f in fields.items():
-                    jname, pointer, omitempty = gof.get(name, {}).get(num, (f["name"], False, True))
+                    jname, pointer, omitempty = gof.get(name, {}).get(num, (None, False, True))
                     if f["map"]:
                         typ = ["map", qualify(f["map"][0], package), qualify(f["map"][1], package)]
                     else:
                         typ = qualify(f["type"], package)
                     # keep a zero scalar only when JSON would: a pointer, or a field without omitempty
-                    table[str(num)] = [jname or f["name"], typ, f["repeated"], pointer or not omitempty]
+                    table[str(num)] = [f["name"] if jname is None else jname, typ, f["repeated"],
+                                       pointer or not omitempty]
                 messages[qname] = table
                 if api_version:
                     kinds[f"{api_version}/{name}"] = qname

@@ -1,4 +1,5 @@
-"""python3 -m emu.apiserver --data DIR --listen HOST:PORT [--pki DIR | --tls-cert F --tls-key F --client-ca F | --insecure]
+"""python3 -m emu.apiserver --data DIR --listen HOST:PORT
+       [--pki DIR | --tls-cert F --tls-key F --client-ca F | --insecure]
 
 Serves the Kubernetes API from DIR/state.db; logs one line a request to stderr;
 exits cleanly on SIGTERM and SIGINT."""
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, stop)
     scheme = "http" if args.insecure else "https"
     host, port = server._httpd.server_address[:2]
-    print(f"emu apiserver: serving on {scheme}://{host}:{port}, store {args.data}/state.db", file=sys.stderr, flush=True)
+    print(f"emu apiserver: serving on {scheme}://{host}:{port}, store {args.data}/state.db", file=sys.stderr,
+          flush=True)
     server.serve(args.listen)
     store.close()
     print("emu apiserver: stopped", file=sys.stderr, flush=True)

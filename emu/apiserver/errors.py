@@ -109,7 +109,8 @@ def gone(message: str) -> ApiError:
 
 
 def method_not_supported(resource: str, verb: str, group: str = "") -> ApiError:
-    return ApiError(405, "MethodNotAllowed", f"{verb} is not supported on resources of kind \"{_qualified(resource, group)}\"",
+    return ApiError(405, "MethodNotAllowed",
+                    f"{verb} is not supported on resources of kind \"{_qualified(resource, group)}\"",
                     _details("", group, resource))
 
 

@@ -140,6 +140,10 @@ def decode_message(buf: bytes, name: str):
                 out.setdefault(jname, []).extend(_packed(typ, bytes(v)))
             else:
                 out.setdefault(jname, []).append(_value(typ, wt, v))
+        elif jname == "":  # an inline struct: its fields are the parent's
+            value = _value(typ, wt, v)
+            if isinstance(value, dict):
+                out.update(value)
         else:
             out[jname] = _value(typ, wt, v)
     # a scalar left at its zero value is one JSON's omitempty would leave out

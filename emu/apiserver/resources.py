@@ -11,8 +11,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 from emu.apiserver import selectors
 
@@ -227,7 +227,8 @@ def go_repr(v: Any) -> str:
 
 
 def required(path: str, detail: str = "") -> dict:
-    return {"reason": "FieldValueRequired", "message": "Required value" + (f": {detail}" if detail else ""), "field": path}
+    return {"reason": "FieldValueRequired", "message": "Required value" + (f": {detail}" if detail else ""),
+            "field": path}
 
 
 def invalid_value(path: str, value: Any, detail: str) -> dict:
@@ -297,7 +298,8 @@ def _pod_spec_defaults(spec: dict, base: str = "spec") -> None:
             image = c.get("image") or ""
             tag = image.rsplit("/", 1)[-1]
             if "imagePullPolicy" not in c:
-                c["imagePullPolicy"] = "Always" if ("@" not in tag and (":" not in tag or tag.endswith(":latest"))) else "IfNotPresent"
+                latest = "@" not in tag and (":" not in tag or tag.endswith(":latest"))
+                c["imagePullPolicy"] = "Always" if latest else "IfNotPresent"
             c.setdefault("resources", {})
             for p in c.get("ports") or []:
                 if isinstance(p, dict):
@@ -327,7 +329,8 @@ def _defaults(info: ResourceInfo, obj: dict) -> None:
     spec = obj.get("spec")
     kind = info.kind
     if kind == "Namespace":
-        obj.setdefault("metadata", {}).setdefault("labels", {})["kubernetes.io/metadata.name"] = obj["metadata"].get("name", "")
+        meta = obj.setdefault("metadata", {})
+        meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta.get("name", "")
     elif kind == "Pod" and isinstance(spec, dict):
         _pod_spec_defaults(spec)
         spec.setdefault("enableServiceLinks", True)
@@ -550,7 +553,8 @@ def _validate_workload(obj: dict) -> list[dict]:
     labels = (tmpl.get("metadata") or {}).get("labels") or {}
     if sel and not selectors.LabelSelector.from_match(sel).matches(labels) and (
             sel.get("matchLabels") or sel.get("matchExpressions")):
-        causes.append(invalid_value("spec.template.metadata.labels", labels, "`selector` does not match template `labels`"))
+        causes.append(invalid_value("spec.template.metadata.labels", labels,
+                                    "`selector` does not match template `labels`"))
     replicas = spec.get("replicas")
     if isinstance(replicas, int) and replicas < 0:
         causes.append(invalid_value("spec.replicas", replicas, "must be greater than or equal to 0"))

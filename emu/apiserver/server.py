@@ -9,7 +9,6 @@ fieldValidation). Without them the server answers with what it can."""
 
 from __future__ import annotations
 
-import base64
 import copy
 import ipaddress
 import json
@@ -30,7 +29,7 @@ from emu.apiserver import discovery, errors, protobuf, resources, storage
 from emu.apiserver.errors import ApiError
 from emu.apiserver.resources import ResourceInfo
 from emu.apiserver.selectors import FieldSelector, LabelSelector, SelectorError
-from emu.apiserver.storage import DELETE, Store
+from emu.apiserver.storage import Store
 from emu.apiserver.types import Attributes, Decision, User
 
 MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's default --max-request-body-bytes
@@ -252,7 +251,8 @@ def _age(obj: dict) -> str:
 
 
 def partial_metadata(obj: dict, version: str = "v1") -> dict:
-    return {"kind": "PartialObjectMetadata", "apiVersion": f"meta.k8s.io/{version}", "metadata": obj.get("metadata") or {}}
+    return {"kind": "PartialObjectMetadata", "apiVersion": f"meta.k8s.io/{version}",
+            "metadata": obj.get("metadata") or {}}
 
 
 def fallback_table(info: ResourceInfo, objects: list[dict], include_object: str) -> dict:
@@ -271,10 +271,12 @@ def fallback_table(info: ResourceInfo, objects: list[dict], include_object: str)
                  "description": "Name must be unique within a namespace. Is required when creating resources, although "
                                 "some resources may allow a client to request the generation of an appropriate name "
                                 "automatically. Name is primarily intended for creation idempotence and configuration "
-                                "definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names"},
+                                "definition. Cannot be updated. More info: "
+                                "https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names"},
                 {"name": "Age", "type": "string", "format": "", "priority": 0,
                  "description": "CreationTimestamp is a timestamp representing the server time when this object was "
-                                "created. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"}],
+                                "created. More info: "
+                                "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata"}],
             "rows": rows}
 
 
@@ -308,6 +310,31 @@ class Request:
         self.info: RequestInfo | None = None
         self.code = 0
         self.warnings: list[str] = []
+        self.body_read = False
+        self.note = ""  # extra words for the request's log line
+
+    def discard_body(self) -> None:
+        """Read a body nobody read (a request refused early), so the next request on this
+        keep-alive connection starts where it should; a large or chunked one closes it."""
+        if self.body_read:
+            return
+        self.body_read = True
+        h = self.h
+        if "chunked" in (h.headers.get("Transfer-Encoding") or "").lower():
+            h.close_connection = True
+            return
+        try:
+            length = int(h.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > 4 * MAX_BODY:
+            h.close_connection = True
+            return
+        while length > 0:
+            got = h.rfile.read(min(length, 1 << 16))
+            if not got:
+                break
+            length -= len(got)
 
     def q(self, name: str, default: str = "") -> str:
         return self.query.get(name, [default])[0]
@@ -318,6 +345,9 @@ class Request:
 
     def body(self) -> bytes:
         h = self.h
+        if self.body_read:
+            raise errors.internal("the request body was read twice")
+        self.body_read = True
         if "chunked" in (h.headers.get("Transfer-Encoding") or "").lower():
             chunks, total = [], 0
             while True:
@@ -334,7 +364,11 @@ class Request:
                 chunks.append(h.rfile.read(size))
                 h.rfile.readline(1024)
             return b"".join(chunks)
-        length = int(h.headers.get("Content-Length") or 0)
+        try:
+            length = int(h.headers.get("Content-Length") or 0)
+        except ValueError:
+            h.close_connection = True
+            raise errors.bad_request(f"invalid Content-Length: {h.headers.get('Content-Length')!r}") from None
         if length > MAX_BODY:
             if length <= 4 * MAX_BODY:  # read it, so the client sees the 413 and not a reset connection
                 left = length
@@ -450,7 +484,10 @@ class ApiServer:
         t0 = time.monotonic()
         try:
             try:
-                self._serve(req)
+                try:
+                    self._serve(req)
+                finally:
+                    req.discard_body()
             except ApiError as e:
                 self._send_json(req, e.code, e.body())
             except (BrokenPipeError, ConnectionResetError):
@@ -467,7 +504,8 @@ class ApiServer:
             ms = (time.monotonic() - t0) * 1000
             who = req.user.name if req.user else "-"
             try:
-                self.log.write(f"{method} {handler.path} {req.code} {ms:.1f}ms {who}\n")
+                note = f" {req.note}" if req.note else ""
+                self.log.write(f"{method} {handler.path} {req.code} {ms:.1f}ms {who}{note}\n")
                 self.log.flush()
             except (OSError, ValueError):
                 pass
@@ -534,7 +572,8 @@ class ApiServer:
         if req.method != "HEAD":
             h.wfile.write(body)
 
-    def _send_json(self, req: Request, code: int, body: bytes | dict | str, content_type: str = "application/json") -> None:
+    def _send_json(self, req: Request, code: int, body: bytes | dict | str,
+                   content_type: str = "application/json") -> None:
         if isinstance(body, dict):
             body = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
         elif isinstance(body, str):
@@ -547,8 +586,7 @@ class ApiServer:
         path = req.path.rstrip("/") or "/"
         if req.method not in ("GET", "HEAD"):
             if path in ("/api", "/apis", "/version") or path.startswith(("/api/", "/apis/")):
-                raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource",
-                               {})
+                raise self._not_allowed()
             return self._send(req, 404, b"404 page not found\n", "text/plain; charset=utf-8")
         if path in ("/healthz", "/livez", "/readyz") or path.startswith(("/healthz/", "/livez/", "/readyz/")):
             if "verbose" in req.query:
@@ -620,7 +658,8 @@ class ApiServer:
             allowed = sub.verbs
         else:
             allowed = r.verbs
-        if r.namespaced and not info.namespace and (info.name and len(info.parts) > 1 or verb in ("create", "deletecollection")):
+        named = bool(info.name) and len(info.parts) > 1  # a name in the path, not from a field selector
+        if r.namespaced and not info.namespace and (named or verb in ("create", "deletecollection")):
             raise errors.resource_not_found() if info.name else self._not_allowed()
         if not r.namespaced and info.namespace and r.plural != "namespaces":
             raise errors.resource_not_found()
@@ -750,6 +789,12 @@ class ApiServer:
         except ValueError:
             raise errors.bad_request(f'timeoutSeconds: Invalid value: "{req.q("timeoutSeconds")}"')
         bookmarks = _truthy(req.q("allowWatchBookmarks"))
+        if _truthy(req.q("sendInitialEvents")):
+            # streaming lists are not served: kube-apiserver's answer without the WatchList feature,
+            # on which client-go falls back to list + watch
+            raise errors.invalid("ListOptions", "", [resources.forbidden_field(
+                "sendInitialEvents", "sendInitialEvents is forbidden for watch unless the WatchList feature gate is "
+                                     "enabled")], "meta.k8s.io")
         h = req.h
         try:
             watcher = self.store.watch(r.key, ns, labels, fields, req.q("resourceVersion"))
@@ -1052,8 +1097,8 @@ class ApiServer:
             try:
                 addr = ipaddress.ip_address(ip)
             except ValueError:
-                raise self._invalid(r, svc, [resources.invalid_value("spec.clusterIPs[0]", ip,
-                                                                     "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")])
+                raise self._invalid(r, svc, [resources.invalid_value(
+                    "spec.clusterIPs[0]", ip, "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")])
             if addr not in self.service_net:
                 raise self._invalid(r, svc, [resources.invalid_value(
                     "spec.clusterIPs", [ip], f"failed to allocate IP {ip}: the provided IP ({ip}) is not in the valid "
@@ -1127,9 +1172,12 @@ class ApiServer:
         apply = ctype == "application/apply-patch+yaml"
         manager, forced = self._manager(req), force == "true"
 
+        # an apply to the main resource leaves status alone (kube-apiserver's strategies reset it)
+        reset = ("status",) if r.has_status() and not info.subresource else ()
+
         def patched(current: dict | None, api_version: str, kind: str) -> dict:
             out = self._apply_patch(ctype, current, body, self._schema(api_version, kind),
-                                    manager if apply else None, forced)
+                                    manager if apply else None, forced, reset)
             if not isinstance(out, dict):
                 raise errors.bad_request("the patch did not produce an object")
             return out
@@ -1155,14 +1203,16 @@ class ApiServer:
         self._write(req, r, ns, info, attrs, make, create_ok=apply, applied=apply)
 
     def _apply_patch(self, ctype: str, current: dict | None, body: bytes, schema, manager: str | None,
-                     force: bool) -> dict:
+                     force: bool, reset_fields: tuple[str, ...] = ()) -> dict:
         """The patched object: patch.py when present (every patch type, server-side apply with
         managedFields), else merge and JSON patches only."""
         if self.patch is not None:
             try:
+                if ctype == "application/apply-patch+yaml" and manager:
+                    return self.patch.server_side_apply(current, self.patch.decode_apply_body(body), manager, force,
+                                                        schema, reset_fields=reset_fields)
                 if current is None:
-                    return self.patch.server_side_apply(None, self.patch.decode_apply_body(body), manager, force,
-                                                        schema)
+                    raise errors.unsupported_media_type("application/apply-patch+yaml")
                 return self.patch.apply_patch(ctype, current, body, schema, manager=manager, force=force)
             except ApiError:
                 raise
@@ -1308,7 +1358,8 @@ class ApiServer:
                 raise errors.conflict("pods/binding", name, why=f'pod {name} is already assigned to node '
                                                                 f'"{current["spec"]["nodeName"]}"')
             if current["metadata"].get("deletionTimestamp"):
-                raise errors.conflict("pods/binding", name, why=f"pod {name} is being deleted, cannot be assigned to a host")
+                raise errors.conflict("pods/binding", name,
+                                      why=f"pod {name} is being deleted, cannot be assigned to a host")
             current.setdefault("spec", {})["nodeName"] = target["name"]
             conds = current.setdefault("status", {}).setdefault("conditions", [])
             conds[:] = [c for c in conds if c.get("type") != "PodScheduled"]
@@ -1341,6 +1392,9 @@ class ApiServer:
             if req.q(k) and k not in opts:
                 opts[k] = int(req.q(k)) if k == "gracePeriodSeconds" else req.q(k)
         policy = opts.get("propagationPolicy")
+        if policy:
+            # recorded only: ownerReference garbage collection comes with the control loops (stage 3)
+            req.note = f"propagationPolicy={policy}"
         if policy is not None and policy not in ("Orphan", "Background", "Foreground"):
             raise errors.invalid("DeleteOptions", "", [resources.not_supported(
                 "propagationPolicy", policy, ["Foreground", "Background", "Orphan", "nil"])])
@@ -1520,6 +1574,9 @@ def _same(new: dict, old: dict) -> bool:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # an idle keep-alive connection (or a watch nobody reads) is closed after this many seconds,
+    # so that clients that vanish do not hold a thread each
+    timeout = 600
     server_version = "emu-apiserver"
     sys_version = ""
 
@@ -1529,7 +1586,7 @@ class _Handler(BaseHTTPRequestHandler):
         if isinstance(conn, ssl.SSLSocket):
             conn.settimeout(30)
             conn.do_handshake()
-            conn.settimeout(None)
+            conn.settimeout(self.timeout)
 
     def _go(self) -> None:
         self.server.api.handle(self, self.command)  # type: ignore[attr-defined]

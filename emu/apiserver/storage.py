@@ -18,8 +18,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from typing import Callable
 
 from emu.apiserver import errors
 from emu.apiserver.selectors import FieldSelector, LabelSelector
@@ -184,7 +184,8 @@ class Store:
         return json.loads(text) if text is not None else None
 
     def list(self, key: str, namespace: str = "", labels: LabelSelector | None = None,
-             fields: FieldSelector | None = None, limit: int = 0, continue_token: str = "") -> tuple[list[str], int, str]:
+             fields: FieldSelector | None = None, limit: int = 0,
+             continue_token: str = "") -> tuple[list[str], int, str]:
         """(object texts ordered by namespace and name, the list's revision, the next page's continue token or "")."""
         labels = labels or LabelSelector()
         fields = fields or FieldSelector()
@@ -291,7 +292,8 @@ class Store:
             try:
                 db.execute("UPDATE meta SET value=? WHERE key='revision'", (str(rv),))
                 if etype == "DELETED":
-                    db.execute("DELETE FROM objects WHERE resource=? AND namespace=? AND name=?", (key, namespace, name))
+                    db.execute("DELETE FROM objects WHERE resource=? AND namespace=? AND name=?",
+                               (key, namespace, name))
                 else:
                     db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?)",
                                (key, namespace, name, obj["metadata"].get("uid", ""), rv, body,

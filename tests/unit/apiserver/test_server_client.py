@@ -389,3 +389,79 @@ def test_main_serves_and_stops_on_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.communicate(timeout=10)
+
+
+def test_watch_path_deletecollection_and_keep_alive(apiserver):
+    from http.client import HTTPConnection
+
+    v1 = client.CoreV1Api(apiserver.client())
+    for name, team in (("a", "x"), ("b", "x"), ("c", "y")):
+        v1.create_namespaced_config_map("default", cm(name, labels={"team": team}))
+    # the deprecated /watch/ path with a name: that object only, current state first
+    code, _, body = http(apiserver, "GET", "/api/v1/watch/namespaces/default/configmaps/b?timeoutSeconds=1")
+    events = [json.loads(line) for line in body.splitlines()]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "b")]
+    deleted = v1.delete_collection_namespaced_config_map("default", label_selector="team=x", _preload_content=False)
+    assert sorted(i["metadata"]["name"] for i in json.loads(deleted.data)["items"]) == ["a", "b"]
+    assert [c.metadata.name for c in v1.list_namespaced_config_map("default").items] == ["c"]
+    # one connection: a request refused before its body is read leaves the next one intact
+    host, port = apiserver.base_url[len("http://"):].split(":")
+    conn = HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/api/v1/namespaces/default/widgets", body=b'{"kind":"Widget"}',
+                 headers={"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert (r.status, json.loads(r.read())["reason"]) == (404, "NotFound")
+    conn.request("GET", "/api/v1/namespaces/default/configmaps/c")
+    r = conn.getresponse()
+    assert (r.status, json.loads(r.read())["metadata"]["name"]) == (200, "c")
+    conn.request("GET", "/api/v1/namespaces/default/configmaps?watch=1&sendInitialEvents=true"
+                        "&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true")
+    r = conn.getresponse()
+    assert (r.status, json.loads(r.read())["reason"]) == (422, "Invalid")
+    conn.close()
+
+
+@pytest.mark.parametrize("method,path,query,want", [
+    ("GET", "/api/v1/namespaces/default/pods", {}, ("list", "default", "", "pods", "", "")),
+    ("GET", "/api/v1/namespaces/default/pods/web", {}, ("get", "default", "", "pods", "", "web")),
+    ("GET", "/api/v1/pods", {"watch": ["true"]}, ("watch", "", "", "pods", "", "")),
+    ("GET", "/api/v1/watch/namespaces/default/pods/web", {}, ("watch", "default", "", "pods", "", "web")),
+    ("GET", "/api/v1/namespaces/default/pods", {"fieldSelector": ["metadata.name=web"]},
+     ("list", "default", "", "pods", "", "web")),
+    ("PUT", "/apis/apps/v1/namespaces/shop/deployments/web/scale", {},
+     ("update", "shop", "apps", "deployments", "scale", "web")),
+    ("PATCH", "/api/v1/namespaces/shop/status", {}, ("patch", "shop", "", "namespaces", "status", "shop")),
+    ("GET", "/api/v1/namespaces/shop", {}, ("get", "shop", "", "namespaces", "", "shop")),
+    ("DELETE", "/api/v1/namespaces/shop/configmaps", {}, ("deletecollection", "shop", "", "configmaps", "", "")),
+    ("POST", "/api/v1/namespaces/shop/pods/web/binding", {}, ("create", "shop", "", "pods", "binding", "web")),
+])
+def test_request_info_as_kubernetes_builds_it(method, path, query, want):
+    from emu.apiserver.server import request_info
+
+    info = request_info(method, path, query)
+    assert info.is_resource
+    assert (info.verb, info.namespace, info.group, info.resource, info.subresource, info.name) == want
+
+
+@pytest.mark.parametrize("path,verb", [("/api", "get"), ("/apis/apps", "get"), ("/healthz", "get"),
+                                       ("/version", "get"), ("/api/v1", "get")])
+def test_request_info_non_resource(path, verb):
+    from emu.apiserver.server import request_info
+
+    info = request_info("GET", path, {})
+    assert not info.is_resource and info.verb == verb and info.path == path
+
+
+def test_negotiate_and_human_duration():
+    from emu.apiserver.errors import ApiError
+    from emu.apiserver.server import human_duration, negotiate
+
+    assert negotiate("") == ("json", "")
+    assert negotiate("application/json;as=Table;v=v1;g=meta.k8s.io,application/json") == ("table", "v1")
+    assert negotiate("application/vnd.kubernetes.protobuf,application/json") == ("json", "")
+    assert negotiate("application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io") == ("meta", "v1")
+    with pytest.raises(ApiError) as exc:
+        negotiate("application/vnd.kubernetes.protobuf")
+    assert exc.value.code == 406
+    assert [human_duration(s) for s in (5, 119, 150, 3600, 5 * 3600 + 600, 30 * 3600, 3 * 86400, 400 * 86400)] == \
+        ["5s", "119s", "2m30s", "60m", "5h10m", "30h", "3d", "400d"]
