@@ -33,6 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pki", help="directory of the cluster's PKI (for auth.py)")
     p.add_argument("--insecure", action="store_true", help="plain HTTP, every request is the cluster admin")
     p.add_argument("--service-cidr", default="10.96.0.0/12", help="range of Service cluster IPs")
+    p.add_argument("--emu-driven", action="store_true",
+                   help="emu's commands write the kinds they drive (POST /emu/mirror); refuse others' writes to them")
     args = p.parse_args(argv)
     if not args.insecure and not args.pki and not (args.tls_cert and args.tls_key):
         p.error("give --pki DIR, or --tls-cert and --tls-key (and --client-ca), or --insecure")
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
                      "run with --insecure for an unauthenticated test server")
         except (OSError, ValueError) as e:
             sys.exit(f"emu.apiserver: cannot load the TLS certificates or keys: {e}")
-    server = ApiServer(store, service_cidr=args.service_cidr, **parts)
+    server = ApiServer(store, service_cidr=args.service_cidr, emu_driven=args.emu_driven, **parts)
     try:
         server.make_httpd(args.listen)
     except OSError as e:

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from emu.apiserver import discovery, errors, protobuf, resources, storage
+from emu.apiserver import discovery, errors, mirror, protobuf, resources, storage
 from emu.apiserver.errors import ApiError
 from emu.apiserver.resources import ResourceInfo
 from emu.apiserver.selectors import FieldSelector, LabelSelector, SelectorError
@@ -389,8 +389,11 @@ class ApiServer:
     def __init__(self, store: Store, authenticator=None, authorizer=None, admission=None,
                  ssl_context: ssl.SSLContext | None = None, service_cidr: str = "10.96.0.0/12",
                  node_port_range: tuple[int, int] = (30000, 32767), bookmark_interval: float = 5.0,
-                 log=None, bootstrap_objects: list[dict] | None = None):
+                 log=None, bootstrap_objects: list[dict] | None = None, emu_driven: bool = False):
         self.store = store
+        # In an emu cluster (stage 2 of docs/apiserver.md) emu's commands drive the kinds of
+        # emu.apiserver.mirror: they write them (POST /emu/mirror); others' writes are refused.
+        self.emu_driven = emu_driven
         self.authenticator = authenticator or InsecureAuthenticator()
         self.authorizer = authorizer or AllowAll()
         self.admission = admission
@@ -527,9 +530,32 @@ class ApiServer:
         decision = self.authorizer.authorize(attrs)
         if not decision.allowed:
             raise self._forbidden(attrs, decision.reason)
+        if self.emu_driven:
+            if not info.is_resource and info.path == mirror.PATH:
+                return self._mirror(req)
+            if info.is_resource and info.subresource in ("", "status", "scale"):
+                refused = mirror.refuse(req.user.name, info.verb, info.group, info.resource, info.namespace)
+                if refused is not None:
+                    raise refused
         if not info.is_resource:
             return self._non_resource(req)
         return self._resource(req, info, attrs)
+
+    def _mirror(self, req: Request) -> None:
+        """POST /emu/mirror from emu's own commands: the objects emu drives (emu.apiserver.mirror)."""
+        if req.method != "POST":
+            raise self._not_allowed()
+        if req.user.name != mirror.CONTROLLER_USER:
+            raise errors.forbidden("", "", f'User "{req.user.name}" cannot post path "{mirror.PATH}": only emu writes '
+                                   "the objects it drives", "")  # fmt: skip
+        try:
+            payload = json.loads(req.body() or b"{}")
+        except ValueError as error:
+            raise errors.bad_request(f"the mirrored objects are not JSON: {error}") from None
+        objects = payload.get("objects") if isinstance(payload, dict) else None
+        if not isinstance(objects, list):
+            raise errors.bad_request('expected {"objects": [...]}')
+        return self._send_json(req, 200, mirror.sync(self.store, objects))
 
     @staticmethod
     def attributes(user: User, info: RequestInfo) -> Attributes:

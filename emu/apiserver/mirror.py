@@ -1,0 +1,127 @@
+"""Stage 2 of docs/apiserver.md: the objects emu drives, written by emu's own commands.
+
+Until the nodes watch the API server (stage 4), `emu up`, `apply`, `scale` and
+`delete` plan the cluster themselves and then hand the server the objects a
+real cluster would show for it (Nodes, Namespaces, Pods with their status,
+Services, Endpoints, EndpointSlices, Deployments, StatefulSets, DaemonSets,
+ConfigMaps, NetworkPolicies, Ingresses): one request, POST /emu/mirror, from
+the emu-controller identity. `sync` makes the store hold exactly those objects
+of those kinds: new ones created, changed ones replaced (spec and status
+together, as the node would report it), and the others deleted; unchanged
+objects keep their resourceVersion, so watchers see only what changed. Every
+write goes through the store, so watches, lists and kubectl see them.
+
+While emu drives a kind, writes to it by anyone else are refused (`refuse`):
+they would not reach the nodes, and the next mirror would undo them.
+"""
+
+from __future__ import annotations
+
+from emu.apiserver import errors, resources
+from emu.apiserver.storage import DELETE, Store, canonical, keep_identity, now_rfc3339
+
+CONTROLLER_USER = "emu-controller"
+PATH = "/emu/mirror"
+
+# The kinds emu's own commands drive in stage 2, by (apiVersion, kind).
+DRIVEN = (
+    ("v1", "Node"), ("v1", "Namespace"), ("v1", "Pod"), ("v1", "Service"), ("v1", "Endpoints"),
+    ("discovery.k8s.io/v1", "EndpointSlice"), ("apps/v1", "Deployment"),
+    ("apps/v1", "ReplicaSet"), ("apps/v1", "StatefulSet"), ("apps/v1", "DaemonSet"),
+    ("networking.k8s.io/v1", "NetworkPolicy"), ("networking.k8s.io/v1", "Ingress"),
+)  # fmt: skip
+# Namespaces every cluster has stay whatever emu's list says.
+KEPT = {("v1", "Namespace"): {"default", "kube-system", "kube-public", "kube-node-lease"}}
+# Kinds emu writes once and then leaves to users (their writes are taken, nothing is deleted):
+# the topology's ConfigMaps are read by the nodes only when emu starts a pod, so a ConfigMap
+# made with kubectl (a controller's settings, say) harms nothing.
+CREATE_ONLY = {("v1", "ConfigMap")}
+
+
+def driven_keys(create_only: bool = True) -> dict[str, resources.ResourceInfo]:
+    out = {}
+    for api_version, kind in DRIVEN + (tuple(CREATE_ONLY) if create_only else ()):
+        info = resources.by_kind(api_version, kind)
+        if info is not None:
+            out[info.key] = info
+    return out
+
+
+def _comparable(obj: dict) -> dict:
+    """An object without what the store sets: compared to see whether a write changes anything."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items()
+            if k not in ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields")}  # fmt: skip
+    return canonical({**obj, "metadata": meta})
+
+
+def sync(store: Store, objects: list[dict]) -> dict[str, int]:
+    """Make the store hold exactly `objects` of the driven kinds. Returns counts
+    {"created", "updated", "deleted", "unchanged"}. Objects of other kinds are refused (400)."""
+    keys = driven_keys()
+    desired: dict[tuple[str, str, str], dict] = {}
+    for obj in objects:
+        if not isinstance(obj, dict):
+            raise errors.bad_request("every mirrored object must be a JSON object")
+        info = resources.by_kind(obj.get("apiVersion", ""), obj.get("kind", ""))
+        if info is None or info.key not in keys:
+            raise errors.bad_request(f"emu does not mirror {obj.get('apiVersion')}/{obj.get('kind')}")
+        meta = obj.get("metadata") or {}
+        namespace = meta.get("namespace", "") if info.namespaced else ""
+        if not meta.get("name"):
+            raise errors.bad_request(f"a mirrored {info.kind} has no metadata.name")
+        desired[(info.key, namespace, meta["name"])] = obj
+    counts = {"created": 0, "updated": 0, "deleted": 0, "unchanged": 0}
+    for key, info in keys.items():
+        fields_of = info.field_values
+        kept = KEPT.get((info.api_version, info.kind), set())
+        if (info.api_version, info.kind) in CREATE_ONLY:
+            continue
+        for current in store.list_objects(key):
+            meta = current.get("metadata") or {}
+            where = (key, meta.get("namespace", ""), meta.get("name", ""))
+            if where not in desired and meta.get("name") not in kept:
+                etype, _ = store.write(key, where[1], where[2], lambda obj: DELETE, fields_of)
+                counts["deleted"] += etype == "DELETED"
+    for (key, namespace, name), obj in desired.items():
+        info = keys[key]
+
+        def replace(current: dict | None, obj: dict = obj, info: resources.ResourceInfo = info) -> dict | None:
+            new = canonical(obj)
+            new.setdefault("metadata", {})
+            if current is None:
+                new["metadata"]["creationTimestamp"] = new["metadata"].get("creationTimestamp") or now_rfc3339()
+                new["metadata"].setdefault("uid", _uid(obj))
+                return new
+            if (info.api_version, info.kind) in CREATE_ONLY:
+                return None  # the user's now
+            keep_identity(current, new)
+            if _comparable(current) == _comparable(new):
+                return None  # unchanged: no write, no event, the same resourceVersion
+            return new
+
+        etype, _ = store.write(key, namespace, name, replace, info.field_values)
+        counts[{"ADDED": "created", "MODIFIED": "updated", "": "unchanged"}[etype]] += 1
+    return counts
+
+
+def _uid(obj: dict) -> str:
+    import uuid
+
+    return (obj.get("metadata") or {}).get("uid") or str(uuid.uuid4())
+
+
+def refuse(user_name: str, verb: str, api_group: str, resource: str, namespace: str) -> errors.ApiError | None:
+    """The error for a write to a kind emu drives by anyone but emu itself (None: allowed)."""
+    if user_name == CONTROLLER_USER or verb in ("get", "list", "watch"):
+        return None
+    key = f"{resource}.{api_group}" if api_group else resource
+    info = driven_keys(create_only=False).get(key)
+    if info is None:
+        return None
+    return errors.ApiError(
+        405, "MethodNotAllowed",
+        f"{resource} are driven by emu's own commands in this version of emu: change them in the topology "
+        f"or with `emu apply -f FILE` / `emu delete -f FILE` / `emu scale`; kubectl reads them "
+        "(writes through the API arrive when the nodes watch it, docs/apiserver.md stage 4)",
+        {"group": api_group, "kind": resource, **({"name": ""} if not namespace else {})},
+    )
