@@ -145,6 +145,12 @@ def cmd_down(args) -> int:
     return 0
 
 
+def cmd_kubeconfig(args) -> int:
+    """The cluster's admin kubeconfig, as `emu up` merged it (kind's `get kubeconfig`)."""
+    print(_cluster(args).kubeconfig(), end="")
+    return 0
+
+
 def cmd_unlock(args) -> int:
     from emu.control.cluster import Cluster
 
@@ -800,6 +806,8 @@ def build_parser() -> argparse.ArgumentParser:
     down = command("down", cmd_down, "remove a cluster: every container, network and namespace it made")
     down.add_argument("cluster", nargs="?", help="cluster name")
     down.add_argument("--all", action="store_true", help="remove every emu cluster")
+
+    command("kubeconfig", cmd_kubeconfig, "print the cluster's kubeconfig (emu up merges it as context emu-NAME)")
 
     unlock = command("unlock", cmd_unlock, "release a cluster's lock left by an emu command that died")
     unlock.add_argument("cluster", nargs="?", help="cluster name")

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emu.control import imagepods
+from emu.control import apiserver, imagepods
 
 from emu.node import reconcile
 from emu.node.agent import AGENT_URL, HOLD_FILE, LOCK_DIR, STATE_FILE
@@ -153,13 +153,16 @@ class Cluster:
         subnet = self.runtime.pick_subnet(networking.cluster_network, [networking.pod_subnet, networking.service_subnet])
         network = f"emu-{self.name}"
         desired = plan_cluster(topology, network, subnet, node_image=image, mtu=self.runtime.mtu)
+        api = apiserver.ApiServerSetup.plan(desired, self.runtime)
         (first, waits), *later = ordered_stages(None, desired)
         plans = node_plans(None, first)
+        api.add_files(plans)
         warning = neighbour_table_warning(len(desired.nodes), len(desired.pods))
         if warning:
             self.progress(warning)
         mappings = {n.name: [PortMapping(m.listen_address, m.host_port, m.container_port, m.protocol)
                              for m in n.extra_port_mappings] for n in topology.nodes}  # fmt: skip
+        mappings[api.node].append(api.mapping)
         specs = [
             NodeSpec(n.container, n.name, n.role, self.name, image, network, n.node_ip, n.host, cni.NODE_COMMAND,
                      mappings[n.name])  # fmt: skip
@@ -173,8 +176,13 @@ class Cluster:
             self.runtime.parallel(self.runtime.create_node, specs)
             self.progress(f"wiring {len(first.pods)} pods")
             unready = self._apply_plans(plans, first, None, wait=wait or bool(later))
+            self.progress(f"API server at {api.endpoint}")
+            client = api.client()
+            client.wait_ready()
+            apiserver.mirror(client, first, unready if unready is not None else list(first.pods_uids()))
             if later:
                 self._ordered_steps(first, later, waits, unready or [])
+            api.merge_kubeconfig(self.name)
         except BaseException:
             # Nothing is half-created: remove whatever this call made.
             self.progress("failed; removing what was created")
@@ -210,9 +218,21 @@ class Cluster:
         (first, waits), *later = ordered_stages(previous, desired)
         first_added = {p.key for p in pod_changes(previous, first)[0]}
         unready = self._apply_plans(node_plans(previous, first), first, previous, wait=wait or bool(later), only=first_added)
+        self._mirror(first, unready)
         if later:
             self._ordered_steps(first, later, waits, unready or [])
         return Change(False, sorted(p.key for p in added), sorted(p.key for p in removed))
+
+    def _mirror(self, state: ClusterState, unready: list[str] | None) -> None:
+        """The cluster's objects into its API server (docs/apiserver.md stage 2); pods
+        count as ready once the agents said so (not waited for: not ready)."""
+        if not state.api_endpoint:
+            return  # made by an emu without an API server
+        client = apiserver.controller_client(state, self.runtime)
+        try:
+            apiserver.mirror(client, state, unready if unready is not None else list(state.pods_uids()))
+        finally:
+            client.close()
 
     def _ordered_steps(self, state: ClusterState, later: list, waits: list[str], unready: list[str]) -> None:
         """Start StatefulSet pods in order (podManagementPolicy OrderedReady): each
@@ -230,6 +250,7 @@ class Cluster:
             added = {p.key for p in pod_changes(state, next_state)[0]}
             self.progress(f"starting {', '.join(sorted(added))} (StatefulSet, in order)")
             unready = self._apply_plans(node_plans(state, next_state), next_state, state, wait=True, only=added)
+            self._mirror(next_state, unready)
             state, waits = next_state, next_waits
 
     def scale(self, deployment: str, replicas: int, wait: bool = True) -> Change:
@@ -268,8 +289,15 @@ class Cluster:
             return self._converge(previous, desired, wait)
 
     def down(self) -> tuple[int, int]:
-        """Remove every container and network of the cluster. Returns (containers, networks)."""
-        return self.runtime.remove_cluster(self.name)
+        """Remove every container and network of the cluster, and its kubeconfig
+        context. Returns (containers, networks)."""
+        removed = self.runtime.remove_cluster(self.name)
+        apiserver.remove_kubeconfig(self.name)
+        return removed
+
+    def kubeconfig(self) -> str:
+        """The kubeconfig of the cluster's admin (`emu kubeconfig`), as `emu up` merges it."""
+        return apiserver.admin_kubeconfig(self.name, self.state(), self.runtime)
 
     def plan(self, topology: Topology) -> tuple[ClusterState, list[NodePlan]]:
         """What up/apply would run on each node, without running it: the desired

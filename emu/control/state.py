@@ -319,6 +319,7 @@ def plan_cluster(
         topology=topology.model_dump(mode="json", by_alias=True, exclude_defaults=True),
         node_image=node_image or (previous.node_image if previous else ""),
         mtu=previous.mtu if previous else mtu,
+        api_endpoint=previous.api_endpoint if previous else "",
     )
     state.load_balancer_pool = load_balancer_pool(topology, network_subnet)
     effective = with_ingress_controller(with_system_objects(topology))

@@ -254,6 +254,8 @@ class ClusterState:
     network_policies: list[dict] = field(default_factory=list)
     ingresses: list[dict] = field(default_factory=list)
     secrets: dict[str, dict[str, str]] = field(default_factory=dict)  # "ns/name" -> {tls.crt, tls.key}
+    # The API server as this machine reaches it (https://127.0.0.1:PORT), "" for a cluster without one.
+    api_endpoint: str = ""
 
     @property
     def net(self) -> Networking:
@@ -265,6 +267,9 @@ class ClusterState:
             if node.name == name:
                 return node
         raise KeyError(name)
+
+    def pods_uids(self) -> list[str]:
+        return [pod.uid for pod in self.pods.values()]
 
     def pods_on(self, node_name: str) -> list[PodState]:
         return [pod for pod in self.pods.values() if pod.node == node_name]

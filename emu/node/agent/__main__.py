@@ -36,7 +36,7 @@ from emu.node.agent.policy import PolicySync
 from emu.node.agent.proxysync import ProxySync
 from emu.node.agent.runner import Runner, Watchdog
 from emu.node.agent.wait import wait_ports
-from emu.node.agent.wake import NodeChanges, Wake
+from emu.node.agent.wake import NodeChanges
 from emu.node.dns.snapshot import snapshot_text, write_snapshot
 from emu.node.records import ClusterState, read_state_text
 from emu.node.services import EndpointTracker

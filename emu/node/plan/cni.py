@@ -376,12 +376,12 @@ NODE_PACKAGE = "node"
 SHARED_MODULES = ["__init__.py", "errors.py"]
 
 
-def node_module_names() -> list[str]:
-    """Paths under emu/ of every module copied into a node, sorted."""
+def node_module_names(packages: tuple[str, ...] = (NODE_PACKAGE,), shared: bool = True) -> list[str]:
+    """Paths under emu/ of every module copied into a node (those of `packages`), sorted."""
     from importlib import resources
 
     package = resources.files("emu")
-    names = list(SHARED_MODULES)
+    names = list(SHARED_MODULES) if shared else []
 
     def walk(folder, prefix: str) -> None:
         for entry in sorted(folder.iterdir(), key=lambda e: e.name):
@@ -390,7 +390,8 @@ def node_module_names() -> list[str]:
             elif entry.name.endswith(".py"):
                 names.append(f"{prefix}{entry.name}")
 
-    walk(package.joinpath(NODE_PACKAGE), f"{NODE_PACKAGE}/")
+    for name in packages:
+        walk(package.joinpath(name), f"{name}/")
     return names
 
 
@@ -405,6 +406,57 @@ def workload_files() -> dict[str, str]:
 def agent_files() -> dict[str, str | bytes]:
     """The agent's modules, each with its compiled bytecode (agent_bytecode)."""
     return dict(_agent_files())
+
+
+def apiserver_files() -> dict[str, str | bytes]:
+    """The API server's modules and data (emu.apiserver), for the first control-plane node."""
+    return dict(_apiserver_files())
+
+
+@functools.lru_cache(maxsize=1)
+def _apiserver_files() -> dict[str, str | bytes]:
+    from importlib import resources
+
+    package = resources.files("emu")
+    sources = {f"{AGENT_LIB}/emu/{name}": package.joinpath(name).read_text()
+               for name in node_module_names(("apiserver",), shared=False)}  # fmt: skip
+    data: dict[str, str | bytes] = {}
+    folder = package.joinpath("apiserver")
+
+    def walk(entry, prefix: str) -> None:  # its data files (OpenAPI documents), as they are
+        for item in sorted(entry.iterdir(), key=lambda e: e.name):
+            if item.is_dir() and item.name != "__pycache__":
+                walk(item, f"{prefix}{item.name}/")
+            elif item.is_file() and not item.name.endswith((".py", ".pyc")):
+                data[f"{AGENT_LIB}/emu/{prefix}{item.name}"] = item.read_bytes()
+
+    walk(folder, "apiserver/")
+    return {**sources, **agent_bytecode(sources), **data}
+
+
+# The API server (emu.apiserver) on the first control-plane node, its certificates
+# (emu.control.pki) in PKI_DIR, its database in API_DATA_DIR.
+API_PORT = 6443
+PKI_DIR = "/etc/emu/pki"
+API_DATA_DIR = "/var/lib/emu/apiserver"
+API_LOG = "/var/log/emu/apiserver.log"
+
+
+def api_server_node(state: ClusterState) -> NodeState:
+    """The node the API server runs on: the first control-plane node, else the first node."""
+    return next((node for node in state.nodes if node.role == "control-plane"), state.nodes[0])
+
+
+def start_apiserver_line(state: ClusterState) -> str:
+    """The API server, kept running: if it dies it is started again a second
+    later, as the kubelet restarts a static pod."""
+    server = shlex.join([
+        "env", f"PYTHONPATH={AGENT_LIB}", "python3", "-m", "emu.apiserver",
+        "--data", API_DATA_DIR, "--listen", f"0.0.0.0:{API_PORT}", "--pki", PKI_DIR,
+        "--service-cidr", state.net.service_subnet, "--emu-driven",
+    ])  # fmt: skip
+    loop = f'while true; do {server}; echo "emu apiserver exited ($?); starting it again"; sleep 1; done'
+    return f"mkdir -p {API_DATA_DIR} && setsid sh -c {shlex.quote(loop)} >>{API_LOG} 2>&1 </dev/null &"
 
 
 @functools.lru_cache(maxsize=1)
@@ -484,6 +536,9 @@ def node_plan(
             f"iptables-restore --noflush {plan_dir}/agent-guard.rules",
             start_agent_line(node),
         ]
+        if state.api_endpoint and node.name == api_server_node(state).name:
+            plan.files.update(apiserver_files())
+            plan.steps.append(start_apiserver_line(state))
     if removed:
         plan.steps.append(DELETE_POD_FUNCTION)
         replaced = {pod.netns for pod in added}

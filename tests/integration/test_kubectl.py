@@ -1,0 +1,160 @@
+"""The cluster's Kubernetes API server, driven with the real kubectl and the
+official Python client (docs/apiserver.md, stage 2): emu up merges a kubeconfig
+context; kubectl reads the lab as a real cluster shows it; the Python client
+watches a change emu makes; emu down removes the context."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import ssl
+import subprocess
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
+LAB = """
+name: kubectl
+nodes:
+  - {name: cp, role: control-plane}
+  - {name: w1}
+deployments:
+  - name: echo
+    replicas: 2
+    template:
+      labels: {app: echo}
+      containers: [{name: netexec, workload: netexec, ports: [{containerPort: 8080}]}]
+services:
+  - {name: echo, selector: {app: echo}, ports: [{port: 80, targetPort: 8080}]}
+"""
+
+
+def kubectl(*argv: str, context: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
+    result = subprocess.run([KUBECTL, "--context", context, *argv], capture_output=True, text=True, timeout=60,
+                            input=stdin)  # fmt: skip
+    if check:
+        assert result.returncode == 0, f"kubectl {' '.join(argv)}: {result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def cluster(make_cluster):
+    if not Path(KUBECTL).exists():
+        pytest.skip("kubectl is not installed (Debian's kubectl package)")
+    return make_cluster(LAB, "kubectl")
+
+
+def test_up_merges_a_context_and_kubectl_shows_the_lab_as_a_cluster_shows_it(cluster):
+    context = f"emu-{cluster.name}"
+    config = yaml.safe_load(Path(os.environ["KUBECONFIG"]).read_text())
+    assert context in [c["name"] for c in config["contexts"]]
+    server = next(c["cluster"]["server"] for c in config["clusters"] if c["name"] == context)
+    state = cluster.state()
+    assert server == state.api_endpoint and server.startswith("https://127.0.0.1:")
+
+    nodes = json.loads(kubectl("get", "nodes", "-o", "json", context=context).stdout)["items"]
+    assert {n["metadata"]["name"]: n["status"]["addresses"][0]["address"] for n in nodes} == {
+        node.name: node.node_ip for node in state.nodes
+    }
+    pods = json.loads(kubectl("get", "pods", "-A", "-o", "json", context=context).stdout)["items"]
+    seen = {f"{p['metadata']['namespace']}/{p['metadata']['name']}": (p["status"]["podIP"], p["spec"]["nodeName"])
+            for p in pods}  # fmt: skip
+    assert seen == {pod.key: (pod.ip, pod.node) for pod in state.pods.values()}
+    assert all(c["status"] == "True" for p in pods for c in p["status"]["conditions"] if c["type"] == "Ready")
+
+    table = kubectl("get", "svc", "echo", context=context).stdout.splitlines()
+    assert table[0].split() == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    assert table[1].split()[:5] == ["echo", "ClusterIP", state.services["default/echo"].cluster_ip, "<none>", "80/TCP"]
+    slices = json.loads(kubectl("get", "endpointslices", "-l", "kubernetes.io/service-name=echo", "-o", "json",
+                                context=context).stdout)["items"]  # fmt: skip
+    addresses = sorted(e["addresses"][0] for s in slices for e in s["endpoints"] if e["conditions"]["ready"])
+    assert addresses == sorted(p.ip for p in state.pods.values() if p.labels.get("app") == "echo")
+
+
+def test_the_api_server_authenticates_and_authorizes(cluster, tmp_path):
+    context = f"emu-{cluster.name}"
+    assert kubectl("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}", context=context).stdout == \
+        "kubernetes-admin"  # fmt: skip
+    server = cluster.state().api_endpoint
+    insecure = ssl.create_default_context()
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+    with pytest.raises(urllib.error.HTTPError) as anonymous:  # no credentials at all
+        urllib.request.urlopen(f"{server}/api/v1/pods", context=insecure, timeout=30)
+    assert anonymous.value.code == 401 and json.loads(anonymous.value.read())["reason"] == "Unauthorized"
+
+    # A service account's token (signed with the cluster's key, as the TokenRequest API does) is
+    # authenticated, and RBAC gives it nothing: kubectl prints kube-apiserver's Forbidden.
+    from emu.apiserver.auth import issue_token
+
+    key = cluster.node_exec("cp", ["cat", "/etc/emu/pki/sa.key"]).output.encode()
+    token = issue_token(key, "default", "default", "uid-1", [], 600)
+    (tmp_path / "empty").write_text("")
+    forbidden = subprocess.run(
+        [KUBECTL, "--kubeconfig", str(tmp_path / "empty"), "--server", server, "--insecure-skip-tls-verify",
+         "--token", token, "get", "pods", "-n", "default"], capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert forbidden.returncode != 0
+    assert forbidden.stderr.strip() == (
+        'Error from server (Forbidden): pods is forbidden: User "system:serviceaccount:default:default" '
+        'cannot list resource "pods" in API group "" in the namespace "default"'
+    )
+
+
+def test_kinds_emu_does_not_drive_are_written_and_driven_ones_refused(cluster):
+    context = f"emu-{cluster.name}"
+    kubectl("create", "configmap", "settings", "--from-literal=color=blue", context=context)
+    data = json.loads(kubectl("get", "cm", "settings", "-o", "json", context=context).stdout)["data"]
+    assert data == {"color": "blue"}
+    refused = kubectl("create", "deployment", "web", "--image=nginx", context=context, check=False)
+    assert refused.returncode != 0 and "emu apply -f" in refused.stderr
+
+
+def test_a_watch_of_the_python_client_sees_emu_scale(cluster):
+    from kubernetes import client, config, watch
+
+    api = client.CoreV1Api(config.new_client_from_config(context=f"emu-{cluster.name}"))
+    listed = api.list_namespaced_pod("default", label_selector="app=echo")
+    seen: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    def follow() -> None:
+        for event in watch.Watch().stream(api.list_namespaced_pod, "default", label_selector="app=echo",
+                                          resource_version=listed.metadata.resource_version, timeout_seconds=60):
+            seen.append((event["type"], event["object"].status.pod_ip))
+            if sum(kind == "ADDED" for kind, _ in seen) == 1:
+                done.set()
+                return
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    cluster.scale("echo", 3)
+    assert done.wait(60), f"the watch saw {seen}"
+    added_ip = next(ip for kind, ip in seen if kind == "ADDED")
+    assert added_ip in {p.ip for p in cluster.state().pods.values() if p.labels.get("app") == "echo"}
+
+
+def test_emu_kubeconfig_prints_a_working_kubeconfig_and_down_removes_the_context(cluster, tmp_path):
+    from emu.cli import main
+
+    path = tmp_path / "config"
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["kubeconfig", "--name", cluster.name]) == 0
+    path.write_text(out.getvalue())
+    result = subprocess.run([KUBECTL, "--kubeconfig", str(path), "get", "ns", "-o", "name"], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0 and "namespace/kube-system" in result.stdout.split()
+    cluster.down()
+    config = yaml.safe_load(Path(os.environ["KUBECONFIG"]).read_text()) or {}
+    assert f"emu-{cluster.name}" not in [c["name"] for c in config.get("contexts") or []]
+
