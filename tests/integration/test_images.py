@@ -13,7 +13,7 @@ def test_controller_image_sees_the_running_cluster(runtime, lab):
     container = api.create_container(
         tag,
         command=["status", "--json", "--name", lab.name],
-        labels={"io.emu.control.cluster": lab.name, "io.emu.role": "external"},
+        labels={"io.emu.cluster": lab.name, "io.emu.role": "external"},
         host_config=api.create_host_config(binds=["/var/run/docker.sock:/var/run/docker.sock"]),
     )
     try:

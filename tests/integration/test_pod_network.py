@@ -105,5 +105,5 @@ def test_node_containers_are_least_privileged(lab, runtime):
         host_config = detail["HostConfig"]
         assert host_config["Privileged"] is False
         assert sorted(host_config["CapAdd"]) == ["NET_ADMIN", "NET_RAW", "SYS_ADMIN"]
-        assert detail["Config"]["Labels"]["io.emu.control.cluster"] == lab.name
+        assert detail["Config"]["Labels"]["io.emu.cluster"] == lab.name
         assert detail["Config"]["Hostname"] == node.name

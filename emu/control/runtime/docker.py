@@ -1,6 +1,6 @@
 """The Docker provider: every call emu makes to the Docker engine is here.
 
-Nodes are containers labelled io.emu.control.cluster=<name>, found by label as kind
+Nodes are containers labelled io.emu.cluster=<name>, found by label as kind
 does, on one bridge network per cluster. Nodes get NET_ADMIN, SYS_ADMIN and
 NET_RAW, never --privileged.
 """

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-LABEL_CLUSTER = "io.emu.control.cluster"
+LABEL_CLUSTER = "io.emu.cluster"
 LABEL_ROLE = "io.emu.role"
 LABEL_NODE = "io.emu.node"
 LABEL_HOST = "io.emu.host"
