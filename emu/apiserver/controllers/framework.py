@@ -496,6 +496,9 @@ class Watch:
 
     resource: str
     mapper: Mapper | None = None
+    # instead of a mapper: (event type, old or None, new or None) -> keys, for a controller that
+    # maps by the kind of change (the garbage collector enqueues dependents only of deleted owners)
+    events: Callable[[str, dict | None, dict | None], Iterable[str]] | None = None
 
 
 class Controller:
@@ -573,7 +576,10 @@ class ControllerManager:
         controller.queue = WorkQueue(self.clock)
         for w in controller.watches():
             inf = self.informer(w.resource)
-            inf.handlers.append(self._handler(controller, w.mapper or mapper_self))
+            if w.events is not None:
+                inf.handlers.append(self._event_handler(controller, w.events))
+            else:
+                inf.handlers.append(self._handler(controller, w.mapper or mapper_self))
         controller.setup()
         self.controllers.append(controller)
         return controller
@@ -588,6 +594,13 @@ class ControllerManager:
                         if k not in keys:
                             keys.append(k)
             for k in keys:
+                controller.queue.add(k)
+        return handle
+
+    @staticmethod
+    def _event_handler(controller: Controller, fn):
+        def handle(etype: str, old: dict | None, new: dict | None) -> None:
+            for k in fn(etype, old, new):
                 controller.queue.add(k)
         return handle
 
