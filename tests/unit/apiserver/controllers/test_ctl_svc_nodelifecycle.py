@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 
-from ctl_helpers import FakeClock, add_nodes, namespace, new_store, node
+from ctl_helpers import FakeClock, add_nodes, namespace, new_store, node, pod_template
 from emu.apiserver.controllers import build_manager
 from emu.apiserver.controllers.framework import Client
 from emu.apiserver.controllers.nodelifecycle import (NodeLifecycleController, desired_taints, eviction_delay,
@@ -16,10 +16,10 @@ LEASES = "leases.coordination.k8s.io"
 
 
 class Lab:
-    def __init__(self, tmp_path, names=("n1", "n2", "n3", "n4"), **opts):
+    def __init__(self, tmp_path, names=("n1", "n2", "n3", "n4"), enabled=(), **opts):
         self.store = new_store(tmp_path)
         self.clock = FakeClock(1_700_000_000.0)
-        self.m = build_manager(self.store, clock=self.clock, wall=self.clock, enabled=(), log=lambda s: None)
+        self.m = build_manager(self.store, clock=self.clock, wall=self.clock, enabled=enabled, log=lambda s: None)
         self.ctl = self.m.add(NodeLifecycleController(**opts))
         self.c = Client(self.store)
         namespace(self.store, "default")
@@ -176,3 +176,20 @@ def test_pure_rules():
                                             {"key": "node.kubernetes.io/not-ready", "effect": "NoExecute",
                                              "timeAdded": "T"},
                                             {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}]
+
+
+def test_evicted_pods_are_recreated_elsewhere_by_their_replicaset(tmp_path):
+    lab = Lab(tmp_path, names=("n1", "n2", "n3"), enabled=("scheduler", "replicaset"))
+    store, m, c = lab.store, lab.m, lab.c
+    c.create("replicasets.apps", {"metadata": {"name": "web", "namespace": "default"},
+                                  "spec": {"replicas": 6, "selector": {"matchLabels": {"app": "web"}},
+                                           "template": pod_template({"app": "web"})}})
+    m.run_until_idle()
+    on = lambda n: [p for p in store.list_objects("pods", "default") if p["spec"].get("nodeName") == n]  # noqa: E731
+    assert on("n1")  # spread over the three nodes
+    lab.run_for(50, ["n2", "n3"])
+    assert lab.taints("n1") == UNREACHABLE
+    lab.run_for(300, ["n2", "n3"])
+    assert on("n1") == []
+    pods = store.list_objects("pods", "default")
+    assert len(pods) == 6 and {p["spec"]["nodeName"] for p in pods} == {"n2", "n3"}
