@@ -13,9 +13,10 @@ from __future__ import annotations
 import copy
 import ipaddress
 
-from emu.apiserver.controllers.endpointslice import (LABEL_HEADLESS, find_port, has_selector, is_headless, pod_ips,
-                                                     pod_ready, selector_matches, should_pod_be_in_endpoints,
-                                                     should_set_hostname)
+from emu.apiserver.controllers.endpointslice import (LABEL_HEADLESS, find_port, has_selector,
+                                                     index_pods_and_services, is_headless, pod_ips, pod_ready,
+                                                     pods_of_service, selector_matches, services_of_pod,
+                                                     should_pod_be_in_endpoints, should_set_hostname)
 from emu.apiserver.controllers.framework import Controller, Watch, obj_key, split_key
 
 LABEL_MANAGED_BY = "endpoints.kubernetes.io/managed-by"
@@ -163,9 +164,11 @@ class EndpointsController(Controller):
     def watches(self) -> list[Watch]:
         return [Watch("services"), Watch("pods", self._services_of_pod), Watch("endpoints")]
 
+    def setup(self) -> None:
+        index_pods_and_services(self)
+
     def _services_of_pod(self, pod: dict) -> list[str]:
-        ns = (pod.get("metadata") or {}).get("namespace", "")
-        return [obj_key(s) for s in self.informer("services").list(ns) if selector_matches(s, pod)]
+        return services_of_pod(self, pod)
 
     def reconcile(self, key: str) -> None:
         ns, name = split_key(key)
@@ -179,8 +182,7 @@ class EndpointsController(Controller):
             return None
         if not has_selector(svc):
             return None
-        pods = [p for p in self.informer("pods").list(ns) if selector_matches(svc, p)]
-        want = desired_endpoints(svc, pods)
+        want = desired_endpoints(svc, pods_of_service(self, svc))
         if current is None:
             if not svc["metadata"].get("deletionTimestamp"):
                 self.client.create("endpoints", want)

@@ -404,6 +404,48 @@ def desired_slices(service: dict, pods: list[dict], nodes: dict[str, dict] | lis
 from emu.apiserver.controllers.framework import Controller, Watch, obj_key, split_key  # noqa: E402
 
 
+def _label_pairs(obj: dict) -> list[str]:
+    """Index values of a pod: "namespace/key=value" for each of its labels."""
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace", "")
+    return [f"{ns}/{k}={v}" for k, v in (meta.get("labels") or {}).items()]
+
+
+def _selector_pairs(svc: dict) -> list[str]:
+    """Index values of a Service: "namespace/key=value" for each selector term (none without a selector)."""
+    ns = (svc.get("metadata") or {}).get("namespace", "")
+    return [f"{ns}/{k}={v}" for k, v in ((svc.get("spec") or {}).get("selector") or {}).items()]
+
+
+def index_pods_and_services(controller: Controller) -> None:
+    """Indexes that make "the pods of a Service" and "the Services of a pod" lookups of one label term
+    instead of scans (1,000 Services over 2,000 pods in one namespace)."""
+    controller.informer("pods").add_index("labels", _label_pairs)
+    controller.informer("services").add_index("selector", _selector_pairs)
+
+
+def pods_of_service(controller: Controller, svc: dict) -> list[dict]:
+    """The pods the Service's selector picks, ordered by key (empty without a selector)."""
+    terms = _selector_pairs(svc)
+    if not terms:
+        return []
+    pods = controller.informer("pods")
+    candidates = min((pods.by_index("labels", t) for t in terms), key=len)
+    return [p for p in candidates if selector_matches(svc, p)]
+
+
+def services_of_pod(controller: Controller, pod: dict) -> list[str]:
+    """Keys of the Services whose selector picks the pod."""
+    services = controller.informer("services")
+    keys: list[str] = []
+    for term in _label_pairs(pod):
+        for svc in services.by_index("selector", term):
+            k = obj_key(svc)
+            if k not in keys and selector_matches(svc, pod):
+                keys.append(k)
+    return keys
+
+
 def _wire(slice_: dict) -> dict:
     """As kube-apiserver serves it: an empty endpoints or ports list is null."""
     out = copy.deepcopy(slice_)
@@ -428,6 +470,7 @@ class EndpointSliceController(Controller):
                 Watch("nodes", self._services_on_node)]
 
     def setup(self) -> None:
+        index_pods_and_services(self)
         self.informer("pods").add_index("nodeName", lambda p: [(p.get("spec") or {}).get("nodeName") or ""])
         self.informer(SLICE_KEY).add_index("service", self._service_of_slice)
 
@@ -439,8 +482,7 @@ class EndpointSliceController(Controller):
         return [f"{s['metadata'].get('namespace', '')}/{labels[LABEL_SERVICE_NAME]}"]
 
     def _services_of_pod(self, pod: dict) -> list[str]:
-        ns = (pod.get("metadata") or {}).get("namespace", "")
-        return [obj_key(s) for s in self.informer("services").list(ns) if selector_matches(s, pod)]
+        return services_of_pod(self, pod)
 
     def _services_on_node(self, node: dict) -> list[str]:
         keys: list[str] = []
@@ -455,7 +497,7 @@ class EndpointSliceController(Controller):
         if svc is None or not has_selector(svc):
             return None
         ns, name = split_key(key)
-        pods = [p for p in self.informer("pods").list(ns) if selector_matches(svc, p)]
+        pods = pods_of_service(self, svc)
         nodes = self.informer("nodes").cache
         existing = self.informer(SLICE_KEY).by_index("service", key)
         plan = reconcile(svc, pods, nodes, existing, self.max_per_slice)
