@@ -270,8 +270,20 @@ def desired_endpoints(service: dict, pods: list[dict], nodes: dict[str, dict] | 
     return out
 
 
-def _by_port_mapping(service: dict, ports: list[dict], address_type: str, existing: list[dict],
-                     desired: dict[tuple, dict], max_per_slice: int, plan: Plan) -> None:
+def _service_meta(service: dict):
+    """The metadata a Service's slices carry: (fields to set from the current metadata, changed?)."""
+    def fn(meta: dict) -> tuple[dict, bool]:
+        labels, changed = slice_labels(service, meta.get("labels"))
+        return {"labels": labels}, changed
+    return fn
+
+
+def place(meta_for, make, ports: list[dict], address_type: str, existing: list[dict], desired: dict[tuple, dict],
+          max_per_slice: int, plan: Plan) -> None:
+    """Upstream's reconcileByPortMapping for one port list of one address type: `existing` slices and the
+    `desired` endpoints (by endpoint_key) into creates, updates and deletes added to `plan`.
+    `meta_for(metadata) -> (fields, changed)` gives the metadata fields the slices must carry;
+    `make(ports, address_type)` a new slice."""
     desired = dict(desired)
     to_update: dict[str, dict] = {}
     unchanged: dict[str, dict] = {}
@@ -284,18 +296,18 @@ def _by_port_mapping(service: dict, ports: list[dict], address_type: str, existi
             if want is not None:
                 kept.append(want)
                 updated = updated or not _endpoint_same(want, ep)
-        labels, labels_changed = slice_labels(service, (s.get("metadata") or {}).get("labels"))
+        meta, meta_changed = meta_for(s.get("metadata") or {})
         if updated or len(kept) != len(s.get("endpoints") or []):
             if not kept:
                 plan.delete.append(s)
                 continue
             new = copy.deepcopy(s)
             new["endpoints"] = kept
-            new["metadata"]["labels"] = labels
+            new["metadata"].update(copy.deepcopy(meta))
             to_update[new["metadata"]["name"]] = new
-        elif labels_changed:
+        elif meta_changed:
             new = copy.deepcopy(s)
-            new["metadata"]["labels"] = labels
+            new["metadata"].update(copy.deepcopy(meta))
             to_update[new["metadata"]["name"]] = new
         else:
             unchanged[s["metadata"]["name"]] = s
@@ -317,12 +329,12 @@ def _by_port_mapping(service: dict, ports: list[dict], address_type: str, existi
                 if 0 <= diff < best:
                     best, target = diff, s
         if target is None:
-            target = new_slice(service, ports, address_type)
+            target = make(ports, address_type)
         else:
             target = copy.deepcopy(target)
             target["endpoints"] = list(target.get("endpoints") or [])
             del unchanged[target["metadata"]["name"]]
-            target["metadata"]["labels"] = slice_labels(service, target["metadata"].get("labels"))[0]
+            target["metadata"].update(copy.deepcopy(meta_for(target["metadata"])[0]))
         room = max_per_slice - len(target["endpoints"])
         target["endpoints"].extend(left[:room])
         left = left[room:]
@@ -356,7 +368,8 @@ def reconcile(service: dict, pods: list[dict], nodes: dict[str, dict] | list[dic
                 sub.delete.append(s)  # left by an earlier Service of the same name
         want = desired_endpoints(service, pods, nodes, at)
         for key, (ports, eps) in want.items():
-            _by_port_mapping(service, ports, at, by_ports.get(key, []), eps, max_per_slice, sub)
+            place(_service_meta(service), lambda p, a: new_slice(service, p, a), ports, at, by_ports.get(key, []),
+                  eps, max_per_slice, sub)
         for key, old in by_ports.items():
             if key not in want:
                 sub.delete.extend(old)

@@ -1,5 +1,5 @@
-"""The service-side control loops (EndpointSlices, Endpoints, default/kubernetes, namespaces, node
-lifecycle, default ServiceAccounts, kube-root-ca.crt) added to a ControllerManager.
+"""The service-side control loops (EndpointSlices and their mirroring, Endpoints, default/kubernetes,
+namespaces, node lifecycle, default ServiceAccounts, kube-root-ca.crt) added to a ControllerManager.
 
 `register(manager, options)` is what start_controllers calls next to the workload controllers;
 options is a `ServicesOptions` or a dict of its fields."""
@@ -10,14 +10,15 @@ from dataclasses import dataclass, field, fields
 
 from emu.apiserver.controllers.endpoints import EndpointsController, KubernetesServiceReconciler
 from emu.apiserver.controllers.endpointslice import MAX_ENDPOINTS_PER_SLICE, EndpointSliceController
+from emu.apiserver.controllers.endpointslicemirroring import EndpointSliceMirroringController
 from emu.apiserver.controllers.framework import Controller, ControllerManager
 from emu.apiserver.controllers.namespace import NamespaceController
 from emu.apiserver.controllers.nodelifecycle import NodeLifecycleController
 from emu.apiserver.controllers.rootca import RootCAPublisher
 from emu.apiserver.controllers.serviceaccount import ServiceAccountController
 
-NAMES = ("kubernetes-service", "endpointslice", "endpoints", "namespace", "nodelifecycle", "serviceaccount",
-         "rootca")
+NAMES = ("kubernetes-service", "endpointslice", "endpointslicemirroring", "endpoints", "namespace", "nodelifecycle",
+         "serviceaccount", "rootca")
 
 
 @dataclass
@@ -60,6 +61,8 @@ def controllers(options=None) -> list[Controller]:
         out.append(KubernetesServiceReconciler(list(o.api_addresses), o.api_port, o.service_cidr))
     if "endpointslice" in on:
         out.append(EndpointSliceController(o.max_endpoints_per_slice))
+    if "endpointslicemirroring" in on:
+        out.append(EndpointSliceMirroringController())
     if "endpoints" in on:
         out.append(EndpointsController())
     if "namespace" in on:

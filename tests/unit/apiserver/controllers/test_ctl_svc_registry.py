@@ -20,7 +20,7 @@ def test_register_all_and_settle(tmp_path):
     m = build_manager(store, clock=clock, wall=clock, enabled=(), log=logs.append)
     added = register(m, {"api_addresses": ["172.18.0.2"], "ca_pem": CA})
     assert [c.name for c in added] == ["kubernetes-service-controller", "endpointslice-controller",
-                                       "endpoint-controller", "namespace-controller", "node-lifecycle-controller",
+                                       "endpointslice-mirroring-controller", "endpoint-controller", "namespace-controller", "node-lifecycle-controller",
                                        "serviceaccount-controller", "root-ca-cert-publisher"]
     namespace(store, "default")
     add_nodes(store, node("n1"))
