@@ -21,6 +21,8 @@ import copy
 import ipaddress
 from dataclasses import dataclass, field
 
+from emu.apiserver.controllers.framework import Controller, Watch, obj_key, split_key
+
 MAX_ENDPOINTS_PER_SLICE = 100  # kube-controller-manager's --max-endpoints-per-slice default
 CONTROLLER_NAME = "endpointslice-controller.k8s.io"
 LABEL_SERVICE_NAME = "kubernetes.io/service-name"
@@ -413,8 +415,6 @@ def desired_slices(service: dict, pods: list[dict], nodes: dict[str, dict] | lis
 
 
 # ---------------------------------------------------------------- the controller
-
-from emu.apiserver.controllers.framework import Controller, Watch, obj_key, split_key  # noqa: E402
 
 
 def _label_pairs(obj: dict) -> list[str]:

@@ -3,7 +3,7 @@ Namespace, made again when deleted."""
 
 from __future__ import annotations
 
-from emu.apiserver.controllers.framework import Controller, Watch, obj_key
+from emu.apiserver.controllers.framework import Controller, Watch
 
 DEFAULT_NAME = "default"
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 
 from ctl_helpers import FakeClock, add_nodes, namespace, new_store, node
-from emu.apiserver import storage
 from emu.apiserver.controllers import build_manager
 from emu.apiserver.controllers.endpointslice import (CONTROLLER_NAME, EndpointSliceController, desired_slices,
                                                      reconcile)
