@@ -721,6 +721,8 @@ class ControllerManager:
         self._stop.set()
         for r in self.runners:
             r.request()
+        for inf in self.informers.values():
+            inf.bell.set()
         for t in self.threads:
             t.join(timeout)
         self.threads.clear()

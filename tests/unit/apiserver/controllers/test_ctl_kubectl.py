@@ -75,3 +75,56 @@ def test_kubectl_deployment_lifecycle(apiserver, kubectl_default):
         manager.stop()
     # conflicts between the threads are expected and retried, as upstream logs them; nothing else may fail
     assert not [line for line in logs if "failed" in line and "the object has been modified" not in line], logs
+
+
+MANIFEST = """
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  replicas: 3
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec: {containers: [{name: db, image: "postgres:16"}]}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {name: agent}
+spec:
+  selector: {matchLabels: {app: agent}}
+  template:
+    metadata: {labels: {app: agent}}
+    spec: {containers: [{name: agent, image: "busybox:1.36"}]}
+"""
+
+
+def test_kubectl_statefulset_and_daemonset_roll_out(apiserver, kubectl_default):
+    kubectl = kubectl_default
+    cp_taint = {"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}
+    add_nodes(apiserver.store, node("cp", taints=[cp_taint]), node("worker-1"), node("worker-2"))
+    manager = build_manager(apiserver.store, log=lambda line: None)
+    manager.add(FakeKubelet())
+    manager.start()
+    try:
+        kubectl("apply", "-f", "-", input=MANIFEST)
+        out = kubectl("rollout", "status", "sts/db", "--timeout=60s")
+        # spec.updateStrategy.rollingUpdate.partition defaults to 0, so kubectl reports a partitioned roll out,
+        # as it does against a real cluster
+        assert out == "partitioned roll out complete: 3 new pods have been updated...\n"
+        assert pod_names(kubectl, "app=db") == ["db-0", "db-1", "db-2"]
+        assert 'daemon set "agent" successfully rolled out' in kubectl("rollout", "status", "ds/agent",
+                                                                       "--timeout=60s")
+        pods = json.loads(kubectl("get", "pods", "-l", "app=agent", "-o", "json"))["items"]
+        assert sorted(p["spec"]["nodeName"] for p in pods) == ["worker-1", "worker-2"]
+        kubectl("set", "image", "sts/db", "db=postgres:17")
+        assert kubectl("rollout", "status", "sts/db", "--timeout=60s") == \
+            "partitioned roll out complete: 3 new pods have been updated...\n"
+        status = json.loads(kubectl("get", "sts", "db", "-o", "json"))["status"]
+        assert status["currentRevision"] == status["updateRevision"] and status["updatedReplicas"] == 3
+        images = {p["spec"]["containers"][0]["image"]
+                  for p in json.loads(kubectl("get", "pods", "-l", "app=db", "-o", "json"))["items"]}
+        assert images == {"postgres:17"}
+    finally:
+        manager.stop()
