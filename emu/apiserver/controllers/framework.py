@@ -46,6 +46,7 @@ import collections
 import copy
 import heapq
 import json
+import queue
 import sys
 import threading
 import time
@@ -121,6 +122,27 @@ def being_deleted(obj: dict) -> bool:
 
 # ---------------------------------------------------------------- informer
 
+class _Bell:
+    """A watch's event queue that also sets a threading.Event on every put."""
+
+    def __init__(self, inner, bell: threading.Event):
+        self.inner = inner
+        self.bell = bell
+
+    def put(self, item) -> None:
+        self.inner.put(item)
+        self.bell.set()
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        return self.inner.get(block, timeout)
+
+    def get_nowait(self):
+        return self.inner.get_nowait()
+
+    def empty(self) -> bool:
+        return self.inner.empty()
+
+
 class Informer:
     """A resource's objects as a cache kept by list + watch over the in-process Store.
 
@@ -141,6 +163,7 @@ class Informer:
         self.index_fns: dict[str, Callable[[dict], Iterable[str]]] = {}
         self.indexes: dict[str, dict[str, set[str]]] = {}
         self.lock = threading.RLock()
+        self.bell = threading.Event()
         self.relists = 0
 
     def add_index(self, name: str, fn: Callable[[dict], Iterable[str]]) -> None:
@@ -210,7 +233,7 @@ class Informer:
             self.cache[k] = obj
             self._index(k, None, obj)
         self.rv = rv
-        self.watcher = self.store.watch(self.resource, resource_version=str(rv))
+        self._watch(str(rv))
         self.relists += 1
         for k, obj in fresh.items():
             old = old_cache.get(k)
@@ -222,48 +245,54 @@ class Informer:
             if k not in fresh:
                 self._deliver("DELETED", old, None)
 
+    def _watch(self, resource_version: str) -> None:
+        w = self.store.watch(self.resource, resource_version=resource_version)
+        # Ring the bell on every event the store queues for this watch, so the informer's thread can
+        # wait for events without taking one out of the queue: only `pump`, under the lock, consumes,
+        # which keeps the cache in revision order whichever thread pumps. Rung once now for what the
+        # store queued before the bell was hung.
+        w.events = _Bell(w.events, self.bell)
+        self.bell.set()
+        self.watcher = w
+
     def pump(self, timeout: float = 0.0) -> int:
-        """Apply the watch's pending events to the cache and deliver them; wait up to `timeout` seconds
-        for the first. Returns the number of events handled. Relists on a first call, a closed watch or 410."""
+        """Apply the watch's pending events to the cache and deliver them, after waiting up to `timeout`
+        seconds for one. Returns the number of events handled. Lists first, and relists when the watch
+        ended and the store answers 410 Gone for the revision the cache has."""
+        if timeout > 0:
+            self.bell.wait(timeout)
+            self.bell.clear()
+        n = 0
         with self.lock:
             if self.watcher is None or self.watcher.closed:
-                try:
-                    if self.watcher is None and self.rv == 0:
-                        raise errors.gone("initial list")
-                    self.watcher = self.store.watch(self.resource, resource_version=str(self.rv))
-                except ApiError as e:
-                    if e.code != 410:
-                        raise
+                if self.rv == 0:
                     self._relist()
+                else:
+                    try:
+                        self._watch(str(self.rv))
+                    except ApiError as e:
+                        if e.code != 410:
+                            raise
+                        self._relist()
             w = self.watcher
-        n = 0
-        first = w.next(timeout) if timeout > 0 else None
-        with self.lock:
-            if w is not self.watcher:
-                return n  # relisted by another thread meanwhile: that event is already in the cache
             while True:
-                item = first if first is not None else w.next(0) if not w.events.empty() else None
-                first = None
-                if item is None:
+                try:
+                    etype, body, rv = w.events.get_nowait()
+                except queue.Empty:
                     return n
-                etype, body, rv = item
                 obj = json.loads(body)
                 k = obj_key(obj)
                 old = self.cache.get(k)
-                if etype == "DELETED":
-                    self.cache.pop(k, None)
-                    self._index(k, old, None)
-                    new = None
-                else:
-                    self.cache[k] = obj
-                    self._index(k, old, obj)
-                    new = obj
                 self.rv = max(self.rv, rv)
                 n += 1
                 if etype == "DELETED":
+                    self.cache.pop(k, None)
+                    self._index(k, old, None)
                     self._deliver("DELETED", old or obj, None)
                 else:
-                    self._deliver(etype, old, new)
+                    self.cache[k] = obj
+                    self._index(k, old, obj)
+                    self._deliver(etype, old, obj)
 
     def stop(self) -> None:
         with self.lock:
@@ -692,6 +721,8 @@ class ControllerManager:
         self._stop.set()
         for r in self.runners:
             r.request()
+        for inf in self.informers.values():
+            inf.bell.set()
         for t in self.threads:
             t.join(timeout)
         self.threads.clear()

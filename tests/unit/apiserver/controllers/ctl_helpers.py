@@ -8,7 +8,7 @@ import copy
 
 from emu.apiserver import storage
 from emu.apiserver.controllers import build_manager
-from emu.apiserver.controllers.framework import Client
+from emu.apiserver.controllers.framework import Client, Controller, Watch
 from emu.apiserver.storage import Store
 
 
@@ -116,3 +116,34 @@ def settle(m, store: Store, ready: bool = True, rounds: int = 50) -> None:
             m.run_until_idle()
             return
     raise AssertionError("controllers and kubelet did not settle")
+
+
+class FakeKubelet(Controller):
+    """A kubelet for every node at once, as a control loop: a pod bound to a node becomes Running
+    with an IP and Ready True (what the node agents will write in stage 4)."""
+
+    name = "fake-kubelet"
+
+    def watches(self):
+        return [Watch("pods")]
+
+    def reconcile(self, key: str):
+        pod = self.informer("pods").get(key)
+        if pod is None or not (pod.get("spec") or {}).get("nodeName") or pod["metadata"].get("deletionTimestamp"):
+            return None
+        if (pod.get("status") or {}).get("phase") == "Running":
+            return None
+
+        def change(p: dict):
+            st = p.setdefault("status", {})
+            now = storage.now_rfc3339()
+            st["phase"] = "Running"
+            st["podIP"] = st["hostIP"] = "10.244.1.1"
+            st["startTime"] = now
+            conds = [c for c in st.get("conditions") or [] if c.get("type") == "PodScheduled"]
+            conds += [{"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
+                      for t in ("Initialized", "Ready", "ContainersReady")]
+            st["conditions"] = conds
+            return p
+        self.client.mutate("pods", *key.split("/", 1), change, status=True)
+        return None
