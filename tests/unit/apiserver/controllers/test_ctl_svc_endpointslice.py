@@ -10,6 +10,7 @@ from emu.apiserver.controllers import build_manager
 from emu.apiserver.controllers.endpointslice import (CONTROLLER_NAME, EndpointSliceController, desired_slices,
                                                      reconcile)
 from emu.apiserver.controllers.framework import Client
+from emu.apiserver.controllers.gc import GarbageCollector
 
 SLICES = "endpointslices.discovery.k8s.io"
 
@@ -292,3 +293,17 @@ def test_controller_splits_and_rebalances_at_100(tmp_path):
     m.run_until_idle()
     got = slices(store)
     assert [len(s["endpoints"] or []) for s in got] == [100]
+
+
+def test_deleted_service_slices_go_with_the_garbage_collector(tmp_path):
+    store, m, c = setup(tmp_path)
+    m.add(GarbageCollector())
+    c.create("services", {"metadata": {"name": "web", "namespace": "default"},
+                          "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}],
+                                   "clusterIP": "10.96.0.20", "ipFamilies": ["IPv4"]}})
+    create_pod(c, "a", "10.244.1.2", ready=True)
+    m.run_until_idle()
+    assert len(slices(store)) == 1
+    c.delete("services", "default", "web")
+    m.run_until_idle()
+    assert slices(store) == []
