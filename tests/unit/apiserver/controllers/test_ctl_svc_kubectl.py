@@ -57,8 +57,7 @@ def controllers(apiserver):
     m.stop()
 
 
-def test_endpointslices_follow_ready_pods_and_namespace_deletion_completes(apiserver, kubectl_default, controllers):
-    kubectl = kubectl_default
+def test_endpointslices_follow_ready_pods_and_namespace_deletion_completes(apiserver, kubectl, controllers):
     c = Client(apiserver.store)
     c.create("nodes", {"metadata": {"name": "n1", "labels": {"topology.kubernetes.io/zone": "z1"}}})
     kubectl("apply", "-f", "-", input=MANIFEST)
