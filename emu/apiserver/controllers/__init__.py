@@ -1,0 +1,44 @@
+"""The control loops that run inside the API server's process (kube-scheduler's and
+kube-controller-manager's jobs): see framework.py for the contract.
+
+`start_controllers(store)` is what emu/apiserver/__main__.py calls after making the Store."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Callable, Iterable
+
+from emu.apiserver.controllers.framework import ControllerManager
+
+# name -> "module:Class" (imported when enabled, so a controller's module is loaded only when it runs)
+CONTROLLERS: dict[str, str] = {
+    "scheduler": "emu.apiserver.controllers.scheduler:Scheduler",
+    "replicaset": "emu.apiserver.controllers.replicaset:ReplicaSetController",
+    "deployment": "emu.apiserver.controllers.deployment:DeploymentController",
+    "statefulset": "emu.apiserver.controllers.statefulset:StatefulSetController",
+    "daemonset": "emu.apiserver.controllers.daemonset:DaemonSetController",
+    "garbagecollector": "emu.apiserver.controllers.gc:GarbageCollector",
+}
+
+DEFAULT_ENABLED = tuple(CONTROLLERS)
+
+
+def build_manager(store, clock: Callable[[], float] = time.monotonic, enabled: Iterable[str] = DEFAULT_ENABLED,
+                  log=None, wall: Callable[[], float] = time.time) -> ControllerManager:
+    """A ControllerManager with the `enabled` controllers added, not started (tests drive it with run_until_idle)."""
+    manager = ControllerManager(store, clock=clock, wall=wall, log=log)
+    for name in enabled:
+        if name not in CONTROLLERS:
+            raise ValueError(f"unknown controller {name!r}; known: {', '.join(sorted(CONTROLLERS))}")
+        module, _, cls = CONTROLLERS[name].partition(":")
+        manager.add(getattr(importlib.import_module(module), cls)())
+    return manager
+
+
+def start_controllers(store, clock: Callable[[], float] = time.monotonic, enabled: Iterable[str] = DEFAULT_ENABLED,
+                      log=None) -> ControllerManager:
+    """Build the manager with the `enabled` controllers and start their threads; `.stop()` ends them."""
+    manager = build_manager(store, clock=clock, enabled=enabled, log=log)
+    manager.start()
+    return manager

@@ -1,0 +1,233 @@
+"""The Deployment controller against a real Store, with the ReplicaSet controller, the
+scheduler and a fake kubelet: creation, scaling, rolling updates that keep maxSurge and
+maxUnavailable at every step, Recreate, rollout restart and undo, history cleanup, and
+the status `kubectl rollout status` reads."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from ctl_helpers import add_nodes, kubelet, live, manager, namespace, new_store, node, pod_template, pods, settle
+from emu.apiserver.controllers import deployment as dep
+from emu.apiserver.controllers.framework import Client
+from emu.apiserver.controllers.replicaset import pod_ready
+
+DEPLOY = "deployments.apps"
+RS = "replicasets.apps"
+
+
+def deployment(name: str, replicas: int, strategy: dict | None = None, **spec) -> dict:
+    obj = {"kind": "Deployment", "apiVersion": "apps/v1", "metadata": {"name": name, "namespace": "default"},
+           "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+                    "template": pod_template({"app": name}), **spec}}
+    if strategy:
+        obj["spec"]["strategy"] = strategy
+    return obj
+
+
+@pytest.fixture
+def env(tmp_path):
+    store = new_store(tmp_path)
+    namespace(store)
+    add_nodes(store, node("n1"), node("n2"), node("n3"))
+    m = manager(store, "deployment", "replicaset", "scheduler")
+    yield store, m, Client(store)
+    store.close()
+
+
+def get(store, name="web"):
+    return store.get(DEPLOY, "default", name)
+
+
+def rss(store, name="web"):
+    return [r for r in store.list_objects(RS, "default") if r["metadata"]["name"].startswith(name + "-")]
+
+
+def cond(d, ctype):
+    return next((c for c in d["status"].get("conditions") or [] if c["type"] == ctype), None)
+
+
+def rollout_done(d) -> bool:
+    """What `kubectl rollout status` checks (kubectl's DeploymentStatusViewer)."""
+    s, n = d.get("status") or {}, d["spec"]["replicas"]
+    return (d["metadata"]["generation"] <= s.get("observedGeneration", 0) and s.get("updatedReplicas", 0) >= n
+            and s.get("replicas", 0) <= s.get("updatedReplicas", 0)
+            and s.get("availableReplicas", 0) >= s.get("updatedReplicas", 0))
+
+
+def set_image(c, image, name="web"):
+    def change(o):
+        o["spec"]["template"]["spec"]["containers"][0]["image"] = image
+        return o
+    c.mutate(DEPLOY, "default", name, change)
+
+
+def test_create_scale_and_status(env):
+    store, m, c = env
+    c.create(DEPLOY, deployment("web", 3))
+    settle(m, store)
+    d = get(store)
+    [rs] = rss(store)
+    h = rs["metadata"]["labels"]["pod-template-hash"]
+    assert rs["metadata"]["name"] == f"web-{h}" and h == dep.template_hash(d["spec"]["template"])
+    assert rs["spec"]["selector"]["matchLabels"] == {"app": "web", "pod-template-hash": h}
+    assert rs["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
+    assert rs["metadata"]["annotations"][dep.REVISION] == "1" == d["metadata"]["annotations"][dep.REVISION]
+    assert rs["metadata"]["annotations"][dep.DESIRED] == "3"
+    assert rs["metadata"]["annotations"][dep.MAX_REPLICAS] == "4"  # 3 + 25% of 3 rounded up
+    ps = pods(store, app="web")
+    assert len(ps) == 3 and all(p["metadata"]["labels"]["pod-template-hash"] == h for p in ps)
+    assert all(p["metadata"]["name"].startswith(f"web-{h}-") for p in ps)
+    s = d["status"]
+    assert {k: s[k] for k in ("replicas", "updatedReplicas", "readyReplicas", "availableReplicas",
+                              "observedGeneration")} == {"replicas": 3, "updatedReplicas": 3, "readyReplicas": 3,
+                                                         "availableReplicas": 3, "observedGeneration": 1}
+    assert "unavailableReplicas" not in s
+    assert (cond(d, "Available")["status"], cond(d, "Available")["reason"]) == ("True", "MinimumReplicasAvailable")
+    assert cond(d, "Progressing")["reason"] == "NewReplicaSetAvailable"
+    assert cond(d, "Progressing")["message"] == f'ReplicaSet "web-{h}" has successfully progressed.'
+    assert rollout_done(d)
+
+    c.mutate(DEPLOY, "default", "web", lambda o: {**o, "spec": {**o["spec"], "replicas": 6}})
+    settle(m, store)
+    assert len(pods(store, app="web")) == 6 and len(rss(store)) == 1
+    assert rss(store)[0]["metadata"]["annotations"][dep.DESIRED] == "6"
+    c.mutate(DEPLOY, "default", "web", lambda o: {**o, "spec": {**o["spec"], "replicas": 2}})
+    settle(m, store)
+    assert len(live(pods(store, app="web"))) == 2
+    d = get(store)
+    assert d["status"]["replicas"] == 2 and rollout_done(d)
+
+
+def drive_rollout(store, m, name, replicas, surge, unavailable, check_recreate=False):
+    """Roll the deployment to completion, making one pod Ready at a time, checking the strategy's bounds each step."""
+    d = get(store, name)
+    new_hash = dep.template_hash(d["spec"]["template"])
+    steps = 0
+    max_seen = 0
+    min_avail = replicas
+    while True:
+        m.run_until_idle()
+        ps = live(pods(store, app=name))
+        ready = [p for p in ps if pod_ready(p)]
+        max_seen = max(max_seen, len(ps))
+        min_avail = min(min_avail, len(ready))
+        assert len(ps) <= replicas + surge, f"step {steps}: {len(ps)} pods > {replicas} + maxSurge {surge}"
+        assert len(ready) >= replicas - unavailable, f"step {steps}: {len(ready)} ready < {replicas} - {unavailable}"
+        if check_recreate:
+            hashes = {p["metadata"]["labels"]["pod-template-hash"] for p in ps}
+            assert len(hashes) <= 1, f"step {steps}: old and new pods at once: {hashes}"
+        if rollout_done(get(store, name)) and all(p["metadata"]["labels"]["pod-template-hash"] == new_hash
+                                                  for p in ps) and len(ps) == replicas:
+            return steps, max_seen, min_avail
+        waiting = sorted(p["metadata"]["name"] for p in ps if p["spec"].get("nodeName") and not pod_ready(p))
+        assert waiting, f"step {steps}: the rollout is stuck: {get(store, name)['status']}"
+        kubelet(store, ready=True, only={waiting[0]})
+        steps += 1
+        assert steps < 100
+
+
+@pytest.mark.parametrize("replicas,strategy,surge,unavailable", [
+    (4, {"maxSurge": 1, "maxUnavailable": 0}, 1, 0),
+    (4, {"maxSurge": 0, "maxUnavailable": 1}, 0, 1),
+    (10, {"maxSurge": "25%", "maxUnavailable": "25%"}, 3, 2),  # 2.5 rounds up for surge, down for unavailable
+    (3, {"maxSurge": "50%", "maxUnavailable": "0%"}, 2, 0),
+])
+def test_rolling_update_respects_max_surge_and_max_unavailable(env, replicas, strategy, surge, unavailable):
+    store, m, c = env
+    c.create(DEPLOY, deployment("web", replicas, {"type": "RollingUpdate", "rollingUpdate": strategy}))
+    settle(m, store)
+    first = rss(store)[0]["metadata"]["name"]
+    set_image(c, "nginx:1.27")
+    steps, max_seen, min_avail = drive_rollout(store, m, "web", replicas, surge, unavailable)
+    assert max_seen == replicas + surge  # the bounds were reached, not just respected
+    assert min_avail == replicas - unavailable
+    d = get(store)
+    assert d["metadata"]["annotations"][dep.REVISION] == "2"
+    old = [r for r in rss(store) if r["metadata"]["name"] == first][0]
+    assert old["spec"]["replicas"] == 0 and old["metadata"]["annotations"][dep.REVISION] == "1"
+    events = [e["message"] for e in store.list_objects("events", "default") if e["reason"] == "ScalingReplicaSet"]
+    assert f"Scaled down replica set {first} from {replicas} to 0" in events[-1] or any(
+        e.endswith(" to 0") and first in e for e in events)
+
+
+def test_rolling_update_status_while_in_progress(env):
+    store, m, c = env
+    c.create(DEPLOY, deployment("web", 2, {"type": "RollingUpdate",
+                                           "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}))
+    settle(m, store)
+    set_image(c, "nginx:1.27")
+    m.run_until_idle()
+    d = get(store)
+    new = [r for r in rss(store) if r["metadata"]["annotations"][dep.REVISION] == "2"][0]
+    assert d["status"]["updatedReplicas"] == 1 and d["status"]["replicas"] == 3
+    assert d["status"]["unavailableReplicas"] == 1
+    assert cond(d, "Progressing")["reason"] in ("ReplicaSetUpdated", "NewReplicaSetCreated")
+    assert new["metadata"]["name"] in cond(d, "Progressing")["message"]
+    assert not rollout_done(d)
+    settle(m, store)
+    d = get(store)
+    assert rollout_done(d) and cond(d, "Progressing")["reason"] == "NewReplicaSetAvailable"
+
+
+def test_recreate_never_mixes_old_and_new_pods(env):
+    store, m, c = env
+    c.create(DEPLOY, deployment("web", 3, {"type": "Recreate"}))
+    settle(m, store)
+    set_image(c, "nginx:1.27")
+    drive_rollout(store, m, "web", 3, 0, 3, check_recreate=True)
+
+
+def test_rollout_restart_and_undo(env):
+    store, m, c = env
+    c.create(DEPLOY, deployment("web", 2))
+    settle(m, store)
+    rs1 = rss(store)[0]["metadata"]["name"]
+
+    def restart(o):  # what `kubectl rollout restart` patches
+        o["spec"]["template"]["metadata"].setdefault("annotations", {})[
+            "kubectl.kubernetes.io/restartedAt"] = "2026-12-07T12:00:00Z"
+        return o
+    c.mutate(DEPLOY, "default", "web", restart)
+    settle(m, store)
+    assert len(rss(store)) == 2
+    rs2 = [r for r in rss(store) if r["metadata"]["name"] != rs1][0]
+    assert rs2["metadata"]["annotations"][dep.REVISION] == "2"
+    assert all(p["metadata"]["labels"]["pod-template-hash"] == rs2["metadata"]["labels"]["pod-template-hash"]
+               for p in pods(store, app="web"))
+    assert rollout_done(get(store))
+
+    # `kubectl rollout undo`: the revision-1 template back into the deployment (without the hash label)
+    old = [r for r in rss(store) if r["metadata"]["name"] == rs1][0]
+    template = copy.deepcopy(old["spec"]["template"])
+    del template["metadata"]["labels"]["pod-template-hash"]
+    c.mutate(DEPLOY, "default", "web", lambda o: {**o, "spec": {**o["spec"], "template": template}})
+    settle(m, store)
+    names = {r["metadata"]["name"]: r for r in rss(store)}
+    assert set(names) == {rs1, rs2["metadata"]["name"]}  # the old ReplicaSet is the new one again
+    assert names[rs1]["metadata"]["annotations"][dep.REVISION] == "3"
+    assert names[rs1]["spec"]["replicas"] == 2 and names[rs2["metadata"]["name"]]["spec"]["replicas"] == 0
+    assert get(store)["metadata"]["annotations"][dep.REVISION] == "3"
+
+
+def test_revision_history_limit_deletes_old_replica_sets(env):
+    store, m, c = env
+    c.create(DEPLOY, deployment("web", 1, revisionHistoryLimit=1))
+    settle(m, store)
+    for tag in ("1.26", "1.27", "1.28"):
+        set_image(c, f"nginx:{tag}")
+        settle(m, store)
+    revisions = sorted(int(r["metadata"]["annotations"][dep.REVISION]) for r in rss(store))
+    assert revisions == [3, 4]
+
+
+def test_fenceposts_and_hash():
+    assert dep.resolve_fenceposts("25%", "25%", 10) == (3, 2)
+    assert dep.resolve_fenceposts(0, 0, 10) == (0, 1)
+    assert dep.resolve_fenceposts("0%", "0%", 3) == (0, 1)
+    t = pod_template({"app": "x"})
+    assert dep.template_hash(t) == dep.template_hash(copy.deepcopy(t))
+    assert dep.template_hash(t) != dep.template_hash(t, 1)
+    assert all(ch in "bcdfghjklmnpqrstvwxz2456789" for ch in dep.template_hash(t))
