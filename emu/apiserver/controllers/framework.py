@@ -415,7 +415,18 @@ class Client:
         obj.setdefault("kind", info.kind)
         obj.setdefault("apiVersion", info.api_version)
         resources.prepare_create(info, obj)
-        return self.store.create(resource, obj, info.field_values)
+        namespace = (obj.get("metadata") or {}).get("namespace", "")
+        # NamespaceLifecycle, as the API applies it to every client, checked under the store's lock
+        # so that a namespace being finalized cannot get an object after its last look at it.
+        with self.store._lock:
+            if info.namespaced and namespace:
+                found = self.store.get("namespaces", "", namespace)
+                if found is None:
+                    raise errors.not_found("namespaces", namespace, "")
+                if (found.get("metadata") or {}).get("deletionTimestamp"):
+                    raise errors.forbidden(info.plural, "", f"unable to create new content in namespace {namespace} "
+                                           "because it is being terminated", info.group)  # fmt: skip
+            return self.store.create(resource, obj, info.field_values)
 
     def update(self, resource: str, obj: dict) -> dict:
         """PUT of the main resource: spec and metadata; the stored status is kept, generation bumped on a

@@ -26,7 +26,12 @@ class FakeClock:
 
 
 def new_store(tmp_path) -> Store:
-    return Store(str(tmp_path / "state.db"))
+    """A store with the namespaces every cluster has (the API server makes them at start):
+    controllers create only in namespaces that exist (NamespaceLifecycle)."""
+    store = Store(str(tmp_path / "state.db"))
+    for name in ("default", "kube-system", "kube-public", "kube-node-lease"):
+        namespace(store, name)
+    return store
 
 
 def manager(store: Store, *enabled: str, clock: FakeClock | None = None):
