@@ -32,6 +32,9 @@ MAX_LINE = 16 << 20  # one watch event (an object); kube-apiserver refuses bodie
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
+# What a request on a kept-alive connection meets when the server closed it meanwhile.
+STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ssl.SSLEOFError,
+         ssl.SSLZeroReturnError)
 PATCH_TYPES = {"merge": MERGE_PATCH, "strategic": STRATEGIC_MERGE_PATCH, "json": JSON_PATCH}
 
 
@@ -157,7 +160,7 @@ class Client:
                 conn.request(method, target, body=data, headers=headers)
                 response = conn.getresponse()
                 raw = response.read()
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as error:
+            except STALE as error:
                 conn.close()
                 self.local.connection = None
                 # A kept-alive connection the server closed meanwhile (idle, or it restarted):
