@@ -68,7 +68,7 @@ class InProcess:
 
     def __init__(self, tmp: Path, window: int = 10_000, bookmark_interval: float = 0.5):
         self.pki = write_pki(tmp / "pki")
-        self.log = open(tmp / "apiserver.log", "a", buffering=1)
+        self.log = open(tmp / "apiserver.log", "a", buffering=1)  # noqa: SIM115 - closed by stop()
         self.store = Store(str(tmp / "state.db"), window=window)
         self.server = secure_server(self.store, self.pki, bookmark_interval, log=self.log)
         host, port = self.server.start(("127.0.0.1", 0))
@@ -120,7 +120,7 @@ class ChildProcess:
         self.url = f"https://127.0.0.1:{self.port}"
         self.bookmark_interval = bookmark_interval
         self.process: subprocess.Popen | None = None
-        self.log = open(tmp / "apiserver.log", "ab")
+        self.log = open(tmp / "apiserver.log", "ab")  # noqa: SIM115 - closed by stop()
         self.start()
 
     def start(self, timeout: float = 20.0) -> None:

@@ -8,9 +8,9 @@ import ssl
 import threading
 
 import pytest
+from kube_testserver import ChildProcess, InProcess, write_pki
 
 from emu.node.kube.client import ApiError, Client, resource_path
-from kube_testserver import ChildProcess, InProcess, write_pki
 
 SERVICES = resource_path("v1", "services", "default")
 CONFIGMAPS = resource_path("v1", "configmaps", "default")

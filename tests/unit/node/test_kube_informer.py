@@ -9,12 +9,12 @@ import threading
 import time
 
 import pytest
+from kube_testserver import ChildProcess, InProcess
 
 from emu.apiserver import resources
 from emu.apiserver.storage import Store
 from emu.node.kube.client import resource_path
 from emu.node.kube.informer import Informer, key_of
-from kube_testserver import ChildProcess, InProcess
 
 SERVICES_ALL = resource_path("v1", "services")
 SERVICES = resource_path("v1", "services", "default")
