@@ -28,6 +28,7 @@ is an emu.node.agent.runner.Runner, the agent's one loop runner.
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -45,7 +46,8 @@ def key_of(obj: dict) -> str:
     """'namespace/name' (or 'name' for a cluster-scoped object), client-go's MetaNamespaceKeyFunc."""
     meta = obj.get("metadata") or {}
     namespace = meta.get("namespace")
-    return f"{namespace}/{meta.get('name', '')}" if namespace else meta.get("name", "")
+    # Interned: the cache and its users key their dicts by the same string, held once.
+    return sys.intern(f"{namespace}/{meta.get('name', '')}" if namespace else meta.get("name", ""))
 
 
 def _rv(obj: dict) -> int:
