@@ -288,3 +288,36 @@ def test_a_watch_window_overrun_relists_without_a_restart(tmp_path):
         informer.stop()
     finally:
         server.stop()
+
+
+def test_a_change_both_in_the_list_and_in_the_watch_after_it_is_seen_once(server):
+    """A write between two pages of the list shows in the second page (emu's server pages
+    from the current rows) and again in the watch from the list's revision: the handlers
+    must hear of it once."""
+    admin = server.client()
+    for name in ("a", "b"):
+        admin.create(SERVICES, service(name))
+
+    class WriteBetweenPages(type(admin)):
+        pages = 0
+
+        def list(self, *args, **kwargs):
+            page = super().list(*args, **kwargs)
+            WriteBetweenPages.pages += 1
+            if WriteBetweenPages.pages == 1:
+                admin.patch(SERVICES + "/b", {"metadata": {"labels": {"between": "pages"}}})
+            return page
+
+    client = WriteBetweenPages(server.url, str(server.pki / "ca.crt"), str(server.pki / "admin.crt"),
+                               str(server.pki / "admin.key"))  # fmt: skip
+    recorder = Recorder()
+    informer = Informer(client, SERVICES_ALL, page_size=1, **recorder.handlers()).start()
+    try:
+        assert informer.wait_synced(20)
+        assert recorder.view["default/b"]["metadata"]["labels"] == {"between": "pages"}
+        admin.create(SERVICES, service("c"))  # a later change, to know the replayed one has been read
+        assert recorder.wait(lambda r: "default/c" in r.view)
+        assert recorder.events == [("add", "default/a"), ("add", "default/b"), ("add", "default/c")]
+        assert recorder.violations == []
+    finally:
+        informer.stop()
