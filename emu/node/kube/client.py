@@ -220,16 +220,19 @@ class Client:
         return self.request("DELETE", path, options)
 
     def watch(self, path: str, resource_version: str = "", timeout: float = 300.0, label_selector: str = "",
-              field_selector: str = "", bookmarks: bool = True) -> Watch:  # fmt: skip
+              field_selector: str = "", bookmarks: bool = True, idle_timeout: float | None = None) -> Watch:  # fmt: skip
         """A watch of a collection from `resource_version`, ended by the server after
         `timeout` seconds (timeoutSeconds). Iterate it for (type, object) events;
         close() ends it from any thread. An ERROR event is raised as ApiError
-        (410 Expired: the revision is too old, list again)."""
+        (410 Expired: the revision is too old, list again). `idle_timeout`: raise
+        TimeoutError when the server sends nothing (not even a BOOKMARK) for that
+        long (default: `timeout` plus WATCH_SLACK)."""
         query = {"watch": "true", "resourceVersion": resource_version, "timeoutSeconds": int(timeout),
                  "allowWatchBookmarks": bookmarks, "labelSelector": label_selector,
                  "fieldSelector": field_selector}  # fmt: skip
-        read_timeout = timeout + WATCH_SLACK
-        conn = self._connect(read_timeout)
+        read_timeout = idle_timeout or timeout + WATCH_SLACK
+        conn = self._connect(min(read_timeout, self.timeout))  # (connecting is bounded as any request)
+        conn.sock.settimeout(read_timeout)
         try:
             conn.request("GET", path + _query(query), headers=self._headers())
             response = conn.getresponse()

@@ -16,6 +16,8 @@
   later is dropped, so the handlers see each change once, also when a list
   and the watch after it overlap (emu's API server serves `continue` pages
   from the current data, not from the first page's snapshot).
+A watch silent for `idle_timeout` (no event, no BOOKMARK: a frozen server keeps
+its connections open) is given up and watched again.
 Reconnections back off from 0.2 s to 10 s, with jitter, as client-go's reflector
 does, so an API server that is down is not hammered by every node at once.
 
@@ -40,6 +42,10 @@ Handler = Callable[..., None]
 MIN_BACKOFF = 0.2
 MAX_BACKOFF = 10.0
 WATCH_TIMEOUT = 300.0  # client-go picks 5 to 10 minutes at random; the server ends the watch then
+# A watch that brings nothing, not even a BOOKMARK, for this long is taken for broken (a
+# frozen or cut-off API server keeps the TCP connection open): emu's server sends a
+# bookmark every 5 s to an idle watch that asks for them.
+IDLE_TIMEOUT = 60.0
 
 
 def key_of(obj: dict) -> str:
@@ -91,6 +97,7 @@ class Informer:
         field_selector: str = "",
         page_size: int = 500,
         watch_timeout: float = WATCH_TIMEOUT,
+        idle_timeout: float = IDLE_TIMEOUT,
         transform: Callable[[dict], dict] | None = strip_managed_fields,
         log: Callable[[str], None] = _noop,
         name: str = "",
@@ -102,6 +109,7 @@ class Informer:
         self.field_selector = field_selector
         self.page_size = page_size
         self.watch_timeout = watch_timeout
+        self.idle_timeout = idle_timeout
         self.transform = transform or (lambda obj: obj)
         self.log = log
         self.name = name or path.rsplit("/", 1)[-1]
@@ -117,7 +125,9 @@ class Informer:
         self.watches = 0
         self.relists_after_gone = 0
         self.reconnects = 0
+        # (A run is one watch: minutes long by design, not a stall for the agent's Watchdog.)
         self.runner = Runner(f"informer {self.name}", self._run, log, max_interval=None,
+                             stall_after=watch_timeout + idle_timeout + client.timeout,
                              describe=lambda: f"the {self.name} informer")  # fmt: skip
         self.thread: threading.Thread | None = None
 
@@ -240,7 +250,7 @@ class Informer:
     def _watch(self) -> None:
         self.watches += 1
         watch = self.client.watch(self.path, self.resource_version, self.watch_timeout, self.label_selector,
-                                  self.field_selector, bookmarks=True)  # fmt: skip
+                                  self.field_selector, bookmarks=True, idle_timeout=self.idle_timeout)  # fmt: skip
         self.watch = watch
         if self.stopped:
             watch.close()

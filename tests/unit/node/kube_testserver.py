@@ -148,9 +148,18 @@ class ChildProcess:
             self.process.wait(10)
             self.process = None
 
+    def freeze(self) -> None:
+        """SIGSTOP: the process stops answering but its connections stay open (a paused container)."""
+        self.process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.process.send_signal(signal.SIGCONT)
+
     def client(self, who: str = "admin", **kwargs) -> Client:
         return client_for(self.url, self.pki, who, **kwargs)
 
     def stop(self) -> None:
+        if self.process is not None:
+            self.thaw()
         self.kill()
         self.log.close()

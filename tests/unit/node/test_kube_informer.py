@@ -321,3 +321,26 @@ def test_a_change_both_in_the_list_and_in_the_watch_after_it_is_seen_once(server
         assert recorder.violations == []
     finally:
         informer.stop()
+
+
+def test_a_frozen_api_server_is_noticed_by_the_silence_and_the_watch_resumes(child):
+    """SIGSTOP keeps the server's connections open and silent (a paused control-plane
+    container): without an idle timeout the watch would wait for minutes."""
+    admin = child.client()
+    admin.create(SERVICES, service("s0"))
+    recorder = Recorder()
+    logged: list[str] = []
+    informer = Informer(child.client("kube-proxy", timeout=1.0), SERVICES_ALL, idle_timeout=1.0, log=logged.append,
+                        **recorder.handlers()).start()  # fmt: skip
+    try:
+        assert informer.wait_synced(20)
+        child.freeze()
+        assert eventually(lambda: informer.reconnects >= 1)
+        assert any("TimeoutError" in line for line in logged), logged
+        child.thaw()
+        admin.create(SERVICES, service("s1"))
+        assert recorder.wait(lambda r: "default/s1" in r.view)
+        assert recorder.events == [("add", "default/s0"), ("add", "default/s1")]
+        assert informer.lists == 1 and recorder.violations == []
+    finally:
+        informer.stop()
