@@ -15,7 +15,7 @@ import copy
 from pathlib import Path
 
 import pytest
-from kube_testserver import InProcess
+from kube_testserver import ChildProcess, InProcess
 
 from emu.api.load import load_text
 from emu.api.manifests.render import View
@@ -239,3 +239,32 @@ def test_object_conversion_defaults_as_kubernetes():
         {"addresses": ["10.244.1.5"]}, {"addresses": ["10.244.1.6"], "conditions": {"ready": False}}]})  # fmt: skip
     assert [(e.address, ready) for _, _, e, ready in entries] == [("10.244.1.5:80", True), ("10.244.1.6:80", False)]
     assert slice_endpoints({"addressType": "IPv6", "ports": [{"port": 80}], "endpoints": [{"addresses": ["fd00::1"]}]}) == []
+
+
+def test_the_view_outlives_a_killed_api_server_and_catches_up_after(tmp_path):
+    """kube-proxy keeps its rules while the API server is away, then resumes its watches."""
+    child = ChildProcess(tmp_path)
+    try:
+        state = plan(DEFAULT)
+        ready = readiness(state)
+        load(child, View(state, container_status(state, ready), now=0))
+        feed, informers = feed_for(child, state)
+        before = renders(*feed.snapshot(), "iptables")
+        child.kill()
+        assert renders(*feed.snapshot(), "iptables") == before  # nothing forgotten while it is down
+        child.start()
+        admin = child.client()
+        path = resource_path("discovery.k8s.io/v1", "endpointslices", "kube-system", "kube-dns-0")
+        dns = admin.get(path)
+        dns["endpoints"][0]["conditions"]["ready"] = False
+        changes = feed.changes
+        admin.update(path, dns)
+        assert feed.wait_for(changes + 1, 30)
+        coredns = next(p for p in state.pods.values() if p.ip == dns["endpoints"][0]["addresses"][0])
+        expected = all_endpoints(state, {**ready, coredns.uid: False})
+        assert renders(*feed.snapshot(), "iptables") == renders(state, expected, "iptables") != before
+        assert all(informer.lists == 1 for informer in informers)  # resumed, not listed again
+        for informer in informers:
+            informer.stop()
+    finally:
+        child.stop()
