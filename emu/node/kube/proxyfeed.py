@@ -16,7 +16,13 @@ those inputs, made from API objects:
 - endpoints: {service key: {port name: [Endpoint]}} from the service's
   EndpointSlices (label kubernetes.io/service-name): each endpoint whose
   `conditions.ready` is not false, once per address and port across slices,
-  ordered by address, as emu.node.services.all_endpoints orders them.
+  ordered by address, as emu.node.services.all_endpoints orders them. A
+  port with no ready endpoint falls back to those still serving while they
+  terminate (kube-proxy's ProxyTerminatingEndpoints, GA in 1.28: a service
+  whose pods are all shutting down keeps answering until they are gone).
+  kube-proxy makes that choice for the cluster's and for the node's own
+  endpoints apart; emu's proxiers take one list, so here it is made for the
+  service port as a whole.
 
 Changes are recorded as they come (the informers' handlers) and applied at
 the next snapshot, for the services they touch only: an EndpointSlice update
@@ -39,6 +45,7 @@ from emu.node.services import Endpoint, _address_order
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
+TERMINATING = "terminating"  # slice_endpoints' readiness of a serving, terminating endpoint
 LIST_PAGE = 100  # objects a list page (client-go's default is 500: see ProxyFeed.informers)
 DEFAULT_AFFINITY_TIMEOUT = 10800  # seconds: Kubernetes' default sessionAffinityConfig.clientIP.timeoutSeconds
 
@@ -101,7 +108,8 @@ def node_state(obj: dict) -> NodeState:
 
 
 def slice_endpoints(obj: dict) -> list[tuple[str, str, Endpoint, bool]]:
-    """(port name, protocol, Endpoint, ready) for every endpoint and port of an EndpointSlice."""
+    """(port name, protocol, Endpoint, ready) for every endpoint and port of an EndpointSlice;
+    ready is True, False, or TERMINATING for one not ready that serves while it terminates."""
     if obj.get("addressType", "IPv4") != "IPv4":
         return []  # emu's data path is IPv4 only, as a single-stack kube-proxy
     out = []
@@ -110,7 +118,10 @@ def slice_endpoints(obj: dict) -> list[tuple[str, str, Endpoint, bool]]:
         addresses = endpoint.get("addresses") or []
         if not addresses:
             continue
-        ready = (endpoint.get("conditions") or {}).get("ready") is not False  # unset means ready
+        conditions = endpoint.get("conditions") or {}
+        ready = conditions.get("ready") is not False  # unset means ready
+        if not ready and conditions.get("serving") and conditions.get("terminating"):
+            ready = TERMINATING
         ref = endpoint.get("targetRef") or {}
         pod = f"{ref.get('namespace', '')}/{ref.get('name', '')}" if ref.get("kind") == "Pod" else None
         node = intern(endpoint["nodeName"]) if endpoint.get("nodeName") else None
@@ -266,15 +277,19 @@ class ProxyFeed:
 
     @staticmethod
     def _service_endpoints(service: ServiceState, slices: dict[str, list]) -> dict[str, list[Endpoint]]:
-        """{port name: ready endpoints} of one service, from its slices."""
+        """{port name: ready endpoints} of one service, from its slices (serving and
+        terminating ones for a port without a ready one)."""
         by_port: dict[tuple[str, str], dict[str, Endpoint]] = {}
+        fallback: dict[tuple[str, str], dict[str, Endpoint]] = {}
         for entries in slices.values():
             for name, protocol, endpoint, ready in entries:
-                if ready:
+                if ready is True:
                     by_port.setdefault((name, protocol), {}).setdefault(endpoint.address, endpoint)
+                elif ready == TERMINATING:
+                    fallback.setdefault((name, protocol), {}).setdefault(endpoint.address, endpoint)
         result = {}
         for port in service.ports:
-            found = by_port.get((port.name, port.protocol), {})
+            found = by_port.get((port.name, port.protocol)) or fallback.get((port.name, port.protocol), {})
             result[port.name] = sorted(found.values(), key=lambda e: _address_order(e.address))
         return result
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from kube_testserver import ChildProcess, InProcess, client_for, free_port, write_pki
 
+from emu.apiserver.auth import issue_token
 from emu.node.kube.client import ApiError, Client, resource_path
 
 SERVICES = resource_path("v1", "services", "default")
@@ -110,6 +111,17 @@ def test_identities_are_the_certificates_and_rbac_applies(server):
     with pytest.raises(ApiError) as error:
         anonymous.get(SERVICES)
     assert (error.value.code, error.value.reason) == (401, "Unauthorized")
+
+
+def test_a_bearer_token_is_the_service_accounts_identity(server):
+    token = issue_token((server.pki / "sa.key").read_bytes(), "kube-system", "kube-proxy", "uid-1", [], 600)
+    client = Client(server.url, str(server.pki / "ca.crt"), token=token)
+    assert client.get("/version")["major"] == "1"  # system:discovery, for every authenticated user
+    # kubeadm binds the kube-system/kube-proxy service account to system:node-proxier: it lists services
+    assert client.list(SERVICES)["kind"] == "ServiceList"
+    with pytest.raises(ApiError) as error:
+        client.create(SERVICES, service("nope"))
+    assert error.value.code == 403 and 'User "system:serviceaccount:kube-system:kube-proxy"' in error.value.message
 
 
 def test_a_server_certificate_from_another_ca_is_refused(server, tmp_path):

@@ -268,3 +268,26 @@ def test_the_view_outlives_a_killed_api_server_and_catches_up_after(tmp_path):
             informer.stop()
     finally:
         child.stop()
+
+
+def test_a_port_without_ready_endpoints_falls_back_to_serving_terminating_ones():
+    feed = ProxyFeed("worker", {})
+    feed.on_service({"metadata": {"namespace": "ns", "name": "s", "resourceVersion": "1"},
+                     "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 80, "targetPort": 8080}]}})  # fmt: skip
+
+    def slice_(*conditions):
+        return {"metadata": {"namespace": "ns", "name": "s-1", "labels": {"kubernetes.io/service-name": "s"}},
+                "addressType": "IPv4", "ports": [{"port": 8080}],
+                "endpoints": [{"addresses": [f"10.244.1.{i + 2}"], "conditions": c} for i, c in enumerate(conditions)]}  # fmt: skip
+
+    def addresses():
+        return [e.address for e in feed.snapshot()[1]["ns/s"][""]]
+
+    terminating = {"ready": False, "serving": True, "terminating": True}
+    gone = {"ready": False, "serving": False, "terminating": True}
+    feed.on_slice(slice_(terminating, gone, terminating))
+    assert addresses() == ["10.244.1.2:8080", "10.244.1.4:8080"]  # still serving while they shut down
+    feed.on_slice(slice_(terminating, gone, {"ready": True}))
+    assert addresses() == ["10.244.1.4:8080"]  # a ready one: the terminating ones are left alone
+    feed.on_slice(slice_(gone, gone, {"ready": False, "serving": True, "terminating": False}))
+    assert addresses() == []  # serving but not terminating is a pod not ready yet: never used
