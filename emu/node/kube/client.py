@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import select
 import socket
 import ssl
 import threading
@@ -35,6 +36,7 @@ JSON_PATCH = "application/json-patch+json"
 # What a request on a kept-alive connection meets when the server closed it meanwhile.
 STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, ssl.SSLEOFError,
          ssl.SSLZeroReturnError)
+IDEMPOTENT = {"GET", "HEAD", "PUT", "DELETE"}  # (a PUT carries its resourceVersion: a second one is a 409)
 PATCH_TYPES = {"merge": MERGE_PATCH, "strategic": STRATEGIC_MERGE_PATCH, "json": JSON_PATCH}
 
 
@@ -150,22 +152,27 @@ class Client:
         timeout = timeout or self.timeout
         for attempt in (0, 1):
             conn = getattr(self.local, "connection", None)
+            if conn is not None and _dropped(conn):
+                conn.close()  # the server closed it while it was idle (or went away): a new one
+                conn = None
             reused = conn is not None
             if conn is None:
                 conn = self._connect(timeout)
             conn.timeout = timeout
             if conn.sock is not None:
                 conn.sock.settimeout(timeout)
+            sent = False
             try:
                 conn.request(method, target, body=data, headers=headers)
+                sent = True
                 response = conn.getresponse()
                 raw = response.read()
             except STALE as error:
                 conn.close()
                 self.local.connection = None
-                # A kept-alive connection the server closed meanwhile (idle, or it restarted):
-                # the request never reached it; once more on a new connection.
-                if reused and attempt == 0:
+                # A kept-alive connection that the server closed just now (it restarted): once
+                # more on a new connection if the request cannot have been acted on twice.
+                if reused and attempt == 0 and (not sent or method in IDEMPOTENT):
                     continue
                 raise ConnectionError(f"{method} {self.server}{path}: {error}") from error
             except (OSError, http.client.HTTPException) as error:
@@ -298,6 +305,18 @@ class Watch:
             except OSError:
                 pass
         self.conn.close()
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """Whether an idle kept-alive connection was closed by the server: it has nothing
+    to say between requests, so anything readable is its goodbye (urllib3 asks the same)."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        return bool(select.select([sock], [], [], 0)[0])
+    except (OSError, ValueError):
+        return True
 
 
 def _decode(code: int, raw: bytes, what: str) -> dict:
