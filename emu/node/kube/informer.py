@@ -125,6 +125,7 @@ class Informer:
         self.watches = 0
         self.relists_after_gone = 0
         self.reconnects = 0
+        self.events = 0  # watch events received (bookmarks included)
         # (A run is one watch: minutes long by design, not a stall for the agent's Watchdog.)
         self.runner = Runner(f"informer {self.name}", self._run, log, max_interval=None,
                              stall_after=watch_timeout + idle_timeout + client.timeout,
@@ -173,7 +174,12 @@ class Informer:
         try:
             if not self.resource_version:
                 self._list()
+            started, events = time.monotonic(), self.events
             self._watch()
+            if self.events == events and time.monotonic() - started < 1.0 and not self.stopped:
+                # Ended at once with nothing in it (a server on its way down): as client-go's
+                # reflector, back off as after an error rather than spin.
+                return self._failed("the watch ended at once without an event")
         except ApiError as error:
             if error.gone:
                 # Our revision left the server's window: list again at once (client-go's relist).
@@ -257,6 +263,7 @@ class Informer:
             return
         self.backoff = 0.0  # connected: a later failure starts backing off from the start
         for kind, obj in watch:
+            self.events += 1
             rv = (obj.get("metadata") or {}).get("resourceVersion") or ""
             if kind == "BOOKMARK":
                 self.resource_version = rv or self.resource_version

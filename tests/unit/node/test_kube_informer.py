@@ -344,3 +344,17 @@ def test_a_frozen_api_server_is_noticed_by_the_silence_and_the_watch_resumes(chi
         assert informer.lists == 1 and recorder.violations == []
     finally:
         informer.stop()
+
+
+def test_watches_that_end_at_once_are_backed_off_not_spun(server):
+    logged: list[str] = []
+    # timeoutSeconds=0: the server ends every watch as soon as it starts, with nothing in it.
+    informer = Informer(server.client(), SERVICES_ALL, watch_timeout=0.5, log=logged.append).start()
+    try:
+        assert informer.wait_synced(20)
+        assert eventually(lambda: informer.reconnects >= 3)
+        # Spinning, it would have watched hundreds of times by now; backing off, a handful.
+        assert informer.watches <= informer.reconnects + 1 < 30
+        assert any("the watch ended at once without an event" in line for line in logged)
+    finally:
+        informer.stop()
