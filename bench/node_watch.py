@@ -22,6 +22,7 @@ With --render, each watcher also renders its iptables rules after the change
 time until all N have rendered is printed too.
 
 usage: python bench/node_watch.py [--watchers 50] [--services 1000] [--endpoints 2] [--rounds 10] [--render]
+                                  [--python /usr/bin/python3]
 """
 
 from __future__ import annotations
@@ -172,6 +173,8 @@ def main() -> int:
     ap.add_argument("--endpoints", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--render", action="store_true", help="watchers also render their iptables rules")
+    ap.add_argument("--python", default=sys.executable,
+                    help="the watchers' interpreter (/usr/bin/python3: Debian's, as in a node)")
     options = ap.parse_args()
 
     from emu.control.pki import make_pki
@@ -207,7 +210,7 @@ def main() -> int:
 
         started = time.perf_counter()
         for index in range(options.watchers):
-            argv = [sys.executable, "-c", CHILD, str(ROOT), url, str(pki), f"node-{index}",
+            argv = [options.python, "-c", CHILD, str(ROOT), url, str(pki), f"node-{index}",
                     "1" if options.render else "0", "/".join(TARGET)]  # fmt: skip
             process = subprocess.Popen(argv, stdout=subprocess.PIPE)
             children.append(process)
