@@ -233,9 +233,6 @@ def test_bad_arguments_say_what_is_wrong():
         Client("http://127.0.0.1:1").patch("/api/v1/x", {}, "apply")
 
 
-@pytest.mark.xfail(strict=True, reason="emu/apiserver/__main__.py's TLS mode calls auth.Authenticator.from_pki, which "
-                   "auth.py does not have (it has from_directory), and gives rbac.Authorizer the Store where it takes "
-                   "a lister(plural, namespace): `python -m emu.apiserver` cannot serve TLS, so no node can connect")
 def test_a_node_reaches_python_m_emu_apiserver_in_tls_mode(tmp_path):
     pki = write_pki(tmp_path / "pki")
     port = free_port()
