@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from emu.apiserver.controllers.framework import ControllerManager
 

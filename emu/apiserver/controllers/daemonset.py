@@ -24,12 +24,17 @@ hash as for StatefulSets (no ControllerRevisions are stored)."""
 from __future__ import annotations
 
 import copy
-import math
 
 from emu.apiserver.controllers.deployment import scaled_value, template_hash
 from emu.apiserver.controllers.framework import Controller, Watch, being_deleted, labels_of, mapper_owner, obj_key
-from emu.apiserver.controllers.replicaset import (add_owner_indexes, candidates, claim, pod_available,
-                                                  pod_from_template, pod_ready)
+from emu.apiserver.controllers.replicaset import (
+    add_owner_indexes,
+    candidates,
+    claim,
+    pod_available,
+    pod_from_template,
+    pod_ready,
+)
 from emu.apiserver.controllers.scheduler import affinity_matches, tolerates
 
 DS = "daemonsets.apps"
@@ -116,7 +121,6 @@ class DaemonSetController(Controller):
         ds = self.informer(DS).get(key)
         if ds is None:
             return None
-        ns = ds["metadata"].get("namespace", "")
         pods = claim(self, ds, candidates(self.informer("pods"), ds, lambda p: not being_deleted(p)))
         template = (ds.get("spec") or {}).get("template") or {}
         revision = template_hash(template)

@@ -36,8 +36,16 @@ import math
 import struct
 import time
 
-from emu.apiserver.controllers.framework import (Controller, Watch, being_deleted, controller_of, controller_ref,
-                                                 mapper_owner, obj_key, selector_of)
+from emu.apiserver.controllers.framework import (
+    Controller,
+    Watch,
+    being_deleted,
+    controller_of,
+    controller_ref,
+    mapper_owner,
+    obj_key,
+    selector_of,
+)
 from emu.apiserver.controllers.replicaset import add_owner_indexes, candidates, claim, parse_time, pod_active
 from emu.apiserver.errors import ApiError
 from emu.apiserver.storage import NAME_CHARS
@@ -107,7 +115,7 @@ def scaled_value(value, total: int, round_up: bool) -> int:
         try:
             return int(text)
         except ValueError:
-            raise ValueError(f"invalid value for IntOrString: invalid type: string is not a percentage") from None
+            raise ValueError("invalid value for IntOrString: invalid type: string is not a percentage") from None
     pct = int(text[:-1])
     v = pct * total / 100
     return math.ceil(v) if round_up else math.floor(v)
@@ -241,7 +249,7 @@ class DeploymentController(Controller):
         out = []
         for d in self.informer(DEPLOY).list(ns):
             sel = selector_of(d)
-            if sel is not None and not sel.empty() and sel.matches((rs["metadata"].get("labels") or {})):
+            if sel is not None and not sel.empty() and sel.matches(rs["metadata"].get("labels") or {}):
                 out.append(obj_key(d))
         return out
 
@@ -313,7 +321,7 @@ class DeploymentController(Controller):
         """SetNewReplicaSetAnnotations: copy the Deployment's annotations, raise the revision; True if changed."""
         ann = rs["metadata"].setdefault("annotations", {})
         before = dict(ann)
-        for k, v in ((d["metadata"].get("annotations") or {})).items():
+        for k, v in (d["metadata"].get("annotations") or {}).items():
             if k not in SKIP_ANNOTATIONS:
                 ann[k] = v
         if revision(rs) < new_revision:
@@ -511,7 +519,7 @@ class DeploymentController(Controller):
         if len(active) == 1:
             latest = active[0]
         elif not active and (new_rs is not None or old_rss):
-            latest = new_rs if new_rs is not None else sorted(old_rss, key=created)[-1]
+            latest = new_rs if new_rs is not None else max(old_rss, key=created)
         if latest is not None:
             if spec_replicas(latest) != n:
                 self._scale_rs(d, latest, n)
@@ -560,7 +568,7 @@ class DeploymentController(Controller):
         if not annotated:
             return 0
         size = spec_replicas(rs) * total / annotated
-        rounded = int(math.floor(size + 0.5)) if size >= 0 else -int(math.floor(-size + 0.5))
+        rounded = math.floor(size + 0.5) if size >= 0 else -math.floor(-size + 0.5)
         return rounded - spec_replicas(rs)
 
     def _cleanup(self, d: dict, old_rss: list[dict]) -> None:
@@ -601,7 +609,6 @@ class DeploymentController(Controller):
 
     def _sync_status(self, d: dict, all_rss: list[dict], new_rs: dict | None) -> None:
         self._write_status(d, self._calculate_status(d, all_rss, new_rs))
-        return None
 
     def _sync_rollout_status(self, d: dict, all_rss: list[dict], new_rs: dict | None) -> float | None:
         status = self._calculate_status(d, all_rss, new_rs)

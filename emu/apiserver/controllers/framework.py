@@ -51,8 +51,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 from emu.apiserver import errors, resources, storage
 from emu.apiserver.errors import ApiError
@@ -434,7 +434,7 @@ class Client:
                 return None
             return new
 
-        etype, out = self.store.write(resource, meta.get("namespace", ""), meta.get("name", ""), fn,
+        _etype, out = self.store.write(resource, meta.get("namespace", ""), meta.get("name", ""), fn,
                                       info.field_values)
         return out
 
@@ -492,7 +492,7 @@ class Client:
                     f for f in extra if f not in (meta.get("finalizers") or [])]
             return storage.mark_deleted(current)
 
-        etype, out = self.store.write(resource, namespace, name, fn, info.field_values)
+        etype, _out = self.store.write(resource, namespace, name, fn, info.field_values)
         return bool(etype)
 
     def event(self, involved: dict, etype: str, reason: str, message: str, component: str) -> None:

@@ -15,8 +15,17 @@ import calendar
 import copy
 import time
 
-from emu.apiserver.controllers.framework import (Controller, Watch, being_deleted, controller_of, controller_ref,
-                                                 labels_of, mapper_owner, obj_key, owned_by, selector_of)
+from emu.apiserver.controllers.framework import (
+    Controller,
+    Watch,
+    being_deleted,
+    controller_of,
+    controller_ref,
+    labels_of,
+    mapper_owner,
+    obj_key,
+    selector_of,
+)
 
 PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}
 

@@ -18,8 +18,7 @@ from __future__ import annotations
 import collections
 
 from emu.apiserver import errors, storage
-from emu.apiserver.controllers.framework import Controller, Watch, controller_of, obj_key
-from emu.apiserver.controllers.framework import info_for
+from emu.apiserver.controllers.framework import Controller, Watch, controller_of, info_for, obj_key
 
 NOT_READY_TAINT = {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}
 UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}

@@ -29,9 +29,11 @@ def new_store(tmp_path) -> Store:
     return Store(str(tmp_path / "state.db"))
 
 
-def manager(store: Store, *enabled: str, clock: FakeClock | None = None):
+def manager(store: Store, *enabled: str, clock: FakeClock | None = None, wall=None):
+    """A manager of the `enabled` controllers on a fake monotonic clock (and `wall`, default the real time)."""
     logs: list[str] = []
-    m = build_manager(store, clock=clock or FakeClock(), enabled=enabled, log=logs.append)
+    kw = {"wall": wall} if wall is not None else {}
+    m = build_manager(store, clock=clock or FakeClock(), enabled=enabled, log=logs.append, **kw)
     m.logs = logs
     return m
 
@@ -130,9 +132,9 @@ class FakeKubelet(Controller):
     def reconcile(self, key: str):
         pod = self.informer("pods").get(key)
         if pod is None or not (pod.get("spec") or {}).get("nodeName") or pod["metadata"].get("deletionTimestamp"):
-            return None
+            return
         if (pod.get("status") or {}).get("phase") == "Running":
-            return None
+            return
 
         def change(p: dict):
             st = p.setdefault("status", {})
@@ -146,4 +148,4 @@ class FakeKubelet(Controller):
             st["conditions"] = conds
             return p
         self.client.mutate("pods", *key.split("/", 1), change, status=True)
-        return None
+        return

@@ -8,8 +8,20 @@ from __future__ import annotations
 import copy
 
 import pytest
+from ctl_helpers import (
+    FakeClock,
+    add_nodes,
+    kubelet,
+    live,
+    manager,
+    namespace,
+    new_store,
+    node,
+    pod_template,
+    pods,
+    settle,
+)
 
-from ctl_helpers import add_nodes, kubelet, live, manager, namespace, new_store, node, pod_template, pods, settle
 from emu.apiserver.controllers import deployment as dep
 from emu.apiserver.controllers.framework import Client
 from emu.apiserver.controllers.replicaset import pod_ready
@@ -141,16 +153,15 @@ def test_rolling_update_respects_max_surge_and_max_unavailable(env, replicas, st
     settle(m, store)
     first = rss(store)[0]["metadata"]["name"]
     set_image(c, "nginx:1.27")
-    steps, max_seen, min_avail = drive_rollout(store, m, "web", replicas, surge, unavailable)
+    _steps, max_seen, min_avail = drive_rollout(store, m, "web", replicas, surge, unavailable)
     assert max_seen == replicas + surge  # the bounds were reached, not just respected
     assert min_avail == replicas - unavailable
     d = get(store)
     assert d["metadata"]["annotations"][dep.REVISION] == "2"
-    old = [r for r in rss(store) if r["metadata"]["name"] == first][0]
+    old = next(r for r in rss(store) if r["metadata"]["name"] == first)
     assert old["spec"]["replicas"] == 0 and old["metadata"]["annotations"][dep.REVISION] == "1"
     events = [e["message"] for e in store.list_objects("events", "default") if e["reason"] == "ScalingReplicaSet"]
-    assert f"Scaled down replica set {first} from {replicas} to 0" in events[-1] or any(
-        e.endswith(" to 0") and first in e for e in events)
+    assert any(e.startswith(f"Scaled down replica set {first} from ") and e.endswith(" to 0") for e in events)
 
 
 def test_rolling_update_status_while_in_progress(env):
@@ -161,7 +172,7 @@ def test_rolling_update_status_while_in_progress(env):
     set_image(c, "nginx:1.27")
     m.run_until_idle()
     d = get(store)
-    new = [r for r in rss(store) if r["metadata"]["annotations"][dep.REVISION] == "2"][0]
+    new = next(r for r in rss(store) if r["metadata"]["annotations"][dep.REVISION] == "2")
     assert d["status"]["updatedReplicas"] == 1 and d["status"]["replicas"] == 3
     assert d["status"]["unavailableReplicas"] == 1
     assert cond(d, "Progressing")["reason"] in ("ReplicaSetUpdated", "NewReplicaSetCreated")
@@ -193,14 +204,14 @@ def test_rollout_restart_and_undo(env):
     c.mutate(DEPLOY, "default", "web", restart)
     settle(m, store)
     assert len(rss(store)) == 2
-    rs2 = [r for r in rss(store) if r["metadata"]["name"] != rs1][0]
+    rs2 = next(r for r in rss(store) if r["metadata"]["name"] != rs1)
     assert rs2["metadata"]["annotations"][dep.REVISION] == "2"
     assert all(p["metadata"]["labels"]["pod-template-hash"] == rs2["metadata"]["labels"]["pod-template-hash"]
                for p in pods(store, app="web"))
     assert rollout_done(get(store))
 
     # `kubectl rollout undo`: the revision-1 template back into the deployment (without the hash label)
-    old = [r for r in rss(store) if r["metadata"]["name"] == rs1][0]
+    old = next(r for r in rss(store) if r["metadata"]["name"] == rs1)
     template = copy.deepcopy(old["spec"]["template"])
     del template["metadata"]["labels"]["pod-template-hash"]
     c.mutate(DEPLOY, "default", "web", lambda o: {**o, "spec": {**o["spec"], "template": template}})
@@ -231,3 +242,34 @@ def test_fenceposts_and_hash():
     assert dep.template_hash(t) == dep.template_hash(copy.deepcopy(t))
     assert dep.template_hash(t) != dep.template_hash(t, 1)
     assert all(ch in "bcdfghjklmnpqrstvwxz2456789" for ch in dep.template_hash(t))
+
+
+def test_progress_deadline_exceeded_and_paused(tmp_path):
+    import time as _time
+    store = new_store(tmp_path)
+    namespace(store)
+    add_nodes(store, node("n1"))
+    clock = FakeClock(_time.time())  # one fake clock for the queue's delays and the conditions' timestamps
+    m = manager(store, "deployment", "replicaset", "scheduler", clock=clock, wall=clock)
+    c = Client(store)
+    c.create(DEPLOY, deployment("web", 2, progressDeadlineSeconds=60))
+    m.run_until_idle()  # pods never become ready: no kubelet
+    d = get(store)
+    assert cond(d, "Progressing")["status"] == "True"
+    assert cond(d, "Available")["reason"] == "MinimumReplicasUnavailable"
+    clock.advance(30)
+    m.run_until_idle()
+    assert cond(get(store), "Progressing")["status"] == "True"
+    clock.advance(32)
+    m.run_until_idle()  # the requeue at the deadline finds no progress
+    p = cond(get(store), "Progressing")
+    assert (p["status"], p["reason"]) == ("False", "ProgressDeadlineExceeded")
+    assert p["message"].endswith("has timed out progressing.")
+    # paused: a template change makes no new ReplicaSet; resuming rolls it out
+    c.mutate(DEPLOY, "default", "web", lambda o: {**o, "spec": {**o["spec"], "paused": True}})
+    set_image(c, "nginx:2")
+    m.run_until_idle()
+    assert len(rss(store)) == 1
+    c.mutate(DEPLOY, "default", "web", lambda o: {**o, "spec": {**o["spec"], "paused": False}})
+    m.run_until_idle()
+    assert len(rss(store)) == 2

@@ -7,11 +7,18 @@ import threading
 import time
 
 import pytest
-
 from ctl_helpers import FakeClock, new_store
+
 from emu.apiserver import errors
-from emu.apiserver.controllers.framework import (Client, Controller, ControllerManager, Informer, Watch, WorkQueue,
-                                                 controller_ref)
+from emu.apiserver.controllers.framework import (
+    Client,
+    Controller,
+    ControllerManager,
+    Informer,
+    Watch,
+    WorkQueue,
+    controller_ref,
+)
 
 
 def cm(name: str, data: dict | None = None) -> dict:
@@ -98,15 +105,15 @@ class Copier(Controller):
         self.calls += 1
         if self.calls <= self.fail_first:
             raise RuntimeError("injected failure")
-        ns, name = key.split("/")
+        _ns, name = key.split("/")
         src = self.informer("configmaps").get(key)
         if src is None or src["metadata"].get("labels", {}).get("copy") != "yes":
-            return None
+            return
         if self.informer("configmaps").get(f"{key}-copy") is None:
             obj = cm(f"{name}-copy", src.get("data"))
             obj["metadata"]["ownerReferences"] = [controller_ref(src)]
             self.client.create("configmaps", obj)
-        return None
+        return
 
 
 def test_run_until_idle_reconciles_with_read_your_writes_and_back_off(tmp_path):

@@ -12,6 +12,7 @@ import json
 import time
 
 from ctl_helpers import FakeKubelet, add_nodes, node
+
 from emu.apiserver.controllers import build_manager
 
 

@@ -4,6 +4,7 @@ PodScheduled condition, Events and FailedScheduling message."""
 from __future__ import annotations
 
 from ctl_helpers import add_nodes, manager, namespace, new_store, node
+
 from emu.apiserver.controllers import scheduler as sched
 from emu.apiserver.controllers.framework import Client
 
