@@ -43,7 +43,6 @@ Contract for a controller (subclass `Controller`):
 from __future__ import annotations
 
 import collections
-import copy
 import heapq
 import json
 import queue
@@ -61,6 +60,15 @@ from emu.apiserver.storage import Store
 
 Log = Callable[[str], None]
 Mapper = Callable[[dict], Iterable[str]]
+
+
+def jcopy(value):
+    """A deep copy of JSON data (dicts, lists, scalars): copy.deepcopy's result, several times faster."""
+    if type(value) is dict:
+        return {k: jcopy(v) for k, v in value.items()}
+    if type(value) is list:
+        return [jcopy(v) for v in value]
+    return value
 
 
 def obj_key(obj: dict) -> str:
@@ -179,6 +187,11 @@ class Informer:
         with self.lock:
             keys = sorted(self.indexes[name].get(value, ()))
             return [self.cache[k] for k in keys if k in self.cache]
+
+    def count(self, name: str, value: str) -> int:
+        """How many cached objects have `value` in index `name`."""
+        with self.lock:
+            return len(self.indexes[name].get(value, ()))
 
     def get(self, key: str) -> dict | None:
         with self.lock:
@@ -411,7 +424,7 @@ class Client:
     def create(self, resource: str, obj: dict) -> dict:
         """POST: defaults and create-time fields, then store (409 AlreadyExists when the name is taken)."""
         info = info_for(resource)
-        obj = copy.deepcopy(obj)
+        obj = jcopy(obj)
         obj.setdefault("kind", info.kind)
         obj.setdefault("apiVersion", info.api_version)
         resources.prepare_create(info, obj)
@@ -421,7 +434,7 @@ class Client:
         """PUT of the main resource: spec and metadata; the stored status is kept, generation bumped on a
         spec change. 409 Conflict when obj's resourceVersion is not the stored one."""
         info = info_for(resource)
-        new = copy.deepcopy(obj)
+        new = jcopy(obj)
         meta = new.get("metadata") or {}
 
         def fn(current):
@@ -449,8 +462,8 @@ class Client:
             storage.check_version(resource, current, obj)
             if current.get("status") == obj.get("status"):
                 return None
-            new = copy.deepcopy(current)
-            new["status"] = copy.deepcopy(obj.get("status") or {})
+            new = jcopy(current)
+            new["status"] = jcopy(obj.get("status") or {})
             return new
 
         _, out = self.store.write(resource, meta.get("namespace", ""), meta.get("name", ""), fn, info.field_values)
@@ -464,7 +477,7 @@ class Client:
             current = self.store.get(resource, namespace, name)
             if current is None:
                 return None
-            new = change(copy.deepcopy(current))
+            new = change(jcopy(current))
             if new is None:
                 return current
             try:

@@ -12,7 +12,6 @@ before fewer, newer before older."""
 from __future__ import annotations
 
 import calendar
-import copy
 import time
 
 from emu.apiserver.controllers.framework import (
@@ -21,6 +20,7 @@ from emu.apiserver.controllers.framework import (
     being_deleted,
     controller_of,
     controller_ref,
+    jcopy,
     labels_of,
     mapper_owner,
     obj_key,
@@ -105,7 +105,7 @@ def pod_from_template(template: dict, owner: dict, generate_name: str = "", name
         meta["name"] = name
     else:
         meta["generateName"] = generate_name
-    return {"kind": "Pod", "apiVersion": "v1", "metadata": meta, "spec": copy.deepcopy(template.get("spec") or {})}
+    return {"kind": "Pod", "apiVersion": "v1", "metadata": meta, "spec": jcopy(template.get("spec") or {})}
 
 
 def add_owner_indexes(informer) -> None:

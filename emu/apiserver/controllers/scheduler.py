@@ -167,6 +167,11 @@ class Scheduler(Controller):
     def setup(self) -> None:
         pods = self.informer("pods")
         pods.add_index("nodeName", lambda p: [(p.get("spec") or {}).get("nodeName") or ""])
+        # what scoring counts, kept by the informer instead of walking each node's pods per decision
+        pods.add_index("node-active", lambda p: [p["spec"]["nodeName"]] if (p.get("spec") or {}).get("nodeName")
+                       and not _terminal(p) else [])
+        pods.add_index("node-owner", lambda p: [f'{p["spec"]["nodeName"]}/{_owner_uid(p)}']
+                       if (p.get("spec") or {}).get("nodeName") and not _terminal(p) and _owner_uid(p) else [])
 
     def _pod_keys(self, pod: dict) -> list[str]:
         spec = pod.get("spec") or {}
@@ -201,9 +206,9 @@ class Scheduler(Controller):
         pods_informer = self.informer("pods")
 
         def score(node: dict) -> tuple:
-            on = [p for p in pods_informer.by_index("nodeName", node["metadata"]["name"]) if not _terminal(p)]
-            same = sum(1 for p in on if owner and _owner_uid(p) == owner)
-            return same, len(on), node["metadata"]["name"]
+            name = node["metadata"]["name"]
+            same = pods_informer.count("node-owner", f"{name}/{owner}") if owner else 0
+            return same, pods_informer.count("node-active", name), name
 
         target = min(fits, key=score)["metadata"]["name"]
         self._bind(pod, target)

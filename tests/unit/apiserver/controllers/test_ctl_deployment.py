@@ -273,3 +273,23 @@ def test_progress_deadline_exceeded_and_paused(tmp_path):
     c.mutate(DEPLOY, "default", "web", lambda o: {**o, "spec": {**o["spec"], "paused": False}})
     m.run_until_idle()
     assert len(rss(store)) == 2
+
+
+def test_scaling_during_a_rollout_is_proportional(env):
+    store, m, c = env
+    c.create(DEPLOY, deployment("web", 10))  # maxSurge 25% -> 3, maxUnavailable 25% -> 2
+    settle(m, store)
+    old = rss(store)[0]["metadata"]["name"]
+    set_image(c, "nginx:2")
+    m.run_until_idle()  # new pods not ready: the new ReplicaSet at 5, the old one at 8 (13 = 10 + 3)
+    sizes = {r["metadata"]["name"] == old: r["spec"]["replicas"] for r in rss(store)}
+    assert sizes == {True: 8, False: 5}
+    c.mutate(DEPLOY, "default", "web", lambda o: {**o, "spec": {**o["spec"], "replicas": 20}})
+    m.run_until_idle()
+    # 12 more pods allowed (20 + 5 surge - 13), shared by size: 8*25/13 -> 15, 5*25/13 -> 10 (getReplicaSetFraction)
+    sizes = {r["metadata"]["name"] == old: r["spec"]["replicas"] for r in rss(store)}
+    assert sizes == {True: 15, False: 10}
+    assert all(r["metadata"]["annotations"][dep.MAX_REPLICAS] == "25" for r in rss(store))
+    settle(m, store)
+    d = get(store)
+    assert rollout_done(d) and d["status"]["replicas"] == 20
