@@ -157,8 +157,9 @@ class Informer:
     `cache` maps "namespace/name" to the object (a dict; treat as read-only,
     deep-copy before changing). `add_index(name, fn)` keeps, for each value
     fn(obj) returns, the keys of the objects that have it (`by_index`).
-    Handlers `fn(event_type, old, new)` run for every change in revision
-    order, in the thread that calls `pump`."""
+    Handlers `fn(event_type, old, new)` run for every change, in the thread that
+    calls `pump`, after the cache has it and outside the informer's lock (they may
+    read other informers)."""
 
     def __init__(self, store: Store, resource: str, log: Log):
         self.store = store
@@ -172,6 +173,7 @@ class Informer:
         self.indexes: dict[str, dict[str, set[str]]] = {}
         self.lock = threading.RLock()
         self.bell = threading.Event()
+        self._outbox: list[tuple[str, dict | None, dict | None]] = []
         self.relists = 0
 
     def add_index(self, name: str, fn: Callable[[dict], Iterable[str]]) -> None:
@@ -223,6 +225,18 @@ class Informer:
                     idx[v].add(key)
 
     def _deliver(self, etype: str, old: dict | None, new: dict | None) -> None:
+        # queued under the lock, run by `pump` after releasing it: a handler may read other informers
+        # (the garbage collector looks up owners everywhere), and holding two informer locks at once in
+        # different orders in different threads would deadlock
+        self._outbox.append((etype, old, new))
+
+    def _run_handlers(self) -> None:
+        with self.lock:
+            outbox, self._outbox = self._outbox, []
+        for etype, old, new in outbox:
+            self._handle(etype, old, new)
+
+    def _handle(self, etype: str, old: dict | None, new: dict | None) -> None:
         for h in self.handlers:
             try:
                 h(etype, old, new)
@@ -275,6 +289,12 @@ class Informer:
         if timeout > 0:
             self.bell.wait(timeout)
             self.bell.clear()
+        try:
+            return self._consume()
+        finally:
+            self._run_handlers()
+
+    def _consume(self) -> int:
         n = 0
         with self.lock:
             if self.watcher is None or self.watcher.closed:
