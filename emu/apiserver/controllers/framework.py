@@ -445,6 +445,17 @@ class Client:
         """POST: defaults and create-time fields, then store (409 AlreadyExists when the name is taken)."""
         info = info_for(resource)
         obj = jcopy(obj)
+        ns = (obj.get("metadata") or {}).get("namespace", "")
+        if info.namespaced:
+            # NamespaceLifecycle, which the server applies to its clients: a controller racing the namespace's
+            # finalization must not make new objects in it
+            nsobj = self.store.get("namespaces", "", ns)
+            if nsobj is None:
+                raise errors.not_found("namespaces", ns)
+            if nsobj["metadata"].get("deletionTimestamp") and info.kind != "Event":
+                raise errors.forbidden(info.plural, (obj.get("metadata") or {}).get("name", ""),
+                                       f"unable to create new content in namespace {ns} because it is being "
+                                       "terminated", info.group)
         obj.setdefault("kind", info.kind)
         obj.setdefault("apiVersion", info.api_version)
         resources.prepare_create(info, obj)

@@ -24,6 +24,7 @@ NOT_READY_TAINT = {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"
 UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
 
 REASON_UNSCHEDULABLE = "node(s) were unschedulable"
+UNSCHEDULABLE_RETRY = 300.0  # kube-scheduler's podMaxInUnschedulablePodsDuration
 REASON_NODE_NAME = "node(s) didn't match the requested node name"
 REASON_AFFINITY = "node(s) didn't match Pod's node affinity/selector"
 
@@ -201,7 +202,8 @@ class Scheduler(Controller):
                 reasons.append(why)
         if not fits:
             self._unschedulable(pod, fit_error(reasons, len(nodes)))
-            return None
+            # node events retry it at once; this is the scheduling queue's periodic flush of unschedulable pods
+            return UNSCHEDULABLE_RETRY
         owner = _owner_uid(pod)
         pods_informer = self.informer("pods")
 

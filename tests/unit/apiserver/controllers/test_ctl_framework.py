@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from ctl_helpers import FakeClock, new_store
+from ctl_helpers import FakeClock, namespace, new_store
 
 from emu.apiserver import errors
 from emu.apiserver.controllers.framework import (
@@ -21,13 +21,19 @@ from emu.apiserver.controllers.framework import (
 )
 
 
+def ns_store(tmp_path):
+    store = new_store(tmp_path)
+    namespace(store)
+    return store
+
+
 def cm(name: str, data: dict | None = None) -> dict:
     return {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": name, "namespace": "default"},
             "data": data or {}}
 
 
 def test_informer_lists_watches_and_indexes(tmp_path):
-    store = new_store(tmp_path)
+    store = ns_store(tmp_path)
     c = Client(store)
     c.create("configmaps", cm("a", {"k": "1"}))
     inf = Informer(store, "configmaps", print)
@@ -46,7 +52,7 @@ def test_informer_lists_watches_and_indexes(tmp_path):
 
 
 def test_informer_relists_after_410(tmp_path):
-    store = new_store(tmp_path)
+    store = ns_store(tmp_path)
     c = Client(store)
     c.create("configmaps", cm("a"))
     inf = Informer(store, "configmaps", print)
@@ -117,7 +123,7 @@ class Copier(Controller):
 
 
 def test_run_until_idle_reconciles_with_read_your_writes_and_back_off(tmp_path):
-    store = new_store(tmp_path)
+    store = ns_store(tmp_path)
     clock = FakeClock()
     logs = []
     m = ControllerManager(store, clock=clock, log=logs.append)
@@ -139,7 +145,7 @@ def test_run_until_idle_reconciles_with_read_your_writes_and_back_off(tmp_path):
 
 
 def test_mutate_retries_on_conflict(tmp_path):
-    store = new_store(tmp_path)
+    store = ns_store(tmp_path)
     c = Client(store)
     c.create("configmaps", cm("a", {"n": "0"}))
     attempts = []
@@ -164,7 +170,7 @@ def test_mutate_retries_on_conflict(tmp_path):
 
 
 def test_started_manager_reconciles_in_threads(tmp_path):
-    store = new_store(tmp_path)
+    store = ns_store(tmp_path)
     m = ControllerManager(store, log=lambda s: None)
     m.add(Copier())
     m.start()
@@ -184,3 +190,18 @@ def test_started_manager_reconciles_in_threads(tmp_path):
     finally:
         m.stop()
     assert all(not t.is_alive() for t in threads)
+
+
+def test_no_creates_in_a_terminating_namespace(tmp_path):
+    store = ns_store(tmp_path)
+    c = Client(store)
+    namespace(store, "going")
+    c.mutate("namespaces", "", "going", lambda n: {**n, "metadata": {**n["metadata"],
+                                                                     "finalizers": ["example.com/hold"]}})
+    store.delete("namespaces", "", "going")
+    with pytest.raises(errors.ApiError) as e:
+        c.create("configmaps", {"metadata": {"name": "x", "namespace": "going"}})
+    assert e.value.code == 403 and "because it is being terminated" in e.value.message
+    with pytest.raises(errors.ApiError) as e:
+        c.create("configmaps", {"metadata": {"name": "x", "namespace": "missing"}})
+    assert e.value.code == 404
