@@ -124,9 +124,9 @@ def affinity_matches(pod_spec: dict, node: dict) -> bool:
 
 def filter_reason(pod_spec: dict, node: dict, check_unschedulable: bool = True) -> str | None:
     """Why the pod cannot go to the node (kube-scheduler's wording), or None when it fits."""
-    if check_unschedulable and (node.get("spec") or {}).get("unschedulable"):
-        if not any(tolerates(t, UNSCHEDULABLE_TAINT) for t in pod_spec.get("tolerations") or []):
-            return REASON_UNSCHEDULABLE
+    unschedulable = check_unschedulable and (node.get("spec") or {}).get("unschedulable")
+    if unschedulable and not any(tolerates(t, UNSCHEDULABLE_TAINT) for t in pod_spec.get("tolerations") or []):
+        return REASON_UNSCHEDULABLE
     want = pod_spec.get("nodeName")
     if want and want != node["metadata"]["name"]:
         return REASON_NODE_NAME
