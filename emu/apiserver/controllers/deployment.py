@@ -23,8 +23,8 @@ ProgressDeadlineExceeded) with upstream's messages: what `kubectl rollout status
 
 pod-template-hash: upstream hashes the template with FNV-32a over Go's spew dump of
 the PodTemplateSpec struct, which only Go can reproduce; here it is FNV-32a over the
-template's JSON with sorted keys (then the collision count's 4 little-endian bytes
-when set), encoded as upstream encodes it (rand.SafeEncodeString of the decimal sum):
+template's JSON with sorted keys (then, when status.collisionCount is set, the count
+as 4 little-endian bytes in an 8-byte buffer), encoded as upstream encodes it (rand.SafeEncodeString of the decimal sum):
 stable across restarts and processes, the same shape ("web-5d7c9b8f47"), different
 values from a real cluster's."""
 
@@ -86,7 +86,7 @@ def template_hash(template: dict, collision_count: int | None = None) -> str:
         labels.pop(HASH_LABEL, None)
     data = json.dumps(t, sort_keys=True, separators=(",", ":")).encode()
     if collision_count is not None:
-        data += struct.pack("<I", collision_count & 0xFFFFFFFF)
+        data += struct.pack("<I", collision_count & 0xFFFFFFFF) + bytes(4)  # an 8-byte buffer, as upstream's
     return safe_encode(str(fnv32a(data)))
 
 
