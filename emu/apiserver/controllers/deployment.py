@@ -24,9 +24,9 @@ ProgressDeadlineExceeded) with upstream's messages: what `kubectl rollout status
 pod-template-hash: upstream hashes the template with FNV-32a over Go's spew dump of
 the PodTemplateSpec struct, which only Go can reproduce; here it is FNV-32a over the
 template's JSON with sorted keys (then, when status.collisionCount is set, the count
-as 4 little-endian bytes in an 8-byte buffer), encoded as upstream encodes it (rand.SafeEncodeString of the decimal sum):
-stable across restarts and processes, the same shape ("web-5d7c9b8f47"), different
-values from a real cluster's."""
+as 4 little-endian bytes in an 8-byte buffer), encoded as upstream encodes it
+(rand.SafeEncodeString of the decimal sum): stable across restarts and processes,
+the same shape ("web-5d7c9b8f47"), different values from a real cluster's."""
 
 from __future__ import annotations
 
