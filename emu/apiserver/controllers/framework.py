@@ -644,6 +644,9 @@ class ControllerManager:
         return inf
 
     def add(self, controller: Controller) -> Controller:
+        """Register a controller (before `start`); its informers are made or shared."""
+        if self._started:
+            raise RuntimeError(f"add {controller.name} before ControllerManager.start(): its informers need threads")
         controller.manager = self
         controller.client = self.client
         controller.queue = WorkQueue(self.clock)
