@@ -514,6 +514,8 @@ class Client:
             try:
                 return self.update_status(resource, new) if status else self.update(resource, new)
             except ApiError as e:
+                if e.code == 404:
+                    return None  # deleted meanwhile: nothing left to change
                 if e.code != 409 or attempt == attempts - 1:
                     raise
         return None
