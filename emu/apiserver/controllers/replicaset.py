@@ -141,7 +141,7 @@ def claim(ctl: Controller, owner: dict, pods: list[dict], resource: str = "pods"
                 _set_owner(ctl, resource, pod, uid, None)
         elif ref is None and matches and not being_deleted(owner) and not being_deleted(pod):
             adopted = _set_owner(ctl, resource, pod, None, owner)
-            if adopted is not None:
+            if adopted is not None and owned_by(adopted, owner):  # not taken by another controller meanwhile
                 out.append(adopted)
     return out
 
