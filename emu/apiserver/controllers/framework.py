@@ -45,7 +45,6 @@ from __future__ import annotations
 import collections
 import heapq
 import json
-import queue
 import sys
 import threading
 import time
@@ -289,6 +288,9 @@ class Informer:
         if timeout > 0:
             self.bell.wait(timeout)
             self.bell.clear()
+        w = self.watcher
+        if w is not None and not w.closed and w.events.empty() and not self._outbox:
+            return 0  # nothing queued: a completed write's event would be (the store queues it before returning)
         try:
             return self._consume()
         finally:
@@ -308,11 +310,8 @@ class Informer:
                             raise
                         self._relist()
             w = self.watcher
-            while True:
-                try:
-                    etype, body, rv = w.events.get_nowait()
-                except queue.Empty:
-                    return n
+            while not w.events.empty():  # the only consumer is here, under the lock
+                etype, body, rv = w.events.get_nowait()
                 obj = json.loads(body)
                 k = obj_key(obj)
                 old = self.cache.get(k)
@@ -326,6 +325,7 @@ class Informer:
                     self.cache[k] = obj
                     self._index(k, old, obj)
                     self._deliver(etype, old, obj)
+            return n
 
     def stop(self) -> None:
         with self.lock:

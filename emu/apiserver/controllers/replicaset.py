@@ -24,6 +24,7 @@ from emu.apiserver.controllers.framework import (
     labels_of,
     mapper_owner,
     obj_key,
+    owned_by,
     selector_of,
 )
 

@@ -35,6 +35,15 @@ def manager(store: Store, *enabled: str, clock: FakeClock | None = None, wall=No
     kw = {"wall": wall} if wall is not None else {}
     m = build_manager(store, clock=clock or FakeClock(), enabled=enabled, log=logs.append, **kw)
     m.logs = logs
+    run = m.run_until_idle
+
+    def run_until_idle(*args, **kwargs):
+        """The manager's run_until_idle, failing the test when a reconcile raised (a bug the retries would hide)."""
+        steps = run(*args, **kwargs)
+        failures = [line for line in logs if " failed: " in line]
+        assert not failures, "\n".join(failures)
+        return steps
+    m.run_until_idle = run_until_idle
     return m
 
 
