@@ -322,3 +322,24 @@ def test_a_restarted_control_plane_changes_nothing(tmp_path):
     assert steps > 0  # every object was looked at again
     assert store.revision == revision  # and nothing was written
     store.close()
+
+
+def test_min_ready_seconds_delays_availability(tmp_path):
+    import time as _time
+    store = new_store(tmp_path)
+    namespace(store)
+    add_nodes(store, node("n1"))
+    clock = FakeClock(_time.time())
+    m = manager(store, "deployment", "replicaset", "scheduler", clock=clock, wall=clock)
+    c = Client(store)
+    c.create(DEPLOY, deployment("web", 2, minReadySeconds=10))
+    m.run_until_idle()
+    kubelet(store, ready=True)  # Ready now (the pods' lastTransitionTime is the real time, as the clock's start)
+    m.run_until_idle()
+    d = get(store)
+    assert d["status"]["readyReplicas"] == 2 and "availableReplicas" not in d["status"]
+    assert not rollout_done(d)
+    clock.advance(12)  # the ReplicaSet asked to look again when the pods would be available
+    m.run_until_idle()
+    d = get(store)
+    assert d["status"]["availableReplicas"] == 2 and rollout_done(d)
