@@ -33,8 +33,8 @@ def pod_names(kubectl, selector="app=web"):
     return sorted(p["metadata"]["name"] for p in out["items"] if not p["metadata"].get("deletionTimestamp"))
 
 
-def test_kubectl_deployment_lifecycle(apiserver, kubectl_default):
-    kubectl = kubectl_default
+def test_kubectl_deployment_lifecycle(apiserver, kubectl):
+    """With each kubectl installed (1.27, 1.32, 1.33): their rollout status/history/undo read the same fields."""
     add_nodes(apiserver.store, node("worker-1"), node("worker-2"))
     logs = []
     manager = build_manager(apiserver.store, log=logs.append)
