@@ -19,6 +19,7 @@ CONTROLLERS: dict[str, str] = {
     "statefulset": "emu.apiserver.controllers.statefulset:StatefulSetController",
     "daemonset": "emu.apiserver.controllers.daemonset:DaemonSetController",
     "garbagecollector": "emu.apiserver.controllers.gc:GarbageCollector",
+    "podgc": "emu.apiserver.controllers.podgc:PodGCController",
 }
 
 DEFAULT_ENABLED = tuple(CONTROLLERS)
