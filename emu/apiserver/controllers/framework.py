@@ -696,7 +696,9 @@ class ControllerManager:
             after = controller.reconcile(key)
         except Exception as e:  # noqa: BLE001 - a failed reconcile is retried with back-off
             delay = controller.queue.add_rate_limited(key)
-            self.log(f"{controller.name}: syncing {key!r} failed: {type(e).__name__}: {e}; again in {delay:g}s")
+            # a conflict is the normal outcome of two writers racing; say so only when it keeps happening
+            if not (isinstance(e, ApiError) and e.code == 409 and controller.queue.num_requeues(key) <= 3):
+                self.log(f"{controller.name}: syncing {key!r} failed: {type(e).__name__}: {e}; again in {delay:g}s")
         else:
             controller.queue.forget(key)
             if isinstance(after, (int, float)) and not isinstance(after, bool) and after >= 0:

@@ -9,7 +9,7 @@ from emu.apiserver.controllers.framework import Client
 from emu.apiserver.controllers.podgc import PodGCController
 
 
-def pod(name: str, node_name: str = "", phase: str = "") -> dict:
+def pod(name: str, node_name: str = "") -> dict:
     obj = {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": name, "namespace": "default"},
            "spec": {"containers": [{"name": "c", "image": "x"}]}}
     if node_name:
