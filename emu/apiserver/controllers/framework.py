@@ -760,7 +760,7 @@ class ControllerManager:
     def _watch_loop(self, inf: Informer) -> None:
         while not self._stop.is_set():
             try:
-                inf.pump(0.5)
+                inf.pump(5.0)  # the bell wakes it at once; the timeout only notices a watch the store closed
             except Exception as e:  # noqa: BLE001 - the store closing, a relist failing: try again
                 if self._stop.is_set():
                     return
