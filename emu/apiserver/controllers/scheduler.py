@@ -103,7 +103,8 @@ def _requirement(expr: dict, value: str | None) -> bool:
 
 
 def term_matches(term: dict, node: dict) -> bool:
-    """A NodeSelectorTerm: every matchExpression on labels and matchField on metadata.name; an empty term matches nothing."""
+    """A NodeSelectorTerm: every matchExpression on labels and matchField on metadata.name match;
+    an empty term matches nothing."""
     exprs = term.get("matchExpressions") or []
     fields = term.get("matchFields") or []
     if not exprs and not fields:

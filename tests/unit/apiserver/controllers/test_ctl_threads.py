@@ -53,7 +53,8 @@ def test_many_deployments_in_threads(tmp_path):
         for i in range(15):  # half in the foreground, half in the background
             opts = {"propagationPolicy": "Foreground" if i % 2 else "Background"}
             store.write(info.key, "default", f"d{i}",
-                        lambda cur, opts=opts: storage.mark_deleted(add_deletion_finalizers(cur, opts)), info.field_values)
+                        lambda cur, opts=opts: storage.mark_deleted(add_deletion_finalizers(cur, opts)),
+                        info.field_values)
         wait_for(lambda: not store.list_objects("pods", "default") and not store.list_objects("replicasets.apps")
                  and not store.list_objects("deployments.apps"), "everything deleted")
     finally:
