@@ -437,6 +437,9 @@ class Client:
     def __init__(self, store: Store, manager_name: str = "kube-controller-manager"):
         self.store = store
         self.manager_name = manager_name
+        # the last events written, by what makes two events the same (client-go's EventCorrelator key)
+        self._recent_events: collections.OrderedDict[tuple, tuple[str, str]] = collections.OrderedDict()
+        self._events_lock = threading.Lock()
 
     def get(self, resource: str, namespace: str, name: str) -> dict | None:
         return self.store.get(resource, namespace, name)
@@ -542,10 +545,25 @@ class Client:
         return bool(etype)
 
     def event(self, involved: dict, etype: str, reason: str, message: str, component: str) -> None:
-        """A core/v1 Event about `involved`, as client-go's EventRecorder writes one (no aggregation)."""
+        """A core/v1 Event about `involved`, as client-go's EventRecorder writes one; the same event again
+        (same object, type, reason, message, source) raises the first one's count and lastTimestamp."""
         meta = involved.get("metadata") or {}
         now = storage.now_rfc3339()
         ns = meta.get("namespace") or "default"
+        same = (meta.get("uid", ""), meta.get("name", ""), ns, etype, reason, message, component)
+        with self._events_lock:
+            seen = self._recent_events.get(same)
+        if seen is not None:
+            def again(ev: dict):
+                ev["count"] = (ev.get("count") or 1) + 1
+                ev["lastTimestamp"] = now
+                return ev
+            try:
+                if self.mutate("events", seen[0], seen[1], again) is not None:
+                    return
+            except ApiError:
+                pass  # write a new one
+
         ev = {"kind": "Event", "apiVersion": "v1",
               "metadata": {"name": f"{meta.get('name', '')}.{uuid.uuid4().hex[:16]}", "namespace": ns},
               "involvedObject": {"kind": involved.get("kind", ""), "namespace": meta.get("namespace", ""),
@@ -560,7 +578,12 @@ class Client:
         try:
             self.create("events", ev)
         except ApiError:
-            pass  # events are best effort, as the recorder's
+            return  # events are best effort, as the recorder's
+        with self._events_lock:
+            self._recent_events[same] = (ns, ev["metadata"]["name"])
+            self._recent_events.move_to_end(same)
+            while len(self._recent_events) > 4096:  # the correlator's LRU size
+                self._recent_events.popitem(last=False)
 
 
 # ---------------------------------------------------------------- controller

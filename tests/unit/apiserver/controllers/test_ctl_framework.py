@@ -205,3 +205,17 @@ def test_no_creates_in_a_terminating_namespace(tmp_path):
     with pytest.raises(errors.ApiError) as e:
         c.create("configmaps", {"metadata": {"name": "x", "namespace": "missing"}})
     assert e.value.code == 404
+
+
+def test_the_same_event_again_counts_up(tmp_path):
+    store = ns_store(tmp_path)
+    c = Client(store)
+    obj = c.create("configmaps", cm("a"))
+    for _ in range(3):
+        c.event(obj, "Warning", "Broken", "it broke", "tester")
+    c.event(obj, "Warning", "Broken", "it broke differently", "tester")
+    events = {e["message"]: e for e in store.list_objects("events", "default")}
+    assert events["it broke"]["count"] == 3 and events["it broke differently"]["count"] == 1
+    assert events["it broke"]["involvedObject"] == {"kind": "ConfigMap", "namespace": "default", "name": "a",
+                                                    "uid": obj["metadata"]["uid"], "apiVersion": "v1",
+                                                    "resourceVersion": obj["metadata"]["resourceVersion"]}
