@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from emu.apiserver.controllers.framework import ControllerManager
 
@@ -19,6 +19,7 @@ CONTROLLERS: dict[str, str] = {
     "statefulset": "emu.apiserver.controllers.statefulset:StatefulSetController",
     "daemonset": "emu.apiserver.controllers.daemonset:DaemonSetController",
     "garbagecollector": "emu.apiserver.controllers.gc:GarbageCollector",
+    "podgc": "emu.apiserver.controllers.podgc:PodGCController",
 }
 
 DEFAULT_ENABLED = tuple(CONTROLLERS)

@@ -23,13 +23,24 @@ hash as for StatefulSets (no ControllerRevisions are stored)."""
 
 from __future__ import annotations
 
-import copy
-import math
-
 from emu.apiserver.controllers.deployment import scaled_value, template_hash
-from emu.apiserver.controllers.framework import Controller, Watch, being_deleted, labels_of, mapper_owner, obj_key
-from emu.apiserver.controllers.replicaset import (add_owner_indexes, candidates, claim, pod_available,
-                                                  pod_from_template, pod_ready)
+from emu.apiserver.controllers.framework import (
+    Controller,
+    Watch,
+    being_deleted,
+    jcopy,
+    labels_of,
+    mapper_owner,
+    obj_key,
+)
+from emu.apiserver.controllers.replicaset import (
+    add_owner_indexes,
+    candidates,
+    claim,
+    pod_available,
+    pod_from_template,
+    pod_ready,
+)
 from emu.apiserver.controllers.scheduler import affinity_matches, tolerates
 
 DS = "daemonsets.apps"
@@ -49,7 +60,7 @@ NETWORK_UNAVAILABLE = {"key": "node.kubernetes.io/network-unavailable", "operato
 
 def daemon_pod_spec(template: dict) -> dict:
     """The template's pod spec with the default daemon tolerations added (those it does not have)."""
-    spec = copy.deepcopy((template or {}).get("spec") or {})
+    spec = jcopy((template or {}).get("spec") or {})
     tols = spec.setdefault("tolerations", [])
     wanted = DEFAULT_TOLERATIONS + ([NETWORK_UNAVAILABLE] if spec.get("hostNetwork") else [])
     for t in wanted:
@@ -116,7 +127,6 @@ class DaemonSetController(Controller):
         ds = self.informer(DS).get(key)
         if ds is None:
             return None
-        ns = ds["metadata"].get("namespace", "")
         pods = claim(self, ds, candidates(self.informer("pods"), ds, lambda p: not being_deleted(p)))
         template = (ds.get("spec") or {}).get("template") or {}
         revision = template_hash(template)
@@ -147,8 +157,8 @@ class DaemonSetController(Controller):
                 self._delete(ds, p)
             on = [p for p in on if p not in failed]
             if not on:
-                template = copy.deepcopy((ds.get("spec") or {}).get("template") or {})
-                template["spec"] = copy.deepcopy(spec)
+                template = jcopy((ds.get("spec") or {}).get("template") or {})
+                template["spec"] = jcopy(spec)
                 pin_to_node(template["spec"], node_name)
                 pod = pod_from_template(template, ds, generate_name=f"{ds['metadata']['name']}-")
                 pod["metadata"]["labels"].update({REVISION_LABEL: revision, TEMPLATE_GENERATION: generation})

@@ -23,21 +23,29 @@ ProgressDeadlineExceeded) with upstream's messages: what `kubectl rollout status
 
 pod-template-hash: upstream hashes the template with FNV-32a over Go's spew dump of
 the PodTemplateSpec struct, which only Go can reproduce; here it is FNV-32a over the
-template's JSON with sorted keys (then the collision count's 4 little-endian bytes
-when set), encoded as upstream encodes it (rand.SafeEncodeString of the decimal sum):
-stable across restarts and processes, the same shape ("web-5d7c9b8f47"), different
-values from a real cluster's."""
+template's JSON with sorted keys (then, when status.collisionCount is set, the count
+as 4 little-endian bytes in an 8-byte buffer), encoded as upstream encodes it
+(rand.SafeEncodeString of the decimal sum): stable across restarts and processes,
+the same shape ("web-5d7c9b8f47"), different values from a real cluster's."""
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import struct
 import time
 
-from emu.apiserver.controllers.framework import (Controller, Watch, being_deleted, controller_of, controller_ref,
-                                                 mapper_owner, obj_key, selector_of)
+from emu.apiserver.controllers.framework import (
+    Controller,
+    Watch,
+    being_deleted,
+    controller_of,
+    controller_ref,
+    jcopy,
+    mapper_owner,
+    obj_key,
+    selector_of,
+)
 from emu.apiserver.controllers.replicaset import add_owner_indexes, candidates, claim, parse_time, pod_active
 from emu.apiserver.errors import ApiError
 from emu.apiserver.storage import NAME_CHARS
@@ -72,30 +80,34 @@ def safe_encode(text: str) -> str:
 
 def template_hash(template: dict, collision_count: int | None = None) -> str:
     """The pod-template-hash of a template (see the module docstring for how it differs from upstream's)."""
-    t = copy.deepcopy(template or {})
+    t = jcopy(template or {})
     labels = (t.get("metadata") or {}).get("labels")
     if labels:
         labels.pop(HASH_LABEL, None)
     data = json.dumps(t, sort_keys=True, separators=(",", ":")).encode()
     if collision_count is not None:
-        data += struct.pack("<I", collision_count & 0xFFFFFFFF)
+        data += struct.pack("<I", collision_count & 0xFFFFFFFF) + bytes(4)  # an 8-byte buffer, as upstream's
     return safe_encode(str(fnv32a(data)))
+
+
+def _without_hash(template: dict) -> dict:
+    """The template with no pod-template-hash label and no empty metadata fields (shallow copies only)."""
+    t = dict(template or {})
+    meta = {k: v for k, v in (t.get("metadata") or {}).items() if v not in ({}, [], None)}
+    labels = meta.get("labels")
+    if labels and HASH_LABEL in labels:
+        labels = {k: v for k, v in labels.items() if k != HASH_LABEL}
+        if labels:
+            meta["labels"] = labels
+        else:
+            del meta["labels"]
+    t["metadata"] = meta
+    return t
 
 
 def equal_ignore_hash(a: dict, b: dict) -> bool:
     """Two pod templates are equal once the pod-template-hash label is dropped (EqualIgnoreHash)."""
-    a, b = copy.deepcopy(a or {}), copy.deepcopy(b or {})
-    for t in (a, b):
-        meta = t.setdefault("metadata", {})
-        labels = meta.get("labels") or {}
-        labels.pop(HASH_LABEL, None)
-        if labels:
-            meta["labels"] = labels
-        else:
-            meta.pop("labels", None)
-        for k in [k for k, v in meta.items() if v in ({}, [], None)]:
-            del meta[k]
-    return a == b
+    return _without_hash(a) == _without_hash(b)
 
 
 def scaled_value(value, total: int, round_up: bool) -> int:
@@ -107,7 +119,7 @@ def scaled_value(value, total: int, round_up: bool) -> int:
         try:
             return int(text)
         except ValueError:
-            raise ValueError(f"invalid value for IntOrString: invalid type: string is not a percentage") from None
+            raise ValueError("invalid value for IntOrString: invalid type: string is not a percentage") from None
     pct = int(text[:-1])
     v = pct * total / 100
     return math.ceil(v) if round_up else math.floor(v)
@@ -241,7 +253,7 @@ class DeploymentController(Controller):
         out = []
         for d in self.informer(DEPLOY).list(ns):
             sel = selector_of(d)
-            if sel is not None and not sel.empty() and sel.matches((rs["metadata"].get("labels") or {})):
+            if sel is not None and not sel.empty() and sel.matches(rs["metadata"].get("labels") or {}):
                 out.append(obj_key(d))
         return out
 
@@ -259,14 +271,14 @@ class DeploymentController(Controller):
         d = self.informer(DEPLOY).get(key)
         if d is None:
             return None
-        d = copy.deepcopy(d)
+        d = jcopy(d)
         sel = selector_of(d)
         if sel is None or sel.empty():
             self.client.event(d, "Warning", "SelectingAll",
                               "This deployment is selecting all pods. A non-empty selector is required.", self.name)
             return None
         rss = claim(self, d, candidates(self.informer(RS), d, lambda r: not being_deleted(r)), resource=RS)
-        rss = [copy.deepcopy(r) for r in rss]
+        rss = [jcopy(r) for r in rss]
         if being_deleted(d):
             new_rs, old_rss = self._split(d, rss)
             return self._sync_status(d, [r for r in old_rss + [new_rs] if r is not None], new_rs)
@@ -299,7 +311,7 @@ class DeploymentController(Controller):
         new_rs, old_rss = self._split(d, rss)
         new_revision = max([revision(r) for r in old_rss] + [0]) + 1
         if new_rs is not None:
-            rs = copy.deepcopy(new_rs)
+            rs = jcopy(new_rs)
             changed = self._rs_annotations(d, rs, new_revision, exists=True)
             if changed:
                 new_rs = self.client.update(RS, rs)
@@ -313,7 +325,7 @@ class DeploymentController(Controller):
         """SetNewReplicaSetAnnotations: copy the Deployment's annotations, raise the revision; True if changed."""
         ann = rs["metadata"].setdefault("annotations", {})
         before = dict(ann)
-        for k, v in ((d["metadata"].get("annotations") or {})).items():
+        for k, v in (d["metadata"].get("annotations") or {}).items():
             if k not in SKIP_ANNOTATIONS:
                 ann[k] = v
         if revision(rs) < new_revision:
@@ -333,9 +345,9 @@ class DeploymentController(Controller):
                 return obj
             out = self.client.mutate(DEPLOY, d["metadata"].get("namespace", ""), d["metadata"]["name"], change)
             if out is not None:
-                d["metadata"] = copy.deepcopy(out["metadata"])
+                d["metadata"] = jcopy(out["metadata"])
         if found and self._has_deadline(d) and get_condition(d.get("status") or {}, "Progressing") is None:
-            status = copy.deepcopy(d.get("status") or {})
+            status = jcopy(d.get("status") or {})
             set_condition(status, self._cond("Progressing", "True", "FoundNewReplicaSet",
                                              f'Found new replica set "{new_rs["metadata"]["name"]}"'))
             self._write_status(d, status)
@@ -350,9 +362,9 @@ class DeploymentController(Controller):
         status = d.get("status") or {}
         collisions = status.get("collisionCount")
         h = template_hash(spec.get("template") or {}, collisions)
-        template = copy.deepcopy(spec.get("template") or {})
+        template = jcopy(spec.get("template") or {})
         template.setdefault("metadata", {}).setdefault("labels", {})[HASH_LABEL] = h
-        selector = copy.deepcopy(spec.get("selector") or {})
+        selector = jcopy(spec.get("selector") or {})
         selector.setdefault("matchLabels", {})[HASH_LABEL] = h
         name = f"{d['metadata']['name']}-{h}"
         rs = {"kind": "ReplicaSet", "apiVersion": "apps/v1",
@@ -373,7 +385,7 @@ class DeploymentController(Controller):
                     d["metadata"]["uid"] and equal_ignore_hash(existing["spec"].get("template"), spec.get("template")):
                 return existing
             # a hash collision: count it, so the next try hashes differently
-            st_ = copy.deepcopy(status)
+            st_ = jcopy(status)
             st_["collisionCount"] = (collisions or 0) + 1
             self._write_status(d, st_)
             raise RuntimeError(f"hash collision for replica set {name}; collisionCount is now "
@@ -384,7 +396,7 @@ class DeploymentController(Controller):
                               self.name)
         self._deployment_revision(d, created_rs, found=False)
         if self._has_deadline(d):
-            status = copy.deepcopy(d.get("status") or {})
+            status = jcopy(d.get("status") or {})
             set_condition(status, self._cond("Progressing", "True", "NewReplicaSetCreated",
                                              f'Created new replica set "{name}"'))
             self._write_status(d, status)
@@ -401,7 +413,7 @@ class DeploymentController(Controller):
         ann.update(want_ann)
         out = self.client.update(RS, rs)
         rs.clear()
-        rs.update(copy.deepcopy(out))
+        rs.update(jcopy(out))
         if old != n:
             verb = "up" if n > old else "down"
             self.client.event(d, "Normal", "ScalingReplicaSet",
@@ -415,7 +427,7 @@ class DeploymentController(Controller):
         new_rs, old_rss = self._all(d, rss, create=True)
         if new_rs is None:
             return None
-        new_rs = copy.deepcopy(new_rs)
+        new_rs = jcopy(new_rs)
         all_rss = old_rss + [new_rs]
         if self._reconcile_new(d, all_rss, new_rs):
             return self._sync_rollout_status(d, all_rss, new_rs)
@@ -472,7 +484,7 @@ class DeploymentController(Controller):
         all_rss = old_rss + ([new_rs] if new_rs is not None else [])
         scaled = False
         for rs in [r for r in old_rss if spec_replicas(r) > 0]:
-            scaled = self._scale_rs(d, copy.deepcopy(rs), 0) or scaled
+            scaled = self._scale_rs(d, jcopy(rs), 0) or scaled
         if scaled:
             return self._sync_rollout_status(d, all_rss, new_rs)
         pods = self.informer("pods")
@@ -484,7 +496,7 @@ class DeploymentController(Controller):
             if new_rs is None:
                 return None
             all_rss = old_rss + [new_rs]
-        new_rs = copy.deepcopy(new_rs)
+        new_rs = jcopy(new_rs)
         all_rss = old_rss + [new_rs]
         if self._reconcile_new(d, all_rss, new_rs):
             return self._sync_rollout_status(d, all_rss, new_rs)
@@ -495,8 +507,8 @@ class DeploymentController(Controller):
     def _sync(self, d: dict, rss: list[dict]) -> float | None:
         """A scaling event or a paused Deployment: scale, clean up when paused, report status."""
         new_rs, old_rss = self._all(d, rss, create=False)
-        new_rs = copy.deepcopy(new_rs) if new_rs is not None else None
-        old_rss = [copy.deepcopy(r) for r in old_rss]
+        new_rs = jcopy(new_rs) if new_rs is not None else None
+        old_rss = [jcopy(r) for r in old_rss]
         self._scale(d, new_rs, old_rss)
         if (d.get("spec") or {}).get("paused"):
             self._cleanup(d, old_rss)
@@ -511,7 +523,7 @@ class DeploymentController(Controller):
         if len(active) == 1:
             latest = active[0]
         elif not active and (new_rs is not None or old_rss):
-            latest = new_rs if new_rs is not None else sorted(old_rss, key=created)[-1]
+            latest = new_rs if new_rs is not None else max(old_rss, key=created)
         if latest is not None:
             if spec_replicas(latest) != n:
                 self._scale_rs(d, latest, n)
@@ -560,7 +572,7 @@ class DeploymentController(Controller):
         if not annotated:
             return 0
         size = spec_replicas(rs) * total / annotated
-        rounded = int(math.floor(size + 0.5)) if size >= 0 else -int(math.floor(-size + 0.5))
+        rounded = math.floor(size + 0.5) if size >= 0 else -math.floor(-size + 0.5)
         return rounded - spec_replicas(rs)
 
     def _cleanup(self, d: dict, old_rss: list[dict]) -> None:
@@ -590,7 +602,7 @@ class DeploymentController(Controller):
         old = d.get("status") or {}
         if old.get("collisionCount") is not None:
             status["collisionCount"] = old["collisionCount"]
-        status["conditions"] = copy.deepcopy(old.get("conditions") or [])
+        status["conditions"] = jcopy(old.get("conditions") or [])
         if available >= replicas_of(d) - max_unavailable(d):
             set_condition(status, self._cond("Available", "True", "MinimumReplicasAvailable",
                                              "Deployment has minimum availability."))
@@ -601,7 +613,6 @@ class DeploymentController(Controller):
 
     def _sync_status(self, d: dict, all_rss: list[dict], new_rs: dict | None) -> None:
         self._write_status(d, self._calculate_status(d, all_rss, new_rs))
-        return None
 
     def _sync_rollout_status(self, d: dict, all_rss: list[dict], new_rs: dict | None) -> float | None:
         status = self._calculate_status(d, all_rss, new_rs)
@@ -665,5 +676,5 @@ class DeploymentController(Controller):
         out = self.client.mutate(DEPLOY, d["metadata"].get("namespace", ""), d["metadata"]["name"], change,
                                  status=True)
         if out is not None:
-            d["status"] = copy.deepcopy(out.get("status") or {})
-            d["metadata"] = copy.deepcopy(out["metadata"])
+            d["status"] = jcopy(out.get("status") or {})
+            d["metadata"] = jcopy(out["metadata"])

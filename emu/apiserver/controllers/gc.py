@@ -25,7 +25,7 @@ Queue keys are "<resource>|<namespace>|<name>"."""
 from __future__ import annotations
 
 from emu.apiserver import resources
-from emu.apiserver.controllers.framework import Controller, Watch, being_deleted, obj_key
+from emu.apiserver.controllers.framework import Controller, Watch, being_deleted
 
 FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
@@ -213,7 +213,6 @@ class GarbageCollector(Controller):
                 return o
             self.client.mutate(res, dep["metadata"].get("namespace", ""), dep["metadata"]["name"], change)
         self._remove_finalizer(resource, owner, ORPHAN)
-        return None
 
     def _foreground(self, resource: str, owner: dict) -> None:
         uid = owner["metadata"]["uid"]
@@ -237,4 +236,3 @@ class GarbageCollector(Controller):
                                uid=dep["metadata"].get("uid", ""), finalizers=[FOREGROUND] if has_dependents else [])
         if blocking == 0:
             self._remove_finalizer(resource, owner, FOREGROUND)
-        return None

@@ -12,11 +12,21 @@ before fewer, newer before older."""
 from __future__ import annotations
 
 import calendar
-import copy
 import time
 
-from emu.apiserver.controllers.framework import (Controller, Watch, being_deleted, controller_of, controller_ref,
-                                                 labels_of, mapper_owner, obj_key, owned_by, selector_of)
+from emu.apiserver.controllers.framework import (
+    Controller,
+    Watch,
+    being_deleted,
+    controller_of,
+    controller_ref,
+    jcopy,
+    labels_of,
+    mapper_owner,
+    obj_key,
+    owned_by,
+    selector_of,
+)
 
 PHASE_RANK = {"Pending": 0, "Unknown": 1, "Running": 2}
 
@@ -96,7 +106,7 @@ def pod_from_template(template: dict, owner: dict, generate_name: str = "", name
         meta["name"] = name
     else:
         meta["generateName"] = generate_name
-    return {"kind": "Pod", "apiVersion": "v1", "metadata": meta, "spec": copy.deepcopy(template.get("spec") or {})}
+    return {"kind": "Pod", "apiVersion": "v1", "metadata": meta, "spec": jcopy(template.get("spec") or {})}
 
 
 def add_owner_indexes(informer) -> None:
@@ -132,7 +142,7 @@ def claim(ctl: Controller, owner: dict, pods: list[dict], resource: str = "pods"
                 _set_owner(ctl, resource, pod, uid, None)
         elif ref is None and matches and not being_deleted(owner) and not being_deleted(pod):
             adopted = _set_owner(ctl, resource, pod, None, owner)
-            if adopted is not None:
+            if adopted is not None and owned_by(adopted, owner):  # not taken by another controller meanwhile
                 out.append(adopted)
     return out
 

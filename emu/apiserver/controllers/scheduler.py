@@ -6,7 +6,11 @@ NodeUnschedulable (spec.unschedulable, unless tolerated), NodeName, TaintTolerat
 (NoSchedule and NoExecute taints; a node whose Ready condition is not True counts as
 tainted node.kubernetes.io/not-ready:NoSchedule, as the node lifecycle controller
 taints it), NodeAffinity (spec.nodeSelector and requiredDuringScheduling terms,
-matchExpressions In/NotIn/Exists/DoesNotExist/Gt/Lt and matchFields metadata.name).
+matchExpressions In/NotIn/Exists/DoesNotExist/Gt/Lt and matchFields metadata.name),
+PodTopologySpread (whenUnsatisfiable DoNotSchedule: maxSkew over the topologyKey's
+domains among the nodes the pod's node affinity allows) and InterPodAffinity (required
+podAffinity and podAntiAffinity terms by topologyKey, and existing pods' anti-affinity).
+Not modelled: resource requests (NodeResourcesFit), ports, volumes, preferred terms, preemption.
 Scoring, deterministic: fewest pods of the same controller on the node (spreading,
 as the default topology spread by hostname), then fewest pods, then node name.
 A bind writes spec.nodeName and the PodScheduled condition (what the Binding
@@ -17,16 +21,22 @@ from __future__ import annotations
 
 import collections
 
-from emu.apiserver import errors, storage
-from emu.apiserver.controllers.framework import Controller, Watch, controller_of, obj_key
-from emu.apiserver.controllers.framework import info_for
+from emu.apiserver import errors, resources, storage
+from emu.apiserver.controllers.framework import Controller, Watch, controller_of, info_for, obj_key
+from emu.apiserver.selectors import LabelSelector
 
 NOT_READY_TAINT = {"key": "node.kubernetes.io/not-ready", "effect": "NoSchedule"}
 UNSCHEDULABLE_TAINT = {"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"}
 
 REASON_UNSCHEDULABLE = "node(s) were unschedulable"
+UNSCHEDULABLE_RETRY = 300.0  # kube-scheduler's podMaxInUnschedulablePodsDuration
 REASON_NODE_NAME = "node(s) didn't match the requested node name"
 REASON_AFFINITY = "node(s) didn't match Pod's node affinity/selector"
+REASON_AFFINITY_RULES = "node(s) didn't match pod affinity rules"
+REASON_ANTI_AFFINITY = "node(s) didn't match pod anti-affinity rules"
+REASON_EXISTING_ANTI_AFFINITY = "node(s) didn't satisfy existing pods anti-affinity rules"
+REASON_SPREAD = "node(s) didn't match pod topology spread constraints"
+REASON_SPREAD_LABEL = "node(s) didn't match pod topology spread constraints (missing required label)"
 
 
 def node_ready(node: dict) -> bool:
@@ -93,7 +103,8 @@ def _requirement(expr: dict, value: str | None) -> bool:
 
 
 def term_matches(term: dict, node: dict) -> bool:
-    """A NodeSelectorTerm: every matchExpression on labels and matchField on metadata.name; an empty term matches nothing."""
+    """A NodeSelectorTerm: every matchExpression on labels and matchField on metadata.name match;
+    an empty term matches nothing."""
     exprs = term.get("matchExpressions") or []
     fields = term.get("matchFields") or []
     if not exprs and not fields:
@@ -124,9 +135,9 @@ def affinity_matches(pod_spec: dict, node: dict) -> bool:
 
 def filter_reason(pod_spec: dict, node: dict, check_unschedulable: bool = True) -> str | None:
     """Why the pod cannot go to the node (kube-scheduler's wording), or None when it fits."""
-    if check_unschedulable and (node.get("spec") or {}).get("unschedulable"):
-        if not any(tolerates(t, UNSCHEDULABLE_TAINT) for t in pod_spec.get("tolerations") or []):
-            return REASON_UNSCHEDULABLE
+    unschedulable = check_unschedulable and (node.get("spec") or {}).get("unschedulable")
+    if unschedulable and not any(tolerates(t, UNSCHEDULABLE_TAINT) for t in pod_spec.get("tolerations") or []):
+        return REASON_UNSCHEDULABLE
     want = pod_spec.get("nodeName")
     if want and want != node["metadata"]["name"]:
         return REASON_NODE_NAME
@@ -138,14 +149,121 @@ def filter_reason(pod_spec: dict, node: dict, check_unschedulable: bool = True) 
     return None
 
 
+# Reasons a preemption could cure (the filter answers Unschedulable, not UnschedulableAndUnresolvable): with every
+# pod at priority 0 there is never a victim, so preemption reports "No preemption victims found".
+RESOLVABLE = {REASON_ANTI_AFFINITY, REASON_EXISTING_ANTI_AFFINITY, REASON_SPREAD}
+
+
 def fit_error(reasons: list[str], total: int) -> str:
     """kube-scheduler's FitError message: a histogram of the reasons, sorted, then preemption's verdict."""
     if total == 0:
         return "no nodes available to schedule pods"
     counts = collections.Counter(reasons)
     hist = sorted(f"{n} {r}" for r, n in counts.items())
+    resolvable = sum(n for r, n in counts.items() if r in RESOLVABLE)
+    verdict = []
+    if total - resolvable:
+        verdict.append(f"{total - resolvable} Preemption is not helpful for scheduling")
+    if resolvable:
+        verdict.append(f"{resolvable} No preemption victims found for incoming pod")
     return (f"0/{total} nodes are available: {', '.join(hist)}. "
-            f"preemption: 0/{total} nodes are available: {total} Preemption is not helpful for scheduling.")
+            f"preemption: 0/{total} nodes are available: {', '.join(sorted(verdict))}.")
+
+
+def _selector(sel: dict | None) -> LabelSelector | None:
+    """A metav1.LabelSelector as a LabelSelector; None (matches nothing) when absent, as upstream treats nil."""
+    if not isinstance(sel, dict):
+        return None
+    text = resources._format_selector(sel)
+    return LabelSelector.parse(text) if text else LabelSelector()
+
+
+def _term_matches_pod(term: dict, owner_ns: str, pod: dict) -> bool:
+    """A PodAffinityTerm (labelSelector, namespaces; default the term owner's namespace) matches `pod`."""
+    namespaces = term.get("namespaces") or [owner_ns]
+    if (pod.get("metadata") or {}).get("namespace", "") not in namespaces and not term.get("namespaceSelector"):
+        return False
+    sel = _selector(term.get("labelSelector"))
+    return sel is not None and sel.matches((pod.get("metadata") or {}).get("labels") or {})
+
+
+def _required_terms(spec: dict, kind: str) -> list[dict]:
+    return ((spec.get("affinity") or {}).get(kind) or {}).get("requiredDuringSchedulingIgnoredDuringExecution") or []
+
+
+def _label(node: dict | None, key: str) -> str | None:
+    return ((node or {}).get("metadata") or {}).get("labels", {}).get(key)
+
+
+class Placement:
+    """The bound pods and nodes one scheduling decision looks at (InterPodAffinity, PodTopologySpread)."""
+
+    def __init__(self, nodes: list[dict], pods: list[dict]):
+        self.nodes = {n["metadata"]["name"]: n for n in nodes}
+        self.pods = [p for p in pods if (p.get("spec") or {}).get("nodeName") and not _terminal(p)
+                     and not (p.get("metadata") or {}).get("deletionTimestamp")]
+
+    def node_of(self, pod: dict) -> dict | None:
+        return self.nodes.get(pod["spec"]["nodeName"])
+
+    def inter_pod_reason(self, pod: dict, node: dict) -> str | None:
+        """InterPodAffinity's Filter for `pod` on `node`."""
+        spec = pod.get("spec") or {}
+        ns = pod["metadata"].get("namespace", "")
+        for term in _required_terms(spec, "podAffinity"):
+            value = _label(node, term.get("topologyKey", ""))
+            matching = [p for p in self.pods if _term_matches_pod(term, ns, p)]
+            if value is not None and any(_label(self.node_of(p), term["topologyKey"]) == value for p in matching):
+                continue
+            # the first pod of a group that selects itself may go anywhere the topology key exists
+            if not matching and value is not None and _term_matches_pod(term, ns, pod):
+                continue
+            return REASON_AFFINITY_RULES
+        for term in _required_terms(spec, "podAntiAffinity"):
+            value = _label(node, term.get("topologyKey", ""))
+            if value is None:
+                continue
+            if any(_label(self.node_of(p), term["topologyKey"]) == value and _term_matches_pod(term, ns, p)
+                   for p in self.pods):
+                return REASON_ANTI_AFFINITY
+        for other in self.pods:
+            for term in _required_terms(other.get("spec") or {}, "podAntiAffinity"):
+                if not _term_matches_pod(term, other["metadata"].get("namespace", ""), pod):
+                    continue
+                value = _label(self.node_of(other), term.get("topologyKey", ""))
+                if value is not None and _label(node, term["topologyKey"]) == value:
+                    return REASON_EXISTING_ANTI_AFFINITY
+        return None
+
+    def spread_reason(self, pod: dict, node: dict) -> str | None:
+        """PodTopologySpread's Filter for the whenUnsatisfiable: DoNotSchedule constraints."""
+        spec = pod.get("spec") or {}
+        ns = pod["metadata"].get("namespace", "")
+        labels = pod["metadata"].get("labels") or {}
+        for c in spec.get("topologySpreadConstraints") or []:
+            if c.get("whenUnsatisfiable", "DoNotSchedule") != "DoNotSchedule":
+                continue
+            key = c.get("topologyKey", "")
+            if _label(node, key) is None:
+                return REASON_SPREAD_LABEL
+            sel = _selector(c.get("labelSelector"))
+            # the domains: nodes with the key that the pod's node affinity and selector allow (nodeAffinityPolicy Honor)
+            counts = {_label(n, key): 0 for n in self.nodes.values()
+                      if _label(n, key) is not None and affinity_matches(spec, n)}
+            for p in self.pods:
+                if p["metadata"].get("namespace", "") != ns or sel is None \
+                        or not sel.matches(p["metadata"].get("labels") or {}):
+                    continue
+                value = _label(self.node_of(p), key)
+                if value in counts:
+                    counts[value] += 1
+            if not counts:
+                continue
+            self_match = 1 if sel is not None and sel.matches(labels) else 0
+            skew = counts.get(_label(node, key), 0) + self_match - min(counts.values())
+            if skew > int(c.get("maxSkew", 1)):
+                return REASON_SPREAD
+        return None
 
 
 def _terminal(pod: dict) -> bool:
@@ -168,6 +286,17 @@ class Scheduler(Controller):
     def setup(self) -> None:
         pods = self.informer("pods")
         pods.add_index("nodeName", lambda p: [(p.get("spec") or {}).get("nodeName") or ""])
+        # what scoring counts, kept by the informer instead of walking each node's pods per decision
+        pods.add_index("node-active", lambda p: [p["spec"]["nodeName"]] if (p.get("spec") or {}).get("nodeName")
+                       and not _terminal(p) else [])
+        pods.add_index("anti-affinity", lambda p: ["yes"] if (p.get("spec") or {}).get("nodeName")
+                       and _required_terms(p.get("spec") or {}, "podAntiAffinity") else [])
+        pods.add_index("node-owner", lambda p: [f'{p["spec"]["nodeName"]}/{_owner_uid(p)}']
+                       if (p.get("spec") or {}).get("nodeName") and not _terminal(p) and _owner_uid(p) else [])
+
+    def _anti_affinity_pods(self) -> bool:
+        """Whether some bound pod has required anti-affinity (then every decision must respect it)."""
+        return self.informer("pods").count("anti-affinity", "yes") > 0
 
     def _pod_keys(self, pod: dict) -> list[str]:
         spec = pod.get("spec") or {}
@@ -189,22 +318,29 @@ class Scheduler(Controller):
         nodes = self.informer("nodes").list()
         reasons: list[str] = []
         fits: list[dict] = []
+        placement = None
+        if _required_terms(spec, "podAffinity") or _required_terms(spec, "podAntiAffinity") \
+                or spec.get("topologySpreadConstraints") or self._anti_affinity_pods():
+            placement = Placement(nodes, self.informer("pods").list())
         for node in nodes:
             why = filter_reason(spec, node)
+            if why is None and placement is not None:
+                why = placement.spread_reason(pod, node) or placement.inter_pod_reason(pod, node)
             if why is None:
                 fits.append(node)
             else:
                 reasons.append(why)
         if not fits:
             self._unschedulable(pod, fit_error(reasons, len(nodes)))
-            return None
+            # node events retry it at once; this is the scheduling queue's periodic flush of unschedulable pods
+            return UNSCHEDULABLE_RETRY
         owner = _owner_uid(pod)
         pods_informer = self.informer("pods")
 
         def score(node: dict) -> tuple:
-            on = [p for p in pods_informer.by_index("nodeName", node["metadata"]["name"]) if not _terminal(p)]
-            same = sum(1 for p in on if owner and _owner_uid(p) == owner)
-            return same, len(on), node["metadata"]["name"]
+            name = node["metadata"]["name"]
+            same = pods_informer.count("node-owner", f"{name}/{owner}") if owner else 0
+            return same, pods_informer.count("node-active", name), name
 
         target = min(fits, key=score)["metadata"]["name"]
         self._bind(pod, target)

@@ -23,14 +23,18 @@ StatefulSets (which read ControllerRevisions) do not."""
 
 from __future__ import annotations
 
-import copy
 import re
 
 from emu.apiserver.controllers.deployment import template_hash
-from emu.apiserver.controllers.framework import (Controller, Watch, being_deleted, labels_of, mapper_owner,
-                                                 selector_of)
-from emu.apiserver.controllers.replicaset import (add_owner_indexes, candidates, claim, pod_available,
-                                                  pod_from_template, pod_ready)
+from emu.apiserver.controllers.framework import Controller, Watch, being_deleted, labels_of, mapper_owner
+from emu.apiserver.controllers.replicaset import (
+    add_owner_indexes,
+    candidates,
+    claim,
+    pod_available,
+    pod_from_template,
+    pod_ready,
+)
 
 STS = "statefulsets.apps"
 POD_NAME = "statefulset.kubernetes.io/pod-name"
@@ -76,7 +80,6 @@ class StatefulSetController(Controller):
         if sts is None:
             return None
         sts_name = sts["metadata"]["name"]
-        ns = sts["metadata"].get("namespace", "")
         members = [p for p in candidates(self.informer("pods"), sts, lambda p: not being_deleted(p))
                    if ordinal(sts_name, p) is not None]
         pods = claim(self, sts, members)

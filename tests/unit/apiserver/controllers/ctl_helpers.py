@@ -34,10 +34,21 @@ def new_store(tmp_path) -> Store:
     return store
 
 
-def manager(store: Store, *enabled: str, clock: FakeClock | None = None):
+def manager(store: Store, *enabled: str, clock: FakeClock | None = None, wall=None):
+    """A manager of the `enabled` controllers on a fake monotonic clock (and `wall`, default the real time)."""
     logs: list[str] = []
-    m = build_manager(store, clock=clock or FakeClock(), enabled=enabled, log=logs.append)
+    kw = {"wall": wall} if wall is not None else {}
+    m = build_manager(store, clock=clock or FakeClock(), enabled=enabled, log=logs.append, **kw)
     m.logs = logs
+    run = m.run_until_idle
+
+    def run_until_idle(*args, **kwargs):
+        """The manager's run_until_idle, failing the test when a reconcile raised (a bug the retries would hide)."""
+        steps = run(*args, **kwargs)
+        failures = [line for line in logs if " failed: " in line]
+        assert not failures, "\n".join(failures)
+        return steps
+    m.run_until_idle = run_until_idle
     return m
 
 
@@ -135,9 +146,9 @@ class FakeKubelet(Controller):
     def reconcile(self, key: str):
         pod = self.informer("pods").get(key)
         if pod is None or not (pod.get("spec") or {}).get("nodeName") or pod["metadata"].get("deletionTimestamp"):
-            return None
+            return
         if (pod.get("status") or {}).get("phase") == "Running":
-            return None
+            return
 
         def change(p: dict):
             st = p.setdefault("status", {})
@@ -151,4 +162,4 @@ class FakeKubelet(Controller):
             st["conditions"] = conds
             return p
         self.client.mutate("pods", *key.split("/", 1), change, status=True)
-        return None
+        return

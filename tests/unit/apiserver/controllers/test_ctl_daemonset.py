@@ -5,6 +5,7 @@ changes, rolling update, status."""
 from __future__ import annotations
 
 from ctl_helpers import add_nodes, kubelet, live, manager, namespace, new_store, node, pod_template, pods, settle
+
 from emu.apiserver.controllers.framework import Client
 from emu.apiserver.controllers.replicaset import pod_ready
 
@@ -30,7 +31,7 @@ def test_one_pod_per_eligible_node(tmp_path):
     c.create(DS, daemonset("agent"))
     settle(m, store)
     assert placement(store) == ["w1", "w2"]  # cp's taint is not tolerated; unschedulable is
-    p = [p for p in pods(store, app="agent") if p["spec"]["nodeName"] == "w1"][0]
+    p = next(p for p in pods(store, app="agent") if p["spec"]["nodeName"] == "w1")
     assert p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] == {
         "nodeSelectorTerms": [{"matchFields": [{"key": "metadata.name", "operator": "In", "values": ["w1"]}]}]}
     tols = {(t["key"], t["effect"]) for t in p["spec"]["tolerations"]}

@@ -7,11 +7,24 @@ import threading
 import time
 
 import pytest
+from ctl_helpers import FakeClock, namespace, new_store
 
-from ctl_helpers import FakeClock, new_store
 from emu.apiserver import errors
-from emu.apiserver.controllers.framework import (Client, Controller, ControllerManager, Informer, Watch, WorkQueue,
-                                                 controller_ref)
+from emu.apiserver.controllers.framework import (
+    Client,
+    Controller,
+    ControllerManager,
+    Informer,
+    Watch,
+    WorkQueue,
+    controller_ref,
+)
+
+
+def ns_store(tmp_path):
+    store = new_store(tmp_path)
+    namespace(store)
+    return store
 
 
 def cm(name: str, data: dict | None = None) -> dict:
@@ -20,7 +33,7 @@ def cm(name: str, data: dict | None = None) -> dict:
 
 
 def test_informer_lists_watches_and_indexes(tmp_path):
-    store = new_store(tmp_path)
+    store = ns_store(tmp_path)
     c = Client(store)
     c.create("configmaps", cm("a", {"k": "1"}))
     inf = Informer(store, "configmaps", print)
@@ -39,7 +52,7 @@ def test_informer_lists_watches_and_indexes(tmp_path):
 
 
 def test_informer_relists_after_410(tmp_path):
-    store = new_store(tmp_path)
+    store = ns_store(tmp_path)
     c = Client(store)
     c.create("configmaps", cm("a"))
     inf = Informer(store, "configmaps", print)
@@ -98,19 +111,19 @@ class Copier(Controller):
         self.calls += 1
         if self.calls <= self.fail_first:
             raise RuntimeError("injected failure")
-        ns, name = key.split("/")
+        _ns, name = key.split("/")
         src = self.informer("configmaps").get(key)
         if src is None or src["metadata"].get("labels", {}).get("copy") != "yes":
-            return None
+            return
         if self.informer("configmaps").get(f"{key}-copy") is None:
             obj = cm(f"{name}-copy", src.get("data"))
             obj["metadata"]["ownerReferences"] = [controller_ref(src)]
             self.client.create("configmaps", obj)
-        return None
+        return
 
 
 def test_run_until_idle_reconciles_with_read_your_writes_and_back_off(tmp_path):
-    store = new_store(tmp_path)
+    store = ns_store(tmp_path)
     clock = FakeClock()
     logs = []
     m = ControllerManager(store, clock=clock, log=logs.append)
@@ -132,7 +145,7 @@ def test_run_until_idle_reconciles_with_read_your_writes_and_back_off(tmp_path):
 
 
 def test_mutate_retries_on_conflict(tmp_path):
-    store = new_store(tmp_path)
+    store = ns_store(tmp_path)
     c = Client(store)
     c.create("configmaps", cm("a", {"n": "0"}))
     attempts = []
@@ -157,7 +170,7 @@ def test_mutate_retries_on_conflict(tmp_path):
 
 
 def test_started_manager_reconciles_in_threads(tmp_path):
-    store = new_store(tmp_path)
+    store = ns_store(tmp_path)
     m = ControllerManager(store, log=lambda s: None)
     m.add(Copier())
     m.start()
@@ -177,3 +190,32 @@ def test_started_manager_reconciles_in_threads(tmp_path):
     finally:
         m.stop()
     assert all(not t.is_alive() for t in threads)
+
+
+def test_no_creates_in_a_terminating_namespace(tmp_path):
+    store = ns_store(tmp_path)
+    c = Client(store)
+    namespace(store, "going")
+    c.mutate("namespaces", "", "going", lambda n: {**n, "metadata": {**n["metadata"],
+                                                                     "finalizers": ["example.com/hold"]}})
+    store.delete("namespaces", "", "going")
+    with pytest.raises(errors.ApiError) as e:
+        c.create("configmaps", {"metadata": {"name": "x", "namespace": "going"}})
+    assert e.value.code == 403 and "because it is being terminated" in e.value.message
+    with pytest.raises(errors.ApiError) as e:
+        c.create("configmaps", {"metadata": {"name": "x", "namespace": "missing"}})
+    assert e.value.code == 404
+
+
+def test_the_same_event_again_counts_up(tmp_path):
+    store = ns_store(tmp_path)
+    c = Client(store)
+    obj = c.create("configmaps", cm("a"))
+    for _ in range(3):
+        c.event(obj, "Warning", "Broken", "it broke", "tester")
+    c.event(obj, "Warning", "Broken", "it broke differently", "tester")
+    events = {e["message"]: e for e in store.list_objects("events", "default")}
+    assert events["it broke"]["count"] == 3 and events["it broke differently"]["count"] == 1
+    assert events["it broke"]["involvedObject"] == {"kind": "ConfigMap", "namespace": "default", "name": "a",
+                                                    "uid": obj["metadata"]["uid"], "apiVersion": "v1",
+                                                    "resourceVersion": obj["metadata"]["resourceVersion"]}

@@ -4,8 +4,8 @@ Foreground and Orphan deletion, dangling references, and the server-side finaliz
 from __future__ import annotations
 
 import pytest
-
 from ctl_helpers import add_nodes, live, manager, namespace, new_store, node, pod_template, pods, settle
+
 from emu.apiserver import storage
 from emu.apiserver.controllers import gc
 from emu.apiserver.controllers.framework import Client, controller_ref, info_for
@@ -58,7 +58,7 @@ def deletions(store, since: int) -> list[str]:
 
 
 def test_background_deletes_replica_sets_and_pods(env):
-    store, m, c = env
+    store, m, _c = env
     etype, _ = server_delete(store, DEPLOY, "default", "web", "Background")
     assert etype == "DELETED"  # gone at once; the collector follows
     m.run_until_idle()
@@ -67,9 +67,9 @@ def test_background_deletes_replica_sets_and_pods(env):
 
 
 def test_foreground_keeps_the_owner_until_dependents_are_gone(env):
-    store, m, c = env
+    store, m, _c = env
     since = store.revision
-    etype, obj = server_delete(store, DEPLOY, "default", "web", "Foreground")
+    etype, _obj = server_delete(store, DEPLOY, "default", "web", "Foreground")
     assert etype == "MODIFIED"
     d = store.get(DEPLOY, "default", "web")
     assert d["metadata"]["deletionTimestamp"] and d["metadata"]["finalizers"] == ["foregroundDeletion"]
@@ -81,7 +81,7 @@ def test_foreground_keeps_the_owner_until_dependents_are_gone(env):
 
 
 def test_orphan_leaves_dependents_without_the_reference(env):
-    store, m, c = env
+    store, m, _c = env
     [rs] = store.list_objects(RS, "default")
     etype, _ = server_delete(store, DEPLOY, "default", "web", "Orphan")
     assert etype == "MODIFIED"

@@ -4,6 +4,7 @@ references, adoption, status from the pods' Ready conditions."""
 from __future__ import annotations
 
 from ctl_helpers import add_nodes, kubelet, live, manager, namespace, new_store, node, pod_template, pods
+
 from emu.apiserver.controllers.framework import Client
 
 

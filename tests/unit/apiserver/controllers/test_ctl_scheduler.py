@@ -4,6 +4,7 @@ PodScheduled condition, Events and FailedScheduling message."""
 from __future__ import annotations
 
 from ctl_helpers import add_nodes, manager, namespace, new_store, node
+
 from emu.apiserver.controllers import scheduler as sched
 from emu.apiserver.controllers.framework import Client
 
@@ -125,3 +126,68 @@ def test_toleration_semantics():
     assert sched.tolerates({"operator": "Exists"}, taint)
     assert not sched.tolerates({"key": "k", "operator": "Exists", "effect": "NoExecute"}, taint)
     assert sched.fit_error([], 0) == "no nodes available to schedule pods"
+
+
+def labelled(name: str, labels: dict, **spec) -> dict:
+    p = pod(name, **spec)
+    p["metadata"]["labels"] = labels
+    return p
+
+
+def zone_nodes():
+    return (node("a1", labels={"zone": "a"}), node("a2", labels={"zone": "a"}), node("b1", labels={"zone": "b"}))
+
+
+def test_pod_anti_affinity_one_per_node_then_unschedulable(tmp_path):
+    store, m = setup(tmp_path, *zone_nodes())
+    c = Client(store)
+    anti = {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "db"}}, "topologyKey": "kubernetes.io/hostname"}]}}
+    for i in range(4):
+        c.create("pods", labelled(f"db{i}", {"app": "db"}, affinity=anti))
+        m.run_until_idle()
+    assert sorted(placed(store, f"db{i}") or "-" for i in range(4)) == ["-", "a1", "a2", "b1"]
+    stuck = next(f"db{i}" for i in range(4) if not placed(store, f"db{i}"))
+    assert scheduled_condition(store, stuck)["message"] == (
+        "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. "
+        "preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.")
+    # an unlabelled pod may still go anywhere; one the existing pods' rules select may not
+    c.create("pods", labelled("other", {"app": "web"}))
+    c.create("pods", labelled("intruder", {"app": "db"}))
+    m.run_until_idle()
+    assert placed(store, "other") is not None
+    assert placed(store, "intruder") is None
+    assert "3 node(s) didn't satisfy existing pods anti-affinity rules" in scheduled_condition(
+        store, "intruder")["message"]
+
+
+def test_pod_affinity_follows_the_zone(tmp_path):
+    store, m = setup(tmp_path, *zone_nodes())
+    c = Client(store)
+    c.create("pods", labelled("cache", {"app": "cache"}, nodeName="b1"))
+    near = {"podAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+        {"labelSelector": {"matchLabels": {"app": "cache"}}, "topologyKey": "zone"}]}}
+    for i in range(2):
+        c.create("pods", labelled(f"web{i}", {"app": "web"}, affinity=near))
+    c.create("pods", labelled("lonely", {"app": "x"}, affinity={"podAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": [
+            {"labelSelector": {"matchLabels": {"app": "nothing"}}, "topologyKey": "zone"}]}}))
+    m.run_until_idle()
+    assert placed(store, "web0") == placed(store, "web1") == "b1"
+    assert placed(store, "lonely") is None
+    assert scheduled_condition(store, "lonely")["message"].startswith(
+        "0/3 nodes are available: 3 node(s) didn't match pod affinity rules. preemption: 0/3 nodes are available: "
+        "3 Preemption is not helpful for scheduling.")
+
+
+def test_topology_spread_do_not_schedule(tmp_path):
+    store, m = setup(tmp_path, *zone_nodes(), node("nozone"))
+    c = Client(store)
+    spread = [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule",
+               "labelSelector": {"matchLabels": {"app": "web"}}}]
+    zones = []
+    for i in range(4):
+        c.create("pods", labelled(f"w{i}", {"app": "web"}, topologySpreadConstraints=spread))
+        m.run_until_idle()
+        zones.append({"a1": "a", "a2": "a", "b1": "b"}[placed(store, f"w{i}")])
+    assert sorted(zones) == ["a", "a", "b", "b"]  # never more than one ahead in a zone; "nozone" never used

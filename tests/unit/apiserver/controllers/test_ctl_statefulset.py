@@ -5,6 +5,7 @@ ordinal, rolling update with a partition, status."""
 from __future__ import annotations
 
 from ctl_helpers import add_nodes, kubelet, live, manager, namespace, new_store, node, pod_template, pods, settle
+
 from emu.apiserver.controllers.framework import Client
 from emu.apiserver.controllers.statefulset import update_revision
 
