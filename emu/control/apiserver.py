@@ -6,19 +6,16 @@ control-plane node's port 6443 on 127.0.0.1 and a free port of this machine
 ready, writes the cluster's objects into it and merges the kubeconfig context
 `emu-<name>` (emu.control.kubeconfig). `emu down` removes the context.
 
-ApiClient is emu's own client of that server (HTTPS with the emu-controller
-certificate, which is in system:masters): the standard library's http.client
-over one kept-alive connection.
+NodeApi is emu's own client of that server: curl in the server's node with the
+emu-controller certificate (in system:masters), one exec a request.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
+import shlex
 import socket
-import ssl
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,71 +38,48 @@ def free_port(address: str = "127.0.0.1") -> int:
         return probe.getsockname()[1]
 
 
-class ApiClient:
-    """A small HTTPS client of the cluster's API server, for emu's own commands."""
+class NodeApi:
+    """emu's own requests to the cluster's API server, made with curl inside the API
+    server's node as the emu-controller identity. The node reaches 127.0.0.1:6443
+    wherever emu runs: on the Docker host, in a container of its own (the compose
+    labs, where the host's 127.0.0.1 is not the container's), or with the engine
+    on another host; and it costs one exec, as everything else emu does."""
 
-    def __init__(self, server: str, ca_pem: bytes, cert_pem: bytes, key_pem: bytes, timeout: float = 30.0):
-        if not server.startswith("https://"):
-            raise EmuError(f"the API server address {server!r} is not https://HOST:PORT")
-        host, _, port = server.removeprefix("https://").rpartition(":")
-        self.server, self.host, self.port, self.timeout = server, host.strip("[]"), int(port), timeout
-        self.context = ssl.create_default_context(cadata=ca_pem.decode())
-        # load_cert_chain reads files only: the pair lives in a private temporary folder while loaded.
-        with tempfile.TemporaryDirectory(prefix="emu-client-") as folder:
-            cert, key = Path(folder, "client.crt"), Path(folder, "client.key")
-            cert.write_bytes(cert_pem)
-            key.touch(mode=0o600)
-            key.write_bytes(key_pem)
-            self.context.load_cert_chain(cert, key)
-        self.connection: http.client.HTTPSConnection | None = None
-
-    def close(self) -> None:
-        if self.connection is not None:
-            self.connection.close()
-            self.connection = None
-
-    def request(self, method: str, path: str, body: object = None, content_type: str = "application/json"):
-        """(status, decoded JSON or text) of one request; one retry on a connection the server closed."""
-        data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-        headers = {"Accept": "application/json", "User-Agent": "emu"}
-        if data is not None:
-            headers["Content-Type"] = content_type
-        for attempt in (1, 2):
-            if self.connection is None:
-                self.connection = http.client.HTTPSConnection(
-                    self.host, self.port, context=self.context, timeout=self.timeout
-                )
-            try:
-                self.connection.request(method, path, body=data, headers=headers)
-                response = self.connection.getresponse()
-                raw = response.read()
-            except (OSError, http.client.HTTPException):
-                self.close()
-                if attempt == 2:
-                    raise
-                continue
-            text = raw.decode("utf-8", "replace")
-            try:
-                return response.status, json.loads(text) if text else None
-            except ValueError:
-                return response.status, text
-        raise AssertionError("unreachable")
+    def __init__(self, runtime, container: str, server: str):
+        self.runtime, self.container, self.server = runtime, container, server
+        pki = cni.PKI_DIR
+        self.curl = ["curl", "-sS", "--max-time", "120", "--cacert", f"{pki}/ca.crt",
+                     "--cert", f"{pki}/emu-controller.crt", "--key", f"{pki}/emu-controller.key"]  # fmt: skip
+        self.local = f"https://127.0.0.1:{cni.API_PORT}"
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until GET /readyz answers 200 (the server starts with its node), at most `timeout` s."""
-        deadline = time.monotonic() + timeout
-        last = "no answer"
-        while time.monotonic() < deadline:
-            try:
-                status, body = self.request("GET", "/readyz")
-                if status == 200:
-                    return
-                last = f"HTTP {status}: {body}"
-            except (OSError, http.client.HTTPException) as error:
-                last = str(error) or type(error).__name__
-            time.sleep(0.05)
-        raise EmuError(f"the API server at {self.server} was not ready within {timeout:.0f}s ({last}); "
-                       f"see its log with `emu exec --node NODE -- tail {API_LOG}`")  # fmt: skip
+        ask = shlex.join([*self.curl, "-o", "/dev/null", "-w", "%{http_code}", f"{self.local}/readyz"])
+        steps = int(timeout / 0.05)
+        script = (f'n=0; while [ $n -lt {steps} ]; do code=$({ask} 2>/dev/null); [ "$code" = 200 ] && exit 0; '
+                  'n=$((n+1)); sleep 0.05; done; echo "last answer: ${code:-none}"; exit 1')  # fmt: skip
+        result = self.runtime.exec(self.container, ["sh", "-c", script])
+        if not result.ok:
+            raise EmuError(
+                f"the API server at {self.server} was not ready within {timeout:.0f}s ({result.output.strip()}); "
+                f"see its log with `emu exec --node NODE -- tail {API_LOG}`"
+            )
+
+    def post(self, path: str, body: object) -> tuple[int, object]:
+        """(status, the answer's JSON or text) of a POST of `body` as JSON."""
+        payload = json.dumps(body).encode()
+        request = "/tmp/emu-api-request.json"
+        argv = [*self.curl, "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", f"@{request}",
+                "-w", "\n%{http_code}", f"{self.local}{path}"]  # fmt: skip
+        script = f"{shlex.join(argv)}; code=$?; rm -f {request}; exit $code"
+        result = self.runtime.run_with_files(self.container, {request: payload}, ["sh", "-c", script])
+        text, _, code = result.output.rstrip("\n").rpartition("\n")
+        if not result.ok or not code.isdigit():
+            raise EmuError(f"asking the API server at {self.server} failed: {result.output.strip()[-500:]}")
+        try:
+            return int(code), json.loads(text) if text else None
+        except ValueError:
+            return int(code), text
 
 
 @dataclass
@@ -147,8 +121,8 @@ class ApiServerSetup:
                 files = self.pki.files(plan.node)
             plan.files.update({f"{cni.PKI_DIR}/{name}": data for name, data in files.items()})
 
-    def client(self) -> ApiClient:
-        return ApiClient(self.endpoint, self.pki.ca_cert, self.controller_cert, self.controller_key)
+    def client(self, runtime, state: ClusterState) -> NodeApi:
+        return NodeApi(runtime, cni.api_server_node(state).container, self.endpoint)
 
     def merge_kubeconfig(self, cluster: str) -> Path:
         return kubeconfig.merge(cluster, self.endpoint, self.pki.ca_cert, self.pki.admin_cert, self.pki.admin_key)
@@ -186,10 +160,9 @@ def admin_kubeconfig(cluster: str, state: ClusterState, runtime) -> str:
     return kubeconfig.render(cluster, state.api_endpoint, ca, cert, key)
 
 
-def controller_client(state: ClusterState, runtime) -> ApiClient:
+def controller_client(state: ClusterState, runtime) -> NodeApi:
     """emu's own client of a running cluster's API server."""
-    ca, cert, key = _node_files(state, runtime, ["ca.crt", "emu-controller.crt", "emu-controller.key"])
-    return ApiClient(state.api_endpoint, ca, cert, key)
+    return NodeApi(runtime, cni.api_server_node(state).container, state.api_endpoint)
 
 
 # ---- stage 2: what emu drives, written into the API server (emu.apiserver.mirror) ----------
@@ -261,9 +234,9 @@ def mirror_objects(state: ClusterState, unready: list[str], now: float) -> list[
     return objects
 
 
-def mirror(client: ApiClient, state: ClusterState, unready: list[str]) -> dict:
+def mirror(client: NodeApi, state: ClusterState, unready: list[str]) -> dict:
     """Write the objects of `state` into its API server (POST /emu/mirror). Returns the counts."""
-    status, body = client.request("POST", MIRROR_PATH, {"objects": mirror_objects(state, unready, time.time())})
+    status, body = client.post(MIRROR_PATH, {"objects": mirror_objects(state, unready, time.time())})
     if status != 200:
         message = body.get("message") if isinstance(body, dict) else body
         raise EmuError(

@@ -177,7 +177,7 @@ class Cluster:
             self.progress(f"wiring {len(first.pods)} pods")
             unready = self._apply_plans(plans, first, None, wait=wait or bool(later))
             self.progress(f"API server at {api.endpoint}")
-            client = api.client()
+            client = api.client(self.runtime, first)
             client.wait_ready()
             apiserver.mirror(client, first, unready if unready is not None else list(first.pods_uids()))
             if later:
@@ -229,10 +229,7 @@ class Cluster:
         if not state.api_endpoint:
             return  # made by an emu without an API server
         client = apiserver.controller_client(state, self.runtime)
-        try:
-            apiserver.mirror(client, state, unready if unready is not None else list(state.pods_uids()))
-        finally:
-            client.close()
+        apiserver.mirror(client, state, unready if unready is not None else list(state.pods_uids()))
 
     def _ordered_steps(self, state: ClusterState, later: list, waits: list[str], unready: list[str]) -> None:
         """Start StatefulSet pods in order (podManagementPolicy OrderedReady): each
