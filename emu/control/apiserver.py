@@ -13,6 +13,7 @@ emu-controller certificate (in system:masters), one exec a request.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import socket
 import sys
@@ -168,6 +169,7 @@ def controller_client(state: ClusterState, runtime) -> NodeApi:
 # ---- stage 2: what emu drives, written into the API server (emu.apiserver.mirror) ----------
 
 MIRROR_PATH = "/emu/mirror"
+KUBERNETES_VERSION = "v1.32.0-emu"  # what emu.apiserver.discovery's /version says
 KINDS = ("Namespace", "Node", "Pod", "Service", "Endpoints", "ConfigMap", "Deployment", "StatefulSet", "DaemonSet")
 
 
@@ -178,6 +180,11 @@ def _slice_name(namespace: str, service: str) -> str:
     alphabet = "bcdfghjklmnpqrstvwxz2456789"
     digest = hashlib.sha256(f"{namespace}/{service}".encode()).digest()
     return f"{service[:57]}-" + "".join(alphabet[b % len(alphabet)] for b in digest[:5])
+
+
+def _architecture() -> str:
+    machine = os.uname().machine
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
 def endpoint_slice(endpoints: dict) -> dict:
@@ -219,6 +226,13 @@ def mirror_objects(state: ClusterState, unready: list[str], now: float) -> list[
     }  # fmt: skip
     view = View(state, status, now)
     objects = [obj for kind in KINDS for obj in view.objects(kind)]
+    for node in (obj for obj in objects if obj["kind"] == "Node"):
+        # What `kubectl get nodes -o wide` shows of a kubelet: its version is the API server's.
+        node["status"]["nodeInfo"] = {
+            "kubeletVersion": KUBERNETES_VERSION, "kubeProxyVersion": KUBERNETES_VERSION,
+            "osImage": "Debian GNU/Linux 12 (bookworm)", "kernelVersion": os.uname().release,
+            "containerRuntimeVersion": "emu://netns", "operatingSystem": "linux", "architecture": _architecture(),
+        }  # fmt: skip
     objects += [endpoint_slice(obj) for obj in view.objects("Endpoints") if obj.get("subsets")]
     for policy in state.network_policies:
         spec = {k: v for k, v in policy.items() if k not in ("name", "namespace")}
