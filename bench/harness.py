@@ -114,6 +114,10 @@ def _value(value: float, unit: str) -> str:
     if value != value:  # NaN: the figure could not be read
         return "-"
     shown = value * TIME_UNITS.get(unit, 1.0)
+    if unit not in TIME_UNITS and shown == int(shown):  # a count: no decimals
+        return f"{int(shown):,} {unit}"
+    if unit == "x":
+        return f"{shown:.2f}x"
     digits = 3 if abs(shown) < 10 else 2 if abs(shown) < 100 else 1 if abs(shown) < 1000 else 0
     return f"{shown:,.{digits}f} {unit}"
 
