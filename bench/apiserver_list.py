@@ -26,8 +26,8 @@ from pathlib import Path
 
 import harness
 
-from emu.apiserver.server import ApiServer  # noqa: E402
-from emu.apiserver.storage import Store  # noqa: E402
+from emu.apiserver.server import ApiServer
+from emu.apiserver.storage import Store
 
 
 def pod(i: int) -> dict:

@@ -34,9 +34,8 @@ import time
 from pathlib import Path
 
 import harness
+from dnslib import DNSRecord
 from harness import ROOT
-
-from dnslib import DNSRecord  # noqa: E402
 
 EMU_PORT, DNSMASQ_PORT = 5353, 5354
 PORTS = {"emu": EMU_PORT, "dnsmasq": DNSMASQ_PORT}

@@ -25,9 +25,9 @@ import time
 import harness
 from harness import ROOT
 
-from emu.control.cluster import Cluster  # noqa: E402
-from emu.node.plan import cni  # noqa: E402
-from emu.api.topology.load import load_text  # noqa: E402
+from emu.api.topology.load import load_text
+from emu.control.cluster import Cluster
+from emu.node.plan import cni
 
 LAB = """\
 name: emubench-edge

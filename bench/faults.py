@@ -30,9 +30,9 @@ import time
 import harness
 from harness import ROOT
 
-from emu.control.cluster import Cluster  # noqa: E402
-from emu.control.runtime.docker import DockerRuntime  # noqa: E402
-from emu.api.load import load_file  # noqa: E402
+from emu.api.load import load_file
+from emu.control.cluster import Cluster
+from emu.control.runtime.docker import DockerRuntime
 
 
 def until(check, timeout: float = 120) -> float:

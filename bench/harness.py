@@ -28,9 +28,10 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -47,7 +48,7 @@ class Timing:
     samples: list[float]
 
     @classmethod
-    def of(cls, value: "Timing | Iterable[float] | float | dict") -> "Timing":
+    def of(cls, value: Timing | Iterable[float] | float | dict) -> Timing:
         """A Timing from a Timing, a list of samples, one number or `as_dict()`'s output."""
         if isinstance(value, Timing):
             return value
@@ -139,7 +140,7 @@ class Report:
     def print(self, text: str = "") -> None:
         print(text, file=self.out, flush=True)
 
-    def begin(self, scenario: "Scenario") -> None:
+    def begin(self, scenario: Scenario) -> None:
         self.scenario = scenario.name
         self.print(f"\n== {scenario.name}: {scenario.summary}")
         self.print(f"   baseline: {scenario.baseline}")

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import harness
 
-from emu.control.cluster import Cluster  # noqa: E402
-from emu.control.runtime.docker import DockerRuntime  # noqa: E402
-from emu.api.topology.load import load_text  # noqa: E402
-from tests.integration.test_image_pods import build_web_image  # noqa: E402
+from emu.api.topology.load import load_text
+from emu.control.cluster import Cluster
+from emu.control.runtime.docker import DockerRuntime
+from tests.integration.test_image_pods import build_web_image
 
 LAB = """\
 name: emubench-img

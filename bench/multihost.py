@@ -24,12 +24,12 @@ import time
 
 import harness
 
+from emu.api.topology.load import load_text
 from emu.control.cluster import Cluster
 from emu.control.hosts import prepare_hosts
 from emu.control.runtime.docker import DockerRuntime
 from emu.control.runtime.images import node_image_tag
 from emu.control.runtime.swarm import SwarmRuntime
-from emu.api.topology.load import load_text
 from tests import hostlab
 
 NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"

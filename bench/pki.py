@@ -20,7 +20,7 @@ from pathlib import Path
 
 import harness
 
-from emu.control.pki import make_pki  # noqa: E402
+from emu.control.pki import make_pki
 
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 

@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import harness
 
-from emu.control.cluster import Cluster  # noqa: E402
-from emu.node.plan import cni  # noqa: E402
-from emu.api.topology.load import load_text  # noqa: E402
+from emu.api.topology.load import load_text
+from emu.control.cluster import Cluster
+from emu.node.plan import cni
 
 LAB = """\
 name: emubench-prop

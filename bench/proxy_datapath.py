@@ -19,8 +19,8 @@ import sys
 
 import harness
 
-from emu.control.cluster import Cluster  # noqa: E402
-from emu.api.topology.load import load_text  # noqa: E402
+from emu.api.topology.load import load_text
+from emu.control.cluster import Cluster
 
 
 def topology(name: str, mode: str, services: int) -> str:

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import harness
 
-from bench.up import time_baseline  # noqa: E402
-from emu.control.cluster import Cluster  # noqa: E402
-from emu.control.runtime.docker import DockerRuntime  # noqa: E402
-from emu.api.topology.load import load_text  # noqa: E402
+from bench.up import time_baseline
+from emu.api.topology.load import load_text
+from emu.control.cluster import Cluster
+from emu.control.runtime.docker import DockerRuntime
 
 NC = "{name: nc, command: [nc, -lk, '8080'], ports: [{containerPort: 8080}]}"
 

@@ -20,9 +20,9 @@ import sys
 import harness
 from harness import ROOT
 
-from emu.control.cluster import Cluster  # noqa: E402
-from emu.testing import connectivity, pod_host  # noqa: E402
-from emu.api.load import load_file  # noqa: E402
+from emu.api.load import load_file
+from emu.control.cluster import Cluster
+from emu.testing import connectivity, pod_host
 
 NAME = "emubench-testing"
 

@@ -19,9 +19,9 @@ import time
 import harness
 from harness import ROOT
 
-from emu.control.cluster import Cluster, pod_exec_argv  # noqa: E402
-from emu.observe import graph, trace  # noqa: E402
-from emu.api.load import load_file  # noqa: E402
+from emu.api.load import load_file
+from emu.control.cluster import Cluster, pod_exec_argv
+from emu.observe import graph, trace
 
 NAME = "emubench-trace"
 

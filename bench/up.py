@@ -18,10 +18,10 @@ import time
 import harness
 from harness import ROOT
 
+from emu.api.load import load_file, load_text
 from emu.control.cluster import Cluster
 from emu.control.runtime.docker import DockerRuntime
 from emu.control.runtime.images import ImageBuilder
-from emu.api.load import load_file, load_text
 
 
 def big_lab(nodes: int, pods_per_node: int) -> str:
