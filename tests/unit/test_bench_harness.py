@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import sys
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 # Loaded from its file: putting bench/ on sys.path would let its scripts (trace.py,
 # dns.py, testing.py) shadow modules of those names for the rest of the session.
 _spec = importlib.util.spec_from_file_location("bench_harness", Path(__file__).resolve().parents[2] / "bench" / "harness.py")
-harness = importlib.util.module_from_spec(_spec)
+harness = sys.modules["bench_harness"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
 _spec.loader.exec_module(harness)
 
 
