@@ -31,7 +31,7 @@ RUN set -e; . /etc/os-release; \
       apt-get update; \
     fi; \
     DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      python3 python3-pip python3-setuptools \
+      python3 python3-pip python3-setuptools python3-wheel \
       python3-docker python3-yaml python3-pydantic python3-rich python3-dnslib python3-fabric \
       python3-cryptography python3-jsonpatch ca-certificates; \
     rm -rf /var/lib/apt/lists/*
