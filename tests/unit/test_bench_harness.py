@@ -13,7 +13,9 @@ import pytest
 
 # Loaded from its file: putting bench/ on sys.path would let its scripts (trace.py,
 # dns.py, testing.py) shadow modules of those names for the rest of the session.
-_spec = importlib.util.spec_from_file_location("bench_harness", Path(__file__).resolve().parents[2] / "bench" / "harness.py")
+_spec = importlib.util.spec_from_file_location(
+    "bench_harness", Path(__file__).resolve().parents[2] / "bench" / "harness.py"
+)
 harness = sys.modules["bench_harness"] = importlib.util.module_from_spec(_spec)  # dataclasses look it up
 _spec.loader.exec_module(harness)
 
@@ -57,7 +59,9 @@ def test_main_parses_the_shared_options_and_runs_the_default_scenarios():
     assert seen == [("a", 3, 0, "x"), ("b", 3, 0, "x")]
     seen.clear()
     with redirect_stdout(io.StringIO()):
-        harness.main(scenarios(seen), options=lambda p: p.add_argument("--extra"), argv=["--rounds", "7", "--only", "c"])
+        harness.main(
+            scenarios(seen), options=lambda p: p.add_argument("--extra"), argv=["--rounds", "7", "--only", "c"]
+        )
     assert seen == [("c", 7, 0, None)]
 
 
