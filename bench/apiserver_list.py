@@ -7,18 +7,16 @@ the pods are written through the server's own create path (defaults and all).
 Prints the median of each over the rounds, and their ratio (issue 21 aims:
 under 0.5 s, and within 2x of the SQLite read).
 
-usage: python bench/apiserver_list.py [--pods N] [--rounds N] [--kubectl PATH]
+usage: python bench/apiserver_list.py [--pods N] [--runs N] [--kubectl PATH] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
 import shutil
 import sqlite3
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,11 +24,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
 
-from emu.apiserver.server import ApiServer  # noqa: E402
-from emu.apiserver.storage import Store  # noqa: E402
+from emu.apiserver.server import ApiServer
+from emu.apiserver.storage import Store
 
 
 def pod(i: int) -> dict:
@@ -49,19 +46,8 @@ def post(base: str, path: str, obj: dict) -> None:
     urllib.request.urlopen(req, timeout=10).read()
 
 
-def timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pods", type=int, default=2000)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--kubectl", default=shutil.which("kubectl") or "kubectl")
-    args = ap.parse_args()
-
+def list_pods(context: harness.Context) -> None:
+    args, report = context.options, context.report
     tmp = Path(tempfile.mkdtemp(prefix="emu-bench-apiserver-"))
     try:
         db = tmp / "state.db"
@@ -74,7 +60,7 @@ def main() -> int:
             post(base, "/api/v1/namespaces", {"metadata": {"name": f"ns-{n:02d}"}})
         for i in range(args.pods):
             post(base, f"/api/v1/namespaces/ns-{i % 20:02d}/pods", pod(i))
-        print(f"created {args.pods} pods through the API in {time.perf_counter() - t0:.2f} s")
+        report.note(f"created {args.pods} pods through the API in {time.perf_counter() - t0:.2f} s")
 
         env = {**os.environ, "HOME": str(tmp)}
         kubectl = [args.kubectl, "--server", base, "get", "pods", "-A", "-o", "json"]
@@ -106,20 +92,28 @@ def main() -> int:
                 token = m.group(1).decode()
             assert total == args.pods
 
-        run_kubectl()  # discovery cache warm, as a user's second command
-        k = statistics.median(timed(run_kubectl) for _ in range(args.rounds))
-        s = statistics.median(timed(read_sqlite) for _ in range(args.rounds))
-        h = statistics.median(timed(http_pages) for _ in range(args.rounds))
-        print(f"kubectl get pods -A -o json ({args.pods} pods): {k:.3f} s  (aim: < 0.5 s)")
-        print(f"the server alone (4 pages of 500, as kubectl): {h:.3f} s")
-        print(f"sqlite3 read of the rows + print:            {s:.3f} s")
-        print(f"ratio kubectl / sqlite3: {k / s:.1f}x  (aim: within 2x); server alone / sqlite3: {h / s:.1f}x")
+        # the warm-up (default 1) fills kubectl's discovery cache, as a user's second command
+        k = harness.measure(run_kubectl, args.runs, args.warmup)
+        s = harness.measure(read_sqlite, args.runs)
+        h = harness.measure(http_pages, args.runs)
+        report.compare(f"kubectl get pods -A -o json ({args.pods} pods)", k, s, note="aims: under 0.5 s, within 2x")
+        report.compare("the server alone (pages of 500, as kubectl)", h, s)
         server.shutdown()
         store.close()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return 0
+
+
+SCENARIOS = [
+    harness.Scenario("list", "kubectl get pods -A -o json from emu's API server (in-process, plain HTTP)",
+                     "the same rows read from the SQLite file and printed", list_pods),
+]
+
+
+def options(parser) -> None:
+    parser.add_argument("--pods", type=int, default=2000)
+    parser.add_argument("--kubectl", default=shutil.which("kubectl") or "kubectl")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(SCENARIOS, __doc__, runs=5, warmup=1, options=options))

@@ -14,19 +14,17 @@ a separate client measures how long until it resolves. After the runs, every
 name is checked against its expected address on both servers.
 
 Installs dnsperf and dnsmasq from Debian's packages when missing (as root).
-usage: python bench/dns.py [--services 1000] [--headless 100] [--seconds 10] [--workers 2] [--rounds 5] [--clients 1]
+usage: python bench/dns.py [--services 1000] [--headless 100] [--seconds 10] [--workers 2] [--runs 5] [--clients 1] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import json
 import os
 import re
 import shutil
 import signal
-import statistics
 import socket
 import subprocess
 import sys
@@ -35,10 +33,9 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from dnslib import DNSRecord  # noqa: E402
+import harness
+from dnslib import DNSRecord
+from harness import ROOT
 
 EMU_PORT, DNSMASQ_PORT = 5353, 5354
 PORTS = {"emu": EMU_PORT, "dnsmasq": DNSMASQ_PORT}
@@ -162,16 +159,8 @@ def first_addresses(port: int, name: str, times: int = 8) -> int:
     return len({tuple(resolve_all(port, name))[:1] for _ in range(times)})
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--services", type=int, default=1000)
-    parser.add_argument("--headless", type=int, default=100, help="headless services with 4 endpoints each")
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5, help="alternating runs; medians are printed")
-    parser.add_argument("--clients", type=int, default=1, help="dnsperf -c")
-    parser.add_argument("--outstanding", type=int, default=100, help="dnsperf -q")
-    options = parser.parse_args()
+def dns(context: harness.Context) -> None:
+    options, report = context.options, context.report
     ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="emu-dns-bench-"))
     snapshot_path = work / "snapshot.json"
@@ -200,7 +189,7 @@ def main() -> int:
         wait_answering(DNSMASQ_PORT, service(0)[0])
         runs: dict[str, list[dict]] = {"dnsmasq": [], "emu": []}
         visible: list[float] = []
-        for round_number in range(options.rounds):
+        for round_number in range(context.runs):
             runs["dnsmasq"].append(
                 dnsperf(DNSMASQ_PORT, work / "queries", options.seconds, options.clients, options.outstanding, dnsmasq.pid)
             )
@@ -226,10 +215,6 @@ def main() -> int:
                 dnsperf(EMU_PORT, work / "queries", options.seconds, options.clients, options.outstanding, emu.pid)
             )
             changer.join()
-        results = {
-            name: {field: statistics.median(r[field] for r in rs) for field in rs[0]} | {"all": [round(r["qps"]) for r in rs]}
-            for name, rs in runs.items()
-        }
         wrong = {name: check_all(port, options.services, options.headless) for name, port in PORTS.items()}
         firsts = {name: first_addresses(port, headless(0)[0]) if options.headless else 0 for name, port in PORTS.items()}
     finally:
@@ -239,28 +224,46 @@ def main() -> int:
         dnsmasq.wait(5)
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"{options.services} service names and {options.headless} headless ones (4 addresses each), "
-          f"dnsperf {options.clients} clients x {options.seconds} s on 127.0.0.1; "
-          f"emu with {options.workers} UDP processes")  # fmt: skip
-    print(f"{'server':8} {'queries/s':>10} {'lost':>8} {'loss %':>7} {'avg latency ms':>15} {'CPU us/query':>13}"
-          f" {'wrong answers':>14} {'first of 8':>11}")  # fmt: skip
-    for name in ("dnsmasq", "emu"):
-        r = results[name]
-        loss = 100 * r["lost"] / r["sent"] if r["sent"] else float("nan")
-        print(f"{name:8} {r['qps']:>10.0f} {r['lost']:>8.0f} {loss:>7.3f} {r['latency_ms']:>15.3f} {r['cpu_us']:>13.1f}"
-              f" {wrong[name]:>14} {firsts[name]:>11}   runs: {r['all']}")  # fmt: skip
-    print(f"emu/dnsmasq queries per second: {results['emu']['qps'] / results['dnsmasq']['qps']:.2f}x; "
-          f"server CPU per query: {results['emu']['cpu_us'] / results['dnsmasq']['cpu_us']:.2f}x dnsmasq's")  # fmt: skip
+    report.note(f"{options.services} service names and {options.headless} headless ones (4 addresses each), "
+                f"dnsperf {options.clients} clients x {options.seconds} s on 127.0.0.1; "
+                f"emu with {options.workers} UDP processes")  # fmt: skip
+    emu_runs, dnsmasq_runs = runs["emu"], runs["dnsmasq"]
+
+    def field(rs: list[dict], name: str) -> list[float]:
+        return [r[name] for r in rs]
+
+    report.compare("queries/s", field(emu_runs, "qps"), field(dnsmasq_runs, "qps"), "q/s")
+    report.compare("queries lost", field(emu_runs, "lost"), field(dnsmasq_runs, "lost"), "queries")
+    report.compare("loss", [100 * r["lost"] / r["sent"] if r["sent"] else float("nan") for r in emu_runs],
+                   [100 * r["lost"] / r["sent"] if r["sent"] else float("nan") for r in dnsmasq_runs], "%")  # fmt: skip
+    report.compare("average latency", [r["latency_ms"] / 1000 for r in emu_runs],
+                   [r["latency_ms"] / 1000 for r in dnsmasq_runs], "ms")  # fmt: skip
+    report.compare("server CPU per query", [r["cpu_us"] / 1e6 for r in emu_runs],
+                   [r["cpu_us"] / 1e6 for r in dnsmasq_runs], "us")  # fmt: skip
+    report.compare("wrong answers", wrong["emu"], wrong["dnsmasq"], "names")
+    report.compare("first of 8 (rotation)", firsts["emu"], firsts["dnsmasq"], "addresses")
     # Each emu run follows its dnsmasq run at once: the median of the pairs'
     # ratios is the figure least moved by other load on the machine.
-    pairs = list(zip(runs["dnsmasq"], runs["emu"]))
-    qps_ratio = statistics.median(e["qps"] / d["qps"] for d, e in pairs)
-    cpu_ratio = statistics.median(e["cpu_us"] / d["cpu_us"] for d, e in pairs)
-    print(f"median of the rounds' ratios: queries per second {qps_ratio:.2f}x, server CPU per query {cpu_ratio:.2f}x "
-          f"(rounds: {[round(e['qps'] / d['qps'], 2) for d, e in pairs]})")  # fmt: skip
-    print(f"a service added during each emu run resolved after (ms): {[round(v * 1000) for v in visible]}")
-    return 0
+    pairs = list(zip(dnsmasq_runs, emu_runs))
+    report.figure("queries/s, each round's emu/dnsmasq", [e["qps"] / d["qps"] for d, e in pairs], "x")
+    report.figure("CPU per query, each round's emu/dnsmasq", [e["cpu_us"] / d["cpu_us"] for d, e in pairs], "x")
+    report.figure("a service added during each emu run resolved after", visible, "ms")
+
+
+SCENARIOS = [
+    harness.Scenario("dns", "emu's cluster DNS server (snapshot file, --workers UDP processes) under dnsperf",
+                     "dnsmasq serving the same names from a hosts file, alternating rounds", dns),
+]
+
+
+def options(parser) -> None:
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--headless", type=int, default=100, help="headless services with 4 endpoints each")
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--clients", type=int, default=1, help="dnsperf -c")
+    parser.add_argument("--outstanding", type=int, default=100, help="dnsperf -q")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(SCENARIOS, __doc__, runs=5, options=options))

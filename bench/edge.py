@@ -12,25 +12,22 @@
    sending straight to the 3 pods (three wrk at once, a third of the
    connections each); rounds alternate, medians.
 
-usage: python bench/edge.py [--rounds 3] [--only sync|throughput|ingress]
+usage: python bench/edge.py [--runs 3] [--only sync,throughput,ingress] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
-import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
+from harness import ROOT
 
-from emu.control.cluster import Cluster  # noqa: E402
-from emu.node.plan import cni  # noqa: E402
-from emu.api.topology.load import load_text  # noqa: E402
+from emu.api.topology.load import load_text
+from emu.control.cluster import Cluster
+from emu.node.plan import cni
 
 LAB = """\
 name: emubench-edge
@@ -64,32 +61,44 @@ def policies(count: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sync_figures(rounds: int) -> None:
+def sync_figures(context: harness.Context) -> None:
+    rounds, report = context.runs, context.report
     cluster = Cluster("emubench-policy")
     cluster.down()
     cluster.up(load_text("name: emubench-policy\nnodes: [{name: n0, role: control-plane}]\n"))
     try:
         node = cluster.state().nodes[0].container
         cluster.runtime.exec(node, ["pkill", "-f", "emu.node.agent"])
-        cluster.runtime.put_files(node, {"/opt/emu/bench/node_policy_sync.py": (ROOT / "bench" / "node_policy_sync.py").read_text()})
-        print(f"{'policies':>8} {'pods':>5} {'sets':>5} {'rules':>6} {'emu full s':>10} {'bare s':>8} {'emu/bare':>9} {'one changed s':>14}")
+        cluster.runtime.put_files(node, {
+            "/opt/emu/bench/node_policy_sync.py": (ROOT / "bench" / "node_policy_sync.py").read_text(),
+            "/opt/emu/bench/harness.py": (ROOT / "bench" / "harness.py").read_text(),
+        })  # fmt: skip
         for count in (100, 1000):
             argv = ["env", f"PYTHONPATH={cni.AGENT_LIB}", "python3", "/opt/emu/bench/node_policy_sync.py", str(count), str(rounds)]
             result = cluster.runtime.exec(node, argv)
             if not result.ok:
                 raise SystemExit(result.output)
             r = json.loads(result.output.strip().splitlines()[-1])
-            print(f"{r['policies']:>8} {r['pods']:>5} {r['sets']:>5} {r['rules']:>6} {r['emu_full']:>10.3f} {r['bare']:>8.3f} "
-                  f"{r['emu_full'] / r['bare']:>8.2f}x {r['partial']:>14.3f}")
+            label = f"{r['policies']} policies, {r['pods']} pods, {r['sets']} sets, {r['rules']} rules"
+            report.compare(f"{label}: emu full sync", r["emu_full"], r["bare"])
+            report.figure(f"{label}: one changed", r["partial"])
     finally:
         cluster.down()
 
 
-def median(values: list[float]) -> float:
-    return statistics.median(values)
+def edge_lab(context: harness.Context) -> Cluster:
+    """The 3-node lab throughput and ingress share, made on first use."""
+    if "edge" not in context.shared:
+        cluster = Cluster("emubench-edge")
+        cluster.down()
+        context.stack.callback(cluster.down)
+        cluster.up(load_text(LAB))
+        context.shared["edge"] = cluster
+    return context.shared["edge"]
 
 
-def throughput(cluster: Cluster, rounds: int) -> None:
+def throughput(context: harness.Context) -> None:
+    cluster, rounds, report = edge_lab(context), context.runs, context.report
     server = cluster.state().pods["default/server"].ip
     base = LAB.replace("name: emubench-edge", f"name: {cluster.name}")
 
@@ -111,14 +120,14 @@ def throughput(cluster: Cluster, rounds: int) -> None:
     cluster.apply(load_text(base + policies(100).replace("role: client", "role: nobody")))
     denied = cluster.exec("client", ["iperf3", "-c", server, "-t", "1", "--connect-timeout", "1000"])
     cluster.apply(load_text(base))
-    print(f"iperf3 client (w1) -> server (w2): no policy {median(without):.2f} Gbit/s, 100 policies "
-          f"{median(with_policies):.2f} Gbit/s ({median(with_policies) / median(without):.2f}x); "
-          f"with the client's policy removed, iperf3 {'was refused' if not denied.ok else 'still connected (wrong)'}")
-    print(f"emu apply of a change of 100 policies, until every node's agent has written it: median "
-          f"{median(applies):.2f} s (of it, the agents' sync: see 'network policies of generation' in their logs)")
+    report.compare("iperf3 client (w1) -> server (w2), 100 policies", with_policies, without, "Gbit/s",
+                   note=f"with the client's policy removed, iperf3 {'was refused' if not denied.ok else 'still connected (wrong)'}")
+    report.figure("emu apply of a change of 100 policies", applies,
+                  note="until every node's agent has written it (the agents' sync: 'network policies of generation' in their logs)")
 
 
-def ingress_rate(cluster: Cluster, rounds: int) -> None:
+def ingress_rate(context: harness.Context) -> None:
+    cluster, rounds, report = edge_lab(context), context.runs, context.report
     state = cluster.state()
     controller = next(p for p in state.pods.values() if p.namespace == "ingress-nginx")
     echo = sorted(p.ip for p in state.pods.values() if p.labels.get("app") == "echo")
@@ -134,30 +143,18 @@ def ingress_rate(cluster: Cluster, rounds: int) -> None:
     for _ in range(rounds):
         through.append(wrk([f"http://{controller.ip}/hostname"] * 3, 8, "-H 'Host: bench.example.com'"))
         direct.append(wrk([f"http://{ip}:8080/hostname" for ip in echo], 8))
-    print(f"wrk from a pod, 24 connections: through nginx to 3 endpoints {median(through):,.0f} req/s, "
-          f"straight to the 3 pods {median(direct):,.0f} req/s ({median(through) / median(direct):.2f}x)")
+    report.compare("wrk from a pod, 24 connections, via nginx", through, direct, "req/s")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=["sync", "throughput", "ingress"])
-    options = parser.parse_args()
-    if options.only in (None, "sync"):
-        sync_figures(options.rounds)
-    if options.only in (None, "throughput", "ingress"):
-        cluster = Cluster("emubench-edge")
-        cluster.down()
-        cluster.up(load_text(LAB))
-        try:
-            if options.only in (None, "throughput"):
-                throughput(cluster, options.rounds)
-            if options.only in (None, "ingress"):
-                ingress_rate(cluster, options.rounds)
-        finally:
-            cluster.down()
-    return 0
+SCENARIOS = [
+    harness.Scenario("sync", "NetworkPolicy sync on one node (agent stopped), 1,000 pods, 100 and 1,000 policies",
+                     "ipset restore + iptables-restore of the same text, nothing else", sync_figures),
+    harness.Scenario("throughput", "iperf3 pod to pod across nodes with 100 policies selecting the server (ABBA)",
+                     "the same with no policy", throughput),
+    harness.Scenario("ingress", "wrk req/s from a pod through the ingress controller (nginx) to 3 endpoints",
+                     "the same pod straight to the 3 pods (three wrk at once)", ingress_rate),
+]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(SCENARIOS, __doc__, runs=3))

@@ -19,23 +19,20 @@ Beside them, what a real cluster does by default: kube-proxy's iptables
 resync period (30 s, when it would rewrite a flushed chain), the node
 monitor grace period (40 s) and pod eviction after it. Polls every 50 ms.
 
-usage: python bench/faults.py [--rounds 5]
+usage: python bench/faults.py [--runs 5] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
+from harness import ROOT
 
-from emu.control.cluster import Cluster  # noqa: E402
-from emu.control.runtime.docker import DockerRuntime  # noqa: E402
-from emu.api.load import load_file  # noqa: E402
+from emu.api.load import load_file
+from emu.control.cluster import Cluster
+from emu.control.runtime.docker import DockerRuntime
 
 
 def until(check, timeout: float = 120) -> float:
@@ -47,10 +44,8 @@ def until(check, timeout: float = 120) -> float:
     return time.perf_counter() - started
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=5)
-    options = parser.parse_args()
+def recoveries(context: harness.Context) -> None:
+    rounds = context.runs
     runtime = DockerRuntime()
     cluster = Cluster("emubench-faults", runtime=runtime)
     cluster.down()
@@ -85,7 +80,7 @@ def main() -> int:
             pid = cluster.node_exec("worker2", ["cat", web_pid]).output.strip()
             answer = cluster.exec("client", ["curl", "-s", "--max-time", "0.5", f"http://{web.ip}:8080/hostname"])
             return pid != old and answer.ok
-        for _ in range(options.rounds):
+        for _ in range(rounds):
             cluster.node_exec("worker", ["iptables", "-t", "nat", "-F", "KUBE-SERVICES"])
             results["flushed chain"].append(until(client_reaches_echo))
             old = cluster.node_exec("worker", ["cat", "/run/emu/agent/agent.pid"]).output.strip()
@@ -103,7 +98,7 @@ def main() -> int:
             until(lambda: client_ip and client_reaches_echo())
         worker2 = state.node("worker2")
         replicas = len([p for p in state.pods.values() if p.owner == "Deployment/echo"])
-        for _ in range(max(1, options.rounds // 2)):
+        for _ in range(max(1, rounds // 2)):
             state = cluster.state()
             on_worker2 = {f"{p.ip}:8080" for p in state.pods_on("worker2") if p.owner == "Deployment/echo"}
             started = time.perf_counter()
@@ -131,15 +126,20 @@ def main() -> int:
             "stopped node": "node-monitor-grace-period 40 s, then endpoints removed",
             "moved pods": "40 s grace + 300 s toleration, then the ReplicaSet makes new pods",
         }
-        print(f"{'fault':16} {'median':>8} {'max':>8}  a real cluster, by default")
         for fault, times in results.items():
-            print(f"{fault:16} {statistics.median(times):7.2f}s {max(times):7.2f}s  {reference[fault]}")
+            context.report.figure(fault, times, note=f"a real cluster, by default: {reference[fault]}")
         # The same container crashing round after round meets the back-off, as on a real node.
-        print(f"killed container, round by round: {', '.join(f'{t:.2f}s' for t in results['killed container'])}")
+        context.report.note(f"killed container, round by round: {', '.join(f'{t:.2f}s' for t in results['killed container'])}")
     finally:
         cluster.down()
-    return 0
+
+
+SCENARIOS = [
+    harness.Scenario("faults", "time to recover from each fault on the default lab (polls every 50 ms)",
+                     "a real cluster's defaults for the same fault (kube-proxy resync, node grace period, ...), "
+                     "printed beside each", recoveries),
+]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(SCENARIOS, __doc__, runs=5))

@@ -5,26 +5,23 @@ port), beside plain Docker starting the same containers (a `--network none`
 sandbox and the app with `--network container:`) in the same run, through the
 same client and the same parallelism, with no wiring.
 
-usage: python bench/image_pods.py [--pods 10] [--rounds 3]
+usage: python bench/image_pods.py [--pods 10] [--runs 3] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
 
-from emu.control.cluster import Cluster  # noqa: E402
-from emu.control.runtime.docker import DockerRuntime  # noqa: E402
-from emu.api.topology.load import load_text  # noqa: E402
-from tests.integration.test_image_pods import build_web_image  # noqa: E402
+from emu.api.topology.load import load_text
+from emu.control.cluster import Cluster
+from emu.control.runtime.docker import DockerRuntime
+from tests.integration.test_image_pods import build_web_image
 
 LAB = """\
 name: emubench-img
@@ -62,11 +59,8 @@ def plain_docker(runtime: DockerRuntime, image: str, sandbox_image: str, count: 
     return elapsed
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--pods", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
-    options = parser.parse_args()
+def image_pods(context: harness.Context) -> None:
+    options = context.options
     runtime = DockerRuntime()
     image = build_web_image(runtime, Path(tempfile.mkdtemp()))
     cluster = Cluster("emubench-img", runtime=runtime)
@@ -75,20 +69,30 @@ def main() -> None:
         cluster.up(load_text(LAB))
         sandbox_image = cluster.state().node_image
         emu_times, plain_times = [], []
-        for round_ in range(options.rounds):
+        for round_ in range(context.runs):
             plain_times.append(plain_docker(runtime, image, sandbox_image, options.pods))
             started = time.monotonic()
             cluster.apply(load_text(with_pods(options.pods, image)))
             emu_times.append(time.monotonic() - started)
             cluster.apply(load_text(LAB))
-            print(f"round {round_ + 1}: plain docker {plain_times[-1]:.2f} s, emu apply {emu_times[-1]:.2f} s")
-        plain, emu = statistics.median(plain_times), statistics.median(emu_times)
-        print(f"{options.pods} image pods, medians of {options.rounds}: plain docker {plain:.2f} s "
-              f"({options.pods / plain:.1f} pods/s), emu {emu:.2f} s ({options.pods / emu:.1f} pods/s), "
-              f"ratio {emu / plain:.2f}x")  # fmt: skip
+            context.report.note(f"round {round_ + 1}: plain docker {plain_times[-1]:.2f} s, emu apply {emu_times[-1]:.2f} s")
+        context.report.compare(f"{options.pods} image pods, emu apply", emu_times, plain_times)
+        context.report.compare(f"{options.pods} image pods, pods/s", [options.pods / t for t in emu_times],
+                               [options.pods / t for t in plain_times], "pods/s")  # fmt: skip
     finally:
         cluster.down()
 
 
+SCENARIOS = [
+    harness.Scenario("image_pods", "emu apply of N image pods (sandbox + app + wiring) until every pod answers",
+                     "plain Docker starting the same sandbox + app pairs, same client and parallelism, no wiring",
+                     image_pods),
+]
+
+
+def options(parser) -> None:
+    parser.add_argument("--pods", type=int, default=10)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(harness.main(SCENARIOS, __doc__, runs=3, options=options))

@@ -11,29 +11,25 @@ network namespaces, joined in a swarm, reached over SSH), in the same run.
 All hosts share this machine's two cores, so cross-host figures show the cost
 of the overlay (VXLAN encapsulation, the extra bridge hops), not of a wire.
 
-usage: python bench/multihost.py [--rounds N]
+usage: python bench/multihost.py [--runs N] [--only images,up,paths] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
 
+from emu.api.topology.load import load_text
 from emu.control.cluster import Cluster
 from emu.control.hosts import prepare_hosts
 from emu.control.runtime.docker import DockerRuntime
 from emu.control.runtime.images import node_image_tag
 from emu.control.runtime.swarm import SwarmRuntime
-from emu.api.topology.load import load_text
 from tests import hostlab
 
 NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
@@ -50,10 +46,8 @@ PAIRS = {  # (client, server): what lies between them on three hosts
 
 def time_up(runtime, topology) -> float:
     cluster = Cluster(topology.name, runtime=runtime)
-    started = time.perf_counter()
     try:
-        cluster.up(topology)
-        return time.perf_counter() - started
+        return harness.timed(lambda: cluster.up(topology))
     finally:
         cluster.down()
 
@@ -72,60 +66,68 @@ def measure_paths(cluster: Cluster) -> dict[str, tuple[float, float]]:
     return results
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    options = parser.parse_args()
-    os.environ.setdefault("EMU_HOME", tempfile.mkdtemp(prefix="emu-bench-home-"))
+def hosts(context: harness.Context):
+    """Three hosts (tests/hostlab.py) prepared with the node image, shared by the scenarios."""
+    if "hosts" not in context.shared:
+        os.environ.setdefault("EMU_HOME", tempfile.mkdtemp(prefix="emu-bench-home-"))
+        lab = context.stack.enter_context(hostlab.session(3, progress=lambda message: None))
+        local = DockerRuntime()
+        image = local.node_image(print)
+        models = lab.models()
+        prepare_hosts(models, [image], progress=lambda message: None)
+        context.shared["hosts"] = (lab, local, image, models, SwarmRuntime(models))
+    return context.shared["hosts"]
 
-    with hostlab.session(3, progress=lambda message: None) as lab:
-        return run(lab, options.rounds)
 
-
-def run(lab, rounds: int) -> int:
-    local = DockerRuntime()
-    image = local.node_image(print)
-    hosts = lab.models()
-    prepare_hosts(hosts, [image], progress=lambda message: None)
-    swarm = SwarmRuntime(hosts)
-
-    # Image shipping: every host without the image, then again with it cached.
+def images(context: harness.Context) -> None:
+    """Image shipping: every host without the image, then again with it cached."""
+    lab, _, image, _, swarm = hosts(context)
     for host in lab.hosts:
         hostlab.docker(host, "image", "rm", "-f", image, check=False)
-    started = time.perf_counter()
-    swarm.ship_images([image], lambda message: None)
-    cold = time.perf_counter() - started
-    started = time.perf_counter()
-    swarm.ship_images([image], lambda message: None)
-    cached = time.perf_counter() - started
-    print(f"image {image} to 3 hosts: cold {cold:.2f}s, cached {cached:.3f}s ({cold / cached:.0f}x)")
+    cold = harness.timed(lambda: swarm.ship_images([image], lambda message: None))
+    cached = harness.timed(lambda: swarm.ship_images([image], lambda message: None))
+    context.report.compare(f"image {image} to 3 hosts, cold", cold, cached, note="baseline: the same, cached")
 
+
+def up(context: harness.Context) -> None:
+    _, local, _, models, swarm = hosts(context)
     one, three = [], []
     topology = load_text(LAB)
-    for round_number in range(rounds):
+    for round_number in range(context.runs):
         one.append(time_up(local, topology.model_copy(update={"name": f"emubench-one{round_number}"})))
-        spread = topology.model_copy(update={"name": f"emubench-three{round_number}", "hosts": hosts})
+        spread = topology.model_copy(update={"name": f"emubench-three{round_number}", "hosts": models})
         three.append(time_up(swarm, spread))
-    print(f"emu up, 6 nodes / 12 pods: one host {statistics.median(one):.2f}s, three hosts "
-          f"{statistics.median(three):.2f}s ({statistics.median(three) / statistics.median(one):.2f}x)"
-          f"  runs: one {[round(t, 2) for t in one]} three {[round(t, 2) for t in three]}")  # fmt: skip
+    context.report.compare("emu up, 6 nodes / 12 pods, three hosts", three, one)
 
+
+def paths(context: harness.Context) -> None:
+    _, local, _, models, swarm = hosts(context)
+    topology = load_text(LAB)
     single = Cluster("emubench-paths1", runtime=local)
     spread_cluster = Cluster("emubench-paths3", runtime=swarm)
     try:
         single.up(topology.model_copy(update={"name": single.name}))
-        spread_cluster.up(topology.model_copy(update={"name": spread_cluster.name, "hosts": hosts}))
+        spread_cluster.up(topology.model_copy(update={"name": spread_cluster.name, "hosts": models}))
         on_one, on_three = measure_paths(single), measure_paths(spread_cluster)
     finally:
         single.down()
         spread_cluster.down()
     base_rtt, base_tput = on_one["same node"]
-    print(f"{'path':24} {'lab':7} {'ping ms':>8} {'x same node':>12} {'Gbit/s':>8} {'x same node':>12}")
     for lab_name, results in (("1 host", on_one), ("3 hosts", on_three)):
         for label, (rtt, tput) in results.items():
-            print(f"{label:24} {lab_name:7} {rtt:>8.3f} {rtt / base_rtt:>11.2f}x {tput:>8.2f} {tput / base_tput:>11.2f}x")
-    return 0
+            context.report.compare(f"ping RTT, {label}, {lab_name}", rtt / 1000, base_rtt / 1000, "ms")
+            context.report.compare(f"iperf3, {label}, {lab_name}", tput, base_tput, "Gbit/s")
+
+
+SCENARIOS = [
+    harness.Scenario("images", "shipping the node image to 3 hosts with none of it (docker save | load through emu)",
+                     "the same shipping with the image already there (a tag check a host)", images),
+    harness.Scenario("up", "emu up of 6 nodes / 12 netexec pods spread over three hosts",
+                     "the same lab on this machine's one engine, same run", up),
+    harness.Scenario("paths", "ping RTT and iperf3 between pods: same node, other node, other host",
+                     "the same node pair on one host (ratios are 'x same node')", paths),
+]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(SCENARIOS, __doc__, runs=3))

@@ -1,6 +1,8 @@
 """Runs inside an emu node (PYTHONPATH=/opt/emu/lib): times emu's NetworkPolicy
 sync against a bare `ipset restore` + `iptables-restore` of the same text.
-Driven by bench/policy.py.
+Driven by bench/edge.py (its "sync" scenario), which copies this file and
+bench/harness.py into the node: python3 node_policy_sync.py POLICIES RUNS
+prints one JSON line, each time as harness.Timing.as_dict().
 
 The state: 1,000 pods on this node in 10 namespaces (labels app=a0..a99,
 role=r0..r49) and N policies, each selecting one app, admitting one role from
@@ -12,10 +14,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import statistics
 import subprocess
 import sys
-import time
+
+import harness
 
 from emu.node import policy
 from emu.node.agent.policy import PolicySync
@@ -64,18 +66,12 @@ def clean() -> None:
         subprocess.run(["ipset", "restore"], input=destroy, text=True, check=True)
 
 
-def timed(function) -> float:
-    started = time.perf_counter()
-    function()
-    return time.perf_counter() - started
-
-
 def measure(count: int) -> dict:
     state = make(count)
     state.generation = 1
     clean()
     sync = PolicySync(lambda message: None)
-    emu_full = timed(lambda: sync.sync(state, "n0"))
+    emu_full = harness.timed(lambda: sync.sync(state, "n0"))
     rules = policy.render(state, "n0")
     set_text = policy.ipset_restore_text(rules.sets, None, [])  # what the first sync on a clean node writes
     chain_text = policy.iptables_restore_text(rules.chains, None)
@@ -84,7 +80,7 @@ def measure(count: int) -> dict:
     changed = make(count)
     changed.generation = 2
     changed.network_policies[count // 2]["podSelector"] = {"matchLabels": {"app": "a1"}}
-    partial = timed(lambda: sync.sync(changed, "n0"))
+    partial = harness.timed(lambda: sync.sync(changed, "n0"))
 
     clean()
 
@@ -92,7 +88,7 @@ def measure(count: int) -> dict:
         subprocess.run(["ipset", "restore"], input=set_text, text=True, check=True)
         subprocess.run(["iptables-restore", "--noflush"], input=chain_text, text=True, check=True)
 
-    bare_time = timed(bare)
+    bare_time = harness.timed(bare)
     clean()
     return {"policies": count, "pods": len(state.pods), "sets": len(rules.sets),
             "rules": sum(len(r) for r in rules.chains.values()), "emu_full": emu_full, "bare": bare_time,
@@ -104,7 +100,7 @@ def main() -> None:
     results = [measure(count) for _ in range(rounds)]
     summary = dict(results[0])
     for key in ("emu_full", "bare", "partial"):
-        summary[key] = statistics.median(r[key] for r in results)
+        summary[key] = harness.Timing([r[key] for r in results]).as_dict()
     print(json.dumps(summary))
 
 

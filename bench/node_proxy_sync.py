@@ -1,15 +1,20 @@
 """Runs inside an emu node (PYTHONPATH=/opt/emu/lib): times emu's iptables sync
 against a bare iptables-restore of the same text, and its nftables sync against
-a bare nft -f of the same transaction. Driven by bench/proxy_sync.py."""
+a bare nft -f of the same transaction. Driven by bench/proxy_sync.py, which
+copies this file and bench/harness.py into the node:
+  python3 node_proxy_sync.py SERVICES nft|no RUNS     (iptables mode)
+  python3 node_proxy_sync.py SERVICES nftables RUNS   (nftables mode)
+print one JSON line; each time is harness.Timing.as_dict()."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
-import statistics
 import subprocess
 import sys
 import time
+
+import harness
 
 from emu.node.proxy import iptables, nftables
 from emu.node.records import ClusterState, NodeState, ServicePortState, ServiceState
@@ -47,9 +52,7 @@ def clean(restore: str) -> None:
 
 
 def restore(binary: str, text: str) -> float:
-    started = time.perf_counter()
-    subprocess.run([binary, "--noflush"], input=text, text=True, check=True)
-    return time.perf_counter() - started
+    return harness.timed(lambda: subprocess.run([binary, "--noflush"], input=text, text=True, check=True))
 
 
 def measure(state, endpoints, count: int) -> dict:
@@ -78,9 +81,7 @@ def measure(state, endpoints, count: int) -> dict:
 
 
 def nft(text: str) -> float:
-    started = time.perf_counter()
-    subprocess.run(["nft", "-f", "-"], input=text, text=True, check=True)
-    return time.perf_counter() - started
+    return harness.timed(lambda: subprocess.run(["nft", "-f", "-"], input=text, text=True, check=True))
 
 
 def nft_clean() -> None:
@@ -119,24 +120,26 @@ def main() -> None:
         count, rounds = int(sys.argv[1]), int(sys.argv[3])
         state, endpoints = make(count)
         runs = [measure_nftables(state, endpoints, count) for _ in range(rounds)]
-        result = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+        result = {k: harness.Timing([run[k] for run in runs]).as_dict() for k in runs[0]}
+        for count_field in ("services", "lines", "partial_lines"):
+            result[count_field] = runs[0][count_field]
         print(json.dumps(result))
         return
     count, with_nft, rounds = int(sys.argv[1]), sys.argv[2] == "nft", int(sys.argv[3])
     state, endpoints = make(count)
     runs = []
     for _ in range(rounds):
-        iptables._hash.cache_clear()  # every round renders cold, as a first sync does
+        iptables._chain.cache_clear()  # every round renders cold, as a first sync does (chain names made anew)
         runs.append(measure(state, endpoints, count))
     text = runs[0]["text"]
     result = {"services": count, "rules": text.count("\n-A ")}
     for field in ("render", "emu_full", "bare", "partial"):
-        result[field] = statistics.median(run[field] for run in runs)
+        result[field] = harness.Timing([run[field] for run in runs]).as_dict()
     result["partial_chains"] = runs[0]["partial_chains"]
     result["nft_bare"] = None
     if with_nft:
         clean("iptables-nft-restore")
-        result["nft_bare"] = restore("iptables-nft-restore", text)
+        result["nft_bare"] = harness.Timing([restore("iptables-nft-restore", text)]).as_dict()
         clean("iptables-nft-restore")
     print(json.dumps(result))
 

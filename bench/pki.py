@@ -8,23 +8,19 @@ openssl runs as a kubeadm-like script would: one `openssl req -x509` for the
 CA, then `openssl req -new` + `openssl x509 -req` a certificate, `openssl
 genpkey` for the SA key. Printed: best and median of --rounds for each, and
 the ratio. Needs /usr/bin/openssl.
-usage: python bench/pki.py [--nodes 3] [--rounds 5]
+usage: python bench/pki.py [--nodes 3] [--runs 5] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
 
-from emu.control.pki import make_pki  # noqa: E402
+from emu.control.pki import make_pki
 
 EC = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
 
@@ -60,27 +56,25 @@ def openssl_pki(names: list[str], node_ip: str, service_ip: str) -> None:
         run("pkey", "-in", "sa.key", "-pubout", "-out", "sa.pub", cwd=d)
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--nodes", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    names = ["control-plane"] + [f"worker{i}" for i in range(1, args.nodes)]
+def whole_pki(context: harness.Context) -> None:
+    nodes = context.options.nodes
+    names = ["control-plane"] + [f"worker{i}" for i in range(1, nodes)]
     emu_times, ssl_times = [], []
-    for _ in range(args.rounds):
-        emu_times.append(timed(lambda: make_pki(["172.18.0.2"], "10.96.0.1", names)))
-        ssl_times.append(timed(lambda: openssl_pki(names, "172.18.0.2", "10.96.0.1")))
-    print(f"whole PKI for {args.nodes} nodes ({args.nodes + 3} certificates + CA + SA key), {args.rounds} rounds")
-    print(f"  emu make_pki : best {min(emu_times) * 1000:7.1f} ms  median {statistics.median(emu_times) * 1000:7.1f} ms")
-    print(f"  openssl CLI  : best {min(ssl_times) * 1000:7.1f} ms  median {statistics.median(ssl_times) * 1000:7.1f} ms")
-    print(f"  ratio emu/openssl (median): {statistics.median(emu_times) / statistics.median(ssl_times):.2f}")
+    for _ in range(context.runs):  # alternating, so both meet the same load
+        emu_times.append(harness.timed(lambda: make_pki(["172.18.0.2"], "10.96.0.1", names)))
+        ssl_times.append(harness.timed(lambda: openssl_pki(names, "172.18.0.2", "10.96.0.1")))
+    context.report.compare(f"whole PKI, {nodes} nodes ({nodes + 3} certs + CA + SA key)", emu_times, ssl_times, "ms")
+
+
+SCENARIOS = [
+    harness.Scenario("pki", "emu.control.pki.make_pki: CA, API server, admin, kube-proxy, a cert a node, SA key",
+                     "openssl CLI making the same files, as a kubeadm-like script", whole_pki),
+]
+
+
+def options(parser) -> None:
+    parser.add_argument("--nodes", type=int, default=3)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(harness.main(SCENARIOS, __doc__, runs=5, options=options))

@@ -11,24 +11,20 @@ Baseline, same run: the host pushes the same kind of change itself, one
 `docker exec NODE iptables-restore --noflush` per node in parallel (a central
 controller without node agents).
 
-usage: python bench/propagation.py [--rounds 10] [--nodes 3]
+usage: python bench/propagation.py [--runs 10] [--nodes 3] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
 
-from emu.control.cluster import Cluster  # noqa: E402
-from emu.node.plan import cni  # noqa: E402
-from emu.api.topology.load import load_text  # noqa: E402
+from emu.api.topology.load import load_text
+from emu.control.cluster import Cluster
+from emu.node.plan import cni
 
 LAB = """\
 name: emubench-prop
@@ -98,17 +94,15 @@ def baseline_push(cluster: Cluster, nodes: list[str], round_number: int) -> floa
         cluster.runtime.put_files(container, {"/tmp/bench.rules": text})
         assert cluster.runtime.exec(container, ["iptables-restore", "--noflush", "/tmp/bench.rules"]).ok
 
-    started = time.perf_counter()
-    with ThreadPoolExecutor(len(containers)) as pool:
-        list(pool.map(push, containers))
-    return time.perf_counter() - started
+    def push_all() -> None:
+        with ThreadPoolExecutor(len(containers)) as pool:
+            list(pool.map(push, containers))
+
+    return harness.timed(push_all)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--nodes", type=int, default=3)
-    options = parser.parse_args()
+def propagation(context: harness.Context) -> None:
+    options = context.options
     nodes_yaml = "[{name: cp, role: control-plane}, " + ", ".join(f"{{name: w{i}}}" for i in range(1, options.nodes)) + "]"
     cluster = Cluster("emubench-prop")
     cluster.down()
@@ -118,19 +112,26 @@ def main() -> int:
         pod = min((p for p in state.pods.values() if p.labels.get("app") == "backend"), key=lambda p: p.name)
         nodes = [n.name for n in state.nodes]
         emu_times, base_times = [], []
-        for round_number in range(options.rounds):
+        for round_number in range(context.runs):
             for status in ("fail", "ok"):
                 emu_times.append(one_change(cluster, pod.ip, pod.node, nodes, status))
                 base_times.append(baseline_push(cluster, nodes, round_number))
-        emu_ms, base_ms = statistics.median(emu_times) * 1000, statistics.median(base_times) * 1000
-        print(f"{len(emu_times)} endpoint changes, {len(nodes)} nodes; medians:")
-        print(f"  emu agents (readiness seen -> last node synced): {emu_ms:7.1f} ms (max {max(emu_times) * 1000:.1f})")
-        print(f"  baseline (host pushes via docker exec):          {base_ms:7.1f} ms (max {max(base_times) * 1000:.1f})")
-        print(f"  emu/baseline: {emu_ms / base_ms:.2f}x")
+        context.report.compare(f"{len(emu_times)} endpoint changes, {len(nodes)} nodes", emu_times, base_times, "ms",
+                               note="emu: readiness seen on the pod's node -> last node synced")  # fmt: skip
     finally:
         cluster.down()
-    return 0
+
+
+SCENARIOS = [
+    harness.Scenario("propagation", "a backend's readiness fails and passes: agent sees it -> every node's rules synced",
+                     "the host pushes a one-chain change with docker exec iptables-restore, all nodes in parallel",
+                     propagation),
+]
+
+
+def options(parser) -> None:
+    parser.add_argument("--nodes", type=int, default=3)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(SCENARIOS, __doc__, runs=10, options=options))

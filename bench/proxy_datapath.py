@@ -8,22 +8,19 @@ server's pod IP (the baseline: no service rules on the way) and to the
 service's cluster IP, alternating, --rounds times for --seconds each; the
 medians and their ratio are printed.
 
-usage: python bench/proxy_datapath.py [--services 1000] [--rounds 3] [--seconds 5] [--modes iptables,nftables]
+usage: python bench/proxy_datapath.py [--services 1000] [--runs 3] [--seconds 5] [--only iptables,nftables] [--json]
+(--modes is the old name of --only)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
 
-from emu.control.cluster import Cluster  # noqa: E402
-from emu.api.topology.load import load_text  # noqa: E402
+from emu.api.topology.load import load_text
+from emu.control.cluster import Cluster
 
 
 def topology(name: str, mode: str, services: int) -> str:
@@ -54,15 +51,9 @@ def gbits(cluster: Cluster, address: str, seconds: int) -> float:
     return json.loads(result.output)["end"]["sum_received"]["bits_per_second"] / 1e9
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--services", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=5)
-    parser.add_argument("--modes", default="iptables,nftables")
-    options = parser.parse_args()
-    print(f"{'mode':>9} {'services':>8} {'pod-to-pod Gbit/s':>18} {'pod-to-ClusterIP Gbit/s':>24} {'ratio':>6}")
-    for mode in options.modes.split(","):
+def datapath(mode: str):
+    def run(context: harness.Context) -> None:
+        options = context.options
         name = f"emubench-dp-{mode[:3]}"
         cluster = Cluster(name)
         cluster.down()
@@ -71,15 +62,29 @@ def main() -> int:
             state = cluster.state()
             pod_ip, service_ip = state.pods["default/server"].ip, state.services["default/iperf"].cluster_ip
             direct, via = [], []
-            for _ in range(options.rounds):
+            for _ in range(context.runs):
                 direct.append(gbits(cluster, pod_ip, options.seconds))
                 via.append(gbits(cluster, service_ip, options.seconds))
-            d, v = statistics.median(direct), statistics.median(via)
-            print(f"{mode:>9} {options.services:>8} {d:>18.2f} {v:>24.2f} {v / d:>5.2f}x")
+            context.report.compare(f"{mode}, {options.services} services: pod-to-ClusterIP", via, direct, "Gbit/s")
         finally:
             cluster.down()
-    return 0
+
+    return run
+
+
+SCENARIOS = [
+    harness.Scenario(mode, f"iperf3 pod (w1) to a ClusterIP service (server on w2), {mode} mode",
+                     "iperf3 to the server's pod IP, alternating, same cluster", datapath(mode))
+    for mode in ("iptables", "nftables")
+]
+
+
+def options(parser) -> None:
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--seconds", type=int, default=5)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # --modes A,B was this script's name for choosing scenarios: the same as --only.
+    sys.exit(harness.main(SCENARIOS, __doc__, runs=3, options=options,
+                          argv=["--only" if a == "--modes" else a for a in sys.argv[1:]]))

@@ -16,25 +16,25 @@ by hand, no services, no agents) in the same run; then, after --idle seconds
 with nothing changing, the agents' CPU (their own and their children's, from
 /proc) over a --window, and their memory (RSS).
 
+One run each (--runs N repeats emu up and the baseline N times; the idle figures are of the last run).
 usage: python bench/scale.py [--only 50x40,1000svc,100x50,40k] [--idle 60] [--window 30] [--no-baseline] [--keep]
+       [--runs 1] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
 
-from bench.up import time_baseline  # noqa: E402
-from emu.control.cluster import Cluster  # noqa: E402
-from emu.control.runtime.docker import DockerRuntime  # noqa: E402
-from emu.api.topology.load import load_text  # noqa: E402
+from bench.up import time_baseline
+from emu.api.topology.load import load_text
+from emu.control.cluster import Cluster
+from emu.control.runtime.docker import DockerRuntime
 
 NC = "{name: nc, command: [nc, -lk, '8080'], ports: [{containerPort: 8080}]}"
 
@@ -131,53 +131,71 @@ def cpu_now() -> tuple[float, float]:
     return containers, everything
 
 
-def print_stages(phases: dict[str, tuple[float, float, float]]) -> None:
+def print_stages(phases: dict[str, tuple[float, float, float]], report: harness.Report) -> None:
     """Each stage of `emu up`: wall clock, CPU in the node containers and outside them (dockerd, emu)."""
     names = {"network": "make network", "starting": "start nodes", "wiring": "wire pods", "pods": "converge"}
     marks = [(names[key], *phases[key]) for key in names if key in phases] + [("", *phases["up"])] if "up" in phases else []
     for (name, wall, inside, total), (_, next_wall, next_inside, next_total) in zip(marks, marks[1:]):
-        print(f"  {name:13} {next_wall - wall:6.1f} s wall, CPU {next_inside - inside:6.1f} s in nodes, "
-              f"{(next_total - total) - (next_inside - inside):6.1f} s outside")  # fmt: skip
+        report.note(f"  {name:13} {next_wall - wall:6.1f} s wall, CPU {next_inside - inside:6.1f} s in nodes, "
+                    f"{(next_total - total) - (next_inside - inside):6.1f} s outside")  # fmt: skip
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="50x40,1000svc,100x50")
+def lab_scenario(name: str):
+    def run(context: harness.Context) -> None:
+        options, report = context.options, context.report
+        runtime = DockerRuntime()
+        image = runtime.node_image(print)
+        make, nodes, per_node, pods = LABS[name]
+        baselines, ups = [], []
+        for _ in range(context.runs):
+            if not options.no_baseline:
+                baselines.append(time_baseline(runtime, f"emubench-base-{name}", nodes, per_node, image, "nc"))
+            phases: dict[str, tuple[float, float, float]] = {}
+
+            def note(message: str) -> None:  # when each stage began: wall clock, CPU of the containers and of all
+                phases.setdefault(message.split()[0], (time.perf_counter() - started, *cpu_now()))
+
+            cluster = Cluster(f"emubench-{name}", runtime=runtime, progress=note)
+            cluster.down()
+            started = time.perf_counter()
+            try:
+                cluster.up(load_text(make()).model_copy(update={"name": cluster.name}))
+                took = time.perf_counter() - started
+                ups.append(took)
+                phases["up"] = (took, *cpu_now())
+                time.sleep(options.idle)
+                agents, cpu, rss_max, rss_total = idle_cost(options.window)
+            finally:
+                if not options.keep:
+                    cluster.down()
+            print_stages(phases, report)
+        if baselines:
+            report.compare(f"{name}: {pods} pods, emu up", ups, baselines)
+        else:
+            report.figure(f"{name}: {pods} pods, emu up", ups)
+        report.figure(f"{name}: pods/s", [pods / t for t in ups], "pods/s")
+        report.figure(f"{name}: idle CPU, {agents} agents", cpu, "% of a core")
+        report.figure(f"{name}: agent RSS, max", rss_max, "MB", note=f"all {agents} agents: {rss_total:.0f} MB")
+
+    return run
+
+
+BASELINE = "bench/baseline_up.sh: the same nodes and pods by hand (no services, no agents), same run"
+SCENARIOS = [
+    harness.Scenario("50x40", "50 nodes x 40 pods, 50 services without endpoints", BASELINE, lab_scenario("50x40")),
+    harness.Scenario("1000svc", "50 nodes, 1,000 deployments x 2 pods, a service each", BASELINE, lab_scenario("1000svc")),
+    harness.Scenario("100x50", "100 nodes x 50 pods", BASELINE, lab_scenario("100x50")),
+    harness.Scenario("40k", "50 nodes x 40 pods, 1,000 services of 40 endpoints each", BASELINE, lab_scenario("40k"),
+                     default=False),
+]
+
+
+def options(parser) -> None:
     parser.add_argument("--idle", type=float, default=60)
     parser.add_argument("--window", type=float, default=30)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--keep", action="store_true", help="leave the (last) lab up to look at; `emu down emubench-LAB` removes it")
-    options = parser.parse_args()
-    runtime = DockerRuntime()
-    image = runtime.node_image(print)
-    print(f"{'lab':8} {'pods':>5} {'baseline s':>10} {'emu s':>7} {'pods/s':>7} {'ratio':>6}  idle: agents, CPU, RSS max/total")
-    for name in options.only.split(","):
-        make, nodes, per_node, pods = LABS[name]
-        baseline = None if options.no_baseline else time_baseline(runtime, f"emubench-base-{name}", nodes, per_node, image, "nc")
-        phases: dict[str, tuple[float, float, float]] = {}
-
-        def note(message: str) -> None:  # when each stage began: wall clock, CPU of the containers and of all
-            phases.setdefault(message.split()[0], (time.perf_counter() - started, *cpu_now()))
-
-        cluster = Cluster(f"emubench-{name}", runtime=runtime, progress=note)
-        cluster.down()
-        started = time.perf_counter()
-        try:
-            cluster.up(load_text(make()).model_copy(update={"name": cluster.name}))
-            took = time.perf_counter() - started
-            phases["up"] = (took, *cpu_now())
-            time.sleep(options.idle)
-            agents, cpu, rss_max, rss_total = idle_cost(options.window)
-        finally:
-            if not options.keep:
-                cluster.down()
-        ratio = f"{took / baseline:5.2f}x" if baseline else "    -"
-        base = f"{baseline:10.1f}" if baseline else f"{'-':>10}"
-        print(f"{name:8} {pods:>5} {base} {took:7.1f} {pods / took:7.0f} {ratio}  {agents} agents, "
-              f"{cpu:.2f}% of a core, {rss_max:.0f}/{rss_total:.0f} MB")  # fmt: skip
-        print_stages(phases)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(SCENARIOS, __doc__, runs=1, options=options))

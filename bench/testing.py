@@ -9,82 +9,82 @@
    them), with `connectivity(...)` beside one `docker exec ... nc -z -w 2` a
    cell, one after the other. Medians of --rounds.
 
-usage: python bench/testing.py [--runs 30] [--rounds 3]
+usage: python bench/testing.py [--runs 30] [--rounds 3] [--only command,matrix] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
+from harness import ROOT
 
-from emu.control.cluster import Cluster  # noqa: E402
-from emu.testing import connectivity, pod_host  # noqa: E402
-from emu.api.load import load_file  # noqa: E402
+from emu.api.load import load_file
+from emu.control.cluster import Cluster
+from emu.testing import connectivity, pod_host
 
 NAME = "emubench-testing"
 
 
-def timed(function) -> float:
-    started = time.perf_counter()
-    function()
-    return time.perf_counter() - started
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3)
-    options = parser.parse_args()
-
-    topology = load_file(ROOT / "examples" / "pytest-lab" / "lab.yaml").model_copy(update={"name": NAME})
-    cluster = Cluster(NAME)
-    cluster.down()
-    try:
-        cluster.up(topology)
-        state = cluster.state()
-        client = state.pods["default/client"]
-        node = state.node(client.node).container
-        web = state.pods["default/web"].ip
-
-        host = pod_host(cluster, "client")
-        assert host.check_output("hostname") == "client"
-        backend = [timed(lambda: host.run("true")) for _ in range(options.runs)]
-        cli = ["docker", "exec", node, "ip", "netns", "exec", client.netns, "/bin/sh", "-c", "true"]
-        baseline = [timed(lambda: subprocess.run(cli, check=True)) for _ in range(options.runs)]
-        print(f"a command in a pod, median of {options.runs}:")
-        print(f"  testinfra emu:// host.run   {statistics.median(backend) * 1000:7.1f} ms")
-        print(f"  docker exec ... ip netns    {statistics.median(baseline) * 1000:7.1f} ms")
-        print(f"  ratio                       {statistics.median(backend) / statistics.median(baseline):7.2f}x")
-
-        sources = ["client", "web"]
-        targets = [f"{web}:8080", f"{web}:9", "echo:80", "web:80"]
-        matrix_times, by_hand = [], []
-        for _ in range(options.rounds):
-            matrix_times.append(timed(lambda: connectivity(cluster, sources, targets)))
-
-            def each_cell() -> None:
-                for source in sources:
-                    pod = state.pods[f"default/{source}"]
-                    for target in targets:
-                        address, port = target.rsplit(":", 1)
-                        subprocess.run(["docker", "exec", state.node(pod.node).container, "ip", "netns", "exec",
-                                        pod.netns, "nc", "-z", "-w", "2", address, port], capture_output=True)  # fmt: skip
-
-            by_hand.append(timed(each_cell))
-        print(f"2 pods x 4 TCP targets, median of {options.rounds}:")
-        print(f"  connectivity(...)           {statistics.median(matrix_times):7.2f} s")
-        print(f"  nc a cell, one by one       {statistics.median(by_hand):7.2f} s")
-        print(f"  ratio                       {statistics.median(matrix_times) / statistics.median(by_hand):7.2f}x")
-    finally:
+def lab(context: harness.Context) -> Cluster:
+    """examples/pytest-lab, shared by both scenarios, made on first use."""
+    if "lab" not in context.shared:
+        topology = load_file(ROOT / "examples" / "pytest-lab" / "lab.yaml").model_copy(update={"name": NAME})
+        cluster = Cluster(NAME)
         cluster.down()
+        context.stack.callback(cluster.down)
+        cluster.up(topology)
+        context.shared["lab"] = cluster
+    return context.shared["lab"]
+
+
+def command(context: harness.Context) -> None:
+    cluster = lab(context)
+    state = cluster.state()
+    client = state.pods["default/client"]
+    node = state.node(client.node).container
+    host = pod_host(cluster, "client")
+    assert host.check_output("hostname") == "client"
+    backend = context.measure(lambda: host.run("true"))
+    cli = ["docker", "exec", node, "ip", "netns", "exec", client.netns, "/bin/sh", "-c", "true"]
+    baseline = context.measure(lambda: subprocess.run(cli, check=True))
+    context.report.compare("a command in a pod: testinfra emu:// host.run", backend, baseline, "ms")
+
+
+def matrix(context: harness.Context) -> None:
+    cluster = lab(context)
+    state = cluster.state()
+    web = state.pods["default/web"].ip
+    sources = ["client", "web"]
+    targets = [f"{web}:8080", f"{web}:9", "echo:80", "web:80"]
+    matrix_times, by_hand = [], []
+    for _ in range(context.options.rounds):
+        matrix_times.append(harness.timed(lambda: connectivity(cluster, sources, targets)))
+
+        def each_cell() -> None:
+            for source in sources:
+                pod = state.pods[f"default/{source}"]
+                for target in targets:
+                    address, port = target.rsplit(":", 1)
+                    subprocess.run(["docker", "exec", state.node(pod.node).container, "ip", "netns", "exec",
+                                    pod.netns, "nc", "-z", "-w", "2", address, port], capture_output=True)  # fmt: skip
+
+        by_hand.append(harness.timed(each_cell))
+    context.report.compare("2 pods x 4 TCP targets: connectivity(...)", matrix_times, by_hand)
+
+
+SCENARIOS = [
+    harness.Scenario("command", "a command in a pod through testinfra's emu:// backend (median of --runs)",
+                     "docker exec NODE ip netns exec POD sh -c true (the docker CLI)", command),
+    harness.Scenario("matrix", "connectivity(...) over 2 pods x 4 TCP targets (median of --rounds)",
+                     "one docker exec ... nc -z -w 2 a cell, one after the other", matrix),
+]
+
+
+def options(parser) -> None:
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the connectivity matrix")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(harness.main(SCENARIOS, __doc__, runs=30, options=options, rounds_alias=False))

@@ -8,32 +8,26 @@ tracing anywhere. emu trace: resolving SRC and DEST from the state, starting
 the kernel's tracing in every node, the probe, stopping and collecting, and
 assembling the hops. Also `emu graph` (the state, one exec a node, rendering).
 
-usage: python bench/trace.py [--rounds 5] [--keep]
+usage: python bench/trace.py [--runs 5] [--keep] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
+from harness import ROOT
 
-from emu.control.cluster import Cluster, pod_exec_argv  # noqa: E402
-from emu.observe import graph, trace  # noqa: E402
-from emu.api.load import load_file  # noqa: E402
+from emu.api.load import load_file
+from emu.control.cluster import Cluster, pod_exec_argv
+from emu.observe import graph, trace
 
 NAME = "emubench-trace"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--keep", action="store_true", help="leave the cluster up")
-    options = parser.parse_args()
+def trace_and_graph(context: harness.Context) -> None:
+    options = context.options
     cluster = Cluster(NAME)
     topology = load_file(ROOT / "topologies" / "default.yaml").model_copy(update={"name": NAME})
     cluster.up(topology)
@@ -43,7 +37,7 @@ def main() -> int:
         plan = trace.plan_for(cluster, state, "client", "echo", "tcp")
         cluster.runtime.put_files(state.node(client.node).container, {trace.TRACER: trace.tracer_source()})
         baseline, traced, drawn = [], [], []
-        for _ in range(options.rounds):
+        for _ in range(context.runs):
             probe = [
                 "python3",
                 trace.TRACER,
@@ -68,16 +62,22 @@ def main() -> int:
             started = time.perf_counter()
             graph.render(graph.observe(cluster), "svg")
             drawn.append(time.perf_counter() - started)
-        base, full, pictured = (statistics.median(v) for v in (baseline, traced, drawn))
-        print(f"rounds: {options.rounds} (medians), 3 nodes, 6 pods")
-        print(f"probe alone (docker exec, no tracing): {base:.3f} s")
-        print(f"emu trace client echo:                 {full:.3f} s  ({full / base:.1f}x)")
-        print(f"emu graph --format svg:                {pictured:.3f} s")
+        context.report.compare("emu trace client echo (3 nodes, 6 pods)", traced, baseline)
+        context.report.figure("emu graph --format svg", drawn)
     finally:
         if not options.keep:
             cluster.down()
-    return 0
+
+
+SCENARIOS = [
+    harness.Scenario("trace", "emu trace of a pod-to-service flow (resolve, kernel tracing in every node, probe, hops)",
+                     "the very probe emu trace sends, by one docker exec, with no tracing", trace_and_graph),
+]
+
+
+def options(parser) -> None:
+    parser.add_argument("--keep", action="store_true", help="leave the cluster up")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(SCENARIOS, __doc__, runs=5, options=options))

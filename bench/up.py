@@ -6,25 +6,22 @@ Two labs, each measured in the same run as its baseline (bench/baseline_up.sh):
   10x50    10 nodes x 50 pods (nc -lk 8080 in each), until every pod answers
 Images must be built (`emu images build`); image building is not timed.
 
-usage: python bench/up.py [--rounds N] [--only default|10x50]
+usage: python bench/up.py [--runs N] [--only default,10x50] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
+from harness import ROOT
 
+from emu.api.load import load_file, load_text
 from emu.control.cluster import Cluster
 from emu.control.runtime.docker import DockerRuntime
 from emu.control.runtime.images import ImageBuilder
-from emu.api.load import load_file, load_text
 
 
 def big_lab(nodes: int, pods_per_node: int) -> str:
@@ -72,35 +69,36 @@ def time_baseline(runtime: DockerRuntime, name: str, nodes: int, pods: int, imag
             runtime.api.remove_network(network["Id"])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=["default", "10x50"])
-    options = parser.parse_args()
-
-    runtime = DockerRuntime()
-    image = ImageBuilder(runtime, print).ensure_node_image()
-    default = load_file(ROOT / "topologies" / "default.yaml")
-    default_pods = 6  # pods of topologies/default.yaml (client, web, echo x3) and coredns
-    labs = {
-        # name: (topology, nodes, pods per node for the baseline, baseline workload, pods in total)
-        "default": (default, 3, 2, "netexec", default_pods),  # the baseline starts 2 netexec pods a node
-        "10x50": (load_text(big_lab(10, 50)), 10, 50, "nc", 500),
-    }
-    print(f"node image {image}; {options.rounds} rounds each, alternating baseline and emu; median shown")
-    print(f"{'lab':8} {'pods':>5} {'baseline s':>11} {'emu s':>8} {'emu pods/s':>11} {'emu/baseline':>13}")
-    for lab, (topology, nodes, per_node, workload, total) in labs.items():
-        if options.only and lab != options.only:
-            continue
+def lab_scenario(lab: str):
+    def run(context: harness.Context) -> None:
+        runtime = DockerRuntime()
+        image = ImageBuilder(runtime, print).ensure_node_image()
+        default_pods = 6  # pods of topologies/default.yaml (client, web, echo x3) and coredns
+        labs = {
+            # name: (topology, nodes, pods per node for the baseline, baseline workload, pods in total)
+            "default": (lambda: load_file(ROOT / "topologies" / "default.yaml"), 3, 2, "netexec", default_pods),
+            "10x50": (lambda: load_text(big_lab(10, 50)), 10, 50, "nc", 500),
+        }
+        make, nodes, per_node, workload, total = labs[lab]
+        topology = make()
+        context.report.note(f"node image {image}; {context.runs} rounds, alternating baseline and emu")
         baseline_times, emu_times = [], []
-        for round_number in range(options.rounds):
+        for round_number in range(context.runs):
             baseline_times.append(time_baseline(runtime, f"emubench-base{round_number}", nodes, per_node, image, workload))
             emu_times.append(time_emu(runtime, topology, f"emubench-{round_number}"))
-        baseline, emu = statistics.median(baseline_times), statistics.median(emu_times)
-        print(f"{lab:8} {total:>5} {baseline:>11.2f} {emu:>8.2f} {total / emu:>11.0f} {emu / baseline:>12.2f}x")
-        print(f"{'':8} runs: baseline {[round(t, 2) for t in baseline_times]} emu {[round(t, 2) for t in emu_times]}")
-    return 0
+        context.report.compare(f"{lab}: {total} pods, every pod answering", emu_times, baseline_times)
+        context.report.figure(f"{lab}: emu pods/s", [total / t for t in emu_times], "pods/s")
+
+    return run
+
+
+SCENARIOS = [
+    harness.Scenario("default", "emu up of topologies/default.yaml (3 nodes, netexec pods + DNS) until every pod answers",
+                     "bench/baseline_up.sh: docker run + ip commands by hand, 2 netexec pods a node", lab_scenario("default")),
+    harness.Scenario("10x50", "emu up of 10 nodes x 50 pods (nc -lk 8080) until every pod answers",
+                     "bench/baseline_up.sh: the same nodes and pods by hand", lab_scenario("10x50")),
+]
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main(SCENARIOS, __doc__, runs=3))

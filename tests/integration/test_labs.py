@@ -54,9 +54,25 @@ def test_each_lab_has_its_compose_file_and_readme():
         compose = yaml.safe_load((folder / "docker-compose.yml").read_text())
         service = compose["services"]["emu"]
         assert service["image"] == "emu/controller:latest" and service["command"] == ["up", "/lab/lab.yaml"]
+        assert_builds_the_controller(service, folder)
         assert ".:/lab:ro" in service["volumes"] and "/var/run/docker.sock:/var/run/docker.sock" in service["volumes"]
         readme = (folder / "README.md").read_text()
         assert "docker compose up" in readme and "emu trace" in readme and "emu graph" in readme, folder.name
+
+
+def assert_builds_the_controller(service: dict, folder: Path) -> None:
+    """`docker compose up` in a fresh clone builds the controller from the checkout."""
+    build = service["build"]
+    assert (folder / build["context"]).resolve() == ROOT, folder
+    assert build["dockerfile"] == "images/controller/source.Dockerfile" and (ROOT / build["dockerfile"]).is_file()
+    assert build["args"]["BASE_IMAGE"] == "${EMU_BASE_IMAGE:-debian:trixie-slim}"
+    assert service["network_mode"] == "host"  # emu up reaches the API server on the host's 127.0.0.1
+
+
+def test_the_root_compose_file_builds_the_controller_too():
+    service = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]["emu"]
+    assert service["image"] == "emu/controller:latest"
+    assert_builds_the_controller(service, ROOT)
 
 
 def compose_available() -> bool:
