@@ -1,0 +1,127 @@
+"""A command in a container whose output is read while it runs (the Docker
+provider's `exec_stream`), and that can always be stopped.
+
+A Docker exec has no kill call, and a client that dies leaves its exec
+running. So the command runs with a unique marker in its environment
+(EMU_STREAM=...), which it and everything it execs keep: `terminate` and
+`close` find it by that marker in /proc and signal it. And a watcher beside it
+reads the exec's stdin, which ends when emu's connection does (a killed emu
+included), and then ends the command: no process outlives its reader.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import uuid
+
+MARKER_VARIABLE = "EMU_STREAM"
+
+# $$ becomes the command itself (exec), so the watcher signals it by pid, after
+# checking that the pid still carries the marker (it may have ended and been reused).
+# A non-interactive shell gives a background job /dev/null as stdin, hence fd 3.
+# The watcher holds none of the exec's output, so the stream ends with the command.
+WRAPPER = (
+    "exec 3<&0; "
+    '(cat <&3 >/dev/null; tr "\\0" "\\n" </proc/$$/environ | grep -qx "EMU_STREAM=$EMU_STREAM" '
+    "&& kill -TERM $$) >/dev/null 2>&1 & "
+    'exec 3<&-; exec "$@"'
+)
+# Signal every process whose environment holds the marker ($1 the signal, $2 the marker).
+KILL = (
+    "for d in /proc/[0-9]*; do "
+    'tr "\\0" "\\n" <"$d/environ" 2>/dev/null | grep -qx "EMU_STREAM=$2" && kill "-$1" "${d#/proc/}" 2>/dev/null; '
+    "done; true"
+)
+# List the pids that carry any emu stream marker (tests: nothing may be left behind).
+LIST = "for d in /proc/[0-9]*; do grep -qa EMU_STREAM= \"$d/environ\" 2>/dev/null && echo \"${d#/proc/}\"; done; true"
+
+
+def new_marker() -> str:
+    return uuid.uuid4().hex
+
+
+def wrapped(argv: list[str]) -> list[str]:
+    """argv under the watcher shell (the marker comes through the environment)."""
+    return ["sh", "-c", WRAPPER, "sh", *argv]
+
+
+def kill_argv(marker: str, signal: str) -> list[str]:
+    return ["sh", "-c", KILL, "sh", signal, marker]
+
+
+class DockerStream:
+    """One exec's multiplexed stdout/stderr, read frame by frame from its socket
+    (Docker's stream format: 8-byte header, stream 1 stdout, 2 stderr)."""
+
+    def __init__(self, runtime, container: str, exec_id: str, response, marker: str):
+        self.runtime = runtime
+        self.container = container
+        self.exec_id = exec_id
+        self.marker = marker
+        self._response = response
+        self._sock = getattr(response, "_sock", response)
+        self._buffer = b""
+        self._stderr = bytearray()
+        self._ended = False
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _recv(self) -> bytes:
+        try:
+            return self._sock.recv(65536)
+        except OSError:
+            return b""  # closed under us (close() from another thread)
+
+    def _exactly(self, size: int) -> bytes | None:
+        while len(self._buffer) < size:
+            chunk = self._recv()
+            if not chunk:
+                return None
+            self._buffer += chunk
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def read(self) -> bytes:
+        while not self._ended:
+            header = self._exactly(8)
+            if header is None:
+                self._ended = True
+                break
+            kind, size = struct.unpack(">BxxxL", header)
+            payload = self._exactly(size) if size else b""
+            if payload is None:
+                self._ended = True
+                break
+            if kind == 2:
+                with self._lock:
+                    self._stderr += payload
+            elif payload:
+                return payload
+        return b""
+
+    def errors(self) -> str:
+        with self._lock:
+            return self._stderr.decode(errors="replace")
+
+    def terminate(self) -> None:
+        self.runtime.exec(self.container, kill_argv(self.marker, "TERM"))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.runtime.exec(self.container, kill_argv(self.marker, "KILL"))
+        finally:
+            for close in (lambda: self._sock.shutdown(socket.SHUT_RDWR), self._sock.close, self._response.close):
+                try:
+                    close()
+                except (OSError, AttributeError):
+                    pass
+
+    def exit_code(self) -> int | None:
+        if not self._ended:
+            return None
+        return self.runtime.api.exec_inspect(self.exec_id).get("ExitCode")
