@@ -673,7 +673,10 @@ def command(
     to_terminal = write is None and sys.stdout.isatty()
     out = sys.stdout.buffer if write == "-" or (write is None and not to_terminal) else None
 
+    made: list[Capture] = []
+
     def started(capture: Capture) -> None:
+        made.append(capture)
         names = ", ".join(s.target.name for s in capture.streams)
         where = f" to {write}" if write not in (None, "-") else ""
         print(f"capturing on {names}{where} (Ctrl-C to stop)", file=sys.stderr, flush=True)
@@ -681,9 +684,8 @@ def command(
     def show(packet: Packet) -> None:
         print(packet, flush=True)
 
-    capture = None
     try:
-        capture = run(
+        run(
             cluster, texts, out=out, bpf=bpf, count=count, duration=duration, interface=interface,
             path=write if write not in (None, "-") else None, on_start=started,
             on_packet=show if to_terminal else None,
@@ -692,7 +694,7 @@ def command(
         pass  # run() has stopped every tcpdump and completed the file
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if capture is not None:
+    for capture in made:
         drops = [f"{s.target.name} {s.dropped()}" for s in capture.streams if s.dropped()]
         print(
             f"{capture.written} packets captured" + (f"; dropped by the kernel: {', '.join(drops)}" if drops else ""),
