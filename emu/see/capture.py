@@ -4,7 +4,7 @@ a test as decoded packets).
 
 Flow: resolve the TARGETs against the cluster's state (pure) -> check every
 one in its node (the interface exists, the BPF filter compiles: `tcpdump -d`)
--> one `tcpdump -U -w - -s 0 -i IFACE` per target through the provider's
+-> one `tcpdump --immediate-mode -U -w - -s 0 -i IFACE` per target through the provider's
 streaming exec, from the node's root filesystem (`ip netns exec POD` for a
 pod's eth0, so nothing is needed inside the pod) -> read each pcap stream ->
 merge the packets in time order -> pcapng, one Interface Description Block
@@ -185,8 +185,10 @@ def check_argv(target: Target, bpf: str) -> list[str]:
 
 
 def tcpdump_argv(target: Target, bpf: str, count: int | None = None) -> list[str]:
-    """tcpdump writing pcap to stdout, each packet flushed as it comes (-U), whole packets (-s 0)."""
-    argv = ["tcpdump", "-U", "-w", "-", "-s", "0", "-i", target.interface]
+    """tcpdump writing pcap to stdout, each packet flushed as it comes (-U), whole
+    packets (-s 0). --immediate-mode: without it TPACKET_V3 hands packets over in
+    blocks, up to a second late, and a stop loses what the block still holds."""
+    argv = ["tcpdump", "--immediate-mode", "-U", "-w", "-", "-s", "0", "-i", target.interface]
     if count:
         argv += ["-c", str(count)]
     return _in_target(target, argv + ([bpf] if bpf else []))
@@ -541,12 +543,14 @@ class Capture:
             if until is not None and time.monotonic() >= until:
                 return True
 
-    def quiet(self, idle: float = 0.3, limit: float = 3.0) -> None:
-        """Wait until no packet has arrived for `idle` seconds (at most `limit`), so
-        what the kernel captured before a stop has reached us."""
+    def settle(self, emit: Callable, idle: float = 0.3, limit: float = 3.0) -> None:
+        """Take packets until none has come for `idle` seconds (at most `limit`),
+        so what the kernel captured before a stop has reached us."""
         deadline = time.monotonic() + limit
-        while time.monotonic() < deadline and time.monotonic() - self.last_arrival < idle and self.queue.empty():
-            time.sleep(0.05)
+        while time.monotonic() < deadline:
+            more = self.pump(emit, until=min(time.monotonic() + 0.1, deadline))
+            if not more or time.monotonic() - self.last_arrival >= idle:
+                return
 
     def stop(self, emit: Callable | None = None, grace: float = 5.0) -> None:
         """End every tcpdump (SIGTERM: each writes what it holds and exits), take
