@@ -740,7 +740,14 @@ def cmd_trace(args) -> int:
     cluster = _cluster(args)
     state = cluster.state()
     plan = trace.plan_for(cluster, state, args.source, args.destination, args.proto, args.container)
-    result = trace.assemble(state, plan, trace.run_trace(cluster, state, plan))
+    if args.pcap:  # the probe's packets at each place the trace names (emu/see/capture.py)
+        from emu.see import capture
+
+        with capture.record(cluster.runtime, capture.trace_targets(state, plan), capture.trace_filter(plan), args.pcap):
+            collected = trace.run_trace(cluster, state, plan)
+    else:
+        collected = trace.run_trace(cluster, state, plan)
+    result = trace.assemble(state, plan, collected)
     sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.format == "json" else trace.render_text(result))
     return 0 if result["probe"].get("result") in ("connected", "answered") else 1
 
@@ -885,6 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("-c", "--container", help="the source pod's container the probe runs as (default: the first)")
     trace.add_argument("--proto", choices=["tcp", "udp"], default="tcp")
     trace.add_argument("--format", choices=["text", "json"], default="text")
+    trace.add_argument("--pcap", metavar="FILE", help="also save the probe's packets at each pod and node eth0 as pcapng")
     capture = command("capture", cmd_capture, "capture packets on pods, node interfaces and externals into one pcapng")
     capture.add_argument("targets", nargs="+", metavar="TARGET",
                          help="a pod (its eth0; POD:IFACE), node/NAME[:IFACE], external/NAME[:IFACE], or svc/NAME "

@@ -18,12 +18,17 @@ import uuid
 
 MARKER_VARIABLE = "EMU_STREAM"
 
+# The command starts once emu says "go" on stdin: Docker may drop what an exec
+# writes before its output is attached (seen here: a tcpdump's pcap header and
+# "listening" line lost, about one start in twenty), and emu writes only once
+# its connection is attached.
 # $$ becomes the command itself (exec), so the watcher signals it by pid, after
 # checking that the pid still carries the marker (it may have ended and been reused).
 # A non-interactive shell gives a background job /dev/null as stdin, hence fd 3.
 # The watcher holds none of the exec's output, so the stream ends with the command.
+GO = b"go\n"
 WRAPPER = (
-    "exec 3<&0; "
+    "exec 3<&0; read -r go <&3 || exit 0; "
     '(cat <&3 >/dev/null; tr "\\0" "\\n" </proc/$$/environ | grep -qx "EMU_STREAM=$EMU_STREAM" '
     "&& kill -TERM $$) >/dev/null 2>&1 & "
     'exec 3<&-; exec "$@"'
@@ -67,6 +72,7 @@ class DockerStream:
         self._ended = False
         self._lock = threading.Lock()
         self._closed = False
+        self._sock.sendall(GO)
 
     def _recv(self) -> bytes:
         try:

@@ -25,8 +25,8 @@ import queue
 import struct
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from emu.errors import EmuError
@@ -506,7 +506,7 @@ class Capture:
                 self.queue.put((index, round(timestamp * 1e6), data, time.monotonic()))
         except Exception as error:  # a truncated stream (tcpdump killed) ends it like EOF
             if not stream.header.is_set():
-                stream.error = f"{error}"
+                stream.error = f"{type(error).__name__}: {error}"
         finally:
             stream.ended.set()
             self.queue.put((index, None, None, time.monotonic()))
@@ -522,13 +522,18 @@ class Capture:
         while True:
             now = time.monotonic()
             wait = 0.05 if until is None else max(0.0, min(0.05, until - now))
+            # Everything that has arrived goes into the merger before it decides: its
+            # hold rule counts from arrival, so a packet still queued would be overtaken.
             try:
-                index, timestamp, data, received = self.queue.get(timeout=wait)
-                if timestamp is None:
-                    self.merger.end(index)
-                else:
-                    self.merger.add(index, timestamp, data, received)
-                    self.last_arrival = received
+                item = self.queue.get(timeout=wait)
+                while True:
+                    index, timestamp, data, received = item
+                    if timestamp is None:
+                        self.merger.end(index)
+                    else:
+                        self.merger.add(index, timestamp, data, received)
+                        self.last_arrival = received
+                    item = self.queue.get_nowait()
             except queue.Empty:
                 pass
             all_ended = all(self.merger.ended)
@@ -653,6 +658,60 @@ def run(
             if opened is not None:
                 opened.close()
     return capture
+
+
+@contextmanager
+def record(runtime, targets: list[Target], bpf: str, path: str):
+    """Capture on `targets` into the pcapng at `path` around a block (checked
+    and listening before it runs, complete after it)."""
+    check_writable(path)
+    capture = Capture(runtime, targets, bpf)
+    capture.check()
+    capture.start()
+    emit = None
+    try:
+        with open(path, "wb") as out:
+            writer = PcapngWriter(out, capture.interfaces)
+
+            def emit(index: int, timestamp: int, data: bytes, length: int | None) -> None:
+                writer.write(index, timestamp, data, length)
+
+            try:
+                yield capture
+                capture.settle(emit)
+            finally:
+                capture.stop(emit)
+    except OSError as error:
+        raise EmuError(f"--pcap {path}: {error.strerror}") from None
+    finally:
+        if emit is None:
+            capture.stop()
+
+
+def trace_targets(state: ClusterState, plan) -> list[Target]:
+    """Where `emu trace --pcap` captures: the source (a pod's eth0, an external
+    container's, a node's), every node's eth0 (the hops between nodes), and the
+    eth0 of every pod the trace watches (the source, the destination's candidates)."""
+    source = plan.source
+    targets = []
+    if source.kind == "external":
+        name = source.container.removeprefix(f"{state.name}-")
+        targets.append(Target(f"external/{name}:eth0", source.container, "eth0", None, f"external container {name}, eth0"))
+    for node in state.nodes:
+        targets.append(Target(f"node/{node.name}:eth0", node.container, "eth0", None, f"node {node.name}, eth0"))
+        for netns in plan.watch.get(node.name, []):
+            pod = next((p for p in state.pods.values() if p.node == node.name and p.netns == netns), None)
+            if pod is not None:
+                targets.append(
+                    Target(f"{_pod_label(pod)}/eth0", node.container, "eth0", pod.netns, f"pod {pod.key} on node {node.name}, eth0", pod.key)
+                )
+    return targets
+
+
+def trace_filter(plan) -> str:
+    """The probe's packets and their replies (DNAT changes the destination port,
+    not the probe's source port), and ICMP errors about them."""
+    return f"port {plan.sport} or icmp"
 
 
 def command(
