@@ -213,3 +213,28 @@ def test_a_capture_killed_midway_leaves_no_tcpdump_in_any_node(cluster, state, t
         assert process.returncode == 0
         interfaces, _ = engine.read_pcapng(path.read_bytes())
         assert len(interfaces) == 4
+
+
+def test_trace_saves_the_probe_at_each_hop_so_the_dnat_shows_as_two_destinations(cluster, state, tmp_path):
+    client, web = state.pods["default/client"], state.pods["default/web"]
+    service = state.services["default/web"]
+    path = tmp_path / "trace.pcapng"
+    run = subprocess.run(
+        [sys.executable, "-m", "emu.cli", "trace", "-n", cluster.name, "client", f"{service.cluster_ip}:80",
+         "--pcap", str(path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
+    interfaces, packets = engine.read_pcapng(path.read_bytes())
+    names = [i["name"] for i in interfaces]
+    assert names == ["node/control-plane:eth0", "node/worker:eth0", "client/eth0", "node/worker2:eth0", "web/eth0"]
+    syns = {
+        names[i]: decoded
+        for i, t, d in packets
+        if (decoded := engine.decode(names[i], t / 1e6, 1, d)).flags == "S"
+    }
+    assert set(syns) == {"client/eth0", "node/worker:eth0", "node/worker2:eth0", "web/eth0"}
+    assert (syns["client/eth0"].dst, syns["client/eth0"].dport) == (service.cluster_ip, 80)
+    assert (syns["web/eth0"].src, syns["web/eth0"].dst, syns["web/eth0"].dport) == (client.ip, web.ip, 8080)
+    assert len({p.sport for p in syns.values()}) == 1  # one probe, seen at each place
+    assert streams_left(cluster, state) == {}

@@ -250,3 +250,24 @@ def test_decode_tcp_udp_arp():
     arp = dpkt.arp.ARP(spa=socket.inet_aton("10.244.1.1"), tpa=socket.inet_aton("10.244.1.2"))
     seen = capture.decode("x", 0, 1, bytes(dpkt.ethernet.Ethernet(type=0x0806, data=arp)))
     assert (seen.proto, seen.src, seen.dst) == ("arp", "10.244.1.1", "10.244.1.2")
+
+
+# ---- emu trace --pcap ------------------------------------------------------------------------
+
+
+def test_trace_captures_the_source_every_node_and_the_watched_pods(state):
+    from emu.see import trace
+
+    source = trace.resolve_source(state, "external/internet", {"internet": "172.28.0.5"})
+    destination = trace.resolve_destination(state, "web", "tcp", source)
+    plan = trace.plan_trace(state, source, destination, "tcp", 21000)
+    targets = capture.trace_targets(state, plan)
+    assert [t.name for t in targets] == [
+        "external/internet:eth0",
+        "node/control-plane:eth0",
+        "node/worker:eth0",
+        "node/worker2:eth0",
+        "web/eth0",
+    ]
+    assert targets[0].container == "emutest-graph-x-internet" and targets[-1].netns == "web"
+    assert capture.trace_filter(plan) == "port 21000 or icmp"
