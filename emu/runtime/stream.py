@@ -67,7 +67,7 @@ class DockerStream:
         self.marker = marker
         self._response = response
         self._sock = getattr(response, "_sock", response)
-        self._buffer = b""
+        self._buffer = bytearray()
         self._stderr = bytearray()
         self._ended = False
         self._lock = threading.Lock()
@@ -76,35 +76,36 @@ class DockerStream:
 
     def _recv(self) -> bytes:
         try:
-            return self._sock.recv(65536)
+            return self._sock.recv(1 << 18)
         except OSError:
             return b""  # closed under us (close() from another thread)
 
-    def _exactly(self, size: int) -> bytes | None:
-        while len(self._buffer) < size:
+    def read(self) -> bytes:
+        """The stdout of every whole frame received so far (at least one), joined;
+        b"" at the end. Frames are cut at an offset and the buffer trimmed once
+        per call: at 50,000 small packets a second, trimming per frame was
+        quadratic and slowed tcpdump until the kernel dropped packets."""
+        while not self._ended:
             chunk = self._recv()
             if not chunk:
-                return None
+                self._ended = True
+                break
             self._buffer += chunk
-        data, self._buffer = self._buffer[:size], self._buffer[size:]
-        return data
-
-    def read(self) -> bytes:
-        while not self._ended:
-            header = self._exactly(8)
-            if header is None:
-                self._ended = True
-                break
-            kind, size = struct.unpack(">BxxxL", header)
-            payload = self._exactly(size) if size else b""
-            if payload is None:
-                self._ended = True
-                break
-            if kind == 2:
-                with self._lock:
-                    self._stderr += payload
-            elif payload:
-                return payload
+            buffer, offset, out = self._buffer, 0, []
+            while len(buffer) - offset >= 8:
+                kind, size = struct.unpack_from(">BxxxL", buffer, offset)
+                if len(buffer) - offset - 8 < size:
+                    break
+                payload = bytes(buffer[offset + 8 : offset + 8 + size])
+                offset += 8 + size
+                if kind == 2:
+                    with self._lock:
+                        self._stderr += payload
+                else:
+                    out.append(payload)
+            del buffer[:offset]
+            if out:
+                return b"".join(out)
         return b""
 
     def errors(self) -> str:

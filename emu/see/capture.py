@@ -10,16 +10,17 @@ pod's eth0, so nothing is needed inside the pod) -> read each pcap stream ->
 merge the packets in time order -> pcapng, one Interface Description Block
 per target, flushed as it is written.
 
-dpkt reads the pcap streams and supplies the pcapng block classes (Section
-Header, Interface Description with if_name/if_description, Enhanced Packet
-with its interface id); its Writer takes several interfaces but writes a
-packet only to interface 0, so the blocks are written here one by one.
+dpkt supplies the pcapng header blocks (Section Header, Interface Description
+with if_name/if_description) and decodes packets for tests. tcpdump's pcap
+records and the Enhanced Packet Blocks are packed here with struct: going
+through dpkt's objects for every packet cost more than everything else on a
+packet's way and lost packets at 50,000 a second (bench/capture.py); and
+dpkt's Writer writes every packet to interface 0.
 """
 
 from __future__ import annotations
 
 import heapq
-import io
 import os
 import queue
 import struct
@@ -184,14 +185,23 @@ def check_argv(target: Target, bpf: str) -> list[str]:
     return _in_target(target, ["sh", "-c", CHECK, "sh", target.interface, bpf])
 
 
-def tcpdump_argv(target: Target, bpf: str, count: int | None = None) -> list[str]:
-    """tcpdump writing pcap to stdout, each packet flushed as it comes (-U), whole
-    packets (-s 0). --immediate-mode: without it TPACKET_V3 hands packets over in
-    blocks, up to a second late, and a stop loses what the block still holds."""
-    argv = ["tcpdump", "--immediate-mode", "-U", "-w", "-", "-s", "0", "-i", target.interface]
+def tcpdump_argv(target: Target, bpf: str, count: int | None = None, immediate: bool = True) -> list[str]:
+    """tcpdump writing pcap to stdout, each packet written as it is read (-U),
+    whole packets (-s 0), with an 8 MiB kernel buffer (-B; the default is 2).
+
+    immediate: each packet handed over as it comes (--immediate-mode), for a
+    live view and tests; otherwise TPACKET_V3 hands them over in blocks, up to
+    a second late, which keeps up with 50,000 packets a second where immediate
+    mode's wake-up a packet made the kernel drop a third (bench/capture.py).
+    """
+    argv = ["tcpdump", *(["--immediate-mode"] if immediate else []), "-U", "-B", "8192", "-w", "-", "-s", "0"]
+    argv += ["-i", target.interface]
     if count:
         argv += ["-c", str(count)]
     return _in_target(target, argv + ([bpf] if bpf else []))
+
+
+BLOCK_TIMEOUT = 1.0  # tcpdump's packet buffer timeout: the kernel hands over a block at least this often
 
 
 def check_writable(path: str) -> None:
@@ -213,18 +223,20 @@ def check_writable(path: str) -> None:
 # ---- pcapng (pure) ----------------------------------------------------------------------
 
 
+EPB_HEADER = struct.Struct("<IIIIIII")  # type, length, interface, time high, low, captured, original length
+
+
 class PcapngWriter:
     """pcapng to a binary file object: a Section Header Block and one Interface
-    Description Block per interface first, then Enhanced Packet Blocks, each
-    flushed, so a reader (Wireshark on a pipe) sees every packet at once."""
+    Description Block per interface first, then Enhanced Packet Blocks, flushed
+    after each batch (flush()), so a reader (Wireshark on a pipe) sees them at once."""
 
-    def __init__(self, out, interfaces: list[tuple[str, int, str]], flush: bool = True):
+    def __init__(self, out, interfaces: list[tuple[str, int, str]]):
         """interfaces: (name, linktype, description), their order the interface ids."""
         from dpkt import pcapng
 
         self._pcapng = pcapng
         self.out = out
-        self.flush_each = flush
         option = pcapng.PcapngOptionLE
         shb = pcapng.SectionHeaderBlockLE(
             opts=[option(code=pcapng.PCAPNG_OPT_SHB_USERAPPL, data=b"emu capture"), option(code=0)]
@@ -240,17 +252,24 @@ class PcapngWriter:
 
     def _write(self, data: bytes) -> None:
         self.out.write(data)
-        if self.flush_each:
-            self.out.flush()
+        self.out.flush()
 
     def write(self, interface: int, timestamp_us: int, data: bytes, original_length: int | None = None) -> None:
-        epb = self._pcapng.EnhancedPacketBlockLE(
-            iface_id=interface, ts_high=timestamp_us >> 32, ts_low=timestamp_us & 0xFFFFFFFF, pkt_data=data
+        """One Enhanced Packet Block (not flushed: flush() after a batch). Packed
+        here rather than through dpkt's EnhancedPacketBlock: building that object
+        cost more than the rest of a packet's way at 50,000 packets a second."""
+        padding = -len(data) % 4
+        total = 32 + len(data) + padding
+        self.out.write(
+            EPB_HEADER.pack(6, total, interface, timestamp_us >> 32, timestamp_us & 0xFFFFFFFF, len(data),
+                            original_length if original_length is not None else len(data))  # fmt: skip
+            + data
+            + b"\0" * padding
+            + total.to_bytes(4, "little")
         )
-        block = bytearray(bytes(epb))
-        if original_length is not None and original_length != len(data):
-            struct.pack_into("<I", block, 24, original_length)  # dpkt sets the original length to the captured one
-        self._write(bytes(block))
+
+    def flush(self) -> None:
+        self.out.flush()
 
 
 def read_pcapng(data: bytes) -> tuple[list[dict], list[tuple[int, int, bytes]]]:
@@ -262,6 +281,8 @@ def read_pcapng(data: bytes) -> tuple[list[dict], list[tuple[int, int, bytes]]]:
     offset = 0
     while offset + 8 <= len(data):
         kind, length = struct.unpack_from("<II", data, offset)
+        if length < 12 or offset + length > len(data):
+            break  # a block still being written
         block = data[offset : offset + length]
         if kind == pcapng.PCAPNG_BT_IDB:
             idb = pcapng.InterfaceDescriptionBlockLE(block)
@@ -387,27 +408,6 @@ def decode(target: str, timestamp: float, linktype: int, data: bytes, pod: str |
 # ---- running it --------------------------------------------------------------------------
 
 
-class _Source(io.RawIOBase):
-    """A StreamHandle's stdout as a file, for dpkt's pcap reader."""
-
-    def __init__(self, handle):
-        self.handle = handle
-        self.rest = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        if not self.rest:
-            self.rest = self.handle.read()
-            if not self.rest:
-                return 0
-        size = min(len(buffer), len(self.rest))
-        buffer[:size] = self.rest[:size]
-        self.rest = self.rest[size:]
-        return size
-
-
 @dataclass
 class Stream:
     target: Target
@@ -426,11 +426,29 @@ class Stream:
         return None
 
 
+def pcap_header(header: bytes) -> tuple[struct.Struct, bool, int]:
+    """(record header format, nanosecond timestamps, link type) of a pcap file header."""
+    magic = header[:4]
+    formats = {
+        b"\xd4\xc3\xb2\xa1": ("<", False),
+        b"\xa1\xb2\xc3\xd4": (">", False),
+        b"\x4d\x3c\xb2\xa1": ("<", True),
+        b"\xa1\xb2\x3c\x4d": (">", True),
+    }
+    if magic not in formats:
+        raise EmuError(f"not a pcap stream (magic {magic.hex()})")
+    order, nano = formats[magic]
+    linktype = struct.unpack_from(order + "I", header, 20)[0] & 0x0FFFFFFF
+    return struct.Struct(order + "IIII"), nano, linktype
+
+
 class Capture:
     """tcpdump on every target through the provider, the packets merged in time
     order. check() before start(); stop() (also on error) ends every tcpdump."""
 
-    def __init__(self, runtime, targets: list[Target], bpf: str = "", count: int | None = None):
+    def __init__(
+        self, runtime, targets: list[Target], bpf: str = "", count: int | None = None, immediate: bool = True
+    ):
         if not targets:
             raise EmuError("nothing to capture: give at least one TARGET")
         if count is not None and count < 1:
@@ -439,6 +457,7 @@ class Capture:
         self.targets = targets
         self.bpf = bpf
         self.count = count
+        self.immediate = immediate
         self.streams = [Stream(t) for t in targets]
         self.queue: queue.Queue = queue.Queue()
         self.merger = Merger(len(targets))
@@ -474,7 +493,8 @@ class Capture:
         """One tcpdump per target; returns once every one listens (its pcap header has come)."""
         try:
             handles = self.runtime.parallel(
-                lambda t: self.runtime.exec_stream(t.container, tcpdump_argv(t, self.bpf, self.count)), self.targets
+                lambda t: self.runtime.exec_stream(t.container, tcpdump_argv(t, self.bpf, self.count, self.immediate)),
+                self.targets,
             )
             for index, (stream, handle) in enumerate(zip(self.streams, handles)):
                 stream.handle = handle
@@ -496,29 +516,53 @@ class Capture:
             raise
 
     def _read(self, index: int, stream: Stream) -> None:
-        from dpkt import pcap
-
+        """tcpdump's pcap stream: the file header (link type, time resolution), then
+        records, put on the queue a chunk at a time as (timestamp us, data, length)."""
+        buffer = bytearray()
+        record = None
+        nano = False
         try:
-            reader = pcap.Reader(io.BufferedReader(_Source(stream.handle), 1 << 16))
-            stream.linktype = reader.datalink()
-            stream.header.set()
-            for timestamp, data in reader:
-                self.queue.put((index, round(timestamp * 1e6), data, time.monotonic()))
-        except Exception as error:  # a truncated stream (tcpdump killed) ends it like EOF
-            if not stream.header.is_set():
-                stream.error = f"{type(error).__name__}: {error}"
+            while True:
+                chunk = stream.handle.read()
+                if not chunk:
+                    break
+                buffer += chunk
+                offset = 0
+                if record is None:
+                    if len(buffer) < 24:
+                        continue
+                    record, nano, stream.linktype = pcap_header(bytes(buffer[:24]))
+                    offset = 24
+                    stream.header.set()
+                packets = []
+                while len(buffer) - offset >= 16:
+                    seconds, fraction, captured, length = record.unpack_from(buffer, offset)
+                    if len(buffer) - offset - 16 < captured:
+                        break
+                    data = bytes(buffer[offset + 16 : offset + 16 + captured])
+                    offset += 16 + captured
+                    packets.append((seconds * 1_000_000 + (fraction // 1000 if nano else fraction), data, length))
+                del buffer[:offset]
+                if packets:
+                    self.queue.put((index, packets, time.monotonic()))
+        except Exception as error:  # a stream that is not pcap: say so where start() reports
+            stream.error = f"{type(error).__name__}: {error}"
         finally:
+            if record is None and not stream.error and buffer:
+                stream.error = f"not a pcap stream: {bytes(buffer[:24])!r}"
             stream.ended.set()
-            self.queue.put((index, None, None, time.monotonic()))
+            self.queue.put((index, None, time.monotonic()))
 
     @property
     def interfaces(self) -> list[tuple[str, int, str]]:
         return [(s.target.name, s.linktype if s.linktype is not None else 1, s.target.description) for s in self.streams]
 
-    def pump(self, emit: Callable[[int, int, bytes, int | None], None], until: float | None = None) -> bool:
-        """Move arrived packets through the merger to emit(stream, timestamp, data, length)
-        until `until` (monotonic) or the count is reached or every stream ended.
-        Returns False once nothing more will come."""
+    def pump(
+        self, emit: Callable[[int, int, bytes, int | None], None], until: float | None = None, flush: Callable | None = None
+    ) -> bool:
+        """Move arrived packets through the merger to emit(stream, timestamp, data, length),
+        then flush() after each batch, until `until` (monotonic) or the count is
+        reached or every stream ended. Returns False once nothing more will come."""
         while True:
             now = time.monotonic()
             wait = 0.05 if until is None else max(0.0, min(0.05, until - now))
@@ -527,11 +571,12 @@ class Capture:
             try:
                 item = self.queue.get(timeout=wait)
                 while True:
-                    index, timestamp, data, received = item
-                    if timestamp is None:
+                    index, packets, received = item
+                    if packets is None:
                         self.merger.end(index)
                     else:
-                        self.merger.add(index, timestamp, data, received)
+                        for timestamp, data, length in packets:
+                            self.merger.add(index, timestamp, data, received, length)
                         self.last_arrival = received
                     item = self.queue.get_nowait()
             except queue.Empty:
@@ -543,24 +588,28 @@ class Capture:
                     break
                 emit(*item)
                 self.written += 1
+            if out and flush is not None:
+                flush()
             if (self.count is not None and self.written >= self.count) or (all_ended and self.queue.empty()):
                 return False
             if until is not None and time.monotonic() >= until:
                 return True
 
-    def settle(self, emit: Callable, idle: float = 0.3, limit: float = 3.0) -> None:
+    def settle(self, emit: Callable, idle: float = 0.3, limit: float = 3.0, flush: Callable | None = None) -> None:
         """Take packets until none has come for `idle` seconds (at most `limit`),
         so what the kernel captured before a stop has reached us."""
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
-            more = self.pump(emit, until=min(time.monotonic() + 0.1, deadline))
+            more = self.pump(emit, until=min(time.monotonic() + 0.1, deadline), flush=flush)
             if not more or time.monotonic() - self.last_arrival >= idle:
                 return
 
-    def stop(self, emit: Callable | None = None, grace: float = 5.0) -> None:
+    def stop(self, emit: Callable | None = None, grace: float = 5.0, flush: Callable | None = None) -> None:
         """End every tcpdump (SIGTERM: each writes what it holds and exits), take
         what is left, then kill anything still there and drop the connections."""
         handles = [s.handle for s in self.streams if s.handle is not None]
+        if emit is not None and not self.immediate and not all(s.ended.is_set() for s in self.streams):
+            time.sleep(BLOCK_TIMEOUT + 0.2)  # the kernel hands over its last blocks; SIGTERM would lose them
         try:
             if handles:
                 self.runtime.parallel(lambda h: h.terminate(), handles)
@@ -580,6 +629,8 @@ class Capture:
                     break
                 emit(*item)
                 self.written += 1
+            if flush is not None:
+                flush()
 
 
 def find_externals(cluster) -> dict[str, str]:
@@ -593,11 +644,13 @@ def find_externals(cluster) -> dict[str, str]:
     }
 
 
-def prepare(cluster, texts: list[str], bpf: str = "", count: int | None = None, interface: str | None = None) -> Capture:
+def prepare(
+    cluster, texts: list[str], bpf: str = "", count: int | None = None, interface: str | None = None, immediate: bool = True
+) -> Capture:
     """Resolve and check the TARGETs on a running cluster: a Capture ready to start."""
     state = cluster.state()
     externals = find_externals(cluster) if any(t.startswith("external/") for t in texts) else {}
-    capture = Capture(cluster.runtime, resolve_targets(state, texts, externals, interface), bpf, count)
+    capture = Capture(cluster.runtime, resolve_targets(state, texts, externals, interface), bpf, count, immediate)
     capture.check()
     return capture
 
@@ -613,6 +666,7 @@ def run(
     path: str | None = None,
     on_start: Callable[[Capture], None] | None = None,
     on_packet: Callable[[Packet], None] | None = None,
+    immediate: bool = True,
 ) -> Capture:
     """`emu capture`: check, start, and write pcapng to `out` (a binary file, or
     `path` opened once every check passed) and/or decoded packets to on_packet,
@@ -622,9 +676,9 @@ def run(
         check_writable(path)
     if duration is not None and duration <= 0:
         raise EmuError(f"--duration {duration:g}: give a number of seconds above 0")
-    capture = prepare(cluster, texts, bpf, count, interface)
+    capture = prepare(cluster, texts, bpf, count, interface, immediate)
     opened = None
-    emit = None
+    emit = flush = None
     capture.start()
     try:
         if path is not None and path != "-":
@@ -645,13 +699,14 @@ def run(
 
         if on_start is not None:
             on_start(capture)
-        capture.pump(emit, time.monotonic() + duration if duration else None)
+        flush = writer.flush if writer is not None else None
+        capture.pump(emit, time.monotonic() + duration if duration else None, flush)
     except BrokenPipeError:
         emit = None  # the reader (Wireshark) went away: nothing more to write
     finally:
         try:
             # Also on Ctrl-C: every tcpdump ends and what it held is written, so the file is whole.
-            capture.stop(emit)
+            capture.stop(emit, flush=flush)
         except BrokenPipeError:
             pass
         finally:
@@ -678,9 +733,9 @@ def record(runtime, targets: list[Target], bpf: str, path: str):
 
             try:
                 yield capture
-                capture.settle(emit)
+                capture.settle(emit, flush=writer.flush)
             finally:
-                capture.stop(emit)
+                capture.stop(emit, flush=writer.flush)
     except OSError as error:
         raise EmuError(f"--pcap {path}: {error.strerror}") from None
     finally:
@@ -752,6 +807,7 @@ def command(
             cluster, texts, out=out, bpf=bpf, count=count, duration=duration, interface=interface,
             path=write if write not in (None, "-") else None, on_start=started,
             on_packet=show if to_terminal else None,
+            immediate=write in (None, "-"),  # a file: no loss at high rates; live: each packet at once
         )  # fmt: skip
     except KeyboardInterrupt:
         pass  # run() has stopped every tcpdump and completed the file

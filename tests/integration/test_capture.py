@@ -167,7 +167,7 @@ def test_stdout_streams_pcapng_as_it_comes(cluster, state):
         assert header == b"\x0a\x0d\x0d\x0a"  # the Section Header Block, before any packet
         curl(cluster, "client", f"http://{web.ip}:8080/hostname")
         data = b""
-        while b"\x06\x00\x00\x00" not in data:  # an Enhanced Packet Block, while the capture still runs
+        while not engine.read_pcapng(header + data)[1]:  # an Enhanced Packet Block, while the capture still runs
             data += os.read(process.stdout.fileno(), 65536)
         assert process.poll() is None
     finally:

@@ -62,7 +62,7 @@ def test_a_pod_is_its_eth0_inside_its_namespace_run_from_the_node(state):
         "client/eth0", "emutest-graph-x-worker", "eth0", "client", "pod default/client on node worker, eth0", "default/client"
     )
     assert capture.tcpdump_argv(target, "tcp") == [
-        "ip", "netns", "exec", "client", "tcpdump", "--immediate-mode", "-U", "-w", "-", "-s", "0", "-i", "eth0", "tcp",
+        "ip", "netns", "exec", "client", "tcpdump", "--immediate-mode", "-U", "-B", "8192", "-w", "-", "-s", "0", "-i", "eth0", "tcp",
     ]  # fmt: skip
     assert capture.check_argv(target, "tcp")[:5] == ["ip", "netns", "exec", "client", "sh"]
 
