@@ -29,18 +29,18 @@ MARKER_VARIABLE = "EMU_STREAM"
 GO = b"go\n"
 WRAPPER = (
     "exec 3<&0; read -r go <&3 || exit 0; "
-    '(cat <&3 >/dev/null; tr "\\0" "\\n" </proc/$$/environ | grep -qx "EMU_STREAM=$EMU_STREAM" '
-    "&& kill -TERM $$) >/dev/null 2>&1 & "
+    '(cat <&3 >/dev/null; grep -qzx "EMU_STREAM=$EMU_STREAM" /proc/$$/environ && kill -TERM $$) >/dev/null 2>&1 & '
     'exec 3<&-; exec "$@"'
 )
-# Signal every process whose environment holds the marker ($1 the signal, $2 the marker).
+# Signal every process whose environment holds the marker ($1 the signal, $2 the
+# marker): one grep over every /proc/PID/environ (NUL-separated: -z) rather than
+# a process or two for each of the node's processes.
 KILL = (
-    "for d in /proc/[0-9]*; do "
-    'tr "\\0" "\\n" <"$d/environ" 2>/dev/null | grep -qx "EMU_STREAM=$2" && kill "-$1" "${d#/proc/}" 2>/dev/null; '
-    "done; true"
+    'for f in $(grep -lzx "EMU_STREAM=$2" /proc/[0-9]*/environ 2>/dev/null); do '
+    'p=${f#/proc/}; kill "-$1" "${p%/environ}" 2>/dev/null; done; true'
 )
-# List the pids that carry any emu stream marker (tests: nothing may be left behind).
-LIST = "for d in /proc/[0-9]*; do grep -qa EMU_STREAM= \"$d/environ\" 2>/dev/null && echo \"${d#/proc/}\"; done; true"
+# The pids that carry any emu stream marker (tests: nothing may be left behind).
+LIST = 'for f in $(grep -lz "^EMU_STREAM=" /proc/[0-9]*/environ 2>/dev/null); do p=${f#/proc/}; echo "${p%/environ}"; done; true'
 
 
 def new_marker() -> str:
