@@ -703,6 +703,10 @@ def run(
         capture.pump(emit, time.monotonic() + duration if duration else None, flush)
     except BrokenPipeError:
         emit = None  # the reader (Wireshark) went away: nothing more to write
+        try:  # and Python's flush at exit must not complain about it either
+            os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+        except (AttributeError, OSError, ValueError):
+            pass
     finally:
         try:
             # Also on Ctrl-C: every tcpdump ends and what it held is written, so the file is whole.
