@@ -792,6 +792,9 @@ def command(
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupted)
+    # Ctrl-C always ends it cleanly, also where it was started with SIGINT ignored
+    # (a background job of a shell without job control).
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     to_terminal = write is None and sys.stdout.isatty()
     out = sys.stdout.buffer if write == "-" or (write is None and not to_terminal) else None
 
@@ -817,6 +820,7 @@ def command(
         pass  # run() has stopped every tcpdump and completed the file
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     for capture in made:
         drops = [f"{s.target.name} {s.dropped()}" for s in capture.streams if s.dropped()]
         print(

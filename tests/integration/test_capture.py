@@ -126,6 +126,14 @@ def test_node_port_from_the_external_host(cluster, state):
     assert (arrived.src, arrived.dst, arrived.dport) == (worker.node_ip, web.ip, 8080)
 
 
+def whole(data: bytes) -> bool:
+    """Whether the pcapng ends exactly at the end of a block (nothing cut off)."""
+    offset = 0
+    while offset + 8 <= len(data):
+        offset += int.from_bytes(data[offset + 4 : offset + 8], "little")
+    return offset == len(data) and len(data) > 0
+
+
 def emu(*argv: str, **options) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "emu.cli", "capture", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **options
@@ -147,6 +155,7 @@ def test_the_command_writes_one_pcapng_with_an_interface_per_target(cluster, sta
     curl(cluster, "client", f"http://{web.ip}:8080/hostname")
     _, errors = process.communicate(timeout=30)
     assert process.returncode == 0 and "7 packets captured" in errors.decode(), errors
+    assert whole(path.read_bytes())
     interfaces, packets = engine.read_pcapng(path.read_bytes())
     assert [(i["name"], i["linktype"]) for i in interfaces] == [("client/eth0", 1), ("web/eth0", 1)]
     assert interfaces[0]["description"] == "pod default/client on node worker, eth0"
@@ -174,6 +183,7 @@ def test_stdout_streams_pcapng_as_it_comes(cluster, state):
         process.send_signal(signal.SIGTERM)
         rest, errors = process.communicate(timeout=30)
     assert process.returncode == 0, errors
+    assert whole(header + data + rest)
     interfaces, packets = engine.read_pcapng(header + data + rest)
     assert [i["name"] for i in interfaces] == ["client/eth0"] and len(packets) >= 10
 
@@ -196,7 +206,7 @@ def test_bad_input_is_refused_before_anything_starts(cluster, state, argv, messa
     assert streams_left(cluster, state) == {}
 
 
-@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_a_capture_killed_midway_leaves_no_tcpdump_in_any_node(cluster, state, tmp_path, how):
     path = tmp_path / "killed.pcapng"
     process = emu("-n", cluster.name, "client", "svc/web", "node/worker:eth0", "external/internet", "-w", str(path))
@@ -209,8 +219,9 @@ def test_a_capture_killed_midway_leaves_no_tcpdump_in_any_node(cluster, state, t
     while streams_left(cluster, state) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert streams_left(cluster, state) == {}
-    if how == signal.SIGTERM:  # ended cleanly: a whole file
+    if how != signal.SIGKILL:  # Ctrl-C or SIGTERM: ended cleanly, a whole file
         assert process.returncode == 0
+        assert whole(path.read_bytes())
         interfaces, _ = engine.read_pcapng(path.read_bytes())
         assert len(interfaces) == 4
 
