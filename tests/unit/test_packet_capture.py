@@ -271,3 +271,17 @@ def test_trace_captures_the_source_every_node_and_the_watched_pods(state):
     ]
     assert targets[0].container == "emutest-graph-x-internet" and targets[-1].netns == "web"
     assert capture.trace_filter(plan) == "port 21000 or icmp"
+
+
+def test_every_capture_command_the_graph_offers_resolves_to_that_interface(state):
+    import re
+
+    svg = (Path(__file__).parent / "golden" / "graph" / "default.svg").read_text()
+    commands = re.findall(r"<title>emu capture -n emutest-graph-x (\S+)</title>", svg)
+    assert len(commands) == len(state.pods) * 2 + len(state.nodes) * 2  # each pod's eth0 and veth, each cni0 and eth0
+    for text in commands:
+        (target,) = capture.resolve_targets(state, [text], EXTERNALS)
+        if text.startswith("node/"):
+            assert target.name == text and target.netns is None
+        else:
+            assert target.name.endswith("/eth0") and target.pod == text
