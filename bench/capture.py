@@ -81,7 +81,10 @@ def has_packet(data: bytes) -> bool:
     """Whether the pcapng so far holds a whole Enhanced Packet Block."""
     offset = 0
     while offset + 8 <= len(data):
-        kind, length = int.from_bytes(data[offset : offset + 4], "little"), int.from_bytes(data[offset + 4 : offset + 8], "little")
+        kind, length = (
+            int.from_bytes(data[offset : offset + 4], "little"),
+            int.from_bytes(data[offset + 4 : offset + 8], "little"),
+        )
         if kind == 6 and offset + length <= len(data):
             return True
         offset += length
@@ -103,7 +106,9 @@ def main() -> int:
         state = cluster.state()
         web = state.pods["default/web"]
         if options.name:
-            cluster.runtime.exec_detached(state.node(web.node).container, ["ip", "netns", "exec", web.netns, "iperf3", "-s", "-D"])
+            cluster.runtime.exec_detached(
+                state.node(web.node).container, ["ip", "netns", "exec", web.netns, "iperf3", "-s", "-D"]
+            )
             time.sleep(0.5)
         plain, captured, blocks = [], [], []
         for _ in range(options.rounds):

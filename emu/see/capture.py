@@ -121,9 +121,13 @@ def _resolve_one(state, text, kind, name, iface, externals, interface) -> list[T
     if kind == "external":
         if name not in externals:
             known = ", ".join(sorted(externals)) or "none; start one with `emu external NAME`"
-            raise EmuError(f"TARGET '{text}': no external container '{name}' in cluster '{state.name}' (externals: {known})")
+            raise EmuError(
+                f"TARGET '{text}': no external container '{name}' in cluster '{state.name}' (externals: {known})"
+            )
         chosen = iface or interface or DEFAULT_INTERFACE
-        return [Target(f"external/{name}:{chosen}", externals[name], chosen, None, f"external container {name}, {chosen}")]
+        return [
+            Target(f"external/{name}:{chosen}", externals[name], chosen, None, f"external container {name}, {chosen}")
+        ]
     pod = _find_pod(state, name) if kind in ("pod", "") else None
     if pod is not None:
         chosen = iface or DEFAULT_INTERFACE
@@ -141,7 +145,9 @@ def _resolve_one(state, text, kind, name, iface, externals, interface) -> list[T
     if service is not None and not iface:
         pods = sorted((p for p in state.pods.values() if service.selects(p)), key=lambda p: p.key)
         if not pods:
-            raise EmuError(f"TARGET '{text}': service {service.key} selects no pod, so there is no endpoint to capture on")
+            raise EmuError(
+                f"TARGET '{text}': service {service.key} selects no pod, so there is no endpoint to capture on"
+            )
         return [
             Target(
                 f"node/{p.node}:{p.host_veth}",
@@ -154,7 +160,9 @@ def _resolve_one(state, text, kind, name, iface, externals, interface) -> list[T
             for p in pods
         ]
     if kind == "pod":
-        raise EmuError(f"TARGET '{text}': no pod '{name}' in cluster '{state.name}' (pods: {', '.join(sorted(state.pods)) or 'none'})")
+        raise EmuError(
+            f"TARGET '{text}': no pod '{name}' in cluster '{state.name}' (pods: {', '.join(sorted(state.pods)) or 'none'})"
+        )
     if kind == "svc":
         raise EmuError(
             f"TARGET '{text}': no service '{name}' in cluster '{state.name}' "
@@ -260,9 +268,9 @@ class PcapngWriter:
         cost more than the rest of a packet's way at 50,000 packets a second."""
         padding = -len(data) % 4
         total = 32 + len(data) + padding
+        length = original_length if original_length is not None else len(data)
         self.out.write(
-            EPB_HEADER.pack(6, total, interface, timestamp_us >> 32, timestamp_us & 0xFFFFFFFF, len(data),
-                            original_length if original_length is not None else len(data))  # fmt: skip
+            EPB_HEADER.pack(6, total, interface, timestamp_us >> 32, timestamp_us & 0xFFFFFFFF, len(data), length)
             + data
             + b"\0" * padding
             + total.to_bytes(4, "little")
@@ -331,7 +339,9 @@ class Merger:
         while self.heap:
             timestamp, _, stream, data, received, length = self.heap[0]
             waiting_for = any(
-                not self.ended[other] and not self.pending[other] for other in range(len(self.pending)) if other != stream
+                not self.ended[other] and not self.pending[other]
+                for other in range(len(self.pending))
+                if other != stream
             )
             if waiting_for and now - received < self.hold:
                 break
@@ -446,9 +456,7 @@ class Capture:
     """tcpdump on every target through the provider, the packets merged in time
     order. check() before start(); stop() (also on error) ends every tcpdump."""
 
-    def __init__(
-        self, runtime, targets: list[Target], bpf: str = "", count: int | None = None, immediate: bool = True
-    ):
+    def __init__(self, runtime, targets: list[Target], bpf: str = "", count: int | None = None, immediate: bool = True):
         if not targets:
             raise EmuError("nothing to capture: give at least one TARGET")
         if count is not None and count < 1:
@@ -555,10 +563,15 @@ class Capture:
 
     @property
     def interfaces(self) -> list[tuple[str, int, str]]:
-        return [(s.target.name, s.linktype if s.linktype is not None else 1, s.target.description) for s in self.streams]
+        return [
+            (s.target.name, s.linktype if s.linktype is not None else 1, s.target.description) for s in self.streams
+        ]
 
     def pump(
-        self, emit: Callable[[int, int, bytes, int | None], None], until: float | None = None, flush: Callable | None = None
+        self,
+        emit: Callable[[int, int, bytes, int | None], None],
+        until: float | None = None,
+        flush: Callable | None = None,
     ) -> bool:
         """Move arrived packets through the merger to emit(stream, timestamp, data, length),
         then flush() after each batch, until `until` (monotonic) or the count is
@@ -645,7 +658,12 @@ def find_externals(cluster) -> dict[str, str]:
 
 
 def prepare(
-    cluster, texts: list[str], bpf: str = "", count: int | None = None, interface: str | None = None, immediate: bool = True
+    cluster,
+    texts: list[str],
+    bpf: str = "",
+    count: int | None = None,
+    interface: str | None = None,
+    immediate: bool = True,
 ) -> Capture:
     """Resolve and check the TARGETs on a running cluster: a Capture ready to start."""
     state = cluster.state()
@@ -755,14 +773,23 @@ def trace_targets(state: ClusterState, plan) -> list[Target]:
     targets = []
     if source.kind == "external":
         name = source.container.removeprefix(f"{state.name}-")
-        targets.append(Target(f"external/{name}:eth0", source.container, "eth0", None, f"external container {name}, eth0"))
+        targets.append(
+            Target(f"external/{name}:eth0", source.container, "eth0", None, f"external container {name}, eth0")
+        )
     for node in state.nodes:
         targets.append(Target(f"node/{node.name}:eth0", node.container, "eth0", None, f"node {node.name}, eth0"))
         for netns in plan.watch.get(node.name, []):
             pod = next((p for p in state.pods.values() if p.node == node.name and p.netns == netns), None)
             if pod is not None:
                 targets.append(
-                    Target(f"{_pod_label(pod)}/eth0", node.container, "eth0", pod.netns, f"pod {pod.key} on node {node.name}, eth0", pod.key)
+                    Target(
+                        f"{_pod_label(pod)}/eth0",
+                        node.container,
+                        "eth0",
+                        pod.netns,
+                        f"pod {pod.key} on node {node.name}, eth0",
+                        pod.key,
+                    )
                 )
     return targets
 

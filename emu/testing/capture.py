@@ -15,7 +15,6 @@ packets stop coming (at most 3 s), stops every tcpdump and decodes (dpkt).
 
 from __future__ import annotations
 
-import time
 from contextlib import contextmanager
 
 from emu.see import capture as engine

@@ -194,7 +194,10 @@ def test_stdout_streams_pcapng_as_it_comes(cluster, state):
         (["nosuch"], "TARGET 'nosuch': no pod or service 'nosuch'"),
         (["client", "node/worker:nope0"], "node/worker:nope0: no interface 'nope0' in node/worker"),
         (["client", "-f", "tcp port"], "the capture filter 'tcp port' does not compile"),
-        (["client", "-w", "/nonexistent-dir/x.pcapng"], "-w /nonexistent-dir/x.pcapng: directory /nonexistent-dir does not exist"),
+        (
+            ["client", "-w", "/nonexistent-dir/x.pcapng"],
+            "-w /nonexistent-dir/x.pcapng: directory /nonexistent-dir does not exist",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_anything_starts(cluster, state, argv, message):
@@ -240,9 +243,7 @@ def test_trace_saves_the_probe_at_each_hop_so_the_dnat_shows_as_two_destinations
     names = [i["name"] for i in interfaces]
     assert names == ["node/control-plane:eth0", "node/worker:eth0", "client/eth0", "node/worker2:eth0", "web/eth0"]
     syns = {
-        names[i]: decoded
-        for i, t, d in packets
-        if (decoded := engine.decode(names[i], t / 1e6, 1, d)).flags == "S"
+        names[i]: decoded for i, t, d in packets if (decoded := engine.decode(names[i], t / 1e6, 1, d)).flags == "S"
     }
     assert set(syns) == {"client/eth0", "node/worker:eth0", "node/worker2:eth0", "web/eth0"}
     assert (syns["client/eth0"].dst, syns["client/eth0"].dport) == (service.cluster_ip, 80)

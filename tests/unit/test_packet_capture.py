@@ -59,7 +59,12 @@ def test_split_target_refuses(text):
 def test_a_pod_is_its_eth0_inside_its_namespace_run_from_the_node(state):
     (target,) = capture.resolve_targets(state, ["client"], EXTERNALS)
     assert target == Target(
-        "client/eth0", "emutest-graph-x-worker", "eth0", "client", "pod default/client on node worker, eth0", "default/client"
+        "client/eth0",
+        "emutest-graph-x-worker",
+        "eth0",
+        "client",
+        "pod default/client on node worker, eth0",
+        "default/client",
     )
     assert capture.tcpdump_argv(target, "tcp") == [
         "ip", "netns", "exec", "client", "tcpdump", "--immediate-mode", "-U", "-B", "8192", "-w", "-", "-s", "0", "-i", "eth0", "tcp",
@@ -240,7 +245,9 @@ def frame(inner, proto) -> bytes:
 
 
 def test_decode_tcp_udp_arp():
-    tcp = capture.decode("client/eth0", 1.5, 1, frame(dpkt.tcp.TCP(sport=40000, dport=80, flags=0x12), 6), "default/client")
+    tcp = capture.decode(
+        "client/eth0", 1.5, 1, frame(dpkt.tcp.TCP(sport=40000, dport=80, flags=0x12), 6), "default/client"
+    )
     assert (tcp.proto, tcp.src, tcp.dst, tcp.sport, tcp.dport, tcp.flags, tcp.pod) == (
         "tcp", "10.244.1.2", "10.96.0.10", 40000, 80, "SA", "default/client",
     )  # fmt: skip

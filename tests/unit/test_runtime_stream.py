@@ -47,6 +47,11 @@ def test_frames_are_split_into_stdout_and_stderr_across_any_boundaries():
     assert handle.read() == b""
 
 
+def comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as name:
+        return name.read().strip()
+
+
 def running(marker: str) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -84,13 +89,13 @@ def wrapped():
 def test_the_command_waits_for_go_and_ends_when_its_stdin_does(wrapped):
     process, marker = wrapped
     time.sleep(0.2)
-    assert process.poll() is None and open(f"/proc/{process.pid}/comm").read().strip() == "sh"  # still waiting
+    assert process.poll() is None and comm(process.pid) == "sh"  # still waiting
     process.stdin.write(stream.GO)
     process.stdin.flush()
     deadline = time.monotonic() + 10
-    while open(f"/proc/{process.pid}/comm").read().strip() != "sleep" and time.monotonic() < deadline:
+    while comm(process.pid) != "sleep" and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert open(f"/proc/{process.pid}/comm").read().strip() == "sleep"  # exec'd in place: the same pid
+    assert comm(process.pid) == "sleep"  # exec'd in place: the same pid
     assert process.pid in running(marker)
     process.stdin.close()  # what a dropped connection (emu killed) looks like to it
     assert process.wait(timeout=10) == -15  # SIGTERM from the watcher
