@@ -746,9 +746,24 @@ def cmd_trace(args) -> int:
     cluster = _cluster(args)
     state = cluster.state()
     plan = trace.plan_for(cluster, state, args.source, args.destination, args.proto, args.container)
-    result = trace.assemble(state, plan, trace.run_trace(cluster, state, plan))
+    if args.pcap:  # the probe's packets at each place the trace names (emu/observe/capture.py)
+        from emu.observe import capture
+
+        with capture.record(cluster.runtime, capture.trace_targets(state, plan), capture.trace_filter(plan), args.pcap):
+            collected = trace.run_trace(cluster, state, plan)
+    else:
+        collected = trace.run_trace(cluster, state, plan)
+    result = trace.assemble(state, plan, collected)
     sys.stdout.write(json.dumps(result, indent=2) + "\n" if args.format == "json" else trace.render_text(result))
     return 0 if result["probe"].get("result") in ("connected", "answered") else 1
+
+
+def cmd_capture(args) -> int:
+    """emu capture: packets of pods, node interfaces and externals as one pcapng (emu/observe/capture.py)."""
+    from emu.observe import capture
+
+    return capture.command(_cluster(args), args.targets, args.filter or "", args.count, args.duration, args.write,
+                           args.interface)  # fmt: skip
 
 
 def cmd_graph(args) -> int:
@@ -885,6 +900,17 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("-c", "--container", help="the source pod's container the probe runs as (default: the first)")
     trace.add_argument("--proto", choices=["tcp", "udp"], default="tcp")
     trace.add_argument("--format", choices=["text", "json"], default="text")
+    trace.add_argument("--pcap", metavar="FILE", help="also save the probe's packets at each pod and node eth0 as pcapng")
+    capture = command("capture", cmd_capture, "capture packets on pods, node interfaces and externals into one pcapng")
+    capture.add_argument("targets", nargs="+", metavar="TARGET",
+                         help="a pod (its eth0; POD:IFACE), node/NAME[:IFACE], external/NAME[:IFACE], or svc/NAME "
+                              "(every endpoint's veth)")  # fmt: skip
+    capture.add_argument("-f", "--filter", metavar="BPF", help="a capture filter, as tcpdump's (e.g. 'tcp port 8080')")
+    capture.add_argument("-c", "--count", type=int, metavar="COUNT", help="stop after COUNT packets in all")
+    capture.add_argument("--duration", type=float, metavar="S", help="stop after S seconds")
+    capture.add_argument("-w", "--write", metavar="FILE", help="pcapng to FILE, or - for stdout "
+                         "(`emu capture client -w - | wireshark -k -i -`); default: stdout if a pipe, else one line a packet")  # fmt: skip
+    capture.add_argument("-i", "--interface", metavar="IFACE", help="interface of node/ and external/ targets that name none (default eth0)")
     graph = command("graph", cmd_graph, "draw the live cluster: nodes, bridges, veths, pods, routes, services")
     graph.add_argument("--format", choices=["mermaid", "dot", "svg", "drawio"], default="mermaid")
 

@@ -466,6 +466,7 @@ class Box:
     kind: str  # node | pod | container | veth | bridge | eth0 | service | network | external | dns-pod
     status: str = "ok"
     parent: str | None = None
+    capture: str = ""  # the `emu capture` command for this interface (an svg tooltip)
 
 
 @dataclass
@@ -568,6 +569,7 @@ def layout(graph: Graph) -> tuple[list[Box], list[Line], int, int]:
                     "eth0",
                     pod.eth0.status,
                     pid,
+                    f"emu capture -n {graph.cluster} {pod.key}",
                 )
             )
             boxes.append(
@@ -581,6 +583,7 @@ def layout(graph: Graph) -> tuple[list[Box], list[Line], int, int]:
                     "veth",
                     pod.veth.status,
                     node_id,
+                    f"emu capture -n {graph.cluster} node/{node.name}:{pod.veth.label}",
                 )
             )
             lines.append(Line(_id("eth", pod.key), _id("veth", pod.key), "veth pair", "wire", pod.veth.status))
@@ -598,6 +601,7 @@ def layout(graph: Graph) -> tuple[list[Box], list[Line], int, int]:
                 "bridge",
                 node.bridge.status,
                 node_id,
+                f"emu capture -n {graph.cluster} node/{node.name}:cni0",
             )
         )
         routes_y = bridge_y + LINE + 8 + GAP
@@ -628,6 +632,7 @@ def layout(graph: Graph) -> tuple[list[Box], list[Line], int, int]:
                 "eth0",
                 node.eth0.status,
                 node_id,
+                f"emu capture -n {graph.cluster} node/{node.name}:eth0",
             )
         )
         lines.append(Line(_id("cni0", node.name), _id("eth0", node.name)))
@@ -734,6 +739,8 @@ def svg(graph: Graph) -> str:
             f'<g id="{box.id}"><rect x="{box.x}" y="{box.y}" width="{box.w}" height="{box.h}" rx="{radius}" '
             f'fill="{FILL.get(box.kind, "#ffffff")}" stroke="{stroke if box.kind != "routes" else "none"}"{dash}/>'
         )
+        if box.capture:  # hovering an interface shows how to capture on it
+            out.append(f"<title>{escape(box.capture)}</title>")
         for index, text in enumerate(box.lines):
             weight = (
                 ' font-weight="bold"'

@@ -27,6 +27,7 @@ _EXPORTS = {
     "Node": "emu.testing.lab",
     "Service": "emu.testing.lab",
     "pod_host": "emu.testing.backend",
+    "Packets": "emu.testing.capture",
 }
 
 __all__ = sorted(_EXPORTS)

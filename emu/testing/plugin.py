@@ -19,7 +19,8 @@ registered to a dead pid, and the next run's sweep removes it
 
 Fixtures: emu_cluster (a Cluster), emu_clusters (path -> Cluster, for more
 topologies), emu_pod / emu_node / emu_service / emu_host (name -> a handle,
-or a testinfra Host for a pod). See docs/testing.md.
+or a testinfra Host for a pod), emu_capture (packets seen during a block).
+See docs/testing.md.
 """
 
 from __future__ import annotations
@@ -258,6 +259,17 @@ def emu_service(emu_cluster):
     from emu.testing import lab
 
     return lambda reference: lab.service(emu_cluster, reference)
+
+
+@pytest.fixture(scope="session")
+def emu_capture(emu_cluster):
+    """with emu_capture("client", "svc/echo", filter="tcp") as seen: ... -> the decoded
+    packets each interface saw during the block (emu.testing.capture)."""
+    from functools import partial
+
+    from emu.testing.capture import capture
+
+    return partial(capture, emu_cluster)
 
 
 @pytest.fixture(scope="session")

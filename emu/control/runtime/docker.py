@@ -301,6 +301,20 @@ class DockerRuntime(ImagePods):
         exec_id = self.api.exec_create(container, argv)["Id"]
         self.api.exec_start(exec_id, detach=True)
 
+    def exec_stream(self, container: str, argv: list[str]):
+        """Start argv in a container and return a DockerStream: its stdout read
+        as it comes; terminate()/close() end it by the marker in its environment,
+        and it ends by itself when this connection does (emu.control.runtime.stream)."""
+        from emu.control.runtime import stream
+
+        marker = stream.new_marker()
+        exec_id = self.api.exec_create(
+            container, stream.wrapped(argv), stdin=True, stdout=True, stderr=True,
+            environment={stream.MARKER_VARIABLE: marker},
+        )["Id"]  # fmt: skip
+        response = self.api.exec_start(exec_id, socket=True)
+        return stream.DockerStream(self, container, exec_id, response, marker)
+
     def container_ip(self, container: str, network: str) -> str:
         detail = self.api.inspect_container(container)
         return detail["NetworkSettings"]["Networks"][network]["IPAddress"]

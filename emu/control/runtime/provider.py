@@ -78,6 +78,32 @@ class ContainerRecord:
         return self.role not in (ROLE_EXTERNAL, ROLE_POD)
 
 
+class StreamHandle(Protocol):
+    """A command running in a container whose stdout is read as it comes
+    (`Provider.exec_stream`). The remote process is found again by a unique
+    marker in its environment, so stopping it never depends on the connection."""
+
+    def read(self) -> bytes:
+        """The next chunk of the command's stdout; b"" once it has ended."""
+        ...
+
+    def errors(self) -> str:
+        """What the command wrote to stderr so far."""
+        ...
+
+    def terminate(self) -> None:
+        """Ask the command to end (SIGTERM): it finishes its output and the stream reaches its end."""
+        ...
+
+    def close(self) -> None:
+        """Kill whatever is left of the command (SIGKILL) and drop the connection."""
+        ...
+
+    def exit_code(self) -> int | None:
+        """The command's exit code once it has ended, else None."""
+        ...
+
+
 def run_parallel(function: Callable, items: list, workers: int = 16) -> list:
     """function(item) for every item, `workers` at a time (nodes and hosts are
     independent); first error re-raised."""
@@ -107,6 +133,7 @@ class Provider(Protocol):
     def exec(self, container: str, argv: list[str], environment: dict[str, str] | None = None) -> ExecResult: ...
     def exec_split(self, container: str, argv: list[str]) -> tuple[int, bytes, bytes]: ...
     def exec_detached(self, container: str, argv: list[str]) -> None: ...
+    def exec_stream(self, container: str, argv: list[str]) -> StreamHandle: ...
     def put_files(self, container: str, files: dict[str, str | bytes], mode: int = 0o644) -> None: ...
     def run_with_files(self, container: str, files: dict[str, str | bytes], argv: list[str]) -> ExecResult: ...
     def read_file(self, container: str, path: str, limit: int | None = None) -> str | None: ...

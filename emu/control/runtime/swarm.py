@@ -309,6 +309,9 @@ class SwarmRuntime:
     def exec_detached(self, container: str, argv: list[str]) -> None:
         self._engine_of(container).exec_detached(container, argv)
 
+    def exec_stream(self, container: str, argv: list[str]):
+        return self._engine_of(container).exec_stream(container, argv)
+
     def put_files(self, container: str, files: dict[str, str | bytes], mode: int = 0o644) -> None:
         self._engine_of(container).put_files(container, files, mode)
 

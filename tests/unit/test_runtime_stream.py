@@ -1,0 +1,125 @@
+"""The streaming exec's parts that need no Docker: Docker's multiplexed frames
+read from a real socket, and the shell wrapper and kill script run here with
+a real process (they run the same way inside a node)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+from emu.control.runtime import stream
+
+
+def frame(kind: int, payload: bytes) -> bytes:
+    return struct.pack(">BxxxL", kind, len(payload)) + payload
+
+
+class Runtime:
+    """Stands in for the provider only where DockerStream signals the process; unused here."""
+
+
+def test_frames_are_split_into_stdout_and_stderr_across_any_boundaries():
+    ours, theirs = socket.socketpair()
+    handle = stream.DockerStream(Runtime(), "node", "exec", ours, "marker")
+    assert theirs.recv(3) == stream.GO  # the command may start
+    data = frame(2, b"listening on eth0\n") + frame(1, b"\xd4\xc3\xb2\xa1") + frame(1, b"rest") + frame(2, b"done\n")
+
+    def send() -> None:
+        for byte in range(0, len(data), 5):  # frames cut mid-header and mid-payload
+            theirs.sendall(data[byte : byte + 5])
+            time.sleep(0.001)
+        theirs.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    out = b""
+    while chunk := handle.read():
+        out += chunk
+    sender.join()
+    assert out == b"\xd4\xc3\xb2\xa1rest"
+    assert handle.errors() == "listening on eth0\ndone\n"
+    assert handle.read() == b""
+
+
+def comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as name:
+        return name.read().strip()
+
+
+def running(marker: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as environ:
+                if f"{stream.MARKER_VARIABLE}={marker}".encode() in environ.read().split(b"\0"):
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+def wait_gone(marker: str, limit: float = 10.0) -> list[int]:
+    deadline = time.monotonic() + limit
+    while running(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return running(marker)
+
+
+@pytest.fixture
+def wrapped():
+    """sleep under the wrapper, as exec_stream starts tcpdump: (process, marker)."""
+    marker = stream.new_marker()
+    process = subprocess.Popen(
+        stream.wrapped(["sleep", "300"]),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, stream.MARKER_VARIABLE: marker},
+    )
+    yield process, marker
+    process.kill()
+    process.wait()
+
+
+def test_the_command_waits_for_go_and_ends_when_its_stdin_does(wrapped):
+    process, marker = wrapped
+    time.sleep(0.2)
+    assert process.poll() is None and comm(process.pid) == "sh"  # still waiting
+    process.stdin.write(stream.GO)
+    process.stdin.flush()
+    deadline = time.monotonic() + 10
+    while comm(process.pid) != "sleep" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert comm(process.pid) == "sleep"  # exec'd in place: the same pid
+    assert process.pid in running(marker)
+    process.stdin.close()  # what a dropped connection (emu killed) looks like to it
+    assert process.wait(timeout=10) == -15  # SIGTERM from the watcher
+    assert wait_gone(marker) == []  # the watcher too
+
+
+def test_no_go_means_the_command_never_starts(wrapped):
+    process, marker = wrapped
+    process.stdin.close()
+    assert process.wait(timeout=10) == 0
+    assert wait_gone(marker) == []
+
+
+def test_the_kill_script_finds_everything_by_the_marker(wrapped):
+    process, marker = wrapped
+    process.stdin.write(stream.GO)
+    process.stdin.flush()
+    deadline = time.monotonic() + 10
+    while len(running(marker)) < 2 and time.monotonic() < deadline:  # the command and its watcher
+        time.sleep(0.02)
+    assert len(running(marker)) >= 2
+    other = stream.new_marker()
+    subprocess.run(stream.kill_argv(other, "TERM"), check=True)  # another marker: untouched
+    assert process.poll() is None
+    subprocess.run(stream.kill_argv(marker, "TERM"), check=True)
+    assert process.wait(timeout=10) == -15
+    assert wait_gone(marker) == []
