@@ -13,6 +13,7 @@ this is Debian as root, scripts/ensure-uml.sh installs it first.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shlex
 import sys
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from emu.plan import cni
-from emu.proxy import ipvs, proxier
+from emu.proxy import proxier
 from emu.runtime import uml
 from emu.runtime.images import ImageBuilder
 from emu.services import service_endpoints
@@ -92,19 +93,28 @@ def state():
     return plan_cluster(load_text(TOPOLOGY), "emutest-ipvs", SUBNET)
 
 
+GATEWAY = str(next(ipaddress.ip_network(SUBNET).hosts()))
+
+
 @pytest.fixture(scope="module")
-def guest(runtime, state):
-    """A booted UML node with the IPVS bootstrap, cni0 and the four pods running netexec."""
+def rootfs(runtime):
+    """The node image as a UML root filesystem, and the host bridge the guests share."""
     _uml_or_skip()
-    node = state.node("n1")
-    image = ImageBuilder(runtime).ensure_node_image()
-    rootfs = uml.make_rootfs(image)
+    image = uml.make_rootfs(ImageBuilder(runtime).ensure_node_image())
     for name in uml.guests(STATE):  # what an interrupted run left (the integration lock is ours)
         uml.remove_guest(name, STATE)
     uml.delete_bridge(BRIDGE)
-    gateway = str(next(iter(__import__("ipaddress").ip_network(SUBNET).hosts())))
-    uml.ensure_bridge(BRIDGE, f"{gateway}/24")
-    machine = uml.Guest("emutest-ipvs-n1", rootfs, BRIDGE, f"{node.node_ip}/24", gateway=gateway, state_dir=STATE)
+    uml.ensure_bridge(BRIDGE, f"{GATEWAY}/24")
+    yield image
+    uml.delete_bridge(BRIDGE)
+    assert not Path("/sys/class/net", BRIDGE).exists()
+
+
+@pytest.fixture(scope="module")
+def guest(rootfs, state):
+    """A booted UML node with the IPVS bootstrap, cni0 and the four pods running netexec."""
+    node = state.node("n1")
+    machine = uml.Guest("emutest-ipvs-n1", rootfs, BRIDGE, f"{node.node_ip}/24", gateway=GATEWAY, state_dir=STATE)
     try:
         machine.boot()
         boot = proxier("ipvs").bootstrap(state, node, "/etc/emu")
@@ -131,7 +141,6 @@ def guest(runtime, state):
         yield machine
     finally:
         machine.shutdown()
-        uml.delete_bridge(BRIDGE)
 
 
 def _endpoints(state, without=()):
@@ -204,3 +213,51 @@ def test_ipvs_serves_cluster_ip_node_port_and_affinity(guest, state):
     proxy.apply(run, changed, proxy.forget())
     assert proxy.lost(run, changed) == []
     assert set(_ask(guest, "http://10.96.0.50/hostname", 4)) == {"web-a", "web-b"}
+
+
+def _left_behind(name: str, pgid: int | None) -> list[str]:
+    found = []
+    if pgid is not None and uml._uml_group(pgid):
+        found.append(f"UML processes in group {pgid}")
+    if Path("/sys/class/net", uml.tap_name(name)).exists():
+        found.append(f"tap {uml.tap_name(name)}")
+    if uml.guest_dir(STATE, name).exists():
+        found.append(f"files in {uml.guest_dir(STATE, name)}")
+    return found
+
+
+def test_a_guest_killed_from_outside_is_removed_without_a_trace(rootfs):
+    machine = uml.Guest("emutest-uml-kill", rootfs, BRIDGE, "192.168.213.3/24", gateway=GATEWAY, state_dir=STATE)
+    machine.boot()
+    try:
+        assert machine.sh("hostname").strip() == "emutest-uml-kill"
+        pgid = machine.process.pid
+        os.kill(pgid, 9)  # the kernel's own process only, as the OOM killer would: its helpers live on
+        machine.process.wait(10)
+        # A later command knows only the guest's name and state directory.
+        uml.remove_guest("emutest-uml-kill", STATE)
+        assert _left_behind("emutest-uml-kill", pgid) == []
+    finally:
+        machine.shutdown()
+
+
+def test_a_guest_that_cannot_boot_says_why_and_leaves_nothing(rootfs, tmp_path):
+    broken = tmp_path / "not-a-filesystem.img"
+    broken.write_bytes(b"\0" * (1 << 20))
+    machine = uml.Guest("emutest-uml-broken", broken, BRIDGE, "192.168.213.4/24", state_dir=STATE)
+    with pytest.raises(uml.UmlError, match="exited .* while booting; console:"):
+        machine.boot(timeout=60)
+    assert _left_behind("emutest-uml-broken", machine.process.pid) == []
+
+
+def test_netem_delays_a_pods_packets(guest, state):
+    pods = {pod.name: pod for pod in state.pods.values()}
+    target = pods["web-a"].ip
+    guest.sh("ip netns exec client tc qdisc add dev eth0 root netem delay 50ms")
+    try:
+        assert "netem" in guest.sh("ip netns exec client tc qdisc show dev eth0")
+        out = guest.sh(f"ip netns exec client ping -c 3 -i 0.2 {target}", timeout=30)
+        rtts = [float(word.split("=")[1]) for word in out.split() if word.startswith("time=")]
+        assert len(rtts) == 3 and min(rtts) >= 50.0  # netem holds each packet at least its delay
+    finally:
+        guest.sh("ip netns exec client tc qdisc del dev eth0 root")
