@@ -146,46 +146,70 @@ def empty() -> IpvsRules:
 
 
 def render(state: ClusterState, node: str, endpoints: dict, cache: dict | None = None) -> IpvsRules:
+    """The node's IPVS rules. With a `cache` the caller keeps between syncs, an
+    unchanged service port's servers and set members are taken from it, not made
+    again (the cache is left holding only the entries this render used)."""
     pod_subnet = state.networking["podSubnet"]
     scheduler = SCHEDULER  # kube-proxy's default; the topology has no --ipvs-scheduler yet
     node_ip = next((n.node_ip for n in state.nodes if n.name == node), None)
     sets: dict[str, list[str]] = {name: [] for name, _, _ in IPSETS}
     addresses: list[str] = []
     servers: list[VirtualServer] = []
-    for service, port, port_endpoints, _ in service_ports(state, endpoints):
-        proto = port.protocol.lower()
-        local = [e for e in port_endpoints if e.node == node]
-        for e in local:  # a pod reaching itself through its service is masqueraded
-            sets["KUBE-LOOP-BACK"].append(f"{e.ip},{proto}:{e.port},{e.ip}")
-        # Real servers: every endpoint, or with a Local policy this node's (all of them when
-        # it has none, so that its pods still reach the service, as kube-proxy does).
-        every = [e.address for e in port_endpoints]
-        near = [e.address for e in local] or every
-
-        def serve(address: str, only_local: bool, proto=proto, every=every, near=near, timeout=service.affinity_timeout):
-            servers.append(VirtualServer(proto, address, timeout, near if only_local else every, scheduler))
-
-        sets["KUBE-CLUSTER-IP"].append(f"{service.cluster_ip},{proto}:{port.port}")
-        addresses.append(service.cluster_ip)
-        serve(f"{service.cluster_ip}:{port.port}", service.internal_traffic_policy == "Local")
-        external_local = service.external_traffic_policy == "Local"
-        if service.type == "LoadBalancer" and service.load_balancer_ip:
-            entry = f"{service.load_balancer_ip},{proto}:{port.port}"
-            sets["KUBE-LOAD-BALANCER"].append(entry)
-            if external_local:
-                sets["KUBE-LOAD-BALANCER-LOCAL"].append(entry)
-            addresses.append(service.load_balancer_ip)
-            serve(f"{service.load_balancer_ip}:{port.port}", external_local)
-        if port.node_port and service.type in ("NodePort", "LoadBalancer"):
-            sets[f"KUBE-NODE-PORT-{proto.upper()}"].append(str(port.node_port))
-            if external_local:
-                sets[f"KUBE-NODE-PORT-LOCAL-{proto.upper()}"].append(str(port.node_port))
-            if node_ip:  # kube-proxy's default --nodeport-addresses (primary): the node's own IP
-                serve(f"{node_ip}:{port.node_port}", external_local)
+    used = {}
+    for service, port, port_endpoints, identity in service_ports(state, endpoints):
+        key = (identity, node, node_ip, scheduler)
+        made = cache.get(key) if cache is not None else None
+        if made is None:
+            made = _render_port(service, port, port_endpoints, node, node_ip, scheduler)
+        used[key] = made
+        port_servers, entries, port_addresses = made
+        servers += port_servers
+        addresses += port_addresses
+        for name, entry in entries:
+            sets[name].append(entry)
+    if cache is not None:
+        cache.clear()
+        cache.update(used)
     addresses = sorted(set(addresses), key=_ip_order)
     sets["KUBE-IPVS-IPS"] = list(addresses)
     sets = {name: sorted(set(entries)) for name, entries in sets.items()}
     return IpvsRules(addresses, servers, sets, iptables_rules(sets, pod_subnet))
+
+
+def _render_port(service, port, port_endpoints, node: str, node_ip: str | None, scheduler: str):
+    """One service port's virtual servers, (set, member) pairs and service addresses."""
+    proto = port.protocol.lower()
+    servers: list[VirtualServer] = []
+    entries: list[tuple[str, str]] = []
+    addresses = [service.cluster_ip]
+    local = [e for e in port_endpoints if e.node == node]
+    for e in local:  # a pod reaching itself through its service is masqueraded
+        entries.append(("KUBE-LOOP-BACK", f"{e.ip},{proto}:{e.port},{e.ip}"))
+    # Real servers: every endpoint, or with a Local policy this node's (all of them when
+    # it has none, so that its pods still reach the service, as kube-proxy does).
+    every = [e.address for e in port_endpoints]
+    near = [e.address for e in local] or every
+
+    def serve(address: str, only_local: bool) -> None:
+        servers.append(VirtualServer(proto, address, service.affinity_timeout, near if only_local else every, scheduler))
+
+    entries.append(("KUBE-CLUSTER-IP", f"{service.cluster_ip},{proto}:{port.port}"))
+    serve(f"{service.cluster_ip}:{port.port}", service.internal_traffic_policy == "Local")
+    external_local = service.external_traffic_policy == "Local"
+    if service.type == "LoadBalancer" and service.load_balancer_ip:
+        entry = f"{service.load_balancer_ip},{proto}:{port.port}"
+        entries.append(("KUBE-LOAD-BALANCER", entry))
+        if external_local:
+            entries.append(("KUBE-LOAD-BALANCER-LOCAL", entry))
+        addresses.append(service.load_balancer_ip)
+        serve(f"{service.load_balancer_ip}:{port.port}", external_local)
+    if port.node_port and service.type in ("NodePort", "LoadBalancer"):
+        entries.append((f"KUBE-NODE-PORT-{proto.upper()}", str(port.node_port)))
+        if external_local:
+            entries.append((f"KUBE-NODE-PORT-LOCAL-{proto.upper()}", str(port.node_port)))
+        if node_ip:  # kube-proxy's default --nodeport-addresses (primary): the node's own IP
+            serve(f"{node_ip}:{port.node_port}", external_local)
+    return servers, entries, addresses
 
 
 def _ip_order(ip: str) -> tuple:
@@ -486,7 +510,7 @@ class IpvsProxier(Proxier):
         )
 
     def render(self, state, node, endpoints, cache=None) -> IpvsRules:
-        return render(state, node, endpoints)
+        return render(state, node, endpoints, cache)
 
     def text(self, rules: IpvsRules, previous: IpvsRules | None = None) -> str:
         """Each tool's input under its heading (tools with nothing to do are left out)."""

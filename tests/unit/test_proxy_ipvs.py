@@ -163,3 +163,14 @@ def test_kernel_listings_are_read():
     text = ipvs.ipset_diff_text({"KUBE-CLUSTER-IP": ["10.96.0.10,tcp:80"]}, sets)
     assert "create KUBE-CLUSTER-IP" not in text and "create KUBE-LOOP-BACK hash:ip,port,ip" in text
     assert "add KUBE-CLUSTER-IP" not in text
+
+
+def test_the_cache_renders_the_same_rules_and_reuses_unchanged_ports():
+    s = lab()
+    cache: dict = {}
+    first = ipvs.render(s, "w1", endpoints(s), cache)
+    assert first == ipvs.render(s, "w1", endpoints(s))
+    again = ipvs.render(s, "w1", _without(s, "web-b"), cache)
+    assert again == ipvs.render(s, "w1", _without(s, "web-b"))  # a changed port is made anew
+    unchanged = [vs for vs in again.servers if vs.address.startswith("10.96.0.53:")]  # no endpoints either time
+    assert unchanged and all(any(vs is old for old in first.servers) for vs in unchanged)
