@@ -38,7 +38,8 @@ BRIDGE = "emubench-ipvsdp"
 
 def topology(services: int) -> str:
     fillers = "".join(
-        f"  - {{name: s{i}, selector: {{app: iperf}}, ports: [{{port: 80, targetPort: 5201}}]}}\n" for i in range(services)
+        f"  - {{name: s{i}, selector: {{app: iperf}}, ports: [{{port: 80, targetPort: 5201}}]}}\n"
+        for i in range(services)
     )
     return f"""\
 name: bench
@@ -69,7 +70,9 @@ def main() -> int:
     pods = {pod.name: pod for pod in state.pods.values()}
     uml.ensure_bridge(BRIDGE, "192.168.216.1/24")
     with tempfile.TemporaryDirectory() as state_dir:
-        guest = uml.Guest("emubench-ipvsdp", rootfs, BRIDGE, f"{node.node_ip}/24", memory="768M", state_dir=Path(state_dir))
+        guest = uml.Guest(
+            "emubench-ipvsdp", rootfs, BRIDGE, f"{node.node_ip}/24", memory="768M", state_dir=Path(state_dir)
+        )
         try:
             guest.boot()
             proxy = proxier("ipvs")
@@ -91,7 +94,9 @@ def main() -> int:
             proxy.apply(guest.run, proxy.render(state, "n1", endpoints), None)
             servers = guest.sh("ipvsadm -S -n").count("-A ")
             cluster_ip = state.services["default/s0"].cluster_ip
-            guest.sh(f"for i in $(seq 50); do ip netns exec client nc -z {pods['server'].ip} 5201 && exit 0; sleep 0.2; done; exit 1")
+            guest.sh(
+                f"for i in $(seq 50); do ip netns exec client nc -z {pods['server'].ip} 5201 && exit 0; sleep 0.2; done; exit 1"
+            )
             direct, service = [], []
             for _ in range(options.rounds):
                 direct.append(iperf(guest, pods["server"].ip, 5201, options.seconds))
@@ -100,7 +105,9 @@ def main() -> int:
             guest.shutdown()
             uml.delete_bridge(BRIDGE)
     pod, svc = statistics.median(direct), statistics.median(service)
-    print(f"ipvs in UML, {options.services} services ({servers} virtual servers), {options.rounds} rounds of {options.seconds} s")
+    print(
+        f"ipvs in UML, {options.services} services ({servers} virtual servers), {options.rounds} rounds of {options.seconds} s"
+    )
     print(f"pod -> pod        {pod:8.0f} Mbit/s  {', '.join(f'{x:.0f}' for x in direct)}")
     print(f"pod -> ClusterIP  {svc:8.0f} Mbit/s  {', '.join(f'{x:.0f}' for x in service)}")
     print(f"ratio             {svc / pod:8.2f}x")

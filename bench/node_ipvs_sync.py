@@ -24,7 +24,7 @@ def clean() -> None:
     """An IPVS node as the bootstrap left it: no servers, addresses or set members, empty chains."""
     subprocess.run(["ipvsadm", "-C"], check=True)
     subprocess.run(["ip", "addr", "flush", "dev", ipvs.DUMMY], check=True)
-    sets = ipvs.parse_ipset_save(subprocess.run(["ipset", "save"], capture_output=True, text=True).stdout)
+    sets = ipvs.parse_ipset_save(subprocess.run(["ipset", "save"], check=True, capture_output=True, text=True).stdout)
     for name in sets:
         subprocess.run(["ipset", "flush", name], check=True)
 
@@ -73,9 +73,9 @@ def main() -> None:
         change_render.append(rendered - started)
         previous = now
     started = time.perf_counter()
-    subprocess.run(["true"])
+    subprocess.run(["true"], check=True)
     spawn = time.perf_counter() - started
-    servers = subprocess.run(["ipvsadm", "-S", "-n"], capture_output=True, text=True).stdout.count("-A ")
+    servers = subprocess.run(["ipvsadm", "-S", "-n"], check=True, capture_output=True, text=True).stdout.count("-A ")
     print(json.dumps({
         "services": count, "servers": servers, "render": statistics.median(render), "full": statistics.median(full),
         "bare": statistics.median(plain), "change": statistics.median(change),

@@ -73,15 +73,15 @@ def time_docker(image: str) -> dict:
     try:
         subprocess.run(["docker", "run", "-d", *NODE_FLAGS, "--name", name, image, "sleep", "infinity"],
                        check=True, capture_output=True)  # fmt: skip
-        while subprocess.run(["docker", "exec", name, "true"], capture_output=True).returncode != 0:
+        while subprocess.run(["docker", "exec", name, "true"], check=False, capture_output=True).returncode != 0:
             time.sleep(0.05)
         boot = time.monotonic() - started
         time.sleep(2)
         usage = subprocess.run(["docker", "stats", "--no-stream", "--format", "{{.MemUsage}}", name],
-                               capture_output=True, text=True).stdout.split("/")[0].strip()  # fmt: skip
+                               check=False, capture_output=True, text=True).stdout.split("/")[0].strip()  # fmt: skip
     finally:
         started = time.monotonic()
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True)
+        subprocess.run(["docker", "rm", "-f", name], check=False, capture_output=True)
         down = time.monotonic() - started
     return {"up": boot, "memory": usage, "down": down}
 
@@ -112,8 +112,10 @@ def main() -> None:
     for index, (u, d) in enumerate(rows, 1):
         print(f"{index:>5}  {u['up']:>6.2f}s  {d['up']:>8.2f}s  {u['memory_mb']:>9.0f} MB  {d['memory']:>10}  "
               f"{u['down']:>7.2f}s  {d['down']:>10.2f}s")  # fmt: skip
-    print(f"median up: uml {statistics.median(u['up'] for u, _ in rows):.2f} s, "
-          f"docker {statistics.median(d['up'] for _, d in rows):.2f} s")
+    print(
+        f"median up: uml {statistics.median(u['up'] for u, _ in rows):.2f} s, "
+        f"docker {statistics.median(d['up'] for _, d in rows):.2f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ class UmlError(EmuError):
 
 def run_host(argv: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
     """A command on the host; with check, a failure is a UmlError naming it."""
-    result = subprocess.run(argv, capture_output=True, text=True, **kwargs)
+    result = subprocess.run(argv, check=False, capture_output=True, text=True, **kwargs)
     if check and result.returncode != 0:
         raise UmlError(f"`{' '.join(argv)}` failed (exit {result.returncode}): {result.stderr.strip()[:1000]}")
     return result
@@ -119,7 +119,7 @@ def ensure_uml() -> str:
     with contextlib.suppress(UmlError):
         return require_uml()
     if sys.platform == "linux" and os.geteuid() == 0 and not UML_BINARY.exists():
-        result = subprocess.run(["bash", str(ENSURE_SCRIPT)], capture_output=True, text=True)
+        result = subprocess.run(["bash", str(ENSURE_SCRIPT)], check=False, capture_output=True, text=True)
         if result.returncode != 0:
             raise UmlError(f"{ENSURE_SCRIPT} failed:\n{result.stderr.strip()[-2000:]}")
     return require_uml()

@@ -18,7 +18,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import socketserver
 import subprocess
 import sys
