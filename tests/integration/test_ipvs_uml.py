@@ -57,6 +57,10 @@ services:
     sessionAffinity: ClientIP
     sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 600}}}}
     ports: [{{port: 80, targetPort: 8080}}]
+  - name: lb
+    type: LoadBalancer
+    selector: {{app: web}}
+    ports: [{{port: 80, targetPort: 8080}}]
 """
 WEB = {"web-a", "web-b", "web-c"}
 
@@ -186,6 +190,11 @@ def test_ipvs_serves_cluster_ip_node_port_and_affinity(guest, state):
         urllib.request.urlopen(f"http://{node.node_ip}:30080/hostname", timeout=10).read().decode() for _ in range(6)
     }
     assert from_host == WEB
+    # LoadBalancer: its address is on kube-ipvs0 too, reached from a pod and from the host.
+    lb = state.services["default/lb"].load_balancer_ip
+    assert lb and f"TCP  {lb}:80 rr" in listing and f"{lb},tcp:80" in guest.sh("ipset list KUBE-LOAD-BALANCER")
+    assert set(_ask(guest, f"http://{lb}/hostname", 6)) == WEB
+    assert urllib.request.urlopen(f"http://{lb}/hostname", timeout=10).read().decode() in WEB
     # ClientIP affinity is persistence: one client stays on one endpoint.
     sticky = _ask(guest, "http://10.96.0.51/hostname", 8)
     assert len(sticky) == 8 and len(set(sticky)) == 1 and sticky[0] in WEB
