@@ -176,6 +176,11 @@ def make_rootfs(image: str, cache_dir: Path | None = None, api=None, progress=la
         partial = Path(work) / "rootfs.img"
         run_host(["mkfs.ext4", "-q", "-F", "-L", "emu-node", "-d", str(root), str(partial), IMAGE_SIZE])
         partial.rename(target)  # whole or not at all: a half-made image is never found
+    # The same node image made for an older UML kernel or older guest files is never used again.
+    tag = target.name.rsplit("-uml", 1)[0]
+    for stale in target.parent.glob("*.img"):
+        if stale != target and stale.name.rsplit("-uml", 1)[0] == tag:
+            stale.unlink(missing_ok=True)
     return target
 
 
