@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 TOPOLOGY ?= topologies/default.yaml
 
-.PHONY: up down test unit integration bench docker venv clean
+.PHONY: up down test unit integration bench docker uml venv clean
 
 up: venv docker
 	$(BIN)/emu up $(TOPOLOGY)
@@ -29,6 +29,10 @@ bench: venv docker
 
 docker:
 	@scripts/ensure-docker.sh
+
+# User-mode Linux, for nodes with a kernel of their own (docs/uml.md).
+uml:
+	@scripts/ensure-uml.sh
 
 venv: $(STAMP)
 

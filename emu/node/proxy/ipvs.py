@@ -1,4 +1,4 @@
-"""kube-proxy's IPVS mode, as pkg/proxy/ipvs writes it: rendered, not yet programmed.
+"""kube-proxy's IPVS mode, as pkg/proxy/ipvs writes it: rendered and programmed.
 
 Every service address is bound to the dummy interface kube-ipvs0 and is an
 IPVS virtual server (the scheduler rr unless networking says otherwise;
@@ -8,10 +8,15 @@ IP. ipsets name what the iptables rules match (KUBE-CLUSTER-IP, KUBE-LOOP-BACK,
 KUBE-NODE-PORT-TCP, KUBE-LOAD-BALANCER, KUBE-IPVS-IPS, ...) and a few KUBE-*
 chains mark, masquerade, accept and filter around them.
 
-`emu plan --rules` renders all of it anywhere. Programming it needs the
-kernel's ip_vs, which this project's build machine lacks, so `emu up` refuses
-the mode before creating anything (`require_ip_vs` names the module) and emu
-does not program IPVS yet. Standard library only: it runs in the agent.
+`apply` writes only the difference from what the kernel holds (read from it by
+`adopt` on the first sync, then what was written last): addresses on
+kube-ipvs0 with `ip -batch`, set members with `ipset restore`, virtual and real
+servers with `ipvsadm -R` (-A/-E/-D, -a/-e/-d), the changed KUBE-* chains with
+`iptables-restore --noflush`. `text` is exactly that input, so `emu plan
+--rules` shows what is programmed. It needs a kernel with ip_vs (a User-mode
+Linux node has one); on docker nodes of a kernel without it `emu up` refuses
+the mode before creating anything (`refuse_up` names the module). Standard
+library only: it runs in the agent.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from emu.node.proxy import iptables
 from emu.node.proxy.base import MASQ_MARK, Bootstrap, KernelMissing, Proxier, Runner, service_ports
 from emu.node.records import ClusterState, NodeState
 
@@ -101,12 +107,13 @@ def require_ip_vs() -> None:
 
 
 def refuse_up() -> None:
-    """`emu up` with proxyMode ipvs: the missing module named where the kernel
-    lacks it, and where it has it, that emu only renders the mode so far."""
+    """`emu up` with proxyMode ipvs on docker nodes: the missing module named
+    where the kernel lacks it, and where it has it, that docker nodes do not run
+    the mode yet (IPVS is programmed on User-mode Linux nodes, emu.control.runtime.uml)."""
     require_ip_vs()
     raise KernelMissing(
-        "proxyMode ipvs: emu renders kube-proxy's IPVS rules (`emu plan FILE --rules`) but does not program "
-        "IPVS in nodes yet; use proxyMode iptables or nftables to run the cluster"
+        "proxyMode ipvs: emu programs IPVS on User-mode Linux nodes (emu/control/runtime/uml.py), not yet on docker "
+        "nodes; `emu plan FILE --rules` shows the rules; use proxyMode iptables or nftables to run the cluster"
     )
 
 
@@ -116,56 +123,93 @@ class VirtualServer:
     address: str  # ip:port
     persistence: int | None
     real_servers: list[str] = field(default_factory=list)  # ip:port
+    scheduler: str = SCHEDULER
+    weights: dict[str, int] = field(default_factory=dict)  # real server -> weight, where not 1 (read from a kernel)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.protocol, self.address
 
 
 @dataclass
 class IpvsRules:
     addresses: list[str]  # bound to kube-ipvs0
     servers: list[VirtualServer]
-    sets: dict[str, list[str]]  # ipset -> entries
+    sets: dict[str, list[str]]  # ipset -> entries; a set not named here does not exist
     iptables: dict[str, dict[str, list[str]]]  # table -> chain -> rules
+    dummy: bool = True  # whether kube-ipvs0 exists (only a kernel read can say it does not)
+
+
+def empty() -> IpvsRules:
+    """What a node holds before the first sync: kube-ipvs0 (made by the bootstrap) and nothing else."""
+    return IpvsRules([], [], {}, {"filter": {}, "nat": {}})
 
 
 def render(state: ClusterState, node: str, endpoints: dict, cache: dict | None = None) -> IpvsRules:
+    """The node's IPVS rules. With a `cache` the caller keeps between syncs, an
+    unchanged service port's servers and set members are taken from it, not made
+    again (the cache is left holding only the entries this render used)."""
     pod_subnet = state.net.pod_subnet
+    scheduler = SCHEDULER  # kube-proxy's default; the topology has no --ipvs-scheduler yet
     node_ip = next((n.node_ip for n in state.nodes if n.name == node), None)
     sets: dict[str, list[str]] = {name: [] for name, _, _ in IPSETS}
     addresses: list[str] = []
     servers: list[VirtualServer] = []
-    for service, port, port_endpoints, _ in service_ports(state, endpoints):
-        proto = port.protocol.lower()
-        local = [e for e in port_endpoints if e.node == node]
-        for e in local:  # a pod reaching itself through its service is masqueraded
-            sets["KUBE-LOOP-BACK"].append(f"{e.ip},{proto}:{e.port},{e.ip}")
-        # Real servers: every endpoint, or with a Local policy this node's (all of them when
-        # it has none, so that its pods still reach the service, as kube-proxy does).
-        every = [e.address for e in port_endpoints]
-        near = [e.address for e in local] or every
-
-        def serve(address: str, only_local: bool, proto=proto, every=every, near=near, timeout=service.affinity_timeout):
-            servers.append(VirtualServer(proto, address, timeout, near if only_local else every))
-
-        sets["KUBE-CLUSTER-IP"].append(f"{service.cluster_ip},{proto}:{port.port}")
-        addresses.append(service.cluster_ip)
-        serve(f"{service.cluster_ip}:{port.port}", service.internal_traffic_policy == "Local")
-        external_local = service.external_traffic_policy == "Local"
-        if service.type == "LoadBalancer" and service.load_balancer_ip:
-            entry = f"{service.load_balancer_ip},{proto}:{port.port}"
-            sets["KUBE-LOAD-BALANCER"].append(entry)
-            if external_local:
-                sets["KUBE-LOAD-BALANCER-LOCAL"].append(entry)
-            addresses.append(service.load_balancer_ip)
-            serve(f"{service.load_balancer_ip}:{port.port}", external_local)
-        if port.node_port and service.type in ("NodePort", "LoadBalancer"):
-            sets[f"KUBE-NODE-PORT-{proto.upper()}"].append(str(port.node_port))
-            if external_local:
-                sets[f"KUBE-NODE-PORT-LOCAL-{proto.upper()}"].append(str(port.node_port))
-            if node_ip:  # kube-proxy's default --nodeport-addresses (primary): the node's own IP
-                serve(f"{node_ip}:{port.node_port}", external_local)
+    used = {}
+    for service, port, port_endpoints, identity in service_ports(state, endpoints):
+        key = (identity, node, node_ip, scheduler)
+        made = cache.get(key) if cache is not None else None
+        if made is None:
+            made = _render_port(service, port, port_endpoints, node, node_ip, scheduler)
+        used[key] = made
+        port_servers, entries, port_addresses = made
+        servers += port_servers
+        addresses += port_addresses
+        for name, entry in entries:
+            sets[name].append(entry)
+    if cache is not None:
+        cache.clear()
+        cache.update(used)
     addresses = sorted(set(addresses), key=_ip_order)
     sets["KUBE-IPVS-IPS"] = list(addresses)
     sets = {name: sorted(set(entries)) for name, entries in sets.items()}
     return IpvsRules(addresses, servers, sets, iptables_rules(sets, pod_subnet))
+
+
+def _render_port(service, port, port_endpoints, node: str, node_ip: str | None, scheduler: str):
+    """One service port's virtual servers, (set, member) pairs and service addresses."""
+    proto = port.protocol.lower()
+    servers: list[VirtualServer] = []
+    entries: list[tuple[str, str]] = []
+    addresses = [service.cluster_ip]
+    local = [e for e in port_endpoints if e.node == node]
+    for e in local:  # a pod reaching itself through its service is masqueraded
+        entries.append(("KUBE-LOOP-BACK", f"{e.ip},{proto}:{e.port},{e.ip}"))
+    # Real servers: every endpoint, or with a Local policy this node's (all of them when
+    # it has none, so that its pods still reach the service, as kube-proxy does).
+    every = [e.address for e in port_endpoints]
+    near = [e.address for e in local] or every
+
+    def serve(address: str, only_local: bool) -> None:
+        servers.append(VirtualServer(proto, address, service.affinity_timeout, near if only_local else every, scheduler))
+
+    entries.append(("KUBE-CLUSTER-IP", f"{service.cluster_ip},{proto}:{port.port}"))
+    serve(f"{service.cluster_ip}:{port.port}", service.internal_traffic_policy == "Local")
+    external_local = service.external_traffic_policy == "Local"
+    if service.type == "LoadBalancer" and service.load_balancer_ip:
+        entry = f"{service.load_balancer_ip},{proto}:{port.port}"
+        entries.append(("KUBE-LOAD-BALANCER", entry))
+        if external_local:
+            entries.append(("KUBE-LOAD-BALANCER-LOCAL", entry))
+        addresses.append(service.load_balancer_ip)
+        serve(f"{service.load_balancer_ip}:{port.port}", external_local)
+    if port.node_port and service.type in ("NodePort", "LoadBalancer"):
+        entries.append((f"KUBE-NODE-PORT-{proto.upper()}", str(port.node_port)))
+        if external_local:
+            entries.append((f"KUBE-NODE-PORT-LOCAL-{proto.upper()}", str(port.node_port)))
+        if node_ip:  # kube-proxy's default --nodeport-addresses (primary): the node's own IP
+            serve(f"{node_ip}:{port.node_port}", external_local)
+    return servers, entries, addresses
 
 
 def _ip_order(ip: str) -> tuple:
@@ -220,36 +264,202 @@ def iptables_rules(sets: dict[str, list[str]], pod_subnet: str) -> dict[str, dic
     return tables
 
 
-def ipvsadm_text(servers: list[VirtualServer]) -> str:
-    """ipvsadm-restore input (what `ipvsadm -S -n` prints)."""
+# --- the differences, as each tool's input -------------------------------
+
+
+def address_text(desired: list[str], current: list[str], dummy: bool = True) -> str:
+    """`ip -batch` input: kube-ipvs0 (when missing), addresses to bind, addresses to unbind."""
+    have, want = set(current), set(desired)
+    out = [] if dummy else [f"link add {DUMMY} type dummy"]
+    out += [f"addr replace {address}/32 dev {DUMMY}" for address in desired if address not in have]
+    out += [f"addr del {address}/32 dev {DUMMY}" for address in sorted(have - want, key=_ip_order)]
+    return "".join(line + "\n" for line in out)
+
+
+def ipset_diff_text(desired: dict[str, list[str]], current: dict[str, list[str]]) -> str:
+    """`ipset restore` input: the sets that do not exist yet, members to add, members to delete."""
     out = []
-    for vs in servers:
-        flag = "-t" if vs.protocol == "tcp" else "-u"
-        persistent = f" -p {vs.persistence}" if vs.persistence else ""
-        out.append(f"-A {flag} {vs.address} -s {SCHEDULER}{persistent}")
-        out += [f"-a {flag} {vs.address} -r {real} -m -w 1" for real in vs.real_servers]
-    return "\n".join(out) + "\n"
+    for name, kind, _ in IPSETS:
+        want = desired.get(name, [])
+        if name not in current:
+            shape = "range 0-65535" if kind == "bitmap:port" else "family inet hashsize 1024 maxelem 65536"
+            out.append(f"create {name} {kind} {shape} -exist")
+        have = set(current.get(name, ()))
+        out += [f"add {name} {entry} -exist" for entry in want if entry not in have]
+        wanted = set(want)
+        out += [f"del {name} {entry} -exist" for entry in sorted(have - wanted)]
+    return "".join(line + "\n" for line in out)
+
+
+def _flag(protocol: str) -> str:
+    return "-t" if protocol == "tcp" else "-u"
+
+
+def _service_options(vs: VirtualServer) -> str:
+    persistent = f" -p {vs.persistence}" if vs.persistence else ""
+    return f"-s {vs.scheduler}{persistent}"
+
+
+def ipvsadm_diff_text(desired: list[VirtualServer], current: list[VirtualServer]) -> str:
+    """`ipvsadm -R` input turning the `current` virtual servers into the `desired` ones,
+    as kube-proxy's sync compares the kernel's servers with its own: new servers
+    added (-A, -a), changed scheduler or persistence edited in place (-E, which
+    keeps the server's connections), real servers added, put back to weight 1
+    (-e) or deleted (-d) one by one, and servers no longer wanted deleted (-D)."""
+    have = {vs.key: vs for vs in current}
+    out = []
+    for vs in desired:
+        flag, old = _flag(vs.protocol), have.get(vs.key)
+        if old is None:
+            out.append(f"-A {flag} {vs.address} {_service_options(vs)}")
+        elif (old.scheduler, old.persistence or None) != (vs.scheduler, vs.persistence or None):
+            out.append(f"-E {flag} {vs.address} {_service_options(vs)}")
+        old_reals = set(old.real_servers) if old else set()
+        for real in vs.real_servers:
+            if real not in old_reals:
+                out.append(f"-a {flag} {vs.address} -r {real} -m -w 1")
+            elif old.weights.get(real, 1) != 1:
+                out.append(f"-e {flag} {vs.address} -r {real} -m -w 1")
+        wanted = set(vs.real_servers)
+        out += [f"-d {flag} {vs.address} -r {real}" for real in (old.real_servers if old else []) if real not in wanted]
+    wanted_keys = {vs.key for vs in desired}
+    out += [f"-D {_flag(vs.protocol)} {vs.address}" for vs in current if vs.key not in wanted_keys]
+    return "".join(line + "\n" for line in out)
+
+
+def ipvsadm_text(servers: list[VirtualServer]) -> str:
+    """ipvsadm -R input for an empty kernel (what `ipvsadm -S -n` prints for these servers)."""
+    return ipvsadm_diff_text(servers, [])
 
 
 def ipset_text(sets: dict[str, list[str]]) -> str:
-    """ipset restore input: every set of kube-proxy's, created if missing, and its entries."""
-    out = []
-    for name, kind, _ in IPSETS:
-        shape = "range 0-65535" if kind == "bitmap:port" else "family inet hashsize 1024 maxelem 65536"
-        out.append(f"create {name} {kind} {shape} -exist")
-        out += [f"add {name} {entry} -exist" for entry in sets.get(name, [])]
-    return "\n".join(out) + "\n"
+    """ipset restore input for a node without kube-proxy's sets: every set, created, and its entries."""
+    return ipset_diff_text(sets, {})
 
 
-def restore_text(tables: dict[str, dict[str, list[str]]]) -> str:
-    out = []
+def restore_text(tables: dict[str, dict[str, list[str]]], previous=None) -> str:
+    """iptables-restore --noflush input: every KUBE-* chain, or with `previous`
+    only those that changed (and -X for those gone)."""
+    text = iptables.restore_text(tables, previous)
+    return text if text.strip() else ""
+
+
+def changes(rules: IpvsRules, previous: IpvsRules | None) -> dict[str, str]:
+    """What each tool is given to go from `previous` (None: a new node) to `rules`,
+    by tool; an empty text means nothing to write with that tool."""
+    before = previous or empty()
+    return {
+        "ip": address_text(rules.addresses, before.addresses, before.dummy),
+        "ipset": ipset_diff_text(rules.sets, before.sets),
+        "ipvsadm": ipvsadm_diff_text(rules.servers, before.servers),
+        "iptables": restore_text(rules.iptables, None if previous is None else before.iptables),
+    }
+
+
+TOOLS = {  # tool -> (argv, heading in `text`)
+    "ip": (["ip", "-force", "-batch", "-"], f"# ip -batch: the service addresses on {DUMMY}"),
+    "ipset": (["ipset", "restore"], "# ipset restore"),
+    # ipvsadm-restore would clear every server first (`ipvsadm -C`): -R applies the lines as they are.
+    "ipvsadm": (["ipvsadm", "-R"], "# ipvsadm -R"),
+    "iptables": (["iptables-restore", "--noflush", "--wait"], "# iptables-restore --noflush"),
+}
+
+
+# --- reading the kernel ---------------------------------------------------
+
+
+# ipvsadm's options that take a value; the others (-m, -g, -i) are flags.
+_VALUED = {"-s", "-p", "-M", "-r", "-w", "-x", "-y", "-b", "--pe"}
+
+
+def _options(words: list[str]) -> dict[str, str]:
+    options, index = {}, 0
+    while index < len(words):
+        if words[index] in _VALUED and index + 1 < len(words):
+            options[words[index]] = words[index + 1]
+            index += 2
+        else:
+            options[words[index]] = ""
+            index += 1
+    return options
+
+
+def parse_ipvsadm_save(text: str) -> list[VirtualServer]:
+    """The virtual servers in `ipvsadm -S -n` output (in the order listed)."""
+    servers: dict[tuple[str, str], VirtualServer] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) < 3 or words[0] not in ("-A", "-a") or words[1] not in ("-t", "-u"):
+            continue  # firewall-mark (-f) servers are not kube-proxy's
+        protocol = "tcp" if words[1] == "-t" else "udp"
+        options = _options(words[3:])
+        if words[0] == "-A":
+            persistence = int(options["-p"]) if "-p" in options else None
+            servers[(protocol, words[2])] = VirtualServer(
+                protocol, words[2], persistence, [], options.get("-s", SCHEDULER)
+            )
+        elif (protocol, words[2]) in servers and "-r" in options:
+            vs = servers[(protocol, words[2])]
+            vs.real_servers.append(options["-r"])
+            weight = int(options.get("-w", 1))
+            if weight != 1:
+                vs.weights[options["-r"]] = weight
+    return list(servers.values())
+
+
+def parse_ipset_save(text: str) -> dict[str, list[str]]:
+    """kube-proxy's sets (KUBE-*) and their members in `ipset save` output."""
+    sets: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) >= 2 and words[1].startswith("KUBE-"):
+            if words[0] == "create":
+                sets.setdefault(words[1], [])
+            elif words[0] == "add" and len(words) >= 3:
+                sets.setdefault(words[1], []).append(words[2])
+    return {name: sorted(entries) for name, entries in sets.items()}
+
+
+def parse_addresses(text: str) -> list[str]:
+    """IPv4 addresses in `ip -o -4 addr show dev kube-ipvs0` output."""
+    found = []
+    for line in text.splitlines():
+        words = line.split()
+        if "inet" in words:
+            found.append(words[words.index("inet") + 1].split("/")[0])
+    return sorted(found, key=_ip_order)
+
+
+def _read(run: Runner, argv: list[str]) -> str:
+    result = run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()[:2000]}")
+    return result.stdout
+
+
+def kernel_state(run: Runner) -> IpvsRules:
+    """What the kernel holds of the IPVS mode: kube-ipvs0 and its addresses, the
+    virtual servers, kube-proxy's ipsets, and the KUBE-* chains (their rules
+    unknown: iptables-save spells rules its own way, so each is rewritten once)."""
+    link = run(["ip", "-o", "-4", "addr", "show", "dev", DUMMY], capture_output=True, text=True)
+    dummy = link.returncode == 0
+    addresses = parse_addresses(link.stdout) if dummy else []
+    servers = parse_ipvsadm_save(_read(run, ["ipvsadm", "-S", "-n"]))
+    sets = parse_ipset_save(_read(run, ["ipset", "save"]))
+    tables: dict[str, dict[str, list[str]]] = {}
     for table in ("filter", "nat"):
-        out.append(f"*{table}")
-        out += [f":{chain} - [0:0]" for chain in tables[table]]
-        for chain, rules in tables[table].items():
-            out += [f"-A {chain} {rule}" for rule in rules]
-        out.append("COMMIT")
-    return "\n".join(out) + "\n"
+        save = _read(run, ["iptables-save", "-t", table])
+        tables[table] = {line[1:].split()[0]: ["(unknown)"] for line in save.splitlines() if line.startswith(":KUBE-")}
+    return IpvsRules(addresses, servers, sets, tables, dummy)
+
+
+def _run_tool(run: Runner, tool: str, text: str) -> None:
+    argv = TOOLS[tool][0]
+    result = run(argv, input=text, capture_output=True, text=True)
+    # ipvsadm -R goes on past a failed line and exits 0: what it prints is the failure.
+    failed = result.returncode != 0 or (tool == "ipvsadm" and result.stderr.strip())
+    if failed:
+        raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()[:2000]}\ninput:\n{text[:2000]}")
 
 
 def hook_rules() -> str:
@@ -264,8 +474,25 @@ def hook_rules() -> str:
     return "\n".join(out) + "\n"
 
 
+# Modules the mode loads (ip_vs with kube-proxy's usual schedulers, the set types
+# it uses) and kube-proxy's sysctls for it: conntrack for IPVS connections (the
+# masquerade rules need it), forwarding, dropping connections to a deleted real
+# server, and bridged pod traffic through netfilter so a pod reaching a service
+# whose endpoint is on its own bridge gets its reply un-NATed.
+MODULES = ["ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "nf_conntrack", "br_netfilter", "dummy",
+           "ip_set_hash_ipport", "ip_set_hash_ipportip", "ip_set_hash_ipportnet", "ip_set_hash_ip",
+           "ip_set_bitmap_port"]  # fmt: skip
+SYSCTLS = {
+    "net.ipv4.vs.conntrack": "1",
+    "net.ipv4.vs.expire_nodest_conn": "1",
+    "net.ipv4.vs.expire_quiescent_template": "1",
+    "net.ipv4.ip_forward": "1",
+    "net.bridge.bridge-nf-call-iptables": "1",
+}
+
+
 class IpvsProxier(Proxier):
-    """Renders kube-proxy's IPVS mode; does not program it (see the module's doc)."""
+    """kube-proxy's IPVS mode: kube-ipvs0, ipvsadm, ipset and a few iptables chains."""
 
     mode = "ipvs"
 
@@ -273,33 +500,78 @@ class IpvsProxier(Proxier):
         path = f"{plan_dir}/kube-proxy-hooks.rules"
         return Bootstrap(
             {path: hook_rules()},
-            [f"ip link add {DUMMY} type dummy", f"iptables-restore --noflush {path}"],
+            [
+                f"modprobe -a {' '.join(MODULES)}",
+                "sysctl -q -w " + " ".join(f"{key}={value}" for key, value in SYSCTLS.items()),
+                f"ip link add {DUMMY} type dummy",
+                f"ip link set {DUMMY} up",  # kube-proxy leaves it down; up is harmless and shows in `ip link`
+                f"iptables-restore --noflush {path}",
+            ],
         )
 
     def render(self, state, node, endpoints, cache=None) -> IpvsRules:
-        return render(state, node, endpoints)
+        return render(state, node, endpoints, cache)
 
     def text(self, rules: IpvsRules, previous: IpvsRules | None = None) -> str:
-        return "\n".join([
-            f"# ip -batch: the service addresses on {DUMMY}",
-            *(f"addr replace {address}/32 dev {DUMMY}" for address in rules.addresses),
-            "# ipset restore",
-            ipset_text(rules.sets).rstrip(),
-            "# ipvsadm-restore",
-            ipvsadm_text(rules.servers).rstrip(),
-            "# iptables-restore --noflush",
-            restore_text(rules.iptables),
-        ])  # fmt: skip
+        """Each tool's input under its heading (tools with nothing to do are left out)."""
+        out = []
+        for tool, body in changes(rules, previous).items():
+            if body.strip():
+                out += [TOOLS[tool][1], body.rstrip("\n")]
+        return "\n".join(out) + "\n"
 
-    def apply(self, run: Runner, rules, previous=None) -> int:
-        refuse_up()
-        return 0
+    def apply(self, run: Runner, rules: IpvsRules, previous: IpvsRules | None = None) -> int:
+        """Write the difference from `previous` (None: read the kernel first)."""
+        if previous is None:
+            previous = self.adopt(run)
+        written = 0
+        for tool, body in changes(rules, previous).items():
+            if body.strip():
+                _run_tool(run, tool, body)
+                written += sum(1 for line in body.splitlines() if line and not line.startswith(("*", "COMMIT")))
+        return written
 
-    def adopt(self, run: Runner) -> None:
-        return None
+    def adopt(self, run: Runner) -> IpvsRules:
+        require = run(["test", "-e", IP_VS_MARKERS[0]], capture_output=True, text=True)
+        if require.returncode != 0:
+            raise RuntimeError(f"this node's kernel has no ip_vs ({IP_VS_MARKERS[0]} is missing); `modprobe ip_vs` first")
+        return kernel_state(run)
 
-    def lost(self, run: Runner, rules) -> list[str]:
-        return []
+    def lost(self, run: Runner, rules: IpvsRules) -> list[str]:
+        """What the kernel lacks of `rules`: virtual servers, real servers,
+        addresses on kube-ipvs0, set members, KUBE-* chains and their rule counts."""
+        try:
+            kernel = kernel_state(run)
+        except RuntimeError as error:
+            return [str(error)]
+        found = []
+        if not kernel.dummy:
+            found.append(f"{DUMMY} missing")
+        found += [f"{address} not on {DUMMY}" for address in rules.addresses if address not in set(kernel.addresses)]
+        have = {vs.key: vs for vs in kernel.servers}
+        for vs in rules.servers:
+            old = have.get(vs.key)
+            if old is None:
+                found.append(f"virtual server {vs.protocol.upper()} {vs.address} missing")
+                continue
+            found += [f"real server {real} of {vs.protocol.upper()} {vs.address} missing"
+                      for real in vs.real_servers if real not in old.real_servers]  # fmt: skip
+        for name, entries in rules.sets.items():
+            members = kernel.sets.get(name)
+            if members is None:
+                found.append(f"ipset {name} missing")
+            elif set(entries) - set(members):
+                found.append(f"ipset {name} lacks {len(set(entries) - set(members))} members")
+        save = run(["iptables-save"], capture_output=True, text=True)
+        counts, _ = iptables.kernel_view(save.stdout)
+        for table, chains in rules.iptables.items():
+            for chain, chain_rules in chains.items():
+                count = counts.get((table, chain))
+                if count is None:
+                    found.append(f"{table}/{chain} missing")
+                elif count != len(chain_rules):
+                    found.append(f"{table}/{chain} has {count} rules, not {len(chain_rules)}")
+        return found
 
 
 PROXIER = IpvsProxier()

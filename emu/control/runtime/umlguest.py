@@ -1,0 +1,102 @@
+"""The command server inside a User-mode Linux guest: how emu runs commands in it.
+
+The guest's init starts it on the guest's address (the tap network, a host
+bridge that only the host and its guests reach). One request per connection:
+a JSON line {"boot": BOOT_ID, "argv": [...], "input": base64, "timeout": s}
+(or {"boot": ..., "op": "poweroff"}), answered by one JSON line
+{"boot": ..., "rc": N, "stdout": base64, "stderr": base64, "timed_out": bool}.
+The boot id, a random value given on the guest's kernel command line, makes
+sure a client talks to the guest it booted and not to an older one at the
+same address. Every command has a timeout (its process group is killed at
+it), and requests and outputs are bounded, so one stuck command cannot wedge
+the channel. Standard library only: it runs in the guest's Python.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socketserver
+import subprocess
+import sys
+import threading
+
+PORT = 7070
+MAX_REQUEST = 64 << 20  # input is bounded: rules for 10,000 services are a few MB
+MAX_OUTPUT = 64 << 20
+MAX_TIMEOUT = 3600
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data[:MAX_OUTPUT]).decode()
+
+
+def run_request(request: dict) -> dict:
+    """Run one command; never raises for the command's own failure."""
+    argv = request["argv"]
+    timeout = min(float(request.get("timeout") or 60), MAX_TIMEOUT)
+    data = base64.b64decode(request.get("input") or "")
+    try:
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own group, so a timeout kills what it started too
+        )
+    except OSError as error:
+        return {"rc": 127, "stdout": "", "stderr": _b64(f"{argv[0]}: {error}\n".encode()), "timed_out": False}
+    try:
+        out, err = process.communicate(data, timeout=timeout)
+        timed_out = False
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        timed_out = True
+    return {"rc": process.returncode, "stdout": _b64(out), "stderr": _b64(err), "timed_out": timed_out}
+
+
+class Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        line = self.rfile.readline(MAX_REQUEST + 1)
+        try:
+            request = json.loads(line)
+        except ValueError:
+            return
+        if request.get("boot") != self.server.boot_id:
+            self.reply({"error": "wrong boot id: this is another guest"})
+            return
+        if request.get("op") == "poweroff":
+            self.reply({"rc": 0})
+            self.wfile.flush()
+            threading.Timer(0.2, poweroff).start()
+            return
+        self.reply(run_request(request))
+
+    def reply(self, answer: dict) -> None:
+        answer["boot"] = self.server.boot_id
+        self.wfile.write(json.dumps(answer).encode() + b"\n")
+
+
+def poweroff() -> None:
+    """Power the guest off at once (its disk is a throwaway copy-on-write layer)."""
+    with open("/proc/sysrq-trigger", "w") as trigger:
+        trigger.write("o")
+
+
+class Server(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+
+
+def main(argv: list[str]) -> None:
+    address, boot_id = argv[1], argv[2]
+    server = Server((address, PORT), Handler)
+    server.boot_id = boot_id
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main(sys.argv)
