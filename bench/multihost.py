@@ -7,6 +7,9 @@ network namespaces, joined in a swarm, reached over SSH), in the same run.
   latency  ping RTT between pods: same node, another node on the same host, another host
   tput     iperf3 throughput for the same three pairs
   images   shipping the node image to the hosts: cold (removed first) and cached
+  check    `emu hosts check` of the three hosts, of one with an unreachable fourth,
+           and a second `emu hosts prepare` that only checks (figures the hostlab
+           tests used to assert as limits)
 
 All hosts share this machine's two cores, so cross-host figures show the cost
 of the overlay (VXLAN encapsulation, the extra bridge hops), not of a wire.
@@ -29,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from emu.cluster import Cluster
-from emu.hosts import prepare_hosts
+from emu.hosts import check_hosts, prepare_hosts
 from emu.runtime.docker import DockerRuntime
 from emu.runtime.images import node_image_tag
 from emu.runtime.swarm import SwarmRuntime
@@ -72,6 +75,23 @@ def measure_paths(cluster: Cluster) -> dict[str, tuple[float, float]]:
     return results
 
 
+def time_checks(hosts, image: str) -> None:
+    from emu.topology.model import Host
+
+    quiet = lambda message: None  # noqa: E731
+    ghost = Host(name="ghost", address="10.213.0.250", ssh_key=hosts[0].ssh_key, known_hosts=hosts[0].known_hosts)
+    figures = {}
+    for label, action in (
+        ("check, 3 healthy hosts", lambda: check_hosts(hosts, progress=quiet)),
+        ("check, 1 host and 1 unreachable", lambda: check_hosts([hosts[0], ghost], progress=quiet)),
+        ("prepare again (only checks)", lambda: prepare_hosts(hosts, [image], progress=quiet)),
+    ):
+        started = time.perf_counter()
+        action()
+        figures[label] = time.perf_counter() - started
+    print("emu hosts: " + ", ".join(f"{label} {seconds:.2f}s" for label, seconds in figures.items()))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -99,6 +119,7 @@ def run(lab, rounds: int) -> int:
     swarm.ship_images([image], lambda message: None)
     cached = time.perf_counter() - started
     print(f"image {image} to 3 hosts: cold {cold:.2f}s, cached {cached:.3f}s ({cold / cached:.0f}x)")
+    time_checks(hosts, image)
 
     one, three = [], []
     topology = load_text(LAB)
