@@ -29,7 +29,7 @@ services:
 
 
 def compose_available() -> bool:
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    return subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0
 
 
 @pytest.mark.skipif(not compose_available(), reason="docker compose is not installed (scripts/ensure-docker.sh installs it)")

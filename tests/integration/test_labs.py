@@ -60,7 +60,7 @@ def test_each_lab_has_its_compose_file_and_readme():
 
 
 def compose_available() -> bool:
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    return subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0
 
 
 @pytest.mark.skipif(
