@@ -92,8 +92,8 @@ def check_service(cluster, state, service, where: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def churn(make_cluster):
-    return make_cluster(BASE, "churn")
+def churn(make_module_cluster):
+    return make_module_cluster(BASE, "churn")
 
 
 def test_nothing_is_left_over_after_churn(churn):

@@ -114,9 +114,9 @@ def ipvs_marks() -> list:
 
 
 @pytest.fixture(scope="module", params=["iptables", "nftables", pytest.param("ipvs", marks=ipvs_marks())])
-def mode(request, make_cluster):
+def mode(request, make_module_cluster):
     name = request.param
-    cluster = make_cluster(LAB.replace("MODE", name), f"px-{name[:3]}")
+    cluster = make_module_cluster(LAB.replace("MODE", name), f"px-{name[:3]}")
     wait_for(lambda: len(endpoint_list(cluster, "default/backend")) == 3, "backend's 3 endpoints")
     return name, cluster
 

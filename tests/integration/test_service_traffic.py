@@ -86,8 +86,8 @@ print("\\n".join(names))
 
 
 @pytest.fixture(scope="module")
-def svc(make_cluster):
-    cluster = make_cluster(LAB, "svc")
+def svc(make_module_cluster):
+    cluster = make_module_cluster(LAB, "svc")
     wait_for(lambda: len(endpoint_list(cluster, "default/backend")) == 3, "backend's 3 endpoints")
     return cluster
 
@@ -261,8 +261,8 @@ pods:
 """
 
 
-def test_service_variables_only_in_pods_created_after_the_service(make_cluster):
-    cluster = make_cluster(ENV_LAB, "env")
+def test_service_variables_only_in_pods_created_after_the_service(make_module_cluster):
+    cluster = make_module_cluster(ENV_LAB, "env")
     later = ENV_LAB.replace("name: env", f"name: {cluster.name}") + """\
   - name: late
     containers: [{name: c, command: [sleep, infinity]}]
