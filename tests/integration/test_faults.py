@@ -57,8 +57,8 @@ services:
 
 
 @pytest.fixture(scope="module")
-def faults(make_cluster):
-    return make_cluster(LAB, "faults")
+def faults(make_module_cluster):
+    return make_module_cluster(LAB, "faults")
 
 
 def wait_for(check, timeout: float, what: str):
