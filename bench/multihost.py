@@ -7,11 +7,14 @@ network namespaces, joined in a swarm, reached over SSH), in the same run.
   latency  ping RTT between pods: same node, another node on the same host, another host
   tput     iperf3 throughput for the same three pairs
   images   shipping the node image to the hosts: cold (removed first) and cached
+  check    `emu hosts check` of the three hosts, of one with an unreachable fourth,
+           and a second `emu hosts prepare` that only checks (figures the hostlab
+           tests used to assert as limits)
 
 All hosts share this machine's two cores, so cross-host figures show the cost
 of the overlay (VXLAN encapsulation, the extra bridge hops), not of a wire.
 
-usage: python bench/multihost.py [--runs N] [--only images,up,paths] [--json]
+usage: python bench/multihost.py [--runs N] [--only images,up,paths,check] [--json]
 """
 
 from __future__ import annotations
@@ -26,9 +29,8 @@ import harness
 
 from emu.api.topology.load import load_text
 from emu.control.cluster import Cluster
-from emu.control.hosts import prepare_hosts
+from emu.control.hosts import check_hosts, prepare_hosts
 from emu.control.runtime.docker import DockerRuntime
-from emu.control.runtime.images import node_image_tag
 from emu.control.runtime.swarm import SwarmRuntime
 from tests import hostlab
 
@@ -79,6 +81,21 @@ def hosts(context: harness.Context):
     return context.shared["hosts"]
 
 
+def check(context: harness.Context) -> None:
+    """`emu hosts check` and a second prepare (figures the hostlab tests used to assert as limits)."""
+    from emu.api.topology.model import Host
+
+    _, _, image, models, _ = hosts(context)
+    quiet = lambda message: None  # noqa: E731
+    ghost = Host(name="ghost", address="10.213.0.250", ssh_key=models[0].ssh_key, known_hosts=models[0].known_hosts)
+    healthy = [harness.timed(lambda: check_hosts(models, progress=quiet)) for _ in range(context.runs)]
+    for label, action in (
+        ("emu hosts check, 1 host and 1 unreachable", lambda: check_hosts([models[0], ghost], progress=quiet)),
+        ("emu hosts prepare again (only checks)", lambda: prepare_hosts(models, [image], progress=quiet)),
+    ):
+        context.report.compare(label, [harness.timed(action) for _ in range(context.runs)], healthy)
+
+
 def images(context: harness.Context) -> None:
     """Image shipping: every host without the image, then again with it cached."""
     lab, _, image, _, swarm = hosts(context)
@@ -126,6 +143,8 @@ SCENARIOS = [
                      "the same lab on this machine's one engine, same run", up),
     harness.Scenario("paths", "ping RTT and iperf3 between pods: same node, other node, other host",
                      "the same node pair on one host (ratios are 'x same node')", paths),
+    harness.Scenario("check", "emu hosts check with an unreachable host; a second prepare",
+                     "emu hosts check of the 3 healthy hosts, same run", check),
 ]
 
 

@@ -229,8 +229,8 @@ def inventory() -> str:
 # -- small helpers ---------------------------------------------------------------------------------------------
 
 
-def _run(command: list[str], check: bool = True, **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+def _run(command: list[str], check: bool = True, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, **kwargs)
     if check and result.returncode != 0:
         raise LabError(f"{' '.join(command)} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
     return result
@@ -321,7 +321,7 @@ def ensure_packages(progress=print) -> None:
         raise LabError(f"the host lab needs {', '.join(missing)}; install them (Debian/Ubuntu packages) and retry")
     progress(f"hostlab: installing {' '.join(missing)} from Debian's packages")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    _run(["apt-get", "update", "-qq"], env=env)
+    _run(["apt-get", "update", "-qq"], env=env, timeout=600)
     # No service starts at install (no systemd here, and the lab starts its own daemons).
     policy = Path("/usr/sbin/policy-rc.d")
     made_policy = not policy.exists()
@@ -329,7 +329,7 @@ def ensure_packages(progress=print) -> None:
         policy.write_text("#!/bin/sh\nexit 101\n")
         policy.chmod(0o755)
     try:
-        _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env)
+        _run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], env=env, timeout=600)
     finally:
         if made_policy:
             policy.unlink(missing_ok=True)

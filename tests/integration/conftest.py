@@ -63,11 +63,7 @@ def new_name():
     return unique_name
 
 
-@pytest.fixture(scope="session")
-def make_cluster(runtime):
-    """make_cluster(topology_text_or_path, label) -> a running Cluster, removed at session end."""
-    made: list[Cluster] = []
-
+def _maker(runtime, made: list[Cluster]):
     def make(topology, label: str, wait: bool = True) -> Cluster:
         name = unique_name(label)
         if isinstance(topology, Path):
@@ -80,10 +76,52 @@ def make_cluster(runtime):
         cluster.up(loaded, wait=wait)
         return cluster
 
-    yield make
+    return make
+
+
+def _remove(made: list[Cluster]) -> None:
     if not os.environ.get("EMU_KEEP_CLUSTERS"):
         for cluster in made:
             cluster.down()
+
+
+@pytest.fixture(scope="session")
+def make_cluster(runtime):
+    """make_cluster(topology_text_or_path, label) -> a running Cluster, removed at session end."""
+    made: list[Cluster] = []
+    yield _maker(runtime, made)
+    _remove(made)
+
+
+@pytest.fixture(scope="module")
+def make_module_cluster(runtime):
+    """As make_cluster, but the clusters are removed when the module is done (for a
+    module parametrised over proxy_mode: when that mode's tests are done), so that
+    they do not pile up over the session."""
+    made: list[Cluster] = []
+    yield _maker(runtime, made)
+    _remove(made)
+
+
+# The proxy modes (networking.proxyMode) the behaviour modules run in: DNS
+# (test_dns.py), NetworkPolicy (test_netpol.py) and Ingress
+# (test_ingress_traffic.py) ask for `proxy_mode` and run once per entry. Add a
+# mode here to add it to their matrix. Plain services run in every mode in
+# test_proxy_modes.py, which also holds ipvs (an expected failure: not programmed yet).
+PROXY_MODES = ["iptables", "nftables"]
+
+
+@pytest.fixture(scope="module", params=PROXY_MODES)
+def proxy_mode(request) -> str:
+    return request.param
+
+
+def in_proxy_mode(topology: str, mode: str) -> str:
+    """The topology text with networking.proxyMode set after its first line (its name);
+    it must have no networking section of its own."""
+    first, _, rest = topology.partition("\n")
+    assert "networking:" not in rest, "in_proxy_mode: the topology has a networking section already"
+    return f"{first}\nnetworking: {{proxyMode: {mode}}}\n{rest}"
 
 
 @pytest.fixture(scope="session")

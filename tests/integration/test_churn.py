@@ -5,6 +5,7 @@ EMU_CHURN_SECONDS sets how long it churns (default 30)."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -56,9 +57,43 @@ def node_holds(cluster, node: str) -> dict[str, set[str]]:
     return {line.split(" ")[0]: set(line.split()[1:]) for line in output.splitlines() if line.strip()}
 
 
+def client_node_endpoints(cluster, service) -> set[str]:
+    """The endpoint IPs the client's node (w1) programs for the service now, as its agent says."""
+    result = cluster.node_exec("w1", ["curl", "-sS", "--max-time", "5", "http://127.0.0.1:10250/endpoints"])
+    assert result.ok, result.output
+    ports = json.loads(result.output).get(service.key, {})
+    return {endpoint.rsplit(":", 1)[0] for endpoints in ports.values() for endpoint in endpoints}
+
+
+def check_service(cluster, state, service, where: str) -> int:
+    """One request through the service right after a change: it must be answered by
+    one of the pods the service selects; with none, refused. It may fail only in the
+    window a change explains, while the client's node does not program every selected
+    pod yet (a readiness report on its way); then, once it does (15 s at most), the
+    request is sent again and must be answered. Returns 1 if there was one to answer."""
+    selected = {p.ip: p.name for p in state.pods.values() if service.selects(p)}
+    url = f"http://{service.cluster_ip}/hostname"
+    result = cluster.exec("client", ["curl", "-sS", "--max-time", "2", url])
+    what = f"{where}: service {service.key} selecting {sorted(selected.values())}"
+    if not selected:
+        assert result.exit_code == 7, f"{what}: not refused: {result.exit_code} {result.output}"
+        return 0
+    if not result.ok:
+        assert client_node_endpoints(cluster, service) != set(selected), (
+            f"{what}: failed with every selected pod programmed on w1: {result.output}")
+        deadline = time.monotonic() + 15
+        while client_node_endpoints(cluster, service) != set(selected):
+            assert time.monotonic() < deadline, f"{what}: w1 did not program every selected pod within 15 s"
+            time.sleep(0.2)
+        result = cluster.exec("client", ["curl", "-sS", "--max-time", "2", url])
+        assert result.ok, f"{what}: failed with every selected pod programmed on w1: {result.output}"
+    assert result.output.strip() in selected.values(), f"{what}: answered by {result.output.strip()!r}"
+    return 1
+
+
 @pytest.fixture(scope="module")
-def churn(make_cluster):
-    return make_cluster(BASE, "churn")
+def churn(make_module_cluster):
+    return make_module_cluster(BASE, "churn")
 
 
 def test_nothing_is_left_over_after_churn(churn):
@@ -68,18 +103,17 @@ def test_nothing_is_left_over_after_churn(churn):
     before = {node.name: node_holds(churn, node.name) for node in churn.state().nodes}
     while time.monotonic() < deadline or rounds < 3:
         text = topology(rng, rounds).replace("name: churn", f"name: {churn.name}", 1)
-        churn.apply(load_text(text))
+        churn.apply(load_text(text))  # returns once every node programmed it and the pods are ready
         state = churn.state()
         for service in state.services.values():
             if service.name.startswith("s") and service.cluster_ip:
-                result = churn.exec("client", ["curl", "-s", "--max-time", "2", f"http://{service.cluster_ip}/hostname"])
-                answered += result.ok
+                answered += check_service(churn, state, service, f"round {rounds}")
         # Some pods deleted by hand in between, as `kubectl delete pod` would.
         victims = [p.key for p in state.pods.values() if p.name.startswith("p") and rng.random() < 0.2]
         for key in victims:
             churn.delete_pod(key)
         rounds += 1
-    assert answered > 0, "no request through a churned service was answered"
+    assert answered > 0, "no churned service selected a pod: the churn proved nothing"
     churn.apply(load_text(BASE.replace("name: churn", f"name: {churn.name}", 1)))
     state = churn.state()
     assert sorted(state.pods) == ["default/client"]

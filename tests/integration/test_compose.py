@@ -34,7 +34,7 @@ services:
 
 
 def compose_available() -> bool:
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    return subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0
 
 
 def compose_base_image(runtime) -> str:

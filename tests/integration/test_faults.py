@@ -13,6 +13,10 @@ import pytest
 
 from emu.errors import EmuError
 
+WITNESS = (
+    "n=$(cat /tmp/witness-runs 2>/dev/null || echo 0); echo $((n + 1)) >/tmp/witness-runs; "
+    "case $n in 0) exit 0;; 1) sleep 2; exit 0;; esac; exec sleep infinity"
+)
 NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
 LAB = f"""\
 name: faults
@@ -30,6 +34,13 @@ pods:
     restartPolicy: OnFailure
     containers: [{{name: job, command: [sh, -c, "test -e /tmp/once-ran && exit 0; touch /tmp/once-ran; exit 1"]}}]
   - {{name: never, node: w1, restartPolicy: Never, containers: [{{name: job, command: [sh, -c, "exit 3"]}}]}}
+  # The clock for the two above: restartPolicy Always, it ends twice (the second
+  # time 2 s later than once's second end) and then runs. Its second restart
+  # comes after the 10 s back-off, so once it shows 2 restarts, an OnFailure pod
+  # wrongly kept running as Always would have been started again too.
+  - name: witness
+    node: w1
+    containers: [{{name: job, command: [sh, -c, "{WITNESS}"]}}]
   - {{name: near, node: w1, labels: {{app: echo}}, containers: [{NETEXEC}]}}
 deployments:
   - name: mover
@@ -46,8 +57,8 @@ services:
 
 
 @pytest.fixture(scope="module")
-def faults(make_cluster):
-    return make_cluster(LAB, "faults")
+def faults(make_module_cluster):
+    return make_module_cluster(LAB, "faults")
 
 
 def wait_for(check, timeout: float, what: str):
@@ -62,12 +73,21 @@ def wait_for(check, timeout: float, what: str):
 
 
 def hostnames(cluster, count: int = 12, service: str = "echo") -> set[str]:
+    """The pods that answered `count` requests to the service; "(failed)" stands for
+    any request that failed, so compare with the names expected, never a count."""
     ip = cluster.state().services[f"default/{service}"].cluster_ip
     seen = set()
     for _ in range(count):
         result = cluster.exec("client", ["curl", "-sS", "--max-time", "1", f"http://{ip}/hostname"])
         seen.add(result.output.strip() if result.ok else "(failed)")
     return seen
+
+
+def movers(cluster) -> set[str]:
+    """The names of the mover deployment's pods, as the state has them (netexec answers its pod's name)."""
+    names = {p.name for p in cluster.state().pods.values() if p.owner == "Deployment/mover"}
+    assert len(names) == 2, names
+    return names
 
 
 def test_flushed_service_chain_is_repaired(faults):
@@ -97,11 +117,13 @@ def test_ended_containers_follow_the_restart_policy(faults):
     def settled():
         status = faults.pod_status(faults.state())
         ended = [status.get(f"default/{name}", {}).get("job", {}) for name in ("once", "never")]
-        return status if all(entry.get("state") == "Exited" for entry in ended) else None
+        witness = status.get("default/witness", {}).get("job", {})
+        # Not before the witness's second restart, which the back-off holds back
+        # longer than any wrong restart of once or never would be.
+        clock_ran = witness.get("restarts", 0) >= 2 and witness.get("state") == "Running"
+        return status if clock_ran and all(entry.get("state") == "Exited" for entry in ended) else None
 
-    status = wait_for(settled, 20, "the run-to-completion pods did not end")
-    time.sleep(2)  # long enough for a wrong restart to show
-    status = faults.pod_status(faults.state())
+    status = wait_for(settled, 60, "the run-to-completion pods did not end, or the witness did not restart twice")
     # OnFailure: exit 1, started again once, then exit 0: done. Never: exit 3, left as it is.
     assert status["default/once"]["job"] == {"state": "Exited", "exitCode": 0, "ready": False, "restarts": 1}
     assert status["default/never"]["job"] == {"state": "Exited", "exitCode": 3, "ready": False, "restarts": 0}
@@ -168,7 +190,12 @@ def test_the_agent_rewires_a_pod_whose_veth_or_namespace_vanished(faults):
     assert "pod default/far: its network namespace is gone: wiring it again" in log
 
 
-STOP_AGENT = "pkill -f '[e]mu agent exited'; pkill -f '[e]mu.node.agent --node'; true"
+# The loop that restarts the agent, then the agent; fails unless both were found
+# and no agent is left within 5 s.
+STOP_AGENT = (
+    "pkill -f '[e]mu agent exited' && pkill -f '[e]mu.node.agent --node' && "
+    "for i in $(seq 50); do pgrep -f '[e]mu.node.agent --node' >/dev/null || exit 0; sleep 0.1; done; exit 1"
+)
 
 
 def test_up_repairs_what_drifted_where_no_agent_runs(faults):
@@ -176,7 +203,8 @@ def test_up_repairs_what_drifted_where_no_agent_runs(faults):
 
     near, far = faults.pod("near"), faults.pod("far")
     for node in ("w1", "w2"):
-        assert faults.node_exec(node, ["sh", "-c", STOP_AGENT]).ok
+        stopped = faults.node_exec(node, ["sh", "-c", STOP_AGENT])
+        assert stopped.ok, f"the agent of {node} was not stopped: {stopped.exit_code} {stopped.output}"
     assert faults.node_exec("w1", ["ip", "link", "del", near.host_veth]).ok
     assert faults.node_exec("w2", ["ip", "netns", "del", far.netns]).ok
     drifted = sorted(line for found in faults.check() for line in found.describe())
@@ -262,7 +290,7 @@ def test_stopped_node_leaves_every_service_its_pods_move_and_it_rejoins(faults, 
         after = faults.state()
         assert all(after.pods[p.key].node == "w1" and after.pods[p.key].ip != p.ip for p in leaving)
         assert after.pods["default/far"].node == "w2"
-        assert len(hostnames(faults, service="mover")) == 2
+        assert hostnames(faults, service="mover") == movers(faults)
         hub_log = faults.node_exec("cp", ["cat", "/var/log/emu/agent.log"]).output
         assert "pod default/far is lost with node w2" in hub_log
     finally:
@@ -275,4 +303,4 @@ def test_stopped_node_leaves_every_service_its_pods_move_and_it_rejoins(faults, 
         return not any(p.netns in netns.split() for p in leaving)
 
     wait_for(cleaned, 30, "w2 kept the pods that moved to w1")
-    assert len(hostnames(faults, service="mover")) == 2
+    assert hostnames(faults, service="mover") == movers(faults)

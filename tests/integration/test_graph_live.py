@@ -41,7 +41,7 @@ def cluster(make_cluster):
 
 
 def emu(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "emu.cli", *argv], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "emu.cli", *argv], capture_output=True, text=True, timeout=300)
 
 
 def test_the_graph_is_what_the_nodes_hold(cluster):
@@ -95,6 +95,12 @@ def test_a_veth_deleted_by_hand_is_drawn_missing(cluster):
 def test_a_route_deleted_by_hand_is_drawn_missing(cluster):
     state = cluster.state()
     cp = state.node("cp")
-    cluster.runtime.exec(cp.container, ["ip", "route", "del", state.node("w1").pod_cidr])
-    drawn = graph.observe(cluster)
+    w1 = state.node("w1")
+    assert cluster.runtime.exec(cp.container, ["ip", "route", "del", w1.pod_cidr]).ok
+    try:
+        drawn = graph.observe(cluster)
+    finally:  # the module's cluster as it was, for the tests after this one
+        restored = cluster.runtime.exec(cp.container, ["ip", "route", "replace", w1.pod_cidr, "via", w1.node_ip])
     assert [r.status for r in next(n for n in drawn.nodes if n.name == "cp").routes] == ["missing"]
+    assert restored.ok, restored.output
+    assert [r.status for r in next(n for n in graph.observe(cluster).nodes if n.name == "cp").routes] != ["missing"]

@@ -202,6 +202,19 @@ def test_deleting_an_image_pod_removes_its_containers(lab):
     assert not lab.node_exec("w2", ["ip", "netns", "list"]).output.count("mixed")
 
 
-def test_down_leaves_no_container(lab, runtime):
-    lab.down()
-    assert [c for c in runtime.cluster_containers(lab.name)] == []
+DOOMED = """\
+name: images-down
+nodes: [{name: cp, role: control-plane}, {name: w1}]
+pods:
+  - name: web
+    node: w1
+    containers: [{name: server, image: IMAGE, ports: [{containerPort: 8080}]}, {name: shell, command: [sleep, infinity]}]
+"""
+
+
+def test_down_leaves_no_container(make_cluster, image, runtime):
+    # A cluster of its own: taking the module's down would leave later or reordered tests none.
+    doomed = make_cluster(DOOMED.replace("IMAGE", image), "images-down")
+    assert pod_containers(doomed, "web")  # the image pod's containers, which down must remove too
+    doomed.down()
+    assert [c for c in runtime.cluster_containers(doomed.name)] == []

@@ -16,15 +16,22 @@ import pytest
 
 from emu.cli import main as emu_main
 from emu.api.topology.load import load_text
+from tests.integration.conftest import in_proxy_mode
 
-# A backend that answers with the request's headers as JSON; /slow answers after 5 s.
+# A backend that answers with the request's headers as JSON. /slow is held open: it
+# says it started (SLOW_STARTED) and answers once the test releases it (SLOW_RELEASE),
+# or after 120 s. Files on the pod's node (a pod's /tmp is its node's).
+SLOW_STARTED, SLOW_RELEASE = "/tmp/emu-test-slow-started", "/tmp/emu-test-slow-release"
 HEADERS_SERVER = r"""
-import http.server, json, socketserver, time
+import http.server, json, os, socketserver, time
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
         if self.path.endswith("/slow"):
-            time.sleep(5)
+            open("%s", "w").close()
+            deadline = time.monotonic() + 120
+            while not os.path.exists("%s") and time.monotonic() < deadline:
+                time.sleep(0.1)
         body = json.dumps({"path": self.path, "headers": dict(self.headers)}).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
@@ -36,7 +43,7 @@ class S(socketserver.ThreadingTCPServer):
     allow_reuse_address = True
     daemon_threads = True
 S(("0.0.0.0", 9000), H).serve_forever()
-"""
+""" % (SLOW_STARTED, SLOW_RELEASE)
 
 
 def free_port() -> int:
@@ -98,9 +105,10 @@ INGRESSES = """\
 
 
 @pytest.fixture(scope="module")
-def edge(make_cluster):
+def edge(make_module_cluster, proxy_mode):
     ports = {"http": free_port(), "https": free_port(), "node_port": free_port()}
-    cluster = make_cluster(topology(**ports, ingresses=INGRESSES), "ingress")
+    cluster = make_module_cluster(in_proxy_mode(topology(**ports, ingresses=INGRESSES), proxy_mode), f"ingress-{proxy_mode[:3]}")
+    cluster.mode = proxy_mode
     cluster.ports = ports
     cluster.outside_ip = cluster.run_external("outside")
     return cluster
@@ -180,7 +188,7 @@ def test_tls_with_a_self_signed_certificate_and_redirect(edge):
     status, _, response = get(edge.ports["https"], "/", "secure.example.com", scheme="https")
     assert status == 200
     subject = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject", "-ext", "subjectAltName"],
-                             input=response["certificate"], capture_output=True).stdout.decode()  # fmt: skip
+                             input=response["certificate"], capture_output=True, timeout=30).stdout.decode()  # fmt: skip
     assert "secure.example.com" in subject, subject
     status, _, headers = get(edge.ports["http"], "/x", "secure.example.com")
     assert status == 308 and headers["Location"] == "https://secure.example.com/x"
@@ -212,19 +220,30 @@ def test_status_and_describe(edge, capsys):
     assert "no ready endpoint" in capsys.readouterr().out
 
 
+def reloads(edge) -> list[float]:
+    """When nginx was reloaded, from the agent's log on cp."""
+    log = edge.node_exec("cp", ["grep", "reloaded", "/var/log/emu/agent.log"]).output.splitlines()
+    return [float(line.split()[0]) for line in log]
+
+
 def test_reload_keeps_requests_in_flight_and_follows_changes(edge):
-    """A slow request started before an endpoint change and a new Ingress finishes
-    with 200; afterwards nginx routes by the new configuration."""
+    """A request held open by its backend across an endpoint change and a new
+    Ingress (released only once nginx has reloaded) finishes with 200; afterwards
+    nginx routes by the new configuration."""
+    home = edge.state().pods["default/headers"].node
+    edge.node_exec(home, ["rm", "-f", SLOW_STARTED, SLOW_RELEASE])
     results = []
 
     def slow_request() -> None:
-        results.append(get(edge.ports["http"], "/api/slow", "web.example.com", timeout=20))
-        results.append(time.time())
+        results.append(get(edge.ports["http"], "/api/slow", "web.example.com", timeout=150))
 
-    slow = threading.Thread(target=slow_request)
-    started = time.time()
+    reloaded_before = len(reloads(edge))
+    slow = threading.Thread(target=slow_request, daemon=True)
     slow.start()
-    time.sleep(0.5)
+    deadline = time.monotonic() + 30
+    while not edge.node_exec(home, ["test", "-e", SLOW_STARTED]).ok:  # in flight at the backend
+        assert time.monotonic() < deadline, "the held request did not reach its backend within 30 s"
+        time.sleep(0.2)
     edge.scale("echo", 2)  # endpoints change: the agent rewrites nginx.conf and reloads nginx
     certificate = edge.node_exec("cp", [
         "sh", "-c", "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
@@ -240,18 +259,22 @@ def test_reload_keeps_requests_in_flight_and_follows_changes(edge):
         "    rules: [{host: tls.example.com, http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: echo, port: {number: 80}}}}]}}]\n"
     )
     text = topology(**edge.ports, ingresses=INGRESSES + more, extra=secret).replace("replicas: 3", "replicas: 2")
+    text = in_proxy_mode(text, edge.mode)
     edge.apply(load_text(text.replace("name: ingress\n", f"name: {edge.name}\n", 1)))
-    slow.join()
-    assert results and results[0][0] == 200 and json.loads(results[0][1])["path"] == "/api/slow"
-    log = edge.node_exec("cp", ["grep", "reloaded", "/var/log/emu/agent.log"]).output.splitlines()
-    reloads = [float(line.split()[0]) for line in log]
-    assert any(started < at < results[1] for at in reloads), f"no reload while the request was in flight ({started}-{results[1]}): {log}"
+    deadline = time.monotonic() + 30
+    while len(reloads(edge)) <= reloaded_before:  # the reload happened while the request is held
+        assert time.monotonic() < deadline, "nginx was not reloaded within 30 s of the changes"
+        time.sleep(0.2)
+    assert slow.is_alive() and not results, f"the held request ended before its release: {results}"
+    assert edge.node_exec(home, ["touch", SLOW_RELEASE]).ok
+    slow.join(150)
+    assert results and results[0][0] == 200 and json.loads(results[0][1])["path"] == "/api/slow", results
     assert {get(edge.ports["http"], "/hostname", "web.example.com")[1] for _ in range(20)} == echo_pods(edge)
     assert len(echo_pods(edge)) == 2
     status, body, response = get(edge.ports["https"], "/hostname", "tls.example.com", scheme="https")
     assert status == 200 and body in echo_pods(edge)
     subject = subprocess.run(["openssl", "x509", "-inform", "DER", "-noout", "-subject"], input=response["certificate"],
-                             capture_output=True).stdout.decode()  # fmt: skip
+                             capture_output=True, timeout=30).stdout.decode()  # fmt: skip
     assert "emu-test" in subject, subject
     # The new Ingress's defaultBackend now answers hosts no rule names, instead of 404.
     status, body, _ = get(edge.ports["http"], "/", "nobody.example.com")

@@ -76,7 +76,7 @@ def test_the_root_compose_file_builds_the_controller_too():
 
 
 def compose_available() -> bool:
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    return subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0
 
 
 @pytest.mark.skipif(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import subprocess
 import sys
 from pathlib import Path
@@ -196,17 +197,43 @@ def test_unknown_pod_is_a_clear_error(lab):
 
 
 def test_fixed_cluster_network_and_load_balancer_pool(make_cluster, runtime):
-    text = SMALL + (
+    text = SMALL.replace("  - name: keeper\n", "  - name: keeper\n    labels: {app: keeper}\n") + (
         "networking:\n  clusterNetwork: 172.31.250.0/24\n  loadBalancerPool: 172.31.250.100-172.31.250.101\n"
-        "services:\n  - name: lb\n    type: LoadBalancer\n    selector: {app: none}\n    ports: [{port: 80}]\n"
+        "services:\n  - name: lb\n    type: LoadBalancer\n    selector: {app: keeper}\n"
+        "    ports: [{port: 80, targetPort: 8080}]\n"
     )
     cluster = make_cluster(text, "fixednet")
     state = cluster.state()
     assert state.network_subnet == "172.31.250.0/24"
     assert state.nodes[0].node_ip == "172.31.250.2"
     assert state.services["default/lb"].load_balancer_ip == "172.31.250.100"
+    # Real packets: from a container on that network, the pool's first address and the
+    # first node's address (the service's NodePort) reach the service's pod.
+    outside = cluster.run_external("outside")
+    assert ipaddress.IPv4Address(outside) in ipaddress.IPv4Network("172.31.250.0/24")
+    node_port = state.services["default/lb"].ports[0].node_port
+    for url in ("http://172.31.250.100/hostname", f"http://172.31.250.2:{node_port}/hostname"):
+        reply = cluster.runtime.exec(f"{cluster.name}-outside", ["curl", "-sS", "--max-time", "5", url])
+        assert reply.ok and reply.output.strip() == "keeper", (url, reply.output)
     # A second cluster on the same subnet is refused before anything is made.
     clash = Cluster(cluster.name + "x", runtime=runtime)
     with pytest.raises(EmuError, match="overlaps Docker network"):
         clash.up(load_text(text).model_copy(update={"name": cluster.name + "x"}))
     assert not clash.exists
+
+
+def test_a_host_port_in_use_is_refused_before_anything_is_made(runtime, new_name):
+    import socket
+
+    name = new_name("hostport")
+    with socket.socket() as holder:  # something of this machine's listening on the port
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        text = SMALL.replace("name: small", f"name: {name}").replace(
+            "  - {name: cp, role: control-plane}\n",
+            f"  - {{name: cp, role: control-plane, extraPortMappings: [{{containerPort: 80, hostPort: {port}}}]}}\n",
+        )
+        with pytest.raises(EmuError, match=rf"host port {port}/TCP \(node cp, extraPortMappings\) is already in use"):
+            Cluster(name, runtime=runtime).up(load_text(text))
+    assert name not in runtime.cluster_names()

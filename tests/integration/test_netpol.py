@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from emu.api.topology.load import load_text
+from tests.integration.conftest import in_proxy_mode
 
 NAMESPACES = ["x", "y", "z"]
 PODS = ["a", "b", "c"]
@@ -112,9 +113,10 @@ def matrix(table: dict[tuple[str, str], bool], mark=lambda v: "." if v else "X")
 
 
 @pytest.fixture(scope="module")
-def model(make_cluster):
-    cluster = make_cluster(MODEL, "netpol")
-    cluster.base = MODEL.replace("name: netpol", f"name: {cluster.name}")
+def model(make_module_cluster, proxy_mode):
+    text = in_proxy_mode(MODEL, proxy_mode)
+    cluster = make_module_cluster(text, f"netpol-{proxy_mode[:3]}")
+    cluster.base = text.replace("name: netpol", f"name: {cluster.name}")
     return cluster
 
 

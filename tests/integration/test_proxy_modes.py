@@ -6,7 +6,9 @@ outside, a pod reaching itself through its service (hairpin), ClientIP
 affinity, a service without endpoints refusing, an endpoint replaced behind
 its service, and a UDP client that keeps its source port across the
 replacement of the only endpoint (kube-proxy's stale conntrack cleanup).
-IPVS is skipped where the kernel lacks ip_vs, with the module named.
+IPVS is skipped where the kernel lacks ip_vs, with the module named; where
+the kernel has it, its tests are expected failures (strict): emu does not
+program IPVS in nodes yet.
 """
 
 from __future__ import annotations
@@ -99,16 +101,22 @@ for _ in range(3):
 """
 
 
-@pytest.fixture(scope="module", params=["iptables", "nftables", "ipvs"])
-def mode(request, make_cluster):
+def ipvs_marks() -> list:
+    """ipvs runs the behaviour tests where the kernel has ip_vs: as a feature not
+    built yet (emu renders IPVS rules but does not program them in nodes), an
+    expected failure that turns into a failure once it works, so that the mark is
+    removed. Where the kernel lacks ip_vs, a skip that names the missing module."""
+    try:
+        require_ip_vs()
+    except KernelMissing as missing:
+        return [pytest.mark.skip(reason=str(missing))]
+    return [pytest.mark.xfail(strict=True, reason="emu does not program IPVS in nodes yet (emu up refuses ipvs)")]
+
+
+@pytest.fixture(scope="module", params=["iptables", "nftables", pytest.param("ipvs", marks=ipvs_marks())])
+def mode(request, make_module_cluster):
     name = request.param
-    if name == "ipvs":
-        try:
-            require_ip_vs()
-        except KernelMissing as missing:
-            pytest.skip(str(missing))
-        pytest.skip("emu renders no IPVS rules yet")
-    cluster = make_cluster(LAB.replace("MODE", name), f"px-{name[:3]}")
+    cluster = make_module_cluster(LAB.replace("MODE", name), f"px-{name[:3]}")
     wait_for(lambda: len(endpoint_list(cluster, "default/backend")) == 3, "backend's 3 endpoints")
     return name, cluster
 
@@ -283,19 +291,20 @@ def test_restarted_node_has_its_service_rules_again(mode, runtime):
 
 
 def test_up_with_ipvs_fails_before_creating_anything(runtime, new_name):
-    """Where the kernel lacks ip_vs, `emu up` says so and leaves nothing behind."""
+    """`emu up` with proxyMode ipvs says why it cannot run (where the kernel lacks
+    ip_vs, the module; where it has it, that emu does not program IPVS yet) and
+    leaves nothing behind."""
     from emu.control.cluster import Cluster
     from emu.errors import EmuError
     from emu.api.topology.load import load_text
 
     try:
         require_ip_vs()
+        why = "does not program IPVS in nodes yet"
     except KernelMissing:
-        pass
-    else:
-        pytest.skip("this kernel has ip_vs: the refusal names emu's missing IPVS programming instead")
+        why = "kernel module ip_vs"
     name = new_name("px-ipvs")
     topology = load_text(LAB.replace("MODE", "ipvs").replace("name: modes", f"name: {name}"))
-    with pytest.raises(EmuError, match="kernel module ip_vs"):
+    with pytest.raises(EmuError, match=why):
         Cluster(name, runtime=runtime).up(topology)
     assert name not in runtime.cluster_names()

@@ -38,8 +38,32 @@ def lab() -> str:
 
 
 @pytest.fixture(scope="module")
-def twenty(make_cluster):
-    return make_cluster(lab(), "twenty")
+def twenty(make_module_cluster):
+    return make_module_cluster(lab(), "twenty")  # 20 nodes: gone when the module is done
+
+
+def answers(cluster, ip: str, count: int) -> list[str]:
+    """The pods that answered `count` requests from the client pod to ip:80 ("(failed)" for a failure)."""
+    script = f"for i in $(seq {count}); do curl -sS --max-time 2 http://{ip}/hostname || printf '(failed)'; echo; done"
+    return cluster.exec("client", ["sh", "-c", script]).output.split()
+
+
+def web_pods(state, app: str) -> set[str]:
+    return {p.name for p in state.pods.values() if p.labels.get("app") == app}
+
+
+def test_every_service_answers_from_every_node_and_reaches_every_endpoint(twenty):
+    state = twenty.state()
+    services = {f"web{i}": state.services[f"default/web{i}"].cluster_ip for i in range(10)}
+    # From every node, one request to each service, answered by one of its pods.
+    script = "; ".join(f"curl -sS --max-time 2 http://{ip}/hostname || printf '(failed)'; echo" for ip in services.values())
+    outputs = twenty.runtime.parallel(lambda node: twenty.node_exec(node.name, ["sh", "-c", script]).output, state.nodes)
+    for node, output in zip(state.nodes, outputs):
+        for app, answer in zip(services, output.split()):
+            assert answer in web_pods(state, app), (node.name, app, answer)
+    # From the client pod, 40 requests a service reach each of its 4 pods (all 4 seen but 1 time in 20,000).
+    for app, ip in services.items():
+        assert set(answers(twenty, ip, 40)) == web_pods(state, app), app
 
 
 def test_every_node_counts_every_pod_ready_and_programs_every_service(twenty):
@@ -66,12 +90,17 @@ def test_a_readiness_change_reaches_every_node(twenty):
         )
         return all((address in output) == present for output in outputs)
 
+    service = state.services["default/web3"].cluster_ip
+    others = web_pods(state, "web3") - {pod.name}
     deadline = time.monotonic() + 20
     while not everywhere(False):
         assert time.monotonic() < deadline, "the failing pod stayed an endpoint on some node"
         time.sleep(0.3)
+    # Traffic agrees: the service answers from the other three only.
+    assert set(answers(twenty, service, 40)) == others
     assert twenty.exec("client", ["curl", "-sS", f"http://{address}/sethealth?status=ok"]).ok
     deadline = time.monotonic() + 20
     while not everywhere(True):
         assert time.monotonic() < deadline, "the recovered pod did not come back on every node"
         time.sleep(0.3)
+    assert set(answers(twenty, service, 40)) == others | {pod.name}

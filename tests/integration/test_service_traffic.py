@@ -66,6 +66,10 @@ services:
   - name: nobody
     selector: {{app: nobody}}
     ports: [{{port: 80}}]
+  - name: internal-local
+    internalTrafficPolicy: Local
+    selector: {{app: local}}
+    ports: [{{port: 80, targetPort: 8080}}]
 """
 
 UDP_CLIENT = """\
@@ -82,8 +86,8 @@ print("\\n".join(names))
 
 
 @pytest.fixture(scope="module")
-def svc(make_cluster):
-    cluster = make_cluster(LAB, "svc")
+def svc(make_module_cluster):
+    cluster = make_module_cluster(LAB, "svc")
     wait_for(lambda: len(endpoint_list(cluster, "default/backend")) == 3, "backend's 3 endpoints")
     return cluster
 
@@ -158,12 +162,16 @@ def test_local_policy_answers_only_where_an_endpoint_is_and_keeps_client_ip(svc,
     state = svc.state()
     node_port = state.services["default/local"].ports[0].node_port
     home = state.pods["default/local-backend"].node
+    cluster_port = state.services["default/backend"].ports[0].node_port
     for node in state.nodes:
         code, answer = outside_curl(svc, f"http://{node.node_ip}:{node_port}/clientip")
         if node.name == home:
             assert code == 0 and answer.split(":")[0] == outside, answer
         else:
-            assert code != 0, f"{node.name} answered {answer} without a local endpoint"
+            # Dropped, as kube-proxy drops it (curl's exit 28, a timeout): not refused, not
+            # unreachable, and the node does answer a NodePort whose policy is Cluster.
+            assert code == 28, f"{node.name} without a local endpoint: {code} {answer}"
+            assert outside_curl(svc, f"http://{node.node_ip}:{cluster_port}/hostname")[0] == 0, node.name
 
 
 def test_load_balancer_address_answers_from_outside(svc, outside):
@@ -171,6 +179,15 @@ def test_load_balancer_address_answers_from_outside(svc, outside):
     assert address
     code, answer = outside_curl(svc, f"http://{address}/hostname")
     assert code == 0 and answer in backend_names(svc)
+
+
+def test_internal_traffic_policy_local_answers_only_from_the_clients_node(svc):
+    ip = ip_of(svc, "default/internal-local")
+    # client is on w1 with the only endpoint: always answered by it.
+    assert curl_many(svc, "client", f"http://{ip}/hostname", 5) == ["local-backend"] * 5
+    # solo is on w2, which has none: dropped, as kube-proxy drops it (curl's 28, a timeout), not sent across.
+    far = svc.exec("solo", ["curl", "-sS", "--max-time", "3", f"http://{ip}/hostname"])
+    assert far.exit_code == 28, (far.exit_code, far.output)
 
 
 def test_pod_reaches_itself_through_its_service(svc):
@@ -244,8 +261,8 @@ pods:
 """
 
 
-def test_service_variables_only_in_pods_created_after_the_service(make_cluster):
-    cluster = make_cluster(ENV_LAB, "env")
+def test_service_variables_only_in_pods_created_after_the_service(make_module_cluster):
+    cluster = make_module_cluster(ENV_LAB, "env")
     later = ENV_LAB.replace("name: env", f"name: {cluster.name}") + """\
   - name: late
     containers: [{name: c, command: [sleep, infinity]}]

@@ -187,7 +187,8 @@ def test_a_service_without_endpoints_rejects_and_the_rule_is_named(cluster, stat
 
 def test_the_command_prints_the_hops_and_leaves_nothing_behind(cluster, state):
     run = subprocess.run(
-        [sys.executable, "-m", "emu.cli", "trace", "-n", cluster.name, "client", "echo"], capture_output=True, text=True
+        [sys.executable, "-m", "emu.cli", "trace", "-n", cluster.name, "client", "echo"], capture_output=True, text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     assert "DNAT 10.96." in run.stdout and "KUBE-SEP-" in run.stdout and "first reply (reply):" in run.stdout
@@ -210,6 +211,7 @@ def test_bad_input_is_refused_before_anything_runs(cluster):
         [sys.executable, "-m", "emu.cli", "trace", "-n", cluster.name, "client", "nothing-here"],
         capture_output=True,
         text=True,
+        timeout=120,
     )
     assert run.returncode == 1 and "neither a pod, a service nor an IPv4 address" in run.stderr
     assert "Traceback" not in run.stderr

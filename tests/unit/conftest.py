@@ -17,3 +17,30 @@ def golden():
         assert text == path.read_text(), f"differs from {path}; if intended, rerun with EMU_UPDATE_GOLDEN=1"
 
     return check
+
+
+@pytest.fixture()
+def seeded_runs():
+    """seeded_runs(code) -> what `code` prints, run in one fresh Python per hash seed
+    (PYTHONHASHSEED 0 to 7, at once): a set or hash order that leaks into the output
+    differs between them, where two calls in this one process would agree. Eight
+    seeds: two items in a hash-dependent order agree in all eight 1 time in 128."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+
+    def run(code: str) -> list[str]:
+        running = [
+            subprocess.Popen([sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONHASHSEED": str(seed), "PYTHONPATH": str(root)})
+            for seed in range(8)
+        ]  # fmt: skip
+        outputs = []
+        for process in running:
+            out, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err
+            outputs.append(out)
+        return outputs
+
+    return run

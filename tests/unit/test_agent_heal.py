@@ -159,9 +159,9 @@ def test_the_agents_plan_steps_aside_for_a_command_that_landed_meanwhile(tmp_pat
     assert plan.steps[0].startswith(f"if [ -e {pods.HOLD_FILE} ]")
     guard = plan.steps[0].replace(pods.HOLD_FILE, str(tmp_path / "hold"))
     script = f"set -eu\n{guard}\necho went-on\n"
-    assert subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout == "went-on\n"
+    assert subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60).stdout == "went-on\n"
     (tmp_path / "hold").touch()
-    assert "went-on" not in subprocess.run(["sh", "-c", script], capture_output=True, text=True).stdout
+    assert "went-on" not in subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60).stdout
 
 
 def test_evictions_stop_when_most_nodes_go_notready_at_once():
