@@ -50,7 +50,7 @@ from emu.control.runtime import umlguest
 UML_BINARY = Path("/usr/bin/linux.uml")
 UML_MODULES = Path("/usr/lib/uml/modules")
 STATE_DIR = Path(os.environ.get("EMU_UML_DIR") or "/var/lib/emu/uml")
-ENSURE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "ensure-uml.sh"
+ENSURE_SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "ensure-uml.sh"
 IMAGE_SIZE = "2G"  # sparse: the node image fills about 550 MB of it
 INIT = "/sbin/emu-uml-init"
 GUEST_SERVER = "/usr/local/lib/emu/umlguest.py"
