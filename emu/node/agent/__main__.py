@@ -36,6 +36,8 @@ from emu.node.agent.policy import PolicySync
 from emu.node.agent.proxysync import ProxySync
 from emu.node.agent.runner import Runner, Watchdog
 from emu.node.agent.wait import wait_ports
+from emu.node.agent import streams
+from emu.node.plan.cni import api_server_node
 from emu.node.agent.wake import NodeChanges
 from emu.node.dns.snapshot import snapshot_text, write_snapshot
 from emu.node.records import ClusterState, read_state_text
@@ -576,9 +578,20 @@ def make_handler(agent: Agent) -> web.Handler:
         agent.hub.report(node, ready)
         return reply(wfile, {"ok": True})
 
+    def stream(request: web.Request, wfile) -> bool:
+        """The kubelet's streaming API (logs, exec, attach): for the API server's node only."""
+        view = agent.view
+        api_node = api_server_node(view.state).name if view else None
+        if sender(request) != api_node or request.client == "127.0.0.1":
+            return reply(wfile, {"error": f"{request.client} may not ask for pods' streams: only the API server's "
+                                          f"node ({api_node}) may"}, 403)  # fmt: skip
+        return streams.serve(request, wfile, view.state)
+
     def handle(request: web.Request, wfile) -> bool:
         if sender(request) is None:
             return reply(wfile, {"error": "only nodes may ask"}, 403)
+        if request.method == "GET" and request.path.startswith(streams.PATHS):
+            return stream(request, wfile)
         if request.method == "GET":
             return get(request, wfile)
         if request.method == "POST":
