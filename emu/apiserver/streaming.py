@@ -29,7 +29,7 @@ import struct
 import threading
 from urllib.parse import quote, urlencode
 
-from emu.apiserver import errors
+from emu.apiserver import errors, spdy
 from emu.apiserver.errors import ApiError
 from emu.apiserver.types import Attributes
 
@@ -400,6 +400,22 @@ def _portforward(req, pod: dict) -> None:
     pod_ip = (pod.get("status") or {}).get("podIP")
     if not pod_ip:
         raise errors.bad_request(f"pod {pod['metadata']['name']} has no IP address yet")
+    if is_websocket(req.headers) and choose_protocol(req.headers.get("Sec-WebSocket-Protocol") or "",
+                                                     (spdy.WEBSOCKET_PROTOCOL,)):
+        # kubectl >= 1.31: SPDY inside the WebSocket, the ports in its streams' headers
+        ws, _ = upgrade(req, (spdy.WEBSOCKET_PROTOCOL,))
+        messages = ws.messages()
+
+        def recv() -> bytes:
+            for message in messages:
+                if message:
+                    return message
+            return b""
+
+        spdy.PortForwardSession(recv, ws.send, pod_ip).run()
+        return ws.close()
+    if (req.headers.get("Upgrade") or "").lower() == spdy.UPGRADE.lower():
+        return _spdy_upgrade(req, pod_ip)  # kubectl before 1.31, or after its WebSocket upgrade failed
     ports = []
     for value in req.query.get("ports", []):
         for text in value.split(","):
@@ -410,6 +426,29 @@ def _portforward(req, pod: dict) -> None:
         raise errors.bad_request("query parameter \"port\" is required")
     ws, _ = upgrade(req, CHANNEL_PROTOCOLS + ("portforward.k8s.io",))
     relay_ports(ws, pod_ip, ports)
+
+
+def _spdy_upgrade(req, pod_ip: str) -> None:
+    """Port-forward over SPDY/3.1 on the HTTP connection itself (`Upgrade: SPDY/3.1`)."""
+    offered = [p.strip() for v in req.headers.get_all("X-Stream-Protocol-Version") or [] for p in v.split(",")]
+    if offered and spdy.STREAM_PROTOCOL not in offered:
+        raise errors.bad_request(f"unable to upgrade: none of the stream protocols {offered} is supported; "
+                                 f"supported: {spdy.STREAM_PROTOCOL}")  # fmt: skip
+    h = req.h
+    req.code = 101
+    h.close_connection = True
+    h.send_response_only(101)
+    h.send_header("Connection", "Upgrade")
+    h.send_header("Upgrade", spdy.UPGRADE)
+    h.send_header("X-Stream-Protocol-Version", spdy.STREAM_PROTOCOL)
+    h.end_headers()
+    h.wfile.flush()
+
+    def send(data: bytes) -> None:
+        h.wfile.write(data)
+        h.wfile.flush()
+
+    spdy.PortForwardSession(lambda: h.rfile.read1(65536), send, pod_ip).run()
 
 
 def relay_ports(ws: WebSocket, pod_ip: str, ports: list[int]) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import http.server
-import io
 import json
 import queue
 import socket
@@ -194,3 +193,92 @@ def test_an_exec_that_is_no_websocket_gets_a_status_saying_what_to_use(apiserver
         urllib.request.urlopen(request, timeout=10)
     status = json.loads(caught.value.read())
     assert caught.value.code == 400 and "WebSocket" in status["message"]
+
+
+# ---------------------------------------------------------------- kubectl port-forward (SPDY)
+
+def test_the_spdy_dictionary_is_the_specs():
+    import zlib
+
+    from emu.apiserver import spdy
+
+    # a zlib stream names its dictionary by this Adler-32; client-go's compressor uses the spec's
+    assert (len(spdy.DICTIONARY), zlib.adler32(spdy.DICTIONARY)) == (1423, 3821447106)
+
+
+def test_spdy_header_blocks_round_trip_through_one_compression_context():
+    import zlib
+
+    from emu.apiserver import spdy
+
+    deflate = zlib.compressobj(9, zlib.DEFLATED, 15, 9, zdict=spdy.DICTIONARY)
+    inflate = zlib.decompressobj(zdict=spdy.DICTIONARY)
+    for headers in ({"streamtype": "error", "port": "80", "requestid": "0"}, {"streamtype": "data", "port": "80"}):
+        block = deflate.compress(spdy.encode_headers(headers)) + deflate.flush(zlib.Z_SYNC_FLUSH)
+        assert spdy.decode_headers(inflate.decompress(block)) == headers
+
+
+@pytest.fixture()
+def hello_server():
+    """A local HTTP server standing in for the pod's port: /hostname answers "p"."""
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b"p" if self.path == "/hostname" else b"x" * 300_000
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hello)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1]
+    server.shutdown()
+
+
+def kubectl_port_forward(path: str, apiserver, port: int, env: dict | None = None) -> tuple[subprocess.Popen, int]:
+    """Start `kubectl port-forward p :PORT`; (the process, the local port it printed)."""
+    import re
+
+    proc = subprocess.Popen([path, "port-forward", "p", f":{port}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**apiserver.env(), **(env or {})})  # fmt: skip
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        line = lines.get(timeout=20)
+    except queue.Empty:
+        proc.kill()
+        raise AssertionError(f"kubectl port-forward printed nothing: {proc.stderr.read()}") from None
+    found = re.search(r"127\.0\.0\.1:(\d+) -> (\d+)", line)
+    assert found and int(found.group(2)) == port, line
+    return proc, int(found.group(1))
+
+
+@pytest.mark.parametrize("binary,env", [
+    ("kubectl", {}),  # 1.32: SPDY inside a WebSocket (SPDY/3.1+portforward.k8s.io)
+    ("kubectl", {"KUBECTL_PORT_FORWARD_WEBSOCKETS": "false"}),  # 1.32 on plain SPDY/3.1
+    ("kubectl.1.27", {}),  # plain SPDY/3.1 only
+])
+def test_kubectl_port_forward_reaches_the_pods_port(apiserver, pod, hello_server, binary, env):
+    import os
+    import shutil
+    import urllib.request
+
+    path = shutil.which(binary) or f"/usr/lib/google-cloud-sdk/bin/{binary}"
+    if not os.path.exists(path):
+        path = None
+    if not path:
+        pytest.skip(f"{binary} is not installed on this machine")
+    proc, local = kubectl_port_forward(path, apiserver, hello_server, env)
+    try:
+        for _ in range(2):  # two connections: two stream pairs on one session
+            with urllib.request.urlopen(f"http://127.0.0.1:{local}/hostname", timeout=20) as answer:
+                assert answer.read() == b"p"
+        with urllib.request.urlopen(f"http://127.0.0.1:{local}/big", timeout=20) as answer:
+            assert len(answer.read()) == 300_000  # more than one SPDY window, in many frames
+    finally:
+        proc.kill()
+        proc.wait()
