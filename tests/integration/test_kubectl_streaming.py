@@ -114,3 +114,22 @@ def test_the_node_agents_streams_answer_the_api_servers_node_only(cluster):
     url = f"http://{w1.node_ip}:10250/exec/default/web/netexec?command=id"
     result = cluster.runtime.exec(w1.container, ["curl", "-s", url])
     assert "may not ask for pods' streams" in result.output
+
+
+def test_kubectl_port_forward_reaches_the_pod_from_the_host(cluster, context):
+    import re
+    import urllib.request
+
+    proc = subprocess.Popen([KUBECTL, "--context", context, "port-forward", "pod/web", ":8080"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    try:
+        found = re.search(r"127\.0\.0\.1:(\d+) -> 8080", lines.get(timeout=30))
+        assert found
+        for _ in range(2):
+            with urllib.request.urlopen(f"http://127.0.0.1:{found.group(1)}/hostname", timeout=30) as answer:
+                assert answer.read() == b"web"
+    finally:
+        proc.kill()
+        proc.wait()
