@@ -282,3 +282,53 @@ def test_kubectl_port_forward_reaches_the_pods_port(apiserver, pod, hello_server
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_kubectl_exec_it_runs_on_a_terminal_of_the_callers_size(kubectl_default, pod):
+    import fcntl
+    import os
+    import pty
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 111, 0, 0))
+    proc = subprocess.Popen([kubectl_default.path, "exec", "-it", "p", "--", "sh", "-c", "stty size; exit 5"],
+                            stdin=slave, stdout=slave, stderr=slave, env=kubectl_default.server.env(),
+                            start_new_session=True)  # fmt: skip
+    os.close(slave)
+    out = b""
+    try:
+        assert proc.wait(timeout=30) == 5
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        proc.kill()
+        os.close(master)
+    assert b"33 111" in out  # kubectl's resize message reached the command's terminal
+
+
+def test_kubectl_attach_shows_the_containers_output_from_then_on(kubectl_default, pod):
+    attach = kubectl_default.popen("attach", "p")
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in attach.stdout], daemon=True).start()
+    try:
+        got = ""
+        for n in range(40):  # the attach starts at the log's end: write until a line comes through
+            with pod.open("a") as handle:
+                handle.write(f"attached {n}\n")
+            try:
+                got = lines.get(timeout=0.5)
+                break
+            except queue.Empty:
+                continue
+        assert got.startswith("attached ")
+        assert "line 3" not in got  # nothing from before the attach
+    finally:
+        attach.kill()
+        attach.wait()
