@@ -133,3 +133,36 @@ def test_kubectl_port_forward_reaches_the_pod_from_the_host(cluster, context):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_rbac_reading_logs_is_not_running_commands(cluster, context, tmp_path):
+    # A service account allowed to read pods and their logs, and to `get` pods/exec (as `view`-like
+    # roles grant), but not to `create` pods/exec: its logs work, its exec is Forbidden.
+    from emu.apiserver.auth import issue_token
+
+    role = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: log-reader, namespace: default}
+rules:
+  - {apiGroups: [""], resources: [pods, pods/log, pods/exec], verbs: [get, list]}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: log-reader, namespace: default}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: log-reader}
+subjects: [{kind: ServiceAccount, name: reader, namespace: default}]
+"""
+    kubectl("apply", "-f", "-", context=context, stdin=role)
+    key = cluster.node_exec("cp", ["cat", "/etc/emu/pki/sa.key"]).output.encode()
+    token = issue_token(key, "default", "reader", "uid-reader", [], 600)
+    (tmp_path / "empty").write_text("")
+    as_reader = [KUBECTL, "--kubeconfig", str(tmp_path / "empty"), "--server", cluster.state().api_endpoint,
+                 "--insecure-skip-tls-verify", "--token", token, "-n", "default"]  # fmt: skip
+    logs = subprocess.run([*as_reader, "logs", "web"], capture_output=True, text=True, timeout=60)
+    assert logs.returncode == 0 and "netexec" in logs.stdout
+    refused = subprocess.run([*as_reader, "exec", "web", "--", "true"], capture_output=True, text=True, timeout=60,
+                             stdin=subprocess.DEVNULL)  # fmt: skip
+    assert refused.returncode != 0
+    assert ('pods "web" is forbidden: User "system:serviceaccount:default:reader" cannot create resource '
+            '"pods/exec" in API group "" in the namespace "default"') in refused.stderr
