@@ -224,7 +224,7 @@ def serve_exec(pod, container: dict, query: dict, connection, rfile, wfile) -> N
         while True:
             try:
                 got = read_frame(rfile)
-            except OSError:
+            except (OSError, ValueError):  # ValueError: the server closed the connection's reader, the command done
                 got = None
             if got is None:  # the API server hung up: the caller left
                 if tty:
@@ -235,7 +235,10 @@ def serve_exec(pod, container: dict, query: dict, connection, rfile, wfile) -> N
             channel, data = got
             if channel == STDIN:
                 if tty:
-                    os.write(master, data or b"\x04")  # end of input on a terminal is ^D
+                    try:
+                        os.write(master, data or b"\x04")  # end of input on a terminal is ^D
+                    except OSError:  # the command ended and its terminal is closed
+                        return
                 elif proc.stdin is None:
                     continue
                 elif data:

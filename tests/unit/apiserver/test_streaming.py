@@ -332,3 +332,18 @@ def test_kubectl_attach_shows_the_containers_output_from_then_on(kubectl_default
     finally:
         attach.kill()
         attach.wait()
+
+
+@pytest.mark.parametrize("version", ["1.27", "1.29", "1.30", "1.31", "1.33"])
+def test_each_kubectl_version_execs_or_hears_what_is_served(apiserver, pod, version):
+    import os
+
+    path = f"/usr/lib/google-cloud-sdk/bin/kubectl.{version}"
+    if not os.path.exists(path):
+        pytest.skip(f"kubectl {version} is not installed on this machine")
+    p = subprocess.run([path, "exec", "-i", "p", "--", "sh", "-c", "cat; exit 7"], input="in\n", capture_output=True,
+                       text=True, timeout=60, env=apiserver.env())  # fmt: skip
+    if version >= "1.30":  # WebSocket (v5.channel.k8s.io) first
+        assert (p.returncode, p.stdout) == (7, "in\n"), p.stderr
+    else:  # SPDY only: refused with a Status that names what is served
+        assert p.returncode == 1 and "WebSocket" in p.stderr, p.stderr
