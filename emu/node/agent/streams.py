@@ -43,6 +43,7 @@ STDIN, STDOUT, STDERR, ERROR, RESIZE = 0, 1, 2, 3, 4
 PATHS = ("/containerLogs/", "/exec/", "/attach/")
 FOLLOW_POLL = 0.25  # seconds between looks at a followed log file
 TAIL_WINDOW = 8 << 20  # tailLines reads at most this much of the file's end
+INITIAL_SIZE_WAIT = 1.0  # seconds a tty exec waits for the caller's terminal size before it starts
 
 
 class StreamError(Exception):
@@ -192,8 +193,21 @@ def serve_exec(pod, container: dict, query: dict, connection, rfile, wfile) -> N
             connection.sendall(frame(channel, data))
 
     master = None
+    upgraded = b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: emu-frames\r\n\r\n"
     if tty:
         master, slave = pty.openpty()
+        wfile.write(upgraded)
+        wfile.flush()
+        # kubectl sends the terminal's size first: give it to the pty before the command starts, so
+        # that the command sees it (`stty size`, a shell's first prompt). Input before it waits in the pty.
+        while select.select([connection], [], [], INITIAL_SIZE_WAIT)[0]:
+            got = read_frame(rfile)
+            if got is None or got[0] == RESIZE:
+                if got is not None:
+                    _resize(master, got[1])
+                break
+            if got[0] == STDIN:
+                os.write(master, got[1] or b"\x04")
         # setsid -c: a session of its own with the pty as its controlling terminal (a shell's job control,
         # ^C); -w: wait for it, so the exit code is the command's.
         proc = subprocess.Popen(["setsid", "-w", "-c", *argv], stdin=slave, stdout=slave, stderr=slave,
@@ -204,8 +218,8 @@ def serve_exec(pod, container: dict, query: dict, connection, rfile, wfile) -> N
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
         outputs = [(proc.stdout.fileno(), STDOUT), (proc.stderr.fileno(), STDERR)]
-    wfile.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: emu-frames\r\n\r\n")
-    wfile.flush()
+        wfile.write(upgraded)
+        wfile.flush()
 
     def pump(fd: int, channel: int) -> None:
         while True:
@@ -250,12 +264,7 @@ def serve_exec(pod, container: dict, query: dict, connection, rfile, wfile) -> N
                 else:
                     _close(proc.stdin)
             elif channel == RESIZE and master is not None:
-                try:
-                    size = json.loads(data)
-                    fcntl.ioctl(master, termios.TIOCSWINSZ,
-                                struct.pack("HHHH", int(size["Height"]), int(size["Width"]), 0, 0))
-                except (ValueError, KeyError, TypeError, OSError):
-                    pass
+                _resize(master, data)
 
     threading.Thread(target=feed, daemon=True, name="exec-stdin").start()
     pumps = [threading.Thread(target=pump, args=(fd, ch), daemon=True) for fd, ch in outputs]
@@ -269,6 +278,15 @@ def serve_exec(pod, container: dict, query: dict, connection, rfile, wfile) -> N
     try:
         send(ERROR, json.dumps(exit_status(code, command)).encode())
     except OSError:
+        pass
+
+
+def _resize(master: int, data: bytes) -> None:
+    """Set the pty's size from a resize message ({"Width", "Height"})."""
+    try:
+        size = json.loads(data)
+        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", int(size["Height"]), int(size["Width"]), 0, 0))
+    except (ValueError, KeyError, TypeError, OSError):
         pass
 
 
