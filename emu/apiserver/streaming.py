@@ -39,6 +39,7 @@ CHANNEL_PROTOCOLS = ("v5.channel.k8s.io", "v4.channel.k8s.io")
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 CONNECT_TIMEOUT = 5.0
+STREAM_IDLE_TIMEOUT = 4 * 3600  # the kubelet's --streaming-connection-idle-timeout default
 
 
 # ---------------------------------------------------------------- NODE FRAMES
@@ -175,6 +176,7 @@ def upgrade(req, protocols: tuple[str, ...]) -> tuple[WebSocket, str]:
     h = req.h
     req.code = 101
     h.close_connection = True
+    h.connection.settimeout(STREAM_IDLE_TIMEOUT)
     h.send_response_only(101)
     h.send_header("Upgrade", "websocket")
     h.send_header("Connection", "Upgrade")
@@ -437,6 +439,7 @@ def _spdy_upgrade(req, pod_ip: str) -> None:
     h = req.h
     req.code = 101
     h.close_connection = True
+    h.connection.settimeout(STREAM_IDLE_TIMEOUT)
     h.send_response_only(101)
     h.send_header("Connection", "Upgrade")
     h.send_header("Upgrade", spdy.UPGRADE)

@@ -25,6 +25,9 @@ pods:
   - name: web
     node: w1
     containers: [{name: netexec, workload: netexec, ports: [{containerPort: 8080}]}]
+  - name: beside
+    node: cp
+    containers: [{name: netexec, workload: netexec}]
 """
 
 
@@ -51,6 +54,8 @@ def context(cluster) -> str:
 
 def test_exec_runs_in_the_pod_with_its_exit_code_and_stdin(cluster, context):
     assert kubectl("exec", "web", "--", "hostname", context=context).stdout == b"web\n"
+    # a pod on the API server's own node: its agent is asked from the node's own address
+    assert kubectl("exec", "beside", "--", "hostname", context=context).stdout == b"beside\n"
     failed = kubectl("exec", "web", "--", "sh", "-c", "echo no >&2; exit 3", context=context, check=False)
     assert failed.returncode == 3 and b"no\n" in failed.stderr
     assert kubectl("exec", "-i", "web", "--", "cat", context=context, stdin="one\ntwo\n").stdout == b"one\ntwo\n"
