@@ -126,17 +126,16 @@ class _Pair:
         self.conn: socket.socket | None = None
 
 
-class PortForwardSession:
-    """Serve one SPDY port-forward session: `recv()` gives the next bytes (b"" at the
-    end), `send(bytes)` writes; connections go to `host`."""
+class Session:
+    """One SPDY/3 session, server side: `recv()` gives the next bytes (b"" at the end),
+    `send(bytes)` writes. Every SYN_STREAM is answered with SYN_REPLY and handed to
+    open_stream; DATA to data; PINGs are echoed. Subclasses say what streams mean."""
 
-    def __init__(self, recv: Callable[[], bytes], send: Callable[[bytes], None], host: str):
-        self.recv, self._send, self.host = recv, send, host
+    def __init__(self, recv: Callable[[], bytes], send: Callable[[bytes], None]):
+        self.recv, self._send = recv, send
         self.lock = threading.Lock()
         self.inflate = zlib.decompressobj(zdict=DICTIONARY)
         self.deflate = zlib.compressobj(zlib.Z_BEST_COMPRESSION, zlib.DEFLATED, 15, 9, zdict=DICTIONARY)
-        self.pairs: dict[str, _Pair] = {}  # by requestid
-        self.by_stream: dict[int, _Pair] = {}  # data stream id -> pair
         self.closed = False
 
     def send(self, frame: bytes) -> None:
@@ -162,15 +161,12 @@ class PortForwardSession:
                             return
                     else:
                         self.data(kind, flags, payload)
-        except (ProtocolError, zlib.error, OSError):
+        except (ProtocolError, zlib.error, OSError, ValueError):  # ValueError: the connection was closed under us
             pass
         finally:
             with self.lock:
                 self.closed = True
-            for pair in self.pairs.values():
-                if pair.conn is not None:
-                    _shut(pair.conn, socket.SHUT_RDWR)
-                    pair.conn.close()
+            self.ended()
 
     def control(self, kind: int, flags: int, payload: bytes) -> bool:
         if kind == SYN_STREAM:
@@ -179,18 +175,50 @@ class PortForwardSession:
             block = self.headers_block({})
             self.send(control_frame(SYN_REPLY, 0, struct.pack(">I", stream_id) + block))
             self.open_stream(stream_id, headers)
+            if flags & FLAG_FIN:
+                self.data(stream_id, FLAG_FIN, b"")
         elif kind == PING:
             self.send(control_frame(PING, 0, payload[:4]))
         elif kind == RST_STREAM:
-            stream_id = struct.unpack_from(">I", payload, 0)[0] & 0x7FFFFFFF
-            pair = self.by_stream.pop(stream_id, None)
-            if pair is not None and pair.conn is not None:
-                _shut(pair.conn, socket.SHUT_RDWR)
+            self.reset(struct.unpack_from(">I", payload, 0)[0] & 0x7FFFFFFF)
         elif kind == GOAWAY:
             return False
         elif kind == HEADERS:
             self.inflate.decompress(payload[4:])  # keep the shared context in step
         return True  # SETTINGS, WINDOW_UPDATE: nothing to do
+
+    def open_stream(self, stream_id: int, headers: dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def data(self, stream_id: int, flags: int, payload: bytes) -> None:
+        raise NotImplementedError
+
+    def reset(self, stream_id: int) -> None:
+        pass
+
+    def ended(self) -> None:
+        pass
+
+
+class PortForwardSession(Session):
+    """port-forward (module docstring): connections go to `host`."""
+
+    def __init__(self, recv: Callable[[], bytes], send: Callable[[bytes], None], host: str):
+        super().__init__(recv, send)
+        self.host = host
+        self.pairs: dict[str, _Pair] = {}  # by requestid
+        self.by_stream: dict[int, _Pair] = {}  # data stream id -> pair
+
+    def reset(self, stream_id: int) -> None:
+        pair = self.by_stream.pop(stream_id, None)
+        if pair is not None and pair.conn is not None:
+            _shut(pair.conn, socket.SHUT_RDWR)
+
+    def ended(self) -> None:
+        for pair in self.pairs.values():
+            if pair.conn is not None:
+                _shut(pair.conn, socket.SHUT_RDWR)
+                pair.conn.close()
 
     def open_stream(self, stream_id: int, headers: dict[str, str]) -> None:
         kind, request_id, port_text = headers.get("streamtype", ""), headers.get("requestid", ""), headers.get("port", "")
@@ -254,3 +282,48 @@ def _shut(conn: socket.socket, how: int) -> None:
         conn.shutdown(how)
     except OSError:
         pass
+
+
+class ExecSession(Session):
+    """exec/attach over SPDY (remotecommand v4.channel.k8s.io, kubectl before 1.30): the client
+    opens one stream per `streamtype` (error, stdin, stdout, stderr, resize). `on_input(kind,
+    data, fin)` gets stdin and resize bytes; ready() waits until every stream in `expected` is
+    open; write(kind, data) and finish(kind) answer on the client's streams."""
+
+    def __init__(self, recv: Callable[[], bytes], send: Callable[[bytes], None], expected: set[str],
+                 on_input: Callable[[str, bytes, bool], None]):
+        super().__init__(recv, send)
+        self.expected = set(expected)
+        self.on_input = on_input
+        self.ids: dict[str, int] = {}
+        self.kinds: dict[int, str] = {}
+        self.all_open = threading.Event()
+
+    def open_stream(self, stream_id: int, headers: dict[str, str]) -> None:
+        kind = headers.get("streamtype", "")
+        self.ids[kind] = stream_id
+        self.kinds[stream_id] = kind
+        if self.expected <= set(self.ids):
+            self.all_open.set()
+
+    def data(self, stream_id: int, flags: int, payload: bytes) -> None:
+        kind = self.kinds.get(stream_id)
+        if kind in ("stdin", "resize"):
+            self.on_input(kind, payload, bool(flags & FLAG_FIN))
+
+    def ended(self) -> None:
+        self.all_open.set()  # nobody waits for streams of a session that is gone
+
+    def ready(self, timeout: float) -> bool:
+        return self.all_open.wait(timeout) and self.expected <= set(self.ids)
+
+    def write(self, kind: str, data: bytes) -> None:
+        stream_id = self.ids.get(kind)
+        for at in range(0, len(data), MAX_CHUNK):
+            if stream_id:
+                self.send(data_frame(stream_id, 0, data[at:at + MAX_CHUNK]))
+
+    def finish(self, kind: str) -> None:
+        stream_id = self.ids.get(kind)
+        if stream_id:
+            self.send(data_frame(stream_id, FLAG_FIN, b""))

@@ -344,16 +344,95 @@ def _exec(req, pod: dict, container: str, node_ip: str, sub: str) -> None:
         value = req.q(name)
         if value:
             query.append((name, value))
-    if not is_websocket(req.headers):
+    spdy_upgrade = (req.headers.get("Upgrade") or "").lower() == spdy.UPGRADE.lower()
+    if spdy_upgrade:
+        offered = _stream_protocols(req)
+        if "v4.channel.k8s.io" not in offered:
+            raise errors.bad_request(f"unable to upgrade: none of the stream protocols {offered} is supported; "
+                                     "supported: v4.channel.k8s.io")  # fmt: skip
+    elif not is_websocket(req.headers):
         upgrade(req, CHANNEL_PROTOCOLS)  # raises the Status that says what to use
     sock, rfile, status, headers = _agent_request(node_ip, _agent_path(sub, pod, container, query), upgrade=True)
     try:
         if status != 101:
             raise _agent_error(rfile, headers, status)
+        if spdy_upgrade:
+            return _spdy_exec(req, sub, sock, rfile)
         ws, protocol = upgrade(req, CHANNEL_PROTOCOLS)
         relay_channels(ws, protocol, sock, rfile)
     finally:
         sock.close()
+
+
+def _stream_protocols(req) -> list[str]:
+    return [p.strip() for v in req.headers.get_all("X-Stream-Protocol-Version") or [] for p in v.split(",")]
+
+
+def _spdy_upgrade_response(req, protocol: str) -> None:
+    h = req.h
+    req.code = 101
+    h.close_connection = True
+    h.connection.settimeout(STREAM_IDLE_TIMEOUT)
+    h.send_response_only(101)
+    h.send_header("Connection", "Upgrade")
+    h.send_header("Upgrade", spdy.UPGRADE)
+    h.send_header("X-Stream-Protocol-Version", protocol)
+    h.end_headers()
+    h.wfile.flush()
+
+
+def _spdy_exec(req, sub: str, sock: socket.socket, rfile) -> None:
+    """exec/attach over SPDY/3.1 streams (remotecommand v4.channel.k8s.io: kubectl before 1.30)."""
+    expected = {"error"} | {k for k in ("stdin", "stdout", "stderr") if req.q(k).lower() in ("1", "true")}
+    if req.q("tty").lower() in ("1", "true"):
+        expected.add("resize")
+        expected.discard("stderr")  # a terminal has one output
+    _spdy_upgrade_response(req, "v4.channel.k8s.io")
+    h = req.h
+
+    def send(data: bytes) -> None:
+        h.wfile.write(data)
+        h.wfile.flush()
+
+    def on_input(kind: str, data: bytes, fin: bool) -> None:
+        try:
+            if data:
+                write_frame(sock, STDIN if kind == "stdin" else RESIZE, data)
+            if fin and kind == "stdin":
+                write_frame(sock, STDIN, b"")
+        except OSError:
+            pass
+
+    session = spdy.ExecSession(lambda: h.rfile.read1(65536), send, expected, on_input)
+
+    def run() -> None:
+        session.run()
+        try:
+            sock.shutdown(socket.SHUT_WR)  # the client left: the command's stdin ends
+        except OSError:
+            pass
+
+    threading.Thread(target=run, daemon=True, name="spdy-exec").start()
+    if not session.ready(CONNECT_TIMEOUT * 6):
+        return
+    names = {STDOUT: "stdout", STDERR: "stderr"}
+    try:
+        while True:
+            frame = read_frame(rfile)
+            if frame is None:
+                break
+            channel, data = frame
+            if channel in names:
+                session.write(names[channel], data)
+            elif channel == ERROR:
+                for name in ("stdout", "stderr"):
+                    session.finish(name)
+                if json.loads(data).get("status") != "Success":
+                    session.write("error", data)
+                session.finish("error")
+                break
+    except OSError:
+        pass
 
 
 def relay_channels(ws: WebSocket, protocol: str, sock: socket.socket, rfile) -> None:
@@ -432,20 +511,12 @@ def _portforward(req, pod: dict) -> None:
 
 def _spdy_upgrade(req, pod_ip: str) -> None:
     """Port-forward over SPDY/3.1 on the HTTP connection itself (`Upgrade: SPDY/3.1`)."""
-    offered = [p.strip() for v in req.headers.get_all("X-Stream-Protocol-Version") or [] for p in v.split(",")]
+    offered = _stream_protocols(req)
     if offered and spdy.STREAM_PROTOCOL not in offered:
         raise errors.bad_request(f"unable to upgrade: none of the stream protocols {offered} is supported; "
                                  f"supported: {spdy.STREAM_PROTOCOL}")  # fmt: skip
+    _spdy_upgrade_response(req, spdy.STREAM_PROTOCOL)
     h = req.h
-    req.code = 101
-    h.close_connection = True
-    h.connection.settimeout(STREAM_IDLE_TIMEOUT)
-    h.send_response_only(101)
-    h.send_header("Connection", "Upgrade")
-    h.send_header("Upgrade", spdy.UPGRADE)
-    h.send_header("X-Stream-Protocol-Version", spdy.STREAM_PROTOCOL)
-    h.end_headers()
-    h.wfile.flush()
 
     def send(data: bytes) -> None:
         h.wfile.write(data)
