@@ -578,7 +578,7 @@ def make_handler(agent: Agent) -> web.Handler:
         agent.hub.report(node, ready)
         return reply(wfile, {"ok": True})
 
-    def stream(request: web.Request, wfile) -> bool:
+    def pod_streams(request: web.Request, wfile) -> bool:
         """The kubelet's streaming API (logs, exec, attach): for the API server's node only."""
         view = agent.view
         api_node = api_server_node(view.state).name if view else None
@@ -591,7 +591,7 @@ def make_handler(agent: Agent) -> web.Handler:
         if sender(request) is None:
             return reply(wfile, {"error": "only nodes may ask"}, 403)
         if request.method == "GET" and request.path.startswith(streams.PATHS):
-            return stream(request, wfile)
+            return pod_streams(request, wfile)
         if request.method == "GET":
             return get(request, wfile)
         if request.method == "POST":
