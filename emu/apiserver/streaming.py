@@ -124,6 +124,7 @@ class WebSocket:
     def messages(self):
         """Yield each whole message's bytes (text messages encoded) until the client closes."""
         from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
+        from wsproto.utilities import LocalProtocolError
 
         parts: list[bytes] = []
         while True:
@@ -151,7 +152,7 @@ class WebSocket:
                             try:
                                 self.wfile.write(self.conn.send(event.response()))
                                 self.wfile.flush()
-                            except Exception:  # noqa: BLE001 - the peer is gone either way
+                            except (OSError, LocalProtocolError):  # the peer is gone either way
                                 pass
                     return
 

@@ -33,7 +33,7 @@ pods:
 
 def kubectl(*argv: str, context: str, check: bool = True, stdin: str | bytes | None = None,
             timeout: float = 60) -> subprocess.CompletedProcess:
-    result = subprocess.run([KUBECTL, "--context", context, *argv], capture_output=True, timeout=timeout,
+    result = subprocess.run([KUBECTL, "--context", context, *argv], capture_output=True, timeout=timeout, check=False,
                             input=stdin.encode() if isinstance(stdin, str) else stdin)  # fmt: skip
     if check:
         assert result.returncode == 0, f"kubectl {' '.join(argv)}: {result.stderr.decode()}"
@@ -164,9 +164,9 @@ subjects: [{kind: ServiceAccount, name: reader, namespace: default}]
     (tmp_path / "empty").write_text("")
     as_reader = [KUBECTL, "--kubeconfig", str(tmp_path / "empty"), "--server", cluster.state().api_endpoint,
                  "--insecure-skip-tls-verify", "--token", token, "-n", "default"]  # fmt: skip
-    logs = subprocess.run([*as_reader, "logs", "web"], capture_output=True, text=True, timeout=60)
+    logs = subprocess.run([*as_reader, "logs", "web"], capture_output=True, text=True, timeout=60, check=False)
     assert logs.returncode == 0 and "netexec" in logs.stdout
-    refused = subprocess.run([*as_reader, "exec", "web", "--", "true"], capture_output=True, text=True, timeout=60,
+    refused = subprocess.run([*as_reader, "exec", "web", "--", "true"], capture_output=True, text=True, timeout=60, check=False,
                              stdin=subprocess.DEVNULL)  # fmt: skip
     assert refused.returncode != 0
     assert ('pods "web" is forbidden: User "system:serviceaccount:default:reader" cannot create resource '

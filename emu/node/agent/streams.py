@@ -138,7 +138,7 @@ def serve_logs(pod, container: dict, query: dict, connection, wfile) -> None:
     tail_lines, limit = _number(query, "tailLines"), _number(query, "limitBytes")
     path = log_path(pod, container)
     try:
-        handle = open(path, "rb")
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below, once the 404 case is past
     except FileNotFoundError:
         raise StreamError(400, f'container "{container["name"]}" in pod "{pod.name}" is waiting to start') from None
     with handle:
@@ -308,7 +308,7 @@ def serve_attach(pod, container: dict, query: dict, connection, rfile, wfile) ->
     """Attach: the container's output from now on on stdout, until the caller hangs up."""
     path = log_path(pod, container)
     try:
-        handle = open(path, "rb")
+        handle = open(path, "rb")  # noqa: SIM115 - closed by the with below, once the 404 case is past
     except FileNotFoundError:
         raise StreamError(400, f'container "{container["name"]}" in pod "{pod.name}" is waiting to start') from None
     with handle:

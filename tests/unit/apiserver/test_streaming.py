@@ -25,8 +25,8 @@ from emu.node.agent import streams, web
 
 kubernetes = pytest.importorskip("kubernetes")
 pytest.importorskip("wsproto")
-from kubernetes import client  # noqa: E402
-from kubernetes.stream import portforward, stream  # noqa: E402
+from kubernetes import client
+from kubernetes.stream import portforward, stream
 
 
 def put(server, obj: dict) -> None:
@@ -344,7 +344,29 @@ def test_each_kubectl_version_execs(apiserver, pod, version):
     path = f"/usr/lib/google-cloud-sdk/bin/kubectl.{version}"
     if not os.path.exists(path):
         pytest.skip(f"kubectl {version} is not installed on this machine")
-    p = subprocess.run([path, "exec", "-i", "p", "--", "sh", "-c", "cat; exit 7"], input="in\n", capture_output=True,
-                       text=True, timeout=60, env=apiserver.env())  # fmt: skip
+    p = subprocess.run([path, "exec", "-i", "p", "--", "sh", "-c", "cat; exit 7"], input="in\n", text=True,
+                       capture_output=True, check=False, timeout=60, env=apiserver.env())  # fmt: skip
     # 1.30+: WebSocket (v5.channel.k8s.io); before: SPDY/3.1 streams (v4.channel.k8s.io)
     assert (p.returncode, p.stdout) == (7, "in\n"), p.stderr
+
+
+def test_the_agent_gives_pod_streams_to_the_api_servers_node_only():
+    import io
+
+    from emu.node.agent.__main__ import make_handler
+
+    nodes = [types.SimpleNamespace(name="cp", role="control-plane", node_ip="10.0.0.2"),
+             types.SimpleNamespace(name="w1", role="worker", node_ip="10.0.0.3")]  # fmt: skip
+    view = types.SimpleNamespace(state=types.SimpleNamespace(nodes=nodes, pods={}), is_hub=False,
+                                 node_by_ip={n.node_ip: n.name for n in nodes})  # fmt: skip
+    handle = make_handler(types.SimpleNamespace(node="w1", view=view))
+    for client_address, allowed in (("10.0.0.3", False), ("127.0.0.1", False), ("10.9.9.9", False),
+                                    ("10.0.0.2", True)):  # fmt: skip
+        out = io.BytesIO()
+        request = web.Request("GET", "/exec/default/p/c?command=id", client_address,
+                              connection=socket.socket(), rfile=io.BytesIO())  # fmt: skip
+        handle(request, out)
+        request.connection.close()
+        status = out.getvalue().split(b" ", 2)[1]
+        # the API server's node gets past the gate (to a 404: no such pod here); the others are refused
+        assert status == (b"404" if allowed else b"403"), (client_address, out.getvalue())
