@@ -25,24 +25,15 @@ import threading
 import time
 
 from emu.node.agent import (
-    AGENT_PORT,
-    DNS_SNAPSHOT,
-    LOCK_DIR,
-    PID_FILE,
-    RESTARTS_FILE,
-    STATE_FILE,
-    STATUS_FILE,
-    pods,
-    streams,
-    web,
-    write_atomically,
+    AGENT_PORT, DNS_SNAPSHOT, LOCK_DIR, PID_FILE, RESTARTS_FILE, STATE_FILE, STATUS_FILE, pods, web, write_atomically,
 )  # fmt: skip
+from emu.node.agent import streams
 from emu.node.agent.edge import LoadBalancers
 from emu.node.agent.evict import EVICT_AFTER, evict, evictable
 from emu.node.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
+from emu.node.agent.probes import Kubelet, ProbeThreads, run_start_script
 from emu.node.agent.ingress import IngressSync
 from emu.node.agent.policy import PolicySync
-from emu.node.agent.probes import Kubelet, ProbeThreads, run_start_script
 from emu.node.agent.proxysync import ProxySync
 from emu.node.agent.runner import Runner, Watchdog
 from emu.node.agent.wait import wait_ports
