@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from emu.apiserver import discovery, errors, mirror, protobuf, resources, storage
+from emu.apiserver import discovery, errors, mirror, protobuf, resources, storage, streaming
 from emu.apiserver.errors import ApiError
 from emu.apiserver.resources import ResourceInfo
 from emu.apiserver.selectors import FieldSelector, LabelSelector, SelectorError
@@ -677,6 +677,8 @@ class ApiServer:
         if len(info.parts) > 3:
             raise errors.resource_not_found()
         verb = info.verb
+        if r.key == "pods" and info.subresource in streaming.SUBRESOURCES and info.namespace:
+            return streaming.serve(self, req, info, attrs)  # log, exec, attach, portforward: streams, not objects
         if info.subresource:
             sub = r.subresource(info.subresource)
             if sub is None:

@@ -27,6 +27,7 @@ import time
 from emu.node.agent import (
     AGENT_PORT, DNS_SNAPSHOT, LOCK_DIR, PID_FILE, RESTARTS_FILE, STATE_FILE, STATUS_FILE, pods, web, write_atomically,
 )  # fmt: skip
+from emu.node.agent import streams
 from emu.node.agent.edge import LoadBalancers
 from emu.node.agent.evict import EVICT_AFTER, evict, evictable
 from emu.node.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
@@ -38,6 +39,7 @@ from emu.node.agent.runner import Runner, Watchdog
 from emu.node.agent.wait import wait_ports
 from emu.node.agent.wake import NodeChanges
 from emu.node.dns.snapshot import snapshot_text, write_snapshot
+from emu.node.plan.cni import api_server_node
 from emu.node.records import ClusterState, read_state_text
 from emu.node.services import EndpointTracker
 
@@ -576,9 +578,20 @@ def make_handler(agent: Agent) -> web.Handler:
         agent.hub.report(node, ready)
         return reply(wfile, {"ok": True})
 
+    def pod_streams(request: web.Request, wfile) -> bool:
+        """The kubelet's streaming API (logs, exec, attach): for the API server's node only."""
+        view = agent.view
+        api_node = api_server_node(view.state).name if view else None
+        if sender(request) != api_node or request.client == "127.0.0.1":
+            return reply(wfile, {"error": f"{request.client} may not ask for pods' streams: only the API server's "
+                                          f"node ({api_node}) may"}, 403)  # fmt: skip
+        return streams.serve(request, wfile, view.state)
+
     def handle(request: web.Request, wfile) -> bool:
         if sender(request) is None:
             return reply(wfile, {"error": "only nodes may ask"}, 403)
+        if request.method == "GET" and request.path.startswith(streams.PATHS):
+            return pod_streams(request, wfile)
         if request.method == "GET":
             return get(request, wfile)
         if request.method == "POST":

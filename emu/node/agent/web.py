@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 MAX_HEADERS = 64
 MAX_LINE = 8192
 MAX_BODY = 4 << 20
-REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large"}
+REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 413: "Payload Too Large",
+           500: "Internal Server Error"}
 
 
 class HTTPError(OSError):
@@ -31,6 +32,10 @@ class Request:
     client: str  # the peer's address
     headers: dict[str, str] = field(default_factory=dict)  # names in lower case
     body: bytes = b""
+    # The connection and its reader, for a handler that takes the connection over (a stream
+    # after 101 Switching Protocols, emu.node.agent.streams).
+    connection: socket.socket | None = None
+    rfile: object = None
 
 
 def _read_line(rfile) -> bytes:
@@ -117,6 +122,7 @@ class Server:
             threading.Thread(target=self._serve, args=(connection, peer[0]), daemon=True).start()
 
     def _serve(self, connection: socket.socket, client: str) -> None:
+        rfile = wfile = None
         try:
             connection.settimeout(120)  # an idle kept-alive connection is dropped after 2 minutes
             # Small buffers: the hub holds a connection per node's reports and one per
@@ -125,12 +131,21 @@ class Server:
             rfile, wfile = connection.makefile("rb", buffering=1024), connection.makefile("wb", buffering=1024)
             while True:
                 request = read_request(rfile, client)
+                if request is not None:
+                    request.connection, request.rfile = connection, rfile
                 if request is None or not self.handle(request, wfile):
                     break
                 wfile.flush()
         except OSError:
             pass  # a client that went away (a closed watch, a timed-out probe) is not news
         finally:
+            # The files first: a request that keeps them (Request.rfile) would keep the socket open.
+            for f in (wfile, rfile):
+                try:
+                    if f is not None:
+                        f.close()
+                except OSError:
+                    pass
             connection.close()
 
     def close(self) -> None:
