@@ -132,13 +132,11 @@ def test_kubectl_statefulset_and_daemonset_roll_out(apiserver, kubectl_default):
         manager.stop()
 
 
+@pytest.mark.xfail(strict=True, reason="not built yet: server.py's DELETE does not call "
+                   "controllers.gc.add_deletion_finalizers, which waits for the controllers to be switched on "
+                   "(stage 3 of docs/apiserver.md); until then a foreground or orphan delete would never finish")
 def test_kubectl_delete_cascade_orphan_and_foreground(apiserver, kubectl_default):
-    """Runs once server.py's DELETE calls gc.add_deletion_finalizers (the lead's wiring of this branch)."""
-    import inspect
-
-    from emu.apiserver import server
-    if "add_deletion_finalizers" not in inspect.getsource(server):
-        pytest.skip("server.py does not call controllers.gc.add_deletion_finalizers on DELETE yet")
+    """kubectl delete --cascade=orphan and --cascade=foreground, with the garbage collector."""
     kubectl = kubectl_default
     add_nodes(apiserver.store, node("w1"))
     manager = build_manager(apiserver.store, log=lambda line: None)
