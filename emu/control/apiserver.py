@@ -21,6 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from emu.apiserver.discovery import GIT_VERSION as KUBERNETES_VERSION
+from emu.apiserver.mirror import CONTROLLER_USER
+from emu.apiserver.mirror import PATH as MIRROR_PATH
 from emu.control import kubeconfig
 from emu.control.pki import Pki, client_cert, make_pki
 from emu.control.runtime.provider import PortMapping
@@ -28,9 +31,6 @@ from emu.errors import EmuError
 from emu.node.plan import cni
 from emu.node.plan.cni import API_LOG
 from emu.node.records import KUBERNETES_INDEX, ClusterState, well_known_ip
-
-CONTROLLER_USER = "emu-controller"  # the identity emu's own commands use (O=system:masters)
-
 
 def free_port(address: str = "127.0.0.1") -> int:
     """A port nothing listens on now (kind's GetFreePort): the kernel picks it."""
@@ -168,8 +168,6 @@ def controller_client(state: ClusterState, runtime) -> NodeApi:
 
 # ---- stage 2: what emu drives, written into the API server (emu.apiserver.mirror) ----------
 
-MIRROR_PATH = "/emu/mirror"
-KUBERNETES_VERSION = "v1.32.0-emu"  # what emu.apiserver.discovery's /version says
 KINDS = ("Namespace", "Node", "Pod", "Service", "Endpoints", "ConfigMap", "Deployment", "StatefulSet", "DaemonSet")
 
 
