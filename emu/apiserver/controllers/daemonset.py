@@ -227,16 +227,6 @@ class DaemonSetController(Controller):
                   "observedGeneration": ds["metadata"].get("generation", 1),
                   "updatedNumberScheduled": updated, "numberAvailable": available,
                   "numberUnavailable": max(0, desired - available)}
-        for k in ("updatedNumberScheduled", "numberAvailable", "numberUnavailable"):
-            if not status[k]:
-                del status[k]  # omitempty in DaemonSetStatus; the first four are always written
-        old = ds.get("status") or {}
-        if "conditions" in old:
-            status["conditions"] = old["conditions"]
-        if status != old:
-            def change(obj: dict):
-                obj["status"] = status
-                return obj
-            self.client.mutate(DS, ds["metadata"].get("namespace", ""), ds["metadata"]["name"], change,
-                               status=True)
+        # omitempty in DaemonSetStatus; the first four are always written
+        self.client.write_status(DS, ds, status, ("updatedNumberScheduled", "numberAvailable", "numberUnavailable"))
         return None

@@ -504,6 +504,25 @@ class Client:
         _, out = self.store.write(resource, meta.get("namespace", ""), meta.get("name", ""), fn, info.field_values)
         return out
 
+    def write_status(self, resource: str, obj: dict, status: dict, omit_zero: tuple[str, ...] = ()) -> None:
+        """A controller's computed status for `obj`: the counts in `omit_zero` left out when 0 (Go's
+        omitempty), the stored conditions kept, and written only when it differs from the stored one."""
+        for key in omit_zero:
+            if not status.get(key):
+                status.pop(key, None)
+        old = obj.get("status") or {}
+        if "conditions" in old:
+            status["conditions"] = old["conditions"]
+        if status == old:
+            return
+
+        def change(current: dict) -> dict:
+            current["status"] = status
+            return current
+
+        meta = obj["metadata"]
+        self.mutate(resource, meta.get("namespace", ""), meta["name"], change, status=True)
+
     def mutate(self, resource: str, namespace: str, name: str, change: Callable[[dict], dict | None],
                status: bool = False, attempts: int = 5) -> dict | None:
         """Get, `change(copy)` (returns the object to write, or None for no write), update; retried on 409

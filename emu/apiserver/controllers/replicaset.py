@@ -227,14 +227,7 @@ class ReplicaSetController(Controller):
             "observedGeneration": rs["metadata"].get("generation", 1),
         })
         # Kubernetes omits zero counts (omitempty) except replicas
-        for k in ("fullyLabeledReplicas", "readyReplicas", "availableReplicas"):
-            if not status[k]:
-                del status[k]
-        if status != rs.get("status"):
-            def change(obj: dict):
-                obj["status"] = status
-                return obj
-            self.client.mutate("replicasets.apps", rs["metadata"].get("namespace", ""), rs["metadata"]["name"],
-                               change, status=True)
+        self.client.write_status("replicasets.apps", rs, status,
+                                 ("fullyLabeledReplicas", "readyReplicas", "availableReplicas"))
         waits = [w for w in (available_in(p, min_ready, now) for p in pods) if w is not None]
         return min(waits) if waits else None

@@ -180,15 +180,6 @@ class StatefulSetController(Controller):
                 and status["readyReplicas"] >= replicas and status["replicas"] == replicas:
             status["currentRevision"] = revision
             status["currentReplicas"] = status["updatedReplicas"]
-        for k in ("readyReplicas", "availableReplicas", "currentReplicas", "updatedReplicas"):
-            if not status[k]:
-                del status[k]
-        if "conditions" in old:
-            status["conditions"] = old["conditions"]
-        if status != old:
-            def change(obj: dict):
-                obj["status"] = status
-                return obj
-            self.client.mutate(STS, sts["metadata"].get("namespace", ""), sts["metadata"]["name"], change,
-                               status=True)
+        self.client.write_status(STS, sts, status,
+                                 ("readyReplicas", "availableReplicas", "currentReplicas", "updatedReplicas"))
         return None
