@@ -27,6 +27,7 @@ from emu.control.runtime.provider import (
     Progress,
     run_parallel,
 )
+from emu.control.runtime import stream
 from emu.control.runtime.sandbox import ImagePods
 
 NODE_CAPABILITIES = ["NET_ADMIN", "SYS_ADMIN", "NET_RAW"]
@@ -305,15 +306,12 @@ class DockerRuntime(ImagePods):
         """Start argv in a container and return a DockerStream: its stdout read
         as it comes; terminate()/close() end it by the marker in its environment,
         and it ends by itself when this connection does (emu.control.runtime.stream)."""
-        from emu.control.runtime import stream
-
         marker = stream.new_marker()
         exec_id = self.api.exec_create(
             container, stream.wrapped(argv), stdin=True, stdout=True, stderr=True,
             environment={stream.MARKER_VARIABLE: marker},
         )["Id"]  # fmt: skip
-        response = self.api.exec_start(exec_id, socket=True)
-        return stream.DockerStream(self, container, exec_id, response, marker)
+        return stream.DockerStream(self, container, exec_id, stream.attach(self.api, exec_id), marker)
 
     def container_ip(self, container: str, network: str) -> str:
         detail = self.api.inspect_container(container)
@@ -332,19 +330,15 @@ class DockerRuntime(ImagePods):
         a helper process to extract): 50 nodes to a big lab."""
         import socket
 
-        from docker.utils.socket import frames_iter
-
         script = 'tar -x -f - -C / && exec "$@"'
         exec_id = self.api.exec_create(container, ["sh", "-c", script, "sh", *argv], stdin=True)["Id"]
-        stream = self.api.exec_start(exec_id, socket=True)
-        raw = getattr(stream, "_sock", stream)  # the socket under the response's SocketIO
+        channel = stream.attach(self.api, exec_id)
         try:
-            raw.sendall(tar_archive(files))
-            raw.shutdown(socket.SHUT_WR)  # the end of stdin: tar finishes
-            output = b"".join(chunk for _, chunk in frames_iter(stream, tty=False))
+            channel.sendall(tar_archive(files))
+            channel.shutdown(socket.SHUT_WR)  # the end of stdin: tar finishes
+            output = b"".join(chunk for _, chunk in channel.frames())
         finally:
-            stream.close()
-            raw.close()
+            channel.close()
         exit_code = self.api.exec_inspect(exec_id)["ExitCode"]
         return ExecResult(exit_code if exit_code is not None else -1, output.decode(errors="replace"))
 
@@ -354,7 +348,7 @@ class DockerRuntime(ImagePods):
         import docker
 
         try:
-            stream, stat = self.api.get_archive(container, path)
+            chunks, stat = self.api.get_archive(container, path)
         except docker.errors.NotFound:
             return None
         if limit is not None and stat.get("size", 0) > limit:
@@ -362,7 +356,7 @@ class DockerRuntime(ImagePods):
                 f"{path} in container {container} is {stat['size']:,} bytes, over emu's limit of {limit:,}; "
                 "it is damaged or not emu's: remove the cluster with `emu down`"
             )
-        data = b"".join(stream)
+        data = b"".join(chunks)
         with tarfile.open(fileobj=io.BytesIO(data)) as archive:
             member = archive.next()
             handle = archive.extractfile(member) if member else None
@@ -372,7 +366,7 @@ class DockerRuntime(ImagePods):
         """Run a command in a container and wait for it; output is stdout and stderr together."""
         api = self.api
         exec_id = api.exec_create(container, argv, stdout=True, stderr=True, environment=environment)["Id"]
-        output = api.exec_start(exec_id)
+        output, _, _ = stream.run_attached(api, exec_id)
         exit_code = api.exec_inspect(exec_id)["ExitCode"]
         return ExecResult(exit_code if exit_code is not None else -1, output.decode(errors="replace"))
 
@@ -380,9 +374,9 @@ class DockerRuntime(ImagePods):
         """Run a command and wait for it: (exit code, stdout, stderr) kept apart, as
         bytes (testinfra's backends need them so)."""
         exec_id = self.api.exec_create(container, argv, stdout=True, stderr=True)["Id"]
-        stdout, stderr = self.api.exec_start(exec_id, demux=True)
+        _, stdout, stderr = stream.run_attached(self.api, exec_id)
         exit_code = self.api.exec_inspect(exec_id)["ExitCode"]
-        return (exit_code if exit_code is not None else -1, stdout or b"", stderr or b"")
+        return (exit_code if exit_code is not None else -1, stdout, stderr)
 
     def interactive(self, container: str, argv: list[str], tty: bool) -> int:
         """Run argv in the container with this terminal attached (the docker CLI's

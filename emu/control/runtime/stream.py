@@ -18,10 +18,10 @@ import uuid
 
 MARKER_VARIABLE = "EMU_STREAM"
 
-# The command starts once emu says "go" on stdin: Docker may drop what an exec
-# writes before its output is attached (seen here: a tcpdump's pcap header and
-# "listening" line lost, about one start in twenty), and emu writes only once
-# its connection is attached.
+# The command starts once emu says "go" on stdin, so nothing it writes can come
+# before emu's connection is attached (a tcpdump's pcap header and "listening"
+# line were once lost about one start in twenty; ExecChannel's reads through the
+# response's buffer address the likelier cause, and the "go" stays as cheap insurance).
 # $$ becomes the command itself (exec), so the watcher signals it by pid, after
 # checking that the pid still carries the marker (it may have ended and been reused).
 # A non-interactive shell gives a background job /dev/null as stdin, hence fd 3.
@@ -56,17 +56,95 @@ def kill_argv(marker: str, signal: str) -> list[str]:
     return ["sh", "-c", KILL, "sh", signal, marker]
 
 
+class ExecChannel:
+    """An attached exec's connection (after Docker's `101 UPGRADED`), read through
+    the HTTP response's buffer. The docker SDK reads an exec's frames from the
+    socket under the response, past the buffer that read the response's headers:
+    when the first frames arrive in the same packet as the headers, they are in
+    that buffer and lost (docker/docker-py#425, #3332). Over an SSH-forwarded
+    socket that happens often enough to matter: `getent hosts echo` exiting 0
+    with no output, seen in the multi-host suite. Reads here drain the buffer first."""
+
+    def __init__(self, response):
+        self.response = response
+        self.reader = response.raw._fp.fp  # http.client's BufferedReader over the socket
+        io = self.reader.raw  # socket.SocketIO
+        self.sock = io._sock
+
+    def recv(self, size: int) -> bytes:
+        """Up to size bytes (what the buffer holds, else one read of the socket); b"" at the end."""
+        try:
+            return self.reader.read1(size)
+        except (OSError, ValueError):  # closed under us (close() from another thread)
+            return b""
+
+    def read_exactly(self, size: int) -> bytes:
+        """size bytes, or fewer at the end."""
+        try:
+            return self.reader.read(size) or b""
+        except (OSError, ValueError):
+            return b""
+
+    def frames(self):
+        """(stream, payload) for each of Docker's multiplexed frames (8-byte header:
+        stream 1 stdout, 2 stderr, then the payload's length), until the end."""
+        while len(header := self.read_exactly(8)) == 8:
+            kind, size = struct.unpack(">BxxxL", header)
+            payload = self.read_exactly(size)
+            yield kind, payload
+            if len(payload) < size:
+                return
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def shutdown(self, how: int) -> None:
+        self.sock.shutdown(how)
+
+    def close(self) -> None:
+        for close in (self.sock.close, self.response.close):
+            try:
+                close()
+            except OSError:
+                pass
+
+
+def attach(api, exec_id: str, tty: bool = False) -> ExecChannel:
+    """Start a created exec attached (the SDK's exec_start(socket=True), read safely)."""
+    response = api._post_json(
+        api._url("/exec/{0}/start", exec_id),
+        headers={"Connection": "Upgrade", "Upgrade": "tcp"},
+        data={"Tty": tty, "Detach": False},
+        stream=True,
+    )
+    api._raise_for_status(response)
+    return ExecChannel(response)
+
+
+def run_attached(api, exec_id: str) -> tuple[bytes, bytes, bytes]:
+    """Start an exec attached and read it to the end: (stdout and stderr as they
+    came, stdout, stderr)."""
+    channel = attach(api, exec_id)
+    both, out, err = [], [], []
+    try:
+        for kind, payload in channel.frames():
+            both.append(payload)
+            (err if kind == 2 else out).append(payload)
+    finally:
+        channel.close()
+    return b"".join(both), b"".join(out), b"".join(err)
+
+
 class DockerStream:
     """One exec's multiplexed stdout/stderr, read frame by frame from its socket
     (Docker's stream format: 8-byte header, stream 1 stdout, 2 stderr)."""
 
-    def __init__(self, runtime, container: str, exec_id: str, response, marker: str):
+    def __init__(self, runtime, container: str, exec_id: str, channel, marker: str):
         self.runtime = runtime
         self.container = container
         self.exec_id = exec_id
         self.marker = marker
-        self._response = response
-        self._sock = getattr(response, "_sock", response)
+        self._sock = channel  # an ExecChannel (or a socket: what it reads is the same)
         self._buffer = bytearray()
         self._stderr = bytearray()
         self._ended = False
@@ -122,7 +200,7 @@ class DockerStream:
         try:
             self.runtime.exec(self.container, kill_argv(self.marker, "KILL"))
         finally:
-            for close in (lambda: self._sock.shutdown(socket.SHUT_RDWR), self._sock.close, self._response.close):
+            for close in (lambda: self._sock.shutdown(socket.SHUT_RDWR), self._sock.close):
                 try:
                     close()
                 except (OSError, AttributeError):
