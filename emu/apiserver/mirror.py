@@ -18,9 +18,11 @@ they would not reach the nodes, and the next mirror would undo them.
 from __future__ import annotations
 
 from emu.apiserver import errors, resources
+from emu.apiserver.admission import NODE_USER_PREFIX
 from emu.apiserver.storage import DELETE, Store, canonical, keep_identity, now_rfc3339
 
 CONTROLLER_USER = "emu-controller"
+KUBELET_MANAGER = "kubelet"  # the field manager of the node agents' status writes (client-go's: the program's name)
 PATH = "/emu/mirror"
 
 # The kinds emu's own commands drive in stage 2, by (apiVersion, kind).
@@ -95,6 +97,8 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
             if (info.api_version, info.kind) in CREATE_ONLY:
                 return None  # the user's now
             keep_identity(current, new)
+            if info.kind == "Pod" and reported_by_kubelet(current):
+                new["status"] = current.get("status", {})  # the node's report, newer than emu's reading
             if _comparable(current) == _comparable(new):
                 return None  # unchanged: no write, no event, the same resourceVersion
             return new
@@ -104,15 +108,30 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
     return counts
 
 
+def reported_by_kubelet(pod: dict) -> bool:
+    """Whether a node's agent has written this pod's status (PATCH pods/status as the
+    kubelet's field manager): from then on the status is the node's, as on a real
+    cluster, and the mirror writes only the pod's metadata and spec."""
+    return any(
+        entry.get("manager") == KUBELET_MANAGER and entry.get("subresource") == "status"
+        for entry in (pod.get("metadata") or {}).get("managedFields") or []
+    )
+
+
 def _uid(obj: dict) -> str:
     import uuid
 
     return (obj.get("metadata") or {}).get("uid") or str(uuid.uuid4())
 
 
-def refuse(user_name: str, verb: str, api_group: str, resource: str, namespace: str) -> errors.ApiError | None:
-    """The error for a write to a kind emu drives by anyone but emu itself (None: allowed)."""
+def refuse(user_name: str, verb: str, api_group: str, resource: str, namespace: str,
+           subresource: str = "") -> errors.ApiError | None:  # fmt: skip
+    """The error for a write to a kind emu drives by anyone but emu itself (None:
+    allowed). Nodes write their pods' status, as kubelets do (NodeRestriction
+    then checks that the pod is bound to the node)."""
     if user_name == CONTROLLER_USER or verb in ("get", "list", "watch"):
+        return None
+    if user_name.startswith(NODE_USER_PREFIX) and (api_group, resource, subresource) == ("", "pods", "status"):
         return None
     key = f"{resource}.{api_group}" if api_group else resource
     info = driven_keys(create_only=False).get(key)

@@ -534,7 +534,8 @@ class ApiServer:
             if not info.is_resource and info.path == mirror.PATH:
                 return self._mirror(req)
             if info.is_resource and info.subresource in ("", "status", "scale"):
-                refused = mirror.refuse(req.user.name, info.verb, info.group, info.resource, info.namespace)
+                refused = mirror.refuse(req.user.name, info.verb, info.group, info.resource, info.namespace,
+                                         info.subresource)
                 if refused is not None:
                     raise refused
         if not info.is_resource:

@@ -11,6 +11,7 @@ import shutil
 import ssl
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -30,6 +31,13 @@ deployments:
     template:
       labels: {app: echo}
       containers: [{name: netexec, workload: netexec, ports: [{containerPort: 8080}]}]
+pods:
+  - name: flip
+    node: w1
+    containers:
+      - name: shell
+        command: [sleep, infinity]
+        readinessProbe: {exec: {command: [test, "!", -e, /tmp/emu-flip-unready]}, periodSeconds: 1}
 services:
   - {name: echo, selector: {app: echo}, ports: [{port: 80, targetPort: 8080}]}
 """
@@ -138,6 +146,47 @@ def test_a_watch_of_the_python_client_sees_emu_scale(cluster):
     assert done.wait(60), f"the watch saw {seen}"
     added_ip = next(ip for kind, ip in seen if kind == "ADDED")
     assert added_ip in {p.ip for p in cluster.state().pods.values() if p.labels.get("app") == "echo"}
+
+
+def test_nodes_hold_leases_and_renew_them_as_kubelets_do(cluster):
+    context = f"emu-{cluster.name}"
+
+    def leases() -> dict[str, dict]:
+        found = kubectl("get", "leases", "-n", "kube-node-lease", "-o", "json", context=context).stdout
+        return {lease["metadata"]["name"]: lease["spec"] for lease in json.loads(found)["items"]}
+
+    first = leases()
+    assert set(first) == {node.name for node in cluster.state().nodes}
+    assert all(spec["holderIdentity"] == name and spec["leaseDurationSeconds"] == 40 for name, spec in first.items())
+    deadline = time.monotonic() + 40  # a renewal every 10 s
+    while time.monotonic() < deadline:
+        again = leases()
+        if all(again[name]["renewTime"] > first[name]["renewTime"] for name in first):
+            break
+        time.sleep(1)
+    assert all(again[name]["renewTime"] > first[name]["renewTime"] for name in first), (first, again)
+
+
+def test_readiness_and_restarts_reach_the_api_server_without_an_emu_command(cluster):
+    """The nodes write their pods' status as kubelets do: a readiness probe that
+    starts failing, and a container restarted by its node, show in kubectl."""
+    from emu.node.agent import container_file
+
+    context = f"emu-{cluster.name}"
+    pod = cluster.state().pods["default/flip"]
+    try:
+        cluster.node_exec(pod.node, ["touch", "/tmp/emu-flip-unready"])
+        kubectl("wait", "--for=condition=Ready=false", "pod/flip", "--timeout=60s", context=context)
+        shown = json.loads(kubectl("get", "pod", "flip", "-o", "json", context=context).stdout)
+        assert [c["ready"] for c in shown["status"]["containerStatuses"]] == [False]
+    finally:
+        cluster.node_exec(pod.node, ["rm", "-f", "/tmp/emu-flip-unready"])
+    kubectl("wait", "--for=condition=Ready", "pod/flip", "--timeout=60s", context=context)
+    killed = cluster.node_exec(pod.node, ["sh", "-c", f"kill $(cat {container_file(pod.netns, 'shell', 'pid')})"])
+    assert killed.ok, killed.output
+    kubectl("wait", "--for=jsonpath={.status.containerStatuses[0].restartCount}=1", "pod/flip", "--timeout=90s",
+            context=context)  # fmt: skip
+    kubectl("wait", "--for=condition=Ready", "pod/flip", "--timeout=60s", context=context)
 
 
 def test_emu_kubeconfig_prints_a_working_kubeconfig_and_down_removes_the_context(cluster, tmp_path):

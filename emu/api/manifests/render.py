@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable
 
 from emu.control import imagepods
+from emu.node.kube import podstatus
 from emu.node.plan import cni
 from emu.node.records import ClusterState, PodState, ServiceState
 from emu.node.services import LabelIndex, control_planes
@@ -69,12 +70,6 @@ def human_duration(seconds: float) -> str:
     return f"{hours // 24 // 365}y"
 
 
-def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _epoch(stamp: str | None) -> float | None:
     if not stamp:
         return None
@@ -127,10 +122,7 @@ class View:
         finished = [self.finished(pod, c) for c, _ in self.containers(pod)]
         if finished and all(f is not None for f in finished):  # every container exited for good
             return "Succeeded" if all(f["exitCode"] == 0 for f in finished) else "Failed"
-        states = [s.get("state") for _, s in self.containers(pod)]
-        if all(state == "Running" for state in states):
-            return "Running"
-        return "Pending" if all(state is None for state in states) else "Running"
+        return podstatus.phase([status for _, status in self.containers(pod)])
 
     def docker_state(self, pod: PodState, container: dict) -> dict | None:
         """An image container's state from Docker (None for other containers)."""
@@ -151,7 +143,7 @@ class View:
 
     def image(self, container: dict) -> str:
         """The image a container names, else the node image whose programs it runs."""
-        return container.get("image") or self.state.node_image or "emu/node"
+        return podstatus.image_of(self.state, container)
 
     # ---- objects -----------------------------------------------------------
     def pod(self, pod: PodState) -> dict:
@@ -182,16 +174,7 @@ class View:
             started = status.get("started")
             if started:
                 started_times.append(started)
-            running = status.get("state") == "Running"
-            state = {"running": {"startedAt": _iso(started)}} if running else (
-                {"waiting": {"reason": "CrashLoopBackOff"}} if status else {"waiting": {"reason": "ContainerCreating"}}
-            )  # fmt: skip
-            entry = {
-                "name": container["name"], "image": spec["image"], "imageID": "",
-                "containerID": f"emu://{self.state.node(pod.node).container}/{pod.netns}/{container['name']}",
-                "ready": bool(status.get("ready")) and running, "restartCount": int(status.get("restarts", 0)),
-                "started": running, "state": state,
-            }  # fmt: skip
+            entry = podstatus.container_status(self.state, pod, container, status)
             docker = self.docker_state(pod, container)
             if docker is not None:  # Docker keeps the count and why it stopped
                 entry["restartCount"] = docker["restartCount"]
@@ -224,29 +207,8 @@ class View:
             spec["subdomain"] = pod.subdomain
         if pod.volumes:
             spec["volumes"] = [{"name": name} for name in sorted(pod.volumes)]
-        ready = self.pod_ready(pod)
-        created = self.created(key)
-        start = _iso(min(started_times)) if started_times else created
-
-        def condition(kind: str, value: bool) -> dict:
-            return {"type": kind, "status": "True" if value else "False", "lastProbeTime": None,
-                    "lastTransitionTime": created}  # fmt: skip
-
-        node = self.state.node(pod.node)
-        status = {
-            "phase": self.pod_phase(pod),
-            "conditions": [
-                condition("PodReadyToStartContainers", True), condition("Initialized", True),
-                condition("Ready", ready), condition("ContainersReady", ready), condition("PodScheduled", True),
-            ],
-            "hostIP": node.node_ip,
-            "hostIPs": [{"ip": node.node_ip}],
-            "podIP": pod.ip,
-            "podIPs": [{"ip": pod.ip}],
-            "startTime": start,
-            "containerStatuses": statuses,
-            "qosClass": "BestEffort",
-        }  # fmt: skip
+        start = podstatus.iso(min(started_times)) if started_times else None
+        status = podstatus.pod_status(self.state, pod, statuses, self.pod_ready(pod), self.pod_phase(pod), start)
         return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec, "status": status}
 
     def service(self, service: ServiceState) -> dict:

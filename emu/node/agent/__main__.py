@@ -28,6 +28,7 @@ from emu.node.agent import (
     AGENT_PORT, DNS_SNAPSHOT, LOCK_DIR, PID_FILE, RESTARTS_FILE, STATE_FILE, STATUS_FILE, pods, web, write_atomically,
 )  # fmt: skip
 from emu.node.agent import streams
+from emu.node.agent.apistatus import ApiStatus
 from emu.node.agent.edge import LoadBalancers
 from emu.node.agent.evict import EVICT_AFTER, evict, evictable
 from emu.node.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
@@ -124,11 +125,16 @@ class Agent:
         self.syncer = Runner("sync", self.sync_step, log, retry_interval=RESYNC_AFTER_FAILURE,
                              describe=lambda: f"sync of generation {self.generation()}")  # fmt: skip
         self.hub_job = Runner("hub", self.hub_step, log, max_interval=1.0)
+        self.api_status = ApiStatus(node, log)
+        self.reported_generation = -1  # the kubelet's generation the API server last heard of
+        self.status_job = Runner("apistatus", self.status_step, log, gather=0.05,
+                                 describe=lambda: "reporting to the API server")  # fmt: skip
         self.report_job = self.reporter.job(self.hub_address, self.local_readiness)
         self.watch_job = self.watcher.job(self.hub_address, self.on_hub, self.generation)
 
     def runners(self) -> list[Runner]:
-        return [self.loader, self.pods_job, self.kubelet_job, self.syncer, self.hub_job, self.report_job, self.watch_job]
+        return [self.loader, self.pods_job, self.kubelet_job, self.syncer, self.hub_job, self.report_job,
+                self.watch_job, self.status_job]
 
     # ---- state ----------------------------------------------------------------
     # (The load job: a new state arrives with a SIGHUP, or the hub's watch; the pods
@@ -173,6 +179,7 @@ class Agent:
         self.kubelet_job.request()
         self.syncer.request()
         self.pods_job.request()
+        self.status_job.request()
 
     def adopt(self, text: str) -> None:
         """A newer state from the hub (it moved a lost node's pods): keep it as the
@@ -226,11 +233,27 @@ class Agent:
         with self.kubelet_lock:
             changed = self.kubelet.step() if self.view else False
             wake = self.kubelet.next_wake()
+            if self.kubelet.generation != self.reported_generation:
+                self.status_job.request()
         if changed:
             log(f"readiness: {sum(self.kubelet.ready.values())} of {len(self.kubelet.ready)} pods ready")
             self.reporter.changed()
             self.syncer.request()
         return max(0.005, wake - time.monotonic())
+
+    def status_step(self, requested: bool) -> float:
+        """The kubelet's reports to the API server (emu.node.agent.apistatus): the
+        node's Lease, and its pods' status when what the kubelet sees changed."""
+        view = self.view
+        if view is None:
+            return 1.0
+        with self.kubelet_lock:
+            generation = self.kubelet.generation
+            entries = {pod.uid: self.kubelet.container_entries(pod) for pod in self.api_status.reported(view.state)}
+        wake = self.api_status.step(view.state, entries)
+        if not self.api_status.failing:
+            self.reported_generation = generation
+        return wake
 
     def kubelet_fds(self) -> list[int]:
         with self.kubelet_lock:

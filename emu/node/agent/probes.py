@@ -255,6 +255,8 @@ class Kubelet:
         self.alive: dict[str, bool] = {}  # pod uid -> its containers' processes run
         self.alive_checked = float("-inf")
         self.ready: dict[str, bool] = {}  # pod uid -> ready
+        self.dead: dict[str, list[str]] = {}  # pod uid -> its containers whose process does not run
+        self.generation = 0  # counts the steps that changed what container_entries would say
 
     def set_pods(self, pods: list[PodState]) -> None:
         """This node's pods, from a new state: probes of pods gone are dropped."""
@@ -315,6 +317,7 @@ class Kubelet:
             if now < restart.not_before:
                 continue
             self.restart(pod, name)
+            self.generation += 1
             restart.count += 1
             restart.streak += 1
             restart.last = now
@@ -330,13 +333,17 @@ class Kubelet:
             probe.record(future.result(), self.clock())
         ended = self.watch.reap()
         if ended or now - self.alive_checked >= self.alive_period() or any(uid not in self.alive for uid, _ in self.uids):
-            alive = {}
+            alive, dead_by_uid = {}, {}
             for uid, pod in self.uids:
                 dead = self.watch(pod)
                 alive[uid] = not dead
                 if dead:
+                    dead_by_uid[uid] = dead
                     self.keep_running(pod, dead, now)
+            if alive != self.alive or dead_by_uid != self.dead:
+                self.generation += 1
             self.alive = alive
+            self.dead = dead_by_uid
             self.alive_checked = now
         ready = {}
         for uid, pod in self.uids:
@@ -345,6 +352,8 @@ class Kubelet:
             )
             ready[uid] = probes_ok and self.alive.get(uid, False)
         changed = ready != self.ready
+        if changed:
+            self.generation += 1
         self.ready = ready
         return changed
 
@@ -370,13 +379,39 @@ class Kubelet:
 
     def container_readiness(self) -> dict[str, dict[str, bool]]:
         """{pod key: {container: ready}}: running, and its readiness probe (if any) passing."""
-        result: dict[str, dict[str, bool]] = {}
-        for pod in self.pods:
-            alive = self.alive.get(pod.uid, False)
-            containers = {}
-            for container in pod.containers:
-                probe = self.probes.get((pod.uid, container["name"]))
-                probed_ready = probe.ready if probe is not None else not container.get("readinessProbe")
-                containers[container["name"]] = alive and probed_ready
-            result[pod.key] = containers
+        return {pod.key: self.container_readiness_of(pod) for pod in self.pods}
+
+    def container_entries(self, pod: PodState) -> dict[str, dict]:
+        """{container: {"state", "exitCode", "ready", "restarts", "started"}} as
+        emu.node.kube.podstatus takes them: what this kubelet knows of the pod."""
+        if pod.uid not in self.alive:
+            return {}  # not looked at yet
+        dead = self.dead.get(pod.uid, [])
+        readiness = self.container_readiness_of(pod)
+        entries = {}
+        for container in pod.containers:
+            name = container["name"]
+            if name in dead and not self.watch.started(pod, name):
+                continue  # not started yet
+            restart = self.restarts.get((pod.uid, name))
+            count = restart.count if restart else self.saved_counts.get(f"{pod.uid}/{name}", 0)
+            try:
+                started = os.stat(container_file(pod.netns, name, "pid")).st_mtime
+            except OSError:
+                started = None
+            entries[name] = {
+                "state": "Exited" if name in dead else "Running",
+                "exitCode": self.watch.exit_code(pod, name) if name in dead else None,
+                "ready": readiness.get(name, False), "restarts": count, "started": started,
+            }  # fmt: skip
+        return entries
+
+    def container_readiness_of(self, pod: PodState) -> dict[str, bool]:
+        alive = self.alive.get(pod.uid, False)
+        result = {}
+        for container in pod.containers:
+            probe = self.probes.get((pod.uid, container["name"]))
+            probed_ready = probe.ready if probe is not None else not container.get("readinessProbe")
+            result[container["name"]] = alive and probed_ready
         return result
+

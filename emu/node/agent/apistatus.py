@@ -1,0 +1,194 @@
+"""The kubelet's reports to the API server (docs/apiserver.md, stage 4, its first part).
+
+Each node's agent writes, with the node's own certificate (user
+system:node:NAME in group system:nodes, whose RBAC role and the
+NodeRestriction admission plugin let it change only its own Lease and the
+pods bound to it), what a kubelet writes:
+- its node's Lease in kube-node-lease (holderIdentity the node, 40 s long),
+  created when missing and renewed every RENEW_INTERVAL seconds, as the
+  kubelet's node lease controller does (renewInterval: a quarter of 40 s);
+- each of its pods' status (conditions, containerStatuses with readiness,
+  restartCount and state, podIP, phase) with a PATCH of pods/NAME/status
+  (field manager "kubelet"), whenever what the node sees of the pod differs
+  from what it last wrote: a readiness probe failing shows in `kubectl get
+  pods -w` and ends a `kubectl wait` without any emu command. Once a node has
+  written a pod's status, emu's own commands no longer overwrite it
+  (emu.apiserver.mirror.reported_by_kubelet).
+Pods with containers of their own image are left out: Docker restarts those
+and knows why they stopped, so emu's commands still report them.
+
+While the API server cannot be reached (it starts after the agents, or is
+restarting), writes wait and are tried again; the node goes on forwarding with
+what it has, as a kubelet does. Standard library only: it runs in the node agent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+
+from emu.node.kube import podstatus
+from emu.node.kube.client import ApiError, Client, resource_path
+from emu.node.plan import cni
+from emu.node.records import ClusterState, PodState
+
+LEASE_NAMESPACE = "kube-node-lease"
+LEASE_DURATION = 40  # seconds (the kubelet's nodeLeaseDurationSeconds)
+RENEW_INTERVAL = 10.0  # seconds between renewals (a quarter of the duration, as the kubelet)
+RETRY = 1.0  # seconds before a write the API server did not take is tried again
+FIELD_MANAGER = "kubelet"
+
+
+def micro_time(epoch: float) -> str:
+    """A Lease's MicroTime: RFC 3339 with microseconds."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1e6):06d}Z"
+
+
+def node_client(state: ClusterState, node: str, pki: str = cni.PKI_DIR) -> Client | None:
+    """A client of the cluster's API server as this node, None where the node has
+    no certificate (a cluster made without an API server)."""
+    cert, key, ca = f"{pki}/nodes/{node}.crt", f"{pki}/nodes/{node}.key", f"{pki}/ca.crt"
+    if not all(os.path.exists(path) for path in (cert, key, ca)):
+        return None
+    server = f"https://{cni.api_server_node(state).node_ip}:{cni.API_PORT}"
+    return Client(server, ca_pem_path=ca, cert_path=cert, key_path=key, user_agent=f"kubelet/emu ({node})")
+
+
+class ApiStatus:
+    """What this node last wrote, and the writes still due."""
+
+    def __init__(self, node: str, log: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time, connect: Callable = node_client):  # fmt: skip
+        self.node = node
+        self.log = log
+        self.clock = clock
+        self.wall = wall
+        self.connect = connect
+        self.client: Client | None = None
+        self.server_of: str = ""  # the API server's node IP the client was made for
+        self.renewed_at = float("-inf")
+        self.lease_version = ""  # the resourceVersion of our Lease as last written
+        self.acquired: str | None = None  # its acquireTime
+        self.written: dict[str, tuple[str, str]] = {}  # pod key -> (emu uid, the status JSON written)
+        self.transitions: dict[str, dict[str, str]] = {}  # emu uid -> {condition: lastTransitionTime}
+        self.last_ready: dict[str, bool] = {}  # emu uid -> the Ready condition last seen
+        self.failing = False  # the last attempt failed (logged once per streak)
+
+    # ---- the step --------------------------------------------------------------
+    def step(self, state: ClusterState | None, entries: dict[str, dict[str, dict]]) -> float:
+        """Renew the Lease when due and write the statuses that changed. `entries`:
+        {pod uid: the kubelet's container entries} of this node's pods. Returns the
+        seconds until the next renewal (or a retry)."""
+        if state is None or not any(node.name == self.node for node in state.nodes):
+            return RENEW_INTERVAL
+        client = self._client(state)
+        if client is None:
+            return RENEW_INTERVAL * 6  # no certificate: nothing to report to
+        try:
+            if self.clock() - self.renewed_at >= RENEW_INTERVAL:
+                self.renew(client)
+            pending = self.write_statuses(client, state, entries)
+        except (OSError, ApiError) as error:
+            if not self.failing:
+                self.log(f"reporting to the API server failed: {error}; trying again every {RETRY:.0f} s")
+            self.failing = True
+            client.close()
+            return RETRY
+        if self.failing:
+            self.log("reporting to the API server again")
+        self.failing = False
+        return RETRY if pending else max(0.05, RENEW_INTERVAL - (self.clock() - self.renewed_at))
+
+    def _client(self, state: ClusterState) -> Client | None:
+        server = cni.api_server_node(state).node_ip
+        if self.client is None or server != self.server_of:
+            if self.client is not None:
+                self.client.close()
+            self.client, self.server_of = self.connect(state, self.node), server
+        return self.client
+
+    # ---- the Lease -----------------------------------------------------------------
+    def renew(self, client: Client) -> None:
+        path = resource_path("coordination.k8s.io/v1", "leases", LEASE_NAMESPACE, self.node)
+        now = micro_time(self.wall())
+        lease = None
+        if self.lease_version:
+            try:
+                lease = client.update(path, self._lease(now, self.lease_version, self.acquired))
+            except ApiError as error:
+                if error.code not in (404, 409):
+                    raise
+        if lease is None:
+            try:
+                current = client.get(path)
+            except ApiError as error:
+                if error.code != 404:
+                    raise
+                body = self._lease(now, "")
+                body["spec"]["acquireTime"] = now
+                lease = client.create(resource_path("coordination.k8s.io/v1", "leases", LEASE_NAMESPACE), body)
+            else:
+                lease = client.update(path, self._lease(now, current["metadata"]["resourceVersion"],
+                                                        current.get("spec", {}).get("acquireTime")))  # fmt: skip
+        self.lease_version = (lease.get("metadata") or {}).get("resourceVersion", "")
+        self.acquired = (lease.get("spec") or {}).get("acquireTime")
+        self.renewed_at = self.clock()
+
+    def _lease(self, now: str, version: str, acquired: str | None = None) -> dict:
+        meta = {"name": self.node, "namespace": LEASE_NAMESPACE}
+        if version:
+            meta["resourceVersion"] = version
+        spec = {"holderIdentity": self.node, "leaseDurationSeconds": LEASE_DURATION, "renewTime": now}
+        if acquired:
+            spec["acquireTime"] = acquired
+        return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec}
+
+    # ---- pods' status ----------------------------------------------------------------
+    def reported(self, state: ClusterState) -> list[PodState]:
+        """This node's pods whose status the node reports (none of their containers runs an image of its own)."""
+        return [pod for pod in state.pods_on(self.node) if not any(cni.runs_image(c) for c in pod.containers)]
+
+    def desired(self, state: ClusterState, pod: PodState, entries: dict[str, dict]) -> dict:
+        ready = bool(entries) and all(
+            entries.get(c["name"], {}).get("ready") and entries.get(c["name"], {}).get("state") == "Running"
+            for c in pod.containers
+        )
+        times = self.transitions.setdefault(pod.uid, {})
+        if self.last_ready.get(pod.uid) is not None and self.last_ready[pod.uid] != ready:
+            stamp = podstatus.iso(self.wall())
+            times["Ready"] = times["ContainersReady"] = stamp
+        self.last_ready[pod.uid] = ready
+        return podstatus.from_entries(state, pod, entries, times)
+
+    def write_statuses(self, client: Client, state: ClusterState, entries: dict[str, dict[str, dict]]) -> bool:
+        """PATCH the status of each pod whose status changed; whether some are still
+        due (their pod is not in the API server yet: emu writes it after the plan)."""
+        pods = self.reported(state)
+        keys = {pod.key for pod in pods}
+        for key in [k for k in self.written if k not in keys]:
+            del self.written[key]
+        uids = {pod.uid for pod in pods}
+        for table in (self.transitions, self.last_ready):
+            for uid in [u for u in table if u not in uids]:
+                del table[uid]
+        pending = False
+        for pod in pods:
+            found = entries.get(pod.uid)
+            if not found:
+                continue  # the kubelet has not looked at it yet
+            status = self.desired(state, pod, found)
+            text = json.dumps(status, sort_keys=True)
+            if self.written.get(pod.key) == (pod.uid, text):
+                continue
+            path = resource_path("v1", "pods", pod.namespace, pod.name, "status")
+            try:
+                client.patch(path, {"status": status}, "merge", field_manager=FIELD_MANAGER)
+            except ApiError as error:
+                if error.code == 404:  # not written into the API server yet
+                    pending = True
+                    continue
+                raise
+            self.written[pod.key] = (pod.uid, text)
+        return pending
