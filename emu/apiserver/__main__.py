@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--service-cidr", default="10.96.0.0/12", help="range of Service cluster IPs")
     p.add_argument("--emu-driven", action="store_true",
                    help="emu's commands write the kinds they drive (POST /emu/mirror); refuse others' writes to them")
+    p.add_argument("--controllers", default="",
+                   help="control loops to run in this process, comma-separated (emu.apiserver.controllers: "
+                        "endpointslice, endpoints, serviceaccount, rootca, scheduler, ...)")
     args = p.parse_args(argv)
     if not args.insecure and not args.pki and not (args.tls_cert and args.tls_key):
         p.error("give --pki DIR, or --tls-cert and --tls-key (and --client-ca), or --insecure")
@@ -59,6 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         server.make_httpd(args.listen)
     except OSError as e:
         sys.exit(f"emu.apiserver: cannot listen on {args.listen[0]}:{args.listen[1]}: {e.strerror or e}")
+
+    if args.controllers:
+        from emu.apiserver.controllers import start_named
+
+        ca_pem = ""
+        if args.pki and os.path.exists(os.path.join(args.pki, "ca.crt")):
+            with open(os.path.join(args.pki, "ca.crt")) as handle:
+                ca_pem = handle.read()
+        try:
+            start_named(store, args.controllers.split(","), {"service_cidr": args.service_cidr, "ca_pem": ca_pem})
+        except ValueError as e:
+            sys.exit(f"emu.apiserver: --controllers: {e}")
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()

@@ -2,9 +2,10 @@
 
 Until the nodes watch the API server (stage 4), `emu up`, `apply`, `scale` and
 `delete` plan the cluster themselves and then hand the server the objects a
-real cluster would show for it (Nodes, Namespaces, Pods with their status,
-Services, Endpoints, EndpointSlices, Deployments, StatefulSets, DaemonSets,
-ConfigMaps, NetworkPolicies, Ingresses): one request, POST /emu/mirror, from
+real cluster would show for it (Nodes, Namespaces, Pods with their status
+until their node reports it, Services, Deployments, StatefulSets, DaemonSets,
+ConfigMaps, NetworkPolicies, Ingresses; EndpointSlices and Endpoints are the
+API server's controllers'): one request, POST /emu/mirror, from
 the emu-controller identity. `sync` makes the store hold exactly those objects
 of those kinds: new ones created, changed ones replaced (spec and status
 together, as the node would report it), and the others deleted; unchanged
@@ -22,13 +23,13 @@ from emu.apiserver.admission import NODE_USER_PREFIX
 from emu.apiserver.storage import DELETE, Store, canonical, keep_identity, now_rfc3339
 
 CONTROLLER_USER = "emu-controller"
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 KUBELET_MANAGER = "kubelet"  # the field manager of the node agents' status writes (client-go's: the program's name)
 PATH = "/emu/mirror"
 
 # The kinds emu's own commands drive in stage 2, by (apiVersion, kind).
 DRIVEN = (
-    ("v1", "Node"), ("v1", "Namespace"), ("v1", "Pod"), ("v1", "Service"), ("v1", "Endpoints"),
-    ("discovery.k8s.io/v1", "EndpointSlice"), ("apps/v1", "Deployment"),
+    ("v1", "Node"), ("v1", "Namespace"), ("v1", "Pod"), ("v1", "Service"), ("apps/v1", "Deployment"),
     ("apps/v1", "ReplicaSet"), ("apps/v1", "StatefulSet"), ("apps/v1", "DaemonSet"),
     ("networking.k8s.io/v1", "NetworkPolicy"), ("networking.k8s.io/v1", "Ingress"),
 )  # fmt: skip
@@ -38,11 +39,15 @@ KEPT = {("v1", "Namespace"): {"default", "kube-system", "kube-public", "kube-nod
 # the topology's ConfigMaps are read by the nodes only when emu starts a pod, so a ConfigMap
 # made with kubectl (a controller's settings, say) harms nothing.
 CREATE_ONLY = {("v1", "ConfigMap")}
+# Kinds the API server's controllers write (the EndpointSlice and Endpoints controllers,
+# from the pods' readiness as the nodes report it): emu writes only those no controller
+# makes (default/kubernetes, whose endpoints are the API server's address), and deletes none.
+WRITTEN = {("v1", "Endpoints"), ("discovery.k8s.io/v1", "EndpointSlice")}
 
 
 def driven_keys(create_only: bool = True) -> dict[str, resources.ResourceInfo]:
     out = {}
-    for api_version, kind in DRIVEN + (tuple(CREATE_ONLY) if create_only else ()):
+    for api_version, kind in DRIVEN + (tuple(CREATE_ONLY | WRITTEN) if create_only else ()):
         info = resources.by_kind(api_version, kind)
         if info is not None:
             out[info.key] = info
@@ -76,7 +81,7 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
     for key, info in keys.items():
         fields_of = info.field_values
         kept = KEPT.get((info.api_version, info.kind), set())
-        if (info.api_version, info.kind) in CREATE_ONLY:
+        if (info.api_version, info.kind) in CREATE_ONLY | WRITTEN:
             continue
         for current in store.list_objects(key):
             meta = current.get("metadata") or {}
@@ -84,6 +89,8 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
             if where not in desired and meta.get("name") not in kept:
                 etype, _ = store.write(key, where[1], where[2], lambda obj: DELETE, fields_of)
                 counts["deleted"] += etype == "DELETED"
+                if info.kind == "Service":
+                    _delete_endpoints(store, where[1], where[2])
     for (key, namespace, name), obj in desired.items():
         info = keys[key]
 
@@ -106,6 +113,18 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
         etype, _ = store.write(key, namespace, name, replace, info.field_values)
         counts[{"ADDED": "created", "MODIFIED": "updated", "": "unchanged"}[etype]] += 1
     return counts
+
+
+def _delete_endpoints(store: Store, namespace: str, service: str) -> None:
+    """A deleted Service's Endpoints and EndpointSlices, as the garbage collector
+    removes them on a real cluster (their ownerReference; the Endpoints by name)."""
+    for api_version, kind in sorted(WRITTEN):
+        info = resources.by_kind(api_version, kind)
+        for current in store.list_objects(info.key, namespace):
+            meta = current.get("metadata") or {}
+            labels = meta.get("labels") or {}
+            if meta.get("name") == service if kind == "Endpoints" else labels.get(SERVICE_NAME_LABEL) == service:
+                store.write(info.key, namespace, meta["name"], lambda obj: DELETE, info.field_values)
 
 
 def reported_by_kubelet(pod: dict) -> bool:

@@ -168,7 +168,7 @@ def controller_client(state: ClusterState, runtime) -> NodeApi:
 
 # ---- stage 2: what emu drives, written into the API server (emu.apiserver.mirror) ----------
 
-KINDS = ("Namespace", "Node", "Pod", "Service", "Endpoints", "ConfigMap", "Deployment", "StatefulSet", "DaemonSet")
+KINDS = ("Namespace", "Node", "Pod", "Service", "ConfigMap", "Deployment", "StatefulSet", "DaemonSet")
 
 
 def _slice_name(namespace: str, service: str) -> str:
@@ -231,7 +231,13 @@ def mirror_objects(state: ClusterState, unready: list[str], now: float) -> list[
             "osImage": "Debian GNU/Linux 12 (bookworm)", "kernelVersion": os.uname().release,
             "containerRuntimeVersion": "emu://netns", "operatingSystem": "linux", "architecture": _architecture(),
         }  # fmt: skip
-    objects += [endpoint_slice(obj) for obj in view.objects("Endpoints") if obj.get("subsets")]
+    # The API server's EndpointSlice and Endpoints controllers follow the services with a
+    # selector (from the pods' readiness); emu writes the endpoints of those without one
+    # (default/kubernetes: the control plane).
+    for service in state.services.values():
+        endpoints = view.endpoints(service) if not service.selector else None
+        if endpoints and endpoints.get("subsets"):
+            objects += [endpoints, endpoint_slice(endpoints)]
     for policy in state.network_policies:
         spec = {k: v for k, v in policy.items() if k not in ("name", "namespace")}
         objects.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",

@@ -34,12 +34,14 @@ deployments:
 pods:
   - name: flip
     node: w1
+    labels: {app: flip}
     containers:
       - name: shell
         command: [sleep, infinity]
         readinessProbe: {exec: {command: [test, "!", -e, /tmp/emu-flip-unready]}, periodSeconds: 1}
 services:
   - {name: echo, selector: {app: echo}, ports: [{port: 80, targetPort: 8080}]}
+  - {name: flip, selector: {app: flip}, ports: [{port: 80, targetPort: 8080}]}
 """
 
 
@@ -79,10 +81,19 @@ def test_up_merges_a_context_and_kubectl_shows_the_lab_as_a_cluster_shows_it(clu
     table = kubectl("get", "svc", "echo", context=context).stdout.splitlines()
     assert table[0].split() == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
     assert table[1].split()[:5] == ["echo", "ClusterIP", state.services["default/echo"].cluster_ip, "<none>", "80/TCP"]
-    slices = json.loads(kubectl("get", "endpointslices", "-l", "kubernetes.io/service-name=echo", "-o", "json",
-                                context=context).stdout)["items"]  # fmt: skip
-    addresses = sorted(e["addresses"][0] for s in slices for e in s["endpoints"] if e["conditions"]["ready"])
-    assert addresses == sorted(p.ip for p in state.pods.values() if p.labels.get("app") == "echo")
+    # The API server's EndpointSlice controller makes them from the pods the nodes report ready.
+    expected = sorted(p.ip for p in state.pods.values() if p.labels.get("app") == "echo")
+    deadline = time.monotonic() + 30
+    while True:
+        slices = json.loads(kubectl("get", "endpointslices", "-l", "kubernetes.io/service-name=echo", "-o", "json",
+                                    context=context).stdout)["items"]  # fmt: skip
+        addresses = sorted(e["addresses"][0] for s in slices for e in s.get("endpoints") or []
+                           if e["conditions"]["ready"])  # fmt: skip
+        if addresses == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert addresses == expected
+    assert all(s["metadata"]["ownerReferences"][0]["kind"] == "Service" for s in slices)
 
 
 def test_the_api_server_authenticates_and_authorizes(cluster, tmp_path):
@@ -179,6 +190,12 @@ def test_readiness_and_restarts_reach_the_api_server_without_an_emu_command(clus
         kubectl("wait", "--for=condition=Ready=false", "pod/flip", "--timeout=60s", context=context)
         shown = json.loads(kubectl("get", "pod", "flip", "-o", "json", context=context).stdout)
         assert [c["ready"] for c in shown["status"]["containerStatuses"]] == [False]
+        # ... and the service's endpoint turns unready in its EndpointSlice.
+        name = kubectl("get", "endpointslices", "-l", "kubernetes.io/service-name=flip", "-o", "name",
+                       context=context).stdout.split()  # fmt: skip
+        assert len(name) == 1
+        kubectl("wait", "--for=jsonpath={.endpoints[0].conditions.ready}=false", name[0], "--timeout=30s",
+                context=context)  # fmt: skip
     finally:
         cluster.node_exec(pod.node, ["rm", "-f", "/tmp/emu-flip-unready"])
     kubectl("wait", "--for=condition=Ready", "pod/flip", "--timeout=60s", context=context)

@@ -43,3 +43,23 @@ def start_controllers(store, clock: Callable[[], float] = time.monotonic, enable
     manager = build_manager(store, clock=clock, enabled=enabled, log=log)
     manager.start()
     return manager
+
+
+def start_named(store, names: Iterable[str], services=None, log=None) -> ControllerManager:
+    """Start the controllers named (workload ones of CONTROLLERS and the service-side
+    ones of services_registry.NAMES) in one manager; `services`: a ServicesOptions
+    or a dict of its fields (its `enabled` is set from `names`)."""
+    from dataclasses import replace
+
+    from emu.apiserver.controllers import services_registry
+
+    names = [name for name in names if name]
+    unknown = sorted(set(names) - set(CONTROLLERS) - set(services_registry.NAMES))
+    if unknown:
+        raise ValueError(f"unknown controllers {unknown}; known: {sorted(set(CONTROLLERS) | set(services_registry.NAMES))}")
+    manager = build_manager(store, enabled=[n for n in names if n in CONTROLLERS], log=log)
+    options = services_registry._options(services)
+    options = replace(options, enabled=tuple(n for n in names if n in services_registry.NAMES))
+    services_registry.register(manager, options)
+    manager.start()
+    return manager

@@ -442,6 +442,13 @@ API_DATA_DIR = "/var/lib/emu/apiserver"
 API_LOG = "/var/log/emu/apiserver.log"
 
 
+# The control loops the API server runs (emu.apiserver.controllers) while emu's commands
+# still place pods and write workloads (docs/apiserver.md, stages 2-4): those that follow
+# what the nodes report (EndpointSlices and Endpoints from the pods' readiness) and those
+# every namespace has (its default ServiceAccount, kube-root-ca.crt).
+API_CONTROLLERS = ("endpointslice", "endpoints", "serviceaccount", "rootca")
+
+
 def api_server_node(state: ClusterState) -> NodeState:
     """The node the API server runs on: the first control-plane node, else the first node."""
     return next((node for node in state.nodes if node.role == "control-plane"), state.nodes[0])
@@ -453,7 +460,7 @@ def start_apiserver_line(state: ClusterState) -> str:
     server = shlex.join([
         "env", f"PYTHONPATH={AGENT_LIB}", "python3", "-m", "emu.apiserver",
         "--data", API_DATA_DIR, "--listen", f"0.0.0.0:{API_PORT}", "--pki", PKI_DIR,
-        "--service-cidr", state.net.service_subnet, "--emu-driven",
+        "--service-cidr", state.net.service_subnet, "--emu-driven", "--controllers", ",".join(API_CONTROLLERS),
     ])  # fmt: skip
     loop = f'while true; do {server}; echo "emu apiserver exited ($?); starting it again"; sleep 1; done'
     return f"mkdir -p {API_DATA_DIR} && setsid sh -c {shlex.quote(loop)} >>{API_LOG} 2>&1 </dev/null &"

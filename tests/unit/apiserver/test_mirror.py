@@ -58,6 +58,12 @@ def test_writes_to_driven_kinds_are_refused_for_everyone_but_emu():
     assert mirror.refuse("kubernetes-admin", "list", "", "pods", "default") is None
     assert mirror.refuse("kubernetes-admin", "create", "", "secrets", "default") is None
     assert mirror.refuse("kubernetes-admin", "create", "", "configmaps", "default") is None  # written once, then theirs
+    # Endpoints are the API server's controllers' (and a user's, for a service without a selector).
+    assert mirror.refuse("kubernetes-admin", "create", "discovery.k8s.io", "endpointslices", "default") is None
+    # A node writes the status of its pods (NodeRestriction checks which), nothing else of them.
+    assert mirror.refuse("system:node:worker", "patch", "", "pods", "default", "status") is None
+    assert mirror.refuse("system:node:worker", "patch", "", "pods", "default") is not None
+    assert mirror.refuse("kubernetes-admin", "patch", "", "pods", "default", "status") is not None
 
 
 def test_an_object_of_a_kind_emu_does_not_mirror_is_refused(tmp_path):

@@ -4,12 +4,15 @@ NodeRestriction), and emu's own commands then leave that status alone."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from kube_testserver import client_for, write_pki
 
 from emu.api.load import load_text
 from emu.api.manifests.render import View
 from emu.apiserver import mirror
+from emu.apiserver.controllers import start_named
 from emu.apiserver.server import ApiServer, cluster_security
 from emu.apiserver.storage import Store
 from emu.control.apiserver import mirror_objects
@@ -17,6 +20,7 @@ from emu.control.state import plan_cluster
 from emu.node.agent.apistatus import LEASE_NAMESPACE, ApiStatus
 from emu.node.kube import podstatus
 from emu.node.kube.client import ApiError, resource_path
+from emu.node.plan.cni import API_CONTROLLERS
 
 LAB = """
 name: lab
@@ -34,6 +38,8 @@ pods:
   - name: other
     node: worker2
     containers: [{name: shell, command: [sleep, infinity]}]
+services:
+  - {name: web, selector: {app: web}, ports: [{name: http, port: 80, targetPort: 8080}]}
 """
 
 
@@ -49,17 +55,20 @@ class Served:
     """emu's API server as every emu cluster runs it: TLS, client certificates, RBAC,
     NodeRestriction, and the kinds emu drives refused to others (--emu-driven)."""
 
-    def __init__(self, tmp):
+    def __init__(self, tmp, controllers: tuple[str, ...] = ()):
         self.pki = write_pki(tmp / "pki")
         self.store = Store(str(tmp / "state.db"))
         self.server = ApiServer(self.store, **cluster_security(self.store, str(self.pki)), emu_driven=True)
         host, port = self.server.start(("127.0.0.1", 0))
         self.url = f"https://{host}:{port}"
+        self.manager = start_named(self.store, controllers) if controllers else None
 
     def client(self, who: str = "admin"):
         return client_for(self.url, self.pki, who)
 
     def stop(self) -> None:
+        if self.manager:
+            self.manager.stop()
         self.server.shutdown()
         self.store.close()
 
@@ -84,6 +93,13 @@ def mirror_pods(server, state) -> None:
     """What `emu up` writes: the pods as emu's view shows them (before any node reported)."""
     pods = [o for o in mirror_objects(state, [], 1_700_000_000.0) if o["kind"] == "Pod"]
     mirror.sync(server.store, pods)
+
+
+def wait_for(check, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while not (found := check()) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return found
 
 
 def reporter(server, node: str, log: list) -> tuple[ApiStatus, Clock]:
@@ -185,3 +201,38 @@ def test_emu_view_and_the_node_render_a_pod_alike(state):
     entries = {"server": running(True, restarts=1), "sidecar": running(True)}
     view = View(state, {web.key: entries}, 1_700_000_000.0)
     assert view.pod(web)["status"] == podstatus.from_entries(state, web, entries)
+
+
+def test_endpoint_slices_follow_what_the_nodes_report(tmp_path, state):
+    """In a cluster the API server's EndpointSlice and Endpoints controllers make a
+    service's endpoints from its pods' readiness, which the nodes write: a pod
+    that turns unready leaves the ready endpoints without any emu command."""
+    served = Served(tmp_path, API_CONTROLLERS)
+    try:
+        mirror.sync(served.store, mirror_objects(state, [], 1_700_000_000.0))
+        web = state.pods["default/web"]
+        admin = served.client()
+        slices = resource_path("discovery.k8s.io/v1", "endpointslices", "default")
+
+        def endpoints() -> list[tuple[str, bool]]:
+            found = admin.list(slices, label_selector="kubernetes.io/service-name=web")["items"]
+            return [(e["addresses"][0], e["conditions"]["ready"]) for s in found for e in s.get("endpoints") or []]
+
+        assert wait_for(lambda: endpoints() == [(web.ip, True)]), endpoints()
+        status, clock = reporter(served, "worker", [])
+        status.step(state, {web.uid: {"server": running(False), "sidecar": running(True)}})
+        assert wait_for(lambda: endpoints() == [(web.ip, False)]), endpoints()
+        legacy = admin.get(resource_path("v1", "endpoints", "default", "web"))
+        assert legacy["subsets"][0]["notReadyAddresses"][0]["ip"] == web.ip
+        accounts = admin.list(resource_path("v1", "serviceaccounts", "default"))["items"]
+        assert wait_for(lambda: [a["metadata"]["name"] for a in admin.list(
+            resource_path("v1", "serviceaccounts", "default"))["items"]] == ["default"]), accounts
+
+        # emu deletes the service: its endpoints go with it, as the garbage collector takes them.
+        rest = [o for o in mirror_objects(state, [], 1_700_000_000.0) if o["metadata"]["name"] != "web"
+                or o["kind"] != "Service"]  # fmt: skip
+        mirror.sync(served.store, rest)
+        assert wait_for(lambda: endpoints() == [] and not admin.list(
+            resource_path("v1", "endpoints", "default"), field_selector="metadata.name=web")["items"])
+    finally:
+        served.stop()
