@@ -33,21 +33,26 @@ class Reporter:
 
 
 def _cluster(args, reporter=None, topology=None):
-    """The cluster a command is about: --name, the topology's name, or the only one
-    running; driven over the topology's hosts, the hosts it was made on, or this
+    """The cluster a command is about: --name, the topology's name, the kubeconfig's
+    current context (emu-NAME), or the only one running; driven over the topology's hosts, the hosts it was made on, or this
     machine's engine."""
+    from emu.control import kubeconfig
     from emu.control.cluster import Cluster
     from emu.control.runtime.select import provider_for
 
     name = getattr(args, "name", None) or (topology.name if topology else None)
     if name is None:
         names = Cluster.names()
-        if len(names) == 1:
+        current = kubeconfig.current_cluster()
+        if current in names:
+            name = current  # as kind: the kubeconfig's current context says which cluster
+        elif len(names) == 1:
             name = names[0]
         elif not names:
             raise EmuError("no emu cluster is running; start one with `emu up`")
         else:
-            raise EmuError(f"several emu clusters are running ({', '.join(names)}); choose one with --name")
+            raise EmuError(f"several emu clusters are running ({', '.join(names)}); choose one with --name "
+                           "(or `kubectl config use-context emu-NAME`)")
     runtime = provider_for(name, list(topology.hosts) if topology else None)
     return Cluster(name, runtime=runtime, progress=reporter or (lambda message: None))
 
@@ -799,8 +804,12 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
         sub.set_defaults(handler=handler)
         if cluster_option:
-            sub.add_argument("-n", "--name", help="cluster name (default: the topology's, or the only one running)")
+            sub.add_argument("--name", help="cluster name (default: the topology's, the kubeconfig's current "
+                                            "context emu-NAME, or the only one running)")  # fmt: skip
         return sub
+
+    def namespace_option(sub, help_text: str = "the namespace of a NAME without one (as kubectl's -n)") -> None:
+        sub.add_argument("-n", "--namespace", help=help_text)
 
     up = command("up", cmd_up, "create a cluster from a topology file, or converge a running one")
     up.add_argument("file", nargs="?", default=DEFAULT_TOPOLOGY, help=f"topology YAML (default {DEFAULT_TOPOLOGY})")
@@ -816,7 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (up, apply):
         sub.add_argument("-f", "--filename", action="append", metavar="MANIFEST",
                          help="Kubernetes manifests: a file, a directory of them, or - for stdin (repeatable)")  # fmt: skip
-        sub.add_argument("--namespace", default="default", help="namespace of manifest objects that name none")
+        sub.add_argument("-n", "--namespace", default="default", help="namespace of manifest objects that name none")
 
     down = command("down", cmd_down, "remove a cluster: every container, network and namespace it made")
     down.add_argument("cluster", nargs="?", help="cluster name")
@@ -835,23 +844,26 @@ def build_parser() -> argparse.ArgumentParser:
     exec_.add_argument("-c", "--container", help="the container whose environment to use")
     exec_.add_argument("--node", action="store_true", help="POD names a node: run in its root namespace")
     exec_.add_argument("argv", nargs="*", metavar="COMMAND", help="-- COMMAND [ARGS...]")
+    namespace_option(exec_)
 
     describe = command(
         "describe", cmd_describe, "a service, NetworkPolicy or Ingress: what it selects and where it goes"
     )
     describe.add_argument("kind", choices=["svc", "service", "netpol", "networkpolicy", "ingress", "ing"])
     describe.add_argument("service", metavar="NAME", help="NAME or NAMESPACE/NAME")
+    namespace_option(describe)
 
     scale = command("scale", cmd_scale, "set a deployment's replicas")
     scale.add_argument("kind", choices=["deployment", "deploy"])
     scale.add_argument("deployment", help="NAME or NAMESPACE/NAME")
     scale.add_argument("replicas", type=int)
+    namespace_option(scale)
 
     delete = command("delete", cmd_delete, "delete a pod (a deployment's pod is recreated with a new IP), or what manifests made")
     delete.add_argument("kind", nargs="?", choices=["pod"])
     delete.add_argument("pod", nargs="?", help="NAME or NAMESPACE/NAME")
     delete.add_argument("-f", "--filename", action="append", metavar="MANIFEST", help="delete the objects of these manifests")
-    delete.add_argument("--namespace", default="default", help="namespace of manifest objects that name none")
+    delete.add_argument("-n", "--namespace", help="namespace of manifest objects that name none, and of POD (as kubectl's -n)")
     delete.add_argument("--ignore-not-found", action="store_true", help="objects already gone are not an error")
 
     get = command("get", cmd_get, "objects as kubectl prints them: pods, svc, endpoints, deploy, sts, ds, cm, ns, nodes",
@@ -868,6 +880,7 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("pod")
     logs.add_argument("-c", "--container", help="container name (default: the first)")
     logs.add_argument("-f", "--follow", action="store_true")
+    namespace_option(logs)
 
     plan = command("plan", cmd_plan, "print each node's plan (ip -batch, iptables-restore, files) without applying")
     plan.add_argument("file", nargs="?", default=DEFAULT_TOPOLOGY)
@@ -891,7 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
     dns.add_argument("query", metavar="NAME", help="e.g. web, web.default, _http._tcp.web.default.svc.cluster.local")
     dns.add_argument("type", nargs="?", default="A", help="A (default), SRV, PTR, TXT, CNAME, ...")
     dns.add_argument("--pod", help="ask from this pod (its resolv.conf); default: from a node")
-    dns.add_argument("--namespace", default="default", help="search list of a pod in this namespace (default: default)")
+    dns.add_argument("-n", "--namespace", default="default", help="search list of a pod in this namespace (default: default)")
 
     trace = command("trace", cmd_trace, "send one real packet and show each hop the kernel took it through")
     trace.add_argument("source", metavar="SRC", help="a pod (NAME, NAMESPACE/NAME), node/NAME or external/NAME")
@@ -932,7 +945,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if args.verb != "exec":
             parser.error("'--' is only for `emu exec POD -- COMMAND`")
         args.argv = [*args.argv, *trailing]
+    _qualify(args)
     return args
+
+
+# The argument naming a namespaced object, of the commands that take `-n NAMESPACE` for it.
+NAMESPACED_ARGUMENT = {"exec": "pod", "logs": "pod", "delete": "pod", "describe": "service", "scale": "deployment"}
+
+
+def _qualify(args: argparse.Namespace) -> None:
+    """NAME becomes NAMESPACE/NAME with -n NAMESPACE, as kubectl reads -n; a name
+    given as NAMESPACE/NAME keeps its own (a node for `exec --node` has none)."""
+    field = NAMESPACED_ARGUMENT.get(args.verb)
+    namespace = getattr(args, "namespace", None)
+    if field is None or not namespace or getattr(args, "node", False):
+        return
+    value = getattr(args, field, None)
+    if value and "/" not in value:
+        setattr(args, field, f"{namespace}/{value}")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -234,3 +234,17 @@ def remove(name: str, path: str | Path | None = None) -> list[Path]:
                 _write(target, config)
                 changed.append(target)
     return changed
+
+
+def current_cluster() -> str | None:
+    """The emu cluster the kubeconfig's current context names (emu-<name>), as
+    kubectl chooses: the first current-context set in $KUBECONFIG's files. None
+    when there is none, it is not emu's, or a file cannot be read."""
+    for path in _paths():
+        try:
+            context = _read(path).get("current-context") or ""
+        except EmuError:
+            return None
+        if context:
+            return context.removeprefix("emu-") if context.startswith("emu-") else None
+    return None

@@ -569,7 +569,7 @@ def layout(graph: Graph) -> tuple[list[Box], list[Line], int, int]:
                     "eth0",
                     pod.eth0.status,
                     pid,
-                    f"emu capture -n {graph.cluster} {pod.key}",
+                    f"emu capture --name {graph.cluster} {pod.key}",
                 )
             )
             boxes.append(
@@ -583,7 +583,7 @@ def layout(graph: Graph) -> tuple[list[Box], list[Line], int, int]:
                     "veth",
                     pod.veth.status,
                     node_id,
-                    f"emu capture -n {graph.cluster} node/{node.name}:{pod.veth.label}",
+                    f"emu capture --name {graph.cluster} node/{node.name}:{pod.veth.label}",
                 )
             )
             lines.append(Line(_id("eth", pod.key), _id("veth", pod.key), "veth pair", "wire", pod.veth.status))
@@ -601,7 +601,7 @@ def layout(graph: Graph) -> tuple[list[Box], list[Line], int, int]:
                 "bridge",
                 node.bridge.status,
                 node_id,
-                f"emu capture -n {graph.cluster} node/{node.name}:cni0",
+                f"emu capture --name {graph.cluster} node/{node.name}:cni0",
             )
         )
         routes_y = bridge_y + LINE + 8 + GAP
@@ -632,7 +632,7 @@ def layout(graph: Graph) -> tuple[list[Box], list[Line], int, int]:
                 "eth0",
                 node.eth0.status,
                 node_id,
-                f"emu capture -n {graph.cluster} node/{node.name}:eth0",
+                f"emu capture --name {graph.cluster} node/{node.name}:eth0",
             )
         )
         lines.append(Line(_id("cni0", node.name), _id("eth0", node.name)))

@@ -149,7 +149,7 @@ def wait_started(process: subprocess.Popen) -> str:
 def test_the_command_writes_one_pcapng_with_an_interface_per_target(cluster, state, tmp_path):
     web = state.pods["default/web"]
     path = tmp_path / "flow.pcapng"
-    process = emu("-n", cluster.name, "client", "web", "-f", "tcp port 8080", "-c", "7", "-w", str(path))
+    process = emu("--name", cluster.name, "client", "web", "-f", "tcp port 8080", "-c", "7", "-w", str(path))
     started = wait_started(process)
     assert "client/eth0, web/eth0" in started
     curl(cluster, "client", f"http://{web.ip}:8080/hostname")
@@ -169,7 +169,7 @@ def test_the_command_writes_one_pcapng_with_an_interface_per_target(cluster, sta
 def test_stdout_streams_pcapng_as_it_comes(cluster, state):
     """`emu capture client -w - | wireshark -k -i -`: the blocks arrive while it runs."""
     web = state.pods["default/web"]
-    process = emu("-n", cluster.name, "client", "-f", "tcp port 8080", "-w", "-")
+    process = emu("--name", cluster.name, "client", "-f", "tcp port 8080", "-w", "-")
     try:
         wait_started(process)
         header = os.read(process.stdout.fileno(), 4)
@@ -201,7 +201,7 @@ def test_stdout_streams_pcapng_as_it_comes(cluster, state):
     ],
 )
 def test_bad_input_is_refused_before_anything_starts(cluster, state, argv, message):
-    process = emu("-n", cluster.name, *argv)
+    process = emu("--name", cluster.name, *argv)
     out, errors = process.communicate(timeout=60)
     assert process.returncode == 1, errors
     assert message in errors.decode() and "Traceback" not in errors.decode(), errors
@@ -212,7 +212,7 @@ def test_bad_input_is_refused_before_anything_starts(cluster, state, argv, messa
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])
 def test_a_capture_killed_midway_leaves_no_tcpdump_in_any_node(cluster, state, tmp_path, how):
     path = tmp_path / "killed.pcapng"
-    process = emu("-n", cluster.name, "client", "svc/web", "node/worker:eth0", "external/internet", "-w", str(path))
+    process = emu("--name", cluster.name, "client", "svc/web", "node/worker:eth0", "external/internet", "-w", str(path))
     wait_started(process)
     running = streams_left(cluster, state)
     assert len(running) == 3, running  # worker, worker2 and the external container each run theirs
@@ -234,7 +234,7 @@ def test_trace_saves_the_probe_at_each_hop_so_the_dnat_shows_as_two_destinations
     service = state.services["default/web"]
     path = tmp_path / "trace.pcapng"
     run = subprocess.run(
-        [sys.executable, "-m", "emu.cli", "trace", "-n", cluster.name, "client", f"{service.cluster_ip}:80",
+        [sys.executable, "-m", "emu.cli", "trace", "--name", cluster.name, "client", f"{service.cluster_ip}:80",
          "--pcap", str(path)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip

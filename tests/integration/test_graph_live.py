@@ -67,7 +67,7 @@ def test_the_graph_is_what_the_nodes_hold(cluster):
 
 def test_every_format_renders_from_the_command(cluster):
     for fmt in graph.FORMATS:
-        run = emu("graph", "-n", cluster.name, "--format", fmt)
+        run = emu("graph", "--name", cluster.name, "--format", fmt)
         assert run.returncode == 0, run.stderr
         if fmt in ("svg", "drawio"):
             xml.dom.minidom.parseString(run.stdout)
@@ -84,7 +84,7 @@ def test_a_veth_deleted_by_hand_is_drawn_missing(cluster):
     try:
         cluster.runtime.exec(node, ["ip", "link", "del", client.host_veth])
         drawn = graph.observe(cluster)
-        run = emu("graph", "-n", cluster.name, "--format", "mermaid")
+        run = emu("graph", "--name", cluster.name, "--format", "mermaid")
     finally:
         cluster.runtime.exec(node, ["sh", "-c", agent.format("CONT")])
     pod = next(p for n in drawn.nodes for p in n.pods if p.key == "default/client")

@@ -115,7 +115,7 @@ def test_nodes_run_on_their_hosts(spread):
 
 
 def test_status_shows_each_nodes_host(spread, lab):
-    result = emu("status", "--json", "-n", spread.name)
+    result = emu("status", "--json", "--name", spread.name)
     assert result.returncode == 0, result.stderr
     nodes = {n["name"]: n["host"] for n in json.loads(result.stdout)["nodes"]}
     assert nodes == {"cp": "h1", "w1": "h2", "w2": "h3"}

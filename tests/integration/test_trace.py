@@ -187,7 +187,7 @@ def test_a_service_without_endpoints_rejects_and_the_rule_is_named(cluster, stat
 
 def test_the_command_prints_the_hops_and_leaves_nothing_behind(cluster, state):
     run = subprocess.run(
-        [sys.executable, "-m", "emu.cli", "trace", "-n", cluster.name, "client", "echo"], capture_output=True, text=True,
+        [sys.executable, "-m", "emu.cli", "trace", "--name", cluster.name, "client", "echo"], capture_output=True, text=True,
         timeout=300,
     )
     assert run.returncode == 0, run.stderr
@@ -208,7 +208,7 @@ def test_the_command_prints_the_hops_and_leaves_nothing_behind(cluster, state):
 
 def test_bad_input_is_refused_before_anything_runs(cluster):
     run = subprocess.run(
-        [sys.executable, "-m", "emu.cli", "trace", "-n", cluster.name, "client", "nothing-here"],
+        [sys.executable, "-m", "emu.cli", "trace", "--name", cluster.name, "client", "nothing-here"],
         capture_output=True,
         text=True,
         timeout=120,

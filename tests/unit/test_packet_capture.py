@@ -284,7 +284,7 @@ def test_every_capture_command_the_graph_offers_resolves_to_that_interface(state
     import re
 
     svg = (Path(__file__).parent / "golden" / "graph" / "default.svg").read_text()
-    commands = re.findall(r"<title>emu capture -n emutest-graph-x (\S+)</title>", svg)
+    commands = re.findall(r"<title>emu capture --name emutest-graph-x (\S+)</title>", svg)
     assert len(commands) == len(state.pods) * 2 + len(state.nodes) * 2  # each pod's eth0 and veth, each cni0 and eth0
     for text in commands:
         (target,) = capture.resolve_targets(state, [text], EXTERNALS)
