@@ -1,0 +1,7 @@
+"""python -m emu.cli: the emu command."""
+
+import sys
+
+from emu.cli import main
+
+sys.exit(main())
