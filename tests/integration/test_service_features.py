@@ -50,13 +50,17 @@ services:
     ports: [{{name: http, port: 80, targetPort: http}}]
 """
 
-# What each mode's listing on w1 holds for these fields, as kube-proxy writes it.
+# What each mode's listing on w1 holds for these fields, as kube-proxy writes them
+# (in iptables-save's order of matches).
 SHAPES = {
-    "iptables": (["iptables-save"], ['--comment "default/outside:http external IP" -m tcp -p tcp -d {net}.3/32 '
-                                      "--dport 80 -j KUBE-EXT-",
-                                      '--comment "default/fenced:http loadbalancer IP" -s 10.244.0.0/16 -j KUBE-EXT-',
-                                      "-A KUBE-PROXY-FIREWALL -m comment --comment \"default/fenced:http traffic not "
-                                      "accepted by KUBE-FW-"]),
+    "iptables": (["iptables-save"], ['-A KUBE-SERVICES -d {net}.3/32 -p tcp -m comment --comment '
+                                      '"default/outside:http external IP" -m tcp --dport 80 -j KUBE-EXT-',
+                                      '-s 10.244.0.0/16 -m comment --comment "default/fenced:http loadbalancer IP" '
+                                      "-j KUBE-EXT-",
+                                      '-p tcp -m comment --comment "default/fenced:http traffic not accepted by '
+                                      "KUBE-FW-",
+                                      '--comment "other traffic to default/fenced:http will be dropped by '
+                                      'KUBE-PROXY-FIREWALL"']),
     "nftables": (["nft", "list", "table", "ip", "kube-proxy"], ["{unheld} . tcp . 80 : goto external-",
                                                                  ": goto firewall-", "ip saddr != 10.244.0.0/16 drop"]),
 }  # fmt: skip
