@@ -530,6 +530,10 @@ def plan_services(topology: Topology, state: ClusterState, previous: ClusterStat
             external_traffic_policy=service.external_traffic_policy,
             internal_traffic_policy=service.internal_traffic_policy,
             load_balancer_ip=lb_ip,
+            external_ips=list(service.external_ips),
+            load_balancer_source_ranges=[
+                str(ipaddress.IPv4Network(cidr.strip(), strict=False)) for cidr in service.load_balancer_source_ranges
+            ],
         )
     return services
 

@@ -175,10 +175,24 @@ class ServiceState:
     external_traffic_policy: str = "Cluster"
     internal_traffic_policy: str = "Cluster"
     load_balancer_ip: str | None = None
+    # What kube-proxy also reads of a Service: spec.externalIPs, spec.loadBalancerSourceRanges
+    # (CIDRs) and, when there are several, every status.loadBalancer.ingress IP
+    # (load_balancer_ip is the first; with one, it alone).
+    external_ips: list[str] = field(default_factory=list)
+    load_balancer_source_ranges: list[str] = field(default_factory=list)
+    load_balancer_ips: list[str] = field(default_factory=list)
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def load_balancer_vips(self) -> list[str]:
+        """The LoadBalancer addresses kube-proxy programs (its LoadBalancerVIPs):
+        every ingress IP, or the one address where only that is known."""
+        if self.type != "LoadBalancer":
+            return []
+        return self.load_balancer_ips or ([self.load_balancer_ip] if self.load_balancer_ip else [])
 
     @property
     def headless(self) -> bool:

@@ -195,6 +195,18 @@ def test_services_are_ipv4_single_stack(tmp_path):
     assert manifests.objects[0].model.cluster_ip == "10.96.0.50" and manifests.warnings == []
 
 
+def test_external_ips_and_source_ranges_are_read_and_checked(tmp_path):
+    service = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports: [{port: 80}]\n"
+    manifests = read(service + "  type: LoadBalancer\n  externalIPs: [192.0.2.10]\n"
+                     "  loadBalancerSourceRanges: [203.0.113.0/24]\n", tmp_path)  # fmt: skip
+    model = manifests.objects[0].model
+    assert (model.external_ips, model.load_balancer_source_ranges, manifests.warnings) == (
+        ["192.0.2.10"], ["203.0.113.0/24"], [])
+    [message] = merged_problems(service + "  externalIPs: [192.0.2.999]\n", tmp_path)
+    assert message == "Service default/s: '192.0.2.999' in externalIPs of service 'default/s' is not an IPv4 address " \
+        "(e.g. 192.0.2.10)"
+
+
 def test_yaml_errors_and_limits_are_located(tmp_path):
     [message] = problems("apiVersion: v1\nkind: Pod\nmetadata: {name: [\n", tmp_path)
     assert message.startswith("app.yaml:4:1:") and "not valid YAML" in message

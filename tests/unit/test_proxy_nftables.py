@@ -15,8 +15,8 @@ from tests.unit.test_services import LAB
 
 
 def kube_proxy_cluster():
-    """The services of kube-proxy's TestOverallNFTablesRules that emu has
-    (no externalIPs, source ranges or health check ports), on its test node."""
+    """The services of kube-proxy's TestOverallNFTablesRules, on its test node
+    (but svc2's health check node port, which emu does not have yet)."""
     node = NodeState("test-node", "worker", {}, "10.0.1.0/24", "192.168.0.2", "c")
     state = ClusterState("t", "t", "192.168.0.0/24", {"podSubnet": "10.0.0.0/8", "serviceSubnet": "172.30.0.0/16"},
                          [node])  # fmt: skip
@@ -27,10 +27,11 @@ def kube_proxy_cluster():
 
     service("ns1", "svc1", "172.30.0.41")
     service("ns2", "svc2", "172.30.0.42", "LoadBalancer", 3001, external_traffic_policy="Local",
-            load_balancer_ip="1.2.3.4")  # fmt: skip
+            load_balancer_ip="1.2.3.4", external_ips=["192.168.99.22"])  # fmt: skip
     service("ns3", "svc3", "172.30.0.43", "NodePort", 3003)
-    service("ns4", "svc4", "172.30.0.44")
-    service("ns5", "svc5", "172.30.0.45", "LoadBalancer", 3002, load_balancer_ip="5.6.7.8", affinity_timeout=10800)
+    service("ns4", "svc4", "172.30.0.44", external_ips=["192.168.99.33"])
+    service("ns5", "svc5", "172.30.0.45", "LoadBalancer", 3002, load_balancer_ip="5.6.7.8", affinity_timeout=10800,
+            load_balancer_source_ranges=["203.0.113.0/25"])  # fmt: skip
     service("ns6", "svc6", "172.30.0.46")
 
     def eps(*pairs):
@@ -117,6 +118,8 @@ add rule ip kube-proxy endpoint-SGOXE6O3-ns2/svc2/tcp/p80__10.180.0.2/80 meta l4
 add element ip kube-proxy cluster-ips { 172.30.0.42 }
 add element ip kube-proxy service-ips { 172.30.0.42 . tcp . 80 : goto service-42NFTM6N-ns2/svc2/tcp/p80 }
 add element ip kube-proxy service-ips { 1.2.3.4 . tcp . 80 : goto external-42NFTM6N-ns2/svc2/tcp/p80 }
+add element ip kube-proxy service-ips { 192.168.99.22 . tcp . 80 : goto external-42NFTM6N-ns2/svc2/tcp/p80 }
+add element ip kube-proxy no-endpoint-services { 192.168.99.22 . tcp . 80 comment "ns2/svc2:p80" : drop }
 add element ip kube-proxy service-nodeports { tcp . 3001 : goto external-42NFTM6N-ns2/svc2/tcp/p80 }
 add element ip kube-proxy no-endpoint-nodeports { tcp . 3001 comment "ns2/svc2:p80" : drop }
 add element ip kube-proxy no-endpoint-services { 1.2.3.4 . tcp . 80 comment "ns2/svc2:p80" : drop }
@@ -143,6 +146,10 @@ add rule ip kube-proxy endpoint-UNZV3OEC-ns4/svc4/tcp/p80__10.180.0.4/80 ip sadd
 add rule ip kube-proxy endpoint-UNZV3OEC-ns4/svc4/tcp/p80__10.180.0.4/80 meta l4proto tcp dnat to 10.180.0.4:80
 add element ip kube-proxy cluster-ips { 172.30.0.44 }
 add element ip kube-proxy service-ips { 172.30.0.44 . tcp . 80 : goto service-LAUZTJTB-ns4/svc4/tcp/p80 }
+add chain ip kube-proxy external-LAUZTJTB-ns4/svc4/tcp/p80
+add rule ip kube-proxy external-LAUZTJTB-ns4/svc4/tcp/p80 jump mark-for-masquerade
+add rule ip kube-proxy external-LAUZTJTB-ns4/svc4/tcp/p80 goto service-LAUZTJTB-ns4/svc4/tcp/p80
+add element ip kube-proxy service-ips { 192.168.99.33 . tcp . 80 : goto external-LAUZTJTB-ns4/svc4/tcp/p80 }
 add set ip kube-proxy affinity-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80 { type ipv4_addr ; flags dynamic,timeout ; timeout 10800s ; }
 add chain ip kube-proxy service-HVFWP5L3-ns5/svc5/tcp/p80
 add rule ip kube-proxy service-HVFWP5L3-ns5/svc5/tcp/p80 ip daddr 172.30.0.45 ip saddr != 10.0.0.0/8 jump mark-for-masquerade
@@ -158,6 +165,9 @@ add rule ip kube-proxy endpoint-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80 meta l4
 add element ip kube-proxy cluster-ips { 172.30.0.45 }
 add element ip kube-proxy service-ips { 172.30.0.45 . tcp . 80 : goto service-HVFWP5L3-ns5/svc5/tcp/p80 }
 add element ip kube-proxy service-ips { 5.6.7.8 . tcp . 80 : goto external-HVFWP5L3-ns5/svc5/tcp/p80 }
+add chain ip kube-proxy firewall-HVFWP5L3-ns5/svc5/tcp/p80
+add rule ip kube-proxy firewall-HVFWP5L3-ns5/svc5/tcp/p80 ip saddr != { 203.0.113.0/25 } drop
+add element ip kube-proxy firewall-ips { 5.6.7.8 . tcp . 80 : goto firewall-HVFWP5L3-ns5/svc5/tcp/p80 }
 add element ip kube-proxy service-nodeports { tcp . 3002 : goto external-HVFWP5L3-ns5/svc5/tcp/p80 }
 add element ip kube-proxy cluster-ips { 172.30.0.46 }
 add element ip kube-proxy no-endpoint-services { 172.30.0.46 . tcp . 80 comment "ns6/svc6:p80" : goto reject-chain }

@@ -198,3 +198,37 @@ def test_committed_json_schema_is_current():
 @pytest.mark.parametrize("mode", ["iptables", "ipvs", "nftables"])
 def test_every_kube_proxy_mode_validates(mode):
     assert load_text(BASE + f"networking:\n  proxyMode: {mode}\n").networking.proxy_mode == mode
+
+
+SERVICE = BASE + """\
+services:
+  - name: svc
+    type: TYPE
+    selector: {app: a}
+    ports: [{port: 80}]
+"""
+
+
+def test_external_ips_and_source_ranges_are_checked_with_the_service_and_field_named():
+    text = SERVICE.replace("TYPE", "ClusterIP") + (
+        "    externalIPs: [192.0.2.10, 192.0.2.300, 127.0.0.1]\n    loadBalancerSourceRanges: [10.0.0.0/8]\n"
+    )
+    assert problems(text) == [
+        "lab.yaml:16:31: services[0].externalIPs[1]: '192.0.2.300' in externalIPs of service 'default/svc' "
+        "is not an IPv4 address (e.g. 192.0.2.10)",
+        "lab.yaml:16:44: services[0].externalIPs[2]: 127.0.0.1 in externalIPs of service 'default/svc' is a special "
+        "address (unspecified, loopback, link-local or multicast); use an address clients can route to a node",
+        "lab.yaml:17:5: services[0].loadBalancerSourceRanges: loadBalancerSourceRanges needs type LoadBalancer "
+        "(service 'default/svc' is ClusterIP)",
+    ]
+    text = SERVICE.replace("TYPE", "LoadBalancer") + "    loadBalancerSourceRanges: [' 10.1.0.0/16', 10.0.0.0/33]\n"
+    assert problems(text) == [
+        "lab.yaml:16:48: services[0].loadBalancerSourceRanges[1]: '10.0.0.0/33' in loadBalancerSourceRanges of "
+        "service 'default/svc' is not an IPv4 CIDR (e.g. 203.0.113.0/24)",
+    ]
+
+
+def test_external_ips_allow_a_local_external_traffic_policy_on_a_cluster_ip_service():
+    text = SERVICE.replace("TYPE", "ClusterIP") + "    externalTrafficPolicy: Local\n"
+    assert "externalTrafficPolicy: Local is for NodePort and LoadBalancer services" in problems(text)[0]
+    assert load_text(text + "    externalIPs: [192.0.2.10]\n").services[0].external_ips == ["192.0.2.10"]

@@ -101,7 +101,7 @@ MODELLED: dict[str, set[str]] = {
     "ServiceSpec": {
         "type", "selector", "ports", "clusterIP", "clusterIPs", "externalName", "sessionAffinity",
         "sessionAffinityConfig", "externalTrafficPolicy", "internalTrafficPolicy", "loadBalancerIP",
-        "ipFamilies", "ipFamilyPolicy",
+        "ipFamilies", "ipFamilyPolicy", "externalIPs", "loadBalancerSourceRanges",
     },
     "ServicePort": {"name", "port", "targetPort", "protocol", "nodePort"},
     "SessionAffinityConfig": {"clientIP"},

@@ -236,11 +236,16 @@ class View:
         spec["sessionAffinity"] = "ClientIP" if service.affinity_timeout else "None"
         if service.affinity_timeout:
             spec["sessionAffinityConfig"] = {"clientIP": {"timeoutSeconds": service.affinity_timeout}}
-        if service.type in ("NodePort", "LoadBalancer"):
+        if service.type in ("NodePort", "LoadBalancer") or service.external_ips:
             spec["externalTrafficPolicy"] = service.external_traffic_policy
+        if service.external_ips:
+            spec["externalIPs"] = list(service.external_ips)
         if service.load_balancer_ip:
             spec["loadBalancerIP"] = service.load_balancer_ip
-        balancer = {"ingress": [{"ip": service.load_balancer_ip, "ipMode": "VIP"}]} if service.load_balancer_ip else {}
+        if service.load_balancer_source_ranges:
+            spec["loadBalancerSourceRanges"] = list(service.load_balancer_source_ranges)
+        balancer = {"ingress": [{"ip": ip, "ipMode": "VIP"} for ip in service.load_balancer_vips]}
+        balancer = balancer if balancer["ingress"] else {}
         labels = {"component": "apiserver", "provider": "kubernetes"} if service.key == "default/kubernetes" else None
         if service.key == "kube-system/kube-dns":
             labels = {"k8s-app": "kube-dns"}

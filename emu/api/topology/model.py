@@ -514,6 +514,13 @@ class Service(Model):
     external_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
     internal_traffic_policy: Literal["Cluster", "Local"] = "Cluster"
     load_balancer_ip: str | None = Field(None, alias="loadBalancerIP")
+    external_ips: list[str] = Field(
+        default_factory=list, alias="externalIPs",
+        description="Addresses outside the cluster that nodes take the service's ports on (routing them is yours).",
+    )  # fmt: skip
+    load_balancer_source_ranges: list[str] = Field(
+        default_factory=list, description="CIDRs a LoadBalancer service takes clients from; the rest are dropped."
+    )
 
 
 class LabelSelectorRequirement(Model):

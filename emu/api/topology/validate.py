@@ -283,11 +283,14 @@ def _check_services(topology: Topology) -> Iterator[Finding]:
             yield (path + ("ports",), f"{what} needs at least one port")
         if service.session_affinity_config is not None and service.session_affinity != "ClientIP":
             yield (path + ("sessionAffinityConfig",), "sessionAffinityConfig needs sessionAffinity: ClientIP")
-        if service.external_traffic_policy == "Local" and service.type not in ("NodePort", "LoadBalancer"):
+        if (service.external_traffic_policy == "Local" and service.type not in ("NodePort", "LoadBalancer")
+                and not service.external_ips):  # fmt: skip
             yield (
                 path + ("externalTrafficPolicy",),
-                f"externalTrafficPolicy: Local is for NodePort and LoadBalancer services ({what} is {service.type})",
+                f"externalTrafficPolicy: Local is for NodePort and LoadBalancer services and services with "
+                f"externalIPs ({what} is {service.type})",
             )
+        yield from _check_external_addresses(service, path, what)
         if service.load_balancer_ip and service.type != "LoadBalancer":
             yield (path + ("loadBalancerIP",), f"loadBalancerIP needs type LoadBalancer ({what} is {service.type})")
         # Only a named targetPort needs the selected pods (scanning every template for
@@ -299,6 +302,32 @@ def _check_services(topology: Topology) -> Iterator[Finding]:
             and all(t.labels.get(k) == v for k, v in service.selector.items())
         ] if named else []  # fmt: skip
         yield from _check_service_ports(service, path, what, node_ports, selected)
+
+
+def _check_external_addresses(service, path, what) -> Iterator[Finding]:
+    """spec.externalIPs and spec.loadBalancerSourceRanges, as Kubernetes' ValidateService checks them."""
+    if service.external_ips and service.type == "ExternalName":
+        yield (path + ("externalIPs",), f"{what} has type ExternalName, which takes no externalIPs; remove them")
+    for i, text in enumerate(service.external_ips):
+        try:
+            address = ipaddress.IPv4Address(text)
+        except ValueError:
+            yield (path + ("externalIPs", i),
+                   f"'{text}' in externalIPs of {what} is not an IPv4 address (e.g. 192.0.2.10)")  # fmt: skip
+            continue
+        if address.is_unspecified or address.is_loopback or address.is_link_local or address.is_multicast:
+            yield (path + ("externalIPs", i),
+                   f"{address} in externalIPs of {what} is a special address (unspecified, loopback, "
+                   "link-local or multicast); use an address clients can route to a node")  # fmt: skip
+    if service.load_balancer_source_ranges and service.type != "LoadBalancer":
+        yield (path + ("loadBalancerSourceRanges",),
+               f"loadBalancerSourceRanges needs type LoadBalancer ({what} is {service.type})")  # fmt: skip
+    for i, text in enumerate(service.load_balancer_source_ranges):
+        try:
+            ipaddress.IPv4Network(text.strip(), strict=False)
+        except ValueError:
+            message = f"'{text}' in loadBalancerSourceRanges of {what} is not an IPv4 CIDR (e.g. 203.0.113.0/24)"
+            yield (path + ("loadBalancerSourceRanges", i), message)
 
 
 def _check_service_ports(service, path, what, node_ports: dict[int, str], selected: list) -> Iterator[Finding]:

@@ -34,6 +34,7 @@ Standard library only: it runs in the node agent.
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 import threading
 from collections.abc import Callable
@@ -77,6 +78,9 @@ def service_state(obj: dict) -> ServiceState:
     ingress = [i.get("ip") for i in ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []]
     ingress = [ip for ip in ingress if ip]
     load_balancer_ip = (ingress[0] if ingress else spec.get("loadBalancerIP")) if kind == "LoadBalancer" else None
+    # kube-proxy's LoadBalancerSourceRanges: trimmed, each a CIDR (the API server validated them).
+    ranges = [str(ipaddress.IPv4Network(r.strip(), strict=False)) for r in spec.get("loadBalancerSourceRanges") or []
+              if _ipv4_network(r)]  # fmt: skip
     return ServiceState(
         namespace=meta.get("namespace", ""),
         name=meta.get("name", ""),
@@ -89,7 +93,28 @@ def service_state(obj: dict) -> ServiceState:
         external_traffic_policy=spec.get("externalTrafficPolicy") or "Cluster",
         internal_traffic_policy=spec.get("internalTrafficPolicy") or "Cluster",
         load_balancer_ip=load_balancer_ip,
+        external_ips=[ip for ip in spec.get("externalIPs") or [] if _ipv4_address(ip)] if kind != "ExternalName"
+        else [],  # fmt: skip
+        load_balancer_source_ranges=ranges if kind == "LoadBalancer" else [],
+        load_balancer_ips=ingress if kind == "LoadBalancer" and len(ingress) > 1 else [],
     )
+
+
+def _ipv4_address(text) -> bool:
+    """kube-proxy skips addresses of the other family (and what does not parse)."""
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _ipv4_network(text) -> bool:
+    try:
+        ipaddress.IPv4Network(str(text).strip(), strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def node_state(obj: dict) -> NodeState:

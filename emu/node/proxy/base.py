@@ -61,8 +61,9 @@ def service_ports(state: ClusterState, endpoints: dict):
         service = services[key]
         if not service.proxied:
             continue
-        common = (key, service.type, service.cluster_ip, service.load_balancer_ip, service.affinity_timeout,
-                  service.external_traffic_policy, service.internal_traffic_policy)  # fmt: skip
+        common = (key, service.type, service.cluster_ip, tuple(service.load_balancer_vips), service.affinity_timeout,
+                  service.external_traffic_policy, service.internal_traffic_policy, tuple(service.external_ips),
+                  tuple(service.load_balancer_source_ranges))  # fmt: skip
         by_port = endpoints.get(key, none)
         for port in service.ports:
             port_endpoints = by_port.get(port.name, ())

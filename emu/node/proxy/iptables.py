@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import ipaddress
 
 from emu.node.proxy.base import B32_PAIRS, MASQ_MARK, Bootstrap, Proxier, Runner, no_gc, run_text, service_ports
 from emu.node.records import ClusterState, NodeState, ServicePortState, ServiceState, sha256
@@ -62,8 +63,16 @@ def local_chain(name: str, protocol: str) -> str:
     return _chain("KUBE-SVL-", name, protocol)
 
 
+def firewall_chain(name: str, protocol: str) -> str:
+    return _chain("KUBE-FW-", name, protocol)
+
+
 def endpoint_chain(name: str, protocol: str, endpoint: str) -> str:
     return _chain("KUBE-SEP-", name, protocol, endpoint)
+
+
+def _contains(cidr: str, ip: str) -> bool:
+    return ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(cidr, strict=False)
 
 
 def comment(text: str) -> str:
@@ -146,12 +155,13 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
     large = total > LARGE_CLUSTER_ENDPOINTS
     used = {}
     shared: set[int] = set()  # ids of the cache's lists the ruleset holds
+    node_ip = next((n.node_ip for n in state.nodes if n.name == node), None)
     for service, port, port_endpoints, identity in service_ports(state, endpoints):
-        cache_key = (identity, node, pod_subnet, large)
+        cache_key = (identity, node, node_ip, pod_subnet, large)
         recorded = cache.get(cache_key) if cache is not None else None
         if recorded is None:
             recorder = _Recorder()
-            _render_port(recorder, service, port, port_endpoints, node, pod_subnet, large)
+            _render_port(recorder, service, port, port_endpoints, node, pod_subnet, large, node_ip)
             recorded = recorder.rules
         used[cache_key] = recorded
         for (table, chain), chain_rules in recorded.items():
@@ -206,6 +216,7 @@ def _render_port(
     node: str,
     pod_subnet: str,
     large: bool = False,
+    node_ip: str | None = None,
 ) -> None:
     name = port_name(service, port)
     proto = port.protocol.lower()
@@ -215,7 +226,9 @@ def _render_port(
     internal = local if service.internal_traffic_policy == "Local" else endpoints
     external = local if service.external_traffic_policy == "Local" else endpoints
     internal_chain = svl if service.internal_traffic_policy == "Local" else svc
-    has_external = service.type in ("NodePort", "LoadBalancer")
+    lb_ips = service.load_balancer_vips
+    # kube-proxy's ExternallyAccessible: a node port, a LoadBalancer address or an external IP.
+    has_external = service.type in ("NodePort", "LoadBalancer") or bool(service.external_ips)
     destination = f"-d {service.cluster_ip}/32 --dport {port.port}"
 
     # The cluster IP.
@@ -225,26 +238,42 @@ def _render_port(
         verdict, why = ("DROP", "has no local endpoints") if endpoints else ("REJECT", "has no endpoints")
         rules.add("filter", "KUBE-SERVICES", f"{comment(f'{name} {why}')} {match} {destination} -j {verdict}")
 
-    # NodePort and LoadBalancer enter through KUBE-EXT whenever the service has
-    # endpoints anywhere: with externalTrafficPolicy Local and none on this node,
-    # traffic from pods and from the node itself still goes on to the cluster's
-    # (short-circuited in KUBE-EXT); only traffic from outside, which KUBE-EXT
-    # does not take, meets the DROP in KUBE-EXTERNAL-SERVICES.
+    # External IPs, LoadBalancer IPs and the NodePort enter through KUBE-EXT whenever
+    # the service has endpoints anywhere: with externalTrafficPolicy Local and none on
+    # this node, traffic from pods and from the node itself still goes on to the
+    # cluster's (short-circuited in KUBE-EXT); only traffic from outside, which KUBE-EXT
+    # does not take, meets the DROP in KUBE-EXTERNAL-SERVICES. LoadBalancer IPs with
+    # loadBalancerSourceRanges go through KUBE-FW first; what it does not pass on keeps
+    # its LoadBalancer destination and meets the DROP in KUBE-PROXY-FIREWALL.
+    no_external, why_not = ("DROP", "has no local endpoints") if endpoints else ("REJECT", "has no endpoints")
+    firewalled = bool(endpoints and lb_ips and service.load_balancer_source_ranges)
+    fw = firewall_chain(name, proto)
+    refused = f"{comment(f'{name} {why_not}')} {match}"
+    for ip in service.external_ips:
+        where = f"-d {ip}/32 --dport {port.port}"
+        if endpoints:
+            rules.add("nat", "KUBE-SERVICES", f"{comment(name + ' external IP')} {match} {where} -j {ext}")
+        if not external:
+            rules.add("filter", "KUBE-EXTERNAL-SERVICES", f"{refused} {where} -j {no_external}")
+    for ip in lb_ips:
+        where = f"-d {ip}/32 --dport {port.port}"
+        if endpoints:
+            target = fw if firewalled else ext
+            rules.add("nat", "KUBE-SERVICES", f"{comment(name + ' loadbalancer IP')} {match} {where} -j {target}")
+        if firewalled:
+            note = comment(f"{name} traffic not accepted by {fw}")
+            rules.add("filter", "KUBE-PROXY-FIREWALL", f"{note} {match} {where} -j DROP")
+    if not external:
+        for ip in lb_ips:
+            rules.add("filter", "KUBE-EXTERNAL-SERVICES", f"{refused} -d {ip}/32 --dport {port.port} -j {no_external}")
+    if has_external and port.node_port:
+        where = f"--dport {port.node_port}"
+        if endpoints:
+            rules.add("nat", "KUBE-NODEPORTS", f"{comment(name)} {match} {where} -j {ext}")
+        if not external:
+            local_only = f"{comment(f'{name} {why_not}')} -m addrtype --dst-type LOCAL {match}"
+            rules.add("filter", "KUBE-EXTERNAL-SERVICES", f"{local_only} {where} -j {no_external}")
     if has_external:
-        targets = []
-        if port.node_port:
-            targets.append(("KUBE-NODEPORTS", f"--dport {port.node_port}", "-m addrtype --dst-type LOCAL "))
-        if service.load_balancer_ip:
-            targets.append(("KUBE-SERVICES", f"-d {service.load_balancer_ip}/32 --dport {port.port}", ""))
-        for chain, where, local_only in targets:
-            label = name if chain == "KUBE-NODEPORTS" else f"{name} loadbalancer IP"
-            if endpoints:
-                rules.add("nat", chain, f"{comment(label)} {match} {where} -j {ext}")
-            if not external:
-                verdict, why = ("DROP", "has no local endpoints") if endpoints else ("REJECT", "has no endpoints")
-                rules.add(
-                    "filter", "KUBE-EXTERNAL-SERVICES", f"{comment(f'{name} {why}')} {local_only}{match} {where} -j {verdict}"
-                )
         if endpoints:
             if service.external_traffic_policy == "Local":
                 rules.add("nat", ext, f"{comment(f'pod traffic for {name} external destinations')} -s {pod_subnet} -j {svc}")
@@ -265,6 +294,16 @@ def _render_port(
             else:
                 rules.add("nat", ext, f"{comment(f'masquerade traffic for {name} external destinations')} -j KUBE-MARK-MASQ")
                 rules.add("nat", ext, f"-j {svc}")
+    if firewalled:
+        # Each source range (and, when one holds this node's IP, the LoadBalancer IPs
+        # themselves: a node reaching a VIP it holds speaks from it) goes on to KUBE-EXT.
+        passed = list(service.load_balancer_source_ranges)
+        if node_ip and any(_contains(cidr, node_ip) for cidr in passed):
+            passed += lb_ips
+        for source in passed:
+            source = source if "/" in source else f"{source}/32"
+            rules.add("nat", fw, f"{comment(name + ' loadbalancer IP')} -s {source} -j {ext}")
+        rules.add("nat", fw, comment(f"other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"))
 
     # KUBE-SVC balances over every endpoint; KUBE-SVL over this node's only. The
     # chain cluster IP traffic takes masquerades what comes from outside the pod network.

@@ -21,6 +21,7 @@ library only: it runs in the agent.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field
 
@@ -196,13 +197,28 @@ def _render_port(service, port, port_endpoints, node: str, node_ip: str | None, 
     entries.append(("KUBE-CLUSTER-IP", f"{service.cluster_ip},{proto}:{port.port}"))
     serve(f"{service.cluster_ip}:{port.port}", service.internal_traffic_policy == "Local")
     external_local = service.external_traffic_policy == "Local"
-    if service.type == "LoadBalancer" and service.load_balancer_ip:
-        entry = f"{service.load_balancer_ip},{proto}:{port.port}"
+    for ip in service.external_ips:
+        kind = "KUBE-EXTERNAL-IP-LOCAL" if external_local else "KUBE-EXTERNAL-IP"
+        entries.append((kind, f"{ip},{proto}:{port.port}"))
+        if ip != node_ip:  # an address the node has already is not bound to kube-ipvs0 again
+            addresses.append(ip)
+        serve(f"{ip}:{port.port}", external_local)
+    ranges = service.load_balancer_source_ranges
+    from_node = bool(node_ip) and any(
+        ipaddress.IPv4Address(node_ip) in ipaddress.IPv4Network(cidr, strict=False) for cidr in ranges
+    )
+    for ip in service.load_balancer_vips:
+        entry = f"{ip},{proto}:{port.port}"
         entries.append(("KUBE-LOAD-BALANCER", entry))
         if external_local:
             entries.append(("KUBE-LOAD-BALANCER-LOCAL", entry))
-        addresses.append(service.load_balancer_ip)
-        serve(f"{service.load_balancer_ip}:{port.port}", external_local)
+        if ranges:  # loadBalancerSourceRanges: KUBE-SOURCE-RANGES-FIREWALL drops the rest
+            entries.append(("KUBE-LOAD-BALANCER-FW", entry))
+            entries += [("KUBE-LOAD-BALANCER-SOURCE-CIDR", f"{entry},{cidr}") for cidr in ranges]
+            if from_node:
+                entries.append(("KUBE-LOAD-BALANCER-SOURCE-IP", f"{entry},{ip}"))
+        addresses.append(ip)
+        serve(f"{ip}:{port.port}", external_local)
     if port.node_port and service.type in ("NodePort", "LoadBalancer"):
         entries.append((f"KUBE-NODE-PORT-{proto.upper()}", str(port.node_port)))
         if external_local:
@@ -236,6 +252,17 @@ def iptables_rules(sets: dict[str, list[str]], pod_subnet: str) -> dict[str, dic
             f"{_comment(COMMENTS['KUBE-CLUSTER-IP'])} -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s {pod_subnet} "
             "-j KUBE-MARK-MASQ"
         )
+    # External IPs: masqueraded (unless their policy is Local), and accepted from off the
+    # machine or where the address is the node's own.
+    for name in ("KUBE-EXTERNAL-IP", "KUBE-EXTERNAL-IP-LOCAL"):
+        if sets[name]:
+            match = f"{_comment(COMMENTS[name])} -m set --match-set {name} dst,dst"
+            if name == "KUBE-EXTERNAL-IP":
+                nat["KUBE-SERVICES"].append(f"{match} -j KUBE-MARK-MASQ")
+            nat["KUBE-SERVICES"] += [
+                f"{match} -m physdev ! --physdev-is-in -m addrtype ! --src-type LOCAL -j ACCEPT",
+                f"{match} -m addrtype --dst-type LOCAL -j ACCEPT",
+            ]
     nat["KUBE-SERVICES"].append("-m addrtype --dst-type LOCAL -j KUBE-NODE-PORT")
     nat["KUBE-LOAD-BALANCER"].append("-j KUBE-MARK-MASQ")
     filt["KUBE-SOURCE-RANGES-FIREWALL"].append("-j DROP")

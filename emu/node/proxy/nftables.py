@@ -24,6 +24,7 @@ it runs in the node agent.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -191,12 +192,13 @@ def render(
         pod_subnet = pod_subnet or state.net.pod_subnet
         node_state = next((n for n in state.nodes if n.name == node), None)
         lines, fixed = setup(state, node_state)
+        node_ip = node_state.node_ip if node_state is not None else None
         ports, used = [], {}
         for service, port, port_endpoints, identity in service_ports(state, endpoints):
-            cache_key = (identity, node, pod_subnet)
+            cache_key = (identity, node, node_ip, pod_subnet)
             rendered = cache.get(cache_key) if cache is not None else None
             if rendered is None:
-                rendered = render_port(service, port, port_endpoints, node, pod_subnet)
+                rendered = render_port(service, port, port_endpoints, node, pod_subnet, node_ip)
             used[cache_key] = rendered
             ports.append(rendered)
         if cache is not None:
@@ -205,8 +207,17 @@ def render(
         return Ruleset(lines, fixed, ports)
 
 
+def _contains(cidr: str, ip: str) -> bool:
+    return ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(cidr, strict=False)
+
+
 def render_port(
-    service: ServiceState, port: ServicePortState, endpoints: list[Endpoint], node: str, pod_subnet: str
+    service: ServiceState,
+    port: ServicePortState,
+    endpoints: list[Endpoint],
+    node: str,
+    pod_subnet: str,
+    node_ip: str | None = None,
 ) -> PortRules:
     """One service port, as kube-proxy's syncProxyRules writes it."""
     name = port_name(service, port)
@@ -214,11 +225,13 @@ def render_port(
     proto = port.protocol.lower()
     base = port_base(service, port)
     cluster_chain, local_chain, external_chain = f"service-{base}", f"local-{base}", f"external-{base}"
+    firewall_chain = f"firewall-{base}"
     internal_local = service.internal_traffic_policy == "Local"
     external_local = service.external_traffic_policy == "Local"
     node_port = port.node_port if service.type in ("NodePort", "LoadBalancer") else None
-    lb_ips = [service.load_balancer_ip] if service.type == "LoadBalancer" and service.load_balancer_ip else []
-    externally_accessible = bool(node_port or lb_ips)
+    lb_ips = service.load_balancer_vips
+    external_ips = service.external_ips
+    externally_accessible = bool(node_port or lb_ips or external_ips)
     uses_cluster = not internal_local or externally_accessible
     uses_local = internal_local or (externally_accessible and external_local)
     local = [e for e in endpoints if e.node == node]
@@ -246,6 +259,9 @@ def render_port(
         out.chains[external_chain] = []
     for endpoint in reachable:
         out.chains["endpoint-" + bases[id(endpoint)]] = []
+    uses_firewall = bool(lb_ips and service.load_balancer_source_ranges)
+    if uses_firewall:
+        out.chains[firewall_chain] = []
 
     note = f' comment "{name}"'
     out.elements.append(("cluster-ips", service.cluster_ip, ""))
@@ -254,9 +270,25 @@ def render_port(
         out.elements.append(("service-ips", address, f" : goto {internal_chain}"))
     else:
         out.elements.append(("no-endpoint-services", address, f"{note} : {internal_verdict}"))
+    for ip in external_ips:
+        key = f"{ip} . {proto} . {port.port}"
+        if has_endpoints:
+            out.elements.append(("service-ips", key, f" : goto {external_chain}"))
+        if not has_external:
+            out.elements.append(("no-endpoint-services", key, f"{note} : {external_verdict}"))
+    if uses_firewall:
+        # Sources outside every range are dropped before DNAT (firewall-check, priority -110);
+        # with a range holding this node's IP, the LoadBalancer IPs pass too (a node
+        # reaching a VIP it holds speaks from it).
+        sources = list(service.load_balancer_source_ranges)
+        if node_ip and any(_contains(cidr, node_ip) for cidr in sources):
+            sources += lb_ips
+        out.chains[firewall_chain].append(f"ip saddr != {{ {' , '.join(sources)} }} drop")
     for ip in lb_ips:
         if has_endpoints:
             out.elements.append(("service-ips", f"{ip} . {proto} . {port.port}", f" : goto {external_chain}"))
+        if uses_firewall:
+            out.elements.append(("firewall-ips", f"{ip} . {proto} . {port.port}", f" : goto {firewall_chain}"))
     if not has_external:
         for ip in lb_ips:
             out.elements.append(("no-endpoint-services", f"{ip} . {proto} . {port.port}", f"{note} : {external_verdict}"))

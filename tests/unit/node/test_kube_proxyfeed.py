@@ -29,7 +29,8 @@ from emu.node.services import all_endpoints
 
 DEFAULT = (Path(__file__).resolve().parents[3] / "topologies" / "default.yaml").read_text()
 # The default lab with a LoadBalancer pool (so echo-lb gets an address) and services that use
-# the other fields kube-proxy reads: session affinity and both traffic policies.
+# the other fields kube-proxy reads: session affinity, both traffic policies, externalIPs and
+# loadBalancerSourceRanges (one range holding the nodes' addresses).
 RICH = DEFAULT.replace(
     "  serviceSubnet: 10.96.0.0/16\n",
     "  serviceSubnet: 10.96.0.0/16\n  clusterNetwork: 172.28.0.0/24\n  loadBalancerPool: 172.28.0.200-172.28.0.250\n",
@@ -50,6 +51,17 @@ RICH = DEFAULT.replace(
     selector: {app: nobody}
     ports:
       - {port: 82, targetPort: 8080}
+  - name: outside
+    selector: {app: web}
+    externalIPs: [198.51.100.7, 198.51.100.8]
+    ports:
+      - {port: 83, targetPort: 8080}
+  - name: fenced
+    type: LoadBalancer
+    selector: {app: web}
+    loadBalancerSourceRanges: [203.0.113.0/25, 172.28.0.0/24]
+    ports:
+      - {port: 84, targetPort: 8080}
 """
 MODES = ("iptables", "nftables", "ipvs")
 
@@ -148,6 +160,9 @@ def test_rules_from_the_api_equal_the_rules_from_the_state(server, text):
         assert fed_endpoints == expected_endpoints
         if text is RICH:  # (a service with no endpoints, one with a LoadBalancer address)
             assert expected_endpoints["default/nobody"] == {"": []} and fed_state.services["default/echo-lb"].load_balancer_ip
+            assert fed_state.services["default/outside"].external_ips == ["198.51.100.7", "198.51.100.8"]
+            fenced = fed_state.services["default/fenced"]
+            assert fenced.load_balancer_source_ranges == ["203.0.113.0/25", "172.28.0.0/24"]
         for mode in MODES:
             assert renders(fed_state, fed_endpoints, mode) == renders(state, expected_endpoints, mode), mode
     finally:

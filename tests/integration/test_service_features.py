@@ -1,0 +1,118 @@
+"""Service fields kube-proxy honours beyond addresses and ports, with real packets,
+in the iptables and nftables modes.
+
+One cluster per mode (module-scoped) on a fixed cluster network, so that the
+topology can name a node's address: the `outside` service has externalIPs
+(w1's own address, which the external host reaches, and an address nothing
+holds, which pods still reach: kube-proxy captures it before routing); two
+LoadBalancer services have loadBalancerSourceRanges: `fenced` takes pods only
+(10.244.0.0/16), so the external host is dropped and a pod answered; `open`
+takes the cluster network, external host included. The one backend runs on
+cp, so every answer crosses from the node that took the packet.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.test_service_traffic import outside_curl, wait_for
+
+NETWORKS = {"iptables": "172.31.246", "nftables": "172.31.247"}
+UNHELD = "198.51.100.7"  # an externalIP no machine holds (TEST-NET-2)
+LAB = """\
+name: svcfeat
+networking: {{proxyMode: {mode}, clusterNetwork: {net}.0/24, loadBalancerPool: {net}.100-{net}.110}}
+nodes:
+  - {{name: cp, role: control-plane}}
+  - {{name: w1}}
+pods:
+  - name: client
+    node: w1
+    containers: [{{name: shell, command: [sleep, infinity]}}]
+  - name: web
+    node: cp
+    labels: {{app: web}}
+    containers: [{{name: netexec, workload: netexec, ports: [{{name: http, containerPort: 8080}}]}}]
+services:
+  - name: outside
+    selector: {{app: web}}
+    externalIPs: [{net}.3, {unheld}]
+    ports: [{{name: http, port: 80, targetPort: http}}]
+  - name: fenced
+    type: LoadBalancer
+    selector: {{app: web}}
+    loadBalancerSourceRanges: [10.244.0.0/16]
+    ports: [{{name: http, port: 80, targetPort: http}}]
+  - name: open
+    type: LoadBalancer
+    selector: {{app: web}}
+    loadBalancerSourceRanges: [203.0.113.0/24, {net}.0/24]
+    ports: [{{name: http, port: 80, targetPort: http}}]
+"""
+
+# What each mode's listing on w1 holds for these fields, as kube-proxy writes them
+# (in iptables-save's order of matches).
+SHAPES = {
+    "iptables": (["iptables-save"], ['-A KUBE-SERVICES -d {net}.3/32 -p tcp -m comment --comment '
+                                      '"default/outside:http external IP" -m tcp --dport 80 -j KUBE-EXT-',
+                                      '-s 10.244.0.0/16 -m comment --comment "default/fenced:http loadbalancer IP" '
+                                      "-j KUBE-EXT-",
+                                      '-p tcp -m comment --comment "default/fenced:http traffic not accepted by '
+                                      "KUBE-FW-",
+                                      '--comment "other traffic to default/fenced:http will be dropped by '
+                                      'KUBE-PROXY-FIREWALL"']),
+    "nftables": (["nft", "list", "table", "ip", "kube-proxy"], ["{unheld} . tcp . 80 : goto external-",
+                                                                 ": goto firewall-", "ip saddr != 10.244.0.0/16 drop"]),
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=list(NETWORKS))
+def lab(request, make_module_cluster):
+    mode, net = request.param, NETWORKS[request.param]
+    cluster = make_module_cluster(LAB.format(mode=mode, net=net, unheld=UNHELD), f"sf-{mode[:3]}")
+    for service in ("outside", "fenced", "open"):
+        wait_for(lambda s=service: len(cluster.endpoints().get(f"default/{s}", {}).get("http", [])) == 1,
+                 f"{service}'s endpoint")  # fmt: skip
+    cluster.run_external("outside")
+    return mode, net, cluster
+
+
+def lb_ip(cluster, name: str) -> str:
+    return cluster.state().services[f"default/{name}"].load_balancer_ip
+
+
+def pod_curl(cluster, url: str) -> tuple[int, str]:
+    result = cluster.exec("client", ["curl", "-sS", "--max-time", "3", url])
+    return result.exit_code, result.output.strip()
+
+
+def test_rules_have_kube_proxys_shape(lab):
+    mode, net, cluster = lab
+    argv, wanted = SHAPES[mode]
+    text = cluster.node_exec("w1", argv).output
+    missing = [line for line in (w.format(net=net, unheld=UNHELD) for w in wanted) if line not in text]
+    assert missing == [], text
+
+
+def test_external_ip_answers_from_the_external_host(lab):
+    """w1's own address is one of the service's externalIPs: port 80 there is the service."""
+    _, net, cluster = lab
+    assert outside_curl(cluster, f"http://{net}.3/hostname") == (0, "web")
+
+
+def test_external_ip_answers_from_a_pod_though_no_machine_holds_it(lab):
+    _, _, cluster = lab
+    assert pod_curl(cluster, f"http://{UNHELD}/hostname") == (0, "web")
+
+
+def test_source_ranges_drop_a_client_outside_them_and_answer_one_inside(lab):
+    _, _, cluster = lab
+    address = lb_ip(cluster, "fenced")
+    code, answer = outside_curl(cluster, f"http://{address}/hostname")
+    assert code == 28, f"the external host, outside 10.244.0.0/16, got an answer: {code} {answer}"  # 28: dropped
+    assert pod_curl(cluster, f"http://{address}/hostname") == (0, "web")
+
+
+def test_source_ranges_take_the_external_host_when_a_range_holds_it(lab):
+    _, _, cluster = lab
+    assert outside_curl(cluster, f"http://{lb_ip(cluster, 'open')}/hostname") == (0, "web")
