@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import ipaddress
 import json
+import os
 import random
 import select
 import socket
@@ -64,6 +65,14 @@ class InsecureAuthenticator:
         return ADMIN
 
 
+# TokenRequest, as kube-apiserver takes it: at least 10 minutes, at most 2^32 s; an hour if not asked.
+TOKEN_REQUEST = resources.ResourceInfo("authentication.k8s.io", "v1", "TokenRequest", "tokenrequests",
+                                       "tokenrequest", True, verbs=("create",), stored=False)
+MIN_TOKEN_SECONDS = 600
+MAX_TOKEN_SECONDS = 1 << 32
+DEFAULT_TOKEN_SECONDS = 3600
+
+
 def cluster_security(store: Store, pki_dir: str | None = None, tls_cert: str | None = None,
                      tls_key: str | None = None, client_ca: str | None = None) -> dict:
     """ApiServer's keyword arguments for a secured server: TLS, authentication (auth.py),
@@ -72,9 +81,18 @@ def cluster_security(store: Store, pki_dir: str | None = None, tls_cert: str | N
     apiserver.crt/.key, sa.pub), or from separate certificate files."""
     from emu.apiserver import admission, auth, rbac
 
+    def bound_object_exists(claims: dict) -> bool:
+        """A token bound to a pod is good while that pod is (kube-apiserver's check)."""
+        private = claims.get("kubernetes.io") or {}
+        pod = private.get("pod")
+        if not pod:
+            return True
+        found = store.get("pods", private.get("namespace", ""), pod.get("name", ""))
+        return found is not None and found["metadata"].get("uid") == pod.get("uid")
+
     if pki_dir:
         ctx = auth.server_ssl_context_from_directory(pki_dir)
-        authn = auth.Authenticator.from_directory(pki_dir)
+        authn = auth.Authenticator.from_directory(pki_dir, token_check=bound_object_exists)
     else:
         def read(path: str) -> bytes:
             with open(path, "rb") as f:
@@ -96,8 +114,12 @@ def cluster_security(store: Store, pki_dir: str | None = None, tls_cert: str | N
         admission.NodeRestriction(lambda plural, ns, name: store.get(key_of(plural), ns, name)),
         admission.NamespaceLifecycle(lambda name: store.get("namespaces", "", name)),
     ])
+    signer = None
+    if pki_dir and os.path.exists(os.path.join(pki_dir, "sa.key")):
+        with open(os.path.join(pki_dir, "sa.key"), "rb") as f:
+            signer = f.read()
     return {"ssl_context": ctx, "authenticator": authn, "authorizer": rbac.Authorizer(lister),
-            "admission": chain, "bootstrap_objects": rbac.bootstrap_objects()}
+            "admission": chain, "bootstrap_objects": rbac.bootstrap_objects(), "token_signer": signer}
 
 
 # ---------------------------------------------------------------- request info
@@ -389,11 +411,13 @@ class ApiServer:
     def __init__(self, store: Store, authenticator=None, authorizer=None, admission=None,
                  ssl_context: ssl.SSLContext | None = None, service_cidr: str = "10.96.0.0/12",
                  node_port_range: tuple[int, int] = (30000, 32767), bookmark_interval: float = 5.0,
-                 log=None, bootstrap_objects: list[dict] | None = None, emu_driven: bool = False):
+                 log=None, bootstrap_objects: list[dict] | None = None, emu_driven: bool = False,
+                 token_signer: bytes | None = None):
         self.store = store
         # In an emu cluster (stage 2 of docs/apiserver.md) emu's commands drive the kinds of
         # emu.apiserver.mirror: they write them (POST /emu/mirror); others' writes are refused.
         self.emu_driven = emu_driven
+        self.token_signer = token_signer  # the service account key (PEM): TokenRequest signs with it
         self.authenticator = authenticator or InsecureAuthenticator()
         self.authorizer = authorizer or AllowAll()
         self.admission = admission
@@ -707,6 +731,8 @@ class ApiServer:
         if verb == "create":
             if info.subresource == "binding":
                 return self._bind(req, r, ns, info.name)
+            if info.subresource == "token":
+                return self._token_request(req, ns, info.name, attrs)
             return self._create(req, r, ns, attrs)
         if verb == "update":
             return self._update(req, r, ns, info, attrs)
@@ -1399,6 +1425,56 @@ class ApiServer:
         self.store.write(pods.key, ns, name, fn, pods.field_values, dry)
         self._send_json(req, 201, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                                    "code": 201})
+
+    def _token_request(self, req: Request, ns: str, name: str, attrs: Attributes) -> None:
+        """POST serviceaccounts/NAME/token (TokenRequest, authentication.k8s.io/v1): a
+        token for the service account, bound to a pod when asked, signed with the
+        cluster's service account key; what the kubelet mounts into pods."""
+        if self.token_signer is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
+        request = self._read_object(req, TOKEN_REQUEST, "TokenRequest", "authentication.k8s.io/v1")
+        spec = request.setdefault("spec", {})
+        seconds = spec.get("expirationSeconds", DEFAULT_TOKEN_SECONDS)
+        if not isinstance(seconds, int) or seconds < MIN_TOKEN_SECONDS:
+            raise errors.invalid("TokenRequest", name, [resources.invalid_value(
+                "spec.expirationSeconds", seconds, "may not specify a duration less than 10 minutes")],
+                "authentication.k8s.io")  # fmt: skip
+        if seconds > MAX_TOKEN_SECONDS:
+            raise errors.invalid("TokenRequest", name, [resources.invalid_value(
+                "spec.expirationSeconds", seconds, "may not specify a duration larger than 2^32 seconds")],
+                "authentication.k8s.io")  # fmt: skip
+        account = self.store.get("serviceaccounts", ns, name)
+        if account is None:
+            raise errors.not_found("serviceaccounts", name)
+        self._admit(attrs, None, request)  # NodeRestriction: a node asks only for its own pods
+        pod = None
+        ref = spec.get("boundObjectRef") or {}
+        if ref:
+            if ref.get("kind") != "Pod" or ref.get("apiVersion", "v1") != "v1":
+                raise errors.invalid("TokenRequest", name, [resources.not_supported(
+                    "spec.boundObjectRef.kind", ref.get("kind", ""), ["Pod"])], "authentication.k8s.io")  # fmt: skip
+            found = self.store.get("pods", ns, ref.get("name", ""))
+            if found is None:
+                raise errors.not_found("pods", ref.get("name", ""))
+            uid = found["metadata"].get("uid", "")
+            if ref.get("uid") and ref["uid"] != uid:
+                raise errors.conflict("pods", ref["name"], why=f"the UID in the bound object reference "
+                                      f"({ref['uid']}) does not match the UID in record. The object might have "
+                                      "been deleted and then recreated")  # fmt: skip
+            pod = {"name": ref["name"], "uid": uid}
+            spec["boundObjectRef"] = {"kind": "Pod", "apiVersion": "v1", "name": ref["name"], "uid": uid}
+        now = time.time()
+        from emu.apiserver import auth
+
+        token = auth.issue_token(self.token_signer, ns, name, account["metadata"].get("uid", ""),
+                                 spec.get("audiences") or [], seconds, pod, now=now)  # fmt: skip
+        spec["audiences"] = spec.get("audiences") or [auth.ISSUER]
+        spec["expirationSeconds"] = seconds
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(now) + seconds))
+        answer = {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
+                  "metadata": {"name": name, "namespace": ns, "creationTimestamp": None}, "spec": spec,
+                  "status": {"token": token, "expirationTimestamp": expires}}  # fmt: skip
+        self._send_json(req, 201, answer)
 
     # ------------------------------------------------------------ delete
 

@@ -206,6 +206,36 @@ def test_readiness_and_restarts_reach_the_api_server_without_an_emu_command(clus
     kubectl("wait", "--for=condition=Ready", "pod/flip", "--timeout=60s", context=context)
 
 
+def test_a_pod_reaches_the_api_as_its_service_account_and_rbac_decides(cluster):
+    """In-cluster: the pod's token, CA and namespace where Kubernetes puts them, the
+    API at kubernetes.default.svc; nothing of the node's keys visible in the pod."""
+    context = f"emu-{cluster.name}"
+    account = "/var/run/secrets/kubernetes.io/serviceaccount"
+    ask = (f'curl -sS -o /dev/null -w "%{{http_code}}" --cacert {account}/ca.crt '
+           f'-H "Authorization: Bearer $(cat {account}/token)" '
+           "https://kubernetes.default.svc/api/v1/namespaces/$(cat " + account + "/namespace)/pods")  # fmt: skip
+
+    def answer(script: str) -> str:
+        deadline = time.monotonic() + 60  # the node fetches the token once the pod is in the API
+        while True:
+            result = cluster.exec("flip", ["sh", "-c", script])
+            if result.ok and result.output.strip() not in ("", "000") or time.monotonic() > deadline:
+                return result.output.strip()
+            time.sleep(1)
+
+    assert answer(ask) == "403"  # authenticated as system:serviceaccount:default:default, which may not list pods
+    anonymous = f'curl -sS -o /dev/null -w "%{{http_code}}" --cacert {account}/ca.crt https://kubernetes.default.svc/api'
+    assert answer(anonymous) == "401"
+    kubectl("create", "rolebinding", "default-view", "--clusterrole=view", "--serviceaccount=default:default",
+            context=context)  # fmt: skip
+    try:
+        assert answer(ask) == "200"
+    finally:
+        kubectl("delete", "rolebinding", "default-view", context=context)
+    assert cluster.exec("flip", ["sh", "-c", "ls -A /etc/emu/pki"]).output.strip() == ""
+    assert cluster.node_exec("cp", ["test", "-s", "/etc/emu/pki/ca.key"]).ok  # (the node itself still has them)
+
+
 def test_emu_kubeconfig_prints_a_working_kubeconfig_and_down_removes_the_context(cluster, tmp_path):
     from emu.cli import main
 

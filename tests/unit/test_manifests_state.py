@@ -94,8 +94,9 @@ def test_config_map_env_files_field_refs_and_expansion():
     assert files[f"{cni.VOLUME_DIR}/{pod.netns}/config/GREETING"] == "hello from the config map"
     argv = cni.in_pod_argv(pod, pod.containers[0], ["true"])
     script = argv[argv.index("-c") + 1]
-    assert script.startswith(f"mkdir -p /etc/shop && mount --bind {cni.VOLUME_DIR}/{pod.netns}/config /etc/shop && "
-                             "mount -o remount,bind,ro /etc/shop && hostname")  # fmt: skip
+    # After what every pod gets (the node's keys hidden, its service account token): the volume, read-only.
+    assert f"/var/run/secrets/kubernetes.io/serviceaccount && mkdir -p /etc/shop && mount --bind {cni.VOLUME_DIR}/" \
+           f"{pod.netns}/config /etc/shop && mount -o remount,bind,ro /etc/shop && hostname" in script  # fmt: skip
 
 
 def test_items_sub_path_escapes_and_optional_config_maps():

@@ -29,6 +29,7 @@ from emu.node.agent import (
 )  # fmt: skip
 from emu.node.agent import streams
 from emu.node.agent.apistatus import ApiStatus
+from emu.node.agent.tokens import Tokens
 from emu.node.agent.edge import LoadBalancers
 from emu.node.agent.evict import EVICT_AFTER, evict, evictable
 from emu.node.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
@@ -125,7 +126,7 @@ class Agent:
         self.syncer = Runner("sync", self.sync_step, log, retry_interval=RESYNC_AFTER_FAILURE,
                              describe=lambda: f"sync of generation {self.generation()}")  # fmt: skip
         self.hub_job = Runner("hub", self.hub_step, log, max_interval=1.0)
-        self.api_status = ApiStatus(node, log)
+        self.api_status = ApiStatus(node, log, tokens=Tokens(node))
         self.reported_generation = -1  # the kubelet's generation the API server last heard of
         self.status_job = Runner("apistatus", self.status_step, log, gather=0.05,
                                  describe=lambda: "reporting to the API server")  # fmt: skip

@@ -7,6 +7,7 @@ pods bound to it), what a kubelet writes:
 - its node's Lease in kube-node-lease (holderIdentity the node, 40 s long),
   created when missing and renewed every RENEW_INTERVAL seconds, as the
   kubelet's node lease controller does (renewInterval: a quarter of 40 s);
+- a service account token for each of its pods (emu.node.agent.tokens);
 - each of its pods' status (conditions, containerStatuses with readiness,
   restartCount and state, podIP, phase) with a PATCH of pods/NAME/status
   (field manager "kubelet"), whenever what the node sees of the pod differs
@@ -29,6 +30,7 @@ import os
 import time
 from collections.abc import Callable
 
+from emu.node.agent.tokens import Tokens
 from emu.node.kube import podstatus
 from emu.node.kube.client import ApiError, Client, resource_path
 from emu.node.plan import cni
@@ -60,7 +62,8 @@ class ApiStatus:
     """What this node last wrote, and the writes still due."""
 
     def __init__(self, node: str, log: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time, connect: Callable = node_client):  # fmt: skip
+                 wall: Callable[[], float] = time.time, connect: Callable = node_client,
+                 tokens: Tokens | None = None):  # fmt: skip
         self.node = node
         self.log = log
         self.clock = clock
@@ -75,6 +78,7 @@ class ApiStatus:
         self.transitions: dict[str, dict[str, str]] = {}  # emu uid -> {condition: lastTransitionTime}
         self.last_ready: dict[str, bool] = {}  # emu uid -> the Ready condition last seen
         self.failing = False  # the last attempt failed (logged once per streak)
+        self.tokens = tokens  # the pods' service account tokens (emu.node.agent.tokens), None: not kept
 
     # ---- the step --------------------------------------------------------------
     def step(self, state: ClusterState | None, entries: dict[str, dict[str, dict]]) -> float:
@@ -90,6 +94,7 @@ class ApiStatus:
             if self.clock() - self.renewed_at >= RENEW_INTERVAL:
                 self.renew(client)
             pending = self.write_statuses(client, state, entries)
+            token_wait = self.tokens.sync(client, state) if self.tokens else RENEW_INTERVAL
         except (OSError, ApiError) as error:
             if not self.failing:
                 self.log(f"reporting to the API server failed: {error}; trying again every {RETRY:.0f} s")
@@ -99,7 +104,7 @@ class ApiStatus:
         if self.failing:
             self.log("reporting to the API server again")
         self.failing = False
-        return RETRY if pending else max(0.05, RENEW_INTERVAL - (self.clock() - self.renewed_at))
+        return RETRY if pending else max(0.05, min(token_wait, RENEW_INTERVAL - (self.clock() - self.renewed_at)))
 
     def _client(self, state: ClusterState) -> Client | None:
         server = cni.api_server_node(state).node_ip

@@ -59,6 +59,11 @@ IPTABLES_BACKEND_STEP = (
 # Removes a pod: its processes, its veth pair (at once: a namespace whose
 # processes are still dying would keep it alive), its namespace and files.
 VOLUME_DIR = "/var/lib/emu/volumes"  # <netns>/<volume>/: the files of a pod's volumes
+TOKEN_DIR = "/var/lib/emu/tokens"  # <netns>/: token, ca.crt, namespace (emu.node.agent.tokens)
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # where containers see them
+# What a pod must not see of its node: the cluster's keys (the CA's and the service
+# accounts' on the API server's node, the node's own elsewhere) and the API server's data.
+HIDDEN_FROM_PODS = ("/etc/emu/pki", "/var/lib/emu/apiserver")
 DELETE_POD_FUNCTION = """\
 emu_delete_pod() {
   # emu_delete_pod NETNS VETH IP [replaced|-] [GRACE] (VETH "-": not known; IP "?": read from the pod's eth0)
@@ -309,7 +314,11 @@ def mount_commands(pod: PodState, container: dict) -> str:
     """Shell that bind-mounts the container's volumeMounts, in the mount namespace
     `ip netns exec` gives each command (so nothing shows outside it): a volume
     at its mountPath, or with subPath one file of it; read-only when asked."""
-    lines = []
+    # The node's secrets are covered by an empty read-only tmpfs, and the pod's
+    # service account token is where Kubernetes puts it (a kube-api-access volume).
+    lines = [f"{{ [ ! -d {hidden} ] || mount -t tmpfs -o ro,size=4k,mode=0500 emu-hidden {hidden}; }}"
+             for hidden in HIDDEN_FROM_PODS]
+    lines.append(f"mount --bind -o ro {TOKEN_DIR}/{pod.netns} {SERVICE_ACCOUNT_DIR}")
     for mount in container.get("volumeMounts", []):
         source = f"{VOLUME_DIR}/{pod.netns}/{mount['name']}"
         target = shlex.quote(mount["mountPath"])
@@ -360,7 +369,9 @@ def start_container_script(pod: PodState, container: dict) -> str:
         [
             f"# emu: container {name} of pod {pod.key}; the node agent runs this again if it ends (restartPolicy)",
             # Tests first: [ is the shell's own, mkdir and rm are processes (2,000 pods, 4,000 of them).
-            f"[ -d {LOG_DIR}/{pod.netns} ] && [ -d {RUN_DIR}/{pod.netns} ] || mkdir -p {LOG_DIR}/{pod.netns} {RUN_DIR}/{pod.netns}",
+            f"[ -d {LOG_DIR}/{pod.netns} ] && [ -d {RUN_DIR}/{pod.netns} ] && [ -d {TOKEN_DIR}/{pod.netns} ] && "
+            f"[ -d {SERVICE_ACCOUNT_DIR} ] || mkdir -p {LOG_DIR}/{pod.netns} {RUN_DIR}/{pod.netns} "
+            f"{TOKEN_DIR}/{pod.netns} {SERVICE_ACCOUNT_DIR}",
             f"[ ! -e {pid_file} ] || rm -f {pid_file}",
             f"{shlex.join(argv)} >>{shlex.quote(log)} 2>&1 </dev/null &",
             "",

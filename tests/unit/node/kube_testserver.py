@@ -88,6 +88,32 @@ class InProcess:
         self.log.close()
 
 
+class ClusterServer:
+    """emu's API server as every emu cluster runs it (emu.apiserver.server.cluster_security:
+    TLS, client certificates, service account tokens, RBAC, NodeRestriction; the
+    kinds emu drives refused to others, --emu-driven), with `controllers` running."""
+
+    def __init__(self, tmp: Path, controllers: tuple[str, ...] = ()):
+        from emu.apiserver.controllers import start_named
+        from emu.apiserver.server import cluster_security
+
+        self.pki = write_pki(tmp / "pki")
+        self.store = Store(str(tmp / "state.db"))
+        self.server = ApiServer(self.store, **cluster_security(self.store, str(self.pki)), emu_driven=True)
+        host, port = self.server.start(("127.0.0.1", 0))
+        self.url = f"https://{host}:{port}"
+        self.manager = start_named(self.store, controllers) if controllers else None
+
+    def client(self, who: str = "admin", **kwargs) -> Client:
+        return client_for(self.url, self.pki, who, **kwargs)
+
+    def stop(self) -> None:
+        if self.manager:
+            self.manager.stop()
+        self.server.shutdown()
+        self.store.close()
+
+
 CHILD = """
 import sys, threading
 from pathlib import Path

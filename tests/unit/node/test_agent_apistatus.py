@@ -7,14 +7,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from kube_testserver import client_for, write_pki
+from kube_testserver import ClusterServer
 
 from emu.api.load import load_text
 from emu.api.manifests.render import View
 from emu.apiserver import mirror
-from emu.apiserver.controllers import start_named
-from emu.apiserver.server import ApiServer, cluster_security
-from emu.apiserver.storage import Store
 from emu.control.apiserver import mirror_objects
 from emu.control.state import plan_cluster
 from emu.node.agent.apistatus import LEASE_NAMESPACE, ApiStatus
@@ -51,31 +48,9 @@ class Clock:
         return self.now
 
 
-class Served:
-    """emu's API server as every emu cluster runs it: TLS, client certificates, RBAC,
-    NodeRestriction, and the kinds emu drives refused to others (--emu-driven)."""
-
-    def __init__(self, tmp, controllers: tuple[str, ...] = ()):
-        self.pki = write_pki(tmp / "pki")
-        self.store = Store(str(tmp / "state.db"))
-        self.server = ApiServer(self.store, **cluster_security(self.store, str(self.pki)), emu_driven=True)
-        host, port = self.server.start(("127.0.0.1", 0))
-        self.url = f"https://{host}:{port}"
-        self.manager = start_named(self.store, controllers) if controllers else None
-
-    def client(self, who: str = "admin"):
-        return client_for(self.url, self.pki, who)
-
-    def stop(self) -> None:
-        if self.manager:
-            self.manager.stop()
-        self.server.shutdown()
-        self.store.close()
-
-
 @pytest.fixture()
 def server(tmp_path):
-    served = Served(tmp_path)
+    served = ClusterServer(tmp_path)
     yield served
     served.stop()
 
@@ -95,7 +70,7 @@ def mirror_pods(server, state) -> None:
     mirror.sync(server.store, pods)
 
 
-def wait_for(check, timeout: float = 10.0):
+def wait_for(check, timeout: float = 30.0):
     deadline = time.monotonic() + timeout
     while not (found := check()) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -207,7 +182,7 @@ def test_endpoint_slices_follow_what_the_nodes_report(tmp_path, state):
     """In a cluster the API server's EndpointSlice and Endpoints controllers make a
     service's endpoints from its pods' readiness, which the nodes write: a pod
     that turns unready leaves the ready endpoints without any emu command."""
-    served = Served(tmp_path, API_CONTROLLERS)
+    served = ClusterServer(tmp_path, API_CONTROLLERS)
     try:
         mirror.sync(served.store, mirror_objects(state, [], 1_700_000_000.0))
         web = state.pods["default/web"]
@@ -222,8 +197,12 @@ def test_endpoint_slices_follow_what_the_nodes_report(tmp_path, state):
         status, clock = reporter(served, "worker", [])
         status.step(state, {web.uid: {"server": running(False), "sidecar": running(True)}})
         assert wait_for(lambda: endpoints() == [(web.ip, False)]), endpoints()
-        legacy = admin.get(resource_path("v1", "endpoints", "default", "web"))
-        assert legacy["subsets"][0]["notReadyAddresses"][0]["ip"] == web.ip
+
+        def not_ready() -> list[str]:  # the Endpoints controller's view, written on its own
+            legacy = admin.get(resource_path("v1", "endpoints", "default", "web"))
+            return [a["ip"] for subset in legacy.get("subsets") or [] for a in subset.get("notReadyAddresses") or []]
+
+        assert wait_for(lambda: not_ready() == [web.ip]), not_ready()
         accounts = admin.list(resource_path("v1", "serviceaccounts", "default"))["items"]
         assert wait_for(lambda: [a["metadata"]["name"] for a in admin.list(
             resource_path("v1", "serviceaccounts", "default"))["items"]] == ["default"]), accounts
@@ -236,3 +215,67 @@ def test_endpoint_slices_follow_what_the_nodes_report(tmp_path, state):
             resource_path("v1", "endpoints", "default"), field_selector="metadata.name=web")["items"])
     finally:
         served.stop()
+
+
+def test_a_pod_gets_a_token_of_its_service_account_bound_to_it(tmp_path, state):
+    """The kubelet's token manager: a token bound to the pod, with the CA and the
+    namespace beside it; RBAC decides what it may do; it dies with the pod."""
+    from emu.node.agent.tokens import Tokens
+    from emu.node.kube.client import Client
+
+    served = ClusterServer(tmp_path / "server", ("serviceaccount",))
+    try:
+        mirror.sync(served.store, mirror_objects(state, [], 1_700_000_000.0))
+        web = state.pods["default/web"]
+        tokens = Tokens("worker", directory=str(tmp_path / "tokens"), ca_file=str(served.pki / "ca.crt"))
+        node = served.client("nodes/worker")
+        assert wait_for(lambda: tokens.sync(node, state) > 1.0)  # once the namespace's account exists
+        folder = tmp_path / "tokens" / web.netns
+        assert (folder / "namespace").read_text() == "default"
+        assert (folder / "ca.crt").read_text() == (served.pki / "ca.crt").read_text()
+        assert not (tmp_path / "tokens" / state.pods["default/other"].netns).exists()  # not this node's
+
+        as_pod = Client(served.url, str(folder / "ca.crt"), token=(folder / "token").read_text())
+        with pytest.raises(ApiError) as refused:
+            as_pod.list(resource_path("v1", "pods", "default"))
+        assert refused.value.code == 403 and refused.value.message == (
+            'pods is forbidden: User "system:serviceaccount:default:default" cannot list resource "pods" in API '
+            'group "" in the namespace "default"')  # fmt: skip
+        served.client().create(resource_path("rbac.authorization.k8s.io/v1", "rolebindings", "default"), {
+            "metadata": {"name": "default-view"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"},
+            "subjects": [{"kind": "ServiceAccount", "name": "default", "namespace": "default"}]})  # fmt: skip
+        assert {p["metadata"]["name"] for p in as_pod.list(resource_path("v1", "pods", "default"))["items"]} == \
+            {"web", "other"}  # fmt: skip
+
+        # A node asks for tokens of its own pods only.
+        other = served.store.get("pods", "default", "other")
+        with pytest.raises(ApiError) as refused:
+            node.request("POST", resource_path("v1", "serviceaccounts", "default", "default", "token"), {
+                "spec": {"boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": "other",
+                                            "uid": other["metadata"]["uid"]}}})  # fmt: skip
+        assert refused.value.code == 403 and "different node" in refused.value.message
+
+        # The pod deleted: its token is no longer good.
+        mirror.sync(served.store, [o for o in mirror_objects(state, [], 1_700_000_000.0)
+                                   if not (o["kind"] == "Pod" and o["metadata"]["name"] == "web")])  # fmt: skip
+        with pytest.raises(ApiError) as refused:
+            as_pod.list(resource_path("v1", "pods", "default"))
+        assert refused.value.code == 401
+    finally:
+        served.stop()
+
+
+def test_token_requests_are_checked_as_kube_apiserver_checks_them(server):
+    admin = server.client()
+    path = resource_path("v1", "serviceaccounts", "default", "default", "token")
+    with pytest.raises(ApiError) as refused:
+        admin.request("POST", path, {"spec": {}})
+    assert (refused.value.code, refused.value.message) == (404, 'serviceaccounts "default" not found')
+    admin.create(resource_path("v1", "serviceaccounts", "default"), {"metadata": {"name": "default"}})
+    with pytest.raises(ApiError) as refused:
+        admin.request("POST", path, {"spec": {"expirationSeconds": 60}})
+    assert refused.value.code == 422 and "less than 10 minutes" in refused.value.message
+    answer = admin.request("POST", path, {"spec": {"audiences": ["vault"], "expirationSeconds": 600}})
+    assert answer["kind"] == "TokenRequest" and answer["status"]["token"].count(".") == 2
+    assert answer["spec"]["audiences"] == ["vault"]
