@@ -239,13 +239,17 @@ def test_two_clusters_in_one_engine_are_kept_apart(home):
 
 
 class Gate:
-    """Holds a call until the test lets it go: `entered` once it is held."""
+    """Holds calls until the test lets them go: `entered` once `expected` of them are held."""
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int = 1) -> None:
         self.entered, self.go = threading.Event(), threading.Event()
+        self.expected, self.held, self.count = expected, threading.Lock(), 0
 
     def __call__(self, *args):
-        self.entered.set()
+        with self.held:
+            self.count += 1
+            if self.count == self.expected:
+                self.entered.set()
         assert self.go.wait(SAFETY), "the test never let the held call go"
 
 
@@ -266,8 +270,8 @@ def in_thread(function, *args):
 def test_a_change_while_another_holds_the_lock_is_refused_naming_the_holder(home):
     engine = FakeEngine()
     up(engine)
-    gate = Gate()
-    engine.intercept("run_with_files", gate, match=lambda container, files, argv: argv == PLAN)
+    gate = Gate(2)  # both nodes' plans held: the apply is mid-way
+    engine.intercept("run_with_files", gate, match=lambda container, files, argv: argv == PLAN, times=2)
     first, outcome = in_thread(command(engine).apply, with_extra_pod())
     assert gate.entered.wait(SAFETY)
     since = len(engine.calls)
