@@ -174,15 +174,17 @@ class Cluster:
             self.runtime.create_network(network, subnet, self.name)
             self.progress(f"starting {len(desired.nodes)} nodes")
             self.runtime.parallel(self.runtime.create_node, specs)
-            self.progress(f"wiring {len(first.pods)} pods")
-            unready = self._apply_plans(plans, first, None, wait=wait or bool(later))
-            self.progress(f"API server at {api.endpoint}")
-            client = api.client(self.runtime, first)
-            client.wait_ready()
-            apiserver.mirror(client, first, unready if unready is not None else list(first.pods_uids()))
-            if later:
-                self._ordered_steps(first, later, waits, unready or [])
-            api.merge_kubeconfig(self.name)
+            # Held from the nodes' start: an `emu apply` meanwhile is refused, not run between our steps.
+            with self.lock(hub_node(desired).container):
+                self.progress(f"wiring {len(first.pods)} pods")
+                unready = self._apply_plans(plans, first, None, wait=wait or bool(later))
+                self.progress(f"API server at {api.endpoint}")
+                client = api.client(self.runtime, first)
+                client.wait_ready()
+                apiserver.mirror(client, first, unready if unready is not None else list(first.pods_uids()))
+                if later:
+                    self._ordered_steps(first, later, waits, unready or [])
+                api.merge_kubeconfig(self.name)
         except BaseException:
             # Nothing is half-created: remove whatever this call made.
             self.progress("failed; removing what was created")
@@ -308,10 +310,11 @@ class Cluster:
 
     # ---- one change at a time ----------------------------------------------
     @contextlib.contextmanager
-    def lock(self):
+    def lock(self, hub: str | None = None):
         """Hold the cluster's lock (a directory on its first node, made atomically)
-        while changing it, so two `emu` commands cannot interleave their changes."""
-        hub = self._lock_node()
+        while changing it, so two `emu` commands cannot interleave their changes.
+        `hub`: the container to hold it in (`emu up` names it: no state to find it by yet)."""
+        hub = hub or self._lock_node()
         holder = (
             f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()}, since "
             f"{time.strftime('%H:%M:%S')}: emu {' '.join(sys.argv[1:]) or '(library)'})"
@@ -337,7 +340,9 @@ class Cluster:
         try:
             return hub_node(self.state()).container
         except EmuError:
-            return nodes[0].name  # no state yet: any node will do, as no agent evicts
+            # No state yet (an `emu up` still wiring the nodes holds it there, as hub_node
+            # picks: a control-plane node); no agent evicts yet.
+            return min(nodes, key=lambda c: (c.role != "control-plane", c.name)).name
 
     def unlock(self, container: str | None = None) -> None:
         """Release the cluster's lock (held by this process, or left by one that died)."""

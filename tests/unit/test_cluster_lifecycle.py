@@ -116,8 +116,11 @@ def test_up_makes_the_network_then_the_nodes_then_wires_them_then_the_api_server
     assert sorted(methods[i] for i in nodes) == [("create_node", "lab-cp"), ("create_node", "lab-w1")]  # in parallel
     assert network < min(nodes) and max(nodes) < min(plans)
     assert len(plans) == 2 and max(plans) < min(published) and len(published) == 2
+    locked = first(lambda c: c.script.startswith(f"mkdir {LOCK_DIR} "))
+    unlocked = first(lambda c: c.argv == ["rm", "-rf", LOCK_DIR])
     assert max(published) < ready < mirrored
-    assert last(lambda c: True) == mirrored  # nothing after the API server has the objects
+    assert max(nodes) < locked < min(plans) and methods[locked] == ("exec", "lab-cp")  # held while it wires them
+    assert unlocked == last(lambda c: True) == mirrored + 1  # let go last
     # Each plan's files: the hold first (the agent keeps off), the state to publish among them.
     for index in plans:
         assert engine.calls[index].paths[0] == HOLD_FILE
@@ -422,3 +425,33 @@ def test_down_removes_the_external_containers_too(home):
     assert len(leftovers(engine)) == 4
     assert command(engine).down() == (3, 1)
     assert leftovers(engine) == []
+
+
+HELD_AT = {  # method, which calls, how many
+    # nodes made and being wired (both plans held), no state on them yet
+    "the plans": ("run_with_files", lambda container, files, argv: argv == PLAN, 2),
+    # the state in place on every node, the API server not asked yet
+    "the API server": ("exec", lambda container, argv: "/readyz" in " ".join(argv), 1),
+}
+
+
+@pytest.mark.parametrize("where", list(HELD_AT))
+@pytest.mark.parametrize("control_plane", ["cp", "x"])  # its container's name sorts before the worker's, or after
+def test_a_change_while_up_is_still_creating_the_cluster_is_refused(home, where, control_plane):
+    engine = FakeEngine()
+    method, match, count = HELD_AT[where]
+    gate = Gate(count)
+    engine.intercept(method, gate, match=match, times=count)
+    text = LAB.replace("name: cp,", f"name: {control_plane},").replace("node: cp", f"node: {control_plane}")
+    first, outcome = in_thread(command(engine).up, lab(text))
+    assert gate.entered.wait(SAFETY)
+    since = len(engine.calls)
+    with pytest.raises(EmuError, match=r"cluster 'lab' is being changed by .*emu unlock lab"):
+        command(engine).apply(lab(text.replace("services:", EXTRA_POD + "services:")))
+    assert plan_runs(engine, since) == {}  # refused before it touched a node
+    gate.go.set()
+    first.join(SAFETY)
+    assert "error" not in outcome and outcome["value"].created
+    assert not engine.containers[f"lab-{control_plane}"].is_directory(LOCK_DIR)  # released once up is done
+    assert command(engine).apply(lab(text.replace("services:", EXTRA_POD + "services:"))).added == ["default/extra"]
+    assert command(engine).state().generation == 2
