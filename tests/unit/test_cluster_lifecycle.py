@@ -410,6 +410,7 @@ def test_down_leaves_nothing(home):
     assert command(engine).down() == (2, 1)
     assert leftovers(engine) == [] and engine.containers == {} and engine.networks == {}
     assert "emu-lab" not in kube_contexts(home)
+    assert list((home / "emu").rglob("lab*")) == []  # nor a file of emu's about it
     later = command(engine)
     assert not later.exists
     with pytest.raises(EmuError, match="no emu cluster named 'lab' is running"):
@@ -455,3 +456,20 @@ def test_a_change_while_up_is_still_creating_the_cluster_is_refused(home, where,
     assert not engine.containers[f"lab-{control_plane}"].is_directory(LOCK_DIR)  # released once up is done
     assert command(engine).apply(lab(text.replace("services:", EXTRA_POD + "services:"))).added == ["default/extra"]
     assert command(engine).state().generation == 2
+
+
+def test_a_second_up_while_the_first_is_still_creating_the_cluster_is_refused(home):
+    engine = FakeEngine()
+    gate = Gate(2)  # the first up holds here: its network made, its nodes not yet
+    engine.intercept("create_node", gate, times=2)
+    first, outcome = in_thread(command(engine).up, lab())
+    assert gate.entered.wait(SAFETY)
+    since = len(engine.calls)
+    with pytest.raises(EmuError, match=r"cluster 'lab' is being created by .*\(pid \d+"):
+        command(engine).up(lab())
+    assert engine.calls[since:] == []  # it neither swept the first's network nor made anything
+    gate.go.set()
+    first.join(SAFETY)
+    assert "error" not in outcome and outcome["value"].created
+    assert len(leftovers(engine)) == 3 and command(engine).state().generation == 1
+    assert not command(engine).up(lab()).changed  # and once it is made, up converges it as ever
