@@ -45,6 +45,26 @@ PLAN = ["sh", f"{cni.PLAN_DIR}/run.sh"]
 SAFETY = 30  # s: how long a test waits for a thread it let go before it calls the run broken (never a pass condition)
 
 
+_PKIS: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def one_pki_per_shape(monkeypatch):
+    """The PKI up makes, made once per set of names and addresses: its RSA key is
+    80 ms of CPU, half of this file's time. The fake checks no certificate."""
+    from emu.control import apiserver
+
+    made = apiserver.make_pki
+
+    def make_pki(*args, **kwargs):
+        key = repr((args, sorted(kwargs.items())))
+        if key not in _PKIS:
+            _PKIS[key] = made(*args, **kwargs)
+        return _PKIS[key]
+
+    monkeypatch.setattr(apiserver, "make_pki", make_pki)
+
+
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
     """emu's files (kubeconfig, the records of multi-host clusters) in the test's directory."""
