@@ -9,7 +9,7 @@ import pytest
 
 from emu.api.topology.load import load_text
 from emu.control.cluster import Cluster
-from emu.control.runtime.provider import LABEL_CLUSTER, LABEL_NODE, LABEL_ROLE, ExecResult
+from emu.control.runtime.provider import LABEL_CLUSTER, LABEL_NODE, LABEL_ROLE, ExecResult, NodeSpec
 from emu.errors import EmuError
 from emu.node.agent import AGENT_URL, HOLD_FILE, LOCK_DIR, STATE_FILE
 from emu.node.plan import cni
@@ -493,3 +493,63 @@ def test_a_second_up_while_the_first_is_still_creating_the_cluster_is_refused(ho
     assert "error" not in outcome and outcome["value"].created
     assert len(leftovers(engine)) == 3 and command(engine).state().generation == 1
     assert not command(engine).up(lab()).changed  # and once it is made, up converges it as ever
+
+
+# ---- image pods: containers of the engine's own, labelled with the cluster ----------------------
+
+IMAGE_POD = """\
+  - name: img
+    node: w1
+    containers: [{name: app, image: "nginx:1.25"}]
+"""
+
+
+def test_an_image_pods_containers_are_made_around_its_nodes_plan_and_go_with_it(home):
+    engine = FakeEngine()
+    up(engine, lab(LAB.replace("services:", IMAGE_POD + "services:")))
+    pods = {name: c for name, c in engine.containers.items() if c.labels[LABEL_ROLE] == "pod"}
+    assert sorted(c.labels["io.emu.container"] for c in pods.values()) == ["POD", "app"]
+    assert all(c.running for c in pods.values()) and "nginx:1.25" in engine.images
+    sandbox = next(i for i, c in enumerate(engine.calls) if c.method == "start_sandbox")
+    w1_plan = next(i for i, c in enumerate(engine.calls) if c.target == "lab-w1" and c.argv == PLAN)
+    assert sandbox < w1_plan  # the plan wires the sandbox's namespace: it is there first
+    change = command(engine).apply(lab())
+    assert change.removed == ["default/img"]
+    assert [name for name, c in engine.containers.items() if c.labels[LABEL_ROLE] == "pod"] == []
+
+
+def test_a_failed_up_removes_image_pods_containers_too(home):
+    engine = FakeEngine()
+    engine.fail("run_with_files", match=_plan_of("w1"), result=ExecResult(1, "Cannot find device cni0"))
+    with pytest.raises(EmuError, match="node w1: the plan failed"):
+        command(engine).up(lab(LAB.replace("services:", IMAGE_POD + "services:")))
+    assert leftovers(engine) == [] and engine.calls_of("start_sandbox")
+
+
+# ---- the fake engine refuses what Docker refuses -------------------------------------------------
+
+
+def test_the_fake_engine_refuses_what_docker_refuses(home):
+    engine = FakeEngine()
+    up(engine)
+    provider = FakeProvider(engine)
+    w1 = command(engine).state().node("w1")
+
+    def node(name: str, ip: str, network: str = "emu-lab") -> NodeSpec:
+        return NodeSpec(name, name, "worker", "lab", "emu/node:fake", network, ip)
+
+    with pytest.raises(EngineError, match="already in use"):
+        provider.create_node(node(w1.container, "172.28.0.9"))
+    with pytest.raises(EngineError, match="Address already in use"):
+        provider.create_node(node("lab-w2", w1.node_ip))
+    with pytest.raises(EngineError, match="no configured subnet"):
+        provider.create_node(node("lab-w2", "10.1.2.3"))
+    with pytest.raises(EngineError, match="network emu-none not found"):
+        provider.create_node(node("lab-w2", "172.28.0.9", "emu-none"))
+    with pytest.raises(EngineError, match="already exists"):
+        provider.create_network("emu-lab", "172.29.0.0/24", "lab")
+    with pytest.raises(EngineError, match="No such container"):
+        provider.exec("lab-w9", ["true"])
+    assert provider.pick_subnet(None, []) != "172.28.0.0/24"  # the cluster's is taken
+    result = provider.exec("lab-cp", ["sh", "-c", "echo hello"])
+    assert result.exit_code == 127 and engine.unhandled[-1].argv[-1] == "echo hello"
