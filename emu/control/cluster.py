@@ -137,10 +137,52 @@ class Cluster:
             self.runtime = provider_for(self.name, list(topology.hosts))
         if any(c.is_node for c in self.runtime.cluster_containers(self.name)):
             return self.apply(topology, wait=wait)
-        # A network left without containers (a down the engine did not finish):
-        # removed first, or the engine's reason is the error.
-        self.runtime.remove_cluster(self.name)
-        return self._create(topology, wait)
+        with self._creating():
+            if not any(c.is_node for c in self.runtime.cluster_containers(self.name)):  # none made meanwhile
+                # A network left without containers (a down the engine did not finish):
+                # removed first, or the engine's reason is the error.
+                self.runtime.remove_cluster(self.name)
+                return self._create(topology, wait)
+        return self.apply(topology, wait=wait)
+
+    @contextlib.contextmanager
+    def _creating(self):
+        """One `emu up` on this machine creates the cluster at a time: another's sweep
+        of a network without nodes, or its clean-up after it failed, would remove
+        what this one makes. A file lock (EMU_HOME/locks/NAME.up; the kernel lets it
+        go when the process ends); none when EMU_HOME cannot be written."""
+        import fcntl
+
+        path = self._creating_lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(path, "a+")
+        except OSError:
+            handle = None
+        if handle is None:
+            yield
+            return
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                held = handle.read().strip() or "another emu command"
+                raise EmuError(
+                    f"cluster '{self.name}' is being created by {held}; wait for it to finish, then run `emu up` again"
+                ) from None
+            handle.truncate(0)
+            handle.write(_holder())
+            handle.flush()
+            try:
+                yield
+            finally:
+                handle.truncate(0)
+
+    def _creating_lock(self) -> Path:
+        from emu.control.runtime.remembered import records_dir
+
+        return records_dir().parent / "locks" / f"{self.name}.up"
 
     def _create(self, topology: Topology, wait: bool) -> Change:
         started = time.monotonic()
@@ -174,15 +216,17 @@ class Cluster:
             self.runtime.create_network(network, subnet, self.name)
             self.progress(f"starting {len(desired.nodes)} nodes")
             self.runtime.parallel(self.runtime.create_node, specs)
-            self.progress(f"wiring {len(first.pods)} pods")
-            unready = self._apply_plans(plans, first, None, wait=wait or bool(later))
-            self.progress(f"API server at {api.endpoint}")
-            client = api.client(self.runtime, first)
-            client.wait_ready()
-            apiserver.mirror(client, first, unready if unready is not None else list(first.pods_uids()))
-            if later:
-                self._ordered_steps(first, later, waits, unready or [])
-            api.merge_kubeconfig(self.name)
+            # Held from the nodes' start: an `emu apply` meanwhile is refused, not run between our steps.
+            with self.lock(hub_node(desired).container):
+                self.progress(f"wiring {len(first.pods)} pods")
+                unready = self._apply_plans(plans, first, None, wait=wait or bool(later))
+                self.progress(f"API server at {api.endpoint}")
+                client = api.client(self.runtime, first)
+                client.wait_ready()
+                apiserver.mirror(client, first, unready if unready is not None else list(first.pods_uids()))
+                if later:
+                    self._ordered_steps(first, later, waits, unready or [])
+                api.merge_kubeconfig(self.name)
         except BaseException:
             # Nothing is half-created: remove whatever this call made.
             self.progress("failed; removing what was created")
@@ -290,6 +334,7 @@ class Cluster:
         context. Returns (containers, networks)."""
         removed = self.runtime.remove_cluster(self.name)
         apiserver.remove_kubeconfig(self.name)
+        self._creating_lock().unlink(missing_ok=True)
         return removed
 
     def kubeconfig(self) -> str:
@@ -308,14 +353,12 @@ class Cluster:
 
     # ---- one change at a time ----------------------------------------------
     @contextlib.contextmanager
-    def lock(self):
+    def lock(self, hub: str | None = None):
         """Hold the cluster's lock (a directory on its first node, made atomically)
-        while changing it, so two `emu` commands cannot interleave their changes."""
-        hub = self._lock_node()
-        holder = (
-            f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()}, since "
-            f"{time.strftime('%H:%M:%S')}: emu {' '.join(sys.argv[1:]) or '(library)'})"
-        )
+        while changing it, so two `emu` commands cannot interleave their changes.
+        `hub`: the container to hold it in (`emu up` names it: no state to find it by yet)."""
+        hub = hub or self._lock_node()
+        holder = _holder()
         take = f'mkdir {LOCK_DIR} 2>/dev/null && printf %s "$1" >{LOCK_DIR}/holder'
         if not self.runtime.exec(hub, ["sh", "-c", take, "sh", holder]).ok:
             held = self.runtime.read_file(hub, f"{LOCK_DIR}/holder", limit=4096) or "another emu command"
@@ -337,7 +380,9 @@ class Cluster:
         try:
             return hub_node(self.state()).container
         except EmuError:
-            return nodes[0].name  # no state yet: any node will do, as no agent evicts
+            # No state yet (an `emu up` still wiring the nodes holds it there, as hub_node
+            # picks: a control-plane node); no agent evicts yet.
+            return min(nodes, key=lambda c: (c.role != "control-plane", c.name)).name
 
     def unlock(self, container: str | None = None) -> None:
         """Release the cluster's lock (held by this process, or left by one that died)."""
@@ -639,6 +684,14 @@ class Cluster:
                         entry["started"] = start_times.get(where)
                     status.setdefault(pod.key, {})[name] = entry
         return status
+
+
+def _holder() -> str:
+    """Who holds a lock, as its error names them: user@host, pid, since when, which command."""
+    return (
+        f"{getpass.getuser()}@{socket.gethostname()} (pid {os.getpid()}, since "
+        f"{time.strftime('%H:%M:%S')}: emu {' '.join(sys.argv[1:]) or '(library)'})"
+    )
 
 
 NEIGHBOUR_LIMIT = Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3")
