@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -64,6 +65,16 @@ def key_id(public_key) -> str:
     return _b64url(hashlib.sha256(der).digest())
 
 
+@functools.lru_cache(maxsize=4)
+def _signing_key(pem: bytes):
+    """The loaded RSA key, once per process: loading checks the key (about 90 ms of
+    CPU), and the API server signs a token for every pod of the cluster."""
+    key = serialization.load_pem_private_key(pem, None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise ValueError("the service account signing key must be an RSA private key (RS256)")
+    return key
+
+
 def issue_token(
     sa_private_pem: bytes,
     namespace: str,
@@ -82,9 +93,7 @@ def issue_token(
     pod / node: {"name", "uid"} of the object the token is bound to.
     audiences: empty means the API server's own audience (the issuer), as
     kube-apiserver defaults a TokenRequest without audiences."""
-    key = serialization.load_pem_private_key(sa_private_pem, None)
-    if not isinstance(key, rsa.RSAPrivateKey):
-        raise ValueError("the service account signing key must be an RSA private key (RS256)")
+    key = _signing_key(sa_private_pem)
     issued = int(now if now is not None else time.time())
     private: dict[str, Any] = {"namespace": namespace, "serviceaccount": {"name": name, "uid": uid}}
     if pod is not None:

@@ -279,3 +279,29 @@ def test_token_requests_are_checked_as_kube_apiserver_checks_them(server):
     answer = admin.request("POST", path, {"spec": {"audiences": ["vault"], "expirationSeconds": 600}})
     assert answer["kind"] == "TokenRequest" and answer["status"]["token"].count(".") == 2
     assert answer["spec"]["audiences"] == ["vault"]
+
+
+def test_kubectl_create_token(server, tmp_path):
+    """`kubectl create token` (TokenRequest) against the server as clusters run it."""
+    import shutil
+    import subprocess
+
+    from emu.control import kubeconfig
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (Debian's kubectl package)")
+    pki = server.pki
+    config = tmp_path / "kubeconfig"
+    config.write_text(kubeconfig.render("t", server.url, (pki / "ca.crt").read_bytes(), (pki / "admin.crt").read_bytes(),
+                                        (pki / "admin.key").read_bytes()))  # fmt: skip
+    server.client().create(resource_path("v1", "serviceaccounts", "default"), {"metadata": {"name": "builder"}})
+    made = subprocess.run([kubectl, "--kubeconfig", str(config), "create", "token", "builder", "--duration=20m"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    from emu.node.kube.client import Client
+
+    as_builder = Client(server.url, str(pki / "ca.crt"), token=made.stdout.strip())
+    who = as_builder.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+                             {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})  # fmt: skip
+    assert who["status"]["userInfo"]["username"] == "system:serviceaccount:default:builder"
