@@ -4,9 +4,10 @@ names still resolve), the forward cache of each replica (an upstream that
 counts its queries), and a LoadBalancer address whose announcing node stops
 (curl from a host outside the cluster still gets an answer, from another node).
 
-The node stop comes last: the module's cluster is put back (node started,
-replica continued) in each test's finally, so a failure does not poison the
-next test."""
+The module runs once per proxy mode (conftest's proxy_mode). The node stop
+comes last: the module's cluster is put back (node started, replica
+continued) in each test's finally, so a failure does not poison the next
+test."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import textwrap
 import time
 
 import pytest
+
+from tests.integration.conftest import in_proxy_mode
 
 # Answers NAME.counted.example.com (TTL 30) and NAME.uncached.example.com (TTL 0)
 # with 192.0.2.N, N the number of queries for that name it has seen: whether a
@@ -105,8 +108,8 @@ KUBE_DNS = "10.96.0.10"
 
 
 @pytest.fixture(scope="module")
-def cluster(make_module_cluster):
-    return make_module_cluster(LAB, "failover")
+def cluster(make_module_cluster, proxy_mode):
+    return make_module_cluster(in_proxy_mode(LAB, proxy_mode), f"failover-{proxy_mode[:3]}")
 
 
 @pytest.fixture(scope="module")
