@@ -6,6 +6,7 @@ so both agree on what a service's endpoints are.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from emu.node.records import ClusterState, PodState, ServicePortState, ServiceState, sha256
@@ -136,11 +137,15 @@ def control_planes(state: ClusterState):
     return planes or state.nodes[:1]
 
 
-def load_balancer_owner(state: ClusterState, service: ServiceState, endpoints: dict[str, list[Endpoint]]) -> str:
+def load_balancer_owner(
+    state: ClusterState, service: ServiceState, endpoints: dict[str, list[Endpoint]], lost: Collection[str] = ()
+) -> str:
     """The node that answers for a LoadBalancer address (MetalLB layer 2 style):
     a stable choice by hash among the nodes that may announce it; with Local
-    traffic policy only nodes with a ready endpoint may."""
-    candidates = [n.name for n in state.nodes]
+    traffic policy only nodes with a ready endpoint may. Nodes the hub calls
+    NotReady (`lost`) may not, as MetalLB's speakers leave a failed node out,
+    unless every node is."""
+    candidates = [n.name for n in state.nodes if n.name not in lost] or [n.name for n in state.nodes]
     if service.external_traffic_policy == "Local":
         local = {e.node for eps in endpoints.values() for e in eps if e.node}
         candidates = [n for n in candidates if n in local] or candidates

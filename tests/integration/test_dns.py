@@ -220,8 +220,8 @@ def test_external_name_then_cluster_ip(dns):
         "  - name: ext\n    type: ExternalName\n    externalName: www.example.com\n",
         "  - name: ext\n    selector: {app: querier}\n    ports: [{port: 80, targetPort: 8080}]\n",
     )
-    dns.apply(load_text(changed))
-    try:
+    try:  # (an apply that fails half way is undone too)
+        dns.apply(load_text(changed))
         ip = dns.state().services["default/ext"].cluster_ip
         wait_for(lambda: dig(dns, "client", "ext.default.svc.cluster.local") == ip, "ext's A record", 15)
     finally:  # the module's lab again, for the tests after this one
@@ -302,8 +302,8 @@ def test_service_created_and_deleted_resolves_and_goes(dns):
     base = lab_text(dns)
     added = base + "  - name: fresh\n    selector: {app: querier}\n    ports: [{port: 80, targetPort: 8080}]\n"
     assert status(dns, "client", "fresh.default.svc.cluster.local") == "NXDOMAIN"
-    dns.apply(load_text(added))
     try:
+        dns.apply(load_text(added))
         ip = dns.state().services["default/fresh"].cluster_ip
         wait_for(lambda: dig(dns, "client", "fresh.default.svc.cluster.local") == ip, "fresh to resolve", 15)
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 import xml.dom.minidom
 
 import pytest
@@ -36,8 +37,8 @@ services:
 
 
 @pytest.fixture(scope="module")
-def cluster(make_cluster):
-    return make_cluster(LAB, "graph")
+def cluster(make_module_cluster):
+    return make_module_cluster(LAB, "graph")
 
 
 def emu(*argv: str) -> subprocess.CompletedProcess:
@@ -85,11 +86,17 @@ def test_a_veth_deleted_by_hand_is_drawn_missing(cluster):
         cluster.runtime.exec(node, ["ip", "link", "del", client.host_veth])
         drawn = graph.observe(cluster)
         run = emu("graph", "--name", cluster.name, "--format", "mermaid")
-    finally:
-        cluster.runtime.exec(node, ["sh", "-c", agent.format("CONT")])
+    finally:  # the agent goes on, and wires the pod again: the module's cluster as it was
+        continued = cluster.runtime.exec(node, ["sh", "-c", agent.format("CONT")])
     pod = next(p for n in drawn.nodes for p in n.pods if p.key == "default/client")
     assert pod.veth.status == "missing" and pod.eth0.status == "missing"  # the pair goes together
     assert f"veth {client.host_veth} (missing)" in run.stdout and "class " in run.stdout
+    assert continued.ok, continued.output
+    web = f"http://{state.services['default/web'].cluster_ip}/hostname"
+    deadline = time.monotonic() + 30
+    while cluster.exec("client", ["curl", "-sS", "--max-time", "1", web]).output.strip() != "web":
+        assert time.monotonic() < deadline, "the agent did not wire the client pod again within 30s"
+        time.sleep(0.5)
 
 
 def test_a_route_deleted_by_hand_is_drawn_missing(cluster):

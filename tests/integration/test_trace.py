@@ -204,6 +204,7 @@ def test_the_command_prints_the_hops_and_leaves_nothing_behind(cluster, state):
         )
         assert "emu_trace" not in left.output and "nfnetlink_log" not in left.output, left.output
         assert "No such file" in left.output
+        assert "nft monitor" not in left.output, left.output  # (what the grep above finds: a monitor left running)
 
 
 def test_bad_input_is_refused_before_anything_runs(cluster):

@@ -285,6 +285,44 @@ def test_load_balancer_owner_holds_the_address_and_others_route_on_several_hosts
     assert not any("route" in argv for argv in calls["cp"] + calls["w1"])  # one host: ARP does it
 
 
+def test_a_load_balancer_address_moves_off_a_node_the_hub_calls_not_ready_and_back():
+    from emu.node.services import load_balancer_owner
+
+    state, endpoints = lab()
+    lb = state.services["default/lb"]
+    address = lb.load_balancer_ip
+    owner = load_balancer_owner(state, lb, endpoints["default/lb"])
+    other = "w1" if owner == "cp" else "cp"
+    assert load_balancer_owner(state, lb, endpoints["default/lb"], lost={owner}) == other
+    assert load_balancer_owner(state, lb, endpoints["default/lb"], lost={"cp", "w1"}) == owner  # all lost: as before
+    calls: list = []
+    announced: list[str] = []
+    balancers = LoadBalancers(other, lambda message: None, run=lambda argv, **kw: calls.append(argv),
+                              announce=lambda address, log: announced.append(address))  # fmt: skip
+    balancers.update(state, endpoints)
+    assert calls == [] and announced == []
+    balancers.update(state, endpoints, lost={owner})  # the owner stopped reporting: this node takes over
+    assert calls == [["ip", "addr", "replace", f"{address}/32", "dev", "eth0"]] and announced == [address]
+    balancers.update(state, endpoints)  # it reports again: the address goes back
+    assert calls[1:] == [["ip", "addr", "del", f"{address}/32", "dev", "eth0"]]
+
+
+def test_a_node_called_not_ready_wakes_the_sync_even_without_pods(tmp_path):
+    """A node with no pods changes no readiness when it is lost, but its
+    LoadBalancer addresses must move: the sync runs."""
+    import emu.node.agent.__main__ as main
+
+    agent = main.Agent("cp", snapshot=str(tmp_path / "state.json"))
+    requested: list[bool] = []
+    agent.syncer.request = lambda: requested.append(True)
+    agent.on_hub({"all": {"w1": {}}, "lost": []})
+    requested.clear()
+    agent.on_hub({"node": "w1", "ready": {}, "lost": True})
+    assert requested == [True] and agent.lost_nodes == {"w1"}
+    agent.on_hub({"node": "w1", "ready": {}})  # it reports again
+    assert requested == [True, True] and agent.lost_nodes == set()
+
+
 def test_process_watch_holds_each_process_by_a_pidfd_until_it_ends(tmp_path, monkeypatch):
     import os
     import time

@@ -275,14 +275,14 @@ class Agent:
             self.adopt(message["state"])
             return
         with self.peers_lock:
-            before = self.peer_ready
+            before, lost_before = self.peer_ready, set(self.lost_nodes)
             if "all" in message:
                 self.peer_ready = message["all"]
                 self.lost_nodes = set(message.get("lost", []))
             else:
                 self.peer_ready = {**before, message["node"]: message["ready"]}
                 (self.lost_nodes.add if message.get("lost") else self.lost_nodes.discard)(message["node"])
-            changed = self.peer_ready != before
+            changed = self.peer_ready != before or self.lost_nodes != lost_before
         if changed:
             self.syncer.request()
 
@@ -420,13 +420,15 @@ class Agent:
                 log(f"DNS snapshot failed: {error}")
         if settling:
             return
-        if key == self.synced_key and not force:
+        with self.peers_lock:
+            lost = tuple(sorted(self.lost_nodes))  # (they own no LoadBalancer address)
+        if (key, lost) == self.synced_key and not force:
             return  # nothing this node's rules depend on changed
         endpoints = self.tracker.update(state, ready)
         self.endpoints = endpoints
         self.synced_ready = ready
         try:
-            self.load_balancers.update(state, endpoints)
+            self.load_balancers.update(state, endpoints, lost)
         except Exception as error:  # noqa: BLE001 - one job failing must not stop the others
             log(f"LoadBalancer update failed: {error}")
         try:
@@ -439,7 +441,7 @@ class Agent:
             log(f"ingress sync failed: {error}")
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         chains = self.proxy.sync(state, self.node, endpoints)  # failing: the sync runner logs it and tries again soon
-        self.synced_key = key
+        self.synced_key = (key, lost)
         if chains > 100:
             release_memory()  # a big render's temporaries
         took = (time.monotonic() - started) * 1000

@@ -1,7 +1,9 @@
 """LoadBalancer addresses: which node answers for each, MetalLB layer-2 style.
 
 The owner (emu.node.services.load_balancer_owner, the same choice on every node)
-holds the address on eth0 and sends a gratuitous ARP. A cluster spread over
+holds the address on eth0 and sends a gratuitous ARP. A node the hub calls
+NotReady owns none: another node takes its addresses over, and gives them
+back when it reports again. A cluster spread over
 several hosts sits on an overlay that does not carry a gratuitous ARP for an
 address Docker did not hand out, so there every other node routes each
 address to its owner's node IP instead.
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from emu.node.agent import run as bounded_run
 from emu.node.records import ClusterState
@@ -34,9 +36,10 @@ class LoadBalancers:
     def ip(self, *argv: str) -> None:
         self.run(["ip", *argv], capture_output=True)
 
-    def update(self, state: ClusterState, endpoints: dict) -> None:
+    def update(self, state: ClusterState, endpoints: dict, lost: Collection[str] = ()) -> None:
+        """Hold, release or route each address; `lost`: the nodes the hub calls NotReady."""
         owners = {
-            s.load_balancer_ip: load_balancer_owner(state, s, endpoints.get(key, {}))
+            s.load_balancer_ip: load_balancer_owner(state, s, endpoints.get(key, {}), lost)
             for key, s in state.services.items()
             if s.load_balancer_ip
         }
