@@ -104,10 +104,12 @@ def make_module_cluster(runtime):
 
 
 # The proxy modes (networking.proxyMode) the behaviour modules run in: DNS
-# (test_dns.py), NetworkPolicy (test_netpol.py) and Ingress
-# (test_ingress_traffic.py) ask for `proxy_mode` and run once per entry. Add a
-# mode here to add it to their matrix. Plain services run in every mode in
-# test_proxy_modes.py, which also holds ipvs (an expected failure: not programmed yet).
+# (test_dns.py), NetworkPolicy (test_netpol.py), Ingress
+# (test_ingress_traffic.py) and failover (test_failover.py) ask for
+# `proxy_mode` and run once per entry (test_service_features.py runs the same
+# two modes with a fixed network each). Add a mode here to add it to their matrix. Plain services run in every
+# mode in test_proxy_modes.py; ipvs needs a kernel with ip_vs (test_ipvs_uml.py
+# runs it on a User-mode Linux kernel).
 PROXY_MODES = ["iptables", "nftables"]
 
 
