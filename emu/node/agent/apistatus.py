@@ -90,6 +90,10 @@ class ApiStatus:
         client = self._client(state)
         if client is None:
             return RENEW_INTERVAL * 6  # no certificate: nothing to report to
+        if self.failing:
+            # Away for a while: others may have written meanwhile (the node lifecycle
+            # controller marks an unreachable node's pods not ready): write them all again.
+            self.written.clear()
         try:
             if self.clock() - self.renewed_at >= RENEW_INTERVAL:
                 self.renew(client)

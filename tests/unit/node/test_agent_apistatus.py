@@ -305,3 +305,27 @@ def test_kubectl_create_token(server, tmp_path):
     who = as_builder.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
                              {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})  # fmt: skip
     assert who["status"]["userInfo"]["username"] == "system:serviceaccount:default:builder"
+
+
+def test_after_the_server_was_away_every_status_is_written_again(server, state):
+    """While a node cannot reach the API server, others may write its pods' status
+    (the node lifecycle controller marks them not ready): once back, it writes them all."""
+    mirror_pods(server, state)
+    web = state.pods["default/web"]
+    status, clock = reporter(server, "worker", [])
+    entries = {web.uid: {"server": running(True), "sidecar": running(True)}}
+    status.step(state, entries)
+    path = resource_path("v1", "pods", "default", "web")
+
+    def mark_not_ready(pod: dict) -> dict:  # what the node lifecycle controller writes (in the server's process)
+        pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+        return pod
+
+    from emu.apiserver import resources
+
+    server.store.write("pods", "default", "web", mark_not_ready, resources.lookup("", "v1", "pods").field_values)
+    status.step(state, entries)  # reachable all along: it wrote nothing new, nothing is rewritten
+    assert {c["type"]: c["status"] for c in server.client().get(path)["status"]["conditions"]} == {"Ready": "False"}
+    status.failing = True  # (as after a failed attempt)
+    status.step(state, entries)
+    assert {c["type"]: c["status"] for c in server.client().get(path)["status"]["conditions"]}["Ready"] == "True"
