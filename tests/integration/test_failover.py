@@ -12,11 +12,11 @@ test."""
 from __future__ import annotations
 
 import textwrap
-import time
 
 import pytest
 
 from tests.integration.conftest import in_proxy_mode
+from tests.waiting import wait_for
 
 # Answers NAME.counted.example.com (TTL 30) and NAME.uncached.example.com (TTL 0)
 # with 192.0.2.N, N the number of queries for that name it has seen: whether a
@@ -116,16 +116,6 @@ def cluster(make_module_cluster, proxy_mode):
 def outside(cluster) -> str:
     return cluster.run_external("outside")
 
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {timeout:.0f}s")
-        time.sleep(0.5)
 
 
 def replicas(cluster) -> list:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import re
-import time
 
 import pytest
 
 from emu.errors import EmuError
+from tests.waiting import wait_for
 
 WITNESS = (
     "n=$(cat /tmp/witness-runs 2>/dev/null || echo 0); echo $((n + 1)) >/tmp/witness-runs; "
@@ -60,16 +60,6 @@ services:
 def faults(make_module_cluster):
     return make_module_cluster(LAB, "faults")
 
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {timeout:.0f}s")
-        time.sleep(0.2)
 
 
 def hostnames(cluster, count: int = 12, service: str = "echo") -> set[str]:
