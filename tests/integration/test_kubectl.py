@@ -140,6 +140,12 @@ def test_a_watch_of_the_python_client_sees_emu_scale(cluster):
     assert added_ip in {p.ip for p in cluster.state().pods.values() if p.labels.get("app") == "echo"}
 
 
+def test_kubectl_top_fails_as_on_a_cluster_without_metrics_server(cluster):
+    for what in ("pods", "nodes"):
+        top = kubectl("top", what, context=f"emu-{cluster.name}", check=False)
+        assert (top.returncode, top.stderr) == (1, "error: Metrics API not available\n")
+
+
 def test_emu_kubeconfig_prints_a_working_kubeconfig_and_down_removes_the_context(cluster, tmp_path):
     from emu.cli import main
 

@@ -246,6 +246,21 @@ def test_not_found_errors(kubectl):
     assert p.stderr.strip().endswith('the server doesn\'t have a resource type "widgets"')
 
 
+def test_top_fails_as_on_a_cluster_without_metrics_server(kubectl):
+    # kubectl top first looks for the group metrics.k8s.io in discovery (/api, /apis), which
+    # kube-apiserver lists only once metrics-server registers its APIService; emu serves no
+    # metrics, so kubectl says what it says on such a cluster, and the group's paths are 404.
+    for args in (["top", "pods"], ["top", "pods", "-A"], ["top", "pod", "x", "-n", "kube-system"],
+                 ["top", "pods", "--containers"], ["top", "nodes"], ["top", "node", "cp"]):
+        p = kubectl.run(*args, check=False)
+        assert (p.returncode, p.stdout, p.stderr) == (1, "", "error: Metrics API not available\n"), args
+    p = kubectl.run("get", "--raw", "/apis/metrics.k8s.io/v1beta1/nodes", check=False)
+    assert p.returncode == 1
+    assert p.stderr.strip() == "Error from server (NotFound): the server could not find the requested resource"
+    p = kubectl.run("get", "podmetrics", check=False)
+    assert p.stderr.strip().endswith('the server doesn\'t have a resource type "podmetrics"')
+
+
 def test_create_in_missing_namespace(kubectl):
     p = kubectl.run("create", "configmap", "x", "-n", "ghost", "--from-literal=a=b", check=False)
     assert p.returncode == 1
