@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from emu.apiserver import discovery, errors, mirror, protobuf, resources, storage, streaming
+from emu.apiserver import discovery, errors, gojson, mirror, protobuf, resources, storage, streaming
 from emu.apiserver.errors import ApiError
 from emu.apiserver.resources import ResourceInfo
 from emu.apiserver.selectors import FieldSelector, LabelSelector, SelectorError
@@ -950,12 +950,14 @@ class ApiServer:
     def _decode(cls, raw: bytes, r: ResourceInfo, expect_kind: str | None = None,
                 api_version: str | None = None) -> dict:
         try:
-            obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise errors.bad_request(f"couldn't get version/kind; json parse error: {e}")
+            obj = json.loads(raw, parse_constant=gojson.refuse_constant)
+        except (ValueError, UnicodeDecodeError) as e:  # in Go's words, as kube-apiserver's decoder says it
+            raise errors.bad_request(f"couldn't get version/kind; json parse error: {gojson.syntax_error(raw) or e}")
+        if obj is None:  # Go decodes null into an empty object
+            obj = {}
         if not isinstance(obj, dict):
             raise errors.bad_request("couldn't get version/kind; json parse error: json: cannot unmarshal "
-                                     f"{type(obj).__name__} into Go value of type struct {{ APIVersion string "
+                                     f"{gojson.kind_of(obj)} into Go value of type struct {{ APIVersion string "
                                      "\"json:\\\"apiVersion,omitempty\\\"\"; Kind string \"json:\\\"kind,omitempty\\\"\" }")
         return cls._check_object(obj, r, expect_kind, api_version)
 
@@ -1437,7 +1439,8 @@ class ApiServer:
             try:
                 opts = json.loads(raw)
             except ValueError as e:
-                raise errors.bad_request(f"couldn't get version/kind; json parse error: {e}")
+                raise errors.bad_request(
+                    f"couldn't get version/kind; json parse error: {gojson.syntax_error(raw) or e}")
             if not isinstance(opts, dict):
                 raise errors.bad_request("DeleteOptions must be an object")
         for k in ("gracePeriodSeconds", "propagationPolicy", "orphanDependents"):

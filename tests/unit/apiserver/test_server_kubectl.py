@@ -261,6 +261,22 @@ def test_top_fails_as_on_a_cluster_without_metrics_server(kubectl):
     assert p.stderr.strip().endswith('the server doesn\'t have a resource type "podmetrics"')
 
 
+def test_malformed_bodies_get_kube_apiservers_words(kubectl, tmp_path):
+    # kubectl create --raw sends the file as it is: the server's decoder speaks as Go's encoding/json.
+    url = "/api/v1/namespaces/default/configmaps"
+    for body, said in [("{not json", "invalid character 'n' looking for beginning of object key string"),
+                       ('{"data": {"a": NaN}}', "invalid character 'N' looking for beginning of value"),
+                       ('{"metadata": {"name": "x"}', "unexpected end of JSON input"),
+                       ("[]", 'json: cannot unmarshal array into Go value of type struct { APIVersion string '
+                              '"json:\\"apiVersion,omitempty\\""; Kind string "json:\\"kind,omitempty\\"" }')]:
+        (tmp_path / "body.json").write_text(body)
+        p = kubectl.run("create", "--raw", url, "-f", str(tmp_path / "body.json"), check=False)
+        assert p.returncode == 1
+        assert p.stderr.strip() == ("Error from server (BadRequest): couldn't get version/kind; "
+                                    f"json parse error: {said}")
+    assert kubectl("get", "configmaps", "-o", "name") == ""  # nothing was written
+
+
 def test_create_in_missing_namespace(kubectl):
     p = kubectl.run("create", "configmap", "x", "-n", "ghost", "--from-literal=a=b", check=False)
     assert p.returncode == 1
