@@ -277,6 +277,36 @@ def test_malformed_bodies_get_kube_apiservers_words(kubectl, tmp_path):
     assert kubectl("get", "configmaps", "-o", "name") == ""  # nothing was written
 
 
+UNKNOWN_KINDS = """\
+apiVersion: v1
+kind: Widget
+metadata: {name: w}
+---
+apiVersion: apps/v2
+kind: Deployment
+metadata: {name: d}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: ok}
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="not built yet: kubectl's validation asks whether an unknown kind is a CRD "
+                   "(GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions), which emu does not serve, and "
+                   "fails with 'failed to check CRD: failed to list CRDs'; passes with --validate=false")
+def test_apply_with_unknown_kinds_applies_the_rest(kubectl_default, tmp_path):
+    path = tmp_path / "unknown.yaml"
+    path.write_text(UNKNOWN_KINDS)
+    p = kubectl_default.run("apply", "-f", str(path), check=False)
+    assert (p.returncode, p.stdout) == (1, "configmap/ok created\n"), p.stderr
+    assert p.stderr.splitlines() == [
+        f'resource mapping not found for name: "w" namespace: "" from "{path}": no matches for kind "Widget" in '
+        'version "v1"', "ensure CRDs are installed first",
+        f'resource mapping not found for name: "d" namespace: "" from "{path}": no matches for kind "Deployment" '
+        'in version "apps/v2"', "ensure CRDs are installed first"]
+
+
 def test_create_in_missing_namespace(kubectl):
     p = kubectl.run("create", "configmap", "x", "-n", "ghost", "--from-literal=a=b", check=False)
     assert p.returncode == 1
