@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from emu.apiserver import discovery, errors, mirror, protobuf, resources, storage, streaming
+from emu.apiserver import discovery, errors, gojson, mirror, protobuf, resources, storage, streaming
 from emu.apiserver.errors import ApiError
 from emu.apiserver.resources import ResourceInfo
 from emu.apiserver.selectors import FieldSelector, LabelSelector, SelectorError
@@ -813,6 +813,8 @@ class ApiServer:
             limit = int(req.q("limit") or 0)
         except ValueError:
             raise errors.bad_request(f'limit: Invalid value: "{req.q("limit")}"')
+        if form == "table":
+            return self._list_table(req, r, ns, labels, fields, max(limit, 0), mv)
         texts, rv, token = self.store.list(r.key, ns, labels, fields, max(limit, 0), req.q("continue"))
         if form == "json" and not r.storage_plural:
             meta = {"resourceVersion": str(rv)}
@@ -834,6 +836,28 @@ class ApiServer:
                                               "metadata": meta, "items": [partial_metadata(o, mv) for o in objs]})
         return self._send_json(req, 200, {"kind": r.list_kind, "apiVersion": r.api_version, "metadata": meta,
                                           "items": objs})
+
+    def _list_table(self, req: Request, r: ResourceInfo, ns: str, labels: LabelSelector, fields: FieldSelector,
+                    limit: int, mv: str) -> None:
+        """A list as a Table. The rows' objects carry each object's managedFields as stored, spliced
+        into the answer's text: neither parsed nor encoded again (most of a pod's metadata)."""
+        split, rv, token = self.store.list_split(r.key, ns, labels, fields, limit, req.q("continue"))
+        objs = [resources.from_storage(r, obj) for obj, _ in split]
+        table = self._table(req, r, objs, mv, str(rv), token)
+        marker = f"\x00{random.getrandbits(64):016x}:"  # a text no stored string holds
+        managed = {}
+        for i, (obj, text) in enumerate(split):
+            if text is not None:  # a placeholder where the rows' objects show them
+                obj.setdefault("metadata", {})["managedFields"] = f"{marker}{i}"
+                managed[str(i)] = text
+        body = json.dumps(table, separators=(",", ":"), ensure_ascii=False)
+        if managed:  # each "<marker>i" (a JSON string) becomes the i-th object's managedFields
+            parts = body.split(json.dumps(marker)[:-1])
+            for n in range(1, len(parts)):
+                index, _, rest = parts[n].partition('"')
+                parts[n] = managed[index] + rest
+            body = "".join(parts)
+        self._send_json(req, 200, body, f"application/json;as=Table;v={mv};g=meta.k8s.io")
 
     # ------------------------------------------------------------ watch
 
@@ -953,12 +977,14 @@ class ApiServer:
     def _decode(cls, raw: bytes, r: ResourceInfo, expect_kind: str | None = None,
                 api_version: str | None = None) -> dict:
         try:
-            obj = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise errors.bad_request(f"couldn't get version/kind; json parse error: {e}")
+            obj = json.loads(raw, parse_constant=gojson.refuse_constant)
+        except (ValueError, UnicodeDecodeError) as e:  # in Go's words, as kube-apiserver's decoder says it
+            raise errors.bad_request(f"couldn't get version/kind; json parse error: {gojson.syntax_error(raw) or e}")
+        if obj is None:  # Go decodes null into an empty object
+            obj = {}
         if not isinstance(obj, dict):
             raise errors.bad_request("couldn't get version/kind; json parse error: json: cannot unmarshal "
-                                     f"{type(obj).__name__} into Go value of type struct {{ APIVersion string "
+                                     f"{gojson.kind_of(obj)} into Go value of type struct {{ APIVersion string "
                                      "\"json:\\\"apiVersion,omitempty\\\"\"; Kind string \"json:\\\"kind,omitempty\\\"\" }")
         return cls._check_object(obj, r, expect_kind, api_version)
 
@@ -1490,7 +1516,8 @@ class ApiServer:
             try:
                 opts = json.loads(raw)
             except ValueError as e:
-                raise errors.bad_request(f"couldn't get version/kind; json parse error: {e}")
+                raise errors.bad_request(
+                    f"couldn't get version/kind; json parse error: {gojson.syntax_error(raw) or e}")
             if not isinstance(opts, dict):
                 raise errors.bad_request("DeleteOptions must be an object")
         for k in ("gracePeriodSeconds", "propagationPolicy", "orphanDependents"):

@@ -154,6 +154,10 @@ class Store:
             "CREATE TABLE IF NOT EXISTS objects (resource TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,"
             " uid TEXT NOT NULL, rv INTEGER NOT NULL, body TEXT NOT NULL, labels TEXT NOT NULL, fields TEXT NOT NULL,"
             " PRIMARY KEY (resource, namespace, name))")
+        # Where `,"managedFields":[...]` sits in body (NULL: nowhere, or a row written before this was kept).
+        if "managed_start" not in {row[1] for row in self._db.execute("PRAGMA table_info(objects)")}:
+            self._db.execute("ALTER TABLE objects ADD COLUMN managed_start INTEGER")
+            self._db.execute("ALTER TABLE objects ADD COLUMN managed_end INTEGER")
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         row = self._db.execute("SELECT value FROM meta WHERE key='revision'").fetchone()
         self.revision = int(row[0]) if row else 1
@@ -187,6 +191,19 @@ class Store:
              fields: FieldSelector | None = None, limit: int = 0,
              continue_token: str = "") -> tuple[list[str], int, str]:
         """(object texts ordered by namespace and name, the list's revision, the next page's continue token or "")."""
+        return self._list(key, namespace, labels, fields, limit, continue_token, False)
+
+    def list_split(self, key: str, namespace: str = "", labels: LabelSelector | None = None,
+                   fields: FieldSelector | None = None, limit: int = 0,
+                   continue_token: str = "") -> tuple[list[tuple[dict, str | None]], int, str]:
+        """As list, each object parsed without its metadata.managedFields, beside their JSON text
+        (None when it has none): for whoever serves the object without reading its managedFields
+        (the Table form), half the parsing of a pod."""
+        rows, rv, token = self._list(key, namespace, labels, fields, limit, continue_token, True)
+        return [split_managed(*row) for row in rows], rv, token
+
+    def _list(self, key: str, namespace: str, labels: LabelSelector | None, fields: FieldSelector | None,
+              limit: int, continue_token: str, spans: bool) -> tuple[list, int, str]:
         labels = labels or LabelSelector()
         fields = fields or FieldSelector()
         start: tuple[str, str] | None = None
@@ -194,7 +211,8 @@ class Store:
             rv = self.revision
             if continue_token:
                 rv, start = self._decode_continue(continue_token)
-            sql = "SELECT namespace, name, body, labels, fields FROM objects WHERE resource=?"
+            sql = ("SELECT namespace, name, body, labels, fields, managed_start, managed_end FROM objects"
+                   " WHERE resource=?")
             args: list = [key]
             if namespace:
                 sql += " AND namespace=?"
@@ -207,7 +225,7 @@ class Store:
             out: list[str] = []
             last: tuple[str, str] | None = None
             more = False
-            for ns, name, body, lab, fld in cur:
+            for ns, name, body, lab, fld, managed_start, managed_end in cur:
                 if not labels.empty() and not labels.matches(json.loads(lab)):
                     continue
                 if not fields.empty() and not fields.matches(json.loads(fld)):
@@ -215,7 +233,7 @@ class Store:
                 if limit and len(out) >= limit:
                     more = True
                     break
-                out.append(body)
+                out.append((body, managed_start, managed_end) if spans else body)
                 last = (ns, name)
             cur.close()
         token = self._encode_continue(rv, last) if more and last else ""
@@ -295,9 +313,9 @@ class Store:
                     db.execute("DELETE FROM objects WHERE resource=? AND namespace=? AND name=?",
                                (key, namespace, name))
                 else:
-                    db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?)",
+                    db.execute("INSERT OR REPLACE INTO objects VALUES (?,?,?,?,?,?,?,?,?,?)",
                                (key, namespace, name, obj["metadata"].get("uid", ""), rv, body,
-                                dumps(labels), dumps(flds)))
+                                dumps(labels), dumps(flds), *managed_span(body, obj)))
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -416,6 +434,30 @@ class Store:
     def watcher_count(self) -> int:
         with self._lock:
             return len(self._watchers)
+
+
+MANAGED_KEY = ',"managedFields":'
+
+
+def managed_span(body: str, obj: dict) -> tuple[int | None, int | None]:
+    """Where `,"managedFields":[...]` of obj's metadata is in body (dumps(obj)), or (None, None)."""
+    managed = (obj.get("metadata") or {}).get("managedFields")
+    if not managed:
+        return None, None
+    piece = MANAGED_KEY + dumps(managed)
+    # The first such text is metadata's: what comes before it in a canonical object
+    # (kind, apiVersion, metadata's name ... finalizers) holds no key of that name.
+    start = body.find(piece)
+    return (start, start + len(piece)) if start > 0 else (None, None)
+
+
+def split_managed(body: str, start: int | None, end: int | None) -> tuple[dict, str | None]:
+    """The object parsed without metadata.managedFields, and their JSON text (None when it has none)."""
+    if start is None or end is None:
+        obj = json.loads(body)
+        managed = (obj.get("metadata") or {}).pop("managedFields", None)
+        return obj, dumps(managed) if managed is not None else None
+    return json.loads(body[:start] + body[end:]), body[start + len(MANAGED_KEY):end]
 
 
 def finalizers(obj: dict) -> list:

@@ -236,6 +236,12 @@ def test_a_pod_reaches_the_api_as_its_service_account_and_rbac_decides(cluster):
     assert cluster.node_exec("cp", ["test", "-s", "/etc/emu/pki/ca.key"]).ok  # (the node itself still has them)
 
 
+def test_kubectl_top_fails_as_on_a_cluster_without_metrics_server(cluster):
+    for what in ("pods", "nodes"):
+        top = kubectl("top", what, context=f"emu-{cluster.name}", check=False)
+        assert (top.returncode, top.stderr) == (1, "error: Metrics API not available\n")
+
+
 def test_emu_kubeconfig_prints_a_working_kubeconfig_and_down_removes_the_context(cluster, tmp_path):
     from emu.cli import main
 

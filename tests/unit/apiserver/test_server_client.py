@@ -348,6 +348,33 @@ def test_aggregated_discovery_and_tables(apiserver):
     assert json.loads(body)["kind"] == "PartialObjectMetadata"
 
 
+def test_table_rows_carry_each_object_as_stored(apiserver):
+    # The Table path parses objects without their managedFields and splices the stored text back.
+    for i, labels in enumerate([{"app": "a"}, {}, {"managedFields": "x"}]):
+        body = json.dumps(cm(f"t{i}", labels=labels, data={"note": f'\x00,"managedFields":[{i}]'})).encode()
+        assert http(apiserver, "POST", "/api/v1/namespaces/default/configmaps?fieldManager=m" + str(i), body,
+                    {"Content-Type": "application/json"})[0] == 201  # fmt: skip
+    stored = {o["metadata"]["name"]: o for o in json.loads(http(apiserver, "GET", "/api/v1/configmaps")[2])["items"]}
+    assert all(o["metadata"]["managedFields"] for o in stored.values())
+    for version in ("v1", "v1beta1"):
+        accept = f"application/json;as=Table;v={version};g=meta.k8s.io"
+        for include in ("Metadata", "Object", "None"):
+            code, headers, body = http(apiserver, "GET", f"/api/v1/configmaps?includeObject={include}",
+                                       headers={"Accept": accept})  # fmt: skip
+            assert code == 200 and headers["Content-Type"] == f"{accept}"
+            rows = json.loads(body)["rows"]
+            assert [r["cells"][0] for r in rows] == sorted(stored)
+            for row in rows:
+                if include == "None":
+                    assert "object" not in row
+                    continue
+                obj = stored[row["cells"][0]]
+                partial = {"kind": "PartialObjectMetadata", "apiVersion": f"meta.k8s.io/{version}",
+                           "metadata": obj["metadata"]}
+                want = obj if include == "Object" else partial
+                assert row["object"] == want
+
+
 def test_events_k8s_io_shares_core_events(apiserver):
     ev = client.EventsV1Api(apiserver.client())
     v1 = client.CoreV1Api(apiserver.client())

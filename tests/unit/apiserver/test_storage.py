@@ -230,3 +230,46 @@ def test_every_watcher_sees_the_same_ordered_events(store):
     assert len(seen[0]) == 200
     assert [rv for _, rv in seen[0]] == list(range(int(start) + 1, int(start) + 201))
     assert all(s == seen[0] for s in seen)
+
+
+MANAGED = [{"manager": "kubectl-client-side-apply", "operation": "Update", "apiVersion": "v1",
+            "time": "2026-01-01T00:00:00Z", "fieldsType": "FieldsV1",
+            "fieldsV1": {"f:data": {".": {}, "f:k:{\"x\":1}]},\"": {}}}}]
+
+
+def test_list_split_parses_objects_without_their_managed_fields(store):
+    # A label and a nested template that look like managedFields: only metadata's are split off.
+    store.create("configmaps", cm("a", labels={"managedFields": "x"}, annotations={"n": ',"managedFields":[]'},
+                                  managedFields=MANAGED))
+    store.create("configmaps", cm("b"))
+    template = {"metadata": {"name": "t", "managedFields": MANAGED}}
+    store.create("configmaps", {**cm("c"), "template": template})
+    split, rv, _ = store.list_split("configmaps")
+    assert rv == store.revision
+    for (obj, managed), text in zip(split, store.list("configmaps")[0]):
+        whole = json.loads(text)
+        assert obj["metadata"].get("managedFields") is None
+        assert (json.loads(managed) if managed else None) == whole["metadata"].pop("managedFields", None)
+        assert obj == whole
+    assert [m is not None for _, m in split] == [True, False, False]
+    assert split[2][0]["template"] == template
+
+
+def test_a_store_from_before_managed_spans_is_read_and_written(tmp_path):
+    path = str(tmp_path / "state.db")
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE objects (resource TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,"
+                " uid TEXT NOT NULL, rv INTEGER NOT NULL, body TEXT NOT NULL, labels TEXT NOT NULL,"
+                " fields TEXT NOT NULL, PRIMARY KEY (resource, namespace, name))")
+    body = json.dumps({**cm("old", managedFields=MANAGED), "data": {"k": "v"}}, separators=(",", ":"))
+    old.execute("INSERT INTO objects VALUES ('configmaps','default','old','u',5,?,'{}','{}')", (body,))
+    old.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+    old.execute("INSERT INTO meta VALUES ('revision', '5')")
+    old.commit()
+    old.close()
+    s = Store(path)
+    [(obj, managed)], _, _ = s.list_split("configmaps")
+    assert json.loads(managed) == MANAGED and obj["data"] == {"k": "v"} and "managedFields" not in obj["metadata"]
+    s.create("configmaps", cm("new", managedFields=MANAGED))
+    assert [json.loads(m) for _, m in s.list_split("configmaps")[0]] == [MANAGED, MANAGED]
+    s.close()
