@@ -16,6 +16,8 @@ from the node that took the packet, and only cp has a local endpoint.
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -158,3 +160,17 @@ def test_kube_proxy_healthz_answers_on_every_node(lab):
         status, body = outside_get(cluster, f"http://{node.node_ip}:10256/healthz")
         assert status == 200, (node.name, body)
         assert set(json.loads(body)) == {"lastUpdated", "currentTime", "nodeEligible"}
+
+
+def test_kubectl_shows_the_health_check_node_port(lab):
+    """The Service object in the API server carries it, as a real cluster's does."""
+    _, _, cluster = lab
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (Debian's kubectl package)")
+    result = subprocess.run([kubectl, "--context", f"emu-{cluster.name}", "get", "service", "checked", "-o", "json"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    spec = json.loads(result.stdout)["spec"]
+    port = cluster.state().services["default/checked"].health_check_node_port
+    assert (spec["healthCheckNodePort"], spec["externalTrafficPolicy"]) == (port, "Local")
