@@ -456,6 +456,7 @@ def plan_services(topology: Topology, state: ClusterState, previous: ClusterStat
     used_ips = {services[KUBERNETES_SERVICE].cluster_ip}
     used_ips |= {s.cluster_ip for s in topology.services if s.cluster_ip and s.cluster_ip != "None"}
     used_node_ports = {p.node_port for s in topology.services for p in s.ports if p.node_port}
+    used_node_ports |= {s.health_check_node_port for s in topology.services if s.health_check_node_port}
     pool = _pool_addresses(state.load_balancer_pool)
     used_lb = {s.load_balancer_ip for s in topology.services if s.load_balancer_ip}
 
@@ -498,6 +499,16 @@ def plan_services(topology: Topology, state: ClusterState, previous: ClusterStat
                     node_port=node_port,
                 )
             )
+        # Kubernetes' NeedsHealthCheck: a LoadBalancer with externalTrafficPolicy Local gets a
+        # node port of its own from the same range (declared, kept, else allocated).
+        health_port = None
+        if service.type == "LoadBalancer" and service.external_traffic_policy == "Local":
+            health_port = service.health_check_node_port
+            if health_port is None and old.get(key) and old[key].external_traffic_policy == "Local":
+                health_port = keep(key, "health_check_node_port", used_node_ports, ("LoadBalancer",), service)
+            if health_port is None:
+                health_port = _allocate_node_port(f"{key}:healthCheckNodePort", used_node_ports)
+            used_node_ports.add(health_port)
         lb_ip = None
         if service.type == "LoadBalancer":
             lb_ip = service.load_balancer_ip or keep(key, "load_balancer_ip", used_lb, ("LoadBalancer",), service)
@@ -534,6 +545,7 @@ def plan_services(topology: Topology, state: ClusterState, previous: ClusterStat
             load_balancer_source_ranges=[
                 str(ipaddress.IPv4Network(cidr.strip(), strict=False)) for cidr in service.load_balancer_source_ranges
             ],
+            health_check_node_port=health_port,
         )
     return services
 

@@ -181,6 +181,8 @@ class ServiceState:
     external_ips: list[str] = field(default_factory=list)
     load_balancer_source_ranges: list[str] = field(default_factory=list)
     load_balancer_ips: list[str] = field(default_factory=list)
+    # spec.healthCheckNodePort: LoadBalancer services with externalTrafficPolicy Local only.
+    health_check_node_port: int | None = None
 
     @property
     def key(self) -> str:

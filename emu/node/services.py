@@ -152,6 +152,26 @@ def load_balancer_owner(
     return min(candidates, key=lambda node: sha256(f"{node}/{service.key}".encode()).hexdigest())
 
 
+def health_check_node_ports(state: ClusterState) -> dict[str, int]:
+    """{service key: healthCheckNodePort} of every service that has one (kube-proxy's
+    ServicePortMap.HealthCheckNodePorts)."""
+    return {key: s.health_check_node_port for key, s in state.services.items() if s.health_check_node_port}
+
+
+def local_ready_endpoints(
+    state: ClusterState, node: str, endpoints: dict[str, dict[str, list[Endpoint]]]
+) -> dict[str, int]:
+    """{service key: its ready endpoints on `node`}, for the services with a health check
+    node port, counted by IP as kube-proxy's EndpointsMap.LocalReadyEndpoints counts them
+    (a pod behind two of the service's ports is one endpoint)."""
+    counts = {}
+    for key in health_check_node_ports(state):
+        ips = {e.ip for eps in endpoints.get(key, {}).values() for e in eps if e.node == node}
+        if ips:
+            counts[key] = len(ips)
+    return counts
+
+
 def env_name(name: str) -> str:
     return name.upper().replace("-", "_")
 

@@ -7,11 +7,17 @@ topology can name a node's address: the `outside` service has externalIPs
 holds, which pods still reach: kube-proxy captures it before routing); two
 LoadBalancer services have loadBalancerSourceRanges: `fenced` takes pods only
 (10.244.0.0/16), so the external host is dropped and a pod answered; `open`
-takes the cluster network, external host included. The one backend runs on
-cp, so every answer crosses from the node that took the packet.
+takes the cluster network, external host included; `checked` is a LoadBalancer
+with externalTrafficPolicy Local, whose healthCheckNodePort each node's agent
+serves as kube-proxy does. The one backend runs on cp, so every answer crosses
+from the node that took the packet, and only cp has a local endpoint.
 """
 
 from __future__ import annotations
+
+import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -48,6 +54,11 @@ services:
     selector: {{app: web}}
     loadBalancerSourceRanges: [203.0.113.0/24, {net}.0/24]
     ports: [{{name: http, port: 80, targetPort: http}}]
+  - name: checked
+    type: LoadBalancer
+    externalTrafficPolicy: Local
+    selector: {{app: web}}
+    ports: [{{name: http, port: 80, targetPort: http}}]
 """
 
 # What each mode's listing on w1 holds for these fields, as kube-proxy writes them
@@ -70,7 +81,7 @@ SHAPES = {
 def lab(request, make_module_cluster):
     mode, net = request.param, NETWORKS[request.param]
     cluster = make_module_cluster(LAB.format(mode=mode, net=net, unheld=UNHELD), f"sf-{mode[:3]}")
-    for service in ("outside", "fenced", "open"):
+    for service in ("outside", "fenced", "open", "checked"):
         wait_for(lambda s=service: len(cluster.endpoints().get(f"default/{s}", {}).get("http", [])) == 1,
                  f"{service}'s endpoint")  # fmt: skip
     cluster.run_external("outside")
@@ -116,3 +127,50 @@ def test_source_ranges_drop_a_client_outside_them_and_answer_one_inside(lab):
 def test_source_ranges_take_the_external_host_when_a_range_holds_it(lab):
     _, _, cluster = lab
     assert outside_curl(cluster, f"http://{lb_ip(cluster, 'open')}/hostname") == (0, "web")
+
+
+def outside_get(cluster, url: str) -> tuple[int | None, str]:
+    """(HTTP status, body) of a GET from the external host; status None when nothing answered."""
+    argv = ["curl", "-sS", "--max-time", "3", "-w", "\n%{http_code}", url]
+    result = cluster.runtime.exec(f"{cluster.name}-outside", argv)
+    body, _, status = result.output.strip().rpartition("\n")
+    return (int(status) if result.exit_code == 0 and status.isdigit() else None), body
+
+
+def test_health_check_node_port_answers_with_each_nodes_local_endpoints(lab):
+    """kube-proxy's service health server: 200 on the node with the service's endpoint, 503
+    on the other, each with its count, so a load balancer sends traffic to cp only."""
+    _, _, cluster = lab
+    state = cluster.state()
+    port = state.services["default/checked"].health_check_node_port
+    assert 30000 <= port <= 32767
+    nodes = {n.name: n.node_ip for n in state.nodes}
+    wait_for(lambda: all(outside_get(cluster, f"http://{ip}:{port}/")[0] for ip in nodes.values()),
+             "every node's health check server")  # fmt: skip
+    answers = {name: outside_get(cluster, f"http://{ip}:{port}/") for name, ip in nodes.items()}
+    assert {name: status for name, (status, _) in answers.items()} == {"cp": 200, "w1": 503}, answers
+    for name, count in (("cp", 1), ("w1", 0)):
+        assert json.loads(answers[name][1]) == {"service": {"namespace": "default", "name": "checked"},
+                                                 "localEndpoints": count, "serviceProxyHealthy": True}  # fmt: skip
+
+
+def test_kube_proxy_healthz_answers_on_every_node(lab):
+    _, _, cluster = lab
+    for node in cluster.state().nodes:
+        status, body = outside_get(cluster, f"http://{node.node_ip}:10256/healthz")
+        assert status == 200, (node.name, body)
+        assert set(json.loads(body)) == {"lastUpdated", "currentTime", "nodeEligible"}
+
+
+def test_kubectl_shows_the_health_check_node_port(lab):
+    """The Service object in the API server carries it, as a real cluster's does."""
+    _, _, cluster = lab
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed (Debian's kubectl package)")
+    result = subprocess.run([kubectl, "--context", f"emu-{cluster.name}", "get", "service", "checked", "-o", "json"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    spec = json.loads(result.stdout)["spec"]
+    port = cluster.state().services["default/checked"].health_check_node_port
+    assert (spec["healthCheckNodePort"], spec["externalTrafficPolicy"]) == (port, "Local")

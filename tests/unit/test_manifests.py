@@ -207,6 +207,13 @@ def test_external_ips_and_source_ranges_are_read_and_checked(tmp_path):
         "(e.g. 192.0.2.10)"
 
 
+def test_health_check_node_port_is_read(tmp_path):
+    service = ("apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports: [{port: 80}]\n"
+               "  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 31234\n")  # fmt: skip
+    manifests = read(service, tmp_path)
+    assert (manifests.objects[0].model.health_check_node_port, manifests.warnings) == (31234, [])
+
+
 def test_yaml_errors_and_limits_are_located(tmp_path):
     [message] = problems("apiVersion: v1\nkind: Pod\nmetadata: {name: [\n", tmp_path)
     assert message.startswith("app.yaml:4:1:") and "not valid YAML" in message

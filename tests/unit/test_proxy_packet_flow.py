@@ -144,3 +144,22 @@ def test_iptables_firewall_chain_as_kube_proxy_writes_it():
     ]
     assert ('-m comment --comment "ns2/ext:p80 external IP" -m tcp -p tcp -d 192.168.99.11/32 --dport 80 -j '
             + iptables.external_chain("ns2/ext:p80", "tcp")) in rules["nat"]["KUBE-SERVICES"]  # fmt: skip
+
+
+def test_health_check_node_port_is_accepted_in_iptables_and_ipvs_modes():
+    """kube-proxy's rule for a healthCheckNodePort, whether or not the node has an endpoint
+    (its TestOverallIPTablesRules: 'ns2/svc2:p80 health check node port'); its nftables
+    mode writes nothing for it (its table drops only what its own sets name)."""
+    state, endpoints = cluster()
+    checked = service("ns5", "checked", {"type": "LoadBalancer", "clusterIP": "172.30.0.45", "port": {"nodePort": 3005},
+                                         "externalTrafficPolicy": "Local", "healthCheckNodePort": 30000}, ["1.2.3.45"])
+    assert checked.health_check_node_port == 30000
+    state.services[checked.key] = checked  # no endpoint anywhere
+    rules = iptables.render(state, "test-node", endpoints)
+    assert rules["filter"]["KUBE-NODEPORTS"] == [
+        '-m comment --comment "ns5/checked:p80 health check node port" -m tcp -p tcp --dport 30000 -j ACCEPT']
+    assert ipvs.render(state, "test-node", endpoints).sets["KUBE-HEALTH-CHECK-NODE-PORT"] == ["30000"]
+    assert "30000" not in nftables.full_text(nftables.render(state, "test-node", endpoints))
+    # Only a LoadBalancer with externalTrafficPolicy Local has one (kube-proxy's NeedsHealthCheck).
+    cluster_policy = service("ns5", "c", {"type": "LoadBalancer", "healthCheckNodePort": 30000, "clusterIP": "1.1.1.1"})
+    assert cluster_policy.health_check_node_port is None

@@ -153,3 +153,36 @@ def test_the_default_wait_grows_with_the_rules_every_node_writes():
     web = sum(1 for pod in state.pods.values() if pod.labels.get("app") == "web")
     endpoints = 100 * 2 * web  # every service selects every web pod, on two ports
     assert web and default_wait(state) == pytest.approx(default_wait(small) + 0.00015 * endpoints * len(state.nodes))
+
+
+HEALTH = LAB + """\
+services:
+  - name: lb
+    type: LoadBalancer
+    externalTrafficPolicy: Local
+    selector: {app: web}
+    ports: [{name: http, port: 80}, {name: alt, port: 81}]
+  - name: np
+    type: NodePort
+    externalTrafficPolicy: Local
+    selector: {app: web}
+    ports: [{port: 80}]
+"""
+
+
+def test_a_local_load_balancer_gets_a_health_check_node_port_as_kubernetes_allocates_it():
+    """Kubernetes' NeedsHealthCheck: type LoadBalancer with externalTrafficPolicy Local, a node
+    port of its own from the same range; a NodePort service gets none."""
+    state = plan(HEALTH)
+    lb, np = state.services["default/lb"], state.services["default/np"]
+    node_ports = {p.node_port for s in state.services.values() for p in s.ports if p.node_port}
+    assert 30000 <= lb.health_check_node_port <= 32767 and lb.health_check_node_port not in node_ports
+    assert np.health_check_node_port is None
+    # Kept by a re-apply, declared where given, gone with externalTrafficPolicy Cluster.
+    assert plan(HEALTH, state).services["default/lb"].health_check_node_port == lb.health_check_node_port
+    declared = HEALTH.replace("    externalTrafficPolicy: Local\n", "    externalTrafficPolicy: Local\n"
+                              "    healthCheckNodePort: 31999\n", 1)  # fmt: skip
+    assert plan(declared, state).services["default/lb"].health_check_node_port == 31999
+    cluster = HEALTH.replace("externalTrafficPolicy: Local", "externalTrafficPolicy: Cluster")
+    assert plan(cluster, state).services["default/lb"].health_check_node_port is None
+    assert ClusterState.from_json(state.to_json()).services["default/lb"] == lb

@@ -232,3 +232,22 @@ def test_external_ips_allow_a_local_external_traffic_policy_on_a_cluster_ip_serv
     text = SERVICE.replace("TYPE", "ClusterIP") + "    externalTrafficPolicy: Local\n"
     assert "externalTrafficPolicy: Local is for NodePort and LoadBalancer services" in problems(text)[0]
     assert load_text(text + "    externalIPs: [192.0.2.10]\n").services[0].external_ips == ["192.0.2.10"]
+
+
+def test_health_check_node_port_is_checked_as_kubernetes_checks_it():
+    local_lb = SERVICE.replace("TYPE", "LoadBalancer") + "    externalTrafficPolicy: Local\n"
+    assert load_text(local_lb + "    healthCheckNodePort: 31000\n").services[0].health_check_node_port == 31000
+    assert problems(SERVICE.replace("TYPE", "NodePort") + "    externalTrafficPolicy: Local\n"
+                    "    healthCheckNodePort: 31000\n") == [  # fmt: skip
+        "lab.yaml:17:5: services[0].healthCheckNodePort: healthCheckNodePort may only be set when type is "
+        "'LoadBalancer' and externalTrafficPolicy is 'Local' (service 'default/svc' is NodePort, Local); remove it",
+    ]
+    taken = local_lb.replace("ports: [{port: 80}]", "ports: [{port: 80, nodePort: 31000}]")
+    assert problems(taken + "    healthCheckNodePort: 31000\n") == [
+        "lab.yaml:17:5: services[0].healthCheckNodePort: healthCheckNodePort 31000 of service 'default/svc' is taken "
+        "by service 'default/svc'; pick another node port or leave it out to have one allocated",
+    ]
+    assert problems(local_lb + "    healthCheckNodePort: 80\n") == [
+        "lab.yaml:17:5: services[0].healthCheckNodePort: node port 80 is out of range: node ports are 30000-32767; "
+        "pick one there",
+    ]

@@ -101,7 +101,7 @@ MODELLED: dict[str, set[str]] = {
     "ServiceSpec": {
         "type", "selector", "ports", "clusterIP", "clusterIPs", "externalName", "sessionAffinity",
         "sessionAffinityConfig", "externalTrafficPolicy", "internalTrafficPolicy", "loadBalancerIP",
-        "ipFamilies", "ipFamilyPolicy", "externalIPs", "loadBalancerSourceRanges",
+        "ipFamilies", "ipFamilyPolicy", "externalIPs", "loadBalancerSourceRanges", "healthCheckNodePort",
     },
     "ServicePort": {"name", "port", "targetPort", "protocol", "nodePort"},
     "SessionAffinityConfig": {"clientIP"},

@@ -139,6 +139,8 @@ def problems_from_pydantic(error: ValidationError, locator: Locator) -> list[Pro
             message = f"{item['msg'].replace('Input should be', 'must be')} (got {item['input']!r})"
         elif kind == "value_error":
             message = item["msg"].removeprefix("Value error, ")
+        elif kind in ("greater_than_equal", "less_than_equal") and path and "nodeport" in str(path[-1]).lower():
+            message = f"node port {item['input']!r} is out of range: node ports are 30000-32767; pick one there"
         elif kind in ("greater_than_equal", "less_than_equal") and path and "port" in str(path[-1]).lower():
             message = f"port {item['input']!r} is out of range: a port is 1-65535"
         else:

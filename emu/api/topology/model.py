@@ -521,6 +521,10 @@ class Service(Model):
     load_balancer_source_ranges: list[str] = Field(
         default_factory=list, description="CIDRs a LoadBalancer service takes clients from; the rest are dropped."
     )
+    health_check_node_port: Annotated[int, Field(ge=30000, le=32767)] | None = Field(
+        None, description="The node port load balancers ask for a node's local endpoints (LoadBalancer with "
+        "externalTrafficPolicy Local); default: allocated."
+    )
 
 
 class LabelSelectorRequirement(Model):

@@ -302,6 +302,7 @@ def _check_services(topology: Topology) -> Iterator[Finding]:
             and all(t.labels.get(k) == v for k, v in service.selector.items())
         ] if named else []  # fmt: skip
         yield from _check_service_ports(service, path, what, node_ports, selected)
+        yield from _check_health_check_node_port(service, path, what, node_ports)
 
 
 def _check_external_addresses(service, path, what) -> Iterator[Finding]:
@@ -328,6 +329,23 @@ def _check_external_addresses(service, path, what) -> Iterator[Finding]:
         except ValueError:
             message = f"'{text}' in loadBalancerSourceRanges of {what} is not an IPv4 CIDR (e.g. 203.0.113.0/24)"
             yield (path + ("loadBalancerSourceRanges", i), message)
+
+
+def _check_health_check_node_port(service, path, what, node_ports: dict[int, str]) -> Iterator[Finding]:
+    """spec.healthCheckNodePort, as Kubernetes' ValidateService and its node port allocator
+    check it: only with type LoadBalancer and externalTrafficPolicy Local, and a node port
+    no other port (this service's included) holds."""
+    port = service.health_check_node_port
+    if port is None:
+        return
+    where = path + ("healthCheckNodePort",)
+    if service.type != "LoadBalancer" or service.external_traffic_policy != "Local":
+        yield (where, f"healthCheckNodePort may only be set when type is 'LoadBalancer' and externalTrafficPolicy "
+                      f"is 'Local' ({what} is {service.type}, {service.external_traffic_policy}); remove it")
+    elif port in node_ports:
+        yield (where, f"healthCheckNodePort {port} of {what} is taken by service '{node_ports[port]}'; "
+                      "pick another node port or leave it out to have one allocated")
+    node_ports.setdefault(port, f"{service.namespace}/{service.name}")
 
 
 def _check_service_ports(service, path, what, node_ports: dict[int, str], selected: list) -> Iterator[Finding]:

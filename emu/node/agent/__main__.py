@@ -32,6 +32,7 @@ from emu.node.agent.apistatus import ApiStatus
 from emu.node.agent.tokens import Tokens
 from emu.node.agent.edge import LoadBalancers
 from emu.node.agent.evict import EVICT_AFTER, evict, evictable
+from emu.node.agent.health import KubeProxyHealth
 from emu.node.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
 from emu.node.agent.probes import Kubelet, ProbeThreads, run_start_script
 from emu.node.agent.ingress import IngressSync
@@ -99,6 +100,7 @@ class Agent:
         self.reporter = Reporter(node, port, log)
         self.watcher = Watcher(port, log)
         self.proxy = ProxySync(log)
+        self.health = KubeProxyHealth(log)  # kube-proxy's /healthz (:10256) and healthCheckNodePort servers
         self.load_balancers = LoadBalancers(node, log)
         self.policies = PolicySync(log)
         self.ingress = IngressSync(node, log)
@@ -347,6 +349,8 @@ class Agent:
         change); between changes, a look at the kernel's rules every
         check_period, and a full resync when some went missing. A failed sync
         is tried again RESYNC_AFTER_FAILURE seconds later (the runner)."""
+        if requested:
+            self.health.queued()  # a change waits for a sync (kube-proxy's QueuedUpdate)
         view = self.view
         if view is None:
             return self.proxy.check_period
@@ -423,6 +427,7 @@ class Agent:
         with self.peers_lock:
             lost = tuple(sorted(self.lost_nodes))  # (they own no LoadBalancer address)
         if (key, lost) == self.synced_key and not force:
+            self.health.updated()
             return  # nothing this node's rules depend on changed
         endpoints = self.tracker.update(state, ready)
         self.endpoints = endpoints
@@ -441,6 +446,7 @@ class Agent:
             log(f"ingress sync failed: {error}")
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         chains = self.proxy.sync(state, self.node, endpoints)  # failing: the sync runner logs it and tries again soon
+        self.health.synced(state, self.node, endpoints)
         self.synced_key = (key, lost)
         if chains > 100:
             release_memory()  # a big render's temporaries
@@ -653,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         handle.write(str(os.getpid()))
     signal.signal(signal.SIGHUP, lambda *_: agent.loader.request())
     server = web.Server(("0.0.0.0", port), make_handler(agent))
+    agent.health.start()
     for runner in agent.runners():
         runner.start()
     for job in [

@@ -97,6 +97,9 @@ def service_state(obj: dict) -> ServiceState:
         else [],  # fmt: skip
         load_balancer_source_ranges=ranges if kind == "LoadBalancer" else [],
         load_balancer_ips=ingress if kind == "LoadBalancer" and len(ingress) > 1 else [],
+        # kube-proxy reads it only where the service needs a health check (apiservice.NeedsHealthCheck).
+        health_check_node_port=(spec.get("healthCheckNodePort") or None)
+        if kind == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local" else None,  # fmt: skip
     )
 
 

@@ -63,7 +63,7 @@ def service_ports(state: ClusterState, endpoints: dict):
             continue
         common = (key, service.type, service.cluster_ip, tuple(service.load_balancer_vips), service.affinity_timeout,
                   service.external_traffic_policy, service.internal_traffic_policy, tuple(service.external_ips),
-                  tuple(service.load_balancer_source_ranges))  # fmt: skip
+                  tuple(service.load_balancer_source_ranges), service.health_check_node_port)  # fmt: skip
         by_port = endpoints.get(key, none)
         for port in service.ports:
             port_endpoints = by_port.get(port.name, ())

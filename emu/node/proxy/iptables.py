@@ -25,9 +25,9 @@ Ruleset = dict[str, dict[str, list[str]]]  # table -> chain -> rules (without "-
 # Chains written in full on every sync, in every table.
 BASE_CHAINS = {
     "nat": ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"],
-    # KUBE-NODEPORTS (health check ports), KUBE-FIREWALL (the localnet guard) and
-    # KUBE-PROXY-FIREWALL (loadBalancerSourceRanges) stay empty in emu, but a
-    # real node always has them and the jumps into them.
+    # KUBE-NODEPORTS (health check node ports) and KUBE-PROXY-FIREWALL
+    # (loadBalancerSourceRanges) stay empty without those fields, KUBE-FIREWALL (the
+    # localnet guard) stays empty in emu; a real node always has them and the jumps.
     "filter": ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-FIREWALL",
                "KUBE-PROXY-FIREWALL"],
 }  # fmt: skip
@@ -273,6 +273,11 @@ def _render_port(
         if not external:
             local_only = f"{comment(f'{name} {why_not}')} -m addrtype --dst-type LOCAL {match}"
             rules.add("filter", "KUBE-EXTERNAL-SERVICES", f"{local_only} {where} -j {no_external}")
+    if service.health_check_node_port:
+        # Whether or not this node has an endpoint: the load balancer's health check must
+        # reach the node's health server to hear the answer (200 or 503).
+        note, health_port = comment(f"{name} health check node port"), service.health_check_node_port
+        rules.add("filter", "KUBE-NODEPORTS", f"{note} -m tcp -p tcp --dport {health_port} -j ACCEPT")
     if has_external:
         if endpoints:
             if service.external_traffic_policy == "Local":

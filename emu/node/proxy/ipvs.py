@@ -225,6 +225,8 @@ def _render_port(service, port, port_endpoints, node: str, node_ip: str | None, 
             entries.append((f"KUBE-NODE-PORT-LOCAL-{proto.upper()}", str(port.node_port)))
         if node_ip:  # kube-proxy's default --nodeport-addresses (primary): the node's own IP
             serve(f"{node_ip}:{port.node_port}", external_local)
+    if service.health_check_node_port:  # KUBE-NODE-PORT (filter) accepts these whether or not an endpoint is here
+        entries.append(("KUBE-HEALTH-CHECK-NODE-PORT", str(service.health_check_node_port)))
     return servers, entries, addresses
 
 

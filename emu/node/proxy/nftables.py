@@ -292,6 +292,8 @@ def render_port(
     if not has_external:
         for ip in lb_ips:
             out.elements.append(("no-endpoint-services", f"{ip} . {proto} . {port.port}", f"{note} : {external_verdict}"))
+    # A healthCheckNodePort needs nothing here: kube-proxy's nftables mode drops only what
+    # its own sets and maps name, so the node's health server is reached as it is.
     if node_port:
         if has_endpoints:
             out.elements.append(("service-nodeports", f"{proto} . {node_port}", f" : goto {external_chain}"))

@@ -30,7 +30,7 @@ from emu.node.services import all_endpoints
 DEFAULT = (Path(__file__).resolve().parents[3] / "topologies" / "default.yaml").read_text()
 # The default lab with a LoadBalancer pool (so echo-lb gets an address) and services that use
 # the other fields kube-proxy reads: session affinity, both traffic policies, externalIPs and
-# loadBalancerSourceRanges (one range holding the nodes' addresses).
+# loadBalancerSourceRanges (one range holding the nodes' addresses), a healthCheckNodePort.
 RICH = DEFAULT.replace(
     "  serviceSubnet: 10.96.0.0/16\n",
     "  serviceSubnet: 10.96.0.0/16\n  clusterNetwork: 172.28.0.0/24\n  loadBalancerPool: 172.28.0.200-172.28.0.250\n",
@@ -62,6 +62,12 @@ RICH = DEFAULT.replace(
     loadBalancerSourceRanges: [203.0.113.0/25, 172.28.0.0/24]
     ports:
       - {port: 84, targetPort: 8080}
+  - name: checked
+    type: LoadBalancer
+    externalTrafficPolicy: Local
+    selector: {app: web}
+    ports:
+      - {port: 85, targetPort: 8080}
 """
 MODES = ("iptables", "nftables", "ipvs")
 
@@ -163,6 +169,8 @@ def test_rules_from_the_api_equal_the_rules_from_the_state(server, text):
             assert fed_state.services["default/outside"].external_ips == ["198.51.100.7", "198.51.100.8"]
             fenced = fed_state.services["default/fenced"]
             assert fenced.load_balancer_source_ranges == ["203.0.113.0/25", "172.28.0.0/24"]
+            checked = state.services["default/checked"].health_check_node_port
+            assert checked and fed_state.services["default/checked"].health_check_node_port == checked
         for mode in MODES:
             assert renders(fed_state, fed_endpoints, mode) == renders(state, expected_endpoints, mode), mode
     finally:
