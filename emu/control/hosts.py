@@ -52,7 +52,7 @@ SYSCTLS = {
 HOST_LABEL = "io.emu.host"  # swarm node label: which inventory host a node is (node.labels.io.emu.host==h2)
 OK, INFO, WARN, ERROR = "ok", "info", "warn", "error"
 LEVELS = (OK, INFO, WARN, ERROR)
-CHECKS = ("ssh", "docker", "vxlan", "br_netfilter", "ip_forward", "mtu", "clock", "disk", "ports")
+CHECKS = ("ssh", "docker", "identity", "vxlan", "br_netfilter", "ip_forward", "mtu", "clock", "disk", "ports")
 
 
 # -- reports ---------------------------------------------------------------------------------------------------
@@ -216,6 +216,101 @@ def _parallel(function, items: Iterable) -> list:
         return list(pool.map(function, items))
 
 
+# -- identity: one engine or one machine named twice -----------------------------------------------------------
+
+MACHINE_ID_COMMAND = "cat /etc/machine-id 2>/dev/null || cat /var/lib/dbus/machine-id 2>/dev/null"
+IDENTITY_COMMAND = "info --format '{{.ID}} {{.Swarm.NodeID}}'"  # the docker CLI's arguments
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What tells Docker engines and machines apart: the engine's ID (docker info .ID), its swarm node ID
+    (while in a swarm) and its machine's /etc/machine-id. "" where unknown (no engine answers, no SSH)."""
+
+    engine_id: str = ""
+    node_id: str = ""
+    machine_id: str = ""
+
+
+@dataclass(frozen=True)
+class Clash:
+    """Host `host` is the same engine or machine as the earlier host `first`: what is shared, and the fix."""
+
+    host: str
+    first: str
+    shared: str  # engine / swarm node / machine
+    field: str  # the inventory field to correct on `host`: address, dockerSocket or engine
+    message: str
+    fix: str
+
+
+def parse_identity(engine: str, machine_id: str = "") -> Identity:
+    """From `docker info --format '{{.ID}} {{.Swarm.NodeID}}'`'s output and the machine-id's."""
+    parts = engine.split() + ["", ""]
+    return Identity(parts[0], parts[1], machine_id.strip().split("\n")[0].strip())
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= 14 else value[:14] + "..."
+
+
+def identity_clashes(hosts: list[Host], identities: dict[str, Identity]) -> list[Clash]:
+    """Every host that is an earlier host's engine, swarm node or machine again (each host once, against the
+    first it repeats). Unknown parts ("") match nothing."""
+    clashes: list[Clash] = []
+    for index, host in enumerate(hosts):
+        mine = identities.get(host.name, Identity())
+        for first in hosts[:index]:
+            theirs = identities.get(first.name, Identity())
+            clash = _clash(first, theirs, host, mine)
+            if clash:
+                clashes.append(clash)
+                break
+    return clashes
+
+
+def _clash(a: Host, ida: Identity, b: Host, idb: Identity) -> Clash | None:
+    same_machine = bool(ida.machine_id) and ida.machine_id == idb.machine_id
+    both = f"{b.name} and {a.name}"
+    if ida.engine_id and ida.engine_id == idb.engine_id:
+        shared = f"{both} are one Docker engine (engine ID {_short(ida.engine_id)})"
+        if a.engine != "ssh" or b.engine != "ssh":
+            return Clash(b.name, a.name, "engine", "engine", f"{shared}: {b.name}'s engine {b.engine} reaches "
+                         f"{a.name}'s", f"set {b.name}'s engine to the address of {b.name}'s own Docker engine")
+        if (a.address, a.port) == (b.address, b.port):
+            return Clash(b.name, a.name, "engine", "address", f"{shared}: both have the address {b.address}",
+                         f"set {b.name}'s address to the machine {b.name} is")
+        if same_machine:
+            return Clash(b.name, a.name, "engine", "address", f"{shared}: {a.address} and {b.address} are one "
+                         f"machine (machine-id {_short(ida.machine_id)})",
+                         f"set {b.name}'s address to the machine {b.name} is (a DNS name and an address of one "
+                         "machine name it twice)")
+        default = " (the default, as no dockerSocket is given)" if b.docker_socket == "/var/run/docker.sock" else ""
+        return Clash(b.name, a.name, "engine", "dockerSocket", f"{shared}: on {b.address}, {b.name}'s "
+                     f"dockerSocket {b.docker_socket}{default} reaches {a.name}'s engine",
+                     f"set {b.name}'s dockerSocket to the socket of {b.name}'s own engine")
+    if ida.node_id and ida.node_id == idb.node_id:
+        return Clash(b.name, a.name, "swarm node", "dockerSocket", f"{both} are one swarm node ({_short(ida.node_id)})"
+                     " of two engines: one engine's swarm state was copied from the other's", f"run docker swarm "
+                     f"leave --force on {b.name} (or correct {b.name}'s dockerSocket if it names {a.name}'s engine)")
+    if same_machine:
+        return Clash(b.name, a.name, "machine", "address", f"{both} are one machine (machine-id "
+                     f"{_short(ida.machine_id)}): {a.address} and {b.address} reach it",
+                     f"set {b.name}'s address to the machine {b.name} is; if it is a machine of its own cloned "
+                     "from the same image, give it a machine-id of its own (rm /etc/machine-id; "
+                     "systemd-machine-id-setup)")
+    return None
+
+
+def refuse_clashes(hosts: list[Host], identities: dict[str, Identity], doing: str) -> None:
+    """EmuError naming every host that repeats an earlier one, and the field to fix: before anything changes."""
+    clashes = identity_clashes(hosts, identities)
+    if clashes:
+        lines = [f"{c.message}; fix: {c.fix}" for c in clashes]
+        raise EmuError(f"the inventory names one {clashes[0].shared} twice, so emu does not {doing}:\n  "
+                       + "\n  ".join(lines))
+
+
 # -- check: the probe ------------------------------------------------------------------------------------------
 
 PROBE_SCRIPT = r"""
@@ -226,12 +321,14 @@ say kernel "$(uname -r)"
 say uid "$(id -u)"
 if command -v docker >/dev/null 2>&1; then
   out=$(timeout 10 docker version --format '{{.Server.Version}}' 2>&1); say docker_rc $?; say docker_out "$out"
-  say swarm "$(timeout 10 docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null)"
+  set -- $(timeout 10 docker info --format '{{.Swarm.LocalNodeState}} {{.ID}} {{.Swarm.NodeID}}' 2>/dev/null)
+  say swarm "$1"; say engine_id "$2"; say node_id "$3"
   root=$(timeout 10 docker info --format '{{.DockerRootDir}}' 2>/dev/null)
 else
   say docker_rc 127; say docker_out "docker: command not found"
 fi
 command -v dockerd >/dev/null 2>&1 && say dockerd yes || say dockerd no
+say machine_id "$(__MACHINE_ID__)"
 for m in vxlan:VXLAN br_netfilter:BRIDGE_NETFILTER; do
   name=${m%%:*} cfg=CONFIG_${m##*:}
   if [ -d /sys/module/$name ] || grep -q "^$name " /proc/modules 2>/dev/null; then s=loaded
@@ -291,6 +388,7 @@ def probe_script(host: Host, peers: list[str]) -> str:
         "__PEERS__": " ".join(shlex.quote(p) for p in peers),
         "__PORTS__": " ".join(str(p) for p in SWARM_TCP_PORTS),
         "__PORT_TIMEOUT__": str(PORT_TIMEOUT),
+        "__MACHINE_ID__": MACHINE_ID_COMMAND,
     }
     script = PROBE_SCRIPT
     for key, value in values.items():
@@ -380,7 +478,23 @@ def _gb(value: int) -> str:
 def evaluate(hosts: list[Host], probes: dict[str, Probe]) -> list[HostReport]:
     """Reports from the probes of every host (the ports of one host are judged by the other host's state)."""
     by_address = {h.swarm_address: h for h in hosts}
-    return [_evaluate_host(h, probes[h.name], probes, by_address) for h in hosts]
+    reports = [_evaluate_host(h, probes[h.name], probes, by_address) for h in hosts]
+    identities = {name: probe_identity(probe) for name, probe in probes.items() if not probe.ssh_error}
+    clashes = {c.host: c for c in identity_clashes(hosts, identities)}
+    for host, report in zip(hosts, reports):
+        if host.name not in identities:
+            continue
+        clash = clashes.get(host.name)
+        if clash:
+            report.findings.insert(2, Finding("identity", ERROR, f"={clash.first}", clash.message, clash.fix))
+        elif identities[host.name].engine_id or identities[host.name].machine_id:
+            report.findings.insert(2, Finding("identity", OK, "unique"))
+    return reports
+
+
+def probe_identity(probe: Probe) -> Identity:
+    values = probe.values
+    return Identity(values.get("engine_id", ""), values.get("node_id", ""), values.get("machine_id", ""))
 
 
 def _evaluate_host(host: Host, probe: Probe, probes: dict[str, Probe], by_address: dict[str, Host]) -> HostReport:
@@ -995,18 +1109,37 @@ def prepare_hosts(hosts: list[Host], images: list[str], progress: Progress = pri
     conns = _connect_all(hosts)
     try:
         by_name = {h.name: h for h in hosts}
+        refuse_clashes(hosts, identify_hosts(conns, hosts), "prepare them")
+
+        installed: list[str] = []
 
         def engine(host: Host) -> None:
             if _engine_answers(conns[host.name], host) is None:
+                installed.append(host.name)
                 _install_engine(conns[host.name], host, progress)
             _ensure_sysctls(conns[host.name], host, progress)
 
         _gather(_parallel(lambda h: _capture(engine, h), hosts), by_name)
+        if installed:  # engines that did not answer before have IDs now
+            refuse_clashes(hosts, identify_hosts(conns, hosts), "prepare them")
         _ensure_swarm(conns, hosts, progress)
         return _ensure_images(conns, hosts, images, progress)
     finally:
         for conn in conns.values():
             conn.close()
+
+
+def identify_hosts(conns: dict[str, Connection], hosts: list[Host]) -> dict[str, Identity]:
+    """Every host's engine ID, swarm node ID and machine-id, over SSH (parts that do not answer stay "")."""
+
+    def identify(host: Host) -> Identity:
+        conn = conns[host.name]
+        engine = _run(conn, docker_command(host, IDENTITY_COMMAND), timeout=20)
+        machine = _run(conn, MACHINE_ID_COMMAND, timeout=20)
+        return parse_identity(engine.stdout if engine.exited == 0 else "",
+                              machine.stdout if machine.exited == 0 else "")
+
+    return dict(zip((h.name for h in hosts), _parallel(identify, hosts)))
 
 
 def _capture(function, host: Host):

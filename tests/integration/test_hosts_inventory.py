@@ -1,17 +1,23 @@
 """Several hosts as users meet them (issue 27): an inventory that names one engine twice is refused before
-anything changes, a prepare that fails leaves every engine as it found it, and removals that race each other
-count as done. The hosts are the lab's (tests/hostlab.py): real dockerds with their own sshd."""
+anything changes, and removals that race each other count as done. The hosts are the lab's (tests/hostlab.py):
+real dockerds with their own sshd."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import docker
 import pytest
+import yaml
 
 from emu.control.runtime.docker import DockerRuntime
 
+ROOT = Path(__file__).resolve().parents[2]
 MANY_FILES = 50000  # a container whose removal takes about a second here: time for a second remover to meet it
 
 
@@ -41,3 +47,90 @@ def test_a_removal_already_in_progress_counts_as_done(runtime, new_name):
             api.remove_container(container, force=True, v=True)
         except docker.errors.APIError:
             pass
+
+
+# -- one engine named twice: check, prepare and up refuse it, and change nothing -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def lab(runtime, tmp_path_factory):
+    """The lab's hosts out of any swarm, with no containers; emu's records in a private EMU_HOME."""
+    from tests import hostlab
+
+    if os.geteuid() != 0:
+        pytest.skip("the multi-host lab needs root: network namespaces, dockerd and sshd per host")
+    home = tmp_path_factory.mktemp("emu-home")
+    with pytest.MonkeyPatch.context() as patch, hostlab.session(3, progress=lambda message: None) as lab:
+        patch.setenv("EMU_HOME", str(home))
+        yield lab
+
+
+@pytest.fixture(autouse=True)
+def clean_engines(request):
+    """Each lab test starts from engines in no swarm with no containers, whatever the one before left."""
+    if "lab" in request.fixturenames:
+        from tests import hostlab
+
+        for host in request.getfixturevalue("lab").hosts:
+            hostlab.clean_engine(host)
+
+
+def engine_state(lab_host) -> tuple:
+    """What a test must find unchanged on a lab engine: its swarm state and node, its containers and networks."""
+    from tests import hostlab
+
+    info = hostlab.check_guard(lab_host)
+    containers = hostlab.docker(lab_host, "ps", "-aq").stdout.split()
+    networks = sorted(hostlab.docker(lab_host, "network", "ls", "--format", "{{.Name}}").stdout.split())
+    networks = [n for n in networks if n != "docker_gwbridge"]  # Docker's own, made in its time after a swarm init
+    return info["Swarm"]["LocalNodeState"], info["Swarm"]["NodeID"], containers, networks
+
+
+def twice(lab, how: str) -> str:
+    """An inventory of h1 and an entry h2 that reaches h1's engine again: through h2's sshd and h1's socket
+    (socket), or h1's own address and socket (address)."""
+    from tests import hostlab
+
+    h1, h2 = hostlab.inventory_entry(lab.host("h1")), hostlab.inventory_entry(lab.host("h2"))
+    h2["dockerSocket"] = h1["dockerSocket"]
+    if how == "address":
+        h2["address"] = h1["address"]
+    return yaml.safe_dump({"hosts": [h1, h2]}, sort_keys=False)
+
+
+@pytest.mark.parametrize("how,field", [("socket", "dockerSocket"), ("address", "address")])
+def test_one_engine_named_twice_is_refused_by_check_prepare_and_up(lab, tmp_path, how, field):
+    from tests import hostlab
+
+    h1 = lab.host("h1")
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text(twice(lab, how))
+    before = engine_state(h1)
+    assert before[0] == "inactive"
+
+    check = emu("hosts", "check", str(inventory))
+    assert check.returncode == 1, check.stdout + check.stderr
+    assert "h2 and h1 are one Docker engine" in check.stdout and f"set h2's {field}" in check.stdout, check.stdout
+
+    prepare = emu("hosts", "prepare", "-q", str(inventory))
+    assert prepare.returncode == 1 and "Traceback" not in prepare.stderr, prepare.stderr
+    assert "h2 and h1 are one Docker engine" in prepare.stderr and f"set h2's {field}" in prepare.stderr
+    assert engine_state(h1) == before  # not made a swarm manager
+
+    # As the issue met it: the engine is in a swarm (a prepare of old made it a manager), and up is asked.
+    hostlab.docker(h1, "swarm", "init", "--advertise-addr", h1.address)
+    try:
+        before = engine_state(h1)
+        topology = "name: emutest-twice\ndns: {enabled: false}\nnodes: [{name: a}, {name: b}]\n"
+        (tmp_path / "lab.yaml").write_text(topology)
+        up = emu("up", str(tmp_path / "lab.yaml"), "--hosts", str(inventory))
+        assert up.returncode == 1 and "Traceback" not in up.stderr, up.stderr
+        assert "h2 and h1 are one Docker engine" in up.stderr and f"set h2's {field}" in up.stderr, up.stderr
+        assert engine_state(h1) == before  # no container, no network
+    finally:
+        hostlab.clean_engine(h1)
+
+
+def emu(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "emu.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT, env={**os.environ})
