@@ -1,10 +1,12 @@
 """Several hosts as users meet them (issue 27): an inventory that names one engine twice is refused before
-anything changes, and removals that race each other count as done. The hosts are the lab's (tests/hostlab.py):
-real dockerds with their own sshd."""
+anything changes, a prepare that fails leaves every engine as it found it, and removals that race each other
+count as done. The hosts are the lab's (tests/hostlab.py): real dockerds with their own sshd."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -16,6 +18,7 @@ import pytest
 import yaml
 
 from emu.control.runtime.docker import DockerRuntime
+from emu.errors import EmuError
 
 ROOT = Path(__file__).resolve().parents[2]
 MANY_FILES = 50000  # a container whose removal takes about a second here: time for a second remover to meet it
@@ -129,6 +132,60 @@ def test_one_engine_named_twice_is_refused_by_check_prepare_and_up(lab, tmp_path
         assert engine_state(h1) == before  # no container, no network
     finally:
         hostlab.clean_engine(h1)
+
+
+# -- a prepare that fails or is interrupted leaves every engine as it found it ------------------------------------
+
+
+@contextlib.contextmanager
+def unreachable_manager(lab, joiner: str, manager: str):
+    """The joiner's packets to the manager's swarm port (TCP 2377) dropped: its join waits, then fails."""
+    netns, target = lab.host(joiner).netns, lab.host(manager).address
+    rule = ["OUTPUT", "-p", "tcp", "-d", target, "--dport", "2377", "-j", "DROP"]
+    subprocess.run(["ip", "netns", "exec", netns, "iptables", "-I", *rule], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["ip", "netns", "exec", netns, "iptables", "-D", *rule], check=True)
+
+
+def test_a_prepare_that_fails_on_the_second_host_leaves_the_first_as_it_was(lab):
+    from emu.control.hosts import prepare_hosts
+
+    hosts = lab.models()[:2]
+    before = {h.name: engine_state(lab.host(h.name)) for h in hosts}
+    assert {state[0] for state in before.values()} == {"inactive"}
+    said: list[str] = []
+    with unreachable_manager(lab, "h2", "h1"), pytest.raises(EmuError) as caught:
+        prepare_hosts(hosts, [], progress=said.append)
+    message = str(caught.value)
+    assert "h2: docker swarm join (to h1" in message and "prepare undid its changes" in message, message
+    assert "h1: swarm initialised (h1 manages it)" in said  # it did change h1 first
+    assert {h.name: engine_state(lab.host(h.name)) for h in hosts} == before
+
+
+def test_an_interrupted_prepare_leaves_every_engine_as_it_was(lab, tmp_path):
+    from tests import hostlab
+
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text(hostlab.inventory_yaml(lab.hosts[:2]))
+    h1, h2 = lab.host("h1"), lab.host("h2")
+    before = {h.name: engine_state(h) for h in (h1, h2)}
+    with unreachable_manager(lab, "h2", "h1"):
+        prepare = subprocess.Popen([sys.executable, "-m", "emu.cli", "hosts", "prepare", str(inventory)],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                                   env={**os.environ})
+        try:
+            while hostlab.check_guard(h2)["Swarm"]["LocalNodeState"] != "pending":  # h1 made a swarm, h2 joins it
+                assert prepare.poll() is None, prepare.communicate()
+                time.sleep(0.1)
+            prepare.send_signal(signal.SIGINT)  # Ctrl-C
+            out, err = prepare.communicate(timeout=300)
+        finally:
+            prepare.kill()
+    assert prepare.returncode == 130 and "Traceback" not in err, out + err
+    assert "h1: left the swarm" in err and "h2: left the swarm" in err, err  # progress: on stderr
+    assert {h.name: engine_state(h) for h in (h1, h2)} == before
 
 
 def emu(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
