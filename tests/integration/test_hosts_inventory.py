@@ -101,37 +101,47 @@ def twice(lab, how: str) -> str:
     return yaml.safe_dump({"hosts": [h1, h2]}, sort_keys=False)
 
 
-@pytest.mark.parametrize("how,field", [("socket", "dockerSocket"), ("address", "address")])
-def test_one_engine_named_twice_is_refused_by_check_prepare_and_up(lab, tmp_path, how, field):
-    from tests import hostlab
-
-    h1 = lab.host("h1")
+@pytest.fixture(params=[("socket", "dockerSocket"), ("address", "address")], ids=["socket", "address"])
+def twice_inventory(lab, tmp_path, request) -> tuple[Path, str]:
+    """An inventory that names h1's engine twice, and the field the refusal must name."""
+    how, field = request.param
     inventory = tmp_path / "hosts.yaml"
     inventory.write_text(twice(lab, how))
-    before = engine_state(h1)
-    assert before[0] == "inactive"
+    return inventory, field
 
+
+def test_check_refuses_one_engine_named_twice(twice_inventory):
+    inventory, field = twice_inventory
     check = emu("hosts", "check", str(inventory))
     assert check.returncode == 1, check.stdout + check.stderr
     assert "h2 and h1 are one Docker engine" in check.stdout and f"set h2's {field}" in check.stdout, check.stdout
 
+
+def test_prepare_refuses_one_engine_named_twice_and_changes_nothing(lab, twice_inventory):
+    inventory, field = twice_inventory
+    h1 = lab.host("h1")
+    before = engine_state(h1)
+    assert before[0] == "inactive"
     prepare = emu("hosts", "prepare", "-q", str(inventory))
+    assert engine_state(h1) == before  # not made a swarm manager
     assert prepare.returncode == 1 and "Traceback" not in prepare.stderr, prepare.stderr
     assert "h2 and h1 are one Docker engine" in prepare.stderr and f"set h2's {field}" in prepare.stderr
-    assert engine_state(h1) == before  # not made a swarm manager
 
-    # As the issue met it: the engine is in a swarm (a prepare of old made it a manager), and up is asked.
+
+def test_up_refuses_one_engine_named_twice_and_changes_nothing(lab, twice_inventory, tmp_path):
+    """As the issue met it: the engine is in a swarm (a prepare of old made it a manager), and up is asked."""
+    from tests import hostlab
+
+    inventory, field = twice_inventory
+    h1 = lab.host("h1")
     hostlab.docker(h1, "swarm", "init", "--advertise-addr", h1.address)
-    try:
-        before = engine_state(h1)
-        topology = "name: emutest-twice\ndns: {enabled: false}\nnodes: [{name: a}, {name: b}]\n"
-        (tmp_path / "lab.yaml").write_text(topology)
-        up = emu("up", str(tmp_path / "lab.yaml"), "--hosts", str(inventory))
-        assert up.returncode == 1 and "Traceback" not in up.stderr, up.stderr
-        assert "h2 and h1 are one Docker engine" in up.stderr and f"set h2's {field}" in up.stderr, up.stderr
-        assert engine_state(h1) == before  # no container, no network
-    finally:
-        hostlab.clean_engine(h1)
+    before = engine_state(h1)
+    topology = "name: emutest-twice\ndns: {enabled: false}\nnodes: [{name: a}, {name: b}]\n"
+    (tmp_path / "lab.yaml").write_text(topology)
+    up = emu("up", str(tmp_path / "lab.yaml"), "--hosts", str(inventory))
+    assert engine_state(h1) == before  # no container, no network
+    assert up.returncode == 1 and "Traceback" not in up.stderr, up.stderr
+    assert "h2 and h1 are one Docker engine" in up.stderr and f"set h2's {field}" in up.stderr, up.stderr
 
 
 # -- a prepare that fails or is interrupted leaves every engine as it found it ------------------------------------
@@ -158,10 +168,10 @@ def test_a_prepare_that_fails_on_the_second_host_leaves_the_first_as_it_was(lab)
     said: list[str] = []
     with unreachable_manager(lab, "h2", "h1"), pytest.raises(EmuError) as caught:
         prepare_hosts(hosts, [], progress=said.append)
-    message = str(caught.value)
-    assert "h2: docker swarm join (to h1" in message and "prepare undid its changes" in message, message
     assert "h1: swarm initialised (h1 manages it)" in said  # it did change h1 first
     assert {h.name: engine_state(lab.host(h.name)) for h in hosts} == before
+    message = str(caught.value)
+    assert "h2: docker swarm join (to h1" in message and "prepare undid its changes" in message, message
 
 
 def test_an_interrupted_prepare_leaves_every_engine_as_it_was(lab, tmp_path):
@@ -183,9 +193,9 @@ def test_an_interrupted_prepare_leaves_every_engine_as_it_was(lab, tmp_path):
             out, err = prepare.communicate(timeout=300)
         finally:
             prepare.kill()
+    assert {h.name: engine_state(h) for h in (h1, h2)} == before
     assert prepare.returncode == 130 and "Traceback" not in err, out + err
     assert "h1: left the swarm" in err and "h2: left the swarm" in err, err  # progress: on stderr
-    assert {h.name: engine_state(h) for h in (h1, h2)} == before
 
 
 def emu(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
