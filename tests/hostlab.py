@@ -4,7 +4,10 @@ Host i is a network namespace ``emuh<i>`` joined to the bridge ``emuhbr0``
 (10.213.0.1/24) by a veth pair, at 10.213.0.(10+i), with its own dockerd
 (socket /run/emu-hostlab/h<i>/docker.sock, label io.emu.testhost=1) and its
 own sshd on port 22 that lets root in with the lab's client key. The hosts
-share this machine's file system and processes; only the network is theirs.
+share this machine's file system and processes; only the network is theirs,
+and the /etc/machine-id that SSH sessions see (each sshd runs in a mount
+namespace of its own with the host's machine-id bound over it), so that emu
+tells the hosts apart as it tells machines apart.
 
     python -m tests.hostlab up [N]     # default 3; re-running with hosts up is quick
     python -m tests.hostlab inventory  # an emu inventory (hosts:) for the hosts that are up
@@ -25,7 +28,9 @@ import fcntl
 import json
 import os
 import re
+import shlex
 import shutil
+import uuid
 import signal
 import socket
 import subprocess
@@ -46,6 +51,7 @@ PREFIX = "10.213.0"
 GATEWAY = f"{PREFIX}.1"
 NETNS_PREFIX = "emuh"
 LABEL = "io.emu.testhost=1"
+MACHINE_ID = Path("/etc/machine-id")
 FORWARD_RULE = ["-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
 MAX_HOSTS = 99
 DOCKERD_TIMEOUT = 60.0
@@ -61,6 +67,7 @@ PACKAGES = {
     "iptables": "iptables",
     "ip": "iproute2",
     "nsenter": "util-linux",
+    "unshare": "util-linux",
 }
 
 
@@ -127,6 +134,10 @@ class LabHost:
         return LAB_DIR / f"{self.name}-key.json"  # the engine's own identity (not /etc/docker/key.json)
 
     @property
+    def machine_id(self) -> Path:
+        return LAB_DIR / f"{self.name}-machine-id"  # bound over /etc/machine-id for the host's SSH sessions
+
+    @property
     def log(self) -> Path:
         return Path(f"/var/log/emu-hostlab-{self.name}.log")
 
@@ -168,11 +179,13 @@ class LabHost:
             # engine. A plain `docker` over SSH must reach the host's own engine.
             "SetEnv": f"DOCKER_HOST={self.docker_host}",
         }
-        command = ["nsenter", f"--net={self.netns_path}", shutil.which("sshd") or "/usr/sbin/sshd", "-f", "/dev/null",
-                   "-E", str(self.sshd_log)]
+        sshd = [shutil.which("sshd") or "/usr/sbin/sshd", "-f", "/dev/null", "-E", str(self.sshd_log)]
         for key, value in options.items():
-            command += ["-o", f"{key}={value}"]
-        return command
+            sshd += ["-o", f"{key}={value}"]
+        # A mount namespace of its own (mounts of this machine still reach it): the host's own machine-id.
+        bind = f"mount --bind {shlex.quote(str(self.machine_id))} /etc/machine-id && " if MACHINE_ID.exists() else ""
+        return ["nsenter", f"--net={self.netns_path}", "unshare", "--mount", "--propagation", "slave",
+                "sh", "-c", f"{bind}exec {shlex.join(sshd)}"]
 
 
 @dataclass(frozen=True)
@@ -358,6 +371,8 @@ def ensure_keys(hosts: list[LabHost]) -> None:
                   "-f", str(host.host_key)])
         key_type, key = Path(f"{host.host_key}.pub").read_text().split()[:2]
         lines.append(f"{host.address} {key_type} {key}\n")
+        if not host.machine_id.exists():
+            host.machine_id.write_text(uuid.uuid4().hex + "\n")
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     KNOWN_HOSTS.write_text("".join(lines))
 

@@ -52,7 +52,7 @@ SYSCTLS = {
 HOST_LABEL = "io.emu.host"  # swarm node label: which inventory host a node is (node.labels.io.emu.host==h2)
 OK, INFO, WARN, ERROR = "ok", "info", "warn", "error"
 LEVELS = (OK, INFO, WARN, ERROR)
-CHECKS = ("ssh", "docker", "vxlan", "br_netfilter", "ip_forward", "mtu", "clock", "disk", "ports")
+CHECKS = ("ssh", "docker", "identity", "vxlan", "br_netfilter", "ip_forward", "mtu", "clock", "disk", "ports")
 
 
 # -- reports ---------------------------------------------------------------------------------------------------
@@ -216,6 +216,101 @@ def _parallel(function, items: Iterable) -> list:
         return list(pool.map(function, items))
 
 
+# -- identity: one engine or one machine named twice -----------------------------------------------------------
+
+MACHINE_ID_COMMAND = "cat /etc/machine-id 2>/dev/null || cat /var/lib/dbus/machine-id 2>/dev/null"
+IDENTITY_COMMAND = "info --format '{{.ID}} {{.Swarm.NodeID}}'"  # the docker CLI's arguments
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What tells Docker engines and machines apart: the engine's ID (docker info .ID), its swarm node ID
+    (while in a swarm) and its machine's /etc/machine-id. "" where unknown (no engine answers, no SSH)."""
+
+    engine_id: str = ""
+    node_id: str = ""
+    machine_id: str = ""
+
+
+@dataclass(frozen=True)
+class Clash:
+    """Host `host` is the same engine or machine as the earlier host `first`: what is shared, and the fix."""
+
+    host: str
+    first: str
+    shared: str  # engine / swarm node / machine
+    field: str  # the inventory field to correct on `host`: address, dockerSocket or engine
+    message: str
+    fix: str
+
+
+def parse_identity(engine: str, machine_id: str = "") -> Identity:
+    """From `docker info --format '{{.ID}} {{.Swarm.NodeID}}'`'s output and the machine-id's."""
+    parts = engine.split() + ["", ""]
+    return Identity(parts[0], parts[1], machine_id.strip().split("\n")[0].strip())
+
+
+def _short(value: str) -> str:
+    return value if len(value) <= 14 else value[:14] + "..."
+
+
+def identity_clashes(hosts: list[Host], identities: dict[str, Identity]) -> list[Clash]:
+    """Every host that is an earlier host's engine, swarm node or machine again (each host once, against the
+    first it repeats). Unknown parts ("") match nothing."""
+    clashes: list[Clash] = []
+    for index, host in enumerate(hosts):
+        mine = identities.get(host.name, Identity())
+        for first in hosts[:index]:
+            theirs = identities.get(first.name, Identity())
+            clash = _clash(first, theirs, host, mine)
+            if clash:
+                clashes.append(clash)
+                break
+    return clashes
+
+
+def _clash(a: Host, ida: Identity, b: Host, idb: Identity) -> Clash | None:
+    same_machine = bool(ida.machine_id) and ida.machine_id == idb.machine_id
+    both = f"{b.name} and {a.name}"
+    if ida.engine_id and ida.engine_id == idb.engine_id:
+        shared = f"{both} are one Docker engine (engine ID {_short(ida.engine_id)})"
+        if a.engine != "ssh" or b.engine != "ssh":
+            return Clash(b.name, a.name, "engine", "engine", f"{shared}: {b.name}'s engine {b.engine} reaches "
+                         f"{a.name}'s", f"set {b.name}'s engine to the address of {b.name}'s own Docker engine")
+        if (a.address, a.port) == (b.address, b.port):
+            return Clash(b.name, a.name, "engine", "address", f"{shared}: both have the address {b.address}",
+                         f"set {b.name}'s address to the machine {b.name} is")
+        if same_machine:
+            return Clash(b.name, a.name, "engine", "address", f"{shared}: {a.address} and {b.address} are one "
+                         f"machine (machine-id {_short(ida.machine_id)})",
+                         f"set {b.name}'s address to the machine {b.name} is (a DNS name and an address of one "
+                         "machine name it twice)")
+        default = " (the default, as no dockerSocket is given)" if b.docker_socket == "/var/run/docker.sock" else ""
+        return Clash(b.name, a.name, "engine", "dockerSocket", f"{shared}: on {b.address}, {b.name}'s "
+                     f"dockerSocket {b.docker_socket}{default} reaches {a.name}'s engine",
+                     f"set {b.name}'s dockerSocket to the socket of {b.name}'s own engine")
+    if ida.node_id and ida.node_id == idb.node_id:
+        return Clash(b.name, a.name, "swarm node", "dockerSocket", f"{both} are one swarm node ({_short(ida.node_id)})"
+                     " of two engines: one engine's swarm state was copied from the other's", f"run docker swarm "
+                     f"leave --force on {b.name} (or correct {b.name}'s dockerSocket if it names {a.name}'s engine)")
+    if same_machine:
+        return Clash(b.name, a.name, "machine", "address", f"{both} are one machine (machine-id "
+                     f"{_short(ida.machine_id)}): {a.address} and {b.address} reach it",
+                     f"set {b.name}'s address to the machine {b.name} is; if it is a machine of its own cloned "
+                     "from the same image, give it a machine-id of its own (rm /etc/machine-id; "
+                     "systemd-machine-id-setup)")
+    return None
+
+
+def refuse_clashes(hosts: list[Host], identities: dict[str, Identity], doing: str) -> None:
+    """EmuError naming every host that repeats an earlier one, and the field to fix: before anything changes."""
+    clashes = identity_clashes(hosts, identities)
+    if clashes:
+        lines = [f"{c.message}; fix: {c.fix}" for c in clashes]
+        raise EmuError(f"the inventory names one {clashes[0].shared} twice, so emu does not {doing}:\n  "
+                       + "\n  ".join(lines))
+
+
 # -- check: the probe ------------------------------------------------------------------------------------------
 
 PROBE_SCRIPT = r"""
@@ -226,12 +321,14 @@ say kernel "$(uname -r)"
 say uid "$(id -u)"
 if command -v docker >/dev/null 2>&1; then
   out=$(timeout 10 docker version --format '{{.Server.Version}}' 2>&1); say docker_rc $?; say docker_out "$out"
-  say swarm "$(timeout 10 docker info --format '{{.Swarm.LocalNodeState}}' 2>/dev/null)"
+  set -- $(timeout 10 docker info --format '{{.Swarm.LocalNodeState}} {{.ID}} {{.Swarm.NodeID}}' 2>/dev/null)
+  say swarm "$1"; say engine_id "$2"; say node_id "$3"
   root=$(timeout 10 docker info --format '{{.DockerRootDir}}' 2>/dev/null)
 else
   say docker_rc 127; say docker_out "docker: command not found"
 fi
 command -v dockerd >/dev/null 2>&1 && say dockerd yes || say dockerd no
+say machine_id "$(__MACHINE_ID__)"
 for m in vxlan:VXLAN br_netfilter:BRIDGE_NETFILTER; do
   name=${m%%:*} cfg=CONFIG_${m##*:}
   if [ -d /sys/module/$name ] || grep -q "^$name " /proc/modules 2>/dev/null; then s=loaded
@@ -291,6 +388,7 @@ def probe_script(host: Host, peers: list[str]) -> str:
         "__PEERS__": " ".join(shlex.quote(p) for p in peers),
         "__PORTS__": " ".join(str(p) for p in SWARM_TCP_PORTS),
         "__PORT_TIMEOUT__": str(PORT_TIMEOUT),
+        "__MACHINE_ID__": MACHINE_ID_COMMAND,
     }
     script = PROBE_SCRIPT
     for key, value in values.items():
@@ -380,7 +478,23 @@ def _gb(value: int) -> str:
 def evaluate(hosts: list[Host], probes: dict[str, Probe]) -> list[HostReport]:
     """Reports from the probes of every host (the ports of one host are judged by the other host's state)."""
     by_address = {h.swarm_address: h for h in hosts}
-    return [_evaluate_host(h, probes[h.name], probes, by_address) for h in hosts]
+    reports = [_evaluate_host(h, probes[h.name], probes, by_address) for h in hosts]
+    identities = {name: probe_identity(probe) for name, probe in probes.items() if not probe.ssh_error}
+    clashes = {c.host: c for c in identity_clashes(hosts, identities)}
+    for host, report in zip(hosts, reports):
+        if host.name not in identities:
+            continue
+        clash = clashes.get(host.name)
+        if clash:
+            report.findings.insert(2, Finding("identity", ERROR, f"={clash.first}", clash.message, clash.fix))
+        elif identities[host.name].engine_id or identities[host.name].machine_id:
+            report.findings.insert(2, Finding("identity", OK, "unique"))
+    return reports
+
+
+def probe_identity(probe: Probe) -> Identity:
+    values = probe.values
+    return Identity(values.get("engine_id", ""), values.get("node_id", ""), values.get("machine_id", ""))
 
 
 def _evaluate_host(host: Host, probe: Probe, probes: dict[str, Probe], by_address: dict[str, Host]) -> HostReport:
@@ -692,16 +806,18 @@ def _install_engine(conn: Connection, host: Host, progress: Progress) -> None:
                    "(systemctl start docker, or the dockerd that owns that socket) and run prepare again")
 
 
-def _ensure_sysctls(conn: Connection, host: Host, progress: Progress) -> None:
+def _ensure_sysctls(conn: Connection, host: Host, progress: Progress, changes: Changes | None = None) -> None:
     keys = list(SYSCTLS)
     paths = " ".join("/proc/sys/" + k.replace(".", "/") for k in keys)
     result = _run(conn, f"for f in {paths}; do cat $f 2>/dev/null || echo -; done", timeout=20)
     lines = result.stdout.split()
     current = {k: (int(v) if v.isdigit() else None) for k, v in zip(keys, lines)}
-    changes = sysctl_changes(current)
-    if not changes:
+    wanted = sysctl_changes(current)
+    if not wanted:
         return
-    settings = " ".join(f"{k}={v}" for k, v in changes.items())
+    settings = " ".join(f"{k}={v}" for k, v in wanted.items())
+    if changes is not None:
+        changes.sysctls[host.name] = {k: current[k] for k in wanted}  # before: whatever happens next
     result = _run(conn, f"{_sudo(host)}sysctl -q -w {settings}", timeout=20)
     if result.exited != 0:
         raise EmuError(f"{host.name}: could not set {settings}: {result.stderr.strip()}")
@@ -740,16 +856,21 @@ def _check(result, host: Host, what: str):
     return result
 
 
-def _ensure_swarm(conns: dict[str, Connection], hosts: list[Host], progress: Progress) -> None:
+def _ensure_swarm(conns: dict[str, Connection], hosts: list[Host], progress: Progress,
+                  changes: Changes | None = None) -> None:
+    changes = changes if changes is not None else Changes()
     by_name = {h.name: h for h in hosts}
     states = dict(zip(by_name, _parallel(lambda h: _swarm_state(conns[h.name], h), hosts)))
     plan = plan_swarm(hosts, states)
     manager = by_name[plan.manager]
     mconn = conns[manager.name]
+    changes.swarm_existed, changes.manager = not plan.init, plan.manager
     for name in plan.leave_first:
+        changes.left.append(f"{name} was half-joined to a swarm ({states[name].state}) and left it")
         _run(conns[name], docker_command(by_name[name], "swarm leave --force"), timeout=60)
         progress(f"{name}: left a half-joined swarm ({states[name].state})")
     if plan.init:
+        changes.swarm_init = manager.name  # first: an init cut short may still have made the swarm
         _check(_run(mconn, docker_command(manager, f"swarm init --advertise-addr {shlex.quote(manager.swarm_address)}"),
                     timeout=60), manager, "docker swarm init")
         progress(f"{manager.name}: swarm initialised ({manager.name} manages it)")
@@ -762,6 +883,7 @@ def _ensure_swarm(conns: dict[str, Connection], hosts: list[Host], progress: Pro
 
         def join(name: str) -> None:
             host = by_name[name]
+            changes.joined.append(name)  # first: a join that fails or is cut short can leave it pending
             command = (f"swarm join --token {shlex.quote(token)} --advertise-addr {shlex.quote(host.swarm_address)} "
                        f"{shlex.quote(manager.swarm_address)}:2377")
             _check(_run(conns[name], docker_command(host, command), timeout=120), host,
@@ -785,9 +907,13 @@ def _ensure_swarm(conns: dict[str, Connection], hosts: list[Host], progress: Pro
                            f"{manager.name}); check UDP 4789/7946 and TCP 2377/7946 between the hosts")
         time.sleep(0.5)
     for node_id in stale_nodes(nodes, node_ids, hosts):
+        changes.left.append(f"the stale swarm node {node_id[:12]} (an earlier incarnation of a host) was removed "
+                            f"from {manager.name}'s swarm")
         _run(mconn, docker_command(manager, f"node rm --force {shlex.quote(node_id)}"), timeout=30)
         progress(f"{manager.name}: removed the stale swarm node {node_id[:12]}")
+    labels = {n.id: n.labels.get(HOST_LABEL) for n in nodes}
     for node_id, name in node_label_updates(nodes, node_ids).items():
+        changes.labels[node_id] = labels.get(node_id)
         _check(_run(mconn, docker_command(manager, f"node update --label-add {HOST_LABEL}={name} {node_id}"),
                     timeout=30), manager, "docker node update")
 
@@ -946,7 +1072,7 @@ def ship_images(conns: dict[str, Connection], hosts: list[Host], images: list[st
 
 
 def _ensure_images(conns: dict[str, Connection], hosts: list[Host], images: list[str],
-                   progress: Progress) -> list[Shipment]:
+                   progress: Progress, changes: Changes | None = None) -> list[Shipment]:
     if not images:
         return []
     local = _local_image_ids(images)
@@ -958,6 +1084,8 @@ def _ensure_images(conns: dict[str, Connection], hosts: list[Host], images: list
     by_name = {h.name: h for h in hosts}
     started = time.monotonic()
     groups = group_shipments(plan)
+    if changes is not None:
+        changes.images += list(plan)
     shipments = [s for group in _parallel(lambda item: ship_images(conns, [by_name[n] for n in item[1]],
                                                                     list(item[0])), groups.items()) for s in group]
     for s in shipments:
@@ -993,20 +1121,129 @@ def prepare_hosts(hosts: list[Host], images: list[str], progress: Progress = pri
     if not hosts:
         raise EmuError("no hosts to prepare")
     conns = _connect_all(hosts)
+    changes = Changes()
     try:
         by_name = {h.name: h for h in hosts}
+        refuse_clashes(hosts, identify_hosts(conns, hosts), "prepare them")
 
         def engine(host: Host) -> None:
             if _engine_answers(conns[host.name], host) is None:
+                changes.installed.append(host.name)
                 _install_engine(conns[host.name], host, progress)
-            _ensure_sysctls(conns[host.name], host, progress)
+            _ensure_sysctls(conns[host.name], host, progress, changes)
 
         _gather(_parallel(lambda h: _capture(engine, h), hosts), by_name)
-        _ensure_swarm(conns, hosts, progress)
-        return _ensure_images(conns, hosts, images, progress)
+        if changes.installed:  # engines that did not answer before have IDs now
+            refuse_clashes(hosts, identify_hosts(conns, hosts), "prepare them")
+        _ensure_swarm(conns, hosts, progress, changes)
+        return _ensure_images(conns, hosts, images, progress, changes)
+    except BaseException as error:
+        kept = undo(conns, hosts, changes, progress)
+        if isinstance(error, EmuError):
+            note = "prepare changed nothing" if changes.empty else "prepare undid its changes"
+            if kept:
+                note += "; what it could not undo:\n  " + "\n  ".join(kept)
+            raise EmuError(f"{error}\n{note}") from None
+        for line in kept:
+            progress(f"left as is: {line}")
+        raise
     finally:
         for conn in conns.values():
             conn.close()
+
+
+@dataclass
+class Changes:
+    """What one prepare changed on the hosts, recorded before each change, so that a failed or interrupted
+    prepare can put the hosts back as it found them (undo)."""
+
+    installed: list[str] = field(default_factory=list)  # hosts where no engine answered: docker.io installed/started
+    sysctls: dict[str, dict[str, int]] = field(default_factory=dict)  # host -> the values before
+    swarm_init: str | None = None  # the host that made a new swarm
+    swarm_existed: bool = False  # the swarm was there before (its manager was not made by this prepare)
+    manager: str | None = None  # the host that manages the swarm
+    joined: list[str] = field(default_factory=list)  # hosts that were in no swarm and joined (or tried to)
+    labels: dict[str, str | None] = field(default_factory=dict)  # swarm node id -> its io.emu.host label before
+    left: list[str] = field(default_factory=list)  # changes that cannot be undone, said as they are
+    images: list[str] = field(default_factory=list)  # hosts that were shipped images
+
+    @property
+    def empty(self) -> bool:
+        return not (self.installed or self.sysctls or self.swarm_init or self.joined or self.labels or self.left
+                    or self.images)
+
+
+def undo(conns: dict[str, Connection], hosts: list[Host], changes: Changes, progress: Progress) -> list[str]:
+    """Put back what a prepare changed: hosts it joined leave (and leave no node behind in a swarm that was
+    there before), the swarm it made is dissolved, sysctls get their values back. Returns what it could not undo
+    (each with how to undo it by hand)."""
+    by_name = {h.name: h for h in hosts}
+    kept = list(changes.left)
+    manager = by_name.get(changes.manager or "")
+
+    def leave(name: str) -> str | None:
+        host, conn = by_name[name], conns[name]
+        try:
+            node_id = _swarm_state(conn, host).node_id
+            result = _run(conn, docker_command(host, "swarm leave --force"), timeout=60)
+            if result.exited != 0 and "not part of a swarm" not in result.stderr:
+                return f"{name} is still in the swarm ({result.stderr.strip()}): docker swarm leave --force there"
+            if result.exited == 0:
+                progress(f"{name}: left the swarm this prepare had put it in")
+            if changes.swarm_existed and manager is not None and node_id:
+                remove = f"node rm --force {shlex.quote(node_id)}"
+                _run(conns[manager.name], docker_command(manager, remove), timeout=30)
+        except Exception as error:  # noqa: BLE001 - said, not raised: the other undos go on
+            return f"{name} may still be in the swarm ({_describe(error)}): docker swarm leave --force there"
+        return None
+
+    kept += [r for r in _parallel(leave, [n for n in changes.joined if n in conns]) if r]
+    if changes.swarm_existed and manager is not None:
+        for node_id, before in changes.labels.items():
+            label = f"--label-add {HOST_LABEL}={shlex.quote(before)}" if before else f"--label-rm {HOST_LABEL}"
+            update = f"node update {label} {shlex.quote(node_id)}"
+            try:
+                result = _run(conns[manager.name], docker_command(manager, update), timeout=30)
+                ok = result.exited == 0 or "not found" in result.stderr  # a host that joined, left and is gone
+            except Exception:  # noqa: BLE001
+                ok = False
+            if not ok:
+                kept.append(f"the swarm node {node_id[:12]} keeps the label {HOST_LABEL} prepare gave it: "
+                            f"docker {update} on {manager.name} puts it back")
+    if changes.swarm_init and changes.swarm_init in conns:
+        result = leave(changes.swarm_init)
+        if result:
+            kept.append(result.replace("may still be in the swarm", "may still manage the swarm prepare made"))
+    for name, before in changes.sysctls.items():
+        settings = " ".join(f"{k}={v}" for k, v in before.items())
+        try:
+            result = _run(conns[name], f"{_sudo(by_name[name])}sysctl -q -w {settings}", timeout=20)
+            ok = result.exited == 0
+        except Exception:  # noqa: BLE001
+            ok = False
+        if ok:
+            progress(f"{name}: set {settings} again")
+        else:
+            kept.append(f"{name}: sysctls prepare changed: sysctl -w {settings} there puts them back")
+    for name in changes.installed:
+        kept.append(f"{name}: prepare installed or started Docker there (Debian's docker.io); it stays "
+                    "(apt-get remove docker.io undoes it)")
+    if changes.images:
+        kept.append(f"{', '.join(changes.images)}: images prepare loaded stay (docker image rm removes them)")
+    return kept
+
+
+def identify_hosts(conns: dict[str, Connection], hosts: list[Host]) -> dict[str, Identity]:
+    """Every host's engine ID, swarm node ID and machine-id, over SSH (parts that do not answer stay "")."""
+
+    def identify(host: Host) -> Identity:
+        conn = conns[host.name]
+        engine = _run(conn, docker_command(host, IDENTITY_COMMAND), timeout=20)
+        machine = _run(conn, MACHINE_ID_COMMAND, timeout=20)
+        return parse_identity(engine.stdout if engine.exited == 0 else "",
+                              machine.stdout if machine.exited == 0 else "")
+
+    return dict(zip((h.name for h in hosts), _parallel(identify, hosts)))
 
 
 def _capture(function, host: Host):

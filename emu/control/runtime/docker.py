@@ -97,6 +97,16 @@ def docker_unreachable_message(error: Exception, host: str = "") -> str:
     )
 
 
+def already_removed(error) -> bool:
+    """A removal's error that means done: 404 (no such container/network: someone removed it first) or 409
+    "removal ... is already in progress" (someone is removing it now)."""
+    text = str(getattr(error, "explanation", None) or error).lower()
+    status = getattr(error, "status_code", None)
+    return status == 404 or "no such container" in text or "no such network" in text or (
+        status == 409 and "already in progress" in text
+    )
+
+
 class DockerRuntime(ImagePods):
     """One Docker engine through the SDK's low-level API: this machine's (the
     default: DOCKER_HOST or the local socket) or the one at `base_url`. Image
@@ -399,11 +409,28 @@ class DockerRuntime(ImagePods):
         def remove(container: dict) -> None:
             try:
                 self.api.remove_container(container["Id"], force=True, v=True)
-            except docker.errors.NotFound:
-                pass
+            except docker.errors.APIError as error:
+                if not already_removed(error):
+                    raise
+                self._wait_removed(container["Id"], cluster)
 
         self.parallel(remove, containers)
         return len(containers)
+
+    def _wait_removed(self, container: str, cluster: str, patience: float = 60.0) -> None:
+        """Another remover (a second emu, a second inventory entry for this engine) is at it: wait for its end."""
+        import docker
+
+        deadline = time.monotonic() + patience
+        while time.monotonic() < deadline:
+            try:
+                self.api.inspect_container(container)
+            except docker.errors.NotFound:
+                return
+            time.sleep(0.2)
+        where = f"host {self.host}: " if self.host else ""
+        raise EmuError(f"{where}container {container[:12]} of cluster '{cluster}' is still being removed after "
+                       f"{patience:.0f} s; run `emu down {cluster}` again")
 
     def remove_networks(self, cluster: str, patience: float = 10.0) -> int:
         """Remove the cluster's networks. An engine that has just removed many
@@ -418,9 +445,9 @@ class DockerRuntime(ImagePods):
                 try:
                     self.api.remove_network(network["Id"])
                     break
-                except docker.errors.NotFound:
-                    break
                 except docker.errors.APIError as error:
+                    if already_removed(error):
+                        break
                     where = f"host {self.host}: " if self.host else ""
                     # An engine may count endpoints (a swarm: attachment tasks) of containers
                     # it has just removed for a moment after.

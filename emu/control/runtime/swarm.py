@@ -55,10 +55,11 @@ class SshTunnel:
         self.local = f"{self.directory}/{host.name}.sock"
         self.process: subprocess.Popen | None = None
 
-    def command(self) -> list[str]:
+    def options(self) -> list[str]:
+        """ssh's options for this host; the tunnel's connection is a master others share (ControlPath)."""
         host = self.host
         argv = [
-            "ssh", "-N", "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes",
+            "-o", "BatchMode=yes", "-o", f"ControlPath={self.directory}/ssh",
             "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT}", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
             "-o", "StrictHostKeyChecking=accept-new", "-o", "StreamLocalBindUnlink=yes", "-p", str(host.port),
         ]  # fmt: skip
@@ -66,7 +67,21 @@ class SshTunnel:
             argv += ["-o", f"UserKnownHostsFile={host.known_hosts}"]
         if host.ssh_key:
             argv += ["-i", str(Path(host.ssh_key).expanduser()), "-o", "IdentitiesOnly=yes"]
-        return [*argv, "-L", f"{self.local}:{host.docker_socket}", f"{host.user}@{host.address}"]
+        return argv
+
+    def command(self) -> list[str]:
+        host = self.host
+        return ["ssh", "-N", "-o", "ExitOnForwardFailure=yes", "-o", "ControlMaster=yes", *self.options(),
+                "-L", f"{self.local}:{host.docker_socket}", f"{host.user}@{host.address}"]
+
+    def run(self, command: str, timeout: float = 20) -> str | None:
+        """A shell command on the host over the tunnel's connection: its output, or None where it fails."""
+        argv = ["ssh", "-o", "ControlMaster=no", *self.options(), f"{self.host.user}@{self.host.address}", command]
+        try:
+            result = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        return result.stdout if result.returncode == 0 else None
 
     def open(self, timeout: float = SSH_CONNECT_TIMEOUT + 5) -> str:
         """Start the tunnel; returns the SDK's base_url for it."""
@@ -150,6 +165,7 @@ class SwarmRuntime:
         self._lock = threading.Lock()
         self._where: dict[str, str] = {}  # container -> host
         self._manager: str | None = None
+        self._identities: dict = {}  # host -> emu.control.hosts.Identity
         atexit.register(self.close)
 
     def close(self) -> None:
@@ -159,13 +175,34 @@ class SwarmRuntime:
         self._engines.clear()
 
     # ---- engines -----------------------------------------------------------
-    def engines(self) -> dict[str, DockerRuntime]:
-        """Every host's engine, connected in parallel (the first call opens them)."""
+    def engines(self, distinct: bool = True) -> dict[str, DockerRuntime]:
+        """Every host's engine, connected in parallel (the first call opens them and tells them apart).
+        distinct: refuse an inventory that names one engine or machine twice (emu.control.hosts.identity_clashes),
+        as anything emu would do there goes wrong (twice the containers, one engine counted as two hosts)."""
+        from emu.control.hosts import refuse_clashes
+
         with self._lock:
             if not self._engines:
                 connected = self.parallel(lambda host: engine_for(host, self._tunnels, self.timeout), self.hosts)
-                self._engines = {host.name: runtime for host, runtime in zip(self.hosts, connected)}
-            return self._engines
+                engines = {host.name: runtime for host, runtime in zip(self.hosts, connected)}
+                self._identities = dict(zip(engines, self.parallel(lambda h: self._identify(h, engines[h.name]),
+                                                                   self.hosts)))
+                self._engines = engines
+        if distinct:
+            refuse_clashes(self.hosts, self._identities, "drive a cluster over them")
+        return self._engines
+
+    def _identify(self, host: Host, engine: DockerRuntime):
+        """The engine's ID and swarm node ID (docker info), and its machine's machine-id where emu reaches the
+        host over SSH (through the tunnel's connection)."""
+        from emu.control.hosts import MACHINE_ID_COMMAND, Identity
+
+        info = engine.api.info()
+        machine = ""
+        tunnel = next((t for t in self._tunnels if t.host.name == host.name), None)
+        if tunnel is not None:
+            machine = (tunnel.run(MACHINE_ID_COMMAND) or "").strip()
+        return Identity(info.get("ID") or "", (info.get("Swarm") or {}).get("NodeID") or "", machine)
 
     def engine(self, host: str) -> DockerRuntime:
         engines = self.engines()
@@ -173,10 +210,10 @@ class SwarmRuntime:
             raise EmuError(f"no host '{host}' (hosts: {', '.join(engines)})")
         return engines[host]
 
-    def manager(self) -> DockerRuntime:
+    def manager(self, distinct: bool = True) -> DockerRuntime:
         """A swarm manager among the hosts; every host must be in that swarm."""
         if self._manager is None:
-            engines = self.engines()
+            engines = self.engines(distinct)
             infos = dict(zip(engines, self.parallel(lambda e: e.api.info().get("Swarm") or {}, list(engines.values()))))
             outside = [h for h, swarm in infos.items() if swarm.get("LocalNodeState") != "active"]
             if outside:
@@ -198,7 +235,7 @@ class SwarmRuntime:
                     "(`docker swarm leave`) and run `emu hosts prepare`"
                 )
             self._manager = managers[0]
-        return self.engine(self._manager)
+        return self.engines(distinct)[self._manager]
 
     def _engine_of(self, container: str) -> DockerRuntime:
         host = self._where.get(container)
@@ -358,12 +395,21 @@ class SwarmRuntime:
     # ---- removal -----------------------------------------------------------------
     def remove_cluster(self, cluster: str) -> tuple[int, int]:
         """Every host's containers of the cluster, then the overlay (the swarm is
-        left as it was); the record of the cluster goes last."""
+        left as it was); the record of the cluster goes last. An inventory that
+        names one engine twice (a cluster made before emu refused them) is not
+        refused here: each engine is cleaned once."""
         from emu.control.runtime.remembered import forget
 
-        engines = self._all()
+        every = self.engines(distinct=False)
+        seen: set[str] = set()
+        engines = []
+        for name, engine in every.items():
+            engine_id = self._identities[name].engine_id
+            if not engine_id or engine_id not in seen:
+                engines.append(engine)
+                seen.add(engine_id)
         containers = sum(self.parallel(lambda e: e.remove_containers(cluster), engines))
-        manager = self.manager()
+        manager = self.manager(distinct=False)
         networks = manager.remove_networks(cluster)
         # Workers drop their view of the overlay once no container of theirs uses it.
         deadline = time.monotonic() + 10
