@@ -48,7 +48,7 @@ def _cluster(args, reporter=None, topology=None):
             raise EmuError("no emu cluster is running; start one with `emu up`")
         else:
             raise EmuError(f"several emu clusters are running ({', '.join(names)}); choose one with --name")
-    runtime = provider_for(name, list(topology.hosts) if topology else None)
+    runtime = provider_for(name, list(topology.hosts) if topology else None, topology.runtime if topology else None)
     return Cluster(name, runtime=runtime, progress=reporter or (lambda message: None))
 
 
@@ -68,6 +68,10 @@ def _load(path: str, hosts: str | None = None):
 
 def cmd_up(args) -> int:
     topology = _with_manifests(_load(args.file, args.hosts), args)
+    if args.runtime:
+        from emu.api.topology.load import with_runtime
+
+        topology = with_runtime(topology, args.runtime, args.file)
     reporter = Reporter(args.quiet)
     cluster = _cluster(args, reporter, topology)
     if args.check:
@@ -806,6 +810,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("file", nargs="?", default=DEFAULT_TOPOLOGY, help=f"topology YAML (default {DEFAULT_TOPOLOGY})")
     up.add_argument("--no-wait", action="store_true", help="do not wait for pods' ports to answer")
     up.add_argument("--hosts", metavar="FILE", help="spread the nodes over the Docker hosts of this inventory")
+    up.add_argument("--runtime", choices=["docker", "uml"],
+                    help="what runs the nodes (default: the topology's runtime:, else docker)")  # fmt: skip
     up.add_argument("--check", action="store_true", help="only report what up would change or repair (exit 1 if anything)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 
