@@ -112,9 +112,12 @@ class Handler(socketserver.StreamRequestHandler):
                     pass
 
         def watch() -> None:  # the client went away: the command goes too
+            # On the socket itself: a read of rfile would hold its lock, and the
+            # handler's end (which closes rfile) would wait for it, and the client for that.
             try:
-                self.rfile.read()
-            except (OSError, ValueError):
+                while self.connection.recv(4096):
+                    pass
+            except OSError:
                 pass
             kill()
 
