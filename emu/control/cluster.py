@@ -132,7 +132,8 @@ class Cluster:
         if topology.name != self.name:
             raise EmuError(f"the topology names cluster '{topology.name}' but this is cluster '{self.name}'")
         hosts_changed = [h.name for h in topology.hosts] != [h.name for h in getattr(self.runtime, "hosts", [])]
-        if hosts_changed or (topology.runtime or "docker") != getattr(self.runtime, "name", "docker"):
+        runtime_changed = topology.runtime is not None and topology.runtime != getattr(self.runtime, "name", "docker")
+        if hosts_changed or runtime_changed:
             from emu.control.runtime.select import provider_for
 
             self.runtime = provider_for(self.name, list(topology.hosts), topology.runtime)
