@@ -469,19 +469,26 @@ class UmlRuntime:
         directory = self._cluster_dir(cluster)
         record = self._cluster_record(cluster)
         nodes = self._node_records(cluster)
-        self.parallel(lambda node: uml.remove_guest(node["container"], self.state_dir), nodes)
+        self.parallel(lambda node: self._remove_guest(node["container"]), nodes)
         for pid_file in sorted((directory / "forward").glob("*.pid")):
             _kill_relay(pid_file)
         if record:
             uml.delete_bridge(record["bridge"])
         shutil.rmtree(directory, ignore_errors=True)
-        with self._lock:
-            booted = [self._guests.pop(node["container"], None) for node in nodes]
-        for guest in booted:  # reaped, if this process booted it
-            if guest is not None and guest.process is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    guest.process.wait(5)
         return len(nodes), 1 if record else 0
+
+    def _remove_guest(self, container: str) -> None:
+        """A guest this process booted is killed and reaped here first: its
+        kernel's process would stay a zombie of this process, which
+        remove_guest would wait for in vain."""
+        with self._lock:
+            guest = self._guests.pop(container, None)
+        if guest is not None and guest.process is not None and guest.process.poll() is None:
+            with contextlib.suppress(OSError):
+                os.killpg(guest.process.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                guest.process.wait(5)
+        uml.remove_guest(container, self.state_dir)
 
     # ---- image pods: a uml node has no container engine --------------------
     def ensure_images(self, images: list[str], node_container: str) -> list[str]:
