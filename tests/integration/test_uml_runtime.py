@@ -63,6 +63,9 @@ def emu(*args: str) -> subprocess.CompletedProcess:
 def left_behind(name: str, containers: list[str], pgids: list[int], addresses: list[str]) -> list[str]:
     """What of a removed uml cluster is still on this machine."""
     found = [f"UML processes in group {pgid}" for pgid in pgids if uml._uml_group(pgid)]
+    for container in containers:  # a guest's processes, by the umid on their command line
+        guests = subprocess.run(["pgrep", "-f", f"linux.uml .*umid={container} "], capture_output=True, text=True)
+        found += [f"UML process {pid} of {container}" for pid in guests.stdout.split()]
     found += [f"tap {uml.tap_name(c)}" for c in containers if Path("/sys/class/net", uml.tap_name(c)).exists()]
     found += [f"files of {c}" for c in containers if uml.guest_dir(uml.STATE_DIR, c).exists()]
     if Path("/sys/class/net", bridge_name(name)).exists():
@@ -158,9 +161,32 @@ def test_emu_down_leaves_nothing(lab):
     addresses = [runtime.container_ip(c, "") for c in containers]
     pgids = [int((uml.guest_dir(uml.STATE_DIR, c) / "pid").read_text()) for c in containers]
     assert len(containers) == 2 and all(uml._uml_group(pgid) for pgid in pgids)
+    before = left_behind(lab, containers, pgids, addresses)  # what the check sees of a running cluster
+    for thing in ("UML process ", "tap ", "files of ", "bridge ", "records ", "host port relay ", "iptables rule "):
+        assert any(found.startswith(thing) for found in before), (thing, before)
     down = emu("down", lab)
     assert down.returncode == 0, down.stdout + down.stderr
     assert left_behind(lab, containers, pgids, addresses) == []
     assert lab not in cluster_names()
     kubeconfig = subprocess.run(["kubectl", "config", "get-contexts", "-o", "name"], capture_output=True, text=True)
     assert f"emu-{lab}" not in kubeconfig.stdout.split()
+
+
+def test_a_failed_up_leaves_nothing(runtime, tmp_path):
+    """Guests that cannot boot (too little memory for the UML kernel): `emu up`
+    says why, with the console's last lines, and removes what it made."""
+    _uml_or_skip()
+    name = sweep.register(f"emutest-umlfail-{os.urandom(2).hex()}")
+    path = tmp_path / "lab.yaml"
+    path.write_text(LAB.replace("NAME", name))
+    try:
+        environment = {**os.environ, "PYTHONPATH": str(ROOT), "EMU_UML_MEMORY": "8M"}
+        up = subprocess.run([sys.executable, "-m", "emu.cli", "up", str(path), "--runtime", "uml", "-q"],
+                            capture_output=True, text=True, env=environment, timeout=600)  # fmt: skip
+        assert up.returncode != 0
+        assert f"guest {name}-" in up.stderr and "while booting; console:" in up.stderr, up.stderr
+        assert left_behind(name, [f"{name}-cp", f"{name}-w1"], [], []) == []
+        assert name not in known_clusters()
+    finally:
+        UmlRuntime().remove_cluster(name)
+        sweep.disown(name)
