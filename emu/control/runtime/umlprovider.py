@@ -44,7 +44,7 @@ from emu.control.runtime.provider import ContainerRecord, ExecResult, NodeSpec, 
 from emu.errors import EmuError
 
 NETWORK_POOL = ipaddress.IPv4Network("172.28.0.0/14")  # where a free /24 is looked for, as the docker provider
-MEMORY = os.environ.get("EMU_UML_MEMORY") or "768M"  # each guest's; a node with the API server uses ~300 MB
+MEMORY = os.environ.get("EMU_UML_MEMORY") or "768M"  # each guest's; the 2-node lab's use 100 and 60 MB: room for pods
 BOOT_TIMEOUT = 120.0
 EXEC_TIMEOUT = 3600.0  # a docker exec has none; the command server needs one (its maximum)
 NODE_SYSCTLS = {  # as the docker provider gives its node containers (emu.control.runtime.docker)
@@ -391,7 +391,7 @@ class UmlRuntime:
             state = "running" if self._running(container) else "not running"
             raise EmuError(
                 f"node {container} (a uml guest, {state}) did not answer on {guest.ip}:{umlguest.PORT} ({error}); "
-                f"`emu up` brings a stopped node back, `emu down` removes the cluster"
+                "a uml node does not come back by itself yet: remove the cluster with `emu down` and `emu up` again"
             ) from None
 
     def exec(self, container: str, argv: list[str], environment: dict[str, str] | None = None) -> ExecResult:
