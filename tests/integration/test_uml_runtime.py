@@ -76,6 +76,7 @@ def left_behind(name: str, containers: list[str], pgids: list[int], addresses: l
         relays = subprocess.run(["pgrep", "-f", f"umlforward.py .* {address} "], capture_output=True, text=True)
         found += [f"host port relay {pid} to {address}" for pid in relays.stdout.split()]
     rules = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True).stdout
+    rules += subprocess.run(["iptables", "-w", "-t", "nat", "-S", "POSTROUTING"], capture_output=True, text=True).stdout
     found += [f"iptables rule {line}" for line in rules.splitlines() if bridge_name(name) in line]
     return found
 
@@ -153,6 +154,39 @@ def test_streams_files_and_errors_go_through_the_command_server(lab):
     both = runtime.exec(node, ["sh", "-c", "echo out; echo err >&2; exit 4"])
     assert (both.exit_code, both.output) == (4, "out\nerr\n")
     assert runtime.exec(node, ["sh", "-c", 'echo "$X"'], environment={"X": "y z"}).output == "y z\n"
+
+
+@pytest.fixture
+def outside(tmp_path):
+    """A web server beyond this host, as far as the nodes can tell: in a network
+    namespace of the host's own behind a veth pair, with no route back to the
+    cluster network (only the host's masquerading gets a reply there)."""
+    namespace, veth = "emutest-outside", "emutestout0"
+    subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+    subprocess.run(["ip", "link", "del", veth], capture_output=True)
+    (tmp_path / "marker").write_text("outside\n")
+    for step in (["ip", "netns", "add", namespace],
+                 ["ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", namespace],
+                 ["ip", "addr", "add", "192.168.251.1/30", "dev", veth], ["ip", "link", "set", veth, "up"],
+                 ["ip", "-n", namespace, "addr", "add", "192.168.251.2/30", "dev", "eth0"],
+                 ["ip", "-n", namespace, "link", "set", "eth0", "up"]):  # fmt: skip
+        subprocess.run(step, check=True, capture_output=True)
+    server = subprocess.Popen(["ip", "netns", "exec", namespace, sys.executable, "-m", "http.server", "--bind",
+                               "192.168.251.2", "8099"], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        yield "http://192.168.251.2:8099/marker"
+    finally:
+        server.kill()
+        server.wait()
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+        subprocess.run(["ip", "link", "del", veth], capture_output=True)
+
+
+def test_pods_reach_beyond_the_host(lab, outside):
+    script = f"for i in $(seq 50); do curl -s -m 3 {outside} && exit 0; sleep 0.2; done; exit 1"
+    reached = Cluster(lab).exec("b", ["sh", "-c", script])
+    assert reached.ok and reached.output.strip() == "outside", reached.output
 
 
 def test_emu_down_leaves_nothing(lab):

@@ -15,9 +15,10 @@ command finds a cluster again:
 
 Each record is written before what it names is made, so `remove_cluster`
 (also after a failed `up`) finds and removes every process, tap, bridge and
-file. What docker nodes get from their engine, a guest gets after it boots:
-its hostname and /etc/hosts, the node sysctls (br_netfilter loaded first) and
-the node's command. Host ports are TCP relays on the host (umlforward), as
+file. The bridge gets Docker's rules for a bridge network (nodes reach
+beyond this host, masqueraded). What docker nodes get from their engine, a
+guest gets after it boots: its hostname, /etc/hosts and resolv.conf, the node
+sysctls (br_netfilter loaded first) and the node's command. Host ports are TCP relays on the host (umlforward), as
 Docker's userland proxy. Image pods and external containers need a Docker
 engine and are refused with a clear error.
 """
@@ -64,6 +65,17 @@ def bridge_name(cluster: str) -> str:
     import hashlib
 
     return "emub" + hashlib.sha256(cluster.encode()).hexdigest()[:10]
+
+
+def outbound_rules(bridge: str, subnet: str) -> list[tuple[str, list[str]]]:
+    """(table, rule) that let nodes reach beyond this host, as Docker's for a
+    bridge network: their traffic masqueraded to the host's address, and
+    forwarded out (and its replies in) past Docker's FORWARD policy DROP."""
+    return [
+        ("nat", ["POSTROUTING", "-s", subnet, "!", "-o", bridge, "-j", "MASQUERADE"]),
+        ("filter", ["FORWARD", "-i", bridge, "!", "-o", bridge, "-j", "ACCEPT"]),
+        ("filter", ["FORWARD", "-o", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED", "-j", "ACCEPT"]),
+    ]
 
 
 def known_clusters(state_dir: Path | None = None) -> list[str]:
@@ -297,6 +309,10 @@ class UmlRuntime:
                   "gateway": gateway}  # fmt: skip
         _write_json(self._cluster_dir(cluster) / "cluster.json", record)  # first: `down` finds what follows
         uml.ensure_bridge(record["bridge"], f"{gateway}/{network.prefixlen}")
+        if shutil.which("iptables"):
+            for table, rule in outbound_rules(record["bridge"], subnet):
+                if uml.run_host(["iptables", "-w", "-t", table, "-C", *rule], check=False).returncode:
+                    uml.run_host(["iptables", "-w", "-t", table, "-I", *rule])
 
     def node_image(self, progress: Progress) -> str:
         """The node image's tag, its root filesystem made if missing (the image built with Docker then)."""
@@ -473,6 +489,10 @@ class UmlRuntime:
         for pid_file in sorted((directory / "forward").glob("*.pid")):
             _kill_relay(pid_file)
         if record:
+            if shutil.which("iptables"):
+                for table, rule in outbound_rules(record["bridge"], record["subnet"]):
+                    while uml.run_host(["iptables", "-w", "-t", table, "-D", *rule], check=False).returncode == 0:
+                        pass
             uml.delete_bridge(record["bridge"])
         shutil.rmtree(directory, ignore_errors=True)
         return len(nodes), 1 if record else 0
