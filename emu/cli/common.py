@@ -51,7 +51,7 @@ def _cluster(args, reporter=None, topology=None):
         else:
             raise EmuError(f"several emu clusters are running ({', '.join(names)}); choose one with --name "
                            "(or `kubectl config use-context emu-NAME`)")
-    runtime = provider_for(name, list(topology.hosts) if topology else None)
+    runtime = provider_for(name, list(topology.hosts) if topology else None, topology.runtime if topology else None)
     return Cluster(name, runtime=runtime, progress=reporter or (lambda message: None))
 
 

@@ -12,6 +12,10 @@ from emu.cli.objects import _apply_manifests
 
 def cmd_up(args) -> int:
     topology = _with_manifests(_load(args.file, args.hosts), args)
+    if args.runtime:
+        from emu.api.topology.load import with_runtime
+
+        topology = with_runtime(topology, args.runtime, args.file)
     reporter = Reporter(args.quiet)
     cluster = _cluster(args, reporter, topology)
     if args.check:

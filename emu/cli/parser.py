@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("file", nargs="?", default=DEFAULT_TOPOLOGY, help=f"topology YAML (default {DEFAULT_TOPOLOGY})")
     up.add_argument("--no-wait", action="store_true", help="do not wait for pods' ports to answer")
     up.add_argument("--hosts", metavar="FILE", help="spread the nodes over the Docker hosts of this inventory")
+    up.add_argument("--runtime", choices=["docker", "uml"],
+                    help="what runs the nodes (default: the topology's runtime:, else docker)")  # fmt: skip
     up.add_argument("--check", action="store_true", help="only report what up would change or repair (exit 1 if anything)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
 

@@ -131,10 +131,12 @@ class Cluster:
             topology = load_file(topology)
         if topology.name != self.name:
             raise EmuError(f"the topology names cluster '{topology.name}' but this is cluster '{self.name}'")
-        if [h.name for h in topology.hosts] != [h.name for h in getattr(self.runtime, "hosts", [])]:
+        hosts_changed = [h.name for h in topology.hosts] != [h.name for h in getattr(self.runtime, "hosts", [])]
+        runtime_changed = topology.runtime is not None and topology.runtime != getattr(self.runtime, "name", "docker")
+        if hosts_changed or runtime_changed:
             from emu.control.runtime.select import provider_for
 
-            self.runtime = provider_for(self.name, list(topology.hosts))
+            self.runtime = provider_for(self.name, list(topology.hosts), topology.runtime)
         if any(c.is_node for c in self.runtime.cluster_containers(self.name)):
             return self.apply(topology, wait=wait)
         with self._creating():
@@ -186,7 +188,7 @@ class Cluster:
 
     def _create(self, topology: Topology, wait: bool) -> Change:
         started = time.monotonic()
-        if topology.networking.proxy_mode == "ipvs":
+        if topology.networking.proxy_mode == "ipvs" and not getattr(self.runtime, "kernel_has_ip_vs", False):
             from emu.node.proxy.ipvs import refuse_up
 
             refuse_up()  # before anything is created

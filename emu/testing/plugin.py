@@ -160,7 +160,7 @@ class Clusters:
         if worker:
             name = f"{name}-{worker}"
         try:
-            runtime = provider_for(name, list(loaded.hosts))
+            runtime = provider_for(name, list(loaded.hosts), loaded.runtime)
             running = runtime.cluster_names()
         except EmuError as error:
             problem = str(error)

@@ -383,3 +383,14 @@ def with_hosts(topology: Topology, hosts: list[Host], source: str) -> Topology:
     if problems:
         raise TopologyError(source, problems)
     return merged
+
+
+def with_runtime(topology: Topology, runtime: str, source: str) -> Topology:
+    """The topology with its nodes run by `runtime` (`emu up --runtime`), validated again."""
+    from emu.api.topology.validate import check_topology
+
+    merged = topology.model_copy(update={"runtime": runtime})
+    problems = [Problem(format_path(path), message) for path, message in check_topology(merged)]
+    if problems:
+        raise TopologyError(source, problems)
+    return merged

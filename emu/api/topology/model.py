@@ -734,6 +734,12 @@ class Topology(Model):
 
     name: DNSLabel = Field("emu", description="Cluster name; node containers are named <name>-<node>.")
     node_image: str | None = Field(None, description="Node image to use instead of the one emu builds.")
+    runtime: Literal["docker", "uml"] | None = Field(
+        None,
+        description="What runs the nodes: docker (containers on this machine's engine or the hosts') or uml "
+        "(User-mode Linux guests on this machine, each a kernel of its own). Default: docker, or what a running "
+        "cluster of this name was made with.",
+    )
     networking: Networking = Field(default_factory=Networking)
     hosts: list[Host] = Field(
         default_factory=list,

@@ -88,6 +88,17 @@ def _check_nodes(topology: Topology) -> Iterator[Finding]:
         if hosts and node.host is not None and node.host not in hosts:
             message = f"node '{node.name}' names host '{node.host}', which is not under hosts: ({', '.join(hosts)})"
             yield (("nodes", index, "host"), message)
+    if topology.runtime == "uml":
+        if hosts:
+            yield (("runtime",), "runtime uml runs every node on this machine; remove hosts: or use runtime: docker")
+        for path, _, template in _templates(topology):
+            for c_index, container in enumerate(template.containers):
+                if container.runs_image:
+                    yield (
+                        path + ("containers", c_index, "image"),
+                        f"container '{container.name}' runs an image, which needs the docker runtime (a uml node "
+                        "has no container engine); use runtime: docker, or a command or workload instead",
+                    )
 
 
 def _check_dns_policy(template: PodTemplate, path: tuple, what: str) -> Iterator[Finding]:

@@ -14,7 +14,7 @@ sch_netem, br_netfilter. This module makes and runs such guests:
   image needs a 500 MB copy a guest to be as separate, and Python starts 1.6x
   slower from hostfs, whose every stat is a host system call.)
 - `ensure_bridge` / `make_tap`: a host bridge is the guests' network; each
-  guest has a tap device on it, seen inside as `vec0`.
+  guest has a tap device on it, seen inside as `vec0`, which init renames eth0.
 - `Guest.run` runs a command inside through a small command server the
   guest's init starts on its address (emu/control/runtime/umlguest.py), with the
   signature of subprocess.run, so anything that takes a command runner (the
@@ -56,7 +56,7 @@ INIT = "/sbin/emu-uml-init"
 GUEST_SERVER = "/usr/local/lib/emu/umlguest.py"
 
 # PID 1 of every guest. It reads its address from the kernel command line
-# (emu.* parameters, which the kernel leaves to init), brings up vec0, starts
+# (emu.* parameters, which the kernel leaves to init), brings up vec0 as eth0, starts
 # the command server and then only reaps: init exiting would panic the guest.
 INIT_SCRIPT = r"""#!/bin/sh
 # emu's init for User-mode Linux guests (made by emu/control/runtime/uml.py).
@@ -79,8 +79,9 @@ for arg in $(cat /proc/cmdline); do
 done
 [ -n "$name" ] && hostname "$name"
 ip link set lo up
-ip link set vec0 up
-ip addr add "$address" dev vec0
+ip link set vec0 name eth0  # a node's interface is eth0, as in a container
+ip link set eth0 up
+ip addr add "$address" dev eth0
 [ -n "$gateway" ] && ip route add default via "$gateway"
 python3 __SERVER__ "${address%/*}" "$boot" >/var/log/emu/umlguest.log 2>&1 &
 echo "emu-uml-init: $name up at $address"

@@ -5,6 +5,12 @@ bridge that only the host and its guests reach). One request per connection:
 a JSON line {"boot": BOOT_ID, "argv": [...], "input": base64, "timeout": s}
 (or {"boot": ..., "op": "poweroff"}), answered by one JSON line
 {"boot": ..., "rc": N, "stdout": base64, "stderr": base64, "timed_out": bool}.
+A request {"boot": ..., "op": "stream", "argv": [...], "env": {...}} is
+answered as it runs, in Docker's attach framing (a byte 1 stdout or 2 stderr,
+three zero bytes, the payload's length as 4 bytes big-endian, the payload),
+and a last frame of kind 3 holding the exit code as JSON; the client closing
+the connection kills the command's process group (no process outlives its
+reader).
 The boot id, a random value given on the guest's kernel command line, makes
 sure a client talks to the guest it booted and not to an older one at the
 same address. Every command has a timeout (its process group is killed at
@@ -19,6 +25,7 @@ import json
 import os
 import signal
 import socketserver
+import struct
 import subprocess
 import sys
 import threading
@@ -73,7 +80,65 @@ class Handler(socketserver.StreamRequestHandler):
             self.wfile.flush()
             threading.Timer(0.2, poweroff).start()
             return
+        if request.get("op") == "stream":
+            self.stream(request)
+            return
         self.reply(run_request(request))
+
+    def stream(self, request: dict) -> None:
+        """Run the command, sending its output frame by frame as it comes."""
+        lock = threading.Lock()
+
+        def send(kind: int, data: bytes) -> None:
+            with lock:
+                self.wfile.write(struct.pack(">BxxxL", kind, len(data)) + data)
+
+        environment = dict(os.environ, **{str(k): str(v) for k, v in (request.get("env") or {}).items()})
+        try:
+            process = subprocess.Popen(
+                request["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                env=environment, start_new_session=True,
+            )  # fmt: skip
+        except OSError as error:
+            send(2, f"{request['argv'][0]}: {error}\n".encode())
+            send(3, b"127")
+            return
+
+        def kill() -> None:
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+        def watch() -> None:  # the client went away: the command goes too
+            # On the socket itself: a read of rfile would hold its lock, and the
+            # handler's end (which closes rfile) would wait for it, and the client for that.
+            try:
+                while self.connection.recv(4096):
+                    pass
+            except OSError:
+                pass
+            kill()
+
+        def errors() -> None:
+            try:
+                for chunk in iter(lambda: process.stderr.read1(1 << 16), b""):
+                    send(2, chunk)
+            except OSError:
+                kill()
+
+        threading.Thread(target=watch, daemon=True).start()
+        reader = threading.Thread(target=errors, daemon=True)
+        reader.start()
+        try:
+            for chunk in iter(lambda: process.stdout.read1(1 << 16), b""):
+                send(1, chunk)
+            reader.join()
+            send(3, str(process.wait()).encode())
+        except OSError:
+            kill()
+            process.wait()
 
     def reply(self, answer: dict) -> None:
         answer["boot"] = self.server.boot_id
