@@ -361,7 +361,9 @@ class Cluster:
         `hub`: the container to hold it in (`emu up` names it: no state to find it by yet)."""
         hub = hub or self._lock_node()
         holder = _holder()
-        take = f'mkdir {LOCK_DIR} 2>/dev/null && printf %s "$1" >{LOCK_DIR}/holder'
+        # (Its parent made first: `emu up` takes the lock before the node's plan has made
+        # /etc/emu, and on a node image without it, mkdir's failure read as "held".)
+        take = f'mkdir -p {os.path.dirname(LOCK_DIR)} && mkdir {LOCK_DIR} 2>/dev/null && printf %s "$1" >{LOCK_DIR}/holder'
         if not self.runtime.exec(hub, ["sh", "-c", take, "sh", holder]).ok:
             held = self.runtime.read_file(hub, f"{LOCK_DIR}/holder", limit=4096) or "another emu command"
             raise EmuError(

@@ -22,7 +22,7 @@ recorded in `engine.calls` and answered by the first entry of
 Each models what a healthy node does with one command emu sends, on the
 container's files:
 
-- lock:     `mkdir /etc/emu/lock && printf holder` is an atomic mkdir (fails
+- lock:     `mkdir -p /etc/emu && mkdir /etc/emu/lock && printf holder` is an atomic mkdir (fails
             if the directory is there, as mkdir(2) does);
 - rm:       `rm -f|-rf PATH...` removes files (and directories);
 - plan:     `sh /etc/emu/plan/run.sh` (its files, state.json.new among them,
@@ -628,7 +628,7 @@ def _cat(node: FakeContainer, argv: list[str], engine: FakeEngine) -> ExecResult
 
 
 NODE_HANDLERS = [
-    Handler("lock", lambda argv: _script(argv).startswith(f"mkdir {LOCK_DIR} "), _take_lock),
+    Handler("lock", lambda argv: f"mkdir {LOCK_DIR} " in _script(argv), _take_lock),
     Handler("rm", lambda argv: argv[:1] == ["rm"], _remove),
     Handler("plan", lambda argv: argv == ["sh", f"{cni.PLAN_DIR}/run.sh"], _run_plan),
     Handler("publish/wait", lambda argv: f"mv {STATE_FILE}.new " in _script(argv)
