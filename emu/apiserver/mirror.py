@@ -24,6 +24,7 @@ from emu.apiserver.storage import DELETE, Store, canonical, keep_identity, now_r
 
 CONTROLLER_USER = "emu-controller"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+LIFECYCLE_TAINTS = "node.kubernetes.io/"  # the node lifecycle controller's taints
 KUBELET_MANAGER = "kubelet"  # the field manager of the node agents' status writes (client-go's: the program's name)
 PATH = "/emu/mirror"
 
@@ -97,6 +98,10 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
         def replace(current: dict | None, obj: dict = obj, info: resources.ResourceInfo = info) -> dict | None:
             new = canonical(obj)
             new.setdefault("metadata", {})
+            if info.kind == "Pod":
+                resources.admit_pod(new.setdefault("spec", {}))  # as the API server's admission would
+            elif info.kind == "Node" and current is not None:
+                keep_node_lifecycle(current, new)
             if current is None:
                 new["metadata"]["creationTimestamp"] = new["metadata"].get("creationTimestamp") or now_rfc3339()
                 new["metadata"].setdefault("uid", _uid(obj))
@@ -113,6 +118,21 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
         etype, _ = store.write(key, namespace, name, replace, info.field_values)
         counts[{"ADDED": "created", "MODIFIED": "updated", "": "unchanged"}[etype]] += 1
     return counts
+
+
+def keep_node_lifecycle(current: dict, new: dict) -> None:
+    """What the node lifecycle controller wrote into a Node stays: its conditions
+    (Ready Unknown while the node's Lease is not renewed, put back when it is) and
+    its taints (node.kubernetes.io/unreachable, not-ready, ...); emu writes the rest."""
+    conditions = (current.get("status") or {}).get("conditions")
+    if conditions:
+        new.setdefault("status", {})["conditions"] = conditions
+    theirs = [t for t in (current.get("spec") or {}).get("taints") or []
+              if str(t.get("key", "")).startswith(LIFECYCLE_TAINTS)]  # fmt: skip
+    if theirs:
+        spec = new.setdefault("spec", {})
+        ours = [t for t in spec.get("taints") or [] if not str(t.get("key", "")).startswith(LIFECYCLE_TAINTS)]
+        spec["taints"] = ours + theirs
 
 
 def _delete_endpoints(store: Store, namespace: str, service: str) -> None:

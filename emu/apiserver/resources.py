@@ -408,6 +408,18 @@ def _defaults(info: ResourceInfo, obj: dict) -> None:
                         p.setdefault("protocol", "TCP")
 
 
+def admit_pod(spec: dict) -> None:
+    """What the ServiceAccount and DefaultTolerationSeconds admission plugins add to a
+    new pod's spec: its service account, and tolerating not-ready and unreachable
+    nodes for 300 s (after which the node lifecycle controller evicts it)."""
+    spec.setdefault("serviceAccountName", "default")
+    spec["serviceAccount"] = spec["serviceAccountName"]
+    tols = spec.setdefault("tolerations", [])
+    for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
+        if not any(isinstance(t, dict) and t.get("key") == key for t in tols):
+            tols.append({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300})
+
+
 def prepare_create(info: ResourceInfo, obj: dict) -> None:
     """Defaults and the create-time fields (status reset, generation 1, admission defaults)."""
     _defaults(info, obj)
@@ -420,13 +432,7 @@ def prepare_create(info: ResourceInfo, obj: dict) -> None:
         obj["status"] = {"phase": "Active"}
     elif kind == "Pod":
         spec = obj.setdefault("spec", {})
-        # ServiceAccount and DefaultTolerationSeconds admission
-        spec.setdefault("serviceAccountName", "default")
-        spec["serviceAccount"] = spec["serviceAccountName"]
-        tols = spec.setdefault("tolerations", [])
-        for key in ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"):
-            if not any(isinstance(t, dict) and t.get("key") == key for t in tols):
-                tols.append({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300})
+        admit_pod(spec)
         obj["status"] = {"phase": "Pending", "qosClass": _qos(spec)}
     elif info.has_status() and kind != "Node":
         obj["status"] = {}

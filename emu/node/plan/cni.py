@@ -455,9 +455,10 @@ API_LOG = "/var/log/emu/apiserver.log"
 
 # The control loops the API server runs (emu.apiserver.controllers) while emu's commands
 # still place pods and write workloads (docs/apiserver.md, stages 2-4): those that follow
-# what the nodes report (EndpointSlices and Endpoints from the pods' readiness) and those
-# every namespace has (its default ServiceAccount, kube-root-ca.crt).
-API_CONTROLLERS = ("endpointslice", "endpoints", "serviceaccount", "rootca")
+# what the nodes report (EndpointSlices and Endpoints from the pods' readiness, node
+# lifecycle from their Leases) and those every namespace has (its default
+# ServiceAccount, kube-root-ca.crt).
+API_CONTROLLERS = ("endpointslice", "endpoints", "serviceaccount", "rootca", "nodelifecycle")
 
 
 def api_server_node(state: ClusterState) -> NodeState:

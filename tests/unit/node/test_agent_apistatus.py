@@ -17,6 +17,7 @@ from emu.control.state import plan_cluster
 from emu.node.agent.apistatus import LEASE_NAMESPACE, ApiStatus
 from emu.node.kube import podstatus
 from emu.node.kube.client import ApiError, resource_path
+from emu.apiserver.controllers import start_named
 from emu.node.plan.cni import API_CONTROLLERS
 
 LAB = """
@@ -329,3 +330,44 @@ def test_after_the_server_was_away_every_status_is_written_again(server, state):
     status.failing = True  # (as after a failed attempt)
     status.step(state, entries)
     assert {c["type"]: c["status"] for c in server.client().get(path)["status"]["conditions"]}["Ready"] == "True"
+
+
+def test_a_node_that_stops_renewing_its_lease_becomes_not_ready_and_emu_keeps_that(tmp_path, state):
+    """The node lifecycle controller runs in every cluster: a node whose agent stops
+    renewing its Lease is Ready=Unknown and tainted unreachable, its pods not ready
+    (but kept: the mirror's pods tolerate that for 300 s, as admission makes them);
+    emu's next command keeps what the controller wrote; the Lease renewed again
+    makes it Ready. (A grace period of 1 s here; 40 s in clusters.)"""
+    served = ClusterServer(tmp_path, ())
+    served.manager = start_named(served.store, API_CONTROLLERS,
+                                 {"node_monitor_grace_period": 1.0, "node_monitor_period": 0.2})  # fmt: skip
+    try:
+        objects = mirror_objects(state, [], 1_700_000_000.0)
+        mirror.sync(served.store, objects)
+        admin = served.client()
+        node_path = resource_path("v1", "nodes", "", "worker")
+
+        def ready() -> str:
+            found = admin.get(node_path)
+            return next(c["status"] for c in found["status"]["conditions"] if c["type"] == "Ready")
+
+        status, clock = reporter(served, "worker", [])
+        status.step(state, {})  # the Lease
+        assert ready() == "True"
+        assert wait_for(lambda: ready() == "Unknown"), ready()  # no renewal for over the grace period
+        taints = [t["key"] for t in admin.get(node_path)["spec"].get("taints") or []]
+        assert "node.kubernetes.io/unreachable" in taints
+        web = admin.get(resource_path("v1", "pods", "default", "web"))
+        assert next(c["status"] for c in web["status"]["conditions"] if c["type"] == "Ready") == "False"
+        assert {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": 300} in web["spec"]["tolerations"]  # fmt: skip
+
+        mirror.sync(served.store, objects)  # emu's next command
+        assert ready() == "Unknown" and "node.kubernetes.io/unreachable" in [
+            t["key"] for t in admin.get(node_path)["spec"].get("taints") or []]  # fmt: skip
+
+        clock.now += 10  # the agent again: a renewal
+        status.step(state, {})
+        assert wait_for(lambda: ready() == "True"), ready()
+    finally:
+        served.stop()
