@@ -95,7 +95,7 @@ def test_config_map_env_files_field_refs_and_expansion():
     argv = cni.in_pod_argv(pod, pod.containers[0], ["true"])
     script = argv[argv.index("-c") + 1]
     # After what every pod gets (the node's keys hidden, its service account token): the volume, read-only.
-    assert f"/var/run/secrets/kubernetes.io/serviceaccount && mkdir -p /etc/shop && mount --bind {cni.VOLUME_DIR}/" \
+    assert f"/var/run/secrets/kubernetes.io/serviceaccount; }} && mkdir -p /etc/shop && mount --bind {cni.VOLUME_DIR}/" \
            f"{pod.netns}/config /etc/shop && mount -o remount,bind,ro /etc/shop && hostname" in script  # fmt: skip
 
 

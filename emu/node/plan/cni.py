@@ -318,7 +318,9 @@ def mount_commands(pod: PodState, container: dict) -> str:
     # service account token is where Kubernetes puts it (a kube-api-access volume).
     lines = [f"{{ [ ! -d {hidden} ] || mount -t tmpfs -o ro,size=4k,mode=0500 emu-hidden {hidden}; }}"
              for hidden in HIDDEN_FROM_PODS]
-    lines.append(f"mount --bind -o ro {TOKEN_DIR}/{pod.netns} {SERVICE_ACCOUNT_DIR}")
+    # (Where the start script made both: a command run in a pod some other way goes without.)
+    lines.append(f"{{ [ ! -d {TOKEN_DIR}/{pod.netns} ] || [ ! -d {SERVICE_ACCOUNT_DIR} ] || "
+                 f"mount --bind -o ro {TOKEN_DIR}/{pod.netns} {SERVICE_ACCOUNT_DIR}; }}")
     for mount in container.get("volumeMounts", []):
         source = f"{VOLUME_DIR}/{pod.netns}/{mount['name']}"
         target = shlex.quote(mount["mountPath"])
