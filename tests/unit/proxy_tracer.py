@@ -24,6 +24,7 @@ class Packet:
     destination: str
     port: int
     protocol: str = "tcp"
+    dnat: bool = False  # conntrack's DNAT state: a rule rewrote the destination
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def _after(packet: Packet, dnat: str | None) -> Packet:
     if dnat is None:
         return packet
     ip, port = dnat.split(":")
-    return Packet(packet.source, ip, int(port), packet.protocol)
+    return Packet(packet.source, ip, int(port), packet.protocol, True)
 
 
 # ---- iptables -----------------------------------------------------------------
@@ -72,9 +73,9 @@ class IptablesTracer:
                 continue
             after = _after(packet, path.dnat)
             if packet.source in self.local:
-                chains = ["KUBE-PROXY-FIREWALL", "KUBE-SERVICES"]
+                chains = ["KUBE-PROXY-FIREWALL", "KUBE-SERVICES", "KUBE-FIREWALL"]
             elif after.destination in self.local:
-                chains = ["KUBE-PROXY-FIREWALL", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES"]
+                chains = ["KUBE-PROXY-FIREWALL", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES", "KUBE-FIREWALL"]
             else:
                 chains = ["KUBE-PROXY-FIREWALL", "KUBE-FORWARD", "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"]
             refused = next((p.verdict for chain in chains for p in self._walk("filter", chain, 0, after, Path())
@@ -123,9 +124,11 @@ class IptablesTracer:
             if word == "--mode":  # -m statistic --mode random --probability P
                 random, i = True, i + 4
                 continue
-            if word in ("--ctstate", "--rcheck", "--mark"):
-                return False, False  # conntrack states but NEW, affinity seen, marks: not a first packet's
+            if word in ("--rcheck", "--mark"):
+                return False, False  # affinity seen, marks: not a first packet's
             checks = {
+                # A first packet is NEW, and DNAT once a rule rewrote its destination.
+                "--ctstate": lambda: bool(set(value.split(",")) & ({"NEW", "DNAT"} if packet.dnat else {"NEW"})),
                 "-p": lambda: value == packet.protocol,
                 "-d": lambda: _in(packet.destination, value),
                 "-s": lambda: _in(packet.source, value),

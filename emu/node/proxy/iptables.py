@@ -26,11 +26,31 @@ Ruleset = dict[str, dict[str, list[str]]]  # table -> chain -> rules (without "-
 BASE_CHAINS = {
     "nat": ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"],
     # KUBE-NODEPORTS (health check node ports) and KUBE-PROXY-FIREWALL
-    # (loadBalancerSourceRanges) stay empty without those fields, KUBE-FIREWALL (the
-    # localnet guard) stays empty in emu; a real node always has them and the jumps.
+    # (loadBalancerSourceRanges) stay empty without those fields; KUBE-FIREWALL holds the
+    # localnet guard (LOCALNET_GUARD). A real node always has them and the jumps.
     "filter": ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-FIREWALL",
                "KUBE-PROXY-FIREWALL"],
 }  # fmt: skip
+
+
+# Localhost NodePorts (kube-proxy's iptables.localhostNodePorts, on by default): 127.0.0.1:NODEPORT
+# on a node reaches the service. The nat rules already take it (KUBE-SERVICES' last rule matches
+# every local destination, 127.0.0.1 included); the kernel routes a packet from 127.0.0.1 to a
+# pod only with route_localnet, which kube-proxy sets at start (ROUTE_LOCALNET_STEP), and which
+# would also let other hosts reach the node's 127.0.0.1 services: kube-proxy's KUBE-FIREWALL
+# rule drops what arrives for 127.0.0.0/8 from elsewhere but is not a DNATed connection.
+LOCALNET_GUARD = (
+    '-m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 ! -s 127.0.0.0/8 '
+    "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+)
+ROUTE_LOCALNET = "net.ipv4.conf.all.route_localnet"
+# /proc/sys is read-only in a Docker node (writable in a User-mode Linux one): a private
+# mount namespace may remount it read-write; the setting itself is the node's network
+# namespace's.
+ROUTE_LOCALNET_STEP = (
+    f"sysctl -q -w {ROUTE_LOCALNET}=1 2>/dev/null || unshare -m sh -c "
+    f"'mount -o remount,rw /proc/sys && echo 1 >/proc/sys/{ROUTE_LOCALNET.replace('.', '/')}'"
+)
 
 
 def _hash(*parts: str) -> str:
@@ -194,6 +214,7 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
         "KUBE-POSTROUTING",
         f"{comment('kubernetes service traffic requiring SNAT')} -j MASQUERADE --random-fully",
     )
+    rules.add("filter", "KUBE-FIREWALL", LOCALNET_GUARD)
     rules.add("filter", "KUBE-FORWARD", "-m conntrack --ctstate INVALID -j DROP")
     rules.add(
         "filter",
@@ -454,7 +475,7 @@ class IptablesProxier(Proxier):
 
     def bootstrap(self, state: ClusterState, node: NodeState, plan_dir: str) -> Bootstrap:
         path = f"{plan_dir}/kube-proxy-hooks.rules"
-        return Bootstrap({path: hook_rules()}, [f"iptables-restore --noflush {path}"])
+        return Bootstrap({path: hook_rules()}, [ROUTE_LOCALNET_STEP, f"iptables-restore --noflush {path}"])
 
     def render(self, state, node, endpoints, cache=None) -> Ruleset:
         return render(state, node, endpoints, cache=cache)
