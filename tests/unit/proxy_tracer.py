@@ -219,6 +219,9 @@ class NftablesTracer:
         if action.startswith("@"):  # a verdict map lookup
             if condition.startswith("ip daddr @") and not self._member(packet.destination, condition.split()[2][1:]):
                 return None
+            if condition.startswith("fib daddr type local"):  # ... ip daddr != 127.0.0.0/8 (no localhost)
+                if packet.destination not in self.local or _in(packet.destination, "127.0.0.0/8"):
+                    return None
             key = f"{packet.protocol} . {packet.port}"
             key = key if condition.endswith("meta l4proto . th dport") and "daddr ." not in condition \
                 else f"{packet.destination} . {key}"  # fmt: skip
@@ -248,10 +251,14 @@ class NftablesTracer:
                 if ok == negate:
                     return None
                 i = j
-            elif words[i] == "fib":  # fib saddr type local
-                if packet.source not in self.local:
+            elif words[i] == "fib":  # fib saddr|daddr type local
+                if (packet.source if words[i + 1] == "saddr" else packet.destination) not in self.local:
                     return None
                 i += 4
+            elif words[i] in ("tcp", "udp", "sctp") and words[i + 1] == "dport":
+                if words[i] != packet.protocol or int(words[i + 2]) != packet.port:
+                    return None
+                i += 3
             elif words[i:i + 2] == ["meta", "l4proto"]:
                 if words[i + 2] != packet.protocol:
                     return None

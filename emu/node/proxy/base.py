@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import ipaddress
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -71,6 +72,41 @@ def service_ports(state: ClusterState, endpoints: dict):
             # of those were 3 MB of an agent.
             identity = (common, port.name, port.port, port.protocol, port.node_port, tuple(port_endpoints))
             yield service, port, port_endpoints, identity
+
+
+# kube-proxy's --nodeport-addresses default per mode: every local address in iptables
+# and IPVS mode, the node's primary IP in nftables mode (its config defaulting).
+PRIMARY = "primary"
+DEFAULT_NODE_PORT_ADDRESSES = {"iptables": None, "ipvs": None, "nftables": (PRIMARY,)}
+
+
+def node_addresses(node: NodeState) -> list[str]:
+    """The IPv4 addresses a node holds, in interface order: lo, eth0, the pod bridge."""
+    return ["127.0.0.1", node.node_ip, node.gateway]
+
+
+def node_port_addresses(state: ClusterState, node: str, mode: str) -> list[str] | None:
+    """The node's addresses that take NodePort traffic, as kube-proxy's
+    NodePortAddresses.GetNodeIPs finds them for networking.nodePortAddresses, or the
+    default of `mode` (None: every local address, kube-proxy's MatchAll)."""
+    wanted = state.net.node_port_addresses
+    if wanted is None:
+        wanted = DEFAULT_NODE_PORT_ADDRESSES[mode]
+    if wanted is None or len(wanted) == 0:
+        return None
+    held = next((n for n in state.nodes if n.name == node), None)
+    if held is None:
+        return []
+    if tuple(wanted) == (PRIMARY,):
+        return [held.node_ip]
+    networks = [ipaddress.IPv4Network(cidr, strict=False) for cidr in wanted]
+    return [ip for ip in node_addresses(held) if any(ipaddress.IPv4Address(ip) in n for n in networks)]
+
+
+def localhost_node_ports(addresses: list[str] | None) -> bool:
+    """Whether 127.0.0.1 takes NodePorts (kube-proxy's iptables localhostNodePorts, kept
+    only where nodePortAddresses hold a loopback address)."""
+    return addresses is None or any(ip.startswith("127.") for ip in addresses)
 
 
 @dataclass

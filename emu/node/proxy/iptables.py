@@ -13,7 +13,18 @@ import functools
 import io
 import ipaddress
 
-from emu.node.proxy.base import B32_PAIRS, MASQ_MARK, Bootstrap, Proxier, Runner, no_gc, run_text, service_ports
+from emu.node.proxy.base import (
+    B32_PAIRS,
+    MASQ_MARK,
+    Bootstrap,
+    Proxier,
+    Runner,
+    localhost_node_ports,
+    no_gc,
+    node_port_addresses,
+    run_text,
+    service_ports,
+)
 from emu.node.records import ClusterState, NodeState, ServicePortState, ServiceState, sha256
 from emu.node.services import Endpoint, port_name
 
@@ -160,15 +171,17 @@ def render(
 ) -> Ruleset:
     """The node's whole ruleset for every proxied service. `endpoints` holds the
     ready endpoints per service key and port name (emu.node.services.service_endpoints).
+    `pod_subnet` overrides networking.clusterCIDR, the local-traffic detector ("": none).
 
     With a `cache` (a dict the caller keeps between syncs), service ports whose
     service and endpoints are unchanged are not rendered again; the cache is
     left holding only the entries this ruleset used."""
     with no_gc():
-        return _render(state, node, endpoints, pod_subnet or state.net.pod_subnet, cache)
+        return _render(state, node, endpoints, state.net.cluster_cidr if pod_subnet is None else pod_subnet, cache)
 
 
 def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
+    masquerade_all = state.net.masquerade_all
     rules = _Builder()
     tables = rules.tables
     total = sum(len(eps) for by_port in endpoints.values() for eps in by_port.values())
@@ -177,11 +190,11 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
     shared: set[int] = set()  # ids of the cache's lists the ruleset holds
     node_ip = next((n.node_ip for n in state.nodes if n.name == node), None)
     for service, port, port_endpoints, identity in service_ports(state, endpoints):
-        cache_key = (identity, node, node_ip, pod_subnet, large)
+        cache_key = (identity, node, node_ip, pod_subnet, large, masquerade_all)
         recorded = cache.get(cache_key) if cache is not None else None
         if recorded is None:
             recorder = _Recorder()
-            _render_port(recorder, service, port, port_endpoints, node, pod_subnet, large, node_ip)
+            _render_port(recorder, service, port, port_endpoints, node, pod_subnet, large, node_ip, masquerade_all)
             recorded = recorder.rules
         used[cache_key] = recorded
         for (table, chain), chain_rules in recorded.items():
@@ -199,13 +212,14 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
     if cache is not None:
         cache.clear()
         cache.update(used)
-    # The NodePort jump must stay last in KUBE-SERVICES.
-    rules.add(
-        "nat",
-        "KUBE-SERVICES",
-        f"{comment('kubernetes service nodeports; NOTE: this must be the last rule in this chain')} "
-        "-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS",
-    )
+    # The NodePort jump must stay last in KUBE-SERVICES: every local address, or only
+    # those of networking.nodePortAddresses.
+    last = comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
+    addresses = node_port_addresses(state, node, "iptables")
+    if addresses is None:
+        rules.add("nat", "KUBE-SERVICES", f"{last} -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
+    for ip in addresses or ():
+        rules.add("nat", "KUBE-SERVICES", f"{last} -d {ip}/32 -j KUBE-NODEPORTS")
     rules.add("nat", "KUBE-MARK-MASQ", f"-j MARK --or-mark {MASQ_MARK}")
     rules.add("nat", "KUBE-POSTROUTING", f"-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN")
     rules.add("nat", "KUBE-POSTROUTING", f"-j MARK --xor-mark {MASQ_MARK}")
@@ -214,7 +228,8 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
         "KUBE-POSTROUTING",
         f"{comment('kubernetes service traffic requiring SNAT')} -j MASQUERADE --random-fully",
     )
-    rules.add("filter", "KUBE-FIREWALL", LOCALNET_GUARD)
+    if localhost_node_ports(addresses):
+        rules.add("filter", "KUBE-FIREWALL", LOCALNET_GUARD)
     rules.add("filter", "KUBE-FORWARD", "-m conntrack --ctstate INVALID -j DROP")
     rules.add(
         "filter",
@@ -238,6 +253,7 @@ def _render_port(
     pod_subnet: str,
     large: bool = False,
     node_ip: str | None = None,
+    masquerade_all: bool = False,
 ) -> None:
     name = port_name(service, port)
     proto = port.protocol.lower()
@@ -302,7 +318,9 @@ def _render_port(
     if has_external:
         if endpoints:
             if service.external_traffic_policy == "Local":
-                rules.add("nat", ext, f"{comment(f'pod traffic for {name} external destinations')} -s {pod_subnet} -j {svc}")
+                if pod_subnet:  # the local-traffic detector (clusterCIDR)
+                    pods = comment(f"pod traffic for {name} external destinations")
+                    rules.add("nat", ext, f"{pods} -s {pod_subnet} -j {svc}")
                 rules.add(
                     "nat",
                     ext,
@@ -335,11 +353,14 @@ def _render_port(
     # chain cluster IP traffic takes masquerades what comes from outside the pod network.
     needs_svc = endpoints and (service.internal_traffic_policy == "Cluster" or has_external)
     needs_svl = local and (service.internal_traffic_policy == "Local" or service.external_traffic_policy == "Local")
-    if internal:
+    # masqueradeAll masquerades every cluster IP packet; else the detector, what comes from
+    # outside clusterCIDR; with neither, none.
+    if internal and (masquerade_all or pod_subnet):
+        outside = "" if masquerade_all else f" ! -s {pod_subnet}"
         rules.add(
             "nat",
             internal_chain,
-            f"{comment(name + ' cluster IP')} {match} {destination} ! -s {pod_subnet} -j KUBE-MARK-MASQ",
+            f"{comment(name + ' cluster IP')} {match} {destination}{outside} -j KUBE-MARK-MASQ",
         )
     if needs_svc:
         _balance(rules, svc, name, proto, endpoints, service.affinity_timeout)
@@ -475,7 +496,8 @@ class IptablesProxier(Proxier):
 
     def bootstrap(self, state: ClusterState, node: NodeState, plan_dir: str) -> Bootstrap:
         path = f"{plan_dir}/kube-proxy-hooks.rules"
-        return Bootstrap({path: hook_rules()}, [ROUTE_LOCALNET_STEP, f"iptables-restore --noflush {path}"])
+        localnet = [ROUTE_LOCALNET_STEP] if localhost_node_ports(node_port_addresses(state, node.name, "iptables")) else []
+        return Bootstrap({path: hook_rules()}, [*localnet, f"iptables-restore --noflush {path}"])
 
     def render(self, state, node, endpoints, cache=None) -> Ruleset:
         return render(state, node, endpoints, cache=cache)
