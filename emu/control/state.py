@@ -549,6 +549,7 @@ def plan_services(topology: Topology, state: ClusterState, previous: ClusterStat
                 str(ipaddress.IPv4Network(cidr.strip(), strict=False)) for cidr in service.load_balancer_source_ranges
             ],
             health_check_node_port=health_port,
+            traffic_distribution=service.traffic_distribution,
         )
     return services
 

@@ -183,6 +183,10 @@ class ServiceState:
     load_balancer_ips: list[str] = field(default_factory=list)
     # spec.healthCheckNodePort: LoadBalancer services with externalTrafficPolicy Local only.
     health_check_node_port: int | None = None
+    # Topology-aware routing: spec.trafficDistribution (PreferClose, PreferSameZone,
+    # PreferSameNode) and the service.kubernetes.io/topology-mode annotation (Auto).
+    traffic_distribution: str | None = None
+    topology_mode: str | None = None
 
     @property
     def key(self) -> str:

@@ -558,6 +558,10 @@ class Service(Model):
         None, description="The node port load balancers ask for a node's local endpoints (LoadBalancer with "
         "externalTrafficPolicy Local); default: allocated."
     )
+    traffic_distribution: Literal["PreferClose", "PreferSameZone", "PreferSameNode"] | None = Field(
+        None, description="Topology-aware routing: each node sends to endpoints in its own zone "
+        "(topology.kubernetes.io/zone node label), or on itself for PreferSameNode, where there are some."
+    )
 
 
 class LabelSelectorRequirement(Model):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from emu.errors import EmuError
 from emu.node.records import ClusterState, NodeState
+from emu.node.services import topology_endpoints
 
 Runner = Callable[..., subprocess.CompletedProcess]
 
@@ -52,10 +53,11 @@ def no_gc():
             gc.enable()
 
 
-def service_ports(state: ClusterState, endpoints: dict):
+def service_ports(state: ClusterState, endpoints: dict, node: str | None = None):
     """(service, port, its ready endpoints, identity) for every proxied service
     port in key order; identity holds everything a port's rules depend on but
-    the node, for the renderers' caches."""
+    the node, for the renderers' caches. With a `node`, a service with topology-aware
+    routing has the endpoints kube-proxy's topology filter leaves that node."""
     services = state.services
     none: dict = {}
     for key in sorted(services):
@@ -66,8 +68,11 @@ def service_ports(state: ClusterState, endpoints: dict):
                   service.external_traffic_policy, service.internal_traffic_policy, tuple(service.external_ips),
                   tuple(service.load_balancer_source_ranges), service.health_check_node_port)  # fmt: skip
         by_port = endpoints.get(key, none)
+        topology = node is not None and (service.traffic_distribution or service.topology_mode)
         for port in service.ports:
             port_endpoints = by_port.get(port.name, ())
+            if topology:
+                port_endpoints = topology_endpoints(state, service, node, port_endpoints)
             # The endpoints themselves (frozen, hashable), not a tuple made for each: 40,000
             # of those were 3 MB of an agent.
             identity = (common, port.name, port.port, port.protocol, port.node_port, tuple(port_endpoints))

@@ -189,7 +189,7 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
     used = {}
     shared: set[int] = set()  # ids of the cache's lists the ruleset holds
     node_ip = next((n.node_ip for n in state.nodes if n.name == node), None)
-    for service, port, port_endpoints, identity in service_ports(state, endpoints):
+    for service, port, port_endpoints, identity in service_ports(state, endpoints, node):
         cache_key = (identity, node, node_ip, pod_subnet, large, masquerade_all)
         recorded = cache.get(cache_key) if cache is not None else None
         if recorded is None:

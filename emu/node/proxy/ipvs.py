@@ -157,7 +157,7 @@ def render(state: ClusterState, node: str, endpoints: dict, cache: dict | None =
     addresses: list[str] = []
     servers: list[VirtualServer] = []
     used = {}
-    for service, port, port_endpoints, identity in service_ports(state, endpoints):
+    for service, port, port_endpoints, identity in service_ports(state, endpoints, node):
         key = (identity, node, node_ip, scheduler)
         made = cache.get(key) if cache is not None else None
         if made is None:

@@ -210,7 +210,7 @@ def render(
         lines, fixed = setup(state, node_state)
         node_ip = node_state.node_ip if node_state is not None else None
         ports, used = [], {}
-        for service, port, port_endpoints, identity in service_ports(state, endpoints):
+        for service, port, port_endpoints, identity in service_ports(state, endpoints, node):
             cache_key = (identity, node, node_ip, pod_subnet, masquerade_all)
             rendered = cache.get(cache_key) if cache is not None else None
             if rendered is None:
