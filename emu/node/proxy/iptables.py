@@ -397,17 +397,25 @@ def _balance(
 
 
 def restore_text(ruleset: Ruleset, previous: Ruleset | None = None) -> str:
-    """iptables-restore --noflush input. Without `previous`, every chain; with it,
-    only the chains that changed, and -X for the ones gone (kube-proxy's partial
-    sync; unlike kube-proxy, an unchanged KUBE-SERVICES is not rewritten either)."""
+    """iptables-restore --noflush input. Without `previous`, every chain; with it, as
+    kube-proxy's partial sync writes it: both tables, their fixed chains (BASE_CHAINS:
+    KUBE-SERVICES, KUBE-NODEPORTS ... and every filter chain) in full, of the service
+    chains only those that changed, and -X for the ones gone. When nothing changed at
+    all, nothing is sent (kube-proxy does not sync then either)."""
     out: list[str] = []
+    old_tables = previous or {}
+    changed = previous is None or any(
+        old_tables.get(table, {}).get(chain) != rules
+        for table, chains in ruleset.items() for chain, rules in chains.items()
+    ) or any(chain not in ruleset.get(table, {}) for table, chains in old_tables.items() for chain in chains)
+    if not changed:
+        return "\n"
     for table in ("filter", "nat"):
         chains = ruleset.get(table, {})
-        old = (previous or {}).get(table, {})
-        write = [c for c in chains if previous is None or old.get(c) != chains[c]]
+        old = old_tables.get(table, {})
+        fixed = BASE_CHAINS[table]
+        write = [c for c in chains if previous is None or c in fixed or old.get(c) != chains[c]]
         gone = sorted(c for c in old if c not in chains)
-        if previous is not None and not write and not gone:
-            continue  # an untouched table is not sent: each one sent is a kernel round trip
         out.append(f"*{table}")
         out += [f":{chain} - [0:0]" for chain in [*write, *gone]]
         for chain in write:
@@ -496,7 +504,8 @@ class IptablesProxier(Proxier):
 
     def bootstrap(self, state: ClusterState, node: NodeState, plan_dir: str) -> Bootstrap:
         path = f"{plan_dir}/kube-proxy-hooks.rules"
-        localnet = [ROUTE_LOCALNET_STEP] if localhost_node_ports(node_port_addresses(state, node.name, "iptables")) else []
+        localhost = localhost_node_ports(node_port_addresses(state, node.name, "iptables"))
+        localnet = [ROUTE_LOCALNET_STEP] if localhost else []
         return Bootstrap({path: hook_rules()}, [*localnet, f"iptables-restore --noflush {path}"])
 
     def render(self, state, node, endpoints, cache=None) -> Ruleset:
