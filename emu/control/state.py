@@ -289,6 +289,9 @@ def plan_cluster(
 ) -> ClusterState:
     """The desired cluster state for a topology, keeping what `previous` already runs."""
     networking = topology.networking.model_dump(mode="json", by_alias=True)
+    for option in ("masqueradeAll", "clusterCIDR", "nodePortAddresses"):  # kube-proxy's: only when given,
+        if networking.get(option) is None:  # so a state from before them compares equal
+            networking.pop(option, None)
     if previous is not None:
         _check_compatible(topology, networking, previous)
         nodes = previous.nodes
@@ -546,6 +549,7 @@ def plan_services(topology: Topology, state: ClusterState, previous: ClusterStat
                 str(ipaddress.IPv4Network(cidr.strip(), strict=False)) for cidr in service.load_balancer_source_ranges
             ],
             health_check_node_port=health_port,
+            traffic_distribution=service.traffic_distribution,
         )
     return services
 

@@ -183,6 +183,10 @@ class ServiceState:
     load_balancer_ips: list[str] = field(default_factory=list)
     # spec.healthCheckNodePort: LoadBalancer services with externalTrafficPolicy Local only.
     health_check_node_port: int | None = None
+    # Topology-aware routing: spec.trafficDistribution (PreferClose, PreferSameZone,
+    # PreferSameNode) and the service.kubernetes.io/topology-mode annotation (Auto).
+    traffic_distribution: str | None = None
+    topology_mode: str | None = None
 
     @property
     def key(self) -> str:
@@ -231,16 +235,28 @@ class Networking:
     dns_domain: str = DEFAULT_DNS_DOMAIN
     cluster_network: str | None = None
     load_balancer_pool: str | None = None
+    # kube-proxy's options that change its rules (KubeProxyConfiguration's names):
+    # masqueradeAll; clusterCIDR, the local-traffic detector ("" for none); nodePortAddresses
+    # (CIDRs, or ["primary"]: the node's IP; None: the mode's default, see node_port_addresses).
+    masquerade_all: bool = False
+    cluster_cidr: str = DEFAULT_POD_SUBNET
+    node_port_addresses: tuple[str, ...] | None = None
 
     @classmethod
     def from_dict(cls, data: dict) -> Networking:
+        pod_subnet = data.get("podSubnet") or DEFAULT_POD_SUBNET
+        cluster_cidr = data.get("clusterCIDR")
+        addresses = data.get("nodePortAddresses")
         return cls(
-            pod_subnet=data.get("podSubnet") or DEFAULT_POD_SUBNET,
+            pod_subnet=pod_subnet,
             service_subnet=data.get("serviceSubnet") or DEFAULT_SERVICE_SUBNET,
             proxy_mode=data.get("proxyMode") or DEFAULT_PROXY_MODE,
             dns_domain=data.get("dnsDomain") or DEFAULT_DNS_DOMAIN,
             cluster_network=data.get("clusterNetwork"),
             load_balancer_pool=data.get("loadBalancerPool"),
+            masquerade_all=bool(data.get("masqueradeAll")),
+            cluster_cidr=pod_subnet if cluster_cidr is None else cluster_cidr,
+            node_port_addresses=None if addresses is None else tuple(addresses),
         )
 
 

@@ -152,6 +152,59 @@ def load_balancer_owner(
     return min(candidates, key=lambda node: sha256(f"{node}/{service.key}".encode()).hexdigest())
 
 
+ZONE_LABEL = "topology.kubernetes.io/zone"
+TOPOLOGY_MODE_ANNOTATION = "service.kubernetes.io/topology-mode"
+
+
+def endpoint_hints(state: ClusterState, service: ServiceState, endpoints: list[Endpoint]) -> dict:
+    """{endpoint: (zone hints, node hints)} as the EndpointSlice controller writes them
+    (emu's controller does not write hints, so they are worked out here, from the same
+    facts): trafficDistribution PreferClose and PreferSameZone hint each endpoint to its
+    node's zone, PreferSameNode to its node as well; the topology-mode annotation Auto
+    hints each to its zone when every zone with nodes has an endpoint (the controller
+    spreads them by the zones' CPUs; emu's nodes are alike, so each zone keeps its own),
+    and gives no hints otherwise, as the controller drops them. No zone, no hint."""
+    zones = {n.name: n.labels.get(ZONE_LABEL) for n in state.nodes}
+    distribution = service.traffic_distribution
+    if (service.topology_mode or "").lower() == "auto":
+        needed = {zone for zone in zones.values() if zone}
+        have = {zones.get(e.node) for e in endpoints}
+        if not needed or not needed <= have:
+            return {}
+        distribution = "PreferSameZone"
+    if distribution not in ("PreferClose", "PreferSameZone", "PreferSameNode"):
+        return {}
+    hints = {}
+    for endpoint in endpoints:
+        zone = zones.get(endpoint.node)
+        node_hint = (endpoint.node,) if distribution == "PreferSameNode" and endpoint.node else ()
+        hints[endpoint] = ((zone,) if zone else (), node_hint)
+    return hints
+
+
+def topology_endpoints(state: ClusterState, service: ServiceState, node: str, endpoints: list[Endpoint]):
+    """The endpoints `node` sends a service's cluster traffic to, as kube-proxy's topology
+    filter picks them from the hints (pkg/proxy/topology.go): those hinted to this node
+    when every endpoint has a node hint and one is this node's; else those hinted to its
+    zone when every endpoint has a zone hint and one is this zone's; else all of them.
+    The node's own endpoints always stay, so its Local-policy endpoints are unchanged."""
+    if not endpoints or not (service.traffic_distribution or service.topology_mode):
+        return endpoints
+    hints = endpoint_hints(state, service, endpoints)
+    if not hints:
+        return endpoints
+    if all(hints.get(e, ((), ()))[1] for e in endpoints):
+        mine = [e for e in endpoints if node in hints[e][1]]
+        if mine:
+            return mine
+    zone = next((n.labels.get(ZONE_LABEL) for n in state.nodes if n.name == node), None)
+    if zone and all(hints.get(e, ((), ()))[0] for e in endpoints):
+        mine = [e for e in endpoints if zone in hints[e][0]]
+        if mine:
+            return mine
+    return endpoints
+
+
 def health_check_node_ports(state: ClusterState) -> dict[str, int]:
     """{service key: healthCheckNodePort} of every service that has one (kube-proxy's
     ServicePortMap.HealthCheckNodePorts)."""

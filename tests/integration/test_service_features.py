@@ -174,3 +174,18 @@ def test_kubectl_shows_the_health_check_node_port(lab):
     spec = json.loads(result.stdout)["spec"]
     port = cluster.state().services["default/checked"].health_check_node_port
     assert (spec["healthCheckNodePort"], spec["externalTrafficPolicy"]) == (port, "Local")
+
+
+def test_localhost_node_port_answers_in_iptables_mode_only(lab):
+    """kube-proxy's localhost NodePorts: in iptables mode 127.0.0.1:NODEPORT on a node is the
+    service (route_localnet, masqueraded to the pod on cp); its nftables mode does not take
+    127.0.0.1, so nothing answers there (curl: 7, connection refused)."""
+    mode, _, cluster = lab
+    node_port = cluster.state().services["default/open"].ports[0].node_port
+    result = cluster.node_exec("w1", ["curl", "-sS", "--max-time", "3", f"http://127.0.0.1:{node_port}/hostname"])
+    if mode == "iptables":
+        assert (result.exit_code, result.output.strip()) == (0, "web")
+    else:
+        assert result.exit_code == 7, result.output
+    route_localnet = cluster.node_exec("w1", ["cat", "/proc/sys/net/ipv4/conf/all/route_localnet"]).output.strip()
+    assert route_localnet == ("1" if mode == "iptables" else "0")

@@ -24,6 +24,7 @@ class Packet:
     destination: str
     port: int
     protocol: str = "tcp"
+    dnat: bool = False  # conntrack's DNAT state: a rule rewrote the destination
 
 
 @dataclass(frozen=True)
@@ -50,7 +51,7 @@ def _after(packet: Packet, dnat: str | None) -> Packet:
     if dnat is None:
         return packet
     ip, port = dnat.split(":")
-    return Packet(packet.source, ip, int(port), packet.protocol)
+    return Packet(packet.source, ip, int(port), packet.protocol, True)
 
 
 # ---- iptables -----------------------------------------------------------------
@@ -72,9 +73,9 @@ class IptablesTracer:
                 continue
             after = _after(packet, path.dnat)
             if packet.source in self.local:
-                chains = ["KUBE-PROXY-FIREWALL", "KUBE-SERVICES"]
+                chains = ["KUBE-PROXY-FIREWALL", "KUBE-SERVICES", "KUBE-FIREWALL"]
             elif after.destination in self.local:
-                chains = ["KUBE-PROXY-FIREWALL", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES"]
+                chains = ["KUBE-PROXY-FIREWALL", "KUBE-NODEPORTS", "KUBE-EXTERNAL-SERVICES", "KUBE-FIREWALL"]
             else:
                 chains = ["KUBE-PROXY-FIREWALL", "KUBE-FORWARD", "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES"]
             refused = next((p.verdict for chain in chains for p in self._walk("filter", chain, 0, after, Path())
@@ -123,9 +124,11 @@ class IptablesTracer:
             if word == "--mode":  # -m statistic --mode random --probability P
                 random, i = True, i + 4
                 continue
-            if word in ("--ctstate", "--rcheck", "--mark"):
-                return False, False  # conntrack states but NEW, affinity seen, marks: not a first packet's
+            if word in ("--rcheck", "--mark"):
+                return False, False  # affinity seen, marks: not a first packet's
             checks = {
+                # A first packet is NEW, and DNAT once a rule rewrote its destination.
+                "--ctstate": lambda: bool(set(value.split(",")) & ({"NEW", "DNAT"} if packet.dnat else {"NEW"})),
                 "-p": lambda: value == packet.protocol,
                 "-d": lambda: _in(packet.destination, value),
                 "-s": lambda: _in(packet.source, value),
@@ -216,6 +219,9 @@ class NftablesTracer:
         if action.startswith("@"):  # a verdict map lookup
             if condition.startswith("ip daddr @") and not self._member(packet.destination, condition.split()[2][1:]):
                 return None
+            if condition.startswith("fib daddr type local"):  # ... ip daddr != 127.0.0.0/8 (no localhost)
+                if packet.destination not in self.local or _in(packet.destination, "127.0.0.0/8"):
+                    return None
             key = f"{packet.protocol} . {packet.port}"
             key = key if condition.endswith("meta l4proto . th dport") and "daddr ." not in condition \
                 else f"{packet.destination} . {key}"  # fmt: skip
@@ -245,10 +251,14 @@ class NftablesTracer:
                 if ok == negate:
                     return None
                 i = j
-            elif words[i] == "fib":  # fib saddr type local
-                if packet.source not in self.local:
+            elif words[i] == "fib":  # fib saddr|daddr type local
+                if (packet.source if words[i + 1] == "saddr" else packet.destination) not in self.local:
                     return None
                 i += 4
+            elif words[i] in ("tcp", "udp", "sctp") and words[i + 1] == "dport":
+                if words[i] != packet.protocol or int(words[i + 2]) != packet.port:
+                    return None
+                i += 3
             elif words[i:i + 2] == ["meta", "l4proto"]:
                 if words[i + 2] != packet.protocol:
                     return None

@@ -18,6 +18,7 @@ from tests.unit.proxy_tracer import IptablesTracer, NftablesTracer, Packet, outc
 NODE_IP = "192.168.0.2"  # kube-proxy's testNodeIP
 CLIENT, BLOCKED = "203.0.113.2", "203.0.113.130"  # its testExternalClient, testExternalClientBlocked
 POD = "10.0.0.2"
+LOCALHOST = "127.0.0.1"
 
 
 def service(namespace: str, name: str, spec: dict, ingress: list[str] | None = None):
@@ -84,8 +85,8 @@ CASES = [
 def tracers():
     state, endpoints = cluster()
     return {
-        "iptables": IptablesTracer(iptables.render(state, "test-node", endpoints), [NODE_IP]),
-        "nftables": NftablesTracer(nftables.render(state, "test-node", endpoints), [NODE_IP]),
+        "iptables": IptablesTracer(iptables.render(state, "test-node", endpoints), [NODE_IP, LOCALHOST]),
+        "nftables": NftablesTracer(nftables.render(state, "test-node", endpoints), [NODE_IP, LOCALHOST]),
     }
 
 
@@ -97,6 +98,40 @@ TRACERS = tracers()
 def test_packet_flow(mode, name, source, destination, port, expected, masquerade):
     paths = TRACERS[mode].trace(Packet(source, destination, port))
     assert outcome(paths) == (expected, masquerade)
+
+
+# Localhost NodePorts: kube-proxy's iptables mode takes 127.0.0.1:NODEPORT (and masquerades it:
+# a pod cannot answer 127.0.0.1); its nftables mode does not (its TestNodePorts). In iptables mode
+# the KUBE-FIREWALL guard drops what reaches 127.0.0.0/8 from elsewhere unless a service DNATed it.
+LOCALHOST_CASES = [
+    ("localhost to nodePort", LOCALHOST, LOCALHOST, 3001, {"iptables": (EP1, True), "nftables": ("ACCEPT", False)}),
+    ("external to localhost nodePort", CLIENT, LOCALHOST, 3001,
+     {"iptables": (EP1, True), "nftables": ("ACCEPT", False)}),
+    ("external to a localhost port no service has", CLIENT, LOCALHOST, 8080,
+     {"iptables": ("DROP", None), "nftables": ("ACCEPT", False)}),
+    ("localhost to a localhost port no service has", LOCALHOST, LOCALHOST, 8080,
+     {"iptables": ("ACCEPT", False), "nftables": ("ACCEPT", False)}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+@pytest.mark.parametrize("name,source,destination,port,expected", LOCALHOST_CASES, ids=[c[0] for c in LOCALHOST_CASES])
+def test_localhost_node_ports(mode, name, source, destination, port, expected):
+    assert outcome(TRACERS[mode].trace(Packet(source, destination, port))) == expected[mode]
+
+
+def test_iptables_sets_route_localnet_and_guards_localnet_as_kube_proxy():
+    """kube-proxy's iptables mode with localhost NodePorts (its default): route_localnet=1 at
+    start, and in KUBE-FIREWALL the rule its TestOverallIPTablesRules expects."""
+    state, endpoints = cluster()
+    assert iptables.render(state, "test-node", endpoints)["filter"]["KUBE-FIREWALL"] == [
+        '-m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 ! -s 127.0.0.0/8 '
+        "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+    ]
+    steps = iptables.PROXIER.bootstrap(state, state.nodes[0], "/p").steps
+    assert steps[0].startswith("sysctl -q -w net.ipv4.conf.all.route_localnet=1 ")
+    # nftables mode neither routes localnet nor guards it: it never takes 127.0.0.1.
+    assert not any("route_localnet" in step for step in nftables.PROXIER.bootstrap(state, state.nodes[0], "/p").steps)
 
 
 def test_ipvs_programs_every_ingress_ip_external_ip_and_source_range():

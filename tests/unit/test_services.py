@@ -136,6 +136,8 @@ def test_local_policy_drops_nodeport_on_node_without_endpoints():
 
 
 def test_partial_sync_rewrites_only_what_changed():
+    """kube-proxy's partial sync (its TestSyncProxyRulesRepeated): both tables, their
+    fixed chains in full, of the service chains only the changed ones, -X the gone."""
     s = state()
     before = iptables.render(s, "w1", endpoints(s))
     after = iptables.render(s, "w1", endpoints(s, all_ready(s) | {s.pods["default/web-b"].uid: False}))
@@ -143,14 +145,15 @@ def test_partial_sync_rewrites_only_what_changed():
     declared = [line for line in text.splitlines() if line.startswith(":")]
     gone = [line for line in text.splitlines() if line.startswith("-X")]
     # web-b served web, sticky, local and lb: its four endpoint chains are deleted.
-    # KUBE-SERVICES still jumps to the same chains: it is left alone.
-    assert ":KUBE-SERVICES - [0:0]" not in declared
+    fixed = [f":{chain} - [0:0]" for table in ("filter", "nat") for chain in iptables.BASE_CHAINS[table]]
+    assert declared[:len(iptables.BASE_CHAINS["filter"])] == fixed[:len(iptables.BASE_CHAINS["filter"])]
+    assert set(fixed) <= set(declared) and text.count("*filter") == text.count("*nat") == 1
     assert f":{iptables.service_chain('default/web:http', 'tcp')} - [0:0]" in declared
     assert len(gone) == 4
-    assert iptables.service_chain("default/headless", "tcp") not in text
+    unchanged = iptables.service_chain("default/kubernetes:https", "tcp")
+    assert unchanged in iptables.restore_text(after) and f":{unchanged}" not in text  # web-b did not serve it
     assert len(declared) < len(iptables.restore_text(after).splitlines())
     assert iptables.restore_text(after, after) == "\n"  # nothing changed: nothing sent
-    assert "*filter" not in text  # only nat changed
 
 
 def test_large_clusters_leave_comments_off_endpoint_rules():

@@ -102,6 +102,7 @@ MODELLED: dict[str, set[str]] = {
         "type", "selector", "ports", "clusterIP", "clusterIPs", "externalName", "sessionAffinity",
         "sessionAffinityConfig", "externalTrafficPolicy", "internalTrafficPolicy", "loadBalancerIP",
         "ipFamilies", "ipFamilyPolicy", "externalIPs", "loadBalancerSourceRanges", "healthCheckNodePort",
+        "trafficDistribution",
     },
     "ServicePort": {"name", "port", "targetPort", "protocol", "nodePort"},
     "SessionAffinityConfig": {"clientIP"},

@@ -246,6 +246,8 @@ class View:
             spec["loadBalancerSourceRanges"] = list(service.load_balancer_source_ranges)
         if service.health_check_node_port:
             spec["healthCheckNodePort"] = service.health_check_node_port
+        if service.traffic_distribution:
+            spec["trafficDistribution"] = service.traffic_distribution
         balancer = {"ingress": [{"ip": ip, "ipMode": "VIP"} for ip in service.load_balancer_vips]}
         balancer = balancer if balancer["ingress"] else {}
         labels = {"component": "apiserver", "provider": "kubernetes"} if service.key == "default/kubernetes" else None

@@ -92,6 +92,39 @@ class Networking(Model):
         None,
         description="LoadBalancer addresses on the cluster network, FIRST-LAST; default: the last 32 of it.",
     )
+    # kube-proxy's options that change its rules, named as its KubeProxyConfiguration names them.
+    masquerade_all: bool | None = Field(
+        None, description="kube-proxy's masqueradeAll: SNAT every packet to a cluster IP; default: false."
+    )
+    cluster_cidr: str | None = Field(
+        None,
+        alias="clusterCIDR",
+        description=("kube-proxy's clusterCIDR, its local-traffic detector: cluster IP traffic from outside it is "
+                     'masqueraded; default: podSubnet; "" for none.'),
+    )
+    node_port_addresses: list[str] | None = Field(
+        None,
+        description=("kube-proxy's nodePortAddresses: CIDRs whose node addresses take NodePorts, or [primary] (the "
+                     "node's IP); [] for every address; default: [] in iptables mode, [primary] in nftables mode."),
+    )
+
+    @field_validator("cluster_cidr")
+    @classmethod
+    def _cluster_cidr(cls, value: str | None) -> str | None:
+        return value if not value else _ipv4_network(value)
+
+    @field_validator("node_port_addresses")
+    @classmethod
+    def _node_port_addresses(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if "primary" in value:
+            if value != ["primary"]:
+                raise ValueError(
+                    "'primary' stands alone in nodePortAddresses (kube-proxy's rule); use [primary] or CIDRs"
+                )
+            return value
+        return [_ipv4_network(cidr) for cidr in value]
 
     @field_validator("dns_domain")
     @classmethod
@@ -524,6 +557,10 @@ class Service(Model):
     health_check_node_port: Annotated[int, Field(ge=30000, le=32767)] | None = Field(
         None, description="The node port load balancers ask for a node's local endpoints (LoadBalancer with "
         "externalTrafficPolicy Local); default: allocated."
+    )
+    traffic_distribution: Literal["PreferClose", "PreferSameZone", "PreferSameNode"] | None = Field(
+        None, description="Topology-aware routing: each node sends to endpoints in its own zone "
+        "(topology.kubernetes.io/zone node label), or on itself for PreferSameNode, where there are some."
     )
 
 

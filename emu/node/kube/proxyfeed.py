@@ -42,7 +42,7 @@ from collections.abc import Callable
 from emu.node.kube.client import Client, resource_path
 from emu.node.kube.informer import Informer, key_of
 from emu.node.records import ClusterState, NodeState, ServicePortState, ServiceState
-from emu.node.services import Endpoint, _address_order
+from emu.node.services import TOPOLOGY_MODE_ANNOTATION, Endpoint, _address_order
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
@@ -100,6 +100,8 @@ def service_state(obj: dict) -> ServiceState:
         # kube-proxy reads it only where the service needs a health check (apiservice.NeedsHealthCheck).
         health_check_node_port=(spec.get("healthCheckNodePort") or None)
         if kind == "LoadBalancer" and spec.get("externalTrafficPolicy") == "Local" else None,  # fmt: skip
+        traffic_distribution=spec.get("trafficDistribution") or None,
+        topology_mode=(meta.get("annotations") or {}).get(TOPOLOGY_MODE_ANNOTATION) or None,
     )
 
 

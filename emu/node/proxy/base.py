@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import ipaddress
 import subprocess
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 
 from emu.errors import EmuError
 from emu.node.records import ClusterState, NodeState
+from emu.node.services import topology_endpoints
 
 Runner = Callable[..., subprocess.CompletedProcess]
 
@@ -51,10 +53,11 @@ def no_gc():
             gc.enable()
 
 
-def service_ports(state: ClusterState, endpoints: dict):
+def service_ports(state: ClusterState, endpoints: dict, node: str | None = None):
     """(service, port, its ready endpoints, identity) for every proxied service
     port in key order; identity holds everything a port's rules depend on but
-    the node, for the renderers' caches."""
+    the node, for the renderers' caches. With a `node`, a service with topology-aware
+    routing has the endpoints kube-proxy's topology filter leaves that node."""
     services = state.services
     none: dict = {}
     for key in sorted(services):
@@ -65,12 +68,50 @@ def service_ports(state: ClusterState, endpoints: dict):
                   service.external_traffic_policy, service.internal_traffic_policy, tuple(service.external_ips),
                   tuple(service.load_balancer_source_ranges), service.health_check_node_port)  # fmt: skip
         by_port = endpoints.get(key, none)
+        topology = node is not None and (service.traffic_distribution or service.topology_mode)
         for port in service.ports:
             port_endpoints = by_port.get(port.name, ())
+            if topology:
+                port_endpoints = topology_endpoints(state, service, node, port_endpoints)
             # The endpoints themselves (frozen, hashable), not a tuple made for each: 40,000
             # of those were 3 MB of an agent.
             identity = (common, port.name, port.port, port.protocol, port.node_port, tuple(port_endpoints))
             yield service, port, port_endpoints, identity
+
+
+# kube-proxy's --nodeport-addresses default per mode: every local address in iptables
+# and IPVS mode, the node's primary IP in nftables mode (its config defaulting).
+PRIMARY = "primary"
+DEFAULT_NODE_PORT_ADDRESSES = {"iptables": None, "ipvs": None, "nftables": (PRIMARY,)}
+
+
+def node_addresses(node: NodeState) -> list[str]:
+    """The IPv4 addresses a node holds, in interface order: lo, eth0, the pod bridge."""
+    return ["127.0.0.1", node.node_ip, node.gateway]
+
+
+def node_port_addresses(state: ClusterState, node: str, mode: str) -> list[str] | None:
+    """The node's addresses that take NodePort traffic, as kube-proxy's
+    NodePortAddresses.GetNodeIPs finds them for networking.nodePortAddresses, or the
+    default of `mode` (None: every local address, kube-proxy's MatchAll)."""
+    wanted = state.net.node_port_addresses
+    if wanted is None:
+        wanted = DEFAULT_NODE_PORT_ADDRESSES[mode]
+    if wanted is None or len(wanted) == 0:
+        return None
+    held = next((n for n in state.nodes if n.name == node), None)
+    if held is None:
+        return []
+    if tuple(wanted) == (PRIMARY,):
+        return [held.node_ip]
+    networks = [ipaddress.IPv4Network(cidr, strict=False) for cidr in wanted]
+    return [ip for ip in node_addresses(held) if any(ipaddress.IPv4Address(ip) in n for n in networks)]
+
+
+def localhost_node_ports(addresses: list[str] | None) -> bool:
+    """Whether 127.0.0.1 takes NodePorts (kube-proxy's iptables localhostNodePorts, kept
+    only where nodePortAddresses hold a loopback address)."""
+    return addresses is None or any(ip.startswith("127.") for ip in addresses)
 
 
 @dataclass

@@ -13,7 +13,18 @@ import functools
 import io
 import ipaddress
 
-from emu.node.proxy.base import B32_PAIRS, MASQ_MARK, Bootstrap, Proxier, Runner, no_gc, run_text, service_ports
+from emu.node.proxy.base import (
+    B32_PAIRS,
+    MASQ_MARK,
+    Bootstrap,
+    Proxier,
+    Runner,
+    localhost_node_ports,
+    no_gc,
+    node_port_addresses,
+    run_text,
+    service_ports,
+)
 from emu.node.records import ClusterState, NodeState, ServicePortState, ServiceState, sha256
 from emu.node.services import Endpoint, port_name
 
@@ -26,11 +37,31 @@ Ruleset = dict[str, dict[str, list[str]]]  # table -> chain -> rules (without "-
 BASE_CHAINS = {
     "nat": ["KUBE-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ"],
     # KUBE-NODEPORTS (health check node ports) and KUBE-PROXY-FIREWALL
-    # (loadBalancerSourceRanges) stay empty without those fields, KUBE-FIREWALL (the
-    # localnet guard) stays empty in emu; a real node always has them and the jumps.
+    # (loadBalancerSourceRanges) stay empty without those fields; KUBE-FIREWALL holds the
+    # localnet guard (LOCALNET_GUARD). A real node always has them and the jumps.
     "filter": ["KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-FORWARD", "KUBE-NODEPORTS", "KUBE-FIREWALL",
                "KUBE-PROXY-FIREWALL"],
 }  # fmt: skip
+
+
+# Localhost NodePorts (kube-proxy's iptables.localhostNodePorts, on by default): 127.0.0.1:NODEPORT
+# on a node reaches the service. The nat rules already take it (KUBE-SERVICES' last rule matches
+# every local destination, 127.0.0.1 included); the kernel routes a packet from 127.0.0.1 to a
+# pod only with route_localnet, which kube-proxy sets at start (ROUTE_LOCALNET_STEP), and which
+# would also let other hosts reach the node's 127.0.0.1 services: kube-proxy's KUBE-FIREWALL
+# rule drops what arrives for 127.0.0.0/8 from elsewhere but is not a DNATed connection.
+LOCALNET_GUARD = (
+    '-m comment --comment "block incoming localnet connections" -d 127.0.0.0/8 ! -s 127.0.0.0/8 '
+    "-m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+)
+ROUTE_LOCALNET = "net.ipv4.conf.all.route_localnet"
+# /proc/sys is read-only in a Docker node (writable in a User-mode Linux one): a private
+# mount namespace may remount it read-write; the setting itself is the node's network
+# namespace's.
+ROUTE_LOCALNET_STEP = (
+    f"sysctl -q -w {ROUTE_LOCALNET}=1 2>/dev/null || unshare -m sh -c "
+    f"'mount -o remount,rw /proc/sys && echo 1 >/proc/sys/{ROUTE_LOCALNET.replace('.', '/')}'"
+)
 
 
 def _hash(*parts: str) -> str:
@@ -140,15 +171,17 @@ def render(
 ) -> Ruleset:
     """The node's whole ruleset for every proxied service. `endpoints` holds the
     ready endpoints per service key and port name (emu.node.services.service_endpoints).
+    `pod_subnet` overrides networking.clusterCIDR, the local-traffic detector ("": none).
 
     With a `cache` (a dict the caller keeps between syncs), service ports whose
     service and endpoints are unchanged are not rendered again; the cache is
     left holding only the entries this ruleset used."""
     with no_gc():
-        return _render(state, node, endpoints, pod_subnet or state.net.pod_subnet, cache)
+        return _render(state, node, endpoints, state.net.cluster_cidr if pod_subnet is None else pod_subnet, cache)
 
 
 def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
+    masquerade_all = state.net.masquerade_all
     rules = _Builder()
     tables = rules.tables
     total = sum(len(eps) for by_port in endpoints.values() for eps in by_port.values())
@@ -156,12 +189,12 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
     used = {}
     shared: set[int] = set()  # ids of the cache's lists the ruleset holds
     node_ip = next((n.node_ip for n in state.nodes if n.name == node), None)
-    for service, port, port_endpoints, identity in service_ports(state, endpoints):
-        cache_key = (identity, node, node_ip, pod_subnet, large)
+    for service, port, port_endpoints, identity in service_ports(state, endpoints, node):
+        cache_key = (identity, node, node_ip, pod_subnet, large, masquerade_all)
         recorded = cache.get(cache_key) if cache is not None else None
         if recorded is None:
             recorder = _Recorder()
-            _render_port(recorder, service, port, port_endpoints, node, pod_subnet, large, node_ip)
+            _render_port(recorder, service, port, port_endpoints, node, pod_subnet, large, node_ip, masquerade_all)
             recorded = recorder.rules
         used[cache_key] = recorded
         for (table, chain), chain_rules in recorded.items():
@@ -179,13 +212,14 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
     if cache is not None:
         cache.clear()
         cache.update(used)
-    # The NodePort jump must stay last in KUBE-SERVICES.
-    rules.add(
-        "nat",
-        "KUBE-SERVICES",
-        f"{comment('kubernetes service nodeports; NOTE: this must be the last rule in this chain')} "
-        "-m addrtype --dst-type LOCAL -j KUBE-NODEPORTS",
-    )
+    # The NodePort jump must stay last in KUBE-SERVICES: every local address, or only
+    # those of networking.nodePortAddresses.
+    last = comment("kubernetes service nodeports; NOTE: this must be the last rule in this chain")
+    addresses = node_port_addresses(state, node, "iptables")
+    if addresses is None:
+        rules.add("nat", "KUBE-SERVICES", f"{last} -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
+    for ip in addresses or ():
+        rules.add("nat", "KUBE-SERVICES", f"{last} -d {ip}/32 -j KUBE-NODEPORTS")
     rules.add("nat", "KUBE-MARK-MASQ", f"-j MARK --or-mark {MASQ_MARK}")
     rules.add("nat", "KUBE-POSTROUTING", f"-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN")
     rules.add("nat", "KUBE-POSTROUTING", f"-j MARK --xor-mark {MASQ_MARK}")
@@ -194,6 +228,8 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
         "KUBE-POSTROUTING",
         f"{comment('kubernetes service traffic requiring SNAT')} -j MASQUERADE --random-fully",
     )
+    if localhost_node_ports(addresses):
+        rules.add("filter", "KUBE-FIREWALL", LOCALNET_GUARD)
     rules.add("filter", "KUBE-FORWARD", "-m conntrack --ctstate INVALID -j DROP")
     rules.add(
         "filter",
@@ -217,6 +253,7 @@ def _render_port(
     pod_subnet: str,
     large: bool = False,
     node_ip: str | None = None,
+    masquerade_all: bool = False,
 ) -> None:
     name = port_name(service, port)
     proto = port.protocol.lower()
@@ -281,7 +318,9 @@ def _render_port(
     if has_external:
         if endpoints:
             if service.external_traffic_policy == "Local":
-                rules.add("nat", ext, f"{comment(f'pod traffic for {name} external destinations')} -s {pod_subnet} -j {svc}")
+                if pod_subnet:  # the local-traffic detector (clusterCIDR)
+                    pods = comment(f"pod traffic for {name} external destinations")
+                    rules.add("nat", ext, f"{pods} -s {pod_subnet} -j {svc}")
                 rules.add(
                     "nat",
                     ext,
@@ -314,11 +353,14 @@ def _render_port(
     # chain cluster IP traffic takes masquerades what comes from outside the pod network.
     needs_svc = endpoints and (service.internal_traffic_policy == "Cluster" or has_external)
     needs_svl = local and (service.internal_traffic_policy == "Local" or service.external_traffic_policy == "Local")
-    if internal:
+    # masqueradeAll masquerades every cluster IP packet; else the detector, what comes from
+    # outside clusterCIDR; with neither, none.
+    if internal and (masquerade_all or pod_subnet):
+        outside = "" if masquerade_all else f" ! -s {pod_subnet}"
         rules.add(
             "nat",
             internal_chain,
-            f"{comment(name + ' cluster IP')} {match} {destination} ! -s {pod_subnet} -j KUBE-MARK-MASQ",
+            f"{comment(name + ' cluster IP')} {match} {destination}{outside} -j KUBE-MARK-MASQ",
         )
     if needs_svc:
         _balance(rules, svc, name, proto, endpoints, service.affinity_timeout)
@@ -355,17 +397,25 @@ def _balance(
 
 
 def restore_text(ruleset: Ruleset, previous: Ruleset | None = None) -> str:
-    """iptables-restore --noflush input. Without `previous`, every chain; with it,
-    only the chains that changed, and -X for the ones gone (kube-proxy's partial
-    sync; unlike kube-proxy, an unchanged KUBE-SERVICES is not rewritten either)."""
+    """iptables-restore --noflush input. Without `previous`, every chain; with it, as
+    kube-proxy's partial sync writes it: both tables, their fixed chains (BASE_CHAINS:
+    KUBE-SERVICES, KUBE-NODEPORTS ... and every filter chain) in full, of the service
+    chains only those that changed, and -X for the ones gone. When nothing changed at
+    all, nothing is sent (kube-proxy does not sync then either)."""
     out: list[str] = []
+    old_tables = previous or {}
+    changed = previous is None or any(
+        old_tables.get(table, {}).get(chain) != rules
+        for table, chains in ruleset.items() for chain, rules in chains.items()
+    ) or any(chain not in ruleset.get(table, {}) for table, chains in old_tables.items() for chain in chains)
+    if not changed:
+        return "\n"
     for table in ("filter", "nat"):
         chains = ruleset.get(table, {})
-        old = (previous or {}).get(table, {})
-        write = [c for c in chains if previous is None or old.get(c) != chains[c]]
+        old = old_tables.get(table, {})
+        fixed = BASE_CHAINS[table]
+        write = [c for c in chains if previous is None or c in fixed or old.get(c) != chains[c]]
         gone = sorted(c for c in old if c not in chains)
-        if previous is not None and not write and not gone:
-            continue  # an untouched table is not sent: each one sent is a kernel round trip
         out.append(f"*{table}")
         out += [f":{chain} - [0:0]" for chain in [*write, *gone]]
         for chain in write:
@@ -454,7 +504,9 @@ class IptablesProxier(Proxier):
 
     def bootstrap(self, state: ClusterState, node: NodeState, plan_dir: str) -> Bootstrap:
         path = f"{plan_dir}/kube-proxy-hooks.rules"
-        return Bootstrap({path: hook_rules()}, [f"iptables-restore --noflush {path}"])
+        localhost = localhost_node_ports(node_port_addresses(state, node.name, "iptables"))
+        localnet = [ROUTE_LOCALNET_STEP] if localhost else []
+        return Bootstrap({path: hook_rules()}, [*localnet, f"iptables-restore --noflush {path}"])
 
     def render(self, state, node, endpoints, cache=None) -> Ruleset:
         return render(state, node, endpoints, cache=cache)

@@ -150,14 +150,14 @@ def render(state: ClusterState, node: str, endpoints: dict, cache: dict | None =
     """The node's IPVS rules. With a `cache` the caller keeps between syncs, an
     unchanged service port's servers and set members are taken from it, not made
     again (the cache is left holding only the entries this render used)."""
-    pod_subnet = state.net.pod_subnet
+    net = state.net
     scheduler = SCHEDULER  # kube-proxy's default; the topology has no --ipvs-scheduler yet
     node_ip = next((n.node_ip for n in state.nodes if n.name == node), None)
     sets: dict[str, list[str]] = {name: [] for name, _, _ in IPSETS}
     addresses: list[str] = []
     servers: list[VirtualServer] = []
     used = {}
-    for service, port, port_endpoints, identity in service_ports(state, endpoints):
+    for service, port, port_endpoints, identity in service_ports(state, endpoints, node):
         key = (identity, node, node_ip, scheduler)
         made = cache.get(key) if cache is not None else None
         if made is None:
@@ -174,7 +174,7 @@ def render(state: ClusterState, node: str, endpoints: dict, cache: dict | None =
     addresses = sorted(set(addresses), key=_ip_order)
     sets["KUBE-IPVS-IPS"] = list(addresses)
     sets = {name: sorted(set(entries)) for name, entries in sets.items()}
-    return IpvsRules(addresses, servers, sets, iptables_rules(sets, pod_subnet))
+    return IpvsRules(addresses, servers, sets, iptables_rules(sets, net.cluster_cidr, net.masquerade_all))
 
 
 def _render_port(service, port, port_endpoints, node: str, node_ip: str | None, scheduler: str):
@@ -238,8 +238,11 @@ def _comment(text: str) -> str:
     return f'-m comment --comment "{text}"'
 
 
-def iptables_rules(sets: dict[str, list[str]], pod_subnet: str) -> dict[str, dict[str, list[str]]]:
-    """kube-proxy's writeIptablesRules for the IPVS proxier."""
+def iptables_rules(
+    sets: dict[str, list[str]], pod_subnet: str, masquerade_all: bool = False
+) -> dict[str, dict[str, list[str]]]:
+    """kube-proxy's writeIptablesRules for the IPVS proxier. `pod_subnet` is the
+    local-traffic detector (networking.clusterCIDR; "": none)."""
     tables: dict[str, dict[str, list[str]]] = {t: {c: [] for c in chains} for t, chains in CHAINS.items()}
     nat, filt = tables["nat"], tables["filter"]
     nat["KUBE-SERVICES"].append("-s 127.0.0.0/8 -j RETURN")
@@ -250,10 +253,12 @@ def iptables_rules(sets: dict[str, list[str]], pod_subnet: str) -> dict[str, dic
                 f"{protocol}{_comment(COMMENTS[name])} -m set --match-set {name} {match} -j {target}"
             )
     if sets["KUBE-CLUSTER-IP"]:
-        nat["KUBE-SERVICES"].append(
-            f"{_comment(COMMENTS['KUBE-CLUSTER-IP'])} -m set --match-set KUBE-CLUSTER-IP dst,dst ! -s {pod_subnet} "
-            "-j KUBE-MARK-MASQ"
-        )
+        # masqueradeAll: every packet to a cluster IP; the detector: those from outside
+        # clusterCIDR; neither: the node's own connections from a service address (kube-ipvs0
+        # holds them all, so one may be picked as the source).
+        match = f"{_comment(COMMENTS['KUBE-CLUSTER-IP'])} -m set --match-set KUBE-CLUSTER-IP"
+        which = " dst,dst" if masquerade_all else f" dst,dst ! -s {pod_subnet}" if pod_subnet else " src,dst"
+        nat["KUBE-SERVICES"].append(f"{match}{which} -j KUBE-MARK-MASQ")
     # External IPs: masqueraded (unless their policy is Local), and accepted from off the
     # machine or where the address is the node's own.
     for name in ("KUBE-EXTERNAL-IP", "KUBE-EXTERNAL-IP-LOCAL"):

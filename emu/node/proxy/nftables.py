@@ -28,7 +28,17 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from emu.node.proxy.base import MASQ_MARK, Bootstrap, Proxier, Runner, base32_8, no_gc, run_text, service_ports
+from emu.node.proxy.base import (
+    MASQ_MARK,
+    Bootstrap,
+    Proxier,
+    Runner,
+    base32_8,
+    no_gc,
+    node_port_addresses,
+    run_text,
+    service_ports,
+)
 from emu.node.records import ClusterState, NodeState, ServicePortState, ServiceState, sha256
 from emu.node.services import Endpoint, port_name
 
@@ -153,13 +163,16 @@ def setup(state: ClusterState, node: NodeState | None) -> tuple[list[str], dict[
     ]
     chains["reject-chain"].append("reject")
     chains["service-endpoints-check"].append("ip daddr . meta l4proto . th dport vmap @no-endpoint-services")
-    chains["nodeport-endpoints-check"].append(
-        "ip daddr @nodeport-ips meta l4proto . th dport vmap @no-endpoint-nodeports"
-    )
+    # networking.nodePortAddresses: the node's addresses in nodeport-ips (loopback left out:
+    # kube-proxy's nftables mode has no localhost NodePorts), or, for every address
+    # (nodePortAddresses: []), no set and a fib lookup that leaves 127.0.0.0/8 out.
+    addresses = node_port_addresses(state, node.name, "nftables") if node is not None else [None]
+    nodeports = "fib daddr type local ip daddr != 127.0.0.0/8" if addresses is None else "ip daddr @nodeport-ips"
+    chains["nodeport-endpoints-check"].append(f"{nodeports} meta l4proto . th dport vmap @no-endpoint-nodeports")
     chains["firewall-check"].append("ip daddr . meta l4proto . th dport vmap @firewall-ips")
     chains["services"] += [
         "ip daddr . meta l4proto . th dport vmap @service-ips",
-        "ip daddr @nodeport-ips meta l4proto . th dport vmap @service-nodeports",
+        f"{nodeports} meta l4proto . th dport vmap @service-nodeports",
     ]
     lines = [f'add table {TABLE} {{ comment "rules for kube-proxy" ; }}']
     for name, kind, hook, priority in BASE_CHAINS:
@@ -167,12 +180,13 @@ def setup(state: ClusterState, node: NodeState | None) -> tuple[list[str], dict[
     for name in REGULAR_CHAINS:
         note = f' {{ comment "{CHAIN_COMMENTS[name]}" ; }}' if name in CHAIN_COMMENTS else ""
         lines.append(f"add chain {TABLE} {name}{note}")
-    lines += [f"add {kind} {TABLE} {name} {{ {declaration} }}" for kind, name, declaration in SETS]
+    lines += [f"add {kind} {TABLE} {name} {{ {declaration} }}" for kind, name, declaration in SETS
+              if addresses is not None or name != "nodeport-ips"]  # fmt: skip
     for name, rules in chains.items():
         lines += [f"add rule {TABLE} {name} {rule}" for rule in rules]
-    if node is not None:
-        # kube-proxy's default --nodeport-addresses (primary): the node's own IP.
-        lines.append(f"add element {TABLE} nodeport-ips {{ {node.node_ip} }}")
+    for ip in addresses or ():
+        if ip is not None and not ip.startswith("127."):
+            lines.append(f"add element {TABLE} nodeport-ips {{ {ip} }}")
     return lines, chains
 
 
@@ -189,16 +203,18 @@ def render(
     With a `cache` (a dict the caller keeps between syncs), service ports whose
     service and endpoints are unchanged are not rendered again."""
     with no_gc():
-        pod_subnet = pod_subnet or state.net.pod_subnet
+        net = state.net
+        pod_subnet = net.cluster_cidr if pod_subnet is None else pod_subnet  # "": no detector
+        masquerade_all = net.masquerade_all
         node_state = next((n for n in state.nodes if n.name == node), None)
         lines, fixed = setup(state, node_state)
         node_ip = node_state.node_ip if node_state is not None else None
         ports, used = [], {}
-        for service, port, port_endpoints, identity in service_ports(state, endpoints):
-            cache_key = (identity, node, node_ip, pod_subnet)
+        for service, port, port_endpoints, identity in service_ports(state, endpoints, node):
+            cache_key = (identity, node, node_ip, pod_subnet, masquerade_all)
             rendered = cache.get(cache_key) if cache is not None else None
             if rendered is None:
-                rendered = render_port(service, port, port_endpoints, node, pod_subnet, node_ip)
+                rendered = render_port(service, port, port_endpoints, node, pod_subnet, node_ip, masquerade_all)
             used[cache_key] = rendered
             ports.append(rendered)
         if cache is not None:
@@ -218,6 +234,7 @@ def render_port(
     node: str,
     pod_subnet: str,
     node_ip: str | None = None,
+    masquerade_all: bool = False,
 ) -> PortRules:
     """One service port, as kube-proxy's syncProxyRules writes it."""
     name = port_name(service, port)
@@ -300,17 +317,21 @@ def render_port(
         if not has_external:
             out.elements.append(("no-endpoint-nodeports", f"{proto} . {node_port}", f"{note} : {external_verdict}"))
 
-    if has_internal:
+    # masqueradeAll masquerades every cluster IP packet; else the detector (clusterCIDR),
+    # what comes from outside it; with neither, none.
+    if has_internal and (masquerade_all or pod_subnet):
+        outside = "" if masquerade_all else f" ip saddr != {pod_subnet}"
         out.chains[internal_chain].append(
-            f"ip daddr {service.cluster_ip} ip saddr != {pod_subnet} jump mark-for-masquerade"
+            f"ip daddr {service.cluster_ip}{outside} jump mark-for-masquerade"
         )
     if uses_external_chain:
         rules = out.chains[external_chain]
         if not external_local:
             rules.append("jump mark-for-masquerade")  # endpoints may be on other nodes
         else:
+            if pod_subnet:
+                rules.append(f'ip saddr {pod_subnet} goto {cluster_chain} comment "short-circuit pod traffic"')
             rules += [
-                f'ip saddr {pod_subnet} goto {cluster_chain} comment "short-circuit pod traffic"',
                 'fib saddr type local jump mark-for-masquerade comment "masquerade local traffic"',
                 f'fib saddr type local goto {cluster_chain} comment "short-circuit local traffic"',
             ]
@@ -478,7 +499,8 @@ class NftablesProxier(Proxier):
                 found.append(f"chain {chain} missing")
             elif have != len(chain_rules):
                 found.append(f"chain {chain} has {have} rules, not {len(chain_rules)}")
-        wanted = [name for _, name, _ in SETS] + list(rules.sets())
+        declared = [line.split()[4] for line in rules.setup if line.startswith(("add set ", "add map "))]
+        wanted = declared + list(rules.sets())
         found += [f"set {name} missing" for name in wanted if name not in sets]
         return found
 
