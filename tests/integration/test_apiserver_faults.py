@@ -16,24 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from tests import labs
+
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
-NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
-LAB = f"""\
-name: apifaults
-nodes:
-  - {{name: cp, role: control-plane}}
-  - {{name: w1}}
-pods:
-  - name: client
-    node: w1
-    containers: [{{name: shell, command: [sleep, infinity]}}]
-deployments:
-  - name: echo
-    replicas: 2
-    template: {{labels: {{app: echo}}, containers: [{NETEXEC}]}}
-services:
-  - {{name: echo, selector: {{app: echo}}, ports: [{{name: http, port: 80, targetPort: http}}]}}
-"""
+LAB = labs.load("apifaults")
 # The server's process in its node, as the node's boot plan starts it (emu.node.plan.cni).
 SERVER = "^python3 -m emu.apiserver "
 

@@ -17,28 +17,9 @@ import pytest
 from emu.control.runtime import stream
 from emu.observe import capture as engine
 from emu.testing.capture import capture
+from tests import labs
 
-NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
-LAB = f"""\
-name: capture
-nodes:
-  - {{name: control-plane, role: control-plane}}
-  - {{name: worker}}
-  - {{name: worker2}}
-pods:
-  - name: client
-    node: worker
-    containers: [{{name: shell, command: [sleep, infinity]}}]
-  - name: web
-    node: worker2
-    labels: {{app: web}}
-    containers: [{NETEXEC}]
-services:
-  - name: web
-    type: NodePort
-    selector: {{app: web}}
-    ports: [{{name: http, port: 80, targetPort: http, nodePort: 30080}}]
-"""
+LAB = labs.load("capture")
 TCP = "tcp port 80 or tcp port 8080 or tcp port 30080"
 
 

@@ -14,6 +14,7 @@ from emu.errors import EmuError
 from emu.control.runtime.images import ImageBuilder
 from emu.api.topology.model import Topology
 from tests.integration.test_service_traffic import wait_for
+from tests import labs
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_DIR = Path(__file__).parent / "images" / "web"
@@ -35,40 +36,7 @@ def build_web_image(runtime, tmp_path: Path) -> str:
     return tag
 
 
-LAB = """\
-name: images
-nodes: [{name: cp, role: control-plane}, {name: w1}, {name: w2}]
-pods:
-  - {name: client, node: w1, containers: [{name: c, command: [sleep, infinity]}]}
-  - {name: far, node: w2, containers: [{name: c, command: [sleep, infinity]}]}
-  - name: web
-    node: w1
-    labels: {app: web}
-    containers:
-      - name: server
-        image: IMAGE
-        ports: [{name: http, containerPort: 8080}]
-        env: [{name: GREETING, value: hi}]
-        readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 0.5, failureThreshold: 1}
-      - name: sidecar
-        image: IMAGE
-        command: [sh, -c]
-        args: ["while true; do curl -s localhost:8080/hostname; echo; sleep 1; done"]
-  - name: mixed
-    node: w2
-    containers:
-      - {name: server, image: IMAGE, args: ["--http-port=9090", "--udp-port=0"], ports: [{containerPort: 9090}]}
-      - {name: shell, command: [sleep, infinity]}
-deployments:
-  - name: echo
-    replicas: 2
-    template:
-      labels: {app: echo}
-      containers: [{name: c, workload: netexec, ports: [{name: http, containerPort: 8080}]}]
-services:
-  - {name: web, type: NodePort, selector: {app: web}, ports: [{port: 80, targetPort: http, nodePort: 30800}]}
-  - {name: echo, selector: {app: echo}, ports: [{port: 80, targetPort: http}]}
-"""
+LAB = labs.load("images")
 
 
 @pytest.fixture(scope="module")
@@ -202,14 +170,7 @@ def test_deleting_an_image_pod_removes_its_containers(lab):
     assert not lab.node_exec("w2", ["ip", "netns", "list"]).output.count("mixed")
 
 
-DOOMED = """\
-name: images-down
-nodes: [{name: cp, role: control-plane}, {name: w1}]
-pods:
-  - name: web
-    node: w1
-    containers: [{name: server, image: IMAGE, ports: [{containerPort: 8080}]}, {name: shell, command: [sleep, infinity]}]
-"""
+DOOMED = labs.load("images-down")
 
 
 def test_down_leaves_no_container(make_cluster, image, runtime):

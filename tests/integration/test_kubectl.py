@@ -19,30 +19,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests import labs
+
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
-LAB = """
-name: kubectl
-nodes:
-  - {name: cp, role: control-plane}
-  - {name: w1}
-deployments:
-  - name: echo
-    replicas: 2
-    template:
-      labels: {app: echo}
-      containers: [{name: netexec, workload: netexec, ports: [{containerPort: 8080}]}]
-pods:
-  - name: flip
-    node: w1
-    labels: {app: flip}
-    containers:
-      - name: shell
-        command: [sleep, infinity]
-        readinessProbe: {exec: {command: [test, "!", -e, /tmp/emu-flip-unready]}, periodSeconds: 1}
-services:
-  - {name: echo, selector: {app: echo}, ports: [{port: 80, targetPort: 8080}]}
-  - {name: flip, selector: {app: flip}, ports: [{port: 80, targetPort: 8080}]}
-"""
+LAB = labs.load("kubectl")
 
 
 def kubectl(*argv: str, context: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:

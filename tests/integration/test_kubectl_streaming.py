@@ -14,21 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests import labs
+
 KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 # Two nodes: the API server's node reaches the pod on the other through its agent.
-LAB = """
-name: stream
-nodes:
-  - {name: cp, role: control-plane}
-  - {name: w1}
-pods:
-  - name: web
-    node: w1
-    containers: [{name: netexec, workload: netexec, ports: [{containerPort: 8080}]}]
-  - name: beside
-    node: cp
-    containers: [{name: netexec, workload: netexec}]
-"""
+LAB = labs.load("stream")
 
 
 def kubectl(*argv: str, context: str, check: bool = True, stdin: str | bytes | None = None,
