@@ -18,6 +18,7 @@ from emu.control.runtime import stream
 from emu.observe import capture as engine
 from emu.testing.capture import capture
 from tests import labs
+from tests.integration.helpers import curl
 
 LAB = labs.load("capture")
 TCP = "tcp port 80 or tcp port 8080 or tcp port 30080"
@@ -33,12 +34,6 @@ def cluster(make_cluster):
 @pytest.fixture(scope="module")
 def state(cluster):
     return cluster.state()
-
-
-def curl(cluster, pod: str, url: str) -> str:
-    result = cluster.exec(pod, ["curl", "-sS", "--max-time", "5", url])
-    assert result.ok, result.output
-    return result.output
 
 
 def from_external(cluster, url: str) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import threading
@@ -20,23 +19,14 @@ import pytest
 import yaml
 
 from tests import labs
+from tests.integration.helpers import KUBECTL, kubectl, skip_without_kubectl
 
-KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
 LAB = labs.load("kubectl")
-
-
-def kubectl(*argv: str, context: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([KUBECTL, "--context", context, *argv], capture_output=True, text=True, timeout=60,
-                            input=stdin)  # fmt: skip
-    if check:
-        assert result.returncode == 0, f"kubectl {' '.join(argv)}: {result.stderr}"
-    return result
 
 
 @pytest.fixture(scope="module")
 def cluster(make_cluster):
-    if not Path(KUBECTL).exists():
-        pytest.skip("kubectl is not installed (Debian's kubectl package)")
+    skip_without_kubectl()
     return make_cluster(LAB, "kubectl")
 
 
