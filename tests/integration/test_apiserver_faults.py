@@ -9,59 +9,28 @@ fast it is is not asserted."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import time
-from pathlib import Path
 
 import pytest
 
-KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
-NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
-LAB = f"""\
-name: apifaults
-nodes:
-  - {{name: cp, role: control-plane}}
-  - {{name: w1}}
-pods:
-  - name: client
-    node: w1
-    containers: [{{name: shell, command: [sleep, infinity]}}]
-deployments:
-  - name: echo
-    replicas: 2
-    template: {{labels: {{app: echo}}, containers: [{NETEXEC}]}}
-services:
-  - {{name: echo, selector: {{app: echo}}, ports: [{{name: http, port: 80, targetPort: http}}]}}
-"""
+from tests import labs
+from tests.integration import helpers
+from tests.integration.helpers import skip_without_kubectl
+from tests.waiting import wait_for
+
+LAB = labs.load("apifaults")
 # The server's process in its node, as the node's boot plan starts it (emu.node.plan.cni).
 SERVER = "^python3 -m emu.apiserver "
 
 
 @pytest.fixture(scope="module")
 def cluster(make_module_cluster):
-    if not Path(KUBECTL).exists():
-        pytest.skip("kubectl is not installed (Debian's kubectl package)")
+    skip_without_kubectl()
     return make_module_cluster(LAB, "apifaults")
 
 
 def kubectl(cluster, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run([KUBECTL, "--context", f"emu-{cluster.name}", "--request-timeout=20s", *argv],
-                            capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)  # fmt: skip
-    if check:
-        assert result.returncode == 0, f"kubectl {' '.join(argv)}: {result.stderr}"
-    return result
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what} within {timeout:.0f}s")
-        time.sleep(0.2)
+    return helpers.kubectl("--request-timeout=20s", *argv, context=f"emu-{cluster.name}", check=check)
 
 
 def objects(cluster) -> set[tuple[str, str, str, str, str]]:

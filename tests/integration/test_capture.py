@@ -17,28 +17,10 @@ import pytest
 from emu.control.runtime import stream
 from emu.observe import capture as engine
 from emu.testing.capture import capture
+from tests import labs
+from tests.integration.helpers import curl
 
-NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
-LAB = f"""\
-name: capture
-nodes:
-  - {{name: control-plane, role: control-plane}}
-  - {{name: worker}}
-  - {{name: worker2}}
-pods:
-  - name: client
-    node: worker
-    containers: [{{name: shell, command: [sleep, infinity]}}]
-  - name: web
-    node: worker2
-    labels: {{app: web}}
-    containers: [{NETEXEC}]
-services:
-  - name: web
-    type: NodePort
-    selector: {{app: web}}
-    ports: [{{name: http, port: 80, targetPort: http, nodePort: 30080}}]
-"""
+LAB = labs.load("capture")
 TCP = "tcp port 80 or tcp port 8080 or tcp port 30080"
 
 
@@ -52,12 +34,6 @@ def cluster(make_cluster):
 @pytest.fixture(scope="module")
 def state(cluster):
     return cluster.state()
-
-
-def curl(cluster, pod: str, url: str) -> str:
-    result = cluster.exec(pod, ["curl", "-sS", "--max-time", "5", url])
-    assert result.ok, result.output
-    return result.output
 
 
 def from_external(cluster, url: str) -> str:

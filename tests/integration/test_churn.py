@@ -13,14 +13,9 @@ import time
 import pytest
 
 from emu.api.topology.load import load_text
+from tests import labs
 
-BASE = """\
-name: churn
-dns: {enabled: false}
-nodes: [{name: cp, role: control-plane}, {name: w1}, {name: w2}]
-pods:
-  - {name: client, node: w1, containers: [{name: shell, command: [sleep, infinity]}]}
-"""
+BASE = labs.load("churn")
 NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
 
 

@@ -11,132 +11,17 @@ never cached)."""
 
 from __future__ import annotations
 
-import textwrap
 import time
 
 import pytest
 
 from emu.api.topology.load import load_text
 from tests.integration.conftest import in_proxy_mode
+from tests import labs
 
-UPSTREAM = """\
-import socket, socketserver, struct, threading
-from dnslib import QTYPE, RCODE, RR, DNSRecord
-
-BIG = ["big.example.com. 300 A 192.0.2.%d" % i for i in range(1, 41)]
-
-
-def reply(data, transport):
-    query = DNSRecord.parse(data)
-    if query.header.qr:
-        return None
-    answer = query.reply()
-    name, qtype = str(query.q.qname).lower(), QTYPE[query.q.qtype]
-    if (name, qtype) == ("www.example.com.", "A"):
-        answer.add_answer(*RR.fromZone("www.example.com. 60 A 192.0.2.7"))
-    elif (name, qtype) == ("big.example.com.", "A") and transport == "udp":
-        answer.header.tc = 1
-    elif (name, qtype) == ("big.example.com.", "A"):
-        for line in BIG:
-            answer.add_answer(*RR.fromZone(line))
-    elif (name, qtype) == ("transport.example.com.", "TXT"):
-        answer.add_answer(*RR.fromZone('transport.example.com. 0 TXT "%s"' % transport))
-    elif name not in ("www.example.com.", "big.example.com.", "transport.example.com."):
-        answer.header.rcode = RCODE.NXDOMAIN
-    return bytes(answer.pack())
-
-
-class Handler(socketserver.BaseRequestHandler):
-    def handle(self):
-        length = struct.unpack("!H", self.request.recv(2))[0]
-        data = b""
-        while len(data) < length:
-            data += self.request.recv(length - len(data))
-        out = reply(data, "tcp")
-        if out:
-            self.request.sendall(struct.pack("!H", len(out)) + out)
-
-
-socketserver.ThreadingTCPServer.allow_reuse_address = True
-tcp = socketserver.ThreadingTCPServer(("0.0.0.0", 53), Handler)
-threading.Thread(target=tcp.serve_forever, daemon=True).start()
-udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-udp.bind(("0.0.0.0", 53))
-print("serving", flush=True)
-while True:
-    data, client = udp.recvfrom(4096)
-    out = reply(data, "udp")
-    if out:
-        udp.sendto(out, client)
-"""
 UPSTREAM_IP = "10.96.0.53"
 
-LAB = """\
-name: dns
-nodes: [{name: cp, role: control-plane}, {name: w1}, {name: w2}]
-dns:
-  upstreams: ["10.96.0.53:53"]
-pods:
-  - name: client
-    node: w1
-    containers: [{name: c, command: [sleep, infinity]}]
-  - name: custom
-    node: w2
-    dnsPolicy: "None"
-    dnsConfig:
-      nameservers: [10.96.0.10]
-      searches: [svc.cluster.local, example.internal]
-      options: [{name: ndots, value: "2"}]
-    containers: [{name: c, command: [sleep, infinity]}]
-  - name: querier
-    hostname: querier-0
-    subdomain: dns-querier
-    labels: {app: querier}
-    containers: [{name: c, workload: netexec, ports: [{name: http, containerPort: 8080}]}]
-  - name: upstream
-    labels: {app: upstream}
-    containers:
-      - name: c
-        command:
-          - python3
-          - -c
-          - |
-""" + textwrap.indent(UPSTREAM, " " * 12) + """\
-  - name: lonely
-    namespace: quiet
-    containers: [{name: c, command: [sleep, infinity]}]
-deployments:
-  - name: many
-    replicas: 40
-    template:
-      labels: {app: many}
-      containers: [{name: c, command: [nc, -lk, "80"], ports: [{name: http, containerPort: 80}]}]
-services:
-  - name: web
-    selector: {app: querier}
-    ports: [{name: http, port: 80, targetPort: http}]
-  - name: dns-querier
-    clusterIP: None
-    selector: {app: querier}
-    ports: [{name: http, port: 80, targetPort: http}]
-  - name: many
-    clusterIP: None
-    selector: {app: many}
-    ports: [{name: http, port: 80, targetPort: http}]
-  - name: ext
-    type: ExternalName
-    externalName: www.example.com
-  - name: outside
-    type: ExternalName
-    externalName: www.example.com
-  - name: alias
-    type: ExternalName
-    externalName: web.default.svc.cluster.local
-  - name: upstream
-    clusterIP: 10.96.0.53
-    selector: {app: upstream}
-    ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
-"""
+LAB = labs.load("dns")
 
 
 @pytest.fixture(scope="module")

@@ -11,99 +11,20 @@ test."""
 
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 
 from tests.integration.conftest import in_proxy_mode
 from tests.waiting import wait_for
+from tests import labs
 
 # Answers NAME.counted.example.com (TTL 30) and NAME.uncached.example.com (TTL 0)
 # with 192.0.2.N, N the number of queries for that name it has seen: whether a
 # second query reached it is in the answer.
-UPSTREAM = """\
-import collections, socket, socketserver, struct, threading
-from dnslib import QTYPE, RCODE, RR, DNSRecord
 
-seen = collections.Counter()
-lock = threading.Lock()
-
-
-def reply(data):
-    query = DNSRecord.parse(data)
-    if query.header.qr:
-        return None
-    answer = query.reply()
-    name = str(query.q.qname).lower()
-    ttl = 30 if name.endswith(".counted.example.com.") else 0 if name.endswith(".uncached.example.com.") else None
-    if ttl is None or QTYPE[query.q.qtype] != "A":
-        answer.header.rcode = RCODE.NXDOMAIN
-    else:
-        with lock:
-            seen[name] += 1
-            count = seen[name]
-        answer.add_answer(*RR.fromZone("%s %d A 192.0.2.%d" % (name, ttl, count)))
-    return bytes(answer.pack())
-
-
-class Handler(socketserver.BaseRequestHandler):
-    def handle(self):
-        length = struct.unpack("!H", self.request.recv(2))[0]
-        data = b""
-        while len(data) < length:
-            data += self.request.recv(length - len(data))
-        out = reply(data)
-        if out:
-            self.request.sendall(struct.pack("!H", len(out)) + out)
-
-
-socketserver.ThreadingTCPServer.allow_reuse_address = True
-tcp = socketserver.ThreadingTCPServer(("0.0.0.0", 53), Handler)
-threading.Thread(target=tcp.serve_forever, daemon=True).start()
-udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-udp.bind(("0.0.0.0", 53))
-while True:
-    data, client = udp.recvfrom(4096)
-    out = reply(data)
-    if out:
-        udp.sendto(out, client)
-"""
-
-NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
 # The LoadBalancer service is named so that its owner (emu.node.services.load_balancer_owner,
 # a hash of node and service) is w2, not the hub cp: stopping w2 moves the address.
-LAB = f"""\
-name: failover
-nodes: [{{name: cp, role: control-plane}}, {{name: w1}}, {{name: w2}}]
-dns:
-  replicas: 3
-  upstreams: ["10.96.0.53:53"]
-pods:
-  - name: client
-    node: w1
-    containers: [{{name: c, command: [sleep, infinity]}}]
-  - {{name: web1, node: w1, labels: {{app: web}}, containers: [{NETEXEC}]}}
-  - {{name: web2, node: w2, labels: {{app: web}}, containers: [{NETEXEC}]}}
-  - name: upstream
-    node: cp
-    labels: {{app: upstream}}
-    containers:
-      - name: c
-        command:
-          - python3
-          - -c
-          - |
-""" + textwrap.indent(UPSTREAM, " " * 12) + """\
-services:
-  - name: web
-    type: LoadBalancer
-    selector: {app: web}
-    ports: [{name: http, port: 80, targetPort: http}]
-  - name: upstream
-    clusterIP: 10.96.0.53
-    selector: {app: upstream}
-    ports: [{name: dns, port: 53, protocol: UDP}, {name: dns-tcp, port: 53, protocol: TCP}]
-"""
+LAB = labs.load("failover")
 KUBE_DNS = "10.96.0.10"
 
 

@@ -12,48 +12,13 @@ import pytest
 
 from emu.errors import EmuError
 from tests.waiting import wait_for
+from tests import labs
 
 WITNESS = (
     "n=$(cat /tmp/witness-runs 2>/dev/null || echo 0); echo $((n + 1)) >/tmp/witness-runs; "
     "case $n in 0) exit 0;; 1) sleep 2; exit 0;; esac; exec sleep infinity"
 )
-NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
-LAB = f"""\
-name: faults
-nodes:
-  - {{name: cp, role: control-plane}}
-  - {{name: w1}}
-  - {{name: w2}}
-pods:
-  - name: client
-    node: w1
-    containers: [{{name: shell, command: [sleep, infinity]}}]
-  - {{name: far, node: w2, labels: {{app: echo}}, containers: [{NETEXEC}]}}
-  - name: once
-    node: w1
-    restartPolicy: OnFailure
-    containers: [{{name: job, command: [sh, -c, "test -e /tmp/once-ran && exit 0; touch /tmp/once-ran; exit 1"]}}]
-  - {{name: never, node: w1, restartPolicy: Never, containers: [{{name: job, command: [sh, -c, "exit 3"]}}]}}
-  # The clock for the two above: restartPolicy Always, it ends twice (the second
-  # time 2 s later than once's second end) and then runs. Its second restart
-  # comes after the 10 s back-off, so once it shows 2 restarts, an OnFailure pod
-  # wrongly kept running as Always would have been started again too.
-  - name: witness
-    node: w1
-    containers: [{{name: job, command: [sh, -c, "{WITNESS}"]}}]
-  - {{name: near, node: w1, labels: {{app: echo}}, containers: [{NETEXEC}]}}
-deployments:
-  - name: mover
-    replicas: 2
-    template: {{labels: {{app: mover}}, containers: [{NETEXEC}]}}
-services:
-  - name: echo
-    selector: {{app: echo}}
-    ports: [{{name: http, port: 80, targetPort: http}}]
-  - name: mover
-    selector: {{app: mover}}
-    ports: [{{name: http, port: 80, targetPort: http}}]
-"""
+LAB = labs.load("faults")
 
 
 @pytest.fixture(scope="module")

@@ -12,28 +12,9 @@ import pytest
 
 from emu.node.agent import PID_FILE
 from emu.observe import graph
+from tests import labs
 
-LAB = """\
-name: graph
-nodes:
-  - {name: cp, role: control-plane}
-  - {name: w1}
-pods:
-  - name: client
-    node: w1
-    containers: [{name: shell, command: [sleep, infinity]}]
-  - name: web
-    node: w1
-    labels: {app: web}
-    containers:
-      - {name: server, workload: netexec, ports: [{name: http, containerPort: 8080}]}
-      - {name: sidecar, command: [sleep, infinity]}
-services:
-  - name: web
-    type: LoadBalancer
-    selector: {app: web}
-    ports: [{port: 80, targetPort: http}]
-"""
+LAB = labs.load("graph")
 
 
 @pytest.fixture(scope="module")

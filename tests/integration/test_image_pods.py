@@ -13,7 +13,9 @@ import pytest
 from emu.errors import EmuError
 from emu.control.runtime.images import ImageBuilder
 from emu.api.topology.model import Topology
-from tests.integration.test_service_traffic import wait_for
+from tests import labs
+from tests.integration.helpers import curl
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE_DIR = Path(__file__).parent / "images" / "web"
@@ -35,40 +37,7 @@ def build_web_image(runtime, tmp_path: Path) -> str:
     return tag
 
 
-LAB = """\
-name: images
-nodes: [{name: cp, role: control-plane}, {name: w1}, {name: w2}]
-pods:
-  - {name: client, node: w1, containers: [{name: c, command: [sleep, infinity]}]}
-  - {name: far, node: w2, containers: [{name: c, command: [sleep, infinity]}]}
-  - name: web
-    node: w1
-    labels: {app: web}
-    containers:
-      - name: server
-        image: IMAGE
-        ports: [{name: http, containerPort: 8080}]
-        env: [{name: GREETING, value: hi}]
-        readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 0.5, failureThreshold: 1}
-      - name: sidecar
-        image: IMAGE
-        command: [sh, -c]
-        args: ["while true; do curl -s localhost:8080/hostname; echo; sleep 1; done"]
-  - name: mixed
-    node: w2
-    containers:
-      - {name: server, image: IMAGE, args: ["--http-port=9090", "--udp-port=0"], ports: [{containerPort: 9090}]}
-      - {name: shell, command: [sleep, infinity]}
-deployments:
-  - name: echo
-    replicas: 2
-    template:
-      labels: {app: echo}
-      containers: [{name: c, workload: netexec, ports: [{name: http, containerPort: 8080}]}]
-services:
-  - {name: web, type: NodePort, selector: {app: web}, ports: [{port: 80, targetPort: http, nodePort: 30800}]}
-  - {name: echo, selector: {app: echo}, ports: [{port: 80, targetPort: http}]}
-"""
+LAB = labs.load("images")
 
 
 @pytest.fixture(scope="module")
@@ -84,12 +53,6 @@ def lab(make_cluster, image):
 def pod_containers(lab, pod: str) -> list[str]:
     """Names of the Docker containers of a pod (its sandbox and containers)."""
     return sorted(c.name for c in lab.runtime.cluster_containers(lab.name) if c.role == "pod" and f"_{pod}_" in c.name)
-
-
-def curl(lab, pod: str, url: str, container: str | None = None) -> str:
-    result = lab.exec(pod, ["curl", "-sS", "--max-time", "5", url], container)
-    assert result.ok, result.output
-    return result.output.strip()
 
 
 def test_image_pod_runs_in_a_sandbox_and_answers_on_its_pod_ip(lab):
@@ -120,7 +83,7 @@ def test_image_pod_is_a_pod_inside(lab):
 
 def test_containers_of_an_image_pod_share_localhost(lab):
     assert curl(lab, "web", "http://localhost:8080/hostname", container="sidecar") == "web"
-    wait_for(lambda: "web" in lab.logs("web", "sidecar").split(), "the sidecar's log to show the server's answer", 30)
+    wait_for(lambda: "web" in lab.logs("web", "sidecar").split(), 30, "the sidecar's log to show the server's answer")
     # A command container beside an image container: one namespace, one localhost.
     assert curl(lab, "mixed", "http://localhost:9090/hostname", container="shell") == "mixed"
 
@@ -134,9 +97,9 @@ def test_readiness_probe_takes_an_image_pod_out_of_endpoints_and_back(lab):
 
     assert endpoints() == [address]
     curl(lab, "web", "http://localhost:8080/sethealth?status=fail")
-    wait_for(lambda: endpoints() == [], "the failing pod to leave the endpoints", 30)
+    wait_for(lambda: endpoints() == [], 30, "the failing pod to leave the endpoints")
     curl(lab, "web", "http://localhost:8080/sethealth?status=ok")
-    wait_for(lambda: endpoints() == [address], "the pod to come back", 30)
+    wait_for(lambda: endpoints() == [address], 30, "the pod to come back")
 
 
 def test_a_killed_image_container_is_restarted_and_counted(lab):
@@ -150,7 +113,7 @@ def test_a_killed_image_container_is_restarted_and_counted(lab):
         status = lab.pod_status(lab.state())["default/web"]["server"]
         return status["restarts"] >= 1 and status["state"] == "Running" and status["ready"]
 
-    wait_for(restarted, "the server to be started again (Docker's restart policy) and ready", timeout=45)
+    wait_for(restarted, 45, "the server to be started again (Docker's restart policy) and ready")
     assert curl(lab, "client", f"http://{web.ip}:8080/hostname") == "web"
 
 
@@ -173,13 +136,13 @@ def test_exited_containers_follow_the_restart_policy_and_say_why(lab, capsys):
         return {line.split()[0]: line.split()[1:4] for line in capsys.readouterr().out.splitlines()[1:]}
 
     wait_for(lambda: statuses().get("failed", [""])[1] == "Error" and statuses().get("done", [""])[1] == "Completed"
-             and statuses().get("crashing", ["", ""])[1] == "CrashLoopBackOff", "the jobs to finish", 30)  # fmt: skip
+             and statuses().get("crashing", ["", ""])[1] == "CrashLoopBackOff", 30, "the jobs to finish")  # fmt: skip
     capsys.readouterr()
     main(["get", "pod", "failed", "-o", "json", "--name", lab.name])
     failed = json.loads(capsys.readouterr().out)
     assert failed["status"]["phase"] == "Failed"
     assert failed["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
-    wait_for(lambda: int(statuses()["crashing"][2]) >= 1, "Docker to restart the crashing container", 30)
+    wait_for(lambda: int(statuses()["crashing"][2]) >= 1, 30, "Docker to restart the crashing container")
     lab.apply(current)  # the jobs go, with their containers
     assert pod_containers(lab, "failed") == pod_containers(lab, "crashing") == []
 
@@ -202,14 +165,7 @@ def test_deleting_an_image_pod_removes_its_containers(lab):
     assert not lab.node_exec("w2", ["ip", "netns", "list"]).output.count("mixed")
 
 
-DOOMED = """\
-name: images-down
-nodes: [{name: cp, role: control-plane}, {name: w1}]
-pods:
-  - name: web
-    node: w1
-    containers: [{name: server, image: IMAGE, ports: [{containerPort: 8080}]}, {name: shell, command: [sleep, infinity]}]
-"""
+DOOMED = labs.load("images-down")
 
 
 def test_down_leaves_no_container(make_cluster, image, runtime):

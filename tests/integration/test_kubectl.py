@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import ssl
 import subprocess
 import threading
@@ -19,44 +18,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
-LAB = """
-name: kubectl
-nodes:
-  - {name: cp, role: control-plane}
-  - {name: w1}
-deployments:
-  - name: echo
-    replicas: 2
-    template:
-      labels: {app: echo}
-      containers: [{name: netexec, workload: netexec, ports: [{containerPort: 8080}]}]
-pods:
-  - name: flip
-    node: w1
-    labels: {app: flip}
-    containers:
-      - name: shell
-        command: [sleep, infinity]
-        readinessProbe: {exec: {command: [test, "!", -e, /tmp/emu-flip-unready]}, periodSeconds: 1}
-services:
-  - {name: echo, selector: {app: echo}, ports: [{port: 80, targetPort: 8080}]}
-  - {name: flip, selector: {app: flip}, ports: [{port: 80, targetPort: 8080}]}
-"""
+from tests import labs
+from tests.integration.helpers import KUBECTL, kubectl, skip_without_kubectl
 
-
-def kubectl(*argv: str, context: str, check: bool = True, stdin: str | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run([KUBECTL, "--context", context, *argv], capture_output=True, text=True, timeout=60,
-                            input=stdin)  # fmt: skip
-    if check:
-        assert result.returncode == 0, f"kubectl {' '.join(argv)}: {result.stderr}"
-    return result
+LAB = labs.load("kubectl")
 
 
 @pytest.fixture(scope="module")
 def cluster(make_cluster):
-    if not Path(KUBECTL).exists():
-        pytest.skip("kubectl is not installed (Debian's kubectl package)")
+    skip_without_kubectl()
     return make_cluster(LAB, "kubectl")
 
 

@@ -7,43 +7,27 @@ agent, and port-forward to the pod's IP (emu.apiserver.streaming)."""
 from __future__ import annotations
 
 import queue
-import shutil
 import subprocess
 import threading
-from pathlib import Path
 
 import pytest
 
-KUBECTL = shutil.which("kubectl") or "/usr/bin/kubectl"
+from tests import labs
+from tests.integration import helpers
+from tests.integration.helpers import KUBECTL, skip_without_kubectl
+
 # Two nodes: the API server's node reaches the pod on the other through its agent.
-LAB = """
-name: stream
-nodes:
-  - {name: cp, role: control-plane}
-  - {name: w1}
-pods:
-  - name: web
-    node: w1
-    containers: [{name: netexec, workload: netexec, ports: [{containerPort: 8080}]}]
-  - name: beside
-    node: cp
-    containers: [{name: netexec, workload: netexec}]
-"""
+LAB = labs.load("stream")
 
 
-def kubectl(*argv: str, context: str, check: bool = True, stdin: str | bytes | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess:
-    result = subprocess.run([KUBECTL, "--context", context, *argv], capture_output=True, timeout=timeout, check=False,
-                            input=stdin.encode() if isinstance(stdin, str) else stdin)  # fmt: skip
-    if check:
-        assert result.returncode == 0, f"kubectl {' '.join(argv)}: {result.stderr.decode()}"
-    return result
+def kubectl(*argv: str, **options) -> subprocess.CompletedProcess:
+    """helpers.kubectl with its output in bytes (what cp and exec carry)."""
+    return helpers.kubectl(*argv, text=False, **options)
 
 
 @pytest.fixture(scope="module")
 def cluster(make_cluster):
-    if not Path(KUBECTL).exists():
-        pytest.skip("kubectl is not installed (Debian's kubectl package)")
+    skip_without_kubectl()
     return make_cluster(LAB, "stream")
 
 

@@ -62,6 +62,7 @@ def test_each_lab_has_its_compose_file_and_readme():
 
 def assert_builds_the_controller(service: dict, folder: Path) -> None:
     """`docker compose up` in a fresh clone builds the controller from the checkout."""
+    assert service["pull_policy"] == "never"  # built here, never a registry's image given the Docker socket
     build = service["build"]
     assert (folder / build["context"]).resolve() == ROOT, folder
     assert build["dockerfile"] == "images/controller/source.Dockerfile" and (ROOT / build["dockerfile"]).is_file()

@@ -12,22 +12,9 @@ import pytest
 from emu.control.cluster import Cluster
 from emu.errors import EmuError
 from emu.api.topology.load import load_text
+from tests import labs
 
-SMALL = """\
-name: small
-nodes:
-  - {name: cp, role: control-plane}
-  - {name: w1}
-pods:
-  - name: keeper
-    node: w1
-    containers: [{name: app, workload: netexec, ports: [{containerPort: 8080}]}]
-deployments:
-  - name: web
-    replicas: 2
-    template:
-      containers: [{name: app, workload: netexec, ports: [{containerPort: 8080}]}]
-"""
+SMALL = labs.load("small")
 
 
 def emu(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

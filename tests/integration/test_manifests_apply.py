@@ -13,6 +13,7 @@ import pytest
 
 from emu.api import manifests
 from emu.cli import main
+from tests.integration.helpers import curl
 
 HERE = Path(__file__).parent / "manifests"
 SHOP = HERE / "shop.yaml"
@@ -31,12 +32,6 @@ def get(cluster, capsys, *args: str) -> str:
     capsys.readouterr()
     assert main(["get", *args, "--name", cluster.name]) == 0
     return capsys.readouterr().out
-
-
-def curl(cluster, pod: str, url: str) -> str:
-    result = cluster.exec(pod, ["curl", "-sS", "--max-time", "5", url])
-    assert result.ok, result.output
-    return result.output.strip()
 
 
 def test_statefulset_pods_answer_by_their_stable_dns_names(shop):

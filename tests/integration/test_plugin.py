@@ -21,23 +21,11 @@ from pathlib import Path
 import pytest
 
 from emu.testing import sweep
+from tests import labs
 
 ROOT = Path(__file__).resolve().parents[2]
 
-LAB = """\
-name: tiny
-nodes:
-  - {name: cp, role: control-plane}
-  - {name: w}
-pods:
-  - {name: client, node: w, containers: [{name: shell, command: [sleep, infinity]}]}
-  - name: web
-    node: cp
-    labels: {app: web}
-    containers: [{name: server, workload: netexec, ports: [{name: http, containerPort: 8080}]}]
-services:
-  - {name: web, selector: {app: web}, ports: [{name: http, port: 80, targetPort: http}]}
-"""
+LAB = labs.load("tiny")
 
 INNER = '''
 def test_handles_name_what_runs(emu_pod, emu_node, emu_service):

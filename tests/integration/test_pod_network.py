@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import testinfra
 
-
-def curl(cluster, pod: str, url: str, container: str | None = None) -> str:
-    result = cluster.exec(pod, ["curl", "-sS", "--max-time", "5", url], container=container)
-    assert result.ok, f"curl {url} from {pod} failed: {result.output}"
-    return result.output.strip()
+from tests.integration.helpers import curl
 
 
 def node_host(cluster, node_name: str):

@@ -7,70 +7,9 @@ import time
 import pytest
 
 from emu.api.topology.load import load_text
+from tests import labs
 
-NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}, {name: udp, containerPort: 8081, protocol: UDP}]}"
-LAB = f"""\
-name: services
-nodes:
-  - {{name: cp, role: control-plane}}
-  - {{name: w1}}
-  - {{name: w2}}
-pods:
-  - name: client
-    node: w1
-    containers: [{{name: shell, command: [sleep, infinity]}}]
-  - name: solo
-    node: w2
-    labels: {{app: solo}}
-    containers: [{NETEXEC}]
-  - name: local-backend
-    node: w1
-    labels: {{app: local}}
-    containers: [{NETEXEC}]
-deployments:
-  - name: backend
-    replicas: 3
-    template:
-      labels: {{app: backend}}
-      containers:
-        - name: netexec
-          workload: netexec
-          ports: [{{name: http, containerPort: 8080}}, {{name: udp, containerPort: 8081, protocol: UDP}}]
-          readinessProbe:
-            httpGet: {{path: /healthz, port: http}}
-            periodSeconds: 0.5
-            failureThreshold: 1
-services:
-  - name: backend
-    type: NodePort
-    selector: {{app: backend}}
-    ports:
-      - {{name: http, port: 80, targetPort: http}}
-      - {{name: udp, port: 53, targetPort: udp, protocol: UDP}}
-  - name: sticky
-    selector: {{app: backend}}
-    sessionAffinity: ClientIP
-    ports: [{{port: 80, targetPort: 8080}}]
-  - name: local
-    type: NodePort
-    externalTrafficPolicy: Local
-    selector: {{app: local}}
-    ports: [{{port: 80, targetPort: 8080}}]
-  - name: lb
-    type: LoadBalancer
-    selector: {{app: backend}}
-    ports: [{{port: 80, targetPort: http}}]
-  - name: solo
-    selector: {{app: solo}}
-    ports: [{{port: 80, targetPort: 8080}}]
-  - name: nobody
-    selector: {{app: nobody}}
-    ports: [{{port: 80}}]
-  - name: internal-local
-    internalTrafficPolicy: Local
-    selector: {{app: local}}
-    ports: [{{port: 80, targetPort: 8080}}]
-"""
+LAB = labs.load("services")
 
 UDP_CLIENT = """\
 import socket, sys
@@ -252,13 +191,7 @@ def test_scaling_updates_endpoints_everywhere(svc):
         assert rules.count("default/backend:http -> ") == 3
 
 
-ENV_LAB = """\
-name: env
-nodes: [{name: cp, role: control-plane}, {name: w1}]
-pods:
-  - name: early
-    containers: [{name: c, command: [sleep, infinity]}]
-"""
+ENV_LAB = labs.load("env")
 
 
 def test_service_variables_only_in_pods_created_after_the_service(make_module_cluster):

@@ -10,44 +10,9 @@ import sys
 import pytest
 
 from emu.observe import trace
+from tests import labs
 
-NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
-LAB = f"""\
-name: trace
-nodes:
-  - {{name: control-plane, role: control-plane}}
-  - {{name: worker}}
-  - {{name: worker2}}
-pods:
-  - name: client
-    node: worker
-    containers: [{{name: shell, command: [sleep, infinity]}}]
-  - name: neighbour
-    node: worker
-    labels: {{app: echo}}
-    containers: [{NETEXEC}]
-  - name: web
-    node: worker2
-    labels: {{app: web}}
-    containers:
-      - {NETEXEC}
-      - {{name: sidecar, command: [sleep, infinity]}}
-services:
-  - name: echo
-    selector: {{app: echo}}
-    ports: [{{name: http, port: 80, targetPort: http}}]
-  - name: web
-    type: NodePort
-    selector: {{app: web}}
-    ports: [{{name: http, port: 80, targetPort: http, nodePort: 30080}}]
-  - name: web-lb
-    type: LoadBalancer
-    selector: {{app: web}}
-    ports: [{{port: 80, targetPort: 8080}}]
-  - name: nobody
-    selector: {{app: nobody}}
-    ports: [{{port: 80}}]
-"""
+LAB = labs.load("trace")
 
 
 @pytest.fixture(scope="module")
