@@ -311,6 +311,49 @@ def refuse_clashes(hosts: list[Host], identities: dict[str, Identity], doing: st
                        + "\n  ".join(lines))
 
 
+# -- access: may the SSH user use the engine's socket ----------------------------------------------------------
+
+# A shell snippet printing key=value lines: who the SSH user is, the socket's owner, group and mode, and whether
+# the user may read and write it (ok), may not (denied), or there is no socket (missing).
+ACCESS_COMMAND = r"""s=__SOCKET__
+printf 'user=%s\nuid=%s\ngroups=%s\nsock=%s\n' "$(id -un)" "$(id -u)" "$(id -Gn | tr ' ' ,)" \
+  "$(stat -L -c '%U %G %a' "$s" 2>/dev/null)"
+if [ -S "$s" ]; then if [ -r "$s" ] && [ -w "$s" ]; then echo access=ok; else echo access=denied; fi
+else echo access=missing; fi"""
+
+
+def access_command(host: Host) -> str:
+    return ACCESS_COMMAND.replace("__SOCKET__", shlex.quote(host.docker_socket))
+
+
+def parse_values(output: str) -> dict[str, str]:
+    values = {}
+    for line in output.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def access_denied(host: Host, values: dict[str, str]) -> tuple[str, str] | None:
+    """(what is wrong, the fix) where the SSH user may not use the engine's socket (the access command's or the
+    probe's values), else None."""
+    if values.get("access") != "denied":
+        return None
+    user = values.get("user") or host.user
+    owner, group, mode = (values.get("sock", "").split() + ["?", "?", "?"])[:3]
+    groups = [g for g in values.get("groups", "").split(",") if g]
+    why = (f"{user} is not in the group {group}" if group not in groups
+           else f"the socket's mode {mode} does not let the group {group} read and write it")
+    uid = values.get("uid") or "UID"
+    message = (f"{user} may not use the Docker engine at {host.docker_socket} on {host.name} (permission denied: "
+               f"the socket is {owner}:{group}, mode {mode}, and {why})")
+    fix = (f"add {user} to the group {group} on {host.name} (as root: usermod -aG {group} {user}; it counts from "
+           f"{user}'s next login), or set {host.name}'s dockerSocket to the socket of a rootless engine {user} runs "
+           f"(/run/user/{uid}/docker.sock)")
+    return message, fix
+
+
 # -- check: the probe ------------------------------------------------------------------------------------------
 
 PROBE_SCRIPT = r"""
@@ -329,6 +372,7 @@ else
 fi
 command -v dockerd >/dev/null 2>&1 && say dockerd yes || say dockerd no
 say machine_id "$(__MACHINE_ID__)"
+__ACCESS__
 for m in vxlan:VXLAN br_netfilter:BRIDGE_NETFILTER; do
   name=${m%%:*} cfg=CONFIG_${m##*:}
   if [ -d /sys/module/$name ] || grep -q "^$name " /proc/modules 2>/dev/null; then s=loaded
@@ -389,6 +433,7 @@ def probe_script(host: Host, peers: list[str]) -> str:
         "__PORTS__": " ".join(str(p) for p in SWARM_TCP_PORTS),
         "__PORT_TIMEOUT__": str(PORT_TIMEOUT),
         "__MACHINE_ID__": MACHINE_ID_COMMAND,
+        "__ACCESS__": access_command(host),
     }
     script = PROBE_SCRIPT
     for key, value in values.items():
@@ -511,7 +556,10 @@ def _evaluate_host(host: Host, probe: Probe, probes: dict[str, Probe], by_addres
 
     # Docker
     version = values.get("docker_out", "")
-    if values.get("docker_rc") == "0" and version:
+    denied = access_denied(host, values)
+    if denied:
+        add(Finding("docker", ERROR, "denied", *denied))
+    elif values.get("docker_rc") == "0" and version:
         add(Finding("docker", OK, version))
     elif values.get("docker_rc") == "127":
         add(Finding("docker", ERROR, "missing", f"no docker CLI on {name}",
@@ -819,6 +867,10 @@ def _ensure_sysctls(conn: Connection, host: Host, progress: Progress, changes: C
     if changes is not None:
         changes.sysctls[host.name] = {k: current[k] for k in wanted}  # before: whatever happens next
     result = _run(conn, f"{_sudo(host)}sysctl -q -w {settings}", timeout=20)
+    if result.exited != 0 and host.user != "root":
+        raise EmuError(f"{host.name}: could not set {settings} as {host.user} (sudo -n sysctl: "
+                       f"{result.stderr.strip() or result.exited}): prepare needs root there for these sysctls; give "
+                       f"{host.user} passwordless sudo, or set them there once as root (sysctl -w {settings})")
     if result.exited != 0:
         raise EmuError(f"{host.name}: could not set {settings}: {result.stderr.strip()}")
     progress(f"{host.name}: set {settings}")
@@ -1125,6 +1177,7 @@ def prepare_hosts(hosts: list[Host], images: list[str], progress: Progress = pri
     try:
         by_name = {h.name: h for h in hosts}
         refuse_clashes(hosts, identify_hosts(conns, hosts), "prepare them")
+        refuse_denied(conns, hosts)
 
         def engine(host: Host) -> None:
             if _engine_answers(conns[host.name], host) is None:
@@ -1231,6 +1284,19 @@ def undo(conns: dict[str, Connection], hosts: list[Host], changes: Changes, prog
     if changes.images:
         kept.append(f"{', '.join(changes.images)}: images prepare loaded stay (docker image rm removes them)")
     return kept
+
+
+def refuse_denied(conns: dict[str, Connection], hosts: list[Host]) -> None:
+    """EmuError naming every host whose SSH user may not use the engine's socket (before anything changes)."""
+
+    def check(host: Host) -> str | None:
+        result = _run(conns[host.name], access_command(host), timeout=20)
+        denied = access_denied(host, parse_values(result.stdout))
+        return f"{host.name}: {denied[0]}; fix: {denied[1]}" if denied else None
+
+    problems = [p for p in _parallel(check, hosts) if p]
+    if problems:
+        raise EmuError("\n".join(problems))
 
 
 def identify_hosts(conns: dict[str, Connection], hosts: list[Host]) -> dict[str, Identity]:

@@ -17,6 +17,8 @@ from emu.control.hosts import (
     SwarmNode,
     SwarmPlan,
     SwarmState,
+    access_command,
+    access_denied,
     check_members,
     evaluate,
     format_reports,
@@ -24,6 +26,7 @@ from emu.control.hosts import (
     images_to_ship,
     is_debian_like,
     node_label_updates,
+    parse_values,
     openssh_command,
     parse_probe,
     plan_swarm,
@@ -309,3 +312,42 @@ def test_openssh_command_uses_the_inventory():
     assert ["-l", "emu"] == command[command.index("-l"):command.index("-l") + 2]
     assert "UserKnownHostsFile=/k/known" in command and "StrictHostKeyChecking=accept-new" in command
     assert ["-i", "/k/id"] == command[command.index("-i"):command.index("-i") + 2]
+
+
+# -- access: a non-root SSH user and the engine's socket ---------------------------------------------------------
+
+DENIED = "user=emu\nuid=1001\ngroups=emu,adm\nsock=root docker 660\naccess=denied\n"
+
+
+def test_a_user_outside_the_sockets_group_is_told_to_join_it_or_use_a_rootless_engine():
+    host = Host(name="h2", address="10.0.0.2", user="emu")
+    message, fix = access_denied(host, parse_values(DENIED))
+    assert "emu may not use the Docker engine at /var/run/docker.sock on h2" in message
+    assert "the socket is root:docker, mode 660, and emu is not in the group docker" in message
+    assert fix.startswith("add emu to the group docker on h2 (as root: usermod -aG docker emu;")
+    assert "set h2's dockerSocket to the socket of a rootless engine emu runs (/run/user/1001/docker.sock)" in fix
+
+
+def test_a_user_in_the_group_of_a_socket_without_group_rights_is_told_about_the_mode():
+    host = Host(name="h2", address="10.0.0.2", user="emu")
+    values = parse_values(DENIED.replace("groups=emu,adm", "groups=emu,docker").replace("660", "600"))
+    assert "the socket's mode 600 does not let the group docker read and write it" in access_denied(host, values)[0]
+
+
+def test_access_that_is_ok_or_a_missing_socket_is_no_denial():
+    host = Host(name="h2", address="10.0.0.2", user="emu")
+    assert access_denied(host, parse_values(DENIED.replace("access=denied", "access=ok"))) is None
+    assert access_denied(host, parse_values(DENIED.replace("access=denied", "access=missing"))) is None
+
+
+def test_check_reports_a_denied_socket_as_the_docker_error():
+    hs = hosts(2)
+    probes = good_probes(hs)
+    probes["h2"].values.update(parse_values(DENIED), docker_rc="1", docker_out="permission denied while trying")
+    docker = next(f for f in evaluate(hs, probes)[1].findings if f.check == "docker")
+    assert (docker.level, docker.value) == (ERROR, "denied") and "usermod -aG docker emu" in docker.fix
+
+
+def test_the_access_command_quotes_the_socket():
+    host = Host(name="h1", address="10.0.0.1", docker_socket="/run/my engine/docker.sock")
+    assert "s='/run/my engine/docker.sock'" in access_command(host)

@@ -146,8 +146,23 @@ def engine_for(host: Host, tunnels: list[SshTunnel], timeout: int = 60) -> Docke
                 client_cert=(host.tls.cert, host.tls.key), ca_cert=host.tls.ca, verify=True
             )
     runtime = DockerRuntime(base_url=base_url, tls=tls, host=host.name, timeout=timeout)
-    runtime.api  # connect now: a host that does not answer is named here
+    try:
+        runtime.api  # connect now: a host that does not answer is named here
+    except EmuError:
+        if host.engine == "ssh":
+            denied = access_problem(host, tunnels[-1])
+            if denied:
+                raise EmuError(denied) from None
+        raise
     return runtime
+
+
+def access_problem(host: Host, tunnel: SshTunnel) -> str | None:
+    """Why the SSH user may not use the engine's socket (the tunnel forwards it as that user), or None."""
+    from emu.control.hosts import access_command, access_denied, parse_values
+
+    denied = access_denied(host, parse_values(tunnel.run(access_command(host)) or ""))
+    return f"host {host.name}: {denied[0]}; fix: {denied[1]}" if denied else None
 
 
 class SwarmRuntime:
