@@ -450,6 +450,18 @@ def ensure_netns(host: LabHost) -> None:
     _run(["ip", "-n", host.netns, "-batch", "-"], input=batch)
 
 
+@contextlib.contextmanager
+def unreachable_from_controller(host: LabHost):
+    """This machine's packets to host's sshd dropped (in host's namespace): only the other hosts reach it, as a
+    host behind a bastion. The rule goes with the namespace (lab down) if the block is cut short."""
+    rule = ["INPUT", "-s", GATEWAY, "-p", "tcp", "--dport", "22", "-j", "DROP"]
+    _run(["ip", "netns", "exec", host.netns, "iptables", "-I", *rule])
+    try:
+        yield
+    finally:
+        _run(["ip", "netns", "exec", host.netns, "iptables", "-D", *rule], check=False)
+
+
 # -- dockerd ---------------------------------------------------------------------------------------------------
 
 

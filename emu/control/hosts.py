@@ -155,13 +155,23 @@ class _AcceptNew(paramiko.MissingHostKeyPolicy):
                 file.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
-def connect(host: Host, timeout: int = SSH_TIMEOUT) -> Connection:
-    """An open fabric Connection to host (key, port, user, known hosts from the inventory)."""
+class _Connection(Connection):
+    """A fabric Connection that closes its gateway (the jump host's connection) with itself."""
+
+    def close(self):
+        super().close()
+        if isinstance(self.gateway, Connection):
+            self.gateway.close()
+
+
+def _connection(host: Host, address: str, user: str, port: int, timeout: int, gateway=None) -> Connection:
+    """A fabric Connection (not opened) with host's key and known hosts; new host keys accepted (and recorded)
+    as ssh's StrictHostKeyChecking=accept-new does, a changed key refused."""
     connect_kwargs: dict = {"banner_timeout": timeout, "auth_timeout": timeout}
     if host.ssh_key:
         connect_kwargs["key_filename"] = [str(Path(host.ssh_key).expanduser())]
-    conn = Connection(host.address, user=host.user, port=host.port, connect_timeout=timeout,
-                      connect_kwargs=connect_kwargs)
+    conn = _Connection(address, user=user, port=port, connect_timeout=timeout, connect_kwargs=connect_kwargs,
+                       gateway=gateway)
     known = str(Path(host.known_hosts).expanduser()) if host.known_hosts else None
     if known:
         Path(known).parent.mkdir(parents=True, exist_ok=True)
@@ -170,20 +180,49 @@ def connect(host: Host, timeout: int = SSH_TIMEOUT) -> Connection:
     else:
         conn.client.load_system_host_keys()
     conn.client.set_missing_host_key_policy(_AcceptNew(known))
+    return conn
+
+
+def connect(host: Host, timeout: int = SSH_TIMEOUT) -> Connection:
+    """An open fabric Connection to host (key, port, user, known hosts, jump host from the inventory)."""
+    gateway = None
+    if host.jump_target:
+        jump_user, jump_address, jump_port = host.jump_target
+        gateway = _connection(host, jump_address, jump_user, jump_port, timeout)
+    conn = _connection(host, host.address, host.user, host.port, timeout, gateway)
+    known = str(Path(host.known_hosts).expanduser()) if host.known_hosts else None
     try:
         conn.open()
     except paramiko.BadHostKeyException as error:
         conn.close()
         raise EmuError(
-            f"{host.name}: the SSH host key of {host.address} is not the one in "
+            f"{host.name}: the SSH host key of {error.hostname} is not the one in "
             f"{known or '~/.ssh/known_hosts'} ({error.key.get_name()}); if the host was reinstalled, remove its "
-            f"line there (ssh-keygen -R {host.address}{' -f ' + known if known else ''})"
+            f"line there (ssh-keygen -R {error.hostname}{' -f ' + known if known else ''})"
         ) from None
     except (paramiko.SSHException, OSError, EOFError) as error:
         conn.close()
-        raise EmuError(f"{host.name}: cannot reach {host.user}@{host.address}:{host.port} over SSH: "
+        via = f" through the jump host {host.jump}" if host.jump else ""
+        raise EmuError(f"{host.name}: cannot reach {host.user}@{host.address}:{host.port} over SSH{via}: "
                        f"{_describe(error)}") from None
     return conn
+
+
+def ssh_options(host: Host) -> list[str]:
+    """OpenSSH client options for host from the inventory: batch mode, timeouts, host keys (accept new, refuse a
+    changed one), key, and the jump host. The jump host is reached as ssh -J would, by a ProxyCommand of
+    `ssh -W` with these same options, so that the inventory's key and known_hosts serve it as well (ssh -J
+    would use ~/.ssh's)."""
+    options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT}", "-o", "StrictHostKeyChecking=accept-new"]
+    if host.known_hosts:
+        options += ["-o", f"UserKnownHostsFile={Path(host.known_hosts).expanduser()}"]
+    if host.ssh_key:
+        options += ["-i", str(Path(host.ssh_key).expanduser()), "-o", "IdentitiesOnly=yes"]
+    if host.jump_target:
+        user, address, port = host.jump_target
+        proxy = ["ssh", *options, "-W", "[%h]:%p", "-p", str(port), "-l", user, address]
+        options += ["-o", "ProxyCommand=" + shlex.join(proxy)]
+    return options
 
 
 def _describe(error: BaseException) -> str:
@@ -1077,13 +1116,7 @@ class _Sink:
 
 def openssh_command(host: Host) -> list[str]:
     """OpenSSH's client with the inventory's settings (host keys: accept new, as the fabric connections do)."""
-    command = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT}",
-               "-o", "StrictHostKeyChecking=accept-new", "-p", str(host.port), "-l", host.user]
-    if host.known_hosts:
-        command += ["-o", f"UserKnownHostsFile={Path(host.known_hosts).expanduser()}"]
-    if host.ssh_key:
-        command += ["-i", str(Path(host.ssh_key).expanduser()), "-o", "IdentitiesOnly=yes"]
-    return [*command, host.address]
+    return ["ssh", *ssh_options(host), "-p", str(host.port), "-l", host.user, host.address]
 
 
 def ship_images(conns: dict[str, Connection], hosts: list[Host], images: list[str]) -> list[Shipment]:

@@ -105,6 +105,45 @@ def test_a_user_outside_the_docker_group_is_told_what_to_do_and_nothing_changes(
     assert "host h2: emu-plain may not use the Docker engine" in str(caught.value) and fix in str(caught.value)
 
 
+# -- a host behind a jump host -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["host", "inventory"])
+def test_check_prepare_and_the_engine_through_a_jump_host(lab, tmp_path, where):
+    """h3 answers SSH only from the other hosts; h1 is the bastion (per host jump:, or the inventory's default)."""
+    from emu.control.runtime.swarm import SwarmRuntime
+    from emu.api.topology.load import load_inventory
+    from tests import hostlab
+
+    h1, h3 = entries(lab, h1="root", h3="root")
+    bastion = f"root@{lab.host('h1').address}:22"
+    with hostlab.unreachable_from_controller(lab.host("h3")):
+        direct = emu("hosts", "check", str(write(tmp_path, [h1, h3])))
+        assert direct.returncode == 1 and "h3: error: SSH to root@10.213.0.13:22 failed" in direct.stdout, direct.stdout
+
+        if where == "host":
+            inventory = write(tmp_path, [h1, {**h3, "jump": bastion}])
+        else:
+            inventory = write(tmp_path, [h1, h3], jump=bastion)  # h1's own jump: through itself
+        check = emu("hosts", "check", str(inventory))
+        assert check.returncode == 0, check.stdout + check.stderr
+        prepare = emu("hosts", "prepare", "-q", str(inventory))
+        assert prepare.returncode == 0, prepare.stdout + prepare.stderr
+        assert swarm_state(lab.host("h3")) == "active"
+        runtime = SwarmRuntime(load_inventory(inventory))
+        try:  # emu's own path to h3's engine: its socket forwarded over SSH through h1
+            assert runtime.manager().host == "h1"
+            assert runtime.engine("h3").api.info()["Swarm"]["LocalNodeState"] == "active"
+        finally:
+            runtime.close()
+
+
+def test_a_jump_host_that_is_not_user_at_host_port_is_refused(lab, tmp_path):
+    inventory = write(tmp_path, [{**entries(lab, h1="root")[0], "jump": "root@h1:ssh"}])
+    check = emu("hosts", "check", str(inventory))
+    assert check.returncode != 0 and "'root@h1:ssh' is not a jump host" in check.stderr, check.stderr
+
+
 def emu(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "emu.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ})

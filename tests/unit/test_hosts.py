@@ -351,3 +351,36 @@ def test_check_reports_a_denied_socket_as_the_docker_error():
 def test_the_access_command_quotes_the_socket():
     host = Host(name="h1", address="10.0.0.1", docker_socket="/run/my engine/docker.sock")
     assert "s='/run/my engine/docker.sock'" in access_command(host)
+
+
+# -- jump hosts ----------------------------------------------------------------------------------------------------
+
+
+def test_a_jump_host_is_user_at_host_port_with_the_hosts_user_and_port_22_by_default():
+    assert Host(name="h1", address="10.0.0.1", jump="ops@bastion:2222").jump_target == ("ops", "bastion", 2222)
+    assert Host(name="h1", address="10.0.0.1", user="emu", jump="bastion").jump_target == ("emu", "bastion", 22)
+    assert Host(name="h1", address="10.0.0.1", jump="me@[2001:db8::1]:22").jump_target == ("me", "2001:db8::1", 22)
+    assert Host(name="h1", address="10.0.0.1").jump_target is None
+    for bad in ("me@bastion:ssh", "me@bastion:0", "me@bastion:70000", "me@", "@bastion", "me@bas tion"):
+        with pytest.raises(ValueError, match="is not a jump host"):
+            Host(name="h1", address="10.0.0.1", jump=bad)
+
+
+def test_the_jump_host_gets_the_inventorys_key_and_known_hosts():
+    host = Host(name="h1", address="10.0.0.1", jump="ops@bastion:2222", ssh_key="/k/id", known_hosts="/k/known")
+    command = openssh_command(host)
+    proxy = next(o for o in command if o.startswith("ProxyCommand="))
+    assert proxy.startswith("ProxyCommand=ssh -o BatchMode=yes")
+    for part in ("UserKnownHostsFile=/k/known", "-i /k/id", "StrictHostKeyChecking=accept-new",
+                 "-W '[%h]:%p' -p 2222 -l ops bastion"):
+        assert part in proxy, proxy
+    assert command[-1] == "10.0.0.1"
+
+
+def test_an_inventory_wide_jump_host_serves_the_hosts_that_name_none(tmp_path):
+    from emu.api.topology.load import load_inventory
+
+    path = tmp_path / "hosts.yaml"
+    path.write_text("jump: ops@bastion\nhosts:\n- {name: h1, address: 10.0.0.1}\n"
+                    "- {name: h2, address: 10.0.0.2, jump: 'me@other:2200'}\n")
+    assert [h.jump for h in load_inventory(path)] == ["ops@bastion", "me@other:2200"]

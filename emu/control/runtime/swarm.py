@@ -20,7 +20,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from emu.errors import EmuError
 from emu.control.runtime.docker import DockerRuntime
@@ -57,17 +56,12 @@ class SshTunnel:
 
     def options(self) -> list[str]:
         """ssh's options for this host; the tunnel's connection is a master others share (ControlPath)."""
-        host = self.host
-        argv = [
-            "-o", "BatchMode=yes", "-o", f"ControlPath={self.directory}/ssh",
-            "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT}", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
-            "-o", "StrictHostKeyChecking=accept-new", "-o", "StreamLocalBindUnlink=yes", "-p", str(host.port),
+        from emu.control.hosts import ssh_options
+
+        return [
+            *ssh_options(self.host), "-o", f"ControlPath={self.directory}/ssh", "-o", "ServerAliveInterval=5",
+            "-o", "ServerAliveCountMax=3", "-o", "StreamLocalBindUnlink=yes", "-p", str(self.host.port),
         ]  # fmt: skip
-        if host.known_hosts:
-            argv += ["-o", f"UserKnownHostsFile={host.known_hosts}"]
-        if host.ssh_key:
-            argv += ["-i", str(Path(host.ssh_key).expanduser()), "-o", "IdentitiesOnly=yes"]
-        return argv
 
     def command(self) -> list[str]:
         host = self.host
@@ -99,7 +93,8 @@ class SshTunnel:
                 self.close()
                 reason = self.process.stderr.read().decode(errors="replace").strip() if self.process.stderr else ""
                 raise EmuError(
-                    f"host {self.host.name}: SSH to {self.host.user}@{self.host.address}:{self.host.port} failed"
+                    f"host {self.host.name}: SSH to {self.host.user}@{self.host.address}:{self.host.port}"
+                    f"{' through the jump host ' + self.host.jump if self.host.jump else ''} failed"
                     f" ({reason or 'no answer within ' + str(int(timeout)) + ' s'}); check the address, the key "
                     "and that sshd runs there (`emu hosts check`)"
                 )
