@@ -190,22 +190,79 @@ def connect(host: Host, timeout: int = SSH_TIMEOUT) -> Connection:
         jump_user, jump_address, jump_port = host.jump_target
         gateway = _connection(host, jump_address, jump_user, jump_port, timeout)
     conn = _connection(host, host.address, host.user, host.port, timeout, gateway)
-    known = str(Path(host.known_hosts).expanduser()) if host.known_hosts else None
     try:
         conn.open()
     except paramiko.BadHostKeyException as error:
         conn.close()
-        raise EmuError(
-            f"{host.name}: the SSH host key of {error.hostname} is not the one in "
-            f"{known or '~/.ssh/known_hosts'} ({error.key.get_name()}); if the host was reinstalled, remove its "
-            f"line there (ssh-keygen -R {error.hostname}{' -f ' + known if known else ''})"
-        ) from None
+        raise host_key_changed(host, error.hostname, error.expected_key.get_name()) from None
     except (paramiko.SSHException, OSError, EOFError) as error:
         conn.close()
         via = f" through the jump host {host.jump}" if host.jump else ""
         raise EmuError(f"{host.name}: cannot reach {host.user}@{host.address}:{host.port} over SSH{via}: "
                        f"{_describe(error)}") from None
     return conn
+
+
+class HostKeyChanged(EmuError):
+    """A host's SSH key is not the one its known_hosts file holds: refused, never accepted anew."""
+
+    def __init__(self, message: str, fix: str):
+        super().__init__(f"{message}; fix: {fix}")
+        self.message, self.fix = message, fix
+
+
+def known_hosts_file(host: Host) -> str:
+    return str(Path(host.known_hosts or "~/.ssh/known_hosts").expanduser())
+
+
+def known_hosts_line(path: str, hostname: str) -> int | None:
+    """The number of the first line of a known_hosts file naming hostname (plainly or hashed), or None."""
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for number, line in enumerate(lines, 1):
+        names = line.split()[0] if line.strip() and not line.startswith("#") else ""
+        for name in names.split(","):
+            if name == hostname or (name.startswith("|1|") and paramiko.HostKeys.hash_host(hostname, name) == name):
+                return number
+    return None
+
+
+def host_key_changed(host: Host, hostname: str, key_type: str = "", path: str | None = None,
+                     line: int | None = None) -> HostKeyChanged:
+    """The refusal of a changed host key: which host (hostname is the name known_hosts uses: address, or
+    [address]:port, or the jump host's), which file and line, and the ssh-keygen -R that removes the line."""
+    path = path or known_hosts_file(host)
+    line = line or known_hosts_line(path, hostname)
+    if line:  # the type of the key known, as the file says it (ssh-ed25519)
+        try:
+            key_type = Path(path).read_text(errors="replace").splitlines()[line - 1].split()[1]
+        except (OSError, IndexError):
+            pass
+    where = f"line {line} of {path}" if line else path
+    which = f"the {key_type} key" if key_type else "the key"
+    bare = hostname[1:].split("]:")[0] if hostname.startswith("[") else hostname
+    via = f" (the jump host of {host.name})" if host.jump_target and bare == host.jump_target[1] else ""
+    message = (f"{host.name}: the SSH host key of {hostname}{via} changed: it is not {which} on {where}, so emu "
+               "refuses the connection (a reinstalled machine, or someone in between)")
+    fix = (f"if {hostname} was reinstalled, remove its old key with ssh-keygen -R {shlex.quote(hostname)} -f "
+           f"{shlex.quote(path)} and run emu hosts check again (it records the new key); otherwise find out who "
+           f"answers at {hostname}")
+    return HostKeyChanged(message, fix)
+
+
+def openssh_host_key_changed(host: Host, stderr: str) -> HostKeyChanged | None:
+    """The refusal of a changed host key from OpenSSH's complaint (its stderr), or None where it is another."""
+    import re
+
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" not in stderr and "Host key verification failed" not in stderr:
+        return None
+    offending = re.search(r"Offending (\S+) key in (.+):(\d+)", stderr)
+    removed = re.search(r"-R ['\"]?([^'\"\s]+)", stderr)
+    if not offending or not removed:
+        return None  # not a changed key (an unknown one under StrictHostKeyChecking=yes): ssh's words stand
+    return host_key_changed(host, removed.group(1), offending.group(1), offending.group(2), int(offending.group(3)))
 
 
 def ssh_options(host: Host) -> list[str]:
@@ -457,6 +514,7 @@ class Probe:
     """What the probe found on one host (or why it could not run)."""
 
     ssh_error: str | None = None
+    ssh_fix: str | None = None  # where the error has a fix of its own (a changed host key)
     values: dict[str, str] = field(default_factory=dict)
     ports: dict[tuple[str, int], str] = field(default_factory=dict)  # (peer address, port) -> open|refused|...
     clock_skew: float | None = None  # seconds the host's clock is ahead of this machine's
@@ -496,6 +554,8 @@ def parse_probe(output: str) -> Probe:
 def _probe_host(host: Host, peers: list[str], timeout: int) -> Probe:
     try:
         conn = connect(host, timeout)
+    except HostKeyChanged as error:
+        return Probe(ssh_error=error.message.split(": ", 1)[-1], ssh_fix=error.fix)
     except EmuError as error:
         return Probe(ssh_error=str(error).split(": ", 1)[-1])
     try:
@@ -585,6 +645,9 @@ def _evaluate_host(host: Host, probe: Probe, probes: dict[str, Probe], by_addres
     report = HostReport(host.name, host.address)
     add = report.findings.append
     name = host.name
+    if probe.ssh_error and probe.ssh_fix:
+        add(Finding("ssh", ERROR, "host key changed", probe.ssh_error, probe.ssh_fix))
+        return report
     if probe.ssh_error:
         add(Finding("ssh", ERROR, "unreachable", f"SSH to {host.user}@{host.address}:{host.port} failed: "
                     f"{probe.ssh_error}", f"check that {name} is up, that sshd listens on port {host.port} and that "
@@ -1110,7 +1173,10 @@ class _Sink:
             finally:
                 self.channel.close()
         self.seconds = time.monotonic() - self.started
-        if status != 0 and not self.error:
+        changed = openssh_host_key_changed(self.host, errors) if status != 0 else None
+        if changed and not self.error:
+            self.error = str(changed)
+        elif status != 0 and not self.error:
             self.error = f"docker load failed ({status}): {errors.strip()[-500:]}"
 
 

@@ -144,6 +144,50 @@ def test_a_jump_host_that_is_not_user_at_host_port_is_refused(lab, tmp_path):
     assert check.returncode != 0 and "'root@h1:ssh' is not a jump host" in check.stderr, check.stderr
 
 
+# -- a host key that changed ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def changed_key(lab, tmp_path) -> tuple[Path, Path]:
+    """An inventory of h1 and h2 whose known_hosts file holds another key for h2 (line 2): as after h2 was
+    reinstalled, or with someone in between. Returns the inventory and the known_hosts file."""
+    from tests import hostlab
+
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other = (tmp_path / "other.pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    lines = hostlab.KNOWN_HOSTS.read_text().splitlines()
+    assert lines[1].startswith(lab.host("h2").address + " ")
+    lines[1] = f"{lab.host('h2').address} {' '.join(other)}"
+    known.write_text("\n".join(lines) + "\n")
+    hosts = [{**entry, "knownHosts": str(known)} for entry in entries(lab, h1="root", h2="root")]
+    return write(tmp_path, hosts), known
+
+
+def test_a_changed_host_key_is_refused_naming_the_host_the_line_and_the_command(lab, changed_key):
+    from emu.control.runtime.swarm import SwarmRuntime
+    from emu.api.topology.load import load_inventory
+
+    inventory, known = changed_key
+    before = known.read_text()
+    said = f"h2: the SSH host key of 10.213.0.12 changed: it is not the ssh-ed25519 key on line 2 of {known}"
+    fix = f"ssh-keygen -R 10.213.0.12 -f {known}"
+    check = emu("hosts", "check", str(inventory))
+    assert check.returncode == 1 and "host key changed (ERROR)" in check.stdout, check.stdout
+    assert said.split(": ", 1)[1] in check.stdout and fix in check.stdout, check.stdout
+    prepare = emu("hosts", "prepare", "-q", str(inventory))
+    assert prepare.returncode == 1 and said in prepare.stderr and fix in prepare.stderr, prepare.stderr
+    assert swarm_state(lab.host("h1")) == "inactive"
+    runtime = SwarmRuntime(load_inventory(inventory))  # up's path: OpenSSH's tunnel to the engine's socket
+    try:
+        with pytest.raises(EmuError) as caught:
+            runtime.engines()
+    finally:
+        runtime.close()
+    assert said in str(caught.value) and fix in str(caught.value), caught.value
+    assert known.read_text() == before  # never accepted anew
+
+
 def emu(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "emu.cli", *args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env={**os.environ})

@@ -384,3 +384,50 @@ def test_an_inventory_wide_jump_host_serves_the_hosts_that_name_none(tmp_path):
     path.write_text("jump: ops@bastion\nhosts:\n- {name: h1, address: 10.0.0.1}\n"
                     "- {name: h2, address: 10.0.0.2, jump: 'me@other:2200'}\n")
     assert [h.jump for h in load_inventory(path)] == ["ops@bastion", "me@other:2200"]
+
+
+# -- a host key that changed -------------------------------------------------------------------------------------
+
+OPENSSH_CHANGED = """\
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+Offending ED25519 key in /k/known:2
+  remove with:
+  ssh-keygen -f '/k/known' -R "[10.0.0.2]:2222"
+Host key for [10.0.0.2]:2222 has changed and you have requested strict checking.
+Host key verification failed.
+"""
+
+
+def test_a_changed_key_names_the_host_the_line_and_the_command(tmp_path):
+    import paramiko
+    from emu.control.hosts import host_key_changed, known_hosts_line, openssh_host_key_changed
+
+    known = tmp_path / "known"
+    salt_hashed = paramiko.HostKeys.hash_host("[10.0.0.2]:2222")
+    known.write_text(f"10.0.0.1 ssh-ed25519 AAAA\n{salt_hashed} ssh-rsa BBBB\n")
+    assert known_hosts_line(str(known), "[10.0.0.2]:2222") == 2 and known_hosts_line(str(known), "10.0.0.3") is None
+    host = Host(name="h2", address="10.0.0.2", port=2222, known_hosts=str(known))
+    error = host_key_changed(host, "[10.0.0.2]:2222")
+    said = f"the SSH host key of [10.0.0.2]:2222 changed: it is not the ssh-rsa key on line 2 of {known}"
+    assert said in error.message
+    assert f"ssh-keygen -R '[10.0.0.2]:2222' -f {known}" in error.fix
+    from_openssh = openssh_host_key_changed(host, OPENSSH_CHANGED.replace("/k/known", str(known)))
+    assert (from_openssh.message, from_openssh.fix) == (error.message, error.fix)
+    assert openssh_host_key_changed(host, "ssh: connect to host 10.0.0.2 port 2222: Connection refused") is None
+
+
+def test_a_changed_key_of_the_jump_host_says_so():
+    from emu.control.hosts import host_key_changed
+
+    host = Host(name="h2", address="10.0.0.2", jump="ops@10.0.0.9", known_hosts="/nonexistent")
+    assert "the SSH host key of 10.0.0.9 (the jump host of h2) changed" in host_key_changed(host, "10.0.0.9").message
+
+
+def test_check_reports_a_changed_key_with_its_own_fix():
+    hs = hosts(2)
+    probes = good_probes(hs)
+    probes["h2"] = Probe(ssh_error="the SSH host key of 10.0.0.2 changed", ssh_fix="ssh-keygen -R 10.0.0.2")
+    ssh = evaluate(hs, probes)[1].findings[0]
+    assert (ssh.level, ssh.value, ssh.fix) == (ERROR, "host key changed", "ssh-keygen -R 10.0.0.2")

@@ -92,6 +92,11 @@ class SshTunnel:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 reason = self.process.stderr.read().decode(errors="replace").strip() if self.process.stderr else ""
+                from emu.control.hosts import openssh_host_key_changed
+
+                changed = openssh_host_key_changed(self.host, reason)
+                if changed:
+                    raise changed
                 raise EmuError(
                     f"host {self.host.name}: SSH to {self.host.user}@{self.host.address}:{self.host.port}"
                     f"{' through the jump host ' + self.host.jump if self.host.jump else ''} failed"
