@@ -84,7 +84,8 @@ def test_a_user_in_the_docker_group_checks_prepares_and_reaches_the_engine(lab, 
 def test_a_user_outside_the_docker_group_is_told_what_to_do_and_nothing_changes(lab, tmp_path):
     from emu.control.runtime.swarm import SwarmRuntime
 
-    inventory = write(tmp_path, entries(lab, h1="root", h2="emu-plain"))
+    # h2 first: its tunnel opens beside h1's, and the refusal must come from h2's own, not the last one opened.
+    inventory = write(tmp_path, entries(lab, h2="emu-plain", h1="root"))
     fix = "add emu-plain to the group docker on h2 (as root: usermod -aG docker emu-plain"
     check = emu("hosts", "check", str(inventory))
     assert check.returncode == 1, check.stdout + check.stderr

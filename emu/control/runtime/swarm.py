@@ -133,6 +133,7 @@ def engine_for(host: Host, tunnels: list[SshTunnel], timeout: int = 60) -> Docke
     """A DockerRuntime for one host's engine, connected (it answers, or an
     EmuError names the host)."""
     tls = None
+    tunnel = None
     if host.engine == "ssh":
         tunnel = SshTunnel(host)
         tunnels.append(tunnel)
@@ -149,8 +150,8 @@ def engine_for(host: Host, tunnels: list[SshTunnel], timeout: int = 60) -> Docke
     try:
         runtime.api  # connect now: a host that does not answer is named here
     except EmuError:
-        if host.engine == "ssh":
-            denied = access_problem(host, tunnels[-1])
+        if tunnel is not None:  # (not tunnels[-1]: the hosts' engines are opened in parallel)
+            denied = access_problem(host, tunnel)
             if denied:
                 raise EmuError(denied) from None
         raise
