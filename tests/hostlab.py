@@ -3,7 +3,8 @@
 Host i is a network namespace ``emuh<i>`` joined to the bridge ``emuhbr0``
 (10.213.0.1/24) by a veth pair, at 10.213.0.(10+i), with its own dockerd
 (socket /run/emu-hostlab/h<i>/docker.sock, label io.emu.testhost=1) and its
-own sshd on port 22 that lets root in with the lab's client key. The hosts
+own sshd on port 22 that lets root (and the non-root users emu-docker, in the
+group docker, and emu-plain, not in it) in with the lab's client key. The hosts
 share this machine's file system and processes; only the network is theirs,
 and the /etc/machine-id that SSH sessions see (each sshd runs in a mount
 namespace of its own with the host's machine-id bound over it), so that emu
@@ -44,7 +45,7 @@ LAB_DIR = Path("/var/lib/emu-hostlab")  # kept between runs: data roots (image c
 RUN_DIR = Path("/run/emu-hostlab")  # removed by down
 SSH_DIR = LAB_DIR / "ssh"
 CLIENT_KEY = SSH_DIR / "id_ed25519"
-AUTHORIZED_KEYS = SSH_DIR / "authorized_keys"
+AUTHORIZED_KEYS = LAB_DIR / "authorized_keys"  # readable by the lab's non-root users (sshd reads it as them)
 KNOWN_HOSTS = RUN_DIR / "known_hosts"
 BRIDGE = "emuhbr0"
 PREFIX = "10.213.0"
@@ -54,6 +55,9 @@ LABEL = "io.emu.testhost=1"
 MACHINE_ID = Path("/etc/machine-id")
 FORWARD_RULE = ["-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT"]
 MAX_HOSTS = 99
+# Non-root SSH users (this machine's, so every host's) -> their groups: one may use the engines (group docker,
+# whose sockets are root:docker 660), one may not.
+USERS = {"emu-docker": ["docker"], "emu-plain": []}
 DOCKERD_TIMEOUT = 60.0
 SSHD_TIMEOUT = 10.0
 STOP_TIMEOUT = 30.0
@@ -68,6 +72,7 @@ PACKAGES = {
     "ip": "iproute2",
     "nsenter": "util-linux",
     "unshare": "util-linux",
+    "useradd": "passwd",
 }
 
 
@@ -216,11 +221,11 @@ class Lab:
 # -- inventory -------------------------------------------------------------------------------------------------
 
 
-def inventory_entry(host: LabHost) -> dict:
+def inventory_entry(host: LabHost, user: str = "root") -> dict:
     return {
         "name": host.name,
         "address": host.address,
-        "user": "root",
+        "user": user,
         "sshKey": str(CLIENT_KEY),
         "knownHosts": str(KNOWN_HOSTS),
         "engine": "ssh",
@@ -363,7 +368,7 @@ def ensure_keys(hosts: list[LabHost]) -> None:
     public = Path(f"{CLIENT_KEY}.pub").read_text().strip()
     if not AUTHORIZED_KEYS.exists() or AUTHORIZED_KEYS.read_text().strip() != public:
         AUTHORIZED_KEYS.write_text(public + "\n")
-    AUTHORIZED_KEYS.chmod(0o600)
+    AUTHORIZED_KEYS.chmod(0o644)
     lines = []
     for host in hosts:
         if not host.host_key.exists():
@@ -375,6 +380,26 @@ def ensure_keys(hosts: list[LabHost]) -> None:
             host.machine_id.write_text(uuid.uuid4().hex + "\n")
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     KNOWN_HOSTS.write_text("".join(lines))
+
+
+# -- users -----------------------------------------------------------------------------------------------------
+
+
+def ensure_users() -> None:
+    """The non-root users of USERS, with no home and no password (their account is not locked: sshd refuses a
+    key for a locked one), in their groups."""
+    for user, groups in USERS.items():
+        if _run(["getent", "passwd", user], check=False).returncode != 0:
+            for group in groups:
+                _run(["groupadd", "-f", group])
+            _run(["useradd", "-M", "-d", "/", "-s", "/bin/sh", *(["-G", ",".join(groups)] if groups else []), user])
+            _run(["usermod", "-p", "*", user])
+
+
+def remove_users() -> None:
+    for user in USERS:
+        if _run(["getent", "passwd", user], check=False).returncode == 0:
+            _run(["userdel", user], check=False)
 
 
 # -- network ---------------------------------------------------------------------------------------------------
@@ -423,6 +448,18 @@ def ensure_netns(host: LabHost) -> None:
         f"route replace default via {GATEWAY}\n"
     )
     _run(["ip", "-n", host.netns, "-batch", "-"], input=batch)
+
+
+@contextlib.contextmanager
+def unreachable_from_controller(host: LabHost):
+    """This machine's packets to host's sshd dropped (in host's namespace): only the other hosts reach it, as a
+    host behind a bastion. The rule goes with the namespace (lab down) if the block is cut short."""
+    rule = ["INPUT", "-s", GATEWAY, "-p", "tcp", "--dport", "22", "-j", "DROP"]
+    _run(["ip", "netns", "exec", host.netns, "iptables", "-I", *rule])
+    try:
+        yield
+    finally:
+        _run(["ip", "netns", "exec", host.netns, "iptables", "-D", *rule], check=False)
 
 
 # -- dockerd ---------------------------------------------------------------------------------------------------
@@ -639,6 +676,7 @@ def _up(n: int, progress) -> Lab:
         if extra.index > n:
             _down_host(extra)
     ensure_keys(hosts)
+    ensure_users()
     ensure_bridge()
     for host in hosts:
         ensure_netns(host)
@@ -696,6 +734,7 @@ def _down(progress) -> None:
     if _link_exists(BRIDGE):
         _run(["ip", "link", "del", BRIDGE], check=False)
     remove_forward_rules()
+    remove_users()
     shutil.rmtree(RUN_DIR, ignore_errors=True)
     if ordered:
         progress(f"hostlab: {', '.join(h.name for h in ordered)} down")

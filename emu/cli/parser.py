@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     hosts.add_argument("action", choices=["check", "prepare"], help="check: report what is wrong; prepare: fix it")
     hosts.add_argument("file", metavar="FILE", help="an inventory (hosts:) or a topology with hosts:")
     hosts.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    hosts.epilog = (
+        "check reports, per host, over SSH (through its jump: host if it has one): SSH (a changed host key is "
+        "refused, naming the known_hosts line), the Docker engine and whether the SSH user may use its socket, "
+        "that no two hosts are one engine or machine, vxlan, br_netfilter, ip_forward, the MTU, the clock, free "
+        "disk and the swarm ports between every pair of hosts; each problem with its fix. prepare refuses what "
+        "check calls an error about identity or access before it changes anything."
+    )
 
     images = command("images", cmd_images, "build emu's images", cluster_option=False)
     images.add_argument("action", choices=["build"])

@@ -155,13 +155,23 @@ class _AcceptNew(paramiko.MissingHostKeyPolicy):
                 file.write(f"{hostname} {key.get_name()} {key.get_base64()}\n")
 
 
-def connect(host: Host, timeout: int = SSH_TIMEOUT) -> Connection:
-    """An open fabric Connection to host (key, port, user, known hosts from the inventory)."""
+class _Connection(Connection):
+    """A fabric Connection that closes its gateway (the jump host's connection) with itself."""
+
+    def close(self):
+        super().close()
+        if isinstance(self.gateway, Connection):
+            self.gateway.close()
+
+
+def _connection(host: Host, address: str, user: str, port: int, timeout: int, gateway=None) -> Connection:
+    """A fabric Connection (not opened) with host's key and known hosts; new host keys accepted (and recorded)
+    as ssh's StrictHostKeyChecking=accept-new does, a changed key refused."""
     connect_kwargs: dict = {"banner_timeout": timeout, "auth_timeout": timeout}
     if host.ssh_key:
         connect_kwargs["key_filename"] = [str(Path(host.ssh_key).expanduser())]
-    conn = Connection(host.address, user=host.user, port=host.port, connect_timeout=timeout,
-                      connect_kwargs=connect_kwargs)
+    conn = _Connection(address, user=user, port=port, connect_timeout=timeout, connect_kwargs=connect_kwargs,
+                       gateway=gateway)
     known = str(Path(host.known_hosts).expanduser()) if host.known_hosts else None
     if known:
         Path(known).parent.mkdir(parents=True, exist_ok=True)
@@ -170,20 +180,106 @@ def connect(host: Host, timeout: int = SSH_TIMEOUT) -> Connection:
     else:
         conn.client.load_system_host_keys()
     conn.client.set_missing_host_key_policy(_AcceptNew(known))
+    return conn
+
+
+def connect(host: Host, timeout: int = SSH_TIMEOUT) -> Connection:
+    """An open fabric Connection to host (key, port, user, known hosts, jump host from the inventory)."""
+    gateway = None
+    if host.jump_target:
+        jump_user, jump_address, jump_port = host.jump_target
+        gateway = _connection(host, jump_address, jump_user, jump_port, timeout)
+    conn = _connection(host, host.address, host.user, host.port, timeout, gateway)
     try:
         conn.open()
     except paramiko.BadHostKeyException as error:
         conn.close()
-        raise EmuError(
-            f"{host.name}: the SSH host key of {host.address} is not the one in "
-            f"{known or '~/.ssh/known_hosts'} ({error.key.get_name()}); if the host was reinstalled, remove its "
-            f"line there (ssh-keygen -R {host.address}{' -f ' + known if known else ''})"
-        ) from None
+        raise host_key_changed(host, error.hostname, error.expected_key.get_name()) from None
     except (paramiko.SSHException, OSError, EOFError) as error:
         conn.close()
-        raise EmuError(f"{host.name}: cannot reach {host.user}@{host.address}:{host.port} over SSH: "
+        via = f" through the jump host {host.jump}" if host.jump else ""
+        raise EmuError(f"{host.name}: cannot reach {host.user}@{host.address}:{host.port} over SSH{via}: "
                        f"{_describe(error)}") from None
     return conn
+
+
+class HostKeyChanged(EmuError):
+    """A host's SSH key is not the one its known_hosts file holds: refused, never accepted anew."""
+
+    def __init__(self, message: str, fix: str):
+        super().__init__(f"{message}; fix: {fix}")
+        self.message, self.fix = message, fix
+
+
+def known_hosts_file(host: Host) -> str:
+    return str(Path(host.known_hosts or "~/.ssh/known_hosts").expanduser())
+
+
+def known_hosts_line(path: str, hostname: str) -> int | None:
+    """The number of the first line of a known_hosts file naming hostname (plainly or hashed), or None."""
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for number, line in enumerate(lines, 1):
+        names = line.split()[0] if line.strip() and not line.startswith("#") else ""
+        for name in names.split(","):
+            if name == hostname or (name.startswith("|1|") and paramiko.HostKeys.hash_host(hostname, name) == name):
+                return number
+    return None
+
+
+def host_key_changed(host: Host, hostname: str, key_type: str = "", path: str | None = None,
+                     line: int | None = None) -> HostKeyChanged:
+    """The refusal of a changed host key: which host (hostname is the name known_hosts uses: address, or
+    [address]:port, or the jump host's), which file and line, and the ssh-keygen -R that removes the line."""
+    path = path or known_hosts_file(host)
+    line = line or known_hosts_line(path, hostname)
+    if line:  # the type of the key known, as the file says it (ssh-ed25519)
+        try:
+            key_type = Path(path).read_text(errors="replace").splitlines()[line - 1].split()[1]
+        except (OSError, IndexError):
+            pass
+    where = f"line {line} of {path}" if line else path
+    which = f"the {key_type} key" if key_type else "the key"
+    bare = hostname[1:].split("]:")[0] if hostname.startswith("[") else hostname
+    via = f" (the jump host of {host.name})" if host.jump_target and bare == host.jump_target[1] else ""
+    message = (f"{host.name}: the SSH host key of {hostname}{via} changed: it is not {which} on {where}, so emu "
+               "refuses the connection (a reinstalled machine, or someone in between)")
+    fix = (f"if {hostname} was reinstalled, remove its old key with ssh-keygen -R {shlex.quote(hostname)} -f "
+           f"{shlex.quote(path)} and run emu hosts check again (it records the new key); otherwise find out who "
+           f"answers at {hostname}")
+    return HostKeyChanged(message, fix)
+
+
+def openssh_host_key_changed(host: Host, stderr: str) -> HostKeyChanged | None:
+    """The refusal of a changed host key from OpenSSH's complaint (its stderr), or None where it is another."""
+    import re
+
+    if "REMOTE HOST IDENTIFICATION HAS CHANGED" not in stderr and "Host key verification failed" not in stderr:
+        return None
+    offending = re.search(r"Offending (\S+) key in (.+):(\d+)", stderr)
+    removed = re.search(r"-R ['\"]?([^'\"\s]+)", stderr)
+    if not offending or not removed:
+        return None  # not a changed key (an unknown one under StrictHostKeyChecking=yes): ssh's words stand
+    return host_key_changed(host, removed.group(1), offending.group(1), offending.group(2), int(offending.group(3)))
+
+
+def ssh_options(host: Host) -> list[str]:
+    """OpenSSH client options for host from the inventory: batch mode, timeouts, host keys (accept new, refuse a
+    changed one), key, and the jump host. The jump host is reached as ssh -J would, by a ProxyCommand of
+    `ssh -W` with these same options, so that the inventory's key and known_hosts serve it as well (ssh -J
+    would use ~/.ssh's)."""
+    options = ["-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT}", "-o", "StrictHostKeyChecking=accept-new"]
+    if host.known_hosts:
+        options += ["-o", f"UserKnownHostsFile={Path(host.known_hosts).expanduser()}"]
+    if host.ssh_key:
+        options += ["-i", str(Path(host.ssh_key).expanduser()), "-o", "IdentitiesOnly=yes"]
+    if host.jump_target:
+        user, address, port = host.jump_target
+        proxy = ["ssh", *options, "-W", "[%h]:%p", "-p", str(port), "-l", user, address]
+        options += ["-o", "ProxyCommand=" + shlex.join(proxy)]
+    return options
 
 
 def _describe(error: BaseException) -> str:
@@ -311,6 +407,49 @@ def refuse_clashes(hosts: list[Host], identities: dict[str, Identity], doing: st
                        + "\n  ".join(lines))
 
 
+# -- access: may the SSH user use the engine's socket ----------------------------------------------------------
+
+# A shell snippet printing key=value lines: who the SSH user is, the socket's owner, group and mode, and whether
+# the user may read and write it (ok), may not (denied), or there is no socket (missing).
+ACCESS_COMMAND = r"""s=__SOCKET__
+printf 'user=%s\nuid=%s\ngroups=%s\nsock=%s\n' "$(id -un)" "$(id -u)" "$(id -Gn | tr ' ' ,)" \
+  "$(stat -L -c '%U %G %a' "$s" 2>/dev/null)"
+if [ -S "$s" ]; then if [ -r "$s" ] && [ -w "$s" ]; then echo access=ok; else echo access=denied; fi
+else echo access=missing; fi"""
+
+
+def access_command(host: Host) -> str:
+    return ACCESS_COMMAND.replace("__SOCKET__", shlex.quote(host.docker_socket))
+
+
+def parse_values(output: str) -> dict[str, str]:
+    values = {}
+    for line in output.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    return values
+
+
+def access_denied(host: Host, values: dict[str, str]) -> tuple[str, str] | None:
+    """(what is wrong, the fix) where the SSH user may not use the engine's socket (the access command's or the
+    probe's values), else None."""
+    if values.get("access") != "denied":
+        return None
+    user = values.get("user") or host.user
+    owner, group, mode = (values.get("sock", "").split() + ["?", "?", "?"])[:3]
+    groups = [g for g in values.get("groups", "").split(",") if g]
+    why = (f"{user} is not in the group {group}" if group not in groups
+           else f"the socket's mode {mode} does not let the group {group} read and write it")
+    uid = values.get("uid") or "UID"
+    message = (f"{user} may not use the Docker engine at {host.docker_socket} on {host.name} (permission denied: "
+               f"the socket is {owner}:{group}, mode {mode}, and {why})")
+    fix = (f"add {user} to the group {group} on {host.name} (as root: usermod -aG {group} {user}; it counts from "
+           f"{user}'s next login), or set {host.name}'s dockerSocket to the socket of a rootless engine {user} runs "
+           f"(/run/user/{uid}/docker.sock)")
+    return message, fix
+
+
 # -- check: the probe ------------------------------------------------------------------------------------------
 
 PROBE_SCRIPT = r"""
@@ -329,6 +468,7 @@ else
 fi
 command -v dockerd >/dev/null 2>&1 && say dockerd yes || say dockerd no
 say machine_id "$(__MACHINE_ID__)"
+__ACCESS__
 for m in vxlan:VXLAN br_netfilter:BRIDGE_NETFILTER; do
   name=${m%%:*} cfg=CONFIG_${m##*:}
   if [ -d /sys/module/$name ] || grep -q "^$name " /proc/modules 2>/dev/null; then s=loaded
@@ -374,6 +514,7 @@ class Probe:
     """What the probe found on one host (or why it could not run)."""
 
     ssh_error: str | None = None
+    ssh_fix: str | None = None  # where the error has a fix of its own (a changed host key)
     values: dict[str, str] = field(default_factory=dict)
     ports: dict[tuple[str, int], str] = field(default_factory=dict)  # (peer address, port) -> open|refused|...
     clock_skew: float | None = None  # seconds the host's clock is ahead of this machine's
@@ -389,6 +530,7 @@ def probe_script(host: Host, peers: list[str]) -> str:
         "__PORTS__": " ".join(str(p) for p in SWARM_TCP_PORTS),
         "__PORT_TIMEOUT__": str(PORT_TIMEOUT),
         "__MACHINE_ID__": MACHINE_ID_COMMAND,
+        "__ACCESS__": access_command(host),
     }
     script = PROBE_SCRIPT
     for key, value in values.items():
@@ -412,6 +554,8 @@ def parse_probe(output: str) -> Probe:
 def _probe_host(host: Host, peers: list[str], timeout: int) -> Probe:
     try:
         conn = connect(host, timeout)
+    except HostKeyChanged as error:
+        return Probe(ssh_error=error.message.split(": ", 1)[-1], ssh_fix=error.fix)
     except EmuError as error:
         return Probe(ssh_error=str(error).split(": ", 1)[-1])
     try:
@@ -501,6 +645,9 @@ def _evaluate_host(host: Host, probe: Probe, probes: dict[str, Probe], by_addres
     report = HostReport(host.name, host.address)
     add = report.findings.append
     name = host.name
+    if probe.ssh_error and probe.ssh_fix:
+        add(Finding("ssh", ERROR, "host key changed", probe.ssh_error, probe.ssh_fix))
+        return report
     if probe.ssh_error:
         add(Finding("ssh", ERROR, "unreachable", f"SSH to {host.user}@{host.address}:{host.port} failed: "
                     f"{probe.ssh_error}", f"check that {name} is up, that sshd listens on port {host.port} and that "
@@ -511,7 +658,10 @@ def _evaluate_host(host: Host, probe: Probe, probes: dict[str, Probe], by_addres
 
     # Docker
     version = values.get("docker_out", "")
-    if values.get("docker_rc") == "0" and version:
+    denied = access_denied(host, values)
+    if denied:
+        add(Finding("docker", ERROR, "denied", *denied))
+    elif values.get("docker_rc") == "0" and version:
         add(Finding("docker", OK, version))
     elif values.get("docker_rc") == "127":
         add(Finding("docker", ERROR, "missing", f"no docker CLI on {name}",
@@ -819,6 +969,10 @@ def _ensure_sysctls(conn: Connection, host: Host, progress: Progress, changes: C
     if changes is not None:
         changes.sysctls[host.name] = {k: current[k] for k in wanted}  # before: whatever happens next
     result = _run(conn, f"{_sudo(host)}sysctl -q -w {settings}", timeout=20)
+    if result.exited != 0 and host.user != "root":
+        raise EmuError(f"{host.name}: could not set {settings} as {host.user} (sudo -n sysctl: "
+                       f"{result.stderr.strip() or result.exited}): prepare needs root there for these sysctls; give "
+                       f"{host.user} passwordless sudo, or set them there once as root (sysctl -w {settings})")
     if result.exited != 0:
         raise EmuError(f"{host.name}: could not set {settings}: {result.stderr.strip()}")
     progress(f"{host.name}: set {settings}")
@@ -1019,19 +1173,16 @@ class _Sink:
             finally:
                 self.channel.close()
         self.seconds = time.monotonic() - self.started
-        if status != 0 and not self.error:
+        changed = openssh_host_key_changed(self.host, errors) if status != 0 else None
+        if changed and not self.error:
+            self.error = str(changed)
+        elif status != 0 and not self.error:
             self.error = f"docker load failed ({status}): {errors.strip()[-500:]}"
 
 
 def openssh_command(host: Host) -> list[str]:
     """OpenSSH's client with the inventory's settings (host keys: accept new, as the fabric connections do)."""
-    command = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_TIMEOUT}",
-               "-o", "StrictHostKeyChecking=accept-new", "-p", str(host.port), "-l", host.user]
-    if host.known_hosts:
-        command += ["-o", f"UserKnownHostsFile={Path(host.known_hosts).expanduser()}"]
-    if host.ssh_key:
-        command += ["-i", str(Path(host.ssh_key).expanduser()), "-o", "IdentitiesOnly=yes"]
-    return [*command, host.address]
+    return ["ssh", *ssh_options(host), "-p", str(host.port), "-l", host.user, host.address]
 
 
 def ship_images(conns: dict[str, Connection], hosts: list[Host], images: list[str]) -> list[Shipment]:
@@ -1125,6 +1276,7 @@ def prepare_hosts(hosts: list[Host], images: list[str], progress: Progress = pri
     try:
         by_name = {h.name: h for h in hosts}
         refuse_clashes(hosts, identify_hosts(conns, hosts), "prepare them")
+        refuse_denied(conns, hosts)
 
         def engine(host: Host) -> None:
             if _engine_answers(conns[host.name], host) is None:
@@ -1231,6 +1383,19 @@ def undo(conns: dict[str, Connection], hosts: list[Host], changes: Changes, prog
     if changes.images:
         kept.append(f"{', '.join(changes.images)}: images prepare loaded stay (docker image rm removes them)")
     return kept
+
+
+def refuse_denied(conns: dict[str, Connection], hosts: list[Host]) -> None:
+    """EmuError naming every host whose SSH user may not use the engine's socket (before anything changes)."""
+
+    def check(host: Host) -> str | None:
+        result = _run(conns[host.name], access_command(host), timeout=20)
+        denied = access_denied(host, parse_values(result.stdout))
+        return f"{host.name}: {denied[0]}; fix: {denied[1]}" if denied else None
+
+    problems = [p for p in _parallel(check, hosts) if p]
+    if problems:
+        raise EmuError("\n".join(problems))
 
 
 def identify_hosts(conns: dict[str, Connection], hosts: list[Host]) -> dict[str, Identity]:

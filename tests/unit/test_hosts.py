@@ -17,6 +17,8 @@ from emu.control.hosts import (
     SwarmNode,
     SwarmPlan,
     SwarmState,
+    access_command,
+    access_denied,
     check_members,
     evaluate,
     format_reports,
@@ -24,6 +26,7 @@ from emu.control.hosts import (
     images_to_ship,
     is_debian_like,
     node_label_updates,
+    parse_values,
     openssh_command,
     parse_probe,
     plan_swarm,
@@ -309,3 +312,122 @@ def test_openssh_command_uses_the_inventory():
     assert ["-l", "emu"] == command[command.index("-l"):command.index("-l") + 2]
     assert "UserKnownHostsFile=/k/known" in command and "StrictHostKeyChecking=accept-new" in command
     assert ["-i", "/k/id"] == command[command.index("-i"):command.index("-i") + 2]
+
+
+# -- access: a non-root SSH user and the engine's socket ---------------------------------------------------------
+
+DENIED = "user=emu\nuid=1001\ngroups=emu,adm\nsock=root docker 660\naccess=denied\n"
+
+
+def test_a_user_outside_the_sockets_group_is_told_to_join_it_or_use_a_rootless_engine():
+    host = Host(name="h2", address="10.0.0.2", user="emu")
+    message, fix = access_denied(host, parse_values(DENIED))
+    assert "emu may not use the Docker engine at /var/run/docker.sock on h2" in message
+    assert "the socket is root:docker, mode 660, and emu is not in the group docker" in message
+    assert fix.startswith("add emu to the group docker on h2 (as root: usermod -aG docker emu;")
+    assert "set h2's dockerSocket to the socket of a rootless engine emu runs (/run/user/1001/docker.sock)" in fix
+
+
+def test_a_user_in_the_group_of_a_socket_without_group_rights_is_told_about_the_mode():
+    host = Host(name="h2", address="10.0.0.2", user="emu")
+    values = parse_values(DENIED.replace("groups=emu,adm", "groups=emu,docker").replace("660", "600"))
+    assert "the socket's mode 600 does not let the group docker read and write it" in access_denied(host, values)[0]
+
+
+def test_access_that_is_ok_or_a_missing_socket_is_no_denial():
+    host = Host(name="h2", address="10.0.0.2", user="emu")
+    assert access_denied(host, parse_values(DENIED.replace("access=denied", "access=ok"))) is None
+    assert access_denied(host, parse_values(DENIED.replace("access=denied", "access=missing"))) is None
+
+
+def test_check_reports_a_denied_socket_as_the_docker_error():
+    hs = hosts(2)
+    probes = good_probes(hs)
+    probes["h2"].values.update(parse_values(DENIED), docker_rc="1", docker_out="permission denied while trying")
+    docker = next(f for f in evaluate(hs, probes)[1].findings if f.check == "docker")
+    assert (docker.level, docker.value) == (ERROR, "denied") and "usermod -aG docker emu" in docker.fix
+
+
+def test_the_access_command_quotes_the_socket():
+    host = Host(name="h1", address="10.0.0.1", docker_socket="/run/my engine/docker.sock")
+    assert "s='/run/my engine/docker.sock'" in access_command(host)
+
+
+# -- jump hosts ----------------------------------------------------------------------------------------------------
+
+
+def test_a_jump_host_is_user_at_host_port_with_the_hosts_user_and_port_22_by_default():
+    assert Host(name="h1", address="10.0.0.1", jump="ops@bastion:2222").jump_target == ("ops", "bastion", 2222)
+    assert Host(name="h1", address="10.0.0.1", user="emu", jump="bastion").jump_target == ("emu", "bastion", 22)
+    assert Host(name="h1", address="10.0.0.1", jump="me@[2001:db8::1]:22").jump_target == ("me", "2001:db8::1", 22)
+    assert Host(name="h1", address="10.0.0.1").jump_target is None
+    for bad in ("me@bastion:ssh", "me@bastion:0", "me@bastion:70000", "me@", "@bastion", "me@bas tion"):
+        with pytest.raises(ValueError, match="is not a jump host"):
+            Host(name="h1", address="10.0.0.1", jump=bad)
+
+
+def test_the_jump_host_gets_the_inventorys_key_and_known_hosts():
+    host = Host(name="h1", address="10.0.0.1", jump="ops@bastion:2222", ssh_key="/k/id", known_hosts="/k/known")
+    command = openssh_command(host)
+    proxy = next(o for o in command if o.startswith("ProxyCommand="))
+    assert proxy.startswith("ProxyCommand=ssh -o BatchMode=yes")
+    for part in ("UserKnownHostsFile=/k/known", "-i /k/id", "StrictHostKeyChecking=accept-new",
+                 "-W '[%h]:%p' -p 2222 -l ops bastion"):
+        assert part in proxy, proxy
+    assert command[-1] == "10.0.0.1"
+
+
+def test_an_inventory_wide_jump_host_serves_the_hosts_that_name_none(tmp_path):
+    from emu.api.topology.load import load_inventory
+
+    path = tmp_path / "hosts.yaml"
+    path.write_text("jump: ops@bastion\nhosts:\n- {name: h1, address: 10.0.0.1}\n"
+                    "- {name: h2, address: 10.0.0.2, jump: 'me@other:2200'}\n")
+    assert [h.jump for h in load_inventory(path)] == ["ops@bastion", "me@other:2200"]
+
+
+# -- a host key that changed -------------------------------------------------------------------------------------
+
+OPENSSH_CHANGED = """\
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @
+@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@@
+Offending ED25519 key in /k/known:2
+  remove with:
+  ssh-keygen -f '/k/known' -R "[10.0.0.2]:2222"
+Host key for [10.0.0.2]:2222 has changed and you have requested strict checking.
+Host key verification failed.
+"""
+
+
+def test_a_changed_key_names_the_host_the_line_and_the_command(tmp_path):
+    import paramiko
+    from emu.control.hosts import host_key_changed, known_hosts_line, openssh_host_key_changed
+
+    known = tmp_path / "known"
+    salt_hashed = paramiko.HostKeys.hash_host("[10.0.0.2]:2222")
+    known.write_text(f"10.0.0.1 ssh-ed25519 AAAA\n{salt_hashed} ssh-rsa BBBB\n")
+    assert known_hosts_line(str(known), "[10.0.0.2]:2222") == 2 and known_hosts_line(str(known), "10.0.0.3") is None
+    host = Host(name="h2", address="10.0.0.2", port=2222, known_hosts=str(known))
+    error = host_key_changed(host, "[10.0.0.2]:2222")
+    said = f"the SSH host key of [10.0.0.2]:2222 changed: it is not the ssh-rsa key on line 2 of {known}"
+    assert said in error.message
+    assert f"ssh-keygen -R '[10.0.0.2]:2222' -f {known}" in error.fix
+    from_openssh = openssh_host_key_changed(host, OPENSSH_CHANGED.replace("/k/known", str(known)))
+    assert (from_openssh.message, from_openssh.fix) == (error.message, error.fix)
+    assert openssh_host_key_changed(host, "ssh: connect to host 10.0.0.2 port 2222: Connection refused") is None
+
+
+def test_a_changed_key_of_the_jump_host_says_so():
+    from emu.control.hosts import host_key_changed
+
+    host = Host(name="h2", address="10.0.0.2", jump="ops@10.0.0.9", known_hosts="/nonexistent")
+    assert "the SSH host key of 10.0.0.9 (the jump host of h2) changed" in host_key_changed(host, "10.0.0.9").message
+
+
+def test_check_reports_a_changed_key_with_its_own_fix():
+    hs = hosts(2)
+    probes = good_probes(hs)
+    probes["h2"] = Probe(ssh_error="the SSH host key of 10.0.0.2 changed", ssh_fix="ssh-keygen -R 10.0.0.2")
+    ssh = evaluate(hs, probes)[1].findings[0]
+    assert (ssh.level, ssh.value, ssh.fix) == (ERROR, "host key changed", "ssh-keygen -R 10.0.0.2")

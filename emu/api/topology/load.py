@@ -371,6 +371,8 @@ def load_inventory(path: str | Path) -> list[Host]:
     inventory, _, problems = _parse(read_text_file(path), str(path), Inventory, "hosts")
     if problems:
         raise TopologyError(str(path), problems)
+    if inventory.jump:
+        return [h if h.jump else h.model_copy(update={"jump": inventory.jump}) for h in inventory.hosts]
     return list(inventory.hosts)
 
 

@@ -189,6 +189,22 @@ class Host(Model):
     advertise_address: str | None = Field(
         None, description="Address the host advertises to the swarm; default: address."
     )
+    jump: str | None = Field(
+        None, description="A jump host (bastion) SSH goes through, as ssh -J: user@host[:port] (user: this host's "
+        "user when left out); its key and known_hosts are this host's sshKey and knownHosts.",
+    )
+
+    @field_validator("jump")
+    @classmethod
+    def _jump(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_jump(value, "root")
+        return value
+
+    @property
+    def jump_target(self) -> tuple[str, str, int] | None:
+        """(user, address, port) of the jump host, or None."""
+        return parse_jump(self.jump, self.user) if self.jump else None
 
     @field_validator("engine")
     @classmethod
@@ -202,10 +218,30 @@ class Host(Model):
         return self.advertise_address or self.address
 
 
+def parse_jump(value: str, default_user: str) -> tuple[str, str, int]:
+    """user@host[:port] (host: a DNS name, an IPv4 address, or an IPv6 one in brackets) as (user, host, port)."""
+    import re
+
+    match = re.fullmatch(r"(?:([A-Za-z0-9._][-A-Za-z0-9._]*)@)?(\[[0-9A-Fa-f:.]+\]|[-A-Za-z0-9.]+)(?::(\d+))?", value)
+    port = int(match.group(3)) if match and match.group(3) else 22
+    if not match or not 1 <= port <= 65535:
+        raise ValueError(f"'{value}' is not a jump host: write user@host or user@host:port (an IPv6 address in "
+                         "brackets: user@[2001:db8::1]:22)")
+    return match.group(1) or default_user, match.group(2).strip("[]"), port
+
+
 class Inventory(Model):
     """A file naming the hosts of a lab (emu up --hosts FILE): the topology's hosts: on its own."""
 
     hosts: Annotated[list[Host], Field(min_length=1)]
+    jump: str | None = Field(None, description="The jump host of every host that names none (see hosts[].jump).")
+
+    @field_validator("jump")
+    @classmethod
+    def _jump(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_jump(value, "root")
+        return value
 
 
 class ContainerPort(Model):

@@ -20,7 +20,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from emu.errors import EmuError
 from emu.control.runtime.docker import DockerRuntime
@@ -57,17 +56,12 @@ class SshTunnel:
 
     def options(self) -> list[str]:
         """ssh's options for this host; the tunnel's connection is a master others share (ControlPath)."""
-        host = self.host
-        argv = [
-            "-o", "BatchMode=yes", "-o", f"ControlPath={self.directory}/ssh",
-            "-o", f"ConnectTimeout={SSH_CONNECT_TIMEOUT}", "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3",
-            "-o", "StrictHostKeyChecking=accept-new", "-o", "StreamLocalBindUnlink=yes", "-p", str(host.port),
+        from emu.control.hosts import ssh_options
+
+        return [
+            *ssh_options(self.host), "-o", f"ControlPath={self.directory}/ssh", "-o", "ServerAliveInterval=5",
+            "-o", "ServerAliveCountMax=3", "-o", "StreamLocalBindUnlink=yes", "-p", str(self.host.port),
         ]  # fmt: skip
-        if host.known_hosts:
-            argv += ["-o", f"UserKnownHostsFile={host.known_hosts}"]
-        if host.ssh_key:
-            argv += ["-i", str(Path(host.ssh_key).expanduser()), "-o", "IdentitiesOnly=yes"]
-        return argv
 
     def command(self) -> list[str]:
         host = self.host
@@ -98,8 +92,14 @@ class SshTunnel:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.close()
                 reason = self.process.stderr.read().decode(errors="replace").strip() if self.process.stderr else ""
+                from emu.control.hosts import openssh_host_key_changed
+
+                changed = openssh_host_key_changed(self.host, reason)
+                if changed:
+                    raise changed
                 raise EmuError(
-                    f"host {self.host.name}: SSH to {self.host.user}@{self.host.address}:{self.host.port} failed"
+                    f"host {self.host.name}: SSH to {self.host.user}@{self.host.address}:{self.host.port}"
+                    f"{' through the jump host ' + self.host.jump if self.host.jump else ''} failed"
                     f" ({reason or 'no answer within ' + str(int(timeout)) + ' s'}); check the address, the key "
                     "and that sshd runs there (`emu hosts check`)"
                 )
@@ -133,6 +133,7 @@ def engine_for(host: Host, tunnels: list[SshTunnel], timeout: int = 60) -> Docke
     """A DockerRuntime for one host's engine, connected (it answers, or an
     EmuError names the host)."""
     tls = None
+    tunnel = None
     if host.engine == "ssh":
         tunnel = SshTunnel(host)
         tunnels.append(tunnel)
@@ -146,8 +147,23 @@ def engine_for(host: Host, tunnels: list[SshTunnel], timeout: int = 60) -> Docke
                 client_cert=(host.tls.cert, host.tls.key), ca_cert=host.tls.ca, verify=True
             )
     runtime = DockerRuntime(base_url=base_url, tls=tls, host=host.name, timeout=timeout)
-    runtime.api  # connect now: a host that does not answer is named here
+    try:
+        runtime.api  # connect now: a host that does not answer is named here
+    except EmuError:
+        if tunnel is not None:  # (not tunnels[-1]: the hosts' engines are opened in parallel)
+            denied = access_problem(host, tunnel)
+            if denied:
+                raise EmuError(denied) from None
+        raise
     return runtime
+
+
+def access_problem(host: Host, tunnel: SshTunnel) -> str | None:
+    """Why the SSH user may not use the engine's socket (the tunnel forwards it as that user), or None."""
+    from emu.control.hosts import access_command, access_denied, parse_values
+
+    denied = access_denied(host, parse_values(tunnel.run(access_command(host)) or ""))
+    return f"host {host.name}: {denied[0]}; fix: {denied[1]}" if denied else None
 
 
 class SwarmRuntime:
