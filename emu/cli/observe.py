@@ -99,3 +99,25 @@ def cmd_graph(args) -> int:
     cluster = _cluster(args)
     print(graph.render(graph.observe(cluster), args.format), end="")
     return 0
+
+
+def cmd_netem(args) -> int:
+    """emu netem set|show|reset: link impairment with the nodes' netem (emu/control/netem.py)."""
+    from emu.control import netem
+
+    if args.action == "set":
+        impairment = netem.Impairment(args.delay, args.jitter, args.loss, args.rate, args.corrupt)
+        impairment.validate()  # before the cluster is looked at
+        link = netem.set_impairment(_cluster(args), args.target, impairment)
+        print(f"{link.name}: netem {' '.join(impairment.tc_arguments())} ({link.description})")
+        return 0
+    if args.action == "show":
+        found = netem.show(_cluster(args), args.target)
+        for link, settings in found:
+            print(f"{link.name}: netem {settings} ({link.description})")
+        if not found:
+            print(f"no impairment on {args.target}" if args.target else "no impairment on any node")
+        return 0
+    link, removed = netem.reset(_cluster(args), args.target)
+    print(f"{link.name}: {'netem removed' if removed else 'had no impairment'} ({link.description})")
+    return 0

@@ -7,7 +7,7 @@ import argparse
 from emu.cli.common import DEFAULT_TOPOLOGY
 from emu.cli.lifecycle import cmd_apply, cmd_down, cmd_hosts, cmd_images, cmd_kubeconfig, cmd_plan, cmd_schema, cmd_unlock, cmd_up, cmd_validate
 from emu.cli.objects import cmd_delete, cmd_describe, cmd_exec, cmd_get, cmd_logs, cmd_scale, cmd_status
-from emu.cli.observe import cmd_capture, cmd_dns, cmd_external, cmd_graph, cmd_trace
+from emu.cli.observe import cmd_capture, cmd_dns, cmd_external, cmd_graph, cmd_netem, cmd_trace
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
     graph = command("graph", cmd_graph, "draw the live cluster: nodes, bridges, veths, pods, routes, services")
     graph.add_argument("--format", choices=["mermaid", "dot", "svg", "drawio"], default="mermaid")
 
+    netem = command("netem", cmd_netem, "impair a link (delay, jitter, loss, rate, corruption) with the nodes' netem")
+    netem.add_argument("action", choices=["set", "show", "reset"])
+    netem.add_argument("target", nargs="?", metavar="TARGET",
+                       help="a node (its eth0), node/NAME:IFACE, or a pod (the host side of its veth)")  # fmt: skip
+    netem.add_argument("--delay", type=float, metavar="MS", help="hold each packet MS milliseconds")
+    netem.add_argument("--jitter", type=float, metavar="MS", help="vary the delay by up to MS milliseconds")
+    netem.add_argument("--loss", type=float, metavar="PCT", help="drop PCT%% of packets")
+    netem.add_argument("--rate", type=float, metavar="KBIT", help="send at most KBIT kbit/s")
+    netem.add_argument("--corrupt", type=float, metavar="PCT", help="flip a bit in PCT%% of packets")
+
     command("schema", cmd_schema, "print the topology file's JSON Schema", cluster_option=False)
     validate = command("validate", cmd_validate, "check a topology file without changing anything", False)
     validate.add_argument("file")
@@ -170,6 +180,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if args.verb != "exec":
             parser.error("'--' is only for `emu exec POD -- COMMAND`")
         args.argv = [*args.argv, *trailing]
+    if args.verb == "netem":
+        if args.action != "show" and not args.target:
+            parser.error(f"emu netem {args.action} needs a TARGET: a node, node/NAME:IFACE or a pod")
+        given = [flag for flag in ("delay", "jitter", "loss", "rate", "corrupt") if getattr(args, flag) is not None]
+        if args.action != "set" and given:
+            parser.error(f"emu netem {args.action} takes no --{given[0]} (only `emu netem set` does)")
     _qualify(args)
     return args
 

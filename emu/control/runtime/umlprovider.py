@@ -220,6 +220,7 @@ class UmlRuntime:
     mtu = 1500  # the host bridge's and the taps'
     name = "uml"
     kernel_has_ip_vs = True  # the UML kernel's modules include ip_vs (proxyMode ipvs runs)
+    command_port = umlguest.PORT  # emu's channel into a node shares its eth0 (emu netem leaves it unimpaired)
 
     def __init__(self, state_dir: Path | None = None):
         self.state_dir = Path(state_dir or uml.STATE_DIR)
