@@ -135,7 +135,7 @@ class Engine:
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.server.bind(path)
         self.server.listen(8)
-        self.stdin = b""
+        self.stdins: list[bytes] = []  # what each exec's client wrote, to its end (one a connection)
         threading.Thread(target=self.serve, daemon=True).start()
 
     def serve(self) -> None:
@@ -160,7 +160,7 @@ class Engine:
                     head = b"HTTP/1.1 101 UPGRADED\r\nContent-Type: application/vnd.docker.multiplexed-stream\r\n"
                     connection.sendall(head + b"Connection: Upgrade\r\nUpgrade: tcp\r\n\r\n" + self.output)
                     connection.shutdown(socket.SHUT_WR)
-                    self.stdin = reader.read()  # what the client wrote, to its end
+                    self.stdins.append(reader.read())  # what the client wrote, to its end
                     return
                 body = b'{"Id": "x", "ExitCode": 0, "ApiVersion": "1.43", "Running": false}'
                 connection.sendall(
@@ -191,7 +191,10 @@ def test_output_that_comes_with_the_upgrade_headers_is_not_lost(engine, tmp_path
     code, out, err = runtime.exec_split("node", ["getent", "hosts", "echo"])
     assert (code, out, err) == (0, b"10.96.0.10      echo.default.svc.cluster.local\nend\n", b"warning\n")
     assert runtime.run_with_files("node", {"/etc/x": "y"}, ["true"]).output.startswith("10.96.0.10")
-    assert engine.stdin  # the tar archive went in before stdin was closed
+    deadline = time.monotonic() + 10  # (the engine's thread reads stdin after it answered)
+    while not any(b"etc/x" in stdin for stdin in engine.stdins):
+        assert time.monotonic() < deadline, engine.stdins  # the tar archive went in before stdin was closed
+        time.sleep(0.01)
 
 
 def test_the_stream_reads_what_came_with_the_headers(engine, tmp_path):
