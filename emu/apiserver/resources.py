@@ -494,7 +494,7 @@ def _validate_meta(info: ResourceInfo, obj: dict) -> list[dict]:
         if why:
             causes.append(invalid_value("metadata.labels", k, why))
         if not isinstance(v, str):
-            causes.append(invalid_value(f"metadata.labels", v, "must be a string"))
+            causes.append(invalid_value("metadata.labels", v, "must be a string"))
         elif selectors.valid_label_value(v):
             causes.append(invalid_value("metadata.labels", v, selectors.valid_label_value(v)))
     for k, v in (meta.get("annotations") or {}).items():
@@ -665,7 +665,7 @@ def _validate_update(info: ResourceInfo, new: dict, old: dict) -> list[dict]:
     elif kind in ("Secret", "ConfigMap") and old.get("immutable"):
         for section in ("data", "binaryData", "stringData"):
             if new.get(section) != old.get(section):
-                causes.append(forbidden_field(section, f"field is immutable when `immutable` is set"))
+                causes.append(forbidden_field(section, "field is immutable when `immutable` is set"))
     return causes
 
 
