@@ -135,6 +135,23 @@ def run_attached(api, exec_id: str) -> tuple[bytes, bytes, bytes]:
     return b"".join(both), b"".join(out), b"".join(err)
 
 
+def take_frames(buffer: bytearray) -> list[tuple[int, bytes]]:
+    """The whole frames at the start of `buffer` (Docker's stream format: a byte of
+    kind, three zero bytes, a big-endian length, the payload), removed from it; a
+    frame not whole yet stays. Cut at an offset and trimmed once per call: at
+    50,000 small packets a second, trimming per frame was quadratic and slowed
+    tcpdump until the kernel dropped packets."""
+    offset, frames = 0, []
+    while len(buffer) - offset >= 8:
+        kind, size = struct.unpack_from(">BxxxL", buffer, offset)
+        if len(buffer) - offset - 8 < size:
+            break
+        frames.append((kind, bytes(buffer[offset + 8 : offset + 8 + size])))
+        offset += 8 + size
+    del buffer[:offset]
+    return frames
+
+
 class DockerStream:
     """One exec's multiplexed stdout/stderr, read frame by frame from its socket
     (Docker's stream format: 8-byte header, stream 1 stdout, 2 stderr)."""
@@ -160,28 +177,20 @@ class DockerStream:
 
     def read(self) -> bytes:
         """The stdout of every whole frame received so far (at least one), joined;
-        b"" at the end. Frames are cut at an offset and the buffer trimmed once
-        per call: at 50,000 small packets a second, trimming per frame was
-        quadratic and slowed tcpdump until the kernel dropped packets."""
+        b"" at the end (take_frames cuts them)."""
         while not self._ended:
             chunk = self._recv()
             if not chunk:
                 self._ended = True
                 break
             self._buffer += chunk
-            buffer, offset, out = self._buffer, 0, []
-            while len(buffer) - offset >= 8:
-                kind, size = struct.unpack_from(">BxxxL", buffer, offset)
-                if len(buffer) - offset - 8 < size:
-                    break
-                payload = bytes(buffer[offset + 8 : offset + 8 + size])
-                offset += 8 + size
+            out = []
+            for kind, payload in take_frames(self._buffer):
                 if kind == 2:
                     with self._lock:
                         self._stderr += payload
                 else:
                     out.append(payload)
-            del buffer[:offset]
             if out:
                 return b"".join(out)
         return b""

@@ -33,7 +33,6 @@ import shlex
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -172,13 +171,8 @@ class UmlStream:
                 with self._lock:
                     self._stderr += bytes(self._buffer)
                 break
-            buffer, offset, out = self._buffer, 0, []
-            while len(buffer) - offset >= 8:
-                kind, size = struct.unpack_from(">BxxxL", buffer, offset)
-                if len(buffer) - offset - 8 < size:
-                    break
-                payload = bytes(buffer[offset + 8 : offset + 8 + size])
-                offset += 8 + size
+            out = []
+            for kind, payload in stream.take_frames(self._buffer):
                 if kind == 2:
                     with self._lock:
                         self._stderr += payload
@@ -186,7 +180,6 @@ class UmlStream:
                     self._exit = int(payload)
                 else:
                     out.append(payload)
-            del buffer[:offset]
             if out:
                 return b"".join(out)
         return b""
