@@ -1,10 +1,13 @@
 """What the integration modules ask of a running lab in the same way: the real
-kubectl against the lab's context, and curl from a pod."""
+kubectl against the lab's context, curl from a pod, and User-mode Linux where
+a module's nodes need it."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +41,18 @@ def curl(cluster, pod: str, url: str, container: str | None = None) -> str:
     result = cluster.exec(pod, ["curl", "-sS", "--max-time", "5", url], container=container)
     assert result.ok, f"curl {url} from {pod} failed: {result.output}"
     return result.output.strip()
+
+
+def uml_or_skip() -> None:
+    """Skip, saying why, where User-mode Linux nodes cannot run here; installs it
+    (scripts/ensure-uml.sh) where it is only missing."""
+    from emu.control.runtime import uml
+
+    if sys.platform != "linux":
+        pytest.skip("User-mode Linux runs on Linux hosts only")
+    if os.geteuid() != 0:
+        pytest.skip("User-mode Linux guests need root (tap devices, a host bridge)")
+    try:
+        uml.ensure_uml()  # runs scripts/ensure-uml.sh where it is missing
+    except uml.UmlError as error:
+        pytest.skip(f"User-mode Linux cannot run here: {error}")

@@ -12,6 +12,7 @@ import pytest
 
 from emu.errors import EmuError
 from tests.waiting import wait_for
+from tests.integration.helpers import kubectl
 from tests import labs
 
 WITNESS = (
@@ -217,16 +218,6 @@ def test_restarted_node_rebuilds_its_pods(faults, runtime):
     assert status["default/far"]["netexec"] == {"state": "Running", "exitCode": None, "ready": True, "restarts": 0}
 
 
-def kubectl(cluster, *argv: str) -> str:
-    import shutil
-    import subprocess
-
-    result = subprocess.run([shutil.which("kubectl") or "/usr/bin/kubectl", "--context", f"emu-{cluster.name}", *argv],
-                            capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert result.returncode == 0, f"kubectl {' '.join(argv)}: {result.stderr}"
-    return result.stdout
-
-
 def test_stopped_node_leaves_every_service_its_pods_move_and_it_rejoins(faults, runtime):
     import ipaddress
 
@@ -260,12 +251,12 @@ def test_stopped_node_leaves_every_service_its_pods_move_and_it_rejoins(faults, 
         assert "pod default/far is lost with node w2" in hub_log
         # The API server sees it as a real cluster would: the node's Lease is not renewed,
         # so after the grace period (40 s) it is NotReady (Ready Unknown), its pods not ready.
-        kubectl(faults, "wait", "--for=condition=Ready=Unknown", "node/w2", "--timeout=90s")
-        kubectl(faults, "wait", "--for=condition=Ready=false", "pod/far", "--timeout=30s")
+        kubectl("wait", "--for=condition=Ready=Unknown", "node/w2", "--timeout=90s", context=f"emu-{faults.name}", timeout=120)
+        kubectl("wait", "--for=condition=Ready=false", "pod/far", "--timeout=30s", context=f"emu-{faults.name}", timeout=120)
     finally:
         runtime.api.start(container)
     wait_for(lambda: hostnames(faults) == {"far", "near"}, 40, "w2 did not rejoin the service")
-    kubectl(faults, "wait", "--for=condition=Ready", "node/w2", "--timeout=60s")
+    kubectl("wait", "--for=condition=Ready", "node/w2", "--timeout=60s", context=f"emu-{faults.name}", timeout=120)
 
     # Back, w2 learns the newer state from the hub and deletes the pods now on w1.
     def cleaned():

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import shlex
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from emu.control.runtime.images import ImageBuilder
 from emu.node.services import service_endpoints
 from emu.control.state import plan_cluster
 from emu.api.topology.load import load_text
+from tests.integration.helpers import uml_or_skip
 
 BRIDGE = "emutest-umlbr"
 SUBNET = "192.168.213.0/24"
@@ -65,17 +65,6 @@ services:
 WEB = {"web-a", "web-b", "web-c"}
 
 
-def _uml_or_skip() -> None:
-    if sys.platform != "linux":
-        pytest.skip("User-mode Linux runs on Linux hosts only")
-    if os.geteuid() != 0:
-        pytest.skip("User-mode Linux guests need root (tap devices, a host bridge)")
-    try:
-        uml.ensure_uml()  # runs scripts/ensure-uml.sh where it is missing
-    except uml.UmlError as error:
-        pytest.skip(f"User-mode Linux cannot run here: {error}")
-
-
 class Recorder:
     """The guest's command runner, keeping what each call was given (to show what a sync wrote)."""
 
@@ -103,7 +92,7 @@ GATEWAY = str(next(ipaddress.ip_network(SUBNET).hosts()))
 @pytest.fixture(scope="module")
 def rootfs(runtime):
     """The node image as a UML root filesystem, and the host bridge the guests share."""
-    _uml_or_skip()
+    uml_or_skip()
     image = uml.make_rootfs(ImageBuilder(runtime).ensure_node_image())
     for name in uml.guests(STATE):  # what an interrupted run left (the integration lock is ours)
         uml.remove_guest(name, STATE)

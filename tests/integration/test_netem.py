@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_uml_runtime import _uml_or_skip as uml_or_skip
+from tests.integration.helpers import uml_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 SHELL = "[{name: shell, command: [sleep, infinity]}]"

@@ -25,6 +25,7 @@ from emu.control.runtime import uml
 from emu.control.runtime.select import cluster_names, provider_for
 from emu.control.runtime.umlprovider import UmlRuntime, bridge_name, known_clusters
 from emu.testing import sweep
+from tests.integration.helpers import uml_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 NETEXEC = "{name: s, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
@@ -41,17 +42,6 @@ pods:
 services:
   - {{name: web, selector: {{app: web}}, clusterIP: 10.96.0.80, ports: [{{port: 80, targetPort: http}}]}}
 """
-
-
-def _uml_or_skip() -> None:
-    if sys.platform != "linux":
-        pytest.skip("User-mode Linux runs on Linux hosts only")
-    if os.geteuid() != 0:
-        pytest.skip("User-mode Linux guests need root (tap devices, a host bridge)")
-    try:
-        uml.ensure_uml()  # runs scripts/ensure-uml.sh where it is missing
-    except uml.UmlError as error:
-        pytest.skip(f"User-mode Linux cannot run here: {error}")
 
 
 def emu(*args: str) -> subprocess.CompletedProcess:
@@ -84,7 +74,7 @@ def left_behind(name: str, containers: list[str], pgids: list[int], addresses: l
 @pytest.fixture(scope="module")
 def lab(runtime, tmp_path_factory):
     """`emu up --runtime uml` of the lab; removed at the end whatever happens."""
-    _uml_or_skip()
+    uml_or_skip()
     for stale in known_clusters():  # what an interrupted run left (the integration lock is ours)
         if stale.startswith("emutest-") and not sweep.owner_alive(stale):
             UmlRuntime().remove_cluster(stale)
@@ -209,7 +199,7 @@ def test_emu_down_leaves_nothing(lab):
 def test_a_failed_up_leaves_nothing(runtime, tmp_path):
     """Guests that cannot boot (too little memory for the UML kernel): `emu up`
     says why, with the console's last lines, and removes what it made."""
-    _uml_or_skip()
+    uml_or_skip()
     name = sweep.register(f"emutest-umlfail-{os.urandom(2).hex()}")
     path = tmp_path / "lab.yaml"
     path.write_text(LAB.replace("NAME", name))
