@@ -18,6 +18,7 @@ import shlex
 import socket
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +33,24 @@ from emu.node.plan import cni
 from emu.node.plan.cni import API_LOG
 from emu.node.records import KUBERNETES_INDEX, ClusterState, well_known_ip
 
-def free_port(address: str = "127.0.0.1") -> int:
-    """A port nothing listens on now (kind's GetFreePort): the kernel picks it."""
+def kernel_port(address: str) -> int:
+    """A port nothing listens on at `address` now: the kernel picks it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((address, 0))
         return probe.getsockname()[1]
+
+
+def free_port(address: str = "127.0.0.1", taken: Collection[int] = ()) -> int:
+    """A port nothing listens on now (kind's GetFreePort: the kernel picks it) and
+    not in `taken`: the ports the engine publishes, which a probe here does not see
+    when emu runs in a container of its own (the compose labs) or the engine is on
+    another host."""
+    for _ in range(1000):
+        port = kernel_port(address)
+        if port not in taken:
+            return port
+    raise EmuError(f"no free TCP port for the API server: the kernel kept offering ports the engine "
+                   f"publishes ({len(taken)} of them); stop some of those containers and try again")
 
 
 class NodeApi:
@@ -99,7 +113,8 @@ class ApiServerSetup:
     def plan(cls, state: ClusterState, runtime) -> ApiServerSetup:
         """Pick the port, make the PKI, and record the endpoint in `state`."""
         hub = cni.api_server_node(state)
-        port = free_port()
+        taken = {port for port, protocol in runtime.published_ports(hub.host) if protocol == "TCP"}
+        port = free_port(taken=taken)
         address, listen = "127.0.0.1", "127.0.0.1"
         if hub.host:  # on several hosts: the host's own address, as kind publishes on a remote engine
             host = next((h for h in state.topology.get("hosts", []) if h.get("name") == hub.host), {})

@@ -322,10 +322,13 @@ class FakeProvider:
                 raise EngineError(f"network with name {name} already exists")
             self.engine.networks[name] = FakeNetwork(name, ipaddress.IPv4Network(subnet), {LABEL_CLUSTER: cluster})
 
+    def published_ports(self, host: str | None = None) -> dict[tuple[int, str], str]:
+        with self.engine.lock:
+            return {(m.host_port, m.protocol): c.name for c in self.engine.containers.values() for m in c.ports}
+
     def check_ports(self, specs: list[NodeSpec]) -> None:
         self.engine._intercepted("check_ports", specs)
-        with self.engine.lock:
-            published = {(m.host_port, m.protocol): c.name for c in self.engine.containers.values() for m in c.ports}
+        published = self.published_ports()
         for spec in specs:
             for mapping in spec.ports:
                 holder = published.get((mapping.host_port, mapping.protocol))

@@ -258,6 +258,22 @@ def test_two_clusters_in_one_engine_are_kept_apart(home):
     assert command(engine).state().generation == 1 and len(leftovers(engine, "lab")) == 3
 
 
+def test_the_api_port_is_not_one_another_cluster_publishes(home, monkeypatch):
+    """emu in a container (the compose labs) sees none of the host's published ports
+    when it asks the kernel for a free one: the last CI run's compose lab was
+    refused because its API port was one another cluster's API server held."""
+    from emu.control import apiserver
+
+    engine = FakeEngine()
+    first = up(engine)
+    held = first.state().api_endpoint.rsplit(":", 1)[1]
+    offered = iter([int(held), int(held), 41234])
+    monkeypatch.setattr(apiserver, "kernel_port", lambda address: next(offered))
+    other = Cluster("other", runtime=FakeProvider(engine))
+    other.up(lab(LAB.replace("name: lab", "name: other", 1)))
+    assert other.state().api_endpoint == "https://127.0.0.1:41234"
+
+
 # ---- the lock --------------------------------------------------------------------------------
 
 

@@ -223,6 +223,15 @@ class DockerRuntime(ImagePods):
             name, driver=driver, ipam=ipam, labels={LABEL_CLUSTER: cluster}, attachable=attachable, options=options
         )
 
+    def published_ports(self, host: str | None = None) -> dict[tuple[int, str], str]:
+        """{(host port, "TCP"|"UDP"): the container publishing it} over this engine's
+        running containers. What a port probe cannot see when emu runs in a container
+        of its own (the compose labs) or the engine is elsewhere."""
+        return {
+            (port.get("PublicPort"), port.get("Type", "tcp").upper()): container["Names"][0].lstrip("/")
+            for container in self.api.containers() for port in container.get("Ports") or [] if port.get("PublicPort")
+        }  # fmt: skip
+
     def check_ports(self, specs: list[NodeSpec]) -> None:
         """Refuse, before anything is made, host ports that are taken: by a
         container of this engine, or (for this machine's engine) by anything
@@ -230,10 +239,7 @@ class DockerRuntime(ImagePods):
         wanted = [(spec.hostname, mapping) for spec in specs for mapping in spec.ports]
         if not wanted:
             return
-        published = {
-            (port.get("PublicPort"), port.get("Type", "tcp").upper()): container["Names"][0].lstrip("/")
-            for container in self.api.containers() for port in container.get("Ports") or [] if port.get("PublicPort")
-        }  # fmt: skip
+        published = self.published_ports()
         for node, mapping in wanted:
             where = f"host port {mapping.host_port}/{mapping.protocol} (node {node}, extraPortMappings)"
             holder = published.get((mapping.host_port, mapping.protocol))

@@ -305,6 +305,11 @@ class SwarmRuntime:
         self.engine(spec.host).create_node(spec)
         self._where[spec.container] = spec.host
 
+    def published_ports(self, host: str | None = None) -> dict[tuple[int, str], str]:
+        """The host ports published on `host`'s engine (every engine's when None)."""
+        engines = [self.engine(host)] if host else list(self.engines().values())
+        return {key: holder for engine in engines for key, holder in engine.published_ports().items()}
+
     def check_ports(self, specs: list[NodeSpec]) -> None:
         for host in {spec.host for spec in specs if spec.ports}:
             self.engine(host).check_ports([spec for spec in specs if spec.host == host])

@@ -330,6 +330,11 @@ class UmlRuntime:
                 path = uml.make_rootfs(image, api=docker.api, progress=progress)
             return path
 
+    def published_ports(self, host: str | None = None) -> dict[tuple[int, str], str]:
+        """None that a probe here would miss: uml nodes' host ports are relays run on this
+        machine, so a port in use by one is found by binding it (check_ports)."""
+        return {}
+
     def check_ports(self, specs: list[NodeSpec]) -> None:
         """Host ports: TCP only (a relay on the host), and free here."""
         for spec in specs:
