@@ -17,6 +17,7 @@ from emu.control.cluster import Cluster
 from emu.errors import EmuError
 from emu.control.runtime.swarm import SwarmRuntime
 from emu.api.topology.load import load_text
+from tests.waiting import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 NETEXEC = "{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}]}"
@@ -171,6 +172,9 @@ def test_pods_take_the_overlay_mtu_and_big_transfers_cross(spread):
     server = spread.exec("web", ["sh", "-c", serve])
     assert server.ok, server.output
     sent = server.output.split()[0]
+    # The server starts in the background; on a loaded machine Python takes a while to listen.
+    listening = ["sh", "-c", "ss -ltn 'sport = :9000' | grep -q LISTEN"]
+    wait_for(lambda: spread.exec("web", listening).ok, 60, "the pod's HTTP server on :9000 listening")
     fetch = f"curl -sS --retry 5 --retry-connrefused --max-time 20 http://{web}:9000/emu-big.bin | sha256sum"
     received = spread.exec("client", ["sh", "-c", fetch])
     assert received.ok and received.output.split()[0] == sent, received.output

@@ -107,6 +107,17 @@ def already_removed(error) -> bool:
     )
 
 
+KILL_ATTEMPTS = 5
+
+
+def kill_pending(error) -> bool:
+    """dockerd's 500 when a killed container's exit event did not come within its
+    own wait ("cannot remove - tried to kill container, but did not receive an exit
+    event"), seen on a loaded machine: the kill goes on, so asking again succeeds."""
+    text = str(getattr(error, "explanation", None) or error).lower()
+    return getattr(error, "status_code", None) == 500 and "did not receive an exit event" in text
+
+
 class DockerRuntime(ImagePods):
     """One Docker engine through the SDK's low-level API: this machine's (the
     default: DOCKER_HOST or the local socket) or the one at `base_url`. Image
@@ -413,12 +424,18 @@ class DockerRuntime(ImagePods):
         containers = self.api.containers(all=True, filters={"label": f"{LABEL_CLUSTER}={cluster}"})
 
         def remove(container: dict) -> None:
-            try:
-                self.api.remove_container(container["Id"], force=True, v=True)
-            except docker.errors.APIError as error:
-                if not already_removed(error):
-                    raise
-                self._wait_removed(container["Id"], cluster)
+            for attempt in range(KILL_ATTEMPTS):
+                try:
+                    self.api.remove_container(container["Id"], force=True, v=True)
+                    return
+                except docker.errors.APIError as error:
+                    if already_removed(error):
+                        self._wait_removed(container["Id"], cluster)
+                        return
+                    if not kill_pending(error) or attempt == KILL_ATTEMPTS - 1:
+                        raise
+                    time.sleep(1.0)  # dockerd gave up waiting for the kill; the process is still going away
+
 
         self.parallel(remove, containers)
         return len(containers)
