@@ -150,6 +150,7 @@ class Syncer:
 
     def __init__(self):
         self.table = FakeTable()
+        self.run = self.table  # the runner the proxier is given
         self.proxy = nftables.NftablesProxier()
         self.previous = None
         self.cache: dict = {}
@@ -168,7 +169,7 @@ class Syncer:
             endpoints[made.key] = {f"p{port}": [Endpoint(ep, port, None, None) for ep in ips or ()]}
         rules = self.proxy.render(state, "test-node", endpoints, cache=self.cache)
         before = len(self.table.transactions)
-        self.proxy.apply(self.table, rules, self.previous)
+        self.proxy.apply(self.run, rules, self.previous)
         self.previous = rules
         # The main transaction (emu sends none when it would be empty), not the deletion of stale chains.
         made = [ops for ops in self.table.transactions[before:] if not all(op.startswith("delete chain") for op in ops)]
@@ -272,3 +273,21 @@ def test_stale_chains_go_between_syncs_too():
     s.age_stale_chains()
     s.proxy.lost(s.table, s.previous)
     assert s.previous.stale == {} and s.table.dump() == expected({"svc1": ["10.0.1.1"]})
+
+
+def test_a_full_sync_the_kernel_refuses_replaces_the_table_whole():
+    """The last resort: when nft refuses a full sync in kube-proxy's shape, the table
+    is replaced whole (add, delete, everything) in one transaction."""
+    s = Syncer()
+    s.services = {"svc1": ["10.0.1.1"]}
+    table = s.table
+
+    def refusing(argv, **kwargs):
+        if argv[:2] == ["nft", "-f"] and "flush map" in kwargs["input"]:
+            return subprocess.CompletedProcess(argv, 1, "", "Error: Could not process rule: File exists")
+        return table(argv, **kwargs)
+
+    s.run = refusing
+    s.sync()
+    assert f"delete table {T}" in table.transactions[-1]
+    assert table.dump() == expected({"svc1": ["10.0.1.1"]})

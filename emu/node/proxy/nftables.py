@@ -621,7 +621,15 @@ class NftablesProxier(Proxier):
         else:
             held = self.delete_stale(run, previous.stale, now)
             ops, stale = sync_ops(rules, previous, stale=held, now=now)
-        if ops:
+        try:
+            if ops:
+                run_text(run, ["nft", "-f", "-"], "\n".join(ops) + "\n", "nft -f")
+        except RuntimeError:
+            if previous is not None:
+                raise
+            # A full sync the kernel refused (an affinity set left with another timeout cannot
+            # be re-added in place): the table is replaced whole, as a last resort.
+            ops, stale = full_text(rules).splitlines(), {}
             run_text(run, ["nft", "-f", "-"], "\n".join(ops) + "\n", "nft -f")
         self.flushed = True
         rules.stale = stale
