@@ -462,7 +462,14 @@ def _port_ops(port: PortRules, old_sets: dict[str, str]) -> tuple[list[str], lis
     return chains, body
 
 
-def sync_ops(
+def sync_ops(rules: Ruleset, previous: Ruleset | None = None, *args, **options) -> tuple[list[str], dict[str, float]]:
+    """_sync_ops without the cyclic garbage collector (it would scan the whole
+    ruleset's objects, 0.1 to 0.3 s at 10,000 services, for none to free)."""
+    with no_gc():
+        return _sync_ops(rules, previous, *args, **options)
+
+
+def _sync_ops(
     rules: Ruleset,
     previous: Ruleset | None = None,
     existing: tuple[set[str], set[str]] | None = None,
@@ -494,13 +501,11 @@ def sync_ops(
         stale_before: dict[str, float] = {}
     else:
         if previous.setup != rules.setup:
-            return sync_ops(rules, None, (set(previous.chains()) | set(previous.stale), set(previous.sets())),
-                            stale=stale, now=now)  # fmt: skip
-        old_by, new_by = _by_service(previous.ports), _by_service(rules.ports)
-        changed = [key for key, ports in new_by.items() if _differs(old_by.get(key), ports)]
-        changed += [key for key in old_by if key not in new_by]
-        old_ports = [port for key in changed for port in old_by.get(key, ())]
-        new_ports = [port for key in changed for port in new_by.get(key, ())]
+            return _sync_ops(rules, None, (set(previous.chains()) | set(previous.stale), set(previous.sets())),
+                             stale=stale, now=now)  # fmt: skip
+        changed = _changed_services(previous.ports, rules.ports)
+        old_ports = [port for port in previous.ports if (port.service or port.name) in changed]
+        new_ports = [port for port in rules.ports if (port.service or port.name) in changed]
         held_chains = {chain for port in old_ports for chain in port.chains}
         held_sets = {name for port in old_ports for name in port.sets}
         stale_before = previous.stale if stale is None else stale
@@ -539,15 +544,16 @@ def sync_ops(
     return out, new_stale
 
 
-def _by_service(ports: list[PortRules]) -> dict[str, list[PortRules]]:
-    by: dict[str, list[PortRules]] = {}
-    for port in ports:
-        by.setdefault(port.service or port.name, []).append(port)
-    return by
-
-
-def _differs(old: list[PortRules] | None, new: list[PortRules]) -> bool:
-    return old is None or len(old) != len(new) or any(a is not b and a != b for a, b in zip(old, new, strict=True))
+def _changed_services(old: list[PortRules], new: list[PortRules]) -> set[str]:
+    """The services (namespace/name) one of whose ports came, went or changed."""
+    before = {port.name: port for port in old}
+    changed = set()
+    for port in new:
+        was = before.pop(port.name, None)
+        if was is not port and was != port:
+            changed.add(port.service or port.name)
+    changed.update(port.service or port.name for port in before.values())
+    return changed
 
 
 def stale_deletion(stale: dict[str, float], now: float) -> tuple[str, dict[str, float]]:
