@@ -121,6 +121,28 @@ def test_nftables_node_port_addresses():
     assert lines == [f"add element ip kube-proxy nodeport-ips {{ {BRIDGE} }}"]
 
 
+def test_ipvs_node_port_addresses():
+    """kube-proxy's IPVS proxier: a NodePort's virtual servers on every local address but
+    loopback (and kube-ipvs0's) by default, on the node's addresses nodePortAddresses
+    selects otherwise (loopback left out), on the node IP for [primary]."""
+
+    def node_port_servers(**options):
+        state, endpoints = configured(**options)
+        servers = ipvs.render(state, "test-node", endpoints).servers
+        return sorted(vs.address for vs in servers if vs.address.endswith(":3001"))
+
+    assert node_port_servers() == [f"{BRIDGE}:3001", f"{NODE_IP}:3001"]
+    assert node_port_servers(nodePortAddresses=[]) == [f"{BRIDGE}:3001", f"{NODE_IP}:3001"]
+    assert node_port_servers(nodePortAddresses=["primary"]) == [f"{NODE_IP}:3001"]
+    assert node_port_servers(nodePortAddresses=["127.0.0.0/8", "10.0.0.0/8"]) == [f"{BRIDGE}:3001"]
+    assert node_port_servers(nodePortAddresses=["198.51.100.0/24"]) == []  # no address of the node: none
+    state, endpoints = configured(nodePortAddresses=["primary"])
+    rules = ipvs.render(state, "test-node", endpoints)
+    assert "3001" in rules.sets["KUBE-NODE-PORT-TCP"]  # the port still marked for masquerade, as kube-proxy
+    assert f"-A -t {NODE_IP}:3001 -s rr" in ipvs.ipvsadm_text(rules.servers)
+    assert f"{BRIDGE}:3001" not in ipvs.ipvsadm_text(rules.servers)
+
+
 def test_topology_takes_the_options_by_kube_proxys_names():
     s = lab_state("networking: {masqueradeAll: true, clusterCIDR: 10.244.0.0/15, nodePortAddresses: [primary]}\n"
                   + _lab_without_networking())
@@ -135,7 +157,6 @@ def test_topology_takes_the_options_by_kube_proxys_names():
     ("{clusterCIDR: 10.244.0.1/16}", "networking.clusterCIDR: '10.244.0.1/16' is not an IPv4 CIDR"),
     ("{nodePortAddresses: [primary, 10.0.0.0/8]}", "'primary' stands alone in nodePortAddresses"),
     ("{nodePortAddresses: [eth0]}", "networking.nodePortAddresses: 'eth0' is not an IPv4 CIDR"),
-    ("{proxyMode: ipvs, nodePortAddresses: [10.0.0.0/8]}", "ipvs mode does not model nodePortAddresses"),
 ])  # fmt: skip
 def test_bad_options_are_refused_with_where_and_what_to_do(networking, message):
     with pytest.raises(TopologyError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -229,9 +229,6 @@ def _check_networks(topology: Topology) -> Iterator[Finding]:
         for name, other in (("podSubnet", networking.pod_subnet), ("serviceSubnet", networking.service_subnet)):
             if network.overlaps(ipaddress.IPv4Network(other)):
                 yield (path + ("clusterNetwork",), f"clusterNetwork {network} overlaps {name} {other}")
-    if networking.proxy_mode == "ipvs" and networking.node_port_addresses is not None:
-        yield (path + ("nodePortAddresses",), "emu's ipvs mode does not model nodePortAddresses yet; leave it out "
-               "(NodePorts answer on every node address) or use proxyMode iptables or nftables")  # fmt: skip
     if networking.load_balancer_pool:
         first, dash, last = networking.load_balancer_pool.partition("-")
         try:

@@ -1,7 +1,8 @@
 """LoadBalancer addresses: which node answers for each, MetalLB layer-2 style.
 
 The owner (emu.node.services.load_balancer_owner, the same choice on every node)
-holds the address on eth0 and sends a gratuitous ARP. A node the hub calls
+holds each of the service's addresses (every status.loadBalancer.ingress IP, not
+only the first) on eth0 and sends a gratuitous ARP for each. A node the hub calls
 NotReady owns none: another node takes its addresses over, and gives them
 back when it reports again. A cluster spread over
 several hosts sits on an overlay that does not carry a gratuitous ARP for an
@@ -38,11 +39,13 @@ class LoadBalancers:
 
     def update(self, state: ClusterState, endpoints: dict, lost: Collection[str] = ()) -> None:
         """Hold, release or route each address; `lost`: the nodes the hub calls NotReady."""
-        owners = {
-            s.load_balancer_ip: load_balancer_owner(state, s, endpoints.get(key, {}), lost)
-            for key, s in state.services.items()
-            if s.load_balancer_ip
-        }
+        # Every status.loadBalancer.ingress IP of a service, each held by the service's owner.
+        owners = {}
+        for key, s in state.services.items():
+            addresses = s.load_balancer_vips
+            if addresses:
+                owner = load_balancer_owner(state, s, endpoints.get(key, {}), lost)
+                owners.update((address, owner) for address in addresses)
         wanted = {address for address, owner in owners.items() if owner == self.node}
         for address in sorted(wanted - self.owned):
             if address in self.routed:

@@ -26,7 +26,16 @@ import os
 from dataclasses import dataclass, field
 
 from emu.node.proxy import iptables
-from emu.node.proxy.base import MASQ_MARK, Bootstrap, KernelMissing, Proxier, Runner, service_ports
+from emu.node.proxy.base import (
+    MASQ_MARK,
+    Bootstrap,
+    KernelMissing,
+    Proxier,
+    Runner,
+    node_addresses,
+    node_port_addresses,
+    service_ports,
+)
 from emu.node.records import ClusterState, NodeState
 
 IP_VS_MARKERS = ("/proc/net/ip_vs", "/sys/module/ip_vs")
@@ -153,15 +162,16 @@ def render(state: ClusterState, node: str, endpoints: dict, cache: dict | None =
     net = state.net
     scheduler = SCHEDULER  # kube-proxy's default; the topology has no --ipvs-scheduler yet
     node_ip = next((n.node_ip for n in state.nodes if n.name == node), None)
+    node_ips = tuple(ipvs_node_ips(state, node))
     sets: dict[str, list[str]] = {name: [] for name, _, _ in IPSETS}
     addresses: list[str] = []
     servers: list[VirtualServer] = []
     used = {}
     for service, port, port_endpoints, identity in service_ports(state, endpoints, node):
-        key = (identity, node, node_ip, scheduler)
+        key = (identity, node, node_ip, node_ips, scheduler)
         made = cache.get(key) if cache is not None else None
         if made is None:
-            made = _render_port(service, port, port_endpoints, node, node_ip, scheduler)
+            made = _render_port(service, port, port_endpoints, node, node_ip, scheduler, node_ips)
         used[key] = made
         port_servers, entries, port_addresses = made
         servers += port_servers
@@ -177,7 +187,21 @@ def render(state: ClusterState, node: str, endpoints: dict, cache: dict | None =
     return IpvsRules(addresses, servers, sets, iptables_rules(sets, net.cluster_cidr, net.masquerade_all))
 
 
-def _render_port(service, port, port_endpoints, node: str, node_ip: str | None, scheduler: str):
+def ipvs_node_ips(state: ClusterState, node: str) -> list[str]:
+    """The addresses a NodePort gets a virtual server on, as kube-proxy's IPVS proxier picks
+    them: with nodePortAddresses, the node's addresses in them (primary: its IP); without,
+    every local address but kube-ipvs0's (GetAllLocalAddressesExcept); never loopback,
+    which IPVS does not serve."""
+    held = next((n for n in state.nodes if n.name == node), None)
+    if held is None:
+        return []
+    wanted = node_port_addresses(state, node, "ipvs")
+    addresses = node_addresses(held) if wanted is None else wanted
+    return [ip for ip in addresses if not ip.startswith("127.")]
+
+
+def _render_port(service, port, port_endpoints, node: str, node_ip: str | None, scheduler: str,
+                 node_ips: tuple[str, ...] = ()):  # fmt: skip
     """One service port's virtual servers, (set, member) pairs and service addresses."""
     proto = port.protocol.lower()
     servers: list[VirtualServer] = []
@@ -223,8 +247,8 @@ def _render_port(service, port, port_endpoints, node: str, node_ip: str | None, 
         entries.append((f"KUBE-NODE-PORT-{proto.upper()}", str(port.node_port)))
         if external_local:
             entries.append((f"KUBE-NODE-PORT-LOCAL-{proto.upper()}", str(port.node_port)))
-        if node_ip:  # kube-proxy's default --nodeport-addresses (primary): the node's own IP
-            serve(f"{node_ip}:{port.node_port}", external_local)
+        for ip in node_ips:  # one virtual server on each address nodePortAddresses leaves the node
+            serve(f"{ip}:{port.node_port}", external_local)
     if service.health_check_node_port:  # KUBE-NODE-PORT (filter) accepts these whether or not an endpoint is here
         entries.append(("KUBE-HEALTH-CHECK-NODE-PORT", str(service.health_check_node_port)))
     return servers, entries, addresses

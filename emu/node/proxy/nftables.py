@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+import time
 from dataclasses import dataclass, field
 
 from emu.node.proxy.base import (
@@ -120,6 +121,7 @@ class PortRules:
 
     name: str
     chains: dict[str, list[str]] = field(default_factory=dict)
+    service: str = ""  # namespace/name: kube-proxy rewrites a changed service's ports together
     sets: dict[str, str] = field(default_factory=dict)  # affinity set -> declaration
     elements: list[tuple[str, str, str]] = field(default_factory=list)  # (set or map, key, " comment ... : value")
 
@@ -132,6 +134,9 @@ class Ruleset:
     setup: list[str]
     fixed_chains: dict[str, list[str]]
     ports: list[PortRules]
+    # Service chains no port uses any more, flushed but not yet deleted, with when they
+    # were last flushed (time.monotonic()), as kube-proxy's staleChains: set by apply.
+    stale: dict[str, float] = field(default_factory=dict)
 
     def chains(self) -> dict[str, list[str]]:
         chains = dict(self.fixed_chains)
@@ -238,7 +243,7 @@ def render_port(
 ) -> PortRules:
     """One service port, as kube-proxy's syncProxyRules writes it."""
     name = port_name(service, port)
-    out = PortRules(name)
+    out = PortRules(name, service=service.key)
     proto = port.protocol.lower()
     base = port_base(service, port)
     cluster_chain, local_chain, external_chain = f"service-{base}", f"local-{base}", f"external-{base}"
@@ -379,59 +384,193 @@ def full_text(rules: Ruleset, replace: bool = True) -> str:
     return "\n".join(out) + "\n"
 
 
-def transaction(rules: Ruleset, previous: Ruleset | None = None) -> str:
-    """One nft -f transaction from `previous` to `rules`: everything when
-    previous is None (or its setup differs), else only what changed ("" when
-    nothing did). Service ports are compared by identity first: the renderer's
-    cache hands back the same PortRules for an unchanged port, so a change to
-    one service among 10,000 costs the diff of that one."""
-    if previous is None or previous.setup != rules.setup:
-        return full_text(rules)
-    old_ports = {port.name: port for port in previous.ports}
-    new_ports = {port.name: port for port in rules.ports}
-    changed_old, changed_new = [], []
-    for name in [*new_ports, *(name for name in old_ports if name not in new_ports)]:
-        old, new = old_ports.get(name), new_ports.get(name)
-        if old is not new:
-            changed_old += [old] if old else []
-            changed_new += [new] if new else []
-    if not changed_old and not changed_new:
-        return ""
-    old_view, new_view = Ruleset([], {}, changed_old), Ruleset([], {}, changed_new)
-    old_sets, new_sets = old_view.sets(), new_view.sets()
-    if _sets_changed(old_sets, new_sets):
-        return full_text(rules)
-    old_chains, new_chains = old_view.chains(), new_view.chains()
-    old_elements, new_elements = old_view.elements(), new_view.elements()
-    # A cluster IP is one element for all of a service's ports: it stays while one of them does.
-    kept_ips = {port.elements[0][1] for port in rules.ports} if any(
-        name == "cluster-ips" and (name, key) not in new_elements for name, key in old_elements
-    ) else set()
-    out = [f"add set {TABLE} {name} {{ {d} }}" for name, d in new_sets.items() if name not in old_sets]
-    out += [f"add chain {TABLE} {chain}" for chain in new_chains if chain not in old_chains]
-    out += [f"delete element {TABLE} {name} {{ {key} }}"
-            for (name, key), value in old_elements.items()
-            if new_elements.get((name, key)) != value and not (name == "cluster-ips" and key in kept_ips)]  # fmt: skip
-    for chain, chain_rules in new_chains.items():
-        old = old_chains.get(chain)
-        if old == chain_rules:
+# The element containers a full sync flushes and fills again (kube-proxy's nftElementStorage).
+CONTAINERS = [("set", "cluster-ips"), ("map", "service-ips"), ("map", "firewall-ips"), ("map", "no-endpoint-services"),
+              ("map", "no-endpoint-nodeports"), ("map", "service-nodeports")]  # fmt: skip
+# How long a chain no rule uses any more is kept (flushed) before it is deleted: with
+# kernels before 6.2 a chain a map element pointed to cannot be deleted at once.
+STALE_AFTER = 1.0
+
+
+def _setup_sync(rules: Ruleset, first: bool) -> list[str]:
+    """kube-proxy's setupNFTables, as a full sync writes it: the table, every fixed
+    chain created and flushed (base chains added and deleted once first, on a
+    proxier's first sync, so changed hooks or priorities are taken), their rules,
+    the sets and maps, and the element containers flushed."""
+    declared = {line.split()[4]: line for line in rules.setup if line.startswith(("add set ", "add map "))}
+    chain_lines = {line.split()[4]: line for line in rules.setup if line.startswith("add chain ")}
+    fixed = rules.fixed_chains
+    out = [rules.setup[0]]
+    if first:
+        for name, *_ in BASE_CHAINS:
+            out += [f"add chain {TABLE} {name}", f"delete chain {TABLE} {name}"]
+    made: set[str] = set()
+
+    def ensure(chain: str) -> None:
+        if chain not in made:
+            made.add(chain)
+            out.extend((chain_lines[chain], f"flush chain {TABLE} {chain}"))
+
+    def rules_of(chain: str) -> list[str]:
+        return [f"add rule {TABLE} {chain} {rule}" for rule in fixed[chain]]
+
+    for name, *_ in BASE_CHAINS:
+        ensure(name)
+    for source, rule in JUMPS:
+        ensure(rule.split()[-1])
+        out.append(f"add rule {TABLE} {source} {rule}")
+    for chain in ("services", "cluster-ips-check", "masquerading", "mark-for-masquerade"):
+        ensure(chain)
+    out += rules_of("mark-for-masquerade") + rules_of("masquerading")
+    out.append(declared["cluster-ips"])
+    out += rules_of("cluster-ips-check")
+    # nodeport-ips: filled afresh, or (every address takes NodePorts) added and deleted,
+    # which removes it whether or not it was there.
+    nodeport_ips = next(f"add {kind} {TABLE} {name} {{ {d} }}" for kind, name, d in SETS if name == "nodeport-ips")
+    out.append(nodeport_ips)
+    if "nodeport-ips" in declared:
+        out.append(f"flush set {TABLE} nodeport-ips")
+        out += [line for line in rules.setup if line.startswith(f"add element {TABLE} nodeport-ips ")]
+    else:
+        out.append(f"delete set {TABLE} nodeport-ips")
+    out += [declared["no-endpoint-services"], declared["no-endpoint-nodeports"]]
+    ensure("reject-chain")
+    out += rules_of("reject-chain") + rules_of("service-endpoints-check") + rules_of("nodeport-endpoints-check")
+    out.append(declared["firewall-ips"])
+    ensure("firewall-check")
+    out += rules_of("firewall-check")
+    out += [declared["service-ips"], declared["service-nodeports"]]
+    out += rules_of("services")
+    out += [f"flush {kind} {TABLE} {name}" for kind, name in CONTAINERS]
+    return out
+
+
+def _port_ops(port: PortRules, old_sets: dict[str, str]) -> tuple[list[str], list[str]]:
+    """A rewritten service port's chains (created and flushed) and its rules, with its
+    affinity sets declared between them; an affinity set whose declaration changed is
+    deleted first (its chains, flushed just before, no longer name it)."""
+    chains = []
+    for chain in port.chains:
+        chains += [f"add chain {TABLE} {chain}", f"flush chain {TABLE} {chain}"]
+    body = []
+    for name, declaration in port.sets.items():
+        if name in old_sets and old_sets[name] != declaration:
+            body.append(f"delete set {TABLE} {name}")
+        body.append(f"add set {TABLE} {name} {{ {declaration} }}")
+    for chain, chain_rules in port.chains.items():
+        body += [f"add rule {TABLE} {chain} {rule}" for rule in chain_rules]
+    return chains, body
+
+
+def sync_ops(rules: Ruleset, previous: Ruleset | None = None, *args, **options) -> tuple[list[str], dict[str, float]]:
+    """_sync_ops without the cyclic garbage collector (it would scan the whole
+    ruleset's objects, 0.1 to 0.3 s at 10,000 services, for none to free)."""
+    with no_gc():
+        return _sync_ops(rules, previous, *args, **options)
+
+
+def _sync_ops(
+    rules: Ruleset,
+    previous: Ruleset | None = None,
+    existing: tuple[set[str], set[str]] | None = None,
+    first: bool = False,
+    stale: dict[str, float] | None = None,
+    now: float = 0.0,
+) -> tuple[list[str], dict[str, float]]:
+    """One sync's nft -f transaction, as kube-proxy's syncProxyRules builds it, and the
+    stale chains after it (name -> when flushed).
+
+    Without `previous`, a full sync: the fixed chains and containers set up afresh
+    (`_setup_sync`), every service chain created, flushed and filled, every element
+    added; chains and affinity sets the kernel holds (`existing`: names, from nft
+    list) that no service uses any more are flushed (chains) or deleted (sets).
+    With `previous`, a partial sync: only the services whose ports changed (by
+    identity: the renderer's cache hands back the same PortRules for an unchanged
+    port) have their chains rewritten; map elements are added, replaced (delete and
+    add) or deleted as they changed; the chains of changed services that are gone
+    are flushed, and so again are the stale chains still held (`stale`, else
+    previous.stale). A chain is deleted by a later, separate transaction once it has
+    been stale for STALE_AFTER (`stale_deletion`), as kube-proxy does."""
+    out: list[str] = []
+    new_stale: dict[str, float] = {}
+    if previous is None:
+        out += _setup_sync(rules, first)
+        old_ports: list[PortRules] = []
+        new_ports = rules.ports
+        held_chains, held_sets = existing if existing is not None else (set(), set())
+        stale_before: dict[str, float] = {}
+    else:
+        if previous.setup != rules.setup:
+            return _sync_ops(rules, None, (set(previous.chains()) | set(previous.stale), set(previous.sets())),
+                             stale=stale, now=now)  # fmt: skip
+        changed = _changed_services(previous.ports, rules.ports)
+        old_ports = [port for port in previous.ports if (port.service or port.name) in changed]
+        new_ports = [port for port in rules.ports if (port.service or port.name) in changed]
+        held_chains = {chain for port in old_ports for chain in port.chains}
+        held_sets = {name for port in old_ports for name in port.sets}
+        stale_before = previous.stale if stale is None else stale
+    old_sets = {name: d for port in old_ports for name, d in port.sets.items()}
+    old_elements = {(name, key): value for port in old_ports for name, key, value in port.elements}
+    active_chains: set[str] = set()
+    active_sets: set[str] = set()
+    bodies: list[str] = []
+    new_elements: dict[tuple[str, str], str] = {}
+    for port in new_ports:
+        chains, body = _port_ops(port, old_sets)
+        out += chains
+        bodies += body
+        active_chains.update(port.chains)
+        active_sets.update(port.sets)
+        for name, key, value in port.elements:
+            new_elements.setdefault((name, key), value)
+    out += bodies
+    for (name, key), value in new_elements.items():
+        old = old_elements.get((name, key))
+        if old == value:
             continue
-        if old:
-            out.append(f"flush chain {TABLE} {chain}")
-        out += [f"add rule {TABLE} {chain} {rule}" for rule in chain_rules]
-    out += [f"add element {TABLE} {name} {{ {key}{value} }}"
-            for (name, key), value in new_elements.items() if old_elements.get((name, key)) != value]  # fmt: skip
-    gone = [chain for chain in old_chains if chain not in new_chains]
-    out += [f"flush chain {TABLE} {chain}" for chain in gone if old_chains[chain]]
-    out += [f"delete chain {TABLE} {chain}" for chain in gone]
-    out += [f"delete set {TABLE} {name}" for name in old_sets if name not in new_sets]
-    return "\n".join(out) + "\n" if out else ""
+        if old is not None:
+            out.append(f"delete element {TABLE} {name} {{ {key} }}")
+        out.append(f"add element {TABLE} {name} {{ {key}{value} }}")
+    # Chains no service uses: flushed now, deleted once stale long enough.
+    gone = [chain for chain in held_chains if chain not in active_chains and "/" in chain]
+    gone += [chain for chain in stale_before if chain not in active_chains and chain not in held_chains]
+    for chain in sorted(gone):
+        out.append(f"flush chain {TABLE} {chain}")
+        new_stale[chain] = now
+    out += [f"delete set {TABLE} {name}" for name in sorted(held_sets)
+            if name not in active_sets and name.startswith("affinity-")]  # fmt: skip
+    out += [f"delete element {TABLE} {name} {{ {key} }}" for name, key in old_elements
+            if (name, key) not in new_elements]  # fmt: skip
+    return out, new_stale
 
 
-def _sets_changed(old: dict[str, str], new: dict[str, str]) -> bool:
-    """An affinity set whose declaration changed (a new timeout) cannot be
-    altered in place: the table is rewritten."""
-    return any(name in old and old[name] != declaration for name, declaration in new.items())
+def _changed_services(old: list[PortRules], new: list[PortRules]) -> set[str]:
+    """The services (namespace/name) one of whose ports came, went or changed."""
+    before = {port.name: port for port in old}
+    changed = set()
+    for port in new:
+        was = before.pop(port.name, None)
+        if was is not port and was != port:
+            changed.add(port.service or port.name)
+    changed.update(port.service or port.name for port in before.values())
+    return changed
+
+
+def stale_deletion(stale: dict[str, float], now: float) -> tuple[str, dict[str, float]]:
+    """kube-proxy's first transaction of a sync: delete the chains stale for over
+    STALE_AFTER ("" when none is); returns it and the chains still stale after it."""
+    old = [chain for chain, since in stale.items() if since < now - STALE_AFTER]
+    if not old:
+        return "", stale
+    text = "".join(f"delete chain {TABLE} {chain}\n" for chain in sorted(old))
+    return text, {chain: since for chain, since in stale.items() if chain not in old}
+
+
+def transaction(rules: Ruleset, previous: Ruleset | None = None, first: bool = False) -> str:
+    """One sync's nft -f transaction from `previous` to `rules` (see sync_ops): a
+    full sync when previous is None, else only what changed ("" when nothing did)."""
+    ops, _ = sync_ops(rules, previous, first=first)
+    return "\n".join(ops) + "\n" if ops else ""
 
 
 def table_view(listing: str) -> tuple[dict[str, int], set[str]]:
@@ -460,13 +599,17 @@ _CHAIN_PROPERTY = re.compile(r"\t\t(type \S+ hook |comment \")")
 
 
 class NftablesProxier(Proxier):
-    """kube-proxy's nftables mode through nft -f, one transaction a sync."""
+    """kube-proxy's nftables mode through nft -f, one transaction a sync (and, when
+    chains have been stale long enough, one before it that deletes them)."""
 
     mode = "nftables"
 
+    def __init__(self):
+        self.flushed = False  # kube-proxy's: the base chains were re-created once
+
     def bootstrap(self, state: ClusterState, node: NodeState, plan_dir: str) -> Bootstrap:
         """The empty table (no services yet), so the node has kube-proxy's hooks
-        from its first moment; the agent's first sync replaces it whole."""
+        from its first moment; the agent's first sync sets it up again and fills it."""
         path = f"{plan_dir}/kube-proxy.nft"
         lines, _ = setup(state, node)
         return Bootstrap({path: full_text(Ruleset(lines, {}, []))}, [f"nft -f {path}"])
@@ -475,19 +618,45 @@ class NftablesProxier(Proxier):
         return render(state, node, endpoints, cache=cache)
 
     def text(self, rules: Ruleset, previous: Ruleset | None = None) -> str:
-        return transaction(rules, previous)
+        return transaction(rules, previous, first=previous is None and not self.flushed)
 
     def apply(self, run: Runner, rules: Ruleset, previous: Ruleset | None = None) -> int:
-        text = transaction(rules, previous)
-        if text:
-            run_text(run, ["nft", "-f", "-"], text, "nft -f")
-        return sum(1 for line in text.splitlines() if line.startswith(("add chain", "flush chain", "add element",
-                                                                         "delete element", "delete chain")))  # fmt: skip
+        now = time.monotonic()
+        if previous is None:
+            ops, stale = sync_ops(rules, None, existing(run), first=not self.flushed, now=now)
+        else:
+            held = self.delete_stale(run, previous.stale, now)
+            ops, stale = sync_ops(rules, previous, stale=held, now=now)
+        try:
+            if ops:
+                run_text(run, ["nft", "-f", "-"], "\n".join(ops) + "\n", "nft -f")
+        except RuntimeError:
+            if previous is not None:
+                raise
+            # A full sync the kernel refused (an affinity set left with another timeout cannot
+            # be re-added in place): the table is replaced whole, as a last resort.
+            ops, stale = full_text(rules).splitlines(), {}
+            run_text(run, ["nft", "-f", "-"], "\n".join(ops) + "\n", "nft -f")
+        self.flushed = True
+        rules.stale = stale
+        return sum(1 for line in ops if line.startswith(("add chain", "flush chain", "add element",
+                                                          "delete element", "delete chain")))  # fmt: skip
+
+    def delete_stale(self, run: Runner, stale: dict[str, float], now: float) -> dict[str, float]:
+        """Delete the chains stale long enough (their own transaction, as kube-proxy);
+        returns those still stale. One that cannot be deleted stays stale, is
+        flushed again by the sync and tried again later."""
+        text, held = stale_deletion(stale, now)
+        if text and run(["nft", "-f", "-"], input=text, capture_output=True, text=True).returncode != 0:
+            return stale
+        return held
 
     def adopt(self, run: Runner) -> None:
-        return None  # whatever is there is replaced whole by the first sync
+        return None  # the first sync is a full one: it lists the chains and sets it finds (existing)
 
     def lost(self, run: Runner, rules: Ruleset) -> list[str]:
+        if rules.stale:  # between syncs, as kube-proxy's periodic sync would
+            rules.stale = self.delete_stale(run, rules.stale, time.monotonic())
         result = run(["nft", "-t", "list", "table", "ip", "kube-proxy"], capture_output=True, text=True)
         if result.returncode != 0:
             return [f"table {TABLE} missing ({result.stderr.strip()[:200]})"]
@@ -503,6 +672,23 @@ class NftablesProxier(Proxier):
         wanted = declared + list(rules.sets())
         found += [f"set {name} missing" for name in wanted if name not in sets]
         return found
+
+
+def existing(run: Runner) -> tuple[set[str], set[str]]:
+    """The chains and sets `table ip kube-proxy` holds (none when there is no table), as
+    kube-proxy lists them before a full sync to find what no service uses any more."""
+    found: list[set[str]] = []
+    for argv in (["nft", "list", "chains", "ip"], ["nft", "-t", "list", "sets", "ip"]):
+        result = run(argv, capture_output=True, text=True)
+        names: set[str] = set()
+        inside = False
+        for line in result.stdout.splitlines() if result.returncode == 0 else ():
+            if line.startswith("table "):
+                inside = line.split()[1:3] == ["ip", "kube-proxy"]
+            elif inside and line.startswith(("\tchain ", "\tset ", "\tmap ")):
+                names.add(line.split()[1])
+        found.append(names)
+    return found[0], found[1]
 
 
 PROXIER = NftablesProxier()
