@@ -249,12 +249,17 @@ class ApiPods:
             problem = podwatch.unsupported(obj)
             if problem is None and netns_of(key) in emu_netns:
                 problem = ("", f"a pod of emu's own commands on this node has the namespace {netns_of(key)}")
+            if problem is None:
+                try:
+                    ip = self.ipam.allocate(uid, key)
+                except OSError as error:  # the kubelet's range is full: this pod waits, the others go on
+                    problem = ("", f"no address for the pod: {error}")
             if problem is not None:
                 if uid not in self.refused:
                     self.log(f"pod {key}: not run: {problem[1]}")
                 self.refused[uid] = problem
                 continue
-            ip = self.ipam.allocate(uid, key)
+            self.refused.pop(uid, None)
             pod = podwatch.pod_state(obj, self.node, ip)
             why = sandbox_problem(pod, seen.netns, seen.ports)
             with self.lock:
