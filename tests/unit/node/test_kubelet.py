@@ -265,3 +265,35 @@ def test_emu_keeps_its_pods_and_leaves_the_others_alone(tmp_path, served, state)
         mirror.sync(served.store, clash + [twin])
     assert conflict.value.code == 409
     assert admin.get(f"{PODS}/mine")["metadata"].get("annotations", {}).get(mirror.MANAGED_BY) is None
+
+
+def test_what_a_plain_pod_manifest_may_run_in_a_node():
+    from emu.node.kube import podwatch
+
+    def pod(*containers: dict, **spec) -> dict:
+        return {"metadata": {"name": "p", "namespace": "shop", "uid": "u1"},
+                "spec": {"containers": list(containers), **spec}}  # fmt: skip
+
+    netexec = {"name": "c", "image": AGNHOST, "args": ["netexec", "--http-port=8080", "--udp-port=8081"],
+               "ports": [{"name": "http", "containerPort": 8080}], "env": [{"name": "A", "value": "1"}],
+               "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2}}  # fmt: skip
+    assert podwatch.unsupported(pod(netexec, {"name": "p", "image": "agnhost", "args": ["pause"]})) is None
+    state = podwatch.pod_state(pod(netexec, dnsPolicy="ClusterFirstWithHostNet", restartPolicy="OnFailure",
+                                   terminationGracePeriodSeconds=5), "w1", "10.244.1.192")  # fmt: skip
+    assert (state.netns, state.dns_policy, state.restart_policy, state.termination_grace_seconds) == (
+        "shop.p", "ClusterFirst", "OnFailure", 5)
+    [container] = state.containers
+    assert container["workload"] == "netexec" and container["args"] == ["--http-port=8080", "--udp-port=8081"]
+    assert state.resolve_port("http") == 8080 and container["readinessProbe"]["periodSeconds"] == 2
+    for bad, why in (
+        ({"name": "c", "image": "nginx:1.27"}, "image 'nginx:1.27'"),
+        ({"name": "c", "image": AGNHOST, "args": ["netexec", "--delay-shutdown=5"]}, "not --delay-shutdown=5"),
+        ({"name": "c", "image": AGNHOST, "args": ["pause", "--x"]}, "takes no flags"),
+        ({"name": "c", "image": AGNHOST, "command": ["/agnhost"], "args": ["netexec"]}, "image"),
+    ):
+        assert why in podwatch.unsupported(pod(bad))[1], bad
+    assert "init containers" in podwatch.unsupported(pod(netexec, initContainers=[netexec]))[1]
+    # The node cannot import the API server's modules: the mark is spelled twice, and must agree.
+    assert (podwatch.MANAGED_BY, podwatch.EMU_MANAGER) == (mirror.MANAGED_BY, mirror.MANAGER)
+    assert podwatch.emu_driven({"metadata": {"annotations": {"emu.io/managed-by": "emu"}}})
+    assert not podwatch.emu_driven({"metadata": {}})
