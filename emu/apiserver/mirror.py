@@ -13,7 +13,14 @@ objects keep their resourceVersion, so watchers see only what changed. Every
 write goes through the store, so watches, lists and kubectl see them.
 
 While emu drives a kind, writes to it by anyone else are refused (`refuse`):
-they would not reach the nodes, and the next mirror would undo them.
+they would not reach the nodes, and the next mirror would undo them. Pods are
+the exception (stage 4, the kubelet's first part): the pods the mirror writes
+carry the annotation MANAGED_BY (`emu.io/managed-by: emu`, after
+EndpointSlices' `endpointslice.kubernetes.io/managed-by`), and the mirror
+owns only those: it never deletes or replaces a pod without it, and writes
+are refused only to pods with it. Other pods are anyone's: kubectl creates
+and deletes them, the scheduler binds them, and the node's kubelet
+(emu.node.agent.kubelet) runs them.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 LIFECYCLE_TAINTS = "node.kubernetes.io/"  # the node lifecycle controller's taints
 KUBELET_MANAGER = "kubelet"  # the field manager of the node agents' status writes (client-go's: the program's name)
 PATH = "/emu/mirror"
+# The annotation on every pod the mirror writes: emu's commands drive that pod (see above).
+MANAGED_BY = "emu.io/managed-by"
+MANAGER = "emu"
 
 # The kinds emu's own commands drive in stage 2, by (apiVersion, kind).
 DRIVEN = (
@@ -78,6 +88,13 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
         if not meta.get("name"):
             raise errors.bad_request(f"a mirrored {info.kind} has no metadata.name")
         desired[(info.key, namespace, meta["name"])] = obj
+    pods_key = resources.by_kind("v1", "Pod").key
+    for (key, namespace, name) in desired:
+        if key == pods_key:
+            current = store.get(key, namespace, name)
+            if current is not None and not emu_pod(current):
+                raise errors.conflict("pods", name, why=f"pod {namespace}/{name} was made through the API (kubectl), "
+                                      "not by emu: delete it with kubectl first, or give emu's pod another name")
     counts = {"created": 0, "updated": 0, "deleted": 0, "unchanged": 0}
     for key, info in keys.items():
         fields_of = info.field_values
@@ -87,6 +104,8 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
         for current in store.list_objects(key):
             meta = current.get("metadata") or {}
             where = (key, meta.get("namespace", ""), meta.get("name", ""))
+            if key == pods_key and not emu_pod(current):
+                continue  # not emu's: made through the API, run by its node's kubelet
             if where not in desired and meta.get("name") not in kept:
                 etype, _ = store.write(key, where[1], where[2], lambda obj: DELETE, fields_of)
                 counts["deleted"] += etype == "DELETED"
@@ -100,6 +119,7 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
             new.setdefault("metadata", {})
             if info.kind == "Pod":
                 resources.admit_pod(new.setdefault("spec", {}))  # as the API server's admission would
+                new["metadata"].setdefault("annotations", {})[MANAGED_BY] = MANAGER
             elif info.kind == "Node" and current is not None:
                 keep_node_lifecycle(current, new)
             if current is None:
@@ -157,6 +177,11 @@ def reported_by_kubelet(pod: dict) -> bool:
     )
 
 
+def emu_pod(pod: dict | None) -> bool:
+    """Whether emu's commands drive this pod (the mirror wrote it: MANAGED_BY)."""
+    return ((pod or {}).get("metadata") or {}).get("annotations", {}).get(MANAGED_BY) == MANAGER
+
+
 def _uid(obj: dict) -> str:
     import uuid
 
@@ -164,10 +189,12 @@ def _uid(obj: dict) -> str:
 
 
 def refuse(user_name: str, verb: str, api_group: str, resource: str, namespace: str,
-           subresource: str = "") -> errors.ApiError | None:  # fmt: skip
+           subresource: str = "", name: str = "", current=None, body=None) -> errors.ApiError | None:  # fmt: skip
     """The error for a write to a kind emu drives by anyone but emu itself (None:
     allowed). Nodes write their pods' status, as kubelets do (NodeRestriction
-    then checks that the pod is bound to the node)."""
+    then checks that the pod is bound to the node). Pods: only emu's own
+    (MANAGED_BY) are refused; `current()` gives the stored pod named `name`,
+    `body()` the pod a create sends."""
     if user_name == CONTROLLER_USER or verb in ("get", "list", "watch"):
         return None
     if user_name.startswith(NODE_USER_PREFIX) and (api_group, resource, subresource) == ("", "pods", "status"):
@@ -176,6 +203,14 @@ def refuse(user_name: str, verb: str, api_group: str, resource: str, namespace: 
     info = driven_keys(create_only=False).get(key)
     if info is None:
         return None
+    if (api_group, resource) == ("", "pods") and verb != "deletecollection":
+        if verb == "create":
+            if not emu_pod(body() if body else None):
+                return None  # (the server asks again with the body: emu.apiserver.server._create)
+            return errors.forbidden("pods", "", f"the annotation {MANAGED_BY}={MANAGER} is emu's own mark of the "
+                                    "pods its commands drive: leave it out of a pod made through the API", "")
+        if name and not emu_pod(current() if current else None):
+            return None
     return errors.ApiError(
         405, "MethodNotAllowed",
         f"{resource} are driven by emu's own commands in this version of emu: change them in the topology "

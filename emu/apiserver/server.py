@@ -559,7 +559,8 @@ class ApiServer:
                 return self._mirror(req)
             if info.is_resource and info.subresource in ("", "status", "scale"):
                 refused = mirror.refuse(req.user.name, info.verb, info.group, info.resource, info.namespace,
-                                         info.subresource)
+                                         info.subresource, name=info.name,
+                                         current=lambda: self.store.get(info.resource, info.namespace, info.name))
                 if refused is not None:
                     raise refused
         if not info.is_resource:
@@ -1109,6 +1110,10 @@ class ApiServer:
         self._check_fields(req, r, obj)
         self._set_namespace(r, obj, ns)
         meta = obj["metadata"]
+        if self.emu_driven and r.kind == "Pod" and req.user.name != mirror.CONTROLLER_USER:
+            refused = mirror.refuse(req.user.name, "create", "", "pods", ns, body=lambda: obj)
+            if refused is not None:
+                raise refused
         if meta.get("resourceVersion"):
             raise errors.internal("resourceVersion should not be set on objects to be created")
         for k in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"):
@@ -1574,6 +1579,8 @@ class ApiServer:
                 meta["deletionGracePeriodSeconds"] = 0
                 current.setdefault("status", {})["phase"] = "Terminating"
                 return current
+            if r.kind == "Pod" and (current.get("spec") or {}).get("nodeName") and not mirror.emu_pod(current):
+                return _graceful_pod_delete(current, grace)
             return storage.mark_deleted(current, grace if isinstance(grace, int) else 0)
 
         etype, obj = self.store.write(r.key, ns, name, fn, self._fields_of(r), dry)
@@ -1727,3 +1734,27 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # one line per request is written by ApiServer.handle
         pass
+
+
+def _graceful_pod_delete(current: dict, grace: int | None) -> object:
+    """DELETE of a pod bound to a node that its kubelet runs (not one of emu's own):
+    graceful, as kube-apiserver does it. The pod gets deletionTimestamp (now plus the
+    grace period: the request's gracePeriodSeconds, else its terminationGracePeriodSeconds)
+    and stays until its node's kubelet has stopped its containers and deletes it with a
+    grace period of 0; a second DELETE may only shorten the period. A grace period of 0
+    removes it at once (`kubectl delete --force --grace-period=0`)."""
+    meta = current["metadata"]
+    if not isinstance(grace, int):
+        grace = (current.get("spec") or {}).get("terminationGracePeriodSeconds")
+        grace = grace if isinstance(grace, int) else 30
+    grace = max(0, grace)
+    if grace == 0:
+        if storage.finalizers(current) and meta.get("deletionTimestamp"):
+            meta["deletionGracePeriodSeconds"] = 0  # gone once its finalizers are
+            return current
+        return storage.mark_deleted(current, 0)  # with finalizers, marked; else gone
+    if meta.get("deletionTimestamp") and grace >= (meta.get("deletionGracePeriodSeconds") or 0):
+        return None  # already being deleted within that time
+    meta["deletionTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + grace))
+    meta["deletionGracePeriodSeconds"] = grace
+    return current

@@ -287,7 +287,8 @@ class Store:
                 return "", current
             if new is not DELETE:
                 meta = new.get("metadata") or {}
-                if meta.get("deletionTimestamp") and not finalizers(new) and current is not None:
+                if meta.get("deletionTimestamp") and not finalizers(new) and current is not None \
+                        and not graceful_pod(new):
                     new = DELETE
             if new is DELETE:
                 if current is None:
@@ -486,6 +487,12 @@ def keep_identity(current: dict, new: dict) -> None:
         else:
             meta.pop(k, None)
     meta.pop("selfLink", None)
+
+
+def graceful_pod(obj: dict) -> bool:
+    """A pod being deleted gracefully (deletionGracePeriodSeconds > 0): it stays, with
+    no finalizers too, until its node's kubelet deletes it with a grace period of 0."""
+    return obj.get("kind") == "Pod" and bool((obj.get("metadata") or {}).get("deletionGracePeriodSeconds"))
 
 
 def mark_deleted(current: dict, grace: int = 0) -> object:

@@ -130,14 +130,35 @@ class PodState:
         return "veth" + sha256(self.key.encode()).hexdigest()[:8]
 
 
+# A node's pod CIDR is split in two ranges, as host-local's rangeStart/rangeEnd split
+# one: the emu planner's (emu.control.state, and the hub's eviction) from the bridge's
+# address up, and the node's kubelet's (emu.node.agent.kubelet: pods created through the
+# API server, allocated in the node) in the top quarter. Neither can pick the other's.
+KUBELET_RANGE_SHARE = 4  # the kubelet's range: the last 1/KUBELET_RANGE_SHARE of the CIDR
+
+
+def kubelet_pod_range(pod_cidr: str) -> list[str]:
+    """The addresses the node's kubelet hands to pods created through the API (a /24: .192-.254)."""
+    network = ipaddress.IPv4Network(pod_cidr)
+    first = network.num_addresses - network.num_addresses // KUBELET_RANGE_SHARE
+    return [str(network.network_address + i) for i in range(first, network.num_addresses - 1)]
+
+
+def planner_pod_range(pod_cidr: str) -> list[str]:
+    """The addresses emu's planner hands out on a node (a /24: .2-.191; .1 is the bridge)."""
+    network = ipaddress.IPv4Network(pod_cidr)
+    last = network.num_addresses - network.num_addresses // KUBELET_RANGE_SHARE
+    return [str(network.network_address + i) for i in range(2, last)]
+
+
 class HostLocalIPAM:
     """Per-node pod IP allocation that behaves like CNI's host-local plugin:
     the next free address after the last one handed out, wrapping around, so a
-    recreated pod gets a new IP rather than its predecessor's."""
+    recreated pod gets a new IP rather than its predecessor's. Only within the
+    planner's range of the node's CIDR (planner_pod_range)."""
 
     def __init__(self, node: NodeState, used: set[str], last: str | None):
-        network = ipaddress.IPv4Network(node.pod_cidr)
-        self.candidates = [str(ip) for ip in network.hosts()][1:]  # .1 is the bridge
+        self.candidates = planner_pod_range(node.pod_cidr)
         self.used = used
         self.last = last
 

@@ -126,14 +126,14 @@ def test_too_many_pods_for_a_node():
     text = BASE + "deployments:\n  - name: d\n    replicas: 300\n    template:\n      node: w1\n" \
         "      containers:\n        - name: c\n          workload: netexec\n"
     messages = problems(text)
-    assert any("300 pods are pinned to node 'w1' but its /24 pod CIDR holds 253" in m for m in messages)
+    assert any("300 pods are pinned to node 'w1' but its /24 pod CIDR holds 190" in m for m in messages)
 
 
 def test_too_many_floating_pods():
     text = BASE + "deployments:\n  - name: d\n    replicas: 300\n    template:\n" \
         "      containers:\n        - name: c\n          workload: netexec\n"
     messages = problems(text)
-    assert any("301 pods are not pinned to a node but the nodes that take them (w1) have room for 253" in m
+    assert any("301 pods are not pinned to a node but the nodes that take them (w1) have room for 190" in m
                for m in messages)
 
 

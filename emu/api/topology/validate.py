@@ -9,14 +9,15 @@ import ipaddress
 from collections import Counter
 from collections.abc import Iterator
 
-from emu.node.records import KUBE_DNS_INDEX, KUBERNETES_INDEX, well_known_ip
+from emu.node.records import KUBE_DNS_INDEX, KUBERNETES_INDEX, planner_pod_range, well_known_ip
 from emu.api.topology.model import PodTemplate, Topology
 from emu.api.topology.names import daemonset_pod_name, deployment_pod_names, statefulset_pod_names
 from emu.api.topology.scheduling import candidate_nodes, node_labels
 
 NODE_CIDR_PREFIX = 24  # one /24 of podSubnet per node, as kubeadm's default --node-cidr-mask-size
 # A /24 holds 256 addresses: network, gateway (the bridge) and broadcast are not pods'.
-PODS_PER_NODE = 2 ** (32 - NODE_CIDR_PREFIX) - 3
+# What emu's planner may place on a node: its range of the /24 (the rest is the kubelet's).
+PODS_PER_NODE = len(planner_pod_range(f"10.0.0.0/{NODE_CIDR_PREFIX}"))
 
 Finding = tuple[tuple, str]
 

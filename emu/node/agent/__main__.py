@@ -36,6 +36,7 @@ from emu.node.agent.health import KubeProxyHealth
 from emu.node.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
 from emu.node.agent.probes import Kubelet, ProbeThreads, run_start_script
 from emu.node.agent.ingress import IngressSync
+from emu.node.agent.kubelet import ApiPods
 from emu.node.agent.policy import PolicySync
 from emu.node.agent.proxysync import ProxySync
 from emu.node.agent.runner import Runner, Watchdog
@@ -134,10 +135,12 @@ class Agent:
                                  describe=lambda: "reporting to the API server")  # fmt: skip
         self.report_job = self.reporter.job(self.hub_address, self.local_readiness)
         self.watch_job = self.watcher.job(self.hub_address, self.on_hub, self.generation)
+        # The kubelet's pods made through the API server (emu.node.agent.kubelet).
+        self.api_pods = ApiPods(node, log, lambda: self.view.state if self.view else None)
 
     def runners(self) -> list[Runner]:
         return [self.loader, self.pods_job, self.kubelet_job, self.syncer, self.hub_job, self.report_job,
-                self.watch_job, self.status_job]
+                self.watch_job, self.status_job, self.api_pods.job]
 
     # ---- state ----------------------------------------------------------------
     # (The load job: a new state arrives with a SIGHUP, or the hub's watch; the pods
@@ -617,7 +620,7 @@ def make_handler(agent: Agent) -> web.Handler:
         if sender(request) != api_node or request.client == "127.0.0.1":
             return reply(wfile, {"error": f"{request.client} may not ask for pods' streams: only the API server's "
                                           f"node ({api_node}) may"}, 403)  # fmt: skip
-        return streams.serve(request, wfile, view.state)
+        return streams.serve(request, wfile, agent.api_pods.pods_view(view.state if view else None))
 
     def handle(request: web.Request, wfile) -> bool:
         if sender(request) is None:

@@ -460,7 +460,9 @@ API_LOG = "/var/log/emu/apiserver.log"
 # what the nodes report (EndpointSlices and Endpoints from the pods' readiness, node
 # lifecycle from their Leases) and those every namespace has (its default
 # ServiceAccount, kube-root-ca.crt).
-API_CONTROLLERS = ("endpointslice", "endpoints", "serviceaccount", "rootca", "nodelifecycle")
+# The scheduler too: it binds only pods without spec.nodeName (emu's own pods have one),
+# and the node's kubelet (emu.node.agent.kubelet) runs what it binds.
+API_CONTROLLERS = ("endpointslice", "endpoints", "serviceaccount", "rootca", "nodelifecycle", "scheduler")
 
 
 def api_server_node(state: ClusterState) -> NodeState:
@@ -537,9 +539,11 @@ def node_plan(
     removed: list[PodState],
     new_node: bool,
     plan_dir: str = PLAN_DIR,
+    script_of=container_script,
 ) -> NodePlan:
     """The plan that takes one node from its current pods to the desired ones
-    (its files under `plan_dir`)."""
+    (its files under `plan_dir`; each container's start script at
+    `script_of(netns, container)`: the kubelet keeps its API pods' elsewhere)."""
     plan = NodePlan(node=node.name, container=node.container)
     if new_node:
         plan.files.update(workload_files())
@@ -605,7 +609,7 @@ def node_plan(
         plan.steps.append("mkdir -p " + " ".join(shlex.quote(f"{d}/{pod.netns}") for pod in started for d in (LOG_DIR, RUN_DIR)))
     for pod in added:
         for container in pod.containers:
-            script = container_script(pod.netns, container["name"])
+            script = script_of(pod.netns, container["name"])
             if runs_image(container):  # Docker starts it once the pod is wired; this records its process
                 plan.files[script] = find_container_script(pod, container)
                 continue

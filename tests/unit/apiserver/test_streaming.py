@@ -359,7 +359,8 @@ def test_the_agent_gives_pod_streams_to_the_api_servers_node_only():
              types.SimpleNamespace(name="w1", role="worker", node_ip="10.0.0.3")]  # fmt: skip
     view = types.SimpleNamespace(state=types.SimpleNamespace(nodes=nodes, pods={}), is_hub=False,
                                  node_by_ip={n.node_ip: n.name for n in nodes})  # fmt: skip
-    handle = make_handler(types.SimpleNamespace(node="w1", view=view))
+    handle = make_handler(types.SimpleNamespace(node="w1", view=view,
+                                                api_pods=types.SimpleNamespace(pods_view=lambda state: state)))
     for client_address, allowed in (("10.0.0.3", False), ("127.0.0.1", False), ("10.9.9.9", False),
                                     ("10.0.0.2", True)):  # fmt: skip
         out = io.BytesIO()
