@@ -234,6 +234,11 @@ class Cluster:
         stopped = [n for n in state.nodes if not records[n.container].running]
         if not stopped:
             return []
+        if not hasattr(self.runtime, "start_node"):  # a runtime whose nodes cannot be started again in place
+            raise EmuError(
+                f"cluster '{self.name}': node(s) {', '.join(n.name for n in stopped)} are not running and its "
+                f"runtime cannot start a node again; nothing was changed: `emu down {self.name}`, then `emu up FILE`"
+            )
         lines = []
         for node in stopped:
             where = f" on host {node.host}" if node.host else ""

@@ -195,3 +195,16 @@ def test_status_names_what_is_down_and_exits_1(engine, monkeypatch, capsys):
     Args.json = True
     assert objects.cmd_status(Args()) == 0
     assert json.loads(capsys.readouterr().out)["problems"] == []
+
+
+def test_up_of_a_runtime_that_cannot_start_nodes_says_so_and_changes_nothing(engine):
+    class Unstartable(FakeProvider):
+        start_node = property(lambda self: (_ for _ in ()).throw(AttributeError("start_node")))
+
+    up(engine)
+    engine.stop("lab-w1")
+    before = len(engine.calls)
+    with pytest.raises(EmuError, match=r"node\(s\) w1 are not running and its runtime cannot start a node again; "
+                                       r"nothing was changed: `emu down lab`"):
+        Cluster("lab", runtime=Unstartable(engine)).up(load_text(LAB))
+    assert engine.calls[before:] == []
