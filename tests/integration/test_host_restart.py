@@ -177,6 +177,29 @@ def test_a_restarted_engine_brings_its_nodes_back_and_status_names_it_meanwhile(
     assert json.loads(status.stdout)["problems"] == []
 
 
+def test_the_swarm_managers_host_restarting_brings_the_control_plane_back(files, lab):
+    """h1 leads the swarm (its only manager) and runs cp, the API server's node."""
+    from tests import hostlab
+
+    name, _, inventory = files
+    h1 = lab.host("h1")
+    hostlab.stop_engine(h1)
+    try:
+        status = emu("status", "--name", name)
+        assert status.returncode == 1, status.stdout + status.stderr
+        assert "host h1" in status.stderr and "cp" in status.stderr and "Traceback" not in status.stderr
+        assert node_statuses(status.stdout) == {"cp": "NotReady", "w1": "Ready", "w2": "Ready"}, status.stdout
+    finally:
+        hostlab.start_engine(h1)
+    started = time.monotonic()
+    wait_for(lambda: serves(name, inventory), RECOVERY, "the cluster did not serve again after h1's engine (the "
+             "swarm's manager) restarted")  # fmt: skip
+    print(f"\nh1's engine (the manager) restarted: pods served again {time.monotonic() - started:.1f} s after it "
+          "answered")
+    status = emu("status", "--name", name, "--json")
+    assert status.returncode == 0, status.stderr
+
+
 def test_up_starts_nodes_stopped_on_a_host_and_they_serve_again(files, lab):
     from tests import hostlab
 
