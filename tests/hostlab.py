@@ -512,15 +512,17 @@ def dockerd_pid(host: LabHost) -> int | None:
     return pid
 
 
-def start_dockerd(host: LabHost) -> bool:
-    """Start host's dockerd unless it runs; True if started."""
+def start_dockerd(host: LabHost, keep_swarm: bool = False) -> bool:
+    """Start host's dockerd unless it runs; True if started. keep_swarm: as an engine that restarts (a reboot)
+    does, with its swarm membership and containers (see restart_engine)."""
     if dockerd_pid(host) is not None:
         return False
     host.run_dir.mkdir(parents=True, exist_ok=True)
     _clean_exec_root(host)
     host.data_root.mkdir(parents=True, exist_ok=True)
     # The data root is kept for its images; a swarm of an earlier run is not (its peers are gone).
-    shutil.rmtree(host.data_root / "swarm", ignore_errors=True)
+    if not keep_swarm:
+        shutil.rmtree(host.data_root / "swarm", ignore_errors=True)
     # Its own identity (the engine ID): the main engine's /etc/docker/key.json is not shared.
     (host.run_dir / "daemon.json").write_text(json.dumps({"deprecated-key-path": str(host.key_json)}))
     with open(host.log, "ab") as log:
@@ -567,6 +569,21 @@ def stop_dockerd(host: LabHost, clean: bool = False) -> None:
     _stop(pid)
     host.dockerd_pidfile.unlink(missing_ok=True)
     _clean_exec_root(host)
+
+
+def stop_engine(host: LabHost) -> None:
+    """Stop host's dockerd as a machine that shuts down does: the engine stops its containers and ends, its
+    swarm membership, containers and networks stay, /run's part (the exec root) goes. start_engine brings it
+    back. Only a lab engine (check_guard), never this machine's."""
+    check_guard(host)
+    stop_dockerd(host)
+
+
+def start_engine(host: LabHost, timeout: float = DOCKERD_TIMEOUT) -> dict:
+    """Start host's dockerd again after stop_engine, as a machine that boots does: its containers with a restart
+    policy come back, it rejoins its swarm. Returns its `docker info` once it answers."""
+    start_dockerd(host, keep_swarm=True)
+    return wait_dockerd(host, timeout)
 
 
 def clean_engine(host: LabHost) -> None:

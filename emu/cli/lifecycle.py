@@ -23,12 +23,16 @@ def cmd_up(args) -> int:
     if args.name and args.name != topology.name:
         topology = topology.model_copy(update={"name": args.name})
     change = cluster.up(topology, wait=not args.no_wait)
+    for line in change.started:  # stopped nodes (a restarted engine or host, a `docker stop`) started again
+        print(f"cluster '{cluster.name}': {line}")
     if change.created:
         print(f"cluster '{cluster.name}' is up: {len(change.added)} pods. Try `emu status`.")
     elif change.repaired:
         print(f"cluster '{cluster.name}' repaired: " + "; ".join(change.repaired))
-    elif change.changed:
+    elif change.added or change.removed:
         print(f"cluster '{cluster.name}' converged: {len(change.added)} pods added, {len(change.removed)} removed")
+    elif change.started:
+        print(f"cluster '{cluster.name}' is up again: its nodes serve their pods")
     else:
         print(f"cluster '{cluster.name}' is already up to date; nothing changed")
     return 0

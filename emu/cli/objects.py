@@ -28,8 +28,11 @@ def cmd_status(args) -> int:
     from emu.control.state import port_mappings
 
     cluster = _cluster(args)
-    state = cluster.state()
+    state, problems = cluster.health()  # what is down, named at the end (and the exit code 1)
     pod_status = cluster.pod_status(state)
+    hosts_down = {p.host for p in problems if not p.node}
+    down = {p.node for p in problems if p.node} | {n.name for n in state.nodes if n.host in hosts_down}
+    endpoints = _endpoints_or_none(cluster, state, down)
     if args.json:
         data = {
             "name": state.name,
@@ -40,6 +43,7 @@ def cmd_status(args) -> int:
                     "name": n.name, "role": n.role, "container": n.container, "nodeIP": n.node_ip,
                     "podCIDR": n.pod_cidr, "host": n.host or None,
                     "extraPortMappings": port_mappings(state, n.name),
+                    "status": "NotReady" if n.name in down else "Ready",
                 }  # fmt: skip
                 for n in state.nodes
             ],
@@ -63,10 +67,13 @@ def cmd_status(args) -> int:
                 }
                 for p in sorted(state.pods.values(), key=lambda p: (p.namespace, p.name))
             ],
-            "services": _service_rows(state, cluster.endpoints(state)),
+            "services": _service_rows(state, endpoints or {}),
+            "problems": [{"what": p.what, "fix": p.fix, "node": p.node or None, "host": p.host or None}
+                         for p in problems],
         }
         print(json.dumps(data, indent=2))
-        return 0
+        _print_problems(cluster.name, problems)
+        return 1 if problems else 0
     from rich.console import Console
     from rich.table import Table
 
@@ -76,14 +83,15 @@ def cmd_status(args) -> int:
     spread = any(node.host for node in state.nodes)  # a HOST column only for a cluster over several hosts
     mapped = {n.name: _mapping_text(port_mappings(state, n.name)) for n in state.nodes}
     ports = any(mapped.values())  # a HOST PORTS column only when a node has extraPortMappings
-    for column in ("NODE", "ROLE", *(["HOST"] if spread else []), "NODE IP", "POD CIDR", "PODS",
+    for column in ("NODE", "STATUS", "ROLE", *(["HOST"] if spread else []), "NODE IP", "POD CIDR", "PODS",
                    *(["HOST PORTS"] if ports else [])):  # fmt: skip
         nodes.add_column(column)
     for node in state.nodes:
         host = [node.host] if spread else []
         extra = [mapped[node.name] or "<none>"] if ports else []
         pods = str(len(state.pods_on(node.name)))
-        nodes.add_row(node.name, node.role, *host, node.node_ip, node.pod_cidr, pods, *extra)
+        ready = "NotReady" if node.name in down else "Ready"
+        nodes.add_row(node.name, ready, node.role, *host, node.node_ip, node.pod_cidr, pods, *extra)
     console.print(nodes)
     pods = Table(title="pods", title_justify="left")
     for column in ("NAMESPACE", "POD", "READY", "STATUS", "RESTARTS", "IP", "NODE"):
@@ -98,13 +106,33 @@ def cmd_status(args) -> int:
     services = Table(title="services", title_justify="left")
     for column in ("NAMESPACE", "SERVICE", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "ENDPOINTS"):
         services.add_column(column)
-    for row in _service_rows(state, cluster.endpoints(state)):
+    for row in _service_rows(state, endpoints or {}):
         services.add_row(
             row["namespace"], row["name"], row["type"], row["clusterIP"] or "<none>", row["externalIP"] or "<none>",
-            ",".join(row["ports"]) or "<none>", ",".join(row["endpoints"]) or "<none>",
+            ",".join(row["ports"]) or "<none>",
+            (",".join(row["endpoints"]) or "<none>") if endpoints is not None else "<unknown>",
         )  # fmt: skip
     console.print(services)
-    return 0
+    _print_problems(cluster.name, problems)
+    return 1 if problems else 0
+
+
+def _endpoints_or_none(cluster, state, down: set[str]):
+    """The agents' endpoints, asked of a node that is up; None when none answers (status says why)."""
+    for node in [n for n in state.nodes if n.name not in down] or state.nodes:
+        try:
+            return cluster.endpoints(state, node=node.name)
+        except Exception:  # noqa: BLE001 - a node that went down meanwhile: ask the next
+            continue
+    return None
+
+
+def _print_problems(name: str, problems) -> None:
+    """What is down, on stderr: what, where and what to do (`emu status` then exits 1)."""
+    if problems:
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        print(f"cluster '{name}' is not all up ({len(problems)} problem{'s' if len(problems) != 1 else ''}):\n{lines}",
+              file=sys.stderr)
 
 
 def _mapping_text(mappings: list[dict]) -> str:

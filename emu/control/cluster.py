@@ -49,10 +49,24 @@ class Change:
     added: list[str]
     removed: list[str]
     repaired: list[str] = field(default_factory=list)  # what had drifted from the state, and was mended
+    started: list[str] = field(default_factory=list)  # stopped nodes started again (Cluster.start_stopped)
 
     @property
     def changed(self) -> bool:
-        return self.created or bool(self.added or self.removed or self.repaired)
+        return self.created or bool(self.added or self.removed or self.repaired or self.started)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something of a running cluster that is down (`emu status`, `emu up`): what and where, and what to do."""
+
+    what: str
+    fix: str
+    node: str = ""  # the node it stops ("" for a host's)
+    host: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.what}; {self.fix}"
 
 
 def pod_changes(previous: ClusterState | None, desired: ClusterState) -> tuple[list[PodState], list[PodState]]:
@@ -109,6 +123,9 @@ class Cluster:
         """The running cluster's state, read from its first node."""
         containers = self.runtime.cluster_containers(self.name)
         if not containers:
+            unreachable = self._unreachable_hosts()
+            if unreachable:  # its nodes may be on the hosts that do not answer
+                raise EmuError(f"cluster '{self.name}': no node of it answers; " + "; ".join(unreachable.values()))
             raise EmuError(f"no emu cluster named '{self.name}' is running; start one with `emu up FILE`")
         names = [c.name for c in containers if c.is_node]
         for container in names:
@@ -138,14 +155,119 @@ class Cluster:
 
             self.runtime = provider_for(self.name, list(topology.hosts), topology.runtime)
         if any(c.is_node for c in self.runtime.cluster_containers(self.name)):
-            return self.apply(topology, wait=wait)
+            return self._up_running(topology, wait)
         with self._creating():
             if not any(c.is_node for c in self.runtime.cluster_containers(self.name)):  # none made meanwhile
                 # A network left without containers (a down the engine did not finish):
                 # removed first, or the engine's reason is the error.
                 self.runtime.remove_cluster(self.name)
                 return self._create(topology, wait)
-        return self.apply(topology, wait=wait)
+        return self._up_running(topology, wait)
+
+    def _up_running(self, topology: Topology, wait: bool) -> Change:
+        """`emu up` of a cluster that exists: its stopped nodes started first (an engine or host that
+        restarted without them, a `docker stop`), then converged to the topology."""
+        started = self.start_stopped(wait=wait)
+        change = self.apply(topology, wait=wait)
+        change.started = started
+        return change
+
+    # ---- nodes that are down -------------------------------------------------
+    def _unreachable_hosts(self) -> dict[str, str]:
+        """{host: why its engine does not answer} (a provider over several hosts), connecting the others."""
+        survey = getattr(self.runtime, "unreachable_hosts", None)
+        return survey() if survey else {}
+
+    def health(self) -> tuple[ClusterState, list[Problem]]:
+        """The cluster's state and what of it is down: hosts whose engine does not answer, swarm nodes down,
+        node containers stopped or gone, each with what to do. Looks only: changes nothing."""
+        unreachable = self._unreachable_hosts()  # first: the hosts that answer are connected, the others named
+        state = self.state()
+        records = {c.name: c for c in self.runtime.cluster_containers(self.name)}
+        swarm_down = getattr(self.runtime, "swarm_nodes_down", None)
+        down = swarm_down() if swarm_down else {}
+        problems: list[Problem] = []
+        for host, reason in unreachable.items():
+            nodes = [n.name for n in state.nodes if n.host == host]
+            what = f"{reason.rstrip('.')}" + (f" (nodes {', '.join(nodes)} are on it)" if nodes else "")
+            problems.append(Problem(what, f"once {host}'s engine is back its nodes start by themselves; if they do "
+                                          "not, `emu up FILE` starts them", host=host))  # fmt: skip
+        for host, swarm in down.items():
+            if host not in unreachable:
+                problems.append(Problem(f"host {host}: its swarm node is {swarm}",
+                                        f"start Docker on {host}: it rejoins the swarm by itself", host=host))
+        for node in state.nodes:
+            if node.host in unreachable:
+                continue
+            where = f" on host {node.host}" if node.host else ""
+            record = records.get(node.container)
+            if record is None:
+                problems.append(Problem(
+                    f"node {node.name}: its container {node.container}{where} is gone (removed outside emu)",
+                    f"emu cannot make it again in place: `emu down {self.name}` then `emu up FILE`",
+                    node.name, node.host))  # fmt: skip
+            elif not record.running:
+                problems.append(Problem(
+                    f"node {node.name}: its container {node.container}{where} is not running "
+                    f"({record.status or 'stopped'})",
+                    f"`emu up FILE` starts it again and its pods are rebuilt (so does `docker start {node.container}`)",
+                    node.name, node.host))  # fmt: skip
+        return state, problems
+
+    def start_stopped(self, state: ClusterState | None = None, wait: bool = True) -> list[str]:
+        """Start the node containers that are stopped (their command rebuilds their pods: cni.NODE_COMMAND)
+        and, with `wait`, wait for their agents to program the state and their pods to answer. Returns a line
+        for each node started. A node whose container is gone, or that does not start, is an error that says
+        what was started and what is left."""
+        state = state or self.state()
+        records = {c.name: c for c in self.runtime.cluster_containers(self.name)}
+        gone = [n for n in state.nodes if n.container not in records]
+        if gone:
+            unreachable = self._unreachable_hosts()
+            raise EmuError(
+                f"cluster '{self.name}': node(s) {', '.join(n.name for n in gone)} have no container "
+                f"({', '.join(n.container for n in gone)}); "
+                + ("; ".join(unreachable.values()) + "; " if unreachable else "")
+                + f"if they were removed, emu cannot make them again in place: `emu down {self.name}`, then "
+                "`emu up FILE`"
+            )
+        stopped = [n for n in state.nodes if not records[n.container].running]
+        if not stopped:
+            return []
+        if not hasattr(self.runtime, "start_node"):  # a runtime whose nodes cannot be started again in place
+            raise EmuError(
+                f"cluster '{self.name}': node(s) {', '.join(n.name for n in stopped)} are not running and its "
+                f"runtime cannot start a node again; nothing was changed: `emu down {self.name}`, then `emu up FILE`"
+            )
+        lines = []
+        for node in stopped:
+            where = f" on host {node.host}" if node.host else ""
+            line = f"node {node.name} ({node.container}{where}) was {records[node.container].status or 'stopped'}"
+            self.progress(f"{line}: starting it")
+            lines.append(f"{line}: started")
+
+        def start(node) -> str | None:
+            try:
+                self.runtime.start_node(node.container)
+            except Exception as error:  # noqa: BLE001 - reported with the others below
+                return f"node {node.name}: {error}"
+            return None
+
+        failed = [found for found in self.runtime.parallel(start, stopped) if found]
+        if failed:
+            started = [n.name for n in stopped if not any(f.startswith(f"node {n.name}:") for f in failed)]
+            raise EmuError(
+                f"cluster '{self.name}': could not start every stopped node:\n  " + "\n  ".join(failed)
+                + (f"\nstarted: {', '.join(started)} (they stay up and rebuild their pods by themselves)"
+                   if started else "")
+                + f"\nnothing else was changed; fix the cause and run `emu up` again, or remove the cluster with "
+                f"`emu down {self.name}`"
+            )
+        if wait:
+            self.progress(f"waiting for {', '.join(n.name for n in stopped)} to rebuild their pods")
+            names = {n.name for n in stopped}
+            self.wait(state, only={p.key for p in state.pods.values() if p.node in names})
+        return lines
 
     @contextlib.contextmanager
     def _creating(self):
@@ -578,15 +700,14 @@ class Cluster:
             self.progress(f"{len(unready)} pods not ready yet (see `emu status`): {shown}")
         return unready
 
-    def endpoints(self, state: ClusterState | None = None) -> dict[str, dict[str, list[str]]]:
-        """{service key: {port name: ["ip:port", ...]}}: the ready endpoints the agents program.
-        Pass the state if you already read it."""
+    def endpoints(self, state: ClusterState | None = None, node: str | None = None) -> dict[str, dict[str, list[str]]]:
+        """{service key: {port name: ["ip:port", ...]}}: the ready endpoints the agents program, as the
+        agent of `node` (the first node by default) sees them. Pass the state if you already read it."""
         state = state or self.state()
-        result = self.runtime.exec(
-            state.nodes[0].container, ["curl", "-sS", "--max-time", "5", f"{AGENT_URL}/endpoints"]
-        )
+        asked = find_node(state, node) if node else state.nodes[0]
+        result = self.runtime.exec(asked.container, ["curl", "-sS", "--max-time", "5", f"{AGENT_URL}/endpoints"])
         if not result.ok:
-            raise EmuError(f"the agent on {state.nodes[0].name} did not answer: {result.output.strip()}")
+            raise EmuError(f"the agent on {asked.name} did not answer: {result.output.strip()}")
         return json.loads(result.output)
 
     def run_external(self, name: str) -> str:

@@ -45,6 +45,12 @@ Anything else exits 127 ("no handler") and is listed in `engine.unhandled`,
 so a test sees a command it did not expect. Put a handler in front
 (`engine.handlers.insert(0, Handler(...))`) to make a node answer otherwise.
 
+Down: `engine.stop(NAME)` stops a container as `docker stop` or an engine
+that went away would (exec refused, its files kept; `start_node` starts it
+again, as Docker starts a stopped container); `engine.hosts_down[HOST] = WHY`
+makes a host's engine unreachable, as a swarm provider sees one: its
+containers are not listed, `unreachable_hosts()` names it.
+
 Faults: `engine.fail(method, match=..., error=... | result=...)` makes a chosen
 call fail (create_node of one node, a plan's exec, the wait, ...), and
 `engine.intercept(method, action)` runs `action` first (to block a call
@@ -114,6 +120,7 @@ class FakeContainer:
     command: list[str] = field(default_factory=list)
     ports: list = field(default_factory=list)  # PortMapping
     running: bool = True
+    status: str = ""  # the engine's words for a stopped container ("Exited (137) ...")
     serial: int = 0  # the engine's creation counter: a container made again has a new one
     files: dict[str, bytes] = field(default_factory=dict)
     directories: set[str] = field(default_factory=set)  # made by mkdir (others follow from files)
@@ -189,7 +196,14 @@ class FakeEngine:
         self.unhandled: list[Call] = []
         self.handlers: list[Handler] = list(NODE_HANDLERS)
         self.intercepts: list[Intercept] = []
+        self.hosts_down: dict[str, str] = {}  # host -> why its engine does not answer
         self._serials = itertools.count(1)
+
+    def stop(self, name: str, status: str = "Exited (137) 5 seconds ago") -> None:
+        """Stop a container as `docker stop` (or an engine going away) does: its files stay."""
+        with self.lock:
+            found = self.container(name)
+            found.running, found.status = False, status
 
     # ---- faults and hooks ----
     def intercept(self, method: str, action: Callable, match: Callable[..., bool] | None = None,
@@ -239,9 +253,13 @@ class FakeEngine:
     def container(self, name: str) -> FakeContainer:
         with self.lock:
             try:
-                return self.containers[name]
+                found = self.containers[name]
             except KeyError:
                 raise EngineError(f"No such container: {name}") from None
+            host = found.labels.get(LABEL_HOST, "")
+            if host in self.hosts_down:
+                raise EmuError(self.hosts_down[host])
+            return found
 
     def of_cluster(self, cluster: str) -> list[FakeContainer]:
         with self.lock:
@@ -275,8 +293,9 @@ class FakeProvider:
 
     mtu = 1500
 
-    def __init__(self, engine: FakeEngine | None = None) -> None:
+    def __init__(self, engine: FakeEngine | None = None, hosts: list | None = None) -> None:
         self.engine = engine or FakeEngine()
+        self.hosts = list(hosts or [])  # a topology's hosts (emu.api.topology.model.Host): nodes spread over them
 
     # ---- discovery ----
     def cluster_names(self) -> list[str]:
@@ -289,7 +308,8 @@ class FakeProvider:
     def cluster_containers(self, cluster: str) -> list[ContainerRecord]:
         return sorted(
             (ContainerRecord(c.name, cluster, c.labels.get(LABEL_ROLE, ""), c.labels.get(LABEL_NODE, ""),
-                             c.labels.get(LABEL_HOST, ""), c.running) for c in self.engine.of_cluster(cluster)),
+                             c.labels.get(LABEL_HOST, ""), c.running, "Up" if c.running else c.status or "Exited")
+             for c in self.engine.of_cluster(cluster) if c.labels.get(LABEL_HOST, "") not in self.engine.hosts_down),
             key=lambda record: record.name,
         )  # fmt: skip
 
@@ -346,6 +366,18 @@ class FakeProvider:
                 raise EngineError(f"No such image: {spec.image}")
             self.engine._add_container(FakeContainer(spec.container, spec.image, labels, spec.hostname, spec.network,
                                                      spec.ip, list(spec.command), list(spec.ports)))  # fmt: skip
+
+    def start_node(self, container: str) -> None:
+        self.engine.record(Call("start_node", container))
+        self.engine._intercepted("start_node", container)
+        with self.engine.lock:
+            found = self.engine.container(container)
+            found.running, found.status = True, ""
+
+    def unreachable_hosts(self) -> dict[str, str]:
+        """{host: why} of the hosts whose engine does not answer (engine.hosts_down)."""
+        with self.engine.lock:
+            return dict(self.engine.hosts_down)
 
     def _check_address(self, network: str, ip: str) -> None:
         found = self.engine.networks.get(network)

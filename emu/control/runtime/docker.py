@@ -167,6 +167,7 @@ class DockerRuntime(ImagePods):
                     node=c["Labels"].get(LABEL_NODE, ""),
                     host=self.host,
                     running=c.get("State") == "running",
+                    status=c.get("Status") or c.get("State") or "",
                 )
                 for c in containers
             ),
@@ -275,6 +276,9 @@ class DockerRuntime(ImagePods):
             init=True,
             network_mode=spec.network,
             security_opt=["apparmor=unconfined"],  # `ip netns` mounts; docker-default AppArmor forbids it
+            # Back when the engine starts again (a reboot, a restarted dockerd), as kind's nodes are; its
+            # command then rebuilds its pods (cni.NODE_COMMAND). One a user stopped stays stopped.
+            restart_policy={"Name": "unless-stopped"},
         )
         networking = api.create_networking_config(
             {spec.network: api.create_endpoint_config(ipv4_address=spec.ip)}
@@ -293,6 +297,19 @@ class DockerRuntime(ImagePods):
             detach=True,
         )
         api.start(container["Id"])
+
+    def start_node(self, container: str) -> None:
+        """Start a stopped node container again (its command rebuilds its pods: cni.NODE_COMMAND)."""
+        import docker
+
+        try:
+            self.api.start(container)
+        except docker.errors.APIError as error:
+            where = f"host {self.host}: " if self.host else ""
+            raise EmuError(
+                f"{where}Docker would not start node container {container} ({error.explanation or error}); "
+                f"see why with `docker {'-H HOST ' if self.host else ''}logs {container}`"
+            ) from None
 
     def run_external(self, cluster: str, name: str, network: str, image: str) -> None:
         """A container outside the cluster on its network (a client or server 'on the internet').

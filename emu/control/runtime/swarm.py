@@ -162,7 +162,11 @@ def access_problem(host: Host, tunnel: SshTunnel) -> str | None:
     """Why the SSH user may not use the engine's socket (the tunnel forwards it as that user), or None."""
     from emu.control.hosts import access_command, access_denied, parse_values
 
-    denied = access_denied(host, parse_values(tunnel.run(access_command(host)) or ""))
+    values = parse_values(tunnel.run(access_command(host)) or "")
+    if values.get("access") == "missing":  # SSH works, the engine does not: stopped, or restarting
+        return (f"host {host.name}: SSH works but no Docker engine listens at {host.docker_socket} there (stopped or "
+                f"restarting); start Docker on {host.name}, or fix its dockerSocket in the inventory")
+    denied = access_denied(host, values)
     return f"host {host.name}: {denied[0]}; fix: {denied[1]}" if denied else None
 
 
@@ -182,6 +186,7 @@ class SwarmRuntime:
         self._where: dict[str, str] = {}  # container -> host
         self._manager: str | None = None
         self._identities: dict = {}  # host -> emu.control.hosts.Identity
+        self._unreachable: dict[str, str] = {}  # host -> why its engine did not answer (unreachable_hosts)
         atexit.register(self.close)
 
     def close(self) -> None:
@@ -198,7 +203,7 @@ class SwarmRuntime:
         from emu.control.hosts import refuse_clashes
 
         with self._lock:
-            if not self._engines:
+            if not self._engines and not self._unreachable:
                 connected = self.parallel(lambda host: engine_for(host, self._tunnels, self.timeout), self.hosts)
                 engines = {host.name: runtime for host, runtime in zip(self.hosts, connected)}
                 self._identities = dict(zip(engines, self.parallel(lambda h: self._identify(h, engines[h.name]),
@@ -207,6 +212,53 @@ class SwarmRuntime:
         if distinct:
             refuse_clashes(self.hosts, self._identities, "drive a cluster over them")
         return self._engines
+
+    def unreachable_hosts(self) -> dict[str, str]:
+        """{host: why its engine does not answer}, connecting every host that does: a command that only
+        looks (`emu status`) goes on with those and names the others. From then on this provider drives
+        only the hosts that answered; engine(HOST) of another raises its reason."""
+        with self._lock:
+            if not self._engines and not self._unreachable:
+                def connect(host: Host) -> DockerRuntime | str:
+                    try:
+                        return engine_for(host, self._tunnels, self.timeout)
+                    except EmuError as error:
+                        return str(error)
+
+                connected = dict(zip((h.name for h in self.hosts), self.parallel(connect, self.hosts)))
+                engines = {name: found for name, found in connected.items() if isinstance(found, DockerRuntime)}
+                answering = [h for h in self.hosts if h.name in engines]
+                self._identities = dict(zip((h.name for h in answering),
+                                            self.parallel(lambda h: self._identify(h, engines[h.name]), answering)))
+                self._engines = engines
+                self._unreachable = {name: found for name, found in connected.items() if isinstance(found, str)}
+        return dict(self._unreachable)
+
+    def swarm_nodes_down(self) -> dict[str, str]:
+        """{host: its swarm node's state and message} for the hosts a manager among those that answer counts as
+        not ready (a stopped engine, a host gone), {} when no manager answers."""
+        self.unreachable_hosts()
+        engines = dict(self._engines)
+        for name, engine in engines.items():
+            try:
+                swarm = engine.api.info().get("Swarm") or {}
+                if not swarm.get("ControlAvailable"):
+                    continue
+                nodes = {node["ID"]: node.get("Status") or {} for node in engine.api.nodes()}
+            except Exception:  # noqa: BLE001 - a manager that stopped answering since: ask another
+                continue
+            down = {}
+            for host in self.hosts:
+                identity = self._identities.get(host.name)
+                node_id = identity.node_id if identity else ""
+                if not node_id:  # a host that does not answer: find its node by its address
+                    node_id = next((i for i, s in nodes.items() if s.get("Addr") == host.swarm_address), "")
+                status = nodes.get(node_id)
+                if status and status.get("State") != "ready":
+                    message = status.get("Message") or ""
+                    down[host.name] = f"{status.get('State')}{' (' + message + ')' if message else ''}"
+            return down
+        return {}
 
     def _identify(self, host: Host, engine: DockerRuntime):
         """The engine's ID and swarm node ID (docker info), and its machine's machine-id where emu reaches the
@@ -222,8 +274,10 @@ class SwarmRuntime:
 
     def engine(self, host: str) -> DockerRuntime:
         engines = self.engines()
+        if host in self._unreachable:
+            raise EmuError(self._unreachable[host])
         if host not in engines:
-            raise EmuError(f"no host '{host}' (hosts: {', '.join(engines)})")
+            raise EmuError(f"no host '{host}' (hosts: {', '.join(h.name for h in self.hosts)})")
         return engines[host]
 
     def manager(self, distinct: bool = True) -> DockerRuntime:
@@ -238,6 +292,10 @@ class SwarmRuntime:
                     "join one"
                 )
             managers = [h for h, swarm in infos.items() if swarm.get("ControlAvailable")]
+            if not managers and self._unreachable:
+                raise EmuError(
+                    f"no swarm manager answers among the hosts that do; {'; '.join(self._unreachable.values())}"
+                )
             if not managers:
                 raise EmuError(
                     "none of the hosts is a swarm manager; add a manager of their swarm to the hosts, or run "
@@ -309,6 +367,9 @@ class SwarmRuntime:
         """The host ports published on `host`'s engine (every engine's when None)."""
         engines = [self.engine(host)] if host else list(self.engines().values())
         return {key: holder for engine in engines for key, holder in engine.published_ports().items()}
+
+    def start_node(self, container: str) -> None:
+        self._engine_of(container).start_node(container)
 
     def check_ports(self, specs: list[NodeSpec]) -> None:
         for host in {spec.host for spec in specs if spec.ports}:

@@ -335,6 +335,12 @@ class UmlRuntime:
         machine, so a port in use by one is found by binding it (check_ports)."""
         return {}
 
+    def start_node(self, container: str) -> None:
+        """Not built: a stopped uml node's kernel is gone with its process, and booting
+        it again in place is not done yet."""
+        raise EmuError(f"uml node {container} cannot be started again in place yet; nothing was changed: "
+                       "`emu down NAME`, then `emu up FILE`")
+
     def check_ports(self, specs: list[NodeSpec]) -> None:
         """Host ports: TCP only (a relay on the host), and free here."""
         for spec in specs:
