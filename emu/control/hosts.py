@@ -1398,13 +1398,25 @@ def refuse_denied(conns: dict[str, Connection], hosts: list[Host]) -> None:
         raise EmuError("\n".join(problems))
 
 
+IDENTITY_TIMEOUT = 60  # s: `docker info` waits while a restarted engine rejoins its swarm (20 s was too short)
+
+
 def identify_hosts(conns: dict[str, Connection], hosts: list[Host]) -> dict[str, Identity]:
     """Every host's engine ID, swarm node ID and machine-id, over SSH (parts that do not answer stay "")."""
 
     def identify(host: Host) -> Identity:
+        from invoke.exceptions import CommandTimedOut
+
         conn = conns[host.name]
-        engine = _run(conn, docker_command(host, IDENTITY_COMMAND), timeout=20)
-        machine = _run(conn, MACHINE_ID_COMMAND, timeout=20)
+        command = docker_command(host, IDENTITY_COMMAND)
+        try:
+            engine = _run(conn, command, timeout=IDENTITY_TIMEOUT)
+            machine = _run(conn, MACHINE_ID_COMMAND, timeout=IDENTITY_TIMEOUT)
+        except CommandTimedOut:
+            raise EmuError(
+                f"host {host.name}: `{command}` did not answer within {IDENTITY_TIMEOUT} s (an engine that has "
+                "just started answers once it has rejoined its swarm); nothing was changed: try again"
+            ) from None
         return parse_identity(engine.stdout if engine.exited == 0 else "",
                               machine.stdout if machine.exited == 0 else "")
 
