@@ -74,6 +74,11 @@ def node(name: str, ip: str, ready: str = "True") -> dict:
                        "conditions": [{"type": "Ready", "status": ready}]}}  # fmt: skip
 
 
+def web_service() -> dict:
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}
+
+
 def web_slice(ready: bool) -> dict:
     return {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "web-abcde", "labels": {"kubernetes.io/service-name": "web"}},
@@ -107,10 +112,9 @@ def setup(tmp_path):
 def test_rules_follow_services_and_endpoint_slices_written_to_the_api_not_the_state_file(setup):
     agent, admin, rules = setup
     assert rules.wait_for(lambda services, endpoints: services == {}), "the first sync, from the API's empty view"
-    created = admin.create(SERVICES, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-                                      "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})  # fmt: skip
-    ip = created["spec"]["clusterIP"]
-    assert rules.wait_for(lambda services, endpoints: services == {"default/web": ip} and endpoints["default/web"] == {"": []})
+    ip = admin.create(SERVICES, web_service())["spec"]["clusterIP"]
+    assert rules.wait_for(lambda services, endpoints: services == {"default/web": ip}
+                          and endpoints["default/web"] == {"": []})  # fmt: skip
     admin.create(SLICES, web_slice(ready=True))
     assert rules.wait_for(lambda services, endpoints: endpoints["default/web"] == {"": ["10.244.1.5:8080"]})
     admin.update(SLICES + "/web-abcde", {**web_slice(ready=False),
@@ -126,10 +130,9 @@ def test_wait_revision_answers_once_the_rules_reflect_a_revision_written_anywher
     lists again, syncs, and answers programmed at R or later."""
     agent, admin, rules = setup
     assert rules.wait_for(lambda services, endpoints: True)
-    admin.create(SERVICES, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
-                            "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})  # fmt: skip
-    revision = int(admin.create(resource_path("v1", "configmaps", "default"), {
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "later"}})["metadata"]["resourceVersion"])  # fmt: skip
+    admin.create(SERVICES, web_service())
+    later = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "later"}}
+    revision = int(admin.create(resource_path("v1", "configmaps", "default"), later)["metadata"]["resourceVersion"])
     answer = agent.wait_revision(revision, timeout=30)
     assert answer["programmed"] and answer["caughtUp"] and answer["syncedRevision"] >= revision, answer
     assert "default/web" in rules.syncs[-1][0]

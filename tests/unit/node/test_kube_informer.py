@@ -373,8 +373,8 @@ def test_catch_up_lists_a_quiet_collection_again_to_reach_a_revision(tmp_path):
     try:
         assert informer.wait_synced(20)
         before = informer.revision()
-        revision = int(admin.create(CONFIGMAPS, {"apiVersion": "v1", "kind": "ConfigMap",
-                                                 "metadata": {"name": "elsewhere"}})["metadata"]["resourceVersion"])  # fmt: skip
+        elsewhere = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "elsewhere"}}
+        revision = int(admin.create(CONFIGMAPS, elsewhere)["metadata"]["resourceVersion"])
         assert informer.revision() == before < revision
         assert informer.catch_up(revision, 20)
         assert informer.revision() >= revision and informer.lists == 2
