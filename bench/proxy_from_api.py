@@ -80,7 +80,7 @@ def up(context: harness.Context) -> None:
         hub.append(once(False))
         api.append(once(True))
     context.report.compare("emu up of the default lab", api, hub, "s",
-                           note="emu: rules from the API (waits for them); baseline: from the state file and hub")  # fmt: skip
+                           note="emu: rules from the API (waits for them); baseline: state file and hub")
 
 
 SCENARIOS = [
