@@ -312,9 +312,10 @@ class ProxyFeed:
     def set_networking(self, networking: dict) -> None:
         """kube-proxy's configuration changed (a new proxy mode, clusterCIDR, ...): the next snapshot has it."""
         with self.lock:
-            if dict(networking) != self.networking:
-                self.networking = dict(networking)
-                self._changed(set(), structure=True)
+            if dict(networking) == self.networking:
+                return  # (asked at every sync: a call that changes nothing must not wake another)
+            self.networking = dict(networking)
+            self._changed(set(), structure=True)
         self.on_change()
 
     def lost_nodes(self) -> set[str]:

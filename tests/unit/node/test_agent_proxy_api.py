@@ -166,3 +166,16 @@ def test_an_agent_option_says_where_rules_come_from():
         main.parse_options(["--node", "w1", "--proxy-from", "hub"])
     agent = main.Agent("w1", snapshot="/nonexistent")
     assert agent.wait_revision(5, timeout=1)["error"].startswith("this agent's rules come from the state file")
+
+
+def test_the_configuration_passed_at_every_sync_wakes_the_sync_only_when_it_changed():
+    """ApiSource.start hands the state's networking to the feed at every sync: an unchanged
+    one must not wake the sync again (it did: the sync job ran without end)."""
+    from emu.node.kube.proxyfeed import ProxyFeed
+
+    woken: list[bool] = []
+    feed = ProxyFeed("worker", {"proxyMode": "iptables"}, on_change=lambda: woken.append(True))
+    feed.set_networking({"proxyMode": "iptables"})
+    assert woken == []
+    feed.set_networking({"proxyMode": "nftables"})
+    assert woken == [True] and feed.snapshot()[0].networking == {"proxyMode": "nftables"}
