@@ -497,8 +497,10 @@ class Agent:
             revision = api.revision()  # before the snapshot: every change up to it is in it
             feed = api.feed
             lost = tuple(sorted(feed.lost_nodes()))  # NotReady in the API: they own no LoadBalancer address
-            api_key = (feed.changes, lost)
-            if api_key != self.api_key or force or state_part:
+            # (a new state generation too: the ingress and the nodes' hosts come from it; the
+            # hub's readiness reports never: the rules do not depend on them)
+            api_key = (feed.changes, lost, state.generation)
+            if api_key != self.api_key or force:
                 services, endpoints = feed.snapshot()
                 self.endpoints = endpoints
                 try:

@@ -179,3 +179,16 @@ def test_the_configuration_passed_at_every_sync_wakes_the_sync_only_when_it_chan
     assert woken == []
     feed.set_networking({"proxyMode": "nftables"})
     assert woken == [True] and feed.snapshot()[0].networking == {"proxyMode": "nftables"}
+
+
+def test_the_hubs_readiness_reports_do_not_touch_the_rules(setup):
+    """Readiness gathered by the hub still serves `emu up`'s wait for ready pods, but a
+    report is no reason to make rules: only the API's view is."""
+    agent, admin, rules = setup
+    assert rules.wait_for(lambda services, endpoints: True)
+    uids = {p.uid for p in agent.view.state.pods.values()}
+    before = len(rules.syncs)
+    agent.on_hub({"all": {"control-plane": {uid: True for uid in uids}}, "lost": []})
+    agent.sync(agent.view)  # (as the sync job would, now: the report made the settling end)
+    assert agent.synced_ready == {uid: True for uid in uids}  # the report was taken
+    assert len(rules.syncs) == before
