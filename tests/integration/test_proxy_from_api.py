@@ -110,9 +110,20 @@ def test_a_service_changed_through_the_api_reaches_every_node(cluster):
     names = {p.name for p in echo_pods(cluster)}
     wait_for(lambda: everywhere(cluster, f"http://{ip}:8081/hostname", names), 30,
              "the port added to the Service through the API did not answer on every node")  # fmt: skip
-    as_emu(cluster, "PATCH", "/api/v1/namespaces/default/services/echo", {"spec": {"ports": service["spec"]["ports"]}})
-    wait_for(lambda: all(from_node(cluster, node, f"http://{ip}:8081/hostname") == "(failed)" for node in NODES), 30,
-             "the port removed from the Service through the API still answered")  # fmt: skip
+    changed = as_emu(cluster, "PATCH", "/api/v1/namespaces/default/services/echo",
+                     {"spec": {"ports": service["spec"]["ports"]}})  # fmt: skip
+    assert [p["port"] for p in changed["spec"]["ports"]] == [80], changed["spec"]["ports"]
+
+    def gone() -> bool:
+        answers = {node: from_node(cluster, node, f"http://{ip}:8081/hostname") for node in NODES}
+        if all(answer == "(failed)" for answer in answers.values()):
+            return True
+        rules = {node: [line for line in cluster.node_exec(node, ["iptables-save", "-t", "nat"]).output.splitlines()
+                        if "8081" in line] for node in NODES}  # fmt: skip
+        print(f"still answering: {answers}; rules with 8081: {rules}")
+        return False
+
+    wait_for(gone, 30, "the port removed from the Service through the API still answered")
 
 
 def test_a_pod_turning_unready_leaves_the_service_on_every_node_and_comes_back(cluster):

@@ -143,7 +143,10 @@ class Agent:
         self.hub_job = Runner("hub", self.hub_step, log, max_interval=1.0)
         self.api_status = ApiStatus(node, log, tokens=Tokens(node))
         self.reported_generation = -1  # the kubelet's generation the API server last heard of
-        self.status_job = Runner("apistatus", self.status_step, log, gather=0.05,
+        # (Where the rules come from the API, a pod's readiness reaches every node's rules through
+        # this write and the EndpointSlice controller: written at once, not 50 ms later. One
+        # kubelet step reports every change it saw in one run anyway.)
+        self.status_job = Runner("apistatus", self.status_step, log, gather=0.0 if self.api else 0.05,
                                  describe=lambda: "reporting to the API server")  # fmt: skip
         self.report_job = self.reporter.job(self.hub_address, self.local_readiness)
         self.watch_job = self.watcher.job(self.hub_address, self.on_hub, self.generation)
