@@ -11,6 +11,7 @@ import contextlib
 import getpass
 import json
 import os
+from shlex import join as shlex_join
 import socket
 import sys
 import threading
@@ -348,6 +349,8 @@ class Cluster:
                 client = api.client(self.runtime, first)
                 client.wait_ready()
                 apiserver.mirror(client, first, unready if unready is not None else list(first.pods_uids()))
+                if wait or later:
+                    self.wait_rules_from_api(first)
                 if later:
                     self._ordered_steps(first, later, waits, unready or [])
                 api.merge_kubeconfig(self.name)
@@ -386,18 +389,21 @@ class Cluster:
         (first, waits), *later = ordered_stages(previous, desired)
         first_added = {p.key for p in pod_changes(previous, first)[0]}
         unready = self._apply_plans(node_plans(previous, first), first, previous, wait=wait or bool(later), only=first_added)
-        self._mirror(first, unready)
+        self._mirror(first, unready, wait=wait or bool(later))
         if later:
             self._ordered_steps(first, later, waits, unready or [])
         return Change(False, sorted(p.key for p in added), sorted(p.key for p in removed))
 
-    def _mirror(self, state: ClusterState, unready: list[str] | None) -> None:
+    def _mirror(self, state: ClusterState, unready: list[str] | None, wait: bool = False) -> None:
         """The cluster's objects into its API server (docs/apiserver.md stage 2); pods
-        count as ready once the agents said so (not waited for: not ready)."""
+        count as ready once the agents said so (not waited for: not ready). With
+        `wait`, until every node's service rules reflect them (wait_rules_from_api)."""
         if not state.api_endpoint:
             return  # made by an emu without an API server
         client = apiserver.controller_client(state, self.runtime)
         apiserver.mirror(client, state, unready if unready is not None else list(state.pods_uids()))
+        if wait:
+            self.wait_rules_from_api(state)
 
     def _ordered_steps(self, state: ClusterState, later: list, waits: list[str], unready: list[str]) -> None:
         """Start StatefulSet pods in order (podManagementPolicy OrderedReady): each
@@ -415,7 +421,7 @@ class Cluster:
             added = {p.key for p in pod_changes(state, next_state)[0]}
             self.progress(f"starting {', '.join(sorted(added))} (StatefulSet, in order)")
             unready = self._apply_plans(node_plans(state, next_state), next_state, state, wait=True, only=added)
-            self._mirror(next_state, unready)
+            self._mirror(next_state, unready, wait=True)
             state, waits = next_state, next_waits
 
     def scale(self, deployment: str, replicas: int, wait: bool = True) -> Change:
@@ -699,6 +705,115 @@ class Cluster:
             shown = ", ".join(unready[:10]) + (f" and {len(unready) - 10} more" if len(unready) > 10 else "")
             self.progress(f"{len(unready)} pods not ready yet (see `emu status`): {shown}")
         return unready
+
+    def wait_rules_from_api(self, state: ClusterState, timeout: float | None = None) -> int:
+        """Where the agents' rules come from the API server (cni.PROXY_FROM_API), wait until
+        every node's rules reflect the API's Services and EndpointSlices for the ready pods.
+        Two steps, race-free: (1) the API server's EndpointSlice controller has caught up
+        with the pods' readiness: lists of Pods, Nodes, Services and EndpointSlices, taken
+        in that order, agree (each selector service's slices hold exactly the endpoints the
+        controller would make of those pods, with their ready condition); the revision R is
+        the newest of the lists' resourceVersions, so the slices at R reflect the ready pods.
+        (2) every agent has made its rules from a view at R or later (GET /wait?revision=R:
+        its informers have seen R, a quiet one lists again, then it syncs). Returns R
+        (0: nothing to wait for)."""
+        if not (cni.PROXY_FROM_API and state.api_endpoint):
+            return 0
+        timeout = timeout or default_wait(state)
+        deadline = time.monotonic() + timeout
+        client = apiserver.controller_client(state, self.runtime)
+        while True:
+            revision, behind = self._slices_behind(client)
+            if not behind:
+                break
+            if time.monotonic() > deadline:
+                shown = "; ".join(behind[:5]) + (f" and {len(behind) - 5} more" if len(behind) > 5 else "")
+                raise EmuError(
+                    f"the API server's EndpointSlices did not reflect its pods' readiness within {timeout:.0f}s "
+                    f"(resourceVersion {revision}): {shown}; see its log with "
+                    f"`emu exec --node {cni.api_server_node(state).name} -- tail {cni.API_LOG}`"
+                )
+            time.sleep(0.1)
+        self._agents_synced_at(state, client, revision, max(1.0, deadline - time.monotonic()))
+        return revision
+
+    def _slices_behind(self, client: apiserver.NodeApi) -> tuple[int, list[str]]:
+        """(the lists' newest resourceVersion, each selector service whose EndpointSlices differ
+        from what the EndpointSlice controller makes of the pods listed, said how)."""
+        from emu.apiserver.controllers.endpointslice import desired_endpoints, has_selector
+
+        paths = ["/api/v1/pods", "/api/v1/nodes", "/api/v1/services", "/apis/discovery.k8s.io/v1/endpointslices"]
+        separator = "--- emu list ---"
+        script = "; ".join(f"{shlex_join([*client.curl, client.local + path])}; echo; echo '{separator}'"
+                           for path in paths)  # fmt: skip
+        result = self.runtime.exec(client.container, ["sh", "-c", script])
+        try:
+            pods, nodes, services, slices = [json.loads(part) for part in result.output.split(separator)[:4]]
+            revision = max(int(lst["metadata"]["resourceVersion"]) for lst in (pods, nodes, services, slices))
+        except (ValueError, KeyError, TypeError):
+            raise EmuError(f"listing the API server's objects failed: {result.output.strip()[-500:]}") from None
+        have: dict[str, set] = {}
+        for item in slices["items"]:
+            meta = item.get("metadata") or {}
+            service = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+            if service and item.get("addressType") == "IPv4":
+                found = have.setdefault(f"{meta.get('namespace')}/{service}", set())
+                for endpoint in item.get("endpoints") or []:
+                    ready = (endpoint.get("conditions") or {}).get("ready") is not False
+                    found.add((tuple(endpoint.get("addresses") or []), ready))
+        behind = []
+        for service in services["items"]:
+            if not has_selector(service):
+                continue
+            key = f"{service['metadata'].get('namespace')}/{service['metadata']['name']}"
+            want = {(tuple(ep["addresses"]), ep["conditions"].get("ready") is not False)
+                    for _, endpoints in desired_endpoints(service, pods["items"], nodes["items"], "IPv4").values()
+                    for ep in endpoints.values()}  # fmt: skip
+            got = have.get(key, set())
+            if want != got:
+                missing = sorted(f"{','.join(a)} ready={r}" for a, r in want - got)
+                extra = sorted(f"{','.join(a)} ready={r}" for a, r in got - want)
+                behind.append(f"service {key} lacks [{' '.join(missing)}], has besides [{' '.join(extra)}]")
+        return revision, behind
+
+    def _agents_synced_at(self, state: ClusterState, client: apiserver.NodeApi, revision: int, timeout: float) -> None:
+        """GET /wait?revision=R on every agent at once, from the API server's node (one exec)."""
+        from emu.node.agent import AGENT_PORT
+
+        query = f"revision={revision}&timeout={timeout:g}"
+        ask = []
+        for node in state.nodes:
+            out = f"/tmp/emu-wait-{node.name}"
+            ask.append(
+                f'( n=0; until curl -s --max-time {timeout + 30:g} "http://{node.node_ip}:{AGENT_PORT}/wait?{query}" '
+                f'>{out}; do c=$?; case $c in 7|52|56) [ $n -lt 600 ] ;; *) false ;; esac || '
+                f'{{ echo "curl: exit $c asking the agent" >{out}; break; }}; n=$((n+1)); sleep 0.05; done ) &'
+            )  # fmt: skip
+        report = " ".join(f'echo "{node.name} $(cat /tmp/emu-wait-{node.name}; rm -f /tmp/emu-wait-{node.name})";'
+                          for node in state.nodes)  # fmt: skip
+        result = self.runtime.exec(client.container, ["sh", "-c", " ".join(ask) + " wait; " + report])
+        answers = dict(line.split(" ", 1) for line in result.output.strip().splitlines() if " " in line)
+        for node in state.nodes:
+            try:
+                outcome = json.loads(answers.get(node.name, ""))
+            except ValueError:
+                raise EmuError(f"node {node.name}: asking its agent whether its rules reflect the API server's "
+                               f"resourceVersion {revision} failed: {answers.get(node.name, result.output)}") from None
+            if outcome.get("programmed"):
+                continue
+            why = outcome.get("error") or (
+                f"its watch had seen resourceVersion {outcome.get('seenRevision')}, its rules were made from "
+                f"{outcome.get('syncedRevision')}"
+            )  # fmt: skip
+            try:
+                tail = self.runtime.exec(node.container, ["tail", "-n", str(AGENT_LOG_LINES), cni.AGENT_LOG]).output
+            except Exception as error:  # noqa: BLE001
+                tail = f"(could not read it: {error})"
+            raise EmuError(
+                f"node {node.name}: its service rules did not reflect the API server's Services and EndpointSlices "
+                f"at resourceVersion {revision} (where the EndpointSlices hold the ready pods) within "
+                f"{timeout:.0f}s: {why}; its log ends:\n{tail.rstrip()}"
+            )
 
     def endpoints(self, state: ClusterState | None = None, node: str | None = None) -> dict[str, dict[str, list[str]]]:
         """{service key: {port name: ["ip:port", ...]}}: the ready endpoints the agents program, as the

@@ -9,11 +9,20 @@ writes service rules, LoadBalancer addresses and the DNS snapshot (each of
 the three on its own, so one failing does not hold up the others). An idle
 agent wakes a few times in ten seconds: its heartbeat to the hub, a look at
 its processes and pods, its share of the rule checks.
+
+With `--proxy-from api` the service rules (every proxy mode, LoadBalancer
+addresses, health check node ports, conntrack clearing) come, as
+kube-proxy's, from the API server's Services, EndpointSlices and Nodes
+(emu.node.agent.proxysync.ApiSource), never from the state file's services
+or the hub's readiness; NetworkPolicy and the ingress still read the state
+file's pods and objects, and the DNS snapshot the state and the hub's
+readiness (stage 4 of docs/apiserver.md moves those later).
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import gc
 import json
 import os
@@ -38,7 +47,7 @@ from emu.node.agent.probes import Kubelet, ProbeThreads, run_start_script
 from emu.node.agent.ingress import IngressSync
 from emu.node.agent.kubelet import ApiPods
 from emu.node.agent.policy import PolicySync
-from emu.node.agent.proxysync import ProxySync
+from emu.node.agent.proxysync import ApiSource, ProxySync
 from emu.node.agent.runner import Runner, Watchdog
 from emu.node.agent.wait import wait_ports
 from emu.node.agent.wake import NodeChanges
@@ -84,7 +93,7 @@ class NodeView:
 
 
 class Agent:
-    def __init__(self, node: str, snapshot: str = STATE_FILE, port: int = AGENT_PORT):
+    def __init__(self, node: str, snapshot: str = STATE_FILE, port: int = AGENT_PORT, proxy_from: str = "state"):
         self.node = node
         self.snapshot = snapshot
         self.port = port
@@ -119,6 +128,10 @@ class Agent:
         self.endpoints: dict = {}  # as last synced: {service key: {port name: [Endpoint]}}
         self.synced = threading.Condition()  # notified after each sync (GET /wait)
         self.synced_generation = 0
+        # kube-proxy's part from the API server (--proxy-from api), None: from the state file and the hub.
+        self.api = ApiSource(node, log, lambda: self.syncer.request()) if proxy_from == "api" else None
+        self.api_key: tuple | None = None  # (feed changes, nodes not Ready) the rules were last made from
+        self.synced_revision = 0  # the resourceVersion the last sync's rules reflect (GET /wait?revision=)
         # Every job of the agent, one Runner each (emu.node.agent.runner): request() wakes one.
         self.loader = Runner("load", lambda requested: self.load(), log, max_interval=30.0,
                              describe=lambda: "loading the state")  # fmt: skip
@@ -131,7 +144,10 @@ class Agent:
         self.hub_job = Runner("hub", self.hub_step, log, max_interval=1.0)
         self.api_status = ApiStatus(node, log, tokens=Tokens(node))
         self.reported_generation = -1  # the kubelet's generation the API server last heard of
-        self.status_job = Runner("apistatus", self.status_step, log, gather=0.05,
+        # (Where the rules come from the API, a pod's readiness reaches every node's rules through
+        # this write and the EndpointSlice controller: written at once, not 50 ms later. One
+        # kubelet step reports every change it saw in one run anyway.)
+        self.status_job = Runner("apistatus", self.status_step, log, gather=0.0 if self.api else 0.05,
                                  describe=lambda: "reporting to the API server")  # fmt: skip
         self.report_job = self.reporter.job(self.hub_address, self.local_readiness)
         self.watch_job = self.watcher.job(self.hub_address, self.on_hub, self.generation)
@@ -412,7 +428,7 @@ class Agent:
         started, cpu = time.monotonic(), time.thread_time()
         state = view.state
         settling = not force and self.settling(view)  # each report that arrives wakes the loop again
-        if settling and not view.runs_dns:
+        if settling and not view.runs_dns and self.api is None:
             return
         ready = self.ready_map(view)
         key = (state.generation, tuple(sorted(ready.items())))
@@ -425,6 +441,9 @@ class Agent:
                 self.dns_key = key
             except Exception as error:  # noqa: BLE001 - one job failing must not stop the others
                 log(f"DNS snapshot failed: {error}")
+        if self.api is not None:
+            self.sync_from_api(view, force, settling, ready, key)
+            return
         if settling:
             return
         with self.peers_lock:
@@ -465,12 +484,91 @@ class Agent:
             self.synced_generation = state.generation
             self.synced.notify_all()
 
+    def sync_from_api(self, view: NodeView, force: bool, settling: bool, ready: dict[str, bool], key: tuple) -> None:
+        """kube-proxy's sync from the API server's view (self.api): the rules, LoadBalancer
+        addresses, health check servers and the ingress from the feed's snapshot;
+        NetworkPolicy, and the readiness `emu up` waits for, from the state and the hub
+        as before (settling holds back only those)."""
+        started, cpu = time.monotonic(), time.thread_time()
+        state = view.state
+        api = self.api
+        state_part = not settling and (key != self.synced_key or force)
+        if state_part:
+            try:
+                self.policies.sync(state, self.node)
+            except Exception as error:  # noqa: BLE001
+                log(f"network policy sync failed: {error}")
+            self.synced_ready = ready
+        if api.start(state) and api.ready():
+            revision = api.revision()  # before the snapshot: every change up to it is in it
+            feed = api.feed
+            lost = tuple(sorted(feed.lost_nodes()))  # NotReady in the API: they own no LoadBalancer address
+            # (a new state generation too: the ingress and the nodes' hosts come from it; the
+            # hub's readiness reports never: the rules do not depend on them)
+            api_key = (feed.changes, lost, state.generation)
+            if api_key != self.api_key or force:
+                services, endpoints = feed.snapshot()
+                self.endpoints = endpoints
+                try:
+                    # (with the state's nodes: on several hosts they say where each one runs)
+                    self.load_balancers.update(dataclasses.replace(services, nodes=state.nodes), endpoints, lost)
+                except Exception as error:  # noqa: BLE001 - one job failing must not stop the others
+                    log(f"LoadBalancer update failed: {error}")
+                try:
+                    self.ingress.sync(state, endpoints)
+                except Exception as error:  # noqa: BLE001
+                    log(f"ingress sync failed: {error}")
+                children = resource.getrusage(resource.RUSAGE_CHILDREN)
+                chains = self.proxy.sync(services, self.node, endpoints)  # failing: the runner tries again soon
+                self.health.synced(services, self.node, endpoints)
+                self.api_key = api_key
+                if chains > 100:
+                    release_memory()
+                took = (time.monotonic() - started) * 1000
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                spent = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+                touched = sorted(feed.touched)
+                why = f"; endpoints changed in {len(touched)} services: {', '.join(touched[:3])}" if touched else ""
+                log(f"synced resourceVersion {revision}: {chains} chains written in {took:.1f} ms "
+                    f"({(time.thread_time() - cpu) * 1000:.0f} ms of CPU, "
+                    f"{spent * 1000:.0f} ms in child processes{why})")
+                write_status({"generation": state.generation, "resourceVersion": revision, "syncedAt": time.time(),
+                              "tookMs": round(took, 2)})  # fmt: skip
+            else:
+                self.health.updated()
+            self.synced_revision = max(self.synced_revision, revision)
+        if state_part:
+            self.synced_key = key
+        with self.synced:
+            if state_part:
+                self.synced_generation = state.generation
+            self.synced.notify_all()
+
     def unready(self) -> list[str]:
         """Pods not ready in the view this node's rules were made from; pods that
         run to completion (restartPolicy OnFailure or Never) are not waited for."""
         view = self.view
         finite = {p.uid for p in view.state.pods.values() if p.restart_policy != "Always"} if view else set()
         return sorted(k for k, ready in self.synced_ready.items() if not ready and k not in finite)
+
+    def wait_revision(self, revision: int, timeout: float) -> dict:
+        """GET /wait?revision=N: until this node's rules reflect the API server's Services,
+        EndpointSlices and Nodes at resourceVersion N or later (its informers have seen N,
+        a quiet one lists again, and a sync made from that view is in place)."""
+        deadline = time.monotonic() + timeout
+        result: dict = {"revision": revision, "caughtUp": False, "programmed": False}
+        if self.api is None:
+            result["error"] = "this agent's rules come from the state file (--proxy-from state), not the API server"
+            return result
+        result["caughtUp"] = self.api.catch_up(revision, timeout)
+        if result["caughtUp"]:
+            self.syncer.request()  # (a quiet list changed nothing: no handler woke the sync)
+            with self.synced:
+                result["programmed"] = self.synced.wait_for(lambda: self.synced_revision >= revision,
+                                                            max(0.0, deadline - time.monotonic()))  # fmt: skip
+        result["syncedRevision"] = self.synced_revision
+        result["seenRevision"] = self.api.revision()
+        return result
 
     def wait(self, generation: int, ports: list[str], timeout: float, ready_timeout: float) -> dict:
         """What `emu up` waits for on this node (GET /wait), in order, each within
@@ -512,15 +610,15 @@ def wait_options(query: str) -> dict:
         name, _, value = pair.partition("=")
         if name == "port":
             options["ports"].append(value)
-        elif name == "generation":
-            options["generation"] = int(value)
+        elif name in ("generation", "revision"):
+            options[name] = int(value)
         elif name in ("timeout", "ready_timeout"):
             seconds = float(value)
             if not 0 <= seconds <= 3600:  # (nan too)
                 raise ValueError(f"{name}={value}: expected seconds, 0 to 3600")
             options[name] = seconds
         else:
-            raise ValueError(f"unknown parameter {name!r}: expected generation, timeout, ready_timeout, port")
+            raise ValueError(f"unknown parameter {name!r}: expected generation, revision, timeout, ready_timeout, port")
     return options
 
 
@@ -591,6 +689,8 @@ def make_handler(agent: Agent) -> web.Handler:
                 options = wait_options(path.partition("?")[2])
             except ValueError as error:
                 return reply(wfile, {"error": str(error)}, 400)
+            if "revision" in options:  # (the API server's resourceVersion: the rules from the API, only)
+                return reply(wfile, agent.wait_revision(options["revision"], options["timeout"]))
             return reply(wfile, agent.wait(**options))
         if path.startswith("/watch") and agent.view and agent.view.is_hub:
             return watch(request, wfile)
@@ -636,27 +736,30 @@ def make_handler(agent: Agent) -> web.Handler:
     return handle
 
 
-USAGE = "usage: python3 -m emu.node.agent --node NAME [--snapshot FILE] [--port N]"
+USAGE = "usage: python3 -m emu.node.agent --node NAME [--snapshot FILE] [--port N] [--proxy-from state|api]"
+PROXY_SOURCES = ("state", "api")  # where the service rules come from: the state file and the hub, or the API server
 
 
 def parse_options(argv: list[str]) -> dict[str, str]:
-    """--node NAME [--snapshot FILE] [--port N] (argparse would cost every agent 1 MB)."""
-    options = {"--snapshot": STATE_FILE, "--port": str(AGENT_PORT)}
+    """--node NAME [--snapshot FILE] [--port N] [--proxy-from state|api] (argparse would cost every agent 1 MB)."""
+    options = {"--snapshot": STATE_FILE, "--port": str(AGENT_PORT), "--proxy-from": "state"}
     if len(argv) % 2:
         raise SystemExit(USAGE)
     for flag, value in zip(argv[::2], argv[1::2]):
-        if flag not in ("--node", "--snapshot", "--port"):
+        if flag not in ("--node", "--snapshot", "--port", "--proxy-from"):
             raise SystemExit(f"unknown option {flag}\n{USAGE}")
         options[flag] = value
     if "--node" not in options or not options["--port"].isdigit():
         raise SystemExit(USAGE)
+    if options["--proxy-from"] not in PROXY_SOURCES:
+        raise SystemExit(f"--proxy-from {options['--proxy-from']}: expected one of {', '.join(PROXY_SOURCES)}\n{USAGE}")
     return options
 
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(sys.argv[1:] if argv is None else argv)
     node, port = options["--node"], int(options["--port"])
-    agent = Agent(node, options["--snapshot"], port)
+    agent = Agent(node, options["--snapshot"], port, proxy_from=options["--proxy-from"])
     os.makedirs(os.path.dirname(PID_FILE), exist_ok=True)
     with open(PID_FILE, "w") as handle:
         handle.write(str(os.getpid()))

@@ -15,15 +15,25 @@ CLUSTER_CHECK_SHARE of one core on it, and a small cluster checks every second.
 After each sync, UDP conntrack entries that still point at an endpoint that
 left a service are deleted (`conntrack -D`), as kube-proxy does in every mode:
 without it a DNS client keeps sending to a dead pod.
+
+Where the rules come from: with the agent's `--proxy-from api` (set by
+emu.node.plan.cni), as kube-proxy's, from the API server's Services,
+EndpointSlices and Nodes (`ApiSource`, with kube-proxy's own certificate);
+otherwise from the state file and the readiness the hub gathers.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable
 
 from emu.node.agent import run as bounded_run
+from emu.node.kube.client import Client
+from emu.node.kube.informer import Informer
+from emu.node.kube.proxyfeed import ProxyFeed
+from emu.node.plan import cni
 from emu.node.proxy import mode_of, proxier
 from emu.node.proxy.conntrack import stale_udp_commands, udp_view
 from emu.node.proxy.iptables import differences, hook_jumps  # noqa: F401 - the iptables check, used by tests
@@ -93,3 +103,66 @@ class ProxySync:
             self.repairs += 1
             self.previous = self.proxier.forget()  # the next sync rewrites everything
         return lost
+
+
+def kube_proxy_client(state: ClusterState, node: str, pki: str = cni.PKI_DIR) -> Client | None:
+    """A client of the cluster's API server as kube-proxy (user system:kube-proxy, which
+    RBAC's bootstrap binding system:node-proxier lets list and watch Services,
+    EndpointSlices and Nodes, and nothing else), None where the node has no such
+    certificate (a cluster made without an API server)."""
+    cert, key, ca = f"{pki}/kube-proxy.crt", f"{pki}/kube-proxy.key", f"{pki}/ca.crt"
+    if not all(os.path.exists(path) for path in (cert, key, ca)):
+        return None
+    server = f"https://{cni.api_server_node(state).node_ip}:{cni.API_PORT}"
+    return Client(server, ca_pem_path=ca, cert_path=cert, key_path=key, user_agent=f"kube-proxy/emu ({node})")
+
+
+class ApiSource:
+    """kube-proxy's watch of the API server (emu.node.kube.proxyfeed): Services,
+    EndpointSlices and Nodes, listed and watched by informers that reconnect by
+    themselves (the rules stay as they are while the server is away).
+    `on_change` wakes the sync job; `revision()` is the resourceVersion up to which
+    every change of the three has reached the feed."""
+
+    def __init__(self, node: str, log: Callable[[str], None], on_change: Callable[[], None],
+                 connect: Callable[[ClusterState, str], Client | None] = kube_proxy_client):  # fmt: skip
+        self.node = node
+        self.log = log
+        self.on_change = on_change
+        self.connect = connect
+        self.feed: ProxyFeed | None = None
+        self.informers: list[Informer] = []
+        self.missing_logged = False
+
+    def start(self, state: ClusterState) -> bool:
+        """Start watching (once; later calls pass on a new kube-proxy configuration).
+        Whether the feed runs."""
+        if self.feed is not None:
+            self.feed.set_networking(state.networking)
+            return True
+        client = self.connect(state, self.node)
+        if client is None:
+            if not self.missing_logged:
+                self.log("no kube-proxy certificate: no service rules until there is one")
+                self.missing_logged = True
+            return False
+        self.feed = ProxyFeed(self.node, state.networking, self.on_change)
+        self.informers = self.feed.informers(client, self.log)
+        for informer in self.informers:
+            informer.start()
+        return True
+
+    def ready(self) -> bool:
+        """Whether every informer has listed once: before that, the feed knows nothing and
+        rules made from it would remove every service (kube-proxy waits for its caches too)."""
+        return bool(self.informers) and all(informer.synced.is_set() for informer in self.informers)
+
+    def revision(self) -> int:
+        return min((informer.revision() for informer in self.informers), default=0)
+
+    def catch_up(self, revision: int, timeout: float) -> bool:
+        """Whether every informer has seen `revision` within `timeout` (a quiet one lists again)."""
+        deadline = time.monotonic() + timeout
+        return bool(self.informers) and all(
+            informer.catch_up(revision, max(0.0, deadline - time.monotonic())) for informer in self.informers
+        )

@@ -16,6 +16,11 @@
   later is dropped, so the handlers see each change once, also when a list
   and the watch after it overlap (emu's API server serves `continue` pages
   from the current data, not from the first page's snapshot).
+`catch_up(revision)` lists again at once when the informer has not seen
+`revision` yet (a quiet collection's watch brings nothing past its last
+change until a BOOKMARK, seconds later): afterwards the cache is at least as
+new as that revision, which is how a caller learns that what it holds
+reflects every write up to it (emu up's wait for programmed rules).
 A watch silent for `idle_timeout` (no event, no BOOKMARK: a frozen server keeps
 its connections open) is given up and watched again.
 Reconnections back off from 0.2 s to 10 s, with jitter, as client-go's reflector
@@ -116,6 +121,8 @@ class Informer:
         self.cache: dict[str, dict] = {}
         self.lock = threading.Lock()  # guards cache for readers in other threads
         self.resource_version = ""  # the last revision seen ("" : list first)
+        self.progress = threading.Condition()  # notified when resource_version moves on
+        self.relist_wanted = False  # catch_up asked for a list at once
         self.synced = threading.Event()
         self.stopped = False
         self.backoff = 0.0
@@ -145,6 +152,31 @@ class Informer:
         with self.lock:
             return sorted(self.cache)
 
+    def revision(self) -> int:
+        """The revision up to which every change of the collection has been handed to the handlers (0: none)."""
+        try:
+            return int(self.resource_version or 0)
+        except ValueError:
+            return 0
+
+    def catch_up(self, revision: int, timeout: float) -> bool:
+        """Whether the informer has seen `revision` (or later) within `timeout` seconds; when
+        it has not, it lists again at once (a list is served at the server's newest revision)."""
+        if self.revision() >= revision:
+            return True
+        self.relist_wanted = True
+        watch = self.watch
+        if watch is not None:
+            watch.close()
+        self.runner.request()
+        with self.progress:
+            return self.progress.wait_for(lambda: self.revision() >= revision, timeout)
+
+    def _advance(self, resource_version: str) -> None:
+        with self.progress:
+            self.resource_version = resource_version
+            self.progress.notify_all()
+
     def wait_synced(self, timeout: float | None = None) -> bool:
         """Whether the first list has been cached (client-go's HasSynced), waiting up to `timeout`."""
         return self.synced.wait(timeout)
@@ -172,10 +204,13 @@ class Informer:
         if self.stopped:
             return None
         try:
-            if not self.resource_version:
+            if not self.resource_version or self.relist_wanted:
+                self.relist_wanted = False
                 self._list()
             started, events = time.monotonic(), self.events
             self._watch()
+            if self.relist_wanted:
+                return 0.0  # closed by catch_up: list again at once
             if self.events == events and time.monotonic() - started < 1.0 and not self.stopped:
                 # Ended at once with nothing in it (a server on its way down): as client-go's
                 # reflector, back off as after an error rather than spin.
@@ -198,6 +233,8 @@ class Informer:
     def _failed(self, why: str) -> float | None:
         if self.stopped:
             return None
+        if self.relist_wanted and self.resource_version:
+            return 0.0  # the watch was closed by catch_up, not lost
         self.reconnects += 1
         self.backoff = min(MAX_BACKOFF, max(MIN_BACKOFF, self.backoff * 2))
         wait = self.backoff * random.uniform(1.0, 1.5)
@@ -230,7 +267,7 @@ class Informer:
                 break
         self.lists += 1
         self._replace(items)
-        self.resource_version = list_rv
+        self._advance(list_rv)
         self.synced.set()
 
     def _replace(self, items: dict[str, dict]) -> None:
@@ -258,7 +295,7 @@ class Informer:
         watch = self.client.watch(self.path, self.resource_version, self.watch_timeout, self.label_selector,
                                   self.field_selector, bookmarks=True, idle_timeout=self.idle_timeout)  # fmt: skip
         self.watch = watch
-        if self.stopped:
+        if self.stopped or self.relist_wanted:  # (catch_up may have looked for a watch to close just before)
             watch.close()
             return
         self.backoff = 0.0  # connected: a later failure starts backing off from the start
@@ -266,11 +303,12 @@ class Informer:
             self.events += 1
             rv = (obj.get("metadata") or {}).get("resourceVersion") or ""
             if kind == "BOOKMARK":
-                self.resource_version = rv or self.resource_version
+                if rv:
+                    self._advance(rv)
                 continue
             self._event(kind, self.transform(obj))
             if rv:
-                self.resource_version = rv
+                self._advance(rv)
 
     def _event(self, kind: str, obj: dict) -> None:
         key = key_of(obj)

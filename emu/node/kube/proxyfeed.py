@@ -191,8 +191,23 @@ def slim_slice(obj: dict) -> dict:
     return _slim(obj, slice_endpoints(obj), {SERVICE_NAME_LABEL: service} if service else None)
 
 
+def node_ready(obj: dict) -> bool:
+    """Whether the Node's Ready condition is True (the node lifecycle controller sets
+    it Unknown when the node's Lease is not renewed): MetalLB's speakers leave a node
+    that is not Ready out of the LoadBalancer owner choice."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+READY = "_ready"  # where slim_node keeps node_ready
+
+
 def slim_node(obj: dict) -> dict:
-    return obj if PARSED in obj else _slim(obj, node_state(obj))
+    if PARSED in obj:
+        return obj
+    slim = _slim(obj, node_state(obj))
+    slim[READY] = node_ready(obj)
+    return slim
 
 
 class ProxyFeed:
@@ -212,6 +227,7 @@ class ProxyFeed:
         self.service_objects: dict[str, dict] = {}
         self.slices: dict[str, dict[str, list]] = {}  # service key -> slice name -> slice_endpoints(slice)
         self.nodes: dict[str, NodeState] = {}
+        self.not_ready: set[str] = set()  # nodes whose Ready condition is not True
         self.endpoints: dict[str, dict[str, list[Endpoint]]] = {}
         self.dirty: set[str] = set()  # services whose endpoints must be worked out again
         self.state: ClusterState | None = None  # the last snapshot's (None: make a new one)
@@ -274,18 +290,38 @@ class ProxyFeed:
         self.on_change()
 
     def on_node(self, obj: dict) -> None:
-        state = slim_node(obj)[PARSED]
+        slim = slim_node(obj)
+        state, ready = slim[PARSED], slim.get(READY, True)
         with self.lock:
             if self.nodes.get(state.name) != state:
                 self.nodes[state.name] = state
                 self._changed(set(), structure=True)
+            if ready == (state.name in self.not_ready):
+                (self.not_ready.discard if ready else self.not_ready.add)(state.name)
+                self._changed(set(), structure=False)
         self.on_change()
 
     def on_node_deleted(self, obj: dict) -> None:
+        name = (obj.get("metadata") or {}).get("name", "")
         with self.lock:
-            self.nodes.pop((obj.get("metadata") or {}).get("name", ""), None)
+            self.nodes.pop(name, None)
+            self.not_ready.discard(name)
             self._changed(set(), structure=True)
         self.on_change()
+
+    def set_networking(self, networking: dict) -> None:
+        """kube-proxy's configuration changed (a new proxy mode, clusterCIDR, ...): the next snapshot has it."""
+        with self.lock:
+            if dict(networking) == self.networking:
+                return  # (asked at every sync: a call that changes nothing must not wake another)
+            self.networking = dict(networking)
+            self._changed(set(), structure=True)
+        self.on_change()
+
+    def lost_nodes(self) -> set[str]:
+        """The nodes the API calls not Ready."""
+        with self.lock:
+            return set(self.not_ready)
 
     # ---- the view -----------------------------------------------------------------
     def snapshot(self) -> tuple[ClusterState, dict[str, dict[str, list[Endpoint]]]]:

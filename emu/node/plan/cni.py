@@ -516,6 +516,12 @@ def agent_bytecode(sources: dict[str, str]) -> dict[str, bytes]:
     return compiled
 
 
+# Where the agents' service rules come from: the API server's Services and EndpointSlices
+# (kube-proxy's watch, emu.node.agent.proxysync.ApiSource) when True; the state file and
+# the hub's readiness when False. `emu up` waits for what this says (emu.control.cluster).
+PROXY_FROM_API = False
+
+
 def start_agent_line(node: NodeState) -> str:
     """The node agent (probes, readiness, service rules: emu.node.agent), kept running:
     if it dies it is started again a second later, as systemd restarts the kubelet."""
@@ -526,7 +532,7 @@ def start_agent_line(node: NodeState) -> str:
     # the heap, which kept 1-4 MB of a 1,000-service agent after each.
     agent = shlex.join(
         ["env", f"PYTHONPATH={AGENT_LIB}", "MALLOC_ARENA_MAX=1", "MALLOC_MMAP_THRESHOLD_=131072", "python3", "-m",
-         "emu.node.agent", "--node", node.name]
+         "emu.node.agent", "--node", node.name, *(["--proxy-from", "api"] if PROXY_FROM_API else [])]
     )  # fmt: skip
     loop = f'while true; do {agent}; echo "emu agent exited ($?); starting it again"; sleep 1; done'
     return f"setsid sh -c {shlex.quote(loop)} >{AGENT_LOG} 2>&1 </dev/null &"

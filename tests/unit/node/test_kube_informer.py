@@ -358,3 +358,31 @@ def test_watches_that_end_at_once_are_backed_off_not_spun(server):
         assert any("the watch ended at once without an event" in line for line in logged)
     finally:
         informer.stop()
+
+
+def test_catch_up_lists_a_quiet_collection_again_to_reach_a_revision(tmp_path):
+    """A write elsewhere (a ConfigMap) moves the server's revision on; the services
+    informer hears nothing of it (no bookmark: a server that sends none). Asked to
+    catch up to that revision it lists again once, reaches it, and goes on watching:
+    a change after that still arrives, seen once. An informer already there does not list."""
+    server = InProcess(tmp_path, bookmark_interval=3600)
+    admin = server.client()
+    admin.create(SERVICES, service("s0"))
+    recorder = Recorder()
+    informer = Informer(server.client("kube-proxy"), SERVICES_ALL, **recorder.handlers()).start()
+    try:
+        assert informer.wait_synced(20)
+        before = informer.revision()
+        elsewhere = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "elsewhere"}}
+        revision = int(admin.create(CONFIGMAPS, elsewhere)["metadata"]["resourceVersion"])
+        assert informer.revision() == before < revision
+        assert informer.catch_up(revision, 20)
+        assert informer.revision() >= revision and informer.lists == 2
+        assert informer.catch_up(before, 20) and informer.lists == 2  # already there: no list
+        admin.create(SERVICES, service("s1"))
+        assert recorder.wait(lambda r: "default/s1" in r.view)
+        assert [e for e in recorder.events if e[1] == "default/s0"] == [("add", "default/s0")]
+        assert recorder.violations == []
+    finally:
+        informer.stop()
+        server.stop()
