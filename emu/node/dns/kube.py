@@ -27,6 +27,8 @@ service), else its address with dashes.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import threading
@@ -188,6 +190,17 @@ class ApiSource:
                 self.log(f"kubernetes API: synced ({len(services)} services, {len(slices)} endpointslices, "
                          f"{len(namespaces)} namespaces)")  # fmt: skip
             self.builds += 1
+            del services, slices, namespaces
+            release_memory()  # the lists' pages and the zone before, parsed whole, are garbage now
+
+
+def release_memory() -> None:
+    """Collect, and hand freed heap back to the system (glibc keeps it otherwise)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def write_zone(path: str, data: dict) -> None:

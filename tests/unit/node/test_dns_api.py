@@ -16,9 +16,14 @@ from pathlib import Path
 
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
-from kube_testserver import ChildProcess, free_port
+from kube_testserver import ChildProcess, ClusterServer, free_port
 
+from emu.api.load import load_text
+from emu.apiserver import mirror
 from emu.apiserver.auth import issue_token
+from emu.control.apiserver import mirror_objects
+from emu.control.state import plan_cluster
+from emu.node.agent.tokens import Tokens
 from emu.node.dns.kube import service_of, slice_of, snapshot
 from emu.node.kube.client import in_cluster, resource_path
 
@@ -54,14 +59,14 @@ def until(check, timeout: float = 20.0, what: str = ""):
 class DnsServer:
     """python3 -m emu.node.dns --source api, as in the coredns pod (a service account dir, the env)."""
 
-    def __init__(self, tmp: Path, api: ChildProcess):
-        self.sa = tmp / "serviceaccount"
-        self.sa.mkdir()
+    def __init__(self, tmp: Path, api, sa: Path | None = None):
+        self.sa = sa or tmp / "serviceaccount"
+        self.sa.mkdir(exist_ok=True)
         self.port, self.ready_port = free_udp_port(), free_port()
         self.log_path = tmp / "dns.log"
         self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed by stop()
         env = {**os.environ, "PYTHONPATH": ROOT, "KUBERNETES_SERVICE_HOST": "127.0.0.1",
-               "KUBERNETES_SERVICE_PORT": str(api.port)}  # fmt: skip
+               "KUBERNETES_SERVICE_PORT": api.url.rsplit(":", 1)[1]}  # fmt: skip
         argv = [sys.executable, "-m", "emu.node.dns", "--source", "api", "--host", "127.0.0.1", "--port",
                 str(self.port), "--workers", "2", "--health-port", "0", "--metrics-port", "0", "--ready-port",
                 str(self.ready_port), "--service-account-dir", str(self.sa), "--service-cidr", "10.96.0.0/12",
@@ -237,3 +242,40 @@ def test_the_snapshot_from_api_objects_has_the_agents_shape():
          "endpoints": [{"ip": "10.244.1.5", "hostname": None, "ready": True, "ports": {"http": 8080}},
                        {"ip": "10.244.2.6", "hostname": "db-1", "ready": False,
                         "ports": {"http": 8080}}]}]}  # fmt: skip
+
+
+LAB = """
+name: lab
+nodes: [{name: control-plane, role: control-plane}, {name: worker}]
+services:
+  - {name: web, clusterIP: 10.96.0.50, ports: [{name: http, port: 80}]}
+"""
+
+
+def test_the_coredns_pod_of_a_mirrored_cluster_gets_its_token_and_rbac_lets_it_watch(tmp_path, monkeypatch):
+    """The chain of a cluster without Docker: emu's mirror makes the ServiceAccount
+    kube-system/coredns and runs the coredns pod as it; the node asks a token for the
+    pod (emu.node.agent.tokens, NodeRestriction); with it the DNS server lists and
+    watches as system:coredns (kubeadm's binding) and answers the lab's services."""
+    monkeypatch.setenv("EMU_DNS_SOURCE", "api")
+    state = plan_cluster(load_text(LAB), "emu-lab", "172.28.0.0/24")
+    served = ClusterServer(tmp_path / "api")
+    try:
+        objects = mirror_objects(state, [], 1_700_000_000.0)
+        assert {"apiVersion": "v1", "kind": "ServiceAccount",
+                "metadata": {"name": "coredns", "namespace": "kube-system"}} in objects  # fmt: skip
+        mirror.sync(served.store, objects)
+        pod = next(p for p in state.pods.values() if p.namespace == "kube-system")
+        assert "--source" in pod.containers[0]["args"]
+        tokens = Tokens(pod.node, directory=str(tmp_path / "tokens"), ca_file=str(served.pki / "ca.crt"))
+        assert tokens.request(served.client(f"nodes/{pod.node}"), pod)
+        dns = DnsServer(tmp_path, served, tmp_path / "tokens" / pod.netns)
+        try:
+            until(dns.ready, what="/ready")
+            assert dns.addresses(f"web.default.svc.{ZONE}") == ["10.96.0.50"]
+            assert dns.addresses(f"kube-dns.kube-system.svc.{ZONE}") == ["10.96.0.10"]
+            assert "kubernetes API: synced" in dns.text() and "forbidden" not in dns.text()
+        finally:
+            dns.stop()
+    finally:
+        served.stop()
