@@ -100,10 +100,11 @@ def dns_source() -> str:
     return source
 
 
-def coredns_args(topology: Topology) -> list[str]:
+def coredns_args(topology: Topology, api_server: bool = True) -> list[str]:
     """The DNS server's settings, as kubeadm's Corefile gives them to CoreDNS (none
-    with the snapshot, which carries them)."""
-    if dns_source() != "api":
+    with the snapshot, which carries them, and in a cluster made without an API
+    server by an older emu)."""
+    if dns_source() != "api" or not api_server:
         return []
     networking, dns = topology.networking, topology.dns
     args = ["--source", "api", "--zone", networking.dns_domain, "--ttl", str(dns.ttl),
@@ -113,12 +114,14 @@ def coredns_args(topology: Topology) -> list[str]:
     return args
 
 
-def with_system_objects(topology: Topology) -> Topology:
+def with_system_objects(topology: Topology, api_server: bool = True) -> Topology:
     """The topology plus what every cluster runs: the cluster DNS (deployment
     kube-system/coredns behind service kube-system/kube-dns at the tenth
-    address of serviceSubnet), as kubeadm sets it up."""
+    address of serviceSubnet), as kubeadm sets it up. api_server: whether the
+    cluster has one (one made by an older emu has not: its DNS reads the snapshot)."""
     if not topology.dns.enabled:
         return topology
+    args = coredns_args(topology, api_server)
     planes = [n.name for n in topology.nodes if n.role == "control-plane"] or [topology.nodes[0].name]
     coredns = Deployment.model_validate(
         {
@@ -133,7 +136,7 @@ def with_system_objects(topology: Topology) -> Topology:
                     {
                         "name": "coredns",
                         "workload": "coredns",
-                        **({"args": coredns_args(topology)} if coredns_args(topology) else {}),
+                        **({"args": args} if args else {}),
                         "ports": [
                             {"name": "dns", "containerPort": 53, "protocol": "UDP"},
                             {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},
@@ -353,7 +356,7 @@ def plan_cluster(
         api_endpoint=previous.api_endpoint if previous else "",
     )
     state.load_balancer_pool = load_balancer_pool(topology, network_subnet)
-    effective = with_ingress_controller(with_system_objects(topology))
+    effective = with_ingress_controller(with_system_objects(topology, previous is None or bool(previous.api_endpoint)))
     state.services = plan_services(effective, state, previous)
     old_pods = previous.pods if previous else {}
     declared_pods = _declared_pods(effective)

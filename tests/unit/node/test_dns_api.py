@@ -23,6 +23,7 @@ from emu.apiserver import mirror
 from emu.apiserver.auth import issue_token
 from emu.control.apiserver import mirror_objects
 from emu.control.state import plan_cluster
+from emu.errors import EmuError
 from emu.node.agent.tokens import Tokens
 from emu.node.dns.kube import service_of, slice_of, snapshot
 from emu.node.kube.client import in_cluster, resource_path
@@ -279,3 +280,27 @@ def test_the_coredns_pod_of_a_mirrored_cluster_gets_its_token_and_rbac_lets_it_w
             dns.stop()
     finally:
         served.stop()
+
+
+def coredns_args_of(state) -> list[str]:
+    pods = [p for p in state.pods.values() if p.namespace == "kube-system"]
+    assert len(pods) == 1
+    return pods[0].containers[0].get("args", [])
+
+
+def test_the_coredns_pods_settings_are_the_topologys_and_an_old_cluster_keeps_its_snapshot(monkeypatch):
+    monkeypatch.setenv("EMU_DNS_SOURCE", "api")
+    lab = LAB + "dns: {ttl: 30, upstreams: ['10.0.0.2', '10.0.0.3:5353']}\nnetworking: {dnsDomain: lab.example}\n"
+    new = plan_cluster(load_text(lab), "emu-lab", "172.28.0.0/24")
+    assert coredns_args_of(new) == ["--source", "api", "--zone", "lab.example", "--ttl", "30", "--service-cidr",
+                                    "10.96.0.0/16", "--pod-cidr", "10.244.0.0/16", "--upstream", "10.0.0.2",
+                                    "--upstream", "10.0.0.3:5353"]  # fmt: skip
+    new.api_endpoint = "https://172.28.0.2:6443"
+    assert coredns_args_of(plan_cluster(load_text(lab), "emu-lab", "172.28.0.0/24", new)) == coredns_args_of(new)
+    new.api_endpoint = ""  # a cluster an older emu made, without an API server: its DNS reads the snapshot
+    assert coredns_args_of(plan_cluster(load_text(lab), "emu-lab", "172.28.0.0/24", new)) == []
+    monkeypatch.setenv("EMU_DNS_SOURCE", "snapshot")
+    assert coredns_args_of(plan_cluster(load_text(lab), "emu-lab", "172.28.0.0/24")) == []
+    monkeypatch.setenv("EMU_DNS_SOURCE", "etcd")
+    with pytest.raises(EmuError, match="EMU_DNS_SOURCE='etcd': expected api or snapshot"):
+        plan_cluster(load_text(lab), "emu-lab", "172.28.0.0/24")
