@@ -100,11 +100,10 @@ def dns_source() -> str:
     return source
 
 
-def coredns_args(topology: Topology, api_server: bool = True) -> list[str]:
+def coredns_args(topology: Topology) -> list[str]:
     """The DNS server's settings, as kubeadm's Corefile gives them to CoreDNS (none
-    with the snapshot, which carries them, and in a cluster made without an API
-    server by an older emu)."""
-    if dns_source() != "api" or not api_server:
+    with the snapshot, which carries them)."""
+    if dns_source() != "api":
         return []
     networking, dns = topology.networking, topology.dns
     args = ["--source", "api", "--zone", networking.dns_domain, "--ttl", str(dns.ttl),
@@ -114,14 +113,13 @@ def coredns_args(topology: Topology, api_server: bool = True) -> list[str]:
     return args
 
 
-def with_system_objects(topology: Topology, api_server: bool = True) -> Topology:
+def with_system_objects(topology: Topology) -> Topology:
     """The topology plus what every cluster runs: the cluster DNS (deployment
     kube-system/coredns behind service kube-system/kube-dns at the tenth
-    address of serviceSubnet), as kubeadm sets it up. api_server: whether the
-    cluster has one (one made by an older emu has not: its DNS reads the snapshot)."""
+    address of serviceSubnet), as kubeadm sets it up."""
     if not topology.dns.enabled:
         return topology
-    args = coredns_args(topology, api_server)
+    args = coredns_args(topology)
     planes = [n.name for n in topology.nodes if n.role == "control-plane"] or [topology.nodes[0].name]
     coredns = Deployment.model_validate(
         {
@@ -356,7 +354,7 @@ def plan_cluster(
         api_endpoint=previous.api_endpoint if previous else "",
     )
     state.load_balancer_pool = load_balancer_pool(topology, network_subnet)
-    effective = with_ingress_controller(with_system_objects(topology, previous is None or bool(previous.api_endpoint)))
+    effective = with_ingress_controller(with_system_objects(topology))
     state.services = plan_services(effective, state, previous)
     old_pods = previous.pods if previous else {}
     declared_pods = _declared_pods(effective)

@@ -288,17 +288,13 @@ def coredns_args_of(state) -> list[str]:
     return pods[0].containers[0].get("args", [])
 
 
-def test_the_coredns_pods_settings_are_the_topologys_and_an_old_cluster_keeps_its_snapshot(monkeypatch):
+def test_the_coredns_pods_settings_are_the_topologys(monkeypatch):
     monkeypatch.setenv("EMU_DNS_SOURCE", "api")
     lab = LAB + "dns: {ttl: 30, upstreams: ['10.0.0.2', '10.0.0.3:5353']}\nnetworking: {dnsDomain: lab.example}\n"
     new = plan_cluster(load_text(lab), "emu-lab", "172.28.0.0/24")
     assert coredns_args_of(new) == ["--source", "api", "--zone", "lab.example", "--ttl", "30", "--service-cidr",
                                     "10.96.0.0/16", "--pod-cidr", "10.244.0.0/16", "--upstream", "10.0.0.2",
                                     "--upstream", "10.0.0.3:5353"]  # fmt: skip
-    new.api_endpoint = "https://172.28.0.2:6443"
-    assert coredns_args_of(plan_cluster(load_text(lab), "emu-lab", "172.28.0.0/24", new)) == coredns_args_of(new)
-    new.api_endpoint = ""  # a cluster an older emu made, without an API server: its DNS reads the snapshot
-    assert coredns_args_of(plan_cluster(load_text(lab), "emu-lab", "172.28.0.0/24", new)) == []
     monkeypatch.setenv("EMU_DNS_SOURCE", "snapshot")
     assert coredns_args_of(plan_cluster(load_text(lab), "emu-lab", "172.28.0.0/24")) == []
     monkeypatch.setenv("EMU_DNS_SOURCE", "etcd")
