@@ -90,7 +90,7 @@ def _pod_spec_hash(template: PodTemplate) -> str:
 # Where the cluster DNS server takes its zone from: "api" (it watches the API server as
 # CoreDNS's kubernetes plugin does, emu.node.dns.kube) or "snapshot" (the file its node's
 # agent writes). EMU_DNS_SOURCE chooses while both exist.
-DNS_SOURCE = "snapshot"
+DNS_SOURCE = "api"
 
 
 def dns_source() -> str:
