@@ -49,7 +49,8 @@ KEPT = {("v1", "Namespace"): {"default", "kube-system", "kube-public", "kube-nod
 # Kinds emu writes once and then leaves to users (their writes are taken, nothing is deleted):
 # the topology's ConfigMaps are read by the nodes only when emu starts a pod, so a ConfigMap
 # made with kubectl (a controller's settings, say) harms nothing.
-CREATE_ONLY = {("v1", "ConfigMap")}
+# So are the ServiceAccounts of emu's addons (kube-system/coredns, as kubeadm makes it).
+CREATE_ONLY = {("v1", "ConfigMap"), ("v1", "ServiceAccount")}
 # Kinds the API server's controllers write (the EndpointSlice and Endpoints controllers,
 # from the pods' readiness as the nodes report it): emu writes only those no controller
 # makes (default/kubernetes, whose endpoints are the API server's address), and deletes none.

@@ -253,6 +253,7 @@ def mirror_objects(state: ClusterState, unready: list[str], now: float) -> list[
         endpoints = view.endpoints(service) if not service.selector else None
         if endpoints and endpoints.get("subsets"):
             objects += [endpoints, endpoint_slice(endpoints)]
+    coredns_addon(objects)
     for policy in state.network_policies:
         spec = {k: v for k, v in policy.items() if k not in ("name", "namespace")}
         objects.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -265,6 +266,29 @@ def mirror_objects(state: ClusterState, unready: list[str], now: float) -> list[
             meta["annotations"] = ingress["annotations"]
         objects.append({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta, "spec": spec})
     return objects
+
+
+def coredns_addon(objects: list[dict]) -> None:
+    """What kubeadm's CoreDNS addon adds to its Deployment: the ServiceAccount
+    kube-system/coredns, which its pods run as (the ClusterRole system:coredns and
+    its binding to that account are in the API server's policy, emu.apiserver.rbac),
+    so the DNS server lists and watches Services, EndpointSlices and Namespaces."""
+    found = False
+    for obj in objects:
+        meta = obj.get("metadata") or {}
+        if meta.get("namespace") != "kube-system":
+            continue
+        if obj["kind"] == "Deployment" and meta.get("name") == "coredns":
+            spec = obj["spec"]["template"].setdefault("spec", {})
+        elif obj["kind"] == "Pod" and (meta.get("labels") or {}).get("k8s-app") == "kube-dns":
+            spec = obj.setdefault("spec", {})
+        else:
+            continue
+        found = True
+        spec["serviceAccountName"] = spec["serviceAccount"] = "coredns"
+    if found:
+        objects.append({"apiVersion": "v1", "kind": "ServiceAccount",
+                        "metadata": {"name": "coredns", "namespace": "kube-system"}})  # fmt: skip
 
 
 def mirror(client: NodeApi, state: ClusterState, unready: list[str]) -> dict:

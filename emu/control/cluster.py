@@ -344,10 +344,17 @@ class Cluster:
             # Held from the nodes' start: an `emu apply` meanwhile is refused, not run between our steps.
             with self.lock(hub_node(desired).container):
                 self.progress(f"wiring {len(first.pods)} pods")
-                unready = self._apply_plans(plans, first, None, wait=wait or bool(later))
-                self.progress(f"API server at {api.endpoint}")
                 client = api.client(self.runtime, first)
-                client.wait_ready()
+
+                def objects_first() -> None:
+                    # The cluster's objects are in the API server while the pods come up, as on a
+                    # real cluster (pods not ready yet): the DNS server, a client of the API, needs
+                    # its pod and ServiceAccount there for its token before it can be ready.
+                    client.wait_ready()
+                    self.progress(f"API server at {api.endpoint}")
+                    apiserver.mirror(client, first, list(first.pods_uids()))
+
+                unready = self._apply_plans(plans, first, None, wait=wait or bool(later), meanwhile=objects_first)
                 apiserver.mirror(client, first, unready if unready is not None else list(first.pods_uids()))
                 if wait or later:
                     self.wait_rules_from_api(first)
@@ -582,7 +589,7 @@ class Cluster:
 
     def _apply_plans(
         self, plans: list[NodePlan], state: ClusterState, previous: ClusterState | None,
-        wait: bool = False, only: set[str] | None = None,
+        wait: bool = False, only: set[str] | None = None, meanwhile: Callable[[], None] | None = None,
     ) -> list[str] | None:  # fmt: skip
         """Run every node's plan and give every node the new state: one exec
         per node (its files on its stdin), nodes in parallel, then one exec per
@@ -615,9 +622,13 @@ class Cluster:
             self.runtime.parallel(lambda plan: self.runtime.exec(plan.container, ["rm", "-f", HOLD_FILE]), plans)
             raise
         imagepods.remove(self.runtime, state, removed)
+        # `meanwhile` (the objects into the API server) runs while the nodes take the state and wait.
+        beside = _Beside(meanwhile)
         if wait:
             self.progress("pods wired; waiting for them to answer and for service rules to be programmed")
-            return self.wait(state, only=only, publish=publish)
+            unready = self.wait(state, only=only, publish=publish)
+            beside.join()
+            return unready
 
         def put_in_place(node) -> None:
             result = self.runtime.exec(node.container, ["sh", "-c", publish(node)])
@@ -625,6 +636,7 @@ class Cluster:
                 raise EmuError(f"node {node.name}: could not put the new state in place: {result.output.strip()}")
 
         self.runtime.parallel(put_in_place, state.nodes)
+        beside.join()
         return None
 
     def wait(
@@ -924,6 +936,29 @@ class Cluster:
                         entry["started"] = start_times.get(where)
                     status.setdefault(pod.key, {})[name] = entry
         return status
+
+
+class _Beside:
+    """A job run in a thread of its own beside the caller's; join() re-raises what it raised."""
+
+    def __init__(self, job: Callable[[], None] | None):
+        self.error: BaseException | None = None
+        self.thread = None
+        if job is not None:
+            def run() -> None:
+                try:
+                    job()
+                except BaseException as error:  # noqa: BLE001 - raised again in join()
+                    self.error = error
+
+            self.thread = threading.Thread(target=run, name="beside", daemon=True)
+            self.thread.start()
+
+    def join(self) -> None:
+        if self.thread is not None:
+            self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def _holder() -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
+import os
 import re
 from dataclasses import asdict, dataclass
 
@@ -86,12 +87,39 @@ def _pod_spec_hash(template: PodTemplate) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# Where the cluster DNS server takes its zone from: "api" (it watches the API server as
+# CoreDNS's kubernetes plugin does, emu.node.dns.kube) or "snapshot" (the file its node's
+# agent writes). EMU_DNS_SOURCE chooses while both exist.
+DNS_SOURCE = "api"
+
+
+def dns_source() -> str:
+    source = os.environ.get("EMU_DNS_SOURCE") or DNS_SOURCE
+    if source not in ("api", "snapshot"):
+        raise EmuError(f"EMU_DNS_SOURCE={source!r}: expected api or snapshot")
+    return source
+
+
+def coredns_args(topology: Topology) -> list[str]:
+    """The DNS server's settings, as kubeadm's Corefile gives them to CoreDNS (none
+    with the snapshot, which carries them)."""
+    if dns_source() != "api":
+        return []
+    networking, dns = topology.networking, topology.dns
+    args = ["--source", "api", "--zone", networking.dns_domain, "--ttl", str(dns.ttl),
+            "--service-cidr", networking.service_subnet, "--pod-cidr", networking.pod_subnet]  # fmt: skip
+    for upstream in dns.upstreams:
+        args += ["--upstream", upstream]
+    return args
+
+
 def with_system_objects(topology: Topology) -> Topology:
     """The topology plus what every cluster runs: the cluster DNS (deployment
     kube-system/coredns behind service kube-system/kube-dns at the tenth
     address of serviceSubnet), as kubeadm sets it up."""
     if not topology.dns.enabled:
         return topology
+    args = coredns_args(topology)
     planes = [n.name for n in topology.nodes if n.role == "control-plane"] or [topology.nodes[0].name]
     coredns = Deployment.model_validate(
         {
@@ -106,6 +134,7 @@ def with_system_objects(topology: Topology) -> Topology:
                     {
                         "name": "coredns",
                         "workload": "coredns",
+                        **({"args": args} if args else {}),
                         "ports": [
                             {"name": "dns", "containerPort": 53, "protocol": "UDP"},
                             {"name": "dns-tcp", "containerPort": 53, "protocol": "TCP"},

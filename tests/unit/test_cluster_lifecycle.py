@@ -131,16 +131,19 @@ def test_up_makes_the_network_then_the_nodes_then_wires_them_then_the_api_server
     plans = [i for i, c in enumerate(engine.calls) if c.argv == PLAN]
     published = [i for i, c in enumerate(engine.calls) if f"mv {STATE_FILE}.new" in c.script]
     ready = first(lambda c: "/readyz" in c.script)
-    mirrored = first(lambda c: "/emu/mirror" in c.script)
+    mirrors = [i for i, c in enumerate(engine.calls) if "/emu/mirror" in c.script]
     assert methods[0] == ("remove_cluster", "lab")  # a network left by an unfinished down goes first
     assert sorted(methods[i] for i in nodes) == [("create_node", "lab-cp"), ("create_node", "lab-w1")]  # in parallel
     assert network < min(nodes) and max(nodes) < min(plans)
     assert len(plans) == 2 and max(plans) < min(published) and len(published) == 2
     locked = first(lambda c: f"mkdir {LOCK_DIR} " in c.script)
     unlocked = first(lambda c: c.argv == ["rm", "-rf", LOCK_DIR])
-    assert max(published) < ready < mirrored
+    # The objects go into the API server while the nodes take the state and their pods come up
+    # (the DNS server, its client, needs its pod there for its token), and again with the pods'
+    # readiness once they answered.
+    assert max(plans) < ready < mirrors[0] and len(mirrors) == 2 and max(published) < mirrors[1]
     assert max(nodes) < locked < min(plans) and methods[locked] == ("exec", "lab-cp")  # held while it wires them
-    assert unlocked == last(lambda c: True) == mirrored + 1  # let go last
+    assert unlocked == last(lambda c: True) == mirrors[1] + 1  # let go last
     # Each plan's files: the hold first (the agent keeps off), the state to publish among them.
     for index in plans:
         assert engine.calls[index].paths[0] == HOLD_FILE

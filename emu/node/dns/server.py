@@ -759,10 +759,24 @@ def http_server(port: int, path: str, check) -> socketserver.TCPServer:
 
 
 def run(snapshot: str, host: str, port: int, workers: int, health_port: int, ready_port: int,
-        metrics_port: int = 0) -> None:  # fmt: skip
+        metrics_port: int = 0, api: dict | None = None) -> None:  # fmt: skip
+    """Serve DNS from `snapshot` (the file the node agent writes), or with `api`
+    ({"settings": the zone's settings, "service_account_dir": ...}) from the
+    Kubernetes API: the main process watches it (emu.node.dns.kube) and writes
+    each new zone into a private file that every process loads as a snapshot."""
+    private = None
+    if api is not None:
+        import tempfile
+
+        private = tempfile.mkdtemp(prefix="emu-dns-")
+        snapshot = os.path.join(private, "zone.json")
     counters = stats.Metrics(max(1, workers), server=f"dns://:{port}")
     resolver = Resolver(snapshot, counters)
     resolver.reload_if_changed()
+    # SIGUSR1: load the zone now (the API source's new zone; set before the fork, so no process
+    # can get the signal before it has the handler).
+    this = [resolver]
+    signal.signal(signal.SIGUSR1, lambda signum, frame: this[0].reload_if_changed())
     parent = os.getpid()
     children = []
     for process in range(1, max(1, workers)):
@@ -770,6 +784,7 @@ def run(snapshot: str, host: str, port: int, workers: int, health_port: int, rea
         if child == 0:
             counters.use(process)
             worker = Resolver(snapshot, counters)
+            this[0] = worker
             worker.reload_if_changed()
             threading.Thread(target=worker.watch, kwargs={"parent": parent}, daemon=True).start()
             serve_udp(worker, udp_socket(host, port))
@@ -782,10 +797,31 @@ def run(snapshot: str, host: str, port: int, workers: int, health_port: int, rea
                 os.kill(child, signal.SIGTERM)
             except OSError:
                 pass
+        if private is not None:
+            import shutil
+
+            shutil.rmtree(private, ignore_errors=True)
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if api is not None:  # (threads only after the fork)
+        from emu.node.dns import kube
+        from emu.node.kube.client import in_cluster
+
+        directory = api["service_account_dir"]
+        def publish(data: dict) -> None:
+            kube.write_zone(snapshot, data)
+            resolver.reload_if_changed()
+            for child in children:  # at once rather than at their next look (0.1 s)
+                try:
+                    os.kill(child, signal.SIGUSR1)
+                except OSError:
+                    pass
+
+        source = kube.ApiSource(lambda: in_cluster(directory, user_agent="emu-coredns/v1"), api["settings"],
+                                publish, log)  # fmt: skip
+        source.start()
     threading.Thread(target=resolver.watch, daemon=True).start()
     tcp = TCPServer((host, port), tcp_handler(resolver))
     threading.Thread(target=tcp.serve_forever, daemon=True).start()
@@ -795,5 +831,6 @@ def run(snapshot: str, host: str, port: int, workers: int, health_port: int, rea
         http_server(ready_port, "/ready", lambda: resolver.ready)
     if metrics_port:
         stats.serve(counters, metrics_port)
-    log(f"serving DNS on {host}:{port} (UDP x{max(1, workers)}, TCP) from {snapshot}")
+    origin = "the Kubernetes API" if api is not None else snapshot
+    log(f"serving DNS on {host}:{port} (UDP x{max(1, workers)}, TCP) from {origin}")
     serve_udp(resolver, udp_socket(host, port))

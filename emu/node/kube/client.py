@@ -7,7 +7,8 @@ streams the chunked JSON lines of a watch (`allowWatchBookmarks`). An answer
 that is a Kubernetes `Status` error is raised as `ApiError` with its code and
 reason (NotFound, Conflict, Expired, ...); a server that cannot be reached
 raises `OSError` (ConnectionError, TimeoutError), so a caller tells "the API
-said no" from "the API is not there".
+said no" from "the API is not there". `in_cluster()` is the client of a pod's
+service account (client-go's rest.InClusterConfig).
 
 Each thread keeps one connection alive (HTTP/1.1 keep-alive; the agent's jobs
 each run in their own thread); a watch has a connection of its own for as long
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import select
 import socket
 import ssl
@@ -38,6 +40,8 @@ STALE = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError, 
          ssl.SSLZeroReturnError)
 IDEMPOTENT = {"GET", "HEAD", "PUT", "DELETE"}  # (a PUT carries its resourceVersion: a second one is a 409)
 PATCH_TYPES = {"merge": MERGE_PATCH, "strategic": STRATEGIC_MERGE_PATCH, "json": JSON_PATCH}
+# Where a pod finds its service account's credentials (the kube-api-access volume).
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 
 
 class ApiError(Exception):
@@ -85,7 +89,9 @@ class Client:
     server: 'https://host:port' (or 'http://' for a plain test server).
     ca_pem_path: the cluster CA that signed the server's certificate.
     cert_path, key_path: this client's certificate (the node's, kube-proxy's).
-    token: a bearer token instead of (or besides) a certificate."""
+    token: a bearer token instead of (or besides) a certificate.
+    token_file: a file holding the bearer token, read again whenever it changes
+    (the kubelet rotates a pod's token; client-go's in-cluster config re-reads it)."""
 
     def __init__(
         self,
@@ -96,6 +102,7 @@ class Client:
         token: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         user_agent: str = "emu-node/v1",
+        token_file: str | None = None,
     ):
         url = urllib.parse.urlsplit(server)
         if url.scheme not in ("http", "https") or not url.hostname:
@@ -106,6 +113,8 @@ class Client:
         self.port = url.port or (443 if url.scheme == "https" else 80)
         self.timeout = timeout
         self.token = token
+        self.token_file = token_file
+        self.token_read: tuple | None = None  # (mtime_ns, size, inode) of token_file when last read
         self.user_agent = user_agent
         self.context: ssl.SSLContext | None = None
         if self.scheme == "https":
@@ -129,11 +138,22 @@ class Client:
 
     def _headers(self, content_type: str | None = None) -> dict:
         headers = {"Accept": "application/json", "User-Agent": self.user_agent}
+        if self.token_file:
+            self._read_token()
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if content_type:
             headers["Content-Type"] = content_type
         return headers
+
+    def _read_token(self) -> None:
+        """The token from token_file, read again when the file changed (an OSError when it is not there)."""
+        info = os.stat(self.token_file)
+        signature = (info.st_mtime_ns, info.st_size, info.st_ino)
+        if signature != self.token_read:
+            with open(self.token_file) as handle:
+                self.token = handle.read().strip()
+            self.token_read = signature
 
     def close(self) -> None:
         """Close this thread's kept-alive connection."""
@@ -254,6 +274,24 @@ class Client:
             _decode(response.status, raw, f"watch {path}")
             raise ApiError(response.status, "Unknown", f"watch {path}: HTTP {response.status}")
         return Watch(conn, response, path)
+
+
+def in_cluster(directory: str = SERVICE_ACCOUNT_DIR, environ: dict | None = None, **kwargs) -> Client:
+    """A client of the cluster's API server from inside a pod, as client-go's
+    rest.InClusterConfig: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT,
+    the server checked against the service account's ca.crt, and its token file
+    as the bearer token (read again when the kubelet rotates it)."""
+    env = os.environ if environ is None else environ
+    host, port = env.get("KUBERNETES_SERVICE_HOST", ""), env.get("KUBERNETES_SERVICE_PORT", "")
+    if not host or not port:
+        raise ValueError("unable to load in-cluster configuration: KUBERNETES_SERVICE_HOST and "
+                         "KUBERNETES_SERVICE_PORT must be defined (they are in every pod's environment)")  # fmt: skip
+    for name in ("token", "ca.crt"):
+        if not os.path.exists(f"{directory}/{name}"):
+            raise FileNotFoundError(f"unable to load in-cluster configuration: no {directory}/{name} (the pod's "
+                                    "service account token is mounted there)")  # fmt: skip
+    server = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    return Client(server, f"{directory}/ca.crt", token_file=f"{directory}/token", **kwargs)
 
 
 class Watch:
