@@ -6,9 +6,10 @@ outside, a pod reaching itself through its service (hairpin), ClientIP
 affinity, a service without endpoints refusing, an endpoint replaced behind
 its service, and a UDP client that keeps its source port across the
 replacement of the only endpoint (kube-proxy's stale conntrack cleanup).
-IPVS is skipped where the kernel lacks ip_vs, with the module named; where
-the kernel has it, its tests are expected failures (strict): emu does not
-program IPVS in nodes yet.
+iptables and nftables run on docker nodes; ipvs runs on User-mode Linux
+nodes (`runtime: uml`: the guest kernel has ip_vs, this host's may not), the
+host outside the cluster a guest of its own, and is skipped only where UML
+cannot run here (not Linux, not root), saying so.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 
 from emu.node.proxy.base import KernelMissing
 from emu.node.proxy.ipvs import require_ip_vs
+from tests.integration.helpers import uml_or_skip
 from tests.integration.test_service_traffic import UDP_CLIENT, curl_many, endpoint_list, ip_of, outside_curl, wait_for
 
 NETEXEC = ("{name: netexec, workload: netexec, ports: [{name: http, containerPort: 8080}, "
@@ -24,6 +26,7 @@ NETEXEC = ("{name: netexec, workload: netexec, ports: [{name: http, containerPor
 LAB = f"""\
 name: modes
 networking: {{proxyMode: MODE}}
+RUNTIME
 nodes:
   - {{name: cp, role: control-plane}}
   - {{name: w1}}
@@ -82,7 +85,10 @@ services:
 LISTINGS = {
     "iptables": (["iptables-save", "-t", "nat"], "-m statistic --mode random --probability 0.33333333349"),
     "nftables": (["nft", "list", "table", "ip", "kube-proxy"], "numgen random mod 3 vmap {"),
+    "ipvs": (["ipvsadm", "-Ln"], "Masq    1      "),  # a real server: masqueraded, weight 1
 }
+# Where each mode runs: ipvs on User-mode Linux nodes, whose kernel has ip_vs.
+RUNTIMES = {"iptables": "docker", "nftables": "docker", "ipvs": "uml"}
 
 # One source port, as a resolver keeps: answers, or "timeout" for each of 3 tries.
 UDP_FIXED_PORT = """\
@@ -101,22 +107,25 @@ for _ in range(3):
 """
 
 
-def ipvs_marks() -> list:
-    """ipvs runs the behaviour tests where the kernel has ip_vs: as a feature not
-    built yet (emu renders IPVS rules but does not program them in nodes), an
-    expected failure that turns into a failure once it works, so that the mark is
-    removed. Where the kernel lacks ip_vs, a skip that names the missing module."""
-    try:
-        require_ip_vs()
-    except KernelMissing as missing:
-        return [pytest.mark.skip(reason=str(missing))]
-    return [pytest.mark.xfail(strict=True, reason="emu does not program IPVS in nodes yet (emu up refuses ipvs)")]
+def uml_nodes_or_skip() -> None:
+    """ipvs runs on uml nodes: skipped, saying why, only where UML cannot run here;
+    uml clusters an interrupted run left are removed first (the integration lock is ours)."""
+    from emu.control.runtime.umlprovider import UmlRuntime, known_clusters
+    from emu.testing import sweep
+
+    uml_or_skip()
+    for stale in known_clusters():
+        if stale.startswith("emutest-") and not sweep.owner_alive(stale):
+            UmlRuntime().remove_cluster(stale)
 
 
-@pytest.fixture(scope="module", params=["iptables", "nftables", pytest.param("ipvs", marks=ipvs_marks())])
+@pytest.fixture(scope="module", params=["iptables", "nftables", "ipvs"])
 def mode(request, make_module_cluster):
     name = request.param
-    cluster = make_module_cluster(LAB.replace("MODE", name), f"px-{name[:3]}")
+    if RUNTIMES[name] == "uml":
+        uml_nodes_or_skip()
+    lab = LAB.replace("MODE", name).replace("RUNTIME", f"runtime: {RUNTIMES[name]}")
+    cluster = make_module_cluster(lab, f"px-{name[:3]}")
     wait_for(lambda: len(endpoint_list(cluster, "default/backend")) == 3, "backend's 3 endpoints")
     return name, cluster
 
@@ -150,6 +159,10 @@ ALWAYS = {
                   "-j KUBE-PROXY-FIREWALL")]),
     "nftables": (["nft", "list", "table", "ip", "kube-proxy"], ["map firewall-ips {", "chain firewall-check {",
                  "chain reject-chain {", "ip daddr @cluster-ips reject"]),
+    "ipvs": (["sh", "-c", "ip -d link show kube-ipvs0; ipset list -n; iptables-save"],
+             ["dummy", "KUBE-LOAD-BALANCER-SOURCE-CIDR", "KUBE-HEALTH-CHECK-NODE-PORT", "KUBE-IPVS-IPS",
+              ":KUBE-SOURCE-RANGES-FIREWALL - [0:0]", ":KUBE-IPVS-OUT-FILTER - [0:0]",
+              '-A INPUT -m comment --comment "kubernetes ipvs access filter" -j KUBE-IPVS-FILTER']),
 }  # fmt: skip
 
 
@@ -161,9 +174,12 @@ def test_chains_kube_proxy_always_declares_exist(mode):
 
 
 def test_cluster_ip_reaches_every_endpoint_over_tcp(mode):
-    _, cluster = mode
-    answers = curl_many(cluster, "client", f"http://{ip_of(cluster, 'default/backend')}/hostname", 40)
-    assert len(answers) == 40 and set(answers) == names_of(cluster, "backend")
+    name, cluster = mode
+    # Random picks need 40 tries to meet all 3 endpoints; IPVS's rr takes them in turn (each curl in a
+    # UML guest costs a slow process start, so 6 there: two rounds).
+    count = 6 if name == "ipvs" else 40
+    answers = curl_many(cluster, "client", f"http://{ip_of(cluster, 'default/backend')}/hostname", count)
+    assert len(answers) == count and set(answers) == names_of(cluster, "backend")
 
 
 def test_cluster_ip_reaches_every_endpoint_over_udp(mode):
@@ -256,11 +272,18 @@ def test_udp_client_follows_a_replaced_endpoint_from_the_same_port(mode):
 FLUSH = {
     "iptables": ["iptables", "-t", "nat", "-F", "KUBE-SERVICES"],
     "nftables": ["nft", "flush", "chain", "ip", "kube-proxy", "services"],
+    "ipvs": ["ipvsadm", "-C"],  # every virtual server gone
 }
 
 
 def test_flushed_dispatch_chain_is_written_again(mode):
     name, cluster = mode
+    if RUNTIMES[name] == "uml":
+        # Measured: one check (6 tool runs) takes 0.18-0.53 s in a guest, so 3 agents sharing 1% of a core
+        # check every 54-158 s; 120 s of waiting was not enough in a run here. The repair itself runs on a
+        # guest's kernel in test_ipvs_uml.py (a real server deleted by hand is lost(), a full sync restores it).
+        pytest.skip("the agents' rule check comes every 1-3 minutes in a UML guest (its 1% budget): too slow "
+                    "for the suite; IPVS's lost-and-repaired path runs in test_ipvs_uml.py")  # fmt: skip
     url = f"http://{ip_of(cluster, 'default/backend')}/hostname"
     names = names_of(cluster, "backend")
     assert cluster.node_exec("w1", FLUSH[name]).ok
@@ -277,6 +300,8 @@ def test_restarted_node_has_its_service_rules_again(mode, runtime):
     """A node container started again has a fresh network namespace: its boot
     plan and agent write the mode's rules anew (last: it disturbs the node)."""
     name, cluster = mode
+    if RUNTIMES[name] == "uml":
+        pytest.skip("restarting a uml node is not built: the uml provider has no restart (a guest does not come back)")
     runtime.api.restart(cluster.state().node("w2").container, timeout=1)
     url = f"http://{ip_of(cluster, 'default/backend')}/hostname"
     names = names_of(cluster, "backend")
@@ -291,20 +316,20 @@ def test_restarted_node_has_its_service_rules_again(mode, runtime):
 
 
 def test_up_with_ipvs_fails_before_creating_anything(runtime, new_name):
-    """`emu up` with proxyMode ipvs says why it cannot run (where the kernel lacks
-    ip_vs, the module; where it has it, that emu does not program IPVS yet) and
-    leaves nothing behind."""
+    """`emu up` of docker nodes with proxyMode ipvs says why it cannot run (where
+    the kernel lacks ip_vs, the module; where it has it, that emu programs IPVS on
+    uml nodes, not yet on docker nodes) and leaves nothing behind."""
     from emu.control.cluster import Cluster
     from emu.errors import EmuError
     from emu.api.topology.load import load_text
 
     try:
         require_ip_vs()
-        why = "does not program IPVS in nodes yet"
+        why = "not yet on docker nodes"
     except KernelMissing:
         why = "kernel module ip_vs"
     name = new_name("px-ipvs")
-    topology = load_text(LAB.replace("MODE", "ipvs").replace("name: modes", f"name: {name}"))
+    topology = load_text(LAB.replace("MODE", "ipvs").replace("RUNTIME", "").replace("name: modes", f"name: {name}"))
     with pytest.raises(EmuError, match=why):
         Cluster(name, runtime=runtime).up(topology)
     assert name not in runtime.cluster_names()

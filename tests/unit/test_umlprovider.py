@@ -5,6 +5,7 @@ tests/integration/test_uml_runtime.py."""
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import time
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from emu.api.topology.load import TopologyError, load_text, with_runtime
 from emu.control.runtime import umlguest
-from emu.control.runtime.umlprovider import UmlStream, bridge_name, resolv_conf
+from emu.control.runtime.umlprovider import UmlStream, bridge_name, external_address, resolv_conf
 
 
 @pytest.fixture
@@ -63,6 +64,14 @@ def test_a_nodes_resolv_conf_drops_loopback_nameservers(tmp_path):
     assert resolv_conf(host) == "search example.com\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n"
     host.write_text("nameserver 10.0.0.2\n")
     assert resolv_conf(host) == "nameserver 10.0.0.2\n"
+
+
+def test_an_external_host_takes_a_free_address_below_the_load_balancer_pool():
+    subnet = ipaddress.IPv4Network("172.28.3.0/24")  # pool: .223-.254
+    assert external_address(subnet, {"172.28.3.1", "172.28.3.2"}) == "172.28.3.222"
+    assert external_address(subnet, {"172.28.3.222", "172.28.3.221"}) == "172.28.3.220"
+    small = ipaddress.IPv4Network("10.9.0.0/26")  # pool .31-.62; below it .30 down to .1
+    assert external_address(small, {f"10.9.0.{i}" for i in range(1, 31)}) is None
 
 
 def test_bridge_names_fit_the_kernels_limit():

@@ -19,8 +19,9 @@ file. The bridge gets Docker's rules for a bridge network (nodes reach
 beyond this host, masqueraded). What docker nodes get from their engine, a
 guest gets after it boots: its hostname, /etc/hosts and resolv.conf, the node
 sysctls (br_netfilter loaded first) and the node's command. Host ports are TCP relays on the host (umlforward), as
-Docker's userland proxy. Image pods and external containers need a Docker
-engine and are refused with a clear error.
+Docker's userland proxy. Image pods need a Docker engine and are refused
+with a clear error; an external host (`emu external`) is a small guest of its
+own on the bridge.
 """
 
 from __future__ import annotations
@@ -40,11 +41,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from emu.control.runtime import stream, uml, umlforward, umlguest
-from emu.control.runtime.provider import ContainerRecord, ExecResult, NodeSpec, Progress, run_parallel
+from emu.control.runtime.provider import ROLE_EXTERNAL, ContainerRecord, ExecResult, NodeSpec, Progress, run_parallel
 from emu.errors import EmuError
 
 NETWORK_POOL = ipaddress.IPv4Network("172.28.0.0/14")  # where a free /24 is looked for, as the docker provider
 MEMORY = os.environ.get("EMU_UML_MEMORY") or "768M"  # each guest's; the 2-node lab's use 100 and 60 MB: room for pods
+EXTERNAL_MEMORY = "256M"  # an external host's guest (netexec and curl)
 BOOT_TIMEOUT = 120.0
 EXEC_TIMEOUT = 3600.0  # a docker exec has none; the command server needs one (its maximum)
 NODE_SYSCTLS = {  # as the docker provider gives its node containers (emu.control.runtime.docker)
@@ -84,6 +86,15 @@ def known_clusters(state_dir: Path | None = None) -> list[str]:
         return sorted(p.name for p in root.iterdir() if (p / "cluster.json").exists())
     except OSError:
         return []
+
+
+def external_address(subnet: ipaddress.IPv4Network, taken: set[str]) -> str | None:
+    """An external host's address: the highest free one below the default
+    LoadBalancer pool (the subnet's last 32 addresses, emu.control.state), away
+    from the nodes' (the first ones); None when 64 tries find none free."""
+    below_pool = subnet.broadcast_address - 33
+    free = (below_pool - i for i in range(64) if below_pool - i > subnet.network_address)
+    return next((str(ip) for ip in free if str(ip) not in taken), None)
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -266,7 +277,7 @@ class UmlRuntime:
 
     def cluster_containers(self, cluster: str) -> list[ContainerRecord]:
         return [
-            ContainerRecord(record["container"], cluster, record["role"], record["hostname"], "",
+            ContainerRecord(record["container"], cluster, record["role"], record.get("node", record["hostname"]), "",
                             self._running(record["container"]))  # fmt: skip
             for record in self._node_records(cluster)
         ]
@@ -401,7 +412,30 @@ class UmlRuntime:
         process.stderr.close()
 
     def run_external(self, cluster: str, name: str, network: str, image: str) -> None:
-        raise EmuError("an external container needs the docker runtime (uml clusters have no container engine)")
+        """A host outside the cluster on its network: a small guest of its own on the
+        cluster's bridge (a client or server 'on the internet', as the docker
+        provider's external container), at a free address below the LoadBalancer
+        pool. Recorded with the nodes (role external), so `down` removes it too."""
+        record = self._cluster_record(cluster)
+        if record is None:
+            raise EmuError(f"cluster '{cluster}' has no network (is it up? see `emu status`)")
+        subnet = ipaddress.IPv4Network(record["subnet"])
+        ip = external_address(subnet, {node.get("ip") for node in self._node_records(cluster)} | {record["gateway"]})
+        if ip is None:
+            raise EmuError(f"no free address for the external host {name} in {subnet} below its LoadBalancer pool")
+        rootfs = self._rootfs(image)
+        guest = uml.Guest(name, rootfs, record["bridge"], f"{ip}/{subnet.prefixlen}", gateway=record["gateway"],
+                          memory=EXTERNAL_MEMORY, state_dir=self.state_dir)  # fmt: skip
+        node_record = {"container": name, "hostname": name, "node": "", "role": ROLE_EXTERNAL, "ip": ip,
+                       "address": guest.address, "gateway": guest.gateway, "bridge": guest.bridge,
+                       "rootfs": str(rootfs), "boot": guest.boot_id}  # fmt: skip
+        _write_json(self._cluster_dir(cluster) / "nodes" / f"{name}.json", node_record)  # first: `down` finds it
+        guest.boot(BOOT_TIMEOUT)
+        with self._lock:
+            self._guests[name] = guest
+        hosts = f"127.0.0.1\tlocalhost\n{ip}\t{name}\n"
+        guest.sh(f"hostname {shlex.quote(name)} && printf %s {shlex.quote(hosts)} >/etc/hosts && "
+                 f"printf %s {shlex.quote(resolv_conf())} >/etc/resolv.conf")  # fmt: skip
 
     # ---- commands and files ----------------------------------------------
     def _run(self, container: str, argv: list[str], input: bytes | None = None):
