@@ -452,9 +452,10 @@ def ensure_netns(host: LabHost) -> None:
 
 @contextlib.contextmanager
 def unreachable_from_controller(host: LabHost):
-    """This machine's packets to host's sshd dropped (in host's namespace): only the other hosts reach it, as a
-    host behind a bastion. The rule goes with the namespace (lab down) if the block is cut short."""
-    rule = ["INPUT", "-s", GATEWAY, "-p", "tcp", "--dport", "22", "-j", "DROP"]
+    """This machine's connections to host's sshd refused (in host's namespace): only the other hosts reach it, as a
+    host behind a bastion. Refused with a TCP reset, not dropped: a direct SSH fails at once instead of after emu's
+    SSH connect timeout (5 s a try). The rule goes with the namespace (lab down) if the block is cut short."""
+    rule = ["INPUT", "-s", GATEWAY, "-p", "tcp", "--dport", "22", "-j", "REJECT", "--reject-with", "tcp-reset"]
     _run(["ip", "netns", "exec", host.netns, "iptables", "-I", *rule])
     try:
         yield

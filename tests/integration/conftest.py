@@ -1,6 +1,7 @@
 """Fixtures that build real clusters. Every cluster a test makes is named
 emutest-*, removed when the test session ends (even on failure), and stale
-ones from an interrupted run are removed when the next one starts.
+ones from an interrupted run are removed when the next one starts. Clusters
+are made per module (make_cluster), except the default lab several modules share.
 
 Each name is registered with the pid of the test run that made it, and the
 sweep spares clusters whose run is still alive, and running emutest-* clusters
@@ -85,19 +86,27 @@ def _remove(made: list[Cluster]) -> None:
             cluster.down()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def make_cluster(runtime):
-    """make_cluster(topology_text_or_path, label) -> a running Cluster, removed at session end."""
+    """make_cluster(topology_text_or_path, label) -> a running Cluster, removed when
+    the module is done: a cluster left up keeps its agents busy (CPU every later
+    test shares) and its host ports taken, so clusters must not pile up over the
+    session. (For a module parametrised over proxy_mode: when that mode's tests
+    are done.)"""
     made: list[Cluster] = []
     yield _maker(runtime, made)
     _remove(made)
 
 
 @pytest.fixture(scope="module")
-def make_module_cluster(runtime):
-    """As make_cluster, but the clusters are removed when the module is done (for a
-    module parametrised over proxy_mode: when that mode's tests are done), so that
-    they do not pile up over the session."""
+def make_module_cluster(make_cluster):
+    """The same as make_cluster (module scope), by its older name."""
+    return make_cluster
+
+
+@pytest.fixture(scope="session")
+def _make_session_cluster(runtime):
+    """For a cluster shared by several modules (`lab`): removed at session end."""
     made: list[Cluster] = []
     yield _maker(runtime, made)
     _remove(made)
@@ -127,6 +136,7 @@ def in_proxy_mode(topology: str, mode: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def lab(make_cluster) -> Cluster:
-    """The default lab (topologies/default.yaml), shared by read-only tests."""
-    return make_cluster(ROOT / "topologies" / "default.yaml", "lab")
+def lab(_make_session_cluster) -> Cluster:
+    """The default lab (topologies/default.yaml), shared by read-only tests of
+    several modules (test_images, test_lifecycle, test_pod_network)."""
+    return _make_session_cluster(ROOT / "topologies" / "default.yaml", "lab")

@@ -1,7 +1,10 @@
 """Churn: pods, deployments and services made and removed, round after round,
 with traffic through them; afterwards nothing they had is left on any node:
 no namespace, veth, file, process, rule, conntrack entry or address.
-EMU_CHURN_SECONDS sets how long it churns (default 30)."""
+EMU_CHURN_ROUNDS sets how many rounds it churns (default 6: rounds of a fixed
+seed, so every run churns the same; the first 6 already delete pods by hand,
+leave a service selecting nothing, rename the deployment and scale it to 0);
+EMU_CHURN_SECONDS makes it churn at least that long (a soak)."""
 
 from __future__ import annotations
 
@@ -93,10 +96,11 @@ def churn(make_module_cluster):
 
 def test_nothing_is_left_over_after_churn(churn):
     rng = random.Random(20261128)
-    seconds = float(os.environ.get("EMU_CHURN_SECONDS", "30"))
-    deadline, rounds, answered = time.monotonic() + seconds, 0, 0
+    seconds = float(os.environ.get("EMU_CHURN_SECONDS", "0"))
+    least = int(os.environ.get("EMU_CHURN_ROUNDS", "6"))
+    deadline, rounds, answered, deleted = time.monotonic() + seconds, 0, 0, 0
     before = {node.name: node_holds(churn, node.name) for node in churn.state().nodes}
-    while time.monotonic() < deadline or rounds < 3:
+    while time.monotonic() < deadline or rounds < least:
         text = topology(rng, rounds).replace("name: churn", f"name: {churn.name}", 1)
         churn.apply(load_text(text))  # returns once every node programmed it and the pods are ready
         state = churn.state()
@@ -107,8 +111,10 @@ def test_nothing_is_left_over_after_churn(churn):
         victims = [p.key for p in state.pods.values() if p.name.startswith("p") and rng.random() < 0.2]
         for key in victims:
             churn.delete_pod(key)
+        deleted += len(victims)
         rounds += 1
     assert answered > 0, "no churned service selected a pod: the churn proved nothing"
+    assert deleted > 0, "no pod was deleted by hand: churn longer (EMU_CHURN_ROUNDS)"
     churn.apply(load_text(BASE.replace("name: churn", f"name: {churn.name}", 1)))
     state = churn.state()
     assert sorted(state.pods) == ["default/client"]

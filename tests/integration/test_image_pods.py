@@ -122,10 +122,12 @@ def test_exited_containers_follow_the_restart_policy_and_say_why(lab, capsys):
 
     current = Topology.model_validate(lab.state().topology)
     server = next(p for p in current.pods if p.name == "web").containers[0]
+    # terminationGracePeriodSeconds 0: the jobs are deleted at the end without the default 30 s
+    # grace each (the restart policy is what this test is about, not the grace period).
     jobs = [
         current.pods[0].model_copy(update={"name": name, "restart_policy": policy, "node": "w2", "containers": [
             server.model_copy(update={"name": "task", "command": ["sh", "-c", f"exit {code}"], "ports": [],
-                                      "readiness_probe": None})]})  # fmt: skip
+                                      "readiness_probe": None})], "termination_grace_period_seconds": 0})  # fmt: skip
         for name, policy, code in (("failed", "Never", 3), ("done", "OnFailure", 0), ("crashing", "Always", 1))
     ]
     lab.apply(current.model_copy(update={"pods": [*current.pods, *jobs]}), wait=False)
