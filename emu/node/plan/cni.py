@@ -76,7 +76,13 @@ emu_delete_pod() {
   # and their processes die by them too (a namespace deleted by hand no longer lists them).
   # SIGTERM, then up to terminationGracePeriodSeconds ($5, in 20 ms steps) to exit, then SIGKILL.
   pids=""
-  for f in "%s/$1/"*.pid; do [ -e "$f" ] || continue; pids="$pids $(cat "$f")"; rm -f "$f"; done
+  # (An image container's pid file says "none" while Docker has not started it again: skipped,
+  # since dash's kill stops at the first word that is not a number and would signal none after it.)
+  for f in "%s/$1/"*.pid; do
+    [ -e "$f" ] || continue
+    for p in $(cat "$f"); do case $p in *[!0-9]*) ;; *) pids="$pids $p" ;; esac; done
+    rm -f "$f"
+  done
   pids="$pids $(ip netns pids "$1" 2>/dev/null || true)"
   kill -TERM $pids 2>/dev/null || true
   steps=$(( ${5:-0} * 50 ))
