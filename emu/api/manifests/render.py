@@ -7,6 +7,7 @@ Pure: fed the state, the containers' status (Cluster.pod_status) and the time.
 from __future__ import annotations
 
 import datetime
+import math
 import uuid
 from collections.abc import Callable
 
@@ -170,6 +171,8 @@ class View:
             for field in ("ports", "env", "readinessProbe", "volumeMounts"):
                 if container.get(field):
                     spec[field] = _compact(container[field])
+            if "readinessProbe" in spec:
+                spec["readinessProbe"] = api_probe(spec["readinessProbe"])
             containers.append(spec)
             started = status.get("started")
             if started:
@@ -387,6 +390,21 @@ class View:
             "DaemonSet": effective.daemon_sets if effective else [],
         }[kind]
         return [self.controller(kind, item) for item in sorted(items, key=_order)]
+
+
+PROBE_SECONDS = ("initialDelaySeconds", "periodSeconds", "timeoutSeconds", "terminationGracePeriodSeconds")
+
+
+def api_probe(probe: dict) -> dict:
+    """A probe as the API types it: its seconds are int32 and a period at least 1.
+    emu's own pods probe faster than that (the cluster DNS every 0.2 s, so that a
+    lab is ready sooner); the API shows the period rounded up, since a fraction
+    makes kubectl's typed decoding (logs, describe, exec) fail on the pod."""
+    shown = dict(probe)
+    for field in PROBE_SECONDS:
+        if isinstance(shown.get(field), float):
+            shown[field] = max(1 if field == "periodSeconds" else 0, math.ceil(shown[field]))
+    return shown
 
 
 def _compact(value):
