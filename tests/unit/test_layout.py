@@ -6,10 +6,14 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parents[1]
 
 
-def test_unit_and_integration_test_modules_have_different_names():
-    unit = {p.name for p in (TESTS / "unit").glob("test_*.py")}
-    integration = {p.name for p in (TESTS / "integration").glob("test_*.py")}
-    assert not unit & integration, f"rename one of each: {sorted(unit & integration)}"
+def test_no_two_test_modules_anywhere_under_tests_share_a_name():
+    """Subfolders too (tests/unit/node/, tests/unit/apiserver/): the guard once looked at
+    the top of each folder only, and two modules in tests/unit/node/ stopped a full run."""
+    seen: dict[str, list[str]] = {}
+    for path in TESTS.rglob("test_*.py"):
+        seen.setdefault(path.name, []).append(str(path.relative_to(TESTS)))
+    clashes = {name: paths for name, paths in seen.items() if len(paths) > 1}
+    assert not clashes, f"rename all but one of each: {clashes}"
 
 
 # ---- the package's floor plan (docs/architecture.md) ---------------------------------------
