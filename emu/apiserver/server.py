@@ -26,7 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from emu.apiserver import discovery, errors, gojson, mirror, protobuf, resources, storage, streaming
+from emu.apiserver import discovery, errors, gojson, impersonation, mirror, protobuf, resources, storage, streaming
 from emu.apiserver.errors import ApiError
 from emu.apiserver.resources import ResourceInfo
 from emu.apiserver.selectors import FieldSelector, LabelSelector, SelectorError
@@ -548,6 +548,7 @@ class ApiServer:
         req.user = self.authenticator.authenticate(peer, req.headers)
         if req.user is None:
             raise errors.unauthorized()
+        req.user = impersonation.impersonate(req.user, req.headers, self.authorizer.authorize, self._forbidden)
         info = request_info(req.method, req.path, req.query)
         req.info = info
         attrs = self.attributes(req.user, info)
