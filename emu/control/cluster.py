@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emu.control import apiserver, imagepods
+from emu.control import apiserver, imagepods, netem
 
 from emu.node import reconcile
 from emu.node.agent import AGENT_URL, HOLD_FILE, LOCK_DIR, STATE_FILE
@@ -315,6 +315,7 @@ class Cluster:
             from emu.node.proxy.ipvs import refuse_up
 
             refuse_up()  # before anything is created
+        netem.check_declared(topology, self.runtime)
         image = topology.node_image or self.runtime.node_image(self.progress)
         networking = topology.networking
         subnet = self.runtime.pick_subnet(networking.cluster_network, [networking.pod_subnet, networking.service_subnet])
@@ -360,6 +361,8 @@ class Cluster:
                     self.wait_rules_from_api(first)
                 if later:
                     self._ordered_steps(first, later, waits, unready or [])
+                for line in netem.converge(self, {}, netem.declared(topology)):
+                    self.progress(line)
                 api.merge_kubeconfig(self.name)
         except BaseException:
             # Nothing is half-created: remove whatever this call made.
@@ -389,6 +392,16 @@ class Cluster:
             return self._converge(previous, desired, wait)
 
     def _converge(self, previous: ClusterState, desired: ClusterState, wait: bool = True) -> Change:
+        links_before = netem.declared(Topology.model_validate(previous.topology))
+        links_after = netem.declared(Topology.model_validate(desired.topology))
+        if links_after != links_before:
+            netem.check_declared(Topology.model_validate(desired.topology), self.runtime)  # before anything changes
+        change = self._converge_pods(previous, desired, wait)
+        for line in netem.converge(self, links_before, links_after):
+            self.progress(line)
+        return change
+
+    def _converge_pods(self, previous: ClusterState, desired: ClusterState, wait: bool = True) -> Change:
         added, removed = pod_changes(previous, desired)
         if not added and not removed and desired.topology == previous.topology:
             return self.repair(previous, wait)

@@ -225,3 +225,40 @@ def reset(cluster, target: str) -> tuple[Link, bool]:
     if not result.ok:
         raise EmuError(f"removing netem from {link.description} failed: {result.output.strip()}")
     return link, True
+
+
+# ---- impairments declared in the topology (nodes[].netem) ----------------------------------
+
+
+def declared(topology) -> dict[str, Impairment]:
+    """{node name: its Impairment} for the topology's nodes with `netem:`."""
+    return {
+        node.name: Impairment(node.netem.delay_ms, node.netem.jitter_ms, node.netem.loss_percent,
+                              node.netem.rate_kbit, node.netem.corrupt_percent)  # fmt: skip
+        for node in topology.nodes if node.netem is not None
+    }
+
+
+def check_declared(topology, runtime) -> None:
+    """Before anything is made: the nodes' kernel must have netem when a node asks for it."""
+    wanted = sorted(declared(topology))
+    if wanted:
+        try:
+            require_netem(runtime)
+        except EmuError as error:
+            raise EmuError(f"topology: nodes {', '.join(wanted)} have netem: {error}") from None
+
+
+def converge(cluster, before: dict[str, Impairment], after: dict[str, Impairment]) -> list[str]:
+    """Each node's eth0 as the topology now says: netem set where it is new or changed,
+    removed where the topology no longer has it. What it did, one line a node."""
+    done = []
+    for node, impairment in sorted(after.items()):
+        if before.get(node) != impairment:
+            link = set_impairment(cluster, f"node/{node}:{DEFAULT_INTERFACE}", impairment)
+            done.append(f"{link.description}: netem {' '.join(impairment.tc_arguments())}")
+    for node in sorted(set(before) - set(after)):
+        link, removed = reset(cluster, f"node/{node}:{DEFAULT_INTERFACE}")
+        if removed:
+            done.append(f"{link.description}: netem removed")
+    return done

@@ -32,6 +32,12 @@ pods:
   - {{name: b, node: w1, containers: {SHELL}}}
 """
 DELAY_MS = 100
+# The same lab with a 50 ms delay declared on both nodes' links (nodes[].netem), and a pod c beside a.
+LINK_MS = 50
+DECLARED = (LAB.replace("name: netem", "name: netem-topology")
+            .replace("{name: cp, role: control-plane}", f"{{name: cp, role: control-plane, netem: {{delayMs: {LINK_MS}}}}}")
+            .replace("{name: w1}", f"{{name: w1, netem: {{delayMs: {LINK_MS}}}}}")
+            + f"  - {{name: c, node: cp, containers: {SHELL}}}\n")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +52,10 @@ def emu(cluster, *args: str) -> subprocess.CompletedProcess:
                           text=True, env=environment, timeout=120)  # fmt: skip
 
 
-def ping(cluster, count: int = 5) -> tuple[int, float | None]:
-    """(replies, the least RTT in ms) of pings from a to b (across the nodes)."""
-    b = cluster.state().pods["default/b"].ip
-    output = cluster.exec("a", ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", b]).output
+def ping(cluster, count: int = 5, source: str = "a", target: str = "b") -> tuple[int, float | None]:
+    """(replies, the least RTT in ms) of pings from pod `source` to pod `target` (a to b: across the nodes)."""
+    address = cluster.state().pods[f"default/{target}"].ip
+    output = cluster.exec(source, ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "2", address]).output
     received = re.search(r"(\d+) received", output)
     rtt = re.search(r"rtt min/avg/max/mdev = ([\d.]+)/", output)
     assert received, output
@@ -106,3 +112,22 @@ def test_bad_input_changes_nothing(lab):
         failed = emu(lab, "netem", *args)
         assert failed.returncode == 1 and message in failed.stderr, failed.stderr
     assert "no impairment on any node" in emu(lab, "netem", "show").stdout
+
+
+@pytest.fixture(scope="module")
+def declared(runtime, make_module_cluster):
+    uml_or_skip()
+    return make_module_cluster(DECLARED, "netem-topology")
+
+
+def test_a_delay_declared_on_two_nodes_holds_pods_across_them_and_not_within_one(declared):
+    """Issue 22's check: 50 ms on each node's link makes ~100 ms pod to pod across them
+    (each way leaves one delayed eth0) and ~0 within a node (the bridge, no eth0)."""
+    shown = emu(declared, "netem", "show")
+    assert shown.returncode == 0, shown.stderr
+    for node in ("cp", "w1"):
+        assert f"node/{node}:eth0: netem" in shown.stdout and f"delay {LINK_MS}ms" in shown.stdout, shown.stdout
+    replies, across = ping(declared, source="a", target="b")
+    assert replies == 5 and across >= 2 * LINK_MS - 1, (replies, across)
+    replies, within = ping(declared, source="a", target="c")
+    assert replies == 5 and within < LINK_MS, (replies, within)

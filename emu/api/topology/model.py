@@ -144,6 +144,29 @@ class PortMapping(Model):
     protocol: Literal["TCP", "UDP"] = "TCP"
 
 
+class Netem(Model):
+    """Link impairment on a node's link to the cluster network (its eth0), as `emu
+    netem set NODE` sets it: netem on the interface's egress, so a delay on two
+    nodes adds up in the round trip between them (containerlab's `tools netem`,
+    Mininet's TCLink). Needs a kernel with sch_netem: `runtime: uml` here."""
+
+    delay_ms: Annotated[float, Field(ge=0)] | None = Field(None, description="Delay each packet, in ms.")
+    jitter_ms: Annotated[float, Field(ge=0)] | None = Field(None, description="Vary the delay by up to this, in ms.")
+    loss_percent: Annotated[float, Field(ge=0, le=100)] | None = Field(None, description="Drop this % of packets.")
+    rate_kbit: Annotated[float, Field(ge=1)] | None = Field(None, description="Limit the rate, in kbit/s.")
+    corrupt_percent: Annotated[float, Field(ge=0, le=100)] | None = Field(
+        None, description="Corrupt one bit in this % of packets."
+    )
+
+    @model_validator(mode="after")
+    def _something_and_jitter_with_delay(self) -> Netem:
+        if all(value is None for value in self.__dict__.values()):
+            raise ValueError("give at least one of delayMs, jitterMs, lossPercent, rateKbit, corruptPercent")
+        if self.jitter_ms and not self.delay_ms:
+            raise ValueError("jitterMs varies a delay: give delayMs too (netem's jitter needs one)")
+        return self
+
+
 class Node(Model):
     """One Kubernetes node: a Docker container."""
 
@@ -155,6 +178,10 @@ class Node(Model):
     )
     extra_port_mappings: list[PortMapping] = Field(
         default_factory=list, description="Docker host ports forwarded to this node (kind's extraPortMappings)."
+    )
+    netem: Netem | None = Field(
+        None, description="Impairment (delay, jitter, loss, rate, corruption) on the node's link to the cluster "
+        "network, set at `emu up` and kept by `emu apply`; runtime: uml only (its kernel has netem)."
     )
 
 
