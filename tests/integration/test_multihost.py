@@ -206,7 +206,7 @@ def test_a_stopped_engine_is_named_and_prepare_brings_the_host_back(lab, spread,
     try:
         with pytest.raises(EmuError) as caught:
             SwarmRuntime(lab.models()).engines()
-        assert "host h2" in str(caught.value) and "cannot reach its Docker engine" in str(caught.value)
+        assert "host h2: SSH works but no Docker engine listens" in str(caught.value), caught.value
         (tmp_path / "hosts.yaml").write_text(lab.inventory_yaml())
         (tmp_path / "lab.yaml").write_text("name: emutest-never\nnodes: [{name: a}, {name: b}]\n")
         result = emu("up", str(tmp_path / "lab.yaml"), "--hosts", str(tmp_path / "hosts.yaml"))
