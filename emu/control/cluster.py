@@ -392,8 +392,7 @@ class Cluster:
             return self._converge(previous, desired, wait)
 
     def _converge(self, previous: ClusterState, desired: ClusterState, wait: bool = True) -> Change:
-        links_before = netem.declared(Topology.model_validate(previous.topology))
-        links_after = netem.declared(Topology.model_validate(desired.topology))
+        links_before, links_after = netem.declared_in(previous.topology), netem.declared_in(desired.topology)
         if links_after != links_before:
             netem.check_declared(Topology.model_validate(desired.topology), self.runtime)  # before anything changes
         change = self._converge_pods(previous, desired, wait)

@@ -232,10 +232,22 @@ def reset(cluster, target: str) -> tuple[Link, bool]:
 
 def declared(topology) -> dict[str, Impairment]:
     """{node name: its Impairment} for the topology's nodes with `netem:`."""
+    return _by_node(topology.nodes)
+
+
+def declared_in(topology: dict) -> dict[str, Impairment]:
+    """declared() of a state's topology (its JSON form, validated when it was loaded),
+    without validating the whole topology again (a big lab's services and pods)."""
+    from emu.api.topology.model import Node
+
+    return _by_node([Node.model_validate(node) for node in topology.get("nodes", []) if node.get("netem")])
+
+
+def _by_node(nodes) -> dict[str, Impairment]:
     return {
         node.name: Impairment(node.netem.delay_ms, node.netem.jitter_ms, node.netem.loss_percent,
                               node.netem.rate_kbit, node.netem.corrupt_percent)  # fmt: skip
-        for node in topology.nodes if node.netem is not None
+        for node in nodes if node.netem is not None
     }
 
 
