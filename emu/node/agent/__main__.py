@@ -21,9 +21,7 @@ readiness (stage 4 of docs/apiserver.md moves those later).
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import gc
 import json
 import os
 import resource
@@ -38,6 +36,7 @@ from emu.node.agent import (
 )  # fmt: skip
 from emu.node.agent import streams
 from emu.node.agent.apistatus import ApiStatus
+from emu.node.kube import release_memory
 from emu.node.agent.tokens import Tokens
 from emu.node.agent.edge import LoadBalancers
 from emu.node.agent.evict import EVICT_AFTER, evict, evictable
@@ -592,15 +591,6 @@ class Agent:
 def restart_container(pod, container: str) -> None:
     log(f"container {container} of pod {pod.key} is not running: starting it again")
     run_start_script(pod, container)
-
-
-def release_memory() -> None:
-    """Collect, and hand freed heap back to the system (glibc keeps it otherwise)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc
 
 
 def wait_options(query: str) -> dict:

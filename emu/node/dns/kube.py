@@ -27,14 +27,13 @@ service), else its address with dashes.
 
 from __future__ import annotations
 
-import ctypes
-import gc
 import json
 import os
 import threading
 import time
 from collections.abc import Callable
 
+from emu.node.kube import release_memory
 from emu.node.kube.client import Client
 from emu.node.kube.informer import Informer
 
@@ -192,15 +191,6 @@ class ApiSource:
             self.builds += 1
             del services, slices, namespaces
             release_memory()  # the lists' pages and the zone before, parsed whole, are garbage now
-
-
-def release_memory() -> None:
-    """Collect, and hand freed heap back to the system (glibc keeps it otherwise)."""
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass  # not glibc
 
 
 def write_zone(path: str, data: dict) -> None:
