@@ -141,6 +141,78 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
     return counts
 
 
+def move(store: Store, moves: list[dict]) -> dict[str, int]:
+    """The hub's eviction (emu.node.agent.evict), told to the API server: each of
+    `moves` ({"namespace", "name", "node", "ip"}) is an emu pod placed again on
+    `node` with address `ip`. Its object is bound there and its status starts
+    over as a new pod's (scheduled, not ready, the new addresses) until that
+    node's agent reports it; nothing else of the store changes (a partial
+    mirror: emu's next command writes the whole picture). Returns {"moved",
+    "unchanged"}; a pod the store does not hold, or not emu's, is refused (400)."""
+    pods = resources.by_kind("v1", "Pod")
+    nodes = resources.by_kind("v1", "Node")
+    counts = {"moved": 0, "unchanged": 0}
+    for entry in moves:
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) and entry.get(k)
+                                                  for k in ("namespace", "name", "node", "ip")):  # fmt: skip
+            raise errors.bad_request('every move must be {"namespace", "name", "node", "ip"} (strings)')
+        namespace, name, node, ip = entry["namespace"], entry["name"], entry["node"], entry["ip"]
+        host = _internal_ip(store.get(nodes.key, "", node))
+        if host is None:
+            raise errors.bad_request(f"pod {namespace}/{name} cannot move to node {node}: no such Node "
+                                     "with an InternalIP")  # fmt: skip
+
+        def bind(current: dict | None) -> dict | None:
+            if current is None or not emu_pod(current):
+                raise errors.bad_request(f"pod {namespace}/{name} is not one of emu's pods in the API server")
+            spec, status = current.get("spec") or {}, current.get("status") or {}
+            if spec.get("nodeName") == node and status.get("podIP") == ip:
+                return None
+            new = canonical(current)
+            new["spec"]["nodeName"] = node
+            new["status"] = _placed_status(new, ip, host, now_rfc3339())
+            return new
+
+        etype, _ = store.write(pods.key, namespace, name, bind, pods.field_values)
+        counts["moved" if etype else "unchanged"] += 1
+    return counts
+
+
+def _internal_ip(node: dict | None) -> str | None:
+    for address in ((node or {}).get("status") or {}).get("addresses") or []:
+        if address.get("type") == "InternalIP":
+            return address.get("address")
+    return None
+
+
+def _placed_status(pod: dict, ip: str, host: str, now: str) -> dict:
+    """A pod's status the moment it is bound to a node whose kubelet has not started it:
+    Pending, PodScheduled, its containers waiting (ContainerCreating), not ready."""
+    containers = (pod.get("spec") or {}).get("containers") or []
+    names = [c.get("name", "") for c in containers]
+
+    def condition(kind: str, ok: bool, reason: str = "") -> dict:
+        found = {"type": kind, "status": "True" if ok else "False", "lastProbeTime": None,
+                 "lastTransitionTime": now}  # fmt: skip
+        if reason:
+            found["reason"] = reason
+            found["message"] = f"containers with unready status: [{' '.join(names)}]"
+        return found
+
+    return {
+        "phase": "Pending",
+        "conditions": [condition("PodScheduled", True), condition("Initialized", True),
+                       condition("ContainersReady", False, "ContainersNotReady"),
+                       condition("Ready", False, "ContainersNotReady")],
+        "hostIP": host, "hostIPs": [{"ip": host}], "podIP": ip, "podIPs": [{"ip": ip}],
+        "containerStatuses": [
+            {"name": c.get("name", ""), "ready": False, "restartCount": 0, "started": False,
+             "image": c.get("image", ""), "imageID": "", "state": {"waiting": {"reason": "ContainerCreating"}}}
+            for c in containers
+        ],
+    }  # fmt: skip
+
+
 def keep_node_lifecycle(current: dict, new: dict) -> None:
     """What the node lifecycle controller wrote into a Node stays: its conditions
     (Ready Unknown while the node's Lease is not renewed, put back when it is) and

@@ -579,9 +579,11 @@ class ApiServer:
             payload = json.loads(req.body() or b"{}")
         except ValueError as error:
             raise errors.bad_request(f"the mirrored objects are not JSON: {error}") from None
+        if isinstance(payload, dict) and isinstance(payload.get("moves"), list):
+            return self._send_json(req, 200, mirror.move(self.store, payload["moves"]))
         objects = payload.get("objects") if isinstance(payload, dict) else None
         if not isinstance(objects, list):
-            raise errors.bad_request('expected {"objects": [...]}')
+            raise errors.bad_request('expected {"objects": [...]} or {"moves": [...]}')
         return self._send_json(req, 200, mirror.sync(self.store, objects))
 
     @staticmethod

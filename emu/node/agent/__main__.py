@@ -35,8 +35,9 @@ from emu.node.agent import (
     AGENT_PORT, DNS_SNAPSHOT, LOCK_DIR, PID_FILE, RESTARTS_FILE, STATE_FILE, STATUS_FILE, pods, web, write_atomically,
 )  # fmt: skip
 from emu.node.agent import streams
-from emu.node.agent.apistatus import ApiStatus
+from emu.node.agent.apistatus import ApiStatus, controller_client
 from emu.node.kube import release_memory
+from emu.node.kube.client import ApiError
 from emu.node.agent.tokens import Tokens
 from emu.node.agent.edge import LoadBalancers
 from emu.node.agent.evict import EVICT_AFTER, evict, evictable
@@ -115,6 +116,8 @@ class Agent:
         self.ingress = IngressSync(node, log)
         self.lost_nodes: set[str] = set()  # NotReady, as the hub says
         self.evicted_at = float("-inf")  # when the hub last moved a lost node's pods
+        self.api_moves: dict[str, dict] = {}  # pod key -> its move, not yet taken by the API server
+        self.api_moves_failing = False  # the last attempt to tell them failed (logged once)
         self.disrupted = False  # too many nodes NotReady at once to move their pods (evict.evictable)
         self.loaded_at = 0.0  # when the state in view arrived (monotonic)
         self.settle_timer: threading.Timer | None = None
@@ -316,6 +319,8 @@ class Agent:
         return 1.0 if view and view.is_hub else 5.0
 
     def hub_check(self, view: NodeView) -> None:
+        if self.api_moves:
+            self.tell_api(view.state)
         for node in self.hub.expire([n.name for n in view.state.nodes]):
             log(f"node {node} stopped reporting: NotReady, its endpoints leave every service")
         due = self.hub.lost_for(EVICT_AFTER)
@@ -357,8 +362,38 @@ class Agent:
             write_atomically(self.snapshot, text, suffix=".agent")
             self.hub.tell({"state": text})
             self.loader.request()
+            if state.api_endpoint:
+                for _, after in result.moved:
+                    self.api_moves[after.key] = {"namespace": after.namespace, "name": after.name,
+                                                 "node": after.node, "ip": after.ip}  # fmt: skip
         finally:
             shutil.rmtree(LOCK_DIR, ignore_errors=True)
+        if self.api_moves:
+            self.tell_api(state)
+
+    def tell_api(self, state: ClusterState) -> None:
+        """Tell the API server where the hub moved pods (POST /emu/mirror {"moves"}),
+        so its EndpointSlices, and every node's rules made from them, follow; until
+        it takes them, again at each hub step (it may be restarting)."""
+        client = controller_client(state)
+        if client is None:
+            self.api_moves.clear()  # a cluster without the certificate: nothing to tell
+            return
+        try:
+            client.request("POST", "/emu/mirror", {"moves": list(self.api_moves.values())})
+        except (OSError, ApiError) as error:
+            if isinstance(error, ApiError) and error.code == 400:  # refused: asking again changes nothing
+                log(f"the API server refused the moved pods: {error}")
+                self.api_moves.clear()
+            elif not self.api_moves_failing:
+                log(f"telling the API server of the moved pods failed: {error}; trying again every second")
+            self.api_moves_failing = bool(self.api_moves)
+            return
+        finally:
+            client.close()
+        log(f"the API server knows where {len(self.api_moves)} moved pod(s) are now")
+        self.api_moves.clear()
+        self.api_moves_failing = False
 
     # ---- sync: kube-proxy's part, LoadBalancers, DNS ----------------------------
     def sync_step(self, requested: bool) -> float:

@@ -58,6 +58,18 @@ def node_client(state: ClusterState, node: str, pki: str = cni.PKI_DIR) -> Clien
     return Client(server, ca_pem_path=ca, cert_path=cert, key_path=key, user_agent=f"kubelet/emu ({node})")
 
 
+def controller_client(state: ClusterState, pki: str = cni.PKI_DIR) -> Client | None:
+    """A client of the API server as emu's controller (the identity emu's commands
+    use, whose certificate the API server's node holds, as a control-plane node
+    holds kube-controller-manager's), None without that certificate: for the
+    hub, which runs on that node, to tell the API server of the pods it moves."""
+    cert, key, ca = f"{pki}/emu-controller.crt", f"{pki}/emu-controller.key", f"{pki}/ca.crt"
+    if not all(os.path.exists(path) for path in (cert, key, ca)):
+        return None
+    return Client(f"https://127.0.0.1:{cni.API_PORT}", ca_pem_path=ca, cert_path=cert, key_path=key,
+                  user_agent="emu-hub")  # fmt: skip
+
+
 class ApiStatus:
     """What this node last wrote, and the writes still due."""
 

@@ -74,3 +74,55 @@ def test_an_object_of_a_kind_emu_does_not_mirror_is_refused(tmp_path):
     store = Store(str(tmp_path / "state.db"))
     with pytest.raises(ApiError, match="does not mirror"):
         mirror.sync(store, [{"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "d"}}])
+
+
+def node(name: str, ip: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {"addresses": [{"type": "InternalIP", "address": ip}, {"type": "Hostname", "address": name}]}}
+
+
+def test_a_move_binds_an_emu_pod_to_its_new_node_not_ready_until_that_node_reports(tmp_path):
+    store = Store(str(tmp_path / "state.db"))
+    mirror.sync(store, [namespace("default"), node("worker", "172.18.0.3"), node("w1", "172.18.0.4"), pod("a"),
+                        pod("b")])  # fmt: skip
+    before = store.get("pods", "default", "a")
+    watcher = store.watch("pods", resource_version=str(store.revision))
+    counts = mirror.move(store, [{"namespace": "default", "name": "a", "node": "w1", "ip": "10.244.2.7"}])
+    assert counts == {"moved": 1, "unchanged": 0}
+    after = store.get("pods", "default", "a")
+    assert after["spec"]["nodeName"] == "w1" and after["metadata"]["uid"] == before["metadata"]["uid"]
+    status = after["status"]
+    assert (status["phase"], status["podIP"], status["podIPs"], status["hostIP"]) == \
+        ("Pending", "10.244.2.7", [{"ip": "10.244.2.7"}], "172.18.0.4")  # fmt: skip
+    assert {c["type"]: c["status"] for c in status["conditions"]} == \
+        {"PodScheduled": "True", "Initialized": "True", "ContainersReady": "False", "Ready": "False"}  # fmt: skip
+    assert status["containerStatuses"][0]["state"] == {"waiting": {"reason": "ContainerCreating"}}
+    event = watcher.next(1.0)
+    assert event is not None and event[0] == "MODIFIED"
+    assert watcher.next(0.1) is None  # only that pod: b and the rest are as they were
+    assert store.get("pods", "default", "b")["spec"]["nodeName"] == "worker"
+    # Told twice (the hub retries after a lost answer): nothing changes.
+    assert mirror.move(store, [{"namespace": "default", "name": "a", "node": "w1", "ip": "10.244.2.7"}]) == \
+        {"moved": 0, "unchanged": 1}  # fmt: skip
+
+
+def test_a_move_of_what_is_not_an_emu_pod_or_to_no_node_is_refused(tmp_path):
+    import pytest
+
+    from emu.apiserver.errors import ApiError
+
+    store = Store(str(tmp_path / "state.db"))
+    mirror.sync(store, [namespace("default"), node("w1", "172.18.0.4"), pod("a")])
+    theirs = {**pod("k"), "metadata": {"name": "k", "namespace": "default"}}
+    store.create("pods", theirs)  # made through the API: the kubelet's, not emu's
+    cases = [
+        ({"namespace": "default", "name": "k", "node": "w1", "ip": "10.244.2.7"}, "not one of emu's pods"),
+        ({"namespace": "default", "name": "ghost", "node": "w1", "ip": "10.244.2.7"}, "not one of emu's pods"),
+        ({"namespace": "default", "name": "a", "node": "w9", "ip": "10.244.2.7"}, "no such Node"),
+        ({"namespace": "default", "name": "a", "node": "w1"}, "every move must be"),
+    ]
+    for move, words in cases:
+        with pytest.raises(ApiError) as caught:
+            mirror.move(store, [move])
+        assert caught.value.code == 400 and words in caught.value.message, move
+    assert store.get("pods", "default", "a")["spec"]["nodeName"] == "worker"
