@@ -89,10 +89,32 @@ def spread(lab, new_name, runtime) -> Cluster:
     cluster = Cluster(topology.name, runtime=SwarmRuntime(topology.hosts))
     try:
         cluster.up(topology)
+        overlay_settled(cluster)
         yield cluster
     finally:
         if not os.environ.get("EMU_KEEP_CLUSTERS"):
             cluster.down()
+
+
+def overlay_settled(cluster: Cluster) -> None:
+    """Every pod reaches the pods on the other hosts. The swarm's overlay learns its
+    peers by gossip: on a loaded machine a host the managers marked down for a moment
+    has lost its peers' entries until the gossip adds them back (a CI run once saw
+    the pods of h2 cut off from h1 and h3 for all of this module)."""
+    pods = {name: pod_ip(cluster, name) for name in ("near", "client", "web")}
+
+    def every_pair() -> bool:
+        return all(cluster.exec(a, ["ping", "-c", "1", "-W", "1", ip]).ok
+                   for a in pods for b, ip in pods.items() if a != b)  # fmt: skip
+
+    if not every_pair():
+        try:
+            wait_for(every_pair, 90, "pods on the three hosts reaching each other over the overlay")
+        except BaseException:
+            for node in cluster.state().nodes:
+                routes = cluster.node_exec(node.name, ["ip", "route"]).output
+                print(f"--- node {node.name} on {node.host}: ip route\n{routes}", file=sys.stderr)
+            raise
 
 
 def pod_ip(cluster: Cluster, name: str) -> str:
