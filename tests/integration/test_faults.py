@@ -231,7 +231,10 @@ def test_stopped_node_leaves_every_service_its_pods_move_and_it_rejoins(faults, 
             endpoints = faults.endpoints()["default/echo"]["http"]
             return endpoints == [f"{faults.pod('near').ip}:8080"]
 
-        wait_for(far_gone, 40, "pod far on the stopped node w2 stayed an endpoint")
+        # kube-proxy's part follows the API server's EndpointSlices: the pods of a node
+        # leave them when the node lifecycle controller marks them not ready, once the
+        # node's Lease is older than the grace period (40 s), as on a real cluster.
+        wait_for(far_gone, 90, "pod far on the stopped node w2 stayed an endpoint")
         assert hostnames(faults) == {"near"}
 
         # The hub moves the deployment's pod to the node still up (new IP), and
@@ -249,6 +252,12 @@ def test_stopped_node_leaves_every_service_its_pods_move_and_it_rejoins(faults, 
         assert hostnames(faults, service="mover") == movers(faults)
         hub_log = faults.node_exec("cp", ["cat", "/var/log/emu/agent.log"]).output
         assert "pod default/far is lost with node w2" in hub_log
+        # The API server was told where the hub placed them (their EndpointSlices follow).
+        context = f"emu-{faults.name}"
+        for pod in leaving:
+            where = kubectl("get", "pod", pod.name, "-o", "jsonpath={.spec.nodeName} {.status.podIP}",
+                            context=context, timeout=60).stdout  # fmt: skip
+            assert where.split() == ["w1", after.pods[pod.key].ip], where
         # The API server sees it as a real cluster would: the node's Lease is not renewed,
         # so after the grace period (40 s) it is NotReady (Ready Unknown), its pods not ready.
         kubectl("wait", "--for=condition=Ready=Unknown", "node/w2", "--timeout=90s", context=f"emu-{faults.name}", timeout=120)

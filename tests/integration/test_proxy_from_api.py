@@ -53,7 +53,7 @@ SERVER = "^python3 -m emu.apiserver "
 @pytest.fixture(scope="module")
 def cluster(make_module_cluster):
     switch = pytest.MonkeyPatch()
-    switch.setattr(cni, "PROXY_FROM_API", True)  # (the default once every suite passes with it)
+    switch.setattr(cni, "PROXY_FROM_API", True)  # (the default; kept should it be switched off)
     try:
         yield make_module_cluster(LAB, "proxyapi")
     finally:

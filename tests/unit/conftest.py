@@ -44,3 +44,13 @@ def seeded_runs():
         return outputs
 
     return run
+
+
+@pytest.fixture()
+def state_file_agents(monkeypatch):
+    """The nodes' agents program their rules from the state file (cni.PROXY_FROM_API off):
+    the fake engine's nodes answer as those agents do (emu.testing.fakeprovider). The API
+    path's wait (Cluster.wait_rules_from_api) has its own tests in test_wait_rules_from_api.py."""
+    from emu.node.plan import cni
+
+    monkeypatch.setattr(cni, "PROXY_FROM_API", False)

@@ -15,6 +15,8 @@ from emu.node.agent import AGENT_URL, HOLD_FILE, LOCK_DIR, STATE_FILE
 from emu.node.plan import cni
 from emu.testing.fakeprovider import NODE_HANDLERS, EngineError, FakeEngine, FakeProvider, Handler
 
+pytestmark = pytest.mark.usefixtures("state_file_agents")  # (the fake engine's agents: conftest.py)
+
 LAB = """\
 name: lab
 nodes:

@@ -10,6 +10,8 @@ from emu.control.cluster import Cluster
 from emu.errors import EmuError
 from emu.testing.fakeprovider import ExecResult, FakeEngine, FakeProvider, Handler
 
+pytestmark = pytest.mark.usefixtures("state_file_agents")  # (the fake engine's agents: conftest.py)
+
 LAB = """\
 name: lab
 nodes:

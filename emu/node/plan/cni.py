@@ -525,7 +525,7 @@ def agent_bytecode(sources: dict[str, str]) -> dict[str, bytes]:
 # Where the agents' service rules come from: the API server's Services and EndpointSlices
 # (kube-proxy's watch, emu.node.agent.proxysync.ApiSource) when True; the state file and
 # the hub's readiness when False. `emu up` waits for what this says (emu.control.cluster).
-PROXY_FROM_API = False
+PROXY_FROM_API = True
 
 
 def start_agent_line(node: NodeState) -> str:
