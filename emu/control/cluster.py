@@ -804,25 +804,41 @@ class Cluster:
         """GET /wait?revision=R on every agent at once, from the API server's node (one exec)."""
         from emu.node.agent import AGENT_PORT
 
-        query = f"revision={revision}&timeout={timeout:g}"
-        ask = []
+        deadline = time.monotonic() + timeout
+        outcomes: dict[str, dict] = {}
+        pending = list(state.nodes)
+        while pending:
+            left = max(1.0, deadline - time.monotonic())
+            query = f"revision={revision}&timeout={left:g}"
+            ask = []
+            for node in pending:
+                out = f"/tmp/emu-wait-{node.name}"
+                ask.append(
+                    f'( n=0; until curl -s --max-time {left + 30:g} "http://{node.node_ip}:{AGENT_PORT}/wait?{query}" '
+                    f'>{out}; do c=$?; case $c in 7|52|56) [ $n -lt 600 ] ;; *) false ;; esac || '
+                    f'{{ echo "curl: exit $c asking the agent" >{out}; break; }}; n=$((n+1)); sleep 0.05; done ) &'
+                )  # fmt: skip
+            report = " ".join(f'echo "{node.name} $(cat /tmp/emu-wait-{node.name}; rm -f /tmp/emu-wait-{node.name})";'
+                              for node in pending)  # fmt: skip
+            result = self.runtime.exec(client.container, ["sh", "-c", " ".join(ask) + " wait; " + report])
+            answers = dict(line.split(" ", 1) for line in result.output.strip().splitlines() if " " in line)
+            unanswered = []
+            for node in pending:
+                try:
+                    outcomes[node.name] = json.loads(answers.get(node.name, ""))
+                except ValueError:
+                    # No answer (seen once on a loaded machine with the engine over SSH: an empty
+                    # reply): ask that agent again while there is time.
+                    if time.monotonic() > deadline:
+                        raise EmuError(f"node {node.name}: asking its agent whether its rules reflect the API "
+                                       f"server's resourceVersion {revision} failed: "
+                                       f"{answers.get(node.name) or result.output.strip() or 'no answer'}") from None
+                    unanswered.append(node)
+            pending = unanswered
+            if pending:
+                time.sleep(0.2)
         for node in state.nodes:
-            out = f"/tmp/emu-wait-{node.name}"
-            ask.append(
-                f'( n=0; until curl -s --max-time {timeout + 30:g} "http://{node.node_ip}:{AGENT_PORT}/wait?{query}" '
-                f'>{out}; do c=$?; case $c in 7|52|56) [ $n -lt 600 ] ;; *) false ;; esac || '
-                f'{{ echo "curl: exit $c asking the agent" >{out}; break; }}; n=$((n+1)); sleep 0.05; done ) &'
-            )  # fmt: skip
-        report = " ".join(f'echo "{node.name} $(cat /tmp/emu-wait-{node.name}; rm -f /tmp/emu-wait-{node.name})";'
-                          for node in state.nodes)  # fmt: skip
-        result = self.runtime.exec(client.container, ["sh", "-c", " ".join(ask) + " wait; " + report])
-        answers = dict(line.split(" ", 1) for line in result.output.strip().splitlines() if " " in line)
-        for node in state.nodes:
-            try:
-                outcome = json.loads(answers.get(node.name, ""))
-            except ValueError:
-                raise EmuError(f"node {node.name}: asking its agent whether its rules reflect the API server's "
-                               f"resourceVersion {revision} failed: {answers.get(node.name, result.output)}") from None
+            outcome = outcomes[node.name]
             if outcome.get("programmed"):
                 continue
             why = outcome.get("error") or (

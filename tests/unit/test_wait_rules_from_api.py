@@ -109,3 +109,31 @@ def test_slices_that_never_catch_up_are_an_error_that_says_which_service_and_how
 def test_nothing_is_waited_for_while_the_agents_read_the_state_file(cluster, monkeypatch):
     monkeypatch.setattr(cni, "PROXY_FROM_API", False)
     assert Cluster("lab", runtime=Nodes([], {})).wait_rules_from_api(cluster) == 0
+
+
+class Flaky(Nodes):
+    """Agents whose first `empty` answers are empty (an empty reply), then `answer`."""
+
+    def __init__(self, lists, agents, empty: int):
+        super().__init__(lists, agents)
+        self.empty = empty
+
+    def exec(self, container, argv):
+        script = argv[-1]
+        if "/wait?revision=" in script and self.empty > 0:
+            self.empty -= 1
+            self.asked.append(script)
+            return ExecResult(0, "\n".join(f"{node} " for node in self.agents))
+        return super().exec(container, argv)
+
+
+def test_an_agent_that_gives_no_answer_is_asked_again_until_the_time_is_up(cluster, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda seconds: None)
+    programmed = {"programmed": True, "revision": 40}
+    lists = [([pod("a", "10.244.1.2", True)], [endpoint_slice(("10.244.1.2", True))], 40)]
+    nodes = Flaky(lists, {"cp": programmed, "w1": programmed}, empty=2)
+    assert Cluster("lab", runtime=nodes).wait_rules_from_api(cluster, timeout=30) == 40
+    assert len(nodes.asked) == 3
+    never = Flaky(lists, {"cp": programmed, "w1": programmed}, empty=10**6)
+    with pytest.raises(EmuError, match=r"node (cp|w1): asking its agent .* resourceVersion 40 failed"):
+        Cluster("lab", runtime=never).wait_rules_from_api(cluster, timeout=0.3)
