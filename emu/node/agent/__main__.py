@@ -274,7 +274,8 @@ class Agent:
         with self.kubelet_lock:
             generation = self.kubelet.generation
             entries = {pod.uid: self.kubelet.container_entries(pod) for pod in self.api_status.reported(view.state)}
-        wake = self.api_status.step(view.state, entries)
+            readiness = dict(self.kubelet.ready)
+        wake = self.api_status.step(view.state, entries, readiness)
         if not self.api_status.failing:
             self.reported_generation = generation
         return wake

@@ -15,8 +15,11 @@ pods bound to it), what a kubelet writes:
   pods -w` and ends a `kubectl wait` without any emu command. Once a node has
   written a pod's status, emu's own commands no longer overwrite it
   (emu.apiserver.mirror.reported_by_kubelet).
-Pods with containers of their own image are left out: Docker restarts those
-and knows why they stopped, so emu's commands still report them.
+Pods with containers of their own image get only their readiness written
+(the Ready and ContainersReady conditions, a strategic merge patch as field
+manager READINESS_MANAGER, what the node's probes see, so their EndpointSlices
+follow): Docker restarts those containers and knows why they stopped, so emu's
+commands still report the rest of their status.
 
 While the API server cannot be reached (it starts after the agents, or is
 restarting), writes wait and are tried again; the node goes on forwarding with
@@ -41,6 +44,7 @@ LEASE_DURATION = 40  # seconds (the kubelet's nodeLeaseDurationSeconds)
 RENEW_INTERVAL = 10.0  # seconds between renewals (a quarter of the duration, as the kubelet)
 RETRY = 1.0  # seconds before a write the API server did not take is tried again
 FIELD_MANAGER = "kubelet"
+READINESS_MANAGER = "kubelet-readiness"  # image pods' readiness: emu's commands keep writing the rest
 
 
 def micro_time(epoch: float) -> str:
@@ -93,9 +97,11 @@ class ApiStatus:
         self.tokens = tokens  # the pods' service account tokens (emu.node.agent.tokens), None: not kept
 
     # ---- the step --------------------------------------------------------------
-    def step(self, state: ClusterState | None, entries: dict[str, dict[str, dict]]) -> float:
+    def step(self, state: ClusterState | None, entries: dict[str, dict[str, dict]],
+             readiness: dict[str, bool] | None = None) -> float:  # fmt: skip
         """Renew the Lease when due and write the statuses that changed. `entries`:
-        {pod uid: the kubelet's container entries} of this node's pods. Returns the
+        {pod uid: the kubelet's container entries} of this node's pods; `readiness`:
+        {pod uid: ready} as its probes see them (image pods' readiness). Returns the
         seconds until the next renewal (or a retry)."""
         if state is None or not any(node.name == self.node for node in state.nodes):
             return RENEW_INTERVAL
@@ -110,6 +116,7 @@ class ApiStatus:
             if self.clock() - self.renewed_at >= RENEW_INTERVAL:
                 self.renew(client)
             pending = self.write_statuses(client, state, entries)
+            pending = self.write_readiness(client, state, readiness or {}) or pending
             token_wait = self.tokens.sync(client, state) if self.tokens else RENEW_INTERVAL
         except (OSError, ApiError) as error:
             if not self.failing:
@@ -171,6 +178,36 @@ class ApiStatus:
         """This node's pods whose status the node reports (none of their containers runs an image of its own)."""
         return [pod for pod in state.pods_on(self.node) if not any(cni.runs_image(c) for c in pod.containers)]
 
+    def image_pods(self, state: ClusterState) -> list[PodState]:
+        return [pod for pod in state.pods_on(self.node) if any(cni.runs_image(c) for c in pod.containers)]
+
+    def write_readiness(self, client: Client, state: ClusterState, readiness: dict[str, bool]) -> bool:
+        """PATCH the Ready and ContainersReady conditions of each image pod whose
+        readiness changed (strategic merge: the conditions merge by type, the rest of
+        the status stays emu's commands'); whether some are still due."""
+        pending = False
+        for pod in self.image_pods(state):
+            if pod.uid not in readiness:
+                continue  # not probed yet
+            ready = readiness[pod.uid]
+            key = f"readiness:{pod.key}"
+            if self.written.get(key) == (pod.uid, str(ready)):
+                continue
+            stamp = podstatus.iso(self.wall())
+            conditions = [{"type": kind, "status": "True" if ready else "False", "lastProbeTime": None,
+                           "lastTransitionTime": stamp, **({} if ready else {"reason": "ContainersNotReady"})}
+                          for kind in ("ContainersReady", "Ready")]  # fmt: skip
+            path = resource_path("v1", "pods", pod.namespace, pod.name, "status")
+            try:
+                client.patch(path, {"status": {"conditions": conditions}}, "strategic", field_manager=READINESS_MANAGER)
+            except ApiError as error:
+                if error.code == 404:  # not written into the API server yet
+                    pending = True
+                    continue
+                raise
+            self.written[key] = (pod.uid, str(ready))
+        return pending
+
     def desired(self, state: ClusterState, pod: PodState, entries: dict[str, dict]) -> dict:
         ready = bool(entries) and all(
             entries.get(c["name"], {}).get("ready") and entries.get(c["name"], {}).get("state") == "Running"
@@ -187,7 +224,7 @@ class ApiStatus:
         """PATCH the status of each pod whose status changed; whether some are still
         due (their pod is not in the API server yet: emu writes it after the plan)."""
         pods = self.reported(state)
-        keys = {pod.key for pod in pods}
+        keys = {pod.key for pod in pods} | {f"readiness:{pod.key}" for pod in self.image_pods(state)}
         for key in [k for k in self.written if k not in keys]:
             del self.written[key]
         uids = {pod.uid for pod in pods}

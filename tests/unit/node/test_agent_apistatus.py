@@ -371,3 +371,32 @@ def test_a_node_that_stops_renewing_its_lease_becomes_not_ready_and_emu_keeps_th
         assert wait_for(lambda: ready() == "True"), ready()
     finally:
         served.stop()
+
+
+def test_an_image_pods_readiness_is_written_and_the_rest_of_its_status_stays_emus(server):
+    state = plan_cluster(load_text(LAB.replace("{name: sidecar, command: [sleep, infinity]}",
+                                               "{name: sidecar, image: 'nginx:1.27'}")), "emu-lab", "172.28.0.0/24")
+    mirror_pods(server, state)
+    web = state.pods["default/web"]
+    path = resource_path("v1", "pods", "default", "web")
+    before = server.client().get(path)["status"]
+    log: list[str] = []
+    status, _ = reporter(server, "worker", log)
+    assert status.reported(state) == [] and status.image_pods(state) == [web]
+    status.step(state, {}, {web.uid: False})  # its readiness probe fails
+    after = server.client().get(path)
+    conditions = {c["type"]: c["status"] for c in after["status"]["conditions"]}
+    assert conditions["Ready"] == conditions["ContainersReady"] == "False"
+    assert conditions["PodScheduled"] == "True"  # merged by type: the others stay
+    def counts(found: dict) -> list:
+        return [(c["name"], c["ready"], c["restartCount"]) for c in found["containerStatuses"]]
+
+    assert counts(after["status"]) == counts(before)  # Docker's, as emu's commands reported them
+    written = after["metadata"]["resourceVersion"]
+    status.step(state, {}, {web.uid: False})  # unchanged: nothing written
+    assert server.client().get(path)["metadata"]["resourceVersion"] == written
+    status.step(state, {}, {web.uid: True})
+    assert {c["type"]: c["status"] for c in server.client().get(path)["status"]["conditions"]}["Ready"] == "True"
+    # emu's commands still write such a pod's status (the node wrote only its readiness).
+    assert not mirror.reported_by_kubelet(server.client().get(path))
+    assert log == []
