@@ -20,7 +20,11 @@ EndpointSlices' `endpointslice.kubernetes.io/managed-by`), and the mirror
 owns only those: it never deletes or replaces a pod without it, and writes
 are refused only to pods with it. Other pods are anyone's: kubectl creates
 and deletes them, the scheduler binds them, and the node's kubelet
-(emu.node.agent.kubelet) runs them.
+(emu.node.agent.kubelet) runs them. Services are owned the same way (OWNED):
+kube-proxy's part of every node and the DNS server watch the API server, so a
+Service made with kubectl is programmed and answered like emu's own; an emu
+Service may not take the address or node port of one (emu's commands plan
+around those they find, emu.control.apiserver.foreign_service_addresses).
 """
 
 from __future__ import annotations
@@ -37,6 +41,16 @@ PATH = "/emu/mirror"
 # The annotation on every pod the mirror writes: emu's commands drive that pod (see above).
 MANAGED_BY = "emu.io/managed-by"
 MANAGER = "emu"
+# The kinds whose objects emu owns one by one: those with MANAGED_BY; others of the kind
+# are made through the API and left alone (the kubelet runs such pods; kube-proxy and the
+# DNS server, which watch the API server, serve such Services).
+# Workloads too: the API server's Deployment, ReplicaSet, StatefulSet and DaemonSet
+# controllers run those made through the API (their pods are run by the kubelet), and
+# leave emu's alone.
+# Namespaces too, but one made through the API that emu's topology also names is shared:
+# emu writes into it and leaves it as it is (it never deletes it).
+OWNED = (("v1", "Pod"), ("v1", "Service"), ("apps/v1", "Deployment"), ("apps/v1", "ReplicaSet"),
+         ("apps/v1", "StatefulSet"), ("apps/v1", "DaemonSet"), ("v1", "Namespace"))  # fmt: skip
 
 # The kinds emu's own commands drive in stage 2, by (apiVersion, kind).
 DRIVEN = (
@@ -89,13 +103,21 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
         if not meta.get("name"):
             raise errors.bad_request(f"a mirrored {info.kind} has no metadata.name")
         desired[(info.key, namespace, meta["name"])] = obj
-    pods_key = resources.by_kind("v1", "Pod").key
-    for (key, namespace, name) in desired:
-        if key == pods_key:
+    owned = owned_keys()
+    shared = set()  # namespaces made through the API that emu's objects also go into
+    for (key, namespace, name), obj in desired.items():
+        if key in owned:
+            kind = owned[key]
             current = store.get(key, namespace, name)
+            if kind == "Namespace" and current is not None and not emu_owned(current):
+                shared.add((key, namespace, name))
+                continue
             if current is not None and not emu_pod(current):
-                raise errors.conflict("pods", name, why=f"pod {namespace}/{name} was made through the API (kubectl), "
-                                      "not by emu: delete it with kubectl first, or give emu's pod another name")
+                raise errors.conflict(key, name, why=f"{kind.lower()} {namespace}/{name} was made through the API "
+                                      f"(kubectl), not by emu: delete it with kubectl first, or give emu's "
+                                      f"{kind.lower()} another name")  # fmt: skip
+            if kind == "Service":
+                _check_service_addresses(store, key, namespace, name, obj)
     counts = {"created": 0, "updated": 0, "deleted": 0, "unchanged": 0}
     for key, info in keys.items():
         fields_of = info.field_values
@@ -105,8 +127,8 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
         for current in store.list_objects(key):
             meta = current.get("metadata") or {}
             where = (key, meta.get("namespace", ""), meta.get("name", ""))
-            if key == pods_key and not emu_pod(current):
-                continue  # not emu's: made through the API, run by its node's kubelet
+            if key in owned and not emu_pod(current):
+                continue  # not emu's: made through the API (a pod run by its node's kubelet, a Service)
             if where not in desired and meta.get("name") not in kept:
                 etype, _ = store.write(key, where[1], where[2], lambda obj: DELETE, fields_of)
                 counts["deleted"] += etype == "DELETED"
@@ -114,12 +136,17 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
                     _delete_endpoints(store, where[1], where[2])
     for (key, namespace, name), obj in desired.items():
         info = keys[key]
+        if (key, namespace, name) in shared or (info.kind == "Namespace" and name in KEPT[("v1", "Namespace")]):
+            if (key, namespace, name) in shared or store.get(key, namespace, name) is not None:
+                counts["unchanged"] += 1
+                continue
 
         def replace(current: dict | None, obj: dict = obj, info: resources.ResourceInfo = info) -> dict | None:
             new = canonical(obj)
             new.setdefault("metadata", {})
             if info.kind == "Pod":
                 resources.admit_pod(new.setdefault("spec", {}))  # as the API server's admission would
+            if info.key in owned:
                 new["metadata"].setdefault("annotations", {})[MANAGED_BY] = MANAGER
             elif info.kind == "Node" and current is not None:
                 keep_node_lifecycle(current, new)
@@ -139,6 +166,33 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
         etype, _ = store.write(key, namespace, name, replace, info.field_values)
         counts[{"ADDED": "created", "MODIFIED": "updated", "": "unchanged"}[etype]] += 1
     return counts
+
+
+OWNED_RESOURCES = {(info.group, info.plural) for info in (resources.by_kind(v, k) for v, k in OWNED) if info}
+
+
+def owned_keys() -> dict[str, str]:
+    """{resource key: kind} of the kinds whose objects emu owns one by one (MANAGED_BY)."""
+    return {resources.by_kind(v, k).key: k for v, k in OWNED}
+
+
+def _check_service_addresses(store: Store, key: str, namespace: str, name: str, obj: dict) -> None:
+    """An emu Service may not take a cluster IP or node port a Service made through
+    the API holds (emu plans around those it saw; one made meanwhile could clash)."""
+    spec = obj.get("spec") or {}
+    ips = {ip for ip in [spec.get("clusterIP"), *(spec.get("clusterIPs") or [])] if ip and ip != "None"}
+    ports = {p.get("nodePort") for p in spec.get("ports") or [] if p.get("nodePort")}
+    for other in store.list_objects(key):
+        meta = other.get("metadata") or {}
+        if emu_pod(other) or (meta.get("namespace"), meta.get("name")) == (namespace, name):
+            continue
+        theirs = other.get("spec") or {}
+        clash = sorted(ips & {theirs.get("clusterIP"), *(theirs.get("clusterIPs") or [])}) or sorted(
+            ports & {p.get("nodePort") for p in theirs.get("ports") or []})
+        if clash:
+            raise errors.conflict(key, name, why=f"service {namespace}/{name} would take {clash[0]}, which service "
+                                  f"{meta.get('namespace')}/{meta.get('name')} (made through the API) holds: delete "
+                                  "that one with kubectl, or run the emu command again to plan around it")  # fmt: skip
 
 
 def move(store: Store, moves: list[dict]) -> dict[str, int]:
@@ -250,9 +304,13 @@ def reported_by_kubelet(pod: dict) -> bool:
     )
 
 
-def emu_pod(pod: dict | None) -> bool:
-    """Whether emu's commands drive this pod (the mirror wrote it: MANAGED_BY)."""
-    return ((pod or {}).get("metadata") or {}).get("annotations", {}).get(MANAGED_BY) == MANAGER
+def emu_owned(obj: dict | None) -> bool:
+    """Whether emu's commands drive this object (the mirror wrote it: MANAGED_BY);
+    the API server's controllers leave such objects alone."""
+    return (((obj or {}).get("metadata") or {}).get("annotations") or {}).get(MANAGED_BY) == MANAGER
+
+
+emu_pod = emu_owned
 
 
 def _uid(obj: dict) -> str:
@@ -276,12 +334,12 @@ def refuse(user_name: str, verb: str, api_group: str, resource: str, namespace: 
     info = driven_keys(create_only=False).get(key)
     if info is None:
         return None
-    if (api_group, resource) == ("", "pods") and verb != "deletecollection":
+    if (api_group, resource) in OWNED_RESOURCES and verb != "deletecollection":
         if verb == "create":
             if not emu_pod(body() if body else None):
                 return None  # (the server asks again with the body: emu.apiserver.server._create)
-            return errors.forbidden("pods", "", f"the annotation {MANAGED_BY}={MANAGER} is emu's own mark of the "
-                                    "pods its commands drive: leave it out of a pod made through the API", "")
+            return errors.forbidden(resource, "", f"the annotation {MANAGED_BY}={MANAGER} is emu's own mark of the "
+                                    f"{resource} its commands drive: leave it out of one made through the API", "")
         if name and not emu_pod(current() if current else None):
             return None
     return errors.ApiError(

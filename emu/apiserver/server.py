@@ -27,6 +27,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from emu.apiserver import discovery, errors, gojson, impersonation, mirror, protobuf, resources, storage, streaming
+from emu.apiserver.controllers import gc
 from emu.apiserver.errors import ApiError
 from emu.apiserver.resources import ResourceInfo
 from emu.apiserver.selectors import FieldSelector, LabelSelector, SelectorError
@@ -1113,8 +1114,9 @@ class ApiServer:
         self._check_fields(req, r, obj)
         self._set_namespace(r, obj, ns)
         meta = obj["metadata"]
-        if self.emu_driven and r.kind == "Pod" and req.user.name != mirror.CONTROLLER_USER:
-            refused = mirror.refuse(req.user.name, "create", "", "pods", ns, body=lambda: obj)
+        owned = (r.group, r.plural) in mirror.OWNED_RESOURCES
+        if self.emu_driven and owned and req.user.name != mirror.CONTROLLER_USER:
+            refused = mirror.refuse(req.user.name, "create", r.group, r.plural, ns, body=lambda: obj)
             if refused is not None:
                 raise refused
         if meta.get("resourceVersion"):
@@ -1533,7 +1535,6 @@ class ApiServer:
                 opts[k] = int(req.q(k)) if k == "gracePeriodSeconds" else req.q(k)
         policy = opts.get("propagationPolicy")
         if policy:
-            # recorded only: ownerReference garbage collection comes with the control loops (stage 3)
             req.note = f"propagationPolicy={policy}"
         if policy is not None and policy not in ("Orphan", "Background", "Foreground"):
             raise errors.invalid("DeleteOptions", "", [resources.not_supported(
@@ -1584,6 +1585,8 @@ class ApiServer:
                 return current
             if r.kind == "Pod" and (current.get("spec") or {}).get("nodeName") and not mirror.emu_pod(current):
                 return _graceful_pod_delete(current, grace)
+            # The propagation policy's finalizer (Foreground, Orphan): the garbage collector finishes the job.
+            gc.add_deletion_finalizers(current, opts)
             return storage.mark_deleted(current, grace if isinstance(grace, int) else 0)
 
         etype, obj = self.store.write(r.key, ns, name, fn, self._fields_of(r), dry)

@@ -41,13 +41,12 @@ def cmd_up(args) -> int:
 def _check(cluster, topology) -> int:
     """`emu up --check`: what up would change or repair, changing nothing. Exit 1 if anything."""
     from emu.control.cluster import pod_changes
-    from emu.control.state import plan_cluster
 
     if not cluster.exists:
         print(f"cluster '{cluster.name}' is not running; `emu up` would create it")
         return 1
     state = cluster.state()
-    desired = plan_cluster(topology.model_copy(update={"name": cluster.name}), state.network, state.network_subnet, state)
+    desired = cluster.replan(topology.model_copy(update={"name": cluster.name}), state)
     added, removed = pod_changes(state, desired)
     lines = [f"pod {p.key} would be started" for p in added] + [f"pod {p.key} would be removed" for p in removed]
     lines += [line for found in cluster.check(state) for line in found.describe()]

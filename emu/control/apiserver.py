@@ -80,6 +80,12 @@ class NodeApi:
                 f"see its log with `emu exec --node NODE -- tail {API_LOG}`"
             )
 
+    def get(self, path: str) -> tuple[int, object]:
+        """(status, the answer's JSON or text) of a GET."""
+        argv = [*self.curl, "-w", "\n%{http_code}", f"{self.local}{path}"]
+        result = self.runtime.exec(self.container, argv)
+        return self._answer(result)
+
     def post(self, path: str, body: object) -> tuple[int, object]:
         """(status, the answer's JSON or text) of a POST of `body` as JSON."""
         payload = json.dumps(body).encode()
@@ -88,6 +94,9 @@ class NodeApi:
                 "-w", "\n%{http_code}", f"{self.local}{path}"]  # fmt: skip
         script = f"{shlex.join(argv)}; code=$?; rm -f {request}; exit $code"
         result = self.runtime.run_with_files(self.container, {request: payload}, ["sh", "-c", script])
+        return self._answer(result)
+
+    def _answer(self, result) -> tuple[int, object]:
         text, _, code = result.output.rstrip("\n").rpartition("\n")
         if not result.ok or not code.isdigit():
             raise EmuError(f"asking the API server at {self.server} failed: {result.output.strip()[-500:]}")
@@ -289,6 +298,31 @@ def coredns_addon(objects: list[dict]) -> None:
     if found:
         objects.append({"apiVersion": "v1", "kind": "ServiceAccount",
                         "metadata": {"name": "coredns", "namespace": "kube-system"}})  # fmt: skip
+
+
+def foreign_service_addresses(client: NodeApi) -> tuple[set[str], set[int]]:
+    """The cluster IPs and node ports (health check ones too) of the Services made
+    through the API (kubectl), which emu's planner must leave to them; nothing when
+    the API server does not answer (the mirror then refuses a clash)."""
+    from emu.apiserver.mirror import emu_pod
+
+    try:
+        status, body = client.get("/api/v1/services")
+    except EmuError:
+        return set(), set()
+    if status != 200 or not isinstance(body, dict):
+        return set(), set()
+    ips: set[str] = set()
+    ports: set[int] = set()
+    for service in body.get("items") or []:
+        if emu_pod(service):
+            continue
+        spec = service.get("spec") or {}
+        ips |= {ip for ip in [spec.get("clusterIP"), *(spec.get("clusterIPs") or [])] if ip and ip != "None"}
+        ports |= {p["nodePort"] for p in spec.get("ports") or [] if p.get("nodePort")}
+        if spec.get("healthCheckNodePort"):
+            ports.add(spec["healthCheckNodePort"])
+    return ips, ports
 
 
 def mirror(client: NodeApi, state: ClusterState, unready: list[str]) -> dict:

@@ -378,7 +378,7 @@ class Cluster:
             topology = load_file(topology)
         with self.lock():
             previous = self.state()
-            desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
+            desired = self.replan(topology, previous)
             return self._converge(previous, desired, wait)
 
     def update(self, change: Callable[[Topology], Topology], wait: bool = True) -> Change:
@@ -388,7 +388,7 @@ class Cluster:
         with self.lock():
             previous = self.state()
             topology = change(Topology.model_validate(previous.topology))
-            desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
+            desired = self.replan(topology, previous)
             return self._converge(previous, desired, wait)
 
     def _converge(self, previous: ClusterState, desired: ClusterState, wait: bool = True) -> Change:
@@ -460,7 +460,7 @@ class Cluster:
                 d.model_copy(update={"replicas": replicas}) if d is found[0] else d for d in topology.deployments
             ]
             scaled = _revalidate(topology.model_copy(update={"deployments": deployments}))
-            desired = plan_cluster(scaled, previous.network, previous.network_subnet, previous)
+            desired = self.replan(scaled, previous)
             return self._converge(previous, desired, wait)
 
     def delete_pod(self, reference: str, wait: bool = True) -> Change:
@@ -475,7 +475,7 @@ class Cluster:
                 topology = _revalidate(topology.model_copy(update={"pods": pods}))
             forgotten = ClusterState.from_json(previous.to_json())
             del forgotten.pods[pod.key]  # planned afresh: a new IP from host-local IPAM
-            desired = plan_cluster(topology, previous.network, previous.network_subnet, forgotten)
+            desired = self.replan(topology, previous, forgotten)
             return self._converge(previous, desired, wait)
 
     def down(self) -> tuple[int, int]:
@@ -490,12 +490,21 @@ class Cluster:
         """The kubeconfig of the cluster's admin (`emu kubeconfig`), as `emu up` merges it."""
         return apiserver.admin_kubeconfig(self.name, self.state(), self.runtime)
 
+    def replan(self, topology: Topology, previous: ClusterState, base: ClusterState | None = None) -> ClusterState:
+        """The desired state of the running cluster for `topology`, from `base` (default
+        `previous`), around the cluster IPs and node ports of the Services made through
+        its API server (kubectl's), which emu's own Services may not take."""
+        reserved: tuple[set[str], set[int]] = (set(), set())
+        if previous.api_endpoint:
+            reserved = apiserver.foreign_service_addresses(apiserver.controller_client(previous, self.runtime))
+        return plan_cluster(topology, previous.network, previous.network_subnet, base or previous, reserved=reserved)
+
     def plan(self, topology: Topology) -> tuple[ClusterState, list[NodePlan]]:
         """What up/apply would run on each node, without running it: the desired
         state and each node's plan."""
         if self.exists:
             previous = self.state()
-            desired = plan_cluster(topology, previous.network, previous.network_subnet, previous)
+            desired = self.replan(topology, previous)
             return desired, node_plans(previous, desired)
         desired = plan_cluster(topology, f"emu-{self.name}", "172.28.0.0/24", mtu=self.runtime.mtu)
         return desired, node_plans(None, desired)

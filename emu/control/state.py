@@ -315,8 +315,10 @@ def plan_cluster(
     previous: ClusterState | None = None,
     node_image: str = "",
     mtu: int = 1500,
+    reserved: tuple[set[str], set[int]] = (set(), set()),
 ) -> ClusterState:
-    """The desired cluster state for a topology, keeping what `previous` already runs."""
+    """The desired cluster state for a topology, keeping what `previous` already runs;
+    `reserved`: cluster IPs and node ports that Services made through the API hold."""
     networking = topology.networking.model_dump(mode="json", by_alias=True)
     for option in ("masqueradeAll", "clusterCIDR", "nodePortAddresses"):  # kube-proxy's: only when given,
         if networking.get(option) is None:  # so a state from before them compares equal
@@ -355,7 +357,7 @@ def plan_cluster(
     )
     state.load_balancer_pool = load_balancer_pool(topology, network_subnet)
     effective = with_ingress_controller(with_system_objects(topology))
-    state.services = plan_services(effective, state, previous)
+    state.services = plan_services(effective, state, previous, reserved)
     old_pods = previous.pods if previous else {}
     declared_pods = _declared_pods(effective)
 
@@ -479,15 +481,17 @@ def _kubernetes_service(subnet: ipaddress.IPv4Network) -> ServiceState:
     )
 
 
-def plan_services(topology: Topology, state: ClusterState, previous: ClusterState | None) -> dict[str, ServiceState]:
+def plan_services(topology: Topology, state: ClusterState, previous: ClusterState | None,
+                  reserved: tuple[set[str], set[int]] = (set(), set())) -> dict[str, ServiceState]:  # fmt: skip
     """Services with their addresses and node ports: kept from `previous` where
-    the service still asks for them, fixed where declared, else allocated."""
+    the service still asks for them, fixed where declared, else allocated around
+    those `reserved` (the cluster IPs and node ports of Services made through the API)."""
     subnet = ipaddress.IPv4Network(topology.networking.service_subnet)
     old = previous.services if previous else {}
     services = {KUBERNETES_SERVICE: _kubernetes_service(subnet)}
-    used_ips = {services[KUBERNETES_SERVICE].cluster_ip}
+    used_ips = {services[KUBERNETES_SERVICE].cluster_ip, *reserved[0]}
     used_ips |= {s.cluster_ip for s in topology.services if s.cluster_ip and s.cluster_ip != "None"}
-    used_node_ports = {p.node_port for s in topology.services for p in s.ports if p.node_port}
+    used_node_ports = {p.node_port for s in topology.services for p in s.ports if p.node_port} | set(reserved[1])
     used_node_ports |= {s.health_check_node_port for s in topology.services if s.health_check_node_port}
     pool = _pool_addresses(state.load_balancer_pool)
     used_lb = {s.load_balancer_ip for s in topology.services if s.load_balancer_ip}

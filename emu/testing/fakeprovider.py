@@ -36,6 +36,7 @@ container's files:
 - readyz:   the API server is ready when its node holds the PKI (ca.crt);
 - mirror:   POST /emu/mirror writes the objects into an in-memory store with
             emu.apiserver.mirror.sync (the real one) and answers its counts;
+- services: GET /api/v1/services lists that store's Services;
 - observe:  reconcile.OBSERVE (and `pod_status`'s READINESS line) report,
             from the node's state.json, every pod of the node in place, its
             processes alive, its agent running and every container ready;
@@ -639,6 +640,14 @@ def _api_mirror(node: FakeContainer, argv: list[str], engine: FakeEngine) -> Exe
     return ExecResult(0, json.dumps(counts) + "\n200")
 
 
+def _api_services(node: FakeContainer, argv: list[str], engine: FakeEngine) -> ExecResult:
+    if f"{cni.PKI_DIR}/ca.crt" not in node.files:
+        return ExecResult(7, "curl: (7) Failed to connect to 127.0.0.1 port 6443\n")
+    with engine.lock:
+        items = node.store.list_objects("services") if node.store is not None else []
+    return ExecResult(0, json.dumps({"kind": "ServiceList", "apiVersion": "v1", "items": items}) + "\n200")
+
+
 def _observe(node: FakeContainer, argv: list[str], engine: FakeEngine) -> ExecResult:
     state = node.state()
     name = node.labels.get(LABEL_NODE, "")
@@ -670,6 +679,7 @@ NODE_HANDLERS = [
             or f"{AGENT_URL}/wait?" in _script(argv), _publish_or_wait),  # fmt: skip
     Handler("readyz", lambda argv: "/readyz" in _script(argv), _api_ready),
     Handler("mirror", lambda argv: "-X POST" in _script(argv) and MIRROR_PATH in _script(argv), _api_mirror),
+    Handler("services", lambda argv: argv[:1] == ["curl"] and argv[-1].endswith("/api/v1/services"), _api_services),
     Handler("observe", lambda argv: _script(argv).startswith(reconcile.OBSERVE), _observe),
     Handler("cat/tail", lambda argv: argv[:1] in (["cat"], ["tail"]) and len(argv) > 1, _cat),
 ]

@@ -101,7 +101,9 @@ def test_kinds_emu_does_not_drive_are_written_and_driven_ones_refused(cluster):
     kubectl("create", "configmap", "settings", "--from-literal=color=blue", context=context)
     data = json.loads(kubectl("get", "cm", "settings", "-o", "json", context=context).stdout)["data"]
     assert data == {"color": "blue"}
-    refused = kubectl("create", "deployment", "web", "--image=nginx", context=context, check=False)
+    policy = ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny}\n"
+              "spec: {podSelector: {}, policyTypes: [Ingress]}\n")  # fmt: skip
+    refused = kubectl("apply", "-f", "-", context=context, check=False, stdin=policy)
     assert refused.returncode != 0 and "emu apply -f" in refused.stderr
 
 

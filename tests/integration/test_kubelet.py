@@ -126,3 +126,128 @@ def test_emu_keeps_its_own_pods_and_leaves_the_others_alone(cluster):
     assert after["status"]["podIP"] == before["status"]["podIP"]
     kubectl(cluster, "delete", "pod", "idle", "--timeout=60s")
     assert pod(cluster, "idle") is None
+
+
+def test_a_service_made_with_kubectl_is_programmed_on_every_node_and_named_by_dns(cluster):
+    """kube-proxy's part of every node and the DNS server watch the API server, so a
+    Service made with kubectl (`kubectl expose`) works as emu's own: its cluster IP,
+    its name and its node port on every node answer; deleted, its rules go."""
+    kubectl(cluster, "run", "kweb", f"--image={AGNHOST}", "--labels=app=kweb", "--port=8080", "--",
+            "netexec", "--http-port=8080")  # fmt: skip
+    kubectl(cluster, "wait", "--for=condition=Ready", "pod/kweb", "--timeout=90s")
+    kubectl(cluster, "expose", "pod", "kweb", "--name=kweb", "--type=NodePort", "--port=80", "--target-port=8080")
+    service = json.loads(kubectl(cluster, "get", "svc", "kweb", "-o", "json").stdout)
+    assert "emu.io/managed-by" not in (service["metadata"].get("annotations") or {})
+    ip, node_port = service["spec"]["clusterIP"], service["spec"]["ports"][0]["nodePort"]
+
+    def ask(url: str) -> str:
+        found = kubectl(cluster, "exec", "client", "--", "curl", "-sS", "--max-time", "3", url, check=False)
+        return found.stdout if found.returncode == 0 else ""
+
+    wait_for(lambda: ask(f"http://{ip}/hostname") == "kweb", 30, f"kweb answering at its cluster IP {ip}")
+    wait_for(lambda: ask("http://kweb.default.svc.cluster.local/hostname") == "kweb", 30, "kweb answering by name")
+    for node in cluster.state().nodes:
+        answer = on_node(cluster, "cp", f"curl -sS --max-time 3 http://{node.node_ip}:{node_port}/hostname")
+        assert answer == "kweb", (node.name, answer)
+    kubectl(cluster, "delete", "svc", "kweb")
+    wait_for(lambda: ask(f"http://{ip}/hostname") == "", 30, f"the rules of kweb's cluster IP {ip} gone")
+    kubectl(cluster, "delete", "pod", "kweb", "--timeout=60s")
+
+
+DEPLOYMENT = f"""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: kdep}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: kdep}}}}
+  template:
+    metadata: {{labels: {{app: kdep}}}}
+    spec:
+      containers:
+        - name: netexec
+          image: {AGNHOST}
+          args: [netexec, --http-port=8080]
+          ports: [{{containerPort: 8080}}]
+"""
+
+
+def test_a_deployment_made_with_kubectl_rolls_out_scales_and_goes_with_its_pods(cluster):
+    """The API server's Deployment and ReplicaSet controllers make its pods, the scheduler
+    binds them, their nodes' kubelets run them; `kubectl delete` takes the ReplicaSet and
+    the pods with it (the garbage collector)."""
+    def pods() -> dict[str, str]:
+        found = json.loads(kubectl(cluster, "get", "pods", "-l", "app=kdep", "-o", "json").stdout)["items"]
+        return {p["metadata"]["name"]: (p.get("status") or {}).get("podIP", "") for p in found}
+
+    kubectl(cluster, "apply", "-f", "-", stdin=DEPLOYMENT)
+    kubectl(cluster, "rollout", "status", "deployment/kdep", "--timeout=120s")
+    running = pods()
+    assert len(running) == 2 and all(name.startswith("kdep-") for name in running), running
+    for name, ip in running.items():
+        assert reach(cluster, ip) == name
+    kubectl(cluster, "scale", "deployment", "kdep", "--replicas=3")
+    kubectl(cluster, "rollout", "status", "deployment/kdep", "--timeout=120s")
+    assert len(pods()) == 3 and set(running) <= set(pods())
+    replica_sets = json.loads(kubectl(cluster, "get", "rs", "-l", "app=kdep", "-o", "json").stdout)["items"]
+    assert [rs["status"].get("readyReplicas") for rs in replica_sets] == [3]
+    kubectl(cluster, "delete", "deployment", "kdep")
+    wait_for(lambda: pods() == {}, 90, "the pods of the deleted deployment kdep gone")
+    assert json.loads(kubectl(cluster, "get", "rs", "-l", "app=kdep", "-o", "json").stdout)["items"] == []
+    # (the garbage collector deletes the pods outright; their kubelets then stop them)
+    wait_for(lambda: all(reach(cluster, ip) == "" for ip in running.values()), 30, "kdep's pods stopped")
+
+
+STATEFUL = f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: kdb}}
+spec: {{clusterIP: None, selector: {{app: kdb}}, ports: [{{name: http, port: 8080}}]}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: kdb}}
+spec:
+  serviceName: kdb
+  replicas: 2
+  selector: {{matchLabels: {{app: kdb}}}}
+  template:
+    metadata: {{labels: {{app: kdb}}}}
+    spec:
+      containers: [{{name: netexec, image: {AGNHOST}, args: [netexec, --http-port=8080]}}]
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata: {{name: kds}}
+spec:
+  selector: {{matchLabels: {{app: kds}}}}
+  template:
+    metadata: {{labels: {{app: kds}}}}
+    spec:
+      containers: [{{name: pause, image: {AGNHOST}, args: [pause]}}]
+"""
+
+
+def test_a_statefulset_and_a_daemonset_made_with_kubectl_run_and_their_pods_are_named(cluster):
+    """The StatefulSet controller makes kdb-0 then kdb-1, each named in DNS under its
+    headless Service (hostname.subdomain); the DaemonSet controller one pod a node."""
+    kubectl(cluster, "apply", "-f", "-", stdin=STATEFUL)
+    kubectl(cluster, "rollout", "status", "statefulset/kdb", "--timeout=120s")
+    kubectl(cluster, "rollout", "status", "daemonset/kds", "--timeout=120s")
+    for name in ("kdb-0", "kdb-1"):
+        ip = pod(cluster, name)["status"]["podIP"]
+
+        def named(name=name, ip=ip) -> bool:
+            found = kubectl(cluster, "exec", "client", "--", "getent", "hosts", f"{name}.kdb.default.svc.cluster.local",
+                            check=False).stdout.split()  # fmt: skip
+            return found[:1] == [ip]
+
+        wait_for(named, 30, f"{name}.kdb answering with {ip}")
+        assert reach(cluster, ip) == name
+    daemons = json.loads(kubectl(cluster, "get", "pods", "-l", "app=kds", "-o", "json").stdout)["items"]
+    status = json.loads(kubectl(cluster, "get", "ds", "kds", "-o", "json").stdout)["status"]
+    assert len(daemons) == status["desiredNumberScheduled"] == status["numberReady"] >= 2
+    assert len({p["spec"]["nodeName"] for p in daemons}) == len(daemons)  # one a node
+    kubectl(cluster, "delete", "-f", "-", stdin=STATEFUL)
+    wait_for(lambda: json.loads(kubectl(cluster, "get", "pods", "-l", "app in (kdb,kds)", "-o", "json").stdout)["items"]
+             == [], 90, "the pods of the deleted StatefulSet and DaemonSet gone")  # fmt: skip

@@ -573,3 +573,30 @@ def test_the_fake_engine_refuses_what_docker_refuses(home):
     assert provider.pick_subnet(None, []) != "172.28.0.0/24"  # the cluster's is taken
     result = provider.exec("lab-cp", ["sh", "-c", "echo hello"])
     assert result.exit_code == 127 and engine.unhandled[-1].argv[-1] == "echo hello"
+
+
+def test_apply_plans_emus_services_around_those_made_through_the_api():
+    from emu.control.state import plan_cluster
+
+    engine = FakeEngine()
+    cluster = up(engine)
+    added = LAB + """\
+  - name: extra
+    type: NodePort
+    selector: {app: web}
+    ports: [{name: http, port: 80, targetPort: 8080}]
+"""
+    previous = cluster.state()
+    blind = plan_cluster(lab(added), previous.network, previous.network_subnet, previous).services["default/extra"]
+    # kubectl made a Service holding just the address and node port emu would pick.
+    node = engine.container(cni.api_server_node(previous).container)
+    node.store.create("services", {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "kweb", "namespace": "default"},
+        "spec": {"type": "NodePort", "clusterIP": blind.cluster_ip, "clusterIPs": [blind.cluster_ip],
+                 "ports": [{"port": 80, "protocol": "TCP", "nodePort": blind.ports[0].node_port}]}})  # fmt: skip
+    command(engine).apply(lab(added))
+    extra = command(engine).state().services["default/extra"]
+    assert extra.cluster_ip != blind.cluster_ip and extra.ports[0].node_port != blind.ports[0].node_port
+    assert node.store.get("services", "default", "kweb") is not None  # kubectl's, left alone
+    assert node.store.get("services", "default", "extra")["spec"]["clusterIP"] == extra.cluster_ip
+    assert engine.unhandled == []

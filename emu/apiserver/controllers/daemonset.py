@@ -24,6 +24,7 @@ hash as for StatefulSets (no ControllerRevisions are stored)."""
 from __future__ import annotations
 
 from emu.apiserver.controllers.deployment import scaled_value, template_hash
+from emu.apiserver.mirror import emu_owned
 from emu.apiserver.controllers.framework import (
     Controller,
     Watch,
@@ -125,8 +126,8 @@ class DaemonSetController(Controller):
 
     def reconcile(self, key: str) -> float | None:
         ds = self.informer(DS).get(key)
-        if ds is None:
-            return None
+        if ds is None or emu_owned(ds):
+            return None  # (emu's own are driven by emu's commands)
         pods = claim(self, ds, candidates(self.informer("pods"), ds, lambda p: not being_deleted(p)))
         template = (ds.get("spec") or {}).get("template") or {}
         revision = template_hash(template)

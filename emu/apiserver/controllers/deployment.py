@@ -35,6 +35,7 @@ import math
 import struct
 import time
 
+from emu.apiserver.mirror import emu_owned
 from emu.apiserver.controllers.framework import (
     Controller,
     Watch,
@@ -269,8 +270,8 @@ class DeploymentController(Controller):
 
     def reconcile(self, key: str) -> float | None:
         d = self.informer(DEPLOY).get(key)
-        if d is None:
-            return None
+        if d is None or emu_owned(d):
+            return None  # (emu's own are driven by emu's commands)
         d = jcopy(d)
         sel = selector_of(d)
         if sel is None or sel.empty():

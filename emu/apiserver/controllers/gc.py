@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from emu.apiserver import resources
 from emu.apiserver.controllers.framework import Controller, Watch, being_deleted
+from emu.apiserver.mirror import emu_owned
 
 FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
@@ -153,8 +154,8 @@ class GarbageCollector(Controller):
     def reconcile(self, key: str) -> float | None:
         resource, ns, name = key.split("|", 2)
         obj = self.informer(resource).get(f"{ns}/{name}" if ns else name)
-        if obj is None:
-            return None
+        if obj is None or emu_owned(obj):
+            return None  # (emu's own objects come and go with emu's commands)
         meta = obj["metadata"]
         fins = meta.get("finalizers") or []
         if meta.get("deletionTimestamp") and ORPHAN in fins:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import calendar
 import time
 
+from emu.apiserver.mirror import emu_owned
 from emu.apiserver.controllers.framework import (
     Controller,
     Watch,
@@ -123,7 +124,7 @@ def candidates(informer, owner: dict, active=pod_active) -> list[dict]:
     """Objects `owner` controls and active orphans of its namespace (what `claim` looks at)."""
     ns = owner["metadata"].get("namespace", "")
     return (informer.by_index("controller", owner["metadata"]["uid"])
-            + [p for p in informer.by_index("orphans", ns) if active(p)])
+            + [p for p in informer.by_index("orphans", ns) if active(p) and not emu_owned(p)])
 
 
 def claim(ctl: Controller, owner: dict, pods: list[dict], resource: str = "pods") -> list[dict]:
@@ -187,8 +188,8 @@ class ReplicaSetController(Controller):
 
     def reconcile(self, key: str) -> float | None:
         rs = self.informer("replicasets.apps").get(key)
-        if rs is None:
-            return None
+        if rs is None or emu_owned(rs):
+            return None  # (emu's own are driven by emu's commands)
         ns = rs["metadata"].get("namespace", "")
         pods = [p for p in claim(self, rs, candidates(self.informer("pods"), rs)) if pod_active(p)]
         spec = rs.get("spec") or {}

@@ -26,6 +26,7 @@ from __future__ import annotations
 import re
 
 from emu.apiserver.controllers.deployment import template_hash
+from emu.apiserver.mirror import emu_owned
 from emu.apiserver.controllers.framework import Controller, Watch, being_deleted, labels_of, mapper_owner
 from emu.apiserver.controllers.replicaset import (
     add_owner_indexes,
@@ -77,8 +78,8 @@ class StatefulSetController(Controller):
 
     def reconcile(self, key: str) -> float | None:
         sts = self.informer(STS).get(key)
-        if sts is None:
-            return None
+        if sts is None or emu_owned(sts):
+            return None  # (emu's own are driven by emu's commands)
         sts_name = sts["metadata"]["name"]
         members = [p for p in candidates(self.informer("pods"), sts, lambda p: not being_deleted(p))
                    if ordinal(sts_name, p) is not None]

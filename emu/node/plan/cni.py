@@ -467,8 +467,11 @@ API_LOG = "/var/log/emu/apiserver.log"
 # lifecycle from their Leases) and those every namespace has (its default
 # ServiceAccount, kube-root-ca.crt).
 # The scheduler too: it binds only pods without spec.nodeName (emu's own pods have one),
-# and the node's kubelet (emu.node.agent.kubelet) runs what it binds.
-API_CONTROLLERS = ("endpointslice", "endpoints", "serviceaccount", "rootca", "nodelifecycle", "scheduler")
+# and the node's kubelet (emu.node.agent.kubelet) runs what it binds. And the workload
+# controllers and the garbage collector, for the workloads made through the API (they
+# leave emu's own, marked emu.io/managed-by, to emu's commands).
+API_CONTROLLERS = ("endpointslice", "endpoints", "serviceaccount", "rootca", "nodelifecycle", "scheduler", "deployment",
+                   "replicaset", "statefulset", "daemonset", "garbagecollector")
 
 
 def api_server_node(state: ClusterState) -> NodeState:

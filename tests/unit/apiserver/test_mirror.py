@@ -52,9 +52,13 @@ def test_the_system_namespaces_stay_and_other_kinds_are_left_alone(tmp_path):
 
 
 def test_writes_to_driven_kinds_are_refused_for_everyone_but_emu():
-    error = mirror.refuse("kubernetes-admin", "create", "apps", "deployments", "default")
+    error = mirror.refuse("kubernetes-admin", "create", "networking.k8s.io", "networkpolicies", "default")
     assert error is not None and error.code == 405 and "emu apply -f" in error.message
-    assert mirror.refuse("emu-controller", "create", "apps", "deployments", "default") is None
+    assert mirror.refuse("emu-controller", "create", "networking.k8s.io", "networkpolicies", "default") is None
+    # Kinds emu owns one by one (OWNED): a new one made through the API is its maker's.
+    for group, resource in (("apps", "deployments"), ("apps", "replicasets"), ("apps", "daemonsets"), ("", "services"),
+                            ("", "namespaces")):
+        assert mirror.refuse("kubernetes-admin", "create", group, resource, "default", body=lambda: {}) is None
     assert mirror.refuse("kubernetes-admin", "list", "", "pods", "default") is None
     assert mirror.refuse("kubernetes-admin", "create", "", "secrets", "default") is None
     assert mirror.refuse("kubernetes-admin", "create", "", "configmaps", "default") is None  # written once, then theirs
@@ -126,3 +130,59 @@ def test_a_move_of_what_is_not_an_emu_pod_or_to_no_node_is_refused(tmp_path):
             mirror.move(store, [move])
         assert caught.value.code == 400 and words in caught.value.message, move
     assert store.get("pods", "default", "a")["spec"]["nodeName"] == "worker"
+
+
+def service(name: str, ip: str, node_port: int | None = None, mark: bool = False) -> dict:
+    ports = [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 8080,
+              **({"nodePort": node_port} if node_port else {})}]  # fmt: skip
+    meta = {"name": name, "namespace": "default"}
+    if mark:
+        meta["annotations"] = {mirror.MANAGED_BY: mirror.MANAGER}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": meta,
+            "spec": {"type": "NodePort" if node_port else "ClusterIP", "clusterIP": ip, "clusterIPs": [ip],
+                     "selector": {"app": "x"}, "ports": ports}}  # fmt: skip
+
+
+def test_services_made_through_the_api_are_theirs_and_emus_may_not_take_their_addresses(tmp_path):
+    import pytest
+
+    from emu.apiserver.errors import ApiError
+
+    store = Store(str(tmp_path / "state.db"))
+    mirror.sync(store, [namespace("default"), service("echo", "10.96.0.20")])
+    assert mirror.emu_pod(store.get("services", "default", "echo"))  # emu's mark, as on its pods
+    store.create("services", service("kweb", "10.96.0.30", node_port=30999))  # kubectl's
+    assert mirror.sync(store, [namespace("default"), service("echo", "10.96.0.20")])["deleted"] == 0
+    assert store.get("services", "default", "kweb") is not None  # not emu's: left alone
+    # kubectl's writes: refused to emu's Service, taken for its own; the mark is emu's alone.
+    current = {"echo": store.get("services", "default", "echo"), "kweb": store.get("services", "default", "kweb")}
+    refused = mirror.refuse("kubernetes-admin", "delete", "", "services", "default", name="echo",
+                            current=lambda: current["echo"])  # fmt: skip
+    assert refused is not None and refused.code == 405
+    assert mirror.refuse("kubernetes-admin", "delete", "", "services", "default", name="kweb",
+                         current=lambda: current["kweb"]) is None  # fmt: skip
+    assert mirror.refuse("kubernetes-admin", "create", "", "services", "default", body=lambda: service("s", "")) is None
+    marked = mirror.refuse("kubernetes-admin", "create", "", "services", "default",
+                           body=lambda: service("s", "", mark=True))  # fmt: skip
+    assert marked is not None and marked.code == 403
+    # An emu Service that would take kubectl's address or node port: refused, saying which.
+    for clash, words in ((service("new", "10.96.0.30"), "10.96.0.30"), (service("new", "10.96.0.31", 30999), "30999")):
+        with pytest.raises(ApiError) as caught:
+            mirror.sync(store, [namespace("default"), service("echo", "10.96.0.20"), clash])
+        assert caught.value.code == 409 and words in caught.value.message and "default/kweb" in caught.value.message
+    # One of emu's named as kubectl's: refused too.
+    with pytest.raises(ApiError) as caught:
+        mirror.sync(store, [namespace("default"), service("kweb", "10.96.0.40")])
+    assert caught.value.code == 409 and "made through the API" in caught.value.message
+
+
+def test_a_namespace_made_through_the_api_is_shared_and_never_deleted_by_emu(tmp_path):
+    store = Store(str(tmp_path / "state.db"))
+    store.create("namespaces", namespace("team"))  # kubectl create namespace team
+    counts = mirror.sync(store, [namespace("default"), namespace("team"), namespace("emus"), pod("a", namespace="team")])
+    assert not mirror.emu_owned(store.get("namespaces", "", "team")) and store.get("pods", "team", "a") is not None
+    assert mirror.emu_owned(store.get("namespaces", "", "emus"))
+    assert counts["created"] == 3  # default (no store bootstrap here), emus, the pod
+    mirror.sync(store, [namespace("default")])
+    assert store.get("namespaces", "", "team") is not None  # not emu's to delete
+    assert store.get("namespaces", "", "emus") is None

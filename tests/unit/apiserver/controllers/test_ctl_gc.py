@@ -143,3 +143,42 @@ def test_deletion_finalizers():
     assert gc.add_deletion_finalizers(obj, {"propagationPolicy": "Background"})["metadata"]["finalizers"] == [
         "example.com/keep"]
     assert gc.add_deletion_finalizers({"metadata": {}}, {})["metadata"] == {}
+
+
+def test_the_controllers_leave_emus_own_objects_to_emus_commands(tmp_path):
+    """What emu's commands write (mirror: emu.io/managed-by) is theirs: no ReplicaSet or
+    pods for emu's Deployments, StatefulSets and DaemonSets, no adoption of emu's bare pods
+    by a ReplicaSet whose selector matches, no collection of emu's pods whose owner (a
+    ReplicaSet emu does not write) is not stored; made through the API, the same kinds run."""
+    from emu.apiserver import mirror
+
+    store = new_store(tmp_path)
+    namespace(store)
+    add_nodes(store, node("n1"))
+    m = manager(store, "deployment", "replicaset", "statefulset", "daemonset", "scheduler", "garbagecollector")
+    mark = {"annotations": {mirror.MANAGED_BY: mirror.MANAGER}}
+    spec = {"replicas": 2, "selector": {"matchLabels": {"app": "emu"}}, "template": pod_template({"app": "emu"})}
+    objects = [
+        {"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": "emus", "namespace": "default", **mark},
+         "spec": {**spec, **({"serviceName": "emus"} if kind == "StatefulSet" else {})}}
+        for kind in ("Deployment", "StatefulSet", "DaemonSet")
+    ]  # fmt: skip
+    owned = {"kind": "ReplicaSet", "apiVersion": "apps/v1", "name": "emus-abc", "uid": "not-stored",
+             "controller": True, "blockOwnerDeletion": True}  # fmt: skip
+    objects += [
+        {"apiVersion": "v1", "kind": "Pod", "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}]},
+         "metadata": {"name": name, "namespace": "default", "labels": {"app": "emu"}, **mark, **extra}}
+        for name, extra in (("bare", {}), ("emus-abc-1", {"ownerReferences": [owned]}))
+    ]  # fmt: skip
+    mirror.sync(store, [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}},
+                        *[o for o in objects]])  # fmt: skip
+    c = Client(store)
+    c.create(RS, {"kind": "ReplicaSet", "apiVersion": "apps/v1", "metadata": {"name": "theirs", "namespace": "default"},
+                  "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "emu"}},
+                           "template": pod_template({"app": "emu"})}})  # fmt: skip
+    settle(m, store)
+    names = sorted(p["metadata"]["name"] for p in live(pods(store, app="emu")))
+    assert [n for n in names if not n.startswith("theirs-")] == ["bare", "emus-abc-1"]  # emu's, untouched
+    assert len([n for n in names if n.startswith("theirs-")]) == 1  # it made its own rather than adopt emu's
+    assert [r["metadata"]["name"] for r in store.list_objects(RS)] == ["theirs"]
+    store.close()

@@ -132,9 +132,6 @@ def test_kubectl_statefulset_and_daemonset_roll_out(apiserver, kubectl_default):
         manager.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="not built yet: server.py's DELETE does not call "
-                   "controllers.gc.add_deletion_finalizers, which waits for the controllers to be switched on "
-                   "(stage 3 of docs/apiserver.md); until then a foreground or orphan delete would never finish")
 def test_kubectl_delete_cascade_orphan_and_foreground(apiserver, kubectl_default):
     """kubectl delete --cascade=orphan and --cascade=foreground, with the garbage collector."""
     kubectl = kubectl_default
