@@ -1,10 +1,11 @@
 """Terminating endpoints in every mode, traced: kube-proxy's
-TestTerminatingEndpointsTrafficPolicyCluster (pkg/proxy/nftables/proxier_test.go)
-with its EndpointSlices fed through the node's proxy feed (emu.node.kube.proxyfeed,
-which falls back to serving-and-terminating endpoints where a port has no ready
-one: ProxyTerminatingEndpoints) and each mode's renderer. iptables and nftables
-are traced packet by packet (tests/unit/proxy_tracer.py); IPVS, which has no
-tracer, by its virtual servers' real servers."""
+TestTerminatingEndpointsTrafficPolicy{Cluster,Local} (pkg/proxy/nftables/proxier_test.go)
+and the rest of its CategorizeEndpoints rules (pkg/proxy/topology.go: the Cluster and
+the Local policy's endpoints, each with its own fallback to those serving while they
+terminate; topology hints read from the ready endpoints only), with EndpointSlices fed
+through the node's proxy feed (emu.node.kube.proxyfeed) and each mode's renderer.
+iptables and nftables are traced packet by packet (tests/unit/proxy_tracer.py); IPVS,
+which has no tracer, by its virtual servers' real servers."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from emu.node.kube.proxyfeed import ProxyFeed, service_state
 from emu.node.proxy import iptables, ipvs, nftables
 from emu.node.records import NodeState
-from emu.node.services import ZONE_LABEL, load_balancer_owner, local_ready_endpoints
+from emu.node.services import ZONE_LABEL, Endpoint, categorize_endpoints, load_balancer_owner, local_ready_endpoints
 from tests.unit.proxy_tracer import IptablesTracer, NftablesTracer, Packet, outcome
 from tests.unit.test_proxy_packet_flow import CLIENT, NODE_IP, POD, cluster
 
@@ -260,3 +261,52 @@ def test_an_endpoint_that_starts_terminating_changes_the_cached_rules():
             traced = IptablesTracer(rules, [NODE_IP]) if mode == "iptables" else NftablesTracer(rules, [NODE_IP])
             assert outcome(traced.trace(Packet(POD, "172.30.1.1", 80))) == (internal, False), mode
             assert outcome(traced.trace(Packet(CLIENT, "1.2.3.4", 80))) == (E2, False), mode
+
+
+# kube-proxy's TestCategorizeEndpoints (pkg/proxy/topology_test.go), the cases without hints (emu works
+# hints out from the nodes' zones: the traced cases above): (case, Service spec, [(address, ready or
+# terminating, on this node)], cluster, local, reachable, any). Endpoints neither ready nor serving never
+# reach the proxiers (the feed leaves them out), so those of kube-proxy's cases are left out here too.
+R, T = "ready", "terminating"
+NODE_PORT = {"type": "NodePort", "port": {"nodePort": 30080}}
+BOTH_LOCAL = {**NODE_PORT, "internalTrafficPolicy": "Local", "externalTrafficPolicy": "Local"}
+A0, A1, A2, A3 = "10.0.0.0:80", "10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"
+CATEGORIZE_CASES = [
+    ("iTP Local, no endpoints", {"internalTrafficPolicy": "Local"}, [], [], [], [], False),
+    ("iTP Local, all endpoints remote", {"internalTrafficPolicy": "Local"}, [(A0, R, False), (A1, R, False)],
+     [], [], [], True),
+    ("iTP Local, all endpoints local", {"internalTrafficPolicy": "Local"}, [(A0, R, True), (A1, R, True)],
+     [], [A0, A1], [A0, A1], True),
+    ("iTP Local, some endpoints local", {"internalTrafficPolicy": "Local"}, [(A0, R, True), (A1, R, False)],
+     [], [A0], [A0], True),
+    ("Cluster, all endpoints terminating", {}, [(A0, T, True), (A1, T, False)], [A0, A1], [], [A0, A1], True),
+    ("iTP Local, eTP Cluster, some local", {**NODE_PORT, "internalTrafficPolicy": "Local"},
+     [(A0, R, True), (A1, R, False)], [A0, A1], [A0], [A0, A1], True),
+    ("iTP Cluster, eTP Local, some local", {**NODE_PORT, "externalTrafficPolicy": "Local"},
+     [(A0, R, True), (A1, R, False)], [A0, A1], [A0], [A0, A1], True),
+    ("iTP Local, eTP Local, some local", BOTH_LOCAL, [(A0, R, True), (A1, R, False)], [A0, A1], [A0], [A0, A1], True),
+    ("iTP Local, eTP Local, all remote", BOTH_LOCAL, [(A0, R, False), (A1, R, False)], [A0, A1], [], [A0, A1], True),
+    ("iTP Local, eTP Local, all remote and terminating", BOTH_LOCAL, [(A0, T, False), (A1, T, False)],
+     [A0, A1], [], [A0, A1], True),
+    ("iTP Cluster, eTP Local, with terminating endpoints", {**NODE_PORT, "externalTrafficPolicy": "Local"},
+     [(A0, R, False), (A2, T, True), (A3, T, False)], [A0], [A2], [A0, A2], True),
+    ("eTP ignored where not externally accessible", {"externalTrafficPolicy": "Local"},
+     [(A0, R, False), (A1, R, True)], [A0, A1], [], [A0, A1], True),
+    ("no cluster endpoints for an iTP Local internal-only service", {"internalTrafficPolicy": "Local"},
+     [(A0, R, False), (A1, R, True)], [], [A1], [A1], True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("name,spec,given,cluster_,local,reachable,any_", CATEGORIZE_CASES,
+                         ids=[c[0] for c in CATEGORIZE_CASES])  # fmt: skip
+def test_categorize_endpoints_as_kube_proxy(name, spec, given, cluster_, local, reachable, any_):
+    spec = dict(spec)
+    port = {"name": "", "port": 80, "protocol": "TCP", **spec.pop("port", {})}
+    svc = service_state({"metadata": {"namespace": "ns1", "name": "svc1"},
+                         "spec": {"clusterIP": "172.30.1.1", "ports": [port], **spec}})  # fmt: skip
+    state, _ = cluster()
+    endpoints = [Endpoint(address.split(":")[0], 80, "test-node" if here else "node-1", None, kind == T)
+                 for address, kind, here in given]  # fmt: skip
+    got = categorize_endpoints(state, svc, svc.ports[0], "test-node", endpoints)
+    assert ([e.address for e in got.cluster], [e.address for e in got.local], [e.address for e in got.reachable],
+            got.any) == (cluster_, local, reachable, any_)  # fmt: skip
