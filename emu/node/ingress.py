@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from emu.node.records import ClusterState, sha256
+from emu.node.services import usable_endpoints
 
 NAMESPACE = "ingress-nginx"
 NAME = "ingress-nginx-controller"
@@ -152,7 +153,8 @@ def backend(state: ClusterState, route: Route, endpoints: dict) -> Backend:
         return Backend(upstream, (), f"service {key} does not exist")
     for port in service.ports:
         if route.port in (port.port, port.name) and port.protocol == "TCP":
-            ready = tuple(e.address for e in endpoints.get(key, {}).get(port.name, []))
+            # (not a node's own terminating endpoints that only its Local traffic policy uses)
+            ready = tuple(e.address for e in usable_endpoints(endpoints.get(key, {}).get(port.name, [])))
             return Backend(upstream, ready, "" if ready else "no ready endpoint")
     return Backend(upstream, (), f"service {key} has no TCP port {route.port}")
 

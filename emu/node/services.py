@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from emu.node.records import ClusterState, PodState, ServicePortState, ServiceState, sha256
 
@@ -18,6 +19,9 @@ class Endpoint:
     port: int
     node: str | None  # None for an endpoint outside the pod network (kubernetes' API address)
     pod: str | None  # pod key
+    # Not ready but serving while it terminates (its EndpointSlice conditions): kube-proxy
+    # uses such an endpoint only where no ready one is (categorize_endpoints).
+    terminating: bool = False
 
     @property
     def address(self) -> str:
@@ -142,12 +146,13 @@ def load_balancer_owner(
 ) -> str:
     """The node that answers for a LoadBalancer address (MetalLB layer 2 style):
     a stable choice by hash among the nodes that may announce it; with Local
-    traffic policy only nodes with a ready endpoint may. Nodes the hub calls
+    traffic policy only nodes with a ready endpoint may (with none ready anywhere,
+    those with a serving terminating one: usable_endpoints). Nodes the hub calls
     NotReady (`lost`) may not, as MetalLB's speakers leave a failed node out,
     unless every node is."""
     candidates = [n.name for n in state.nodes if n.name not in lost] or [n.name for n in state.nodes]
     if service.external_traffic_policy == "Local":
-        local = {e.node for eps in endpoints.values() for e in eps if e.node}
+        local = {e.node for eps in endpoints.values() for e in usable_endpoints(eps) if e.node}
         candidates = [n for n in candidates if n in local] or candidates
     return min(candidates, key=lambda node: sha256(f"{node}/{service.key}".encode()).hexdigest())
 
@@ -187,7 +192,8 @@ def topology_endpoints(state: ClusterState, service: ServiceState, node: str, en
     filter picks them from the hints (pkg/proxy/topology.go): those hinted to this node
     when every endpoint has a node hint and one is this node's; else those hinted to its
     zone when every endpoint has a zone hint and one is this zone's; else all of them.
-    The node's own endpoints always stay, so its Local-policy endpoints are unchanged."""
+    Give it the ready endpoints: kube-proxy reads only theirs, and narrows only the
+    Cluster-policy endpoints this way (categorize_endpoints)."""
     if not endpoints or not (service.traffic_distribution or service.topology_mode):
         return endpoints
     hints = endpoint_hints(state, service, endpoints)
@@ -205,6 +211,98 @@ def topology_endpoints(state: ClusterState, service: ServiceState, node: str, en
     return endpoints
 
 
+def externally_accessible(service: ServiceState, port: ServicePortState) -> bool:
+    """kube-proxy's ExternallyAccessible for a service port: a node port, a LoadBalancer
+    address or an external IP."""
+    node_port = port.node_port and service.type in ("NodePort", "LoadBalancer")
+    return bool(node_port or service.load_balancer_vips or service.external_ips)
+
+
+def uses_cluster_endpoints(service: ServiceState, port: ServicePortState) -> bool:
+    """kube-proxy's UsesClusterEndpoints: internalTrafficPolicy Cluster, or any external
+    destination (externalTrafficPolicy Local still short-circuits pods' and the node's own
+    traffic to the cluster's endpoints)."""
+    return service.internal_traffic_policy != "Local" or externally_accessible(service, port)
+
+
+def uses_local_endpoints(service: ServiceState, port: ServicePortState) -> bool:
+    """kube-proxy's UsesLocalEndpoints: internalTrafficPolicy Local, or externalTrafficPolicy
+    Local (which counts on a NodePort or LoadBalancer service, or one with external IPs)
+    where the port has an external destination."""
+    external_local = service.external_traffic_policy == "Local" and (
+        service.type in ("NodePort", "LoadBalancer") or bool(service.external_ips))
+    return service.internal_traffic_policy == "Local" or (external_local and externally_accessible(service, port))
+
+
+class Categories(NamedTuple):
+    """A service port's endpoints as one node's proxier uses them (kube-proxy's CategorizeEndpoints)."""
+
+    cluster: list[Endpoint]  # for Cluster traffic policy, topology applied ([]: the port never uses it)
+    local: list[Endpoint]  # for Local traffic policy: this node's ([]: never used, or none here)
+    reachable: list[Endpoint]  # both together: every endpoint this node may send the port's traffic to
+    any: bool  # whether the port has a usable endpoint anywhere (reachable from here or not)
+
+
+NO_CATEGORIES = Categories([], [], [], False)
+
+
+def categorize_endpoints(
+    state: ClusterState, service: ServiceState, port: ServicePortState, node: str, endpoints: list[Endpoint]
+) -> Categories:
+    """The endpoints `node` uses for a service port, from those it was given (ready ones and
+    any serving while they terminate, ordered by address), as kube-proxy's CategorizeEndpoints
+    (pkg/proxy/topology.go) sorts them:
+    - cluster: the ready endpoints, narrowed by the topology hints (topology_endpoints; only
+      the ready endpoints' hints count); with no ready endpoint anywhere, every serving
+      terminating one, whatever the topology;
+    - local: this node's ready endpoints; with none ready here, this node's serving
+      terminating ones, even when another node has a ready one (the fallback is the node's
+      own, apart from the cluster's);
+    - reachable: the two together, in the order given;
+    - any: whether any endpoint is usable anywhere (a REJECT when not, a DROP for a Local
+      policy without local endpoints when so)."""
+    if not endpoints:
+        return NO_CATEGORIES
+    if (service.internal_traffic_policy != "Local" and service.external_traffic_policy != "Local"
+            and not (service.traffic_distribution or service.topology_mode)):  # fmt: skip
+        # (most services: the Cluster policy alone, no topology, every endpoint ready)
+        if not any(e.terminating for e in endpoints):
+            return Categories(endpoints, [], endpoints, True)
+    cluster: list[Endpoint] = []
+    local: list[Endpoint] = []
+    if uses_cluster_endpoints(service, port):
+        ready = [e for e in endpoints if not e.terminating]
+        if len(ready) == len(endpoints):
+            ready = endpoints
+        if ready and (service.traffic_distribution or service.topology_mode):
+            cluster = topology_endpoints(state, service, node, ready)
+        else:
+            cluster = ready or endpoints  # no ready one: all of them serve while they terminate
+    if uses_local_endpoints(service, port):
+        mine = [e for e in endpoints if e.node == node]
+        local = [e for e in mine if not e.terminating] or mine
+    if not local:
+        reachable = cluster
+    elif not cluster:
+        reachable = local
+    else:
+        chosen = {id(e) for e in cluster}
+        if all(id(e) in chosen for e in local):
+            reachable = cluster
+        else:
+            chosen.update(id(e) for e in local)
+            reachable = [e for e in endpoints if id(e) in chosen]
+    return Categories(cluster, local, reachable, True)
+
+
+def usable_endpoints(endpoints: list[Endpoint]) -> list[Endpoint]:
+    """A port's ready endpoints, or where none is ready those serving while they terminate:
+    what every node agrees a port's endpoints are (a node's list also holds its own
+    terminating ones where a Local traffic policy may use them)."""
+    ready = [e for e in endpoints if not e.terminating]
+    return ready or list(endpoints)
+
+
 def health_check_node_ports(state: ClusterState) -> dict[str, int]:
     """{service key: healthCheckNodePort} of every service that has one (kube-proxy's
     ServicePortMap.HealthCheckNodePorts)."""
@@ -216,10 +314,11 @@ def local_ready_endpoints(
 ) -> dict[str, int]:
     """{service key: its ready endpoints on `node`}, for the services with a health check
     node port, counted by IP as kube-proxy's EndpointsMap.LocalReadyEndpoints counts them
-    (a pod behind two of the service's ports is one endpoint)."""
+    (a pod behind two of the service's ports is one endpoint; one that terminates is not
+    counted, though it may still serve: the load balancer drains the node)."""
     counts = {}
     for key in health_check_node_ports(state):
-        ips = {e.ip for eps in endpoints.get(key, {}).values() for e in eps if e.node == node}
+        ips = {e.ip for eps in endpoints.get(key, {}).values() for e in eps if e.node == node and not e.terminating}
         if ips:
             counts[key] = len(ips)
     return counts

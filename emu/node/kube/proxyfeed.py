@@ -16,13 +16,15 @@ those inputs, made from API objects:
 - endpoints: {service key: {port name: [Endpoint]}} from the service's
   EndpointSlices (label kubernetes.io/service-name): each endpoint whose
   `conditions.ready` is not false, once per address and port across slices,
-  ordered by address, as emu.node.services.all_endpoints orders them. A
-  port with no ready endpoint falls back to those still serving while they
-  terminate (kube-proxy's ProxyTerminatingEndpoints, GA in 1.28: a service
-  whose pods are all shutting down keeps answering until they are gone).
-  kube-proxy makes that choice for the cluster's and for the node's own
-  endpoints apart; emu's proxiers take one list, so here it is made for the
-  service port as a whole.
+  ordered by address, as emu.node.services.all_endpoints orders them; and
+  those still serving while they terminate (Endpoint.terminating) that this
+  node may fall back to (kube-proxy's ProxyTerminatingEndpoints, GA in 1.28: a
+  service whose pods are all shutting down keeps answering until they are
+  gone): every one where a port has no ready endpoint, and this node's own
+  where the port has a Local traffic policy. The proxiers sort them as
+  kube-proxy's CategorizeEndpoints does, for the cluster's and for the node's
+  own endpoints apart (emu.node.services.categorize_endpoints); what all nodes
+  agree on (the LoadBalancer owner) takes emu.node.services.usable_endpoints.
 
 Changes are recorded as they come (the informers' handlers) and applied at
 the next snapshot, for the services they touch only: an EndpointSlice update
@@ -42,7 +44,7 @@ from collections.abc import Callable
 from emu.node.kube.client import Client, resource_path
 from emu.node.kube.informer import Informer, key_of
 from emu.node.records import ClusterState, NodeState, ServicePortState, ServiceState
-from emu.node.services import TOPOLOGY_MODE_ANNOTATION, Endpoint, _address_order
+from emu.node.services import TOPOLOGY_MODE_ANNOTATION, Endpoint, _address_order, uses_local_endpoints
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 CONTROL_PLANE_LABEL = "node-role.kubernetes.io/control-plane"
@@ -149,8 +151,8 @@ def slice_endpoints(obj: dict) -> list[tuple[str, str, Endpoint, bool]]:
         if not addresses:
             continue
         conditions = endpoint.get("conditions") or {}
-        ready = conditions.get("ready") is not False  # unset means ready
-        if not ready and conditions.get("serving") and conditions.get("terminating"):
+        ready = conditions.get("ready") is not False  # unset means ready (and unset serving, serving)
+        if not ready and conditions.get("serving") is not False and conditions.get("terminating"):
             ready = TERMINATING
         ref = endpoint.get("targetRef") or {}
         pod = f"{ref.get('namespace', '')}/{ref.get('name', '')}" if ref.get("kind") == "Pod" else None
@@ -159,7 +161,7 @@ def slice_endpoints(obj: dict) -> list[tuple[str, str, Endpoint, bool]]:
             if port.get("port") is None:
                 continue
             out.append((intern(port.get("name") or ""), intern(port.get("protocol") or "TCP"),
-                        Endpoint(addresses[0], int(port["port"]), node, pod), ready))  # fmt: skip
+                        Endpoint(addresses[0], int(port["port"]), node, pod, ready == TERMINATING), ready))  # fmt: skip
     return out
 
 
@@ -337,14 +339,16 @@ class ProxyFeed:
             self.endpoints = dict(self.endpoints)
             self.touched = touched
             for key in touched:
-                self.endpoints[key] = self._service_endpoints(self.services[key], self.slices.get(key, {}))
+                self.endpoints[key] = self._service_endpoints(self.services[key], self.slices.get(key, {}), self.node)
             self.dirty = set()
             return self.state, self.endpoints
 
     @staticmethod
-    def _service_endpoints(service: ServiceState, slices: dict[str, list]) -> dict[str, list[Endpoint]]:
-        """{port name: ready endpoints} of one service, from its slices (serving and
-        terminating ones for a port without a ready one)."""
+    def _service_endpoints(service: ServiceState, slices: dict[str, list], node: str) -> dict[str, list[Endpoint]]:
+        """{port name: the endpoints `node` may use} of one service, from its slices: the
+        ready ones; where none is ready, those serving while they terminate; and where the
+        port uses a Local traffic policy, this node's serving terminating ones too (kube-proxy
+        falls back to them when this node has no ready one, whatever other nodes have)."""
         by_port: dict[tuple[str, str], dict[str, Endpoint]] = {}
         fallback: dict[tuple[str, str], dict[str, Endpoint]] = {}
         for entries in slices.values():
@@ -355,7 +359,13 @@ class ProxyFeed:
                     fallback.setdefault((name, protocol), {}).setdefault(endpoint.address, endpoint)
         result = {}
         for port in service.ports:
-            found = by_port.get((port.name, port.protocol)) or fallback.get((port.name, port.protocol), {})
+            found = by_port.get((port.name, port.protocol))
+            terminating = fallback.get((port.name, port.protocol), {})
+            if not found:
+                found = terminating
+            elif terminating and uses_local_endpoints(service, port):
+                mine = {a: e for a, e in terminating.items() if e.node == node and a not in found}
+                found = {**found, **mine} if mine else found
             result[port.name] = sorted(found.values(), key=lambda e: _address_order(e.address))
         return result
 

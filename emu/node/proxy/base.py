@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from emu.errors import EmuError
 from emu.node.records import ClusterState, NodeState
-from emu.node.services import topology_endpoints
+from emu.node.services import categorize_endpoints
 
 Runner = Callable[..., subprocess.CompletedProcess]
 
@@ -53,11 +53,11 @@ def no_gc():
             gc.enable()
 
 
-def service_ports(state: ClusterState, endpoints: dict, node: str | None = None):
-    """(service, port, its ready endpoints, identity) for every proxied service
-    port in key order; identity holds everything a port's rules depend on but
-    the node, for the renderers' caches. With a `node`, a service with topology-aware
-    routing has the endpoints kube-proxy's topology filter leaves that node."""
+def service_ports(state: ClusterState, endpoints: dict, node: str):
+    """(service, port, its endpoints, identity) for every proxied service port in key
+    order; identity holds everything a port's rules depend on but the node, for the
+    renderers' caches. A renderer sorts a port's endpoints with categorize_endpoints
+    (below) when it renders the port, not for a port its cache holds."""
     services = state.services
     none: dict = {}
     for key in sorted(services):
@@ -68,14 +68,17 @@ def service_ports(state: ClusterState, endpoints: dict, node: str | None = None)
                   service.external_traffic_policy, service.internal_traffic_policy, tuple(service.external_ips),
                   tuple(service.load_balancer_source_ranges), service.health_check_node_port)  # fmt: skip
         by_port = endpoints.get(key, none)
-        topology = node is not None and (service.traffic_distribution or service.topology_mode)
+        topology = service.traffic_distribution or service.topology_mode
         for port in service.ports:
             port_endpoints = by_port.get(port.name, ())
+            # The endpoints themselves (frozen, hashable, their conditions with them), not a
+            # tuple made for each: 40,000 of those were 3 MB of an agent. With the node and the
+            # service they decide the categories, but for the topology filter, which the nodes'
+            # zones decide too: its choice is part of the identity.
+            chosen = None
             if topology:
-                port_endpoints = topology_endpoints(state, service, node, port_endpoints)
-            # The endpoints themselves (frozen, hashable), not a tuple made for each: 40,000
-            # of those were 3 MB of an agent.
-            identity = (common, port.name, port.port, port.protocol, port.node_port, tuple(port_endpoints))
+                chosen = tuple(categorize_endpoints(state, service, port, node, port_endpoints).cluster)
+            identity = (common, port.name, port.port, port.protocol, port.node_port, tuple(port_endpoints), chosen)
             yield service, port, port_endpoints, identity
 
 
@@ -138,8 +141,9 @@ class Proxier(ABC):
     @abstractmethod
     def render(self, state: ClusterState, node: str, endpoints: dict, cache: dict | None = None):
         """The node's whole ruleset for every proxied service (the mode's own
-        shape), from the ready endpoints per service key and port name. With a
-        `cache` the caller keeps between syncs, unchanged service ports are not
+        shape), from the ready endpoints per service key and port name (and those
+        serving while they terminate that the node may fall back to: Endpoint.terminating).
+        With a `cache` the caller keeps between syncs, unchanged service ports are not
         rendered again."""
 
     @abstractmethod

@@ -26,7 +26,7 @@ from emu.node.proxy.base import (
     service_ports,
 )
 from emu.node.records import ClusterState, NodeState, ServicePortState, ServiceState, sha256
-from emu.node.services import Endpoint, port_name
+from emu.node.services import Categories, Endpoint, categorize_endpoints, port_name
 
 # Above this many endpoints kube-proxy leaves comments off endpoint (KUBE-SEP)
 # rules, which makes large rulesets cheaper to restore; emu does the same.
@@ -170,7 +170,8 @@ def render(
     cache: dict | None = None,
 ) -> Ruleset:
     """The node's whole ruleset for every proxied service. `endpoints` holds the
-    ready endpoints per service key and port name (emu.node.services.service_endpoints).
+    ready endpoints per service key and port name (emu.node.services.service_endpoints),
+    with those serving while they terminate that this node may fall back to.
     `pod_subnet` overrides networking.clusterCIDR, the local-traffic detector ("": none).
 
     With a `cache` (a dict the caller keeps between syncs), service ports whose
@@ -194,7 +195,8 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
         recorded = cache.get(cache_key) if cache is not None else None
         if recorded is None:
             recorder = _Recorder()
-            _render_port(recorder, service, port, port_endpoints, node, pod_subnet, large, node_ip, masquerade_all)
+            categories = categorize_endpoints(state, service, port, node, port_endpoints)
+            _render_port(recorder, service, port, categories, pod_subnet, large, node_ip, masquerade_all)
             recorded = recorder.rules
         used[cache_key] = recorded
         for (table, chain), chain_rules in recorded.items():
@@ -248,8 +250,7 @@ def _render_port(
     rules: _Recorder,
     service: ServiceState,
     port: ServicePortState,
-    endpoints: list[Endpoint],
-    node: str,
+    categories: Categories,
     pod_subnet: str,
     large: bool = False,
     node_ip: str | None = None,
@@ -259,9 +260,12 @@ def _render_port(
     proto = port.protocol.lower()
     match = f"-m {proto} -p {proto}"
     svc, ext, svl = service_chain(name, proto), external_chain(name, proto), local_chain(name, proto)
-    local = [e for e in endpoints if e.node == node]
-    internal = local if service.internal_traffic_policy == "Local" else endpoints
-    external = local if service.external_traffic_policy == "Local" else endpoints
+    # kube-proxy's CategorizeEndpoints: the Cluster-policy endpoints (KUBE-SVC), the Local
+    # ones (KUBE-SVL), and whether the service has any anywhere (no: REJECT; yes but none
+    # for a Local policy here: DROP).
+    cluster, local, has_endpoints = categories.cluster, categories.local, categories.any
+    internal = local if service.internal_traffic_policy == "Local" else cluster
+    external = local if service.external_traffic_policy == "Local" else cluster
     internal_chain = svl if service.internal_traffic_policy == "Local" else svc
     lb_ips = service.load_balancer_vips
     # kube-proxy's ExternallyAccessible: a node port, a LoadBalancer address or an external IP.
@@ -272,7 +276,7 @@ def _render_port(
     if internal:
         rules.add("nat", "KUBE-SERVICES", f"{comment(name + ' cluster IP')} {match} {destination} -j {internal_chain}")
     else:
-        verdict, why = ("DROP", "has no local endpoints") if endpoints else ("REJECT", "has no endpoints")
+        verdict, why = ("DROP", "has no local endpoints") if has_endpoints else ("REJECT", "has no endpoints")
         rules.add("filter", "KUBE-SERVICES", f"{comment(f'{name} {why}')} {match} {destination} -j {verdict}")
 
     # External IPs, LoadBalancer IPs and the NodePort enter through KUBE-EXT whenever
@@ -282,19 +286,19 @@ def _render_port(
     # does not take, meets the DROP in KUBE-EXTERNAL-SERVICES. LoadBalancer IPs with
     # loadBalancerSourceRanges go through KUBE-FW first; what it does not pass on keeps
     # its LoadBalancer destination and meets the DROP in KUBE-PROXY-FIREWALL.
-    no_external, why_not = ("DROP", "has no local endpoints") if endpoints else ("REJECT", "has no endpoints")
-    firewalled = bool(endpoints and lb_ips and service.load_balancer_source_ranges)
+    no_external, why_not = ("DROP", "has no local endpoints") if has_endpoints else ("REJECT", "has no endpoints")
+    firewalled = bool(has_endpoints and lb_ips and service.load_balancer_source_ranges)
     fw = firewall_chain(name, proto)
     refused = f"{comment(f'{name} {why_not}')} {match}"
     for ip in service.external_ips:
         where = f"-d {ip}/32 --dport {port.port}"
-        if endpoints:
+        if has_endpoints:
             rules.add("nat", "KUBE-SERVICES", f"{comment(name + ' external IP')} {match} {where} -j {ext}")
         if not external:
             rules.add("filter", "KUBE-EXTERNAL-SERVICES", f"{refused} {where} -j {no_external}")
     for ip in lb_ips:
         where = f"-d {ip}/32 --dport {port.port}"
-        if endpoints:
+        if has_endpoints:
             target = fw if firewalled else ext
             rules.add("nat", "KUBE-SERVICES", f"{comment(name + ' loadbalancer IP')} {match} {where} -j {target}")
         if firewalled:
@@ -305,7 +309,7 @@ def _render_port(
             rules.add("filter", "KUBE-EXTERNAL-SERVICES", f"{refused} -d {ip}/32 --dport {port.port} -j {no_external}")
     if has_external and port.node_port:
         where = f"--dport {port.node_port}"
-        if endpoints:
+        if has_endpoints:
             rules.add("nat", "KUBE-NODEPORTS", f"{comment(name)} {match} {where} -j {ext}")
         if not external:
             local_only = f"{comment(f'{name} {why_not}')} -m addrtype --dst-type LOCAL {match}"
@@ -316,7 +320,7 @@ def _render_port(
         note, health_port = comment(f"{name} health check node port"), service.health_check_node_port
         rules.add("filter", "KUBE-NODEPORTS", f"{note} -m tcp -p tcp --dport {health_port} -j ACCEPT")
     if has_external:
-        if endpoints:
+        if has_endpoints:
             if service.external_traffic_policy == "Local":
                 if pod_subnet:  # the local-traffic detector (clusterCIDR)
                     pods = comment(f"pod traffic for {name} external destinations")
@@ -349,10 +353,10 @@ def _render_port(
             rules.add("nat", fw, f"{comment(name + ' loadbalancer IP')} -s {source} -j {ext}")
         rules.add("nat", fw, comment(f"other traffic to {name} will be dropped by KUBE-PROXY-FIREWALL"))
 
-    # KUBE-SVC balances over every endpoint; KUBE-SVL over this node's only. The
-    # chain cluster IP traffic takes masquerades what comes from outside the pod network.
-    needs_svc = endpoints and (service.internal_traffic_policy == "Cluster" or has_external)
-    needs_svl = local and (service.internal_traffic_policy == "Local" or service.external_traffic_policy == "Local")
+    # KUBE-SVC balances over the Cluster-policy endpoints; KUBE-SVL over this node's only
+    # (each empty where the service never uses that policy). The chain cluster IP traffic
+    # takes masquerades what comes from outside the pod network.
+    needs_svc, needs_svl = bool(cluster), bool(local)
     # masqueradeAll masquerades every cluster IP packet; else the detector, what comes from
     # outside clusterCIDR; with neither, none.
     if internal and (masquerade_all or pod_subnet):
@@ -363,10 +367,10 @@ def _render_port(
             f"{comment(name + ' cluster IP')} {match} {destination}{outside} -j KUBE-MARK-MASQ",
         )
     if needs_svc:
-        _balance(rules, svc, name, proto, endpoints, service.affinity_timeout)
+        _balance(rules, svc, name, proto, cluster, service.affinity_timeout)
     if needs_svl:
         _balance(rules, svl, name, proto, local, service.affinity_timeout)
-    for endpoint in endpoints if needs_svc else local if needs_svl else []:
+    for endpoint in categories.reachable:
         sep = endpoint_chain(name, proto, endpoint.address)
         note = "" if large else comment(name) + " "
         rules.add("nat", sep, f"{note}-s {endpoint.ip}/32 -j KUBE-MARK-MASQ")

@@ -37,6 +37,7 @@ from emu.node.proxy.base import (
     service_ports,
 )
 from emu.node.records import ClusterState, NodeState
+from emu.node.services import Categories, categorize_endpoints
 
 IP_VS_MARKERS = ("/proc/net/ip_vs", "/sys/module/ip_vs")
 DUMMY = "kube-ipvs0"
@@ -171,7 +172,8 @@ def render(state: ClusterState, node: str, endpoints: dict, cache: dict | None =
         key = (identity, node, node_ip, node_ips, scheduler)
         made = cache.get(key) if cache is not None else None
         if made is None:
-            made = _render_port(service, port, port_endpoints, node, node_ip, scheduler, node_ips)
+            categories = categorize_endpoints(state, service, port, node, port_endpoints)
+            made = _render_port(service, port, port_endpoints, categories, node, node_ip, scheduler, node_ips)
         used[key] = made
         port_servers, entries, port_addresses = made
         servers += port_servers
@@ -200,20 +202,22 @@ def ipvs_node_ips(state: ClusterState, node: str) -> list[str]:
     return [ip for ip in addresses if not ip.startswith("127.")]
 
 
-def _render_port(service, port, port_endpoints, node: str, node_ip: str | None, scheduler: str,
-                 node_ips: tuple[str, ...] = ()):  # fmt: skip
+def _render_port(service, port, port_endpoints, categories: Categories, node: str, node_ip: str | None,
+                 scheduler: str, node_ips: tuple[str, ...] = ()):  # fmt: skip
     """One service port's virtual servers, (set, member) pairs and service addresses."""
     proto = port.protocol.lower()
     servers: list[VirtualServer] = []
     entries: list[tuple[str, str]] = []
     addresses = [service.cluster_ip]
-    local = [e for e in port_endpoints if e.node == node]
-    for e in local:  # a pod reaching itself through its service is masqueraded
-        entries.append(("KUBE-LOOP-BACK", f"{e.ip},{proto}:{e.port},{e.ip}"))
-    # Real servers: every endpoint, or with a Local policy this node's (all of them when
-    # it has none, so that its pods still reach the service, as kube-proxy does).
-    every = [e.address for e in port_endpoints]
-    near = [e.address for e in local] or every
+    for e in port_endpoints:  # a pod reaching itself through its service is masqueraded
+        if e.node == node:  # (every endpoint here, serving or not, as kube-proxy's endpointsMap has them)
+            entries.append(("KUBE-LOOP-BACK", f"{e.ip},{proto}:{e.port},{e.ip}"))
+    # Real servers (kube-proxy's syncEndpoint): the Cluster-policy endpoints, or with a
+    # Local policy this node's; where it has none, the Cluster-policy ones (so that its
+    # pods still reach the service; none for an internalTrafficPolicy Local service that
+    # has no external destination, which never uses the Cluster policy).
+    every = [e.address for e in categories.cluster]
+    near = [e.address for e in categories.local] or every
 
     def serve(address: str, only_local: bool) -> None:
         servers.append(VirtualServer(proto, address, service.affinity_timeout, near if only_local else every, scheduler))

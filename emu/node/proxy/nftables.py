@@ -41,7 +41,7 @@ from emu.node.proxy.base import (
     service_ports,
 )
 from emu.node.records import ClusterState, NodeState, ServicePortState, ServiceState, sha256
-from emu.node.services import Endpoint, port_name
+from emu.node.services import Categories, Endpoint, categorize_endpoints, port_name
 
 TABLE = "ip kube-proxy"
 
@@ -203,7 +203,8 @@ def render(
     cache: dict | None = None,
 ) -> Ruleset:
     """The node's table for every proxied service. `endpoints` holds the ready
-    endpoints per service key and port name (emu.node.services.all_endpoints).
+    endpoints per service key and port name (emu.node.services.all_endpoints), with
+    those serving while they terminate that this node may fall back to.
 
     With a `cache` (a dict the caller keeps between syncs), service ports whose
     service and endpoints are unchanged are not rendered again."""
@@ -219,7 +220,8 @@ def render(
             cache_key = (identity, node, node_ip, pod_subnet, masquerade_all)
             rendered = cache.get(cache_key) if cache is not None else None
             if rendered is None:
-                rendered = render_port(service, port, port_endpoints, node, pod_subnet, node_ip, masquerade_all)
+                categories = categorize_endpoints(state, service, port, node, port_endpoints)
+                rendered = render_port(service, port, categories, pod_subnet, node_ip, masquerade_all)
             used[cache_key] = rendered
             ports.append(rendered)
         if cache is not None:
@@ -235,13 +237,13 @@ def _contains(cidr: str, ip: str) -> bool:
 def render_port(
     service: ServiceState,
     port: ServicePortState,
-    endpoints: list[Endpoint],
-    node: str,
+    categories: Categories,
     pod_subnet: str,
     node_ip: str | None = None,
     masquerade_all: bool = False,
 ) -> PortRules:
-    """One service port, as kube-proxy's syncProxyRules writes it."""
+    """One service port, as kube-proxy's syncProxyRules writes it, from its endpoints as
+    CategorizeEndpoints sorts them for this node (emu.node.services.categorize_endpoints)."""
     name = port_name(service, port)
     out = PortRules(name, service=service.key)
     proto = port.protocol.lower()
@@ -254,19 +256,15 @@ def render_port(
     lb_ips = service.load_balancer_vips
     external_ips = service.external_ips
     externally_accessible = bool(node_port or lb_ips or external_ips)
-    uses_cluster = not internal_local or externally_accessible
-    uses_local = internal_local or (externally_accessible and external_local)
-    local = [e for e in endpoints if e.node == node]
-    cluster_eps = endpoints if uses_cluster else []
-    local_eps = local if uses_local else []
-    reachable = endpoints if uses_cluster else local_eps  # cluster endpoints include the local ones
-    has_endpoints = bool(endpoints)
-    uses_cluster_chain = bool(cluster_eps) and uses_cluster
-    uses_local_chain = bool(local_eps) and uses_local
+    # (each list is empty where the port never uses its policy)
+    cluster_eps, local_eps, reachable = categories.cluster, categories.local, categories.reachable
+    has_endpoints = categories.any
+    uses_cluster_chain = bool(cluster_eps)
+    uses_local_chain = bool(local_eps)
     internal_chain = local_chain if internal_local else cluster_chain
-    has_internal = has_endpoints and not (internal_local and not local)
+    has_internal = has_endpoints and not (internal_local and not local_eps)
     external_policy_chain = local_chain if external_local else cluster_chain
-    has_external = has_endpoints and not (external_local and not local)
+    has_external = has_endpoints and not (external_local and not local_eps)
     uses_external_chain = has_endpoints and externally_accessible
     internal_verdict = external_verdict = "drop" if has_endpoints else "goto reject-chain"
 

@@ -316,3 +316,32 @@ def test_a_port_without_ready_endpoints_falls_back_to_serving_terminating_ones()
     assert addresses() == ["10.244.1.4:8080"]  # a ready one: the terminating ones are left alone
     feed.on_slice(slice_(gone, gone, {"ready": False, "serving": True, "terminating": False}))
     assert addresses() == []  # serving but not terminating is a pod not ready yet: never used
+
+
+def test_a_node_keeps_its_own_terminating_endpoints_for_a_local_traffic_policy():
+    """kube-proxy falls back to a node's own serving terminating endpoints for its Local
+    policy even where another node has a ready one: the feed keeps them, for a port with a
+    Local policy only (a Cluster policy never uses them while a ready one exists), and
+    where unset, serving counts as true (kube-proxy's reading of the conditions)."""
+    def service(**spec):
+        return {"metadata": {"namespace": "ns", "name": "s", "resourceVersion": "1"},
+                "spec": {"clusterIP": "10.96.0.9", "ports": [{"port": 80, "targetPort": 8080, "nodePort": 30080}],
+                         **spec}}  # fmt: skip
+
+    terminating = {"ready": False, "terminating": True}  # serving unset
+    endpoints = [({"ready": True}, "w2", "10.244.2.2"), (terminating, "w1", "10.244.1.2"),
+                 (terminating, "w2", "10.244.2.3")]  # fmt: skip
+    slice_ = {"metadata": {"namespace": "ns", "name": "s-1", "labels": {"kubernetes.io/service-name": "s"}},
+              "addressType": "IPv4", "ports": [{"port": 8080}],
+              "endpoints": [{"addresses": [ip], "conditions": c, "nodeName": node}
+                            for c, node, ip in endpoints]}  # fmt: skip
+    feed = ProxyFeed("w1", {})
+    feed.on_slice(slice_)
+    both = ["10.244.1.2:8080", "10.244.2.2:8080"]  # w2's ready one and w1's own terminating one
+    for spec, wanted in [({}, ["10.244.2.2:8080"]), ({"type": "NodePort", "externalTrafficPolicy": "Local"}, both),
+                         ({"internalTrafficPolicy": "Local"}, both),
+                         ({"externalIPs": ["192.0.2.9"], "externalTrafficPolicy": "Local"}, both)]:  # fmt: skip
+        feed.on_service(service(**spec))
+        got = feed.snapshot()[1]["ns/s"][""]
+        assert [e.address for e in got] == wanted, spec
+        assert [e.terminating for e in got] == [a != "10.244.2.2:8080" for a in wanted], spec
