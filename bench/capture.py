@@ -144,9 +144,9 @@ def loss(context: harness.Context) -> None:
         sent = iperf(cluster, web.ip, options.seconds, ["-u", "-l", "64", "-b", bandwidth])
         thread.join()
         packets = sent["end"]["sum"].get("packets", 0)
-        mode = "immediate (live, tests)" if immediate else "blocks (-w FILE)"
+        mode, used = ("immediate mode", "live, tests") if immediate else ("block mode", "-w FILE")
         context.report.compare(f"{mode}: written", made[0].written, packets, "packets",
-                               note=f"baseline: sent by iperf3 ({packets / options.seconds:,.0f}/s)")  # fmt: skip
+                               note=f"({used}) baseline: sent by iperf3 ({packets / options.seconds:,.0f}/s)")
         context.report.figure(f"{mode}: dropped by the kernel", made[0].streams[0].dropped(), "packets")
 
 
@@ -176,7 +176,7 @@ def first_packet(context: harness.Context) -> None:
         return elapsed
 
     (firsts,) = context.alternate(once)
-    context.report.figure("emu capture client -w -: first packet", firsts, "s",
+    context.report.figure("first packet on emu capture's stdout", firsts, "s",
                           note="from starting the process to the first packet on its stdout; "
                                "issue 25 asks for under 1 s")  # fmt: skip
 
