@@ -7,20 +7,21 @@ another checkout of emu (a git worktree of --baseline, by default the commit
 before the API server came into `emu up`); both are timed in fresh Python
 processes, rounds alternating, images built beforehand and not timed.
 
-usage: python bench/apiserver_up.py [--rounds N] [--baseline REV]
+usage: python bench/apiserver_up.py [--runs N] [--baseline REV] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
+import itertools
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+import harness
+from harness import ROOT
+
 BASELINE = "c43b121"  # the last commit whose emu up starts no API server
 ONE_UP = """
 import sys, time
@@ -48,33 +49,32 @@ def time_up(tree: Path, name: str) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--baseline", default=BASELINE, help="git revision of emu without the API server")
-    options = parser.parse_args()
+def run(context: harness.Context) -> None:
+    revision = context.options.baseline
     with tempfile.TemporaryDirectory(prefix="emu-bench-baseline-") as folder:
         baseline = Path(folder) / "emu"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(baseline), options.baseline],
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(baseline), revision],
                        check=True, timeout=120)  # fmt: skip
         try:
             # The KUBECONFIG emu up merges into: a throwaway one, not the user's.
             os.environ["KUBECONFIG"] = str(Path(folder) / "kubeconfig")
             time_up(ROOT, "bench-warm")  # builds the node image of this tree once (not timed)
             time_up(baseline, "bench-warm")
-            now, before = [], []
-            for round_ in range(options.rounds):
-                now.append(time_up(ROOT, f"bench-api-{round_}"))
-                before.append(time_up(baseline, f"bench-base-{round_}"))
+            ours, theirs = itertools.count(), itertools.count()
+            now, before = context.alternate(lambda: time_up(ROOT, f"bench-api-{next(ours)}"),
+                                            lambda: time_up(baseline, f"bench-base-{next(theirs)}"))  # fmt: skip
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(baseline)], timeout=120)
-    with_api, without = statistics.median(now), statistics.median(before)
-    print(f"{'default lab, emu up':<34}{'median':>9}{'min':>9}{'max':>9}")
-    print(f"{'  with the API server (this tree)':<34}{with_api:>8.2f}s{min(now):>8.2f}s{max(now):>8.2f}s")
-    print(f"{'  without (' + options.baseline + ')':<34}{without:>8.2f}s{min(before):>8.2f}s{max(before):>8.2f}s")
-    print(f"ratio {with_api / without:.2f}x (issue 21 asks for at most 1.2x)")
-    return 0
+    context.report.compare("default lab, emu up", now, before, "s",
+                           note=f"emu: with the API server (this tree); baseline: without ({revision}); "
+                                "issue 21 asks for at most 1.2x")  # fmt: skip
+
+
+def options(parser) -> None:
+    parser.add_argument("--baseline", default=BASELINE, help="git revision of emu without the API server")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main([harness.Scenario("up", "emu up of the default lab with its API server (this tree)",
+                                            "emu up of the same lab by an emu without one (--baseline)", run)],
+                          __doc__, runs=3, options=options))  # fmt: skip

@@ -34,46 +34,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import harness  # noqa: F401 - puts the repository root on sys.path
+import apilab
+import harness
+from harness import ROOT
 
 from dnslib import QTYPE, DNSRecord
 
 from emu.node.dns.kube import namespace_of, service_of, slice_of, snapshot
-from emu.node.kube.client import Client, resource_path
+from emu.node.kube.client import resource_path
 
-ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = {"zone": "cluster.local", "ttl": 5, "upstreams": [], "serviceSubnet": "10.96.0.0/16",
             "podSubnet": "10.244.0.0/16"}  # fmt: skip
-SERVER = """
-import sys
-sys.path.insert(0, {root!r})
-from emu.apiserver import resources
-from emu.apiserver.auth import Authenticator, server_ssl_context_from_directory
-from emu.apiserver.rbac import Authorizer
-from emu.apiserver.server import ApiServer
-from emu.apiserver.storage import Store
-store = Store({db!r})
-key = lambda plural: resources.lookup("rbac.authorization.k8s.io", "v1", plural).key
-server = ApiServer(store, authenticator=Authenticator.from_directory({pki!r}),
-                   authorizer=Authorizer(lambda plural, ns: store.list_objects(key(plural), ns or "")),
-                   ssl_context=server_ssl_context_from_directory({pki!r}), service_cidr="10.96.0.0/16",
-                   log=open("/dev/null", "w"))
-server.make_httpd(("127.0.0.1", {port}))
-print("serving", flush=True)
-server.serve(("127.0.0.1", {port}))
-"""
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            try:
-                udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
 
 
 def service(i: int, prefix: str = "svc") -> dict:
@@ -124,7 +95,7 @@ def wait_answer(port: int, name: str, timeout: float = 30.0) -> float:
 
 
 def dns_server(tmp: Path, name: str, args: list[str], env: dict) -> tuple[subprocess.Popen, int]:
-    port = free_port()
+    port = apilab.free_port()
     argv = [sys.executable, "-m", "emu.node.dns", *args, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
             "--health-port", "0", "--ready-port", "0", "--metrics-port", "0"]  # fmt: skip
     log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115 - the process's
@@ -133,38 +104,15 @@ def dns_server(tmp: Path, name: str, args: list[str], env: dict) -> tuple[subpro
 
 def run(context: harness.Context) -> None:
     from emu.apiserver.auth import issue_token
-    from emu.apiserver.rbac import bootstrap_objects
-    from emu.apiserver import resources
-    from emu.apiserver.storage import Store
-    from emu.control.pki import make_pki
 
     options, report = context.options, context.report
     tmp = Path(tempfile.mkdtemp(prefix="emubench-dns-api-"))
-    pki = tmp / "pki"
-    make_pki(["127.0.0.1"], "10.96.0.1", ["node"]).write(pki)
-    db = str(tmp / "state.db")
-    store = Store(db)
-    for obj in bootstrap_objects():
-        info = resources.by_kind(obj["apiVersion"], obj["kind"])
-        store.create(info.key, json.loads(json.dumps(obj)), info.field_values)
-    services = resources.lookup("", "v1", "services")
-    slices = resources.lookup("discovery.k8s.io", "v1", "endpointslices")
+    objects = []
     for i in range(options.services):  # (the server makes the namespaces every cluster has)
-        store.create(services.key, service(i), services.field_values)
-        store.create(slices.key, endpoint_slice(i, options.endpoints), slices.field_values)
-    store.close()
-    port = free_port()
-    api = subprocess.Popen([sys.executable, "-c", SERVER.format(root=str(ROOT), db=db, pki=str(pki), port=port)],
-                           stdout=subprocess.PIPE, stderr=open(tmp / "apiserver.log", "ab"))  # noqa: SIM115
-    context.stack.callback(api.kill)
-    assert api.stdout.readline().strip() == b"serving"
-    admin = Client(f"https://127.0.0.1:{port}", str(pki / "ca.crt"), str(pki / "admin.crt"), str(pki / "admin.key"))
-    for _ in range(200):
-        try:
-            admin.get("/version")
-            break
-        except OSError:
-            time.sleep(0.05)
+        objects += [service(i), endpoint_slice(i, options.endpoints)]
+    lab = apilab.start(tmp, objects, service_cidr="10.96.0.0/16")
+    context.stack.callback(lab.kill)
+    pki, port, admin = lab.pki, lab.port, lab.admin
     sa = tmp / "serviceaccount"
     sa.mkdir()
     (sa / "ca.crt").write_bytes((pki / "ca.crt").read_bytes())

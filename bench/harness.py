@@ -9,6 +9,11 @@ A bench script is a list of `Scenario`s and a call to `main(scenarios, ...)`:
 - `measure(fn, runs, warmup)` times a callable with time.perf_counter: warm-up
   calls first (not kept), then `runs` timed calls; a `Timing` holds the samples
   and gives median, min and max.
+- `rounds(emu, baseline, ..., runs=N, warmup=N)` calls callables in turn,
+  round after round (so the machine's load falls on each alike), and keeps
+  what each returns: a list each; `alternate(...)` the same for callables that
+  return one sample (a time they measured themselves, a throughput, a memory
+  size): a `Timing` each.
 - `Report.compare(figure, emu, baseline)` records one figure beside the
   baseline measured in the same run, with their ratio (emu median / baseline
   median); `Report.figure(...)` one without a baseline; `Report.note(...)` a line
@@ -86,6 +91,29 @@ def measure(fn: Callable[[], Any], runs: int, warmup: int = 0) -> Timing:
     for _ in range(warmup):
         fn()
     return Timing([timed(fn) for _ in range(runs)])
+
+
+def rounds(*sides: Callable[[], Any], runs: int, warmup: int = 0) -> tuple[list, ...]:
+    """`warmup` rounds, not kept, then `runs` rounds that call each side in turn
+    (emu, then its baseline or baselines): what each call returned, a list a side.
+
+    For sides that must interleave so that the machine's load falls on all alike,
+    and whose calls measure themselves (a time, a throughput, a memory size, or
+    a record of several figures)."""
+    for _ in range(warmup):
+        for side in sides:
+            side()
+    kept: list[list] = [[] for _ in sides]
+    for _ in range(runs):
+        for side, values in zip(sides, kept):
+            values.append(side())
+    return tuple(kept)
+
+
+def alternate(*sides: Callable[[], Any], runs: int, warmup: int = 0) -> tuple[Timing, ...]:
+    """`rounds` of sides that each return one sample (wrap a side in `timed` to time
+    it): a Timing a side."""
+    return tuple(Timing.of(values) for values in rounds(*sides, runs=runs, warmup=warmup))
 
 
 @dataclass
@@ -195,6 +223,12 @@ class Context:
 
     def measure(self, fn: Callable[[], Any], runs: int | None = None) -> Timing:
         return measure(fn, self.runs if runs is None else runs, self.warmup)
+
+    def rounds(self, *sides: Callable[[], Any], runs: int | None = None) -> tuple[list, ...]:
+        return rounds(*sides, runs=self.runs if runs is None else runs, warmup=self.warmup)
+
+    def alternate(self, *sides: Callable[[], Any], runs: int | None = None) -> tuple[Timing, ...]:
+        return alternate(*sides, runs=self.runs if runs is None else runs, warmup=self.warmup)
 
 
 @dataclass

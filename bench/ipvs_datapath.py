@@ -9,21 +9,18 @@ service on the way) and to the first service's cluster IP, alternating,
 --rounds times for --seconds each; the medians and their ratio are printed.
 Needs root, Docker (the node image, built) and User-mode Linux.
 
-usage: python bench/ipvs_datapath.py [--services 1000] [--rounds 3] [--seconds 5]
+usage: python bench/ipvs_datapath.py [--services 1000] [--runs 3] [--seconds 5] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
 
 from emu.node.plan import cni
 from emu.node.proxy import proxier
@@ -57,12 +54,8 @@ def iperf(guest: uml.Guest, target: str, port: int, seconds: int) -> float:
     return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--services", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=int, default=5)
-    options = parser.parse_args()
+def run(context: harness.Context) -> None:
+    options = context.options
     uml.require_uml()
     rootfs = uml.make_rootfs(node_image_tag())
     state = plan_cluster(load_text(topology(options.services)), "bench", "192.168.216.0/24")
@@ -97,22 +90,23 @@ def main() -> int:
             guest.sh(
                 f"for i in $(seq 50); do ip netns exec client nc -z {pods['server'].ip} 5201 && exit 0; sleep 0.2; done; exit 1"
             )
-            direct, service = [], []
-            for _ in range(options.rounds):
-                direct.append(iperf(guest, pods["server"].ip, 5201, options.seconds))
-                service.append(iperf(guest, cluster_ip, 80, options.seconds))
+            service, direct = context.alternate(lambda: iperf(guest, cluster_ip, 80, options.seconds),
+                                                lambda: iperf(guest, pods["server"].ip, 5201, options.seconds))
         finally:
             guest.shutdown()
             uml.delete_bridge(BRIDGE)
-    pod, svc = statistics.median(direct), statistics.median(service)
-    print(
-        f"ipvs in UML, {options.services} services ({servers} virtual servers), {options.rounds} rounds of {options.seconds} s"
-    )
-    print(f"pod -> pod        {pod:8.0f} Mbit/s  {', '.join(f'{x:.0f}' for x in direct)}")
-    print(f"pod -> ClusterIP  {svc:8.0f} Mbit/s  {', '.join(f'{x:.0f}' for x in service)}")
-    print(f"ratio             {svc / pod:8.2f}x")
-    return 0
+    context.report.note(f"ipvs in UML, {options.services} services ({servers} virtual servers), "
+                        f"{context.runs} rounds of {options.seconds} s, alternating")  # fmt: skip
+    context.report.compare("pod -> ClusterIP, iperf3", service, direct, "Mbit/s",
+                           note="baseline: pod -> the server's pod IP, no service on the way")
+
+
+def options(parser) -> None:
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--seconds", type=int, default=5)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main([harness.Scenario("ipvs_datapath", "iperf3 client pod -> the first service's ClusterIP "
+                                            "in a UML node, ipvs mode", "iperf3 to the server's pod IP", run)],
+                          __doc__, runs=3, options=options))  # fmt: skip

@@ -10,12 +10,11 @@ agent's modules in, and there, as the node's agent would (subprocess.run):
            difference (median of 10); "of which render"; "spawn": one `true` started, for scale
 Needs root, Docker (the node image, built) and User-mode Linux (scripts/ensure-uml.sh).
 
-usage: python bench/ipvs_sync.py [--counts 100,1000] [--rounds 3]
+usage: python bench/ipvs_sync.py [--counts 100,1000] [--runs 3] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import sys
@@ -23,8 +22,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
+from harness import ROOT
 
 from emu.node.plan import cni
 from emu.node.proxy import proxier
@@ -46,11 +45,8 @@ def tar_of(files: dict[str, str | bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--counts", default="100,1000")
-    parser.add_argument("--rounds", type=int, default=3)
-    options = parser.parse_args()
+def run(context: harness.Context) -> None:
+    options, report = context.options, context.report
     uml.require_uml()
     rootfs = uml.make_rootfs(node_image_tag())
     uml.ensure_bridge(BRIDGE, "192.168.215.1/24")
@@ -61,29 +57,36 @@ def main() -> int:
             node = NodeState("n0", "control-plane", {}, "10.244.0.0/24", "172.28.0.2", "bench")
             boot = proxier("ipvs").bootstrap(ClusterState("bench", "bench", "", {}, [node]), node, "/etc/emu/plan")
             files = {**cni.agent_files(), **boot.files}
-            for name in ("node_proxy_sync.py", "node_ipvs_sync.py"):
+            for name in ("node_proxy_sync.py", "node_ipvs_sync.py", "harness.py"):
                 files[f"/opt/emu/bench/{name}"] = (ROOT / "bench" / name).read_text()
             guest.run(["tar", "-x", "-C", "/"], input=tar_of(files), check=True)
             for step in boot.steps:
                 guest.sh(step)
-            print(f"{'services':>8} {'servers':>8} {'render s':>9} {'full s':>7} {'bare s':>7} {'emu/bare':>9} {'change s':>9} "
-                  f"{'of which render':>15} {'spawn s':>8}")  # fmt: skip
             for count in [int(c) for c in options.counts.split(",")]:
                 result = guest.run(
                     ["env", f"PYTHONPATH={cni.AGENT_LIB}:/opt/emu/bench", "python3", "/opt/emu/bench/node_ipvs_sync.py",
-                     str(count), str(options.rounds)], text=True, timeout=1800,
+                     str(count), str(context.runs)], text=True, timeout=1800,
                 )  # fmt: skip
                 if result.returncode != 0:
-                    print(result.stdout, result.stderr)
-                    return 1
+                    raise SystemExit(f"{result.stdout}\n{result.stderr}")
                 r = json.loads(result.stdout.strip().splitlines()[-1])
-                print(f"{r['services']:>8} {r['servers']:>8} {r['render']:>9.3f} {r['full']:>7.3f} {r['bare']:>7.3f} "
-                      f"{r['full'] / r['bare']:>8.2f}x {r['change']:>9.4f} {r['change_render']:>15.4f} {r['spawn']:>8.4f}")  # fmt: skip
+                label = f"{r['services']:,} services, {r['servers']:,} servers"
+                report.figure(f"{label}: render", r["render"])
+                report.compare(f"{label}: full sync", r["full"], r["bare"])
+                report.figure(f"{label}: one change", r["change"], note="median of 10 changes, render with the cache")
+                report.figure(f"{label}: of which render", r["change_render"])
+                report.figure(f"{label}: spawn one `true`", r["spawn"])
         finally:
             guest.shutdown()
             uml.delete_bridge(BRIDGE)
-    return 0
+
+
+def options(parser) -> None:
+    parser.add_argument("--counts", default="100,1000")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(harness.main([harness.Scenario("ipvs_sync", "IPVS mode's render + first sync in a UML node",
+                                            "the same tools' input run bare (ip -batch, ipset restore, "
+                                            "ipvsadm -R, iptables-restore)", run)],
+                          __doc__, runs=3, options=options))  # fmt: skip

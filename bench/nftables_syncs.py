@@ -11,17 +11,15 @@ root: `unshare -n python3 bench/nftables_syncs.py`; no Docker):
               change made and undone in turn)
   stale gone  (this tree only) the transaction that deletes the chains the changes
               left, a second later
-Each figure is one run (--runs for more; the median is printed) and the number of
-lines of each transaction beside it.
+Each figure is one run (--runs for more, the two proxiers' runs alternating; the
+median is printed) and the number of lines of each transaction in a note.
 usage: unshare -n python3 bench/nftables_syncs.py [--counts 1000,10000] [--runs 1] [--changes 7]
                                                   [--baseline main] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
-import json
 import statistics
 import subprocess
 import sys
@@ -29,14 +27,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import harness
+from harness import ROOT
+from node_proxy_sync import make
 
-from node_proxy_sync import make  # noqa: E402
-
-from emu.node.proxy import nftables  # noqa: E402
-from emu.node.services import Endpoint  # noqa: E402
+from emu.node.proxy import nftables
+from emu.node.services import Endpoint
 
 
 def baseline_module(revision: str):
@@ -53,9 +49,7 @@ def baseline_module(revision: str):
 
 
 def nft(text: str) -> float:
-    started = time.perf_counter()
-    subprocess.run(["nft", "-f", "-"], input=text, text=True, check=True)
-    return time.perf_counter() - started
+    return harness.timed(lambda: subprocess.run(["nft", "-f", "-"], input=text, text=True, check=True))
 
 
 def clean() -> None:
@@ -105,38 +99,32 @@ def one_run(module, state, endpoints, count: int, kube_proxys: bool, changes_cou
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--counts", default="1000,10000")
-    parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--changes", type=int, default=7, help="changes (one way, then back) after each full load")
-    parser.add_argument("--baseline", default="main", help="git revision of the proxier to compare with")
-    parser.add_argument("--json", action="store_true")
-    options = parser.parse_args()
+def run(context: harness.Context) -> None:
+    options, report = context.options, context.report
     old = baseline_module(options.baseline)
-    rows = []
     for count in [int(c) for c in options.counts.split(",") if c]:
         state, endpoints = make(count)
-        for name, module, kube_proxys in (("this tree", nftables, True), (options.baseline, old, False)):
-            runs = [one_run(module, state, endpoints, count, kube_proxys, options.changes) for _ in range(options.runs)]
-            row = {"services": count, "proxier": name}
-            for field in runs[0]:
-                row[field] = statistics.median(run[field] for run in runs)
-            rows.append(row)
-    if options.json:
-        print(json.dumps(rows))
-        return
-    print(f"{'services':>8}  {'proxier':<10} {'full s':>8} {'lines':>7}  {'change s':>8} {'lines':>5}  "
-          f"{'stale gone s':>12}")
-    for i in range(0, len(rows), 2):
-        new, base = rows[i], rows[i + 1]
-        for row in (new, base):
-            gone = f"{row['stale_gone']:>10.3f} ({row['stale_lines']})" if "stale_gone" in row else ""
-            print(f"{row['services']:>8,}  {row['proxier']:<10} {row['full']:>8.3f} {row['full_lines']:>7,}  "
-                  f"{row['change']:>8.3f} {row['change_lines']:>5}  {gone}")  # fmt: skip
-        print(f"{'':>8}  {'ratio':<10} {new['full'] / base['full']:>7.2f}x {'':>7}  "
-              f"{new['change'] / base['change']:>7.2f}x")
+        ours, theirs = context.rounds(lambda: one_run(nftables, state, endpoints, count, True, options.changes),
+                                      lambda: one_run(old, state, endpoints, count, False, options.changes))
+        figures = {field: harness.Timing([r[field] for r in ours]) for field in ("full", "change", "stale_gone")}
+        base = {field: harness.Timing([r[field] for r in theirs]) for field in ("full", "change")}
+        lines, old_lines = ours[0], theirs[0]  # the same in every run
+        report.compare(f"{count:,} services: full sync", figures["full"], base["full"],
+                       note=f"lines: {lines['full_lines']:,} (this tree), {old_lines['full_lines']:,} "
+                            f"({options.baseline})")  # fmt: skip
+        report.compare(f"{count:,} services: one change", figures["change"], base["change"],
+                       note=f"lines: {lines['change_lines']:,} (this tree), {old_lines['change_lines']:,} "
+                            f"({options.baseline}); each run's figure: the median of {options.changes} changes")
+        report.figure(f"{count:,} services: stale gone", figures["stale_gone"],
+                      note=f"lines: {lines['stale_lines']:,} (this tree only)")
+
+def options(parser) -> None:
+    parser.add_argument("--counts", default="1000,10000")
+    parser.add_argument("--changes", type=int, default=7, help="changes (one way, then back) after each full load")
+    parser.add_argument("--baseline", default="main", help="git revision of the proxier to compare with")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(harness.main([harness.Scenario("syncs", "nftables syncs kube-proxy's way (this tree): full, one change",
+                                            "the proxier at --baseline, same services, same kernel", run)],
+                          __doc__, runs=1, options=options))  # fmt: skip

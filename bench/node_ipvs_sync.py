@@ -1,19 +1,20 @@
 """Runs inside a User-mode Linux node (PYTHONPATH=/opt/emu/lib): times emu's IPVS
 sync the way the node's agent would run it (subprocess.run, no channel), against
-the same tools' input run bare. Driven by bench/ipvs_sync.py.
+the same tools' input run bare. Driven by bench/ipvs_sync.py, which copies this
+file, node_proxy_sync.py and harness.py into the node.
 
-usage: python3 node_ipvs_sync.py COUNT ROUNDS   (prints one JSON line)
+usage: python3 node_ipvs_sync.py COUNT ROUNDS   (prints one JSON line; each time is harness.Timing.as_dict())
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import statistics
 import subprocess
 import sys
 import time
 
+import harness
 from node_proxy_sync import make
 
 from emu.node.proxy import ipvs, proxier
@@ -29,13 +30,11 @@ def clean() -> None:
         subprocess.run(["ipset", "flush", name], check=True)
 
 
-def bare(texts: dict[str, str]) -> float:
+def bare(texts: dict[str, str]) -> None:
     """The tools alone, given the same input emu's apply gave them."""
-    started = time.perf_counter()
     for tool, text in texts.items():
         if text.strip():
             subprocess.run(ipvs.TOOLS[tool][0], input=text, text=True, check=True, capture_output=True)
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -55,7 +54,8 @@ def main() -> None:
         texts = ipvs.changes(rules, proxy.adopt(subprocess.run))
         assert not any(t.strip() for k, t in texts.items() if k != "iptables"), "the kernel lacks what was written"
         clean()
-        plain.append(bare(ipvs.changes(rules, dataclasses.replace(ipvs.empty(), iptables=rules.iptables))))
+        texts = ipvs.changes(rules, dataclasses.replace(ipvs.empty(), iptables=rules.iptables))
+        plain.append(harness.timed(lambda: bare(texts)))
     clean()
     proxy.apply(subprocess.run, rules, None)
     # One endpoint of one service moves, and back: what the agent's next sync does.
@@ -72,15 +72,12 @@ def main() -> None:
         change.append(time.perf_counter() - started)
         change_render.append(rendered - started)
         previous = now
-    started = time.perf_counter()
-    subprocess.run(["true"], check=True)
-    spawn = time.perf_counter() - started
+    spawn = harness.timed(lambda: subprocess.run(["true"], check=True))
     servers = subprocess.run(["ipvsadm", "-S", "-n"], check=True, capture_output=True, text=True).stdout.count("-A ")
-    print(json.dumps({
-        "services": count, "servers": servers, "render": statistics.median(render), "full": statistics.median(full),
-        "bare": statistics.median(plain), "change": statistics.median(change),
-        "change_render": statistics.median(change_render), "spawn": spawn,
-    }))  # fmt: skip
+    times = {"render": render, "full": full, "bare": plain, "change": change, "change_render": change_render,
+             "spawn": [spawn]}  # fmt: skip
+    print(json.dumps({"services": count, "servers": servers,
+                      **{name: harness.Timing(samples).as_dict() for name, samples in times.items()}}))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -75,10 +75,7 @@ def up(context: harness.Context) -> None:
         finally:
             cluster.down()
 
-    hub, api = [], []
-    for _ in range(context.runs):  # interleaved: the machine's load falls on both alike
-        hub.append(once(False))
-        api.append(once(True))
+    api, hub = context.alternate(lambda: once(True), lambda: once(False))  # the machine's load falls on both alike
     context.report.compare("emu up of the default lab", api, hub, "s",
                            note="emu: rules from the API (waits for them); baseline: state file and hub")
 

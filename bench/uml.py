@@ -10,13 +10,13 @@ For each round:
 and, with --rootfs, the one-off making of the root filesystem (export + mkfs).
 Needs root and Docker; the node image must be built (`emu images build`).
 
-usage: python bench/uml.py [--rounds N] [--rootfs]
+usage: python bench/uml.py [--runs N] [--rootfs] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
-import statistics
+import itertools
+import re
 import subprocess
 import sys
 import tempfile
@@ -24,8 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
 
 from emu.control.runtime import uml
 from emu.control.runtime.images import node_image_tag
@@ -50,6 +49,15 @@ def group_rss_mb(pgid: int) -> float:
         except (OSError, IndexError, ValueError):
             continue
     return total / 1e6
+
+
+def docker_mb(usage: str) -> float:
+    """docker stats' MemUsage ("12.5MiB / 23.4GiB") in MB; NaN when it gave none."""
+    match = re.match(r"([0-9.]+)\s*([KMG]i?B|B)", usage)
+    if not match:
+        return float("nan")
+    scale = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "KB": 1e3, "MB": 1e6, "GB": 1e9}[match.group(2)]
+    return float(match.group(1)) * scale / 1e6
 
 
 def time_uml(rootfs: Path, state: Path, index: int) -> dict:
@@ -83,40 +91,37 @@ def time_docker(image: str) -> dict:
         started = time.monotonic()
         subprocess.run(["docker", "rm", "-f", name], check=False, capture_output=True)
         down = time.monotonic() - started
-    return {"up": boot, "memory": usage, "down": down}
+    return {"up": boot, "memory_mb": docker_mb(usage), "down": down}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--rootfs", action="store_true", help="also time making the root filesystem (once)")
-    args = parser.parse_args()
+def run(context: harness.Context) -> None:
+    report = context.report
     uml.require_uml()
     image = node_image_tag()
-    if args.rootfs:
+    if context.options.rootfs:
         with tempfile.TemporaryDirectory() as cache:
-            started = time.monotonic()
-            uml.make_rootfs(image, cache_dir=Path(cache))
-            print(f"root filesystem from {image}: {time.monotonic() - started:.1f} s (export + modules + mkfs.ext4 -d)")
+            made = harness.timed(lambda: uml.make_rootfs(image, cache_dir=Path(cache)))
+        report.figure(f"root filesystem from {image}", made, note="export + modules + mkfs.ext4 -d, once")
     rootfs = uml.make_rootfs(image)
     uml.ensure_bridge(BRIDGE, f"{SUBNET_GATEWAY}/24")
-    rows = []
     try:
         with tempfile.TemporaryDirectory() as state:
-            for index in range(args.rounds):
-                rows.append((time_uml(rootfs, Path(state), index), time_docker(image)))
+            index = itertools.count()
+            umls, dockers = context.rounds(lambda: time_uml(rootfs, Path(state), next(index)),
+                                           lambda: time_docker(image))
     finally:
         uml.delete_bridge(BRIDGE)
-    print(f"{'round':>5}  {'uml up':>7}  {'docker up':>9}  {'uml idle RSS':>12}  {'docker mem':>10}  "
-          f"{'uml down':>8}  {'docker down':>11}")  # fmt: skip
-    for index, (u, d) in enumerate(rows, 1):
-        print(f"{index:>5}  {u['up']:>6.2f}s  {d['up']:>8.2f}s  {u['memory_mb']:>9.0f} MB  {d['memory']:>10}  "
-              f"{u['down']:>7.2f}s  {d['down']:>10.2f}s")  # fmt: skip
-    print(
-        f"median up: uml {statistics.median(u['up'] for u, _ in rows):.2f} s, "
-        f"docker {statistics.median(d['up'] for _, d in rows):.2f} s"
-    )
+    report.compare("up: command server answers (uml/docker)", [u["up"] for u in umls], [d["up"] for d in dockers])
+    report.compare("idle memory (uml/docker)", [u["memory_mb"] for u in umls], [d["memory_mb"] for d in dockers],
+                   "MB", note="uml: resident set of the guest's host processes; docker: docker stats' MemUsage")
+    report.compare("down (uml/docker)", [u["down"] for u in umls], [d["down"] for d in dockers])
+
+
+def options(parser) -> None:
+    parser.add_argument("--rootfs", action="store_true", help="also time making the root filesystem (once)")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(harness.main([harness.Scenario("uml", "a UML node booted from the node image's root filesystem",
+                                            "docker run of the same node image", run)],
+                          __doc__, runs=3, options=options))  # fmt: skip

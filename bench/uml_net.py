@@ -11,16 +11,16 @@ emu.control.runtime.uml.VECTOR_GRO) and once without it; for each:
                   other, each a small request and its answer (a request loop;
                   the median of 3 loops)
   ping            20 pings from one guest to the other, their average RTT
-A transfer that does not finish within TIMEOUT seconds is shown as "> TIMEOUT".
-Needs root and Docker (the root filesystem is made from the node image once).
+A transfer that does not finish within TIMEOUT seconds is shown as "-" (and noted).
+--runs N boots both pairs N times, alternating. Needs root and Docker (the root
+filesystem is made from the node image once).
 Run it alone: `flock /tmp/emutest-integration.lock python bench/uml_net.py`.
 
-usage: python bench/uml_net.py [--size MB] [--seconds S] [--requests N] [--timeout S]
+usage: python bench/uml_net.py [--size MB] [--seconds S] [--requests N] [--timeout S] [--runs N] [--json]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -30,11 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import harness
 
-from emu.control.runtime import uml  # noqa: E402 - after the path
-from emu.control.runtime.images import node_image_tag  # noqa: E402
+from emu.control.runtime import uml
+from emu.control.runtime.images import node_image_tag
 
 BRIDGE = "emubench-net"
 GATEWAY = "192.168.215.1"
@@ -100,47 +99,43 @@ def measure(rootfs: Path, state: Path, gro: bool, args) -> dict:
     return result
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=4, help="MB sent from the host to a guest (default 4)")
-    parser.add_argument("--seconds", type=int, default=5, help="iperf3's duration between the guests (default 5)")
-    parser.add_argument("--requests", type=int, default=200, help="connections in the request loop (default 200)")
-    parser.add_argument("--timeout", type=int, default=120, help="give up on a transfer after this (default 120 s)")
-    args = parser.parse_args()
+def run(context: harness.Context) -> None:
+    args, report = context.options, context.report
     uml.require_uml()
     rootfs = uml.make_rootfs(node_image_tag())
     uml.ensure_bridge(BRIDGE, f"{GATEWAY}/24")
     try:
         with tempfile.TemporaryDirectory() as state:
-            without = measure(rootfs, Path(state), False, args)
-            with_gro = measure(rootfs, Path(state), True, args)
+            with_gro, without = context.rounds(lambda: measure(rootfs, Path(state), True, args),
+                                               lambda: measure(rootfs, Path(state), False, args))  # fmt: skip
     finally:
         uml.delete_bridge(BRIDGE)
 
-    def seconds(value):
-        return f"> {args.timeout} s" if value is None else f"{value:.2f} s"
+    def samples(results: list[dict], field: str) -> list[float]:
+        return [float("nan") if r[field] is None else r[field] for r in results]
 
-    def ratio(slow, fast, higher_is_better=False):
-        if slow is None or fast is None:
-            return "-" if fast is None else f"> {args.timeout / fast:.0f}x"
-        return f"{(fast / slow) if higher_is_better else (slow / fast):.1f}x"
+    for field, figure, unit in (("host_to_guest", f"host -> guest, {args.size} MB (command server)", "s"),
+                                ("guest_to_guest", f"guest -> guest, iperf3 {args.seconds} s", "Mbit/s"),
+                                ("requests", f"guest -> guest, {args.requests} requests", "s"),
+                                ("ping_ms", "guest -> guest, ping RTT (average of 20)", "ms")):  # fmt: skip
+        timed_out = sum(r[field] is None for r in [*with_gro, *without])
+        values = [samples(with_gro, field), samples(without, field)]
+        if unit == "ms":  # the harness's times are seconds
+            values = [[v / 1000 for v in side] for side in values]
+        report.compare(figure, *values, unit,
+                       note=f"{timed_out} of them did not finish within {args.timeout} s" if timed_out else "")
+    report.note(f"'Incoming GSO frames' on a console: gro=1 {any(r['gso_logged'] for r in with_gro)}, "
+                f"without {any(r['gso_logged'] for r in without)}")
 
-    mbit = [("-" if r["guest_to_guest"] is None else f"{r['guest_to_guest']:.0f} Mbit/s") for r in (without, with_gro)]
-    rows = [
-        (f"host -> guest, {args.size} MB (command server)", seconds(without["host_to_guest"]),
-         seconds(with_gro["host_to_guest"]), ratio(without["host_to_guest"], with_gro["host_to_guest"])),
-        (f"guest -> guest, iperf3 {args.seconds} s", *mbit,
-         ratio(without["guest_to_guest"], with_gro["guest_to_guest"], higher_is_better=True)),
-        (f"guest -> guest, {args.requests} requests", seconds(without["requests"]), seconds(with_gro["requests"]),
-         ratio(without["requests"], with_gro["requests"])),
-        ("guest -> guest, ping RTT (average of 20)", f"{without['ping_ms']:.2f} ms", f"{with_gro['ping_ms']:.2f} ms",
-         ratio(without["ping_ms"], with_gro["ping_ms"])),
-        ("'Incoming GSO frames' on a console", str(without["gso_logged"]), str(with_gro["gso_logged"]), ""),
-    ]  # fmt: skip
-    print(f"{'':<44} {'without gro':>14} {'gro=1':>14} {'speed-up':>9}")
-    for name, a, b, r in rows:
-        print(f"{name:<44} {a:>14} {b:>14} {r:>9}")
+
+def options(parser) -> None:
+    parser.add_argument("--size", type=int, default=4, help="MB sent from the host to a guest (default 4)")
+    parser.add_argument("--seconds", type=int, default=5, help="iperf3's duration between the guests (default 5)")
+    parser.add_argument("--requests", type=int, default=200, help="connections in the request loop (default 200)")
+    parser.add_argument("--timeout", type=int, default=120, help="give up on a transfer after this (default 120 s)")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(harness.main([harness.Scenario("uml_net", "two UML guests booted with gro=1 on the vector transport "
+                                            "(what emu does)", "the same two guests without gro=1", run)],
+                          __doc__, runs=1, options=options))  # fmt: skip

@@ -16,6 +16,7 @@ usage: python bench/uml_up.py [--runs N] [--only ipvs,iptables] [--json]
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 
@@ -63,16 +64,12 @@ def scenario(uml_mode: str):
         docker.node_image(print)
         up_and_down(uml, "emubench-uml-warm", uml_mode)  # the page cache holds the root filesystem
         context.report.note(f"{context.runs} rounds, alternating docker and uml; uml in {uml_mode}, docker in iptables")
-        uml_up, uml_down, docker_up, docker_down = [], [], [], []
-        for round_number in range(context.runs):
-            up, down = up_and_down(docker, f"emubench-docker{round_number}", "iptables")
-            docker_up.append(up)
-            docker_down.append(down)
-            up, down = up_and_down(uml, f"emubench-uml{round_number}", uml_mode)
-            uml_up.append(up)
-            uml_down.append(down)
-        context.report.compare("up: 2 nodes, 3 pods answering (uml/docker)", uml_up, docker_up)
-        context.report.compare("down: nothing left (uml/docker)", uml_down, docker_down)
+        on_docker, on_uml = itertools.count(), itertools.count()
+        dockers, umls = context.rounds(lambda: up_and_down(docker, f"emubench-docker{next(on_docker)}", "iptables"),
+                                       lambda: up_and_down(uml, f"emubench-uml{next(on_uml)}", uml_mode))  # fmt: skip
+        context.report.compare("up: 2 nodes, 3 pods answering (uml/docker)", [u for u, _ in umls],
+                               [u for u, _ in dockers])  # fmt: skip
+        context.report.compare("down: nothing left (uml/docker)", [d for _, d in umls], [d for _, d in dockers])
 
     return run
 

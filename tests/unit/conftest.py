@@ -20,6 +20,17 @@ def golden():
 
 
 @pytest.fixture()
+def home(tmp_path, monkeypatch):
+    """emu's files (kubeconfig, the records of multi-host clusters) in the test's
+    directory, not the user's: KUBECONFIG and EMU_HOME set below tmp_path, which
+    is returned. A module whose every test makes a cluster uses it for all of them
+    with `pytestmark = pytest.mark.usefixtures("home")`."""
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
+    monkeypatch.setenv("EMU_HOME", str(tmp_path / "emu"))
+    return tmp_path
+
+
+@pytest.fixture()
 def seeded_runs():
     """seeded_runs(code) -> what `code` prints, run in one fresh Python per hash seed
     (PYTHONHASHSEED 0 to 7, at once): a set or hash order that leaks into the output

@@ -27,6 +27,18 @@ def test_measure_runs_the_warmup_untimed_then_the_runs():
     assert all(sample >= 0 for sample in timing.samples)
 
 
+def test_alternate_interleaves_the_two_sides_and_keeps_what_each_returns():
+    calls = []
+
+    def side(name, value):
+        return lambda: (calls.append(name), value)[1]
+
+    emu, baseline, other = harness.alternate(side("emu", 2.0), side("base", 1), side("other", 3), runs=2, warmup=1)
+    assert calls == ["emu", "base", "other"] * 3
+    assert emu.samples == [2.0, 2.0] and baseline.samples == [1.0, 1.0] and other.samples == [3.0, 3.0]
+    assert harness.rounds(side("emu", {"a": 1}), side("base", "b"), runs=1) == ([{"a": 1}], ["b"])
+
+
 def test_timing_gives_median_min_max_of_its_samples():
     timing = harness.Timing([0.3, 0.1, 0.2, 0.9])
     assert (timing.median, timing.min, timing.max) == (0.25, 0.1, 0.9)

@@ -46,6 +46,8 @@ EXTRA_POD = """\
 PLAN = ["sh", f"{cni.PLAN_DIR}/run.sh"]
 SAFETY = 30  # s: how long a test waits for a thread it let go before it calls the run broken (never a pass condition)
 
+pytestmark = pytest.mark.usefixtures("home")  # (conftest.py): emu's files in the test's directory
+
 
 _PKIS: dict = {}
 
@@ -65,14 +67,6 @@ def one_pki_per_shape(monkeypatch):
         return _PKIS[key]
 
     monkeypatch.setattr(apiserver, "make_pki", make_pki)
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    """emu's files (kubeconfig, the records of multi-host clusters) in the test's directory."""
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
-    monkeypatch.setenv("EMU_HOME", str(tmp_path / "emu"))
-    return tmp_path
 
 
 def lab(text: str = LAB):

@@ -39,12 +39,7 @@ services:
 """
 HOSTS = [Host(name=f"h{i}", address=f"10.0.0.{i}") for i in (1, 2, 3)]
 
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
-    monkeypatch.setenv("EMU_HOME", str(tmp_path / "emu"))
-    return tmp_path
+pytestmark = pytest.mark.usefixtures("home")  # (conftest.py): emu's files in the test's directory
 
 
 @pytest.fixture

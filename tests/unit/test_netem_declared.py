@@ -21,10 +21,7 @@ nodes:
 """
 
 
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "kubeconfig"))
-    monkeypatch.setenv("EMU_HOME", str(tmp_path / "emu"))
+pytestmark = pytest.mark.usefixtures("home")  # (conftest.py): emu's files in the test's directory
 
 
 class UmlLike(FakeProvider):

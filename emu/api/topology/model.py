@@ -193,6 +193,14 @@ class EngineTLS(Model):
     key: str = Field(description="Path of the client certificate's key.")
 
 
+def _jump_host(value: str) -> str:
+    parse_jump(value, "root")
+    return value
+
+
+JumpHost = Annotated[str, AfterValidator(_jump_host)]  # user@host[:port], as ssh -J takes it
+
+
 class Host(Model):
     """One machine with a Docker engine, for a cluster spread over several (Docker Swarm)."""
 
@@ -216,17 +224,10 @@ class Host(Model):
     advertise_address: str | None = Field(
         None, description="Address the host advertises to the swarm; default: address."
     )
-    jump: str | None = Field(
+    jump: JumpHost | None = Field(
         None, description="A jump host (bastion) SSH goes through, as ssh -J: user@host[:port] (user: this host's "
         "user when left out); its key and known_hosts are this host's sshKey and knownHosts.",
     )
-
-    @field_validator("jump")
-    @classmethod
-    def _jump(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_jump(value, "root")
-        return value
 
     @property
     def jump_target(self) -> tuple[str, str, int] | None:
@@ -261,14 +262,7 @@ class Inventory(Model):
     """A file naming the hosts of a lab (emu up --hosts FILE): the topology's hosts: on its own."""
 
     hosts: Annotated[list[Host], Field(min_length=1)]
-    jump: str | None = Field(None, description="The jump host of every host that names none (see hosts[].jump).")
-
-    @field_validator("jump")
-    @classmethod
-    def _jump(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_jump(value, "root")
-        return value
+    jump: JumpHost | None = Field(None, description="The jump host of every host that names none (see hosts[].jump).")
 
 
 class ContainerPort(Model):
