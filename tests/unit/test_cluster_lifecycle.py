@@ -15,8 +15,6 @@ from emu.node.agent import AGENT_URL, HOLD_FILE, LOCK_DIR, STATE_FILE
 from emu.node.plan import cni
 from emu.testing.fakeprovider import NODE_HANDLERS, EngineError, FakeEngine, FakeProvider, Handler
 
-pytestmark = pytest.mark.usefixtures("state_file_agents")  # (the fake engine's agents: conftest.py)
-
 LAB = """\
 name: lab
 nodes:
@@ -46,7 +44,8 @@ EXTRA_POD = """\
 PLAN = ["sh", f"{cni.PLAN_DIR}/run.sh"]
 SAFETY = 30  # s: how long a test waits for a thread it let go before it calls the run broken (never a pass condition)
 
-pytestmark = pytest.mark.usefixtures("home")  # (conftest.py): emu's files in the test's directory
+# (conftest.py): emu's files in the test's directory; the fake engine's nodes answer as state-file agents
+pytestmark = pytest.mark.usefixtures("home", "state_file_agents")
 
 
 _PKIS: dict = {}

@@ -13,8 +13,6 @@ from emu.control.cluster import Cluster
 from emu.errors import EmuError
 from emu.testing.fakeprovider import FakeEngine, FakeProvider
 
-pytestmark = pytest.mark.usefixtures("state_file_agents")  # (the fake engine's agents: conftest.py)
-
 LAB = """\
 name: lab
 nodes:
@@ -39,7 +37,8 @@ services:
 """
 HOSTS = [Host(name=f"h{i}", address=f"10.0.0.{i}") for i in (1, 2, 3)]
 
-pytestmark = pytest.mark.usefixtures("home")  # (conftest.py): emu's files in the test's directory
+# (conftest.py): emu's files in the test's directory; the fake engine's nodes answer as state-file agents
+pytestmark = pytest.mark.usefixtures("home", "state_file_agents")
 
 
 @pytest.fixture

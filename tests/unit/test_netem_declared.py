@@ -10,8 +10,6 @@ from emu.control.cluster import Cluster
 from emu.errors import EmuError
 from emu.testing.fakeprovider import ExecResult, FakeEngine, FakeProvider, Handler
 
-pytestmark = pytest.mark.usefixtures("state_file_agents")  # (the fake engine's agents: conftest.py)
-
 LAB = """\
 name: lab
 nodes:
@@ -21,7 +19,8 @@ nodes:
 """
 
 
-pytestmark = pytest.mark.usefixtures("home")  # (conftest.py): emu's files in the test's directory
+# (conftest.py): emu's files in the test's directory; the fake engine's nodes answer as state-file agents
+pytestmark = pytest.mark.usefixtures("home", "state_file_agents")
 
 
 class UmlLike(FakeProvider):
