@@ -26,7 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from emu.apiserver import discovery, errors, gojson, impersonation, mirror, protobuf, resources, storage, streaming
+from emu.apiserver import (crd, discovery, errors, gojson, impersonation, mirror, protobuf, resources, storage,
+                           streaming)
 from emu.apiserver.errors import ApiError
 from emu.apiserver.resources import ResourceInfo
 from emu.apiserver.selectors import FieldSelector, LabelSelector, SelectorError
@@ -434,6 +435,12 @@ class ApiServer:
         self.tables = _optional("tables")
         self.openapi = _optional("openapi")
         self._bootstrap(bootstrap_objects or [])
+        # the custom resources of the stored CRDs (crd.py); names accepted and deletions resumed as after a restart
+        self.crds = crd.Registry(store)
+        crd.accept_all(store)
+        for c in store.list_objects(crd.CRD_KEY):
+            if c["metadata"].get("deletionTimestamp"):
+                self._finalize_crd_later(c["metadata"]["name"])
 
     # ------------------------------------------------------------ lifecycle
 
@@ -651,26 +658,27 @@ class ApiServer:
             return self._send(req, 200, b"ok", "text/plain; charset=utf-8")
         if path == "/version":
             return self._send_json(req, 200, discovery.version())
+        custom = self.crds.resources()
         if path in ("/api", "/apis"):
             v = discovery.negotiate_aggregated(req.headers.get("Accept", ""))
             if v:
-                body = discovery.aggregated(path == "/api", v)
+                body = discovery.aggregated(path == "/api", v, custom)
                 return self._send_json(req, 200, body, discovery.AGGREGATED[v])
             if path == "/api":
                 host = req.headers.get("Host", "")
                 return self._send_json(req, 200, discovery.api_versions(host))
-            return self._send_json(req, 200, discovery.api_group_list())
+            return self._send_json(req, 200, discovery.api_group_list(custom))
         parts = path.strip("/").split("/")
         if parts[0] == "api" and len(parts) == 2:
             doc = discovery.resource_list("", parts[1])
             if doc:
                 return self._send_json(req, 200, doc)
         if parts[0] == "apis" and len(parts) == 2:
-            doc = discovery.api_group(parts[1])
+            doc = discovery.api_group(parts[1], custom)
             if doc:
                 return self._send_json(req, 200, doc)
         if parts[0] == "apis" and len(parts) == 3:
-            doc = discovery.resource_list(parts[1], parts[2])
+            doc = discovery.resource_list(parts[1], parts[2], custom)
             if doc:
                 return self._send_json(req, 200, doc)
         if parts[0] == "openapi":
@@ -698,9 +706,11 @@ class ApiServer:
     # ------------------------------------------------------------ resource requests
 
     def _resource(self, req: Request, info: RequestInfo, attrs: Attributes) -> None:
-        if not any(g == info.group and v == info.version for g, v in resources.group_versions()):
+        custom = self.crds.resources()
+        if not any(g == info.group and v == info.version for g, v in discovery.group_versions(custom)):
             return self._send(req, 404, b"404 page not found\n", "text/plain; charset=utf-8")
-        r = resources.lookup(info.group, info.version, info.resource)
+        r = resources.lookup(info.group, info.version, info.resource) or self.crds.lookup(
+            info.group, info.version, info.resource)
         if r is None:
             raise errors.resource_not_found()
         if len(info.parts) > 3:
@@ -761,7 +771,7 @@ class ApiServer:
             raise errors.not_found(r.plural, info.name, r.group)
         if info.subresource == "scale":
             return self._send_json(req, 200, self._scale_of(json.loads(text)))
-        if form == "json" and r.storage_plural == "":
+        if form == "json" and not r.converts:
             return self._send_json(req, 200, text)
         obj = resources.from_storage(r, json.loads(text))
         if form == "table":
@@ -790,7 +800,9 @@ class ApiServer:
         if include not in ("None", "Metadata", "Object"):
             raise errors.bad_request(f'includeObject: Unsupported value: "{include}"')
         table = None
-        if self.tables is not None:
+        if r.custom is not None:
+            table = r.custom.table(objects, include, resource_version=rv, continue_token=token)
+        elif self.tables is not None:
             table = self.tables.table(r, objects, include, resource_version=rv, continue_token=token)
         if table is None:
             table = fallback_table(r, objects, include)
@@ -820,7 +832,7 @@ class ApiServer:
         if form == "table":
             return self._list_table(req, r, ns, labels, fields, max(limit, 0), mv)
         texts, rv, token = self.store.list(r.key, ns, labels, fields, max(limit, 0), req.q("continue"))
-        if form == "json" and not r.storage_plural:
+        if form == "json" and not r.converts:
             meta = {"resourceVersion": str(rv)}
             if token:
                 meta["continue"] = token
@@ -898,7 +910,7 @@ class ApiServer:
             h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
         def event(etype: str, obj_text: str) -> bytes:
-            if form == "json" and not r.storage_plural:
+            if form == "json" and not r.converts:
                 return b'{"type":"%s","object":%s}\n' % (etype.encode(), obj_text.encode())
             obj = resources.from_storage(r, json.loads(obj_text))
             if form == "table":
@@ -1021,9 +1033,14 @@ class ApiServer:
         if mode not in ("Strict", "Warn", "Ignore"):
             raise errors.bad_request(f'fieldValidation: Unsupported value: "{mode}": supported values: '
                                      '"Ignore", "Strict", "Warn"')
-        if mode == "Ignore" or self.openapi is None or not hasattr(self.openapi, "unknown_fields"):
+        if r.custom is not None:
+            unknown = r.custom.unknown_fields(obj)  # pruned, as structural schemas prune
+            if mode == "Ignore":
+                return
+        elif mode == "Ignore" or self.openapi is None or not hasattr(self.openapi, "unknown_fields"):
             return
-        unknown = self.openapi.unknown_fields(r.api_version, r.kind, obj) or []
+        else:
+            unknown = self.openapi.unknown_fields(r.api_version, r.kind, obj) or []
         if not unknown:
             return
         if mode == "Strict":
@@ -1113,7 +1130,7 @@ class ApiServer:
         self._check_fields(req, r, obj)
         self._set_namespace(r, obj, ns)
         meta = obj["metadata"]
-        if self.emu_driven and r.kind == "Pod" and req.user.name != mirror.CONTROLLER_USER:
+        if self.emu_driven and r.key == "pods" and req.user.name != mirror.CONTROLLER_USER:
             refused = mirror.refuse(req.user.name, "create", "", "pods", ns, body=lambda: obj)
             if refused is not None:
                 raise refused
@@ -1125,6 +1142,9 @@ class ApiServer:
             meta.pop("managedFields", None)
         name = meta.get("name") or ""
         generate = "" if name else (meta.get("generateName") or "")
+        if r.custom is not None and r.custom.terminating:  # apiextensions' forbidCreateAdmission
+            raise errors.forbidden(r.plural, name, "create not allowed while custom resource definition is "
+                                                   "terminating", r.group)
         self._namespace_lifecycle(r, ns, name)
         stored = resources.to_storage(r, obj)
         resources.prepare_create(r, stored)
@@ -1145,7 +1165,7 @@ class ApiServer:
             if not applied:
                 stored = self._managed(req, stored, None, r)
             try:
-                if r.kind == "Service":
+                if r.key == "services":
                     with self._alloc_lock:
                         self._allocate_service(r, stored, None)
                         out = self.store.create(r.key, stored, fields_of, dry)
@@ -1155,6 +1175,8 @@ class ApiServer:
             except ApiError as e:
                 if not generate or e.reason != "AlreadyExists" or attempt == 7:
                     raise
+        if r.key == crd.CRD_KEY and not dry:
+            crd.accept_names(self.store, out["metadata"]["name"])
         self._send_json(req, code, resources.from_storage(r, out))
 
     @staticmethod
@@ -1356,9 +1378,9 @@ class ApiServer:
                 causes = resources.validate(r, new, current)
                 if causes:
                     raise self._invalid(r, new, causes)
-                if r.kind == "Service":
+                if r.key == "services":
                     self._allocate_service(r, new, current)
-            if r.kind == "Namespace":
+            if r.key == "namespaces":
                 labels = new["metadata"].setdefault("labels", {})
                 labels["kubernetes.io/metadata.name"] = info.name
             self._admit(attrs, current, new)
@@ -1369,13 +1391,15 @@ class ApiServer:
                 return None
             return new
 
-        if r.kind == "Service":
+        if r.key == "services":
             self._alloc_lock.acquire()
         try:
             etype, out = self.store.write(r.key, ns, info.name, fn, self._fields_of(r), dry)
         finally:
-            if r.kind == "Service":
+            if r.key == "services":
                 self._alloc_lock.release()
+        if r.key == crd.CRD_KEY and not dry and etype:
+            crd.accept_names(self.store, info.name)
         if state.get("created"):
             obj = make(None)
             obj["metadata"].pop("resourceVersion", None)
@@ -1573,7 +1597,9 @@ class ApiServer:
                                                                f"{pre['resourceVersion']}, ResourceVersion in object "
                                                                f"meta: {meta.get('resourceVersion')}")
             self._admit(attrs, current, None)
-            if r.kind == "Namespace":
+            if r.key == crd.CRD_KEY:
+                return crd.mark_deleted(current)
+            if r.key == "namespaces":
                 if name in IMMORTAL_NAMESPACES:
                     raise errors.forbidden("namespaces", name, "this namespace may not be deleted")
                 if meta.get("deletionTimestamp"):
@@ -1582,16 +1608,19 @@ class ApiServer:
                 meta["deletionGracePeriodSeconds"] = 0
                 current.setdefault("status", {})["phase"] = "Terminating"
                 return current
-            if r.kind == "Pod" and (current.get("spec") or {}).get("nodeName") and not mirror.emu_pod(current):
+            if r.key == "pods" and (current.get("spec") or {}).get("nodeName") and not mirror.emu_pod(current):
                 return _graceful_pod_delete(current, grace)
             return storage.mark_deleted(current, grace if isinstance(grace, int) else 0)
 
         etype, obj = self.store.write(r.key, ns, name, fn, self._fields_of(r), dry)
         if obj is None:
             raise errors.not_found(r.plural, name, r.group)
-        if r.kind == "Namespace" and not dry:
+        if r.key == "namespaces" and not dry:
             self._finalize_namespace_later(name)
-        removed = etype == "DELETED" or (dry and not obj["metadata"].get("finalizers") and r.kind != "Namespace")
+        if r.key == crd.CRD_KEY and not dry and etype != "DELETED":
+            self._finalize_crd_later(name)
+        removed = etype == "DELETED" or (dry and not obj["metadata"].get("finalizers") and r.key not in (
+            "namespaces", crd.CRD_KEY))
         return removed, obj
 
     def _delete_collection(self, req: Request, r: ResourceInfo, ns: str, info: RequestInfo, attrs: Attributes) -> None:
@@ -1623,7 +1652,8 @@ class ApiServer:
                          daemon=True).start()
 
     def _finalize_namespace(self, name: str) -> None:
-        by_key = {r.key: r for r in resources.RESOURCES if r.stored and not r.storage_plural}
+        by_key = {r.key: r for r in [*resources.RESOURCES, *self.crds.resources()]
+                  if r.stored and not r.storage_plural and r.namespaced}
         try:
             while not self._stopping.is_set():
                 left = [(k, n) for k, n in self.store.namespaces_in_use(name) if k in by_key]
@@ -1652,6 +1682,26 @@ class ApiServer:
             traceback.print_exc(file=self.log)
         finally:
             self._finalizing.discard(name)
+
+    # ------------------------------------------------------------ CRD finalization
+
+    def _finalize_crd_later(self, name: str) -> None:
+        """Delete a terminating CRD's custom resources, then the CRD (the CRDFinalizer's job)."""
+        key = f"crd/{name}"
+        if key in self._finalizing:
+            return
+        self._finalizing.add(key)
+
+        def run() -> None:
+            try:
+                crd.finalize(self.store, name, self._stopping)
+                crd.accept_all(self.store)  # names the CRD held are free for the others of its group
+            except Exception:
+                traceback.print_exc(file=self.log)
+            finally:
+                self._finalizing.discard(key)
+
+        threading.Thread(target=run, name=f"crd-finalize-{name}", daemon=True).start()
 
     # ------------------------------------------------------------ reviews
 
