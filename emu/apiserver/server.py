@@ -1570,8 +1570,12 @@ class ApiServer:
         opts = self._delete_options(req)
         dry = req.q("dryRun") == "All" or opts.get("dryRun") == ["All"]
         removed, obj = self._delete_one(r, ns, info.name, attrs, opts, dry)
+        # kube-apiserver's delete handler: 200, also for an object that stays (a graceful pod, finalizers),
+        # but 202 when it stays and orphanDependents=false was asked (kept for old clients)
+        orphan = opts.get("orphanDependents")
+        code = 202 if not removed and (orphan is False or str(orphan).lower() == "false") else 200
         if r.returns_deleted or not removed:
-            return self._send_json(req, 200 if removed else 202, resources.from_storage(r, obj))
+            return self._send_json(req, code, resources.from_storage(r, obj))
         details = {"name": info.name}
         if r.group:
             details["group"] = r.group
