@@ -409,3 +409,20 @@ def test_rbac_applies_to_custom_resources(secured):
     p = secured("alice", "get", "crds")
     assert "cannot list resource \"customresourcedefinitions\" in API group \"apiextensions.k8s.io\" at the " \
            "cluster scope" in p.stderr
+
+
+def test_a_deleted_namespace_takes_its_custom_resources(widgets, tmp_path, apiserver):
+    kubectl = widgets
+    kubectl("create", "namespace", "shop")
+    apply(kubectl, tmp_path, WIDGET.replace("name: w1", "name: w1\n  namespace: shop"))
+    assert kubectl("delete", "namespace", "shop", "--timeout=20s") == 'namespace "shop" deleted\n'
+    assert apiserver.store.list_objects("widgets.example.com") == []
+
+
+def test_custom_resources_are_served_after_a_restart(kubectl_default, tmp_path, apiserver):
+    kubectl = kubectl_default
+    apply(kubectl, tmp_path, WIDGETS, name="crd.yaml")
+    apply(kubectl, tmp_path, WIDGET)
+    apiserver.restart()
+    assert kubectl("get", "widgets", "-o", "name") == "widget.example.com/w1\n"
+    assert json.loads(kubectl("get", "--raw", "/apis/example.com/v1"))["resources"][0]["name"] == "widgets"
