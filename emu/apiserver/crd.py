@@ -564,3 +564,120 @@ def finalize(store: storage.Store, name: str, stopping: threading.Event | None =
         return current
 
     store.write(CRD_KEY, "", name, release, CRD_INFO.field_values)
+
+
+# ---------------------------------------------------------------- OpenAPI v3 of custom resources
+
+_META = "io.k8s.apimachinery.pkg.apis.meta.v1."
+_REF = "#/components/schemas/"
+_API_VERSION_DOC = ("APIVersion defines the versioned schema of this representation of an object. Servers should "
+                    "convert recognized schemas to the latest internal value, and may reject unrecognized values. "
+                    "More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md"
+                    "#resources")
+_KIND_DOC = ("Kind is a string value representing the REST resource this object represents. Servers may infer this "
+             "from the endpoint the client submits requests to. Cannot be updated. In CamelCase. More info: "
+             "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds")
+_METADATA_DOC = ("Standard object's metadata. More info: "
+                 "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata")
+_LIST_METADATA_DOC = ("Standard list metadata. More info: "
+                      "https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds")
+
+
+def schema_name(group: str, version: str, kind: str) -> str:
+    """The definition name the OpenAPI builder gives a custom kind: the group reversed (`com.example.v1.Widget`)."""
+    return ".".join([*reversed(group.split(".")), version, kind])
+
+
+def _refs(value: Any, found: set[str]) -> None:
+    if isinstance(value, dict):
+        ref = value.get("$ref")
+        if isinstance(ref, str) and ref.startswith(_REF):
+            found.add(ref[len(_REF):])
+        for v in value.values():
+            _refs(v, found)
+    elif isinstance(value, list):
+        for v in value:
+            _refs(v, found)
+
+
+def openapi_v3(infos: list[ResourceInfo], template: dict) -> dict:
+    """/openapi/v3/apis/GROUP/VERSION for custom resources, as the CRD OpenAPI builder makes it:
+    each kind's schema (its openAPIV3Schema with apiVersion, kind and metadata), its list, and the
+    paths with their operations (PATCH with fieldValidation and no strategic merge patch), so that
+    `kubectl explain` reads them and kubectl leaves field validation to the server. The meta.k8s.io
+    schemas they refer to are taken from `template` (a built-in group-version document)."""
+    schemas: dict[str, dict] = {}
+    paths: dict[str, dict] = {}
+    for r in infos:
+        gvk = {"group": r.group, "kind": r.kind, "version": r.version}
+        name = schema_name(r.group, r.version, r.kind)
+        schema = copy.deepcopy(r.custom.schema) if isinstance(r.custom.schema, dict) else {}
+        props = schema.setdefault("properties", {})
+        props["apiVersion"] = {"description": _API_VERSION_DOC, "type": "string"}
+        props["kind"] = {"description": _KIND_DOC, "type": "string"}
+        props["metadata"] = {"allOf": [{"$ref": _REF + _META + "ObjectMeta"}], "description": _METADATA_DOC}
+        schema["properties"] = dict(sorted(props.items()))
+        schema.setdefault("type", "object")
+        schema["x-kubernetes-group-version-kind"] = [gvk]
+        schemas[name] = schema
+        list_kind = r.custom.list_kind
+        schemas[schema_name(r.group, r.version, list_kind)] = {
+            "description": f"{list_kind} is a list of {r.kind}", "type": "object", "required": ["items"],
+            "properties": {"apiVersion": {"description": _API_VERSION_DOC, "type": "string"},
+                           "items": {"description": f"List of {r.plural}. More info: https://git.k8s.io/community/"
+                                                    "contributors/devel/sig-architecture/api-conventions.md",
+                                     "type": "array", "items": {"$ref": _REF + name}},
+                           "kind": {"description": _KIND_DOC, "type": "string"},
+                           "metadata": {"allOf": [{"$ref": _REF + _META + "ListMeta"}],
+                                        "description": _LIST_METADATA_DOC}},
+            "x-kubernetes-group-version-kind": [dict(gvk, kind=list_kind)]}
+        base = f"/apis/{r.group}/{r.version}" + ("/namespaces/{namespace}" if r.namespaced else "")
+        one = {"application/json": {"schema": {"$ref": _REF + name}},
+               "application/yaml": {"schema": {"$ref": _REF + name}}}
+        tag = f"{r.group.replace('.', '')}_{r.version}"
+
+        def op(action: str, description: str, body: dict | None = None, params: tuple = (),
+               content: dict = one) -> dict:
+            out = {"description": description, "operationId": f"{action}{r.kind}", "tags": [tag],
+                   "x-kubernetes-action": action, "x-kubernetes-group-version-kind": gvk,
+                   "parameters": [{"in": "query", "name": p, "schema": {"type": "string", "uniqueItems": True}}
+                                  for p in params],
+                   "responses": {"200": {"description": "OK", "content": content},
+                                 "401": {"description": "Unauthorized"}}}
+            if body is not None:
+                out["requestBody"] = {"content": body, "required": True}
+            return out
+
+        patch_body = {t: {"schema": {"$ref": _REF + _META + "Patch"}} for t in (
+            "application/json-patch+json", "application/merge-patch+json", "application/apply-patch+yaml")}
+        writes = ("dryRun", "fieldManager", "fieldValidation")
+        paths[f"{base}/{r.plural}"] = {
+            "get": op("list", f"list objects of kind {r.kind}", params=("labelSelector", "fieldSelector", "limit"),
+                      content={"application/json": {"schema": {"$ref": _REF + schema_name(r.group, r.version,
+                                                                                            list_kind)}}}),
+            "post": op("post", f"create a {r.kind}", one, writes)}
+        paths[f"{base}/{r.plural}/{{name}}"] = {
+            "get": op("get", f"read the specified {r.kind}"),
+            "put": op("put", f"replace the specified {r.kind}", one, writes),
+            "patch": op("patch", f"partially update the specified {r.kind}", patch_body, (*writes, "force")),
+            "delete": op("delete", f"delete a {r.kind}", params=("dryRun", "gracePeriodSeconds",
+                                                                 "propagationPolicy"))}
+        if r.subresource("status") is not None:
+            paths[f"{base}/{r.plural}/{{name}}/status"] = {
+                "get": op("get", f"read status of the specified {r.kind}"),
+                "put": op("put", f"replace status of the specified {r.kind}", one, writes),
+                "patch": op("patch", f"partially update status of the specified {r.kind}", patch_body,
+                            (*writes, "force"))}
+    known = template.get("components", {}).get("schemas", {})
+    wanted: set[str] = set()
+    _refs(schemas, wanted)
+    _refs(paths, wanted)
+    while True:
+        new = [n for n in sorted(wanted) if n in known and n not in schemas]
+        if not new:
+            break
+        for name in new:
+            schemas[name] = known[name]
+            _refs(known[name], wanted)
+    return {"openapi": "3.0.0", "info": {"title": "Kubernetes CRD Swagger", "version": "v0.1.0"},
+            "paths": paths, "components": {"schemas": dict(sorted(schemas.items()))}}

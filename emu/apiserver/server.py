@@ -691,6 +691,17 @@ class ApiServer:
         if oa is None or not hasattr(oa, "handle"):
             return self._send(req, 404, b"404 page not found\n", "text/plain; charset=utf-8")
         query = urlsplit(req.h.path).query
+        if parts[:1] == ["v3"]:
+            custom = self._custom_openapi()
+            path = req.path.rstrip("/")
+            if path == "/openapi/v3" and custom and hasattr(oa, "v3_index"):
+                index = oa.v3_index()
+                for gv, (body, digest) in custom.items():
+                    index["paths"][gv] = {"serverRelativeURL": f"/openapi/v3/{gv}?hash={digest}"}
+                return self._send_json(req, 200, index)
+            if path.startswith("/openapi/v3/") and path[len("/openapi/v3/"):] in custom:
+                body, digest = custom[path[len("/openapi/v3/"):]]
+                return self._send(req, 200, body, "application/json", {"Etag": f'"{digest}"'})
         result = oa.handle(req.path, query, req.headers.get("Accept", ""), req.headers.get("Accept-Encoding", ""))
         if result is None:
             return self._send(req, 404, b"404 page not found\n", "text/plain; charset=utf-8")
@@ -702,6 +713,28 @@ class ApiServer:
         headers = dict(headers)
         ctype = headers.pop("Content-Type", "application/json")
         return self._send(req, code, body, ctype, headers)
+
+    def _custom_openapi(self) -> dict[str, tuple[bytes, str]]:
+        """The OpenAPI v3 documents of the custom resources' group-versions ("apis/G/V": (JSON, hash)),
+        made again when the served custom resources change."""
+        infos = self.crds.resources()
+        cached = getattr(self, "_custom_openapi_cache", None)
+        if cached is not None and cached[0] is infos:
+            return cached[1]
+        docs: dict[str, tuple[bytes, str]] = {}
+        if infos and hasattr(self.openapi, "v3"):
+            import hashlib
+
+            template = json.loads(self.openapi.v3("apis/apps/v1") or b"{}")
+            builtin = set(resources.group_versions())
+            for g, v in dict.fromkeys((r.group, r.version) for r in infos):
+                if (g, v) in builtin:
+                    continue
+                body = json.dumps(crd.openapi_v3([r for r in infos if (r.group, r.version) == (g, v)], template),
+                                  separators=(",", ":")).encode()
+                docs[f"apis/{g}/{v}"] = (body, hashlib.sha512(body).hexdigest().upper())
+        self._custom_openapi_cache = (infos, docs)
+        return docs
 
     # ------------------------------------------------------------ resource requests
 

@@ -426,3 +426,18 @@ def test_custom_resources_are_served_after_a_restart(kubectl_default, tmp_path, 
     apiserver.restart()
     assert kubectl("get", "widgets", "-o", "name") == "widget.example.com/w1\n"
     assert json.loads(kubectl("get", "--raw", "/apis/example.com/v1"))["resources"][0]["name"] == "widgets"
+
+
+def test_kubectl_explains_custom_resources_from_openapi_v3(widgets, apiserver):
+    kubectl = widgets
+    out = kubectl("explain", "widget.spec")
+    assert "KIND:       Widget" in out and "VERSION:    v1" in out
+    assert "size\t<integer> -required-" in out and "color\t<string>" in out
+    index = json.loads(kubectl("get", "--raw", "/openapi/v3"))["paths"]
+    assert "apis/example.com/v1" in index and "api/v1" in index
+    doc = json.loads(kubectl("get", "--raw", index["apis/example.com/v1"]["serverRelativeURL"]))
+    patch = doc["paths"]["/apis/example.com/v1/namespaces/{namespace}/widgets/{name}"]["patch"]
+    assert "fieldValidation" in [p["name"] for p in patch["parameters"]]
+    assert "application/strategic-merge-patch+json" not in patch["requestBody"]["content"]
+    assert doc["components"]["schemas"]["com.example.v1.Widget"]["x-kubernetes-group-version-kind"] == [
+        {"group": "example.com", "kind": "Widget", "version": "v1"}]
