@@ -9,7 +9,8 @@ validation, status reset) is in resources.py like every built-in kind. This modu
   on create and kept on update with a status subresource, generation counting
   every change but metadata's), validation against its openAPIV3Schema (types,
   required, enum, nullable, int-or-string), structural pruning of unknown fields
-  (reported for fieldValidation), and the Table of its additionalPrinterColumns;
+  (reported for fieldValidation) and defaults, the scale subresource, and the
+  Table of its additionalPrinterColumns;
 - `accept_names(store, name)`: the NamingConditionController's and the
   EstablishingController's writes (acceptedNames, NamesAccepted, Established);
 - `mark_deleted(crd)` and `finalize(store, registry, name)`: the CRD REST's
@@ -17,7 +18,7 @@ validation, status reset) is in resources.py like every built-in kind. This modu
   CRDFinalizer (every custom resource deleted, then the finalizer removed).
 
 Left out: conversion webhooks (versions differ in apiVersion only, strategy
-None), the scale subresource, defaults from the schema, CEL validation rules,
+None), defaults applied when reading (they are applied to every write), CEL validation rules,
 formats, numeric and length bounds, selectableFields, OpenAPI of custom resources."""
 
 from __future__ import annotations
@@ -182,6 +183,26 @@ def _prune(schema: dict, value: Any, path: str, root: bool, dropped: list[str]) 
             _prune(items, item, f"{path}[{i}]", False, dropped)
 
 
+def apply_defaults(schema: Any, value: Any) -> None:
+    """Structural defaulting (in place): a property missing from an object gets its schema's
+    `default`, at every level, inside defaults too."""
+    if not isinstance(schema, dict):
+        return
+    if isinstance(value, dict):
+        props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        for key, sub in props.items():
+            if key not in value and isinstance(sub, dict) and "default" in sub:
+                value[key] = copy.deepcopy(sub["default"])
+        for key, item in value.items():
+            if key in props:
+                apply_defaults(props[key], item)
+            elif isinstance(schema.get("additionalProperties"), dict):
+                apply_defaults(schema["additionalProperties"], item)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            apply_defaults(schema["items"], item)
+
+
 def _jsonpath(obj: Any, path: str) -> tuple[bool, Any]:
     """The value at a simple JSONPath (`.spec.replicas`, `.status.conditions[0].type`,
     `.status.conditions[?(@.type=="Ready")].status`): (found, value)."""
@@ -242,15 +263,51 @@ class Served:
         storage_version = next((v["name"] for v in spec.get("versions") or [] if v.get("storage")), self.version)
         self.storage_api_version = f"{self.group}/{storage_version}"
         self.api_version = f"{self.group}/{self.version}"
-        self.converts = storage_version != self.version
+        # objects stored while another version was the storage version keep its apiVersion: with more
+        # than one version, every object served is given this one (never the stored text as is)
+        self.converts = len(spec.get("versions") or []) > 1
         self.storage_version = storage_version
         self.schema = (version.get("schema") or {}).get("openAPIV3Schema") or {}
         subresources = version.get("subresources") or {}
         self.status = isinstance(subresources.get("status"), dict)
+        self.scale = subresources.get("scale") if isinstance(subresources.get("scale"), dict) else None
         self.columns = [c for c in version.get("additionalPrinterColumns") or [] if isinstance(c, dict)] or [
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp",
              "description": tables._DOC["creationTimestamp"]}]
         self.terminating = terminating(crd)
+
+    # the scale subresource (ScaleREST): replicas and selector at the CRD's paths
+    @staticmethod
+    def _at(obj: Any, path: str) -> tuple[bool, Any]:
+        for part in path.lstrip(".").split("."):
+            if not isinstance(obj, dict) or part not in obj:
+                return False, None
+            obj = obj[part]
+        return True, obj
+
+    def scale_of(self, obj: dict) -> dict:
+        """autoscaling/v1 Scale of a custom resource (scaleFromCustomResource)."""
+        scale = self.scale or {}
+        found, spec_replicas = self._at(obj, scale.get("specReplicasPath", ""))
+        if not found:
+            raise errors.internal(f'the spec replicas field "{scale.get("specReplicasPath", "")}" does not exist')
+        _, status_replicas = self._at(obj, scale.get("statusReplicasPath", ""))
+        selector = self._at(obj, scale["labelSelectorPath"])[1] if scale.get("labelSelectorPath") else None
+        meta = obj.get("metadata") or {}
+        out = {"kind": "Scale", "apiVersion": "autoscaling/v1",
+               "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                            if k in meta},
+               "spec": {"replicas": spec_replicas if isinstance(spec_replicas, int) else 0},
+               "status": {"replicas": status_replicas if isinstance(status_replicas, int) else 0}}
+        if isinstance(selector, str) and selector:
+            out["status"]["selector"] = selector
+        return out
+
+    def set_replicas(self, obj: dict, replicas: int) -> None:
+        parts = (self.scale or {}).get("specReplicasPath", ".spec.replicas").lstrip(".").split(".")
+        for part in parts[:-1]:
+            obj = obj.setdefault(part, {})
+        obj[parts[-1]] = replicas
 
     # strategy (customResourceStrategy)
     def prepare_create(self, info: ResourceInfo, obj: dict) -> None:
@@ -279,8 +336,11 @@ class Served:
         return causes + schema_causes(self.schema, obj, "")
 
     def unknown_fields(self, obj: dict) -> list[str]:
-        """Prune `obj` in place; the paths pruned (fieldValidation's unknown fields)."""
-        return prune(self.schema, obj)
+        """Prune `obj` in place, then default it (as decoding a request does); the paths pruned
+        (fieldValidation's unknown fields)."""
+        dropped = prune(self.schema, obj)
+        apply_defaults(self.schema, obj)
+        return dropped
 
     def to_storage(self, obj: dict) -> dict:
         if self.converts and obj.get("apiVersion") == self.api_version:
@@ -337,6 +397,8 @@ def served_infos(crd: dict) -> list[ResourceInfo]:
             continue
         served = Served(crd, v)
         subs = (Subresource("status", names["kind"], ("get", "patch", "update")),) if served.status else ()
+        if served.scale is not None:
+            subs += (Subresource("scale", "Scale", ("get", "patch", "update"), "autoscaling", "v1"),)
         out.append(ResourceInfo(spec["group"], v["name"], names["kind"], names["plural"], names.get("singular", ""),
                                 spec.get("scope") == "Namespaced", tuple(names.get("shortNames") or ()),
                                 categories=tuple(names.get("categories") or ()), subresources=subs, generation=True,

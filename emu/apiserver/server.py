@@ -803,7 +803,7 @@ class ApiServer:
         if text is None:
             raise errors.not_found(r.plural, info.name, r.group)
         if info.subresource == "scale":
-            return self._send_json(req, 200, self._scale_of(json.loads(text)))
+            return self._send_json(req, 200, self._scale_of(json.loads(text), r))
         if form == "json" and not r.converts:
             return self._send_json(req, 200, text)
         obj = resources.from_storage(r, json.loads(text))
@@ -1443,7 +1443,9 @@ class ApiServer:
             raise errors.not_found(r.plural, info.name, r.group)
         self._send_json(req, 200, resources.from_storage(r, out))
 
-    def _scale_of(self, obj: dict) -> dict:
+    def _scale_of(self, obj: dict, r: ResourceInfo | None = None) -> dict:
+        if r is not None and r.custom is not None:
+            return r.custom.scale_of(obj)
         meta = obj.get("metadata") or {}
         return {"kind": "Scale", "apiVersion": "autoscaling/v1",
                 "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
@@ -1459,7 +1461,7 @@ class ApiServer:
         def fn(current: dict | None):
             if current is None:
                 raise errors.not_found(r.plural, info.name, r.group)
-            scale = make(self._scale_of(current))
+            scale = make(self._scale_of(current, r))
             replicas = (scale.get("spec") or {}).get("replicas", 0)
             if not isinstance(replicas, int) or replicas < 0:
                 raise errors.invalid("Scale", info.name, [resources.invalid_value(
@@ -1468,7 +1470,10 @@ class ApiServer:
             if want_rv and want_rv != current["metadata"].get("resourceVersion"):
                 raise errors.conflict(r.plural, info.name, r.group)
             new = copy.deepcopy(current)
-            new.setdefault("spec", {})["replicas"] = replicas
+            if r.custom is not None:
+                r.custom.set_replicas(new, replicas)
+            else:
+                new.setdefault("spec", {})["replicas"] = replicas
             if new == current:
                 return None
             resources.prepare_update(r, new, current)
@@ -1476,7 +1481,7 @@ class ApiServer:
             return self._managed(req, new, current, r, "scale")
 
         _, out = self.store.write(r.key, ns, info.name, fn, r.field_values, dry)
-        self._send_json(req, 200, self._scale_of(out))
+        self._send_json(req, 200, self._scale_of(out, r))
 
     # ------------------------------------------------------------ binding
 

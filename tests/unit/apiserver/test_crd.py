@@ -441,3 +441,60 @@ def test_kubectl_explains_custom_resources_from_openapi_v3(widgets, apiserver):
     assert "application/strategic-merge-patch+json" not in patch["requestBody"]["content"]
     assert doc["components"]["schemas"]["com.example.v1.Widget"]["x-kubernetes-group-version-kind"] == [
         {"group": "example.com", "kind": "Widget", "version": "v1"}]
+
+
+POOLS = """\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: pools.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: pools, kind: Pool}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas,
+              labelSelectorPath: .status.selector}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            default: {}
+            properties:
+              replicas: {type: integer, default: 1}
+              mode: {type: string, default: fast}
+              ports:
+                type: array
+                items:
+                  type: object
+                  properties:
+                    port: {type: integer}
+                    protocol: {type: string, default: TCP}
+          status: {type: object, properties: {replicas: {type: integer}, selector: {type: string}}}
+"""
+
+
+def test_scale_subresource_and_schema_defaults(kubectl, tmp_path):
+    apply(kubectl, tmp_path, POOLS, name="crd.yaml")
+    pool = "apiVersion: example.com/v1\nkind: Pool\nmetadata: {name: p}\n"
+    apply(kubectl, tmp_path, pool)
+    obj = json.loads(kubectl("get", "pool", "p", "-o", "json"))
+    assert obj["spec"] == {"replicas": 1, "mode": "fast"}  # defaults, inside a defaulted object too
+    kubectl("patch", "pool", "p", "--type=merge", "-p", '{"spec":{"ports":[{"port":80}]}}')
+    obj = json.loads(kubectl("get", "pool", "p", "-o", "json"))
+    assert obj["spec"]["ports"] == [{"port": 80, "protocol": "TCP"}]
+    assert kubectl("scale", "pool", "p", "--replicas=4") == "pool.example.com/p scaled\n"
+    kubectl("patch", "pool", "p", "--subresource=status", "--type=merge",
+            "-p", '{"status":{"replicas":3,"selector":"app=p"}}')
+    scale = json.loads(kubectl("get", "--raw", "/apis/example.com/v1/namespaces/default/pools/p/scale"))
+    assert (scale["kind"], scale["spec"], scale["status"]) == (
+        "Scale", {"replicas": 4}, {"replicas": 3, "selector": "app=p"})
+    obj = json.loads(kubectl("get", "pool", "p", "-o", "json"))
+    assert obj["spec"]["replicas"] == 4 and obj["metadata"]["generation"] == 3
