@@ -819,6 +819,7 @@ def _validate_crd(obj: dict, old: dict | None) -> list[dict]:
         causes += _dns1035(f"spec.names.shortNames[{i}]", short)
     if names.get("kind") and names.get("kind") == names.get("listKind"):
         causes.append(invalid_value("spec.names.listKind", names["listKind"], "kind and listKind may not be the same"))
+    causes += _crd_api_approval(obj, old, group)
     if old is not None:
         old_spec = old.get("spec") or {}
         if old_spec.get("group") != spec.get("group"):
@@ -827,3 +828,39 @@ def _validate_crd(obj: dict, old: dict | None) -> list[dict]:
             if (old_spec.get("names") or {}).get(field) != names.get(field):
                 causes.append(immutable(f"spec.names.{field}", names.get(field)))
     return causes
+
+
+APPROVAL = "api-approved.kubernetes.io"
+_APPROVAL_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
+
+
+def _approval_state(obj: dict | None) -> tuple[str, str]:
+    """apihelpers.GetAPIApprovalState: (missing|bypassed|approved|invalid, reason)."""
+    value = ((obj or {}).get("metadata") or {}).get("annotations", {}).get(APPROVAL, "")
+    if not value:
+        return "missing", (f'protected groups must have approval annotation "{APPROVAL}", see '
+                           "https://github.com/kubernetes/enhancements/pull/1111")
+    if value.startswith("unapproved"):
+        return "bypassed", f"not approved: {json.dumps(value)}"
+    if _APPROVAL_URL.match(value):
+        return "approved", f"approved in {value}"
+    return "invalid", (f'protected groups must have approval annotation "{APPROVAL}" with either a URL or a reason '
+                       'starting with "unapproved", see https://github.com/kubernetes/enhancements/pull/1111')
+
+
+def _crd_api_approval(obj: dict, old: dict | None, group: str) -> list[dict]:
+    """validateAPIApproval: a CRD in a protected group (k8s.io, kubernetes.io and their subdomains)
+    needs the api-approved.kubernetes.io annotation (Gateway API's CRDs carry it)."""
+    protected = group in ("k8s.io", "kubernetes.io") or group.endswith((".k8s.io", ".kubernetes.io"))
+    if not protected:
+        return []
+    state, reason = _approval_state(obj)
+    if old is not None and _approval_state(old)[0] == state:
+        return []
+    where = f"metadata.annotations[{APPROVAL}]"
+    if state == "missing":
+        return [required(where, reason)]
+    if state == "invalid":
+        value = ((obj.get("metadata") or {}).get("annotations") or {}).get(APPROVAL, "")
+        return [invalid_value(where, value, reason)]
+    return []

@@ -970,6 +970,8 @@ class ApiServer:
                     continue
                 if self._client_gone(h):
                     break
+                if r.custom is not None and self.crds.lookup(r.group, r.version, r.plural) is None:
+                    break  # its CRD is gone: kube-apiserver ends the watches of a removed storage
                 if bookmarks and time.monotonic() - last_bookmark >= self.bookmark_interval:
                     rv = watcher.bookmark_rv()
                     if rv is not None:
@@ -1402,6 +1404,9 @@ class ApiServer:
             storage.keep_identity(current, new)
             if sub == "status":
                 new = resources.prepare_status_update(r, new, current)
+                causes = r.custom.validate(r, new, current) if r.custom is not None else []
+                if causes:  # a custom resource's status is checked against its schema too
+                    raise self._invalid(r, new, causes)
             elif sub == "finalize":
                 fin = (new.get("spec") or {}).get("finalizers") or []
                 new = copy.deepcopy(current)

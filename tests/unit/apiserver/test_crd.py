@@ -498,3 +498,34 @@ def test_scale_subresource_and_schema_defaults(kubectl, tmp_path):
         "Scale", {"replicas": 4}, {"replicas": 3, "selector": "app=p"})
     obj = json.loads(kubectl("get", "pool", "p", "-o", "json"))
     assert obj["spec"]["replicas"] == 4 and obj["metadata"]["generation"] == 3
+
+
+def test_protected_groups_need_the_api_approval_annotation(kubectl, tmp_path):
+    crd = WIDGETS.replace("widgets.example.com", "widgets.gw.networking.k8s.io").replace(
+        "group: example.com", "group: gw.networking.k8s.io")
+    p = apply(kubectl, tmp_path, crd, check=False)
+    assert p.stderr.strip() == (
+        'The CustomResourceDefinition "widgets.gw.networking.k8s.io" is invalid: '
+        'metadata.annotations[api-approved.kubernetes.io]: Required value: protected groups must have approval '
+        'annotation "api-approved.kubernetes.io", see https://github.com/kubernetes/enhancements/pull/1111')
+    approved = crd.replace("  name: widgets.gw.networking.k8s.io\n", "  name: widgets.gw.networking.k8s.io\n"
+                           "  annotations: {api-approved.kubernetes.io: 'https://github.com/kubernetes/pull/1'}\n")
+    assert apply(kubectl, tmp_path, approved).returncode == 0
+    assert "widgets" in kubectl("api-resources", "--api-group=gw.networking.k8s.io")
+
+
+def test_status_is_validated_and_watches_end_with_their_crd(widgets, tmp_path, apiserver):
+    kubectl = widgets
+    apply(kubectl, tmp_path, WIDGET)
+    p = kubectl.run("patch", "widget", "w1", "--subresource=status", "--type=merge", "-p",
+                    '{"status":{"ready":"yes"}}', check=False)
+    assert p.stderr == ('The Widget "w1" is invalid: status.ready: Invalid value: "string": status.ready in body must '
+                        'be of type boolean: "string"\n')
+    watch = kubectl.popen("get", "widgets", "--watch", "--request-timeout=60s")
+    try:
+        assert watch.stdout.readline().split()[:2] == ["NAME", "SIZE"]
+        kubectl("delete", "crd", "widgets.example.com")
+        watch.wait(timeout=30)  # the watch ends once the CRD is gone, not after its minutes
+    finally:
+        watch.kill()
+        watch.wait()
