@@ -19,7 +19,8 @@ validation, status reset) is in resources.py like every built-in kind. This modu
 
 Left out: conversion webhooks (versions differ in apiVersion only, strategy
 None), defaults applied when reading (they are applied to every write), CEL validation rules,
-formats, numeric and length bounds, selectableFields, OpenAPI of custom resources."""
+formats, maxLength, maxItems, uniqueItems, multipleOf, min/maxProperties, selectableFields,
+OpenAPI v2 of custom resources."""
 
 from __future__ import annotations
 
@@ -105,7 +106,8 @@ def _type_invalid(path: str, value: Any, want: str) -> dict:
 
 def schema_causes(schema: dict, value: Any, path: str) -> list[dict]:
     """Field causes of `value` against a structural schema, as apiextensions reports
-    kube-openapi's errors: TypeInvalid, Required, NotSupported (enum)."""
+    kube-openapi's errors: TypeInvalid, Required, NotSupported (enum), Invalid (minimum,
+    maximum, minLength, pattern, minItems)."""
     causes: list[dict] = []
     _check(schema, value, path, causes)
     return causes
@@ -129,6 +131,7 @@ def _check(schema: Any, value: Any, path: str, causes: list[dict]) -> None:
     if "enum" in schema and isinstance(schema["enum"], list) and value not in schema["enum"]:
         supported = [e if isinstance(e, str) else json.dumps(e) for e in schema["enum"]]
         causes.append(resources.not_supported(path, value, supported))
+    _bounds(schema, value, path, causes)
     if isinstance(value, dict):
         props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
         for name in schema.get("required") or []:
@@ -146,6 +149,43 @@ def _check(schema: Any, value: Any, path: str, causes: list[dict]) -> None:
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for i, item in enumerate(value):
             _check(schema["items"], item, f"{path}[{i}]", causes)
+
+
+def _number(n: Any) -> str:
+    """A number as Go's %v prints a float64 (1, 1.5)."""
+    return str(int(n)) if isinstance(n, float) and n.is_integer() else str(n)
+
+
+def _bounds(schema: dict, value: Any, path: str, causes: list[dict]) -> None:
+    """kube-openapi's bounds, worded as its errors (field.Invalid with their text)."""
+    def bad(why: str) -> None:
+        causes.append(resources.invalid_value(path, value, f"{path} in body {why}"))
+
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and isinstance(schema.get("minimum"), (int, float)):
+        low = schema["minimum"]
+        if schema.get("exclusiveMinimum") and value <= low:
+            bad(f"should be greater than {_number(low)}")
+        elif value < low:
+            bad(f"should be greater than or equal to {_number(low)}")
+    if number and isinstance(schema.get("maximum"), (int, float)):
+        high = schema["maximum"]
+        if schema.get("exclusiveMaximum") and value >= high:
+            bad(f"should be less than {_number(high)}")
+        elif value > high:
+            bad(f"should be less than or equal to {_number(high)}")
+    if isinstance(value, str):
+        if isinstance(schema.get("minLength"), int) and len(value) < schema["minLength"]:
+            bad(f"should be at least {schema['minLength']} chars long")
+        if isinstance(schema.get("pattern"), str):
+            try:
+                matched = re.search(schema["pattern"], value) is not None
+            except re.error:
+                matched = True  # a pattern Python cannot read (RE2 syntax): not judged
+            if not matched:
+                bad(f"should match '{schema['pattern']}'")
+    if isinstance(value, list) and isinstance(schema.get("minItems"), int) and len(value) < schema["minItems"]:
+        bad(f"should have at least {schema['minItems']} items")
 
 
 def prune(schema: Any, value: Any, path: str = "", root: bool = True) -> list[str]:

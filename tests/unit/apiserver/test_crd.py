@@ -50,8 +50,9 @@ spec:
             type: object
             required: [size]
             properties:
-              size: {type: integer}
+              size: {type: integer, minimum: 1, maximum: 10}
               color: {type: string, enum: [red, blue]}
+              label: {type: string, minLength: 2, pattern: '^[a-z]+$'}
               extra:
                 type: object
                 x-kubernetes-preserve-unknown-fields: true
@@ -209,6 +210,11 @@ def test_the_schema_validates_and_prunes(widgets, tmp_path):
               check=False)
     assert p.stderr == ('The Widget "w1" is invalid: \n* spec.size: Required value\n* spec.color: Unsupported '
                         'value: "green": supported values: "red", "blue"\n')
+    p = apply(kubectl, tmp_path, WIDGET.replace("size: 2", "size: 0\n  label: A"), check=False)
+    assert p.stderr == ('The Widget "w1" is invalid: \n* spec.label: Invalid value: "A": spec.label in body should '
+                        'be at least 2 chars long\n* spec.label: Invalid value: "A": spec.label in body should match '
+                        "'^[a-z]+$'\n* spec.size: Invalid value: 0: spec.size in body should be greater than or equal "
+                        "to 1\n")
     # kubectl asks for fieldValidation=Strict: an unknown field is refused
     p = apply(kubectl, tmp_path, WIDGET.replace("color: red", "shape: round"), check=False)
     assert p.stderr.endswith('Widget in version "v1" cannot be handled as a Widget: strict decoding error: unknown '
