@@ -294,7 +294,7 @@ class Served:
 
     def __init__(self, crd: dict, version: dict):
         spec = crd["spec"]
-        names = spec["names"]
+        names = accepted_names(crd)
         self.crd_name = crd["metadata"]["name"]
         self.group = spec["group"]
         self.version = version["name"]
@@ -425,12 +425,18 @@ class Served:
                 "rows": rows}
 
 
+def accepted_names(crd: dict) -> dict:
+    """The names a CRD is served by: its accepted names (spec.names may ask for others, in conflict)."""
+    accepted = (crd.get("status") or {}).get("acceptedNames") or {}
+    return accepted if accepted.get("plural") and accepted.get("kind") else (crd.get("spec") or {}).get("names") or {}
+
+
 def served_infos(crd: dict) -> list[ResourceInfo]:
     """The resources a CRD serves: one a served version, once its names are accepted."""
     if not (condition_true(crd, "NamesAccepted") or condition_true(crd, "Established")):
         return []
     spec = crd.get("spec") or {}
-    names = spec.get("names") or {}
+    names = accepted_names(crd)
     out = []
     for v in spec.get("versions") or []:
         if not isinstance(v, dict) or not v.get("served"):

@@ -535,3 +535,18 @@ def test_status_is_validated_and_watches_end_with_their_crd(widgets, tmp_path, a
     finally:
         watch.kill()
         watch.wait()
+
+
+def test_a_conflicting_rename_keeps_the_accepted_names(widgets, tmp_path):
+    kubectl = widgets
+    other = (WIDGETS.replace("widgets.example.com", "gizmos.example.com").replace("plural: widgets", "plural: gizmos")
+             .replace("singular: widget", "singular: gizmo").replace("kind: Widget", "kind: Gizmo")
+             .replace("shortNames: [wd]", "shortNames: [gz]"))
+    apply(kubectl, tmp_path, other, name="other.yaml")
+    # Widget's CRD now asks for the kind Gizmo: refused, and it is still served as Widget
+    apply(kubectl, tmp_path, WIDGETS.replace("kind: Widget", "kind: Gizmo"), name="crd.yaml")
+    crd = json.loads(kubectl("get", "crd", "widgets.example.com", "-o", "json"))
+    conds = {c["type"]: (c["status"], c["reason"], c["message"]) for c in crd["status"]["conditions"]}
+    assert conds["NamesAccepted"] == ("False", "KindConflict", '"Gizmo" is already in use')
+    assert conds["Established"][0] == "True" and crd["status"]["acceptedNames"]["kind"] == "Widget"
+    assert apply(kubectl, tmp_path, WIDGET).stdout == "widget.example.com/w1 created\n"
