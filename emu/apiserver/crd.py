@@ -571,6 +571,15 @@ def _accepted(crd: dict, others: list[dict]) -> tuple[dict, tuple[str, str, str]
     return {k: new[k] for k in order if k in new}, verdict
 
 
+def _status_write(old: dict, new: dict) -> dict:
+    """`new` with managedFields recording kube-apiserver's write to /status (its controllers' writes)."""
+    try:
+        from emu.apiserver import patch
+    except ImportError:  # patch.py needs python3-jsonpatch: without it, no managedFields
+        return new
+    return patch.update_managed_fields(old, new, "kube-apiserver", None, subresource="status")
+
+
 def accept_names(store: storage.Store, name: str) -> None:
     """The naming controller's status write (acceptedNames, NamesAccepted, Established
     False "Installing"), then the establishing controller's (Established True)."""
@@ -582,6 +591,7 @@ def accept_names(store: storage.Store, name: str) -> None:
             return None
         others = [c for c in store.list_objects(CRD_KEY) if c["metadata"]["name"] != name]
         names, (status, reason, message) = _accepted(current, others)
+        old = copy.deepcopy(current)
         before = copy.deepcopy(current.get("status"))
         current.setdefault("status", {})["acceptedNames"] = names
         set_condition(current, "NamesAccepted", status, reason, message)
@@ -590,13 +600,14 @@ def accept_names(store: storage.Store, name: str) -> None:
             set_condition(current, "Established", "False", "NotAccepted", "not all names are accepted")
         if not condition_true(current, "Established") and status == "True":
             set_condition(current, "Established", "False", "Installing", "the initial names have been accepted")
-        return None if current.get("status") == before else current
+        return None if current.get("status") == before else _status_write(old, current)
 
     def establishing(current: dict | None):
         if current is None or not condition_true(current, "NamesAccepted") or condition_true(current, "Established"):
             return None
+        old = copy.deepcopy(current)
         set_condition(current, "Established", "True", "InitialNamesAccepted", "the initial names have been accepted")
-        return current
+        return _status_write(old, current)
 
     for step in (naming, establishing):
         store.write(CRD_KEY, "", name, step, CRD_INFO.field_values)
@@ -639,8 +650,9 @@ def finalize(store: storage.Store, name: str, stopping: threading.Event | None =
         def fn(current):
             if current is None:
                 return None
+            old = copy.deepcopy(current)
             set_condition(current, "Terminating", kind_status, reason, message)
-            return current
+            return _status_write(old, current)
         return fn
 
     progress = status("True", "InstanceDeletionInProgress", "CustomResource deletion is in progress")

@@ -1198,7 +1198,11 @@ class ApiServer:
                 raise self._invalid(r, stored if generate else obj, causes)
             self._admit(attrs, None, stored)
             if not applied:
+                # status is a reset field of a kind with a status subresource: a create's manager does not own it
+                status = stored.pop("status", None) if r.has_status() else None
                 stored = self._managed(req, stored, None, r)
+                if status is not None:
+                    stored["status"] = status
             try:
                 if r.key == "services":
                     with self._alloc_lock:

@@ -550,3 +550,11 @@ def test_a_conflicting_rename_keeps_the_accepted_names(widgets, tmp_path):
     assert conds["NamesAccepted"] == ("False", "KindConflict", '"Gizmo" is already in use')
     assert conds["Established"][0] == "True" and crd["status"]["acceptedNames"]["kind"] == "Widget"
     assert apply(kubectl, tmp_path, WIDGET).stdout == "widget.example.com/w1 created\n"
+
+
+def test_managed_fields_of_a_crd_name_its_writers(widgets):
+    crd = json.loads(widgets("get", "crd", "widgets.example.com", "-o", "json", "--show-managed-fields"))
+    entries = {(m["manager"], m.get("subresource", "")): m["fieldsV1"] for m in crd["metadata"]["managedFields"]}
+    assert set(entries) == {("kubectl-client-side-apply", ""), ("kube-apiserver", "status")}
+    assert "f:status" not in entries[("kubectl-client-side-apply", "")]  # status is reset on create: not the creator's
+    assert set(entries[("kube-apiserver", "status")]["f:status"]) == {"f:acceptedNames", "f:conditions"}
