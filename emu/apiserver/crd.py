@@ -18,7 +18,7 @@ validation, status reset) is in resources.py like every built-in kind. This modu
   CRDFinalizer (every custom resource deleted, then the finalizer removed).
 
 Left out: conversion webhooks (versions differ in apiVersion only, strategy
-None), defaults applied when reading (they are applied to every write), CEL validation rules,
+None), CEL validation rules,
 formats, maxLength, maxItems, uniqueItems, multipleOf, min/maxProperties, selectableFields,
 OpenAPI v2 of custom resources."""
 
@@ -243,6 +243,16 @@ def apply_defaults(schema: Any, value: Any) -> None:
             apply_defaults(schema["items"], item)
 
 
+def _has_defaults(schema: Any) -> bool:
+    if not isinstance(schema, dict):
+        return False
+    if "default" in schema:
+        return True
+    subs = list((schema.get("properties") or {}).values()) if isinstance(schema.get("properties"), dict) else []
+    subs += [schema.get("items"), schema.get("additionalProperties")]
+    return any(_has_defaults(sub) for sub in subs)
+
+
 def _jsonpath(obj: Any, path: str) -> tuple[bool, Any]:
     """The value at a simple JSONPath (`.spec.replicas`, `.status.conditions[0].type`,
     `.status.conditions[?(@.type=="Ready")].status`): (found, value)."""
@@ -305,9 +315,11 @@ class Served:
         self.api_version = f"{self.group}/{self.version}"
         # objects stored while another version was the storage version keep its apiVersion: with more
         # than one version, every object served is given this one (never the stored text as is)
-        self.converts = len(spec.get("versions") or []) > 1
         self.storage_version = storage_version
         self.schema = (version.get("schema") or {}).get("openAPIV3Schema") or {}
+        # defaults are applied when reading too (a default added to the CRD shows on older objects)
+        self.defaults = _has_defaults(self.schema)
+        self.converts = len(spec.get("versions") or []) > 1 or self.defaults
         subresources = version.get("subresources") or {}
         self.status = isinstance(subresources.get("status"), dict)
         self.scale = subresources.get("scale") if isinstance(subresources.get("scale"), dict) else None
@@ -388,6 +400,9 @@ class Served:
         return obj
 
     def from_storage(self, obj: dict) -> dict:
+        if self.defaults:
+            obj = copy.deepcopy(obj)
+            apply_defaults(self.schema, obj)
         if obj.get("apiVersion") != self.api_version:
             obj = dict(obj)
             obj["apiVersion"] = self.api_version

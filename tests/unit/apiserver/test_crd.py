@@ -558,3 +558,12 @@ def test_managed_fields_of_a_crd_name_its_writers(widgets):
     assert set(entries) == {("kubectl-client-side-apply", ""), ("kube-apiserver", "status")}
     assert "f:status" not in entries[("kubectl-client-side-apply", "")]  # status is reset on create: not the creator's
     assert set(entries[("kube-apiserver", "status")]["f:status"]) == {"f:acceptedNames", "f:conditions"}
+
+
+def test_a_default_added_later_shows_on_older_objects(kubectl, tmp_path):
+    apply(kubectl, tmp_path, POOLS.replace(", default: fast", ""), name="crd.yaml")
+    apply(kubectl, tmp_path, "apiVersion: example.com/v1\nkind: Pool\nmetadata: {name: p}\n")
+    assert json.loads(kubectl("get", "pool", "p", "-o", "json"))["spec"] == {"replicas": 1}
+    apply(kubectl, tmp_path, POOLS, name="crd.yaml")  # mode gets a default: read, the stored object has it
+    assert json.loads(kubectl("get", "pool", "p", "-o", "json"))["spec"] == {"replicas": 1, "mode": "fast"}
+    assert kubectl("get", "pools", "-o", "jsonpath={.items[0].spec.mode}") == "fast"
