@@ -204,8 +204,8 @@ def _prune(schema: dict, value: Any, path: str, root: bool, dropped: list[str]) 
         embedded = root or schema.get("x-kubernetes-embedded-resource") is True
         for key in list(value):
             where = f"{path}.{key}" if path else key
-            if embedded and key in _ROOT_FIELDS and key not in props:
-                continue
+            if embedded and key in _ROOT_FIELDS:
+                continue  # apiVersion, kind and ObjectMeta are the API's, whatever the schema says of them
             if key in props:
                 _prune(props[key] if isinstance(props[key], dict) else {}, value[key], where, False, dropped)
             elif isinstance(extra, dict):
@@ -223,24 +223,26 @@ def _prune(schema: dict, value: Any, path: str, root: bool, dropped: list[str]) 
             _prune(items, item, f"{path}[{i}]", False, dropped)
 
 
-def apply_defaults(schema: Any, value: Any) -> None:
+def apply_defaults(schema: Any, value: Any, root: bool = True) -> None:
     """Structural defaulting (in place): a property missing from an object gets its schema's
     `default`, at every level, inside defaults too."""
     if not isinstance(schema, dict):
         return
     if isinstance(value, dict):
         props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+        if root:
+            props = {k: v for k, v in props.items() if k not in _ROOT_FIELDS}
         for key, sub in props.items():
             if key not in value and isinstance(sub, dict) and "default" in sub:
                 value[key] = copy.deepcopy(sub["default"])
         for key, item in value.items():
             if key in props:
-                apply_defaults(props[key], item)
+                apply_defaults(props[key], item, False)
             elif isinstance(schema.get("additionalProperties"), dict):
-                apply_defaults(schema["additionalProperties"], item)
+                apply_defaults(schema["additionalProperties"], item, False)
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for item in value:
-            apply_defaults(schema["items"], item)
+            apply_defaults(schema["items"], item, False)
 
 
 def _has_defaults(schema: Any) -> bool:

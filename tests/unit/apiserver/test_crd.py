@@ -567,3 +567,15 @@ def test_a_default_added_later_shows_on_older_objects(kubectl, tmp_path):
     apply(kubectl, tmp_path, POOLS, name="crd.yaml")  # mode gets a default: read, the stored object has it
     assert json.loads(kubectl("get", "pool", "p", "-o", "json"))["spec"] == {"replicas": 1, "mode": "fast"}
     assert kubectl("get", "pools", "-o", "jsonpath={.items[0].spec.mode}") == "fast"
+
+
+def test_a_schema_that_names_metadata_prunes_none_of_it(kubectl, tmp_path):
+    """Generated CRDs (Gateway API's, controller-gen's) say `metadata: {type: object}` at the root:
+    ObjectMeta is the API's, neither pruned nor refused as unknown fields."""
+    crd = WIDGETS.replace("        properties:\n          spec:",
+                          "        properties:\n          metadata: {type: object}\n          spec:", 1)
+    assert "metadata: {type: object}" in crd
+    apply(kubectl, tmp_path, crd, name="crd.yaml")
+    assert apply(kubectl, tmp_path, WIDGET).stdout == "widget.example.com/w1 created\n"
+    obj = json.loads(kubectl("get", "widget", "w1", "-o", "json"))
+    assert obj["metadata"]["labels"] == {"app": "shop"} and obj["metadata"]["name"] == "w1"
