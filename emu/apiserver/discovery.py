@@ -1,6 +1,10 @@
 """Discovery documents built from resources.RESOURCES: /version, /api, /apis,
 /api/v1, /apis/G, /apis/G/V, and aggregated discovery (apidiscovery.k8s.io v2
-and v2beta1) that kubectl >= 1.26 asks for in its Accept header."""
+and v2beta1) that kubectl >= 1.26 asks for in its Accept header.
+
+`custom` (the custom resources crd.Registry serves, each group's versions in
+Kubernetes' version order) come after the built-in groups, as kube-apiserver
+lists CRD groups after its own."""
 
 from __future__ import annotations
 
@@ -31,12 +35,23 @@ def version() -> dict:
 
 
 def storage_version_hash(r: ResourceInfo) -> str:
-    """discovery.StorageVersionHash: the first 8 bytes of sha256("group/version/kind"), base64."""
-    return base64.b64encode(hashlib.sha256(f"{r.group}/{r.version}/{r.kind}".encode()).digest()[:8]).decode()
+    """discovery.StorageVersionHash: the first 8 bytes of sha256("group/version/kind"), base64,
+    of the version objects are stored in."""
+    version = r.custom.storage_version if r.custom is not None else r.version
+    return base64.b64encode(hashlib.sha256(f"{r.group}/{version}/{r.kind}".encode()).digest()[:8]).decode()
 
 
-def _served(group: str, version: str) -> list[ResourceInfo]:
-    return [r for r in resources.RESOURCES if r.group == group and r.version == version]
+def _served(group: str, version: str, custom=()) -> list[ResourceInfo]:
+    return [r for r in [*resources.RESOURCES, *custom] if r.group == group and r.version == version]
+
+
+def group_versions(custom=()) -> list[tuple[str, str]]:
+    """(group, version) pairs served: the built-in ones (resources.group_versions), then the custom ones."""
+    seen = resources.group_versions()
+    for r in custom:
+        if (r.group, r.version) not in seen:
+            seen.append((r.group, r.version))
+    return seen
 
 
 def api_versions(server_address: str = "") -> dict:
@@ -45,30 +60,30 @@ def api_versions(server_address: str = "") -> dict:
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": server_address}]}
 
 
-def _group(group: str) -> dict:
-    versions = [{"groupVersion": f"{g}/{v}", "version": v} for g, v in resources.group_versions() if g == group]
+def _group(group: str, custom=()) -> dict:
+    versions = [{"groupVersion": f"{g}/{v}", "version": v} for g, v in group_versions(custom) if g == group]
     return {"name": group, "versions": versions, "preferredVersion": versions[0]}
 
 
-def api_group_list() -> dict:
+def api_group_list(custom=()) -> dict:
     """/apis: APIGroupList of every named group."""
     groups = []
-    for g, _ in resources.group_versions():
+    for g, _ in group_versions(custom):
         if g and all(x["name"] != g for x in groups):
-            groups.append(_group(g))
+            groups.append(_group(g, custom))
     return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
 
-def api_group(group: str) -> dict | None:
+def api_group(group: str, custom=()) -> dict | None:
     """/apis/GROUP: APIGroup, None when not served."""
-    if not group or not any(r.group == group for r in resources.RESOURCES):
+    if not group or not any(r.group == group for r in [*resources.RESOURCES, *custom]):
         return None
-    return {"kind": "APIGroup", "apiVersion": "v1", **_group(group)}
+    return {"kind": "APIGroup", "apiVersion": "v1", **_group(group, custom)}
 
 
-def resource_list(group: str, version: str) -> dict | None:
+def resource_list(group: str, version: str, custom=()) -> dict | None:
     """/api/v1 or /apis/G/V: APIResourceList, None when not served."""
-    served = _served(group, version)
+    served = _served(group, version, custom)
     if not served:
         return None
     out = []
@@ -111,10 +126,10 @@ def _discovery_resource(r: ResourceInfo) -> dict:
     return entry
 
 
-def aggregated(core: bool, version: str = "v2") -> dict:
+def aggregated(core: bool, version: str = "v2", custom=()) -> dict:
     """Aggregated discovery (APIGroupDiscoveryList) for /api (core=True) or /apis."""
     items = []
-    for g, v in resources.group_versions():
+    for g, v in group_versions(custom):
         if (g == "") != core:
             continue
         item = next((i for i in items if i["metadata"].get("name", "") == g), None)
@@ -122,7 +137,7 @@ def aggregated(core: bool, version: str = "v2") -> dict:
             item = {"metadata": {"name": g, "creationTimestamp": None} if g else {"creationTimestamp": None},
                     "versions": []}
             items.append(item)
-        item["versions"].append({"version": v, "resources": [_discovery_resource(r) for r in _served(g, v)],
+        item["versions"].append({"version": v, "resources": [_discovery_resource(r) for r in _served(g, v, custom)],
                                  "freshness": "Current"})
     return {"kind": "APIGroupDiscoveryList", "apiVersion": f"apidiscovery.k8s.io/{version}",
             "metadata": {}, "items": items}

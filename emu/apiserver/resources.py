@@ -51,6 +51,8 @@ class ResourceInfo:
     returns_deleted: bool = False  # DELETE answers with the object instead of a Status
     storage_plural: str = ""  # another resource's rows (events.k8s.io events are core events)
     stored: bool = True  # False: a review resource answered, never stored
+    # A custom resource: its CRD's served version (crd.Served): strategy, schema, columns, storage version
+    custom: Any = None
 
     @property
     def api_version(self) -> str:
@@ -65,7 +67,13 @@ class ResourceInfo:
 
     @property
     def list_kind(self) -> str:
-        return self.kind + "List"
+        return self.custom.list_kind if self.custom is not None else self.kind + "List"
+
+    @property
+    def converts(self) -> bool:
+        """Objects are stored in another form than served (events.k8s.io Events, a custom
+        resource served in a version other than its storage version): no stored text as is."""
+        return bool(self.storage_plural) or (self.custom is not None and self.custom.converts)
 
     def subresource(self, name: str) -> Subresource | None:
         for s in self.subresources:
@@ -163,11 +171,15 @@ RESOURCES: list[ResourceInfo] = [
                  "localsubjectaccessreview", True, verbs=("create",), stored=False),
     ResourceInfo("authentication.k8s.io", "v1", "SelfSubjectReview", "selfsubjectreviews", "selfsubjectreview",
                  False, verbs=("create",), stored=False),
+    # apiextensions.k8s.io/v1 (the custom resources they define: crd.py)
+    ResourceInfo("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions",
+                 "customresourcedefinition", False, ("crd", "crds"), categories=("api-extensions",),
+                 subresources=(_status("CustomResourceDefinition"),), generation=True),
 ]
 
 # Kinds kube-apiserver serves with shortNames or categories, in the order `kubectl api-resources` shows groups.
 GROUP_ORDER = ["", "apps", "events.k8s.io", "authentication.k8s.io", "authorization.k8s.io", "coordination.k8s.io",
-               "discovery.k8s.io", "networking.k8s.io", "rbac.authorization.k8s.io"]
+               "discovery.k8s.io", "networking.k8s.io", "rbac.authorization.k8s.io", "apiextensions.k8s.io"]
 
 _BY_PATH = {(r.group, r.version, r.plural): r for r in RESOURCES}
 _BY_KIND = {(r.api_version, r.kind): r for r in RESOURCES}
@@ -329,7 +341,11 @@ def _defaults(info: ResourceInfo, obj: dict) -> None:
     """Defaults applied to every write of the main resource (decoding's defaulting)."""
     spec = obj.get("spec")
     kind = info.kind
-    if kind == "Namespace":
+    if info.custom is not None:
+        return
+    if kind == "CustomResourceDefinition" and isinstance(spec, dict):
+        _crd_defaults(obj)
+    elif kind == "Namespace":
         meta = obj.setdefault("metadata", {})
         meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta.get("name", "")
     elif kind == "Pod" and isinstance(spec, dict):
@@ -422,6 +438,8 @@ def admit_pod(spec: dict) -> None:
 
 def prepare_create(info: ResourceInfo, obj: dict) -> None:
     """Defaults and the create-time fields (status reset, generation 1, admission defaults)."""
+    if info.custom is not None:
+        return info.custom.prepare_create(info, obj)
     _defaults(info, obj)
     meta = obj.setdefault("metadata", {})
     if info.generation:
@@ -434,6 +452,10 @@ def prepare_create(info: ResourceInfo, obj: dict) -> None:
         spec = obj.setdefault("spec", {})
         admit_pod(spec)
         obj["status"] = {"phase": "Pending", "qosClass": _qos(spec)}
+    elif kind == "CustomResourceDefinition":
+        # the naming controller accepts the names, the establishing controller establishes (crd.py)
+        obj["status"] = {"acceptedNames": {"plural": "", "kind": ""},
+                         "storedVersions": [v.get("name") for v in _crd_versions(obj) if v.get("storage")]}
     elif info.has_status() and kind != "Node":
         obj["status"] = {}
     elif kind == "Node":
@@ -444,6 +466,8 @@ def prepare_create(info: ResourceInfo, obj: dict) -> None:
 
 def prepare_update(info: ResourceInfo, new: dict, old: dict) -> None:
     """A write to the main resource: defaults, the stored status kept, generation bumped on spec change."""
+    if info.custom is not None:
+        return info.custom.prepare_update(info, new, old)
     _defaults(info, new)
     meta = new.setdefault("metadata", {})
     old_meta = old.get("metadata") or {}
@@ -460,6 +484,11 @@ def prepare_update(info: ResourceInfo, new: dict, old: dict) -> None:
         if (meta.get("deletionTimestamp") and not old_meta.get("deletionTimestamp")):
             changed = True
         meta["generation"] = gen + 1 if changed else gen
+    if info.kind == "CustomResourceDefinition":  # a new storage version is a stored version from now on
+        stored = new.setdefault("status", {}).setdefault("storedVersions", [])
+        for v in _crd_versions(new):
+            if v.get("storage") and v.get("name") not in stored:
+                stored.append(v.get("name"))
 
 
 def _spec_of(obj: dict) -> Any:
@@ -611,7 +640,11 @@ def validate(info: ResourceInfo, obj: dict, old: dict | None = None) -> list[dic
     """Field causes that make this write 422 Invalid (empty when it is valid)."""
     causes = _validate_meta(info, obj)
     kind = info.kind
-    if kind == "Pod" and old is None:
+    if info.custom is not None:
+        return causes + info.custom.validate(info, obj, old)
+    if kind == "CustomResourceDefinition":
+        causes += _validate_crd(obj, old)
+    elif kind == "Pod" and old is None:
         causes += _validate_containers(obj.get("spec") or {}, "spec")
     elif kind in ("Deployment", "ReplicaSet", "StatefulSet", "DaemonSet"):
         causes += _validate_workload(obj)
@@ -683,6 +716,8 @@ _EVENT_PAIRS = [  # (events.k8s.io/v1 field, core v1 field)
 
 def to_storage(info: ResourceInfo, obj: dict) -> dict:
     """The stored form of an object written through `info` (core v1 for events.k8s.io Events)."""
+    if info.custom is not None:
+        return info.custom.to_storage(obj)
     if info.group != "events.k8s.io":
         return obj
     out = {"kind": "Event", "apiVersion": "v1", "metadata": obj.get("metadata") or {}}
@@ -697,6 +732,8 @@ def to_storage(info: ResourceInfo, obj: dict) -> dict:
 
 def from_storage(info: ResourceInfo, obj: dict) -> dict:
     """The stored object as `info` serves it."""
+    if info.custom is not None:
+        return info.custom.from_storage(obj)
     if info.group != "events.k8s.io":
         return obj
     out = {"kind": "Event", "apiVersion": "events.k8s.io/v1", "metadata": obj.get("metadata") or {}}
@@ -706,3 +743,124 @@ def from_storage(info: ResourceInfo, obj: dict) -> dict:
     if isinstance(obj.get("series"), dict):
         out["series"] = obj["series"]
     return out
+
+
+# ---------------------------------------------------------------- apiextensions.k8s.io/v1 CustomResourceDefinition
+# The custom resources a CRD defines are served by crd.py; this is the CRD kind's own strategy.
+
+def _crd_versions(obj: dict) -> list[dict]:
+    return [v for v in ((obj.get("spec") or {}).get("versions") or []) if isinstance(v, dict)]
+
+
+def _crd_defaults(obj: dict) -> None:
+    """SetDefaults_CustomResourceDefinitionSpec: singular, listKind, conversion strategy None."""
+    spec = obj["spec"]
+    names = spec.get("names")
+    if isinstance(names, dict):
+        if not names.get("singular") and isinstance(names.get("kind"), str):
+            names["singular"] = names["kind"].lower()
+        if not names.get("listKind") and names.get("kind"):
+            names["listKind"] = f"{names['kind']}List"
+    if not isinstance(spec.get("conversion"), dict):
+        spec["conversion"] = {"strategy": "None"}
+
+
+def _dns1035(path: str, value: Any) -> list[dict]:
+    if not isinstance(value, str) or len(value) > 63 or not DNS1035_LABEL.match(value):
+        return [invalid_value(path, value, DNS1035_MSG)]
+    return []
+
+
+def _validate_crd(obj: dict, old: dict | None) -> list[dict]:
+    """What ValidateCustomResourceDefinition checks that a hand-written CRD gets wrong most."""
+    causes: list[dict] = []
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    names = spec.get("names") if isinstance(spec.get("names"), dict) else {}
+    group, plural = spec.get("group") or "", names.get("plural") or ""
+    name = (obj.get("metadata") or {}).get("name") or ""
+    if name and name != f"{plural}.{group}":
+        causes.append(invalid_value("metadata.name", name, 'must be spec.names.plural+"."+spec.group'))
+    if not group:
+        causes.append(required("spec.group"))
+    elif not DNS1123_SUBDOMAIN.match(group):
+        causes.append(invalid_value("spec.group", group, SUBDOMAIN_MSG))
+    elif "." not in group:
+        causes.append(invalid_value("spec.group", group, "should be a domain with at least one dot"))
+    scope = spec.get("scope") or ""
+    if not scope:
+        causes.append(required("spec.scope"))
+    elif scope not in ("Cluster", "Namespaced"):
+        causes.append(not_supported("spec.scope", scope, ["Cluster", "Namespaced"]))
+    versions = _crd_versions(obj)
+    seen: set = set()
+    for i, v in enumerate(versions):
+        causes += _dns1035(f"spec.versions[{i}].name", v.get("name"))
+        if not isinstance((v.get("schema") or {}).get("openAPIV3Schema"), dict):
+            causes.append(required(f"spec.versions[{i}].schema.openAPIV3Schema"))
+        seen.add(v.get("name"))
+    if not versions:
+        causes.append(required("spec.versions", "must have exactly one version marked as storage version"))
+    else:
+        if len(seen) != len(versions):
+            causes.append(invalid_value("spec.versions", versions, "must contain unique version names"))
+        if sum(1 for v in versions if v.get("storage")) != 1:
+            causes.append(invalid_value("spec.versions", versions,
+                                        "must have exactly one version marked as storage version"))
+    for field in ("plural", "singular", "kind", "listKind"):
+        value = names.get(field) or ""
+        if not value:
+            causes.append(required(f"spec.names.{field}"))
+        elif field in ("plural", "singular"):
+            causes += _dns1035(f"spec.names.{field}", value)
+        elif _dns1035("", value.lower()):
+            causes.append(invalid_value(f"spec.names.{field}", value,
+                                        "may have mixed case, but should otherwise match: " + DNS1035_MSG))
+    for i, short in enumerate(names.get("shortNames") or []):
+        causes += _dns1035(f"spec.names.shortNames[{i}]", short)
+    if names.get("kind") and names.get("kind") == names.get("listKind"):
+        causes.append(invalid_value("spec.names.listKind", names["listKind"], "kind and listKind may not be the same"))
+    causes += _crd_api_approval(obj, old, group)
+    if old is not None:
+        old_spec = old.get("spec") or {}
+        if old_spec.get("group") != spec.get("group"):
+            causes.append(immutable("spec.group", spec.get("group")))
+        for field in ("plural",):
+            if (old_spec.get("names") or {}).get(field) != names.get(field):
+                causes.append(immutable(f"spec.names.{field}", names.get(field)))
+    return causes
+
+
+APPROVAL = "api-approved.kubernetes.io"
+_APPROVAL_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#\s]+")
+
+
+def _approval_state(obj: dict | None) -> tuple[str, str]:
+    """apihelpers.GetAPIApprovalState: (missing|bypassed|approved|invalid, reason)."""
+    value = ((obj or {}).get("metadata") or {}).get("annotations", {}).get(APPROVAL, "")
+    if not value:
+        return "missing", (f'protected groups must have approval annotation "{APPROVAL}", see '
+                           "https://github.com/kubernetes/enhancements/pull/1111")
+    if value.startswith("unapproved"):
+        return "bypassed", f"not approved: {json.dumps(value)}"
+    if _APPROVAL_URL.match(value):
+        return "approved", f"approved in {value}"
+    return "invalid", (f'protected groups must have approval annotation "{APPROVAL}" with either a URL or a reason '
+                       'starting with "unapproved", see https://github.com/kubernetes/enhancements/pull/1111')
+
+
+def _crd_api_approval(obj: dict, old: dict | None, group: str) -> list[dict]:
+    """validateAPIApproval: a CRD in a protected group (k8s.io, kubernetes.io and their subdomains)
+    needs the api-approved.kubernetes.io annotation (Gateway API's CRDs carry it)."""
+    protected = group in ("k8s.io", "kubernetes.io") or group.endswith((".k8s.io", ".kubernetes.io"))
+    if not protected:
+        return []
+    state, reason = _approval_state(obj)
+    if old is not None and _approval_state(old)[0] == state:
+        return []
+    where = f"metadata.annotations[{APPROVAL}]"
+    if state == "missing":
+        return [required(where, reason)]
+    if state == "invalid":
+        value = ((obj.get("metadata") or {}).get("annotations") or {}).get(APPROVAL, "")
+        return [invalid_value(where, value, reason)]
+    return []

@@ -26,7 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from emu.apiserver import discovery, errors, gojson, impersonation, mirror, protobuf, resources, storage, streaming
+from emu.apiserver import (crd, discovery, errors, gojson, impersonation, mirror, protobuf, resources, storage,
+                           streaming)
 from emu.apiserver.controllers import gc
 from emu.apiserver.errors import ApiError
 from emu.apiserver.resources import ResourceInfo
@@ -435,6 +436,12 @@ class ApiServer:
         self.tables = _optional("tables")
         self.openapi = _optional("openapi")
         self._bootstrap(bootstrap_objects or [])
+        # the custom resources of the stored CRDs (crd.py); names accepted and deletions resumed as after a restart
+        self.crds = crd.Registry(store)
+        crd.accept_all(store)
+        for c in store.list_objects(crd.CRD_KEY):
+            if c["metadata"].get("deletionTimestamp"):
+                self._finalize_crd_later(c["metadata"]["name"])
 
     # ------------------------------------------------------------ lifecycle
 
@@ -652,26 +659,27 @@ class ApiServer:
             return self._send(req, 200, b"ok", "text/plain; charset=utf-8")
         if path == "/version":
             return self._send_json(req, 200, discovery.version())
+        custom = self.crds.resources()
         if path in ("/api", "/apis"):
             v = discovery.negotiate_aggregated(req.headers.get("Accept", ""))
             if v:
-                body = discovery.aggregated(path == "/api", v)
+                body = discovery.aggregated(path == "/api", v, custom)
                 return self._send_json(req, 200, body, discovery.AGGREGATED[v])
             if path == "/api":
                 host = req.headers.get("Host", "")
                 return self._send_json(req, 200, discovery.api_versions(host))
-            return self._send_json(req, 200, discovery.api_group_list())
+            return self._send_json(req, 200, discovery.api_group_list(custom))
         parts = path.strip("/").split("/")
         if parts[0] == "api" and len(parts) == 2:
             doc = discovery.resource_list("", parts[1])
             if doc:
                 return self._send_json(req, 200, doc)
         if parts[0] == "apis" and len(parts) == 2:
-            doc = discovery.api_group(parts[1])
+            doc = discovery.api_group(parts[1], custom)
             if doc:
                 return self._send_json(req, 200, doc)
         if parts[0] == "apis" and len(parts) == 3:
-            doc = discovery.resource_list(parts[1], parts[2])
+            doc = discovery.resource_list(parts[1], parts[2], custom)
             if doc:
                 return self._send_json(req, 200, doc)
         if parts[0] == "openapi":
@@ -684,6 +692,17 @@ class ApiServer:
         if oa is None or not hasattr(oa, "handle"):
             return self._send(req, 404, b"404 page not found\n", "text/plain; charset=utf-8")
         query = urlsplit(req.h.path).query
+        if parts[:1] == ["v3"]:
+            custom = self._custom_openapi()
+            path = req.path.rstrip("/")
+            if path == "/openapi/v3" and custom and hasattr(oa, "v3_index"):
+                index = oa.v3_index()
+                for gv, (body, digest) in custom.items():
+                    index["paths"][gv] = {"serverRelativeURL": f"/openapi/v3/{gv}?hash={digest}"}
+                return self._send_json(req, 200, index)
+            if path.startswith("/openapi/v3/") and path[len("/openapi/v3/"):] in custom:
+                body, digest = custom[path[len("/openapi/v3/"):]]
+                return self._send(req, 200, body, "application/json", {"Etag": f'"{digest}"'})
         result = oa.handle(req.path, query, req.headers.get("Accept", ""), req.headers.get("Accept-Encoding", ""))
         if result is None:
             return self._send(req, 404, b"404 page not found\n", "text/plain; charset=utf-8")
@@ -696,12 +715,36 @@ class ApiServer:
         ctype = headers.pop("Content-Type", "application/json")
         return self._send(req, code, body, ctype, headers)
 
+    def _custom_openapi(self) -> dict[str, tuple[bytes, str]]:
+        """The OpenAPI v3 documents of the custom resources' group-versions ("apis/G/V": (JSON, hash)),
+        made again when the served custom resources change."""
+        infos = self.crds.resources()
+        cached = getattr(self, "_custom_openapi_cache", None)
+        if cached is not None and cached[0] is infos:
+            return cached[1]
+        docs: dict[str, tuple[bytes, str]] = {}
+        if infos and hasattr(self.openapi, "v3"):
+            import hashlib
+
+            template = json.loads(self.openapi.v3("apis/apps/v1") or b"{}")
+            builtin = set(resources.group_versions())
+            for g, v in dict.fromkeys((r.group, r.version) for r in infos):
+                if (g, v) in builtin:
+                    continue
+                body = json.dumps(crd.openapi_v3([r for r in infos if (r.group, r.version) == (g, v)], template),
+                                  separators=(",", ":")).encode()
+                docs[f"apis/{g}/{v}"] = (body, hashlib.sha512(body).hexdigest().upper())
+        self._custom_openapi_cache = (infos, docs)
+        return docs
+
     # ------------------------------------------------------------ resource requests
 
     def _resource(self, req: Request, info: RequestInfo, attrs: Attributes) -> None:
-        if not any(g == info.group and v == info.version for g, v in resources.group_versions()):
+        custom = self.crds.resources()
+        if not any(g == info.group and v == info.version for g, v in discovery.group_versions(custom)):
             return self._send(req, 404, b"404 page not found\n", "text/plain; charset=utf-8")
-        r = resources.lookup(info.group, info.version, info.resource)
+        r = resources.lookup(info.group, info.version, info.resource) or self.crds.lookup(
+            info.group, info.version, info.resource)
         if r is None:
             raise errors.resource_not_found()
         if len(info.parts) > 3:
@@ -761,8 +804,8 @@ class ApiServer:
         if text is None:
             raise errors.not_found(r.plural, info.name, r.group)
         if info.subresource == "scale":
-            return self._send_json(req, 200, self._scale_of(json.loads(text)))
-        if form == "json" and r.storage_plural == "":
+            return self._send_json(req, 200, self._scale_of(json.loads(text), r))
+        if form == "json" and not r.converts:
             return self._send_json(req, 200, text)
         obj = resources.from_storage(r, json.loads(text))
         if form == "table":
@@ -791,7 +834,9 @@ class ApiServer:
         if include not in ("None", "Metadata", "Object"):
             raise errors.bad_request(f'includeObject: Unsupported value: "{include}"')
         table = None
-        if self.tables is not None:
+        if r.custom is not None:
+            table = r.custom.table(objects, include, resource_version=rv, continue_token=token)
+        elif self.tables is not None:
             table = self.tables.table(r, objects, include, resource_version=rv, continue_token=token)
         if table is None:
             table = fallback_table(r, objects, include)
@@ -821,7 +866,7 @@ class ApiServer:
         if form == "table":
             return self._list_table(req, r, ns, labels, fields, max(limit, 0), mv)
         texts, rv, token = self.store.list(r.key, ns, labels, fields, max(limit, 0), req.q("continue"))
-        if form == "json" and not r.storage_plural:
+        if form == "json" and not r.converts:
             meta = {"resourceVersion": str(rv)}
             if token:
                 meta["continue"] = token
@@ -899,7 +944,7 @@ class ApiServer:
             h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
 
         def event(etype: str, obj_text: str) -> bytes:
-            if form == "json" and not r.storage_plural:
+            if form == "json" and not r.converts:
                 return b'{"type":"%s","object":%s}\n' % (etype.encode(), obj_text.encode())
             obj = resources.from_storage(r, json.loads(obj_text))
             if form == "table":
@@ -926,6 +971,8 @@ class ApiServer:
                     continue
                 if self._client_gone(h):
                     break
+                if r.custom is not None and self.crds.lookup(r.group, r.version, r.plural) is None:
+                    break  # its CRD is gone: kube-apiserver ends the watches of a removed storage
                 if bookmarks and time.monotonic() - last_bookmark >= self.bookmark_interval:
                     rv = watcher.bookmark_rv()
                     if rv is not None:
@@ -1022,9 +1069,14 @@ class ApiServer:
         if mode not in ("Strict", "Warn", "Ignore"):
             raise errors.bad_request(f'fieldValidation: Unsupported value: "{mode}": supported values: '
                                      '"Ignore", "Strict", "Warn"')
-        if mode == "Ignore" or self.openapi is None or not hasattr(self.openapi, "unknown_fields"):
+        if r.custom is not None:
+            unknown = r.custom.unknown_fields(obj)  # pruned, as structural schemas prune
+            if mode == "Ignore":
+                return
+        elif mode == "Ignore" or self.openapi is None or not hasattr(self.openapi, "unknown_fields"):
             return
-        unknown = self.openapi.unknown_fields(r.api_version, r.kind, obj) or []
+        else:
+            unknown = self.openapi.unknown_fields(r.api_version, r.kind, obj) or []
         if not unknown:
             return
         if mode == "Strict":
@@ -1127,6 +1179,9 @@ class ApiServer:
             meta.pop("managedFields", None)
         name = meta.get("name") or ""
         generate = "" if name else (meta.get("generateName") or "")
+        if r.custom is not None and r.custom.terminating:  # apiextensions' forbidCreateAdmission
+            raise errors.forbidden(r.plural, name, "create not allowed while custom resource definition is "
+                                                   "terminating", r.group)
         self._namespace_lifecycle(r, ns, name)
         stored = resources.to_storage(r, obj)
         resources.prepare_create(r, stored)
@@ -1145,9 +1200,13 @@ class ApiServer:
                 raise self._invalid(r, stored if generate else obj, causes)
             self._admit(attrs, None, stored)
             if not applied:
+                # status is a reset field of a kind with a status subresource: a create's manager does not own it
+                status = stored.pop("status", None) if r.has_status() else None
                 stored = self._managed(req, stored, None, r)
+                if status is not None:
+                    stored["status"] = status
             try:
-                if r.kind == "Service":
+                if r.key == "services":
                     with self._alloc_lock:
                         self._allocate_service(r, stored, None)
                         out = self.store.create(r.key, stored, fields_of, dry)
@@ -1157,6 +1216,8 @@ class ApiServer:
             except ApiError as e:
                 if not generate or e.reason != "AlreadyExists" or attempt == 7:
                     raise
+        if r.key == crd.CRD_KEY and not dry:
+            crd.accept_names(self.store, out["metadata"]["name"])
         self._send_json(req, code, resources.from_storage(r, out))
 
     @staticmethod
@@ -1349,6 +1410,9 @@ class ApiServer:
             storage.keep_identity(current, new)
             if sub == "status":
                 new = resources.prepare_status_update(r, new, current)
+                causes = r.custom.validate(r, new, current) if r.custom is not None else []
+                if causes:  # a custom resource's status is checked against its schema too
+                    raise self._invalid(r, new, causes)
             elif sub == "finalize":
                 fin = (new.get("spec") or {}).get("finalizers") or []
                 new = copy.deepcopy(current)
@@ -1358,9 +1422,9 @@ class ApiServer:
                 causes = resources.validate(r, new, current)
                 if causes:
                     raise self._invalid(r, new, causes)
-                if r.kind == "Service":
+                if r.key == "services":
                     self._allocate_service(r, new, current)
-            if r.kind == "Namespace":
+            if r.key == "namespaces":
                 labels = new["metadata"].setdefault("labels", {})
                 labels["kubernetes.io/metadata.name"] = info.name
             self._admit(attrs, current, new)
@@ -1371,13 +1435,15 @@ class ApiServer:
                 return None
             return new
 
-        if r.kind == "Service":
+        if r.key == "services":
             self._alloc_lock.acquire()
         try:
             etype, out = self.store.write(r.key, ns, info.name, fn, self._fields_of(r), dry)
         finally:
-            if r.kind == "Service":
+            if r.key == "services":
                 self._alloc_lock.release()
+        if r.key == crd.CRD_KEY and not dry and etype:
+            crd.accept_names(self.store, info.name)
         if state.get("created"):
             obj = make(None)
             obj["metadata"].pop("resourceVersion", None)
@@ -1388,7 +1454,9 @@ class ApiServer:
             raise errors.not_found(r.plural, info.name, r.group)
         self._send_json(req, 200, resources.from_storage(r, out))
 
-    def _scale_of(self, obj: dict) -> dict:
+    def _scale_of(self, obj: dict, r: ResourceInfo | None = None) -> dict:
+        if r is not None and r.custom is not None:
+            return r.custom.scale_of(obj)
         meta = obj.get("metadata") or {}
         return {"kind": "Scale", "apiVersion": "autoscaling/v1",
                 "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
@@ -1404,7 +1472,7 @@ class ApiServer:
         def fn(current: dict | None):
             if current is None:
                 raise errors.not_found(r.plural, info.name, r.group)
-            scale = make(self._scale_of(current))
+            scale = make(self._scale_of(current, r))
             replicas = (scale.get("spec") or {}).get("replicas", 0)
             if not isinstance(replicas, int) or replicas < 0:
                 raise errors.invalid("Scale", info.name, [resources.invalid_value(
@@ -1413,7 +1481,10 @@ class ApiServer:
             if want_rv and want_rv != current["metadata"].get("resourceVersion"):
                 raise errors.conflict(r.plural, info.name, r.group)
             new = copy.deepcopy(current)
-            new.setdefault("spec", {})["replicas"] = replicas
+            if r.custom is not None:
+                r.custom.set_replicas(new, replicas)
+            else:
+                new.setdefault("spec", {})["replicas"] = replicas
             if new == current:
                 return None
             resources.prepare_update(r, new, current)
@@ -1421,7 +1492,7 @@ class ApiServer:
             return self._managed(req, new, current, r, "scale")
 
         _, out = self.store.write(r.key, ns, info.name, fn, r.field_values, dry)
-        self._send_json(req, 200, self._scale_of(out))
+        self._send_json(req, 200, self._scale_of(out, r))
 
     # ------------------------------------------------------------ binding
 
@@ -1547,8 +1618,12 @@ class ApiServer:
         opts = self._delete_options(req)
         dry = req.q("dryRun") == "All" or opts.get("dryRun") == ["All"]
         removed, obj = self._delete_one(r, ns, info.name, attrs, opts, dry)
+        # kube-apiserver's delete handler: 200, also for an object that stays (a graceful pod, finalizers),
+        # but 202 when it stays and orphanDependents=false was asked (kept for old clients)
+        orphan = opts.get("orphanDependents")
+        code = 202 if not removed and (orphan is False or str(orphan).lower() == "false") else 200
         if r.returns_deleted or not removed:
-            return self._send_json(req, 200 if removed else 202, resources.from_storage(r, obj))
+            return self._send_json(req, code, resources.from_storage(r, obj))
         details = {"name": info.name}
         if r.group:
             details["group"] = r.group
@@ -1574,7 +1649,9 @@ class ApiServer:
                                                                f"{pre['resourceVersion']}, ResourceVersion in object "
                                                                f"meta: {meta.get('resourceVersion')}")
             self._admit(attrs, current, None)
-            if r.kind == "Namespace":
+            if r.key == crd.CRD_KEY:
+                return crd.mark_deleted(current)
+            if r.key == "namespaces":
                 if name in IMMORTAL_NAMESPACES:
                     raise errors.forbidden("namespaces", name, "this namespace may not be deleted")
                 if meta.get("deletionTimestamp"):
@@ -1583,7 +1660,7 @@ class ApiServer:
                 meta["deletionGracePeriodSeconds"] = 0
                 current.setdefault("status", {})["phase"] = "Terminating"
                 return current
-            if r.kind == "Pod" and (current.get("spec") or {}).get("nodeName") and not mirror.emu_pod(current):
+            if r.key == "pods" and (current.get("spec") or {}).get("nodeName") and not mirror.emu_pod(current):
                 return _graceful_pod_delete(current, grace)
             # The propagation policy's finalizer (Foreground, Orphan): the garbage collector finishes the job.
             gc.add_deletion_finalizers(current, opts)
@@ -1592,9 +1669,12 @@ class ApiServer:
         etype, obj = self.store.write(r.key, ns, name, fn, self._fields_of(r), dry)
         if obj is None:
             raise errors.not_found(r.plural, name, r.group)
-        if r.kind == "Namespace" and not dry:
+        if r.key == "namespaces" and not dry:
             self._finalize_namespace_later(name)
-        removed = etype == "DELETED" or (dry and not obj["metadata"].get("finalizers") and r.kind != "Namespace")
+        if r.key == crd.CRD_KEY and not dry and etype != "DELETED":
+            self._finalize_crd_later(name)
+        removed = etype == "DELETED" or (dry and not obj["metadata"].get("finalizers") and r.key not in (
+            "namespaces", crd.CRD_KEY))
         return removed, obj
 
     def _delete_collection(self, req: Request, r: ResourceInfo, ns: str, info: RequestInfo, attrs: Attributes) -> None:
@@ -1626,7 +1706,8 @@ class ApiServer:
                          daemon=True).start()
 
     def _finalize_namespace(self, name: str) -> None:
-        by_key = {r.key: r for r in resources.RESOURCES if r.stored and not r.storage_plural}
+        by_key = {r.key: r for r in [*resources.RESOURCES, *self.crds.resources()]
+                  if r.stored and not r.storage_plural and r.namespaced}
         try:
             while not self._stopping.is_set():
                 left = [(k, n) for k, n in self.store.namespaces_in_use(name) if k in by_key]
@@ -1655,6 +1736,26 @@ class ApiServer:
             traceback.print_exc(file=self.log)
         finally:
             self._finalizing.discard(name)
+
+    # ------------------------------------------------------------ CRD finalization
+
+    def _finalize_crd_later(self, name: str) -> None:
+        """Delete a terminating CRD's custom resources, then the CRD (the CRDFinalizer's job)."""
+        key = f"crd/{name}"
+        if key in self._finalizing:
+            return
+        self._finalizing.add(key)
+
+        def run() -> None:
+            try:
+                crd.finalize(self.store, name, self._stopping)
+                crd.accept_all(self.store)  # names the CRD held are free for the others of its group
+            except Exception:
+                traceback.print_exc(file=self.log)
+            finally:
+                self._finalizing.discard(key)
+
+        threading.Thread(target=run, name=f"crd-finalize-{name}", daemon=True).start()
 
     # ------------------------------------------------------------ reviews
 

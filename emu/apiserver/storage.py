@@ -464,7 +464,7 @@ def split_managed(body: str, start: int | None, end: int | None) -> tuple[dict, 
 def finalizers(obj: dict) -> list:
     """What holds an object being deleted: metadata.finalizers, and a Namespace's spec.finalizers."""
     out = list((obj.get("metadata") or {}).get("finalizers") or [])
-    if obj.get("kind") == "Namespace":
+    if obj.get("kind") == "Namespace" and obj.get("apiVersion", "v1") == "v1":
         out += (obj.get("spec") or {}).get("finalizers") or []
     return out
 
@@ -492,7 +492,7 @@ def keep_identity(current: dict, new: dict) -> None:
 def graceful_pod(obj: dict) -> bool:
     """A pod being deleted gracefully (deletionGracePeriodSeconds > 0): it stays, with
     no finalizers too, until its node's kubelet deletes it with a grace period of 0."""
-    return obj.get("kind") == "Pod" and bool((obj.get("metadata") or {}).get("deletionGracePeriodSeconds"))
+    return obj.get("kind") == "Pod" and obj.get("apiVersion", "v1") == "v1" and bool((obj.get("metadata") or {}).get("deletionGracePeriodSeconds"))
 
 
 def mark_deleted(current: dict, grace: int = 0) -> object:

@@ -320,7 +320,11 @@ def test_kubectl_with_a_certificate_of_another_ca_fails_the_handshake(pki, other
     out = run_kubectl(tmp_path, kubeconfig.render("lab", url, pki.ca_cert, other_pki.admin_cert, other_pki.admin_key),
                       "get", "--raw", "/whoami")
     assert out.returncode != 0
-    assert "tls" in out.stderr.lower(), out.stderr
+    # TLS 1.3: the server's alert for a client certificate it does not trust arrives after
+    # the client's side of the handshake is done, so kubectl may already be writing its
+    # request and see the connection reset instead (once in a loaded full run).
+    said = out.stderr.lower()
+    assert any(words in said for words in ("tls", "connection reset by peer", "broken pipe", "eof")), out.stderr
     assert seen == []
 
 

@@ -492,3 +492,24 @@ def test_negotiate_and_human_duration():
     assert exc.value.code == 406
     assert [human_duration(s) for s in (5, 119, 150, 3600, 5 * 3600 + 600, 30 * 3600, 3 * 86400, 400 * 86400)] == \
         ["5s", "119s", "2m30s", "60m", "5h10m", "30h", "3d", "400d"]
+
+
+def test_delete_answers_200_unless_orphan_dependents_is_false(apiserver):
+    """kube-apiserver's delete handler: 200 with the object when it stays (a pod's graceful
+    delete, finalizers), 202 only when the object stays and orphanDependents=false."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"nodeName": "w1", "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.9"}]}}
+    http(apiserver, "POST", "/api/v1/namespaces/default/pods", json.dumps(pod).encode(),
+         {"Content-Type": "application/json"})
+    code, _, body = http(apiserver, "DELETE", "/api/v1/namespaces/default/pods/p")
+    obj = json.loads(body)
+    assert (code, obj["kind"], obj["metadata"]["deletionGracePeriodSeconds"]) == (200, "Pod", 30)
+    assert obj["metadata"]["deletionTimestamp"]
+    v1 = client.CoreV1Api(apiserver.client())
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "f", "finalizers": ["example.com/x"]}})
+    code, _, body = http(apiserver, "DELETE", "/api/v1/namespaces/default/configmaps/f?orphanDependents=false")
+    assert (code, json.loads(body)["metadata"]["name"]) == (202, "f")
+    v1.create_namespaced_config_map("default", {"metadata": {"name": "g", "finalizers": ["example.com/x"]}})
+    code, _, _ = http(apiserver, "DELETE", "/api/v1/namespaces/default/configmaps/g",
+                      json.dumps({"orphanDependents": True}).encode(), {"Content-Type": "application/json"})
+    assert code == 200

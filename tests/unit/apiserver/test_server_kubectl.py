@@ -292,9 +292,6 @@ metadata: {name: ok}
 """
 
 
-@pytest.mark.xfail(strict=True, reason="not built yet: kubectl's validation asks whether an unknown kind is a CRD "
-                   "(GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions), which emu does not serve, and "
-                   "fails with 'failed to check CRD: failed to list CRDs'; passes with --validate=false")
 def test_apply_with_unknown_kinds_applies_the_rest(kubectl_default, tmp_path):
     path = tmp_path / "unknown.yaml"
     path.write_text(UNKNOWN_KINDS)
