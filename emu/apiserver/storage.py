@@ -225,10 +225,13 @@ class Store:
             out: list[str] = []
             last: tuple[str, str] | None = None
             more = False
-            for ns, name, body, lab, fld, managed_start, managed_end in cur:
-                if not labels.empty() and not labels.matches(json.loads(lab)):
+            rows = cur
+            if continue_token and rv < self.revision:
+                rows = self._rows_at(rv, key, namespace, start, cur)
+            for ns, name, body, lab, fld, managed_start, managed_end in rows:
+                if not labels.empty() and not labels.matches(json.loads(lab) if isinstance(lab, str) else lab):
                     continue
-                if not fields.empty() and not fields.matches(json.loads(fld)):
+                if not fields.empty() and not fields.matches(json.loads(fld) if isinstance(fld, str) else fld):
                     continue
                 if limit and len(out) >= limit:
                     more = True
@@ -238,6 +241,30 @@ class Store:
             cur.close()
         token = self._encode_continue(rv, last) if more and last else ""
         return out, rv, token
+
+    def _rows_at(self, rv: int, key: str, namespace: str, start: tuple[str, str], rows):
+        """The rows after `start` as they were at revision `rv` (a continue page is the first
+        page's snapshot, as etcd's read at the list's revision makes it): the current rows,
+        with each object changed since as the first change after `rv` found it (its previous
+        text; none for one added since). Every event after `rv` is in the cache (the continue
+        token was checked against the window)."""
+        then: dict[tuple[str, str], tuple | None] = {}
+        for ev in self._cache:
+            where = (ev.namespace, ev.name)
+            if ev.rv <= rv or ev.key != key or (namespace and ev.namespace != namespace) or where <= start:
+                continue
+            if where not in then:
+                then[where] = None if ev.type == "ADDED" else (
+                    *where, ev.prev_body, ev.prev_labels or {}, ev.prev_fields or {}, None, None)
+        restored = sorted(row for row in then.values() if row is not None)
+        index = 0
+        for row in rows:
+            while index < len(restored) and restored[index][:2] < row[:2]:
+                yield restored[index]
+                index += 1
+            if (row[0], row[1]) not in then:
+                yield row
+        yield from restored[index:]
 
     def list_objects(self, key: str, namespace: str = "") -> list[dict]:
         """Every object of a resource, parsed (for the server's own bookkeeping)."""
@@ -323,7 +350,7 @@ class Store:
                 raise
             self.revision = rv
             ev = Event(etype, rv, key, namespace, name, body, labels, flds)
-            if etype == "MODIFIED" and current is not None:
+            if etype in ("MODIFIED", "DELETED") and current is not None:  # (a continue page's snapshot needs both)
                 ev.prev_body = text or ""
                 ev.prev_labels = (current.get("metadata") or {}).get("labels") or {}
                 ev.prev_fields = fields_of(current)

@@ -86,6 +86,33 @@ def test_list_order_selectors_and_continue(store):
     assert e.value.code == 400
 
 
+def test_a_continue_page_is_the_snapshot_of_the_lists_revision(store):
+    """As etcd's read at the list's revision: what changed after the first page shows as it was then."""
+    for name in "abcdef":
+        store.create("configmaps", cm(name, labels={"keep": "yes"}), fields_of)
+    page1, rv, token = store.list("configmaps", limit=2, labels=LabelSelector.parse("keep=yes"))
+    assert [json.loads(t)["metadata"]["name"] for t in page1] == ["a", "b"]
+    c = store.get("configmaps", "default", "c")
+    store.update("configmaps", {**c, "data": {"k": "2"}}, fields_of)  # changed
+    store.delete("configmaps", "default", "d", fields_of)  # deleted
+    store.create("configmaps", cm("cc", labels={"keep": "yes"}), fields_of)  # added
+    e = store.get("configmaps", "default", "e")
+    store.update("configmaps", {**e, "metadata": {**e["metadata"], "labels": {}}}, fields_of)  # left the selection
+    store.update("configmaps", {**store.get("configmaps", "default", "e"), "data": {"k": "3"}}, fields_of)
+    rest, rv2, token2 = store.list("configmaps", labels=LabelSelector.parse("keep=yes"), continue_token=token)
+    then = [json.loads(t) for t in rest]
+    assert [o["metadata"]["name"] for o in then] == ["c", "d", "e", "f"] and rv2 == rv and token2 == ""
+    assert all(int(o["metadata"]["resourceVersion"]) <= rv for o in then)
+    assert "data" not in then[0] and then[2]["metadata"]["labels"] == {"keep": "yes"}
+    # Pages of the snapshot keep going in order; a new list sees the current objects.
+    page, _, more = store.list("configmaps", limit=1, continue_token=token)
+    assert [json.loads(t)["metadata"]["name"] for t in page] == ["c"] and more
+    page, _, _ = store.list("configmaps", limit=2, continue_token=more)
+    assert [json.loads(t)["metadata"]["name"] for t in page] == ["d", "e"]
+    now, _, _ = store.list("configmaps", labels=LabelSelector.parse("keep=yes"))
+    assert [json.loads(t)["metadata"]["name"] for t in now] == ["a", "b", "c", "cc", "f"]
+
+
 def test_watch_fan_out_and_transitions(store):
     all_w = store.watch("configmaps", resource_version=str(store.revision))
     team_a = store.watch("configmaps", labels=LabelSelector.parse("team=a"), resource_version=str(store.revision))

@@ -259,10 +259,6 @@ def test_a_node_reaches_python_m_emu_apiserver_in_tls_mode(tmp_path):
         server.wait(10)
 
 
-@pytest.mark.xfail(strict=True, reason="emu's Store.list serves a `continue` page from the current rows, not from the "
-                   "first page's revision as kube-apiserver does (etcd's snapshot): a page can hold an object newer than "
-                   "the list's resourceVersion, and a watch from that resourceVersion then sends it again (the informer "
-                   "drops such repeats by resourceVersion)")
 def test_a_continue_page_is_the_first_pages_snapshot(server):
     admin = server.client()
     for name in ("a", "b"):
