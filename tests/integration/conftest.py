@@ -20,6 +20,7 @@ import pytest
 from emu.control.cluster import Cluster
 from emu.errors import EmuError
 from emu.control.runtime.docker import DockerRuntime
+from emu.control.runtime.swarm import SwarmRuntime
 from emu.testing import sweep
 from emu.api.load import load_file, load_text
 
@@ -140,3 +141,26 @@ def lab(_make_session_cluster) -> Cluster:
     """The default lab (topologies/default.yaml), shared by read-only tests of
     several modules (test_images, test_lifecycle, test_pod_network)."""
     return _make_session_cluster(ROOT / "topologies" / "default.yaml", "lab")
+
+
+@pytest.fixture(scope="module")
+def swarm_lab(tmp_path_factory):
+    """Three hosts (tests/hostlab.py) in a swarm with emu's node image; emu's records in a private EMU_HOME.
+    Module-scoped: each module that uses it gets hosts of its own (test_multihost stops an engine)."""
+    from emu.control.hosts import prepare_hosts
+    from emu.control.runtime.images import node_image_tag
+    from tests import hostlab
+
+    if os.geteuid() != 0:
+        pytest.skip("the multi-host lab needs root: network namespaces, dockerd and sshd per host")
+    home = tmp_path_factory.mktemp("emu-home")
+    with pytest.MonkeyPatch.context() as patch, hostlab.session(3, progress=lambda message: None) as lab:
+        patch.setenv("EMU_HOME", str(home))
+        hosts = lab.models()
+        prepare_hosts(hosts, [node_image_tag()], progress=lambda message: None)
+        sweep = SwarmRuntime(hosts)
+        for name in sweep.cluster_names():  # what an interrupted run left
+            if name.startswith("emutest"):
+                sweep.remove_cluster(name)
+        sweep.close()
+        yield lab

@@ -54,25 +54,8 @@ RECOVERY = 90
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """Three hosts in a swarm with emu's node image; emu's records in a private EMU_HOME."""
-    from emu.control.hosts import prepare_hosts
-    from emu.control.runtime.images import node_image_tag
-    from tests import hostlab
-
-    if os.geteuid() != 0:
-        pytest.skip("the multi-host lab needs root: network namespaces, dockerd and sshd per host")
-    home = tmp_path_factory.mktemp("emu-home")
-    with pytest.MonkeyPatch.context() as patch, hostlab.session(3, progress=lambda message: None) as lab:
-        patch.setenv("EMU_HOME", str(home))
-        hosts = lab.models()
-        prepare_hosts(hosts, [node_image_tag()], progress=lambda message: None)
-        sweep = SwarmRuntime(hosts)
-        for name in sweep.cluster_names():  # what an interrupted run left
-            if name.startswith("emutest"):
-                sweep.remove_cluster(name)
-        sweep.close()
-        yield lab
+def lab(swarm_lab):
+    return swarm_lab  # (conftest.py: three hosts in a swarm with emu's node image)
 
 
 @pytest.fixture(scope="module")
