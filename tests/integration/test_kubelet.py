@@ -185,7 +185,8 @@ def test_a_deployment_made_with_kubectl_rolls_out_scales_and_goes_with_its_pods(
     running = pods()
     assert len(running) == 2 and all(name.startswith("kdep-") for name in running), running
     for name, ip in running.items():
-        assert reach(cluster, ip) == name
+        # (Ready once started, as a pod without a readiness probe: netexec may still be starting)
+        wait_for(lambda ip=ip, name=name: reach(cluster, ip) == name, 30, f"{name} answering at {ip}")
     kubectl(cluster, "scale", "deployment", "kdep", "--replicas=3")
     kubectl(cluster, "rollout", "status", "deployment/kdep", "--timeout=120s")
     assert len(pods()) == 3 and set(running) <= set(pods())
@@ -243,7 +244,7 @@ def test_a_statefulset_and_a_daemonset_made_with_kubectl_run_and_their_pods_are_
             return found[:1] == [ip]
 
         wait_for(named, 30, f"{name}.kdb answering with {ip}")
-        assert reach(cluster, ip) == name
+        wait_for(lambda ip=ip, name=name: reach(cluster, ip) == name, 30, f"{name} answering at {ip}")
     daemons = json.loads(kubectl(cluster, "get", "pods", "-l", "app=kds", "-o", "json").stdout)["items"]
     status = json.loads(kubectl(cluster, "get", "ds", "kds", "-o", "json").stdout)["status"]
     assert len(daemons) == status["desiredNumberScheduled"] == status["numberReady"] >= 2
