@@ -112,7 +112,7 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
             if kind == "Namespace" and current is not None and not emu_owned(current):
                 shared.add((key, namespace, name))
                 continue
-            if current is not None and not emu_pod(current):
+            if current is not None and not emu_owned(current):
                 raise errors.conflict(key, name, why=f"{kind.lower()} {namespace}/{name} was made through the API "
                                       f"(kubectl), not by emu: delete it with kubectl first, or give emu's "
                                       f"{kind.lower()} another name")  # fmt: skip
@@ -127,7 +127,7 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
         for current in store.list_objects(key):
             meta = current.get("metadata") or {}
             where = (key, meta.get("namespace", ""), meta.get("name", ""))
-            if key in owned and not emu_pod(current):
+            if key in owned and not emu_owned(current):
                 continue  # not emu's: made through the API (a pod run by its node's kubelet, a Service)
             if where not in desired and meta.get("name") not in kept:
                 etype, _ = store.write(key, where[1], where[2], lambda obj: DELETE, fields_of)
@@ -184,7 +184,7 @@ def _check_service_addresses(store: Store, key: str, namespace: str, name: str, 
     ports = {p.get("nodePort") for p in spec.get("ports") or [] if p.get("nodePort")}
     for other in store.list_objects(key):
         meta = other.get("metadata") or {}
-        if emu_pod(other) or (meta.get("namespace"), meta.get("name")) == (namespace, name):
+        if emu_owned(other) or (meta.get("namespace"), meta.get("name")) == (namespace, name):
             continue
         theirs = other.get("spec") or {}
         clash = sorted(ips & {theirs.get("clusterIP"), *(theirs.get("clusterIPs") or [])}) or sorted(
@@ -217,7 +217,7 @@ def move(store: Store, moves: list[dict]) -> dict[str, int]:
                                      "with an InternalIP")  # fmt: skip
 
         def bind(current: dict | None) -> dict | None:
-            if current is None or not emu_pod(current):
+            if current is None or not emu_owned(current):
                 raise errors.bad_request(f"pod {namespace}/{name} is not one of emu's pods in the API server")
             spec, status = current.get("spec") or {}, current.get("status") or {}
             if spec.get("nodeName") == node and status.get("podIP") == ip:
@@ -310,9 +310,6 @@ def emu_owned(obj: dict | None) -> bool:
     return (((obj or {}).get("metadata") or {}).get("annotations") or {}).get(MANAGED_BY) == MANAGER
 
 
-emu_pod = emu_owned
-
-
 def _uid(obj: dict) -> str:
     import uuid
 
@@ -336,11 +333,11 @@ def refuse(user_name: str, verb: str, api_group: str, resource: str, namespace: 
         return None
     if (api_group, resource) in OWNED_RESOURCES and verb != "deletecollection":
         if verb == "create":
-            if not emu_pod(body() if body else None):
+            if not emu_owned(body() if body else None):
                 return None  # (the server asks again with the body: emu.apiserver.server._create)
             return errors.forbidden(resource, "", f"the annotation {MANAGED_BY}={MANAGER} is emu's own mark of the "
                                     f"{resource} its commands drive: leave it out of one made through the API", "")
-        if name and not emu_pod(current() if current else None):
+        if name and not emu_owned(current() if current else None):
             return None
     return errors.ApiError(
         405, "MethodNotAllowed",

@@ -1660,7 +1660,7 @@ class ApiServer:
                 meta["deletionGracePeriodSeconds"] = 0
                 current.setdefault("status", {})["phase"] = "Terminating"
                 return current
-            if r.key == "pods" and (current.get("spec") or {}).get("nodeName") and not mirror.emu_pod(current):
+            if r.key == "pods" and (current.get("spec") or {}).get("nodeName") and not mirror.emu_owned(current):
                 return _graceful_pod_delete(current, grace)
             # The propagation policy's finalizer (Foreground, Orphan): the garbage collector finishes the job.
             gc.add_deletion_finalizers(current, opts)

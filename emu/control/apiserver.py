@@ -304,7 +304,7 @@ def foreign_service_addresses(client: NodeApi) -> tuple[set[str], set[int]]:
     """The cluster IPs and node ports (health check ones too) of the Services made
     through the API (kubectl), which emu's planner must leave to them; nothing when
     the API server does not answer (the mirror then refuses a clash)."""
-    from emu.apiserver.mirror import emu_pod
+    from emu.apiserver.mirror import emu_owned
 
     try:
         status, body = client.get("/api/v1/services")
@@ -315,7 +315,7 @@ def foreign_service_addresses(client: NodeApi) -> tuple[set[str], set[int]]:
     ips: set[str] = set()
     ports: set[int] = set()
     for service in body.get("items") or []:
-        if emu_pod(service):
+        if emu_owned(service):
             continue
         spec = service.get("spec") or {}
         ips |= {ip for ip in [spec.get("clusterIP"), *(spec.get("clusterIPs") or [])] if ip and ip != "None"}

@@ -150,7 +150,7 @@ def test_services_made_through_the_api_are_theirs_and_emus_may_not_take_their_ad
 
     store = Store(str(tmp_path / "state.db"))
     mirror.sync(store, [namespace("default"), service("echo", "10.96.0.20")])
-    assert mirror.emu_pod(store.get("services", "default", "echo"))  # emu's mark, as on its pods
+    assert mirror.emu_owned(store.get("services", "default", "echo"))  # emu's mark, as on its pods
     store.create("services", service("kweb", "10.96.0.30", node_port=30999))  # kubectl's
     assert mirror.sync(store, [namespace("default"), service("echo", "10.96.0.20")])["deleted"] == 0
     assert store.get("services", "default", "kweb") is not None  # not emu's: left alone
@@ -179,7 +179,8 @@ def test_services_made_through_the_api_are_theirs_and_emus_may_not_take_their_ad
 def test_a_namespace_made_through_the_api_is_shared_and_never_deleted_by_emu(tmp_path):
     store = Store(str(tmp_path / "state.db"))
     store.create("namespaces", namespace("team"))  # kubectl create namespace team
-    counts = mirror.sync(store, [namespace("default"), namespace("team"), namespace("emus"), pod("a", namespace="team")])
+    counts = mirror.sync(store, [namespace("default"), namespace("team"), namespace("emus"),
+                                 pod("a", namespace="team")])  # fmt: skip
     assert not mirror.emu_owned(store.get("namespaces", "", "team")) and store.get("pods", "team", "a") is not None
     assert mirror.emu_owned(store.get("namespaces", "", "emus"))
     assert counts["created"] == 3  # default (no store bootstrap here), emus, the pod
