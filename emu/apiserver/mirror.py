@@ -179,16 +179,13 @@ def owned_keys() -> dict[str, str]:
 def _check_service_addresses(store: Store, key: str, namespace: str, name: str, obj: dict) -> None:
     """An emu Service may not take a cluster IP or node port a Service made through
     the API holds (emu plans around those it saw; one made meanwhile could clash)."""
-    spec = obj.get("spec") or {}
-    ips = {ip for ip in [spec.get("clusterIP"), *(spec.get("clusterIPs") or [])] if ip and ip != "None"}
-    ports = {p.get("nodePort") for p in spec.get("ports") or [] if p.get("nodePort")}
+    ips, ports = resources.service_addresses(obj)
     for other in store.list_objects(key):
         meta = other.get("metadata") or {}
         if emu_owned(other) or (meta.get("namespace"), meta.get("name")) == (namespace, name):
             continue
-        theirs = other.get("spec") or {}
-        clash = sorted(ips & {theirs.get("clusterIP"), *(theirs.get("clusterIPs") or [])}) or sorted(
-            ports & {p.get("nodePort") for p in theirs.get("ports") or []})
+        their_ips, their_ports = resources.service_addresses(other)
+        clash = sorted(ips & their_ips) or sorted(ports & their_ports)
         if clash:
             raise errors.conflict(key, name, why=f"service {namespace}/{name} would take {clash[0]}, which service "
                                   f"{meta.get('namespace')}/{meta.get('name')} (made through the API) holds: delete "
@@ -211,7 +208,7 @@ def move(store: Store, moves: list[dict]) -> dict[str, int]:
                                                   for k in ("namespace", "name", "node", "ip")):  # fmt: skip
             raise errors.bad_request('every move must be {"namespace", "name", "node", "ip"} (strings)')
         namespace, name, node, ip = entry["namespace"], entry["name"], entry["node"], entry["ip"]
-        host = _internal_ip(store.get(nodes.key, "", node))
+        host = resources.internal_ip(store.get(nodes.key, "", node))
         if host is None:
             raise errors.bad_request(f"pod {namespace}/{name} cannot move to node {node}: no such Node "
                                      "with an InternalIP")  # fmt: skip
@@ -230,13 +227,6 @@ def move(store: Store, moves: list[dict]) -> dict[str, int]:
         etype, _ = store.write(pods.key, namespace, name, bind, pods.field_values)
         counts["moved" if etype else "unchanged"] += 1
     return counts
-
-
-def _internal_ip(node: dict | None) -> str | None:
-    for address in ((node or {}).get("status") or {}).get("addresses") or []:
-        if address.get("type") == "InternalIP":
-            return address.get("address")
-    return None
 
 
 def _placed_status(pod: dict, ip: str, host: str, now: str) -> dict:

@@ -194,6 +194,21 @@ def by_kind(api_version: str, kind: str) -> ResourceInfo | None:
     return _BY_KIND.get((api_version, kind))
 
 
+def service_addresses(service: dict) -> tuple[set[str], set[int]]:
+    """The cluster IPs (clusterIP and clusterIPs, "None" left out) and node ports a Service holds."""
+    spec = service.get("spec") or {}
+    ips = {ip for ip in [spec.get("clusterIP"), *(spec.get("clusterIPs") or [])] if ip and ip != "None"}
+    return ips, {p["nodePort"] for p in spec.get("ports") or [] if p.get("nodePort")}
+
+
+def internal_ip(node: dict | None) -> str | None:
+    """A Node's InternalIP address (where the API server finds its kubelet), None without one."""
+    for address in ((node or {}).get("status") or {}).get("addresses") or []:
+        if address.get("type") == "InternalIP":
+            return address.get("address")
+    return None
+
+
 def group_versions() -> list[tuple[str, str]]:
     """(group, version) pairs served, core first, in discovery order."""
     seen: list[tuple[str, str]] = []

@@ -1238,9 +1238,9 @@ class ApiServer:
         for o in self.store.list_objects(r.key):
             if old is not None and o["metadata"].get("uid") == old["metadata"].get("uid"):
                 continue
-            s = o.get("spec") or {}
-            used_ips.update(s.get("clusterIPs") or [s.get("clusterIP")])
-            used_ports.update(p.get("nodePort") for p in s.get("ports") or [])
+            ips, ports = resources.service_addresses(o)
+            used_ips |= ips
+            used_ports |= ports
         if old is not None and (old.get("spec") or {}).get("clusterIP") and not spec.get("clusterIP"):
             spec["clusterIP"] = old["spec"]["clusterIP"]
             spec["clusterIPs"] = old["spec"].get("clusterIPs") or [old["spec"]["clusterIP"]]

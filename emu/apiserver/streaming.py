@@ -29,7 +29,7 @@ import struct
 import threading
 from urllib.parse import quote, urlencode
 
-from emu.apiserver import errors, spdy
+from emu.apiserver import errors, resources, spdy
 from emu.apiserver.errors import ApiError
 from emu.apiserver.types import Attributes
 
@@ -251,10 +251,10 @@ def _node_ip(api, pod: dict) -> str:
     node = api.store.get("nodes", "", node_name)
     if node is None:
         raise errors.not_found("nodes", node_name)
-    for address in (node.get("status") or {}).get("addresses") or []:
-        if address.get("type") == "InternalIP":
-            return address["address"]
-    raise errors.internal(f"node {node_name} has no InternalIP address in its status")
+    address = resources.internal_ip(node)
+    if not address:
+        raise errors.internal(f"node {node_name} has no InternalIP address in its status")
+    return address
 
 
 def _agent_path(kind: str, pod: dict, container: str, query: list[tuple[str, str]]) -> str:

@@ -305,6 +305,7 @@ def foreign_service_addresses(client: NodeApi) -> tuple[set[str], set[int]]:
     through the API (kubectl), which emu's planner must leave to them; nothing when
     the API server does not answer (the mirror then refuses a clash)."""
     from emu.apiserver.mirror import emu_owned
+    from emu.apiserver.resources import service_addresses
 
     try:
         status, body = client.get("/api/v1/services")
@@ -317,11 +318,12 @@ def foreign_service_addresses(client: NodeApi) -> tuple[set[str], set[int]]:
     for service in body.get("items") or []:
         if emu_owned(service):
             continue
-        spec = service.get("spec") or {}
-        ips |= {ip for ip in [spec.get("clusterIP"), *(spec.get("clusterIPs") or [])] if ip and ip != "None"}
-        ports |= {p["nodePort"] for p in spec.get("ports") or [] if p.get("nodePort")}
-        if spec.get("healthCheckNodePort"):
-            ports.add(spec["healthCheckNodePort"])
+        held_ips, held_ports = service_addresses(service)
+        ips |= held_ips
+        ports |= held_ports
+        health = (service.get("spec") or {}).get("healthCheckNodePort")
+        if health:
+            ports.add(health)
     return ips, ports
 
 
