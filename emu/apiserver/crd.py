@@ -428,18 +428,8 @@ class Served:
             for c in self.columns:
                 found, value = _jsonpath(obj, c.get("jsonPath") or "")
                 cells.append(_cell(c.get("type", "string"), value, now) if found else None)
-            row: dict[str, Any] = {"cells": cells}
-            row_object = tables._row_object(obj, include_object)
-            if row_object is not None:
-                row["object"] = row_object
-            rows.append(row)
-        meta: dict[str, Any] = {}
-        if resource_version:
-            meta["resourceVersion"] = resource_version
-        if continue_token:
-            meta["continue"] = continue_token
-        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "columnDefinitions": columns,
-                "rows": rows}
+            rows.append(tables.table_row(cells, obj, include_object))
+        return tables.table_of(rows, columns, resource_version, continue_token)
 
 
 def accepted_names(crd: dict) -> dict:

@@ -948,6 +948,34 @@ def _row_object(obj: dict, include_object: str) -> dict | None:
             "metadata": obj.get("metadata") or {}}
 
 
+def table_row(cells: list, obj: dict, include_object: str, conditions: list | None = None) -> dict:
+    """One row of a Table: its cells, the row's conditions, the object as includeObject asks."""
+    row: dict[str, Any] = {"cells": cells}
+    if conditions:
+        row["conditions"] = conditions
+    row_object = _row_object(obj, include_object)
+    if row_object is not None:
+        row["object"] = row_object
+    return row
+
+
+def table_of(rows: list[dict], column_definitions: list[dict] | None, resource_version: str = "",
+             continue_token: str = "", remaining_item_count: int | None = None) -> dict:
+    """A meta.k8s.io/v1 Table of `rows` (column_definitions None: TableOptions.noHeaders)."""
+    metadata: dict[str, Any] = {}
+    if resource_version:
+        metadata["resourceVersion"] = resource_version
+    if continue_token:
+        metadata["continue"] = continue_token
+    if remaining_item_count is not None:
+        metadata["remainingItemCount"] = remaining_item_count
+    result: dict[str, Any] = {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata}
+    if column_definitions is not None:
+        result["columnDefinitions"] = column_definitions
+    result["rows"] = rows
+    return result
+
+
 def table(resource: Any, objects: list[dict], include_object: str = "Metadata",
           now: datetime | None = None, *, resource_version: str = "", continue_token: str = "",
           remaining_item_count: int | None = None, no_headers: bool = False) -> dict:
@@ -972,22 +1000,6 @@ def table(resource: Any, objects: list[dict], include_object: str = "Metadata",
             cells = _ROWS[resource](obj, moment)
         else:
             cells = _default_row(obj)
-        row: dict[str, Any] = {"cells": cells}
-        if conditions:
-            row["conditions"] = conditions
-        row_object = _row_object(obj, include_object)
-        if row_object is not None:
-            row["object"] = row_object
-        rows.append(row)
-    metadata: dict[str, Any] = {}
-    if resource_version:
-        metadata["resourceVersion"] = resource_version
-    if continue_token:
-        metadata["continue"] = continue_token
-    if remaining_item_count is not None:
-        metadata["remainingItemCount"] = remaining_item_count
-    result: dict[str, Any] = {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": metadata}
-    if not no_headers:
-        result["columnDefinitions"] = columns(resource)
-    result["rows"] = rows
-    return result
+        rows.append(table_row(cells, obj, include_object, conditions))
+    return table_of(rows, None if no_headers else columns(resource), resource_version, continue_token,
+                    remaining_item_count)
