@@ -29,13 +29,12 @@ what it has, as a kubelet does. Standard library only: it runs in the node agent
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 
 from emu.node.agent.tokens import Tokens
 from emu.node.kube import podstatus
-from emu.node.kube.client import ApiError, Client, resource_path
+from emu.node.kube.client import ApiError, Client, from_pki, resource_path
 from emu.node.plan import cni
 from emu.node.records import ClusterState, PodState
 
@@ -55,11 +54,8 @@ def micro_time(epoch: float) -> str:
 def node_client(state: ClusterState, node: str, pki: str = cni.PKI_DIR) -> Client | None:
     """A client of the cluster's API server as this node, None where the node has
     no certificate (a cluster made without an API server)."""
-    cert, key, ca = f"{pki}/nodes/{node}.crt", f"{pki}/nodes/{node}.key", f"{pki}/ca.crt"
-    if not all(os.path.exists(path) for path in (cert, key, ca)):
-        return None
     server = f"https://{cni.api_server_node(state).node_ip}:{cni.API_PORT}"
-    return Client(server, ca_pem_path=ca, cert_path=cert, key_path=key, user_agent=f"kubelet/emu ({node})")
+    return from_pki(server, pki, f"nodes/{node}", f"kubelet/emu ({node})")
 
 
 def controller_client(state: ClusterState, pki: str = cni.PKI_DIR) -> Client | None:
@@ -67,11 +63,7 @@ def controller_client(state: ClusterState, pki: str = cni.PKI_DIR) -> Client | N
     use, whose certificate the API server's node holds, as a control-plane node
     holds kube-controller-manager's), None without that certificate: for the
     hub, which runs on that node, to tell the API server of the pods it moves."""
-    cert, key, ca = f"{pki}/emu-controller.crt", f"{pki}/emu-controller.key", f"{pki}/ca.crt"
-    if not all(os.path.exists(path) for path in (cert, key, ca)):
-        return None
-    return Client(f"https://127.0.0.1:{cni.API_PORT}", ca_pem_path=ca, cert_path=cert, key_path=key,
-                  user_agent="emu-hub")  # fmt: skip
+    return from_pki(f"https://127.0.0.1:{cni.API_PORT}", pki, "emu-controller", "emu-hub")
 
 
 class ApiStatus:
@@ -91,6 +83,7 @@ class ApiStatus:
         self.lease_version = ""  # the resourceVersion of our Lease as last written
         self.acquired: str | None = None  # its acquireTime
         self.written: dict[str, tuple[str, str]] = {}  # pod key -> (emu uid, the status JSON written)
+        self.readiness_written: dict[str, tuple[str, bool]] = {}  # image pod key -> (emu uid, ready written)
         self.transitions: dict[str, dict[str, str]] = {}  # emu uid -> {condition: lastTransitionTime}
         self.last_ready: dict[str, bool] = {}  # emu uid -> the Ready condition last seen
         self.failing = False  # the last attempt failed (logged once per streak)
@@ -112,6 +105,7 @@ class ApiStatus:
             # Away for a while: others may have written meanwhile (the node lifecycle
             # controller marks an unreachable node's pods not ready): write them all again.
             self.written.clear()
+            self.readiness_written.clear()
         try:
             if self.clock() - self.renewed_at >= RENEW_INTERVAL:
                 self.renew(client)
@@ -186,12 +180,15 @@ class ApiStatus:
         readiness changed (strategic merge: the conditions merge by type, the rest of
         the status stays emu's commands'); whether some are still due."""
         pending = False
-        for pod in self.image_pods(state):
+        pods = self.image_pods(state)
+        keys = {pod.key for pod in pods}
+        for key in [k for k in self.readiness_written if k not in keys]:
+            del self.readiness_written[key]
+        for pod in pods:
             if pod.uid not in readiness:
                 continue  # not probed yet
             ready = readiness[pod.uid]
-            key = f"readiness:{pod.key}"
-            if self.written.get(key) == (pod.uid, str(ready)):
+            if self.readiness_written.get(pod.key) == (pod.uid, ready):
                 continue
             stamp = podstatus.iso(self.wall())
             conditions = [{"type": kind, "status": "True" if ready else "False", "lastProbeTime": None,
@@ -205,7 +202,7 @@ class ApiStatus:
                     pending = True
                     continue
                 raise
-            self.written[key] = (pod.uid, str(ready))
+            self.readiness_written[pod.key] = (pod.uid, ready)
         return pending
 
     def desired(self, state: ClusterState, pod: PodState, entries: dict[str, dict]) -> dict:
@@ -224,7 +221,7 @@ class ApiStatus:
         """PATCH the status of each pod whose status changed; whether some are still
         due (their pod is not in the API server yet: emu writes it after the plan)."""
         pods = self.reported(state)
-        keys = {pod.key for pod in pods} | {f"readiness:{pod.key}" for pod in self.image_pods(state)}
+        keys = {pod.key for pod in pods}
         for key in [k for k in self.written if k not in keys]:
             del self.written[key]
         uids = {pod.uid for pod in pods}

@@ -24,13 +24,12 @@ otherwise from the state file and the readiness the hub gathers.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Callable
 
 from emu.node.agent import run as bounded_run
-from emu.node.kube.client import Client
+from emu.node.kube.client import Client, from_pki
 from emu.node.kube.informer import Informer
 from emu.node.kube.proxyfeed import ProxyFeed
 from emu.node.plan import cni
@@ -110,11 +109,8 @@ def kube_proxy_client(state: ClusterState, node: str, pki: str = cni.PKI_DIR) ->
     RBAC's bootstrap binding system:node-proxier lets list and watch Services,
     EndpointSlices and Nodes, and nothing else), None where the node has no such
     certificate (a cluster made without an API server)."""
-    cert, key, ca = f"{pki}/kube-proxy.crt", f"{pki}/kube-proxy.key", f"{pki}/ca.crt"
-    if not all(os.path.exists(path) for path in (cert, key, ca)):
-        return None
     server = f"https://{cni.api_server_node(state).node_ip}:{cni.API_PORT}"
-    return Client(server, ca_pem_path=ca, cert_path=cert, key_path=key, user_agent=f"kube-proxy/emu ({node})")
+    return from_pki(server, pki, "kube-proxy", f"kube-proxy/emu ({node})")
 
 
 class ApiSource:

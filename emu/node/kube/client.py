@@ -276,6 +276,17 @@ class Client:
         return Watch(conn, response, path)
 
 
+def from_pki(server: str, pki: str, name: str, user_agent: str) -> Client | None:
+    """A client of `server` with the certificate NAME.crt / NAME.key of the cluster's PKI
+    folder and its ca.crt (a node's identities: its kubelet's, kube-proxy's, emu's
+    controller on the API server's node), None where the node has no such certificate
+    (a cluster made without an API server)."""
+    cert, key, ca = f"{pki}/{name}.crt", f"{pki}/{name}.key", f"{pki}/ca.crt"
+    if not all(os.path.exists(path) for path in (cert, key, ca)):
+        return None
+    return Client(server, ca_pem_path=ca, cert_path=cert, key_path=key, user_agent=user_agent)
+
+
 def in_cluster(directory: str = SERVICE_ACCOUNT_DIR, environ: dict | None = None, **kwargs) -> Client:
     """A client of the cluster's API server from inside a pod, as client-go's
     rest.InClusterConfig: https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT,
