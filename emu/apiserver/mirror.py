@@ -136,10 +136,9 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
                     _delete_endpoints(store, where[1], where[2])
     for (key, namespace, name), obj in desired.items():
         info = keys[key]
-        if (key, namespace, name) in shared or (info.kind == "Namespace" and name in KEPT[("v1", "Namespace")]):
-            if (key, namespace, name) in shared or store.get(key, namespace, name) is not None:
-                counts["unchanged"] += 1
-                continue
+        if (key, namespace, name) in shared:
+            counts["unchanged"] += 1
+            continue
 
         def replace(current: dict | None, obj: dict = obj, info: resources.ResourceInfo = info) -> dict | None:
             new = canonical(obj)

@@ -620,6 +620,13 @@ def _api_ready(node: FakeContainer, argv: list[str], engine: FakeEngine) -> Exec
     return ExecResult(1, "last answer: 000\n")
 
 
+def _api_down(node: FakeContainer) -> ExecResult | None:
+    """curl's answer while the node holds no PKI (no API server runs there), else None."""
+    if f"{cni.PKI_DIR}/ca.crt" in node.files:
+        return None
+    return ExecResult(7, "curl: (7) Failed to connect to 127.0.0.1 port 6443\n")
+
+
 def _api_mirror(node: FakeContainer, argv: list[str], engine: FakeEngine) -> ExecResult:
     from emu.apiserver import errors
     from emu.apiserver.mirror import sync
@@ -628,8 +635,8 @@ def _api_mirror(node: FakeContainer, argv: list[str], engine: FakeEngine) -> Exe
     script = _script(argv)
     request = script.partition("--data-binary @")[2].split()[0].strip("'")
     body = node.files.pop(request, None)  # the script removes it
-    if f"{cni.PKI_DIR}/ca.crt" not in node.files:
-        return ExecResult(7, "curl: (7) Failed to connect to 127.0.0.1 port 6443\n")
+    if (down := _api_down(node)) is not None:
+        return down
     with engine.lock:
         if node.store is None:
             node.store = Store(":memory:")
@@ -641,8 +648,8 @@ def _api_mirror(node: FakeContainer, argv: list[str], engine: FakeEngine) -> Exe
 
 
 def _api_services(node: FakeContainer, argv: list[str], engine: FakeEngine) -> ExecResult:
-    if f"{cni.PKI_DIR}/ca.crt" not in node.files:
-        return ExecResult(7, "curl: (7) Failed to connect to 127.0.0.1 port 6443\n")
+    if (down := _api_down(node)) is not None:
+        return down
     with engine.lock:
         items = node.store.list_objects("services") if node.store is not None else []
     return ExecResult(0, json.dumps({"kind": "ServiceList", "apiVersion": "v1", "items": items}) + "\n200")
