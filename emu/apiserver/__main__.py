@@ -23,6 +23,15 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _duration(text: str) -> float:
+    from emu.node.records import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m emu.apiserver", description="emu's Kubernetes API server")
     p.add_argument("--data", required=True, help="directory of the store (state.db)")
@@ -38,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--controllers", default="",
                    help="control loops to run in this process, comma-separated (emu.apiserver.controllers: "
                         "endpointslice, endpoints, serviceaccount, rootca, scheduler, ...)")
+    p.add_argument("--node-monitor-grace-period", type=_duration, default=40.0,
+                   help="how long a node's Lease may go unrenewed before the node lifecycle controller marks it "
+                        "NotReady (a Go duration, as kube-controller-manager's flag; default 40s)")
     args = p.parse_args(argv)
     if not args.insecure and not args.pki and not (args.tls_cert and args.tls_key):
         p.error("give --pki DIR, or --tls-cert and --tls-key (and --client-ca), or --insecure")
@@ -71,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             with open(os.path.join(args.pki, "ca.crt")) as handle:
                 ca_pem = handle.read()
         try:
-            start_named(store, args.controllers.split(","), {"service_cidr": args.service_cidr, "ca_pem": ca_pem})
+            start_named(store, args.controllers.split(","), {"service_cidr": args.service_cidr, "ca_pem": ca_pem,
+                                                             "node_monitor_grace_period": args.node_monitor_grace_period})
         except ValueError as e:
             sys.exit(f"emu.apiserver: --controllers: {e}")
 

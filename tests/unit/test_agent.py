@@ -501,3 +501,15 @@ def test_the_sync_and_load_jobs_outlive_an_error(tmp_path, monkeypatch, capsys):
     assert calls == [("sync", 0.0), ("sync", main.RESYNC_AFTER_FAILURE), ("load", 0.5), ("load", 1.0)]
     log = capsys.readouterr().out
     assert "sync of generation 4 failed: KeyError: 'a bug'" in log and "loading the state failed: TypeError: another" in log
+
+
+def test_a_labs_grace_period_sets_the_hubs_grace_and_the_heartbeat(tmp_path):
+    """The topology's nodeMonitorGracePeriod reaches the agent with the state: the
+    hub calls a silent node NotReady, and this node reports to it, in its ratios."""
+    import emu.node.agent.__main__ as main
+    from emu.node.records import NodeTiming
+
+    agent = main.Agent("cp", snapshot=str(tmp_path / "state.json"))
+    assert (agent.hub.grace, agent.reporter.runner.max_interval) == (25.0, 10.0)
+    agent.set_timing(NodeTiming(16.0))
+    assert (agent.hub.grace, agent.reporter.runner.max_interval) == (10.0, 4.0)

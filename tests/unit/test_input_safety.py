@@ -336,7 +336,9 @@ def test_an_agent_keeps_other_nodes_pods_without_what_only_their_node_needs():
     assert all(p.volumes and p.service_env and p.spec_hash for p in full.pods.values() if p.node != "cp")
     assert view.pods.keys() == full.pods.keys() and view.services == full.services and view.nodes == full.nodes
     assert view.generation == full.generation and view.networking == full.networking and view.created == {}
-    assert view.topology == {"dns": full.topology.get("dns", {})}
+    from emu.node.records import AGENT_TOPOLOGY
+
+    assert view.topology == {key: full.topology[key] for key in AGENT_TOPOLOGY if key in full.topology}
     for key, pod in full.pods.items():
         kept = view.pods[key]
         if pod.node == "cp":

@@ -40,7 +40,7 @@ from emu.node.kube import release_memory
 from emu.node.kube.client import ApiError
 from emu.node.agent.tokens import Tokens
 from emu.node.agent.edge import LoadBalancers
-from emu.node.agent.evict import EVICT_AFTER, evict, evictable
+from emu.node.agent.evict import evict, evictable
 from emu.node.agent.health import KubeProxyHealth
 from emu.node.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
 from emu.node.agent.probes import Kubelet, ProbeThreads, run_start_script
@@ -195,7 +195,8 @@ class Agent:
         with self.kubelet_lock:
             self.kubelet.set_pods(view.local)
             self.view = view
-            self.kubelet.step()  # this node's pods' readiness is known before the first sync with them
+            self.kubelet.step()
+        self.set_timing(state.node_timing)  # this node's pods' readiness is known before the first sync with them
         self.snapshot_mtime = mtime
         log(f"state generation {state.generation}: {len(state.pods)} pods, {len(state.services)} services "
             f"(read in {(time.thread_time() - cpu) * 1000:.0f} ms of CPU)")
@@ -310,9 +311,16 @@ class Agent:
         if changed:
             self.syncer.request()
 
+    def set_timing(self, timing: NodeTiming) -> None:
+        """How soon a silent node is lost (the topology's nodeMonitorGracePeriod): the
+        hub's grace, this node's heartbeat to it (the Lease follows in ApiStatus)."""
+        self.hub.grace = timing.hub_grace
+        if self.reporter.runner is not None:
+            self.reporter.runner.max_interval = timing.heartbeat
+
     def hub_step(self, requested: bool) -> float:
         """On the hub, every second: nodes that stopped reporting become NotReady,
-        and their pods move after EVICT_AFTER seconds more. Elsewhere every 5 s,
+        and their pods move after NodeTiming.evict_after seconds more. Elsewhere every 5 s,
         only to notice becoming the hub."""
         view = self.view
         if view and view.is_hub:
@@ -324,7 +332,7 @@ class Agent:
             self.tell_api(view.state)
         for node in self.hub.expire([n.name for n in view.state.nodes]):
             log(f"node {node} stopped reporting: NotReady, its endpoints leave every service")
-        due = self.hub.lost_for(EVICT_AFTER)
+        due = self.hub.lost_for(view.state.node_timing.evict_after)
         if due and any(pod.node in due and pod.key not in self.stranded for pod in view.state.pods.values()):
             not_ready, nodes = len(self.hub.lost_for(0.0)), len(view.state.nodes)
             due, disrupted = evictable(due, not_ready, nodes, time.monotonic() - self.evicted_at)

@@ -486,6 +486,7 @@ def start_apiserver_line(state: ClusterState) -> str:
         "env", f"PYTHONPATH={AGENT_LIB}", "python3", "-m", "emu.apiserver",
         "--data", API_DATA_DIR, "--listen", f"0.0.0.0:{API_PORT}", "--pki", PKI_DIR,
         "--service-cidr", state.net.service_subnet, "--emu-driven", "--controllers", ",".join(API_CONTROLLERS),
+        "--node-monitor-grace-period", f"{state.node_timing.grace:g}s",
     ])  # fmt: skip
     loop = f'while true; do {server}; echo "emu apiserver exited ($?); starting it again"; sleep 1; done'
     return f"mkdir -p {API_DATA_DIR} && setsid sh -c {shlex.quote(loop)} >>{API_LOG} 2>&1 </dev/null &"
