@@ -72,8 +72,11 @@ class PodState:
     containers: list[dict]
     spec_hash: str
     owner: str | None = None  # "Deployment/<name>" for a deployment's pod
-    # Service variables fixed when the pod was created, as the kubelet does.
-    service_env: dict[str, str] = field(default_factory=dict)
+    # Whether its containers get their namespace's Service variables (enableServiceLinks), made
+    # from the Services when a container starts, as the kubelet makes them
+    # (emu.node.services.pod_service_env): never stored, a namespace of 1,000 Services gives each
+    # pod 7,000 of them.
+    enable_service_links: bool = True
     hostname: str | None = None
     subdomain: str | None = None
     dns_policy: str = "ClusterFirst"
@@ -385,13 +388,10 @@ class ClusterState:
     def to_json(self) -> str:
         text = json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
         if len(text) > MAX_STATE_BYTES:
-            env = sum(len(k) + len(v) + 8 for pod in self.pods.values() for k, v in pod.service_env.items())
             raise StateError(
                 f"the cluster's state would be {len(text) / 2**20:,.0f} MiB, over emu's limit of "
-                f"{MAX_STATE_BYTES >> 20} MiB (every node keeps it and emu reads it back); "
-                f"{env / 2**20:,.0f} MiB of it is the service environment variables each pod gets: "
-                "set enableServiceLinks: false on pods and deployment templates, spread services "
-                "over namespaces, or make the cluster smaller"
+                f"{MAX_STATE_BYTES >> 20} MiB (every node keeps it and emu reads it back): "
+                "make the cluster smaller"
             )
         return text
 
@@ -426,7 +426,8 @@ class ClusterState:
             )
         try:
             data["nodes"] = [NodeState(**n) for n in data["nodes"]]
-            data["pods"] = {k: p if isinstance(p, PodState) else PodState(**p) for k, p in data["pods"].items()}
+            data["pods"] = {k: p if isinstance(p, PodState) else PodState(**_current_pod(p))
+                            for k, p in data["pods"].items()}
             data["services"] = {
                 k: ServiceState(**{**v, "ports": [ServicePortState(**p) for p in v["ports"]]})
                 for k, v in data.get("services", {}).items()
@@ -434,6 +435,14 @@ class ClusterState:
             return cls(**data)
         except (KeyError, TypeError, AttributeError, ValueError) as error:
             raise StateError(damaged.format(f"{type(error).__name__}: {str(error)[:100]}")) from None
+
+
+def _current_pod(pod: dict) -> dict:
+    """A pod as this emu stores it: a cluster made by an emu that stored each pod's
+    Service variables (before they were made when a container starts) still reads."""
+    if "service_env" in pod:
+        pod = {key: value for key, value in pod.items() if key != "service_env"}
+    return pod
 
 
 def _too_big(size: int) -> StateError:
@@ -459,7 +468,7 @@ def read_state_text(path: str) -> str:
 # and network policies' named ports); the rest, and these fields, only the pod's own node uses.
 # The declared topology's sections an agent reads (the DNS settings, the node timing).
 AGENT_TOPOLOGY = ("dns", "controllerManager")
-LOCAL_ONLY = {"service_env": {}, "volumes": {}, "dns_config": None, "spec_hash": ""}
+LOCAL_ONLY = {"volumes": {}, "dns_config": None, "spec_hash": ""}
 
 
 class NodeReader:
@@ -551,7 +560,7 @@ class NodeReader:
             for container in containers:
                 if isinstance(container, dict) and isinstance(container.get("ports"), list):
                     container["ports"] = [self.shared(port) for port in container["ports"]]
-        return PodState(**pod)
+        return PodState(**_current_pod(pod))
 
     def shared(self, value):
         """One object for equal values (label sets, port lists): the agent only reads them."""

@@ -6,7 +6,7 @@ import pytest
 
 from emu.errors import TopologyError
 from emu.node.proxy import iptables
-from emu.node.services import load_balancer_owner, service_endpoints, service_env
+from emu.node.services import load_balancer_owner, pod_service_env, service_endpoints, service_env
 from emu.control.state import plan_cluster
 from emu.api.topology.load import load_text
 
@@ -207,21 +207,38 @@ def test_service_environment_variables():
         "WEB_PORT_80_TCP_PORT": "80",
         "WEB_PORT_80_TCP_ADDR": "10.96.0.50",
     }
-    pod_env = s.pods["default/web-a"].service_env
+    pod = s.pods["default/web-a"]
+    pod_env = pod_service_env(s.services, pod, pod.enable_service_links)
     assert pod_env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1" and pod_env["STICKY_SERVICE_HOST"] == "10.96.0.51"
     assert "HEADLESS_SERVICE_HOST" not in pod_env and "EXTERNAL_SERVICE_HOST" not in pod_env
 
 
-def test_pod_created_before_a_service_keeps_its_variables():
+def test_a_container_gets_the_services_there_are_when_it_starts_and_the_state_keeps_none():
+    """As the kubelet: the variables are made when a container starts (its start
+    script), from the Services then; the state stores none (a namespace of 1,000
+    Services would give each pod 7,000)."""
+    from emu.node.plan import cni
+
     without = LAB.split("services:")[0] + "services: []\n"
     first = state(without)
     second = state(LAB, previous=first)
-    assert "WEB_SERVICE_HOST" not in second.pods["default/web-a"].service_env
+    pod = second.pods["default/web-a"]
+
+    def started(s) -> str:
+        plan = cni.node_plan(s, s.node(pod.node), [s.pods[pod.key]], [], new_node=False)
+        sourced = plan.files[cni.service_env_file(pod)]  # ". <the set of variables>"
+        return plan.files[sourced.split()[1]]
+
+    assert "WEB_SERVICE_HOST" not in started(first) and "export KUBERNETES_SERVICE_HOST=10.96.0.1\n" in started(first)
+    assert "export WEB_SERVICE_HOST=10.96.0.50\n" in started(second)
+    assert "SERVICE_HOST" not in second.to_json()
 
 
 def test_enable_service_links_false():
     s = state(LAB.replace("    node: w1\n", "    node: w1\n    enableServiceLinks: false\n"))
-    env = s.pods["default/web-a"].service_env
+    pod = s.pods["default/web-a"]
+    env = pod_service_env(s.services, pod, pod.enable_service_links)
+    assert pod.enable_service_links is False
     assert "WEB_SERVICE_HOST" not in env and env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
 
 
