@@ -34,6 +34,7 @@ from emu.apiserver.resources import ResourceInfo
 from emu.apiserver.selectors import FieldSelector, LabelSelector, SelectorError
 from emu.apiserver.storage import Store
 from emu.apiserver.types import Attributes, Decision, User
+from emu.apiserver.tables import human_duration
 
 MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's default --max-request-body-bytes
 ADMIN = User("kubernetes-admin", ("system:masters", "system:authenticated"))
@@ -234,34 +235,6 @@ def negotiate(accept: str) -> tuple[str, str]:
 
 
 # ---------------------------------------------------------------- tables (fallback)
-
-def human_duration(seconds: float) -> str:
-    """k8s.io/apimachinery's duration.HumanDuration (what AGE columns show)."""
-    s = int(seconds)
-    if s < 0:
-        return "<invalid>"
-    if s < 120:
-        return f"{s}s"
-    m = s // 60
-    if m < 10:
-        return f"{m}m{s % 60}s" if s % 60 else f"{m}m"
-    if m < 180:
-        return f"{m}m"
-    h = s // 3600
-    if h < 8:
-        return f"{h}h{m % 60}m" if m % 60 else f"{h}h"
-    if h < 48:
-        return f"{h}h"
-    if h < 24 * 8:
-        return f"{h // 24}d{h % 24}h" if h % 24 else f"{h // 24}d"
-    if h < 24 * 365 * 2:
-        return f"{h // 24}d"
-    if h < 24 * 365 * 8:
-        y = h // (24 * 365)
-        d = (h // 24) % 365
-        return f"{y}y{d}d" if d else f"{y}y"
-    return f"{h // (24 * 365)}y"
-
 
 def _age(obj: dict) -> str:
     ts = (obj.get("metadata") or {}).get("creationTimestamp")
