@@ -326,7 +326,7 @@ def plan_cluster(
     """The desired cluster state for a topology, keeping what `previous` already runs;
     `reserved`: cluster IPs and node ports that Services made through the API hold."""
     networking = topology.networking.model_dump(mode="json", by_alias=True)
-    for option in ("masqueradeAll", "clusterCIDR", "nodePortAddresses"):  # kube-proxy's: only when given,
+    for option in ("masqueradeAll", "clusterCIDR", "nodePortAddresses", "masqueradeBit"):  # kube-proxy's: only when given,
         if networking.get(option) is None:  # so a state from before them compares equal
             networking.pop(option, None)
     if previous is not None:

@@ -266,6 +266,7 @@ class Networking:
     masquerade_all: bool = False
     cluster_cidr: str = DEFAULT_POD_SUBNET
     node_port_addresses: tuple[str, ...] | None = None
+    masquerade_bit: int = 14  # the SNAT mark's bit (kube-proxy's masqueradeBit: 0x4000)
 
     @classmethod
     def from_dict(cls, data: dict) -> Networking:
@@ -282,6 +283,7 @@ class Networking:
             masquerade_all=bool(data.get("masqueradeAll")),
             cluster_cidr=pod_subnet if cluster_cidr is None else cluster_cidr,
             node_port_addresses=None if addresses is None else tuple(addresses),
+            masquerade_bit=14 if data.get("masqueradeBit") is None else int(data["masqueradeBit"]),
         )
 
 

@@ -108,6 +108,9 @@ class Networking(Model):
         description=("kube-proxy's clusterCIDR, its local-traffic detector: cluster IP traffic from outside it is "
                      'masqueraded; default: podSubnet; "" for none.'),
     )
+    masquerade_bit: Annotated[int, Field(ge=0, le=31)] | None = Field(
+        None, description="kube-proxy's masqueradeBit: the bit of the packet mark that asks for SNAT; default: 14 (0x4000)."
+    )
     node_port_addresses: list[str] | None = Field(
         None,
         description=("kube-proxy's nodePortAddresses: CIDRs whose node addresses take NodePorts, or [primary] (the "
