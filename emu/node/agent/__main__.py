@@ -409,7 +409,8 @@ class Agent:
         """A sync at once after a change (the runner gathers changes that arrive
         during a sync into the next one: a slow sync is never chased change by
         change); between changes, a look at the kernel's rules every
-        check_period, and a full resync when some went missing. A failed sync
+        check_period (sooner in IPVS mode when the IPVS table moved: ProxySync.due),
+        and a full resync when some went missing. A failed sync
         is tried again RESYNC_AFTER_FAILURE seconds later (the runner)."""
         if requested:
             self.health.queued()  # a change waits for a sync (kube-proxy's QueuedUpdate)
@@ -418,13 +419,15 @@ class Agent:
             return self.proxy.check_period
         force = False
         if not requested:
+            if not self.proxy.due(nodes=len(view.state.nodes)):  # (IPVS mode: a look at the IPVS table)
+                return self.proxy.next_look_in()
             lost = self.proxy.check(nodes=len(view.state.nodes))
             if not lost:
-                return self.proxy.check_period
+                return self.proxy.next_look_in()
             log(f"service rules lost ({'; '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}): full resync")
             force = True
         self.sync(view, force)
-        return self.proxy.check_period
+        return self.proxy.next_look_in()  # a sync does not put the next check off
 
     def ready_map(self, view: NodeView) -> dict[str, bool]:
         with self.peers_lock:

@@ -53,6 +53,12 @@ class RecordedRules:
     def check(self, nodes: int = 1) -> list[str]:
         return []
 
+    def due(self, nodes: int = 1) -> bool:
+        return False
+
+    def next_look_in(self) -> float:
+        return self.check_period
+
     def wait_for(self, predicate, timeout: float = 30) -> bool:
         """Whether a sync whose (services, endpoints) satisfy the predicate came within `timeout` (a bound)."""
         with self.changed:
