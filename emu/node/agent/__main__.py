@@ -144,6 +144,7 @@ class Agent:
         policy_from = policy_from or proxy_from
         self.netpol = PolicySource(node, log, lambda: self.policy_job.request()) if policy_from == "api" else None
         self.policy_revision = 0  # the resourceVersion the policy rules last written reflect
+        self.policies_unreadable: set[str] = set()  # (logged once each)
         self.policy_job = Runner("netpol", self.policy_step, log, retry_interval=RESYNC_AFTER_FAILURE,
                                  describe=lambda: "network policy sync")  # fmt: skip
         # Every job of the agent, one Runner each (emu.node.agent.runner): request() wakes one.
@@ -611,6 +612,11 @@ class Agent:
             return 0.05  # the first lists are not all in: rules made now would drop policies
         revision = source.revision()  # before the snapshot: every change up to it is in it
         state, version = source.feed.snapshot()
+        unreadable = source.feed.unreadable_policies()
+        if unreadable != self.policies_unreadable:
+            for key in sorted(unreadable - self.policies_unreadable):
+                log(f"NetworkPolicy {key}: its podSelector is not a label selector emu can read; it selects no pod")
+            self.policies_unreadable = unreadable
         self.policies.sync(state, self.node, retry=False, source=f"resourceVersion {revision} (change {version})")
         # An informer hands a change on before it takes the change's resourceVersion: read now, with no
         # change recorded since the snapshot, its revision is one the rules reflect (read in that order).

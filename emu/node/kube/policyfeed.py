@@ -322,6 +322,11 @@ class PolicyFeed:
                 )  # fmt: skip
             return self.state, self.changes
 
+    def unreadable_policies(self) -> set[str]:
+        """The policies whose podSelector could not be read (they select no pod)."""
+        with self.lock:
+            return set(self.unreadable)
+
     def wait_for(self, changes: int, timeout: float) -> bool:
         """Whether at least `changes` changes have been recorded, waiting up to `timeout` seconds."""
         with self.lock:

@@ -88,6 +88,9 @@ def test_what_emu_cannot_match_matches_nothing_never_everything():
     assert mixed["ingress"] == [{"from": [{"ipBlock": {"cidr": "10.1.0.0/16", "except": ["10.1.5.0/24"]}}],
                                  "ports": [{"protocol": "TCP", "port": "web"}]}]  # fmt: skip
     assert policy_of(np({"podSelector": {"matchLabels": {"a": 1}}})) is None  # selects no pod
+    feed = PolicyFeed()
+    feed.on_policy(np({"podSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}}))
+    assert feed.unreadable_policies() == {"x/p"} and feed.snapshot()[0].network_policies == []  # (the agent logs it)
     defaulted = policy_of(np({"podSelector": {}, "egress": [{}]}))
     assert defaulted["policyTypes"] == ["Ingress", "Egress"] and defaulted["egress"] == [{"to": [], "ports": []}]
     # A rendered policy of each kind does not fail (ipBlock host bits, ports as strings of digits).
