@@ -273,3 +273,24 @@ def test_wait_revision_answers_once_the_policy_rules_too_reflect_the_revision(tm
         for informer in agent.api.informers:
             informer.stop()
         server.stop()
+
+
+def test_a_namespace_label_change_writes_one_set_s_entries(agent):
+    agent, admin, kernel, server = agent
+    admin.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "y"}})
+    other = pod("visitor", None, {})
+    other["metadata"]["namespace"] = "y"
+    created = admin.create(resource_path("v1", "pods", "y"), other)
+    status = {"podIP": "10.244.2.9", "podIPs": [{"ip": "10.244.2.9"}]}
+    admin.update(resource_path("v1", "pods", "y", "visitor", "status"), {**created, "status": status})
+    from_blue = deny_all_but({})
+    from_blue["spec"]["ingress"] = [{"from": [{"namespaceSelector": {"matchLabels": {"team": "blue"}}}]}]
+    admin.create(POLICIES, from_blue)
+    assert wait_until(lambda: policy.INGRESS_CHAIN in (agent.policies.chains or {}))
+    allowed = next(name for name in agent.policies.sets if name.startswith("EMU-NPS"))
+    assert agent.policies.sets[allowed][1] == ()
+    before = len(kernel.writes())
+    # kubectl label namespace y team=blue: its pod joins the set; nothing else is written.
+    admin.patch(resource_path("v1", "namespaces", "", "y"), {"metadata": {"labels": {"team": "blue"}}})
+    assert wait_until(lambda: agent.policies.sets[allowed][1] == ("10.244.2.9",))
+    assert kernel.writes()[before:] == [("ipset", f"add {allowed} 10.244.2.9 -exist\n")]
