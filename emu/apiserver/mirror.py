@@ -49,8 +49,11 @@ MANAGER = "emu"
 # leave emu's alone.
 # Namespaces too, but one made through the API that emu's topology also names is shared:
 # emu writes into it and leaves it as it is (it never deletes it).
+# NetworkPolicies too: every node's policy agent watches the API server (emu.node.kube.policyfeed),
+# so one made with kubectl is enforced like emu's own.
 OWNED = (("v1", "Pod"), ("v1", "Service"), ("apps/v1", "Deployment"), ("apps/v1", "ReplicaSet"),
-         ("apps/v1", "StatefulSet"), ("apps/v1", "DaemonSet"), ("v1", "Namespace"))  # fmt: skip
+         ("apps/v1", "StatefulSet"), ("apps/v1", "DaemonSet"), ("v1", "Namespace"),
+         ("networking.k8s.io/v1", "NetworkPolicy"))  # fmt: skip
 
 # The kinds emu's own commands drive in stage 2, by (apiVersion, kind).
 DRIVEN = (

@@ -313,8 +313,11 @@ class View:
                 "data": dict(item.data)}  # fmt: skip
 
     def namespace(self, name: str) -> dict:
+        # Its declared labels too: NetworkPolicies' namespaceSelectors match them in the API server's
+        # objects (every node's policy agent watches those, emu.node.kube.policyfeed).
+        labels = {**self.state.namespaces.get(name, {}), "kubernetes.io/metadata.name": name}
         return {"apiVersion": "v1", "kind": "Namespace",
-                "metadata": self.metadata(f"Namespace/{name}", name, None, {"kubernetes.io/metadata.name": name}),
+                "metadata": self.metadata(f"Namespace/{name}", name, None, labels),
                 "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}  # fmt: skip
 
     def node(self, node) -> dict:

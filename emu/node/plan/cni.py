@@ -572,6 +572,10 @@ def agent_bytecode(sources: dict[str, str]) -> dict[str, bytes]:
 # (kube-proxy's watch, emu.node.agent.proxysync.ApiSource) when True; the state file and
 # the hub's readiness when False. `emu up` waits for what this says (emu.control.cluster).
 PROXY_FROM_API = True
+# Where NetworkPolicy comes from where the service rules come from the API server: its
+# NetworkPolicies, Pods and Namespaces (a CNI's policy agent's watch, emu.node.agent.policy.
+# PolicySource) when True; the state file when False (kubectl's policies are then not enforced).
+POLICY_FROM_API = True
 
 
 def start_agent_line(node: NodeState) -> str:
@@ -584,7 +588,8 @@ def start_agent_line(node: NodeState) -> str:
     # the heap, which kept 1-4 MB of a 1,000-service agent after each.
     agent = shlex.join(
         ["env", f"PYTHONPATH={AGENT_LIB}", "MALLOC_ARENA_MAX=1", "MALLOC_MMAP_THRESHOLD_=131072", "python3", "-m",
-         "emu.node.agent", "--node", node.name, *(["--proxy-from", "api"] if PROXY_FROM_API else [])]
+         "emu.node.agent", "--node", node.name, *(["--proxy-from", "api"] if PROXY_FROM_API else []),
+         *(["--policy-from", "state"] if PROXY_FROM_API and not POLICY_FROM_API else [])]
     )  # fmt: skip
     loop = f'while true; do {agent}; echo "emu agent exited ($?); starting it again"; sleep 1; done'
     return f"setsid sh -c {shlex.quote(loop)} >{AGENT_LOG} 2>&1 </dev/null &"

@@ -102,7 +102,7 @@ def setup(tmp_path):
     state = plan_cluster(load_text(LAB), "emu-lab", "172.28.0.0/24")
     snapshot = tmp_path / "state.json"
     snapshot.write_text(state.to_json())
-    agent = main.Agent("worker", snapshot=str(snapshot), proxy_from="api")
+    agent = main.Agent("worker", snapshot=str(snapshot), proxy_from="api", policy_from="state")
     agent.api.connect = lambda state, name: server.client("kube-proxy")  # kube-proxy's certificate and RBAC role
     agent.proxy = rules = RecordedRules()
     agent.policies, agent.ingress, agent.load_balancers = Nothing(), Nothing(), Nothing()
