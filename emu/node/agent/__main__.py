@@ -208,8 +208,8 @@ class Agent:
         with self.kubelet_lock:
             self.kubelet.set_pods(view.local)
             self.view = view
-            self.kubelet.step()
-        self.set_timing(state.node_timing)  # this node's pods' readiness is known before the first sync with them
+            self.kubelet.step()  # this node's pods' readiness is known before the first sync with them
+        self.set_timing(state.node_timing)
         self.snapshot_mtime = mtime
         log(f"state generation {state.generation}: {len(state.pods)} pods, {len(state.services)} services "
             f"(read in {(time.thread_time() - cpu) * 1000:.0f} ms of CPU)")
