@@ -108,6 +108,7 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
         desired[(info.key, namespace, meta["name"])] = obj
     owned = owned_keys()
     shared = set()  # namespaces made through the API that emu's objects also go into
+    held: dict[object, tuple[str, str]] | None = None  # the addresses Services made through the API hold
     for (key, namespace, name), obj in desired.items():
         if key in owned:
             kind = owned[key]
@@ -120,7 +121,9 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
                                       f"(kubectl), not by emu: delete it with kubectl first, or give emu's "
                                       f"{kind.lower()} another name")  # fmt: skip
             if kind == "Service":
-                _check_service_addresses(store, key, namespace, name, obj)
+                if held is None:  # listed once a sync: a lab's 1,000 Services are 1,000 checks, not 1,000 lists
+                    held = _foreign_service_addresses(store, key)
+                _check_service_addresses(held, key, namespace, name, obj)
     counts = {"created": 0, "updated": 0, "deleted": 0, "unchanged": 0}
     for key, info in keys.items():
         fields_of = info.field_values
@@ -178,19 +181,30 @@ def owned_keys() -> dict[str, str]:
     return {resources.by_kind(v, k).key: k for v, k in OWNED}
 
 
-def _check_service_addresses(store: Store, key: str, namespace: str, name: str, obj: dict) -> None:
-    """An emu Service may not take a cluster IP or node port a Service made through
-    the API holds (emu plans around those it saw; one made meanwhile could clash)."""
-    ips, ports = resources.service_addresses(obj)
+def _foreign_service_addresses(store: Store, key: str) -> dict[object, tuple[str, str]]:
+    """{cluster IP or node port: (namespace, name)} of the Services made through the API."""
+    held: dict[object, tuple[str, str]] = {}
     for other in store.list_objects(key):
-        meta = other.get("metadata") or {}
-        if emu_owned(other) or (meta.get("namespace"), meta.get("name")) == (namespace, name):
+        if emu_owned(other):
             continue
+        meta = other.get("metadata") or {}
         their_ips, their_ports = resources.service_addresses(other)
-        clash = sorted(ips & their_ips) or sorted(ports & their_ports)
-        if clash:
-            raise errors.conflict(key, name, why=f"service {namespace}/{name} would take {clash[0]}, which service "
-                                  f"{meta.get('namespace')}/{meta.get('name')} (made through the API) holds: delete "
+        for address in [*sorted(their_ips), *sorted(their_ports)]:
+            held.setdefault(address, (meta.get("namespace", ""), meta.get("name", "")))
+    return held
+
+
+def _check_service_addresses(held: dict[object, tuple[str, str]], key: str, namespace: str, name: str,
+                             obj: dict) -> None:  # fmt: skip
+    """An emu Service may not take a cluster IP or node port a Service made through
+    the API holds (`held`: _foreign_service_addresses; emu plans around those it saw,
+    one made meanwhile could clash)."""
+    ips, ports = resources.service_addresses(obj)
+    for address in [*sorted(ips), *sorted(ports)]:
+        holder = held.get(address)
+        if holder is not None and holder != (namespace, name):
+            raise errors.conflict(key, name, why=f"service {namespace}/{name} would take {address}, which service "
+                                  f"{holder[0]}/{holder[1]} (made through the API) holds: delete "
                                   "that one with kubectl, or run the emu command again to plan around it")  # fmt: skip
 
 

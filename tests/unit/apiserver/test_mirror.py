@@ -176,6 +176,25 @@ def test_services_made_through_the_api_are_theirs_and_emus_may_not_take_their_ad
     assert caught.value.code == 409 and "made through the API" in caught.value.message
 
 
+def test_a_sync_of_many_services_lists_the_services_a_bounded_number_of_times(tmp_path):
+    """The clash check once listed every Service for each of emu's: a 1,000-Service lab's
+    unchanged re-sync took 27 s of the API server's CPU. Counted, not timed."""
+    store = Store(str(tmp_path / "state.db"))
+    store.create("services", service("kweb", "10.96.1.250", node_port=30999))  # kubectl's
+    objects = [namespace("default"), *(service(f"s{i}", f"10.96.0.{i + 10}") for i in range(200))]
+    listed: list[str] = []
+    real = store.list_objects
+
+    def counting(key, *args, **kwargs):
+        listed.append(key)
+        return real(key, *args, **kwargs)
+
+    store.list_objects = counting
+    mirror.sync(store, objects)
+    mirror.sync(store, objects)  # unchanged
+    assert listed.count("services") <= 4, listed.count("services")  # two syncs: the check and the deletions
+
+
 def policy(name: str, mark: bool = False) -> dict:
     meta: dict = {"name": name, "namespace": "default"}
     if mark:
