@@ -20,7 +20,8 @@ IPs and, for emu's own, spec.loadBalancerIP (what the planner gave it); the
 planner in turn leaves the addresses of these Services alone
 (emu.control.apiserver.foreign_service_addresses). An emu Service that takes an
 address one of these holds anyway (planned while the API server did not
-answer, or in a race) wins: the other one moves to a free address.
+answer, or in a race) wins: the other one moves to a free address, or, when it
+asked for that one (spec.loadBalancerIP), loses it and waits.
 
 As upstream's controller: the finalizer service.kubernetes.io/load-balancer-cleanup
 holds a Service being deleted until its address is released; a Service that
@@ -194,6 +195,10 @@ class ServiceLoadBalancerController(Controller):
         except AllocationError as e:
             self.client.event(service, "Warning", "SyncLoadBalancerFailed",
                               f"Error syncing load balancer: failed to ensure load balancer: {e}", CONTROLLER_NAME)
+            # an address it may keep stays (upstream keeps the load balancer it has); one it may not (emu's
+            # Service took it, the pool changed) is dropped: pending, rather than two Services on one address
+            if _has_finalizer(service) and any(not self._valid(service, ip) for ip in ingress_ips(service)):
+                self._clear_status(service)
             return None
         balancer = {"ingress": [{"ip": address, "ipMode": IP_MODE}]}
         if _has_finalizer(service) and ((service.get("status") or {}).get("loadBalancer") or {}) == balancer:
@@ -228,6 +233,21 @@ class ServiceLoadBalancerController(Controller):
         self.client.event(service, "Normal", "EnsuredLoadBalancer", "Ensured load balancer", CONTROLLER_NAME)
         return None
 
+    def _valid(self, service: dict, address: str) -> bool:
+        return address in self.pool and not [k for k in self._holders(address) if k != obj_key(service)]
+
+    def _clear_status(self, service: dict) -> None:
+        meta = service["metadata"]
+        uid = meta.get("uid")
+
+        def clear(current: dict) -> dict | None:
+            if current["metadata"].get("uid") != uid or not ingress_ips(current):
+                return None
+            current.setdefault("status", {})["loadBalancer"] = {}
+            return current
+
+        self.client.mutate("services", meta.get("namespace", ""), meta["name"], clear, status=True)
+
     def _release(self, service: dict) -> None:
         """Upstream's delete path: for a Service being deleted or no longer wanting this controller's load
         balancer, clear the status it wrote and drop the finalizer (the store then deletes one being deleted).
@@ -243,12 +263,6 @@ class ServiceLoadBalancerController(Controller):
         if finalizer:
             self.client.event(service, "Normal", "DeletingLoadBalancer", "Deleting load balancer", CONTROLLER_NAME)
 
-        def clear(current: dict) -> dict | None:
-            if current["metadata"].get("uid") != uid or not ingress_ips(current):
-                return None
-            current.setdefault("status", {})["loadBalancer"] = {}
-            return current
-
         def drop_finalizer(current: dict) -> dict | None:
             meta = current["metadata"]
             if meta.get("uid") != uid or FINALIZER not in (meta.get("finalizers") or []):
@@ -257,7 +271,7 @@ class ServiceLoadBalancerController(Controller):
             return current
 
         # the address first: the nodes stop announcing it before the object can go
-        self.client.mutate("services", ns, name, clear, status=True)
+        self._clear_status(service)
         if finalizer:
             self.client.mutate("services", ns, name, drop_finalizer)
             self.client.event(service, "Normal", "DeletedLoadBalancer", "Deleted load balancer", CONTROLLER_NAME)

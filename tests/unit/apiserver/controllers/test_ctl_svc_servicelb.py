@@ -197,6 +197,20 @@ def test_an_address_emu_takes_anyway_moves_the_other_service(tmp_path):
     assert ingress(store, "emu-lb")[0]["ip"] == "172.28.0.254"
 
 
+def test_an_address_asked_for_and_taken_by_emu_anyway_is_given_up(tmp_path):
+    store = new_store(tmp_path)
+    m = lb_manager(store)
+    create(store, service("pinned", loadBalancerIP="172.28.0.251"))
+    settle(m)
+    emu_service(store, "emu-lb", "172.28.0.251")
+    settle(m)
+    assert ingress(store, "pinned") == []  # pending: never two Services on one address
+    assert events(store, "pinned")[-1][:2] == ("Warning", "SyncLoadBalancerFailed")
+    Client(store).delete("services", "default", "emu-lb")
+    settle(m)
+    assert ingress(store, "pinned")[0]["ip"] == "172.28.0.251"  # released: its turn
+
+
 def test_addresses_held_and_the_choice(tmp_path):
     assert load_balancer_addresses(service("x", emu=True, loadBalancerIP="172.28.0.9")) == {"172.28.0.9"}
     assert load_balancer_addresses(service("x", loadBalancerIP="172.28.0.9")) == set()  # only asked for
