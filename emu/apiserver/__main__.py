@@ -44,6 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.insecure and not args.pki and not (args.tls_cert and args.tls_key):
         p.error("give --pki DIR, or --tls-cert and --tls-key (and --client-ca), or --insecure")
+    if args.load_balancer_pool:
+        from emu.apiserver.controllers.servicelb import Pool
+
+        try:
+            Pool(args.load_balancer_pool)
+        except ValueError as e:
+            p.error(f"--load-balancer-pool: {e}")
     os.makedirs(args.data, exist_ok=True)
     store = Store(os.path.join(args.data, "state.db"))
     if args.insecure:

@@ -241,6 +241,23 @@ def test_registry_wants_a_pool_and_refuses_a_bad_one(tmp_path):
         start_named(store, ["servicelb"], {"load_balancer_pool": "172.28.0.250"})
 
 
+def test_the_labs_api_server_runs_servicelb_with_the_labs_pool(tmp_path, capsys):
+    from emu.api.topology.load import load_text
+    from emu.apiserver.__main__ import main
+    from emu.control.state import plan_cluster
+    from emu.node.plan.cni import API_CONTROLLERS, start_apiserver_line
+
+    state = plan_cluster(load_text("name: lab\nnodes: [{name: cp, role: control-plane}]\n"), "emu-lab",
+                         "172.28.5.0/24")
+    assert "servicelb" in API_CONTROLLERS
+    assert "--load-balancer-pool 172.28.5.223-172.28.5.254" in start_apiserver_line(state)
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path), "--insecure", "--load-balancer-pool", "172.28.5.223",
+              "--controllers", "servicelb"])
+    said = capsys.readouterr().err
+    assert "--load-balancer-pool: load balancer pool '172.28.5.223' is not a range FIRST-LAST" in said
+
+
 # ---------------------------------------------------------------- the real kubectl
 
 def eventually(fn, what: str, bound: float = 20.0):
