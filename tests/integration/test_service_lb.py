@@ -160,4 +160,11 @@ def test_a_load_balancer_ip_outside_the_pool_stays_pending_with_a_warning(cluste
     assert external_ip(cluster, "far") == "<pending>"
     made = json.loads(kubectl(cluster, "get", "svc", "far", "-o", "json").stdout)
     assert not made["metadata"].get("finalizers") and not made["status"]["loadBalancer"]  # nothing written
+    # The nodes program its cluster IP but no LoadBalancer address: kube-proxy reads status, not the request.
+    ip = made["spec"]["clusterIP"]
+    for node in cluster.state().nodes:
+        rules = wait_for(lambda n=node.name: (r := cluster.node_exec(n, ["iptables-save"]).output)
+                         and f"-d {ip}/32" in r and r, 30, f"{node.name} programming far's cluster IP {ip}")
+        assert "203.0.113.7" not in rules, node.name
+    assert held_by_nodes(cluster, "203.0.113.7") == []
     kubectl(cluster, "delete", "svc", "far", "--timeout=60s")
