@@ -495,9 +495,9 @@ class Cluster:
 
     def replan(self, topology: Topology, previous: ClusterState, base: ClusterState | None = None) -> ClusterState:
         """The desired state of the running cluster for `topology`, from `base` (default
-        `previous`), around the cluster IPs and node ports of the Services made through
-        its API server (kubectl's), which emu's own Services may not take."""
-        reserved: tuple[set[str], set[int]] = (set(), set())
+        `previous`), around the cluster IPs, node ports and LoadBalancer addresses of the
+        Services made through its API server (kubectl's), which emu's own Services may not take."""
+        reserved: tuple[set[str], set[int], dict[str, str]] = (set(), set(), {})
         if previous.api_endpoint:
             reserved = apiserver.foreign_service_addresses(apiserver.controller_client(previous, self.runtime))
         return plan_cluster(topology, previous.network, previous.network_subnet, base or previous, reserved=reserved)

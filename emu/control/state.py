@@ -321,10 +321,11 @@ def plan_cluster(
     previous: ClusterState | None = None,
     node_image: str = "",
     mtu: int = 1500,
-    reserved: tuple[set[str], set[int]] = (set(), set()),
+    reserved: tuple[set[str], set[int], dict[str, str]] = (set(), set(), {}),
 ) -> ClusterState:
     """The desired cluster state for a topology, keeping what `previous` already runs;
-    `reserved`: cluster IPs and node ports that Services made through the API hold."""
+    `reserved`: cluster IPs, node ports and LoadBalancer addresses ({address: "ns/name"})
+    that Services made through the API hold."""
     networking = topology.networking.model_dump(mode="json", by_alias=True)
     for option in ("masqueradeAll", "clusterCIDR", "nodePortAddresses", "masqueradeBit"):  # kube-proxy's: only when given,
         if networking.get(option) is None:  # so a state from before them compares equal
@@ -488,10 +489,12 @@ def _kubernetes_service(subnet: ipaddress.IPv4Network) -> ServiceState:
 
 
 def plan_services(topology: Topology, state: ClusterState, previous: ClusterState | None,
-                  reserved: tuple[set[str], set[int]] = (set(), set())) -> dict[str, ServiceState]:  # fmt: skip
+                  reserved: tuple[set[str], set[int], dict[str, str]] = (set(), set(), {}),
+                  ) -> dict[str, ServiceState]:  # fmt: skip
     """Services with their addresses and node ports: kept from `previous` where
     the service still asks for them, fixed where declared, else allocated around
-    those `reserved` (the cluster IPs and node ports of Services made through the API)."""
+    those `reserved` (the cluster IPs, node ports and LoadBalancer addresses of
+    Services made through the API; a declared loadBalancerIP one of them holds is refused)."""
     subnet = ipaddress.IPv4Network(topology.networking.service_subnet)
     old = previous.services if previous else {}
     services = {KUBERNETES_SERVICE: _kubernetes_service(subnet)}
@@ -500,7 +503,8 @@ def plan_services(topology: Topology, state: ClusterState, previous: ClusterStat
     used_node_ports = {p.node_port for s in topology.services for p in s.ports if p.node_port} | set(reserved[1])
     used_node_ports |= {s.health_check_node_port for s in topology.services if s.health_check_node_port}
     pool = _pool_addresses(state.load_balancer_pool)
-    used_lb = {s.load_balancer_ip for s in topology.services if s.load_balancer_ip}
+    theirs = reserved[2] if len(reserved) > 2 else {}
+    used_lb = {s.load_balancer_ip for s in topology.services if s.load_balancer_ip} | set(theirs)
 
     def keep(key: str, attribute: str, used: set, wanted_type: tuple[str, ...], service: Service):
         previous_service = old.get(key)
@@ -565,6 +569,11 @@ def plan_services(topology: Topology, state: ClusterState, previous: ClusterStat
                 raise EmuError(
                     f"service {key}: loadBalancerIP {lb_ip} is not in the pool "
                     f"{state.load_balancer_pool[0]}-{state.load_balancer_pool[1]} on the cluster network"
+                )
+            elif lb_ip in theirs:
+                raise EmuError(
+                    f"service {key}: loadBalancerIP {lb_ip} is held by service {theirs[lb_ip]}, made through the "
+                    f"API (kubectl); delete that one with kubectl, or declare another address of the pool"
                 )
             used_lb.add(lb_ip)
         affinity = None

@@ -511,9 +511,11 @@ API_LOG = "/var/log/emu/apiserver.log"
 # The scheduler too: it binds only pods without spec.nodeName (emu's own pods have one),
 # and the node's kubelet (emu.node.agent.kubelet) runs what it binds. And the workload
 # controllers and the garbage collector, for the workloads made through the API (they
-# leave emu's own, marked emu.io/managed-by, to emu's commands).
+# leave emu's own, marked emu.io/managed-by, to emu's commands). And the service
+# load-balancer controller: LoadBalancer Services made through the API get an address
+# of the lab's pool (--load-balancer-pool), around emu's own.
 API_CONTROLLERS = ("endpointslice", "endpoints", "serviceaccount", "rootca", "nodelifecycle", "scheduler", "deployment",
-                   "replicaset", "statefulset", "daemonset", "garbagecollector")
+                   "replicaset", "statefulset", "daemonset", "garbagecollector", "servicelb")
 
 
 def api_server_node(state: ClusterState) -> NodeState:
@@ -529,6 +531,7 @@ def start_apiserver_line(state: ClusterState) -> str:
         "--data", API_DATA_DIR, "--listen", f"0.0.0.0:{API_PORT}", "--pki", PKI_DIR,
         "--service-cidr", state.net.service_subnet, "--emu-driven", "--controllers", ",".join(API_CONTROLLERS),
         "--node-monitor-grace-period", f"{state.node_timing.grace:g}s",
+        *(["--load-balancer-pool", "-".join(state.load_balancer_pool)] if state.load_balancer_pool else []),
     ])  # fmt: skip
     loop = f'while true; do {server}; echo "emu apiserver exited ($?); starting it again"; sleep 1; done'
     return f"mkdir -p {API_DATA_DIR} && setsid sh -c {shlex.quote(loop)} >>{API_LOG} 2>&1 </dev/null &"
