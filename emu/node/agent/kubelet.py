@@ -43,7 +43,7 @@ from emu.node.agent import pods as sandboxes
 from emu.node.agent.apistatus import FIELD_MANAGER, node_client
 from emu.node.agent.probes import Kubelet, ProbeThreads
 from emu.node.agent.runner import Runner
-from emu.node.kube import podstatus, podwatch
+from emu.node.kube import podconfig, podstatus, podwatch
 from emu.node.kube.client import ApiError, Client, resource_path
 from emu.node.plan import NodePlan, cni
 from emu.node.reconcile import sandbox_problem
@@ -259,12 +259,19 @@ class ApiPods:
                     self.log(f"pod {key}: not run: {problem[1]}")
                 self.refused[uid] = problem
                 continue
-            self.refused.pop(uid, None)
+            was = self.refused.pop(uid, None)
             pod = podwatch.pod_state(obj, self.node, ip)
             why = sandbox_problem(pod, seen.netns, seen.ports)
             with self.lock:
                 known = uid in self.wired
             if known and why is None:
+                continue
+            pod, problem = self.configured(state, obj, pod)
+            if problem is not None:
+                if was != problem:
+                    self.log(f"pod {key}: not started: {problem[1]}")
+                self.refused[uid] = problem
+                pending = True  # (a ConfigMap made later lets it start, as on a real cluster)
                 continue
             if why is None:
                 self.log(f"pod {key}: adopted as it runs ({ip})")
@@ -274,6 +281,25 @@ class ApiPods:
             with self.lock:
                 self.wired[uid] = pod
         return pending
+
+    def configured(self, state: ClusterState, obj: dict, pod: PodState) -> tuple[PodState, tuple | None]:
+        """The pod with what it takes from ConfigMaps, Secrets and itself (emu.node.kube.podconfig),
+        read now, as the kubelet reads them when it starts a pod; else (pod, (container, why, reason))."""
+        def read(kind: str, namespace: str, name: str) -> dict | None:
+            try:
+                return self.client.get(resource_path("v1", {"ConfigMap": "configmaps", "Secret": "secrets"}[kind],
+                                                     namespace, name))  # fmt: skip
+            except ApiError as error:
+                if error.code == 404:
+                    return None
+                raise
+
+        try:
+            return podconfig.configure(obj, pod, state.node(self.node).node_ip, read), None
+        except podconfig.PodConfigError as error:
+            return pod, (error.container, error.message, error.reason)
+        except (OSError, ApiError) as error:
+            return pod, ("", f"reading its ConfigMaps and Secrets failed: {error}", "ContainerCreating")
 
     def wire(self, state: ClusterState, pod: PodState, rebuild: bool, why: str) -> bool:
         node = state.node(self.node)
@@ -381,18 +407,18 @@ class ApiPods:
             times["PodScheduled"] = scheduled
         return podstatus.from_entries(state, pod, entries, times)
 
-    def refused_status(self, obj: dict, container: str, why: str) -> dict:
+    def refused_status(self, obj: dict, container: str, why: str, reason: str = "CreateContainerError") -> dict:
         created = podwatch.meta(obj).get("creationTimestamp")
         spec = obj.get("spec") or {}
         statuses = [{"name": c.get("name", ""), "image": c.get("image", ""), "imageID": "", "ready": False,
                      "restartCount": 0, "started": False,
-                     "state": {"waiting": {"reason": "CreateContainerError", "message": why}}}
+                     "state": {"waiting": {"reason": reason, "message": why}}}
                     for c in spec.get("containers") or []]  # fmt: skip
         conditions = [{"type": kind, "status": "True" if kind in ("PodScheduled", "Initialized") else "False",
                        "lastProbeTime": None, "lastTransitionTime": created}
                       for kind in podstatus.CONDITIONS]  # fmt: skip
         return {"phase": "Pending", "conditions": conditions, "containerStatuses": statuses,
-                "message": f"container {container}: {why}" if container else why, "reason": "CreateContainerError"}
+                "message": f"container {container}: {why}" if container else why, "reason": reason}
 
 
 def _condition(obj: dict, kind: str) -> str | None:
