@@ -182,6 +182,8 @@ def test_a_pod_reaches_the_service_by_name_and_has_the_config_maps_values(contex
     assert env["GREETING"] == "hello from the shop"  # env valueFrom configMapKeyRef
     assert env["CFG_STORE_NAME"] == "emu-shop" and env["CFG_GREETING"] == "hello from the shop"  # envFrom
     assert env["POD_NAME"] == pod  # fieldRef
+    kubernetes = json.loads(kubectl(context, "get", "svc", "kubernetes", "-n", "default", "-o", "json").stdout)
+    assert env["KUBERNETES_SERVICE_HOST"] == kubernetes["spec"]["clusterIP"]  # as every pod on kind has
     assert exec_in(context, pod, "cat", "/etc/web/app.conf").stdout == APP_CONF  # the ConfigMap volume
     assert exec_in(context, pod, "sh", "-c", "echo x > /etc/web/new", check=False).returncode != 0  # readOnly
 
@@ -260,8 +262,11 @@ def test_rollout_restart_replaces_every_pod_and_a_watch_sees_their_addresses(con
     current = {name: p["status"]["podIP"] for name, p in pods.items()}
     wait_for(lambda: current.items() <= addressed.items(), 60, f"the watch seeing {current} (saw {addressed})")
     stop.set()
-    # New pods take the ConfigMap as the old ones did.
+    # New pods take the ConfigMap as the old ones did, and the variables of the Service made before them.
     assert exec_in(context, sorted(pods)[0], "cat", "/etc/web/app.conf").stdout == APP_CONF
+    service_ip = json.loads(kubectl(context, "get", "svc", "web", "-n", NS, "-o", "json").stdout)["spec"]["clusterIP"]
+    env = exec_in(context, sorted(pods)[0], "env").stdout.splitlines()
+    assert f"WEB_SERVICE_HOST={service_ip}" in env and f"WEB_PORT=tcp://{service_ip}:80" in env
 
 
 def test_deleting_the_namespace_removes_everything_in_it_from_the_nodes(cluster, context, app):

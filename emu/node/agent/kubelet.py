@@ -162,8 +162,10 @@ class ApiPods:
     def __init__(self, node: str, log: Callable[[str], None], state_of: Callable[[], ClusterState | None],
                  connect: Callable = node_client, ipam_dir: str = IPAM_DIR, run: Callable = run_plan,
                  look: Callable = sandboxes.look, kubelet: Kubelet | None = None,
-                 wall: Callable[[], float] = time.time):  # fmt: skip
+                 wall: Callable[[], float] = time.time,
+                 services: Callable[[], dict | None] = dict):  # fmt: skip
         self.node = node
+        self.services = services  # every Service by key, as the node knows them (None: not listed yet)
         self.log = log
         self.state_of = state_of
         self.connect = connect
@@ -283,7 +285,7 @@ class ApiPods:
         return pending
 
     def configured(self, state: ClusterState, obj: dict, pod: PodState) -> tuple[PodState, tuple | None]:
-        """The pod with what it takes from ConfigMaps, Secrets and itself (emu.node.kube.podconfig),
+        """The pod with what it takes from ConfigMaps, Secrets, Services and itself (emu.node.kube.podconfig),
         read now, as the kubelet reads them when it starts a pod; else (pod, (container, why, reason))."""
         def read(kind: str, namespace: str, name: str) -> dict | None:
             try:
@@ -294,8 +296,12 @@ class ApiPods:
                     return None
                 raise
 
+        services = self.services()
+        if services is None:  # (the kubelet's words: it waits for its Service informer too)
+            return pod, ("", "services have not yet been read at least once, cannot construct envvars",
+                         podconfig.CONFIG_ERROR)  # fmt: skip
         try:
-            return podconfig.configure(obj, pod, state.node(self.node).node_ip, read), None
+            return podconfig.configure(obj, pod, state.node(self.node).node_ip, read, services), None
         except podconfig.PodConfigError as error:
             return pod, (error.container, error.message, error.reason)
         except (OSError, ApiError) as error:

@@ -6,6 +6,9 @@ makeEnvironmentVariables and the configMap, secret and emptyDir volume plugins):
   prefix) first, then env in order (value, with $(VAR) references to the
   variables before it; valueFrom configMapKeyRef, secretKeyRef, fieldRef);
   $(VAR) in the container's args as well;
+- the Services' environment variables (SERVICE_HOST, SERVICE_PORT and the
+  Docker-link ones) of the pod's namespace and of default/kubernetes, from
+  the Services known when it starts, under its own env;
 - the files of its volumes (a ConfigMap's or Secret's keys, or the items
   chosen; an emptyDir is an empty folder) and each container's volumeMounts,
   in the shape emu's pod plans mount them (emu.node.plan.cni.mount_commands).
@@ -27,7 +30,8 @@ import dataclasses
 import re
 from collections.abc import Callable
 
-from emu.node.records import PodState
+from emu.node.records import PodState, ServiceState
+from emu.node.services import pod_service_env
 
 ENV_NAME_PATTERN = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 _REFERENCE = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
@@ -181,13 +185,19 @@ def _volume_files(volume: dict, sources: _Sources) -> dict[str, str]:
     return files
 
 
-def configure(obj: dict, pod: PodState, host_ip: str, read: Reader) -> PodState:
+def configure(obj: dict, pod: PodState, host_ip: str, read: Reader,
+              services: dict[str, ServiceState] | None = None) -> PodState:  # fmt: skip
     """`pod` (emu.node.kube.podwatch.pod_state of the API object `obj`) with each
     container's environment, args and volumeMounts, and the files of its volumes,
-    resolved as the kubelet resolves them when it starts the pod. Raises
-    PodConfigError for what stops the pod from starting."""
+    resolved as the kubelet resolves them when it starts the pod; with `services`
+    (every Service, by "namespace/name"), their environment variables too (its
+    namespace's unless enableServiceLinks is false, and always default/kubernetes's).
+    Raises PodConfigError for what stops the pod from starting."""
     sources = _Sources(read, pod.namespace)
     spec = obj.get("spec") or {}
+    if services is not None:
+        pod = dataclasses.replace(pod, service_env=pod_service_env(services, pod,
+                                                                   spec.get("enableServiceLinks") is not False))
     declared = {c.get("name"): c for c in spec.get("containers") or [] if isinstance(c, dict)}
     volumes = {}
     for volume in spec.get("volumes") or []:

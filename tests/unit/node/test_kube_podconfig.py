@@ -105,3 +105,25 @@ def test_what_stops_a_pod_from_starting_says_why_with_the_kubelets_reason(contai
     with pytest.raises(podconfig.PodConfigError) as stopped:
         configured(pod_object(container, volumes))
     assert stopped.value.reason == reason and message in stopped.value.message
+
+
+def test_service_variables_of_the_pods_namespace_and_the_kubernetes_service_under_its_own_env():
+    from emu.node.records import ServicePortState, ServiceState
+
+    def service(namespace: str, name: str, ip: str, port: int, port_name: str = "") -> ServiceState:
+        return ServiceState(namespace, name, "ClusterIP", ip, [ServicePortState(port_name, port, "TCP", port)])
+
+    services = {s.key: s for s in (service("default", "kubernetes", "10.96.0.1", 443, "https"),
+                                   service("shop", "web-api", "10.96.0.20", 80, "http"),
+                                   service("other", "db", "10.96.0.30", 5432))}  # fmt: skip
+    obj = pod_object({"env": [{"name": "WEB_API_SERVICE_PORT", "value": "8080"},  # its own env wins
+                              {"name": "URL", "value": "http://$(WEB_API_SERVICE_HOST)"}]})  # fmt: skip
+    pod = podconfig.configure(obj, podwatch.pod_state(obj, "w1", "10.244.1.192"), "172.28.0.3", read, services)
+    env = dict(item.split("=", 1) for item in cni.container_environment(pod, pod.containers[0]))
+    assert env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1" and env["KUBERNETES_SERVICE_PORT_HTTPS"] == "443"
+    assert env["WEB_API_SERVICE_HOST"] == "10.96.0.20" and env["WEB_API_PORT"] == "tcp://10.96.0.20:80"
+    assert env["WEB_API_SERVICE_PORT"] == "8080" and env["URL"] == "http://10.96.0.20"
+    assert not any(name.startswith("DB_") for name in env)  # another namespace's
+    obj["spec"]["enableServiceLinks"] = False
+    pod = podconfig.configure(obj, podwatch.pod_state(obj, "w1", "10.244.1.192"), "172.28.0.3", read, services)
+    assert "WEB_API_SERVICE_HOST" not in pod.service_env and pod.service_env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"

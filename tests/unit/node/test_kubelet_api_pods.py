@@ -269,6 +269,26 @@ def test_a_pod_takes_its_config_maps_when_it_starts_and_waits_for_a_missing_one(
         stop(worker)
 
 
+def test_a_pod_starts_once_its_kubelet_knows_the_services_and_gets_their_variables(tmp_path, served, state):
+    admin = served.client()
+    admin.create(PODS, pod_manifest("web", nodeName="worker"))
+    known: dict = {"services": None}  # kube-proxy's view has not listed them yet
+    worker, held = kubelet_of(served, state, "worker", tmp_path)
+    worker.services = lambda: known["services"]
+    try:
+        waiting = run_until(worker, lambda: ((admin.get(f"{PODS}/web").get("status") or {}).get("containerStatuses")
+                                             or [{}])[0].get("state", {}).get("waiting"))  # fmt: skip
+        assert waiting["message"] == "services have not yet been read at least once, cannot construct envvars"
+        assert held.plans == []
+        known["services"] = dict(state.services)
+        assert run_until(worker, lambda: (admin.get(f"{PODS}/web").get("status") or {}).get("podIP"))
+        web = state.services["default/web"].cluster_ip
+        assert f"WEB_SERVICE_HOST={web}" in held.plans[-1]
+        assert f"KUBERNETES_SERVICE_HOST={state.services['default/kubernetes'].cluster_ip}" in held.plans[-1]
+    finally:
+        stop(worker)
+
+
 def test_emu_keeps_its_pods_and_leaves_the_others_alone(tmp_path, served, state):
     admin = served.client()
     emu_pod = admin.get(f"{PODS}/emu-web")
