@@ -12,7 +12,6 @@ import hashlib
 import ipaddress
 import json
 import os
-import re
 from dataclasses import asdict, dataclass
 
 from emu.errors import EmuError
@@ -27,6 +26,7 @@ from emu.node.records import (
     ServiceState,
     well_known_ip,
 )
+from emu.node.kube.podconfig import ENV_NAME_PATTERN, expand
 from emu.node.services import pod_service_env
 from emu.api.topology.model import ConfigMap, Deployment, PodTemplate, Service, Topology
 from emu.api.topology.names import (
@@ -239,23 +239,6 @@ def _declared_pods(topology: Topology) -> list[DeclaredPod]:
             pods.append(DeclaredPod(daemonset.namespace, daemonset_pod_name(daemonset, node), template, labels,
                                     f"DaemonSet/{daemonset.name}", node, template.hostname, template.subdomain))  # fmt: skip
     return pods
-
-
-ENV_NAME_PATTERN = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
-_REFERENCE = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
-
-
-def expand(text: str, env: dict[str, str]) -> str:
-    """Kubernetes' $(VAR) expansion in env values, command and args: a defined
-    variable's value, an undefined reference left as written, $$ for a $."""
-
-    def replace(match: re.Match) -> str:
-        if match.group(0) == "$$":
-            return "$"
-        name = match.group(1)
-        return env.get(name, match.group(0))
-
-    return _REFERENCE.sub(replace, text)
 
 
 def configure_pod(pod: PodState, template: PodTemplate, config_maps: dict[tuple[str, str], ConfigMap], node: NodeState,

@@ -167,7 +167,18 @@ class Agent:
         self.report_job = self.reporter.job(self.hub_address, self.local_readiness)
         self.watch_job = self.watcher.job(self.hub_address, self.on_hub, self.generation)
         # The kubelet's pods made through the API server (emu.node.agent.kubelet).
-        self.api_pods = ApiPods(node, log, lambda: self.view.state if self.view else None)
+        self.api_pods = ApiPods(node, log, lambda: self.view.state if self.view else None,
+                                services=self.services_for_pods)  # fmt: skip
+
+    def services_for_pods(self) -> dict | None:
+        """Every Service, for the environment of a pod the kubelet starts: kube-proxy's view
+        of the API server's (None until it has listed them), else the state's."""
+        if self.api is None:
+            return dict(self.view.state.services) if self.view and self.view.state else None
+        if self.api.feed is None or not self.api.ready():
+            return None
+        with self.api.feed.lock:
+            return dict(self.api.feed.services)
 
     def runners(self) -> list[Runner]:
         return [self.loader, self.pods_job, self.kubelet_job, self.syncer, self.hub_job, self.report_job,

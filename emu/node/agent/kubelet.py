@@ -52,7 +52,7 @@ from emu.node.agent import pods as sandboxes
 from emu.node.agent.apistatus import FIELD_MANAGER, node_client
 from emu.node.agent.probes import Kubelet, ProbeThreads
 from emu.node.agent.runner import Runner
-from emu.node.kube import podstatus, podwatch
+from emu.node.kube import podconfig, podstatus, podwatch
 from emu.node.kube.client import ApiError, Client, resource_path
 from emu.node.plan import NodePlan, cni
 from emu.node.reconcile import sandbox_problem
@@ -171,8 +171,10 @@ class ApiPods:
     def __init__(self, node: str, log: Callable[[str], None], state_of: Callable[[], ClusterState | None],
                  connect: Callable = node_client, ipam_dir: str = IPAM_DIR, run: Callable = run_plan,
                  look: Callable = sandboxes.look, kubelet: Kubelet | None = None,
-                 wall: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic):  # fmt: skip
+                 wall: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic,
+                 services: Callable[[], dict | None] = dict):  # fmt: skip
         self.node = node
+        self.services = services  # every Service by key, as the node knows them (None: not listed yet)
         self.log = log
         self.state_of = state_of
         self.connect = connect
@@ -271,12 +273,19 @@ class ApiPods:
                     self.log(f"pod {key}: not run: {problem[1]}")
                 self.refused[uid] = problem
                 continue
-            self.refused.pop(uid, None)
+            was = self.refused.pop(uid, None)
             pod = podwatch.pod_state(obj, self.node, ip)
             why = sandbox_problem(pod, seen.netns, seen.ports)
             with self.lock:
                 known = uid in self.wired
             if known and why is None:
+                continue
+            pod, problem = self.configured(state, obj, pod)
+            if problem is not None:
+                if was != problem:
+                    self.log(f"pod {key}: not started: {problem[1]}")
+                self.refused[uid] = problem
+                pending = True  # (a ConfigMap made later lets it start, as on a real cluster)
                 continue
             if why is None:
                 self.log(f"pod {key}: adopted as it runs ({ip})")
@@ -287,10 +296,34 @@ class ApiPods:
                 self.wired[uid] = pod
         return pending
 
+    def configured(self, state: ClusterState, obj: dict, pod: PodState) -> tuple[PodState, tuple | None]:
+        """The pod with what it takes from ConfigMaps, Secrets, Services and itself (emu.node.kube.podconfig),
+        read now, as the kubelet reads them when it starts a pod; else (pod, (container, why, reason))."""
+        def read(kind: str, namespace: str, name: str) -> dict | None:
+            try:
+                return self.client.get(resource_path("v1", {"ConfigMap": "configmaps", "Secret": "secrets"}[kind],
+                                                     namespace, name))  # fmt: skip
+            except ApiError as error:
+                if error.code == 404:
+                    return None
+                raise
+
+        services = self.services()
+        if services is None:  # (the kubelet's words: it waits for its Service informer too)
+            return pod, ("", "services have not yet been read at least once, cannot construct envvars",
+                         podconfig.CONFIG_ERROR)  # fmt: skip
+        try:
+            return podconfig.configure(obj, pod, state.node(self.node).node_ip, read, services), None
+        except podconfig.PodConfigError as error:
+            return pod, (error.container, error.message, error.reason)
+        except (OSError, ApiError) as error:
+            return pod, ("", f"reading its ConfigMaps and Secrets failed: {error}", "ContainerCreating")
+
     def wire(self, state: ClusterState, pod: PodState, rebuild: bool, why: str) -> bool:
         node = state.node(self.node)
         plan = cni.node_plan(state, node, [pod], [pod] if rebuild else [], new_node=False,
-                             plan_dir=f"{PLAN_DIR}/{pod.netns}", script_of=script_path)  # fmt: skip
+                             plan_dir=f"{PLAN_DIR}/{pod.netns}", script_of=script_path,
+                             services=self.services() or None)  # fmt: skip
         result = self.run(plan, f"{RUN_DIR}/{pod.netns}.sh")
         if result.returncode:
             self.log(f"pod {pod.key}: wiring failed (exit {result.returncode}): "
@@ -448,18 +481,18 @@ class ApiPods:
             times["PodScheduled"] = scheduled
         return podstatus.from_entries(state, pod, entries, times)
 
-    def refused_status(self, obj: dict, container: str, why: str) -> dict:
+    def refused_status(self, obj: dict, container: str, why: str, reason: str = "CreateContainerError") -> dict:
         created = podwatch.meta(obj).get("creationTimestamp")
         spec = obj.get("spec") or {}
         statuses = [{"name": c.get("name", ""), "image": c.get("image", ""), "imageID": "", "ready": False,
                      "restartCount": 0, "started": False,
-                     "state": {"waiting": {"reason": "CreateContainerError", "message": why}}}
+                     "state": {"waiting": {"reason": reason, "message": why}}}
                     for c in spec.get("containers") or []]  # fmt: skip
         conditions = [{"type": kind, "status": "True" if kind in ("PodScheduled", "Initialized") else "False",
                        "lastProbeTime": None, "lastTransitionTime": created}
                       for kind in podstatus.CONDITIONS]  # fmt: skip
         return {"phase": "Pending", "conditions": conditions, "containerStatuses": statuses,
-                "message": f"container {container}: {why}" if container else why, "reason": "CreateContainerError"}
+                "message": f"container {container}: {why}" if container else why, "reason": reason}
 
 
 def deletion_grace(obj: dict) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import shlex
+from collections.abc import Mapping
 
 from emu.node.agent import (
     AGENT_PORT,
@@ -32,6 +33,7 @@ from emu.node.records import (
     ClusterState,
     NodeState,
     PodState,
+    ServiceState,
     sha256,
     well_known_ip,
 )
@@ -324,7 +326,7 @@ def service_env_file(pod: PodState) -> str:
     return f"{SERVICE_ENV_DIR}/pods/{pod.netns}"
 
 
-def service_env_files(state: ClusterState, pods: list[PodState]) -> dict[str, str]:
+def service_env_files(services: Mapping[str, ServiceState], pods: list[PodState]) -> dict[str, str]:
     """The Service variables of `pods`, from the Services as they are now, as the
     kubelet gives them to a container: its namespace's (or with enableServiceLinks
     false the kubernetes Service's alone) in one file each set of them, named by its
@@ -336,7 +338,7 @@ def service_env_files(state: ClusterState, pods: list[PodState]) -> dict[str, st
     for pod in pods:
         key = (pod.namespace, pod.enable_service_links)
         if key not in made:
-            env = pod_service_env(state.services, pod, pod.enable_service_links)
+            env = pod_service_env(services, pod, pod.enable_service_links)
             text = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
             digest = sha256(text.encode()).hexdigest()[:12]
             made[key] = f"{SERVICE_ENV_DIR}/{pod.namespace if pod.enable_service_links else '-'}-{digest}"
@@ -606,10 +608,13 @@ def node_plan(
     new_node: bool,
     plan_dir: str = PLAN_DIR,
     script_of=container_script,
+    services: Mapping[str, ServiceState] | None = None,
 ) -> NodePlan:
     """The plan that takes one node from its current pods to the desired ones
     (its files under `plan_dir`; each container's start script at
-    `script_of(netns, container)`: the kubelet keeps its API pods' elsewhere)."""
+    `script_of(netns, container)`: the kubelet keeps its API pods' elsewhere);
+    the Service variables of the pods it starts from `services` (default: the
+    state's; the kubelet's pods take the API server's, as kube-proxy sees them)."""
     plan = NodePlan(node=node.name, container=node.container)
     if new_node:
         plan.files.update(workload_files())
@@ -657,7 +662,8 @@ def node_plan(
     if added:
         plan.files[f"{plan_dir}/pods.batch"] = "".join(pod_root_batch(pod, state.mtu) for pod in added)
         plan.steps.append(f"ip -batch {plan_dir}/pods.batch")
-    plan.files.update(service_env_files(state, [p for p in added if not all(runs_image(c) for c in p.containers)]))
+    plan.files.update(service_env_files(state.services if services is None else services,
+                                        [p for p in added if not all(runs_image(c) for c in p.containers)]))
     for pod in added:
         batch = f"{plan_dir}/pod-{pod.netns}.batch"
         plan.files[batch] = pod_namespace_batch(pod, node)

@@ -240,6 +240,58 @@ def test_a_pod_the_node_cannot_run_says_why_in_its_status(tmp_path, served, stat
         stop(worker)
 
 
+def test_a_pod_takes_its_config_maps_when_it_starts_and_waits_for_a_missing_one(tmp_path, served, state):
+    """The kubelet reads the ConfigMaps a pod names with the node's own identity when it
+    starts the pod: env (valueFrom, envFrom) and volume files reach the container; a
+    ConfigMap that is not there yet keeps the pod waiting (CreateContainerConfigError),
+    and the pod starts once it is made."""
+    admin = served.client()
+    made = pod_manifest("web", nodeName="worker", volumes=[{"name": "conf", "configMap": {"name": "settings"}}])
+    made["spec"]["containers"][0].update(
+        env=[{"name": "MSG", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "greeting"}}}],
+        envFrom=[{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
+        volumeMounts=[{"name": "conf", "mountPath": "/etc/app"}])  # fmt: skip
+    admin.create(PODS, made)
+    worker, held = kubelet_of(served, state, "worker", tmp_path)
+    try:
+        waiting = run_until(worker, lambda: ((admin.get(f"{PODS}/web").get("status") or {}).get("containerStatuses")
+                                             or [{}])[0].get("state", {}).get("waiting"))  # fmt: skip
+        assert waiting == {"reason": "CreateContainerConfigError", "message": 'configmap "settings" not found'}
+        assert held.plans == []
+        admin.create(resource_path("v1", "configmaps", "default"), {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "settings"},
+            "data": {"greeting": "hello from a ConfigMap", "app.conf": "mode=shop\n"}})  # fmt: skip
+        assert run_until(worker, lambda: (admin.get(f"{PODS}/web").get("status") or {}).get("podIP"))
+        plan = held.plans[-1]
+        assert "'MSG=hello from a ConfigMap'" in plan and "'CFG_greeting=hello from a ConfigMap'" in plan
+        assert "mount --bind /var/lib/emu/volumes/web/conf /etc/app" in plan
+        assert "mode=shop\n" in plan  # the volume's file, written by the plan
+        [wired] = worker.wired.values()
+        assert wired.volumes == {"conf": {"greeting": "hello from a ConfigMap", "app.conf": "mode=shop\n"}}
+    finally:
+        stop(worker)
+
+
+def test_a_pod_starts_once_its_kubelet_knows_the_services_and_gets_their_variables(tmp_path, served, state):
+    admin = served.client()
+    admin.create(PODS, pod_manifest("web", nodeName="worker"))
+    known: dict = {"services": None}  # kube-proxy's view has not listed them yet
+    worker, held = kubelet_of(served, state, "worker", tmp_path)
+    worker.services = lambda: known["services"]
+    try:
+        waiting = run_until(worker, lambda: ((admin.get(f"{PODS}/web").get("status") or {}).get("containerStatuses")
+                                             or [{}])[0].get("state", {}).get("waiting"))  # fmt: skip
+        assert waiting["message"] == "services have not yet been read at least once, cannot construct envvars"
+        assert held.plans == []
+        known["services"] = dict(state.services)
+        assert run_until(worker, lambda: (admin.get(f"{PODS}/web").get("status") or {}).get("podIP"))
+        web = state.services["default/web"].cluster_ip
+        assert f"WEB_SERVICE_HOST={web}" in held.plans[-1]
+        assert f"KUBERNETES_SERVICE_HOST={state.services['default/kubernetes'].cluster_ip}" in held.plans[-1]
+    finally:
+        stop(worker)
+
+
 def test_emu_keeps_its_pods_and_leaves_the_others_alone(tmp_path, served, state):
     admin = served.client()
     emu_pod = admin.get(f"{PODS}/emu-web")
