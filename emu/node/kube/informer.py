@@ -184,9 +184,12 @@ class Informer:
     # ---- running -------------------------------------------------------------
     def start(self) -> Informer:
         """Run in a thread of its own (daemon) until stop()."""
-        self.thread = threading.Thread(target=self.runner.loop, args=(lambda: self.stopped,),
-                                       name=self.runner.name, daemon=True)  # fmt: skip
-        self.thread.start()
+        thread = threading.Thread(target=self.runner.loop, args=(lambda: self.stopped,),
+                                  name=self.runner.name, daemon=True)  # fmt: skip
+        thread.start()
+        # Only a started thread is seen: a stop() from another thread meanwhile must not join
+        # one not started yet (RuntimeError); the loop sees `stopped` and ends by itself.
+        self.thread = thread
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
