@@ -601,6 +601,9 @@ class Agent:
             with self.synced:
                 result["programmed"] = self.synced.wait_for(lambda: self.synced_revision >= revision,
                                                             max(0.0, deadline - time.monotonic()))  # fmt: skip
+            # (and the ingress controller's nginx.conf, where it runs here: it watches the API too)
+            result["programmed"] = result["programmed"] and self.ingress.wait_revision(
+                revision, max(0.0, deadline - time.monotonic()))
         result["syncedRevision"] = self.synced_revision
         result["seenRevision"] = self.api.revision()
         return result
