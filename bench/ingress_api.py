@@ -21,7 +21,9 @@ usage: python bench/ingress_api.py [--runs 5] [--only answers,render] [--json]
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import json
 import socket
 import subprocess
@@ -107,8 +109,12 @@ def answers(context: harness.Context) -> None:
         subprocess.run(["kubectl", "--context", f"emu-{NAME}", *argv], check=True, capture_output=True, timeout=60)
 
     def emu(*argv: str) -> None:
-        if emu_main([*argv, "--name", NAME, "-q"]) != 0:
-            raise SystemExit(f"emu {' '.join(argv)} failed")
+        said = io.StringIO()
+        with contextlib.redirect_stdout(said):  # (what it made: not for the table)
+            # (-n default: `emu delete -f` of a manifest naming no namespace finds nothing without it)
+            status = emu_main([*argv, "--name", NAME, "-n", "default", *(["-q"] if argv[0] == "apply" else [])])
+        if status != 0:
+            raise SystemExit(f"emu {' '.join(argv)} failed: {said.getvalue()}")
 
     def one(kind: str) -> float:
         host = f"{kind}-{next(counter)}.example.com"
