@@ -5,6 +5,7 @@ what the agents cost once nothing changes.
   50x40    50 nodes x 40 pods (nc -lk 8080) and 50 services without endpoints
   1000svc  50 nodes, 1,000 deployments of 2 pods spread by the scheduler, a
            ClusterIP service each (2,000 endpoints); enableServiceLinks: false
+  1000svc-links  the same with Kubernetes' default, enableServiceLinks: true
   100x50   100 nodes x 50 pods (5,000 pods)
   40k      50 nodes x 40 pods and 1,000 services, each selecting one node's
            40 pods (40,000 endpoints); only with --only
@@ -17,7 +18,7 @@ with nothing changing, the agents' CPU (their own and their children's, from
 /proc) over a --window, and their memory (RSS).
 
 One run each (--runs N repeats emu up and the baseline N times; the idle figures are of the last run).
-usage: python bench/scale.py [--only 50x40,1000svc,100x50,40k] [--idle 60] [--window 30] [--no-baseline] [--keep]
+usage: python bench/scale.py [--only 50x40,1000svc,1000svc-links,100x50,40k] [--idle 60] [--window 30] [--no-baseline] [--keep]
        [--runs 1] [--json]
 """
 
@@ -55,11 +56,11 @@ def pinned_lab(nodes: int, per_node: int, empty_services: int = 0, labelled: boo
     return "\n".join(lines) + "\n"
 
 
-def services_lab(nodes: int, services: int) -> str:
+def services_lab(nodes: int, services: int, links: bool = False) -> str:
     lines = ["name: emubench-scale", "networking: {podSubnet: 10.240.0.0/12}", *nodes_yaml(nodes), "deployments:"]
     for i in range(services):
         lines += [f"  - name: d{i}", "    replicas: 2", "    template:", f"      labels: {{app: d{i}}}",
-                  "      enableServiceLinks: false", f"      containers: [{NC}]"]  # fmt: skip
+                  *([] if links else ["      enableServiceLinks: false"]), f"      containers: [{NC}]"]  # fmt: skip
     lines.append("services:")
     lines += [f"  - {{name: s{i}, selector: {{app: d{i}}}, ports: [{{port: 80, targetPort: 8080}}]}}" for i in range(services)]
     return "\n".join(lines) + "\n"
@@ -77,6 +78,8 @@ LABS = {
     # name: (topology text, nodes, pods per node for the baseline, pods in total)
     "50x40": (lambda: pinned_lab(50, 40, empty_services=50), 50, 40, 2000),
     "1000svc": (lambda: services_lab(50, 1000), 50, 40, 2000),
+    # The same with Kubernetes' default enableServiceLinks: true (7,000 variables a container).
+    "1000svc-links": (lambda: services_lab(50, 1000, links=True), 50, 40, 2000),
     "100x50": (lambda: pinned_lab(100, 50), 100, 50, 5000),
     "40k": (lambda: wide_lab(50, 40, 1000), 50, 40, 2000),  # not run unless asked for (--only 40k)
 }
@@ -184,6 +187,8 @@ BASELINE = "bench/baseline_up.sh: the same nodes and pods by hand (no services, 
 SCENARIOS = [
     harness.Scenario("50x40", "50 nodes x 40 pods, 50 services without endpoints", BASELINE, lab_scenario("50x40")),
     harness.Scenario("1000svc", "50 nodes, 1,000 deployments x 2 pods, a service each", BASELINE, lab_scenario("1000svc")),
+    harness.Scenario("1000svc-links", "the same, enableServiceLinks: true (Kubernetes' default)", BASELINE,
+                     lab_scenario("1000svc-links")),
     harness.Scenario("100x50", "100 nodes x 50 pods", BASELINE, lab_scenario("100x50")),
     harness.Scenario("40k", "50 nodes x 40 pods, 1,000 services of 40 endpoints each", BASELINE, lab_scenario("40k"),
                      default=False),

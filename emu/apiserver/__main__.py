@@ -23,6 +23,15 @@ def _address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _duration(text: str) -> float:
+    from emu.node.records import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python3 -m emu.apiserver", description="emu's Kubernetes API server")
     p.add_argument("--data", required=True, help="directory of the store (state.db)")
@@ -33,14 +42,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pki", help="directory of the cluster's PKI (for auth.py)")
     p.add_argument("--insecure", action="store_true", help="plain HTTP, every request is the cluster admin")
     p.add_argument("--service-cidr", default="10.96.0.0/12", help="range of Service cluster IPs")
+    p.add_argument("--load-balancer-pool", default="",
+                   help="FIRST-LAST: the addresses the servicelb controller gives LoadBalancer Services made "
+                        "through the API")
     p.add_argument("--emu-driven", action="store_true",
                    help="emu's commands write the kinds they drive (POST /emu/mirror); refuse others' writes to them")
     p.add_argument("--controllers", default="",
                    help="control loops to run in this process, comma-separated (emu.apiserver.controllers: "
-                        "endpointslice, endpoints, serviceaccount, rootca, scheduler, ...)")
+                        "endpointslice, endpoints, serviceaccount, rootca, servicelb, scheduler, ...)")
+    p.add_argument("--node-monitor-grace-period", type=_duration, default=40.0,
+                   help="how long a node's Lease may go unrenewed before the node lifecycle controller marks it "
+                        "NotReady (a Go duration, as kube-controller-manager's flag; default 40s)")
     args = p.parse_args(argv)
     if not args.insecure and not args.pki and not (args.tls_cert and args.tls_key):
         p.error("give --pki DIR, or --tls-cert and --tls-key (and --client-ca), or --insecure")
+    if args.load_balancer_pool:
+        from emu.apiserver.controllers.servicelb import Pool
+
+        try:
+            Pool(args.load_balancer_pool)
+        except ValueError as e:
+            p.error(f"--load-balancer-pool: {e}")
     os.makedirs(args.data, exist_ok=True)
     store = Store(os.path.join(args.data, "state.db"))
     if args.insecure:
@@ -71,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
             with open(os.path.join(args.pki, "ca.crt")) as handle:
                 ca_pem = handle.read()
         try:
-            start_named(store, args.controllers.split(","), {"service_cidr": args.service_cidr, "ca_pem": ca_pem})
+            start_named(store, args.controllers.split(","), {
+                "service_cidr": args.service_cidr, "ca_pem": ca_pem, "load_balancer_pool": args.load_balancer_pool,
+                "node_monitor_grace_period": args.node_monitor_grace_period})
         except ValueError as e:
             sys.exit(f"emu.apiserver: --controllers: {e}")
 

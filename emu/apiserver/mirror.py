@@ -49,10 +49,12 @@ MANAGER = "emu"
 # leave emu's alone.
 # Namespaces too, but one made through the API that emu's topology also names is shared:
 # emu writes into it and leaves it as it is (it never deletes it).
-# Ingresses too: the ingress controller watches the API server and serves kubectl's like emu's.
+# NetworkPolicies too: every node's policy agent watches the API server (emu.node.kube.policyfeed),
+# so one made with kubectl is enforced like emu's own. Ingresses too: the ingress controller
+# watches the API server and serves kubectl's like emu's.
 OWNED = (("v1", "Pod"), ("v1", "Service"), ("apps/v1", "Deployment"), ("apps/v1", "ReplicaSet"),
          ("apps/v1", "StatefulSet"), ("apps/v1", "DaemonSet"), ("v1", "Namespace"),
-         ("networking.k8s.io/v1", "Ingress"))  # fmt: skip
+         ("networking.k8s.io/v1", "NetworkPolicy"), ("networking.k8s.io/v1", "Ingress"))  # fmt: skip
 
 # The kinds emu's own commands drive in stage 2, by (apiVersion, kind).
 DRIVEN = (
@@ -108,6 +110,7 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
         desired[(info.key, namespace, meta["name"])] = obj
     owned = owned_keys()
     shared = set()  # namespaces made through the API that emu's objects also go into
+    held: dict[object, tuple[str, str]] | None = None  # the addresses Services made through the API hold
     for (key, namespace, name), obj in desired.items():
         if key in owned:
             kind = owned[key]
@@ -120,7 +123,9 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
                                       f"(kubectl), not by emu: delete it with kubectl first, or give emu's "
                                       f"{kind.lower()} another name")  # fmt: skip
             if kind == "Service":
-                _check_service_addresses(store, key, namespace, name, obj)
+                if held is None:  # listed once a sync: a lab's 1,000 Services are 1,000 checks, not 1,000 lists
+                    held = _foreign_service_addresses(store, key)
+                _check_service_addresses(held, key, namespace, name, obj)
     counts = {"created": 0, "updated": 0, "deleted": 0, "unchanged": 0}
     for key, info in keys.items():
         fields_of = info.field_values
@@ -180,19 +185,30 @@ def owned_keys() -> dict[str, str]:
     return {resources.by_kind(v, k).key: k for v, k in OWNED}
 
 
-def _check_service_addresses(store: Store, key: str, namespace: str, name: str, obj: dict) -> None:
-    """An emu Service may not take a cluster IP or node port a Service made through
-    the API holds (emu plans around those it saw; one made meanwhile could clash)."""
-    ips, ports = resources.service_addresses(obj)
+def _foreign_service_addresses(store: Store, key: str) -> dict[object, tuple[str, str]]:
+    """{cluster IP or node port: (namespace, name)} of the Services made through the API."""
+    held: dict[object, tuple[str, str]] = {}
     for other in store.list_objects(key):
-        meta = other.get("metadata") or {}
-        if emu_owned(other) or (meta.get("namespace"), meta.get("name")) == (namespace, name):
+        if emu_owned(other):
             continue
+        meta = other.get("metadata") or {}
         their_ips, their_ports = resources.service_addresses(other)
-        clash = sorted(ips & their_ips) or sorted(ports & their_ports)
-        if clash:
-            raise errors.conflict(key, name, why=f"service {namespace}/{name} would take {clash[0]}, which service "
-                                  f"{meta.get('namespace')}/{meta.get('name')} (made through the API) holds: delete "
+        for address in [*sorted(their_ips), *sorted(their_ports)]:
+            held.setdefault(address, (meta.get("namespace", ""), meta.get("name", "")))
+    return held
+
+
+def _check_service_addresses(held: dict[object, tuple[str, str]], key: str, namespace: str, name: str,
+                             obj: dict) -> None:  # fmt: skip
+    """An emu Service may not take a cluster IP or node port a Service made through
+    the API holds (`held`: _foreign_service_addresses; emu plans around those it saw,
+    one made meanwhile could clash)."""
+    ips, ports = resources.service_addresses(obj)
+    for address in [*sorted(ips), *sorted(ports)]:
+        holder = held.get(address)
+        if holder is not None and holder != (namespace, name):
+            raise errors.conflict(key, name, why=f"service {namespace}/{name} would take {address}, which service "
+                                  f"{holder[0]}/{holder[1]} (made through the API) holds: delete "
                                   "that one with kubectl, or run the emu command again to plan around it")  # fmt: skip
 
 

@@ -26,6 +26,9 @@ RBAC_GROUP = "rbac.authorization.k8s.io"
 RBAC_VERSION = f"{RBAC_GROUP}/v1"
 SUPERUSER_GROUP = "system:masters"
 SA_PREFIX = "system:serviceaccount:"
+# The nodes' network policy agent: its certificate's user (emu.control.pki) and its ClusterRole.
+NETWORK_POLICY_USER = "emu-network-policy"
+NETWORK_POLICY_ROLE = "emu-network-policy"
 
 Lister = Callable[[str, "str | None"], list[dict]]
 
@@ -446,6 +449,13 @@ def bootstrap_objects() -> list[dict]:
             "/openid/v1/jwks/"])]),
         _cluster_role("view", view_rules, labels={"rbac.authorization.k8s.io/aggregate-to-edit": "true"},
                       aggregate_from="view"),
+        # The nodes' network policy agent (emu.node.agent.policy.PolicySource), as a CNI's
+        # (Calico's calico-node, kube-router's) but narrower: it lists and watches what it
+        # renders from and writes nothing (not a bootstrap role).
+        _cluster_role(NETWORK_POLICY_ROLE, [
+            _rule(["list", "watch"], ["networking.k8s.io"], ["networkpolicies"]),
+            _rule(["list", "watch"], [""], ["pods", "namespaces"]),
+        ], bootstrap=False),
         # kubeadm's CoreDNS role (not a bootstrap role: no bootstrapping label).
         _cluster_role("system:coredns", [
             _rule(["list", "watch"], [""], ["endpoints", "services", "pods", "namespaces"]),
@@ -478,6 +488,7 @@ def bootstrap_objects() -> list[dict]:
                  [_subject("ServiceAccount", "kube-proxy", "kube-system")], bootstrap=False),
         _binding("system:coredns", "system:coredns",
                  [_subject("ServiceAccount", "coredns", "kube-system")], bootstrap=False),
+        _binding(NETWORK_POLICY_ROLE, NETWORK_POLICY_ROLE, [_subject("User", NETWORK_POLICY_USER)], bootstrap=False),
         _binding("ingress-nginx", "ingress-nginx",
                  [_subject("ServiceAccount", "ingress-nginx", "ingress-nginx")], bootstrap=False),
     ]

@@ -328,21 +328,26 @@ def ingress_addon(objects: list[dict]) -> None:
         objects.append(ingress.ingress_class())
 
 
-def foreign_service_addresses(client: NodeApi) -> tuple[set[str], set[int]]:
-    """The cluster IPs and node ports (health check ones too) of the Services made
-    through the API (kubectl), which emu's planner must leave to them; nothing when
-    the API server does not answer (the mirror then refuses a clash)."""
+def foreign_service_addresses(client: NodeApi) -> tuple[set[str], set[int], dict[str, str]]:
+    """The cluster IPs, node ports (health check ones too) and LoadBalancer addresses
+    ({address: "namespace/name"}: status.loadBalancer.ingress, given by the API server's
+    service load-balancer controller) of the Services made through the API (kubectl),
+    which emu's planner must leave to them; nothing when the API server does not answer
+    (the mirror then refuses a clash of cluster IPs or node ports, and a LoadBalancer
+    address emu takes anyway moves the other Service: emu.apiserver.controllers.servicelb)."""
+    from emu.apiserver.controllers.servicelb import ingress_ips
     from emu.apiserver.mirror import emu_owned
     from emu.apiserver.resources import service_addresses
 
     try:
         status, body = client.get("/api/v1/services")
     except Exception:  # noqa: BLE001  (its node stopped, the engine away: plan without; the mirror checks)
-        return set(), set()
+        return set(), set(), {}
     if status != 200 or not isinstance(body, dict):
-        return set(), set()
+        return set(), set(), {}
     ips: set[str] = set()
     ports: set[int] = set()
+    balancers: dict[str, str] = {}
     for service in body.get("items") or []:
         if emu_owned(service):
             continue
@@ -352,7 +357,10 @@ def foreign_service_addresses(client: NodeApi) -> tuple[set[str], set[int]]:
         health = (service.get("spec") or {}).get("healthCheckNodePort")
         if health:
             ports.add(health)
-    return ips, ports
+        meta = service.get("metadata") or {}
+        for address in ingress_ips(service):
+            balancers.setdefault(address, f"{meta.get('namespace', '')}/{meta.get('name', '')}")
+    return ips, ports, balancers
 
 
 def mirror(client: NodeApi, state: ClusterState, unready: list[str]) -> dict:

@@ -128,7 +128,8 @@ class Cluster:
             if unreachable:  # its nodes may be on the hosts that do not answer
                 raise EmuError(f"cluster '{self.name}': no node of it answers; " + "; ".join(unreachable.values()))
             raise EmuError(f"no emu cluster named '{self.name}' is running; start one with `emu up FILE`")
-        names = [c.name for c in containers if c.is_node]
+        # Running nodes first: a stopped uml node's files are on a disk no kernel reads until it boots again.
+        names = [c.name for c in sorted(containers, key=lambda c: not c.running) if c.is_node]
         for container in names:
             text = self.runtime.read_file(container, STATE_FILE, limit=MAX_STATE_BYTES)
             if text:
@@ -188,6 +189,7 @@ class Cluster:
         swarm_down = getattr(self.runtime, "swarm_nodes_down", None)
         down = swarm_down() if swarm_down else {}
         problems: list[Problem] = []
+        uml = getattr(self.runtime, "name", "docker") == "uml"  # a guest, not a container docker could start
         for host, reason in unreachable.items():
             nodes = [n.name for n in state.nodes if n.host == host]
             what = f"{reason.rstrip('.')}" + (f" (nodes {', '.join(nodes)} are on it)" if nodes else "")
@@ -211,7 +213,8 @@ class Cluster:
                 problems.append(Problem(
                     f"node {node.name}: its container {node.container}{where} is not running "
                     f"({record.status or 'stopped'})",
-                    f"`emu up FILE` starts it again and its pods are rebuilt (so does `docker start {node.container}`)",
+                    "`emu up FILE` starts it again and its pods are rebuilt"
+                    + ("" if uml else f" (so does `docker start {node.container}`)"),
                     node.name, node.host))  # fmt: skip
         return state, problems
 
@@ -492,9 +495,9 @@ class Cluster:
 
     def replan(self, topology: Topology, previous: ClusterState, base: ClusterState | None = None) -> ClusterState:
         """The desired state of the running cluster for `topology`, from `base` (default
-        `previous`), around the cluster IPs and node ports of the Services made through
-        its API server (kubectl's), which emu's own Services may not take."""
-        reserved: tuple[set[str], set[int]] = (set(), set())
+        `previous`), around the cluster IPs, node ports and LoadBalancer addresses of the
+        Services made through its API server (kubectl's), which emu's own Services may not take."""
+        reserved: tuple[set[str], set[int], dict[str, str]] = (set(), set(), {})
         if previous.api_endpoint:
             reserved = apiserver.foreign_service_addresses(apiserver.controller_client(previous, self.runtime))
         return plan_cluster(topology, previous.network, previous.network_subnet, base or previous, reserved=reserved)

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from emu.node.plan import cni
 from emu.node.records import ClusterState, PodState
+from emu.node.services import pod_service_env
 from emu.control.runtime.sandbox import AppContainer, ImagePod
 
 
@@ -60,13 +61,14 @@ def spec(state: ClusterState, pod: PodState) -> ImagePod:
     nameservers, searches, options = _dns(state, pod)
     domain = state.net.dns_domain
     names = cni.pod_host_entry(pod, domain).split("\t")
+    service_env = pod_service_env(state.services, pod, pod.enable_service_links)  # as the kubelet, at start
     containers = [
         AppContainer(
             name=c["name"],
             image=c["image"],
             command=c.get("command") or None,
             args=c.get("args") or None,
-            env={**pod.service_env, **{v["name"]: v.get("value", "") for v in c.get("env", [])}},
+            env={**service_env, **{v["name"]: v.get("value", "") for v in c.get("env", [])}},
             files=_files(pod, c),
         )
         for c in pod.containers

@@ -4,8 +4,10 @@ What kubeadm makes under /etc/kubernetes/pki, in the same shapes: a CA
 (CN "kubernetes", 10 years), the API server's serving certificate, the admin
 client certificate (CN kubernetes-admin, O system:masters), one client
 certificate per node (CN system:node:<name>, O system:nodes), kube-proxy's
-(CN system:kube-proxy, bound to system:node-proxier) and the service account
-signing key pair (RSA 2048, RS256 as Kubernetes signs tokens).
+(CN system:kube-proxy, bound to system:node-proxier), the nodes' network
+policy agent's (CN emu-network-policy, bound to the ClusterRole of that name,
+emu.apiserver.rbac) and the service account signing key pair (RSA 2048, RS256
+as Kubernetes signs tokens).
 
 Certificate keys are EC P-256: generating one takes microseconds where an RSA
 key takes tens of milliseconds, and Go's TLS (kubectl) and Python's ssl take
@@ -36,6 +38,7 @@ MASTERS_GROUP = "system:masters"
 NODES_GROUP = "system:nodes"
 NODE_USER_PREFIX = "system:node:"
 KUBE_PROXY_USER = "system:kube-proxy"
+NETWORK_POLICY_USER = "emu-network-policy"  # emu.apiserver.rbac.NETWORK_POLICY_USER
 
 
 @dataclass
@@ -55,6 +58,10 @@ class Pki:
     sa_key: bytes
     sa_pub: bytes
     nodes: dict[str, tuple[bytes, bytes]] = field(default_factory=dict)
+    # The nodes' network policy agent's (None in a PKI written by an older emu: its
+    # agents then enforce no policy from the API server until the cluster is made again).
+    network_policy_cert: bytes | None = None
+    network_policy_key: bytes | None = None
 
     # Relative file names, as kubeadm names them under /etc/kubernetes/pki where it has a name.
     _FILES = {
@@ -69,14 +76,16 @@ class Pki:
         "sa.key": "sa_key",
         "sa.pub": "sa_pub",
     }
+    _OPTIONAL_FILES = {"network-policy.crt": "network_policy_cert", "network-policy.key": "network_policy_key"}
 
     def files(self, node: str | None = None) -> dict[str, bytes]:
         """{relative path: bytes} to write under /etc/emu/pki in a node.
 
         Without `node`: everything (the control-plane node's set, the API
         server needs the CA and SA keys). With `node`: only what that node's
-        agents need: ca.crt, its own nodes/<name>.crt/.key and kube-proxy's
-        certificate; no private key of the CA or the service accounts."""
+        agents need: ca.crt, its own nodes/<name>.crt/.key, kube-proxy's and
+        the network policy agent's certificates; no private key of the CA or the
+        service accounts."""
         if node is not None:
             if node not in self.nodes:
                 raise EmuError(f"the PKI has no certificate for node {node!r}; nodes: {', '.join(sorted(self.nodes))}")
@@ -87,12 +96,17 @@ class Pki:
                 f"nodes/{node}.key": key,
                 "kube-proxy.crt": self.kube_proxy_cert,
                 "kube-proxy.key": self.kube_proxy_key,
+                **self._optional(),
             }
         out = {name: getattr(self, attr) for name, attr in self._FILES.items()}
+        out.update(self._optional())
         for name, (cert, key) in sorted(self.nodes.items()):
             out[f"nodes/{name}.crt"] = cert
             out[f"nodes/{name}.key"] = key
         return out
+
+    def _optional(self) -> dict[str, bytes]:
+        return {name: getattr(self, attr) for name, attr in self._OPTIONAL_FILES.items() if getattr(self, attr)}
 
     def write(self, directory: str | Path) -> None:
         """Write files() under `directory` (keys mode 0600)."""
@@ -114,6 +128,9 @@ class Pki:
                 values[attr] = path.read_bytes()
             except FileNotFoundError:
                 raise EmuError(f"{path}: missing; the PKI in {root} is incomplete (recreate the cluster)") from None
+        for rel, attr in cls._OPTIONAL_FILES.items():
+            if (root / rel).exists():
+                values[attr] = (root / rel).read_bytes()
         nodes = {}
         node_dir = root / "nodes"
         if node_dir.is_dir():
@@ -280,6 +297,7 @@ def make_pki(
     )
     admin_cert, admin_key = _issue(ca_cert, ca_key, _name(ADMIN_USER, [MASTERS_GROUP]), ExtendedKeyUsageOID.CLIENT_AUTH)
     proxy_cert, proxy_key = _issue(ca_cert, ca_key, _name(KUBE_PROXY_USER), ExtendedKeyUsageOID.CLIENT_AUTH)
+    policy_cert, policy_key = _issue(ca_cert, ca_key, _name(NETWORK_POLICY_USER), ExtendedKeyUsageOID.CLIENT_AUTH)
     nodes = {
         name: _issue(ca_cert, ca_key, _name(NODE_USER_PREFIX + name, [NODES_GROUP]), ExtendedKeyUsageOID.CLIENT_AUTH)
         for name in node_names
@@ -296,6 +314,8 @@ def make_pki(
         admin_key=admin_key,
         kube_proxy_cert=proxy_cert,
         kube_proxy_key=proxy_key,
+        network_policy_cert=policy_cert,
+        network_policy_key=policy_key,
         sa_key=_key_pem(sa),
         sa_pub=sa_pub,
         nodes=nodes,

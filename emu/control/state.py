@@ -258,11 +258,17 @@ def expand(text: str, env: dict[str, str]) -> str:
     return _REFERENCE.sub(replace, text)
 
 
-def configure_pod(pod: PodState, template: PodTemplate, config_maps: dict[tuple[str, str], ConfigMap], node: NodeState) -> None:
+def configure_pod(pod: PodState, template: PodTemplate, config_maps: dict[tuple[str, str], ConfigMap], node: NodeState,
+                  services: dict[str, ServiceState]) -> None:  # fmt: skip
     """Resolve what a pod takes from ConfigMaps and from itself when it is created,
     as the kubelet does: each container's env (envFrom, then env; valueFrom
-    configMapKeyRef and fieldRef; $(VAR) references), $(VAR) in command and args,
-    and the files of its volumes."""
+    configMapKeyRef and fieldRef; $(VAR) references, the Services' variables
+    among them), $(VAR) in command and args, and the files of its volumes."""
+    service_env: dict[str, str] = {}
+    if any("$(" in text for c in template.containers for text in [*(v.value or "" for v in c.env),
+                                                                   *(c.command or []), *(c.args or [])]):
+        # Made only where a reference may name one: 7,000 of them in a namespace of 1,000 Services.
+        service_env = pod_service_env(services, pod, pod.enable_service_links)
     fields = {
         "metadata.name": pod.name, "metadata.namespace": pod.namespace, "spec.nodeName": pod.node,
         "spec.serviceAccountName": "default", "status.hostIP": node.node_ip, "status.podIP": pod.ip,
@@ -281,7 +287,7 @@ def configure_pod(pod: PodState, template: PodTemplate, config_maps: dict[tuple[
                     env[source.prefix + key] = value
         for variable in declared.env:
             if variable.value_from is None:
-                env[variable.name] = expand(variable.value, {**pod.service_env, **env})
+                env[variable.name] = expand(variable.value, {**service_env, **env})
             elif variable.value_from.field_ref is not None:
                 env[variable.name] = fields[variable.value_from.field_ref.field_path]
             else:
@@ -292,7 +298,7 @@ def configure_pod(pod: PodState, template: PodTemplate, config_maps: dict[tuple[
         container.pop("envFrom", None)
         if env or "env" in container:
             container["env"] = [{"name": name, "value": value} for name, value in env.items()]
-        every = {**pod.service_env, **env}
+        every = {**service_env, **env}
         if container.get("command"):
             container["command"] = [expand(part, every) for part in container["command"]]
         if container.get("args"):
@@ -315,12 +321,13 @@ def plan_cluster(
     previous: ClusterState | None = None,
     node_image: str = "",
     mtu: int = 1500,
-    reserved: tuple[set[str], set[int]] = (set(), set()),
+    reserved: tuple[set[str], set[int], dict[str, str]] = (set(), set(), {}),
 ) -> ClusterState:
     """The desired cluster state for a topology, keeping what `previous` already runs;
-    `reserved`: cluster IPs and node ports that Services made through the API hold."""
+    `reserved`: cluster IPs, node ports and LoadBalancer addresses ({address: "ns/name"})
+    that Services made through the API hold."""
     networking = topology.networking.model_dump(mode="json", by_alias=True)
-    for option in ("masqueradeAll", "clusterCIDR", "nodePortAddresses"):  # kube-proxy's: only when given,
+    for option in ("masqueradeAll", "clusterCIDR", "nodePortAddresses", "masqueradeBit"):  # kube-proxy's: only when given,
         if networking.get(option) is None:  # so a state from before them compares equal
             networking.pop(option, None)
     if previous is not None:
@@ -403,8 +410,8 @@ def plan_cluster(
             dns_config=template.dns_config.model_dump(mode="json", by_alias=True) if template.dns_config else None,
             termination_grace_seconds=template.termination_grace_period_seconds,
         )
-        pod.service_env = pod_service_env(state.services, pod, template.enable_service_links)
-        configure_pod(pod, template, config_maps, state.node(node_name))
+        pod.enable_service_links = template.enable_service_links
+        configure_pod(pod, template, config_maps, state.node(node_name), state.services)
         state.pods[pod.key] = pod
     state.last_pod_ip = {name: allocator.last for name, allocator in ipam.items() if allocator.last}
     state.namespaces = namespace_labels(effective)
@@ -482,10 +489,12 @@ def _kubernetes_service(subnet: ipaddress.IPv4Network) -> ServiceState:
 
 
 def plan_services(topology: Topology, state: ClusterState, previous: ClusterState | None,
-                  reserved: tuple[set[str], set[int]] = (set(), set())) -> dict[str, ServiceState]:  # fmt: skip
+                  reserved: tuple[set[str], set[int], dict[str, str]] = (set(), set(), {}),
+                  ) -> dict[str, ServiceState]:  # fmt: skip
     """Services with their addresses and node ports: kept from `previous` where
     the service still asks for them, fixed where declared, else allocated around
-    those `reserved` (the cluster IPs and node ports of Services made through the API)."""
+    those `reserved` (the cluster IPs, node ports and LoadBalancer addresses of
+    Services made through the API; a declared loadBalancerIP one of them holds is refused)."""
     subnet = ipaddress.IPv4Network(topology.networking.service_subnet)
     old = previous.services if previous else {}
     services = {KUBERNETES_SERVICE: _kubernetes_service(subnet)}
@@ -494,7 +503,8 @@ def plan_services(topology: Topology, state: ClusterState, previous: ClusterStat
     used_node_ports = {p.node_port for s in topology.services for p in s.ports if p.node_port} | set(reserved[1])
     used_node_ports |= {s.health_check_node_port for s in topology.services if s.health_check_node_port}
     pool = _pool_addresses(state.load_balancer_pool)
-    used_lb = {s.load_balancer_ip for s in topology.services if s.load_balancer_ip}
+    theirs = reserved[2] if len(reserved) > 2 else {}
+    used_lb = {s.load_balancer_ip for s in topology.services if s.load_balancer_ip} | set(theirs)
 
     def keep(key: str, attribute: str, used: set, wanted_type: tuple[str, ...], service: Service):
         previous_service = old.get(key)
@@ -559,6 +569,11 @@ def plan_services(topology: Topology, state: ClusterState, previous: ClusterStat
                 raise EmuError(
                     f"service {key}: loadBalancerIP {lb_ip} is not in the pool "
                     f"{state.load_balancer_pool[0]}-{state.load_balancer_pool[1]} on the cluster network"
+                )
+            elif lb_ip in theirs:
+                raise EmuError(
+                    f"service {key}: loadBalancerIP {lb_ip} is held by service {theirs[lb_ip]}, made through the "
+                    f"API (kubectl); delete that one with kubectl, or declare another address of the pool"
                 )
             used_lb.add(lb_ip)
         affinity = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -71,8 +72,11 @@ class PodState:
     containers: list[dict]
     spec_hash: str
     owner: str | None = None  # "Deployment/<name>" for a deployment's pod
-    # Service variables fixed when the pod was created, as the kubelet does.
-    service_env: dict[str, str] = field(default_factory=dict)
+    # Whether its containers get their namespace's Service variables (enableServiceLinks), made
+    # from the Services when a container starts, as the kubelet makes them
+    # (emu.node.services.pod_service_env): never stored, a namespace of 1,000 Services gives each
+    # pod 7,000 of them.
+    enable_service_links: bool = True
     hostname: str | None = None
     subdomain: str | None = None
     dns_policy: str = "ClusterFirst"
@@ -262,6 +266,7 @@ class Networking:
     masquerade_all: bool = False
     cluster_cidr: str = DEFAULT_POD_SUBNET
     node_port_addresses: tuple[str, ...] | None = None
+    masquerade_bit: int = 14  # the SNAT mark's bit (kube-proxy's masqueradeBit: 0x4000)
 
     @classmethod
     def from_dict(cls, data: dict) -> Networking:
@@ -278,7 +283,56 @@ class Networking:
             masquerade_all=bool(data.get("masqueradeAll")),
             cluster_cidr=pod_subnet if cluster_cidr is None else cluster_cidr,
             node_port_addresses=None if addresses is None else tuple(addresses),
+            masquerade_bit=14 if data.get("masqueradeBit") is None else int(data["masqueradeBit"]),
         )
+
+
+# Go's time.ParseDuration units, as a metav1.Duration in a component's configuration is written.
+_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "\u00b5s": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|\u00b5s|ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Go duration ("40s", "1m30s", "500ms"); ValueError otherwise."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise ValueError(f"{text!r} is not a duration (Go's form: 40s, 1m30s, 500ms)")
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)
+
+
+DEFAULT_NODE_MONITOR_GRACE_PERIOD = 40.0  # kube-controller-manager's --node-monitor-grace-period
+
+
+@dataclass(frozen=True)
+class NodeTiming:
+    """How soon a silent node counts as lost, from one setting: kube-controller-manager's
+    nodeMonitorGracePeriod (40 s). The rest follow it in Kubernetes' own ratios: the
+    kubelet's node Lease lasts as long (nodeLeaseDurationSeconds, 40) and is renewed every
+    quarter of it (10 s), as is its report to emu's hub (nodeStatusUpdateFrequency, 10 s);
+    the hub's own readiness grace (25 s) and its eviction of a lost node's pods (15 s
+    later) keep their ratios to it. A lab sets it lower to see a lost node sooner."""
+
+    grace: float = DEFAULT_NODE_MONITOR_GRACE_PERIOD
+
+    @property
+    def lease_duration(self) -> int:
+        return max(1, round(self.grace))
+
+    @property
+    def renew_interval(self) -> float:
+        return self.grace / 4
+
+    @property
+    def heartbeat(self) -> float:
+        return min(10.0, self.grace / 4)
+
+    @property
+    def hub_grace(self) -> float:
+        return self.grace * 25 / 40
+
+    @property
+    def evict_after(self) -> float:
+        return self.grace * 15 / 40
 
 
 @dataclass
@@ -315,6 +369,12 @@ class ClusterState:
         """`networking`, typed and with its defaults."""
         return Networking.from_dict(self.networking)
 
+    @property
+    def node_timing(self) -> NodeTiming:
+        """The topology's controllerManager.nodeMonitorGracePeriod and what follows it."""
+        grace = (self.topology.get("controllerManager") or {}).get("nodeMonitorGracePeriod")
+        return NodeTiming(parse_duration(grace)) if grace else NodeTiming()
+
     def node(self, name: str) -> NodeState:
         for node in self.nodes:
             if node.name == name:
@@ -330,13 +390,10 @@ class ClusterState:
     def to_json(self) -> str:
         text = json.dumps(asdict(self), indent=1, sort_keys=True) + "\n"
         if len(text) > MAX_STATE_BYTES:
-            env = sum(len(k) + len(v) + 8 for pod in self.pods.values() for k, v in pod.service_env.items())
             raise StateError(
                 f"the cluster's state would be {len(text) / 2**20:,.0f} MiB, over emu's limit of "
-                f"{MAX_STATE_BYTES >> 20} MiB (every node keeps it and emu reads it back); "
-                f"{env / 2**20:,.0f} MiB of it is the service environment variables each pod gets: "
-                "set enableServiceLinks: false on pods and deployment templates, spread services "
-                "over namespaces, or make the cluster smaller"
+                f"{MAX_STATE_BYTES >> 20} MiB (every node keeps it and emu reads it back): "
+                "make the cluster smaller"
             )
         return text
 
@@ -347,7 +404,7 @@ class ClusterState:
 
         With `node`, the state as that node's agent keeps it (NodeReader): read
         pod by pod, other nodes' pods without what only their own node needs,
-        no creation times, and of the declared topology only its dns section."""
+        no creation times, and of the declared topology only AGENT_TOPOLOGY's sections."""
         damaged = "the cluster's state file is damaged ({}); recreate the cluster with `emu down` and `emu up`"
         if len(text) > MAX_STATE_BYTES:
             raise _too_big(len(text))
@@ -371,7 +428,8 @@ class ClusterState:
             )
         try:
             data["nodes"] = [NodeState(**n) for n in data["nodes"]]
-            data["pods"] = {k: p if isinstance(p, PodState) else PodState(**p) for k, p in data["pods"].items()}
+            data["pods"] = {k: p if isinstance(p, PodState) else PodState(**_current_pod(p))
+                            for k, p in data["pods"].items()}
             data["services"] = {
                 k: ServiceState(**{**v, "ports": [ServicePortState(**p) for p in v["ports"]]})
                 for k, v in data.get("services", {}).items()
@@ -379,6 +437,14 @@ class ClusterState:
             return cls(**data)
         except (KeyError, TypeError, AttributeError, ValueError) as error:
             raise StateError(damaged.format(f"{type(error).__name__}: {str(error)[:100]}")) from None
+
+
+def _current_pod(pod: dict) -> dict:
+    """A pod as this emu stores it: a cluster made by an emu that stored each pod's
+    Service variables (before they were made when a container starts) still reads."""
+    if "service_env" in pod:
+        pod = {key: value for key, value in pod.items() if key != "service_env"}
+    return pod
 
 
 def _too_big(size: int) -> StateError:
@@ -402,15 +468,17 @@ def read_state_text(path: str) -> str:
 
 # What an agent keeps of another node's pod's containers: their ports (services'
 # and network policies' named ports); the rest, and these fields, only the pod's own node uses.
-LOCAL_ONLY = {"service_env": {}, "volumes": {}, "dns_config": None, "spec_hash": ""}
+# The declared topology's sections an agent reads (the DNS settings, the node timing).
+AGENT_TOPOLOGY = ("dns", "controllerManager")
+LOCAL_ONLY = {"volumes": {}, "dns_config": None, "spec_hash": ""}
 
 
 class NodeReader:
     """Reads a state file as one node's agent needs it, member by member, so that
     the whole file never exists as one tree of objects: the pods come one at a
     time and other nodes' pods are slimmed at once (LOCAL_ONLY; of their
-    containers only the ports); `created` and all of `topology` but its dns
-    section are dropped. Parsed whole, 2,000 pods and 1,000 services cost an
+    containers only the ports); `created` and all of `topology` but AGENT_TOPOLOGY's
+    sections are dropped. Parsed whole, 2,000 pods and 1,000 services cost an
     agent 11 MB, kept after the parse by the heap's fragmentation. Repeated
     strings are interned, and equal label sets and port lists are one object."""
 
@@ -467,7 +535,8 @@ class NodeReader:
                 self.value()
             elif key == "topology":
                 topology = self.value()
-                data["topology"] = {"dns": topology.get("dns", {})} if isinstance(topology, dict) else topology
+                data["topology"] = ({k: topology[k] for k in AGENT_TOPOLOGY if k in topology}
+                                    if isinstance(topology, dict) else topology)
             else:
                 data[key] = self.value()
         if self.pos < len(self.text) and self.text[self.pos:].strip():
@@ -493,7 +562,7 @@ class NodeReader:
             for container in containers:
                 if isinstance(container, dict) and isinstance(container.get("ports"), list):
                     container["ports"] = [self.shared(port) for port in container["ports"]]
-        return PodState(**pod)
+        return PodState(**_current_pod(pod))
 
     def shared(self, value):
         """One object for equal values (label sets, port lists): the agent only reads them."""

@@ -233,7 +233,7 @@ def test_stopped_node_leaves_every_service_its_pods_move_and_it_rejoins(faults, 
 
         # kube-proxy's part follows the API server's EndpointSlices: the pods of a node
         # leave them when the node lifecycle controller marks them not ready, once the
-        # node's Lease is older than the grace period (40 s), as on a real cluster.
+        # node's Lease is older than the grace period (the lab sets 20 s; 40 s by default), as on a real cluster.
         wait_for(far_gone, 90, "pod far on the stopped node w2 stayed an endpoint")
         assert hostnames(faults) == {"near"}
 
@@ -259,7 +259,7 @@ def test_stopped_node_leaves_every_service_its_pods_move_and_it_rejoins(faults, 
                             context=context, timeout=60).stdout  # fmt: skip
             assert where.split() == ["w1", after.pods[pod.key].ip], where
         # The API server sees it as a real cluster would: the node's Lease is not renewed,
-        # so after the grace period (40 s) it is NotReady (Ready Unknown), its pods not ready.
+        # so after the grace period (20 s here) it is NotReady (Ready Unknown), its pods not ready.
         kubectl("wait", "--for=condition=Ready=Unknown", "node/w2", "--timeout=90s", context=f"emu-{faults.name}", timeout=120)
         kubectl("wait", "--for=condition=Ready=false", "pod/far", "--timeout=30s", context=f"emu-{faults.name}", timeout=120)
     finally:

@@ -96,15 +96,16 @@ def test_the_api_server_authenticates_and_authorizes(cluster, tmp_path):
     )
 
 
-def test_kinds_emu_does_not_drive_are_written_and_driven_ones_refused(cluster):
+def test_kinds_emu_does_not_drive_are_written_and_emus_own_objects_refused(cluster):
     context = f"emu-{cluster.name}"
     kubectl("create", "configmap", "settings", "--from-literal=color=blue", context=context)
     data = json.loads(kubectl("get", "cm", "settings", "-o", "json", context=context).stdout)["data"]
     assert data == {"color": "blue"}
-    policy = ("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny}\n"
-              "spec: {podSelector: {}, policyTypes: [Ingress]}\n")  # fmt: skip
-    refused = kubectl("apply", "-f", "-", context=context, check=False, stdin=policy)
+    # emu's own Service (its commands drive it): kubectl may read it, not change it.
+    refused = kubectl("label", "service", "echo", "changed=yes", context=context, check=False)
     assert refused.returncode != 0 and "emu apply -f" in refused.stderr
+    assert "changed" not in (json.loads(kubectl("get", "svc", "echo", "-o", "json", context=context).stdout)
+                             ["metadata"].get("labels") or {})  # fmt: skip
 
 
 def test_a_watch_of_the_python_client_sees_emu_scale(cluster):

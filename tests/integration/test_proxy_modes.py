@@ -14,8 +14,13 @@ cannot run here (not Linux, not root), saying so.
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
+from emu.api.topology.load import load_text
+from emu.control.cluster import Cluster
 from emu.node.proxy.base import KernelMissing
 from emu.node.proxy.ipvs import require_ip_vs
 from tests.integration.helpers import uml_or_skip
@@ -278,17 +283,13 @@ FLUSH = {
 
 def test_flushed_dispatch_chain_is_written_again(mode):
     name, cluster = mode
-    if RUNTIMES[name] == "uml":
-        # Measured: one check (6 tool runs) takes 0.18-0.53 s in a guest, so 3 agents sharing 1% of a core
-        # check every 54-158 s; 120 s of waiting was not enough in a run here. The repair itself runs on a
-        # guest's kernel in test_ipvs_uml.py (a real server deleted by hand is lost(), a full sync restores it).
-        pytest.skip("the agents' rule check comes every 1-3 minutes in a UML guest (its 1% budget): too slow "
-                    "for the suite; IPVS's lost-and-repaired path runs in test_ipvs_uml.py")  # fmt: skip
     url = f"http://{ip_of(cluster, 'default/backend')}/hostname"
     names = names_of(cluster, "backend")
     assert cluster.node_exec("w1", FLUSH[name]).ok
     # The agents' check runs every second or two here, but its period grows with what reading
     # the rules costs (a 1% budget): on this 2-core machine under other test runs, up to a minute.
+    # In a UML guest a check costs 0.39 s of CPU (every ~2 minutes), but the agent looks at the
+    # IPVS table every second without starting a process, and checks when it moved.
     wait_for(lambda: "service rules lost" in cluster.node_exec("w1", ["cat", "/var/log/emu/agent.log"]).output,
              "w1's agent to notice", 120)  # fmt: skip
     # Judged by who answers: without the DNAT the packet leaves the node, and something outside may answer.
@@ -296,13 +297,44 @@ def test_flushed_dispatch_chain_is_written_again(mode):
              "the service again", 10)  # fmt: skip
 
 
+def kill_uml_node(cluster, node: str) -> str:
+    """Kill a uml node's kernel from outside emu (the linux process, as `kill -9` would); its container name."""
+    from emu.control.runtime import uml
+
+    container = cluster.state().node(node).container
+    pid = int((uml.guest_dir(uml.STATE_DIR, container) / "pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}/exe") or not _readable(f"/proc/{pid}/exe"),
+             f"{node}'s kernel to be gone", 10)  # (a zombie's exe cannot be read)
+    return container
+
+
+def _readable(link: str) -> bool:
+    try:
+        return bool(os.readlink(link))
+    except OSError:
+        return False
+
+
 def test_restarted_node_has_its_service_rules_again(mode, runtime):
     """A node container started again has a fresh network namespace: its boot
-    plan and agent write the mode's rules anew (last: it disturbs the node)."""
+    plan and agent write the mode's rules anew (last: it disturbs the node).
+    A uml node's kernel killed from outside is named by `emu status` and
+    booted again by `emu up`, its pods at the same addresses."""
     name, cluster = mode
+    solo = cluster.state().pods["default/solo"]  # a bare pod on w2
     if RUNTIMES[name] == "uml":
-        pytest.skip("restarting a uml node is not built: the uml provider has no restart (a guest does not come back)")
-    runtime.api.restart(cluster.state().node("w2").container, timeout=1)
+        container = kill_uml_node(cluster, "w2")
+        _, problems = Cluster(cluster.name).health()  # as a later `emu status` finds it
+        assert [(p.node, p.what) for p in problems] == [
+            ("w2", f"node w2: its container {container} is not running (down: its UML kernel process is gone)")]
+        topology = load_text(LAB.replace("MODE", name).replace("RUNTIME", "runtime: uml")).model_copy(
+            update={"name": cluster.name})  # fmt: skip
+        change = cluster.up(topology)  # `emu up`: the stopped node first
+        assert change.started == [f"node w2 ({container}) was down: its UML kernel process is gone: started"]
+        assert Cluster(cluster.name).health()[1] == []
+    else:
+        runtime.api.restart(cluster.state().node("w2").container, timeout=1)
     url = f"http://{ip_of(cluster, 'default/backend')}/hostname"
     names = names_of(cluster, "backend")
 
@@ -313,15 +345,17 @@ def test_restarted_node_has_its_service_rules_again(mode, runtime):
     wait_for(served, "w2's own rules to serve the cluster IP", 90)  # a second or two unloaded
     # All three backends again, w2's own once its restarted pod is ready.
     wait_for(lambda: LISTINGS[name][1] in listing(cluster, name, "w2"), "w2's rules to balance over 3 again", 60)
+    # w2's bare pod back at its address, reached from another node.
+    assert cluster.state().pods["default/solo"].ip == solo.ip
+    direct = ["curl", "-sS", "--max-time", "1", f"http://{solo.ip}:8080/hostname"]
+    wait_for(lambda: cluster.exec("client", direct).output.strip() == "solo", "pod solo on w2 at its address", 30)
 
 
 def test_up_with_ipvs_fails_before_creating_anything(runtime, new_name):
     """`emu up` of docker nodes with proxyMode ipvs says why it cannot run (where
     the kernel lacks ip_vs, the module; where it has it, that emu programs IPVS on
     uml nodes, not yet on docker nodes) and leaves nothing behind."""
-    from emu.control.cluster import Cluster
     from emu.errors import EmuError
-    from emu.api.topology.load import load_text
 
     try:
         require_ip_vs()

@@ -9,13 +9,15 @@ LoadBalancer services have loadBalancerSourceRanges: `fenced` takes pods only
 (10.244.0.0/16), so the external host is dropped and a pod answered; `open`
 takes the cluster network, external host included; `checked` is a LoadBalancer
 with externalTrafficPolicy Local, whose healthCheckNodePort each node's agent
-serves as kube-proxy does. The one backend runs on cp, so every answer crosses
+serves as kube-proxy does. The SNAT mark is kube-proxy's masqueradeBit 15
+(0x8000), not the default 14. The one backend runs on cp, so every answer crosses
 from the node that took the packet, and only cp has a local endpoint.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 
@@ -27,7 +29,7 @@ NETWORKS = {"iptables": "172.31.246", "nftables": "172.31.247"}
 UNHELD = "198.51.100.7"  # an externalIP no machine holds (TEST-NET-2)
 LAB = """\
 name: svcfeat
-networking: {{proxyMode: {mode}, clusterNetwork: {net}.0/24, loadBalancerPool: {net}.100-{net}.110}}
+networking: {{proxyMode: {mode}, clusterNetwork: {net}.0/24, loadBalancerPool: {net}.100-{net}.110, masqueradeBit: 15}}
 nodes:
   - {{name: cp, role: control-plane}}
   - {{name: w1}}
@@ -127,6 +129,20 @@ def test_source_ranges_drop_a_client_outside_them_and_answer_one_inside(lab):
 def test_source_ranges_take_the_external_host_when_a_range_holds_it(lab):
     _, _, cluster = lab
     assert outside_curl(cluster, f"http://{lb_ip(cluster, 'open')}/hostname") == (0, "web")
+
+
+def test_the_snat_mark_of_another_masquerade_bit_still_masquerades(lab):
+    """A NodePort on w1 whose endpoint is on cp: kube-proxy marks the packet (bit 15
+    here) and masquerades it to w1's address on the way out, so the pod sees w1 as
+    the client; a mark set and matched on different bits would leave the client pod's
+    own address."""
+    mode, net, cluster = lab
+    state = cluster.state()
+    node_port = state.services["default/open"].ports[0].node_port
+    code, answer = pod_curl(cluster, f"http://{state.node('w1').node_ip}:{node_port}/clientip")
+    assert code == 0 and answer.rsplit(":", 1)[0] == state.node("w1").node_ip, (code, answer)
+    rules = cluster.node_exec("w1", SHAPES[mode][0]).output
+    assert re.search(r"0x0*8000\b", rules) and not re.search(r"0x0*4000\b", rules), rules
 
 
 def outside_get(cluster, url: str) -> tuple[int | None, str]:

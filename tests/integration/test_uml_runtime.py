@@ -2,8 +2,9 @@
 mode (a control-plane and a worker, each a User-mode Linux guest, two pods, a
 ClusterIP service), real curl between pods across the nodes and to the
 ClusterIP through the guests' IPVS, the cluster found again by later emu
-commands from its records alone, and `emu down` leaving no UML process, relay,
-tap, bridge, forwarding rule or file.
+commands from its records alone, a node whose kernel is killed from outside
+named by `emu status` and booted again by `emu up`, and `emu down` leaving no
+UML process, relay, tap, bridge, forwarding rule or file.
 
 Skipped where UML cannot run (not Linux, not root); where it is missing and
 this is Debian as root, scripts/ensure-uml.sh installs it first. Docker is
@@ -14,8 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -177,6 +180,75 @@ def test_pods_reach_beyond_the_host(lab, outside):
     script = f"for i in $(seq 50); do curl -s -m 3 {outside} && exit 0; sleep 0.2; done; exit 1"
     reached = Cluster(lab).exec("b", ["sh", "-c", script])
     assert reached.ok and reached.output.strip() == "outside", reached.output
+
+
+def test_a_killed_node_is_named_by_status_and_booted_again_by_up_with_its_pods(lab, tmp_path):
+    """The control-plane's kernel killed from outside (kill -9 of the linux process): `emu status`
+    names it and exits 1; `emu up FILE` boots it again on its own disk, and its pod answers at
+    the same address across nodes and through the ClusterIP, the API server with every object."""
+    runtime = UmlRuntime()
+    container = f"{lab}-cp"
+    before = Cluster(lab).state()
+    old = int((uml.guest_dir(uml.STATE_DIR, container) / "pid").read_text())
+    os.kill(old, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while uml.guest_running(container) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert uml._uml_group(old)  # its helpers outlive it: the process group alone would say it runs
+
+    status = emu("status", "--name", lab)
+    assert status.returncode == 1, status.stdout + status.stderr
+    assert f"node cp: its container {container} is not running (down: its UML kernel process is gone)" in status.stderr
+    assert "`emu up FILE` starts it again" in status.stderr and "docker" not in status.stderr
+
+    path = tmp_path / "lab.yaml"
+    path.write_text(LAB.replace("NAME", lab))
+    up = emu("up", str(path), "-q")
+    assert up.returncode == 0, up.stdout + up.stderr
+    new = int((uml.guest_dir(uml.STATE_DIR, container) / "pid").read_text())
+    assert new != old and uml.guest_running(container) and not uml._uml_group(old)
+    assert emu("status", "--name", lab).returncode == 0
+
+    cluster = Cluster(lab)
+    pods = {pod.name: pod for pod in cluster.state().pods.values()}
+    assert {name: pod.ip for name, pod in pods.items()} == {pod.name: pod.ip for pod in before.pods.values()}
+    across = cluster.exec("b", ["curl", "-s", "-m", "10", f"http://{pods['a'].ip}:8080/hostname"])
+    assert across.ok and across.output.strip() == "a"
+    script = "for i in 1 2 3 4; do curl -s -m 10 http://10.96.0.80/hostname; echo; done"
+    assert sorted(cluster.exec("a", ["sh", "-c", script]).output.split()) == ["a", "a", "b", "b"]
+    kubectl = subprocess.run(["kubectl", "--context", f"emu-{lab}", "get", "pods", "-o", "json"],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert kubectl.returncode == 0, kubectl.stderr
+    assert {item["metadata"]["name"] for item in json.loads(kubectl.stdout)["items"]} == {"a", "b"}
+    assert {c.node: c.running for c in runtime.cluster_containers(lab)} == {"cp": True, "w1": True}
+
+
+def test_a_killed_node_that_fails_to_boot_again_is_left_down_and_said_why(lab, tmp_path):
+    """w1's kernel killed, and its record set to too little memory for the UML kernel: `emu up` fails
+    saying why, with the console's last lines, and leaves w1 down (no process or tap, its disk kept)
+    and the rest running; once the cause is gone, `emu up` boots it (then `emu down` leaves nothing)."""
+    container = f"{lab}-w1"
+    record_path = uml.STATE_DIR / "clusters" / lab / "nodes" / f"{container}.json"
+    record = json.loads(record_path.read_text())
+    os.kill(int((uml.guest_dir(uml.STATE_DIR, container) / "pid").read_text()), signal.SIGKILL)
+    record_path.write_text(json.dumps({**record, "memory": "8M"}))
+    path = tmp_path / "lab.yaml"
+    path.write_text(LAB.replace("NAME", lab))
+    try:
+        up = emu("up", str(path), "-q")
+        assert up.returncode != 0
+        assert f"node w1: guest {container} exited" in up.stderr and "while booting; console:" in up.stderr, up.stderr
+        directory = uml.guest_dir(uml.STATE_DIR, container)
+        assert sorted(p.name for p in directory.iterdir()) == ["console.log", "root.cow"]
+        assert not Path("/sys/class/net", uml.tap_name(container)).exists()
+        assert subprocess.run(["pgrep", "-f", f"linux.uml .*umid={container} "]).returncode == 1
+        assert {c.node: c.running for c in UmlRuntime().cluster_containers(lab)} == {"cp": True, "w1": False}
+    finally:
+        record_path.write_text(json.dumps({**json.loads(record_path.read_text()), "memory": record["memory"]}))
+    up = emu("up", str(path), "-q")
+    assert up.returncode == 0, up.stdout + up.stderr
+    answer = Cluster(lab).exec("a", ["curl", "-s", "-m", "10", f"http://{Cluster(lab).pod('b').ip}:8080/hostname"])
+    assert answer.output.strip() == "b"
 
 
 def test_emu_down_leaves_nothing(lab):

@@ -10,9 +10,9 @@ import pytest
 
 from emu.node.agent.edge import LoadBalancers
 from emu.node.agent.gossip import Hub
-from emu.node.agent import probes
+from emu.node.agent import probes, proxysync
 from emu.node.agent.probes import Kubelet
-from emu.node.agent.proxysync import ProxySync, differences, hook_jumps
+from emu.node.agent.proxysync import ProxySync, differences, hook_jumps, ipvs_table
 from emu.node.proxy import iptables
 from emu.node.records import PodState
 from emu.node.services import service_endpoints
@@ -238,6 +238,117 @@ def test_proxy_sync_repairs_a_flushed_chain_with_a_full_resync():
     assert proxy.check() == [f"nat/KUBE-SERVICES has 0 rules, not {len(proxy_rules(state, endpoints))}"]
     written = proxy.sync(state, "w1", endpoints)
     assert written == sum(len(chains) for chains in iptables.render(state, "w1", endpoints).values())
+
+
+IPVS_LISTING = """\
+IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port Forward Weight ActiveConn InActConn
+TCP  0A600050:0050 rr
+  -> 0AF40102:1F90      Masq    1      {active}          0
+  -> 0AF40203:1F90      Masq    1      0          {inactive}
+"""
+
+
+class StubIpvs:
+    """The IPVS proxier's place in ProxySync (its rules and kernel are the proxier's own tests')."""
+
+    mode = "ipvs"
+
+    def __init__(self):
+        self.checks = 0
+
+    def render(self, state, node, endpoints, cache=None):
+        return {}
+
+    def adopt(self, run):
+        return {}
+
+    def apply(self, run, rules, previous):
+        return 0
+
+    def lost(self, run, rules):
+        self.checks += 1
+        return ["virtual server TCP 10.96.0.80 missing"] if "0A600050" not in TABLE["text"] else []
+
+    def forget(self):
+        return None
+
+
+TABLE = {"text": ""}
+
+
+def test_the_ipvs_table_is_compared_without_its_connection_counts(tmp_path):
+    listing = tmp_path / "ip_vs"
+    listing.write_text(IPVS_LISTING.format(active=0, inactive=0))
+    quiet = ipvs_table(listing)
+    listing.write_text(IPVS_LISTING.format(active=12, inactive=40))  # traffic: the same servers
+    assert ipvs_table(listing) == quiet
+    listing.write_text(IPVS_LISTING.format(active=0, inactive=0).replace("Masq    1      0          0\n", "", 1))
+    assert ipvs_table(listing) != quiet  # a real server gone
+    assert ipvs_table(tmp_path / "missing") is None  # a kernel without IPVS
+
+
+def test_a_flushed_ipvs_table_is_checked_at_once_not_at_the_next_check(monkeypatch):
+    """A check costs a guest 0.39 s of CPU (6 tool runs), so 3 agents check every ~2 minutes; a look at
+    the IPVS table costs no process: a table that moved since the last sync is checked at the next look."""
+    state, endpoints = lab()
+    now = {"t": 0.0}
+    TABLE["text"] = IPVS_LISTING.format(active=0, inactive=0)
+    proxy = ProxySync(log=lambda message: None, run=FakeKernel(), clock=lambda: now["t"],
+                      table=lambda: TABLE["text"])  # fmt: skip
+    proxy.proxier = stub = StubIpvs()
+    monkeypatch.setattr(proxysync, "mode_of", lambda state: "ipvs")  # (the lab's nodes are docker's)
+    proxy.sync(state, "w1", endpoints)
+    proxy.check_period = 120.0  # what 0.39 s of CPU a check gets 3 agents sharing 1% of a core
+    proxy.checked = (now["t"], now["t"])
+    assert not proxy.due(nodes=3) and proxy.next_look_in() == 1.0  # the table as the sync left it
+    now["t"] += 1.0
+    TABLE["text"] = IPVS_LISTING.split("TCP")[0]  # ipvsadm -C
+    assert proxy.due(nodes=3)
+    assert proxy.check(nodes=3) == ["virtual server TCP 10.96.0.80 missing"] and stub.checks == 1
+    proxy.check_period = 120.0  # (the stub's check took no time)
+    TABLE["text"] = IPVS_LISTING.format(active=0, inactive=0)  # the full resync wrote it again
+    proxy.sync(state, "w1", endpoints)
+    now["t"] += 1.0
+    assert not proxy.due(nodes=3)
+
+
+def test_other_modes_never_read_the_ipvs_table():
+    state, endpoints = lab()
+    kernel = FakeKernel()
+
+    def table():
+        raise AssertionError("read the IPVS table in iptables mode")
+
+    proxy = ProxySync(log=lambda message: None, run=kernel, table=table)
+    proxy.sync(state, "w1", endpoints)
+    kernel.text = save_output(proxy.previous)
+    assert not proxy.due() and proxy.check() == [] and not proxy.due()
+    assert proxy.table_seen is None  # looks only as often as checks
+
+
+def test_syncs_between_checks_do_not_put_the_next_check_off():
+    """A sync asked for (any change) between two checks: the next check is still a period after the last."""
+    state, endpoints = lab()
+    kernel = FakeKernel()
+    now = {"t": 0.0}
+    proxy = ProxySync(log=lambda message: None, run=kernel, clock=lambda: now["t"])
+    proxy.sync(state, "w1", endpoints)
+    kernel.text = save_output(proxy.previous)
+    proxy.check(nodes=3)
+    proxy.check_period = 15.0  # (a check of 50 ms, 3 agents)
+    assert proxy.next_check_in() == 15.0
+    for _ in range(3):  # changes every 4 s: each asks for a sync
+        now["t"] += 4.0
+        proxy.sync(state, "w1", endpoints)
+    assert proxy.next_check_in() == 3.0 and not proxy.due()
+    now["t"] += 4.0
+    assert proxy.next_check_in() == 0.0 and proxy.due()  # due: the runner checks now
+    proxy.check_period = 0.5
+    proxy.checked = (now["t"], now["t"] + 2.0)  # a check that took longer than its period: a second's rest
+    now["t"] += 2.0
+    assert proxy.next_check_in() == 1.0
 
 
 def proxy_rules(state, endpoints):
@@ -501,3 +612,15 @@ def test_the_sync_and_load_jobs_outlive_an_error(tmp_path, monkeypatch, capsys):
     assert calls == [("sync", 0.0), ("sync", main.RESYNC_AFTER_FAILURE), ("load", 0.5), ("load", 1.0)]
     log = capsys.readouterr().out
     assert "sync of generation 4 failed: KeyError: 'a bug'" in log and "loading the state failed: TypeError: another" in log
+
+
+def test_a_labs_grace_period_sets_the_hubs_grace_and_the_heartbeat(tmp_path):
+    """The topology's nodeMonitorGracePeriod reaches the agent with the state: the
+    hub calls a silent node NotReady, and this node reports to it, in its ratios."""
+    import emu.node.agent.__main__ as main
+    from emu.node.records import NodeTiming
+
+    agent = main.Agent("cp", snapshot=str(tmp_path / "state.json"))
+    assert (agent.hub.grace, agent.reporter.runner.max_interval) == (25.0, 10.0)
+    agent.set_timing(NodeTiming(16.0))
+    assert (agent.hub.grace, agent.reporter.runner.max_interval) == (10.0, 4.0)

@@ -204,3 +204,24 @@ def test_up_of_a_runtime_that_cannot_start_nodes_says_so_and_changes_nothing(eng
                                        r"nothing was changed: `emu down lab`"):
         Cluster("lab", runtime=Unstartable(engine)).up(load_text(LAB))
     assert engine.calls[before:] == []
+
+
+def test_state_is_read_from_a_running_node_when_the_first_is_stopped(engine):
+    """A stopped uml node's files are on a disk no kernel reads: the state comes from a node that runs."""
+    up(engine)
+    engine.stop("lab-cp")
+    engine.fail("read_file", match=lambda container, path: container == "lab-cp", times=None,
+                error=EmuError("node lab-cp (a uml guest, not running) did not answer"))  # fmt: skip
+    state, problems = later(engine).health()
+    assert [n.name for n in state.nodes] == ["cp", "w1", "w2"] and [p.node for p in problems] == ["cp"]
+
+
+def test_a_stopped_uml_node_is_started_by_emu_up_not_by_docker(engine):
+    class Uml(FakeProvider):
+        name = "uml"
+
+    up(engine)
+    engine.stop("lab-w2", status="down: its UML kernel process is gone")
+    _, [problem] = Cluster("lab", runtime=Uml(engine)).health()
+    assert problem.what == "node w2: its container lab-w2 is not running (down: its UML kernel process is gone)"
+    assert "emu up FILE" in problem.fix and "docker" not in problem.fix

@@ -333,10 +333,12 @@ def test_an_agent_keeps_other_nodes_pods_without_what_only_their_node_needs():
     text = plan_cluster(load_text(AGENT_LAB), "emu-lab", "172.28.5.0/24").to_json()
     full, view = ClusterState.from_json(text), ClusterState.from_json(text, node="cp")
     assert {p.node for p in full.pods.values()} > {"cp"}, "the lab has pods on cp and elsewhere"
-    assert all(p.volumes and p.service_env and p.spec_hash for p in full.pods.values() if p.node != "cp")
+    assert all(p.volumes and p.spec_hash for p in full.pods.values() if p.node != "cp")
     assert view.pods.keys() == full.pods.keys() and view.services == full.services and view.nodes == full.nodes
     assert view.generation == full.generation and view.networking == full.networking and view.created == {}
-    assert view.topology == {"dns": full.topology.get("dns", {})}
+    from emu.node.records import AGENT_TOPOLOGY
+
+    assert view.topology == {key: full.topology[key] for key in AGENT_TOPOLOGY if key in full.topology}
     for key, pod in full.pods.items():
         kept = view.pods[key]
         if pod.node == "cp":
@@ -344,7 +346,7 @@ def test_an_agent_keeps_other_nodes_pods_without_what_only_their_node_needs():
             continue
         assert (kept.uid, kept.labels, kept.container_ports(), kept.hostname, kept.subdomain, kept.restart_policy) == (
             pod.uid, pod.labels, pod.container_ports(), pod.hostname, pod.subdomain, pod.restart_policy)  # fmt: skip
-        assert (kept.service_env, kept.volumes, kept.spec_hash) == ({}, {}, "")
+        assert (kept.volumes, kept.spec_hash) == ({}, "")
 
 
 def test_a_state_file_of_another_version(state):
@@ -368,5 +370,5 @@ def test_a_state_over_the_limit_is_not_written(monkeypatch, state):
     import emu.node.records
 
     monkeypatch.setattr(emu.node.records, "MAX_STATE_BYTES", 1000)
-    with pytest.raises(StateError, match="enableServiceLinks: false"):
+    with pytest.raises(StateError, match="over emu's limit of 0 MiB .*make the cluster smaller"):
         state.to_json()

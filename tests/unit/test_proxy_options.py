@@ -46,6 +46,26 @@ def test_masquerade_all_marks_every_cluster_ip_packet():
         assert outcome(tracer.trace(Packet(POD, "172.30.0.41", 80))) == (EP1, True), mode  # fmt: skip
 
 
+def test_masquerade_bit_moves_the_snat_mark_in_every_mode():
+    """kube-proxy's masqueradeBit (14: 0x4000), for a node whose other software uses that bit."""
+    state, endpoints = configured(masqueradeBit=15)
+    assert state.net.masquerade_bit == 15
+    ipt = iptables.render(state, "test-node", endpoints)
+    assert ipt["nat"]["KUBE-MARK-MASQ"] == ["-j MARK --or-mark 0x8000"]
+    assert ipt["nat"]["KUBE-POSTROUTING"][:2] == ["-m mark ! --mark 0x8000/0x8000 -j RETURN", "-j MARK --xor-mark 0x8000"]
+    assert '-m comment --comment "kubernetes forwarding rules" -m mark --mark 0x8000/0x8000 -j ACCEPT' in \
+        ipt["filter"]["KUBE-FORWARD"]  # fmt: skip
+    nft = nftables.render(state, "test-node", endpoints).chains()
+    assert nft["mark-for-masquerade"] == ["mark set mark or 0x8000"]
+    assert nft["masquerading"][:2] == ["mark and 0x8000 == 0 return", "mark set mark xor 0x8000"]
+    ipv = ipvs.render(state, "test-node", endpoints).iptables
+    assert ipv["nat"]["KUBE-MARK-MASQ"] == ["-j MARK --or-mark 0x8000"]
+    every = "\n".join(str(rules) for rules in (ipt, nft, ipv))
+    assert "0x4000" not in every
+    default, _ = cluster()
+    assert iptables.render(default, "test-node", endpoints)["nat"]["KUBE-MARK-MASQ"] == ["-j MARK --or-mark 0x4000"]
+
+
 def test_cluster_cidr_is_the_local_traffic_detector():
     state, endpoints = configured(clusterCIDR="10.128.0.0/9")
     svc = iptables.service_chain("ns2/ext:p80", "tcp")
@@ -144,12 +164,13 @@ def test_ipvs_node_port_addresses():
 
 
 def test_topology_takes_the_options_by_kube_proxys_names():
-    s = lab_state("networking: {masqueradeAll: true, clusterCIDR: 10.244.0.0/15, nodePortAddresses: [primary]}\n"
-                  + _lab_without_networking())
+    s = lab_state("networking: {masqueradeAll: true, clusterCIDR: 10.244.0.0/15, nodePortAddresses: [primary], "
+                  "masqueradeBit: 12}\n" + _lab_without_networking())
+    assert s.net.masquerade_bit == 12
     assert (s.net.masquerade_all, s.net.cluster_cidr, s.net.node_port_addresses) == (True, "10.244.0.0/15",
                                                                                       ("primary",))
     plain = lab_state()
-    assert not {"masqueradeAll", "clusterCIDR", "nodePortAddresses"} & set(plain.networking)  # as before them
+    assert not {"masqueradeAll", "clusterCIDR", "nodePortAddresses", "masqueradeBit"} & set(plain.networking)
     assert plain.net.cluster_cidr == plain.net.pod_subnet
 
 
@@ -157,6 +178,7 @@ def test_topology_takes_the_options_by_kube_proxys_names():
     ("{clusterCIDR: 10.244.0.1/16}", "networking.clusterCIDR: '10.244.0.1/16' is not an IPv4 CIDR"),
     ("{nodePortAddresses: [primary, 10.0.0.0/8]}", "'primary' stands alone in nodePortAddresses"),
     ("{nodePortAddresses: [eth0]}", "networking.nodePortAddresses: 'eth0' is not an IPv4 CIDR"),
+    ("{masqueradeBit: 32}", "networking.masqueradeBit: Input should be less than or equal to 31"),
 ])  # fmt: skip
 def test_bad_options_are_refused_with_where_and_what_to_do(networking, message):
     with pytest.raises(TopologyError, match=message.replace("[", r"\[").replace("]", r"\]")):

@@ -4,9 +4,9 @@ import copy
 
 import pytest
 
-from emu.errors import TopologyError
+from emu.errors import EmuError, TopologyError
 from emu.node.proxy import iptables
-from emu.node.services import load_balancer_owner, service_endpoints, service_env
+from emu.node.services import load_balancer_owner, pod_service_env, service_endpoints, service_env
 from emu.control.state import plan_cluster
 from emu.api.topology.load import load_text
 
@@ -207,21 +207,38 @@ def test_service_environment_variables():
         "WEB_PORT_80_TCP_PORT": "80",
         "WEB_PORT_80_TCP_ADDR": "10.96.0.50",
     }
-    pod_env = s.pods["default/web-a"].service_env
+    pod = s.pods["default/web-a"]
+    pod_env = pod_service_env(s.services, pod, pod.enable_service_links)
     assert pod_env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1" and pod_env["STICKY_SERVICE_HOST"] == "10.96.0.51"
     assert "HEADLESS_SERVICE_HOST" not in pod_env and "EXTERNAL_SERVICE_HOST" not in pod_env
 
 
-def test_pod_created_before_a_service_keeps_its_variables():
+def test_a_container_gets_the_services_there_are_when_it_starts_and_the_state_keeps_none():
+    """As the kubelet: the variables are made when a container starts (its start
+    script), from the Services then; the state stores none (a namespace of 1,000
+    Services would give each pod 7,000)."""
+    from emu.node.plan import cni
+
     without = LAB.split("services:")[0] + "services: []\n"
     first = state(without)
     second = state(LAB, previous=first)
-    assert "WEB_SERVICE_HOST" not in second.pods["default/web-a"].service_env
+    pod = second.pods["default/web-a"]
+
+    def started(s) -> str:
+        plan = cni.node_plan(s, s.node(pod.node), [s.pods[pod.key]], [], new_node=False)
+        sourced = plan.files[cni.service_env_file(pod)]  # ". <the set of variables>"
+        return plan.files[sourced.split()[1]]
+
+    assert "WEB_SERVICE_HOST" not in started(first) and "export KUBERNETES_SERVICE_HOST=10.96.0.1\n" in started(first)
+    assert "export WEB_SERVICE_HOST=10.96.0.50\n" in started(second)
+    assert "SERVICE_HOST" not in second.to_json()
 
 
 def test_enable_service_links_false():
     s = state(LAB.replace("    node: w1\n", "    node: w1\n    enableServiceLinks: false\n"))
-    env = s.pods["default/web-a"].service_env
+    pod = s.pods["default/web-a"]
+    env = pod_service_env(s.services, pod, pod.enable_service_links)
+    assert pod.enable_service_links is False
     assert "WEB_SERVICE_HOST" not in env and env["KUBERNETES_SERVICE_HOST"] == "10.96.0.1"
 
 
@@ -322,3 +339,36 @@ def test_endpoint_tracker_gives_what_a_full_count_gives_after_each_readiness_cha
         assert held == copied  # what an earlier sync holds is never changed in place
     again = state()  # a new state: counted in full
     assert tracker.update(again, {}) == all_endpoints(again, {})
+
+
+def test_load_balancer_addresses_of_services_made_through_the_api_are_left_to_them():
+    """emu's planner takes pool addresses from the lowest up, around the addresses kubectl's
+    Services hold (given by the API server's servicelb controller); a declared one they hold is refused."""
+    theirs = (set(), set(), {"172.28.5.223": "default/kweb"})
+    first = plan_cluster(load_text(LAB), "emu-lab", "172.28.5.0/24", reserved=theirs)
+    assert first.services["default/lb"].load_balancer_ip == "172.28.5.224"
+    moved = plan_cluster(load_text(LAB), "emu-lab", "172.28.5.0/24", state(), reserved=theirs)
+    assert moved.services["default/lb"].load_balancer_ip == "172.28.5.224"  # .223 was emu's before: now kweb's
+    declared = LAB.replace("    clusterIP: 10.96.0.54\n", "    clusterIP: 10.96.0.54\n    loadBalancerIP: 172.28.5.223\n")
+    with pytest.raises(EmuError, match="loadBalancerIP 172.28.5.223 is held by service default/kweb, made through "
+                                       "the API"):
+        plan_cluster(load_text(declared), "emu-lab", "172.28.5.0/24", reserved=theirs)
+
+
+def test_foreign_service_addresses_include_the_load_balancer_addresses_of_kubectls_services():
+    from emu.control.apiserver import foreign_service_addresses
+
+    class Api:  # the answer of GET /api/v1/services
+        def get(self, path):
+            assert path == "/api/v1/services"
+            lb = {"loadBalancer": {"ingress": [{"ip": "172.28.5.254", "ipMode": "VIP"}]}}
+            return 200, {"items": [
+                {"metadata": {"name": "kweb", "namespace": "default"},
+                 "spec": {"type": "LoadBalancer", "clusterIP": "10.96.7.7", "ports": [{"port": 80, "nodePort": 31000}]},
+                 "status": lb},
+                {"metadata": {"name": "lb", "namespace": "default", "annotations": {"emu.io/managed-by": "emu"}},
+                 "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.54", "loadBalancerIP": "172.28.5.223"},
+                 "status": {"loadBalancer": {"ingress": [{"ip": "172.28.5.223"}]}}},
+            ]}  # fmt: skip
+
+    assert foreign_service_addresses(Api()) == ({"10.96.7.7"}, {31000}, {"172.28.5.254": "default/kweb"})

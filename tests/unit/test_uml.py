@@ -45,7 +45,8 @@ def test_a_guest_boots_its_own_copy_on_write_layer_and_address(tmp_path):
     line = guest.command_line()
     assert f"ubd0={tmp_path}/guests/g1/root.cow,/images/root.img" in line  # the image itself is never written
     # gro=1: the host's GSO segments read whole (without it a few MB from the host take minutes)
-    assert f"vec0:transport=tap,ifname={uml.tap_name('g1')},gro=1" in line
+    assert f"vec0:transport=tap,ifname={uml.tap_name('g1')},mac=02:42:c0:a8:d5:02,gro=1" in line
+    # (its MAC from its address, as Docker's: the same when it boots again)
     assert "umid=g1" in line and f"uml_dir={tmp_path}/guests/g1" in line
     assert "emu.address=192.168.213.2/24" in line and "emu.gateway=192.168.213.1" in line
     assert f"emu.boot={guest.boot_id}" in line

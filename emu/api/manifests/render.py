@@ -18,6 +18,7 @@ from emu.node.records import ClusterState, PodState, ServiceState
 from emu.node.services import LabelIndex, control_planes
 from emu.api.topology.model import Topology
 from emu.api.topology.scheduling import node_labels
+from emu.apiserver.tables import human_duration
 
 Status = dict[str, dict[str, dict]]  # pod key -> container -> {state, ready, restarts, started}
 
@@ -40,35 +41,6 @@ def kind_of(resource: str) -> str | None:
     """'svc' -> 'Service'; None if kubectl has no such resource here."""
     resource = resource.lower().split(".")[0]
     return next((kind for kind, names in RESOURCE_NAMES.items() if resource in names), None)
-
-
-def human_duration(seconds: float) -> str:
-    """An age as kubectl prints it (apimachinery's duration.HumanDuration)."""
-    seconds = int(seconds)
-    if seconds < -1:
-        return "<invalid>"
-    if seconds < 0:
-        return "0s"
-    if seconds < 120:
-        return f"{seconds}s"
-    minutes = seconds // 60
-    if minutes < 10:
-        return f"{minutes}m" if seconds % 60 == 0 else f"{minutes}m{seconds % 60}s"
-    if minutes < 180:
-        return f"{minutes}m"
-    hours = minutes // 60
-    if hours < 8:
-        return f"{hours}h" if minutes % 60 == 0 else f"{hours}h{minutes % 60}m"
-    if hours < 48:
-        return f"{hours}h"
-    if hours < 24 * 8:
-        return f"{hours // 24}d" if hours % 24 == 0 else f"{hours // 24}d{hours % 24}h"
-    if hours < 24 * 365 * 2:
-        return f"{hours // 24}d"
-    if hours < 24 * 365 * 8:
-        years, days = hours // 24 // 365, (hours // 24) % 365
-        return f"{years}y" if days == 0 else f"{years}y{days}d"
-    return f"{hours // 24 // 365}y"
 
 
 def _epoch(stamp: str | None) -> float | None:
@@ -341,8 +313,11 @@ class View:
                 "data": dict(item.data)}  # fmt: skip
 
     def namespace(self, name: str) -> dict:
+        # Its declared labels too: NetworkPolicies' namespaceSelectors match them in the API server's
+        # objects (every node's policy agent watches those, emu.node.kube.policyfeed).
+        labels = {**self.state.namespaces.get(name, {}), "kubernetes.io/metadata.name": name}
         return {"apiVersion": "v1", "kind": "Namespace",
-                "metadata": self.metadata(f"Namespace/{name}", name, None, {"kubernetes.io/metadata.name": name}),
+                "metadata": self.metadata(f"Namespace/{name}", name, None, labels),
                 "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}  # fmt: skip
 
     def node(self, node) -> dict:

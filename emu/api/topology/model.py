@@ -20,7 +20,13 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from emu.node.records import DEFAULT_DNS_DOMAIN, DEFAULT_POD_SUBNET, DEFAULT_PROXY_MODE, DEFAULT_SERVICE_SUBNET
+from emu.node.records import (
+    DEFAULT_DNS_DOMAIN,
+    DEFAULT_POD_SUBNET,
+    DEFAULT_PROXY_MODE,
+    DEFAULT_SERVICE_SUBNET,
+    parse_duration,
+)
 
 DNS1123_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 # Kubernetes' IANA_SVC_NAME: what a container port's name may be.
@@ -101,6 +107,9 @@ class Networking(Model):
         alias="clusterCIDR",
         description=("kube-proxy's clusterCIDR, its local-traffic detector: cluster IP traffic from outside it is "
                      'masqueraded; default: podSubnet; "" for none.'),
+    )
+    masquerade_bit: Annotated[int, Field(ge=0, le=31)] | None = Field(
+        None, description="kube-proxy's masqueradeBit: the bit of the packet mark that asks for SNAT; default: 14 (0x4000)."
     )
     node_port_addresses: list[str] | None = Field(
         None,
@@ -812,6 +821,27 @@ class IngressController(Model):
     service_type: Literal["NodePort", "LoadBalancer"] = "LoadBalancer"
 
 
+class ControllerManager(Model):
+    """kube-controller-manager's settings a lab may change (KubeControllerManagerConfiguration's names)."""
+
+    node_monitor_grace_period: str = Field(
+        "40s",
+        description=("How long a node may stay silent before it is NotReady and its pods leave every service "
+                     "(--node-monitor-grace-period, a Go duration, 8s to 10m). The nodes' Leases last as long and "
+                     "are renewed every quarter of it, as kubelets' nodeLeaseDurationSeconds pairs with it; emu's "
+                     "eviction of a lost node's pods follows it too."),
+    )
+
+    @field_validator("node_monitor_grace_period")
+    @classmethod
+    def _grace(cls, value: str) -> str:
+        seconds = parse_duration(value)
+        if not 8 <= seconds <= 600:
+            raise ValueError(f"{value} is outside 8s..10m: under 8s the nodes' Lease renewals (a quarter of it) "
+                             "would race a busy machine; over 10m a lost node would never be noticed in a lab")
+        return value
+
+
 class ClusterDNS(Model):
     """The cluster DNS: pod kube-system/coredns behind service kube-system/kube-dns."""
 
@@ -856,6 +886,7 @@ class Topology(Model):
     ingresses: list[Ingress] = Field(default_factory=list)
     secrets: list[Secret] = Field(default_factory=list)
     ingress_controller: IngressController = Field(default_factory=IngressController)
+    controller_manager: ControllerManager = Field(default_factory=ControllerManager)
 
 
 def json_schema() -> dict:

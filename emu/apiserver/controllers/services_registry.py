@@ -1,5 +1,6 @@
 """The service-side control loops (EndpointSlices and their mirroring, Endpoints, default/kubernetes,
-namespaces, node lifecycle, default ServiceAccounts, kube-root-ca.crt) added to a ControllerManager.
+namespaces, node lifecycle, default ServiceAccounts, kube-root-ca.crt, LoadBalancer addresses) added to
+a ControllerManager.
 
 `register(manager, options)` is what start_controllers calls next to the workload controllers;
 options is a `ServicesOptions` or a dict of its fields."""
@@ -16,9 +17,10 @@ from emu.apiserver.controllers.namespace import NamespaceController
 from emu.apiserver.controllers.nodelifecycle import NodeLifecycleController
 from emu.apiserver.controllers.rootca import RootCAPublisher
 from emu.apiserver.controllers.serviceaccount import ServiceAccountController
+from emu.apiserver.controllers.servicelb import ServiceLoadBalancerController
 
 NAMES = ("kubernetes-service", "endpointslice", "endpointslicemirroring", "endpoints", "namespace", "nodelifecycle",
-         "serviceaccount", "rootca")
+         "serviceaccount", "rootca", "servicelb")
 
 
 @dataclass
@@ -33,6 +35,9 @@ class ServicesOptions:
     node_monitor_grace_period: float = 40.0
     node_startup_grace_period: float = 60.0
     node_monitor_period: float = 5.0
+    # the lab's LoadBalancer addresses, FIRST-LAST (networking.loadBalancerPool), for the Services
+    # made through the API; "" leaves them pending
+    load_balancer_pool: str = ""
     enabled: tuple[str, ...] = NAMES
 
 
@@ -50,7 +55,8 @@ def _options(options) -> ServicesOptions:
 
 def controllers(options=None) -> list[Controller]:
     """The enabled service-side controllers, built from `options` (default/kubernetes needs api_addresses,
-    kube-root-ca.crt needs ca_pem: without them those two are left out)."""
+    kube-root-ca.crt needs ca_pem, LoadBalancer addresses a load_balancer_pool: without them those are
+    left out). ValueError for a load_balancer_pool that is not FIRST-LAST."""
     o = _options(options)
     unknown = sorted(set(o.enabled) - set(NAMES))
     if unknown:
@@ -75,6 +81,8 @@ def controllers(options=None) -> list[Controller]:
         out.append(ServiceAccountController())
     if "rootca" in on and o.ca_pem:
         out.append(RootCAPublisher(o.ca_pem))
+    if "servicelb" in on and o.load_balancer_pool:
+        out.append(ServiceLoadBalancerController(o.load_balancer_pool))
     return out
 
 
@@ -86,4 +94,7 @@ def register(manager: ControllerManager, options=None) -> list[Controller]:
         manager.log("service controllers: no api_addresses given: default/kubernetes is not maintained")
     if "rootca" in o.enabled and not o.ca_pem:
         manager.log("service controllers: no ca_pem given: kube-root-ca.crt is not published")
+    if "servicelb" in o.enabled and not o.load_balancer_pool:
+        manager.log("service controllers: no load_balancer_pool given: LoadBalancer Services made through the "
+                    "API stay pending")
     return added

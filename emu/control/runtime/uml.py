@@ -21,6 +21,10 @@ sch_netem, br_netfilter. This module makes and runs such guests:
   proxiers' apply) drives the guest's kernel unchanged.
 - `Guest.shutdown` / `remove_guest` leave no process, tap or file behind,
   also for a guest whose boot failed or whose process was killed.
+- a guest whose kernel was killed from outside is not `guest_running` (its
+  helper processes live on, so the process group does not say), and
+  `Guest.boot(keep_disk=True)` boots it again on its own disk (`stop_guest`
+  clears what the killed one left first, its disk kept).
 
 Everything here needs root on a Linux host; `require_uml` says what is
 missing and how to get it (scripts/ensure-uml.sh).
@@ -293,6 +297,13 @@ class Guest:
         return tap_name(self.name)
 
     @property
+    def mac(self) -> str:
+        """eth0's MAC, made from its IP as Docker makes a container's (02:42 and the
+        address): a guest booted again keeps it, so the other nodes' neighbour entries
+        for its address stay right (UML picks a random one otherwise)."""
+        return "02:42:" + ":".join(f"{int(part):02x}" for part in self.ip.split("."))
+
+    @property
     def directory(self) -> Path:
         return guest_dir(self.state_dir, self.name)
 
@@ -311,7 +322,7 @@ class Guest:
             f"init={INIT}",
             "con=null",
             "con0=null,fd:1",  # the console's output is the log; nothing reads from it
-            f"vec0:transport=tap,ifname={self.tap}" + (",gro=1" if self.gro else ""),
+            f"vec0:transport=tap,ifname={self.tap},mac={self.mac}" + (",gro=1" if self.gro else ""),
             f"umid={self.name}",
             f"uml_dir={directory}",
             f"emu.name={self.name}",
@@ -322,16 +333,30 @@ class Guest:
             args.append(f"emu.gateway={self.gateway}")
         return args
 
-    def boot(self, timeout: float = 60.0) -> Guest:
+    @property
+    def disk(self) -> Path:
+        return self.directory / "root.cow"
+
+    def boot(self, timeout: float = 60.0, keep_disk: bool = False) -> Guest:
         """Start the guest and wait until its command server answers; on any
         failure everything started is removed and UmlError tells why (with the
-        console's last lines)."""
+        console's last lines).
+
+        keep_disk: boot again on the copy-on-write layer an earlier boot of this
+        guest left (its files, as a restarted container keeps its own); what is
+        left of its processes, tap and UML's own files goes first, and a failed
+        boot keeps the disk too."""
         require_uml()
         if not self.rootfs.exists():
             raise UmlError(f"no root filesystem at {self.rootfs}; make it with make_rootfs()")
-        remove_guest(self.name, self.state_dir)  # what an earlier run of the same name left
+        if keep_disk:
+            if not self.disk.exists():
+                raise UmlError(f"guest {self.name} has no disk at {self.disk} to boot again")
+            stop_guest(self.name, self.state_dir)  # what the killed guest left, its disk kept
+        else:
+            remove_guest(self.name, self.state_dir)  # what an earlier run of the same name left
         try:
-            self.directory.mkdir(parents=True)
+            self.directory.mkdir(parents=True, exist_ok=keep_disk)
             make_tap(self.tap, self.bridge)
             with open(self.console, "wb") as log:
                 self.process = subprocess.Popen(
@@ -345,7 +370,7 @@ class Guest:
             self._wait_ready(timeout)
         except BaseException as error:
             tail = self.console_tail()
-            self.shutdown()
+            self.shutdown(keep_disk=keep_disk)
             if isinstance(error, (UmlError, KeyboardInterrupt)):
                 raise
             raise UmlError(f"guest {self.name} failed to boot ({error}); console:\n{tail}") from error
@@ -437,9 +462,9 @@ class Guest:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def shutdown(self, timeout: float = 10.0) -> None:
+    def shutdown(self, timeout: float = 10.0, keep_disk: bool = False) -> None:
         """Power the guest off (killed if it does not go within `timeout`) and
-        remove its tap and files."""
+        remove its tap and files (with keep_disk, all but its disk and console)."""
         if self.alive():
             with contextlib.suppress(OSError, UmlError, ValueError):
                 self._request({"op": "poweroff"}, timeout=2, connect_timeout=1)
@@ -447,7 +472,7 @@ class Guest:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
-        remove_guest(self.name, self.state_dir)
+        (stop_guest if keep_disk else remove_guest)(self.name, self.state_dir)
         if self.process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.process.wait(5)
@@ -460,6 +485,14 @@ def guest_dir(state_dir: Path, name: str) -> Path:
 def remove_guest(name: str, state_dir: Path = STATE_DIR) -> None:
     """Kill the guest's processes if any are left, delete its tap and its files.
     Safe to call for a guest that is gone or never fully started."""
+    stop_guest(name, state_dir)
+    shutil.rmtree(guest_dir(state_dir, name), ignore_errors=True)
+
+
+def stop_guest(name: str, state_dir: Path = STATE_DIR) -> None:
+    """Kill the guest's processes if any are left (a kernel killed from outside
+    leaves its helpers running) and delete its tap, its pid file and UML's umid
+    directory; its disk (root.cow) and console log stay, to boot it again."""
     directory = guest_dir(state_dir, name)
     pid_file = directory / "pid"
     if pid_file.exists():
@@ -469,7 +502,22 @@ def remove_guest(name: str, state_dir: Path = STATE_DIR) -> None:
                 os.killpg(pgid, signal.SIGKILL)
                 _wait_group_gone(pgid)
     delete_tap(tap_name(name))
-    shutil.rmtree(directory, ignore_errors=True)
+    pid_file.unlink(missing_ok=True)
+    shutil.rmtree(directory / name, ignore_errors=True)  # umid=NAME under uml_dir: the old kernel's pid, mconsole
+
+
+def guest_running(name: str, state_dir: Path = STATE_DIR) -> bool:
+    """Whether the guest's kernel runs: its main process (the pid file's, the
+    head of its process group) is alive, is UML and is this guest's (umid=NAME).
+    Its helpers alone do not count: they outlive a kernel killed from outside."""
+    try:
+        pid = int((guest_dir(state_dir, name) / "pid").read_text())
+        # A zombie (killed, not yet reaped by the emu that booted it) has no exe to read.
+        if not os.readlink(f"/proc/{pid}/exe").startswith(str(UML_BINARY)):
+            return False
+        return f"umid={name}".encode() in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return False
 
 
 def _uml_group(pgid: int) -> bool:

@@ -9,14 +9,16 @@ keeps records on disk under the guests' state directory, so any later `emu`
 command finds a cluster again:
 
     STATE_DIR/clusters/NAME/cluster.json        network, subnet, bridge
-    STATE_DIR/clusters/NAME/nodes/CONTAINER.json  hostname, role, address, boot id
+    STATE_DIR/clusters/NAME/nodes/CONTAINER.json  hostname, role, address, boot id, command, host ports
     STATE_DIR/clusters/NAME/forward/PORT.pid    a host port's relay (umlforward)
     STATE_DIR/guests/CONTAINER/                 the guest's own files (uml.Guest)
 
 Each record is written before what it names is made, so `remove_cluster`
 (also after a failed `up`) finds and removes every process, tap, bridge and
-file. The bridge gets Docker's rules for a bridge network (nodes reach
-beyond this host, masqueraded). What docker nodes get from their engine, a
+file. A node whose kernel is gone (killed from outside) is reported not
+running, and `start_node` boots it again on its own disk (`emu up`). The
+bridge gets Docker's rules for a bridge network (nodes reach beyond this
+host, masqueraded). What docker nodes get from their engine, a
 guest gets after it boots: its hostname, /etc/hosts and resolv.conf, the node
 sysctls (br_netfilter loaded first) and the node's command. Host ports are TCP relays on the host (umlforward), as
 Docker's userland proxy. Image pods need a Docker engine and are refused
@@ -27,6 +29,7 @@ own on the bridge.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
@@ -41,7 +44,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from emu.control.runtime import stream, uml, umlforward, umlguest
-from emu.control.runtime.provider import ROLE_EXTERNAL, ContainerRecord, ExecResult, NodeSpec, Progress, run_parallel
+from emu.control.runtime.provider import (
+    ROLE_EXTERNAL,
+    ContainerRecord,
+    ExecResult,
+    NodeSpec,
+    PortMapping,
+    Progress,
+    run_parallel,
+)
 from emu.errors import EmuError
 
 NETWORK_POOL = ipaddress.IPv4Network("172.28.0.0/14")  # where a free /24 is looked for, as the docker provider
@@ -55,6 +66,12 @@ NODE_SYSCTLS = {  # as the docker provider gives its node containers (emu.contro
     "net.ipv4.conf.default.rp_filter": "0",
     "net.bridge.bridge-nf-call-iptables": "1",
 }
+# A guest killed from outside loses what its page cache held; what it wrote reaches its disk (the
+# host's page cache, which outlives it) within a second or two, so the node boots again with the
+# files it had (its state, plans and boot script, the API server's data), not 30 s older ones.
+GUEST_SYSCTLS = {"vm.dirty_expire_centisecs": "100", "vm.dirty_writeback_centisecs": "100"}
+GUEST_MOUNT = "mount -o remount,commit=1 /"  # ext4's journal every second, not every 5
+KILLED = "down: its UML kernel process is gone"  # a uml node's status when it is not running
 IMAGE_PODS = (
     "image pods (containers with an image) need the docker runtime: a uml node has no container engine; "
     "use runtime: docker, or give the container a command or a workload instead of an image"
@@ -245,11 +262,15 @@ class UmlRuntime:
         return [record for path in sorted(directory.glob("*.json")) if (record := _read_json(path))]
 
     def _node_record(self, container: str) -> dict:
+        return self._find_node(container)[1]
+
+    def _find_node(self, container: str) -> tuple[str, dict]:
+        """(cluster, record) of a node or external host."""
         for cluster in known_clusters(self.state_dir):
             path = self._cluster_dir(cluster) / "nodes" / f"{container}.json"
             record = _read_json(path)
             if record:
-                return record
+                return cluster, record
         raise EmuError(f"no uml node '{container}' (no record under {self.state_dir / 'clusters'}); see `emu status`")
 
     def _guest(self, container: str) -> uml.Guest:
@@ -265,22 +286,28 @@ class UmlRuntime:
         return guest
 
     def _running(self, container: str) -> bool:
-        try:
-            pid = int((uml.guest_dir(self.state_dir, container) / "pid").read_text())
-        except (OSError, ValueError):
-            return False
-        return uml._uml_group(pid)
+        return uml.guest_running(container, self.state_dir)
+
+    def _forget_guest(self, container: str) -> None:
+        """Drop this process's handle on a guest whose kernel is gone, reaping its
+        process if this process booted it (a killed kernel stays a zombie of ours)."""
+        with self._lock:
+            guest = self._guests.pop(container, None)
+        if guest is not None and guest.process is not None:
+            guest.process.poll()
 
     # ---- discovery -------------------------------------------------------
     def cluster_names(self) -> list[str]:
         return known_clusters(self.state_dir)
 
     def cluster_containers(self, cluster: str) -> list[ContainerRecord]:
-        return [
-            ContainerRecord(record["container"], cluster, record["role"], record.get("node", record["hostname"]), "",
-                            self._running(record["container"]))  # fmt: skip
-            for record in self._node_records(cluster)
-        ]
+        records = []
+        for record in self._node_records(cluster):
+            running = self._running(record["container"])
+            records.append(ContainerRecord(record["container"], cluster, record["role"],
+                                           record.get("node", record["hostname"]), "", running,
+                                           "" if running else KILLED))  # fmt: skip
+        return records
 
     def cluster_networks(self, cluster: str) -> list[str]:
         record = self._cluster_record(cluster)
@@ -313,9 +340,16 @@ class UmlRuntime:
         record = {"name": cluster, "network": name, "subnet": subnet, "bridge": bridge_name(cluster),
                   "gateway": gateway}  # fmt: skip
         _write_json(self._cluster_dir(cluster) / "cluster.json", record)  # first: `down` finds what follows
-        uml.ensure_bridge(record["bridge"], f"{gateway}/{network.prefixlen}")
+        self._ensure_network(record)
+
+    @staticmethod
+    def _ensure_network(record: dict) -> None:
+        """The cluster's bridge and its rules, made where they are missing (a cluster's
+        first `up`; a node started again after this host restarted without them)."""
+        network = ipaddress.IPv4Network(record["subnet"])
+        uml.ensure_bridge(record["bridge"], f"{record['gateway']}/{network.prefixlen}")
         if shutil.which("iptables"):
-            for table, rule in outbound_rules(record["bridge"], subnet):
+            for table, rule in outbound_rules(record["bridge"], record["subnet"]):
                 if uml.run_host(["iptables", "-w", "-t", table, "-C", *rule], check=False).returncode:
                     uml.run_host(["iptables", "-w", "-t", table, "-I", *rule])
 
@@ -347,10 +381,46 @@ class UmlRuntime:
         return {}
 
     def start_node(self, container: str) -> None:
-        """Not built: a stopped uml node's kernel is gone with its process, and booting
-        it again in place is not done yet."""
-        raise EmuError(f"uml node {container} cannot be started again in place yet; nothing was changed: "
-                       "`emu down NAME`, then `emu up FILE`")
+        """Boot a node whose kernel is gone (killed from outside, crashed) again in place,
+        as a stopped node container is started: on its own disk (its files, among them
+        the state and boot script its command rebuilds its pods from: cni.NODE_COMMAND),
+        at its address, through a new tap on the cluster's bridge (made again if it
+        went), with a new boot id; then what create_node gives it after boot, the relays
+        of its host ports that went with it, and its command. Nothing for a node that
+        runs. What it cannot boot from is an error before anything changes."""
+        if self._running(container):
+            return
+        cluster, record = self._find_node(container)
+        network = self._cluster_record(cluster)
+        where = f"uml node {container} cannot boot again in place"
+        redo = f"nothing was changed; `emu down {cluster}`, then `emu up FILE`"
+        if network is None:
+            raise EmuError(f"{where}: cluster '{cluster}' has no network record; {redo}")
+        if "command" not in record:
+            raise EmuError(f"{where}: its record was written by an older emu, without the node's command; {redo}")
+        rootfs = Path(record["rootfs"])
+        if not rootfs.exists():
+            raise EmuError(f"{where}: the root filesystem it was made from, {rootfs}, is gone (a newer node image "
+                           f"or emu replaced it); {redo}")  # fmt: skip
+        disk = uml.guest_dir(self.state_dir, container) / "root.cow"
+        if not disk.exists():
+            raise EmuError(f"{where}: its disk {disk} is gone, and with it its pods' files; {redo}")
+        self._forget_guest(container)
+        with self._lock:  # nodes are started in parallel: one makes what is missing
+            self._ensure_network(network)
+        guest = uml.Guest(container, rootfs, record["bridge"], record["address"], gateway=record.get("gateway"),
+                          memory=record.get("memory", MEMORY), state_dir=self.state_dir)  # fmt: skip
+        record["boot"] = guest.boot_id  # first: a later emu command talks to the new boot
+        _write_json(self._cluster_dir(cluster) / "nodes" / f"{container}.json", record)
+        guest.boot(BOOT_TIMEOUT, keep_disk=True)
+        with self._lock:
+            self._guests[container] = guest
+        self._set_up(guest, record["hostname"], record["ip"])
+        for mapping in record.get("ports", []):
+            pid_file = self._cluster_dir(cluster) / "forward" / f"{mapping['host_port']}.pid"
+            if not _relay_alive(pid_file):
+                self._forward(cluster, PortMapping(**mapping), record["ip"])
+        self.exec_detached(container, record["command"])
 
     def check_ports(self, specs: list[NodeSpec]) -> None:
         """Host ports: TCP only (a relay on the host), and free here."""
@@ -377,23 +447,31 @@ class UmlRuntime:
         rootfs = self._rootfs(spec.image)
         guest = uml.Guest(spec.container, rootfs, network["bridge"], f"{spec.ip}/{prefix}", gateway=network["gateway"],
                           memory=MEMORY, state_dir=self.state_dir)  # fmt: skip
+        # What start_node boots it again with, too: its memory, command and host ports.
         record = {"container": spec.container, "hostname": spec.hostname, "role": spec.role, "ip": spec.ip,
                   "address": guest.address, "gateway": guest.gateway, "bridge": guest.bridge, "rootfs": str(rootfs),
-                  "boot": guest.boot_id}  # fmt: skip
+                  "boot": guest.boot_id, "memory": guest.memory, "command": list(spec.command),
+                  "ports": [dataclasses.asdict(mapping) for mapping in spec.ports]}  # fmt: skip
         _write_json(self._cluster_dir(spec.cluster) / "nodes" / f"{spec.container}.json", record)
         guest.boot(BOOT_TIMEOUT)
         with self._lock:
             self._guests[spec.container] = guest
-        sysctls = " ".join(f"{key}={value}" for key, value in NODE_SYSCTLS.items())
-        hosts = f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{spec.ip}\t{spec.hostname}\n"
-        name = shlex.quote(spec.hostname)
-        setup = (f"hostname {name} && echo {name} >/etc/hostname && printf %s {shlex.quote(hosts)} >/etc/hosts && "
-                 f"printf %s {shlex.quote(resolv_conf())} >/etc/resolv.conf && "
-                 f"modprobe br_netfilter && sysctl -q -w {sysctls}")  # fmt: skip
-        guest.sh(setup)
+        self._set_up(guest, spec.hostname, spec.ip)
         for mapping in spec.ports:
             self._forward(spec.cluster, mapping, spec.ip)
         self.exec_detached(spec.container, spec.command)
+
+    @staticmethod
+    def _set_up(guest: uml.Guest, hostname: str, ip: str) -> None:
+        """What Docker gives a node container, after each boot: its hostname, /etc/hosts,
+        resolv.conf, the node sysctls (br_netfilter loaded first); and the guest's own."""
+        sysctls = " ".join(f"{key}={value}" for key, value in {**NODE_SYSCTLS, **GUEST_SYSCTLS}.items())
+        hosts = f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"
+        name = shlex.quote(hostname)
+        setup = (f"hostname {name} && echo {name} >/etc/hostname && printf %s {shlex.quote(hosts)} >/etc/hosts && "
+                 f"printf %s {shlex.quote(resolv_conf())} >/etc/resolv.conf && "
+                 f"modprobe br_netfilter && sysctl -q -w {sysctls} && {GUEST_MOUNT}")  # fmt: skip
+        guest.sh(setup)
 
     def _forward(self, cluster: str, mapping, target: str) -> None:
         """A relay from the host port to the node (its pid recorded with the cluster)."""
@@ -442,12 +520,27 @@ class UmlRuntime:
         guest = self._guest(container)
         try:
             return guest.run(argv, input=input, timeout=EXEC_TIMEOUT)
-        except OSError as error:
-            state = "running" if self._running(container) else "not running"
+        except (OSError, uml.UmlError) as error:
+            if self._booted_again(container, guest):  # by another emu command: its new boot answers
+                return self._run(container, argv, input)
+            if not isinstance(error, OSError):
+                raise
+            state = "running" if self._running(container) else "its kernel process is gone"
             raise EmuError(
                 f"node {container} (a uml guest, {state}) did not answer on {guest.ip}:{umlguest.PORT} ({error}); "
-                "a uml node does not come back by itself yet: remove the cluster with `emu down` and `emu up` again"
+                "`emu status` says what is down, and `emu up FILE` boots a stopped node again"
             ) from None
+
+    def _booted_again(self, container: str, guest: uml.Guest) -> bool:
+        """Whether the node's record names another boot than this process's handle
+        (start_node in another emu process): the handle is then dropped."""
+        try:
+            booted = self._node_record(container)["boot"] != guest.boot_id
+        except EmuError:
+            return False
+        if booted:
+            self._forget_guest(container)
+        return booted
 
     def exec(self, container: str, argv: list[str], environment: dict[str, str] | None = None) -> ExecResult:
         """Run a command in the node and wait for it; output is stdout and stderr together, in order."""
@@ -572,10 +665,19 @@ class UmlRuntime:
         return {}
 
 
-def _kill_relay(pid_file: Path) -> None:
-    """Kill a host port's relay, if that pid is still one (it may have been reused)."""
+def _relay_alive(pid_file: Path) -> int | None:
+    """The pid of a host port's relay if it runs (that pid may have been reused by something else)."""
     with contextlib.suppress(OSError, ValueError):
         pid = int(pid_file.read_text())
         if umlforward.__file__ in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            return pid
+    return None
+
+
+def _kill_relay(pid_file: Path) -> None:
+    """Kill a host port's relay, if that pid is still one."""
+    pid = _relay_alive(pid_file)
+    if pid is not None:
+        with contextlib.suppress(OSError):
             os.killpg(pid, signal.SIGKILL)
     pid_file.unlink(missing_ok=True)

@@ -14,9 +14,13 @@ With `--proxy-from api` the service rules (every proxy mode, LoadBalancer
 addresses, health check node ports, conntrack clearing) come, as
 kube-proxy's, from the API server's Services, EndpointSlices and Nodes
 (emu.node.agent.proxysync.ApiSource), never from the state file's services
-or the hub's readiness; NetworkPolicy and the ingress still read the state
-file's pods and objects, and the DNS snapshot the state and the hub's
-readiness (stage 4 of docs/apiserver.md moves those later).
+or the hub's readiness; the ingress still reads the state file's pods and
+objects, and the DNS snapshot the state and the hub's readiness (stage 4 of
+docs/apiserver.md moves those later). With `--policy-from api` (by default
+where `--proxy-from api`), NetworkPolicy is enforced, as a CNI's policy agent
+does, from the API server's NetworkPolicies, Pods and Namespaces
+(emu.node.agent.policy.PolicySource), in a job of its own: a policy, pod label
+or namespace label change wakes it alone.
 """
 
 from __future__ import annotations
@@ -40,13 +44,13 @@ from emu.node.kube import release_memory
 from emu.node.kube.client import ApiError
 from emu.node.agent.tokens import Tokens
 from emu.node.agent.edge import LoadBalancers
-from emu.node.agent.evict import EVICT_AFTER, evict, evictable
+from emu.node.agent.evict import evict, evictable
 from emu.node.agent.health import KubeProxyHealth
 from emu.node.agent.gossip import Hub, Readiness, Reporter, Watcher, hub_node, stream
 from emu.node.agent.probes import Kubelet, ProbeThreads, run_start_script
 from emu.node.agent.ingress import IngressSync
 from emu.node.agent.kubelet import ApiPods
-from emu.node.agent.policy import PolicySync
+from emu.node.agent.policy import PolicySource, PolicySync
 from emu.node.agent.proxysync import ApiSource, ProxySync
 from emu.node.agent.runner import Runner, Watchdog
 from emu.node.agent.wait import wait_ports
@@ -93,7 +97,8 @@ class NodeView:
 
 
 class Agent:
-    def __init__(self, node: str, snapshot: str = STATE_FILE, port: int = AGENT_PORT, proxy_from: str = "state"):
+    def __init__(self, node: str, snapshot: str = STATE_FILE, port: int = AGENT_PORT, proxy_from: str = "state",
+                 policy_from: str | None = None):  # fmt: skip
         self.node = node
         self.snapshot = snapshot
         self.port = port
@@ -134,6 +139,14 @@ class Agent:
         self.api = ApiSource(node, log, lambda: self.syncer.request()) if proxy_from == "api" else None
         self.api_key: tuple | None = None  # (feed changes, nodes not Ready) the rules were last made from
         self.synced_revision = 0  # the resourceVersion the last sync's rules reflect (GET /wait?revision=)
+        # NetworkPolicy from the API server (--policy-from api; by default where --proxy-from api), None: from
+        # the state file (in the sync job).
+        policy_from = policy_from or proxy_from
+        self.netpol = PolicySource(node, log, lambda: self.policy_job.request()) if policy_from == "api" else None
+        self.policy_revision = 0  # the resourceVersion the policy rules last written reflect
+        self.policies_unreadable: set[str] = set()  # (logged once each)
+        self.policy_job = Runner("netpol", self.policy_step, log, retry_interval=RESYNC_AFTER_FAILURE,
+                                 describe=lambda: "network policy sync")  # fmt: skip
         # Every job of the agent, one Runner each (emu.node.agent.runner): request() wakes one.
         self.loader = Runner("load", lambda requested: self.load(), log, max_interval=30.0,
                              describe=lambda: "loading the state")  # fmt: skip
@@ -158,7 +171,7 @@ class Agent:
 
     def runners(self) -> list[Runner]:
         return [self.loader, self.pods_job, self.kubelet_job, self.syncer, self.hub_job, self.report_job,
-                self.watch_job, self.status_job, self.api_pods.job]
+                self.watch_job, self.status_job, self.api_pods.job, *([self.policy_job] if self.netpol else [])]
 
     # ---- state ----------------------------------------------------------------
     # (The load job: a new state arrives with a SIGHUP, or the hub's watch; the pods
@@ -196,6 +209,7 @@ class Agent:
             self.kubelet.set_pods(view.local)
             self.view = view
             self.kubelet.step()  # this node's pods' readiness is known before the first sync with them
+        self.set_timing(state.node_timing)
         self.snapshot_mtime = mtime
         log(f"state generation {state.generation}: {len(state.pods)} pods, {len(state.services)} services "
             f"(read in {(time.thread_time() - cpu) * 1000:.0f} ms of CPU)")
@@ -204,6 +218,8 @@ class Agent:
         self.syncer.request()
         self.pods_job.request()
         self.status_job.request()
+        if self.netpol is not None:
+            self.policy_job.request()  # (the first state says where the API server is)
 
     def adopt(self, text: str) -> None:
         """A newer state from the hub (it moved a lost node's pods): keep it as the
@@ -310,9 +326,16 @@ class Agent:
         if changed:
             self.syncer.request()
 
+    def set_timing(self, timing: NodeTiming) -> None:
+        """How soon a silent node is lost (the topology's nodeMonitorGracePeriod): the
+        hub's grace, this node's heartbeat to it (the Lease follows in ApiStatus)."""
+        self.hub.grace = timing.hub_grace
+        if self.reporter.runner is not None:
+            self.reporter.runner.max_interval = timing.heartbeat
+
     def hub_step(self, requested: bool) -> float:
         """On the hub, every second: nodes that stopped reporting become NotReady,
-        and their pods move after EVICT_AFTER seconds more. Elsewhere every 5 s,
+        and their pods move after NodeTiming.evict_after seconds more. Elsewhere every 5 s,
         only to notice becoming the hub."""
         view = self.view
         if view and view.is_hub:
@@ -324,7 +347,7 @@ class Agent:
             self.tell_api(view.state)
         for node in self.hub.expire([n.name for n in view.state.nodes]):
             log(f"node {node} stopped reporting: NotReady, its endpoints leave every service")
-        due = self.hub.lost_for(EVICT_AFTER)
+        due = self.hub.lost_for(view.state.node_timing.evict_after)
         if due and any(pod.node in due and pod.key not in self.stranded for pod in view.state.pods.values()):
             not_ready, nodes = len(self.hub.lost_for(0.0)), len(view.state.nodes)
             due, disrupted = evictable(due, not_ready, nodes, time.monotonic() - self.evicted_at)
@@ -401,7 +424,8 @@ class Agent:
         """A sync at once after a change (the runner gathers changes that arrive
         during a sync into the next one: a slow sync is never chased change by
         change); between changes, a look at the kernel's rules every
-        check_period, and a full resync when some went missing. A failed sync
+        check_period (sooner in IPVS mode when the IPVS table moved: ProxySync.due),
+        and a full resync when some went missing. A failed sync
         is tried again RESYNC_AFTER_FAILURE seconds later (the runner)."""
         if requested:
             self.health.queued()  # a change waits for a sync (kube-proxy's QueuedUpdate)
@@ -410,13 +434,15 @@ class Agent:
             return self.proxy.check_period
         force = False
         if not requested:
+            if not self.proxy.due(nodes=len(view.state.nodes)):  # (IPVS mode: a look at the IPVS table)
+                return self.proxy.next_look_in()
             lost = self.proxy.check(nodes=len(view.state.nodes))
             if not lost:
-                return self.proxy.check_period
+                return self.proxy.next_look_in()
             log(f"service rules lost ({'; '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}): full resync")
             force = True
         self.sync(view, force)
-        return self.proxy.check_period
+        return self.proxy.next_look_in()  # a sync does not put the next check off
 
     def ready_map(self, view: NodeView) -> dict[str, bool]:
         with self.peers_lock:
@@ -493,10 +519,11 @@ class Agent:
             self.load_balancers.update(state, endpoints, lost)
         except Exception as error:  # noqa: BLE001 - one job failing must not stop the others
             log(f"LoadBalancer update failed: {error}")
-        try:
-            self.policies.sync(state, self.node)
-        except Exception as error:  # noqa: BLE001
-            log(f"network policy sync failed: {error}")
+        if self.netpol is None:
+            try:
+                self.policies.sync(state, self.node)
+            except Exception as error:  # noqa: BLE001
+                log(f"network policy sync failed: {error}")
         try:
             self.ingress.sync(state, endpoints)
         except Exception as error:  # noqa: BLE001
@@ -529,10 +556,11 @@ class Agent:
         api = self.api
         state_part = not settling and (key != self.synced_key or force)
         if state_part:
-            try:
-                self.policies.sync(state, self.node)
-            except Exception as error:  # noqa: BLE001
-                log(f"network policy sync failed: {error}")
+            if self.netpol is None:
+                try:
+                    self.policies.sync(state, self.node)
+                except Exception as error:  # noqa: BLE001
+                    log(f"network policy sync failed: {error}")
             self.synced_ready = ready
         if api.start(state) and api.ready():
             revision = api.revision()  # before the snapshot: every change up to it is in it
@@ -579,6 +607,38 @@ class Agent:
                 self.synced_generation = state.generation
             self.synced.notify_all()
 
+    # ---- NetworkPolicy from the API server: a CNI's policy agent -------------------
+    def policy_step(self, requested: bool) -> float | None:
+        """Writes the policy rules from the API server's view (self.netpol) after each
+        change the feed records: only the sets and chains that differ from what was
+        written (a pod's label: its address added to or deleted from the sets that
+        name it). A failed write is tried again with the newest view (the runner)."""
+        view = self.view
+        if view is None:
+            return 1.0  # (the state says where the API server is)
+        source = self.netpol
+        if not source.start(view.state):
+            return 5.0  # no certificate yet: look again
+        if not source.ready():
+            return 0.05  # the first lists are not all in: rules made now would drop policies
+        revision = source.revision()  # before the snapshot: every change up to it is in it
+        state, version = source.feed.snapshot()
+        unreadable = source.feed.unreadable_policies()
+        if unreadable != self.policies_unreadable:
+            for key in sorted(unreadable - self.policies_unreadable):
+                log(f"NetworkPolicy {key}: its podSelector is not a label selector emu can read; it selects no pod")
+            self.policies_unreadable = unreadable
+        self.policies.sync(state, self.node, retry=False, source=f"resourceVersion {revision} (change {version})")
+        # An informer hands a change on before it takes the change's resourceVersion: read now, with no
+        # change recorded since the snapshot, its revision is one the rules reflect (read in that order).
+        later = source.revision()
+        if source.feed.changes == version:
+            revision = max(revision, later)
+        with self.synced:
+            self.policy_revision = max(self.policy_revision, revision)
+            self.synced.notify_all()
+        return None
+
     def unready(self) -> list[str]:
         """Pods not ready in the view this node's rules were made from; pods that
         run to completion (restartPolicy OnFailure or Never) are not waited for."""
@@ -595,17 +655,31 @@ class Agent:
         if self.api is None:
             result["error"] = "this agent's rules come from the state file (--proxy-from state), not the API server"
             return result
-        result["caughtUp"] = self.api.catch_up(revision, timeout)
+        netpol = self.netpol
+        while netpol is not None and netpol.feed is None and time.monotonic() < deadline:
+            if netpol.unavailable:
+                netpol = None  # no certificate: no policy rules to wait for (logged)
+                break
+            self.policy_job.request()  # (its first run starts the feed)
+            time.sleep(0.05)
+        result["caughtUp"] = self.api.catch_up(revision, timeout) and (
+            netpol is None or netpol.catch_up(revision, max(0.0, deadline - time.monotonic())))  # fmt: skip
         if result["caughtUp"]:
             self.syncer.request()  # (a quiet list changed nothing: no handler woke the sync)
+            if netpol is not None:
+                self.policy_job.request()
             with self.synced:
-                result["programmed"] = self.synced.wait_for(lambda: self.synced_revision >= revision,
-                                                            max(0.0, deadline - time.monotonic()))  # fmt: skip
+                result["programmed"] = self.synced.wait_for(
+                    lambda: self.synced_revision >= revision and (netpol is None or self.policy_revision >= revision),
+                    max(0.0, deadline - time.monotonic()))  # fmt: skip
             # (and the ingress controller's nginx.conf, where it runs here: it watches the API too)
             result["programmed"] = result["programmed"] and self.ingress.wait_revision(
                 revision, max(0.0, deadline - time.monotonic()))
         result["syncedRevision"] = self.synced_revision
         result["seenRevision"] = self.api.revision()
+        if netpol is not None:
+            result["policyRevision"] = self.policy_revision
+            result["policySeenRevision"] = netpol.revision()
         return result
 
     def wait(self, generation: int, ports: list[str], timeout: float, ready_timeout: float) -> dict:
@@ -765,30 +839,35 @@ def make_handler(agent: Agent) -> web.Handler:
     return handle
 
 
-USAGE = "usage: python3 -m emu.node.agent --node NAME [--snapshot FILE] [--port N] [--proxy-from state|api]"
+USAGE = ("usage: python3 -m emu.node.agent --node NAME [--snapshot FILE] [--port N] [--proxy-from state|api] "
+         "[--policy-from state|api]")  # fmt: skip
 PROXY_SOURCES = ("state", "api")  # where the service rules come from: the state file and the hub, or the API server
 
 
 def parse_options(argv: list[str]) -> dict[str, str]:
-    """--node NAME [--snapshot FILE] [--port N] [--proxy-from state|api] (argparse would cost every agent 1 MB)."""
+    """--node NAME [--snapshot FILE] [--port N] [--proxy-from state|api] [--policy-from state|api]
+    (argparse would cost every agent 1 MB). --policy-from defaults to --proxy-from's value."""
     options = {"--snapshot": STATE_FILE, "--port": str(AGENT_PORT), "--proxy-from": "state"}
     if len(argv) % 2:
         raise SystemExit(USAGE)
     for flag, value in zip(argv[::2], argv[1::2]):
-        if flag not in ("--node", "--snapshot", "--port", "--proxy-from"):
+        if flag not in ("--node", "--snapshot", "--port", "--proxy-from", "--policy-from"):
             raise SystemExit(f"unknown option {flag}\n{USAGE}")
         options[flag] = value
     if "--node" not in options or not options["--port"].isdigit():
         raise SystemExit(USAGE)
-    if options["--proxy-from"] not in PROXY_SOURCES:
-        raise SystemExit(f"--proxy-from {options['--proxy-from']}: expected one of {', '.join(PROXY_SOURCES)}\n{USAGE}")
+    options.setdefault("--policy-from", options["--proxy-from"])
+    for flag in ("--proxy-from", "--policy-from"):
+        if options[flag] not in PROXY_SOURCES:
+            raise SystemExit(f"{flag} {options[flag]}: expected one of {', '.join(PROXY_SOURCES)}\n{USAGE}")
     return options
 
 
 def main(argv: list[str] | None = None) -> int:
     options = parse_options(sys.argv[1:] if argv is None else argv)
     node, port = options["--node"], int(options["--port"])
-    agent = Agent(node, options["--snapshot"], port, proxy_from=options["--proxy-from"])
+    agent = Agent(node, options["--snapshot"], port, proxy_from=options["--proxy-from"],
+                  policy_from=options["--policy-from"])  # fmt: skip
     os.makedirs(os.path.dirname(PID_FILE), exist_ok=True)
     with open(PID_FILE, "w") as handle:
         handle.write(str(os.getpid()))

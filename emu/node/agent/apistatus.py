@@ -5,8 +5,9 @@ system:node:NAME in group system:nodes, whose RBAC role and the
 NodeRestriction admission plugin let it change only its own Lease and the
 pods bound to it), what a kubelet writes:
 - its node's Lease in kube-node-lease (holderIdentity the node, 40 s long),
-  created when missing and renewed every RENEW_INTERVAL seconds, as the
-  kubelet's node lease controller does (renewInterval: a quarter of 40 s);
+  created when missing and renewed every quarter of its duration, as the
+  kubelet's node lease controller does (10 s; both follow the topology's
+  controllerManager.nodeMonitorGracePeriod: records.NodeTiming);
 - a service account token for each of its pods (emu.node.agent.tokens);
 - each of its pods' status (conditions, containerStatuses with readiness,
   restartCount and state, podIP, phase) with a PATCH of pods/NAME/status
@@ -36,11 +37,9 @@ from emu.node.agent.tokens import Tokens
 from emu.node.kube import podstatus
 from emu.node.kube.client import ApiError, Client, from_pki, resource_path
 from emu.node.plan import cni
-from emu.node.records import ClusterState, PodState
+from emu.node.records import ClusterState, NodeTiming, PodState
 
 LEASE_NAMESPACE = "kube-node-lease"
-LEASE_DURATION = 40  # seconds (the kubelet's nodeLeaseDurationSeconds)
-RENEW_INTERVAL = 10.0  # seconds between renewals (a quarter of the duration, as the kubelet)
 RETRY = 1.0  # seconds before a write the API server did not take is tried again
 FIELD_MANAGER = "kubelet"
 READINESS_MANAGER = "kubelet-readiness"  # image pods' readiness: emu's commands keep writing the rest
@@ -88,6 +87,7 @@ class ApiStatus:
         self.last_ready: dict[str, bool] = {}  # emu uid -> the Ready condition last seen
         self.failing = False  # the last attempt failed (logged once per streak)
         self.tokens = tokens  # the pods' service account tokens (emu.node.agent.tokens), None: not kept
+        self.timing = NodeTiming()  # the Lease's duration and renewal, as the state's topology sets them
 
     # ---- the step --------------------------------------------------------------
     def step(self, state: ClusterState | None, entries: dict[str, dict[str, dict]],
@@ -97,21 +97,23 @@ class ApiStatus:
         {pod uid: ready} as its probes see them (image pods' readiness). Returns the
         seconds until the next renewal (or a retry)."""
         if state is None or not any(node.name == self.node for node in state.nodes):
-            return RENEW_INTERVAL
+            return self.timing.renew_interval
+        self.timing = state.node_timing
+        renew_interval = self.timing.renew_interval
         client = self._client(state)
         if client is None:
-            return RENEW_INTERVAL * 6  # no certificate: nothing to report to
+            return renew_interval * 6  # no certificate: nothing to report to
         if self.failing:
             # Away for a while: others may have written meanwhile (the node lifecycle
             # controller marks an unreachable node's pods not ready): write them all again.
             self.written.clear()
             self.readiness_written.clear()
         try:
-            if self.clock() - self.renewed_at >= RENEW_INTERVAL:
+            if self.clock() - self.renewed_at >= renew_interval:
                 self.renew(client)
             pending = self.write_statuses(client, state, entries)
             pending = self.write_readiness(client, state, readiness or {}) or pending
-            token_wait = self.tokens.sync(client, state) if self.tokens else RENEW_INTERVAL
+            token_wait = self.tokens.sync(client, state) if self.tokens else renew_interval
         except (OSError, ApiError) as error:
             if not self.failing:
                 self.log(f"reporting to the API server failed: {error}; trying again every {RETRY:.0f} s")
@@ -121,7 +123,7 @@ class ApiStatus:
         if self.failing:
             self.log("reporting to the API server again")
         self.failing = False
-        return RETRY if pending else max(0.05, min(token_wait, RENEW_INTERVAL - (self.clock() - self.renewed_at)))
+        return RETRY if pending else max(0.05, min(token_wait, renew_interval - (self.clock() - self.renewed_at)))
 
     def _client(self, state: ClusterState) -> Client | None:
         server = cni.api_server_node(state).node_ip
@@ -162,7 +164,7 @@ class ApiStatus:
         meta = {"name": self.node, "namespace": LEASE_NAMESPACE}
         if version:
             meta["resourceVersion"] = version
-        spec = {"holderIdentity": self.node, "leaseDurationSeconds": LEASE_DURATION, "renewTime": now}
+        spec = {"holderIdentity": self.node, "leaseDurationSeconds": self.timing.lease_duration, "renewTime": now}
         if acquired:
             spec["acquireTime"] = acquired
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": spec}

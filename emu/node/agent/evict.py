@@ -1,6 +1,6 @@
 """The hub's controller part: pods of a lost node move to the nodes still up.
 
-When a node has been NotReady for EVICT_AFTER seconds, the hub (the agent on
+When a node has been NotReady for a while (15 s, records.NodeTiming.evict_after), the hub (the agent on
 the first control-plane node) does what Kubernetes' taint-based eviction and
 the ReplicaSet controller do together: each Deployment's pod on that node is
 placed again, on the least loaded node still up, with a new IP from that
@@ -20,8 +20,7 @@ from dataclasses import dataclass, field, replace
 from emu.node.records import ClusterState, HostLocalIPAM, PodState
 
 # Kubernetes waits 300 s (the default toleration of node.kubernetes.io/unreachable);
-# a lab is shorter-lived, so emu moves pods sooner.
-EVICT_AFTER = 15.0
+# a lab is shorter-lived, so emu moves pods sooner (records.NodeTiming.evict_after).
 # kube-controller-manager's node lifecycle controller: when more than two nodes and at
 # least this share of them are NotReady at once (PartialDisruption), the fault is more
 # likely its own view (or a machine too busy to report) than so many nodes, and it

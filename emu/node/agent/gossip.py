@@ -20,10 +20,11 @@ from collections.abc import Callable
 
 from emu.node.agent import web
 from emu.node.agent.runner import Runner
-from emu.node.records import MAX_STATE_BYTES, ClusterState, NodeState
+from emu.node.records import MAX_STATE_BYTES, ClusterState, NodeState, NodeTiming
 
-HEARTBEAT = 10.0  # seconds between an agent's reports when nothing changes (the kubelet's nodeStatusUpdateFrequency)
-NODE_GRACE = 25.0  # a node silent this long is NotReady (Kubernetes: node-monitor-grace-period, 40 s)
+# A lab's topology may shorten these (records.NodeTiming, from its nodeMonitorGracePeriod):
+HEARTBEAT = NodeTiming().heartbeat  # 10 s between an agent's reports when nothing changes (nodeStatusUpdateFrequency)
+NODE_GRACE = NodeTiming().hub_grace  # 25 s: a node silent this long is NotReady (Kubernetes' grace period: 40 s)
 RETRY = 0.5
 REPORT_TIMEOUT = 10.0
 

@@ -16,10 +16,18 @@ on 410) and, as the kubelet does:
   emu.node.agent.probes.Kubelet), and writes the pod's status (podIP, phase,
   conditions, containerStatuses) with a PATCH of pods/NAME/status as the field
   manager "kubelet";
-- when the pod is deleted (graceful deletion: deletionTimestamp set), stops its
-  containers (SIGTERM, then SIGKILL after the grace period), removes its
-  namespace and veth, releases its address, and then deletes the pod with a
-  grace period of 0, which removes the API object;
+- when the pod is deleted (graceful deletion: deletionTimestamp and
+  deletionGracePeriodSeconds set), sends its containers SIGTERM and stops
+  starting them again, but keeps the pod as it is meanwhile: its network, its
+  readiness probes and its status (a pod that serves on while it terminates,
+  agnhost netexec --delay-shutdown, stays Ready, so that the EndpointSlice
+  controller publishes it serving and terminating, and kube-proxy falls back
+  to it while no endpoint is ready). Once its containers have all exited, or
+  its grace period is over (from the SIGTERM, as the kubelet counts it), it
+  kills what is left (SIGKILL), removes its namespace and veth, releases its
+  address, and then deletes the pod with a grace period of 0, which removes
+  the API object. The loop never waits for a pod to stop: other pods are
+  synced and probed meanwhile;
 - when the agent starts again (a node restart, an agent crash) it lists its
   pods again: a pod whose namespace is still there is adopted as it is, one
   whose namespace is gone (a node restart) is wired again with the address
@@ -39,6 +47,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from emu.node.agent import container_file
 from emu.node.agent import pods as sandboxes
 from emu.node.agent.apistatus import FIELD_MANAGER, node_client
 from emu.node.agent.probes import Kubelet, ProbeThreads
@@ -162,7 +171,7 @@ class ApiPods:
     def __init__(self, node: str, log: Callable[[str], None], state_of: Callable[[], ClusterState | None],
                  connect: Callable = node_client, ipam_dir: str = IPAM_DIR, run: Callable = run_plan,
                  look: Callable = sandboxes.look, kubelet: Kubelet | None = None,
-                 wall: Callable[[], float] = time.time):  # fmt: skip
+                 wall: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic):  # fmt: skip
         self.node = node
         self.log = log
         self.state_of = state_of
@@ -172,6 +181,7 @@ class ApiPods:
         self.run = run
         self.look = look
         self.wall = wall
+        self.clock = clock
         self.kubelet = kubelet or Kubelet(ProbeThreads(), restart=self._restart)
         self.client: Client | None = None
         self.informer = None
@@ -182,6 +192,7 @@ class ApiPods:
         self.transitions: dict[str, dict[str, str]] = {}  # API uid -> {condition: lastTransitionTime}
         self.last_ready: dict[str, bool] = {}
         self.confirmed: set[str] = set()  # API uids whose deletion this kubelet confirmed
+        self.stopping: dict[str, tuple[float, PodState]] = {}  # API uid -> (when SIGTERM went, the pod): deleted
         self.job = Runner("apipods", self.step, log, gather=0.05, retry_interval=RETRY, fds=self._fds,
                           describe=lambda: "the kubelet's sync of pods made through the API")  # fmt: skip
 
@@ -206,12 +217,14 @@ class ApiPods:
         if [p.uid for p in pods] != [p.uid for p in self.kubelet.pods]:
             self.kubelet.set_pods(pods)
         self.kubelet.step()
+        stopping_pending, stop_due = self.finish_stopping()
+        pending = stopping_pending or pending
         try:
             pending = self.write_statuses(state) or pending
         except (OSError, ApiError) as error:
             self.log(f"writing pod status failed: {error}")
             pending = True
-        wake = min(self.kubelet.next_wake() - time.monotonic(), RESYNC)
+        wake = min(self.kubelet.next_wake() - self.clock(), RESYNC, stop_due)
         return RETRY if pending else max(0.01, wake)
 
     def _fds(self) -> list[int]:
@@ -238,11 +251,10 @@ class ApiPods:
         for uid, obj in objects.items():
             key = podwatch.key(obj)
             if podwatch.meta(obj).get("deletionTimestamp"):
-                grace = podwatch.meta(obj).get("deletionGracePeriodSeconds") or 0
-                if uid in allocated and not self.unwire(uid, key, allocated[uid][0], grace):
-                    pending = True
-                    continue
-                pending |= not self.confirm_deletion(obj)
+                if uid in allocated:
+                    pending |= not self.stop(uid, obj, allocated[uid][0], seen.netns)
+                else:
+                    pending |= not self.confirm_deletion(obj)
                 continue
             if podwatch.terminal(obj):
                 continue
@@ -287,6 +299,58 @@ class ApiPods:
         self.log(f"pod {pod.key}: {'wired again' if rebuild else 'wired'} with {pod.ip} ({why})")
         return True
 
+    # ---- graceful deletion -----------------------------------------------------
+    def stop(self, uid: str, obj: dict, ip: str, netns: set[str]) -> bool:
+        """Graceful deletion's first step, once a pod: SIGTERM to its containers, which are not
+        started again from now on. The pod keeps its network and its probes until `finish_stopping`."""
+        if uid in self.stopping:
+            return True
+        key = podwatch.key(obj)
+        with self.lock:
+            pod = self.wired.get(uid)
+        if pod is None and netns_of(key) in netns:  # the agent started again while the pod was stopping
+            pod = podwatch.pod_state(obj, self.node, ip)
+            with self.lock:
+                self.wired[uid] = pod
+        if pod is None or deletion_grace(obj) <= 0:
+            return self.unwire(uid, key, ip, 0) and self.confirm_deletion(obj)
+        result = self.run(sigterm_plan(self.node, pod), f"{RUN_DIR}/{pod.netns}.sh")
+        if result.returncode:
+            self.log(f"pod {key}: sending its containers SIGTERM failed (exit {result.returncode}): "
+                     f"{(result.stdout + result.stderr)[-2000:]}")  # fmt: skip
+            return False
+        self.stopping[uid] = (self.clock(), pod)
+        self.kubelet.stopping.add(pod.uid)
+        self.log(f"pod {key}: deleted: SIGTERM sent to its containers, {deletion_grace(obj)} s to exit")
+        return True
+
+    def finish_stopping(self) -> tuple[bool, float]:
+        """Graceful deletion's end: each stopping pod whose containers have all exited, or whose grace
+        period is over, is removed (SIGKILL to what is left) and its deletion confirmed.
+        (Whether some are left to retry, seconds until the next grace period ends.)"""
+        pending, due = False, RESYNC
+        if not self.stopping:
+            return pending, due
+        objects = {podwatch.meta(p).get("uid", ""): p for p in self.informer.list()}
+        now = self.clock()
+        for uid, (since, pod) in list(self.stopping.items()):
+            obj = objects.get(uid)
+            if obj is None:  # deleted outright meanwhile (grace 0): sync removes it
+                continue
+            grace = deletion_grace(obj)
+            dead = set(self.kubelet.dead.get(pod.uid, []))
+            exited = pod.uid in self.kubelet.alive and dead >= {c["name"] for c in pod.containers}
+            if not exited and now < since + grace:
+                due = min(due, since + grace - now)
+                continue
+            self.log(f"pod {pod.key}: " + ("its containers exited" if exited else
+                                           f"its grace period of {grace} s is over: SIGKILL"))  # fmt: skip
+            if not self.unwire(uid, pod.key, pod.ip, 0):
+                pending = True
+                continue
+            pending |= not self.confirm_deletion(obj)
+        return pending, due
+
     def unwire(self, uid: str, key: str, ip: str, grace: int) -> bool:
         """Stop the pod's containers (SIGTERM, SIGKILL after `grace` seconds), remove
         its namespace, veth and files, and release its address."""
@@ -304,7 +368,9 @@ class ApiPods:
             return False
         self.ipam.release(uid)
         with self.lock:
-            self.wired.pop(uid, None)
+            gone = self.wired.pop(uid, None)
+        if self.stopping.pop(uid, None) and gone is not None:
+            self.kubelet.stopping.discard(gone.uid)
         for table in (self.written, self.transitions, self.last_ready):
             table.pop(uid, None)
         self.log(f"pod {key}: removed, {ip} released")
@@ -341,15 +407,16 @@ class ApiPods:
         with self.lock:
             wired = dict(self.wired)
         for uid, obj in objects.items():
-            if podwatch.meta(obj).get("deletionTimestamp") or podwatch.emu_driven(obj):
+            if podwatch.emu_driven(obj):
                 continue
+            # (A pod being deleted is reported on while it stops: its readiness keeps the endpoint serving.)
             if uid in wired:
                 pod = wired[uid]
                 entries = self.kubelet.container_entries(pod)
                 if not entries and pod.uid not in self.kubelet.alive:
                     continue  # not looked at yet
                 status = self.desired(state, uid, obj, pod, entries)
-            elif uid in self.refused:
+            elif uid in self.refused and not podwatch.meta(obj).get("deletionTimestamp"):
                 status = self.refused_status(obj, *self.refused[uid])
             else:
                 continue
@@ -393,6 +460,22 @@ class ApiPods:
                       for kind in podstatus.CONDITIONS]  # fmt: skip
         return {"phase": "Pending", "conditions": conditions, "containerStatuses": statuses,
                 "message": f"container {container}: {why}" if container else why, "reason": "CreateContainerError"}
+
+
+def deletion_grace(obj: dict) -> int:
+    """The seconds a deleted pod has to stop: its deletionGracePeriodSeconds (0: none)."""
+    grace = podwatch.meta(obj).get("deletionGracePeriodSeconds")
+    return grace if isinstance(grace, int) and grace > 0 else 0
+
+
+def sigterm_plan(node: str, pod: PodState) -> NodePlan:
+    """SIGTERM to each container's process (its pid file: a number while it runs), as a container
+    runtime stops a container. Its parent (cni.CONTAINER_PARENT) stays, to record the exit code."""
+    files = " ".join(shlex.quote(container_file(pod.netns, c["name"], "pid")) for c in pod.containers)
+    plan = NodePlan(node=node, container="")
+    plan.steps.append(f'for f in {files}; do for p in $(cat "$f" 2>/dev/null); do '
+                      'case $p in *[!0-9]*) ;; *) kill -TERM "$p" 2>/dev/null || true ;; esac; done; done')  # fmt: skip
+    return plan
 
 
 def _condition(obj: dict, kind: str) -> str | None:

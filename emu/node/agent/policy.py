@@ -8,6 +8,16 @@ sync with policies and by any sync after a failed one; with no policy left,
 hook, chains and sets are all removed. Policies depend on the state only (pods, labels,
 namespaces, policies), not on readiness, so a state generation already
 written costs nothing.
+
+Where the policies, pods and namespaces come from: with the agent's
+`--policy-from api` (the default where its service rules come from the API
+server too, emu.node.plan.cni), as a CNI's policy agent (Calico's, Cilium's,
+kube-router's), from the API server's NetworkPolicies, Pods and Namespaces
+(`PolicySource`, emu.node.kube.policyfeed, with the network policy agent's own
+certificate): kubectl's policies and pods are enforced like emu's, and a policy,
+pod label or namespace label change reaches the rules as one watch event, the
+sets and chains it touches rewritten and nothing else. Otherwise from the
+state file.
 """
 
 from __future__ import annotations
@@ -20,6 +30,10 @@ from collections.abc import Callable
 
 from emu.node.agent import run as bounded_run
 from emu.node import policy
+from emu.node.kube.client import Client, from_pki
+from emu.node.kube.informer import Informer
+from emu.node.kube.policyfeed import PolicyFeed
+from emu.node.plan import cni
 from emu.node.records import ClusterState
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -42,19 +56,22 @@ class PolicySync:
             self.sets = self.chains = None  # the next sync writes everything
             raise RuntimeError(f"{shlex.join(argv)} failed: {result.stderr.strip()[:500]}")
 
-    def sync(self, state: ClusterState, node: str) -> int:
+    def sync(self, state: ClusterState, node: str, retry: bool = True, source: str = "") -> int:
         """Write this generation's rules if not written yet; returns how many sets and chains were written.
-        A failure is retried in full RETRY_AFTER seconds later (the agent syncs only on changes)."""
+        With `retry`, a failure is retried in full RETRY_AFTER seconds later (the agent syncs the state
+        file's only on changes); without, the caller's job tries again (with its newest view).
+        `source`: what the log line says the rules were made from (default: the state's generation)."""
         with self.lock:
             if self.retry is not None:
                 self.retry.cancel()
                 self.retry = None
             try:
-                return self._sync(state, node)
+                return self._sync(state, node, source or f"generation {state.generation}")
             except Exception:
-                self.retry = threading.Timer(RETRY_AFTER, self._retry, (state, node))
-                self.retry.daemon = True
-                self.retry.start()
+                if retry:
+                    self.retry = threading.Timer(RETRY_AFTER, self._retry, (state, node))
+                    self.retry.daemon = True
+                    self.retry.start()
                 raise
 
     def _retry(self, state: ClusterState, node: str) -> None:
@@ -63,7 +80,7 @@ class PolicySync:
         except Exception as error:  # noqa: BLE001 - logged; sync scheduled the next try
             self.log(f"network policy sync failed again: {error}")
 
-    def _sync(self, state: ClusterState, node: str) -> int:
+    def _sync(self, state: ClusterState, node: str, source: str) -> int:
         if state.generation == self.generation:
             return 0
         started = time.monotonic()
@@ -93,7 +110,7 @@ class PolicySync:
         written += sum(1 for line in chain_text.splitlines() if line.startswith(":"))
         if set_text or chain_text or destroy:
             took = (time.monotonic() - started) * 1000
-            self.log(f"network policies of generation {state.generation}: {written} sets and chains in {took:.1f} ms")
+            self.log(f"network policies of {source}: {written} sets and chains in {took:.1f} ms")
         return written
 
     def remove_hook(self) -> None:
@@ -117,3 +134,69 @@ class PolicySync:
     def existing_sets(self) -> list[str]:
         result = self.run(["ipset", "list", "-n"], capture_output=True, text=True)
         return [name for name in result.stdout.split() if name.startswith(policy.SET_PREFIX)]
+
+
+NETWORK_POLICY_CERT = "network-policy"  # network-policy.crt/.key in the node's PKI folder (emu.control.pki)
+
+
+def network_policy_client(state: ClusterState, node: str, pki: str = cni.PKI_DIR) -> Client | None:
+    """A client of the cluster's API server as the network policy agent (user
+    emu-network-policy, which RBAC's ClusterRole emu-network-policy lets list and watch
+    NetworkPolicies, Pods and Namespaces, and nothing else), None where the node has no
+    such certificate (a cluster made without an API server, or by an older emu)."""
+    server = f"https://{cni.api_server_node(state).node_ip}:{cni.API_PORT}"
+    return from_pki(server, pki, NETWORK_POLICY_CERT, f"emu-network-policy/emu ({node})")
+
+
+class PolicySource:
+    """The network policy agent's watch of the API server (emu.node.kube.policyfeed):
+    NetworkPolicies, Pods and Namespaces, listed and watched by informers that reconnect
+    by themselves (the rules stay as they are while the server is away). `on_change`
+    wakes the policy job; `revision()` is the resourceVersion up to which every change
+    of the three has reached the feed."""
+
+    def __init__(self, node: str, log: Callable[[str], None], on_change: Callable[[], None],
+                 connect: Callable[[ClusterState, str], Client | None] = network_policy_client):  # fmt: skip
+        self.node = node
+        self.log = log
+        self.on_change = on_change
+        self.connect = connect
+        self.feed: PolicyFeed | None = None
+        self.informers: list[Informer] = []
+        self.unavailable = False  # no certificate when last asked (a cluster made by an older emu)
+
+    def start(self, state: ClusterState) -> bool:
+        """Start watching (once). Whether the feed runs."""
+        if self.feed is not None:
+            return True
+        client = self.connect(state, self.node)
+        if client is None:
+            if not self.unavailable:
+                self.log("no network policy agent certificate: no network policies until there is one")
+                self.unavailable = True
+            return False
+        self.unavailable = False
+        self.feed = PolicyFeed(self.on_change)
+        self.informers = self.feed.informers(client, self.log)
+        for informer in self.informers:
+            informer.start()
+        return True
+
+    def ready(self) -> bool:
+        """Whether every informer has listed once: rules made before that would drop
+        every policy the feed has not seen yet."""
+        return bool(self.informers) and all(informer.synced.is_set() for informer in self.informers)
+
+    def revision(self) -> int:
+        return min((informer.revision() for informer in self.informers), default=0)
+
+    def catch_up(self, revision: int, timeout: float) -> bool:
+        """Whether every informer has seen `revision` within `timeout` (a quiet one lists again)."""
+        deadline = time.monotonic() + timeout
+        return bool(self.informers) and all(
+            informer.catch_up(revision, max(0.0, deadline - time.monotonic())) for informer in self.informers
+        )
+
+    def stop(self) -> None:
+        for informer in self.informers:
+            informer.stop()

@@ -256,6 +256,7 @@ class Kubelet:
         self.alive_checked = float("-inf")
         self.ready: dict[str, bool] = {}  # pod uid -> ready
         self.dead: dict[str, list[str]] = {}  # pod uid -> its containers whose process does not run
+        self.stopping: set[str] = set()  # pod uids being deleted: their containers are not started again
         self.generation = 0  # counts the steps that changed what container_entries would say
 
     def set_pods(self, pods: list[PodState]) -> None:
@@ -263,6 +264,7 @@ class Kubelet:
         self.pods = pods
         self.uids = [(pod.uid, pod) for pod in pods]  # (a uid is worked out each time it is asked for)
         self.watch.forget(pods)
+        self.stopping &= {p.uid for p in pods}
         containers = {(p.uid, c["name"]) for p in pods for c in p.containers}
         self.restarts = {key: value for key, value in self.restarts.items() if key in containers}
         keys = {(p.uid, c["name"]) for p in pods for c in p.containers if c.get("readinessProbe")}
@@ -294,7 +296,9 @@ class Kubelet:
     def keep_running(self, pod: PodState, dead: list[str], now: float) -> None:
         """Start again the pod's containers whose process ended, as the pod's
         restartPolicy says (Always; OnFailure: after a non-zero exit; Never: not),
-        each after its back-off."""
+        each after its back-off; never those of a pod being deleted."""
+        if pod.uid in self.stopping:
+            return
         for name in dead:
             if not self.watch.started(pod, name):
                 continue

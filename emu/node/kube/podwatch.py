@@ -6,7 +6,7 @@ built from (emu.node.records.PodState).
 
 What a plain Pod manifest may run in a node (docs/manifests.md, "Images"): the
 e2e test image agnhost with `args: [netexec, ...]` (emu's built-in netexec,
-flags --http-port and --udp-port) or `args: [pause]`. Other images are Docker
+flags --http-port, --udp-port and --delay-shutdown) or `args: [pause]`. Other images are Docker
 containers, which only emu's own commands start today: such a pod is refused
 by `unsupported` with a reason the kubelet writes into the pod's status.
 Pods that emu's own commands drive (emu.apiserver.mirror's annotation
@@ -27,7 +27,7 @@ from emu.node.records import PodState
 MANAGED_BY = "emu.io/managed-by"
 EMU_MANAGER = "emu"
 AGNHOST = re.compile(r"(^|/)agnhost([:@]|$)")
-WORKLOAD_FLAGS = {"netexec": ("--http-port", "--udp-port"), "pause": ()}
+WORKLOAD_FLAGS = {"netexec": ("--http-port", "--udp-port", "--delay-shutdown"), "pause": ()}
 PROBE_KEYS = ("httpGet", "tcpSocket", "exec", "initialDelaySeconds", "periodSeconds", "timeoutSeconds",
               "successThreshold", "failureThreshold")  # fmt: skip
 

@@ -75,11 +75,12 @@ def service_state(obj: dict) -> ServiceState:
     if spec.get("sessionAffinity") == "ClientIP":
         config = (spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}
         affinity = int(config.get("timeoutSeconds") or DEFAULT_AFFINITY_TIMEOUT)
-    # kube-proxy programs the addresses the load balancer published in status; the
-    # deprecated spec.loadBalancerIP is what was asked for, used while status has none.
+    # kube-proxy programs the addresses the load balancer published in status, never the
+    # deprecated spec.loadBalancerIP (a request the load balancer may refuse: a pending
+    # Service must not get an address on a node).
     ingress = [i.get("ip") for i in ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []]
     ingress = [ip for ip in ingress if ip]
-    load_balancer_ip = (ingress[0] if ingress else spec.get("loadBalancerIP")) if kind == "LoadBalancer" else None
+    load_balancer_ip = (ingress[0] if ingress else None) if kind == "LoadBalancer" else None
     # kube-proxy's LoadBalancerSourceRanges: trimmed, each a CIDR (the API server validated them).
     ranges = [str(ipaddress.IPv4Network(r.strip(), strict=False)) for r in spec.get("loadBalancerSourceRanges") or []
               if _ipv4_network(r)]  # fmt: skip

@@ -26,7 +26,16 @@ from emu.node.agent import (
 from emu.node.plan import NodePlan
 from emu.node.proxy import mode_of, proxier
 from emu.node.proxy.iptables import comment
-from emu.node.records import DEFAULT_DNS_DOMAIN, KUBE_DNS_INDEX, ClusterState, NodeState, PodState, well_known_ip
+from emu.node.records import (
+    DEFAULT_DNS_DOMAIN,
+    KUBE_DNS_INDEX,
+    ClusterState,
+    NodeState,
+    PodState,
+    sha256,
+    well_known_ip,
+)
+from emu.node.services import pod_service_env
 
 PLAN_DIR = "/etc/emu/plan"
 BOOT_DIR = f"{PLAN_DIR}/boot"
@@ -60,6 +69,7 @@ IPTABLES_BACKEND_STEP = (
 # processes are still dying would keep it alive), its namespace and files.
 VOLUME_DIR = "/var/lib/emu/volumes"  # <netns>/<volume>/: the files of a pod's volumes
 TOKEN_DIR = "/var/lib/emu/tokens"  # <netns>/: token, ca.crt, namespace (emu.node.agent.tokens)
+SERVICE_ENV_DIR = "/var/lib/emu/service-env"  # <namespace>-<hash>: Service variables; pods/<netns>: a pod's
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"  # where containers see them
 # What a pod must not see of its node: the cluster's keys (the CA's and the service
 # accounts' on the API server's node, the node's own elsewhere) and the API server's data.
@@ -301,10 +311,38 @@ def container_command(container: dict) -> list[str]:
 
 
 def container_environment(pod: PodState, container: dict) -> list[str]:
-    env = {"PATH": PATH, "HOME": "/root", "HOSTNAME": pod.host_name, **pod.service_env}
-    for variable in container.get("env", []):
-        env[variable["name"]] = variable.get("value", "")
-    return [f"{name}={value}" for name, value in env.items()]
+    """The container's own variables (its env, resolved when the pod was made), after
+    what every container gets (PATH, HOME, HOSTNAME) and its Service variables
+    (service_env_file, read when it starts)."""
+    return [f"{variable['name']}={variable.get('value', '')}" for variable in container.get("env", [])]
+
+
+def service_env_file(pod: PodState) -> str:
+    """The pod's file of Service variables, which its containers (and commands run in
+    it) read as they start: it sources the variables as they were when the pod was
+    made (service_env_files)."""
+    return f"{SERVICE_ENV_DIR}/pods/{pod.netns}"
+
+
+def service_env_files(state: ClusterState, pods: list[PodState]) -> dict[str, str]:
+    """The Service variables of `pods`, from the Services as they are now, as the
+    kubelet gives them to a container: its namespace's (or with enableServiceLinks
+    false the kubernetes Service's alone) in one file each set of them, named by its
+    content and kept, and for each pod a line that sources its set. Not 7,000
+    variables in each container's start script of a namespace of 1,000 Services; and
+    a pod made before a Service keeps what it started with, as on a cluster."""
+    files: dict[str, str] = {}
+    made: dict[tuple[str, bool], str] = {}
+    for pod in pods:
+        key = (pod.namespace, pod.enable_service_links)
+        if key not in made:
+            env = pod_service_env(state.services, pod, pod.enable_service_links)
+            text = "".join(f"export {name}={shlex.quote(value)}\n" for name, value in env.items())
+            digest = sha256(text.encode()).hexdigest()[:12]
+            made[key] = f"{SERVICE_ENV_DIR}/{pod.namespace if pod.enable_service_links else '-'}-{digest}"
+            files[made[key]] = text
+        files[service_env_file(pod)] = f". {made[key]}\n"
+    return files
 
 
 def volume_files(pod: PodState) -> dict[str, str]:
@@ -343,11 +381,15 @@ def mount_commands(pod: PodState, container: dict) -> str:
 def in_pod_argv(pod: PodState, container: dict, argv: list[str]) -> list[str]:
     """argv that runs `argv` as the pod's container: in the pod's network
     namespace, in a UTS namespace whose hostname is the pod's name, with its
-    volumes mounted and only the container's environment."""
+    volumes mounted and only the container's environment: the Service variables
+    of its service_env_file (where the node has it), then its own."""
+    services = service_env_file(pod)
     return [
         "ip", "netns", "exec", pod.netns,
         "unshare", "--uts", "/bin/sh", "-c", mount_commands(pod, container) + 'hostname "$0" && exec "$@"', pod.host_name,
-        "env", "-i", *container_environment(pod, container), *argv,
+        "env", "-i", f"PATH={PATH}", "HOME=/root", f"HOSTNAME={pod.host_name}",
+        "/bin/sh", "-c", f'[ ! -r {services} ] || . {services}; exec env -u PWD "$@"', "sh",
+        *container_environment(pod, container), *argv,
     ]  # fmt: skip
 
 
@@ -469,9 +511,11 @@ API_LOG = "/var/log/emu/apiserver.log"
 # The scheduler too: it binds only pods without spec.nodeName (emu's own pods have one),
 # and the node's kubelet (emu.node.agent.kubelet) runs what it binds. And the workload
 # controllers and the garbage collector, for the workloads made through the API (they
-# leave emu's own, marked emu.io/managed-by, to emu's commands).
+# leave emu's own, marked emu.io/managed-by, to emu's commands). And the service
+# load-balancer controller: LoadBalancer Services made through the API get an address
+# of the lab's pool (--load-balancer-pool), around emu's own.
 API_CONTROLLERS = ("endpointslice", "endpoints", "serviceaccount", "rootca", "nodelifecycle", "scheduler", "deployment",
-                   "replicaset", "statefulset", "daemonset", "garbagecollector")
+                   "replicaset", "statefulset", "daemonset", "garbagecollector", "servicelb")
 
 
 def api_server_node(state: ClusterState) -> NodeState:
@@ -486,6 +530,8 @@ def start_apiserver_line(state: ClusterState) -> str:
         "env", f"PYTHONPATH={AGENT_LIB}", "python3", "-m", "emu.apiserver",
         "--data", API_DATA_DIR, "--listen", f"0.0.0.0:{API_PORT}", "--pki", PKI_DIR,
         "--service-cidr", state.net.service_subnet, "--emu-driven", "--controllers", ",".join(API_CONTROLLERS),
+        "--node-monitor-grace-period", f"{state.node_timing.grace:g}s",
+        *(["--load-balancer-pool", "-".join(state.load_balancer_pool)] if state.load_balancer_pool else []),
     ])  # fmt: skip
     loop = f'while true; do {server}; echo "emu apiserver exited ($?); starting it again"; sleep 1; done'
     return f"mkdir -p {API_DATA_DIR} && setsid sh -c {shlex.quote(loop)} >>{API_LOG} 2>&1 </dev/null &"
@@ -529,6 +575,10 @@ def agent_bytecode(sources: dict[str, str]) -> dict[str, bytes]:
 # (kube-proxy's watch, emu.node.agent.proxysync.ApiSource) when True; the state file and
 # the hub's readiness when False. `emu up` waits for what this says (emu.control.cluster).
 PROXY_FROM_API = True
+# Where NetworkPolicy comes from where the service rules come from the API server: its
+# NetworkPolicies, Pods and Namespaces (a CNI's policy agent's watch, emu.node.agent.policy.
+# PolicySource) when True; the state file when False (kubectl's policies are then not enforced).
+POLICY_FROM_API = True
 
 
 def start_agent_line(node: NodeState) -> str:
@@ -541,7 +591,8 @@ def start_agent_line(node: NodeState) -> str:
     # the heap, which kept 1-4 MB of a 1,000-service agent after each.
     agent = shlex.join(
         ["env", f"PYTHONPATH={AGENT_LIB}", "MALLOC_ARENA_MAX=1", "MALLOC_MMAP_THRESHOLD_=131072", "python3", "-m",
-         "emu.node.agent", "--node", node.name, *(["--proxy-from", "api"] if PROXY_FROM_API else [])]
+         "emu.node.agent", "--node", node.name, *(["--proxy-from", "api"] if PROXY_FROM_API else []),
+         *(["--policy-from", "state"] if PROXY_FROM_API and not POLICY_FROM_API else [])]
     )  # fmt: skip
     loop = f'while true; do {agent}; echo "emu agent exited ($?); starting it again"; sleep 1; done'
     return f"setsid sh -c {shlex.quote(loop)} >{AGENT_LOG} 2>&1 </dev/null &"
@@ -606,6 +657,7 @@ def node_plan(
     if added:
         plan.files[f"{plan_dir}/pods.batch"] = "".join(pod_root_batch(pod, state.mtu) for pod in added)
         plan.steps.append(f"ip -batch {plan_dir}/pods.batch")
+    plan.files.update(service_env_files(state, [p for p in added if not all(runs_image(c) for c in p.containers)]))
     for pod in added:
         batch = f"{plan_dir}/pod-{pod.netns}.batch"
         plan.files[batch] = pod_namespace_batch(pod, node)

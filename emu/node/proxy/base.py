@@ -27,6 +27,11 @@ Runner = Callable[..., subprocess.CompletedProcess]
 
 MASQ_MARK = "0x4000"  # kube-proxy's default --masquerade-bit 14
 
+
+def masquerade_mark(bit: int) -> str:
+    """The packet mark kube-proxy sets for SNAT: bit `bit` (its masqueradeBit, 14: 0x4000)."""
+    return f"{1 << bit:#x}"
+
 # Two base32 characters for every 10-bit value: base64.b32encode is pure Python
 # in 3.11 and this is 2.4x faster, which matters at 10,000 services.
 _B32 = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"

@@ -15,11 +15,11 @@ import ipaddress
 
 from emu.node.proxy.base import (
     B32_PAIRS,
-    MASQ_MARK,
     Bootstrap,
     Proxier,
     Runner,
     localhost_node_ports,
+    masquerade_mark,
     no_gc,
     node_port_addresses,
     run_text,
@@ -222,9 +222,10 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
         rules.add("nat", "KUBE-SERVICES", f"{last} -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS")
     for ip in addresses or ():
         rules.add("nat", "KUBE-SERVICES", f"{last} -d {ip}/32 -j KUBE-NODEPORTS")
-    rules.add("nat", "KUBE-MARK-MASQ", f"-j MARK --or-mark {MASQ_MARK}")
-    rules.add("nat", "KUBE-POSTROUTING", f"-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN")
-    rules.add("nat", "KUBE-POSTROUTING", f"-j MARK --xor-mark {MASQ_MARK}")
+    mark = masquerade_mark(state.net.masquerade_bit)
+    rules.add("nat", "KUBE-MARK-MASQ", f"-j MARK --or-mark {mark}")
+    rules.add("nat", "KUBE-POSTROUTING", f"-m mark ! --mark {mark}/{mark} -j RETURN")
+    rules.add("nat", "KUBE-POSTROUTING", f"-j MARK --xor-mark {mark}")
     rules.add(
         "nat",
         "KUBE-POSTROUTING",
@@ -236,7 +237,7 @@ def _render(state, node, endpoints, pod_subnet, cache) -> Ruleset:
     rules.add(
         "filter",
         "KUBE-FORWARD",
-        f"{comment('kubernetes forwarding rules')} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT",
+        f"{comment('kubernetes forwarding rules')} -m mark --mark {mark}/{mark} -j ACCEPT",
     )
     rules.add(
         "filter",

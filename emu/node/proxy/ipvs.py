@@ -32,6 +32,7 @@ from emu.node.proxy.base import (
     KernelMissing,
     Proxier,
     Runner,
+    masquerade_mark,
     node_addresses,
     node_port_addresses,
     service_ports,
@@ -186,7 +187,8 @@ def render(state: ClusterState, node: str, endpoints: dict, cache: dict | None =
     addresses = sorted(set(addresses), key=_ip_order)
     sets["KUBE-IPVS-IPS"] = list(addresses)
     sets = {name: sorted(set(entries)) for name, entries in sets.items()}
-    return IpvsRules(addresses, servers, sets, iptables_rules(sets, net.cluster_cidr, net.masquerade_all))
+    return IpvsRules(addresses, servers, sets,
+                     iptables_rules(sets, net.cluster_cidr, net.masquerade_all, masquerade_mark(net.masquerade_bit)))
 
 
 def ipvs_node_ips(state: ClusterState, node: str) -> list[str]:
@@ -267,7 +269,7 @@ def _comment(text: str) -> str:
 
 
 def iptables_rules(
-    sets: dict[str, list[str]], pod_subnet: str, masquerade_all: bool = False
+    sets: dict[str, list[str]], pod_subnet: str, masquerade_all: bool = False, mark: str = MASQ_MARK
 ) -> dict[str, dict[str, list[str]]]:
     """kube-proxy's writeIptablesRules for the IPVS proxier. `pod_subnet` is the
     local-traffic detector (networking.clusterCIDR; "": none)."""
@@ -305,7 +307,7 @@ def iptables_rules(
         if sets[name]:
             nat["KUBE-SERVICES"].append(f"-m set --match-set {name} dst,dst -j ACCEPT")
     filt["KUBE-FORWARD"] += [
-        f'{_comment("kubernetes forwarding rules")} -m mark --mark {MASQ_MARK}/{MASQ_MARK} -j ACCEPT',
+        f'{_comment("kubernetes forwarding rules")} -m mark --mark {mark}/{mark} -j ACCEPT',
         f'{_comment("kubernetes forwarding conntrack rule")} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT',
     ]
     filt["KUBE-NODE-PORT"].append(
@@ -318,11 +320,11 @@ def iptables_rules(
         filt["KUBE-IPVS-FILTER"].append(f"-m set --match-set {name} {match} -j RETURN")
     filt["KUBE-IPVS-FILTER"].append("-m conntrack --ctstate NEW -m set --match-set KUBE-IPVS-IPS dst -j REJECT")
     nat["KUBE-POSTROUTING"] += [
-        f"-m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
-        f"-j MARK --xor-mark {MASQ_MARK}",
+        f"-m mark ! --mark {mark}/{mark} -j RETURN",
+        f"-j MARK --xor-mark {mark}",
         f'{_comment("kubernetes service traffic requiring SNAT")} -j MASQUERADE --random-fully',
     ]
-    nat["KUBE-MARK-MASQ"].append(f"-j MARK --or-mark {MASQ_MARK}")
+    nat["KUBE-MARK-MASQ"].append(f"-j MARK --or-mark {mark}")
     return tables
 
 

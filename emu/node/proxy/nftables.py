@@ -30,11 +30,11 @@ import time
 from dataclasses import dataclass, field
 
 from emu.node.proxy.base import (
-    MASQ_MARK,
     Bootstrap,
     Proxier,
     Runner,
     base32_8,
+    masquerade_mark,
     no_gc,
     node_port_addresses,
     run_text,
@@ -159,8 +159,9 @@ def setup(state: ClusterState, node: NodeState | None) -> tuple[list[str], dict[
     chains.update({name: [] for name in REGULAR_CHAINS})
     for source, rule in JUMPS:
         chains[source].append(rule)
-    chains["mark-for-masquerade"].append(f"mark set mark or {MASQ_MARK}")
-    chains["masquerading"] += [f"mark and {MASQ_MARK} == 0 return", f"mark set mark xor {MASQ_MARK}",
+    mark = masquerade_mark(state.net.masquerade_bit)
+    chains["mark-for-masquerade"].append(f"mark set mark or {mark}")
+    chains["masquerading"] += [f"mark and {mark} == 0 return", f"mark set mark xor {mark}",
                                "masquerade fully-random"]  # fmt: skip
     chains["cluster-ips-check"] += [
         'ip daddr @cluster-ips reject comment "Reject traffic to invalid ports of ClusterIPs"',

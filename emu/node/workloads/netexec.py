@@ -5,10 +5,16 @@ HTTP (default port 8080):
   /clientip        the source address:port this server saw
   /echo?msg=TEXT   TEXT
   /healthz         "ok", or 503 after /sethealth?status=fail (for readiness probes)
+  /readyz          "ok"; 503 "shutting down" once SIGTERM came (agnhost's: out of
+                   endpoints, yet healthy)
   /sethealth?status=fail|ok   flip what /healthz answers
   /                "NOW: <time>" as agnhost does
 UDP (default port 8081): "hostname" -> pod name, "echo TEXT" -> TEXT,
 "clientip" -> source address:port; anything else -> the pod's name.
+
+On SIGTERM it exits 0, as agnhost netexec does; with --delay-shutdown=SECONDS
+it first keeps serving that many seconds (agnhost's flag: a pod that answers
+while it terminates, for kube-proxy's terminating endpoints).
 
 Runs inside node containers with the standard library only.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import http.server
 import os
+import signal
 import socket
 import socketserver
 import sys
@@ -27,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 
 HEALTH = {"ok": True}
+TERMINATING = threading.Event()  # SIGTERM came: /readyz answers 503
 
 
 def pod_name() -> str:
@@ -48,6 +56,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif url.path == "/healthz":
             if not HEALTH["ok"]:
                 self._reply(503, "unhealthy")
+                return
+            body = "ok"
+        elif url.path == "/readyz":
+            if TERMINATING.is_set():
+                self._reply(503, "shutting down")
                 return
             body = "ok"
         elif url.path == "/sethealth":
@@ -97,11 +110,29 @@ def serve_udp(port: int) -> None:
         sock.sendto(udp_answer(payload, client), client)
 
 
+def on_sigterm(delay: int) -> None:
+    """SIGTERM: exit 0, after `delay` seconds of serving on (agnhost netexec's --delay-shutdown)."""
+    if TERMINATING.is_set():
+        return
+    TERMINATING.set()
+    if delay <= 0:
+        os._exit(0)
+    print(f"netexec: SIGTERM: sleeping {delay} seconds before terminating...", flush=True)
+    timer = threading.Timer(delay, os._exit, (0,))
+    timer.daemon = True
+    timer.start()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="netexec")
     parser.add_argument("--http-port", type=int, default=8080)
     parser.add_argument("--udp-port", type=int, default=8081, help="0 turns UDP off")
+    parser.add_argument("--delay-shutdown", type=int, default=0, metavar="SECONDS",
+                        help="seconds to keep serving after SIGTERM before exiting")
     options = parser.parse_args(argv)
+    if options.delay_shutdown < 0:
+        parser.error(f"--delay-shutdown must be 0 or more seconds, not {options.delay_shutdown}")
+    signal.signal(signal.SIGTERM, lambda number, frame: on_sigterm(options.delay_shutdown))
     if options.udp_port:
         threading.Thread(target=serve_udp, args=(options.udp_port,), daemon=True).start()
     server = HTTPServer(("0.0.0.0", options.http_port), Handler)

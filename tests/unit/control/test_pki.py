@@ -43,6 +43,7 @@ def test_identities_as_kubeadm(pki):
     assert subject(pki.ca_cert) == ("kubernetes", [])
     assert subject(pki.admin_cert) == ("kubernetes-admin", ["system:masters"])
     assert subject(pki.kube_proxy_cert) == ("system:kube-proxy", [])
+    assert subject(pki.network_policy_cert) == ("emu-network-policy", [])
     assert sorted(pki.nodes) == ["cp", "w1", "w2"]
     assert subject(pki.nodes["w1"][0]) == ("system:node:w1", ["system:nodes"])
     assert usage(pki.apiserver_cert) == [ExtendedKeyUsageOID.SERVER_AUTH]
@@ -88,7 +89,8 @@ def test_service_account_key_pair_is_rsa_2048_and_matches(pki):
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_openssl_verifies_every_certificate_for_its_purpose(pki, tmp_path):
     pki.write(tmp_path)
-    checks = [("sslserver", "apiserver.crt"), ("sslclient", "admin.crt"), ("sslclient", "kube-proxy.crt")]
+    checks = [("sslserver", "apiserver.crt"), ("sslclient", "admin.crt"), ("sslclient", "kube-proxy.crt"),
+              ("sslclient", "network-policy.crt")]
     checks += [("sslclient", f"nodes/{n}.crt") for n in pki.nodes]
     for purpose, rel in checks:
         out = subprocess.run(
@@ -114,7 +116,8 @@ def test_files_write_load_round_trip(pki, tmp_path):
 
 def test_node_files_hold_no_cluster_secret(pki):
     files = pki.files("w1")
-    assert set(files) == {"ca.crt", "nodes/w1.crt", "nodes/w1.key", "kube-proxy.crt", "kube-proxy.key"}
+    assert set(files) == {"ca.crt", "nodes/w1.crt", "nodes/w1.key", "kube-proxy.crt", "kube-proxy.key",
+                          "network-policy.crt", "network-policy.key"}  # fmt: skip
     with pytest.raises(EmuError, match="no certificate for node 'nope'"):
         pki.files("nope")
 

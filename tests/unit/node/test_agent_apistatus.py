@@ -101,6 +101,14 @@ def test_a_node_writes_its_lease_and_renews_it(server, state):
     assert log == []
 
 
+def test_a_labs_grace_period_sets_the_leases_duration_and_renewal(server, state):
+    state.topology["controllerManager"] = {"nodeMonitorGracePeriod": "16s"}
+    status, clock = reporter(server, "worker", [])
+    assert status.step(state, {}) == pytest.approx(4.0)  # a quarter of it, as the kubelet renews
+    lease = server.client().get(resource_path("coordination.k8s.io/v1", "leases", LEASE_NAMESPACE, "worker"))
+    assert lease["spec"]["leaseDurationSeconds"] == 16
+
+
 def test_pod_status_follows_the_kubelet_and_only_changes_are_written(server, state):
     mirror_pods(server, state)
     web = state.pods["default/web"]

@@ -53,6 +53,12 @@ class RecordedRules:
     def check(self, nodes: int = 1) -> list[str]:
         return []
 
+    def due(self, nodes: int = 1) -> bool:
+        return False
+
+    def next_look_in(self) -> float:
+        return self.check_period
+
     def wait_for(self, predicate, timeout: float = 30) -> bool:
         """Whether a sync whose (services, endpoints) satisfy the predicate came within `timeout` (a bound)."""
         with self.changed:
@@ -99,7 +105,7 @@ def setup(tmp_path):
     state = plan_cluster(load_text(LAB), "emu-lab", "172.28.0.0/24")
     snapshot = tmp_path / "state.json"
     snapshot.write_text(state.to_json())
-    agent = main.Agent("worker", snapshot=str(snapshot), proxy_from="api")
+    agent = main.Agent("worker", snapshot=str(snapshot), proxy_from="api", policy_from="state")
     agent.api.connect = lambda state, name: server.client("kube-proxy")  # kube-proxy's certificate and RBAC role
     agent.proxy = rules = RecordedRules()
     agent.policies, agent.ingress, agent.load_balancers = Nothing(), Nothing(), Nothing()

@@ -259,6 +259,10 @@ def test_object_conversion_defaults_as_kubernetes():
         "status": {"loadBalancer": {"ingress": [{"ip": "172.28.0.7"}]}}})  # fmt: skip
     assert service.affinity_timeout == 10800 and service.ports[0].target_port == 53 and service.ports[0].name == ""
     assert service.load_balancer_ip == "172.28.0.7"  # status, where the load balancer published it
+    pending = service_state({"metadata": {"namespace": "ns", "name": "p"}, "spec": {
+        "clusterIP": "10.96.0.6", "type": "LoadBalancer", "ports": [{"port": 80}], "loadBalancerIP": "203.0.113.7"},
+        "status": {"loadBalancer": {}}})  # fmt: skip
+    assert pending.load_balancer_vips == []  # only asked for: no address until the load balancer gives it
     assert (service.external_traffic_policy, service.internal_traffic_policy) == ("Cluster", "Cluster")
     entries = slice_endpoints({"addressType": "IPv4", "ports": [{"port": 80}], "endpoints": [
         {"addresses": ["10.244.1.5"]}, {"addresses": ["10.244.1.6"], "conditions": {"ready": False}}]})  # fmt: skip

@@ -19,6 +19,7 @@ from emu.control.apiserver import mirror_objects
 from emu.control.state import plan_cluster
 from emu.node.agent.kubelet import ApiPods, NodeIPAM
 from emu.node.agent.pods import Seen
+from emu.node.agent.probes import Kubelet, ProbeThreads
 from emu.node.kube.client import ApiError, resource_path
 from emu.node.records import HostLocalIPAM, kubelet_pod_range, planner_pod_range
 
@@ -169,7 +170,9 @@ def test_a_pod_made_with_the_api_is_scheduled_wired_reported_and_deleted(tmp_pat
         gone = admin.get(f"{PODS}/web")
         assert gone["metadata"]["deletionTimestamp"] and gone["metadata"]["deletionGracePeriodSeconds"] == 7
         assert run_until(worker, lambda: not admin.list(PODS, field_selector="metadata.name=web")["items"])
-        assert f" {ip} - 7\n" in held.plans[-1]
+        # SIGTERM first; its process gone (none runs here), the rest is killed and the pod removed.
+        assert "kill -TERM" in held.plans[-2] and "/run/emu/pods/web/c.pid" in held.plans[-2]
+        assert f" {ip} - 0\n" in held.plans[-1]
         assert NodeIPAM(state.node("worker").pod_cidr, str(tmp_path / "worker" / "ipam")).allocations() == {}
         assert "web" not in held.netns and worker.wired == {}
     finally:
@@ -274,7 +277,8 @@ def test_what_a_plain_pod_manifest_may_run_in_a_node():
         return {"metadata": {"name": "p", "namespace": "shop", "uid": "u1"},
                 "spec": {"containers": list(containers), **spec}}  # fmt: skip
 
-    netexec = {"name": "c", "image": AGNHOST, "args": ["netexec", "--http-port=8080", "--udp-port=8081"],
+    netexec = {"name": "c", "image": AGNHOST, "args": ["netexec", "--http-port=8080", "--udp-port=8081",
+                                                       "--delay-shutdown=30"],
                "ports": [{"name": "http", "containerPort": 8080}], "env": [{"name": "A", "value": "1"}],
                "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2}}  # fmt: skip
     assert podwatch.unsupported(pod(netexec, {"name": "p", "image": "agnhost", "args": ["pause"]})) is None
@@ -283,11 +287,12 @@ def test_what_a_plain_pod_manifest_may_run_in_a_node():
     assert (state.netns, state.dns_policy, state.restart_policy, state.termination_grace_seconds) == (
         "shop.p", "ClusterFirst", "OnFailure", 5)
     [container] = state.containers
-    assert container["workload"] == "netexec" and container["args"] == ["--http-port=8080", "--udp-port=8081"]
+    assert container["workload"] == "netexec" and container["args"] == ["--http-port=8080", "--udp-port=8081",
+                                                                         "--delay-shutdown=30"]
     assert state.resolve_port("http") == 8080 and container["readinessProbe"]["periodSeconds"] == 2
     for bad, why in (
         ({"name": "c", "image": "nginx:1.27"}, "image 'nginx:1.27'"),
-        ({"name": "c", "image": AGNHOST, "args": ["netexec", "--delay-shutdown=5"]}, "not --delay-shutdown=5"),
+        ({"name": "c", "image": AGNHOST, "args": ["netexec", "--sctp-port=5"]}, "not --sctp-port=5"),
         ({"name": "c", "image": AGNHOST, "args": ["pause", "--x"]}, "takes no flags"),
         ({"name": "c", "image": AGNHOST, "command": ["/agnhost"], "args": ["netexec"]}, "image"),
     ):
@@ -297,3 +302,107 @@ def test_what_a_plain_pod_manifest_may_run_in_a_node():
     assert (podwatch.MANAGED_BY, podwatch.EMU_MANAGER) == (mirror.MANAGED_BY, mirror.MANAGER)
     assert podwatch.emu_driven({"metadata": {"annotations": {"emu.io/managed-by": "emu"}}})
     assert not podwatch.emu_driven({"metadata": {}})
+
+
+class Processes:
+    """The kubelet's look at its pods' processes (probes.ProcessWatch), played: they
+    run until the test says they exited."""
+
+    watched = True
+
+    def __init__(self):
+        self.running = True
+
+    def __call__(self, pod) -> list[str]:
+        return [] if self.running else [c["name"] for c in pod.containers]
+
+    def fds(self) -> list[int]:
+        return []
+
+    def reap(self) -> bool:
+        return False
+
+    def started(self, pod, name: str) -> bool:
+        return True
+
+    def exit_code(self, pod, name: str) -> int:
+        return 0
+
+    def forget(self, pods) -> None:
+        pass
+
+
+def stopping_kubelet(served, state, tmp_path, probe=None):
+    """The worker's kubelet on a clock of the test's, its processes played, its restarts and log recorded."""
+    clock, processes, restarted, log = [1000.0], Processes(), [], []
+    kubelet = Kubelet(ProbeThreads(), probe=probe or (lambda pod, spec: True), dead=processes,
+                      restart=lambda pod, name: restarted.append(name), clock=lambda: clock[0])  # fmt: skip
+    held = Node()
+    worker = ApiPods("worker", log.append, lambda: state, connect=lambda s, n: served.client(f"nodes/{n}"),
+                     ipam_dir=str(tmp_path / "worker" / "ipam"), run=held.run, look=held.look, kubelet=kubelet,
+                     clock=lambda: clock[0])  # fmt: skip
+    return worker, held, clock, processes, restarted, log
+
+
+def ready_condition(admin, name: str) -> str | None:
+    conditions = (admin.get(f"{PODS}/{name}").get("status") or {}).get("conditions") or []
+    return next((c["status"] for c in conditions if c["type"] == "Ready"), None)
+
+
+def test_a_deleted_pod_keeps_its_network_and_readiness_until_its_containers_exit(tmp_path, served, state):
+    """Graceful deletion as the kubelet does it: SIGTERM, then the pod stays wired, probed and
+    reported (Ready while its probe passes: the EndpointSlice controller publishes it serving and
+    terminating) and is not started again; once its process exited, it is removed and deleted."""
+    admin = served.client()
+    probe_ok = [True]
+    manifest = pod_manifest("web", nodeName="worker", terminationGracePeriodSeconds=60)
+    manifest["spec"]["containers"][0]["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": 8080},
+                                                           "periodSeconds": 1}  # fmt: skip
+    admin.create(PODS, manifest)
+    worker, held, clock, processes, restarted, log = stopping_kubelet(served, state, tmp_path,
+                                                                      lambda pod, spec: probe_ok[0])  # fmt: skip
+    try:
+        assert run_until(worker, lambda: ready_condition(admin, "web") == "True")
+        admin.delete(f"{PODS}/web")
+        assert run_until(worker, lambda: worker.stopping)
+        assert "kill -TERM" in held.plans[-1] and "emu_delete_pod" not in held.plans[-1]
+        assert "SIGTERM sent to its containers, 60 s to exit" in log[-1]
+        for _ in range(3):
+            clock[0] += 1
+            worker.step(True)
+        pod = admin.get(f"{PODS}/web")
+        assert pod["metadata"]["deletionTimestamp"] and "web" in held.netns and worker.wired
+        assert ready_condition(admin, "web") == "True"  # serving on while it terminates
+        # Its readiness probe still runs and is still reported while it terminates.
+        probe_ok[0] = False
+        assert run_until(worker, lambda: (clock.__setitem__(0, clock[0] + 1), ready_condition(admin, "web"))[1]
+                         == "False")  # fmt: skip
+        assert "web" in held.netns
+        # The process exits (agnhost's --delay-shutdown is over): never started again, the pod goes.
+        processes.running = False
+        clock[0] += 10  # the kubelet's next look at its processes (a pidfd wakes it at once in a node)
+        assert run_until(worker, lambda: not admin.list(PODS, field_selector="metadata.name=web")["items"])
+        assert restarted == [] and "web" not in held.netns
+        assert worker.stopping == {} and worker.kubelet.stopping == set()
+        assert " - 0\n" in held.plans[-1] and any("its containers exited" in line for line in log)
+    finally:
+        stop(worker)
+
+
+def test_a_deleted_pod_still_running_at_the_end_of_its_grace_period_is_killed(tmp_path, served, state):
+    admin = served.client()
+    admin.create(PODS, pod_manifest("web", nodeName="worker", terminationGracePeriodSeconds=20))
+    worker, held, clock, processes, restarted, log = stopping_kubelet(served, state, tmp_path)
+    try:
+        assert run_until(worker, lambda: worker.wired)
+        admin.delete(f"{PODS}/web")
+        assert run_until(worker, lambda: worker.stopping)
+        clock[0] += 19
+        worker.step(True)
+        assert admin.get(f"{PODS}/web")["metadata"]["deletionTimestamp"] and "web" in held.netns
+        clock[0] += 1
+        assert run_until(worker, lambda: not admin.list(PODS, field_selector="metadata.name=web")["items"])
+        assert any("its grace period of 20 s is over: SIGKILL" in line for line in log)
+        assert "web" not in held.netns and restarted == []
+    finally:
+        stop(worker)

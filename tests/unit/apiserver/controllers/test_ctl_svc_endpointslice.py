@@ -9,8 +9,9 @@ from ctl_helpers import FakeClock, add_nodes, namespace, new_store, node
 from emu.apiserver.controllers import build_manager
 from emu.apiserver.controllers.endpointslice import (CONTROLLER_NAME, EndpointSliceController, desired_slices,
                                                      reconcile)
-from emu.apiserver.controllers.framework import Client
+from emu.apiserver.controllers.framework import Client, info_for
 from emu.apiserver.controllers.gc import GarbageCollector
+from emu.apiserver.server import _graceful_pod_delete
 
 SLICES = "endpointslices.discovery.k8s.io"
 
@@ -307,3 +308,28 @@ def test_deleted_service_slices_go_with_the_garbage_collector(tmp_path):
     c.delete("services", "default", "web")
     m.run_until_idle()
     assert slices(store) == []
+
+
+def test_a_pod_being_deleted_stays_serving_and_terminating_until_it_goes(tmp_path):
+    """Graceful deletion as the API server and the kubelet play it: the pod gets its deletionTimestamp and
+    stays Ready while it serves on (ready=false, serving=true, terminating=true: kube-proxy's fallback when
+    no endpoint is ready); its readiness failing makes it not serving; deleted, it leaves the slice."""
+    store, m, c = setup(tmp_path)
+    c.create("services", svc(ports=[{"name": "http", "port": 80, "targetPort": 8080}]) | {"metadata": {
+        "name": "web", "namespace": "default"}})
+    create_pod(c, "a", "10.244.1.2", ready=True)
+    m.run_until_idle()
+    assert [conds(e) for e in slices(store)[0]["endpoints"]] == [(True, True, False)]
+
+    # kubectl delete: the API server's graceful pod deletion (the pod's kubelet runs it)
+    store.write("pods", "default", "a", lambda current: _graceful_pod_delete(current, 60),
+                info_for("pods").field_values)  # fmt: skip
+    assert store.get("pods", "default", "a")["metadata"]["deletionGracePeriodSeconds"] == 60
+    m.run_until_idle()
+    assert [conds(e) for e in slices(store)[0]["endpoints"]] == [(False, True, True)]
+    set_pod(c, "a", "10.244.1.2", False)
+    m.run_until_idle()
+    assert [conds(e) for e in slices(store)[0]["endpoints"]] == [(False, False, True)]
+    c.delete("pods", "default", "a")
+    m.run_until_idle()
+    assert slices(store)[0]["endpoints"] is None
