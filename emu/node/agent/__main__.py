@@ -16,8 +16,8 @@ kube-proxy's, from the API server's Services, EndpointSlices and Nodes
 (emu.node.agent.proxysync.ApiSource), never from the state file's services
 or the hub's readiness; the ingress controller watches the API server in a
 job of its own (emu.node.agent.ingress); the DNS snapshot reads the state and
-the hub's readiness (stage 4 of docs/apiserver.md moves it later). With `--policy-from api` (by default
-where `--proxy-from api`), NetworkPolicy is enforced, as a CNI's policy agent
+the hub's readiness (stage 4 of docs/apiserver.md moves it later). With
+`--policy-from api` (by default where `--proxy-from api`), NetworkPolicy is enforced, as a CNI's policy agent
 does, from the API server's NetworkPolicies, Pods and Namespaces
 (emu.node.agent.policy.PolicySource), in a job of its own: a policy, pod label
 or namespace label change wakes it alone.
