@@ -50,10 +50,11 @@ MANAGER = "emu"
 # Namespaces too, but one made through the API that emu's topology also names is shared:
 # emu writes into it and leaves it as it is (it never deletes it).
 # NetworkPolicies too: every node's policy agent watches the API server (emu.node.kube.policyfeed),
-# so one made with kubectl is enforced like emu's own.
+# so one made with kubectl is enforced like emu's own. Ingresses too: the ingress controller
+# watches the API server and serves kubectl's like emu's.
 OWNED = (("v1", "Pod"), ("v1", "Service"), ("apps/v1", "Deployment"), ("apps/v1", "ReplicaSet"),
          ("apps/v1", "StatefulSet"), ("apps/v1", "DaemonSet"), ("v1", "Namespace"),
-         ("networking.k8s.io/v1", "NetworkPolicy"))  # fmt: skip
+         ("networking.k8s.io/v1", "NetworkPolicy"), ("networking.k8s.io/v1", "Ingress"))  # fmt: skip
 
 # The kinds emu's own commands drive in stage 2, by (apiVersion, kind).
 DRIVEN = (
@@ -67,7 +68,8 @@ KEPT = {("v1", "Namespace"): {"default", "kube-system", "kube-public", "kube-nod
 # the topology's ConfigMaps are read by the nodes only when emu starts a pod, so a ConfigMap
 # made with kubectl (a controller's settings, say) harms nothing.
 # So are the ServiceAccounts of emu's addons (kube-system/coredns, as kubeadm makes it).
-CREATE_ONLY = {("v1", "ConfigMap"), ("v1", "ServiceAccount")}
+# So is the IngressClass of emu's ingress controller (ingress-nginx's manifests make it).
+CREATE_ONLY = {("v1", "ConfigMap"), ("v1", "ServiceAccount"), ("networking.k8s.io/v1", "IngressClass")}
 # Kinds the API server's controllers write (the EndpointSlice and Endpoints controllers,
 # from the pods' readiness as the nodes report it): emu writes only those no controller
 # makes (default/kubernetes, whose endpoints are the API server's address), and deletes none.
@@ -164,6 +166,8 @@ def sync(store: Store, objects: list[dict]) -> dict[str, int]:
             keep_identity(current, new)
             if info.kind == "Pod" and reported_by_kubelet(current):
                 new["status"] = current.get("status", {})  # the node's report, newer than emu's reading
+            if info.kind == "Ingress":
+                new["status"] = current.get("status", {})  # the ingress controller's (its address)
             if _comparable(current) == _comparable(new):
                 return None  # unchanged: no write, no event, the same resourceVersion
             return new
@@ -333,6 +337,8 @@ def refuse(user_name: str, verb: str, api_group: str, resource: str, namespace: 
         return None
     if user_name.startswith(NODE_USER_PREFIX) and (api_group, resource, subresource) == ("", "pods", "status"):
         return None
+    if (api_group, resource, subresource) == ("networking.k8s.io", "ingresses", "status"):
+        return None  # the ingress controller publishes its address in emu's Ingresses too (RBAC decides who)
     key = f"{resource}.{api_group}" if api_group else resource
     info = driven_keys(create_only=False).get(key)
     if info is None:

@@ -269,6 +269,7 @@ READ_WRITE = READ + WRITE
 
 BOOTSTRAP_LABELS = {"kubernetes.io/bootstrapping": "rbac-defaults"}
 AUTOUPDATE = {"rbac.authorization.kubernetes.io/autoupdate": "true"}
+INGRESS_NGINX_LABELS = {"app.kubernetes.io/name": "ingress-nginx", "app.kubernetes.io/component": "controller"}
 
 
 def _rule(verbs: Iterable[str], groups: Iterable[str] = (), resources: Iterable[str] = (),
@@ -460,6 +461,16 @@ def bootstrap_objects() -> list[dict]:
             _rule(["list", "watch"], [""], ["endpoints", "services", "pods", "namespaces"]),
             _rule(["list", "watch"], ["discovery.k8s.io"], ["endpointslices"]),
         ], bootstrap=False),
+        # ingress-nginx's controller (its manifests' ClusterRole ingress-nginx, not a bootstrap
+        # role), narrowed to what emu's controller (emu.node.agent.ingress) does: it lists and
+        # watches Ingresses, IngressClasses, Services and EndpointSlices, and writes the status
+        # of the Ingresses it serves; nothing else (no Secrets, no Pods, no Events).
+        _cluster_role("ingress-nginx", [
+            _rule(["list", "watch"], [""], ["services"]),
+            _rule(["list", "watch"], ["discovery.k8s.io"], ["endpointslices"]),
+            _rule(["list", "watch"], ["networking.k8s.io"], ["ingresses", "ingressclasses"]),
+            _rule(["update"], ["networking.k8s.io"], ["ingresses/status"]),
+        ], labels=INGRESS_NGINX_LABELS, bootstrap=False),
     ]
     bindings = [
         _binding("cluster-admin", "cluster-admin", [_subject("Group", SUPERUSER_GROUP)]),
@@ -478,5 +489,7 @@ def bootstrap_objects() -> list[dict]:
         _binding("system:coredns", "system:coredns",
                  [_subject("ServiceAccount", "coredns", "kube-system")], bootstrap=False),
         _binding(NETWORK_POLICY_ROLE, NETWORK_POLICY_ROLE, [_subject("User", NETWORK_POLICY_USER)], bootstrap=False),
+        _binding("ingress-nginx", "ingress-nginx",
+                 [_subject("ServiceAccount", "ingress-nginx", "ingress-nginx")], bootstrap=False),
     ]
     return roles + bindings

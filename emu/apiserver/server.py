@@ -545,7 +545,8 @@ class ApiServer:
             if info.is_resource and info.subresource in ("", "status", "scale"):
                 refused = mirror.refuse(req.user.name, info.verb, info.group, info.resource, info.namespace,
                                          info.subresource, name=info.name,
-                                         current=lambda: self.store.get(info.resource, info.namespace, info.name))
+                                         current=lambda: self.store.get(f"{info.resource}.{info.group}" if info.group
+                                                                        else info.resource, info.namespace, info.name))
                 if refused is not None:
                     raise refused
         if not info.is_resource:

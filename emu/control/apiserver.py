@@ -263,6 +263,7 @@ def mirror_objects(state: ClusterState, unready: list[str], now: float) -> list[
         if endpoints and endpoints.get("subsets"):
             objects += [endpoints, endpoint_slice(endpoints)]
     coredns_addon(objects)
+    ingress_addon(objects)
     for policy in state.network_policies:
         spec = {k: v for k, v in policy.items() if k not in ("name", "namespace")}
         objects.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
@@ -298,6 +299,33 @@ def coredns_addon(objects: list[dict]) -> None:
     if found:
         objects.append({"apiVersion": "v1", "kind": "ServiceAccount",
                         "metadata": {"name": "coredns", "namespace": "kube-system"}})  # fmt: skip
+
+
+def ingress_addon(objects: list[dict]) -> None:
+    """What ingress-nginx's manifests (kind's among them) add to its controller's
+    Deployment: the ServiceAccount ingress-nginx/ingress-nginx its pods run as (the
+    ClusterRole ingress-nginx and its binding are in the API server's policy,
+    emu.apiserver.rbac) and the IngressClass nginx (controller k8s.io/ingress-nginx),
+    so the controller watches the API server as itself and serves the Ingresses of its class."""
+    from emu.node import ingress
+
+    found = False
+    for obj in objects:
+        meta = obj.get("metadata") or {}
+        if meta.get("namespace") != ingress.NAMESPACE:
+            continue
+        if obj["kind"] == "Deployment" and meta.get("name") == ingress.NAME:
+            spec = obj["spec"]["template"].setdefault("spec", {})
+        elif obj["kind"] == "Pod" and all((meta.get("labels") or {}).get(k) == v for k, v in ingress.LABELS.items()):
+            spec = obj.setdefault("spec", {})
+        else:
+            continue
+        found = True
+        spec["serviceAccountName"] = spec["serviceAccount"] = ingress.SERVICE_ACCOUNT
+    if found:
+        objects.append({"apiVersion": "v1", "kind": "ServiceAccount",
+                        "metadata": {"name": ingress.SERVICE_ACCOUNT, "namespace": ingress.NAMESPACE}})  # fmt: skip
+        objects.append(ingress.ingress_class())
 
 
 def foreign_service_addresses(client: NodeApi) -> tuple[set[str], set[int], dict[str, str]]:

@@ -25,6 +25,10 @@ from emu.node.services import usable_endpoints
 NAMESPACE = "ingress-nginx"
 NAME = "ingress-nginx-controller"
 CLASS = "nginx"
+CONTROLLER_CLASS = "k8s.io/ingress-nginx"  # the spec.controller of the IngressClasses it serves
+SERVICE_ACCOUNT = "ingress-nginx"  # what the controller runs as (RBAC: emu.apiserver.rbac)
+CLASS_ANNOTATION = "kubernetes.io/ingress.class"  # the class before IngressClass, still honoured
+DEFAULT_CLASS_ANNOTATION = "ingressclass.kubernetes.io/is-default-class"
 LABELS = {"app.kubernetes.io/name": "ingress-nginx", "app.kubernetes.io/component": "controller"}
 CONFIG_DIR = "/etc/emu/ingress"
 CONFIG = f"{CONFIG_DIR}/nginx.conf"
@@ -116,6 +120,80 @@ def served(state: ClusterState) -> list[dict]:
         (i for i in state.ingresses if (i.get("ingressClassName") or CLASS) == CLASS),
         key=lambda i: (i["namespace"], i["name"]),
     )
+
+
+def ingress_class(name: str = CLASS) -> dict:
+    """The IngressClass of ingress-nginx's manifests (kind's among them): Ingresses that name it are served."""
+    return {"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+            "metadata": {"name": name, "labels": dict(LABELS)}, "spec": {"controller": CONTROLLER_CLASS}}  # fmt: skip
+
+
+def default_class(classes: list[dict]) -> str | None:
+    """The IngressClass marked default (the newest, where several are, as the API server's
+    DefaultIngressClass admission picks), or None."""
+    def annotations(c: dict) -> dict:
+        return (c.get("metadata") or {}).get("annotations") or {}
+
+    marked = [c for c in classes if annotations(c).get(DEFAULT_CLASS_ANNOTATION) == "true"]
+    marked.sort(key=lambda c: ((c.get("metadata") or {}).get("creationTimestamp") or "", c["metadata"]["name"]))
+    return marked[-1]["metadata"]["name"] if marked else None
+
+
+def is_served(obj: dict, classes: list[dict], annotation_value: str = CLASS, without_class: bool = True) -> bool:
+    """Whether ingress-nginx serves this Ingress (an API object), as its store decides:
+    spec.ingressClassName must name an IngressClass whose spec.controller is
+    k8s.io/ingress-nginx; without one, the kubernetes.io/ingress.class annotation must
+    be `annotation_value`; without either, an Ingress takes the default IngressClass
+    (the DefaultIngressClass admission gives it that class on a real cluster) and is
+    served when that one is ours, or, where no class is default, as kind's ingress-nginx
+    serves it (--watch-ingress-without-class, `without_class`)."""
+    ours = {(c.get("metadata") or {}).get("name") for c in classes
+            if (c.get("spec") or {}).get("controller") == CONTROLLER_CLASS}  # fmt: skip
+    name = (obj.get("spec") or {}).get("ingressClassName")
+    if name:
+        return name in ours
+    annotation = ((obj.get("metadata") or {}).get("annotations") or {}).get(CLASS_ANNOTATION)
+    if annotation is not None:
+        return annotation == annotation_value
+    default = default_class(classes)
+    return default in ours if default else without_class
+
+
+def flat(obj: dict) -> dict:
+    """An Ingress API object in the state file's form ({name, namespace, rules, ...}), as
+    render() takes it, once is_served() chose it (so without its class). Backends that are
+    not services (spec...backend.resource) are left out: ingress-nginx serves services only."""
+    meta, spec = obj.get("metadata") or {}, obj.get("spec") or {}
+    out: dict = {"name": meta.get("name", ""), "namespace": meta.get("namespace") or "default"}
+    if meta.get("annotations"):
+        out["annotations"] = dict(meta["annotations"])
+    if _service_backend(spec.get("defaultBackend")):
+        out["defaultBackend"] = spec["defaultBackend"]
+    rules = []
+    for rule in spec.get("rules") or []:
+        paths = [p for p in ((rule.get("http") or {}).get("paths") or []) if _service_backend(p.get("backend"))]
+        rules.append({**({"host": rule["host"]} if rule.get("host") else {}), "http": {"paths": paths}})
+    if rules:
+        out["rules"] = rules
+    if spec.get("tls"):
+        out["tls"] = spec["tls"]
+    return out
+
+
+def _service_backend(backend) -> bool:
+    service = (backend or {}).get("service") if isinstance(backend, dict) else None
+    return bool(isinstance(service, dict) and service.get("name") and isinstance(service.get("port"), dict)
+                and (service["port"].get("number") or service["port"].get("name")))  # fmt: skip
+
+
+def status_addresses(service, node_ip: str | None) -> list[dict]:
+    """status.loadBalancer.ingress of the Ingresses the controller serves: the address users
+    reach, as ingress-nginx publishes it (--publish-service, its chart's default): the
+    controller Service's LoadBalancer address; where it has none (a NodePort service), the
+    address of the node the controller runs on, as ingress-nginx does without one."""
+    if service is not None and service.load_balancer_vips:
+        return [{"ip": ip} for ip in service.load_balancer_vips]
+    return [{"ip": node_ip}] if node_ip else []
 
 
 def routes(state: ClusterState) -> tuple[list[Route], dict[str, Route]]:

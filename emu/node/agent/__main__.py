@@ -14,10 +14,10 @@ With `--proxy-from api` the service rules (every proxy mode, LoadBalancer
 addresses, health check node ports, conntrack clearing) come, as
 kube-proxy's, from the API server's Services, EndpointSlices and Nodes
 (emu.node.agent.proxysync.ApiSource), never from the state file's services
-or the hub's readiness; the ingress still reads the state file's pods and
-objects, and the DNS snapshot the state and the hub's readiness (stage 4 of
-docs/apiserver.md moves those later). With `--policy-from api` (by default
-where `--proxy-from api`), NetworkPolicy is enforced, as a CNI's policy agent
+or the hub's readiness; the ingress controller watches the API server in a
+job of its own (emu.node.agent.ingress); the DNS snapshot reads the state and
+the hub's readiness (stage 4 of docs/apiserver.md moves it later). With
+`--policy-from api` (by default where `--proxy-from api`), NetworkPolicy is enforced, as a CNI's policy agent
 does, from the API server's NetworkPolicies, Pods and Namespaces
 (emu.node.agent.policy.PolicySource), in a job of its own: a policy, pod label
 or namespace label change wakes it alone.
@@ -683,6 +683,9 @@ class Agent:
                 result["programmed"] = self.synced.wait_for(
                     lambda: self.synced_revision >= revision and (netpol is None or self.policy_revision >= revision),
                     max(0.0, deadline - time.monotonic()))  # fmt: skip
+            # (and the ingress controller's nginx.conf, where it runs here: it watches the API too)
+            result["programmed"] = result["programmed"] and self.ingress.wait_revision(
+                revision, max(0.0, deadline - time.monotonic()))
         result["syncedRevision"] = self.synced_revision
         result["seenRevision"] = self.api.revision()
         if netpol is not None:

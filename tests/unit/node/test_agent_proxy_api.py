@@ -72,6 +72,9 @@ class Nothing:
     def update(self, *args) -> None:
         pass
 
+    def wait_revision(self, *args) -> bool:
+        return True
+
 
 def node(name: str, ip: str, ready: str = "True") -> dict:
     return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
