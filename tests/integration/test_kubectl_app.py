@@ -9,9 +9,9 @@ Python client sees their pod IPs assigned), and `kubectl delete ns` removing
 everything in it from the nodes. Every command here works unchanged on kind
 (agnhost's image has curl, env and cat).
 
-Not in the manifest yet: a NetworkPolicy and an Ingress, which the API server
-refuses to users (405: emu's own commands drive those kinds) until they become
-writable through the API."""
+Not in this manifest yet: a NetworkPolicy and an Ingress. Both are taken from
+kubectl and enforced or served from the API server, each driven with the real
+kubectl in a module of its own (test_netpol_kubectl.py, test_ingress_api.py)."""
 
 from __future__ import annotations
 

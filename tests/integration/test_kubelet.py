@@ -72,6 +72,19 @@ def on_node(cluster, node: str, command: str) -> str:
     return cluster.node_exec(node, ["sh", "-c", command]).output
 
 
+def seen_from_node(cluster, name: str) -> str:
+    """For a failure's message: the pod as the API and its node see it (an intermittent
+    failure, a Ready pod not answering, was seen twice and not yet explained)."""
+    made = pod(cluster, name) or {}
+    node, ip = (made.get("spec") or {}).get("nodeName", ""), (made.get("status") or {}).get("podIP", "")
+    if not node:
+        return json.dumps(made)[:2000]
+    script = (f"ip netns list; ip -n {name} addr 2>&1 | grep -w inet; ip neigh show {ip}; "
+              f"ls -l /run/emu/pods/{name}/ 2>&1; cat /run/emu/pods/{name}/*.pid 2>&1; "
+              f"tail -n 20 /var/log/emu/pods/{name}/*.log 2>&1; grep -F '{name}' /var/log/emu/agent.log | tail -n 30")
+    return f"pod {name} on {node} at {ip}, status {json.dumps(made.get('status'))[:1500]}\n{on_node(cluster, node, script)}"
+
+
 def test_a_pod_made_with_kubectl_runs_is_reached_and_is_deleted(cluster, runtime):
     kubectl(cluster, "run", "web", f"--image={AGNHOST}", "--labels=app=web", "--port=8080", "--",
             "netexec", "--http-port=8080")  # fmt: skip
@@ -186,7 +199,10 @@ def test_a_deployment_made_with_kubectl_rolls_out_scales_and_goes_with_its_pods(
     assert len(running) == 2 and all(name.startswith("kdep-") for name in running), running
     for name, ip in running.items():
         # (Ready once started, as a pod without a readiness probe: netexec may still be starting)
-        wait_for(lambda ip=ip, name=name: reach(cluster, ip) == name, 30, f"{name} answering at {ip}")
+        try:
+            wait_for(lambda ip=ip, name=name: reach(cluster, ip) == name, 30, f"{name} answering at {ip}")
+        except pytest.fail.Exception:
+            pytest.fail(f"{name} did not answer at {ip} within 30s; what its node shows:\n{seen_from_node(cluster, name)}")
     kubectl(cluster, "scale", "deployment", "kdep", "--replicas=3")
     kubectl(cluster, "rollout", "status", "deployment/kdep", "--timeout=120s")
     assert len(pods()) == 3 and set(running) <= set(pods())
