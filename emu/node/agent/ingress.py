@@ -37,6 +37,7 @@ from emu.node.agent import run as bounded_run
 from emu.node.agent.runner import Runner as Job
 from emu.node import ingress
 from emu.node.kube.client import ApiError, Client, resource_path
+from emu.node.kube.informer import InformerGroup
 from emu.node.kube.ingressfeed import IngressFeed
 from emu.node.plan import cni
 from emu.node.records import ClusterState
@@ -62,7 +63,7 @@ def _addresses(obj: dict) -> list[dict]:
     return ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
 
 
-class IngressSync:
+class IngressSync(InformerGroup):  # (its watch of the API server: ready, revision, catch_up)
     def __init__(self, node: str, log: Callable[[str], None], run: Runner = bounded_run,
                  connect: Callable[[ClusterState, object], Client | None] = controller_client):  # fmt: skip
         self.node = node
@@ -127,21 +128,13 @@ class IngressSync:
             informer.stop(timeout=0.0)
         self.informers, self.feed, self.client, self.watching, self.published = [], None, None, "", {}
 
-    def ready(self) -> bool:
-        """Whether every informer of the watch has listed once."""
-        return bool(self.informers) and all(informer.synced.is_set() for informer in self.informers)
-
-    def revision(self) -> int:
-        return min((informer.revision() for informer in self.informers), default=0)
-
     def wait_revision(self, revision: int, timeout: float) -> bool:
         """Whether nginx serves what the API server held at `revision` (or later) within
         `timeout` (True where no watch runs: the state file's Ingresses are served then)."""
         if not self.ready():
             return True
         deadline = time.monotonic() + timeout
-        informers = list(self.informers)
-        if not all(i.catch_up(revision, max(0.0, deadline - time.monotonic())) for i in informers):
+        if not self.catch_up(revision, timeout):
             return False
         self.job.request()
         with self.rendered:

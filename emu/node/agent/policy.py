@@ -31,7 +31,7 @@ from collections.abc import Callable
 from emu.node.agent import run as bounded_run
 from emu.node import policy
 from emu.node.kube.client import Client, from_pki
-from emu.node.kube.informer import Informer
+from emu.node.kube.informer import Informer, InformerGroup
 from emu.node.kube.policyfeed import PolicyFeed
 from emu.node.plan import cni
 from emu.node.records import ClusterState
@@ -148,7 +148,7 @@ def network_policy_client(state: ClusterState, node: str, pki: str = cni.PKI_DIR
     return from_pki(server, pki, NETWORK_POLICY_CERT, f"emu-network-policy/emu ({node})")
 
 
-class PolicySource:
+class PolicySource(InformerGroup):
     """The network policy agent's watch of the API server (emu.node.kube.policyfeed):
     NetworkPolicies, Pods and Namespaces, listed and watched by informers that reconnect
     by themselves (the rules stay as they are while the server is away). `on_change`
@@ -181,21 +181,6 @@ class PolicySource:
         for informer in self.informers:
             informer.start()
         return True
-
-    def ready(self) -> bool:
-        """Whether every informer has listed once: rules made before that would drop
-        every policy the feed has not seen yet."""
-        return bool(self.informers) and all(informer.synced.is_set() for informer in self.informers)
-
-    def revision(self) -> int:
-        return min((informer.revision() for informer in self.informers), default=0)
-
-    def catch_up(self, revision: int, timeout: float) -> bool:
-        """Whether every informer has seen `revision` within `timeout` (a quiet one lists again)."""
-        deadline = time.monotonic() + timeout
-        return bool(self.informers) and all(
-            informer.catch_up(revision, max(0.0, deadline - time.monotonic())) for informer in self.informers
-        )
 
     def stop(self) -> None:
         for informer in self.informers:

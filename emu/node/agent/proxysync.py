@@ -37,7 +37,7 @@ from pathlib import Path
 
 from emu.node.agent import run as bounded_run
 from emu.node.kube.client import Client, from_pki
-from emu.node.kube.informer import Informer
+from emu.node.kube.informer import Informer, InformerGroup
 from emu.node.kube.proxyfeed import ProxyFeed
 from emu.node.plan import cni
 from emu.node.proxy import mode_of, proxier
@@ -177,7 +177,7 @@ def kube_proxy_client(state: ClusterState, node: str, pki: str = cni.PKI_DIR) ->
     return from_pki(server, pki, "kube-proxy", f"kube-proxy/emu ({node})")
 
 
-class ApiSource:
+class ApiSource(InformerGroup):
     """kube-proxy's watch of the API server (emu.node.kube.proxyfeed): Services,
     EndpointSlices and Nodes, listed and watched by informers that reconnect by
     themselves (the rules stay as they are while the server is away).
@@ -212,17 +212,3 @@ class ApiSource:
             informer.start()
         return True
 
-    def ready(self) -> bool:
-        """Whether every informer has listed once: before that, the feed knows nothing and
-        rules made from it would remove every service (kube-proxy waits for its caches too)."""
-        return bool(self.informers) and all(informer.synced.is_set() for informer in self.informers)
-
-    def revision(self) -> int:
-        return min((informer.revision() for informer in self.informers), default=0)
-
-    def catch_up(self, revision: int, timeout: float) -> bool:
-        """Whether every informer has seen `revision` within `timeout` (a quiet one lists again)."""
-        deadline = time.monotonic() + timeout
-        return bool(self.informers) and all(
-            informer.catch_up(revision, max(0.0, deadline - time.monotonic())) for informer in self.informers
-        )

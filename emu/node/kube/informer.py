@@ -343,6 +343,30 @@ class Informer:
             self.log(f"{self.name}: a handler failed: {type(error).__name__}: {error}")
 
 
+class InformerGroup:
+    """Informers that feed one view together (kube-proxy's, the policy agent's, the
+    ingress controller's): whether all have listed, the revision all have reached,
+    and waiting until all have seen one. Subclasses set `informers`."""
+
+    informers: list[Informer]
+
+    def ready(self) -> bool:
+        """Whether every informer has listed once: a view made before that lacks what
+        the others have not listed yet (kube-proxy waits for its caches too)."""
+        return bool(self.informers) and all(informer.synced.is_set() for informer in self.informers)
+
+    def revision(self) -> int:
+        return min((informer.revision() for informer in self.informers), default=0)
+
+    def catch_up(self, revision: int, timeout: float) -> bool:
+        """Whether every informer has seen `revision` within `timeout` (a quiet one lists again)."""
+        deadline = time.monotonic() + timeout
+        informers = list(self.informers)
+        return bool(informers) and all(
+            informer.catch_up(revision, max(0.0, deadline - time.monotonic())) for informer in informers
+        )
+
+
 def start_all(informers: list[Informer], timeout: float) -> bool:
     """Start the informers; whether all synced within `timeout` (client-go's WaitForCacheSync)."""
     for informer in informers:
