@@ -54,10 +54,15 @@ def pod(cluster, name: str) -> dict | None:
     return json.loads(found) if found.strip() else None
 
 
+LAST_REACH: dict[str, str] = {}  # ip -> how the last failed reach ended (for a failure's message)
+
+
 def reach(cluster, ip: str) -> str:
     """What the pod at `ip` answers on /hostname, asked from emu's pod `client` through kubectl exec."""
     result = kubectl(cluster, "exec", "client", "--", "curl", "-sS", "--max-time", "3", f"http://{ip}:8080/hostname",
                      check=False)  # fmt: skip
+    if result.returncode != 0:
+        LAST_REACH[ip] = f"kubectl exec client -- curl: exit {result.returncode}: {result.stderr.strip()[-300:]}"
     return result.stdout if result.returncode == 0 else ""
 
 
@@ -85,7 +90,8 @@ def seen_from_node(cluster, name: str) -> str:
               f"ip route get {ip}; bridge link | grep -c cni0; ip -n {name} link show eth0; "
               "iptables-save -c | grep -E 'DROP|REJECT' | grep -v '^.0:0.'; "
               f"conntrack -L -d {ip} 2>&1 | head -5; sysctl net.ipv4.ip_forward")
-    return f"pod {name} on {node} at {ip}, status {json.dumps(made.get('status'))[:1500]}\n{on_node(cluster, node, script)}"
+    return (f"the last try: {LAST_REACH.get(ip, '-')}\n"
+            f"pod {name} on {node} at {ip}, status {json.dumps(made.get('status'))[:1500]}\n{on_node(cluster, node, script)}")
 
 
 def test_a_pod_made_with_kubectl_runs_is_reached_and_is_deleted(cluster, runtime):
