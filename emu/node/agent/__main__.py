@@ -88,6 +88,7 @@ class NodeView:
         self.local = state.pods_on(node)
         self.hub = hub_node(state)
         self.is_hub = self.hub.name == node
+        self.timing = state.node_timing  # how soon a silent node is lost (read once a state, not every second)
         self.node_by_ip = {n.node_ip: n.name for n in state.nodes}
         self.runs_dns = any(c.get("workload") == "coredns" for p in self.local for c in p.containers)
         self.uids_by_node: dict[str, set[str]] = {}  # other nodes' pods (Agent.unknown)
@@ -220,7 +221,7 @@ class Agent:
             self.kubelet.set_pods(view.local)
             self.view = view
             self.kubelet.step()  # this node's pods' readiness is known before the first sync with them
-        self.set_timing(state.node_timing)
+        self.set_timing(view.timing)
         self.snapshot_mtime = mtime
         log(f"state generation {state.generation}: {len(state.pods)} pods, {len(state.services)} services "
             f"(read in {(time.thread_time() - cpu) * 1000:.0f} ms of CPU)")
@@ -358,7 +359,7 @@ class Agent:
             self.tell_api(view.state)
         for node in self.hub.expire([n.name for n in view.state.nodes]):
             log(f"node {node} stopped reporting: NotReady, its endpoints leave every service")
-        due = self.hub.lost_for(view.state.node_timing.evict_after)
+        due = self.hub.lost_for(view.timing.evict_after)
         if due and any(pod.node in due and pod.key not in self.stranded for pod in view.state.pods.values()):
             not_ready, nodes = len(self.hub.lost_for(0.0)), len(view.state.nodes)
             due, disrupted = evictable(due, not_ready, nodes, time.monotonic() - self.evicted_at)
